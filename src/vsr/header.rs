@@ -1,0 +1,825 @@
+//! The 128-byte message header: its layout, the commands and operations of the protocol, the
+//! checksums, and `invalid()`, the validator every header from a socket or a disk passes before
+//! any of its fields is trusted.
+//!
+//! The header is one flat `#[repr(C)]` struct. Its fields are generic (`op`, `commit`, `parent`,
+//! `context`, ...); what each means for each command is documented on `Command` and checked in
+//! `invalid()`: a field a command does not use must be zero. Integers are little-endian on the
+//! wire and on disk; the build refuses big-endian targets, so the in-memory layout is the wire
+//! layout and headers are cast from bytes without copying (zerocopy).
+
+use static_assertions::{assert_eq_size, const_assert_eq};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX};
+
+#[cfg(not(target_endian = "little"))]
+compile_error!("headers are cast from little-endian bytes: big-endian targets are not supported");
+
+/// A CRC32C checksum.
+pub type Checksum = u32;
+/// A position in the replicated log (op 0 is the root prepare).
+pub type Op = u64;
+/// A view number; the primary of view v is replica v mod replica_count.
+pub type View = u32;
+/// A replica's index in the cluster configuration.
+pub type ReplicaIndex = u8;
+/// A cluster identifier, fixed at format.
+pub type ClusterId = u64;
+/// A client identifier, random per client process; never zero.
+pub type ClientId = u64;
+
+/// The CRC32C of `bytes`.
+pub fn checksum(bytes: &[u8]) -> Checksum {
+    crc32c::crc32c(bytes)
+}
+
+/// Messages of the protocol. What each uses of the generic header fields:
+///
+/// | command | fields used (others must be zero) | body |
+/// |---|---|---|
+/// | request | client, request, operation, view (the client's guess), commit (minimum commit to read at), parent (checksum of the previous reply, or 0) | operation input |
+/// | prepare | op, commit, timestamp, client, request, operation, parent (previous prepare's checksum), context (request checksum), view | the request body |
+/// | prepare_ok | op, commit (sender's commit_min), timestamp, client, request, operation, parent, context (prepare checksum), view, replica | none |
+/// | reply | op, commit, timestamp, client, request, operation, context (request checksum), view, replica | operation result |
+/// | commit | commit, context (checksum of the prepare at commit), checkpoint_op, timestamp (monotonic), view, replica | none |
+/// | ping / pong | timestamp (ping's monotonic time), checkpoint_op, view, replica | none |
+/// | ping_client / pong_client | client, timestamp, (pong: view, replica) | none |
+/// | start_view_change | view, replica | none |
+/// | do_view_change | op (head), commit (commit_min), checkpoint_op, log_view, view, replica | headers, newest first |
+/// | start_view | op (head), commit (commit_max), checkpoint_op, context (nonce), view, replica | headers, newest first |
+/// | request_start_view | context (nonce), view, replica | none |
+/// | request_headers | op_min, op (op_max), view, replica | none |
+/// | request_prepare | op, context (prepare checksum), view, replica | none |
+/// | headers | op_min, op, view, replica | headers |
+/// | nack_prepare | op, context (prepare checksum), view, replica | none |
+/// | request_reply | op, client, context (reply checksum), view, replica | none |
+/// | eviction | client, context (reason), view, replica | none |
+/// | request_blocks | checkpoint_op, view, replica | block addresses and checksums |
+/// | block | op (block address), context (block checksum), checkpoint_op, replica | a grid block |
+/// | request_sync_checkpoint | checkpoint_op, view, replica | none |
+/// | sync_checkpoint | checkpoint_op, commit, context (checkpoint state checksum), view, replica | checkpoint state |
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Reserved = 0,
+    Ping = 1,
+    Pong = 2,
+    PingClient = 3,
+    PongClient = 4,
+    Request = 5,
+    Prepare = 6,
+    PrepareOk = 7,
+    Reply = 8,
+    Commit = 9,
+    StartViewChange = 10,
+    DoViewChange = 11,
+    StartView = 12,
+    RequestStartView = 13,
+    RequestHeaders = 14,
+    RequestPrepare = 15,
+    Headers = 16,
+    NackPrepare = 17,
+    RequestReply = 18,
+    Eviction = 19,
+    RequestBlocks = 20,
+    Block = 21,
+    RequestSyncCheckpoint = 22,
+    SyncCheckpoint = 23,
+}
+
+impl Command {
+    pub const ALL: [Command; 24] = [
+        Command::Reserved,
+        Command::Ping,
+        Command::Pong,
+        Command::PingClient,
+        Command::PongClient,
+        Command::Request,
+        Command::Prepare,
+        Command::PrepareOk,
+        Command::Reply,
+        Command::Commit,
+        Command::StartViewChange,
+        Command::DoViewChange,
+        Command::StartView,
+        Command::RequestStartView,
+        Command::RequestHeaders,
+        Command::RequestPrepare,
+        Command::Headers,
+        Command::NackPrepare,
+        Command::RequestReply,
+        Command::Eviction,
+        Command::RequestBlocks,
+        Command::Block,
+        Command::RequestSyncCheckpoint,
+        Command::SyncCheckpoint,
+    ];
+
+    pub fn from_u8(value: u8) -> Option<Command> {
+        Command::ALL.get(usize::from(value)).copied()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Reserved => "reserved",
+            Command::Ping => "ping",
+            Command::Pong => "pong",
+            Command::PingClient => "ping_client",
+            Command::PongClient => "pong_client",
+            Command::Request => "request",
+            Command::Prepare => "prepare",
+            Command::PrepareOk => "prepare_ok",
+            Command::Reply => "reply",
+            Command::Commit => "commit",
+            Command::StartViewChange => "start_view_change",
+            Command::DoViewChange => "do_view_change",
+            Command::StartView => "start_view",
+            Command::RequestStartView => "request_start_view",
+            Command::RequestHeaders => "request_headers",
+            Command::RequestPrepare => "request_prepare",
+            Command::Headers => "headers",
+            Command::NackPrepare => "nack_prepare",
+            Command::RequestReply => "request_reply",
+            Command::Eviction => "eviction",
+            Command::RequestBlocks => "request_blocks",
+            Command::Block => "block",
+            Command::RequestSyncCheckpoint => "request_sync_checkpoint",
+            Command::SyncCheckpoint => "sync_checkpoint",
+        }
+    }
+}
+
+/// What a request or prepare asks the replicated state machine to do. Values below 128 belong
+/// to the protocol; values from 128 up to the event store.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Reserved = 0,
+    /// The prepare at op 0 that every log starts from.
+    Root = 1,
+    /// A client opens a session.
+    Register = 2,
+    /// A prepare with no effect (a new primary fills its pipeline with these).
+    Noop = 3,
+    CreateStream = 128,
+    Append = 129,
+    ReadStream = 130,
+    ReadLog = 131,
+    StreamInfo = 132,
+}
+
+impl Operation {
+    pub fn from_u8(value: u8) -> Option<Operation> {
+        match value {
+            0 => Some(Operation::Reserved),
+            1 => Some(Operation::Root),
+            2 => Some(Operation::Register),
+            3 => Some(Operation::Noop),
+            128 => Some(Operation::CreateStream),
+            129 => Some(Operation::Append),
+            130 => Some(Operation::ReadStream),
+            131 => Some(Operation::ReadLog),
+            132 => Some(Operation::StreamInfo),
+            _ => None,
+        }
+    }
+
+    /// Reads are served from committed state and never prepared.
+    pub fn is_read(self) -> bool {
+        matches!(self, Operation::ReadStream | Operation::ReadLog | Operation::StreamInfo)
+    }
+
+    /// Operations a client may put in a request.
+    pub fn is_client_request(self) -> bool {
+        !matches!(self, Operation::Reserved | Operation::Root | Operation::Noop)
+    }
+}
+
+/// Why a replica evicted a client session (carried in an eviction's `context`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvictionReason {
+    NoSession = 1,
+    SessionEvicted = 2,
+    InvalidRequest = 3,
+}
+
+/// The 128-byte message header. See `docs/data-file.md` for the byte-by-byte layout.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct Header {
+    /// CRC32C of header bytes 4..128, so it covers `checksum_body` and thus the whole message.
+    pub checksum: Checksum,
+    /// CRC32C of the body (`size - 128` bytes after the header).
+    pub checksum_body: Checksum,
+    pub cluster: ClusterId,
+    /// Header plus body bytes.
+    pub size: u32,
+    pub view: View,
+    pub op: Op,
+    pub commit: Op,
+    pub timestamp: u64,
+    pub client: ClientId,
+    pub checkpoint_op: Op,
+    pub op_min: Op,
+    pub parent: Checksum,
+    pub context: Checksum,
+    pub request: u32,
+    pub log_view: View,
+    pub protocol: u16,
+    pub command: u8,
+    pub replica: ReplicaIndex,
+    pub operation: u8,
+    pub reserved: [u8; 35],
+}
+
+assert_eq_size!(Header, [u8; HEADER_SIZE]);
+const_assert_eq!(std::mem::align_of::<Header>(), 64);
+const_assert_eq!(std::mem::offset_of!(Header, checksum_body), 4);
+const_assert_eq!(std::mem::offset_of!(Header, reserved), 93);
+
+impl Header {
+    /// A header with every field zero (the reserved command).
+    pub const fn zeroed() -> Header {
+        Header {
+            checksum: 0,
+            checksum_body: 0,
+            cluster: 0,
+            size: 0,
+            view: 0,
+            op: 0,
+            commit: 0,
+            timestamp: 0,
+            client: 0,
+            checkpoint_op: 0,
+            op_min: 0,
+            parent: 0,
+            context: 0,
+            request: 0,
+            log_view: 0,
+            protocol: 0,
+            command: 0,
+            replica: 0,
+            operation: 0,
+            reserved: [0; 35],
+        }
+    }
+
+    /// A header for `command` in `cluster`, with the size of an empty body.
+    pub fn new(command: Command, cluster: ClusterId) -> Header {
+        Header {
+            cluster,
+            size: HEADER_SIZE as u32,
+            protocol: PROTOCOL_VERSION,
+            command: command as u8,
+            ..Header::zeroed()
+        }
+    }
+
+    /// The root prepare every log starts from (op 0), the same on every replica of a cluster.
+    pub fn root_prepare(cluster: ClusterId) -> Header {
+        let mut header = Header::new(Command::Prepare, cluster);
+        header.operation = Operation::Root as u8;
+        header.set_checksum_body(&[]);
+        header.set_checksum();
+        header
+    }
+
+    pub fn command(&self) -> Option<Command> {
+        Command::from_u8(self.command)
+    }
+
+    pub fn operation(&self) -> Option<Operation> {
+        Operation::from_u8(self.operation)
+    }
+
+    pub fn body_size(&self) -> usize {
+        assert!(self.size as usize >= HEADER_SIZE);
+        self.size as usize - HEADER_SIZE
+    }
+
+    pub fn calculate_checksum(&self) -> Checksum {
+        checksum(&self.as_bytes()[4..])
+    }
+
+    pub fn set_checksum(&mut self) {
+        self.checksum = self.calculate_checksum();
+    }
+
+    pub fn valid_checksum(&self) -> bool {
+        self.checksum == self.calculate_checksum()
+    }
+
+    pub fn set_checksum_body(&mut self, body: &[u8]) {
+        assert_eq!(body.len(), self.size as usize - HEADER_SIZE);
+        self.checksum_body = checksum(body);
+    }
+
+    pub fn valid_checksum_body(&self, body: &[u8]) -> bool {
+        body.len() + HEADER_SIZE == self.size as usize && self.checksum_body == checksum(body)
+    }
+
+    /// Casts the first 128 bytes of `bytes` to a header. Returns `None` if `bytes` is too short
+    /// or not 64-byte aligned; the header is not validated.
+    pub fn from_prefix(bytes: &[u8]) -> Option<&Header> {
+        Header::ref_from_prefix(bytes).ok().map(|(header, _)| header)
+    }
+
+    /// Decodes and fully validates a header from untrusted bytes: checksum first, then
+    /// `invalid()`. The body is checked separately with `valid_checksum_body`.
+    pub fn decode(bytes: &[u8]) -> Result<Header, &'static str> {
+        let header = Header::read_from_prefix(bytes).map_err(|_| "header: too short")?.0;
+        if !header.valid_checksum() {
+            return Err("header: checksum");
+        }
+        match header.invalid() {
+            Some(reason) => Err(reason),
+            None => Ok(header),
+        }
+    }
+
+    /// Why this header cannot be a valid message of the protocol, or `None`. Checks every field:
+    /// reserved bytes, size bounds, replica index, and each command's own invariants. It does not
+    /// check the checksums (see `decode`), nor anything that needs the receiver's state (the
+    /// cluster id, the replica count).
+    pub fn invalid(&self) -> Option<&'static str> {
+        if self.protocol != PROTOCOL_VERSION {
+            return Some("protocol version unknown");
+        }
+        if self.reserved != [0; 35] {
+            return Some("reserved bytes not zero");
+        }
+        if (self.size as usize) < HEADER_SIZE {
+            return Some("size smaller than header");
+        }
+        if self.size as usize > MESSAGE_SIZE_MAX {
+            return Some("size larger than message_size_max");
+        }
+        if usize::from(self.replica) >= REPLICAS_MAX {
+            return Some("replica index out of range");
+        }
+        if self.operation().is_none() {
+            return Some("operation unknown");
+        }
+        let Some(command) = self.command() else {
+            return Some("command unknown");
+        };
+        match command {
+            Command::Reserved => Some("command reserved"),
+            Command::Ping | Command::Pong => self.invalid_ping(),
+            Command::PingClient | Command::PongClient => self.invalid_ping_client(command),
+            Command::Request => self.invalid_request(),
+            Command::Prepare => self.invalid_prepare(),
+            Command::PrepareOk => self.invalid_prepare_ok(),
+            Command::Reply => self.invalid_reply(),
+            Command::Commit => self.invalid_commit(),
+            Command::StartViewChange => self.invalid_start_view_change(),
+            Command::DoViewChange => self.invalid_do_view_change(),
+            Command::StartView => self.invalid_start_view(),
+            Command::RequestStartView => self.invalid_request_start_view(),
+            Command::RequestHeaders => self.invalid_request_headers(),
+            Command::RequestPrepare | Command::NackPrepare => self.invalid_request_prepare(),
+            Command::Headers => self.invalid_headers(),
+            Command::RequestReply => self.invalid_request_reply(),
+            Command::Eviction => self.invalid_eviction(),
+            Command::RequestBlocks => self.invalid_request_blocks(),
+            Command::Block => self.invalid_block(),
+            Command::RequestSyncCheckpoint => self.invalid_request_sync_checkpoint(),
+            Command::SyncCheckpoint => self.invalid_sync_checkpoint(),
+        }
+    }
+
+    /// The fields that a command does not use, each of which must be zero.
+    fn unused_fields_zero(&self, used: Fields) -> Option<&'static str> {
+        let checks: [(Fields, bool, &'static str); 13] = [
+            (Fields::VIEW, self.view == 0, "view must be zero"),
+            (Fields::OP, self.op == 0, "op must be zero"),
+            (Fields::COMMIT, self.commit == 0, "commit must be zero"),
+            (Fields::TIMESTAMP, self.timestamp == 0, "timestamp must be zero"),
+            (Fields::CLIENT, self.client == 0, "client must be zero"),
+            (Fields::CHECKPOINT_OP, self.checkpoint_op == 0, "checkpoint_op must be zero"),
+            (Fields::OP_MIN, self.op_min == 0, "op_min must be zero"),
+            (Fields::PARENT, self.parent == 0, "parent must be zero"),
+            (Fields::CONTEXT, self.context == 0, "context must be zero"),
+            (Fields::REQUEST, self.request == 0, "request must be zero"),
+            (Fields::LOG_VIEW, self.log_view == 0, "log_view must be zero"),
+            (Fields::REPLICA, self.replica == 0, "replica must be zero"),
+            (Fields::OPERATION, self.operation == 0, "operation must be zero"),
+        ];
+        for (field, zero, reason) in checks {
+            if !used.contains(field) && !zero {
+                return Some(reason);
+            }
+        }
+        None
+    }
+
+    fn invalid_body_empty(&self) -> Option<&'static str> {
+        if self.size as usize != HEADER_SIZE {
+            return Some("body must be empty");
+        }
+        if self.checksum_body != checksum(&[]) {
+            return Some("checksum_body of an empty body wrong");
+        }
+        None
+    }
+
+    fn invalid_body_headers(&self) -> Option<&'static str> {
+        if self.size as usize == HEADER_SIZE {
+            return Some("body must hold at least one header");
+        }
+        if (self.size as usize - HEADER_SIZE) % HEADER_SIZE != 0 {
+            return Some("body must be a whole number of headers");
+        }
+        None
+    }
+
+    fn invalid_ping(&self) -> Option<&'static str> {
+        let used = Fields::VIEW | Fields::TIMESTAMP | Fields::CHECKPOINT_OP | Fields::REPLICA;
+        self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
+    }
+
+    fn invalid_ping_client(&self, command: Command) -> Option<&'static str> {
+        if self.client == 0 {
+            return Some("client must not be zero");
+        }
+        let used = match command {
+            Command::PingClient => Fields::CLIENT | Fields::TIMESTAMP,
+            _ => Fields::CLIENT | Fields::TIMESTAMP | Fields::VIEW | Fields::REPLICA,
+        };
+        self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
+    }
+
+    fn invalid_request(&self) -> Option<&'static str> {
+        let used = Fields::CLIENT
+            | Fields::REQUEST
+            | Fields::OPERATION
+            | Fields::VIEW
+            | Fields::COMMIT
+            | Fields::PARENT;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.client == 0 {
+            return Some("client must not be zero");
+        }
+        let operation = self.operation().unwrap_or(Operation::Reserved);
+        if !operation.is_client_request() {
+            return Some("operation not allowed in a request");
+        }
+        if operation == Operation::Register {
+            if self.request != 0 {
+                return Some("register must be request 0");
+            }
+            if self.parent != 0 {
+                return Some("register must have no parent");
+            }
+            return self.invalid_body_empty();
+        }
+        if self.request == 0 {
+            return Some("request 0 is reserved for register");
+        }
+        None
+    }
+
+    fn invalid_prepare(&self) -> Option<&'static str> {
+        let used = Fields::OP
+            | Fields::COMMIT
+            | Fields::TIMESTAMP
+            | Fields::CLIENT
+            | Fields::REQUEST
+            | Fields::OPERATION
+            | Fields::PARENT
+            | Fields::CONTEXT
+            | Fields::VIEW
+            | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        let operation = self.operation().unwrap_or(Operation::Reserved);
+        match operation {
+            Operation::Reserved => Some("prepare operation reserved"),
+            Operation::Root => self.invalid_root_prepare(),
+            _ if operation.is_read() => Some("reads are never prepared"),
+            _ => {
+                if self.op == 0 {
+                    return Some("op 0 is the root prepare");
+                }
+                if self.commit >= self.op {
+                    return Some("prepare commit must be below its op");
+                }
+                if self.timestamp == 0 {
+                    return Some("prepare timestamp must not be zero");
+                }
+                if operation == Operation::Noop {
+                    if self.client != 0 || self.request != 0 || self.context != 0 {
+                        return Some("noop prepare must have no client");
+                    }
+                    return None;
+                }
+                if self.client == 0 {
+                    return Some("client must not be zero");
+                }
+                if operation == Operation::Register && self.request != 0 {
+                    return Some("register must be request 0");
+                }
+                if operation != Operation::Register && self.request == 0 {
+                    return Some("request 0 is reserved for register");
+                }
+                None
+            }
+        }
+    }
+
+    fn invalid_root_prepare(&self) -> Option<&'static str> {
+        let root = Header::root_prepare(self.cluster);
+        if self.size != root.size || self.checksum_body != root.checksum_body {
+            return Some("root prepare must have an empty body");
+        }
+        let zero = self.op == 0
+            && self.commit == 0
+            && self.timestamp == 0
+            && self.client == 0
+            && self.request == 0
+            && self.parent == 0
+            && self.context == 0
+            && self.view == 0
+            && self.replica == 0;
+        if !zero {
+            return Some("root prepare fields must be zero");
+        }
+        None
+    }
+
+    fn invalid_prepare_ok(&self) -> Option<&'static str> {
+        let used = Fields::OP
+            | Fields::COMMIT
+            | Fields::TIMESTAMP
+            | Fields::CLIENT
+            | Fields::REQUEST
+            | Fields::OPERATION
+            | Fields::PARENT
+            | Fields::CONTEXT
+            | Fields::VIEW
+            | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.op == 0 {
+            return Some("prepare_ok for the root prepare");
+        }
+        let operation = self.operation().unwrap_or(Operation::Reserved);
+        if matches!(operation, Operation::Reserved | Operation::Root) || operation.is_read() {
+            return Some("prepare_ok operation invalid");
+        }
+        if self.timestamp == 0 {
+            return Some("prepare timestamp must not be zero");
+        }
+        self.invalid_body_empty()
+    }
+
+    fn invalid_reply(&self) -> Option<&'static str> {
+        let used = Fields::OP
+            | Fields::COMMIT
+            | Fields::TIMESTAMP
+            | Fields::CLIENT
+            | Fields::REQUEST
+            | Fields::OPERATION
+            | Fields::CONTEXT
+            | Fields::VIEW
+            | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.client == 0 {
+            return Some("client must not be zero");
+        }
+        let operation = self.operation().unwrap_or(Operation::Reserved);
+        if !operation.is_client_request() {
+            return Some("reply operation invalid");
+        }
+        if !operation.is_read() {
+            if self.op == 0 {
+                return Some("reply to a write must name its op");
+            }
+            if self.commit < self.op {
+                return Some("reply commit must not be below its op");
+            }
+        }
+        None
+    }
+
+    fn invalid_commit(&self) -> Option<&'static str> {
+        let used = Fields::COMMIT
+            | Fields::CONTEXT
+            | Fields::CHECKPOINT_OP
+            | Fields::TIMESTAMP
+            | Fields::VIEW
+            | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.checkpoint_op > self.commit {
+            return Some("checkpoint_op must not exceed commit");
+        }
+        self.invalid_body_empty()
+    }
+
+    fn invalid_start_view_change(&self) -> Option<&'static str> {
+        if let Some(reason) = self.unused_fields_zero(Fields::VIEW | Fields::REPLICA) {
+            return Some(reason);
+        }
+        if self.view == 0 {
+            return Some("view change to view 0");
+        }
+        self.invalid_body_empty()
+    }
+
+    fn invalid_do_view_change(&self) -> Option<&'static str> {
+        let used = Fields::OP
+            | Fields::COMMIT
+            | Fields::CHECKPOINT_OP
+            | Fields::LOG_VIEW
+            | Fields::VIEW
+            | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.view == 0 {
+            return Some("view change to view 0");
+        }
+        if self.log_view >= self.view {
+            return Some("log_view must be below the new view");
+        }
+        if self.commit > self.op {
+            return Some("commit must not exceed op");
+        }
+        if self.checkpoint_op > self.commit {
+            return Some("checkpoint_op must not exceed commit");
+        }
+        self.invalid_body_headers()
+    }
+
+    fn invalid_start_view(&self) -> Option<&'static str> {
+        let used = Fields::OP
+            | Fields::COMMIT
+            | Fields::CHECKPOINT_OP
+            | Fields::CONTEXT
+            | Fields::VIEW
+            | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.commit > self.op {
+            return Some("commit must not exceed op");
+        }
+        if self.checkpoint_op > self.commit {
+            return Some("checkpoint_op must not exceed commit");
+        }
+        self.invalid_body_headers()
+    }
+
+    fn invalid_request_start_view(&self) -> Option<&'static str> {
+        let used = Fields::CONTEXT | Fields::VIEW | Fields::REPLICA;
+        self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
+    }
+
+    fn invalid_request_headers(&self) -> Option<&'static str> {
+        let used = Fields::OP_MIN | Fields::OP | Fields::VIEW | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.op_min > self.op {
+            return Some("op_min must not exceed op");
+        }
+        self.invalid_body_empty()
+    }
+
+    fn invalid_request_prepare(&self) -> Option<&'static str> {
+        let used = Fields::OP | Fields::CONTEXT | Fields::VIEW | Fields::REPLICA;
+        self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
+    }
+
+    fn invalid_headers(&self) -> Option<&'static str> {
+        let used = Fields::OP_MIN | Fields::OP | Fields::VIEW | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.op_min > self.op {
+            return Some("op_min must not exceed op");
+        }
+        self.invalid_body_headers()
+    }
+
+    fn invalid_request_reply(&self) -> Option<&'static str> {
+        let used = Fields::OP | Fields::CLIENT | Fields::CONTEXT | Fields::VIEW | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.client == 0 {
+            return Some("client must not be zero");
+        }
+        self.invalid_body_empty()
+    }
+
+    fn invalid_eviction(&self) -> Option<&'static str> {
+        let used = Fields::CLIENT | Fields::CONTEXT | Fields::VIEW | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.client == 0 {
+            return Some("client must not be zero");
+        }
+        let reasons = [
+            EvictionReason::NoSession,
+            EvictionReason::SessionEvicted,
+            EvictionReason::InvalidRequest,
+        ];
+        if !reasons.iter().any(|reason| *reason as u32 == self.context) {
+            return Some("eviction reason unknown");
+        }
+        self.invalid_body_empty()
+    }
+
+    fn invalid_request_blocks(&self) -> Option<&'static str> {
+        let used = Fields::CHECKPOINT_OP | Fields::VIEW | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        // The body is a list of 16-byte (address, checksum, padding) block references.
+        let body_size = self.size as usize - HEADER_SIZE;
+        if body_size == 0 || body_size % 16 != 0 {
+            return Some("body must be a whole number of block references");
+        }
+        None
+    }
+
+    fn invalid_block(&self) -> Option<&'static str> {
+        let used = Fields::OP | Fields::CONTEXT | Fields::CHECKPOINT_OP | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.size as usize == HEADER_SIZE {
+            return Some("block body must not be empty");
+        }
+        None
+    }
+
+    fn invalid_request_sync_checkpoint(&self) -> Option<&'static str> {
+        let used = Fields::CHECKPOINT_OP | Fields::VIEW | Fields::REPLICA;
+        self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
+    }
+
+    fn invalid_sync_checkpoint(&self) -> Option<&'static str> {
+        let used = Fields::CHECKPOINT_OP
+            | Fields::COMMIT
+            | Fields::CONTEXT
+            | Fields::VIEW
+            | Fields::REPLICA;
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.checkpoint_op > self.commit {
+            return Some("checkpoint_op must not exceed commit");
+        }
+        if self.size as usize == HEADER_SIZE {
+            return Some("checkpoint state must not be empty");
+        }
+        None
+    }
+}
+
+/// A set of header fields (for `unused_fields_zero`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Fields(u16);
+
+impl Fields {
+    const VIEW: Fields = Fields(1 << 0);
+    const OP: Fields = Fields(1 << 1);
+    const COMMIT: Fields = Fields(1 << 2);
+    const TIMESTAMP: Fields = Fields(1 << 3);
+    const CLIENT: Fields = Fields(1 << 4);
+    const CHECKPOINT_OP: Fields = Fields(1 << 5);
+    const OP_MIN: Fields = Fields(1 << 6);
+    const PARENT: Fields = Fields(1 << 7);
+    const CONTEXT: Fields = Fields(1 << 8);
+    const REQUEST: Fields = Fields(1 << 9);
+    const LOG_VIEW: Fields = Fields(1 << 10);
+    const REPLICA: Fields = Fields(1 << 11);
+    const OPERATION: Fields = Fields(1 << 12);
+
+    fn contains(self, other: Fields) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for Fields {
+    type Output = Fields;
+    fn bitor(self, other: Fields) -> Fields {
+        Fields(self.0 | other.0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Unit tests for header validation: one per rejection reason. (Being written.)

@@ -1,0 +1,12 @@
+//! The protocol core: deterministic, no I/O, no clock, no OS randomness, no `unsafe`, and no
+//! allocation after init. Everything here is driven through `on_*`-style calls by a driver
+//! (`io` or `sim`) and talks to the disk only through the `storage::Storage` interface.
+
+#![forbid(unsafe_code)]
+
+pub mod header;
+pub mod journal;
+pub mod layout;
+pub mod message_pool;
+pub mod storage;
+pub mod superblock;

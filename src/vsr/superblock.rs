@@ -1,0 +1,1 @@
+//! The superblock: four redundant copies, atomic update, quorum open. (Being written.)
