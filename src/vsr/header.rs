@@ -39,7 +39,7 @@ pub fn checksum(bytes: &[u8]) -> Checksum {
 /// | command | fields used (others must be zero) | body |
 /// |---|---|---|
 /// | request | client, request, operation, view (the client's guess), commit (minimum commit to read at), parent (checksum of the previous reply, or 0) | operation input |
-/// | prepare | op, commit, timestamp, client, request, operation, parent (previous prepare's checksum), context (request checksum), view | the request body |
+/// | prepare | op, commit, timestamp, client, request, operation, parent (previous prepare's checksum), context (request checksum), view, replica (the primary) | the request body |
 /// | prepare_ok | op, commit (sender's commit_min), timestamp, client, request, operation, parent, context (prepare checksum), view, replica | none |
 /// | reply | op, commit, timestamp, client, request, operation, context (request checksum), view, replica | operation result |
 /// | commit | commit, context (checksum of the prepare at commit), checkpoint_op, timestamp (monotonic), view, replica | none |
@@ -512,24 +512,38 @@ impl Header {
                 if self.timestamp == 0 {
                     return Some("prepare timestamp must not be zero");
                 }
-                if operation == Operation::Noop {
-                    if self.client != 0 || self.request != 0 || self.context != 0 {
-                        return Some("noop prepare must have no client");
-                    }
-                    return None;
+                if let Some(reason) = self.invalid_prepare_client(operation) {
+                    return Some(reason);
                 }
-                if self.client == 0 {
-                    return Some("client must not be zero");
+                if operation == Operation::Noop && self.context != 0 {
+                    return Some("noop prepare must have no client");
                 }
-                if operation == Operation::Register && self.request != 0 {
-                    return Some("register must be request 0");
-                }
-                if operation != Operation::Register && self.request == 0 {
-                    return Some("request 0 is reserved for register");
+                if operation == Operation::Register && self.size as usize != HEADER_SIZE {
+                    return Some("register prepare must have an empty body");
                 }
                 None
             }
         }
+    }
+
+    /// The client fields of a prepare, or of a prepare_ok that must match it.
+    fn invalid_prepare_client(&self, operation: Operation) -> Option<&'static str> {
+        if operation == Operation::Noop {
+            if self.client != 0 || self.request != 0 {
+                return Some("noop prepare must have no client");
+            }
+            return None;
+        }
+        if self.client == 0 {
+            return Some("client must not be zero");
+        }
+        if operation == Operation::Register && self.request != 0 {
+            return Some("register must be request 0");
+        }
+        if operation != Operation::Register && self.request == 0 {
+            return Some("request 0 is reserved for register");
+        }
+        None
     }
 
     fn invalid_root_prepare(&self) -> Option<&'static str> {
@@ -575,6 +589,9 @@ impl Header {
         }
         if self.timestamp == 0 {
             return Some("prepare timestamp must not be zero");
+        }
+        if let Some(reason) = self.invalid_prepare_client(operation) {
+            return Some(reason);
         }
         self.invalid_body_empty()
     }
@@ -749,7 +766,10 @@ impl Header {
         }
         // The body is a list of 16-byte (address, checksum, padding) block references.
         let body_size = self.size as usize - HEADER_SIZE;
-        if body_size == 0 || body_size % 16 != 0 {
+        if body_size == 0 {
+            return Some("body must list at least one block");
+        }
+        if body_size % 16 != 0 {
             return Some("body must be a whole number of block references");
         }
         None
