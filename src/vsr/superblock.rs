@@ -1,12 +1,44 @@
 //! The superblock: the root of a replica's durable state, kept in four redundant copies at the
-//! start of the data file. (Open, update and quorum logic: being written.)
+//! start of the data file, and the sans-IO state machine that opens and updates them.
+//!
+//! **Open** reads all copies, keeps the valid ones (checksum, position, version, config), and
+//! chooses the newest update held by `SUPERBLOCK_QUORUM_OPEN` identical copies. Forks, broken
+//! parent chains and VSR state that goes backwards are errors, never silently resolved. Copies
+//! that differ from the chosen one are then rewritten, and the open finishes once they are.
+//!
+//! **Update** writes the next superblock (sequence + 1, `parent` = the working checksum) to the
+//! copies one after another, reads all of them back, and rewrites those that do not read back
+//! identical; it succeeds once `SUPERBLOCK_QUORUM_VERIFY` copies match. Since the verify quorum
+//! plus the open quorum exceed the copy count, an open after any crash sees the newest update
+//! that completed, or the one in flight if it reached an open quorum, never a mix.
+//!
+//! Call order: `new` once; then `open` (or `open_read_only`); pass every completion whose
+//! token names `IoOwner::Superblock` to `on_completion`; the operation is over when
+//! `poll_result` returns `Some`. Then `update`, one at a time. After a failed open or update,
+//! only `open` may follow (the disk may hold a half-written update). `open_blocking`,
+//! `update_blocking` and `complete_blocking` drive a storage that only the superblock uses.
 
 use static_assertions::const_assert_eq;
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
-use crate::constants::{SUPERBLOCK_COPY_SIZE, SUPERBLOCK_VERSION, VIEW_HEADERS_MAX};
+use crate::constants::{
+    SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, SUPERBLOCK_QUORUM_OPEN, SUPERBLOCK_QUORUM_VERIFY,
+    SUPERBLOCK_VERSION, VIEW_HEADERS_MAX,
+};
 use crate::vsr::header::{self, Checksum, ClusterId, Header, Op, View};
-use crate::vsr::layout::Config;
+use crate::vsr::layout::{Config, Zone};
+use crate::vsr::message_pool::{Message, MessagePool};
+use crate::vsr::storage::{Completion, IoError, IoKind, IoOwner, IoRequest, IoToken, Storage};
+
+#[cfg(test)]
+mod tests;
+
+/// How many times an update rewrites the copies that did not read back identical before it
+/// settles for the verify quorum or fails.
+pub const SUPERBLOCK_UPDATE_REWRITES_MAX: u8 = 2;
+
+/// The first byte `SuperBlockHeader::checksum` covers: everything after `checksum` and `copy`.
+const CHECKSUM_COVERS_FROM: usize = 6;
 
 /// One superblock copy, exactly one sector. `checksum` covers bytes 6..4096: everything but
 /// itself and `copy`, so the four copies of one update share a checksum.
@@ -60,13 +92,18 @@ pub struct SuperBlockHeader {
 const_assert_eq!(std::mem::size_of::<SuperBlockHeader>(), SUPERBLOCK_COPY_SIZE);
 const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, view_headers), 128);
 
+const_assert_eq!(std::mem::size_of::<SuperBlockHeader>(), SUPERBLOCK_COPY_SIZE);
+const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, view_headers), 128);
+const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, version), CHECKSUM_COVERS_FROM);
+const_assert_eq!(SUPERBLOCK_COPY_SIZE % std::mem::align_of::<SuperBlockHeader>(), 0);
+
 impl SuperBlockHeader {
     /// The first superblock of a freshly formatted data file: sequence 1, view 0, checkpoint at
     /// the root prepare (op 0).
     pub fn format(config: &Config) -> SuperBlockHeader {
         assert!(config.invalid().is_none());
-        let mut superblock = SuperBlockHeader::read_from_bytes(&[0u8; SUPERBLOCK_COPY_SIZE])
-            .expect("size matches");
+        let mut superblock =
+            SuperBlockHeader::read_from_bytes(&[0u8; SUPERBLOCK_COPY_SIZE]).expect("size matches");
         superblock.version = SUPERBLOCK_VERSION;
         superblock.cluster = config.cluster;
         superblock.sequence = 1;
@@ -79,11 +116,12 @@ impl SuperBlockHeader {
         superblock.grid_size = config.grid_size;
         superblock.checkpoint_checksum = Header::root_prepare(config.cluster).checksum;
         superblock.set_checksum();
+        assert!(superblock.invalid().is_none());
         superblock
     }
 
     pub fn calculate_checksum(&self) -> Checksum {
-        header::checksum(&self.as_bytes()[6..])
+        header::checksum(&self.as_bytes()[CHECKSUM_COVERS_FROM..])
     }
 
     pub fn set_checksum(&mut self) {
@@ -107,4 +145,712 @@ impl SuperBlockHeader {
             streams_max: self.streams_max,
         }
     }
+
+    /// Why a copy whose checksum verifies still cannot be used, or `None`: the fields whose
+    /// range does not depend on the other copies. Does not check the checksum, nor the VSR
+    /// state (see `vsr_state_invalid`), which open reports as an error rather than a bad copy.
+    pub fn invalid(&self) -> Option<&'static str> {
+        if self.version != SUPERBLOCK_VERSION {
+            return Some("superblock version unknown");
+        }
+        if let Some(reason) = self.config().invalid() {
+            return Some(reason);
+        }
+        if self.sequence == 0 || self.sequence == u64::MAX {
+            return Some("sequence out of range");
+        }
+        if self.view_headers_count as usize > VIEW_HEADERS_MAX {
+            return Some("view_headers_count larger than VIEW_HEADERS_MAX");
+        }
+        let reserved_zero = self.reserved_replica == [0; 2]
+            && self.reserved_checkpoint == [0; 4]
+            && self.reserved_state == [0; 8]
+            && self.reserved.iter().all(|byte| *byte == 0);
+        if !reserved_zero {
+            return Some("reserved bytes not zero");
+        }
+        None
+    }
+
+    /// Why this superblock's VSR state is impossible on its own, or `None`.
+    pub fn vsr_state_invalid(&self) -> Option<&'static str> {
+        if self.log_view > self.view {
+            return Some("log_view is newer than view");
+        }
+        if self.checkpoint_op > self.commit_max {
+            return Some("checkpoint_op is past commit_max");
+        }
+        None
+    }
+
+    /// Why `child` cannot be the update that follows `self`, or `None`: the configuration is
+    /// fixed at format, and view, log_view and commit_max never go backwards.
+    pub fn transition_invalid(&self, child: &SuperBlockHeader) -> Option<&'static str> {
+        if child.config() != self.config() {
+            return Some("config changed");
+        }
+        if child.view < self.view {
+            return Some("view went backwards");
+        }
+        if child.log_view < self.log_view {
+            return Some("log_view went backwards");
+        }
+        if child.commit_max < self.commit_max {
+            return Some("commit_max went backwards");
+        }
+        child.vsr_state_invalid()
+    }
+
+    /// The part of the superblock that `SuperBlock::update` changes.
+    pub fn vsr_state(&self) -> VsrState {
+        VsrState {
+            view: self.view,
+            log_view: self.log_view,
+            commit_max: self.commit_max,
+            checkpoint_op: self.checkpoint_op,
+            checkpoint_checksum: self.checkpoint_checksum,
+            checkpoint_state_checksum: self.checkpoint_state_checksum,
+            grid_head: self.grid_head,
+            streams_table_address: self.streams_table_address,
+            streams_table_blocks: self.streams_table_blocks,
+            streams_table_checksum: self.streams_table_checksum,
+            view_headers_count: self.view_headers_count,
+            view_headers: self.view_headers,
+        }
+    }
+
+    fn set_vsr_state(&mut self, state: &VsrState) {
+        self.view = state.view;
+        self.log_view = state.log_view;
+        self.commit_max = state.commit_max;
+        self.checkpoint_op = state.checkpoint_op;
+        self.checkpoint_checksum = state.checkpoint_checksum;
+        self.checkpoint_state_checksum = state.checkpoint_state_checksum;
+        self.grid_head = state.grid_head;
+        self.streams_table_address = state.streams_table_address;
+        self.streams_table_blocks = state.streams_table_blocks;
+        self.streams_table_checksum = state.streams_table_checksum;
+        self.view_headers_count = state.view_headers_count;
+        self.view_headers = state.view_headers;
+    }
+
+    /// True if `self`, read from position `copy`, is exactly `target` written there.
+    fn identical_at(&self, target: &SuperBlockHeader, copy: usize) -> bool {
+        usize::from(self.copy) == copy
+            && self.checksum == target.checksum
+            && self.as_bytes()[CHECKSUM_COVERS_FROM..] == target.as_bytes()[CHECKSUM_COVERS_FROM..]
+    }
+}
+
+/// The replica's durable protocol state: what an update writes. View, log_view and commit_max
+/// never go backwards, and `log_view <= view`, `checkpoint_op <= commit_max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VsrState {
+    pub view: View,
+    pub log_view: View,
+    pub commit_max: Op,
+    pub checkpoint_op: Op,
+    pub checkpoint_checksum: Checksum,
+    pub checkpoint_state_checksum: Checksum,
+    pub grid_head: u64,
+    pub streams_table_address: u64,
+    pub streams_table_blocks: u32,
+    pub streams_table_checksum: Checksum,
+    /// How many of `view_headers` are in use.
+    pub view_headers_count: u32,
+    pub view_headers: [Header; VIEW_HEADERS_MAX],
+}
+
+impl VsrState {
+    /// The view headers in use.
+    pub fn view_headers(&self) -> &[Header] {
+        assert!(self.view_headers_count as usize <= VIEW_HEADERS_MAX);
+        &self.view_headers[..self.view_headers_count as usize]
+    }
+}
+
+/// What open or the last update's read-back found in one copy, for `kimberlite inspect`. After
+/// an open that repaired the copies, every copy that is not `Valid` was rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyHealth {
+    /// Not read yet.
+    Unread,
+    /// Valid; identical to the working superblock once an open or update has chosen one.
+    Valid { sequence: u64 },
+    /// Valid but not the working superblock: an older update, or a newer one that never reached
+    /// a quorum.
+    Stale { sequence: u64 },
+    /// The checksum does not verify: a torn write or a rotten sector.
+    CorruptChecksum,
+    /// A valid copy of another position (its `copy` field): a misdirected write.
+    Misdirected { copy: u16 },
+    /// The checksum verifies, but a field is out of range (version, config, ...).
+    Invalid { reason: &'static str },
+    /// The disk failed the read; counted as a corrupt copy.
+    ReadError { error: IoError },
+}
+
+impl std::fmt::Display for CopyHealth {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyHealth::Unread => write!(formatter, "not read"),
+            CopyHealth::Valid { sequence } => write!(formatter, "valid, sequence {sequence}"),
+            CopyHealth::Stale { sequence } => write!(formatter, "stale, sequence {sequence}"),
+            CopyHealth::CorruptChecksum => write!(formatter, "corrupt (checksum)"),
+            CopyHealth::Misdirected { copy } => {
+                write!(formatter, "misdirected (holds copy {copy})")
+            }
+            CopyHealth::Invalid { reason } => write!(formatter, "invalid: {reason}"),
+            CopyHealth::ReadError { error } => write!(formatter, "read error: {error}"),
+        }
+    }
+}
+
+/// Why an open or an update failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuperBlockError {
+    /// No copy is valid.
+    NotFound,
+    /// Some copies are valid, but no update is held by `SUPERBLOCK_QUORUM_OPEN` of them.
+    QuorumLost { copies_valid: u8 },
+    /// Two valid copies hold different superblocks with the same sequence.
+    Fork { sequence: u64 },
+    /// A valid copy newer than the chosen superblock skips a sequence.
+    ParentSkipped { sequence: u64 },
+    /// A valid copy one sequence newer than the chosen superblock does not descend from it.
+    ParentNotConnected { sequence: u64 },
+    /// The superblock of `sequence` has a VSR state that goes backwards from its parent, or is
+    /// impossible on its own.
+    VsrStateNotMonotonic { sequence: u64, reason: &'static str },
+    /// Writing a copy failed.
+    WriteFailed { copy: u8, error: IoError },
+    /// After every rewrite, fewer than `SUPERBLOCK_QUORUM_VERIFY` copies read back identical.
+    VerifyFailed { copies_matching: u8 },
+}
+
+impl std::fmt::Display for SuperBlockError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SuperBlockError::NotFound => {
+                write!(
+                    formatter,
+                    "superblock not found: none of {SUPERBLOCK_COPIES} copies is valid"
+                )
+            }
+            SuperBlockError::QuorumLost { copies_valid } => write!(
+                formatter,
+                "superblock quorum lost: {copies_valid} of {SUPERBLOCK_COPIES} copies valid, and \
+                 no update is held by {SUPERBLOCK_QUORUM_OPEN} identical copies"
+            ),
+            SuperBlockError::Fork { sequence } => {
+                write!(formatter, "superblock fork: valid copies of sequence {sequence} differ")
+            }
+            SuperBlockError::ParentSkipped { sequence } => write!(
+                formatter,
+                "superblock copy of sequence {sequence} skips a sequence after the working one"
+            ),
+            SuperBlockError::ParentNotConnected { sequence } => write!(
+                formatter,
+                "superblock copy of sequence {sequence} does not descend from the working one"
+            ),
+            SuperBlockError::VsrStateNotMonotonic { sequence, reason } => {
+                write!(formatter, "superblock sequence {sequence} has a bad VSR state: {reason}")
+            }
+            SuperBlockError::WriteFailed { copy, error } => {
+                write!(formatter, "superblock copy {copy} write failed: {error}")
+            }
+            SuperBlockError::VerifyFailed { copies_matching } => write!(
+                formatter,
+                "superblock update not verified: {copies_matching} of {SUPERBLOCK_COPIES} copies \
+                 read back identical, {SUPERBLOCK_QUORUM_VERIFY} needed"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SuperBlockError {}
+
+/// Where the superblock is in its current operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// Open: reading every copy.
+    OpenRead,
+    /// Open: rewriting the copies that differ from the chosen superblock, one at a time.
+    OpenRepair,
+    /// Update: writing `staging` to the copies left to write, one at a time, in copy order.
+    UpdateWrite,
+    /// Update: reading every copy back.
+    UpdateVerify,
+}
+
+/// The sans-IO superblock: owns its buffers, submits requests to a `Storage`, and advances on
+/// completions. See the module docs for the call order.
+pub struct SuperBlock {
+    /// One buffer per copy, allocated in `new`.
+    pool: MessagePool,
+    /// The superblock as of the last successful open or update (sequence 0 before any).
+    working: SuperBlockHeader,
+    /// What is being written: the next update, or the working superblock during a repair.
+    staging: SuperBlockHeader,
+    phase: Phase,
+    /// Whether the open in progress rewrites bad copies.
+    open_repair: bool,
+    /// Whether `update` may run: after an open that repaired, until an operation fails.
+    updatable: bool,
+    io_in_flight: [Option<IoKind>; SUPERBLOCK_COPIES],
+    read_buffers: [Option<Message>; SUPERBLOCK_COPIES],
+    read_results: [Result<(), IoError>; SUPERBLOCK_COPIES],
+    copies_to_write: [bool; SUPERBLOCK_COPIES],
+    /// Rewrite rounds the current update has used.
+    rewrites: u8,
+    copies_health: [CopyHealth; SUPERBLOCK_COPIES],
+    result: Option<Result<(), SuperBlockError>>,
+    /// Reused by the blocking drivers, so that they never allocate.
+    completions: Vec<Completion>,
+}
+
+impl Default for SuperBlock {
+    fn default() -> SuperBlock {
+        SuperBlock::new()
+    }
+}
+
+impl SuperBlock {
+    /// Allocates the superblock's buffers: the only allocation it makes.
+    pub fn new() -> SuperBlock {
+        let zeroed = SuperBlockHeader::new_zeroed();
+        SuperBlock {
+            pool: MessagePool::new(SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE),
+            working: zeroed,
+            staging: zeroed,
+            phase: Phase::Idle,
+            open_repair: false,
+            updatable: false,
+            io_in_flight: [None; SUPERBLOCK_COPIES],
+            read_buffers: Default::default(),
+            read_results: [Ok(()); SUPERBLOCK_COPIES],
+            copies_to_write: [false; SUPERBLOCK_COPIES],
+            rewrites: 0,
+            copies_health: [CopyHealth::Unread; SUPERBLOCK_COPIES],
+            result: None,
+            completions: Vec::with_capacity(SUPERBLOCK_COPIES),
+        }
+    }
+
+    /// Starts an open: reads every copy, chooses the working superblock, and rewrites the
+    /// copies that differ from it.
+    pub fn open<S: Storage>(&mut self, storage: &mut S) {
+        self.open_start(storage, true);
+    }
+
+    /// Like `open`, but writes nothing (for `kimberlite inspect`); `update` may not follow.
+    pub fn open_read_only<S: Storage>(&mut self, storage: &mut S) {
+        self.open_start(storage, false);
+    }
+
+    /// Opens the superblock of a storage that only the superblock uses, waiting for each
+    /// completion.
+    pub fn open_blocking<S: Storage>(storage: &mut S) -> Result<SuperBlock, SuperBlockError> {
+        let mut superblock = SuperBlock::new();
+        superblock.open(storage);
+        superblock.complete_blocking(storage)?;
+        Ok(superblock)
+    }
+
+    /// Starts an update: the working superblock with `state`, sequence + 1, and the working
+    /// checksum as parent. Panics if `state` would take view, log_view or commit_max backwards:
+    /// the caller's own invariant.
+    pub fn update<S: Storage>(&mut self, storage: &mut S, state: &VsrState) {
+        assert_eq!(self.phase, Phase::Idle, "one superblock operation at a time");
+        assert!(self.result.is_none(), "the previous superblock result was not taken");
+        assert!(self.updatable, "superblock update needs a repairing open and no failure since");
+        assert!(self.copies_to_write.iter().all(|write| !write));
+        let mut staging = self.working;
+        staging.sequence = self.working.sequence + 1;
+        staging.parent = self.working.checksum;
+        staging.set_vsr_state(state);
+        staging.copy = 0;
+        staging.set_checksum();
+        if let Some(reason) = staging.invalid() {
+            panic!("superblock update: {reason}");
+        }
+        if let Some(reason) = self.working.transition_invalid(&staging) {
+            panic!("superblock update: {reason}");
+        }
+        self.staging = staging;
+        self.copies_to_write = [true; SUPERBLOCK_COPIES];
+        self.rewrites = 0;
+        self.phase = Phase::UpdateWrite;
+        self.write_copy(storage);
+    }
+
+    /// `update`, then waits for it on a storage that only the superblock uses.
+    pub fn update_blocking<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        state: &VsrState,
+    ) -> Result<(), SuperBlockError> {
+        self.update(storage, state);
+        self.complete_blocking(storage)
+    }
+
+    /// Polls `storage` and routes completions until the current operation finishes, and
+    /// returns its result. Every completion must belong to the superblock.
+    pub fn complete_blocking<S: Storage>(
+        &mut self,
+        storage: &mut S,
+    ) -> Result<(), SuperBlockError> {
+        let mut completions = std::mem::take(&mut self.completions);
+        let result = loop {
+            if let Some(result) = self.poll_result() {
+                break result;
+            }
+            assert_ne!(self.phase, Phase::Idle, "no superblock operation to complete");
+            assert!(storage.in_flight() > 0, "superblock operation waits on no I/O");
+            assert!(completions.is_empty());
+            storage.poll(&mut completions, SUPERBLOCK_COPIES);
+            for completion in completions.drain(..) {
+                self.on_completion(storage, completion);
+            }
+        };
+        assert!(completions.capacity() >= SUPERBLOCK_COPIES);
+        self.completions = completions;
+        result
+    }
+
+    /// Takes the result of the operation that finished, if one has.
+    pub fn poll_result(&mut self) -> Option<Result<(), SuperBlockError>> {
+        let result = self.result.take();
+        assert!(result.is_none() || self.phase == Phase::Idle);
+        result
+    }
+
+    /// The superblock as of the last successful open or update.
+    pub fn working(&self) -> &SuperBlockHeader {
+        assert!(self.working.sequence > 0, "superblock not opened");
+        &self.working
+    }
+
+    /// What the last open, or the last update's read-back, found in each copy.
+    pub fn copies_health(&self) -> &[CopyHealth; SUPERBLOCK_COPIES] {
+        &self.copies_health
+    }
+
+    /// Advances the operation with one of its completions (owner `IoOwner::Superblock`); may
+    /// submit the next request.
+    pub fn on_completion<S: Storage>(&mut self, storage: &mut S, completion: Completion) {
+        let Completion { request, buffer, result } = completion;
+        assert_eq!(request.token.owner, IoOwner::Superblock);
+        assert_eq!(request.zone, Zone::Superblock);
+        let copy = request.token.index as usize;
+        assert!(copy < SUPERBLOCK_COPIES);
+        assert_eq!(request.offset, copy_offset(copy));
+        assert_eq!(self.io_in_flight[copy], Some(request.kind), "unexpected completion");
+        self.io_in_flight[copy] = None;
+        match (self.phase, request.kind) {
+            (Phase::OpenRead | Phase::UpdateVerify, IoKind::Read) => {
+                self.read_copy_complete(storage, copy, buffer, result);
+            }
+            (Phase::OpenRepair | Phase::UpdateWrite, IoKind::Write) => {
+                drop(buffer);
+                self.write_copy_complete(storage, copy, result);
+            }
+            (phase, kind) => panic!("superblock: {kind:?} completion during {phase:?}"),
+        }
+    }
+
+    fn open_start<S: Storage>(&mut self, storage: &mut S, repair: bool) {
+        assert_eq!(self.phase, Phase::Idle, "one superblock operation at a time");
+        assert!(self.result.is_none(), "the previous superblock result was not taken");
+        self.open_repair = repair;
+        self.updatable = false;
+        self.copies_health = [CopyHealth::Unread; SUPERBLOCK_COPIES];
+        self.phase = Phase::OpenRead;
+        self.read_copies(storage);
+    }
+
+    /// Reads every copy at once, each into its own buffer.
+    fn read_copies<S: Storage>(&mut self, storage: &mut S) {
+        assert!(matches!(self.phase, Phase::OpenRead | Phase::UpdateVerify));
+        assert_eq!(self.pool.free_count(), SUPERBLOCK_COPIES);
+        for copy in 0..SUPERBLOCK_COPIES {
+            assert!(self.read_buffers[copy].is_none());
+            let buffer = self.pool.get();
+            self.submit(storage, IoKind::Read, copy, buffer);
+        }
+    }
+
+    fn read_copy_complete<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        copy: usize,
+        buffer: Message,
+        result: Result<(), IoError>,
+    ) {
+        assert!(self.read_buffers[copy].is_none());
+        self.read_buffers[copy] = Some(buffer);
+        self.read_results[copy] = result;
+        if self.io_in_flight.iter().any(Option::is_some) {
+            return;
+        }
+        assert!(self.read_buffers.iter().all(Option::is_some));
+        match self.phase {
+            Phase::OpenRead => self.open_read_complete(storage),
+            Phase::UpdateVerify => self.update_verify_complete(storage),
+            phase => unreachable!("reads complete during {phase:?}"),
+        }
+    }
+
+    /// Every copy has been read: classify them, choose the working superblock, and repair.
+    fn open_read_complete<S: Storage>(&mut self, storage: &mut S) {
+        let mut copies: [Option<&SuperBlockHeader>; SUPERBLOCK_COPIES] = [None; SUPERBLOCK_COPIES];
+        for (copy, valid) in copies.iter_mut().enumerate() {
+            let buffer = self.read_buffers[copy].as_ref().expect("every copy was read");
+            let health = copy_health(copy, buffer, self.read_results[copy]);
+            if let CopyHealth::Valid { .. } = health {
+                *valid = Some(header_of(buffer));
+            }
+            self.copies_health[copy] = health;
+        }
+        let chosen = quorum_choose(&copies).map(|index| *copies[index].expect("chosen is valid"));
+        if let Ok(working) = &chosen {
+            for (copy, valid) in copies.iter().enumerate() {
+                if let (Some(header), CopyHealth::Valid { sequence }) =
+                    (valid, self.copies_health[copy])
+                    && header.checksum != working.checksum
+                {
+                    self.copies_health[copy] = CopyHealth::Stale { sequence };
+                }
+            }
+        }
+        self.read_buffers = Default::default();
+        match chosen {
+            Err(error) => self.finish(Err(error)),
+            Ok(working) => self.open_repair(storage, working),
+        }
+    }
+
+    fn open_repair<S: Storage>(&mut self, storage: &mut S, working: SuperBlockHeader) {
+        assert_eq!(self.phase, Phase::OpenRead);
+        assert!(working.valid_checksum());
+        self.working = working;
+        self.working.copy = 0;
+        self.staging = self.working;
+        for (copy, health) in self.copies_health.iter().enumerate() {
+            let valid = matches!(health, CopyHealth::Valid { .. });
+            self.copies_to_write[copy] = self.open_repair && !valid;
+        }
+        if self.copies_to_write.iter().any(|write| *write) {
+            self.phase = Phase::OpenRepair;
+            self.write_copy(storage);
+        } else {
+            self.updatable = self.open_repair;
+            self.finish(Ok(()));
+        }
+    }
+
+    /// The update's copies have been read back: done if enough match, else rewrite the others.
+    fn update_verify_complete<S: Storage>(&mut self, storage: &mut S) {
+        let mut copies_matching: usize = 0;
+        for copy in 0..SUPERBLOCK_COPIES {
+            let buffer = self.read_buffers[copy].as_ref().expect("every copy was read");
+            let result = self.read_results[copy];
+            let identical = result.is_ok() && header_of(buffer).identical_at(&self.staging, copy);
+            let mut health = copy_health(copy, buffer, result);
+            if let CopyHealth::Valid { sequence } = health
+                && !identical
+            {
+                health = CopyHealth::Stale { sequence };
+            }
+            self.copies_health[copy] = health;
+            self.copies_to_write[copy] = !identical;
+            copies_matching += usize::from(identical);
+        }
+        self.read_buffers = Default::default();
+        let rewrites_left = self.rewrites < SUPERBLOCK_UPDATE_REWRITES_MAX;
+        let verified = copies_matching == SUPERBLOCK_COPIES
+            || (!rewrites_left && copies_matching >= SUPERBLOCK_QUORUM_VERIFY);
+        if verified {
+            self.copies_to_write = [false; SUPERBLOCK_COPIES];
+            self.working = self.staging;
+            self.working.copy = 0;
+            self.finish(Ok(()));
+        } else if rewrites_left {
+            self.rewrites += 1;
+            self.phase = Phase::UpdateWrite;
+            self.write_copy(storage);
+        } else {
+            self.copies_to_write = [false; SUPERBLOCK_COPIES];
+            self.updatable = false;
+            let copies_matching = copies_matching as u8;
+            self.finish(Err(SuperBlockError::VerifyFailed { copies_matching }));
+        }
+    }
+
+    /// Writes `staging` to the lowest copy left to write. Writes go one at a time so that a
+    /// crash can tear at most one copy.
+    fn write_copy<S: Storage>(&mut self, storage: &mut S) {
+        assert!(matches!(self.phase, Phase::OpenRepair | Phase::UpdateWrite));
+        assert!(self.io_in_flight.iter().all(Option::is_none));
+        assert!(self.staging.valid_checksum());
+        let copy = self.copies_to_write.iter().position(|write| *write).expect("a copy to write");
+        self.staging.copy = copy as u16;
+        let mut buffer = self.pool.get();
+        buffer.buffer_mut_unique()[..SUPERBLOCK_COPY_SIZE].copy_from_slice(self.staging.as_bytes());
+        self.submit(storage, IoKind::Write, copy, buffer);
+    }
+
+    fn write_copy_complete<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        copy: usize,
+        result: Result<(), IoError>,
+    ) {
+        assert!(self.copies_to_write[copy]);
+        self.copies_to_write[copy] = false;
+        if let Err(error) = result {
+            self.copies_to_write = [false; SUPERBLOCK_COPIES];
+            self.updatable = false;
+            let copy = copy as u8;
+            self.finish(Err(SuperBlockError::WriteFailed { copy, error }));
+        } else if self.copies_to_write.iter().any(|write| *write) {
+            self.write_copy(storage);
+        } else if self.phase == Phase::OpenRepair {
+            self.updatable = true;
+            self.finish(Ok(()));
+        } else {
+            assert_eq!(self.phase, Phase::UpdateWrite);
+            self.phase = Phase::UpdateVerify;
+            self.read_copies(storage);
+        }
+    }
+
+    fn submit<S: Storage>(&mut self, storage: &mut S, kind: IoKind, copy: usize, buffer: Message) {
+        assert!(copy < SUPERBLOCK_COPIES);
+        assert!(self.io_in_flight[copy].is_none());
+        self.io_in_flight[copy] = Some(kind);
+        let request = IoRequest {
+            token: IoToken { owner: IoOwner::Superblock, index: copy as u32 },
+            kind,
+            zone: Zone::Superblock,
+            offset: copy_offset(copy),
+            length: SUPERBLOCK_COPY_SIZE,
+            buffer_offset: 0,
+        };
+        storage.submit(request, buffer);
+    }
+
+    fn finish(&mut self, result: Result<(), SuperBlockError>) {
+        assert_ne!(self.phase, Phase::Idle);
+        assert!(self.result.is_none());
+        assert!(self.io_in_flight.iter().all(Option::is_none));
+        assert!(self.copies_to_write.iter().all(|write| !write));
+        assert!(self.read_buffers.iter().all(Option::is_none));
+        assert!(result.is_ok() || !self.updatable);
+        self.phase = Phase::Idle;
+        self.result = Some(result);
+    }
+}
+
+/// The absolute offset of `copy`. The superblock zone comes first in every layout, so this does
+/// not depend on the configuration (which is only known once a copy has been read).
+fn copy_offset(copy: usize) -> u64 {
+    assert!(copy < SUPERBLOCK_COPIES);
+    (copy * SUPERBLOCK_COPY_SIZE) as u64
+}
+
+/// The copy in a buffer of the superblock's pool. Any bytes are a `SuperBlockHeader`; only the
+/// buffer's size and alignment, which are ours, are asserted.
+fn header_of(buffer: &Message) -> &SuperBlockHeader {
+    SuperBlockHeader::ref_from_bytes(&buffer.buffer()[..SUPERBLOCK_COPY_SIZE])
+        .expect("superblock buffers are sector aligned and one copy long")
+}
+
+/// What a copy read from position `copy` is worth on its own (untrusted bytes: never panics).
+fn copy_health(copy: usize, buffer: &Message, result: Result<(), IoError>) -> CopyHealth {
+    if let Err(error) = result {
+        return CopyHealth::ReadError { error };
+    }
+    let header = header_of(buffer);
+    if !header.valid_checksum() {
+        return CopyHealth::CorruptChecksum;
+    }
+    if usize::from(header.copy) != copy {
+        return CopyHealth::Misdirected { copy: header.copy };
+    }
+    if let Some(reason) = header.invalid() {
+        return CopyHealth::Invalid { reason };
+    }
+    CopyHealth::Valid { sequence: header.sequence }
+}
+
+/// Chooses the working superblock among the valid copies (`None`: not valid): the newest held by
+/// an open quorum of identical copies. Returns the index of one of its copies.
+fn quorum_choose(
+    copies: &[Option<&SuperBlockHeader>; SUPERBLOCK_COPIES],
+) -> Result<usize, SuperBlockError> {
+    let copies_valid = copies.iter().flatten().count();
+    if copies_valid == 0 {
+        return Err(SuperBlockError::NotFound);
+    }
+    for (index, a) in copies.iter().enumerate() {
+        for b in &copies[index + 1..] {
+            if let (Some(a), Some(b)) = (a, b)
+                && a.sequence == b.sequence
+                && a.checksum != b.checksum
+            {
+                return Err(SuperBlockError::Fork { sequence: a.sequence });
+            }
+        }
+    }
+    let mut chosen: Option<(usize, u64)> = None;
+    for (index, copy) in copies.iter().enumerate() {
+        let Some(copy) = copy else { continue };
+        let count = copies.iter().flatten().filter(|other| other.checksum == copy.checksum).count();
+        if count >= SUPERBLOCK_QUORUM_OPEN
+            && chosen.is_none_or(|(_, sequence)| copy.sequence > sequence)
+        {
+            chosen = Some((index, copy.sequence));
+        }
+    }
+    let Some((index, _)) = chosen else {
+        return Err(SuperBlockError::QuorumLost { copies_valid: copies_valid as u8 });
+    };
+    let working = copies[index].expect("the chosen copy is valid");
+    quorum_check_chain(copies, working)?;
+    Ok(index)
+}
+
+/// Checks the chosen superblock against its neighbours in the hash chain: a newer copy (an
+/// update that did not reach a quorum) must be its child, and its parent, if present, must
+/// precede it; neither step may take the VSR state backwards.
+fn quorum_check_chain(
+    copies: &[Option<&SuperBlockHeader>; SUPERBLOCK_COPIES],
+    working: &SuperBlockHeader,
+) -> Result<(), SuperBlockError> {
+    if let Some(reason) = working.vsr_state_invalid() {
+        return Err(SuperBlockError::VsrStateNotMonotonic { sequence: working.sequence, reason });
+    }
+    for copy in copies.iter().flatten() {
+        if copy.sequence > working.sequence {
+            if working.sequence.checked_add(1) != Some(copy.sequence) {
+                return Err(SuperBlockError::ParentSkipped { sequence: copy.sequence });
+            }
+            if copy.parent != working.checksum {
+                return Err(SuperBlockError::ParentNotConnected { sequence: copy.sequence });
+            }
+            if let Some(reason) = working.transition_invalid(copy) {
+                let sequence = copy.sequence;
+                return Err(SuperBlockError::VsrStateNotMonotonic { sequence, reason });
+            }
+        } else if copy.checksum == working.parent
+            && copy.sequence.checked_add(1) == Some(working.sequence)
+            && let Some(reason) = copy.transition_invalid(working)
+        {
+            let sequence = working.sequence;
+            return Err(SuperBlockError::VsrStateNotMonotonic { sequence, reason });
+        }
+    }
+    Ok(())
 }
