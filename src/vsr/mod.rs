@@ -6,6 +6,7 @@
 
 pub mod header;
 pub mod journal;
+pub mod client_sessions;
 pub mod format;
 pub mod layout;
 pub mod message_pool;
