@@ -22,9 +22,10 @@ use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::constants::{
-    SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, SUPERBLOCK_QUORUM_OPEN, SUPERBLOCK_QUORUM_VERIFY,
+    CLIENTS_MAX, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, SUPERBLOCK_QUORUM_OPEN, SUPERBLOCK_QUORUM_VERIFY,
     SUPERBLOCK_VERSION, VIEW_HEADERS_MAX,
 };
+use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::header::{self, Checksum, ClusterId, Header, Op, View};
 use crate::vsr::layout::{Config, Zone};
 use crate::vsr::message_pool::{Message, MessagePool};
@@ -86,7 +87,9 @@ pub struct SuperBlockHeader {
     pub view_headers_count: u32,
     pub reserved_state: [u8; 8],
     pub view_headers: [Header; VIEW_HEADERS_MAX],
-    pub reserved: [u8; 2816],
+    /// The client sessions as of the checkpoint (free entries are all zero).
+    pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
+    pub reserved: [u8; 256],
 }
 
 const_assert_eq!(std::mem::size_of::<SuperBlockHeader>(), SUPERBLOCK_COPY_SIZE);
@@ -165,7 +168,8 @@ impl SuperBlockHeader {
         let reserved_zero = self.reserved_replica == [0; 2]
             && self.reserved_checkpoint == [0; 4]
             && self.reserved_state == [0; 8]
-            && self.reserved.iter().all(|byte| *byte == 0);
+            && self.reserved.iter().all(|byte| *byte == 0)
+            && self.client_sessions.iter().all(|record| record.reserved == 0);
         if !reserved_zero {
             return Some("reserved bytes not zero");
         }
@@ -216,6 +220,7 @@ impl SuperBlockHeader {
             streams_table_checksum: self.streams_table_checksum,
             view_headers_count: self.view_headers_count,
             view_headers: self.view_headers,
+            client_sessions: self.client_sessions,
         }
     }
 
@@ -232,6 +237,7 @@ impl SuperBlockHeader {
         self.streams_table_checksum = state.streams_table_checksum;
         self.view_headers_count = state.view_headers_count;
         self.view_headers = state.view_headers;
+        self.client_sessions = state.client_sessions;
     }
 
     /// True if `self`, read from position `copy`, is exactly `target` written there.
@@ -259,6 +265,8 @@ pub struct VsrState {
     /// How many of `view_headers` are in use.
     pub view_headers_count: u32,
     pub view_headers: [Header; VIEW_HEADERS_MAX],
+    /// The client session table at the checkpoint.
+    pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
 }
 
 impl VsrState {
