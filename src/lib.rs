@@ -13,6 +13,11 @@ pub mod io;
 pub mod sim;
 pub mod vsr;
 
+/// Every allocation goes through the guard, so a test can prove the replica allocates nothing
+/// after startup.
+#[global_allocator]
+static ALLOCATOR: io::allocator::GuardedAllocator = io::allocator::GuardedAllocator;
+
 /// The git commit and build profile this binary was built from (set by `build.rs`).
 pub const BUILD_COMMIT: &str = env!("KIMBERLITE_GIT_COMMIT");
 pub const BUILD_PROFILE: &str = env!("KIMBERLITE_BUILD_PROFILE");

@@ -1,2 +1,24 @@
 //! The Linux driver: a single-threaded io_uring loop and direct-I/O storage. The only module
 //! with `unsafe` code, in a few places, each with a `// SAFETY:` comment.
+//!
+//! - `ring`: the event loop (`Io`): one ring, a fixed table of operation slots, completions
+//!   drained into a fixed array and handed back to their owners.
+//! - `storage`: `IoStorage`, the `vsr::storage::Storage` implementation over `Io` for one data
+//!   file.
+//! - `data_file`: creating and opening data files (`O_DIRECT`, `flock`, fsync at open).
+//! - `allocator`: the global allocator guard that proves no allocation after startup.
+//! - `format`: `kimberlite format`, writing every byte of a new data file.
+
+pub mod allocator;
+pub mod data_file;
+pub mod format;
+pub mod ring;
+pub mod storage;
+
+#[cfg(test)]
+pub(crate) mod scratch;
+
+pub use data_file::{DataFile, DataFileError};
+pub use format::{FormatReport, format_file};
+pub use ring::{Io, Wait};
+pub use storage::IoStorage;
