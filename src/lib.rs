@@ -7,10 +7,12 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod cli;
+pub mod client;
 pub mod constants;
 pub mod fuzz_targets;
 pub mod io;
 pub mod sim;
+pub mod state_machine;
 pub mod vsr;
 
 /// Every allocation goes through the guard, so a test can prove the replica allocates nothing

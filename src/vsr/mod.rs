@@ -10,5 +10,6 @@ pub mod client_sessions;
 pub mod format;
 pub mod layout;
 pub mod message_pool;
+pub mod replica;
 pub mod storage;
 pub mod superblock;

@@ -1,0 +1,773 @@
+//! The replicated state machine: an append-only event store. Every replica applies the same
+//! committed ops in the same order, and this module turns them into the same bytes: the
+//! streams table in memory, and grid blocks on disk written in commit order from `grid_head`,
+//! so that the grid is a deterministic function of the committed log.
+//!
+//! Sans-IO like the rest of the core: it submits grid reads and writes to a `Storage` and is
+//! handed their completions later. `docs/event-store.md` describes the formats and the index.
+//!
+//! # Call order
+//!
+//! 1. `new(config)` allocates everything the state machine will ever use.
+//! 2. `open(storage, checkpoint)` with the superblock's checkpoint (all zero after format).
+//!    Pass every completion whose token names `IoOwner::Grid` to `on_completion`; the open is
+//!    over when `poll_open` returns `Some`.
+//! 3. For each committed op, in op order: wait until `commit_ready()` (back-pressure while
+//!    sealed blocks are still being written), then `commit`, which applies create_stream and
+//!    append at once and writes the reply body. Ops the state machine has no part in (register,
+//!    noop) may be passed too; they change nothing. Bodies must have passed `request_invalid`.
+//! 4. At a checkpoint op, right after committing it: `checkpoint(storage)`, then keep passing
+//!    completions until `poll_checkpoint` returns the state to put in the superblock. No commit
+//!    runs in between (`commit_ready` is false).
+//! 5. Any time after the open: `read_start` (read_stream, read_log, stream_info), served from
+//!    what is committed so far; the reply comes out of `poll_read`, which the caller drains
+//!    after `read_start` and after every completion it delivers.
+//!
+//! After a restart, `open` from the last checkpoint and re-`commit` the ops after it: that
+//! rewrites the same blocks with the same bytes.
+
+#![forbid(unsafe_code)]
+
+mod block;
+mod checkpoint;
+pub mod constants;
+mod read;
+mod streams;
+pub mod types;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use crate::constants::{BLOCK_SIZE, HEADER_SIZE};
+use crate::state_machine::block::{
+    BLOCK_HEADER_SIZE, block_checksum, block_fits, block_header, directory_entry_size,
+    frontier_advance, frontier_count, skip_pointer_count,
+};
+use crate::state_machine::checkpoint::{Checkpointing, Opening};
+use crate::state_machine::constants::{
+    BLOCK_VERSION, EVENT_SIZE_MAX, EXPECTED_OFFSET_ANY, GRID_READS_MAX, GRID_WRITES_PIPELINE,
+    SKIP_LEVELS_MAX,
+};
+use crate::state_machine::read::ReadSlot;
+use crate::state_machine::streams::Streams;
+use crate::state_machine::types::{
+    AppendBatch, AppendResult, BlockHeader, BlockKind, BlockPointer, CreateStream,
+    CreateStreamResult, DirectoryEntry, EventRecord, Events, ReadReplyHeader, ResultCode,
+    TableEntry, TableRoot, batch_split, chain_next, chain_seed, record_size, stream_id_valid,
+};
+use crate::vsr::header::{Checksum, Op, Operation};
+use crate::vsr::layout::{Config, Layout, Zone};
+use crate::vsr::message_pool::{Message, MessagePool};
+use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
+use crate::vsr::superblock::VsrState;
+
+pub use crate::state_machine::types::request_invalid;
+
+/// What a checkpoint leaves in the superblock (the state machine's part of `VsrState`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointState {
+    /// The next grid block to append to.
+    pub grid_head: u64,
+    pub streams_table_address: u64,
+    /// 0 until the first checkpoint that follows a change; then every field is set.
+    pub streams_table_blocks: u32,
+    /// CRC32C of the table blocks' checksums (4 bytes little-endian each, in order).
+    pub streams_table_checksum: Checksum,
+    /// CRC32C of the `TableRoot` then `streams_table_checksum`: names the whole state.
+    pub checkpoint_state_checksum: Checksum,
+}
+
+impl CheckpointState {
+    pub fn from_vsr_state(state: &VsrState) -> CheckpointState {
+        CheckpointState {
+            grid_head: state.grid_head,
+            streams_table_address: state.streams_table_address,
+            streams_table_blocks: state.streams_table_blocks,
+            streams_table_checksum: state.streams_table_checksum,
+            checkpoint_state_checksum: state.checkpoint_state_checksum,
+        }
+    }
+
+    pub fn write_to(&self, state: &mut VsrState) {
+        state.grid_head = self.grid_head;
+        state.streams_table_address = self.streams_table_address;
+        state.streams_table_blocks = self.streams_table_blocks;
+        state.streams_table_checksum = self.streams_table_checksum;
+        state.checkpoint_state_checksum = self.checkpoint_state_checksum;
+    }
+}
+
+/// Names one read from `read_start` to `poll_read`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadId(pub u64);
+
+/// Every read slot is busy; the reply message is handed back unused.
+#[derive(Debug)]
+pub struct ReadBusy {
+    pub reply: Message,
+}
+
+/// A finished read: the reply body is in `message` from byte `HEADER_SIZE` on, `body_size`
+/// bytes long. The caller fills the header.
+#[derive(Debug)]
+pub struct ReadReply {
+    pub id: ReadId,
+    pub message: Message,
+    pub body_size: usize,
+}
+
+/// Sizes derived once from the cluster's `Config`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub grid_blocks: u64,
+    /// Skip-list levels a chain in this grid can use (ordinals never exceed `grid_blocks`).
+    pub levels: usize,
+    pub event_size_max: u32,
+    pub reply_body_size_max: usize,
+    /// The most blocks one commit can seal (see `seals_per_commit_max`).
+    pub seals_per_commit_max: usize,
+    /// Grid blocks a full streams table takes: kept free for the next checkpoint. A grid too
+    /// small for it (as in some protocol tests) is valid: every create gets `storage_full`.
+    pub table_blocks_max: u64,
+    /// Block buffers for the open block and for writes.
+    pub write_buffers: usize,
+}
+
+impl Limits {
+    pub fn new(config: &Config) -> Limits {
+        assert!(config.invalid().is_none());
+        let grid_blocks = config.grid_size / BLOCK_SIZE as u64;
+        let levels = frontier_count(grid_blocks) as usize;
+        assert!((1..=SKIP_LEVELS_MAX).contains(&levels));
+        let reply_body_size_max = config.message_size_max as usize - HEADER_SIZE;
+        let reply_room = reply_body_size_max - size_of::<ReadReplyHeader>();
+        let event_room = reply_room - size_of::<EventRecord>();
+        let event_size_max = EVENT_SIZE_MAX.min(event_room as u32);
+        let seals_per_commit_max =
+            seals_per_commit_max(reply_body_size_max as u64, levels, event_size_max);
+        let table_blocks_max = table_blocks_max(config.streams_max, levels);
+        let limits = Limits {
+            grid_blocks,
+            levels,
+            event_size_max,
+            reply_body_size_max,
+            seals_per_commit_max,
+            table_blocks_max,
+            write_buffers: seals_per_commit_max + 1 + GRID_WRITES_PIPELINE,
+        };
+        assert!(record_size(event_size_max) <= reply_room as u64);
+        limits
+    }
+}
+
+/// The most blocks one commit of a `body_size`-byte request can seal. An event of `d` padded
+/// bytes takes `8 + d` bytes of request and `40 + d` of block (`d >= 8`: at most 3 times as
+/// many); a batch takes at least 40 bytes of request and adds at most one directory entry per
+/// block it touches. A sealed block other than the first is more than full minus one record
+/// and one entry, so `seals * (fill - entry) <= fill + 3 * body + batches * entry`.
+fn seals_per_commit_max(body_size: u64, levels: usize, event_size_max: u32) -> usize {
+    let entry = directory_entry_size(levels as u32);
+    let fill = (BLOCK_SIZE - BLOCK_HEADER_SIZE) as u64 - record_size(event_size_max) - entry;
+    let batches = body_size / 40;
+    let content = 3 * body_size + batches * entry;
+    assert!(fill > entry);
+    (fill + content).div_ceil(fill - entry) as usize
+}
+
+/// Grid blocks the streams table takes when every stream exists with a full frontier.
+fn table_blocks_max(streams_max: u32, levels: usize) -> u64 {
+    let entry = (size_of::<TableEntry>() + levels * size_of::<BlockPointer>()) as u64;
+    let space = (BLOCK_SIZE - BLOCK_HEADER_SIZE) as u64;
+    let first = (space - size_of::<TableRoot>() as u64) / entry;
+    let others = space / entry;
+    assert!(first > 0);
+    1 + u64::from(streams_max).saturating_sub(first).div_ceil(others)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    New,
+    Opening,
+    Open,
+    Failed,
+}
+
+/// The log's chain of event blocks.
+#[derive(Clone, Copy, Debug)]
+struct Log {
+    grid_head: u64,
+    position_next: u64,
+    /// Sealed event blocks: the ordinal of the newest.
+    blocks: u64,
+    frontier: [BlockPointer; SKIP_LEVELS_MAX],
+}
+
+impl Log {
+    fn new() -> Log {
+        Log { grid_head: 0, position_next: 0, blocks: 0, frontier: [BlockPointer::default(); _] }
+    }
+}
+
+/// The block events are appended to. It holds a buffer only while it holds events.
+struct OpenBlock {
+    buffer: Option<Message>,
+    records_size: u32,
+    directory_size: u32,
+    event_count: u32,
+    /// Stream entries with events in the block, in order of their first event.
+    streams: Vec<u32>,
+    op_min: Op,
+    op_max: Op,
+    position_first: u64,
+}
+
+impl OpenBlock {
+    /// True if `size` more bytes of records and directory fit.
+    fn fits(&self, size: u64) -> bool {
+        block_fits(u64::from(self.records_size), u64::from(self.directory_size), size)
+    }
+
+    /// Writes `record` and its zero-padded `data` after the records; returns where.
+    fn record_write(&mut self, record: &EventRecord, data: &[u8]) -> usize {
+        assert_eq!(record.size_bytes as usize, data.len());
+        let size = record_size(record.size_bytes) as usize;
+        assert!(self.fits(size as u64));
+        let at = BLOCK_HEADER_SIZE + self.records_size as usize;
+        let bytes = self.buffer.as_mut().expect("a buffer to write to").buffer_mut_unique();
+        let (head, tail) = bytes[at..at + size].split_at_mut(size_of::<EventRecord>());
+        head.copy_from_slice(record.as_bytes());
+        tail[..data.len()].copy_from_slice(data);
+        tail[data.len()..].fill(0);
+        self.records_size += size as u32;
+        at
+    }
+
+    fn reset(&mut self, position_first: u64) {
+        assert!(self.buffer.is_none());
+        self.records_size = 0;
+        self.directory_size = 0;
+        self.event_count = 0;
+        self.streams.clear();
+        self.op_min = 0;
+        self.op_max = 0;
+        self.position_first = position_first;
+    }
+}
+
+/// A block being written, kept so that reads can be served from it meanwhile.
+struct Write {
+    address: u64,
+    buffer: Message,
+}
+
+/// Which of our requests a completion answers: the token index is `kind << 24 | slot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TokenKind {
+    Write = 0,
+    Read = 1,
+    Open = 2,
+}
+
+impl TokenKind {
+    fn from_u32(value: u32) -> TokenKind {
+        match value {
+            0 => TokenKind::Write,
+            1 => TokenKind::Read,
+            2 => TokenKind::Open,
+            _ => unreachable!("a token of ours"),
+        }
+    }
+}
+
+const TOKEN_SLOT_BITS: u32 = 24;
+
+fn token(kind: TokenKind, slot: usize) -> IoToken {
+    assert!(slot < 1 << TOKEN_SLOT_BITS);
+    IoToken { owner: IoOwner::Grid, index: (kind as u32) << TOKEN_SLOT_BITS | slot as u32 }
+}
+
+pub struct StateMachine {
+    config: Config,
+    layout: Layout,
+    limits: Limits,
+    status: Status,
+    /// Block buffers: `limits.write_buffers` shared by the open block and writes, plus one
+    /// owned by each read slot for good.
+    pool: MessagePool,
+    streams: Streams,
+    log: Log,
+    open_block: OpenBlock,
+    /// Something was committed since the last checkpoint.
+    dirty: bool,
+    op_last: Op,
+    checkpoint_last: CheckpointState,
+    checkpointing: Option<Checkpointing>,
+    opening: Option<Opening>,
+    open_result: Option<Result<(), &'static str>>,
+    writes: Vec<Option<Write>>,
+    reads: Vec<ReadSlot>,
+    reads_done: VecDeque<usize>,
+    read_id_next: u64,
+    /// The last grid block a read found corrupt (for repair).
+    block_faulty_last: Option<u64>,
+}
+
+impl StateMachine {
+    /// Allocates every table and buffer the state machine will use.
+    pub fn new(config: &Config) -> StateMachine {
+        let limits = Limits::new(config);
+        let pool = MessagePool::new(limits.write_buffers + GRID_READS_MAX, BLOCK_SIZE);
+        let reads = (0..GRID_READS_MAX).map(|_| ReadSlot::new(pool.get())).collect();
+        let open_streams_max = (config.streams_max as usize).min(BLOCK_SIZE / 88);
+        StateMachine {
+            config: *config,
+            layout: Layout::new(config),
+            limits,
+            status: Status::New,
+            pool,
+            streams: Streams::new(config.streams_max, limits.levels),
+            log: Log::new(),
+            open_block: OpenBlock {
+                buffer: None,
+                records_size: 0,
+                directory_size: 0,
+                event_count: 0,
+                streams: Vec::with_capacity(open_streams_max),
+                op_min: 0,
+                op_max: 0,
+                position_first: 0,
+            },
+            dirty: false,
+            op_last: 0,
+            checkpoint_last: CheckpointState::default(),
+            checkpointing: None,
+            opening: None,
+            open_result: None,
+            writes: (0..limits.write_buffers).map(|_| None).collect(),
+            reads,
+            reads_done: VecDeque::with_capacity(GRID_READS_MAX),
+            read_id_next: 1,
+            block_faulty_last: None,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn stream_count(&self) -> u32 {
+        self.streams.count()
+    }
+
+    /// The log position the next committed event gets (= events committed so far).
+    pub fn position_next(&self) -> u64 {
+        self.log.position_next
+    }
+
+    pub fn grid_head(&self) -> u64 {
+        self.log.grid_head
+    }
+
+    /// The address of the last grid block a read found corrupt, lost or misdirected. Reads
+    /// whose skip-list descent passes through it fail with `block_corrupt` until it is
+    /// repaired (by block address and the checksum its pointers hold).
+    pub fn block_faulty_last(&self) -> Option<u64> {
+        self.block_faulty_last
+    }
+
+    /// True when `commit` may run: the state machine is open, no checkpoint is in progress, and
+    /// enough block buffers are free for the most blocks one commit can seal.
+    pub fn commit_ready(&self) -> bool {
+        if self.status != Status::Open || self.checkpointing.is_some() {
+            return false;
+        }
+        let needed =
+            self.limits.seals_per_commit_max + usize::from(self.open_block.buffer.is_none());
+        self.pool.free_count() >= needed
+    }
+
+    /// Applies committed `op` and writes its reply into `reply_body`; returns the reply size.
+    /// create_stream replies 8 bytes per 16-byte stream, append 16 per batch of at least 32
+    /// bytes: never more than half the body.
+    pub fn commit<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        op: Op,
+        timestamp: u64,
+        operation: Operation,
+        body: &[u8],
+        reply_body: &mut [u8],
+    ) -> usize {
+        assert!(self.commit_ready());
+        assert!(op > self.op_last, "ops commit in order");
+        assert!(!operation.is_read());
+        assert_eq!(request_invalid(operation, body), None);
+        assert!(reply_body.len() >= body.len() / 2);
+        self.op_last = op;
+        let size = match operation {
+            Operation::CreateStream => self.create_streams(body, reply_body),
+            Operation::Append => self.append_batches(storage, op, timestamp, body, reply_body),
+            Operation::Root | Operation::Register | Operation::Noop => 0,
+            Operation::Reserved
+            | Operation::ReadStream
+            | Operation::ReadLog
+            | Operation::StreamInfo => unreachable!("rejected above"),
+        };
+        assert!(size <= body.len());
+        size
+    }
+
+    /// Routes a completion of an `IoOwner::Grid` request.
+    pub fn on_completion<S: Storage>(&mut self, storage: &mut S, completion: Completion) {
+        assert_eq!(completion.request.token.owner, IoOwner::Grid);
+        let index = completion.request.token.index;
+        let slot = (index & ((1 << TOKEN_SLOT_BITS) - 1)) as usize;
+        match TokenKind::from_u32(index >> TOKEN_SLOT_BITS) {
+            TokenKind::Write => self.block_write_complete(storage, slot, completion),
+            TokenKind::Read => self.read_block_complete(storage, slot, completion),
+            TokenKind::Open => self.open_read_complete(storage, completion),
+        }
+    }
+
+    fn create_streams(&mut self, body: &[u8], reply_body: &mut [u8]) -> usize {
+        let request_size = size_of::<CreateStream>();
+        let result_size = size_of::<CreateStreamResult>();
+        let count = body.len() / request_size;
+        assert!(reply_body.len() >= count * result_size);
+        for index in 0..count {
+            let request =
+                CreateStream::read_from_bytes(&body[index * request_size..][..request_size])
+                    .expect("request size");
+            let result =
+                CreateStreamResult { result: self.create_stream(&request) as u32, reserved: 0 };
+            reply_body[index * result_size..][..result_size].copy_from_slice(result.as_bytes());
+        }
+        count * result_size
+    }
+
+    fn create_stream(&mut self, request: &CreateStream) -> ResultCode {
+        if !stream_id_valid(request.stream) {
+            return ResultCode::StreamIdInvalid;
+        }
+        if self.streams.lookup(request.stream).is_some() {
+            return ResultCode::StreamExists;
+        }
+        if self.streams.is_full() {
+            return ResultCode::StreamsFull;
+        }
+        if !self.grid_room(0, self.open_block.event_count > 0) {
+            return ResultCode::StorageFull;
+        }
+        let chain = chain_seed(request.stream, request.tenant);
+        self.streams.insert(request.stream, request.tenant, chain);
+        self.dirty = true;
+        ResultCode::Ok
+    }
+
+    /// True if sealing `seals` more blocks (and the open block, if `open_after`) still leaves
+    /// room for the largest streams table at the next checkpoint.
+    fn grid_room(&self, seals: u64, open_after: bool) -> bool {
+        let needed =
+            self.log.grid_head + seals + u64::from(open_after) + self.limits.table_blocks_max;
+        needed <= self.limits.grid_blocks
+    }
+
+    fn append_batches<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        op: Op,
+        timestamp: u64,
+        body: &[u8],
+        reply_body: &mut [u8],
+    ) -> usize {
+        let result_size = size_of::<AppendResult>();
+        let mut rest = body;
+        let mut count = 0;
+        while let Some(batch) = batch_split(rest).expect("body validated") {
+            let result = self.append_batch(storage, op, timestamp, &batch.header, batch.events);
+            reply_body[count * result_size..][..result_size].copy_from_slice(result.as_bytes());
+            count += 1;
+            rest = batch.rest;
+        }
+        count * result_size
+    }
+
+    fn append_batch<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        op: Op,
+        timestamp: u64,
+        batch: &AppendBatch,
+        events: &[u8],
+    ) -> AppendResult {
+        let reject = |result: ResultCode, offset: u64| AppendResult {
+            result: result as u32,
+            reserved: 0,
+            offset,
+        };
+        if !stream_id_valid(batch.stream) {
+            return reject(ResultCode::StreamIdInvalid, 0);
+        }
+        let Some(entry) = self.streams.lookup(batch.stream) else {
+            return reject(ResultCode::StreamNotFound, 0);
+        };
+        let offset_first = self.streams.get(entry).offset_next;
+        if batch.expected_offset != EXPECTED_OFFSET_ANY && batch.expected_offset != offset_first {
+            return reject(ResultCode::ExpectedOffsetWrong, offset_first);
+        }
+        for data in Events::new(events) {
+            if data.is_empty() {
+                return reject(ResultCode::EventEmpty, offset_first);
+            }
+            if data.len() > self.limits.event_size_max as usize {
+                return reject(ResultCode::EventTooLarge, offset_first);
+            }
+        }
+        let seals = self.append_seals_needed(entry, events);
+        if !self.grid_room(seals, true) {
+            return reject(ResultCode::StorageFull, offset_first);
+        }
+        let mut sealed = 0;
+        for data in Events::new(events) {
+            sealed += u64::from(self.append_event(storage, op, timestamp, entry, data));
+        }
+        assert_eq!(sealed, seals);
+        assert_eq!(
+            self.streams.get(entry).offset_next,
+            offset_first + u64::from(batch.event_count)
+        );
+        self.dirty = true;
+        reject(ResultCode::Ok, offset_first)
+    }
+
+    /// The bytes a new directory entry for stream `entry` takes in the open block, or 0 if the
+    /// stream already has events there.
+    fn entry_size_new(&self, entry: u32) -> u64 {
+        let stream = self.streams.get(entry);
+        if stream.open_event_count > 0 {
+            0
+        } else {
+            directory_entry_size(skip_pointer_count(stream.blocks + 1))
+        }
+    }
+
+    /// How many blocks appending `events` to stream `entry` will seal: the placement of
+    /// `append_event`, run without changing anything.
+    fn append_seals_needed(&self, entry: u32, events: &[u8]) -> u64 {
+        let stream = self.streams.get(entry);
+        let mut records_size = u64::from(self.open_block.records_size);
+        let mut directory_size = u64::from(self.open_block.directory_size);
+        let mut in_block = stream.open_event_count > 0;
+        let mut blocks = stream.blocks;
+        let mut seals = 0;
+        for data in Events::new(events) {
+            let record = record_size(data.len() as u32);
+            let mut entry_size =
+                if in_block { 0 } else { directory_entry_size(skip_pointer_count(blocks + 1)) };
+            if !block_fits(records_size, directory_size, record + entry_size) {
+                assert!(records_size > 0, "an event always fits an empty block");
+                seals += 1;
+                blocks += u64::from(in_block);
+                records_size = 0;
+                directory_size = 0;
+                entry_size = directory_entry_size(skip_pointer_count(blocks + 1));
+            }
+            records_size += record;
+            directory_size += entry_size;
+            in_block = true;
+        }
+        seals
+    }
+
+    /// Appends one event to the open block, sealing it first if the event does not fit.
+    /// Returns true if it sealed.
+    fn append_event<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        op: Op,
+        timestamp: u64,
+        entry: u32,
+        data: &[u8],
+    ) -> bool {
+        let size_bytes = data.len() as u32;
+        let sealed = !self.open_block.fits(record_size(size_bytes) + self.entry_size_new(entry));
+        if sealed {
+            self.seal(storage);
+        }
+        if self.open_block.buffer.is_none() {
+            self.open_block.buffer = Some(self.pool.get());
+        }
+        let entry_size = self.entry_size_new(entry);
+        assert!(self.open_block.fits(record_size(size_bytes) + entry_size));
+        let stream = self.streams.get_mut(entry);
+        let mut record = EventRecord {
+            stream: stream.id,
+            offset: stream.offset_next,
+            position: self.log.position_next,
+            timestamp,
+            chain: 0,
+            size_bytes,
+        };
+        record.chain = chain_next(stream.chain, &record, data);
+        let open = &mut self.open_block;
+        let at = open.record_write(&record, data);
+        if stream.open_event_count == 0 {
+            stream.open_record_first = at as u32;
+            assert!(open.streams.len() < open.streams.capacity());
+            open.streams.push(entry);
+            open.directory_size += entry_size as u32;
+        }
+        stream.open_event_count += 1;
+        stream.offset_next += 1;
+        stream.chain = record.chain;
+        if open.event_count == 0 {
+            assert_eq!(open.position_first, self.log.position_next);
+            open.op_min = op;
+        }
+        open.op_max = op;
+        open.event_count += 1;
+        self.log.position_next += 1;
+        sealed
+    }
+
+    /// Seals the open block at `grid_head`: writes its directory and header, moves every
+    /// frontier it joins forward, and submits its write.
+    fn seal<S: Storage>(&mut self, storage: &mut S) {
+        assert!(self.open_block.event_count > 0);
+        let address = self.log.grid_head;
+        assert!(address < self.limits.grid_blocks);
+        let mut buffer = self.open_block.buffer.take().expect("an open block with events");
+        let bytes = buffer.buffer_mut_unique();
+        let directory_end = self.seal_directory(bytes);
+        bytes[directory_end..].fill(0);
+        let ordinal = self.log.blocks + 1;
+        let header = self.seal_header(address, ordinal);
+        bytes[..BLOCK_HEADER_SIZE].copy_from_slice(header.as_bytes());
+        let checksum = block_checksum(bytes);
+        bytes[..size_of::<Checksum>()].copy_from_slice(&checksum.to_le_bytes());
+        let address_u32 = u32::try_from(address).expect("grid addresses fit u32");
+        for &entry in &self.open_block.streams {
+            let stream = self.streams.get_mut(entry);
+            let stream_ordinal = stream.blocks + 1;
+            stream.blocks = stream_ordinal;
+            stream.open_event_count = 0;
+            stream.open_record_first = 0;
+            let key_end = stream.offset_next;
+            let pointer = BlockPointer { key_end, address: address_u32, checksum };
+            frontier_advance(self.streams.frontier_mut(entry), stream_ordinal, pointer);
+        }
+        let pointer =
+            BlockPointer { key_end: self.log.position_next, address: address_u32, checksum };
+        frontier_advance(&mut self.log.frontier, ordinal, pointer);
+        self.log.blocks = ordinal;
+        self.log.grid_head += 1;
+        self.open_block.reset(self.log.position_next);
+        self.block_write(storage, address, buffer);
+    }
+
+    /// Writes the open block's directory after its records; returns where it ends.
+    fn seal_directory(&self, bytes: &mut [u8]) -> usize {
+        let mut at = BLOCK_HEADER_SIZE + self.open_block.records_size as usize;
+        for &entry in &self.open_block.streams {
+            let stream = self.streams.get(entry);
+            let ordinal = stream.blocks + 1;
+            let pointer_count = skip_pointer_count(ordinal);
+            let directory_entry = DirectoryEntry {
+                stream: stream.id,
+                ordinal,
+                offset_first: stream.sealed_end(),
+                record_first: stream.open_record_first,
+                event_count: stream.open_event_count,
+                pointer_count,
+                reserved: 0,
+            };
+            bytes[at..at + size_of::<DirectoryEntry>()].copy_from_slice(directory_entry.as_bytes());
+            at += size_of::<DirectoryEntry>();
+            let frontier = self.streams.frontier(entry);
+            for pointer in &frontier[..pointer_count as usize] {
+                assert!(pointer.key_end > 0 && pointer.key_end <= stream.sealed_end());
+                bytes[at..at + size_of::<BlockPointer>()].copy_from_slice(pointer.as_bytes());
+                at += size_of::<BlockPointer>();
+            }
+        }
+        let directory_size = at - BLOCK_HEADER_SIZE - self.open_block.records_size as usize;
+        assert_eq!(directory_size, self.open_block.directory_size as usize);
+        at
+    }
+
+    fn seal_header(&self, address: u64, ordinal: u64) -> BlockHeader {
+        let open = &self.open_block;
+        let mut header = BlockHeader::new_zeroed();
+        header.kind = BlockKind::Events as u8;
+        header.version = BLOCK_VERSION;
+        header.cluster = self.config.cluster;
+        header.address = address;
+        header.ordinal = ordinal;
+        header.op_min = open.op_min;
+        header.op_max = open.op_max;
+        header.position_first = open.position_first;
+        header.position_end = self.log.position_next;
+        header.records_size = open.records_size;
+        header.directory_count = open.streams.len() as u32;
+        header.directory_size = open.directory_size;
+        let pointer_count = skip_pointer_count(ordinal) as usize;
+        header.log_pointer_count = pointer_count as u16;
+        header.log_pointers[..pointer_count].copy_from_slice(&self.log.frontier[..pointer_count]);
+        assert_eq!(header.position_end - header.position_first, u64::from(open.event_count));
+        header
+    }
+
+    fn block_offset(&self, address: u64) -> u64 {
+        assert!(address < self.limits.grid_blocks);
+        self.layout.offset(Zone::Grid, address * BLOCK_SIZE as u64)
+    }
+
+    /// Submits the write of a sealed block, keeping a handle to serve reads until it lands.
+    fn block_write<S: Storage>(&mut self, storage: &mut S, address: u64, buffer: Message) {
+        assert_eq!(block_checksum(buffer.buffer()), block_header(buffer.buffer()).checksum);
+        let slot = self.writes.iter().position(Option::is_none).expect("a write slot per buffer");
+        let request = IoRequest {
+            token: token(TokenKind::Write, slot),
+            kind: IoKind::Write,
+            zone: Zone::Grid,
+            offset: self.block_offset(address),
+            length: BLOCK_SIZE,
+            buffer_offset: 0,
+        };
+        self.writes[slot] = Some(Write { address, buffer: buffer.clone() });
+        storage.submit(request, buffer);
+    }
+
+    fn block_write_complete<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        slot: usize,
+        completion: Completion,
+    ) {
+        let write = self.writes[slot].take().expect("a write in flight");
+        assert_eq!(completion.request.offset, self.block_offset(write.address));
+        if let Err(error) = completion.result {
+            panic!("grid write of block {} failed: {error}", write.address);
+        }
+        drop(write);
+        drop(completion);
+        self.checkpoint_continue(storage);
+    }
+
+    fn writes_in_flight(&self) -> usize {
+        self.writes.iter().filter(|write| write.is_some()).count()
+    }
+
+    /// A block still being written, served from memory.
+    fn block_in_memory(&self, address: u64) -> Option<Message> {
+        self.writes
+            .iter()
+            .flatten()
+            .find(|write| write.address == address)
+            .map(|write| write.buffer.clone())
+    }
+}

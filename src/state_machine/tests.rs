@@ -1,0 +1,1340 @@
+//! Tests of the event store on an in-memory disk: every result code, reads checked against a
+//! plain reference model (a `Vec` of events per stream and one for the log) under seeded random
+//! workloads with shuffled completions, checkpoint and restart, byte-identical grids across
+//! replicas, corruption detection, storage full, and the number of block reads a read costs.
+
+use std::collections::BTreeSet;
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::*;
+use crate::sim::prng::Prng;
+use crate::sim::storage::MemoryStorage;
+use crate::state_machine::types::{
+    AppendBatch, BlockHeader, EventHeader, ReadLog, ReadStream, StreamInfo, StreamInfoReply,
+    padded_size,
+};
+
+const MIB: u64 = 1024 * 1024;
+
+fn small_config() -> Config {
+    Config {
+        journal_slot_count: 64,
+        message_size_max: 65536,
+        clients_max: 4,
+        grid_size: 64 * MIB,
+        streams_max: 64,
+        ..Config::new(1, 0, 1)
+    }
+}
+
+/// A `MemoryStorage` that counts the reads submitted to it.
+struct CountingStorage {
+    inner: MemoryStorage,
+    reads: u64,
+}
+
+impl Storage for CountingStorage {
+    fn submit(&mut self, request: IoRequest, buffer: Message) {
+        if request.kind == IoKind::Read {
+            self.reads += 1;
+        }
+        self.inner.submit(request, buffer);
+    }
+
+    fn poll(&mut self, completions: &mut Vec<Completion>, completions_max: usize) {
+        self.inner.poll(completions, completions_max);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+}
+
+/// One state machine on one disk, driven the way a replica drives it.
+struct Harness {
+    config: Config,
+    storage: CountingStorage,
+    machine: StateMachine,
+    replies: MessagePool,
+    completions: Vec<Completion>,
+    op: Op,
+    /// Every op committed, for replaying after a restart: (op, timestamp, operation, body).
+    ops: Vec<(Op, u64, Operation, Vec<u8>)>,
+}
+
+impl Harness {
+    fn new(config: Config, shuffle_seed: Option<u64>) -> Harness {
+        let storage = MemoryStorage::new(Layout::new(&config).file_size());
+        let harness = Harness::open(config, storage, shuffle_seed, &CheckpointState::default());
+        harness.expect("a new data file opens")
+    }
+
+    fn open(
+        config: Config,
+        mut storage: MemoryStorage,
+        shuffle_seed: Option<u64>,
+        checkpoint: &CheckpointState,
+    ) -> Result<Harness, &'static str> {
+        if let Some(seed) = shuffle_seed {
+            storage.shuffle_completions(seed);
+        }
+        let mut harness = Harness {
+            config,
+            storage: CountingStorage { inner: storage, reads: 0 },
+            machine: StateMachine::new(&config),
+            replies: MessagePool::new(GRID_READS_MAX + 2, config.message_size_max as usize),
+            completions: Vec::new(),
+            op: 0,
+            ops: Vec::new(),
+        };
+        harness.machine.open(&mut harness.storage, checkpoint);
+        loop {
+            if let Some(result) = harness.machine.poll_open() {
+                return result.map(|()| harness);
+            }
+            assert!(harness.storage.in_flight() > 0);
+            harness.deliver(1);
+        }
+    }
+
+    fn deliver(&mut self, count: usize) {
+        let mut completions = std::mem::take(&mut self.completions);
+        self.storage.poll(&mut completions, count);
+        for completion in completions.drain(..) {
+            self.machine.on_completion(&mut self.storage, completion);
+        }
+        self.completions = completions;
+    }
+
+    fn run_until_idle(&mut self) {
+        while self.storage.in_flight() > 0 {
+            self.deliver(1);
+        }
+    }
+
+    fn commit(&mut self, operation: Operation, body: &[u8]) -> Vec<u8> {
+        let op = self.op + 1;
+        self.commit_op(op, op * 1000 + 7, operation, body)
+    }
+
+    fn commit_op(&mut self, op: Op, timestamp: u64, operation: Operation, body: &[u8]) -> Vec<u8> {
+        assert_eq!(request_invalid(operation, body), None);
+        while !self.machine.commit_ready() {
+            assert!(self.storage.in_flight() > 0, "back-pressure without writes in flight");
+            self.deliver(1);
+        }
+        let mut reply = vec![0u8; body.len()];
+        let size =
+            self.machine.commit(&mut self.storage, op, timestamp, operation, body, &mut reply);
+        reply.truncate(size);
+        self.op = op;
+        self.ops.push((op, timestamp, operation, body.to_vec()));
+        reply
+    }
+
+    fn checkpoint(&mut self) -> CheckpointState {
+        self.machine.checkpoint(&mut self.storage);
+        loop {
+            if let Some(state) = self.machine.poll_checkpoint() {
+                assert_eq!(self.storage.in_flight(), 0);
+                return state;
+            }
+            assert!(self.storage.in_flight() > 0);
+            self.deliver(1);
+        }
+    }
+
+    fn read(&mut self, operation: Operation, body: &[u8]) -> Vec<u8> {
+        let reply = self.replies.get();
+        let id = self.machine.read_start(&mut self.storage, operation, body, reply).unwrap();
+        loop {
+            if let Some(reply) = self.machine.poll_read() {
+                assert_eq!(reply.id, id);
+                return reply.message.buffer()[HEADER_SIZE..][..reply.body_size].to_vec();
+            }
+            assert!(self.storage.in_flight() > 0, "a read waits only on the disk");
+            self.deliver(1);
+        }
+    }
+
+    fn read_stream(&mut self, stream: u64, offset_from: u64, count_max: u32) -> ReadParsed {
+        let request = ReadStream { stream, offset_from, count_max, reserved: 0 };
+        read_parse(&self.read(Operation::ReadStream, request.as_bytes()))
+    }
+
+    fn read_log(&mut self, position_from: u64, count_max: u32) -> ReadParsed {
+        let request = ReadLog { position_from, count_max, reserved: 0 };
+        read_parse(&self.read(Operation::ReadLog, request.as_bytes()))
+    }
+
+    fn grid(&self) -> &[u8] {
+        let start = Layout::new(&self.config).zone_offset(Zone::Grid) as usize;
+        &self.storage.inner.bytes()[start..][..self.config.grid_size as usize]
+    }
+
+    fn block_offset(&self, address: u64) -> u64 {
+        Layout::new(&self.config).offset(Zone::Grid, address * BLOCK_SIZE as u64)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies.
+
+#[derive(Clone, Debug)]
+struct BatchSpec {
+    stream: u64,
+    expected_offset: u64,
+    events: Vec<Vec<u8>>,
+}
+
+fn create_body(streams: &[(u64, u64)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (stream, tenant) in streams {
+        body.extend_from_slice(CreateStream { stream: *stream, tenant: *tenant }.as_bytes());
+    }
+    body
+}
+
+fn batch_size(batch: &BatchSpec) -> usize {
+    let events: u64 = batch.events.iter().map(|data| 8 + padded_size(data.len() as u32)).sum();
+    size_of::<AppendBatch>() + events as usize
+}
+
+fn append_body(batches: &[BatchSpec]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for batch in batches {
+        let header = AppendBatch {
+            stream: batch.stream,
+            expected_offset: batch.expected_offset,
+            event_count: batch.events.len() as u32,
+            events_size_bytes: (batch_size(batch) - size_of::<AppendBatch>()) as u32,
+        };
+        body.extend_from_slice(header.as_bytes());
+        for data in &batch.events {
+            let event = EventHeader { size_bytes: data.len() as u32, reserved: 0 };
+            body.extend_from_slice(event.as_bytes());
+            body.extend_from_slice(data);
+            body.resize(body.len().next_multiple_of(8), 0);
+        }
+    }
+    body
+}
+
+fn one_batch(stream: u64, expected_offset: u64, events: Vec<Vec<u8>>) -> Vec<u8> {
+    append_body(&[BatchSpec { stream, expected_offset, events }])
+}
+
+fn create_results(reply: &[u8]) -> Vec<ResultCode> {
+    reply
+        .chunks_exact(size_of::<CreateStreamResult>())
+        .map(|chunk| CreateStreamResult::read_from_bytes(chunk).unwrap())
+        .map(|result| ResultCode::from_u32(result.result).unwrap())
+        .collect()
+}
+
+fn append_results(reply: &[u8]) -> Vec<(ResultCode, u64)> {
+    reply
+        .chunks_exact(size_of::<AppendResult>())
+        .map(|chunk| AppendResult::read_from_bytes(chunk).unwrap())
+        .map(|result| (ResultCode::from_u32(result.result).unwrap(), result.offset))
+        .collect()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ReadParsed {
+    result: ResultCode,
+    next: u64,
+    end: u64,
+    events: Vec<(EventRecord, Vec<u8>)>,
+    body_size: usize,
+}
+
+fn read_parse(body: &[u8]) -> ReadParsed {
+    let (header, mut rest) = ReadReplyHeader::read_from_prefix(body).unwrap();
+    let mut events = Vec::new();
+    for _ in 0..header.event_count {
+        let (record, after) = EventRecord::read_from_prefix(rest).unwrap();
+        events.push((record, after[..record.size_bytes as usize].to_vec()));
+        rest = &after[padded_size(record.size_bytes) as usize..];
+    }
+    assert!(rest.is_empty());
+    let result = ResultCode::from_u32(header.result).unwrap();
+    ReadParsed { result, next: header.next, end: header.end, events, body_size: body.len() }
+}
+
+fn event_data(prng: &mut Prng, size: usize) -> Vec<u8> {
+    let mut data = vec![0u8; size];
+    prng.fill(&mut data);
+    data
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference model.
+
+/// The chain, computed from the documented definition independently of `types::chain_next`.
+fn model_chain(previous: u32, event: &ModelEvent, position: u64) -> u32 {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&previous.to_le_bytes());
+    bytes.extend_from_slice(&event.stream.to_le_bytes());
+    bytes.extend_from_slice(&event.offset.to_le_bytes());
+    bytes.extend_from_slice(&position.to_le_bytes());
+    bytes.extend_from_slice(&event.timestamp.to_le_bytes());
+    bytes.extend_from_slice(&(event.data.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&event.data);
+    crc32c::crc32c(&bytes)
+}
+
+#[derive(Clone, Debug)]
+struct ModelEvent {
+    stream: u64,
+    offset: u64,
+    timestamp: u64,
+    chain: u32,
+    data: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+struct ModelStream {
+    id: u64,
+    tenant: u64,
+    chain: u32,
+    positions: Vec<u64>,
+}
+
+#[derive(Clone, Debug)]
+struct Model {
+    streams: Vec<ModelStream>,
+    log: Vec<ModelEvent>,
+    streams_max: usize,
+    event_size_max: usize,
+    reply_body_size_max: usize,
+}
+
+impl Model {
+    fn new(limits: &Limits, config: &Config) -> Model {
+        Model {
+            streams: Vec::new(),
+            log: Vec::new(),
+            streams_max: config.streams_max as usize,
+            event_size_max: limits.event_size_max as usize,
+            reply_body_size_max: limits.reply_body_size_max,
+        }
+    }
+
+    fn stream(&self, id: u64) -> Option<&ModelStream> {
+        self.streams.iter().find(|stream| stream.id == id)
+    }
+
+    fn create(&mut self, stream: u64, tenant: u64) -> ResultCode {
+        if stream == 0 || stream == u64::MAX {
+            return ResultCode::StreamIdInvalid;
+        }
+        if self.stream(stream).is_some() {
+            return ResultCode::StreamExists;
+        }
+        if self.streams.len() == self.streams_max {
+            return ResultCode::StreamsFull;
+        }
+        let mut seed = stream.to_le_bytes().to_vec();
+        seed.extend_from_slice(&tenant.to_le_bytes());
+        let chain = crc32c::crc32c(&seed);
+        self.streams.push(ModelStream { id: stream, tenant, chain, positions: Vec::new() });
+        ResultCode::Ok
+    }
+
+    /// The result the batch must get, leaving storage_full to the caller.
+    fn append_result(&self, batch: &BatchSpec) -> (ResultCode, u64) {
+        if batch.stream == 0 || batch.stream == u64::MAX {
+            return (ResultCode::StreamIdInvalid, 0);
+        }
+        let Some(stream) = self.stream(batch.stream) else {
+            return (ResultCode::StreamNotFound, 0);
+        };
+        let offset = stream.positions.len() as u64;
+        if batch.expected_offset != EXPECTED_OFFSET_ANY && batch.expected_offset != offset {
+            return (ResultCode::ExpectedOffsetWrong, offset);
+        }
+        for data in &batch.events {
+            if data.is_empty() {
+                return (ResultCode::EventEmpty, offset);
+            }
+            if data.len() > self.event_size_max {
+                return (ResultCode::EventTooLarge, offset);
+            }
+        }
+        (ResultCode::Ok, offset)
+    }
+
+    fn append_apply(&mut self, batch: &BatchSpec, timestamp: u64) {
+        let index = self.streams.iter().position(|stream| stream.id == batch.stream).unwrap();
+        for data in &batch.events {
+            let stream = &mut self.streams[index];
+            let position = self.log.len() as u64;
+            let mut event = ModelEvent {
+                stream: stream.id,
+                offset: stream.positions.len() as u64,
+                timestamp,
+                chain: 0,
+                data: data.clone(),
+            };
+            event.chain = model_chain(stream.chain, &event, position);
+            stream.chain = event.chain;
+            stream.positions.push(position);
+            self.log.push(event);
+        }
+    }
+
+    /// Checks a read reply against the events `wanted` (positions), given what was committed.
+    fn check_read(&self, reply: &ReadParsed, wanted: &[u64], from: u64, end: u64) {
+        assert_eq!(reply.result, ResultCode::Ok);
+        assert_eq!(reply.end, end);
+        assert!(reply.events.len() <= wanted.len());
+        assert_eq!(reply.next, from + reply.events.len() as u64);
+        for ((record, data), position) in reply.events.iter().zip(wanted) {
+            let event = &self.log[*position as usize];
+            assert_eq!(record.stream, event.stream);
+            assert_eq!(record.offset, event.offset);
+            assert_eq!(record.position, *position);
+            assert_eq!(record.timestamp, event.timestamp);
+            assert_eq!(record.chain, event.chain);
+            assert_eq!(data, &event.data);
+        }
+        if let Some(position) = wanted.get(reply.events.len()) {
+            let next_size = record_size(self.log[*position as usize].data.len() as u32) as usize;
+            assert!(reply.body_size + next_size > self.reply_body_size_max, "a read stops early");
+        }
+    }
+
+    fn check_read_stream(&self, reply: &ReadParsed, stream: u64, from: u64, count_max: u32) {
+        let Some(model) = self.stream(stream) else {
+            return assert_eq!(reply.result, ResultCode::StreamNotFound);
+        };
+        let end = model.positions.len() as u64;
+        let last = end.min(from.saturating_add(u64::from(count_max)));
+        let wanted = if from < last { &model.positions[from as usize..last as usize] } else { &[] };
+        self.check_read(reply, wanted, from, end);
+    }
+
+    fn check_read_log(&self, reply: &ReadParsed, from: u64, count_max: u32) {
+        let end = self.log.len() as u64;
+        let last = end.min(from.saturating_add(u64::from(count_max)));
+        let wanted: Vec<u64> = (from.min(last)..last).collect();
+        self.check_read(reply, &wanted, from, end);
+    }
+}
+
+/// Reads every stream from every `stride`-th offset and the log from every `stride`-th
+/// position, with count maxima from `prng`, and checks each reply against the model.
+fn check_all_reads(harness: &mut Harness, model: &Model, prng: &mut Prng, stride: usize) {
+    for stream in &model.streams {
+        let info = harness.read(Operation::StreamInfo, stream.id.as_bytes());
+        let info = StreamInfoReply::read_from_bytes(&info).unwrap();
+        assert_eq!((info.result, info.stream, info.tenant), (0, stream.id, stream.tenant));
+        assert_eq!((info.offset_next, info.chain), (stream.positions.len() as u64, stream.chain));
+        for from in (0..=stream.positions.len()).step_by(stride) {
+            let count_max = [1, 3, 50, u32::MAX][prng.index(4)];
+            let reply = harness.read_stream(stream.id, from as u64, count_max);
+            model.check_read_stream(&reply, stream.id, from as u64, count_max);
+        }
+    }
+    for from in (0..=model.log.len()).step_by(stride) {
+        let count_max = [1, 7, 200, u32::MAX][prng.index(4)];
+        let reply = harness.read_log(from as u64, count_max);
+        model.check_read_log(&reply, from as u64, count_max);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A seeded random workload.
+
+/// A workload that keeps a model in step with one or more harnesses fed the same ops.
+struct Workload {
+    prng: Prng,
+    model: Model,
+    body_size_max: usize,
+}
+
+impl Workload {
+    fn new(seed: u64, harness: &Harness) -> Workload {
+        let model = Model::new(harness.machine.limits(), &harness.config);
+        let body_size_max = harness.machine.limits().reply_body_size_max;
+        Workload { prng: Prng::new(seed), model, body_size_max }
+    }
+
+    fn stream_id(&mut self) -> u64 {
+        if self.prng.chance(1, 30) {
+            return [0, u64::MAX][self.prng.index(2)];
+        }
+        let known = self.model.streams.len();
+        if known > 0 && self.prng.chance(9, 10) {
+            return self.model.streams[self.prng.index(known)].id;
+        }
+        1 + self.prng.next_u64() % 100
+    }
+
+    fn create_op(&mut self) -> Vec<u8> {
+        let count = 1 + self.prng.index(3);
+        let streams: Vec<(u64, u64)> = (0..count)
+            .map(|_| {
+                let stream =
+                    if self.prng.chance(1, 10) { 0 } else { 1 + self.prng.next_u64() % 100 };
+                (stream, self.prng.next_u64() % 4)
+            })
+            .collect();
+        create_body(&streams)
+    }
+
+    fn event_size(&mut self) -> usize {
+        match self.prng.index(40) {
+            0 => 0,
+            1 => self.model.event_size_max + 1 + self.prng.index(8),
+            2..=5 => 2_000 + self.prng.index(40_000),
+            _ => 1 + self.prng.index(300),
+        }
+    }
+
+    fn append_batches(&mut self) -> Vec<BatchSpec> {
+        let mut batches: Vec<BatchSpec> = Vec::new();
+        let mut size = 0;
+        for _ in 0..1 + self.prng.index(4) {
+            let stream = self.stream_id();
+            let offset =
+                self.model.stream(stream).map_or(0, |stream| stream.positions.len() as u64);
+            let expected_offset = match self.prng.index(4) {
+                0 => offset,
+                1 => offset + 1 + self.prng.next_u64() % 3,
+                _ => EXPECTED_OFFSET_ANY,
+            };
+            let mut batch = BatchSpec { stream, expected_offset, events: Vec::new() };
+            for _ in 0..1 + self.prng.index(8) {
+                let data_size = self.event_size();
+                let data = event_data(&mut self.prng, data_size);
+                batch.events.push(data);
+                if size + batch_size(&batch) > self.body_size_max {
+                    batch.events.pop();
+                    break;
+                }
+            }
+            if batch.events.is_empty() {
+                break;
+            }
+            size += batch_size(&batch);
+            batches.push(batch);
+        }
+        batches
+    }
+
+    /// Checks create results against the model and applies them.
+    fn create_results_check(&mut self, body: &[u8], reply: &[u8]) {
+        let results = create_results(reply);
+        for (request, result) in body.chunks_exact(16).zip(results) {
+            let request = CreateStream::read_from_bytes(request).unwrap();
+            let expected = self.model.create(request.stream, request.tenant);
+            if result == ResultCode::StorageFull {
+                assert_eq!(expected, ResultCode::Ok);
+                self.model.streams.pop();
+            } else {
+                assert_eq!(result, expected);
+            }
+        }
+    }
+
+    /// Checks append results against the model and applies them.
+    fn append_results_check(&mut self, batches: &[BatchSpec], reply: &[u8], timestamp: u64) {
+        let results = append_results(reply);
+        assert_eq!(results.len(), batches.len());
+        for (batch, (result, offset)) in batches.iter().zip(results) {
+            let (expected, expected_offset) = self.model.append_result(batch);
+            assert_eq!(offset, expected_offset);
+            if result == ResultCode::StorageFull {
+                assert_eq!(expected, ResultCode::Ok);
+                continue;
+            }
+            assert_eq!(result, expected, "batch {batch:?}");
+            if result == ResultCode::Ok {
+                self.model.append_apply(batch, timestamp);
+            }
+        }
+    }
+
+    /// Commits one random create or append to every harness, checking replies.
+    fn commit_random(&mut self, harnesses: &mut [&mut Harness]) {
+        let create = self.model.streams.is_empty() || self.prng.chance(1, 6);
+        let (operation, body, batches) = if create {
+            (Operation::CreateStream, self.create_op(), Vec::new())
+        } else {
+            let batches = self.append_batches();
+            if batches.is_empty() {
+                return;
+            }
+            (Operation::Append, append_body(&batches), batches)
+        };
+        let mut reply_first: Option<Vec<u8>> = None;
+        let op = harnesses[0].op + 1;
+        let timestamp = op * 1000 + 7;
+        for harness in harnesses.iter_mut() {
+            let reply = harness.commit_op(op, timestamp, operation, &body);
+            assert_eq!(reply_first.get_or_insert_with(|| reply.clone()), &reply);
+        }
+        let reply = reply_first.unwrap();
+        match operation {
+            Operation::CreateStream => self.create_results_check(&body, &reply),
+            _ => self.append_results_check(&batches, &reply, timestamp),
+        }
+    }
+
+    fn read_random(&mut self, harness: &mut Harness) {
+        let count_max = [1, 2, 10, 1000, u32::MAX][self.prng.index(5)];
+        if self.prng.chance(1, 2) {
+            let stream = self.stream_id();
+            let length = self.model.stream(stream).map_or(0, |stream| stream.positions.len());
+            let from = self.prng.index(length + 2) as u64;
+            let reply = harness.read_stream(stream, from, count_max);
+            self.model.check_read_stream(&reply, stream, from, count_max);
+        } else {
+            let from = self.prng.index(self.model.log.len() + 2) as u64;
+            let reply = harness.read_log(from, count_max);
+            self.model.check_read_log(&reply, from, count_max);
+        }
+    }
+}
+
+impl Workload {
+    /// Starts a read on `harness`, commits an op to both harnesses before it finishes, and
+    /// checks the reply against what was committed when the read started.
+    fn read_across_commit(&mut self, harness: &mut Harness, twin: &mut Harness) {
+        let stream = self.stream_id();
+        let model_stream = self.model.stream(stream);
+        let length = model_stream.map_or(0, |stream| stream.positions.len());
+        let from = self.prng.index(length + 1) as u64;
+        let count_max = [1, 5, u32::MAX][self.prng.index(3)];
+        let request = ReadStream { stream, offset_from: from, count_max, reserved: 0 };
+        let reply = harness.replies.get();
+        let operation = Operation::ReadStream;
+        let id =
+            harness.machine.read_start(&mut harness.storage, operation, request.as_bytes(), reply);
+        let id = id.unwrap();
+        let model_before = self.model.clone();
+        self.commit_random(&mut [harness, twin]);
+        let reply = loop {
+            if let Some(reply) = harness.machine.poll_read() {
+                break reply;
+            }
+            harness.deliver(1);
+        };
+        assert_eq!(reply.id, id);
+        let reply = read_parse(&reply.message.buffer()[HEADER_SIZE..][..reply.body_size]);
+        model_before.check_read_stream(&reply, stream, from, count_max);
+    }
+}
+
+/// A disk holding `harness`'s bytes as they are now: writes still in flight are lost.
+fn disk_copy(harness: &Harness) -> MemoryStorage {
+    let mut storage = MemoryStorage::new(harness.storage.inner.size());
+    storage.bytes_mut().copy_from_slice(harness.storage.inner.bytes());
+    storage
+}
+
+/// Restarts from `checkpoint` on `storage` and re-commits the ops after `checkpoint_op`.
+fn restart(
+    harness: &Harness,
+    storage: MemoryStorage,
+    shuffle_seed: u64,
+    checkpoint: &CheckpointState,
+    checkpoint_op: Op,
+) -> Harness {
+    let mut restarted = Harness::open(harness.config, storage, Some(shuffle_seed), checkpoint)
+        .expect("the checkpoint opens");
+    restarted.op = checkpoint_op;
+    for (op, timestamp, operation, body) in &harness.ops {
+        if *op > checkpoint_op {
+            restarted.commit_op(*op, *timestamp, *operation, body);
+        }
+    }
+    restarted.ops = harness.ops.clone();
+    restarted
+}
+
+/// The seed of a randomized test: `KIMBERLITE_SEED` if set, else `default`.
+fn seeds(default: std::ops::Range<u64>) -> std::ops::Range<u64> {
+    match std::env::var("KIMBERLITE_SEED").ok().and_then(|seed| seed.parse::<u64>().ok()) {
+        Some(seed) => seed..seed + 1,
+        None => default,
+    }
+}
+
+/// Runs `steps` random steps on `main` (which restarts now and then) and `twin` (which never
+/// does), with reads against the model, and checks they end with identical grids.
+fn random_run(seed: u64, steps: usize, config: Config) {
+    let mut main = Harness::new(config, Some(seed));
+    let mut twin = Harness::new(config, Some(seed ^ 0xA5A5));
+    let mut workload = Workload::new(seed, &main);
+    let mut checkpoint = (CheckpointState::default(), 0);
+    let mut restarts = 0;
+    for _ in 0..steps {
+        match workload.prng.index(20) {
+            0..=10 => workload.commit_random(&mut [&mut main, &mut twin]),
+            11..=14 => workload.read_random(&mut main),
+            15..=16 => {
+                let count = workload.prng.index(4);
+                main.deliver(count);
+            }
+            17 => {
+                let state = main.checkpoint();
+                assert_eq!(twin.checkpoint(), state);
+                checkpoint = (state, main.op);
+            }
+            18 => {
+                restarts += 1;
+                let storage = disk_copy(&main);
+                let seed_restart = workload.prng.next_u64();
+                main = restart(&main, storage, seed_restart, &checkpoint.0, checkpoint.1);
+            }
+            _ => workload.read_across_commit(&mut main, &mut twin),
+        }
+    }
+    assert_eq!(main.checkpoint(), twin.checkpoint());
+    assert!(main.grid() == twin.grid(), "grids differ");
+    println!(
+        "grid_head={} events={} streams={} restarts={restarts} reads={}",
+        main.machine.grid_head(),
+        workload.model.log.len(),
+        workload.model.streams.len(),
+        main.storage.reads
+    );
+    check_all_reads(&mut twin, &workload.model, &mut workload.prng, 7);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Result codes and request validation.
+
+#[test]
+fn create_stream_reports_each_result_code() {
+    // Goal: ok, stream_exists (also within one request), stream_id_invalid and streams_full.
+    let config = Config { streams_max: 3, ..small_config() };
+    let mut harness = Harness::new(config, None);
+    let body = create_body(&[(1, 10), (1, 11), (0, 1), (u64::MAX, 1), (2, 20), (3, 30), (4, 40)]);
+    let reply = harness.commit(Operation::CreateStream, &body);
+    let expected = [
+        ResultCode::Ok,
+        ResultCode::StreamExists,
+        ResultCode::StreamIdInvalid,
+        ResultCode::StreamIdInvalid,
+        ResultCode::Ok,
+        ResultCode::Ok,
+        ResultCode::StreamsFull,
+    ];
+    assert_eq!(create_results(&reply), expected);
+    let reply = harness.commit(Operation::CreateStream, &create_body(&[(2, 99)]));
+    assert_eq!(create_results(&reply), [ResultCode::StreamExists]);
+    assert_eq!(harness.machine.stream_count(), 3);
+}
+
+#[test]
+fn append_reports_each_result_code_and_is_all_or_nothing_per_batch() {
+    // Goal: every append result code with its offset, and a rejected batch appends nothing.
+    let mut harness = Harness::new(small_config(), None);
+    harness.commit(Operation::CreateStream, &create_body(&[(5, 1)]));
+    let event_size_max = harness.machine.limits().event_size_max as usize;
+    let batches = [
+        BatchSpec { stream: 5, expected_offset: 0, events: vec![vec![1; 3], vec![2; 9]] },
+        BatchSpec { stream: 5, expected_offset: EXPECTED_OFFSET_ANY, events: vec![vec![3]] },
+        BatchSpec { stream: 6, expected_offset: EXPECTED_OFFSET_ANY, events: vec![vec![4]] },
+        BatchSpec { stream: 0, expected_offset: 0, events: vec![vec![4]] },
+        BatchSpec { stream: 5, expected_offset: 7, events: vec![vec![5]] },
+        BatchSpec { stream: 5, expected_offset: 3, events: vec![vec![6], vec![]] },
+    ];
+    let reply = harness.commit(Operation::Append, &append_body(&batches));
+    let expected = [
+        (ResultCode::Ok, 0),
+        (ResultCode::Ok, 2),
+        (ResultCode::StreamNotFound, 0),
+        (ResultCode::StreamIdInvalid, 0),
+        (ResultCode::ExpectedOffsetWrong, 3),
+        (ResultCode::EventEmpty, 3),
+    ];
+    assert_eq!(append_results(&reply), expected);
+    let too_large = one_batch(5, 3, vec![vec![7], vec![8; event_size_max + 1]]);
+    let reply = harness.commit(Operation::Append, &too_large);
+    assert_eq!(append_results(&reply), [(ResultCode::EventTooLarge, 3)]);
+    let largest = one_batch(5, 3, vec![vec![9; event_size_max]]);
+    let reply = harness.commit(Operation::Append, &largest);
+    assert_eq!(append_results(&reply), [(ResultCode::Ok, 3)]);
+    let read = harness.read_stream(5, 0, u32::MAX);
+    let sizes: Vec<usize> = read.events.iter().map(|(_, data)| data.len()).collect();
+    assert_eq!(sizes, [3, 9, 1], "the largest event needs a reply of its own");
+    assert_eq!((read.next, read.end), (3, 4));
+    assert_eq!(harness.read_stream(5, 3, u32::MAX).events[0].1, vec![9; event_size_max]);
+    assert_eq!(harness.machine.position_next(), 4);
+}
+
+#[test]
+fn reads_report_body_invalid_and_stream_not_found() {
+    // Goal: malformed read bodies and unknown streams are result codes in the reply.
+    let mut harness = Harness::new(small_config(), None);
+    harness.commit(Operation::CreateStream, &create_body(&[(5, 1)]));
+    let bad_reserved = ReadStream { stream: 5, offset_from: 0, count_max: 1, reserved: 1 };
+    let cases: [(Operation, &[u8], ResultCode); 5] = [
+        (Operation::ReadStream, &[0; 23], ResultCode::BodyInvalid),
+        (Operation::ReadStream, bad_reserved.as_bytes(), ResultCode::BodyInvalid),
+        (Operation::ReadLog, &[0; 17], ResultCode::BodyInvalid),
+        (
+            Operation::ReadLog,
+            ReadLog { position_from: 0, count_max: 1, reserved: 2 }.as_bytes(),
+            ResultCode::BodyInvalid,
+        ),
+        (
+            Operation::ReadStream,
+            ReadStream { stream: 6, offset_from: 0, count_max: 1, reserved: 0 }.as_bytes(),
+            ResultCode::StreamNotFound,
+        ),
+    ];
+    for (operation, body, expected) in cases {
+        let reply = read_parse(&harness.read(operation, body));
+        assert_eq!(reply.result, expected);
+        assert!(reply.events.is_empty());
+    }
+    for (body, expected) in
+        [(&[0u8; 9][..], ResultCode::BodyInvalid), (6u64.as_bytes(), ResultCode::StreamNotFound)]
+    {
+        let reply = harness.read(Operation::StreamInfo, body);
+        let info = StreamInfoReply::read_from_bytes(&reply).unwrap();
+        assert_eq!(info.result, expected as u32);
+    }
+}
+
+#[test]
+fn request_invalid_names_each_malformed_body() {
+    // Goal: every structural fault of a body is caught before prepare, with its reason.
+    let good = one_batch(5, EXPECTED_OFFSET_ANY, vec![vec![1, 2, 3]]);
+    let mut bad_reserved = good.clone();
+    bad_reserved[28] = 1;
+    let mut bad_padding = good.clone();
+    bad_padding[39] = 1;
+    let mut no_events = good.clone();
+    no_events[16] = 0;
+    let mut overrun = good.clone();
+    overrun[20] = 64;
+    let mut short_size = good.clone();
+    short_size[20] = 8;
+    let mut long_size = good.clone();
+    long_size.extend_from_slice(&[0; 8]);
+    long_size[20] = 24;
+    let cases: [(Operation, &[u8], Option<&str>); 14] = [
+        (Operation::Append, &good, None),
+        (Operation::CreateStream, &create_body(&[(1, 1)]), None),
+        (Operation::Noop, &[], None),
+        (Operation::CreateStream, &[], Some("create_stream: body is empty")),
+        (
+            Operation::CreateStream,
+            &[0; 24],
+            Some("create_stream: body is not a whole number of 16-byte entries"),
+        ),
+        (Operation::Append, &[], Some("append: body is empty")),
+        (Operation::Append, &good[..20], Some("append: batch header truncated")),
+        (Operation::Append, &no_events, Some("append: batch has no events")),
+        (Operation::Append, &overrun, Some("append: batch events overrun the body")),
+        (Operation::Append, &bad_reserved, Some("append: event reserved is not zero")),
+        (Operation::Append, &bad_padding, Some("append: event padding is not zero")),
+        (Operation::Append, &short_size, Some("append: event data overruns its batch")),
+        (
+            Operation::Append,
+            &long_size,
+            Some("append: events_size_bytes is larger than the events"),
+        ),
+        (
+            Operation::ReadLog,
+            &[0; 16],
+            Some("reads are served from committed state and never prepared"),
+        ),
+    ];
+    for (operation, body, reason) in cases {
+        assert_eq!(request_invalid(operation, body), reason, "{operation:?} {body:?}");
+    }
+    assert_eq!(request_invalid(Operation::Reserved, &[]), Some("operation is reserved"));
+}
+
+#[test]
+fn every_result_code_is_produced_by_some_scenario() {
+    // Goal: no result code is dead: a scripted run produces each one at least once.
+    let config = Config { streams_max: 2, grid_size: 4 * BLOCK_SIZE as u64, ..small_config() };
+    let mut harness = Harness::new(config, None);
+    let mut seen = BTreeSet::new();
+    let body = create_body(&[(1, 1), (1, 1), (0, 1), (2, 2), (3, 3)]);
+    seen.extend(
+        create_results(&harness.commit(Operation::CreateStream, &body))
+            .iter()
+            .map(|code| *code as u32),
+    );
+    let event_size_max = harness.machine.limits().event_size_max as usize;
+    let batches = [
+        BatchSpec { stream: 9, expected_offset: 0, events: vec![vec![1]] },
+        BatchSpec { stream: 1, expected_offset: 4, events: vec![vec![1]] },
+        BatchSpec { stream: 1, expected_offset: 0, events: vec![vec![]] },
+        BatchSpec { stream: 1, expected_offset: 0, events: vec![vec![1; event_size_max + 1]] },
+    ];
+    let reply = harness.commit(Operation::Append, &append_body(&batches));
+    seen.extend(append_results(&reply).iter().map(|(code, _)| *code as u32));
+    for _ in 0..64 {
+        let body = one_batch(2, EXPECTED_OFFSET_ANY, vec![vec![7; event_size_max]]);
+        let reply = harness.commit(Operation::Append, &body);
+        seen.extend(append_results(&reply).iter().map(|(code, _)| *code as u32));
+    }
+    seen.insert(harness.read_stream(9, 0, 1).result as u32);
+    seen.insert(read_parse(&harness.read(Operation::ReadLog, &[1])).result as u32);
+    harness.run_until_idle();
+    let block = harness.block_offset(0);
+    harness.storage.inner.corrupt_sector(block + 8192);
+    seen.insert(harness.read_log(0, 1).result as u32);
+    let all: BTreeSet<u32> = ResultCode::ALL.iter().map(|code| *code as u32).collect();
+    assert_eq!(seen, all);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads against the model, restart, determinism.
+
+#[test]
+fn reads_from_every_offset_and_position_match_the_model() {
+    // Goal: under a random workload with shuffled completions, read_stream from every offset
+    // and read_log from every position return exactly the model's events, as many as fit.
+    for seed in seeds(1000..1003) {
+        println!("seed={seed} (replay: KIMBERLITE_SEED={seed} cargo test state_machine)");
+        let config = small_config();
+        let mut harness = Harness::new(config, Some(seed));
+        let mut workload = Workload::new(seed, &harness);
+        for step in 0..400 {
+            workload.commit_random(&mut [&mut harness]);
+            if step % 3 == 0 {
+                workload.read_random(&mut harness);
+            }
+            let count = workload.prng.index(3);
+            harness.deliver(count);
+        }
+        assert!(harness.machine.grid_head() >= 4, "the workload spans several blocks");
+        check_all_reads(&mut harness, &workload.model, &mut workload.prng, 1);
+    }
+}
+
+#[test]
+fn restart_from_checkpoint_recommits_to_identical_grid_and_reads() {
+    // Goal: a replica that restarts from a checkpoint (losing the writes after it) and
+    // re-commits the ops after it ends with the grid bytes, checkpoint and reads of one that
+    // never restarted.
+    let seed = 7;
+    println!("seed={seed}");
+    let config = small_config();
+    let mut original = Harness::new(config, Some(seed));
+    let mut workload = Workload::new(seed, &original);
+    for _ in 0..60 {
+        workload.commit_random(&mut [&mut original]);
+    }
+    let checkpoint = original.checkpoint();
+    let checkpoint_op = original.op;
+    assert!(checkpoint.streams_table_blocks > 0);
+    for _ in 0..80 {
+        workload.commit_random(&mut [&mut original]);
+    }
+    original.deliver(2);
+    let mut crashed = disk_copy(&original);
+    crashed.bytes_mut()[original.block_offset(checkpoint.grid_head) as usize..][..4096].fill(0xEE);
+    let mut restarted = restart(&original, crashed, seed + 1, &checkpoint, checkpoint_op);
+    assert_eq!(restarted.machine.position_next(), original.machine.position_next());
+    let state = original.checkpoint();
+    assert_eq!(restarted.checkpoint(), state);
+    assert!(original.grid() == restarted.grid(), "grids differ after re-commit");
+    let mut prng = Prng::new(seed);
+    check_all_reads(&mut restarted, &workload.model, &mut prng, 3);
+    let mut prng = Prng::new(seed);
+    check_all_reads(&mut original, &workload.model, &mut prng, 3);
+}
+
+#[test]
+fn same_ops_give_byte_identical_grids() {
+    // Goal: two state machines fed the same ops, with completions in different orders, hold
+    // the same grid bytes and the same checkpoint state.
+    println!("seeds=1,2,3");
+    let config = small_config();
+    let mut first = Harness::new(config, Some(1));
+    let mut second = Harness::new(config, Some(2));
+    let mut workload = Workload::new(3, &first);
+    for step in 0..120 {
+        workload.commit_random(&mut [&mut first, &mut second]);
+        if step % 40 == 39 {
+            assert_eq!(first.checkpoint(), second.checkpoint());
+        }
+        first.deliver(step % 3);
+    }
+    let state = first.checkpoint();
+    assert_eq!(second.checkpoint(), state);
+    assert!(state.grid_head > 4);
+    assert!(first.grid() == second.grid());
+}
+
+#[test]
+fn randomized_event_store_matches_model_over_many_seeds() {
+    // Goal: random creates, appends, reads, partial completions, checkpoints and restarts keep
+    // every read equal to the model and the grid equal to a replica that never restarted.
+    let config = Config { grid_size: 32 * MIB, ..small_config() };
+    for seed in seeds(0..24) {
+        println!("seed={seed} (replay: KIMBERLITE_SEED={seed} cargo test state_machine)");
+        random_run(seed, 150, config);
+    }
+}
+
+#[test]
+fn checkpoint_without_changes_writes_nothing() {
+    // Goal: a checkpoint after no state change keeps the previous table and grid_head, and an
+    // open of the all-zero checkpoint is the empty store.
+    let mut harness = Harness::new(small_config(), None);
+    assert_eq!(harness.checkpoint(), CheckpointState::default());
+    harness.commit(Operation::Noop, &[]);
+    assert_eq!(harness.checkpoint(), CheckpointState::default());
+    harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
+    let state = harness.checkpoint();
+    assert_eq!(state.grid_head, 1);
+    assert_eq!(state.streams_table_blocks, 1);
+    harness.commit(Operation::Append, &one_batch(9, 0, vec![vec![1]]));
+    assert_eq!(harness.checkpoint(), state);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults and limits.
+
+/// A harness with stream 1 holding `blocks` full blocks of 8 events (60,000 bytes each).
+fn long_stream(config: Config, blocks: u64) -> Harness {
+    let mut harness = Harness::new(config, None);
+    harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
+    let mut prng = Prng::new(blocks);
+    for _ in 0..blocks * 8 {
+        let data = event_data(&mut prng, 60_000);
+        let reply =
+            harness.commit(Operation::Append, &one_batch(1, EXPECTED_OFFSET_ANY, vec![data]));
+        assert_eq!(append_results(&reply)[0].0, ResultCode::Ok);
+    }
+    harness.checkpoint();
+    harness
+}
+
+#[test]
+fn corrupted_misdirected_or_lost_block_is_reported_not_returned() {
+    // Goal: a flipped bit, a misdirected write and a lost write in a grid block give
+    // block_corrupt (after the good events before it), never a panic or wrong data, and the
+    // block is named for repair.
+    let mut harness = Harness::new(small_config(), None);
+    harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
+    let mut prng = Prng::new(1);
+    while harness.machine.grid_head() < 4 {
+        let events = (0..60).map(|_| event_data(&mut prng, 1000)).collect();
+        harness.commit(Operation::Append, &one_batch(1, EXPECTED_OFFSET_ANY, events));
+    }
+    harness.run_until_idle();
+    let first = |harness: &Harness, address: u64| {
+        let at = address as usize * BLOCK_SIZE;
+        BlockHeader::read_from_prefix(&harness.grid()[at..]).unwrap().0.position_first
+    };
+    // Stream 1's blocks are ordinals 1..=4 at addresses 0..=3; reads descend from ordinal 4.
+    let third = first(&harness, 2);
+    harness.storage.inner.corrupt_sector(harness.block_offset(2) + 4096 * 5);
+    let reply = harness.read_stream(1, third - 10, 100);
+    assert_eq!(
+        (reply.result, reply.events.len(), reply.next),
+        (ResultCode::BlockCorrupt, 10, third)
+    );
+    assert_eq!(harness.machine.block_faulty_last(), Some(2));
+    assert_eq!(harness.read_log(third, 1).result, ResultCode::BlockCorrupt);
+    let second = first(&harness, 1);
+    assert_eq!(harness.read_stream(1, second, 5).result, ResultCode::Ok);
+    let first_block = harness.block_offset(0) as usize;
+    harness.storage.inner.bytes_mut()[first_block..first_block + BLOCK_SIZE].fill(0);
+    assert_eq!(harness.read_log(0, 1).result, ResultCode::BlockCorrupt);
+    assert_eq!(harness.machine.block_faulty_last(), Some(0));
+    let second_block = harness.block_offset(1) as usize;
+    let fourth_block = harness.block_offset(3) as usize;
+    harness
+        .storage
+        .inner
+        .bytes_mut()
+        .copy_within(fourth_block..fourth_block + BLOCK_SIZE, second_block);
+    assert_eq!(harness.read_stream(1, second, 1).result, ResultCode::BlockCorrupt);
+    assert_eq!(harness.machine.block_faulty_last(), Some(1));
+    let fourth = first(&harness, 3);
+    assert_eq!(harness.read_stream(1, fourth, 100).result, ResultCode::Ok);
+}
+
+#[test]
+fn open_rejects_a_corrupt_streams_table() {
+    // Goal: a flipped bit in the checkpointed table, or a superblock checkpoint that does not
+    // match it, fails the open with a reason.
+    let mut harness = long_stream(small_config(), 2);
+    let state = harness.checkpoint();
+    let reopened = Harness::open(harness.config, disk_copy(&harness), None, &state);
+    assert!(reopened.is_ok());
+    let wrong =
+        CheckpointState { checkpoint_state_checksum: state.checkpoint_state_checksum ^ 1, ..state };
+    let reopened = Harness::open(harness.config, disk_copy(&harness), None, &wrong);
+    assert_eq!(reopened.err(), Some("streams table: state checksum does not match"));
+    let shifted = CheckpointState { grid_head: state.grid_head + 1, ..state };
+    let reopened = Harness::open(harness.config, disk_copy(&harness), None, &shifted);
+    assert_eq!(reopened.err(), Some("checkpoint: the streams table does not end at grid_head"));
+    let table = harness.block_offset(state.streams_table_address);
+    harness.storage.inner.corrupt_sector(table);
+    let reopened = Harness::open(harness.config, disk_copy(&harness), None, &state);
+    assert_eq!(reopened.err(), Some("block: checksum does not match its bytes"));
+}
+
+#[test]
+fn storage_full_when_the_grid_is_exhausted_keeps_room_for_the_checkpoint() {
+    // Goal: appends and creates that would eat into the streams table's reserve get
+    // storage_full, smaller appends that fit still succeed, and checkpoints still work.
+    let config = Config { grid_size: 4 * BLOCK_SIZE as u64, ..small_config() };
+    let mut harness = Harness::new(config, None);
+    harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
+    let mut accepted = 0;
+    loop {
+        let body = one_batch(1, EXPECTED_OFFSET_ANY, vec![vec![5; 60_000]]);
+        let (result, _) = append_results(&harness.commit(Operation::Append, &body))[0];
+        if result == ResultCode::StorageFull {
+            break;
+        }
+        assert_eq!(result, ResultCode::Ok);
+        accepted += 1;
+    }
+    assert_eq!(accepted, 3 * 8, "two sealed blocks and a full open one; one left for the table");
+    let reply =
+        harness.commit(Operation::Append, &one_batch(1, EXPECTED_OFFSET_ANY, vec![vec![6; 100]]));
+    assert_eq!(append_results(&reply)[0].0, ResultCode::Ok);
+    let state = harness.checkpoint();
+    assert_eq!(state.grid_head, 4);
+    let reply = harness.commit(Operation::CreateStream, &create_body(&[(2, 2)]));
+    assert_eq!(create_results(&reply), [ResultCode::StorageFull]);
+    let reply =
+        harness.commit(Operation::Append, &one_batch(1, EXPECTED_OFFSET_ANY, vec![vec![1]]));
+    assert_eq!(append_results(&reply)[0].0, ResultCode::StorageFull);
+    assert_eq!(harness.checkpoint(), state);
+    assert_eq!(harness.read_stream(1, 0, u32::MAX).end, 25);
+    let reopened = Harness::open(config, disk_copy(&harness), None, &state).unwrap();
+    assert_eq!(reopened.machine.position_next(), 25);
+}
+
+#[test]
+fn read_stream_block_reads_grow_logarithmically() {
+    // Goal: reading one event at any offset of a stream of n sealed blocks costs at most
+    // floor(log2(n)) + 1 block reads (the skip-list descent), and so does read_log: the count
+    // of storage reads grows with log n, not n.
+    let mut harness = Harness::new(small_config(), None);
+    harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
+    let mut prng = Prng::new(1);
+    let mut events = 0;
+    for blocks in [4u64, 8, 16, 32, 64, 120] {
+        // 8 events of 60,000 bytes fill a block; the next one seals it.
+        while events < blocks * 8 + 1 {
+            let data = event_data(&mut prng, 60_000);
+            let body = one_batch(1, EXPECTED_OFFSET_ANY, vec![data]);
+            assert_eq!(
+                append_results(&harness.commit(Operation::Append, &body))[0].0,
+                ResultCode::Ok
+            );
+            events += 1;
+        }
+        harness.run_until_idle();
+        assert_eq!(harness.machine.grid_head(), blocks);
+        let mut reads_max = 0;
+        for block in 0..blocks {
+            let reads_before = harness.storage.reads;
+            assert_eq!(harness.read_stream(1, block * 8 + block % 8, 1).events.len(), 1);
+            let reads_stream = harness.storage.reads - reads_before;
+            assert_eq!(harness.read_log(block * 8 + 7 - block % 8, 1).events.len(), 1);
+            let reads_log = harness.storage.reads - reads_before - reads_stream;
+            reads_max = reads_max.max(reads_stream).max(reads_log);
+        }
+        println!("blocks={blocks} block_reads_max={reads_max}");
+        let bound = u64::from(blocks.ilog2()) + 1;
+        assert_eq!(reads_max, bound, "{blocks} blocks");
+    }
+}
+
+#[test]
+fn reads_of_blocks_being_written_are_served_from_memory() {
+    // Goal: events in sealed blocks whose writes are still in flight, and in the open block,
+    // are read from memory, and commits wait (commit_ready) only on the buffers.
+    let mut harness = Harness::new(small_config(), None);
+    harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
+    let mut prng = Prng::new(1);
+    for _ in 0..20 {
+        let body = one_batch(1, EXPECTED_OFFSET_ANY, vec![event_data(&mut prng, 60_000)]);
+        harness.commit(Operation::Append, &body);
+    }
+    assert_eq!(harness.storage.in_flight(), 2);
+    let reply = harness.read_stream(1, 0, u32::MAX);
+    assert_eq!((reply.events.len(), reply.result), (1, ResultCode::Ok));
+    for offset in 0..20 {
+        assert_eq!(harness.read_stream(1, offset, 1).events[0].0.offset, offset);
+        assert_eq!(harness.read_log(offset, 1).events[0].0.position, offset);
+    }
+    assert_eq!(harness.storage.reads, 0);
+    harness.run_until_idle();
+    assert_eq!(harness.read_stream(1, 3, 1).events[0].0.offset, 3);
+    assert_eq!(harness.storage.reads, 2);
+}
+
+#[test]
+fn read_slots_busy_hands_back_the_reply() {
+    // Goal: with every read slot waiting on the disk, read_start returns ReadBusy with the
+    // reply message, and the reads finish once completions arrive.
+    let mut harness = long_stream(small_config(), 2);
+    let request = ReadLog { position_from: 0, count_max: 1, reserved: 0 };
+    let mut ids = Vec::new();
+    for _ in 0..GRID_READS_MAX {
+        let reply = harness.replies.get();
+        let started = harness.machine.read_start(
+            &mut harness.storage,
+            Operation::ReadLog,
+            request.as_bytes(),
+            reply,
+        );
+        ids.push(started.unwrap());
+    }
+    let reply = harness.replies.get();
+    let busy = harness.machine.read_start(
+        &mut harness.storage,
+        Operation::ReadLog,
+        request.as_bytes(),
+        reply,
+    );
+    assert!(busy.is_err());
+    drop(busy);
+    harness.run_until_idle();
+    let mut finished = Vec::new();
+    while let Some(reply) = harness.machine.poll_read() {
+        assert_eq!(
+            read_parse(&reply.message.buffer()[HEADER_SIZE..][..reply.body_size]).events.len(),
+            1
+        );
+        finished.push(reply.id);
+    }
+    finished.sort_by_key(|id| id.0);
+    assert_eq!(finished, ids);
+}
+
+#[test]
+fn stream_info_reports_tenant_offset_and_chain() {
+    // Goal: stream_info gives the tenant, next offset, event count and the chain head, which
+    // equals the chain of the last event read back.
+    let mut harness = Harness::new(small_config(), None);
+    harness.commit(Operation::CreateStream, &create_body(&[(4, 44)]));
+    let info = StreamInfoReply::read_from_bytes(
+        &harness.read(Operation::StreamInfo, StreamInfo { stream: 4 }.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        (info.result, info.tenant, info.offset_next, info.chain),
+        (0, 44, 0, chain_seed(4, 44))
+    );
+    harness.commit(Operation::Append, &one_batch(4, 0, vec![vec![1; 10], vec![2; 20]]));
+    let info =
+        StreamInfoReply::read_from_bytes(&harness.read(Operation::StreamInfo, 4u64.as_bytes()))
+            .unwrap();
+    let last = harness.read_stream(4, 1, 1);
+    assert_eq!((info.offset_next, info.event_count, info.stream), (2, 2, 4));
+    assert_eq!(info.chain, last.events[0].0.chain);
+}
+
+#[test]
+fn limits_bound_buffers_for_the_worst_commit() {
+    // Goal: the buffer and reserve arithmetic gives sane numbers for the test and default
+    // configurations.
+    let small = Limits::new(&small_config());
+    assert_eq!((small.grid_blocks, small.levels, small.table_blocks_max), (128, 8, 1));
+    assert_eq!(small.event_size_max, 65536 - 128 - 24 - 40);
+    assert_eq!(small.seals_per_commit_max, 3);
+    let default = Limits::new(&Config::new(1, 0, 3));
+    assert_eq!(
+        (default.grid_blocks, default.levels, default.event_size_max),
+        (2048, 12, EVENT_SIZE_MAX)
+    );
+    assert_eq!(default.seals_per_commit_max, 22);
+    assert_eq!(default.table_blocks_max, 30);
+}
+
+#[test]
+fn commits_reads_and_checkpoints_allocate_nothing_after_new() {
+    // Goal: once the state machine exists, committing (with seals), reading (from memory and
+    // from the grid) and checkpointing make no heap allocation.
+    let mut harness = Harness::new(small_config(), None);
+    let streams: Vec<(u64, u64)> = (1..=8).map(|stream| (stream, stream)).collect();
+    harness.commit(Operation::CreateStream, &create_body(&streams));
+    let mut prng = Prng::new(5);
+    let bodies: Vec<Vec<u8>> = (0..48)
+        .map(|index| {
+            let events = (0..5).map(|_| event_data(&mut prng, 10_000)).collect();
+            one_batch(1 + index % 8, EXPECTED_OFFSET_ANY, events)
+        })
+        .collect();
+    let reads: Vec<(Operation, Vec<u8>)> = (0..16u64)
+        .map(|index| match index % 2 {
+            0 => (
+                Operation::ReadLog,
+                ReadLog { position_from: index * 7, count_max: 20, reserved: 0 }
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            _ => (
+                Operation::ReadStream,
+                ReadStream { stream: 1 + index % 8, offset_from: index, count_max: 9, reserved: 0 }
+                    .as_bytes()
+                    .to_vec(),
+            ),
+        })
+        .collect();
+    let mut reply_body = vec![0u8; 65536];
+    harness.completions.reserve(64);
+    let mut allocations = Vec::with_capacity(2);
+    for round in 0..2 {
+        if round == 1 {
+            crate::io::allocator::arm();
+        }
+        for body in &bodies {
+            while !harness.machine.commit_ready() {
+                harness.deliver(1);
+            }
+            harness.op += 1;
+            let (op, storage) = (harness.op, &mut harness.storage);
+            harness.machine.commit(storage, op, op, Operation::Append, body, &mut reply_body);
+        }
+        for (operation, body) in &reads {
+            let reply = harness.replies.get();
+            harness.machine.read_start(&mut harness.storage, *operation, body, reply).unwrap();
+            while harness.machine.poll_read().is_none() {
+                harness.deliver(1);
+            }
+        }
+        harness.machine.checkpoint(&mut harness.storage);
+        while harness.machine.poll_checkpoint().is_none() {
+            harness.deliver(1);
+        }
+        allocations.push(crate::io::allocator::allocations_since_armed());
+        crate::io::allocator::disarm();
+    }
+    assert_eq!(allocations[1], 0);
+    assert!(harness.storage.reads > 0);
+}
+
+#[test]
+fn grid_too_small_for_the_table_refuses_every_change() {
+    // Goal: a grid smaller than the streams table's reserve is valid; creates get
+    // storage_full and checkpoints write nothing.
+    let config = Config { grid_size: 2 * BLOCK_SIZE as u64, streams_max: 65_536, ..small_config() };
+    let mut harness = Harness::new(config, None);
+    assert!(harness.machine.limits().table_blocks_max > 2);
+    let reply = harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
+    assert_eq!(create_results(&reply), [ResultCode::StorageFull]);
+    let reply = harness.commit(Operation::Append, &one_batch(1, 0, vec![vec![1]]));
+    assert_eq!(append_results(&reply), [(ResultCode::StreamNotFound, 0)]);
+    assert_eq!(harness.checkpoint(), CheckpointState::default());
+    assert_eq!(harness.read_log(0, 10).end, 0);
+}

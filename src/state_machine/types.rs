@@ -1,0 +1,490 @@
+//! The event store's wire formats (request and reply bodies) and disk formats (grid blocks and
+//! the checkpointed streams table) as flat zerocopy structs: little-endian, every integer
+//! explicitly sized, every record a multiple of 8 bytes so that records stay 8-byte aligned.
+//! `docs/event-store.md` gives each of them byte by byte.
+//!
+//! Also here: the result codes, the per-stream checksum chain, and the parsers that walk
+//! request bodies. Request bodies come from clients; the parsers never index past the end of
+//! them and return a reason instead of panicking.
+
+use static_assertions::const_assert_eq;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::state_machine::constants::SKIP_LEVELS_MAX;
+use crate::vsr::header::{Checksum, Operation, checksum};
+
+/// The outcome of one create, one append batch or one read, carried in replies as a `u32`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResultCode {
+    Ok = 0,
+    /// create_stream: a stream with this id exists (also a repeat within one request).
+    StreamExists = 1,
+    /// append, read_stream, stream_info: no stream has this id.
+    StreamNotFound = 2,
+    /// create_stream, append: the id is 0 or `u64::MAX`, which no stream can have.
+    StreamIdInvalid = 3,
+    /// append: `expected_offset` is neither the stream's next offset nor "any"; the reply's
+    /// offset is the stream's next offset.
+    ExpectedOffsetWrong = 4,
+    /// create_stream: the table holds `streams_max` streams.
+    StreamsFull = 5,
+    /// create_stream, append: the grid has no room for it and the next checkpoint.
+    StorageFull = 6,
+    /// append: an event is larger than the cluster's event size maximum.
+    EventTooLarge = 7,
+    /// append: an event has no data.
+    EventEmpty = 8,
+    /// read_stream, read_log, stream_info: the body is not the operation's request struct.
+    BodyInvalid = 9,
+    /// read_stream, read_log: a grid block failed verification (checksum, address, structure)
+    /// or could not be read. Events before it in the reply are good.
+    BlockCorrupt = 10,
+}
+
+impl ResultCode {
+    pub const ALL: [ResultCode; 11] = [
+        ResultCode::Ok,
+        ResultCode::StreamExists,
+        ResultCode::StreamNotFound,
+        ResultCode::StreamIdInvalid,
+        ResultCode::ExpectedOffsetWrong,
+        ResultCode::StreamsFull,
+        ResultCode::StorageFull,
+        ResultCode::EventTooLarge,
+        ResultCode::EventEmpty,
+        ResultCode::BodyInvalid,
+        ResultCode::BlockCorrupt,
+    ];
+
+    pub fn from_u32(value: u32) -> Option<ResultCode> {
+        ResultCode::ALL.get(usize::try_from(value).ok()?).copied()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ResultCode::Ok => "ok",
+            ResultCode::StreamExists => "stream_exists",
+            ResultCode::StreamNotFound => "stream_not_found",
+            ResultCode::StreamIdInvalid => "stream_id_invalid",
+            ResultCode::ExpectedOffsetWrong => "expected_offset_wrong",
+            ResultCode::StreamsFull => "streams_full",
+            ResultCode::StorageFull => "storage_full",
+            ResultCode::EventTooLarge => "event_too_large",
+            ResultCode::EventEmpty => "event_empty",
+            ResultCode::BodyInvalid => "body_invalid",
+            ResultCode::BlockCorrupt => "block_corrupt",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request and reply bodies.
+
+/// One stream to create (create_stream body: one or more of these).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct CreateStream {
+    pub stream: u64,
+    pub tenant: u64,
+}
+
+/// The result of one `CreateStream`, in request order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct CreateStreamResult {
+    pub result: u32,
+    pub reserved: u32,
+}
+
+/// The head of one append batch; `event_count` events follow, `events_size_bytes` in all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct AppendBatch {
+    pub stream: u64,
+    /// The offset the first event must get, or `EXPECTED_OFFSET_ANY`.
+    pub expected_offset: u64,
+    pub event_count: u32,
+    pub events_size_bytes: u32,
+}
+
+/// The head of one event in an append batch; `size_bytes` of data follow, zero-padded to 8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct EventHeader {
+    pub size_bytes: u32,
+    pub reserved: u32,
+}
+
+/// The result of one append batch. `offset` is the first offset assigned on `ok`, otherwise
+/// the stream's next offset (0 if the stream does not exist). A batch is all or nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct AppendResult {
+    pub result: u32,
+    pub reserved: u32,
+    pub offset: u64,
+}
+
+/// read_stream body: up to `count_max` events of `stream` from `offset_from` on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct ReadStream {
+    pub stream: u64,
+    pub offset_from: u64,
+    pub count_max: u32,
+    pub reserved: u32,
+}
+
+/// read_log body: up to `count_max` events of the whole log from `position_from` on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct ReadLog {
+    pub position_from: u64,
+    pub count_max: u32,
+    pub reserved: u32,
+}
+
+/// stream_info body.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct StreamInfo {
+    pub stream: u64,
+}
+
+/// The head of a read_stream or read_log reply; `event_count` `EventRecord`s follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct ReadReplyHeader {
+    pub result: u32,
+    pub event_count: u32,
+    /// Where to continue: the offset (read_stream) or position (read_log) after the last event
+    /// returned, or the one asked for if none was.
+    pub next: u64,
+    /// The stream's next offset, or the log's next position, when the read started: what was
+    /// committed then. `next < end` means the reply was full or `count_max` was reached.
+    pub end: u64,
+}
+
+/// The stream_info reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct StreamInfoReply {
+    pub result: u32,
+    pub reserved: u32,
+    pub stream: u64,
+    pub tenant: u64,
+    pub offset_next: u64,
+    /// Events in the stream (offsets start at 0, so this equals `offset_next`).
+    pub event_count: u64,
+    /// The chain checksum after the last event (the seed if the stream has none).
+    pub chain: u32,
+    pub reserved_chain: u32,
+}
+
+/// One committed event: in grid blocks, and verbatim in read replies. `size_bytes` of data
+/// follow, zero-padded to 8.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct EventRecord {
+    pub stream: u64,
+    /// The event's index within its stream, from 0.
+    pub offset: u64,
+    /// The event's index within the whole log, from 0.
+    pub position: u64,
+    /// The timestamp of the op that committed the event.
+    pub timestamp: u64,
+    /// The stream's chain checksum after this event (`chain_next`).
+    pub chain: u32,
+    pub size_bytes: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grid blocks.
+
+/// A reference to a grid block, held by whoever points to it: the block's checksum lives here
+/// too, so a lost or misdirected write is caught when the block is read.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+pub struct BlockPointer {
+    /// The key after the block's last: for the log, the block's `position_end`; for a
+    /// stream, one past the offset of its last event in the block.
+    pub key_end: u64,
+    /// The block's index in the grid zone.
+    pub address: u32,
+    pub checksum: Checksum,
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockKind {
+    Events = 1,
+    StreamsTable = 2,
+}
+
+/// The first bytes of every grid block. An event block continues with its event records and
+/// then its directory; a streams-table block with (in its first block) the `TableRoot` and then
+/// `TableEntry`s. Everything after that up to `BLOCK_SIZE` is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct BlockHeader {
+    /// CRC32C of the block's bytes 4..BLOCK_SIZE.
+    pub checksum: Checksum,
+    pub kind: u8,
+    pub version: u8,
+    /// How many of `log_pointers` are used.
+    pub log_pointer_count: u16,
+    pub cluster: u64,
+    /// The block's own index in the grid zone: a block written or read at the wrong place fails.
+    pub address: u64,
+    /// Events: the block's 1-based ordinal among event blocks. Table: its index in the table.
+    pub ordinal: u64,
+    /// Events: the ops whose events the block holds. Table: zero.
+    pub op_min: u64,
+    pub op_max: u64,
+    /// Events: the log positions the block holds, `[position_first, position_end)`. Table: the
+    /// log's next position at the checkpoint, twice.
+    pub position_first: u64,
+    pub position_end: u64,
+    /// Bytes of records (events) or of root and entries (table) after the header.
+    pub records_size: u32,
+    /// Events: directory entries (streams in the block). Table: `TableEntry`s in the block.
+    pub directory_count: u32,
+    /// Events: bytes of directory after the records. Table: zero.
+    pub directory_size: u32,
+    pub reserved: [u8; 52],
+    /// Events: the log's skip pointers, level i to the block with ordinal `ordinal - 2^i`.
+    pub log_pointers: [BlockPointer; SKIP_LEVELS_MAX],
+}
+
+/// One stream's entry in an event block's directory, followed by `pointer_count`
+/// `BlockPointer`s: level i to the stream's block with ordinal `ordinal - 2^i`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct DirectoryEntry {
+    pub stream: u64,
+    /// This block's 1-based ordinal among the blocks holding events of the stream.
+    pub ordinal: u64,
+    /// The offset of the stream's first event in the block.
+    pub offset_first: u64,
+    /// The byte offset, within the block, of the stream's first record.
+    pub record_first: u32,
+    pub event_count: u32,
+    pub pointer_count: u32,
+    pub reserved: u32,
+}
+
+/// The start of the first streams-table block: the log's state at the checkpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct TableRoot {
+    /// The grid block after the table: where appends continue.
+    pub grid_head: u64,
+    pub position_next: u64,
+    /// Event blocks in the log (the ordinal of the newest).
+    pub log_blocks: u64,
+    pub stream_count: u64,
+    /// Level i: the newest event block whose ordinal is a multiple of 2^i.
+    pub log_frontier: [BlockPointer; SKIP_LEVELS_MAX],
+}
+
+/// One stream in a streams-table block, followed by `frontier_count` `BlockPointer`s: level i
+/// is the stream's newest block whose ordinal (among the stream's blocks) is a multiple of 2^i.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct TableEntry {
+    pub stream: u64,
+    pub tenant: u64,
+    pub offset_next: u64,
+    /// Blocks holding events of the stream (the ordinal of the newest).
+    pub blocks: u64,
+    pub chain: u32,
+    pub frontier_count: u32,
+}
+
+const_assert_eq!(size_of::<CreateStream>(), 16);
+const_assert_eq!(size_of::<CreateStreamResult>(), 8);
+const_assert_eq!(size_of::<AppendBatch>(), 24);
+const_assert_eq!(size_of::<EventHeader>(), 8);
+const_assert_eq!(size_of::<AppendResult>(), 16);
+const_assert_eq!(size_of::<ReadStream>(), 24);
+const_assert_eq!(size_of::<ReadLog>(), 16);
+const_assert_eq!(size_of::<StreamInfo>(), 8);
+const_assert_eq!(size_of::<ReadReplyHeader>(), 24);
+const_assert_eq!(size_of::<StreamInfoReply>(), 48);
+const_assert_eq!(size_of::<EventRecord>(), 40);
+const_assert_eq!(size_of::<BlockPointer>(), 16);
+const_assert_eq!(size_of::<BlockHeader>(), 128 + 16 * SKIP_LEVELS_MAX);
+const_assert_eq!(std::mem::offset_of!(BlockHeader, log_pointers), 128);
+const_assert_eq!(size_of::<DirectoryEntry>(), 40);
+const_assert_eq!(size_of::<TableRoot>(), 32 + 16 * SKIP_LEVELS_MAX);
+const_assert_eq!(size_of::<TableEntry>(), 40);
+const_assert_eq!(size_of::<BlockHeader>() % 8, 0);
+
+// ---------------------------------------------------------------------------------------------
+// Sizes, ids and the chain.
+
+/// Ids 0 and `u64::MAX` are never streams.
+pub fn stream_id_valid(stream: u64) -> bool {
+    stream != 0 && stream != u64::MAX
+}
+
+/// `size_bytes` rounded up to a multiple of 8: how much room data takes in bodies and blocks.
+pub fn padded_size(size_bytes: u32) -> u64 {
+    u64::from(size_bytes).next_multiple_of(8)
+}
+
+/// Bytes one event takes as an `EventRecord` (in a block or a reply).
+pub fn record_size(size_bytes: u32) -> u64 {
+    size_of::<EventRecord>() as u64 + padded_size(size_bytes)
+}
+
+/// The chain checksum of a stream with no events: CRC32C of `stream` then `tenant`.
+pub fn chain_seed(stream: u64, tenant: u64) -> Checksum {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&stream.to_le_bytes());
+    bytes[8..].copy_from_slice(&tenant.to_le_bytes());
+    checksum(&bytes)
+}
+
+/// The chain checksum after `record` (whose own `chain` field is ignored) with `data`: CRC32C of
+/// the previous chain, the record's stream, offset, position, timestamp and size, then the data.
+/// Every event's chain depends on all before it, so a lost, changed or reordered event shows.
+pub fn chain_next(chain: Checksum, record: &EventRecord, data: &[u8]) -> Checksum {
+    assert_eq!(data.len(), record.size_bytes as usize);
+    let mut prefix = [0u8; 40];
+    prefix[0..4].copy_from_slice(&chain.to_le_bytes());
+    prefix[4..12].copy_from_slice(&record.stream.to_le_bytes());
+    prefix[12..20].copy_from_slice(&record.offset.to_le_bytes());
+    prefix[20..28].copy_from_slice(&record.position.to_le_bytes());
+    prefix[28..36].copy_from_slice(&record.timestamp.to_le_bytes());
+    prefix[36..40].copy_from_slice(&record.size_bytes.to_le_bytes());
+    crc32c::crc32c_append(checksum(&prefix), data)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request bodies.
+
+/// Why `body` cannot be prepared as `operation`, or `None`. The primary calls this before it
+/// prepares a request, so `StateMachine::commit` only ever sees well-formed bodies; what is
+/// wrong with a well-formed request (a missing stream, an empty event) is a result code.
+pub fn request_invalid(operation: Operation, body: &[u8]) -> Option<&'static str> {
+    match operation {
+        Operation::CreateStream => create_stream_body_invalid(body),
+        Operation::Append => append_body_invalid(body),
+        Operation::ReadStream | Operation::ReadLog | Operation::StreamInfo => {
+            Some("reads are served from committed state and never prepared")
+        }
+        Operation::Reserved => Some("operation is reserved"),
+        Operation::Root | Operation::Register | Operation::Noop => None,
+    }
+}
+
+fn create_stream_body_invalid(body: &[u8]) -> Option<&'static str> {
+    if body.is_empty() {
+        return Some("create_stream: body is empty");
+    }
+    if !body.len().is_multiple_of(size_of::<CreateStream>()) {
+        return Some("create_stream: body is not a whole number of 16-byte entries");
+    }
+    None
+}
+
+fn append_body_invalid(body: &[u8]) -> Option<&'static str> {
+    if body.is_empty() {
+        return Some("append: body is empty");
+    }
+    let mut rest = body;
+    loop {
+        match batch_split(rest) {
+            Err(reason) => return Some(reason),
+            Ok(None) => return None,
+            Ok(Some(batch)) => {
+                if let Err(reason) = events_invalid(&batch) {
+                    return Some(reason);
+                }
+                rest = batch.rest;
+            }
+        }
+    }
+}
+
+/// One append batch cut from a body: its header, its events' bytes, and the bytes after it.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    pub header: AppendBatch,
+    pub events: &'a [u8],
+    pub rest: &'a [u8],
+}
+
+/// Cuts the first batch off `body`; `Ok(None)` when `body` is empty.
+pub fn batch_split(body: &[u8]) -> Result<Option<Batch<'_>>, &'static str> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let Ok((header, rest)) = AppendBatch::read_from_prefix(body) else {
+        return Err("append: batch header truncated");
+    };
+    if header.event_count == 0 {
+        return Err("append: batch has no events");
+    }
+    let events_size = header.events_size_bytes as usize;
+    if events_size > rest.len() {
+        return Err("append: batch events overrun the body");
+    }
+    let (events, rest) = rest.split_at(events_size);
+    Ok(Some(Batch { header, events, rest }))
+}
+
+fn events_invalid(batch: &Batch<'_>) -> Result<(), &'static str> {
+    let mut rest = batch.events;
+    for _ in 0..batch.header.event_count {
+        let Ok((header, after)) = EventHeader::read_from_prefix(rest) else {
+            return Err("append: event header truncated");
+        };
+        if header.reserved != 0 {
+            return Err("append: event reserved is not zero");
+        }
+        let padded = padded_size(header.size_bytes);
+        if padded > after.len() as u64 {
+            return Err("append: event data overruns its batch");
+        }
+        let (data, after) = after.split_at(padded as usize);
+        if data[header.size_bytes as usize..].iter().any(|byte| *byte != 0) {
+            return Err("append: event padding is not zero");
+        }
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err("append: events_size_bytes is larger than the events");
+    }
+    Ok(())
+}
+
+/// The events of a batch that `request_invalid` accepted, as data slices.
+pub struct Events<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Events<'a> {
+    pub fn new(events: &'a [u8]) -> Events<'a> {
+        Events { rest: events }
+    }
+}
+
+impl<'a> Iterator for Events<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let (header, after) = EventHeader::read_from_prefix(self.rest).expect("body validated");
+        let padded = padded_size(header.size_bytes) as usize;
+        assert!(padded <= after.len());
+        self.rest = &after[padded..];
+        Some(&after[..header.size_bytes as usize])
+    }
+}

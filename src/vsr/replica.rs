@@ -1,0 +1,758 @@
+//! The replica: the VSR state machine that turns client requests into a durable, totally ordered
+//! log, commits it, applies it to the event store, and replies. Sans-IO: it never touches a disk,
+//! a socket or a clock. This issue's scope is the normal path of a single-node cluster
+//! (`replica_count = 1`), written as the general protocol with a quorum of one.
+//!
+//! # Call order
+//!
+//! 1. `Replica::new(config, pool)` allocates everything the replica will ever use.
+//! 2. `open(storage)`, then feed every storage completion to `on_storage_completion` until
+//!    `status()` is `Normal` (or `Failed`). Opening reads the superblock, recovers the journal,
+//!    opens the event store at the checkpoint, reads the stored client replies, and replays the
+//!    WAL from the checkpoint.
+//! 3. Then, in any order: `on_message` for each validated message from the bus, `on_tick`
+//!    every `TICK_MS` with the driver's realtime clock, and `on_storage_completion`.
+//! 4. After each call, drain `poll_send` (messages for clients and peers).
+//!
+//! # The normal path (one replica)
+//!
+//! request → (session dedup) → prepare: op + 1, timestamp, `parent` = the previous prepare's
+//! checksum, the request's message reused in place → journal write (prepare, then its redundant
+//! header) → durable → commit in op order → execute against the event store → reply, stored in
+//! the session's client_replies slot. Up to `PIPELINE_PREPARE_QUEUE_MAX` prepares are in flight;
+//! requests beyond that wait in a bounded queue. Every `checkpoint_interval_ops` ops the event
+//! store writes its checkpoint and the superblock records it, which frees the WAL slots behind
+//! it for the ring to wrap.
+
+use std::collections::VecDeque;
+
+use crate::constants::{
+    CLIENTS_MAX, HEADER_SIZE, PIPELINE_PREPARE_QUEUE_MAX, SECTOR_SIZE, checkpoint_interval_ops,
+    op_prepare_max,
+};
+use crate::state_machine::constants::GRID_READS_MAX;
+use crate::state_machine::{CheckpointState, ReadId, ReadReply, StateMachine, request_invalid};
+use crate::vsr::client_sessions::{ClientSessionRecord, ClientSessions, RequestDisposition};
+use crate::vsr::header::{
+    Checksum, ClientId, Command, EvictionReason, Header, Op, Operation, ReplicaIndex, View,
+};
+use crate::vsr::journal::{self, Journal};
+use crate::vsr::layout::{Config, Layout, Zone};
+use crate::vsr::message_pool::{Message, MessagePool};
+use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
+use crate::vsr::superblock::{SuperBlock, VsrState};
+
+mod open;
+#[cfg(test)]
+mod tests;
+
+/// Messages the replica may have queued for the bus at once.
+pub const OUTBOX_MAX: usize = CLIENTS_MAX + PIPELINE_PREPARE_QUEUE_MAX + 8;
+/// Requests waiting for room in the pipeline.
+pub const REQUEST_QUEUE_MAX: usize = CLIENTS_MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// `new` done, `open` not called.
+    Init,
+    /// Opening: see `OpenPhase`.
+    Recovering,
+    Normal,
+    /// The replica stopped rather than diverge (a disk write failed, or the data file cannot be
+    /// recovered). `failure()` says why.
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpenPhase {
+    Superblock,
+    Journal,
+    StateMachine,
+    ClientReplies,
+    Replay,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CheckpointPhase {
+    Idle,
+    StateMachine { op: Op, checksum: Checksum },
+    ClientReplies { op: Op, checksum: Checksum },
+    Superblock { op: Op },
+}
+
+/// Where a message from `poll_send` goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Client(ClientId),
+    Replica(ReplicaIndex),
+}
+
+struct Prepared {
+    message: Message,
+    durable: bool,
+}
+
+/// The per-session slot of the client_replies zone and the reply it holds.
+struct ReplySlot {
+    /// The latest reply (what a retry gets), if known.
+    message: Option<Message>,
+    /// A write of this slot is in flight.
+    writing: bool,
+    /// `message` changed while a write was in flight: write it again afterwards.
+    write_again: bool,
+}
+
+/// Counters for operators and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    pub requests_received: u64,
+    pub requests_dropped: u64,
+    pub replies_resent: u64,
+    pub evictions_sent: u64,
+    pub ops_committed: u64,
+    pub ops_replayed: u64,
+    pub checkpoints: u64,
+    pub reads_served: u64,
+}
+
+pub struct Replica {
+    config: Config,
+    layout: Layout,
+    pool: MessagePool,
+    status: Status,
+    failure: Option<&'static str>,
+    open_phase: OpenPhase,
+    superblock: SuperBlock,
+    journal: Journal,
+    state_machine: StateMachine,
+    sessions: ClientSessions,
+    replies: Vec<ReplySlot>,
+    client_replies_reading: usize,
+    view: View,
+    /// The head of the log: the highest op prepared.
+    op: Op,
+    /// The highest op executed.
+    commit_min: Op,
+    /// The highest op known committed.
+    commit_max: Op,
+    /// The checksum of the prepare at `op` (the next prepare's parent).
+    parent: Checksum,
+    /// The checksum of the prepare at `commit_min`.
+    commit_checksum: Checksum,
+    checkpoint_op: Op,
+    checkpoint: CheckpointPhase,
+    /// The event store's part of the checkpoint in progress, once written.
+    checkpoint_state: Option<CheckpointState>,
+    timestamp_last: u64,
+    realtime_ns: u64,
+    ticks: u64,
+    pipeline: VecDeque<Prepared>,
+    request_queue: VecDeque<Message>,
+    outbox: VecDeque<(Destination, Message)>,
+    reads: Vec<Option<(ReadId, Header)>>,
+    replay_reading: bool,
+    metrics: Metrics,
+}
+
+impl Replica {
+    /// Allocates every table, pool and queue the replica will ever use. `pool` holds buffers of
+    /// `message_size_max` bytes, shared with the message bus.
+    pub fn new(config: &Config, pool: MessagePool) -> Replica {
+        assert!(config.invalid().is_none());
+        assert!(pool.buffer_size() >= config.message_size_max as usize);
+        let clients_max = config.clients_max as usize;
+        let replies = (0..clients_max)
+            .map(|_| ReplySlot { message: None, writing: false, write_again: false })
+            .collect();
+        Replica {
+            config: *config,
+            layout: Layout::new(config),
+            pool,
+            status: Status::Init,
+            failure: None,
+            open_phase: OpenPhase::Superblock,
+            superblock: SuperBlock::new(),
+            journal: Journal::new(config),
+            state_machine: StateMachine::new(config),
+            sessions: ClientSessions::new(clients_max),
+            replies,
+            client_replies_reading: 0,
+            view: 0,
+            op: 0,
+            commit_min: 0,
+            commit_max: 0,
+            parent: 0,
+            commit_checksum: 0,
+            checkpoint_op: 0,
+            checkpoint: CheckpointPhase::Idle,
+            checkpoint_state: None,
+            timestamp_last: 0,
+            realtime_ns: 0,
+            ticks: 0,
+            pipeline: VecDeque::with_capacity(PIPELINE_PREPARE_QUEUE_MAX),
+            request_queue: VecDeque::with_capacity(REQUEST_QUEUE_MAX),
+            outbox: VecDeque::with_capacity(OUTBOX_MAX),
+            reads: (0..GRID_READS_MAX).map(|_| None).collect(),
+            replay_reading: false,
+            metrics: Metrics::default(),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    pub fn failure(&self) -> Option<&'static str> {
+        self.failure
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        self.metrics
+    }
+
+    pub fn op(&self) -> Op {
+        self.op
+    }
+
+    pub fn commit_min(&self) -> Op {
+        self.commit_min
+    }
+
+    pub fn checkpoint_op(&self) -> Op {
+        self.checkpoint_op
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The next message to send, if any.
+    pub fn poll_send(&mut self) -> Option<(Destination, Message)> {
+        self.outbox.pop_front()
+    }
+
+    fn fail(&mut self, reason: &'static str) {
+        if self.status != Status::Failed {
+            self.status = Status::Failed;
+            self.failure = Some(reason);
+        }
+    }
+
+    fn send(&mut self, destination: Destination, message: Message) {
+        // A full outbox means the bus is not draining: dropping is safe (clients retry) and
+        // keeps memory bounded.
+        if self.outbox.len() < OUTBOX_MAX {
+            self.outbox.push_back((destination, message));
+        }
+    }
+
+    /// Advances time. `realtime_ns` is the driver's wall clock, used for prepare timestamps.
+    pub fn on_tick<S: Storage>(&mut self, storage: &mut S, realtime_ns: u64) {
+        self.ticks += 1;
+        self.realtime_ns = realtime_ns;
+        if self.status == Status::Normal {
+            self.request_queue_drain(storage);
+        }
+    }
+
+    /// A message from the bus. Its header checksum, `invalid()`, cluster and body checksum were
+    /// already checked by the bus.
+    pub fn on_message<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        let header = *message.header();
+        assert!(header.valid_checksum());
+        assert_eq!(header.cluster, self.config.cluster);
+        if self.status != Status::Normal {
+            return;
+        }
+        match header.command() {
+            Some(Command::Request) => self.on_request(storage, message),
+            Some(Command::PingClient) => self.on_ping_client(&header),
+            // Replica-to-replica messages arrive with the replicated cluster (issue 4).
+            _ => {}
+        }
+    }
+
+    /// Routes a finished disk operation to its owner.
+    pub fn on_storage_completion<S: Storage>(&mut self, storage: &mut S, completion: Completion) {
+        match completion.request.token.owner {
+            IoOwner::Superblock => {
+                self.superblock.on_completion(storage, completion);
+                self.superblock_progress(storage);
+            }
+            IoOwner::JournalPrepare | IoOwner::JournalHeaders | IoOwner::JournalRead => {
+                self.journal.on_completion(storage, completion);
+                self.journal_events(storage);
+            }
+            IoOwner::Grid => {
+                self.state_machine.on_completion(storage, completion);
+                self.state_machine_progress(storage);
+            }
+            IoOwner::ClientReplies => self.client_replies_complete(storage, completion),
+            IoOwner::Format | IoOwner::Benchmark => {
+                panic!("replica received a completion it did not submit")
+            }
+        }
+    }
+
+    fn on_ping_client(&mut self, header: &Header) {
+        let mut pong = self.pool.get();
+        let reply = pong.header_mut();
+        *reply = Header::new(Command::PongClient, self.config.cluster);
+        reply.client = header.client;
+        reply.timestamp = header.timestamp;
+        reply.view = self.view;
+        reply.replica = self.config.replica;
+        reply.set_checksum_body(&[]);
+        reply.set_checksum();
+        self.send(Destination::Client(header.client), pong);
+    }
+}
+
+/// Requests and prepares.
+impl Replica {
+    fn on_request<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        self.metrics.requests_received += 1;
+        let header = *message.header();
+        let operation = header.operation().expect("validated by the bus");
+        if operation.is_read() {
+            return self.read_start(storage, message);
+        }
+        let register = operation == Operation::Register;
+        match self.sessions.disposition(header.client, header.request, register) {
+            RequestDisposition::Prepare => {
+                if request_invalid(operation, message.body()).is_some() {
+                    // A malformed body is a client bug: its session cannot be trusted.
+                    return self.send_eviction(header.client, EvictionReason::InvalidRequest);
+                }
+            }
+            RequestDisposition::ReplyAgain { slot } => return self.reply_again(slot, &header),
+            RequestDisposition::Drop => {
+                self.metrics.requests_dropped += 1;
+                return;
+            }
+            RequestDisposition::Evict => {
+                return self.send_eviction(header.client, EvictionReason::NoSession);
+            }
+        }
+        if self.request_in_flight(header.client) {
+            // One request in flight per client: this is a retry of one already in the pipeline.
+            self.metrics.requests_dropped += 1;
+            return;
+        }
+        if self.request_queue.len() >= REQUEST_QUEUE_MAX {
+            self.metrics.requests_dropped += 1;
+            return;
+        }
+        self.request_queue.push_back(message);
+        self.request_queue_drain(storage);
+    }
+
+    fn request_in_flight(&self, client: ClientId) -> bool {
+        let in_pipeline = self.pipeline.iter().any(|prepared| {
+            let header = prepared.message.header();
+            header.client == client && header.op > self.commit_min
+        });
+        in_pipeline || self.request_queue.iter().any(|request| request.header().client == client)
+    }
+
+    /// Prepares queued requests while the pipeline and the WAL have room.
+    fn request_queue_drain<S: Storage>(&mut self, storage: &mut S) {
+        while self.status == Status::Normal && !self.request_queue.is_empty() {
+            if self.pipeline.len() >= PIPELINE_PREPARE_QUEUE_MAX {
+                return;
+            }
+            let slot_count = self.layout.journal_slot_count;
+            if self.op + 1 > op_prepare_max(self.checkpoint_op, slot_count) {
+                // The ring would overwrite an op the checkpoint does not cover yet.
+                return;
+            }
+            let request = self.request_queue.pop_front().expect("queue not empty");
+            self.prepare(storage, request);
+        }
+    }
+
+    /// Turns `request` into the prepare for the next op, in place, and writes it.
+    fn prepare<S: Storage>(&mut self, storage: &mut S, mut message: Message) {
+        let request = *message.header();
+        let op = self.op + 1;
+        let timestamp = self.realtime_ns.max(self.timestamp_last + 1);
+        let size = request.size as usize;
+        let prepare = message.header_mut();
+        *prepare = Header::new(Command::Prepare, self.config.cluster);
+        prepare.size = request.size;
+        prepare.checksum_body = request.checksum_body;
+        prepare.view = self.view;
+        prepare.op = op;
+        prepare.commit = self.commit_max;
+        prepare.timestamp = timestamp;
+        prepare.client = request.client;
+        prepare.request = request.request;
+        prepare.operation = request.operation;
+        prepare.parent = self.parent;
+        prepare.context = request.checksum;
+        prepare.replica = self.config.replica;
+        prepare.set_checksum();
+        let prepare = *prepare;
+        assert_eq!(prepare.invalid(), None);
+        // The journal writes whole sectors: the padding after the message must be zero.
+        message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
+        self.op = op;
+        self.parent = prepare.checksum;
+        self.timestamp_last = timestamp;
+        self.pipeline.push_back(Prepared { message: message.clone(), durable: false });
+        self.journal.write_prepare(storage, message);
+    }
+
+    fn send_eviction(&mut self, client: ClientId, reason: EvictionReason) {
+        self.metrics.evictions_sent += 1;
+        let mut message = self.pool.get();
+        let header = message.header_mut();
+        *header = Header::new(Command::Eviction, self.config.cluster);
+        header.client = client;
+        header.context = reason as u32;
+        header.view = self.view;
+        header.replica = self.config.replica;
+        header.set_checksum_body(&[]);
+        header.set_checksum();
+        self.send(Destination::Client(client), message);
+    }
+
+    fn reply_again(&mut self, slot: usize, request: &Header) {
+        let record = *self.sessions.get(slot);
+        let Some(reply) = self.replies[slot].message.clone() else {
+            // The stored reply was lost with the disk copy: the client must start over.
+            return self.send_eviction(request.client, EvictionReason::SessionEvicted);
+        };
+        if reply.header().checksum != record.reply_checksum {
+            return self.send_eviction(request.client, EvictionReason::SessionEvicted);
+        }
+        self.metrics.replies_resent += 1;
+        self.send(Destination::Client(request.client), reply);
+    }
+}
+
+/// The journal, commits and replies.
+impl Replica {
+    fn journal_events<S: Storage>(&mut self, storage: &mut S) {
+        while let Some(event) = self.journal.poll_event() {
+            match event {
+                journal::Event::PrepareDurable { op, checksum } => {
+                    self.prepare_durable(storage, op, checksum)
+                }
+                journal::Event::PrepareRead { op, checksum, result } => {
+                    self.replay_read(storage, op, checksum, result)
+                }
+                journal::Event::Recovered { usable } => self.journal_recovered(storage, usable),
+                journal::Event::WriteFailed { .. } => self.fail("a journal write failed"),
+            }
+        }
+    }
+
+    fn prepare_durable<S: Storage>(&mut self, storage: &mut S, op: Op, checksum: Checksum) {
+        let Some(first) = self.pipeline.front() else {
+            return;
+        };
+        let first_op = first.message.header().op;
+        if op < first_op {
+            return;
+        }
+        let index = (op - first_op) as usize;
+        let Some(prepared) = self.pipeline.get_mut(index) else {
+            return;
+        };
+        assert_eq!(prepared.message.header().checksum, checksum);
+        prepared.durable = true;
+        // With one replica a durable prepare is committed: the replica is the whole quorum.
+        assert_eq!(self.config.replica_count, 1);
+        while let Some(prepared) = self.pipeline.get((self.commit_max + 1 - first_op) as usize) {
+            if !prepared.durable {
+                break;
+            }
+            self.commit_max += 1;
+        }
+        self.commit_pipeline(storage);
+    }
+
+    /// Executes committed prepares in op order, as far as the event store and the checkpoint
+    /// allow.
+    fn commit_pipeline<S: Storage>(&mut self, storage: &mut S) {
+        while self.status == Status::Normal && self.commit_min < self.commit_max {
+            if self.checkpoint != CheckpointPhase::Idle || !self.state_machine.commit_ready() {
+                return;
+            }
+            let prepared = self.pipeline.pop_front().expect("committed op in the pipeline");
+            assert!(prepared.durable);
+            assert_eq!(prepared.message.header().op, self.commit_min + 1);
+            self.execute(storage, &prepared.message, true);
+            self.checkpoint_maybe(storage);
+        }
+        self.request_queue_drain(storage);
+    }
+
+    /// Applies one committed prepare: sessions, the event store, the reply (sent only when
+    /// `send_reply`, i.e. not while replaying the WAL at open).
+    fn execute<S: Storage>(&mut self, storage: &mut S, prepare: &Message, send_reply: bool) {
+        let header = *prepare.header();
+        assert_eq!(header.op, self.commit_min + 1);
+        let operation = header.operation().expect("prepares are validated");
+        let mut reply = self.pool.get();
+        let body_size = match operation {
+            Operation::Register => 0,
+            Operation::Noop => 0,
+            _ => {
+                let body_max = self.config.message_size_max as usize - HEADER_SIZE;
+                let reply_body = &mut reply.buffer_mut_unique()[HEADER_SIZE..][..body_max];
+                self.state_machine.commit(
+                    storage,
+                    header.op,
+                    header.timestamp,
+                    operation,
+                    prepare.body(),
+                    reply_body,
+                )
+            }
+        };
+        self.commit_min = header.op;
+        self.commit_checksum = header.checksum;
+        self.metrics.ops_committed += 1;
+        if operation == Operation::Noop {
+            return;
+        }
+        self.reply_build(&mut reply, &header, body_size);
+        let slot = if operation == Operation::Register {
+            let (slot, evicted) = self.sessions.register(header.client, header.op);
+            if let Some(evicted) = evicted {
+                if send_reply {
+                    self.send_eviction(evicted, EvictionReason::SessionEvicted);
+                }
+            }
+            slot
+        } else {
+            match self.sessions.slot(header.client) {
+                Some(slot) => slot,
+                // Evicted between prepare and commit: the op is applied, the reply has no home.
+                None => return,
+            }
+        };
+        let reply_header = *reply.header();
+        self.sessions.commit_reply(
+            slot,
+            header.request,
+            header.op,
+            reply_header.checksum,
+            reply_header.size,
+        );
+        self.replies[slot].message = Some(reply.clone());
+        self.client_reply_write(storage, slot);
+        if send_reply {
+            self.send(Destination::Client(header.client), reply);
+        }
+    }
+
+    fn reply_build(&self, reply: &mut Message, prepare: &Header, body_size: usize) {
+        let cluster = self.config.cluster;
+        let size = HEADER_SIZE + body_size;
+        let body_checksum = crate::vsr::header::checksum(&reply.buffer()[HEADER_SIZE..size]);
+        let header = reply.header_mut();
+        *header = Header::new(Command::Reply, cluster);
+        header.size = size as u32;
+        header.checksum_body = body_checksum;
+        header.view = self.view;
+        header.op = prepare.op;
+        header.commit = prepare.op;
+        header.timestamp = prepare.timestamp;
+        header.client = prepare.client;
+        header.request = prepare.request;
+        header.operation = prepare.operation;
+        header.context = prepare.context;
+        header.replica = self.config.replica;
+        header.set_checksum();
+        assert_eq!(header.invalid(), None);
+    }
+
+    fn client_reply_write<S: Storage>(&mut self, storage: &mut S, slot: usize) {
+        let entry = &mut self.replies[slot];
+        if entry.writing {
+            entry.write_again = true;
+            return;
+        }
+        let Some(message) = entry.message.clone() else {
+            return;
+        };
+        entry.writing = true;
+        entry.write_again = false;
+        let length = (message.header().size as usize).next_multiple_of(SECTOR_SIZE);
+        let offset = self.layout.offset(Zone::ClientReplies, slot as u64 * self.layout.message_size_max);
+        let request = IoRequest {
+            token: IoToken { owner: IoOwner::ClientReplies, index: slot as u32 },
+            kind: IoKind::Write,
+            zone: Zone::ClientReplies,
+            offset,
+            length,
+            buffer_offset: 0,
+        };
+        storage.submit(request, message);
+    }
+
+    fn client_replies_complete<S: Storage>(&mut self, storage: &mut S, completion: Completion) {
+        let slot = completion.request.token.index as usize;
+        match completion.request.kind {
+            IoKind::Write => {
+                if completion.result.is_err() {
+                    return self.fail("a client reply write failed");
+                }
+                let entry = &mut self.replies[slot];
+                assert!(entry.writing);
+                entry.writing = false;
+                if entry.write_again {
+                    self.client_reply_write(storage, slot);
+                }
+                self.checkpoint_progress(storage);
+            }
+            IoKind::Read => self.client_reply_read_complete(storage, slot, completion),
+        }
+    }
+}
+
+/// Checkpoints.
+impl Replica {
+    /// Starts a checkpoint if `commit_min` is a checkpoint op.
+    fn checkpoint_maybe<S: Storage>(&mut self, storage: &mut S) {
+        let interval = checkpoint_interval_ops(self.layout.journal_slot_count);
+        if self.commit_min < self.checkpoint_op + interval {
+            return;
+        }
+        assert_eq!(self.commit_min, self.checkpoint_op + interval);
+        assert_eq!(self.checkpoint, CheckpointPhase::Idle);
+        self.checkpoint =
+            CheckpointPhase::StateMachine { op: self.commit_min, checksum: self.commit_checksum };
+        self.state_machine.checkpoint(storage);
+        self.state_machine_progress(storage);
+    }
+
+    fn state_machine_progress<S: Storage>(&mut self, storage: &mut S) {
+        self.state_machine_progress_reads();
+        if self.status == Status::Recovering && self.open_phase == OpenPhase::StateMachine {
+            if let Some(result) = self.state_machine.poll_open() {
+                return self.state_machine_opened(storage, result);
+            }
+        }
+        if let CheckpointPhase::StateMachine { op, checksum } = self.checkpoint {
+            if let Some(state) = self.state_machine.poll_checkpoint() {
+                self.checkpoint_state = Some(state);
+                self.checkpoint = CheckpointPhase::ClientReplies { op, checksum };
+                self.checkpoint_progress(storage);
+            }
+        }
+        if self.status == Status::Normal {
+            self.commit_pipeline(storage);
+        }
+    }
+
+    /// Once the event store's checkpoint and every client reply write are durable, records the
+    /// checkpoint in the superblock.
+    fn checkpoint_progress<S: Storage>(&mut self, storage: &mut S) {
+        let CheckpointPhase::ClientReplies { op, checksum } = self.checkpoint else {
+            return;
+        };
+        if self.replies.iter().any(|entry| entry.writing) {
+            return;
+        }
+        let state_machine = self.checkpoint_state.take().expect("event store checkpoint done");
+        let mut state: VsrState = self.superblock.working().vsr_state();
+        state.view = self.view;
+        state.log_view = self.view;
+        state.commit_max = state.commit_max.max(self.commit_max);
+        state.checkpoint_op = op;
+        state.checkpoint_checksum = checksum;
+        state.checkpoint_state_checksum = state_machine.checkpoint_state_checksum;
+        state.grid_head = state_machine.grid_head;
+        state.streams_table_address = state_machine.streams_table_address;
+        state.streams_table_blocks = state_machine.streams_table_blocks;
+        state.streams_table_checksum = state_machine.streams_table_checksum;
+        let records = self.sessions.records();
+        state.client_sessions = [ClientSessionRecord::default(); CLIENTS_MAX];
+        state.client_sessions[..records.len()].copy_from_slice(records);
+        self.checkpoint = CheckpointPhase::Superblock { op };
+        self.superblock.update(storage, &state);
+    }
+
+    fn superblock_progress<S: Storage>(&mut self, storage: &mut S) {
+        let Some(result) = self.superblock.poll_result() else {
+            return;
+        };
+        if self.status == Status::Recovering && self.open_phase == OpenPhase::Superblock {
+            return self.superblock_opened(storage, result.is_ok());
+        }
+        let CheckpointPhase::Superblock { op } = self.checkpoint else {
+            panic!("superblock update finished with no checkpoint in progress");
+        };
+        if result.is_err() {
+            return self.fail("the superblock update for a checkpoint failed");
+        }
+        self.checkpoint_op = op;
+        self.checkpoint = CheckpointPhase::Idle;
+        self.metrics.checkpoints += 1;
+        if self.status == Status::Normal {
+            self.commit_pipeline(storage);
+        } else {
+            self.replay_next(storage);
+        }
+    }
+}
+
+/// Reads: served from committed state, without consensus.
+impl Replica {
+    fn read_start<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        let header = *message.header();
+        if header.commit > self.commit_min {
+            // The client has seen a newer commit than this replica executed; it retries.
+            self.metrics.requests_dropped += 1;
+            return;
+        }
+        // A malformed read body gets a body_invalid result from the event store.
+        let operation = header.operation().expect("validated by the bus");
+        let Some(free) = self.reads.iter().position(Option::is_none) else {
+            self.metrics.requests_dropped += 1;
+            return;
+        };
+        let reply = self.pool.get();
+        match self.state_machine.read_start(storage, operation, message.body(), reply) {
+            Ok(read) => self.reads[free] = Some((read, header)),
+            Err(_) => self.metrics.requests_dropped += 1,
+        }
+        self.state_machine_progress_reads();
+    }
+
+    fn state_machine_progress_reads(&mut self) {
+        while let Some(read) = self.state_machine.poll_read() {
+            self.read_complete(read);
+        }
+    }
+
+    fn read_complete(&mut self, read: ReadReply) {
+        let ReadReply { id: read, message: mut reply, body_size } = read;
+        let Some(index) = self.reads.iter().position(|entry| matches!(entry, Some((id, _)) if *id == read))
+        else {
+            panic!("read completed that was never started");
+        };
+        let (_, request) = self.reads[index].take().expect("read in flight");
+        let cluster = self.config.cluster;
+        let size = HEADER_SIZE + body_size;
+        let body_checksum = crate::vsr::header::checksum(&reply.buffer()[HEADER_SIZE..size]);
+        let header = reply.header_mut();
+        *header = Header::new(Command::Reply, cluster);
+        header.size = size as u32;
+        header.checksum_body = body_checksum;
+        header.view = self.view;
+        header.commit = self.commit_min;
+        header.client = request.client;
+        header.request = request.request;
+        header.operation = request.operation;
+        header.context = request.checksum;
+        header.replica = self.config.replica;
+        header.set_checksum();
+        self.metrics.reads_served += 1;
+        self.send(Destination::Client(request.client), reply);
+    }
+}

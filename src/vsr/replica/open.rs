@@ -1,0 +1,205 @@
+//! Opening a replica from its data file: superblock, journal recovery, the event store at the
+//! checkpoint, the stored client replies, then a replay of the WAL from the checkpoint up to the
+//! head of the hash chain.
+//!
+//! With one replica, every prepare that reached the WAL durably may have been committed and
+//! acknowledged, so the replay follows the chain of `parent` checksums from the checkpoint as far
+//! as it goes. It stops at the first op that is missing or does not chain: prepares are written
+//! concurrently, so a crash can leave a later op durable behind a lost earlier one, and such an
+//! op was never committed (commits go in op order) and so never acknowledged.
+
+use super::{OpenPhase, Replica, Status};
+use crate::state_machine::CheckpointState;
+use crate::vsr::header::{Checksum, Op};
+use crate::vsr::journal::ReadError;
+use crate::vsr::layout::Zone;
+use crate::vsr::message_pool::{Message, MessagePool};
+use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
+
+use crate::constants::{JOURNAL_IOPS_READ_MAX, SECTOR_SIZE};
+
+impl Replica {
+    /// Starts opening the data file. Feed completions to `on_storage_completion` until
+    /// `status()` is `Normal` or `Failed`.
+    pub fn open<S: Storage>(&mut self, storage: &mut S) {
+        assert_eq!(self.status, Status::Init);
+        self.status = Status::Recovering;
+        self.open_phase = OpenPhase::Superblock;
+        self.superblock.open(storage);
+    }
+
+    pub(super) fn superblock_opened<S: Storage>(&mut self, storage: &mut S, ok: bool) {
+        if !ok {
+            return self.fail("the superblock has no valid quorum (see kimberlite inspect)");
+        }
+        let working = *self.superblock.working();
+        if working.config() != self.config {
+            return self.fail("the data file's configuration differs from the replica's");
+        }
+        if self.sessions.restore(&working.client_sessions).is_err() {
+            return self.fail("the checkpointed client session table is invalid");
+        }
+        self.view = working.view;
+        self.checkpoint_op = working.checkpoint_op;
+        self.commit_min = working.checkpoint_op;
+        self.commit_max = working.checkpoint_op;
+        self.op = working.checkpoint_op;
+        self.parent = working.checkpoint_checksum;
+        self.commit_checksum = working.checkpoint_checksum;
+        self.open_phase = OpenPhase::Journal;
+        let read_pool = self.recovery_read_pool();
+        self.journal.recover(storage, working.checkpoint_op, self.config.replica_count, &read_pool);
+        self.journal_events(storage);
+    }
+
+    /// Recovery reads prepares into buffers of the replica's pool: a view of it that the journal
+    /// can draw `JOURNAL_IOPS_READ_MAX` from.
+    fn recovery_read_pool(&self) -> MessagePool {
+        assert!(self.pool.free_count() >= JOURNAL_IOPS_READ_MAX);
+        self.pool.clone()
+    }
+
+    pub(super) fn journal_recovered<S: Storage>(&mut self, storage: &mut S, usable: bool) {
+        assert_eq!(self.open_phase, OpenPhase::Journal);
+        if !usable {
+            return self.fail("the journal has entries that only a peer could repair");
+        }
+        let working = *self.superblock.working();
+        let checkpoint = CheckpointState {
+            grid_head: working.grid_head,
+            streams_table_address: working.streams_table_address,
+            streams_table_blocks: working.streams_table_blocks,
+            streams_table_checksum: working.streams_table_checksum,
+            checkpoint_state_checksum: working.checkpoint_state_checksum,
+        };
+        self.open_phase = OpenPhase::StateMachine;
+        self.state_machine.open(storage, &checkpoint);
+        self.state_machine_progress(storage);
+    }
+
+    pub(super) fn state_machine_opened<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        result: Result<(), &'static str>,
+    ) {
+        if result.is_err() {
+            return self.fail("the event store checkpoint could not be read");
+        }
+        self.open_phase = OpenPhase::ClientReplies;
+        for slot in 0..self.replies.len() {
+            let record = *self.sessions.get(slot);
+            if record.client == 0 || record.reply_size == 0 {
+                continue;
+            }
+            let reply_size = record.reply_size as usize;
+            if reply_size > self.config.message_size_max as usize || reply_size < 128 {
+                continue;
+            }
+            let offset = self
+                .layout
+                .offset(Zone::ClientReplies, slot as u64 * self.layout.message_size_max);
+            let request = IoRequest {
+                token: IoToken { owner: IoOwner::ClientReplies, index: slot as u32 },
+                kind: IoKind::Read,
+                zone: Zone::ClientReplies,
+                offset,
+                length: reply_size.next_multiple_of(SECTOR_SIZE),
+                buffer_offset: 0,
+            };
+            self.client_replies_reading += 1;
+            storage.submit(request, self.pool.get());
+        }
+        if self.client_replies_reading == 0 {
+            self.replay_start(storage);
+        }
+    }
+
+    pub(super) fn client_reply_read_complete<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        slot: usize,
+        completion: Completion,
+    ) {
+        assert_eq!(self.open_phase, OpenPhase::ClientReplies);
+        assert!(self.client_replies_reading > 0);
+        self.client_replies_reading -= 1;
+        let record = *self.sessions.get(slot);
+        let message = completion.buffer;
+        // A reply that does not match the checkpoint was overwritten by a later op (the replay
+        // writes it again) or lost: without it, a retry of that request gets an eviction.
+        if completion.result.is_ok() && reply_matches(&message, record.reply_checksum) {
+            self.replies[slot].message = Some(message);
+        }
+        if self.client_replies_reading == 0 {
+            self.replay_start(storage);
+        }
+    }
+
+    fn replay_start<S: Storage>(&mut self, storage: &mut S) {
+        self.open_phase = OpenPhase::Replay;
+        self.replay_next(storage);
+    }
+
+    /// Reads the next op of the chain, or finishes opening.
+    pub(super) fn replay_next<S: Storage>(&mut self, storage: &mut S) {
+        assert_eq!(self.open_phase, OpenPhase::Replay);
+        if self.status != Status::Recovering || self.replay_reading {
+            return;
+        }
+        if self.checkpoint != super::CheckpointPhase::Idle || !self.state_machine.commit_ready() {
+            return;
+        }
+        let op = self.commit_min + 1;
+        let Some(header) = self.journal.header_with_op(op).copied() else {
+            return self.replay_done(storage);
+        };
+        if header.parent != self.commit_checksum {
+            return self.replay_done(storage);
+        }
+        self.replay_reading = true;
+        self.journal.read_prepare(storage, op, header.checksum, self.pool.get());
+    }
+
+    pub(super) fn replay_read<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        op: Op,
+        checksum: Checksum,
+        result: Result<Message, ReadError>,
+    ) {
+        assert_eq!(self.open_phase, OpenPhase::Replay);
+        assert!(self.replay_reading);
+        self.replay_reading = false;
+        let message = match result {
+            Ok(message) => message,
+            Err(_) => return self.fail("a WAL prepare could not be read back during replay"),
+        };
+        assert_eq!(message.header().op, op);
+        assert_eq!(message.header().checksum, checksum);
+        self.op = op;
+        self.parent = checksum;
+        self.commit_max = op;
+        self.timestamp_last = self.timestamp_last.max(message.header().timestamp);
+        self.execute(storage, &message, false);
+        self.metrics.ops_replayed += 1;
+        self.checkpoint_maybe(storage);
+        self.replay_next(storage);
+    }
+
+    fn replay_done<S: Storage>(&mut self, storage: &mut S) {
+        assert_eq!(self.op, self.commit_min);
+        self.status = Status::Normal;
+        self.request_queue_drain(storage);
+    }
+}
+
+fn reply_matches(message: &Message, checksum: Checksum) -> bool {
+    let Some(header) = crate::vsr::header::Header::from_prefix(message.buffer()) else {
+        return false;
+    };
+    if !header.valid_checksum() || header.checksum != checksum {
+        return false;
+    }
+    let size = header.size as usize;
+    size >= 128 && size <= message.buffer().len() && header.valid_checksum_body(&message.buffer()[128..size])
+}

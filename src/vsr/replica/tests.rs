@@ -1,0 +1,369 @@
+//! Scenario tests of a single-node replica on the in-memory disk: requests, dedup, sessions,
+//! checkpoints, WAL wrap-around, crashes and restarts.
+
+use super::*;
+use crate::sim::storage::MemoryStorage;
+use crate::vsr::format;
+use crate::vsr::message_pool::messages_max_replica;
+
+pub(crate) struct Harness {
+    pub config: Config,
+    pub storage: MemoryStorage,
+    pub pool: MessagePool,
+    pub replica: Replica,
+    completions: Vec<Completion>,
+    pub sent: Vec<(Destination, Message)>,
+    pub realtime_ns: u64,
+}
+
+pub(crate) fn small_config() -> Config {
+    Config {
+        journal_slot_count: 64,
+        message_size_max: 64 * 1024,
+        clients_max: 4,
+        grid_size: 64 * 1024 * 1024,
+        streams_max: 64,
+        ..Config::new(11, 0, 1)
+    }
+}
+
+impl Harness {
+    pub fn new(config: Config) -> Harness {
+        let layout = Layout::new(&config);
+        let mut storage = MemoryStorage::new(layout.file_size());
+        let format_pool = MessagePool::new(
+            crate::constants::FORMAT_WRITES_IN_FLIGHT,
+            crate::constants::FORMAT_WRITE_SIZE,
+        );
+        format::format(&mut storage, &format_pool, &config).unwrap();
+        let pool = MessagePool::new(messages_max_replica(), config.message_size_max as usize);
+        let replica = Replica::new(&config, pool.clone());
+        let mut harness = Harness {
+            config,
+            storage,
+            pool,
+            replica,
+            completions: Vec::with_capacity(64),
+            sent: Vec::new(),
+            realtime_ns: 1_000_000_000,
+        };
+        harness.open();
+        harness
+    }
+
+    fn open(&mut self) {
+        self.replica.open(&mut self.storage);
+        self.run();
+        assert_eq!(self.replica.status(), Status::Normal, "{:?}", self.replica.failure());
+    }
+
+    /// Delivers every completion until the disk is idle, collecting what the replica sends.
+    pub fn run(&mut self) {
+        loop {
+            while let Some(sent) = self.replica.poll_send() {
+                self.sent.push(sent);
+            }
+            if self.storage.in_flight() == 0 {
+                break;
+            }
+            self.storage.poll(&mut self.completions, 64);
+            for completion in self.completions.drain(..) {
+                self.replica.on_storage_completion(&mut self.storage, completion);
+            }
+        }
+    }
+
+    pub fn tick(&mut self) {
+        self.realtime_ns += 10_000_000;
+        self.replica.on_tick(&mut self.storage, self.realtime_ns);
+        self.run();
+    }
+
+    /// A request message as the client library builds it.
+    pub fn request(
+        &self,
+        client: ClientId,
+        request: u32,
+        operation: Operation,
+        body: &[u8],
+    ) -> Message {
+        let mut message = self.pool.get();
+        let size = HEADER_SIZE + body.len();
+        message.buffer_mut_unique()[HEADER_SIZE..size].copy_from_slice(body);
+        let header = message.header_mut();
+        *header = Header::new(Command::Request, self.config.cluster);
+        header.size = size as u32;
+        header.client = client;
+        header.request = request;
+        header.operation = operation as u8;
+        let checksum_body = crate::vsr::header::checksum(body);
+        let header = message.header_mut();
+        header.checksum_body = checksum_body;
+        header.set_checksum();
+        assert_eq!(header.invalid(), None);
+        message
+    }
+
+    /// Sends a request and returns what the replica sent back to that client.
+    pub fn call(
+        &mut self,
+        client: ClientId,
+        request: u32,
+        operation: Operation,
+        body: &[u8],
+    ) -> Vec<Message> {
+        let message = self.request(client, request, operation, body);
+        self.sent.clear();
+        self.replica.on_message(&mut self.storage, message);
+        self.run();
+        self.sent
+            .drain(..)
+            .filter(|(destination, _)| *destination == Destination::Client(client))
+            .map(|(_, message)| message)
+            .collect()
+    }
+
+    pub fn register(&mut self, client: ClientId) -> Message {
+        let replies = self.call(client, 0, Operation::Register, &[]);
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].header().command(), Some(Command::Reply));
+        replies.into_iter().next().unwrap()
+    }
+
+    /// Loses every write in flight and reopens the replica from the disk.
+    pub fn crash_and_restart(&mut self) {
+        self.storage.crash();
+        self.sent.clear();
+        self.replica = Replica::new(&self.config, self.pool.clone());
+        self.open();
+    }
+}
+
+#[test]
+fn register_commits_and_replies() {
+    // Goal: a register is prepared, made durable, committed, and answered.
+    let mut harness = Harness::new(small_config());
+    let reply = harness.register(7);
+    let header = reply.header();
+    assert_eq!(header.op, 1);
+    assert_eq!(header.client, 7);
+    assert_eq!(header.operation, Operation::Register as u8);
+    assert_eq!(harness.replica.commit_min(), 1);
+}
+
+#[test]
+fn request_without_a_session_gets_an_eviction() {
+    // Goal: a client must register before it writes.
+    let mut harness = Harness::new(small_config());
+    let replies = harness.call(9, 1, Operation::Append, &[]);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].header().command(), Some(Command::Eviction));
+    assert_eq!(replies[0].header().context, EvictionReason::NoSession as u32);
+}
+
+#[test]
+fn retried_register_gets_the_same_reply_and_is_not_applied_twice() {
+    // Goal: dedup by request number: the retry is answered from the stored reply.
+    let mut harness = Harness::new(small_config());
+    let first = harness.register(7);
+    let second = harness.register(7);
+    assert_eq!(first.header(), second.header());
+    assert_eq!(harness.replica.commit_min(), 1);
+    assert_eq!(harness.replica.metrics().replies_resent, 1);
+}
+
+#[test]
+fn full_session_table_evicts_the_oldest_client() {
+    // Goal: a register into a full table evicts the least recently committed session, and that
+    // client is told so.
+    let mut harness = Harness::new(small_config());
+    for client in 1..=4 {
+        harness.register(client);
+    }
+    let message = harness.request(5, 0, Operation::Register, &[]);
+    harness.replica.on_message(&mut harness.storage, message);
+    harness.run();
+    let evicted: Vec<_> = harness
+        .sent
+        .iter()
+        .filter(|(_, message)| message.header().command() == Some(Command::Eviction))
+        .map(|(destination, _)| *destination)
+        .collect();
+    assert_eq!(evicted, vec![Destination::Client(1)]);
+    let replies = harness.call(1, 1, Operation::Append, &[]);
+    assert_eq!(replies[0].header().command(), Some(Command::Eviction));
+}
+
+#[test]
+fn sessions_and_replies_survive_a_restart() {
+    // Goal: dedup survives a restart: the WAL replay rebuilds the session and its reply.
+    let mut harness = Harness::new(small_config());
+    let first = harness.register(7);
+    harness.crash_and_restart();
+    assert_eq!(harness.replica.commit_min(), 1);
+    let again = harness.register(7);
+    assert_eq!(first.header(), again.header());
+}
+
+mod event_store {
+    use super::*;
+    use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
+    use crate::state_machine::types::{
+        AppendBatch, AppendResult, CreateStream, EventHeader, EventRecord, ReadReplyHeader,
+        ReadStream, ResultCode,
+    };
+    use zerocopy::{FromBytes, IntoBytes};
+
+    pub(crate) fn create_body(stream: u64) -> Vec<u8> {
+        CreateStream { stream, tenant: 1 }.as_bytes().to_vec()
+    }
+
+    /// An append of `count` 16-byte events numbered from `first`.
+    pub(crate) fn append_body(stream: u64, first: u64, count: u64) -> Vec<u8> {
+        let mut events = Vec::new();
+        for number in first..first + count {
+            events.extend_from_slice(EventHeader { size_bytes: 16, reserved: 0 }.as_bytes());
+            events.extend_from_slice(&number.to_le_bytes());
+            events.extend_from_slice(&stream.to_le_bytes());
+        }
+        let batch = AppendBatch {
+            stream,
+            expected_offset: EXPECTED_OFFSET_ANY,
+            event_count: count as u32,
+            events_size_bytes: events.len() as u32,
+        };
+        let mut body = batch.as_bytes().to_vec();
+        body.extend_from_slice(&events);
+        body
+    }
+
+    fn read_body(stream: u64, offset_from: u64) -> Vec<u8> {
+        ReadStream { stream, offset_from, count_max: 1000, reserved: 0 }.as_bytes().to_vec()
+    }
+
+    fn append(harness: &mut Harness, client: u64, request: u32, stream: u64, first: u64) -> u64 {
+        let body = append_body(stream, first, 3);
+        let replies = harness.call(client, request, Operation::Append, &body);
+        assert_eq!(replies.len(), 1);
+        let result = AppendResult::read_from_prefix(replies[0].body()).unwrap().0;
+        assert_eq!(result.result, ResultCode::Ok as u32);
+        result.offset
+    }
+
+    /// Every event of `stream` (its numbers), read through the replica.
+    fn read_all(harness: &mut Harness, client: u64, stream: u64) -> Vec<u64> {
+        let mut numbers = Vec::new();
+        loop {
+            let body = read_body(stream, numbers.len() as u64);
+            let replies = harness.call(client, 1, Operation::ReadStream, &body);
+            assert_eq!(replies.len(), 1, "a read gets one reply");
+            assert_eq!(replies[0].header().command(), Some(Command::Reply), "{:?}", replies[0]);
+            let (head, mut rest) = ReadReplyHeader::read_from_prefix(replies[0].body()).unwrap();
+            assert_eq!(head.result, ResultCode::Ok as u32);
+            for _ in 0..head.event_count {
+                let (record, data) = EventRecord::read_from_prefix(rest).unwrap();
+                assert_eq!(record.offset, numbers.len() as u64);
+                numbers.push(u64::from_le_bytes(data[..8].try_into().unwrap()));
+                rest = &data[16..];
+            }
+            if head.event_count == 0 || head.next >= head.end {
+                return numbers;
+            }
+        }
+    }
+
+    #[test]
+    fn appended_events_are_read_back_in_order() {
+        // Goal: the normal path end to end: create, append, read from committed state.
+        let mut harness = Harness::new(small_config());
+        harness.register(7);
+        let replies = harness.call(7, 1, Operation::CreateStream, &create_body(5));
+        assert_eq!(replies[0].body()[..4], (ResultCode::Ok as u32).to_le_bytes());
+        assert_eq!(append(&mut harness, 7, 2, 5, 0), 0);
+        assert_eq!(append(&mut harness, 7, 3, 5, 3), 3);
+        assert_eq!(read_all(&mut harness, 8, 5), vec![0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn retried_append_is_applied_once() {
+        // Goal: a retry of the latest request is answered from the stored reply.
+        let mut harness = Harness::new(small_config());
+        harness.register(7);
+        harness.call(7, 1, Operation::CreateStream, &create_body(5));
+        append(&mut harness, 7, 2, 5, 0);
+        assert_eq!(append(&mut harness, 7, 2, 5, 0), 0);
+        assert_eq!(read_all(&mut harness, 7, 5), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn checkpoints_let_the_wal_wrap_and_a_restart_replays_from_the_last_one() {
+        // Goal: more ops than WAL slots (checkpoints every 48 ops), then a crash: the restart
+        // replays from the checkpoint and every acknowledged event is still there, once.
+        let mut harness = Harness::new(small_config());
+        harness.register(7);
+        harness.call(7, 1, Operation::CreateStream, &create_body(5));
+        let mut expected = Vec::new();
+        for request in 2..200u32 {
+            let first = expected.len() as u64;
+            append(&mut harness, 7, request, 5, first);
+            expected.extend(first..first + 3);
+            if request % 67 == 0 {
+                harness.crash_and_restart();
+            }
+        }
+        assert!(harness.replica.metrics().checkpoints > 0);
+        assert!(harness.replica.checkpoint_op() > 64);
+        harness.crash_and_restart();
+        assert!(harness.replica.metrics().ops_replayed > 0);
+        assert_eq!(read_all(&mut harness, 8, 5), expected);
+        // The last request is deduplicated across the restart.
+        let first = expected.len() as u64 - 3;
+        assert_eq!(append(&mut harness, 7, 199, 5, first), first);
+    }
+
+    #[test]
+    fn no_allocation_after_startup_over_ten_thousand_requests() {
+        // Goal: static allocation, proven: 10,000 requests (appends, reads, registers that
+        // evict sessions) through checkpoints and WAL wrap-around allocate nothing once the
+        // replica is open.
+        let mut harness = Harness::new(small_config());
+        harness.sent.reserve(64);
+        let clients_max = harness.config.clients_max as u64;
+        let append_template = append_body(5, 0, 3);
+        let read_template = read_body(5, 0);
+        // Warm up the test's own queues, then arm the guard.
+        harness.register(1);
+        harness.call(1, 1, Operation::CreateStream, &create_body(5));
+        let mut requests = [0u32; 16];
+        requests[1] = 1;
+        crate::io::allocator::arm();
+        let mut evictions = 0;
+        for index in 0..10_000u64 {
+            let client = 1 + (index / 1000) % (clients_max + 2);
+            let slot = client as usize;
+            let message = if requests[slot] == 0 && harness.replica.sessions.slot(client).is_none() {
+                harness.request(client, 0, Operation::Register, &[])
+            } else if index % 10 == 9 {
+                harness.request(client, requests[slot] + 1, Operation::ReadStream, &read_template)
+            } else {
+                requests[slot] += 1;
+                harness.request(client, requests[slot], Operation::Append, &append_template)
+            };
+            harness.replica.on_message(&mut harness.storage, message);
+            harness.run();
+            for (destination, message) in harness.sent.drain(..) {
+                if message.header().command() == Some(Command::Eviction) {
+                    let Destination::Client(evicted) = destination else { unreachable!() };
+                    requests[evicted as usize] = 0;
+                    evictions += 1;
+                }
+            }
+        }
+        let allocations = crate::io::allocator::allocations_since_armed();
+        crate::io::allocator::disarm();
+        assert_eq!(allocations, 0, "the replica allocated after startup");
+        assert!(evictions > 0);
+        assert!(harness.replica.metrics().checkpoints > 100);
+        assert!(harness.replica.op() > 2 * harness.config.journal_slot_count as u64);
+    }
+}
