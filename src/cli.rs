@@ -1,6 +1,331 @@
-//! Command-line parsing and the subcommands. (Being written.)
+//! Command-line parsing and the subcommands. Every mistake in the arguments gets one line on
+//! stderr and exit code 1; nothing an operator types can make the binary panic.
 
-pub fn main_with_args(_arguments: &[String]) -> i32 {
-    eprintln!("kimberlite: not built yet");
-    1
+use std::fmt::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use crate::constants::BLOCK_SIZE;
+use crate::vsr::layout::Config;
+
+const USAGE: &str = "\
+usage:
+  kimberlite format --cluster=ID --replica=I --replica-count=N [--grid-size=SIZE] PATH
+  kimberlite start --addresses=ADDRESS[,ADDRESS...] PATH
+  kimberlite inspect PATH
+  kimberlite benchmark [--addresses=...] [--cluster=ID] [--clients=N] [--events=N]
+                       [--event-size=BYTES] [--batch=N] [--streams=N]
+  kimberlite client --addresses=... [--cluster=ID] COMMAND
+      create-stream STREAM [TENANT]
+      append STREAM [--expected-offset=N] EVENT...
+      read STREAM [--offset=N] [--count=N]
+      read-log [--position=N] [--count=N]
+      info STREAM
+  kimberlite version
+
+SIZE takes a suffix: KiB, MiB, GiB or TiB (or K, M, G, T); the grid size must be a multiple
+of the 512 KiB block size.";
+
+/// Runs the command named by `arguments` (without the program name) and returns the exit code.
+pub fn main_with_args(arguments: &[String]) -> i32 {
+    let Some((command, rest)) = arguments.split_first() else {
+        eprintln!("{USAGE}");
+        return 1;
+    };
+    let result = match command.as_str() {
+        "format" => command_format(rest),
+        "inspect" => command_inspect(rest),
+        "start" => command_start(rest),
+        "benchmark" => command_benchmark(rest),
+        "client" => crate::cli_client::command_client(rest),
+        "version" => command_version(rest),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown command '{other}' (try 'kimberlite help')")),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("kimberlite {command}: {message}");
+            1
+        }
+    }
+}
+
+/// Parsed `--name=value` flags and positional arguments.
+pub(crate) struct Arguments {
+    flags: Vec<(String, String)>,
+    pub(crate) positionals: Vec<String>,
+}
+
+impl Arguments {
+    /// Splits `arguments` into flags and positionals, rejecting flags not in `allowed`.
+    pub(crate) fn parse(arguments: &[String], allowed: &[&str]) -> Result<Arguments, String> {
+        let mut flags: Vec<(String, String)> = Vec::new();
+        let mut positionals = Vec::new();
+        for argument in arguments {
+            if let Some(flag) = argument.strip_prefix("--") {
+                let (name, value) = match flag.split_once('=') {
+                    Some((name, value)) => (name, value),
+                    None => (flag, ""),
+                };
+                if !allowed.contains(&name) {
+                    return Err(format!("unknown option '--{name}'"));
+                }
+                if flags.iter().any(|(seen, _)| seen == name) {
+                    return Err(format!("option '--{name}' given twice"));
+                }
+                flags.push((name.to_string(), value.to_string()));
+            } else {
+                positionals.push(argument.clone());
+            }
+        }
+        Ok(Arguments { flags, positionals })
+    }
+
+    pub(crate) fn flag(&self, name: &str) -> Option<&str> {
+        self.flags.iter().find(|(seen, _)| seen == name).map(|(_, value)| value.as_str())
+    }
+
+    pub(crate) fn flag_required(&self, name: &str) -> Result<&str, String> {
+        match self.flag(name) {
+            None => Err(format!("missing required option '--{name}=...'")),
+            Some("") => Err(format!("option '--{name}' needs a value ('--{name}=...')")),
+            Some(value) => Ok(value),
+        }
+    }
+
+    pub(crate) fn integer<T: std::str::FromStr>(&self, name: &str) -> Result<T, String> {
+        let value = self.flag_required(name)?;
+        value.parse().map_err(|_| format!("'--{name}={value}' is not a valid number"))
+    }
+
+    /// The value of `--name`, or `default` if it is not given.
+    pub(crate) fn integer_or<T: std::str::FromStr>(
+        &self,
+        name: &str,
+        default: T,
+    ) -> Result<T, String> {
+        match self.flag(name) {
+            None => Ok(default),
+            Some(_) => self.integer(name),
+        }
+    }
+
+    /// The single positional PATH argument.
+    fn path(&self) -> Result<&str, String> {
+        match self.positionals.as_slice() {
+            [path] => Ok(path.as_str()),
+            [] => Err("missing PATH argument".to_string()),
+            [_, extra, ..] => Err(format!("unexpected argument '{extra}'")),
+        }
+    }
+}
+
+/// Parses a byte size such as `4096`, `512KiB`, `1GiB` or `2G`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(digits_end);
+    let number: u64 = digits.parse().map_err(|_| format!("'{text}' is not a size"))?;
+    let multiplier: u64 = match suffix {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        _ => return Err(format!("'{text}' has an unknown size suffix (use KiB, MiB, GiB, TiB)")),
+    };
+    number.checked_mul(multiplier).ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// Reads the `format` options into a validated `Config`.
+fn format_config(arguments: &Arguments) -> Result<Config, String> {
+    let cluster: u64 = arguments.integer("cluster")?;
+    let replica_count: u8 = arguments
+        .integer::<u64>("replica-count")?
+        .try_into()
+        .map_err(|_| "replica count must be at most 7".to_string())?;
+    let replica: u8 = arguments
+        .integer::<u64>("replica")?
+        .try_into()
+        .map_err(|_| "replica index must be less than the replica count".to_string())?;
+    let mut config = Config::new(cluster, replica, replica_count);
+    if let Some(size) = arguments.flag("grid-size") {
+        config.grid_size = parse_size(size)?;
+        if !config.grid_size.is_multiple_of(BLOCK_SIZE as u64) {
+            return Err(format!(
+                "--grid-size={size} is not a multiple of the block size ({BLOCK_SIZE} bytes)"
+            ));
+        }
+    }
+    match config.invalid() {
+        Some(reason) => Err(reason.to_string()),
+        None => Ok(config),
+    }
+}
+
+fn command_format(arguments: &[String]) -> Result<(), String> {
+    let allowed = ["cluster", "replica", "replica-count", "grid-size"];
+    let arguments = Arguments::parse(arguments, &allowed)?;
+    let config = format_config(&arguments)?;
+    let path = arguments.path()?;
+    let report = crate::io::format::format_file(path.as_ref(), &config)
+        .map_err(|error| error.to_string())?;
+    println!(
+        "formatted {path}: cluster={} replica={}/{} size={} bytes in {:.2} s",
+        config.cluster,
+        config.replica,
+        config.replica_count,
+        report.size_bytes,
+        report.elapsed.as_secs_f64(),
+    );
+    Ok(())
+}
+
+fn command_inspect(arguments: &[String]) -> Result<(), String> {
+    let arguments = Arguments::parse(arguments, &[])?;
+    let path = arguments.path()?;
+    let report = crate::inspect::inspect_file(path.as_ref())?;
+    print!("{}", report.text);
+    if report.usable { Ok(()) } else { Err(format!("{path} is not usable")) }
+}
+
+/// Parses `--addresses=HOST:PORT,HOST:PORT`.
+pub(crate) fn parse_addresses(text: &str) -> Result<Vec<SocketAddr>, String> {
+    let mut addresses = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let address = part
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut resolved| resolved.next())
+            .ok_or_else(|| format!("'{part}' is not an address (HOST:PORT)"))?;
+        addresses.push(address);
+    }
+    if addresses.is_empty() || addresses.len() > crate::constants::REPLICAS_MAX {
+        return Err("--addresses must list 1 to 7 replicas".to_string());
+    }
+    Ok(addresses)
+}
+
+fn command_start(arguments: &[String]) -> Result<(), String> {
+    let arguments = Arguments::parse(arguments, &["addresses"])?;
+    let addresses = parse_addresses(arguments.flag_required("addresses")?)?;
+    let path = arguments.path()?;
+    crate::io::server::start(path.as_ref(), &addresses)
+}
+
+fn command_benchmark(arguments: &[String]) -> Result<(), String> {
+    let allowed = ["addresses", "cluster", "clients", "events", "event-size", "batch", "streams"];
+    let arguments = Arguments::parse(arguments, &allowed)?;
+    if let Some(extra) = arguments.positionals.first() {
+        return Err(format!("unexpected argument '{extra}'"));
+    }
+    let defaults = crate::benchmark::Options::default();
+    let clients = arguments.integer_or("clients", defaults.clients)?;
+    let options = crate::benchmark::Options {
+        addresses: match arguments.flag("addresses") {
+            Some(text) => parse_addresses(text)?,
+            None => Vec::new(),
+        },
+        cluster: arguments.integer_or("cluster", defaults.cluster)?,
+        clients,
+        events: arguments.integer_or("events", defaults.events)?,
+        event_size: arguments.integer_or("event-size", defaults.event_size)?,
+        batch: match arguments.flag("batch") {
+            Some(_) => Some(arguments.integer("batch")?),
+            None => None,
+        },
+        streams: arguments.integer_or("streams", clients as u64)?,
+    };
+    crate::benchmark::run(&options).map(|_| ())
+}
+
+fn command_version(arguments: &[String]) -> Result<(), String> {
+    Arguments::parse(arguments, &[])?;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "kimberlite {} (commit {}, profile {})",
+        env!("CARGO_PKG_VERSION"),
+        crate::BUILD_COMMIT,
+        crate::BUILD_PROFILE
+    );
+    print!("{text}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(arguments: &[&str]) -> Vec<String> {
+        arguments.iter().map(|argument| argument.to_string()).collect()
+    }
+
+    fn format_error(arguments: &[&str]) -> String {
+        let allowed = ["cluster", "replica", "replica-count", "grid-size"];
+        let arguments = Arguments::parse(&strings(arguments), &allowed);
+        match arguments.and_then(|arguments| format_config(&arguments)) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(message) => message,
+        }
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        // Goal: operators can write sizes the way they think of them.
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
+        assert!(parse_size("12parsecs").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999T").is_err());
+    }
+
+    #[test]
+    fn format_rejects_each_bad_argument_with_one_line() {
+        // Goal: every bad format argument is named in one line, never a panic.
+        let base = ["--cluster=1", "--replica=0", "--replica-count=3"];
+        assert_eq!(
+            format_error(&["--cluster=1", "--replica=3", "--replica-count=3"]),
+            "replica index must be less than the replica count"
+        );
+        assert_eq!(
+            format_error(&["--cluster=1", "--replica=0", "--replica-count=0"]),
+            "replica count must be at least 1"
+        );
+        assert_eq!(
+            format_error(&["--cluster=1", "--replica=0", "--replica-count=8"]),
+            "replica count must be at most 7"
+        );
+        assert_eq!(
+            format_error(&["--cluster=1", "--replica=0", "--replica-count=300"]),
+            "replica count must be at most 7"
+        );
+        let mut grid = base.to_vec();
+        grid.push("--grid-size=1000");
+        assert!(format_error(&grid).contains("not a multiple of the block size"));
+        assert!(format_error(&["--replica=0", "--replica-count=3"]).contains("--cluster"));
+        assert!(
+            format_error(&["--cluster=x", "--replica=0", "--replica-count=3"])
+                .contains("not a valid number")
+        );
+        let mut unknown = base.to_vec();
+        unknown.push("--colour=blue");
+        assert!(format_error(&unknown).contains("unknown option"));
+        for message in [format_error(&grid), format_error(&unknown)] {
+            assert!(!message.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn unknown_command_exits_one() {
+        // Goal: a typo in the command is an error, not a panic.
+        assert_eq!(main_with_args(&strings(&["frobnicate"])), 1);
+        assert_eq!(main_with_args(&[]), 1);
+    }
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use zerocopy::IntoBytes;
 
 use crate::constants::HEADER_SIZE;
-use crate::vsr::header::{self, ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation};
+use crate::vsr::header::{
+    self, ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation,
+};
 
 /// How long a request waits for its reply before it is sent again.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
@@ -222,7 +224,8 @@ impl Client {
             if let Some(header) = self.take_message()? {
                 let ours = header.client == self.id
                     && matches!(header.command(), Some(Command::Reply | Command::Eviction));
-                if ours && (header.command() == Some(Command::Eviction) || header.request == request)
+                if ours
+                    && (header.command() == Some(Command::Eviction) || header.request == request)
                 {
                     return Ok(Some(header));
                 }

@@ -119,15 +119,15 @@ pub const fn op_prepare_max(checkpoint_op: u64, slot_count: u64) -> u64 {
 }
 
 const_assert!(SECTOR_SIZE.is_power_of_two());
-const_assert!(SECTOR_SIZE % HEADER_SIZE == 0);
-const_assert!(MESSAGE_SIZE_MAX % SECTOR_SIZE == 0);
-const_assert!(MESSAGE_SIZE_MAX_MIN % SECTOR_SIZE == 0);
+const_assert!(SECTOR_SIZE.is_multiple_of(HEADER_SIZE));
+const_assert!(MESSAGE_SIZE_MAX.is_multiple_of(SECTOR_SIZE));
+const_assert!(MESSAGE_SIZE_MAX_MIN.is_multiple_of(SECTOR_SIZE));
 const_assert!(MESSAGE_SIZE_MAX_MIN <= MESSAGE_SIZE_MAX);
 const_assert!(MESSAGE_SIZE_MAX <= u32::MAX as usize);
-const_assert!(JOURNAL_SLOT_COUNT % JOURNAL_HEADERS_PER_SECTOR == 0);
+const_assert!(JOURNAL_SLOT_COUNT.is_multiple_of(JOURNAL_HEADERS_PER_SECTOR));
 const_assert!(JOURNAL_SLOT_COUNT >= JOURNAL_SLOT_COUNT_MIN);
 const_assert!(JOURNAL_SLOT_COUNT <= JOURNAL_SLOT_COUNT_MAX);
-const_assert!(JOURNAL_SLOT_COUNT_MAX % JOURNAL_HEADERS_PER_SECTOR == 0);
+const_assert!(JOURNAL_SLOT_COUNT_MAX.is_multiple_of(JOURNAL_HEADERS_PER_SECTOR));
 const_assert!(JOURNAL_SLOT_COUNT_MIN > 4 * PIPELINE_PREPARE_QUEUE_MAX);
 const_assert!(checkpoint_interval_ops(JOURNAL_SLOT_COUNT_MIN as u64) > 0);
 const_assert!(JOURNAL_IOPS_WRITE_MAX >= 2 * PIPELINE_PREPARE_QUEUE_MAX);
@@ -135,11 +135,11 @@ const_assert!(REPLICAS_MAX <= u8::MAX as usize);
 const_assert!(CLIENTS_MAX >= 1);
 const_assert!(SUPERBLOCK_QUORUM_VERIFY + SUPERBLOCK_QUORUM_OPEN > SUPERBLOCK_COPIES);
 const_assert!(SUPERBLOCK_QUORUM_VERIFY <= SUPERBLOCK_COPIES);
-const_assert!(SUPERBLOCK_COPY_SIZE % SECTOR_SIZE == 0);
-const_assert!(BLOCK_SIZE % SECTOR_SIZE == 0);
-const_assert!(GRID_SIZE_DEFAULT % BLOCK_SIZE as u64 == 0);
-const_assert!(GRID_SIZE_MAX % BLOCK_SIZE as u64 == 0);
-const_assert!(FORMAT_WRITE_SIZE % SECTOR_SIZE == 0);
+const_assert!(SUPERBLOCK_COPY_SIZE.is_multiple_of(SECTOR_SIZE));
+const_assert!(BLOCK_SIZE.is_multiple_of(SECTOR_SIZE));
+const_assert!(GRID_SIZE_DEFAULT.is_multiple_of(BLOCK_SIZE as u64));
+const_assert!(GRID_SIZE_MAX.is_multiple_of(BLOCK_SIZE as u64));
+const_assert!(FORMAT_WRITE_SIZE.is_multiple_of(SECTOR_SIZE));
 const_assert!(FORMAT_WRITES_IN_FLIGHT < IO_OPERATIONS_MAX);
 const_assert!(IO_COMPLETIONS_BATCH_MAX <= IO_OPERATIONS_MAX);
 const_assert!((IO_ENTRIES as usize) <= IO_OPERATIONS_MAX);

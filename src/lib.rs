@@ -6,10 +6,13 @@
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod benchmark;
 pub mod cli;
+mod cli_client;
 pub mod client;
 pub mod constants;
 pub mod fuzz_targets;
+pub mod inspect;
 pub mod io;
 pub mod sim;
 pub mod state_machine;

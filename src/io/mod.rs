@@ -4,7 +4,11 @@
 //! - `ring`: the event loop (`Io`): one ring, a fixed table of operation slots, completions
 //!   drained into a fixed array and handed back to their owners.
 //! - `storage`: `IoStorage`, the `vsr::storage::Storage` implementation over `Io` for one data
-//!   file.
+//!   file; it owns the process's one ring and lends it to the bus.
+//! - `message_bus`: `MessageBus`, TCP connections over the same ring: framing and validation of
+//!   received messages, bounded send queues, back-pressure.
+//! - `socket`: the socket system calls made outside the ring, and address conversions.
+//! - `server`: `kimberlite start`, the replica's event loop over one ring.
 //! - `data_file`: creating and opening data files (`O_DIRECT`, `flock`, fsync at open).
 //! - `allocator`: the global allocator guard that proves no allocation after startup.
 //! - `format`: `kimberlite format`, writing every byte of a new data file.
@@ -12,7 +16,10 @@
 pub mod allocator;
 pub mod data_file;
 pub mod format;
+pub mod message_bus;
 pub mod ring;
+pub mod server;
+pub mod socket;
 pub mod storage;
 
 #[cfg(test)]
@@ -20,5 +27,7 @@ pub(crate) mod scratch;
 
 pub use data_file::{DataFile, DataFileError};
 pub use format::{FormatReport, format_file};
+pub use message_bus::MessageBus;
 pub use ring::{Io, Wait};
+pub use server::start;
 pub use storage::IoStorage;

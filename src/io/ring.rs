@@ -14,6 +14,10 @@
 //! enters the kernel once for the whole batch and, depending on its `Wait`, blocks for a
 //! completion or a timeout (`IORING_ENTER_EXT_ARG`, so the replica loop can tick every 10 ms
 //! without a timeout entry in the ring).
+//!
+//! One ring serves the data file and the sockets. Disk operations (`Read`, `Write`, `Sync`)
+//! belong to `IoStorage`, network operations (`Accept`, `Connect`, `Receive`, `Send`, `Close`)
+//! to the `MessageBus`; the driver routes each completion by `Operation::is_network`.
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -30,12 +34,29 @@ use crate::vsr::storage::{IoError, IoRequest, IoToken};
 /// the file.
 const DIRECT_IO_ALIGNMENT: usize = 512;
 
+/// Identifies a network operation to the connection that owns it: opaque to the ring, returned
+/// unchanged in the completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionToken {
+    pub index: u32,
+    pub generation: u32,
+}
+
+/// A socket address in the kernel's layout, kept inside the operation so that it stays in place
+/// until a `Connect` completes.
+#[derive(Clone, Copy)]
+pub struct SocketAddress {
+    pub storage: libc::sockaddr_storage,
+    pub length: libc::socklen_t,
+}
+
+impl std::fmt::Debug for SocketAddress {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("SocketAddress").field("length", &self.length).finish()
+    }
+}
+
 /// What an operation does, and everything it needs until it completes.
-///
-/// Network operations join this enum next, each variant holding its socket and, where it moves
-/// bytes, its `Message`: `Accept { fd }`, `Connect { fd, address }`, `Receive { fd, buffer }`
-/// (completes on any bytes, 0 meaning the peer closed) and `Send { fd, buffer, length }`
-/// (resubmitted for the remainder like `Write`).
 #[derive(Debug)]
 pub enum Operation {
     /// Reads `request.length` bytes at `request.offset` into the buffer at
@@ -46,13 +67,41 @@ pub enum Operation {
     Write { fd: RawFd, request: IoRequest, buffer: Message, durable: bool },
     /// `fdatasync` (`data_only`) or `fsync` of the file.
     Sync { fd: RawFd, token: IoToken, data_only: bool },
+    /// Accepts one connection on the listening socket `fd`; the result is the new descriptor
+    /// (opened with `SOCK_CLOEXEC`).
+    Accept { fd: RawFd },
+    /// Connects the socket `fd` to `address`.
+    Connect { fd: RawFd, token: ConnectionToken, address: SocketAddress },
+    /// Receives at most `length` bytes into the buffer at `offset`. Completes on any bytes;
+    /// `Ok(0)` means the peer closed its side.
+    Receive { fd: RawFd, token: ConnectionToken, buffer: Message, offset: usize, length: usize },
+    /// Sends the buffer's `offset..offset + length` with `MSG_NOSIGNAL`, resubmitting the rest
+    /// after a short send, so that it completes with all of it or an error.
+    Send { fd: RawFd, token: ConnectionToken, buffer: Message, offset: usize, length: usize },
+    /// Closes the descriptor.
+    Close { fd: RawFd, token: ConnectionToken },
+}
+
+impl Operation {
+    /// Whether the message bus owns this operation (the storage owns the rest).
+    pub fn is_network(&self) -> bool {
+        match self {
+            Operation::Read { .. } | Operation::Write { .. } | Operation::Sync { .. } => false,
+            Operation::Accept { .. }
+            | Operation::Connect { .. }
+            | Operation::Receive { .. }
+            | Operation::Send { .. }
+            | Operation::Close { .. } => true,
+        }
+    }
 }
 
 /// A finished operation, handed back with everything it held.
 #[derive(Debug)]
 pub struct Completed {
     pub operation: Operation,
-    /// Bytes transferred (the whole request for a read or write, 0 for a sync), or the error.
+    /// Bytes transferred (the whole request for a read, write or send, what arrived for a
+    /// receive, 0 for a sync, connect or close), the new descriptor of an accept, or the error.
     pub result: Result<usize, IoError>,
 }
 
@@ -255,11 +304,13 @@ impl Io {
             assert_eq!(slot.state, SlotState::Queued);
             let entry = slot_entry(slot).user_data(user_data(index, slot.generation));
             // SAFETY: the entry points into the `Message` held by this slot, at an offset and
-            // length checked against the buffer at `submit`. The slot keeps that handle (and
-            // the heap memory behind it, which does not move) until the completion is reaped:
-            // the operation is only taken out in `pop_completed`, after its final completion,
-            // and `Drop for Io` waits for every operation in flight. A read's buffer has no
-            // other handle (asserted at `submit`), so nothing else reads or writes it meanwhile.
+            // length checked against the buffer at `submit`, or (a connect) at the address
+            // stored in the slot's operation, inside the boxed slot table, which never moves.
+            // The slot keeps both (and the heap memory behind the handle, which does not move)
+            // until the completion is reaped: the operation is only taken out in
+            // `pop_completed`, after its final completion, and `Drop for Io` waits for every
+            // operation in flight. The buffer of a read or receive has no other handle
+            // (asserted at `submit`), so nothing else reads or writes it meanwhile.
             let pushed = unsafe { submission.push(&entry) };
             assert!(pushed.is_ok(), "the submission queue was checked for room");
             slot.state = SlotState::Submitted;
@@ -317,6 +368,10 @@ impl Io {
     }
 
     fn complete(&mut self, record: CompletionRecord) {
+        if record.user_data == CANCEL_USER_DATA {
+            // The result of a cancellation itself: the cancelled operation completes on its own.
+            return;
+        }
         let index = (record.user_data & u64::from(u32::MAX)) as u32;
         let generation = (record.user_data >> 32) as u32;
         assert!((index as usize) < self.slots.len(), "completion for no slot");
@@ -340,16 +395,51 @@ impl Io {
     }
 }
 
+impl Io {
+    /// Asks the kernel to cancel every network operation it holds (used only by `drop`: the bus
+    /// ends its own operations with `shutdown`). Each cancelled operation still completes,
+    /// with `ECANCELED`.
+    fn cancel_network_operations(&mut self) {
+        for index in 0..self.slots.len() {
+            let slot = &self.slots[index];
+            // A close finishes on its own, and must: cancelling it could leak the descriptor.
+            let parked = slot.operation.as_ref().is_some_and(|operation| {
+                operation.is_network() && !matches!(operation, Operation::Close { .. })
+            });
+            if slot.state != SlotState::Submitted || !parked {
+                continue;
+            }
+            let target = user_data(index as u32, slot.generation);
+            let entry = opcode::AsyncCancel::new(target).build().user_data(CANCEL_USER_DATA);
+            if self.ring.submission().is_full() {
+                self.enter(EnterWait::None);
+            }
+            // SAFETY: a cancellation entry points to no memory; it names its target only by
+            // `user_data`.
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            assert!(pushed.is_ok(), "the submission queue was checked for room");
+        }
+        self.enter(EnterWait::None);
+    }
+}
+
 impl Drop for Io {
     /// The kernel may still be reading or filling buffers that the slots keep alive: wait for
-    /// every operation before the buffers go back to their pool.
+    /// every operation before the buffers go back to their pool. A network operation may wait
+    /// forever (a receive from a silent peer, an accept), so each one in the kernel is
+    /// cancelled first.
     fn drop(&mut self) {
         while self.in_flight_count > 0 || !self.completed.is_empty() {
+            self.run(Wait::NonBlocking);
+            self.cancel_network_operations();
             self.run(Wait::UntilCompletion);
             while self.pop_completed().is_some() {}
         }
     }
 }
+
+/// The `user_data` of cancellation entries: no slot has index `u32::MAX`.
+const CANCEL_USER_DATA: u64 = u64::MAX;
 
 fn user_data(index: u32, generation: u32) -> u64 {
     (u64::from(generation) << 32) | u64::from(index)
@@ -364,7 +454,23 @@ fn operation_assert_valid(operation: &Operation) {
             let is_read = matches!(operation, Operation::Read { .. });
             assert_eq!(is_read, request.kind == crate::vsr::storage::IoKind::Read);
         }
-        Operation::Sync { fd, .. } => assert!(*fd >= 0),
+        Operation::Receive { fd, buffer, offset, length, .. }
+        | Operation::Send { fd, buffer, offset, length, .. } => {
+            assert!(*fd >= 0);
+            assert!(*length > 0);
+            assert!(*length <= u32::MAX as usize);
+            assert!(offset + length <= buffer.buffer().len());
+            if matches!(operation, Operation::Receive { .. }) {
+                assert_eq!(buffer.references(), 1, "a receive needs its buffer unshared");
+            }
+        }
+        Operation::Connect { fd, address, .. } => {
+            assert!(*fd >= 0);
+            assert!(address.length as usize <= std::mem::size_of::<libc::sockaddr_storage>());
+        }
+        Operation::Sync { fd, .. } | Operation::Accept { fd } | Operation::Close { fd, .. } => {
+            assert!(*fd >= 0)
+        }
     }
 }
 
@@ -399,11 +505,50 @@ fn slot_entry(slot: &mut Slot) -> squeue::Entry {
                 if *data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
             opcode::Fsync::new(types::Fd(*fd)).flags(flags).build()
         }
+        operation => network_entry(operation, transferred_bytes),
+    }
+}
+
+/// The submission entry for a network operation (the rest of a send).
+fn network_entry(operation: &mut Operation, transferred_bytes: usize) -> squeue::Entry {
+    match operation {
+        Operation::Accept { fd } => {
+            opcode::Accept::new(types::Fd(*fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        }
+        Operation::Connect { fd, address, .. } => {
+            let pointer = (&raw const address.storage).cast::<libc::sockaddr>();
+            opcode::Connect::new(types::Fd(*fd), pointer, address.length).build()
+        }
+        Operation::Receive { fd, buffer, offset, length, .. } => {
+            assert_eq!(transferred_bytes, 0, "a receive completes on its first bytes");
+            let target = &mut buffer.buffer_mut_unique()[*offset..*offset + *length];
+            opcode::Recv::new(types::Fd(*fd), target.as_mut_ptr(), *length as u32).build()
+        }
+        Operation::Send { fd, buffer, offset, length, .. } => {
+            assert!(transferred_bytes < *length);
+            let start = *offset + transferred_bytes;
+            let source = &buffer.buffer()[start..*offset + *length];
+            opcode::Send::new(types::Fd(*fd), source.as_ptr(), source.len() as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        }
+        Operation::Close { fd, .. } => opcode::Close::new(types::Fd(*fd)).build(),
+        Operation::Read { .. } | Operation::Write { .. } | Operation::Sync { .. } => {
+            unreachable!("disk operations are built by slot_entry")
+        }
     }
 }
 
 /// Applies one completion entry's result to the slot's operation.
 fn slot_progress(slot: &mut Slot, result: i32) -> Progress {
+    let operation = slot.operation.as_ref().expect("a slot holds its operation");
+    if let Operation::Close { .. } = operation {
+        // The descriptor is released even when close reports an error (EINTR included):
+        // retrying could close a descriptor that was reused meanwhile.
+        return Progress::Finished(Ok(0));
+    }
     if result < 0 {
         let errno = -result;
         if errno == libc::EINTR || errno == libc::EAGAIN {
@@ -411,16 +556,28 @@ fn slot_progress(slot: &mut Slot, result: i32) -> Progress {
         }
         return Progress::Finished(Err(IoError::Errno(errno)));
     }
-    let (is_read, length) = match slot.operation.as_ref().expect("a slot holds its operation") {
+    let (is_read, length) = match operation {
         Operation::Read { request, .. } => (true, request.length),
         Operation::Write { request, .. } => (false, request.length),
-        Operation::Sync { .. } => return Progress::Finished(Ok(0)),
+        Operation::Send { length, .. } => (false, *length),
+        Operation::Sync { .. } | Operation::Connect { .. } => return Progress::Finished(Ok(0)),
+        Operation::Accept { .. } | Operation::Receive { .. } => {
+            return Progress::Finished(Ok(result as usize));
+        }
+        Operation::Close { .. } => unreachable!("handled above"),
     };
+    let is_send = matches!(operation, Operation::Send { .. });
     let transferred_bytes = result as usize;
     if transferred_bytes == 0 {
-        // A read of nothing is the end of the file. A write of nothing would make no progress
-        // however often it is retried: report it as the device error it must be.
-        let error = if is_read { IoError::EndOfFile } else { IoError::Errno(libc::EIO) };
+        // A read of nothing is the end of the file. A write or send of nothing would make no
+        // progress however often it is retried: report it as the error it must be.
+        let error = if is_read {
+            IoError::EndOfFile
+        } else if is_send {
+            IoError::Errno(libc::EPIPE)
+        } else {
+            IoError::Errno(libc::EIO)
+        };
         return Progress::Finished(Err(error));
     }
     slot.transferred_bytes += transferred_bytes;
@@ -439,6 +596,7 @@ mod tests {
     use super::*;
     use crate::constants::SECTOR_SIZE;
     use crate::io::scratch::ScratchDirectory;
+    use crate::io::socket;
     use crate::vsr::layout::Zone;
     use crate::vsr::message_pool::MessagePool;
     use crate::vsr::storage::{IoKind, IoOwner};
@@ -529,5 +687,97 @@ mod tests {
         assert_eq!(results[0].1, Ok(0));
         assert_eq!(results[1].1, Ok(0));
         assert_eq!(results[2], (1_000_000, Err(IoError::Errno(libc::EBADF))));
+    }
+
+    /// Runs the ring until `count` operations have completed; returns them.
+    fn complete_count(io: &mut Io, count: usize) -> Vec<Completed> {
+        let mut completed = Vec::new();
+        while completed.len() < count {
+            io.run(Wait::UntilCompletion);
+            while let Some(operation) = io.pop_completed() {
+                completed.push(operation);
+            }
+        }
+        completed
+    }
+
+    #[test]
+    fn network_operations_round_trip_over_loopback() {
+        // Goal: accept, connect, send (MSG_NOSIGNAL, whole), receive (any bytes) and close all
+        // run through the ring, report their results, and are routed as network operations.
+        let listener = socket::listen("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        let address = socket::local_address(listener.as_raw_fd()).unwrap();
+        let client = socket::stream_socket(&address).unwrap();
+        let token = ConnectionToken { index: 3, generation: 9 };
+        let mut io = Io::new().unwrap();
+        io.submit(Operation::Accept { fd: listener.as_raw_fd() });
+        let connect_address = socket::socket_address(&address);
+        io.submit(Operation::Connect { fd: client.as_raw_fd(), token, address: connect_address });
+        let mut accepted_fd = -1;
+        for completed in complete_count(&mut io, 2) {
+            assert!(completed.operation.is_network());
+            match completed.operation {
+                Operation::Accept { .. } => accepted_fd = completed.result.unwrap() as RawFd,
+                Operation::Connect { token: returned, .. } => {
+                    assert_eq!(returned, token);
+                    assert_eq!(completed.result, Ok(0));
+                }
+                operation => panic!("unexpected {operation:?}"),
+            }
+        }
+        assert!(accepted_fd >= 0);
+        let pool = MessagePool::new(2, SECTOR_SIZE);
+        let mut buffer = pool.get();
+        buffer.buffer_mut_unique()[..100].fill(0x5A);
+        let length = 100;
+        io.submit(Operation::Send { fd: client.as_raw_fd(), token, buffer, offset: 0, length });
+        let buffer = pool.get();
+        let length = SECTOR_SIZE - 8;
+        io.submit(Operation::Receive { fd: accepted_fd, token, buffer, offset: 8, length });
+        let mut received = 0;
+        while received < 100 {
+            for completed in complete_count(&mut io, 1) {
+                match completed.operation {
+                    Operation::Send { .. } => assert_eq!(completed.result, Ok(100)),
+                    Operation::Receive { buffer, fd, .. } => {
+                        let count = completed.result.unwrap();
+                        assert!(buffer.buffer()[8..8 + count].iter().all(|byte| *byte == 0x5A));
+                        received += count;
+                        if received < 100 {
+                            let (offset, length) = (8 + received, SECTOR_SIZE - 8 - received);
+                            io.submit(Operation::Receive { fd, token, buffer, offset, length });
+                        }
+                    }
+                    operation => panic!("unexpected {operation:?}"),
+                }
+            }
+        }
+        io.submit(Operation::Close { fd: accepted_fd, token });
+        let completed = complete_count(&mut io, 1);
+        assert!(matches!(completed[0].operation, Operation::Close { .. }));
+        assert_eq!(completed[0].result, Ok(0));
+        assert_eq!(io.operations_free(), IO_OPERATIONS_MAX);
+    }
+
+    #[test]
+    fn drop_cancels_parked_network_operations() {
+        // Goal: dropping the ring with an accept and a receive parked in the kernel (no peer
+        // will ever wake them) returns, and the receive's buffer goes back to its pool.
+        let listener = socket::listen("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        let address = socket::local_address(listener.as_raw_fd()).unwrap();
+        let silent = std::net::TcpStream::connect(address).unwrap();
+        let idle_listener = socket::listen("127.0.0.1:0".parse().unwrap(), 64).unwrap();
+        let pool = MessagePool::new(1, SECTOR_SIZE);
+        let mut io = Io::new().unwrap();
+        let token = ConnectionToken { index: 0, generation: 0 };
+        let fd = silent.as_raw_fd();
+        io.submit(Operation::Receive { fd, token, buffer: pool.get(), offset: 0, length: 64 });
+        io.submit(Operation::Accept { fd: idle_listener.as_raw_fd() });
+        io.run(Wait::NonBlocking);
+        assert_eq!(io.in_flight(), 2);
+        let start = Instant::now();
+        drop(io);
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(pool.free_count(), 1);
     }
 }

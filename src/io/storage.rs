@@ -5,11 +5,15 @@
 //! follows the write with a cache flush and completes it only once both are done, without the
 //! io-wq hop an `Fsync` entry costs. The replica runs this way, so a write completion means the
 //! bytes are durable. `kimberlite format` writes without it and calls `fsync` once at the end.
+//!
+//! `IoStorage` owns the process's one ring and lends it (`io`) to the message bus. Alone (format,
+//! inspect, opening the replica) it is driven through `Storage::poll`; beside the bus, the
+//! server loop runs the ring itself and hands each finished disk operation to `complete`.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
-use crate::io::ring::{Io, Operation, Wait};
+use crate::io::ring::{Completed, Io, Operation, Wait};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoError, IoKind, IoOwner, IoRequest, IoToken, Storage};
 
@@ -41,6 +45,29 @@ impl IoStorage {
     /// Bytes of all writes completed without error so far.
     pub fn written_bytes(&self) -> u64 {
         self.written_bytes
+    }
+
+    /// The ring, shared with the message bus. Disk operations must go through `Storage::submit`
+    /// so that they are counted.
+    pub fn io(&mut self) -> &mut Io {
+        &mut self.io
+    }
+
+    /// Turns a finished disk operation, popped from the shared ring, into its completion.
+    pub fn complete(&mut self, completed: Completed) -> Completion {
+        assert!(self.in_flight > 0);
+        let (request, buffer) = match completed.operation {
+            Operation::Read { request, buffer, .. } => (request, buffer),
+            Operation::Write { request, buffer, .. } => (request, buffer),
+            Operation::Sync { .. } => panic!("a sync completion outside IoStorage::sync"),
+            operation => panic!("a network completion routed to storage: {operation:?}"),
+        };
+        let result = completed.result.map(|length| assert_eq!(length, request.length));
+        if request.kind == IoKind::Write && result.is_ok() {
+            self.written_bytes += request.length as u64;
+        }
+        self.in_flight -= 1;
+        Completion { request, buffer, result }
     }
 
     /// Makes every completed write durable: `fdatasync` (`data_only`) or `fsync`, through the
@@ -80,17 +107,10 @@ impl Storage for IoStorage {
         let mut count = 0;
         while count < completions_max {
             let Some(completed) = self.io.pop_completed() else { break };
-            let (request, buffer) = match completed.operation {
-                Operation::Read { request, buffer, .. } => (request, buffer),
-                Operation::Write { request, buffer, .. } => (request, buffer),
-                Operation::Sync { .. } => panic!("a sync completion outside IoStorage::sync"),
-            };
-            let result = completed.result.map(|length| assert_eq!(length, request.length));
-            if request.kind == IoKind::Write && result.is_ok() {
-                self.written_bytes += request.length as u64;
-            }
-            self.in_flight -= 1;
-            completions.push(Completion { request, buffer, result });
+            // Network operations are driven by the server loop, never through `poll`.
+            assert!(!completed.operation.is_network());
+            let completion = self.complete(completed);
+            completions.push(completion);
             count += 1;
         }
         assert!(count > 0 || completions_max == 0 || self.in_flight == 0);

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 
 use crate::constants::SECTOR_SIZE;
 use crate::sim::prng::Prng;
-use crate::vsr::storage::{Completion, IoError, IoKind, IoRequest, Storage};
 use crate::vsr::message_pool::Message;
+use crate::vsr::storage::{Completion, IoError, IoKind, IoRequest, Storage};
 
 pub struct MemoryStorage {
     data: Vec<u8>,

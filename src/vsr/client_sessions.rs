@@ -16,7 +16,9 @@ use crate::vsr::header::{Checksum, ClientId, Op};
 
 /// One checkpointed session (the superblock keeps `CLIENTS_MAX` of these).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct ClientSessionRecord {
     /// Zero for a free entry.
     pub client: ClientId,
@@ -94,7 +96,12 @@ impl ClientSessions {
     }
 
     /// Decides what to do with a request from `client` numbered `request` (register is 0).
-    pub fn disposition(&self, client: ClientId, request: u32, register: bool) -> RequestDisposition {
+    pub fn disposition(
+        &self,
+        client: ClientId,
+        request: u32,
+        register: bool,
+    ) -> RequestDisposition {
         let Some(slot) = self.slot(client) else {
             return if register { RequestDisposition::Prepare } else { RequestDisposition::Evict };
         };

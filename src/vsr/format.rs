@@ -31,8 +31,8 @@ pub fn fill_range(config: &Config, offset: u64, buffer: &mut [u8]) {
                 sector.copy_from_slice(superblock.as_bytes());
             }
             Some(Zone::WalHeaders) => {
-                let first_slot = (sector_offset - layout.zone_offset(Zone::WalHeaders))
-                    / HEADER_SIZE as u64;
+                let first_slot =
+                    (sector_offset - layout.zone_offset(Zone::WalHeaders)) / HEADER_SIZE as u64;
                 for (entry, bytes) in sector.chunks_exact_mut(HEADER_SIZE).enumerate() {
                     let slot = first_slot + entry as u64;
                     if slot < layout.journal_slot_count {
@@ -42,7 +42,7 @@ pub fn fill_range(config: &Config, offset: u64, buffer: &mut [u8]) {
             }
             Some(Zone::WalPrepares) => {
                 let zone_offset = sector_offset - layout.zone_offset(Zone::WalPrepares);
-                if zone_offset % layout.message_size_max == 0 {
+                if zone_offset.is_multiple_of(layout.message_size_max) {
                     let slot = zone_offset / layout.message_size_max;
                     let header = reserved_header(config.cluster, slot);
                     sector[..HEADER_SIZE].copy_from_slice(header.as_bytes());

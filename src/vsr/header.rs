@@ -429,7 +429,7 @@ impl Header {
         if self.size as usize == HEADER_SIZE {
             return Some("body must hold at least one header");
         }
-        if (self.size as usize - HEADER_SIZE) % HEADER_SIZE != 0 {
+        if !(self.size as usize - HEADER_SIZE).is_multiple_of(HEADER_SIZE) {
             return Some("body must be a whole number of headers");
         }
         None
@@ -769,7 +769,7 @@ impl Header {
         if body_size == 0 {
             return Some("body must list at least one block");
         }
-        if body_size % 16 != 0 {
+        if !body_size.is_multiple_of(16) {
             return Some("body must be a whole number of block references");
         }
         None

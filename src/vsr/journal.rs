@@ -42,29 +42,34 @@
 //!
 //! Context: `op_prepare_max = checkpoint_op + slot_count` (no op above it can have been
 //! prepared under this checkpoint), "beyond" means `op > op_prepare_max`, and `op_max` is the
-//! highest op of a valid prepare that is not beyond. The first row that matches wins
+//! highest op of a valid prepare that is not beyond and whose redundant header is not beyond
+//! (an @I prepare is cut, so it is not the head). The first row that matches wins
 //! (`recovery_case`, a pure function of the two entries and the context):
 //!
 //! ```text
-//! case  header           prepare          condition                R>1     R=1
-//! @H    any              prepare, beyond                           cut     unrecoverable
-//! @A    invalid          invalid                                   repair  unrecoverable
-//! @B    reserved         invalid                                   repair  unrecoverable (*)
-//! @C    prepare          invalid                                   repair  unrecoverable (*)
-//! @D    invalid          reserved                                  repair  fix
-//! @E    invalid          prepare          prepare.op < op_max      repair  fix
-//! @F    invalid          prepare          prepare.op = op_max      fix     fix
-//! @G    reserved         prepare                                   fix     fix
-//! @I    prepare, beyond  prepare                                   cut     unrecoverable
-//! @J    prepare, beyond  reserved                                  cut     unrecoverable
-//! @K    prepare          reserved                                  repair  unrecoverable
-//! @L    reserved         reserved                                  nil     nil
-//! @M    prepare          prepare          header.op < prepare.op   fix     fix
-//! @N    prepare          prepare          header.op > prepare.op   repair  unrecoverable
-//! @O    prepare          prepare          same op, not identical   repair  unrecoverable
-//! @P    prepare          prepare          identical                eql     eql
+//! case  header           prepare          condition                R>1       R=1
+//! @H    any              prepare, beyond                           cut       unrecoverable
+//! @A    invalid          invalid                                   repair    unrecoverable
+//! @B    reserved         torn             in the torn window (*)   cut_torn  cut_torn
+//! @B    reserved         invalid                                   repair    unrecoverable
+//! @C    older prepare    torn             in the torn window (*)   cut_torn  cut_torn
+//! @C    prepare          invalid                                   repair    unrecoverable
+//! @D    invalid          reserved                                  repair    fix
+//! @E    invalid          prepare          prepare.op < op_max      repair    fix
+//! @F    invalid          prepare          prepare.op = op_max      fix       fix
+//! @G    reserved         prepare                                   fix       fix
+//! @I    prepare, beyond  prepare                                   cut       unrecoverable
+//! @J    prepare, beyond  reserved                                  cut       unrecoverable
+//! @K    prepare          reserved                                  repair    unrecoverable
+//! @L    reserved         reserved                                  nil       nil
+//! @M    prepare          prepare          header.op < prepare.op   fix       fix
+//! @N    prepare          prepare          header.op > prepare.op   repair    unrecoverable
+//! @O    prepare          prepare          same op, not identical   repair    unrecoverable
+//! @P    prepare          prepare          identical                eql       eql
 //!
-//! (*) cut_torn instead, in both columns, for the torn prepare at the head (below).
+//! (*) torn: the header or body checksum failed; older: of an op below the slot's op `t`. The
+//!     torn window is a condition on every slot at once (see cut_torn below), so `recover`
+//!     decides it and `recovery_case` only returns @B or @C.
 //! ```
 //!
 //! Decisions: **eql** and **nil**: clean, nothing to do. **fix**: rewrite the redundant header
@@ -93,15 +98,37 @@
 //! - @N: the header proves a newer prepare was written here; the older one is stale.
 //! - @O: two versions of one op (a view change replaced it); we cannot tell which is current.
 //!
-//! **cut_torn.** A prepare torn by a crash reads as invalid (@B or @C). It is truncated, never
-//! repaired, when all of these hold: it sits at the slot of `op_head + 1`, where `op_head` is
-//! `op_max` (or `checkpoint_op` if no prepare is valid) and is at least `checkpoint_op`; its
-//! redundant header is reserved or describes an older op (at least one wrap older), so the
-//! torn prepare was never reported durable; the prepare's header checksum or body checksum
-//! failed (a valid header for another slot is a misdirected write, not a tear); and no slot
-//! outside the window from `checkpoint_op` to the torn slot needs repair, so that no higher op
-//! can be hiding behind a fault. A single replica then recovers, as it must after any crash
-//! during an append.
+//! **cut_torn.** The pipeline keeps up to `PIPELINE_PREPARE_QUEUE_MAX` (P) prepares in flight
+//! and their writes complete in any order, so a crash can tear op 6 while op 7 landed, or tear
+//! ops above the highest intact one. A torn prepare reads as invalid (@B or @C). Write `t` for
+//! the op a slot holds in this checkpoint's log (the one op of `(checkpoint_op, op_prepare_max]`
+//! at that slot) and `op_head` for `op_max`, or `checkpoint_op` if no prepare is valid. A slot
+//! is cut_torn, truncated and never repaired, when all of these hold:
+//!
+//! 1. its prepare's header checksum or body checksum failed (a valid header for another slot
+//!    is a misdirected write, not a tear; an unreadable sector is not a tear either);
+//! 2. its redundant header is reserved or a prepare of an op below `t`: the header ring never
+//!    described `t` here, so `t` was never reported durable (a durable prepare's header stays
+//!    in the ring until the slot is written again);
+//! 3. `op_head >= checkpoint_op`, `t` lies in `[op_head + 1 - P, op_head + P]`, and the `t` of
+//!    every slot cut together fit in P consecutive ops. These are the ops a crash can find in
+//!    flight: if `c` is the last op durable together with every earlier op, the pipeline held
+//!    at most `c + 1 ..= c + P`, and `c <= op_max <= c + P`;
+//! 4. no other fault (repair or unrecoverable) sits at a `t` above `op_head`: such a fault may
+//!    be the true head, and then a torn-looking slot below it could be a durable prepare that
+//!    rotted. A fault at or below `op_head` hides no higher op and keeps its own decision.
+//!
+//! Why it is safe: a prepare is acknowledged (`prepare_ok`, or a reply when R=1) only after
+//! `PrepareDurable`, which condition 2 rules out. With R=1 a prepare is committed only once it
+//! and every earlier op are durable, so the torn op was never committed nor answered, and
+//! neither was any op after it: those can remain in the journal (op 7 above a cut op 6), but
+//! the hash chain breaks at the cut slot, so replay stops there and they are overwritten when
+//! the ops are prepared again. With R>1 the replica truthfully reports it never held the torn
+//! op, and a gap below a surviving op is repaired from peers like any missing op. A slot is also
+//! reserved in the header ring while the same op is written again; the replica rewrites a
+//! durable op only when a view change replaced it, so the version it held was not committed.
+//! Condition 3 keeps the rule as narrow as the crash that causes it, so that a slot rotted far
+//! from the head stays a fault; after any crash, a single replica recovers, as it must.
 //!
 //! **Never laundering a fault.** Header sectors hold 32 slots, so a slot's redundant header is
 //! rewritten whenever a neighbour's is. Recovery therefore never loads a header into a slot it
@@ -115,7 +142,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::constants::{
     HEADER_SIZE, JOURNAL_HEADERS_PER_SECTOR, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX,
-    PROTOCOL_VERSION, REPLICAS_MAX, SECTOR_SIZE, op_prepare_max,
+    PIPELINE_PREPARE_QUEUE_MAX, PROTOCOL_VERSION, REPLICAS_MAX, SECTOR_SIZE, op_prepare_max,
 };
 use crate::vsr::header::{Checksum, ClusterId, Command, Header, Op, View};
 use crate::vsr::layout::{Config, Layout, Zone};
@@ -390,7 +417,8 @@ impl Decision {
 /// The log-wide facts a slot's case depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecoveryContext {
-    /// The highest op of a valid prepare not beyond `op_prepare_max`, if any.
+    /// The highest op of a valid prepare not beyond `op_prepare_max`, under a redundant header
+    /// not beyond it either, if any.
     pub op_max: Option<Op>,
     /// `op_prepare_max(checkpoint_op, slot_count)`.
     pub op_prepare_max: Op,
@@ -517,7 +545,7 @@ pub enum Event {
     PrepareDurable { op: Op, checksum: Checksum },
     /// The result of `read_prepare`.
     PrepareRead { op: Op, checksum: Checksum, result: Result<Message, ReadError> },
-    /// `recover` finished; see `recovery_report()`.
+    /// `recover` or `inspect` finished; see `recovery_report()`.
     Recovered { usable: bool },
     /// A write failed: the replica must stop. For a header sector, `slot` is its first slot.
     WriteFailed { zone: Zone, slot: Slot, error: IoError },
@@ -528,6 +556,8 @@ pub enum Status {
     Init,
     Recovering,
     Recovered,
+    /// `inspect` finished: the report is ready, and the journal takes no requests.
+    Inspected,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -542,6 +572,8 @@ struct Recovery {
     phase: RecoveryPhase,
     checkpoint_op: Op,
     replica_count: u8,
+    /// `inspect`: classify only, never write.
+    read_only: bool,
     sector_next: usize,
     slot_next: usize,
     read_pool: Option<MessagePool>,
@@ -726,6 +758,7 @@ impl Journal {
                 phase: RecoveryPhase::Reading,
                 checkpoint_op: 0,
                 replica_count: 0,
+                read_only: false,
                 sector_next: 0,
                 slot_next: 0,
                 read_pool: None,
@@ -776,9 +809,9 @@ impl Journal {
         self.faulty.count
     }
 
-    /// The report of the last `recover`.
+    /// The report of the last `recover` or `inspect`.
     pub fn recovery_report(&self) -> &RecoveryReport {
-        assert_eq!(self.status, Status::Recovered);
+        assert!(matches!(self.status, Status::Recovered | Status::Inspected));
         &self.report
     }
 
@@ -822,6 +855,26 @@ impl Journal {
     ) -> Result<&RecoveryReport, IoError> {
         assert!(self.events.is_empty());
         self.recover(storage, checkpoint_op, replica_count, read_pool);
+        self.recover_blocking_finish(storage)
+    }
+
+    /// `inspect`, driven to the end through `run_until_idle`, for `kimberlite inspect`.
+    pub fn inspect_blocking<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        checkpoint_op: Op,
+        replica_count: u8,
+        read_pool: &MessagePool,
+    ) -> Result<&RecoveryReport, IoError> {
+        assert!(self.events.is_empty());
+        self.inspect(storage, checkpoint_op, replica_count, read_pool);
+        self.recover_blocking_finish(storage)
+    }
+
+    fn recover_blocking_finish<S: Storage>(
+        &mut self,
+        storage: &mut S,
+    ) -> Result<&RecoveryReport, IoError> {
         self.run_until_idle(storage);
         let mut result = Ok(());
         while let Some(event) = self.poll_event() {
@@ -908,6 +961,7 @@ impl Journal {
     }
 
     fn write_prepare_start<S: Storage>(&mut self, storage: &mut S, index: usize, buffer: Message) {
+        assert!(!self.recovery.read_only);
         let write = &mut self.writes[index];
         assert_eq!(write.state, WriteState::Queued);
         assert!(self.slot_writes[write.slot.0].is_none());
@@ -975,6 +1029,7 @@ impl Journal {
 
     /// Writes a snapshot of `sector`'s redundant headers (see the module docs).
     fn write_headers<S: Storage>(&mut self, storage: &mut S, sector: usize) {
+        assert!(!self.recovery.read_only);
         assert!(!self.sectors_writing.get(sector));
         assert!(self.write_headers_wanted(sector));
         let mut buffer = self.header_pool.get();
@@ -1289,6 +1344,30 @@ impl Journal {
         replica_count: u8,
         read_pool: &MessagePool,
     ) {
+        self.recover_start(storage, checkpoint_op, replica_count, read_pool, false);
+    }
+
+    /// Starts a read-only recovery, for a data file opened read-only: reads and classifies
+    /// exactly like `recover` and fills the same report, but applies no decision and submits no
+    /// write. Then emits `Recovered`, and the journal (`Status::Inspected`) takes no requests.
+    pub fn inspect<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        checkpoint_op: Op,
+        replica_count: u8,
+        read_pool: &MessagePool,
+    ) {
+        self.recover_start(storage, checkpoint_op, replica_count, read_pool, true);
+    }
+
+    fn recover_start<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        checkpoint_op: Op,
+        replica_count: u8,
+        read_pool: &MessagePool,
+        read_only: bool,
+    ) {
         assert_eq!(self.status, Status::Init);
         assert!(replica_count >= 1 && usize::from(replica_count) <= REPLICAS_MAX);
         assert!(read_pool.buffer_size() as u64 >= self.context.message_size_max);
@@ -1299,6 +1378,7 @@ impl Journal {
             phase: RecoveryPhase::Reading,
             checkpoint_op,
             replica_count,
+            read_only,
             sector_next: 0,
             slot_next: 0,
             read_pool: Some(read_pool.clone()),
@@ -1392,12 +1472,20 @@ impl Journal {
         }
     }
 
+    /// The log-wide facts of the cases. A prepare that is cut for being beyond (@H) or under a
+    /// header beyond (@I) is not counted in `op_max`, so that a second recovery, after the cut
+    /// is written, finds the same head and decides the same.
     fn recover_context(&self) -> RecoveryContext {
         let op_prepare_max = op_prepare_max(self.recovery.checkpoint_op, self.context.slot_count);
+        let beyond = |header: &Header| header.op > op_prepare_max;
         let op_max = (0..self.slot_count())
-            .filter_map(|index| match self.recover_prepare_entry(Slot(index)) {
-                Entry::Prepare(prepare) if prepare.op <= op_prepare_max => Some(prepare.op),
-                _ => None,
+            .filter_map(|index| {
+                let header = self.recover_redundant_entry(Slot(index));
+                match (header, self.recover_prepare_entry(Slot(index))) {
+                    (Entry::Prepare(header), _) if beyond(&header) => None,
+                    (_, Entry::Prepare(prepare)) if !beyond(&prepare) => Some(prepare.op),
+                    _ => None,
+                }
             })
             .max();
         RecoveryContext { op_max, op_prepare_max }
@@ -1422,11 +1510,9 @@ impl Journal {
                 prepare: prepare.summary(),
             };
         }
-        if let Some(slot) = self.recover_torn_prepare(&context) {
-            self.report.slots[slot.0].decision = Decision::CutTorn;
-        }
+        self.recover_torn_prepares(&context);
         self.recover_report_totals(&context);
-        if !self.report.usable {
+        if !self.report.usable || self.recovery.read_only {
             // Leave the disk as found, for the operator.
             self.recover_done();
             return;
@@ -1438,47 +1524,84 @@ impl Journal {
         self.recover_pump(storage);
     }
 
-    /// The slot of a prepare torn while it was appended, if it is safe to truncate (see the
-    /// module docs), from the cases already decided.
-    fn recover_torn_prepare(&self, context: &RecoveryContext) -> Option<Slot> {
+    /// Marks cut_torn every slot whose prepare was torn while it was appended, if they can be
+    /// truncated safely (see the module docs), from the cases already decided.
+    fn recover_torn_prepares(&mut self, context: &RecoveryContext) {
+        let Some((op_torn_min, op_torn_max)) = self.recover_torn_window(context) else {
+            return;
+        };
+        assert!(op_torn_min <= op_torn_max);
+        assert!(op_torn_max - op_torn_min < PIPELINE_PREPARE_QUEUE_MAX as u64);
+        for index in 0..self.slot_count() {
+            let op = self.recover_slot_op(Slot(index), context);
+            if (op_torn_min..=op_torn_max).contains(&op) && self.recover_torn(Slot(index), op) {
+                assert!(self.report.slots[index].decision.is_fault());
+                self.report.slots[index].decision = Decision::CutTorn;
+            }
+        }
+    }
+
+    /// The lowest and highest op of the torn prepares to cut, if any: conditions 3 and 4 of
+    /// cut_torn in the module docs.
+    fn recover_torn_window(&self, context: &RecoveryContext) -> Option<(Op, Op)> {
+        let pipeline = PIPELINE_PREPARE_QUEUE_MAX as u64;
+        // Every op of the window has its own slot.
+        assert!(self.context.slot_count > 2 * pipeline);
         let checkpoint_op = self.recovery.checkpoint_op;
         let op_head = context.op_max.unwrap_or(checkpoint_op);
-        if op_head < checkpoint_op || op_head >= context.op_prepare_max {
+        if op_head < checkpoint_op {
             return None;
         }
-        let op_torn = op_head + 1;
-        let slot_torn = self.slot_for_op(op_torn);
-        let torn = &self.report.slots[slot_torn.0];
-        if !matches!(torn.case, Case::B | Case::C) {
-            return None;
-        }
-        match torn.header {
-            EntrySummary::Reserved => {}
-            EntrySummary::Prepare { op, .. } if op < op_torn => {}
-            _ => return None,
-        }
-        let corrupt = EntrySummary::Invalid(EntryInvalid::Checksum);
-        let body_corrupt = EntrySummary::Invalid(EntryInvalid::BodyChecksum);
-        if torn.prepare != corrupt && torn.prepare != body_corrupt {
-            return None;
-        }
-        let slot_checkpoint = self.slot_for_op(checkpoint_op);
-        let in_window = |slot: usize| {
-            if slot_checkpoint == slot_torn {
-                slot == slot_torn.0
-            } else if slot_checkpoint < slot_torn {
-                slot_checkpoint.0 <= slot && slot <= slot_torn.0
-            } else {
-                slot <= slot_torn.0 || slot_checkpoint.0 <= slot
+        assert!(op_head <= context.op_prepare_max);
+        let window_min = (op_head + 1).saturating_sub(pipeline).max(checkpoint_op + 1);
+        let window_max = (op_head + pipeline).min(context.op_prepare_max);
+        let mut torn: Option<(Op, Op)> = None;
+        for (index, report) in self.report.slots.iter().enumerate() {
+            if !report.decision.is_fault() {
+                continue;
             }
+            let op = self.recover_slot_op(Slot(index), context);
+            if (window_min..=window_max).contains(&op) && self.recover_torn(Slot(index), op) {
+                torn = Some(torn.map_or((op, op), |(min, max)| (min.min(op), max.max(op))));
+            } else if op > op_head {
+                // This fault may be the true head: no torn-looking slot is certainly torn.
+                return None;
+            }
+        }
+        // The ops in flight at a crash fit in one pipeline.
+        torn.filter(|(op_torn_min, op_torn_max)| op_torn_max - op_torn_min < pipeline)
+    }
+
+    /// Whether `slot`, whose op in this checkpoint's log is `op`, looks like a prepare torn
+    /// while it was appended: conditions 1 and 2 of cut_torn in the module docs.
+    fn recover_torn(&self, slot: Slot, op: Op) -> bool {
+        let report = &self.report.slots[slot.0];
+        if !matches!(report.case, Case::B | Case::C) {
+            return false;
+        }
+        let header_older = match report.header {
+            EntrySummary::Reserved => true,
+            EntrySummary::Prepare { op: header_op, .. } => header_op < op,
+            EntrySummary::Invalid(_) => false,
         };
-        let fault_outside = self
-            .report
-            .slots
-            .iter()
-            .enumerate()
-            .any(|(slot, report)| report.decision.is_fault() && !in_window(slot));
-        (!fault_outside).then_some(slot_torn)
+        let prepare_corrupt = matches!(
+            report.prepare,
+            EntrySummary::Invalid(EntryInvalid::Checksum | EntryInvalid::BodyChecksum)
+        );
+        header_older && prepare_corrupt
+    }
+
+    /// The op `slot` holds in this checkpoint's log: the one op of
+    /// `(checkpoint_op, op_prepare_max]` whose slot it is.
+    fn recover_slot_op(&self, slot: Slot, context: &RecoveryContext) -> Op {
+        let slot_count = self.context.slot_count;
+        assert!((slot.0 as u64) < slot_count);
+        assert!(context.op_prepare_max >= slot_count);
+        let distance =
+            (context.op_prepare_max % slot_count + slot_count - slot.0 as u64) % slot_count;
+        let op = context.op_prepare_max - distance;
+        assert_eq!(self.slot_for_op(op), slot);
+        op
     }
 
     fn recover_report_totals(&mut self, context: &RecoveryContext) {
@@ -1588,8 +1711,14 @@ impl Journal {
         assert_eq!(self.sectors_writing.count, 0);
         self.recovery.phase = RecoveryPhase::Done;
         self.recovery.read_pool = None;
-        self.status = Status::Recovered;
-        if self.report.usable {
+        if self.recovery.read_only {
+            // Nothing was applied: every slot is still dirty and faulty.
+            assert_eq!(self.faulty.count, self.slot_count());
+            self.status = Status::Inspected;
+        } else {
+            self.status = Status::Recovered;
+        }
+        if self.status == Status::Recovered && self.report.usable {
             assert_eq!(self.dirty.count, self.faulty.count);
             assert_eq!(self.faulty.count as u32, self.report.count(Decision::Repair));
         }

@@ -54,20 +54,20 @@ impl Config {
         if !(JOURNAL_SLOT_COUNT_MIN..=JOURNAL_SLOT_COUNT_MAX).contains(&slot_count) {
             return Some("journal slot count out of range");
         }
-        if slot_count % crate::constants::JOURNAL_HEADERS_PER_SECTOR != 0 {
+        if !slot_count.is_multiple_of(crate::constants::JOURNAL_HEADERS_PER_SECTOR) {
             return Some("journal slot count must fill whole header sectors");
         }
         let message_size_max = self.message_size_max as usize;
         if !(MESSAGE_SIZE_MAX_MIN..=MESSAGE_SIZE_MAX).contains(&message_size_max) {
             return Some("message_size_max out of range");
         }
-        if message_size_max % SECTOR_SIZE != 0 {
+        if !message_size_max.is_multiple_of(SECTOR_SIZE) {
             return Some("message_size_max must be a multiple of the sector size");
         }
         if self.clients_max == 0 || self.clients_max as usize > CLIENTS_MAX {
             return Some("clients_max out of range");
         }
-        if self.grid_size == 0 || self.grid_size % BLOCK_SIZE as u64 != 0 {
+        if self.grid_size == 0 || !self.grid_size.is_multiple_of(BLOCK_SIZE as u64) {
             return Some("grid size must be a positive multiple of the block size (512 KiB)");
         }
         if self.grid_size > GRID_SIZE_MAX {
@@ -197,16 +197,23 @@ mod tests {
         // Goal: every bad setting is named, none panics.
         let good = Config::new(1, 0, 3);
         assert_eq!(good.invalid(), None);
-        let cases: [(fn(&mut Config), &str); 9] = [
+        type Case = (fn(&mut Config), &'static str);
+        let cases: [Case; 9] = [
             (|c| c.replica_count = 0, "replica count must be at least 1"),
             (|c| c.replica_count = 8, "replica count must be at most 7"),
             (|c| c.replica = 3, "replica index must be less than the replica count"),
             (|c| c.journal_slot_count = 16, "journal slot count out of range"),
             (|c| c.journal_slot_count = 80, "journal slot count must fill whole header sectors"),
             (|c| c.message_size_max = 4096, "message_size_max out of range"),
-            (|c| c.message_size_max = 8192 + 512, "message_size_max must be a multiple of the sector size"),
+            (
+                |c| c.message_size_max = 8192 + 512,
+                "message_size_max must be a multiple of the sector size",
+            ),
             (|c| c.clients_max = 0, "clients_max out of range"),
-            (|c| c.grid_size = 4096, "grid size must be a positive multiple of the block size (512 KiB)"),
+            (
+                |c| c.grid_size = 4096,
+                "grid size must be a positive multiple of the block size (512 KiB)",
+            ),
         ];
         for (mutate, reason) in cases {
             let mut config = good;

@@ -4,10 +4,10 @@
 
 #![forbid(unsafe_code)]
 
-pub mod header;
-pub mod journal;
 pub mod client_sessions;
 pub mod format;
+pub mod header;
+pub mod journal;
 pub mod layout;
 pub mod message_pool;
 pub mod replica;

@@ -521,10 +521,10 @@ impl Replica {
         self.reply_build(&mut reply, &header, body_size);
         let slot = if operation == Operation::Register {
             let (slot, evicted) = self.sessions.register(header.client, header.op);
-            if let Some(evicted) = evicted {
-                if send_reply {
-                    self.send_eviction(evicted, EvictionReason::SessionEvicted);
-                }
+            if let Some(evicted) = evicted
+                && send_reply
+            {
+                self.send_eviction(evicted, EvictionReason::SessionEvicted);
             }
             slot
         } else {
@@ -582,7 +582,8 @@ impl Replica {
         entry.writing = true;
         entry.write_again = false;
         let length = (message.header().size as usize).next_multiple_of(SECTOR_SIZE);
-        let offset = self.layout.offset(Zone::ClientReplies, slot as u64 * self.layout.message_size_max);
+        let offset =
+            self.layout.offset(Zone::ClientReplies, slot as u64 * self.layout.message_size_max);
         let request = IoRequest {
             token: IoToken { owner: IoOwner::ClientReplies, index: slot as u32 },
             kind: IoKind::Write,
@@ -632,17 +633,18 @@ impl Replica {
 
     fn state_machine_progress<S: Storage>(&mut self, storage: &mut S) {
         self.state_machine_progress_reads();
-        if self.status == Status::Recovering && self.open_phase == OpenPhase::StateMachine {
-            if let Some(result) = self.state_machine.poll_open() {
-                return self.state_machine_opened(storage, result);
-            }
+        if self.status == Status::Recovering
+            && self.open_phase == OpenPhase::StateMachine
+            && let Some(result) = self.state_machine.poll_open()
+        {
+            return self.state_machine_opened(storage, result);
         }
-        if let CheckpointPhase::StateMachine { op, checksum } = self.checkpoint {
-            if let Some(state) = self.state_machine.poll_checkpoint() {
-                self.checkpoint_state = Some(state);
-                self.checkpoint = CheckpointPhase::ClientReplies { op, checksum };
-                self.checkpoint_progress(storage);
-            }
+        if let CheckpointPhase::StateMachine { op, checksum } = self.checkpoint
+            && let Some(state) = self.state_machine.poll_checkpoint()
+        {
+            self.checkpoint_state = Some(state);
+            self.checkpoint = CheckpointPhase::ClientReplies { op, checksum };
+            self.checkpoint_progress(storage);
         }
         if self.status == Status::Normal {
             self.commit_pipeline(storage);
@@ -732,7 +734,8 @@ impl Replica {
 
     fn read_complete(&mut self, read: ReadReply) {
         let ReadReply { id: read, message: mut reply, body_size } = read;
-        let Some(index) = self.reads.iter().position(|entry| matches!(entry, Some((id, _)) if *id == read))
+        let Some(index) =
+            self.reads.iter().position(|entry| matches!(entry, Some((id, _)) if *id == read))
         else {
             panic!("read completed that was never started");
         };

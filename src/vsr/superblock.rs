@@ -22,8 +22,8 @@ use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::constants::{
-    CLIENTS_MAX, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, SUPERBLOCK_QUORUM_OPEN, SUPERBLOCK_QUORUM_VERIFY,
-    SUPERBLOCK_VERSION, VIEW_HEADERS_MAX,
+    CLIENTS_MAX, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, SUPERBLOCK_QUORUM_OPEN,
+    SUPERBLOCK_QUORUM_VERIFY, SUPERBLOCK_VERSION, VIEW_HEADERS_MAX,
 };
 use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::header::{self, Checksum, ClusterId, Header, Op, View};

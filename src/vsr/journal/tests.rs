@@ -9,6 +9,7 @@ use crate::sim::prng::Prng;
 use crate::sim::storage::MemoryStorage;
 use crate::vsr::format::format;
 use crate::vsr::header::Operation;
+use crate::vsr::storage::{Completion, IoKind, IoRequest};
 
 const CLUSTER: ClusterId = 9;
 const SLOT_COUNT: u64 = 64;
@@ -440,11 +441,33 @@ struct CrashModel {
     submitted: Vec<Option<Op>>,
     /// The newest op of the slot reported durable.
     durable: Vec<Option<Op>>,
+    /// The last op reported durable together with every earlier op: with R=1, committed.
+    op_committed: Op,
 }
 
-/// Writes ops in order with up to `pipeline_max` in flight, crashes at a random point, and
-/// recovers; returns the model and the storage after the crash.
-fn crash_run(seed: u64, pipeline_max: usize) -> (CrashModel, MemoryStorage, Op) {
+/// What bounds the prepares a crash run keeps in flight.
+#[derive(Clone, Copy)]
+enum InFlightLimit {
+    /// At most this many writes not yet durable, completing in any order.
+    Writes(usize),
+    /// At most this many ops above `op_committed`: a primary's pipeline, which an op leaves
+    /// only once it and every earlier op are durable.
+    Uncommitted(usize),
+}
+
+impl CrashModel {
+    fn durable_op(&mut self, op: Op, durable_ops: &mut [bool]) {
+        self.durable[slot_of(op)] = Some(op);
+        durable_ops[op as usize] = true;
+        while durable_ops.get(self.op_committed as usize + 1) == Some(&true) {
+            self.op_committed += 1;
+        }
+    }
+}
+
+/// Writes ops in order with the writes in flight bounded by `limit`, crashes at a random point,
+/// and returns the model, the storage after the crash, and the highest op submitted.
+fn crash_run(seed: u64, limit: InFlightLimit) -> (CrashModel, MemoryStorage, Op) {
     let mut prng = Prng::new(seed);
     let mut storage = formatted_storage();
     storage.shuffle_completions(seed);
@@ -453,11 +476,19 @@ fn crash_run(seed: u64, pipeline_max: usize) -> (CrashModel, MemoryStorage, Op) 
     let mut model = CrashModel {
         submitted: vec![None; SLOT_COUNT as usize],
         durable: vec![None; SLOT_COUNT as usize],
+        op_committed: 0,
     };
     let op_last = 1 + prng.index(3 * SLOT_COUNT as usize) as u64;
+    let mut durable_ops = vec![false; op_last as usize + 1];
     let (mut op_next, mut in_flight) = (1, 0);
     while !prng.chance(1, 4 * SLOT_COUNT) {
-        if op_next <= op_last && in_flight < pipeline_max && prng.chance(1, 2) {
+        let room = match limit {
+            InFlightLimit::Writes(writes_max) => in_flight < writes_max,
+            InFlightLimit::Uncommitted(ops_max) => {
+                op_next - 1 - model.op_committed < ops_max as u64
+            }
+        };
+        if op_next <= op_last && room && prng.chance(1, 2) {
             let body_size = if prng.chance(1, 2) { BODY_SIZE_TWO_SECTORS } else { 100 };
             journal.write_prepare(&mut storage, prepare_message(&pool, op_next, 0, body_size));
             model.submitted[slot_of(op_next)] = Some(op_next);
@@ -465,7 +496,7 @@ fn crash_run(seed: u64, pipeline_max: usize) -> (CrashModel, MemoryStorage, Op) 
         } else if storage.in_flight() > 0 {
             for event in step(&mut journal, &mut storage) {
                 let Event::PrepareDurable { op, .. } = event else { panic!("{event:?}") };
-                model.durable[slot_of(op)] = Some(op);
+                model.durable_op(op, &mut durable_ops);
                 in_flight -= 1;
             }
         } else if op_next > op_last {
@@ -505,21 +536,54 @@ fn crash_at_any_point_keeps_every_durable_prepare() {
     // writes in flight, recovery (R=3) keeps every prepare reported durable, clean; a second
     // recovery after the first one's writes has nothing left to fix or cut.
     for seed in seeds(200, "crash_at_any_point_keeps_every_durable_prepare") {
-        let (model, mut storage, op_submitted_max) = crash_run(seed, PIPELINE_PREPARE_QUEUE_MAX);
+        let limit = InFlightLimit::Writes(PIPELINE_PREPARE_QUEUE_MAX);
+        let (model, mut storage, op_submitted_max) = crash_run(seed, limit);
         let checkpoint_op = op_submitted_max.saturating_sub(SLOT_COUNT);
         let report = recover_report(&mut storage, checkpoint_op, 3);
         assert!(report.usable, "seed={seed}");
         assert_recovered_from_crash(seed, &model, &report);
         let again = recover_report(&mut storage, checkpoint_op, 3);
         assert_recovered_from_crash(seed, &model, &again);
-        for (slot, (first, second)) in report.slots.iter().zip(&again.slots).enumerate() {
-            let expected = match first.decision {
-                Decision::Fix | Decision::Eql => Decision::Eql,
-                Decision::Nil | Decision::CutTorn => Decision::Nil,
-                decision => decision,
-            };
-            assert_eq!(second.decision, expected, "seed={seed} slot={slot} {first:?} {second:?}");
-        }
+        assert_second_recovery_applied_the_first(seed, &report, &again);
+    }
+}
+
+/// Checks that a second recovery finds what the first one wrote: nothing left to fix or cut.
+fn assert_second_recovery_applied_the_first(
+    seed: u64,
+    first: &RecoveryReport,
+    second: &RecoveryReport,
+) {
+    for (slot, (first, second)) in first.slots.iter().zip(&second.slots).enumerate() {
+        let expected = match first.decision {
+            Decision::Fix | Decision::Eql => Decision::Eql,
+            Decision::Nil | Decision::CutTorn => Decision::Nil,
+            decision => decision,
+        };
+        assert_eq!(second.decision, expected, "seed={seed} slot={slot} {first:?} {second:?}");
+    }
+}
+
+#[test]
+fn single_replica_recovers_from_a_crash_with_a_full_pipeline_in_flight() {
+    // Goal: a single replica with PIPELINE_PREPARE_QUEUE_MAX prepares in flight, completing in
+    // any order, can always restart after a crash that drops or tears them: every torn prepare
+    // is cut, every prepare reported durable is kept clean, and a second recovery is clean.
+    let test = "single_replica_recovers_from_a_crash_with_a_full_pipeline_in_flight";
+    for seed in seeds(400, test) {
+        let limit = InFlightLimit::Uncommitted(PIPELINE_PREPARE_QUEUE_MAX);
+        let (model, mut storage, op_submitted_max) = crash_run(seed, limit);
+        // Any checkpoint the replica could have reached: committed, and covering the ring.
+        let checkpoint_min = op_submitted_max.saturating_sub(SLOT_COUNT);
+        assert!(checkpoint_min <= model.op_committed, "seed={seed}");
+        let span = (model.op_committed - checkpoint_min) as usize;
+        let checkpoint_op = checkpoint_min + Prng::new(seed).index(span + 1) as u64;
+        let report = recover_report(&mut storage, checkpoint_op, 1);
+        assert!(report.usable, "seed={seed} {:?}", report.decision_counts);
+        assert_recovered_from_crash(seed, &model, &report);
+        assert!(report.op_max >= Some(model.op_committed).filter(|op| *op > 0), "seed={seed}");
+        let again = recover_report(&mut storage, checkpoint_op, 1);
+        assert_second_recovery_applied_the_first(seed, &report, &again);
     }
 }
 
@@ -529,7 +593,7 @@ fn single_replica_recovers_from_a_crash_during_sequential_appends() {
     // crash: the prepare torn at the head is cut, never left for a repair that cannot come.
     let test = "single_replica_recovers_from_a_crash_during_sequential_appends";
     for seed in seeds(200, test) {
-        let (model, mut storage, op_submitted_max) = crash_run(seed, 1);
+        let (model, mut storage, op_submitted_max) = crash_run(seed, InFlightLimit::Writes(1));
         let checkpoint_op = op_submitted_max.saturating_sub(SLOT_COUNT);
         let report = recover_report(&mut storage, checkpoint_op, 1);
         assert!(report.usable, "seed={seed} {:?}", report.decision_counts);
@@ -570,6 +634,17 @@ fn put_ops_1_to_10(storage: &mut MemoryStorage) {
     }
 }
 
+/// Ops 1 to `op_last` durable except `torn`, whose prepares are torn over reserved headers.
+fn put_ops_with_torn(storage: &mut MemoryStorage, op_last: Op, torn: &[Op]) {
+    for op in 1..=op_last {
+        if torn.contains(&op) {
+            put_torn_prepare(storage, op);
+        } else {
+            put_durable(storage, op, 0);
+        }
+    }
+}
+
 #[test]
 fn case_a_both_entries_corrupt_needs_repair() {
     // Goal: @A, a corrupt header and a corrupt prepare: repair, unrecoverable alone.
@@ -582,13 +657,11 @@ fn case_a_both_entries_corrupt_needs_repair() {
 }
 
 #[test]
-fn case_b_reserved_header_and_corrupt_prepare_needs_repair() {
-    // Goal: @B below the head: a lost prepare, repair; unrecoverable for a single replica.
-    let craft = |storage: &mut MemoryStorage| {
-        put_ops_1_to_10(storage);
-        put_redundant(storage, 5, &reserved_header(CLUSTER, 5));
-        put_torn_prepare(storage, 5);
-    };
+fn case_b_reserved_header_and_corrupt_prepare_below_the_pipeline_needs_repair() {
+    // Goal: @B more than a pipeline below the head: not a prepare in flight at the crash but a
+    // lost one, so repair; unrecoverable for a single replica.
+    let op_head = 5 + PIPELINE_PREPARE_QUEUE_MAX as u64;
+    let craft = |storage: &mut MemoryStorage| put_ops_with_torn(storage, op_head, &[5]);
     assert_case(&craft, 0, 5, Case::B, [Decision::Repair, Decision::Unrecoverable]);
 }
 
@@ -637,6 +710,116 @@ fn case_b_torn_prepare_at_the_head_is_not_cut_with_another_fault_outside_the_win
         corrupt_prepare(storage, 20);
     };
     assert_case(&craft, 0, 5, Case::B, [Decision::Repair, Decision::Unrecoverable]);
+}
+
+#[test]
+fn torn_prepare_behind_a_durable_op_of_the_pipeline_is_cut() {
+    // Goal: op 6 torn while op 7 landed (pipelined writes complete in any order) is cut_torn
+    // for R=1 and R=3 and the journal is usable; op 7 stays, and the cut slot ends reserved in
+    // both rings, so a second recovery finds it nil.
+    let craft = |storage: &mut MemoryStorage| put_ops_with_torn(storage, 7, &[6]);
+    assert_case(&craft, 0, 6, Case::B, [Decision::CutTorn, Decision::CutTorn]);
+    for replica_count in [1, 3] {
+        let mut storage = formatted_storage();
+        craft(&mut storage);
+        let report = recover_report(&mut storage, 0, replica_count);
+        assert!(report.usable, "R={replica_count}");
+        assert_eq!((report.op_max, report.count(Decision::CutTorn)), (Some(7), 1));
+        assert_eq!(report.slots[7].decision, Decision::Eql);
+        assert_eq!(disk_prepare_header(&storage, 6), reserved_header(CLUSTER, 6));
+        assert_eq!(disk_redundant(&storage, 6), reserved_header(CLUSTER, 6));
+        let again = recover_report(&mut storage, 0, replica_count);
+        assert_eq!((again.slots[6].case, again.slots[7].decision), (Case::L, Decision::Eql));
+    }
+}
+
+#[test]
+fn torn_prepare_over_an_older_wrap_behind_the_head_is_cut() {
+    // Goal: @C whose header is one wrap older than the torn op, below the head: cut_torn.
+    let torn = SLOT_COUNT + 3;
+    let craft = |storage: &mut MemoryStorage| {
+        for op in (3..=SLOT_COUNT + 5).filter(|op| *op != torn) {
+            put_durable(storage, op, 0);
+        }
+        put_torn_prepare(storage, torn);
+    };
+    let checkpoint_op = 5;
+    assert_case(&craft, checkpoint_op, slot_of(torn), Case::C, [Decision::CutTorn; 2]);
+}
+
+#[test]
+fn two_torn_prepares_of_the_pipeline_are_both_cut() {
+    // Goal: ops 6 and 8 torn around a durable op 7, and op 10 torn above the head: all are
+    // ops of one pipeline in flight at the crash, so all are cut, for R=1 and R=3.
+    let craft = |storage: &mut MemoryStorage| put_ops_with_torn(storage, 10, &[6, 8, 10]);
+    for replica_count in [1, 3] {
+        let mut storage = formatted_storage();
+        craft(&mut storage);
+        let report = recover_report(&mut storage, 0, replica_count);
+        assert!(report.usable, "R={replica_count}");
+        assert_eq!(report.op_max, Some(9));
+        for slot in [6, 8, 10] {
+            let found = report.slots[slot];
+            assert_eq!((found.case, found.decision), (Case::B, Decision::CutTorn), "{slot}");
+        }
+        assert_eq!(report.count(Decision::CutTorn), 3);
+    }
+}
+
+#[test]
+fn torn_prepare_at_the_edges_of_the_pipeline_window_is_cut_only_inside() {
+    // Goal: with op_max = 20 the window is ops 13..=28 (a pipeline on each side of the head):
+    // a torn op at 13 or 28 is cut; at 12 (a lost prepare below) or 29 (it may hide a higher
+    // head) it stays repair, unrecoverable alone.
+    let pipeline = PIPELINE_PREPARE_QUEUE_MAX as u64;
+    let op_head = 20;
+    let below = |torn: Op| {
+        move |storage: &mut MemoryStorage| {
+            put_ops_with_torn(storage, op_head, &[torn]);
+        }
+    };
+    let above = |torn: Op| {
+        move |storage: &mut MemoryStorage| {
+            put_ops_with_torn(storage, op_head, &[]);
+            put_torn_prepare(storage, torn);
+        }
+    };
+    let inside = [Decision::CutTorn, Decision::CutTorn];
+    let outside = [Decision::Repair, Decision::Unrecoverable];
+    let (first, last) = (op_head + 1 - pipeline, op_head + pipeline);
+    assert_case(&below(first), 0, slot_of(first), Case::B, inside);
+    assert_case(&below(first - 1), 0, slot_of(first - 1), Case::B, outside);
+    assert_case(&above(last), 0, slot_of(last), Case::B, inside);
+    assert_case(&above(last + 1), 0, slot_of(last + 1), Case::B, outside);
+}
+
+#[test]
+fn torn_prepares_further_apart_than_a_pipeline_are_not_cut() {
+    // Goal: torn ops 13 and 21 around op_max = 20 both lie in the window, but no pipeline of 8
+    // ops holds both, so one of them is not a tear: neither is cut.
+    let craft = |storage: &mut MemoryStorage| {
+        put_ops_with_torn(storage, 20, &[13]);
+        put_torn_prepare(storage, 21);
+    };
+    let outside = [Decision::Repair, Decision::Unrecoverable];
+    assert_case(&craft, 0, 13, Case::B, outside);
+    assert_case(&craft, 0, 21, Case::B, outside);
+}
+
+#[test]
+fn misdirected_or_unreadable_prepare_in_the_pipeline_window_is_not_cut() {
+    // Goal: only a failed checksum is a tear: another slot's valid prepare (a misdirected
+    // write) in the window is a fault to repair, and being below the head it does not stop
+    // the torn op above it from being cut.
+    let craft = |storage: &mut MemoryStorage| {
+        put_ops_with_torn(storage, 8, &[8]);
+        put_redundant(storage, 6, &reserved_header(CLUSTER, 6));
+        put_prepare(storage, 6, &prepare_bytes(5, 0, 100));
+    };
+    let found = crafted_slot(&craft, 0, 3, 6);
+    assert_eq!(found.prepare, EntrySummary::Invalid(EntryInvalid::Misdirected));
+    assert_case(&craft, 0, 6, Case::B, [Decision::Repair, Decision::Unrecoverable]);
+    assert_case(&craft, 0, 8, Case::B, [Decision::CutTorn, Decision::CutTorn]);
 }
 
 #[test]
@@ -731,6 +914,26 @@ fn case_i_header_beyond_the_checkpoint_window_is_cut() {
         put_redundant(storage, 5, &header_of(&prepare_bytes(SLOT_COUNT + 5, 0, 100)));
     };
     assert_case(&craft, 0, 5, Case::I, [Decision::Cut, Decision::Unrecoverable]);
+}
+
+#[test]
+fn case_i_prepare_is_not_the_head_since_it_is_cut() {
+    // Goal: the prepare of an @I slot is cut, so it is not op_max: the op below it, whose
+    // header is lost, is the head (@F, fix), and a second recovery finds the same head (@P).
+    let craft = |storage: &mut MemoryStorage| {
+        for op in 1..=3 {
+            put_durable(storage, op, 0);
+        }
+        put_redundant(storage, 3, &header_of(&prepare_bytes(SLOT_COUNT + 3, 0, 100)));
+        corrupt_redundant(storage, 2);
+    };
+    assert_case(&craft, 0, 3, Case::I, [Decision::Cut, Decision::Unrecoverable]);
+    assert_case(&craft, 0, 2, Case::F, [Decision::Fix, Decision::Fix]);
+    let mut storage = formatted_storage();
+    craft(&mut storage);
+    assert_eq!(recover_report(&mut storage, 0, 3).op_max, Some(2));
+    let second = recover_report(&mut storage, 0, 3);
+    assert_eq!((second.slots[2].case, second.slots[3].case), (Case::P, Case::L));
 }
 
 #[test]
@@ -850,4 +1053,68 @@ fn recovery_case_covers_every_combination_of_entries() {
         }
     }
     assert_eq!(seen.len(), Case::ALL.len(), "{seen:?}");
+}
+
+/// The in-memory disk opened read-only: a write request fails the test.
+struct ReadOnlyStorage(MemoryStorage);
+
+impl Storage for ReadOnlyStorage {
+    fn submit(&mut self, request: IoRequest, buffer: Message) {
+        assert_eq!(request.kind, IoKind::Read, "a write to a read-only file: {request:?}");
+        self.0.submit(request, buffer);
+    }
+
+    fn poll(&mut self, completions: &mut Vec<Completion>, completions_max: usize) {
+        self.0.poll(completions, completions_max);
+    }
+
+    fn in_flight(&self) -> usize {
+        self.0.in_flight()
+    }
+
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+}
+
+/// A file that recovery would change in every way it can: @F (fix), @H (cut), a torn prepare
+/// in the pipeline (cut_torn) and @E (repair with peers, fix alone).
+fn craft_file_recovery_would_change(storage: &mut MemoryStorage) {
+    put_ops_with_torn(storage, 10, &[9]);
+    corrupt_redundant(storage, 10);
+    corrupt_redundant(storage, 3);
+    put_prepare(storage, 20, &prepare_bytes(SLOT_COUNT + 20, 0, 100));
+}
+
+#[test]
+fn inspect_reports_like_recovery_and_leaves_the_disk_untouched() {
+    // Goal: inspect on a file that recovery would fix and cut submits only reads, leaves every
+    // byte as found, reports exactly what recovery reports, and leaves a journal that takes no
+    // requests; recovery on a copy then does change the file.
+    for replica_count in [3, 1] {
+        let mut storage = ReadOnlyStorage(formatted_storage());
+        craft_file_recovery_would_change(&mut storage.0);
+        let bytes_before = storage.0.bytes().to_vec();
+        let mut journal = Journal::new(&config());
+        let inspected =
+            journal.inspect_blocking(&mut storage, 0, replica_count, &read_pool()).unwrap().clone();
+        assert!(storage.0.bytes() == bytes_before, "R={replica_count}: inspect wrote");
+        assert_eq!(journal.status(), Status::Inspected);
+        assert_eq!(journal.faulty_count(), SLOT_COUNT as usize);
+
+        let mut copy = formatted_storage();
+        craft_file_recovery_would_change(&mut copy);
+        let recovered = recover_report(&mut copy, 0, replica_count);
+        assert_eq!(inspected, recovered, "R={replica_count}");
+        assert_eq!(inspected.slots[10].decision, Decision::Fix);
+        if replica_count > 1 {
+            let cut = [inspected.slots[9].decision, inspected.slots[20].decision];
+            assert_eq!(cut, [Decision::CutTorn, Decision::Cut]);
+            assert!(copy.bytes() != bytes_before, "recovery writes its fix and cuts");
+        } else {
+            // @H is unrecoverable alone, and as a fault above the head it keeps op 9 a fault.
+            assert!(!inspected.usable);
+            assert_eq!(inspected.slots[9].decision, Decision::Unrecoverable);
+        }
+    }
 }

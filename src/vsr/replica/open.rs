@@ -95,9 +95,8 @@ impl Replica {
             if reply_size > self.config.message_size_max as usize || reply_size < 128 {
                 continue;
             }
-            let offset = self
-                .layout
-                .offset(Zone::ClientReplies, slot as u64 * self.layout.message_size_max);
+            let offset =
+                self.layout.offset(Zone::ClientReplies, slot as u64 * self.layout.message_size_max);
             let request = IoRequest {
                 token: IoToken { owner: IoOwner::ClientReplies, index: slot as u32 },
                 kind: IoKind::Read,
@@ -201,5 +200,7 @@ fn reply_matches(message: &Message, checksum: Checksum) -> bool {
         return false;
     }
     let size = header.size as usize;
-    size >= 128 && size <= message.buffer().len() && header.valid_checksum_body(&message.buffer()[128..size])
+    size >= 128
+        && size <= message.buffer().len()
+        && header.valid_checksum_body(&message.buffer()[128..size])
 }

@@ -13,7 +13,6 @@ pub(crate) struct Harness {
     pub replica: Replica,
     completions: Vec<Completion>,
     pub sent: Vec<(Destination, Message)>,
-    pub realtime_ns: u64,
 }
 
 pub(crate) fn small_config() -> Config {
@@ -45,7 +44,6 @@ impl Harness {
             replica,
             completions: Vec::with_capacity(64),
             sent: Vec::new(),
-            realtime_ns: 1_000_000_000,
         };
         harness.open();
         harness
@@ -71,12 +69,6 @@ impl Harness {
                 self.replica.on_storage_completion(&mut self.storage, completion);
             }
         }
-    }
-
-    pub fn tick(&mut self) {
-        self.realtime_ns += 10_000_000;
-        self.replica.on_tick(&mut self.storage, self.realtime_ns);
-        self.run();
     }
 
     /// A request message as the client library builds it.
@@ -341,7 +333,8 @@ mod event_store {
         for index in 0..10_000u64 {
             let client = 1 + (index / 1000) % (clients_max + 2);
             let slot = client as usize;
-            let message = if requests[slot] == 0 && harness.replica.sessions.slot(client).is_none() {
+            let message = if requests[slot] == 0 && harness.replica.sessions.slot(client).is_none()
+            {
                 harness.request(client, 0, Operation::Register, &[])
             } else if index % 10 == 9 {
                 harness.request(client, requests[slot] + 1, Operation::ReadStream, &read_template)

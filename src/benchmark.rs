@@ -1,0 +1,421 @@
+//! `kimberlite benchmark`: the bundled load generator.
+//!
+//! With no `--addresses` it formats a temporary data file in a scratch directory under the
+//! current directory, starts a replica child process on a free loopback port, runs the load,
+//! stops the replica and deletes the directory. With `--addresses` it loads an existing cluster.
+//!
+//! The load: `--streams` streams are created, then `--clients` clients (one thread each, one
+//! request in flight each) append `--events` events of `--event-size` bytes in batches of
+//! `--batch` events per request (default: as many as fit in a message). It prints a progress
+//! line while it runs, then events/s, MiB/s of event data, and request latency percentiles.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::client::Client;
+use crate::constants::{BLOCK_SIZE, GRID_SIZE_DEFAULT, HEADER_SIZE, MESSAGE_SIZE_MAX};
+use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
+use crate::state_machine::types::{
+    AppendBatch, AppendResult, CreateStream, CreateStreamResult, EventHeader, ResultCode,
+    padded_size,
+};
+use crate::vsr::header::{ClusterId, Operation};
+use crate::vsr::layout::Config;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub addresses: Vec<SocketAddr>,
+    pub cluster: ClusterId,
+    pub clients: usize,
+    pub events: u64,
+    pub event_size: u32,
+    /// Events per request; `None` for as many as fit.
+    pub batch: Option<u32>,
+    pub streams: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            addresses: Vec::new(),
+            cluster: 0,
+            clients: 4,
+            events: 1_000_000,
+            event_size: 128,
+            batch: None,
+            streams: 4,
+        }
+    }
+}
+
+/// What one run measured.
+pub struct Results {
+    pub events: u64,
+    pub requests: u64,
+    pub elapsed: Duration,
+    /// Request latencies in microseconds, sorted.
+    pub latencies_us: Vec<u64>,
+    pub event_size: u32,
+    pub batch: u32,
+}
+
+impl Results {
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn mebibytes_per_second(&self) -> f64 {
+        self.events_per_second() * f64::from(self.event_size) / (1024.0 * 1024.0)
+    }
+
+    /// The latency at `percent` (0 to 100), in microseconds.
+    pub fn latency_percentile_us(&self, percent: u64) -> u64 {
+        if self.latencies_us.is_empty() {
+            return 0;
+        }
+        let last = self.latencies_us.len() - 1;
+        let index = (last as u64 * percent / 100) as usize;
+        self.latencies_us[index]
+    }
+}
+
+/// Runs the benchmark and prints its results. Returns an error line on failure.
+pub fn run(options: &Options) -> Result<Results, String> {
+    if options.clients == 0 || options.events == 0 || options.streams == 0 {
+        return Err("--clients, --events and --streams must be at least 1".to_string());
+    }
+    if options.event_size == 0 {
+        return Err("--event-size must be at least 1".to_string());
+    }
+    if options.addresses.is_empty() {
+        let mut cluster = LocalCluster::start(options)?;
+        let result = load(options, &cluster.addresses, cluster.cluster);
+        cluster.stop();
+        result
+    } else {
+        load(options, &options.addresses, options.cluster)
+    }
+}
+
+/// A single replica child process on a scratch data file, removed on `stop`.
+struct LocalCluster {
+    directory: PathBuf,
+    child: Option<Child>,
+    addresses: Vec<SocketAddr>,
+    cluster: ClusterId,
+}
+
+impl LocalCluster {
+    fn start(options: &Options) -> Result<LocalCluster, String> {
+        let directory = PathBuf::from(format!("kimberlite-benchmark-{}", std::process::id()));
+        std::fs::create_dir(&directory)
+            .map_err(|error| format!("{}: {error}", directory.display()))?;
+        let mut cluster = LocalCluster {
+            directory,
+            child: None,
+            addresses: Vec::new(),
+            cluster: u64::from(std::process::id()),
+        };
+        if let Err(error) = cluster.spawn(options) {
+            cluster.stop();
+            return Err(error);
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, options: &Options) -> Result<(), String> {
+        let path = self.directory.join("0_0.kimberlite");
+        let mut config = Config::new(self.cluster, 0, 1);
+        config.grid_size = grid_size_for(options);
+        eprintln!("benchmark: formatting {} (grid {} MiB)", path.display(), config.grid_size >> 20);
+        crate::io::format::format_file(&path, &config).map_err(|error| error.to_string())?;
+        let port = free_port()?;
+        let address: SocketAddr = ([127, 0, 0, 1], port).into();
+        let executable = std::env::current_exe().map_err(|error| error.to_string())?;
+        let mut child = Command::new(executable)
+            .arg("start")
+            .arg(format!("--addresses={address}"))
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|error| format!("starting the replica: {error}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        self.child = Some(child);
+        wait_for_listening(stdout)?;
+        self.addresses = vec![address];
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+/// A grid big enough for the run's events (with their records and block directories).
+fn grid_size_for(options: &Options) -> u64 {
+    let per_event = 64 + padded_size(options.event_size);
+    let needed = options.events.saturating_mul(per_event) / 10 * 13 + 64 * BLOCK_SIZE as u64;
+    needed.max(GRID_SIZE_DEFAULT).next_multiple_of(BLOCK_SIZE as u64)
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|error| error.to_string())?;
+    let port = listener.local_addr().map_err(|error| error.to_string())?.port();
+    Ok(port)
+}
+
+/// Waits until the replica prints its "listening" line.
+fn wait_for_listening(stdout: std::process::ChildStdout) -> Result<(), String> {
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                eprintln!("benchmark: {line}");
+                if line.contains("listening") {
+                    // Keep draining the replica's stdout so it never blocks on a full pipe.
+                    std::thread::spawn(move || for _ in lines {});
+                    return Ok(());
+                }
+            }
+            Some(Err(error)) => return Err(format!("reading the replica's output: {error}")),
+            None => return Err("the replica exited before it listened".to_string()),
+        }
+    }
+}
+
+/// Events of `event_size` bytes that fit in one request body.
+fn batch_size_max(event_size: u32) -> u32 {
+    let body_max = (MESSAGE_SIZE_MAX - HEADER_SIZE) as u64;
+    let per_event = std::mem::size_of::<EventHeader>() as u64 + padded_size(event_size);
+    ((body_max - std::mem::size_of::<AppendBatch>() as u64) / per_event) as u32
+}
+
+fn load(
+    options: &Options,
+    addresses: &[SocketAddr],
+    cluster: ClusterId,
+) -> Result<Results, String> {
+    let batch_max = batch_size_max(options.event_size);
+    let batch = options.batch.unwrap_or(batch_max);
+    if batch == 0 || batch > batch_max {
+        return Err(format!("--batch must be between 1 and {batch_max} for this event size"));
+    }
+    create_streams(options, addresses, cluster)?;
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut threads = Vec::new();
+    for index in 0..options.clients {
+        let share = options.events / options.clients as u64
+            + u64::from((index as u64) < options.events % options.clients as u64);
+        let worker = Worker {
+            index,
+            events: share,
+            batch,
+            options: options.clone(),
+            addresses: addresses.to_vec(),
+            cluster,
+            done: done.clone(),
+            failed: failed.clone(),
+        };
+        threads.push(std::thread::spawn(move || worker.run()));
+    }
+    progress(options.events, &done, &failed, start, &threads);
+    let mut latencies_us = Vec::new();
+    let mut requests = 0;
+    for thread in threads {
+        let result = thread.join().map_err(|_| "a client thread panicked".to_string())?;
+        let worker_latencies = result?;
+        requests += worker_latencies.len() as u64;
+        latencies_us.extend(worker_latencies);
+    }
+    let elapsed = start.elapsed();
+    latencies_us.sort_unstable();
+    let results = Results {
+        events: options.events,
+        requests,
+        elapsed,
+        latencies_us,
+        event_size: options.event_size,
+        batch,
+    };
+    print_results(&results, options);
+    Ok(results)
+}
+
+fn progress(
+    total: u64,
+    done: &AtomicU64,
+    failed: &AtomicBool,
+    start: Instant,
+    threads: &[std::thread::JoinHandle<Result<Vec<u64>, String>>],
+) {
+    while !threads.iter().all(|thread| thread.is_finished()) {
+        std::thread::sleep(Duration::from_millis(250));
+        let count = done.load(Ordering::Relaxed);
+        let seconds = start.elapsed().as_secs_f64();
+        eprint!(
+            "\rbenchmark: {count}/{total} events, {:.0} events/s, {:.1} s   ",
+            count as f64 / seconds.max(1e-9),
+            seconds
+        );
+        if failed.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    eprintln!();
+}
+
+fn print_results(results: &Results, options: &Options) {
+    println!(
+        "{} events of {} bytes in {} requests of up to {} events, {} clients, {} streams",
+        results.events,
+        results.event_size,
+        results.requests,
+        results.batch,
+        options.clients,
+        options.streams
+    );
+    println!("elapsed: {:.2} s", results.elapsed.as_secs_f64());
+    println!(
+        "throughput: {:.0} events/s, {:.1} MiB/s",
+        results.events_per_second(),
+        results.mebibytes_per_second()
+    );
+    println!(
+        "request latency: p1 {} us, p50 {} us, p90 {} us, p99 {} us, p100 {} us",
+        results.latency_percentile_us(1),
+        results.latency_percentile_us(50),
+        results.latency_percentile_us(90),
+        results.latency_percentile_us(99),
+        results.latency_percentile_us(100)
+    );
+}
+
+fn create_streams(
+    options: &Options,
+    addresses: &[SocketAddr],
+    cluster: ClusterId,
+) -> Result<(), String> {
+    let mut client = Client::new(cluster, addresses, MESSAGE_SIZE_MAX);
+    let per_request = client.body_size_max() / std::mem::size_of::<CreateStream>();
+    let mut stream = 1;
+    while stream <= options.streams {
+        let count = (options.streams - stream + 1).min(per_request as u64);
+        let mut body = Vec::with_capacity(count as usize * 16);
+        for offset in 0..count {
+            body.extend_from_slice(CreateStream { stream: stream + offset, tenant: 1 }.as_bytes());
+        }
+        let reply =
+            client.write(Operation::CreateStream, &body).map_err(|error| error.to_string())?;
+        for (index, chunk) in reply.body.chunks_exact(8).enumerate() {
+            let result = CreateStreamResult::read_from_bytes(chunk).map_err(|_| "short reply")?;
+            let code = ResultCode::from_u32(result.result);
+            if code != Some(ResultCode::Ok) && code != Some(ResultCode::StreamExists) {
+                return Err(format!(
+                    "creating stream {}: {}",
+                    stream + index as u64,
+                    code.map(ResultCode::name).unwrap_or("unknown result")
+                ));
+            }
+        }
+        stream += count;
+    }
+    Ok(())
+}
+
+struct Worker {
+    index: usize,
+    events: u64,
+    batch: u32,
+    options: Options,
+    addresses: Vec<SocketAddr>,
+    cluster: ClusterId,
+    done: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Worker {
+    fn run(self) -> Result<Vec<u64>, String> {
+        let result = self.run_inner();
+        if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn run_inner(&self) -> Result<Vec<u64>, String> {
+        let mut client = Client::new(self.cluster, &self.addresses, MESSAGE_SIZE_MAX);
+        client.register().map_err(|error| format!("client {}: {error}", self.index))?;
+        let requests = self.events.div_ceil(u64::from(self.batch));
+        let mut latencies_us = Vec::with_capacity(requests as usize);
+        let mut body = vec![0u8; client.body_size_max()];
+        let mut sent = 0u64;
+        let mut request_index = 0u64;
+        while sent < self.events {
+            if self.failed.load(Ordering::Relaxed) {
+                return Err("another client failed".to_string());
+            }
+            let count = (self.events - sent).min(u64::from(self.batch)) as u32;
+            let stream = 1
+                + (self.index as u64 + request_index * self.options.clients as u64)
+                    % self.options.streams;
+            let size = self.fill_batch(&mut body, stream, count, sent);
+            let start = Instant::now();
+            let reply = client
+                .write(Operation::Append, &body[..size])
+                .map_err(|error| format!("client {}: {error}", self.index))?;
+            latencies_us.push(start.elapsed().as_micros() as u64);
+            let result = AppendResult::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
+            if result.result != ResultCode::Ok as u32 {
+                let code = ResultCode::from_u32(result.result).map(ResultCode::name);
+                return Err(format!("append failed: {}", code.unwrap_or("unknown result")));
+            }
+            sent += u64::from(count);
+            request_index += 1;
+            self.done.fetch_add(u64::from(count), Ordering::Relaxed);
+        }
+        Ok(latencies_us)
+    }
+
+    /// Writes one append batch of `count` events into `body`; returns its size.
+    fn fill_batch(&self, body: &mut [u8], stream: u64, count: u32, sent: u64) -> usize {
+        let event_size = self.options.event_size;
+        let padded = padded_size(event_size) as usize;
+        let event_bytes = std::mem::size_of::<EventHeader>() + padded;
+        let batch = AppendBatch {
+            stream,
+            expected_offset: EXPECTED_OFFSET_ANY,
+            event_count: count,
+            events_size_bytes: count * event_bytes as u32,
+        };
+        let head = std::mem::size_of::<AppendBatch>();
+        body[..head].copy_from_slice(batch.as_bytes());
+        let mut at = head;
+        for event in 0..count {
+            let header = EventHeader { size_bytes: event_size, reserved: 0 };
+            body[at..at + 8].copy_from_slice(header.as_bytes());
+            at += 8;
+            let data = &mut body[at..at + padded];
+            data.fill(0);
+            let stamp = (sent + u64::from(event)) ^ ((self.index as u64) << 48);
+            for (index, byte) in data[..event_size as usize].iter_mut().enumerate() {
+                *byte = (stamp >> ((index % 8) * 8)) as u8 ^ index as u8;
+            }
+            at += padded;
+        }
+        at
+    }
+}

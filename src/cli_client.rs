@@ -1,0 +1,205 @@
+//! `kimberlite client`: the event store from the shell, one command per call.
+//!
+//! Exit codes: 0 the operation succeeded; 1 bad arguments, or the cluster could not be reached;
+//! 2 the cluster answered with a result other than ok (the result is printed).
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::cli::{Arguments, parse_addresses};
+use crate::client::Client;
+use crate::constants::MESSAGE_SIZE_MAX;
+use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
+use crate::state_machine::types::{
+    AppendBatch, AppendResult, CreateStream, CreateStreamResult, EventHeader, EventRecord, ReadLog,
+    ReadReplyHeader, ReadStream, ResultCode, StreamInfo, StreamInfoReply, padded_size,
+};
+use crate::vsr::header::Operation;
+
+/// The exit code for "the cluster said no".
+const EXIT_RESULT_NOT_OK: i32 = 2;
+
+/// Runs `kimberlite client ...`; `Err` is a usage or connection error (exit 1).
+pub fn command_client(arguments: &[String]) -> Result<(), String> {
+    let allowed = ["addresses", "cluster", "expected-offset", "offset", "position", "count"];
+    let arguments = Arguments::parse(arguments, &allowed)?;
+    let addresses = parse_addresses(arguments.flag_required("addresses")?)?;
+    let cluster = arguments.integer_or("cluster", 0u64)?;
+    let Some((command, rest)) = arguments.positionals.split_first() else {
+        return Err("missing command: create-stream, append, read, read-log or info".to_string());
+    };
+    let mut client = Client::new(cluster, &addresses, MESSAGE_SIZE_MAX);
+    let code = match command.as_str() {
+        "create-stream" => create_stream(&mut client, rest)?,
+        "append" => append(&mut client, &arguments, rest)?,
+        "read" => read_stream(&mut client, &arguments, rest)?,
+        "read-log" => read_log(&mut client, &arguments, rest)?,
+        "info" => info(&mut client, rest)?,
+        other => return Err(format!("unknown client command '{other}'")),
+    };
+    if code != ResultCode::Ok {
+        println!("result: {}", code.name());
+        std::process::exit(EXIT_RESULT_NOT_OK);
+    }
+    Ok(())
+}
+
+fn number(text: &str, what: &str) -> Result<u64, String> {
+    text.parse().map_err(|_| format!("{what} '{text}' is not a number"))
+}
+
+fn result_code(value: u32) -> Result<ResultCode, String> {
+    ResultCode::from_u32(value).ok_or_else(|| format!("unknown result code {value}"))
+}
+
+fn create_stream(client: &mut Client, rest: &[String]) -> Result<ResultCode, String> {
+    let (stream, tenant) = match rest {
+        [stream] => (number(stream, "stream")?, 0),
+        [stream, tenant] => (number(stream, "stream")?, number(tenant, "tenant")?),
+        _ => return Err("usage: create-stream STREAM [TENANT]".to_string()),
+    };
+    let body = CreateStream { stream, tenant };
+    let reply = client
+        .write(Operation::CreateStream, body.as_bytes())
+        .map_err(|error| error.to_string())?;
+    let result = CreateStreamResult::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
+    let code = result_code(result.result)?;
+    if code == ResultCode::Ok {
+        println!("created stream {stream} (tenant {tenant}) at op {}", reply.header.op);
+    }
+    Ok(code)
+}
+
+fn append(
+    client: &mut Client,
+    arguments: &Arguments,
+    rest: &[String],
+) -> Result<ResultCode, String> {
+    let [stream, events @ ..] = rest else {
+        return Err("usage: append STREAM [--expected-offset=N] EVENT...".to_string());
+    };
+    if events.is_empty() {
+        return Err("append needs at least one EVENT".to_string());
+    }
+    let stream = number(stream, "stream")?;
+    let expected_offset = arguments.integer_or("expected-offset", EXPECTED_OFFSET_ANY)?;
+    let mut data = Vec::new();
+    for event in events {
+        let size = event.len() as u32;
+        data.extend_from_slice(EventHeader { size_bytes: size, reserved: 0 }.as_bytes());
+        data.extend_from_slice(event.as_bytes());
+        data.resize(data.len() + (padded_size(size) as usize - event.len()), 0);
+    }
+    let batch = AppendBatch {
+        stream,
+        expected_offset,
+        event_count: events.len() as u32,
+        events_size_bytes: data.len() as u32,
+    };
+    let mut body = batch.as_bytes().to_vec();
+    body.extend_from_slice(&data);
+    let reply = client.write(Operation::Append, &body).map_err(|error| error.to_string())?;
+    let result = AppendResult::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
+    let code = result_code(result.result)?;
+    match code {
+        ResultCode::Ok => println!(
+            "appended {} events to stream {stream} at offsets {}..{} (op {}, commit {})",
+            events.len(),
+            result.offset,
+            result.offset + events.len() as u64,
+            reply.header.op,
+            reply.header.commit
+        ),
+        ResultCode::ExpectedOffsetWrong => {
+            println!("the stream's next offset is {}", result.offset)
+        }
+        _ => {}
+    }
+    Ok(code)
+}
+
+fn count_argument(arguments: &Arguments) -> Result<u32, String> {
+    arguments.integer_or("count", 100u32)
+}
+
+fn read_stream(
+    client: &mut Client,
+    arguments: &Arguments,
+    rest: &[String],
+) -> Result<ResultCode, String> {
+    let [stream] = rest else {
+        return Err("usage: read STREAM [--offset=N] [--count=N]".to_string());
+    };
+    let body = ReadStream {
+        stream: number(stream, "stream")?,
+        offset_from: arguments.integer_or("offset", 0u64)?,
+        count_max: count_argument(arguments)?,
+        reserved: 0,
+    };
+    let reply =
+        client.read(Operation::ReadStream, body.as_bytes()).map_err(|error| error.to_string())?;
+    print_events(reply.body)
+}
+
+fn read_log(
+    client: &mut Client,
+    arguments: &Arguments,
+    rest: &[String],
+) -> Result<ResultCode, String> {
+    if !rest.is_empty() {
+        return Err("usage: read-log [--position=N] [--count=N]".to_string());
+    }
+    let body = ReadLog {
+        position_from: arguments.integer_or("position", 0u64)?,
+        count_max: count_argument(arguments)?,
+        reserved: 0,
+    };
+    let reply =
+        client.read(Operation::ReadLog, body.as_bytes()).map_err(|error| error.to_string())?;
+    print_events(reply.body)
+}
+
+/// Prints a read reply: one line per event, then where to continue.
+fn print_events(body: &[u8]) -> Result<ResultCode, String> {
+    let (head, mut events) =
+        ReadReplyHeader::read_from_prefix(body).map_err(|_| "short read reply")?;
+    let code = result_code(head.result)?;
+    for _ in 0..head.event_count {
+        let (record, rest) =
+            EventRecord::read_from_prefix(events).map_err(|_| "truncated event in reply")?;
+        let size = record.size_bytes as usize;
+        let padded = padded_size(record.size_bytes) as usize;
+        if rest.len() < padded {
+            return Err("truncated event data in reply".to_string());
+        }
+        let data = &rest[..size];
+        let text = match std::str::from_utf8(data) {
+            Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
+            _ => data.iter().map(|byte| format!("{byte:02x}")).collect(),
+        };
+        println!(
+            "stream {} offset {} position {} chain {:08x}: {text}",
+            record.stream, record.offset, record.position, record.chain
+        );
+        events = &rest[padded..];
+    }
+    println!("next: {} (end: {})", head.next, head.end);
+    Ok(code)
+}
+
+fn info(client: &mut Client, rest: &[String]) -> Result<ResultCode, String> {
+    let [stream] = rest else {
+        return Err("usage: info STREAM".to_string());
+    };
+    let body = StreamInfo { stream: number(stream, "stream")? };
+    let reply =
+        client.read(Operation::StreamInfo, body.as_bytes()).map_err(|error| error.to_string())?;
+    let info = StreamInfoReply::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
+    let code = result_code(info.result)?;
+    if code == ResultCode::Ok {
+        println!(
+            "stream {} tenant {}: {} events, next offset {}, chain {:08x}",
+            info.stream, info.tenant, info.event_count, info.offset_next, info.chain
+        );
+    }
+    Ok(code)
+}

@@ -1,0 +1,159 @@
+//! `kimberlite inspect`: reads a data file without changing a byte of it and reports the
+//! configuration, the health of each superblock copy and the quorum, and a summary of the WAL
+//! (ops present, views, and every slot's recovery decision).
+//!
+//! The file is usable if the superblock has a quorum and the journal has no slot that only a
+//! peer could repair in a single-replica cluster (`Decision::Unrecoverable`); a multi-replica
+//! file with slots to repair is usable, since its peers will repair them.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::constants::JOURNAL_IOPS_READ_MAX;
+use crate::io::IoStorage;
+use crate::vsr::journal::{Decision, EntrySummary, Journal, RecoveryReport};
+use crate::vsr::layout::{Layout, Zone};
+use crate::vsr::message_pool::MessagePool;
+use crate::vsr::superblock::{SuperBlock, SuperBlockHeader};
+
+/// What `inspect_file` found: the text to print and whether the file can be started.
+pub struct InspectReport {
+    pub text: String,
+    pub usable: bool,
+}
+
+/// Slots listed one by one in the WAL section (the rest are only counted).
+const SLOTS_LISTED_MAX: usize = 32;
+
+/// Inspects the data file at `path`. Errors that prevent reading it at all (no such file, not
+/// openable with direct I/O) are returned as one line.
+pub fn inspect_file(path: &Path) -> Result<InspectReport, String> {
+    let data_file = crate::io::data_file::open(path, true).map_err(|error| error.to_string())?;
+    let size_bytes = data_file.size_bytes;
+    let mut storage = IoStorage::new(data_file.file, false)
+        .map_err(|error| format!("{}: io_uring: {error}", path.display()))?;
+    let mut text = String::new();
+    let _ = writeln!(text, "data file: {} ({size_bytes} bytes)", path.display());
+    let mut superblock = SuperBlock::new();
+    superblock.open_read_only(&mut storage);
+    let result = superblock.complete_blocking(&mut storage);
+    let _ = writeln!(text, "\nsuperblock copies:");
+    for (copy, health) in superblock.copies_health().iter().enumerate() {
+        let _ = writeln!(text, "  copy {copy}: {health}");
+    }
+    if let Err(error) = result {
+        let _ = writeln!(text, "  quorum: none: {error}");
+        return Ok(InspectReport { text, usable: false });
+    }
+    let working = *superblock.working();
+    let _ = writeln!(
+        text,
+        "  quorum: sequence {} (checksum {:08x})",
+        working.sequence, working.checksum
+    );
+    write_config(&mut text, &working);
+    let layout = Layout::new(&working.config());
+    if size_bytes < layout.file_size() {
+        let _ = writeln!(
+            text,
+            "\nfile too short: {size_bytes} bytes, the layout needs {}",
+            layout.file_size()
+        );
+        return Ok(InspectReport { text, usable: false });
+    }
+    let mut journal = Journal::new(&working.config());
+    let read_pool = MessagePool::new(JOURNAL_IOPS_READ_MAX, working.message_size_max as usize);
+    let report = journal
+        .inspect_blocking(&mut storage, working.checkpoint_op, working.replica_count, &read_pool)
+        .map_err(|error| format!("{}: reading the WAL: {error}", path.display()))?;
+    write_journal(&mut text, report);
+    Ok(InspectReport { text, usable: report.usable })
+}
+
+fn write_config(text: &mut String, working: &SuperBlockHeader) {
+    let config = working.config();
+    let layout = Layout::new(&config);
+    let _ = writeln!(text, "\nconfig:");
+    let _ = writeln!(text, "  cluster: {}", config.cluster);
+    let _ = writeln!(text, "  replica: {} of {}", config.replica, config.replica_count);
+    let _ = writeln!(text, "  journal_slot_count: {}", config.journal_slot_count);
+    let _ = writeln!(text, "  message_size_max: {}", config.message_size_max);
+    let _ = writeln!(text, "  clients_max: {}", config.clients_max);
+    let _ = writeln!(text, "  streams_max: {}", config.streams_max);
+    let _ = writeln!(text, "  grid_size: {}", config.grid_size);
+    let _ = writeln!(text, "\nzones:");
+    for zone in Zone::ALL {
+        let _ = writeln!(
+            text,
+            "  {:<15} offset {:>14}  size {:>14}",
+            zone.name(),
+            layout.zone_offset(zone),
+            layout.zone_size(zone)
+        );
+    }
+    let _ = writeln!(text, "\nvsr state:");
+    let _ = writeln!(text, "  view: {}  log_view: {}", working.view, working.log_view);
+    let _ = writeln!(text, "  commit_max: {}", working.commit_max);
+    let _ = writeln!(
+        text,
+        "  checkpoint: op {} (prepare checksum {:08x}), grid head {}, streams table at block {} ({} blocks)",
+        working.checkpoint_op,
+        working.checkpoint_checksum,
+        working.grid_head,
+        working.streams_table_address,
+        working.streams_table_blocks
+    );
+    let sessions = working.client_sessions.iter().filter(|record| record.client != 0).count();
+    let _ = writeln!(text, "  client sessions: {sessions}");
+}
+
+fn write_journal(text: &mut String, report: &RecoveryReport) {
+    let _ = writeln!(text, "\nwal:");
+    match (report.op_min, report.op_max) {
+        (Some(op_min), Some(op_max)) => {
+            let _ = writeln!(text, "  ops present: {op_min}..={op_max}");
+        }
+        _ => {
+            let _ = writeln!(text, "  ops present: none");
+        }
+    }
+    let mut view_min = u32::MAX;
+    let mut view_max = 0;
+    for slot in &report.slots {
+        if let EntrySummary::Prepare { view, .. } = slot.prepare {
+            view_min = view_min.min(view);
+            view_max = view_max.max(view);
+        }
+    }
+    if view_min <= view_max {
+        let _ = writeln!(text, "  views: {view_min}..={view_max}");
+    }
+    let _ = writeln!(text, "  slots by recovery decision:");
+    for decision in Decision::ALL {
+        let count = report.count(decision);
+        if count > 0 {
+            let _ = writeln!(text, "    {:<14} {count}", decision.name());
+        }
+    }
+    let mut listed = 0;
+    for (slot, entry) in report.slots.iter().enumerate() {
+        if matches!(entry.decision, Decision::Eql | Decision::Nil) {
+            continue;
+        }
+        if listed == SLOTS_LISTED_MAX {
+            let _ = writeln!(text, "    ...");
+            break;
+        }
+        listed += 1;
+        let _ = writeln!(
+            text,
+            "    slot {slot}: case @{} -> {} (header {:?}, prepare {:?})",
+            entry.case.name(),
+            entry.decision.name(),
+            entry.header,
+            entry.prepare
+        );
+    }
+    let verdict = if report.usable { "usable" } else { "NOT usable" };
+    let _ = writeln!(text, "  journal: {verdict}");
+}

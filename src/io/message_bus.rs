@@ -1,0 +1,707 @@
+//! The message bus: TCP connections to clients (and, later, peer replicas) over the shared
+//! io_uring ring, turning byte streams into validated `Message`s and `Message`s back into
+//! bytes. Everything it uses is allocated in `MessageBus::new`: the connection table, each
+//! connection's send queue, and the inbox; message buffers come from the replica's pool.
+//!
+//! # Receiving
+//!
+//! Each connection has one receive in flight, straight into a pool buffer, asking for as many
+//! bytes as the buffer holds. Once 128 bytes are in, the header is decoded (checksum, then
+//! `Header::invalid`) and checked against this cluster, `message_size_max` and the commands a
+//! replica accepts; once `size` bytes are in, the body checksum. The whole message (a handle
+//! nobody else holds) goes to the inbox, and whatever arrived after its end (pipelined
+//! messages) is copied to the start of a fresh buffer, which becomes the connection's receive
+//! buffer. The bytes are untrusted: any failed check logs one line and closes the connection.
+//!
+//! # Back-pressure
+//!
+//! Nothing waits on a peer and nothing grows. The inbox is fixed (`INBOX_MAX`): when it is
+//! full, or when taking a buffer would eat into the pool's reserve (`POOL_RESERVE`), the
+//! connection keeps its finished message and stops receiving; `flush` resumes it once the
+//! driver has drained the inbox. Sending, each connection has a queue of
+//! `CONNECTION_SEND_QUEUE_MAX` messages and one send in flight (the ring resubmits the rest of
+//! a short send). A message for a full queue is dropped (clients retry), and a send that a peer
+//! leaves undrained for `SEND_STALL_TICKS_MAX` ticks closes its connection.
+//!
+//! # Teardown
+//!
+//! Closing `shutdown`s the socket, which ends the receive and send parked in the ring; once
+//! both have completed, the descriptor is closed through the ring and the slot is free again
+//! (under a new generation, so that a completion can never reach the wrong connection).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use static_assertions::const_assert;
+
+use crate::constants::{HEADER_SIZE, IO_OPERATIONS_MAX, TICK_MS};
+use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
+use crate::io::socket;
+use crate::vsr::header::{ClientId, ClusterId, Command, Header};
+use crate::vsr::message_pool::{
+    CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, MESSAGES_SLACK, Message, MessagePool,
+};
+use crate::vsr::storage::IoError;
+
+/// Connections waiting in the kernel to be accepted.
+pub const LISTEN_BACKLOG: i32 = 64;
+/// Messages received and not yet taken by the driver.
+pub const INBOX_MAX: usize = CONNECTIONS_MAX;
+/// Buffers the bus leaves in the pool for the replica: it takes a receive buffer only while
+/// more than this many are free.
+pub const POOL_RESERVE: usize = MESSAGES_SLACK;
+/// Ticks one send may stay in flight before its peer counts as stuck (5 seconds).
+pub const SEND_STALL_TICKS_MAX: u64 = 5_000 / TICK_MS;
+/// The largest kernel socket buffer the bus asks for, each way.
+pub const SOCKET_BUFFER_SIZE_MAX: usize = 4 * 1024 * 1024;
+
+// The bus's operations (an accept, a receive and a send or a close per connection) leave most
+// of the ring's slots to the disk.
+const_assert!(2 * CONNECTIONS_MAX < IO_OPERATIONS_MAX / 2);
+const_assert!(INBOX_MAX >= 1);
+const_assert!(CONNECTION_SEND_QUEUE_MAX >= 1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConnectionState {
+    /// No socket.
+    Free,
+    /// Receiving and sending.
+    Connected,
+    /// Shut down, waiting for its receive and send in flight to complete.
+    Closing,
+    /// The close is in the ring.
+    CloseSubmitted,
+}
+
+/// Why a connection ends.
+#[derive(Clone, Copy, Debug)]
+enum CloseReason {
+    /// The peer closed its side: nothing to log.
+    PeerClosed,
+    /// The peer sent bytes that are not a valid message for us.
+    Invalid(&'static str),
+    /// The operating system reported an error.
+    Failed(&'static str, IoError),
+    /// The peer did not drain a send for `SEND_STALL_TICKS_MAX` ticks.
+    Stalled,
+}
+
+/// What the bytes received so far hold.
+enum Frame {
+    /// Not a whole message yet.
+    Incomplete,
+    /// A whole, valid message starts the buffer.
+    Message,
+    Invalid(&'static str),
+}
+
+struct Connection {
+    state: ConnectionState,
+    generation: u32,
+    fd: RawFd,
+    peer: Option<SocketAddr>,
+    /// The client on the other end, learned from its requests and pings (0: not known).
+    client: ClientId,
+    /// The buffer being filled; `None` while the receive in flight holds it, or while the pool
+    /// has none to spare.
+    receive_buffer: Option<Message>,
+    receive_in_flight: bool,
+    /// Bytes of `receive_buffer` filled, counted from the start of the current message.
+    received_bytes: usize,
+    /// The current message's header, once it arrived and passed validation.
+    header: Option<Header>,
+    /// The current message is whole and its body checksum verified.
+    message_ready: bool,
+    send_queue: VecDeque<Message>,
+    send_in_flight: bool,
+    /// The tick at which the send in flight was submitted.
+    send_submitted_tick: u64,
+}
+
+impl Connection {
+    fn token(&self, index: usize) -> ConnectionToken {
+        ConnectionToken { index: index as u32, generation: self.generation }
+    }
+
+    fn receive_reset(&mut self) {
+        self.received_bytes = 0;
+        self.header = None;
+        self.message_ready = false;
+    }
+}
+
+/// Counters for operators and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BusMetrics {
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub connections_closed: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    /// Messages for a client that is not connected, or whose send queue was full.
+    pub messages_dropped: u64,
+}
+
+/// See the module documentation.
+pub struct MessageBus {
+    pool: MessagePool,
+    cluster: ClusterId,
+    message_size_max: usize,
+    socket_buffer_size_bytes: usize,
+    listener: Option<OwnedFd>,
+    accept_in_flight: bool,
+    /// An accept failed: submit the next one at the next tick rather than spin on the error.
+    accept_paused: bool,
+    /// The last accept failed (its error was logged; the next ones of the streak are not).
+    accept_failing: bool,
+    /// "Connection limit reached" was logged and no connection has closed since.
+    refused_logged: bool,
+    connections: Box<[Connection]>,
+    inbox: VecDeque<Message>,
+    ticks: u64,
+    metrics: BusMetrics,
+}
+
+impl MessageBus {
+    /// Allocates the connection table, the send queues and the inbox: every allocation the bus
+    /// makes. Messages bigger than `message_size_max` (from the data file's config) are refused;
+    /// `pool`'s buffers, shared with the replica, must hold one.
+    pub fn new(pool: MessagePool, cluster: ClusterId, message_size_max: usize) -> MessageBus {
+        assert!(message_size_max >= HEADER_SIZE);
+        assert!(pool.buffer_size() >= message_size_max);
+        let socket_buffer_size_bytes =
+            (CONNECTION_SEND_QUEUE_MAX * message_size_max).min(SOCKET_BUFFER_SIZE_MAX);
+        let connections = (0..CONNECTIONS_MAX)
+            .map(|_| Connection {
+                state: ConnectionState::Free,
+                generation: 0,
+                fd: -1,
+                peer: None,
+                client: 0,
+                receive_buffer: None,
+                receive_in_flight: false,
+                received_bytes: 0,
+                header: None,
+                message_ready: false,
+                send_queue: VecDeque::with_capacity(CONNECTION_SEND_QUEUE_MAX),
+                send_in_flight: false,
+                send_submitted_tick: 0,
+            })
+            .collect();
+        MessageBus {
+            pool,
+            cluster,
+            message_size_max,
+            socket_buffer_size_bytes,
+            listener: None,
+            accept_in_flight: false,
+            accept_paused: false,
+            accept_failing: false,
+            refused_logged: false,
+            connections,
+            inbox: VecDeque::with_capacity(INBOX_MAX),
+            ticks: 0,
+            metrics: BusMetrics::default(),
+        }
+    }
+
+    /// Binds `address`, listens and starts accepting. Returns the bound address (with the
+    /// port the kernel chose, for port 0).
+    pub fn listen(&mut self, io: &mut Io, address: SocketAddr) -> std::io::Result<SocketAddr> {
+        assert!(self.listener.is_none(), "the bus listens on one address");
+        let listener = socket::listen(address, LISTEN_BACKLOG)?;
+        let bound = socket::local_address(listener.as_raw_fd())?;
+        self.listener = Some(listener);
+        self.accept_submit(io);
+        Ok(bound)
+    }
+
+    /// The next message received, whole and validated, as a handle nobody else holds.
+    pub fn receive(&mut self) -> Option<Message> {
+        let message = self.inbox.pop_front()?;
+        assert_eq!(message.references(), 1);
+        Some(message)
+    }
+
+    /// Queues `message` for the connection of `client`. Returns false, dropping the message, if
+    /// the client is not connected or its send queue is full.
+    pub fn send_to_client(&mut self, io: &mut Io, client: ClientId, message: Message) -> bool {
+        assert_ne!(client, 0);
+        let found = self.connections.iter().position(|connection| {
+            connection.state == ConnectionState::Connected && connection.client == client
+        });
+        match found {
+            Some(index) => self.send(io, index, message),
+            None => {
+                self.metrics.messages_dropped += 1;
+                false
+            }
+        }
+    }
+
+    /// Advances the bus's clock: closes connections whose peer stopped draining, and retries a
+    /// failed accept. Call every `TICK_MS`.
+    pub fn on_tick(&mut self, io: &mut Io) {
+        self.ticks += 1;
+        if self.accept_paused {
+            self.accept_paused = false;
+            self.accept_submit(io);
+        }
+        for index in 0..self.connections.len() {
+            let connection = &self.connections[index];
+            let stalled = connection.state == ConnectionState::Connected
+                && connection.send_in_flight
+                && self.ticks - connection.send_submitted_tick > SEND_STALL_TICKS_MAX;
+            if stalled {
+                self.close(io, index, CloseReason::Stalled);
+            }
+        }
+    }
+
+    /// Resumes the connections that stopped receiving for want of room in the inbox or the
+    /// pool. Call after draining the inbox.
+    pub fn flush(&mut self, io: &mut Io) {
+        for index in 0..self.connections.len() {
+            let connection = &self.connections[index];
+            if connection.state == ConnectionState::Connected && !connection.receive_in_flight {
+                self.receive_progress(io, index);
+            }
+        }
+    }
+
+    /// Takes back a finished network operation from the shared ring.
+    pub fn on_completion(&mut self, io: &mut Io, completed: Completed) {
+        match completed.operation {
+            Operation::Accept { .. } => self.accept_complete(io, completed.result),
+            Operation::Receive { token, buffer, .. } => {
+                self.receive_complete(io, token, buffer, completed.result)
+            }
+            Operation::Send { token, length, .. } => {
+                self.send_complete(io, token, length, completed.result)
+            }
+            Operation::Close { token, .. } => self.close_complete(token),
+            operation => panic!("the bus received a completion it did not submit: {operation:?}"),
+        }
+    }
+
+    /// Connections open (not closing).
+    pub fn connection_count(&self) -> usize {
+        let connected = |connection: &&Connection| connection.state == ConnectionState::Connected;
+        self.connections.iter().filter(connected).count()
+    }
+
+    /// Connections holding a socket, closing ones included.
+    pub fn socket_count(&self) -> usize {
+        let used = |connection: &&Connection| connection.state != ConnectionState::Free;
+        self.connections.iter().filter(used).count()
+    }
+
+    pub fn metrics(&self) -> BusMetrics {
+        self.metrics
+    }
+}
+
+/// Accepting.
+impl MessageBus {
+    fn accept_submit(&mut self, io: &mut Io) {
+        let Some(listener) = &self.listener else { return };
+        if self.accept_in_flight {
+            return;
+        }
+        io.submit(Operation::Accept { fd: listener.as_raw_fd() });
+        self.accept_in_flight = true;
+    }
+
+    fn accept_complete(&mut self, io: &mut Io, result: Result<usize, IoError>) {
+        assert!(self.accept_in_flight);
+        self.accept_in_flight = false;
+        match result {
+            Ok(fd) => {
+                let fd = RawFd::try_from(fd).expect("accept returns a descriptor");
+                self.accept_failing = false;
+                self.connection_open(io, fd);
+                self.accept_submit(io);
+            }
+            Err(error) => {
+                // Out of descriptors or memory, or a connection reset before we took it: try
+                // again next tick rather than spin, and log the first failure of a streak.
+                if !self.accept_failing {
+                    eprintln!("message bus: accept failed (retrying every tick): {error}");
+                }
+                self.accept_failing = true;
+                self.accept_paused = true;
+            }
+        }
+    }
+
+    fn connection_open(&mut self, io: &mut Io, fd: RawFd) {
+        let free = self
+            .connections
+            .iter()
+            .position(|connection| connection.state == ConnectionState::Free);
+        let Some(index) = free else {
+            self.metrics.connections_refused += 1;
+            if !self.refused_logged {
+                self.refused_logged = true;
+                let peer = socket::peer_address(fd);
+                eprintln!(
+                    "message bus: refusing {}: all {CONNECTIONS_MAX} connections in use \
+                     (logged once until one closes)",
+                    PeerDisplay(peer)
+                );
+            }
+            socket::close(fd);
+            return;
+        };
+        let peer = socket::peer_address(fd);
+        if let Err(error) = socket::connection_configure(fd, self.socket_buffer_size_bytes) {
+            eprintln!("message bus: closing {}: socket setup failed: {error}", PeerDisplay(peer));
+            socket::close(fd);
+            return;
+        }
+        let connection = &mut self.connections[index];
+        assert!(connection.receive_buffer.is_none() && connection.send_queue.is_empty());
+        assert!(!connection.receive_in_flight && !connection.send_in_flight);
+        connection.state = ConnectionState::Connected;
+        connection.fd = fd;
+        connection.peer = peer;
+        connection.client = 0;
+        connection.receive_reset();
+        self.metrics.connections_accepted += 1;
+        self.receive_progress(io, index);
+    }
+}
+
+/// Receiving.
+impl MessageBus {
+    fn receive_complete(
+        &mut self,
+        io: &mut Io,
+        token: ConnectionToken,
+        buffer: Message,
+        result: Result<usize, IoError>,
+    ) {
+        let index = self.connection_index(token);
+        let connection = &mut self.connections[index];
+        assert!(connection.receive_in_flight);
+        assert!(connection.receive_buffer.is_none());
+        connection.receive_in_flight = false;
+        if connection.state != ConnectionState::Connected {
+            drop(buffer);
+            return self.close_maybe(io, index);
+        }
+        connection.receive_buffer = Some(buffer);
+        match result {
+            Ok(0) => self.close(io, index, CloseReason::PeerClosed),
+            Ok(count) => {
+                connection.received_bytes += count;
+                let capacity =
+                    connection.receive_buffer.as_ref().map_or(0, |buffer| buffer.buffer().len());
+                assert!(connection.received_bytes <= capacity);
+                self.receive_progress(io, index);
+            }
+            Err(error) => self.close(io, index, CloseReason::Failed("receive failed", error)),
+        }
+    }
+
+    /// Hands over every whole message received, then receives more, unless the connection
+    /// must wait for room or was closed.
+    fn receive_progress(&mut self, io: &mut Io, index: usize) {
+        assert_eq!(self.connections[index].state, ConnectionState::Connected);
+        assert!(!self.connections[index].receive_in_flight);
+        if self.connections[index].receive_buffer.is_none() {
+            match self.buffer_take() {
+                Some(buffer) => self.connections[index].receive_buffer = Some(buffer),
+                None => return, // `flush` retries.
+            }
+        }
+        loop {
+            match self.frame(index) {
+                Frame::Incomplete => break,
+                Frame::Invalid(reason) => {
+                    return self.close(io, index, CloseReason::Invalid(reason));
+                }
+                Frame::Message => {
+                    if !self.deliver(index) {
+                        return; // `flush` retries.
+                    }
+                }
+            }
+        }
+        self.receive_submit(io, index);
+    }
+
+    /// Validates what the receive buffer holds, as far as it goes.
+    fn frame(&mut self, index: usize) -> Frame {
+        let cluster = self.cluster;
+        let message_size_max = self.message_size_max;
+        let connection = &mut self.connections[index];
+        if connection.message_ready {
+            return Frame::Message;
+        }
+        let received_bytes = connection.received_bytes;
+        let buffer = connection.receive_buffer.as_ref().expect("receive buffer present");
+        let header = match connection.header {
+            Some(header) => header,
+            None => {
+                if received_bytes < HEADER_SIZE {
+                    return Frame::Incomplete;
+                }
+                match header_check(&buffer.buffer()[..HEADER_SIZE], cluster, message_size_max) {
+                    Ok(header) => *connection.header.insert(header),
+                    Err(reason) => return Frame::Invalid(reason),
+                }
+            }
+        };
+        let size = header.size as usize;
+        if received_bytes < size {
+            return Frame::Incomplete;
+        }
+        if !header.valid_checksum_body(&buffer.buffer()[HEADER_SIZE..size]) {
+            return Frame::Invalid("body checksum wrong");
+        }
+        connection.message_ready = true;
+        Frame::Message
+    }
+
+    /// Moves the whole message at the start of the receive buffer to the inbox, carrying the
+    /// bytes after it into a fresh buffer. Returns false if there is no room for either.
+    fn deliver(&mut self, index: usize) -> bool {
+        if self.inbox.len() >= INBOX_MAX {
+            return false;
+        }
+        let Some(mut next) = self.buffer_take() else { return false };
+        let connection = &mut self.connections[index];
+        assert!(connection.message_ready);
+        let header = connection.header.expect("a ready message has a header");
+        let message = connection.receive_buffer.take().expect("receive buffer present");
+        let size = header.size as usize;
+        let carried_bytes = connection.received_bytes - size;
+        next.buffer_mut_unique()[..carried_bytes]
+            .copy_from_slice(&message.buffer()[size..connection.received_bytes]);
+        connection.receive_buffer = Some(next);
+        connection.receive_reset();
+        connection.received_bytes = carried_bytes;
+        if matches!(header.command(), Some(Command::Request | Command::PingClient)) {
+            self.client_learn(index, header.client);
+        }
+        assert_eq!(message.references(), 1);
+        self.inbox.push_back(message);
+        self.metrics.messages_received += 1;
+        true
+    }
+
+    fn receive_submit(&mut self, io: &mut Io, index: usize) {
+        let connection = &mut self.connections[index];
+        assert_eq!(connection.state, ConnectionState::Connected);
+        assert!(!connection.receive_in_flight);
+        let buffer = connection.receive_buffer.take().expect("receive buffer present");
+        let offset = connection.received_bytes;
+        let length = buffer.buffer().len() - offset;
+        assert!(length > 0, "a buffer holding a partial message has room for the rest");
+        let token = connection.token(index);
+        connection.receive_in_flight = true;
+        io.submit(Operation::Receive { fd: connection.fd, token, buffer, offset, length });
+    }
+
+    /// A buffer for receiving, unless that would leave the replica less than its reserve.
+    fn buffer_take(&mut self) -> Option<Message> {
+        if self.pool.free_count() <= POOL_RESERVE {
+            return None;
+        }
+        let buffer = self.pool.try_get()?;
+        assert_eq!(buffer.references(), 1);
+        Some(buffer)
+    }
+
+    /// Records that `client` lives on connection `index`. A client that reconnects supersedes
+    /// its older connection.
+    fn client_learn(&mut self, index: usize, client: ClientId) {
+        assert_ne!(client, 0, "validated headers of requests and pings name a client");
+        if self.connections[index].client == client {
+            return;
+        }
+        for connection in self.connections.iter_mut() {
+            if connection.client == client {
+                connection.client = 0;
+            }
+        }
+        self.connections[index].client = client;
+    }
+}
+
+/// Sending.
+impl MessageBus {
+    fn send(&mut self, io: &mut Io, index: usize, message: Message) -> bool {
+        let connection = &mut self.connections[index];
+        assert_eq!(connection.state, ConnectionState::Connected);
+        let size = message.header().size as usize;
+        assert!(size >= HEADER_SIZE && size <= self.message_size_max);
+        if connection.send_queue.len() >= CONNECTION_SEND_QUEUE_MAX {
+            // The peer is slow or stuck: dropping keeps memory bounded and the loop moving;
+            // `on_tick` closes the connection if the send in flight makes no progress.
+            self.metrics.messages_dropped += 1;
+            return false;
+        }
+        connection.send_queue.push_back(message);
+        self.send_submit(io, index);
+        true
+    }
+
+    fn send_submit(&mut self, io: &mut Io, index: usize) {
+        let ticks = self.ticks;
+        let connection = &mut self.connections[index];
+        if connection.send_in_flight {
+            return;
+        }
+        let Some(message) = connection.send_queue.front() else { return };
+        let length = message.header().size as usize;
+        let buffer = message.clone();
+        let token = connection.token(index);
+        connection.send_in_flight = true;
+        connection.send_submitted_tick = ticks;
+        io.submit(Operation::Send { fd: connection.fd, token, buffer, offset: 0, length });
+    }
+
+    fn send_complete(
+        &mut self,
+        io: &mut Io,
+        token: ConnectionToken,
+        length: usize,
+        result: Result<usize, IoError>,
+    ) {
+        let index = self.connection_index(token);
+        let connection = &mut self.connections[index];
+        assert!(connection.send_in_flight);
+        connection.send_in_flight = false;
+        if connection.state != ConnectionState::Connected {
+            return self.close_maybe(io, index);
+        }
+        match result {
+            Ok(sent) => {
+                assert_eq!(sent, length, "the ring completes a send whole");
+                let message = connection.send_queue.pop_front().expect("the sent message");
+                assert_eq!(message.header().size as usize, length);
+                self.metrics.messages_sent += 1;
+                self.send_submit(io, index);
+            }
+            Err(error) => self.close(io, index, CloseReason::Failed("send failed", error)),
+        }
+    }
+}
+
+/// Closing.
+impl MessageBus {
+    fn close(&mut self, io: &mut Io, index: usize, reason: CloseReason) {
+        let connection = &mut self.connections[index];
+        assert_eq!(connection.state, ConnectionState::Connected);
+        let peer = PeerDisplay(connection.peer);
+        match reason {
+            CloseReason::PeerClosed => {}
+            CloseReason::Invalid(reason) => {
+                eprintln!("message bus: closing {peer}: invalid message: {reason}")
+            }
+            CloseReason::Failed(operation, error) => {
+                eprintln!("message bus: closing {peer}: {operation}: {error}")
+            }
+            CloseReason::Stalled => eprintln!(
+                "message bus: closing {peer}: peer drained nothing for {SEND_STALL_TICKS_MAX} \
+                 ticks"
+            ),
+        }
+        connection.state = ConnectionState::Closing;
+        connection.client = 0;
+        connection.send_queue.clear();
+        connection.receive_buffer = None;
+        connection.receive_reset();
+        socket::shutdown(connection.fd);
+        self.metrics.connections_closed += 1;
+        self.close_maybe(io, index);
+    }
+
+    /// Closes the descriptor once no operation in the ring uses it.
+    fn close_maybe(&mut self, io: &mut Io, index: usize) {
+        let connection = &mut self.connections[index];
+        assert_eq!(connection.state, ConnectionState::Closing);
+        if connection.receive_in_flight || connection.send_in_flight {
+            return;
+        }
+        assert!(connection.receive_buffer.is_none() && connection.send_queue.is_empty());
+        connection.state = ConnectionState::CloseSubmitted;
+        io.submit(Operation::Close { fd: connection.fd, token: connection.token(index) });
+    }
+
+    fn close_complete(&mut self, token: ConnectionToken) {
+        let index = self.connection_index(token);
+        let connection = &mut self.connections[index];
+        assert_eq!(connection.state, ConnectionState::CloseSubmitted);
+        connection.state = ConnectionState::Free;
+        connection.generation = connection.generation.wrapping_add(1);
+        connection.fd = -1;
+        connection.peer = None;
+        self.refused_logged = false;
+    }
+
+    fn connection_index(&self, token: ConnectionToken) -> usize {
+        let index = token.index as usize;
+        assert!(index < self.connections.len());
+        assert_eq!(self.connections[index].generation, token.generation);
+        assert_ne!(self.connections[index].state, ConnectionState::Free);
+        index
+    }
+}
+
+impl Drop for MessageBus {
+    /// Ends every socket still open. Operations still in the ring complete (or are cancelled)
+    /// when the ring drops; a descriptor whose close is in the ring is the ring's to close.
+    fn drop(&mut self) {
+        for connection in self.connections.iter() {
+            if matches!(connection.state, ConnectionState::Connected | ConnectionState::Closing) {
+                socket::shutdown(connection.fd);
+                socket::close(connection.fd);
+            }
+        }
+        if let Some(listener) = &self.listener {
+            socket::shutdown(listener.as_raw_fd());
+        }
+    }
+}
+
+/// Decodes and checks a header from the wire: its checksum and `invalid()`, then what depends
+/// on this replica: the cluster, the configured size limit, and that a replica takes it.
+fn header_check(
+    bytes: &[u8],
+    cluster: ClusterId,
+    message_size_max: usize,
+) -> Result<Header, &'static str> {
+    let header = Header::decode(bytes)?;
+    if header.cluster != cluster {
+        return Err("wrong cluster");
+    }
+    if header.size as usize > message_size_max {
+        return Err("size larger than this cluster's message_size_max");
+    }
+    match header.command().expect("decode checked the command") {
+        // Only a replica sends these, and only to clients.
+        Command::Reply | Command::PongClient | Command::Eviction => {
+            Err("command not accepted by a replica")
+        }
+        _ => Ok(header),
+    }
+}
+
+/// A peer address for log lines, which may be unknown.
+struct PeerDisplay(Option<SocketAddr>);
+
+impl std::fmt::Display for PeerDisplay {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(address) => write!(formatter, "connection from {address}"),
+            None => write!(formatter, "connection from an unknown address"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,410 @@
+//! Message bus tests over real sockets on 127.0.0.1: framing, validation of untrusted bytes,
+//! the connection limit, replies, back-pressure from a stuck peer, and no allocation after
+//! startup.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::io::allocator;
+use crate::io::ring::Wait;
+use crate::vsr::header::Operation as RequestOperation;
+
+const CLUSTER: ClusterId = 7;
+const MESSAGE_SIZE_MAX: usize = 64 * 1024;
+const POOL_COUNT: usize = 2 * CONNECTIONS_MAX + 16;
+
+struct Harness {
+    // Dropped before `io`: the bus shuts its sockets down, so the ring's drop finds its
+    // operations completing.
+    bus: MessageBus,
+    io: Io,
+    pool: MessagePool,
+    address: SocketAddr,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with_pool(POOL_COUNT)
+    }
+
+    fn with_pool(pool_count: usize) -> Harness {
+        let pool = MessagePool::new(pool_count, MESSAGE_SIZE_MAX);
+        let mut io = Io::new().unwrap();
+        let mut bus = MessageBus::new(pool.clone(), CLUSTER, MESSAGE_SIZE_MAX);
+        let address = bus.listen(&mut io, "127.0.0.1:0".parse().unwrap()).unwrap();
+        Harness { bus, io, pool, address }
+    }
+
+    /// A connected client, accepted by the bus.
+    fn connect(&mut self) -> TcpStream {
+        let count = self.bus.metrics().connections_accepted;
+        let client = TcpStream::connect(self.address).unwrap();
+        client.set_nodelay(true).unwrap();
+        self.pump_until(|harness| harness.bus.metrics().connections_accepted > count);
+        client
+    }
+
+    /// One turn of the driver loop, waiting at most a millisecond.
+    fn pump(&mut self) {
+        self.io.run(Wait::Timeout { timeout_ns: 1_000_000 });
+        while let Some(completed) = self.io.pop_completed() {
+            assert!(completed.operation.is_network());
+            self.bus.on_completion(&mut self.io, completed);
+        }
+        self.bus.flush(&mut self.io);
+    }
+
+    fn pump_until(&mut self, mut condition: impl FnMut(&mut Harness) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition(self) {
+            assert!(Instant::now() < deadline, "timed out");
+            self.pump();
+        }
+    }
+
+    /// The next `count` messages from the inbox.
+    fn receive(&mut self, count: usize) -> Vec<Message> {
+        let mut messages = Vec::with_capacity(count);
+        self.pump_until(|harness| {
+            while let Some(message) = harness.bus.receive() {
+                messages.push(message);
+            }
+            messages.len() >= count
+        });
+        assert_eq!(messages.len(), count);
+        messages
+    }
+
+    /// Waits until the bus has closed the client's connection, then checks the client reads
+    /// the end of the stream.
+    fn expect_closed(&mut self, client: &mut TcpStream, sockets_left: usize) {
+        self.pump_until(|harness| harness.bus.socket_count() == sockets_left);
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(client.read(&mut byte).unwrap(), 0, "the client sees the end of the stream");
+    }
+}
+
+/// The bytes of a valid request from `client` with `body`.
+fn request(client: ClientId, number: u32, body: &[u8]) -> Vec<u8> {
+    let mut header = Header::new(Command::Request, CLUSTER);
+    header.client = client;
+    header.request = number;
+    header.operation = RequestOperation::Append as u8;
+    header.size = (HEADER_SIZE + body.len()) as u32;
+    header.set_checksum_body(body);
+    header.set_checksum();
+    assert_eq!(header.invalid(), None);
+    let mut bytes = zerocopy::IntoBytes::as_bytes(&header).to_vec();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+fn ping_client(client: ClientId) -> Vec<u8> {
+    let mut header = Header::new(Command::PingClient, CLUSTER);
+    header.client = client;
+    header.timestamp = 1;
+    header.set_checksum_body(&[]);
+    header.set_checksum();
+    assert_eq!(header.invalid(), None);
+    zerocopy::IntoBytes::as_bytes(&header).to_vec()
+}
+
+fn body(seed: u8, size: usize) -> Vec<u8> {
+    (0..size).map(|position| (position as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+/// A message from the pool holding `bytes` (a reply to send).
+fn message(pool: &MessagePool, bytes: &[u8]) -> Message {
+    let mut message = pool.get();
+    message.buffer_mut_unique()[..bytes.len()].copy_from_slice(bytes);
+    message
+}
+
+fn reply(client: ClientId, body: &[u8]) -> Vec<u8> {
+    let mut header = Header::new(Command::Reply, CLUSTER);
+    header.client = client;
+    header.size = (HEADER_SIZE + body.len()) as u32;
+    header.set_checksum_body(body);
+    header.set_checksum();
+    let mut bytes = zerocopy::IntoBytes::as_bytes(&header).to_vec();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Re-seals a header after a test edits it, so that only the intended defect remains.
+fn header_edit(bytes: &mut [u8], edit: impl FnOnce(&mut Header)) {
+    let mut header = Header::read_from_prefix(bytes).unwrap().0;
+    edit(&mut header);
+    header.set_checksum();
+    bytes[..HEADER_SIZE].copy_from_slice(zerocopy::IntoBytes::as_bytes(&header));
+}
+
+use zerocopy::FromBytes;
+
+#[test]
+fn request_is_delivered_intact() {
+    // Goal: a request written by a client arrives in the inbox byte for byte, as a handle
+    // nobody else holds, and the connection is tied to the request's client.
+    let mut harness = Harness::new();
+    let mut client = harness.connect();
+    let bytes = request(41, 1, &body(1, 1000));
+    client.write_all(&bytes).unwrap();
+    let messages = harness.receive(1);
+    assert_eq!(messages[0].bytes(), &bytes[..]);
+    assert_eq!(messages[0].references(), 1);
+    assert_eq!(harness.bus.metrics().messages_received, 1);
+    drop(messages);
+    let reply = message(&harness.pool, &reply(41, &[]));
+    assert!(harness.bus.send_to_client(&mut harness.io, 41, reply));
+}
+
+#[test]
+fn two_messages_in_one_write_are_both_delivered() {
+    // Goal: bytes past the end of one message (a pipelined second message, and a third cut
+    // mid-header) are carried into the next buffer and framed in order.
+    let mut harness = Harness::new();
+    let mut client = harness.connect();
+    let first = request(42, 1, &body(2, 300));
+    let second = request(42, 2, &body(3, MESSAGE_SIZE_MAX - HEADER_SIZE));
+    let third = request(42, 3, &[]);
+    let mut bytes = first.clone();
+    bytes.extend_from_slice(&second);
+    bytes.extend_from_slice(&third[..50]);
+    client.write_all(&bytes).unwrap();
+    let messages = harness.receive(2);
+    assert_eq!(messages[0].bytes(), &first[..]);
+    assert_eq!(messages[1].bytes(), &second[..]);
+    client.write_all(&third[50..]).unwrap();
+    let messages = harness.receive(1);
+    assert_eq!(messages[0].bytes(), &third[..]);
+}
+
+#[test]
+fn message_split_into_single_bytes_is_delivered() {
+    // Goal: a message that arrives one byte per receive (header included) is still framed and
+    // delivered intact, once.
+    let mut harness = Harness::new();
+    let mut client = harness.connect();
+    let bytes = request(43, 1, &body(4, 200));
+    for byte in &bytes {
+        client.write_all(std::slice::from_ref(byte)).unwrap();
+        harness.pump();
+        assert!(harness.bus.inbox.is_empty() || harness.bus.inbox.len() == 1);
+    }
+    let messages = harness.receive(1);
+    assert_eq!(messages[0].bytes(), &bytes[..]);
+    harness.pump();
+    assert!(harness.bus.receive().is_none());
+}
+
+#[test]
+fn receiving_waits_for_room_in_the_inbox_and_the_pool() {
+    // Goal: a burst of pipelined messages larger than the inbox stops at INBOX_MAX until the
+    // driver drains it; with the pool down to its reserve, the connection waits for a buffer
+    // instead of taking the replica's; after each wait, `flush` resumes and every message
+    // arrives once, in order.
+    let mut harness = Harness::new();
+    let mut client = harness.connect();
+    let burst: Vec<Vec<u8>> =
+        (0..INBOX_MAX + 10).map(|index| request(51, index as u32 + 1, &body(1, 16))).collect();
+    client.write_all(&burst.concat()).unwrap();
+    harness.pump_until(|harness| harness.bus.inbox.len() == INBOX_MAX);
+    for _ in 0..10 {
+        harness.pump();
+    }
+    assert_eq!(harness.bus.inbox.len(), INBOX_MAX);
+    let messages = harness.receive(burst.len());
+    for (message, bytes) in messages.iter().zip(&burst) {
+        assert_eq!(message.bytes(), &bytes[..]);
+    }
+    drop(messages);
+
+    let mut harness = Harness::with_pool(POOL_RESERVE + 2);
+    let mut client = harness.connect();
+    client.write_all(&burst[..3].concat()).unwrap();
+    // One buffer receives, one more carries past the first message; then only the reserve
+    // is left, and the second message waits.
+    harness.pump_until(|harness| harness.bus.inbox.len() == 1);
+    for _ in 0..10 {
+        harness.pump();
+    }
+    assert_eq!(harness.bus.inbox.len(), 1);
+    assert_eq!(harness.pool.free_count(), POOL_RESERVE);
+    for bytes in &burst[..3] {
+        let message = harness.receive(1);
+        assert_eq!(message[0].bytes(), &bytes[..]);
+    }
+}
+
+#[test]
+fn invalid_messages_close_only_their_connection() {
+    // Goal: a bad header checksum, a bad body checksum, the wrong cluster, a size above the
+    // cluster's message_size_max, an unknown command and a command meant for clients each close
+    // the sender's connection (it reads the end of the stream), while another connection keeps
+    // being served.
+    let mut harness = Harness::new();
+    let mut good = harness.connect();
+    let valid = request(44, 1, &body(5, 100));
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut bytes = valid.clone();
+    bytes[20] ^= 1;
+    cases.push(("header checksum", bytes));
+    let mut bytes = valid.clone();
+    bytes[HEADER_SIZE + 3] ^= 1;
+    cases.push(("body checksum", bytes));
+    let mut bytes = valid.clone();
+    header_edit(&mut bytes, |header| header.cluster = CLUSTER + 1);
+    cases.push(("wrong cluster", bytes));
+    let mut bytes = valid.clone();
+    header_edit(&mut bytes, |header| header.size = MESSAGE_SIZE_MAX as u32 + 1);
+    cases.push(("oversize", bytes));
+    let mut bytes = valid.clone();
+    header_edit(&mut bytes, |header| header.command = 200);
+    cases.push(("unknown command", bytes));
+    cases.push(("reply from a client", reply(44, &[])));
+    for (round, (name, bytes)) in cases.into_iter().enumerate() {
+        let mut bad = harness.connect();
+        bad.write_all(&bytes).unwrap();
+        harness.expect_closed(&mut bad, 1);
+        assert_eq!(harness.bus.metrics().connections_closed, round as u64 + 1, "{name}");
+        let bytes = request(44, round as u32 + 1, &body(round as u8, 10));
+        good.write_all(&bytes).unwrap();
+        let messages = harness.receive(1);
+        assert_eq!(messages[0].bytes(), &bytes[..], "{name}");
+    }
+    assert_eq!(harness.bus.connection_count(), 1);
+}
+
+#[test]
+fn connections_beyond_the_limit_are_refused() {
+    // Goal: with CONNECTIONS_MAX connections open, one more is accepted and closed at once
+    // (the client reads the end of the stream); once a connection closes, a new one is served.
+    let mut harness = Harness::new();
+    let mut clients: Vec<TcpStream> = (0..CONNECTIONS_MAX).map(|_| harness.connect()).collect();
+    assert_eq!(harness.bus.connection_count(), CONNECTIONS_MAX);
+    let mut refused = TcpStream::connect(harness.address).unwrap();
+    harness.pump_until(|harness| harness.bus.metrics().connections_refused == 1);
+    refused.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(refused.read(&mut [0u8; 1]).unwrap(), 0);
+    drop(clients.pop());
+    harness.pump_until(|harness| harness.bus.socket_count() == CONNECTIONS_MAX - 1);
+    let mut client = harness.connect();
+    let bytes = request(45, 1, &[]);
+    client.write_all(&bytes).unwrap();
+    assert_eq!(harness.receive(1)[0].bytes(), &bytes[..]);
+    assert_eq!(harness.bus.connection_count(), CONNECTIONS_MAX);
+    assert_eq!(harness.bus.metrics().connections_refused, 1);
+}
+
+#[test]
+fn send_to_client_delivers_the_message() {
+    // Goal: once a client has pinged, a message sent to its id arrives on its socket intact;
+    // a message for an unknown client is dropped and reported.
+    let mut harness = Harness::new();
+    let mut client = harness.connect();
+    client.write_all(&ping_client(46)).unwrap();
+    drop(harness.receive(1));
+    let bytes = reply(46, &body(6, 5000));
+    let reply = message(&harness.pool, &bytes);
+    assert!(harness.bus.send_to_client(&mut harness.io, 46, reply.clone()));
+    assert!(!harness.bus.send_to_client(&mut harness.io, 47, reply));
+    harness.pump_until(|harness| harness.bus.metrics().messages_sent == 1);
+    let mut received = vec![0u8; bytes.len()];
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client.read_exact(&mut received).unwrap();
+    assert_eq!(received, bytes);
+    assert_eq!(harness.bus.metrics().messages_dropped, 1);
+}
+
+#[test]
+fn peer_that_never_reads_cannot_block_the_bus() {
+    // Goal: a client that never reads fills its socket buffers; the bus drops what no longer
+    // fits its send queue, keeps serving another client meanwhile, closes the stuck connection
+    // after SEND_STALL_TICKS_MAX ticks, and gives back every buffer it held.
+    let mut harness = Harness::new();
+    let mut active = harness.connect();
+    let mut stuck = harness.connect();
+    stuck.write_all(&ping_client(48)).unwrap();
+    active.write_all(&ping_client(49)).unwrap();
+    drop(harness.receive(2));
+    let free_before = harness.pool.free_count();
+    let big = reply(48, &body(7, MESSAGE_SIZE_MAX - HEADER_SIZE));
+    let mut accepted = 0;
+    while harness.bus.send_to_client(&mut harness.io, 48, message(&harness.pool, &big)) {
+        accepted += 1;
+        assert!(accepted < 1000, "the stuck peer's queue never filled");
+        harness.pump();
+    }
+    assert!(accepted > CONNECTION_SEND_QUEUE_MAX);
+    assert_eq!(harness.pool.free_count(), free_before - CONNECTION_SEND_QUEUE_MAX);
+    assert_eq!(harness.bus.metrics().messages_dropped, 1);
+    // The other client is served, both ways, while the stuck one holds its queue.
+    let bytes = request(49, 1, &body(8, 64));
+    active.write_all(&bytes).unwrap();
+    assert_eq!(harness.receive(1)[0].bytes(), &bytes[..]);
+    let pong = reply(49, &[]);
+    assert!(harness.bus.send_to_client(&mut harness.io, 49, message(&harness.pool, &pong)));
+    harness.pump();
+    let mut received = vec![0u8; pong.len()];
+    active.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    active.read_exact(&mut received).unwrap();
+    assert_eq!(received, pong);
+    for _ in 0..=SEND_STALL_TICKS_MAX {
+        harness.bus.on_tick(&mut harness.io);
+    }
+    harness.pump_until(|harness| harness.bus.socket_count() == 1);
+    // Its send queue and its receive buffer went back to the pool.
+    assert_eq!(harness.pool.free_count(), free_before + 1);
+    assert_eq!(harness.bus.connection_count(), 1);
+    assert!(!harness.bus.send_to_client(&mut harness.io, 48, message(&harness.pool, &big)));
+}
+
+#[test]
+fn bus_does_not_allocate_after_startup() {
+    // Goal: accepting connections, receiving requests (pipelined and whole) and sending
+    // replies allocate nothing once the bus is set up.
+    let mut harness = Harness::new();
+    let mut clients: Vec<TcpStream> =
+        (0..2).map(|_| TcpStream::connect(harness.address).unwrap()).collect();
+    // Requests 0 and 2 come from client 50 on the first connection, 1 and 3 from client 51 on
+    // the second.
+    let requests: Vec<Vec<u8>> = (0..4)
+        .map(|index| request(50 + index as u64 % 2, 1 + index as u32 / 2, &body(index, 3000)))
+        .collect();
+    let replies: Vec<Vec<u8>> = (0..2).map(|index| reply(50 + index, &body(9, 700))).collect();
+    let mut pipelined = [requests[2].clone(), requests[3].clone()];
+    pipelined[0].extend_from_slice(&requests[0]);
+    pipelined[1].extend_from_slice(&requests[1]);
+    let mut received = vec![0u8; replies[0].len()];
+    let mut inbox: Vec<Message> = Vec::with_capacity(8);
+    allocator::arm();
+    for round in 0..3 {
+        clients[round % 2].write_all(&requests[round % 2]).unwrap();
+        clients[0].write_all(&pipelined[0]).unwrap();
+        clients[1].write_all(&pipelined[1]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while inbox.len() < 5 && Instant::now() < deadline {
+            harness.pump();
+            while let Some(message) = harness.bus.receive() {
+                inbox.push(message);
+            }
+        }
+        assert_eq!(inbox.len(), 5);
+        inbox.clear();
+        for (index, client) in clients.iter_mut().enumerate() {
+            let reply = message(&harness.pool, &replies[index]);
+            assert!(harness.bus.send_to_client(&mut harness.io, 50 + index as u64, reply));
+            harness.pump();
+            client.read_exact(&mut received).unwrap();
+            assert!(received == replies[index]);
+        }
+    }
+    let allocations = allocator::allocations_since_armed();
+    allocator::disarm();
+    assert_eq!(allocations, 0);
+    assert_eq!(harness.bus.metrics().messages_received, 15);
+    assert_eq!(harness.bus.metrics().messages_sent, 6);
+}

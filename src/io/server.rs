@@ -1,0 +1,319 @@
+//! `kimberlite start`: opens the data file, brings the replica up from it, and runs the event
+//! loop: one thread, one io_uring ring for the data file and the sockets.
+//!
+//! Startup allocates everything (the message pool, the replica, the bus); the loop then arms
+//! the allocation guard and allocates nothing. Each turn of the loop waits on the ring until a
+//! completion arrives or the next 10 ms tick is due, then hands disk completions to the replica,
+//! network completions to the bus, received messages to the replica, ticks both every `TICK_MS`,
+//! and moves the replica's outgoing messages to the bus. The replica stops rather than diverge:
+//! its `Failed` status ends the loop with its reason.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::constants::{IO_OPERATIONS_MAX, TICK_MS};
+use crate::io::allocator;
+use crate::io::data_file;
+use crate::io::message_bus::MessageBus;
+use crate::io::ring::Wait;
+use crate::io::storage::IoStorage;
+use crate::vsr::layout::Config;
+use crate::vsr::message_pool::{MessagePool, messages_max_replica};
+use crate::vsr::replica::{Destination, Replica, Status};
+use crate::vsr::storage::Storage;
+use crate::vsr::superblock::SuperBlock;
+
+/// Runs the replica of the data file at `path`, listening on its entry of `addresses` (indexed
+/// by replica), until it fails. Returns only with an error an operator can act on.
+pub fn start(path: &Path, addresses: &[SocketAddr]) -> Result<(), String> {
+    let running = AtomicBool::new(true);
+    start_while(path, addresses, &running, |_| {}).map(|_| ())
+}
+
+/// `start`, returning once `running` is false (checked every turn of the loop, so within a
+/// tick) with the count of heap allocations the loop made (zero, or a bug). `listening` gets
+/// the bound address (tests listen on port 0).
+pub(crate) fn start_while(
+    path: &Path,
+    addresses: &[SocketAddr],
+    running: &AtomicBool,
+    listening: impl FnOnce(SocketAddr),
+) -> Result<u64, String> {
+    let data_file = data_file::open(path, false).map_err(|error| error.to_string())?;
+    let mut storage = IoStorage::new(data_file.file, true)
+        .map_err(|error| format!("{}: io_uring setup failed: {error}", path.display()))?;
+    let config = config_read(&mut storage, path)?;
+    let address = address_of_replica(&config, addresses)?;
+    let pool = MessagePool::new(messages_max_replica(), config.message_size_max as usize);
+    let mut replica = Replica::new(&config, pool.clone());
+    replica_open(&mut replica, &mut storage)
+        .map_err(|reason| format!("{}: cannot open the replica: {reason}", path.display()))?;
+    let mut bus = MessageBus::new(pool, config.cluster, config.message_size_max as usize);
+    let bound = bus
+        .listen(storage.io(), address)
+        .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    println!(
+        "replica {} listening on {bound} (cluster {}, op {})",
+        config.replica,
+        config.cluster,
+        replica.op()
+    );
+    listening(bound);
+    allocator::arm();
+    let mut server = Server { replica, storage, bus, allocations_logged: false };
+    let result = server.run(running);
+    let allocations = allocator::allocations_since_armed();
+    allocator::disarm();
+    result.map_err(|reason| format!("{}: replica stopped: {reason}", path.display()))?;
+    Ok(allocations)
+}
+
+/// The cluster configuration stored in the data file's superblock.
+fn config_read(storage: &mut IoStorage, path: &Path) -> Result<Config, String> {
+    let superblock = SuperBlock::open_blocking(storage)
+        .map_err(|error| format!("{}: cannot read the superblock: {error}", path.display()))?;
+    let config = superblock.working().config();
+    if let Some(reason) = config.invalid() {
+        return Err(format!(
+            "{}: the superblock's configuration is invalid: {reason}",
+            path.display()
+        ));
+    }
+    Ok(config)
+}
+
+/// The address this replica listens on. Only single-replica clusters can run for now.
+fn address_of_replica(config: &Config, addresses: &[SocketAddr]) -> Result<SocketAddr, String> {
+    if config.replica_count != 1 {
+        return Err(format!(
+            "the data file belongs to a cluster of {} replicas; only single-replica clusters \
+             (--replica-count=1) can start yet",
+            config.replica_count
+        ));
+    }
+    if addresses.len() != usize::from(config.replica_count) {
+        return Err(format!(
+            "--addresses lists {} addresses; the cluster has {} replica(s), one address each",
+            addresses.len(),
+            config.replica_count
+        ));
+    }
+    Ok(addresses[usize::from(config.replica)])
+}
+
+/// Opens the replica, feeding it disk completions until it is `Normal` or has failed.
+fn replica_open(replica: &mut Replica, storage: &mut IoStorage) -> Result<(), &'static str> {
+    replica.open(storage);
+    let mut completions = Vec::with_capacity(IO_OPERATIONS_MAX);
+    loop {
+        match replica.status() {
+            Status::Normal => return Ok(()),
+            Status::Failed => return Err(replica.failure().unwrap_or("no reason given")),
+            Status::Init | Status::Recovering => {}
+        }
+        if storage.in_flight() == 0 {
+            return Err("opening stopped with no disk operation in flight");
+        }
+        storage.poll(&mut completions, IO_OPERATIONS_MAX);
+        for completion in completions.drain(..) {
+            replica.on_storage_completion(storage, completion);
+        }
+    }
+}
+
+struct Server {
+    replica: Replica,
+    storage: IoStorage,
+    bus: MessageBus,
+    allocations_logged: bool,
+}
+
+impl Server {
+    /// The event loop. Returns when the replica fails, or once `running` is false.
+    fn run(&mut self, running: &AtomicBool) -> Result<(), &'static str> {
+        let tick = Duration::from_millis(TICK_MS);
+        let mut tick_next = Instant::now() + tick;
+        while running.load(Ordering::Relaxed) {
+            let timeout = tick_next.saturating_duration_since(Instant::now());
+            let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+            self.storage.io().run(Wait::Timeout { timeout_ns });
+            self.completions_dispatch();
+            self.inbox_deliver();
+            let now = Instant::now();
+            if now >= tick_next {
+                // After a stall, tick once and resume the cadence rather than catch up in a
+                // burst: timeouts count ticks of the replica's own progress.
+                tick_next = if now - tick_next > tick { now + tick } else { tick_next + tick };
+                self.replica.on_tick(&mut self.storage, realtime_ns());
+                self.bus.on_tick(self.storage.io());
+                self.outbox_send();
+            }
+            if self.replica.status() == Status::Failed {
+                return Err(self.replica.failure().unwrap_or("no reason given"));
+            }
+            self.allocations_check();
+        }
+        Ok(())
+    }
+
+    /// Hands each finished operation to its owner: disk to the replica, network to the bus.
+    fn completions_dispatch(&mut self) {
+        while let Some(completed) = self.storage.io().pop_completed() {
+            if completed.operation.is_network() {
+                self.bus.on_completion(self.storage.io(), completed);
+            } else {
+                let completion = self.storage.complete(completed);
+                self.replica.on_storage_completion(&mut self.storage, completion);
+                self.outbox_send();
+            }
+        }
+    }
+
+    /// Gives the replica every message received, then lets stalled connections receive again.
+    fn inbox_deliver(&mut self) {
+        while let Some(message) = self.bus.receive() {
+            self.replica.on_message(&mut self.storage, message);
+            self.outbox_send();
+        }
+        self.bus.flush(self.storage.io());
+    }
+
+    /// Moves the replica's outgoing messages to the bus. A message the bus cannot take (the
+    /// client is gone, or its queue is full) is dropped: clients retry.
+    fn outbox_send(&mut self) {
+        while let Some((destination, message)) = self.replica.poll_send() {
+            match destination {
+                Destination::Client(client) => {
+                    self.bus.send_to_client(self.storage.io(), client, message);
+                }
+                // A single-replica cluster has no peers to send to.
+                Destination::Replica(_) => drop(message),
+            }
+        }
+    }
+
+    /// An allocation after startup is a bug (static allocation is proven by the tests): say so
+    /// once, and keep serving.
+    fn allocations_check(&mut self) {
+        if !self.allocations_logged && allocator::allocations_since_armed() > 0 {
+            self.allocations_logged = true;
+            eprintln!(
+                "kimberlite: bug: {} heap allocation(s) after startup (logged once)",
+                allocator::allocations_since_armed()
+            );
+        }
+    }
+}
+
+/// The wall clock, for prepare timestamps (the replica keeps them monotonic).
+fn realtime_ns() -> u64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::Arc;
+
+    use zerocopy::{FromBytes, IntoBytes};
+
+    use super::*;
+    use crate::constants::HEADER_SIZE;
+    use crate::io::format::format_file;
+    use crate::io::scratch::ScratchDirectory;
+    use crate::vsr::header::{ClientId, Command, Header, Operation};
+
+    fn small_config(replica_count: u8) -> Config {
+        Config {
+            journal_slot_count: 64,
+            message_size_max: 64 * 1024,
+            clients_max: 4,
+            grid_size: 8 * 1024 * 1024,
+            streams_max: 64,
+            ..Config::new(21, 0, replica_count)
+        }
+    }
+
+    fn localhost() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    /// Sends `header` (with an empty body) and reads back one message's header.
+    fn exchange(client: &mut TcpStream, mut header: Header) -> Header {
+        header.set_checksum_body(&[]);
+        header.set_checksum();
+        assert_eq!(header.invalid(), None);
+        client.write_all(header.as_bytes()).unwrap();
+        let mut bytes = [0u8; HEADER_SIZE];
+        client.read_exact(&mut bytes).unwrap();
+        let reply = Header::read_from_bytes(&bytes).unwrap();
+        assert!(reply.valid_checksum());
+        let mut body = vec![0u8; reply.size as usize - HEADER_SIZE];
+        client.read_exact(&mut body).unwrap();
+        assert!(reply.valid_checksum_body(&body));
+        reply
+    }
+
+    #[test]
+    fn start_refuses_what_it_cannot_serve() {
+        // Goal: a missing data file, a cluster of three replicas and an address list of the
+        // wrong length each end `start` with an error that says so, before listening.
+        let scratch = ScratchDirectory::new("server-refusals");
+        let missing = start(&scratch.path.join("missing"), &[localhost()]).unwrap_err();
+        assert!(missing.contains("no such data file"), "{missing}");
+        let three = scratch.path.join("0_3.kimberlite");
+        format_file(&three, &small_config(3)).unwrap();
+        let error = start(&three, &[localhost(), localhost(), localhost()]).unwrap_err();
+        assert!(error.contains("only single-replica clusters"), "{error}");
+        let one = scratch.path.join("0_1.kimberlite");
+        format_file(&one, &small_config(1)).unwrap();
+        let error = start(&one, &[localhost(), localhost()]).unwrap_err();
+        assert!(error.contains("lists 2 addresses"), "{error}");
+    }
+
+    #[test]
+    fn started_replica_answers_clients_over_tcp_without_allocating() {
+        // Goal: a formatted single-replica data file starts and listens; over a real socket a
+        // ping_client gets its pong_client and a register request gets its reply (written to the
+        // WAL, committed, answered), the loop allocates nothing after startup, and the replica
+        // stops cleanly when asked.
+        let scratch = ScratchDirectory::new("server-start");
+        let path = scratch.path.join("0_0.kimberlite");
+        let config = small_config(1);
+        format_file(&path, &config).unwrap();
+        let running = Arc::new(AtomicBool::new(true));
+        let (address_sender, address_receiver) = std::sync::mpsc::channel();
+        let server = {
+            let running = running.clone();
+            std::thread::spawn(move || {
+                start_while(&path, &[localhost()], &running, |bound| {
+                    address_sender.send(bound).unwrap()
+                })
+            })
+        };
+        let address = address_receiver.recv_timeout(Duration::from_secs(30)).unwrap();
+        let mut client = TcpStream::connect(address).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let client_id: ClientId = 0x5EED;
+        let mut ping = Header::new(Command::PingClient, config.cluster);
+        ping.client = client_id;
+        ping.timestamp = 77;
+        let pong = exchange(&mut client, ping);
+        assert_eq!(pong.command(), Some(Command::PongClient));
+        assert_eq!((pong.client, pong.timestamp), (client_id, 77));
+        let mut register = Header::new(Command::Request, config.cluster);
+        register.client = client_id;
+        register.operation = Operation::Register as u8;
+        let reply = exchange(&mut client, register);
+        assert_eq!(reply.command(), Some(Command::Reply));
+        assert_eq!(reply.client, client_id);
+        assert_eq!(reply.op, 1);
+        running.store(false, Ordering::Relaxed);
+        let allocations = server.join().unwrap().unwrap();
+        assert_eq!(allocations, 0, "the event loop allocated after startup");
+    }
+}
