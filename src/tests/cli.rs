@@ -1,0 +1,101 @@
+//! The binary as operators use it: `format` and `inspect` exit codes and one-line errors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_kimberlite");
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let directory = std::env::current_dir()
+            .unwrap()
+            .join(format!("target/cli-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        Scratch(directory)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(arguments: &[&str]) -> Output {
+    Command::new(BINARY).args(arguments).output().unwrap()
+}
+
+fn stderr_line(output: &Output) -> String {
+    let text = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(text.trim_end().lines().count(), 1, "one line expected: {text}");
+    text
+}
+
+#[test]
+fn format_then_inspect_a_healthy_file() {
+    // Goal: a formatted file inspects as usable, with every superblock copy valid.
+    let scratch = Scratch::new("healthy");
+    let path = scratch.0.join("0_0.kimberlite");
+    let path = path.to_str().unwrap();
+    let format = ["format", "--cluster=9", "--replica=0", "--replica-count=1", "--grid-size=1MiB"];
+    let output = run(&[&format[..], &[path]].concat());
+    assert!(output.status.success(), "{output:?}");
+    let output = run(&["inspect", path]);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(text.matches("valid, sequence 1").count(), 4);
+    assert!(text.contains("nil            1024"));
+    assert!(text.contains("journal: usable"));
+    // A second format of the same path is refused, and the file is left alone.
+    let output = run(&[&format[..], &[path]].concat());
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr_line(&output).contains("exists"));
+}
+
+#[test]
+fn inspect_of_a_file_without_superblock_quorum_fails() {
+    // Goal: three corrupt superblock copies make the file unusable: non-zero exit.
+    let scratch = Scratch::new("corrupt");
+    let path = scratch.0.join("0_0.kimberlite");
+    let path_text = path.to_str().unwrap();
+    let format = ["format", "--cluster=9", "--replica=0", "--replica-count=1", "--grid-size=1MiB"];
+    assert!(run(&[&format[..], &[path_text]].concat()).status.success());
+    let mut bytes = std::fs::read(&path).unwrap();
+    for copy in 0..3 {
+        bytes[copy * 4096 + 100] ^= 0xff;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let output = run(&["inspect", path_text]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("corrupt (checksum)"));
+    assert!(text.contains("quorum: none"));
+}
+
+#[test]
+fn bad_format_arguments_exit_one_with_one_line() {
+    // Goal: every bad argument is a one-line error and exit code 1, never a panic.
+    let scratch = Scratch::new("arguments");
+    let path = scratch.0.join("x.kimberlite");
+    let path = path.to_str().unwrap();
+    let missing = scratch.0.join("missing/x.kimberlite");
+    let cases: [&[&str]; 6] = [
+        &["format", "--cluster=1", "--replica=3", "--replica-count=3", path],
+        &["format", "--cluster=1", "--replica=0", "--replica-count=0", path],
+        &["format", "--cluster=1", "--replica=0", "--replica-count=8", path],
+        &["format", "--cluster=1", "--replica=0", "--replica-count=1", "--grid-size=1000", path],
+        &["format", "--cluster=1", "--replica=0", "--replica-count=1", missing.to_str().unwrap()],
+        &["format", "--cluster=1", "--replica=0", "--replica-count=1"],
+    ];
+    for arguments in cases {
+        let output = run(arguments);
+        assert_eq!(output.status.code(), Some(1), "{arguments:?}: {output:?}");
+        stderr_line(&output);
+    }
+    assert!(!std::path::Path::new(path).exists());
+    let output = run(&["inspect", path]);
+    assert_eq!(output.status.code(), Some(1));
+    stderr_line(&output);
+}
