@@ -39,6 +39,8 @@ pub struct Options {
     /// Events per request; `None` for as many as fit.
     pub batch: Option<u32>,
     pub streams: u64,
+    /// Replicas of the local cluster started when no `--addresses` are given.
+    pub replica_count: u8,
 }
 
 impl Default for Options {
@@ -51,6 +53,7 @@ impl Default for Options {
             event_size: 128,
             batch: None,
             streams: 4,
+            replica_count: 1,
         }
     }
 }
@@ -104,22 +107,26 @@ pub fn run(options: &Options) -> Result<Results, String> {
     }
 }
 
-/// A single replica child process on a scratch data file, removed on `stop`.
+/// Replica child processes on scratch data files, all removed on `stop`.
 struct LocalCluster {
     directory: PathBuf,
-    child: Option<Child>,
+    children: Vec<Child>,
     addresses: Vec<SocketAddr>,
     cluster: ClusterId,
 }
 
 impl LocalCluster {
     fn start(options: &Options) -> Result<LocalCluster, String> {
+        let count = usize::from(options.replica_count);
+        if count == 0 || count > crate::constants::REPLICAS_MAX {
+            return Err("--replica-count must be between 1 and 7".to_string());
+        }
         let directory = PathBuf::from(format!("kimberlite-benchmark-{}", std::process::id()));
         std::fs::create_dir(&directory)
             .map_err(|error| format!("{}: {error}", directory.display()))?;
         let mut cluster = LocalCluster {
             directory,
-            child: None,
+            children: Vec::new(),
             addresses: Vec::new(),
             cluster: u64::from(std::process::id()),
         };
@@ -131,31 +138,41 @@ impl LocalCluster {
     }
 
     fn spawn(&mut self, options: &Options) -> Result<(), String> {
-        let path = self.directory.join("0_0.kimberlite");
-        let mut config = Config::new(self.cluster, 0, 1);
-        config.grid_size = grid_size_for(options);
-        eprintln!("benchmark: formatting {} (grid {} MiB)", path.display(), config.grid_size >> 20);
-        crate::io::format::format_file(&path, &config).map_err(|error| error.to_string())?;
-        let port = free_port()?;
-        let address: SocketAddr = ([127, 0, 0, 1], port).into();
-        let executable = std::env::current_exe().map_err(|error| error.to_string())?;
-        let mut child = Command::new(executable)
-            .arg("start")
-            .arg(format!("--addresses={address}"))
-            .arg(&path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|error| format!("starting the replica: {error}"))?;
-        let stdout = child.stdout.take().expect("piped");
-        self.child = Some(child);
-        wait_for_listening(stdout)?;
-        self.addresses = vec![address];
+        let count = options.replica_count;
+        for _ in 0..count {
+            let port = free_port()?;
+            self.addresses.push(([127, 0, 0, 1], port).into());
+        }
+        let addresses: Vec<String> = self.addresses.iter().map(ToString::to_string).collect();
+        let addresses = addresses.join(",");
+        for replica in 0..count {
+            let path = self.directory.join(format!("0_{replica}.kimberlite"));
+            let mut config = Config::new(self.cluster, replica, count);
+            config.grid_size = grid_size_for(options);
+            eprintln!(
+                "benchmark: formatting {} (grid {} MiB)",
+                path.display(),
+                config.grid_size >> 20
+            );
+            crate::io::format::format_file(&path, &config).map_err(|error| error.to_string())?;
+            let executable = std::env::current_exe().map_err(|error| error.to_string())?;
+            let mut child = Command::new(executable)
+                .arg("start")
+                .arg(format!("--addresses={addresses}"))
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|error| format!("starting replica {replica}: {error}"))?;
+            let stdout = child.stdout.take().expect("piped");
+            self.children.push(child);
+            wait_for_listening(stdout)?;
+        }
         Ok(())
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for mut child in self.children.drain(..) {
             let _ = child.kill();
             let _ = child.wait();
         }

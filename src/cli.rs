@@ -12,8 +12,8 @@ usage:
   kimberlite format --cluster=ID --replica=I --replica-count=N [--grid-size=SIZE] PATH
   kimberlite start --addresses=ADDRESS[,ADDRESS...] PATH
   kimberlite inspect PATH
-  kimberlite benchmark [--addresses=...] [--cluster=ID] [--clients=N] [--events=N]
-                       [--event-size=BYTES] [--batch=N] [--streams=N]
+  kimberlite benchmark [--addresses=...] [--cluster=ID] [--replica-count=N] [--clients=N]
+                       [--events=N] [--event-size=BYTES] [--batch=N] [--streams=N]
   kimberlite client --addresses=... [--cluster=ID] COMMAND
       create-stream STREAM [TENANT]
       append STREAM [--expected-offset=N] EVENT...
@@ -239,6 +239,7 @@ fn command_benchmark(arguments: &[String]) -> Result<(), String> {
             None => None,
         },
         streams: arguments.integer_or("streams", clients as u64)?,
+        replica_count: arguments.integer_or("replica-count", defaults.replica_count)?,
     };
     crate::benchmark::run(&options).map(|_| ())
 }

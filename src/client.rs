@@ -165,6 +165,18 @@ impl Client {
                 continue;
             }
             match self.receive_reply(request, Instant::now() + REQUEST_TIMEOUT) {
+                Ok(Some(header)) if header.command() == Some(Command::PongClient) => {
+                    // A backup: it names its view, and so the primary. Go there and resend.
+                    self.consume(header.size as usize);
+                    let primary = header.view as usize % self.addresses.len();
+                    if primary != self.address_index {
+                        self.stream = None;
+                        self.receive_length = 0;
+                        self.address_index = primary;
+                    } else {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
                 Ok(Some(header)) => {
                     self.reply_size_held = header.size as usize;
                     if header.command() == Some(Command::Eviction) {
@@ -222,11 +234,14 @@ impl Client {
     ) -> std::io::Result<Option<Header>> {
         loop {
             if let Some(header) = self.take_message()? {
+                let command = header.command();
                 let ours = header.client == self.id
-                    && matches!(header.command(), Some(Command::Reply | Command::Eviction));
-                if ours
-                    && (header.command() == Some(Command::Eviction) || header.request == request)
-                {
+                    && matches!(
+                        command,
+                        Some(Command::Reply | Command::Eviction | Command::PongClient)
+                    );
+                let answers = command != Some(Command::Reply) || header.request == request;
+                if ours && answers {
                     return Ok(Some(header));
                 }
                 self.consume(header.size as usize);

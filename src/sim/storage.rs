@@ -1,6 +1,11 @@
 //! An in-memory data file with the faults of a real disk: crashes that lose or tear writes in
 //! flight, and sectors that rot. It implements `Storage` for unit tests and the simulator;
 //! completions come back in submission order, or in a shuffled order when a seed is given.
+//!
+//! By default every request is done the moment it is submitted (unit tests poll until idle).
+//! The simulator also gives it a latency: each request then becomes due a number of ticks after
+//! its submission, drawn from a seeded PRNG, and `poll` returns only due requests, so it may
+//! return none while requests are in flight (the simulator's clock, not `poll`, moves time).
 
 use std::collections::VecDeque;
 
@@ -9,22 +14,78 @@ use crate::sim::prng::Prng;
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoError, IoKind, IoRequest, Storage};
 
+/// How long requests take, in ticks: uniform in `[min_ticks, 2 * mean_ticks - min_ticks]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Latency {
+    pub min_ticks: u64,
+    pub mean_ticks: u64,
+}
+
+impl Latency {
+    pub const ZERO: Latency = Latency { min_ticks: 0, mean_ticks: 0 };
+
+    /// One draw from the distribution.
+    pub fn sample(&self, prng: &mut Prng) -> u64 {
+        assert!(self.min_ticks <= self.mean_ticks);
+        let spread = 2 * (self.mean_ticks - self.min_ticks);
+        self.min_ticks + prng.next_u64() % (spread + 1)
+    }
+}
+
+struct Pending {
+    request: IoRequest,
+    buffer: Message,
+    /// The tick from which the request may complete.
+    due_tick: u64,
+}
+
+struct Timing {
+    latency: Latency,
+    prng: Prng,
+}
+
 pub struct MemoryStorage {
     data: Vec<u8>,
-    pending: VecDeque<(IoRequest, Message)>,
+    pending: VecDeque<Pending>,
     prng: Option<Prng>,
+    timing: Option<Timing>,
+    tick: u64,
 }
 
 impl MemoryStorage {
     /// A zero-filled disk of `size` bytes.
     pub fn new(size: u64) -> MemoryStorage {
         assert_eq!(size % SECTOR_SIZE as u64, 0);
-        MemoryStorage { data: vec![0; size as usize], pending: VecDeque::new(), prng: None }
+        MemoryStorage {
+            data: vec![0; size as usize],
+            pending: VecDeque::new(),
+            prng: None,
+            timing: None,
+            tick: 0,
+        }
     }
 
     /// Complete requests in an order chosen by a PRNG seeded with `seed`.
     pub fn shuffle_completions(&mut self, seed: u64) {
         self.prng = Some(Prng::new(seed));
+    }
+
+    /// Requests submitted from now on take `latency` ticks (drawn from a PRNG seeded with
+    /// `seed`) before `poll` returns them.
+    pub fn set_latency(&mut self, latency: Latency, seed: u64) {
+        assert!(latency.min_ticks <= latency.mean_ticks);
+        self.timing = Some(Timing { latency, prng: Prng::new(seed) });
+    }
+
+    /// Moves the disk's clock to `tick` (which never goes back).
+    pub fn set_tick(&mut self, tick: u64) {
+        assert!(tick >= self.tick);
+        self.tick = tick;
+    }
+
+    /// Requests that `poll` would return now.
+    pub fn due_count(&self) -> usize {
+        self.pending.iter().filter(|pending| pending.due_tick <= self.tick).count()
     }
 
     /// The disk's bytes, for crafting and inspecting test files.
@@ -45,14 +106,45 @@ impl MemoryStorage {
     /// Like `crash`, but each pending write first lands partially: only its first
     /// `sectors_written` sectors reach the disk (a torn write).
     pub fn crash_tearing_writes(&mut self, sectors_written: usize) {
-        for (request, buffer) in self.pending.drain(..) {
+        for pending in self.pending.drain(..) {
+            let request = pending.request;
             if request.kind == IoKind::Write {
                 let length = request.length.min(sectors_written * SECTOR_SIZE);
                 let start = request.offset as usize;
-                let source = &buffer.buffer()[request.buffer_offset..][..length];
+                let source = &pending.buffer.buffer()[request.buffer_offset..][..length];
                 self.data[start..start + length].copy_from_slice(source);
             }
         }
+    }
+
+    /// Like `crash`, but each sector of each pending write independently reaches the disk or
+    /// not, with the chances chosen by `prng`: writes are lost, land whole, or tear anywhere.
+    /// Returns the number of sectors that landed.
+    pub fn crash_tearing_writes_randomly(&mut self, prng: &mut Prng) -> usize {
+        let mut sectors_landed = 0;
+        for pending in self.pending.drain(..) {
+            let request = pending.request;
+            if request.kind != IoKind::Write {
+                continue;
+            }
+            // Per write: how likely each of its sectors is to have reached the disk.
+            let land_per_mille = match prng.index(3) {
+                0 => 0,
+                1 => 1000,
+                _ => prng.next_u64() % 1001,
+            };
+            for sector in 0..request.length / SECTOR_SIZE {
+                if !prng.chance(land_per_mille, 1000) {
+                    continue;
+                }
+                let start = request.offset as usize + sector * SECTOR_SIZE;
+                let source = request.buffer_offset + sector * SECTOR_SIZE;
+                let source = &pending.buffer.buffer()[source..][..SECTOR_SIZE];
+                self.data[start..start + SECTOR_SIZE].copy_from_slice(source);
+                sectors_landed += 1;
+            }
+        }
+        sectors_landed
     }
 
     /// Flips one bit in the sector at absolute `offset`.
@@ -81,23 +173,48 @@ impl MemoryStorage {
         };
         Completion { request, buffer, result }
     }
+
+    /// The index in `pending` of the next request to complete, if one is due.
+    fn next_due(&mut self) -> Option<usize> {
+        let due_count = self.due_count();
+        if due_count == 0 {
+            return None;
+        }
+        let chosen = match &mut self.prng {
+            Some(prng) => prng.index(due_count),
+            None => 0,
+        };
+        let tick = self.tick;
+        let index = self
+            .pending
+            .iter()
+            .enumerate()
+            .filter(|(_, pending)| pending.due_tick <= tick)
+            .nth(chosen)
+            .map(|(index, _)| index);
+        assert!(index.is_some());
+        index
+    }
 }
 
 impl Storage for MemoryStorage {
     fn submit(&mut self, request: IoRequest, buffer: Message) {
         request.assert_valid(&buffer);
-        self.pending.push_back((request, buffer));
+        let delay = match &mut self.timing {
+            Some(timing) => timing.latency.sample(&mut timing.prng),
+            None => 0,
+        };
+        self.pending.push_back(Pending { request, buffer, due_tick: self.tick + delay });
     }
 
     fn poll(&mut self, completions: &mut Vec<Completion>, completions_max: usize) {
         let mut count = 0;
-        while count < completions_max && !self.pending.is_empty() {
-            let index = match &mut self.prng {
-                Some(prng) => prng.index(self.pending.len()),
-                None => 0,
+        while count < completions_max {
+            let Some(index) = self.next_due() else {
+                break;
             };
-            let (request, buffer) = self.pending.remove(index).expect("index in range");
-            completions.push(self.complete(request, buffer));
+            let pending = self.pending.remove(index).expect("index in range");
+            completions.push(self.complete(pending.request, pending.buffer));
             count += 1;
         }
     }
@@ -108,5 +225,72 @@ impl Storage for MemoryStorage {
 
     fn size(&self) -> u64 {
         self.data.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vsr::layout::Zone;
+    use crate::vsr::message_pool::MessagePool;
+    use crate::vsr::storage::{IoOwner, IoToken};
+
+    fn write_request(offset: u64, sectors: usize) -> IoRequest {
+        IoRequest {
+            token: IoToken { owner: IoOwner::Benchmark, index: 0 },
+            kind: IoKind::Write,
+            zone: Zone::Grid,
+            offset,
+            length: sectors * SECTOR_SIZE,
+            buffer_offset: 0,
+        }
+    }
+
+    #[test]
+    fn latency_holds_requests_until_they_are_due() {
+        // Goal: with a latency, a request completes only once the disk's clock reaches its due
+        // tick, and never before `min_ticks`.
+        let pool = MessagePool::new(4, SECTOR_SIZE);
+        let mut storage = MemoryStorage::new(16 * SECTOR_SIZE as u64);
+        storage.set_latency(Latency { min_ticks: 2, mean_ticks: 4 }, 7);
+        for index in 0..4 {
+            storage.submit(write_request(index * SECTOR_SIZE as u64, 1), pool.get());
+        }
+        let mut completions = Vec::new();
+        let mut tick = 0;
+        while storage.in_flight() > 0 {
+            storage.poll(&mut completions, 16);
+            if tick < 2 {
+                assert!(completions.is_empty());
+            }
+            tick += 1;
+            storage.set_tick(tick);
+        }
+        assert_eq!(completions.len(), 4);
+        assert!(tick <= 7);
+    }
+
+    #[test]
+    fn random_tearing_lands_some_sectors_and_releases_every_buffer() {
+        // Goal: a crash with random tearing writes a subset of the pending sectors and drops
+        // every request, returning the buffers to their pool.
+        let pool = MessagePool::new(8, 4 * SECTOR_SIZE);
+        let mut storage = MemoryStorage::new(64 * SECTOR_SIZE as u64);
+        let mut prng = Prng::new(3);
+        let mut landed = 0;
+        for round in 0..8 {
+            for index in 0..4u64 {
+                let mut buffer = pool.get();
+                buffer.buffer_mut_unique().fill(0xAA);
+                let offset = (index * 4 + round % 2) * SECTOR_SIZE as u64;
+                storage.submit(write_request(offset, 4), buffer);
+            }
+            landed += storage.crash_tearing_writes_randomly(&mut prng);
+            assert_eq!(storage.in_flight(), 0);
+            assert_eq!(pool.free_count(), 8);
+        }
+        let written = storage.bytes().chunks(SECTOR_SIZE).filter(|sector| sector[0] == 0xAA);
+        assert!(written.count() > 0);
+        assert!(landed > 0 && landed < 8 * 16);
     }
 }

@@ -27,8 +27,8 @@
 use std::collections::VecDeque;
 
 use crate::constants::{
-    CLIENTS_MAX, HEADER_SIZE, PIPELINE_PREPARE_QUEUE_MAX, SECTOR_SIZE, checkpoint_interval_ops,
-    op_prepare_max,
+    CLIENTS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, PIPELINE_PREPARE_QUEUE_MAX, SECTOR_SIZE,
+    checkpoint_interval_ops, op_prepare_max,
 };
 use crate::state_machine::constants::GRID_READS_MAX;
 use crate::state_machine::{CheckpointState, ReadId, ReadReply, StateMachine, request_invalid};
@@ -42,6 +42,7 @@ use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
 use crate::vsr::superblock::{SuperBlock, VsrState};
 
+mod normal;
 mod open;
 #[cfg(test)]
 mod tests;
@@ -50,6 +51,15 @@ mod tests;
 pub const OUTBOX_MAX: usize = CLIENTS_MAX + PIPELINE_PREPARE_QUEUE_MAX + 8;
 /// Requests waiting for room in the pipeline.
 pub const REQUEST_QUEUE_MAX: usize = CLIENTS_MAX;
+/// Uncommitted prepares a backup keeps in memory (the primary keeps at most
+/// `PIPELINE_PREPARE_QUEUE_MAX`; a backup learns of commits a little later).
+pub const PIPELINE_BACKUP_MAX: usize = 2 * PIPELINE_PREPARE_QUEUE_MAX;
+/// Ticks before the primary sends a prepare again to backups that have not acknowledged it.
+pub const PREPARE_TIMEOUT_TICKS: u64 = 25;
+/// Ticks between commit heartbeats when nothing changes.
+pub const COMMIT_HEARTBEAT_TICKS: u64 = 50;
+/// Ticks between two repair requests of a backup that lacks prepares.
+pub const REPAIR_TIMEOUT_TICKS: u64 = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -89,7 +99,26 @@ pub enum Destination {
 
 struct Prepared {
     message: Message,
+    /// This replica's own copy is in its WAL.
     durable: bool,
+    /// Replicas known to hold it durably (bit i: replica i), this one included once durable.
+    ok_from: u8,
+}
+
+/// Why the replica asked the journal for a prepare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JournalReadPurpose {
+    /// To execute it: replay at open, or a commit whose prepare is no longer in memory.
+    Commit,
+    /// To send it to a replica that asked for it (`request_prepare`).
+    Repair { replica: ReplicaIndex },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct JournalRead {
+    op: Op,
+    checksum: Checksum,
+    purpose: JournalReadPurpose,
 }
 
 /// The per-session slot of the client_replies zone and the reply it holds.
@@ -150,7 +179,10 @@ pub struct Replica {
     request_queue: VecDeque<Message>,
     outbox: VecDeque<(Destination, Message)>,
     reads: Vec<Option<(ReadId, Header)>>,
-    replay_reading: bool,
+    journal_reads: Vec<JournalRead>,
+    /// The commit number last announced to backups, and when.
+    commit_heartbeat_sent: (Op, u64),
+    repair_requested_tick: u64,
     metrics: Metrics,
 }
 
@@ -189,11 +221,13 @@ impl Replica {
             timestamp_last: 0,
             realtime_ns: 0,
             ticks: 0,
-            pipeline: VecDeque::with_capacity(PIPELINE_PREPARE_QUEUE_MAX),
+            pipeline: VecDeque::with_capacity(PIPELINE_BACKUP_MAX),
             request_queue: VecDeque::with_capacity(REQUEST_QUEUE_MAX),
             outbox: VecDeque::with_capacity(OUTBOX_MAX),
             reads: (0..GRID_READS_MAX).map(|_| None).collect(),
-            replay_reading: false,
+            journal_reads: Vec::with_capacity(JOURNAL_IOPS_READ_MAX),
+            commit_heartbeat_sent: (0, 0),
+            repair_requested_tick: 0,
             metrics: Metrics::default(),
         }
     }
@@ -226,6 +260,30 @@ impl Replica {
         &self.config
     }
 
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    /// The header of the prepare this replica holds at `op`, if its WAL still has it (for
+    /// checkers and tests).
+    pub fn prepare_header(&self, op: Op) -> Option<Header> {
+        self.journal.header_with_op(op).copied()
+    }
+
+    /// The primary of the current view.
+    pub fn primary_index(&self) -> ReplicaIndex {
+        (self.view % u32::from(self.config.replica_count)) as ReplicaIndex
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.primary_index() == self.config.replica
+    }
+
+    /// Replicas that must hold a prepare durably before it commits: a majority.
+    pub fn quorum_replication(&self) -> usize {
+        usize::from(self.config.replica_count) / 2 + 1
+    }
+
     /// The next message to send, if any.
     pub fn poll_send(&mut self) -> Option<(Destination, Message)> {
         self.outbox.pop_front()
@@ -250,8 +308,15 @@ impl Replica {
     pub fn on_tick<S: Storage>(&mut self, storage: &mut S, realtime_ns: u64) {
         self.ticks += 1;
         self.realtime_ns = realtime_ns;
-        if self.status == Status::Normal {
+        if self.status != Status::Normal {
+            return;
+        }
+        if self.is_primary() {
             self.request_queue_drain(storage);
+            self.prepare_timeout();
+            self.commit_heartbeat();
+        } else if self.commit_max > self.commit_min || self.commit_max > self.op {
+            self.commit_pipeline(storage);
         }
     }
 
@@ -264,10 +329,28 @@ impl Replica {
         if self.status != Status::Normal {
             return;
         }
-        match header.command() {
-            Some(Command::Request) => self.on_request(storage, message),
-            Some(Command::PingClient) => self.on_ping_client(&header),
-            // Replica-to-replica messages arrive with the replicated cluster (issue 4).
+        let command = header.command().expect("validated by the bus");
+        if matches!(command, Command::Request | Command::PingClient) {
+            return match command {
+                Command::Request => self.on_request(storage, message),
+                _ => self.on_ping_client(&header),
+            };
+        }
+        // From a peer: it must name a replica of this cluster other than this one, and be of
+        // this view (view changes are not part of this protocol yet: newer views are ignored
+        // too, as are older ones, always).
+        let replica_count = self.config.replica_count;
+        if header.replica >= replica_count || header.replica == self.config.replica {
+            return;
+        }
+        if header.view != self.view {
+            return;
+        }
+        match command {
+            Command::Prepare => self.on_prepare(storage, message),
+            Command::PrepareOk => self.on_prepare_ok(storage, &header),
+            Command::Commit => self.on_commit(storage, &header),
+            Command::RequestPrepare => self.on_request_prepare(storage, &header),
             _ => {}
         }
     }
@@ -295,6 +378,11 @@ impl Replica {
     }
 
     fn on_ping_client(&mut self, header: &Header) {
+        self.send_pong_client(header);
+    }
+
+    /// A pong carries this replica's view, from which a client finds the primary.
+    fn send_pong_client(&mut self, header: &Header) {
         let mut pong = self.pool.get();
         let reply = pong.header_mut();
         *reply = Header::new(Command::PongClient, self.config.cluster);
@@ -316,6 +404,10 @@ impl Replica {
         let operation = header.operation().expect("validated by the bus");
         if operation.is_read() {
             return self.read_start(storage, message);
+        }
+        if !self.is_primary() {
+            // Only the primary prepares: tell the client which replica that is.
+            return self.send_pong_client(&header);
         }
         let register = operation == Operation::Register;
         match self.sessions.disposition(header.client, header.request, register) {
@@ -399,7 +491,12 @@ impl Replica {
         self.op = op;
         self.parent = prepare.checksum;
         self.timestamp_last = timestamp;
-        self.pipeline.push_back(Prepared { message: message.clone(), durable: false });
+        self.pipeline.push_back(Prepared { message: message.clone(), durable: false, ok_from: 0 });
+        for replica in 0..self.config.replica_count {
+            if replica != self.config.replica {
+                self.send(Destination::Replica(replica), message.clone());
+            }
+        }
         self.journal.write_prepare(storage, message);
     }
 
@@ -440,7 +537,7 @@ impl Replica {
                     self.prepare_durable(storage, op, checksum)
                 }
                 journal::Event::PrepareRead { op, checksum, result } => {
-                    self.replay_read(storage, op, checksum, result)
+                    self.journal_read_complete(storage, op, checksum, result)
                 }
                 journal::Event::Recovered { usable } => self.journal_recovered(storage, usable),
                 journal::Event::WriteFailed { .. } => self.fail("a journal write failed"),
@@ -449,23 +546,38 @@ impl Replica {
     }
 
     fn prepare_durable<S: Storage>(&mut self, storage: &mut S, op: Op, checksum: Checksum) {
-        let Some(first) = self.pipeline.front() else {
+        let Some(index) = self.pipeline_index(op) else {
             return;
         };
-        let first_op = first.message.header().op;
-        if op < first_op {
+        let prepared = &mut self.pipeline[index];
+        if prepared.message.header().checksum != checksum {
             return;
         }
-        let index = (op - first_op) as usize;
-        let Some(prepared) = self.pipeline.get_mut(index) else {
-            return;
-        };
-        assert_eq!(prepared.message.header().checksum, checksum);
         prepared.durable = true;
-        // With one replica a durable prepare is committed: the replica is the whole quorum.
-        assert_eq!(self.config.replica_count, 1);
-        while let Some(prepared) = self.pipeline.get((self.commit_max + 1 - first_op) as usize) {
-            if !prepared.durable {
+        prepared.ok_from |= 1 << self.config.replica;
+        let header = *prepared.message.header();
+        if self.is_primary() {
+            self.commit_advance_primary(storage);
+        } else {
+            self.send_prepare_ok(&header);
+            self.commit_pipeline(storage);
+        }
+    }
+
+    /// The pipeline index of `op`, if the pipeline holds it.
+    fn pipeline_index(&self, op: Op) -> Option<usize> {
+        let first = self.pipeline.front()?.message.header().op;
+        let index = usize::try_from(op.checked_sub(first)?).ok()?;
+        (index < self.pipeline.len()).then_some(index)
+    }
+
+    /// The primary commits, in op order, every prepare a replication quorum holds.
+    fn commit_advance_primary<S: Storage>(&mut self, storage: &mut S) {
+        assert!(self.is_primary());
+        let quorum = self.quorum_replication();
+        while let Some(index) = self.pipeline_index(self.commit_max + 1) {
+            let prepared = &self.pipeline[index];
+            if (prepared.ok_from.count_ones() as usize) < quorum || !prepared.durable {
                 break;
             }
             self.commit_max += 1;
@@ -474,19 +586,101 @@ impl Replica {
     }
 
     /// Executes committed prepares in op order, as far as the event store and the checkpoint
-    /// allow.
+    /// allow. A prepare no longer in memory (at open, or on a backup that restarted) is read
+    /// back from the WAL first.
     fn commit_pipeline<S: Storage>(&mut self, storage: &mut S) {
-        while self.status == Status::Normal && self.commit_min < self.commit_max {
+        loop {
+            let replaying =
+                self.status == Status::Recovering && self.open_phase == OpenPhase::Replay;
+            if !(self.status == Status::Normal || replaying) {
+                return;
+            }
+            if self.commit_min >= self.commit_max {
+                break;
+            }
             if self.checkpoint != CheckpointPhase::Idle || !self.state_machine.commit_ready() {
                 return;
             }
-            let prepared = self.pipeline.pop_front().expect("committed op in the pipeline");
-            assert!(prepared.durable);
-            assert_eq!(prepared.message.header().op, self.commit_min + 1);
-            self.execute(storage, &prepared.message, true);
-            self.checkpoint_maybe(storage);
+            let next = self.commit_min + 1;
+            match self.pipeline.front() {
+                Some(front) if front.message.header().op == next => {
+                    if !front.durable {
+                        return;
+                    }
+                    let prepared = self.pipeline.pop_front().expect("front exists");
+                    let send_reply = self.status == Status::Normal && self.is_primary();
+                    self.execute(storage, &prepared.message, send_reply);
+                    self.checkpoint_maybe(storage);
+                }
+                _ => return self.commit_from_journal(storage, next),
+            }
         }
-        self.request_queue_drain(storage);
+        if self.status == Status::Recovering {
+            return self.replay_done(storage);
+        }
+        if self.is_primary() {
+            self.request_queue_drain(storage);
+        }
+    }
+
+    /// Reads the prepare of `op` (the next to commit) back from the WAL, if this replica has
+    /// it in its chain; otherwise asks the primary for it.
+    fn commit_from_journal<S: Storage>(&mut self, storage: &mut S, op: Op) {
+        if self.journal_reads.iter().any(|read| read.purpose == JournalReadPurpose::Commit) {
+            return;
+        }
+        let chained = self
+            .journal
+            .header_with_op(op)
+            .filter(|header| header.parent == self.commit_checksum)
+            .copied();
+        let Some(header) = chained else {
+            if self.status == Status::Recovering {
+                return self.replay_done(storage);
+            }
+            return self.repair_request(op);
+        };
+        let purpose = JournalReadPurpose::Commit;
+        self.journal_reads.push(JournalRead { op, checksum: header.checksum, purpose });
+        self.journal.read_prepare(storage, op, header.checksum, self.pool.get());
+    }
+
+    fn journal_read_complete<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        op: Op,
+        checksum: Checksum,
+        result: Result<Message, journal::ReadError>,
+    ) {
+        let Some(index) =
+            self.journal_reads.iter().position(|read| read.op == op && read.checksum == checksum)
+        else {
+            panic!("journal read completed that was never started");
+        };
+        let read = self.journal_reads.swap_remove(index);
+        match (read.purpose, result) {
+            (JournalReadPurpose::Commit, Ok(message)) => {
+                if op != self.commit_min + 1 || self.checkpoint != CheckpointPhase::Idle {
+                    return self.commit_pipeline(storage);
+                }
+                let send_reply = false;
+                self.execute(storage, &message, send_reply);
+                self.metrics.ops_replayed += u64::from(self.status == Status::Recovering);
+                self.checkpoint_maybe(storage);
+                self.commit_pipeline(storage);
+            }
+            (JournalReadPurpose::Commit, Err(_)) => {
+                if self.status == Status::Recovering && self.config.replica_count == 1 {
+                    return self.fail("a WAL prepare could not be read back during replay");
+                }
+                // The copy on disk is bad: a peer has it.
+                self.repair_request(op);
+            }
+            (JournalReadPurpose::Repair { replica }, Ok(message)) => {
+                self.send(Destination::Replica(replica), message);
+            }
+            (JournalReadPurpose::Repair { .. }, Err(_)) => {}
+        }
     }
 
     /// Applies one committed prepare: sessions, the event store, the reply (sent only when
@@ -695,11 +889,7 @@ impl Replica {
         self.checkpoint_op = op;
         self.checkpoint = CheckpointPhase::Idle;
         self.metrics.checkpoints += 1;
-        if self.status == Status::Normal {
-            self.commit_pipeline(storage);
-        } else {
-            self.replay_next(storage);
-        }
+        self.commit_pipeline(storage);
     }
 }
 

@@ -10,8 +10,7 @@
 
 use super::{OpenPhase, Replica, Status};
 use crate::state_machine::CheckpointState;
-use crate::vsr::header::{Checksum, Op};
-use crate::vsr::journal::ReadError;
+use crate::vsr::header::Checksum;
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
@@ -134,61 +133,38 @@ impl Replica {
         }
     }
 
+    /// Finds the head of the hash chain from the checkpoint, then executes every op known
+    /// committed, reading each prepare back from the WAL (`commit_pipeline`).
     fn replay_start<S: Storage>(&mut self, storage: &mut S) {
         self.open_phase = OpenPhase::Replay;
-        self.replay_next(storage);
-    }
-
-    /// Reads the next op of the chain, or finishes opening.
-    pub(super) fn replay_next<S: Storage>(&mut self, storage: &mut S) {
-        assert_eq!(self.open_phase, OpenPhase::Replay);
-        if self.status != Status::Recovering || self.replay_reading {
-            return;
+        while let Some(header) = self.journal.header_with_op(self.op + 1) {
+            if header.parent != self.parent {
+                break;
+            }
+            self.op = header.op;
+            self.parent = header.checksum;
         }
-        if self.checkpoint != super::CheckpointPhase::Idle || !self.state_machine.commit_ready() {
-            return;
-        }
-        let op = self.commit_min + 1;
-        let Some(header) = self.journal.header_with_op(op).copied() else {
-            return self.replay_done(storage);
+        // With one replica every durable prepare may have been acknowledged, and it is
+        // committed: the replica is the whole quorum. With more, only what the superblock
+        // recorded as committed is known; the primary tells the rest.
+        let commit_known = self.superblock.working().commit_max;
+        self.commit_max = if self.config.replica_count == 1 {
+            self.op
+        } else {
+            commit_known.clamp(self.checkpoint_op, self.op)
         };
-        if header.parent != self.commit_checksum {
-            return self.replay_done(storage);
-        }
-        self.replay_reading = true;
-        self.journal.read_prepare(storage, op, header.checksum, self.pool.get());
+        self.commit_pipeline(storage);
     }
 
-    pub(super) fn replay_read<S: Storage>(
-        &mut self,
-        storage: &mut S,
-        op: Op,
-        checksum: Checksum,
-        result: Result<Message, ReadError>,
-    ) {
+    /// Opening is over: this replica serves.
+    pub(super) fn replay_done<S: Storage>(&mut self, storage: &mut S) {
         assert_eq!(self.open_phase, OpenPhase::Replay);
-        assert!(self.replay_reading);
-        self.replay_reading = false;
-        let message = match result {
-            Ok(message) => message,
-            Err(_) => return self.fail("a WAL prepare could not be read back during replay"),
-        };
-        assert_eq!(message.header().op, op);
-        assert_eq!(message.header().checksum, checksum);
-        self.op = op;
-        self.parent = checksum;
-        self.commit_max = op;
-        self.timestamp_last = self.timestamp_last.max(message.header().timestamp);
-        self.execute(storage, &message, false);
-        self.metrics.ops_replayed += 1;
-        self.checkpoint_maybe(storage);
-        self.replay_next(storage);
-    }
-
-    fn replay_done<S: Storage>(&mut self, storage: &mut S) {
-        assert_eq!(self.op, self.commit_min);
+        assert_eq!(self.status, Status::Recovering);
+        if self.config.replica_count == 1 {
+            assert_eq!(self.commit_min, self.op);
+        }
         self.status = Status::Normal;
-        self.request_queue_drain(storage);
+        self.commit_pipeline(storage);
     }
 }
 

@@ -1,0 +1,203 @@
+//! The replicated normal path: how the primary and the backups of one view exchange prepares,
+//! acknowledgements, commit numbers and repairs.
+//!
+//! - The primary (replica `view mod replica_count`) broadcasts each prepare and commits, in op
+//!   order, once a replication quorum (a majority, itself included) holds it durably.
+//! - A backup accepts the prepare that extends its hash chain (`parent` is its head's checksum),
+//!   writes it, and sends `prepare_ok` only once it is durable.
+//! - Backups learn the commit number from later prepares and from `commit` heartbeats, and
+//!   execute exactly the ops the primary committed: their log is a prefix of the primary's (the
+//!   chain guarantees it within a view), so any op up to a commit number the primary announced
+//!   is committed.
+//! - A backup missing ops (it was partitioned, or restarted) asks the primary with
+//!   `request_prepare`, one op at a time; the primary answers from memory or from its WAL.
+//! - The primary sends unacknowledged prepares again after `PREPARE_TIMEOUT_TICKS`.
+
+use super::{
+    COMMIT_HEARTBEAT_TICKS, Destination, JournalRead, JournalReadPurpose, PIPELINE_BACKUP_MAX,
+    PREPARE_TIMEOUT_TICKS, Prepared, REPAIR_TIMEOUT_TICKS, Replica,
+};
+use crate::constants::{JOURNAL_IOPS_READ_MAX, SECTOR_SIZE, op_prepare_max};
+use crate::vsr::header::{Command, Header, Op};
+use crate::vsr::message_pool::Message;
+use crate::vsr::storage::Storage;
+
+impl Replica {
+    pub(super) fn on_prepare<S: Storage>(&mut self, storage: &mut S, mut message: Message) {
+        let header = *message.header();
+        if self.is_primary() || header.replica != self.primary_index() {
+            return;
+        }
+        self.commit_max = self.commit_max.max(header.commit);
+        let op = header.op;
+        if op <= self.op {
+            // A retransmission: acknowledge again if this very prepare is durable here.
+            let held = self.journal.header_with_op(op).is_some_and(|held| *held == header);
+            let slot = self.journal.slot_for_op(op);
+            if held && !self.journal.dirty(slot) {
+                self.send_prepare_ok(&header);
+            }
+            return self.commit_pipeline(storage);
+        }
+        if op > self.op + 1 || header.parent != self.parent {
+            self.repair_request(self.op + 1);
+            return self.commit_pipeline(storage);
+        }
+        let slot_count = u64::from(self.config.journal_slot_count);
+        if op > op_prepare_max(self.checkpoint_op, slot_count) {
+            return self.commit_pipeline(storage);
+        }
+        if self.pipeline.len() >= PIPELINE_BACKUP_MAX {
+            return self.commit_pipeline(storage);
+        }
+        // The journal writes whole sectors: zero what the bus left after the message.
+        let size = header.size as usize;
+        message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
+        self.op = op;
+        self.parent = header.checksum;
+        self.timestamp_last = self.timestamp_last.max(header.timestamp);
+        self.pipeline.push_back(Prepared { message: message.clone(), durable: false, ok_from: 0 });
+        self.journal.write_prepare(storage, message);
+        self.commit_pipeline(storage);
+    }
+
+    pub(super) fn send_prepare_ok(&mut self, prepare: &Header) {
+        let mut message = self.pool.get();
+        let header = message.header_mut();
+        *header = Header::new(Command::PrepareOk, self.config.cluster);
+        header.view = self.view;
+        header.op = prepare.op;
+        header.commit = self.commit_min;
+        header.timestamp = prepare.timestamp;
+        header.client = prepare.client;
+        header.request = prepare.request;
+        header.operation = prepare.operation;
+        header.parent = prepare.parent;
+        header.context = prepare.checksum;
+        header.replica = self.config.replica;
+        header.set_checksum_body(&[]);
+        header.set_checksum();
+        assert_eq!(header.invalid(), None);
+        let primary = self.primary_index();
+        self.send(Destination::Replica(primary), message);
+    }
+
+    pub(super) fn on_prepare_ok<S: Storage>(&mut self, storage: &mut S, header: &Header) {
+        if !self.is_primary() {
+            return;
+        }
+        let Some(index) = self.pipeline_index(header.op) else {
+            return;
+        };
+        let prepared = &mut self.pipeline[index];
+        if prepared.message.header().checksum != header.context {
+            return;
+        }
+        prepared.ok_from |= 1 << header.replica;
+        self.commit_advance_primary(storage);
+    }
+
+    pub(super) fn on_commit<S: Storage>(&mut self, storage: &mut S, header: &Header) {
+        if self.is_primary() || header.replica != self.primary_index() {
+            return;
+        }
+        self.commit_max = self.commit_max.max(header.commit);
+        self.commit_pipeline(storage);
+    }
+
+    /// Serves a prepare to a replica that lacks it, from memory or from the WAL.
+    pub(super) fn on_request_prepare<S: Storage>(&mut self, storage: &mut S, header: &Header) {
+        let op = header.op;
+        if op == 0 || op > self.op {
+            return;
+        }
+        let replica = header.replica;
+        if let Some(index) = self.pipeline_index(op) {
+            let message = self.pipeline[index].message.clone();
+            return self.send(Destination::Replica(replica), message);
+        }
+        let Some(held) = self.journal.header_with_op(op).copied() else {
+            return;
+        };
+        // Keep one journal read for this replica's own commits.
+        if self.journal_reads.len() + 1 >= JOURNAL_IOPS_READ_MAX {
+            return;
+        }
+        let duplicate = self.journal_reads.iter().any(|read| read.op == op);
+        if duplicate || self.pool.free_count() < 2 * JOURNAL_IOPS_READ_MAX {
+            return;
+        }
+        let purpose = JournalReadPurpose::Repair { replica };
+        self.journal_reads.push(JournalRead { op, checksum: held.checksum, purpose });
+        self.journal.read_prepare(storage, op, held.checksum, self.pool.get());
+    }
+
+    /// Asks the primary for the prepare of `op`, at most once per `REPAIR_TIMEOUT_TICKS`.
+    pub(super) fn repair_request(&mut self, op: Op) {
+        if self.is_primary() || self.ticks < self.repair_requested_tick + REPAIR_TIMEOUT_TICKS {
+            return;
+        }
+        self.repair_requested_tick = self.ticks;
+        let mut message = self.pool.get();
+        let header = message.header_mut();
+        *header = Header::new(Command::RequestPrepare, self.config.cluster);
+        header.view = self.view;
+        header.op = op;
+        header.replica = self.config.replica;
+        header.set_checksum_body(&[]);
+        header.set_checksum();
+        let primary = self.primary_index();
+        self.send(Destination::Replica(primary), message);
+    }
+
+    /// Sends prepares that still lack a quorum again, to the backups that have not
+    /// acknowledged them.
+    pub(super) fn prepare_timeout(&mut self) {
+        if self.ticks % PREPARE_TIMEOUT_TICKS != 0 {
+            return;
+        }
+        let quorum = self.quorum_replication();
+        for index in 0..self.pipeline.len() {
+            let prepared = &self.pipeline[index];
+            if prepared.ok_from.count_ones() as usize >= quorum {
+                continue;
+            }
+            let (ok_from, message) = (prepared.ok_from, prepared.message.clone());
+            for replica in 0..self.config.replica_count {
+                if replica != self.config.replica && ok_from & (1 << replica) == 0 {
+                    self.send(Destination::Replica(replica), message.clone());
+                }
+            }
+        }
+    }
+
+    /// Tells backups the commit number: as soon as it moves, and every
+    /// `COMMIT_HEARTBEAT_TICKS` otherwise.
+    pub(super) fn commit_heartbeat(&mut self) {
+        if self.config.replica_count == 1 {
+            return;
+        }
+        let (commit_sent, tick_sent) = self.commit_heartbeat_sent;
+        if commit_sent == self.commit_min && self.ticks < tick_sent + COMMIT_HEARTBEAT_TICKS {
+            return;
+        }
+        self.commit_heartbeat_sent = (self.commit_min, self.ticks);
+        for replica in 0..self.config.replica_count {
+            if replica == self.config.replica {
+                continue;
+            }
+            let mut message = self.pool.get();
+            let header = message.header_mut();
+            *header = Header::new(Command::Commit, self.config.cluster);
+            header.view = self.view;
+            header.commit = self.commit_min;
+            header.context = self.commit_checksum;
+            header.checkpoint_op = self.checkpoint_op;
+            header.timestamp = self.ticks;
+            header.replica = self.config.replica;
+            header.set_checksum_body(&[]);
+            header.set_checksum();
+            self.send(Destination::Replica(replica), message);
+        }
+    }
+}
