@@ -153,7 +153,7 @@ impl Replica {
     /// Sends prepares that still lack a quorum again, to the backups that have not
     /// acknowledged them.
     pub(super) fn prepare_timeout(&mut self) {
-        if self.ticks % PREPARE_TIMEOUT_TICKS != 0 {
+        if !self.ticks.is_multiple_of(PREPARE_TIMEOUT_TICKS) {
             return;
         }
         let quorum = self.quorum_replication();
