@@ -14,12 +14,15 @@
 //!
 //! ```text
 //!   journal writes in flight                     JOURNAL_IOPS_WRITE_MAX
-//! + journal reads in flight (recovery, repair)   JOURNAL_IOPS_READ_MAX
-//! + the prepare pipeline                         PIPELINE_PREPARE_QUEUE_MAX
+//! + journal reads in flight (replay, repair)     JOURNAL_IOPS_READ_MAX
+//! + uncommitted prepares (a backup keeps twice the primary's pipeline)
+//!                                                2 * PIPELINE_PREPARE_QUEUE_MAX
 //! + queued client requests                       CLIENTS_MAX
-//! + client reply writes and reads                2
+//! + the latest reply of each session             CLIENTS_MAX
+//! + event-store reads in flight                  GRID_READS_MAX
 //! + per connection: one receive buffer and a send queue of CONNECTION_SEND_QUEUE_MAX
 //!                                                CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
+//! + messages received and not yet handled (the bus inbox)   CONNECTIONS_MAX
 //! + one do_view_change per replica               REPLICAS_MAX
 //! + slack for messages built and sent in one step  MESSAGES_SLACK
 //! ```
@@ -35,6 +38,7 @@ use crate::constants::{
     CLIENTS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX,
     PIPELINE_PREPARE_QUEUE_MAX, REPLICAS_MAX, SECTOR_SIZE,
 };
+use crate::state_machine::constants::GRID_READS_MAX;
 use crate::vsr::header::Header;
 
 /// Connections a replica keeps: one per peer replica plus its clients.
@@ -48,10 +52,12 @@ pub const MESSAGES_SLACK: usize = 4;
 pub const fn messages_max_replica() -> usize {
     JOURNAL_IOPS_WRITE_MAX
         + JOURNAL_IOPS_READ_MAX
-        + PIPELINE_PREPARE_QUEUE_MAX
+        + 2 * PIPELINE_PREPARE_QUEUE_MAX
         + CLIENTS_MAX
-        + 2
+        + CLIENTS_MAX
+        + GRID_READS_MAX
         + CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
+        + CONNECTIONS_MAX
         + REPLICAS_MAX
         + MESSAGES_SLACK
 }
