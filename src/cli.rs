@@ -218,7 +218,16 @@ fn command_start(arguments: &[String]) -> Result<(), String> {
 }
 
 fn command_benchmark(arguments: &[String]) -> Result<(), String> {
-    let allowed = ["addresses", "cluster", "clients", "events", "event-size", "batch", "streams"];
+    let allowed = [
+        "addresses",
+        "cluster",
+        "replica-count",
+        "clients",
+        "events",
+        "event-size",
+        "batch",
+        "streams",
+    ];
     let arguments = Arguments::parse(arguments, &allowed)?;
     if let Some(extra) = arguments.positionals.first() {
         return Err(format!("unexpected argument '{extra}'"));

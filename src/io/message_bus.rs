@@ -1,5 +1,5 @@
-//! The message bus: TCP connections to clients (and, later, peer replicas) over the shared
-//! io_uring ring, turning byte streams into validated `Message`s and `Message`s back into
+//! The message bus: TCP connections to clients and to the cluster's other replicas over the
+//! shared io_uring ring, turning byte streams into validated `Message`s and `Message`s back into
 //! bytes. Everything it uses is allocated in `MessageBus::new`: the connection table, each
 //! connection's send queue, and the inbox; message buffers come from the replica's pool.
 //!
@@ -8,10 +8,22 @@
 //! Each connection has one receive in flight, straight into a pool buffer, asking for as many
 //! bytes as the buffer holds. Once 128 bytes are in, the header is decoded (checksum, then
 //! `Header::invalid`) and checked against this cluster, `message_size_max` and the commands a
-//! replica accepts; once `size` bytes are in, the body checksum. The whole message (a handle
-//! nobody else holds) goes to the inbox, and whatever arrived after its end (pipelined
-//! messages) is copied to the start of a fresh buffer, which becomes the connection's receive
-//! buffer. The bytes are untrusted: any failed check logs one line and closes the connection.
+//! replica accepts; once `size` bytes are in, the body checksum, then whether the command suits
+//! who is on the other end (see "Peers"). The whole message (a handle nobody else holds) goes to
+//! the inbox, and whatever arrived after its end (pipelined messages) is copied to the start of a
+//! fresh buffer, which becomes the connection's receive buffer. The bytes are untrusted: any
+//! failed check logs one line and closes the connection.
+//!
+//! # Peers
+//!
+//! There is exactly one connection per pair of replicas: replica i dials each replica j > i
+//! (`replicas`), and accepts connections from each j < i on the listener it shares with
+//! clients. A dialed connection starts with a `ping` naming the dialer. An accepted connection
+//! is a client's once it sends a request or a `ping_client`, and replica j's once it sends a
+//! replica command with `replica = j`, if j is a lower replica of this cluster and the
+//! connection comes from j's configured IP address; a newer connection from j replaces the
+//! older. A client that sends a replica command, or a replica that sends a client's, is closed.
+//! Both kinds of message go to the one inbox: the replica tells them apart by command.
 //!
 //! # Back-pressure
 //!
@@ -19,15 +31,17 @@
 //! full, or when taking a buffer would eat into the pool's reserve (`POOL_RESERVE`), the
 //! connection keeps its finished message and stops receiving; `flush` resumes it once the
 //! driver has drained the inbox. Sending, each connection has a queue of
-//! `CONNECTION_SEND_QUEUE_MAX` messages and one send in flight (the ring resubmits the rest of
-//! a short send). A message for a full queue is dropped (clients retry), and a send that a peer
-//! leaves undrained for `SEND_STALL_TICKS_MAX` ticks closes its connection.
+//! `CONNECTION_SEND_QUEUE_MAX` messages (`REPLICA_SEND_QUEUE_MAX` to a replica) and one send in
+//! flight (the ring resubmits the rest of a short send). A message for a full queue is dropped
+//! (clients retry, and so does the protocol), and a send that a peer leaves undrained for
+//! `SEND_STALL_TICKS_MAX` ticks closes its connection.
 //!
 //! # Teardown
 //!
 //! Closing `shutdown`s the socket, which ends the receive and send parked in the ring; once
 //! both have completed, the descriptor is closed through the ring and the slot is free again
-//! (under a new generation, so that a completion can never reach the wrong connection).
+//! (under a new generation, so that a completion can never reach the wrong connection). A dialed
+//! connection's slot, once free, is dialed again after a backoff.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -35,14 +49,17 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use static_assertions::const_assert;
 
-use crate::constants::{HEADER_SIZE, IO_OPERATIONS_MAX, TICK_MS};
+use crate::constants::{HEADER_SIZE, IO_OPERATIONS_MAX, REPLICAS_MAX, TICK_MS};
 use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
-use crate::io::socket;
-use crate::vsr::header::{ClientId, ClusterId, Command, Header};
+use crate::io::socket::{self, ErrorDisplay};
+use crate::sim::prng::Prng;
+use crate::vsr::header::{ClientId, ClusterId, Command, Header, ReplicaIndex};
 use crate::vsr::message_pool::{
     CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, MESSAGES_SLACK, Message, MessagePool,
 };
 use crate::vsr::storage::IoError;
+
+mod replicas;
 
 /// Connections waiting in the kernel to be accepted.
 pub const LISTEN_BACKLOG: i32 = 64;
@@ -51,27 +68,53 @@ pub const INBOX_MAX: usize = CONNECTIONS_MAX;
 /// Buffers the bus leaves in the pool for the replica: it takes a receive buffer only while
 /// more than this many are free.
 pub const POOL_RESERVE: usize = MESSAGES_SLACK;
+/// Messages queued for one peer replica: a primary may prepare a whole pipeline in one turn of
+/// the loop, before any send completes, and still send its commits and pings.
+pub use crate::vsr::message_pool::REPLICA_SEND_QUEUE_MAX;
 /// Ticks one send may stay in flight before its peer counts as stuck (5 seconds).
 pub const SEND_STALL_TICKS_MAX: u64 = 5_000 / TICK_MS;
 /// The largest kernel socket buffer the bus asks for, each way.
 pub const SOCKET_BUFFER_SIZE_MAX: usize = 4 * 1024 * 1024;
+/// The shortest wait before dialing a replica again (50 ms)...
+pub const RECONNECT_DELAY_TICKS_MIN: u64 = 50 / TICK_MS;
+/// ...and the longest, which the exponential backoff reaches after a few failures (1 s).
+pub const RECONNECT_DELAY_TICKS_MAX: u64 = 1_000 / TICK_MS;
 
-// The bus's operations (an accept, a receive and a send or a close per connection) leave most
-// of the ring's slots to the disk.
+// The bus's operations (an accept, and a connect, a receive and a send, or a close per
+// connection) leave most of the ring's slots to the disk.
 const_assert!(2 * CONNECTIONS_MAX < IO_OPERATIONS_MAX / 2);
 const_assert!(INBOX_MAX >= 1);
 const_assert!(CONNECTION_SEND_QUEUE_MAX >= 1);
+const_assert!(REPLICA_SEND_QUEUE_MAX >= CONNECTION_SEND_QUEUE_MAX);
+// Every peer replica has a connection slot even with the clients' all taken.
+const_assert!(CONNECTIONS_MAX >= REPLICAS_MAX - 1);
+const_assert!(RECONNECT_DELAY_TICKS_MIN >= 1);
+const_assert!(RECONNECT_DELAY_TICKS_MIN < RECONNECT_DELAY_TICKS_MAX);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ConnectionState {
     /// No socket.
     Free,
+    /// Dialed: the connect is in the ring.
+    Connecting,
     /// Receiving and sending.
     Connected,
     /// Shut down, waiting for its receive and send in flight to complete.
     Closing,
     /// The close is in the ring.
     CloseSubmitted,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Peer {
+    /// Accepted, and nothing received yet says who.
+    Unknown,
+    /// A client, with the id of its latest request or ping (0 once a newer connection of the
+    /// same client took the id over: still a client's connection).
+    Client(ClientId),
+    /// A peer replica: dialed by this one, or accepted and identified by its first message.
+    Replica(ReplicaIndex),
 }
 
 /// Why a connection ends.
@@ -81,8 +124,14 @@ enum CloseReason {
     PeerClosed,
     /// The peer sent bytes that are not a valid message for us.
     Invalid(&'static str),
+    /// An accepted connection claimed to be `replica`, which it cannot be.
+    Impostor { replica: ReplicaIndex, reason: &'static str },
+    /// A newer connection from the same replica took over.
+    Replaced,
     /// The operating system reported an error.
     Failed(&'static str, IoError),
+    /// This side lacks something the connection needs.
+    Exhausted(&'static str),
     /// The peer did not drain a send for `SEND_STALL_TICKS_MAX` ticks.
     Stalled,
 }
@@ -96,13 +145,23 @@ enum Frame {
     Invalid(&'static str),
 }
 
+/// Who may send a command to a replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sender {
+    Client,
+    Replica,
+    /// Nobody: only a replica sends it, and only to clients.
+    Neither,
+}
+
 struct Connection {
     state: ConnectionState,
     generation: u32,
     fd: RawFd,
-    peer: Option<SocketAddr>,
-    /// The client on the other end, learned from its requests and pings (0: not known).
-    client: ClientId,
+    /// The address of the other end: the peer's for an accepted connection, the dialed one's
+    /// for a dialed connection.
+    address: Option<SocketAddr>,
+    peer: Peer,
     /// The buffer being filled; `None` while the receive in flight holds it, or while the pool
     /// has none to spare.
     receive_buffer: Option<Message>,
@@ -129,6 +188,13 @@ impl Connection {
         self.header = None;
         self.message_ready = false;
     }
+
+    fn send_queue_max(&self) -> usize {
+        match self.peer {
+            Peer::Replica(_) => REPLICA_SEND_QUEUE_MAX,
+            Peer::Unknown | Peer::Client(_) => CONNECTION_SEND_QUEUE_MAX,
+        }
+    }
 }
 
 /// Counters for operators and tests.
@@ -137,16 +203,37 @@ pub struct BusMetrics {
     pub connections_accepted: u64,
     pub connections_refused: u64,
     pub connections_closed: u64,
+    /// Connections to higher replicas established (connects that succeeded).
+    pub connections_dialed: u64,
+    /// Connects to higher replicas that failed.
+    pub dials_failed: u64,
+    /// Accepted connections identified as a lower replica's.
+    pub replicas_identified: u64,
     pub messages_received: u64,
     pub messages_sent: u64,
-    /// Messages for a client that is not connected, or whose send queue was full.
+    /// Messages for a client or replica that is not connected, or whose send queue was full.
     pub messages_dropped: u64,
+}
+
+/// The dialing state of one higher replica.
+#[derive(Clone, Copy, Debug)]
+struct Dial {
+    /// The tick of the next dial; `None` while its connection slot is in use (or before
+    /// `connect_to_replicas`).
+    tick: Option<u64>,
+    /// Dials since the replica last sent a message: the backoff's exponent.
+    attempts: u32,
+    /// The last connect failed and was logged: later failures of the streak are not.
+    failing: bool,
 }
 
 /// See the module documentation.
 pub struct MessageBus {
     pool: MessagePool,
     cluster: ClusterId,
+    /// This replica's index, and the cluster's size.
+    replica: ReplicaIndex,
+    replica_count: u8,
     message_size_max: usize,
     socket_buffer_size_bytes: usize,
     listener: Option<OwnedFd>,
@@ -157,7 +244,18 @@ pub struct MessageBus {
     accept_failing: bool,
     /// "Connection limit reached" was logged and no connection has closed since.
     refused_logged: bool,
+    /// Slot `k` below the count of higher replicas is the dialed connection of replica
+    /// `replica + 1 + k`; accepted connections take the slots after them, so that dialing
+    /// always finds its slot.
     connections: Box<[Connection]>,
+    /// `addresses[i]` is replica i's, once `connect_to_replicas` set them.
+    addresses: [Option<SocketAddr>; REPLICAS_MAX],
+    /// The connected (and, if accepted, identified) connection of each peer replica.
+    replica_connections: [Option<usize>; REPLICAS_MAX],
+    /// Indexed by replica; used for the higher replicas only.
+    dials: [Dial; REPLICAS_MAX],
+    /// The jitter of the reconnect backoff, seeded from the cluster and the replica index.
+    prng: Prng,
     inbox: VecDeque<Message>,
     ticks: u64,
     metrics: BusMetrics,
@@ -165,33 +263,46 @@ pub struct MessageBus {
 
 impl MessageBus {
     /// Allocates the connection table, the send queues and the inbox: every allocation the bus
-    /// makes. Messages bigger than `message_size_max` (from the data file's config) are refused;
-    /// `pool`'s buffers, shared with the replica, must hold one.
-    pub fn new(pool: MessagePool, cluster: ClusterId, message_size_max: usize) -> MessageBus {
+    /// makes. The bus belongs to `replica` of a cluster of `replica_count`. Messages bigger than
+    /// `message_size_max` (from the data file's config) are refused; `pool`'s buffers, shared
+    /// with the replica, must hold one.
+    pub fn new(
+        pool: MessagePool,
+        cluster: ClusterId,
+        replica: ReplicaIndex,
+        replica_count: u8,
+        message_size_max: usize,
+    ) -> MessageBus {
+        assert!(replica_count >= 1 && usize::from(replica_count) <= REPLICAS_MAX);
+        assert!(replica < replica_count);
         assert!(message_size_max >= HEADER_SIZE);
         assert!(pool.buffer_size() >= message_size_max);
         let socket_buffer_size_bytes =
-            (CONNECTION_SEND_QUEUE_MAX * message_size_max).min(SOCKET_BUFFER_SIZE_MAX);
+            (REPLICA_SEND_QUEUE_MAX * message_size_max).min(SOCKET_BUFFER_SIZE_MAX);
         let connections = (0..CONNECTIONS_MAX)
             .map(|_| Connection {
                 state: ConnectionState::Free,
                 generation: 0,
                 fd: -1,
-                peer: None,
-                client: 0,
+                address: None,
+                peer: Peer::Unknown,
                 receive_buffer: None,
                 receive_in_flight: false,
                 received_bytes: 0,
                 header: None,
                 message_ready: false,
-                send_queue: VecDeque::with_capacity(CONNECTION_SEND_QUEUE_MAX),
+                // Any accepted connection may turn out to be a replica's.
+                send_queue: VecDeque::with_capacity(REPLICA_SEND_QUEUE_MAX),
                 send_in_flight: false,
                 send_submitted_tick: 0,
             })
             .collect();
+        let dial = Dial { tick: None, attempts: 0, failing: false };
         MessageBus {
             pool,
             cluster,
+            replica,
+            replica_count,
             message_size_max,
             socket_buffer_size_bytes,
             listener: None,
@@ -200,6 +311,10 @@ impl MessageBus {
             accept_failing: false,
             refused_logged: false,
             connections,
+            addresses: [None; REPLICAS_MAX],
+            replica_connections: [None; REPLICAS_MAX],
+            dials: [dial; REPLICAS_MAX],
+            prng: Prng::new(cluster ^ (u64::from(replica) << 56)),
             inbox: VecDeque::with_capacity(INBOX_MAX),
             ticks: 0,
             metrics: BusMetrics::default(),
@@ -229,7 +344,8 @@ impl MessageBus {
     pub fn send_to_client(&mut self, io: &mut Io, client: ClientId, message: Message) -> bool {
         assert_ne!(client, 0);
         let found = self.connections.iter().position(|connection| {
-            connection.state == ConnectionState::Connected && connection.client == client
+            connection.state == ConnectionState::Connected
+                && connection.peer == Peer::Client(client)
         });
         match found {
             Some(index) => self.send(io, index, message),
@@ -240,8 +356,8 @@ impl MessageBus {
         }
     }
 
-    /// Advances the bus's clock: closes connections whose peer stopped draining, and retries a
-    /// failed accept. Call every `TICK_MS`.
+    /// Advances the bus's clock: closes connections whose peer stopped draining, retries a
+    /// failed accept, and dials the replicas whose backoff has passed. Call every `TICK_MS`.
     pub fn on_tick(&mut self, io: &mut Io) {
         self.ticks += 1;
         if self.accept_paused {
@@ -257,6 +373,7 @@ impl MessageBus {
                 self.close(io, index, CloseReason::Stalled);
             }
         }
+        self.dial_due(io);
     }
 
     /// Resumes the connections that stopped receiving for want of room in the inbox or the
@@ -274,6 +391,7 @@ impl MessageBus {
     pub fn on_completion(&mut self, io: &mut Io, completed: Completed) {
         match completed.operation {
             Operation::Accept { .. } => self.accept_complete(io, completed.result),
+            Operation::Connect { token, .. } => self.connect_complete(io, token, completed.result),
             Operation::Receive { token, buffer, .. } => {
                 self.receive_complete(io, token, buffer, completed.result)
             }
@@ -285,13 +403,13 @@ impl MessageBus {
         }
     }
 
-    /// Connections open (not closing).
+    /// Connections open (not connecting, not closing).
     pub fn connection_count(&self) -> usize {
         let connected = |connection: &&Connection| connection.state == ConnectionState::Connected;
         self.connections.iter().filter(connected).count()
     }
 
-    /// Connections holding a socket, closing ones included.
+    /// Connections holding a socket, connecting and closing ones included.
     pub fn socket_count(&self) -> usize {
         let used = |connection: &&Connection| connection.state != ConnectionState::Free;
         self.connections.iter().filter(used).count()
@@ -327,7 +445,10 @@ impl MessageBus {
                 // Out of descriptors or memory, or a connection reset before we took it: try
                 // again next tick rather than spin, and log the first failure of a streak.
                 if !self.accept_failing {
-                    eprintln!("message bus: accept failed (retrying every tick): {error}");
+                    eprintln!(
+                        "message bus: accept failed (retrying every tick): {}",
+                        ErrorDisplay(error)
+                    );
                 }
                 self.accept_failing = true;
                 self.accept_paused = true;
@@ -336,37 +457,44 @@ impl MessageBus {
     }
 
     fn connection_open(&mut self, io: &mut Io, fd: RawFd) {
-        let free = self
-            .connections
+        let dialed_count = self.dialed_count();
+        let free = self.connections[dialed_count..]
             .iter()
-            .position(|connection| connection.state == ConnectionState::Free);
+            .position(|connection| connection.state == ConnectionState::Free)
+            .map(|position| dialed_count + position);
         let Some(index) = free else {
             self.metrics.connections_refused += 1;
             if !self.refused_logged {
                 self.refused_logged = true;
-                let peer = socket::peer_address(fd);
+                let address = socket::peer_address(fd);
                 eprintln!(
-                    "message bus: refusing {}: all {CONNECTIONS_MAX} connections in use \
-                     (logged once until one closes)",
-                    PeerDisplay(peer)
+                    "message bus: refusing {}: all {} connections for clients and lower \
+                     replicas in use (logged once until one closes)",
+                    AddressDisplay(address),
+                    CONNECTIONS_MAX - dialed_count,
                 );
             }
             socket::close(fd);
             return;
         };
-        let peer = socket::peer_address(fd);
+        let address = socket::peer_address(fd);
         if let Err(error) = socket::connection_configure(fd, self.socket_buffer_size_bytes) {
-            eprintln!("message bus: closing {}: socket setup failed: {error}", PeerDisplay(peer));
+            eprintln!(
+                "message bus: closing connection from {}: socket setup failed: {}",
+                AddressDisplay(address),
+                ErrorDisplay(socket::io_error(&error)),
+            );
             socket::close(fd);
             return;
         }
         let connection = &mut self.connections[index];
+        assert_eq!(connection.state, ConnectionState::Free);
         assert!(connection.receive_buffer.is_none() && connection.send_queue.is_empty());
         assert!(!connection.receive_in_flight && !connection.send_in_flight);
         connection.state = ConnectionState::Connected;
         connection.fd = fd;
-        connection.peer = peer;
-        connection.client = 0;
+        connection.address = address;
+        connection.peer = Peer::Unknown;
         connection.receive_reset();
         self.metrics.connections_accepted += 1;
         self.receive_progress(io, index);
@@ -423,6 +551,9 @@ impl MessageBus {
                     return self.close(io, index, CloseReason::Invalid(reason));
                 }
                 Frame::Message => {
+                    if let Err(reason) = self.peer_admit(io, index) {
+                        return self.close(io, index, reason);
+                    }
                     if !self.deliver(index) {
                         return; // `flush` retries.
                     }
@@ -465,6 +596,34 @@ impl MessageBus {
         Frame::Message
     }
 
+    /// Checks that the whole message on connection `index` suits who sent it, learning who that
+    /// is from the first one. Idempotent: a message waiting for room in the inbox is checked
+    /// again when `flush` retries it.
+    fn peer_admit(&mut self, io: &mut Io, index: usize) -> Result<(), CloseReason> {
+        let connection = &self.connections[index];
+        assert!(connection.message_ready);
+        let header = connection.header.expect("a ready message has a header");
+        let command = header.command().expect("framing checked the command");
+        match (command_sender(command), connection.peer) {
+            (Sender::Neither, _) => unreachable!("framing refuses commands nobody may send"),
+            (Sender::Client, Peer::Replica(_)) => {
+                Err(CloseReason::Invalid("a replica sent a client's command"))
+            }
+            (Sender::Client, Peer::Unknown | Peer::Client(_)) => {
+                self.client_learn(index, header.client);
+                Ok(())
+            }
+            (Sender::Replica, Peer::Client(_)) => {
+                Err(CloseReason::Invalid("a client sent a replica's command"))
+            }
+            (Sender::Replica, Peer::Replica(replica)) => {
+                self.replica_heard(index, replica);
+                Ok(())
+            }
+            (Sender::Replica, Peer::Unknown) => self.replica_identify(io, index, header.replica),
+        }
+    }
+
     /// Moves the whole message at the start of the receive buffer to the inbox, carrying the
     /// bytes after it into a fresh buffer. Returns false if there is no room for either.
     fn deliver(&mut self, index: usize) -> bool {
@@ -483,9 +642,6 @@ impl MessageBus {
         connection.receive_buffer = Some(next);
         connection.receive_reset();
         connection.received_bytes = carried_bytes;
-        if matches!(header.command(), Some(Command::Request | Command::PingClient)) {
-            self.client_learn(index, header.client);
-        }
         assert_eq!(message.references(), 1);
         self.inbox.push_back(message);
         self.metrics.messages_received += 1;
@@ -519,15 +675,16 @@ impl MessageBus {
     /// its older connection.
     fn client_learn(&mut self, index: usize, client: ClientId) {
         assert_ne!(client, 0, "validated headers of requests and pings name a client");
-        if self.connections[index].client == client {
+        assert!(matches!(self.connections[index].peer, Peer::Unknown | Peer::Client(_)));
+        if self.connections[index].peer == Peer::Client(client) {
             return;
         }
         for connection in self.connections.iter_mut() {
-            if connection.client == client {
-                connection.client = 0;
+            if connection.peer == Peer::Client(client) {
+                connection.peer = Peer::Client(0);
             }
         }
-        self.connections[index].client = client;
+        self.connections[index].peer = Peer::Client(client);
     }
 }
 
@@ -538,12 +695,13 @@ impl MessageBus {
         assert_eq!(connection.state, ConnectionState::Connected);
         let size = message.header().size as usize;
         assert!(size >= HEADER_SIZE && size <= self.message_size_max);
-        if connection.send_queue.len() >= CONNECTION_SEND_QUEUE_MAX {
+        if connection.send_queue.len() >= connection.send_queue_max() {
             // The peer is slow or stuck: dropping keeps memory bounded and the loop moving;
             // `on_tick` closes the connection if the send in flight makes no progress.
             self.metrics.messages_dropped += 1;
             return false;
         }
+        assert!(connection.send_queue.len() < connection.send_queue.capacity());
         connection.send_queue.push_back(message);
         self.send_submit(io, index);
         true
@@ -594,30 +752,53 @@ impl MessageBus {
 /// Closing.
 impl MessageBus {
     fn close(&mut self, io: &mut Io, index: usize, reason: CloseReason) {
-        let connection = &mut self.connections[index];
+        let connection = &self.connections[index];
         assert_eq!(connection.state, ConnectionState::Connected);
-        let peer = PeerDisplay(connection.peer);
-        match reason {
-            CloseReason::PeerClosed => {}
-            CloseReason::Invalid(reason) => {
-                eprintln!("message bus: closing {peer}: invalid message: {reason}")
+        self.close_log(index, reason);
+        if let Peer::Replica(replica) = connection.peer {
+            let replica_connection = &mut self.replica_connections[usize::from(replica)];
+            if *replica_connection == Some(index) {
+                *replica_connection = None;
             }
-            CloseReason::Failed(operation, error) => {
-                eprintln!("message bus: closing {peer}: {operation}: {error}")
-            }
-            CloseReason::Stalled => eprintln!(
-                "message bus: closing {peer}: peer drained nothing for {SEND_STALL_TICKS_MAX} \
-                 ticks"
-            ),
         }
+        let connection = &mut self.connections[index];
         connection.state = ConnectionState::Closing;
-        connection.client = 0;
+        connection.peer = Peer::Unknown;
         connection.send_queue.clear();
         connection.receive_buffer = None;
         connection.receive_reset();
         socket::shutdown(connection.fd);
         self.metrics.connections_closed += 1;
         self.close_maybe(io, index);
+    }
+
+    fn close_log(&self, index: usize, reason: CloseReason) {
+        let connection = self.describe(index);
+        match reason {
+            CloseReason::PeerClosed => {}
+            CloseReason::Invalid(reason) => {
+                eprintln!("message bus: closing {connection}: invalid message: {reason}")
+            }
+            CloseReason::Impostor { replica, reason } => {
+                eprintln!(
+                    "message bus: closing {connection}: claims to be replica {replica}: {reason}"
+                )
+            }
+            CloseReason::Replaced => eprintln!(
+                "message bus: closing {connection}: replaced by a newer connection from the \
+                 same replica"
+            ),
+            CloseReason::Failed(operation, error) => {
+                eprintln!("message bus: closing {connection}: {operation}: {}", ErrorDisplay(error))
+            }
+            CloseReason::Exhausted(reason) => {
+                eprintln!("message bus: closing {connection}: {reason}")
+            }
+            CloseReason::Stalled => eprintln!(
+                "message bus: closing {connection}: peer drained nothing for \
+                 {SEND_STALL_TICKS_MAX} ticks"
+            ),
+        }
     }
 
     /// Closes the descriptor once no operation in the ring uses it.
@@ -639,8 +820,12 @@ impl MessageBus {
         connection.state = ConnectionState::Free;
         connection.generation = connection.generation.wrapping_add(1);
         connection.fd = -1;
-        connection.peer = None;
+        connection.address = None;
+        connection.peer = Peer::Unknown;
         self.refused_logged = false;
+        if let Some(replica) = self.dialed_replica(index) {
+            self.dial_schedule(replica);
+        }
     }
 
     fn connection_index(&self, token: ConnectionToken) -> usize {
@@ -650,6 +835,16 @@ impl MessageBus {
         assert_ne!(self.connections[index].state, ConnectionState::Free);
         index
     }
+
+    /// Connection `index` for log lines.
+    fn describe(&self, index: usize) -> ConnectionDisplay {
+        let connection = &self.connections[index];
+        ConnectionDisplay {
+            address: connection.address,
+            peer: connection.peer,
+            dialed: self.dialed_replica(index).is_some(),
+        }
+    }
 }
 
 impl Drop for MessageBus {
@@ -657,7 +852,11 @@ impl Drop for MessageBus {
     /// when the ring drops; a descriptor whose close is in the ring is the ring's to close.
     fn drop(&mut self) {
         for connection in self.connections.iter() {
-            if matches!(connection.state, ConnectionState::Connected | ConnectionState::Closing) {
+            let open = matches!(
+                connection.state,
+                ConnectionState::Connecting | ConnectionState::Connected | ConnectionState::Closing
+            );
+            if open {
                 socket::shutdown(connection.fd);
                 socket::close(connection.fd);
             }
@@ -682,23 +881,72 @@ fn header_check(
     if header.size as usize > message_size_max {
         return Err("size larger than this cluster's message_size_max");
     }
-    match header.command().expect("decode checked the command") {
-        // Only a replica sends these, and only to clients.
-        Command::Reply | Command::PongClient | Command::Eviction => {
-            Err("command not accepted by a replica")
+    match command_sender(header.command().expect("decode checked the command")) {
+        Sender::Neither => Err("command not accepted by a replica"),
+        Sender::Client | Sender::Replica => Ok(header),
+    }
+}
+
+/// Who may send `command` to a replica. Every command is listed, so that a new one needs a
+/// decision here.
+fn command_sender(command: Command) -> Sender {
+    match command {
+        Command::Request | Command::PingClient => Sender::Client,
+        Command::Ping
+        | Command::Pong
+        | Command::Prepare
+        | Command::PrepareOk
+        | Command::Commit
+        | Command::StartViewChange
+        | Command::DoViewChange
+        | Command::StartView
+        | Command::RequestStartView
+        | Command::RequestHeaders
+        | Command::RequestPrepare
+        | Command::Headers
+        | Command::NackPrepare
+        | Command::RequestReply
+        | Command::RequestBlocks
+        | Command::Block
+        | Command::RequestSyncCheckpoint
+        | Command::SyncCheckpoint => Sender::Replica,
+        Command::Reserved | Command::Reply | Command::PongClient | Command::Eviction => {
+            Sender::Neither
         }
-        _ => Ok(header),
     }
 }
 
 /// A peer address for log lines, which may be unknown.
-struct PeerDisplay(Option<SocketAddr>);
+struct AddressDisplay(Option<SocketAddr>);
 
-impl std::fmt::Display for PeerDisplay {
+impl std::fmt::Display for AddressDisplay {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(address) => write!(formatter, "connection from {address}"),
-            None => write!(formatter, "connection from an unknown address"),
+            Some(address) => write!(formatter, "{address}"),
+            None => write!(formatter, "an unknown address"),
+        }
+    }
+}
+
+/// A connection for log lines: which way it was made, and to whom.
+struct ConnectionDisplay {
+    address: Option<SocketAddr>,
+    peer: Peer,
+    dialed: bool,
+}
+
+impl std::fmt::Display for ConnectionDisplay {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let address = AddressDisplay(self.address);
+        match (self.dialed, self.peer) {
+            (true, Peer::Replica(replica)) => {
+                write!(formatter, "connection to replica {replica} at {address}")
+            }
+            (true, _) => write!(formatter, "connection to {address}"),
+            (false, Peer::Replica(replica)) => {
+                write!(formatter, "connection from replica {replica} at {address}")
+            }
+            (false, _) => write!(formatter, "connection from {address}"),
         }
     }
 }

@@ -5,8 +5,9 @@
 //!   drained into a fixed array and handed back to their owners.
 //! - `storage`: `IoStorage`, the `vsr::storage::Storage` implementation over `Io` for one data
 //!   file; it owns the process's one ring and lends it to the bus.
-//! - `message_bus`: `MessageBus`, TCP connections over the same ring: framing and validation of
-//!   received messages, bounded send queues, back-pressure.
+//! - `message_bus`: `MessageBus`, TCP connections to clients and peer replicas over the same
+//!   ring: dialing peers with backoff, identifying them, framing and validation of received
+//!   messages, bounded send queues, back-pressure.
 //! - `socket`: the socket system calls made outside the ring, and address conversions.
 //! - `server`: `kimberlite start`, the replica's event loop over one ring.
 //! - `data_file`: creating and opening data files (`O_DIRECT`, `flock`, fsync at open).

@@ -50,10 +50,18 @@ pub(crate) fn start_while(
     let mut replica = Replica::new(&config, pool.clone());
     replica_open(&mut replica, &mut storage)
         .map_err(|reason| format!("{}: cannot open the replica: {reason}", path.display()))?;
-    let mut bus = MessageBus::new(pool, config.cluster, config.message_size_max as usize);
+    let message_size_max = config.message_size_max as usize;
+    let mut bus = MessageBus::new(
+        pool,
+        config.cluster,
+        config.replica,
+        config.replica_count,
+        message_size_max,
+    );
     let bound = bus
         .listen(storage.io(), address)
         .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    bus.connect_to_replicas(storage.io(), addresses);
     println!(
         "replica {} listening on {bound} (cluster {}, op {})",
         config.replica,
@@ -84,15 +92,10 @@ fn config_read(storage: &mut IoStorage, path: &Path) -> Result<Config, String> {
     Ok(config)
 }
 
-/// The address this replica listens on. Only single-replica clusters can run for now.
+/// The address this replica listens on: its own entry of the cluster's addresses.
 fn address_of_replica(config: &Config, addresses: &[SocketAddr]) -> Result<SocketAddr, String> {
-    if config.replica_count != 1 {
-        return Err(format!(
-            "the data file belongs to a cluster of {} replicas; only single-replica clusters \
-             (--replica-count=1) can start yet",
-            config.replica_count
-        ));
-    }
+    assert!(config.invalid().is_none(), "the configuration was validated when read");
+    assert!(config.replica < config.replica_count);
     if addresses.len() != usize::from(config.replica_count) {
         return Err(format!(
             "--addresses lists {} addresses; the cluster has {} replica(s), one address each",
@@ -181,15 +184,17 @@ impl Server {
     }
 
     /// Moves the replica's outgoing messages to the bus. A message the bus cannot take (the
-    /// client is gone, or its queue is full) is dropped: clients retry.
+    /// client or replica is not connected, or its queue is full) is dropped: clients retry, and
+    /// so does the protocol.
     fn outbox_send(&mut self) {
         while let Some((destination, message)) = self.replica.poll_send() {
             match destination {
                 Destination::Client(client) => {
                     self.bus.send_to_client(self.storage.io(), client, message);
                 }
-                // A single-replica cluster has no peers to send to.
-                Destination::Replica(_) => drop(message),
+                Destination::Replica(replica) => {
+                    self.bus.send_to_replica(self.storage.io(), replica, message);
+                }
             }
         }
     }
@@ -260,15 +265,15 @@ mod tests {
 
     #[test]
     fn start_refuses_what_it_cannot_serve() {
-        // Goal: a missing data file, a cluster of three replicas and an address list of the
-        // wrong length each end `start` with an error that says so, before listening.
+        // Goal: a missing data file and address lists of the wrong length (for a cluster of
+        // three and of one) each end `start` with an error that says so, before listening.
         let scratch = ScratchDirectory::new("server-refusals");
         let missing = start(&scratch.path.join("missing"), &[localhost()]).unwrap_err();
         assert!(missing.contains("no such data file"), "{missing}");
         let three = scratch.path.join("0_3.kimberlite");
         format_file(&three, &small_config(3)).unwrap();
-        let error = start(&three, &[localhost(), localhost(), localhost()]).unwrap_err();
-        assert!(error.contains("only single-replica clusters"), "{error}");
+        let error = start(&three, &[localhost(), localhost()]).unwrap_err();
+        assert!(error.contains("lists 2 addresses; the cluster has 3"), "{error}");
         let one = scratch.path.join("0_1.kimberlite");
         format_file(&one, &small_config(1)).unwrap();
         let error = start(&one, &[localhost(), localhost()]).unwrap_err();

@@ -6,10 +6,11 @@
 //! Sockets stay blocking: io_uring does the waiting, and a blocking socket lets it park a receive
 //! or a send until the peer is ready instead of failing with `EAGAIN`.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use crate::io::ring::SocketAddress;
+use crate::vsr::storage::IoError;
 
 /// TCP keepalive: the first probe after this many idle seconds...
 const KEEPALIVE_IDLE_SECONDS: i32 = 5;
@@ -28,16 +29,7 @@ pub fn listen(address: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
     let socket = stream_socket(&address)?;
     let fd = raw(&socket);
     option_set(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    let kernel_address = socket_address(&address);
-    // SAFETY: `kernel_address.storage` holds a valid sockaddr of `length` bytes for the call.
-    let result = unsafe {
-        libc::bind(
-            fd,
-            (&raw const kernel_address.storage).cast::<libc::sockaddr>(),
-            kernel_address.length,
-        )
-    };
-    check(result)?;
+    bind(fd, &address)?;
     // SAFETY: a plain system call on a descriptor we own.
     check(unsafe { libc::listen(fd, backlog) })?;
     Ok(socket)
@@ -54,6 +46,25 @@ pub fn stream_socket(address: &SocketAddr) -> std::io::Result<OwnedFd> {
     check(fd)?;
     // SAFETY: `fd` is a descriptor just returned to us, owned by nothing else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A configured socket (see `connection_configure`) for an io_uring connect to `address`,
+/// bound to `local` (port chosen at connect) unless that is unspecified or of the other family:
+/// the peer checks the IP address a replica dials from.
+pub fn dial_socket(
+    address: &SocketAddr,
+    local: IpAddr,
+    buffer_size_bytes: usize,
+) -> std::io::Result<OwnedFd> {
+    let socket = stream_socket(address)?;
+    let fd = raw(&socket);
+    if !local.is_unspecified() && local.is_ipv4() == address.is_ipv4() {
+        // Bind the IP only: the port is picked at connect, from the whole 4-tuple space.
+        option_set(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+        bind(fd, &SocketAddr::new(local, 0))?;
+    }
+    connection_configure(fd, buffer_size_bytes)?;
+    Ok(socket)
 }
 
 /// Sets up an accepted or connected socket: no Nagle delay (messages are whole and latency
@@ -175,10 +186,52 @@ pub fn std_address(address: &SocketAddress) -> Option<SocketAddr> {
     }
 }
 
+/// A system call's error as the ring reports errors (so that it displays without allocating).
+pub fn io_error(error: &std::io::Error) -> IoError {
+    IoError::Errno(error.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Displays an `IoError` the way `std::io::Error` does ("Connection refused (os error 111)")
+/// without allocating, which `std::io::Error`'s `Display` does: the bus logs after startup.
+pub struct ErrorDisplay(pub IoError);
+
+impl std::fmt::Display for ErrorDisplay {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let errno = match self.0 {
+            IoError::Errno(errno) => errno,
+            IoError::EndOfFile => return write!(formatter, "unexpected end of file"),
+        };
+        let mut buffer = [0u8; 128];
+        // SAFETY: the XSI `strerror_r` writes at most `buffer.len()` bytes, NUL included, into
+        // the buffer, which lives across the call.
+        let result = unsafe { libc::strerror_r(errno, buffer.as_mut_ptr().cast(), buffer.len()) };
+        let length = buffer.iter().position(|byte| *byte == 0).unwrap_or(buffer.len());
+        match std::str::from_utf8(&buffer[..length]) {
+            Ok(text) if result == 0 && !text.is_empty() => {
+                write!(formatter, "{text} (os error {errno})")
+            }
+            _ => write!(formatter, "os error {errno}"),
+        }
+    }
+}
+
 fn socket_address_empty() -> SocketAddress {
     // SAFETY: `sockaddr_storage` is plain integers, for which all zeros is a valid value.
     let storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     SocketAddress { storage, length: size_of::<libc::sockaddr_storage>() as libc::socklen_t }
+}
+
+fn bind(fd: RawFd, address: &SocketAddr) -> std::io::Result<()> {
+    let kernel_address = socket_address(address);
+    // SAFETY: `kernel_address.storage` holds a valid sockaddr of `length` bytes for the call.
+    let result = unsafe {
+        libc::bind(
+            fd,
+            (&raw const kernel_address.storage).cast::<libc::sockaddr>(),
+            kernel_address.length,
+        )
+    };
+    check(result)
 }
 
 fn option_set(fd: RawFd, level: i32, name: i32, value: i32) -> std::io::Result<()> {
@@ -222,6 +275,46 @@ mod tests {
             assert_eq!(std_address(&socket_address(&address)), Some(address));
         }
         assert_eq!(std_address(&socket_address_empty()), None);
+    }
+
+    #[test]
+    fn errors_display_like_std_without_allocating() {
+        // Goal: an errno reads as `std::io::Error` writes it, and writing it allocates nothing
+        // (the bus logs after startup); an unknown errno still displays.
+        use std::fmt::Write;
+        let expected = std::io::Error::from_raw_os_error(libc::ECONNREFUSED).to_string();
+        let mut text = String::with_capacity(256);
+        crate::io::allocator::arm();
+        write!(text, "{}", ErrorDisplay(IoError::Errno(libc::ECONNREFUSED))).unwrap();
+        let allocations = crate::io::allocator::allocations_since_armed();
+        crate::io::allocator::disarm();
+        assert_eq!(allocations, 0);
+        assert_eq!(text, expected);
+        let unknown = ErrorDisplay(IoError::Errno(100_000)).to_string();
+        assert!(unknown.contains("100000"), "{unknown}");
+    }
+
+    #[test]
+    fn dial_socket_binds_the_local_ip() {
+        // Goal: a dial socket bound to 127.0.0.2 connects from that IP (what the accepting
+        // replica checks), and one given an unspecified IP is left for the kernel to place.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        for (local, expected) in [("127.0.0.2", "127.0.0.2"), ("0.0.0.0", "127.0.0.1")] {
+            let socket = dial_socket(&address, local.parse().unwrap(), 64 * 1024).unwrap();
+            let kernel_address = socket_address(&address);
+            // SAFETY: the storage holds a valid sockaddr of `length` bytes for the call.
+            let result = unsafe {
+                libc::connect(
+                    raw(&socket),
+                    (&raw const kernel_address.storage).cast::<libc::sockaddr>(),
+                    kernel_address.length,
+                )
+            };
+            check(result).unwrap();
+            let (_, peer) = listener.accept().unwrap();
+            assert_eq!(peer.ip().to_string(), expected);
+        }
     }
 
     #[test]

@@ -22,6 +22,8 @@
 //! + event-store reads in flight                  GRID_READS_MAX
 //! + per connection: one receive buffer and a send queue of CONNECTION_SEND_QUEUE_MAX
 //!                                                CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
+//! + the larger send queues of peer replicas
+//!                         (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)
 //! + messages received and not yet handled (the bus inbox)   CONNECTIONS_MAX
 //! + one do_view_change per replica               REPLICAS_MAX
 //! + slack for messages built and sent in one step  MESSAGES_SLACK
@@ -45,6 +47,8 @@ use crate::vsr::header::Header;
 pub const CONNECTIONS_MAX: usize = REPLICAS_MAX - 1 + CLIENTS_MAX;
 /// Messages queued for sending on one connection.
 pub const CONNECTION_SEND_QUEUE_MAX: usize = 4;
+/// Messages queued for sending to one peer replica: a pipeline of prepares on top.
+pub const REPLICA_SEND_QUEUE_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX + CONNECTION_SEND_QUEUE_MAX;
 /// Messages a single step may build before any is released.
 pub const MESSAGES_SLACK: usize = 4;
 
@@ -57,6 +61,7 @@ pub const fn messages_max_replica() -> usize {
         + CLIENTS_MAX
         + GRID_READS_MAX
         + CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
+        + (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)
         + CONNECTIONS_MAX
         + REPLICAS_MAX
         + MESSAGES_SLACK

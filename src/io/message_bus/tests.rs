@@ -1,6 +1,7 @@
 //! Message bus tests over real sockets on 127.0.0.1: framing, validation of untrusted bytes,
-//! the connection limit, replies, back-pressure from a stuck peer, and no allocation after
-//! startup.
+//! the connection limit, replies, back-pressure from a stuck peer, connections between replicas
+//! (several buses, each on its own ring, stepped in turn by one thread), and no allocation
+//! after startup.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::io::allocator;
 use crate::io::ring::Wait;
+use crate::sim::prng::Prng;
 use crate::vsr::header::Operation as RequestOperation;
 
 const CLUSTER: ClusterId = 7;
@@ -30,10 +32,25 @@ impl Harness {
     }
 
     fn with_pool(pool_count: usize) -> Harness {
+        Harness::build(pool_count, 0, 1, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Replica `replica` of a cluster of `replica_count`, listening on `address`.
+    fn replica(replica: ReplicaIndex, replica_count: u8, address: SocketAddr) -> Harness {
+        Harness::build(POOL_COUNT, replica, replica_count, address)
+    }
+
+    fn build(
+        pool_count: usize,
+        replica: ReplicaIndex,
+        replica_count: u8,
+        address: SocketAddr,
+    ) -> Harness {
         let pool = MessagePool::new(pool_count, MESSAGE_SIZE_MAX);
         let mut io = Io::new().unwrap();
-        let mut bus = MessageBus::new(pool.clone(), CLUSTER, MESSAGE_SIZE_MAX);
-        let address = bus.listen(&mut io, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut bus =
+            MessageBus::new(pool.clone(), CLUSTER, replica, replica_count, MESSAGE_SIZE_MAX);
+        let address = bus.listen(&mut io, address).unwrap();
         Harness { bus, io, pool, address }
     }
 
@@ -81,6 +98,15 @@ impl Harness {
     /// the end of the stream.
     fn expect_closed(&mut self, client: &mut TcpStream, sockets_left: usize) {
         self.pump_until(|harness| harness.bus.socket_count() == sockets_left);
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(client.read(&mut byte).unwrap(), 0, "the client sees the end of the stream");
+    }
+
+    /// Waits until the bus has closed `closed` connections in all, then checks the client
+    /// reads the end of the stream.
+    fn expect_closed_count(&mut self, client: &mut TcpStream, closed: u64) {
+        self.pump_until(|harness| harness.bus.metrics().connections_closed == closed);
         client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut byte = [0u8; 1];
         assert_eq!(client.read(&mut byte).unwrap(), 0, "the client sees the end of the stream");
@@ -407,4 +433,368 @@ fn bus_does_not_allocate_after_startup() {
     assert_eq!(allocations, 0);
     assert_eq!(harness.bus.metrics().messages_received, 15);
     assert_eq!(harness.bus.metrics().messages_sent, 6);
+}
+
+// Replicas.
+
+/// Replicas `0..ips.len()` of one cluster, replica i listening on `ips[i]` (port 0). Each is
+/// told the cluster's addresses, as `addresses_edit` leaves them for that replica, and starts
+/// dialing.
+fn cluster_with(
+    ips: &[&str],
+    mut addresses_edit: impl FnMut(ReplicaIndex, &mut [SocketAddr]),
+) -> Vec<Harness> {
+    let replica_count = ips.len() as u8;
+    let mut harnesses: Vec<Harness> = ips
+        .iter()
+        .enumerate()
+        .map(|(replica, ip)| {
+            let address = SocketAddr::new(ip.parse().unwrap(), 0);
+            Harness::replica(replica as ReplicaIndex, replica_count, address)
+        })
+        .collect();
+    let addresses: Vec<SocketAddr> = harnesses.iter().map(|harness| harness.address).collect();
+    for (replica, harness) in harnesses.iter_mut().enumerate() {
+        let mut addresses = addresses.clone();
+        addresses_edit(replica as ReplicaIndex, &mut addresses);
+        harness.bus.connect_to_replicas(&mut harness.io, &addresses);
+    }
+    harnesses
+}
+
+fn cluster(replica_count: usize) -> Vec<Harness> {
+    cluster_with(&vec!["127.0.0.1"; replica_count], |_, _| {})
+}
+
+/// Steps every bus in turn, each ticking once per round, until `condition` holds.
+fn run_until(harnesses: &mut [Harness], mut condition: impl FnMut(&mut [Harness]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition(harnesses) {
+        assert!(Instant::now() < deadline, "timed out");
+        for harness in harnesses.iter_mut() {
+            harness.pump();
+            harness.bus.on_tick(&mut harness.io);
+        }
+    }
+}
+
+/// Every replica has a connection to every other.
+fn mesh_connected(harnesses: &[Harness]) -> bool {
+    let replica_count = harnesses.len() as ReplicaIndex;
+    harnesses.iter().enumerate().all(|(replica, harness)| {
+        (0..replica_count)
+            .filter(|peer| usize::from(*peer) != replica)
+            .all(|peer| harness.bus.replica_connected(peer))
+    })
+}
+
+/// Moves the messages in replica `replica`'s inbox to `messages`, except the pings that
+/// identify dialers. Allocates nothing if `messages` has room.
+fn inbox_drain(harnesses: &mut [Harness], replica: usize, messages: &mut Vec<Message>) {
+    while let Some(message) = harnesses[replica].bus.receive() {
+        if message.header().command() != Some(Command::Ping) {
+            messages.push(message);
+        }
+    }
+}
+
+/// A `headers` message from `replica` carrying `marker` in `op` and a body of `header_count`
+/// headers' worth of bytes (the bus does not look inside), built in place: no allocation.
+fn headers(pool: &MessagePool, replica: ReplicaIndex, marker: u64, header_count: usize) -> Message {
+    let size = HEADER_SIZE + header_count * HEADER_SIZE;
+    let mut message = pool.get();
+    let body = &mut message.buffer_mut_unique()[HEADER_SIZE..size];
+    for (position, byte) in body.iter_mut().enumerate() {
+        *byte = (position as u8).wrapping_mul(31).wrapping_add(marker as u8);
+    }
+    let mut header = Header::new(Command::Headers, CLUSTER);
+    header.replica = replica;
+    header.op = marker;
+    header.size = size as u32;
+    header.set_checksum_body(body);
+    header.set_checksum();
+    assert_eq!(header.invalid(), None);
+    *message.header_mut() = header;
+    message
+}
+
+fn ping(replica: ReplicaIndex) -> Vec<u8> {
+    let mut header = Header::new(Command::Ping, CLUSTER);
+    header.replica = replica;
+    header.set_checksum_body(&[]);
+    header.set_checksum();
+    assert_eq!(header.invalid(), None);
+    zerocopy::IntoBytes::as_bytes(&header).to_vec()
+}
+
+#[test]
+fn two_replicas_connect_once_and_exchange_messages_both_ways() {
+    // Goal: replica 0 dials replica 1 (never the other way), replica 1 learns from the opening
+    // ping that the connection is replica 0's, and messages flow both ways intact (a large one
+    // included); more ticks open no second connection.
+    let mut harnesses = cluster(2);
+    run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
+    let ping = harnesses[1].receive(1);
+    assert_eq!(ping[0].header().command(), Some(Command::Ping));
+    assert_eq!(ping[0].header().replica, 0);
+    drop(ping);
+    let small = headers(&harnesses[0].pool, 0, 1, 2);
+    let large_count = (MESSAGE_SIZE_MAX - HEADER_SIZE) / HEADER_SIZE;
+    let large = headers(&harnesses[1].pool, 1, 2, large_count);
+    let [first, second] = &mut harnesses[..] else { unreachable!() };
+    assert!(first.bus.send_to_replica(&mut first.io, 1, small.clone()));
+    assert!(second.bus.send_to_replica(&mut second.io, 0, large.clone()));
+    let mut received = [Vec::new(), Vec::new()];
+    run_until(&mut harnesses, |harnesses| {
+        inbox_drain(harnesses, 0, &mut received[0]);
+        inbox_drain(harnesses, 1, &mut received[1]);
+        received[0].len() == 1 && received[1].len() == 1
+    });
+    assert_eq!(received[1][0].bytes(), small.bytes());
+    assert_eq!(received[0][0].bytes(), large.bytes());
+    for _ in 0..2 * RECONNECT_DELAY_TICKS_MAX {
+        for harness in harnesses.iter_mut() {
+            harness.pump();
+            harness.bus.on_tick(&mut harness.io);
+        }
+    }
+    let metrics = [harnesses[0].bus.metrics(), harnesses[1].bus.metrics()];
+    assert_eq!((metrics[0].connections_dialed, metrics[0].connections_accepted), (1, 0));
+    assert_eq!((metrics[1].connections_dialed, metrics[1].connections_accepted), (0, 1));
+    assert_eq!(metrics[1].replicas_identified, 1);
+    assert_eq!(metrics[0].connections_closed + metrics[1].connections_closed, 0);
+    for harness in &harnesses {
+        assert_eq!((harness.bus.connection_count(), harness.bus.socket_count()), (1, 1));
+    }
+}
+
+#[test]
+fn three_replicas_form_a_full_mesh() {
+    // Goal: in a cluster of three every pair ends up with exactly one connection, dialed by
+    // the lower replica, and a message sent to each replica reaches that replica only.
+    let mut harnesses = cluster(3);
+    run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
+    for (replica, harness) in harnesses.iter().enumerate() {
+        let metrics = harness.bus.metrics();
+        assert_eq!(metrics.connections_dialed, 2 - replica as u64);
+        assert_eq!(metrics.connections_accepted, replica as u64);
+        assert_eq!(metrics.replicas_identified, replica as u64);
+        assert_eq!(metrics.connections_closed, 0);
+        assert_eq!((harness.bus.connection_count(), harness.bus.socket_count()), (2, 2));
+    }
+    for harness in harnesses.iter_mut() {
+        let from = harness.bus.replica;
+        for to in (0..3).filter(|to| *to != from) {
+            let message = headers(&harness.pool, from, 10 * u64::from(from) + u64::from(to), 1);
+            assert!(harness.bus.send_to_replica(&mut harness.io, to, message));
+        }
+    }
+    let mut received = [Vec::new(), Vec::new(), Vec::new()];
+    run_until(&mut harnesses, |harnesses| {
+        for (replica, messages) in received.iter_mut().enumerate() {
+            inbox_drain(harnesses, replica, messages);
+        }
+        received.iter().all(|messages| messages.len() >= 2)
+    });
+    for (to, messages) in received.iter().enumerate() {
+        let mut senders: Vec<(u8, u64)> = messages
+            .iter()
+            .map(|message| (message.header().replica, message.header().op))
+            .collect();
+        senders.sort();
+        let expected: Vec<(u8, u64)> = (0..3u8)
+            .filter(|from| usize::from(*from) != to)
+            .map(|from| (from, 10 * u64::from(from) + to as u64))
+            .collect();
+        assert_eq!(senders, expected, "replica {to}");
+    }
+}
+
+#[test]
+fn dialer_reconnects_with_backoff_after_the_peer_restarts() {
+    // Goal: when replica 1 goes away, replica 0 waits RECONNECT_DELAY_TICKS_MIN ticks (it had
+    // heard from replica 1), then dials again after each refused connect, each wait within
+    // its doubling ceiling and never above RECONNECT_DELAY_TICKS_MAX; once replica 1 is back
+    // on its address, the next dial connects and replica 1 identifies it.
+    let mut harnesses = cluster(2);
+    run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
+    let address = harnesses[1].address;
+    let hello = headers(&harnesses[1].pool, 1, 1, 1);
+    let [_, second] = &mut harnesses[..] else { unreachable!() };
+    assert!(second.bus.send_to_replica(&mut second.io, 0, hello));
+    let mut received = Vec::new();
+    run_until(&mut harnesses, |harnesses| {
+        inbox_drain(harnesses, 0, &mut received);
+        received.len() == 1
+    });
+    drop(harnesses.pop());
+    let mut dialer = harnesses.pop().unwrap();
+    dialer.pump_until(|harness| harness.bus.socket_count() == 0);
+    assert!(!dialer.bus.replica_connected(1));
+    let mut delays = Vec::new();
+    for attempt in 0..7u32 {
+        let tick = dialer.bus.dials[1].tick.expect("a dial is scheduled");
+        let delay = tick - dialer.bus.ticks;
+        delays.push(delay);
+        let ceiling = (RECONNECT_DELAY_TICKS_MIN << attempt).min(RECONNECT_DELAY_TICKS_MAX);
+        assert!((RECONNECT_DELAY_TICKS_MIN..=ceiling).contains(&delay), "{delays:?}");
+        for _ in 0..delay - 1 {
+            dialer.bus.on_tick(&mut dialer.io);
+            assert_eq!(dialer.bus.socket_count(), 0, "dialed before the backoff passed");
+        }
+        let failed = dialer.bus.metrics().dials_failed;
+        dialer.bus.on_tick(&mut dialer.io);
+        assert_eq!(dialer.bus.socket_count(), 1, "dialed once the backoff passed");
+        dialer.pump_until(|harness| {
+            harness.bus.metrics().dials_failed > failed && harness.bus.socket_count() == 0
+        });
+    }
+    assert_eq!(delays[0], RECONNECT_DELAY_TICKS_MIN);
+    let restarted = Harness::replica(1, 2, address);
+    let mut harnesses = vec![dialer, restarted];
+    let addresses = [harnesses[0].address, address];
+    let [_, restarted] = &mut harnesses[..] else { unreachable!() };
+    restarted.bus.connect_to_replicas(&mut restarted.io, &addresses);
+    run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
+    assert_eq!(harnesses[0].bus.metrics().connections_dialed, 2);
+    assert_eq!(harnesses[1].bus.metrics().replicas_identified, 1);
+}
+
+#[test]
+fn connections_claiming_an_impossible_replica_are_closed() {
+    // Goal: replica 1 of 3 closes an accepted connection that claims to be replica 3 (out of
+    // range), 1 (itself) or 2 (a higher replica, which it dials itself); it closes a client that
+    // sends a replica command and a replica that sends a client request; a connection from
+    // replica 0's IP claiming 0 is identified, and a second one replaces it.
+    let higher = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut harness = Harness::replica(1, 3, "127.0.0.1:0".parse().unwrap());
+    let lower: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let addresses = [lower, harness.address, higher.local_addr().unwrap()];
+    harness.bus.connect_to_replicas(&mut harness.io, &addresses);
+    harness.pump_until(|harness| harness.bus.replica_connected(2));
+    let mut closed = 0;
+    for claimed in [3, 1, 2] {
+        let mut stream = harness.connect();
+        stream.write_all(&ping(claimed)).unwrap();
+        closed += 1;
+        harness.expect_closed_count(&mut stream, closed);
+    }
+    let mut client = harness.connect();
+    client.write_all(&request(60, 1, &[])).unwrap();
+    drop(harness.receive(1));
+    client.write_all(&ping(0)).unwrap();
+    closed += 1;
+    harness.expect_closed_count(&mut client, closed);
+    let mut first = harness.connect();
+    first.write_all(&ping(0)).unwrap();
+    drop(harness.receive(1));
+    assert!(harness.bus.replica_connected(0));
+    let mut second = harness.connect();
+    second.write_all(&ping(0)).unwrap();
+    drop(harness.receive(1));
+    closed += 1;
+    harness.expect_closed_count(&mut first, closed);
+    assert!(harness.bus.replica_connected(0));
+    let message = headers(&harness.pool, 1, 5, 1);
+    let bytes = message.bytes().to_vec();
+    assert!(harness.bus.send_to_replica(&mut harness.io, 0, message));
+    harness.pump_until(|harness| harness.bus.metrics().messages_sent >= 2);
+    let mut received = vec![0u8; bytes.len()];
+    second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    second.read_exact(&mut received).unwrap();
+    assert_eq!(received, bytes);
+    second.write_all(&request(61, 1, &[])).unwrap();
+    closed += 1;
+    harness.expect_closed_count(&mut second, closed);
+    assert!(!harness.bus.replica_connected(0));
+    assert_eq!(harness.bus.metrics().replicas_identified, 2);
+    assert!(harness.bus.replica_connected(2), "the dialed connection is untouched");
+}
+
+#[test]
+fn replica_dialing_from_an_unexpected_ip_is_refused() {
+    // Goal: replica 0 listens on 127.0.0.2 and dials from that IP. A replica 1 configured
+    // with 127.0.0.2 for it identifies it; one configured with 127.0.0.1 closes every
+    // connection it makes (while replica 0 keeps redialing with backoff) and never takes it
+    // for replica 0.
+    let mut harnesses = cluster_with(&["127.0.0.2", "127.0.0.1"], |_, _| {});
+    run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
+    assert_eq!(harnesses[1].bus.metrics().replicas_identified, 1);
+    drop(harnesses);
+    let mut harnesses = cluster_with(&["127.0.0.2", "127.0.0.1"], |replica, addresses| {
+        if replica == 1 {
+            addresses[0].set_ip("127.0.0.1".parse().unwrap());
+        }
+    });
+    run_until(&mut harnesses, |harnesses| harnesses[1].bus.metrics().connections_closed >= 3);
+    let metrics = harnesses[1].bus.metrics();
+    assert_eq!(metrics.replicas_identified, 0);
+    assert!(metrics.connections_accepted >= 3);
+    assert!(!harnesses[1].bus.replica_connected(0));
+    assert!(harnesses[0].bus.metrics().connections_dialed >= 3);
+    assert!(harnesses[0].bus.dials[1].attempts >= 2, "never heard from: the backoff grows");
+}
+
+#[test]
+fn replicas_exchange_and_reconnect_without_allocating() {
+    // Goal: once two replicas are set up, exchanging messages both ways, a dropped connection,
+    // the redial after backoff, the identifying ping and further exchanges allocate nothing.
+    let mut harnesses = cluster(2);
+    run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
+    let mut received = [Vec::with_capacity(16), Vec::with_capacity(16)];
+    allocator::arm();
+    for round in 0..4u64 {
+        for (from, harness) in harnesses.iter_mut().enumerate() {
+            let to = 1 - from as ReplicaIndex;
+            let message = headers(&harness.pool, from as ReplicaIndex, round, 1 + round as usize);
+            assert!(harness.bus.send_to_replica(&mut harness.io, to, message));
+        }
+        run_until(&mut harnesses, |harnesses| {
+            inbox_drain(harnesses, 0, &mut received[0]);
+            inbox_drain(harnesses, 1, &mut received[1]);
+            received[0].len() == 1 && received[1].len() == 1
+        });
+        assert_eq!((received[0][0].header().replica, received[0][0].header().op), (1, round));
+        assert_eq!((received[1][0].header().replica, received[1][0].header().op), (0, round));
+        received[0].clear();
+        received[1].clear();
+        if round == 1 {
+            // Replica 1 drops the connection (without a log line, which the test's captured
+            // output would allocate for).
+            let acceptor = &mut harnesses[1];
+            let index = acceptor.bus.replica_connections[0].unwrap();
+            acceptor.bus.close(&mut acceptor.io, index, CloseReason::PeerClosed);
+            run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
+        }
+    }
+    let allocations = allocator::allocations_since_armed();
+    allocator::disarm();
+    assert_eq!(allocations, 0);
+    assert_eq!(harnesses[0].bus.metrics().connections_dialed, 2);
+    assert_eq!(harnesses[1].bus.metrics().replicas_identified, 2);
+}
+
+#[test]
+fn reconnect_delay_doubles_up_to_the_maximum_with_jitter() {
+    // Goal: the first retry waits the minimum; later ones stay between the minimum and a
+    // ceiling that doubles per attempt up to the maximum (never past it, even after many
+    // attempts), and the jitter spreads the waits; one seed gives one sequence.
+    let mut prng = Prng::new(7);
+    assert_eq!(replicas::reconnect_delay_ticks(&mut prng, 0), RECONNECT_DELAY_TICKS_MIN);
+    for attempts in [1u32, 2, 3, 4, 5, 10, 40, u32::MAX] {
+        let ceiling =
+            (RECONNECT_DELAY_TICKS_MIN << attempts.min(16)).min(RECONNECT_DELAY_TICKS_MAX);
+        let delays: Vec<u64> =
+            (0..200).map(|_| replicas::reconnect_delay_ticks(&mut prng, attempts)).collect();
+        assert!(delays.iter().all(|delay| (RECONNECT_DELAY_TICKS_MIN..=ceiling).contains(delay)));
+        assert!(delays.iter().any(|delay| *delay > RECONNECT_DELAY_TICKS_MIN), "{attempts}");
+        if attempts >= 5 {
+            assert!(delays.iter().any(|delay| *delay > RECONNECT_DELAY_TICKS_MAX / 2));
+        }
+    }
+    let sequence = |seed| {
+        let mut prng = Prng::new(seed);
+        (0..16).map(|_| replicas::reconnect_delay_ticks(&mut prng, 6)).collect::<Vec<_>>()
+    };
+    assert_eq!(sequence(3), sequence(3));
 }
