@@ -48,7 +48,7 @@ mod open;
 mod tests;
 
 /// Messages the replica may have queued for the bus at once.
-pub const OUTBOX_MAX: usize = CLIENTS_MAX + PIPELINE_PREPARE_QUEUE_MAX + 8;
+pub const OUTBOX_MAX: usize = CLIENTS_MAX + 2 * PIPELINE_PREPARE_QUEUE_MAX + 8;
 /// Requests waiting for room in the pipeline.
 pub const REQUEST_QUEUE_MAX: usize = CLIENTS_MAX;
 /// Uncommitted prepares a backup keeps in memory (the primary keeps at most
@@ -59,7 +59,10 @@ pub const PREPARE_TIMEOUT_TICKS: u64 = 25;
 /// Ticks between commit heartbeats when nothing changes.
 pub const COMMIT_HEARTBEAT_TICKS: u64 = 50;
 /// Ticks between two repair requests of a backup that lacks prepares.
-pub const REPAIR_TIMEOUT_TICKS: u64 = 5;
+pub const REPAIR_TIMEOUT_TICKS: u64 = 1;
+/// Consecutive ops one repair request asks for. Repair traffic is bounded by this window per
+/// tick, so a lagging backup cannot flood the primary.
+pub const REPAIR_WINDOW_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {

@@ -15,7 +15,7 @@
 
 use super::{
     COMMIT_HEARTBEAT_TICKS, Destination, JournalRead, JournalReadPurpose, PIPELINE_BACKUP_MAX,
-    PREPARE_TIMEOUT_TICKS, Prepared, REPAIR_TIMEOUT_TICKS, Replica,
+    PREPARE_TIMEOUT_TICKS, Prepared, REPAIR_TIMEOUT_TICKS, REPAIR_WINDOW_MAX, Replica,
 };
 use crate::constants::{JOURNAL_IOPS_READ_MAX, SECTOR_SIZE, op_prepare_max};
 use crate::vsr::header::{Command, Header, Op};
@@ -132,22 +132,28 @@ impl Replica {
         self.journal.read_prepare(storage, op, held.checksum, self.pool.get());
     }
 
-    /// Asks the primary for the prepare of `op`, at most once per `REPAIR_TIMEOUT_TICKS`.
+    /// Asks the primary for the prepares from `op` on: a window of up to
+    /// `REPAIR_WINDOW_MAX` consecutive ops (they are accepted in order as they arrive), at most
+    /// once per `REPAIR_TIMEOUT_TICKS`.
     pub(super) fn repair_request(&mut self, op: Op) {
         if self.is_primary() || self.ticks < self.repair_requested_tick + REPAIR_TIMEOUT_TICKS {
             return;
         }
         self.repair_requested_tick = self.ticks;
-        let mut message = self.pool.get();
-        let header = message.header_mut();
-        *header = Header::new(Command::RequestPrepare, self.config.cluster);
-        header.view = self.view;
-        header.op = op;
-        header.replica = self.config.replica;
-        header.set_checksum_body(&[]);
-        header.set_checksum();
+        let wanted_max = self.commit_max.max(op);
+        let window_end = wanted_max.min(op + REPAIR_WINDOW_MAX as u64 - 1);
         let primary = self.primary_index();
-        self.send(Destination::Replica(primary), message);
+        for wanted in op..=window_end {
+            let mut message = self.pool.get();
+            let header = message.header_mut();
+            *header = Header::new(Command::RequestPrepare, self.config.cluster);
+            header.view = self.view;
+            header.op = wanted;
+            header.replica = self.config.replica;
+            header.set_checksum_body(&[]);
+            header.set_checksum();
+            self.send(Destination::Replica(primary), message);
+        }
     }
 
     /// Sends prepares that still lack a quorum again, to the backups that have not
