@@ -20,6 +20,7 @@ usage:
       read STREAM [--offset=N] [--count=N]
       read-log [--position=N] [--count=N]
       info STREAM
+  kimberlite vopr [--seed=N] [--replicas=N] [--ticks=N] [--check-determinism]
   kimberlite version
 
 SIZE takes a suffix: KiB, MiB, GiB or TiB (or K, M, G, T); the grid size must be a multiple
@@ -37,6 +38,7 @@ pub fn main_with_args(arguments: &[String]) -> i32 {
         "start" => command_start(rest),
         "benchmark" => command_benchmark(rest),
         "client" => crate::cli_client::command_client(rest),
+        "vopr" => return crate::sim::vopr::command(rest),
         "version" => command_version(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");

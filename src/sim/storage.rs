@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use crate::constants::SECTOR_SIZE;
+use crate::constants::{IO_OPERATIONS_MAX, SECTOR_SIZE};
 use crate::sim::prng::Prng;
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoError, IoKind, IoRequest, Storage};
@@ -58,7 +58,9 @@ impl MemoryStorage {
         assert_eq!(size % SECTOR_SIZE as u64, 0);
         MemoryStorage {
             data: vec![0; size as usize],
-            pending: VecDeque::new(),
+            // As many as the io_uring driver can have in flight, so that submitting never
+            // allocates (the simulator counts a replica's allocations, its disk's included).
+            pending: VecDeque::with_capacity(IO_OPERATIONS_MAX),
             prng: None,
             timing: None,
             tick: 0,

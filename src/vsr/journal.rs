@@ -28,6 +28,17 @@
 //! **queued** behind it, in call order: every call yields exactly one `PrepareDurable` or one
 //! `WriteFailed` (after which the replica must stop).
 //!
+//! # Truncating after replay
+//!
+//! A replica's replay follows the hash chain from the checkpoint and stops at its first break,
+//! the head. Slots may still hold valid prepares of higher ops that the replay did not follow
+//! (stale versions, or ops left behind a lost one). Before the replica prepares anything,
+//! `truncate_after` truncates them durably, exactly as recovery applies a cut: otherwise a crash
+//! that lands a new prepare of such an op but not its header write would leave the stale
+//! header over the new prepare (@O, unrecoverable with one replica). A crash in the middle of the
+//! truncation leaves each slot as it was (@P), with its header reserved over the stale prepare
+//! (@G, recovered as it was), or reserved in both rings (@L): the next open truncates again.
+//!
 //! # Recovery decision table
 //!
 //! `recover` reads both rings and classifies each slot from its two entries, the redundant
@@ -150,7 +161,7 @@ use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoError, IoKind, IoOwner, IoRequest, IoToken, Storage};
 
 /// Events the journal can hold before the caller drains them: one per write (durable or
-/// failed), one per header-sector write (failed), one per read, and `Recovered`.
+/// failed), one per header-sector write (failed), one per read, and `Recovered` or `Truncated`.
 pub const JOURNAL_EVENTS_MAX: usize = 2 * JOURNAL_IOPS_WRITE_MAX + JOURNAL_IOPS_READ_MAX + 1;
 
 /// Completions the blocking helpers take from the storage in one `poll`.
@@ -497,6 +508,22 @@ pub struct RecoveryReport {
 }
 
 impl RecoveryReport {
+    /// Recounts the decisions, the ops held, and whether the journal is usable, from `slots`.
+    fn totals(&mut self) {
+        self.decision_counts = [0; Decision::ALL.len()];
+        self.op_min = None;
+        self.op_max = None;
+        for slot in &self.slots {
+            self.decision_counts[slot.decision as usize] += 1;
+            let holds = matches!(slot.decision, Decision::Eql | Decision::Fix);
+            if let (true, EntrySummary::Prepare { op, .. }) = (holds, slot.prepare) {
+                self.op_min = Some(self.op_min.map_or(op, |op_min| op_min.min(op)));
+                self.op_max = Some(self.op_max.map_or(op, |op_max| op_max.max(op)));
+            }
+        }
+        self.usable = self.count(Decision::Unrecoverable) == 0;
+    }
+
     fn new(slot_count: usize) -> RecoveryReport {
         let slot = SlotReport {
             case: Case::L,
@@ -547,6 +574,8 @@ pub enum Event {
     PrepareRead { op: Op, checksum: Checksum, result: Result<Message, ReadError> },
     /// `recover` or `inspect` finished; see `recovery_report()`.
     Recovered { usable: bool },
+    /// Every truncation of `truncate_after` is durable.
+    Truncated,
     /// A write failed: the replica must stop. For a header sector, `slot` is its first slot.
     WriteFailed { zone: Zone, slot: Slot, error: IoError },
 }
@@ -579,6 +608,14 @@ struct Recovery {
     read_pool: Option<MessagePool>,
 }
 
+/// Where `truncate_after` is: like recovery's cut, header sectors first, then prepares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TruncatePhase {
+    Idle,
+    WritingHeaders,
+    WritingPrepares,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum WriteState {
     Free,
@@ -596,7 +633,8 @@ enum WriteState {
 enum WriteKind {
     /// A prepare from the caller.
     Append,
-    /// Recovery truncating a slot: a reserved header into the prepare ring.
+    /// Recovery or `truncate_after` truncating a slot: a reserved header into the prepare
+    /// ring.
     Truncate,
 }
 
@@ -701,8 +739,10 @@ pub struct Journal {
     reads: Vec<Read>,
     /// Recovery: why each slot's prepare is invalid, if it is.
     prepares_invalid: Vec<Option<EntryInvalid>>,
-    /// Recovery: slots whose prepare must be overwritten with a reserved header.
+    /// Recovery and `truncate_after`: slots whose prepare must be overwritten with a reserved
+    /// header.
     truncate: BitSet,
+    truncation: TruncatePhase,
     recovery: Recovery,
     report: RecoveryReport,
     events: VecDeque<Event>,
@@ -754,6 +794,7 @@ impl Journal {
             reads,
             prepares_invalid: vec![None; slot_count],
             truncate: BitSet::new(slot_count),
+            truncation: TruncatePhase::Idle,
             recovery: Recovery {
                 phase: RecoveryPhase::Reading,
                 checkpoint_op: 0,
@@ -922,6 +963,7 @@ impl Journal {
         assert_eq!(self.status, Status::Recovered);
         assert!(self.report.usable);
         assert!(!self.failed);
+        assert_eq!(self.truncation, TruncatePhase::Idle, "write_prepare during truncate_after");
         let header = *message.header();
         assert!(header.valid_checksum());
         assert_eq!(header.invalid(), None);
@@ -1011,7 +1053,7 @@ impl Journal {
                 assert_eq!(self.headers[slot.0], self.headers_redundant[slot.0]);
                 assert_eq!(self.headers[slot.0].command, Command::Reserved as u8);
                 self.dirty.clear(slot.0);
-                self.recover_pump(storage);
+                self.truncate_pump(storage);
             }
         }
     }
@@ -1123,8 +1165,8 @@ impl Journal {
         if self.write_headers_wanted(sector) {
             self.write_headers(storage, sector);
         }
-        if self.status == Status::Recovering {
-            self.recover_pump(storage);
+        if self.status == Status::Recovering || self.truncation != TruncatePhase::Idle {
+            self.truncate_pump(storage);
         }
     }
 
@@ -1609,18 +1651,7 @@ impl Journal {
         report.checkpoint_op = self.recovery.checkpoint_op;
         report.op_prepare_max = context.op_prepare_max;
         report.replica_count = self.recovery.replica_count;
-        report.decision_counts = [0; Decision::ALL.len()];
-        report.op_min = None;
-        report.op_max = None;
-        for slot in &report.slots {
-            report.decision_counts[slot.decision as usize] += 1;
-            let holds = matches!(slot.decision, Decision::Eql | Decision::Fix);
-            if let (true, EntrySummary::Prepare { op, .. }) = (holds, slot.prepare) {
-                report.op_min = Some(report.op_min.map_or(op, |op_min| op_min.min(op)));
-                report.op_max = Some(report.op_max.map_or(op, |op_max| op_max.max(op)));
-            }
-        }
-        report.usable = report.count(Decision::Unrecoverable) == 0;
+        report.totals();
     }
 
     /// Applies `slot`'s decision in memory; the writes follow.
@@ -1666,15 +1697,7 @@ impl Journal {
     }
 
     fn recover_write_headers_pump<S: Storage>(&mut self, storage: &mut S) {
-        for sector in 0..self.sectors_needed.bit_count {
-            if self.sectors_needed.get(sector) && !self.sectors_writing.get(sector) {
-                if self.header_pool.free_count() == 0 {
-                    break;
-                }
-                self.write_headers(storage, sector);
-            }
-        }
-        if self.sectors_writing.count == 0 && self.sectors_needed.count == 0 {
+        if self.write_headers_needed_pump(storage) {
             // Headers first: a crash before the prepares are truncated recovers to the same
             // decision (see the module docs).
             self.recovery.phase = RecoveryPhase::WritingPrepares;
@@ -1683,6 +1706,29 @@ impl Journal {
     }
 
     fn recover_write_prepares_pump<S: Storage>(&mut self, storage: &mut S) {
+        if self.write_truncates_pump(storage) {
+            self.recover_done();
+        }
+    }
+
+    /// Writes every sector of `sectors_needed` that is not being written, as far as buffers
+    /// allow. Returns whether all of them are on disk.
+    fn write_headers_needed_pump<S: Storage>(&mut self, storage: &mut S) -> bool {
+        for sector in 0..self.sectors_needed.bit_count {
+            if self.sectors_needed.get(sector) && !self.sectors_writing.get(sector) {
+                if self.header_pool.free_count() == 0 {
+                    break;
+                }
+                self.write_headers(storage, sector);
+            }
+        }
+        self.sectors_writing.count == 0 && self.sectors_needed.count == 0
+    }
+
+    /// Writes a reserved header into the prepare ring of every slot of `truncate`, as far as
+    /// writes and buffers allow. Returns whether all of them are on disk.
+    fn write_truncates_pump<S: Storage>(&mut self, storage: &mut S) -> bool {
+        assert_eq!(self.sectors_writing.count, 0);
         for slot in 0..self.slot_count() {
             if !self.truncate.get(slot) {
                 continue;
@@ -1700,9 +1746,7 @@ impl Journal {
             bytes[..HEADER_SIZE].copy_from_slice(header.as_bytes());
             self.write_prepare_start(storage, index, buffer);
         }
-        if self.writes_busy() == 0 && self.truncate.count == 0 {
-            self.recover_done();
-        }
+        self.writes_busy() == 0 && self.truncate.count == 0
     }
 
     fn recover_done(&mut self) {
@@ -1723,6 +1767,90 @@ impl Journal {
             assert_eq!(self.faulty.count as u32, self.report.count(Decision::Repair));
         }
         self.event_push(Event::Recovered { usable: self.report.usable });
+    }
+}
+
+/// Truncation after replay.
+impl Journal {
+    /// Truncates every entry beyond `op_head`, the head of the hash chain the replica's replay
+    /// followed: each slot whose header is a prepare of a higher op (see "Truncating after
+    /// replay" in the module docs). Like recovery's cut: reserved headers into the header ring
+    /// first (whole sectors), then reserved headers into the prepare ring. Emits `Truncated`
+    /// once every write is durable, at once if there is nothing to truncate. No other write
+    /// may be issued until then.
+    pub fn truncate_after<S: Storage>(&mut self, storage: &mut S, op_head: Op) {
+        assert_eq!(self.status, Status::Recovered);
+        assert!(self.report.usable);
+        assert!(!self.failed);
+        assert_eq!(self.truncation, TruncatePhase::Idle);
+        assert_eq!(self.writes_busy(), 0, "truncate_after with journal writes in flight");
+        assert_eq!(self.sectors_writing.count, 0);
+        assert_eq!(self.sectors_needed.count, 0);
+        assert_eq!(self.truncate.count, 0);
+        self.assert_event_room();
+        for index in 0..self.slot_count() {
+            let header = &self.headers[index];
+            if header.command == Command::Prepare as u8 && header.op > op_head {
+                self.truncate_slot(Slot(index));
+            }
+        }
+        self.report.totals();
+        assert!(self.report.op_max.is_none_or(|op_max| op_max <= op_head));
+        self.truncation = TruncatePhase::WritingHeaders;
+        self.truncate_after_pump(storage);
+    }
+
+    /// Applies the truncation of `slot` in memory, and in the report as a cut; the writes
+    /// follow. Both rings are overwritten, so a slot a failed read marked faulty is not anymore.
+    fn truncate_slot(&mut self, slot: Slot) {
+        assert!(self.slot_writes[slot.0].is_none());
+        assert_eq!(self.headers[slot.0].command, Command::Prepare as u8);
+        let reserved = reserved_header(self.context.cluster, slot.0 as u64);
+        self.headers[slot.0] = reserved;
+        self.headers_redundant[slot.0] = reserved;
+        self.dirty.set(slot.0);
+        self.faulty.clear(slot.0);
+        self.truncate.set(slot.0);
+        self.sectors_needed.set(slot.0 / JOURNAL_HEADERS_PER_SECTOR);
+        self.report.slots[slot.0].decision = Decision::Cut;
+    }
+
+    /// A truncation write completed: recovery's, or `truncate_after`'s.
+    fn truncate_pump<S: Storage>(&mut self, storage: &mut S) {
+        if self.status == Status::Recovering {
+            self.recover_pump(storage);
+        } else {
+            assert_ne!(self.truncation, TruncatePhase::Idle);
+            self.truncate_after_pump(storage);
+        }
+    }
+
+    fn truncate_after_pump<S: Storage>(&mut self, storage: &mut S) {
+        assert_eq!(self.status, Status::Recovered);
+        if self.failed {
+            return;
+        }
+        if self.truncation == TruncatePhase::WritingHeaders
+            && self.write_headers_needed_pump(storage)
+        {
+            // Headers first: a crash in between finds a reserved header over the prepare, @G,
+            // and recovers the slot as it was, to be truncated again.
+            self.truncation = TruncatePhase::WritingPrepares;
+        }
+        if self.truncation == TruncatePhase::WritingPrepares && self.write_truncates_pump(storage) {
+            self.truncate_after_done();
+        }
+    }
+
+    fn truncate_after_done(&mut self) {
+        assert_eq!(self.writes_busy(), 0);
+        assert_eq!(self.sectors_writing.count, 0);
+        assert_eq!(self.sectors_needed.count, 0);
+        assert_eq!(self.truncate.count, 0);
+        // Only the faults recovery left (or a failed read found) remain dirty.
+        assert_eq!(self.dirty.count, self.faulty.count);
+        self.truncation = TruncatePhase::Idle;
+        self.event_push(Event::Truncated);
     }
 }
 

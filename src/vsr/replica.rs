@@ -27,8 +27,8 @@
 use std::collections::VecDeque;
 
 use crate::constants::{
-    CLIENTS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, PIPELINE_PREPARE_QUEUE_MAX, SECTOR_SIZE,
-    checkpoint_interval_ops, op_prepare_max,
+    CLIENTS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, PIPELINE_PREPARE_QUEUE_MAX, REPLICAS_MAX,
+    SECTOR_SIZE, checkpoint_interval_ops, op_prepare_max,
 };
 use crate::state_machine::constants::GRID_READS_MAX;
 use crate::state_machine::{CheckpointState, ReadId, ReadReply, StateMachine, request_invalid};
@@ -60,6 +60,10 @@ pub const PREPARE_TIMEOUT_TICKS: u64 = 25;
 pub const COMMIT_HEARTBEAT_TICKS: u64 = 50;
 /// Ticks between two repair requests of a backup that lacks prepares.
 pub const REPAIR_TIMEOUT_TICKS: u64 = 1;
+/// Ticks after which the primary stops waiting for a backup it has not heard from.
+pub const BACKUP_LIVENESS_TICKS: u64 = 50;
+/// Ticks between the pings a backup sends the primary (so it counts as live when idle).
+pub const PING_TICKS: u64 = 10;
 /// Consecutive ops one repair request asks for. Repair traffic is bounded by this window per
 /// tick, so a lagging backup cannot flood the primary.
 pub const REPAIR_WINDOW_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX;
@@ -83,6 +87,8 @@ enum OpenPhase {
     StateMachine,
     ClientReplies,
     Replay,
+    /// The journal truncates what the replay did not follow.
+    Truncate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +189,9 @@ pub struct Replica {
     outbox: VecDeque<(Destination, Message)>,
     reads: Vec<Option<(ReadId, Header)>>,
     journal_reads: Vec<JournalRead>,
+    /// Primary: per replica, the highest op it acknowledged and the tick it was last heard.
+    backup_head: [Op; REPLICAS_MAX],
+    backup_heard_tick: [u64; REPLICAS_MAX],
     /// The commit number last announced to backups, and when.
     commit_heartbeat_sent: (Op, u64),
     repair_requested_tick: u64,
@@ -229,6 +238,8 @@ impl Replica {
             outbox: VecDeque::with_capacity(OUTBOX_MAX),
             reads: (0..GRID_READS_MAX).map(|_| None).collect(),
             journal_reads: Vec::with_capacity(JOURNAL_IOPS_READ_MAX),
+            backup_head: [0; REPLICAS_MAX],
+            backup_heard_tick: [0; REPLICAS_MAX],
             commit_heartbeat_sent: (0, 0),
             repair_requested_tick: 0,
             metrics: Metrics::default(),
@@ -270,7 +281,24 @@ impl Replica {
     /// The header of the prepare this replica holds at `op`, if its WAL still has it (for
     /// checkers and tests).
     pub fn prepare_header(&self, op: Op) -> Option<Header> {
+        if self.journal.status() != journal::Status::Recovered {
+            return None;
+        }
         self.journal.header_with_op(op).copied()
+    }
+
+    /// A one-line summary of the replica's progress, for failure reports.
+    pub fn debug_state(&self) -> String {
+        format!(
+            "replica {} op {} commit_min {} commit_max {} checkpoint {} pipeline {} reads {}",
+            self.config.replica,
+            self.op,
+            self.commit_min,
+            self.commit_max,
+            self.checkpoint_op,
+            self.pipeline.len(),
+            self.journal_reads.len()
+        )
     }
 
     /// The primary of the current view.
@@ -318,8 +346,13 @@ impl Replica {
             self.request_queue_drain(storage);
             self.prepare_timeout();
             self.commit_heartbeat();
-        } else if self.commit_max > self.commit_min || self.commit_max > self.op {
-            self.commit_pipeline(storage);
+        } else {
+            if self.ticks.is_multiple_of(PING_TICKS) {
+                self.send_ping();
+            }
+            if self.commit_max > self.commit_min || self.commit_max > self.op {
+                self.commit_pipeline(storage);
+            }
         }
     }
 
@@ -349,11 +382,13 @@ impl Replica {
         if header.view != self.view {
             return;
         }
+        self.backup_heard_tick[usize::from(header.replica)] = self.ticks;
         match command {
             Command::Prepare => self.on_prepare(storage, message),
             Command::PrepareOk => self.on_prepare_ok(storage, &header),
             Command::Commit => self.on_commit(storage, &header),
             Command::RequestPrepare => self.on_request_prepare(storage, &header),
+            Command::Ping => self.on_ping(&header),
             _ => {}
         }
     }
@@ -461,6 +496,11 @@ impl Replica {
                 // The ring would overwrite an op the checkpoint does not cover yet.
                 return;
             }
+            if self.op + 1 > self.backups_head_min() + slot_count - REPAIR_WINDOW_MAX as u64 {
+                // A live backup would fall out of this WAL's window and could no longer be
+                // repaired from it: let it catch up first.
+                return;
+            }
             let request = self.request_queue.pop_front().expect("queue not empty");
             self.prepare(storage, request);
         }
@@ -543,6 +583,7 @@ impl Replica {
                     self.journal_read_complete(storage, op, checksum, result)
                 }
                 journal::Event::Recovered { usable } => self.journal_recovered(storage, usable),
+                journal::Event::Truncated => self.journal_truncated(storage),
                 journal::Event::WriteFailed { .. } => self.fail("a journal write failed"),
             }
         }

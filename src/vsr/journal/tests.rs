@@ -1118,3 +1118,116 @@ fn inspect_reports_like_recovery_and_leaves_the_disk_untouched() {
         }
     }
 }
+
+/// The head of the chain in `put_stale_beyond_head`, and the stale ops beyond it.
+const STALE_HEAD: Op = 6;
+const STALE_OPS: [Op; 3] = [8, 9, 40];
+
+/// Ops 1 to 6 durable, op 7 lost, and stale durable ops 8, 9 and 40 beyond the head (40 in
+/// another header sector): what a replay that stops at a lost op leaves behind it.
+fn put_stale_beyond_head(storage: &mut MemoryStorage) {
+    assert!(slot_of(40) / JOURNAL_HEADERS_PER_SECTOR != slot_of(8) / JOURNAL_HEADERS_PER_SECTOR);
+    for op in (1..=STALE_HEAD).chain(STALE_OPS) {
+        put_durable(storage, op, 0);
+    }
+}
+
+fn truncate_after_blocking(journal: &mut Journal, storage: &mut MemoryStorage, op_head: Op) {
+    journal.truncate_after(storage, op_head);
+    journal.run_until_idle(storage);
+    let events = drain_events(journal);
+    assert!(matches!(events[..], [Event::Truncated]), "{events:?}");
+}
+
+#[test]
+fn truncate_after_makes_every_entry_beyond_the_head_nil() {
+    // Goal: truncate_after reserves both rings of every slot beyond the head, durably, keeps
+    // the ops up to the head, reports the truncated slots as cut, and emits Truncated at once
+    // when there is nothing left to truncate.
+    let mut storage = formatted_storage();
+    put_stale_beyond_head(&mut storage);
+    let mut journal = recovered(&mut storage, 0, 1);
+    truncate_after_blocking(&mut journal, &mut storage, STALE_HEAD);
+    let report = journal.recovery_report();
+    assert_eq!(report.op_max, Some(STALE_HEAD));
+    assert_eq!(report.count(Decision::Cut), STALE_OPS.len() as u32);
+    for op in STALE_OPS {
+        assert!(journal.header_with_op(op).is_none());
+        assert_eq!(report.slots[slot_of(op)].decision, Decision::Cut);
+    }
+    assert!((1..=STALE_HEAD).all(|op| journal.header_with_op(op).is_some()));
+    assert_eq!(journal.dirty_count(), 0);
+
+    journal.truncate_after(&mut storage, STALE_HEAD);
+    assert_eq!(storage.in_flight(), 0);
+    assert!(matches!(drain_events(&mut journal)[..], [Event::Truncated]));
+
+    let report = recover_report(&mut storage, 0, 1);
+    assert_eq!(report.op_max, Some(STALE_HEAD));
+    for op in STALE_OPS {
+        let slot = &report.slots[slot_of(op)];
+        assert_eq!((slot.case, slot.decision), (Case::L, Decision::Nil), "op {op}");
+    }
+}
+
+/// After a crash during `truncate_after` (`finished`: after it), a single replica recovers:
+/// each stale slot is as it was (@P), has only its header truncated (@G: recovered as it was,
+/// to be truncated again), or is nil; never two versions of one op.
+fn assert_truncation_recoverable(report: &RecoveryReport, finished: bool) {
+    assert!(report.usable);
+    for (index, slot) in report.slots.iter().enumerate() {
+        assert!(!matches!(slot.case, Case::N | Case::O), "slot {index}: {slot:?}");
+    }
+    assert!((1..=STALE_HEAD).all(|op| report.slots[slot_of(op)].case == Case::P));
+    for op in STALE_OPS {
+        let slot = &report.slots[slot_of(op)];
+        if finished {
+            assert_eq!((slot.case, slot.decision), (Case::L, Decision::Nil), "op {op}");
+        } else {
+            assert!(matches!(slot.case, Case::P | Case::G | Case::L), "op {op}: {slot:?}");
+        }
+    }
+}
+
+#[test]
+fn crash_during_or_after_truncate_after_never_leaves_two_versions_of_an_op() {
+    // Goal: a crash at any point of truncate_after (writes lost, or landed) leaves a journal a
+    // single replica recovers, with the stale entries as they were or nil; and once truncated
+    // again, a new version of a stale op whose header write a crash loses is @G, never @O.
+    let test = "crash_during_or_after_truncate_after_never_leaves_two_versions_of_an_op";
+    let pool = message_pool();
+    for seed in seeds(8, test) {
+        for crash_after in 0.. {
+            let mut storage = formatted_storage();
+            put_stale_beyond_head(&mut storage);
+            storage.shuffle_completions(seed);
+            let mut journal = recovered(&mut storage, 0, 1);
+            journal.truncate_after(&mut storage, STALE_HEAD);
+            let mut events = drain_events(&mut journal);
+            for _ in 0..crash_after {
+                events.extend(step(&mut journal, &mut storage));
+            }
+            let finished = matches!(events[..], [Event::Truncated]);
+            assert!(finished || events.is_empty(), "{events:?}");
+            let last = storage.in_flight() == 0;
+            if seed % 2 == 0 {
+                storage.crash();
+            } else {
+                storage.crash_tearing_writes(1);
+            }
+            let mut journal = recovered(&mut storage, 0, 1);
+            assert_truncation_recoverable(journal.recovery_report(), finished);
+
+            truncate_after_blocking(&mut journal, &mut storage, STALE_HEAD);
+            journal.write_prepare(&mut storage, prepare_message(&pool, 8, 1, 100));
+            assert!(step(&mut journal, &mut storage).is_empty());
+            storage.crash();
+            let report = recover_report(&mut storage, 0, 1);
+            assert!(report.usable);
+            assert_eq!(report.slots[slot_of(8)].case, Case::G);
+            if last {
+                break;
+            }
+        }
+    }
+}

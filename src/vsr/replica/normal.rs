@@ -14,8 +14,9 @@
 //! - The primary sends unacknowledged prepares again after `PREPARE_TIMEOUT_TICKS`.
 
 use super::{
-    COMMIT_HEARTBEAT_TICKS, Destination, JournalRead, JournalReadPurpose, PIPELINE_BACKUP_MAX,
-    PREPARE_TIMEOUT_TICKS, Prepared, REPAIR_TIMEOUT_TICKS, REPAIR_WINDOW_MAX, Replica,
+    BACKUP_LIVENESS_TICKS, COMMIT_HEARTBEAT_TICKS, Destination, JournalRead, JournalReadPurpose,
+    PIPELINE_BACKUP_MAX, PREPARE_TIMEOUT_TICKS, Prepared, REPAIR_TIMEOUT_TICKS, REPAIR_WINDOW_MAX,
+    Replica,
 };
 use crate::constants::{JOURNAL_IOPS_READ_MAX, SECTOR_SIZE, op_prepare_max};
 use crate::vsr::header::{Command, Header, Op};
@@ -86,6 +87,9 @@ impl Replica {
         if !self.is_primary() {
             return;
         }
+        // A prepare_ok names an op the backup accepted in its chain: its head is at least there.
+        let replica = usize::from(header.replica);
+        self.backup_head[replica] = self.backup_head[replica].max(header.op);
         let Some(index) = self.pipeline_index(header.op) else {
             return;
         };
@@ -95,6 +99,47 @@ impl Replica {
         }
         prepared.ok_from |= 1 << header.replica;
         self.commit_advance_primary(storage);
+    }
+
+    /// The lowest log head among the backups heard from lately whose head is still inside this
+    /// WAL's window (this replica's own head if none): how far the primary may run ahead and
+    /// still repair them. A backup already outside the window needs state sync and is not
+    /// waited for.
+    pub(super) fn backups_head_min(&self) -> Op {
+        let slot_count = u64::from(self.config.journal_slot_count);
+        let window_start = self.op.saturating_sub(slot_count - REPAIR_WINDOW_MAX as u64);
+        let mut head_min = self.op;
+        for replica in 0..self.config.replica_count {
+            let index = usize::from(replica);
+            let heard = self.backup_heard_tick[index];
+            let live = heard > 0 && self.ticks < heard + BACKUP_LIVENESS_TICKS;
+            let head = self.backup_head[index];
+            if replica != self.config.replica && live && head >= window_start {
+                head_min = head_min.min(head);
+            }
+        }
+        head_min
+    }
+
+    /// A backup's ping only says it is alive (`on_message` noted when it was heard).
+    pub(super) fn on_ping(&mut self, header: &Header) {
+        assert_ne!(header.replica, self.config.replica);
+    }
+
+    /// Tells the primary this backup is alive; it learns the backup's log head from its
+    /// prepare_oks.
+    pub(super) fn send_ping(&mut self) {
+        let mut message = self.pool.get();
+        let header = message.header_mut();
+        *header = Header::new(Command::Ping, self.config.cluster);
+        header.view = self.view;
+        header.timestamp = self.ticks.max(1);
+        header.checkpoint_op = self.checkpoint_op;
+        header.replica = self.config.replica;
+        header.set_checksum_body(&[]);
+        header.set_checksum();
+        let primary = self.primary_index();
+        self.send(Destination::Replica(primary), message);
     }
 
     pub(super) fn on_commit<S: Storage>(&mut self, storage: &mut S, header: &Header) {

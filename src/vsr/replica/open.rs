@@ -6,7 +6,8 @@
 //! acknowledged, so the replay follows the chain of `parent` checksums from the checkpoint as far
 //! as it goes. It stops at the first op that is missing or does not chain: prepares are written
 //! concurrently, so a crash can leave a later op durable behind a lost earlier one, and such an
-//! op was never committed (commits go in op order) and so never acknowledged.
+//! op was never committed (commits go in op order) and so never acknowledged. The journal
+//! entries beyond the head are then truncated durably, before the replica serves.
 
 use super::{OpenPhase, Replica, Status};
 use crate::state_machine::CheckpointState;
@@ -156,13 +157,28 @@ impl Replica {
         self.commit_pipeline(storage);
     }
 
-    /// Opening is over: this replica serves.
+    /// The replay is over: truncates the journal entries beyond the head of the chain before
+    /// any new op may be prepared or accepted into their slots (see "Truncating after replay" in
+    /// the journal's docs).
     pub(super) fn replay_done<S: Storage>(&mut self, storage: &mut S) {
         assert_eq!(self.open_phase, OpenPhase::Replay);
         assert_eq!(self.status, Status::Recovering);
         if self.config.replica_count == 1 {
             assert_eq!(self.commit_min, self.op);
         }
+        self.open_phase = OpenPhase::Truncate;
+        self.journal.truncate_after(storage, self.op);
+        self.journal_events(storage);
+    }
+
+    /// Opening is over: this replica serves.
+    pub(super) fn journal_truncated<S: Storage>(&mut self, storage: &mut S) {
+        assert_eq!(self.open_phase, OpenPhase::Truncate);
+        if self.status == Status::Failed {
+            return;
+        }
+        assert_eq!(self.status, Status::Recovering);
+        assert!(self.journal.header_with_op(self.op + 1).is_none());
         self.status = Status::Normal;
         self.commit_pipeline(storage);
     }

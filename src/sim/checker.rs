@@ -1,0 +1,567 @@
+//! The safety and liveness oracle of the simulator. It keeps the cluster's one committed
+//! history (the prepare headers at ops 0, 1, 2, ..., hash-chained through `parent`) and checks
+//! every replica's commits and every client's replies against it, after every step:
+//!
+//! - agreement: no two replicas commit different prepares (checksums) at one op;
+//! - prefix and total order: each replica commits the history in op order, so its committed
+//!   sequence is a prefix of the longest one; the history only grows by a prepare whose parent
+//!   is the previous op's checksum, so the chain is continuous;
+//! - no acknowledged write lost: every acknowledged reply's op ends up in the history with the
+//!   prepare of that client and request; a primary in normal status holds every acknowledged op;
+//!   at the end every replica has committed them all;
+//! - replies consistent with the log: the prepare at a reply's op has the reply's client,
+//!   request, operation and request checksum, and one request is never answered two ways;
+//! - client dedup: no (client, request) pair is committed at two ops (a register may be: see
+//!   `dedup_exempt`).
+//!
+//! The checker sees the cluster only through these calls, so a test can feed it a fabricated
+//! history and see it object.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::sim::workload::ReplyRecord;
+use crate::vsr::header::{Checksum, ClientId, ClusterId, Header, Op, Operation};
+use crate::vsr::replica::Destination;
+
+/// A broken rule, with what the checker saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// `replica` committed a prepare at `op` other than the one in the history.
+    Agreement { replica: usize, op: Op, history: Checksum, committed: Checksum },
+    /// `replica` committed, as the next op of the history, a prepare that does not chain to
+    /// the previous op.
+    Chain { replica: usize, op: Op, parent: Checksum, expected: Checksum },
+    /// `replica` gave a header for `op` whose own op differs.
+    HeaderOp { replica: usize, op: Op, header_op: Op },
+    /// `replica`'s commit number went back without a restart.
+    CommitBackwards { replica: usize, commit: Op, checked: Op },
+    /// One request committed at two ops.
+    RequestCommittedTwice { client: ClientId, request: u32, first: Op, second: Op },
+    /// The prepare at a reply's op is not the request the reply answers.
+    ReplyInconsistent { client: ClientId, request: u32, op: Op, reason: &'static str },
+    /// One request was answered with two different replies.
+    ReplyDiverged { client: ClientId, request: u32, first_op: Op, second_op: Op },
+    /// A primary in normal status does not hold an acknowledged op.
+    AcknowledgedWriteLost { replica: usize, op: Op, head: Op },
+    /// A client's model of its stream was contradicted by a reply.
+    StateMachine { client: ClientId, request: u32, op: Op, reason: &'static str },
+    /// A replica sent a message to itself, to a replica out of range, or to an unknown client.
+    Misaddressed { replica: usize, destination: Destination },
+    /// A replica allocated on the heap in calls made after it opened.
+    Allocation { replica: usize, allocations: u64 },
+    /// A replica stopped (`Status::Failed`) with this reason.
+    ReplicaFailed { replica: usize, reason: &'static str },
+    /// The run did not converge within its tick budget after the faults stopped.
+    Liveness { reason: String },
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Violation::Agreement { replica, op, history, committed } => write!(
+                formatter,
+                "agreement: replica {replica} committed prepare {committed:08x} at op {op}, \
+                 the history has {history:08x}"
+            ),
+            Violation::Chain { replica, op, parent, expected } => write!(
+                formatter,
+                "chain: replica {replica} committed op {op} with parent {parent:08x}, the \
+                 previous op is {expected:08x}"
+            ),
+            Violation::HeaderOp { replica, op, header_op } => {
+                write!(formatter, "replica {replica} holds a header of op {header_op} for op {op}")
+            }
+            Violation::CommitBackwards { replica, commit, checked } => write!(
+                formatter,
+                "replica {replica} commit went back from {checked} to {commit} without a restart"
+            ),
+            Violation::RequestCommittedTwice { client, request, first, second } => write!(
+                formatter,
+                "dedup: client {client:016x} request {request} committed at ops {first} and \
+                 {second}"
+            ),
+            Violation::ReplyInconsistent { client, request, op, reason } => write!(
+                formatter,
+                "reply to client {client:016x} request {request} at op {op}: {reason}"
+            ),
+            Violation::ReplyDiverged { client, request, first_op, second_op } => write!(
+                formatter,
+                "client {client:016x} request {request} answered twice differently (ops \
+                 {first_op} and {second_op})"
+            ),
+            Violation::AcknowledgedWriteLost { replica, op, head } => write!(
+                formatter,
+                "acknowledged op {op} lost: primary {replica} is normal with head op {head}"
+            ),
+            Violation::StateMachine { client, request, op, reason } => write!(
+                formatter,
+                "state machine: client {client:016x} request {request} at op {op}: {reason}"
+            ),
+            Violation::Misaddressed { replica, destination } => {
+                write!(formatter, "replica {replica} sent a message to {destination:?}")
+            }
+            Violation::Allocation { replica, allocations } => write!(
+                formatter,
+                "static allocation: replica {replica} allocated {allocations} time(s) after it \
+                 opened"
+            ),
+            Violation::ReplicaFailed { replica, reason } => {
+                write!(formatter, "replica {replica} stopped: {reason}")
+            }
+            Violation::Liveness { reason } => write!(formatter, "no liveness: {reason}"),
+        }
+    }
+}
+
+pub struct Checker {
+    /// The committed prepare at each op, from the root prepare at op 0.
+    history: Vec<Header>,
+    /// Per replica: the highest op of its commits checked against the history.
+    checked: Vec<Op>,
+    /// Per replica: restarted, and not yet back at the op it had been checked up to.
+    restarted: Vec<bool>,
+    /// The op of each committed client request.
+    requests: BTreeMap<(ClientId, u32), Op>,
+    /// The first reply seen for each request.
+    replies: BTreeMap<(ClientId, u32), ReplyRecord>,
+    /// Replies whose op the history does not reach yet, in arrival order.
+    replies_unverified: VecDeque<ReplyRecord>,
+    acknowledged_op_max: Op,
+}
+
+impl Checker {
+    pub fn new(cluster: ClusterId, replica_count: usize) -> Checker {
+        assert!(replica_count > 0);
+        Checker {
+            history: vec![Header::root_prepare(cluster)],
+            checked: vec![0; replica_count],
+            restarted: vec![false; replica_count],
+            requests: BTreeMap::new(),
+            replies: BTreeMap::new(),
+            replies_unverified: VecDeque::new(),
+            acknowledged_op_max: 0,
+        }
+    }
+
+    /// The highest op committed by any replica (and checked).
+    pub fn history_op_max(&self) -> Op {
+        self.history.len() as Op - 1
+    }
+
+    /// The prepare committed at `op`, if any replica committed it.
+    pub fn history_header(&self, op: Op) -> Option<&Header> {
+        self.history.get(usize::try_from(op).ok()?)
+    }
+
+    pub fn checked(&self, replica: usize) -> Op {
+        self.checked[replica]
+    }
+
+    pub fn acknowledged_op_max(&self) -> Op {
+        self.acknowledged_op_max
+    }
+
+    pub fn replies_unverified_count(&self) -> usize {
+        self.replies_unverified.len()
+    }
+
+    /// `replica` restarted from its disk: it will commit again from its checkpoint, which
+    /// moves its commit number back for a while.
+    pub fn replica_restarted(&mut self, replica: usize) {
+        self.restarted[replica] = true;
+    }
+
+    /// Checks `replica`'s commits up to `commit_min`, in op order, each from the header it
+    /// holds at that op (`prepare_header`); calls `committed` with each op that extends what was
+    /// checked for it. A header it does not hold yet stops the walk until a later call, unless
+    /// its checkpoint covers that op (a replica that jumped ahead by state sync): then the walk
+    /// goes on after the checkpoint, if the history reaches it. While a restarted replica
+    /// replays ops it had committed before, the op it is at is compared with the history.
+    pub fn replica_commits(
+        &mut self,
+        replica: usize,
+        commit_min: Op,
+        checkpoint_op: Op,
+        prepare_header: impl Fn(Op) -> Option<Header>,
+        mut committed: impl FnMut(Op, &Header),
+    ) -> Result<Op, Violation> {
+        let checked = self.checked[replica];
+        if commit_min < checked {
+            if !self.restarted[replica] {
+                return Err(Violation::CommitBackwards { replica, commit: commit_min, checked });
+            }
+            if commit_min > 0
+                && let Some(header) = prepare_header(commit_min)
+            {
+                self.commit(replica, commit_min, &header)?;
+            }
+            return Ok(checked);
+        }
+        self.restarted[replica] = false;
+        let mut op = checked;
+        while op < commit_min {
+            match prepare_header(op + 1) {
+                Some(header) => {
+                    self.commit(replica, op + 1, &header)?;
+                    op += 1;
+                    committed(op, &header);
+                }
+                None if op < checkpoint_op && checkpoint_op <= self.history_op_max() => {
+                    op = checkpoint_op;
+                }
+                None => break,
+            }
+        }
+        self.checked[replica] = op;
+        Ok(op)
+    }
+
+    /// `replica` committed `header` at `op`, the op after the ones already checked for it.
+    pub fn commit(&mut self, replica: usize, op: Op, header: &Header) -> Result<(), Violation> {
+        if header.op != op {
+            return Err(Violation::HeaderOp { replica, op, header_op: header.op });
+        }
+        let history_length = self.history.len() as Op;
+        assert!(op >= 1 && op <= history_length, "op {op} checked out of order");
+        if op < history_length {
+            let history = self.history[op as usize].checksum;
+            if header.checksum != history {
+                return Err(Violation::Agreement {
+                    replica,
+                    op,
+                    history,
+                    committed: header.checksum,
+                });
+            }
+            return Ok(());
+        }
+        let expected = self.history[op as usize - 1].checksum;
+        if header.parent != expected {
+            return Err(Violation::Chain { replica, op, parent: header.parent, expected });
+        }
+        if !dedup_exempt(header.operation) {
+            let key = (header.client, header.request);
+            if let Some(first) = self.requests.insert(key, op) {
+                let (client, request) = key;
+                return Err(Violation::RequestCommittedTwice {
+                    client,
+                    request,
+                    first,
+                    second: op,
+                });
+            }
+        }
+        self.history.push(*header);
+        self.replies_verify()
+    }
+
+    /// A reply reached a client. It must agree with every other reply to the same request,
+    /// and (now or once the history reaches its op) with the prepare at its op.
+    pub fn reply(&mut self, reply: &ReplyRecord) -> Result<(), Violation> {
+        self.replies_unverified.push_back(*reply);
+        if dedup_exempt(reply.operation) {
+            return self.replies_verify();
+        }
+        let key = (reply.client, reply.request);
+        let first = *self.replies.entry(key).or_insert(*reply);
+        let same = first.op == reply.op
+            && first.operation == reply.operation
+            && first.request_checksum == reply.request_checksum
+            && first.body_checksum == reply.body_checksum;
+        if !same {
+            let (client, request) = key;
+            return Err(Violation::ReplyDiverged {
+                client,
+                request,
+                first_op: first.op,
+                second_op: reply.op,
+            });
+        }
+        self.replies_verify()
+    }
+
+    /// A client accepted `reply` as the answer to its request: its op is acknowledged.
+    pub fn acknowledged(&mut self, reply: &ReplyRecord) {
+        self.acknowledged_op_max = self.acknowledged_op_max.max(reply.op);
+    }
+
+    /// A primary in normal status must hold every acknowledged op.
+    pub fn primary_head(&self, replica: usize, head: Op) -> Result<(), Violation> {
+        if head < self.acknowledged_op_max {
+            return Err(Violation::AcknowledgedWriteLost {
+                replica,
+                op: self.acknowledged_op_max,
+                head,
+            });
+        }
+        Ok(())
+    }
+
+    fn replies_verify(&mut self) -> Result<(), Violation> {
+        let history_length = self.history.len() as Op;
+        let mut index = 0;
+        while index < self.replies_unverified.len() {
+            let reply = self.replies_unverified[index];
+            if reply.op >= history_length {
+                index += 1;
+                continue;
+            }
+            self.replies_unverified.remove(index);
+            reply_matches(&self.history[reply.op as usize], &reply).map_err(|reason| {
+                Violation::ReplyInconsistent {
+                    client: reply.client,
+                    request: reply.request,
+                    op: reply.op,
+                    reason,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The end of a run, once the cluster should have converged: every reply verified, and
+    /// each replica (given as its commit number) has committed, and been checked up to, every
+    /// acknowledged op.
+    pub fn converged(&self, commits: &[Op]) -> Result<(), String> {
+        assert_eq!(commits.len(), self.checked.len());
+        if let Some(reply) = self.replies_unverified.front() {
+            return Err(format!(
+                "the reply to client {:016x} request {} names op {}, which no replica committed",
+                reply.client, reply.request, reply.op
+            ));
+        }
+        for (replica, commit) in commits.iter().enumerate() {
+            if *commit < self.acknowledged_op_max {
+                return Err(format!(
+                    "replica {replica} committed up to op {commit}, below the acknowledged op {}",
+                    self.acknowledged_op_max
+                ));
+            }
+            if self.checked[replica] != *commit {
+                return Err(format!(
+                    "replica {replica} committed up to op {commit} but holds headers only up to \
+                     op {}",
+                    self.checked[replica]
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Operations that may legitimately commit twice for one (client, request): a noop has no
+/// client, and a register retried after its first session was evicted (before the client heard
+/// of either) registers again, for the same client id and request 0.
+fn dedup_exempt(operation: u8) -> bool {
+    operation == Operation::Noop as u8 || operation == Operation::Register as u8
+}
+
+/// Whether `prepare` is what `reply` answers.
+fn reply_matches(prepare: &Header, reply: &ReplyRecord) -> Result<(), &'static str> {
+    if prepare.client != reply.client {
+        return Err("the prepare at its op belongs to another client");
+    }
+    if prepare.request != reply.request {
+        return Err("the prepare at its op is another request");
+    }
+    if prepare.operation != reply.operation {
+        return Err("the prepare at its op is another operation");
+    }
+    if prepare.context != reply.request_checksum {
+        return Err("the prepare at its op has another request checksum");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vsr::header::Command;
+
+    const CLUSTER: ClusterId = 7;
+
+    /// A prepare of `client`'s `request` at `op`, chained to `parent`.
+    fn prepare(op: Op, parent: Checksum, client: ClientId, request: u32) -> Header {
+        let mut header = Header::new(Command::Prepare, CLUSTER);
+        header.op = op;
+        header.parent = parent;
+        header.client = client;
+        header.request = request;
+        header.operation = Operation::Append as u8;
+        header.context = 0x1000 + request;
+        header.timestamp = op;
+        header.set_checksum_body(&[]);
+        header.set_checksum();
+        header
+    }
+
+    /// A chain of `count` prepares after the root, one request each of client 9.
+    fn chain(count: u64) -> Vec<Header> {
+        let mut headers = vec![Header::root_prepare(CLUSTER)];
+        for op in 1..=count {
+            let parent = headers[op as usize - 1].checksum;
+            headers.push(prepare(op, parent, 9, op as u32));
+        }
+        headers
+    }
+
+    /// Feeds `replica`'s commits up to `commit_min` from `log`.
+    fn commits(
+        checker: &mut Checker,
+        replica: usize,
+        commit_min: Op,
+        log: &[Header],
+    ) -> Result<Op, Violation> {
+        let header = |op: Op| log.get(op as usize).copied();
+        checker.replica_commits(replica, commit_min, 0, header, |_, _| {})
+    }
+
+    fn reply_to(prepare: &Header) -> ReplyRecord {
+        ReplyRecord {
+            client: prepare.client,
+            request: prepare.request,
+            op: prepare.op,
+            operation: prepare.operation,
+            request_checksum: prepare.context,
+            body_checksum: 0xB0D1,
+            view: 0,
+            replica: 0,
+        }
+    }
+
+    #[test]
+    fn replicas_that_commit_the_same_chain_pass() {
+        // Goal: the checker accepts agreeing replicas, at different speeds, and their replies.
+        let log = chain(10);
+        let mut checker = Checker::new(CLUSTER, 3);
+        assert_eq!(commits(&mut checker, 0, 10, &log), Ok(10));
+        assert_eq!(commits(&mut checker, 1, 4, &log), Ok(4));
+        assert_eq!(commits(&mut checker, 2, 0, &log), Ok(0));
+        for prepare in &log[1..] {
+            checker.reply(&reply_to(prepare)).unwrap();
+            checker.acknowledged(&reply_to(prepare));
+        }
+        assert_eq!(checker.primary_head(0, 10), Ok(()));
+        assert!(checker.converged(&[10, 4, 0]).is_err());
+        assert_eq!(commits(&mut checker, 1, 10, &log), Ok(10));
+        assert_eq!(commits(&mut checker, 2, 10, &log), Ok(10));
+        assert_eq!(checker.converged(&[10, 10, 10]), Ok(()));
+    }
+
+    #[test]
+    fn divergent_commit_at_one_op_breaks_agreement() {
+        // Goal: a second replica committing another prepare at an op is caught.
+        let log = chain(5);
+        let mut divergent = log.clone();
+        divergent[3] = prepare(3, log[2].checksum, 10, 1);
+        let mut checker = Checker::new(CLUSTER, 2);
+        commits(&mut checker, 0, 5, &log).unwrap();
+        let result = commits(&mut checker, 1, 5, &divergent);
+        assert!(matches!(result, Err(Violation::Agreement { replica: 1, op: 3, .. })));
+    }
+
+    #[test]
+    fn commit_that_does_not_chain_breaks_the_prefix() {
+        // Goal: the history grows only by a prepare whose parent is the previous op.
+        let mut log = chain(4);
+        log[4] = prepare(4, 0xDEAD, 9, 4);
+        let mut checker = Checker::new(CLUSTER, 1);
+        let result = commits(&mut checker, 0, 4, &log);
+        assert!(matches!(result, Err(Violation::Chain { replica: 0, op: 4, .. })));
+        let mut checker = Checker::new(CLUSTER, 1);
+        let mut misplaced = chain(4);
+        misplaced[2] = misplaced[3];
+        let result = commits(&mut checker, 0, 4, &misplaced);
+        assert!(matches!(result, Err(Violation::HeaderOp { op: 2, header_op: 3, .. })));
+    }
+
+    #[test]
+    fn commit_number_going_back_needs_a_restart() {
+        // Goal: un-committing is a violation, except while a restarted replica replays; a
+        // restarted replica that re-commits another prepare is caught.
+        let log = chain(6);
+        let mut checker = Checker::new(CLUSTER, 1);
+        commits(&mut checker, 0, 6, &log).unwrap();
+        let result = commits(&mut checker, 0, 3, &log);
+        assert!(matches!(result, Err(Violation::CommitBackwards { commit: 3, checked: 6, .. })));
+        checker.replica_restarted(0);
+        assert_eq!(commits(&mut checker, 0, 3, &log), Ok(6));
+        let mut forked = log.clone();
+        forked[4] = prepare(4, log[3].checksum, 11, 1);
+        let result = commits(&mut checker, 0, 4, &forked);
+        assert!(matches!(result, Err(Violation::Agreement { op: 4, .. })));
+    }
+
+    #[test]
+    fn request_committed_at_two_ops_breaks_dedup() {
+        // Goal: one (client, request) at two ops is caught; a register may repeat.
+        let mut log = chain(3);
+        log[3] = prepare(3, log[2].checksum, 9, 2);
+        let mut checker = Checker::new(CLUSTER, 1);
+        let result = commits(&mut checker, 0, 3, &log);
+        let expected =
+            Violation::RequestCommittedTwice { client: 9, request: 2, first: 2, second: 3 };
+        assert_eq!(result, Err(expected));
+        let mut registers = chain(2);
+        for op in 1..=2u64 {
+            let mut register = prepare(op, registers[op as usize - 1].checksum, 9, 0);
+            register.operation = Operation::Register as u8;
+            register.set_checksum();
+            registers[op as usize] = register;
+        }
+        let mut checker = Checker::new(CLUSTER, 1);
+        assert_eq!(commits(&mut checker, 0, 2, &registers), Ok(2));
+    }
+
+    #[test]
+    fn reply_must_match_the_prepare_at_its_op() {
+        // Goal: a reply naming an op that holds another client's request is caught, whether
+        // the reply comes before or after the commit.
+        let log = chain(3);
+        let mut checker = Checker::new(CLUSTER, 1);
+        let mut reply = reply_to(&log[2]);
+        reply.client = 77;
+        checker.reply(&reply).unwrap();
+        assert_eq!(checker.replies_unverified_count(), 1);
+        let result = commits(&mut checker, 0, 3, &log);
+        assert!(matches!(result, Err(Violation::ReplyInconsistent { client: 77, op: 2, .. })));
+        let mut checker = Checker::new(CLUSTER, 1);
+        commits(&mut checker, 0, 3, &log).unwrap();
+        let mut reply = reply_to(&log[3]);
+        reply.request_checksum ^= 1;
+        assert!(matches!(checker.reply(&reply), Err(Violation::ReplyInconsistent { .. })));
+    }
+
+    #[test]
+    fn one_request_answered_two_ways_is_caught() {
+        // Goal: a retry must get the reply the first attempt got.
+        let log = chain(2);
+        let mut checker = Checker::new(CLUSTER, 1);
+        commits(&mut checker, 0, 2, &log).unwrap();
+        checker.reply(&reply_to(&log[1])).unwrap();
+        checker.reply(&reply_to(&log[1])).unwrap();
+        let mut other = reply_to(&log[1]);
+        other.body_checksum ^= 1;
+        assert!(matches!(checker.reply(&other), Err(Violation::ReplyDiverged { .. })));
+    }
+
+    #[test]
+    fn acknowledged_write_missing_from_the_primary_or_the_log_is_caught() {
+        // Goal: an acknowledged op the primary no longer holds, or that no replica ever
+        // committed, or that a replica has not reached at the end, fails the run.
+        let log = chain(5);
+        let mut checker = Checker::new(CLUSTER, 2);
+        commits(&mut checker, 0, 5, &log).unwrap();
+        checker.acknowledged(&reply_to(&log[5]));
+        let result = checker.primary_head(0, 3);
+        assert_eq!(result, Err(Violation::AcknowledgedWriteLost { replica: 0, op: 5, head: 3 }));
+        commits(&mut checker, 1, 4, &log).unwrap();
+        assert!(checker.converged(&[5, 4]).unwrap_err().contains("below the acknowledged op"));
+        let mut never = reply_to(&log[5]);
+        never.op = 6;
+        never.request = 6;
+        checker.reply(&never).unwrap();
+        commits(&mut checker, 1, 5, &log).unwrap();
+        assert!(checker.converged(&[5, 5]).unwrap_err().contains("which no replica committed"));
+    }
+}

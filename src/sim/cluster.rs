@@ -1,0 +1,977 @@
+//! A whole cluster in one thread: N replicas, each with its own in-memory data file and message
+//! pool, M simulated clients, and the simulated network between them, all driven through
+//! exactly the calls the io_uring driver makes (`open`, `on_storage_completion`, `on_message`,
+//! `on_tick`, `poll_send`).
+//!
+//! One step advances time by one tick: deliver the messages due, complete the disk I/O due,
+//! tick every replica, let the clients send, inject faults, then run the checker. Every random
+//! choice comes from PRNGs seeded from the run's seed, so a seed replays the same run.
+//!
+//! The faults: network loss, delay, duplication and reordering (always on); directional
+//! partitions of replica and client links that heal by themselves; and crashes: a replica that
+//! is not the primary of the current view (with one replica, the only one) loses or tears its
+//! writes in flight and restarts from its disk after a while. At most `f` replicas are down at
+//! once (at least one, so a cluster of one or two still crashes). The run's fault phase is
+//! followed by a liveness phase: every link heals, every replica restarts, clients start no
+//! new requests, and the cluster must converge within a tick budget.
+
+use crate::constants::{HEADER_SIZE, TICK_MS};
+use crate::io::allocator;
+use crate::sim::checker::{Checker, Violation};
+use crate::sim::network::{DropReason, Network, NetworkOptions, NodeIndex, Packet};
+use crate::sim::prng::Prng;
+use crate::sim::storage::{Latency, MemoryStorage};
+use crate::sim::trace::{Event, Trace};
+use crate::sim::workload::{ReplyRecord, Workload, WorkloadOptions};
+use crate::vsr::format::fill_range;
+use crate::vsr::header::{Command, Header, Op, ReplicaIndex, View};
+use crate::vsr::layout::{Config, Layout, Zone};
+use crate::vsr::message_pool::{Message, MessagePool, messages_max_replica};
+use crate::vsr::replica::{Destination, Replica, Status};
+use crate::vsr::storage::{Completion, IoKind, Storage};
+
+/// The simulated wall clock at tick 0 (prepare timestamps count from here).
+const REALTIME_START_NS: u64 = 1_700_000_000_000_000_000;
+/// Storage completions a replica handles in one tick before time must move on: a bound on
+/// chains of zero-latency I/O.
+const COMPLETION_ROUNDS_MAX: usize = 64;
+const COMPLETIONS_MAX: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultOptions {
+    /// Mean ticks between replica crashes (0: none).
+    pub crash_interval_mean_ticks: u64,
+    pub crash_down_ticks_min: u64,
+    pub crash_down_ticks_max: u64,
+    /// Whether a crash tears the writes in flight (else it loses them whole).
+    pub crash_torn_writes: bool,
+    /// Mean ticks between new partitions (0: none).
+    pub partition_interval_mean_ticks: u64,
+    pub partition_ticks_min: u64,
+    pub partition_ticks_max: u64,
+}
+
+impl FaultOptions {
+    pub const NONE: FaultOptions = FaultOptions {
+        crash_interval_mean_ticks: 0,
+        crash_down_ticks_min: 0,
+        crash_down_ticks_max: 0,
+        crash_torn_writes: false,
+        partition_interval_mean_ticks: 0,
+        partition_ticks_min: 0,
+        partition_ticks_max: 0,
+    };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterOptions {
+    pub seed: u64,
+    /// Every replica's configuration but its index (`config.replica` is ignored).
+    pub config: Config,
+    pub client_count: usize,
+    pub storage_latency: Latency,
+    pub network_latency: Latency,
+    pub loss_per_mille: u64,
+    pub duplicate_per_mille: u64,
+    pub request_timeout_ticks: u64,
+    /// Ticks a client waits, at most, between a reply and its next request.
+    pub think_ticks_max: u64,
+    pub events_per_append_max: u32,
+    pub event_size_max: u32,
+    pub faults: FaultOptions,
+    /// Ticks with faults, then at most `ticks_convergence_max` for the cluster to converge.
+    pub ticks_faults: u64,
+    pub ticks_convergence_max: u64,
+}
+
+impl ClusterOptions {
+    /// A small configuration that keeps data files and pools small: 16 KiB messages, a 16 MiB
+    /// grid, and 64 WAL slots (a checkpoint every 48 ops) for a single replica. A replicated
+    /// cluster gets 512 slots: a backup that falls further behind than the primary's WAL window
+    /// can only catch up by state sync, which is not built yet, so the window must outlast the
+    /// longest crash or partition the simulator injects.
+    pub fn config_small(replica_count: u8, clients_max: u32) -> Config {
+        let journal_slot_count = if replica_count == 1 { 64 } else { 512 };
+        Config {
+            journal_slot_count,
+            message_size_max: 16 * 1024,
+            clients_max,
+            grid_size: 16 * 1024 * 1024,
+            streams_max: 64,
+            ..Config::new(7, 0, replica_count)
+        }
+    }
+}
+
+/// A fault the run injected, for the log a failure prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Crash {
+        tick: u64,
+        replica: usize,
+        torn: bool,
+        restart_tick: u64,
+    },
+    Restart {
+        tick: u64,
+        replica: usize,
+    },
+    /// The links between `node` and `peer` (every other replica if `None`) cut until
+    /// `until_tick`.
+    Partition {
+        tick: u64,
+        node: Node,
+        peer: Option<Node>,
+        direction: LinkDirection,
+        until_tick: u64,
+    },
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Fault::Crash { tick, replica, torn, restart_tick } => {
+                let writes = if torn { "torn" } else { "lost" };
+                write!(
+                    formatter,
+                    "tick {tick}: replica {replica} crashes (writes in flight {writes}), \
+                     restarts at tick {restart_tick}"
+                )
+            }
+            Fault::Restart { tick, replica } => {
+                write!(formatter, "tick {tick}: replica {replica} restarts from its disk")
+            }
+            Fault::Partition { tick, node, peer, direction, until_tick } => {
+                let arrow = match direction {
+                    LinkDirection::Both => "<->",
+                    LinkDirection::Outgoing => "->",
+                    LinkDirection::Incoming => "<-",
+                };
+                write!(formatter, "tick {tick}: partition {node} {arrow} ")?;
+                match peer {
+                    Some(peer) => write!(formatter, "{peer}")?,
+                    None => write!(formatter, "every other replica")?,
+                }
+                write!(formatter, " until tick {until_tick}")
+            }
+        }
+    }
+}
+
+/// Which way a partition cuts the links of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkDirection {
+    Both,
+    /// What the node sends is lost; it still hears the others.
+    Outgoing,
+    /// What is sent to the node is lost.
+    Incoming,
+}
+
+/// A node of the network, named for the fault log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Node {
+    Replica(usize),
+    Client(usize),
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Node::Replica(index) => write!(formatter, "replica {index}"),
+            Node::Client(index) => write!(formatter, "client {index}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterMetrics {
+    pub crashes: u64,
+    pub restarts: u64,
+    pub partitions: u64,
+    pub sectors_torn_landed: u64,
+}
+
+struct ReplicaNode {
+    config: Config,
+    storage: MemoryStorage,
+    pool: MessagePool,
+    /// `None` while crashed.
+    replica: Option<Replica>,
+    restart_tick: u64,
+    /// Heap allocations the replica made in calls after it opened (static allocation says 0).
+    allocations: u64,
+}
+
+pub struct Cluster {
+    options: ClusterOptions,
+    tick: u64,
+    prng: Prng,
+    replicas: Vec<ReplicaNode>,
+    network: Network,
+    workload: Workload,
+    checker: Checker,
+    trace: Trace,
+    faulting: bool,
+    completions: Vec<Completion>,
+    client_sends: Vec<(usize, ReplicaIndex, Message)>,
+    replies: Vec<ReplyRecord>,
+    acknowledged_checked: usize,
+    faults: Vec<Fault>,
+    /// The first message a replica addressed to no node (itself, or an unknown client).
+    misaddressed_first: Option<(usize, Destination)>,
+    metrics: ClusterMetrics,
+}
+
+/// Seeds for the run's independent PRNGs, all derived from the run's seed.
+fn seed_derive(seed: u64, purpose: u64) -> u64 {
+    Prng::new(seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+}
+
+impl Cluster {
+    pub fn new(options: ClusterOptions) -> Cluster {
+        let replica_count = options.config.replica_count;
+        assert!(options.config.invalid().is_none());
+        assert!(options.client_count > 0);
+        let replicas = (0..replica_count).map(|replica| replica_node(&options, replica)).collect();
+        let network = Network::new(
+            NetworkOptions {
+                node_count: usize::from(replica_count) + options.client_count,
+                latency: options.network_latency,
+                loss_per_mille: options.loss_per_mille,
+                duplicate_per_mille: options.duplicate_per_mille,
+                packets_max: 4096,
+            },
+            seed_derive(options.seed, 1),
+        );
+        let workload = Workload::new(
+            WorkloadOptions {
+                client_count: options.client_count,
+                replica_count,
+                cluster: options.config.cluster,
+                message_size_max: options.config.message_size_max as usize,
+                request_timeout_ticks: options.request_timeout_ticks,
+                think_ticks_max: options.think_ticks_max,
+                events_per_append_max: options.events_per_append_max,
+                event_size_max: options.event_size_max,
+            },
+            seed_derive(options.seed, 2),
+        );
+        let mut cluster = Cluster {
+            options,
+            tick: 0,
+            prng: Prng::new(seed_derive(options.seed, 3)),
+            replicas,
+            network,
+            workload,
+            checker: Checker::new(options.config.cluster, usize::from(replica_count)),
+            trace: Trace::new(),
+            faulting: true,
+            completions: Vec::with_capacity(COMPLETIONS_MAX),
+            client_sends: Vec::new(),
+            replies: Vec::new(),
+            acknowledged_checked: 0,
+            faults: Vec::new(),
+            misaddressed_first: None,
+            metrics: ClusterMetrics::default(),
+        };
+        for index in 0..usize::from(replica_count) {
+            cluster.replica_start(index);
+        }
+        cluster
+    }
+
+    pub fn tick(&self) -> u64 {
+        self.tick
+    }
+
+    pub fn options(&self) -> &ClusterOptions {
+        &self.options
+    }
+
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    pub fn metrics(&self) -> ClusterMetrics {
+        self.metrics
+    }
+
+    /// Every crash, restart and partition so far, in order.
+    pub fn faults(&self) -> &[Fault] {
+        &self.faults
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    pub fn workload(&self) -> &Workload {
+        &self.workload
+    }
+
+    pub fn checker(&self) -> &Checker {
+        &self.checker
+    }
+
+    /// The replica at `index`, unless it is crashed.
+    pub fn replica(&self, index: usize) -> Option<&Replica> {
+        self.replicas[index].replica.as_ref()
+    }
+
+    pub fn replica_count(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Replica `index`'s data file, for tests that damage it beyond the fault model.
+    pub fn storage_mut(&mut self, index: usize) -> &mut MemoryStorage {
+        &mut self.replicas[index].storage
+    }
+
+    /// Runs the fault phase, then the liveness phase.
+    pub fn run(&mut self) -> Result<(), Violation> {
+        while self.tick < self.options.ticks_faults {
+            self.step()?;
+        }
+        self.faults_stop();
+        let deadline = self.tick + self.options.ticks_convergence_max;
+        while self.tick < deadline {
+            self.step()?;
+            if self.convergence_gap().is_none() {
+                return Ok(());
+            }
+        }
+        let reason = self.convergence_gap().expect("not converged");
+        Err(Violation::Liveness { reason: format!("after {} ticks: {reason}", self.tick) })
+    }
+
+    /// Advances the simulation by one tick, then checks it.
+    pub fn step(&mut self) -> Result<(), Violation> {
+        self.tick += 1;
+        self.trace.record(Event::Tick, &[self.tick]);
+        self.network_deliver();
+        for index in 0..self.replicas.len() {
+            self.storage_complete(index);
+        }
+        for index in 0..self.replicas.len() {
+            self.replica_tick(index);
+        }
+        self.clients_tick();
+        if self.faulting {
+            self.faults_inject();
+        }
+        self.restarts_due();
+        self.check()
+    }
+
+    fn realtime_ns(&self) -> u64 {
+        REALTIME_START_NS + self.tick * TICK_MS * 1_000_000
+    }
+}
+
+/// Formats replica `replica`'s data file in memory and gives it its pool.
+fn replica_node(options: &ClusterOptions, replica: ReplicaIndex) -> ReplicaNode {
+    let config = Config { replica, ..options.config };
+    let layout = Layout::new(&config);
+    let mut storage = MemoryStorage::new(layout.file_size());
+    // `format` writes these bytes; the grid is all zero, which a new disk already is.
+    let grid_offset = layout.zone_offset(Zone::Grid) as usize;
+    fill_range(&config, 0, &mut storage.bytes_mut()[..grid_offset]);
+    let seed = seed_derive(options.seed, 100 + u64::from(replica));
+    storage.shuffle_completions(seed);
+    storage.set_latency(options.storage_latency, seed_derive(seed, 1));
+    let pool = MessagePool::new(messages_max_replica(), config.message_size_max as usize);
+    ReplicaNode { config, storage, pool, replica: None, restart_tick: 0, allocations: 0 }
+}
+
+/// Delivery: the network, the disks, ticks.
+impl Cluster {
+    fn network_deliver(&mut self) {
+        let replica_count = self.replicas.len();
+        while let Some(packet) = self.network.poll_delivery(&mut self.trace, self.tick) {
+            if packet.to < replica_count {
+                self.replica_deliver(packet);
+            } else {
+                self.client_deliver(packet);
+            }
+        }
+    }
+
+    fn replica_deliver(&mut self, packet: Packet) {
+        let index = packet.to;
+        let node = &mut self.replicas[index];
+        let Some(replica) = node.replica.as_mut() else {
+            let reason = DropReason::ReceiverDown;
+            return self.network.packet_drop(&mut self.trace, self.tick, packet, reason);
+        };
+        if replica_accepts(&node.config, &packet.bytes).is_err() {
+            let reason = DropReason::Rejected;
+            return self.network.packet_drop(&mut self.trace, self.tick, packet, reason);
+        }
+        let pool = &node.pool;
+        let tick = self.tick;
+        if let Some(message) = self.network.packet_into_message(&mut self.trace, tick, packet, pool)
+        {
+            let armed = replica.status() == Status::Normal;
+            allocations_counted(armed, &mut node.allocations, || {
+                replica.on_message(&mut node.storage, message)
+            });
+            self.outbox_drain(index);
+        }
+    }
+
+    fn client_deliver(&mut self, packet: Packet) {
+        let client = packet.to - self.replicas.len();
+        let pool = self.workload.client_pool(client).clone();
+        let tick = self.tick;
+        let Some(message) = self.network.packet_into_message(&mut self.trace, tick, packet, &pool)
+        else {
+            return;
+        };
+        let header = *message.header();
+        if self.workload.on_message(client, tick, &message) {
+            let event = match header.command() {
+                Some(Command::Eviction) => Event::Eviction,
+                _ => Event::Reply,
+            };
+            let fields = [tick, client as u64, header.client, u64::from(header.request)];
+            self.trace.record(event, &fields);
+        }
+    }
+
+    /// Completes replica `index`'s disk operations that are due.
+    fn storage_complete(&mut self, index: usize) {
+        let tick = self.tick;
+        self.replicas[index].storage.set_tick(tick);
+        for _ in 0..COMPLETION_ROUNDS_MAX {
+            let node = &mut self.replicas[index];
+            node.storage.poll(&mut self.completions, COMPLETIONS_MAX);
+            if self.completions.is_empty() {
+                return;
+            }
+            let replica = node.replica.as_mut().expect("a crashed replica has no I/O in flight");
+            for completion in self.completions.drain(..) {
+                let request = completion.request;
+                let kind = u64::from(request.kind == IoKind::Write);
+                let fields = [tick, index as u64, request.offset, request.length as u64, kind];
+                self.trace.record(Event::Completion, &fields);
+                let armed = replica.status() == Status::Normal;
+                allocations_counted(armed, &mut node.allocations, || {
+                    replica.on_storage_completion(&mut node.storage, completion)
+                });
+            }
+            self.outbox_drain(index);
+        }
+    }
+
+    fn replica_tick(&mut self, index: usize) {
+        let realtime_ns = self.realtime_ns();
+        let node = &mut self.replicas[index];
+        if let Some(replica) = node.replica.as_mut() {
+            let armed = replica.status() == Status::Normal;
+            allocations_counted(armed, &mut node.allocations, || {
+                replica.on_tick(&mut node.storage, realtime_ns)
+            });
+            self.outbox_drain(index);
+        }
+    }
+
+    /// Moves what replica `index` sends onto the network.
+    fn outbox_drain(&mut self, index: usize) {
+        let replica_count = self.replicas.len();
+        let node = &mut self.replicas[index];
+        let Some(replica) = node.replica.as_mut() else {
+            return;
+        };
+        loop {
+            let armed = replica.status() == Status::Normal;
+            let sent = allocations_counted(armed, &mut node.allocations, || replica.poll_send());
+            let Some((destination, message)) = sent else {
+                break;
+            };
+            let to: Option<NodeIndex> = match destination {
+                Destination::Replica(to) => {
+                    let to = usize::from(to);
+                    (to < replica_count && to != index).then_some(to)
+                }
+                Destination::Client(client) => {
+                    self.workload.client_index(client).map(|client| replica_count + client)
+                }
+            };
+            match to {
+                Some(to) => self.network.send(&mut self.trace, self.tick, index, to, &message),
+                None => {
+                    self.misaddressed_first.get_or_insert((index, destination));
+                }
+            }
+        }
+    }
+
+    fn clients_tick(&mut self) {
+        let replica_count = self.replicas.len();
+        self.workload.tick(self.tick, &mut self.client_sends);
+        for (client, replica, message) in self.client_sends.drain(..) {
+            let from = replica_count + client;
+            let header = message.header();
+            let fields = [self.tick, client as u64, header.client, u64::from(header.request)];
+            self.trace.record(Event::Request, &fields);
+            let to = usize::from(replica);
+            self.network.send(&mut self.trace, self.tick, from, to, &message);
+        }
+    }
+}
+
+/// Runs `call` (one call into a replica) with the allocation guard armed if `armed`, as the
+/// server arms it once its replica is open, and adds what it allocated to `allocations`.
+fn allocations_counted<T>(armed: bool, allocations: &mut u64, call: impl FnOnce() -> T) -> T {
+    if !armed {
+        return call();
+    }
+    allocator::arm();
+    let result = call();
+    *allocations += allocator::allocations_since_armed();
+    allocator::disarm();
+    result
+}
+
+/// What the message bus checks before a replica sees a message (`io::message_bus`): the
+/// header's checksum and `invalid()`, the cluster, the size limit, a command a replica takes,
+/// and the body's checksum.
+fn replica_accepts(config: &Config, bytes: &[u8]) -> Result<(), &'static str> {
+    let header = Header::decode(bytes)?;
+    if header.cluster != config.cluster {
+        return Err("wrong cluster");
+    }
+    let size = header.size as usize;
+    if size > config.message_size_max as usize || size > bytes.len() {
+        return Err("size larger than this cluster's message_size_max");
+    }
+    if matches!(header.command(), Some(Command::Reply | Command::PongClient | Command::Eviction)) {
+        return Err("command not accepted by a replica");
+    }
+    if !header.valid_checksum_body(&bytes[HEADER_SIZE..size]) {
+        return Err("body checksum wrong");
+    }
+    Ok(())
+}
+
+/// Faults: crashes, restarts, partitions.
+impl Cluster {
+    /// The newest view any running replica is in.
+    pub fn view_newest(&self) -> View {
+        let views = self.replicas.iter().filter_map(|node| node.replica.as_ref());
+        views.map(Replica::view).max().unwrap_or(0)
+    }
+
+    /// The primary of the newest view.
+    pub fn primary_index(&self) -> usize {
+        (self.view_newest() % u32::from(self.options.config.replica_count)) as usize
+    }
+
+    /// How many replicas may be down at once: `f`, but at least one.
+    fn crashed_max(&self) -> usize {
+        ((self.replicas.len() - 1) / 2).max(1)
+    }
+
+    fn faults_inject(&mut self) {
+        let faults = self.options.faults;
+        let crash_mean = faults.crash_interval_mean_ticks;
+        if crash_mean > 0 && self.prng.chance(1, crash_mean) {
+            self.crash_random();
+        }
+        let partition_mean = faults.partition_interval_mean_ticks;
+        if partition_mean > 0 && self.prng.chance(1, partition_mean) {
+            self.partition_random();
+        }
+    }
+
+    fn crash_random(&mut self) {
+        let crashed = self.replicas.iter().filter(|node| node.replica.is_none()).count();
+        if crashed >= self.crashed_max() {
+            return;
+        }
+        let primary = self.primary_index();
+        let single = self.replicas.len() == 1;
+        let candidates: Vec<usize> = (0..self.replicas.len())
+            .filter(|index| self.replicas[*index].replica.is_some())
+            .filter(|index| single || *index != primary)
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let index = candidates[self.prng.index(candidates.len())];
+        let faults = self.options.faults;
+        let down_ticks = faults.crash_down_ticks_min
+            + self.prng.next_u64()
+                % (faults.crash_down_ticks_max - faults.crash_down_ticks_min + 1);
+        let torn = faults.crash_torn_writes && self.prng.chance(1, 2);
+        self.crash(index, torn, self.tick + down_ticks);
+    }
+
+    /// Crashes replica `index`: its writes in flight are lost (or torn), its memory is gone, and
+    /// it restarts from its disk at `restart_tick`.
+    pub fn crash(&mut self, index: usize, torn: bool, restart_tick: u64) {
+        let node = &mut self.replicas[index];
+        assert!(node.replica.is_some(), "replica {index} is already down");
+        let in_flight = node.storage.in_flight() as u64;
+        if torn {
+            let landed = node.storage.crash_tearing_writes_randomly(&mut self.prng);
+            self.metrics.sectors_torn_landed += landed as u64;
+        } else {
+            node.storage.crash();
+        }
+        node.replica = None;
+        node.restart_tick = restart_tick.max(self.tick + 1);
+        // With the replica and its disk's queue gone, nothing may hold a buffer of its pool:
+        // the network copies messages, it never keeps a replica's buffer.
+        assert_eq!(node.pool.free_count(), node.pool.count(), "replica {index} leaked buffers");
+        self.metrics.crashes += 1;
+        let restart_tick = node.restart_tick;
+        let fields = [self.tick, index as u64, u64::from(torn), in_flight, restart_tick];
+        self.trace.record(Event::Crash, &fields);
+        let tick = self.tick;
+        self.faults.push(Fault::Crash { tick, replica: index, torn, restart_tick });
+    }
+
+    fn restarts_due(&mut self) {
+        for index in 0..self.replicas.len() {
+            let node = &self.replicas[index];
+            if node.replica.is_none() && node.restart_tick <= self.tick {
+                self.replica_start(index);
+            }
+        }
+    }
+
+    /// Starts (or restarts) replica `index` from its disk, as a new process would.
+    fn replica_start(&mut self, index: usize) {
+        let node = &mut self.replicas[index];
+        assert!(node.replica.is_none());
+        let mut replica = Replica::new(&node.config, node.pool.clone());
+        replica.open(&mut node.storage);
+        node.replica = Some(replica);
+        if self.tick > 0 {
+            self.metrics.restarts += 1;
+            self.checker.replica_restarted(index);
+            self.faults.push(Fault::Restart { tick: self.tick, replica: index });
+        }
+        self.trace.record(Event::Restart, &[self.tick, index as u64]);
+        self.outbox_drain(index);
+    }
+
+    fn partition_random(&mut self) {
+        let faults = self.options.faults;
+        let spread = faults.partition_ticks_max - faults.partition_ticks_min + 1;
+        let until_tick = self.tick + faults.partition_ticks_min + self.prng.next_u64() % spread;
+        let replica_count = self.replicas.len();
+        let client_count = self.options.client_count;
+        let direction = match self.prng.index(3) {
+            0 => LinkDirection::Both,
+            1 => LinkDirection::Outgoing,
+            _ => LinkDirection::Incoming,
+        };
+        let mode = if replica_count > 1 { self.prng.index(3) } else { 2 };
+        let (node, peer) = match mode {
+            // Isolate a backup from every other replica.
+            0 => {
+                let primary = self.primary_index();
+                let backup = (primary + 1 + self.prng.index(replica_count - 1)) % replica_count;
+                for other in (0..replica_count).filter(|other| *other != backup) {
+                    self.link_cut(backup, other, direction, until_tick);
+                }
+                (Node::Replica(backup), None)
+            }
+            // Cut one link between two replicas.
+            1 => {
+                let from = self.prng.index(replica_count);
+                let to = (from + 1 + self.prng.index(replica_count - 1)) % replica_count;
+                self.link_cut(from, to, direction, until_tick);
+                (Node::Replica(from), Some(Node::Replica(to)))
+            }
+            // Cut a client off from one replica.
+            _ => {
+                let client = self.prng.index(client_count);
+                let replica = self.prng.index(replica_count);
+                self.link_cut(replica_count + client, replica, direction, until_tick);
+                (Node::Client(client), Some(Node::Replica(replica)))
+            }
+        };
+        self.metrics.partitions += 1;
+        let node_index = match node {
+            Node::Replica(index) => index,
+            Node::Client(index) => replica_count + index,
+        };
+        let fields = [self.tick, mode as u64, node_index as u64, direction as u64, until_tick];
+        self.trace.record(Event::Partition, &fields);
+        let tick = self.tick;
+        self.faults.push(Fault::Partition { tick, node, peer, direction, until_tick });
+    }
+
+    /// Cuts the links between `node` and `other` in `direction` (seen from `node`).
+    fn link_cut(
+        &mut self,
+        node: NodeIndex,
+        other: NodeIndex,
+        direction: LinkDirection,
+        until_tick: u64,
+    ) {
+        if direction != LinkDirection::Incoming {
+            self.network.link_cut(node, other, until_tick);
+        }
+        if direction != LinkDirection::Outgoing {
+            self.network.link_cut(other, node, until_tick);
+        }
+    }
+
+    /// Ends the fault phase: every link heals, every crashed replica restarts, and clients only
+    /// finish what they have in flight.
+    pub fn faults_stop(&mut self) {
+        self.faulting = false;
+        self.network.heal_all();
+        for index in 0..self.replicas.len() {
+            if self.replicas[index].replica.is_none() {
+                self.replica_start(index);
+            }
+        }
+        self.workload.stop_issuing();
+    }
+}
+
+/// Checks.
+impl Cluster {
+    /// Runs the checker over what changed in this step.
+    fn check(&mut self) -> Result<(), Violation> {
+        for index in 0..self.replicas.len() {
+            self.check_replica(index)?;
+        }
+        self.workload.replies_received_take(&mut self.replies);
+        for reply in self.replies.drain(..) {
+            self.checker.reply(&reply)?;
+        }
+        for reply in &self.workload.acknowledged()[self.acknowledged_checked..] {
+            self.checker.acknowledged(reply);
+        }
+        self.acknowledged_checked = self.workload.acknowledged().len();
+        if let Some((replica, destination)) = self.misaddressed_first {
+            return Err(Violation::Misaddressed { replica, destination });
+        }
+        if let Some(violation) = self.workload.violations().first() {
+            return Err(Violation::StateMachine {
+                client: violation.client,
+                request: violation.request,
+                op: violation.op,
+                reason: violation.reason,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_replica(&mut self, index: usize) -> Result<(), Violation> {
+        let Some(replica) = self.replicas[index].replica.as_ref() else {
+            return Ok(());
+        };
+        if replica.status() == Status::Failed {
+            let reason = replica.failure().unwrap_or("no reason given");
+            return Err(Violation::ReplicaFailed { replica: index, reason });
+        }
+        let allocations = self.replicas[index].allocations;
+        if allocations > 0 {
+            return Err(Violation::Allocation { replica: index, allocations });
+        }
+        if replica.status() != Status::Normal {
+            // Opening: the journal is still being recovered, and what the replay commits is
+            // checked once it is done.
+            return Ok(());
+        }
+        let tick = self.tick;
+        let trace = &mut self.trace;
+        self.checker.replica_commits(
+            index,
+            replica.commit_min(),
+            replica.checkpoint_op(),
+            |op| replica.prepare_header(op),
+            |op, header| {
+                trace.record(Event::Commit, &[tick, index as u64, op, u64::from(header.checksum)])
+            },
+        )?;
+        // Only the primary of the newest view: a stale primary cut off from a view change may
+        // lack what its successor acknowledged.
+        if self.primary_index() == index && replica.view() == self.view_newest() {
+            self.checker.primary_head(index, replica.op())?;
+        }
+        Ok(())
+    }
+
+    /// Why the cluster has not converged yet, or `None` once it has: every replica is running
+    /// and normal with the same commit number and nothing uncommitted, every client request is
+    /// answered, and the checker has verified every commit and reply.
+    pub fn convergence_gap(&self) -> Option<String> {
+        let mut commits: Vec<Op> = Vec::with_capacity(self.replicas.len());
+        for (index, node) in self.replicas.iter().enumerate() {
+            let Some(replica) = node.replica.as_ref() else {
+                return Some(format!("replica {index} is down"));
+            };
+            if replica.status() != Status::Normal {
+                return Some(format!("replica {index} is {:?}", replica.status()));
+            }
+            if replica.op() != replica.commit_min() {
+                let (op, commit) = (replica.op(), replica.commit_min());
+                return Some(format!("replica {index} has op {op} but commit {commit}"));
+            }
+            commits.push(replica.commit_min());
+        }
+        if commits.iter().any(|commit| *commit != commits[0]) {
+            let states: Vec<String> = self
+                .replicas
+                .iter()
+                .filter_map(|node| node.replica.as_ref())
+                .map(|replica| replica.debug_state())
+                .collect();
+            return Some(format!("replicas differ in commit number: {commits:?}: {states:?}"));
+        }
+        if !self.workload.idle() {
+            let count = self.workload.in_flight_count();
+            return Some(format!("{count} client request(s) still unanswered"));
+        }
+        self.checker.converged(&commits).err()
+    }
+
+    /// The run's figures, for the summary line.
+    pub fn summary(&self) -> Summary {
+        let network = self.network.metrics();
+        let workload = self.workload.metrics();
+        Summary {
+            ticks: self.tick,
+            ops_committed: self.checker.history_op_max(),
+            messages_sent: network.sent,
+            messages_delivered: network.delivered,
+            messages_dropped: network.dropped(),
+            messages_duplicated: network.duplicated,
+            requests_sent: workload.requests_sent,
+            replies_acknowledged: self.workload.acknowledged().len() as u64,
+            evictions: workload.evictions,
+            events_appended: workload.events_appended,
+            storage_full: workload.storage_full,
+            crashes: self.metrics.crashes,
+            partitions: self.metrics.partitions,
+            trace_hash: self.trace.hash(),
+            trace_events: self.trace.event_count(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub ticks: u64,
+    pub ops_committed: Op,
+    pub messages_sent: u64,
+    pub messages_delivered: u64,
+    pub messages_dropped: u64,
+    pub messages_duplicated: u64,
+    pub requests_sent: u64,
+    pub replies_acknowledged: u64,
+    pub evictions: u64,
+    pub events_appended: u64,
+    /// Writes refused for lack of grid space (`storage_full`, `streams_full`).
+    pub storage_full: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub trace_hash: u64,
+    pub trace_events: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options_quiet(seed: u64) -> ClusterOptions {
+        options_quiet_replicas(seed, 1)
+    }
+
+    /// No faults beyond latency and the reordering it brings.
+    fn options_quiet_replicas(seed: u64, replica_count: u8) -> ClusterOptions {
+        ClusterOptions {
+            seed,
+            config: ClusterOptions::config_small(replica_count, 4),
+            client_count: 3,
+            storage_latency: Latency { min_ticks: 0, mean_ticks: 2 },
+            network_latency: Latency { min_ticks: 1, mean_ticks: 3 },
+            loss_per_mille: 0,
+            duplicate_per_mille: 0,
+            request_timeout_ticks: 40,
+            think_ticks_max: 8,
+            events_per_append_max: 8,
+            event_size_max: 256,
+            faults: FaultOptions::NONE,
+            ticks_faults: 600,
+            ticks_convergence_max: 2_000,
+        }
+    }
+
+    #[test]
+    fn formatted_in_memory_disk_matches_format() {
+        // Goal: the simulator's shortcut (format bytes without the grid) gives the bytes that
+        // `format` writes through `Storage`.
+        let options = options_quiet(1);
+        let node = replica_node(&options, 0);
+        let mut formatted = MemoryStorage::new(node.storage.size());
+        let pool = MessagePool::new(
+            crate::constants::FORMAT_WRITES_IN_FLIGHT,
+            crate::constants::FORMAT_WRITE_SIZE,
+        );
+        crate::vsr::format::format(&mut formatted, &pool, &node.config).unwrap();
+        assert!(formatted.bytes() == node.storage.bytes());
+    }
+
+    #[test]
+    fn disk_that_forgets_acknowledged_writes_is_caught() {
+        // Goal: end to end, the checker notices a replica that comes back without writes it
+        // acknowledged: here its WAL is wiped while it is down, beyond the fault model.
+        let seed = 5;
+        println!("seed={seed}");
+        let mut cluster = Cluster::new(options_quiet(seed));
+        while cluster.workload().acknowledged().len() < 20 {
+            cluster.step().unwrap();
+        }
+        let restart_tick = cluster.tick() + 5;
+        cluster.crash(0, false, restart_tick);
+        let config = Config { replica: 0, ..cluster.options().config };
+        let layout = Layout::new(&config);
+        let start = layout.zone_offset(Zone::WalHeaders) as usize;
+        let end = layout.zone_offset(Zone::ClientReplies) as usize;
+        fill_range(&config, start as u64, &mut cluster.storage_mut(0).bytes_mut()[start..end]);
+        let violation = loop {
+            if let Err(violation) = cluster.step() {
+                break violation;
+            }
+            assert!(cluster.tick() < restart_tick + 1_000, "the lost writes went unnoticed");
+        };
+        assert!(matches!(violation, Violation::AcknowledgedWriteLost { replica: 0, .. }));
+    }
+
+    #[test]
+    fn quiet_cluster_converges_with_every_request_answered() {
+        // Goal: with no faults the run passes, and clients got replies for what they sent.
+        let seed = 11;
+        println!("seed={seed}");
+        let mut cluster = Cluster::new(options_quiet(seed));
+        cluster.run().unwrap();
+        assert!(cluster.workload().idle());
+        assert!(cluster.checker().history_op_max() > 50);
+        assert_eq!(cluster.summary().messages_dropped, 0);
+        let acknowledged = cluster.workload().acknowledged().len() as u64;
+        assert_eq!(acknowledged, cluster.checker().history_op_max());
+    }
+
+    #[test]
+    fn replicated_clusters_converge_without_faults() {
+        // Goal: the replicated normal path under latency and reordering alone: every backup
+        // keeps up, and the run passes every check, for 2, 3 and 5 replicas.
+        for replica_count in [2, 3, 5] {
+            let seed = 21 + u64::from(replica_count);
+            println!("seed={seed} replicas={replica_count}");
+            let mut cluster = Cluster::new(options_quiet_replicas(seed, replica_count));
+            cluster.run().unwrap();
+            assert!(cluster.checker().history_op_max() > 50);
+        }
+    }
+}
