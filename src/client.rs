@@ -112,6 +112,12 @@ impl Client {
         self.commit_latest
     }
 
+    /// Reads will be served only by a replica that has executed at least `commit` (for
+    /// example the commit of a write another client saw acknowledged).
+    pub fn observe_commit(&mut self, commit: Op) {
+        self.commit_latest = self.commit_latest.max(commit);
+    }
+
     /// Opens the session (idempotent).
     pub fn register(&mut self) -> Result<(), ClientError> {
         if self.registered {
