@@ -43,7 +43,7 @@ pub fn checksum(bytes: &[u8]) -> Checksum {
 /// | prepare_ok | op, commit (sender's commit_min), timestamp, client, request, operation, parent, context (prepare checksum), view, replica | none |
 /// | reply | op, commit, timestamp, client, request, operation, context (request checksum), view, replica | operation result |
 /// | commit | commit, context (checksum of the prepare at commit), checkpoint_op, timestamp (monotonic), view, replica | none |
-/// | ping / pong | timestamp (ping's monotonic time), checkpoint_op, view, replica | none |
+/// | ping / pong | timestamp (ping's monotonic time), commit (sender's commit_min), checkpoint_op, view, replica | none |
 /// | ping_client / pong_client | client, timestamp, (pong: view, replica) | none |
 /// | start_view_change | view, replica | none |
 /// | do_view_change | op (head), commit (commit_min), checkpoint_op, log_view, view, replica | headers, newest first |
@@ -436,7 +436,11 @@ impl Header {
     }
 
     fn invalid_ping(&self) -> Option<&'static str> {
-        let used = Fields::VIEW | Fields::TIMESTAMP | Fields::CHECKPOINT_OP | Fields::REPLICA;
+        let used = Fields::VIEW
+            | Fields::TIMESTAMP
+            | Fields::COMMIT
+            | Fields::CHECKPOINT_OP
+            | Fields::REPLICA;
         self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
     }
 

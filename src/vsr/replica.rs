@@ -189,8 +189,9 @@ pub struct Replica {
     outbox: VecDeque<(Destination, Message)>,
     reads: Vec<Option<(ReadId, Header)>>,
     journal_reads: Vec<JournalRead>,
-    /// Primary: per replica, the highest op it acknowledged and the tick it was last heard.
-    backup_head: [Op; REPLICAS_MAX],
+    /// Primary: per replica, its commit number as it last reported it (in prepare_ok and
+    /// ping), and the tick it was last heard.
+    backup_commit: [Op; REPLICAS_MAX],
     backup_heard_tick: [u64; REPLICAS_MAX],
     /// The commit number last announced to backups, and when.
     commit_heartbeat_sent: (Op, u64),
@@ -238,7 +239,7 @@ impl Replica {
             outbox: VecDeque::with_capacity(OUTBOX_MAX),
             reads: (0..GRID_READS_MAX).map(|_| None).collect(),
             journal_reads: Vec::with_capacity(JOURNAL_IOPS_READ_MAX),
-            backup_head: [0; REPLICAS_MAX],
+            backup_commit: [0; REPLICAS_MAX],
             backup_heard_tick: [0; REPLICAS_MAX],
             commit_heartbeat_sent: (0, 0),
             repair_requested_tick: 0,
@@ -496,7 +497,7 @@ impl Replica {
                 // The ring would overwrite an op the checkpoint does not cover yet.
                 return;
             }
-            if self.op + 1 > self.backups_head_min() + slot_count - REPAIR_WINDOW_MAX as u64 {
+            if self.op + 1 > self.backups_commit_min() + slot_count - REPAIR_WINDOW_MAX as u64 {
                 // A live backup would fall out of this WAL's window and could no longer be
                 // repaired from it: let it catch up first.
                 return;

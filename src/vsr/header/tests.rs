@@ -110,7 +110,7 @@ const REJECTION_TESTS: [(&str, fn()); 56] = [
     ("command reserved", header_with_reserved_command_is_rejected),
     ("view must be zero", ping_client_with_a_view_is_rejected),
     ("op must be zero", ping_with_an_op_is_rejected),
-    ("commit must be zero", ping_with_a_commit_is_rejected),
+    ("commit must be zero", start_view_change_with_a_commit_is_rejected),
     ("timestamp must be zero", request_with_a_timestamp_is_rejected),
     ("client must be zero", ping_with_a_client_is_rejected),
     ("checkpoint_op must be zero", start_view_change_with_a_checkpoint_op_is_rejected),
@@ -216,6 +216,7 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
         Command::Reserved => panic!("the reserved command has no valid header"),
         Command::Ping | Command::Pong => {
             (h.timestamp, h.checkpoint_op, h.view, h.replica) = (TIMESTAMP, CHECKPOINT, VIEW, 1);
+            h.commit = COMMIT;
             vec![]
         }
         Command::PingClient => {
@@ -477,7 +478,9 @@ fn used_fields(command: Command) -> &'static [Field] {
         Command::Commit => {
             &[F::Commit, F::Context, F::CheckpointOp, F::Timestamp, F::View, F::Replica]
         }
-        Command::Ping | Command::Pong => &[F::Timestamp, F::CheckpointOp, F::View, F::Replica],
+        Command::Ping | Command::Pong => {
+            &[F::Timestamp, F::Commit, F::CheckpointOp, F::View, F::Replica]
+        }
         Command::PingClient => &[F::Client, F::Timestamp],
         Command::PongClient => &[F::Client, F::Timestamp, F::View, F::Replica],
         Command::StartViewChange => &[F::View, F::Replica],
@@ -701,9 +704,9 @@ fn ping_with_an_op_is_rejected() {
 }
 
 #[test]
-fn ping_with_a_commit_is_rejected() {
-    // Goal: a ping carries no commit.
-    rejects(valid(Command::Ping), |h| h.commit = COMMIT, "commit must be zero");
+fn start_view_change_with_a_commit_is_rejected() {
+    // Goal: a start_view_change carries no commit.
+    rejects(valid(Command::StartViewChange), |h| h.commit = COMMIT, "commit must be zero");
 }
 
 #[test]

@@ -87,9 +87,8 @@ impl Replica {
         if !self.is_primary() {
             return;
         }
-        // A prepare_ok names an op the backup accepted in its chain: its head is at least there.
-        let replica = usize::from(header.replica);
-        self.backup_head[replica] = self.backup_head[replica].max(header.op);
+        // The backup's commit number as of now (after a restart it may be lower than before).
+        self.backup_commit[usize::from(header.replica)] = header.commit;
         let Some(index) = self.pipeline_index(header.op) else {
             return;
         };
@@ -101,39 +100,42 @@ impl Replica {
         self.commit_advance_primary(storage);
     }
 
-    /// The lowest log head among the backups heard from lately whose head is still inside this
-    /// WAL's window (this replica's own head if none): how far the primary may run ahead and
-    /// still repair them. A backup already outside the window needs state sync and is not
-    /// waited for.
-    pub(super) fn backups_head_min(&self) -> Op {
+    /// The lowest commit number among the backups heard from lately whose commit is still
+    /// inside this WAL's window (this replica's own op if none): how far the primary may run
+    /// ahead and still repair them from its WAL. A backup already outside the window needs
+    /// state sync and is not waited for.
+    pub(super) fn backups_commit_min(&self) -> Op {
         let slot_count = u64::from(self.config.journal_slot_count);
         let window_start = self.op.saturating_sub(slot_count - REPAIR_WINDOW_MAX as u64);
-        let mut head_min = self.op;
+        let mut commit_min = self.op;
         for replica in 0..self.config.replica_count {
             let index = usize::from(replica);
             let heard = self.backup_heard_tick[index];
             let live = heard > 0 && self.ticks < heard + BACKUP_LIVENESS_TICKS;
-            let head = self.backup_head[index];
-            if replica != self.config.replica && live && head >= window_start {
-                head_min = head_min.min(head);
+            let commit = self.backup_commit[index];
+            if replica != self.config.replica && live && commit >= window_start {
+                commit_min = commit_min.min(commit);
             }
         }
-        head_min
+        commit_min
     }
 
-    /// A backup's ping only says it is alive (`on_message` noted when it was heard).
+    /// A backup's ping says it is alive (`on_message` noted when) and how far it committed.
     pub(super) fn on_ping(&mut self, header: &Header) {
         assert_ne!(header.replica, self.config.replica);
+        if self.is_primary() {
+            self.backup_commit[usize::from(header.replica)] = header.commit;
+        }
     }
 
-    /// Tells the primary this backup is alive; it learns the backup's log head from its
-    /// prepare_oks.
+    /// Tells the primary this backup is alive and how far it has committed.
     pub(super) fn send_ping(&mut self) {
         let mut message = self.pool.get();
         let header = message.header_mut();
         *header = Header::new(Command::Ping, self.config.cluster);
         header.view = self.view;
         header.timestamp = self.ticks.max(1);
+        header.commit = self.commit_min;
         header.checkpoint_op = self.checkpoint_op;
         header.replica = self.config.replica;
         header.set_checksum_body(&[]);
