@@ -140,6 +140,17 @@ struct ReplySlot {
     write_again: bool,
 }
 
+/// The fields of a reply that come from its request or prepare.
+struct ReplyFields {
+    op: Op,
+    commit: Op,
+    timestamp: u64,
+    client: ClientId,
+    request: u32,
+    operation: u8,
+    request_checksum: Checksum,
+}
+
 /// Counters for operators and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Metrics {
@@ -422,16 +433,10 @@ impl Replica {
 
     /// A pong carries this replica's view, from which a client finds the primary.
     fn send_pong_client(&mut self, header: &Header) {
-        let mut pong = self.pool.get();
-        let reply = pong.header_mut();
-        *reply = Header::new(Command::PongClient, self.config.cluster);
-        reply.client = header.client;
-        reply.timestamp = header.timestamp;
-        reply.view = self.view;
-        reply.replica = self.config.replica;
-        reply.set_checksum_body(&[]);
-        reply.set_checksum();
-        self.send(Destination::Client(header.client), pong);
+        let mut pong = self.header_new(Command::PongClient);
+        pong.client = header.client;
+        pong.timestamp = header.timestamp;
+        self.send_header(Destination::Client(header.client), pong);
     }
 }
 
@@ -546,16 +551,10 @@ impl Replica {
 
     fn send_eviction(&mut self, client: ClientId, reason: EvictionReason) {
         self.metrics.evictions_sent += 1;
-        let mut message = self.pool.get();
-        let header = message.header_mut();
-        *header = Header::new(Command::Eviction, self.config.cluster);
+        let mut header = self.header_new(Command::Eviction);
         header.client = client;
         header.context = reason as u32;
-        header.view = self.view;
-        header.replica = self.config.replica;
-        header.set_checksum_body(&[]);
-        header.set_checksum();
-        self.send(Destination::Client(client), message);
+        self.send_header(Destination::Client(client), header);
     }
 
     fn reply_again(&mut self, slot: usize, request: &Header) {
@@ -789,24 +788,53 @@ impl Replica {
     }
 
     fn reply_build(&self, reply: &mut Message, prepare: &Header, body_size: usize) {
-        let cluster = self.config.cluster;
+        let fields = ReplyFields {
+            op: prepare.op,
+            commit: prepare.op,
+            timestamp: prepare.timestamp,
+            client: prepare.client,
+            request: prepare.request,
+            operation: prepare.operation,
+            request_checksum: prepare.context,
+        };
+        self.reply_header_write(reply, &fields, body_size);
+    }
+
+    /// Writes a reply's header in front of the `body_size` bytes already in `reply`'s body.
+    fn reply_header_write(&self, reply: &mut Message, fields: &ReplyFields, body_size: usize) {
         let size = HEADER_SIZE + body_size;
         let body_checksum = crate::vsr::header::checksum(&reply.buffer()[HEADER_SIZE..size]);
-        let header = reply.header_mut();
-        *header = Header::new(Command::Reply, cluster);
+        let mut header = self.header_new(Command::Reply);
         header.size = size as u32;
         header.checksum_body = body_checksum;
-        header.view = self.view;
-        header.op = prepare.op;
-        header.commit = prepare.op;
-        header.timestamp = prepare.timestamp;
-        header.client = prepare.client;
-        header.request = prepare.request;
-        header.operation = prepare.operation;
-        header.context = prepare.context;
-        header.replica = self.config.replica;
+        header.op = fields.op;
+        header.commit = fields.commit;
+        header.timestamp = fields.timestamp;
+        header.client = fields.client;
+        header.request = fields.request;
+        header.operation = fields.operation;
+        header.context = fields.request_checksum;
         header.set_checksum();
         assert_eq!(header.invalid(), None);
+        *reply.header_mut() = header;
+    }
+
+    /// A header of this cluster, view and replica, for a message this replica sends.
+    pub(super) fn header_new(&self, command: Command) -> Header {
+        let mut header = Header::new(command, self.config.cluster);
+        header.view = self.view;
+        header.replica = self.config.replica;
+        header
+    }
+
+    /// Sends a message of just `header` (an empty body), checksummed here.
+    pub(super) fn send_header(&mut self, destination: Destination, mut header: Header) {
+        header.set_checksum_body(&[]);
+        header.set_checksum();
+        assert_eq!(header.invalid(), None);
+        let mut message = self.pool.get();
+        *message.header_mut() = header;
+        self.send(destination, message);
     }
 
     fn client_reply_write<S: Storage>(&mut self, storage: &mut S, slot: usize) {
@@ -975,21 +1003,16 @@ impl Replica {
             panic!("read completed that was never started");
         };
         let (_, request) = self.reads[index].take().expect("read in flight");
-        let cluster = self.config.cluster;
-        let size = HEADER_SIZE + body_size;
-        let body_checksum = crate::vsr::header::checksum(&reply.buffer()[HEADER_SIZE..size]);
-        let header = reply.header_mut();
-        *header = Header::new(Command::Reply, cluster);
-        header.size = size as u32;
-        header.checksum_body = body_checksum;
-        header.view = self.view;
-        header.commit = self.commit_min;
-        header.client = request.client;
-        header.request = request.request;
-        header.operation = request.operation;
-        header.context = request.checksum;
-        header.replica = self.config.replica;
-        header.set_checksum();
+        let fields = ReplyFields {
+            op: 0,
+            commit: self.commit_min,
+            timestamp: 0,
+            client: request.client,
+            request: request.request,
+            operation: request.operation,
+            request_checksum: request.checksum,
+        };
+        self.reply_header_write(&mut reply, &fields, body_size);
         self.metrics.reads_served += 1;
         self.send(Destination::Client(request.client), reply);
     }

@@ -63,10 +63,7 @@ impl Replica {
     }
 
     pub(super) fn send_prepare_ok(&mut self, prepare: &Header) {
-        let mut message = self.pool.get();
-        let header = message.header_mut();
-        *header = Header::new(Command::PrepareOk, self.config.cluster);
-        header.view = self.view;
+        let mut header = self.header_new(Command::PrepareOk);
         header.op = prepare.op;
         header.commit = self.commit_min;
         header.timestamp = prepare.timestamp;
@@ -75,12 +72,8 @@ impl Replica {
         header.operation = prepare.operation;
         header.parent = prepare.parent;
         header.context = prepare.checksum;
-        header.replica = self.config.replica;
-        header.set_checksum_body(&[]);
-        header.set_checksum();
-        assert_eq!(header.invalid(), None);
         let primary = self.primary_index();
-        self.send(Destination::Replica(primary), message);
+        self.send_header(Destination::Replica(primary), header);
     }
 
     pub(super) fn on_prepare_ok<S: Storage>(&mut self, storage: &mut S, header: &Header) {
@@ -130,18 +123,12 @@ impl Replica {
 
     /// Tells the primary this backup is alive and how far it has committed.
     pub(super) fn send_ping(&mut self) {
-        let mut message = self.pool.get();
-        let header = message.header_mut();
-        *header = Header::new(Command::Ping, self.config.cluster);
-        header.view = self.view;
+        let mut header = self.header_new(Command::Ping);
         header.timestamp = self.ticks.max(1);
         header.commit = self.commit_min;
         header.checkpoint_op = self.checkpoint_op;
-        header.replica = self.config.replica;
-        header.set_checksum_body(&[]);
-        header.set_checksum();
         let primary = self.primary_index();
-        self.send(Destination::Replica(primary), message);
+        self.send_header(Destination::Replica(primary), header);
     }
 
     pub(super) fn on_commit<S: Storage>(&mut self, storage: &mut S, header: &Header) {
@@ -191,15 +178,9 @@ impl Replica {
         let window_end = wanted_max.min(op + REPAIR_WINDOW_MAX as u64 - 1);
         let primary = self.primary_index();
         for wanted in op..=window_end {
-            let mut message = self.pool.get();
-            let header = message.header_mut();
-            *header = Header::new(Command::RequestPrepare, self.config.cluster);
-            header.view = self.view;
+            let mut header = self.header_new(Command::RequestPrepare);
             header.op = wanted;
-            header.replica = self.config.replica;
-            header.set_checksum_body(&[]);
-            header.set_checksum();
-            self.send(Destination::Replica(primary), message);
+            self.send_header(Destination::Replica(primary), header);
         }
     }
 
@@ -239,18 +220,12 @@ impl Replica {
             if replica == self.config.replica {
                 continue;
             }
-            let mut message = self.pool.get();
-            let header = message.header_mut();
-            *header = Header::new(Command::Commit, self.config.cluster);
-            header.view = self.view;
+            let mut header = self.header_new(Command::Commit);
             header.commit = self.commit_min;
             header.context = self.commit_checksum;
             header.checkpoint_op = self.checkpoint_op;
             header.timestamp = self.ticks;
-            header.replica = self.config.replica;
-            header.set_checksum_body(&[]);
-            header.set_checksum();
-            self.send(Destination::Replica(replica), message);
+            self.send_header(Destination::Replica(replica), header);
         }
     }
 }
