@@ -15,7 +15,7 @@
 //! followed by a liveness phase: every link heals, every replica restarts, clients start no
 //! new requests, and the cluster must converge within a tick budget.
 
-use crate::constants::{HEADER_SIZE, TICK_MS};
+use crate::constants::{HEADER_SIZE, SECTOR_SIZE, TICK_MS};
 use crate::io::allocator;
 use crate::sim::checker::{Checker, Violation};
 use crate::sim::network::{DropReason, Network, NetworkOptions, NodeIndex, Packet};
@@ -190,6 +190,8 @@ pub struct ClusterMetrics {
     pub restarts: u64,
     pub partitions: u64,
     pub sectors_torn_landed: u64,
+    /// WAL sectors rotted on crashed backups.
+    pub sectors_corrupted: u64,
 }
 
 struct ReplicaNode {
@@ -218,6 +220,9 @@ pub struct Cluster {
     replies: Vec<ReplyRecord>,
     acknowledged_checked: usize,
     faults: Vec<Fault>,
+    /// Each replica's clock: a fixed offset and a drift per tick (nanoseconds, signed), so no
+    /// two replicas agree on the time (prepare timestamps must stay monotonic regardless).
+    clocks: Vec<(i64, i64)>,
     /// The first message a replica addressed to no node (itself, or an unknown client).
     misaddressed_first: Option<(usize, Destination)>,
     metrics: ClusterMetrics,
@@ -272,9 +277,16 @@ impl Cluster {
             replies: Vec::new(),
             acknowledged_checked: 0,
             faults: Vec::new(),
+            clocks: Vec::new(),
             misaddressed_first: None,
             metrics: ClusterMetrics::default(),
         };
+        let mut clock_prng = Prng::new(seed_derive(options.seed, 4));
+        for _ in 0..replica_count {
+            let offset_ns = (clock_prng.next_u64() % 10_000_000_000) as i64 - 5_000_000_000;
+            let drift_ns_per_tick = (clock_prng.next_u64() % 200_001) as i64 - 100_000;
+            cluster.clocks.push((offset_ns, drift_ns_per_tick));
+        }
         for index in 0..usize::from(replica_count) {
             cluster.replica_start(index);
         }
@@ -465,7 +477,9 @@ impl Cluster {
     }
 
     fn replica_tick(&mut self, index: usize) {
-        let realtime_ns = self.realtime_ns();
+        let (offset_ns, drift_ns_per_tick) = self.clocks[index];
+        let skew_ns = offset_ns + drift_ns_per_tick * self.tick as i64;
+        let realtime_ns = self.realtime_ns().saturating_add_signed(skew_ns);
         let node = &mut self.replicas[index];
         if let Some(replica) = node.replica.as_mut() {
             let armed = replica.status() == Status::Normal;
@@ -622,6 +636,19 @@ impl Cluster {
         }
         node.replica = None;
         node.restart_tick = restart_tick.max(self.tick + 1);
+        // Within the fault model: a replicated cluster's crashed backup may also come back with
+        // one rotten WAL sector, which it must repair from a peer rather than trust.
+        let replicated = node.config.replica_count > 1;
+        if replicated && self.prng.chance(1, 2) {
+            let layout = Layout::new(&node.config);
+            let zone = if self.prng.chance(1, 2) { Zone::WalHeaders } else { Zone::WalPrepares };
+            let sectors = layout.zone_size(zone) / SECTOR_SIZE as u64;
+            let sector = self.prng.next_u64() % sectors;
+            let offset = layout.zone_offset(zone) + sector * SECTOR_SIZE as u64;
+            node.storage.corrupt_sector(offset);
+            self.metrics.sectors_corrupted += 1;
+            self.trace.record(Event::Corrupt, &[self.tick, index as u64, offset]);
+        }
         // With the replica and its disk's queue gone, nothing may hold a buffer of its pool:
         // the network copies messages, it never keeps a replica's buffer.
         assert_eq!(node.pool.free_count(), node.pool.count(), "replica {index} leaked buffers");

@@ -26,6 +26,7 @@ pub enum Event {
     Request = 10,
     Reply = 11,
     Eviction = 12,
+    Corrupt = 13,
 }
 
 const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;
