@@ -166,13 +166,10 @@ pub fn journal_recover(data: &[u8]) {
 
 /// The small cluster the journal target runs: one ring of 64 slots of 8 KiB.
 fn journal_config(replica_count: u8) -> Config {
-    Config {
-        journal_slot_count: JOURNAL_SLOT_COUNT as u32,
-        message_size_max: JOURNAL_MESSAGE_SIZE_MAX as u32,
-        clients_max: 4,
-        grid_size: 1024 * 1024,
-        ..Config::new(JOURNAL_CLUSTER, 0, replica_count)
-    }
+    let config = Config::small(JOURNAL_CLUSTER, 0, replica_count);
+    assert_eq!(u64::from(config.journal_slot_count), JOURNAL_SLOT_COUNT);
+    assert_eq!(config.message_size_max as usize, JOURNAL_MESSAGE_SIZE_MAX);
+    config
 }
 
 /// A formatted data file with ops `1..=op_last` written through the journal, the last

@@ -103,13 +103,7 @@ mod tests {
     use crate::vsr::format::fill_range;
 
     fn small_config() -> Config {
-        Config {
-            journal_slot_count: 64,
-            message_size_max: 8192,
-            clients_max: 4,
-            grid_size: 1024 * 1024,
-            ..Config::new(5, 0, 1)
-        }
+        Config::small(5, 0, 1)
     }
 
     #[test]

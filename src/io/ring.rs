@@ -595,23 +595,11 @@ fn slot_progress(slot: &mut Slot, result: i32) -> Progress {
 mod tests {
     use super::*;
     use crate::constants::SECTOR_SIZE;
-    use crate::io::scratch::ScratchDirectory;
+    use crate::io::scratch::{ScratchDirectory, request};
     use crate::io::socket;
-    use crate::vsr::layout::Zone;
     use crate::vsr::message_pool::MessagePool;
     use crate::vsr::storage::{IoKind, IoOwner};
     use std::os::fd::AsRawFd;
-
-    fn request(kind: IoKind, index: u32, offset: u64, length: usize) -> IoRequest {
-        IoRequest {
-            token: IoToken { owner: IoOwner::Benchmark, index },
-            kind,
-            zone: Zone::Grid,
-            offset,
-            length,
-            buffer_offset: 0,
-        }
-    }
 
     #[test]
     fn timeout_wait_returns_after_the_timeout_with_nothing_in_flight() {

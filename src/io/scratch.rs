@@ -4,6 +4,21 @@
 
 use std::path::PathBuf;
 
+use crate::vsr::layout::Zone;
+use crate::vsr::storage::{IoKind, IoOwner, IoRequest, IoToken};
+
+/// A raw disk request of a test: `length` bytes at `offset`, into the buffer's start.
+pub fn request(kind: IoKind, index: u32, offset: u64, length: usize) -> IoRequest {
+    IoRequest {
+        token: IoToken { owner: IoOwner::Benchmark, index },
+        kind,
+        zone: Zone::Grid,
+        offset,
+        length,
+        buffer_offset: 0,
+    }
+}
+
 pub struct ScratchDirectory {
     pub path: PathBuf,
 }

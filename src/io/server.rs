@@ -234,12 +234,10 @@ mod tests {
 
     fn small_config(replica_count: u8) -> Config {
         Config {
-            journal_slot_count: 64,
             message_size_max: 64 * 1024,
-            clients_max: 4,
             grid_size: 8 * 1024 * 1024,
             streams_max: 64,
-            ..Config::new(21, 0, replica_count)
+            ..Config::small(21, 0, replica_count)
         }
     }
 

@@ -130,22 +130,10 @@ mod tests {
     use super::*;
     use crate::constants::SECTOR_SIZE;
     use crate::io::data_file;
-    use crate::io::scratch::ScratchDirectory;
-    use crate::vsr::layout::Zone;
+    use crate::io::scratch::{ScratchDirectory, request};
     use crate::vsr::message_pool::MessagePool;
 
     const FILE_SIZE: u64 = 4 * 1024 * 1024;
-
-    fn request(kind: IoKind, index: u32, offset: u64, length: usize) -> IoRequest {
-        IoRequest {
-            token: IoToken { owner: IoOwner::Benchmark, index },
-            kind,
-            zone: Zone::Grid,
-            offset,
-            length,
-            buffer_offset: 0,
-        }
-    }
 
     /// A byte pattern that differs between requests and between sectors of one request.
     fn pattern(index: u32, position: usize) -> u8 {

@@ -98,7 +98,7 @@ impl ClusterOptions {
             clients_max,
             grid_size: 16 * 1024 * 1024,
             streams_max: 64,
-            ..Config::new(7, 0, replica_count)
+            ..Config::small(7, 0, replica_count)
         }
     }
 }

@@ -19,12 +19,10 @@ const MIB: u64 = 1024 * 1024;
 
 fn small_config() -> Config {
     Config {
-        journal_slot_count: 64,
         message_size_max: 65536,
-        clients_max: 4,
         grid_size: 64 * MIB,
         streams_max: 64,
-        ..Config::new(1, 0, 1)
+        ..Config::small(1, 0, 1)
     }
 }
 

@@ -38,6 +38,19 @@ impl Config {
         }
     }
 
+    /// The smallest sensible cluster, for tests and the simulator: 64 WAL slots (a checkpoint
+    /// every 48 ops), 8 KiB messages, 4 client sessions, a 1 MiB grid (so its data file is a few
+    /// MiB). Callers override what they need larger.
+    pub fn small(cluster: ClusterId, replica: ReplicaIndex, replica_count: u8) -> Config {
+        Config {
+            journal_slot_count: 64,
+            message_size_max: 8192,
+            clients_max: 4,
+            grid_size: 1024 * 1024,
+            ..Config::new(cluster, replica, replica_count)
+        }
+    }
+
     /// Why this configuration cannot be formatted or opened, or `None`. Used on operator input
     /// and on bytes read from a superblock alike.
     pub fn invalid(&self) -> Option<&'static str> {

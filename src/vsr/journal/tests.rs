@@ -18,13 +18,10 @@ const MESSAGE_SIZE_MAX: usize = 8192;
 const BODY_SIZE_TWO_SECTORS: usize = 6000;
 
 fn config() -> Config {
-    Config {
-        journal_slot_count: SLOT_COUNT as u32,
-        message_size_max: MESSAGE_SIZE_MAX as u32,
-        clients_max: 4,
-        grid_size: 1024 * 1024,
-        ..Config::new(CLUSTER, 0, 3)
-    }
+    let config = Config::small(CLUSTER, 0, 3);
+    assert_eq!(u64::from(config.journal_slot_count), SLOT_COUNT);
+    assert_eq!(config.message_size_max as usize, MESSAGE_SIZE_MAX);
+    config
 }
 
 fn layout() -> Layout {

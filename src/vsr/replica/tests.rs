@@ -17,12 +17,10 @@ pub(crate) struct Harness {
 
 pub(crate) fn small_config() -> Config {
     Config {
-        journal_slot_count: 64,
         message_size_max: 64 * 1024,
-        clients_max: 4,
         grid_size: 64 * 1024 * 1024,
         streams_max: 64,
-        ..Config::new(11, 0, 1)
+        ..Config::small(11, 0, 1)
     }
 }
 

@@ -13,13 +13,7 @@ use crate::vsr::format::format;
 use crate::vsr::layout::Layout;
 
 fn small_config() -> Config {
-    Config {
-        journal_slot_count: 64,
-        message_size_max: 8192,
-        clients_max: 4,
-        grid_size: 1024 * 1024,
-        ..Config::new(9, 1, 3)
-    }
+    Config::small(9, 1, 3)
 }
 
 fn formatted_storage() -> MemoryStorage {
