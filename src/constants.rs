@@ -70,6 +70,11 @@ pub const SUPERBLOCK_COPY_SIZE: usize = SECTOR_SIZE;
 /// Log-suffix headers the superblock keeps for view changes (the pipeline plus the head).
 pub const VIEW_HEADERS_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX + 1;
 
+/// Headers of the log's suffix that a do_view_change or start_view carries: more than the
+/// uncommitted ops a log can hold (`PIPELINE_PREPARE_QUEUE_MAX`), so that they always reach
+/// back to a committed op, and few enough to fit the smallest message.
+pub const VIEW_CHANGE_HEADERS_MAX: usize = 4 * PIPELINE_PREPARE_QUEUE_MAX;
+
 /// The size of a grid block (events and checkpointed tables).
 pub const BLOCK_SIZE: usize = 512 * 1024;
 
@@ -119,6 +124,8 @@ pub const fn op_prepare_max(checkpoint_op: u64, slot_count: u64) -> u64 {
 }
 
 const_assert!(SECTOR_SIZE.is_power_of_two());
+const_assert!(VIEW_CHANGE_HEADERS_MAX > PIPELINE_PREPARE_QUEUE_MAX + 1);
+const_assert!((VIEW_CHANGE_HEADERS_MAX + 1) * HEADER_SIZE <= MESSAGE_SIZE_MAX_MIN);
 const_assert!(SECTOR_SIZE.is_multiple_of(HEADER_SIZE));
 const_assert!(MESSAGE_SIZE_MAX.is_multiple_of(SECTOR_SIZE));
 const_assert!(MESSAGE_SIZE_MAX_MIN.is_multiple_of(SECTOR_SIZE));

@@ -47,7 +47,7 @@ pub(crate) fn start_while(
     let config = config_read(&mut storage, path)?;
     let address = address_of_replica(&config, addresses)?;
     let pool = MessagePool::new(messages_max_replica(), config.message_size_max as usize);
-    let mut replica = Replica::new(&config, pool.clone());
+    let mut replica = Replica::new(&config, pool.clone(), timeout_seed());
     replica_open(&mut replica, &mut storage)
         .map_err(|reason| format!("{}: cannot open the replica: {reason}", path.display()))?;
     let message_size_max = config.message_size_max as usize;
@@ -106,13 +106,22 @@ fn address_of_replica(config: &Config, addresses: &[SocketAddr]) -> Result<Socke
     Ok(addresses[usize::from(config.replica)])
 }
 
+/// The seed of the replica's timeout jitter: the OS's randomness, so that the replicas of a
+/// cluster do not time out in step.
+fn timeout_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(u64::from(std::process::id()));
+    hasher.finish()
+}
+
 /// Opens the replica, feeding it disk completions until it is `Normal` or has failed.
 fn replica_open(replica: &mut Replica, storage: &mut IoStorage) -> Result<(), &'static str> {
     replica.open(storage);
     let mut completions = Vec::with_capacity(IO_OPERATIONS_MAX);
     loop {
         match replica.status() {
-            Status::Normal => return Ok(()),
+            Status::Normal | Status::ViewChange => return Ok(()),
             Status::Failed => return Err(replica.failure().unwrap_or("no reason given")),
             Status::Init | Status::Recovering => {}
         }

@@ -8,10 +8,12 @@
 //! choice comes from PRNGs seeded from the run's seed, so a seed replays the same run.
 //!
 //! The faults: network loss, delay, duplication and reordering (always on); directional
-//! partitions of replica and client links that heal by themselves; and crashes: a replica that
-//! is not the primary of the current view (with one replica, the only one) loses or tears its
-//! writes in flight and restarts from its disk after a while. At most `f` replicas are down at
-//! once (at least one, so a cluster of one or two still crashes). The run's fault phase is
+//! partitions of replica and client links that heal by themselves; and crashes: a replica (the
+//! primary too, when the run draws primary crashes) loses or tears its writes in flight and
+//! restarts from its disk after a while, in a replicated cluster possibly with a rotten WAL
+//! sector. At most `f` replicas are failed at once (at least one, so a cluster of one or two
+//! still crashes): down, still opening, or holding WAL entries found faulty that a peer's log
+//! has not replaced yet. The run's fault phase is
 //! followed by a liveness phase: every link heals, every replica restarts, clients start no
 //! new requests, and the cluster must converge within a tick budget.
 
@@ -45,6 +47,8 @@ pub struct FaultOptions {
     pub crash_down_ticks_max: u64,
     /// Whether a crash tears the writes in flight (else it loses them whole).
     pub crash_torn_writes: bool,
+    /// Whether the primary of the newest view may crash too (else only backups do).
+    pub crash_primary: bool,
     /// Mean ticks between new partitions (0: none).
     pub partition_interval_mean_ticks: u64,
     pub partition_ticks_min: u64,
@@ -57,6 +61,7 @@ impl FaultOptions {
         crash_down_ticks_min: 0,
         crash_down_ticks_max: 0,
         crash_torn_writes: false,
+        crash_primary: false,
         partition_interval_mean_ticks: 0,
         partition_ticks_min: 0,
         partition_ticks_max: 0,
@@ -87,9 +92,9 @@ pub struct ClusterOptions {
 impl ClusterOptions {
     /// A small configuration that keeps data files and pools small: 16 KiB messages, a 16 MiB
     /// grid, and 64 WAL slots (a checkpoint every 48 ops) for a single replica. A replicated
-    /// cluster gets 512 slots: a backup that falls further behind than the primary's WAL window
-    /// can only catch up by state sync, which is not built yet, so the window must outlast the
-    /// longest crash or partition the simulator injects.
+    /// cluster gets 512 slots: a replica that falls further behind than its peers' WAL window
+    /// can only catch up by state sync, which is not built yet, so the window must outlast most
+    /// crashes and partitions the simulator injects.
     pub fn config_small(replica_count: u8, clients_max: u32) -> Config {
         let journal_slot_count = if replica_count == 1 { 64 } else { 512 };
         Config {
@@ -424,7 +429,7 @@ impl Cluster {
         let tick = self.tick;
         if let Some(message) = self.network.packet_into_message(&mut self.trace, tick, packet, pool)
         {
-            let armed = replica.status() == Status::Normal;
+            let armed = replica.status().is_open();
             allocations_counted(armed, &mut node.allocations, || {
                 replica.on_message(&mut node.storage, message)
             });
@@ -467,7 +472,7 @@ impl Cluster {
                 let kind = u64::from(request.kind == IoKind::Write);
                 let fields = [tick, index as u64, request.offset, request.length as u64, kind];
                 self.trace.record(Event::Completion, &fields);
-                let armed = replica.status() == Status::Normal;
+                let armed = replica.status().is_open();
                 allocations_counted(armed, &mut node.allocations, || {
                     replica.on_storage_completion(&mut node.storage, completion)
                 });
@@ -482,7 +487,7 @@ impl Cluster {
         let realtime_ns = self.realtime_ns().saturating_add_signed(skew_ns);
         let node = &mut self.replicas[index];
         if let Some(replica) = node.replica.as_mut() {
-            let armed = replica.status() == Status::Normal;
+            let armed = replica.status().is_open();
             allocations_counted(armed, &mut node.allocations, || {
                 replica.on_tick(&mut node.storage, realtime_ns)
             });
@@ -498,7 +503,7 @@ impl Cluster {
             return;
         };
         loop {
-            let armed = replica.status() == Status::Normal;
+            let armed = replica.status().is_open();
             let sent = allocations_counted(armed, &mut node.allocations, || replica.poll_send());
             let Some((destination, message)) = sent else {
                 break;
@@ -599,16 +604,26 @@ impl Cluster {
         }
     }
 
+    /// Replicas down or with a faulty log not yet repaired: both count against `f`.
+    fn failed_count(&self) -> usize {
+        let failed = |node: &ReplicaNode| {
+            node.replica.as_ref().is_none_or(|replica| {
+                !replica.status().is_open() || replica.log_faulty() || replica.journal_faulty()
+            })
+        };
+        self.replicas.iter().filter(|node| failed(node)).count()
+    }
+
     fn crash_random(&mut self) {
-        let crashed = self.replicas.iter().filter(|node| node.replica.is_none()).count();
-        if crashed >= self.crashed_max() {
+        if self.failed_count() >= self.crashed_max() {
             return;
         }
         let primary = self.primary_index();
         let single = self.replicas.len() == 1;
+        let primary_crashes = self.options.faults.crash_primary;
         let candidates: Vec<usize> = (0..self.replicas.len())
             .filter(|index| self.replicas[*index].replica.is_some())
-            .filter(|index| single || *index != primary)
+            .filter(|index| single || primary_crashes || *index != primary)
             .collect();
         if candidates.is_empty() {
             return;
@@ -639,7 +654,9 @@ impl Cluster {
         // Within the fault model: a replicated cluster's crashed backup may also come back with
         // one rotten WAL sector, which it must repair from a peer rather than trust.
         let replicated = node.config.replica_count > 1;
-        if replicated && self.prng.chance(1, 2) {
+        let within_f = self.failed_count() <= self.crashed_max();
+        let node = &mut self.replicas[index];
+        if replicated && within_f && self.prng.chance(1, 2) {
             let layout = Layout::new(&node.config);
             let zone = if self.prng.chance(1, 2) { Zone::WalHeaders } else { Zone::WalPrepares };
             let sectors = layout.zone_size(zone) / SECTOR_SIZE as u64;
@@ -673,7 +690,8 @@ impl Cluster {
     fn replica_start(&mut self, index: usize) {
         let node = &mut self.replicas[index];
         assert!(node.replica.is_none());
-        let mut replica = Replica::new(&node.config, node.pool.clone());
+        let seed = seed_derive(self.options.seed, 200 + index as u64 + (self.tick << 8));
+        let mut replica = Replica::new(&node.config, node.pool.clone(), seed);
         replica.open(&mut node.storage);
         node.replica = Some(replica);
         if self.tick > 0 {
@@ -838,11 +856,25 @@ impl Cluster {
                 return Some(format!("replica {index} is down"));
             };
             if replica.status() != Status::Normal {
-                return Some(format!("replica {index} is {:?}", replica.status()));
+                let states: Vec<String> = self
+                    .replicas
+                    .iter()
+                    .filter_map(|node| node.replica.as_ref())
+                    .map(|replica| replica.debug_state())
+                    .collect();
+                return Some(format!("replica {index} is {:?}: {states:?}", replica.status()));
+            }
+            if replica.needs_state_sync() {
+                let state = replica.debug_state();
+                return Some(format!(
+                    "replica {index} is behind the WAL window of its peers and needs state sync \
+                     (not built yet): {state}"
+                ));
             }
             if replica.op() != replica.commit_min() {
                 let (op, commit) = (replica.op(), replica.commit_min());
-                return Some(format!("replica {index} has op {op} but commit {commit}"));
+                let state = replica.debug_state();
+                return Some(format!("replica {index} has op {op} but commit {commit}: {state}"));
             }
             commits.push(replica.commit_min());
         }
@@ -1014,6 +1046,36 @@ mod tests {
             let mut cluster = Cluster::new(options_quiet_replicas(seed, replica_count));
             cluster.run().unwrap();
             assert!(cluster.checker().history_op_max() > 50);
+        }
+    }
+
+    #[test]
+    fn primary_crash_elects_a_new_primary_that_keeps_every_acknowledged_write() {
+        // Goal: the view change under load: the primary crashes for good, a backup takes over
+        // with every acknowledged write, the clients carry on, and once the old primary comes
+        // back it rejoins as a backup; for 3 and 5 replicas.
+        for replica_count in [3, 5] {
+            let seed = 31 + u64::from(replica_count);
+            println!("seed={seed} replicas={replica_count}");
+            let mut options = options_quiet_replicas(seed, replica_count);
+            options.ticks_faults = 2_000;
+            options.ticks_convergence_max = 3_000;
+            let mut cluster = Cluster::new(options);
+            while cluster.tick() < 300 {
+                cluster.step().unwrap();
+            }
+            let acknowledged = cluster.checker().acknowledged_op_max();
+            assert!(acknowledged > 10);
+            cluster.crash(0, false, 1_500);
+            while cluster.tick() < 1_400 {
+                cluster.step().unwrap();
+            }
+            let states: Vec<String> = (1..replica_count as usize)
+                .filter_map(|index| cluster.replica(index).map(Replica::debug_state))
+                .collect();
+            assert!(cluster.view_newest() > 0, "{states:?}");
+            assert!(cluster.checker().acknowledged_op_max() > acknowledged + 10, "{states:?}");
+            cluster.run().unwrap();
         }
     }
 }

@@ -65,8 +65,8 @@
 //! @B    reserved         invalid                                   repair    unrecoverable
 //! @C    older prepare    torn             in the torn window (*)   cut_torn  cut_torn
 //! @C    prepare          invalid                                   repair    unrecoverable
-//! @D    invalid          reserved                                  repair    fix
-//! @E    invalid          prepare          prepare.op < op_max      repair    fix
+//! @D    invalid          reserved                                  fix       fix
+//! @E    invalid          prepare          prepare.op < op_max      fix       fix
 //! @F    invalid          prepare          prepare.op = op_max      fix       fix
 //! @G    reserved         prepare                                   fix       fix
 //! @I    prepare, beyond  prepare                                   cut       unrecoverable
@@ -373,8 +373,10 @@ impl Case {
                 Decision::Unrecoverable
             }
             Case::A | Case::B | Case::C | Case::K | Case::N | Case::O => Decision::Repair,
-            Case::D | Case::E if single => Decision::Fix,
-            Case::D | Case::E => Decision::Repair,
+            // The prepare ring holds the newest durable prepare of the slot (a header is only
+            // written after its prepare is durable): a torn header sector loses nothing, and a
+            // replica that treated it as lost could not vote in a view change.
+            Case::D | Case::E => Decision::Fix,
             Case::F | Case::G | Case::M => Decision::Fix,
             Case::H | Case::I | Case::J if single => Decision::Unrecoverable,
             Case::H | Case::I | Case::J => Decision::Cut,
@@ -840,6 +842,21 @@ impl Journal {
 
     pub fn faulty(&self, slot: Slot) -> bool {
         self.faulty.get(slot.0)
+    }
+
+    /// A prepare or header write is in flight or queued.
+    pub fn writing(&self) -> bool {
+        self.writes_busy() > 0 || self.sectors_writing.count > 0
+    }
+
+    /// Prepare writes in flight or queued (at most `JOURNAL_IOPS_WRITE_MAX`).
+    pub fn writes_in_flight(&self) -> usize {
+        self.writes_busy()
+    }
+
+    /// A `truncate_after` is in progress.
+    pub fn truncating(&self) -> bool {
+        self.truncation != TruncatePhase::Idle
     }
 
     pub fn dirty_count(&self) -> usize {

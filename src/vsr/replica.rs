@@ -44,8 +44,15 @@ use crate::vsr::superblock::{SuperBlock, VsrState};
 
 mod normal;
 mod open;
+mod repair;
 #[cfg(test)]
 mod tests;
+mod view_change;
+
+pub use view_change::{
+    NORMAL_HEARTBEAT_TIMEOUT_TICKS, PRIMARY_ABDICATE_TICKS, VIEW_CHANGE_MESSAGE_TICKS,
+    VIEW_CHANGE_TIMEOUT_TICKS,
+};
 
 /// Messages the replica may have queued for the bus at once.
 pub const OUTBOX_MAX: usize = CLIENTS_MAX + 2 * PIPELINE_PREPARE_QUEUE_MAX + 8;
@@ -75,9 +82,20 @@ pub enum Status {
     /// Opening: see `OpenPhase`.
     Recovering,
     Normal,
+    /// Replicated clusters only: between views. The replica has voted to leave its view (or
+    /// learned of a newer one) and takes part in the view change: it sends its log to the new
+    /// primary, or, as that primary, gathers the logs and installs the canonical one.
+    ViewChange,
     /// The replica stopped rather than diverge (a disk write failed, or the data file cannot be
     /// recovered). `failure()` says why.
     Failed,
+}
+
+impl Status {
+    /// Open and serving its role: normal, or between views.
+    pub fn is_open(self) -> bool {
+        matches!(self, Status::Normal | Status::ViewChange)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +130,8 @@ struct Prepared {
     durable: bool,
     /// Replicas known to hold it durably (bit i: replica i), this one included once durable.
     ok_from: u8,
+    /// Backup: this replica sent its prepare_ok for it in the current view.
+    acknowledged: bool,
 }
 
 /// Why the replica asked the journal for a prepare.
@@ -121,6 +141,8 @@ enum JournalReadPurpose {
     Commit,
     /// To send it to a replica that asked for it (`request_prepare`).
     Repair { replica: ReplicaIndex },
+    /// A new primary's uncommitted op that only its WAL holds, for its pipeline.
+    Pipeline,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +184,12 @@ pub struct Metrics {
     pub ops_replayed: u64,
     pub checkpoints: u64,
     pub reads_served: u64,
+    /// Views this replica became normal in (as primary or backup).
+    pub views_started: u64,
+    /// Messages from peers dropped because their body contradicts their header.
+    pub messages_invalid: u64,
+    /// Log entries truncated because a newer view's log does not hold them.
+    pub ops_truncated: u64,
 }
 
 pub struct Replica {
@@ -178,6 +206,21 @@ pub struct Replica {
     replies: Vec<ReplySlot>,
     client_replies_reading: usize,
     view: View,
+    /// The latest view in which this replica's log was normal (it accepted that view's log).
+    log_view: View,
+    /// What the superblock holds (view, log_view): the replica sends nothing that claims a
+    /// view, or a log of a view, before it is durable.
+    view_durable: View,
+    log_view_durable: View,
+    /// The (view, log_view) of the superblock update in flight, if any.
+    superblock_writing: Option<(View, View)>,
+    /// The log holds entries that recovery found faulty: until a primary's log replaces them,
+    /// this replica does not vote with its log (no do_view_change, no prepare_ok).
+    log_faulty: bool,
+    view_change: view_change::ViewChangeState,
+    target: repair::LogTarget,
+    /// Jitter for timeouts, so replicas do not time out in lockstep (seeded by the driver).
+    prng: u64,
     /// The head of the log: the highest op prepared.
     op: Op,
     /// The highest op executed.
@@ -213,7 +256,7 @@ pub struct Replica {
 impl Replica {
     /// Allocates every table, pool and queue the replica will ever use. `pool` holds buffers of
     /// `message_size_max` bytes, shared with the message bus.
-    pub fn new(config: &Config, pool: MessagePool) -> Replica {
+    pub fn new(config: &Config, pool: MessagePool, seed: u64) -> Replica {
         assert!(config.invalid().is_none());
         assert!(pool.buffer_size() >= config.message_size_max as usize);
         let clients_max = config.clients_max as usize;
@@ -234,6 +277,14 @@ impl Replica {
             replies,
             client_replies_reading: 0,
             view: 0,
+            log_view: 0,
+            view_durable: 0,
+            log_view_durable: 0,
+            superblock_writing: None,
+            log_faulty: false,
+            view_change: view_change::ViewChangeState::new(),
+            target: repair::LogTarget::new(config.journal_slot_count as usize),
+            prng: seed | 1,
             op: 0,
             commit_min: 0,
             commit_max: 0,
@@ -290,6 +341,32 @@ impl Replica {
         self.view
     }
 
+    pub fn log_view(&self) -> View {
+        self.log_view
+    }
+
+    /// Recovery found faulty entries that a primary's log has not replaced yet: until then this
+    /// replica counts as failed (it cannot vote with its log).
+    pub fn log_faulty(&self) -> bool {
+        self.log_faulty
+    }
+
+    /// The log this replica is installing reaches further back than its WAL window: only state
+    /// sync (not built yet) could bring it up to date.
+    pub fn needs_state_sync(&self) -> bool {
+        self.target.beyond_window()
+    }
+
+    /// The WAL still holds entries found faulty (rotten sectors not yet overwritten).
+    pub fn journal_faulty(&self) -> bool {
+        self.journal.status() == journal::Status::Recovered && self.journal.faulty_count() > 0
+    }
+
+    /// The commit number this replica knows (it may not have executed that far yet).
+    pub fn commit_max(&self) -> Op {
+        self.commit_max
+    }
+
     /// The header of the prepare this replica holds at `op`, if its WAL still has it (for
     /// checkers and tests).
     pub fn prepare_header(&self, op: Op) -> Option<Header> {
@@ -302,14 +379,24 @@ impl Replica {
     /// A one-line summary of the replica's progress, for failure reports.
     pub fn debug_state(&self) -> String {
         format!(
-            "replica {} op {} commit_min {} commit_max {} checkpoint {} pipeline {} reads {}",
+            "replica {} {:?} view {} log_view {} op {} commit_min {} commit_max {} checkpoint {} \
+             pipeline {} reads {} target {} durable {}/{} faulty {} dvc {} chosen {}",
             self.config.replica,
+            self.status,
+            self.view,
+            self.log_view,
             self.op,
             self.commit_min,
             self.commit_max,
             self.checkpoint_op,
             self.pipeline.len(),
-            self.journal_reads.len()
+            self.journal_reads.len(),
+            self.target.describe(),
+            self.view_durable,
+            self.log_view_durable,
+            self.log_faulty,
+            self.view_change.records.iter().filter(|record| record.received).count(),
+            self.view_change.log_chosen,
         )
     }
 
@@ -322,9 +409,36 @@ impl Replica {
         self.primary_index() == self.config.replica
     }
 
+    /// The primary of `view`.
+    pub fn primary_index_of(&self, view: View) -> ReplicaIndex {
+        (view % u32::from(self.config.replica_count)) as ReplicaIndex
+    }
+
     /// Replicas that must hold a prepare durably before it commits: a majority.
     pub fn quorum_replication(&self) -> usize {
         usize::from(self.config.replica_count) / 2 + 1
+    }
+
+    /// Replicas whose logs a new primary gathers: any such quorum intersects every
+    /// replication quorum, so it holds every committed op.
+    pub fn quorum_view_change(&self) -> usize {
+        usize::from(self.config.replica_count) - self.quorum_replication() + 1
+    }
+
+    /// Replicas that must lack an op for it to be certainly uncommitted: the others are too
+    /// few to have formed a replication quorum.
+    pub fn quorum_nack(&self) -> usize {
+        usize::from(self.config.replica_count) - self.quorum_replication() + 1
+    }
+
+    /// The next number of the replica's jitter sequence (xorshift).
+    fn prng_next(&mut self) -> u64 {
+        let mut x = self.prng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.prng = x;
+        x
     }
 
     /// The next message to send, if any.
@@ -351,7 +465,14 @@ impl Replica {
     pub fn on_tick<S: Storage>(&mut self, storage: &mut S, realtime_ns: u64) {
         self.ticks += 1;
         self.realtime_ns = realtime_ns;
-        if self.status != Status::Normal {
+        if !self.status.is_open() {
+            return;
+        }
+        if self.config.replica_count > 1 {
+            self.view_change_tick(storage);
+        }
+        if self.status == Status::ViewChange {
+            self.repair_tick(storage);
             return;
         }
         if self.is_primary() {
@@ -362,6 +483,7 @@ impl Replica {
             if self.ticks.is_multiple_of(PING_TICKS) {
                 self.send_ping();
             }
+            self.repair_tick(storage);
             if self.commit_max > self.commit_min || self.commit_max > self.op {
                 self.commit_pipeline(storage);
             }
@@ -374,7 +496,7 @@ impl Replica {
         let header = *message.header();
         assert!(header.valid_checksum());
         assert_eq!(header.cluster, self.config.cluster);
-        if self.status != Status::Normal {
+        if !self.status.is_open() {
             return;
         }
         let command = header.command().expect("validated by the bus");
@@ -384,22 +506,42 @@ impl Replica {
                 _ => self.on_ping_client(&header),
             };
         }
-        // From a peer: it must name a replica of this cluster other than this one, and be of
-        // this view (view changes are not part of this protocol yet: newer views are ignored
-        // too, as are older ones, always).
+        // From a peer: it must name a replica of this cluster other than this one. A prepare
+        // names the primary that made it, which need not be the sender (repair, or a new
+        // primary sending an older view's prepare again); it is trusted for its checksum.
         let replica_count = self.config.replica_count;
-        if header.replica >= replica_count || header.replica == self.config.replica {
+        if header.replica >= replica_count {
             return;
         }
-        if header.view != self.view {
+        if command == Command::Prepare {
+            // Possibly this replica's own, from a view it led, sent back by repair.
+            return self.on_prepare(storage, message);
+        }
+        if header.replica == self.config.replica {
+            return;
+        }
+        match command {
+            Command::StartViewChange => return self.on_start_view_change(storage, &header),
+            Command::DoViewChange => return self.on_do_view_change(storage, &message),
+            Command::StartView => return self.on_start_view(storage, &message),
+            Command::RequestStartView => return self.on_request_start_view(&header),
+            Command::RequestHeaders => return self.on_request_headers(&header),
+            Command::Headers => return self.on_headers(storage, &message),
+            Command::RequestPrepare => return self.on_request_prepare(storage, &header),
+            Command::Prepare => return self.on_prepare(storage, message),
+            _ => {}
+        }
+        if header.view > self.view {
+            // A normal replica of a newer view: this one missed that view change.
+            return self.view_jump(storage, header.view);
+        }
+        if header.view < self.view || self.status != Status::Normal {
             return;
         }
         self.backup_heard_tick[usize::from(header.replica)] = self.ticks;
         match command {
-            Command::Prepare => self.on_prepare(storage, message),
             Command::PrepareOk => self.on_prepare_ok(storage, &header),
             Command::Commit => self.on_commit(storage, &header),
-            Command::RequestPrepare => self.on_request_prepare(storage, &header),
             Command::Ping => self.on_ping(&header),
             _ => {}
         }
@@ -449,9 +591,16 @@ impl Replica {
         if operation.is_read() {
             return self.read_start(storage, message);
         }
-        if !self.is_primary() {
+        if !self.is_primary() || self.status != Status::Normal {
             // Only the primary prepares: tell the client which replica that is.
             return self.send_pong_client(&header);
+        }
+        if self.commit_min < self.commit_max {
+            // A new primary still executing what earlier views committed: its session table
+            // does not yet know every committed request, so it could not tell a retry from a
+            // new one. The client retries.
+            self.metrics.requests_dropped += 1;
+            return;
         }
         let register = operation == Operation::Register;
         match self.sessions.disposition(header.client, header.request, register) {
@@ -540,7 +689,9 @@ impl Replica {
         self.op = op;
         self.parent = prepare.checksum;
         self.timestamp_last = timestamp;
-        self.pipeline.push_back(Prepared { message: message.clone(), durable: false, ok_from: 0 });
+        let prepared =
+            Prepared { message: message.clone(), durable: false, ok_from: 0, acknowledged: false };
+        self.pipeline.push_back(prepared);
         for replica in 0..self.config.replica_count {
             if replica != self.config.replica {
                 self.send(Destination::Replica(replica), message.clone());
@@ -583,7 +734,10 @@ impl Replica {
                     self.journal_read_complete(storage, op, checksum, result)
                 }
                 journal::Event::Recovered { usable } => self.journal_recovered(storage, usable),
-                journal::Event::Truncated => self.journal_truncated(storage),
+                journal::Event::Truncated if self.status == Status::Recovering => {
+                    self.journal_truncated(storage)
+                }
+                journal::Event::Truncated => self.repair_progress(storage),
                 journal::Event::WriteFailed { .. } => self.fail("a journal write failed"),
             }
         }
@@ -591,7 +745,8 @@ impl Replica {
 
     fn prepare_durable<S: Storage>(&mut self, storage: &mut S, op: Op, checksum: Checksum) {
         let Some(index) = self.pipeline_index(op) else {
-            return;
+            // A repaired entry written ahead of the chain, or a rewritten faulty one.
+            return self.repair_progress(storage);
         };
         let prepared = &mut self.pipeline[index];
         if prepared.message.header().checksum != checksum {
@@ -599,13 +754,44 @@ impl Replica {
         }
         prepared.durable = true;
         prepared.ok_from |= 1 << self.config.replica;
-        let header = *prepared.message.header();
-        if self.is_primary() {
+        if self.status == Status::Normal && self.is_primary() {
             self.commit_advance_primary(storage);
         } else {
-            self.send_prepare_ok(&header);
+            self.prepare_oks_send();
             self.commit_pipeline(storage);
+            self.repair_progress(storage);
         }
+    }
+
+    /// A backup acknowledges its prepares in op order, each once every earlier one is durable
+    /// too: then a crash can only lose prepares it never acknowledged, and the head of the
+    /// hash chain recovered at restart covers every op it acknowledged. Only once its log is
+    /// the current view's (log_view durable and no faulty entries).
+    fn prepare_oks_send(&mut self) {
+        if self.status != Status::Normal || self.is_primary() || !self.log_synced() {
+            return;
+        }
+        for index in 0..self.pipeline.len() {
+            let prepared = &self.pipeline[index];
+            if !prepared.durable {
+                return;
+            }
+            if prepared.acknowledged {
+                continue;
+            }
+            let header = *prepared.message.header();
+            self.pipeline[index].acknowledged = true;
+            self.send_prepare_ok(&header);
+        }
+    }
+
+    /// This replica's log is the current view's, durably: it may acknowledge prepares.
+    fn log_synced(&self) -> bool {
+        self.log_view == self.view
+            && self.log_view_durable == self.view
+            && self.view_durable == self.view
+            && !self.log_faulty
+            && !self.target.active()
     }
 
     /// The pipeline index of `op`, if the pipeline holds it.
@@ -629,6 +815,24 @@ impl Replica {
         self.commit_pipeline(storage);
     }
 
+    /// How far this replica may execute its own log. `commit_max` is what the cluster
+    /// committed, but this replica's log is only known to be the cluster's (canonical) log when
+    /// it is the current view's, or, while installing a log, up to where it was checked
+    /// against the target: beyond that its entries may be an older view's that were replaced.
+    fn commit_limit(&self) -> Op {
+        if self.status == Status::Recovering {
+            return self.commit_max;
+        }
+        if self.target.active() {
+            return if self.target.verified() {
+                self.commit_max.min(self.op)
+            } else {
+                self.commit_min
+            };
+        }
+        if self.log_view == self.view { self.commit_max } else { self.commit_min }
+    }
+
     /// Executes committed prepares in op order, as far as the event store and the checkpoint
     /// allow. A prepare no longer in memory (at open, or on a backup that restarted) is read
     /// back from the WAL first.
@@ -636,10 +840,11 @@ impl Replica {
         loop {
             let replaying =
                 self.status == Status::Recovering && self.open_phase == OpenPhase::Replay;
-            if !(self.status == Status::Normal || replaying) {
+            // Between views too: every op up to commit_max is committed, whatever the view.
+            if !(self.status.is_open() || replaying) {
                 return;
             }
-            if self.commit_min >= self.commit_max {
+            if self.commit_min >= self.commit_limit() {
                 break;
             }
             if self.checkpoint != CheckpointPhase::Idle || !self.state_machine.commit_ready() {
@@ -662,7 +867,7 @@ impl Replica {
         if self.status == Status::Recovering {
             return self.replay_done(storage);
         }
-        if self.is_primary() {
+        if self.status == Status::Normal && self.is_primary() {
             self.request_queue_drain(storage);
         }
     }
@@ -673,6 +878,10 @@ impl Replica {
         if self.journal_reads.iter().any(|read| read.purpose == JournalReadPurpose::Commit) {
             return;
         }
+        if op > self.op {
+            // Not in this replica's chain yet (a repair may have written it ahead).
+            return self.repair_request(storage, self.op + 1);
+        }
         let chained = self
             .journal
             .header_with_op(op)
@@ -682,7 +891,7 @@ impl Replica {
             if self.status == Status::Recovering {
                 return self.replay_done(storage);
             }
-            return self.repair_request(op);
+            return self.repair_request(storage, op);
         };
         let purpose = JournalReadPurpose::Commit;
         self.journal_reads.push(JournalRead { op, checksum: header.checksum, purpose });
@@ -718,12 +927,18 @@ impl Replica {
                     return self.fail("a WAL prepare could not be read back during replay");
                 }
                 // The copy on disk is bad: a peer has it.
-                self.repair_request(op);
+                self.repair_request(storage, op);
             }
             (JournalReadPurpose::Repair { replica }, Ok(message)) => {
                 self.send(Destination::Replica(replica), message);
             }
             (JournalReadPurpose::Repair { .. }, Err(_)) => {}
+            (JournalReadPurpose::Pipeline, Ok(message)) => {
+                self.pipeline_fill_complete(storage, message)
+            }
+            // The WAL copy is bad: this view change cannot start with this primary; it times
+            // out into the next view.
+            (JournalReadPurpose::Pipeline, Err(_)) => {}
         }
     }
 
@@ -927,10 +1142,14 @@ impl Replica {
         if self.replies.iter().any(|entry| entry.writing) {
             return;
         }
+        if self.superblock_writing.is_some() {
+            // A view update is in flight: this runs again when it completes.
+            return;
+        }
         let state_machine = self.checkpoint_state.take().expect("event store checkpoint done");
         let mut state: VsrState = self.superblock.working().vsr_state();
         state.view = self.view;
-        state.log_view = self.view;
+        state.log_view = self.log_view;
         state.commit_max = state.commit_max.max(self.commit_max);
         state.checkpoint_op = op;
         state.checkpoint_checksum = checksum;
@@ -943,6 +1162,7 @@ impl Replica {
         state.client_sessions = [ClientSessionRecord::default(); CLIENTS_MAX];
         state.client_sessions[..records.len()].copy_from_slice(records);
         self.checkpoint = CheckpointPhase::Superblock { op };
+        self.superblock_writing = Some((state.view, state.log_view));
         self.superblock.update(storage, &state);
     }
 
@@ -953,16 +1173,44 @@ impl Replica {
         if self.status == Status::Recovering && self.open_phase == OpenPhase::Superblock {
             return self.superblock_opened(storage, result.is_ok());
         }
-        let CheckpointPhase::Superblock { op } = self.checkpoint else {
-            panic!("superblock update finished with no checkpoint in progress");
-        };
+        let (view, log_view) = self.superblock_writing.take().expect("superblock update");
         if result.is_err() {
-            return self.fail("the superblock update for a checkpoint failed");
+            return self.fail("a superblock update failed");
         }
-        self.checkpoint_op = op;
-        self.checkpoint = CheckpointPhase::Idle;
-        self.metrics.checkpoints += 1;
+        assert!(view >= self.view_durable && log_view >= self.log_view_durable);
+        self.view_durable = view;
+        self.log_view_durable = log_view;
+        if let CheckpointPhase::Superblock { op } = self.checkpoint {
+            self.checkpoint_op = op;
+            self.checkpoint = CheckpointPhase::Idle;
+            self.metrics.checkpoints += 1;
+        }
+        self.checkpoint_progress(storage);
+        // A view change may have waited for this update to finish before writing its own.
+        self.view_persist(storage);
+        self.view_durable_progress(storage);
         self.commit_pipeline(storage);
+    }
+
+    /// Writes view and log_view to the superblock if they changed, unless an update is in
+    /// flight (then `superblock_progress` calls this again).
+    fn view_persist<S: Storage>(&mut self, storage: &mut S) {
+        if self.superblock_writing.is_some() {
+            return;
+        }
+        if matches!(self.checkpoint, CheckpointPhase::Superblock { .. }) {
+            return;
+        }
+        if self.view == self.view_durable && self.log_view == self.log_view_durable {
+            return;
+        }
+        assert!(self.log_view <= self.view);
+        let mut state: VsrState = self.superblock.working().vsr_state();
+        state.view = self.view;
+        state.log_view = self.log_view;
+        state.commit_max = state.commit_max.max(self.commit_max);
+        self.superblock_writing = Some((state.view, state.log_view));
+        self.superblock.update(storage, &state);
     }
 }
 

@@ -844,7 +844,7 @@ fn case_d_corrupt_header_and_reserved_prepare_is_fixed_only_alone() {
         put_prepare(storage, 20, reserved_header(CLUSTER, 20).as_bytes());
         corrupt_redundant(storage, 20);
     };
-    assert_case(&craft, 0, 20, Case::D, [Decision::Repair, Decision::Fix]);
+    assert_case(&craft, 0, 20, Case::D, [Decision::Fix, Decision::Fix]);
 }
 
 #[test]
@@ -854,7 +854,7 @@ fn case_e_corrupt_header_below_the_head_is_fixed_only_alone() {
         put_ops_1_to_10(storage);
         corrupt_redundant(storage, 5);
     };
-    assert_case(&craft, 0, 5, Case::E, [Decision::Repair, Decision::Fix]);
+    assert_case(&craft, 0, 5, Case::E, [Decision::Fix, Decision::Fix]);
 }
 
 #[test]
@@ -1006,7 +1006,7 @@ fn misdirected_header_is_invalid_for_its_slot() {
     };
     let found = crafted_slot(&craft, 0, 3, 5);
     assert_eq!(found.header, EntrySummary::Invalid(EntryInvalid::Misdirected));
-    assert_eq!((found.case, found.decision), (Case::E, Decision::Repair));
+    assert_eq!((found.case, found.decision), (Case::E, Decision::Fix));
 }
 
 #[test]
@@ -1015,7 +1015,8 @@ fn repair_slots_keep_their_header_ring_bytes_across_fix_writes() {
     // so a second recovery finds the faulty slot in the same case (no laundering).
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        corrupt_redundant(storage, 5); // @E: repair with peers.
+        corrupt_redundant(storage, 5); // @A with the next line: repair with peers.
+        corrupt_prepare(storage, 5);
         corrupt_redundant(storage, 10); // @F: fix, rewrites the same header sector.
     };
     let mut storage = formatted_storage();
@@ -1025,7 +1026,7 @@ fn repair_slots_keep_their_header_ring_bytes_across_fix_writes() {
     assert!(journal.faulty(Slot(5)) && !journal.faulty(Slot(10)));
     assert_eq!(&storage.bytes()[redundant_offset(5)..][..HEADER_SIZE], &corrupt_bytes[..]);
     let report = recover_report(&mut storage, 0, 3);
-    assert_eq!((report.slots[5].case, report.slots[10].case), (Case::E, Case::P));
+    assert_eq!((report.slots[5].case, report.slots[10].case), (Case::A, Case::P));
 }
 
 #[test]

@@ -16,9 +16,11 @@
 use super::{
     BACKUP_LIVENESS_TICKS, COMMIT_HEARTBEAT_TICKS, Destination, JournalRead, JournalReadPurpose,
     PIPELINE_BACKUP_MAX, PREPARE_TIMEOUT_TICKS, Prepared, REPAIR_TIMEOUT_TICKS, REPAIR_WINDOW_MAX,
-    Replica,
+    Replica, Status,
 };
-use crate::constants::{JOURNAL_IOPS_READ_MAX, SECTOR_SIZE, op_prepare_max};
+use crate::constants::{
+    JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, SECTOR_SIZE, op_prepare_max,
+};
 use crate::vsr::header::{Command, Header, Op};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
@@ -26,29 +28,65 @@ use crate::vsr::storage::Storage;
 impl Replica {
     pub(super) fn on_prepare<S: Storage>(&mut self, storage: &mut S, mut message: Message) {
         let header = *message.header();
-        if self.is_primary() || header.replica != self.primary_index() {
+        if header.view > self.view {
+            // Only a normal primary of a newer view prepares in it.
+            return self.view_jump(storage, header.view);
+        }
+        let from_primary = header.view == self.view && header.replica == self.primary_index();
+        if from_primary && self.status == Status::Normal && !self.is_primary() {
+            self.primary_heard_tick_set();
+            self.commit_max = self.commit_max.max(header.commit);
+        }
+        if self.status == Status::Normal && self.is_primary() {
             return;
         }
-        self.commit_max = self.commit_max.max(header.commit);
         let op = header.op;
         if op <= self.op {
             // A retransmission: acknowledge again if this very prepare is durable here.
             let held = self.journal.header_with_op(op).is_some_and(|held| *held == header);
             let slot = self.journal.slot_for_op(op);
-            if held && !self.journal.dirty(slot) {
+            if held && self.journal.faulty(slot) && !self.journal.truncating() {
+                // Repair of an entry a read found corrupt: write the intact copy over it.
+                let size = header.size as usize;
+                message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
+                self.journal.write_prepare(storage, message);
+                return self.commit_pipeline(storage);
+            }
+            let durable_below = self
+                .pipeline
+                .iter()
+                .take_while(|prepared| prepared.message.header().op <= op)
+                .all(|prepared| prepared.durable);
+            let ack = held && !self.journal.dirty(slot) && self.log_synced() && durable_below;
+            if ack && self.status == Status::Normal && op > self.commit_min {
                 self.send_prepare_ok(&header);
             }
             return self.commit_pipeline(storage);
         }
-        if op > self.op + 1 || header.parent != self.parent {
-            self.repair_request(self.op + 1);
+        // The prepare must extend this replica's chain, and be known to belong to the log this
+        // replica follows: the canonical log of a view change or start_view, or, past its head,
+        // the current view's (which only its primary prepares).
+        let chained = op == self.op + 1 && header.parent == self.parent;
+        let canonical = match self.target.header(op) {
+            Some(target) => target.checksum == header.checksum,
+            None => from_primary && self.status == Status::Normal && !self.target.active(),
+        };
+        let target_checksum = self.target.header(op).map(|target| target.checksum);
+        if !chained && target_checksum == Some(header.checksum) && op <= self.commit_max {
+            // A committed op of the target, ahead of the chain's head: written now, taken into
+            // the chain once the ops below it are (`target_advance`), so that repair replies
+            // that arrive out of order are not wasted.
+            return self.repair_write_ahead(storage, message);
+        }
+        if !chained || !canonical {
+            self.repair_request(storage, self.op + 1);
             return self.commit_pipeline(storage);
         }
         let slot_count = u64::from(self.config.journal_slot_count);
         if op > op_prepare_max(self.checkpoint_op, slot_count) {
             return self.commit_pipeline(storage);
         }
-        if self.pipeline.len() >= PIPELINE_BACKUP_MAX {
+        if self.pipeline.len() >= PIPELINE_BACKUP_MAX || self.journal.truncating() {
             return self.commit_pipeline(storage);
         }
         // The journal writes whole sectors: zero what the bus left after the message.
@@ -57,9 +95,47 @@ impl Replica {
         self.op = op;
         self.parent = header.checksum;
         self.timestamp_last = self.timestamp_last.max(header.timestamp);
-        self.pipeline.push_back(Prepared { message: message.clone(), durable: false, ok_from: 0 });
+        let prepared =
+            Prepared { message: message.clone(), durable: false, ok_from: 0, acknowledged: false };
+        self.pipeline.push_back(prepared);
         self.journal.write_prepare(storage, message);
+        self.target_advance();
         self.commit_pipeline(storage);
+    }
+
+    fn repair_write_ahead<S: Storage>(&mut self, storage: &mut S, mut message: Message) {
+        let header = *message.header();
+        let slot_count = u64::from(self.config.journal_slot_count);
+        if self.journal.header_with_op(header.op).is_some_and(|held| *held == header) {
+            return;
+        }
+        if header.op > op_prepare_max(self.checkpoint_op, slot_count) || self.journal.truncating() {
+            return;
+        }
+        // Keep room for the pipeline's own writes.
+        if self.journal.writes_in_flight() + PIPELINE_BACKUP_MAX + 1 >= JOURNAL_IOPS_WRITE_MAX {
+            return;
+        }
+        let size = header.size as usize;
+        message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
+        self.journal.write_prepare(storage, message);
+    }
+
+    /// Extends the chain over target entries already durable in the journal (written ahead),
+    /// while the pipeline is empty so that it stays a run of consecutive ops.
+    pub(super) fn target_advance(&mut self) {
+        if !self.pipeline.is_empty() {
+            return;
+        }
+        while let Some(target) = self.target.header(self.op + 1).copied() {
+            let slot = self.journal.slot_for_op(target.op);
+            let held = self.journal.header_with_op(target.op).is_some_and(|held| *held == target);
+            if !held || self.journal.dirty(slot) || target.op > self.commit_max {
+                return;
+            }
+            self.op = target.op;
+            self.parent = target.checksum;
+        }
     }
 
     pub(super) fn send_prepare_ok(&mut self, prepare: &Header) {
@@ -135,25 +211,36 @@ impl Replica {
         if self.is_primary() || header.replica != self.primary_index() {
             return;
         }
+        self.primary_heard_tick_set();
         self.commit_max = self.commit_max.max(header.commit);
         self.commit_pipeline(storage);
     }
 
-    /// Serves a prepare to a replica that lacks it, from memory or from the WAL.
+    /// Serves a prepare to a replica that lacks it, from memory or from the WAL: the prepare
+    /// of `op` whose checksum is `context`, or, if `context` is zero, the one this replica's
+    /// log holds at `op`. A replica never answers with an entry it cannot read back intact
+    /// (the journal verifies both checksums before the read completes).
     pub(super) fn on_request_prepare<S: Storage>(&mut self, storage: &mut S, header: &Header) {
         let op = header.op;
         if op == 0 || op > self.op {
             return;
         }
+        let wanted = |checksum| header.context == 0 || header.context == checksum;
         let replica = header.replica;
         if let Some(index) = self.pipeline_index(op) {
             let message = self.pipeline[index].message.clone();
-            return self.send(Destination::Replica(replica), message);
+            if wanted(message.header().checksum) {
+                self.send(Destination::Replica(replica), message);
+            }
+            return;
         }
         let Some(held) = self.journal.header_with_op(op).copied() else {
             return;
         };
-        // Keep one journal read for this replica's own commits.
+        if !wanted(held.checksum) || self.journal.faulty(self.journal.slot_for_op(op)) {
+            return;
+        }
+        // Keep one journal read for this replica's own commits: repair has a budget.
         if self.journal_reads.len() + 1 >= JOURNAL_IOPS_READ_MAX {
             return;
         }
@@ -166,28 +253,56 @@ impl Replica {
         self.journal.read_prepare(storage, op, held.checksum, self.pool.get());
     }
 
-    /// Asks the primary for the prepares from `op` on: a window of up to
-    /// `REPAIR_WINDOW_MAX` consecutive ops (they are accepted in order as they arrive), at most
-    /// once per `REPAIR_TIMEOUT_TICKS`.
-    pub(super) fn repair_request(&mut self, op: Op) {
-        if self.is_primary() || self.ticks < self.repair_requested_tick + REPAIR_TIMEOUT_TICKS {
+    /// Asks for the prepares from `op` on: a window of up to `REPAIR_WINDOW_MAX` consecutive
+    /// ops (they are accepted in order as they arrive), at most once per
+    /// `REPAIR_TIMEOUT_TICKS`. Ops of a log target are asked for by checksum from the replicas
+    /// that hold them; past it, from the primary of the view, by op.
+    pub(super) fn repair_request<S: Storage>(&mut self, storage: &mut S, op: Op) {
+        let _ = storage;
+        if self.ticks < self.repair_requested_tick + REPAIR_TIMEOUT_TICKS {
+            return;
+        }
+        let normal_backup = self.status == Status::Normal && !self.is_primary();
+        if !normal_backup && !self.target.active() {
             return;
         }
         self.repair_requested_tick = self.ticks;
-        let wanted_max = self.commit_max.max(op);
+        let wanted_max =
+            if self.target.active() { self.target.head() } else { self.commit_max.max(op) };
         let window_end = wanted_max.min(op + REPAIR_WINDOW_MAX as u64 - 1);
         let primary = self.primary_index();
         for wanted in op..=window_end {
             let mut header = self.header_new(Command::RequestPrepare);
             header.op = wanted;
-            self.send_header(Destination::Replica(primary), header);
+            let target_checksum = self.target.header(wanted).map(|target| target.checksum);
+            let written_ahead = target_checksum.is_some_and(|checksum| {
+                self.journal.header_with_op(wanted).is_some_and(|held| held.checksum == checksum)
+            });
+            if written_ahead && wanted > op {
+                continue;
+            }
+            let destination = match target_checksum {
+                Some(checksum) => {
+                    header.context = checksum;
+                    let Some(source) = self.target_source(wanted) else {
+                        continue;
+                    };
+                    source
+                }
+                None if normal_backup && !self.target.active() => primary,
+                None => continue,
+            };
+            if destination == self.config.replica {
+                continue;
+            }
+            self.send_header(Destination::Replica(destination), header);
         }
     }
 
     /// Sends prepares that still lack a quorum again, to the backups that have not
     /// acknowledged them.
     pub(super) fn prepare_timeout(&mut self) {
-        if !self.ticks.is_multiple_of(PREPARE_TIMEOUT_TICKS) {
+        if !self.ticks.is_multiple_of(PREPARE_TIMEOUT_TICKS) || self.view_change.abdicating {
             return;
         }
         let quorum = self.quorum_replication();
@@ -208,7 +323,8 @@ impl Replica {
     /// Tells backups the commit number: as soon as it moves, and every
     /// `COMMIT_HEARTBEAT_TICKS` otherwise.
     pub(super) fn commit_heartbeat(&mut self) {
-        if self.config.replica_count == 1 {
+        if self.config.replica_count == 1 || self.view_change.abdicating {
+            // An abdicating primary falls silent so that its backups time out and elect another.
             return;
         }
         let (commit_sent, tick_sent) = self.commit_heartbeat_sent;

@@ -11,7 +11,8 @@
 
 use super::{OpenPhase, Replica, Status};
 use crate::state_machine::CheckpointState;
-use crate::vsr::header::Checksum;
+use crate::vsr::header::{Checksum, Op};
+use crate::vsr::journal::{Case, Decision, EntrySummary, Journal};
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
@@ -40,6 +41,9 @@ impl Replica {
             return self.fail("the checkpointed client session table is invalid");
         }
         self.view = working.view;
+        self.log_view = working.log_view;
+        self.view_durable = working.view;
+        self.log_view_durable = working.log_view;
         self.checkpoint_op = working.checkpoint_op;
         self.commit_min = working.checkpoint_op;
         self.commit_max = working.checkpoint_op;
@@ -64,6 +68,11 @@ impl Replica {
         if !usable {
             return self.fail("the journal has entries that only a peer could repair");
         }
+        // Faulty entries may hide prepares this replica acknowledged: until a primary's log
+        // replaces them, its own log is no evidence in a view change.
+        let checkpoint_op = self.checkpoint_op;
+        self.log_faulty = self.config.replica_count > 1
+            && journal_hides_acknowledged(&self.journal, checkpoint_op);
         let working = *self.superblock.working();
         let checkpoint = CheckpointState {
             grid_head: working.grid_head,
@@ -151,6 +160,10 @@ impl Replica {
         let commit_known = self.superblock.working().commit_max;
         self.commit_max = if self.config.replica_count == 1 {
             self.op
+        } else if self.log_view < self.view {
+            // The commit number may be a newer view's, and this log an older view's: only what
+            // the checkpoint holds is known to be the cluster's. The view's log tells the rest.
+            self.checkpoint_op
         } else {
             commit_known.clamp(self.checkpoint_op, self.op)
         };
@@ -180,8 +193,36 @@ impl Replica {
         assert_eq!(self.status, Status::Recovering);
         assert!(self.journal.header_with_op(self.op + 1).is_none());
         self.status = Status::Normal;
+        self.view_change.heard_tick = self.ticks;
+        let pipeline_lost = self.is_primary() && (self.op > self.commit_max || self.log_faulty);
+        if self.config.replica_count > 1 && (self.log_view < self.view || pipeline_lost) {
+            // It crashed during a view change, or it was the primary with prepares it can no
+            // longer drive to commit (its pipeline is gone): it waits for, or times out into,
+            // the next view instead of leading this one.
+            self.status = Status::ViewChange;
+        }
         self.commit_pipeline(storage);
     }
+}
+
+/// Whether recovery found a slot that may have held a prepare this replica acknowledged and
+/// that it can no longer read: the header ring names a prepare (or is unreadable) and the
+/// prepare ring does not hold it intact. A backup acknowledges a prepare only once its header
+/// is durable too, and in op order, so a slot whose header ring is reserved (@B) or whose
+/// prepare is intact hides nothing acknowledged, and the hash chain recovered from the
+/// checkpoint reaches every acknowledged op.
+/// Ops at or below the checkpoint are in the grid already: a slot whose header names one
+/// hides nothing.
+fn journal_hides_acknowledged(journal: &Journal, checkpoint_op: Op) -> bool {
+    let report = journal.recovery_report();
+    report.slots.iter().any(|slot| {
+        let hazard = matches!(slot.case, Case::A | Case::C | Case::K | Case::N | Case::O);
+        let above_checkpoint = match slot.header {
+            EntrySummary::Prepare { op, .. } => op > checkpoint_op,
+            _ => true,
+        };
+        slot.decision == Decision::Repair && hazard && above_checkpoint
+    })
 }
 
 fn reply_matches(message: &Message, checksum: Checksum) -> bool {

@@ -34,7 +34,7 @@ impl Harness {
         );
         format::format(&mut storage, &format_pool, &config).unwrap();
         let pool = MessagePool::new(messages_max_replica(), config.message_size_max as usize);
-        let replica = Replica::new(&config, pool.clone());
+        let replica = Replica::new(&config, pool.clone(), 1);
         let mut harness = Harness {
             config,
             storage,
@@ -124,7 +124,7 @@ impl Harness {
     pub fn crash_and_restart(&mut self) {
         self.storage.crash();
         self.sent.clear();
-        self.replica = Replica::new(&self.config, self.pool.clone());
+        self.replica = Replica::new(&self.config, self.pool.clone(), 1);
         self.open();
     }
 }

@@ -1,0 +1,437 @@
+//! Installing a log: how a replica makes its own log equal to a canonical one it learned of (a
+//! new primary from the do_view_change quorum, a backup from start_view), and the header repair
+//! that serves it.
+//!
+//! The target is the canonical log's head and the headers of its suffix, extended downwards by
+//! `request_headers` (each batch must hash-chain onto the lowest header known, so a header is
+//! only ever taken for what the canonical log holds). Then:
+//!
+//! 1. **Match**: the highest op at which this replica's log and the target agree (same
+//!    checksum). By the hash chain everything below agrees too. Ops up to `commit_min` are
+//!    committed and so canonical; if the target says otherwise the replica stops rather than
+//!    diverge.
+//! 2. **Truncate** what lies above the match, durably (`Journal::truncate_after`), once no
+//!    write is in flight: such an op is not in the canonical log, so it was never committed.
+//! 3. **Fetch** the missing prepares with `request_prepare` by op and checksum, from the
+//!    replica the target came from and, on alternate attempts, the others. A prepare is taken
+//!    only if it is the target's and extends the chain.
+//! 4. **Done** once the head is reached and every prepare is durable: the primary persists its
+//!    log_view and starts the view; a backup persists its log_view and acknowledges.
+//!
+//! Repair has a budget: one round of requests per `REPAIR_TIMEOUT_TICKS`, a window of
+//! `REPAIR_WINDOW_MAX` prepares or one batch of headers, and a replica serves repair from its
+//! WAL only while it keeps a journal read free for its own commits.
+
+use super::{
+    Destination, JournalRead, JournalReadPurpose, PIPELINE_BACKUP_MAX, Prepared, REPAIR_WINDOW_MAX,
+    Replica, Status,
+};
+use crate::constants::JOURNAL_IOPS_READ_MAX;
+use crate::constants::{HEADER_SIZE, VIEW_CHANGE_HEADERS_MAX};
+use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex, View};
+use crate::vsr::message_pool::Message;
+use crate::vsr::replica::view_change::view_headers_invalid;
+use crate::vsr::storage::Storage;
+use zerocopy::IntoBytes;
+
+use super::REPAIR_TIMEOUT_TICKS;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Match,
+    Fetch,
+}
+
+/// The canonical log a replica is installing.
+pub(super) struct LogTarget {
+    active: bool,
+    phase: Phase,
+    head: Op,
+    /// The lowest op whose canonical header is known; `parent_low` is the checksum of the op
+    /// below it.
+    known_min: Op,
+    parent_low: Checksum,
+    /// Indexed by op mod the slot count; valid for `known_min..=head`.
+    headers: Vec<Header>,
+    /// Where the target came from: asked first.
+    source: ReplicaIndex,
+    attempts: u64,
+    requested_tick: u64,
+    /// The target reaches further back than the WAL window: only state sync could help.
+    beyond_window: bool,
+}
+
+impl LogTarget {
+    pub fn new(slot_count: usize) -> LogTarget {
+        LogTarget {
+            active: false,
+            phase: Phase::Match,
+            head: 0,
+            known_min: 1,
+            parent_low: 0,
+            headers: vec![Header::zeroed(); slot_count],
+            source: 0,
+            attempts: 0,
+            requested_tick: 0,
+            beyond_window: false,
+        }
+    }
+
+    pub fn active(&self) -> bool {
+        self.active
+    }
+
+    /// The replica's log was matched against the target (and cut where it differed): every
+    /// entry it holds up to its head is the target's.
+    pub fn verified(&self) -> bool {
+        self.active && self.phase == Phase::Fetch
+    }
+
+    pub fn beyond_window(&self) -> bool {
+        self.active && self.beyond_window
+    }
+
+    pub fn head(&self) -> Op {
+        assert!(self.active);
+        self.head
+    }
+
+    pub fn clear(&mut self) {
+        self.active = false;
+        self.beyond_window = false;
+    }
+
+    /// Targets the log that ends at `head`, given (ascending, hash-chained) headers of its
+    /// suffix; those above `head` are ignored (a view change cut them).
+    pub fn set(&mut self, head: Op, headers: impl Iterator<Item = Header>, source: ReplicaIndex) {
+        self.active = true;
+        self.phase = Phase::Match;
+        self.head = head;
+        self.source = source;
+        self.attempts = 0;
+        self.requested_tick = 0;
+        self.beyond_window = false;
+        let mut first = true;
+        for header in headers {
+            if first {
+                self.known_min = header.op;
+                self.parent_low = header.parent;
+                first = false;
+            }
+            if header.op > head {
+                break;
+            }
+            let slot = self.slot(header.op);
+            self.headers[slot] = header;
+        }
+        assert!(!first, "a target has at least one header");
+        assert!(self.known_min <= head + 1);
+    }
+
+    fn slot(&self, op: Op) -> usize {
+        (op % self.headers.len() as u64) as usize
+    }
+
+    /// The target's header at `op`, if known.
+    pub fn header(&self, op: Op) -> Option<&Header> {
+        if !self.active || op < self.known_min || op > self.head {
+            return None;
+        }
+        let header = &self.headers[self.slot(op)];
+        assert_eq!(header.op, op);
+        Some(header)
+    }
+
+    /// The canonical checksum of `op`, if known.
+    fn checksum(&self, op: Op) -> Option<Checksum> {
+        if op + 1 == self.known_min {
+            return Some(self.parent_low);
+        }
+        self.header(op).map(|header| header.checksum)
+    }
+
+    /// Takes a header just below the known range if it is the one the chain names.
+    fn extend_down(&mut self, header: &Header) -> bool {
+        if header.op + 1 != self.known_min || header.checksum != self.parent_low {
+            return false;
+        }
+        if self.head - header.op + 1 >= self.headers.len() as u64 {
+            self.beyond_window = true;
+            return false;
+        }
+        let slot = self.slot(header.op);
+        self.headers[slot] = *header;
+        self.known_min = header.op;
+        self.parent_low = header.parent;
+        true
+    }
+
+    /// For failure reports.
+    pub fn describe(&self) -> String {
+        if !self.active {
+            return "none".to_string();
+        }
+        let beyond = if self.beyond_window { " (beyond the WAL window)" } else { "" };
+        format!("{:?} {}..={} from {}{beyond}", self.phase, self.known_min, self.head, self.source)
+    }
+}
+
+enum Match {
+    At(Op),
+    NeedHeaders,
+    Diverged,
+}
+
+impl Replica {
+    /// The checksum of the prepare at `op` in this replica's own log, if it knows it.
+    fn own_checksum(&self, op: Op) -> Option<Checksum> {
+        if op == self.op {
+            return Some(self.parent);
+        }
+        if op == self.commit_min {
+            return Some(self.commit_checksum);
+        }
+        self.log_header(op).map(|header| header.checksum)
+    }
+
+    fn target_match(&self) -> Match {
+        let target = &self.target;
+        let top = self.op.min(target.head);
+        let floor = target.known_min.saturating_sub(1).max(self.commit_min);
+        let mut op = top;
+        while op >= floor {
+            let canonical = target.checksum(op);
+            if canonical.is_some() && canonical == self.own_checksum(op) {
+                return Match::At(op);
+            }
+            if op == self.commit_min {
+                // Committed, so canonical: the target must agree where it knows this op.
+                return if canonical.is_some() { Match::Diverged } else { Match::At(op) };
+            }
+            if op == 0 {
+                break;
+            }
+            op -= 1;
+        }
+        if self.commit_min > target.head {
+            return Match::Diverged;
+        }
+        Match::NeedHeaders
+    }
+
+    /// Moves the log target on as far as it can go now; called again by every event that may
+    /// unblock it (a tick, a durable prepare, a finished truncation, headers).
+    pub(super) fn repair_progress<S: Storage>(&mut self, storage: &mut S) {
+        if !self.target.active() || !self.status.is_open() || self.view_durable != self.view {
+            return;
+        }
+        if self.journal.truncating() {
+            return;
+        }
+        if self.target.phase == Phase::Match {
+            match self.target_match() {
+                Match::Diverged => {
+                    return self.fail("a committed op differs from the log of a newer view");
+                }
+                Match::NeedHeaders => return self.request_headers_send(),
+                Match::At(op) if op < self.op => {
+                    if self.journal.writing() {
+                        return;
+                    }
+                    return self.log_truncate(storage, op);
+                }
+                Match::At(_) => self.target.phase = Phase::Fetch,
+            }
+        }
+        self.target_advance();
+        if self.op < self.target.head() {
+            return self.repair_request(storage, self.op + 1);
+        }
+        if self.pipeline.iter().any(|prepared| !prepared.durable) || self.journal.writing() {
+            return;
+        }
+        if self.status == Status::ViewChange {
+            if self.pipeline_fill(storage) {
+                self.primary_log_installed(storage);
+            }
+        } else {
+            self.backup_log_installed(storage);
+        }
+    }
+
+    /// A new primary must hold every op above the commit number in its pipeline, to drive it to
+    /// commit and to recognize client retries of it. Ops it holds only in its WAL (it restarted
+    /// since it wrote them) are read back, highest first, onto the pipeline's front. True once
+    /// the pipeline covers them all.
+    fn pipeline_fill<S: Storage>(&mut self, storage: &mut S) -> bool {
+        let first = self.pipeline.front().map_or(self.op + 1, |front| front.message.header().op);
+        if first <= self.commit_max + 1 {
+            return true;
+        }
+        let op = first - 1;
+        let reading =
+            self.journal_reads.iter().any(|read| read.purpose == JournalReadPurpose::Pipeline);
+        if reading || self.pipeline.len() >= PIPELINE_BACKUP_MAX {
+            return false;
+        }
+        if self.journal_reads.len() >= JOURNAL_IOPS_READ_MAX {
+            return false;
+        }
+        let Some(header) = self.log_header(op) else {
+            return false;
+        };
+        if self.journal.dirty(self.journal.slot_for_op(op)) {
+            return false;
+        }
+        let purpose = JournalReadPurpose::Pipeline;
+        self.journal_reads.push(JournalRead { op, checksum: header.checksum, purpose });
+        self.journal.read_prepare(storage, op, header.checksum, self.pool.get());
+        false
+    }
+
+    /// A prepare `pipeline_fill` read back: onto the pipeline's front, if it still fits there.
+    pub(super) fn pipeline_fill_complete<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        let op = message.header().op;
+        let first = self.pipeline.front().map_or(self.op + 1, |front| front.message.header().op);
+        let fits = self.status == Status::ViewChange
+            && op + 1 == first
+            && op > self.commit_max
+            && self.pipeline.len() < PIPELINE_BACKUP_MAX;
+        if fits {
+            let ok_from = 1u8 << self.config.replica;
+            let prepared = Prepared { message, durable: true, ok_from, acknowledged: false };
+            self.pipeline.push_front(prepared);
+        }
+        self.repair_progress(storage);
+    }
+
+    /// Cuts this replica's log back to `op`, where it agrees with the target.
+    fn log_truncate<S: Storage>(&mut self, storage: &mut S, op: Op) {
+        assert!(op < self.op);
+        assert!(op >= self.commit_min);
+        assert!(!self.journal.writing());
+        let parent = self.own_checksum(op).expect("the match point is known");
+        self.pipeline.retain(|prepared| prepared.message.header().op <= op);
+        self.metrics.ops_truncated += self.op - op;
+        self.op = op;
+        self.parent = parent;
+        self.target.phase = Phase::Fetch;
+        self.journal.truncate_after(storage, op);
+    }
+
+    /// The replica to ask for the target's entry at `op`: its source, and on alternate
+    /// attempts another replica, so that one that cannot answer does not stall the repair.
+    pub(super) fn target_source(&mut self, op: Op) -> Option<ReplicaIndex> {
+        let _ = op;
+        let replica_count = u64::from(self.config.replica_count);
+        if replica_count < 2 {
+            return None;
+        }
+        self.target.attempts += 1;
+        let attempt = self.target.attempts / REPAIR_WINDOW_ROTATE;
+        if attempt.is_multiple_of(2) && self.target.source != self.config.replica {
+            return Some(self.target.source);
+        }
+        let offset = 1 + (attempt / 2) % (replica_count - 1);
+        Some(((u64::from(self.config.replica) + offset) % replica_count) as ReplicaIndex)
+    }
+
+    fn request_headers_send(&mut self) {
+        if self.ticks < self.target.requested_tick + REPAIR_TIMEOUT_TICKS {
+            return;
+        }
+        let slot_count = u64::from(self.config.journal_slot_count);
+        if self.target.head >= self.op + slot_count - REPAIR_WINDOW_MAX as u64 {
+            // The ops between its head and the target's are no longer in any peer's WAL.
+            self.target.beyond_window = true;
+        }
+        if self.target.beyond_window {
+            return;
+        }
+        self.target.requested_tick = self.ticks;
+        let op_max = self.target.known_min - 1;
+        let op_min = op_max
+            .saturating_sub(VIEW_CHANGE_HEADERS_MAX as u64 - 1)
+            .max(self.commit_min.min(op_max));
+        let Some(source) = self.target_source(op_max) else {
+            return;
+        };
+        if source == self.config.replica {
+            return;
+        }
+        let mut header = self.header_new(Command::RequestHeaders);
+        header.op_min = op_min;
+        header.op = op_max;
+        self.send_header(Destination::Replica(source), header);
+    }
+
+    /// Sends the headers this replica holds for `op_min..=op` (the top of that range that its
+    /// log holds, ascending).
+    pub(super) fn on_request_headers(&mut self, header: &Header) {
+        let op_max = header.op.min(self.op);
+        if header.op_min > op_max {
+            return;
+        }
+        let op_low = header.op_min.max(op_max.saturating_sub(VIEW_CHANGE_HEADERS_MAX as u64 - 1));
+        let mut first = op_max;
+        if self.log_header(op_max).is_none() {
+            return;
+        }
+        while first > op_low && self.log_header(first - 1).is_some() {
+            first -= 1;
+        }
+        let mut message = self.pool.get();
+        let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
+        let mut count = 0;
+        for op in first..=op_max {
+            let entry = self.log_header(op).expect("checked above");
+            body[count * HEADER_SIZE..][..HEADER_SIZE].copy_from_slice(entry.as_bytes());
+            count += 1;
+        }
+        let mut reply = self.header_new(Command::Headers);
+        reply.op_min = first;
+        reply.op = op_max;
+        let size = HEADER_SIZE + count * HEADER_SIZE;
+        reply.size = size as u32;
+        reply.set_checksum_body(&message.buffer()[HEADER_SIZE..size]);
+        reply.set_checksum();
+        assert_eq!(reply.invalid(), None);
+        *message.header_mut() = reply;
+        self.send(Destination::Replica(header.replica), message);
+    }
+
+    /// Headers for the target: taken downwards from the lowest known, as far as they chain.
+    pub(super) fn on_headers<S: Storage>(&mut self, storage: &mut S, message: &Message) {
+        let header = *message.header();
+        if !self.target.active() {
+            return;
+        }
+        if let Some(reason) = view_headers_invalid(message, View::MAX) {
+            return self.message_invalid(&header, reason);
+        }
+        let body = message.body();
+        let count = body.len() / HEADER_SIZE;
+        let mut extended = false;
+        for index in (0..count).rev() {
+            let entry = *Header::from_prefix(&body[index * HEADER_SIZE..]).expect("validated");
+            if !self.target.extend_down(&entry) {
+                break;
+            }
+            extended = true;
+        }
+        if extended {
+            self.target.requested_tick = 0;
+            self.repair_progress(storage);
+        }
+    }
+
+    /// Once per tick: keeps a log target, or a backup's normal-path repair, moving.
+    pub(super) fn repair_tick<S: Storage>(&mut self, storage: &mut S) {
+        if self.target.active() {
+            self.repair_progress(storage);
+        }
+    }
+}
+
+/// Repair attempts in a row that go to the same replica before the next one is tried.
+const REPAIR_WINDOW_ROTATE: u64 = 8;

@@ -1,0 +1,665 @@
+//! The view change: how a replicated cluster replaces a primary that failed or cannot reach a
+//! quorum, without losing a committed op.
+//!
+//! - **Leaving a view.** A backup that hears nothing from its primary (no prepare, no commit
+//!   heartbeat) for `NORMAL_HEARTBEAT_TIMEOUT_TICKS` (plus jitter) votes to leave: it sends
+//!   `start_view_change` for `view + 1` to every replica. A replica that counts a view-change
+//!   quorum of votes for a newer view enters it (`Status::ViewChange`). A lone replica that
+//!   cannot hear the primary therefore cannot disturb a cluster that works.
+//! - **do_view_change.** Once its view is durable in the superblock, a replica in a view change
+//!   sends the new primary its log: `log_view` (the last view it was normal in), `op`, its
+//!   commit number and the headers of its log's suffix. A replica whose log recovery found
+//!   faulty does not.
+//! - **The canonical log.** The new primary waits for a view-change quorum of logs, its own
+//!   included. The canonical one has the highest `log_view`, then the highest op: it holds every
+//!   committed op (the quorum intersects every replication quorum, and a replica only takes a
+//!   view's log_view once it holds that view's whole starting log). An op above every reported
+//!   commit number that a nack quorum lacks cannot have committed and is cut off, so the view
+//!   can start even if no intact copy of it survives (Protocol-Aware Recovery).
+//! - **Installing it.** The primary makes its own log the canonical one (`repair.rs`: find where
+//!   they agree, truncate the rest, fetch the missing prepares by checksum), persists
+//!   `log_view = view`, becomes normal and sends `start_view` with the suffix. Uncommitted ops
+//!   are in its pipeline and commit once a replication quorum acknowledges them in this view.
+//! - **start_view.** A backup takes the view, installs the same log the same way, persists
+//!   `log_view` and only then acknowledges prepares.
+//! - **Stale and newer views.** Messages of older views are ignored. A replica that sees a
+//!   normal replica of a newer view (a prepare, commit or ping of that view) joins it and asks
+//!   its primary for the log with `request_start_view`.
+//! - **Abdication.** A primary whose uncommitted prepares make no progress for
+//!   `PRIMARY_ABDICATE_TICKS` falls silent (no heartbeats, no prepares), so that a partition that
+//!   lets small messages through but not prepares cannot stall the cluster: its backups time
+//!   out and elect another.
+//! - A view change that does not finish within `VIEW_CHANGE_TIMEOUT_TICKS` moves on to the next
+//!   view (another primary).
+
+use super::{Destination, REPAIR_WINDOW_MAX, Replica, Status};
+use crate::constants::{HEADER_SIZE, REPLICAS_MAX, VIEW_CHANGE_HEADERS_MAX};
+use crate::vsr::header::{Command, Header, Op, ReplicaIndex, View};
+use crate::vsr::message_pool::Message;
+use crate::vsr::storage::Storage;
+use zerocopy::IntoBytes;
+
+/// Ticks a backup waits to hear from its primary before it votes to leave the view (2 s, as
+/// the commit heartbeat is every 0.5 s).
+pub const NORMAL_HEARTBEAT_TIMEOUT_TICKS: u64 = 150;
+/// Ticks a view change may take before the replica votes for the next view.
+pub const VIEW_CHANGE_TIMEOUT_TICKS: u64 = 300;
+/// Ticks between resends of start_view_change, do_view_change and request_start_view.
+pub const VIEW_CHANGE_MESSAGE_TICKS: u64 = 20;
+/// Ticks a primary's oldest uncommitted prepare may wait before the primary abdicates.
+pub const PRIMARY_ABDICATE_TICKS: u64 = 300;
+/// The most a timeout is lengthened by, at random, so that replicas do not time out together.
+const TIMEOUT_JITTER_TICKS: u64 = 50;
+
+/// One replica's do_view_change, as the new primary keeps it.
+#[derive(Clone, Copy)]
+pub(super) struct DoViewChangeRecord {
+    pub received: bool,
+    pub log_view: View,
+    pub op: Op,
+    pub commit: Op,
+    pub headers_count: usize,
+    /// The suffix of its log, ascending, ending at `op`.
+    pub headers: [Header; VIEW_CHANGE_HEADERS_MAX],
+}
+
+impl DoViewChangeRecord {
+    const EMPTY: DoViewChangeRecord = DoViewChangeRecord {
+        received: false,
+        log_view: 0,
+        op: 0,
+        commit: 0,
+        headers_count: 0,
+        headers: [Header::zeroed(); VIEW_CHANGE_HEADERS_MAX],
+    };
+
+    /// Its header at `op`, if its suffix reaches that far down.
+    pub fn header(&self, op: Op) -> Option<&Header> {
+        let first = self.headers[..self.headers_count].first()?.op;
+        let index = usize::try_from(op.checked_sub(first)?).ok()?;
+        self.headers[..self.headers_count].get(index)
+    }
+}
+
+pub(super) struct ViewChangeState {
+    /// Votes (start_view_change) to leave for `vote_view`: bit i for replica i.
+    vote_view: View,
+    votes: u8,
+    /// Backup: when it last heard its primary. In a view change: when it began.
+    pub heard_tick: u64,
+    timeout_jitter_ticks: u64,
+    message_tick: u64,
+    pub abdicating: bool,
+    /// Primary: the commit number at `progress_tick`, when it last moved or had nothing to do.
+    progress_commit: Op,
+    progress_tick: u64,
+    pub records: Vec<DoViewChangeRecord>,
+    /// The new primary chose its log (the target is set) for the view.
+    pub log_chosen: bool,
+}
+
+impl ViewChangeState {
+    pub fn new() -> ViewChangeState {
+        ViewChangeState {
+            vote_view: 0,
+            votes: 0,
+            heard_tick: 0,
+            timeout_jitter_ticks: 0,
+            message_tick: 0,
+            abdicating: false,
+            progress_commit: 0,
+            progress_tick: 0,
+            records: vec![DoViewChangeRecord::EMPTY; REPLICAS_MAX],
+            log_chosen: false,
+        }
+    }
+}
+
+/// Why the headers of a do_view_change or start_view body contradict its header, or `None`:
+/// they must be valid prepares of this cluster with ascending, consecutive, hash-chained ops
+/// that end at the header's op, none of a view newer than the log's.
+pub fn view_headers_invalid(message: &Message, log_view: View) -> Option<&'static str> {
+    let header = message.header();
+    let body = message.body();
+    if !body.len().is_multiple_of(HEADER_SIZE) || body.is_empty() {
+        return Some("body is not a list of headers");
+    }
+    let count = body.len() / HEADER_SIZE;
+    if count > VIEW_CHANGE_HEADERS_MAX {
+        return Some("more headers than a view change carries");
+    }
+    let mut previous: Option<Header> = None;
+    for index in 0..count {
+        let Some(entry) = Header::from_prefix(&body[index * HEADER_SIZE..]) else {
+            return Some("header unreadable");
+        };
+        if !entry.valid_checksum() || entry.invalid().is_some() {
+            return Some("header invalid");
+        }
+        if entry.cluster != header.cluster || entry.command() != Some(Command::Prepare) {
+            return Some("header is not a prepare of this cluster");
+        }
+        if entry.view > log_view {
+            return Some("header of a view newer than the log");
+        }
+        if let Some(previous) = previous
+            && (entry.op != previous.op + 1 || entry.parent != previous.checksum)
+        {
+            return Some("headers do not form a hash chain");
+        }
+        previous = Some(*entry);
+    }
+    let last = previous.expect("at least one header");
+    if last.op != header.op {
+        return Some("headers do not end at the op claimed");
+    }
+    if header.commit > header.op {
+        return Some("commit above op");
+    }
+    None
+}
+
+/// Timeouts and votes.
+impl Replica {
+    pub(super) fn primary_heard_tick_set(&mut self) {
+        self.view_change.heard_tick = self.ticks;
+    }
+
+    fn timeout_jitter_new(&mut self) {
+        self.view_change.timeout_jitter_ticks = self.prng_next() % TIMEOUT_JITTER_TICKS;
+    }
+
+    /// Once per tick, replicated clusters only.
+    pub(super) fn view_change_tick<S: Storage>(&mut self, storage: &mut S) {
+        assert!(self.config.replica_count > 1);
+        let resend = self.ticks >= self.view_change.message_tick + VIEW_CHANGE_MESSAGE_TICKS;
+        if resend {
+            self.view_change.message_tick = self.ticks;
+        }
+        let jitter = self.view_change.timeout_jitter_ticks;
+        let since_heard = self.ticks.saturating_sub(self.view_change.heard_tick);
+        match self.status {
+            Status::Normal if self.is_primary() => {
+                self.abdicate_maybe();
+                if self.view_change.abdicating && resend {
+                    // It votes to leave too: with its vote, backups that time out make a
+                    // quorum sooner, and it learns of the next view when it starts.
+                    self.vote(storage, self.view + 1, resend);
+                }
+            }
+            Status::Normal => {
+                if since_heard > NORMAL_HEARTBEAT_TIMEOUT_TICKS + jitter {
+                    self.vote(storage, self.view + 1, resend);
+                } else if resend && !self.target.active() {
+                    let lagging = self.commit_max > self.op + REPAIR_WINDOW_MAX as u64;
+                    if self.log_faulty || lagging {
+                        self.send_request_start_view();
+                    }
+                }
+            }
+            Status::ViewChange => {
+                if resend {
+                    // Its log to the new primary, or a request for the view's log: a primary
+                    // already normal in this view answers either with start_view.
+                    self.view_change_resend(storage);
+                }
+                if self.status == Status::ViewChange
+                    && since_heard > VIEW_CHANGE_TIMEOUT_TICKS + jitter
+                {
+                    // Always the next view: a replica that cannot reach a quorum must not run
+                    // its vote up, or the votes of the others would never meet.
+                    self.vote(storage, self.view + 1, resend);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A primary whose uncommitted prepares have not moved for `PRIMARY_ABDICATE_TICKS`
+    /// cannot reach a quorum: it falls silent so that its backups elect another.
+    fn abdicate_maybe(&mut self) {
+        let uncommitted = self.op > self.commit_max;
+        if !uncommitted || self.commit_max != self.view_change.progress_commit {
+            self.view_change.progress_commit = self.commit_max;
+            self.view_change.progress_tick = self.ticks;
+            return;
+        }
+        if self.ticks > self.view_change.progress_tick + PRIMARY_ABDICATE_TICKS {
+            self.view_change.abdicating = true;
+        }
+    }
+
+    /// Votes to leave for `view`, telling every replica (at most once per resend interval).
+    fn vote<S: Storage>(&mut self, storage: &mut S, view: View, send: bool) {
+        assert!(view > self.view);
+        if view > self.view_change.vote_view {
+            self.view_change.vote_view = view;
+            self.view_change.votes = 0;
+        }
+        let bit = 1u8 << self.config.replica;
+        let new = self.view_change.votes & bit == 0;
+        self.view_change.votes |= bit;
+        if new || send {
+            self.send_start_view_change(self.view_change.vote_view);
+        }
+        self.votes_count(storage);
+    }
+
+    pub(super) fn on_start_view_change<S: Storage>(&mut self, storage: &mut S, header: &Header) {
+        let view = header.view;
+        if view <= self.view || view < self.view_change.vote_view {
+            return;
+        }
+        if view > self.view_change.vote_view {
+            self.view_change.vote_view = view;
+            self.view_change.votes = 0;
+        }
+        self.view_change.votes |= 1 << header.replica;
+        self.votes_count(storage);
+    }
+
+    fn votes_count<S: Storage>(&mut self, storage: &mut S) {
+        let view = self.view_change.vote_view;
+        let votes = self.view_change.votes.count_ones() as usize;
+        if view > self.view && votes >= self.quorum_view_change() {
+            self.view_change_start(storage, view);
+        }
+    }
+
+    fn send_start_view_change(&mut self, view: View) {
+        let mut header = Header::new(Command::StartViewChange, self.config.cluster);
+        header.view = view;
+        header.replica = self.config.replica;
+        for replica in 0..self.config.replica_count {
+            if replica != self.config.replica {
+                self.send_header(Destination::Replica(replica), header);
+            }
+        }
+    }
+}
+
+/// Entering a view.
+impl Replica {
+    /// Enters the view change for `view`: a quorum voted for it, or a do_view_change for it
+    /// arrived (which only a replica that counted such a quorum sends).
+    pub(super) fn view_change_start<S: Storage>(&mut self, storage: &mut S, view: View) {
+        assert!(view > self.view);
+        self.view_enter(storage, view);
+        // Tell the others: this replica's vote may complete their quorum.
+        self.view_change.vote_view = view;
+        self.view_change.votes |= 1 << self.config.replica;
+        self.send_start_view_change(view);
+        self.view_change_resend(storage);
+    }
+
+    /// Joins `view`, in which some replica is already normal, and asks its primary for the log.
+    pub(super) fn view_jump<S: Storage>(&mut self, storage: &mut S, view: View) {
+        if view <= self.view || self.config.replica_count == 1 {
+            return;
+        }
+        self.view_enter(storage, view);
+        self.send_request_start_view();
+    }
+
+    /// What entering any newer view resets: the pipeline's acknowledgements belong to the old
+    /// view, queued requests are dropped (clients retry), a log target is abandoned.
+    fn view_enter<S: Storage>(&mut self, storage: &mut S, view: View) {
+        assert!(view > self.view);
+        self.view = view;
+        self.status = Status::ViewChange;
+        self.view_change.heard_tick = self.ticks;
+        self.view_change.message_tick = self.ticks;
+        self.view_change.abdicating = false;
+        self.view_change.log_chosen = false;
+        self.timeout_jitter_new();
+        for record in self.view_change.records.iter_mut() {
+            record.received = false;
+        }
+        if self.view_change.vote_view < view {
+            self.view_change.vote_view = view;
+            self.view_change.votes = 0;
+        }
+        self.request_queue.clear();
+        let bit = 1u8 << self.config.replica;
+        for prepared in self.pipeline.iter_mut() {
+            prepared.acknowledged = false;
+            prepared.ok_from = if prepared.durable { bit } else { 0 };
+        }
+        self.target.clear();
+        self.view_persist(storage);
+    }
+
+    /// Sends what a replica in a view change owes: its do_view_change (to itself, if it is the
+    /// new primary), or a request for the view's log if it cannot vote with its own.
+    pub(super) fn view_change_resend<S: Storage>(&mut self, storage: &mut S) {
+        if self.status != Status::ViewChange {
+            return;
+        }
+        let can_vote = self.log_view < self.view && !self.log_faulty && !self.journal.truncating();
+        if !can_vote || self.view_durable != self.view {
+            if !self.is_primary() {
+                self.send_request_start_view();
+            }
+            return;
+        }
+        let Some(message) = self.do_view_change_build() else {
+            return;
+        };
+        if self.is_primary() {
+            self.do_view_change_record(storage, &message);
+        } else {
+            let primary = self.primary_index();
+            self.send(Destination::Replica(primary), message);
+        }
+    }
+
+    /// The header of this replica's log at `op`, if it holds one.
+    pub(super) fn log_header(&self, op: Op) -> Option<Header> {
+        if op == 0 {
+            return Some(Header::root_prepare(self.config.cluster));
+        }
+        if op > self.op {
+            return None;
+        }
+        self.journal.header_with_op(op).copied()
+    }
+
+    /// The suffix of this replica's log (up to `VIEW_CHANGE_HEADERS_MAX` headers, ending at
+    /// `op`) into `message`'s body; returns the count.
+    fn log_suffix_write(&self, message: &mut Message) -> usize {
+        let low = self.op.saturating_sub(VIEW_CHANGE_HEADERS_MAX as u64 - 1);
+        let mut first = self.op;
+        while first > low && self.log_header(first - 1).is_some() {
+            first -= 1;
+        }
+        let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
+        let mut count = 0;
+        for op in first..=self.op {
+            let Some(header) = self.log_header(op) else {
+                return 0;
+            };
+            body[count * HEADER_SIZE..][..HEADER_SIZE].copy_from_slice(header.as_bytes());
+            count += 1;
+        }
+        count
+    }
+
+    fn do_view_change_build(&self) -> Option<Message> {
+        let mut message = self.pool.get();
+        let count = self.log_suffix_write(&mut message);
+        if count == 0 {
+            return None;
+        }
+        let mut header = self.header_new(Command::DoViewChange);
+        header.op = self.op;
+        header.commit = self.commit_max.min(self.op);
+        header.checkpoint_op = self.checkpoint_op;
+        header.log_view = self.log_view;
+        Some(self.message_finish(message, header, count))
+    }
+
+    /// Sets `header`'s size and checksums over `count` headers already in `message`'s body.
+    fn message_finish(&self, mut message: Message, mut header: Header, count: usize) -> Message {
+        let size = HEADER_SIZE + count * HEADER_SIZE;
+        header.size = size as u32;
+        header.set_checksum_body(&message.buffer()[HEADER_SIZE..size]);
+        header.set_checksum();
+        assert_eq!(header.invalid(), None);
+        *message.header_mut() = header;
+        message
+    }
+
+    pub(super) fn send_request_start_view(&mut self) {
+        let primary = self.primary_index();
+        if primary == self.config.replica {
+            return;
+        }
+        let header = self.header_new(Command::RequestStartView);
+        self.send_header(Destination::Replica(primary), header);
+    }
+
+    /// The view (and log_view) this replica acts in became durable.
+    pub(super) fn view_durable_progress<S: Storage>(&mut self, storage: &mut S) {
+        match self.status {
+            Status::ViewChange if self.view_durable == self.view => {
+                if self.view_change.log_chosen {
+                    self.repair_progress(storage);
+                } else {
+                    self.view_change_resend(storage);
+                }
+            }
+            Status::Normal => self.prepare_oks_send(),
+            _ => {}
+        }
+    }
+}
+
+/// The new primary.
+impl Replica {
+    pub(super) fn on_do_view_change<S: Storage>(&mut self, storage: &mut S, message: &Message) {
+        let header = *message.header();
+        if header.view < self.view || self.primary_index_of(header.view) != self.config.replica {
+            return;
+        }
+        // Its log may hold entries of views after its log_view: it was installing a newer
+        // view's log (even this view's, before it restarted), never of a later view.
+        if let Some(reason) = view_headers_invalid(message, header.view) {
+            return self.message_invalid(&header, reason);
+        }
+        if header.view == self.view && self.status == Status::Normal {
+            // The view started without it: send it the log.
+            return self.send_start_view(header.replica);
+        }
+        if header.view > self.view {
+            self.view_change_start(storage, header.view);
+        }
+        if self.status == Status::ViewChange {
+            self.do_view_change_record(storage, message);
+        }
+    }
+
+    pub(super) fn message_invalid(&mut self, header: &Header, reason: &'static str) {
+        let _ = (header, reason);
+        self.metrics.messages_invalid += 1;
+    }
+
+    fn do_view_change_record<S: Storage>(&mut self, storage: &mut S, message: &Message) {
+        let header = *message.header();
+        assert_eq!(header.view, self.view);
+        assert!(self.is_primary());
+        let body = message.body();
+        let count = body.len() / HEADER_SIZE;
+        let record = &mut self.view_change.records[usize::from(header.replica)];
+        let fresh = !record.received;
+        record.received = true;
+        record.log_view = header.log_view;
+        record.op = header.op;
+        record.commit = header.commit;
+        record.headers_count = count;
+        for index in 0..count {
+            let entry = *Header::from_prefix(&body[index * HEADER_SIZE..]).expect("validated");
+            record.headers[index] = entry;
+        }
+        // A later do_view_change may let the primary cut an op no one can supply.
+        if fresh || !self.view_change.log_chosen {
+            self.do_view_change_quorum(storage);
+        }
+    }
+
+    /// With a view-change quorum of logs: chooses the canonical log and starts installing it.
+    fn do_view_change_quorum<S: Storage>(&mut self, storage: &mut S) {
+        let records = &self.view_change.records;
+        let received = records.iter().filter(|record| record.received).count();
+        if received < self.quorum_view_change() {
+            return;
+        }
+        let mut best: Option<ReplicaIndex> = None;
+        for (index, record) in records.iter().enumerate() {
+            if !record.received {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some(best) => {
+                    let best = &records[usize::from(best)];
+                    (record.log_view, record.op) > (best.log_view, best.op)
+                }
+            };
+            if better {
+                best = Some(index as ReplicaIndex);
+            }
+        }
+        let best = best.expect("a quorum is not empty");
+        let canonical = records[usize::from(best)];
+        let mut commit = self.commit_max.max(self.commit_min);
+        for record in records.iter().filter(|record| record.received) {
+            commit = commit.max(record.commit);
+        }
+        for entry in &canonical.headers[..canonical.headers_count] {
+            // A prepare carries its primary's commit number: those ops are committed.
+            commit = commit.max(entry.commit);
+        }
+        if commit > canonical.op {
+            // No correct quorum reports a commit beyond the canonical head.
+            return self.message_invalid(&canonical.headers[0], "commit beyond the canonical log");
+        }
+        let head = self.head_after_nacks(&canonical, commit);
+        self.commit_max = self.commit_max.max(commit);
+        self.view_change.log_chosen = true;
+        let headers = &canonical.headers[..canonical.headers_count];
+        self.target.set(head, headers.iter().copied(), best);
+        self.repair_progress(storage);
+    }
+
+    /// The canonical head, lowered below the first op above `commit` that a nack quorum lacks.
+    fn head_after_nacks(&mut self, canonical: &DoViewChangeRecord, commit: Op) -> Op {
+        let quorum_nack = self.quorum_nack();
+        for op in commit + 1..=canonical.op {
+            let Some(entry) = canonical.header(op) else {
+                continue;
+            };
+            let nacks = self
+                .view_change
+                .records
+                .iter()
+                .filter(|record| record.received)
+                .filter(|record| {
+                    record.op < op
+                        || record.header(op).is_some_and(|held| held.checksum != entry.checksum)
+                })
+                .count();
+            if nacks >= quorum_nack {
+                self.metrics.ops_truncated += canonical.op - op + 1;
+                return op - 1;
+            }
+        }
+        canonical.op
+    }
+
+    /// The primary's log is the canonical one and durable: it persists the view as its log's,
+    /// then becomes normal (`view_durable_progress` → `repair_progress` → here again).
+    pub(super) fn primary_log_installed<S: Storage>(&mut self, storage: &mut S) {
+        assert!(self.is_primary());
+        assert_eq!(self.status, Status::ViewChange);
+        if self.log_view != self.view {
+            self.log_view = self.view;
+            self.view_persist(storage);
+        }
+        if self.log_view_durable != self.view || self.view_durable != self.view {
+            return;
+        }
+        self.status = Status::Normal;
+        self.log_faulty = false;
+        self.target.clear();
+        self.metrics.views_started += 1;
+        self.view_change.progress_tick = self.ticks;
+        self.view_change.progress_commit = self.commit_max;
+        self.backup_heard_tick = [0; REPLICAS_MAX];
+        self.commit_heartbeat_sent = (0, 0);
+        let bit = 1u8 << self.config.replica;
+        for prepared in self.pipeline.iter_mut() {
+            assert!(prepared.durable);
+            prepared.ok_from = bit;
+        }
+        for replica in 0..self.config.replica_count {
+            if replica != self.config.replica {
+                self.send_start_view(replica);
+            }
+        }
+        self.commit_advance_primary(storage);
+    }
+
+    pub(super) fn send_start_view(&mut self, replica: ReplicaIndex) {
+        assert!(self.is_primary());
+        assert_eq!(self.status, Status::Normal);
+        let mut message = self.pool.get();
+        let count = self.log_suffix_write(&mut message);
+        if count == 0 {
+            return;
+        }
+        let mut header = self.header_new(Command::StartView);
+        header.op = self.op;
+        header.commit = self.commit_max.min(self.op);
+        header.checkpoint_op = self.checkpoint_op.min(header.commit);
+        let message = self.message_finish(message, header, count);
+        self.send(Destination::Replica(replica), message);
+    }
+
+    pub(super) fn on_request_start_view(&mut self, header: &Header) {
+        if header.view == self.view && self.status == Status::Normal && self.is_primary() {
+            self.send_start_view(header.replica);
+        }
+    }
+}
+
+/// Backups.
+impl Replica {
+    pub(super) fn on_start_view<S: Storage>(&mut self, storage: &mut S, message: &Message) {
+        let header = *message.header();
+        let view = header.view;
+        if view < self.view || header.replica != self.primary_index_of(view) {
+            return;
+        }
+        if let Some(reason) = view_headers_invalid(message, view) {
+            return self.message_invalid(&header, reason);
+        }
+        if view == self.view && self.status == Status::Normal {
+            // A duplicate, or the log this replica follows: taken as a target only to repair a
+            // faulty log, or one far behind (headers let it fetch in bulk, out of order).
+            self.primary_heard_tick_set();
+            let lagging = header.op > self.op + REPAIR_WINDOW_MAX as u64;
+            if self.target.active() || !(self.log_faulty || lagging) {
+                return;
+            }
+        }
+        if view > self.view {
+            self.view_enter(storage, view);
+        }
+        self.status = Status::Normal;
+        self.view_change.votes = 0;
+        self.primary_heard_tick_set();
+        self.commit_max = self.commit_max.max(header.commit);
+        let body = message.body();
+        let count = body.len() / HEADER_SIZE;
+        let headers = (0..count)
+            .map(|index| *Header::from_prefix(&body[index * HEADER_SIZE..]).expect("validated"));
+        self.target.set(header.op, headers, header.replica);
+        self.view_persist(storage);
+        self.repair_progress(storage);
+    }
+
+    /// A backup's log is the view's and durable: it persists the view as its log's, then
+    /// acknowledges what it holds.
+    pub(super) fn backup_log_installed<S: Storage>(&mut self, storage: &mut S) {
+        assert!(!self.is_primary());
+        assert_eq!(self.status, Status::Normal);
+        self.target.clear();
+        self.log_faulty = false;
+        if self.log_view != self.view {
+            self.log_view = self.view;
+            self.metrics.views_started += 1;
+        }
+        self.view_persist(storage);
+        self.prepare_oks_send();
+    }
+}
