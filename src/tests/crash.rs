@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kimberlite::client::Client;
 use kimberlite::constants::MESSAGE_SIZE_MAX;
@@ -23,6 +23,7 @@ use kimberlite::state_machine::types::{
     ResultCode, padded_size,
 };
 use kimberlite::vsr::header::Operation;
+use kimberlite::vsr::layout::{Config, Layout, Zone};
 use zerocopy::{FromBytes, IntoBytes};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_kimberlite");
@@ -113,10 +114,23 @@ fn append_body(stream: u64, first_sequence: u64, count: u64) -> Vec<u8> {
 /// Acknowledged events: stream → (offset → sequence).
 type Acknowledged = Arc<Mutex<HashMap<u64, HashMap<u64, u64>>>>;
 
+/// When each append was acknowledged, in order.
+type AcknowledgedAt = Arc<Mutex<Vec<Instant>>>;
+
 /// Appends until `stop`; returns the commit number of the last acknowledged write.
 fn load(
     addresses: &[SocketAddr],
     acknowledged: Acknowledged,
+    stop: Arc<AtomicBool>,
+    pause: Duration,
+) -> u64 {
+    load_timed(addresses, acknowledged, AcknowledgedAt::default(), stop, pause)
+}
+
+fn load_timed(
+    addresses: &[SocketAddr],
+    acknowledged: Acknowledged,
+    acknowledged_at: AcknowledgedAt,
     stop: Arc<AtomicBool>,
     pause: Duration,
 ) -> u64 {
@@ -136,6 +150,8 @@ fn load(
             let previous = offsets.insert(result.offset + index, sequence + index);
             assert_eq!(previous, None, "offset {} acknowledged twice", result.offset + index);
         }
+        drop(acknowledged);
+        acknowledged_at.lock().unwrap().push(Instant::now());
         sequence += count;
         round += 1;
         std::thread::sleep(pause);
@@ -230,34 +246,9 @@ fn three_replicas_keep_every_acknowledged_event_through_backup_kills() {
     // Goal: a 3-replica cluster on loopback under load; each backup is killed with SIGKILL and
     // restarted in turn. Afterwards every replica holds every acknowledged event, exactly once,
     // and the cluster still commits.
-    let directory = std::env::current_dir()
-        .unwrap()
-        .join(format!("target/crash-test-cluster-{}", std::process::id()));
-    std::fs::create_dir_all(&directory).unwrap();
-    let _scratch = Scratch(directory.clone());
-    let addresses: Vec<SocketAddr> = (0..3)
-        .map(|_| {
-            let port = TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
-            SocketAddr::from(([127, 0, 0, 1], port))
-        })
-        .collect();
-    let paths: Vec<PathBuf> =
-        (0..3).map(|replica| directory.join(format!("0_{replica}.kimberlite"))).collect();
-    for (replica, path) in paths.iter().enumerate() {
-        let status = Command::new(BINARY)
-            .args(["format", "--cluster=42", "--replica-count=3", "--grid-size=256MiB"])
-            .arg(format!("--replica={replica}"))
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    let mut replicas = Replicas(paths.iter().map(|path| start_replica(path, &addresses)).collect());
-    let mut client = Client::new(CLUSTER, &addresses, MESSAGE_SIZE_MAX);
-    for stream in 1..=STREAMS {
-        let body = CreateStream { stream, tenant: 1 };
-        client.write(Operation::CreateStream, body.as_bytes()).unwrap();
-    }
+    let cluster = TestCluster::start("backup-kills");
+    let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
+    let mut replicas = cluster.replicas;
     let acknowledged: Acknowledged = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let loader = {
@@ -277,10 +268,20 @@ fn three_replicas_keep_every_acknowledged_event_through_backup_kills() {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     let commit = loader.join().expect("the load survived every crash");
+    every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
+}
+
+/// Reads every stream from each replica directly. Reads carry the commit of the last
+/// acknowledged write, so a replica that has not caught up yet does not answer (the client
+/// retries).
+fn every_replica_holds_every_acknowledged_event(
+    addresses: &[SocketAddr],
+    acknowledged: &Acknowledged,
+    commit: u64,
+) {
     let acknowledged = acknowledged.lock().unwrap();
-    for address in &addresses {
-        // Each replica, read directly. Reads carry the commit of the last acknowledged write,
-        // so a replica that has not caught up yet does not answer (the client retries).
+    assert!(acknowledged.values().map(HashMap::len).sum::<usize>() > 0);
+    for address in addresses {
         let mut reader = Client::new(CLUSTER, &[*address], MESSAGE_SIZE_MAX);
         reader.observe_commit(commit);
         for stream in 1..=STREAMS {
@@ -293,4 +294,111 @@ fn three_replicas_keep_every_acknowledged_event_through_backup_kills() {
             }
         }
     }
+}
+
+/// Three formatted replicas on free loopback ports, started, with the test's streams created.
+struct TestCluster {
+    _scratch: Scratch,
+    addresses: Vec<SocketAddr>,
+    paths: Vec<PathBuf>,
+    replicas: Replicas,
+}
+
+impl TestCluster {
+    fn start(name: &str) -> TestCluster {
+        let directory = std::env::current_dir()
+            .unwrap()
+            .join(format!("target/crash-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let scratch = Scratch(directory.clone());
+        let addresses: Vec<SocketAddr> = (0..3)
+            .map(|_| {
+                let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+                SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()))
+            })
+            .collect();
+        let paths: Vec<PathBuf> =
+            (0..3).map(|replica| directory.join(format!("0_{replica}.kimberlite"))).collect();
+        for (replica, path) in paths.iter().enumerate() {
+            let status = Command::new(BINARY)
+                .args(["format", "--cluster=42", "--replica-count=3", "--grid-size=256MiB"])
+                .arg(format!("--replica={replica}"))
+                .arg(path)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let replicas = Replicas(paths.iter().map(|path| start_replica(path, &addresses)).collect());
+        let mut client = Client::new(CLUSTER, &addresses, MESSAGE_SIZE_MAX);
+        for stream in 1..=STREAMS {
+            let body = CreateStream { stream, tenant: 1 };
+            client.write(Operation::CreateStream, body.as_bytes()).unwrap();
+        }
+        TestCluster { _scratch: scratch, addresses, paths, replicas }
+    }
+}
+
+/// Overwrites one sector of replica `replica`'s WAL prepare ring (slot `slot`) with garbage,
+/// as a rotten sector would.
+fn wal_sector_corrupt(path: &Path, replica: u8, slot: u64) {
+    use std::os::unix::fs::FileExt;
+    let config = Config { grid_size: 256 * 1024 * 1024, ..Config::new(CLUSTER, replica, 3) };
+    let layout = Layout::new(&config);
+    let offset = layout.zone_offset(Zone::WalPrepares) + slot * u64::from(config.message_size_max);
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&[0xA5; 4096], offset).unwrap();
+    file.sync_all().unwrap();
+}
+
+#[test]
+fn three_replicas_keep_every_acknowledged_event_through_primary_kill_and_wal_rot() {
+    // Goal: under load, kill -9 the primary (the cluster elects another and carries on), then
+    // a backup, restarting each; then stop a backup, rot a sector of its WAL and restart it.
+    // Afterwards every replica holds every acknowledged event exactly once, and the cluster
+    // still commits. Prints how long the cluster took from the kill of the primary to its
+    // next acknowledged write.
+    let cluster = TestCluster::start("primary-kill");
+    let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
+    let mut replicas = cluster.replicas;
+    let acknowledged: Acknowledged = Arc::default();
+    let acknowledged_at: AcknowledgedAt = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (acknowledged, acknowledged_at, stop, addresses) =
+            (acknowledged.clone(), acknowledged_at.clone(), stop.clone(), addresses.clone());
+        let pause = Duration::from_millis(2);
+        std::thread::spawn(move || {
+            load_timed(&addresses, acknowledged, acknowledged_at, stop, pause)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // Replica 0 is the primary of view 0.
+    let killed_at = Instant::now();
+    replicas.0[0].kill().unwrap();
+    replicas.0[0].wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failover = loop {
+        let first_after =
+            acknowledged_at.lock().unwrap().iter().copied().find(|at| *at > killed_at);
+        if let Some(at) = first_after {
+            break at - killed_at;
+        }
+        assert!(Instant::now() < deadline, "no write acknowledged after the primary died");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    println!(
+        "failover: first acknowledged write {} ms after kill -9 of the primary",
+        failover.as_millis()
+    );
+    replicas.0[0] = start_replica(&paths[0], &addresses);
+    std::thread::sleep(Duration::from_millis(500));
+    // A backup of the new view (replica 1 or 2 leads it): replica 0 is one either way.
+    replicas.0[0].kill().unwrap();
+    replicas.0[0].wait().unwrap();
+    wal_sector_corrupt(&paths[0], 0, 5);
+    replicas.0[0] = start_replica(&paths[0], &addresses);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let commit = loader.join().expect("the load survived every crash");
+    every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
 }
