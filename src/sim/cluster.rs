@@ -20,6 +20,7 @@
 use crate::constants::{HEADER_SIZE, SECTOR_SIZE, TICK_MS};
 use crate::io::allocator;
 use crate::sim::checker::{Checker, Violation};
+use crate::sim::mutation::mutate;
 use crate::sim::network::{DropReason, Network, NetworkOptions, NodeIndex, Packet};
 use crate::sim::prng::Prng;
 use crate::sim::storage::{Latency, MemoryStorage};
@@ -78,6 +79,9 @@ pub struct ClusterOptions {
     pub network_latency: Latency,
     pub loss_per_mille: u64,
     pub duplicate_per_mille: u64,
+    /// Messages between replicas turned into ones a correct replica must reject
+    /// (`sim::mutation`).
+    pub mutation_per_mille: u64,
     pub request_timeout_ticks: u64,
     /// Ticks a client waits, at most, between a reply and its next request.
     pub think_ticks_max: u64,
@@ -195,8 +199,10 @@ pub struct ClusterMetrics {
     pub restarts: u64,
     pub partitions: u64,
     pub sectors_torn_landed: u64,
-    /// WAL sectors rotted on crashed backups.
+    /// WAL sectors rotted on crashed replicas.
     pub sectors_corrupted: u64,
+    /// Messages mutated on their way between replicas.
+    pub mutations: u64,
 }
 
 struct ReplicaNode {
@@ -414,13 +420,24 @@ impl Cluster {
         }
     }
 
-    fn replica_deliver(&mut self, packet: Packet) {
+    fn replica_deliver(&mut self, mut packet: Packet) {
         let index = packet.to;
+        let replica_count = self.replicas.len();
         let node = &mut self.replicas[index];
         let Some(replica) = node.replica.as_mut() else {
             let reason = DropReason::ReceiverDown;
             return self.network.packet_drop(&mut self.trace, self.tick, packet, reason);
         };
+        let mutation_per_mille = self.options.mutation_per_mille;
+        if packet.from < replica_count
+            && mutation_per_mille > 0
+            && self.prng.chance(mutation_per_mille, 1000)
+            && let Some(mutation) = mutate(&mut self.prng, &mut packet.bytes, replica)
+        {
+            self.metrics.mutations += 1;
+            let fields = [self.tick, packet.from as u64, index as u64, mutation as u64];
+            self.trace.record(Event::Mutate, &fields);
+        }
         if replica_accepts(&node.config, &packet.bytes).is_err() {
             let reason = DropReason::Rejected;
             return self.network.packet_drop(&mut self.trace, self.tick, packet, reason);
@@ -926,6 +943,7 @@ impl Cluster {
             events_appended: workload.events_appended,
             storage_full: workload.storage_full,
             crashes: self.metrics.crashes,
+            mutations: self.metrics.mutations,
             partitions: self.metrics.partitions,
             trace_hash: self.trace.hash(),
             trace_events: self.trace.event_count(),
@@ -949,6 +967,8 @@ pub struct Summary {
     pub storage_full: u64,
     pub crashes: u64,
     pub partitions: u64,
+    /// Messages between replicas mutated into ones a correct replica must reject.
+    pub mutations: u64,
     pub trace_hash: u64,
     pub trace_events: u64,
 }
@@ -971,6 +991,7 @@ mod tests {
             network_latency: Latency { min_ticks: 1, mean_ticks: 3 },
             loss_per_mille: 0,
             duplicate_per_mille: 0,
+            mutation_per_mille: 0,
             request_timeout_ticks: 40,
             think_ticks_max: 8,
             events_per_append_max: 8,

@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod mutation;
 pub mod network;
 pub mod prng;
 pub mod storage;

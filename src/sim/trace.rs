@@ -27,6 +27,7 @@ pub enum Event {
     Reply = 11,
     Eviction = 12,
     Corrupt = 13,
+    Mutate = 14,
 }
 
 const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;

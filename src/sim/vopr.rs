@@ -175,6 +175,8 @@ pub fn options_from_seed(
     let grid_size = if prng.chance(1, 4) { GRID_SIZE_SMALL } else { GRID_SIZE_LARGE };
     let faults = faults_draw(&mut prng);
     let ticks_drawn = 10_000 + prng.next_u64() % 50_001;
+    // Drawn last, so every other parameter is what the same seed drew before mutations.
+    let mutation_per_mille = if prng.chance(1, 2) { 0 } else { 1 + prng.next_u64() % 30 };
     ClusterOptions {
         seed,
         config: Config { grid_size, ..ClusterOptions::config_small(replica_count, clients_max) },
@@ -183,6 +185,7 @@ pub fn options_from_seed(
         network_latency,
         loss_per_mille,
         duplicate_per_mille,
+        mutation_per_mille,
         request_timeout_ticks,
         think_ticks_max,
         events_per_append_max,
@@ -248,8 +251,11 @@ pub fn options_describe(options: &ClusterOptions) -> String {
     text.push_str(&format!("storage_latency={}\n", latency(options.storage_latency)));
     text.push_str(&format!("network_latency={}\n", latency(options.network_latency)));
     text.push_str(&format!(
-        "loss={}/1000 duplication={}/1000 request_timeout={} ticks\n",
-        options.loss_per_mille, options.duplicate_per_mille, options.request_timeout_ticks
+        "loss={}/1000 duplication={}/1000 mutation={}/1000 request_timeout={} ticks\n",
+        options.loss_per_mille,
+        options.duplicate_per_mille,
+        options.mutation_per_mille,
+        options.request_timeout_ticks
     ));
     text.push_str(&format!(
         "think_ticks_max={} events_per_append_max={} event_size_max={}\n",
@@ -280,7 +286,7 @@ pub fn summary_describe(summary: &Summary) -> String {
     format!(
         "ticks={} ops_committed={} requests_sent={} replies_acknowledged={} evictions={} \
          events_appended={} storage_full={}\nmessages sent={} delivered={} dropped={} \
-         duplicated={} crashes={} partitions={}\ntrace={:016x} ({} events)\n",
+         duplicated={} mutated={} crashes={} partitions={}\ntrace={:016x} ({} events)\n",
         summary.ticks,
         summary.ops_committed,
         summary.requests_sent,
@@ -292,6 +298,7 @@ pub fn summary_describe(summary: &Summary) -> String {
         summary.messages_delivered,
         summary.messages_dropped,
         summary.messages_duplicated,
+        summary.mutations,
         summary.crashes,
         summary.partitions,
         summary.trace_hash,
@@ -391,6 +398,7 @@ mod tests {
         // replica faulted again and again can fall out of its peers' WAL window, and catching up
         // from there needs state sync, which is not built yet (about 3% of seeds).
         let mut ops_committed = 0;
+        let mut mutations = 0;
         let mut needs_state_sync = Vec::new();
         for seed in 1..=75 {
             println!("seed={seed}");
@@ -411,10 +419,12 @@ mod tests {
                 needs_state_sync.push(seed);
             }
             ops_committed += summary.ops_committed;
+            mutations += summary.mutations;
         }
         println!("seeds that need state sync to converge: {needs_state_sync:?}");
         assert!(needs_state_sync.len() <= 4, "{needs_state_sync:?}");
         assert!(ops_committed > 50_000);
+        assert!(mutations > 100, "the batch mutated {mutations} messages");
     }
 
     #[test]

@@ -1,0 +1,72 @@
+//! Byzantine-style mutations of messages between replicas, for the VOPR: each turns a message
+//! into one that a correct replica must reject (or recognize as conflicting with what it holds)
+//! without crashing. Mutations that a correct replica could not tell from a genuine message
+//! (a primary that lies about its own commit number, say) are outside VSR's fault model and
+//! are not made.
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::constants::HEADER_SIZE;
+use crate::sim::prng::Prng;
+use crate::vsr::header::{Command, Header};
+use crate::vsr::replica::Replica;
+
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// A header byte changed and the checksum left as it was.
+    ChecksumCorrupt = 1,
+    /// A size larger than any message, checksummed again.
+    Oversize = 2,
+    /// The same message claiming an older view.
+    OldView = 3,
+    /// A prepare, do_view_change or start_view whose commit number exceeds its op.
+    CommitInflated = 4,
+    /// A do_view_change, start_view or headers whose op does not match its body.
+    ClaimMismatch = 5,
+    /// A prepare for an op the receiver holds, with different contents.
+    PrepareConflicting = 6,
+}
+
+/// Mutates `bytes` (a message from one replica to `receiver`) in one of the ways above, if
+/// one applies; returns which.
+pub fn mutate(prng: &mut Prng, bytes: &mut [u8], receiver: &Replica) -> Option<Mutation> {
+    let (mut header, _) = Header::read_from_prefix(bytes).ok()?;
+    let command = header.command()?;
+    let with_headers = matches!(command, Command::DoViewChange | Command::StartView);
+    let mutation = match prng.index(6) {
+        0 => {
+            let index = 4 + prng.index(HEADER_SIZE - 4);
+            bytes[index] ^= 1 << prng.index(8);
+            return Some(Mutation::ChecksumCorrupt);
+        }
+        1 => {
+            header.size = u32::MAX - 4095;
+            Mutation::Oversize
+        }
+        2 if header.view > 0 => {
+            header.view -= 1 + prng.index(header.view.min(3) as usize) as u32;
+            Mutation::OldView
+        }
+        3 if command == Command::Prepare || with_headers => {
+            header.commit = header.op + 1 + prng.index(100) as u64;
+            Mutation::CommitInflated
+        }
+        4 if with_headers || command == Command::Headers => {
+            header.op += 1 + prng.index(3) as u64;
+            Mutation::ClaimMismatch
+        }
+        5 if command == Command::Prepare => {
+            let held = receiver.prepare_header(header.op)?;
+            if held.checksum != header.checksum {
+                return None;
+            }
+            header.timestamp += 1;
+            Mutation::PrepareConflicting
+        }
+        _ => return None,
+    };
+    header.set_checksum();
+    bytes[..HEADER_SIZE].copy_from_slice(header.as_bytes());
+    Some(mutation)
+}
