@@ -9,7 +9,7 @@ use crate::vsr::layout::Config;
 
 const USAGE: &str = "\
 usage:
-  kimberlite format --cluster=ID --replica=I --replica-count=N [--grid-size=SIZE] PATH
+  kimberlite format --cluster=ID --replica=I --replica-count=N [--grid-size=SIZE] [--rejoin] PATH
   kimberlite start --addresses=ADDRESS[,ADDRESS...] PATH
   kimberlite inspect PATH
   kimberlite benchmark [--addresses=...] [--cluster=ID] [--replica-count=N] [--clients=N]
@@ -24,7 +24,9 @@ usage:
   kimberlite version
 
 SIZE takes a suffix: KiB, MiB, GiB or TiB (or K, M, G, T); the grid size must be a multiple
-of the 512 KiB block size.";
+of the 512 KiB block size. --rejoin formats the data file of a replica whose file was lost:
+started, it recovers the cluster's log from its peers and takes no part in view changes
+until it has.";
 
 /// Runs the command named by `arguments` (without the program name) and returns the exit code.
 pub fn main_with_args(arguments: &[String]) -> i32 {
@@ -169,12 +171,28 @@ fn format_config(arguments: &Arguments) -> Result<Config, String> {
 }
 
 fn command_format(arguments: &[String]) -> Result<(), String> {
-    let allowed = ["cluster", "replica", "replica-count", "grid-size"];
+    let allowed = ["cluster", "replica", "replica-count", "grid-size", "rejoin"];
     let arguments = Arguments::parse(arguments, &allowed)?;
     let config = format_config(&arguments)?;
     let path = arguments.path()?;
-    let report = crate::io::format::format_file(path.as_ref(), &config)
-        .map_err(|error| error.to_string())?;
+    let rejoin = match arguments.flag("rejoin") {
+        None => false,
+        Some("") => true,
+        Some(value) => return Err(format!("--rejoin takes no value (got '{value}')")),
+    };
+    if rejoin && config.replica_count == 1 {
+        return Err(
+            "--rejoin replaces a replica of a cluster: it needs --replica-count of 2 or more \
+             (a single replica has no peers to recover from)"
+                .to_string(),
+        );
+    }
+    let report = if rejoin {
+        crate::io::format::format_file_rejoin(path.as_ref(), &config)
+    } else {
+        crate::io::format::format_file(path.as_ref(), &config)
+    }
+    .map_err(|error| error.to_string())?;
     println!(
         "formatted {path}: cluster={} replica={}/{} size={} bytes in {:.2} s",
         config.cluster,

@@ -93,6 +93,10 @@ fn write_config(text: &mut String, working: &SuperBlockHeader) {
     }
     let _ = writeln!(text, "\nvsr state:");
     let _ = writeln!(text, "  view: {}  log_view: {}", working.view, working.log_view);
+    if working.log_lost != 0 {
+        let _ =
+            writeln!(text, "  log_lost: formatted with --rejoin; recovering the log from peers");
+    }
     let _ = writeln!(text, "  commit_max: {}", working.commit_max);
     let _ = writeln!(
         text,

@@ -16,6 +16,7 @@ use crate::io::storage::IoStorage;
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::message_pool::MessagePool;
 use crate::vsr::storage::IoError;
+use crate::vsr::superblock::SuperBlock;
 
 /// Where one zone lives in the new file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +40,22 @@ pub struct FormatReport {
 /// Creates and formats the data file at `path` for `config`. Refuses an invalid config and an
 /// existing path; removes the file again if anything fails after creating it.
 pub fn format_file(path: &Path, config: &Config) -> Result<FormatReport, DataFileError> {
+    format_file_with(path, config, false)
+}
+
+/// `format_file` for a replica that replaces one whose data file was lost: the superblock is
+/// marked `log_lost`, so the replica takes no part in view changes until it holds the
+/// cluster's log (it acknowledged prepares that its new, empty log does not have).
+pub fn format_file_rejoin(path: &Path, config: &Config) -> Result<FormatReport, DataFileError> {
+    assert!(config.replica_count > 1);
+    format_file_with(path, config, true)
+}
+
+fn format_file_with(
+    path: &Path,
+    config: &Config,
+    log_lost: bool,
+) -> Result<FormatReport, DataFileError> {
     if let Some(reason) = config.invalid() {
         return Err(DataFileError::InvalidConfig { path: path.to_path_buf(), reason });
     }
@@ -47,7 +64,7 @@ pub fn format_file(path: &Path, config: &Config) -> Result<FormatReport, DataFil
     let start = Instant::now();
     let data_file = data_file::create(path, size_bytes)?;
     assert_eq!(data_file.size_bytes, size_bytes);
-    let written_bytes = match write_and_sync(path, data_file, config) {
+    let written_bytes = match write_and_sync(path, data_file, config, log_lost) {
         Ok(written_bytes) => written_bytes,
         Err(error) => {
             let _ = std::fs::remove_file(path);
@@ -75,6 +92,7 @@ fn write_and_sync(
     path: &Path,
     data_file: data_file::DataFile,
     config: &Config,
+    log_lost: bool,
 ) -> Result<u64, DataFileError> {
     let io_error = |operation: &'static str, error: IoError| DataFileError::Io {
         path: path.to_path_buf(),
@@ -87,9 +105,18 @@ fn write_and_sync(
     let pool = MessagePool::new(FORMAT_WRITES_IN_FLIGHT, FORMAT_WRITE_SIZE);
     crate::vsr::format::format(&mut storage, &pool, config)
         .map_err(|error| io_error("writing the formatted file", error))?;
+    let written_bytes = storage.written_bytes();
+    if log_lost {
+        let mut superblock = SuperBlock::open_blocking(&mut storage)
+            .map_err(|_| io_error("reading back the new superblock", IoError::Errno(libc::EIO)))?;
+        let mut state = superblock.working().vsr_state();
+        state.log_lost = 1;
+        superblock
+            .update_blocking(&mut storage, &state)
+            .map_err(|_| io_error("marking the superblock log_lost", IoError::Errno(libc::EIO)))?;
+    }
     // fsync, not fdatasync: the file's length and block map are new metadata.
     storage.sync(false).map_err(|error| io_error("fsync", error))?;
-    let written_bytes = storage.written_bytes();
     drop(storage);
     data_file::fsync_directory(&data_file::parent_directory(path))?;
     Ok(written_bytes)

@@ -17,7 +17,9 @@
 //! followed by a liveness phase: every link heals, every replica restarts, clients start no
 //! new requests, and the cluster must converge within a tick budget.
 
-use crate::constants::{HEADER_SIZE, SECTOR_SIZE, TICK_MS};
+use crate::constants::{
+    HEADER_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, TICK_MS,
+};
 use crate::io::allocator;
 use crate::sim::checker::{Checker, Violation};
 use crate::sim::mutation::mutate;
@@ -32,6 +34,8 @@ use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::message_pool::{Message, MessagePool, messages_max_replica};
 use crate::vsr::replica::{Destination, Replica, Status};
 use crate::vsr::storage::{Completion, IoKind, Storage};
+use crate::vsr::superblock::SuperBlockHeader;
+use zerocopy::IntoBytes;
 
 /// The simulated wall clock at tick 0 (prepare timestamps count from here).
 const REALTIME_START_NS: u64 = 1_700_000_000_000_000_000;
@@ -694,6 +698,29 @@ impl Cluster {
         self.faults.push(Fault::Crash { tick, replica: index, torn, restart_tick });
     }
 
+    /// Replaces crashed replica `index`'s data file with a new one formatted for rejoining
+    /// (`kimberlite format --rejoin`): everything it held is gone.
+    pub fn reformat_for_rejoin(&mut self, index: usize) {
+        let node = &mut self.replicas[index];
+        assert!(node.replica.is_none(), "replica {index} must be down");
+        let layout = Layout::new(&node.config);
+        let grid_offset = layout.zone_offset(Zone::Grid) as usize;
+        node.storage.bytes_mut().fill(0);
+        fill_range(&node.config, 0, &mut node.storage.bytes_mut()[..grid_offset]);
+        // The superblock `format --rejoin` leaves: the formatted one, marked log_lost (written
+        // straight into the in-memory disk, whose I/O only completes as ticks pass).
+        let mut superblock = SuperBlockHeader::format(&node.config);
+        superblock.log_lost = 1;
+        superblock.set_checksum();
+        let superblock_offset = layout.zone_offset(Zone::Superblock) as usize;
+        for copy in 0..SUPERBLOCK_COPIES {
+            superblock.copy = copy as u16;
+            let offset = superblock_offset + copy * SUPERBLOCK_COPY_SIZE;
+            let bytes = &mut node.storage.bytes_mut()[offset..offset + SUPERBLOCK_COPY_SIZE];
+            bytes.copy_from_slice(superblock.as_bytes());
+        }
+    }
+
     fn restarts_due(&mut self) {
         for index in 0..self.replicas.len() {
             let node = &self.replicas[index];
@@ -1098,5 +1125,31 @@ mod tests {
             assert!(cluster.checker().acknowledged_op_max() > acknowledged + 10, "{states:?}");
             cluster.run().unwrap();
         }
+    }
+
+    #[test]
+    fn replica_whose_data_file_is_lost_rejoins_after_a_rejoin_format() {
+        // Goal: a replica loses its data file; formatted again with log_lost, it restarts, does
+        // not vote with its empty log, recovers the cluster's log from its peers, and the
+        // cluster converges with every acknowledged write.
+        let seed = 51;
+        println!("seed={seed}");
+        let mut options = options_quiet_replicas(seed, 3);
+        options.ticks_faults = 1_500;
+        let mut cluster = Cluster::new(options);
+        while cluster.tick() < 300 {
+            cluster.step().unwrap();
+        }
+        cluster.crash(2, false, 400);
+        cluster.reformat_for_rejoin(2);
+        while cluster.replica(2).is_none_or(|replica| !replica.status().is_open()) {
+            cluster.step().unwrap();
+        }
+        let rejoined = cluster.replica(2).expect("restarted");
+        assert!(rejoined.log_faulty(), "a rejoining replica must not vote with its empty log");
+        cluster.run().unwrap();
+        let rejoined = cluster.replica(2).expect("running");
+        assert!(!rejoined.log_faulty());
+        assert_eq!(rejoined.commit_min(), cluster.replica(0).unwrap().commit_min());
     }
 }

@@ -99,3 +99,27 @@ fn bad_format_arguments_exit_one_with_one_line() {
     assert_eq!(output.status.code(), Some(1));
     stderr_line(&output);
 }
+
+#[test]
+fn format_rejoin_marks_the_log_lost_and_needs_peers() {
+    // Goal: `format --rejoin` makes a usable data file whose superblock says its log was lost
+    // (so the replica will not vote until it recovers the cluster's log), and is refused for a
+    // single-replica cluster, which has no peers to recover from.
+    let scratch = Scratch::new("rejoin");
+    let path = scratch.0.join("0_1.kimberlite");
+    let path = path.to_str().unwrap();
+    let format = ["format", "--cluster=9", "--replica=1", "--replica-count=3", "--grid-size=1MiB"];
+    let output = run(&[&format[..], &["--rejoin", path]].concat());
+    assert!(output.status.success(), "{output:?}");
+    let output = run(&["inspect", path]);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("log_lost"), "{text}");
+    assert_eq!(text.matches("valid, sequence 2").count(), 4, "{text}");
+    let single = scratch.0.join("0_0.kimberlite");
+    let single = single.to_str().unwrap();
+    let format = ["format", "--cluster=9", "--replica=0", "--replica-count=1", "--rejoin"];
+    let output = run(&[&format[..], &[single]].concat());
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr_line(&output).contains("--rejoin"));
+}

@@ -1150,6 +1150,7 @@ impl Replica {
         let mut state: VsrState = self.superblock.working().vsr_state();
         state.view = self.view;
         state.log_view = self.log_view;
+        state.log_lost = self.log_lost();
         state.commit_max = state.commit_max.max(self.commit_max);
         state.checkpoint_op = op;
         state.checkpoint_checksum = checksum;
@@ -1192,6 +1193,12 @@ impl Replica {
         self.commit_pipeline(storage);
     }
 
+    /// The superblock's `log_lost` as it should be now: it stays set until the replica holds
+    /// the cluster's log (its log is not faulty any more).
+    fn log_lost(&self) -> u8 {
+        u8::from(self.log_faulty && self.superblock.working().log_lost != 0)
+    }
+
     /// Writes view and log_view to the superblock if they changed, unless an update is in
     /// flight (then `superblock_progress` calls this again).
     fn view_persist<S: Storage>(&mut self, storage: &mut S) {
@@ -1201,7 +1208,9 @@ impl Replica {
         if matches!(self.checkpoint, CheckpointPhase::Superblock { .. }) {
             return;
         }
-        if self.view == self.view_durable && self.log_view == self.log_view_durable {
+        let log_lost = self.log_lost();
+        let unchanged = self.view == self.view_durable && self.log_view == self.log_view_durable;
+        if unchanged && log_lost == self.superblock.working().log_lost {
             return;
         }
         assert!(self.log_view <= self.view);
@@ -1209,6 +1218,7 @@ impl Replica {
         state.view = self.view;
         state.log_view = self.log_view;
         state.commit_max = state.commit_max.max(self.commit_max);
+        state.log_lost = log_lost;
         self.superblock_writing = Some((state.view, state.log_view));
         self.superblock.update(storage, &state);
     }

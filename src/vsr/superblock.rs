@@ -85,7 +85,11 @@ pub struct SuperBlockHeader {
     pub reserved_checkpoint: [u8; 4],
     /// How many of `view_headers` are in use (the log suffix kept for a view change).
     pub view_headers_count: u32,
-    pub reserved_state: [u8; 8],
+    /// 1 if the replica's data file was formatted again to replace one that was lost
+    /// (`kimberlite format --rejoin`): its log is not evidence of what it acknowledged before,
+    /// so it takes no part in view changes until it holds the cluster's log.
+    pub log_lost: u8,
+    pub reserved_state: [u8; 7],
     pub view_headers: [Header; VIEW_HEADERS_MAX],
     /// The client sessions as of the checkpoint (free entries are all zero).
     pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
@@ -165,9 +169,12 @@ impl SuperBlockHeader {
         if self.view_headers_count as usize > VIEW_HEADERS_MAX {
             return Some("view_headers_count larger than VIEW_HEADERS_MAX");
         }
+        if self.log_lost > 1 {
+            return Some("log_lost must be 0 or 1");
+        }
         let reserved_zero = self.reserved_replica == [0; 2]
             && self.reserved_checkpoint == [0; 4]
-            && self.reserved_state == [0; 8]
+            && self.reserved_state == [0; 7]
             && self.reserved.iter().all(|byte| *byte == 0)
             && self.client_sessions.iter().all(|record| record.reserved == 0);
         if !reserved_zero {
@@ -219,6 +226,7 @@ impl SuperBlockHeader {
             streams_table_blocks: self.streams_table_blocks,
             streams_table_checksum: self.streams_table_checksum,
             view_headers_count: self.view_headers_count,
+            log_lost: self.log_lost,
             view_headers: self.view_headers,
             client_sessions: self.client_sessions,
         }
@@ -236,6 +244,7 @@ impl SuperBlockHeader {
         self.streams_table_blocks = state.streams_table_blocks;
         self.streams_table_checksum = state.streams_table_checksum;
         self.view_headers_count = state.view_headers_count;
+        self.log_lost = state.log_lost;
         self.view_headers = state.view_headers;
         self.client_sessions = state.client_sessions;
     }
@@ -264,6 +273,8 @@ pub struct VsrState {
     pub streams_table_checksum: Checksum,
     /// How many of `view_headers` are in use.
     pub view_headers_count: u32,
+    /// See `SuperBlockHeader::log_lost`.
+    pub log_lost: u8,
     pub view_headers: [Header; VIEW_HEADERS_MAX],
     /// The client session table at the checkpoint.
     pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],

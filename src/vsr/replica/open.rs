@@ -71,8 +71,9 @@ impl Replica {
         // Faulty entries may hide prepares this replica acknowledged: until a primary's log
         // replaces them, its own log is no evidence in a view change.
         let checkpoint_op = self.checkpoint_op;
+        let log_lost = self.superblock.working().log_lost != 0;
         self.log_faulty = self.config.replica_count > 1
-            && journal_hides_acknowledged(&self.journal, checkpoint_op);
+            && (log_lost || journal_hides_acknowledged(&self.journal, checkpoint_op));
         let working = *self.superblock.working();
         let checkpoint = CheckpointState {
             grid_head: working.grid_head,
