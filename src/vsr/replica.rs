@@ -595,10 +595,12 @@ impl Replica {
             // Only the primary prepares: tell the client which replica that is.
             return self.send_pong_client(&header);
         }
-        if self.commit_min < self.commit_max {
-            // A new primary still executing what earlier views committed: its session table
-            // does not yet know every committed request, so it could not tell a retry from a
-            // new one. The client retries.
+        let pipeline_first =
+            self.pipeline.front().map_or(self.op + 1, |front| front.message.header().op);
+        if pipeline_first > self.commit_min + 1 {
+            // A new primary still executing committed ops that only its WAL holds: neither its
+            // session table nor its pipeline knows their requests yet, so it could not tell a
+            // retry of one from a new request. The client retries.
             self.metrics.requests_dropped += 1;
             return;
         }
