@@ -70,6 +70,11 @@ pub const SUPERBLOCK_COPY_SIZE: usize = SECTOR_SIZE;
 /// Log-suffix headers the superblock keeps for view changes (the pipeline plus the head).
 pub const VIEW_HEADERS_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX + 1;
 
+/// Grid chunk reads a replica serves to syncing peers at once, and chunk writes a syncing
+/// replica keeps in flight (state sync).
+pub const SYNC_READS_MAX: usize = 4;
+pub const SYNC_WRITES_MAX: usize = 8;
+
 /// Headers of the log's suffix that a do_view_change or start_view carries: more than the
 /// uncommitted ops a log can hold (`PIPELINE_PREPARE_QUEUE_MAX`), so that they always reach
 /// back to a committed op, and few enough to fit the smallest message.

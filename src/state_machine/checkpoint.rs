@@ -228,6 +228,23 @@ impl StateMachine {
         (progress.entry_next + count, checksum)
     }
 
+    /// Nothing in flight: no write, read, open or checkpoint (state sync waits for this).
+    pub fn quiescent(&self) -> bool {
+        self.writes_in_flight() == 0
+            && self.checkpointing.is_none()
+            && self.opening.is_none()
+            && self.reads_idle()
+    }
+
+    /// Drops the committed state held in memory, so that `open` can load a newer checkpoint
+    /// whose blocks state sync wrote into the grid. The grid is left as it is.
+    pub fn close(&mut self) {
+        assert!(self.quiescent());
+        assert_eq!(self.status, Status::Open);
+        self.open_block.buffer = None;
+        self.status = Status::New;
+    }
+
     /// Loads the state `checkpoint` describes (all zero: the empty state of a new data file).
     /// The result comes from `poll_open`. After a failure only `open` may follow.
     pub fn open<S: Storage>(&mut self, storage: &mut S, checkpoint: &CheckpointState) {

@@ -117,6 +117,11 @@ impl StateMachine {
     /// Starts a read of `operation` (read_stream, read_log or stream_info) with the client's
     /// `body`, replying into `reply` (an unshared message of `message_size_max` bytes). A body
     /// that is not the operation's request gives a `body_invalid` reply, not an error.
+    /// No read is in progress or waiting to be polled.
+    pub(super) fn reads_idle(&self) -> bool {
+        self.reads.iter().all(|slot| slot.status == ReadStatus::Free) && self.reads_done.is_empty()
+    }
+
     pub fn read_start<S: Storage>(
         &mut self,
         storage: &mut S,

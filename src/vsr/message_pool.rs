@@ -26,6 +26,7 @@
 //!                         (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)
 //! + messages received and not yet handled (the bus inbox)   CONNECTIONS_MAX
 //! + one do_view_change per replica               REPLICAS_MAX
+//! + state sync: chunk reads served, chunk writes  SYNC_READS_MAX + SYNC_WRITES_MAX
 //! + slack for messages built and sent in one step  MESSAGES_SLACK
 //! ```
 //!
@@ -38,7 +39,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::constants::{
     CLIENTS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX,
-    PIPELINE_PREPARE_QUEUE_MAX, REPLICAS_MAX, SECTOR_SIZE,
+    PIPELINE_PREPARE_QUEUE_MAX, REPLICAS_MAX, SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
 };
 use crate::state_machine::constants::GRID_READS_MAX;
 use crate::vsr::header::Header;
@@ -64,6 +65,8 @@ pub const fn messages_max_replica() -> usize {
         + (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)
         + CONNECTIONS_MAX
         + REPLICAS_MAX
+        + SYNC_READS_MAX
+        + SYNC_WRITES_MAX
         + MESSAGES_SLACK
 }
 

@@ -45,6 +45,7 @@ use crate::vsr::superblock::{SuperBlock, VsrState};
 mod normal;
 mod open;
 mod repair;
+mod sync;
 #[cfg(test)]
 mod tests;
 mod view_change;
@@ -190,6 +191,8 @@ pub struct Metrics {
     pub messages_invalid: u64,
     /// Log entries truncated because a newer view's log does not hold them.
     pub ops_truncated: u64,
+    /// Checkpoints installed by state sync.
+    pub state_syncs: u64,
 }
 
 pub struct Replica {
@@ -219,6 +222,7 @@ pub struct Replica {
     log_faulty: bool,
     view_change: view_change::ViewChangeState,
     target: repair::LogTarget,
+    sync: sync::SyncState,
     /// Jitter for timeouts, so replicas do not time out in lockstep (seeded by the driver).
     prng: u64,
     /// The head of the log: the highest op prepared.
@@ -284,6 +288,7 @@ impl Replica {
             log_faulty: false,
             view_change: view_change::ViewChangeState::new(),
             target: repair::LogTarget::new(config.journal_slot_count as usize),
+            sync: sync::SyncState::new(),
             prng: seed | 1,
             op: 0,
             commit_min: 0,
@@ -528,6 +533,10 @@ impl Replica {
             Command::RequestHeaders => return self.on_request_headers(&header),
             Command::Headers => return self.on_headers(storage, &message),
             Command::RequestPrepare => return self.on_request_prepare(storage, &header),
+            Command::RequestSyncCheckpoint => return self.on_request_sync_checkpoint(&header),
+            Command::SyncCheckpoint => return self.on_sync_checkpoint(storage, &message),
+            Command::RequestBlocks => return self.on_request_blocks(storage, &message),
+            Command::Block => return self.on_block(storage, &message),
             Command::Prepare => return self.on_prepare(storage, message),
             _ => {}
         }
@@ -563,6 +572,7 @@ impl Replica {
                 self.state_machine_progress(storage);
             }
             IoOwner::ClientReplies => self.client_replies_complete(storage, completion),
+            IoOwner::Sync => self.sync_storage_complete(storage, completion),
             IoOwner::Format | IoOwner::Benchmark => {
                 panic!("replica received a completion it did not submit")
             }
@@ -1123,6 +1133,11 @@ impl Replica {
         {
             return self.state_machine_opened(storage, result);
         }
+        if self.sync.reopening()
+            && let Some(result) = self.state_machine.poll_open()
+        {
+            self.sync_reopened(result);
+        }
         if let CheckpointPhase::StateMachine { op, checksum } = self.checkpoint
             && let Some(state) = self.state_machine.poll_checkpoint()
         {
@@ -1187,6 +1202,8 @@ impl Replica {
             self.checkpoint_op = op;
             self.checkpoint = CheckpointPhase::Idle;
             self.metrics.checkpoints += 1;
+        } else if self.sync.superblock_writing() {
+            return self.sync_superblock_done(storage);
         }
         self.checkpoint_progress(storage);
         // A view change may have waited for this update to finish before writing its own.
@@ -1230,6 +1247,11 @@ impl Replica {
 impl Replica {
     fn read_start<S: Storage>(&mut self, storage: &mut S, message: Message) {
         let header = *message.header();
+        if self.sync.active() {
+            // The event store is being replaced by a newer checkpoint's.
+            self.metrics.requests_dropped += 1;
+            return;
+        }
         if header.commit > self.commit_min {
             // The client has seen a newer commit than this replica executed; it retries.
             self.metrics.requests_dropped += 1;

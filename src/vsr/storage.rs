@@ -23,6 +23,8 @@ pub enum IoOwner {
     Grid = 6,
     Format = 7,
     Benchmark = 8,
+    /// State sync: grid blocks read for a peer, or written as they arrive from one.
+    Sync = 9,
 }
 
 /// Identifies one I/O to its owner: the owner, and an index the owner chose (a slot, a copy, an

@@ -91,6 +91,17 @@ impl LogTarget {
         self.active && self.beyond_window
     }
 
+    /// State sync installed a checkpoint: the log now starts there; match it again.
+    pub fn sync_done(&mut self) {
+        self.beyond_window = false;
+        self.phase = Phase::Match;
+        self.requested_tick = 0;
+    }
+
+    pub fn source(&self) -> ReplicaIndex {
+        self.source
+    }
+
     pub fn head(&self) -> Op {
         assert!(self.active);
         self.head
@@ -228,6 +239,10 @@ impl Replica {
         if self.journal.truncating() {
             return;
         }
+        if self.target.beyond_window() || self.sync.active() {
+            // What lies between this log and the target is gone from every peer's WAL.
+            return self.sync_progress(storage);
+        }
         if self.target.phase == Phase::Match {
             match self.target_match() {
                 Match::Diverged => {
@@ -317,6 +332,10 @@ impl Replica {
         self.parent = parent;
         self.target.phase = Phase::Fetch;
         self.journal.truncate_after(storage, op);
+    }
+
+    pub(super) fn target_source_replica(&self) -> ReplicaIndex {
+        self.target.source()
     }
 
     /// The replica to ask for the target's entry at `op`: its source, and on alternate

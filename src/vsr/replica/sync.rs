@@ -1,0 +1,534 @@
+//! State sync: how a replica that fell behind its peers' WAL window (the ops it lacks were
+//! overwritten there after a checkpoint) catches up. It fetches a peer's latest durable
+//! checkpoint instead of the ops:
+//!
+//! 1. **Checkpoint.** `request_sync_checkpoint` → `sync_checkpoint`: the checkpoint op and the
+//!    checksum of its prepare, the event store's checkpoint state (grid head, streams table
+//!    location and checksums) and the client session table, from the peer's superblock.
+//! 2. **Blocks.** The grid is a deterministic function of the committed log and append-only,
+//!    so the blocks this replica already wrote are the peer's too: it fetches only
+//!    `[its grid head, the checkpoint's grid head)`, each in chunks (`request_blocks` →
+//!    `block`) that fit a message, in any order. A block is taken once the checksum of its
+//!    chunks, combined, equals the checksum its header names; otherwise it is fetched again
+//!    (from another peer on alternate attempts). The streams table is then checked against
+//!    the checksums the superblock keeps outside it when the event store opens it, and every
+//!    event block against the checksum in the pointer that leads to it when it is read.
+//! 3. **Install.** Once nothing else is in flight: the superblock takes the checkpoint, the
+//!    event store and the session table are opened from it, and the log starts at the
+//!    checkpoint op. The log target then repairs the tail after it (`repair.rs`), hash-chained
+//!    from the checkpoint's prepare, so a checkpoint that is not the canonical log's is never
+//!    built on.
+//!
+//! Client replies stored before the sync are dropped: a retry of one gets an eviction (the
+//! client registers again), never a wrong answer.
+
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
+
+use super::{CheckpointPhase, Destination, Replica, Status};
+use crate::constants::{
+    BLOCK_SIZE, CLIENTS_MAX, HEADER_SIZE, SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
+};
+use crate::state_machine::CheckpointState;
+use crate::vsr::client_sessions::ClientSessionRecord;
+use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex};
+use crate::vsr::layout::Zone;
+use crate::vsr::message_pool::Message;
+use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
+use crate::vsr::superblock::VsrState;
+
+/// Chunks one block is fetched in, at most (the smallest message holds a sector of data).
+const CHUNKS_PER_BLOCK_MAX: usize = BLOCK_SIZE / SECTOR_SIZE;
+/// Chunks asked for in one `request_blocks`.
+const CHUNKS_PER_REQUEST_MAX: usize = 8;
+/// Ticks between requests of a syncing replica.
+const SYNC_REQUEST_TICKS: u64 = 2;
+
+/// The body of `sync_checkpoint`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct SyncCheckpointBody {
+    pub grid_head: u64,
+    pub streams_table_address: u64,
+    pub streams_table_blocks: u32,
+    pub streams_table_checksum: Checksum,
+    pub checkpoint_state_checksum: Checksum,
+    pub reserved: u32,
+    pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
+}
+
+/// One chunk asked for in `request_blocks`: 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+struct ChunkReference {
+    address: u64,
+    offset: u32,
+    length: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// Asking for a checkpoint.
+    Checkpoint,
+    /// Fetching blocks `block_next..block_end`.
+    Blocks,
+    /// Waiting for everything else to stop, then for the superblock update.
+    Install,
+    Superblock,
+    /// The event store opens the checkpoint.
+    Reopen,
+}
+
+#[derive(Clone, Copy)]
+struct Serving {
+    replica: ReplicaIndex,
+    checkpoint_op: Op,
+    address: u64,
+    offset: u32,
+}
+
+pub(super) struct SyncState {
+    phase: Phase,
+    source: ReplicaIndex,
+    attempts: u64,
+    requested_tick: u64,
+    checkpoint_op: Op,
+    checkpoint_checksum: Checksum,
+    commit: Op,
+    body: SyncCheckpointBody,
+    block_next: u64,
+    /// Chunks of `block_next` received (bit i: chunk i), their checksums, and the checksum
+    /// its header names.
+    chunks_received: u128,
+    chunk_checksums: [Checksum; CHUNKS_PER_BLOCK_MAX],
+    block_checksum: Checksum,
+    writes: usize,
+    serving: [Option<Serving>; SYNC_READS_MAX],
+}
+
+impl SyncState {
+    pub fn new() -> SyncState {
+        SyncState {
+            phase: Phase::Idle,
+            source: 0,
+            attempts: 0,
+            requested_tick: 0,
+            checkpoint_op: 0,
+            checkpoint_checksum: 0,
+            commit: 0,
+            body: SyncCheckpointBody::new_zeroed(),
+            block_next: 0,
+            chunks_received: 0,
+            chunk_checksums: [0; CHUNKS_PER_BLOCK_MAX],
+            block_checksum: 0,
+            writes: 0,
+            serving: [None; SYNC_READS_MAX],
+        }
+    }
+
+    pub fn active(&self) -> bool {
+        self.phase != Phase::Idle
+    }
+
+    pub fn superblock_writing(&self) -> bool {
+        self.phase == Phase::Superblock
+    }
+
+    pub fn reopening(&self) -> bool {
+        self.phase == Phase::Reopen
+    }
+}
+
+impl Replica {
+    /// Bytes of a block one `block` message carries.
+    fn sync_chunk_size(&self) -> usize {
+        let room = self.config.message_size_max as usize - SECTOR_SIZE;
+        (room / SECTOR_SIZE * SECTOR_SIZE).min(BLOCK_SIZE)
+    }
+
+    fn sync_chunk_count(&self) -> usize {
+        BLOCK_SIZE.div_ceil(self.sync_chunk_size())
+    }
+
+    /// Called by the log target when it reaches further back than any peer's WAL.
+    pub(super) fn sync_progress<S: Storage>(&mut self, storage: &mut S) {
+        match self.sync.phase {
+            Phase::Idle => {
+                self.sync.phase = Phase::Checkpoint;
+                self.sync.source = self.target_source_replica();
+                self.sync.attempts = 0;
+                self.sync.requested_tick = 0;
+                self.sync_progress(storage)
+            }
+            Phase::Checkpoint => self.sync_request_checkpoint(),
+            Phase::Blocks => self.sync_request_blocks(storage),
+            Phase::Install => self.sync_install(storage),
+            Phase::Superblock | Phase::Reopen => {}
+        }
+    }
+
+    /// The replica to ask: the target's source, and another on alternate attempts.
+    fn sync_source(&mut self) -> ReplicaIndex {
+        self.sync.attempts += 1;
+        let replica_count = u64::from(self.config.replica_count);
+        let attempt = self.sync.attempts / 4;
+        if attempt.is_multiple_of(2) && self.sync.source != self.config.replica {
+            return self.sync.source;
+        }
+        let offset = 1 + (attempt / 2) % (replica_count - 1);
+        ((u64::from(self.config.replica) + offset) % replica_count) as ReplicaIndex
+    }
+
+    fn sync_request_due(&mut self) -> bool {
+        if self.ticks < self.sync.requested_tick + SYNC_REQUEST_TICKS {
+            return false;
+        }
+        self.sync.requested_tick = self.ticks;
+        true
+    }
+
+    fn sync_request_checkpoint(&mut self) {
+        if !self.sync_request_due() {
+            return;
+        }
+        let source = self.sync_source();
+        let mut header = self.header_new(Command::RequestSyncCheckpoint);
+        header.checkpoint_op = self.checkpoint_op;
+        self.send_header(Destination::Replica(source), header);
+    }
+
+    /// Serves the latest durable checkpoint, if it is newer than the one the peer has.
+    pub(super) fn on_request_sync_checkpoint(&mut self, header: &Header) {
+        if !self.status.is_open() {
+            return;
+        }
+        let working = *self.superblock.working();
+        if working.checkpoint_op <= header.checkpoint_op {
+            return;
+        }
+        let body = SyncCheckpointBody {
+            grid_head: working.grid_head,
+            streams_table_address: working.streams_table_address,
+            streams_table_blocks: working.streams_table_blocks,
+            streams_table_checksum: working.streams_table_checksum,
+            checkpoint_state_checksum: working.checkpoint_state_checksum,
+            reserved: 0,
+            client_sessions: working.client_sessions,
+        };
+        let mut message = self.pool.get();
+        let size = HEADER_SIZE + size_of::<SyncCheckpointBody>();
+        message.buffer_mut_unique()[HEADER_SIZE..size].copy_from_slice(body.as_bytes());
+        let mut reply = self.header_new(Command::SyncCheckpoint);
+        reply.checkpoint_op = working.checkpoint_op;
+        reply.commit = working.commit_max.max(working.checkpoint_op);
+        reply.context = working.checkpoint_checksum;
+        reply.size = size as u32;
+        reply.set_checksum_body(&message.buffer()[HEADER_SIZE..size]);
+        reply.set_checksum();
+        assert_eq!(reply.invalid(), None);
+        *message.header_mut() = reply;
+        self.send(Destination::Replica(header.replica), message);
+    }
+
+    pub(super) fn on_sync_checkpoint<S: Storage>(&mut self, storage: &mut S, message: &Message) {
+        let header = *message.header();
+        if self.sync.phase != Phase::Checkpoint {
+            return;
+        }
+        let Ok(body) = SyncCheckpointBody::read_from_bytes(message.body()) else {
+            return self.message_invalid(&header, "sync_checkpoint body of the wrong size");
+        };
+        let table_end =
+            body.streams_table_address.checked_add(u64::from(body.streams_table_blocks));
+        let grid_blocks = self.config.grid_size / BLOCK_SIZE as u64;
+        let consistent = body.reserved == 0
+            && body.grid_head <= grid_blocks
+            && (body.streams_table_blocks == 0 || table_end == Some(body.grid_head));
+        if !consistent {
+            return self.message_invalid(&header, "sync_checkpoint state inconsistent");
+        }
+        if header.checkpoint_op <= self.commit_min {
+            // Not newer than what this replica executed: of no use.
+            return;
+        }
+        self.sync.checkpoint_op = header.checkpoint_op;
+        self.sync.checkpoint_checksum = header.context;
+        self.sync.commit = header.commit;
+        self.sync.body = body;
+        self.sync.source = header.replica;
+        self.sync.block_next = self.state_machine.grid_head().min(body.grid_head);
+        self.sync.chunks_received = 0;
+        self.sync.phase = Phase::Blocks;
+        self.sync_request_blocks(storage);
+    }
+
+    fn sync_request_blocks<S: Storage>(&mut self, storage: &mut S) {
+        if self.sync.block_next >= self.sync.body.grid_head {
+            self.sync.phase = Phase::Install;
+            return self.sync_install(storage);
+        }
+        if !self.sync_request_due() {
+            return;
+        }
+        let chunk_size = self.sync_chunk_size();
+        let mut message = self.pool.get();
+        let mut count = 0;
+        for chunk in 0..self.sync_chunk_count() {
+            if self.sync.chunks_received & (1 << chunk) != 0 || count == CHUNKS_PER_REQUEST_MAX {
+                continue;
+            }
+            let offset = chunk * chunk_size;
+            let reference = ChunkReference {
+                address: self.sync.block_next,
+                offset: offset as u32,
+                length: chunk_size.min(BLOCK_SIZE - offset) as u32,
+            };
+            let at = HEADER_SIZE + count * size_of::<ChunkReference>();
+            message.buffer_mut_unique()[at..at + size_of::<ChunkReference>()]
+                .copy_from_slice(reference.as_bytes());
+            count += 1;
+        }
+        assert!(count > 0);
+        let size = HEADER_SIZE + count * size_of::<ChunkReference>();
+        let mut header = self.header_new(Command::RequestBlocks);
+        header.checkpoint_op = self.sync.checkpoint_op;
+        header.size = size as u32;
+        header.set_checksum_body(&message.buffer()[HEADER_SIZE..size]);
+        header.set_checksum();
+        assert_eq!(header.invalid(), None);
+        *message.header_mut() = header;
+        let source = self.sync_source();
+        self.send(Destination::Replica(source), message);
+    }
+
+    /// Reads the chunks a syncing peer asks for, as far as the read budget allows; only
+    /// blocks below this replica's durable checkpoint's grid head, which never change.
+    pub(super) fn on_request_blocks<S: Storage>(&mut self, storage: &mut S, message: &Message) {
+        let header = *message.header();
+        if !self.status.is_open() {
+            return;
+        }
+        let grid_head = self.superblock.working().grid_head;
+        let chunk_size = self.sync_chunk_size();
+        for bytes in message.body().chunks_exact(size_of::<ChunkReference>()) {
+            let reference = ChunkReference::read_from_bytes(bytes).expect("16 bytes");
+            let offset = reference.offset as usize;
+            let length = reference.length as usize;
+            let valid = reference.address < grid_head
+                && offset.is_multiple_of(SECTOR_SIZE)
+                && length > 0
+                && length.is_multiple_of(SECTOR_SIZE)
+                && length <= chunk_size
+                && offset + length <= BLOCK_SIZE;
+            if !valid {
+                return self.message_invalid(&header, "request_blocks names a chunk out of range");
+            }
+            let Some(slot) = self.sync.serving.iter().position(Option::is_none) else {
+                return;
+            };
+            if self.pool.free_count() < 2 * SYNC_READS_MAX + super::REPLICAS_MAX {
+                return;
+            }
+            self.sync.serving[slot] = Some(Serving {
+                replica: header.replica,
+                checkpoint_op: header.checkpoint_op,
+                address: reference.address,
+                offset: reference.offset,
+            });
+            let request = IoRequest {
+                token: IoToken { owner: IoOwner::Sync, index: slot as u32 },
+                kind: IoKind::Read,
+                zone: Zone::Grid,
+                offset: self.grid_offset(reference.address, offset),
+                length,
+                buffer_offset: SECTOR_SIZE,
+            };
+            storage.submit(request, self.pool.get());
+        }
+    }
+
+    fn grid_offset(&self, address: u64, offset: usize) -> u64 {
+        self.layout.offset(Zone::Grid, address * BLOCK_SIZE as u64 + offset as u64)
+    }
+
+    pub(super) fn sync_storage_complete<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        completion: Completion,
+    ) {
+        match completion.request.kind {
+            IoKind::Read => self.sync_read_complete(completion),
+            IoKind::Write => {
+                if completion.result.is_err() {
+                    return self.fail("a grid write of state sync failed");
+                }
+                assert!(self.sync.writes > 0);
+                self.sync.writes -= 1;
+                self.sync_progress(storage);
+            }
+        }
+    }
+
+    /// A chunk read for a peer: moved to just after the header and sent.
+    fn sync_read_complete(&mut self, completion: Completion) {
+        let slot = completion.request.token.index as usize;
+        let serving = self.sync.serving[slot].take().expect("a read in flight");
+        if completion.result.is_err() {
+            return;
+        }
+        let mut message = completion.buffer;
+        let length = completion.request.length;
+        let buffer = message.buffer_mut_unique();
+        buffer.copy_within(SECTOR_SIZE..SECTOR_SIZE + length, HEADER_SIZE);
+        let size = HEADER_SIZE + length;
+        let mut header = Header::new(Command::Block, self.config.cluster);
+        header.replica = self.config.replica;
+        header.op = serving.address;
+        header.context = serving.offset;
+        header.checkpoint_op = serving.checkpoint_op;
+        header.size = size as u32;
+        header.set_checksum_body(&message.buffer()[HEADER_SIZE..size]);
+        header.set_checksum();
+        assert_eq!(header.invalid(), None);
+        *message.header_mut() = header;
+        self.send(Destination::Replica(serving.replica), message);
+    }
+
+    /// A chunk of the block being fetched: checksummed, then written in place.
+    pub(super) fn on_block<S: Storage>(&mut self, storage: &mut S, message: &Message) {
+        let header = *message.header();
+        let fetching = self.sync.phase == Phase::Blocks
+            && header.checkpoint_op == self.sync.checkpoint_op
+            && header.op == self.sync.block_next;
+        if !fetching || self.sync.writes >= SYNC_WRITES_MAX {
+            return;
+        }
+        let chunk_size = self.sync_chunk_size();
+        let offset = header.context as usize;
+        if !offset.is_multiple_of(chunk_size) || offset >= BLOCK_SIZE {
+            return self.message_invalid(&header, "block chunk offset invalid");
+        }
+        let chunk = offset / chunk_size;
+        let body = message.body();
+        if body.len() != chunk_size.min(BLOCK_SIZE - offset) {
+            return self.message_invalid(&header, "block chunk of the wrong length");
+        }
+        if self.sync.chunks_received & (1 << chunk) != 0 {
+            return;
+        }
+        let checksum = if chunk == 0 {
+            let named = Checksum::from_le_bytes(body[..4].try_into().expect("4 bytes"));
+            self.sync.block_checksum = named;
+            crc32c::crc32c(&body[4..])
+        } else {
+            crc32c::crc32c(body)
+        };
+        self.sync.chunk_checksums[chunk] = checksum;
+        self.sync.chunks_received |= 1 << chunk;
+        let mut buffer = self.pool.get();
+        buffer.buffer_mut_unique()[..body.len()].copy_from_slice(body);
+        let request = IoRequest {
+            token: IoToken { owner: IoOwner::Sync, index: 0 },
+            kind: IoKind::Write,
+            zone: Zone::Grid,
+            offset: self.grid_offset(header.op, offset),
+            length: body.len(),
+            buffer_offset: 0,
+        };
+        self.sync.writes += 1;
+        storage.submit(request, buffer);
+        self.sync_block_check(storage);
+    }
+
+    /// Once every chunk of the block is in: the combined checksum must be the block's.
+    fn sync_block_check<S: Storage>(&mut self, storage: &mut S) {
+        let chunk_count = self.sync_chunk_count();
+        let all = if chunk_count == 128 { u128::MAX } else { (1u128 << chunk_count) - 1 };
+        if self.sync.chunks_received != all {
+            return;
+        }
+        let chunk_size = self.sync_chunk_size();
+        let mut checksum = self.sync.chunk_checksums[0];
+        for chunk in 1..chunk_count {
+            let length = chunk_size.min(BLOCK_SIZE - chunk * chunk_size);
+            checksum = crc32c::crc32c_combine(checksum, self.sync.chunk_checksums[chunk], length);
+        }
+        self.sync.chunks_received = 0;
+        if checksum != self.sync.block_checksum {
+            // A chunk was torn or rotten at its source: fetch the block again.
+            self.metrics.messages_invalid += 1;
+            return;
+        }
+        self.sync.block_next += 1;
+        self.sync.requested_tick = 0;
+        self.sync_request_blocks(storage);
+    }
+
+    /// Installs the checkpoint once every block is durable and nothing else is in flight.
+    fn sync_install<S: Storage>(&mut self, storage: &mut S) {
+        assert_eq!(self.sync.phase, Phase::Install);
+        let busy = self.sync.writes > 0
+            || self.journal.writing()
+            || self.journal.truncating()
+            || !self.journal_reads.is_empty()
+            || !self.state_machine.quiescent()
+            || self.checkpoint != CheckpointPhase::Idle
+            || self.superblock_writing.is_some()
+            || self.replies.iter().any(|entry| entry.writing)
+            || self.reads.iter().any(Option::is_some);
+        if busy {
+            return;
+        }
+        let body = self.sync.body;
+        let mut state: VsrState = self.superblock.working().vsr_state();
+        state.view = self.view;
+        state.log_view = self.log_view;
+        state.log_lost = self.log_lost();
+        state.commit_max = state.commit_max.max(self.sync.commit).max(self.commit_max);
+        state.checkpoint_op = self.sync.checkpoint_op;
+        state.checkpoint_checksum = self.sync.checkpoint_checksum;
+        state.checkpoint_state_checksum = body.checkpoint_state_checksum;
+        state.grid_head = body.grid_head;
+        state.streams_table_address = body.streams_table_address;
+        state.streams_table_blocks = body.streams_table_blocks;
+        state.streams_table_checksum = body.streams_table_checksum;
+        state.client_sessions = body.client_sessions;
+        self.sync.phase = Phase::Superblock;
+        self.superblock_writing = Some((state.view, state.log_view));
+        self.superblock.update(storage, &state);
+    }
+
+    /// The superblock holds the checkpoint: the event store opens it.
+    pub(super) fn sync_superblock_done<S: Storage>(&mut self, storage: &mut S) {
+        assert_eq!(self.sync.phase, Phase::Superblock);
+        self.sync.phase = Phase::Reopen;
+        let checkpoint = CheckpointState::from_vsr_state(&self.superblock.working().vsr_state());
+        self.state_machine.close();
+        self.state_machine.open(storage, &checkpoint);
+    }
+
+    pub(super) fn sync_reopened(&mut self, result: Result<(), &'static str>) {
+        assert_eq!(self.sync.phase, Phase::Reopen);
+        if result.is_err() {
+            return self.fail("the checkpoint fetched by state sync could not be opened");
+        }
+        let working = *self.superblock.working();
+        if self.sessions.restore(&working.client_sessions).is_err() {
+            return self.fail("the client session table fetched by state sync is invalid");
+        }
+        for entry in self.replies.iter_mut() {
+            entry.message = None;
+        }
+        self.pipeline.clear();
+        self.checkpoint_op = working.checkpoint_op;
+        self.commit_min = working.checkpoint_op;
+        self.commit_checksum = working.checkpoint_checksum;
+        self.commit_max = self.commit_max.max(working.commit_max);
+        self.op = working.checkpoint_op;
+        self.parent = working.checkpoint_checksum;
+        self.sync.phase = Phase::Idle;
+        self.metrics.state_syncs += 1;
+        self.target.sync_done();
+        assert!(matches!(self.status, Status::Normal | Status::ViewChange));
+    }
+}
