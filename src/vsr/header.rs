@@ -647,12 +647,18 @@ impl Header {
         self.invalid_body_empty()
     }
 
+    /// `context` is 1 if the sender entered the view change (it counted a quorum of votes),
+    /// 0 if it only votes for it.
     fn invalid_start_view_change(&self) -> Option<&'static str> {
-        if let Some(reason) = self.unused_fields_zero(Fields::VIEW | Fields::REPLICA) {
+        let used = Fields::VIEW | Fields::REPLICA | Fields::CONTEXT;
+        if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
         if self.view == 0 {
             return Some("view change to view 0");
+        }
+        if self.context > 1 {
+            return Some("start_view_change context must be 0 or 1");
         }
         self.invalid_body_empty()
     }

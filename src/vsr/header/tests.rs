@@ -30,7 +30,7 @@ const PARENT: u32 = 0x9A2E_0001;
 const CONTEXT: u32 = 0xC0DE_0001;
 
 /// Every reason `invalid()` and `decode()` can return, as written in header.rs.
-const REASONS: [&str; 56] = [
+const REASONS: [&str; 57] = [
     // decode
     "header: too short",
     "header: checksum",
@@ -83,6 +83,7 @@ const REASONS: [&str; 56] = [
     "reply commit must not be below its op",
     "checkpoint_op must not exceed commit",
     "view change to view 0",
+    "start_view_change context must be 0 or 1",
     "log_view must be below the new view",
     "commit must not exceed op",
     "op_min must not exceed op",
@@ -96,7 +97,7 @@ const REASONS: [&str; 56] = [
 
 /// For each reason, a test that produces it (checked by
 /// `every_rejection_reason_has_a_test_that_produces_it`).
-const REJECTION_TESTS: [(&str, fn()); 56] = [
+const REJECTION_TESTS: [(&str, fn()); 57] = [
     ("header: too short", decode_of_input_shorter_than_a_header_fails),
     ("header: checksum", decode_of_a_header_with_a_flipped_byte_fails_the_checksum),
     ("protocol version unknown", header_with_unknown_protocol_version_is_rejected),
@@ -144,6 +145,10 @@ const REJECTION_TESTS: [(&str, fn()); 56] = [
     ("reply commit must not be below its op", reply_with_commit_below_its_op_is_rejected),
     ("checkpoint_op must not exceed commit", checkpoint_op_above_commit_is_rejected),
     ("view change to view 0", view_change_to_view_zero_is_rejected),
+    (
+        "start_view_change context must be 0 or 1",
+        start_view_change_with_a_context_other_than_a_flag_is_rejected,
+    ),
     (
         "log_view must be below the new view",
         do_view_change_with_log_view_not_below_view_is_rejected,
@@ -255,7 +260,7 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
             vec![]
         }
         Command::StartViewChange => {
-            (h.view, h.replica) = (VIEW, 2);
+            (h.view, h.replica, h.context) = (VIEW, 2, 1);
             vec![]
         }
         Command::DoViewChange => {
@@ -482,7 +487,7 @@ fn used_fields(command: Command) -> &'static [Field] {
         }
         Command::PingClient => &[F::Client, F::Timestamp],
         Command::PongClient => &[F::Client, F::Timestamp, F::View, F::Replica],
-        Command::StartViewChange => &[F::View, F::Replica],
+        Command::StartViewChange => &[F::View, F::Replica, F::Context],
         Command::DoViewChange => {
             &[F::Op, F::Commit, F::CheckpointOp, F::LogView, F::View, F::Replica]
         }
@@ -718,6 +723,13 @@ fn request_with_a_timestamp_is_rejected() {
 fn ping_with_a_client_is_rejected() {
     // Goal: a replica's ping names no client.
     rejects(valid(Command::Ping), |h| h.client = CLIENT, "client must be zero");
+}
+
+#[test]
+fn start_view_change_with_a_context_other_than_a_flag_is_rejected() {
+    // Goal: a start_view_change's context only says whether its sender entered the view.
+    let reason = "start_view_change context must be 0 or 1";
+    rejects(valid(Command::StartViewChange), |h| h.context = 2, reason);
 }
 
 #[test]

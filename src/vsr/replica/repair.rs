@@ -239,6 +239,14 @@ impl Replica {
         if self.journal.truncating() {
             return;
         }
+        let slot_count = u64::from(self.config.journal_slot_count);
+        if self.commit_max.max(self.target.head())
+            >= self.op + slot_count - REPAIR_WINDOW_MAX as u64
+        {
+            // Its peers have moved on so far that the ops after this log's head are gone
+            // from their WALs (they checkpointed and the ring wrapped).
+            self.target.beyond_window = true;
+        }
         if self.target.beyond_window() || self.sync.active() {
             // What lies between this log and the target is gone from every peer's WAL.
             return self.sync_progress(storage);

@@ -48,6 +48,8 @@ pub const VIEW_CHANGE_TIMEOUT_TICKS: u64 = 300;
 pub const VIEW_CHANGE_MESSAGE_TICKS: u64 = 20;
 /// Ticks a primary's oldest uncommitted prepare may wait before the primary abdicates.
 pub const PRIMARY_ABDICATE_TICKS: u64 = 300;
+/// Ticks a vote to leave a view counts for (5 s).
+pub const VOTE_WINDOW_TICKS: u64 = 500;
 /// The most a timeout is lengthened by, at random, so that replicas do not time out together.
 const TIMEOUT_JITTER_TICKS: u64 = 50;
 
@@ -85,6 +87,8 @@ pub(super) struct ViewChangeState {
     /// Votes (start_view_change) to leave for `vote_view`: bit i for replica i.
     vote_view: View,
     votes: u8,
+    /// When the first of `votes` arrived.
+    vote_tick: u64,
     /// Backup: when it last heard its primary. In a view change: when it began.
     pub heard_tick: u64,
     timeout_jitter_ticks: u64,
@@ -103,6 +107,7 @@ impl ViewChangeState {
         ViewChangeState {
             vote_view: 0,
             votes: 0,
+            vote_tick: 0,
             heard_tick: 0,
             timeout_jitter_ticks: 0,
             message_tick: 0,
@@ -192,7 +197,7 @@ impl Replica {
                     self.vote(storage, self.view + 1, resend);
                 } else if resend && !self.target.active() {
                     let lagging = self.commit_max > self.op + REPAIR_WINDOW_MAX as u64;
-                    if self.log_faulty || lagging {
+                    if self.log_faulty || lagging || self.log_view < self.view {
                         self.send_request_start_view();
                     }
                 }
@@ -232,9 +237,14 @@ impl Replica {
     /// Votes to leave for `view`, telling every replica (at most once per resend interval).
     fn vote<S: Storage>(&mut self, storage: &mut S, view: View, send: bool) {
         assert!(view > self.view);
+        self.votes_expire();
         if view > self.view_change.vote_view {
             self.view_change.vote_view = view;
             self.view_change.votes = 0;
+            self.view_change.vote_tick = self.ticks;
+        }
+        if self.view_change.votes == 0 {
+            self.view_change.vote_tick = self.ticks;
         }
         let bit = 1u8 << self.config.replica;
         let new = self.view_change.votes & bit == 0;
@@ -247,15 +257,37 @@ impl Replica {
 
     pub(super) fn on_start_view_change<S: Storage>(&mut self, storage: &mut S, header: &Header) {
         let view = header.view;
-        if view <= self.view || view < self.view_change.vote_view {
+        if view <= self.view {
             return;
         }
+        if header.context == 1 {
+            // Its sender counted a quorum of votes for `view`, so this replica joins it: else a
+            // few replicas that entered a view whose votes the others missed would be left
+            // behind in it.
+            return self.view_change_start(storage, view);
+        }
+        if view < self.view_change.vote_view {
+            return;
+        }
+        self.votes_expire();
         if view > self.view_change.vote_view {
             self.view_change.vote_view = view;
             self.view_change.votes = 0;
+            self.view_change.vote_tick = self.ticks;
         }
         self.view_change.votes |= 1 << header.replica;
         self.votes_count(storage);
+    }
+
+    /// Votes count toward a quorum only within `VOTE_WINDOW_TICKS` of the first: a quorum must
+    /// be of replicas that lost the primary at about the same time, not across incidents.
+    fn votes_expire(&mut self) {
+        if self.view_change.votes != 0
+            && self.ticks > self.view_change.vote_tick + VOTE_WINDOW_TICKS
+        {
+            self.view_change.votes = 0;
+            self.view_change.vote_tick = self.ticks;
+        }
     }
 
     fn votes_count<S: Storage>(&mut self, storage: &mut S) {
@@ -270,6 +302,9 @@ impl Replica {
         let mut header = Header::new(Command::StartViewChange, self.config.cluster);
         header.view = view;
         header.replica = self.config.replica;
+        // Whether this replica entered that view: it counted a quorum of votes for it.
+        let entered = self.view == view && self.status == Status::ViewChange;
+        header.context = u32::from(entered && self.log_view < view);
         for replica in 0..self.config.replica_count {
             if replica != self.config.replica {
                 self.send_header(Destination::Replica(replica), header);
@@ -334,6 +369,11 @@ impl Replica {
     pub(super) fn view_change_resend<S: Storage>(&mut self, storage: &mut S) {
         if self.status != Status::ViewChange {
             return;
+        }
+        if self.log_view < self.view {
+            // So that replicas that missed the votes join this view too. (A restarted primary
+            // stepping aside waits in its own view, whose log is already its own.)
+            self.send_start_view_change(self.view);
         }
         let can_vote = self.log_view < self.view && !self.log_faulty && !self.journal.truncating();
         if !can_vote || self.view_durable != self.view {
@@ -623,12 +663,18 @@ impl Replica {
         if let Some(reason) = view_headers_invalid(message, view) {
             return self.message_invalid(&header, reason);
         }
+        if header.op < self.commit_min {
+            // An older start_view of this view, overtaken on the way: this replica already
+            // executed past its head. A fresher one follows (request_start_view).
+            return;
+        }
         if view == self.view && self.status == Status::Normal {
             // A duplicate, or the log this replica follows: taken as a target only to repair a
             // faulty log, or one far behind (headers let it fetch in bulk, out of order).
             self.primary_heard_tick_set();
             let lagging = header.op > self.op + REPAIR_WINDOW_MAX as u64;
-            if self.target.active() || !(self.log_faulty || lagging) {
+            let installed = self.log_view == self.view && !self.log_faulty;
+            if self.target.active() || (installed && !lagging) {
                 return;
             }
         }
