@@ -70,7 +70,8 @@ pub(crate) fn start_while(
     );
     listening(bound);
     allocator::arm();
-    let mut server = Server { replica, storage, bus, allocations_logged: false };
+    let logged = (replica.view(), replica.status(), 0);
+    let mut server = Server { replica, storage, bus, allocations_logged: false, logged };
     let result = server.run(running);
     let allocations = allocator::allocations_since_armed();
     allocator::disarm();
@@ -140,6 +141,8 @@ struct Server {
     storage: IoStorage,
     bus: MessageBus,
     allocations_logged: bool,
+    /// What `events_log` last reported: view, status, state syncs.
+    logged: (u32, Status, u64),
 }
 
 impl Server {
@@ -161,6 +164,7 @@ impl Server {
                 self.replica.on_tick(&mut self.storage, realtime_ns());
                 self.bus.on_tick(self.storage.io());
                 self.outbox_send();
+                self.events_log();
             }
             if self.replica.status() == Status::Failed {
                 return Err(self.replica.failure().unwrap_or("no reason given"));
@@ -210,6 +214,39 @@ impl Server {
 
     /// An allocation after startup is a bug (static allocation is proven by the tests): say so
     /// once, and keep serving.
+    /// Tells the operator when the replica enters a view or installs a checkpoint by state
+    /// sync. Formats into a stack buffer: the loop allocates nothing.
+    fn events_log(&mut self) {
+        use std::io::Write;
+        const LINE_SIZE: usize = 160;
+        let metrics = self.replica.metrics();
+        let now = (self.replica.view(), self.replica.status(), metrics.state_syncs);
+        if now == self.logged {
+            return;
+        }
+        let mut line = [0u8; LINE_SIZE];
+        let mut cursor = &mut line[..];
+        let status = match now.1 {
+            Status::Normal if self.replica.is_primary() => "normal, primary",
+            Status::Normal => "normal, backup",
+            Status::ViewChange => "view change",
+            _ => "stopped",
+        };
+        let _ =
+            write!(cursor, "replica {}: view {} ({status})", self.replica.config().replica, now.0);
+        if now.2 != self.logged.2 {
+            let _ = write!(
+                cursor,
+                "; state sync installed the checkpoint at op {}",
+                self.replica.checkpoint_op()
+            );
+        }
+        let _ = writeln!(cursor);
+        let length = LINE_SIZE - cursor.len();
+        let _ = std::io::stderr().write_all(&line[..length]);
+        self.logged = now;
+    }
+
     fn allocations_check(&mut self) {
         if !self.allocations_logged && allocator::allocations_since_armed() > 0 {
             self.allocations_logged = true;

@@ -353,9 +353,10 @@ fn wal_sector_corrupt(path: &Path, replica: u8, slot: u64) {
 #[test]
 fn three_replicas_keep_every_acknowledged_event_through_primary_kill_and_wal_rot() {
     // Goal: under load, kill -9 the primary (the cluster elects another and carries on), then
-    // a backup, restarting each; then stop a backup, rot a sector of its WAL and restart it.
-    // Afterwards every replica holds every acknowledged event exactly once, and the cluster
-    // still commits. Prints how long the cluster took from the kill of the primary to its
+    // a backup, restarting each; then stop a backup, rot a sector of its WAL and restart it;
+    // then keep a backup down while the others commit more than a WAL's worth of ops, so that
+    // it must catch up by state sync. Afterwards every replica holds every acknowledged event
+    // exactly once, and the cluster still commits. Prints how long the cluster took from the kill of the primary to its
     // next acknowledged write.
     let cluster = TestCluster::start("primary-kill");
     let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
@@ -398,6 +399,18 @@ fn three_replicas_keep_every_acknowledged_event_through_primary_kill_and_wal_rot
     wal_sector_corrupt(&paths[0], 0, 5);
     replicas.0[0] = start_replica(&paths[0], &addresses);
     std::thread::sleep(Duration::from_millis(500));
+    // A backup down long enough for the others to checkpoint and wrap their WAL past what it
+    // holds: it catches up by state sync.
+    replicas.0[0].kill().unwrap();
+    replicas.0[0].wait().unwrap();
+    let ops_before = acknowledged_at.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acknowledged_at.lock().unwrap().len() < ops_before + 1_500 {
+        assert!(Instant::now() < deadline, "the cluster stopped committing without a backup");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    replicas.0[0] = start_replica(&paths[0], &addresses);
+    std::thread::sleep(Duration::from_millis(1_000));
     stop.store(true, Ordering::Relaxed);
     let commit = loader.join().expect("the load survived every crash");
     every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
