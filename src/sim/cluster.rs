@@ -10,8 +10,9 @@
 //! The faults: network loss, delay, duplication and reordering (always on); directional
 //! partitions of replica and client links that heal by themselves; and crashes: a replica (the
 //! primary too, when the run draws primary crashes) loses or tears its writes in flight and
-//! restarts from its disk after a while, in a replicated cluster possibly with a rotten WAL
-//! sector. At most `f` replicas are failed at once (at least one, so a cluster of one or two
+//! restarts from its disk after a while, in a replicated cluster possibly with a rotten or
+//! misdirected WAL sector; half the crashes go to a replica in the middle of a view change when
+//! there is one. Partitions also isolate the primary. At most `f` replicas are failed at once (at least one, so a cluster of one or two
 //! still crashes): down, still opening, or holding WAL entries found faulty that a peer's log
 //! has not replaced yet. The run's fault phase is
 //! followed by a liveness phase: every link heals, every replica restarts, clients start no
@@ -205,6 +206,8 @@ pub struct ClusterMetrics {
     pub sectors_torn_landed: u64,
     /// WAL sectors rotted on crashed replicas.
     pub sectors_corrupted: u64,
+    /// WAL sectors overwritten with another sector's bytes, as a misdirected write leaves them.
+    pub sectors_misdirected: u64,
     /// Messages mutated on their way between replicas.
     pub mutations: u64,
 }
@@ -642,10 +645,18 @@ impl Cluster {
         let primary = self.primary_index();
         let single = self.replicas.len() == 1;
         let primary_crashes = self.options.faults.crash_primary;
-        let candidates: Vec<usize> = (0..self.replicas.len())
+        let mut candidates: Vec<usize> = (0..self.replicas.len())
             .filter(|index| self.replicas[*index].replica.is_some())
             .filter(|index| single || primary_crashes || *index != primary)
             .collect();
+        // Half the time, a replica in the middle of a view change, if one is.
+        let in_view_change = |index: &usize| {
+            let replica = self.replicas[*index].replica.as_ref();
+            replica.is_some_and(|replica| replica.status() == Status::ViewChange)
+        };
+        if candidates.iter().any(in_view_change) && self.prng.chance(1, 2) {
+            candidates.retain(in_view_change);
+        }
         if candidates.is_empty() {
             return;
         }
@@ -683,9 +694,26 @@ impl Cluster {
             let sectors = layout.zone_size(zone) / SECTOR_SIZE as u64;
             let sector = self.prng.next_u64() % sectors;
             let offset = layout.zone_offset(zone) + sector * SECTOR_SIZE as u64;
-            node.storage.corrupt_sector(offset);
-            self.metrics.sectors_corrupted += 1;
-            self.trace.record(Event::Corrupt, &[self.tick, index as u64, offset]);
+            if self.prng.chance(1, 2) {
+                node.storage.corrupt_sector(offset);
+                self.metrics.sectors_corrupted += 1;
+                self.trace.record(Event::Corrupt, &[self.tick, index as u64, offset]);
+            } else {
+                // A misdirected write: another sector of the zone's bytes, landed here (for
+                // the prepare ring, the first sector of another slot over this slot's).
+                let step = match zone {
+                    Zone::WalPrepares => layout.message_size_max,
+                    _ => SECTOR_SIZE as u64,
+                };
+                let units = layout.zone_size(zone) / step;
+                let target = layout.zone_offset(zone) + (self.prng.next_u64() % units) * step;
+                let source = layout.zone_offset(zone) + (self.prng.next_u64() % units) * step;
+                let bytes = node.storage.bytes_mut();
+                let (source, target) = (source as usize, target as usize);
+                bytes.copy_within(source..source + SECTOR_SIZE, target);
+                self.metrics.sectors_misdirected += 1;
+                self.trace.record(Event::Corrupt, &[self.tick, index as u64, target as u64]);
+            }
         }
         // With the replica and its disk's queue gone, nothing may hold a buffer of its pool:
         // the network copies messages, it never keeps a replica's buffer.
@@ -758,7 +786,7 @@ impl Cluster {
             1 => LinkDirection::Outgoing,
             _ => LinkDirection::Incoming,
         };
-        let mode = if replica_count > 1 { self.prng.index(3) } else { 2 };
+        let mode = if replica_count > 1 { self.prng.index(4) } else { 2 };
         let (node, peer) = match mode {
             // Isolate a backup from every other replica.
             0 => {
@@ -775,6 +803,14 @@ impl Cluster {
                 let to = (from + 1 + self.prng.index(replica_count - 1)) % replica_count;
                 self.link_cut(from, to, direction, until_tick);
                 (Node::Replica(from), Some(Node::Replica(to)))
+            }
+            // Isolate the primary of the newest view from every other replica.
+            3 => {
+                let primary = self.primary_index();
+                for other in (0..replica_count).filter(|other| *other != primary) {
+                    self.link_cut(primary, other, direction, until_tick);
+                }
+                (Node::Replica(primary), None)
             }
             // Cut a client off from one replica.
             _ => {
