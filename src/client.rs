@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use zerocopy::IntoBytes;
 
 use crate::constants::HEADER_SIZE;
+use crate::vsr::client_sessions::session_chain;
 use crate::vsr::header::{
-    self, ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation,
+    self, Checksum, ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation,
 };
 
 /// How long a request waits for its reply before it is sent again.
@@ -69,6 +70,8 @@ pub struct Client {
     /// The number of the latest write sent (0 = the register).
     request: u32,
     registered: bool,
+    /// `parent` of the next write: the session's chain value after the latest reply.
+    parent: Checksum,
     /// The commit number of the latest reply (reads ask for at least this).
     commit_latest: Op,
     send_buffer: Vec<u8>,
@@ -91,6 +94,7 @@ impl Client {
             message_size_max,
             request: 0,
             registered: false,
+            parent: 0,
             commit_latest: 0,
             send_buffer: vec![0; message_size_max],
             receive_buffer: vec![0; 2 * message_size_max],
@@ -191,6 +195,7 @@ impl Client {
                     }
                     if !operation.is_read() {
                         self.request = request;
+                        self.parent = session_chain(self.id, header.op);
                     }
                     self.commit_latest = self.commit_latest.max(header.commit);
                     let body = &self.receive_buffer[HEADER_SIZE..header.size as usize];
@@ -211,6 +216,8 @@ impl Client {
         header.operation = operation as u8;
         if operation.is_read() {
             header.commit = self.commit_latest;
+        } else if operation != Operation::Register {
+            header.parent = self.parent;
         }
         header.checksum_body = header::checksum(body);
         header.set_checksum();

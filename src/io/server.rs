@@ -71,7 +71,15 @@ pub(crate) fn start_while(
     listening(bound);
     allocator::arm();
     let logged = (replica.view(), replica.status(), 0);
-    let mut server = Server { replica, storage, bus, allocations_logged: false, logged };
+    let mut server = Server {
+        replica,
+        storage,
+        bus,
+        allocations_logged: false,
+        logged,
+        invalid_logged: (0, 0),
+        ticks: 0,
+    };
     let result = server.run(running);
     let allocations = allocator::allocations_since_armed();
     allocator::disarm();
@@ -143,6 +151,9 @@ struct Server {
     allocations_logged: bool,
     /// What `events_log` last reported: view, status, state syncs.
     logged: (u32, Status, u64),
+    /// Invalid peer messages counted when last logged, and the tick.
+    invalid_logged: (u64, u64),
+    ticks: u64,
 }
 
 impl Server {
@@ -220,6 +231,7 @@ impl Server {
         use std::io::Write;
         const LINE_SIZE: usize = 160;
         let metrics = self.replica.metrics();
+        self.invalid_log(metrics.messages_invalid);
         let now = (self.replica.view(), self.replica.status(), metrics.state_syncs);
         if now == self.logged {
             return;
@@ -245,6 +257,30 @@ impl Server {
         let length = LINE_SIZE - cursor.len();
         let _ = std::io::stderr().write_all(&line[..length]);
         self.logged = now;
+    }
+
+    /// Peer messages dropped as invalid, at most once every `INVALID_LOG_TICKS`.
+    fn invalid_log(&mut self, invalid_count: u64) {
+        use std::io::Write;
+        const INVALID_LOG_TICKS: u64 = 1_000;
+        const LINE_SIZE: usize = 160;
+        self.ticks += 1;
+        let (logged_count, logged_tick) = self.invalid_logged;
+        if invalid_count == logged_count || self.ticks < logged_tick + INVALID_LOG_TICKS {
+            return;
+        }
+        let mut line = [0u8; LINE_SIZE];
+        let mut cursor = &mut line[..];
+        let reason = self.replica.invalid_last().unwrap_or("unknown");
+        let dropped = invalid_count - logged_count;
+        let replica = self.replica.config().replica;
+        let _ = writeln!(
+            cursor,
+            "replica {replica}: dropped {dropped} invalid peer message(s): {reason}"
+        );
+        let length = LINE_SIZE - cursor.len();
+        let _ = std::io::stderr().write_all(&line[..length]);
+        self.invalid_logged = (invalid_count, self.ticks);
     }
 
     fn allocations_check(&mut self) {

@@ -24,6 +24,7 @@ use crate::state_machine::types::{
     AppendBatch, AppendResult, CreateStream, CreateStreamResult, EventHeader, ResultCode,
     padded_size,
 };
+use crate::vsr::client_sessions::session_chain;
 use crate::vsr::header::{
     self, Checksum, ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation,
     ReplicaIndex, View,
@@ -104,6 +105,8 @@ struct SimClient {
     registered: bool,
     /// The number of the latest write whose reply was accepted (0 = the register).
     request_latest: u32,
+    /// `parent` of the next write: the session chain after that reply.
+    parent: Checksum,
     in_flight: Option<InFlight>,
     idle_until_tick: u64,
     /// The newest view seen in a reply or pong.
@@ -161,6 +164,7 @@ impl Workload {
                 pool,
                 registered: false,
                 request_latest: 0,
+                parent: 0,
                 in_flight: None,
                 idle_until_tick,
                 view: 0,
@@ -273,7 +277,7 @@ impl Workload {
     fn request_start(&mut self, index: usize, tick: u64) {
         let client = &self.clients[index];
         assert!(client.in_flight.is_none());
-        let (id, view) = (client.id, client.view);
+        let (id, view, parent) = (client.id, client.view, client.parent);
         let mut message = client.pool.get();
         let (operation, request) = if !client.registered {
             (Operation::Register, 0)
@@ -301,6 +305,9 @@ impl Workload {
         header.request = request;
         header.operation = operation as u8;
         header.view = view;
+        if operation != Operation::Register {
+            header.parent = parent;
+        }
         header.checksum_body = checksum_body;
         header.set_checksum();
         assert_eq!(header.invalid(), None);
@@ -401,6 +408,7 @@ impl Workload {
         }
         let in_flight = client.in_flight.take().expect("answered request");
         client.request_latest = in_flight.request;
+        client.parent = session_chain(client.id, header.op);
         client.registered = true;
         client.idle_until_tick = tick + self.prng.next_u64() % (self.options.think_ticks_max + 1);
         self.metrics.replies_accepted += 1;
@@ -497,6 +505,7 @@ impl Workload {
         client.id = id;
         client.registered = false;
         client.request_latest = 0;
+        client.parent = 0;
         client.idle_until_tick = tick;
     }
 

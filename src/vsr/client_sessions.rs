@@ -56,6 +56,19 @@ pub struct ClientSessions {
     records: Vec<ClientSessionRecord>,
 }
 
+/// What a client puts in `parent` of each request after its register: a checksum of its
+/// client id and the op of the reply to its previous request. The primary prepares a new
+/// request only if it names the session's latest reply, so a stale copy of an old request (a
+/// network duplicate that arrives after the session was evicted and registered again by a
+/// stale register) cannot be applied a second time. Deterministic: every replica holds the
+/// same `reply_op`.
+pub fn session_chain(client: ClientId, reply_op: Op) -> Checksum {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&client.to_le_bytes());
+    bytes[8..].copy_from_slice(&reply_op.to_le_bytes());
+    crc32c::crc32c(&bytes)
+}
+
 impl ClientSessions {
     pub fn new(clients_max: usize) -> ClientSessions {
         assert!(clients_max > 0);

@@ -32,7 +32,9 @@ use crate::constants::{
 };
 use crate::state_machine::constants::GRID_READS_MAX;
 use crate::state_machine::{CheckpointState, ReadId, ReadReply, StateMachine, request_invalid};
-use crate::vsr::client_sessions::{ClientSessionRecord, ClientSessions, RequestDisposition};
+use crate::vsr::client_sessions::{
+    ClientSessionRecord, ClientSessions, RequestDisposition, session_chain,
+};
 use crate::vsr::header::{
     Checksum, ClientId, Command, EvictionReason, Header, Op, Operation, ReplicaIndex, View,
 };
@@ -225,6 +227,8 @@ pub struct Replica {
     sync: sync::SyncState,
     /// Jitter for timeouts, so replicas do not time out in lockstep (seeded by the driver).
     prng: u64,
+    /// Why the last dropped peer message was invalid.
+    invalid_last: Option<&'static str>,
     /// The head of the log: the highest op prepared.
     op: Op,
     /// The highest op executed.
@@ -290,6 +294,7 @@ impl Replica {
             target: repair::LogTarget::new(config.journal_slot_count as usize),
             sync: sync::SyncState::new(),
             prng: seed | 1,
+            invalid_last: None,
             op: 0,
             commit_min: 0,
             commit_max: 0,
@@ -360,6 +365,11 @@ impl Replica {
     /// sync (not built yet) could bring it up to date.
     pub fn needs_state_sync(&self) -> bool {
         self.target.beyond_window()
+    }
+
+    /// Why the last peer message this replica dropped as invalid was, if any was.
+    pub fn invalid_last(&self) -> Option<&'static str> {
+        self.invalid_last
     }
 
     /// The WAL still holds entries found faulty (rotten sectors not yet overwritten).
@@ -621,6 +631,11 @@ impl Replica {
                     // A malformed body is a client bug: its session cannot be trusted.
                     return self.send_eviction(header.client, EvictionReason::InvalidRequest);
                 }
+                if !register && !self.request_chained(&header) {
+                    // Not the request after this session's latest reply: a stale copy.
+                    self.metrics.requests_dropped += 1;
+                    return;
+                }
             }
             RequestDisposition::ReplyAgain { slot } => return self.reply_again(slot, &header),
             RequestDisposition::Drop => {
@@ -642,6 +657,15 @@ impl Replica {
         }
         self.request_queue.push_back(message);
         self.request_queue_drain(storage);
+    }
+
+    /// Whether `request` names the reply to its session's latest request (`session_chain`).
+    fn request_chained(&self, request: &Header) -> bool {
+        let Some(slot) = self.sessions.slot(request.client) else {
+            return false;
+        };
+        let record = self.sessions.get(slot);
+        request.parent == session_chain(request.client, record.reply_op)
     }
 
     fn request_in_flight(&self, client: ClientId) -> bool {

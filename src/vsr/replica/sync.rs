@@ -530,7 +530,7 @@ impl Replica {
         self.metrics.state_syncs += 1;
         self.target.sync_done();
         assert!(matches!(self.status, Status::Normal | Status::ViewChange));
-        if self.op >= self.target.head() {
+        if !self.target.active() || self.op >= self.target.head() {
             // The checkpoint is newer than the log this replica was installing: ask for the
             // view's log as it is now.
             self.target.clear();

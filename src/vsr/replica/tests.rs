@@ -86,6 +86,13 @@ impl Harness {
         header.client = client;
         header.request = request;
         header.operation = operation as u8;
+        if operation != Operation::Register && !operation.is_read() {
+            // As the client library does: the session's chain after its latest reply.
+            let record =
+                self.replica.sessions.slot(client).map(|slot| *self.replica.sessions.get(slot));
+            let reply_op = record.map_or(0, |record| record.reply_op);
+            header.parent = crate::vsr::client_sessions::session_chain(client, reply_op);
+        }
         let checksum_body = crate::vsr::header::checksum(body);
         let header = message.header_mut();
         header.checksum_body = checksum_body;

@@ -498,9 +498,12 @@ impl Replica {
         }
     }
 
+    /// A peer's message whose body contradicts its header: dropped, counted, and its reason
+    /// kept for the driver's log (`invalid_last`).
     pub(super) fn message_invalid(&mut self, header: &Header, reason: &'static str) {
-        let _ = (header, reason);
+        assert!(header.valid_checksum());
         self.metrics.messages_invalid += 1;
+        self.invalid_last = Some(reason);
     }
 
     fn do_view_change_record<S: Storage>(&mut self, storage: &mut S, message: &Message) {
