@@ -47,6 +47,9 @@ const SYNC_REQUEST_TICKS: u64 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct SyncCheckpointBody {
+    /// The header of the prepare at the checkpoint op: the head of the log the syncing replica
+    /// will have, which it must be able to show in a view change.
+    pub checkpoint_header: Header,
     pub grid_head: u64,
     pub streams_table_address: u64,
     pub streams_table_blocks: u32,
@@ -54,6 +57,8 @@ pub struct SyncCheckpointBody {
     pub checkpoint_state_checksum: Checksum,
     pub reserved: u32,
     pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
+    /// Zero: pads the body to the header's 64-byte alignment.
+    pub reserved_end: [u8; 32],
 }
 
 /// One chunk asked for in `request_blocks`: 16 bytes.
@@ -140,6 +145,22 @@ impl SyncState {
 }
 
 impl Replica {
+    /// The header of the prepare at this replica's durable checkpoint: from the WAL, or from
+    /// the superblock if state sync installed that checkpoint.
+    pub(super) fn checkpoint_header(&self) -> Option<Header> {
+        let working = self.superblock.working();
+        let (op, checksum) = (working.checkpoint_op, working.checkpoint_checksum);
+        if op == 0 {
+            return Some(Header::root_prepare(self.config.cluster));
+        }
+        let matches = |header: &Header| header.op == op && header.checksum == checksum;
+        if let Some(header) = self.journal.header_with_op(op).filter(|header| matches(header)) {
+            return Some(*header);
+        }
+        let count = (working.view_headers_count as usize).min(working.view_headers.len());
+        working.view_headers[..count].iter().find(|header| matches(header)).copied()
+    }
+
     /// Bytes of a block one `block` message carries.
     fn sync_chunk_size(&self) -> usize {
         let room = self.config.message_size_max as usize - SECTOR_SIZE;
@@ -206,7 +227,12 @@ impl Replica {
         if working.checkpoint_op <= header.checkpoint_op {
             return;
         }
+        let Some(checkpoint_header) = self.checkpoint_header() else {
+            // Its WAL slot was overwritten already: another peer answers.
+            return;
+        };
         let body = SyncCheckpointBody {
+            checkpoint_header,
             grid_head: working.grid_head,
             streams_table_address: working.streams_table_address,
             streams_table_blocks: working.streams_table_blocks,
@@ -214,6 +240,7 @@ impl Replica {
             checkpoint_state_checksum: working.checkpoint_state_checksum,
             reserved: 0,
             client_sessions: working.client_sessions,
+            reserved_end: [0; 32],
         };
         let mut message = self.pool.get();
         let size = HEADER_SIZE + size_of::<SyncCheckpointBody>();
@@ -242,6 +269,7 @@ impl Replica {
             body.streams_table_address.checked_add(u64::from(body.streams_table_blocks));
         let grid_blocks = self.config.grid_size / BLOCK_SIZE as u64;
         let consistent = body.reserved == 0
+            && body.reserved_end == [0; 32]
             && body.grid_head <= grid_blocks
             && (body.streams_table_blocks == 0 || table_end == Some(body.grid_head));
         if !consistent {
@@ -250,6 +278,16 @@ impl Replica {
         if header.checkpoint_op <= self.commit_min {
             // Not newer than what this replica executed: of no use.
             return;
+        }
+        let prepare = body.checkpoint_header;
+        let prepare_valid = prepare.valid_checksum()
+            && prepare.invalid().is_none()
+            && prepare.command() == Some(Command::Prepare)
+            && prepare.cluster == self.config.cluster
+            && prepare.op == header.checkpoint_op
+            && prepare.checksum == header.context;
+        if !prepare_valid {
+            return self.message_invalid(&header, "sync_checkpoint prepare header mismatch");
         }
         self.sync.checkpoint_op = header.checkpoint_op;
         self.sync.checkpoint_checksum = header.context;
@@ -493,6 +531,9 @@ impl Replica {
         state.streams_table_blocks = body.streams_table_blocks;
         state.streams_table_checksum = body.streams_table_checksum;
         state.client_sessions = body.client_sessions;
+        // The checkpoint's prepare is not in this replica's WAL: the superblock keeps its header.
+        state.view_headers[0] = body.checkpoint_header;
+        state.view_headers_count = 1;
         self.sync.phase = Phase::Superblock;
         self.superblock_writing = Some((state.view, state.log_view));
         self.superblock.update(storage, &state);

@@ -401,7 +401,12 @@ impl Replica {
         if op > self.op {
             return None;
         }
-        self.journal.header_with_op(op).copied()
+        let held = self.journal.header_with_op(op).copied();
+        if held.is_none() && op == self.checkpoint_op {
+            // After state sync the checkpoint's prepare is not in the WAL.
+            return self.checkpoint_header();
+        }
+        held
     }
 
     /// The suffix of this replica's log (up to `VIEW_CHANGE_HEADERS_MAX` headers, ending at
