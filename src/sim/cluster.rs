@@ -23,7 +23,7 @@ use crate::constants::{
 };
 use crate::io::allocator;
 use crate::sim::checker::{Checker, Violation};
-use crate::sim::mutation::mutate;
+use crate::sim::mutation::{Mutation, mutate};
 use crate::sim::network::{DropReason, Network, NetworkOptions, NodeIndex, Packet};
 use crate::sim::prng::Prng;
 use crate::sim::storage::{Latency, MemoryStorage};
@@ -40,6 +40,8 @@ use zerocopy::IntoBytes;
 
 /// The simulated wall clock at tick 0 (prepare timestamps count from here).
 const REALTIME_START_NS: u64 = 1_700_000_000_000_000_000;
+/// Messages between replicas kept for replays (`Mutation::Replay`).
+const REPLAYABLE_MAX: usize = 64;
 /// Storage completions a replica handles in one tick before time must move on: a bound on
 /// chains of zero-latency I/O.
 const COMPLETION_ROUNDS_MAX: usize = 64;
@@ -244,6 +246,8 @@ pub struct Cluster {
     /// The first message a replica addressed to no node (itself, or an unknown client).
     misaddressed_first: Option<(usize, Destination)>,
     metrics: ClusterMetrics,
+    /// Recent messages between replicas, for replays.
+    replayable: Vec<Vec<u8>>,
 }
 
 /// Seeds for the run's independent PRNGs, all derived from the run's seed.
@@ -297,6 +301,7 @@ impl Cluster {
             faults: Vec::new(),
             clocks: Vec::new(),
             misaddressed_first: None,
+            replayable: Vec::with_capacity(REPLAYABLE_MAX),
             metrics: ClusterMetrics::default(),
         };
         let mut clock_prng = Prng::new(seed_derive(options.seed, 4));
@@ -436,14 +441,28 @@ impl Cluster {
             return self.network.packet_drop(&mut self.trace, self.tick, packet, reason);
         };
         let mutation_per_mille = self.options.mutation_per_mille;
-        if packet.from < replica_count
-            && mutation_per_mille > 0
-            && self.prng.chance(mutation_per_mille, 1000)
-            && let Some(mutation) = mutate(&mut self.prng, &mut packet.bytes, replica)
-        {
-            self.metrics.mutations += 1;
-            let fields = [self.tick, packet.from as u64, index as u64, mutation as u64];
-            self.trace.record(Event::Mutate, &fields);
+        if packet.from < replica_count && mutation_per_mille > 0 {
+            if self.replayable.len() < REPLAYABLE_MAX {
+                self.replayable.push(packet.bytes.clone());
+            } else {
+                let slot = self.prng.index(REPLAYABLE_MAX);
+                self.replayable[slot].clone_from(&packet.bytes);
+            }
+            let mutation = if !self.prng.chance(mutation_per_mille, 1000) {
+                None
+            } else if self.prng.chance(1, 5) {
+                // A genuine older message, delivered again instead.
+                let old = &self.replayable[self.prng.index(self.replayable.len())];
+                packet.bytes.clone_from(old);
+                Some(Mutation::Replay)
+            } else {
+                mutate(&mut self.prng, &mut packet.bytes, replica)
+            };
+            if let Some(mutation) = mutation {
+                self.metrics.mutations += 1;
+                let fields = [self.tick, packet.from as u64, index as u64, mutation as u64];
+                self.trace.record(Event::Mutate, &fields);
+            }
         }
         if replica_accepts(&node.config, &packet.bytes).is_err() {
             let reason = DropReason::Rejected;

@@ -1,8 +1,10 @@
 //! Byzantine-style mutations of messages between replicas, for the VOPR: each turns a message
 //! into one that a correct replica must reject (or recognize as conflicting with what it holds)
 //! without crashing. Mutations that a correct replica could not tell from a genuine message
-//! (a primary that lies about its own commit number, say) are outside VSR's fault model and
-//! are not made.
+//! are outside VSR's fault model and are not made: a primary that lies about its own commit
+//! number, or a vote or do_view_change re-stamped with another view (a replica that sent one
+//! for a view has promised not to take part in older ones). Old views are exercised by
+//! replaying genuine old messages instead (`Mutation::Replay`, done by the cluster).
 
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -18,8 +20,8 @@ pub enum Mutation {
     ChecksumCorrupt = 1,
     /// A size larger than any message, checksummed again.
     Oversize = 2,
-    /// The same message claiming an older view.
-    OldView = 3,
+    /// An older message between replicas, delivered again (`Cluster` keeps the recent ones).
+    Replay = 3,
     /// A prepare, do_view_change or start_view whose commit number exceeds its op.
     CommitInflated = 4,
     /// A do_view_change, start_view or headers whose op does not match its body.
@@ -34,7 +36,7 @@ pub fn mutate(prng: &mut Prng, bytes: &mut [u8], receiver: &Replica) -> Option<M
     let (mut header, _) = Header::read_from_prefix(bytes).ok()?;
     let command = header.command()?;
     let with_headers = matches!(command, Command::DoViewChange | Command::StartView);
-    let mutation = match prng.index(6) {
+    let mutation = match prng.index(5) {
         0 => {
             let index = 4 + prng.index(HEADER_SIZE - 4);
             bytes[index] ^= 1 << prng.index(8);
@@ -44,19 +46,15 @@ pub fn mutate(prng: &mut Prng, bytes: &mut [u8], receiver: &Replica) -> Option<M
             header.size = u32::MAX - 4095;
             Mutation::Oversize
         }
-        2 if header.view > 0 => {
-            header.view -= 1 + prng.index(header.view.min(3) as usize) as u32;
-            Mutation::OldView
-        }
-        3 if command == Command::Prepare || with_headers => {
+        2 if command == Command::Prepare || with_headers => {
             header.commit = header.op + 1 + prng.index(100) as u64;
             Mutation::CommitInflated
         }
-        4 if with_headers || command == Command::Headers => {
+        3 if with_headers || command == Command::Headers => {
             header.op += 1 + prng.index(3) as u64;
             Mutation::ClaimMismatch
         }
-        5 if command == Command::Prepare => {
+        4 if command == Command::Prepare => {
             let held = receiver.prepare_header(header.op)?;
             if held.checksum != header.checksum {
                 return None;

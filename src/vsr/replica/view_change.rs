@@ -32,7 +32,7 @@
 //! - A view change that does not finish within `VIEW_CHANGE_TIMEOUT_TICKS` moves on to the next
 //!   view (another primary).
 
-use super::{Destination, REPAIR_WINDOW_MAX, Replica, Status};
+use super::{BACKUP_LIVENESS_TICKS, Destination, REPAIR_WINDOW_MAX, Replica, Status};
 use crate::constants::{HEADER_SIZE, REPLICAS_MAX, VIEW_CHANGE_HEADERS_MAX};
 use crate::vsr::header::{Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::message_pool::Message;
@@ -229,7 +229,21 @@ impl Replica {
             self.view_change.progress_tick = self.ticks;
             return;
         }
-        if self.ticks > self.view_change.progress_tick + PRIMARY_ABDICATE_TICKS {
+        let stalled_ticks = self.ticks - self.view_change.progress_tick;
+        if stalled_ticks <= PRIMARY_ABDICATE_TICKS {
+            return;
+        }
+        // It abdicates if it does not hear from a replication quorum; if it does (a backup
+        // still catching up, say), only once the stall lasts four times as long, which covers
+        // a partition that lets small messages through but not prepares.
+        let heard = (0..self.config.replica_count)
+            .filter(|replica| {
+                let heard_tick = self.backup_heard_tick[usize::from(*replica)];
+                let live = heard_tick > 0 && self.ticks < heard_tick + BACKUP_LIVENESS_TICKS;
+                *replica == self.config.replica || live
+            })
+            .count();
+        if heard < self.quorum_replication() || stalled_ticks > 4 * PRIMARY_ABDICATE_TICKS {
             self.view_change.abdicating = true;
         }
     }
