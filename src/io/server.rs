@@ -172,6 +172,7 @@ impl Server {
                 // After a stall, tick once and resume the cadence rather than catch up in a
                 // burst: timeouts count ticks of the replica's own progress.
                 tick_next = if now - tick_next > tick { now + tick } else { tick_next + tick };
+                self.ticks += 1;
                 self.replica.on_tick(&mut self.storage, realtime_ns());
                 self.bus.on_tick(self.storage.io());
                 self.outbox_send();
@@ -226,60 +227,46 @@ impl Server {
     /// An allocation after startup is a bug (static allocation is proven by the tests): say so
     /// once, and keep serving.
     /// Tells the operator when the replica enters a view or installs a checkpoint by state
-    /// sync. Formats into a stack buffer: the loop allocates nothing.
+    /// sync, and about invalid peer messages.
     fn events_log(&mut self) {
-        use std::io::Write;
-        const LINE_SIZE: usize = 160;
         let metrics = self.replica.metrics();
         self.invalid_log(metrics.messages_invalid);
         let now = (self.replica.view(), self.replica.status(), metrics.state_syncs);
         if now == self.logged {
             return;
         }
-        let mut line = [0u8; LINE_SIZE];
-        let mut cursor = &mut line[..];
         let status = match now.1 {
             Status::Normal if self.replica.is_primary() => "normal, primary",
             Status::Normal => "normal, backup",
             Status::ViewChange => "view change",
             _ => "stopped",
         };
-        let _ =
-            write!(cursor, "replica {}: view {} ({status})", self.replica.config().replica, now.0);
-        if now.2 != self.logged.2 {
-            let _ = write!(
-                cursor,
-                "; state sync installed the checkpoint at op {}",
-                self.replica.checkpoint_op()
-            );
+        let (replica, view) = (self.replica.config().replica, now.0);
+        if now.2 == self.logged.2 {
+            log_line(format_args!("replica {replica}: view {view} ({status})"));
+        } else {
+            let op = self.replica.checkpoint_op();
+            log_line(format_args!(
+                "replica {replica}: view {view} ({status}); state sync installed the checkpoint \
+                 at op {op}"
+            ));
         }
-        let _ = writeln!(cursor);
-        let length = LINE_SIZE - cursor.len();
-        let _ = std::io::stderr().write_all(&line[..length]);
         self.logged = now;
     }
 
     /// Peer messages dropped as invalid, at most once every `INVALID_LOG_TICKS`.
     fn invalid_log(&mut self, invalid_count: u64) {
-        use std::io::Write;
         const INVALID_LOG_TICKS: u64 = 1_000;
-        const LINE_SIZE: usize = 160;
-        self.ticks += 1;
         let (logged_count, logged_tick) = self.invalid_logged;
         if invalid_count == logged_count || self.ticks < logged_tick + INVALID_LOG_TICKS {
             return;
         }
-        let mut line = [0u8; LINE_SIZE];
-        let mut cursor = &mut line[..];
         let reason = self.replica.invalid_last().unwrap_or("unknown");
         let dropped = invalid_count - logged_count;
         let replica = self.replica.config().replica;
-        let _ = writeln!(
-            cursor,
+        log_line(format_args!(
             "replica {replica}: dropped {dropped} invalid peer message(s): {reason}"
-        );
-        let length = LINE_SIZE - cursor.len();
-        let _ = std::io::stderr().write_all(&line[..length]);
+        ));
         self.invalid_logged = (invalid_count, self.ticks);
     }
 
@@ -292,6 +279,19 @@ impl Server {
             );
         }
     }
+}
+
+/// Writes one line to stderr, formatted into a stack buffer (cut at its size): the event loop
+/// allocates nothing.
+fn log_line(arguments: std::fmt::Arguments) {
+    use std::io::Write;
+    const LINE_SIZE: usize = 192;
+    let mut line = [0u8; LINE_SIZE];
+    let mut cursor = &mut line[..];
+    let _ = cursor.write_fmt(arguments);
+    let _ = cursor.write_all(b"\n");
+    let length = LINE_SIZE - cursor.len();
+    let _ = std::io::stderr().write_all(&line[..length]);
 }
 
 /// The wall clock, for prepare timestamps (the replica keeps them monotonic).

@@ -103,9 +103,8 @@ pub struct ClusterOptions {
 impl ClusterOptions {
     /// A small configuration that keeps data files and pools small: 16 KiB messages, a 16 MiB
     /// grid, and 64 WAL slots (a checkpoint every 48 ops) for a single replica. A replicated
-    /// cluster gets 512 slots: a replica that falls further behind than its peers' WAL window
-    /// can only catch up by state sync, which is not built yet, so the window must outlast most
-    /// crashes and partitions the simulator injects.
+    /// cluster gets 512 slots, so that most catch-ups go through log repair and some, after
+    /// long crashes or partitions, through state sync.
     pub fn config_small(replica_count: u8, clients_max: u32) -> Config {
         let journal_slot_count = if replica_count == 1 { 64 } else { 512 };
         Config {
@@ -955,19 +954,14 @@ impl Cluster {
                 return Some(format!("replica {index} is down"));
             };
             if replica.status() != Status::Normal {
-                let states: Vec<String> = self
-                    .replicas
-                    .iter()
-                    .filter_map(|node| node.replica.as_ref())
-                    .map(|replica| replica.debug_state())
-                    .collect();
+                let states = self.replica_states();
                 return Some(format!("replica {index} is {:?}: {states:?}", replica.status()));
             }
             if replica.needs_state_sync() {
                 let state = replica.debug_state();
                 return Some(format!(
-                    "replica {index} is behind the WAL window of its peers and needs state sync \
-                     (not built yet): {state}"
+                    "replica {index} is behind the WAL window of its peers and still in state \
+                     sync: {state}"
                 ));
             }
             if replica.op() != replica.commit_min() {
@@ -978,34 +972,20 @@ impl Cluster {
             commits.push(replica.commit_min());
         }
         if commits.iter().any(|commit| *commit != commits[0]) {
-            let states: Vec<String> = self
-                .replicas
-                .iter()
-                .filter_map(|node| node.replica.as_ref())
-                .map(|replica| replica.debug_state())
-                .collect();
-            // A replica further behind than the WAL window can only catch up by state sync,
-            // which is not built yet: say so, so this known gap is told apart from a bug.
-            let commit_max = commits.iter().copied().max().unwrap_or(0);
-            let window = u64::from(self.options.config.journal_slot_count);
-            let beyond_window = commits
-                .iter()
-                .all(|commit| *commit == commit_max || commit + window <= commit_max + 16);
-            let cause = if beyond_window {
-                "; every lagging replica is behind the primary's WAL window and needs state sync \
-                 (not built yet)"
-            } else {
-                ""
-            };
-            return Some(format!(
-                "replicas differ in commit number: {commits:?}{cause}: {states:?}"
-            ));
+            let states = self.replica_states();
+            return Some(format!("replicas differ in commit number: {commits:?}: {states:?}"));
         }
         if !self.workload.idle() {
             let count = self.workload.in_flight_count();
             return Some(format!("{count} client request(s) still unanswered"));
         }
         self.checker.converged(&commits).err()
+    }
+
+    /// Every running replica's one-line state, for a convergence report.
+    fn replica_states(&self) -> Vec<String> {
+        let replicas = self.replicas.iter().filter_map(|node| node.replica.as_ref());
+        replicas.map(Replica::debug_state).collect()
     }
 
     /// The run's figures, for the summary line.

@@ -52,11 +52,6 @@ mod sync;
 mod tests;
 mod view_change;
 
-pub use view_change::{
-    NORMAL_HEARTBEAT_TIMEOUT_TICKS, PRIMARY_ABDICATE_TICKS, VIEW_CHANGE_MESSAGE_TICKS,
-    VIEW_CHANGE_TIMEOUT_TICKS,
-};
-
 /// Messages the replica may have queued for the bus at once.
 pub const OUTBOX_MAX: usize = CLIENTS_MAX + 2 * PIPELINE_PREPARE_QUEUE_MAX + 8;
 /// Requests waiting for room in the pipeline.
@@ -351,18 +346,14 @@ impl Replica {
         self.view
     }
 
-    pub fn log_view(&self) -> View {
-        self.log_view
-    }
-
     /// Recovery found faulty entries that a primary's log has not replaced yet: until then this
     /// replica counts as failed (it cannot vote with its log).
     pub fn log_faulty(&self) -> bool {
         self.log_faulty
     }
 
-    /// The log this replica is installing reaches further back than its WAL window: only state
-    /// sync (not built yet) could bring it up to date.
+    /// The log this replica is installing reaches further back than its peers' WAL window: it
+    /// catches up by state sync.
     pub fn needs_state_sync(&self) -> bool {
         self.target.beyond_window()
     }
@@ -377,10 +368,6 @@ impl Replica {
         self.journal.status() == journal::Status::Recovered && self.journal.faulty_count() > 0
     }
 
-    /// The commit number this replica knows (it may not have executed that far yet).
-    pub fn commit_max(&self) -> Op {
-        self.commit_max
-    }
 
     /// The header of the prepare this replica holds at `op`, if its WAL still has it (for
     /// checkers and tests).
@@ -547,7 +534,6 @@ impl Replica {
             Command::SyncCheckpoint => return self.on_sync_checkpoint(storage, &message),
             Command::RequestBlocks => return self.on_request_blocks(storage, &message),
             Command::Block => return self.on_block(storage, &message),
-            Command::Prepare => return self.on_prepare(storage, message),
             _ => {}
         }
         if header.view > self.view {
@@ -916,7 +902,7 @@ impl Replica {
         }
         if op > self.op {
             // Not in this replica's chain yet (a repair may have written it ahead).
-            return self.repair_request(storage, self.op + 1);
+            return self.repair_request(self.op + 1);
         }
         let chained = self
             .journal
@@ -927,7 +913,7 @@ impl Replica {
             if self.status == Status::Recovering {
                 return self.replay_done(storage);
             }
-            return self.repair_request(storage, op);
+            return self.repair_request(op);
         };
         let purpose = JournalReadPurpose::Commit;
         self.journal_reads.push(JournalRead { op, checksum: header.checksum, purpose });
@@ -963,7 +949,7 @@ impl Replica {
                     return self.fail("a WAL prepare could not be read back during replay");
                 }
                 // The copy on disk is bad: a peer has it.
-                self.repair_request(storage, op);
+                self.repair_request(op);
             }
             (JournalReadPurpose::Repair { replica }, Ok(message)) => {
                 self.send(Destination::Replica(replica), message);
@@ -1079,12 +1065,8 @@ impl Replica {
     }
 
     /// Sends a message of just `header` (an empty body), checksummed here.
-    pub(super) fn send_header(&mut self, destination: Destination, mut header: Header) {
-        header.set_checksum_body(&[]);
-        header.set_checksum();
-        assert_eq!(header.invalid(), None);
-        let mut message = self.pool.get();
-        *message.header_mut() = header;
+    pub(super) fn send_header(&mut self, destination: Destination, header: Header) {
+        let message = message_finish(self.pool.get(), header, 0);
         self.send(destination, message);
     }
 
@@ -1188,24 +1170,15 @@ impl Replica {
             return;
         }
         let state_machine = self.checkpoint_state.take().expect("event store checkpoint done");
-        let mut state: VsrState = self.superblock.working().vsr_state();
-        state.view = self.view;
-        state.log_view = self.log_view;
-        state.log_lost = self.log_lost();
-        state.commit_max = state.commit_max.max(self.commit_max);
+        let mut state = self.vsr_state_next();
         state.checkpoint_op = op;
         state.checkpoint_checksum = checksum;
-        state.checkpoint_state_checksum = state_machine.checkpoint_state_checksum;
-        state.grid_head = state_machine.grid_head;
-        state.streams_table_address = state_machine.streams_table_address;
-        state.streams_table_blocks = state_machine.streams_table_blocks;
-        state.streams_table_checksum = state_machine.streams_table_checksum;
+        state_machine.write_to(&mut state);
         let records = self.sessions.records();
         state.client_sessions = [ClientSessionRecord::default(); CLIENTS_MAX];
         state.client_sessions[..records.len()].copy_from_slice(records);
         self.checkpoint = CheckpointPhase::Superblock { op };
-        self.superblock_writing = Some((state.view, state.log_view));
-        self.superblock.update(storage, &state);
+        self.superblock_write(storage, &state);
     }
 
     fn superblock_progress<S: Storage>(&mut self, storage: &mut S) {
@@ -1251,19 +1224,31 @@ impl Replica {
         if matches!(self.checkpoint, CheckpointPhase::Superblock { .. }) {
             return;
         }
-        let log_lost = self.log_lost();
         let unchanged = self.view == self.view_durable && self.log_view == self.log_view_durable;
-        if unchanged && log_lost == self.superblock.working().log_lost {
+        if unchanged && self.log_lost() == self.superblock.working().log_lost {
             return;
         }
+        let state = self.vsr_state_next();
+        self.superblock_write(storage, &state);
+    }
+
+    /// The superblock's state as this replica now stands: view, log_view, log_lost and the
+    /// commit number it knows, over the checkpoint the superblock holds.
+    fn vsr_state_next(&self) -> VsrState {
         assert!(self.log_view <= self.view);
         let mut state: VsrState = self.superblock.working().vsr_state();
         state.view = self.view;
         state.log_view = self.log_view;
+        state.log_lost = self.log_lost();
         state.commit_max = state.commit_max.max(self.commit_max);
-        state.log_lost = log_lost;
+        state
+    }
+
+    /// Starts a superblock update; `superblock_progress` takes its completion.
+    fn superblock_write<S: Storage>(&mut self, storage: &mut S, state: &VsrState) {
+        assert!(self.superblock_writing.is_none());
         self.superblock_writing = Some((state.view, state.log_view));
-        self.superblock.update(storage, &state);
+        self.superblock.update(storage, state);
     }
 }
 
@@ -1322,4 +1307,16 @@ impl Replica {
         self.metrics.reads_served += 1;
         self.send(Destination::Client(request.client), reply);
     }
+}
+
+/// Puts `header` on `message`, whose first `body_size` bytes after the header are its body:
+/// sets the size and both checksums, and checks the result is a valid header.
+fn message_finish(mut message: Message, mut header: Header, body_size: usize) -> Message {
+    let size = HEADER_SIZE + body_size;
+    header.size = size as u32;
+    header.set_checksum_body(&message.buffer()[HEADER_SIZE..size]);
+    header.set_checksum();
+    assert_eq!(header.invalid(), None);
+    *message.header_mut() = header;
+    message
 }

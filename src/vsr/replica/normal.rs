@@ -26,7 +26,7 @@ use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
 
 impl Replica {
-    pub(super) fn on_prepare<S: Storage>(&mut self, storage: &mut S, mut message: Message) {
+    pub(super) fn on_prepare<S: Storage>(&mut self, storage: &mut S, message: Message) {
         let header = *message.header();
         if header.view > self.view {
             // Only a normal primary of a newer view prepares in it.
@@ -47,9 +47,7 @@ impl Replica {
             let slot = self.journal.slot_for_op(op);
             if held && self.journal.faulty(slot) && !self.journal.truncating() {
                 // Repair of an entry a read found corrupt: write the intact copy over it.
-                let size = header.size as usize;
-                message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
-                self.journal.write_prepare(storage, message);
+                self.journal.write_prepare(storage, padding_zeroed(message));
                 return self.commit_pipeline(storage);
             }
             let durable_below = self
@@ -67,11 +65,11 @@ impl Replica {
         // replica follows: the canonical log of a view change or start_view, or, past its head,
         // the current view's (which only its primary prepares).
         let chained = op == self.op + 1 && header.parent == self.parent;
-        let canonical = match self.target.header(op) {
-            Some(target) => target.checksum == header.checksum,
+        let target_checksum = self.target.header(op).map(|target| target.checksum);
+        let canonical = match target_checksum {
+            Some(checksum) => checksum == header.checksum,
             None => from_primary && self.status == Status::Normal && !self.target.active(),
         };
-        let target_checksum = self.target.header(op).map(|target| target.checksum);
         if !chained && target_checksum == Some(header.checksum) && op <= self.commit_max {
             // A committed op of the target, ahead of the chain's head: written now, taken into
             // the chain once the ops below it are (`target_advance`), so that repair replies
@@ -79,7 +77,7 @@ impl Replica {
             return self.repair_write_ahead(storage, message);
         }
         if !chained || !canonical {
-            self.repair_request(storage, self.op + 1);
+            self.repair_request(self.op + 1);
             return self.commit_pipeline(storage);
         }
         let slot_count = u64::from(self.config.journal_slot_count);
@@ -89,9 +87,7 @@ impl Replica {
         if self.pipeline.len() >= PIPELINE_BACKUP_MAX || self.journal.truncating() {
             return self.commit_pipeline(storage);
         }
-        // The journal writes whole sectors: zero what the bus left after the message.
-        let size = header.size as usize;
-        message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
+        let message = padding_zeroed(message);
         self.op = op;
         self.parent = header.checksum;
         self.timestamp_last = self.timestamp_last.max(header.timestamp);
@@ -103,7 +99,7 @@ impl Replica {
         self.commit_pipeline(storage);
     }
 
-    fn repair_write_ahead<S: Storage>(&mut self, storage: &mut S, mut message: Message) {
+    fn repair_write_ahead<S: Storage>(&mut self, storage: &mut S, message: Message) {
         let header = *message.header();
         let slot_count = u64::from(self.config.journal_slot_count);
         if self.journal.header_with_op(header.op).is_some_and(|held| *held == header) {
@@ -116,9 +112,7 @@ impl Replica {
         if self.journal.writes_in_flight() + PIPELINE_BACKUP_MAX + 1 >= JOURNAL_IOPS_WRITE_MAX {
             return;
         }
-        let size = header.size as usize;
-        message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
-        self.journal.write_prepare(storage, message);
+        self.journal.write_prepare(storage, padding_zeroed(message));
     }
 
     /// Extends the chain over target entries already durable in the journal (written ahead),
@@ -257,8 +251,7 @@ impl Replica {
     /// ops (they are accepted in order as they arrive), at most once per
     /// `REPAIR_TIMEOUT_TICKS`. Ops of a log target are asked for by checksum from the replicas
     /// that hold them; past it, from the primary of the view, by op.
-    pub(super) fn repair_request<S: Storage>(&mut self, storage: &mut S, op: Op) {
-        let _ = storage;
+    pub(super) fn repair_request(&mut self, op: Op) {
         if self.ticks < self.repair_requested_tick + REPAIR_TIMEOUT_TICKS {
             return;
         }
@@ -284,7 +277,7 @@ impl Replica {
             let destination = match target_checksum {
                 Some(checksum) => {
                     header.context = checksum;
-                    let Some(source) = self.target_source(wanted) else {
+                    let Some(source) = self.target_source() else {
                         continue;
                     };
                     source
@@ -344,4 +337,12 @@ impl Replica {
             self.send_header(Destination::Replica(replica), header);
         }
     }
+}
+
+/// A prepare from a peer, ready for the journal, which writes whole sectors: the padding after
+/// the message (whatever the bus left there) zeroed. Before the buffer is shared.
+fn padding_zeroed(mut message: Message) -> Message {
+    let size = message.header().size as usize;
+    message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
+    message
 }

@@ -24,15 +24,13 @@
 
 use super::{
     Destination, JournalRead, JournalReadPurpose, PIPELINE_BACKUP_MAX, Prepared, REPAIR_WINDOW_MAX,
-    Replica, Status,
+    Replica, Status, message_finish,
 };
-use crate::constants::JOURNAL_IOPS_READ_MAX;
-use crate::constants::{HEADER_SIZE, VIEW_CHANGE_HEADERS_MAX};
+use crate::constants::{HEADER_SIZE, JOURNAL_IOPS_READ_MAX, VIEW_CHANGE_HEADERS_MAX};
 use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::message_pool::Message;
 use crate::vsr::replica::view_change::view_headers_invalid;
 use crate::vsr::storage::Storage;
-use zerocopy::IntoBytes;
 
 use super::REPAIR_TIMEOUT_TICKS;
 
@@ -99,6 +97,7 @@ impl LogTarget {
     }
 
     pub fn source(&self) -> ReplicaIndex {
+        assert!(self.active);
         self.source
     }
 
@@ -268,7 +267,7 @@ impl Replica {
         }
         self.target_advance();
         if self.op < self.target.head() {
-            return self.repair_request(storage, self.op + 1);
+            return self.repair_request(self.op + 1);
         }
         if self.pipeline.iter().any(|prepared| !prepared.durable) || self.journal.writing() {
             return;
@@ -342,25 +341,27 @@ impl Replica {
         self.journal.truncate_after(storage, op);
     }
 
-    pub(super) fn target_source_replica(&self) -> ReplicaIndex {
-        self.target.source()
-    }
-
-    /// The replica to ask for the target's entry at `op`: its source, and on alternate
-    /// attempts another replica, so that one that cannot answer does not stall the repair.
-    pub(super) fn target_source(&mut self, op: Op) -> Option<ReplicaIndex> {
-        let _ = op;
-        let replica_count = u64::from(self.config.replica_count);
-        if replica_count < 2 {
+    /// The replica to ask for the target's entries: its source, and on alternate attempts
+    /// another replica, so that one that cannot answer does not stall the repair.
+    pub(super) fn target_source(&mut self) -> Option<ReplicaIndex> {
+        if self.config.replica_count < 2 {
             return None;
         }
         self.target.attempts += 1;
         let attempt = self.target.attempts / REPAIR_WINDOW_ROTATE;
-        if attempt.is_multiple_of(2) && self.target.source != self.config.replica {
-            return Some(self.target.source);
+        Some(self.peer_rotation(self.target.source, attempt))
+    }
+
+    /// For the `attempt`-th round of asking: `source` on even rounds (unless it is this
+    /// replica), else the other replicas in turn.
+    pub(super) fn peer_rotation(&self, source: ReplicaIndex, attempt: u64) -> ReplicaIndex {
+        let replica_count = u64::from(self.config.replica_count);
+        assert!(replica_count >= 2);
+        if attempt.is_multiple_of(2) && source != self.config.replica {
+            return source;
         }
         let offset = 1 + (attempt / 2) % (replica_count - 1);
-        Some(((u64::from(self.config.replica) + offset) % replica_count) as ReplicaIndex)
+        ((u64::from(self.config.replica) + offset) % replica_count) as ReplicaIndex
     }
 
     fn request_headers_send(&mut self) {
@@ -380,7 +381,7 @@ impl Replica {
         let op_min = op_max
             .saturating_sub(VIEW_CHANGE_HEADERS_MAX as u64 - 1)
             .max(self.commit_min.min(op_max));
-        let Some(source) = self.target_source(op_max) else {
+        let Some(source) = self.target_source() else {
             return;
         };
         if source == self.config.replica {
@@ -400,30 +401,14 @@ impl Replica {
             return;
         }
         let op_low = header.op_min.max(op_max.saturating_sub(VIEW_CHANGE_HEADERS_MAX as u64 - 1));
-        let mut first = op_max;
-        if self.log_header(op_max).is_none() {
-            return;
-        }
-        while first > op_low && self.log_header(first - 1).is_some() {
-            first -= 1;
-        }
         let mut message = self.pool.get();
-        let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
-        let mut count = 0;
-        for op in first..=op_max {
-            let entry = self.log_header(op).expect("checked above");
-            body[count * HEADER_SIZE..][..HEADER_SIZE].copy_from_slice(entry.as_bytes());
-            count += 1;
-        }
+        let Some((first, count)) = self.log_headers_write(&mut message, op_low, op_max) else {
+            return;
+        };
         let mut reply = self.header_new(Command::Headers);
         reply.op_min = first;
         reply.op = op_max;
-        let size = HEADER_SIZE + count * HEADER_SIZE;
-        reply.size = size as u32;
-        reply.set_checksum_body(&message.buffer()[HEADER_SIZE..size]);
-        reply.set_checksum();
-        assert_eq!(reply.invalid(), None);
-        *message.header_mut() = reply;
+        let message = message_finish(message, reply, count * HEADER_SIZE);
         self.send(Destination::Replica(header.replica), message);
     }
 

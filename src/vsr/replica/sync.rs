@@ -24,7 +24,7 @@
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
-use super::{CheckpointPhase, Destination, Replica, Status};
+use super::{CheckpointPhase, Destination, Replica, Status, message_finish};
 use crate::constants::{
     BLOCK_SIZE, CLIENTS_MAX, HEADER_SIZE, SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
 };
@@ -34,7 +34,6 @@ use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex};
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
-use crate::vsr::superblock::VsrState;
 
 /// Chunks one block is fetched in, at most (the smallest message holds a sector of data).
 const CHUNKS_PER_BLOCK_MAX: usize = BLOCK_SIZE / SECTOR_SIZE;
@@ -59,6 +58,19 @@ pub struct SyncCheckpointBody {
     pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
     /// Zero: pads the body to the header's 64-byte alignment.
     pub reserved_end: [u8; 32],
+}
+
+impl SyncCheckpointBody {
+    /// The event store's part of the checkpoint.
+    fn checkpoint_state(&self) -> CheckpointState {
+        CheckpointState {
+            grid_head: self.grid_head,
+            streams_table_address: self.streams_table_address,
+            streams_table_blocks: self.streams_table_blocks,
+            streams_table_checksum: self.streams_table_checksum,
+            checkpoint_state_checksum: self.checkpoint_state_checksum,
+        }
+    }
 }
 
 /// One chunk asked for in `request_blocks`: 16 bytes.
@@ -176,7 +188,7 @@ impl Replica {
         match self.sync.phase {
             Phase::Idle => {
                 self.sync.phase = Phase::Checkpoint;
-                self.sync.source = self.target_source_replica();
+                self.sync.source = self.target.source();
                 self.sync.attempts = 0;
                 self.sync.requested_tick = 0;
                 self.sync_progress(storage)
@@ -191,13 +203,7 @@ impl Replica {
     /// The replica to ask: the target's source, and another on alternate attempts.
     fn sync_source(&mut self) -> ReplicaIndex {
         self.sync.attempts += 1;
-        let replica_count = u64::from(self.config.replica_count);
-        let attempt = self.sync.attempts / 4;
-        if attempt.is_multiple_of(2) && self.sync.source != self.config.replica {
-            return self.sync.source;
-        }
-        let offset = 1 + (attempt / 2) % (replica_count - 1);
-        ((u64::from(self.config.replica) + offset) % replica_count) as ReplicaIndex
+        self.peer_rotation(self.sync.source, self.sync.attempts / 4)
     }
 
     fn sync_request_due(&mut self) -> bool {
@@ -249,11 +255,7 @@ impl Replica {
         reply.checkpoint_op = working.checkpoint_op;
         reply.commit = working.commit_max.max(working.checkpoint_op);
         reply.context = working.checkpoint_checksum;
-        reply.size = size as u32;
-        reply.set_checksum_body(&message.buffer()[HEADER_SIZE..size]);
-        reply.set_checksum();
-        assert_eq!(reply.invalid(), None);
-        *message.header_mut() = reply;
+        let message = message_finish(message, reply, size - HEADER_SIZE);
         self.send(Destination::Replica(header.replica), message);
     }
 
@@ -327,14 +329,9 @@ impl Replica {
             count += 1;
         }
         assert!(count > 0);
-        let size = HEADER_SIZE + count * size_of::<ChunkReference>();
         let mut header = self.header_new(Command::RequestBlocks);
         header.checkpoint_op = self.sync.checkpoint_op;
-        header.size = size as u32;
-        header.set_checksum_body(&message.buffer()[HEADER_SIZE..size]);
-        header.set_checksum();
-        assert_eq!(header.invalid(), None);
-        *message.header_mut() = header;
+        let message = message_finish(message, header, count * size_of::<ChunkReference>());
         let source = self.sync_source();
         self.send(Destination::Replica(source), message);
     }
@@ -418,17 +415,12 @@ impl Replica {
         let length = completion.request.length;
         let buffer = message.buffer_mut_unique();
         buffer.copy_within(SECTOR_SIZE..SECTOR_SIZE + length, HEADER_SIZE);
-        let size = HEADER_SIZE + length;
         let mut header = Header::new(Command::Block, self.config.cluster);
         header.replica = self.config.replica;
         header.op = serving.address;
         header.context = serving.offset;
         header.checkpoint_op = serving.checkpoint_op;
-        header.size = size as u32;
-        header.set_checksum_body(&message.buffer()[HEADER_SIZE..size]);
-        header.set_checksum();
-        assert_eq!(header.invalid(), None);
-        *message.header_mut() = header;
+        let message = message_finish(message, header, length);
         self.send(Destination::Replica(serving.replica), message);
     }
 
@@ -518,25 +510,17 @@ impl Replica {
             return;
         }
         let body = self.sync.body;
-        let mut state: VsrState = self.superblock.working().vsr_state();
-        state.view = self.view;
-        state.log_view = self.log_view;
-        state.log_lost = self.log_lost();
-        state.commit_max = state.commit_max.max(self.sync.commit).max(self.commit_max);
+        let mut state = self.vsr_state_next();
+        state.commit_max = state.commit_max.max(self.sync.commit);
         state.checkpoint_op = self.sync.checkpoint_op;
         state.checkpoint_checksum = self.sync.checkpoint_checksum;
-        state.checkpoint_state_checksum = body.checkpoint_state_checksum;
-        state.grid_head = body.grid_head;
-        state.streams_table_address = body.streams_table_address;
-        state.streams_table_blocks = body.streams_table_blocks;
-        state.streams_table_checksum = body.streams_table_checksum;
+        body.checkpoint_state().write_to(&mut state);
         state.client_sessions = body.client_sessions;
         // The checkpoint's prepare is not in this replica's WAL: the superblock keeps its header.
         state.view_headers[0] = body.checkpoint_header;
         state.view_headers_count = 1;
         self.sync.phase = Phase::Superblock;
-        self.superblock_writing = Some((state.view, state.log_view));
-        self.superblock.update(storage, &state);
+        self.superblock_write(storage, &state);
     }
 
     /// The superblock holds the checkpoint: the event store opens it.

@@ -32,7 +32,9 @@
 //! - A view change that does not finish within `VIEW_CHANGE_TIMEOUT_TICKS` moves on to the next
 //!   view (another primary).
 
-use super::{BACKUP_LIVENESS_TICKS, Destination, REPAIR_WINDOW_MAX, Replica, Status};
+use super::{
+    BACKUP_LIVENESS_TICKS, Destination, REPAIR_WINDOW_MAX, Replica, Status, message_finish,
+};
 use crate::constants::{HEADER_SIZE, REPLICAS_MAX, VIEW_CHANGE_HEADERS_MAX};
 use crate::vsr::header::{Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::message_pool::Message;
@@ -423,24 +425,35 @@ impl Replica {
         held
     }
 
-    /// The suffix of this replica's log (up to `VIEW_CHANGE_HEADERS_MAX` headers, ending at
-    /// `op`) into `message`'s body; returns the count.
-    fn log_suffix_write(&self, message: &mut Message) -> usize {
-        let low = self.op.saturating_sub(VIEW_CHANGE_HEADERS_MAX as u64 - 1);
-        let mut first = self.op;
-        while first > low && self.log_header(first - 1).is_some() {
+    /// The headers this replica's log holds for the top of `op_low..=op_high` (a run ending at
+    /// `op_high`), ascending, into `message`'s body; returns the first op and the count, or
+    /// `None` if the log has no header at `op_high`.
+    pub(super) fn log_headers_write(
+        &self,
+        message: &mut Message,
+        op_low: Op,
+        op_high: Op,
+    ) -> Option<(Op, usize)> {
+        assert!(op_low <= op_high);
+        assert!(op_high - op_low < VIEW_CHANGE_HEADERS_MAX as u64);
+        self.log_header(op_high)?;
+        let mut first = op_high;
+        while first > op_low && self.log_header(first - 1).is_some() {
             first -= 1;
         }
         let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
-        let mut count = 0;
-        for op in first..=self.op {
-            let Some(header) = self.log_header(op) else {
-                return 0;
-            };
-            body[count * HEADER_SIZE..][..HEADER_SIZE].copy_from_slice(header.as_bytes());
-            count += 1;
+        for (index, op) in (first..=op_high).enumerate() {
+            let header = self.log_header(op).expect("the run was checked above");
+            body[index * HEADER_SIZE..][..HEADER_SIZE].copy_from_slice(header.as_bytes());
         }
-        count
+        Some((first, (op_high - first + 1) as usize))
+    }
+
+    /// The suffix of this replica's log (up to `VIEW_CHANGE_HEADERS_MAX` headers, ending at
+    /// `op`) into `message`'s body; returns the count (0 if the log lacks its head's header).
+    fn log_suffix_write(&self, message: &mut Message) -> usize {
+        let low = self.op.saturating_sub(VIEW_CHANGE_HEADERS_MAX as u64 - 1);
+        self.log_headers_write(message, low, self.op).map_or(0, |(_, count)| count)
     }
 
     fn do_view_change_build(&self) -> Option<Message> {
@@ -454,18 +467,7 @@ impl Replica {
         header.commit = self.commit_max.min(self.op);
         header.checkpoint_op = self.checkpoint_op;
         header.log_view = self.log_view;
-        Some(self.message_finish(message, header, count))
-    }
-
-    /// Sets `header`'s size and checksums over `count` headers already in `message`'s body.
-    fn message_finish(&self, mut message: Message, mut header: Header, count: usize) -> Message {
-        let size = HEADER_SIZE + count * HEADER_SIZE;
-        header.size = size as u32;
-        header.set_checksum_body(&message.buffer()[HEADER_SIZE..size]);
-        header.set_checksum();
-        assert_eq!(header.invalid(), None);
-        *message.header_mut() = header;
-        message
+        Some(message_finish(message, header, count * HEADER_SIZE))
     }
 
     pub(super) fn send_request_start_view(&mut self) {
@@ -663,7 +665,7 @@ impl Replica {
         header.op = self.op;
         header.commit = self.commit_max.min(self.op);
         header.checkpoint_op = self.checkpoint_op.min(header.commit);
-        let message = self.message_finish(message, header, count);
+        let message = message_finish(message, header, count * HEADER_SIZE);
         self.send(Destination::Replica(replica), message);
     }
 
