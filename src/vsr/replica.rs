@@ -368,7 +368,6 @@ impl Replica {
         self.journal.status() == journal::Status::Recovered && self.journal.faulty_count() > 0
     }
 
-
     /// The header of the prepare this replica holds at `op`, if its WAL still has it (for
     /// checkers and tests).
     pub fn prepare_header(&self, op: Op) -> Option<Header> {

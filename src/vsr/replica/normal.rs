@@ -42,23 +42,7 @@ impl Replica {
         }
         let op = header.op;
         if op <= self.op {
-            // A retransmission: acknowledge again if this very prepare is durable here.
-            let held = self.journal.header_with_op(op).is_some_and(|held| *held == header);
-            let slot = self.journal.slot_for_op(op);
-            if held && self.journal.faulty(slot) && !self.journal.truncating() {
-                // Repair of an entry a read found corrupt: write the intact copy over it.
-                self.journal.write_prepare(storage, padding_zeroed(message));
-                return self.commit_pipeline(storage);
-            }
-            let durable_below = self
-                .pipeline
-                .iter()
-                .take_while(|prepared| prepared.message.header().op <= op)
-                .all(|prepared| prepared.durable);
-            let ack = held && !self.journal.dirty(slot) && self.log_synced() && durable_below;
-            if ack && self.status == Status::Normal && op > self.commit_min {
-                self.send_prepare_ok(&header);
-            }
+            self.on_prepare_held(storage, message);
             return self.commit_pipeline(storage);
         }
         // The prepare must extend this replica's chain, and be known to belong to the log this
@@ -97,6 +81,28 @@ impl Replica {
         self.journal.write_prepare(storage, message);
         self.target_advance();
         self.commit_pipeline(storage);
+    }
+
+    /// A prepare at or below this replica's head: a retransmission, acknowledged again if
+    /// this very prepare is durable here (and every one below it), or the intact copy of an
+    /// entry a read found corrupt, written over it.
+    fn on_prepare_held<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        let header = *message.header();
+        let op = header.op;
+        let held = self.journal.header_with_op(op).is_some_and(|held| *held == header);
+        let slot = self.journal.slot_for_op(op);
+        if held && self.journal.faulty(slot) && !self.journal.truncating() {
+            return self.journal.write_prepare(storage, padding_zeroed(message));
+        }
+        let durable_below = self
+            .pipeline
+            .iter()
+            .take_while(|prepared| prepared.message.header().op <= op)
+            .all(|prepared| prepared.durable);
+        let ack = held && !self.journal.dirty(slot) && self.log_synced() && durable_below;
+        if ack && self.status == Status::Normal && op > self.commit_min {
+            self.send_prepare_ok(&header);
+        }
     }
 
     fn repair_write_ahead<S: Storage>(&mut self, storage: &mut S, message: Message) {
