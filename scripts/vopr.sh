@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the VOPR on random seeds for a while, one loop per core, and reports seeds per minute and
-# every failure with the command that replays it. Each seed's output goes to a log; the logs of
-# failed seeds are kept.
+# Runs the VOPR on random seeds for a while, one loop per core, and reports seeds per minute,
+# every failure with the command that replays it, and how often each counted path ran. Each
+# seed's output goes to a log; the logs of failed seeds are kept.
 # Usage: scripts/vopr.sh [MINUTES] [VOPR OPTION...]     e.g. scripts/vopr.sh 10 --replicas=3
 # Environment: JOBS (default: the number of cores), CARGO_TARGET_DIR, VOPR_LOGS (default: a
 # temporary directory).
@@ -28,9 +28,11 @@ worker() {
         log="$logs/seed-$seed.log"
         if "$binary" vopr --seed="$seed" "${options[@]}" >"$log" 2>&1; then
             echo "$seed 0" >>"$logs/results-$worker_index"
+            grep '^coverage:' "$log" >>"$logs/coverage-$worker_index" || true
             rm -f "$log"
         else
             echo "$seed $?" >>"$logs/results-$worker_index"
+            grep '^coverage:' "$log" >>"$logs/coverage-$worker_index" || true
         fi
     done
 }
@@ -47,6 +49,12 @@ failures=$(cat "$logs"/results-* 2>/dev/null | awk '$2 != 0' | wc -l)
 per_minute=$(awk -v seeds="$seeds" -v elapsed="$elapsed" \
     'BEGIN { printf "%.1f", (elapsed > 0 ? seeds * 60 / elapsed : 0) }')
 echo "vopr: $seeds seeds in ${elapsed}s ($per_minute seeds/minute), $failures failed"
+# How often each counted path ran over the campaign (summed over seeds): a 0 is a path never
+# reached.
+echo "coverage (summed over all seeds; seeds with the path > 0):"
+cat "$logs"/coverage-* 2>/dev/null | awk '
+    { sum[$2] += $3; if ($3 > 0) seen[$2] += 1; if (!($2 in order)) { order[$2] = n++; names[n - 1] = $2 } }
+    END { for (i = 0; i < n; i++) printf "  %-48s %14d %8d\n", names[i], sum[names[i]], seen[names[i]] }'
 if [ "$failures" -gt 0 ]; then
     cat "$logs"/results-* | awk '$2 != 0 { print $1 }' | while read -r seed; do
         reason=$(grep -m1 -E '^FAILED|panicked at' "$logs/seed-$seed.log" || echo "(no reason)")

@@ -28,12 +28,12 @@ use crate::sim::network::{DropReason, Network, NetworkOptions, NodeIndex, Packet
 use crate::sim::prng::Prng;
 use crate::sim::storage::{Latency, MemoryStorage};
 use crate::sim::trace::{Event, Trace};
-use crate::sim::workload::{ReplyRecord, Workload, WorkloadOptions};
+use crate::sim::workload::{ReplyRecord, Workload, WorkloadMetrics, WorkloadOptions};
 use crate::vsr::format::fill_range;
 use crate::vsr::header::{Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::message_pool::{Message, MessagePool, messages_max_replica};
-use crate::vsr::replica::{Destination, Replica, Status};
+use crate::vsr::replica::{Destination, Metrics, Replica, Status};
 use crate::vsr::storage::{Completion, IoKind, Storage};
 use crate::vsr::superblock::SuperBlockHeader;
 use zerocopy::IntoBytes;
@@ -131,6 +131,11 @@ pub enum Fault {
         tick: u64,
         replica: usize,
     },
+    /// The crashed replica's data file is lost and formatted again with `--rejoin`.
+    Rejoin {
+        tick: u64,
+        replica: usize,
+    },
     /// The links between `node` and `peer` (every other replica if `None`) cut until
     /// `until_tick`.
     Partition {
@@ -155,6 +160,9 @@ impl std::fmt::Display for Fault {
             }
             Fault::Restart { tick, replica } => {
                 write!(formatter, "tick {tick}: replica {replica} restarts from its disk")
+            }
+            Fault::Rejoin { tick, replica } => {
+                write!(formatter, "tick {tick}: replica {replica} loses its data file (rejoin)")
             }
             Fault::Partition { tick, node, peer, direction, until_tick } => {
                 let arrow = match direction {
@@ -199,6 +207,7 @@ impl std::fmt::Display for Node {
     }
 }
 
+crate::vsr::counters::counters! {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClusterMetrics {
     pub crashes: u64,
@@ -211,6 +220,9 @@ pub struct ClusterMetrics {
     pub sectors_misdirected: u64,
     /// Messages mutated on their way between replicas.
     pub mutations: u64,
+    /// Crashed replicas whose data file was lost and formatted again with `--rejoin`.
+    pub rejoins: u64,
+}
 }
 
 struct ReplicaNode {
@@ -245,6 +257,9 @@ pub struct Cluster {
     /// The first message a replica addressed to no node (itself, or an unknown client).
     misaddressed_first: Option<(usize, Destination)>,
     metrics: ClusterMetrics,
+    /// The metrics of replicas that crashed (a restart starts from zero): with the running
+    /// replicas', what the run's replicas did, for the coverage report.
+    replica_metrics_retired: Metrics,
     /// Recent messages between replicas, for replays.
     replayable: Vec<Vec<u8>>,
 }
@@ -302,6 +317,7 @@ impl Cluster {
             misaddressed_first: None,
             replayable: Vec::with_capacity(REPLAYABLE_MAX),
             metrics: ClusterMetrics::default(),
+            replica_metrics_retired: Metrics::default(),
         };
         let mut clock_prng = Prng::new(seed_derive(options.seed, 4));
         for _ in 0..replica_count {
@@ -685,6 +701,34 @@ impl Cluster {
                 % (faults.crash_down_ticks_max - faults.crash_down_ticks_min + 1);
         let torn = faults.crash_torn_writes && self.prng.chance(1, 2);
         self.crash(index, torn, self.tick + down_ticks);
+        if self.replicas.len() > 1 && self.prng.chance(1, 8) {
+            self.rejoin(index);
+        }
+    }
+
+    /// The crashed replica `index` loses its data file and is formatted again to rejoin. Half
+    /// the time it comes back able to reach only one peer for a while (perhaps a stale primary
+    /// that others left), so that old views meet the rejoined replica.
+    fn rejoin(&mut self, index: usize) {
+        self.reformat_for_rejoin(index);
+        self.metrics.rejoins += 1;
+        self.trace.record(Event::Rejoin, &[self.tick, index as u64]);
+        self.faults.push(Fault::Rejoin { tick: self.tick, replica: index });
+        let replica_count = self.replicas.len();
+        if replica_count < 3 || self.prng.chance(1, 2) {
+            return;
+        }
+        let reachable = (index + 1 + self.prng.index(replica_count - 1)) % replica_count;
+        let restart_tick = self.replicas[index].restart_tick;
+        let until_tick = restart_tick + 200 + self.prng.next_u64() % 1_800;
+        for other in (0..replica_count).filter(|other| *other != index && *other != reachable) {
+            self.link_cut(index, other, LinkDirection::Both, until_tick);
+            let fields = [self.tick, 5, index as u64, LinkDirection::Both as u64, until_tick];
+            self.trace.record(Event::Partition, &fields);
+            let (node, peer) = (Node::Replica(index), Some(Node::Replica(other)));
+            let (tick, direction) = (self.tick, LinkDirection::Both);
+            self.faults.push(Fault::Partition { tick, node, peer, direction, until_tick });
+        }
     }
 
     /// Crashes replica `index`: its writes in flight are lost (or torn), its memory is gone, and
@@ -693,6 +737,8 @@ impl Cluster {
         let node = &mut self.replicas[index];
         assert!(node.replica.is_some(), "replica {index} is already down");
         let in_flight = node.storage.in_flight() as u64;
+        let metrics = node.replica.as_ref().expect("running").metrics();
+        self.replica_metrics_retired.add(&metrics);
         if torn {
             let landed = node.storage.crash_tearing_writes_randomly(&mut self.prng);
             self.metrics.sectors_torn_landed += landed as u64;
@@ -1009,7 +1055,19 @@ impl Cluster {
             partitions: self.metrics.partitions,
             trace_hash: self.trace.hash(),
             trace_events: self.trace.event_count(),
+            replica_metrics: self.replica_metrics(),
+            cluster_metrics: self.metrics,
+            workload_metrics: workload,
         }
+    }
+
+    /// The metrics of every replica the run started, summed.
+    pub fn replica_metrics(&self) -> Metrics {
+        let mut metrics = self.replica_metrics_retired;
+        for replica in self.replicas.iter().filter_map(|node| node.replica.as_ref()) {
+            metrics.add(&replica.metrics());
+        }
+        metrics
     }
 }
 
@@ -1033,6 +1091,10 @@ pub struct Summary {
     pub mutations: u64,
     pub trace_hash: u64,
     pub trace_events: u64,
+    /// Summed over every replica the run started, crashed ones included.
+    pub replica_metrics: Metrics,
+    pub cluster_metrics: ClusterMetrics,
+    pub workload_metrics: WorkloadMetrics,
 }
 
 #[cfg(test)]
@@ -1186,5 +1248,45 @@ mod tests {
         let rejoined = cluster.replica(2).expect("running");
         assert!(!rejoined.log_faulty());
         assert_eq!(rejoined.commit_min(), cluster.replica(0).unwrap().commit_min());
+    }
+
+    #[test]
+    fn rejoined_replica_never_lets_a_stale_primary_commit_in_an_old_view() {
+        // Goal: the agreement violation of a rejoin that forgets its view. R0, primary of view
+        // 0, is cut off from R1 and R2 and prepares ops that never commit; R1 and R2 move to
+        // view 1 and commit more. R2 then loses its data file, is rejoined, and can reach only
+        // R0: it must not install R0's view-0 log and acknowledge it (R0 would commit its
+        // stale ops against view 1's). Once the partition heals it rejoins the cluster's view.
+        let seed = 52;
+        println!("seed={seed}");
+        let mut options = options_quiet_replicas(seed, 3);
+        options.ticks_faults = 4_000;
+        options.ticks_convergence_max = 6_000;
+        let mut cluster = Cluster::new(options);
+        while cluster.tick() < 300 {
+            cluster.step().unwrap();
+        }
+        let acknowledged = cluster.checker().acknowledged_op_max();
+        let restart_tick = 1_500;
+        cluster.link_cut(0, 1, LinkDirection::Both, 3_500);
+        cluster.link_cut(0, 2, LinkDirection::Both, restart_tick);
+        while cluster.tick() < restart_tick - 100 {
+            cluster.step().unwrap();
+        }
+        let view_one = cluster.replica(1).map(Replica::view).unwrap_or(0);
+        assert!(view_one > 0, "R1 and R2 moved to a new view");
+        assert!(cluster.checker().acknowledged_op_max() > acknowledged + 10);
+        cluster.crash(2, false, restart_tick);
+        cluster.reformat_for_rejoin(2);
+        cluster.link_cut(1, 2, LinkDirection::Both, 3_500);
+        while cluster.tick() < 3_400 {
+            cluster.step().unwrap();
+        }
+        cluster.run().unwrap();
+        let rejoined = cluster.replica(2).expect("running");
+        assert!(!rejoined.log_faulty());
+        assert!(rejoined.view() > view_one);
+        assert_eq!(rejoined.metrics().rejoin_views_learned, 1);
+        assert_eq!(rejoined.commit_min(), cluster.replica(1).unwrap().commit_min());
     }
 }

@@ -91,6 +91,7 @@ pub fn command(arguments: &[String]) -> i32 {
     print!("{}", options_describe(&options));
     let (summary, faults, result) = simulate_with_faults(&options);
     print!("{}", summary_describe(&summary));
+    print!("{}", coverage_describe(&summary));
     if result.is_err() {
         println!("faults injected ({}):", faults.len());
         for fault in &faults {
@@ -304,6 +305,23 @@ pub fn summary_describe(summary: &Summary) -> String {
         summary.trace_hash,
         summary.trace_events,
     )
+}
+
+/// Every counter of the run, one `coverage: NAME COUNT` line each, so that a campaign can sum
+/// them (`scripts/vopr.sh`) and a path it never reached shows as 0.
+pub fn coverage_describe(summary: &Summary) -> String {
+    let mut text = String::new();
+    let groups: [(&str, &[(&str, u64)]); 3] = [
+        ("replica", &summary.replica_metrics.counters()),
+        ("cluster", &summary.cluster_metrics.counters()),
+        ("workload", &summary.workload_metrics.counters()),
+    ];
+    for (group, counters) in groups {
+        for (name, count) in counters {
+            text.push_str(&format!("coverage: {group}.{name} {count}\n"));
+        }
+    }
+    text
 }
 
 /// Runs one simulation. A panic anywhere in it (a replica's assertion) is caught and reported

@@ -71,6 +71,7 @@ pub struct ModelViolation {
     pub reason: &'static str,
 }
 
+crate::vsr::counters::counters! {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkloadMetrics {
     pub requests_sent: u64,
@@ -83,6 +84,7 @@ pub struct WorkloadMetrics {
     pub events_appended: u64,
     pub storage_full: u64,
     pub rejected: u64,
+}
 }
 
 struct InFlight {

@@ -436,10 +436,12 @@ impl Header {
     }
 
     fn invalid_ping(&self) -> Option<&'static str> {
+        // `context`: the nonce of a rejoining replica's view query, echoed by the pong.
         let used = Fields::VIEW
             | Fields::TIMESTAMP
             | Fields::COMMIT
             | Fields::CHECKPOINT_OP
+            | Fields::CONTEXT
             | Fields::REPLICA;
         self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
     }
@@ -657,8 +659,8 @@ impl Header {
         if self.view == 0 {
             return Some("view change to view 0");
         }
-        if self.context > 1 {
-            return Some("start_view_change context must be 0 or 1");
+        if self.context > 2 {
+            return Some("start_view_change context must be 0, 1 or 2");
         }
         self.invalid_body_empty()
     }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client_sessions;
+pub mod counters;
 pub mod format;
 pub mod header;
 pub mod journal;

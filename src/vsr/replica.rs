@@ -46,6 +46,7 @@ use crate::vsr::superblock::{SuperBlock, VsrState};
 
 mod normal;
 mod open;
+mod rejoin;
 mod repair;
 mod sync;
 #[cfg(test)]
@@ -171,6 +172,7 @@ struct ReplyFields {
     request_checksum: Checksum,
 }
 
+crate::vsr::counters::counters! {
 /// Counters for operators and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Metrics {
@@ -190,6 +192,9 @@ pub struct Metrics {
     pub ops_truncated: u64,
     /// Checkpoints installed by state sync.
     pub state_syncs: u64,
+    /// Rejoins after a lost data file that learned the cluster's view and joined above it.
+    pub rejoin_views_learned: u64,
+}
 }
 
 pub struct Replica {
@@ -218,6 +223,7 @@ pub struct Replica {
     /// this replica does not vote with its log (no do_view_change, no prepare_ok).
     log_faulty: bool,
     view_change: view_change::ViewChangeState,
+    rejoin: rejoin::RejoinState,
     target: repair::LogTarget,
     sync: sync::SyncState,
     /// Jitter for timeouts, so replicas do not time out in lockstep (seeded by the driver).
@@ -286,6 +292,7 @@ impl Replica {
             superblock_writing: None,
             log_faulty: false,
             view_change: view_change::ViewChangeState::new(),
+            rejoin: rejoin::RejoinState::new(),
             target: repair::LogTarget::new(config.journal_slot_count as usize),
             sync: sync::SyncState::new(),
             prng: seed | 1,
@@ -469,6 +476,9 @@ impl Replica {
         if !self.status.is_open() {
             return;
         }
+        if self.rejoin.learning {
+            return self.rejoin_tick();
+        }
         if self.config.replica_count > 1 {
             self.view_change_tick(storage);
         }
@@ -501,6 +511,15 @@ impl Replica {
             return;
         }
         let command = header.command().expect("validated by the bus");
+        if self.rejoin.learning {
+            // It acts in no view, and claims none, until it knows the cluster's (`rejoin.rs`).
+            let peer = header.replica < self.config.replica_count
+                && header.replica != self.config.replica;
+            if command == Command::Pong && peer {
+                self.on_pong(storage, &header);
+            }
+            return;
+        }
         if matches!(command, Command::Request | Command::PingClient) {
             return match command {
                 Command::Request => self.on_request(storage, message),
@@ -522,6 +541,8 @@ impl Replica {
             return;
         }
         match command {
+            Command::Ping if self.on_view_query(&header) => return,
+            Command::Pong => return self.on_pong(storage, &header),
             Command::StartViewChange => return self.on_start_view_change(storage, &header),
             Command::DoViewChange => return self.on_do_view_change(storage, &message),
             Command::StartView => return self.on_start_view(storage, &message),

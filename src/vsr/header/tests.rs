@@ -83,7 +83,7 @@ const REASONS: [&str; 57] = [
     "reply commit must not be below its op",
     "checkpoint_op must not exceed commit",
     "view change to view 0",
-    "start_view_change context must be 0 or 1",
+    "start_view_change context must be 0, 1 or 2",
     "log_view must be below the new view",
     "commit must not exceed op",
     "op_min must not exceed op",
@@ -116,7 +116,7 @@ const REJECTION_TESTS: [(&str, fn()); 57] = [
     ("checkpoint_op must be zero", start_view_change_with_a_checkpoint_op_is_rejected),
     ("op_min must be zero", prepare_with_an_op_min_is_rejected),
     ("parent must be zero", reply_with_a_parent_is_rejected),
-    ("context must be zero", ping_with_a_context_is_rejected),
+    ("context must be zero", ping_client_with_a_context_is_rejected),
     ("request must be zero", commit_with_a_request_number_is_rejected),
     ("log_view must be zero", start_view_with_a_log_view_is_rejected),
     ("replica must be zero", request_with_a_replica_is_rejected),
@@ -146,7 +146,7 @@ const REJECTION_TESTS: [(&str, fn()); 57] = [
     ("checkpoint_op must not exceed commit", checkpoint_op_above_commit_is_rejected),
     ("view change to view 0", view_change_to_view_zero_is_rejected),
     (
-        "start_view_change context must be 0 or 1",
+        "start_view_change context must be 0, 1 or 2",
         start_view_change_with_a_context_other_than_a_flag_is_rejected,
     ),
     (
@@ -220,7 +220,7 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
         Command::Reserved => panic!("the reserved command has no valid header"),
         Command::Ping | Command::Pong => {
             (h.timestamp, h.checkpoint_op, h.view, h.replica) = (TIMESTAMP, CHECKPOINT, VIEW, 1);
-            h.commit = COMMIT;
+            (h.commit, h.context) = (COMMIT, CONTEXT);
             vec![]
         }
         Command::PingClient => {
@@ -483,7 +483,7 @@ fn used_fields(command: Command) -> &'static [Field] {
             &[F::Commit, F::Context, F::CheckpointOp, F::Timestamp, F::View, F::Replica]
         }
         Command::Ping | Command::Pong => {
-            &[F::Timestamp, F::Commit, F::CheckpointOp, F::View, F::Replica]
+            &[F::Timestamp, F::Commit, F::CheckpointOp, F::Context, F::View, F::Replica]
         }
         Command::PingClient => &[F::Client, F::Timestamp],
         Command::PongClient => &[F::Client, F::Timestamp, F::View, F::Replica],
@@ -727,9 +727,10 @@ fn ping_with_a_client_is_rejected() {
 
 #[test]
 fn start_view_change_with_a_context_other_than_a_flag_is_rejected() {
-    // Goal: a start_view_change's context only says whether its sender entered the view.
-    let reason = "start_view_change context must be 0 or 1";
-    rejects(valid(Command::StartViewChange), |h| h.context = 2, reason);
+    // Goal: a start_view_change's context only says whether its sender entered the view, and
+    // whether it is rejoining.
+    let reason = "start_view_change context must be 0, 1 or 2";
+    rejects(valid(Command::StartViewChange), |h| h.context = 3, reason);
 }
 
 #[test]
@@ -752,9 +753,9 @@ fn reply_with_a_parent_is_rejected() {
 }
 
 #[test]
-fn ping_with_a_context_is_rejected() {
-    // Goal: a ping carries no context.
-    rejects(valid(Command::Ping), |h| h.context = CONTEXT, "context must be zero");
+fn ping_client_with_a_context_is_rejected() {
+    // Goal: a client's ping carries no context.
+    rejects(valid(Command::PingClient), |h| h.context = CONTEXT, "context must be zero");
 }
 
 #[test]

@@ -195,6 +195,10 @@ impl Replica {
         assert!(self.journal.header_with_op(self.op + 1).is_none());
         self.status = Status::Normal;
         self.view_change.heard_tick = self.ticks;
+        if self.config.replica_count > 1 && self.superblock.working().log_lost != 0 {
+            // It lost its data file: it learns the cluster's view first (`rejoin.rs`).
+            return self.rejoin_start();
+        }
         let pipeline_lost = self.is_primary() && (self.op > self.commit_max || self.log_faulty);
         if self.config.replica_count > 1 && (self.log_view < self.view || pipeline_lost) {
             // It crashed during a view change, or it was the primary with prepares it can no

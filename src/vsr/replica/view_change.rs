@@ -276,10 +276,11 @@ impl Replica {
         if view <= self.view {
             return;
         }
-        if header.context == 1 {
+        if header.context != 0 {
             // Its sender counted a quorum of votes for `view`, so this replica joins it: else a
             // few replicas that entered a view whose votes the others missed would be left
-            // behind in it.
+            // behind in it. Or its sender is rejoining after the loss of its data file and
+            // needs a view above every one it may have been in (`rejoin.rs`).
             return self.view_change_start(storage, view);
         }
         if view < self.view_change.vote_view {
@@ -318,9 +319,16 @@ impl Replica {
         let mut header = Header::new(Command::StartViewChange, self.config.cluster);
         header.view = view;
         header.replica = self.config.replica;
-        // Whether this replica entered that view: it counted a quorum of votes for it.
+        // Whether this replica entered that view: it counted a quorum of votes for it, or it
+        // entered it to rejoin.
         let entered = self.view == view && self.status == Status::ViewChange;
-        header.context = u32::from(entered && self.log_view < view);
+        header.context = if !entered || self.log_view >= view {
+            0
+        } else if self.log_lost() != 0 {
+            super::rejoin::START_VIEW_CHANGE_REJOINING
+        } else {
+            1
+        };
         for replica in 0..self.config.replica_count {
             if replica != self.config.replica {
                 self.send_header(Destination::Replica(replica), header);
