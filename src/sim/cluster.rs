@@ -1225,6 +1225,43 @@ mod tests {
     }
 
     #[test]
+    fn backups_elect_a_new_primary_soon_after_it_dies_while_one_of_them_repairs() {
+        // Goal: a backup votes to leave the view when the primary itself falls silent, however
+        // busy it is repairing: prepares the primary authored but the other backup relays are
+        // no sign of the primary's life. R2 comes back far behind and repairs from R1 while R0,
+        // the primary, dies: the survivors must start a view change within the heartbeat
+        // timeout (plus jitter and a margin), not once R2 has caught up.
+        let seed = 61;
+        println!("seed={seed}");
+        let mut options = options_quiet_replicas(seed, 3);
+        options.ticks_faults = 5_000;
+        options.client_count = 4;
+        options.think_ticks_max = 0;
+        let mut cluster = Cluster::new(options);
+        while cluster.tick() < 100 {
+            cluster.step().unwrap();
+        }
+        cluster.crash(2, false, 2_800);
+        while cluster.tick() < 2_800 {
+            cluster.step().unwrap();
+        }
+        let behind = cluster.checker().acknowledged_op_max();
+        assert!(behind > 300, "R2 is far behind: {behind}");
+        while cluster.replica(2).is_none_or(|replica| replica.commit_min() < 20) {
+            cluster.step().unwrap();
+        }
+        let crash_tick = cluster.tick();
+        cluster.crash(0, false, 100_000);
+        let timeout = crate::vsr::replica::NORMAL_HEARTBEAT_TIMEOUT_TICKS + 50 + 60;
+        while cluster.view_newest() == 0 {
+            cluster.step().unwrap();
+            let waited = cluster.tick() - crash_tick;
+            let states = cluster.replica_states();
+            assert!(waited < timeout, "no view change {waited} ticks after: {states:?}");
+        }
+    }
+
+    #[test]
     fn replica_whose_data_file_is_lost_rejoins_after_a_rejoin_format() {
         // Goal: a replica loses its data file; formatted again with log_lost, it restarts, does
         // not vote with its empty log, recovers the cluster's log from its peers, and the

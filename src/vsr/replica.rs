@@ -53,6 +53,8 @@ mod sync;
 mod tests;
 mod view_change;
 
+pub use view_change::NORMAL_HEARTBEAT_TIMEOUT_TICKS;
+
 /// Messages the replica may have queued for the bus at once.
 pub const OUTBOX_MAX: usize = CLIENTS_MAX + 2 * PIPELINE_PREPARE_QUEUE_MAX + 8;
 /// Requests waiting for room in the pipeline.
@@ -62,8 +64,9 @@ pub const REQUEST_QUEUE_MAX: usize = CLIENTS_MAX;
 pub const PIPELINE_BACKUP_MAX: usize = 2 * PIPELINE_PREPARE_QUEUE_MAX;
 /// Ticks before the primary sends a prepare again to backups that have not acknowledged it.
 pub const PREPARE_TIMEOUT_TICKS: u64 = 25;
-/// Ticks between commit heartbeats when nothing changes.
-pub const COMMIT_HEARTBEAT_TICKS: u64 = 50;
+/// Ticks between commit heartbeats when nothing changes. They are what tells backups that
+/// their primary is alive (`NORMAL_HEARTBEAT_TIMEOUT_TICKS`).
+pub const COMMIT_HEARTBEAT_TICKS: u64 = 25;
 /// Ticks between two repair requests of a backup that lacks prepares.
 pub const REPAIR_TIMEOUT_TICKS: u64 = 1;
 /// Ticks after which the primary stops waiting for a backup it has not heard from.

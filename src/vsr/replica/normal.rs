@@ -32,9 +32,11 @@ impl Replica {
             // Only a normal primary of a newer view prepares in it.
             return self.view_jump(storage, header.view);
         }
+        // A prepare the primary authored says what it committed, whoever relays it. It is no
+        // sign that the primary is alive: the other backup relays its prepares in repair long
+        // after it died. Only its own commit heartbeats (`on_commit`) are.
         let from_primary = header.view == self.view && header.replica == self.primary_index();
         if from_primary && self.status == Status::Normal && !self.is_primary() {
-            self.primary_heard_tick_set();
             self.commit_max = self.commit_max.max(header.commit);
         }
         if self.status == Status::Normal && self.is_primary() {

@@ -1,8 +1,9 @@
 //! The view change: how a replicated cluster replaces a primary that failed or cannot reach a
 //! quorum, without losing a committed op.
 //!
-//! - **Leaving a view.** A backup that hears nothing from its primary (no prepare, no commit
-//!   heartbeat) for `NORMAL_HEARTBEAT_TIMEOUT_TICKS` (plus jitter) votes to leave: it sends
+//! - **Leaving a view.** A backup that hears no commit heartbeat from its primary (prepares do
+//!   not count: another backup relays them in repair) for `NORMAL_HEARTBEAT_TIMEOUT_TICKS`
+//!   (plus jitter) votes to leave: it sends
 //!   `start_view_change` for `view + 1` to every replica. A replica that counts a view-change
 //!   quorum of votes for a newer view enters it (`Status::ViewChange`). A lone replica that
 //!   cannot hear the primary therefore cannot disturb a cluster that works.
@@ -41,9 +42,13 @@ use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
 use zerocopy::IntoBytes;
 
-/// Ticks a backup waits to hear from its primary before it votes to leave the view (2 s, as
-/// the commit heartbeat is every 0.5 s).
-pub const NORMAL_HEARTBEAT_TIMEOUT_TICKS: u64 = 150;
+/// Ticks a backup waits to hear from its primary before it votes to leave the view (1 s: four
+/// commit heartbeats in a row lost or late), so that a cluster replaces a dead primary within
+/// about 1.5 s with the jitter.
+pub const NORMAL_HEARTBEAT_TIMEOUT_TICKS: u64 = 100;
+static_assertions::const_assert!(
+    NORMAL_HEARTBEAT_TIMEOUT_TICKS >= 4 * super::COMMIT_HEARTBEAT_TICKS
+);
 /// Ticks a view change may take before the replica votes for the next view.
 pub const VIEW_CHANGE_TIMEOUT_TICKS: u64 = 300;
 /// Ticks between resends of start_view_change, do_view_change and request_start_view.
