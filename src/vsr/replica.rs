@@ -516,8 +516,8 @@ impl Replica {
         let command = header.command().expect("validated by the bus");
         if self.rejoin.learning {
             // It acts in no view, and claims none, until it knows the cluster's (`rejoin.rs`).
-            let peer = header.replica < self.config.replica_count
-                && header.replica != self.config.replica;
+            let peer =
+                header.replica < self.config.replica_count && header.replica != self.config.replica;
             if command == Command::Pong && peer {
                 self.on_pong(storage, &header);
             }
