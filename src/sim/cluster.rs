@@ -747,6 +747,7 @@ impl Cluster {
     /// Replaces crashed replica `index`'s data file with a new one formatted for rejoining
     /// (`kimberlite format --rejoin`): everything it held is gone.
     pub fn reformat_for_rejoin(&mut self, index: usize) {
+        self.checker.replica_reformatted(index);
         let node = &mut self.replicas[index];
         assert!(node.replica.is_none(), "replica {index} must be down");
         let layout = Layout::new(&node.config);
@@ -920,6 +921,9 @@ impl Cluster {
         if allocations > 0 {
             return Err(Violation::Allocation { replica: index, allocations });
         }
+        if replica.status().is_open() {
+            self.checker.replica_checkpoint(index, replica.checkpoint_op())?;
+        }
         if replica.status() != Status::Normal {
             // Opening: the journal is still being recovered, and what the replay commits is
             // checked once it is done.
@@ -1038,6 +1042,7 @@ pub struct Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vsr::replica::SuperblockUpdate;
 
     fn options_quiet(seed: u64) -> ClusterOptions {
         options_quiet_replicas(seed, 1)
@@ -1186,5 +1191,110 @@ mod tests {
         let rejoined = cluster.replica(2).expect("running");
         assert!(!rejoined.log_faulty());
         assert_eq!(rejoined.commit_min(), cluster.replica(0).unwrap().commit_min());
+    }
+
+    /// Steps `cluster` until `done` holds, failing the test after `ticks_max` more ticks.
+    fn step_until(
+        cluster: &mut Cluster,
+        ticks_max: u64,
+        what: &str,
+        done: impl Fn(&Cluster) -> bool,
+    ) {
+        let deadline = cluster.tick() + ticks_max;
+        while !done(cluster) {
+            cluster.step().unwrap();
+            assert!(cluster.tick() < deadline, "{what}: not reached by tick {deadline}");
+        }
+    }
+
+    /// Cuts every client off from every replica until `until_tick`: no new prepares meanwhile.
+    fn clients_cut_off(cluster: &mut Cluster, until_tick: u64) {
+        let replica_count = cluster.replica_count();
+        for client in 0..cluster.options().client_count {
+            for replica in 0..replica_count {
+                let client_node = replica_count + client;
+                cluster.link_cut(client_node, replica, LinkDirection::Both, until_tick);
+            }
+        }
+    }
+
+    #[test]
+    fn restarted_replica_that_becomes_primary_keeps_timestamps_increasing() {
+        // Goal: prepare timestamps strictly increase across a restart and a view change, even
+        // when the new primary's clock is two minutes behind the old one's: a backup restarts (its
+        // memory of the last timestamp is gone, only its log has it), then the primary crashes
+        // and the restarted backup leads the next view. The checker fails the run if a
+        // committed prepare's timestamp is not above its parent's.
+        let seed = 61;
+        println!("seed={seed}");
+        let mut options = options_quiet_replicas(seed, 3);
+        options.ticks_faults = 2_500;
+        options.ticks_convergence_max = 3_000;
+        let mut cluster = Cluster::new(options);
+        cluster.clocks = vec![(60_000_000_000, 0), (-60_000_000_000, 0), (0, 0)];
+        while cluster.tick() < 300 {
+            cluster.step().unwrap();
+        }
+        assert!(cluster.checker().acknowledged_op_max() > 10);
+        clients_cut_off(&mut cluster, 1_300);
+        let quiet_tick = cluster.tick() + 100;
+        step_until(&mut cluster, 200, "quiet", |cluster| cluster.tick() >= quiet_tick);
+        cluster.crash(1, false, cluster.tick() + 5);
+        step_until(&mut cluster, 500, "replica 1 back", |cluster| {
+            cluster.replica(1).is_some_and(|replica| replica.status() == Status::Normal)
+        });
+        cluster.crash(0, false, 2_000);
+        step_until(&mut cluster, 1_000, "view 1", |cluster| {
+            let primary = cluster.replica(1).expect("running");
+            primary.view() == 1 && primary.status() == Status::Normal
+        });
+        cluster.run().unwrap();
+        assert!(cluster.checker().acknowledged_op_max() > cluster.checker().checked(1) / 2);
+        let raised = cluster.replica(1).expect("running").metrics().timestamps_raised;
+        assert!(raised > 0, "the new primary's clock is behind: its timestamps were raised");
+    }
+
+    #[test]
+    fn view_change_during_state_sync_superblock_update_is_persisted_after_it() {
+        // Goal: a start_view that arrives while state sync writes its superblock (here held
+        // back by a slow-disk spell) is persisted once that update completes, so the syncing
+        // replica goes on repairing and the cluster converges; 5 replicas, one far behind.
+        let seed = 71;
+        println!("seed={seed}");
+        let mut options = options_quiet_replicas(seed, 5);
+        options.config.journal_slot_count = 128;
+        options.client_count = 4;
+        options.think_ticks_max = 1;
+        options.ticks_faults = 8_000;
+        options.ticks_convergence_max = 4_000;
+        let mut cluster = Cluster::new(options);
+        while cluster.tick() < 100 {
+            cluster.step().unwrap();
+        }
+        cluster.crash(2, false, u64::MAX / 2);
+        let behind = cluster.checker().history_op_max() + 300;
+        step_until(&mut cluster, 6_000, "ops committed", |cluster| {
+            cluster.checker().history_op_max() > behind
+        });
+        cluster.replica_start(2);
+        step_until(&mut cluster, 2_000, "state sync superblock update", |cluster| {
+            let replica = cluster.replica(2).expect("running");
+            replica.superblock_updating() == Some(SuperblockUpdate::StateSync)
+        });
+        let tick = cluster.tick();
+        cluster.storage_mut(2).stall_until(tick + 600);
+        for other in 1..5 {
+            cluster.link_cut(0, other, LinkDirection::Both, tick + 400);
+        }
+        step_until(&mut cluster, 600, "a newer view on replica 2", |cluster| {
+            cluster.replica(2).expect("running").view() > 0
+        });
+        let replica = cluster.replica(2).expect("running");
+        assert_eq!(replica.superblock_updating(), Some(SuperblockUpdate::StateSync));
+        assert!(replica.metrics().view_change_during_state_sync > 0);
+        cluster.run().unwrap();
+        let replica = cluster.replica(2).expect("running");
+        assert_eq!(replica.view_durable(), replica.view());
+        assert!(replica.metrics().state_syncs > 0);
     }
 }

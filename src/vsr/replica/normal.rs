@@ -45,6 +45,11 @@ impl Replica {
             self.on_prepare_held(storage, message);
             return self.commit_pipeline(storage);
         }
+        if self.sync.active() {
+            // The log is about to restart at a newer checkpoint: nothing is added to it
+            // until then (the target is repaired after the sync).
+            return;
+        }
         // The prepare must extend this replica's chain, and be known to belong to the log this
         // replica follows: the canonical log of a view change or start_view, or, past its head,
         // the current view's (which only its primary prepares).
@@ -74,7 +79,7 @@ impl Replica {
         let message = padding_zeroed(message);
         self.op = op;
         self.parent = header.checksum;
-        self.timestamp_last = self.timestamp_last.max(header.timestamp);
+        self.timestamp_observe(&header);
         let prepared =
             Prepared { message: message.clone(), durable: false, ok_from: 0, acknowledged: false };
         self.pipeline.push_back(prepared);
@@ -135,6 +140,7 @@ impl Replica {
             }
             self.op = target.op;
             self.parent = target.checksum;
+            self.timestamp_observe(&target);
         }
     }
 

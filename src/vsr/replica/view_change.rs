@@ -356,6 +356,9 @@ impl Replica {
     /// view, queued requests are dropped (clients retry), a log target is abandoned.
     fn view_enter<S: Storage>(&mut self, storage: &mut S, view: View) {
         assert!(view > self.view);
+        self.metrics.view_change_during_superblock_update +=
+            u64::from(self.superblock_writing.is_some());
+        self.metrics.view_change_during_state_sync += u64::from(self.sync.active());
         self.view = view;
         self.status = Status::ViewChange;
         self.view_change.heard_tick = self.ticks;
@@ -631,6 +634,11 @@ impl Replica {
         }
         if self.log_view_durable != self.view || self.view_durable != self.view {
             return;
+        }
+        // Its log's head is the highest prepare of the view's log: the view's first prepare
+        // is timestamped above it.
+        if let Some(head) = self.log_header(self.op) {
+            self.timestamp_observe(&head);
         }
         self.status = Status::Normal;
         self.log_faulty = false;
