@@ -61,6 +61,11 @@ pub struct FaultOptions {
     pub partition_interval_mean_ticks: u64,
     pub partition_ticks_min: u64,
     pub partition_ticks_max: u64,
+    /// Mean ticks between slow-disk spells (0: none): one replica's disk completes nothing
+    /// for up to `slow_disk_ticks_max` ticks, long enough for a view change to land inside
+    /// its superblock update or state sync. A replica in one of those is chosen when there is.
+    pub slow_disk_interval_mean_ticks: u64,
+    pub slow_disk_ticks_max: u64,
 }
 
 impl FaultOptions {
@@ -73,6 +78,8 @@ impl FaultOptions {
         partition_interval_mean_ticks: 0,
         partition_ticks_min: 0,
         partition_ticks_max: 0,
+        slow_disk_interval_mean_ticks: 0,
+        slow_disk_ticks_max: 0,
     };
 }
 
@@ -131,6 +138,12 @@ pub enum Fault {
         tick: u64,
         replica: usize,
     },
+    /// Replica `replica`'s disk completes nothing until `until_tick`.
+    SlowDisk {
+        tick: u64,
+        replica: usize,
+        until_tick: u64,
+    },
     /// The links between `node` and `peer` (every other replica if `None`) cut until
     /// `until_tick`.
     Partition {
@@ -156,6 +169,10 @@ impl std::fmt::Display for Fault {
             Fault::Restart { tick, replica } => {
                 write!(formatter, "tick {tick}: replica {replica} restarts from its disk")
             }
+            Fault::SlowDisk { tick, replica, until_tick } => write!(
+                formatter,
+                "tick {tick}: replica {replica}'s disk stalls until tick {until_tick}"
+            ),
             Fault::Partition { tick, node, peer, direction, until_tick } => {
                 let arrow = match direction {
                     LinkDirection::Both => "<->",
@@ -211,6 +228,15 @@ pub struct ClusterMetrics {
     pub sectors_misdirected: u64,
     /// Messages mutated on their way between replicas.
     pub mutations: u64,
+    pub slow_disk_spells: u64,
+    /// Spells that began while the replica was in a superblock update or a state sync.
+    pub slow_disk_spells_during_superblock_update: u64,
+    /// Replica counters (`Metrics`) of replicas that crashed since, for `coverage`.
+    pub view_change_during_superblock_update: u64,
+    pub view_change_during_state_sync: u64,
+    pub commits_refused_checksum: u64,
+    pub commits_frozen_by_state_sync: u64,
+    pub timestamps_raised: u64,
 }
 
 struct ReplicaNode {
@@ -582,6 +608,15 @@ impl Cluster {
     }
 }
 
+/// Adds the coverage counters of a replica about to be dropped to the cluster's.
+fn metrics_retire(metrics: &mut ClusterMetrics, replica: &crate::vsr::replica::Metrics) {
+    metrics.view_change_during_superblock_update += replica.view_change_during_superblock_update;
+    metrics.view_change_during_state_sync += replica.view_change_during_state_sync;
+    metrics.commits_refused_checksum += replica.commits_refused_checksum;
+    metrics.commits_frozen_by_state_sync += replica.commits_frozen_by_state_sync;
+    metrics.timestamps_raised += replica.timestamps_raised;
+}
+
 /// Runs `call` (one call into a replica) with the allocation guard armed if `armed`, as the
 /// server arms it once its replica is open, and adds what it allocated to `allocations`.
 fn allocations_counted<T>(armed: bool, allocations: &mut u64, call: impl FnOnce() -> T) -> T {
@@ -636,6 +671,10 @@ impl Cluster {
 
     fn faults_inject(&mut self) {
         let faults = self.options.faults;
+        let slow_mean = faults.slow_disk_interval_mean_ticks;
+        if slow_mean > 0 && self.prng.chance(1, slow_mean) {
+            self.slow_disk_random();
+        }
         let crash_mean = faults.crash_interval_mean_ticks;
         if crash_mean > 0 && self.prng.chance(1, crash_mean) {
             self.crash_random();
@@ -654,6 +693,48 @@ impl Cluster {
             })
         };
         self.replicas.iter().filter(|node| failed(node)).count()
+    }
+
+    /// Starts a slow-disk spell on one running replica, preferably one in a superblock update
+    /// or a state sync; half the time also isolates the primary for a while, so that a view
+    /// change lands inside the spell.
+    fn slow_disk_random(&mut self) {
+        let faults = self.options.faults;
+        let busy = |node: &ReplicaNode| {
+            node.replica.as_ref().is_some_and(|replica| {
+                replica.superblock_updating().is_some() || replica.state_syncing()
+            })
+        };
+        let mut candidates: Vec<usize> = (0..self.replicas.len())
+            .filter(|index| self.replicas[*index].replica.is_some())
+            .filter(|index| !self.replicas[*index].storage.stalled())
+            .collect();
+        if candidates.iter().any(|index| busy(&self.replicas[*index])) {
+            candidates.retain(|index| busy(&self.replicas[*index]));
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        let index = candidates[self.prng.index(candidates.len())];
+        let until_tick = self.tick + 1 + self.prng.next_u64() % faults.slow_disk_ticks_max.max(1);
+        self.metrics.slow_disk_spells += 1;
+        self.metrics.slow_disk_spells_during_superblock_update +=
+            u64::from(busy(&self.replicas[index]));
+        self.replicas[index].storage.stall_until(until_tick);
+        self.trace.record(Event::SlowDisk, &[self.tick, index as u64, until_tick]);
+        self.faults.push(Fault::SlowDisk { tick: self.tick, replica: index, until_tick });
+        let replica_count = self.replicas.len();
+        let primary = self.primary_index();
+        if replica_count >= 3 && primary != index && self.prng.chance(1, 2) {
+            let until_tick = self.tick + 200 + self.prng.next_u64() % 300;
+            for other in (0..replica_count).filter(|other| *other != primary) {
+                self.link_cut(primary, other, LinkDirection::Both, until_tick);
+            }
+            let (node, direction) = (Node::Replica(primary), LinkDirection::Both);
+            let tick = self.tick;
+            self.metrics.partitions += 1;
+            self.faults.push(Fault::Partition { tick, node, peer: None, direction, until_tick });
+        }
     }
 
     fn crash_random(&mut self) {
@@ -699,7 +780,9 @@ impl Cluster {
         } else {
             node.storage.crash();
         }
-        node.replica = None;
+        if let Some(replica) = node.replica.take() {
+            metrics_retire(&mut self.metrics, &replica.metrics());
+        }
         node.restart_tick = restart_tick.max(self.tick + 1);
         // Within the fault model: a replicated cluster's crashed backup may also come back with
         // one rotten WAL sector, which it must repair from a peer rather than trust.
@@ -872,6 +955,7 @@ impl Cluster {
         self.faulting = false;
         self.network.heal_all();
         for index in 0..self.replicas.len() {
+            self.replicas[index].storage.stall_end();
             if self.replicas[index].replica.is_none() {
                 self.replica_start(index);
             }
@@ -990,6 +1074,27 @@ impl Cluster {
     fn replica_states(&self) -> Vec<String> {
         let replicas = self.replicas.iter().filter_map(|node| node.replica.as_ref());
         replicas.map(Replica::debug_state).collect()
+    }
+
+    /// How often each fault class and recovery path ran, by name, over the whole run (the
+    /// replicas' counters summed, crashed ones included), so a campaign shows what it reached.
+    pub fn coverage(&self) -> Vec<(&'static str, u64)> {
+        let mut metrics = self.metrics;
+        for replica in self.replicas.iter().filter_map(|node| node.replica.as_ref()) {
+            metrics_retire(&mut metrics, &replica.metrics());
+        }
+        vec![
+            ("slow_disk_spells", metrics.slow_disk_spells),
+            (
+                "slow_disk_spells_during_superblock_update",
+                metrics.slow_disk_spells_during_superblock_update,
+            ),
+            ("view_change_during_superblock_update", metrics.view_change_during_superblock_update),
+            ("view_change_during_state_sync", metrics.view_change_during_state_sync),
+            ("commits_refused_checksum", metrics.commits_refused_checksum),
+            ("commits_frozen_by_state_sync", metrics.commits_frozen_by_state_sync),
+            ("timestamps_raised", metrics.timestamps_raised),
+        ]
     }
 
     /// The run's figures, for the summary line.

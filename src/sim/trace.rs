@@ -28,6 +28,7 @@ pub enum Event {
     Eviction = 12,
     Corrupt = 13,
     Mutate = 14,
+    SlowDisk = 15,
 }
 
 const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;

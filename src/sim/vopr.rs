@@ -89,8 +89,12 @@ pub fn command(arguments: &[String]) -> i32 {
     println!("seed={}", invocation.seed);
     let options = options_from_seed(invocation.seed, invocation.replica_count, invocation.ticks);
     print!("{}", options_describe(&options));
-    let (summary, faults, result) = simulate_with_faults(&options);
+    let (summary, faults, coverage, result) = simulate_with_coverage(&options);
     print!("{}", summary_describe(&summary));
+    println!("coverage:");
+    for (name, count) in &coverage {
+        println!("  {name} {count}");
+    }
     if result.is_err() {
         println!("faults injected ({}):", faults.len());
         for fault in &faults {
@@ -177,6 +181,11 @@ pub fn options_from_seed(
     let ticks_drawn = 10_000 + prng.next_u64() % 50_001;
     // Drawn last, so every other parameter is what the same seed drew before mutations.
     let mutation_per_mille = if prng.chance(1, 2) { 0 } else { 1 + prng.next_u64() % 30 };
+    let mut faults = faults;
+    // After the mutations, for the same reason.
+    faults.slow_disk_interval_mean_ticks =
+        if prng.chance(1, 3) { 0 } else { 300 + prng.next_u64() % 2_701 };
+    faults.slow_disk_ticks_max = 50 + prng.next_u64() % 751;
     ClusterOptions {
         seed,
         config: Config { grid_size, ..ClusterOptions::config_small(replica_count, clients_max) },
@@ -223,6 +232,8 @@ fn faults_draw(prng: &mut Prng) -> FaultOptions {
         partition_interval_mean_ticks,
         partition_ticks_min,
         partition_ticks_max,
+        slow_disk_interval_mean_ticks: 0,
+        slow_disk_ticks_max: 0,
     }
 }
 
@@ -276,6 +287,11 @@ pub fn options_describe(options: &ClusterOptions) -> String {
         faults.partition_ticks_max
     ));
     text.push_str(&format!(
+        "slow_disk_spells={}, up to {} ticks\n",
+        every(faults.slow_disk_interval_mean_ticks),
+        faults.slow_disk_ticks_max
+    ));
+    text.push_str(&format!(
         "ticks={} (then up to {} to converge)\n",
         options.ticks_faults, options.ticks_convergence_max
     ));
@@ -317,11 +333,17 @@ pub fn simulate(options: &ClusterOptions) -> (Summary, Result<(), Failure>) {
 pub fn simulate_with_faults(
     options: &ClusterOptions,
 ) -> (Summary, Vec<Fault>, Result<(), Failure>) {
+    let (summary, faults, _, result) = simulate_with_coverage(options);
+    (summary, faults, result)
+}
+
+/// `simulate_with_faults`, also returning the coverage counters (`Cluster::coverage`).
+pub fn simulate_with_coverage(options: &ClusterOptions) -> Simulated {
     let mut cluster = match catch_unwind(|| Cluster::new(*options)) {
         Ok(cluster) => cluster,
         Err(payload) => {
             let failure = Failure::Panic(panic_message(&payload));
-            return (Summary::default(), Vec::new(), Err(failure));
+            return (Summary::default(), Vec::new(), Vec::new(), Err(failure));
         }
     };
     let result = catch_unwind(AssertUnwindSafe(|| cluster.run()));
@@ -331,8 +353,11 @@ pub fn simulate_with_faults(
         Ok(Err(violation)) => Err(Failure::Violation(violation)),
         Err(payload) => Err(Failure::Panic(panic_message(&payload))),
     };
-    (summary, cluster.faults().to_vec(), result)
+    (summary, cluster.faults().to_vec(), cluster.coverage(), result)
 }
+
+/// A run's summary, faults, coverage counters and result.
+pub type Simulated = (Summary, Vec<Fault>, Vec<(&'static str, u64)>, Result<(), Failure>);
 
 fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(message) = payload.downcast_ref::<&str>() {

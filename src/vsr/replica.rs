@@ -213,6 +213,10 @@ pub struct Metrics {
     /// Prepare timestamps raised above the wall clock to stay above the log's head (a clock
     /// behind the previous primary's, or a replica that restarted).
     pub timestamps_raised: u64,
+    /// WAL entries passed over when this replica listed its log's headers (do_view_change,
+    /// start_view, headers), because they do not chain with its log: stale entries of another
+    /// view, such as the one at the checkpoint op after state sync.
+    pub log_headers_stale: u64,
 }
 
 pub struct Replica {
@@ -277,6 +281,8 @@ pub struct Replica {
     commit_heartbeat_sent: (Op, u64),
     repair_requested_tick: u64,
     metrics: Metrics,
+    /// `Metrics::log_headers_stale`, counted where the replica is only read.
+    log_headers_stale: std::cell::Cell<u64>,
 }
 
 impl Replica {
@@ -334,6 +340,7 @@ impl Replica {
             commit_heartbeat_sent: (0, 0),
             repair_requested_tick: 0,
             metrics: Metrics::default(),
+            log_headers_stale: std::cell::Cell::new(0),
         }
     }
 
@@ -346,7 +353,7 @@ impl Replica {
     }
 
     pub fn metrics(&self) -> Metrics {
-        self.metrics
+        Metrics { log_headers_stale: self.log_headers_stale.get(), ..self.metrics }
     }
 
     pub fn op(&self) -> Op {

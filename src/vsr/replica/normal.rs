@@ -21,7 +21,7 @@ use super::{
 use crate::constants::{
     JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, SECTOR_SIZE, op_prepare_max,
 };
-use crate::vsr::header::{Command, Header, Op};
+use crate::vsr::header::{Checksum, Command, Header, Op};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
 
@@ -35,7 +35,14 @@ impl Replica {
         let from_primary = header.view == self.view && header.replica == self.primary_index();
         if from_primary && self.status == Status::Normal && !self.is_primary() {
             self.primary_heard_tick_set();
-            self.commit_max = self.commit_max.max(header.commit);
+            // Its commit number covers ops below it: taken unless this replica's log is known
+            // to differ from the primary's there (its entry below is not the prepare's parent).
+            let differs = self.own_checksum(header.op - 1).is_some_and(|own| own != header.parent);
+            if differs {
+                self.metrics.commits_refused_checksum += 1;
+            } else {
+                self.commit_max = self.commit_max.max(header.commit);
+            }
         }
         if self.status == Status::Normal && self.is_primary() {
             return;
@@ -218,8 +225,37 @@ impl Replica {
             return;
         }
         self.primary_heard_tick_set();
+        if !self.commit_agrees(header.commit, header.context) {
+            return;
+        }
         self.commit_max = self.commit_max.max(header.commit);
         self.commit_pipeline(storage);
+    }
+
+    /// Whether this replica's log may take the primary's commit number `op`, at which the
+    /// primary executed the prepare whose checksum is `checksum`. If this replica holds
+    /// another prepare at `op`, its log is not the view's there: it must not execute it, and
+    /// asks for the view's log instead; if it executed another one already, it stops rather
+    /// than diverge.
+    fn commit_agrees(&mut self, op: Op, checksum: Checksum) -> bool {
+        if op < self.commit_min {
+            return true;
+        }
+        let held = if op == self.commit_min {
+            Some(self.commit_checksum)
+        } else {
+            self.log_header(op).map(|header| header.checksum)
+        };
+        if held.is_none_or(|held| held == checksum) {
+            return true;
+        }
+        self.metrics.commits_refused_checksum += 1;
+        if op == self.commit_min {
+            self.fail("executed a prepare other than the one the primary committed at its op");
+        } else if !self.target.active() {
+            self.send_request_start_view();
+        }
+        false
     }
 
     /// Serves a prepare to a replica that lacks it, from memory or from the WAL: the prepare
