@@ -609,4 +609,34 @@ mod tests {
         commits(&mut checker, 1, 5, &log).unwrap();
         assert!(checker.converged(&[5, 5]).unwrap_err().contains("which no replica committed"));
     }
+
+    #[test]
+    fn committed_timestamp_not_above_its_parent_is_caught() {
+        // Goal: the history grows only by a prepare timestamped above its parent.
+        let mut log = chain(4);
+        let mut early = prepare(4, log[3].checksum, 9, 4);
+        early.timestamp = log[3].timestamp;
+        early.set_checksum();
+        log[4] = early;
+        let mut checker = Checker::new(CLUSTER, 1);
+        let result = commits(&mut checker, 0, 4, &log);
+        let expected = Violation::TimestampBackwards { op: 4, timestamp: 3, parent_timestamp: 3 };
+        assert_eq!(result, Err(expected));
+    }
+
+    #[test]
+    fn checkpoint_moving_back_is_caught_unless_the_replica_was_reformatted() {
+        // Goal: a replica's checkpoint never moves back, restarts included; a replica formatted
+        // again (its data file lost) starts from none.
+        let mut checker = Checker::new(CLUSTER, 2);
+        assert_eq!(checker.replica_checkpoint(0, 48), Ok(()));
+        assert_eq!(checker.replica_checkpoint(0, 48), Ok(()));
+        checker.replica_restarted(0);
+        let result = checker.replica_checkpoint(0, 0);
+        let expected = Violation::CheckpointBackwards { replica: 0, checkpoint_op: 0, before: 48 };
+        assert_eq!(result, Err(expected));
+        checker.replica_reformatted(0);
+        assert_eq!(checker.replica_checkpoint(0, 0), Ok(()));
+        assert_eq!(checker.replica_checkpoint(1, 96), Ok(()));
+    }
 }

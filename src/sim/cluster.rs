@@ -1402,4 +1402,50 @@ mod tests {
         assert_eq!(replica.view_durable(), replica.view());
         assert!(replica.metrics().state_syncs > 0);
     }
+
+    /// Delivers to replica `index` a commit heartbeat from its primary for `commit`, naming
+    /// `checksum` as the prepare executed there.
+    fn commit_heartbeat_deliver(cluster: &mut Cluster, index: usize, commit: Op, checksum: u32) {
+        let node = &mut cluster.replicas[index];
+        let replica = node.replica.as_mut().expect("running");
+        let mut header = Header::new(Command::Commit, cluster.options.config.cluster);
+        header.view = replica.view();
+        header.replica = replica.primary_index();
+        header.commit = commit;
+        header.context = checksum;
+        header.timestamp = cluster.tick;
+        header.size = HEADER_SIZE as u32;
+        header.set_checksum_body(&[]);
+        header.set_checksum();
+        let mut message = node.pool.get();
+        *message.header_mut() = header;
+        replica.on_message(&mut node.storage, message);
+    }
+
+    #[test]
+    fn backup_stops_rather_than_diverge_when_the_primary_committed_another_prepare() {
+        // Goal: a commit heartbeat names the checksum of the prepare the primary executed at
+        // its commit number; a backup that executed another prepare at that op stops rather
+        // than go on diverging, and one that agrees carries on.
+        let seed = 81;
+        println!("seed={seed}");
+        let mut cluster = Cluster::new(options_quiet_replicas(seed, 3));
+        while cluster.tick() < 400 {
+            cluster.step().unwrap();
+        }
+        clients_cut_off(&mut cluster, 10_000);
+        let quiet_tick = cluster.tick() + 150;
+        step_until(&mut cluster, 200, "quiet", |cluster| cluster.tick() >= quiet_tick);
+        let backup = (cluster.primary_index() + 1) % 3;
+        let replica = cluster.replica(backup).expect("running");
+        let commit = replica.commit_min();
+        assert!(commit > 5, "{}", replica.debug_state());
+        let held = replica.prepare_header(commit).expect("held").checksum;
+        commit_heartbeat_deliver(&mut cluster, backup, commit, held);
+        assert_eq!(cluster.replica(backup).unwrap().status(), Status::Normal);
+        commit_heartbeat_deliver(&mut cluster, backup, commit, held ^ 1);
+        let replica = cluster.replica(backup).unwrap();
+        assert_eq!(replica.status(), Status::Failed);
+        assert_eq!(replica.metrics().commits_refused_checksum, 1);
+    }
 }

@@ -317,4 +317,25 @@ mod tests {
         assert!(written.count() > 0);
         assert!(landed > 0 && landed < 8 * 16);
     }
+
+    #[test]
+    fn slow_disk_spell_holds_every_completion_until_it_ends() {
+        // Goal: during a spell nothing completes, requests in flight before it included;
+        // afterwards they all do.
+        let pool = MessagePool::new(4, SECTOR_SIZE);
+        let mut storage = MemoryStorage::new(16 * SECTOR_SIZE as u64);
+        storage.submit(write_request(0, 1), pool.get());
+        storage.stall_until(5);
+        storage.submit(write_request(SECTOR_SIZE as u64, 1), pool.get());
+        let mut completions = Vec::new();
+        for tick in 0..5 {
+            storage.set_tick(tick);
+            storage.poll(&mut completions, 16);
+            assert!(completions.is_empty() && storage.stalled());
+        }
+        storage.set_tick(5);
+        storage.poll(&mut completions, 16);
+        assert_eq!(completions.len(), 2);
+        assert!(!storage.stalled());
+    }
 }
