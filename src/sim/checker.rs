@@ -12,7 +12,10 @@
 //! - replies consistent with the log: the prepare at a reply's op has the reply's client,
 //!   request, operation and request checksum, and one request is never answered two ways;
 //! - client dedup: no (client, request) pair is committed at two ops (a register may be: see
-//!   `dedup_exempt`).
+//!   `dedup_exempt`);
+//! - timestamps: every committed prepare's timestamp is above its parent's, across views and
+//!   restarts (events carry them);
+//! - checkpoints: a replica's checkpoint op never moves back, restarts included.
 //!
 //! The checker sees the cluster only through these calls, so a test can feed it a fabricated
 //! history and see it object.
@@ -49,6 +52,11 @@ pub enum Violation {
     Misaddressed { replica: usize, destination: Destination },
     /// A replica allocated on the heap in calls made after it opened.
     Allocation { replica: usize, allocations: u64 },
+    /// A committed prepare's timestamp is not above its parent's.
+    TimestampBackwards { op: Op, timestamp: u64, parent_timestamp: u64 },
+    /// `replica`'s checkpoint moved back (its superblock's checkpoint is durable, restarts
+    /// included).
+    CheckpointBackwards { replica: usize, checkpoint_op: Op, before: Op },
     /// A replica stopped (`Status::Failed`) with this reason.
     ReplicaFailed { replica: usize, reason: &'static str },
     /// The run did not converge within its tick budget after the faults stopped.
@@ -105,6 +113,15 @@ impl std::fmt::Display for Violation {
                 "static allocation: replica {replica} allocated {allocations} time(s) after it \
                  opened"
             ),
+            Violation::TimestampBackwards { op, timestamp, parent_timestamp } => write!(
+                formatter,
+                "timestamps: the prepare committed at op {op} has timestamp {timestamp}, not \
+                 above its parent's {parent_timestamp}"
+            ),
+            Violation::CheckpointBackwards { replica, checkpoint_op, before } => write!(
+                formatter,
+                "replica {replica} checkpoint went back from op {before} to op {checkpoint_op}"
+            ),
             Violation::ReplicaFailed { replica, reason } => {
                 write!(formatter, "replica {replica} stopped: {reason}")
             }
@@ -120,6 +137,8 @@ pub struct Checker {
     checked: Vec<Op>,
     /// Per replica: restarted, and not yet back at the op it had been checked up to.
     restarted: Vec<bool>,
+    /// Per replica: the highest checkpoint op seen.
+    checkpoints: Vec<Op>,
     /// The op of each committed client request.
     requests: BTreeMap<(ClientId, u32), Op>,
     /// The first reply seen for each request.
@@ -136,6 +155,7 @@ impl Checker {
             history: vec![Header::root_prepare(cluster)],
             checked: vec![0; replica_count],
             restarted: vec![false; replica_count],
+            checkpoints: vec![0; replica_count],
             requests: BTreeMap::new(),
             replies: BTreeMap::new(),
             replies_unverified: VecDeque::new(),
@@ -169,6 +189,26 @@ impl Checker {
     /// moves its commit number back for a while.
     pub fn replica_restarted(&mut self, replica: usize) {
         self.restarted[replica] = true;
+    }
+
+    /// `replica` (open) stands at `checkpoint_op`: a checkpoint is durable, so it never moves
+    /// back, across restarts too.
+    pub fn replica_checkpoint(
+        &mut self,
+        replica: usize,
+        checkpoint_op: Op,
+    ) -> Result<(), Violation> {
+        let before = self.checkpoints[replica];
+        if checkpoint_op < before {
+            return Err(Violation::CheckpointBackwards { replica, checkpoint_op, before });
+        }
+        self.checkpoints[replica] = checkpoint_op;
+        Ok(())
+    }
+
+    /// `replica` lost its data file and was formatted again: it starts from no checkpoint.
+    pub fn replica_reformatted(&mut self, replica: usize) {
+        self.checkpoints[replica] = 0;
     }
 
     /// Checks `replica`'s commits up to `commit_min`, in op order, each from the header it
@@ -235,9 +275,14 @@ impl Checker {
             }
             return Ok(());
         }
-        let expected = self.history[op as usize - 1].checksum;
-        if header.parent != expected {
-            return Err(Violation::Chain { replica, op, parent: header.parent, expected });
+        let previous = self.history[op as usize - 1];
+        if header.parent != previous.checksum {
+            let (parent, expected) = (header.parent, previous.checksum);
+            return Err(Violation::Chain { replica, op, parent, expected });
+        }
+        if header.timestamp <= previous.timestamp {
+            let (timestamp, parent_timestamp) = (header.timestamp, previous.timestamp);
+            return Err(Violation::TimestampBackwards { op, timestamp, parent_timestamp });
         }
         if !dedup_exempt(header.operation) {
             let key = (header.client, header.request);
@@ -563,5 +608,35 @@ mod tests {
         checker.reply(&never).unwrap();
         commits(&mut checker, 1, 5, &log).unwrap();
         assert!(checker.converged(&[5, 5]).unwrap_err().contains("which no replica committed"));
+    }
+
+    #[test]
+    fn committed_timestamp_not_above_its_parent_is_caught() {
+        // Goal: the history grows only by a prepare timestamped above its parent.
+        let mut log = chain(4);
+        let mut early = prepare(4, log[3].checksum, 9, 4);
+        early.timestamp = log[3].timestamp;
+        early.set_checksum();
+        log[4] = early;
+        let mut checker = Checker::new(CLUSTER, 1);
+        let result = commits(&mut checker, 0, 4, &log);
+        let expected = Violation::TimestampBackwards { op: 4, timestamp: 3, parent_timestamp: 3 };
+        assert_eq!(result, Err(expected));
+    }
+
+    #[test]
+    fn checkpoint_moving_back_is_caught_unless_the_replica_was_reformatted() {
+        // Goal: a replica's checkpoint never moves back, restarts included; a replica formatted
+        // again (its data file lost) starts from none.
+        let mut checker = Checker::new(CLUSTER, 2);
+        assert_eq!(checker.replica_checkpoint(0, 48), Ok(()));
+        assert_eq!(checker.replica_checkpoint(0, 48), Ok(()));
+        checker.replica_restarted(0);
+        let result = checker.replica_checkpoint(0, 0);
+        let expected = Violation::CheckpointBackwards { replica: 0, checkpoint_op: 0, before: 48 };
+        assert_eq!(result, Err(expected));
+        checker.replica_reformatted(0);
+        assert_eq!(checker.replica_checkpoint(0, 0), Ok(()));
+        assert_eq!(checker.replica_checkpoint(1, 96), Ok(()));
     }
 }

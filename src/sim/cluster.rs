@@ -61,6 +61,11 @@ pub struct FaultOptions {
     pub partition_interval_mean_ticks: u64,
     pub partition_ticks_min: u64,
     pub partition_ticks_max: u64,
+    /// Mean ticks between slow-disk spells (0: none): one replica's disk completes nothing
+    /// for up to `slow_disk_ticks_max` ticks, long enough for a view change to land inside
+    /// its superblock update or state sync. A replica in one of those is chosen when there is.
+    pub slow_disk_interval_mean_ticks: u64,
+    pub slow_disk_ticks_max: u64,
 }
 
 impl FaultOptions {
@@ -73,6 +78,8 @@ impl FaultOptions {
         partition_interval_mean_ticks: 0,
         partition_ticks_min: 0,
         partition_ticks_max: 0,
+        slow_disk_interval_mean_ticks: 0,
+        slow_disk_ticks_max: 0,
     };
 }
 
@@ -136,6 +143,12 @@ pub enum Fault {
         tick: u64,
         replica: usize,
     },
+    /// Replica `replica`'s disk completes nothing until `until_tick`.
+    SlowDisk {
+        tick: u64,
+        replica: usize,
+        until_tick: u64,
+    },
     /// The links between `node` and `peer` (every other replica if `None`) cut until
     /// `until_tick`.
     Partition {
@@ -164,6 +177,10 @@ impl std::fmt::Display for Fault {
             Fault::Rejoin { tick, replica } => {
                 write!(formatter, "tick {tick}: replica {replica} loses its data file (rejoin)")
             }
+            Fault::SlowDisk { tick, replica, until_tick } => write!(
+                formatter,
+                "tick {tick}: replica {replica}'s disk stalls until tick {until_tick}"
+            ),
             Fault::Partition { tick, node, peer, direction, until_tick } => {
                 let arrow = match direction {
                     LinkDirection::Both => "<->",
@@ -222,6 +239,9 @@ pub struct ClusterMetrics {
     pub mutations: u64,
     /// Crashed replicas whose data file was lost and formatted again with `--rejoin`.
     pub rejoins: u64,
+    pub slow_disk_spells: u64,
+    /// Spells that began while the replica was in a superblock update or a state sync.
+    pub slow_disk_spells_during_superblock_update: u64,
 }
 }
 
@@ -652,6 +672,10 @@ impl Cluster {
 
     fn faults_inject(&mut self) {
         let faults = self.options.faults;
+        let slow_mean = faults.slow_disk_interval_mean_ticks;
+        if slow_mean > 0 && self.prng.chance(1, slow_mean) {
+            self.slow_disk_random();
+        }
         let crash_mean = faults.crash_interval_mean_ticks;
         if crash_mean > 0 && self.prng.chance(1, crash_mean) {
             self.crash_random();
@@ -670,6 +694,48 @@ impl Cluster {
             })
         };
         self.replicas.iter().filter(|node| failed(node)).count()
+    }
+
+    /// Starts a slow-disk spell on one running replica, preferably one in a superblock update
+    /// or a state sync; half the time also isolates the primary for a while, so that a view
+    /// change lands inside the spell.
+    fn slow_disk_random(&mut self) {
+        let faults = self.options.faults;
+        let busy = |node: &ReplicaNode| {
+            node.replica.as_ref().is_some_and(|replica| {
+                replica.superblock_updating().is_some() || replica.state_syncing()
+            })
+        };
+        let mut candidates: Vec<usize> = (0..self.replicas.len())
+            .filter(|index| self.replicas[*index].replica.is_some())
+            .filter(|index| !self.replicas[*index].storage.stalled())
+            .collect();
+        if candidates.iter().any(|index| busy(&self.replicas[*index])) {
+            candidates.retain(|index| busy(&self.replicas[*index]));
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        let index = candidates[self.prng.index(candidates.len())];
+        let until_tick = self.tick + 1 + self.prng.next_u64() % faults.slow_disk_ticks_max.max(1);
+        self.metrics.slow_disk_spells += 1;
+        self.metrics.slow_disk_spells_during_superblock_update +=
+            u64::from(busy(&self.replicas[index]));
+        self.replicas[index].storage.stall_until(until_tick);
+        self.trace.record(Event::SlowDisk, &[self.tick, index as u64, until_tick]);
+        self.faults.push(Fault::SlowDisk { tick: self.tick, replica: index, until_tick });
+        let replica_count = self.replicas.len();
+        let primary = self.primary_index();
+        if replica_count >= 3 && primary != index && self.prng.chance(1, 2) {
+            let until_tick = self.tick + 200 + self.prng.next_u64() % 300;
+            for other in (0..replica_count).filter(|other| *other != primary) {
+                self.link_cut(primary, other, LinkDirection::Both, until_tick);
+            }
+            let (node, direction) = (Node::Replica(primary), LinkDirection::Both);
+            let tick = self.tick;
+            self.metrics.partitions += 1;
+            self.faults.push(Fault::Partition { tick, node, peer: None, direction, until_tick });
+        }
     }
 
     fn crash_random(&mut self) {
@@ -793,6 +859,7 @@ impl Cluster {
     /// Replaces crashed replica `index`'s data file with a new one formatted for rejoining
     /// (`kimberlite format --rejoin`): everything it held is gone.
     pub fn reformat_for_rejoin(&mut self, index: usize) {
+        self.checker.replica_reformatted(index);
         let node = &mut self.replicas[index];
         assert!(node.replica.is_none(), "replica {index} must be down");
         let layout = Layout::new(&node.config);
@@ -917,6 +984,7 @@ impl Cluster {
         self.faulting = false;
         self.network.heal_all();
         for index in 0..self.replicas.len() {
+            self.replicas[index].storage.stall_end();
             if self.replicas[index].replica.is_none() {
                 self.replica_start(index);
             }
@@ -965,6 +1033,9 @@ impl Cluster {
         let allocations = self.replicas[index].allocations;
         if allocations > 0 {
             return Err(Violation::Allocation { replica: index, allocations });
+        }
+        if replica.status().is_open() {
+            self.checker.replica_checkpoint(index, replica.checkpoint_op())?;
         }
         if replica.status() != Status::Normal {
             // Opening: the journal is still being recovered, and what the replay commits is
@@ -1100,6 +1171,7 @@ pub struct Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vsr::replica::SuperblockUpdate;
 
     fn options_quiet(seed: u64) -> ClusterOptions {
         options_quiet_replicas(seed, 1)
@@ -1325,5 +1397,156 @@ mod tests {
         assert!(rejoined.view() > view_one);
         assert_eq!(rejoined.metrics().rejoin_views_learned, 1);
         assert_eq!(rejoined.commit_min(), cluster.replica(1).unwrap().commit_min());
+    }
+
+    /// Steps `cluster` until `done` holds, failing the test after `ticks_max` more ticks.
+    fn step_until(
+        cluster: &mut Cluster,
+        ticks_max: u64,
+        what: &str,
+        done: impl Fn(&Cluster) -> bool,
+    ) {
+        let deadline = cluster.tick() + ticks_max;
+        while !done(cluster) {
+            cluster.step().unwrap();
+            assert!(cluster.tick() < deadline, "{what}: not reached by tick {deadline}");
+        }
+    }
+
+    /// Cuts every client off from every replica until `until_tick`: no new prepares meanwhile.
+    fn clients_cut_off(cluster: &mut Cluster, until_tick: u64) {
+        let replica_count = cluster.replica_count();
+        for client in 0..cluster.options().client_count {
+            for replica in 0..replica_count {
+                let client_node = replica_count + client;
+                cluster.link_cut(client_node, replica, LinkDirection::Both, until_tick);
+            }
+        }
+    }
+
+    #[test]
+    fn restarted_replica_that_becomes_primary_keeps_timestamps_increasing() {
+        // Goal: prepare timestamps strictly increase across a restart and a view change, even
+        // when the new primary's clock is two minutes behind the old one's: a backup restarts (its
+        // memory of the last timestamp is gone, only its log has it), then the primary crashes
+        // and the restarted backup leads the next view. The checker fails the run if a
+        // committed prepare's timestamp is not above its parent's.
+        let seed = 61;
+        println!("seed={seed}");
+        let mut options = options_quiet_replicas(seed, 3);
+        options.ticks_faults = 2_500;
+        options.ticks_convergence_max = 3_000;
+        let mut cluster = Cluster::new(options);
+        cluster.clocks = vec![(60_000_000_000, 0), (-60_000_000_000, 0), (0, 0)];
+        while cluster.tick() < 300 {
+            cluster.step().unwrap();
+        }
+        assert!(cluster.checker().acknowledged_op_max() > 10);
+        clients_cut_off(&mut cluster, 1_300);
+        let quiet_tick = cluster.tick() + 100;
+        step_until(&mut cluster, 200, "quiet", |cluster| cluster.tick() >= quiet_tick);
+        cluster.crash(1, false, cluster.tick() + 5);
+        step_until(&mut cluster, 500, "replica 1 back", |cluster| {
+            cluster.replica(1).is_some_and(|replica| replica.status() == Status::Normal)
+        });
+        cluster.crash(0, false, 2_000);
+        step_until(&mut cluster, 1_000, "view 1", |cluster| {
+            let primary = cluster.replica(1).expect("running");
+            primary.view() == 1 && primary.status() == Status::Normal
+        });
+        cluster.run().unwrap();
+        assert!(cluster.checker().acknowledged_op_max() > cluster.checker().checked(1) / 2);
+        let raised = cluster.replica(1).expect("running").metrics().timestamps_raised;
+        assert!(raised > 0, "the new primary's clock is behind: its timestamps were raised");
+    }
+
+    #[test]
+    fn view_change_during_state_sync_superblock_update_is_persisted_after_it() {
+        // Goal: a start_view that arrives while state sync writes its superblock (here held
+        // back by a slow-disk spell) is persisted once that update completes, so the syncing
+        // replica goes on repairing and the cluster converges; 5 replicas, one far behind.
+        let seed = 71;
+        println!("seed={seed}");
+        let mut options = options_quiet_replicas(seed, 5);
+        options.config.journal_slot_count = 128;
+        options.client_count = 4;
+        options.think_ticks_max = 1;
+        options.ticks_faults = 8_000;
+        options.ticks_convergence_max = 4_000;
+        let mut cluster = Cluster::new(options);
+        while cluster.tick() < 100 {
+            cluster.step().unwrap();
+        }
+        cluster.crash(2, false, u64::MAX / 2);
+        let behind = cluster.checker().history_op_max() + 300;
+        step_until(&mut cluster, 6_000, "ops committed", |cluster| {
+            cluster.checker().history_op_max() > behind
+        });
+        cluster.replica_start(2);
+        step_until(&mut cluster, 2_000, "state sync superblock update", |cluster| {
+            let replica = cluster.replica(2).expect("running");
+            replica.superblock_updating() == Some(SuperblockUpdate::StateSync)
+        });
+        let tick = cluster.tick();
+        cluster.storage_mut(2).stall_until(tick + 600);
+        for other in 1..5 {
+            cluster.link_cut(0, other, LinkDirection::Both, tick + 400);
+        }
+        step_until(&mut cluster, 600, "a newer view on replica 2", |cluster| {
+            cluster.replica(2).expect("running").view() > 0
+        });
+        let replica = cluster.replica(2).expect("running");
+        assert_eq!(replica.superblock_updating(), Some(SuperblockUpdate::StateSync));
+        assert!(replica.metrics().view_change_during_state_sync > 0);
+        cluster.run().unwrap();
+        let replica = cluster.replica(2).expect("running");
+        assert_eq!(replica.view_durable(), replica.view());
+        assert!(replica.metrics().state_syncs > 0);
+    }
+
+    /// Delivers to replica `index` a commit heartbeat from its primary for `commit`, naming
+    /// `checksum` as the prepare executed there.
+    fn commit_heartbeat_deliver(cluster: &mut Cluster, index: usize, commit: Op, checksum: u32) {
+        let node = &mut cluster.replicas[index];
+        let replica = node.replica.as_mut().expect("running");
+        let mut header = Header::new(Command::Commit, cluster.options.config.cluster);
+        header.view = replica.view();
+        header.replica = replica.primary_index();
+        header.commit = commit;
+        header.context = checksum;
+        header.timestamp = cluster.tick;
+        header.size = HEADER_SIZE as u32;
+        header.set_checksum_body(&[]);
+        header.set_checksum();
+        let mut message = node.pool.get();
+        *message.header_mut() = header;
+        replica.on_message(&mut node.storage, message);
+    }
+
+    #[test]
+    fn backup_stops_rather_than_diverge_when_the_primary_committed_another_prepare() {
+        // Goal: a commit heartbeat names the checksum of the prepare the primary executed at
+        // its commit number; a backup that executed another prepare at that op stops rather
+        // than go on diverging, and one that agrees carries on.
+        let seed = 81;
+        println!("seed={seed}");
+        let mut cluster = Cluster::new(options_quiet_replicas(seed, 3));
+        while cluster.tick() < 400 {
+            cluster.step().unwrap();
+        }
+        clients_cut_off(&mut cluster, 10_000);
+        let quiet_tick = cluster.tick() + 150;
+        step_until(&mut cluster, 200, "quiet", |cluster| cluster.tick() >= quiet_tick);
+        let backup = (cluster.primary_index() + 1) % 3;
+        let replica = cluster.replica(backup).expect("running");
+        let commit = replica.commit_min();
+        assert!(commit > 5, "{}", replica.debug_state());
+        let held = replica.prepare_header(commit).expect("held").checksum;
+        commit_heartbeat_deliver(&mut cluster, backup, commit, held);
+        assert_eq!(cluster.replica(backup).unwrap().status(), Status::Normal);
+        commit_heartbeat_deliver(&mut cluster, backup, commit, held ^ 1);
+        let replica = cluster.replica(backup).unwrap();
+        assert_eq!(replica.status(), Status::Failed);
+        assert_eq!(replica.metrics().commits_refused_checksum, 1);
     }
 }

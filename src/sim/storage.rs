@@ -1,5 +1,5 @@
 //! An in-memory data file with the faults of a real disk: crashes that lose or tear writes in
-//! flight, and sectors that rot. It implements `Storage` for unit tests and the simulator;
+//! flight, sectors that rot, and slow-disk spells in which nothing completes. It implements `Storage` for unit tests and the simulator;
 //! completions come back in submission order, or in a shuffled order when a seed is given.
 //!
 //! By default every request is done the moment it is submitted (unit tests poll until idle).
@@ -50,6 +50,8 @@ pub struct MemoryStorage {
     prng: Option<Prng>,
     timing: Option<Timing>,
     tick: u64,
+    /// A slow-disk spell: nothing completes before this tick.
+    stalled_until_tick: u64,
 }
 
 impl MemoryStorage {
@@ -64,6 +66,7 @@ impl MemoryStorage {
             prng: None,
             timing: None,
             tick: 0,
+            stalled_until_tick: 0,
         }
     }
 
@@ -85,8 +88,27 @@ impl MemoryStorage {
         self.tick = tick;
     }
 
+    /// A slow-disk spell: requests in flight and submitted from now on complete no earlier
+    /// than `tick` (a disk that stalls under a firmware hiccup or a neighbour's load).
+    pub fn stall_until(&mut self, tick: u64) {
+        self.stalled_until_tick = self.stalled_until_tick.max(tick);
+    }
+
+    /// The disk is in a slow-disk spell.
+    pub fn stalled(&self) -> bool {
+        self.tick < self.stalled_until_tick
+    }
+
+    /// Ends a slow-disk spell now.
+    pub fn stall_end(&mut self) {
+        self.stalled_until_tick = 0;
+    }
+
     /// Requests that `poll` would return now.
     pub fn due_count(&self) -> usize {
+        if self.stalled() {
+            return 0;
+        }
         self.pending.iter().filter(|pending| pending.due_tick <= self.tick).count()
     }
 
@@ -294,5 +316,26 @@ mod tests {
         let written = storage.bytes().chunks(SECTOR_SIZE).filter(|sector| sector[0] == 0xAA);
         assert!(written.count() > 0);
         assert!(landed > 0 && landed < 8 * 16);
+    }
+
+    #[test]
+    fn slow_disk_spell_holds_every_completion_until_it_ends() {
+        // Goal: during a spell nothing completes, requests in flight before it included;
+        // afterwards they all do.
+        let pool = MessagePool::new(4, SECTOR_SIZE);
+        let mut storage = MemoryStorage::new(16 * SECTOR_SIZE as u64);
+        storage.submit(write_request(0, 1), pool.get());
+        storage.stall_until(5);
+        storage.submit(write_request(SECTOR_SIZE as u64, 1), pool.get());
+        let mut completions = Vec::new();
+        for tick in 0..5 {
+            storage.set_tick(tick);
+            storage.poll(&mut completions, 16);
+            assert!(completions.is_empty() && storage.stalled());
+        }
+        storage.set_tick(5);
+        storage.poll(&mut completions, 16);
+        assert_eq!(completions.len(), 2);
+        assert!(!storage.stalled());
     }
 }

@@ -29,6 +29,7 @@ pub enum Event {
     Corrupt = 13,
     Mutate = 14,
     Rejoin = 15,
+    SlowDisk = 16,
 }
 
 const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;

@@ -178,6 +178,11 @@ pub fn options_from_seed(
     let ticks_drawn = 10_000 + prng.next_u64() % 50_001;
     // Drawn last, so every other parameter is what the same seed drew before mutations.
     let mutation_per_mille = if prng.chance(1, 2) { 0 } else { 1 + prng.next_u64() % 30 };
+    let mut faults = faults;
+    // After the mutations, for the same reason.
+    faults.slow_disk_interval_mean_ticks =
+        if prng.chance(1, 3) { 0 } else { 300 + prng.next_u64() % 2_701 };
+    faults.slow_disk_ticks_max = 50 + prng.next_u64() % 751;
     ClusterOptions {
         seed,
         config: Config { grid_size, ..ClusterOptions::config_small(replica_count, clients_max) },
@@ -224,6 +229,8 @@ fn faults_draw(prng: &mut Prng) -> FaultOptions {
         partition_interval_mean_ticks,
         partition_ticks_min,
         partition_ticks_max,
+        slow_disk_interval_mean_ticks: 0,
+        slow_disk_ticks_max: 0,
     }
 }
 
@@ -275,6 +282,11 @@ pub fn options_describe(options: &ClusterOptions) -> String {
         every(faults.partition_interval_mean_ticks),
         faults.partition_ticks_min,
         faults.partition_ticks_max
+    ));
+    text.push_str(&format!(
+        "slow_disk_spells={}, up to {} ticks\n",
+        every(faults.slow_disk_interval_mean_ticks),
+        faults.slow_disk_ticks_max
     ));
     text.push_str(&format!(
         "ticks={} (then up to {} to converge)\n",

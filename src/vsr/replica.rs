@@ -119,6 +119,15 @@ enum CheckpointPhase {
     Superblock { op: Op },
 }
 
+/// What a superblock update in flight is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuperblockUpdate {
+    Checkpoint,
+    StateSync,
+    /// A view or log_view (or `log_lost`) change.
+    View,
+}
+
 /// Where a message from `poll_send` goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Destination {
@@ -197,6 +206,24 @@ pub struct Metrics {
     pub state_syncs: u64,
     /// Rejoins after a lost data file that learned the cluster's view and joined above it.
     pub rejoin_views_learned: u64,
+    /// Views entered while a superblock update (checkpoint, state sync or view) was in flight:
+    /// the new view is persisted by a second update once that one completes.
+    pub view_change_during_superblock_update: u64,
+    /// Views entered while state sync was under way.
+    pub view_change_during_state_sync: u64,
+    /// Commit numbers refused because the checksum the primary committed at that op is not
+    /// the prepare this replica holds there (it repairs instead of executing its own).
+    pub commits_refused_checksum: u64,
+    /// Commits held back because state sync was under way (the event store is about to be
+    /// replaced by the checkpoint's).
+    pub commits_frozen_by_state_sync: u64,
+    /// Prepare timestamps raised above the wall clock to stay above the log's head (a clock
+    /// behind the previous primary's, or a replica that restarted).
+    pub timestamps_raised: u64,
+    /// WAL entries passed over when this replica listed its log's headers (do_view_change,
+    /// start_view, headers), because they do not chain with its log: stale entries of another
+    /// view, such as the one at the checkpoint op after state sync.
+    pub log_headers_stale: u64,
 }
 }
 
@@ -263,6 +290,8 @@ pub struct Replica {
     commit_heartbeat_sent: (Op, u64),
     repair_requested_tick: u64,
     metrics: Metrics,
+    /// `Metrics::log_headers_stale`, counted where the replica is only read.
+    log_headers_stale: std::cell::Cell<u64>,
 }
 
 impl Replica {
@@ -321,6 +350,7 @@ impl Replica {
             commit_heartbeat_sent: (0, 0),
             repair_requested_tick: 0,
             metrics: Metrics::default(),
+            log_headers_stale: std::cell::Cell::new(0),
         }
     }
 
@@ -333,7 +363,7 @@ impl Replica {
     }
 
     pub fn metrics(&self) -> Metrics {
-        self.metrics
+        Metrics { log_headers_stale: self.log_headers_stale.get(), ..self.metrics }
     }
 
     pub fn op(&self) -> Op {
@@ -366,6 +396,28 @@ impl Replica {
     /// catches up by state sync.
     pub fn needs_state_sync(&self) -> bool {
         self.target.beyond_window()
+    }
+
+    /// The superblock update in flight, if any (for the simulator's slow-disk spells).
+    pub fn superblock_updating(&self) -> Option<SuperblockUpdate> {
+        self.superblock_writing?;
+        Some(if matches!(self.checkpoint, CheckpointPhase::Superblock { .. }) {
+            SuperblockUpdate::Checkpoint
+        } else if self.sync.superblock_writing() {
+            SuperblockUpdate::StateSync
+        } else {
+            SuperblockUpdate::View
+        })
+    }
+
+    /// State sync is under way (from asking for a checkpoint to reopening the event store).
+    pub fn state_syncing(&self) -> bool {
+        self.sync.active()
+    }
+
+    /// The durable view: what the superblock holds.
+    pub fn view_durable(&self) -> View {
+        self.view_durable
     }
 
     /// Why the last peer message this replica dropped as invalid was, if any was.
@@ -711,6 +763,7 @@ impl Replica {
         let request = *message.header();
         let op = self.op + 1;
         let timestamp = self.realtime_ns.max(self.timestamp_last + 1);
+        self.metrics.timestamps_raised += u64::from(timestamp > self.realtime_ns);
         let size = request.size as usize;
         let prepare = message.header_mut();
         *prepare = Header::new(Command::Prepare, self.config.cluster);
@@ -743,6 +796,14 @@ impl Replica {
             }
         }
         self.journal.write_prepare(storage, message);
+    }
+
+    /// Takes note of a prepare's timestamp in this replica's log: a prepare it makes later as
+    /// primary is timestamped above it, whatever its clock says, so timestamps increase along
+    /// the log across views and restarts.
+    pub(super) fn timestamp_observe(&mut self, prepare: &Header) {
+        assert_eq!(prepare.command(), Some(Command::Prepare));
+        self.timestamp_last = self.timestamp_last.max(prepare.timestamp);
     }
 
     fn send_eviction(&mut self, client: ClientId, reason: EvictionReason) {
@@ -892,6 +953,12 @@ impl Replica {
             if self.commit_min >= self.commit_limit() {
                 break;
             }
+            if self.sync.active() {
+                // The event store is about to be replaced by a newer checkpoint's: an op
+                // executed now would be lost in it, or keep it busy when it is closed.
+                self.metrics.commits_frozen_by_state_sync += 1;
+                return;
+            }
             if self.checkpoint != CheckpointPhase::Idle || !self.state_machine.commit_ready() {
                 return;
             }
@@ -958,7 +1025,8 @@ impl Replica {
         let read = self.journal_reads.swap_remove(index);
         match (read.purpose, result) {
             (JournalReadPurpose::Commit, Ok(message)) => {
-                if op != self.commit_min + 1 || self.checkpoint != CheckpointPhase::Idle {
+                let frozen = self.sync.active() || self.checkpoint != CheckpointPhase::Idle;
+                if op != self.commit_min + 1 || frozen {
                     return self.commit_pipeline(storage);
                 }
                 let send_reply = false;
@@ -1219,14 +1287,17 @@ impl Replica {
         self.view_durable = view;
         self.log_view_durable = log_view;
         if let CheckpointPhase::Superblock { op } = self.checkpoint {
+            assert!(op >= self.checkpoint_op);
             self.checkpoint_op = op;
             self.checkpoint = CheckpointPhase::Idle;
             self.metrics.checkpoints += 1;
         } else if self.sync.superblock_writing() {
-            return self.sync_superblock_done(storage);
+            self.sync_superblock_done(storage);
         }
         self.checkpoint_progress(storage);
-        // A view change may have waited for this update to finish before writing its own.
+        // Whatever this update was for (a checkpoint, state sync, a view), a view change may
+        // have arrived while it was in flight and waited for it to finish: its view is written
+        // now, by the next update.
         self.view_persist(storage);
         self.view_durable_progress(storage);
         self.commit_pipeline(storage);

@@ -195,7 +195,7 @@ impl SuperBlockHeader {
     }
 
     /// Why `child` cannot be the update that follows `self`, or `None`: the configuration is
-    /// fixed at format, and view, log_view and commit_max never go backwards.
+    /// fixed at format, and view, log_view, commit_max and checkpoint_op never go backwards.
     pub fn transition_invalid(&self, child: &SuperBlockHeader) -> Option<&'static str> {
         if child.config() != self.config() {
             return Some("config changed");
@@ -208,6 +208,9 @@ impl SuperBlockHeader {
         }
         if child.commit_max < self.commit_max {
             return Some("commit_max went backwards");
+        }
+        if child.checkpoint_op < self.checkpoint_op {
+            return Some("checkpoint_op went backwards");
         }
         child.vsr_state_invalid()
     }

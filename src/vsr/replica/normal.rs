@@ -21,7 +21,7 @@ use super::{
 use crate::constants::{
     JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, SECTOR_SIZE, op_prepare_max,
 };
-use crate::vsr::header::{Command, Header, Op};
+use crate::vsr::header::{Checksum, Command, Header, Op};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
 
@@ -37,7 +37,14 @@ impl Replica {
         // after it died. Only its own commit heartbeats (`on_commit`) are.
         let from_primary = header.view == self.view && header.replica == self.primary_index();
         if from_primary && self.status == Status::Normal && !self.is_primary() {
-            self.commit_max = self.commit_max.max(header.commit);
+            // Its commit number covers ops below it: taken unless this replica's log is known
+            // to differ from the primary's there (its entry below is not the prepare's parent).
+            let differs = self.own_checksum(header.op - 1).is_some_and(|own| own != header.parent);
+            if differs {
+                self.metrics.commits_refused_checksum += 1;
+            } else {
+                self.commit_max = self.commit_max.max(header.commit);
+            }
         }
         if self.status == Status::Normal && self.is_primary() {
             return;
@@ -46,6 +53,11 @@ impl Replica {
         if op <= self.op {
             self.on_prepare_held(storage, message);
             return self.commit_pipeline(storage);
+        }
+        if self.sync.active() {
+            // The log is about to restart at a newer checkpoint: nothing is added to it
+            // until then (the target is repaired after the sync).
+            return;
         }
         // The prepare must extend this replica's chain, and be known to belong to the log this
         // replica follows: the canonical log of a view change or start_view, or, past its head,
@@ -76,7 +88,7 @@ impl Replica {
         let message = padding_zeroed(message);
         self.op = op;
         self.parent = header.checksum;
-        self.timestamp_last = self.timestamp_last.max(header.timestamp);
+        self.timestamp_observe(&header);
         let prepared =
             Prepared { message: message.clone(), durable: false, ok_from: 0, acknowledged: false };
         self.pipeline.push_back(prepared);
@@ -137,6 +149,7 @@ impl Replica {
             }
             self.op = target.op;
             self.parent = target.checksum;
+            self.timestamp_observe(&target);
         }
     }
 
@@ -214,8 +227,37 @@ impl Replica {
             return;
         }
         self.primary_heard_tick_set();
+        if !self.commit_agrees(header.commit, header.context) {
+            return;
+        }
         self.commit_max = self.commit_max.max(header.commit);
         self.commit_pipeline(storage);
+    }
+
+    /// Whether this replica's log may take the primary's commit number `op`, at which the
+    /// primary executed the prepare whose checksum is `checksum`. If this replica holds
+    /// another prepare at `op`, its log is not the view's there: it must not execute it, and
+    /// asks for the view's log instead; if it executed another one already, it stops rather
+    /// than diverge.
+    fn commit_agrees(&mut self, op: Op, checksum: Checksum) -> bool {
+        if op < self.commit_min {
+            return true;
+        }
+        let held = if op == self.commit_min {
+            Some(self.commit_checksum)
+        } else {
+            self.log_header(op).map(|header| header.checksum)
+        };
+        if held.is_none_or(|held| held == checksum) {
+            return true;
+        }
+        self.metrics.commits_refused_checksum += 1;
+        if op == self.commit_min {
+            self.fail("executed a prepare other than the one the primary committed at its op");
+        } else if !self.target.active() {
+            self.send_request_start_view();
+        }
+        false
     }
 
     /// Serves a prepare to a replica that lacks it, from memory or from the WAL: the prepare

@@ -148,12 +148,18 @@ impl Replica {
     /// committed, reading each prepare back from the WAL (`commit_pipeline`).
     fn replay_start<S: Storage>(&mut self, storage: &mut S) {
         self.open_phase = OpenPhase::Replay;
-        while let Some(header) = self.journal.header_with_op(self.op + 1) {
+        // Timestamps go on from the highest prepare this replica knows: the head of its chain,
+        // or the checkpoint's prepare.
+        if let Some(checkpoint) = self.checkpoint_header() {
+            self.timestamp_observe(&checkpoint);
+        }
+        while let Some(header) = self.journal.header_with_op(self.op + 1).copied() {
             if header.parent != self.parent {
                 break;
             }
             self.op = header.op;
             self.parent = header.checksum;
+            self.timestamp_observe(&header);
         }
         // With one replica every durable prepare may have been acknowledged, and it is
         // committed: the replica is the whole quorum. With more, only what the superblock

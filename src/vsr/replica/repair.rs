@@ -194,7 +194,7 @@ enum Match {
 
 impl Replica {
     /// The checksum of the prepare at `op` in this replica's own log, if it knows it.
-    fn own_checksum(&self, op: Op) -> Option<Checksum> {
+    pub(super) fn own_checksum(&self, op: Op) -> Option<Checksum> {
         if op == self.op {
             return Some(self.parent);
         }

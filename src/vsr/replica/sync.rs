@@ -509,6 +509,9 @@ impl Replica {
         if busy {
             return;
         }
+        // Commits are frozen while state sync runs, so the checkpoint is still ahead.
+        assert!(self.sync.checkpoint_op > self.commit_min);
+        assert!(self.sync.checkpoint_op > self.checkpoint_op);
         let body = self.sync.body;
         let mut state = self.vsr_state_next();
         state.commit_max = state.commit_max.max(self.sync.commit);
@@ -545,12 +548,16 @@ impl Replica {
             entry.message = None;
         }
         self.pipeline.clear();
+        assert!(working.checkpoint_op > self.checkpoint_op);
+        assert!(working.checkpoint_op > self.commit_min);
         self.checkpoint_op = working.checkpoint_op;
         self.commit_min = working.checkpoint_op;
         self.commit_checksum = working.checkpoint_checksum;
         self.commit_max = self.commit_max.max(working.commit_max);
         self.op = working.checkpoint_op;
         self.parent = working.checkpoint_checksum;
+        let checkpoint = self.sync.body.checkpoint_header;
+        self.timestamp_observe(&checkpoint);
         self.sync.phase = Phase::Idle;
         self.metrics.state_syncs += 1;
         self.target.sync_done();

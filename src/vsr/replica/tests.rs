@@ -238,7 +238,13 @@ mod event_store {
         ReadStream { stream, offset_from, count_max: 1000, reserved: 0 }.as_bytes().to_vec()
     }
 
-    fn append(harness: &mut Harness, client: u64, request: u32, stream: u64, first: u64) -> u64 {
+    pub(crate) fn append(
+        harness: &mut Harness,
+        client: u64,
+        request: u32,
+        stream: u64,
+        first: u64,
+    ) -> u64 {
         let body = append_body(stream, first, 3);
         let replies = harness.call(client, request, Operation::Append, &body);
         assert_eq!(replies.len(), 1);
@@ -587,4 +593,47 @@ mod cluster {
         let head = ReadReplyHeader::read_from_prefix(replies[0].body()).unwrap().0;
         assert_eq!(head.event_count, 3);
     }
+}
+
+#[test]
+fn log_headers_stop_at_a_stale_wal_entry_at_the_checkpoint_op() {
+    // Goal: a WAL entry at the checkpoint op that is not the log's (a stale prepare of the same
+    // op, as state sync leaves behind) is not listed with the log's headers, so the
+    // do_view_change, start_view and headers bodies built from them pass the receivers'
+    // hash-chain check instead of being dropped.
+    let mut harness = Harness::new(small_config());
+    harness.register(7);
+    harness.call(7, 1, Operation::CreateStream, &event_store::create_body(5));
+    let mut request = 2;
+    while harness.replica.checkpoint_op() == 0 || harness.replica.op() < 60 {
+        event_store::append(&mut harness, 7, request, 5, u64::from(request - 2) * 3);
+        request += 1;
+    }
+    let checkpoint_op = harness.replica.checkpoint_op();
+    let held = *harness.replica.journal.header_with_op(checkpoint_op).expect("held");
+    let mut stale = Header::new(Command::Prepare, harness.config.cluster);
+    stale.op = checkpoint_op;
+    stale.parent = held.parent;
+    stale.timestamp = held.timestamp + 1;
+    stale.client = 99;
+    stale.operation = Operation::Register as u8;
+    let mut buffer = harness.pool.get();
+    buffer.buffer_mut_unique()[..SECTOR_SIZE].fill(0);
+    let stale_message = message_finish(buffer, stale, 0);
+    assert_ne!(stale_message.header().checksum, held.checksum);
+    let journal = &mut harness.replica.journal;
+    journal.write_prepare(&mut harness.storage, stale_message);
+    harness.run();
+    let op_high = harness.replica.op();
+    let op_low = checkpoint_op - 4;
+    let mut message = harness.pool.get();
+    let (first, count) =
+        harness.replica.log_headers_write(&mut message, op_low, op_high).expect("head held");
+    assert_eq!(first, checkpoint_op + 1);
+    let mut header = harness.replica.header_new(Command::Headers);
+    header.op = op_high;
+    header.op_min = first;
+    let message = message_finish(message, header, count * HEADER_SIZE);
+    assert_eq!(view_change::view_headers_invalid(&message, View::MAX), None);
+    assert!(harness.replica.metrics().log_headers_stale > 0);
 }

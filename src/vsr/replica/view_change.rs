@@ -369,6 +369,9 @@ impl Replica {
     /// view, queued requests are dropped (clients retry), a log target is abandoned.
     fn view_enter<S: Storage>(&mut self, storage: &mut S, view: View) {
         assert!(view > self.view);
+        self.metrics.view_change_during_superblock_update +=
+            u64::from(self.superblock_writing.is_some());
+        self.metrics.view_change_during_state_sync += u64::from(self.sync.active());
         self.view = view;
         self.status = Status::ViewChange;
         self.view_change.heard_tick = self.ticks;
@@ -430,12 +433,34 @@ impl Replica {
         if op > self.op {
             return None;
         }
-        let held = self.journal.header_with_op(op).copied();
-        if held.is_none() && op == self.checkpoint_op {
-            // After state sync the checkpoint's prepare is not in the WAL.
-            return self.checkpoint_header();
+        if op == self.checkpoint_op
+            && let Some(checkpoint) = self.checkpoint_header().filter(|header| header.op == op)
+        {
+            // After state sync the checkpoint's prepare need not be in the WAL, and the entry
+            // its slot holds may be a stale one of the same op (an older view's).
+            return Some(checkpoint);
         }
-        held
+        let held = self.journal.header_with_op(op).copied()?;
+        // Where this replica knows the checksum of its log's entry, a WAL entry that differs
+        // is not its log's (a stale one the chain did not take).
+        let known = if op == self.op {
+            Some(self.parent)
+        } else if op == self.commit_min {
+            Some(self.commit_checksum)
+        } else {
+            None
+        };
+        if known.is_some_and(|checksum| checksum != held.checksum) {
+            self.metrics_stale_header_seen();
+            return None;
+        }
+        Some(held)
+    }
+
+    /// Counts a stale WAL entry that `log_header` passed over (it takes `&self`: the counter
+    /// is a `Cell`).
+    fn metrics_stale_header_seen(&self) {
+        self.log_headers_stale.set(self.log_headers_stale.get() + 1);
     }
 
     /// The headers this replica's log holds for the top of `op_low..=op_high` (a run ending at
@@ -449,10 +474,22 @@ impl Replica {
     ) -> Option<(Op, usize)> {
         assert!(op_low <= op_high);
         assert!(op_high - op_low < VIEW_CHANGE_HEADERS_MAX as u64);
-        self.log_header(op_high)?;
+        let mut lowest = self.log_header(op_high)?;
         let mut first = op_high;
-        while first > op_low && self.log_header(first - 1).is_some() {
-            first -= 1;
+        // Down as far as the entries hash-chain: a WAL entry below that does not is another
+        // log's (stale), and a body with it would fail every receiver's chain check.
+        while first > op_low {
+            match self.log_header(first - 1) {
+                Some(below) if below.checksum == lowest.parent => {
+                    lowest = below;
+                    first -= 1;
+                }
+                Some(_) => {
+                    self.metrics_stale_header_seen();
+                    break;
+                }
+                None => break,
+            }
         }
         let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
         for (index, op) in (first..=op_high).enumerate() {
@@ -644,6 +681,11 @@ impl Replica {
         }
         if self.log_view_durable != self.view || self.view_durable != self.view {
             return;
+        }
+        // Its log's head is the highest prepare of the view's log: the view's first prepare
+        // is timestamped above it.
+        if let Some(head) = self.log_header(self.op) {
+            self.timestamp_observe(&head);
         }
         self.status = Status::Normal;
         self.log_faulty = false;

@@ -321,6 +321,13 @@ fn update_asserts_commit_max_never_goes_backwards() {
 }
 
 #[test]
+#[should_panic(expected = "superblock update: checkpoint_op went backwards")]
+fn update_asserts_checkpoint_op_never_goes_backwards() {
+    // Goal: a checkpoint is durable: no update (a state sync's included) may move it back.
+    update_with(|state| state.checkpoint_op -= 1);
+}
+
+#[test]
 #[should_panic(expected = "superblock update: log_view is newer than view")]
 fn update_asserts_log_view_is_at_most_view() {
     // Goal: log_view never passes view.
