@@ -91,6 +91,7 @@ pub fn command(arguments: &[String]) -> i32 {
     print!("{}", options_describe(&options));
     let (summary, faults, result) = simulate_with_faults(&options);
     print!("{}", summary_describe(&summary));
+    print!("{}", coverage_describe(&summary));
     if result.is_err() {
         println!("faults injected ({}):", faults.len());
         for fault in &faults {
@@ -177,6 +178,8 @@ pub fn options_from_seed(
     let ticks_drawn = 10_000 + prng.next_u64() % 50_001;
     // Drawn last, so every other parameter is what the same seed drew before mutations.
     let mutation_per_mille = if prng.chance(1, 2) { 0 } else { 1 + prng.next_u64() % 30 };
+    // After the mutations, for the same reason.
+    let reply_late_per_mille = if prng.chance(1, 4) { 0 } else { 1 + prng.next_u64() % 50 };
     ClusterOptions {
         seed,
         config: Config { grid_size, ..ClusterOptions::config_small(replica_count, clients_max) },
@@ -186,6 +189,7 @@ pub fn options_from_seed(
         loss_per_mille,
         duplicate_per_mille,
         mutation_per_mille,
+        reply_late_per_mille,
         request_timeout_ticks,
         think_ticks_max,
         events_per_append_max,
@@ -257,6 +261,7 @@ pub fn options_describe(options: &ClusterOptions) -> String {
         options.mutation_per_mille,
         options.request_timeout_ticks
     ));
+    text.push_str(&format!("late replies={}/1000\n", options.reply_late_per_mille));
     text.push_str(&format!(
         "think_ticks_max={} events_per_append_max={} event_size_max={}\n",
         options.think_ticks_max, options.events_per_append_max, options.event_size_max
@@ -304,6 +309,24 @@ pub fn summary_describe(summary: &Summary) -> String {
         summary.trace_hash,
         summary.trace_events,
     )
+}
+
+/// How often each client path the run is meant to reach ran: a `coverage:` block, one
+/// `name count` per line, so a path a campaign never reached shows as 0.
+pub fn coverage_describe(summary: &Summary) -> String {
+    let counters = [
+        ("client_reply_duplicate_dropped", summary.client_reply_duplicate_dropped),
+        ("client_requests_resent", summary.client_requests_resent),
+        ("client_redirects", summary.client_redirects),
+        ("client_reads_checked", summary.reads_checked),
+        ("client_read_events_checked", summary.read_events_checked),
+        ("network_replies_late", summary.replies_late),
+    ];
+    let mut text = String::from("coverage:\n");
+    for (name, count) in counters {
+        text.push_str(&format!("  {name} {count}\n"));
+    }
+    text
 }
 
 /// Runs one simulation. A panic anywhere in it (a replica's assertion) is caught and reported
@@ -452,7 +475,8 @@ mod tests {
         let (summary, result) = simulate(&options);
         assert_eq!(result, Ok(()));
         assert!(summary.crashes >= 40, "{summary:?}");
-        assert!(summary.ops_committed > 150, "{summary:?}");
+        // Clients read a third of the time: reads commit no op.
+        assert!(summary.ops_committed > 100, "{summary:?}");
     }
 
     #[test]

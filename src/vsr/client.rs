@@ -14,8 +14,9 @@
 //!   `client_reply_duplicate_dropped`. Reads do not use up a number; each carries a nonce in
 //!   `parent` so that no two reads share a checksum, and the commit of the latest reply in
 //!   `commit`, so that it reads the client's own writes.
-//! - A request goes first to the replica the client believes is primary (`view % replicas`),
-//!   a read to the replica it last talked to. On a timeout it is sent again, unchanged, to
+//! - A request goes first to the replica the client believes is primary (`view % replicas`):
+//!   a read could go to any replica, but one behind the client's latest commit drops it, and
+//!   the primary is the least likely to be behind. On a timeout it is sent again, unchanged, to
 //!   the next replica in turn, with an exponential backoff (capped) and jitter: a paused or
 //!   partitioned primary is left behind after one timeout. A `pong_client` from a backup names
 //!   its view, and so the primary, where the request goes next.
@@ -114,8 +115,6 @@ pub struct ClientCore {
     commit_latest: Op,
     /// The newest view seen in a reply or pong.
     view: View,
-    /// The replica the latest copy of any request went to.
-    target_last: ReplicaIndex,
     /// Distinguishes reads (their `parent`); never zero.
     read_nonce: u32,
     in_flight: Option<InFlight>,
@@ -139,7 +138,6 @@ impl ClientCore {
             parent: 0,
             commit_latest: 0,
             view: 0,
-            target_last: 0,
             read_nonce: 0,
             in_flight: None,
             prng: seed | 1,
@@ -234,7 +232,7 @@ impl ClientCore {
         header.checksum_body = header::checksum(body);
         header.set_checksum();
         assert_eq!(header.invalid(), None);
-        let target = if operation.is_read() { self.target_last } else { self.primary() };
+        let target = self.primary();
         self.in_flight = Some(InFlight {
             request: header.request,
             operation,
@@ -283,7 +281,6 @@ impl ClientCore {
         // Unless a reply or a redirect comes first, the next copy goes to the next replica.
         in_flight.target_next = (target + 1) % replica_count;
         in_flight.send_at = now + timeout + jitter;
-        self.target_last = target;
         Some(target)
     }
 
