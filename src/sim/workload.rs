@@ -582,8 +582,9 @@ mod tests {
     #[test]
     fn client_retries_round_robin_and_registers_again_after_eviction() {
         // Goal: the simulated client runs the client core: the first send goes to the
-        // primary, each timeout to the next replica with the same request; an eviction makes a new client id that
-        // registers afresh; a reply to the request in flight is acknowledged.
+        // primary, each timeout to the next replica with the same request; an eviction makes
+        // a new client id that registers afresh; a reply to the request in flight is
+        // acknowledged.
         let pool = MessagePool::new(4, 16 * 1024);
         let mut workload = Workload::new(options(), 1);
         let mut sends = Vec::new();
