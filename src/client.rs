@@ -1,10 +1,16 @@
 //! The client library: a session with a cluster over TCP, one request in flight at a time.
 //!
-//! A client picks a random id, registers (its session), then numbers its writes 1, 2, 3, ...
-//! A request that times out is sent again with the same number, to the next replica if the
-//! current one is unreachable: the cluster's session table makes the retry safe (it is answered
-//! with the stored reply, never applied twice). Reads go to any replica, carry the commit number
-//! of the client's latest write so that it reads its own writes, and do not use up a number.
+//! The session rules (register, request numbers, the parent chain, matching a reply to its
+//! request by checksum and operation, finding the primary, retries to the next replica with
+//! backoff, eviction) are the sans-IO client core's (`crate::vsr::client`), which the
+//! simulator's clients run too; this module only moves its bytes over blocking sockets and
+//! gives it the time (milliseconds since the client was made).
+//!
+//! A call returns when its reply comes, or fails with `Timeout` at its deadline. A read that
+//! timed out is abandoned; a write that timed out is in doubt (it may still commit), so the
+//! next call first sends it again until it is answered, and only then sends its own request:
+//! no later write ever reuses its number (see the core's module doc for why). After an
+//! eviction the client takes a new random id, and its next write registers a new session.
 //!
 //! This runs in client programs (the CLI, the benchmark), not in the replica: it uses blocking
 //! sockets and allocates its buffers once per client.
@@ -16,13 +22,17 @@ use std::time::{Duration, Instant};
 use zerocopy::IntoBytes;
 
 use crate::constants::HEADER_SIZE;
+use crate::vsr::client::{ClientCore, ClientMetrics, ClientOptions, Outcome};
+#[cfg(test)]
 use crate::vsr::client_sessions::session_chain;
-use crate::vsr::header::{
-    self, Checksum, ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation,
-};
+use crate::vsr::header::{ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation};
 
-/// How long a request waits for its reply before it is sent again.
+/// How long a request waits for its reply before it is sent again (to the next replica);
+/// doubled for each copy that timed out, up to `REQUEST_TIMEOUT_MAX`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_millis(2_000);
+/// How soon a request goes again after a backup named the primary or a replica was unreachable.
+pub const REDIRECT_DELAY: Duration = Duration::from_millis(10);
 /// How long a request keeps retrying before the call fails.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -30,7 +40,7 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 pub enum ClientError {
     /// No replica answered before the deadline.
     Timeout,
-    /// The cluster dropped this client's session; a new client must register again.
+    /// The cluster dropped this client's session; the next write registers a new one.
     Evicted(&'static str),
     /// The request body does not fit in one message.
     RequestTooLarge { size: usize, size_max: usize },
@@ -60,51 +70,59 @@ pub struct Reply<'a> {
 }
 
 pub struct Client {
-    cluster: ClusterId,
-    id: ClientId,
+    core: ClientCore,
     addresses: Vec<SocketAddr>,
-    /// Index into `addresses` of the replica this client talks to.
-    address_index: usize,
-    stream: Option<TcpStream>,
+    /// The connection, and the index into `addresses` of the replica it goes to.
+    stream: Option<(usize, TcpStream)>,
     message_size_max: usize,
-    /// The number of the latest write sent (0 = the register).
-    request: u32,
-    registered: bool,
-    /// `parent` of the next write: the session's chain value after the latest reply.
-    parent: Checksum,
-    /// The commit number of the latest reply (reads ask for at least this).
-    commit_latest: Op,
+    /// The request in flight (header and body), kept until it is answered.
     send_buffer: Vec<u8>,
+    send_size: usize,
     receive_buffer: Vec<u8>,
     receive_length: usize,
     /// The size of the reply last returned, still at the front of the receive buffer.
     reply_size_held: usize,
+    request_deadline: Duration,
+    /// Time zero of the core's clock.
+    epoch: Instant,
 }
 
 impl Client {
     pub fn new(cluster: ClusterId, addresses: &[SocketAddr], message_size_max: usize) -> Client {
         assert!(!addresses.is_empty());
+        assert!(addresses.len() <= usize::from(u8::MAX));
         assert!(message_size_max > HEADER_SIZE);
-        Client {
+        let options = ClientOptions {
             cluster,
-            id: random_client_id(),
+            replica_count: addresses.len() as u8,
+            request_timeout: REQUEST_TIMEOUT.as_millis() as u64,
+            request_timeout_max: REQUEST_TIMEOUT_MAX.as_millis() as u64,
+            redirect_delay: REDIRECT_DELAY.as_millis() as u64,
+        };
+        let id = random_client_id();
+        Client {
+            core: ClientCore::new(options, id, id.rotate_left(17)),
             addresses: addresses.to_vec(),
-            address_index: 0,
             stream: None,
             message_size_max,
-            request: 0,
-            registered: false,
-            parent: 0,
-            commit_latest: 0,
             send_buffer: vec![0; message_size_max],
+            send_size: 0,
             receive_buffer: vec![0; 2 * message_size_max],
             receive_length: 0,
             reply_size_held: 0,
+            request_deadline: REQUEST_DEADLINE,
+            epoch: Instant::now(),
         }
     }
 
+    /// How long a call keeps retrying before it fails with `Timeout` (`REQUEST_DEADLINE`
+    /// unless set).
+    pub fn set_request_deadline(&mut self, deadline: Duration) {
+        self.request_deadline = deadline;
+    }
+
     pub fn id(&self) -> ClientId {
-        self.id
+        self.core.id()
     }
 
     /// The largest request body.
@@ -113,158 +131,171 @@ impl Client {
     }
 
     pub fn commit_latest(&self) -> Op {
-        self.commit_latest
+        self.core.commit_latest()
+    }
+
+    /// Counters of the session rules' paths (retries, duplicate replies dropped, ...).
+    pub fn metrics(&self) -> ClientMetrics {
+        self.core.metrics()
     }
 
     /// Reads will be served only by a replica that has executed at least `commit` (for
     /// example the commit of a write another client saw acknowledged).
     pub fn observe_commit(&mut self, commit: Op) {
-        self.commit_latest = self.commit_latest.max(commit);
+        self.core.observe_commit(commit);
     }
 
     /// Opens the session (idempotent).
     pub fn register(&mut self) -> Result<(), ClientError> {
-        if self.registered {
-            return Ok(());
+        let deadline = Instant::now() + self.request_deadline;
+        self.in_doubt_resolve(deadline)?;
+        if !self.core.registered() {
+            self.call(Operation::Register, &[], deadline)?;
         }
-        self.call(Operation::Register, &[], 0)?;
-        self.registered = true;
         Ok(())
     }
 
     /// Sends a write (`create_stream`, `append`) and waits for its reply.
     pub fn write(&mut self, operation: Operation, body: &[u8]) -> Result<Reply<'_>, ClientError> {
         assert!(!operation.is_read());
-        self.register()?;
-        let request = self.request + 1;
-        self.call(operation, body, request)
+        assert_ne!(operation, Operation::Register);
+        let deadline = Instant::now() + self.request_deadline;
+        self.in_doubt_resolve(deadline)?;
+        if !self.core.registered() {
+            self.call(Operation::Register, &[], deadline)?;
+        }
+        self.call(operation, body, deadline)
     }
 
     /// Sends a read and waits for its reply (served by the replica without consensus).
     pub fn read(&mut self, operation: Operation, body: &[u8]) -> Result<Reply<'_>, ClientError> {
         assert!(operation.is_read());
-        // Reads don't use up a request number: they echo the next one.
-        let request = self.request + 1;
-        self.call(operation, body, request)
+        let deadline = Instant::now() + self.request_deadline;
+        self.in_doubt_resolve(deadline)?;
+        self.call(operation, body, deadline)
+    }
+
+    /// A write an earlier call gave up on is still in flight: sends it again until it is
+    /// answered (its reply is dropped: that call already reported `Timeout`).
+    fn in_doubt_resolve(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        self.reply_release();
+        if self.core.in_flight().is_none() {
+            return Ok(());
+        }
+        self.reply_wait(deadline)?;
+        self.reply_release();
+        Ok(())
+    }
+
+    fn reply_release(&mut self) {
+        if self.reply_size_held > 0 {
+            self.consume(self.reply_size_held);
+            self.reply_size_held = 0;
+        }
     }
 
     fn call(
         &mut self,
         operation: Operation,
         body: &[u8],
-        request: u32,
+        deadline: Instant,
     ) -> Result<Reply<'_>, ClientError> {
         let size = HEADER_SIZE + body.len();
         if size > self.message_size_max {
             let size_max = self.message_size_max - HEADER_SIZE;
             return Err(ClientError::RequestTooLarge { size: body.len(), size_max });
         }
-        if self.reply_size_held > 0 {
-            self.consume(self.reply_size_held);
-            self.reply_size_held = 0;
-        }
-        self.build_request(operation, body, request);
-        let deadline = Instant::now() + REQUEST_DEADLINE;
-        loop {
-            if Instant::now() > deadline {
-                return Err(ClientError::Timeout);
-            }
-            if self.send_request(size).is_err() {
-                self.disconnect_and_rotate();
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-            match self.receive_reply(request, Instant::now() + REQUEST_TIMEOUT) {
-                Ok(Some(header)) if header.command() == Some(Command::PongClient) => {
-                    // A backup: it names its view, and so the primary. Go there and resend.
-                    self.consume(header.size as usize);
-                    let primary = header.view as usize % self.addresses.len();
-                    if primary != self.address_index {
-                        self.stream = None;
-                        self.receive_length = 0;
-                        self.address_index = primary;
-                    } else {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-                Ok(Some(header)) => {
-                    self.reply_size_held = header.size as usize;
-                    if header.command() == Some(Command::Eviction) {
-                        self.registered = false;
-                        return Err(ClientError::Evicted(eviction_reason(header.context)));
-                    }
-                    if !operation.is_read() {
-                        self.request = request;
-                        self.parent = session_chain(self.id, header.op);
-                    }
-                    self.commit_latest = self.commit_latest.max(header.commit);
-                    let body = &self.receive_buffer[HEADER_SIZE..header.size as usize];
-                    return Ok(Reply { header, body });
-                }
-                Ok(None) => {}
-                Err(_) => self.disconnect_and_rotate(),
-            }
-        }
-    }
-
-    fn build_request(&mut self, operation: Operation, body: &[u8], request: u32) {
-        let size = HEADER_SIZE + body.len();
-        let mut header = Header::new(Command::Request, self.cluster);
-        header.size = size as u32;
-        header.client = self.id;
-        header.request = request;
-        header.operation = operation as u8;
-        if operation.is_read() {
-            header.commit = self.commit_latest;
-        } else if operation != Operation::Register {
-            header.parent = self.parent;
-        }
-        header.checksum_body = header::checksum(body);
-        header.set_checksum();
-        assert_eq!(header.invalid(), None);
+        self.reply_release();
+        let header = self.core.request_start(operation, body, self.now());
         self.send_buffer[..HEADER_SIZE].copy_from_slice(header.as_bytes());
         self.send_buffer[HEADER_SIZE..size].copy_from_slice(body);
+        self.send_size = size;
+        let header = self.reply_wait(deadline)?;
+        let body = &self.receive_buffer[HEADER_SIZE..header.size as usize];
+        Ok(Reply { header, body })
     }
 
-    fn send_request(&mut self, size: usize) -> std::io::Result<()> {
+    /// Sends the request in flight as the core says (and again, where it says, on timeouts)
+    /// until its reply arrives (held at the front of the receive buffer), an eviction, or the
+    /// deadline.
+    fn reply_wait(&mut self, deadline: Instant) -> Result<Header, ClientError> {
+        loop {
+            let in_flight = *self.core.in_flight().expect("a request in flight");
+            if Instant::now() >= deadline {
+                if in_flight.operation.is_read() {
+                    self.core.read_abandon();
+                }
+                return Err(ClientError::Timeout);
+            }
+            let now = self.now();
+            if let Some(target) = self.core.poll_send(now)
+                && self.send_to(usize::from(target)).is_err()
+            {
+                self.disconnect();
+                self.core.on_unreachable(now);
+            }
+            let due = self.epoch + Duration::from_millis(self.core.send_due().expect("in flight"));
+            let wait_until = deadline.min(due);
+            if self.stream.is_none() {
+                std::thread::sleep(wait_until.saturating_duration_since(Instant::now()));
+                continue;
+            }
+            let header = match self.receive_message(wait_until) {
+                Ok(Some(header)) => header,
+                Ok(None) => continue,
+                Err(_) => {
+                    self.disconnect();
+                    self.core.on_unreachable(self.now());
+                    continue;
+                }
+            };
+            match self.core.on_message(&header, self.now()) {
+                Outcome::Reply => {
+                    self.reply_size_held = header.size as usize;
+                    return Ok(header);
+                }
+                Outcome::Evicted(reason) => {
+                    self.consume(header.size as usize);
+                    self.core.session_new(random_client_id_other(self.core.id()));
+                    return Err(ClientError::Evicted(eviction_reason(reason)));
+                }
+                Outcome::Redirect | Outcome::Dropped(_) => self.consume(header.size as usize),
+            }
+        }
+    }
+
+    /// The core's clock: milliseconds since this client was made.
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Sends the request in flight to replica `index`, connecting first if needed.
+    fn send_to(&mut self, index: usize) -> std::io::Result<()> {
+        if self.stream.as_ref().is_some_and(|(connected, _)| *connected != index) {
+            self.disconnect();
+        }
         if self.stream.is_none() {
-            let address = self.addresses[self.address_index];
-            let stream = TcpStream::connect_timeout(&address, REQUEST_TIMEOUT)?;
+            let stream = TcpStream::connect_timeout(&self.addresses[index], REQUEST_TIMEOUT)?;
             stream.set_nodelay(true)?;
-            self.stream = Some(stream);
+            self.stream = Some((index, stream));
             self.receive_length = 0;
         }
-        let stream = self.stream.as_mut().expect("connected");
-        stream.write_all(&self.send_buffer[..size])
+        let (_, stream) = self.stream.as_mut().expect("connected");
+        stream.write_all(&self.send_buffer[..self.send_size])
     }
 
-    /// Reads messages until the reply to `request` arrives (`Some`), the timeout passes
-    /// (`None`), or the connection fails.
-    fn receive_reply(
-        &mut self,
-        request: u32,
-        deadline: Instant,
-    ) -> std::io::Result<Option<Header>> {
+    /// Reads until a complete, valid message arrives (`Some`, left at the front of the receive
+    /// buffer), `deadline` passes (`None`), or the connection fails.
+    fn receive_message(&mut self, deadline: Instant) -> std::io::Result<Option<Header>> {
         loop {
             if let Some(header) = self.take_message()? {
-                let command = header.command();
-                let ours = header.client == self.id
-                    && matches!(
-                        command,
-                        Some(Command::Reply | Command::Eviction | Command::PongClient)
-                    );
-                let answers = command != Some(Command::Reply) || header.request == request;
-                if ours && answers {
-                    return Ok(Some(header));
-                }
-                self.consume(header.size as usize);
-                continue;
+                return Ok(Some(header));
             }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
             }
-            let stream = self.stream.as_mut().expect("connected");
+            let (_, stream) = self.stream.as_mut().expect("connected");
             stream.set_read_timeout(Some(deadline - now))?;
             match stream.read(&mut self.receive_buffer[self.receive_length..]) {
                 Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
@@ -285,7 +316,7 @@ impl Client {
         let header = Header::decode(&self.receive_buffer[..HEADER_SIZE])
             .map_err(|reason| std::io::Error::new(std::io::ErrorKind::InvalidData, reason))?;
         let size = header.size as usize;
-        if header.cluster != self.cluster || size > self.message_size_max {
+        if header.cluster != self.core.options().cluster || size > self.message_size_max {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "wrong cluster"));
         }
         if self.receive_length < size {
@@ -293,6 +324,12 @@ impl Client {
         }
         if !header.valid_checksum_body(&self.receive_buffer[HEADER_SIZE..size]) {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "body checksum"));
+        }
+        if !matches!(
+            header.command(),
+            Some(Command::Reply | Command::Eviction | Command::PongClient)
+        ) {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not for a client"));
         }
         Ok(Some(header))
     }
@@ -303,11 +340,10 @@ impl Client {
         self.receive_length -= size;
     }
 
-    fn disconnect_and_rotate(&mut self) {
+    fn disconnect(&mut self) {
         self.stream = None;
         self.receive_length = 0;
         self.reply_size_held = 0;
-        self.address_index = (self.address_index + 1) % self.addresses.len();
     }
 }
 
@@ -334,3 +370,16 @@ fn random_client_id() -> ClientId {
     }
     id
 }
+
+/// A random client id other than `id` (for the new session after an eviction).
+fn random_client_id_other(id: ClientId) -> ClientId {
+    loop {
+        let other = random_client_id();
+        if other != id {
+            return other;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

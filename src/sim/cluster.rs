@@ -7,7 +7,8 @@
 //! tick every replica, let the clients send, inject faults, then run the checker. Every random
 //! choice comes from PRNGs seeded from the run's seed, so a seed replays the same run.
 //!
-//! The faults: network loss, delay, duplication and reordering (always on); directional
+//! The faults: network loss, delay, duplication and reordering (always on), and late
+//! duplicates of messages to clients (after the client moved on to its next request); directional
 //! partitions of replica and client links that heal by themselves; and crashes: a replica (the
 //! primary too, when the run draws primary crashes) loses or tears its writes in flight and
 //! restarts from its disk after a while, in a replicated cluster possibly with a rotten or
@@ -96,6 +97,9 @@ pub struct ClusterOptions {
     /// Messages between replicas turned into ones a correct replica must reject
     /// (`sim::mutation`).
     pub mutation_per_mille: u64,
+    /// Messages to clients that also arrive once more, late (one to three request timeouts
+    /// after the first copy): the client has moved on to a later request by then.
+    pub reply_late_per_mille: u64,
     pub request_timeout_ticks: u64,
     /// Ticks a client waits, at most, between a reply and its next request.
     pub think_ticks_max: u64,
@@ -595,6 +599,15 @@ impl Cluster {
                     self.workload.client_index(client).map(|client| replica_count + client)
                 }
             };
+            let late = to.is_some_and(|to| to >= replica_count)
+                && self.options.reply_late_per_mille > 0
+                && self.prng.chance(self.options.reply_late_per_mille, 1000);
+            if late && let Some(to) = to {
+                let timeout = self.options.request_timeout_ticks;
+                let delay_ticks = timeout + self.prng.next_u64() % (2 * timeout + 1);
+                let (trace, tick) = (&mut self.trace, self.tick);
+                self.network.send_late(trace, tick, index, to, &message, delay_ticks);
+            }
             match to {
                 Some(to) => self.network.send(&mut self.trace, self.tick, index, to, &message),
                 None => {
@@ -1129,6 +1142,12 @@ impl Cluster {
             replica_metrics: self.replica_metrics(),
             cluster_metrics: self.metrics,
             workload_metrics: workload,
+            replies_late: network.late,
+            client_reply_duplicate_dropped: workload.client_reply_duplicate_dropped,
+            client_requests_resent: workload.client_requests_resent,
+            client_redirects: workload.client_redirects,
+            reads_checked: workload.reads_checked,
+            read_events_checked: workload.read_events_checked,
         }
     }
 
@@ -1166,6 +1185,15 @@ pub struct Summary {
     pub replica_metrics: Metrics,
     pub cluster_metrics: ClusterMetrics,
     pub workload_metrics: WorkloadMetrics,
+    /// Late duplicates of messages to clients (`reply_late_per_mille`).
+    pub replies_late: u64,
+    /// Replies the client core dropped as answers to another request than the one in flight.
+    pub client_reply_duplicate_dropped: u64,
+    pub client_requests_resent: u64,
+    pub client_redirects: u64,
+    /// Read replies accepted by clients and checked against their stream models.
+    pub reads_checked: u64,
+    pub read_events_checked: u64,
 }
 
 #[cfg(test)]
@@ -1188,6 +1216,7 @@ mod tests {
             loss_per_mille: 0,
             duplicate_per_mille: 0,
             mutation_per_mille: 0,
+            reply_late_per_mille: 0,
             request_timeout_ticks: 40,
             think_ticks_max: 8,
             events_per_append_max: 8,
@@ -1262,7 +1291,8 @@ mod tests {
             println!("seed={seed} replicas={replica_count}");
             let mut cluster = Cluster::new(options_quiet_replicas(seed, replica_count));
             cluster.run().unwrap();
-            assert!(cluster.checker().history_op_max() > 50);
+            // Clients read a third of the time: reads commit no op.
+            assert!(cluster.checker().history_op_max() > 30);
         }
     }
 
@@ -1331,6 +1361,25 @@ mod tests {
             let states = cluster.replica_states();
             assert!(waited < timeout, "no view change {waited} ticks after: {states:?}");
         }
+    }
+
+    #[test]
+    fn late_and_duplicated_replies_never_answer_a_later_request() {
+        // Goal: with replies to clients duplicated and delivered again late (after the client
+        // moved on), every copy that names an earlier request is dropped by the client core,
+        // the clients' reads check out against their stream models, and the run passes.
+        let seed = 61;
+        println!("seed={seed}");
+        let mut options = options_quiet_replicas(seed, 3);
+        options.duplicate_per_mille = 100;
+        options.reply_late_per_mille = 200;
+        options.ticks_faults = 2_000;
+        let mut cluster = Cluster::new(options);
+        cluster.run().unwrap();
+        let summary = cluster.summary();
+        assert!(summary.replies_late > 20, "{summary:?}");
+        assert!(summary.client_reply_duplicate_dropped > 20, "{summary:?}");
+        assert!(summary.reads_checked > 20 && summary.read_events_checked > 0, "{summary:?}");
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct NetworkMetrics {
     pub sent: u64,
     pub delivered: u64,
     pub duplicated: u64,
+    /// Extra copies held back for long (`send_late`).
+    pub late: u64,
     pub lost: u64,
     pub dropped_partition: u64,
     pub dropped_capacity: u64,
@@ -189,6 +191,37 @@ impl Network {
             let sequence = self.sequence;
             self.queue.push(Packet { deliver_tick, sequence, from, to, bytes });
         }
+    }
+
+    /// Puts one more copy of `message` on the wire from `from` to `to`, delivered
+    /// `delay_ticks` later than a normal copy would be: a late duplicate, as a retransmission
+    /// stuck in a slow path delivers it, after its sender may have given up on it.
+    pub fn send_late(
+        &mut self,
+        trace: &mut Trace,
+        tick: u64,
+        from: NodeIndex,
+        to: NodeIndex,
+        message: &Message,
+        delay_ticks: u64,
+    ) {
+        assert_ne!(from, to);
+        let checksum = u64::from(message.header().checksum);
+        trace.record(Event::Send, &[tick, from as u64, to as u64, checksum]);
+        if !self.link_up(from, to, tick) {
+            return self.drop_traced(trace, tick, to, checksum, DropReason::Partition);
+        }
+        if self.queue.len() >= self.options.packets_max {
+            return self.drop_traced(trace, tick, to, checksum, DropReason::Capacity);
+        }
+        self.metrics.late += 1;
+        let deliver_tick = tick + 1 + self.options.latency.sample(&mut self.prng) + delay_ticks;
+        let mut bytes = self.buffers_free.pop().unwrap_or_default();
+        bytes.clear();
+        bytes.extend_from_slice(message.bytes());
+        self.sequence += 1;
+        let sequence = self.sequence;
+        self.queue.push(Packet { deliver_tick, sequence, from, to, bytes });
     }
 
     /// The next packet due at `tick`, if any. Packets whose link was cut while they were in

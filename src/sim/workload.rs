@@ -1,17 +1,20 @@
-//! Simulated clients: a small sans-IO model of the client library's rules (`crate::client`),
-//! driven by the simulator's ticks instead of sockets and a clock.
+//! Simulated clients: each runs the client core (`crate::vsr::client`), the same session rules
+//! as the TCP client, driven by the simulator's ticks instead of sockets and a clock.
 //!
-//! Each client registers, creates its own stream, then appends batches of events to it, one
-//! request in flight at a time, numbered 1, 2, 3, ... after the register. A request goes to the
-//! replica the client believes is primary (`view % replica_count`); on a timeout it is sent
-//! again, unchanged, to the next replica in turn, and a `pong_client` from a backup points it
-//! back at the primary. An eviction ends the client's session: it takes a new id from the PRNG
-//! and registers again, and whatever it had in flight has an unknown outcome.
+//! Each client registers, creates its own stream, then appends batches of events to it and
+//! reads (read_stream and stream_info of its stream, read_log of the whole log), one request
+//! in flight at a time. The core decides where each copy goes (the primary it believes in,
+//! the next replica after a timeout, the primary a `pong_client` names) and which reply
+//! answers it. An eviction ends the client's session: it takes a new id from the PRNG and
+//! registers again, and whatever it had in flight has an unknown outcome.
 //!
-//! The workload records every reply that reaches a client (for the checker: the cluster must
-//! never answer one request two ways) and every reply a client accepted as the answer to its
-//! request. It also keeps a model of each client's stream (its next offset, when known) and
-//! reports an append or create result that contradicts it.
+//! The workload records every write reply that reaches a client (for the checker: the
+//! cluster must never answer one request two ways) and every reply a client accepted as the
+//! answer to its request. It keeps a model of each client's stream (`model::StreamModel`) and
+//! reports an append, create or read result that contradicts it: a stale reply taken for a
+//! later request shows up there.
+
+mod model;
 
 use std::collections::BTreeMap;
 
@@ -21,18 +24,23 @@ use crate::constants::HEADER_SIZE;
 use crate::sim::prng::Prng;
 use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
 use crate::state_machine::types::{
-    AppendBatch, AppendResult, CreateStream, CreateStreamResult, EventHeader, ResultCode,
-    padded_size,
+    AppendBatch, AppendResult, CreateStream, CreateStreamResult, EventHeader, ReadLog, ReadStream,
+    ResultCode, StreamInfo, padded_size,
 };
-use crate::vsr::client_sessions::session_chain;
+use crate::vsr::client::{ClientCore, ClientMetrics, ClientOptions, Outcome};
 use crate::vsr::header::{
     self, Checksum, ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation,
     ReplicaIndex, View,
 };
 use crate::vsr::message_pool::{Message, MessagePool};
+use model::StreamModel;
 
 /// Buffers each client's pool holds: the request in flight, one being delivered, and slack.
 const CLIENT_MESSAGES_MAX: usize = 4;
+/// The backoff's cap, in request timeouts.
+const REQUEST_TIMEOUT_MAX_FACTOR: u64 = 4;
+/// Events a simulated read asks for, at most.
+const READ_COUNT_MAX: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkloadOptions {
@@ -40,7 +48,7 @@ pub struct WorkloadOptions {
     pub replica_count: u8,
     pub cluster: ClusterId,
     pub message_size_max: usize,
-    /// Ticks a request waits for its reply before it is sent again (plus up to as much jitter).
+    /// Ticks a request waits for its first reply before it is sent again (then backoff).
     pub request_timeout_ticks: u64,
     /// Ticks a client waits, at most, between a reply and its next request.
     pub think_ticks_max: u64,
@@ -84,39 +92,51 @@ pub struct WorkloadMetrics {
     pub events_appended: u64,
     pub storage_full: u64,
     pub rejected: u64,
+    /// Read replies accepted and checked against the clients' models.
+    pub reads_checked: u64,
+    /// Events of the clients' own streams in those replies, each checked.
+    pub read_events_checked: u64,
+    /// Reads that met a grid block failing verification.
+    pub reads_block_corrupt: u64,
+    /// Replies the client core dropped as answers to another request (duplicates, late).
+    pub client_reply_duplicate_dropped: u64,
+    /// Requests sent again by the client core (timeouts, redirects).
+    pub client_requests_resent: u64,
+    pub client_redirects: u64,
 }
+}
+
+/// What the request in flight is, beyond what the core tracks: what the model needs to check
+/// its reply.
+enum Ask {
+    Register,
+    CreateStream,
+    Append {
+        /// The data checksum of each event, in order.
+        checksums: Vec<Checksum>,
+        /// The append asked for this exact offset (not `EXPECTED_OFFSET_ANY`).
+        expected_offset: Option<u64>,
+    },
+    StreamInfo,
+    ReadStream {
+        offset_from: u64,
+    },
+    ReadLog {
+        position_from: u64,
+    },
 }
 
 struct InFlight {
     message: Message,
-    request: u32,
-    operation: Operation,
-    event_count: u32,
-    /// The append asked for this exact offset (not `EXPECTED_OFFSET_ANY`).
-    expected_offset: Option<u64>,
-    timeout_tick: u64,
-    /// The replica the latest copy went to.
-    target: ReplicaIndex,
-    /// Where the next retry goes, if not to the replica after `target`.
-    retry_target: Option<ReplicaIndex>,
+    ask: Ask,
 }
 
 struct SimClient {
-    id: ClientId,
+    core: ClientCore,
     pool: MessagePool,
-    registered: bool,
-    /// The number of the latest write whose reply was accepted (0 = the register).
-    request_latest: u32,
-    /// `parent` of the next write: the session chain after that reply.
-    parent: Checksum,
     in_flight: Option<InFlight>,
     idle_until_tick: u64,
-    /// The newest view seen in a reply or pong.
-    view: View,
-    stream: u64,
-    stream_created: bool,
-    /// The stream's next offset, if known (an eviction with a request in flight forgets it).
-    offset_next: Option<u64>,
+    model: StreamModel,
 }
 
 pub struct Workload {
@@ -127,9 +147,9 @@ pub struct Workload {
     client_ids: BTreeMap<ClientId, usize>,
     /// Whether clients start new requests (false once the simulation waits for liveness).
     issuing: bool,
-    /// Every reply delivered to a client, in order, until the checker takes them.
+    /// Every write reply delivered to a client, in order, until the checker takes them.
     replies_received: Vec<ReplyRecord>,
-    /// Replies accepted by their client as the answer to its request.
+    /// Write replies accepted by their client as the answer to its request.
     acknowledged: Vec<ReplyRecord>,
     violations: Vec<ModelViolation>,
     metrics: WorkloadMetrics,
@@ -157,23 +177,21 @@ impl Workload {
             violations: Vec::new(),
             metrics: WorkloadMetrics::default(),
         };
+        let core_options = ClientOptions {
+            cluster: options.cluster,
+            replica_count: options.replica_count,
+            request_timeout: options.request_timeout_ticks,
+            request_timeout_max: options.request_timeout_ticks * REQUEST_TIMEOUT_MAX_FACTOR,
+            redirect_delay: 1,
+        };
         for index in 0..options.client_count {
             let id = workload.client_id_new(index);
+            let core = ClientCore::new(core_options, id, workload.prng.next_u64());
             let pool = MessagePool::new(CLIENT_MESSAGES_MAX, options.message_size_max);
             let idle_until_tick = workload.prng.next_u64() % (options.think_ticks_max + 1);
-            workload.clients.push(SimClient {
-                id,
-                pool,
-                registered: false,
-                request_latest: 0,
-                parent: 0,
-                in_flight: None,
-                idle_until_tick,
-                view: 0,
-                stream: index as u64 + 1,
-                stream_created: false,
-                offset_next: Some(0),
-            });
+            let model = StreamModel::new(index as u64 + 1);
+            let client = SimClient { core, pool, in_flight: None, idle_until_tick, model };
+            workload.clients.push(client);
         }
         workload
     }
@@ -189,8 +207,17 @@ impl Workload {
         }
     }
 
+    /// The workload's counters, with the client cores' summed in.
     pub fn metrics(&self) -> WorkloadMetrics {
-        self.metrics
+        let mut metrics = self.metrics;
+        for client in &self.clients {
+            let core: ClientMetrics = client.core.metrics();
+            metrics.retries += core.client_requests_resent;
+            metrics.client_requests_resent += core.client_requests_resent;
+            metrics.client_reply_duplicate_dropped += core.client_reply_duplicate_dropped;
+            metrics.client_redirects += core.client_redirects;
+        }
+        metrics
     }
 
     /// Which client a message addressed to `client` goes to.
@@ -230,117 +257,97 @@ impl Workload {
         &self.violations
     }
 
-    /// Advances every client to `tick`: retries requests whose timeout passed, and starts new
-    /// ones. What clients send is appended to `sends` as (client index, replica, message).
+    /// Advances every client to `tick`: sends the copies its core says are due (first sends
+    /// and retries), and starts new requests. What clients send is appended to `sends` as
+    /// (client index, replica, message).
     pub fn tick(&mut self, tick: u64, sends: &mut Vec<(usize, ReplicaIndex, Message)>) {
         for index in 0..self.clients.len() {
             let client = &self.clients[index];
-            match &client.in_flight {
-                Some(in_flight) if tick >= in_flight.timeout_tick => {
-                    let next = (in_flight.target + 1) % self.options.replica_count;
-                    let target = in_flight.retry_target.unwrap_or(next);
-                    self.metrics.retries += 1;
-                    self.send(index, tick, target, sends);
-                }
-                Some(_) => {}
-                None if self.issuing && tick >= client.idle_until_tick => {
-                    self.request_start(index, tick);
-                    let target = self.primary_guess(index);
-                    self.send(index, tick, target, sends);
-                }
-                None => {}
+            if client.in_flight.is_none() && self.issuing && tick >= client.idle_until_tick {
+                self.request_start(index, tick);
+            }
+            let client = &mut self.clients[index];
+            let Some(in_flight) = client.in_flight.as_ref() else {
+                continue;
+            };
+            if let Some(target) = client.core.poll_send(tick) {
+                self.metrics.requests_sent += 1;
+                sends.push((index, target, in_flight.message.clone()));
             }
         }
     }
 
-    fn primary_guess(&self, index: usize) -> ReplicaIndex {
-        (self.clients[index].view % u32::from(self.options.replica_count)) as ReplicaIndex
-    }
-
-    /// (Re)sends client `index`'s request in flight to `target`.
-    fn send(
-        &mut self,
-        index: usize,
-        tick: u64,
-        target: ReplicaIndex,
-        sends: &mut Vec<(usize, ReplicaIndex, Message)>,
-    ) {
-        let jitter = self.prng.next_u64() % (self.options.request_timeout_ticks + 1);
-        let timeout_tick = tick + self.options.request_timeout_ticks + jitter;
-        let in_flight = self.clients[index].in_flight.as_mut().expect("a request in flight");
-        in_flight.target = target;
-        in_flight.retry_target = None;
-        in_flight.timeout_tick = timeout_tick;
-        self.metrics.requests_sent += 1;
-        sends.push((index, target, in_flight.message.clone()));
-    }
-
-    /// Builds client `index`'s next request: register, create its stream, or append.
+    /// Builds client `index`'s next request: register, create its stream, append, or read.
     fn request_start(&mut self, index: usize, tick: u64) {
         let client = &self.clients[index];
         assert!(client.in_flight.is_none());
-        let (id, view, parent) = (client.id, client.view, client.parent);
         let mut message = client.pool.get();
-        let (operation, request) = if !client.registered {
-            (Operation::Register, 0)
-        } else if !client.stream_created {
-            (Operation::CreateStream, client.request_latest + 1)
+        let (operation, body_size, ask) = if !client.core.registered() {
+            (Operation::Register, 0, Ask::Register)
+        } else if !client.model.created {
+            let stream = client.model.stream;
+            let create = CreateStream { stream, tenant: stream };
+            let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
+            body[..size_of::<CreateStream>()].copy_from_slice(create.as_bytes());
+            (Operation::CreateStream, size_of::<CreateStream>(), Ask::CreateStream)
+        } else if self.prng.chance(1, 3) {
+            self.read_body_build(index, &mut message)
         } else {
-            (Operation::Append, client.request_latest + 1)
-        };
-        let (body_size, event_count, expected_offset) = match operation {
-            Operation::Register => (0, 0, None),
-            Operation::CreateStream => {
-                let create = CreateStream { stream: client.stream, tenant: client.stream };
-                let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
-                body[..size_of::<CreateStream>()].copy_from_slice(create.as_bytes());
-                (size_of::<CreateStream>(), 0, None)
-            }
-            _ => self.append_body_build(index, &mut message),
+            self.append_body_build(index, &mut message)
         };
         let size = HEADER_SIZE + body_size;
-        let checksum_body = header::checksum(&message.buffer()[HEADER_SIZE..size]);
-        let header = message.header_mut();
-        *header = Header::new(Command::Request, self.options.cluster);
-        header.size = size as u32;
-        header.client = id;
-        header.request = request;
-        header.operation = operation as u8;
-        header.view = view;
-        if operation != Operation::Register {
-            header.parent = parent;
+        let client = &mut self.clients[index];
+        let header =
+            client.core.request_start(operation, &message.buffer()[HEADER_SIZE..size], tick);
+        *message.header_mut() = header;
+        client.in_flight = Some(InFlight { message, ask });
+    }
+
+    /// Writes a read of one of the three kinds into the body of `message`.
+    fn read_body_build(&mut self, index: usize, message: &mut Message) -> (Operation, usize, Ask) {
+        let model = &self.clients[index].model;
+        let stream = model.stream;
+        let offset_known = model.offset_next.unwrap_or(0);
+        let count_max = 1 + self.prng.index(READ_COUNT_MAX) as u32;
+        let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
+        match self.prng.index(3) {
+            0 => {
+                let request = StreamInfo { stream };
+                body[..size_of::<StreamInfo>()].copy_from_slice(request.as_bytes());
+                (Operation::StreamInfo, size_of::<StreamInfo>(), Ask::StreamInfo)
+            }
+            1 => {
+                let offset_from = self.prng.next_u64() % (offset_known + 1);
+                let request = ReadStream { stream, offset_from, count_max, reserved: 0 };
+                body[..size_of::<ReadStream>()].copy_from_slice(request.as_bytes());
+                (Operation::ReadStream, size_of::<ReadStream>(), Ask::ReadStream { offset_from })
+            }
+            _ => {
+                let position_from = self.prng.next_u64() % (self.metrics.events_appended + 1);
+                let request = ReadLog { position_from, count_max, reserved: 0 };
+                body[..size_of::<ReadLog>()].copy_from_slice(request.as_bytes());
+                (Operation::ReadLog, size_of::<ReadLog>(), Ask::ReadLog { position_from })
+            }
         }
-        header.checksum_body = checksum_body;
-        header.set_checksum();
-        assert_eq!(header.invalid(), None);
-        self.clients[index].in_flight = Some(InFlight {
-            message,
-            request,
-            operation,
-            event_count,
-            expected_offset,
-            timeout_tick: tick,
-            target: 0,
-            retry_target: None,
-        });
     }
 
     /// Writes an append of one batch of random events to client `index`'s stream into the
-    /// body of `message`; returns (body size, event count, expected offset).
+    /// body of `message`.
     fn append_body_build(
         &mut self,
         index: usize,
         message: &mut Message,
-    ) -> (usize, u32, Option<u64>) {
+    ) -> (Operation, usize, Ask) {
         let event_count = 1 + self.prng.index(self.options.events_per_append_max as usize) as u32;
         // Half the appends that can name the exact offset do, to exercise the check.
-        let expected_offset = match self.clients[index].offset_next {
+        let expected_offset = match self.clients[index].model.offset_next {
             Some(offset) if self.prng.chance(1, 2) => Some(offset),
             _ => None,
         };
-        let stream = self.clients[index].stream;
+        let stream = self.clients[index].model.stream;
         let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
         let mut size = size_of::<AppendBatch>();
+        let mut checksums = Vec::with_capacity(event_count as usize);
         for _ in 0..event_count {
             let data_size = 1 + self.prng.index(self.options.event_size_max as usize) as u32;
             let event = EventHeader { size_bytes: data_size, reserved: 0 };
@@ -350,6 +357,7 @@ impl Workload {
             let data = &mut body[size..size + padded];
             self.prng.fill(&mut data[..data_size as usize]);
             data[data_size as usize..].fill(0);
+            checksums.push(header::checksum(&data[..data_size as usize]));
             size += padded;
         }
         let batch = AppendBatch {
@@ -359,11 +367,11 @@ impl Workload {
             events_size_bytes: (size - size_of::<AppendBatch>()) as u32,
         };
         body[..size_of::<AppendBatch>()].copy_from_slice(batch.as_bytes());
-        (size, event_count, expected_offset)
+        (Operation::Append, size, Ask::Append { checksums, expected_offset })
     }
 
     /// A message from the network for client `index`. Like the real client, it validates the
-    /// header and body before trusting any field.
+    /// header and body before trusting any field; the core decides what it answers.
     pub fn on_message(&mut self, index: usize, tick: u64, message: &Message) -> bool {
         let Ok(header) = Header::decode(message.buffer()) else {
             return false;
@@ -375,50 +383,58 @@ impl Workload {
         if !valid || self.client_index(header.client) != Some(index) {
             return false;
         }
-        match header.command() {
-            Some(Command::Reply) => self.on_reply(index, tick, &header, message.body()),
-            Some(Command::Eviction) => self.on_eviction(index, tick, &header),
-            Some(Command::PongClient) => self.on_pong(index, tick, &header),
-            _ => return false,
+        let reply = header.command() == Some(Command::Reply);
+        let read = header.operation().is_some_and(Operation::is_read);
+        let record = reply_record(&header);
+        if reply && !read {
+            self.replies_received.push(record);
+        }
+        let client = &mut self.clients[index];
+        match client.core.on_message(&header, tick) {
+            Outcome::Reply => self.on_reply(index, tick, &record, message.body()),
+            Outcome::Evicted(reason) => self.on_eviction(index, tick, reason),
+            Outcome::Redirect => self.metrics.pongs += 1,
+            Outcome::Dropped(_) => self.metrics.replies_other += u64::from(reply),
         }
         true
     }
 
-    fn on_reply(&mut self, index: usize, tick: u64, header: &Header, body: &[u8]) {
-        let record = ReplyRecord {
-            client: header.client,
-            request: header.request,
-            op: header.op,
-            operation: header.operation,
-            request_checksum: header.context,
-            body_checksum: header.checksum_body,
-            view: header.view,
-            replica: header.replica,
-        };
-        self.replies_received.push(record);
+    /// The reply to client `index`'s request in flight.
+    fn on_reply(&mut self, index: usize, tick: u64, record: &ReplyRecord, body: &[u8]) {
+        let think = self.prng.next_u64() % (self.options.think_ticks_max + 1);
         let client = &mut self.clients[index];
-        client.view = client.view.max(header.view);
-        let answers = client.id == header.client
-            && client.in_flight.as_ref().is_some_and(|in_flight| {
-                in_flight.request == header.request
-                    && in_flight.operation as u8 == header.operation
-                    && in_flight.message.header().checksum == header.context
-            });
-        if !answers {
-            self.metrics.replies_other += 1;
-            return;
-        }
-        let in_flight = client.in_flight.take().expect("answered request");
-        client.request_latest = in_flight.request;
-        client.parent = session_chain(client.id, header.op);
-        client.registered = true;
-        client.idle_until_tick = tick + self.prng.next_u64() % (self.options.think_ticks_max + 1);
+        let in_flight = client.in_flight.take().expect("the core had a request in flight");
+        client.idle_until_tick = tick + think;
         self.metrics.replies_accepted += 1;
-        self.acknowledged.push(record);
-        match in_flight.operation {
-            Operation::CreateStream => self.model_create(index, &record, body),
-            Operation::Append => self.model_append(index, &record, body, &in_flight),
-            _ => {}
+        let checked = match in_flight.ask {
+            Ask::Register => Ok(None),
+            Ask::CreateStream => {
+                self.model_create(index, record, body);
+                Ok(None)
+            }
+            Ask::Append { checksums, expected_offset } => {
+                self.model_append(index, record, body, &checksums, expected_offset);
+                Ok(None)
+            }
+            Ask::StreamInfo => self.clients[index].model.check_stream_info(body).map(Some),
+            Ask::ReadStream { offset_from } => {
+                self.clients[index].model.check_read_stream(offset_from, body).map(Some)
+            }
+            Ask::ReadLog { position_from } => {
+                self.clients[index].model.check_read_log(position_from, body).map(Some)
+            }
+        };
+        if !Operation::from_u8(record.operation).is_some_and(Operation::is_read) {
+            self.acknowledged.push(*record);
+        }
+        match checked {
+            Ok(Some(read)) => {
+                self.metrics.reads_checked += 1;
+                self.metrics.read_events_checked += read.events;
+                self.metrics.reads_block_corrupt += u64::from(read.block_corrupt);
+            }
+            Ok(None) => {}
+            Err(reason) => self.violation(record, reason),
         }
     }
 
@@ -440,7 +456,7 @@ impl Workload {
             // Exists: an earlier session of this client created it, and its reply was lost
             // with that session.
             Some(ResultCode::Ok | ResultCode::StreamExists) => {
-                self.clients[index].stream_created = true;
+                self.clients[index].model.created = true;
             }
             Some(ResultCode::StreamsFull | ResultCode::StorageFull) => {
                 self.metrics.storage_full += 1;
@@ -454,26 +470,29 @@ impl Workload {
         index: usize,
         record: &ReplyRecord,
         body: &[u8],
-        in_flight: &InFlight,
+        checksums: &[Checksum],
+        expected_offset: Option<u64>,
     ) {
         let Ok((result, _)) = AppendResult::read_from_prefix(body) else {
             return self.violation(record, "append reply body too short");
         };
-        let client = &mut self.clients[index];
+        let model = &mut self.clients[index].model;
+        let event_count = checksums.len() as u64;
         match ResultCode::from_u32(result.result) {
             Some(ResultCode::Ok) => {
-                if client.offset_next.is_some_and(|offset| offset != result.offset) {
+                if model.offset_next.is_some_and(|offset| offset != result.offset) {
                     return self.violation(record, "append got an offset other than the next");
                 }
-                client.offset_next = Some(result.offset + u64::from(in_flight.event_count));
+                model.offset_next = Some(result.offset + event_count);
+                model.appended(result.offset, checksums);
                 self.metrics.appends_ok += 1;
-                self.metrics.events_appended += u64::from(in_flight.event_count);
+                self.metrics.events_appended += event_count;
             }
             Some(ResultCode::ExpectedOffsetWrong) => {
                 // The client names an offset only when it knows the stream's next one, and
                 // it is the stream's only writer.
-                client.offset_next = Some(result.offset);
-                let reason = match in_flight.expected_offset {
+                model.offset_next = Some(result.offset);
+                let reason = match expected_offset {
                     Some(_) => "append at the known next offset was refused",
                     None => "append at any offset was refused for its offset",
                 };
@@ -484,46 +503,42 @@ impl Workload {
         }
     }
 
-    fn on_eviction(&mut self, index: usize, tick: u64, header: &Header) {
-        if self.clients[index].id != header.client {
-            // An eviction of an id this client already left behind.
-            return;
-        }
+    /// The core ended client `index`'s session: a new id and a new session.
+    fn on_eviction(&mut self, index: usize, tick: u64, reason: u32) {
         self.metrics.evictions += 1;
-        if header.context == EvictionReason::InvalidRequest as u32 {
+        let client = &self.clients[index];
+        if reason == EvictionReason::InvalidRequest as u32 {
             self.violations.push(ModelViolation {
-                client: header.client,
-                request: self.clients[index].request_latest,
+                client: client.core.id(),
+                request: client.core.request_latest(),
                 op: 0,
                 reason: "a valid request was evicted as invalid",
             });
         }
         let id = self.client_id_new(index);
         let client = &mut self.clients[index];
-        if client.in_flight.take().is_some() {
-            // Whether the request in flight was applied is unknown.
-            client.offset_next = None;
+        if let Some(in_flight) = client.in_flight.take()
+            && matches!(in_flight.ask, Ask::Append { .. })
+        {
+            // Whether the append in flight was applied is unknown.
+            client.model.offset_next = None;
         }
-        client.id = id;
-        client.registered = false;
-        client.request_latest = 0;
-        client.parent = 0;
+        client.core.session_new(id);
         client.idle_until_tick = tick;
     }
+}
 
-    fn on_pong(&mut self, index: usize, tick: u64, header: &Header) {
-        self.metrics.pongs += 1;
-        let replica_count = u32::from(self.options.replica_count);
-        let client = &mut self.clients[index];
-        client.view = client.view.max(header.view);
-        let primary = (client.view % replica_count) as ReplicaIndex;
-        if let Some(in_flight) = &mut client.in_flight
-            && in_flight.target != primary
-        {
-            // A backup answered: try the primary it names at the next tick.
-            in_flight.retry_target = Some(primary);
-            in_flight.timeout_tick = in_flight.timeout_tick.min(tick + 1);
-        }
+/// What the checker keeps of a reply.
+fn reply_record(header: &Header) -> ReplyRecord {
+    ReplyRecord {
+        client: header.client,
+        request: header.request,
+        op: header.op,
+        operation: header.operation,
+        request_checksum: header.context,
+        body_checksum: header.checksum_body,
+        view: header.view,
+        replica: header.replica,
     }
 }
 
@@ -568,14 +583,15 @@ mod tests {
 
     #[test]
     fn client_retries_round_robin_and_registers_again_after_eviction() {
-        // Goal: the client model's rules: the first send goes to the primary, each timeout
-        // to the next replica with the same request; an eviction makes a new client id that
-        // registers afresh; a reply to the request in flight is acknowledged.
+        // Goal: the simulated client runs the client core: the first send goes to the
+        // primary, each timeout to the next replica with the same request; an eviction makes
+        // a new client id that registers afresh; a reply to the request in flight is
+        // acknowledged.
         let pool = MessagePool::new(4, 16 * 1024);
         let mut workload = Workload::new(options(), 1);
         let mut sends = Vec::new();
         let mut targets = Vec::new();
-        for tick in 0..40 {
+        for tick in 0..100 {
             workload.tick(tick, &mut sends);
             targets.extend(sends.drain(..).map(|(_, replica, message)| (replica, message)));
         }
@@ -585,13 +601,13 @@ mod tests {
         assert_eq!(replicas[..3], [0, 1, 2]);
         assert!(targets.iter().all(|(_, message)| message.header() == &first));
         let eviction = message_from(&pool, Command::Eviction, &first);
-        assert!(workload.on_message(0, 40, &eviction));
-        workload.tick(41, &mut sends);
+        assert!(workload.on_message(0, 100, &eviction));
+        workload.tick(101, &mut sends);
         let (_, _, register) = sends.pop().unwrap();
         assert_ne!(register.header().client, first.client);
         assert_eq!(workload.client_index(first.client), Some(0));
         let reply = message_from(&pool, Command::Reply, register.header());
-        assert!(workload.on_message(0, 42, &reply));
+        assert!(workload.on_message(0, 102, &reply));
         assert_eq!(workload.acknowledged().len(), 1);
         assert!(workload.idle());
         assert_eq!(workload.metrics().evictions, 1);

@@ -38,7 +38,7 @@ pub fn checksum(bytes: &[u8]) -> Checksum {
 ///
 /// | command | fields used (others must be zero) | body |
 /// |---|---|---|
-/// | request | client, request, operation, view (the client's guess), commit (minimum commit to read at), parent (checksum of the previous reply, or 0) | operation input |
+/// | request | client, request, operation, view (the client's guess), commit (minimum commit to read at), parent (a write: the session chain after the previous reply, or 0; a read: a nonce, so no two reads share a checksum) | operation input |
 /// | prepare | op, commit, timestamp, client, request, operation, parent (previous prepare's checksum), context (request checksum), view, replica (the primary) | the request body |
 /// | prepare_ok | op, commit (sender's commit_min), timestamp, client, request, operation, parent, context (prepare checksum), view, replica | none |
 /// | reply | op, commit, timestamp, client, request, operation, context (request checksum), view, replica | operation result |

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod client_sessions;
 pub mod counters;
 pub mod format;

@@ -1,0 +1,263 @@
+//! A simulated client's model of its own stream, which only it writes: the next offset (when
+//! known), the data checksum of each event it knows it appended, and the chain checksum of
+//! each event as the first read reply showed it. Read replies are checked against it: a read
+//! carries the commit of the client's latest write, so it must see exactly the client's
+//! acknowledged events, with the data the client sent, and committed events never change. A
+//! stale reply (an earlier read's, or one from a replica behind the client's writes) fails.
+
+use zerocopy::FromBytes;
+
+use crate::state_machine::types::{
+    EventRecord, ReadReplyHeader, ResultCode, StreamInfoReply, chain_next, chain_seed, padded_size,
+};
+use crate::vsr::header::{self, Checksum};
+
+pub struct StreamModel {
+    pub stream: u64,
+    pub created: bool,
+    /// The stream's next offset, if known (an append with an unknown outcome forgets it).
+    pub offset_next: Option<u64>,
+    /// Per offset: the checksum of the event's data, if the client knows it appended it.
+    data: Vec<Option<Checksum>>,
+    /// Per offset: the event's chain checksum, once a read showed it.
+    chains: Vec<Option<Checksum>>,
+}
+
+/// What one read reply showed, for the workload's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadChecked {
+    /// Events of the client's own stream checked against the model.
+    pub events: u64,
+    /// The read met a grid block that failed verification (a storage fault, not a bug).
+    pub block_corrupt: bool,
+}
+
+impl StreamModel {
+    pub fn new(stream: u64) -> StreamModel {
+        StreamModel {
+            stream,
+            created: false,
+            offset_next: Some(0),
+            data: Vec::new(),
+            chains: Vec::new(),
+        }
+    }
+
+    /// The stream's tenant (the simulated clients use the stream id).
+    fn tenant(&self) -> u64 {
+        self.stream
+    }
+
+    /// An append of events with `checksums` was acknowledged at `offset`.
+    pub fn appended(&mut self, offset: u64, checksums: &[Checksum]) {
+        let end = offset as usize + checksums.len();
+        if self.data.len() < end {
+            self.data.resize(end, None);
+        }
+        for (index, checksum) in checksums.iter().enumerate() {
+            self.data[offset as usize + index] = Some(*checksum);
+        }
+    }
+
+    /// The chain after the event at `offset`, compared with what was seen before (committed
+    /// events never change) or remembered.
+    fn chain_seen(&mut self, offset: u64, chain: Checksum) -> Result<(), &'static str> {
+        let index = offset as usize;
+        if self.chains.len() <= index {
+            self.chains.resize(index + 1, None);
+        }
+        match self.chains[index] {
+            Some(known) if known != chain => Err("a read shows an event's chain changed"),
+            _ => {
+                self.chains[index] = Some(chain);
+                Ok(())
+            }
+        }
+    }
+
+    /// The chain before the event at `offset`, if known.
+    fn chain_before(&self, offset: u64) -> Option<Checksum> {
+        match offset {
+            0 => Some(chain_seed(self.stream, self.tenant())),
+            _ => self.chains.get(offset as usize - 1).copied().flatten(),
+        }
+    }
+
+    pub fn check_stream_info(&mut self, body: &[u8]) -> Result<ReadChecked, &'static str> {
+        let Ok((info, _)) = StreamInfoReply::read_from_prefix(body) else {
+            return Err("stream_info reply body too short");
+        };
+        if ResultCode::from_u32(info.result) != Some(ResultCode::Ok) {
+            return Err("stream_info of the client's created stream failed");
+        }
+        if info.stream != self.stream || info.tenant != self.tenant() {
+            return Err("stream_info answered for another stream");
+        }
+        if let Some(offset_next) = self.offset_next
+            && info.offset_next != offset_next
+        {
+            return Err("stream_info disagrees with the client's acknowledged appends");
+        }
+        if info.offset_next == 0 {
+            if info.chain != chain_seed(self.stream, self.tenant()) {
+                return Err("stream_info of an empty stream has a chain other than its seed");
+            }
+        } else {
+            self.chain_seen(info.offset_next - 1, info.chain)?;
+        }
+        Ok(ReadChecked::default())
+    }
+
+    /// A read_stream reply for a read from `offset_from`.
+    pub fn check_read_stream(
+        &mut self,
+        offset_from: u64,
+        body: &[u8],
+    ) -> Result<ReadChecked, &'static str> {
+        let Ok((head, mut records)) = ReadReplyHeader::read_from_prefix(body) else {
+            return Err("read reply body too short");
+        };
+        let mut checked = ReadChecked::default();
+        match ResultCode::from_u32(head.result) {
+            Some(ResultCode::Ok) => {}
+            Some(ResultCode::BlockCorrupt) => checked.block_corrupt = true,
+            _ => return Err("read_stream of the client's created stream failed"),
+        }
+        if let Some(offset_next) = self.offset_next
+            && head.end != offset_next
+        {
+            return Err("read_stream disagrees with the client's acknowledged appends");
+        }
+        for index in 0..u64::from(head.event_count) {
+            let (record, data, rest) = record_next(records)?;
+            records = rest;
+            if record.stream != self.stream || record.offset != offset_from + index {
+                return Err("read_stream returned an event out of place");
+            }
+            self.check_event(&record, data)?;
+            checked.events += 1;
+        }
+        if head.next != offset_from + u64::from(head.event_count) {
+            return Err("read_stream reply's next is not after its last event");
+        }
+        Ok(checked)
+    }
+
+    /// A read_log reply for a read from `position_from`: the events of this client's stream in
+    /// it are checked.
+    pub fn check_read_log(
+        &mut self,
+        position_from: u64,
+        body: &[u8],
+    ) -> Result<ReadChecked, &'static str> {
+        let Ok((head, mut records)) = ReadReplyHeader::read_from_prefix(body) else {
+            return Err("read reply body too short");
+        };
+        let mut checked = ReadChecked::default();
+        match ResultCode::from_u32(head.result) {
+            Some(ResultCode::Ok) => {}
+            Some(ResultCode::BlockCorrupt) => checked.block_corrupt = true,
+            _ => return Err("read_log failed"),
+        }
+        for index in 0..u64::from(head.event_count) {
+            let (record, data, rest) = record_next(records)?;
+            records = rest;
+            if record.position != position_from + index {
+                return Err("read_log returned an event out of place");
+            }
+            if record.stream == self.stream {
+                if self.offset_next.is_some_and(|offset_next| record.offset >= offset_next) {
+                    return Err("read_log shows an event the client never appended");
+                }
+                self.check_event(&record, data)?;
+                checked.events += 1;
+            }
+        }
+        Ok(checked)
+    }
+
+    /// One event of the client's stream: the data it appended, and a chain that follows the
+    /// one before it and never changes.
+    fn check_event(&mut self, record: &EventRecord, data: &[u8]) -> Result<(), &'static str> {
+        let known = self.data.get(record.offset as usize).copied().flatten();
+        if known.is_some_and(|checksum| checksum != header::checksum(data)) {
+            return Err("a read returned data the client did not append at that offset");
+        }
+        if let Some(chain) = self.chain_before(record.offset)
+            && chain_next(chain, record, data) != record.chain
+        {
+            return Err("a read returned an event whose chain does not follow its stream's");
+        }
+        self.chain_seen(record.offset, record.chain)
+    }
+}
+
+/// The first event record of `bytes`, its data, and the bytes after it.
+fn record_next(bytes: &[u8]) -> Result<(EventRecord, &[u8], &[u8]), &'static str> {
+    let Ok((record, rest)) = EventRecord::read_from_prefix(bytes) else {
+        return Err("read reply ends inside an event record");
+    };
+    let padded = padded_size(record.size_bytes) as usize;
+    if rest.len() < padded {
+        return Err("read reply ends inside an event's data");
+    }
+    Ok((record, &rest[..record.size_bytes as usize], &rest[padded..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::IntoBytes;
+
+    fn stream_info(model: &StreamModel, offset_next: u64, chain: Checksum) -> Vec<u8> {
+        let info = StreamInfoReply {
+            result: ResultCode::Ok as u32,
+            reserved: 0,
+            stream: model.stream,
+            tenant: model.stream,
+            offset_next,
+            event_count: offset_next,
+            chain,
+            reserved_chain: 0,
+        };
+        info.as_bytes().to_vec()
+    }
+
+    /// A read_stream reply of one event at `offset` with `data`, chained from `chain`.
+    fn read_stream_one(model: &StreamModel, offset: u64, chain: Checksum, data: &[u8]) -> Vec<u8> {
+        let mut record = EventRecord {
+            stream: model.stream,
+            offset,
+            position: offset,
+            timestamp: 1,
+            chain: 0,
+            size_bytes: data.len() as u32,
+        };
+        record.chain = chain_next(chain, &record, data);
+        let head = ReadReplyHeader { result: 0, event_count: 1, next: offset + 1, end: 1 };
+        let mut bytes = head.as_bytes().to_vec();
+        bytes.extend_from_slice(record.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes.resize(bytes.len().next_multiple_of(8), 0);
+        bytes
+    }
+
+    #[test]
+    fn stale_or_wrong_read_replies_contradict_the_model() {
+        // Goal: what a stale reply taken for a later read would look like is caught: a
+        // stream_info behind the client's acknowledged append, an event with other data than
+        // the client appended, and a chain that changed; the consistent replies pass.
+        let mut model = StreamModel::new(3);
+        model.created = true;
+        let seed = chain_seed(3, 3);
+        assert!(model.check_stream_info(&stream_info(&model, 0, seed)).is_ok());
+        model.appended(0, &[header::checksum(b"abc")]);
+        model.offset_next = Some(1);
+        assert!(model.check_stream_info(&stream_info(&model, 0, seed)).is_err());
+        let good = read_stream_one(&model, 0, seed, b"abc");
+        assert_eq!(model.check_read_stream(0, &good).map(|read| read.events), Ok(1));
+        let other_data = read_stream_one(&model, 0, seed, b"abd");
+        assert!(model.check_read_stream(0, &other_data).is_err());
+        assert!(model.check_stream_info(&stream_info(&model, 1, 12345)).is_err());
+    }
+}

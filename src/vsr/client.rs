@@ -1,0 +1,518 @@
+//! The client core: the session rules every client runs, with no I/O and no clock. The TCP
+//! client (`crate::client`) and the simulator's clients (`crate::sim::workload`) both drive
+//! it: they move bytes, it decides what the bytes mean.
+//!
+//! # Rules
+//!
+//! - A session starts with a `register` (request 0); its reply's op is the session number.
+//!   Writes are numbered 1, 2, 3, ... and each names, in `parent`, the session chain after the
+//!   reply to the previous one (`session_chain`), so the primary prepares a request only if it
+//!   follows the session's latest reply.
+//! - One request is in flight at a time. A reply is taken as its answer only if it names the
+//!   request's checksum (`context`), operation and number; anything else (a duplicate, a late
+//!   copy of an earlier reply, a reply to an earlier read) is dropped and counted in
+//!   `client_reply_duplicate_dropped`. Reads do not use up a number; each carries a nonce in
+//!   `parent` so that no two reads share a checksum, and the commit of the latest reply in
+//!   `commit`, so that it reads the client's own writes.
+//! - A request goes first to the replica the client believes is primary (`view % replicas`):
+//!   a read could go to any replica, but one behind the client's latest commit drops it, and
+//!   the primary is the least likely to be behind. On a timeout it is sent again, unchanged, to
+//!   the next replica in turn, with an exponential backoff (capped) and jitter: a paused or
+//!   partitioned primary is left behind after one timeout. A `pong_client` from a backup names
+//!   its view, and so the primary, where the request goes next.
+//! - A write whose outcome is unknown stays in flight until it is answered. The driver may
+//!   give up waiting (the TCP client's deadline), but it must send the same request again
+//!   before any other (`in_flight` stays set, and `request_start` refuses to start another):
+//!   retrying is safe (the cluster answers a retry of a committed request with its stored
+//!   reply, and prepares an uncommitted one at most once), whereas a new write with the same
+//!   number would be answered with the old write's reply if that one committed, and never
+//!   applied. Ending the session instead would leave the old write to commit, or not, behind
+//!   the caller's back, and evict other clients to make room for the new session. Only a read
+//!   may be abandoned.
+//! - An eviction ends the session: whatever was in flight has an unknown outcome, and the
+//!   driver starts a new session with a new client id (`session_new`), numbered from 0 again.
+//!   A new id, because a late copy of the old session's register reply would answer the new
+//!   register (same id, same number, same empty body: the same checksum) with the old session
+//!   number, after which the primary would drop every request of the new session.
+//!
+//! Time is the driver's (ticks in the simulator, milliseconds in the TCP client): every
+//! duration in `ClientOptions` is in the unit of the `now` the driver passes.
+
+use crate::vsr::client_sessions::session_chain;
+use crate::vsr::header::{
+    self, Checksum, ClientId, ClusterId, Command, Header, Op, Operation, ReplicaIndex, View,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    pub cluster: ClusterId,
+    pub replica_count: u8,
+    /// How long the first copy of a request waits for its reply before it is sent again.
+    pub request_timeout: u64,
+    /// The longest wait between two copies, however many timed out (the backoff's cap).
+    pub request_timeout_max: u64,
+    /// How long after a backup names the primary, or a replica proves unreachable, the
+    /// request goes again.
+    pub redirect_delay: u64,
+}
+
+/// The request in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlight {
+    pub request: u32,
+    pub operation: Operation,
+    /// The request header's checksum: what its reply names in `context`.
+    pub checksum: Checksum,
+    /// Copies sent so far.
+    pub sends: u32,
+    /// The replica the latest copy went to.
+    pub target: ReplicaIndex,
+    /// Where the next copy goes, and when.
+    target_next: ReplicaIndex,
+    send_at: u64,
+}
+
+/// What a message from the cluster meant to this client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The reply to the request in flight: the request is done.
+    Reply,
+    /// A replica named the primary: the request goes there next.
+    Redirect,
+    /// The cluster ended the session (`EvictionReason` as a number); nothing is in flight any
+    /// more, and `session_new` must be called before the next request.
+    Evicted(u32),
+    /// Not an answer to the request in flight (why, for logs and tests).
+    Dropped(&'static str),
+}
+
+/// Counters of the paths the core took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientMetrics {
+    pub client_requests_started: u64,
+    /// Copies sent again after a timeout, a redirect or an unreachable replica.
+    pub client_requests_resent: u64,
+    /// Replies that named another request than the one in flight (duplicates, late copies).
+    pub client_reply_duplicate_dropped: u64,
+    pub client_redirects: u64,
+    pub client_unreachable: u64,
+    pub client_evictions: u64,
+    pub client_reads_abandoned: u64,
+}
+
+pub struct ClientCore {
+    options: ClientOptions,
+    id: ClientId,
+    /// The register's reply was accepted (and no eviction since).
+    registered: bool,
+    /// An eviction ended the session: `session_new` comes next.
+    evicted: bool,
+    /// The number of the latest write whose reply was accepted (0 = the register).
+    request_latest: u32,
+    /// `parent` of the next write: the session chain after that reply.
+    parent: Checksum,
+    /// The highest commit number seen in a reply (reads ask for at least this).
+    commit_latest: Op,
+    /// The newest view seen in a reply or pong.
+    view: View,
+    /// Distinguishes reads (their `parent`); never zero.
+    read_nonce: u32,
+    in_flight: Option<InFlight>,
+    /// Jitter for retries (xorshift, seeded by the driver).
+    prng: u64,
+    metrics: ClientMetrics,
+}
+
+impl ClientCore {
+    pub fn new(options: ClientOptions, id: ClientId, seed: u64) -> ClientCore {
+        assert!(options.replica_count > 0);
+        assert!(options.request_timeout > 0);
+        assert!(options.request_timeout_max >= options.request_timeout);
+        assert_ne!(id, 0);
+        ClientCore {
+            options,
+            id,
+            registered: false,
+            evicted: false,
+            request_latest: 0,
+            parent: 0,
+            commit_latest: 0,
+            view: 0,
+            read_nonce: 0,
+            in_flight: None,
+            prng: seed | 1,
+            metrics: ClientMetrics::default(),
+        }
+    }
+
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    pub fn registered(&self) -> bool {
+        self.registered
+    }
+
+    pub fn evicted(&self) -> bool {
+        self.evicted
+    }
+
+    pub fn request_latest(&self) -> u32 {
+        self.request_latest
+    }
+
+    pub fn commit_latest(&self) -> Op {
+        self.commit_latest
+    }
+
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    pub fn metrics(&self) -> ClientMetrics {
+        self.metrics
+    }
+
+    pub fn in_flight(&self) -> Option<&InFlight> {
+        self.in_flight.as_ref()
+    }
+
+    /// Reads will be served only by a replica that has executed at least `commit`.
+    pub fn observe_commit(&mut self, commit: Op) {
+        self.commit_latest = self.commit_latest.max(commit);
+    }
+
+    /// The replica this client believes is primary.
+    pub fn primary(&self) -> ReplicaIndex {
+        (self.view % u32::from(self.options.replica_count)) as ReplicaIndex
+    }
+
+    /// After an eviction: a new session under the new client id `id`, numbered from the
+    /// register again.
+    pub fn session_new(&mut self, id: ClientId) {
+        assert!(self.evicted);
+        assert!(self.in_flight.is_none());
+        assert_ne!(id, 0);
+        assert_ne!(id, self.id);
+        self.id = id;
+        self.evicted = false;
+        self.registered = false;
+        self.request_latest = 0;
+        self.parent = 0;
+    }
+
+    /// Starts `operation` with `body`: returns the request's header, ready to send in front
+    /// of the body. Nothing may be in flight; a write needs the session registered first.
+    pub fn request_start(&mut self, operation: Operation, body: &[u8], now: u64) -> Header {
+        assert!(self.in_flight.is_none(), "one request in flight at a time");
+        assert!(!self.evicted, "an evicted session needs session_new first");
+        assert!(operation.is_client_request());
+        let mut header = Header::new(Command::Request, self.options.cluster);
+        header.size = (crate::constants::HEADER_SIZE + body.len()) as u32;
+        header.client = self.id;
+        header.operation = operation as u8;
+        header.view = self.view;
+        if operation == Operation::Register {
+            assert!(!self.registered);
+            header.request = 0;
+        } else if operation.is_read() {
+            self.read_nonce = self.read_nonce.wrapping_add(1).max(1);
+            header.request = self.request_latest + 1;
+            header.commit = self.commit_latest;
+            header.parent = self.read_nonce;
+        } else {
+            assert!(self.registered, "a write needs a session");
+            header.request = self.request_latest + 1;
+            header.parent = self.parent;
+        }
+        header.checksum_body = header::checksum(body);
+        header.set_checksum();
+        assert_eq!(header.invalid(), None);
+        let target = self.primary();
+        self.in_flight = Some(InFlight {
+            request: header.request,
+            operation,
+            checksum: header.checksum,
+            sends: 0,
+            target,
+            target_next: target,
+            send_at: now,
+        });
+        self.metrics.client_requests_started += 1;
+        header
+    }
+
+    /// Abandons the read in flight (its caller stopped waiting). A write cannot be abandoned:
+    /// see the module doc.
+    pub fn read_abandon(&mut self) {
+        let in_flight = self.in_flight.take().expect("a request in flight");
+        assert!(in_flight.operation.is_read(), "a write in doubt stays in flight");
+        self.metrics.client_reads_abandoned += 1;
+    }
+
+    /// When the next copy of the request in flight is due, if one is in flight.
+    pub fn send_due(&self) -> Option<u64> {
+        self.in_flight.as_ref().map(|in_flight| in_flight.send_at)
+    }
+
+    /// If a copy of the request in flight is due at `now`: the replica to send it to. The
+    /// driver sends it (or reports `on_unreachable`); the reply is due before the timeout.
+    pub fn poll_send(&mut self, now: u64) -> Option<ReplicaIndex> {
+        let in_flight = self.in_flight.as_ref()?;
+        if now < in_flight.send_at {
+            return None;
+        }
+        let shift = in_flight.sends.min(16);
+        let timeout = (self.options.request_timeout << shift).min(self.options.request_timeout_max);
+        let jitter = self.prng_next() % (timeout / 2 + 1);
+        let replica_count = self.options.replica_count;
+        let in_flight = self.in_flight.as_mut().expect("checked above");
+        if in_flight.sends > 0 {
+            self.metrics.client_requests_resent += 1;
+        }
+        let target = in_flight.target_next;
+        assert!(target < replica_count);
+        in_flight.sends += 1;
+        in_flight.target = target;
+        // Unless a reply or a redirect comes first, the next copy goes to the next replica.
+        in_flight.target_next = (target + 1) % replica_count;
+        in_flight.send_at = now + timeout + jitter;
+        Some(target)
+    }
+
+    /// The driver could not reach the replica the latest copy went to (a refused connection,
+    /// a broken socket): the next copy goes to the next replica soon.
+    pub fn on_unreachable(&mut self, now: u64) {
+        let redirect_delay = self.options.redirect_delay;
+        let replica_count = self.options.replica_count;
+        let Some(in_flight) = self.in_flight.as_mut() else {
+            return;
+        };
+        self.metrics.client_unreachable += 1;
+        in_flight.target_next = (in_flight.target + 1) % replica_count;
+        in_flight.send_at = in_flight.send_at.min(now + redirect_delay);
+    }
+
+    /// A message from the cluster, already validated by the driver (`Header::decode`, body
+    /// checksum).
+    pub fn on_message(&mut self, header: &Header, now: u64) -> Outcome {
+        if header.cluster != self.options.cluster {
+            return Outcome::Dropped("another cluster's message");
+        }
+        if header.client != self.id {
+            return Outcome::Dropped("another client id's message");
+        }
+        match header.command() {
+            Some(Command::Reply) => self.on_reply(header),
+            Some(Command::PongClient) => self.on_pong(header, now),
+            Some(Command::Eviction) => self.on_eviction(header),
+            _ => Outcome::Dropped("not a message for a client"),
+        }
+    }
+
+    fn on_reply(&mut self, header: &Header) -> Outcome {
+        let answers = self.in_flight.as_ref().is_some_and(|in_flight| {
+            header.context == in_flight.checksum
+                && header.operation == in_flight.operation as u8
+                && header.request == in_flight.request
+        });
+        if !answers {
+            self.metrics.client_reply_duplicate_dropped += 1;
+            return Outcome::Dropped("a reply to another request than the one in flight");
+        }
+        let in_flight = self.in_flight.take().expect("answered request");
+        self.view = self.view.max(header.view);
+        self.commit_latest = self.commit_latest.max(header.commit);
+        if !in_flight.operation.is_read() {
+            assert_eq!(in_flight.request, self.request_latest + u32::from(self.registered));
+            self.request_latest = in_flight.request;
+            self.parent = session_chain(self.id, header.op);
+            self.registered = true;
+        }
+        Outcome::Reply
+    }
+
+    fn on_pong(&mut self, header: &Header, now: u64) -> Outcome {
+        self.view = self.view.max(header.view);
+        let primary = self.primary();
+        let redirect_delay = self.options.redirect_delay;
+        let Some(in_flight) = self.in_flight.as_mut() else {
+            return Outcome::Dropped("a pong with no request in flight");
+        };
+        if in_flight.operation.is_read() || in_flight.target == primary {
+            // A read is served by any replica; a primary between views answers itself.
+            return Outcome::Dropped("a pong that names no other primary");
+        }
+        self.metrics.client_redirects += 1;
+        in_flight.target_next = primary;
+        in_flight.send_at = in_flight.send_at.min(now + redirect_delay);
+        Outcome::Redirect
+    }
+
+    fn on_eviction(&mut self, header: &Header) -> Outcome {
+        if self.evicted {
+            return Outcome::Dropped("a second eviction of an ended session");
+        }
+        self.metrics.client_evictions += 1;
+        self.evicted = true;
+        self.registered = false;
+        self.in_flight = None;
+        Outcome::Evicted(header.context)
+    }
+
+    /// The next number of the jitter sequence (xorshift).
+    fn prng_next(&mut self) -> u64 {
+        let mut x = self.prng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.prng = x;
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vsr::header::EvictionReason;
+
+    fn options() -> ClientOptions {
+        ClientOptions {
+            cluster: 7,
+            replica_count: 3,
+            request_timeout: 10,
+            request_timeout_max: 40,
+            redirect_delay: 1,
+        }
+    }
+
+    /// The reply a replica would send to `request` at `op`.
+    fn reply_to(request: &Header, op: Op) -> Header {
+        let mut reply = Header::new(Command::Reply, request.cluster);
+        reply.client = request.client;
+        reply.request = request.request;
+        reply.operation = request.operation;
+        reply.context = request.checksum;
+        reply.op = op;
+        reply.commit = op;
+        reply
+    }
+
+    fn registered_core() -> ClientCore {
+        let mut core = ClientCore::new(options(), 5, 1);
+        let register = core.request_start(Operation::Register, &[], 0);
+        assert_eq!(core.poll_send(0), Some(0));
+        assert_eq!(core.on_message(&reply_to(&register, 1), 1), Outcome::Reply);
+        assert!(core.registered());
+        core
+    }
+
+    #[test]
+    fn late_reply_to_a_read_never_answers_the_next_write() {
+        // Goal: the bug of the old client: a read and the next write share a number, so a
+        // late copy of the read's reply looked like the write's. Matching by checksum and
+        // operation drops it, counts it, and the write's own reply still completes it.
+        let mut core = registered_core();
+        let read = core.request_start(Operation::StreamInfo, &[1, 2, 3, 4, 5, 6, 7, 8], 2);
+        core.poll_send(2);
+        let read_reply = reply_to(&read, 0);
+        assert_eq!(core.on_message(&read_reply, 3), Outcome::Reply);
+        let write = core.request_start(Operation::Append, &[9; 24], 4);
+        assert_eq!(write.request, read.request, "a read does not use up a number");
+        core.poll_send(4);
+        assert!(matches!(core.on_message(&read_reply, 5), Outcome::Dropped(_)));
+        assert_eq!(core.request_latest(), 0);
+        assert_eq!(core.metrics().client_reply_duplicate_dropped, 1);
+        assert_eq!(core.on_message(&reply_to(&write, 2), 6), Outcome::Reply);
+        assert_eq!(core.request_latest(), 1);
+        assert!(matches!(core.on_message(&reply_to(&write, 2), 7), Outcome::Dropped(_)));
+    }
+
+    #[test]
+    fn two_identical_reads_have_different_checksums() {
+        // Goal: a late reply to one read cannot answer a later read of the same body.
+        let mut core = registered_core();
+        let first = core.request_start(Operation::StreamInfo, &[1; 8], 2);
+        core.poll_send(2);
+        assert_eq!(core.on_message(&reply_to(&first, 0), 3), Outcome::Reply);
+        let second = core.request_start(Operation::StreamInfo, &[1; 8], 4);
+        assert_ne!(first.checksum, second.checksum);
+        core.poll_send(4);
+        assert!(matches!(core.on_message(&reply_to(&first, 0), 5), Outcome::Dropped(_)));
+    }
+
+    #[test]
+    fn timeouts_rotate_through_the_replicas_with_backoff() {
+        // Goal: a request that times out goes, unchanged, to the next replica each time, and
+        // the wait between copies doubles up to its cap.
+        let mut core = registered_core();
+        let write = core.request_start(Operation::Append, &[9; 24], 10);
+        let mut targets = Vec::new();
+        let mut sent_at = Vec::new();
+        for now in 10..400 {
+            if let Some(target) = core.poll_send(now) {
+                targets.push(target);
+                sent_at.push(now);
+            }
+        }
+        assert_eq!(targets[..6], [0, 1, 2, 0, 1, 2]);
+        let waits: Vec<u64> = sent_at.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        assert!((10..=15).contains(&waits[0]) && (20..=30).contains(&waits[1]), "{waits:?}");
+        assert!(waits.iter().all(|wait| *wait <= 60), "{waits:?}");
+        assert_eq!(core.in_flight().unwrap().checksum, write.checksum);
+        assert!(core.metrics().client_requests_resent >= 5);
+    }
+
+    #[test]
+    fn a_pong_redirects_to_the_primary_and_an_unreachable_replica_is_skipped() {
+        // Goal: a backup's pong names the view's primary, where the next copy goes at once;
+        // a replica that cannot be reached is skipped without waiting for the timeout.
+        let mut core = registered_core();
+        core.request_start(Operation::Append, &[9; 24], 10);
+        assert_eq!(core.poll_send(10), Some(0));
+        core.on_unreachable(11);
+        assert_eq!(core.poll_send(12), Some(1));
+        let mut pong = Header::new(Command::PongClient, 7);
+        pong.client = core.id();
+        pong.view = 5;
+        assert_eq!(core.on_message(&pong, 13), Outcome::Redirect);
+        assert_eq!(core.poll_send(14), Some(2));
+        assert_eq!(core.primary(), 2);
+    }
+
+    #[test]
+    fn a_write_in_doubt_stays_in_flight_and_an_eviction_starts_over_at_zero() {
+        // Goal: a write is never abandoned (no later write may reuse its number); an eviction
+        // ends the session, and the new one (new id) numbers from the register again.
+        let mut core = registered_core();
+        let write = core.request_start(Operation::Append, &[9; 24], 10);
+        core.poll_send(10);
+        assert_eq!(core.in_flight().unwrap().checksum, write.checksum);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            core.request_start(Operation::Append, &[8; 24], 11)
+        }));
+        assert!(result.is_err(), "a second write started while one was in doubt");
+        let mut core = registered_core();
+        let write = core.request_start(Operation::Append, &[9; 24], 10);
+        core.poll_send(10);
+        assert_eq!(core.on_message(&reply_to(&write, 2), 11), Outcome::Reply);
+        core.request_start(Operation::Append, &[9; 24], 12);
+        let mut eviction = Header::new(Command::Eviction, 7);
+        eviction.client = core.id();
+        eviction.context = EvictionReason::NoSession as u32;
+        assert_eq!(core.on_message(&eviction, 13), Outcome::Evicted(eviction.context));
+        assert!(core.in_flight().is_none() && core.evicted());
+        core.session_new(6);
+        let register = core.request_start(Operation::Register, &[], 14);
+        assert_eq!((register.request, register.parent, register.client), (0, 0, 6));
+        core.poll_send(14);
+        assert_eq!(core.on_message(&reply_to(&register, 9), 15), Outcome::Reply);
+        let write = core.request_start(Operation::Append, &[9; 24], 16);
+        assert_eq!(write.request, 1);
+        assert_eq!(write.parent, session_chain(6, 9));
+    }
+}
