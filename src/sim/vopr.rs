@@ -478,6 +478,8 @@ mod tests {
             crash_down_ticks_max: 40,
             crash_torn_writes: true,
             crash_primary: false,
+            // Crashes only: a stalled disk would stall the only replica too.
+            slow_disk_interval_mean_ticks: 0,
             ..options.faults
         };
         options.client_count = 2;
