@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,7 @@ fn start(path: &Path, address: SocketAddr) -> Child {
 // The caller owns the child and waits for it; a panic here fails the test anyway.
 #[allow(clippy::zombie_processes)]
 fn start_replica(path: &Path, addresses: &[SocketAddr]) -> Child {
+    lock_wait(path);
     let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
     let mut child = Command::new(BINARY)
         .arg("start")
@@ -77,6 +78,37 @@ fn start_replica(path: &Path, addresses: &[SocketAddr]) -> Child {
         if line.contains("listening") {
             std::thread::spawn(move || for _ in lines {});
             return child;
+        }
+    }
+}
+
+/// Waits until no process holds the data file's lock. A replica killed with SIGKILL, even once
+/// reaped, can hold it a while longer: its io_uring instance is torn down asynchronously, and
+/// the operations still in flight keep the file open.
+fn lock_wait(path: &Path) {
+    let file = std::fs::File::open(path).expect("the data file exists");
+    let started = Instant::now();
+    while file.try_lock().is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{} stays locked", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if started.elapsed() > Duration::from_millis(100) {
+        println!("lock: waited {} ms for a killed replica's lock", started.elapsed().as_millis());
+    }
+}
+
+/// A free loopback address, on a port below the kernel's ephemeral range (32768 and up): a
+/// port from that range could be handed to another socket's connect (a peer's dial, a client)
+/// between the test choosing it and the replica binding it, or while the replica is down
+/// between a kill and its restart. Processes start at different ports, by their id.
+fn address_free() -> SocketAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let first = std::process::id() % 1_000 * 20;
+    loop {
+        let offset = (first + NEXT.fetch_add(1, Ordering::Relaxed)) % 20_000;
+        let address = SocketAddr::from(([127, 0, 0, 1], 10_000 + offset as u16));
+        if TcpListener::bind(address).is_ok() {
+            return address;
         }
     }
 }
@@ -204,8 +236,7 @@ fn acknowledged_events_survive_kill_9_and_none_is_applied_twice() {
         .status()
         .unwrap();
     assert!(status.success());
-    let port = TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
-    let address: SocketAddr = ([127, 0, 0, 1], port).into();
+    let address = address_free();
     let mut replicas = Replicas(vec![start(&path, address)]);
     let mut client = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
     for stream in 1..=STREAMS {
@@ -311,12 +342,7 @@ impl TestCluster {
             .join(format!("target/crash-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&directory).unwrap();
         let scratch = Scratch(directory.clone());
-        let addresses: Vec<SocketAddr> = (0..3)
-            .map(|_| {
-                let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
-                SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()))
-            })
-            .collect();
+        let addresses: Vec<SocketAddr> = (0..3).map(|_| address_free()).collect();
         let paths: Vec<PathBuf> =
             (0..3).map(|replica| directory.join(format!("0_{replica}.kimberlite"))).collect();
         for (replica, path) in paths.iter().enumerate() {
