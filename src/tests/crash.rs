@@ -441,3 +441,103 @@ fn three_replicas_keep_every_acknowledged_event_through_primary_kill_and_wal_rot
     let commit = loader.join().expect("the load survived every crash");
     every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
 }
+
+/// Connections to replicas that never send a byte, `count` to each, kept open by a thread
+/// that replaces each one the replica closes, until dropped: a flood that holds more sockets
+/// than a replica has connection slots, for as long as the test runs.
+struct IdleFlood {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl IdleFlood {
+    fn start(addresses: &[SocketAddr], count: usize) -> IdleFlood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (addresses, stopped) = (addresses.to_vec(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut streams: Vec<Vec<Option<std::net::TcpStream>>> =
+                addresses.iter().map(|_| (0..count).map(|_| None).collect()).collect();
+            let mut opened = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                for (address, streams) in addresses.iter().zip(streams.iter_mut()) {
+                    for stream in streams.iter_mut() {
+                        if stream.as_ref().is_none_or(|stream| !idle_stream_open(stream)) {
+                            let timeout = Duration::from_millis(100);
+                            *stream = std::net::TcpStream::connect_timeout(address, timeout).ok();
+                            opened += 1;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened
+        });
+        IdleFlood { stop, thread: Some(thread) }
+    }
+
+    /// Ends the flood; returns how many connections it opened.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for IdleFlood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether the replica has not closed `stream` yet.
+fn idle_stream_open(stream: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let open = match (&*stream).read(&mut byte) {
+        Ok(_) => false,
+        Err(error) => error.kind() == std::io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).unwrap();
+    open
+}
+
+#[test]
+fn idle_connections_lock_out_neither_clients_nor_replicas() {
+    // Goal: while a flood holds 100 idle connections to each replica (more than its connection
+    // slots, reopened as fast as the replicas close them), a client under load still gets its
+    // writes acknowledged, a restarted replica reconnects to its peers through the flood (the
+    // cluster needs it for a quorum once another replica is killed), and afterwards every
+    // replica holds every acknowledged event.
+    let cluster = TestCluster::start("idle-flood");
+    let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
+    let mut replicas = cluster.replicas;
+    let flood = IdleFlood::start(&addresses, 100);
+    std::thread::sleep(Duration::from_millis(500));
+    let acknowledged: Acknowledged = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (acknowledged, stop, addresses) =
+            (acknowledged.clone(), stop.clone(), addresses.clone());
+        std::thread::spawn(move || load(&addresses, acknowledged, stop, Duration::from_millis(2)))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    replicas.0[0].kill().unwrap();
+    replicas.0[0].wait().unwrap();
+    replicas.0[0] = start_replica(&paths[0], &addresses);
+    std::thread::sleep(Duration::from_millis(1_500));
+    // Replicas 0 and 1 are the quorum now: replica 0 must have got through to replica 1.
+    replicas.0[2].kill().unwrap();
+    replicas.0[2].wait().unwrap();
+    let written = acknowledged.lock().unwrap().values().map(HashMap::len).sum::<usize>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged.lock().unwrap().values().map(HashMap::len).sum::<usize>() < written + 500 {
+        assert!(Instant::now() < deadline, "no progress with replicas 0 and 1 under the flood");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    replicas.0[2] = start_replica(&paths[2], &addresses);
+    std::thread::sleep(Duration::from_millis(1_000));
+    stop.store(true, Ordering::Relaxed);
+    let commit = loader.join().expect("the load was served through the flood");
+    every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
+    assert!(flood.stop() >= 300);
+}
