@@ -541,3 +541,120 @@ fn idle_connections_lock_out_neither_clients_nor_replicas() {
     every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
     assert!(flood.stop() >= 300);
 }
+
+/// The view replica `address` is in, from its answer to a `ping_client`; `None` if it does not
+/// answer within half a second.
+fn replica_view(address: SocketAddr) -> Option<u64> {
+    use kimberlite::vsr::header::{Command as Wire, Header};
+    use std::io::{Read, Write};
+    let timeout = Duration::from_millis(500);
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    let mut ping = Header::new(Wire::PingClient, CLUSTER);
+    ping.client = 0xF00D_0000_0000 + u64::from(std::process::id());
+    ping.timestamp = 1;
+    ping.set_checksum_body(&[]);
+    ping.set_checksum();
+    stream.write_all(ping.as_bytes()).ok()?;
+    let mut bytes = [0u8; std::mem::size_of::<Header>()];
+    stream.read_exact(&mut bytes).ok()?;
+    let pong = Header::decode(&bytes).ok()?;
+    (pong.command() == Some(Wire::PongClient)).then_some(u64::from(pong.view))
+}
+
+/// Waits until every replica of `live` answers with the same view, which it returns.
+fn view_agreed(addresses: &[SocketAddr], live: &[usize]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let views: Vec<Option<u64>> =
+            live.iter().map(|replica| replica_view(addresses[*replica])).collect();
+        if let Some(Some(view)) = views.first()
+            && views.iter().all(|other| *other == Some(*view))
+        {
+            return *view;
+        }
+        assert!(Instant::now() < deadline, "the replicas never agreed on a view: {views:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `rank`-th of `samples` in order, `rank` in 0..=100 (nearest rank).
+fn percentile(samples: &[Duration], rank: usize) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let index = (rank * sorted.len()).div_ceil(100).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+/// Kills of the primary the failover measurement makes: `FAILOVER_KILLS` (set by
+/// `scripts/failover.sh`), or a few, to keep the test suite short.
+fn failover_kills() -> usize {
+    let kills = std::env::var("FAILOVER_KILLS").map(|kills| kills.parse().expect("a number"));
+    kills.unwrap_or(2)
+}
+
+#[test]
+fn failover_time_after_kill_9_of_the_primary() {
+    // Goal: measure failover on real processes. Under a steady write load on 3 replicas, find
+    // the primary (the view the replicas answer pings with), kill -9 it, and time from the
+    // kill to the next acknowledged write; restart it a while later, wait until all three
+    // agree on a view, and repeat. Prints every sample and p50/p99/max; every acknowledged
+    // event must be on every replica afterwards.
+    let cluster = TestCluster::start("failover");
+    let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
+    let mut replicas = cluster.replicas;
+    let acknowledged: Acknowledged = Arc::default();
+    let acknowledged_at: AcknowledgedAt = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (acknowledged, acknowledged_at, stop, addresses) =
+            (acknowledged.clone(), acknowledged_at.clone(), stop.clone(), addresses.clone());
+        let pause = Duration::from_millis(2);
+        std::thread::spawn(move || {
+            load_timed(&addresses, acknowledged, acknowledged_at, stop, pause)
+        })
+    };
+    let mut samples = Vec::new();
+    for kill in 0..failover_kills() {
+        let view = view_agreed(&addresses, &[0, 1, 2]);
+        std::thread::sleep(Duration::from_millis(500));
+        let primary = (view % 3) as usize;
+        let killed_at = Instant::now();
+        replicas.0[primary].kill().unwrap();
+        replicas.0[primary].wait().unwrap();
+        let failover = acknowledged_after(&acknowledged_at, killed_at) - killed_at;
+        println!(
+            "failover: kill {kill}: primary {primary} of view {view}: first acknowledged write \
+             {} ms after kill -9",
+            failover.as_millis()
+        );
+        samples.push(failover);
+        std::thread::sleep(Duration::from_millis(1_000));
+        replicas.0[primary] = start_replica(&paths[primary], &addresses);
+    }
+    let milliseconds = |duration: Duration| duration.as_millis();
+    println!(
+        "failover: {} kills: p50 {} ms, p99 {} ms, max {} ms",
+        samples.len(),
+        milliseconds(percentile(&samples, 50)),
+        milliseconds(percentile(&samples, 99)),
+        milliseconds(percentile(&samples, 100)),
+    );
+    view_agreed(&addresses, &[0, 1, 2]);
+    stop.store(true, Ordering::Relaxed);
+    let commit = loader.join().expect("the load survived every kill");
+    every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
+}
+
+/// The first acknowledgement after `instant`, waiting for it up to a minute.
+fn acknowledged_after(acknowledged_at: &AcknowledgedAt, instant: Instant) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let first = acknowledged_at.lock().unwrap().iter().copied().find(|at| *at > instant);
+        if let Some(at) = first {
+            return at;
+        }
+        assert!(Instant::now() < deadline, "no write acknowledged after the primary died");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
