@@ -25,6 +25,17 @@
 //! older. A client that sends a replica command, or a replica that sends a client's, is closed.
 //! Both kinds of message go to the one inbox: the replica tells them apart by command.
 //!
+//! # Unidentified connections
+//!
+//! Anyone can open a TCP connection, so an accepted connection that has said nothing must not
+//! keep anyone else out. It has `IDENTIFY_TICKS_MAX` ticks to deliver a valid message, or it is
+//! closed. When every slot is taken, the oldest unidentified connection gives way to the new
+//! one (which waits, unreceived, until the slot is free). Identified clients may hold at most
+//! `CONNECTIONS_MAX - replica_count` slots, which leaves one slot for each lower replica and one
+//! for a newcomer: a replica's connection never competes with clients, and competes with
+//! unidentified ones only for the moment before its first message. Closures for these reasons
+//! are counted, and logged together at most once every `SHED_LOG_TICKS`.
+//!
 //! # Back-pressure
 //!
 //! Nothing waits on a peer and nothing grows. The inbox is fixed (`INBOX_MAX`): when it is
@@ -49,7 +60,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use static_assertions::const_assert;
 
-use crate::constants::{HEADER_SIZE, IO_OPERATIONS_MAX, REPLICAS_MAX, TICK_MS};
+use crate::constants::{CLIENTS_MAX, HEADER_SIZE, IO_OPERATIONS_MAX, REPLICAS_MAX, TICK_MS};
 use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
 use crate::sim::prng::Prng;
@@ -79,6 +90,11 @@ pub const SOCKET_BUFFER_SIZE_MAX: usize = 4 * 1024 * 1024;
 pub const RECONNECT_DELAY_TICKS_MIN: u64 = 50 / TICK_MS;
 /// ...and the longest, which the exponential backoff reaches after a few failures (1 s).
 pub const RECONNECT_DELAY_TICKS_MAX: u64 = 1_000 / TICK_MS;
+/// Ticks an accepted connection may stay open without a valid message saying who it is (1 s):
+/// clients and replicas send one as soon as they connect.
+pub const IDENTIFY_TICKS_MAX: u64 = 1_000 / TICK_MS;
+/// The shortest interval between two log lines about connections shed (10 s).
+pub const SHED_LOG_TICKS: u64 = 10_000 / TICK_MS;
 
 // The bus's operations (an accept, and a connect, a receive and a send, or a close per
 // connection) leave most of the ring's slots to the disk.
@@ -90,6 +106,9 @@ const_assert!(REPLICA_SEND_QUEUE_MAX >= CONNECTION_SEND_QUEUE_MAX);
 const_assert!(CONNECTIONS_MAX >= REPLICAS_MAX - 1);
 const_assert!(RECONNECT_DELAY_TICKS_MIN >= 1);
 const_assert!(RECONNECT_DELAY_TICKS_MIN < RECONNECT_DELAY_TICKS_MAX);
+// Clients leave a slot for every peer replica and one for a newcomer.
+const_assert!(CONNECTIONS_MAX - REPLICAS_MAX >= CLIENTS_MAX);
+const_assert!(IDENTIFY_TICKS_MAX >= 1 && IDENTIFY_TICKS_MAX < SEND_STALL_TICKS_MAX);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ConnectionState {
@@ -134,6 +153,15 @@ enum CloseReason {
     Exhausted(&'static str),
     /// The peer did not drain a send for `SEND_STALL_TICKS_MAX` ticks.
     Stalled,
+    /// No valid message within `IDENTIFY_TICKS_MAX` ticks of the accept.
+    Unidentified,
+    /// Unidentified, and the oldest such when a new connection found every slot taken.
+    Evicted,
+    /// A client's connection superseded by a newer one of the same client, closed to make room
+    /// for another client.
+    Superseded,
+    /// A client beyond the limit of client connections.
+    ClientsFull,
 }
 
 /// What the bytes received so far hold.
@@ -176,6 +204,8 @@ struct Connection {
     send_in_flight: bool,
     /// The tick at which the send in flight was submitted.
     send_submitted_tick: u64,
+    /// The tick at which the connection was accepted or dialed.
+    opened_tick: u64,
 }
 
 impl Connection {
@@ -213,6 +243,14 @@ pub struct BusMetrics {
     pub messages_sent: u64,
     /// Messages for a client or replica that is not connected, or whose send queue was full.
     pub messages_dropped: u64,
+    /// Accepted connections closed for sending no valid message within `IDENTIFY_TICKS_MAX`.
+    pub connections_unidentified_timed_out: u64,
+    /// Unidentified connections closed to make room for a newer connection.
+    pub connections_unidentified_evicted: u64,
+    /// Superseded client connections closed to make room for another client.
+    pub connections_superseded_evicted: u64,
+    /// Connections closed when they identified as a client with every client slot taken.
+    pub connections_clients_over_limit: u64,
 }
 
 /// The dialing state of one higher replica.
@@ -244,6 +282,10 @@ pub struct MessageBus {
     accept_failing: bool,
     /// "Connection limit reached" was logged and no connection has closed since.
     refused_logged: bool,
+    /// An accepted connection waiting for the slot of the connection it evicted.
+    accept_pending: Option<RawFd>,
+    /// The metrics when connections shed were last logged, and the tick of that line.
+    shed_logged: (BusMetrics, Option<u64>),
     /// Slot `k` below the count of higher replicas is the dialed connection of replica
     /// `replica + 1 + k`; accepted connections take the slots after them, so that dialing
     /// always finds its slot.
@@ -295,6 +337,7 @@ impl MessageBus {
                 send_queue: VecDeque::with_capacity(REPLICA_SEND_QUEUE_MAX),
                 send_in_flight: false,
                 send_submitted_tick: 0,
+                opened_tick: 0,
             })
             .collect();
         let dial = Dial { tick: None, attempts: 0, failing: false };
@@ -310,6 +353,8 @@ impl MessageBus {
             accept_paused: false,
             accept_failing: false,
             refused_logged: false,
+            accept_pending: None,
+            shed_logged: (BusMetrics::default(), None),
             connections,
             addresses: [None; REPLICAS_MAX],
             replica_connections: [None; REPLICAS_MAX],
@@ -356,8 +401,9 @@ impl MessageBus {
         }
     }
 
-    /// Advances the bus's clock: closes connections whose peer stopped draining, retries a
-    /// failed accept, and dials the replicas whose backoff has passed. Call every `TICK_MS`.
+    /// Advances the bus's clock: closes connections whose peer stopped draining and accepted
+    /// ones that did not say who they are in time, retries a failed accept, and dials the
+    /// replicas whose backoff has passed. Call every `TICK_MS`.
     pub fn on_tick(&mut self, io: &mut Io) {
         self.ticks += 1;
         if self.accept_paused {
@@ -366,14 +412,54 @@ impl MessageBus {
         }
         for index in 0..self.connections.len() {
             let connection = &self.connections[index];
-            let stalled = connection.state == ConnectionState::Connected
-                && connection.send_in_flight
+            if connection.state != ConnectionState::Connected {
+                continue;
+            }
+            let stalled = connection.send_in_flight
                 && self.ticks - connection.send_submitted_tick > SEND_STALL_TICKS_MAX;
+            let unidentified = connection.peer == Peer::Unknown
+                && self.ticks - connection.opened_tick > IDENTIFY_TICKS_MAX;
             if stalled {
                 self.close(io, index, CloseReason::Stalled);
+            } else if unidentified {
+                self.metrics.connections_unidentified_timed_out += 1;
+                self.close(io, index, CloseReason::Unidentified);
             }
         }
         self.dial_due(io);
+        self.shed_log();
+    }
+
+    /// Logs the connections closed for the bus's own room (not for what they sent) since the
+    /// last such line, at most once every `SHED_LOG_TICKS`: a flood makes one line, not one
+    /// per socket.
+    fn shed_log(&mut self) {
+        let (logged, logged_tick) = self.shed_logged;
+        let metrics = self.metrics;
+        let timed_out =
+            metrics.connections_unidentified_timed_out - logged.connections_unidentified_timed_out;
+        let evicted =
+            metrics.connections_unidentified_evicted - logged.connections_unidentified_evicted;
+        let superseded =
+            metrics.connections_superseded_evicted - logged.connections_superseded_evicted;
+        let over_limit =
+            metrics.connections_clients_over_limit - logged.connections_clients_over_limit;
+        if timed_out + evicted + superseded + over_limit == 0 {
+            return;
+        }
+        if logged_tick.is_some_and(|tick| self.ticks < tick + SHED_LOG_TICKS) {
+            return;
+        }
+        eprintln!(
+            "message bus: closed {timed_out} connection(s) that sent no valid message within \
+             {} ms, {evicted} unidentified one(s) for newer connections, {superseded} \
+             superseded client connection(s), {over_limit} client(s) over the limit of {} \
+             (logged at most every {} s)",
+            IDENTIFY_TICKS_MAX * TICK_MS,
+            self.client_connections_max(),
+            SHED_LOG_TICKS * TICK_MS / 1_000,
+        );
+        self.shed_logged = (metrics, Some(self.ticks));
     }
 
     /// Resumes the connections that stopped receiving for want of room in the inbox or the
@@ -398,7 +484,7 @@ impl MessageBus {
             Operation::Send { token, length, .. } => {
                 self.send_complete(io, token, length, completed.result)
             }
-            Operation::Close { token, .. } => self.close_complete(token),
+            Operation::Close { token, .. } => self.close_complete(io, token),
             operation => panic!("the bus received a completion it did not submit: {operation:?}"),
         }
     }
@@ -424,7 +510,8 @@ impl MessageBus {
 impl MessageBus {
     fn accept_submit(&mut self, io: &mut Io) {
         let Some(listener) = &self.listener else { return };
-        if self.accept_in_flight {
+        if self.accept_in_flight || self.accept_pending.is_some() {
+            // The connection accepted last still waits for its slot.
             return;
         }
         io.submit(Operation::Accept { fd: listener.as_raw_fd() });
@@ -439,7 +526,7 @@ impl MessageBus {
                 let fd = RawFd::try_from(fd).expect("accept returns a descriptor");
                 self.accept_failing = false;
                 self.connection_open(io, fd);
-                self.accept_submit(io);
+                self.accept_submit(io); // Unless `fd` waits for a slot.
             }
             Err(error) => {
                 // Out of descriptors or memory, or a connection reset before we took it: try
@@ -456,27 +543,60 @@ impl MessageBus {
         }
     }
 
+    /// Gives the accepted `fd` a free slot. With none free, `fd` waits (`close_complete`) for
+    /// the slot of a connection already closing, or else of the oldest unidentified connection,
+    /// which it evicts; with neither, `fd` is refused.
     fn connection_open(&mut self, io: &mut Io, fd: RawFd) {
+        assert!(self.accept_pending.is_none());
         let dialed_count = self.dialed_count();
         let free = self.connections[dialed_count..]
             .iter()
             .position(|connection| connection.state == ConnectionState::Free)
             .map(|position| dialed_count + position);
-        let Some(index) = free else {
-            self.metrics.connections_refused += 1;
-            if !self.refused_logged {
-                self.refused_logged = true;
-                let address = socket::peer_address(fd);
-                eprintln!(
-                    "message bus: refusing {}: all {} connections for clients and lower \
-                     replicas in use (logged once until one closes)",
-                    AddressDisplay(address),
-                    CONNECTIONS_MAX - dialed_count,
-                );
-            }
-            socket::close(fd);
+        if let Some(index) = free {
+            return self.connection_setup(io, index, fd);
+        }
+        let closing = self.connections[dialed_count..].iter().any(|connection| {
+            matches!(connection.state, ConnectionState::Closing | ConnectionState::CloseSubmitted)
+        });
+        if closing {
+            self.accept_pending = Some(fd);
             return;
-        };
+        }
+        if let Some(oldest) = self.accepted_oldest(|peer| peer == Peer::Unknown) {
+            self.metrics.connections_unidentified_evicted += 1;
+            self.close(io, oldest, CloseReason::Evicted);
+            self.accept_pending = Some(fd);
+            return;
+        }
+        self.metrics.connections_refused += 1;
+        if !self.refused_logged {
+            self.refused_logged = true;
+            let address = socket::peer_address(fd);
+            eprintln!(
+                "message bus: refusing {}: all {} connections for clients and lower replicas \
+                 in use, and identified (logged once until one closes)",
+                AddressDisplay(address),
+                CONNECTIONS_MAX - dialed_count,
+            );
+        }
+        socket::close(fd);
+    }
+
+    /// The oldest open accepted connection whose peer `matches`.
+    fn accepted_oldest(&self, matches: impl Fn(Peer) -> bool) -> Option<usize> {
+        let dialed_count = self.dialed_count();
+        (dialed_count..self.connections.len())
+            .filter(|index| {
+                let connection = &self.connections[*index];
+                connection.state == ConnectionState::Connected && matches(connection.peer)
+            })
+            .min_by_key(|index| (self.connections[*index].opened_tick, *index))
+    }
+
+    /// Starts receiving on the accepted `fd` in the free slot `index`.
+    fn connection_setup(&mut self, io: &mut Io, index: usize, fd: RawFd) {
+        assert!(self.dialed_replica(index).is_none());
         let address = socket::peer_address(fd);
         if let Err(error) = socket::connection_configure(fd, self.socket_buffer_size_bytes) {
             eprintln!(
@@ -495,6 +615,7 @@ impl MessageBus {
         connection.fd = fd;
         connection.address = address;
         connection.peer = Peer::Unknown;
+        connection.opened_tick = self.ticks;
         connection.receive_reset();
         self.metrics.connections_accepted += 1;
         self.receive_progress(io, index);
@@ -609,7 +730,8 @@ impl MessageBus {
             (Sender::Client, Peer::Replica(_)) => {
                 Err(CloseReason::Invalid("a replica sent a client's command"))
             }
-            (Sender::Client, Peer::Unknown | Peer::Client(_)) => {
+            (Sender::Client, Peer::Unknown) => self.client_admit(io, index, header.client),
+            (Sender::Client, Peer::Client(_)) => {
                 self.client_learn(index, header.client);
                 Ok(())
             }
@@ -669,6 +791,41 @@ impl MessageBus {
         let buffer = self.pool.try_get()?;
         assert_eq!(buffer.references(), 1);
         Some(buffer)
+    }
+
+    /// Makes the unidentified connection `index` a client's, unless every client slot is taken
+    /// by connections of other clients: a superseded connection (or this client's older one)
+    /// gives way, and without one the new connection is refused, so that clients never take
+    /// the slots kept for replicas.
+    fn client_admit(
+        &mut self,
+        io: &mut Io,
+        index: usize,
+        client: ClientId,
+    ) -> Result<(), CloseReason> {
+        assert_eq!(self.connections[index].peer, Peer::Unknown);
+        let is_client = |connection: &&Connection| {
+            connection.state == ConnectionState::Connected
+                && matches!(connection.peer, Peer::Client(_))
+        };
+        let client_count = self.connections.iter().filter(is_client).count();
+        assert!(client_count <= self.client_connections_max());
+        if client_count == self.client_connections_max() {
+            let superseded = |peer| peer == Peer::Client(0) || peer == Peer::Client(client);
+            let Some(oldest) = self.accepted_oldest(superseded) else {
+                self.metrics.connections_clients_over_limit += 1;
+                return Err(CloseReason::ClientsFull);
+            };
+            self.metrics.connections_superseded_evicted += 1;
+            self.close(io, oldest, CloseReason::Superseded);
+        }
+        self.client_learn(index, client);
+        Ok(())
+    }
+
+    /// Connections that clients may hold: all but one per peer replica and one for a newcomer.
+    fn client_connections_max(&self) -> usize {
+        CONNECTIONS_MAX - usize::from(self.replica_count)
     }
 
     /// Records that `client` lives on connection `index`. A client that reconnects supersedes
@@ -798,6 +955,11 @@ impl MessageBus {
                 "message bus: closing {connection}: peer drained nothing for \
                  {SEND_STALL_TICKS_MAX} ticks"
             ),
+            // Counted, and logged together by `shed_log`: a flood must not flood the log.
+            CloseReason::Unidentified
+            | CloseReason::Evicted
+            | CloseReason::Superseded
+            | CloseReason::ClientsFull => {}
         }
     }
 
@@ -813,7 +975,7 @@ impl MessageBus {
         io.submit(Operation::Close { fd: connection.fd, token: connection.token(index) });
     }
 
-    fn close_complete(&mut self, token: ConnectionToken) {
+    fn close_complete(&mut self, io: &mut Io, token: ConnectionToken) {
         let index = self.connection_index(token);
         let connection = &mut self.connections[index];
         assert_eq!(connection.state, ConnectionState::CloseSubmitted);
@@ -825,6 +987,9 @@ impl MessageBus {
         self.refused_logged = false;
         if let Some(replica) = self.dialed_replica(index) {
             self.dial_schedule(replica);
+        } else if let Some(fd) = self.accept_pending.take() {
+            self.connection_setup(io, index, fd);
+            self.accept_submit(io);
         }
     }
 
@@ -860,6 +1025,9 @@ impl Drop for MessageBus {
                 socket::shutdown(connection.fd);
                 socket::close(connection.fd);
             }
+        }
+        if let Some(fd) = self.accept_pending {
+            socket::close(fd);
         }
         if let Some(listener) = &self.listener {
             socket::shutdown(listener.as_raw_fd());

@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,7 @@ fn start(path: &Path, address: SocketAddr) -> Child {
 // The caller owns the child and waits for it; a panic here fails the test anyway.
 #[allow(clippy::zombie_processes)]
 fn start_replica(path: &Path, addresses: &[SocketAddr]) -> Child {
+    lock_wait(path);
     let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
     let mut child = Command::new(BINARY)
         .arg("start")
@@ -77,6 +78,37 @@ fn start_replica(path: &Path, addresses: &[SocketAddr]) -> Child {
         if line.contains("listening") {
             std::thread::spawn(move || for _ in lines {});
             return child;
+        }
+    }
+}
+
+/// Waits until no process holds the data file's lock. A replica killed with SIGKILL, even once
+/// reaped, can hold it a while longer: its io_uring instance is torn down asynchronously, and
+/// the operations still in flight keep the file open.
+fn lock_wait(path: &Path) {
+    let file = std::fs::File::open(path).expect("the data file exists");
+    let started = Instant::now();
+    while file.try_lock().is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "{} stays locked", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if started.elapsed() > Duration::from_millis(100) {
+        println!("lock: waited {} ms for a killed replica's lock", started.elapsed().as_millis());
+    }
+}
+
+/// A free loopback address, on a port below the kernel's ephemeral range (32768 and up): a
+/// port from that range could be handed to another socket's connect (a peer's dial, a client)
+/// between the test choosing it and the replica binding it, or while the replica is down
+/// between a kill and its restart. Processes start at different ports, by their id.
+fn address_free() -> SocketAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let first = std::process::id() % 1_000 * 20;
+    loop {
+        let offset = (first + NEXT.fetch_add(1, Ordering::Relaxed)) % 20_000;
+        let address = SocketAddr::from(([127, 0, 0, 1], 10_000 + offset as u16));
+        if TcpListener::bind(address).is_ok() {
+            return address;
         }
     }
 }
@@ -204,8 +236,7 @@ fn acknowledged_events_survive_kill_9_and_none_is_applied_twice() {
         .status()
         .unwrap();
     assert!(status.success());
-    let port = TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
-    let address: SocketAddr = ([127, 0, 0, 1], port).into();
+    let address = address_free();
     let mut replicas = Replicas(vec![start(&path, address)]);
     let mut client = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
     for stream in 1..=STREAMS {
@@ -311,12 +342,7 @@ impl TestCluster {
             .join(format!("target/crash-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&directory).unwrap();
         let scratch = Scratch(directory.clone());
-        let addresses: Vec<SocketAddr> = (0..3)
-            .map(|_| {
-                let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
-                SocketAddr::from(([127, 0, 0, 1], listener.local_addr().unwrap().port()))
-            })
-            .collect();
+        let addresses: Vec<SocketAddr> = (0..3).map(|_| address_free()).collect();
         let paths: Vec<PathBuf> =
             (0..3).map(|replica| directory.join(format!("0_{replica}.kimberlite"))).collect();
         for (replica, path) in paths.iter().enumerate() {
@@ -356,8 +382,8 @@ fn three_replicas_keep_every_acknowledged_event_through_primary_kill_and_wal_rot
     // a backup, restarting each; then stop a backup, rot a sector of its WAL and restart it;
     // then keep a backup down while the others commit more than a WAL's worth of ops, so that
     // it must catch up by state sync. Afterwards every replica holds every acknowledged event
-    // exactly once, and the cluster still commits. Prints how long the cluster took from the kill of the primary to its
-    // next acknowledged write.
+    // exactly once, and the cluster still commits. Prints how long the cluster took from the
+    // kill of the primary to its next acknowledged write.
     let cluster = TestCluster::start("primary-kill");
     let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
     let mut replicas = cluster.replicas;
@@ -373,45 +399,258 @@ fn three_replicas_keep_every_acknowledged_event_through_primary_kill_and_wal_rot
         })
     };
     std::thread::sleep(Duration::from_millis(500));
-    // Replica 0 is the primary of view 0.
+    // The primary: the replica whose turn the view is that all three answer with.
+    let primary = (view_agreed(&addresses, &[0, 1, 2]) % 3) as usize;
     let killed_at = Instant::now();
-    replicas.0[0].kill().unwrap();
-    replicas.0[0].wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let failover = loop {
-        let first_after =
-            acknowledged_at.lock().unwrap().iter().copied().find(|at| *at > killed_at);
-        if let Some(at) = first_after {
-            break at - killed_at;
-        }
-        assert!(Instant::now() < deadline, "no write acknowledged after the primary died");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    replicas.0[primary].kill().unwrap();
+    replicas.0[primary].wait().unwrap();
+    let failover = acknowledged_after(&acknowledged_at, killed_at) - killed_at;
     println!(
         "failover: first acknowledged write {} ms after kill -9 of the primary",
         failover.as_millis()
     );
-    replicas.0[0] = start_replica(&paths[0], &addresses);
+    replicas.0[primary] = start_replica(&paths[primary], &addresses);
     std::thread::sleep(Duration::from_millis(500));
-    // A backup of the new view (replica 1 or 2 leads it): replica 0 is one either way.
-    replicas.0[0].kill().unwrap();
-    replicas.0[0].wait().unwrap();
-    wal_sector_corrupt(&paths[0], 0, 5);
-    replicas.0[0] = start_replica(&paths[0], &addresses);
+    // A backup of the new view (another replica leads it): the killed one is one either way.
+    replicas.0[primary].kill().unwrap();
+    replicas.0[primary].wait().unwrap();
+    wal_sector_corrupt(&paths[primary], primary as u8, 5);
+    replicas.0[primary] = start_replica(&paths[primary], &addresses);
     std::thread::sleep(Duration::from_millis(500));
     // A backup down long enough for the others to checkpoint and wrap their WAL past what it
     // holds: it catches up by state sync.
-    replicas.0[0].kill().unwrap();
-    replicas.0[0].wait().unwrap();
+    replicas.0[primary].kill().unwrap();
+    replicas.0[primary].wait().unwrap();
     let ops_before = acknowledged_at.lock().unwrap().len();
     let deadline = Instant::now() + Duration::from_secs(60);
     while acknowledged_at.lock().unwrap().len() < ops_before + 1_500 {
         assert!(Instant::now() < deadline, "the cluster stopped committing without a backup");
         std::thread::sleep(Duration::from_millis(50));
     }
-    replicas.0[0] = start_replica(&paths[0], &addresses);
+    replicas.0[primary] = start_replica(&paths[primary], &addresses);
     std::thread::sleep(Duration::from_millis(1_000));
     stop.store(true, Ordering::Relaxed);
     let commit = loader.join().expect("the load survived every crash");
     every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
+}
+
+/// Connections to replicas that never send a byte, `count` to each, kept open by a thread
+/// that replaces each one the replica closes, until dropped: a flood that holds more sockets
+/// than a replica has connection slots, for as long as the test runs.
+struct IdleFlood {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl IdleFlood {
+    fn start(addresses: &[SocketAddr], count: usize) -> IdleFlood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (addresses, stopped) = (addresses.to_vec(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut streams: Vec<Vec<Option<std::net::TcpStream>>> =
+                addresses.iter().map(|_| (0..count).map(|_| None).collect()).collect();
+            let mut opened = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                for (address, streams) in addresses.iter().zip(streams.iter_mut()) {
+                    for stream in streams.iter_mut() {
+                        if stream.as_ref().is_none_or(|stream| !idle_stream_open(stream)) {
+                            let timeout = Duration::from_millis(100);
+                            *stream = std::net::TcpStream::connect_timeout(address, timeout).ok();
+                            opened += 1;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened
+        });
+        IdleFlood { stop, thread: Some(thread) }
+    }
+
+    /// Ends the flood; returns how many connections it opened.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for IdleFlood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether the replica has not closed `stream` yet.
+fn idle_stream_open(stream: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let open = match (&*stream).read(&mut byte) {
+        Ok(_) => false,
+        Err(error) => error.kind() == std::io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).unwrap();
+    open
+}
+
+#[test]
+fn idle_connections_lock_out_neither_clients_nor_replicas() {
+    // Goal: while a flood holds 100 idle connections to each replica (more than its connection
+    // slots, reopened as fast as the replicas close them), a client under load still gets its
+    // writes acknowledged, a restarted replica reconnects to its peers through the flood (the
+    // cluster needs it for a quorum once another replica is killed), and afterwards every
+    // replica holds every acknowledged event.
+    let cluster = TestCluster::start("idle-flood");
+    let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
+    let mut replicas = cluster.replicas;
+    let flood = IdleFlood::start(&addresses, 100);
+    std::thread::sleep(Duration::from_millis(500));
+    let acknowledged: Acknowledged = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (acknowledged, stop, addresses) =
+            (acknowledged.clone(), stop.clone(), addresses.clone());
+        std::thread::spawn(move || load(&addresses, acknowledged, stop, Duration::from_millis(2)))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    replicas.0[0].kill().unwrap();
+    replicas.0[0].wait().unwrap();
+    replicas.0[0] = start_replica(&paths[0], &addresses);
+    std::thread::sleep(Duration::from_millis(1_500));
+    // Replicas 0 and 1 are the quorum now: replica 0 must have got through to replica 1.
+    replicas.0[2].kill().unwrap();
+    replicas.0[2].wait().unwrap();
+    let written = acknowledged.lock().unwrap().values().map(HashMap::len).sum::<usize>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged.lock().unwrap().values().map(HashMap::len).sum::<usize>() < written + 500 {
+        assert!(Instant::now() < deadline, "no progress with replicas 0 and 1 under the flood");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    replicas.0[2] = start_replica(&paths[2], &addresses);
+    std::thread::sleep(Duration::from_millis(1_000));
+    stop.store(true, Ordering::Relaxed);
+    let commit = loader.join().expect("the load was served through the flood");
+    every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
+    assert!(flood.stop() >= 300);
+}
+
+/// The view replica `address` is in, from its answer to a `ping_client`; `None` if it does not
+/// answer within half a second.
+fn replica_view(address: SocketAddr) -> Option<u64> {
+    use kimberlite::vsr::header::{Command as Wire, Header};
+    use std::io::{Read, Write};
+    let timeout = Duration::from_millis(500);
+    let mut stream = std::net::TcpStream::connect_timeout(&address, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    let mut ping = Header::new(Wire::PingClient, CLUSTER);
+    ping.client = 0xF00D_0000_0000 + u64::from(std::process::id());
+    ping.timestamp = 1;
+    ping.set_checksum_body(&[]);
+    ping.set_checksum();
+    stream.write_all(ping.as_bytes()).ok()?;
+    let mut bytes = [0u8; std::mem::size_of::<Header>()];
+    stream.read_exact(&mut bytes).ok()?;
+    let pong = Header::decode(&bytes).ok()?;
+    (pong.command() == Some(Wire::PongClient)).then_some(u64::from(pong.view))
+}
+
+/// Waits until every replica of `live` answers with the same view, which it returns.
+fn view_agreed(addresses: &[SocketAddr], live: &[usize]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let views: Vec<Option<u64>> =
+            live.iter().map(|replica| replica_view(addresses[*replica])).collect();
+        if let Some(Some(view)) = views.first()
+            && views.iter().all(|other| *other == Some(*view))
+        {
+            return *view;
+        }
+        assert!(Instant::now() < deadline, "the replicas never agreed on a view: {views:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `rank`-th of `samples` in order, `rank` in 0..=100 (nearest rank).
+fn percentile(samples: &[Duration], rank: usize) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let index = (rank * sorted.len()).div_ceil(100).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+/// Kills of the primary the failover measurement makes: `FAILOVER_KILLS` (set by
+/// `scripts/failover.sh`), or a few, to keep the test suite short.
+fn failover_kills() -> usize {
+    let kills = std::env::var("FAILOVER_KILLS").map(|kills| kills.parse().expect("a number"));
+    kills.unwrap_or(2)
+}
+
+#[test]
+fn failover_time_after_kill_9_of_the_primary() {
+    // Goal: measure failover on real processes. Under a steady write load on 3 replicas, find
+    // the primary (the view the replicas answer pings with), kill -9 it, and time from the
+    // kill to the next acknowledged write; restart it a while later, wait until all three
+    // agree on a view, and repeat. Prints every sample and p50/p99/max; every acknowledged
+    // event must be on every replica afterwards.
+    let cluster = TestCluster::start("failover");
+    let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
+    let mut replicas = cluster.replicas;
+    let acknowledged: Acknowledged = Arc::default();
+    let acknowledged_at: AcknowledgedAt = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (acknowledged, acknowledged_at, stop, addresses) =
+            (acknowledged.clone(), acknowledged_at.clone(), stop.clone(), addresses.clone());
+        let pause = Duration::from_millis(2);
+        std::thread::spawn(move || {
+            load_timed(&addresses, acknowledged, acknowledged_at, stop, pause)
+        })
+    };
+    let mut samples = Vec::new();
+    for kill in 0..failover_kills() {
+        let view = view_agreed(&addresses, &[0, 1, 2]);
+        std::thread::sleep(Duration::from_millis(500));
+        let primary = (view % 3) as usize;
+        let killed_at = Instant::now();
+        replicas.0[primary].kill().unwrap();
+        replicas.0[primary].wait().unwrap();
+        let failover = acknowledged_after(&acknowledged_at, killed_at) - killed_at;
+        println!(
+            "failover: kill {kill}: primary {primary} of view {view}: first acknowledged write \
+             {} ms after kill -9",
+            failover.as_millis()
+        );
+        samples.push(failover);
+        std::thread::sleep(Duration::from_millis(1_000));
+        replicas.0[primary] = start_replica(&paths[primary], &addresses);
+    }
+    let milliseconds = |duration: Duration| duration.as_millis();
+    println!(
+        "failover: {} kills: p50 {} ms, p99 {} ms, max {} ms",
+        samples.len(),
+        milliseconds(percentile(&samples, 50)),
+        milliseconds(percentile(&samples, 99)),
+        milliseconds(percentile(&samples, 100)),
+    );
+    view_agreed(&addresses, &[0, 1, 2]);
+    stop.store(true, Ordering::Relaxed);
+    let commit = loader.join().expect("the load survived every kill");
+    every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
+}
+
+/// When the first write sent after `instant` was acknowledged, waiting for it up to a minute.
+/// Writes go one at a time, each sent as the previous one is acknowledged, so that is the
+/// second acknowledgement after `instant`: the first may be a reply the killed primary sent
+/// just before it died.
+fn acknowledged_after(acknowledged_at: &AcknowledgedAt, instant: Instant) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let second =
+            acknowledged_at.lock().unwrap().iter().copied().filter(|at| *at > instant).nth(1);
+        if let Some(at) = second {
+            return at;
+        }
+        assert!(Instant::now() < deadline, "no write acknowledged after the primary died");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -44,8 +44,10 @@ use crate::constants::{
 use crate::state_machine::constants::GRID_READS_MAX;
 use crate::vsr::header::Header;
 
-/// Connections a replica keeps: one per peer replica plus its clients.
-pub const CONNECTIONS_MAX: usize = REPLICAS_MAX - 1 + CLIENTS_MAX;
+/// Connections a replica keeps: one per peer replica, its clients, and one for a newcomer that
+/// has not said who it is yet (so that a lower replica reconnecting, or a client, finds room
+/// while the old connection it replaces is still open).
+pub const CONNECTIONS_MAX: usize = REPLICAS_MAX + CLIENTS_MAX;
 /// Messages queued for sending on one connection.
 pub const CONNECTION_SEND_QUEUE_MAX: usize = 4;
 /// Messages queued for sending to one peer replica: a pipeline of prepares on top.

@@ -103,9 +103,11 @@ impl MessageBus {
                 return self.dial_schedule(replica);
             }
         };
+        let ticks = self.ticks;
         let connection = &mut self.connections[index];
         assert!(connection.receive_buffer.is_none() && connection.send_queue.is_empty());
         assert!(!connection.receive_in_flight && !connection.send_in_flight);
+        connection.opened_tick = ticks;
         connection.state = ConnectionState::Connecting;
         connection.fd = fd;
         connection.address = Some(address);

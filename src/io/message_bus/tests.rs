@@ -305,24 +305,44 @@ fn invalid_messages_close_only_their_connection() {
 }
 
 #[test]
-fn connections_beyond_the_limit_are_refused() {
-    // Goal: with CONNECTIONS_MAX connections open, one more is accepted and closed at once
-    // (the client reads the end of the stream); once a connection closes, a new one is served.
+fn connections_beyond_the_limit_give_way_oldest_unidentified_first() {
+    // Goal: clients take every slot but the one kept for a newcomer; a further client is
+    // accepted there and closed once it identifies; an idle connection in that slot gives way
+    // to a newer connection; a client reconnecting at the limit replaces its own older
+    // connection; nothing is refused, and the client slots keep working throughout.
     let mut harness = Harness::new();
-    let mut clients: Vec<TcpStream> = (0..CONNECTIONS_MAX).map(|_| harness.connect()).collect();
-    assert_eq!(harness.bus.connection_count(), CONNECTIONS_MAX);
-    let mut refused = TcpStream::connect(harness.address).unwrap();
-    harness.pump_until(|harness| harness.bus.metrics().connections_refused == 1);
-    refused.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(refused.read(&mut [0u8; 1]).unwrap(), 0);
-    drop(clients.pop());
-    harness.pump_until(|harness| harness.bus.socket_count() == CONNECTIONS_MAX - 1);
-    let mut client = harness.connect();
-    let bytes = request(45, 1, &[]);
-    client.write_all(&bytes).unwrap();
-    assert_eq!(harness.receive(1)[0].bytes(), &bytes[..]);
-    assert_eq!(harness.bus.connection_count(), CONNECTIONS_MAX);
-    assert_eq!(harness.bus.metrics().connections_refused, 1);
+    let client_max = CONNECTIONS_MAX - 1;
+    let mut clients: Vec<TcpStream> = (0..client_max).map(|_| harness.connect()).collect();
+    for (index, client) in clients.iter_mut().enumerate() {
+        client.write_all(&ping_client(100 + index as u64)).unwrap();
+    }
+    drop(harness.receive(client_max));
+    let mut over_limit = harness.connect();
+    over_limit.write_all(&ping_client(99)).unwrap();
+    harness.pump_until(|harness| harness.bus.metrics().connections_clients_over_limit == 1);
+    harness.expect_closed_count(&mut over_limit, 1);
+    let mut idle = harness.connect();
+    let mut newcomer = TcpStream::connect(harness.address).unwrap();
+    harness.expect_closed_count(&mut idle, 2);
+    harness.pump_until(|harness| harness.bus.socket_count() == CONNECTIONS_MAX);
+    assert_eq!(harness.bus.metrics().connections_unidentified_evicted, 1);
+    // The newcomer is client 100 again: its older connection gives way.
+    newcomer.write_all(&ping_client(100)).unwrap();
+    drop(harness.receive(1));
+    harness.expect_closed_count(&mut clients[0], 3);
+    assert_eq!(harness.bus.metrics().connections_superseded_evicted, 1);
+    let bytes = reply(100, &[]);
+    assert!(harness.bus.send_to_client(&mut harness.io, 100, message(&harness.pool, &bytes)));
+    let mut received = vec![0u8; bytes.len()];
+    newcomer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    harness.pump_until(|harness| harness.bus.metrics().messages_sent == 1);
+    newcomer.read_exact(&mut received).unwrap();
+    assert_eq!(received, bytes);
+    let last = request(100 + client_max as u64 - 1, 1, &[]);
+    clients[client_max - 1].write_all(&last).unwrap();
+    assert_eq!(harness.receive(1)[0].bytes(), &last[..]);
+    assert_eq!(harness.bus.connection_count(), client_max);
+    assert_eq!(harness.bus.metrics().connections_refused, 0);
 }
 
 #[test]
@@ -797,4 +817,79 @@ fn reconnect_delay_doubles_up_to_the_maximum_with_jitter() {
         (0..16).map(|_| replicas::reconnect_delay_ticks(&mut prng, 6)).collect::<Vec<_>>()
     };
     assert_eq!(sequence(3), sequence(3));
+}
+
+/// Steps every bus in turn, without ticking, until `condition` holds.
+fn pump_until_all(harnesses: &mut [Harness], mut condition: impl FnMut(&mut [Harness]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition(harnesses) {
+        assert!(Instant::now() < deadline, "timed out");
+        harnesses.iter_mut().for_each(Harness::pump);
+    }
+}
+
+/// Opens connections to replica `replica` that never send a byte until `streams` is full,
+/// waiting after each until the bus has taken it from the kernel's backlog (accepted, or
+/// refused), so that none waits in `connect` for a full backlog. No bus ticks meanwhile.
+fn idle_connections(harnesses: &mut [Harness], replica: usize, streams: &mut Vec<TcpStream>) {
+    let taken = |harness: &Harness| {
+        let metrics = harness.bus.metrics();
+        metrics.connections_accepted + metrics.connections_refused
+    };
+    while streams.len() < streams.capacity() {
+        let before = taken(&harnesses[replica]);
+        streams.push(TcpStream::connect(harnesses[replica].address).unwrap());
+        pump_until_all(harnesses, |harnesses| taken(&harnesses[replica]) > before);
+    }
+}
+
+#[test]
+fn idle_connections_lock_out_neither_clients_nor_replicas() {
+    // Goal: while a flood of connections that never send a byte holds more sockets than the
+    // table has slots, a client that connects is still served, and a lower replica that lost
+    // its connection gets back in; every idle connection is closed within the identification
+    // deadline, and none waits in the kernel's backlog meanwhile. Evicting allocates nothing.
+    let mut harnesses = cluster(2);
+    run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
+    let bytes = request(62, 1, &[]);
+    let mut received = Vec::with_capacity(4);
+    let mut idle = Vec::with_capacity(CONNECTIONS_MAX + 30);
+    allocator::arm();
+    idle_connections(&mut harnesses, 1, &mut idle);
+    let mut client = TcpStream::connect(harnesses[1].address).unwrap();
+    client.write_all(&bytes).unwrap();
+    pump_until_all(&mut harnesses, |harnesses| {
+        inbox_drain(harnesses, 1, &mut received);
+        !received.is_empty()
+    });
+    let allocations = allocator::allocations_since_armed();
+    allocator::disarm();
+    assert_eq!(allocations, 0);
+    assert_eq!(received[0].bytes(), &bytes[..]);
+    drop(received);
+    let acceptor = &mut harnesses[1];
+    let index = acceptor.bus.replica_connections[0].expect("replica 0 is connected");
+    acceptor.bus.close(&mut acceptor.io, index, CloseReason::PeerClosed);
+    run_until(&mut harnesses, |harnesses| !harnesses[1].bus.replica_connected(0));
+    run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
+    assert_eq!(harnesses[1].bus.metrics().replicas_identified, 2);
+    // Past the deadline the flood is gone: each idle connection was evicted for a newer one or
+    // timed out, none was refused, and each idle socket reads the end of the stream.
+    let idle_count = idle.len() as u64;
+    run_until(&mut harnesses, |harnesses| {
+        let metrics = harnesses[1].bus.metrics();
+        metrics.connections_unidentified_timed_out + metrics.connections_unidentified_evicted
+            == idle_count
+    });
+    let metrics = harnesses[1].bus.metrics();
+    let evicted_count = idle_count + 1 - (CONNECTIONS_MAX - 1) as u64;
+    assert!(metrics.connections_unidentified_evicted >= evicted_count, "{metrics:?}");
+    assert!(metrics.connections_unidentified_timed_out >= 1, "{metrics:?}");
+    assert_eq!(metrics.connections_refused, 0);
+    for stream in idle.iter_mut() {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(stream.read(&mut [0u8; 1]).unwrap(), 0);
+    }
+    assert_eq!(harnesses[1].bus.connection_count(), 2, "the client and replica 0 stay");
+    assert!(harnesses[1].bus.replica_connected(0) && harnesses[0].bus.replica_connected(1));
 }
