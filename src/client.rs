@@ -33,6 +33,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_millis(2_000);
 /// How soon a request goes again after a backup named the primary or a replica was unreachable.
 pub const REDIRECT_DELAY: Duration = Duration::from_millis(10);
+/// How soon a request goes again to a primary that answered it is between views.
+pub const PRIMARY_BUSY_DELAY: Duration = Duration::from_millis(50);
 /// How long a request keeps retrying before the call fails.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -98,6 +100,7 @@ impl Client {
             request_timeout: REQUEST_TIMEOUT.as_millis() as u64,
             request_timeout_max: REQUEST_TIMEOUT_MAX.as_millis() as u64,
             redirect_delay: REDIRECT_DELAY.as_millis() as u64,
+            primary_busy_delay: PRIMARY_BUSY_DELAY.as_millis() as u64,
         };
         let id = random_client_id();
         Client {

@@ -103,6 +103,8 @@ pub struct WorkloadMetrics {
     /// Requests sent again by the client core (timeouts, redirects).
     pub client_requests_resent: u64,
     pub client_redirects: u64,
+    /// Requests asked again soon of a primary between views.
+    pub client_primary_busy: u64,
 }
 }
 
@@ -183,6 +185,7 @@ impl Workload {
             request_timeout: options.request_timeout_ticks,
             request_timeout_max: options.request_timeout_ticks * REQUEST_TIMEOUT_MAX_FACTOR,
             redirect_delay: 1,
+            primary_busy_delay: 5,
         };
         for index in 0..options.client_count {
             let id = workload.client_id_new(index);
@@ -216,6 +219,7 @@ impl Workload {
             metrics.client_requests_resent += core.client_requests_resent;
             metrics.client_reply_duplicate_dropped += core.client_reply_duplicate_dropped;
             metrics.client_redirects += core.client_redirects;
+            metrics.client_primary_busy += core.client_primary_busy;
         }
         metrics
     }

@@ -43,6 +43,9 @@ use crate::vsr::header::{
     self, Checksum, ClientId, ClusterId, Command, Header, Op, Operation, ReplicaIndex, View,
 };
 
+/// Quick retries of a primary that answers it is between views, per request.
+pub const PRIMARY_BUSY_RETRIES_MAX: u32 = 16;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientOptions {
     pub cluster: ClusterId,
@@ -54,6 +57,10 @@ pub struct ClientOptions {
     /// How long after a backup names the primary, or a replica proves unreachable, the
     /// request goes again.
     pub redirect_delay: u64,
+    /// How long after the primary answers that it is between views (its view change is under
+    /// way) the request goes to it again: a view change takes milliseconds once it starts, so
+    /// the client asks again soon rather than wait out a timeout.
+    pub primary_busy_delay: u64,
 }
 
 /// The request in flight.
@@ -65,6 +72,15 @@ pub struct InFlight {
     pub checksum: Checksum,
     /// Copies sent so far.
     pub sends: u32,
+    /// Copies whose wait ran out (or whose replica proved unreachable): the backoff doubles
+    /// with each, not with redirects.
+    timeouts: u32,
+    /// The next copy is due to a redirect (or a busy primary), not a timeout.
+    redirected: bool,
+    /// Pongs from the primary itself between views, each answered by a quick retry, up to
+    /// `PRIMARY_BUSY_RETRIES_MAX` (a primary stuck between views, cut off from its peers,
+    /// must not hold the client: the timeouts move it on).
+    busy_count: u32,
     /// The replica the latest copy went to.
     pub target: ReplicaIndex,
     /// Where the next copy goes, and when.
@@ -95,6 +111,8 @@ pub struct ClientMetrics {
     /// Replies that named another request than the one in flight (duplicates, late copies).
     pub client_reply_duplicate_dropped: u64,
     pub client_redirects: u64,
+    /// Pongs from the primary itself while it was between views: asked again soon.
+    pub client_primary_busy: u64,
     pub client_unreachable: u64,
     pub client_evictions: u64,
     pub client_reads_abandoned: u64,
@@ -238,6 +256,9 @@ impl ClientCore {
             operation,
             checksum: header.checksum,
             sends: 0,
+            timeouts: 0,
+            redirected: false,
+            busy_count: 0,
             target,
             target_next: target,
             send_at: now,
@@ -266,7 +287,8 @@ impl ClientCore {
         if now < in_flight.send_at {
             return None;
         }
-        let shift = in_flight.sends.min(16);
+        let timed_out = in_flight.sends > 0 && !in_flight.redirected;
+        let shift = (in_flight.timeouts + u32::from(timed_out)).min(16);
         let timeout = (self.options.request_timeout << shift).min(self.options.request_timeout_max);
         let jitter = self.prng_next() % (timeout / 2 + 1);
         let replica_count = self.options.replica_count;
@@ -277,6 +299,8 @@ impl ClientCore {
         let target = in_flight.target_next;
         assert!(target < replica_count);
         in_flight.sends += 1;
+        in_flight.timeouts = shift;
+        in_flight.redirected = false;
         in_flight.target = target;
         // Unless a reply or a redirect comes first, the next copy goes to the next replica.
         in_flight.target_next = (target + 1) % replica_count;
@@ -293,6 +317,9 @@ impl ClientCore {
             return;
         };
         self.metrics.client_unreachable += 1;
+        // It counts as a timeout for the backoff: else a client would cycle through dead
+        // replicas as fast as connections are refused.
+        in_flight.redirected = false;
         in_flight.target_next = (in_flight.target + 1) % replica_count;
         in_flight.send_at = in_flight.send_at.min(now + redirect_delay);
     }
@@ -340,14 +367,28 @@ impl ClientCore {
         self.view = self.view.max(header.view);
         let primary = self.primary();
         let redirect_delay = self.options.redirect_delay;
+        let busy_delay = self.options.primary_busy_delay;
         let Some(in_flight) = self.in_flight.as_mut() else {
             return Outcome::Dropped("a pong with no request in flight");
         };
-        if in_flight.operation.is_read() || in_flight.target == primary {
-            // A read is served by any replica; a primary between views answers itself.
+        if in_flight.operation.is_read() {
+            // A read is served by any replica.
             return Outcome::Dropped("a pong that names no other primary");
         }
+        if in_flight.target == primary && in_flight.busy_count < PRIMARY_BUSY_RETRIES_MAX {
+            // The primary itself, between views: asked again soon, without backoff.
+            self.metrics.client_primary_busy += 1;
+            in_flight.busy_count += 1;
+            in_flight.target_next = primary;
+            in_flight.redirected = true;
+            in_flight.send_at = in_flight.send_at.min(now + busy_delay);
+            return Outcome::Dropped("the primary is between views");
+        }
+        if in_flight.target == primary {
+            return Outcome::Dropped("the primary is between views, again");
+        }
         self.metrics.client_redirects += 1;
+        in_flight.redirected = true;
         in_flight.target_next = primary;
         in_flight.send_at = in_flight.send_at.min(now + redirect_delay);
         Outcome::Redirect
@@ -387,6 +428,7 @@ mod tests {
             request_timeout: 10,
             request_timeout_max: 40,
             redirect_delay: 1,
+            primary_busy_delay: 2,
         }
     }
 
@@ -482,6 +524,43 @@ mod tests {
         assert_eq!(core.on_message(&pong, 13), Outcome::Redirect);
         assert_eq!(core.poll_send(14), Some(2));
         assert_eq!(core.primary(), 2);
+    }
+
+    #[test]
+    fn a_primary_between_views_is_asked_again_soon_and_redirects_do_not_grow_the_backoff() {
+        // Goal: after a failover the client reaches the new primary without waiting out
+        // doubled timeouts: a redirect does not double the wait, and the new primary that
+        // answers it is between views is asked again after `primary_busy_delay`, a bounded
+        // number of times, after which timeouts move the request on.
+        let mut core = registered_core();
+        core.request_start(Operation::Append, &[9; 24], 10);
+        assert_eq!(core.poll_send(10), Some(0));
+        let mut now = 11;
+        while core.poll_send(now).is_none() {
+            now += 1;
+        }
+        assert_eq!(core.in_flight().unwrap().target, 1, "timed out: the next replica");
+        let mut pong = Header::new(Command::PongClient, 7);
+        pong.client = core.id();
+        pong.view = 2;
+        assert_eq!(core.on_message(&pong, now), Outcome::Redirect);
+        now += 1;
+        assert_eq!(core.poll_send(now), Some(2));
+        let mut busy_sends = 0;
+        while busy_sends < PRIMARY_BUSY_RETRIES_MAX {
+            assert!(matches!(core.on_message(&pong, now), Outcome::Dropped(_)));
+            now += 2;
+            assert_eq!(core.poll_send(now), Some(2), "asked again after the busy delay");
+            busy_sends += 1;
+        }
+        assert_eq!(core.metrics().client_primary_busy, u64::from(PRIMARY_BUSY_RETRIES_MAX));
+        // The copies after redirects waited no more than one timeout had doubled once.
+        let in_flight = core.in_flight().unwrap();
+        assert_eq!(in_flight.timeouts, 1);
+        core.on_message(&pong, now);
+        assert_eq!(core.poll_send(now + 2), None, "no more quick retries");
+        let due = core.send_due().unwrap();
+        assert!(due > now + 2 && due <= now + 30, "{due} {now}");
     }
 
     #[test]
