@@ -351,9 +351,20 @@ impl Replica {
     }
 
     /// The event store's part of the durable checkpoint (where its grid ends, and its streams
-    /// table).
+    /// table); all zero until the superblock is open.
     pub fn checkpoint_state(&self) -> CheckpointState {
+        if self.open_phase == OpenPhase::Superblock {
+            return CheckpointState::default();
+        }
         CheckpointState::from_vsr_state(&self.superblock.working().vsr_state())
+    }
+
+    /// Opening, and waiting for a peer's copy of a grid block of the checkpoint (the driver
+    /// keeps the bus and the ticks running meanwhile).
+    pub fn open_waits_for_peers(&self) -> bool {
+        self.status == Status::Recovering
+            && self.open_phase == OpenPhase::StateMachine
+            && self.grid_repair.pending_count() > 0
     }
 
     /// Grid blocks found bad and not yet repaired from a peer.

@@ -19,6 +19,9 @@
 //!    from the checkpoint's prepare, so a checkpoint that is not the canonical log's is never
 //!    built on.
 //!
+//! Grid repair (`grid_repair.rs`) fetches single bad blocks with the same `request_blocks` and
+//! `block` messages, marked by checkpoint op 0.
+//!
 //! Client replies stored before the sync are dropped: a retry of one gets an eviction (the
 //! client registers again), never a wrong answer.
 
