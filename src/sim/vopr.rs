@@ -91,6 +91,7 @@ pub fn command(arguments: &[String]) -> i32 {
     print!("{}", options_describe(&options));
     let (summary, faults, result) = simulate_with_faults(&options);
     print!("{}", summary_describe(&summary));
+    print!("{}", coverage_describe(&summary));
     if result.is_err() {
         println!("faults injected ({}):", faults.len());
         for fault in &faults {
@@ -304,6 +305,25 @@ pub fn summary_describe(summary: &Summary) -> String {
         summary.trace_hash,
         summary.trace_events,
     )
+}
+
+/// The fault paths the run reached, one `name count` per line, so that a path a campaign
+/// never reached is visible.
+pub fn coverage_describe(summary: &Summary) -> String {
+    let grid = &summary.grid;
+    let counters = [
+        ("grid_blocks_corrupted", grid.grid_blocks_corrupted),
+        ("grid_blocks_misdirected", grid.grid_blocks_misdirected),
+        ("grid_blocks_repaired_open", grid.grid_blocks_repaired_open),
+        ("grid_blocks_repaired_read", grid.grid_blocks_repaired_read),
+        ("grid_blocks_repaired_scrub", grid.grid_blocks_repaired_scrub),
+        ("grid_blocks_scrubbed", grid.grid_blocks_scrubbed),
+    ];
+    let mut text = String::from("coverage:\n");
+    for (name, count) in counters {
+        text.push_str(&format!("  {name} {count}\n"));
+    }
+    text
 }
 
 /// Runs one simulation. A panic anywhere in it (a replica's assertion) is caught and reported
