@@ -95,9 +95,9 @@ pub const GRID_SCRUB_BLOCK_TICKS: u64 = 1000 / TICK_MS / GRID_SCRUB_BLOCKS_PER_S
 /// found again later.
 pub const GRID_REPAIRS_MAX: usize = 8;
 
-/// Chunk writes grid repair keeps in flight, and the scrubber's chunk reads (one at a time).
+/// Chunk writes grid repair keeps in flight, and chunk reads the scrubber keeps in flight.
 pub const GRID_REPAIR_WRITES_MAX: usize = 4;
-pub const GRID_SCRUB_READS_MAX: usize = 1;
+pub const GRID_SCRUB_READS_MAX: usize = 4;
 
 /// The default grid size for `kimberlite format`.
 pub const GRID_SIZE_DEFAULT: u64 = 1024 * 1024 * 1024;

@@ -15,8 +15,9 @@
 //!   `block_corrupt` with the events before the block (retryable: never a wrong event); the
 //!   block is fetched and checked against that checksum, and the retry finds it sound.
 //! - **Scrub**: the scrubber reads every block below the durable grid head, one block every
-//!   `GRID_SCRUB_BLOCK_TICKS`, chunk by chunk into one message buffer, and checks each against
-//!   its own checksum, address, cluster, kind and version.
+//!   `GRID_SCRUB_BLOCK_TICKS`, from a random one, in chunks (`GRID_SCRUB_READS_MAX` at a time,
+//!   into message buffers), and checks each against its own checksum, address, cluster, kind
+//!   and version.
 //!
 //! A fetched block is taken once its chunks, combined, give the checksum its header names, its
 //! header names this address and cluster, and (when the pointer's checksum is known) that
@@ -27,6 +28,7 @@
 use super::{OpenPhase, Replica, Status};
 use crate::constants::{
     BLOCK_SIZE, GRID_REPAIR_WRITES_MAX, GRID_REPAIRS_MAX, GRID_SCRUB_BLOCK_TICKS,
+    GRID_SCRUB_READS_MAX,
 };
 use crate::state_machine::BlockFault;
 use crate::state_machine::constants::BLOCK_VERSION;
@@ -64,12 +66,16 @@ struct Fault {
     cause: RepairCause,
 }
 
-/// The scrubber's read of one block, chunk by chunk.
+/// The scrubber's read of one block, up to `GRID_SCRUB_READS_MAX` chunks at a time.
 #[derive(Clone, Copy, Debug)]
 struct Scrub {
+    /// The first block was chosen (at random).
+    started: bool,
     address: u64,
-    chunk: usize,
-    reading: bool,
+    /// The next chunk to read, the chunks read, and the reads in flight.
+    chunk_next: usize,
+    chunks_done: usize,
+    reads: usize,
     /// The tick at which the next block may be started.
     tick_next: u64,
     checksums: [Checksum; CHUNKS_PER_BLOCK_MAX],
@@ -113,9 +119,11 @@ impl GridRepair {
             verified: false,
             open_repairs: 0,
             scrub: Scrub {
+                started: false,
                 address: 0,
-                chunk: 0,
-                reading: false,
+                chunk_next: 0,
+                chunks_done: 0,
+                reads: 0,
                 tick_next: 0,
                 checksums: [0; CHUNKS_PER_BLOCK_MAX],
                 named: 0,
@@ -127,7 +135,7 @@ impl GridRepair {
 
     /// Grid I/O of repair or scrub is in flight.
     pub fn busy(&self) -> bool {
-        self.chunks_writing != 0 || self.scrub.reading
+        self.chunks_writing != 0 || self.scrub.reads > 0
     }
 
     /// Blocks found bad and not yet repaired.
@@ -372,7 +380,7 @@ impl Replica {
 impl Replica {
     fn scrub_tick<S: Storage>(&mut self, storage: &mut S) {
         let scrub = &self.grid_repair.scrub;
-        if scrub.reading || self.ticks < scrub.tick_next || self.sync.active() {
+        if scrub.reads > 0 || self.ticks < scrub.tick_next || self.sync.active() {
             // State sync installs only once no grid I/O is in flight.
             return;
         }
@@ -380,23 +388,37 @@ impl Replica {
         if grid_head == 0 {
             return;
         }
+        if !self.grid_repair.scrub.started {
+            // From a random block, so that a replica that restarts often still covers its
+            // whole grid over its lives.
+            self.grid_repair.scrub.started = true;
+            self.grid_repair.scrub.address = self.prng_next() % grid_head;
+        }
         let scrub = &mut self.grid_repair.scrub;
         if scrub.address >= grid_head {
             scrub.address = 0;
         }
-        scrub.chunk = 0;
+        scrub.chunk_next = 0;
+        scrub.chunks_done = 0;
         scrub.unreadable = false;
         scrub.header_sound = false;
         scrub.tick_next = self.ticks + GRID_SCRUB_BLOCK_TICKS;
-        self.scrub_read(storage);
+        while self.grid_repair.scrub.reads < GRID_SCRUB_READS_MAX
+            && self.grid_repair.scrub.chunk_next < self.sync_chunk_count()
+        {
+            self.scrub_read(storage);
+        }
     }
 
+    /// Submits the read of the next chunk of the block being scrubbed.
     fn scrub_read<S: Storage>(&mut self, storage: &mut S) {
         let chunk_size = self.sync_chunk_size();
         let scrub = &mut self.grid_repair.scrub;
-        let offset = scrub.chunk * chunk_size;
+        let offset = scrub.chunk_next * chunk_size;
         let address = scrub.address;
-        scrub.reading = true;
+        scrub.chunk_next += 1;
+        scrub.reads += 1;
+        assert!(scrub.reads <= GRID_SCRUB_READS_MAX);
         let request = IoRequest {
             token: IoToken { owner: IoOwner::Sync, index: SCRUB_TOKEN },
             kind: IoKind::Read,
@@ -410,31 +432,38 @@ impl Replica {
 
     fn scrub_read_complete<S: Storage>(&mut self, storage: &mut S, completion: Completion) {
         let cluster = self.config.cluster;
+        let chunk_size = self.sync_chunk_size() as u64;
         let scrub = &mut self.grid_repair.scrub;
-        assert!(scrub.reading);
-        scrub.reading = false;
+        assert!(scrub.reads > 0);
+        scrub.reads -= 1;
+        let block_offset = self.layout.offset(Zone::Grid, scrub.address * BLOCK_SIZE as u64);
+        let chunk = ((completion.request.offset - block_offset) / chunk_size) as usize;
         let bytes = &completion.buffer.buffer()[..completion.request.length];
         if completion.result.is_err() {
             scrub.unreadable = true;
         } else {
-            if scrub.chunk == 0 {
+            if chunk == 0 {
                 scrub.header_sound = block_header_invalid(bytes, cluster, scrub.address).is_none();
                 scrub.named = Checksum::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
             }
-            scrub.checksums[scrub.chunk] = chunk_checksum(scrub.chunk, bytes);
+            scrub.checksums[chunk] = chunk_checksum(chunk, bytes);
         }
+        scrub.chunks_done += 1;
         drop(completion);
-        self.grid_repair.scrub.chunk += 1;
-        if self.grid_repair.scrub.chunk < self.sync_chunk_count() {
+        let count = self.sync_chunk_count();
+        if self.grid_repair.scrub.chunk_next < count {
             return self.scrub_read(storage);
         }
-        self.scrub_block_done();
+        if self.grid_repair.scrub.chunks_done == count {
+            self.scrub_block_done();
+        }
     }
 
     /// Every chunk of the block was read: it is sound, or it is queued for repair.
     fn scrub_block_done(&mut self) {
         let count = self.sync_chunk_count();
         let scrub = self.grid_repair.scrub;
+        assert_eq!(scrub.reads, 0);
         let checksum = self.chunks_checksum(&scrub.checksums[..count]);
         let sound = !scrub.unreadable && scrub.header_sound && checksum == scrub.named;
         self.metrics.grid_blocks_scrubbed += 1;
