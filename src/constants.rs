@@ -83,6 +83,22 @@ pub const VIEW_CHANGE_HEADERS_MAX: usize = 4 * PIPELINE_PREPARE_QUEUE_MAX;
 /// The size of a grid block (events and checkpointed tables).
 pub const BLOCK_SIZE: usize = 512 * 1024;
 
+/// Grid blocks the background scrubber reads per second, at most: enough to read a default
+/// 1 GiB grid (2,048 blocks) about every 9 minutes, little next to the disk's bandwidth (2 MiB/s).
+pub const GRID_SCRUB_BLOCKS_PER_SECOND: u64 = 4;
+
+/// Ticks between the starts of two scrubber block reads.
+pub const GRID_SCRUB_BLOCK_TICKS: u64 = 1000 / TICK_MS / GRID_SCRUB_BLOCKS_PER_SECOND;
+
+/// Grid blocks found bad (at open, by a read, by the scrubber) that wait to be fetched again
+/// from a peer; one is fetched at a time, and a block found bad while the queue is full is
+/// found again later.
+pub const GRID_REPAIRS_MAX: usize = 8;
+
+/// Chunk writes grid repair keeps in flight, and chunk reads the scrubber keeps in flight.
+pub const GRID_REPAIR_WRITES_MAX: usize = 4;
+pub const GRID_SCRUB_READS_MAX: usize = 4;
+
 /// The default grid size for `kimberlite format`.
 pub const GRID_SIZE_DEFAULT: u64 = 1024 * 1024 * 1024;
 
@@ -149,6 +165,9 @@ const_assert!(SUPERBLOCK_QUORUM_VERIFY + SUPERBLOCK_QUORUM_OPEN > SUPERBLOCK_COP
 const_assert!(SUPERBLOCK_QUORUM_VERIFY <= SUPERBLOCK_COPIES);
 const_assert!(SUPERBLOCK_COPY_SIZE.is_multiple_of(SECTOR_SIZE));
 const_assert!(BLOCK_SIZE.is_multiple_of(SECTOR_SIZE));
+const_assert!(GRID_SCRUB_BLOCK_TICKS >= 1);
+const_assert!(GRID_SCRUB_BLOCKS_PER_SECOND * (BLOCK_SIZE as u64) <= 4 * 1024 * 1024);
+const_assert!(GRID_REPAIRS_MAX >= 1);
 const_assert!(GRID_SIZE_DEFAULT.is_multiple_of(BLOCK_SIZE as u64));
 const_assert!(GRID_SIZE_MAX.is_multiple_of(BLOCK_SIZE as u64));
 const_assert!(FORMAT_WRITE_SIZE.is_multiple_of(SECTOR_SIZE));

@@ -124,7 +124,9 @@ fn timeout_seed() -> u64 {
     hasher.finish()
 }
 
-/// Opens the replica, feeding it disk completions until it is `Normal` or has failed.
+/// Opens the replica, feeding it disk completions until it is `Normal` or has failed, or
+/// until its open waits for a peer (a grid block of its checkpoint to repair): the event loop
+/// then goes on with the bus running.
 fn replica_open(replica: &mut Replica, storage: &mut IoStorage) -> Result<(), &'static str> {
     replica.open(storage);
     let mut completions = Vec::with_capacity(IO_OPERATIONS_MAX);
@@ -135,6 +137,13 @@ fn replica_open(replica: &mut Replica, storage: &mut IoStorage) -> Result<(), &'
             Status::Init | Status::Recovering => {}
         }
         if storage.in_flight() == 0 {
+            if replica.open_waits_for_peers() {
+                log_line(format_args!(
+                    "replica {}: a grid block of the checkpoint is bad; fetching it from a peer",
+                    replica.config().replica
+                ));
+                return Ok(());
+            }
             return Err("opening stopped with no disk operation in flight");
         }
         storage.poll(&mut completions, IO_OPERATIONS_MAX);

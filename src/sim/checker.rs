@@ -59,6 +59,10 @@ pub enum Violation {
     CheckpointBackwards { replica: usize, checkpoint_op: Op, before: Op },
     /// A replica stopped (`Status::Failed`) with this reason.
     ReplicaFailed { replica: usize, reason: &'static str },
+    /// Two replicas that checkpointed the same op hold different bytes in a grid block below
+    /// that checkpoint's grid head (after repair): the grid is not the function of the log it
+    /// must be, or a repair wrote a wrong block.
+    GridDiverged { replica: usize, other: usize, checkpoint_op: Op, address: u64 },
     /// The run did not converge within its tick budget after the faults stopped.
     Liveness { reason: String },
 }
@@ -125,6 +129,11 @@ impl std::fmt::Display for Violation {
             Violation::ReplicaFailed { replica, reason } => {
                 write!(formatter, "replica {replica} stopped: {reason}")
             }
+            Violation::GridDiverged { replica, other, checkpoint_op, address } => write!(
+                formatter,
+                "grid: replicas {replica} and {other} checkpointed op {checkpoint_op} but differ \
+                 in grid block {address}"
+            ),
             Violation::Liveness { reason } => write!(formatter, "no liveness: {reason}"),
         }
     }

@@ -12,15 +12,17 @@
 //! partitions of replica and client links that heal by themselves; and crashes: a replica (the
 //! primary too, when the run draws primary crashes) loses or tears its writes in flight and
 //! restarts from its disk after a while, in a replicated cluster possibly with a rotten or
-//! misdirected WAL sector; half the crashes go to a replica in the middle of a view change when
-//! there is one. Partitions also isolate the primary. At most `f` replicas are failed at once (at least one, so a cluster of one or two
+//! misdirected WAL sector, and possibly with a grid block (events or streams table, below its
+//! durable grid head) rotten or misdirected, never on two replicas for the same block at once;
+//! half the crashes go to a replica in the middle of a view change when there is one. Partitions also isolate the primary. At most `f` replicas are failed at once (at least one, so a cluster of one or two
 //! still crashes): down, still opening, or holding WAL entries found faulty that a peer's log
 //! has not replaced yet. The run's fault phase is
 //! followed by a liveness phase: every link heals, every replica restarts, clients start no
-//! new requests, and the cluster must converge within a tick budget.
+//! new requests, and the cluster must converge within a tick budget: every damaged grid block
+//! repaired, and replicas that checkpointed the same op holding the same grid bytes below it.
 
 use crate::constants::{
-    HEADER_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, TICK_MS,
+    BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, TICK_MS,
 };
 use crate::io::allocator;
 use crate::sim::checker::{Checker, Violation};
@@ -30,6 +32,7 @@ use crate::sim::prng::Prng;
 use crate::sim::storage::{Latency, MemoryStorage};
 use crate::sim::trace::{Event, Trace};
 use crate::sim::workload::{ReplyRecord, Workload, WorkloadMetrics, WorkloadOptions};
+use crate::state_machine::grid_block_invalid;
 use crate::vsr::format::fill_range;
 use crate::vsr::header::{Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::layout::{Config, Layout, Zone};
@@ -47,6 +50,8 @@ const REPLAYABLE_MAX: usize = 64;
 /// chains of zero-latency I/O.
 const COMPLETION_ROUNDS_MAX: usize = 64;
 const COMPLETIONS_MAX: usize = 256;
+/// Ticks between checks of which damaged grid blocks were repaired.
+const GRID_FAULTS_PRUNE_TICKS: u64 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultOptions {
@@ -246,6 +251,10 @@ pub struct ClusterMetrics {
     pub slow_disk_spells: u64,
     /// Spells that began while the replica was in a superblock update or a state sync.
     pub slow_disk_spells_during_superblock_update: u64,
+    /// Grid blocks of crashed replicas rotted (a flipped bit in one sector) or overwritten with
+    /// another block's bytes (a misdirected write), below their durable grid head.
+    pub grid_blocks_corrupted: u64,
+    pub grid_blocks_misdirected: u64,
 }
 }
 
@@ -286,6 +295,9 @@ pub struct Cluster {
     replica_metrics_retired: Metrics,
     /// Recent messages between replicas, for replays.
     replayable: Vec<Vec<u8>>,
+    /// Grid blocks the run damaged, as (replica, address), until found sound again: at most
+    /// one replica holds a damaged copy of a block at a time.
+    grid_faults: Vec<(usize, u64)>,
 }
 
 /// Seeds for the run's independent PRNGs, all derived from the run's seed.
@@ -342,6 +354,7 @@ impl Cluster {
             replayable: Vec::with_capacity(REPLAYABLE_MAX),
             metrics: ClusterMetrics::default(),
             replica_metrics_retired: Metrics::default(),
+            grid_faults: Vec::new(),
         };
         let mut clock_prng = Prng::new(seed_derive(options.seed, 4));
         for _ in 0..replica_count {
@@ -412,7 +425,7 @@ impl Cluster {
         while self.tick < deadline {
             self.step()?;
             if self.convergence_gap().is_none() {
-                return Ok(());
+                return self.grids_check();
             }
         }
         let reason = self.convergence_gap().expect("not converged");
@@ -435,6 +448,9 @@ impl Cluster {
             self.faults_inject();
         }
         self.restarts_due();
+        if self.tick.is_multiple_of(GRID_FAULTS_PRUNE_TICKS) {
+            self.grid_faults_prune();
+        }
         self.check()
     }
 
@@ -644,6 +660,14 @@ fn allocations_counted<T>(armed: bool, allocations: &mut u64, call: impl FnOnce(
     result
 }
 
+/// Whether grid block `address` of a data file fails its own checks.
+fn grid_block_damaged(config: &Config, storage: &MemoryStorage, address: u64) -> bool {
+    let layout = Layout::new(config);
+    let offset = layout.offset(Zone::Grid, address * BLOCK_SIZE as u64) as usize;
+    let block = &storage.bytes()[offset..offset + BLOCK_SIZE];
+    grid_block_invalid(block, config.cluster, address).is_some()
+}
+
 /// What the message bus checks before a replica sees a message (`io::message_bus`): the
 /// header's checksum and `invalid()`, the cluster, the size limit, a command a replica takes,
 /// and the body's checksum.
@@ -824,7 +848,9 @@ impl Cluster {
         } else {
             node.storage.crash();
         }
-        node.replica = None;
+        let replica = node.replica.take().expect("checked above");
+        let grid_head = replica.checkpoint_state().grid_head;
+        drop(replica);
         node.restart_tick = restart_tick.max(self.tick + 1);
         // Within the fault model: a replicated cluster's crashed backup may also come back with
         // one rotten WAL sector, which it must repair from a peer rather than trust.
@@ -858,6 +884,10 @@ impl Cluster {
                 self.trace.record(Event::Corrupt, &[self.tick, index as u64, target as u64]);
             }
         }
+        if replicated && within_f && self.prng.chance(1, 3) {
+            self.grid_block_damage(index, grid_head);
+        }
+        let node = &mut self.replicas[index];
         // With the replica and its disk's queue gone, nothing may hold a buffer of its pool:
         // the network copies messages, it never keeps a replica's buffer.
         assert_eq!(node.pool.free_count(), node.pool.count(), "replica {index} leaked buffers");
@@ -869,10 +899,51 @@ impl Cluster {
         self.faults.push(Fault::Crash { tick, replica: index, torn, restart_tick });
     }
 
+    /// Within the fault model: a block below crashed replica `index`'s durable grid head rots
+    /// (a flipped bit in one of its sectors) or takes another block's bytes (a misdirected
+    /// write), unless another replica's copy of it is damaged and not yet repaired. Event
+    /// blocks and streams-table blocks alike: the replica repairs it from a peer at open, on a
+    /// read, or by its scrubber.
+    fn grid_block_damage(&mut self, index: usize, grid_head: u64) {
+        if grid_head == 0 {
+            return;
+        }
+        let address = self.prng.next_u64() % grid_head;
+        if self.grid_faults.iter().any(|(_, damaged)| *damaged == address) {
+            return;
+        }
+        let layout = Layout::new(&self.replicas[index].config);
+        let block_size = BLOCK_SIZE as u64;
+        let offset = layout.offset(Zone::Grid, address * block_size);
+        let storage = &mut self.replicas[index].storage;
+        if grid_head == 1 || self.prng.chance(2, 3) {
+            let sector = self.prng.next_u64() % (block_size / SECTOR_SIZE as u64);
+            storage.corrupt_sector(offset + sector * SECTOR_SIZE as u64);
+            self.metrics.grid_blocks_corrupted += 1;
+        } else {
+            let source = (address + 1 + self.prng.next_u64() % (grid_head - 1)) % grid_head;
+            let source = layout.offset(Zone::Grid, source * block_size) as usize;
+            let target = offset as usize;
+            storage.bytes_mut().copy_within(source..source + BLOCK_SIZE, target);
+            self.metrics.grid_blocks_misdirected += 1;
+        }
+        self.grid_faults.push((index, address));
+        self.trace.record(Event::Corrupt, &[self.tick, index as u64, offset]);
+    }
+
+    /// Forgets damaged grid blocks that are sound again.
+    fn grid_faults_prune(&mut self) {
+        let replicas = &self.replicas;
+        self.grid_faults.retain(|(index, address)| {
+            grid_block_damaged(&replicas[*index].config, &replicas[*index].storage, *address)
+        });
+    }
+
     /// Replaces crashed replica `index`'s data file with a new one formatted for rejoining
     /// (`kimberlite format --rejoin`): everything it held is gone.
     pub fn reformat_for_rejoin(&mut self, index: usize) {
         self.checker.replica_reformatted(index);
+        self.grid_faults.retain(|(damaged, _)| *damaged != index);
         let node = &mut self.replicas[index];
         assert!(node.replica.is_none(), "replica {index} must be down");
         let layout = Layout::new(&node.config);
@@ -1105,11 +1176,58 @@ impl Cluster {
             let states = self.replica_states();
             return Some(format!("replicas differ in commit number: {commits:?}: {states:?}"));
         }
+        if let Some(gap) = self.grid_gap() {
+            return Some(gap);
+        }
         if !self.workload.idle() {
             let count = self.workload.in_flight_count();
             return Some(format!("{count} client request(s) still unanswered"));
         }
         self.checker.converged(&commits).err()
+    }
+
+    /// A grid block found bad, or damaged by the run, that is not repaired yet.
+    fn grid_gap(&self) -> Option<String> {
+        for (index, node) in self.replicas.iter().enumerate() {
+            let pending = node.replica.as_ref().map_or(0, Replica::grid_faults_pending);
+            if pending > 0 {
+                return Some(format!("replica {index} has {pending} grid block(s) to repair"));
+            }
+        }
+        let unrepaired = self.grid_faults.iter().find(|(index, address)| {
+            let node = &self.replicas[*index];
+            grid_block_damaged(&node.config, &node.storage, *address)
+        });
+        let (index, address) = unrepaired?;
+        Some(format!("replica {index}'s grid block {address} is still damaged"))
+    }
+
+    /// Once converged: replicas that checkpointed the same op hold the same grid bytes below
+    /// that checkpoint's grid head.
+    fn grids_check(&self) -> Result<(), Violation> {
+        let running = self.replicas.iter().enumerate().filter_map(|(index, node)| {
+            node.replica.as_ref().map(|replica| (index, replica.checkpoint_op(), node))
+        });
+        let running: Vec<_> = running.collect();
+        for (position, (index, checkpoint_op, node)) in running.iter().enumerate() {
+            let Some((other, _, other_node)) =
+                running[..position].iter().find(|(_, op, _)| op == checkpoint_op)
+            else {
+                continue;
+            };
+            let replica = node.replica.as_ref().expect("running");
+            let grid_head = replica.checkpoint_state().grid_head;
+            let layout = Layout::new(&node.config);
+            for address in 0..grid_head {
+                let offset = layout.offset(Zone::Grid, address * BLOCK_SIZE as u64) as usize;
+                let range = offset..offset + BLOCK_SIZE;
+                if node.storage.bytes()[range.clone()] != other_node.storage.bytes()[range] {
+                    let (replica, other, checkpoint_op) = (*index, *other, *checkpoint_op);
+                    return Err(Violation::GridDiverged { replica, other, checkpoint_op, address });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every running replica's one-line state, for a convergence report.

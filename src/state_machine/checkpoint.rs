@@ -23,8 +23,10 @@ use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{
     BlockHeader, BlockKind, BlockPointer, TableEntry, TableRoot, stream_id_valid,
 };
-use crate::state_machine::{CheckpointState, Log, StateMachine, Status, TokenKind, token};
-use crate::vsr::header::{Checksum, checksum};
+use crate::state_machine::{
+    BlockFault, CheckpointState, Log, StateMachine, Status, TokenKind, token,
+};
+use crate::vsr::header::{Checksum, ClusterId, checksum};
 use crate::vsr::layout::Zone;
 use crate::vsr::storage::{Completion, IoKind, IoRequest, Storage};
 
@@ -52,6 +54,14 @@ pub(super) struct Opening {
 /// The state checksum: CRC32C of the root, then of the table checksum.
 fn state_checksum(root: &TableRoot, table_checksum: Checksum) -> Checksum {
     crc32c::crc32c_append(checksum(root.as_bytes()), &table_checksum.to_le_bytes())
+}
+
+/// Why `block`, read from `address` as a block of the streams table, fails its own checksum,
+/// address, kind, version or cluster, or `None`. Its checksum is only known from its own
+/// header here: the superblock's checksum of the table's block checksums covers it at the end.
+fn table_block_invalid(block: &[u8], cluster: ClusterId, address: u64) -> Option<&'static str> {
+    let checksum_own = block_header(block).checksum;
+    block_invalid(block, cluster, address, checksum_own, BlockKind::StreamsTable)
 }
 
 fn table_entry_size(blocks: u64) -> usize {
@@ -322,10 +332,19 @@ impl StateMachine {
         let buffer = completion.buffer;
         assert!(self.reads[0].buffer.is_none());
         self.reads[0].buffer = Some(buffer.clone());
-        let loaded = match completion.result {
-            Err(_) => Err("streams table: block unreadable"),
-            Ok(()) => self.open_block_load(buffer.buffer()),
+        let opening = self.opening.expect("an open in progress");
+        let address = opening.checkpoint.streams_table_address + u64::from(opening.block_next);
+        let cluster = self.config.cluster;
+        let invalid = match completion.result {
+            Err(_) => Some("streams table: block unreadable"),
+            Ok(()) => table_block_invalid(buffer.buffer(), cluster, address),
         };
+        if let Some(reason) = invalid {
+            // The block itself is bad (rot, a torn or misdirected write): a peer holds it.
+            self.block_fault = Some(BlockFault { address, checksum: None });
+            return self.open_done(Err(reason));
+        }
+        let loaded = self.open_block_load(buffer.buffer());
         drop(buffer);
         if let Err(reason) = loaded {
             return self.open_done(Err(reason));

@@ -59,7 +59,7 @@ use crate::state_machine::types::{
     CreateStreamResult, DirectoryEntry, EventRecord, Events, ReadReplyHeader, ResultCode,
     TableEntry, TableRoot, batch_split, chain_next, chain_seed, record_size, stream_id_valid,
 };
-use crate::vsr::header::{Checksum, Op, Operation};
+use crate::vsr::header::{Checksum, ClusterId, Op, Operation};
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
@@ -99,6 +99,30 @@ impl CheckpointState {
         state.streams_table_checksum = self.streams_table_checksum;
         state.checkpoint_state_checksum = self.checkpoint_state_checksum;
     }
+}
+
+/// A grid block found bad, for the replica to fetch again from a peer: its address, and the
+/// checksum the pointer that led to it holds (`None` for a streams-table block, whose checksum
+/// only the table's checksum of checksums covers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockFault {
+    pub address: u64,
+    pub checksum: Option<Checksum>,
+}
+
+/// Why `block`, read from grid `address`, fails its own checks (checksum of its bytes,
+/// address, kind, version, cluster), or `None`: what `kimberlite inspect` can verify of a
+/// block without the pointer that leads to it.
+pub fn grid_block_invalid(block: &[u8], cluster: ClusterId, address: u64) -> Option<&'static str> {
+    let Ok((header, _)) = BlockHeader::read_from_prefix(block) else {
+        return Some("block: shorter than its header");
+    };
+    let kind = match header.kind {
+        1 => BlockKind::Events,
+        2 => BlockKind::StreamsTable,
+        _ => return Some("block: wrong kind"),
+    };
+    block::block_invalid(block, cluster, address, header.checksum, kind)
 }
 
 /// Names one read from `read_start` to `poll_read`.
@@ -314,6 +338,8 @@ pub struct StateMachine {
     read_id_next: u64,
     /// The last grid block a read found corrupt (for repair).
     block_faulty_last: Option<u64>,
+    /// The last grid block a read or the open found bad, until the replica takes it.
+    block_fault: Option<BlockFault>,
 }
 
 impl StateMachine {
@@ -352,6 +378,7 @@ impl StateMachine {
             reads_done: VecDeque::with_capacity(GRID_READS_MAX),
             read_id_next: 1,
             block_faulty_last: None,
+            block_fault: None,
         }
     }
 
@@ -377,6 +404,12 @@ impl StateMachine {
     /// repaired (by block address and the checksum its pointers hold).
     pub fn block_faulty_last(&self) -> Option<u64> {
         self.block_faulty_last
+    }
+
+    /// The last grid block a read or the open found bad, once: the replica fetches it again
+    /// from a peer (by address, checked against the checksum) and then retries.
+    pub fn block_fault_take(&mut self) -> Option<BlockFault> {
+        self.block_fault.take()
     }
 
     /// True when `commit` may run: the state machine is open, no checkpoint is in progress, and

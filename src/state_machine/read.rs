@@ -26,7 +26,9 @@ use crate::state_machine::types::{
     BlockKind, BlockPointer, ReadLog, ReadReplyHeader, ReadStream, ResultCode, StreamInfo,
     StreamInfoReply,
 };
-use crate::state_machine::{ReadBusy, ReadId, ReadReply, StateMachine, Status, TokenKind, token};
+use crate::state_machine::{
+    BlockFault, ReadBusy, ReadId, ReadReply, StateMachine, Status, TokenKind, token,
+};
 use crate::vsr::header::Operation;
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::Message;
@@ -337,6 +339,7 @@ impl StateMachine {
             if sound { self.read_block(slot, buffer.buffer()) } else { BlockStep::Corrupt };
         if let BlockStep::Corrupt = block_step {
             self.block_faulty_last = Some(address);
+            self.block_fault = Some(BlockFault { address, checksum: Some(target.checksum) });
         }
         // The read's buffer must be unshared again before the next fetch submits it.
         drop(buffer);

@@ -44,6 +44,7 @@ use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
 use crate::vsr::superblock::{SuperBlock, VsrState};
 
+mod grid_repair;
 mod normal;
 mod open;
 mod rejoin;
@@ -224,6 +225,19 @@ pub struct Metrics {
     /// start_view, headers), because they do not chain with its log: stale entries of another
     /// view, such as the one at the checkpoint op after state sync.
     pub log_headers_stale: u64,
+    /// Grid blocks fetched again from a peer because the open found them bad (the
+    /// checkpoint's streams table).
+    pub grid_blocks_repaired_open: u64,
+    /// Grid blocks fetched again from a peer because a read found them bad.
+    pub grid_blocks_repaired_read: u64,
+    /// Grid blocks fetched again from a peer because the scrubber found them bad.
+    pub grid_blocks_repaired_scrub: u64,
+    /// Grid blocks the scrubber read and verified (sound or not).
+    pub grid_blocks_scrubbed: u64,
+    /// Grid blocks the scrubber found bad.
+    pub grid_blocks_scrub_faulty: u64,
+    /// Blocks from peers refused for grid repair (torn in transit, or not the block asked for).
+    pub grid_repair_blocks_refused: u64,
 }
 }
 
@@ -256,6 +270,7 @@ pub struct Replica {
     rejoin: rejoin::RejoinState,
     target: repair::LogTarget,
     sync: sync::SyncState,
+    grid_repair: grid_repair::GridRepair,
     /// Jitter for timeouts, so replicas do not time out in lockstep (seeded by the driver).
     prng: u64,
     /// Why the last dropped peer message was invalid.
@@ -327,6 +342,7 @@ impl Replica {
             rejoin: rejoin::RejoinState::new(),
             target: repair::LogTarget::new(config.journal_slot_count as usize),
             sync: sync::SyncState::new(),
+            grid_repair: grid_repair::GridRepair::new(),
             prng: seed | 1,
             invalid_last: None,
             op: 0,
@@ -372,6 +388,28 @@ impl Replica {
 
     pub fn commit_min(&self) -> Op {
         self.commit_min
+    }
+
+    /// The event store's part of the durable checkpoint (where its grid ends, and its streams
+    /// table); all zero until the superblock is open.
+    pub fn checkpoint_state(&self) -> CheckpointState {
+        if self.open_phase == OpenPhase::Superblock {
+            return CheckpointState::default();
+        }
+        CheckpointState::from_vsr_state(&self.superblock.working().vsr_state())
+    }
+
+    /// Opening, and waiting for a peer's copy of a grid block of the checkpoint (the driver
+    /// keeps the bus and the ticks running meanwhile).
+    pub fn open_waits_for_peers(&self) -> bool {
+        self.status == Status::Recovering
+            && self.open_phase == OpenPhase::StateMachine
+            && self.grid_repair.pending_count() > 0
+    }
+
+    /// Grid blocks found bad and not yet repaired from a peer.
+    pub fn grid_faults_pending(&self) -> usize {
+        self.grid_repair.pending_count()
     }
 
     pub fn checkpoint_op(&self) -> Op {
@@ -528,12 +566,17 @@ impl Replica {
     pub fn on_tick<S: Storage>(&mut self, storage: &mut S, realtime_ns: u64) {
         self.ticks += 1;
         self.realtime_ns = realtime_ns;
+        if self.status == Status::Recovering && self.open_phase == OpenPhase::StateMachine {
+            // The open may wait for a block of the streams table from a peer.
+            return self.grid_repair_tick(storage);
+        }
         if !self.status.is_open() {
             return;
         }
         if self.rejoin.learning {
             return self.rejoin_tick();
         }
+        self.grid_repair_tick(storage);
         if self.config.replica_count > 1 {
             self.view_change_tick(storage);
         }
@@ -562,10 +605,16 @@ impl Replica {
         let header = *message.header();
         assert!(header.valid_checksum());
         assert_eq!(header.cluster, self.config.cluster);
+        let command = header.command().expect("validated by the bus");
+        let opening =
+            self.status == Status::Recovering && self.open_phase == OpenPhase::StateMachine;
+        if opening && command == Command::Block && header.replica < self.config.replica_count {
+            // The open waits for a block of the streams table that failed its checks.
+            return self.on_block(storage, &message);
+        }
         if !self.status.is_open() {
             return;
         }
-        let command = header.command().expect("validated by the bus");
         if self.rejoin.learning {
             // It acts in no view, and claims none, until it knows the cluster's (`rejoin.rs`).
             let peer =
@@ -1378,6 +1427,7 @@ impl Replica {
         while let Some(read) = self.state_machine.poll_read() {
             self.read_complete(read);
         }
+        self.grid_fault_take();
     }
 
     fn read_complete(&mut self, read: ReadReply) {

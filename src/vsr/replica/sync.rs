@@ -19,11 +19,15 @@
 //!    from the checkpoint's prepare, so a checkpoint that is not the canonical log's is never
 //!    built on.
 //!
+//! Grid repair (`grid_repair.rs`) fetches single bad blocks with the same `request_blocks` and
+//! `block` messages, marked by checkpoint op 0.
+//!
 //! Client replies stored before the sync are dropped: a retry of one gets an eviction (the
 //! client registers again), never a wrong answer.
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
+use super::grid_repair::GRID_REPAIR_TOKEN_FIRST;
 use super::{CheckpointPhase, Destination, Replica, Status, message_finish};
 use crate::constants::{
     BLOCK_SIZE, CLIENTS_MAX, HEADER_SIZE, SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
@@ -36,7 +40,7 @@ use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
 
 /// Chunks one block is fetched in, at most (the smallest message holds a sector of data).
-const CHUNKS_PER_BLOCK_MAX: usize = BLOCK_SIZE / SECTOR_SIZE;
+pub(super) const CHUNKS_PER_BLOCK_MAX: usize = BLOCK_SIZE / SECTOR_SIZE;
 /// Chunks asked for in one `request_blocks`.
 const CHUNKS_PER_REQUEST_MAX: usize = 8;
 /// Ticks between requests of a syncing replica.
@@ -174,12 +178,12 @@ impl Replica {
     }
 
     /// Bytes of a block one `block` message carries.
-    fn sync_chunk_size(&self) -> usize {
+    pub(super) fn sync_chunk_size(&self) -> usize {
         let room = self.config.message_size_max as usize - SECTOR_SIZE;
         (room / SECTOR_SIZE * SECTOR_SIZE).min(BLOCK_SIZE)
     }
 
-    fn sync_chunk_count(&self) -> usize {
+    pub(super) fn sync_chunk_count(&self) -> usize {
         BLOCK_SIZE.div_ceil(self.sync_chunk_size())
     }
 
@@ -310,16 +314,30 @@ impl Replica {
         if !self.sync_request_due() {
             return;
         }
+        let source = self.sync_source();
+        let (address, received) = (self.sync.block_next, self.sync.chunks_received);
+        self.blocks_request_send(source, self.sync.checkpoint_op, address, received);
+    }
+
+    /// Asks `replica` for the chunks of block `address` not in `chunks_received` (bit i: chunk
+    /// i), as many as one request names. State sync names its checkpoint op; grid repair 0.
+    pub(super) fn blocks_request_send(
+        &mut self,
+        replica: ReplicaIndex,
+        checkpoint_op: Op,
+        address: u64,
+        chunks_received: u128,
+    ) {
         let chunk_size = self.sync_chunk_size();
         let mut message = self.pool.get();
         let mut count = 0;
         for chunk in 0..self.sync_chunk_count() {
-            if self.sync.chunks_received & (1 << chunk) != 0 || count == CHUNKS_PER_REQUEST_MAX {
+            if chunks_received & (1 << chunk) != 0 || count == CHUNKS_PER_REQUEST_MAX {
                 continue;
             }
             let offset = chunk * chunk_size;
             let reference = ChunkReference {
-                address: self.sync.block_next,
+                address,
                 offset: offset as u32,
                 length: chunk_size.min(BLOCK_SIZE - offset) as u32,
             };
@@ -330,10 +348,9 @@ impl Replica {
         }
         assert!(count > 0);
         let mut header = self.header_new(Command::RequestBlocks);
-        header.checkpoint_op = self.sync.checkpoint_op;
+        header.checkpoint_op = checkpoint_op;
         let message = message_finish(message, header, count * size_of::<ChunkReference>());
-        let source = self.sync_source();
-        self.send(Destination::Replica(source), message);
+        self.send(Destination::Replica(replica), message);
     }
 
     /// Reads the chunks a syncing peer asks for, as far as the read budget allows; only
@@ -382,7 +399,7 @@ impl Replica {
         }
     }
 
-    fn grid_offset(&self, address: u64, offset: usize) -> u64 {
+    pub(super) fn grid_offset(&self, address: u64, offset: usize) -> u64 {
         self.layout.offset(Zone::Grid, address * BLOCK_SIZE as u64 + offset as u64)
     }
 
@@ -391,6 +408,10 @@ impl Replica {
         storage: &mut S,
         completion: Completion,
     ) {
+        let index = completion.request.token.index;
+        if index >= GRID_REPAIR_TOKEN_FIRST {
+            return self.grid_repair_storage_complete(storage, completion);
+        }
         match completion.request.kind {
             IoKind::Read => self.sync_read_complete(completion),
             IoKind::Write => {
@@ -427,6 +448,11 @@ impl Replica {
     /// A chunk of the block being fetched: checksummed, then written in place.
     pub(super) fn on_block<S: Storage>(&mut self, storage: &mut S, message: &Message) {
         let header = *message.header();
+        if header.checkpoint_op == 0 {
+            // An answer to grid repair, which asks with checkpoint op 0 (state sync never does:
+            // it fetches a checkpoint newer than what this replica executed).
+            return self.grid_repair_on_block(storage, message);
+        }
         let fetching = self.sync.phase == Phase::Blocks
             && header.checkpoint_op == self.sync.checkpoint_op
             && header.op == self.sync.block_next;
@@ -477,12 +503,7 @@ impl Replica {
         if self.sync.chunks_received != all {
             return;
         }
-        let chunk_size = self.sync_chunk_size();
-        let mut checksum = self.sync.chunk_checksums[0];
-        for chunk in 1..chunk_count {
-            let length = chunk_size.min(BLOCK_SIZE - chunk * chunk_size);
-            checksum = crc32c::crc32c_combine(checksum, self.sync.chunk_checksums[chunk], length);
-        }
+        let checksum = self.chunks_checksum(&self.sync.chunk_checksums[..chunk_count]);
         self.sync.chunks_received = 0;
         if checksum != self.sync.block_checksum {
             // A chunk was torn or rotten at its source: fetch the block again.
@@ -494,10 +515,23 @@ impl Replica {
         self.sync_request_blocks(storage);
     }
 
+    /// The checksum of a whole block from the checksums of its chunks (the first without the
+    /// block's own 4-byte checksum field), as a block's header names it.
+    pub(super) fn chunks_checksum(&self, chunk_checksums: &[Checksum]) -> Checksum {
+        let chunk_size = self.sync_chunk_size();
+        let mut checksum = chunk_checksums[0];
+        for (chunk, chunk_checksum) in chunk_checksums.iter().enumerate().skip(1) {
+            let length = chunk_size.min(BLOCK_SIZE - chunk * chunk_size);
+            checksum = crc32c::crc32c_combine(checksum, *chunk_checksum, length);
+        }
+        checksum
+    }
+
     /// Installs the checkpoint once every block is durable and nothing else is in flight.
     fn sync_install<S: Storage>(&mut self, storage: &mut S) {
         assert_eq!(self.sync.phase, Phase::Install);
         let busy = self.sync.writes > 0
+            || self.grid_repair.busy()
             || self.journal.writing()
             || self.journal.truncating()
             || !self.journal_reads.is_empty()

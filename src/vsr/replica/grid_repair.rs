@@ -1,0 +1,477 @@
+//! Grid repair and the scrubber. The grid is a deterministic function of the committed log
+//! (`docs/event-store.md`), so every peer that checkpointed past a block holds the same bytes
+//! at its address: a block found bad is fetched again from a peer, by address, with the
+//! state-sync messages (`request_blocks` → `block`, in chunks, `sync.rs`), and written in place.
+//! Grid repair asks with checkpoint op 0, which is how a `block` answer finds its way here
+//! rather than to state sync; a peer serves only blocks below its own durable grid head, which
+//! never change.
+//!
+//! A block is found bad in three ways, each a cause counted in `Metrics`:
+//!
+//! - **Open**: a block of the checkpoint's streams table fails its own checks. The replica
+//!   stays in `Recovering`, fetches it, and opens the event store again. With one replica there
+//!   is no peer and the open fails, as it must.
+//! - **Read**: a read met a block that fails its pointer's checksum. The client got
+//!   `block_corrupt` with the events before the block (retryable: never a wrong event); the
+//!   block is fetched and checked against that checksum, and the retry finds it sound.
+//! - **Scrub**: the scrubber reads every block below the durable grid head, one block every
+//!   `GRID_SCRUB_BLOCK_TICKS`, from a random one, in chunks (`GRID_SCRUB_READS_MAX` at a time,
+//!   into message buffers), and checks each against its own checksum, address, cluster, kind
+//!   and version.
+//!
+//! A fetched block is taken once its chunks, combined, give the checksum its header names, its
+//! header names this address and cluster, and (when the pointer's checksum is known) that
+//! checksum; otherwise it is fetched again, from the next peer. Chunks are written as they
+//! arrive (the block was bad already), never two writes of one chunk at once, and the repair
+//! is over once every write has landed. Faults wait in a fixed queue (`GRID_REPAIRS_MAX`).
+
+use super::{OpenPhase, Replica, Status};
+use crate::constants::{
+    BLOCK_SIZE, GRID_REPAIR_WRITES_MAX, GRID_REPAIRS_MAX, GRID_SCRUB_BLOCK_TICKS,
+    GRID_SCRUB_READS_MAX,
+};
+use crate::state_machine::BlockFault;
+use crate::state_machine::constants::BLOCK_VERSION;
+use crate::state_machine::types::{BlockHeader, BlockKind};
+use crate::vsr::header::{Checksum, ClusterId, ReplicaIndex};
+use crate::vsr::layout::Zone;
+use crate::vsr::message_pool::Message;
+use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
+use zerocopy::FromBytes;
+
+use super::sync::CHUNKS_PER_BLOCK_MAX;
+
+/// `IoOwner::Sync` token indexes from here on are grid repair's: the scrubber's read, then
+/// one per chunk for repair writes (state sync uses the indexes below).
+pub(super) const GRID_REPAIR_TOKEN_FIRST: u32 = 1 << 16;
+const SCRUB_TOKEN: u32 = GRID_REPAIR_TOKEN_FIRST;
+const REPAIR_WRITE_TOKEN_FIRST: u32 = GRID_REPAIR_TOKEN_FIRST + 1;
+/// Ticks between two requests for the block being repaired.
+const REPAIR_REQUEST_TICKS: u64 = 2;
+/// Times the open may fetch a block of the streams table again before it gives up: a peer's
+/// copy that passes its checks but still does not open is not a fault a fetch can fix.
+const OPEN_REPAIRS_MAX: u64 = 16;
+
+/// Why a block is being repaired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum RepairCause {
+    Open,
+    Read,
+    Scrub,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Fault {
+    block: BlockFault,
+    cause: RepairCause,
+}
+
+/// The scrubber's read of one block, up to `GRID_SCRUB_READS_MAX` chunks at a time.
+#[derive(Clone, Copy, Debug)]
+struct Scrub {
+    /// The first block was chosen (at random).
+    started: bool,
+    address: u64,
+    /// The next chunk to read, the chunks read, and the reads in flight.
+    chunk_next: usize,
+    chunks_done: usize,
+    reads: usize,
+    /// The tick at which the next block may be started.
+    tick_next: u64,
+    checksums: [Checksum; CHUNKS_PER_BLOCK_MAX],
+    /// From the first chunk: the checksum the block names, and whether its header is sound.
+    named: Checksum,
+    header_sound: bool,
+    /// A chunk could not be read.
+    unreadable: bool,
+}
+
+pub(super) struct GridRepair {
+    faults: [Option<Fault>; GRID_REPAIRS_MAX],
+    /// The index in `faults` of the block being fetched.
+    fetching: Option<usize>,
+    attempts: u64,
+    requested_tick: u64,
+    /// Chunks of the block received (bit i: chunk i), chunks whose write is in flight, and the
+    /// checksum of each received chunk.
+    chunks_received: u128,
+    chunks_writing: u128,
+    chunk_checksums: [Checksum; CHUNKS_PER_BLOCK_MAX],
+    /// From the first chunk: the checksum the block names.
+    named: Checksum,
+    /// Every chunk is in and the block checks: done once `chunks_writing` is empty.
+    verified: bool,
+    open_repairs: u64,
+    scrub: Scrub,
+}
+
+impl GridRepair {
+    pub fn new() -> GridRepair {
+        GridRepair {
+            faults: [None; GRID_REPAIRS_MAX],
+            fetching: None,
+            attempts: 0,
+            requested_tick: 0,
+            chunks_received: 0,
+            chunks_writing: 0,
+            chunk_checksums: [0; CHUNKS_PER_BLOCK_MAX],
+            named: 0,
+            verified: false,
+            open_repairs: 0,
+            scrub: Scrub {
+                started: false,
+                address: 0,
+                chunk_next: 0,
+                chunks_done: 0,
+                reads: 0,
+                tick_next: 0,
+                checksums: [0; CHUNKS_PER_BLOCK_MAX],
+                named: 0,
+                header_sound: false,
+                unreadable: false,
+            },
+        }
+    }
+
+    /// Grid I/O of repair or scrub is in flight.
+    pub fn busy(&self) -> bool {
+        self.chunks_writing != 0 || self.scrub.reads > 0
+    }
+
+    /// Blocks found bad and not yet repaired.
+    pub fn pending_count(&self) -> usize {
+        self.faults.iter().flatten().count()
+    }
+}
+
+/// Why the first chunk of a block fails the header checks a scrub or a fetch can make on a
+/// chunk alone, or `None`.
+fn block_header_invalid(chunk: &[u8], cluster: ClusterId, address: u64) -> Option<&'static str> {
+    let Ok((header, _)) = BlockHeader::read_from_prefix(chunk) else {
+        return Some("block: first chunk shorter than the header");
+    };
+    if header.address != address {
+        return Some("block: address does not match where it was read (misdirected write)");
+    }
+    let kind = header.kind;
+    if kind != BlockKind::Events as u8 && kind != BlockKind::StreamsTable as u8 {
+        return Some("block: wrong kind");
+    }
+    if header.version != BLOCK_VERSION {
+        return Some("block: unknown version");
+    }
+    if header.cluster != cluster {
+        return Some("block: belongs to another cluster");
+    }
+    None
+}
+
+/// The checksum of a chunk as it goes into the block's: the first without the block's own
+/// 4-byte checksum field.
+fn chunk_checksum(chunk: usize, bytes: &[u8]) -> Checksum {
+    if chunk == 0 { crc32c::crc32c(&bytes[4..]) } else { crc32c::crc32c(bytes) }
+}
+
+impl Replica {
+    /// Queues `block` for repair from a peer, unless it is queued already, there is no peer,
+    /// or the queue is full (a block found bad again later is queued then). Returns whether it
+    /// is queued.
+    pub(super) fn grid_fault_queue(&mut self, block: BlockFault, cause: RepairCause) -> bool {
+        if self.config.replica_count == 1 {
+            return false;
+        }
+        let faults = &mut self.grid_repair.faults;
+        if faults.iter().flatten().any(|fault| fault.block.address == block.address) {
+            return true;
+        }
+        let Some(free) = faults.iter().position(Option::is_none) else {
+            return false;
+        };
+        faults[free] = Some(Fault { block, cause });
+        true
+    }
+
+    /// Takes the block a read last found bad and queues it (the open's faults are taken by
+    /// `grid_repair_open`).
+    pub(super) fn grid_fault_take(&mut self) {
+        if !self.status.is_open() || self.sync.reopening() {
+            return;
+        }
+        if let Some(block) = self.state_machine.block_fault_take() {
+            self.grid_fault_queue(block, RepairCause::Read);
+        }
+    }
+
+    /// The open found a bad block of the streams table: fetch it and open again, or fail.
+    pub(super) fn grid_repair_open(&mut self) -> bool {
+        let Some(block) = self.state_machine.block_fault_take() else {
+            return false;
+        };
+        if self.grid_repair.open_repairs >= OPEN_REPAIRS_MAX {
+            return false;
+        }
+        self.grid_repair.open_repairs += 1;
+        self.grid_fault_queue(block, RepairCause::Open)
+    }
+
+    /// Once per tick, while open or while the open waits for a repair.
+    pub(super) fn grid_repair_tick<S: Storage>(&mut self, storage: &mut S) {
+        if self.status.is_open() {
+            self.scrub_tick(storage);
+        }
+        if self.grid_repair.fetching.is_none() {
+            let Some(next) = self.grid_repair.faults.iter().position(Option::is_some) else {
+                return;
+            };
+            let repair = &mut self.grid_repair;
+            repair.fetching = Some(next);
+            repair.attempts = 0;
+            repair.requested_tick = 0;
+            repair.chunks_received = 0;
+            repair.verified = false;
+        }
+        let repair = &self.grid_repair;
+        if repair.verified || self.ticks < repair.requested_tick + REPAIR_REQUEST_TICKS {
+            return;
+        }
+        let fault = self.grid_repair_fault();
+        let all = self.chunks_all();
+        let wanted = repair.chunks_received | repair.chunks_writing;
+        if wanted == all {
+            return;
+        }
+        self.grid_repair.requested_tick = self.ticks;
+        self.grid_repair.attempts += 1;
+        let source = self.grid_repair_source();
+        self.blocks_request_send(source, 0, fault.block.address, wanted);
+    }
+
+    fn grid_repair_fault(&self) -> Fault {
+        let index = self.grid_repair.fetching.expect("a block being fetched");
+        self.grid_repair.faults[index].expect("the fault being fetched")
+    }
+
+    /// The peers in turn, two requests each.
+    fn grid_repair_source(&self) -> ReplicaIndex {
+        self.peer_rotation(self.config.replica, self.grid_repair.attempts)
+    }
+
+    /// Bit i set for every chunk i of a block.
+    fn chunks_all(&self) -> u128 {
+        let count = self.sync_chunk_count();
+        if count == 128 { u128::MAX } else { (1u128 << count) - 1 }
+    }
+
+    /// A chunk of the block being repaired: checked, then written in place.
+    pub(super) fn grid_repair_on_block<S: Storage>(&mut self, storage: &mut S, message: &Message) {
+        let header = *message.header();
+        let Some(_) = self.grid_repair.fetching else { return };
+        let fault = self.grid_repair_fault();
+        let repair = &self.grid_repair;
+        let writes = repair.chunks_writing.count_ones() as usize;
+        if header.op != fault.block.address || repair.verified || writes >= GRID_REPAIR_WRITES_MAX {
+            return;
+        }
+        let chunk_size = self.sync_chunk_size();
+        let offset = header.context as usize;
+        if !offset.is_multiple_of(chunk_size) || offset >= BLOCK_SIZE {
+            return self.message_invalid(&header, "block chunk offset invalid");
+        }
+        let chunk = offset / chunk_size;
+        let body = message.body();
+        if body.len() != chunk_size.min(BLOCK_SIZE - offset) {
+            return self.message_invalid(&header, "block chunk of the wrong length");
+        }
+        if (repair.chunks_received | repair.chunks_writing) & (1 << chunk) != 0 {
+            return;
+        }
+        if chunk == 0 {
+            if block_header_invalid(body, self.config.cluster, fault.block.address).is_some() {
+                // The peer's copy is bad too (or not yet written): ask the next one.
+                self.metrics.grid_repair_blocks_refused += 1;
+                self.grid_repair.requested_tick = 0;
+                return;
+            }
+            self.grid_repair.named = Checksum::from_le_bytes(body[..4].try_into().expect("4"));
+        }
+        self.grid_repair.chunk_checksums[chunk] = chunk_checksum(chunk, body);
+        self.grid_repair.chunks_received |= 1 << chunk;
+        self.grid_repair.chunks_writing |= 1 << chunk;
+        let mut buffer = self.pool.get();
+        buffer.buffer_mut_unique()[..body.len()].copy_from_slice(body);
+        let request = IoRequest {
+            token: IoToken { owner: IoOwner::Sync, index: REPAIR_WRITE_TOKEN_FIRST + chunk as u32 },
+            kind: IoKind::Write,
+            zone: Zone::Grid,
+            offset: self.grid_offset(fault.block.address, offset),
+            length: body.len(),
+            buffer_offset: 0,
+        };
+        storage.submit(request, buffer);
+        self.grid_repair_check(fault);
+    }
+
+    /// Once every chunk is in: the block is taken if it checks, else fetched again.
+    fn grid_repair_check(&mut self, fault: Fault) {
+        let all = self.chunks_all();
+        if self.grid_repair.chunks_received != all {
+            return;
+        }
+        let count = self.sync_chunk_count();
+        let checksum = self.chunks_checksum(&self.grid_repair.chunk_checksums[..count]);
+        let named = self.grid_repair.named;
+        if checksum != named || fault.block.checksum.is_some_and(|expected| expected != named) {
+            // Torn in transit or rotten at the source, or not the block the pointer names.
+            self.metrics.grid_repair_blocks_refused += 1;
+            self.grid_repair.chunks_received = 0;
+            self.grid_repair.requested_tick = 0;
+            return;
+        }
+        self.grid_repair.verified = true;
+    }
+
+    /// A repair write or a scrub read completed.
+    pub(super) fn grid_repair_storage_complete<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        completion: Completion,
+    ) {
+        let index = completion.request.token.index;
+        if index == SCRUB_TOKEN {
+            return self.scrub_read_complete(storage, completion);
+        }
+        assert_eq!(completion.request.kind, IoKind::Write);
+        if completion.result.is_err() {
+            return self.fail("a grid write of grid repair failed");
+        }
+        let chunk = index - REPAIR_WRITE_TOKEN_FIRST;
+        assert!(self.grid_repair.chunks_writing & (1 << chunk) != 0);
+        self.grid_repair.chunks_writing &= !(1 << chunk);
+        drop(completion);
+        if self.grid_repair.verified && self.grid_repair.chunks_writing == 0 {
+            self.grid_repair_done(storage);
+        }
+    }
+
+    /// The block is sound and durable again.
+    fn grid_repair_done<S: Storage>(&mut self, storage: &mut S) {
+        let fault = self.grid_repair_fault();
+        let index = self.grid_repair.fetching.take().expect("a block being fetched");
+        self.grid_repair.faults[index] = None;
+        self.grid_repair.verified = false;
+        let metrics = &mut self.metrics;
+        match fault.cause {
+            RepairCause::Open => metrics.grid_blocks_repaired_open += 1,
+            RepairCause::Read => metrics.grid_blocks_repaired_read += 1,
+            RepairCause::Scrub => metrics.grid_blocks_repaired_scrub += 1,
+        }
+        let reopen = fault.cause == RepairCause::Open
+            && self.status == Status::Recovering
+            && self.open_phase == OpenPhase::StateMachine;
+        if reopen {
+            let checkpoint = self.checkpoint_state();
+            self.state_machine.open(storage, &checkpoint);
+            self.state_machine_progress(storage);
+        }
+    }
+}
+
+/// The scrubber.
+impl Replica {
+    fn scrub_tick<S: Storage>(&mut self, storage: &mut S) {
+        let scrub = &self.grid_repair.scrub;
+        if scrub.reads > 0 || self.ticks < scrub.tick_next || self.sync.active() {
+            // State sync installs only once no grid I/O is in flight.
+            return;
+        }
+        let grid_head = self.superblock.working().grid_head;
+        if grid_head == 0 {
+            return;
+        }
+        if !self.grid_repair.scrub.started {
+            // From a random block, so that a replica that restarts often still covers its
+            // whole grid over its lives.
+            self.grid_repair.scrub.started = true;
+            self.grid_repair.scrub.address = self.prng_next() % grid_head;
+        }
+        let scrub = &mut self.grid_repair.scrub;
+        if scrub.address >= grid_head {
+            scrub.address = 0;
+        }
+        scrub.chunk_next = 0;
+        scrub.chunks_done = 0;
+        scrub.unreadable = false;
+        scrub.header_sound = false;
+        scrub.tick_next = self.ticks + GRID_SCRUB_BLOCK_TICKS;
+        while self.grid_repair.scrub.reads < GRID_SCRUB_READS_MAX
+            && self.grid_repair.scrub.chunk_next < self.sync_chunk_count()
+        {
+            self.scrub_read(storage);
+        }
+    }
+
+    /// Submits the read of the next chunk of the block being scrubbed.
+    fn scrub_read<S: Storage>(&mut self, storage: &mut S) {
+        let chunk_size = self.sync_chunk_size();
+        let scrub = &mut self.grid_repair.scrub;
+        let offset = scrub.chunk_next * chunk_size;
+        let address = scrub.address;
+        scrub.chunk_next += 1;
+        scrub.reads += 1;
+        assert!(scrub.reads <= GRID_SCRUB_READS_MAX);
+        let request = IoRequest {
+            token: IoToken { owner: IoOwner::Sync, index: SCRUB_TOKEN },
+            kind: IoKind::Read,
+            zone: Zone::Grid,
+            offset: self.grid_offset(address, offset),
+            length: chunk_size.min(BLOCK_SIZE - offset),
+            buffer_offset: 0,
+        };
+        storage.submit(request, self.pool.get());
+    }
+
+    fn scrub_read_complete<S: Storage>(&mut self, storage: &mut S, completion: Completion) {
+        let cluster = self.config.cluster;
+        let chunk_size = self.sync_chunk_size() as u64;
+        let scrub = &mut self.grid_repair.scrub;
+        assert!(scrub.reads > 0);
+        scrub.reads -= 1;
+        let block_offset = self.layout.offset(Zone::Grid, scrub.address * BLOCK_SIZE as u64);
+        let chunk = ((completion.request.offset - block_offset) / chunk_size) as usize;
+        let bytes = &completion.buffer.buffer()[..completion.request.length];
+        if completion.result.is_err() {
+            scrub.unreadable = true;
+        } else {
+            if chunk == 0 {
+                scrub.header_sound = block_header_invalid(bytes, cluster, scrub.address).is_none();
+                scrub.named = Checksum::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+            }
+            scrub.checksums[chunk] = chunk_checksum(chunk, bytes);
+        }
+        scrub.chunks_done += 1;
+        drop(completion);
+        let count = self.sync_chunk_count();
+        if self.grid_repair.scrub.chunk_next < count {
+            return self.scrub_read(storage);
+        }
+        if self.grid_repair.scrub.chunks_done == count {
+            self.scrub_block_done();
+        }
+    }
+
+    /// Every chunk of the block was read: it is sound, or it is queued for repair.
+    fn scrub_block_done(&mut self) {
+        let count = self.sync_chunk_count();
+        let scrub = self.grid_repair.scrub;
+        assert_eq!(scrub.reads, 0);
+        let checksum = self.chunks_checksum(&scrub.checksums[..count]);
+        let sound = !scrub.unreadable && scrub.header_sound && checksum == scrub.named;
+        self.metrics.grid_blocks_scrubbed += 1;
+        if !sound {
+            self.metrics.grid_blocks_scrub_faulty += 1;
+            let block = BlockFault { address: scrub.address, checksum: None };
+            self.grid_fault_queue(block, RepairCause::Scrub);
+        }
+        self.grid_repair.scrub.address += 1;
+    }
+}
