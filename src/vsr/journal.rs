@@ -854,6 +854,13 @@ impl Journal {
         self.writes_busy()
     }
 
+    /// Whether a `write_prepare` may be started now: every write slot may be busy while the
+    /// disk is slow, with prepares that already left the pipeline (committed on the other
+    /// replicas' copies) still being written here.
+    pub fn write_available(&self) -> bool {
+        self.writes_busy() < self.writes.len()
+    }
+
     /// A `truncate_after` is in progress.
     pub fn truncating(&self) -> bool {
         self.truncation != TruncatePhase::Idle

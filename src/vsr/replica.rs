@@ -238,6 +238,9 @@ pub struct Metrics {
     pub grid_blocks_scrub_faulty: u64,
     /// Blocks from peers refused for grid repair (torn in transit, or not the block asked for).
     pub grid_repair_blocks_refused: u64,
+    /// Prepares not taken (backup) or not started (primary) because every journal write was
+    /// in flight: a slow disk.
+    pub prepares_deferred_journal_busy: u64,
 }
 }
 
@@ -800,6 +803,11 @@ impl Replica {
             if self.op + 1 > self.backups_commit_min() + slot_count - REPAIR_WINDOW_MAX as u64 {
                 // A live backup would fall out of this WAL's window and could no longer be
                 // repaired from it: let it catch up first.
+                return;
+            }
+            if !self.journal.write_available() {
+                // A slow disk still writes prepares that committed on the backups' copies.
+                self.metrics.prepares_deferred_journal_busy += 1;
                 return;
             }
             let request = self.request_queue.pop_front().expect("queue not empty");

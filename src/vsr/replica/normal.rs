@@ -85,6 +85,11 @@ impl Replica {
         if self.pipeline.len() >= PIPELINE_BACKUP_MAX || self.journal.truncating() {
             return self.commit_pipeline(storage);
         }
+        if !self.journal.write_available() {
+            // A slow disk: the primary sends it again (`PREPARE_TIMEOUT_TICKS`).
+            self.metrics.prepares_deferred_journal_busy += 1;
+            return self.commit_pipeline(storage);
+        }
         let message = padding_zeroed(message);
         self.op = op;
         self.parent = header.checksum;
@@ -106,7 +111,10 @@ impl Replica {
         let held = self.journal.header_with_op(op).is_some_and(|held| *held == header);
         let slot = self.journal.slot_for_op(op);
         if held && self.journal.faulty(slot) && !self.journal.truncating() {
-            return self.journal.write_prepare(storage, padding_zeroed(message));
+            if self.journal.write_available() {
+                self.journal.write_prepare(storage, padding_zeroed(message));
+            }
+            return;
         }
         let durable_below = self
             .pipeline
