@@ -750,3 +750,59 @@ fn rotten_grid_blocks_of_a_stopped_backup_are_repaired_from_its_peers() {
     streams_readable(addresses[1], commit, Instant::now() + Duration::from_secs(30));
     every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
 }
+
+#[test]
+fn a_replica_whose_data_file_is_lost_rejoins_under_load_and_loses_nothing() {
+    // Goal: the README's rejoin procedure on real processes, under load: a backup is killed,
+    // its data file deleted and formatted again with --rejoin, and restarted. It learns the
+    // cluster's view, pulls the others into a newer one and catches up; then the other backup
+    // is killed, so that every write from then on needs the rejoined replica's acknowledgement.
+    // Afterwards every replica holds every acknowledged event exactly once.
+    let cluster = TestCluster::start("rejoin");
+    let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
+    let mut replicas = cluster.replicas;
+    let acknowledged: Acknowledged = Arc::default();
+    let acknowledged_at: AcknowledgedAt = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (acknowledged, acknowledged_at, stop, addresses) =
+            (acknowledged.clone(), acknowledged_at.clone(), stop.clone(), addresses.clone());
+        let pause = Duration::from_millis(2);
+        std::thread::spawn(move || {
+            load_timed(&addresses, acknowledged, acknowledged_at, stop, pause)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let view_before = view_agreed(&addresses, &[0, 1, 2]);
+    let lost = (view_before as usize + 1) % 3;
+    replicas.0[lost].kill().unwrap();
+    replicas.0[lost].wait().unwrap();
+    std::fs::remove_file(&paths[lost]).unwrap();
+    let status = Command::new(BINARY)
+        .args(["format", "--cluster=42", "--replica-count=3", "--grid-size=256MiB", "--rejoin"])
+        .arg(format!("--replica={lost}"))
+        .arg(&paths[lost])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    replicas.0[lost] = start_replica(&paths[lost], &addresses);
+    let view_rejoined = view_agreed(&addresses, &[0, 1, 2]);
+    assert!(view_rejoined > view_before, "the rejoin joins a newer view");
+    // Until it holds the view's log the rejoined replica acknowledges nothing: with the other
+    // backup down, the cluster commits only once it does.
+    let view = view_agreed(&addresses, &[0, 1, 2]);
+    let other = (0..3).find(|replica| *replica != lost && *replica != view as usize % 3).unwrap();
+    replicas.0[other].kill().unwrap();
+    replicas.0[other].wait().unwrap();
+    let ops_before = acknowledged_at.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acknowledged_at.lock().unwrap().len() < ops_before + 200 {
+        assert!(Instant::now() < deadline, "no quorum with the rejoined replica");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    replicas.0[other] = start_replica(&paths[other], &addresses);
+    std::thread::sleep(Duration::from_millis(1_000));
+    stop.store(true, Ordering::Relaxed);
+    let commit = loader.join().expect("the load survived the rejoin");
+    every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
+}
