@@ -44,7 +44,7 @@ use crate::vsr::header::{
 };
 
 /// Quick retries of a primary that answers it is between views, per request.
-pub const PRIMARY_BUSY_RETRIES_MAX: u32 = 16;
+pub const PRIMARY_BUSY_RETRIES_MAX: u32 = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientOptions {
@@ -364,7 +364,14 @@ impl ClientCore {
     }
 
     fn on_pong(&mut self, header: &Header, now: u64) -> Outcome {
+        let view_newer = header.view > self.view;
         self.view = self.view.max(header.view);
+        if view_newer && let Some(in_flight) = self.in_flight.as_mut() {
+            // The cluster moved to a new view (a failover): the timeouts of the old one say
+            // nothing about the new primary, so the backoff starts over.
+            in_flight.timeouts = 0;
+            in_flight.busy_count = 0;
+        }
         let primary = self.primary();
         let redirect_delay = self.options.redirect_delay;
         let busy_delay = self.options.primary_busy_delay;
@@ -531,7 +538,8 @@ mod tests {
         // Goal: after a failover the client reaches the new primary without waiting out
         // doubled timeouts: a redirect does not double the wait, and the new primary that
         // answers it is between views is asked again after `primary_busy_delay`, a bounded
-        // number of times, after which timeouts move the request on.
+        // number of times, after which timeouts move the request on; a newer view starts the
+        // backoff over.
         let mut core = registered_core();
         core.request_start(Operation::Append, &[9; 24], 10);
         assert_eq!(core.poll_send(10), Some(0));
@@ -554,9 +562,9 @@ mod tests {
             busy_sends += 1;
         }
         assert_eq!(core.metrics().client_primary_busy, u64::from(PRIMARY_BUSY_RETRIES_MAX));
-        // The copies after redirects waited no more than one timeout had doubled once.
+        // The redirect named a newer view: the backoff of the old one started over.
         let in_flight = core.in_flight().unwrap();
-        assert_eq!(in_flight.timeouts, 1);
+        assert_eq!(in_flight.timeouts, 0);
         core.on_message(&pong, now);
         assert_eq!(core.poll_send(now + 2), None, "no more quick retries");
         let due = core.send_due().unwrap();

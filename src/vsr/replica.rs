@@ -733,9 +733,10 @@ impl Replica {
         if pipeline_first > self.commit_min + 1 {
             // A new primary still executing committed ops that only its WAL holds: neither its
             // session table nor its pipeline knows their requests yet, so it could not tell a
-            // retry of one from a new request. The client retries.
+            // retry of one from a new request. The pong tells the client it is between views,
+            // so that it asks again soon instead of waiting out a timeout.
             self.metrics.requests_dropped += 1;
-            return;
+            return self.send_pong_client(&header);
         }
         let register = operation == Operation::Register;
         match self.sessions.disposition(header.client, header.request, register) {
