@@ -191,6 +191,37 @@ fn load_timed(
     client.commit_latest()
 }
 
+/// A load thread (`load_timed`) on `addresses`, with what it acknowledged and when.
+struct Load {
+    acknowledged: Acknowledged,
+    acknowledged_at: AcknowledgedAt,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Load {
+    fn start(addresses: &[SocketAddr], pause: Duration) -> Load {
+        let acknowledged: Acknowledged = Arc::default();
+        let acknowledged_at: AcknowledgedAt = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (acknowledged, acknowledged_at, stop, addresses) =
+                (acknowledged.clone(), acknowledged_at.clone(), stop.clone(), addresses.to_vec());
+            std::thread::spawn(move || {
+                load_timed(&addresses, acknowledged, acknowledged_at, stop, pause)
+            })
+        };
+        Load { acknowledged, acknowledged_at, stop, thread }
+    }
+
+    /// Stops the load; returns the commit number of its last acknowledged write.
+    fn stop(self, what: &str) -> (Acknowledged, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let commit = self.thread.join().unwrap_or_else(|_| panic!("the load failed: {what}"));
+        (self.acknowledged, commit)
+    }
+}
+
 /// Reads a whole stream: offset → sequence, asserting each event's data is intact.
 fn read_stream(client: &mut Client, stream: u64) -> Vec<u64> {
     let mut sequences = Vec::new();
@@ -387,17 +418,8 @@ fn three_replicas_keep_every_acknowledged_event_through_primary_kill_and_wal_rot
     let cluster = TestCluster::start("primary-kill");
     let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
     let mut replicas = cluster.replicas;
-    let acknowledged: Acknowledged = Arc::default();
-    let acknowledged_at: AcknowledgedAt = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = {
-        let (acknowledged, acknowledged_at, stop, addresses) =
-            (acknowledged.clone(), acknowledged_at.clone(), stop.clone(), addresses.clone());
-        let pause = Duration::from_millis(2);
-        std::thread::spawn(move || {
-            load_timed(&addresses, acknowledged, acknowledged_at, stop, pause)
-        })
-    };
+    let load = Load::start(&addresses, Duration::from_millis(2));
+    let acknowledged_at = load.acknowledged_at.clone();
     std::thread::sleep(Duration::from_millis(500));
     // The primary: the replica whose turn the view is that all three answer with.
     let primary = (view_agreed(&addresses, &[0, 1, 2]) % 3) as usize;
@@ -429,8 +451,7 @@ fn three_replicas_keep_every_acknowledged_event_through_primary_kill_and_wal_rot
     }
     replicas.0[primary] = start_replica(&paths[primary], &addresses);
     std::thread::sleep(Duration::from_millis(1_000));
-    stop.store(true, Ordering::Relaxed);
-    let commit = loader.join().expect("the load survived every crash");
+    let (acknowledged, commit) = load.stop("the load survived every crash");
     every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
 }
 
@@ -595,17 +616,8 @@ fn failover_time_after_kill_9_of_the_primary() {
     let cluster = TestCluster::start("failover");
     let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
     let mut replicas = cluster.replicas;
-    let acknowledged: Acknowledged = Arc::default();
-    let acknowledged_at: AcknowledgedAt = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = {
-        let (acknowledged, acknowledged_at, stop, addresses) =
-            (acknowledged.clone(), acknowledged_at.clone(), stop.clone(), addresses.clone());
-        let pause = Duration::from_millis(2);
-        std::thread::spawn(move || {
-            load_timed(&addresses, acknowledged, acknowledged_at, stop, pause)
-        })
-    };
+    let load = Load::start(&addresses, Duration::from_millis(2));
+    let acknowledged_at = load.acknowledged_at.clone();
     let mut samples = Vec::new();
     for kill in 0..failover_kills() {
         let view = view_agreed(&addresses, &[0, 1, 2]);
@@ -633,8 +645,7 @@ fn failover_time_after_kill_9_of_the_primary() {
         milliseconds(percentile(&samples, 100)),
     );
     view_agreed(&addresses, &[0, 1, 2]);
-    stop.store(true, Ordering::Relaxed);
-    let commit = loader.join().expect("the load survived every kill");
+    let (acknowledged, commit) = load.stop("the load survived every kill");
     every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
 }
 
@@ -709,17 +720,8 @@ fn rotten_grid_blocks_of_a_stopped_backup_are_repaired_from_its_peers() {
     let cluster = TestCluster::start("grid-rot");
     let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
     let mut replicas = cluster.replicas;
-    let acknowledged: Acknowledged = Arc::default();
-    let acknowledged_at: AcknowledgedAt = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = {
-        let (acknowledged, acknowledged_at, stop, addresses) =
-            (acknowledged.clone(), acknowledged_at.clone(), stop.clone(), addresses.clone());
-        let pause = Duration::from_millis(1);
-        std::thread::spawn(move || {
-            load_timed(&addresses, acknowledged, acknowledged_at, stop, pause)
-        })
-    };
+    let load = Load::start(&addresses, Duration::from_millis(1));
+    let acknowledged_at = load.acknowledged_at.clone();
     // More ops than one checkpoint interval (1,008 ops for 1,024 WAL slots).
     let deadline = Instant::now() + Duration::from_secs(60);
     while acknowledged_at.lock().unwrap().len() < 1_300 {
@@ -745,8 +747,7 @@ fn rotten_grid_blocks_of_a_stopped_backup_are_repaired_from_its_peers() {
     assert!(text.contains(&format!("block {table} (streams table): BAD")), "{text}");
     replicas.0[1] = start_replica(&paths[1], &addresses);
     std::thread::sleep(Duration::from_millis(1_000));
-    stop.store(true, Ordering::Relaxed);
-    let commit = loader.join().expect("the load survived the backup's restart");
+    let (acknowledged, commit) = load.stop("the load survived the backup's restart");
     streams_readable(addresses[1], commit, Instant::now() + Duration::from_secs(30));
     every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
 }
@@ -761,17 +762,8 @@ fn a_replica_whose_data_file_is_lost_rejoins_under_load_and_loses_nothing() {
     let cluster = TestCluster::start("rejoin");
     let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
     let mut replicas = cluster.replicas;
-    let acknowledged: Acknowledged = Arc::default();
-    let acknowledged_at: AcknowledgedAt = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = {
-        let (acknowledged, acknowledged_at, stop, addresses) =
-            (acknowledged.clone(), acknowledged_at.clone(), stop.clone(), addresses.clone());
-        let pause = Duration::from_millis(2);
-        std::thread::spawn(move || {
-            load_timed(&addresses, acknowledged, acknowledged_at, stop, pause)
-        })
-    };
+    let load = Load::start(&addresses, Duration::from_millis(2));
+    let acknowledged_at = load.acknowledged_at.clone();
     std::thread::sleep(Duration::from_millis(500));
     let view_before = view_agreed(&addresses, &[0, 1, 2]);
     let lost = (view_before as usize + 1) % 3;
@@ -802,7 +794,6 @@ fn a_replica_whose_data_file_is_lost_rejoins_under_load_and_loses_nothing() {
     }
     replicas.0[other] = start_replica(&paths[other], &addresses);
     std::thread::sleep(Duration::from_millis(1_000));
-    stop.store(true, Ordering::Relaxed);
-    let commit = loader.join().expect("the load survived the rejoin");
+    let (acknowledged, commit) = load.stop("the load survived the rejoin");
     every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
 }
