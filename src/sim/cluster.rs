@@ -804,7 +804,10 @@ impl Cluster {
                 % (faults.crash_down_ticks_max - faults.crash_down_ticks_min + 1);
         let torn = faults.crash_torn_writes && self.prng.chance(1, 2);
         self.crash(index, torn, self.tick + down_ticks);
-        if self.replicas.len() > 1 && self.prng.chance(1, 8) {
+        // Within the fault model: not while another replica's grid block is damaged, for the
+        // lost replica may hold the only other good copy of it.
+        let grid_damaged_elsewhere = self.grid_faults.iter().any(|(damaged, _)| *damaged != index);
+        if self.replicas.len() > 1 && self.prng.chance(1, 8) && !grid_damaged_elsewhere {
             self.rejoin(index);
         }
     }
