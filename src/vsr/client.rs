@@ -414,12 +414,7 @@ impl ClientCore {
 
     /// The next number of the jitter sequence (xorshift).
     fn prng_next(&mut self) -> u64 {
-        let mut x = self.prng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.prng = x;
-        x
+        crate::vsr::xorshift_next(&mut self.prng)
     }
 }
 

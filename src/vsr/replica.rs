@@ -537,12 +537,7 @@ impl Replica {
 
     /// The next number of the replica's jitter sequence (xorshift).
     fn prng_next(&mut self) -> u64 {
-        let mut x = self.prng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.prng = x;
-        x
+        crate::vsr::xorshift_next(&mut self.prng)
     }
 
     /// The next message to send, if any.

@@ -272,16 +272,12 @@ impl Replica {
         if header.op != fault.block.address || repair.verified || writes >= GRID_REPAIR_WRITES_MAX {
             return;
         }
-        let chunk_size = self.sync_chunk_size();
+        let Some(chunk) = self.block_chunk_index(message) else {
+            return;
+        };
         let offset = header.context as usize;
-        if !offset.is_multiple_of(chunk_size) || offset >= BLOCK_SIZE {
-            return self.message_invalid(&header, "block chunk offset invalid");
-        }
-        let chunk = offset / chunk_size;
         let body = message.body();
-        if body.len() != chunk_size.min(BLOCK_SIZE - offset) {
-            return self.message_invalid(&header, "block chunk of the wrong length");
-        }
+        let repair = &self.grid_repair;
         if (repair.chunks_received | repair.chunks_writing) & (1 << chunk) != 0 {
             return;
         }

@@ -459,16 +459,11 @@ impl Replica {
         if !fetching || self.sync.writes >= SYNC_WRITES_MAX {
             return;
         }
-        let chunk_size = self.sync_chunk_size();
+        let Some(chunk) = self.block_chunk_index(message) else {
+            return;
+        };
         let offset = header.context as usize;
-        if !offset.is_multiple_of(chunk_size) || offset >= BLOCK_SIZE {
-            return self.message_invalid(&header, "block chunk offset invalid");
-        }
-        let chunk = offset / chunk_size;
         let body = message.body();
-        if body.len() != chunk_size.min(BLOCK_SIZE - offset) {
-            return self.message_invalid(&header, "block chunk of the wrong length");
-        }
         if self.sync.chunks_received & (1 << chunk) != 0 {
             return;
         }
@@ -602,5 +597,25 @@ impl Replica {
             self.target.clear();
             self.send_request_start_view();
         }
+    }
+}
+
+impl Replica {
+    /// The index of the chunk a `block` message carries, if its offset and length are those of
+    /// a chunk of a grid block (else it is counted invalid). State sync and grid repair both
+    /// take blocks in these chunks.
+    pub(super) fn block_chunk_index(&mut self, message: &Message) -> Option<usize> {
+        let header = *message.header();
+        let chunk_size = self.sync_chunk_size();
+        let offset = header.context as usize;
+        if !offset.is_multiple_of(chunk_size) || offset >= BLOCK_SIZE {
+            self.message_invalid(&header, "block chunk offset invalid");
+            return None;
+        }
+        if message.body().len() != chunk_size.min(BLOCK_SIZE - offset) {
+            self.message_invalid(&header, "block chunk of the wrong length");
+            return None;
+        }
+        Some(offset / chunk_size)
     }
 }
