@@ -95,8 +95,8 @@ pub const GRID_SCRUB_BLOCK_TICKS: u64 = 1000 / TICK_MS / GRID_SCRUB_BLOCKS_PER_S
 /// found again later.
 pub const GRID_REPAIRS_MAX: usize = 8;
 
-/// Chunk writes grid repair keeps in flight, and chunk reads the scrubber keeps in flight.
-pub const GRID_REPAIR_WRITES_MAX: usize = 4;
+/// Chunk reads the scrubber keeps in flight. (Grid repair gathers a fetched block in a
+/// block-sized buffer of its own and writes it whole.)
 pub const GRID_SCRUB_READS_MAX: usize = 4;
 
 /// The default grid size for `kimberlite format`.

@@ -27,8 +27,7 @@
 //! + messages received and not yet handled (the bus inbox)   CONNECTIONS_MAX
 //! + one do_view_change per replica               REPLICAS_MAX
 //! + state sync: chunk reads served, chunk writes  SYNC_READS_MAX + SYNC_WRITES_MAX
-//! + grid repair: chunk writes, the scrubber's read
-//!                                   GRID_REPAIR_WRITES_MAX + GRID_SCRUB_READS_MAX
+//! + the grid scrubber's chunk reads             GRID_SCRUB_READS_MAX
 //! + slack for messages built and sent in one step  MESSAGES_SLACK
 //! ```
 //!
@@ -40,9 +39,8 @@ use std::rc::Rc;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::constants::{
-    CLIENTS_MAX, GRID_REPAIR_WRITES_MAX, GRID_SCRUB_READS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX,
-    JOURNAL_IOPS_WRITE_MAX, PIPELINE_PREPARE_QUEUE_MAX, REPLICAS_MAX, SECTOR_SIZE, SYNC_READS_MAX,
-    SYNC_WRITES_MAX,
+    CLIENTS_MAX, GRID_SCRUB_READS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX,
+    PIPELINE_PREPARE_QUEUE_MAX, REPLICAS_MAX, SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
 };
 use crate::state_machine::constants::GRID_READS_MAX;
 use crate::vsr::header::Header;
@@ -72,7 +70,6 @@ pub const fn messages_max_replica() -> usize {
         + REPLICAS_MAX
         + SYNC_READS_MAX
         + SYNC_WRITES_MAX
-        + GRID_REPAIR_WRITES_MAX
         + GRID_SCRUB_READS_MAX
         + MESSAGES_SLACK
 }

@@ -19,33 +19,35 @@
 //!   into message buffers), and checks each against its own checksum, address, cluster, kind
 //!   and version.
 //!
-//! A fetched block is taken once its chunks, combined, give the checksum its header names, its
-//! header names this address and cluster, and (when the pointer's checksum is known) that
-//! checksum; otherwise it is fetched again, from the next peer. Chunks are written as they
-//! arrive (the block was bad already), never two writes of one chunk at once, and the repair
-//! is over once every write has landed. Faults wait in a fixed queue (`GRID_REPAIRS_MAX`).
+//! A fetched block is gathered whole in a buffer of its own before anything reaches the disk,
+//! and written in one write only once it passes every check a block can make on itself
+//! (`grid_block_invalid`: its checksum, address, cluster, kind, version) and, when the pointer's
+//! checksum is known, names that checksum; otherwise it is fetched again, from the next peer.
+//! Writing chunks as they came would let a peer's rotten copy overwrite a local copy that was
+//! sound after all (a block queued by a scrub that raced a write, or found twice), and with
+//! the peer's copy rotten too no sound copy would be left anywhere. The repair is over once
+//! the write has landed. Faults wait in a fixed queue (`GRID_REPAIRS_MAX`).
 
 use super::{OpenPhase, Replica, Status};
 use crate::constants::{
-    BLOCK_SIZE, GRID_REPAIR_WRITES_MAX, GRID_REPAIRS_MAX, GRID_SCRUB_BLOCK_TICKS,
-    GRID_SCRUB_READS_MAX,
+    BLOCK_SIZE, GRID_REPAIRS_MAX, GRID_SCRUB_BLOCK_TICKS, GRID_SCRUB_READS_MAX,
 };
-use crate::state_machine::BlockFault;
 use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{BlockHeader, BlockKind};
+use crate::state_machine::{BlockFault, grid_block_invalid};
 use crate::vsr::header::{Checksum, ClusterId, ReplicaIndex};
 use crate::vsr::layout::Zone;
-use crate::vsr::message_pool::Message;
+use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
 use zerocopy::FromBytes;
 
 use super::sync::CHUNKS_PER_BLOCK_MAX;
 
-/// `IoOwner::Sync` token indexes from here on are grid repair's: the scrubber's read, then
-/// one per chunk for repair writes (state sync uses the indexes below).
+/// `IoOwner::Sync` token indexes from here on are grid repair's: the scrubber's reads, then the
+/// repair's write (state sync uses the indexes below).
 pub(super) const GRID_REPAIR_TOKEN_FIRST: u32 = 1 << 16;
 const SCRUB_TOKEN: u32 = GRID_REPAIR_TOKEN_FIRST;
-const REPAIR_WRITE_TOKEN_FIRST: u32 = GRID_REPAIR_TOKEN_FIRST + 1;
+const REPAIR_WRITE_TOKEN: u32 = GRID_REPAIR_TOKEN_FIRST + 1;
 /// Ticks between two requests for the block being repaired.
 const REPAIR_REQUEST_TICKS: u64 = 2;
 /// Times the open may fetch a block of the streams table again before it gives up: a peer's
@@ -92,15 +94,14 @@ pub(super) struct GridRepair {
     fetching: Option<usize>,
     attempts: u64,
     requested_tick: u64,
-    /// Chunks of the block received (bit i: chunk i), chunks whose write is in flight, and the
-    /// checksum of each received chunk.
+    /// Chunks of the block received into `block` (bit i: chunk i).
     chunks_received: u128,
-    chunks_writing: u128,
-    chunk_checksums: [Checksum; CHUNKS_PER_BLOCK_MAX],
-    /// From the first chunk: the checksum the block names.
-    named: Checksum,
-    /// Every chunk is in and the block checks: done once `chunks_writing` is empty.
-    verified: bool,
+    /// The one block-sized buffer the fetched block is gathered in, allocated at startup; it is
+    /// in `block` from the start of a fetch until its write is submitted.
+    block_pool: MessagePool,
+    block: Option<Message>,
+    /// The block checked and its write is in flight: done once it lands.
+    writing: bool,
     open_repairs: u64,
     scrub: Scrub,
 }
@@ -113,10 +114,9 @@ impl GridRepair {
             attempts: 0,
             requested_tick: 0,
             chunks_received: 0,
-            chunks_writing: 0,
-            chunk_checksums: [0; CHUNKS_PER_BLOCK_MAX],
-            named: 0,
-            verified: false,
+            block_pool: MessagePool::new(1, BLOCK_SIZE),
+            block: None,
+            writing: false,
             open_repairs: 0,
             scrub: Scrub {
                 started: false,
@@ -135,7 +135,7 @@ impl GridRepair {
 
     /// Grid I/O of repair or scrub is in flight.
     pub fn busy(&self) -> bool {
-        self.chunks_writing != 0 || self.scrub.reads > 0
+        self.writing || self.scrub.reads > 0
     }
 
     /// Blocks found bad and not yet repaired.
@@ -224,22 +224,20 @@ impl Replica {
                 return;
             };
             let repair = &mut self.grid_repair;
+            assert!(!repair.writing && repair.block.is_none());
             repair.fetching = Some(next);
             repair.attempts = 0;
             repair.requested_tick = 0;
             repair.chunks_received = 0;
-            repair.verified = false;
+            repair.block = Some(repair.block_pool.get());
         }
         let repair = &self.grid_repair;
-        if repair.verified || self.ticks < repair.requested_tick + REPAIR_REQUEST_TICKS {
+        if repair.writing || self.ticks < repair.requested_tick + REPAIR_REQUEST_TICKS {
             return;
         }
         let fault = self.grid_repair_fault();
-        let all = self.chunks_all();
-        let wanted = repair.chunks_received | repair.chunks_writing;
-        if wanted == all {
-            return;
-        }
+        let wanted = repair.chunks_received;
+        assert!(wanted != self.chunks_all(), "a whole block is checked as its last chunk lands");
         self.grid_repair.requested_tick = self.ticks;
         self.grid_repair.attempts += 1;
         let source = self.grid_repair_source();
@@ -262,14 +260,12 @@ impl Replica {
         if count == 128 { u128::MAX } else { (1u128 << count) - 1 }
     }
 
-    /// A chunk of the block being repaired: checked, then written in place.
+    /// A chunk of the block being repaired: gathered, and once the block is whole, checked.
     pub(super) fn grid_repair_on_block<S: Storage>(&mut self, storage: &mut S, message: &Message) {
         let header = *message.header();
         let Some(_) = self.grid_repair.fetching else { return };
         let fault = self.grid_repair_fault();
-        let repair = &self.grid_repair;
-        let writes = repair.chunks_writing.count_ones() as usize;
-        if header.op != fault.block.address || repair.verified || writes >= GRID_REPAIR_WRITES_MAX {
+        if header.op != fault.block.address || self.grid_repair.writing {
             return;
         }
         let Some(chunk) = self.block_chunk_index(message) else {
@@ -277,56 +273,54 @@ impl Replica {
         };
         let offset = header.context as usize;
         let body = message.body();
-        let repair = &self.grid_repair;
-        if (repair.chunks_received | repair.chunks_writing) & (1 << chunk) != 0 {
+        if self.grid_repair.chunks_received & (1 << chunk) != 0 {
             return;
         }
-        if chunk == 0 {
-            if block_header_invalid(body, self.config.cluster, fault.block.address).is_some() {
-                // The peer's copy is bad too (or not yet written): ask the next one.
-                self.metrics.grid_repair_blocks_refused += 1;
-                self.grid_repair.requested_tick = 0;
-                return;
-            }
-            self.grid_repair.named = Checksum::from_le_bytes(body[..4].try_into().expect("4"));
+        if chunk == 0
+            && block_header_invalid(body, self.config.cluster, fault.block.address).is_some()
+        {
+            // The peer's copy is bad too (or not yet written): ask the next one.
+            self.metrics.grid_repair_blocks_refused += 1;
+            self.grid_repair.requested_tick = 0;
+            return;
         }
-        self.grid_repair.chunk_checksums[chunk] = chunk_checksum(chunk, body);
+        let block = self.grid_repair.block.as_mut().expect("a buffer while fetching");
+        block.buffer_mut_unique()[offset..offset + body.len()].copy_from_slice(body);
         self.grid_repair.chunks_received |= 1 << chunk;
-        self.grid_repair.chunks_writing |= 1 << chunk;
-        let mut buffer = self.pool.get();
-        buffer.buffer_mut_unique()[..body.len()].copy_from_slice(body);
-        let request = IoRequest {
-            token: IoToken { owner: IoOwner::Sync, index: REPAIR_WRITE_TOKEN_FIRST + chunk as u32 },
-            kind: IoKind::Write,
-            zone: Zone::Grid,
-            offset: self.grid_offset(fault.block.address, offset),
-            length: body.len(),
-            buffer_offset: 0,
-        };
-        storage.submit(request, buffer);
-        self.grid_repair_check(fault);
+        if self.grid_repair.chunks_received == self.chunks_all() {
+            self.grid_repair_check(storage, fault);
+        }
     }
 
-    /// Once every chunk is in: the block is taken if it checks, else fetched again.
-    fn grid_repair_check(&mut self, fault: Fault) {
-        let all = self.chunks_all();
-        if self.grid_repair.chunks_received != all {
-            return;
-        }
-        let count = self.sync_chunk_count();
-        let checksum = self.chunks_checksum(&self.grid_repair.chunk_checksums[..count]);
-        let named = self.grid_repair.named;
-        if checksum != named || fault.block.checksum.is_some_and(|expected| expected != named) {
+    /// Every chunk is in: the block is written if it checks, else fetched again.
+    fn grid_repair_check<S: Storage>(&mut self, storage: &mut S, fault: Fault) {
+        let address = fault.block.address;
+        let block = self.grid_repair.block.as_ref().expect("a buffer while fetching");
+        let bytes = &block.buffer()[..BLOCK_SIZE];
+        let invalid = grid_block_invalid(bytes, self.config.cluster, address);
+        let named = BlockHeader::read_from_prefix(bytes).map(|(header, _)| header.checksum);
+        let expected = fault.block.checksum.is_none_or(|expected| named == Ok(expected));
+        if invalid.is_some() || !expected {
             // Torn in transit or rotten at the source, or not the block the pointer names.
             self.metrics.grid_repair_blocks_refused += 1;
             self.grid_repair.chunks_received = 0;
             self.grid_repair.requested_tick = 0;
             return;
         }
-        self.grid_repair.verified = true;
+        let block = self.grid_repair.block.take().expect("a buffer while fetching");
+        self.grid_repair.writing = true;
+        let request = IoRequest {
+            token: IoToken { owner: IoOwner::Sync, index: REPAIR_WRITE_TOKEN },
+            kind: IoKind::Write,
+            zone: Zone::Grid,
+            offset: self.grid_offset(address, 0),
+            length: BLOCK_SIZE,
+            buffer_offset: 0,
+        };
+        storage.submit(request, block);
     }
 
-    /// A repair write or a scrub read completed.
+    /// The repair's write or a scrub read completed.
     pub(super) fn grid_repair_storage_complete<S: Storage>(
         &mut self,
         storage: &mut S,
@@ -336,17 +330,15 @@ impl Replica {
         if index == SCRUB_TOKEN {
             return self.scrub_read_complete(storage, completion);
         }
+        assert_eq!(index, REPAIR_WRITE_TOKEN);
         assert_eq!(completion.request.kind, IoKind::Write);
+        assert!(self.grid_repair.writing);
         if completion.result.is_err() {
             return self.fail("a grid write of grid repair failed");
         }
-        let chunk = index - REPAIR_WRITE_TOKEN_FIRST;
-        assert!(self.grid_repair.chunks_writing & (1 << chunk) != 0);
-        self.grid_repair.chunks_writing &= !(1 << chunk);
+        self.grid_repair.writing = false;
         drop(completion);
-        if self.grid_repair.verified && self.grid_repair.chunks_writing == 0 {
-            self.grid_repair_done(storage);
-        }
+        self.grid_repair_done(storage);
     }
 
     /// The block is sound and durable again.
@@ -354,7 +346,7 @@ impl Replica {
         let fault = self.grid_repair_fault();
         let index = self.grid_repair.fetching.take().expect("a block being fetched");
         self.grid_repair.faults[index] = None;
-        self.grid_repair.verified = false;
+        assert!(!self.grid_repair.writing && self.grid_repair.block.is_none());
         let metrics = &mut self.metrics;
         match fault.cause {
             RepairCause::Open => metrics.grid_blocks_repaired_open += 1,

@@ -771,6 +771,36 @@ mod grid_repair {
     }
 
     #[test]
+    fn repairing_a_sound_block_from_a_rotten_peer_copy_never_damages_it() {
+        // Goal: a block queued for repair although its own copy is sound (a scrub that raced a
+        // repair write, a fault found twice) is never overwritten with a peer's rotten copy:
+        // a fetched block is written only once the whole of it checks. R2 is down and R1's copy
+        // of block 0 has rotted, so if R0 took R1's chunks as they came, no sound copy would be
+        // left to repair either from.
+        let mut cluster = cluster_checkpointed();
+        let table = cluster.nodes[0].harness.replica.checkpoint_state().streams_table_address;
+        let blocks = table + 1;
+        let sound = grid_bytes(&cluster, 0, blocks);
+        cluster.nodes[2].up = false;
+        grid_block_rot(&mut cluster, 1, 0);
+        let block = crate::state_machine::BlockFault { address: 0, checksum: None };
+        let replica = &mut cluster.nodes[0].harness.replica;
+        assert!(
+            replica.grid_fault_queue(block, crate::vsr::replica::grid_repair::RepairCause::Scrub)
+        );
+        let ticks = 4 * blocks * crate::constants::GRID_SCRUB_BLOCK_TICKS;
+        cluster.tick(ticks as usize);
+        assert!(grid_bytes(&cluster, 0, blocks) == sound, "R0's sound block was overwritten");
+        assert!(grid_bytes(&cluster, 1, blocks) == sound, "R1's rotten block was not repaired");
+        for replica in 0..2 {
+            let replica = &cluster.nodes[replica].harness.replica;
+            assert_eq!(replica.grid_faults_pending(), 0);
+        }
+        let refused = cluster.nodes[0].harness.replica.metrics().grid_repair_blocks_refused;
+        assert!(refused > 0, "R0 never met R1's rotten copy");
+    }
+
+    #[test]
     fn scrubber_finds_and_repairs_rotten_blocks_nobody_reads() {
         // Goal: blocks that rot where no read goes (an event block and a streams-table block of
         // a running backup) are found by the background scrubber within a few passes of its
