@@ -265,8 +265,24 @@ struct ReplicaNode {
     /// `None` while crashed.
     replica: Option<Replica>,
     restart_tick: u64,
+    /// A WAL sector was damaged while it was down (until it restarts, when its journal says).
+    wal_damaged: bool,
     /// Heap allocations the replica made in calls after it opened (static allocation says 0).
     allocations: u64,
+}
+
+impl ReplicaNode {
+    /// Its WAL has (or may have) faulty entries not yet replaced by a primary's log.
+    fn wal_faulty(&self) -> bool {
+        self.wal_damaged
+            || self.replica.as_ref().is_some_and(|replica| {
+                replica.journal_faulty() || (replica.log_faulty() && !replica.log_lost_pending())
+            })
+    }
+
+    fn log_lost_pending(&self) -> bool {
+        self.replica.as_ref().is_some_and(Replica::log_lost_pending)
+    }
 }
 
 pub struct Cluster {
@@ -471,7 +487,15 @@ fn replica_node(options: &ClusterOptions, replica: ReplicaIndex) -> ReplicaNode 
     storage.shuffle_completions(seed);
     storage.set_latency(options.storage_latency, seed_derive(seed, 1));
     let pool = MessagePool::new(messages_max_replica(), config.message_size_max as usize);
-    ReplicaNode { config, storage, pool, replica: None, restart_tick: 0, allocations: 0 }
+    ReplicaNode {
+        config,
+        storage,
+        pool,
+        replica: None,
+        restart_tick: 0,
+        wal_damaged: false,
+        allocations: 0,
+    }
 }
 
 /// Delivery: the network, the disks, ticks.
@@ -723,12 +747,21 @@ impl Cluster {
         }
     }
 
-    /// Replicas down or with a faulty log not yet repaired: both count against `f`.
+    /// Whether a replica other than `index` has a faulty WAL.
+    fn wal_faulty_elsewhere(&self, index: usize) -> bool {
+        let others = self.replicas.iter().enumerate().filter(|(other, _)| *other != index);
+        others.filter(|(_, node)| node.wal_faulty()).count() > 0
+    }
+
+    /// Replicas down, or rejoining after the loss of their data file: both count against `f`.
+    /// A replica whose WAL has faulty entries does not: it still takes part in view changes
+    /// (its nacks count only above what it may have acknowledged), and must not cost the
+    /// cluster its liveness as a crash would.
     fn failed_count(&self) -> usize {
         let failed = |node: &ReplicaNode| {
-            node.replica.as_ref().is_none_or(|replica| {
-                !replica.status().is_open() || replica.log_faulty() || replica.journal_faulty()
-            })
+            node.replica
+                .as_ref()
+                .is_none_or(|replica| !replica.status().is_open() || replica.log_lost_pending())
         };
         self.replicas.iter().filter(|node| failed(node)).count()
     }
@@ -804,10 +837,12 @@ impl Cluster {
                 % (faults.crash_down_ticks_max - faults.crash_down_ticks_min + 1);
         let torn = faults.crash_torn_writes && self.prng.chance(1, 2);
         self.crash(index, torn, self.tick + down_ticks);
-        // Within the fault model: not while another replica's grid block is damaged, for the
-        // lost replica may hold the only other good copy of it.
+        // Within the fault model: not while another replica's grid block or WAL is damaged, for
+        // the lost replica may hold the only other good copy of it.
         let grid_damaged_elsewhere = self.grid_faults.iter().any(|(damaged, _)| *damaged != index);
-        if self.replicas.len() > 1 && self.prng.chance(1, 8) && !grid_damaged_elsewhere {
+        let wal_damaged_elsewhere = self.wal_faulty_elsewhere(index);
+        let damaged_elsewhere = grid_damaged_elsewhere || wal_damaged_elsewhere;
+        if self.replicas.len() > 1 && self.prng.chance(1, 8) && !damaged_elsewhere {
             self.rejoin(index);
         }
     }
@@ -859,8 +894,14 @@ impl Cluster {
         // one rotten WAL sector, which it must repair from a peer rather than trust.
         let replicated = node.config.replica_count > 1;
         let within_f = self.failed_count() <= self.crashed_max();
+        // A faulty WAL does not count against f, but two replicas' faults must not meet: not
+        // while another replica's WAL is faulty or its data file lost, for this one may hold
+        // the only other good copy of what that one lacks.
+        let wal_within_model = !self.wal_faulty_elsewhere(index)
+            && !self.replicas.iter().any(ReplicaNode::log_lost_pending);
         let node = &mut self.replicas[index];
-        if replicated && within_f && self.prng.chance(1, 2) {
+        if replicated && within_f && wal_within_model && self.prng.chance(1, 2) {
+            node.wal_damaged = true;
             let layout = Layout::new(&node.config);
             let zone = if self.prng.chance(1, 2) { Zone::WalHeaders } else { Zone::WalPrepares };
             let sectors = layout.zone_size(zone) / SECTOR_SIZE as u64;
@@ -984,6 +1025,7 @@ impl Cluster {
         let mut replica = Replica::new(&node.config, node.pool.clone(), seed);
         replica.open(&mut node.storage);
         node.replica = Some(replica);
+        node.wal_damaged = false;
         if self.tick > 0 {
             self.metrics.restarts += 1;
             self.checker.replica_restarted(index);
@@ -1592,6 +1634,125 @@ mod tests {
                 cluster.link_cut(client_node, replica, LinkDirection::Both, until_tick);
             }
         }
+    }
+
+    /// Rots the sector that holds the start of op `op`'s prepare in crashed replica `index`'s
+    /// WAL.
+    fn wal_prepare_rot(cluster: &mut Cluster, index: usize, op: Op) {
+        let node = &mut cluster.replicas[index];
+        assert!(node.replica.is_none(), "replica {index} must be down");
+        let layout = Layout::new(&node.config);
+        let slot = op % u64::from(node.config.journal_slot_count);
+        let offset = layout.zone_offset(Zone::WalPrepares) + slot * layout.message_size_max;
+        node.storage.corrupt_sector(offset);
+    }
+
+    /// A 3-replica cluster under load at tick 300, then R1, a backup, crashes and comes back
+    /// with the prepare of an op it acknowledged (above its checkpoint) rotten; `ahead_ticks`
+    /// later the primary R0 crashes too, until tick 2,000. Returns the cluster and the highest
+    /// op acknowledged to a client before the crashes.
+    fn rotten_backup_then_primary_crash(seed: u64, ahead_ticks: u64) -> (Cluster, Op) {
+        println!("seed={seed}");
+        let mut options = options_quiet_replicas(seed, 3);
+        options.ticks_faults = 2_500;
+        options.ticks_convergence_max = 3_000;
+        let mut cluster = Cluster::new(options);
+        while cluster.tick() < 300 {
+            cluster.step().unwrap();
+        }
+        let acknowledged = cluster.checker().acknowledged_op_max();
+        let backup = cluster.replica(1).expect("running");
+        let op = backup.commit_min() - 2;
+        assert!(op > backup.checkpoint_op(), "the rotten op must be above the checkpoint");
+        assert!(backup.prepare_header(op).is_some());
+        cluster.crash(1, false, cluster.tick() + ahead_ticks + 20);
+        wal_prepare_rot(&mut cluster, 1, op);
+        let crash_tick = cluster.tick() + ahead_ticks;
+        step_until(&mut cluster, ahead_ticks + 1, "R0's crash", |cluster| {
+            cluster.tick() >= crash_tick
+        });
+        cluster.crash(0, false, 2_000);
+        (cluster, acknowledged)
+    }
+
+    #[test]
+    fn backup_with_a_rotten_wal_sector_votes_while_another_replica_is_down() {
+        // Goal: one rotten WAL sector does not count against f like a crash. R1 restarts with
+        // the prepare of an op it acknowledged rotten (its hash chain stops below it), while
+        // R0, the primary, is down: R1 and R2 still elect a new primary (R1's nacks count only
+        // above what it may have acknowledged, which R2's log covers: R0 and R2 went on for a
+        // while after R1 crashed), and the clients carry on before R0 is back.
+        for seed in [71, 72, 73] {
+            let (mut cluster, acknowledged) = rotten_backup_then_primary_crash(seed, 40);
+            step_until(&mut cluster, 1_200, "R1 and R2 commit in a new view", |cluster| {
+                cluster.checker().acknowledged_op_max() > acknowledged + 10
+            });
+            assert!(cluster.tick() < 2_000, "before R0 is back");
+            let metrics = cluster.replica(1).expect("running").metrics();
+            assert_eq!(metrics.logs_faulty_recovered, 1);
+            assert!(metrics.view_change_votes_with_faulty_slots > 0);
+            cluster.run().unwrap();
+        }
+    }
+
+    #[test]
+    fn intact_entries_above_a_faulty_slot_survive_recovery() {
+        // Goal: recovery keeps the intact entries above a rotten slot (they may be acknowledged
+        // ops no other replica holds) instead of truncating the WAL at the first fault, so
+        // that what the replica may have acknowledged is the same at every restart until a
+        // primary's log replaces its own. R1 is cut off from its peers so that it cannot.
+        let seed = 74;
+        println!("seed={seed}");
+        let mut cluster = Cluster::new(options_quiet_replicas(seed, 3));
+        while cluster.tick() < 300 {
+            cluster.step().unwrap();
+        }
+        // Quiet, so that every prepare R1 holds is durable and acknowledged.
+        clients_cut_off(&mut cluster, 2_000);
+        let quiet_tick = cluster.tick() + 100;
+        step_until(&mut cluster, 200, "quiet", |cluster| cluster.tick() >= quiet_tick);
+        let backup = cluster.replica(1).expect("running");
+        let (head, op) = (backup.op(), backup.commit_min() - 2);
+        assert!(op > backup.checkpoint_op() && head > op + 1);
+        let above = backup.prepare_header(op + 1).expect("held");
+        for peer in [0, 2] {
+            cluster.link_cut(1, peer, LinkDirection::Both, 1_000);
+        }
+        cluster.crash(1, false, cluster.tick() + 10);
+        wal_prepare_rot(&mut cluster, 1, op);
+        for restart in 0..2 {
+            step_until(&mut cluster, 300, "R1 open", |cluster| {
+                cluster.replica(1).is_some_and(|replica| replica.status().is_open())
+            });
+            let backup = cluster.replica(1).expect("running");
+            assert!(backup.log_faulty(), "restart {restart}");
+            assert_eq!(backup.op(), op - 1, "restart {restart}: its chain stops below the fault");
+            assert_eq!(backup.prepare_header(op + 1), Some(above), "restart {restart}");
+            assert!(backup.op_acknowledged_max() >= head, "restart {restart}");
+            cluster.crash(1, false, cluster.tick() + 10);
+        }
+        cluster.run().unwrap();
+    }
+
+    #[test]
+    fn rotten_backup_that_may_hold_more_than_the_other_waits_for_the_old_primary() {
+        // Goal: the other side of the rule above. R0 crashes right after R1, so R1 may have
+        // acknowledged ops (committed by R0 and R1) that R2 never received, and its own copy of
+        // the prepare below them is rotten: no view can start from R2's log without losing
+        // them, so the new primary waits (view_change_waits_for_faulty) rather than cut them,
+        // and once R0 is back every acknowledged write is still there (the checker's
+        // durability and agreement hold through the run).
+        let (mut cluster, _) = rotten_backup_then_primary_crash(71, 0);
+        while cluster.tick() < 1_900 {
+            cluster.step().unwrap();
+        }
+        let waits = |index: usize| {
+            cluster
+                .replica(index)
+                .map_or(0, |replica| replica.metrics().view_change_waits_for_faulty)
+        };
+        assert!(waits(1) + waits(2) > 0, "a new primary must have waited for a sound log");
+        cluster.run().unwrap();
     }
 
     #[test]

@@ -667,6 +667,7 @@ impl Header {
 
     fn invalid_do_view_change(&self) -> Option<&'static str> {
         let used = Fields::OP
+            | Fields::OP_MIN
             | Fields::COMMIT
             | Fields::CHECKPOINT_OP
             | Fields::LOG_VIEW
@@ -686,6 +687,9 @@ impl Header {
         }
         if self.checkpoint_op > self.commit {
             return Some("checkpoint_op must not exceed commit");
+        }
+        if self.op_min <= self.op {
+            return Some("do_view_change op_min (the lowest op it can nack) must exceed op");
         }
         self.invalid_body_headers()
     }

@@ -548,6 +548,37 @@ impl RecoveryReport {
     pub fn count(&self, decision: Decision) -> u32 {
         self.decision_counts[decision as usize]
     }
+
+    /// The highest op this replica may have acknowledged, given that its log's hash chain
+    /// ends at `op_head`: what a replica whose journal may hide acknowledged prepares can
+    /// still not deny holding (a view change counts none of its nacks up to here).
+    ///
+    /// A prepare is acknowledged only once its header is durable in the header ring, and in
+    /// op order. So walking up from `op_head + 1`, an op `z` may have been acknowledged only
+    /// if its slot's redundant header names `z`, or is unreadable (a rotten sector may hide
+    /// it); a reserved header or one naming another op proves `z`'s header was never
+    /// durable, and no op above `z` was acknowledged either. The walk uses the entries as
+    /// recovery found them, and stays within `op_prepare_max`.
+    pub fn op_acknowledged_max(&self, op_head: Op) -> Op {
+        let slot_count = self.slots.len() as u64;
+        let mut op = op_head;
+        while op < self.op_prepare_max && op - op_head < slot_count {
+            let next = op + 1;
+            let slot = &self.slots[(next % slot_count) as usize];
+            let may_hold = match slot.header {
+                EntrySummary::Prepare { op: named, .. } => named == next,
+                EntrySummary::Invalid(_) => true,
+                EntrySummary::Reserved => false,
+            };
+            if !may_hold {
+                break;
+            }
+            op = next;
+        }
+        assert!(op >= op_head);
+        assert!(op <= op_head.max(self.op_prepare_max));
+        op
+    }
 }
 
 /// Why `read_prepare` did not return the prepare asked for.
@@ -1803,6 +1834,18 @@ impl Journal {
     /// once every write is durable, at once if there is nothing to truncate. No other write
     /// may be issued until then.
     pub fn truncate_after<S: Storage>(&mut self, storage: &mut S, op_head: Op) {
+        self.truncate_after_keeping(storage, op_head, |_| false);
+    }
+
+    /// `truncate_after`, except for the entries `keep` names (a replica installing a newer
+    /// view's log keeps the intact entries that log holds above its head). Returns how many
+    /// entries beyond `op_head` it kept.
+    pub fn truncate_after_keeping<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        op_head: Op,
+        keep: impl Fn(&Header) -> bool,
+    ) -> u64 {
         assert_eq!(self.status, Status::Recovered);
         assert!(self.report.usable);
         assert!(!self.failed);
@@ -1812,16 +1855,22 @@ impl Journal {
         assert_eq!(self.sectors_needed.count, 0);
         assert_eq!(self.truncate.count, 0);
         self.assert_event_room();
+        let mut kept = 0;
         for index in 0..self.slot_count() {
             let header = &self.headers[index];
             if header.command == Command::Prepare as u8 && header.op > op_head {
-                self.truncate_slot(Slot(index));
+                if keep(header) {
+                    kept += 1;
+                } else {
+                    self.truncate_slot(Slot(index));
+                }
             }
         }
         self.report.totals();
-        assert!(self.report.op_max.is_none_or(|op_max| op_max <= op_head));
+        assert!(kept > 0 || self.report.op_max.is_none_or(|op_max| op_max <= op_head));
         self.truncation = TruncatePhase::WritingHeaders;
         self.truncate_after_pump(storage);
+        kept
     }
 
     /// Applies the truncation of `slot` in memory, and in the report as a cut; the writes

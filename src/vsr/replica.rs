@@ -241,6 +241,18 @@ pub struct Metrics {
     /// Prepares not taken (backup) or not started (primary) because every journal write was
     /// in flight: a slow disk.
     pub prepares_deferred_journal_busy: u64,
+    /// Opens whose WAL had faulty entries that may hide acknowledged prepares (the intact
+    /// entries above them are kept, and the replica still votes in view changes).
+    pub logs_faulty_recovered: u64,
+    /// do_view_change messages sent with a faulty WAL (nacks only above what it may have
+    /// acknowledged).
+    pub view_change_votes_with_faulty_slots: u64,
+    /// View-change quorums a new primary could not decide on yet: a faulty replica in it may
+    /// have acknowledged ops beyond every sound log in it, so it waited for more logs.
+    pub view_change_waits_for_faulty: u64,
+    /// Intact entries above the match point that a log truncation kept because the log being
+    /// installed holds them.
+    pub log_entries_kept_at_truncation: u64,
 }
 }
 
@@ -266,9 +278,13 @@ pub struct Replica {
     log_view_durable: View,
     /// The (view, log_view) of the superblock update in flight, if any.
     superblock_writing: Option<(View, View)>,
-    /// The log holds entries that recovery found faulty: until a primary's log replaces them,
-    /// this replica does not vote with its log (no do_view_change, no prepare_ok).
+    /// The log holds entries that recovery found faulty (or it was lost, `log_lost`): until a
+    /// primary's log replaces them, this replica acknowledges nothing. With faulty entries it
+    /// still sends a do_view_change, whose nacks count only above `op_acknowledged_max`.
     log_faulty: bool,
+    /// While `log_faulty`: the highest op this replica may have acknowledged before its WAL
+    /// went bad (`RecoveryReport::op_acknowledged_max`), at least `op`.
+    op_acknowledged_max: Op,
     view_change: view_change::ViewChangeState,
     rejoin: rejoin::RejoinState,
     target: repair::LogTarget,
@@ -341,6 +357,7 @@ impl Replica {
             log_view_durable: 0,
             superblock_writing: None,
             log_faulty: false,
+            op_acknowledged_max: 0,
             view_change: view_change::ViewChangeState::new(),
             rejoin: rejoin::RejoinState::new(),
             target: repair::LogTarget::new(config.journal_slot_count as usize),
@@ -427,10 +444,22 @@ impl Replica {
         self.view
     }
 
-    /// Recovery found faulty entries that a primary's log has not replaced yet: until then this
-    /// replica counts as failed (it cannot vote with its log).
+    /// Recovery found faulty entries that a primary's log has not replaced yet (or the log was
+    /// lost): until then this replica acknowledges nothing.
     pub fn log_faulty(&self) -> bool {
         self.log_faulty
+    }
+
+    /// The highest op this replica may have acknowledged: its log's head, or, while its WAL
+    /// has faulty entries, what they may hide (`RecoveryReport::op_acknowledged_max`).
+    pub fn op_acknowledged_max(&self) -> Op {
+        if self.log_faulty { self.op.max(self.op_acknowledged_max) } else { self.op }
+    }
+
+    /// The data file was lost and formatted again (`format --rejoin`), and the replica does not
+    /// hold the cluster's log yet: it takes no part in view changes.
+    pub fn log_lost_pending(&self) -> bool {
+        self.log_lost() != 0
     }
 
     /// The log this replica is installing reaches further back than its peers' WAL window: it
@@ -483,10 +512,11 @@ impl Replica {
     /// A one-line summary of the replica's progress, for failure reports.
     pub fn debug_state(&self) -> String {
         format!(
-            "replica {} {:?} view {} log_view {} op {} commit_min {} commit_max {} checkpoint {} \
-             pipeline {} reads {} target {} durable {}/{} faulty {} dvc {} chosen {}",
+            "replica {} {:?} ({:?}) view {} log_view {} op {} commit_min {} commit_max {} \
+             checkpoint {} pipeline {} reads {} target {} durable {}/{} faulty {} dvc {} chosen {}",
             self.config.replica,
             self.status,
+            self.open_phase,
             self.view,
             self.log_view,
             self.op,

@@ -30,7 +30,7 @@ const PARENT: u32 = 0x9A2E_0001;
 const CONTEXT: u32 = 0xC0DE_0001;
 
 /// Every reason `invalid()` and `decode()` can return, as written in header.rs.
-const REASONS: [&str; 57] = [
+const REASONS: [&str; 58] = [
     // decode
     "header: too short",
     "header: checksum",
@@ -86,6 +86,7 @@ const REASONS: [&str; 57] = [
     "start_view_change context must be 0, 1 or 2",
     "log_view must be below the new view",
     "commit must not exceed op",
+    "do_view_change op_min (the lowest op it can nack) must exceed op",
     "op_min must not exceed op",
     "eviction reason unknown",
     "body must list at least one block",
@@ -97,7 +98,7 @@ const REASONS: [&str; 57] = [
 
 /// For each reason, a test that produces it (checked by
 /// `every_rejection_reason_has_a_test_that_produces_it`).
-const REJECTION_TESTS: [(&str, fn()); 57] = [
+const REJECTION_TESTS: [(&str, fn()); 58] = [
     ("header: too short", decode_of_input_shorter_than_a_header_fails),
     ("header: checksum", decode_of_a_header_with_a_flipped_byte_fails_the_checksum),
     ("protocol version unknown", header_with_unknown_protocol_version_is_rejected),
@@ -154,6 +155,10 @@ const REJECTION_TESTS: [(&str, fn()); 57] = [
         do_view_change_with_log_view_not_below_view_is_rejected,
     ),
     ("commit must not exceed op", view_change_with_commit_above_op_is_rejected),
+    (
+        "do_view_change op_min (the lowest op it can nack) must exceed op",
+        do_view_change_with_op_min_not_above_op_is_rejected,
+    ),
     ("op_min must not exceed op", op_min_above_op_is_rejected),
     ("eviction reason unknown", eviction_with_an_unknown_reason_is_rejected),
     (
@@ -264,7 +269,7 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
             vec![]
         }
         Command::DoViewChange => {
-            (h.op, h.commit, h.checkpoint_op) = (OP, COMMIT, CHECKPOINT);
+            (h.op, h.op_min, h.commit, h.checkpoint_op) = (OP, OP + 1, COMMIT, CHECKPOINT);
             (h.log_view, h.view, h.replica) = (LOG_VIEW, VIEW, 2);
             headers_body(2)
         }
@@ -489,7 +494,7 @@ fn used_fields(command: Command) -> &'static [Field] {
         Command::PongClient => &[F::Client, F::Timestamp, F::View, F::Replica],
         Command::StartViewChange => &[F::View, F::Replica, F::Context],
         Command::DoViewChange => {
-            &[F::Op, F::Commit, F::CheckpointOp, F::LogView, F::View, F::Replica]
+            &[F::Op, F::OpMin, F::Commit, F::CheckpointOp, F::LogView, F::View, F::Replica]
         }
         Command::StartView => &[F::Op, F::Commit, F::CheckpointOp, F::Context, F::View, F::Replica],
         Command::RequestStartView => &[F::Context, F::View, F::Replica],
@@ -598,6 +603,7 @@ fn values_at_each_boundary_are_accepted() {
     case("commit checkpoint at commit", Command::Commit, |h| h.checkpoint_op = h.commit);
     case("dvc log_view one below view", Command::DoViewChange, |h| h.log_view = h.view - 1);
     case("dvc commit at op", Command::DoViewChange, |h| h.commit = h.op);
+    case("dvc of a faulty WAL", Command::DoViewChange, |h| h.op_min = h.op + 100);
     case("sv commit at op", Command::StartView, |h| h.commit = h.op);
     case("sv checkpoint at commit", Command::StartView, |h| h.checkpoint_op = h.commit);
     case("sv in view 0", Command::StartView, |h| h.view = 0);
@@ -1091,6 +1097,18 @@ fn view_change_with_commit_above_op_is_rejected() {
     // Goal: a head op is never below the commit it carries.
     for command in [Command::DoViewChange, Command::StartView] {
         rejects(valid(command), |h| h.commit = h.op + 1, "commit must not exceed op");
+    }
+}
+
+#[test]
+fn do_view_change_with_op_min_not_above_op_is_rejected() {
+    // Goal: a do_view_change can deny holding only ops above its log's head.
+    for op_min in [0, OP - 1, OP] {
+        rejects(
+            valid(Command::DoViewChange),
+            |h| h.op_min = op_min,
+            "do_view_change op_min (the lowest op it can nack) must exceed op",
+        );
     }
 }
 

@@ -185,6 +185,12 @@ impl Replica {
     /// The replay is over: truncates the journal entries beyond the head of the chain before
     /// any new op may be prepared or accepted into their slots (see "Truncating after replay" in
     /// the journal's docs).
+    ///
+    /// Not when faulty entries may hide prepares this replica acknowledged: the chain stops at
+    /// the first of them, and the intact entries above it may be acknowledged ops that only
+    /// this replica still holds, and are the evidence `op_acknowledged_max` is drawn from at
+    /// every restart. They stay until a primary's log replaces them (`log_truncate` keeps the
+    /// ones that log holds).
     pub(super) fn replay_done<S: Storage>(&mut self, storage: &mut S) {
         assert_eq!(self.open_phase, OpenPhase::Replay);
         assert_eq!(self.status, Status::Recovering);
@@ -192,8 +198,20 @@ impl Replica {
             assert_eq!(self.commit_min, self.op);
         }
         self.open_phase = OpenPhase::Truncate;
+        self.op_acknowledged_max = self.op;
+        if self.log_wal_faulty() {
+            let report = self.journal.recovery_report();
+            self.op_acknowledged_max = report.op_acknowledged_max(self.op);
+            self.metrics.logs_faulty_recovered += 1;
+            return self.journal_truncated(storage);
+        }
         self.journal.truncate_after(storage, self.op);
         self.journal_events(storage);
+    }
+
+    /// The log is faulty because its WAL is (not because the data file was lost).
+    pub(super) fn log_wal_faulty(&self) -> bool {
+        self.log_faulty && self.superblock.working().log_lost == 0
     }
 
     /// Opening is over: this replica serves.
@@ -203,7 +221,7 @@ impl Replica {
             return;
         }
         assert_eq!(self.status, Status::Recovering);
-        assert!(self.journal.header_with_op(self.op + 1).is_none());
+        assert!(self.log_wal_faulty() || self.journal.header_with_op(self.op + 1).is_none());
         self.status = Status::Normal;
         self.view_change.heard_tick = self.ticks;
         if self.config.replica_count > 1 && self.superblock.working().log_lost != 0 {

@@ -10,8 +10,11 @@
 //!    checksum). By the hash chain everything below agrees too. Ops up to `commit_min` are
 //!    committed and so canonical; if the target says otherwise the replica stops rather than
 //!    diverge.
-//! 2. **Truncate** what lies above the match, durably (`Journal::truncate_after`), once no
-//!    write is in flight: such an op is not in the canonical log, so it was never committed.
+//! 2. **Truncate** what lies above the match, durably (`Journal::truncate_after_keeping`), once
+//!    no write is in flight: such an op is not in the canonical log, so it was never committed.
+//!    WAL entries above the replica's own head that are the target's are kept: a replica whose
+//!    WAL has a faulty entry holds the intact ones above it there, and they may be acknowledged
+//!    ops that no other replica holds yet (and its evidence of them, `op_acknowledged_max`).
 //! 3. **Fetch** the missing prepares with `request_prepare` by op and checksum, from the
 //!    replica the target came from and, on alternate attempts, the others. A prepare is taken
 //!    only if it is the target's and extends the chain.
@@ -338,7 +341,11 @@ impl Replica {
         self.op = op;
         self.parent = parent;
         self.target.phase = Phase::Fetch;
-        self.journal.truncate_after(storage, op);
+        let target = &self.target;
+        let keep =
+            |held: &Header| target.header(held.op).is_some_and(|canonical| canonical == held);
+        let kept = self.journal.truncate_after_keeping(storage, op, keep);
+        self.metrics.log_entries_kept_at_truncation += kept;
     }
 
     /// The replica to ask for the target's entries: its source, and on alternate attempts

@@ -9,14 +9,22 @@
 //!   cannot hear the primary therefore cannot disturb a cluster that works.
 //! - **do_view_change.** Once its view is durable in the superblock, a replica in a view change
 //!   sends the new primary its log: `log_view` (the last view it was normal in), `op`, its
-//!   commit number and the headers of its log's suffix. A replica whose log recovery found
-//!   faulty does not.
+//!   commit number, the headers of its log's suffix, and `op_min`, the lowest op it can deny
+//!   ever having acknowledged: `op + 1`, or, if its WAL has faulty entries that may hide
+//!   prepares it acknowledged, one above `op_acknowledged_max` (Protocol-Aware Recovery: a
+//!   fault is never taken for a nack). A replica that lost its data file does not send one.
 //! - **The canonical log.** The new primary waits for a view-change quorum of logs, its own
-//!   included. The canonical one has the highest `log_view`, then the highest op: it holds every
-//!   committed op (the quorum intersects every replication quorum, and a replica only takes a
-//!   view's log_view once it holds that view's whole starting log). An op above every reported
-//!   commit number that a nack quorum lacks cannot have committed and is cut off, so the view
-//!   can start even if no intact copy of it survives (Protocol-Aware Recovery).
+//!   included. The canonical one is the sound log (`op_min = op + 1`) with the highest
+//!   `log_view`, then the highest op: it holds every committed op (the quorum intersects every
+//!   replication quorum, and a replica only takes a view's log_view once it holds that view's
+//!   whole starting log). A faulty log counts toward the quorum but is never canonical: its
+//!   chain stops below what it may have acknowledged. So the primary decides only once no
+//!   faulty log could hold a committed op the canonical lacks: each has an older `log_view`
+//!   than the canonical, or the same one and nothing it may have acknowledged above the
+//!   canonical's op. Otherwise it waits for more logs (`view_change_waits_for_faulty`). An op
+//!   above every reported commit number that a nack quorum lacks (below their `op_min`, nothing
+//!   counts as a nack unless it differs from a header the replica holds) cannot have committed
+//!   and is cut off, so the view can start even if no intact copy of it survives.
 //! - **Installing it.** The primary makes its own log the canonical one (`repair.rs`: find where
 //!   they agree, truncate the rest, fetch the missing prepares by checksum), persists
 //!   `log_view = view`, becomes normal and sends `start_view` with the suffix. Uncommitted ops
@@ -66,6 +74,8 @@ pub(super) struct DoViewChangeRecord {
     pub received: bool,
     pub log_view: View,
     pub op: Op,
+    /// The lowest op above `op` it can deny holding: `op + 1` for a sound log.
+    pub op_min: Op,
     pub commit: Op,
     pub headers_count: usize,
     /// The suffix of its log, ascending, ending at `op`.
@@ -77,10 +87,23 @@ impl DoViewChangeRecord {
         received: false,
         log_view: 0,
         op: 0,
+        op_min: 0,
         commit: 0,
         headers_count: 0,
         headers: [Header::zeroed(); VIEW_CHANGE_HEADERS_MAX],
     };
+
+    /// Its log is sound: its chain reaches every op it may have acknowledged.
+    pub fn sound(&self) -> bool {
+        self.op_min == self.op + 1
+    }
+
+    /// Whether it lacks the prepare `entry` (at `entry.op`, above its commit): it can deny
+    /// holding that op, or its log holds another prepare there.
+    fn nacks(&self, entry: &Header) -> bool {
+        entry.op >= self.op_min
+            || self.header(entry.op).is_some_and(|held| held.checksum != entry.checksum)
+    }
 
     /// Its header at `op`, if its suffix reaches that far down.
     pub fn header(&self, op: Op) -> Option<&Header> {
@@ -169,6 +192,25 @@ pub fn view_headers_invalid(message: &Message, log_view: View) -> Option<&'stati
         return Some("commit above op");
     }
     None
+}
+
+/// The replica whose log is canonical among the do_view_changes received: the sound log with
+/// the highest (log_view, op), provided that no faulty log may hold an op committed beyond it
+/// (see the module docs); `None` if none can be chosen yet.
+fn canonical_choose(records: &[DoViewChangeRecord]) -> Option<ReplicaIndex> {
+    let received = || records.iter().enumerate().filter(|(_, record)| record.received);
+    let (best, canonical) = received()
+        .filter(|(_, record)| record.sound())
+        .max_by_key(|(index, record)| (record.log_view, record.op, std::cmp::Reverse(*index)))?;
+    let covered = |record: &DoViewChangeRecord| {
+        record.sound()
+            || record.log_view < canonical.log_view
+            || (record.log_view == canonical.log_view && record.op_min <= canonical.op + 1)
+    };
+    if !received().all(|(_, record)| covered(record)) {
+        return None;
+    }
+    Some(best as ReplicaIndex)
 }
 
 /// Timeouts and votes.
@@ -407,7 +449,8 @@ impl Replica {
             // stepping aside waits in its own view, whose log is already its own.)
             self.send_start_view_change(self.view);
         }
-        let can_vote = self.log_view < self.view && !self.log_faulty && !self.journal.truncating();
+        let can_vote =
+            self.log_view < self.view && self.log_lost() == 0 && !self.journal.truncating();
         if !can_vote || self.view_durable != self.view {
             if !self.is_primary() {
                 self.send_request_start_view();
@@ -417,6 +460,7 @@ impl Replica {
         let Some(message) = self.do_view_change_build() else {
             return;
         };
+        self.metrics.view_change_votes_with_faulty_slots += u64::from(self.log_faulty);
         if self.is_primary() {
             self.do_view_change_record(storage, &message);
         } else {
@@ -514,6 +558,7 @@ impl Replica {
         }
         let mut header = self.header_new(Command::DoViewChange);
         header.op = self.op;
+        header.op_min = self.op_acknowledged_max() + 1;
         header.commit = self.commit_max.min(self.op);
         header.checkpoint_op = self.checkpoint_op;
         header.log_view = self.log_view;
@@ -588,6 +633,7 @@ impl Replica {
         record.received = true;
         record.log_view = header.log_view;
         record.op = header.op;
+        record.op_min = header.op_min;
         record.commit = header.commit;
         record.headers_count = count;
         for index in 0..count {
@@ -607,23 +653,10 @@ impl Replica {
         if received < self.quorum_view_change() {
             return;
         }
-        let mut best: Option<ReplicaIndex> = None;
-        for (index, record) in records.iter().enumerate() {
-            if !record.received {
-                continue;
-            }
-            let better = match best {
-                None => true,
-                Some(best) => {
-                    let best = &records[usize::from(best)];
-                    (record.log_view, record.op) > (best.log_view, best.op)
-                }
-            };
-            if better {
-                best = Some(index as ReplicaIndex);
-            }
-        }
-        let best = best.expect("a quorum is not empty");
+        let Some(best) = canonical_choose(records) else {
+            self.metrics.view_change_waits_for_faulty += 1;
+            return;
+        };
         let canonical = records[usize::from(best)];
         let mut commit = self.commit_max.max(self.commit_min);
         for record in records.iter().filter(|record| record.received) {
@@ -652,16 +685,8 @@ impl Replica {
             let Some(entry) = canonical.header(op) else {
                 continue;
             };
-            let nacks = self
-                .view_change
-                .records
-                .iter()
-                .filter(|record| record.received)
-                .filter(|record| {
-                    record.op < op
-                        || record.header(op).is_some_and(|held| held.checksum != entry.checksum)
-                })
-                .count();
+            let records = self.view_change.records.iter().filter(|record| record.received);
+            let nacks = records.filter(|record| record.nacks(entry)).count();
             if nacks >= quorum_nack {
                 self.metrics.ops_truncated += canonical.op - op + 1;
                 return op - 1;
