@@ -490,7 +490,8 @@ fn journal_recovery_case_of_raw_entries(data: &[u8]) {
     assert_eq!(entries[3], Entry::Reserved);
     let op_prepare_max = word(3);
     let op_max = (word(4) % 2 == 1).then(|| word(4).min(op_prepare_max));
-    let recovery_context = RecoveryContext { op_max, op_prepare_max };
+    let checkpoint_op = op_prepare_max.saturating_sub(JOURNAL_SLOT_COUNT);
+    let recovery_context = RecoveryContext { op_max, op_prepare_max, checkpoint_op };
     for header in &entries {
         for prepare in &entries {
             let case = recovery_case(header, prepare, &recovery_context);

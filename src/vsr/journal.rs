@@ -65,9 +65,9 @@
 //! @B    reserved         invalid                                   repair    unrecoverable
 //! @C    older prepare    torn             in the torn window (*)   cut_torn  cut_torn
 //! @C    prepare          invalid                                   repair    unrecoverable
-//! @D    invalid          reserved                                  fix       fix
-//! @E    invalid          prepare          prepare.op < op_max      fix       fix
-//! @F    invalid          prepare          prepare.op = op_max      fix       fix
+//! @D    invalid          reserved                                  repair    fix
+//! @E    invalid          prepare          not @F                   repair    fix
+//! @F    invalid          prepare          newest possible (**)     fix       fix
 //! @G    reserved         prepare                                   fix       fix
 //! @I    prepare, beyond  prepare                                   cut       unrecoverable
 //! @J    prepare, beyond  reserved                                  cut       unrecoverable
@@ -81,6 +81,9 @@
 //! (*) torn: the header or body checksum failed; older: of an op below the slot's op `t`. The
 //!     torn window is a condition on every slot at once (see cut_torn below), so `recover`
 //!     decides it and `recovery_case` only returns @B or @C.
+//! (**) prepare.op = op_max, or prepare.op > checkpoint_op: the slot's next op,
+//!     prepare.op + slot_count, lies beyond op_prepare_max, so nothing newer can have been
+//!     written to it under this checkpoint.
 //! ```
 //!
 //! Decisions: **eql** and **nil**: clean, nothing to do. **fix**: rewrite the redundant header
@@ -95,10 +98,15 @@
 //!
 //! - @A, @B, @C, @K: the prepare is lost; only a peer has it. @B and @K are what a lost or torn
 //!   prepare write or a misdirected write leaves; @C is a written prepare that later rotted.
-//! - @D, @E: the redundant header is lost, so nothing proves the intact prepare is the newest
-//!   one this replica wrote (a newer write may have been lost). With peers, ask them; a single
+//! - @D, @E: the redundant header is lost, so nothing proves the slot's prepare (or its
+//!   reserved entry) is the newest one this replica wrote: a newer prepare's write may have
+//!   been lost or misdirected after its header landed and it was acknowledged. Taking the
+//!   older one would make the replica nack a prepare it acknowledged. With peers, the slot is
+//!   faulty and repaired (and may hide an acknowledged op: `op_acknowledged_max`); a single
 //!   replica has only its own copy, and uses it.
-//! - @F: the crash fell between the prepare write and its header write, at the head of the log.
+//! - @F: the crash fell between the prepare write and its header write, at the head of the log;
+//!   or the prepare is the newest op its slot can hold under this checkpoint (a torn header
+//!   sector below the head).
 //! - @G: the header sector was written while this slot's prepare was still in flight (it is
 //!   written as reserved then), and the crash came before the next header write.
 //! - @H, @I, @J: an op beyond `op_prepare_max` cannot belong to this checkpoint's log: it was
@@ -373,10 +381,12 @@ impl Case {
                 Decision::Unrecoverable
             }
             Case::A | Case::B | Case::C | Case::K | Case::N | Case::O => Decision::Repair,
-            // The prepare ring holds the newest durable prepare of the slot (a header is only
-            // written after its prepare is durable): a torn header sector loses nothing, and a
-            // replica that treated it as lost could not vote in a view change.
-            Case::D | Case::E => Decision::Fix,
+            // A single replica has only its own copy, and uses it.
+            Case::D | Case::E if single => Decision::Fix,
+            // The lost header may have named a newer prepare of the slot whose write was lost
+            // (misdirected) after it was acknowledged: the replica must not claim the older one,
+            // nor deny the newer (TigerBeetle's table decides `vsr` here too).
+            Case::D | Case::E => Decision::Repair,
             Case::F | Case::G | Case::M => Decision::Fix,
             Case::H | Case::I | Case::J if single => Decision::Unrecoverable,
             Case::H | Case::I | Case::J => Decision::Cut,
@@ -435,6 +445,9 @@ pub struct RecoveryContext {
     pub op_max: Option<Op>,
     /// `op_prepare_max(checkpoint_op, slot_count)`.
     pub op_prepare_max: Op,
+    /// The checkpoint the journal is recovered under: a slot's prepare above it is the
+    /// newest op of that slot this checkpoint's log can hold.
+    pub checkpoint_op: Op,
 }
 
 /// The row of the decision table that `header` (redundant) and `prepare` fall in. Pure: this
@@ -448,7 +461,9 @@ pub fn recovery_case(header: &Entry, prepare: &Entry, context: &RecoveryContext)
         (Entry::Prepare(_), Entry::Invalid(_)) => Case::C,
         (Entry::Invalid(_), Entry::Reserved) => Case::D,
         (Entry::Invalid(_), Entry::Prepare(prepare)) => {
-            if context.op_max == Some(prepare.op) {
+            // Nothing newer can have been written to the slot: it is the head, or the next op
+            // of the slot lies beyond `op_prepare_max`.
+            if context.op_max == Some(prepare.op) || prepare.op > context.checkpoint_op {
                 Case::F
             } else {
                 Case::E
@@ -1585,7 +1600,7 @@ impl Journal {
                 }
             })
             .max();
-        RecoveryContext { op_max, op_prepare_max }
+        RecoveryContext { op_max, op_prepare_max, checkpoint_op: self.recovery.checkpoint_op }
     }
 
     /// Classifies every slot, applies the decisions in memory, and starts the writes.

@@ -837,24 +837,38 @@ fn case_c_header_written_then_prepare_corrupt_needs_repair() {
 
 #[test]
 fn case_d_corrupt_header_and_reserved_prepare_is_fixed_only_alone() {
-    // Goal: @D: repair with peers; a single replica trusts its reserved prepare.
+    // Goal: @D: repair with peers (the lost header may have named a prepare whose write was
+    // lost after it was acknowledged); a single replica trusts its reserved prepare.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
         put_durable(storage, 20, 0);
         put_prepare(storage, 20, reserved_header(CLUSTER, 20).as_bytes());
         corrupt_redundant(storage, 20);
     };
-    assert_case(&craft, 0, 20, Case::D, [Decision::Fix, Decision::Fix]);
+    assert_case(&craft, 0, 20, Case::D, [Decision::Repair, Decision::Fix]);
 }
 
 #[test]
-fn case_e_corrupt_header_below_the_head_is_fixed_only_alone() {
-    // Goal: @E: an intact prepare below the head whose header is lost.
+fn case_e_corrupt_header_over_an_older_prepare_is_fixed_only_alone() {
+    // Goal: @E: an intact prepare at or below the checkpoint whose header is lost: the slot's
+    // next op may have been written (and its write lost) under this checkpoint, so with peers
+    // it is repaired; a single replica trusts the prepare it has.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
         corrupt_redundant(storage, 5);
     };
-    assert_case(&craft, 0, 5, Case::E, [Decision::Fix, Decision::Fix]);
+    assert_case(&craft, 8, 5, Case::E, [Decision::Repair, Decision::Fix]);
+}
+
+#[test]
+fn case_f_corrupt_header_over_the_newest_prepare_its_slot_can_hold_is_fixed() {
+    // Goal: a torn header sector below the head loses nothing: a prepare above the checkpoint
+    // is the newest its slot can hold under it (the slot's next op is beyond op_prepare_max).
+    let craft = |storage: &mut MemoryStorage| {
+        put_ops_1_to_10(storage);
+        corrupt_redundant(storage, 5);
+    };
+    assert_case(&craft, 0, 5, Case::F, [Decision::Fix, Decision::Fix]);
 }
 
 #[test]
@@ -1006,7 +1020,7 @@ fn misdirected_header_is_invalid_for_its_slot() {
     };
     let found = crafted_slot(&craft, 0, 3, 5);
     assert_eq!(found.header, EntrySummary::Invalid(EntryInvalid::Misdirected));
-    assert_eq!((found.case, found.decision), (Case::E, Decision::Fix));
+    assert_eq!((found.case, found.decision), (Case::F, Decision::Fix));
 }
 
 #[test]
@@ -1040,7 +1054,7 @@ fn recovery_case_covers_every_combination_of_entries() {
         [invalid, reserved, prepare(5, 0), prepare(5, 1), prepare(69, 0), prepare(133, 0)];
     let mut seen = Vec::new();
     for op_max in [None, Some(5), Some(69)] {
-        let context = RecoveryContext { op_max, op_prepare_max: 74 };
+        let context = RecoveryContext { op_max, op_prepare_max: 74, checkpoint_op: 10 };
         for header in &entries {
             for prepare in &entries {
                 let case = recovery_case(header, prepare, &context);

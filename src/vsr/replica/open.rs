@@ -250,7 +250,10 @@ impl Replica {
 fn journal_hides_acknowledged(journal: &Journal, checkpoint_op: Op) -> bool {
     let report = journal.recovery_report();
     report.slots.iter().any(|slot| {
-        let hazard = matches!(slot.case, Case::A | Case::C | Case::K | Case::N | Case::O);
+        let hazard = matches!(
+            slot.case,
+            Case::A | Case::C | Case::D | Case::E | Case::K | Case::N | Case::O
+        );
         let above_checkpoint = match slot.header {
             EntrySummary::Prepare { op, .. } => op > checkpoint_op,
             _ => true,
