@@ -19,7 +19,10 @@
 //!   the primary is the least likely to be behind. On a timeout it is sent again, unchanged, to
 //!   the next replica in turn, with an exponential backoff (capped) and jitter: a paused or
 //!   partitioned primary is left behind after one timeout. A `pong_client` from a backup names
-//!   its view, and so the primary, where the request goes next.
+//!   its view, and so the primary, where the request goes next. A replica that cannot be
+//!   reached (a refused connection, a closed one) is skipped at once, and does not grow the
+//!   backoff: it kept no copy waiting. Only a whole round of unreachable replicas slows the
+//!   copies down.
 //! - A write whose outcome is unknown stays in flight until it is answered. The driver may
 //!   give up waiting (the TCP client's deadline), but it must send the same request again
 //!   before any other (`in_flight` stays set, and `request_start` refuses to start another):
@@ -72,11 +75,14 @@ pub struct InFlight {
     pub checksum: Checksum,
     /// Copies sent so far.
     pub sends: u32,
-    /// Copies whose wait ran out (or whose replica proved unreachable): the backoff doubles
-    /// with each, not with redirects.
+    /// Copies whose wait ran out: the backoff doubles with each, not with redirects nor with
+    /// unreachable replicas.
     timeouts: u32,
-    /// The next copy is due to a redirect (or a busy primary), not a timeout.
+    /// The next copy is due to a redirect, a busy primary or an unreachable replica, not to a
+    /// timeout.
     redirected: bool,
+    /// Copies in a row whose replica proved unreachable (reset by a pong).
+    unreachable: u32,
     /// Pongs from the primary itself between views, each answered by a quick retry, up to
     /// `PRIMARY_BUSY_RETRIES_MAX` (a primary stuck between views, cut off from its peers,
     /// must not hold the client: the timeouts move it on).
@@ -258,6 +264,7 @@ impl ClientCore {
             sends: 0,
             timeouts: 0,
             redirected: false,
+            unreachable: 0,
             busy_count: 0,
             target,
             target_next: target,
@@ -311,17 +318,25 @@ impl ClientCore {
     /// The driver could not reach the replica the latest copy went to (a refused connection,
     /// a broken socket): the next copy goes to the next replica soon.
     pub fn on_unreachable(&mut self, now: u64) {
-        let redirect_delay = self.options.redirect_delay;
-        let replica_count = self.options.replica_count;
+        let options = self.options;
         let Some(in_flight) = self.in_flight.as_mut() else {
             return;
         };
         self.metrics.client_unreachable += 1;
-        // It counts as a timeout for the backoff: else a client would cycle through dead
-        // replicas as fast as connections are refused.
-        in_flight.redirected = false;
-        in_flight.target_next = (in_flight.target + 1) % replica_count;
-        in_flight.send_at = in_flight.send_at.min(now + redirect_delay);
+        // Not a timeout: the backoff of the wait for a reply is left alone. After a failover,
+        // every backup still in the old view sends the client back to the dead primary until
+        // the view changes; counted as timeouts, that second of refused connections ran the
+        // backoff to its cap, and a copy the new primary then left unanswered waited seconds.
+        in_flight.redirected = true;
+        in_flight.unreachable += 1;
+        // Each replica once at the redirect delay; then the delay doubles with each round of
+        // replicas that all proved unreachable, up to the first timeout: a cluster that is down
+        // is not dialed as fast as connections are refused, nor left alone for longer than a
+        // timeout once it is back.
+        let rounds = ((in_flight.unreachable - 1) / u32::from(options.replica_count)).min(16);
+        let delay = (options.redirect_delay << rounds).min(options.request_timeout);
+        in_flight.target_next = (in_flight.target + 1) % options.replica_count;
+        in_flight.send_at = in_flight.send_at.min(now + delay);
     }
 
     /// A message from the cluster, already validated by the driver (`Header::decode`, body
@@ -378,6 +393,8 @@ impl ClientCore {
         let Some(in_flight) = self.in_flight.as_mut() else {
             return Outcome::Dropped("a pong with no request in flight");
         };
+        // A replica answered: the cluster is up.
+        in_flight.unreachable = 0;
         if in_flight.operation.is_read() {
             // A read is served by any replica.
             return Outcome::Dropped("a pong that names no other primary");
@@ -526,6 +543,45 @@ mod tests {
         assert_eq!(core.on_message(&pong, 13), Outcome::Redirect);
         assert_eq!(core.poll_send(14), Some(2));
         assert_eq!(core.primary(), 2);
+    }
+
+    #[test]
+    fn unreachable_replicas_do_not_grow_the_wait_for_a_live_one() {
+        // Goal: after a failover the client bounces between a backup still in the old view
+        // (whose pong names the dead primary) and the dead primary (refused) until the view
+        // changes. However long that lasts, the copy that then reaches a live replica waits
+        // only the first timeout for its reply, not the backoff's cap; and only a whole round
+        // of unreachable replicas slows the copies down, each round twice as much, up to the
+        // first timeout.
+        let mut core = registered_core();
+        core.request_start(Operation::Append, &[9; 24], 10);
+        assert_eq!(core.poll_send(10), Some(0));
+        let mut pong = Header::new(Command::PongClient, 7);
+        pong.client = core.id();
+        let mut now = 10;
+        for _ in 0..50 {
+            core.on_unreachable(now);
+            now += 1;
+            assert_eq!(core.poll_send(now), Some(1), "the next replica, at once");
+            assert_eq!(core.on_message(&pong, now), Outcome::Redirect);
+            now += 1;
+            assert_eq!(core.poll_send(now), Some(0), "back to the old view's primary");
+        }
+        core.on_unreachable(now);
+        now += 1;
+        assert_eq!(core.poll_send(now), Some(1));
+        let wait = core.send_due().unwrap() - now;
+        assert!((10..=15).contains(&wait), "the first timeout, not the cap: {wait}");
+        assert_eq!(core.metrics().client_unreachable, 51);
+        let mut delays = Vec::new();
+        for _ in 0..14 {
+            core.on_unreachable(now);
+            let due = core.send_due().unwrap();
+            delays.push(due - now);
+            now = due;
+            assert!(core.poll_send(now).is_some());
+        }
+        assert_eq!(delays, [1, 1, 2, 2, 2, 4, 4, 4, 8, 8, 8, 10, 10, 10]);
     }
 
     #[test]

@@ -44,9 +44,14 @@ pub enum RequestDisposition {
     Prepare,
     /// A retry of the latest committed request: resend the stored reply of this session slot.
     ReplyAgain { slot: usize },
-    /// Older than the latest committed request, or a request number from the future: a client
-    /// bug or a stale retry. Dropped.
+    /// Older than the latest committed request: a stale retry. Dropped.
     Drop,
+    /// Past the request after the latest committed one: the client holds a reply to a request
+    /// this table has not recorded yet. A client sends a request only once the one before it
+    /// was answered, and so committed; a replica that has not executed that commit yet (a new
+    /// primary that still has to commit its predecessor's last ops) sees this, as does a buggy
+    /// client.
+    Ahead,
     /// The client has no session (never registered, or evicted): send an eviction.
     Evict,
 }
@@ -132,6 +137,8 @@ impl ClientSessions {
             RequestDisposition::ReplyAgain { slot }
         } else if request == latest + 1 {
             RequestDisposition::Prepare
+        } else if request > latest + 1 {
+            RequestDisposition::Ahead
         } else {
             RequestDisposition::Drop
         }
@@ -211,7 +218,8 @@ mod tests {
 
     #[test]
     fn retry_gets_the_stored_reply_and_is_never_prepared_twice() {
-        // Goal: dedup by request number: latest → reply again, next → prepare, others → drop.
+        // Goal: dedup by request number: latest → reply again, next → prepare, older → drop;
+        // a number past the next is told apart (the table is behind the client's replies).
         let mut sessions = ClientSessions::new(2);
         let (slot, evicted) = sessions.register(7, 10);
         assert_eq!(evicted, None);
@@ -221,7 +229,7 @@ mod tests {
         assert_eq!(sessions.disposition(7, 1, false), RequestDisposition::ReplyAgain { slot });
         assert_eq!(sessions.disposition(7, 2, false), RequestDisposition::Prepare);
         assert_eq!(sessions.disposition(7, 0, false), RequestDisposition::Drop);
-        assert_eq!(sessions.disposition(7, 3, false), RequestDisposition::Drop);
+        assert_eq!(sessions.disposition(7, 3, false), RequestDisposition::Ahead);
         assert_eq!(sessions.disposition(7, 0, true), RequestDisposition::Drop);
     }
 

@@ -753,18 +753,15 @@ impl Replica {
             // Only the primary prepares: tell the client which replica that is.
             return self.send_pong_client(&header);
         }
-        let pipeline_first =
-            self.pipeline.front().map_or(self.op + 1, |front| front.message.header().op);
-        if pipeline_first > self.commit_min + 1 {
-            // A new primary still executing committed ops that only its WAL holds: neither its
-            // session table nor its pipeline knows their requests yet, so it could not tell a
-            // retry of one from a new request. The pong tells the client it is between views,
-            // so that it asks again soon instead of waiting out a timeout.
+        let register = operation == Operation::Register;
+        let disposition = self.sessions.disposition(header.client, header.request, register);
+        if self.request_early(disposition) {
+            // The pong tells the client it is between views, so that it asks again soon instead
+            // of waiting out a timeout.
             self.metrics.requests_dropped += 1;
             return self.send_pong_client(&header);
         }
-        let register = operation == Operation::Register;
-        match self.sessions.disposition(header.client, header.request, register) {
+        match disposition {
             RequestDisposition::Prepare => {
                 if request_invalid(operation, message.body()).is_some() {
                     // A malformed body is a client bug: its session cannot be trusted.
@@ -777,7 +774,8 @@ impl Replica {
                 }
             }
             RequestDisposition::ReplyAgain { slot } => return self.reply_again(slot, &header),
-            RequestDisposition::Drop => {
+            // `Ahead` with every op held executed: a client bug.
+            RequestDisposition::Drop | RequestDisposition::Ahead => {
                 self.metrics.requests_dropped += 1;
                 return;
             }
@@ -796,6 +794,24 @@ impl Replica {
         }
         self.request_queue.push_back(message);
         self.request_queue_drain(storage);
+    }
+
+    /// Whether the primary cannot judge a request of this `disposition` until it has executed
+    /// ops it already holds, as a new primary must after a view change.
+    fn request_early(&self, disposition: RequestDisposition) -> bool {
+        let pipeline_first =
+            self.pipeline.front().map_or(self.op + 1, |front| front.message.header().op);
+        if pipeline_first > self.commit_min + 1 {
+            // Committed ops that only its WAL holds are still to execute: neither its session
+            // table nor its pipeline knows their requests yet, so it could not tell a retry of
+            // one from a new request.
+            return true;
+        }
+        // The client was answered the request before this one, so that one committed; the
+        // session table does not hold it yet, so it is among the ops still to execute (the
+        // predecessor's last ops, which the new view commits again). Dropped in silence, this
+        // request would wait out the client's timeout, though it can be taken once they commit.
+        disposition == RequestDisposition::Ahead && self.op > self.commit_min
     }
 
     /// Whether `request` names the reply to its session's latest request (`session_chain`).

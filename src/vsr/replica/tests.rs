@@ -170,6 +170,32 @@ fn retried_register_gets_the_same_reply_and_is_not_applied_twice() {
 }
 
 #[test]
+fn a_request_past_an_op_the_primary_has_not_executed_gets_a_pong() {
+    // Goal: a primary that holds ops it has not executed yet, one of which may be a client's
+    // previous request (a new primary committing its predecessor's last ops again), answers a
+    // request numbered past that session's latest with a pong, so that the client asks again
+    // soon instead of waiting out a timeout; once every op it holds is executed, such a request
+    // is a client bug, dropped.
+    let mut harness = Harness::new(small_config());
+    harness.register(7);
+    let register = harness.request(8, 0, Operation::Register, &[]);
+    harness.replica.on_message(&mut harness.storage, register);
+    assert!(harness.replica.op() > harness.replica.commit_min(), "client 8's op is not executed");
+    let ahead = harness.request(7, 2, Operation::Append, &[]);
+    harness.replica.on_message(&mut harness.storage, ahead);
+    let mut to_client = Vec::new();
+    while let Some((destination, message)) = harness.replica.poll_send() {
+        if destination == Destination::Client(7) {
+            to_client.push(message.header().command());
+        }
+    }
+    assert_eq!(to_client, [Some(Command::PongClient)]);
+    harness.run();
+    assert_eq!(harness.replica.op(), harness.replica.commit_min());
+    assert!(harness.call(7, 2, Operation::Append, &[]).is_empty(), "a client bug: dropped");
+}
+
+#[test]
 fn full_session_table_evicts_the_oldest_client() {
     // Goal: a register into a full table evicts the least recently committed session, and that
     // client is told so.
