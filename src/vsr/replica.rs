@@ -77,6 +77,17 @@ pub const PING_TICKS: u64 = 10;
 /// Consecutive ops one repair request asks for. Repair traffic is bounded by this window per
 /// tick, so a lagging backup cannot flood the primary.
 pub const REPAIR_WINDOW_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX;
+/// Ops one repair request asks for: no more than a peer serves from its WAL at once (it keeps
+/// one of its journal reads for its own commits), so that a whole window arrives and the next
+/// is asked for at once.
+pub const REPAIR_REQUEST_OPS_MAX: usize = if REPAIR_WINDOW_MAX < JOURNAL_IOPS_READ_MAX - 1 {
+    REPAIR_WINDOW_MAX
+} else {
+    JOURNAL_IOPS_READ_MAX - 1
+};
+// A window a peer cannot serve whole is never done: its last op waits for the next round.
+static_assertions::const_assert!(REPAIR_REQUEST_OPS_MAX < JOURNAL_IOPS_READ_MAX);
+static_assertions::const_assert!(REPAIR_REQUEST_OPS_MAX > 0);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -323,6 +334,8 @@ pub struct Replica {
     /// The commit number last announced to backups, and when.
     commit_heartbeat_sent: (Op, u64),
     repair_requested_tick: u64,
+    /// The last op of the window `repair_request` asked for last.
+    repair_requested_end: Op,
     metrics: Metrics,
     /// `Metrics::log_headers_stale`, counted where the replica is only read.
     log_headers_stale: std::cell::Cell<u64>,
@@ -385,6 +398,7 @@ impl Replica {
             backup_heard_tick: [0; REPLICAS_MAX],
             commit_heartbeat_sent: (0, 0),
             repair_requested_tick: 0,
+            repair_requested_end: 0,
             metrics: Metrics::default(),
             log_headers_stale: std::cell::Cell::new(0),
         }

@@ -15,8 +15,8 @@
 
 use super::{
     BACKUP_LIVENESS_TICKS, COMMIT_HEARTBEAT_TICKS, Destination, JournalRead, JournalReadPurpose,
-    PIPELINE_BACKUP_MAX, PREPARE_TIMEOUT_TICKS, Prepared, REPAIR_TIMEOUT_TICKS, REPAIR_WINDOW_MAX,
-    Replica, Status,
+    PIPELINE_BACKUP_MAX, PREPARE_TIMEOUT_TICKS, Prepared, REPAIR_REQUEST_OPS_MAX,
+    REPAIR_TIMEOUT_TICKS, REPAIR_WINDOW_MAX, Replica, Status,
 };
 use crate::constants::{
     JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, SECTOR_SIZE, op_prepare_max,
@@ -305,12 +305,17 @@ impl Replica {
         self.journal.read_prepare(storage, op, held.checksum, self.pool.get());
     }
 
-    /// Asks for the prepares from `op` on: a window of up to `REPAIR_WINDOW_MAX` consecutive
-    /// ops (they are accepted in order as they arrive), at most once per
-    /// `REPAIR_TIMEOUT_TICKS`. Ops of a log target are asked for by checksum from the replicas
-    /// that hold them; past it, from the primary of the view, by op.
+    /// Asks for the prepares from `op` on: a window of up to `REPAIR_REQUEST_OPS_MAX`
+    /// consecutive ops (they are accepted in order as they arrive), at once if `op` is past the
+    /// window asked for last (it has arrived), else at most once per `REPAIR_TIMEOUT_TICKS`. Ops
+    /// of a log target are asked for by checksum from the replicas that hold them; past it,
+    /// from the primary of the view, by op.
     pub(super) fn repair_request(&mut self, op: Op) {
-        if self.ticks < self.repair_requested_tick + REPAIR_TIMEOUT_TICKS {
+        // The replies pace the windows: a replica far behind (restarted under load) catches up
+        // at the round trip's pace rather than one window per tick, which left it hundreds of
+        // ops behind for a second, and a view change that needs its acknowledgements waiting.
+        let window_arrived = op > self.repair_requested_end;
+        if !window_arrived && self.ticks < self.repair_requested_tick + REPAIR_TIMEOUT_TICKS {
             return;
         }
         let normal_backup = self.status == Status::Normal && !self.is_primary();
@@ -320,7 +325,8 @@ impl Replica {
         self.repair_requested_tick = self.ticks;
         let wanted_max =
             if self.target.active() { self.target.head() } else { self.commit_max.max(op) };
-        let window_end = wanted_max.min(op + REPAIR_WINDOW_MAX as u64 - 1);
+        let window_end = wanted_max.min(op + REPAIR_REQUEST_OPS_MAX as u64 - 1);
+        self.repair_requested_end = window_end;
         let primary = self.primary_index();
         for wanted in op..=window_end {
             let mut header = self.header_new(Command::RequestPrepare);
