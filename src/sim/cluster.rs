@@ -1734,6 +1734,72 @@ mod tests {
         cluster.run().unwrap();
     }
 
+    /// Writes into crashed replica `index`'s WAL, both rings, a prepare of the op after
+    /// `below` that chains onto it (`below`'s bytes with another timestamp): an entry of a log
+    /// that a view change cut.
+    fn wal_stale_prepare_put(cluster: &mut Cluster, index: usize, below: &Header) -> Header {
+        let node = &mut cluster.replicas[index];
+        assert!(node.replica.is_none(), "replica {index} must be down");
+        let layout = Layout::new(&node.config);
+        let slot_count = u64::from(node.config.journal_slot_count);
+        let prepares = layout.zone_offset(Zone::WalPrepares);
+        let at = |op: Op| (prepares + (op % slot_count) * layout.message_size_max) as usize;
+        let length = (below.size as usize).next_multiple_of(SECTOR_SIZE);
+        let mut bytes = node.storage.bytes()[at(below.op)..][..length].to_vec();
+        let mut header = *below;
+        header.op = below.op + 1;
+        header.parent = below.checksum;
+        header.timestamp = below.timestamp + 1;
+        header.set_checksum();
+        bytes[..HEADER_SIZE].copy_from_slice(header.as_bytes());
+        node.storage.bytes_mut()[at(header.op)..][..length].copy_from_slice(&bytes);
+        let ring = layout.zone_offset(Zone::WalHeaders) as usize
+            + (header.op % slot_count) as usize * HEADER_SIZE;
+        node.storage.bytes_mut()[ring..][..HEADER_SIZE].copy_from_slice(header.as_bytes());
+        header
+    }
+
+    #[test]
+    fn installing_a_views_log_truncates_entries_of_another_log_kept_above_a_fault() {
+        // Goal: a replica whose WAL is faulty keeps the intact entries above the fault, but
+        // once it installs a view's log none the log does not hold may stay: one that chains
+        // onto the log's head (a prepare of the next op that a view change cut) would be taken
+        // into the chain at the next open as if it were the view's. R1 comes back with a rotten
+        // committed op below its head and such an entry above it, installs R0's log (whose
+        // head is below that entry), and restarts: its log ends at the view's head.
+        let seed = 75;
+        println!("seed={seed}");
+        let mut cluster = Cluster::new(options_quiet_replicas(seed, 3));
+        while cluster.tick() < 300 {
+            cluster.step().unwrap();
+        }
+        clients_cut_off(&mut cluster, 3_000);
+        let quiet_tick = cluster.tick() + 100;
+        step_until(&mut cluster, 200, "quiet", |cluster| cluster.tick() >= quiet_tick);
+        let backup = cluster.replica(1).expect("running");
+        let head = backup.op();
+        assert_eq!(backup.commit_min(), head);
+        assert!(head - 2 > backup.checkpoint_op());
+        let below = backup.prepare_header(head).expect("held");
+        cluster.crash(1, false, cluster.tick() + 10);
+        wal_prepare_rot(&mut cluster, 1, head - 2);
+        let stale = wal_stale_prepare_put(&mut cluster, 1, &below);
+        step_until(&mut cluster, 400, "R1 installs the view's log", |cluster| {
+            cluster
+                .replica(1)
+                .is_some_and(|replica| replica.status() == Status::Normal && !replica.log_faulty())
+        });
+        assert_eq!(cluster.replica(1).expect("running").metrics().logs_faulty_recovered, 1);
+        cluster.crash(1, false, cluster.tick() + 10);
+        step_until(&mut cluster, 400, "R1 open again", |cluster| {
+            cluster.replica(1).is_some_and(|replica| replica.status().is_open())
+        });
+        let backup = cluster.replica(1).expect("running");
+        assert_eq!(backup.op(), head, "R1's log holds an op the view's does not");
+        assert_ne!(backup.prepare_header(head + 1), Some(stale));
+        cluster.run().unwrap();
+    }
+
     #[test]
     fn rotten_backup_that_may_hold_more_than_the_other_waits_for_the_old_primary() {
         // Goal: the other side of the rule above. R0 crashes right after R1, so R1 may have

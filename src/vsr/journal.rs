@@ -882,6 +882,13 @@ impl Journal {
         (header.command == Command::Prepare as u8 && header.op == op).then_some(header)
     }
 
+    /// Whether a slot holds a prepare of an op above `op_head` that `matches` names.
+    pub fn holds_above(&self, op_head: Op, matches: impl Fn(&Header) -> bool) -> bool {
+        self.headers.iter().any(|header| {
+            header.command == Command::Prepare as u8 && header.op > op_head && matches(header)
+        })
+    }
+
     pub fn dirty(&self, slot: Slot) -> bool {
         self.dirty.get(slot.0)
     }

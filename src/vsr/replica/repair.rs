@@ -259,7 +259,7 @@ impl Replica {
                     return self.fail("a committed op differs from the log of a newer view");
                 }
                 Match::NeedHeaders => return self.request_headers_send(),
-                Match::At(op) if op < self.op => {
+                Match::At(op) if op < self.op || self.journal_holds_other_log_above(op) => {
                     if self.journal.writing() {
                         return;
                     }
@@ -330,9 +330,21 @@ impl Replica {
         self.repair_progress(storage);
     }
 
-    /// Cuts this replica's log back to `op`, where it agrees with the target.
+    /// Whether the WAL holds, above `op`, a prepare the target does not: an entry a faulty WAL
+    /// kept above its fault (`replay_done`) that a view change cut. Even above the log's head it
+    /// must go before the log is the view's, for if it chains onto the head the next open would
+    /// take it into the log as the view's.
+    fn journal_holds_other_log_above(&self, op: Op) -> bool {
+        let target = &self.target;
+        let other =
+            |held: &Header| target.header(held.op).is_none_or(|canonical| canonical != held);
+        self.journal.holds_above(op, other)
+    }
+
+    /// Cuts this replica's log back to `op`, where it agrees with the target, and the WAL's
+    /// entries above it that the target does not hold.
     fn log_truncate<S: Storage>(&mut self, storage: &mut S, op: Op) {
-        assert!(op < self.op);
+        assert!(op <= self.op);
         assert!(op >= self.commit_min);
         assert!(!self.journal.writing());
         let parent = self.own_checksum(op).expect("the match point is known");
