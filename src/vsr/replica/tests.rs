@@ -845,3 +845,146 @@ mod grid_repair {
         assert!(grid_bytes(&cluster, 2, blocks) == grid_bytes(&cluster, 0, blocks));
     }
 }
+
+/// A WAL with faulty entries meeting view changes, restarts and stale messages, on the
+/// in-process cluster (scenarios a review of the faulty-WAL vote found).
+mod faulty_wal {
+    use super::cluster::Cluster;
+    use super::event_store::{append_body, create_body};
+    use super::*;
+
+    fn restart(harness: &mut Harness) {
+        harness.storage.crash();
+        harness.sent.clear();
+        harness.replica = Replica::new(&harness.config, harness.pool.clone(), 1);
+        harness.replica.open(&mut harness.storage);
+        harness.run();
+        assert!(harness.replica.status().is_open(), "{:?}", harness.replica.failure());
+    }
+
+    fn prepare_rot(harness: &mut Harness, op: Op) {
+        let layout = Layout::new(&harness.config);
+        let slot = op % u64::from(harness.config.journal_slot_count);
+        let offset = layout.zone_offset(Zone::WalPrepares) + slot * layout.message_size_max;
+        harness.storage.corrupt_sector(offset);
+    }
+
+    /// Hands `message` to replica `index` (a copy, as the network would).
+    fn deliver(cluster: &mut Cluster, index: usize, message: &Message) {
+        let node = &mut cluster.nodes[index].harness;
+        let mut copy = node.pool.get();
+        let size = message.bytes().len();
+        copy.buffer_mut_unique()[..size].copy_from_slice(message.bytes());
+        node.replica.on_message(&mut node.storage, copy);
+        node.run();
+    }
+
+    /// Client 7 registers, creates stream 5 and appends `appends` times, through R0.
+    fn cluster_loaded(appends: u32) -> Cluster {
+        let mut cluster = Cluster::new(3);
+        cluster.call(0, 7, 0, Operation::Register, &[]);
+        cluster.call(0, 7, 1, Operation::CreateStream, &create_body(5));
+        for request in 2..2 + appends {
+            let body = append_body(5, u64::from(request - 2) * 3, 3);
+            cluster.call(0, 7, request, Operation::Append, &body);
+        }
+        cluster.tick(3);
+        cluster
+    }
+
+    /// R0, primary of view 0, prepares client 7's request `request`; only R1 receives the
+    /// prepare (its prepare_ok is lost), and R0 crashes before its own write lands.
+    fn prepare_only_r1_holds(cluster: &mut Cluster, request: u32, operation: Operation) {
+        let body = if operation == Operation::Append { append_body(5, 12, 3) } else { vec![] };
+        let message = cluster.nodes[0].harness.request(7, request, operation, &body);
+        let node = &mut cluster.nodes[0].harness;
+        node.replica.on_message(&mut node.storage, message);
+        let mut prepares = Vec::new();
+        while let Some((destination, message)) = cluster.nodes[0].harness.replica.poll_send() {
+            let prepare = message.header().command() == Some(Command::Prepare);
+            if destination == Destination::Replica(1) && prepare {
+                prepares.push(message);
+            }
+        }
+        assert_eq!(prepares.len(), 1);
+        deliver(cluster, 1, &prepares[0]);
+        cluster.nodes[1].harness.sent.clear();
+        restart(&mut cluster.nodes[0].harness);
+    }
+
+    #[test]
+    fn faulty_backup_that_acknowledged_an_uncommitted_op_does_not_stall_the_view_change() {
+        // Goal: R1 acknowledged op N+1, which only it holds (R0 crashed before its own write
+        // landed, R2 never got it), and comes back with op N's prepare rotten, so it may have
+        // acknowledged up to N+1. R0 and R2 both lack N+1: a nack quorum, so it never
+        // committed, and the view change must start from their log rather than wait forever.
+        let mut cluster = cluster_loaded(4);
+        let n = cluster.nodes[0].harness.replica.op();
+        prepare_only_r1_holds(&mut cluster, 6, Operation::Append);
+        assert_eq!(cluster.nodes[1].harness.replica.op(), n + 1);
+        prepare_rot(&mut cluster.nodes[1].harness, n);
+        restart(&mut cluster.nodes[1].harness);
+        assert!(cluster.nodes[1].harness.replica.op_acknowledged_max() > n);
+        cluster.tick(3_000);
+        let started = cluster.nodes.iter().any(|node| {
+            let replica = &node.harness.replica;
+            replica.status() == Status::Normal && replica.is_primary() && replica.view() > 0
+        });
+        assert!(started, "no view started");
+    }
+
+    #[test]
+    fn an_old_start_view_never_makes_a_faulty_backup_sound_below_what_it_acknowledged() {
+        // Goal: a start_view of view 0 with head N, delayed in the network, reaches R1 after
+        // R1 acknowledged N+1..N+3 (committed with R0; R2 missed them) and came back with
+        // N+2's prepare rotten. Taken, it would truncate R1 to N and make its log sound there,
+        // and the next view (R0 dead) would lose the committed ops. R1 must ignore it.
+        let mut cluster = cluster_loaded(4);
+        let n = cluster.nodes[0].harness.replica.op();
+        let old_start_view = {
+            let replica = &mut cluster.nodes[0].harness.replica;
+            replica.send_start_view(1);
+            let mut found = None;
+            while let Some((_, message)) = replica.poll_send() {
+                if message.header().command() == Some(Command::StartView) {
+                    found = Some(message);
+                }
+            }
+            found.expect("a start_view")
+        };
+        cluster.nodes[2].up = false;
+        for request in 6..9u32 {
+            let body = append_body(5, u64::from(request - 2) * 3, 3);
+            let replies = cluster.call(0, 7, request, Operation::Append, &body);
+            assert_eq!(replies.len(), 1, "acknowledged to the client");
+        }
+        assert_eq!(cluster.nodes[0].harness.replica.commit_min(), n + 3);
+        let committed = cluster.nodes[0].harness.replica.prepare_header(n + 3).unwrap();
+        prepare_rot(&mut cluster.nodes[1].harness, n + 2);
+        restart(&mut cluster.nodes[1].harness);
+        assert!(cluster.nodes[1].harness.replica.log_faulty());
+        assert!(cluster.nodes[1].harness.replica.op_acknowledged_max() >= n + 3);
+        cluster.nodes[0].up = false;
+        deliver(&mut cluster, 1, &old_start_view);
+        cluster.run();
+        let r1 = &cluster.nodes[1].harness.replica;
+        assert!(r1.log_faulty() && r1.op_acknowledged_max() >= n + 3, "{}", r1.debug_state());
+        // Only R1 (rotten at N+2) and R0 (down) hold N+1..N+3: no view may start without them.
+        cluster.nodes[2].up = true;
+        for _ in 0..150 {
+            cluster.tick(10);
+            for index in [1, 2] {
+                let replica = &cluster.nodes[index].harness.replica;
+                if replica.view() > 0 && replica.status() == Status::Normal {
+                    assert_eq!(replica.prepare_header(n + 3), Some(committed), "R{index}");
+                }
+            }
+        }
+        cluster.nodes[0].up = true;
+        cluster.tick(1_500);
+        for index in 0..3 {
+            let held = cluster.nodes[index].harness.replica.prepare_header(n + 3);
+            assert_eq!(held, Some(committed), "R{index} lost the committed op N+3");
+        }
+    }
+}

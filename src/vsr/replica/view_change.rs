@@ -197,15 +197,21 @@ pub fn view_headers_invalid(message: &Message, log_view: View) -> Option<&'stati
 /// The replica whose log is canonical among the do_view_changes received: the sound log with
 /// the highest (log_view, op), provided that no faulty log may hold an op committed beyond it
 /// (see the module docs); `None` if none can be chosen yet.
-fn canonical_choose(records: &[DoViewChangeRecord]) -> Option<ReplicaIndex> {
+fn canonical_choose(records: &[DoViewChangeRecord], quorum_nack: usize) -> Option<ReplicaIndex> {
     let received = || records.iter().enumerate().filter(|(_, record)| record.received);
     let (best, canonical) = received()
         .filter(|(_, record)| record.sound())
         .max_by_key(|(index, record)| (record.log_view, record.op, std::cmp::Reverse(*index)))?;
+    // Ops commit in order: if a nack quorum lacks the op after the canonical head, no op
+    // above the head committed, whatever a faulty log of the same view may have acknowledged.
+    let after_head_nacks =
+        received().filter(|(_, record)| record.op_min <= canonical.op + 1).count();
+    let beyond_head_uncommitted = after_head_nacks >= quorum_nack;
     let covered = |record: &DoViewChangeRecord| {
         record.sound()
             || record.log_view < canonical.log_view
-            || (record.log_view == canonical.log_view && record.op_min <= canonical.op + 1)
+            || (record.log_view == canonical.log_view
+                && (record.op_min <= canonical.op + 1 || beyond_head_uncommitted))
     };
     if !received().all(|(_, record)| covered(record)) {
         return None;
@@ -653,7 +659,7 @@ impl Replica {
         if received < self.quorum_view_change() {
             return;
         }
-        let Some(best) = canonical_choose(records) else {
+        let Some(best) = canonical_choose(records, self.quorum_nack()) else {
             self.metrics.view_change_waits_for_faulty += 1;
             return;
         };
@@ -770,6 +776,13 @@ impl Replica {
         if header.op < self.commit_min {
             // An older start_view of this view, overtaken on the way: this replica already
             // executed past its head. A fresher one follows (request_start_view).
+            return;
+        }
+        if view == self.log_view && self.log_faulty && header.op < self.op_acknowledged_max() {
+            // An older start_view of the view this faulty log is of: within a view the primary's
+            // log only grows, so this one predates prepares this replica may have acknowledged.
+            // Installed, it would make the replica sound below them (and deny them in the next
+            // view change). A fresher one follows (request_start_view).
             return;
         }
         if view == self.view && self.status == Status::Normal {
