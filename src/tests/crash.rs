@@ -780,6 +780,16 @@ fn a_replica_whose_data_file_is_lost_rejoins_under_load_and_loses_nothing() {
     replicas.0[lost] = start_replica(&paths[lost], &addresses);
     let view_rejoined = view_agreed(&addresses, &[0, 1, 2]);
     assert!(view_rejoined > view_before, "the rejoin joins a newer view");
+    // The replicas agree on the view as soon as they enter it, before its view change is
+    // over; killing the other backup then would leave the view change to the rejoining replica,
+    // which has no log to vote with (two failures, beyond f). Writes committing again show
+    // the view has started.
+    let ops_rejoined = acknowledged_at.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged_at.lock().unwrap().len() < ops_rejoined + 20 {
+        assert!(Instant::now() < deadline, "the view the rejoin started never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Until it holds the view's log the rejoined replica acknowledges nothing: with the other
     // backup down, the cluster commits only once it does.
     let view = view_agreed(&addresses, &[0, 1, 2]);

@@ -847,6 +847,11 @@ impl Replica {
 
     /// Prepares queued requests while the pipeline and the WAL have room.
     fn request_queue_drain<S: Storage>(&mut self, storage: &mut S) {
+        if self.config.replica_count > 1 && self.superblock.working().sequence == 1 {
+            // A data file's first open: the primary prepares once the superblock says it was
+            // opened (see `journal_truncated`).
+            return;
+        }
         while self.status == Status::Normal && !self.request_queue.is_empty() {
             if self.pipeline.len() >= PIPELINE_PREPARE_QUEUE_MAX {
                 return;

@@ -228,12 +228,22 @@ impl Replica {
             // It lost its data file: it learns the cluster's view first (`rejoin.rs`).
             return self.rejoin_start();
         }
-        let pipeline_lost = self.is_primary() && (self.op > self.commit_max || self.log_faulty);
+        // A primary that opened this data file before may have prepared ops that its backups
+        // acknowledged and that its own crash lost (writes in flight): it cannot know their
+        // numbers, so it must not prepare them again in this view. (A data file's first open
+        // writes the superblock before the primary prepares anything, so a superblock still as
+        // `format` left it means this is the first.)
+        let opened_before = self.superblock.working().sequence > 1;
+        let pipeline_lost =
+            self.is_primary() && (opened_before || self.op > self.commit_max || self.log_faulty);
         if self.config.replica_count > 1 && (self.log_view < self.view || pipeline_lost) {
-            // It crashed during a view change, or it was the primary with prepares it can no
-            // longer drive to commit (its pipeline is gone): it waits for, or times out into,
-            // the next view instead of leading this one.
+            // It crashed during a view change, or it was the primary: it waits for, or times
+            // out into, the next view instead of leading this one.
             self.status = Status::ViewChange;
+        }
+        if self.config.replica_count > 1 && !opened_before {
+            let state = self.vsr_state_next();
+            self.superblock_write(storage, &state);
         }
         self.commit_pipeline(storage);
     }

@@ -913,6 +913,43 @@ mod faulty_wal {
     }
 
     #[test]
+    fn a_restarted_primary_never_prepares_again_an_op_a_backup_acknowledged() {
+        // Goal: R0, primary of view 0, prepares op 1 (a register); R1 acknowledges it, and R0
+        // crashes before its own write lands. Back with op 0, R0 must not lead view 0 again:
+        // it would prepare another op 1 and commit it with R2, while R1's acknowledged op 1
+        // may win the next view change. It goes through a view change instead.
+        let mut cluster = Cluster::new(3);
+        prepare_only_r1_holds(&mut cluster, 0, Operation::Register);
+        assert!(cluster.nodes[1].harness.replica.prepare_header(1).is_some());
+        assert_ne!(cluster.nodes[0].harness.replica.status(), Status::Normal);
+        cluster.call(0, 8, 0, Operation::Register, &[]);
+        for _ in 0..100 {
+            cluster.tick(10);
+            let primary = cluster.nodes.iter().find(|node| {
+                let replica = &node.harness.replica;
+                replica.view() > 0 && replica.status() == Status::Normal && replica.is_primary()
+            });
+            if primary.is_some() {
+                break;
+            }
+        }
+        let view = cluster.nodes[1].harness.replica.view();
+        assert!(view > 0, "no view change");
+        let primary = (view % 3) as u8;
+        cluster.call(primary, 8, 0, Operation::Register, &[]);
+        cluster.tick(5);
+        // Every replica agrees on op 1, whichever it is (R1's, never committed, may be cut).
+        let committed = cluster.nodes[usize::from(primary)].harness.replica.prepare_header(1);
+        assert!(committed.is_some());
+        for node in &cluster.nodes {
+            let replica = &node.harness.replica;
+            assert_eq!(replica.failure(), None);
+            assert!(replica.commit_min() >= 1, "{}", replica.debug_state());
+            assert_eq!(replica.prepare_header(1), committed);
+        }
+    }
+
+    #[test]
     fn faulty_backup_that_acknowledged_an_uncommitted_op_does_not_stall_the_view_change() {
         // Goal: R1 acknowledged op N+1, which only it holds (R0 crashed before its own write
         // landed, R2 never got it), and comes back with op N's prepare rotten, so it may have
@@ -980,6 +1017,10 @@ mod faulty_wal {
                 }
             }
         }
+        let waits = |index: usize| {
+            cluster.nodes[index].harness.replica.metrics().view_change_waits_for_faulty
+        };
+        assert!(waits(1) + waits(2) > 0, "a new primary must have waited for a sound log");
         cluster.nodes[0].up = true;
         cluster.tick(1_500);
         for index in 0..3 {
