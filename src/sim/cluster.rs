@@ -255,6 +255,8 @@ pub struct ClusterMetrics {
     /// another block's bytes (a misdirected write), below their durable grid head.
     pub grid_blocks_corrupted: u64,
     pub grid_blocks_misdirected: u64,
+    /// Crashes of the primary whose process came back within 20 ticks, inside its view.
+    pub primary_quick_restarts: u64,
 }
 }
 
@@ -832,10 +834,17 @@ impl Cluster {
         }
         let index = candidates[self.prng.index(candidates.len())];
         let faults = self.options.faults;
-        let down_ticks = faults.crash_down_ticks_min
+        let mut down_ticks = faults.crash_down_ticks_min
             + self.prng.next_u64()
                 % (faults.crash_down_ticks_max - faults.crash_down_ticks_min + 1);
         let torn = faults.crash_torn_writes && self.prng.chance(1, 2);
+        if index == primary && !single && self.prng.chance(1, 2) {
+            // A primary process restarted at once, back inside its view before its backups
+            // miss it, with prepares they acknowledged whose own writes the crash lost: it must
+            // not lead that view again.
+            down_ticks = 1 + self.prng.next_u64() % 20;
+            self.metrics.primary_quick_restarts += 1;
+        }
         self.crash(index, torn, self.tick + down_ticks);
         // Within the fault model: not while another replica's grid block or WAL is damaged, for
         // the lost replica may hold the only other good copy of it.
