@@ -54,6 +54,12 @@ impl Replica {
             self.on_prepare_held(storage, message);
             return self.commit_pipeline(storage);
         }
+        if self.log_wal_faulty() && !self.target.active() {
+            // Its WAL keeps entries above its fault that a view change may have cut: written
+            // outside a log install (whose truncation removes them first), this prepare could
+            // fill the fault and let the next open chain through them.
+            return;
+        }
         if self.sync.active() {
             // The log is about to restart at a newer checkpoint: nothing is added to it
             // until then (the target is repaired after the sync).
