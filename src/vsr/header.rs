@@ -34,6 +34,40 @@ pub fn checksum(bytes: &[u8]) -> Checksum {
     crc32c::crc32c(bytes)
 }
 
+/// Combines CRC32Cs of consecutive pieces of one length: `crc(a ‖ b)` from `crc(a)` and
+/// `crc(b)` for every `b` of `length` bytes. Moving a CRC past `length` bytes is linear over
+/// GF(2), so it is a 32×32 bit matrix, computed once here; `crc32c_combine` instead squares a
+/// matrix per bit of the length on every call, which made checking a 512 KiB block from its
+/// chunks cost more than reading it.
+#[derive(Clone, Copy, Debug)]
+pub struct ChecksumShift {
+    length: usize,
+    /// Column i: where bit i of `crc(a)` lands once `length` more bytes are appended.
+    columns: [u32; 32],
+}
+
+impl ChecksumShift {
+    pub fn new(length: usize) -> ChecksumShift {
+        let columns = std::array::from_fn(|bit| crc32c::crc32c_combine(1 << bit, 0, length));
+        ChecksumShift { length, columns }
+    }
+
+    pub fn length(&self) -> usize {
+        self.length
+    }
+
+    /// `crc(a ‖ b)`, where `second = crc(b)` and `b` is `length` bytes long.
+    pub fn combine(&self, first: Checksum, second: Checksum) -> Checksum {
+        let mut sum = second;
+        for (bit, column) in self.columns.iter().enumerate() {
+            if (first >> bit) & 1 == 1 {
+                sum ^= column;
+            }
+        }
+        sum
+    }
+}
+
 /// Messages of the protocol. What each uses of the generic header fields:
 ///
 /// | command | fields used (others must be zero) | body |

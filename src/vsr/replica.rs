@@ -374,7 +374,7 @@ impl Replica {
             view_change: view_change::ViewChangeState::new(),
             rejoin: rejoin::RejoinState::new(),
             target: repair::LogTarget::new(config.journal_slot_count as usize),
-            sync: sync::SyncState::new(),
+            sync: sync::SyncState::new(config),
             grid_repair: grid_repair::GridRepair::new(),
             prng: seed | 1,
             invalid_last: None,

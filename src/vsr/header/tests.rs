@@ -12,7 +12,7 @@ use std::mem::{align_of, offset_of, size_of};
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::{Command, EvictionReason, Header, Operation, checksum};
+use super::{ChecksumShift, Command, EvictionReason, Header, Operation, checksum};
 use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX};
 use crate::sim::prng::Prng;
 
@@ -1485,5 +1485,21 @@ fn every_rejection_reason_has_a_test_that_produces_it() {
         test();
         let asserted = ASSERTED.with(|asserted| asserted.borrow().clone());
         assert!(asserted.contains(&reason), "{reason:?}: its test asserted {asserted:?}");
+    }
+}
+
+#[test]
+fn checksum_shift_combines_as_the_checksum_of_the_concatenation() {
+    // Goal: a block's checksum built from its chunks' with the precomputed shift is the checksum
+    // of the whole block, for full and short chunk lengths, and agrees with `crc32c_combine`.
+    let mut bytes = vec![0u8; 3 * 4096 + 1000];
+    Prng::new(1).fill(&mut bytes);
+    for length in [1, 7, 4096, 12288, 1000] {
+        let shift = ChecksumShift::new(length);
+        assert_eq!(shift.length(), length);
+        let (first, second) = bytes.split_at(bytes.len() - length);
+        let (a, b) = (checksum(first), checksum(second));
+        assert_eq!(shift.combine(a, b), checksum(&bytes));
+        assert_eq!(shift.combine(a, b), crc32c::crc32c_combine(a, b, length));
     }
 }

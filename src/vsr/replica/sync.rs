@@ -34,8 +34,8 @@ use crate::constants::{
 };
 use crate::state_machine::CheckpointState;
 use crate::vsr::client_sessions::ClientSessionRecord;
-use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex};
-use crate::vsr::layout::Zone;
+use crate::vsr::header::{Checksum, ChecksumShift, Command, Header, Op, ReplicaIndex};
+use crate::vsr::layout::{Config, Zone};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
 
@@ -123,12 +123,18 @@ pub(super) struct SyncState {
     chunks_received: u128,
     chunk_checksums: [Checksum; CHUNKS_PER_BLOCK_MAX],
     block_checksum: Checksum,
+    /// Combine the checksums of a block's chunks: full chunks, and the last one (shorter when
+    /// the chunk size does not divide the block size).
+    chunk_shift: ChecksumShift,
+    chunk_last_shift: ChecksumShift,
     writes: usize,
     serving: [Option<Serving>; SYNC_READS_MAX],
 }
 
 impl SyncState {
-    pub fn new() -> SyncState {
+    pub fn new(config: &Config) -> SyncState {
+        let chunk_size = chunk_size(config);
+        let chunk_last = BLOCK_SIZE - (BLOCK_SIZE.div_ceil(chunk_size) - 1) * chunk_size;
         SyncState {
             phase: Phase::Idle,
             source: 0,
@@ -142,6 +148,8 @@ impl SyncState {
             chunks_received: 0,
             chunk_checksums: [0; CHUNKS_PER_BLOCK_MAX],
             block_checksum: 0,
+            chunk_shift: ChecksumShift::new(chunk_size),
+            chunk_last_shift: ChecksumShift::new(chunk_last),
             writes: 0,
             serving: [None; SYNC_READS_MAX],
         }
@@ -158,6 +166,12 @@ impl SyncState {
     pub fn reopening(&self) -> bool {
         self.phase == Phase::Reopen
     }
+}
+
+/// Bytes of a block one `block` message carries.
+fn chunk_size(config: &Config) -> usize {
+    let room = config.message_size_max as usize - SECTOR_SIZE;
+    (room / SECTOR_SIZE * SECTOR_SIZE).min(BLOCK_SIZE)
 }
 
 impl Replica {
@@ -179,8 +193,7 @@ impl Replica {
 
     /// Bytes of a block one `block` message carries.
     pub(super) fn sync_chunk_size(&self) -> usize {
-        let room = self.config.message_size_max as usize - SECTOR_SIZE;
-        (room / SECTOR_SIZE * SECTOR_SIZE).min(BLOCK_SIZE)
+        chunk_size(&self.config)
     }
 
     pub(super) fn sync_chunk_count(&self) -> usize {
@@ -513,13 +526,13 @@ impl Replica {
     /// The checksum of a whole block from the checksums of its chunks (the first without the
     /// block's own 4-byte checksum field), as a block's header names it.
     pub(super) fn chunks_checksum(&self, chunk_checksums: &[Checksum]) -> Checksum {
-        let chunk_size = self.sync_chunk_size();
-        let mut checksum = chunk_checksums[0];
-        for (chunk, chunk_checksum) in chunk_checksums.iter().enumerate().skip(1) {
-            let length = chunk_size.min(BLOCK_SIZE - chunk * chunk_size);
-            checksum = crc32c::crc32c_combine(checksum, *chunk_checksum, length);
+        assert_eq!(chunk_checksums.len(), self.sync_chunk_count());
+        let (last, full) = chunk_checksums.split_last().expect("a block has chunks");
+        let mut checksum = full[0];
+        for chunk_checksum in &full[1..] {
+            checksum = self.sync.chunk_shift.combine(checksum, *chunk_checksum);
         }
-        checksum
+        if full.is_empty() { *last } else { self.sync.chunk_last_shift.combine(checksum, *last) }
     }
 
     /// Installs the checkpoint once every block is durable and nothing else is in flight.
