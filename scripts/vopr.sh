@@ -3,14 +3,15 @@
 # every failure with the command that replays it, and how often each counted path ran. Each
 # seed's output goes to a log; the logs of failed seeds are kept.
 # Usage: scripts/vopr.sh [MINUTES] [VOPR OPTION...]     e.g. scripts/vopr.sh 10 --replicas=3
-# Environment: JOBS (default: the number of cores), CARGO_TARGET_DIR, VOPR_LOGS (default: a
-# temporary directory).
+# Environment: JOBS (default: the number of cores), SEEDS (stop once this many seeds ran, even
+# before the deadline), CARGO_TARGET_DIR, VOPR_LOGS (default: a temporary directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-5}"
 shift || true
 options=("$@")
 jobs="${JOBS:-$(nproc)}"
+seeds_max="${SEEDS:-0}"
 target="${CARGO_TARGET_DIR:-target}"
 logs="${VOPR_LOGS:-$(mktemp -d -t vopr.XXXXXX)}"
 mkdir -p "$logs"
@@ -24,6 +25,10 @@ start=$(date +%s)
 worker() {
     local worker_index="$1" seed log
     while [ "$(date +%s)" -lt "$deadline" ]; do
+        if [ "$seeds_max" -gt 0 ] \
+            && [ "$(cat "$logs"/results-* 2>/dev/null | wc -l)" -ge "$seeds_max" ]; then
+            break
+        fi
         seed=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
         log="$logs/seed-$seed.log"
         if "$binary" vopr --seed="$seed" "${options[@]}" >"$log" 2>&1; then
@@ -37,7 +42,7 @@ worker() {
     done
 }
 
-echo "vopr: $jobs job(s) for $minutes minute(s), options: ${options[*]:-(none)}, logs: $logs"
+echo "vopr: $jobs job(s) for $minutes minute(s)${SEEDS:+ or $SEEDS seeds}, options: ${options[*]:-(none)}, logs: $logs"
 for worker_index in $(seq 1 "$jobs"); do
     worker "$worker_index" &
 done
