@@ -527,12 +527,15 @@ impl Replica {
     /// block's own 4-byte checksum field), as a block's header names it.
     pub(super) fn chunks_checksum(&self, chunk_checksums: &[Checksum]) -> Checksum {
         assert_eq!(chunk_checksums.len(), self.sync_chunk_count());
-        let (last, full) = chunk_checksums.split_last().expect("a block has chunks");
-        let mut checksum = full[0];
-        for chunk_checksum in &full[1..] {
+        let (first, rest) = chunk_checksums.split_first().expect("a block has chunks");
+        let Some((last, middle)) = rest.split_last() else {
+            return *first;
+        };
+        let mut checksum = *first;
+        for chunk_checksum in middle {
             checksum = self.sync.chunk_shift.combine(checksum, *chunk_checksum);
         }
-        if full.is_empty() { *last } else { self.sync.chunk_last_shift.combine(checksum, *last) }
+        self.sync.chunk_last_shift.combine(checksum, *last)
     }
 
     /// Installs the checkpoint once every block is durable and nothing else is in flight.
