@@ -2,9 +2,11 @@
 //! stderr and exit code 1; nothing an operator types can make the binary panic.
 
 use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hasher};
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use crate::constants::BLOCK_SIZE;
+use crate::constants::{BLOCK_SIZE, REPLICAS_MAX};
+use crate::sim::vopr::Invocation;
 use crate::vsr::layout::Config;
 
 const USAGE: &str = "\
@@ -40,7 +42,10 @@ pub fn main_with_args(arguments: &[String]) -> i32 {
         "start" => command_start(rest),
         "benchmark" => command_benchmark(rest),
         "client" => crate::cli_client::command_client(rest),
-        "vopr" => return crate::sim::vopr::command(rest),
+        "vopr" => match vopr_invocation(rest) {
+            Ok(invocation) => return crate::sim::vopr::command(invocation),
+            Err(message) => Err(message),
+        },
         "version" => command_version(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -273,6 +278,44 @@ fn command_benchmark(arguments: &[String]) -> Result<(), String> {
     crate::benchmark::run(&options).map(|_| ())
 }
 
+/// `kimberlite vopr [--seed=N] [--replicas=N] [--ticks=N] [--check-determinism]`.
+fn vopr_invocation(arguments: &[String]) -> Result<Invocation, String> {
+    let allowed = ["seed", "replicas", "ticks", "check-determinism"];
+    let arguments = Arguments::parse(arguments, &allowed)?;
+    if let Some(extra) = arguments.positionals.first() {
+        return Err(format!("unexpected argument '{extra}'"));
+    }
+    let seed = match arguments.flag("seed") {
+        Some(_) => arguments.integer("seed")?,
+        None => seed_from_os(),
+    };
+    let replica_count = match arguments.flag("replicas") {
+        Some(_) => Some(arguments.integer::<u8>("replicas")?),
+        None => None,
+    };
+    if replica_count.is_some_and(|count| count == 0 || usize::from(count) > REPLICAS_MAX) {
+        return Err(format!("--replicas must be 1 to {REPLICAS_MAX}"));
+    }
+    let ticks = match arguments.flag("ticks") {
+        Some(_) => Some(arguments.integer::<u64>("ticks")?),
+        None => None,
+    };
+    let check_determinism = match arguments.flag("check-determinism") {
+        None => false,
+        Some("") => true,
+        Some(_) => return Err("--check-determinism takes no value".to_string()),
+    };
+    Ok(Invocation { seed, replica_count, ticks, check_determinism })
+}
+
+/// The one place the VOPR reads the OS's randomness: a seed when none is given (printed first,
+/// so the run can be replayed).
+fn seed_from_os() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    hasher.finish()
+}
+
 fn command_version(arguments: &[String]) -> Result<(), String> {
     Arguments::parse(arguments, &[])?;
     let mut text = String::new();
@@ -293,6 +336,21 @@ mod tests {
 
     fn strings(arguments: &[&str]) -> Vec<String> {
         arguments.iter().map(|argument| argument.to_string()).collect()
+    }
+
+    #[test]
+    fn vopr_rejects_bad_arguments() {
+        // Goal: `vopr` refuses bad options with exit code 1 before it runs anything.
+        for arguments in
+            [&["--replicas=8"][..], &["--seed=x"], &["--check-determinism=yes"], &["extra"]]
+        {
+            let mut line = strings(&["vopr"]);
+            line.extend(strings(arguments));
+            assert_eq!(main_with_args(&line), 1, "{arguments:?}");
+        }
+        let invocation = vopr_invocation(&strings(&["--seed=3", "--replicas=2"])).expect("valid");
+        assert_eq!(invocation.seed, 3);
+        assert_eq!(invocation.replica_count, Some(2));
     }
 
     fn format_error(arguments: &[&str]) -> String {

@@ -163,7 +163,8 @@ fn write_config(text: &mut String, working: &SuperBlockHeader) {
     let _ = writeln!(text, "  commit_max: {}", working.commit_max);
     let _ = writeln!(
         text,
-        "  checkpoint: op {} (prepare checksum {:08x}), grid head {}, streams table at block {} ({} blocks)",
+        "  checkpoint: op {} (prepare checksum {:08x}), grid head {}, \
+         streams table at block {} ({} blocks)",
         working.checkpoint_op,
         working.checkpoint_checksum,
         working.grid_head,

@@ -16,6 +16,9 @@ pub mod inspect;
 pub mod io;
 pub mod sim;
 pub mod state_machine;
+pub mod stdx;
+#[cfg(test)]
+mod tidy;
 pub mod vsr;
 
 /// Every allocation goes through the guard, so a test can prove the replica allocates nothing

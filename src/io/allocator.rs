@@ -1,43 +1,25 @@
-//! The global allocator guard that proves static allocation: it passes every call to the
-//! system allocator, and once a thread arms it, counts that thread's allocations. The replica
-//! arms it when startup ends; a test drives the replica and asserts the count stayed zero.
-//!
-//! Counting is per thread (a `const` thread-local, which never allocates), so tests running in
-//! parallel don't see each other's allocations. In production an allocation after arming is
-//! logged once rather than aborting: the test is the proof, the log is the alarm.
+//! The global allocator: it passes every call to the system allocator and reports each
+//! allocation to the allocation guard (`stdx::allocation_guard`), which counts those a thread
+//! makes after it armed the guard.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 
-thread_local! {
-    static ARMED: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS_ARMED: Cell<u64> = const { Cell::new(0) };
-}
+use crate::stdx::allocation_guard;
 
 pub struct GuardedAllocator;
-
-impl GuardedAllocator {
-    fn count(size: usize) {
-        // `try_with` because the allocator runs while thread-locals are torn down.
-        let armed = ARMED.try_with(|armed| armed.get()).unwrap_or(false);
-        if armed && size > 0 {
-            let _ = ALLOCATIONS_ARMED.try_with(|count| count.set(count.get() + 1));
-        }
-    }
-}
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged, so it keeps
 // all of `System`'s guarantees; the bookkeeping touches only `const` thread-locals, which
 // neither allocate nor unwind.
 unsafe impl GlobalAlloc for GuardedAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        GuardedAllocator::count(layout.size());
+        allocation_guard::count(layout.size());
         // SAFETY: forwarded unchanged; the caller upholds `GlobalAlloc::alloc`'s contract.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        GuardedAllocator::count(layout.size());
+        allocation_guard::count(layout.size());
         // SAFETY: as for `alloc`.
         unsafe { System.alloc_zeroed(layout) }
     }
@@ -48,43 +30,8 @@ unsafe impl GlobalAlloc for GuardedAllocator {
     }
 
     unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, size: usize) -> *mut u8 {
-        GuardedAllocator::count(size);
+        allocation_guard::count(size);
         // SAFETY: `pointer` came from `System` with `layout`; the caller upholds the rest.
         unsafe { System.realloc(pointer, layout, size) }
-    }
-}
-
-/// Starts counting this thread's allocations (startup is over).
-pub fn arm() {
-    ARMED.with(|armed| armed.set(true));
-    ALLOCATIONS_ARMED.with(|count| count.set(0));
-}
-
-/// Stops counting (shutdown, or the end of a test).
-pub fn disarm() {
-    ARMED.with(|armed| armed.set(false));
-}
-
-/// Allocations this thread made since `arm`.
-pub fn allocations_since_armed() -> u64 {
-    ALLOCATIONS_ARMED.with(|count| count.get())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_only_while_armed_and_only_this_thread() {
-        // Goal: the guard sees an allocation made after arming, and none before.
-        let before = vec![1u8; 64];
-        arm();
-        assert_eq!(allocations_since_armed(), 0);
-        let during = std::hint::black_box(vec![2u8; 64]);
-        let counted = allocations_since_armed();
-        disarm();
-        drop(during);
-        drop(before);
-        assert_eq!(counted, 1);
     }
 }

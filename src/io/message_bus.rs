@@ -63,7 +63,7 @@ use static_assertions::const_assert;
 use crate::constants::{CLIENTS_MAX, HEADER_SIZE, IO_OPERATIONS_MAX, REPLICAS_MAX, TICK_MS};
 use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
-use crate::sim::prng::Prng;
+use crate::stdx::prng::Prng;
 use crate::vsr::header::{ClientId, ClusterId, Command, Header, ReplicaIndex};
 use crate::vsr::message_pool::{
     CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, MESSAGES_SLACK, Message, MessagePool,

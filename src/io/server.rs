@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::constants::{IO_OPERATIONS_MAX, TICK_MS};
-use crate::io::allocator;
 use crate::io::data_file;
 use crate::io::message_bus::MessageBus;
 use crate::io::ring::Wait;
 use crate::io::storage::IoStorage;
+use crate::stdx::allocation_guard;
 use crate::vsr::layout::Config;
 use crate::vsr::message_pool::{MessagePool, messages_max_replica};
 use crate::vsr::replica::{Destination, Replica, Status};
@@ -69,7 +69,7 @@ pub(crate) fn start_while(
         replica.op()
     );
     listening(bound);
-    allocator::arm();
+    allocation_guard::arm();
     let logged = (replica.view(), replica.status(), 0);
     let mut server = Server {
         replica,
@@ -81,8 +81,8 @@ pub(crate) fn start_while(
         ticks: 0,
     };
     let result = server.run(running);
-    let allocations = allocator::allocations_since_armed();
-    allocator::disarm();
+    let allocations = allocation_guard::allocations_since_armed();
+    allocation_guard::disarm();
     result.map_err(|reason| format!("{}: replica stopped: {reason}", path.display()))?;
     Ok(allocations)
 }
@@ -280,11 +280,11 @@ impl Server {
     }
 
     fn allocations_check(&mut self) {
-        if !self.allocations_logged && allocator::allocations_since_armed() > 0 {
+        if !self.allocations_logged && allocation_guard::allocations_since_armed() > 0 {
             self.allocations_logged = true;
             eprintln!(
                 "kimberlite: bug: {} heap allocation(s) after startup (logged once)",
-                allocator::allocations_since_armed()
+                allocation_guard::allocations_since_armed()
             );
         }
     }

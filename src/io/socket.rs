@@ -284,10 +284,10 @@ mod tests {
         use std::fmt::Write;
         let expected = std::io::Error::from_raw_os_error(libc::ECONNREFUSED).to_string();
         let mut text = String::with_capacity(256);
-        crate::io::allocator::arm();
+        crate::stdx::allocation_guard::arm();
         write!(text, "{}", ErrorDisplay(IoError::Errno(libc::ECONNREFUSED))).unwrap();
-        let allocations = crate::io::allocator::allocations_since_armed();
-        crate::io::allocator::disarm();
+        let allocations = crate::stdx::allocation_guard::allocations_since_armed();
+        crate::stdx::allocation_guard::disarm();
         assert_eq!(allocations, 0);
         assert_eq!(text, expected);
         let unknown = ErrorDisplay(IoError::Errno(100_000)).to_string();

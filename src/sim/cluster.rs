@@ -14,25 +14,26 @@
 //! restarts from its disk after a while, in a replicated cluster possibly with a rotten or
 //! misdirected WAL sector, and possibly with a grid block (events or streams table, below its
 //! durable grid head) rotten or misdirected, never on two replicas for the same block at once;
-//! half the crashes go to a replica in the middle of a view change when there is one. Partitions also isolate the primary. At most `f` replicas are failed at once (at least one, so a cluster of one or two
-//! still crashes): down, still opening, or holding WAL entries found faulty that a peer's log
-//! has not replaced yet. The run's fault phase is
-//! followed by a liveness phase: every link heals, every replica restarts, clients start no
-//! new requests, and the cluster must converge within a tick budget: every damaged grid block
+//! half the crashes go to a replica in the middle of a view change when there is one.
+//! Partitions also isolate the primary. At most `f` replicas are failed at once (at least one,
+//! so a cluster of one or two still crashes): down, still opening, or holding WAL entries found
+//! faulty that a peer's log has not replaced yet. The run's fault phase is followed by a
+//! liveness phase: every link heals, every replica restarts, clients start no new requests, and the
+//! cluster must converge within a tick budget: every damaged grid block
 //! repaired, and replicas that checkpointed the same op holding the same grid bytes below it.
 
 use crate::constants::{
     BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, TICK_MS,
 };
-use crate::io::allocator;
 use crate::sim::checker::{Checker, Violation};
 use crate::sim::mutation::{Mutation, mutate};
 use crate::sim::network::{DropReason, Network, NetworkOptions, NodeIndex, Packet};
-use crate::sim::prng::Prng;
 use crate::sim::storage::{Latency, MemoryStorage};
 use crate::sim::trace::{Event, Trace};
 use crate::sim::workload::{ReplyRecord, Workload, WorkloadMetrics, WorkloadOptions};
 use crate::state_machine::grid_block_invalid;
+use crate::stdx::allocation_guard;
+use crate::stdx::prng::Prng;
 use crate::vsr::format::fill_range;
 use crate::vsr::header::{Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::layout::{Config, Layout, Zone};
@@ -679,10 +680,10 @@ fn allocations_counted<T>(armed: bool, allocations: &mut u64, call: impl FnOnce(
     if !armed {
         return call();
     }
-    allocator::arm();
+    allocation_guard::arm();
     let result = call();
-    *allocations += allocator::allocations_since_armed();
-    allocator::disarm();
+    *allocations += allocation_guard::allocations_since_armed();
+    allocation_guard::disarm();
     result
 }
 

@@ -1,4 +1,4 @@
-//! The simulator: a seeded PRNG, an in-memory disk with faults, a simulated network, simulated
+//! The simulator: an in-memory disk with faults, a simulated network, simulated
 //! clients, a cluster that drives real replicas through them, the checker that judges every
 //! step, and the VOPR command that runs it all from one seed. Tests and `kimberlite vopr` drive
 //! the same core code through these that the io_uring driver runs in production.
@@ -9,7 +9,6 @@ pub mod checker;
 pub mod cluster;
 pub mod mutation;
 pub mod network;
-pub mod prng;
 pub mod storage;
 pub mod trace;
 pub mod vopr;

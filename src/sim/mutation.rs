@@ -9,7 +9,7 @@
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::constants::HEADER_SIZE;
-use crate::sim::prng::Prng;
+use crate::stdx::prng::Prng;
 use crate::vsr::header::{Command, Header};
 use crate::vsr::replica::Replica;
 

@@ -13,9 +13,9 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use crate::sim::prng::Prng;
 use crate::sim::storage::Latency;
 use crate::sim::trace::{Event, Trace};
+use crate::stdx::prng::Prng;
 use zerocopy::FromBytes;
 
 use crate::vsr::header::Header;

@@ -1,6 +1,7 @@
 //! An in-memory data file with the faults of a real disk: crashes that lose or tear writes in
-//! flight, sectors that rot, and slow-disk spells in which nothing completes. It implements `Storage` for unit tests and the simulator;
-//! completions come back in submission order, or in a shuffled order when a seed is given.
+//! flight, sectors that rot, and slow-disk spells in which nothing completes. It implements
+//! `Storage` for unit tests and the simulator; completions come back in submission order, or in a
+//! shuffled order when a seed is given.
 //!
 //! By default every request is done the moment it is submitted (unit tests poll until idle).
 //! The simulator also gives it a latency: each request then becomes due a number of ticks after
@@ -10,7 +11,7 @@
 use std::collections::VecDeque;
 
 use crate::constants::{IO_OPERATIONS_MAX, SECTOR_SIZE};
-use crate::sim::prng::Prng;
+use crate::stdx::prng::Prng;
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoError, IoKind, IoRequest, Storage};
 

@@ -21,12 +21,12 @@ use std::collections::BTreeMap;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::constants::HEADER_SIZE;
-use crate::sim::prng::Prng;
 use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
 use crate::state_machine::types::{
     AppendBatch, AppendResult, CreateStream, CreateStreamResult, EventHeader, ReadLog, ReadStream,
     ResultCode, StreamInfo, padded_size,
 };
+use crate::stdx::prng::Prng;
 use crate::vsr::client::{ClientCore, ClientMetrics, ClientOptions, Outcome};
 use crate::vsr::header::{
     self, Checksum, ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation,

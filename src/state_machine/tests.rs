@@ -8,12 +8,12 @@ use std::collections::BTreeSet;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::*;
-use crate::sim::prng::Prng;
 use crate::sim::storage::MemoryStorage;
 use crate::state_machine::types::{
     AppendBatch, BlockHeader, EventHeader, ReadLog, ReadStream, StreamInfo, StreamInfoReply,
     padded_size,
 };
+use crate::stdx::prng::Prng;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -1294,7 +1294,7 @@ fn commits_reads_and_checkpoints_allocate_nothing_after_new() {
     let mut allocations = Vec::with_capacity(2);
     for round in 0..2 {
         if round == 1 {
-            crate::io::allocator::arm();
+            crate::stdx::allocation_guard::arm();
         }
         for body in &bodies {
             while !harness.machine.commit_ready() {
@@ -1315,8 +1315,8 @@ fn commits_reads_and_checkpoints_allocate_nothing_after_new() {
         while harness.machine.poll_checkpoint().is_none() {
             harness.deliver(1);
         }
-        allocations.push(crate::io::allocator::allocations_since_armed());
-        crate::io::allocator::disarm();
+        allocations.push(crate::stdx::allocation_guard::allocations_since_armed());
+        crate::stdx::allocation_guard::disarm();
     }
     assert_eq!(allocations[1], 0);
     assert!(harness.storage.reads > 0);

@@ -68,31 +68,41 @@ impl ChecksumShift {
     }
 }
 
-/// Messages of the protocol. What each uses of the generic header fields:
+/// Messages of the protocol. Per command: the generic header fields it uses (all others must be
+/// zero), then its body.
 ///
-/// | command | fields used (others must be zero) | body |
-/// |---|---|---|
-/// | request | client, request, operation, view (the client's guess), commit (minimum commit to read at), parent (a write: the session chain after the previous reply, or 0; a read: a nonce, so no two reads share a checksum) | operation input |
-/// | prepare | op, commit, timestamp, client, request, operation, parent (previous prepare's checksum), context (request checksum), view, replica (the primary) | the request body |
-/// | prepare_ok | op, commit (sender's commit_min), timestamp, client, request, operation, parent, context (prepare checksum), view, replica | none |
-/// | reply | op, commit, timestamp, client, request, operation, context (request checksum), view, replica | operation result |
-/// | commit | commit, context (checksum of the prepare at commit), checkpoint_op, timestamp (monotonic), view, replica | none |
-/// | ping / pong | timestamp (ping's monotonic time), commit (sender's commit_min), checkpoint_op, view, replica | none |
-/// | ping_client / pong_client | client, timestamp, (pong: view, replica) | none |
-/// | start_view_change | view, replica | none |
-/// | do_view_change | op (head), commit (commit_min), checkpoint_op, log_view, view, replica | headers, newest first |
-/// | start_view | op (head), commit (commit_max), checkpoint_op, context (nonce), view, replica | headers, newest first |
-/// | request_start_view | context (nonce), view, replica | none |
-/// | request_headers | op_min, op (op_max), view, replica | none |
-/// | request_prepare | op, context (prepare checksum), view, replica | none |
-/// | headers | op_min, op, view, replica | headers |
-/// | nack_prepare | op, context (prepare checksum), view, replica | none |
-/// | request_reply | op, client, context (reply checksum), view, replica | none |
-/// | eviction | client, context (reason), view, replica | none |
-/// | request_blocks | checkpoint_op, view, replica | block addresses and checksums |
-/// | block | op (block address), context (block checksum), checkpoint_op, replica | a grid block |
-/// | request_sync_checkpoint | checkpoint_op, view, replica | none |
-/// | sync_checkpoint | checkpoint_op, commit, context (checkpoint state checksum), view, replica | checkpoint state |
+/// - `request`: client, request, operation, view (the client's guess), commit (minimum commit to
+///   read at), parent (a write: the session chain after the previous reply, or 0; a read: a nonce,
+///   so no two reads share a checksum). Body: operation input.
+/// - `prepare`: op, commit, timestamp, client, request, operation, parent (previous prepare's
+///   checksum), context (request checksum), view, replica (the primary). Body: the request body.
+/// - `prepare_ok`: op, commit (sender's commit_min), timestamp, client, request, operation, parent,
+///   context (prepare checksum), view, replica. Body: none.
+/// - `reply`: op, commit, timestamp, client, request, operation, context (request checksum), view,
+///   replica. Body: operation result.
+/// - `commit`: commit, context (checksum of the prepare at commit), checkpoint_op, timestamp
+///   (monotonic), view, replica. Body: none.
+/// - `ping` / `pong`: timestamp (ping's monotonic time), commit (sender's commit_min),
+///   checkpoint_op, view, replica. Body: none.
+/// - `ping_client` / `pong_client`: client, timestamp, (pong: view, replica). Body: none.
+/// - `start_view_change`: view, replica. Body: none.
+/// - `do_view_change`: op (head), commit (commit_min), checkpoint_op, log_view, view, replica.
+///   Body: headers, newest first.
+/// - `start_view`: op (head), commit (commit_max), checkpoint_op, context (nonce), view, replica.
+///   Body: headers, newest first.
+/// - `request_start_view`: context (nonce), view, replica. Body: none.
+/// - `request_headers`: op_min, op (op_max), view, replica. Body: none.
+/// - `request_prepare`: op, context (prepare checksum), view, replica. Body: none.
+/// - `headers`: op_min, op, view, replica. Body: headers.
+/// - `nack_prepare`: op, context (prepare checksum), view, replica. Body: none.
+/// - `request_reply`: op, client, context (reply checksum), view, replica. Body: none.
+/// - `eviction`: client, context (reason), view, replica. Body: none.
+/// - `request_blocks`: checkpoint_op, view, replica. Body: block addresses and checksums.
+/// - `block`: op (block address), context (block checksum), checkpoint_op, replica. Body: a grid
+///   block.
+/// - `request_sync_checkpoint`: checkpoint_op, view, replica. Body: none.
+/// - `sync_checkpoint`: checkpoint_op, commit, context (checkpoint state checksum), view, replica.
+///   Body: checkpoint state.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {

@@ -23,7 +23,7 @@
 //! + per connection: one receive buffer and a send queue of CONNECTION_SEND_QUEUE_MAX
 //!                                                CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
 //! + the larger send queues of peer replicas
-//!                         (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)
+//!                        (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)
 //! + messages received and not yet handled (the bus inbox)   CONNECTIONS_MAX
 //! + one do_view_change per replica               REPLICAS_MAX
 //! + state sync: chunk reads served, chunk writes  SYNC_READS_MAX + SYNC_WRITES_MAX

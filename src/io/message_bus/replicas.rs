@@ -11,7 +11,7 @@ use super::{
 use crate::constants::REPLICAS_MAX;
 use crate::io::ring::{ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
-use crate::sim::prng::Prng;
+use crate::stdx::prng::Prng;
 use crate::vsr::header::{Command, Header, ReplicaIndex};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::IoError;

@@ -8,9 +8,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::io::allocator;
 use crate::io::ring::Wait;
-use crate::sim::prng::Prng;
+use crate::stdx::allocation_guard;
+use crate::stdx::prng::Prng;
 use crate::vsr::header::Operation as RequestOperation;
 
 const CLUSTER: ClusterId = 7;
@@ -426,7 +426,7 @@ fn bus_does_not_allocate_after_startup() {
     pipelined[1].extend_from_slice(&requests[1]);
     let mut received = vec![0u8; replies[0].len()];
     let mut inbox: Vec<Message> = Vec::with_capacity(8);
-    allocator::arm();
+    allocation_guard::arm();
     for round in 0..3 {
         clients[round % 2].write_all(&requests[round % 2]).unwrap();
         clients[0].write_all(&pipelined[0]).unwrap();
@@ -448,8 +448,8 @@ fn bus_does_not_allocate_after_startup() {
             assert!(received == replies[index]);
         }
     }
-    let allocations = allocator::allocations_since_armed();
-    allocator::disarm();
+    let allocations = allocation_guard::allocations_since_armed();
+    allocation_guard::disarm();
     assert_eq!(allocations, 0);
     assert_eq!(harness.bus.metrics().messages_received, 15);
     assert_eq!(harness.bus.metrics().messages_sent, 6);
@@ -762,7 +762,7 @@ fn replicas_exchange_and_reconnect_without_allocating() {
     let mut harnesses = cluster(2);
     run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
     let mut received = [Vec::with_capacity(16), Vec::with_capacity(16)];
-    allocator::arm();
+    allocation_guard::arm();
     for round in 0..4u64 {
         for (from, harness) in harnesses.iter_mut().enumerate() {
             let to = 1 - from as ReplicaIndex;
@@ -787,8 +787,8 @@ fn replicas_exchange_and_reconnect_without_allocating() {
             run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
         }
     }
-    let allocations = allocator::allocations_since_armed();
-    allocator::disarm();
+    let allocations = allocation_guard::allocations_since_armed();
+    allocation_guard::disarm();
     assert_eq!(allocations, 0);
     assert_eq!(harnesses[0].bus.metrics().connections_dialed, 2);
     assert_eq!(harnesses[1].bus.metrics().replicas_identified, 2);
@@ -854,7 +854,7 @@ fn idle_connections_lock_out_neither_clients_nor_replicas() {
     let bytes = request(62, 1, &[]);
     let mut received = Vec::with_capacity(4);
     let mut idle = Vec::with_capacity(CONNECTIONS_MAX + 30);
-    allocator::arm();
+    allocation_guard::arm();
     idle_connections(&mut harnesses, 1, &mut idle);
     let mut client = TcpStream::connect(harnesses[1].address).unwrap();
     client.write_all(&bytes).unwrap();
@@ -862,8 +862,8 @@ fn idle_connections_lock_out_neither_clients_nor_replicas() {
         inbox_drain(harnesses, 1, &mut received);
         !received.is_empty()
     });
-    let allocations = allocator::allocations_since_armed();
-    allocator::disarm();
+    let allocations = allocation_guard::allocations_since_armed();
+    allocation_guard::disarm();
     assert_eq!(allocations, 0);
     assert_eq!(received[0].bytes(), &bytes[..]);
     drop(received);

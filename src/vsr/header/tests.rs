@@ -14,7 +14,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::{ChecksumShift, Command, EvictionReason, Header, Operation, checksum};
 use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX};
-use crate::sim::prng::Prng;
+use crate::stdx::prng::Prng;
 
 const CLUSTER: u64 = 0xC1A5_7E20_0000_0001;
 const CLIENT: u64 = 0x0123_4567_89AB_CDEF;

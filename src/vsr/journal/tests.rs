@@ -5,8 +5,8 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::*;
 use crate::constants::{FORMAT_WRITE_SIZE, FORMAT_WRITES_IN_FLIGHT, PIPELINE_PREPARE_QUEUE_MAX};
-use crate::sim::prng::Prng;
 use crate::sim::storage::MemoryStorage;
+use crate::stdx::prng::Prng;
 use crate::vsr::format::format;
 use crate::vsr::header::Operation;
 use crate::vsr::storage::{Completion, IoKind, IoRequest};

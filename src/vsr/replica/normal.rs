@@ -32,20 +32,7 @@ impl Replica {
             // Only a normal primary of a newer view prepares in it.
             return self.view_jump(storage, header.view);
         }
-        // A prepare the primary authored says what it committed, whoever relays it. It is no
-        // sign that the primary is alive: the other backup relays its prepares in repair long
-        // after it died. Only its own commit heartbeats (`on_commit`) are.
-        let from_primary = header.view == self.view && header.replica == self.primary_index();
-        if from_primary && self.status == Status::Normal && !self.is_primary() {
-            // Its commit number covers ops below it: taken unless this replica's log is known
-            // to differ from the primary's there (its entry below is not the prepare's parent).
-            let differs = self.own_checksum(header.op - 1).is_some_and(|own| own != header.parent);
-            if differs {
-                self.metrics.commits_refused_checksum += 1;
-            } else {
-                self.commit_max = self.commit_max.max(header.commit);
-            }
-        }
+        let from_primary = self.prepare_commit_observe(&header);
         if self.status == Status::Normal && self.is_primary() {
             return;
         }
@@ -84,20 +71,49 @@ impl Replica {
             self.repair_request(self.op + 1);
             return self.commit_pipeline(storage);
         }
+        self.prepare_append(storage, message);
+        self.commit_pipeline(storage);
+    }
+
+    /// A prepare the primary authored says what it committed, whoever relays it. It is no sign
+    /// that the primary is alive: the other backup relays its prepares in repair long after it
+    /// died. Only its own commit heartbeats (`on_commit`) are. Returns whether the primary of
+    /// this view authored it.
+    fn prepare_commit_observe(&mut self, header: &Header) -> bool {
+        let from_primary = header.view == self.view && header.replica == self.primary_index();
+        if from_primary && self.status == Status::Normal && !self.is_primary() {
+            // Its commit number covers ops below it: taken unless this replica's log is known
+            // to differ from the primary's there (its entry below is not the prepare's parent).
+            let differs = self.own_checksum(header.op - 1).is_some_and(|own| own != header.parent);
+            if differs {
+                self.metrics.commits_refused_checksum += 1;
+            } else {
+                self.commit_max = self.commit_max.max(header.commit);
+            }
+        }
+        from_primary
+    }
+
+    /// Appends the prepare that extends this replica's chain and log, if the WAL window, the
+    /// backup's pipeline and the journal have room for it now; otherwise the primary sends it
+    /// again (`PREPARE_TIMEOUT_TICKS`).
+    fn prepare_append<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        let header = *message.header();
+        assert_eq!(header.op, self.op + 1);
+        assert_eq!(header.parent, self.parent);
         let slot_count = u64::from(self.config.journal_slot_count);
-        if op > op_prepare_max(self.checkpoint_op, slot_count) {
-            return self.commit_pipeline(storage);
+        if header.op > op_prepare_max(self.checkpoint_op, slot_count) {
+            return;
         }
         if self.pipeline.len() >= PIPELINE_BACKUP_MAX || self.journal.truncating() {
-            return self.commit_pipeline(storage);
+            return;
         }
         if !self.journal.write_available() {
-            // A slow disk: the primary sends it again (`PREPARE_TIMEOUT_TICKS`).
             self.metrics.prepares_deferred_journal_busy += 1;
-            return self.commit_pipeline(storage);
+            return;
         }
         let message = padding_zeroed(message);
-        self.op = op;
+        self.op = header.op;
         self.parent = header.checksum;
         self.timestamp_observe(&header);
         let prepared =
@@ -105,7 +121,7 @@ impl Replica {
         self.pipeline.push_back(prepared);
         self.journal.write_prepare(storage, message);
         self.target_advance();
-        self.commit_pipeline(storage);
+        assert_eq!(self.op, header.op);
     }
 
     /// A prepare at or below this replica's head: a retransmission, acknowledged again if

@@ -15,9 +15,10 @@
 //!    `quorum_replication` of the others. (A replica that crashed and came back in an older
 //!    view would be a second failure, beyond `f`.)
 //! 2. **Joining above it.** It enters the first view above `M` whose primary is another
-//!    replica (it cannot lead with an empty log), and persists it. Its start_view_change for that view says "rejoining" (`context` = 2), which pulls its
-//!    peers into the view at once: they need no timeout of their own, so rejoining costs one
-//!    view change. It still sends no do_view_change and acknowledges nothing.
+//!    replica (it cannot lead with an empty log), and persists it. Its start_view_change for
+//!    that view says "rejoining" (`context` = 2), which pulls its peers into the view at once:
+//!    they need no timeout of their own, so rejoining costs one view change. It still sends no
+//!    do_view_change and acknowledges nothing.
 //! 3. **Holding the log.** The primary of that view (or any later one) sends the view's log
 //!    with start_view; the replica installs it (by state sync if it is past the peers' WAL
 //!    window) and only then clears `log_lost` and votes and acknowledges like any other.

@@ -365,7 +365,7 @@ mod event_store {
         harness.call(1, 1, Operation::CreateStream, &create_body(5));
         let mut requests = [0u32; 16];
         requests[1] = 1;
-        crate::io::allocator::arm();
+        crate::stdx::allocation_guard::arm();
         let mut evictions = 0;
         for index in 0..10_000u64 {
             let client = 1 + (index / 1000) % (clients_max + 2);
@@ -389,8 +389,8 @@ mod event_store {
                 }
             }
         }
-        let allocations = crate::io::allocator::allocations_since_armed();
-        crate::io::allocator::disarm();
+        let allocations = crate::stdx::allocation_guard::allocations_since_armed();
+        crate::stdx::allocation_guard::disarm();
         assert_eq!(allocations, 0, "the replica allocated after startup");
         assert!(evictions > 0);
         assert!(harness.replica.metrics().checkpoints > 100);
