@@ -261,6 +261,9 @@ pub struct Metrics {
     /// View-change quorums a new primary could not decide on yet: a faulty replica in it may
     /// have acknowledged ops beyond every sound log in it, so it waited for more logs.
     pub view_change_waits_for_faulty: u64,
+    /// start_view messages of a faulty log's own view installed below what it may have
+    /// acknowledged (it keeps that bound for its do_view_change).
+    pub start_views_below_acknowledged: u64,
     /// Intact entries above the match point that a log truncation kept because the log being
     /// installed holds them.
     pub log_entries_kept_at_truncation: u64,
@@ -293,8 +296,11 @@ pub struct Replica {
     /// primary's log replaces them, this replica acknowledges nothing. With faulty entries it
     /// still sends a do_view_change, whose nacks count only above `op_acknowledged_max`.
     log_faulty: bool,
-    /// While `log_faulty`: the highest op this replica may have acknowledged before its WAL
-    /// went bad (`RecoveryReport::op_acknowledged_max`), at least `op`.
+    /// The highest op this replica may have acknowledged in `log_view`, as far as it knows:
+    /// what faulty WAL entries may hide (`RecoveryReport::op_acknowledged_max`). It outlives
+    /// `log_faulty` when a start_view of `log_view` older than those acknowledgements repairs
+    /// the log (the primary's log in a view only grows, so it holds them: this replica must
+    /// not deny them in a view change, though its log is shorter). Reset with `log_view`.
     op_acknowledged_max: Op,
     view_change: view_change::ViewChangeState,
     rejoin: rejoin::RejoinState,
@@ -464,10 +470,11 @@ impl Replica {
         self.log_faulty
     }
 
-    /// The highest op this replica may have acknowledged: its log's head, or, while its WAL
-    /// has faulty entries, what they may hide (`RecoveryReport::op_acknowledged_max`).
+    /// The highest op this replica may have acknowledged in its log's view: its log's head,
+    /// or above it what faulty WAL entries may hide (`RecoveryReport::op_acknowledged_max`),
+    /// until a log of a newer view is installed.
     pub fn op_acknowledged_max(&self) -> Op {
-        if self.log_faulty { self.op.max(self.op_acknowledged_max) } else { self.op }
+        self.op.max(self.op_acknowledged_max)
     }
 
     /// The data file was lost and formatted again (`format --rejoin`), and the replica does not

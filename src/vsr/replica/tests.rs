@@ -869,6 +869,17 @@ mod faulty_wal {
         harness.storage.corrupt_sector(offset);
     }
 
+    /// Rots every header in the sector of the WAL's header ring that holds `op`'s header.
+    fn header_sector_rot(harness: &mut Harness, op: Op) {
+        let layout = Layout::new(&harness.config);
+        let slot = op % u64::from(harness.config.journal_slot_count);
+        let sector = slot as usize * HEADER_SIZE / SECTOR_SIZE;
+        let start = layout.zone_offset(Zone::WalHeaders) as usize + sector * SECTOR_SIZE;
+        for header in harness.storage.bytes_mut()[start..][..SECTOR_SIZE].chunks_mut(HEADER_SIZE) {
+            header[17] ^= 0x40;
+        }
+    }
+
     /// Hands `message` to replica `index` (a copy, as the network would).
     fn deliver(cluster: &mut Cluster, index: usize, message: &Message) {
         let node = &mut cluster.nodes[index].harness;
@@ -971,11 +982,38 @@ mod faulty_wal {
     }
 
     #[test]
+    fn a_faulty_backup_in_a_quiet_cluster_repairs_its_log_below_a_loose_bound() {
+        // Goal: R1 comes back with the header sector of its head rotten: the sector hides up
+        // to 31 more ops it may have acknowledged, so its bound lies above the cluster's head,
+        // which no client pushes further. It must still repair its log from the primary's
+        // start_view (VOPR seeds 15394890388178592913 and 14952920115053208388 stalled
+        // here), and keep the bound for its do_view_change.
+        let mut cluster = cluster_loaded(4);
+        let n = cluster.nodes[0].harness.replica.op();
+        header_sector_rot(&mut cluster.nodes[1].harness, n);
+        restart(&mut cluster.nodes[1].harness);
+        let bound = cluster.nodes[1].harness.replica.op_acknowledged_max();
+        assert!(cluster.nodes[1].harness.replica.log_faulty());
+        let state = cluster.nodes[1].harness.replica.debug_state();
+        assert!(bound > n, "the rotten sector hides ops above the head: {bound} {n} {state}");
+        cluster.tick(1_000);
+        let r1 = &cluster.nodes[1].harness.replica;
+        assert!(!r1.log_faulty(), "{}", r1.debug_state());
+        assert_eq!((r1.op(), r1.commit_min()), (n, n), "{}", r1.debug_state());
+        assert_eq!(r1.op_acknowledged_max(), bound);
+        assert_eq!(r1.metrics().start_views_below_acknowledged, 1);
+        for op in 1..=n {
+            let primary = cluster.nodes[0].harness.replica.prepare_header(op);
+            assert_eq!(r1.prepare_header(op), primary, "op {op}");
+        }
+    }
+
+    #[test]
     fn an_old_start_view_never_makes_a_faulty_backup_sound_below_what_it_acknowledged() {
         // Goal: a start_view of view 0 with head N, delayed in the network, reaches R1 after
         // R1 acknowledged N+1..N+3 (committed with R0; R2 missed them) and came back with
-        // N+2's prepare rotten. Taken, it would truncate R1 to N and make its log sound there,
-        // and the next view (R0 dead) would lose the committed ops. R1 must ignore it.
+        // N+2's prepare rotten. It truncates R1 to N, but R1 must keep what it may have
+        // acknowledged, or the next view (R0 dead) would lose the committed ops.
         let mut cluster = cluster_loaded(4);
         let n = cluster.nodes[0].harness.replica.op();
         let old_start_view = {
@@ -1005,7 +1043,8 @@ mod faulty_wal {
         deliver(&mut cluster, 1, &old_start_view);
         cluster.run();
         let r1 = &cluster.nodes[1].harness.replica;
-        assert!(r1.log_faulty() && r1.op_acknowledged_max() >= n + 3, "{}", r1.debug_state());
+        assert!(r1.op_acknowledged_max() >= n + 3, "{}", r1.debug_state());
+        assert_eq!(r1.metrics().start_views_below_acknowledged, 1);
         // Only R1 (rotten at N+2) and R0 (down) hold N+1..N+3: no view may start without them.
         cluster.nodes[2].up = true;
         for _ in 0..150 {

@@ -708,6 +708,7 @@ impl Replica {
         assert_eq!(self.status, Status::ViewChange);
         if self.log_view != self.view {
             self.log_view = self.view;
+            self.op_acknowledged_max = 0;
             self.view_persist(storage);
         }
         if self.log_view_durable != self.view || self.view_durable != self.view {
@@ -779,11 +780,12 @@ impl Replica {
             return;
         }
         if view == self.log_view && self.log_faulty && header.op < self.op_acknowledged_max() {
-            // An older start_view of the view this faulty log is of: within a view the primary's
-            // log only grows, so this one predates prepares this replica may have acknowledged.
-            // Installed, it would make the replica sound below them (and deny them in the next
-            // view change). A fresher one follows (request_start_view).
-            return;
+            // A start_view of the view this faulty log is of, below what the replica may have
+            // acknowledged: an older one, overtaken on the way, or its bound is loose (a rotten
+            // header sector hides up to a sector of ops, which a quiet cluster never reaches).
+            // Installed all the same, the log is repaired; `op_acknowledged_max` stays, so
+            // its do_view_change still denies nothing the replica may have acknowledged.
+            self.metrics.start_views_below_acknowledged += 1;
         }
         if view == self.view && self.status == Status::Normal {
             // A duplicate, or the log this replica follows: taken as a target only to repair a
@@ -820,6 +822,7 @@ impl Replica {
         self.log_faulty = false;
         if self.log_view != self.view {
             self.log_view = self.view;
+            self.op_acknowledged_max = 0;
             self.metrics.views_started += 1;
         }
         self.view_persist(storage);
