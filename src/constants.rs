@@ -144,6 +144,183 @@ pub const fn op_prepare_max(checkpoint_op: u64, slot_count: u64) -> u64 {
     checkpoint_op + slot_count
 }
 
+// The replica: queues, the pipeline, repair, and its timeouts (in ticks of `TICK_MS`).
+
+/// Messages the replica may have queued for the bus at once.
+pub const OUTBOX_MAX: usize = CLIENTS_MAX + 2 * PIPELINE_PREPARE_QUEUE_MAX + 8;
+
+/// Requests waiting for room in the pipeline.
+pub const REQUEST_QUEUE_MAX: usize = CLIENTS_MAX;
+
+/// Uncommitted prepares a backup keeps in memory (the primary keeps at most
+/// `PIPELINE_PREPARE_QUEUE_MAX`; a backup learns of commits a little later).
+pub const PIPELINE_BACKUP_MAX: usize = 2 * PIPELINE_PREPARE_QUEUE_MAX;
+
+/// Ticks before the primary sends a prepare again to backups that have not acknowledged it.
+pub const PREPARE_TIMEOUT_TICKS: u64 = 25;
+
+/// Ticks between commit heartbeats when nothing changes. They are what tells backups that
+/// their primary is alive (`NORMAL_HEARTBEAT_TIMEOUT_TICKS`).
+pub const COMMIT_HEARTBEAT_TICKS: u64 = 25;
+
+/// Ticks between two repair requests of a backup that lacks prepares.
+pub const REPAIR_TIMEOUT_TICKS: u64 = 1;
+
+/// Ticks after which the primary stops waiting for a backup it has not heard from.
+pub const BACKUP_LIVENESS_TICKS: u64 = 50;
+
+/// Ticks between the pings a backup sends the primary (so it counts as live when idle).
+pub const PING_TICKS: u64 = 10;
+
+/// Consecutive ops one repair request asks for. Repair traffic is bounded by this window per
+/// tick, so a lagging backup cannot flood the primary.
+pub const REPAIR_WINDOW_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX;
+
+/// Ops one repair request asks for: no more than a peer serves from its WAL at once (it keeps
+/// one of its journal reads for its own commits), so that a whole window arrives and the next
+/// is asked for at once.
+pub const REPAIR_REQUEST_OPS_MAX: usize = if REPAIR_WINDOW_MAX < JOURNAL_IOPS_READ_MAX - 1 {
+    REPAIR_WINDOW_MAX
+} else {
+    JOURNAL_IOPS_READ_MAX - 1
+};
+
+// View changes (ticks).
+
+/// Ticks a backup waits to hear from its primary before it votes to leave the view (1 s: four
+/// commit heartbeats in a row lost or late), so that a cluster replaces a dead primary within
+/// about 1.5 s with the jitter.
+pub const NORMAL_HEARTBEAT_TIMEOUT_TICKS: u64 = 100;
+
+/// Ticks a view change may take before the replica votes for the next view.
+pub const VIEW_CHANGE_TIMEOUT_TICKS: u64 = 300;
+
+/// Ticks between resends of start_view_change, do_view_change and request_start_view.
+pub const VIEW_CHANGE_MESSAGE_TICKS: u64 = 20;
+
+/// Ticks a primary's oldest uncommitted prepare may wait before the primary abdicates.
+pub const PRIMARY_ABDICATE_TICKS: u64 = 300;
+
+/// Ticks a vote to leave a view counts for (5 s).
+pub const VOTE_WINDOW_TICKS: u64 = 500;
+
+/// The most a timeout is lengthened by, at random, so that replicas do not time out together.
+pub const TIMEOUT_JITTER_TICKS: u64 = 50;
+
+/// Ticks between the view queries of a rejoining replica.
+pub const REJOIN_QUERY_TICKS: u64 = 20;
+
+// State sync and grid repair.
+
+/// Chunks one block is fetched in, at most (the smallest message holds a sector of data).
+pub const SYNC_CHUNKS_PER_BLOCK_MAX: usize = BLOCK_SIZE / SECTOR_SIZE;
+
+/// Chunks asked for in one `request_blocks`.
+pub const SYNC_CHUNKS_PER_REQUEST_MAX: usize = 8;
+
+/// Ticks between requests of a syncing replica.
+pub const SYNC_REQUEST_TICKS: u64 = 2;
+
+/// Ticks between two requests for the block being repaired.
+pub const GRID_REPAIR_REQUEST_TICKS: u64 = 2;
+
+/// Times the open may fetch a block of the streams table again before it gives up: a peer's
+/// copy that passes its checks but still does not open is not a fault a fetch can fix.
+pub const GRID_REPAIRS_OPEN_MAX: u64 = 16;
+
+/// Repair attempts in a row that go to the same replica before the next one is tried.
+pub const REPAIR_WINDOW_ROTATE: u64 = 8;
+
+// The journal.
+
+/// Events the journal can hold before the caller drains them: one per write (durable or
+/// failed), one per header-sector write (failed), one per read, and `Recovered` or `Truncated`.
+pub const JOURNAL_EVENTS_MAX: usize = 2 * JOURNAL_IOPS_WRITE_MAX + JOURNAL_IOPS_READ_MAX + 1;
+
+/// Completions the blocking helpers take from the storage in one `poll`.
+pub const JOURNAL_COMPLETIONS_MAX: usize = 2 * JOURNAL_IOPS_WRITE_MAX + JOURNAL_IOPS_READ_MAX;
+
+// Connections and the message pool.
+
+/// Connections a replica keeps: one per peer replica, its clients, and one for a newcomer that
+/// has not said who it is yet (so that a lower replica reconnecting, or a client, finds room
+/// while the old connection it replaces is still open).
+pub const CONNECTIONS_MAX: usize = REPLICAS_MAX + CLIENTS_MAX;
+
+/// Messages queued for sending on one connection.
+pub const CONNECTION_SEND_QUEUE_MAX: usize = 4;
+
+/// Messages queued for sending to one peer replica: a pipeline of prepares on top.
+pub const REPLICA_SEND_QUEUE_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX + CONNECTION_SEND_QUEUE_MAX;
+
+/// Messages a single step may build before any is released.
+pub const MESSAGES_SLACK: usize = 4;
+
+// The client session core.
+
+/// Quick retries of a primary that answers it is between views, per request.
+pub const PRIMARY_BUSY_RETRIES_MAX: u32 = 32;
+
+// The superblock.
+
+/// How many times an update rewrites the copies that did not read back identical before it
+/// settles for the verify quorum or fails.
+pub const SUPERBLOCK_UPDATE_REWRITES_MAX: u8 = 2;
+
+// The event store.
+
+/// The largest event payload. It bounds the space a block leaves unused when the next event
+/// does not fit (at most 1/8 of a block), and with it the blocks one commit can seal. A cluster
+/// with a small `message_size_max` has a lower effective maximum: an event must fit in one
+/// read reply (see `Limits::event_size_max`).
+pub const EVENT_SIZE_MAX: u32 = 64 * 1024;
+
+/// Skip-list levels. A block's ordinal (in the log, or among one stream's blocks) never exceeds
+/// the number of blocks in the largest grid, 2^25, so an ordinal has at most 26 significant bits
+/// and a block at most 26 skip pointers.
+pub const SKIP_LEVELS_MAX: usize = 26;
+
+/// Reads in progress at once. Each owns one block buffer for its whole life.
+pub const GRID_READS_MAX: usize = 8;
+
+/// Block buffers beyond the worst case of one commit, so that a commit may start while the
+/// blocks sealed by earlier commits are still being written.
+pub const GRID_WRITES_PIPELINE: usize = 4;
+
+// The message bus (the io_uring driver).
+
+/// Ticks between two log lines about invalid peer messages.
+pub const INVALID_LOG_TICKS: u64 = 1_000;
+
+/// Connections waiting in the kernel to be accepted.
+pub const LISTEN_BACKLOG: i32 = 64;
+
+/// Messages received and not yet taken by the driver.
+pub const INBOX_MAX: usize = CONNECTIONS_MAX;
+
+/// Buffers the bus leaves in the pool for the replica: it takes a receive buffer only while
+/// more than this many are free.
+pub const BUS_POOL_RESERVE: usize = MESSAGES_SLACK;
+
+/// Ticks one send may stay in flight before its peer counts as stuck (5 seconds).
+pub const SEND_STALL_TICKS_MAX: u64 = 5_000 / TICK_MS;
+
+/// The largest kernel socket buffer the bus asks for, each way.
+pub const SOCKET_BUFFER_SIZE_MAX: usize = 4 * 1024 * 1024;
+
+/// The shortest wait before dialing a replica again (50 ms)...
+pub const RECONNECT_DELAY_TICKS_MIN: u64 = 50 / TICK_MS;
+
+/// ...and the longest, which the exponential backoff reaches after a few failures (1 s).
+pub const RECONNECT_DELAY_TICKS_MAX: u64 = 1_000 / TICK_MS;
+
+/// Ticks an accepted connection may stay open without a valid message saying who it is (1 s):
+/// clients and replicas send one as soon as they connect.
+pub const IDENTIFY_TICKS_MAX: u64 = 1_000 / TICK_MS;
+
+/// The shortest interval between two log lines about connections shed (10 s).
+pub const SHED_LOG_TICKS: u64 = 10_000 / TICK_MS;
+
 const_assert!(SECTOR_SIZE.is_power_of_two());
 const_assert!(VIEW_CHANGE_HEADERS_MAX > PIPELINE_PREPARE_QUEUE_MAX + 1);
 const_assert!((VIEW_CHANGE_HEADERS_MAX + 1) * HEADER_SIZE <= MESSAGE_SIZE_MAX_MIN);

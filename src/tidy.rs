@@ -194,6 +194,9 @@ fn file_breaches(file: &SourceFile, breaches: &mut Vec<String>) {
                 breach(index, "an `unsafe` block without a `// SAFETY:` line above it".into());
             }
         }
+        if index < test_start && limit_defined_outside_constants(path, code) {
+            breach(index, "a limit (`*_MAX`, `*_TICKS`) belongs in src/constants.rs".into());
+        }
         if index < test_start {
             for (layer, names, why) in BANNED {
                 if !path.starts_with(layer) {
@@ -215,6 +218,20 @@ fn file_breaches(file: &SourceFile, breaches: &mut Vec<String>) {
             breach(index, "a test states its goal in a comment on its first line".into());
         }
     }
+}
+
+/// A `const NAME_MAX`, `NAME_TICKS` or `NAME_TICKS_MIN` of the replica (the core or the driver)
+/// defined elsewhere than in `src/constants.rs`, where every limit is.
+fn limit_defined_outside_constants(path: &str, code: &str) -> bool {
+    let layers = ["src/vsr/", "src/state_machine/", "src/io/"];
+    if path == "src/constants.rs" || !layers.iter().any(|layer| path.starts_with(layer)) {
+        return false;
+    }
+    let Some((_, rest)) = code.split_once("const ") else { return false };
+    let name: String =
+        rest.chars().take_while(|char| char.is_ascii_uppercase() || *char == '_').collect();
+    let limit = ["_MAX", "_TICKS", "_TICKS_MIN"].iter().any(|suffix| name.ends_with(suffix));
+    !name.is_empty() && limit && !code.trim_start().starts_with("//")
 }
 
 /// A `// SAFETY:` comment in the lines just above: its paragraph may be long, and the
@@ -248,7 +265,8 @@ fn tidy_finds_what_it_checks() {
     let source = format!(
         "//! A module.\nfn short() {{\n    step();\n}}\n\nfn long() {{\n{long_body}}}\n\
          #[test]\nfn quiet() {{\n    step();\n}}\n\n#[test]\nfn spoken() {{\n    // Goal: x.\n}}\n\
-         fn clock() {{\n    let now = std::time::Instant::now();\n    let x = {};\n}}\n",
+         fn clock() {{\n    let now = std::time::Instant::now();\n    let x = {};\n}}\n\
+         const RETRY_TICKS: u64 = 3;\n",
         "y".repeat(LINE_COLUMNS_MAX),
     );
     let file = SourceFile { path: "src/vsr/example.rs".into(), lines: lines(&source) };
@@ -261,6 +279,7 @@ fn tidy_finds_what_it_checks() {
     assert_eq!(has("`Instant`"), 1);
     assert_eq!(has("`std::time`"), 1);
     assert_eq!(has("columns, over"), 1);
+    assert_eq!(has("belongs in src/constants.rs"), 1);
     let unsafe_file = SourceFile {
         path: "src/io/example.rs".into(),
         lines: lines(concat!("//! A module.\nfn f() {\n    unsafe", " { g() };\n}\n")),

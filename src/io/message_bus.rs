@@ -39,7 +39,7 @@
 //! # Back-pressure
 //!
 //! Nothing waits on a peer and nothing grows. The inbox is fixed (`INBOX_MAX`): when it is
-//! full, or when taking a buffer would eat into the pool's reserve (`POOL_RESERVE`), the
+//! full, or when taking a buffer would eat into the pool's reserve (`BUS_POOL_RESERVE`), the
 //! connection keeps its finished message and stops receiving; `flush` resumes it once the
 //! driver has drained the inbox. Sending, each connection has a queue of
 //! `CONNECTION_SEND_QUEUE_MAX` messages (`REPLICA_SEND_QUEUE_MAX` to a replica) and one send in
@@ -60,41 +60,20 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use static_assertions::const_assert;
 
-use crate::constants::{CLIENTS_MAX, HEADER_SIZE, IO_OPERATIONS_MAX, REPLICAS_MAX, TICK_MS};
+use crate::constants::{
+    BUS_POOL_RESERVE, CLIENTS_MAX, CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, HEADER_SIZE,
+    IDENTIFY_TICKS_MAX, INBOX_MAX, IO_OPERATIONS_MAX, LISTEN_BACKLOG, RECONNECT_DELAY_TICKS_MAX,
+    RECONNECT_DELAY_TICKS_MIN, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SEND_STALL_TICKS_MAX,
+    SHED_LOG_TICKS, SOCKET_BUFFER_SIZE_MAX, TICK_MS,
+};
 use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
 use crate::stdx::prng::Prng;
 use crate::vsr::header::{ClientId, ClusterId, Command, Header, ReplicaIndex};
-use crate::vsr::message_pool::{
-    CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, MESSAGES_SLACK, Message, MessagePool,
-};
+use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::IoError;
 
 mod replicas;
-
-/// Connections waiting in the kernel to be accepted.
-pub const LISTEN_BACKLOG: i32 = 64;
-/// Messages received and not yet taken by the driver.
-pub const INBOX_MAX: usize = CONNECTIONS_MAX;
-/// Buffers the bus leaves in the pool for the replica: it takes a receive buffer only while
-/// more than this many are free.
-pub const POOL_RESERVE: usize = MESSAGES_SLACK;
-/// Messages queued for one peer replica: a primary may prepare a whole pipeline in one turn of
-/// the loop, before any send completes, and still send its commits and pings.
-pub use crate::vsr::message_pool::REPLICA_SEND_QUEUE_MAX;
-/// Ticks one send may stay in flight before its peer counts as stuck (5 seconds).
-pub const SEND_STALL_TICKS_MAX: u64 = 5_000 / TICK_MS;
-/// The largest kernel socket buffer the bus asks for, each way.
-pub const SOCKET_BUFFER_SIZE_MAX: usize = 4 * 1024 * 1024;
-/// The shortest wait before dialing a replica again (50 ms)...
-pub const RECONNECT_DELAY_TICKS_MIN: u64 = 50 / TICK_MS;
-/// ...and the longest, which the exponential backoff reaches after a few failures (1 s).
-pub const RECONNECT_DELAY_TICKS_MAX: u64 = 1_000 / TICK_MS;
-/// Ticks an accepted connection may stay open without a valid message saying who it is (1 s):
-/// clients and replicas send one as soon as they connect.
-pub const IDENTIFY_TICKS_MAX: u64 = 1_000 / TICK_MS;
-/// The shortest interval between two log lines about connections shed (10 s).
-pub const SHED_LOG_TICKS: u64 = 10_000 / TICK_MS;
 
 // The bus's operations (an accept, and a connect, a receive and a send, or a close per
 // connection) leave most of the ring's slots to the disk.
@@ -785,7 +764,7 @@ impl MessageBus {
 
     /// A buffer for receiving, unless that would leave the replica less than its reserve.
     fn buffer_take(&mut self) -> Option<Message> {
-        if self.pool.free_count() <= POOL_RESERVE {
+        if self.pool.free_count() <= BUS_POOL_RESERVE {
             return None;
         }
         let buffer = self.pool.try_get()?;

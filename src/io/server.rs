@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::constants::{IO_OPERATIONS_MAX, TICK_MS};
+use crate::constants::{INVALID_LOG_TICKS, IO_OPERATIONS_MAX, TICK_MS};
 use crate::io::data_file;
 use crate::io::message_bus::MessageBus;
 use crate::io::ring::Wait;
@@ -265,7 +265,6 @@ impl Server {
 
     /// Peer messages dropped as invalid, at most once every `INVALID_LOG_TICKS`.
     fn invalid_log(&mut self, invalid_count: u64) {
-        const INVALID_LOG_TICKS: u64 = 1_000;
         let (logged_count, logged_tick) = self.invalid_logged;
         if invalid_count == logged_count || self.ticks < logged_tick + INVALID_LOG_TICKS {
             return;

@@ -1530,7 +1530,7 @@ mod tests {
         }
         let crash_tick = cluster.tick();
         cluster.crash(0, false, 100_000);
-        let timeout = crate::vsr::replica::NORMAL_HEARTBEAT_TIMEOUT_TICKS + 50 + 60;
+        let timeout = crate::constants::NORMAL_HEARTBEAT_TIMEOUT_TICKS + 50 + 60;
         while cluster.view_newest() == 0 {
             cluster.step().unwrap();
             let waited = cluster.tick() - crash_tick;

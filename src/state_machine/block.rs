@@ -11,8 +11,8 @@
 
 use zerocopy::FromBytes;
 
-use crate::constants::BLOCK_SIZE;
-use crate::state_machine::constants::{BLOCK_VERSION, SKIP_LEVELS_MAX};
+use crate::constants::{BLOCK_SIZE, SKIP_LEVELS_MAX};
+use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{
     BlockHeader, BlockKind, BlockPointer, DirectoryEntry, EventRecord, padded_size,
 };

@@ -42,16 +42,15 @@ use std::collections::VecDeque;
 
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
-use crate::constants::{BLOCK_SIZE, HEADER_SIZE};
+use crate::constants::{
+    BLOCK_SIZE, EVENT_SIZE_MAX, GRID_READS_MAX, GRID_WRITES_PIPELINE, HEADER_SIZE, SKIP_LEVELS_MAX,
+};
 use crate::state_machine::block::{
     BLOCK_HEADER_SIZE, block_checksum, block_fits, block_header, directory_entry_size,
     frontier_advance, frontier_count, skip_pointer_count,
 };
 use crate::state_machine::checkpoint::{Checkpointing, Opening};
-use crate::state_machine::constants::{
-    BLOCK_VERSION, EVENT_SIZE_MAX, EXPECTED_OFFSET_ANY, GRID_READS_MAX, GRID_WRITES_PIPELINE,
-    SKIP_LEVELS_MAX,
-};
+use crate::state_machine::constants::{BLOCK_VERSION, EXPECTED_OFFSET_ANY};
 use crate::state_machine::read::ReadSlot;
 use crate::state_machine::streams::Streams;
 use crate::state_machine::types::{

@@ -16,12 +16,11 @@
 
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
-use crate::constants::{BLOCK_SIZE, HEADER_SIZE};
+use crate::constants::{BLOCK_SIZE, HEADER_SIZE, SKIP_LEVELS_MAX};
 use crate::state_machine::block::{
     BLOCK_HEADER_SIZE, block_header, block_invalid, directory_find, frontier_count,
     frontier_ordinal, record_at, skip_level,
 };
-use crate::state_machine::constants::SKIP_LEVELS_MAX;
 use crate::state_machine::types::{
     BlockKind, BlockPointer, ReadLog, ReadReplyHeader, ReadStream, ResultCode, StreamInfo,
     StreamInfoReply,

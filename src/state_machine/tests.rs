@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::*;
+use crate::constants::{EVENT_SIZE_MAX, GRID_READS_MAX};
 use crate::sim::storage::MemoryStorage;
 use crate::state_machine::types::{
     AppendBatch, BlockHeader, EventHeader, ReadLog, ReadStream, StreamInfo, StreamInfoReply,

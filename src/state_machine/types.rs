@@ -10,7 +10,7 @@
 use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::state_machine::constants::SKIP_LEVELS_MAX;
+use crate::constants::SKIP_LEVELS_MAX;
 use crate::vsr::header::{Checksum, Operation, checksum};
 
 /// The outcome of one create, one append batch or one read, carried in replies as a `u32`.

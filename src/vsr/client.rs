@@ -41,13 +41,11 @@
 //! Time is the driver's (ticks in the simulator, milliseconds in the TCP client): every
 //! duration in `ClientOptions` is in the unit of the `now` the driver passes.
 
+use crate::constants::PRIMARY_BUSY_RETRIES_MAX;
 use crate::vsr::client_sessions::session_chain;
 use crate::vsr::header::{
     self, Checksum, ClientId, ClusterId, Command, Header, Op, Operation, ReplicaIndex, View,
 };
-
-/// Quick retries of a primary that answers it is between views, per request.
-pub const PRIMARY_BUSY_RETRIES_MAX: u32 = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientOptions {

@@ -160,20 +160,14 @@ use static_assertions::const_assert;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::constants::{
-    HEADER_SIZE, JOURNAL_HEADERS_PER_SECTOR, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX,
-    PIPELINE_PREPARE_QUEUE_MAX, PROTOCOL_VERSION, REPLICAS_MAX, SECTOR_SIZE, op_prepare_max,
+    HEADER_SIZE, JOURNAL_COMPLETIONS_MAX, JOURNAL_EVENTS_MAX, JOURNAL_HEADERS_PER_SECTOR,
+    JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, PIPELINE_PREPARE_QUEUE_MAX, PROTOCOL_VERSION,
+    REPLICAS_MAX, SECTOR_SIZE, op_prepare_max,
 };
 use crate::vsr::header::{Checksum, ClusterId, Command, Header, Op, View};
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoError, IoKind, IoOwner, IoRequest, IoToken, Storage};
-
-/// Events the journal can hold before the caller drains them: one per write (durable or
-/// failed), one per header-sector write (failed), one per read, and `Recovered` or `Truncated`.
-pub const JOURNAL_EVENTS_MAX: usize = 2 * JOURNAL_IOPS_WRITE_MAX + JOURNAL_IOPS_READ_MAX + 1;
-
-/// Completions the blocking helpers take from the storage in one `poll`.
-const COMPLETIONS_MAX: usize = 2 * JOURNAL_IOPS_WRITE_MAX + JOURNAL_IOPS_READ_MAX;
 
 // A header sector's slots are tracked in a `u32` mask, and write indexes in a `u8`.
 const_assert!(JOURNAL_HEADERS_PER_SECTOR <= 32);
@@ -854,7 +848,7 @@ impl Journal {
             },
             report: RecoveryReport::new(slot_count),
             events: VecDeque::with_capacity(JOURNAL_EVENTS_MAX),
-            completions: Vec::with_capacity(COMPLETIONS_MAX),
+            completions: Vec::with_capacity(JOURNAL_COMPLETIONS_MAX),
         }
     }
 
@@ -952,10 +946,10 @@ impl Journal {
     /// and tests, where the journal is the storage's only user; events stay queued.
     pub fn run_until_idle<S: Storage>(&mut self, storage: &mut S) {
         let mut completions = std::mem::take(&mut self.completions);
-        assert_eq!(completions.capacity(), COMPLETIONS_MAX);
+        assert_eq!(completions.capacity(), JOURNAL_COMPLETIONS_MAX);
         while storage.in_flight() > 0 {
             assert!(completions.is_empty());
-            storage.poll(&mut completions, COMPLETIONS_MAX);
+            storage.poll(&mut completions, JOURNAL_COMPLETIONS_MAX);
             for completion in completions.drain(..) {
                 self.on_completion(storage, completion);
             }

@@ -39,22 +39,12 @@ use std::rc::Rc;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::constants::{
-    CLIENTS_MAX, GRID_SCRUB_READS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX,
-    PIPELINE_PREPARE_QUEUE_MAX, REPLICAS_MAX, SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
+    CLIENTS_MAX, CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, GRID_READS_MAX, GRID_SCRUB_READS_MAX,
+    HEADER_SIZE, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, MESSAGES_SLACK,
+    PIPELINE_PREPARE_QUEUE_MAX, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SECTOR_SIZE, SYNC_READS_MAX,
+    SYNC_WRITES_MAX,
 };
-use crate::state_machine::constants::GRID_READS_MAX;
 use crate::vsr::header::Header;
-
-/// Connections a replica keeps: one per peer replica, its clients, and one for a newcomer that
-/// has not said who it is yet (so that a lower replica reconnecting, or a client, finds room
-/// while the old connection it replaces is still open).
-pub const CONNECTIONS_MAX: usize = REPLICAS_MAX + CLIENTS_MAX;
-/// Messages queued for sending on one connection.
-pub const CONNECTION_SEND_QUEUE_MAX: usize = 4;
-/// Messages queued for sending to one peer replica: a pipeline of prepares on top.
-pub const REPLICA_SEND_QUEUE_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX + CONNECTION_SEND_QUEUE_MAX;
-/// Messages a single step may build before any is released.
-pub const MESSAGES_SLACK: usize = 4;
 
 /// The number of buffers a replica's message pool holds (see the module docs).
 pub const fn messages_max_replica() -> usize {

@@ -27,10 +27,10 @@
 use std::collections::VecDeque;
 
 use crate::constants::{
-    CLIENTS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, PIPELINE_PREPARE_QUEUE_MAX, REPLICAS_MAX,
-    SECTOR_SIZE, checkpoint_interval_ops, op_prepare_max,
+    CLIENTS_MAX, GRID_READS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, OUTBOX_MAX, PING_TICKS,
+    PIPELINE_BACKUP_MAX, PIPELINE_PREPARE_QUEUE_MAX, REPAIR_REQUEST_OPS_MAX, REPAIR_WINDOW_MAX,
+    REPLICAS_MAX, REQUEST_QUEUE_MAX, SECTOR_SIZE, checkpoint_interval_ops, op_prepare_max,
 };
-use crate::state_machine::constants::GRID_READS_MAX;
 use crate::state_machine::{CheckpointState, ReadId, ReadReply, StateMachine, request_invalid};
 use crate::vsr::client_sessions::{
     ClientSessionRecord, ClientSessions, RequestDisposition, session_chain,
@@ -54,37 +54,6 @@ mod sync;
 mod tests;
 mod view_change;
 
-pub use view_change::NORMAL_HEARTBEAT_TIMEOUT_TICKS;
-
-/// Messages the replica may have queued for the bus at once.
-pub const OUTBOX_MAX: usize = CLIENTS_MAX + 2 * PIPELINE_PREPARE_QUEUE_MAX + 8;
-/// Requests waiting for room in the pipeline.
-pub const REQUEST_QUEUE_MAX: usize = CLIENTS_MAX;
-/// Uncommitted prepares a backup keeps in memory (the primary keeps at most
-/// `PIPELINE_PREPARE_QUEUE_MAX`; a backup learns of commits a little later).
-pub const PIPELINE_BACKUP_MAX: usize = 2 * PIPELINE_PREPARE_QUEUE_MAX;
-/// Ticks before the primary sends a prepare again to backups that have not acknowledged it.
-pub const PREPARE_TIMEOUT_TICKS: u64 = 25;
-/// Ticks between commit heartbeats when nothing changes. They are what tells backups that
-/// their primary is alive (`NORMAL_HEARTBEAT_TIMEOUT_TICKS`).
-pub const COMMIT_HEARTBEAT_TICKS: u64 = 25;
-/// Ticks between two repair requests of a backup that lacks prepares.
-pub const REPAIR_TIMEOUT_TICKS: u64 = 1;
-/// Ticks after which the primary stops waiting for a backup it has not heard from.
-pub const BACKUP_LIVENESS_TICKS: u64 = 50;
-/// Ticks between the pings a backup sends the primary (so it counts as live when idle).
-pub const PING_TICKS: u64 = 10;
-/// Consecutive ops one repair request asks for. Repair traffic is bounded by this window per
-/// tick, so a lagging backup cannot flood the primary.
-pub const REPAIR_WINDOW_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX;
-/// Ops one repair request asks for: no more than a peer serves from its WAL at once (it keeps
-/// one of its journal reads for its own commits), so that a whole window arrives and the next
-/// is asked for at once.
-pub const REPAIR_REQUEST_OPS_MAX: usize = if REPAIR_WINDOW_MAX < JOURNAL_IOPS_READ_MAX - 1 {
-    REPAIR_WINDOW_MAX
-} else {
-    JOURNAL_IOPS_READ_MAX - 1
-};
 // A window a peer cannot serve whole is never done: its last op waits for the next round.
 static_assertions::const_assert!(REPAIR_REQUEST_OPS_MAX < JOURNAL_IOPS_READ_MAX);
 static_assertions::const_assert!(REPAIR_REQUEST_OPS_MAX > 0);

@@ -23,7 +23,7 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::constants::{
     CLIENTS_MAX, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, SUPERBLOCK_QUORUM_OPEN,
-    SUPERBLOCK_QUORUM_VERIFY, SUPERBLOCK_VERSION, VIEW_HEADERS_MAX,
+    SUPERBLOCK_QUORUM_VERIFY, SUPERBLOCK_UPDATE_REWRITES_MAX, SUPERBLOCK_VERSION, VIEW_HEADERS_MAX,
 };
 use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::header::{self, Checksum, ClusterId, Header, Op, View};
@@ -33,10 +33,6 @@ use crate::vsr::storage::{Completion, IoError, IoKind, IoOwner, IoRequest, IoTok
 
 #[cfg(test)]
 mod tests;
-
-/// How many times an update rewrites the copies that did not read back identical before it
-/// settles for the verify quorum or fails.
-pub const SUPERBLOCK_UPDATE_REWRITES_MAX: u8 = 2;
 
 /// The first byte `SuperBlockHeader::checksum` covers: everything after `checksum` and `copy`.
 const CHECKSUM_COVERS_FROM: usize = 6;

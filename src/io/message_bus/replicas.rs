@@ -4,11 +4,8 @@
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
 
-use super::{
-    CloseReason, ConnectionState, MessageBus, Peer, RECONNECT_DELAY_TICKS_MAX,
-    RECONNECT_DELAY_TICKS_MIN,
-};
-use crate::constants::REPLICAS_MAX;
+use super::{CloseReason, ConnectionState, MessageBus, Peer};
+use crate::constants::{RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN, REPLICAS_MAX};
 use crate::io::ring::{ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
 use crate::stdx::prng::Prng;

@@ -8,6 +8,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::constants::{
+    BUS_POOL_RESERVE, CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, INBOX_MAX,
+    RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN, SEND_STALL_TICKS_MAX,
+};
 use crate::io::ring::Wait;
 use crate::stdx::allocation_guard;
 use crate::stdx::prng::Prng;
@@ -248,7 +252,7 @@ fn receiving_waits_for_room_in_the_inbox_and_the_pool() {
     }
     drop(messages);
 
-    let mut harness = Harness::with_pool(POOL_RESERVE + 2);
+    let mut harness = Harness::with_pool(BUS_POOL_RESERVE + 2);
     let mut client = harness.connect();
     client.write_all(&burst[..3].concat()).unwrap();
     // One buffer receives, one more carries past the first message; then only the reserve
@@ -258,7 +262,7 @@ fn receiving_waits_for_room_in_the_inbox_and_the_pool() {
         harness.pump();
     }
     assert_eq!(harness.bus.inbox.len(), 1);
-    assert_eq!(harness.pool.free_count(), POOL_RESERVE);
+    assert_eq!(harness.pool.free_count(), BUS_POOL_RESERVE);
     for bytes in &burst[..3] {
         let message = harness.receive(1);
         assert_eq!(message[0].bytes(), &bytes[..]);

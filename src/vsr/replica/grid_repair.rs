@@ -30,7 +30,8 @@
 
 use super::{OpenPhase, Replica, Status};
 use crate::constants::{
-    BLOCK_SIZE, GRID_REPAIRS_MAX, GRID_SCRUB_BLOCK_TICKS, GRID_SCRUB_READS_MAX,
+    BLOCK_SIZE, GRID_REPAIR_REQUEST_TICKS, GRID_REPAIRS_MAX, GRID_REPAIRS_OPEN_MAX,
+    GRID_SCRUB_BLOCK_TICKS, GRID_SCRUB_READS_MAX, SYNC_CHUNKS_PER_BLOCK_MAX,
 };
 use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{BlockHeader, BlockKind};
@@ -41,18 +42,11 @@ use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
 use zerocopy::FromBytes;
 
-use super::sync::CHUNKS_PER_BLOCK_MAX;
-
 /// `IoOwner::Sync` token indexes from here on are grid repair's: the scrubber's reads, then the
 /// repair's write (state sync uses the indexes below).
 pub(super) const GRID_REPAIR_TOKEN_FIRST: u32 = 1 << 16;
 const SCRUB_TOKEN: u32 = GRID_REPAIR_TOKEN_FIRST;
 const REPAIR_WRITE_TOKEN: u32 = GRID_REPAIR_TOKEN_FIRST + 1;
-/// Ticks between two requests for the block being repaired.
-const REPAIR_REQUEST_TICKS: u64 = 2;
-/// Times the open may fetch a block of the streams table again before it gives up: a peer's
-/// copy that passes its checks but still does not open is not a fault a fetch can fix.
-const OPEN_REPAIRS_MAX: u64 = 16;
 
 /// Why a block is being repaired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +74,7 @@ struct Scrub {
     reads: usize,
     /// The tick at which the next block may be started.
     tick_next: u64,
-    checksums: [Checksum; CHUNKS_PER_BLOCK_MAX],
+    checksums: [Checksum; SYNC_CHUNKS_PER_BLOCK_MAX],
     /// From the first chunk: the checksum the block names, and whether its header is sound.
     named: Checksum,
     header_sound: bool,
@@ -125,7 +119,7 @@ impl GridRepair {
                 chunks_done: 0,
                 reads: 0,
                 tick_next: 0,
-                checksums: [0; CHUNKS_PER_BLOCK_MAX],
+                checksums: [0; SYNC_CHUNKS_PER_BLOCK_MAX],
                 named: 0,
                 header_sound: false,
                 unreadable: false,
@@ -207,7 +201,7 @@ impl Replica {
         let Some(block) = self.state_machine.block_fault_take() else {
             return false;
         };
-        if self.grid_repair.open_repairs >= OPEN_REPAIRS_MAX {
+        if self.grid_repair.open_repairs >= GRID_REPAIRS_OPEN_MAX {
             return false;
         }
         self.grid_repair.open_repairs += 1;
@@ -232,7 +226,7 @@ impl Replica {
             repair.block = Some(repair.block_pool.get());
         }
         let repair = &self.grid_repair;
-        if repair.writing || self.ticks < repair.requested_tick + REPAIR_REQUEST_TICKS {
+        if repair.writing || self.ticks < repair.requested_tick + GRID_REPAIR_REQUEST_TICKS {
             return;
         }
         let fault = self.grid_repair_fault();

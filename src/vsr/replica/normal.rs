@@ -13,13 +13,11 @@
 //!   `request_prepare`, one op at a time; the primary answers from memory or from its WAL.
 //! - The primary sends unacknowledged prepares again after `PREPARE_TIMEOUT_TICKS`.
 
-use super::{
-    BACKUP_LIVENESS_TICKS, COMMIT_HEARTBEAT_TICKS, Destination, JournalRead, JournalReadPurpose,
-    PIPELINE_BACKUP_MAX, PREPARE_TIMEOUT_TICKS, Prepared, REPAIR_REQUEST_OPS_MAX,
-    REPAIR_TIMEOUT_TICKS, REPAIR_WINDOW_MAX, Replica, Status,
-};
+use super::{Destination, JournalRead, JournalReadPurpose, Prepared, Replica, Status};
 use crate::constants::{
-    JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, SECTOR_SIZE, op_prepare_max,
+    BACKUP_LIVENESS_TICKS, COMMIT_HEARTBEAT_TICKS, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX,
+    PIPELINE_BACKUP_MAX, PREPARE_TIMEOUT_TICKS, REPAIR_REQUEST_OPS_MAX, REPAIR_TIMEOUT_TICKS,
+    REPAIR_WINDOW_MAX, SECTOR_SIZE, op_prepare_max,
 };
 use crate::vsr::header::{Checksum, Command, Header, Op};
 use crate::vsr::message_pool::Message;

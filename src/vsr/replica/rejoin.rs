@@ -29,11 +29,9 @@
 //! and views only grow.
 
 use super::{Destination, Replica, Status};
+use crate::constants::REJOIN_QUERY_TICKS;
 use crate::vsr::header::{Command, Header, View};
 use crate::vsr::storage::Storage;
-
-/// Ticks between the view queries of a rejoining replica.
-pub const REJOIN_QUERY_TICKS: u64 = 20;
 
 /// The `context` of a start_view_change from a rejoining replica.
 pub const START_VIEW_CHANGE_REJOINING: u32 = 2;

@@ -26,16 +26,16 @@
 //! WAL only while it keeps a journal read free for its own commits.
 
 use super::{
-    Destination, JournalRead, JournalReadPurpose, PIPELINE_BACKUP_MAX, Prepared, REPAIR_WINDOW_MAX,
-    Replica, Status, message_finish,
+    Destination, JournalRead, JournalReadPurpose, Prepared, Replica, Status, message_finish,
 };
-use crate::constants::{HEADER_SIZE, JOURNAL_IOPS_READ_MAX, VIEW_CHANGE_HEADERS_MAX};
+use crate::constants::{
+    HEADER_SIZE, JOURNAL_IOPS_READ_MAX, PIPELINE_BACKUP_MAX, REPAIR_TIMEOUT_TICKS,
+    REPAIR_WINDOW_MAX, REPAIR_WINDOW_ROTATE, VIEW_CHANGE_HEADERS_MAX,
+};
 use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::message_pool::Message;
 use crate::vsr::replica::view_change::view_headers_invalid;
 use crate::vsr::storage::Storage;
-
-use super::REPAIR_TIMEOUT_TICKS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -463,6 +463,3 @@ impl Replica {
         }
     }
 }
-
-/// Repair attempts in a row that go to the same replica before the next one is tried.
-const REPAIR_WINDOW_ROTATE: u64 = 8;

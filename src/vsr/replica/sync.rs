@@ -30,7 +30,8 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 use super::grid_repair::GRID_REPAIR_TOKEN_FIRST;
 use super::{CheckpointPhase, Destination, Replica, Status, message_finish};
 use crate::constants::{
-    BLOCK_SIZE, CLIENTS_MAX, HEADER_SIZE, SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
+    BLOCK_SIZE, CLIENTS_MAX, HEADER_SIZE, SECTOR_SIZE, SYNC_CHUNKS_PER_BLOCK_MAX,
+    SYNC_CHUNKS_PER_REQUEST_MAX, SYNC_READS_MAX, SYNC_REQUEST_TICKS, SYNC_WRITES_MAX,
 };
 use crate::state_machine::CheckpointState;
 use crate::vsr::client_sessions::ClientSessionRecord;
@@ -38,13 +39,6 @@ use crate::vsr::header::{Checksum, ChecksumShift, Command, Header, Op, ReplicaIn
 use crate::vsr::layout::{Config, Zone};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
-
-/// Chunks one block is fetched in, at most (the smallest message holds a sector of data).
-pub(super) const CHUNKS_PER_BLOCK_MAX: usize = BLOCK_SIZE / SECTOR_SIZE;
-/// Chunks asked for in one `request_blocks`.
-const CHUNKS_PER_REQUEST_MAX: usize = 8;
-/// Ticks between requests of a syncing replica.
-const SYNC_REQUEST_TICKS: u64 = 2;
 
 /// The body of `sync_checkpoint`.
 #[repr(C)]
@@ -121,7 +115,7 @@ pub(super) struct SyncState {
     /// Chunks of `block_next` received (bit i: chunk i), their checksums, and the checksum
     /// its header names.
     chunks_received: u128,
-    chunk_checksums: [Checksum; CHUNKS_PER_BLOCK_MAX],
+    chunk_checksums: [Checksum; SYNC_CHUNKS_PER_BLOCK_MAX],
     block_checksum: Checksum,
     /// Combine the checksums of a block's chunks: full chunks, and the last one (shorter when
     /// the chunk size does not divide the block size).
@@ -146,7 +140,7 @@ impl SyncState {
             body: SyncCheckpointBody::new_zeroed(),
             block_next: 0,
             chunks_received: 0,
-            chunk_checksums: [0; CHUNKS_PER_BLOCK_MAX],
+            chunk_checksums: [0; SYNC_CHUNKS_PER_BLOCK_MAX],
             block_checksum: 0,
             chunk_shift: ChecksumShift::new(chunk_size),
             chunk_last_shift: ChecksumShift::new(chunk_last),
@@ -345,7 +339,7 @@ impl Replica {
         let mut message = self.pool.get();
         let mut count = 0;
         for chunk in 0..self.sync_chunk_count() {
-            if chunks_received & (1 << chunk) != 0 || count == CHUNKS_PER_REQUEST_MAX {
+            if chunks_received & (1 << chunk) != 0 || count == SYNC_CHUNKS_PER_REQUEST_MAX {
                 continue;
             }
             let offset = chunk * chunk_size;

@@ -41,32 +41,19 @@
 //! - A view change that does not finish within `VIEW_CHANGE_TIMEOUT_TICKS` moves on to the next
 //!   view (another primary).
 
-use super::{
-    BACKUP_LIVENESS_TICKS, Destination, REPAIR_WINDOW_MAX, Replica, Status, message_finish,
+use super::{Destination, Replica, Status, message_finish};
+use crate::constants::{
+    BACKUP_LIVENESS_TICKS, COMMIT_HEARTBEAT_TICKS, HEADER_SIZE, NORMAL_HEARTBEAT_TIMEOUT_TICKS,
+    PRIMARY_ABDICATE_TICKS, REPAIR_WINDOW_MAX, REPLICAS_MAX, TIMEOUT_JITTER_TICKS,
+    VIEW_CHANGE_HEADERS_MAX, VIEW_CHANGE_MESSAGE_TICKS, VIEW_CHANGE_TIMEOUT_TICKS,
+    VOTE_WINDOW_TICKS,
 };
-use crate::constants::{HEADER_SIZE, REPLICAS_MAX, VIEW_CHANGE_HEADERS_MAX};
 use crate::vsr::header::{Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
 use zerocopy::IntoBytes;
 
-/// Ticks a backup waits to hear from its primary before it votes to leave the view (1 s: four
-/// commit heartbeats in a row lost or late), so that a cluster replaces a dead primary within
-/// about 1.5 s with the jitter.
-pub const NORMAL_HEARTBEAT_TIMEOUT_TICKS: u64 = 100;
-static_assertions::const_assert!(
-    NORMAL_HEARTBEAT_TIMEOUT_TICKS >= 4 * super::COMMIT_HEARTBEAT_TICKS
-);
-/// Ticks a view change may take before the replica votes for the next view.
-pub const VIEW_CHANGE_TIMEOUT_TICKS: u64 = 300;
-/// Ticks between resends of start_view_change, do_view_change and request_start_view.
-pub const VIEW_CHANGE_MESSAGE_TICKS: u64 = 20;
-/// Ticks a primary's oldest uncommitted prepare may wait before the primary abdicates.
-pub const PRIMARY_ABDICATE_TICKS: u64 = 300;
-/// Ticks a vote to leave a view counts for (5 s).
-pub const VOTE_WINDOW_TICKS: u64 = 500;
-/// The most a timeout is lengthened by, at random, so that replicas do not time out together.
-const TIMEOUT_JITTER_TICKS: u64 = 50;
+static_assertions::const_assert!(NORMAL_HEARTBEAT_TIMEOUT_TICKS >= 4 * COMMIT_HEARTBEAT_TICKS);
 
 /// One replica's do_view_change, as the new primary keeps it.
 #[derive(Clone, Copy)]

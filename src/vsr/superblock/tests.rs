@@ -6,7 +6,9 @@ use std::ops::Range;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::*;
-use crate::constants::{FORMAT_WRITE_SIZE, FORMAT_WRITES_IN_FLIGHT};
+use crate::constants::{
+    FORMAT_WRITE_SIZE, FORMAT_WRITES_IN_FLIGHT, SUPERBLOCK_UPDATE_REWRITES_MAX,
+};
 use crate::sim::storage::MemoryStorage;
 use crate::stdx::prng::Prng;
 use crate::vsr::format::format;
