@@ -23,8 +23,7 @@ use crate::client::Client;
 use crate::constants::{BLOCK_SIZE, GRID_SIZE_DEFAULT, HEADER_SIZE, MESSAGE_SIZE_MAX};
 use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
 use crate::state_machine::types::{
-    AppendBatch, AppendResult, CreateStream, CreateStreamResult, EventHeader, ResultCode,
-    padded_size,
+    AppendEncoder, AppendResult, CreateStream, CreateStreamResult, ResultCode, padded_size,
 };
 use crate::vsr::header::{ClusterId, Operation};
 use crate::vsr::layout::Config;
@@ -215,8 +214,8 @@ fn wait_for_listening(stdout: std::process::ChildStdout) -> Result<(), String> {
 /// Events of `event_size` bytes that fit in one request body.
 fn batch_size_max(event_size: u32) -> u32 {
     let body_max = (MESSAGE_SIZE_MAX - HEADER_SIZE) as u64;
-    let per_event = std::mem::size_of::<EventHeader>() as u64 + padded_size(event_size);
-    ((body_max - std::mem::size_of::<AppendBatch>() as u64) / per_event) as u32
+    let per_event = AppendEncoder::event_size(event_size) as u64;
+    ((body_max - AppendEncoder::batch_size([]) as u64) / per_event) as u32
 }
 
 fn load(
@@ -409,30 +408,15 @@ impl Worker {
 
     /// Writes one append batch of `count` events into `body`; returns its size.
     fn fill_batch(&self, body: &mut [u8], stream: u64, count: u32, sent: u64) -> usize {
-        let event_size = self.options.event_size;
-        let padded = padded_size(event_size) as usize;
-        let event_bytes = std::mem::size_of::<EventHeader>() + padded;
-        let batch = AppendBatch {
-            stream,
-            expected_offset: EXPECTED_OFFSET_ANY,
-            event_count: count,
-            events_size_bytes: count * event_bytes as u32,
-        };
-        let head = std::mem::size_of::<AppendBatch>();
-        body[..head].copy_from_slice(batch.as_bytes());
-        let mut at = head;
+        let mut encoder = AppendEncoder::new(body);
+        encoder.batch_begin(stream, EXPECTED_OFFSET_ANY);
         for event in 0..count {
-            let header = EventHeader { size_bytes: event_size, reserved: 0 };
-            body[at..at + 8].copy_from_slice(header.as_bytes());
-            at += 8;
-            let data = &mut body[at..at + padded];
-            data.fill(0);
+            let data = encoder.event(self.options.event_size);
             let stamp = (sent + u64::from(event)) ^ ((self.index as u64) << 48);
-            for (index, byte) in data[..event_size as usize].iter_mut().enumerate() {
+            for (index, byte) in data.iter_mut().enumerate() {
                 *byte = (stamp >> ((index % 8) * 8)) as u8 ^ index as u8;
             }
-            at += padded;
         }
-        at
+        encoder.finish()
     }
 }

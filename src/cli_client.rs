@@ -10,8 +10,8 @@ use crate::client::Client;
 use crate::constants::MESSAGE_SIZE_MAX;
 use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
 use crate::state_machine::types::{
-    AppendBatch, AppendResult, CreateStream, CreateStreamResult, EventHeader, EventRecord, ReadLog,
-    ReadReplyHeader, ReadStream, ResultCode, StreamInfo, StreamInfoReply, padded_size,
+    AppendResult, CreateStream, CreateStreamResult, EventRecord, ReadLog, ReadReplyHeader,
+    ReadStream, ResultCode, StreamInfo, StreamInfoReply, append_batch_body, padded_size,
 };
 use crate::vsr::header::Operation;
 
@@ -82,21 +82,8 @@ fn append(
     }
     let stream = number(stream, "stream")?;
     let expected_offset = arguments.integer_or("expected-offset", EXPECTED_OFFSET_ANY)?;
-    let mut data = Vec::new();
-    for event in events {
-        let size = event.len() as u32;
-        data.extend_from_slice(EventHeader { size_bytes: size, reserved: 0 }.as_bytes());
-        data.extend_from_slice(event.as_bytes());
-        data.resize(data.len() + (padded_size(size) as usize - event.len()), 0);
-    }
-    let batch = AppendBatch {
-        stream,
-        expected_offset,
-        event_count: events.len() as u32,
-        events_size_bytes: data.len() as u32,
-    };
-    let mut body = batch.as_bytes().to_vec();
-    body.extend_from_slice(&data);
+    let events: Vec<&[u8]> = events.iter().map(|event| event.as_bytes()).collect();
+    let body = append_batch_body(stream, expected_offset, &events);
     let reply = client.write(Operation::Append, &body).map_err(|error| error.to_string())?;
     let result = AppendResult::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
     let code = result_code(result.result)?;

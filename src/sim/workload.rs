@@ -23,8 +23,8 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::constants::HEADER_SIZE;
 use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
 use crate::state_machine::types::{
-    AppendBatch, AppendResult, CreateStream, CreateStreamResult, EventHeader, ReadLog, ReadStream,
-    ResultCode, StreamInfo, padded_size,
+    AppendEncoder, AppendResult, CreateStream, CreateStreamResult, ReadLog, ReadStream, ResultCode,
+    StreamInfo,
 };
 use crate::stdx::prng::Prng;
 use crate::vsr::client::{ClientCore, ClientMetrics, ClientOptions, Outcome};
@@ -164,10 +164,8 @@ impl Workload {
         assert!(options.request_timeout_ticks > 0);
         assert!(options.events_per_append_max > 0 && options.event_size_max > 0);
         let body_size_max = options.message_size_max - HEADER_SIZE;
-        let batch_size_max = size_of::<AppendBatch>() as u64
-            + u64::from(options.events_per_append_max)
-                * (size_of::<EventHeader>() as u64 + padded_size(options.event_size_max));
-        assert!(batch_size_max <= body_size_max as u64);
+        let events = (0..options.events_per_append_max).map(|_| options.event_size_max);
+        assert!(AppendEncoder::batch_size(events) <= body_size_max);
         let mut workload = Workload {
             options,
             prng: Prng::new(seed),
@@ -349,28 +347,16 @@ impl Workload {
             _ => None,
         };
         let stream = self.clients[index].model.stream;
-        let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
-        let mut size = size_of::<AppendBatch>();
+        let mut encoder = AppendEncoder::new(&mut message.buffer_mut_unique()[HEADER_SIZE..]);
+        encoder.batch_begin(stream, expected_offset.unwrap_or(EXPECTED_OFFSET_ANY));
         let mut checksums = Vec::with_capacity(event_count as usize);
         for _ in 0..event_count {
             let data_size = 1 + self.prng.index(self.options.event_size_max as usize) as u32;
-            let event = EventHeader { size_bytes: data_size, reserved: 0 };
-            body[size..size + size_of::<EventHeader>()].copy_from_slice(event.as_bytes());
-            size += size_of::<EventHeader>();
-            let padded = padded_size(data_size) as usize;
-            let data = &mut body[size..size + padded];
-            self.prng.fill(&mut data[..data_size as usize]);
-            data[data_size as usize..].fill(0);
-            checksums.push(header::checksum(&data[..data_size as usize]));
-            size += padded;
+            let data = encoder.event(data_size);
+            self.prng.fill(data);
+            checksums.push(header::checksum(data));
         }
-        let batch = AppendBatch {
-            stream,
-            expected_offset: expected_offset.unwrap_or(EXPECTED_OFFSET_ANY),
-            event_count,
-            events_size_bytes: (size - size_of::<AppendBatch>()) as u32,
-        };
-        body[..size_of::<AppendBatch>()].copy_from_slice(batch.as_bytes());
+        let size = encoder.finish();
         (Operation::Append, size, Ask::Append { checksums, expected_offset })
     }
 

@@ -11,8 +11,8 @@ use super::*;
 use crate::constants::{EVENT_SIZE_MAX, GRID_READS_MAX};
 use crate::sim::storage::MemoryStorage;
 use crate::state_machine::types::{
-    AppendBatch, BlockHeader, EventHeader, ReadLog, ReadStream, StreamInfo, StreamInfoReply,
-    padded_size,
+    AppendEncoder, BlockHeader, ReadLog, ReadStream, StreamInfo, StreamInfoReply,
+    append_batch_body, padded_size,
 };
 use crate::stdx::prng::Prng;
 
@@ -200,26 +200,14 @@ fn create_body(streams: &[(u64, u64)]) -> Vec<u8> {
 }
 
 fn batch_size(batch: &BatchSpec) -> usize {
-    let events: u64 = batch.events.iter().map(|data| 8 + padded_size(data.len() as u32)).sum();
-    size_of::<AppendBatch>() + events as usize
+    AppendEncoder::batch_size(batch.events.iter().map(|data| data.len() as u32))
 }
 
 fn append_body(batches: &[BatchSpec]) -> Vec<u8> {
     let mut body = Vec::new();
     for batch in batches {
-        let header = AppendBatch {
-            stream: batch.stream,
-            expected_offset: batch.expected_offset,
-            event_count: batch.events.len() as u32,
-            events_size_bytes: (batch_size(batch) - size_of::<AppendBatch>()) as u32,
-        };
-        body.extend_from_slice(header.as_bytes());
-        for data in &batch.events {
-            let event = EventHeader { size_bytes: data.len() as u32, reserved: 0 };
-            body.extend_from_slice(event.as_bytes());
-            body.extend_from_slice(data);
-            body.resize(body.len().next_multiple_of(8), 0);
-        }
+        let events: Vec<&[u8]> = batch.events.iter().map(|data| &data[..]).collect();
+        body.extend(append_batch_body(batch.stream, batch.expected_offset, &events));
     }
     body
 }
@@ -805,6 +793,37 @@ fn reads_report_body_invalid_and_stream_not_found() {
         let info = StreamInfoReply::read_from_bytes(&reply).unwrap();
         assert_eq!(info.result, expected as u32);
     }
+}
+
+#[test]
+fn append_encoder_writes_what_the_decoder_accepts() {
+    // Goal: batches written by the one encoder pass `request_invalid` and split back into the
+    // same streams, offsets and event bytes (odd sizes, so the padding is exercised), and the
+    // size it predicts is the size it writes.
+    let events: [&[u8]; 3] = [b"a", b"0123456789", b"12345678"];
+    let size = 2 * AppendEncoder::batch_size(events.iter().map(|data| data.len() as u32));
+    let mut body = vec![0xff; size + 16];
+    let mut encoder = AppendEncoder::new(&mut body);
+    for (stream, expected_offset) in [(3, EXPECTED_OFFSET_ANY), (4, 7)] {
+        encoder.batch_begin(stream, expected_offset);
+        for data in events {
+            encoder.event_copy(data);
+        }
+    }
+    assert_eq!(encoder.finish(), size);
+    let body = &body[..size];
+    assert_eq!(request_invalid(Operation::Append, body), None);
+    let mut rest = body;
+    for (stream, expected_offset) in [(3, EXPECTED_OFFSET_ANY), (4, 7)] {
+        let batch = batch_split(rest).expect("valid").expect("a batch");
+        assert_eq!((batch.header.stream, batch.header.expected_offset), (stream, expected_offset));
+        assert_eq!(batch.header.event_count, 3);
+        assert!(Events::new(batch.events).eq(events.iter().copied()));
+        rest = batch.rest;
+    }
+    assert!(rest.is_empty());
+    let one = append_batch_body(3, EXPECTED_OFFSET_ANY, &events);
+    assert_eq!(one, body[..size / 2]);
 }
 
 #[test]

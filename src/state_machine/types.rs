@@ -411,6 +411,93 @@ fn append_body_invalid(body: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// Writes an append body in place, batch after batch, in the format `request_invalid` accepts:
+/// the one encoder of it, which the benchmark, the CLI, the simulator and the tests share.
+pub struct AppendEncoder<'a> {
+    body: &'a mut [u8],
+    size: usize,
+    /// Where the header of the batch being written starts.
+    batch: Option<usize>,
+}
+
+impl<'a> AppendEncoder<'a> {
+    /// Encodes into `body`, which must have room for what is added (`batch_size`).
+    pub fn new(body: &'a mut [u8]) -> AppendEncoder<'a> {
+        AppendEncoder { body, size: 0, batch: None }
+    }
+
+    /// The bytes a batch of events of these data sizes takes in a body.
+    pub fn batch_size(data_sizes: impl IntoIterator<Item = u32>) -> usize {
+        let events: usize = data_sizes.into_iter().map(AppendEncoder::event_size).sum();
+        size_of::<AppendBatch>() + events
+    }
+
+    /// The bytes an event of `data_size` bytes takes in a batch.
+    pub fn event_size(data_size: u32) -> usize {
+        size_of::<EventHeader>() + padded_size(data_size) as usize
+    }
+
+    /// Starts a batch of events for `stream`, the first at `expected_offset` (or
+    /// `EXPECTED_OFFSET_ANY`). The batch before it must have an event.
+    pub fn batch_begin(&mut self, stream: u64, expected_offset: u64) {
+        assert!(self.batch_open().is_none_or(|batch| batch.event_count > 0));
+        let batch = AppendBatch { stream, expected_offset, event_count: 0, events_size_bytes: 0 };
+        let start = self.size;
+        self.body[start..start + size_of::<AppendBatch>()].copy_from_slice(batch.as_bytes());
+        self.batch = Some(start);
+        self.size += size_of::<AppendBatch>();
+    }
+
+    /// Adds an event of `data_size` bytes to the open batch and returns its data, for the
+    /// caller to fill (the padding after it is zeroed).
+    pub fn event(&mut self, data_size: u32) -> &mut [u8] {
+        let mut batch = self.batch_open().expect("a batch is open");
+        let event_size = AppendEncoder::event_size(data_size);
+        let start = self.size;
+        let event = &mut self.body[start..start + event_size];
+        let header = EventHeader { size_bytes: data_size, reserved: 0 };
+        event[..size_of::<EventHeader>()].copy_from_slice(header.as_bytes());
+        event[size_of::<EventHeader>()..].fill(0);
+        batch.event_count += 1;
+        batch.events_size_bytes += event_size as u32;
+        let batch_start = self.batch.expect("a batch is open");
+        self.body[batch_start..][..size_of::<AppendBatch>()].copy_from_slice(batch.as_bytes());
+        self.size += event_size;
+        let data_start = start + size_of::<EventHeader>();
+        &mut self.body[data_start..data_start + data_size as usize]
+    }
+
+    /// Adds an event with these bytes to the open batch.
+    pub fn event_copy(&mut self, data: &[u8]) {
+        self.event(data.len() as u32).copy_from_slice(data);
+    }
+
+    /// The size of the body written; its last batch must have an event.
+    pub fn finish(self) -> usize {
+        assert!(self.batch_open().is_some_and(|batch| batch.event_count > 0));
+        self.size
+    }
+
+    fn batch_open(&self) -> Option<AppendBatch> {
+        let start = self.batch?;
+        let (batch, _) = AppendBatch::read_from_prefix(&self.body[start..]).expect("written");
+        Some(batch)
+    }
+}
+
+/// A body of one append batch: `events` for `stream`, the first at `expected_offset`.
+pub fn append_batch_body(stream: u64, expected_offset: u64, events: &[&[u8]]) -> Vec<u8> {
+    let size = AppendEncoder::batch_size(events.iter().map(|data| data.len() as u32));
+    let mut body = vec![0; size];
+    let mut encoder = AppendEncoder::new(&mut body);
+    encoder.batch_begin(stream, expected_offset);
+    for data in events {
+        encoder.event_copy(data);
+    }
+    assert_eq!(encoder.finish(), size);
+    body
+}
+
 /// One append batch cut from a body: its header, its events' bytes, and the bytes after it.
 #[derive(Clone, Copy, Debug)]
 pub struct Batch<'a> {

@@ -19,8 +19,8 @@ use kimberlite::client::Client;
 use kimberlite::constants::MESSAGE_SIZE_MAX;
 use kimberlite::state_machine::constants::EXPECTED_OFFSET_ANY;
 use kimberlite::state_machine::types::{
-    AppendBatch, AppendResult, CreateStream, EventHeader, EventRecord, ReadReplyHeader, ReadStream,
-    ResultCode, padded_size,
+    AppendResult, CreateStream, EventRecord, ReadReplyHeader, ReadStream, ResultCode,
+    append_batch_body, padded_size,
 };
 use kimberlite::vsr::header::Operation;
 use kimberlite::vsr::layout::{Config, Layout, Zone};
@@ -123,24 +123,10 @@ fn event_data(stream: u64, sequence: u64) -> [u8; EVENT_SIZE] {
 }
 
 fn append_body(stream: u64, first_sequence: u64, count: u64) -> Vec<u8> {
-    let padded = padded_size(EVENT_SIZE as u32) as usize;
-    let mut events = Vec::new();
-    for sequence in first_sequence..first_sequence + count {
-        events.extend_from_slice(
-            EventHeader { size_bytes: EVENT_SIZE as u32, reserved: 0 }.as_bytes(),
-        );
-        events.extend_from_slice(&event_data(stream, sequence));
-        events.resize(events.len() + padded - EVENT_SIZE, 0);
-    }
-    let batch = AppendBatch {
-        stream,
-        expected_offset: EXPECTED_OFFSET_ANY,
-        event_count: count as u32,
-        events_size_bytes: events.len() as u32,
-    };
-    let mut body = batch.as_bytes().to_vec();
-    body.extend_from_slice(&events);
-    body
+    let sequences = first_sequence..first_sequence + count;
+    let events: Vec<_> = sequences.map(|sequence| event_data(stream, sequence)).collect();
+    let events: Vec<&[u8]> = events.iter().map(|data| &data[..]).collect();
+    append_batch_body(stream, EXPECTED_OFFSET_ANY, &events)
 }
 
 /// Acknowledged events: stream → (offset → sequence).

@@ -232,8 +232,8 @@ mod event_store {
     use super::*;
     use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
     use crate::state_machine::types::{
-        AppendBatch, AppendResult, CreateStream, EventHeader, EventRecord, ReadReplyHeader,
-        ReadStream, ResultCode,
+        AppendEncoder, AppendResult, CreateStream, EventRecord, ReadReplyHeader, ReadStream,
+        ResultCode,
     };
     use zerocopy::{FromBytes, IntoBytes};
 
@@ -243,20 +243,16 @@ mod event_store {
 
     /// An append of `count` 16-byte events numbered from `first`.
     pub(crate) fn append_body(stream: u64, first: u64, count: u64) -> Vec<u8> {
-        let mut events = Vec::new();
+        let size = AppendEncoder::batch_size((0..count).map(|_| 16));
+        let mut body = vec![0; size];
+        let mut encoder = AppendEncoder::new(&mut body);
+        encoder.batch_begin(stream, EXPECTED_OFFSET_ANY);
         for number in first..first + count {
-            events.extend_from_slice(EventHeader { size_bytes: 16, reserved: 0 }.as_bytes());
-            events.extend_from_slice(&number.to_le_bytes());
-            events.extend_from_slice(&stream.to_le_bytes());
+            let data = encoder.event(16);
+            data[..8].copy_from_slice(&number.to_le_bytes());
+            data[8..].copy_from_slice(&stream.to_le_bytes());
         }
-        let batch = AppendBatch {
-            stream,
-            expected_offset: EXPECTED_OFFSET_ANY,
-            event_count: count as u32,
-            events_size_bytes: events.len() as u32,
-        };
-        let mut body = batch.as_bytes().to_vec();
-        body.extend_from_slice(&events);
+        assert_eq!(encoder.finish(), size);
         body
     }
 
