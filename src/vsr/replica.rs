@@ -233,6 +233,9 @@ pub struct Metrics {
     /// start_view messages of a faulty log's own view installed below what it may have
     /// acknowledged (it keeps that bound for its do_view_change).
     pub start_views_below_acknowledged: u64,
+    /// View changes whose canonical log was a faulty one (no sound log could be, and nothing
+    /// above its head can have committed).
+    pub view_change_canonical_faulty: u64,
     /// Intact entries above the match point that a log truncation kept because the log being
     /// installed holds them.
     pub log_entries_kept_at_truncation: u64,

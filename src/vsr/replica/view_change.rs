@@ -17,11 +17,17 @@
 //!   included. The canonical one is the sound log (`op_min = op + 1`) with the highest
 //!   `log_view`, then the highest op: it holds every committed op (the quorum intersects every
 //!   replication quorum, and a replica only takes a view's log_view once it holds that view's
-//!   whole starting log). A faulty log counts toward the quorum but is never canonical: its
-//!   chain stops below what it may have acknowledged. So the primary decides only once no
+//!   whole starting log). A faulty log counts toward the quorum but is canonical only as a
+//!   last resort (below): its chain stops below what it may have acknowledged. So the primary
+//!   decides only once no
 //!   faulty log could hold a committed op the canonical lacks: each has an older `log_view`
 //!   than the canonical, or the same one and nothing it may have acknowledged above the
-//!   canonical's op. Otherwise it waits for more logs (`view_change_waits_for_faulty`). An op
+//!   canonical's op, or a newer one while too few replicas (logs of newer views, and replicas
+//!   not heard from) remain to have formed a replication quorum in a view after the
+//!   canonical's. When no sound log qualifies, the highest log of all (faulty ones included)
+//!   is canonical if too few replicas may have acknowledged an op above its head to have
+//!   committed one: its chain up to its head is its view's log. Otherwise the primary waits
+//!   for more logs (`view_change_waits_for_faulty`). An op
 //!   above every reported commit number that a nack quorum lacks (below their `op_min`, nothing
 //!   counts as a nack unless it differs from a header the replica holds) cannot have committed
 //!   and is cut off, so the view can start even if no intact copy of it survives.
@@ -181,14 +187,35 @@ pub fn view_headers_invalid(message: &Message, log_view: View) -> Option<&'stati
     None
 }
 
-/// The replica whose log is canonical among the do_view_changes received: the sound log with
-/// the highest (log_view, op), provided that no faulty log may hold an op committed beyond it
-/// (see the module docs); `None` if none can be chosen yet.
-fn canonical_choose(records: &[DoViewChangeRecord], quorum_nack: usize) -> Option<ReplicaIndex> {
+/// The replica whose log is canonical among the do_view_changes received (see the module
+/// docs): the sound log with the highest (log_view, op) if no faulty log may hold an op
+/// committed beyond it, else the highest log of all if too few replicas may have acknowledged
+/// an op above its head to have committed one; `None` if none can be chosen yet. `records`
+/// has one entry per replica of the cluster.
+fn canonical_choose(
+    records: &[DoViewChangeRecord],
+    quorum_replication: usize,
+) -> Option<ReplicaIndex> {
+    assert!(quorum_replication <= records.len());
+    canonical_sound(records, quorum_replication)
+        .or_else(|| canonical_highest(records, quorum_replication))
+}
+
+fn canonical_sound(
+    records: &[DoViewChangeRecord],
+    quorum_replication: usize,
+) -> Option<ReplicaIndex> {
+    let quorum_nack = records.len() - quorum_replication + 1;
     let received = || records.iter().enumerate().filter(|(_, record)| record.received);
     let (best, canonical) = received()
         .filter(|(_, record)| record.sound())
         .max_by_key(|(index, record)| (record.log_view, record.op, std::cmp::Reverse(*index)))?;
+    // An op committed in a view newer than the canonical log's had a replication quorum of
+    // replicas whose logs are now of a newer view, or that are not heard from: with too few
+    // of those, a faulty log of a newer view holds nothing committed beyond the canonical.
+    let newer = received().filter(|(_, record)| record.log_view > canonical.log_view).count();
+    let unheard = records.len() - received().count();
+    let newer_views_uncommitted = newer + unheard < quorum_replication;
     // Ops commit in order: if a nack quorum lacks the op after the canonical head, no op
     // above the head committed, whatever a faulty log of the same view may have acknowledged.
     let after_head_nacks =
@@ -199,11 +226,34 @@ fn canonical_choose(records: &[DoViewChangeRecord], quorum_nack: usize) -> Optio
             || record.log_view < canonical.log_view
             || (record.log_view == canonical.log_view
                 && (record.op_min <= canonical.op + 1 || beyond_head_uncommitted))
+            || (record.log_view > canonical.log_view && newer_views_uncommitted)
     };
     if !received().all(|(_, record)| covered(record)) {
         return None;
     }
     Some(best as ReplicaIndex)
+}
+
+/// The log with the highest (log_view, op), sound or faulty, when every sound one may lack a
+/// committed op. No log of a newer view was received, and the replicas not heard from are
+/// fewer than a replication quorum, so nothing committed in a newer view. An op above its
+/// head, in its view, was acknowledged only by replicas of its view that may have
+/// acknowledged more than their chain holds (itself, if faulty) or not heard from: too few of
+/// those, and nothing above its head committed either.
+fn canonical_highest(
+    records: &[DoViewChangeRecord],
+    quorum_replication: usize,
+) -> Option<ReplicaIndex> {
+    let received = || records.iter().enumerate().filter(|(_, record)| record.received);
+    let (best, canonical) = received().max_by_key(|(index, record)| {
+        (record.log_view, record.op, record.sound(), std::cmp::Reverse(*index))
+    })?;
+    let beyond_head = |record: &DoViewChangeRecord| {
+        record.log_view == canonical.log_view && record.op_min > canonical.op + 1
+    };
+    let acknowledgers = received().filter(|(_, record)| beyond_head(record)).count();
+    let unheard = records.len() - received().count();
+    (acknowledgers + unheard < quorum_replication).then_some(best as ReplicaIndex)
 }
 
 /// Timeouts and votes.
@@ -646,11 +696,14 @@ impl Replica {
         if received < self.quorum_view_change() {
             return;
         }
-        let Some(best) = canonical_choose(records, self.quorum_nack()) else {
+        let replica_count = usize::from(self.config.replica_count);
+        let Some(best) = canonical_choose(&records[..replica_count], self.quorum_replication())
+        else {
             self.metrics.view_change_waits_for_faulty += 1;
             return;
         };
         let canonical = records[usize::from(best)];
+        self.metrics.view_change_canonical_faulty += u64::from(!canonical.sound());
         let mut commit = self.commit_max.max(self.commit_min);
         for record in records.iter().filter(|record| record.received) {
             commit = commit.max(record.commit);
@@ -814,5 +867,44 @@ impl Replica {
         }
         self.view_persist(storage);
         self.prepare_oks_send();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(log_view: View, op: Op, op_min: Op) -> DoViewChangeRecord {
+        DoViewChangeRecord { received: true, log_view, op, op_min, ..DoViewChangeRecord::EMPTY }
+    }
+
+    #[test]
+    fn a_faulty_log_of_a_newer_view_is_covered_only_when_no_quorum_could_commit_there() {
+        // Goal: R0's WAL is faulty and of view 28; R2's is sound and of view 27. With R1's log
+        // of view 26, nothing committed in view 28 (it needed two replicas of view 28), so
+        // R2's log is canonical; with R1 not heard from, R0 and R1 could have committed there,
+        // and the primary must wait.
+        let faulty = record(28, 143, 160);
+        let sound = record(27, 141, 142);
+        let older = record(26, 141, 142);
+        assert_eq!(canonical_choose(&[faulty, older, sound], 2), Some(2));
+        assert_eq!(canonical_choose(&[faulty, DoViewChangeRecord::EMPTY, sound], 2), None);
+        let newer_sound = record(28, 143, 144);
+        assert_eq!(canonical_choose(&[faulty, newer_sound, sound], 2), Some(1));
+    }
+
+    #[test]
+    fn the_highest_log_is_canonical_when_no_sound_one_can_be_and_nothing_above_it_committed() {
+        // Goal: two replicas, R0 faulty of view 28 (it may have acknowledged up to 159), R1 of
+        // view 27 that may have acknowledged 142 beyond its head 141: neither is sound, and
+        // the view change waited forever (VOPR seed 8113176848143068660). Nothing above R0's
+        // head can have committed in view 28 (R1 never was of that view), so R0's log is
+        // canonical. With a third replica of view 28 not heard from, it could have: wait.
+        let faulty = record(28, 143, 160);
+        let bound = record(27, 141, 143);
+        assert_eq!(canonical_choose(&[faulty, bound], 2), Some(0));
+        assert_eq!(canonical_choose(&[faulty, bound, DoViewChangeRecord::EMPTY], 2), None);
+        let intact = record(28, 143, 144);
+        assert_eq!(canonical_choose(&[faulty, bound, intact], 2), Some(2));
     }
 }
