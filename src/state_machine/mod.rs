@@ -15,7 +15,7 @@
 //! 3. For each committed op, in op order: wait until `commit_ready()` (back-pressure while
 //!    sealed blocks are still being written), then `commit`, which applies create_stream and
 //!    append at once and writes the reply body. Ops the state machine has no part in (register,
-//!    noop) may be passed too; they change nothing. Bodies must have passed `request_invalid`.
+//!    noop) may be passed too; they change nothing. Bodies must parse (`Request::parse`).
 //! 4. At a checkpoint op, right after committing it: `checkpoint(storage)`, then keep passing
 //!    completions until `poll_checkpoint` returns the state to put in the superblock. No commit
 //!    runs in between (`commit_ready` is false).
@@ -54,9 +54,10 @@ use crate::state_machine::constants::{BLOCK_VERSION, EXPECTED_OFFSET_ANY};
 use crate::state_machine::read::ReadSlot;
 use crate::state_machine::streams::Streams;
 use crate::state_machine::types::{
-    AppendBatch, AppendResult, BlockHeader, BlockKind, BlockPointer, CreateStream,
-    CreateStreamResult, DirectoryEntry, EventRecord, Events, ReadReplyHeader, ResultCode,
-    TableEntry, TableRoot, batch_split, chain_next, chain_seed, record_size, stream_id_valid,
+    AppendBatches, AppendResult, Batch, BlockHeader, BlockKind, BlockPointer, CreateStream,
+    CreateStreamResult, CreateStreams, DirectoryEntry, EventRecord, Events, ReadReplyHeader,
+    Request, ResultCode, TableEntry, TableRoot, chain_next, chain_seed, record_size,
+    stream_id_valid,
 };
 use crate::vsr::header::{Checksum, ClusterId, Op, Operation};
 use crate::vsr::layout::{Config, Layout, Zone};
@@ -437,17 +438,15 @@ impl StateMachine {
         assert!(self.commit_ready());
         assert!(op > self.op_last, "ops commit in order");
         assert!(!operation.is_read());
-        assert_eq!(request_invalid(operation, body), None);
+        let request = Request::parse(operation, body).expect("the primary parsed the request");
         assert!(reply_body.len() >= body.len() / 2);
         self.op_last = op;
-        let size = match operation {
-            Operation::CreateStream => self.create_streams(body, reply_body),
-            Operation::Append => self.append_batches(storage, op, timestamp, body, reply_body),
-            Operation::Root | Operation::Register | Operation::Noop => 0,
-            Operation::Reserved
-            | Operation::ReadStream
-            | Operation::ReadLog
-            | Operation::StreamInfo => unreachable!("rejected above"),
+        let size = match request {
+            Request::CreateStreams(entries) => self.create_streams(entries, reply_body),
+            Request::Append(batches) => {
+                self.append_batches(storage, op, timestamp, batches, reply_body)
+            }
+            Request::Empty => 0,
         };
         assert!(size <= body.len());
         size
@@ -465,15 +464,11 @@ impl StateMachine {
         }
     }
 
-    fn create_streams(&mut self, body: &[u8], reply_body: &mut [u8]) -> usize {
-        let request_size = size_of::<CreateStream>();
+    fn create_streams(&mut self, entries: CreateStreams<'_>, reply_body: &mut [u8]) -> usize {
         let result_size = size_of::<CreateStreamResult>();
-        let count = body.len() / request_size;
+        let count = entries.count();
         assert!(reply_body.len() >= count * result_size);
-        for index in 0..count {
-            let request =
-                CreateStream::read_from_bytes(&body[index * request_size..][..request_size])
-                    .expect("request size");
+        for (index, request) in entries.enumerate() {
             let result =
                 CreateStreamResult { result: self.create_stream(&request) as u32, reserved: 0 };
             reply_body[index * result_size..][..result_size].copy_from_slice(result.as_bytes());
@@ -513,17 +508,15 @@ impl StateMachine {
         storage: &mut S,
         op: Op,
         timestamp: u64,
-        body: &[u8],
+        batches: AppendBatches<'_>,
         reply_body: &mut [u8],
     ) -> usize {
         let result_size = size_of::<AppendResult>();
-        let mut rest = body;
         let mut count = 0;
-        while let Some(batch) = batch_split(rest).expect("body validated") {
-            let result = self.append_batch(storage, op, timestamp, &batch.header, batch.events);
+        for batch in batches {
+            let result = self.append_batch(storage, op, timestamp, &batch);
             reply_body[count * result_size..][..result_size].copy_from_slice(result.as_bytes());
             count += 1;
-            rest = batch.rest;
         }
         count * result_size
     }
@@ -533,9 +526,9 @@ impl StateMachine {
         storage: &mut S,
         op: Op,
         timestamp: u64,
-        batch: &AppendBatch,
-        events: &[u8],
+        batch: &Batch<'_>,
     ) -> AppendResult {
+        let (events, batch) = (batch.events(), batch.header);
         let reject = |result: ResultCode, offset: u64| AppendResult {
             result: result as u32,
             reserved: 0,
@@ -551,7 +544,7 @@ impl StateMachine {
         if batch.expected_offset != EXPECTED_OFFSET_ANY && batch.expected_offset != offset_first {
             return reject(ResultCode::ExpectedOffsetWrong, offset_first);
         }
-        for data in Events::new(events) {
+        for data in events {
             if data.is_empty() {
                 return reject(ResultCode::EventEmpty, offset_first);
             }
@@ -564,7 +557,7 @@ impl StateMachine {
             return reject(ResultCode::StorageFull, offset_first);
         }
         let mut sealed = 0;
-        for data in Events::new(events) {
+        for data in events {
             sealed += u64::from(self.append_event(storage, op, timestamp, entry, data));
         }
         assert_eq!(sealed, seals);
@@ -589,14 +582,14 @@ impl StateMachine {
 
     /// How many blocks appending `events` to stream `entry` will seal: the placement of
     /// `append_event`, run without changing anything.
-    fn append_seals_needed(&self, entry: u32, events: &[u8]) -> u64 {
+    fn append_seals_needed(&self, entry: u32, events: Events<'_>) -> u64 {
         let stream = self.streams.get(entry);
         let mut records_size = u64::from(self.open_block.records_size);
         let mut directory_size = u64::from(self.open_block.directory_size);
         let mut in_block = stream.open_event_count > 0;
         let mut blocks = stream.blocks;
         let mut seals = 0;
-        for data in Events::new(events) {
+        for data in events {
             let record = record_size(data.len() as u32);
             let mut entry_size =
                 if in_block { 0 } else { directory_entry_size(skip_pointer_count(blocks + 1)) };

@@ -367,19 +367,83 @@ pub fn chain_next(chain: Checksum, record: &EventRecord, data: &[u8]) -> Checksu
 // ---------------------------------------------------------------------------------------------
 // Request bodies.
 
-/// Why `body` cannot be prepared as `operation`, or `None`. The primary calls this before it
-/// prepares a request, so `StateMachine::commit` only ever sees well-formed bodies; what is
-/// wrong with a well-formed request (a missing stream, an empty event) is a result code.
-pub fn request_invalid(operation: Operation, body: &[u8]) -> Option<&'static str> {
-    match operation {
-        Operation::CreateStream => create_stream_body_invalid(body),
-        Operation::Append => append_body_invalid(body),
-        Operation::ReadStream | Operation::ReadLog | Operation::StreamInfo => {
-            Some("reads are served from committed state and never prepared")
+/// A write request's body, parsed: `Request::parse` checks every byte once, and what it hands
+/// out then reads without failing. What is wrong with a well-formed request (a missing stream,
+/// an empty event) is not a parse error but a result code.
+#[derive(Clone, Copy, Debug)]
+pub enum Request<'a> {
+    /// root, register, noop: no body to speak of.
+    Empty,
+    CreateStreams(CreateStreams<'a>),
+    Append(AppendBatches<'a>),
+}
+
+impl<'a> Request<'a> {
+    /// The body of a request to prepare as `operation`, or why it cannot be prepared.
+    pub fn parse(operation: Operation, body: &'a [u8]) -> Result<Request<'a>, &'static str> {
+        let invalid = match operation {
+            Operation::CreateStream => create_stream_body_invalid(body),
+            Operation::Append => append_body_invalid(body),
+            Operation::ReadStream | Operation::ReadLog | Operation::StreamInfo => {
+                Some("reads are served from committed state and never prepared")
+            }
+            Operation::Reserved => Some("operation is reserved"),
+            Operation::Root | Operation::Register | Operation::Noop => None,
+        };
+        if let Some(reason) = invalid {
+            return Err(reason);
         }
-        Operation::Reserved => Some("operation is reserved"),
-        Operation::Root | Operation::Register | Operation::Noop => None,
+        Ok(match operation {
+            Operation::CreateStream => Request::CreateStreams(CreateStreams { body }),
+            Operation::Append => Request::Append(AppendBatches { rest: body }),
+            _ => Request::Empty,
+        })
     }
+}
+
+/// The entries of a parsed create_stream body.
+#[derive(Clone, Copy, Debug)]
+pub struct CreateStreams<'a> {
+    body: &'a [u8],
+}
+
+impl CreateStreams<'_> {
+    pub fn count(&self) -> usize {
+        self.body.len() / size_of::<CreateStream>()
+    }
+}
+
+impl Iterator for CreateStreams<'_> {
+    type Item = CreateStream;
+
+    fn next(&mut self) -> Option<CreateStream> {
+        let (entry, rest) = CreateStream::read_from_prefix(self.body).ok()?;
+        self.body = rest;
+        Some(entry)
+    }
+}
+
+/// The batches of a parsed append body.
+#[derive(Clone, Copy, Debug)]
+pub struct AppendBatches<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for AppendBatches<'a> {
+    type Item = Batch<'a>;
+
+    fn next(&mut self) -> Option<Batch<'a>> {
+        let batch = batch_split(self.rest).expect("parsed")?;
+        self.rest = batch.rest;
+        Some(batch)
+    }
+}
+
+/// Why `body` cannot be prepared as `operation`, or `None` (`Request::parse`). The primary
+/// asks before it prepares a request, so `StateMachine::commit` only ever sees well-formed
+/// bodies.
+pub fn request_invalid(operation: Operation, body: &[u8]) -> Option<&'static str> {
+    Request::parse(operation, body).err()
 }
 
 fn create_stream_body_invalid(body: &[u8]) -> Option<&'static str> {
@@ -506,8 +570,15 @@ pub struct Batch<'a> {
     pub rest: &'a [u8],
 }
 
+impl<'a> Batch<'a> {
+    /// The data of each event (of a parsed body).
+    pub fn events(&self) -> Events<'a> {
+        Events::new(self.events)
+    }
+}
+
 /// Cuts the first batch off `body`; `Ok(None)` when `body` is empty.
-pub fn batch_split(body: &[u8]) -> Result<Option<Batch<'_>>, &'static str> {
+fn batch_split(body: &[u8]) -> Result<Option<Batch<'_>>, &'static str> {
     if body.is_empty() {
         return Ok(None);
     }
@@ -550,13 +621,14 @@ fn events_invalid(batch: &Batch<'_>) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The events of a batch that `request_invalid` accepted, as data slices.
+/// The events of a parsed batch (`Request::parse`), as data slices.
+#[derive(Clone, Copy, Debug)]
 pub struct Events<'a> {
     rest: &'a [u8],
 }
 
 impl<'a> Events<'a> {
-    pub fn new(events: &'a [u8]) -> Events<'a> {
+    fn new(events: &'a [u8]) -> Events<'a> {
         Events { rest: events }
     }
 }
