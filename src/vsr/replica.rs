@@ -274,6 +274,10 @@ pub struct Replica {
     /// the log (the primary's log in a view only grows, so it holds them: this replica must
     /// not deny them in a view change, though its log is shorter). Reset with `log_view`.
     op_acknowledged_max: Op,
+    /// The lowest op from which the WAL's entries hash-chain up to the checkpoint's prepare.
+    /// Below it an entry may be another log's (an older view's prepare that state sync skipped
+    /// over): this replica neither reports nor serves it as its log's.
+    log_chained_from: Op,
     view_change: view_change::ViewChangeState,
     rejoin: rejoin::RejoinState,
     target: repair::LogTarget,
@@ -349,6 +353,7 @@ impl Replica {
             superblock_writing: None,
             log_faulty: false,
             op_acknowledged_max: 0,
+            log_chained_from: 0,
             view_change: view_change::ViewChangeState::new(),
             rejoin: rejoin::RejoinState::new(),
             target: repair::LogTarget::new(config.journal_slot_count as usize),
@@ -496,7 +501,7 @@ impl Replica {
     /// The header of the prepare this replica holds at `op`, if its WAL still has it (for
     /// checkers and tests).
     pub fn prepare_header(&self, op: Op) -> Option<Header> {
-        if self.journal.status() != journal::Status::Recovered {
+        if self.journal.status() != journal::Status::Recovered || op < self.log_chained_from {
             return None;
         }
         self.journal.header_with_op(op).copied()

@@ -158,6 +158,7 @@ impl Replica {
         if let Some(checkpoint) = self.checkpoint_header() {
             self.timestamp_observe(&checkpoint);
         }
+        self.log_chained_from = self.log_chained_from_find();
         while let Some(header) = self.journal.header_with_op(self.op + 1).copied() {
             if header.parent != self.parent {
                 break;

@@ -597,6 +597,7 @@ impl Replica {
         self.parent = working.checkpoint_checksum;
         let checkpoint = self.sync.body.checkpoint_header;
         self.timestamp_observe(&checkpoint);
+        self.log_chained_from = self.log_chained_from_find();
         self.sync.phase = Phase::Idle;
         self.metrics.state_syncs += 1;
         self.target.sync_done();

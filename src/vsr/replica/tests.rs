@@ -978,6 +978,54 @@ mod faulty_wal {
     }
 
     #[test]
+    fn after_state_sync_a_stale_entry_below_the_checkpoint_is_not_the_replicas_log() {
+        // Goal: R1 holds op N+1, which only it received (R0 crashed before its own write
+        // landed), and comes back with N's prepare rotten, so it keeps N+1 above the fault.
+        // While R1 is away, R0 and R2 start a new view without it, commit far past R1's WAL
+        // window, and R1 catches up by state sync to a checkpoint above N+1. The prepare still
+        // in R1's WAL at N+1 is another log's: R1 must not report or serve it as its log's
+        // (VOPR seed 11001452347455478131 saw it as an agreement violation; here the view's
+        // log install removes the entry before the sync, so this guards the outcome only).
+        let mut cluster = cluster_loaded(4);
+        let n = cluster.nodes[0].harness.replica.op();
+        prepare_only_r1_holds(&mut cluster, 6, Operation::Append);
+        prepare_rot(&mut cluster.nodes[1].harness, n);
+        restart(&mut cluster.nodes[1].harness);
+        let stale = cluster.nodes[1].harness.replica.prepare_header(n + 1).expect("kept");
+        cluster.nodes[1].up = false;
+        let mut primary = None;
+        for _ in 0..200 {
+            cluster.tick(10);
+            primary = (0..3u8).find(|&index| {
+                let replica = &cluster.nodes[usize::from(index)].harness.replica;
+                replica.view() > 0 && replica.status() == Status::Normal && replica.is_primary()
+            });
+            if primary.is_some() {
+                break;
+            }
+        }
+        let primary = primary.expect("R0 and R2 start a view");
+        cluster.call(primary, 8, 0, Operation::Register, &[]);
+        cluster.call(primary, 8, 1, Operation::CreateStream, &create_body(6));
+        let slot_count = u64::from(cluster.nodes[0].harness.config.journal_slot_count);
+        for request in 2..2 + 3 * slot_count as u32 {
+            let body = append_body(6, u64::from(request - 2), 1);
+            assert_eq!(cluster.call(primary, 8, request, Operation::Append, &body).len(), 1);
+        }
+        cluster.nodes[1].up = true;
+        for _ in 0..300 {
+            cluster.tick(10);
+            if cluster.nodes[1].harness.replica.metrics().state_syncs > 0 {
+                break;
+            }
+        }
+        let r1 = &cluster.nodes[1].harness.replica;
+        assert!(r1.metrics().state_syncs > 0, "{}", r1.debug_state());
+        assert!(r1.checkpoint_op() > n + 1, "{}", r1.debug_state());
+        assert_ne!(r1.prepare_header(n + 1), Some(stale), "{}", r1.debug_state());
+    }
+
+    #[test]
     fn a_faulty_backup_in_a_quiet_cluster_repairs_its_log_below_a_loose_bound() {
         // Goal: R1 comes back with the header sector of its head rotten: the sector hides up
         // to 31 more ops it may have acknowledged, so its bound lies above the cluster's head,

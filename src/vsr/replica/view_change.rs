@@ -517,7 +517,7 @@ impl Replica {
         if op == 0 {
             return Some(Header::root_prepare(self.config.cluster));
         }
-        if op > self.op {
+        if op > self.op || op < self.log_chained_from {
             return None;
         }
         if op == self.checkpoint_op
@@ -553,6 +553,29 @@ impl Replica {
     /// The headers this replica's log holds for the top of `op_low..=op_high` (a run ending at
     /// `op_high`), ascending, into `message`'s body; returns the first op and the count, or
     /// `None` if the log has no header at `op_high`.
+    /// Walks down from the checkpoint's prepare while the WAL's entries hash-chain to it; the
+    /// lowest op reached (the checkpoint op if its prepare is unknown or the entry below it
+    /// is not its parent).
+    pub(super) fn log_chained_from_find(&self) -> Op {
+        let Some(checkpoint) = self.checkpoint_header() else {
+            return self.checkpoint_op;
+        };
+        assert_eq!(checkpoint.op, self.checkpoint_op);
+        let slot_count = self.journal.slot_count() as u64;
+        let (mut low, mut parent) = (checkpoint.op, checkpoint.parent);
+        while low > 0 && checkpoint.op - (low - 1) < slot_count {
+            match self.journal.header_with_op(low - 1) {
+                Some(below) if below.checksum == parent => {
+                    low -= 1;
+                    parent = below.parent;
+                }
+                _ => break,
+            }
+        }
+        assert!(low <= self.checkpoint_op);
+        low
+    }
+
     pub(super) fn log_headers_write(
         &self,
         message: &mut Message,
