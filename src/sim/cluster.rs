@@ -960,8 +960,16 @@ impl Cluster {
     /// (a flipped bit in one of its sectors) or takes another block's bytes (a misdirected
     /// write), unless another replica's copy of it is damaged and not yet repaired. Event
     /// blocks and streams-table blocks alike: the replica repairs it from a peer at open, on a
-    /// read, or by its scrubber.
+    /// read, or by its scrubber. With two replicas, only a block the other one holds too: a
+    /// block no peer has written yet is lost with it, and a cluster of two, which needs both to
+    /// commit, could never write it again (a failure beyond what two replicas tolerate).
     fn grid_block_damage(&mut self, index: usize, grid_head: u64) {
+        let grid_head = if self.replicas.len() == 2 {
+            let peer = &self.replicas[1 - index].replica;
+            grid_head.min(peer.as_ref().map_or(0, |peer| peer.checkpoint_state().grid_head))
+        } else {
+            grid_head
+        };
         if grid_head == 0 {
             return;
         }
