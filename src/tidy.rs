@@ -14,50 +14,33 @@ use std::path::Path;
 const LINE_COLUMNS_MAX: usize = 100;
 const FUNCTION_LINES_MAX: usize = 70;
 
+/// What the deterministic core must not name outside its tests: no clock, no OS randomness or
+/// environment, no unordered or boxed allocation, no driver or CLI.
+const CORE_BANNED: &[&str] = &[
+    "Instant",
+    "SystemTime",
+    "std::time",
+    "std::env",
+    "std::fs",
+    "std::net",
+    "std::thread",
+    "getrandom",
+    "HashMap",
+    "HashSet",
+    "Box::new",
+    "crate::io",
+    "crate::sim",
+    "crate::cli",
+    "crate::benchmark",
+    "crate::client",
+];
+
 /// What a layer (a directory under `src/`) must not name outside its tests, and why.
 const BANNED: &[(&str, &[&str], &str)] = &[
-    (
-        "src/vsr/",
-        &[
-            "Instant",
-            "SystemTime",
-            "std::time",
-            "std::env",
-            "std::fs",
-            "std::net",
-            "std::thread",
-            "getrandom",
-            "HashMap",
-            "HashSet",
-            "Box::new",
-            "crate::io",
-            "crate::sim",
-            "crate::cli",
-            "crate::benchmark",
-            "crate::client",
-        ],
-        "the protocol core is deterministic and allocates only at startup",
-    ),
+    ("src/vsr/", CORE_BANNED, "the protocol core is deterministic and allocates only at startup"),
     (
         "src/state_machine/",
-        &[
-            "Instant",
-            "SystemTime",
-            "std::time",
-            "std::env",
-            "std::fs",
-            "std::net",
-            "std::thread",
-            "getrandom",
-            "HashMap",
-            "HashSet",
-            "Box::new",
-            "crate::io",
-            "crate::sim",
-            "crate::cli",
-            "crate::benchmark",
-            "crate::client",
-        ],
+        CORE_BANNED,
         "the state machine is deterministic and allocates only at startup",
     ),
     ("src/io/", &["crate::sim", "crate::cli"], "the driver stands below the simulator and CLI"),
