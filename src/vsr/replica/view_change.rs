@@ -235,11 +235,12 @@ fn canonical_sound(
 }
 
 /// The log with the highest (log_view, op), sound or faulty, when every sound one may lack a
-/// committed op. No log of a newer view was received, and the replicas not heard from are
-/// fewer than a replication quorum, so nothing committed in a newer view. An op above its
-/// head, in its view, was acknowledged only by replicas of its view that may have
-/// acknowledged more than their chain holds (itself, if faulty) or not heard from: too few of
-/// those, and nothing above its head committed either.
+/// committed op. Its chain up to its head is its view's log, which holds every op committed
+/// before that view; but a fault may have cut ops above its head that committed in its view
+/// or an older one. Such an op was acknowledged only by replicas that cannot deny the op
+/// after its head (their `op_min` is above it, whatever their view) or are not heard from:
+/// too few of those, and nothing above its head committed. (Nothing committed in a newer view
+/// either: no log of one was received, and the unheard are fewer than a replication quorum.)
 fn canonical_highest(
     records: &[DoViewChangeRecord],
     quorum_replication: usize,
@@ -248,9 +249,7 @@ fn canonical_highest(
     let (best, canonical) = received().max_by_key(|(index, record)| {
         (record.log_view, record.op, record.sound(), std::cmp::Reverse(*index))
     })?;
-    let beyond_head = |record: &DoViewChangeRecord| {
-        record.log_view == canonical.log_view && record.op_min > canonical.op + 1
-    };
+    let beyond_head = |record: &DoViewChangeRecord| record.op_min > canonical.op + 1;
     let acknowledgers = received().filter(|(_, record)| beyond_head(record)).count();
     let unheard = records.len() - received().count();
     (acknowledgers + unheard < quorum_replication).then_some(best as ReplicaIndex)
@@ -929,5 +928,13 @@ mod tests {
         assert_eq!(canonical_choose(&[faulty, bound, DoViewChangeRecord::EMPTY], 2), None);
         let intact = record(28, 143, 144);
         assert_eq!(canonical_choose(&[faulty, bound, intact], 2), Some(2));
+        // R1 of view 27 holds ops up to 150, which may have committed in view 27 with R0's
+        // acknowledgement and then been cut from R0's chain by its fault: with R2 unheard,
+        // neither log may be taken.
+        let longer = record(27, 150, 151);
+        assert_eq!(canonical_choose(&[faulty, longer, DoViewChangeRecord::EMPTY], 2), None);
+        // With two replicas, R0 alone could not have committed in view 28: R1's log holds
+        // everything committed.
+        assert_eq!(canonical_choose(&[faulty, longer], 2), Some(1));
     }
 }
