@@ -5,7 +5,7 @@
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::cli::{Arguments, parse_addresses};
+use crate::arguments::{Arguments, parse_addresses};
 use crate::client::Client;
 use crate::constants::MESSAGE_SIZE_MAX;
 use crate::state_machine::constants::EXPECTED_OFFSET_ANY;

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+mod arguments;
 pub mod benchmark;
 pub mod cli;
 mod cli_client;

@@ -43,6 +43,12 @@ const BANNED: &[(&str, &[&str], &str)] = &[
         CORE_BANNED,
         "the state machine is deterministic and allocates only at startup",
     ),
+    (
+        "src/state_machine/",
+        &["crate::vsr::superblock"],
+        "the superblock copies the event store's checkpoint state in and out, not the reverse",
+    ),
+    ("src/cli_client.rs", &["crate::cli::"], "both CLI modules stand on `arguments`"),
     ("src/io/", &["crate::sim", "crate::cli"], "the driver stands below the simulator and CLI"),
     ("src/sim/", &["crate::io", "crate::cli"], "the simulator drives the core, not the driver"),
 ];

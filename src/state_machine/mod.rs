@@ -63,11 +63,11 @@ use crate::vsr::header::{Checksum, ClusterId, Op, Operation};
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
-use crate::vsr::superblock::VsrState;
 
 pub use crate::state_machine::types::request_invalid;
 
-/// What a checkpoint leaves in the superblock (the state machine's part of `VsrState`).
+/// What a checkpoint leaves in the superblock (the state machine's part of the superblock's
+/// `VsrState`, which copies it in and out).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CheckpointState {
     /// The next grid block to append to.
@@ -79,26 +79,6 @@ pub struct CheckpointState {
     pub streams_table_checksum: Checksum,
     /// CRC32C of the `TableRoot` then `streams_table_checksum`: names the whole state.
     pub checkpoint_state_checksum: Checksum,
-}
-
-impl CheckpointState {
-    pub fn from_vsr_state(state: &VsrState) -> CheckpointState {
-        CheckpointState {
-            grid_head: state.grid_head,
-            streams_table_address: state.streams_table_address,
-            streams_table_blocks: state.streams_table_blocks,
-            streams_table_checksum: state.streams_table_checksum,
-            checkpoint_state_checksum: state.checkpoint_state_checksum,
-        }
-    }
-
-    pub fn write_to(&self, state: &mut VsrState) {
-        state.grid_head = self.grid_head;
-        state.streams_table_address = self.streams_table_address;
-        state.streams_table_blocks = self.streams_table_blocks;
-        state.streams_table_checksum = self.streams_table_checksum;
-        state.checkpoint_state_checksum = self.checkpoint_state_checksum;
-    }
 }
 
 /// A grid block found bad, for the replica to fetch again from a peer: its address, and the

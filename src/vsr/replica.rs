@@ -413,7 +413,7 @@ impl Replica {
         if self.open_phase == OpenPhase::Superblock {
             return CheckpointState::default();
         }
-        CheckpointState::from_vsr_state(&self.superblock.working().vsr_state())
+        self.superblock.working().vsr_state().checkpoint_state()
     }
 
     /// Opening, and waiting for a peer's copy of a grid block of the checkpoint (the driver
@@ -1366,7 +1366,7 @@ impl Replica {
         let mut state = self.vsr_state_next();
         state.checkpoint_op = op;
         state.checkpoint_checksum = checksum;
-        state_machine.write_to(&mut state);
+        state.checkpoint_state_set(&state_machine);
         let records = self.sessions.records();
         state.client_sessions = [ClientSessionRecord::default(); CLIENTS_MAX];
         state.client_sessions[..records.len()].copy_from_slice(records);

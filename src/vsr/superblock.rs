@@ -25,6 +25,7 @@ use crate::constants::{
     CLIENTS_MAX, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, SUPERBLOCK_QUORUM_OPEN,
     SUPERBLOCK_QUORUM_VERIFY, SUPERBLOCK_UPDATE_REWRITES_MAX, SUPERBLOCK_VERSION, VIEW_HEADERS_MAX,
 };
+use crate::state_machine::CheckpointState;
 use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::header::{self, Checksum, ClusterId, Header, Op, View};
 use crate::vsr::layout::{Config, Zone};
@@ -277,6 +278,27 @@ pub struct VsrState {
     pub view_headers: [Header; VIEW_HEADERS_MAX],
     /// The client session table at the checkpoint.
     pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
+}
+
+impl VsrState {
+    /// The event store's part of the state.
+    pub fn checkpoint_state(&self) -> CheckpointState {
+        CheckpointState {
+            grid_head: self.grid_head,
+            streams_table_address: self.streams_table_address,
+            streams_table_blocks: self.streams_table_blocks,
+            streams_table_checksum: self.streams_table_checksum,
+            checkpoint_state_checksum: self.checkpoint_state_checksum,
+        }
+    }
+
+    pub fn checkpoint_state_set(&mut self, checkpoint: &CheckpointState) {
+        self.grid_head = checkpoint.grid_head;
+        self.streams_table_address = checkpoint.streams_table_address;
+        self.streams_table_blocks = checkpoint.streams_table_blocks;
+        self.streams_table_checksum = checkpoint.streams_table_checksum;
+        self.checkpoint_state_checksum = checkpoint.checkpoint_state_checksum;
+    }
 }
 
 impl VsrState {

@@ -556,7 +556,7 @@ impl Replica {
         state.commit_max = state.commit_max.max(self.sync.commit);
         state.checkpoint_op = self.sync.checkpoint_op;
         state.checkpoint_checksum = self.sync.checkpoint_checksum;
-        body.checkpoint_state().write_to(&mut state);
+        state.checkpoint_state_set(&body.checkpoint_state());
         state.client_sessions = body.client_sessions;
         // The checkpoint's prepare is not in this replica's WAL: the superblock keeps its header.
         state.view_headers[0] = body.checkpoint_header;
@@ -569,7 +569,7 @@ impl Replica {
     pub(super) fn sync_superblock_done<S: Storage>(&mut self, storage: &mut S) {
         assert_eq!(self.sync.phase, Phase::Superblock);
         self.sync.phase = Phase::Reopen;
-        let checkpoint = CheckpointState::from_vsr_state(&self.superblock.working().vsr_state());
+        let checkpoint = self.superblock.working().vsr_state().checkpoint_state();
         self.state_machine.close();
         self.state_machine.open(storage, &checkpoint);
     }
