@@ -19,18 +19,17 @@
 //!   replication quorum, and a replica only takes a view's log_view once it holds that view's
 //!   whole starting log). A faulty log counts toward the quorum but is canonical only as a
 //!   last resort (below): its chain stops below what it may have acknowledged. So the primary
-//!   decides only once no
-//!   faulty log could hold a committed op the canonical lacks: each has an older `log_view`
-//!   than the canonical, or the same one and nothing it may have acknowledged above the
-//!   canonical's op, or a newer one while too few replicas (logs of newer views, and replicas
-//!   not heard from) remain to have formed a replication quorum in a view after the
-//!   canonical's. When no sound log qualifies, the highest log of all (faulty ones included)
-//!   is canonical if too few replicas may have acknowledged an op above its head to have
-//!   committed one: its chain up to its head is its view's log. Otherwise the primary waits
-//!   for more logs (`view_change_waits_for_faulty`). An op
-//!   above every reported commit number that a nack quorum lacks (below their `op_min`, nothing
-//!   counts as a nack unless it differs from a header the replica holds) cannot have committed
-//!   and is cut off, so the view can start even if no intact copy of it survives.
+//!   decides only once no faulty log could hold a committed op the canonical lacks: each has
+//!   an older `log_view` than the canonical, or the same one and nothing it may have
+//!   acknowledged above the canonical's op, or a newer one while too few replicas (logs of
+//!   newer views, and replicas not heard from) remain to have formed a replication quorum in a
+//!   view after the canonical's. When no sound log qualifies, the highest log of all (faulty
+//!   ones included) is canonical if too few replicas may have acknowledged an op above its
+//!   head to have committed one: its chain up to its head is its view's log. Otherwise the
+//!   primary waits for more logs (`view_change_waits_for_faulty`). An op above every reported
+//!   commit number that a nack quorum lacks (below their `op_min`, nothing counts as a nack
+//!   unless it differs from a header the replica holds) cannot have committed and is cut off,
+//!   so the view can start even if no intact copy of it survives.
 //! - **Installing it.** The primary makes its own log the canonical one (`repair.rs`: find where
 //!   they agree, truncate the rest, fetch the missing prepares by checksum), persists
 //!   `log_view = view`, becomes normal and sends `start_view` with the suffix. Uncommitted ops
@@ -549,9 +548,6 @@ impl Replica {
         self.log_headers_stale.set(self.log_headers_stale.get() + 1);
     }
 
-    /// The headers this replica's log holds for the top of `op_low..=op_high` (a run ending at
-    /// `op_high`), ascending, into `message`'s body; returns the first op and the count, or
-    /// `None` if the log has no header at `op_high`.
     /// Walks down from the checkpoint's prepare while the WAL's entries hash-chain to it; the
     /// lowest op reached (the checkpoint op if its prepare is unknown or the entry below it
     /// is not its parent).
@@ -575,6 +571,9 @@ impl Replica {
         low
     }
 
+    /// The headers this replica's log holds for the top of `op_low..=op_high` (a run ending at
+    /// `op_high`), ascending, into `message`'s body; returns the first op and the count, or
+    /// `None` if the log has no header at `op_high`.
     pub(super) fn log_headers_write(
         &self,
         message: &mut Message,
