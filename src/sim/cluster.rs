@@ -275,14 +275,11 @@ struct ReplicaNode {
 }
 
 impl ReplicaNode {
-    /// Its WAL has (or may have) faulty entries not yet replaced by a primary's log, or they
-    /// were, but by a log shorter than what they may have hidden.
+    /// Its WAL has (or may have) faulty entries not yet replaced by a primary's log.
     fn wal_faulty(&self) -> bool {
         self.wal_damaged
             || self.replica.as_ref().is_some_and(|replica| {
-                replica.journal_faulty()
-                    || (replica.log_faulty() && !replica.log_lost_pending())
-                    || replica.op_acknowledged_max() > replica.op()
+                replica.journal_faulty() || (replica.log_faulty() && !replica.log_lost_pending())
             })
     }
 

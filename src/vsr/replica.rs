@@ -230,8 +230,8 @@ pub struct Metrics {
     /// View-change quorums a new primary could not decide on yet: a faulty replica in it may
     /// have acknowledged ops beyond every sound log in it, so it waited for more logs.
     pub view_change_waits_for_faulty: u64,
-    /// start_view messages of a faulty log's own view installed below what it may have
-    /// acknowledged (it keeps that bound for its do_view_change).
+    /// start_view messages of a faulty log's own view, below what it may have acknowledged,
+    /// installed because they answered its own request_start_view.
     pub start_views_below_acknowledged: u64,
     /// View changes whose canonical log was a faulty one (no sound log could be, and nothing
     /// above its head can have committed).
@@ -268,11 +268,10 @@ pub struct Replica {
     /// primary's log replaces them, this replica acknowledges nothing. With faulty entries it
     /// still sends a do_view_change, whose nacks count only above `op_acknowledged_max`.
     log_faulty: bool,
-    /// The highest op this replica may have acknowledged in `log_view`, as far as it knows:
-    /// what faulty WAL entries may hide (`RecoveryReport::op_acknowledged_max`). It outlives
-    /// `log_faulty` when a start_view of `log_view` older than those acknowledgements repairs
-    /// the log (the primary's log in a view only grows, so it holds them: this replica must
-    /// not deny them in a view change, though its log is shorter). Reset with `log_view`.
+    /// While `log_faulty`: the highest op this replica may have acknowledged in `log_view`,
+    /// what faulty WAL entries may hide (`RecoveryReport::op_acknowledged_max`). Cleared once
+    /// a log replaces them: a newer view's, or its view's from a start_view that answers its
+    /// own request (`ViewChangeState::start_view_nonce`).
     op_acknowledged_max: Op,
     /// The lowest op from which the WAL's entries hash-chain up to the checkpoint's prepare.
     /// Below it an entry may be another log's (an older view's prepare that state sync skipped

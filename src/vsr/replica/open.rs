@@ -203,6 +203,7 @@ impl Replica {
         if self.log_wal_faulty() {
             let report = self.journal.recovery_report();
             self.op_acknowledged_max = report.op_acknowledged_max(self.op);
+            self.view_change.start_view_nonce = (self.prng_next() as u32).max(1);
             self.metrics.logs_faulty_recovered += 1;
             return self.journal_truncated(storage);
         }

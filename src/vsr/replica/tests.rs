@@ -1029,9 +1029,10 @@ mod faulty_wal {
     fn a_faulty_backup_in_a_quiet_cluster_repairs_its_log_below_a_loose_bound() {
         // Goal: R1 comes back with the header sector of its head rotten: the sector hides up
         // to 31 more ops it may have acknowledged, so its bound lies above the cluster's head,
-        // which no client pushes further. It must still repair its log from the primary's
-        // start_view (VOPR seeds 15394890388178592913 and 14952920115053208388 stalled
-        // here), and keep the bound for its do_view_change.
+        // which no client pushes further. It must still repair its log from the start_view
+        // that answers its own request_start_view (VOPR seeds 15394890388178592913 and
+        // 14952920115053208388 stalled here); that log holds all it acknowledged, so the
+        // bound goes.
         let mut cluster = cluster_loaded(4);
         let n = cluster.nodes[0].harness.replica.op();
         header_sector_rot(&mut cluster.nodes[1].harness, n);
@@ -1044,7 +1045,7 @@ mod faulty_wal {
         let r1 = &cluster.nodes[1].harness.replica;
         assert!(!r1.log_faulty(), "{}", r1.debug_state());
         assert_eq!((r1.op(), r1.commit_min()), (n, n), "{}", r1.debug_state());
-        assert_eq!(r1.op_acknowledged_max(), bound);
+        assert_eq!(r1.op_acknowledged_max(), n);
         assert_eq!(r1.metrics().start_views_below_acknowledged, 1);
         for op in 1..=n {
             let primary = cluster.nodes[0].harness.replica.prepare_header(op);
@@ -1056,13 +1057,14 @@ mod faulty_wal {
     fn an_old_start_view_never_makes_a_faulty_backup_sound_below_what_it_acknowledged() {
         // Goal: a start_view of view 0 with head N, delayed in the network, reaches R1 after
         // R1 acknowledged N+1..N+3 (committed with R0; R2 missed them) and came back with
-        // N+2's prepare rotten. It truncates R1 to N, but R1 must keep what it may have
-        // acknowledged, or the next view (R0 dead) would lose the committed ops.
+        // N+2's prepare rotten. Taken, its truncation would erase N+1 and N+3, and with them
+        // the evidence of R1's bound at its next open, and the next view (R0 dead) would lose
+        // the committed ops. R1 must ignore it, across a restart too.
         let mut cluster = cluster_loaded(4);
         let n = cluster.nodes[0].harness.replica.op();
         let old_start_view = {
             let replica = &mut cluster.nodes[0].harness.replica;
-            replica.send_start_view(1);
+            replica.send_start_view(1, 0);
             let mut found = None;
             while let Some((_, message)) = replica.poll_send() {
                 if message.header().command() == Some(Command::StartView) {
@@ -1087,8 +1089,11 @@ mod faulty_wal {
         deliver(&mut cluster, 1, &old_start_view);
         cluster.run();
         let r1 = &cluster.nodes[1].harness.replica;
-        assert!(r1.op_acknowledged_max() >= n + 3, "{}", r1.debug_state());
-        assert_eq!(r1.metrics().start_views_below_acknowledged, 1);
+        assert!(r1.log_faulty() && r1.op_acknowledged_max() >= n + 3, "{}", r1.debug_state());
+        assert_eq!(r1.metrics().start_views_below_acknowledged, 0);
+        restart(&mut cluster.nodes[1].harness);
+        let r1 = &cluster.nodes[1].harness.replica;
+        assert!(r1.log_faulty() && r1.op_acknowledged_max() >= n + 3, "{}", r1.debug_state());
         // Only R1 (rotten at N+2) and R0 (down) hold N+1..N+3: no view may start without them.
         cluster.nodes[2].up = true;
         for _ in 0..150 {

@@ -122,6 +122,10 @@ pub(super) struct ViewChangeState {
     pub records: Vec<DoViewChangeRecord>,
     /// The new primary chose its log (the target is set) for the view.
     pub log_chosen: bool,
+    /// Backup with a faulty WAL: the nonce its request_start_view messages carry since it
+    /// opened (0: none), and whether the start_view being installed answered one.
+    pub start_view_nonce: u32,
+    pub start_view_answered: bool,
 }
 
 impl ViewChangeState {
@@ -138,6 +142,8 @@ impl ViewChangeState {
             progress_tick: 0,
             records: vec![DoViewChangeRecord::EMPTY; REPLICAS_MAX],
             log_chosen: false,
+            start_view_nonce: 0,
+            start_view_answered: false,
         }
     }
 }
@@ -634,7 +640,8 @@ impl Replica {
         if primary == self.config.replica {
             return;
         }
-        let header = self.header_new(Command::RequestStartView);
+        let mut header = self.header_new(Command::RequestStartView);
+        header.context = self.view_change.start_view_nonce;
         self.send_header(Destination::Replica(primary), header);
     }
 
@@ -668,7 +675,7 @@ impl Replica {
         }
         if header.view == self.view && self.status == Status::Normal {
             // The view started without it: send it the log.
-            return self.send_start_view(header.replica);
+            return self.send_start_view(header.replica, 0);
         }
         if header.view > self.view {
             self.view_change_start(storage, header.view);
@@ -795,13 +802,14 @@ impl Replica {
         }
         for replica in 0..self.config.replica_count {
             if replica != self.config.replica {
-                self.send_start_view(replica);
+                self.send_start_view(replica, 0);
             }
         }
         self.commit_advance_primary(storage);
     }
 
-    pub(super) fn send_start_view(&mut self, replica: ReplicaIndex) {
+    /// The view's log to `replica`; `nonce` echoes the request_start_view it answers, if any.
+    pub(super) fn send_start_view(&mut self, replica: ReplicaIndex, nonce: u32) {
         assert!(self.is_primary());
         assert_eq!(self.status, Status::Normal);
         let mut message = self.pool.get();
@@ -811,6 +819,7 @@ impl Replica {
         }
         let mut header = self.header_new(Command::StartView);
         header.op = self.op;
+        header.context = nonce;
         header.commit = self.commit_max.min(self.op);
         header.checkpoint_op = self.checkpoint_op.min(header.commit);
         let message = message_finish(message, header, count * HEADER_SIZE);
@@ -819,7 +828,7 @@ impl Replica {
 
     pub(super) fn on_request_start_view(&mut self, header: &Header) {
         if header.view == self.view && self.status == Status::Normal && self.is_primary() {
-            self.send_start_view(header.replica);
+            self.send_start_view(header.replica, header.context);
         }
     }
 }
@@ -841,12 +850,20 @@ impl Replica {
             return;
         }
         if view == self.log_view && self.log_faulty && header.op < self.op_acknowledged_max() {
-            // A start_view of the view this faulty log is of, below what the replica may have
-            // acknowledged: an older one, overtaken on the way, or its bound is loose (a rotten
-            // header sector hides up to a sector of ops, which a quiet cluster never reaches).
-            // Installed all the same, the log is repaired; `op_acknowledged_max` stays, so
-            // its do_view_change still denies nothing the replica may have acknowledged.
+            let nonce = self.view_change.start_view_nonce;
+            if nonce == 0 || header.context != nonce {
+                // An older start_view of the view this faulty log is of, overtaken on the way:
+                // it may predate prepares this replica acknowledged. Installed, its truncation
+                // would erase them, and with them the evidence its bound is drawn from at the
+                // next open. The answer to its request_start_view follows.
+                return;
+            }
+            // The answer to a request_start_view it sent since it opened: within a view the
+            // primary's log only grows, so it holds every prepare this replica acknowledged.
+            // The bound is loose (a rotten header sector hides up to a sector of ops, which a
+            // quiet cluster may never reach), and goes once this log is installed.
             self.metrics.start_views_below_acknowledged += 1;
+            self.view_change.start_view_answered = true;
         }
         if view == self.view && self.status == Status::Normal {
             // A duplicate, or the log this replica follows: taken as a target only to repair a
@@ -881,9 +898,12 @@ impl Replica {
         assert_eq!(self.status, Status::Normal);
         self.target.clear();
         self.log_faulty = false;
+        if self.log_view != self.view || self.view_change.start_view_answered {
+            self.op_acknowledged_max = 0;
+            self.view_change.start_view_answered = false;
+        }
         if self.log_view != self.view {
             self.log_view = self.view;
-            self.op_acknowledged_max = 0;
             self.metrics.views_started += 1;
         }
         self.view_persist(storage);
