@@ -236,6 +236,8 @@ pub struct Metrics {
     /// View changes whose canonical log was a faulty one (no sound log could be, and nothing
     /// above its head can have committed).
     pub view_change_canonical_faulty: u64,
+    /// do_view_change quorums a restarted primary declined for the view whose log it had.
+    pub view_change_refused_own_log_view: u64,
     /// Intact entries above the match point that a log truncation kept because the log being
     /// installed holds them.
     pub log_entries_kept_at_truncation: u64,
@@ -446,11 +448,10 @@ impl Replica {
         self.log_faulty
     }
 
-    /// The highest op this replica may have acknowledged in its log's view: its log's head,
-    /// or above it what faulty WAL entries may hide (`RecoveryReport::op_acknowledged_max`),
-    /// until a log of a newer view is installed.
+    /// The highest op this replica may have acknowledged: its log's head, or, while its WAL
+    /// has faulty entries, what they may hide (`RecoveryReport::op_acknowledged_max`).
     pub fn op_acknowledged_max(&self) -> Op {
-        self.op.max(self.op_acknowledged_max)
+        if self.log_faulty { self.op.max(self.op_acknowledged_max) } else { self.op }
     }
 
     /// The data file was lost and formatted again (`format --rejoin`), and the replica does not

@@ -719,6 +719,13 @@ impl Replica {
 
     /// With a view-change quorum of logs: chooses the canonical log and starts installing it.
     fn do_view_change_quorum<S: Storage>(&mut self, storage: &mut S) {
+        if self.log_view == self.view {
+            // A primary back from a crash, in the view whose log it had: peers still in that
+            // view change must not make it primary of the view again, with a log that may lack
+            // what its backups acknowledged since. It times out into the next view.
+            self.metrics.view_change_refused_own_log_view += 1;
+            return;
+        }
         let records = &self.view_change.records;
         let received = records.iter().filter(|record| record.received).count();
         if received < self.quorum_view_change() {
