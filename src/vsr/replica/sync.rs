@@ -34,6 +34,7 @@ use crate::constants::{
     SYNC_CHUNKS_PER_REQUEST_MAX, SYNC_READS_MAX, SYNC_REQUEST_TICKS, SYNC_WRITES_MAX,
 };
 use crate::state_machine::CheckpointState;
+use crate::state_machine::types::BlockHeader;
 use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::header::{Checksum, ChecksumShift, Command, Header, Op, ReplicaIndex};
 use crate::vsr::layout::{Config, Zone};
@@ -117,6 +118,10 @@ pub(super) struct SyncState {
     chunks_received: u128,
     chunk_checksums: [Checksum; SYNC_CHUNKS_PER_BLOCK_MAX],
     block_checksum: Checksum,
+    /// Whether the block's header names `block_next` as its address, and this cluster: a
+    /// misdirected block at the source (another block's bytes, whole and self-consistent)
+    /// passes its own checksum.
+    block_placed: bool,
     /// Combine the checksums of a block's chunks: full chunks, and the last one (shorter when
     /// the chunk size does not divide the block size).
     chunk_shift: ChecksumShift,
@@ -142,6 +147,7 @@ impl SyncState {
             chunks_received: 0,
             chunk_checksums: [0; SYNC_CHUNKS_PER_BLOCK_MAX],
             block_checksum: 0,
+            block_placed: false,
             chunk_shift: ChecksumShift::new(chunk_size),
             chunk_last_shift: ChecksumShift::new(chunk_last),
             writes: 0,
@@ -477,6 +483,9 @@ impl Replica {
         let checksum = if chunk == 0 {
             let named = Checksum::from_le_bytes(body[..4].try_into().expect("4 bytes"));
             self.sync.block_checksum = named;
+            self.sync.block_placed = BlockHeader::read_from_prefix(body).is_ok_and(|(block, _)| {
+                block.address == header.op && block.cluster == self.config.cluster
+            });
             crc32c::crc32c(&body[4..])
         } else {
             crc32c::crc32c(body)
@@ -507,8 +516,9 @@ impl Replica {
         }
         let checksum = self.chunks_checksum(&self.sync.chunk_checksums[..chunk_count]);
         self.sync.chunks_received = 0;
-        if checksum != self.sync.block_checksum {
-            // A chunk was torn or rotten at its source: fetch the block again.
+        if checksum != self.sync.block_checksum || !self.sync.block_placed {
+            // A chunk was torn or rotten at its source, or the source's block is another's
+            // (a misdirected write): fetch the block again.
             self.metrics.messages_invalid += 1;
             return;
         }
