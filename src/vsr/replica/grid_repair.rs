@@ -28,6 +28,7 @@
 //! the peer's copy rotten too no sound copy would be left anywhere. The repair is over once
 //! the write has landed. Faults wait in a fixed queue (`GRID_REPAIRS_MAX`).
 
+use super::sync::chunks_skip;
 use super::{OpenPhase, Replica, Status};
 use crate::constants::{
     BLOCK_SIZE, GRID_REPAIR_REQUEST_TICKS, GRID_REPAIRS_MAX, GRID_REPAIRS_OPEN_MAX,
@@ -90,6 +91,8 @@ pub(super) struct GridRepair {
     requested_tick: u64,
     /// Chunks of the block received into `block` (bit i: chunk i).
     chunks_received: u128,
+    /// Chunks asked for in this round (`chunks_skip`).
+    chunks_requested: u128,
     /// The one block-sized buffer the fetched block is gathered in, allocated at startup; it is
     /// in `block` from the start of a fetch until its write is submitted.
     block_pool: MessagePool,
@@ -108,6 +111,7 @@ impl GridRepair {
             attempts: 0,
             requested_tick: 0,
             chunks_received: 0,
+            chunks_requested: 0,
             block_pool: MessagePool::new(1, BLOCK_SIZE),
             block: None,
             writing: false,
@@ -223,6 +227,7 @@ impl Replica {
             repair.attempts = 0;
             repair.requested_tick = 0;
             repair.chunks_received = 0;
+            repair.chunks_requested = 0;
             repair.block = Some(repair.block_pool.get());
         }
         let repair = &self.grid_repair;
@@ -230,12 +235,15 @@ impl Replica {
             return;
         }
         let fault = self.grid_repair_fault();
-        let wanted = repair.chunks_received;
-        assert!(wanted != self.chunks_all(), "a whole block is checked as its last chunk lands");
-        self.grid_repair.requested_tick = self.ticks;
-        self.grid_repair.attempts += 1;
+        let all = self.chunks_all();
+        assert!(repair.chunks_received != all, "a whole block is checked as its last chunk lands");
+        let repair = &mut self.grid_repair;
+        let skip = chunks_skip(repair.chunks_received, &mut repair.chunks_requested, all);
+        repair.requested_tick = self.ticks;
+        repair.attempts += 1;
         let source = self.grid_repair_source();
-        self.blocks_request_send(source, 0, fault.block.address, wanted);
+        self.grid_repair.chunks_requested |=
+            self.blocks_request_send(source, 0, fault.block.address, skip);
     }
 
     fn grid_repair_fault(&self) -> Fault {
@@ -249,7 +257,7 @@ impl Replica {
     }
 
     /// Bit i set for every chunk i of a block.
-    fn chunks_all(&self) -> u128 {
+    pub(super) fn chunks_all(&self) -> u128 {
         let count = self.sync_chunk_count();
         if count == 128 { u128::MAX } else { (1u128 << count) - 1 }
     }
@@ -298,6 +306,7 @@ impl Replica {
             // Torn in transit or rotten at the source, or not the block the pointer names.
             self.metrics.grid_repair_blocks_refused += 1;
             self.grid_repair.chunks_received = 0;
+            self.grid_repair.chunks_requested = 0;
             self.grid_repair.requested_tick = 0;
             return;
         }

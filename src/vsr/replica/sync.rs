@@ -116,6 +116,8 @@ pub(super) struct SyncState {
     /// Chunks of `block_next` received (bit i: chunk i), their checksums, and the checksum
     /// its header names.
     chunks_received: u128,
+    /// Chunks asked for in this round (`chunks_skip`).
+    chunks_requested: u128,
     chunk_checksums: [Checksum; SYNC_CHUNKS_PER_BLOCK_MAX],
     block_checksum: Checksum,
     /// Whether the block's header names `block_next` as its address, and this cluster: a
@@ -145,6 +147,7 @@ impl SyncState {
             body: SyncCheckpointBody::new_zeroed(),
             block_next: 0,
             chunks_received: 0,
+            chunks_requested: 0,
             chunk_checksums: [0; SYNC_CHUNKS_PER_BLOCK_MAX],
             block_checksum: 0,
             block_placed: false,
@@ -169,6 +172,17 @@ impl SyncState {
 }
 
 /// Bytes of a block one `block` message carries.
+/// The chunks of a block a request skips: those received, and those asked for in this round
+/// (`requested`). Once every missing chunk has been asked for, a new round begins: their
+/// requests or answers were lost, or a busy peer dropped them. A replica that asked for the
+/// first missing chunks every time would get the same few chunks back per round trip.
+pub(super) fn chunks_skip(received: u128, requested: &mut u128, all: u128) -> u128 {
+    if received | *requested == all {
+        *requested = received;
+    }
+    received | *requested
+}
+
 fn chunk_size(config: &Config) -> usize {
     let room = config.message_size_max as usize - SECTOR_SIZE;
     (room / SECTOR_SIZE * SECTOR_SIZE).min(BLOCK_SIZE)
@@ -315,6 +329,7 @@ impl Replica {
         self.sync.source = header.replica;
         self.sync.block_next = self.state_machine.grid_head().min(body.grid_head);
         self.sync.chunks_received = 0;
+        self.sync.chunks_requested = 0;
         self.sync.phase = Phase::Blocks;
         self.sync_request_blocks(storage);
     }
@@ -328,26 +343,32 @@ impl Replica {
             return;
         }
         let source = self.sync_source();
-        let (address, received) = (self.sync.block_next, self.sync.chunks_received);
-        self.blocks_request_send(source, self.sync.checkpoint_op, address, received);
+        let all = self.chunks_all();
+        let skip = chunks_skip(self.sync.chunks_received, &mut self.sync.chunks_requested, all);
+        let (checkpoint_op, address) = (self.sync.checkpoint_op, self.sync.block_next);
+        self.sync.chunks_requested |=
+            self.blocks_request_send(source, checkpoint_op, address, skip);
     }
 
-    /// Asks `replica` for the chunks of block `address` not in `chunks_received` (bit i: chunk
-    /// i), as many as one request names. State sync names its checkpoint op; grid repair 0.
+    /// Asks `replica` for the chunks of block `address` not in `chunks_skip` (bit i: chunk i),
+    /// as many as one request names, and returns those it named. State sync names its
+    /// checkpoint op; grid repair 0.
     pub(super) fn blocks_request_send(
         &mut self,
         replica: ReplicaIndex,
         checkpoint_op: Op,
         address: u64,
-        chunks_received: u128,
-    ) {
+        chunks_skip: u128,
+    ) -> u128 {
         let chunk_size = self.sync_chunk_size();
         let mut message = self.pool.get();
         let mut count = 0;
+        let mut named = 0;
         for chunk in 0..self.sync_chunk_count() {
-            if chunks_received & (1 << chunk) != 0 || count == SYNC_CHUNKS_PER_REQUEST_MAX {
+            if chunks_skip & (1 << chunk) != 0 || count == SYNC_CHUNKS_PER_REQUEST_MAX {
                 continue;
             }
+            named |= 1 << chunk;
             let offset = chunk * chunk_size;
             let reference = ChunkReference {
                 address,
@@ -364,6 +385,7 @@ impl Replica {
         header.checkpoint_op = checkpoint_op;
         let message = message_finish(message, header, count * size_of::<ChunkReference>());
         self.send(Destination::Replica(replica), message);
+        named
     }
 
     /// Reads the chunks a syncing peer asks for, as far as the read budget allows; only
@@ -510,12 +532,12 @@ impl Replica {
     /// Once every chunk of the block is in: the combined checksum must be the block's.
     fn sync_block_check<S: Storage>(&mut self, storage: &mut S) {
         let chunk_count = self.sync_chunk_count();
-        let all = if chunk_count == 128 { u128::MAX } else { (1u128 << chunk_count) - 1 };
-        if self.sync.chunks_received != all {
+        if self.sync.chunks_received != self.chunks_all() {
             return;
         }
         let checksum = self.chunks_checksum(&self.sync.chunk_checksums[..chunk_count]);
         self.sync.chunks_received = 0;
+        self.sync.chunks_requested = 0;
         if checksum != self.sync.block_checksum || !self.sync.block_placed {
             // A chunk was torn or rotten at its source, or the source's block is another's
             // (a misdirected write): fetch the block again.
