@@ -63,6 +63,8 @@ pub enum Violation {
     /// that checkpoint's grid head (after repair): the grid is not the function of the log it
     /// must be, or a repair wrote a wrong block.
     GridDiverged { replica: usize, other: usize, checkpoint_op: Op, address: u64 },
+    /// `replica`'s superblock lags its state (`field`) with no update in flight.
+    SuperblockStale { replica: usize, field: &'static str },
     /// The run did not converge within its tick budget after the faults stopped.
     Liveness { reason: String },
 }
@@ -87,27 +89,13 @@ impl std::fmt::Display for Violation {
                 formatter,
                 "replica {replica} commit went back from {checked} to {commit} without a restart"
             ),
-            Violation::RequestCommittedTwice { client, request, first, second } => write!(
-                formatter,
-                "dedup: client {client:016x} request {request} committed at ops {first} and \
-                 {second}"
-            ),
-            Violation::ReplyInconsistent { client, request, op, reason } => write!(
-                formatter,
-                "reply to client {client:016x} request {request} at op {op}: {reason}"
-            ),
-            Violation::ReplyDiverged { client, request, first_op, second_op } => write!(
-                formatter,
-                "client {client:016x} request {request} answered twice differently (ops \
-                 {first_op} and {second_op})"
-            ),
+            Violation::RequestCommittedTwice { .. }
+            | Violation::ReplyInconsistent { .. }
+            | Violation::ReplyDiverged { .. }
+            | Violation::StateMachine { .. } => self.fmt_client(formatter),
             Violation::AcknowledgedWriteLost { replica, op, head } => write!(
                 formatter,
                 "acknowledged op {op} lost: primary {replica} is normal with head op {head}"
-            ),
-            Violation::StateMachine { client, request, op, reason } => write!(
-                formatter,
-                "state machine: client {client:016x} request {request} at op {op}: {reason}"
             ),
             Violation::Misaddressed { replica, destination } => {
                 write!(formatter, "replica {replica} sent a message to {destination:?}")
@@ -134,7 +122,39 @@ impl std::fmt::Display for Violation {
                 "grid: replicas {replica} and {other} checkpointed op {checkpoint_op} but differ \
                  in grid block {address}"
             ),
+            Violation::SuperblockStale { replica, field } => write!(
+                formatter,
+                "durability: replica {replica}'s superblock lags its {field} with no update in \
+                 flight"
+            ),
             Violation::Liveness { reason } => write!(formatter, "no liveness: {reason}"),
+        }
+    }
+}
+
+impl Violation {
+    /// The violations seen from a client's side: its requests, replies and stream model.
+    fn fmt_client(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Violation::RequestCommittedTwice { client, request, first, second } => write!(
+                formatter,
+                "dedup: client {client:016x} request {request} committed at ops {first} and \
+                 {second}"
+            ),
+            Violation::ReplyInconsistent { client, request, op, reason } => write!(
+                formatter,
+                "reply to client {client:016x} request {request} at op {op}: {reason}"
+            ),
+            Violation::ReplyDiverged { client, request, first_op, second_op } => write!(
+                formatter,
+                "client {client:016x} request {request} answered twice differently (ops \
+                 {first_op} and {second_op})"
+            ),
+            Violation::StateMachine { client, request, op, reason } => write!(
+                formatter,
+                "state machine: client {client:016x} request {request} at op {op}: {reason}"
+            ),
+            _ => unreachable!("not a client's violation"),
         }
     }
 }

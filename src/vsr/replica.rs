@@ -454,10 +454,24 @@ impl Replica {
         if self.log_faulty { self.op.max(self.op_acknowledged_max) } else { self.op }
     }
 
-    /// The data file was lost and formatted again (`format --rejoin`), and the replica does not
-    /// hold the cluster's log yet: it takes no part in view changes.
+    /// The data file was lost and formatted again (`format --rejoin`), and the superblock does
+    /// not yet say that the replica holds the cluster's log: it takes no part in view changes,
+    /// and if it restarts it learns the cluster's view again.
     pub fn log_lost_pending(&self) -> bool {
-        self.log_lost() != 0
+        self.superblock.opened() && self.superblock.working().log_lost != 0
+    }
+
+    /// Which part of the superblock lags what the replica holds with no update in flight to
+    /// bring it up to date (`None` if none does): a restart would forget it.
+    pub fn superblock_stale(&self) -> Option<&'static str> {
+        if !self.status.is_open() || self.superblock_writing.is_some() {
+            return None;
+        }
+        let working = self.superblock.working();
+        if self.log_lost() != working.log_lost {
+            return Some("log_lost");
+        }
+        None
     }
 
     /// The log this replica is installing reaches further back than its peers' WAL window: it

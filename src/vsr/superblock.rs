@@ -566,6 +566,11 @@ impl SuperBlock {
         result
     }
 
+    /// An open succeeded: `working` holds what the disk does.
+    pub fn opened(&self) -> bool {
+        self.working.sequence > 0
+    }
+
     /// The superblock as of the last successful open or update.
     pub fn working(&self) -> &SuperBlockHeader {
         assert!(self.working.sequence > 0, "superblock not opened");

@@ -796,6 +796,10 @@ impl Replica {
         }
         self.status = Status::Normal;
         self.log_faulty = false;
+        // A rejoined replica that leads holds the cluster's log now: `log_lost` is cleared on
+        // disk too, or after a restart it would take itself for lost and withhold its log from
+        // every view change (with two replicas and the other's WAL faulty, for good).
+        self.view_persist(storage);
         self.target.clear();
         self.metrics.views_started += 1;
         self.view_change.progress_tick = self.ticks;
