@@ -63,8 +63,6 @@ pub enum Violation {
     /// that checkpoint's grid head (after repair): the grid is not the function of the log it
     /// must be, or a repair wrote a wrong block.
     GridDiverged { replica: usize, other: usize, checkpoint_op: Op, address: u64 },
-    /// `replica`'s superblock lags its state (`field`) with no update in flight.
-    SuperblockStale { replica: usize, field: &'static str },
     /// The run did not converge within its tick budget after the faults stopped.
     Liveness { reason: String },
 }
@@ -121,11 +119,6 @@ impl std::fmt::Display for Violation {
                 formatter,
                 "grid: replicas {replica} and {other} checkpointed op {checkpoint_op} but differ \
                  in grid block {address}"
-            ),
-            Violation::SuperblockStale { replica, field } => write!(
-                formatter,
-                "durability: replica {replica}'s superblock lags its {field} with no update in \
-                 flight"
             ),
             Violation::Liveness { reason } => write!(formatter, "no liveness: {reason}"),
         }

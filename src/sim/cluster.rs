@@ -1184,9 +1184,6 @@ impl Cluster {
         if replica.status().is_open() {
             self.checker.replica_checkpoint(index, replica.checkpoint_op())?;
         }
-        if let Some(field) = replica.superblock_stale() {
-            return Err(Violation::SuperblockStale { replica: index, field });
-        }
         if replica.status() != Status::Normal {
             // Opening: the journal is still being recovered, and what the replay commits is
             // checked once it is done.

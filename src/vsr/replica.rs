@@ -45,6 +45,7 @@ use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Stora
 use crate::vsr::superblock::{SuperBlock, VsrState};
 
 mod grid_repair;
+mod invariants;
 mod normal;
 mod open;
 mod rejoin;
@@ -463,7 +464,7 @@ impl Replica {
 
     /// Which part of the superblock lags what the replica holds with no update in flight to
     /// bring it up to date (`None` if none does): a restart would forget it.
-    pub fn superblock_stale(&self) -> Option<&'static str> {
+    fn superblock_stale(&self) -> Option<&'static str> {
         if !self.status.is_open() || self.superblock_writing.is_some() {
             return None;
         }
@@ -604,6 +605,24 @@ impl Replica {
 
     /// Advances time. `realtime_ns` is the driver's wall clock, used for prepare timestamps.
     pub fn on_tick<S: Storage>(&mut self, storage: &mut S, realtime_ns: u64) {
+        self.tick_step(storage, realtime_ns);
+        self.invariants();
+    }
+
+    /// A message from the bus. Its header checksum, `invalid()`, cluster and body checksum were
+    /// already checked by the bus.
+    pub fn on_message<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        self.message_step(storage, message);
+        self.invariants();
+    }
+
+    /// A finished disk operation.
+    pub fn on_storage_completion<S: Storage>(&mut self, storage: &mut S, completion: Completion) {
+        self.completion_step(storage, completion);
+        self.invariants();
+    }
+
+    fn tick_step<S: Storage>(&mut self, storage: &mut S, realtime_ns: u64) {
         self.ticks += 1;
         self.realtime_ns = realtime_ns;
         if self.status == Status::Recovering && self.open_phase == OpenPhase::StateMachine {
@@ -639,9 +658,7 @@ impl Replica {
         }
     }
 
-    /// A message from the bus. Its header checksum, `invalid()`, cluster and body checksum were
-    /// already checked by the bus.
-    pub fn on_message<S: Storage>(&mut self, storage: &mut S, message: Message) {
+    fn message_step<S: Storage>(&mut self, storage: &mut S, message: Message) {
         let header = *message.header();
         assert!(header.valid_checksum());
         assert_eq!(header.cluster, self.config.cluster);
@@ -717,7 +734,7 @@ impl Replica {
     }
 
     /// Routes a finished disk operation to its owner.
-    pub fn on_storage_completion<S: Storage>(&mut self, storage: &mut S, completion: Completion) {
+    fn completion_step<S: Storage>(&mut self, storage: &mut S, completion: Completion) {
         match completion.request.token.owner {
             IoOwner::Superblock => {
                 self.superblock.on_completion(storage, completion);
