@@ -117,6 +117,40 @@ pub enum Destination {
     Replica(ReplicaIndex),
 }
 
+/// The head of this replica's log: its highest op and that prepare's checksum (the next
+/// prepare's parent). It moves one op at a time along the hash chain (`extend`), or jumps where
+/// the log is reopened, cut back or restarted at a checkpoint (`reset`).
+#[derive(Clone, Copy, Debug)]
+struct LogHead {
+    op: Op,
+    checksum: Checksum,
+}
+
+impl LogHead {
+    fn op(&self) -> Op {
+        self.op
+    }
+
+    fn checksum(&self) -> Checksum {
+        self.checksum
+    }
+
+    /// Moves to `header`, the prepare after the head in the hash chain.
+    fn extend(&mut self, header: &Header) {
+        assert_eq!(header.op, self.op + 1, "the head moves one op at a time");
+        assert_eq!(header.parent, self.checksum, "the next prepare chains to the head");
+        self.op = header.op;
+        self.checksum = header.checksum;
+    }
+
+    /// Moves to the prepare (`op`, `checksum`) outside the chain's order: the log reopened at
+    /// a checkpoint, or cut back to where it agrees with a canonical log.
+    fn reset(&mut self, op: Op, checksum: Checksum) {
+        self.op = op;
+        self.checksum = checksum;
+    }
+}
+
 struct Prepared {
     message: Message,
     /// This replica's own copy is in its WAL.
@@ -289,14 +323,12 @@ pub struct Replica {
     prng: u64,
     /// Why the last dropped peer message was invalid.
     invalid_last: Option<&'static str>,
-    /// The head of the log: the highest op prepared.
-    op: Op,
+    /// The head of the log: the highest op prepared, and its checksum.
+    head: LogHead,
     /// The highest op executed.
     commit_min: Op,
     /// The highest op known committed.
     commit_max: Op,
-    /// The checksum of the prepare at `op` (the next prepare's parent).
-    parent: Checksum,
     /// The checksum of the prepare at `commit_min`.
     commit_checksum: Checksum,
     checkpoint_op: Op,
@@ -363,10 +395,9 @@ impl Replica {
             grid_repair: grid_repair::GridRepair::new(),
             prng: seed | 1,
             invalid_last: None,
-            op: 0,
+            head: LogHead { op: 0, checksum: 0 },
             commit_min: 0,
             commit_max: 0,
-            parent: 0,
             commit_checksum: 0,
             checkpoint_op: 0,
             checkpoint: CheckpointPhase::Idle,
@@ -402,7 +433,7 @@ impl Replica {
     }
 
     pub fn op(&self) -> Op {
-        self.op
+        self.head.op()
     }
 
     pub fn commit_min(&self) -> Op {
@@ -452,7 +483,7 @@ impl Replica {
     /// The highest op this replica may have acknowledged: its log's head, or, while its WAL
     /// has faulty entries, what they may hide (`RecoveryReport::op_acknowledged_max`).
     pub fn op_acknowledged_max(&self) -> Op {
-        if self.log_faulty { self.op.max(self.op_acknowledged_max) } else { self.op }
+        if self.log_faulty { self.head.op().max(self.op_acknowledged_max) } else { self.head.op() }
     }
 
     /// The data file was lost and formatted again (`format --rejoin`), and the superblock does
@@ -532,7 +563,7 @@ impl Replica {
             self.open_phase,
             self.view,
             self.log_view,
-            self.op,
+            self.head.op(),
             self.commit_min,
             self.commit_max,
             self.checkpoint_op,
@@ -652,7 +683,7 @@ impl Replica {
                 self.send_ping();
             }
             self.repair_tick(storage);
-            if self.commit_max > self.commit_min || self.commit_max > self.op {
+            if self.commit_max > self.commit_min || self.commit_max > self.head.op() {
                 self.commit_pipeline(storage);
             }
         }
@@ -829,7 +860,7 @@ impl Replica {
     /// ops it already holds, as a new primary must after a view change.
     fn request_early(&self, disposition: RequestDisposition) -> bool {
         let pipeline_first =
-            self.pipeline.front().map_or(self.op + 1, |front| front.message.header().op);
+            self.pipeline.front().map_or(self.head.op() + 1, |front| front.message.header().op);
         if pipeline_first > self.commit_min + 1 {
             // Committed ops that only its WAL holds are still to execute: neither its session
             // table nor its pipeline knows their requests yet, so it could not tell a retry of
@@ -840,7 +871,7 @@ impl Replica {
         // session table does not hold it yet, so it is among the ops still to execute (the
         // predecessor's last ops, which the new view commits again). Dropped in silence, this
         // request would wait out the client's timeout, though it can be taken once they commit.
-        disposition == RequestDisposition::Ahead && self.op > self.commit_min
+        disposition == RequestDisposition::Ahead && self.head.op() > self.commit_min
     }
 
     /// Whether `request` names the reply to its session's latest request (`session_chain`).
@@ -872,11 +903,13 @@ impl Replica {
                 return;
             }
             let slot_count = self.layout.journal_slot_count;
-            if self.op + 1 > op_prepare_max(self.checkpoint_op, slot_count) {
+            if self.head.op() + 1 > op_prepare_max(self.checkpoint_op, slot_count) {
                 // The ring would overwrite an op the checkpoint does not cover yet.
                 return;
             }
-            if self.op + 1 > self.backups_commit_min() + slot_count - REPAIR_WINDOW_MAX as u64 {
+            if self.head.op() + 1
+                > self.backups_commit_min() + slot_count - REPAIR_WINDOW_MAX as u64
+            {
                 // A live backup would fall out of this WAL's window and could no longer be
                 // repaired from it: let it catch up first.
                 return;
@@ -894,7 +927,7 @@ impl Replica {
     /// Turns `request` into the prepare for the next op, in place, and writes it.
     fn prepare<S: Storage>(&mut self, storage: &mut S, mut message: Message) {
         let request = *message.header();
-        let op = self.op + 1;
+        let op = self.head.op() + 1;
         let timestamp = self.realtime_ns.max(self.timestamp_last + 1);
         self.metrics.timestamps_raised += u64::from(timestamp > self.realtime_ns);
         let size = request.size as usize;
@@ -909,7 +942,7 @@ impl Replica {
         prepare.client = request.client;
         prepare.request = request.request;
         prepare.operation = request.operation;
-        prepare.parent = self.parent;
+        prepare.parent = self.head.checksum();
         prepare.context = request.checksum;
         prepare.replica = self.config.replica;
         prepare.set_checksum();
@@ -917,8 +950,7 @@ impl Replica {
         assert_eq!(prepare.invalid(), None);
         // The journal writes whole sectors: the padding after the message must be zero.
         message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
-        self.op = op;
-        self.parent = prepare.checksum;
+        self.head.extend(&prepare);
         self.timestamp_last = timestamp;
         let prepared =
             Prepared { message: message.clone(), durable: false, ok_from: 0, acknowledged: false };
@@ -1064,7 +1096,7 @@ impl Replica {
         }
         if self.target.active() {
             return if self.target.verified() {
-                self.commit_max.min(self.op)
+                self.commit_max.min(self.head.op())
             } else {
                 self.commit_min
             };
@@ -1123,9 +1155,9 @@ impl Replica {
         if self.journal_reads.iter().any(|read| read.purpose == JournalReadPurpose::Commit) {
             return;
         }
-        if op > self.op {
+        if op > self.head.op() {
             // Not in this replica's chain yet (a repair may have written it ahead).
-            return self.repair_request(self.op + 1);
+            return self.repair_request(self.head.op() + 1);
         }
         let chained = self
             .journal

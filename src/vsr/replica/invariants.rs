@@ -22,7 +22,11 @@ impl Replica {
         assert!(self.outbox.len() <= OUTBOX_MAX);
         let slot_count = u64::from(self.config.journal_slot_count);
         let op_max = op_prepare_max(self.checkpoint_op, slot_count);
-        assert!(self.op <= op_max, "the head {} beyond what the WAL holds {op_max}", self.op);
+        assert!(
+            self.head.op() <= op_max,
+            "the head {} beyond what the WAL holds {op_max}",
+            self.head.op()
+        );
     }
 
     /// Views only grow, and what the superblock holds is never ahead of memory.
@@ -40,7 +44,7 @@ impl Replica {
     fn invariants_log(&self) {
         assert!(self.checkpoint_op <= self.commit_min, "checkpoint above commit_min");
         assert!(self.commit_min <= self.commit_max, "commit_min above commit_max");
-        assert!(self.commit_min <= self.op || self.sync.active(), "commit_min above op");
+        assert!(self.commit_min <= self.head.op() || self.sync.active(), "commit_min above op");
         assert!(
             self.log_chained_from <= self.checkpoint_op,
             "the chain starts above the checkpoint"
@@ -71,8 +75,8 @@ impl Replica {
                 self.commit_min
             );
         }
-        assert_eq!(last.message.header().op, self.op, "the pipeline ends at the head");
-        assert_eq!(last.message.header().checksum, self.parent, "the head's checksum");
+        assert_eq!(last.message.header().op, self.head.op(), "the pipeline ends at the head");
+        assert_eq!(last.message.header().checksum, self.head.checksum(), "the head's checksum");
         let mut previous: Option<&super::Prepared> = None;
         for prepared in &self.pipeline {
             let header = prepared.message.header();

@@ -35,7 +35,7 @@ impl Replica {
             return;
         }
         let op = header.op;
-        if op <= self.op {
+        if op <= self.head.op() {
             self.on_prepare_held(storage, message);
             return self.commit_pipeline(storage);
         }
@@ -53,7 +53,7 @@ impl Replica {
         // The prepare must extend this replica's chain, and be known to belong to the log this
         // replica follows: the canonical log of a view change or start_view, or, past its head,
         // the current view's (which only its primary prepares).
-        let chained = op == self.op + 1 && header.parent == self.parent;
+        let chained = op == self.head.op() + 1 && header.parent == self.head.checksum();
         let target_checksum = self.target.header(op).map(|target| target.checksum);
         let canonical = match target_checksum {
             Some(checksum) => checksum == header.checksum,
@@ -66,7 +66,7 @@ impl Replica {
             return self.repair_write_ahead(storage, message);
         }
         if !chained || !canonical {
-            self.repair_request(self.op + 1);
+            self.repair_request(self.head.op() + 1);
             return self.commit_pipeline(storage);
         }
         self.prepare_append(storage, message);
@@ -97,8 +97,8 @@ impl Replica {
     /// again (`PREPARE_TIMEOUT_TICKS`).
     fn prepare_append<S: Storage>(&mut self, storage: &mut S, message: Message) {
         let header = *message.header();
-        assert_eq!(header.op, self.op + 1);
-        assert_eq!(header.parent, self.parent);
+        assert_eq!(header.op, self.head.op() + 1);
+        assert_eq!(header.parent, self.head.checksum());
         let slot_count = u64::from(self.config.journal_slot_count);
         if header.op > op_prepare_max(self.checkpoint_op, slot_count) {
             return;
@@ -111,15 +111,14 @@ impl Replica {
             return;
         }
         let message = padding_zeroed(message);
-        self.op = header.op;
-        self.parent = header.checksum;
+        self.head.extend(&header);
         self.timestamp_observe(&header);
         let prepared =
             Prepared { message: message.clone(), durable: false, ok_from: 0, acknowledged: false };
         self.pipeline.push_back(prepared);
         self.journal.write_prepare(storage, message);
         self.target_advance();
-        assert_eq!(self.op, header.op);
+        assert_eq!(self.head.op(), header.op);
     }
 
     /// A prepare at or below this replica's head: a retransmission, acknowledged again if
@@ -169,14 +168,13 @@ impl Replica {
         if !self.pipeline.is_empty() {
             return;
         }
-        while let Some(target) = self.target.header(self.op + 1).copied() {
+        while let Some(target) = self.target.header(self.head.op() + 1).copied() {
             let slot = self.journal.slot_for_op(target.op);
             let held = self.journal.header_with_op(target.op).is_some_and(|held| *held == target);
             if !held || self.journal.dirty(slot) || target.op > self.commit_max {
                 return;
             }
-            self.op = target.op;
-            self.parent = target.checksum;
+            self.head.extend(&target);
             self.timestamp_observe(&target);
         }
     }
@@ -218,8 +216,8 @@ impl Replica {
     /// state sync and is not waited for.
     pub(super) fn backups_commit_min(&self) -> Op {
         let slot_count = u64::from(self.config.journal_slot_count);
-        let window_start = self.op.saturating_sub(slot_count - REPAIR_WINDOW_MAX as u64);
-        let mut commit_min = self.op;
+        let window_start = self.head.op().saturating_sub(slot_count - REPAIR_WINDOW_MAX as u64);
+        let mut commit_min = self.head.op();
         for replica in 0..self.config.replica_count {
             let index = usize::from(replica);
             let heard = self.backup_heard_tick[index];
@@ -294,7 +292,7 @@ impl Replica {
     /// (the journal verifies both checksums before the read completes).
     pub(super) fn on_request_prepare<S: Storage>(&mut self, storage: &mut S, header: &Header) {
         let op = header.op;
-        if op == 0 || op > self.op {
+        if op == 0 || op > self.head.op() {
             return;
         }
         let wanted = |checksum| header.context == 0 || header.context == checksum;

@@ -47,8 +47,7 @@ impl Replica {
         self.checkpoint_op = working.checkpoint_op;
         self.commit_min = working.checkpoint_op;
         self.commit_max = working.checkpoint_op;
-        self.op = working.checkpoint_op;
-        self.parent = working.checkpoint_checksum;
+        self.head.reset(working.checkpoint_op, working.checkpoint_checksum);
         self.commit_checksum = working.checkpoint_checksum;
         self.open_phase = OpenPhase::Journal;
         let read_pool = self.recovery_read_pool();
@@ -159,12 +158,11 @@ impl Replica {
             self.timestamp_observe(&checkpoint);
         }
         self.log_chained_from = self.log_chained_from_find();
-        while let Some(header) = self.journal.header_with_op(self.op + 1).copied() {
-            if header.parent != self.parent {
+        while let Some(header) = self.journal.header_with_op(self.head.op() + 1).copied() {
+            if header.parent != self.head.checksum() {
                 break;
             }
-            self.op = header.op;
-            self.parent = header.checksum;
+            self.head.extend(&header);
             self.timestamp_observe(&header);
         }
         // With one replica every durable prepare may have been acknowledged, and it is
@@ -172,13 +170,13 @@ impl Replica {
         // recorded as committed is known; the primary tells the rest.
         let commit_known = self.superblock.working().commit_max;
         self.commit_max = if self.config.replica_count == 1 {
-            self.op
+            self.head.op()
         } else if self.log_view < self.view {
             // The commit number may be a newer view's, and this log an older view's: only what
             // the checkpoint holds is known to be the cluster's. The view's log tells the rest.
             self.checkpoint_op
         } else {
-            commit_known.clamp(self.checkpoint_op, self.op)
+            commit_known.clamp(self.checkpoint_op, self.head.op())
         };
         self.commit_pipeline(storage);
     }
@@ -196,18 +194,18 @@ impl Replica {
         assert_eq!(self.open_phase, OpenPhase::Replay);
         assert_eq!(self.status, Status::Recovering);
         if self.config.replica_count == 1 {
-            assert_eq!(self.commit_min, self.op);
+            assert_eq!(self.commit_min, self.head.op());
         }
         self.open_phase = OpenPhase::Truncate;
-        self.op_acknowledged_max = self.op;
+        self.op_acknowledged_max = self.head.op();
         if self.log_wal_faulty() {
             let report = self.journal.recovery_report();
-            self.op_acknowledged_max = report.op_acknowledged_max(self.op);
+            self.op_acknowledged_max = report.op_acknowledged_max(self.head.op());
             self.view_change.start_view_nonce = (self.prng_next() as u32).max(1);
             self.metrics.logs_faulty_recovered += 1;
             return self.journal_truncated(storage);
         }
-        self.journal.truncate_after(storage, self.op);
+        self.journal.truncate_after(storage, self.head.op());
         self.journal_events(storage);
     }
 
@@ -223,7 +221,7 @@ impl Replica {
             return;
         }
         assert_eq!(self.status, Status::Recovering);
-        assert!(self.log_wal_faulty() || self.journal.header_with_op(self.op + 1).is_none());
+        assert!(self.log_wal_faulty() || self.journal.header_with_op(self.head.op() + 1).is_none());
         self.status = Status::Normal;
         self.view_change.heard_tick = self.ticks;
         if self.config.replica_count > 1 && self.superblock.working().log_lost != 0 {
@@ -236,8 +234,8 @@ impl Replica {
         // writes the superblock before the primary prepares anything, so a superblock still as
         // `format` left it means this is the first.)
         let opened_before = self.superblock.working().sequence > 1;
-        let pipeline_lost =
-            self.is_primary() && (opened_before || self.op > self.commit_max || self.log_faulty);
+        let pipeline_lost = self.is_primary()
+            && (opened_before || self.head.op() > self.commit_max || self.log_faulty);
         if self.config.replica_count > 1 && (self.log_view < self.view || pipeline_lost) {
             // It crashed during a view change, or it was the primary: it waits for, or times
             // out into, the next view instead of leading this one.

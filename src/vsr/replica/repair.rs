@@ -198,8 +198,8 @@ enum Match {
 impl Replica {
     /// The checksum of the prepare at `op` in this replica's own log, if it knows it.
     pub(super) fn own_checksum(&self, op: Op) -> Option<Checksum> {
-        if op == self.op {
-            return Some(self.parent);
+        if op == self.head.op() {
+            return Some(self.head.checksum());
         }
         if op == self.commit_min {
             return Some(self.commit_checksum);
@@ -209,7 +209,7 @@ impl Replica {
 
     fn target_match(&self) -> Match {
         let target = &self.target;
-        let top = self.op.min(target.head);
+        let top = self.head.op().min(target.head);
         let floor = target.known_min.saturating_sub(1).max(self.commit_min);
         let mut op = top;
         while op >= floor {
@@ -243,7 +243,7 @@ impl Replica {
         }
         let slot_count = u64::from(self.config.journal_slot_count);
         if self.commit_max.max(self.target.head())
-            >= self.op + slot_count - REPAIR_WINDOW_MAX as u64
+            >= self.head.op() + slot_count - REPAIR_WINDOW_MAX as u64
         {
             // Its peers have moved on so far that the ops after this log's head are gone
             // from their WALs (they checkpointed and the ring wrapped).
@@ -259,7 +259,7 @@ impl Replica {
                     return self.fail("a committed op differs from the log of a newer view");
                 }
                 Match::NeedHeaders => return self.request_headers_send(),
-                Match::At(op) if op < self.op || self.journal_holds_other_log_above(op) => {
+                Match::At(op) if op < self.head.op() || self.journal_holds_other_log_above(op) => {
                     if self.journal.writing() {
                         return;
                     }
@@ -269,8 +269,8 @@ impl Replica {
             }
         }
         self.target_advance();
-        if self.op < self.target.head() {
-            return self.repair_request(self.op + 1);
+        if self.head.op() < self.target.head() {
+            return self.repair_request(self.head.op() + 1);
         }
         if self.pipeline.iter().any(|prepared| !prepared.durable) || self.journal.writing() {
             return;
@@ -289,7 +289,8 @@ impl Replica {
     /// since it wrote them) are read back, highest first, onto the pipeline's front. True once
     /// the pipeline covers them all.
     fn pipeline_fill<S: Storage>(&mut self, storage: &mut S) -> bool {
-        let first = self.pipeline.front().map_or(self.op + 1, |front| front.message.header().op);
+        let first =
+            self.pipeline.front().map_or(self.head.op() + 1, |front| front.message.header().op);
         if first <= self.commit_max + 1 {
             return true;
         }
@@ -317,7 +318,8 @@ impl Replica {
     /// A prepare `pipeline_fill` read back: onto the pipeline's front, if it still fits there.
     pub(super) fn pipeline_fill_complete<S: Storage>(&mut self, storage: &mut S, message: Message) {
         let op = message.header().op;
-        let first = self.pipeline.front().map_or(self.op + 1, |front| front.message.header().op);
+        let first =
+            self.pipeline.front().map_or(self.head.op() + 1, |front| front.message.header().op);
         let fits = self.status == Status::ViewChange
             && op + 1 == first
             && op > self.commit_max
@@ -344,14 +346,13 @@ impl Replica {
     /// Cuts this replica's log back to `op`, where it agrees with the target, and the WAL's
     /// entries above it that the target does not hold.
     fn log_truncate<S: Storage>(&mut self, storage: &mut S, op: Op) {
-        assert!(op <= self.op);
+        assert!(op <= self.head.op());
         assert!(op >= self.commit_min);
         assert!(!self.journal.writing());
         let parent = self.own_checksum(op).expect("the match point is known");
         self.pipeline.retain(|prepared| prepared.message.header().op <= op);
-        self.metrics.ops_truncated += self.op - op;
-        self.op = op;
-        self.parent = parent;
+        self.metrics.ops_truncated += self.head.op() - op;
+        self.head.reset(op, parent);
         self.target.phase = Phase::Fetch;
         let target = &self.target;
         let keep =
@@ -388,7 +389,7 @@ impl Replica {
             return;
         }
         let slot_count = u64::from(self.config.journal_slot_count);
-        if self.target.head >= self.op + slot_count - REPAIR_WINDOW_MAX as u64 {
+        if self.target.head >= self.head.op() + slot_count - REPAIR_WINDOW_MAX as u64 {
             // The ops between its head and the target's are no longer in any peer's WAL.
             self.target.beyond_window = true;
         }
@@ -415,7 +416,7 @@ impl Replica {
     /// Sends the headers this replica holds for `op_min..=op` (the top of that range that its
     /// log holds, ascending).
     pub(super) fn on_request_headers(&mut self, header: &Header) {
-        let op_max = header.op.min(self.op);
+        let op_max = header.op.min(self.head.op());
         if header.op_min > op_max {
             return;
         }

@@ -625,8 +625,7 @@ impl Replica {
         self.commit_min = working.checkpoint_op;
         self.commit_checksum = working.checkpoint_checksum;
         self.commit_max = self.commit_max.max(working.commit_max);
-        self.op = working.checkpoint_op;
-        self.parent = working.checkpoint_checksum;
+        self.head.reset(working.checkpoint_op, working.checkpoint_checksum);
         let checkpoint = self.sync.body.checkpoint_header;
         self.timestamp_observe(&checkpoint);
         self.log_chained_from = self.log_chained_from_find();
@@ -634,7 +633,7 @@ impl Replica {
         self.metrics.state_syncs += 1;
         self.target.sync_done();
         assert!(matches!(self.status, Status::Normal | Status::ViewChange));
-        if !self.target.active() || self.op >= self.target.head() {
+        if !self.target.active() || self.head.op() >= self.target.head() {
             // The checkpoint is newer than the log this replica was installing: ask for the
             // view's log as it is now.
             self.target.clear();

@@ -292,7 +292,7 @@ impl Replica {
                 if since_heard > NORMAL_HEARTBEAT_TIMEOUT_TICKS + jitter {
                     self.vote(storage, self.view + 1, resend);
                 } else if resend && !self.target.active() {
-                    let lagging = self.commit_max > self.op + REPAIR_WINDOW_MAX as u64;
+                    let lagging = self.commit_max > self.head.op() + REPAIR_WINDOW_MAX as u64;
                     if self.log_faulty || lagging || self.log_view < self.view {
                         self.send_request_start_view();
                     }
@@ -319,7 +319,7 @@ impl Replica {
     /// A primary whose uncommitted prepares have not moved for `PRIMARY_ABDICATE_TICKS`
     /// cannot reach a quorum: it falls silent so that its backups elect another.
     fn abdicate_maybe(&mut self) {
-        let uncommitted = self.op > self.commit_max;
+        let uncommitted = self.head.op() > self.commit_max;
         if !uncommitted || self.commit_max != self.view_change.progress_commit {
             self.view_change.progress_commit = self.commit_max;
             self.view_change.progress_tick = self.ticks;
@@ -521,7 +521,7 @@ impl Replica {
         if op == 0 {
             return Some(Header::root_prepare(self.config.cluster));
         }
-        if op > self.op || op < self.log_chained_from {
+        if op > self.head.op() || op < self.log_chained_from {
             return None;
         }
         if op == self.checkpoint_op
@@ -534,8 +534,8 @@ impl Replica {
         let held = self.journal.header_with_op(op).copied()?;
         // Where this replica knows the checksum of its log's entry, a WAL entry that differs
         // is not its log's (a stale one the chain did not take).
-        let known = if op == self.op {
-            Some(self.parent)
+        let known = if op == self.head.op() {
+            Some(self.head.checksum())
         } else if op == self.commit_min {
             Some(self.commit_checksum)
         } else {
@@ -616,8 +616,8 @@ impl Replica {
     /// The suffix of this replica's log (up to `VIEW_CHANGE_HEADERS_MAX` headers, ending at
     /// `op`) into `message`'s body; returns the count (0 if the log lacks its head's header).
     fn log_suffix_write(&self, message: &mut Message) -> usize {
-        let low = self.op.saturating_sub(VIEW_CHANGE_HEADERS_MAX as u64 - 1);
-        self.log_headers_write(message, low, self.op).map_or(0, |(_, count)| count)
+        let low = self.head.op().saturating_sub(VIEW_CHANGE_HEADERS_MAX as u64 - 1);
+        self.log_headers_write(message, low, self.head.op()).map_or(0, |(_, count)| count)
     }
 
     fn do_view_change_build(&self) -> Option<Message> {
@@ -627,9 +627,9 @@ impl Replica {
             return None;
         }
         let mut header = self.header_new(Command::DoViewChange);
-        header.op = self.op;
+        header.op = self.head.op();
         header.op_min = self.op_acknowledged_max() + 1;
-        header.commit = self.commit_max.min(self.op);
+        header.commit = self.commit_max.min(self.head.op());
         header.checkpoint_op = self.checkpoint_op;
         header.log_view = self.log_view;
         Some(message_finish(message, header, count * HEADER_SIZE))
@@ -791,7 +791,7 @@ impl Replica {
         }
         // Its log's head is the highest prepare of the view's log: the view's first prepare
         // is timestamped above it.
-        if let Some(head) = self.log_header(self.op) {
+        if let Some(head) = self.log_header(self.head.op()) {
             self.timestamp_observe(&head);
         }
         self.status = Status::Normal;
@@ -829,9 +829,9 @@ impl Replica {
             return;
         }
         let mut header = self.header_new(Command::StartView);
-        header.op = self.op;
+        header.op = self.head.op();
         header.context = nonce;
-        header.commit = self.commit_max.min(self.op);
+        header.commit = self.commit_max.min(self.head.op());
         header.checkpoint_op = self.checkpoint_op.min(header.commit);
         let message = message_finish(message, header, count * HEADER_SIZE);
         self.send(Destination::Replica(replica), message);
@@ -880,7 +880,7 @@ impl Replica {
             // A duplicate, or the log this replica follows: taken as a target only to repair a
             // faulty log, or one far behind (headers let it fetch in bulk, out of order).
             self.primary_heard_tick_set();
-            let lagging = header.op > self.op + REPAIR_WINDOW_MAX as u64;
+            let lagging = header.op > self.head.op() + REPAIR_WINDOW_MAX as u64;
             let installed = self.log_view == self.view && !self.log_faulty;
             if self.target.active() || (installed && !lagging) {
                 return;
