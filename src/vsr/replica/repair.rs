@@ -25,12 +25,14 @@
 //! `REPAIR_WINDOW_MAX` prepares or one batch of headers, and a replica serves repair from its
 //! WAL only while it keeps a journal read free for its own commits.
 
+use super::prepare::padding_zeroed;
 use super::{
     Destination, JournalRead, JournalReadPurpose, Prepared, Replica, Status, message_finish,
 };
 use crate::constants::{
-    HEADER_SIZE, JOURNAL_IOPS_READ_MAX, PIPELINE_BACKUP_MAX, REPAIR_TIMEOUT_TICKS,
-    REPAIR_WINDOW_MAX, REPAIR_WINDOW_ROTATE, VIEW_CHANGE_HEADERS_MAX,
+    HEADER_SIZE, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, PIPELINE_BACKUP_MAX,
+    REPAIR_REQUEST_OPS_MAX, REPAIR_TIMEOUT_TICKS, REPAIR_WINDOW_MAX, REPAIR_WINDOW_ROTATE,
+    VIEW_CHANGE_HEADERS_MAX, op_prepare_max,
 };
 use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::message_pool::Message;
@@ -461,6 +463,131 @@ impl Replica {
     pub(super) fn repair_tick<S: Storage>(&mut self, storage: &mut S) {
         if self.target.active() {
             self.repair_progress(storage);
+        }
+    }
+}
+
+/// Repair of single prepares: asked for by op or checksum, served from memory or the WAL, and
+/// written ahead of the chain while the ops below them arrive.
+impl Replica {
+    pub(super) fn repair_write_ahead<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        let header = *message.header();
+        let slot_count = u64::from(self.config.journal_slot_count);
+        if self.journal.header_with_op(header.op).is_some_and(|held| *held == header) {
+            return;
+        }
+        if header.op > op_prepare_max(self.checkpoint_op, slot_count) || self.journal.truncating() {
+            return;
+        }
+        // Keep room for the pipeline's own writes.
+        if self.journal.writes_in_flight() + PIPELINE_BACKUP_MAX + 1 >= JOURNAL_IOPS_WRITE_MAX {
+            return;
+        }
+        self.journal.write_prepare(storage, padding_zeroed(message));
+    }
+
+    /// Extends the chain over target entries already durable in the journal (written ahead),
+    /// while the pipeline is empty so that it stays a run of consecutive ops.
+    pub(super) fn target_advance(&mut self) {
+        if !self.pipeline.is_empty() {
+            return;
+        }
+        while let Some(target) = self.target.header(self.head.op() + 1).copied() {
+            let slot = self.journal.slot_for_op(target.op);
+            let held = self.journal.header_with_op(target.op).is_some_and(|held| *held == target);
+            if !held || self.journal.dirty(slot) || target.op > self.commit_max {
+                return;
+            }
+            self.head.extend(&target);
+            self.timestamp_observe(&target);
+        }
+    }
+
+    /// Serves a prepare to a replica that lacks it, from memory or from the WAL: the prepare
+    /// of `op` whose checksum is `context`, or, if `context` is zero, the one this replica's
+    /// log holds at `op`. A replica never answers with an entry it cannot read back intact
+    /// (the journal verifies both checksums before the read completes).
+    pub(super) fn on_request_prepare<S: Storage>(&mut self, storage: &mut S, header: &Header) {
+        let op = header.op;
+        if op == 0 || op > self.head.op() {
+            return;
+        }
+        let wanted = |checksum| header.context == 0 || header.context == checksum;
+        let replica = header.replica;
+        if let Some(index) = self.pipeline_index(op) {
+            let message = self.pipeline[index].message.clone();
+            if wanted(message.header().checksum) {
+                self.send(Destination::Replica(replica), message);
+            }
+            return;
+        }
+        let Some(held) = self.journal.header_with_op(op).copied() else {
+            return;
+        };
+        if !wanted(held.checksum) || self.journal.faulty(self.journal.slot_for_op(op)) {
+            return;
+        }
+        // Keep one journal read for this replica's own commits: repair has a budget.
+        if self.journal_reads.len() + 1 >= JOURNAL_IOPS_READ_MAX {
+            return;
+        }
+        let duplicate = self.journal_reads.iter().any(|read| read.op == op);
+        if duplicate || self.pool.free_count() < 2 * JOURNAL_IOPS_READ_MAX {
+            return;
+        }
+        let purpose = JournalReadPurpose::Repair { replica };
+        self.journal_reads.push(JournalRead { op, checksum: held.checksum, purpose });
+        self.journal.read_prepare(storage, op, held.checksum, self.pool.get());
+    }
+
+    /// Asks for the prepares from `op` on: a window of up to `REPAIR_REQUEST_OPS_MAX`
+    /// consecutive ops (they are accepted in order as they arrive), at once if `op` is past the
+    /// window asked for last (it has arrived), else at most once per `REPAIR_TIMEOUT_TICKS`. Ops
+    /// of a log target are asked for by checksum from the replicas that hold them; past it,
+    /// from the primary of the view, by op.
+    pub(super) fn repair_request(&mut self, op: Op) {
+        // The replies pace the windows: a replica far behind (restarted under load) catches up
+        // at the round trip's pace rather than one window per tick, which left it hundreds of
+        // ops behind for a second, and a view change that needs its acknowledgements waiting.
+        let window_arrived = op > self.repair_requested_end;
+        if !window_arrived && self.ticks < self.repair_requested_tick + REPAIR_TIMEOUT_TICKS {
+            return;
+        }
+        let normal_backup = self.status == Status::Normal && !self.is_primary();
+        if !normal_backup && !self.target.active() {
+            return;
+        }
+        self.repair_requested_tick = self.ticks;
+        let wanted_max =
+            if self.target.active() { self.target.head() } else { self.commit_max.max(op) };
+        let window_end = wanted_max.min(op + REPAIR_REQUEST_OPS_MAX as u64 - 1);
+        self.repair_requested_end = window_end;
+        let primary = self.primary_index();
+        for wanted in op..=window_end {
+            let mut header = self.header_new(Command::RequestPrepare);
+            header.op = wanted;
+            let target_checksum = self.target.header(wanted).map(|target| target.checksum);
+            let written_ahead = target_checksum.is_some_and(|checksum| {
+                self.journal.header_with_op(wanted).is_some_and(|held| held.checksum == checksum)
+            });
+            if written_ahead && wanted > op {
+                continue;
+            }
+            let destination = match target_checksum {
+                Some(checksum) => {
+                    header.context = checksum;
+                    let Some(source) = self.target_source() else {
+                        continue;
+                    };
+                    source
+                }
+                None if normal_backup && !self.target.active() => primary,
+                None => continue,
+            };
+            if destination == self.config.replica {
+                continue;
+            }
+            self.send_header(Destination::Replica(destination), header);
         }
     }
 }

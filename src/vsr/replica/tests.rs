@@ -2,8 +2,11 @@
 //! checkpoints, WAL wrap-around, crashes and restarts.
 
 use super::*;
+use crate::constants::SECTOR_SIZE;
 use crate::sim::storage::MemoryStorage;
 use crate::vsr::format;
+use crate::vsr::header::{EvictionReason, Operation};
+use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::messages_max_replica;
 
 pub(crate) struct Harness {

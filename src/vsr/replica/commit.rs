@@ -1,0 +1,512 @@
+//! Commit: ops become durable, commit in op order, are executed against the event store, and
+//! answered.
+//!
+//! - The journal reports each prepare durable; the primary commits, in op order, each op a
+//!   replication quorum (a majority, itself included) holds durably.
+//! - Backups learn the commit number from later prepares and from `commit` heartbeats (and the
+//!   primary their commit numbers from pings and prepare_oks), and execute exactly the ops the
+//!   primary committed, reading each back from the WAL: their log is a prefix of the
+//!   primary's (the chain guarantees it within a view), and a commit number is taken only
+//!   where the committed prepare's checksum agrees with their log.
+//! - Executing an op applies it to the event store; the reply goes to the client and to the
+//!   session's slot of the client_replies zone, from which a retry is answered again.
+
+use super::{
+    CheckpointPhase, Destination, JournalRead, JournalReadPurpose, OpenPhase, Replica, ReplyFields,
+    Status,
+};
+use crate::constants::{
+    BACKUP_LIVENESS_TICKS, COMMIT_HEARTBEAT_TICKS, HEADER_SIZE, REPAIR_WINDOW_MAX, SECTOR_SIZE,
+};
+use crate::vsr::header::{Checksum, Command, EvictionReason, Header, Op, Operation};
+use crate::vsr::journal;
+use crate::vsr::layout::Zone;
+use crate::vsr::message_pool::Message;
+use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
+
+/// The journal, commits and replies.
+impl Replica {
+    pub(super) fn journal_events<S: Storage>(&mut self, storage: &mut S) {
+        while let Some(event) = self.journal.poll_event() {
+            match event {
+                journal::Event::PrepareDurable { op, checksum } => {
+                    self.prepare_durable(storage, op, checksum)
+                }
+                journal::Event::PrepareRead { op, checksum, result } => {
+                    self.journal_read_complete(storage, op, checksum, result)
+                }
+                journal::Event::Recovered { usable } => self.journal_recovered(storage, usable),
+                journal::Event::Truncated if self.status == Status::Recovering => {
+                    self.journal_truncated(storage)
+                }
+                journal::Event::Truncated => self.repair_progress(storage),
+                journal::Event::WriteFailed { .. } => self.fail("a journal write failed"),
+            }
+        }
+    }
+
+    pub(super) fn prepare_durable<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        op: Op,
+        checksum: Checksum,
+    ) {
+        let Some(index) = self.pipeline_index(op) else {
+            // A repaired entry written ahead of the chain, or a rewritten faulty one.
+            return self.repair_progress(storage);
+        };
+        let prepared = &mut self.pipeline[index];
+        if prepared.message.header().checksum != checksum {
+            return;
+        }
+        prepared.durable = true;
+        prepared.ok_from |= 1 << self.config.replica;
+        if self.status == Status::Normal && self.is_primary() {
+            self.commit_advance_primary(storage);
+        } else {
+            self.prepare_oks_send();
+            self.commit_pipeline(storage);
+            self.repair_progress(storage);
+        }
+    }
+
+    /// A backup acknowledges its prepares in op order, each once every earlier one is durable
+    /// too: then a crash can only lose prepares it never acknowledged, and the head of the
+    /// hash chain recovered at restart covers every op it acknowledged. Only once its log is
+    /// the current view's (log_view durable and no faulty entries).
+    pub(super) fn prepare_oks_send(&mut self) {
+        if self.status != Status::Normal || self.is_primary() || !self.log_synced() {
+            return;
+        }
+        for index in 0..self.pipeline.len() {
+            let prepared = &self.pipeline[index];
+            if !prepared.durable {
+                return;
+            }
+            if prepared.acknowledged {
+                continue;
+            }
+            let header = *prepared.message.header();
+            self.pipeline[index].acknowledged = true;
+            self.send_prepare_ok(&header);
+        }
+    }
+
+    /// This replica's log is the current view's, durably: it may acknowledge prepares.
+    pub(super) fn log_synced(&self) -> bool {
+        self.log_view == self.view
+            && self.log_view_durable == self.view
+            && self.view_durable == self.view
+            && !self.log_faulty
+            && !self.target.active()
+    }
+
+    /// The pipeline index of `op`, if the pipeline holds it.
+    pub(super) fn pipeline_index(&self, op: Op) -> Option<usize> {
+        let first = self.pipeline.front()?.message.header().op;
+        let index = usize::try_from(op.checked_sub(first)?).ok()?;
+        (index < self.pipeline.len()).then_some(index)
+    }
+
+    /// The primary commits, in op order, every prepare a replication quorum holds.
+    pub(super) fn commit_advance_primary<S: Storage>(&mut self, storage: &mut S) {
+        assert!(self.is_primary());
+        let quorum = self.quorum_replication();
+        while let Some(index) = self.pipeline_index(self.commit_max + 1) {
+            let prepared = &self.pipeline[index];
+            if (prepared.ok_from.count_ones() as usize) < quorum || !prepared.durable {
+                break;
+            }
+            self.commit_max += 1;
+        }
+        self.commit_pipeline(storage);
+    }
+
+    /// How far this replica may execute its own log. `commit_max` is what the cluster
+    /// committed, but this replica's log is only known to be the cluster's (canonical) log when
+    /// it is the current view's, or, while installing a log, up to where it was checked
+    /// against the target: beyond that its entries may be an older view's that were replaced.
+    pub(super) fn commit_limit(&self) -> Op {
+        if self.status == Status::Recovering {
+            return self.commit_max;
+        }
+        if self.target.active() {
+            return if self.target.verified() {
+                self.commit_max.min(self.head.op())
+            } else {
+                self.commit_min
+            };
+        }
+        if self.log_view == self.view { self.commit_max } else { self.commit_min }
+    }
+
+    /// Executes committed prepares in op order, as far as the event store and the checkpoint
+    /// allow. A prepare no longer in memory (at open, or on a backup that restarted) is read
+    /// back from the WAL first.
+    pub(super) fn commit_pipeline<S: Storage>(&mut self, storage: &mut S) {
+        loop {
+            let replaying =
+                self.status == Status::Recovering && self.open_phase == OpenPhase::Replay;
+            // Between views too: every op up to commit_max is committed, whatever the view.
+            if !(self.status.is_open() || replaying) {
+                return;
+            }
+            if self.commit_min >= self.commit_limit() {
+                break;
+            }
+            if self.sync.active() {
+                // The event store is about to be replaced by a newer checkpoint's: an op
+                // executed now would be lost in it, or keep it busy when it is closed.
+                self.metrics.commits_frozen_by_state_sync += 1;
+                return;
+            }
+            if self.checkpoint != CheckpointPhase::Idle || !self.state_machine.commit_ready() {
+                return;
+            }
+            let next = self.commit_min + 1;
+            match self.pipeline.front() {
+                Some(front) if front.message.header().op == next => {
+                    if !front.durable {
+                        return;
+                    }
+                    let prepared = self.pipeline.pop_front().expect("front exists");
+                    let send_reply = self.status == Status::Normal && self.is_primary();
+                    self.execute(storage, &prepared.message, send_reply);
+                    self.checkpoint_maybe(storage);
+                }
+                _ => return self.commit_from_journal(storage, next),
+            }
+        }
+        if self.status == Status::Recovering {
+            return self.replay_done(storage);
+        }
+        if self.status == Status::Normal && self.is_primary() {
+            self.request_queue_drain(storage);
+        }
+    }
+
+    /// Reads the prepare of `op` (the next to commit) back from the WAL, if this replica has
+    /// it in its chain; otherwise asks the primary for it.
+    pub(super) fn commit_from_journal<S: Storage>(&mut self, storage: &mut S, op: Op) {
+        if self.journal_reads.iter().any(|read| read.purpose == JournalReadPurpose::Commit) {
+            return;
+        }
+        if op > self.head.op() {
+            // Not in this replica's chain yet (a repair may have written it ahead).
+            return self.repair_request(self.head.op() + 1);
+        }
+        let chained = self
+            .journal
+            .header_with_op(op)
+            .filter(|header| header.parent == self.commit_checksum)
+            .copied();
+        let Some(header) = chained else {
+            if self.status == Status::Recovering {
+                return self.replay_done(storage);
+            }
+            return self.repair_request(op);
+        };
+        let purpose = JournalReadPurpose::Commit;
+        self.journal_reads.push(JournalRead { op, checksum: header.checksum, purpose });
+        self.journal.read_prepare(storage, op, header.checksum, self.pool.get());
+    }
+
+    pub(super) fn journal_read_complete<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        op: Op,
+        checksum: Checksum,
+        result: Result<Message, journal::ReadError>,
+    ) {
+        let Some(index) =
+            self.journal_reads.iter().position(|read| read.op == op && read.checksum == checksum)
+        else {
+            panic!("journal read completed that was never started");
+        };
+        let read = self.journal_reads.swap_remove(index);
+        match (read.purpose, result) {
+            (JournalReadPurpose::Commit, Ok(message)) => {
+                let frozen = self.sync.active() || self.checkpoint != CheckpointPhase::Idle;
+                if op != self.commit_min + 1 || frozen {
+                    return self.commit_pipeline(storage);
+                }
+                let send_reply = false;
+                self.execute(storage, &message, send_reply);
+                self.metrics.ops_replayed += u64::from(self.status == Status::Recovering);
+                self.checkpoint_maybe(storage);
+                self.commit_pipeline(storage);
+            }
+            (JournalReadPurpose::Commit, Err(_)) => {
+                if self.status == Status::Recovering && self.config.replica_count == 1 {
+                    return self.fail("a WAL prepare could not be read back during replay");
+                }
+                // The copy on disk is bad: a peer has it.
+                self.repair_request(op);
+            }
+            (JournalReadPurpose::Repair { replica }, Ok(message)) => {
+                self.send(Destination::Replica(replica), message);
+            }
+            (JournalReadPurpose::Repair { .. }, Err(_)) => {}
+            (JournalReadPurpose::Pipeline, Ok(message)) => {
+                self.pipeline_fill_complete(storage, message)
+            }
+            // The WAL copy is bad: this view change cannot start with this primary; it times
+            // out into the next view.
+            (JournalReadPurpose::Pipeline, Err(_)) => {}
+        }
+    }
+
+    /// Applies one committed prepare: sessions, the event store, the reply (sent only when
+    /// `send_reply`, i.e. not while replaying the WAL at open).
+    pub(super) fn execute<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        prepare: &Message,
+        send_reply: bool,
+    ) {
+        let header = *prepare.header();
+        assert_eq!(header.op, self.commit_min + 1);
+        let operation = header.operation().expect("prepares are validated");
+        let mut reply = self.pool.get();
+        let body_size = match operation {
+            Operation::Register => 0,
+            Operation::Noop => 0,
+            _ => {
+                let body_max = self.config.message_size_max as usize - HEADER_SIZE;
+                let reply_body = &mut reply.buffer_mut_unique()[HEADER_SIZE..][..body_max];
+                self.state_machine.commit(
+                    storage,
+                    header.op,
+                    header.timestamp,
+                    operation,
+                    prepare.body(),
+                    reply_body,
+                )
+            }
+        };
+        self.commit_min = header.op;
+        self.commit_checksum = header.checksum;
+        self.metrics.ops_committed += 1;
+        if operation == Operation::Noop {
+            return;
+        }
+        self.reply_build(&mut reply, &header, body_size);
+        let slot = if operation == Operation::Register {
+            let (slot, evicted) = self.sessions.register(header.client, header.op);
+            if let Some(evicted) = evicted
+                && send_reply
+            {
+                self.send_eviction(evicted, EvictionReason::SessionEvicted);
+            }
+            slot
+        } else {
+            match self.sessions.slot(header.client) {
+                Some(slot) => slot,
+                // Evicted between prepare and commit: the op is applied, the reply has no home.
+                None => return,
+            }
+        };
+        let reply_header = *reply.header();
+        self.sessions.commit_reply(
+            slot,
+            header.request,
+            header.op,
+            reply_header.checksum,
+            reply_header.size,
+        );
+        self.replies[slot].message = Some(reply.clone());
+        self.client_reply_write(storage, slot);
+        if send_reply {
+            self.send(Destination::Client(header.client), reply);
+        }
+    }
+
+    pub(super) fn reply_build(&self, reply: &mut Message, prepare: &Header, body_size: usize) {
+        let fields = ReplyFields {
+            op: prepare.op,
+            commit: prepare.op,
+            timestamp: prepare.timestamp,
+            client: prepare.client,
+            request: prepare.request,
+            operation: prepare.operation,
+            request_checksum: prepare.context,
+        };
+        self.reply_header_write(reply, &fields, body_size);
+    }
+
+    /// Writes a reply's header in front of the `body_size` bytes already in `reply`'s body.
+    pub(super) fn reply_header_write(
+        &self,
+        reply: &mut Message,
+        fields: &ReplyFields,
+        body_size: usize,
+    ) {
+        let size = HEADER_SIZE + body_size;
+        let body_checksum = crate::vsr::header::checksum(&reply.buffer()[HEADER_SIZE..size]);
+        let mut header = self.header_new(Command::Reply);
+        header.size = size as u32;
+        header.checksum_body = body_checksum;
+        header.op = fields.op;
+        header.commit = fields.commit;
+        header.timestamp = fields.timestamp;
+        header.client = fields.client;
+        header.request = fields.request;
+        header.operation = fields.operation;
+        header.context = fields.request_checksum;
+        header.set_checksum();
+        assert_eq!(header.invalid(), None);
+        *reply.header_mut() = header;
+    }
+
+    pub(super) fn client_reply_write<S: Storage>(&mut self, storage: &mut S, slot: usize) {
+        let entry = &mut self.replies[slot];
+        if entry.writing {
+            entry.write_again = true;
+            return;
+        }
+        let Some(message) = entry.message.clone() else {
+            return;
+        };
+        entry.writing = true;
+        entry.write_again = false;
+        let length = (message.header().size as usize).next_multiple_of(SECTOR_SIZE);
+        let offset =
+            self.layout.offset(Zone::ClientReplies, slot as u64 * self.layout.message_size_max);
+        let request = IoRequest {
+            token: IoToken { owner: IoOwner::ClientReplies, index: slot as u32 },
+            kind: IoKind::Write,
+            zone: Zone::ClientReplies,
+            offset,
+            length,
+            buffer_offset: 0,
+        };
+        storage.submit(request, message);
+    }
+
+    pub(super) fn client_replies_complete<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        completion: Completion,
+    ) {
+        let slot = completion.request.token.index as usize;
+        match completion.request.kind {
+            IoKind::Write => {
+                if completion.result.is_err() {
+                    return self.fail("a client reply write failed");
+                }
+                let entry = &mut self.replies[slot];
+                assert!(entry.writing);
+                entry.writing = false;
+                if entry.write_again {
+                    self.client_reply_write(storage, slot);
+                }
+                self.checkpoint_progress(storage);
+            }
+            IoKind::Read => self.client_reply_read_complete(storage, slot, completion),
+        }
+    }
+}
+
+/// Commit numbers between the primary and its backups: heartbeats and pings.
+impl Replica {
+    /// The lowest commit number among the backups heard from lately whose commit is still
+    /// inside this WAL's window (this replica's own op if none): how far the primary may run
+    /// ahead and still repair them from its WAL. A backup already outside the window needs
+    /// state sync and is not waited for.
+    pub(super) fn backups_commit_min(&self) -> Op {
+        let slot_count = u64::from(self.config.journal_slot_count);
+        let window_start = self.head.op().saturating_sub(slot_count - REPAIR_WINDOW_MAX as u64);
+        let mut commit_min = self.head.op();
+        for replica in 0..self.config.replica_count {
+            let index = usize::from(replica);
+            let heard = self.backup_heard_tick[index];
+            let live = heard > 0 && self.ticks < heard + BACKUP_LIVENESS_TICKS;
+            let commit = self.backup_commit[index];
+            if replica != self.config.replica && live && commit >= window_start {
+                commit_min = commit_min.min(commit);
+            }
+        }
+        commit_min
+    }
+
+    /// A backup's ping says it is alive (`on_message` noted when) and how far it committed.
+    pub(super) fn on_ping(&mut self, header: &Header) {
+        assert_ne!(header.replica, self.config.replica);
+        if self.is_primary() {
+            self.backup_commit[usize::from(header.replica)] = header.commit;
+        }
+    }
+
+    /// Tells the primary this backup is alive and how far it has committed.
+    pub(super) fn send_ping(&mut self) {
+        let mut header = self.header_new(Command::Ping);
+        header.timestamp = self.ticks.max(1);
+        header.commit = self.commit_min;
+        header.checkpoint_op = self.checkpoint_op;
+        let primary = self.primary_index();
+        self.send_header(Destination::Replica(primary), header);
+    }
+
+    pub(super) fn on_commit<S: Storage>(&mut self, storage: &mut S, header: &Header) {
+        if self.is_primary() || header.replica != self.primary_index() {
+            return;
+        }
+        self.primary_heard_tick_set();
+        if !self.commit_agrees(header.commit, header.context) {
+            return;
+        }
+        self.commit_max = self.commit_max.max(header.commit);
+        self.commit_pipeline(storage);
+    }
+
+    /// Whether this replica's log may take the primary's commit number `op`, at which the
+    /// primary executed the prepare whose checksum is `checksum`. If this replica holds
+    /// another prepare at `op`, its log is not the view's there: it must not execute it, and
+    /// asks for the view's log instead; if it executed another one already, it stops rather
+    /// than diverge.
+    pub(super) fn commit_agrees(&mut self, op: Op, checksum: Checksum) -> bool {
+        if op < self.commit_min {
+            return true;
+        }
+        let held = if op == self.commit_min {
+            Some(self.commit_checksum)
+        } else {
+            self.log_header(op).map(|header| header.checksum)
+        };
+        if held.is_none_or(|held| held == checksum) {
+            return true;
+        }
+        self.metrics.commits_refused_checksum += 1;
+        if op == self.commit_min {
+            self.fail("executed a prepare other than the one the primary committed at its op");
+        } else if !self.target.active() {
+            self.send_request_start_view();
+        }
+        false
+    }
+
+    /// Tells backups the commit number: as soon as it moves, and every
+    /// `COMMIT_HEARTBEAT_TICKS` otherwise.
+    pub(super) fn commit_heartbeat(&mut self) {
+        if self.config.replica_count == 1 || self.view_change.abdicating {
+            // An abdicating primary falls silent so that its backups time out and elect another.
+            return;
+        }
+        let (commit_sent, tick_sent) = self.commit_heartbeat_sent;
+        if commit_sent == self.commit_min && self.ticks < tick_sent + COMMIT_HEARTBEAT_TICKS {
+            return;
+        }
+        self.commit_heartbeat_sent = (self.commit_min, self.ticks);
+        for replica in 0..self.config.replica_count {
+            if replica == self.config.replica {
+                continue;
+            }
+            let mut header = self.header_new(Command::Commit);
+            header.commit = self.commit_min;
+            header.context = self.commit_checksum;
+            header.checkpoint_op = self.checkpoint_op;
+            header.timestamp = self.ticks;
+            self.send_header(Destination::Replica(replica), header);
+        }
+    }
+}

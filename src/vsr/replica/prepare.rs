@@ -1,0 +1,400 @@
+//! Prepare: a request becomes the next op of the log, and each backup makes it durable.
+//!
+//! - The primary (replica `view mod replica_count`) takes a client's request (after session
+//!   dedup), gives it the next op, its timestamp and its `parent` (the head's checksum), writes
+//!   it to its WAL and broadcasts it; requests beyond `PIPELINE_PREPARE_QUEUE_MAX` in flight wait
+//!   in a bounded queue.
+//! - A backup accepts the prepare that extends its hash chain, writes it, and sends
+//!   `prepare_ok` only once it is durable (and every prepare below it is).
+//! - The primary sends prepares that still lack a quorum again after `PREPARE_TIMEOUT_TICKS`.
+//!
+//! What follows, commit and reply, is in `commit.rs`.
+
+use super::{Destination, Prepared, Replica, Status};
+use crate::constants::{
+    PIPELINE_BACKUP_MAX, PIPELINE_PREPARE_QUEUE_MAX, PREPARE_TIMEOUT_TICKS, REPAIR_WINDOW_MAX,
+    REQUEST_QUEUE_MAX, SECTOR_SIZE, op_prepare_max,
+};
+use crate::state_machine::request_invalid;
+use crate::vsr::client_sessions::{RequestDisposition, session_chain};
+use crate::vsr::header::{ClientId, Command, EvictionReason, Header, Operation};
+use crate::vsr::message_pool::Message;
+use crate::vsr::storage::Storage;
+
+/// The primary: requests and prepares.
+impl Replica {
+    pub(super) fn on_request<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        self.metrics.requests_received += 1;
+        let header = *message.header();
+        let operation = header.operation().expect("validated by the bus");
+        if operation.is_read() {
+            return self.read_start(storage, message);
+        }
+        if !self.is_primary() || self.status != Status::Normal {
+            // Only the primary prepares: tell the client which replica that is.
+            return self.send_pong_client(&header);
+        }
+        let register = operation == Operation::Register;
+        let disposition = self.sessions.disposition(header.client, header.request, register);
+        if self.request_early(disposition) {
+            // The pong tells the client it is between views, so that it asks again soon instead
+            // of waiting out a timeout.
+            self.metrics.requests_dropped += 1;
+            return self.send_pong_client(&header);
+        }
+        match disposition {
+            RequestDisposition::Prepare => {
+                if request_invalid(operation, message.body()).is_some() {
+                    // A malformed body is a client bug: its session cannot be trusted.
+                    return self.send_eviction(header.client, EvictionReason::InvalidRequest);
+                }
+                if !register && !self.request_chained(&header) {
+                    // Not the request after this session's latest reply: a stale copy.
+                    self.metrics.requests_dropped += 1;
+                    return;
+                }
+            }
+            RequestDisposition::ReplyAgain { slot } => return self.reply_again(slot, &header),
+            // `Ahead` with every op held executed: a client bug.
+            RequestDisposition::Drop | RequestDisposition::Ahead => {
+                self.metrics.requests_dropped += 1;
+                return;
+            }
+            RequestDisposition::Evict => {
+                return self.send_eviction(header.client, EvictionReason::NoSession);
+            }
+        }
+        if self.request_in_flight(header.client) {
+            // One request in flight per client: this is a retry of one already in the pipeline.
+            self.metrics.requests_dropped += 1;
+            return;
+        }
+        if self.request_queue.len() >= REQUEST_QUEUE_MAX {
+            self.metrics.requests_dropped += 1;
+            return;
+        }
+        self.request_queue.push_back(message);
+        self.request_queue_drain(storage);
+    }
+
+    /// Whether the primary cannot judge a request of this `disposition` until it has executed
+    /// ops it already holds, as a new primary must after a view change.
+    pub(super) fn request_early(&self, disposition: RequestDisposition) -> bool {
+        let pipeline_first =
+            self.pipeline.front().map_or(self.head.op() + 1, |front| front.message.header().op);
+        if pipeline_first > self.commit_min + 1 {
+            // Committed ops that only its WAL holds are still to execute: neither its session
+            // table nor its pipeline knows their requests yet, so it could not tell a retry of
+            // one from a new request.
+            return true;
+        }
+        // The client was answered the request before this one, so that one committed; the
+        // session table does not hold it yet, so it is among the ops still to execute (the
+        // predecessor's last ops, which the new view commits again). Dropped in silence, this
+        // request would wait out the client's timeout, though it can be taken once they commit.
+        disposition == RequestDisposition::Ahead && self.head.op() > self.commit_min
+    }
+
+    /// Whether `request` names the reply to its session's latest request (`session_chain`).
+    pub(super) fn request_chained(&self, request: &Header) -> bool {
+        let Some(slot) = self.sessions.slot(request.client) else {
+            return false;
+        };
+        let record = self.sessions.get(slot);
+        request.parent == session_chain(request.client, record.reply_op)
+    }
+
+    pub(super) fn request_in_flight(&self, client: ClientId) -> bool {
+        let in_pipeline = self.pipeline.iter().any(|prepared| {
+            let header = prepared.message.header();
+            header.client == client && header.op > self.commit_min
+        });
+        in_pipeline || self.request_queue.iter().any(|request| request.header().client == client)
+    }
+
+    /// Prepares queued requests while the pipeline and the WAL have room.
+    pub(super) fn request_queue_drain<S: Storage>(&mut self, storage: &mut S) {
+        if self.config.replica_count > 1 && self.superblock.working().sequence == 1 {
+            // A data file's first open: the primary prepares once the superblock says it was
+            // opened (see `journal_truncated`).
+            return;
+        }
+        while self.status == Status::Normal && !self.request_queue.is_empty() {
+            if self.pipeline.len() >= PIPELINE_PREPARE_QUEUE_MAX {
+                return;
+            }
+            let slot_count = self.layout.journal_slot_count;
+            if self.head.op() + 1 > op_prepare_max(self.checkpoint_op, slot_count) {
+                // The ring would overwrite an op the checkpoint does not cover yet.
+                return;
+            }
+            if self.head.op() + 1
+                > self.backups_commit_min() + slot_count - REPAIR_WINDOW_MAX as u64
+            {
+                // A live backup would fall out of this WAL's window and could no longer be
+                // repaired from it: let it catch up first.
+                return;
+            }
+            if !self.journal.write_available() {
+                // A slow disk still writes prepares that committed on the backups' copies.
+                self.metrics.prepares_deferred_journal_busy += 1;
+                return;
+            }
+            let request = self.request_queue.pop_front().expect("queue not empty");
+            self.prepare(storage, request);
+        }
+    }
+
+    /// Turns `request` into the prepare for the next op, in place, and writes it.
+    pub(super) fn prepare<S: Storage>(&mut self, storage: &mut S, mut message: Message) {
+        let request = *message.header();
+        let op = self.head.op() + 1;
+        let timestamp = self.realtime_ns.max(self.timestamp_last + 1);
+        self.metrics.timestamps_raised += u64::from(timestamp > self.realtime_ns);
+        let size = request.size as usize;
+        let prepare = message.header_mut();
+        *prepare = Header::new(Command::Prepare, self.config.cluster);
+        prepare.size = request.size;
+        prepare.checksum_body = request.checksum_body;
+        prepare.view = self.view;
+        prepare.op = op;
+        prepare.commit = self.commit_max;
+        prepare.timestamp = timestamp;
+        prepare.client = request.client;
+        prepare.request = request.request;
+        prepare.operation = request.operation;
+        prepare.parent = self.head.checksum();
+        prepare.context = request.checksum;
+        prepare.replica = self.config.replica;
+        prepare.set_checksum();
+        let prepare = *prepare;
+        assert_eq!(prepare.invalid(), None);
+        // The journal writes whole sectors: the padding after the message must be zero.
+        message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
+        self.head.extend(&prepare);
+        self.timestamp_last = timestamp;
+        let prepared =
+            Prepared { message: message.clone(), durable: false, ok_from: 0, acknowledged: false };
+        self.pipeline.push_back(prepared);
+        for replica in 0..self.config.replica_count {
+            if replica != self.config.replica {
+                self.send(Destination::Replica(replica), message.clone());
+            }
+        }
+        self.journal.write_prepare(storage, message);
+    }
+
+    /// Takes note of a prepare's timestamp in this replica's log: a prepare it makes later as
+    /// primary is timestamped above it, whatever its clock says, so timestamps increase along
+    /// the log across views and restarts.
+    pub(super) fn timestamp_observe(&mut self, prepare: &Header) {
+        assert_eq!(prepare.command(), Some(Command::Prepare));
+        self.timestamp_last = self.timestamp_last.max(prepare.timestamp);
+    }
+
+    pub(super) fn send_eviction(&mut self, client: ClientId, reason: EvictionReason) {
+        self.metrics.evictions_sent += 1;
+        let mut header = self.header_new(Command::Eviction);
+        header.client = client;
+        header.context = reason as u32;
+        self.send_header(Destination::Client(client), header);
+    }
+
+    pub(super) fn reply_again(&mut self, slot: usize, request: &Header) {
+        let record = *self.sessions.get(slot);
+        let Some(reply) = self.replies[slot].message.clone() else {
+            // The stored reply was lost with the disk copy: the client must start over.
+            return self.send_eviction(request.client, EvictionReason::SessionEvicted);
+        };
+        if reply.header().checksum != record.reply_checksum {
+            return self.send_eviction(request.client, EvictionReason::SessionEvicted);
+        }
+        self.metrics.replies_resent += 1;
+        self.send(Destination::Client(request.client), reply);
+    }
+}
+
+/// The backups: prepares from the primary, and their acknowledgements.
+impl Replica {
+    pub(super) fn on_prepare<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        let header = *message.header();
+        if header.view > self.view {
+            // Only a normal primary of a newer view prepares in it.
+            return self.view_jump(storage, header.view);
+        }
+        let from_primary = self.prepare_commit_observe(&header);
+        if self.status == Status::Normal && self.is_primary() {
+            return;
+        }
+        let op = header.op;
+        if op <= self.head.op() {
+            self.on_prepare_held(storage, message);
+            return self.commit_pipeline(storage);
+        }
+        if self.log_wal_faulty() && !self.target.active() {
+            // Its WAL keeps entries above its fault that a view change may have cut: written
+            // outside a log install (whose truncation removes them first), this prepare could
+            // fill the fault and let the next open chain through them.
+            return;
+        }
+        if self.sync.active() {
+            // The log is about to restart at a newer checkpoint: nothing is added to it
+            // until then (the target is repaired after the sync).
+            return;
+        }
+        // The prepare must extend this replica's chain, and be known to belong to the log this
+        // replica follows: the canonical log of a view change or start_view, or, past its head,
+        // the current view's (which only its primary prepares).
+        let chained = op == self.head.op() + 1 && header.parent == self.head.checksum();
+        let target_checksum = self.target.header(op).map(|target| target.checksum);
+        let canonical = match target_checksum {
+            Some(checksum) => checksum == header.checksum,
+            None => from_primary && self.status == Status::Normal && !self.target.active(),
+        };
+        if !chained && target_checksum == Some(header.checksum) && op <= self.commit_max {
+            // A committed op of the target, ahead of the chain's head: written now, taken into
+            // the chain once the ops below it are (`target_advance`), so that repair replies
+            // that arrive out of order are not wasted.
+            return self.repair_write_ahead(storage, message);
+        }
+        if !chained || !canonical {
+            self.repair_request(self.head.op() + 1);
+            return self.commit_pipeline(storage);
+        }
+        self.prepare_append(storage, message);
+        self.commit_pipeline(storage);
+    }
+
+    /// A prepare the primary authored says what it committed, whoever relays it. It is no sign
+    /// that the primary is alive: the other backup relays its prepares in repair long after it
+    /// died. Only its own commit heartbeats (`on_commit`) are. Returns whether the primary of
+    /// this view authored it.
+    pub(super) fn prepare_commit_observe(&mut self, header: &Header) -> bool {
+        let from_primary = header.view == self.view && header.replica == self.primary_index();
+        if from_primary && self.status == Status::Normal && !self.is_primary() {
+            // Its commit number covers ops below it: taken unless this replica's log is known
+            // to differ from the primary's there (its entry below is not the prepare's parent).
+            let differs = self.own_checksum(header.op - 1).is_some_and(|own| own != header.parent);
+            if differs {
+                self.metrics.commits_refused_checksum += 1;
+            } else {
+                self.commit_max = self.commit_max.max(header.commit);
+            }
+        }
+        from_primary
+    }
+
+    /// Appends the prepare that extends this replica's chain and log, if the WAL window, the
+    /// backup's pipeline and the journal have room for it now; otherwise the primary sends it
+    /// again (`PREPARE_TIMEOUT_TICKS`).
+    pub(super) fn prepare_append<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        let header = *message.header();
+        assert_eq!(header.op, self.head.op() + 1);
+        assert_eq!(header.parent, self.head.checksum());
+        let slot_count = u64::from(self.config.journal_slot_count);
+        if header.op > op_prepare_max(self.checkpoint_op, slot_count) {
+            return;
+        }
+        if self.pipeline.len() >= PIPELINE_BACKUP_MAX || self.journal.truncating() {
+            return;
+        }
+        if !self.journal.write_available() {
+            self.metrics.prepares_deferred_journal_busy += 1;
+            return;
+        }
+        let message = padding_zeroed(message);
+        self.head.extend(&header);
+        self.timestamp_observe(&header);
+        let prepared =
+            Prepared { message: message.clone(), durable: false, ok_from: 0, acknowledged: false };
+        self.pipeline.push_back(prepared);
+        self.journal.write_prepare(storage, message);
+        self.target_advance();
+        assert_eq!(self.head.op(), header.op);
+    }
+
+    /// A prepare at or below this replica's head: a retransmission, acknowledged again if
+    /// this very prepare is durable here (and every one below it), or the intact copy of an
+    /// entry a read found corrupt, written over it.
+    pub(super) fn on_prepare_held<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        let header = *message.header();
+        let op = header.op;
+        let held = self.journal.header_with_op(op).is_some_and(|held| *held == header);
+        let slot = self.journal.slot_for_op(op);
+        if held && self.journal.faulty(slot) && !self.journal.truncating() {
+            if self.journal.write_available() {
+                self.journal.write_prepare(storage, padding_zeroed(message));
+            }
+            return;
+        }
+        let durable_below = self
+            .pipeline
+            .iter()
+            .take_while(|prepared| prepared.message.header().op <= op)
+            .all(|prepared| prepared.durable);
+        let ack = held && !self.journal.dirty(slot) && self.log_synced() && durable_below;
+        if ack && self.status == Status::Normal && op > self.commit_min {
+            self.send_prepare_ok(&header);
+        }
+    }
+
+    pub(super) fn send_prepare_ok(&mut self, prepare: &Header) {
+        let mut header = self.header_new(Command::PrepareOk);
+        header.op = prepare.op;
+        header.commit = self.commit_min;
+        header.timestamp = prepare.timestamp;
+        header.client = prepare.client;
+        header.request = prepare.request;
+        header.operation = prepare.operation;
+        header.parent = prepare.parent;
+        header.context = prepare.checksum;
+        let primary = self.primary_index();
+        self.send_header(Destination::Replica(primary), header);
+    }
+
+    pub(super) fn on_prepare_ok<S: Storage>(&mut self, storage: &mut S, header: &Header) {
+        if !self.is_primary() {
+            return;
+        }
+        // The backup's commit number as of now (after a restart it may be lower than before).
+        self.backup_commit[usize::from(header.replica)] = header.commit;
+        let Some(index) = self.pipeline_index(header.op) else {
+            return;
+        };
+        let prepared = &mut self.pipeline[index];
+        if prepared.message.header().checksum != header.context {
+            return;
+        }
+        prepared.ok_from |= 1 << header.replica;
+        self.commit_advance_primary(storage);
+    }
+
+    /// Sends prepares that still lack a quorum again, to the backups that have not
+    /// acknowledged them.
+    pub(super) fn prepare_timeout(&mut self) {
+        if !self.ticks.is_multiple_of(PREPARE_TIMEOUT_TICKS) || self.view_change.abdicating {
+            return;
+        }
+        let quorum = self.quorum_replication();
+        for index in 0..self.pipeline.len() {
+            let prepared = &self.pipeline[index];
+            if prepared.ok_from.count_ones() as usize >= quorum {
+                continue;
+            }
+            let (ok_from, message) = (prepared.ok_from, prepared.message.clone());
+            for replica in 0..self.config.replica_count {
+                if replica != self.config.replica && ok_from & (1 << replica) == 0 {
+                    self.send(Destination::Replica(replica), message.clone());
+                }
+            }
+        }
+    }
+}
+
+/// A prepare from a peer, ready for the journal, which writes whole sectors: the padding after
+/// the message (whatever the bus left there) zeroed. Before the buffer is shared.
+pub(super) fn padding_zeroed(mut message: Message) -> Message {
+    let size = message.header().size as usize;
+    message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
+    message
+}
