@@ -370,17 +370,24 @@ impl Replica {
         entry.writing = true;
         entry.write_again = false;
         let length = (message.header().size as usize).next_multiple_of(SECTOR_SIZE);
+        let request = self.client_reply_io(slot, IoKind::Write, length);
+        storage.submit(request, message);
+    }
+
+    /// The I/O of session `slot`'s reply in the client_replies zone: `length` bytes (whole
+    /// sectors) from the start of the slot.
+    pub(super) fn client_reply_io(&self, slot: usize, kind: IoKind, length: usize) -> IoRequest {
+        assert!(length.is_multiple_of(SECTOR_SIZE));
         let offset =
             self.layout.offset(Zone::ClientReplies, slot as u64 * self.layout.message_size_max);
-        let request = IoRequest {
+        IoRequest {
             token: IoToken { owner: IoOwner::ClientReplies, index: slot as u32 },
-            kind: IoKind::Write,
+            kind,
             zone: Zone::ClientReplies,
             offset,
             length,
             buffer_offset: 0,
-        };
-        storage.submit(request, message);
+        }
     }
 
     pub(super) fn client_replies_complete<S: Storage>(

@@ -13,9 +13,8 @@ use super::{OpenPhase, Replica, Status};
 use crate::state_machine::CheckpointState;
 use crate::vsr::header::{Checksum, Op};
 use crate::vsr::journal::{Case, Decision, EntrySummary, Journal};
-use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::{Message, MessagePool};
-use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
+use crate::vsr::storage::{Completion, IoKind, Storage};
 
 use crate::constants::{JOURNAL_IOPS_READ_MAX, SECTOR_SIZE};
 
@@ -109,16 +108,8 @@ impl Replica {
             if reply_size > self.config.message_size_max as usize || reply_size < 128 {
                 continue;
             }
-            let offset =
-                self.layout.offset(Zone::ClientReplies, slot as u64 * self.layout.message_size_max);
-            let request = IoRequest {
-                token: IoToken { owner: IoOwner::ClientReplies, index: slot as u32 },
-                kind: IoKind::Read,
-                zone: Zone::ClientReplies,
-                offset,
-                length: reply_size.next_multiple_of(SECTOR_SIZE),
-                buffer_offset: 0,
-            };
+            let length = reply_size.next_multiple_of(SECTOR_SIZE);
+            let request = self.client_reply_io(slot, IoKind::Read, length);
             self.client_replies_reading += 1;
             storage.submit(request, self.pool.get());
         }
