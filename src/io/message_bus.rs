@@ -69,7 +69,8 @@ use crate::constants::{
 use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
 use crate::stdx::prng::Prng;
-use crate::vsr::header::{ClientId, ClusterId, Command, Header, ReplicaIndex};
+use crate::vsr::accept::{Accepted, Reject, Sender, accept, accept_header, command_sender};
+use crate::vsr::header::{ClientId, ClusterId, Header, ReplicaIndex};
 use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::IoError;
 
@@ -147,18 +148,9 @@ enum CloseReason {
 enum Frame {
     /// Not a whole message yet.
     Incomplete,
-    /// A whole, valid message starts the buffer.
+    /// A whole message with a valid header starts the buffer.
     Message,
-    Invalid(&'static str),
-}
-
-/// Who may send a command to a replica.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sender {
-    Client,
-    Replica,
-    /// Nobody: only a replica sends it, and only to clients.
-    Neither,
+    Invalid(Reject),
 }
 
 struct Connection {
@@ -230,6 +222,8 @@ pub struct BusMetrics {
     pub connections_superseded_evicted: u64,
     /// Connections closed when they identified as a client with every client slot taken.
     pub connections_clients_over_limit: u64,
+    /// Messages refused by `accept` (the connection is closed), by `Reject::index`.
+    pub messages_rejected: [u64; Reject::COUNT],
 }
 
 /// The dialing state of one higher replica.
@@ -277,7 +271,7 @@ pub struct MessageBus {
     dials: [Dial; REPLICAS_MAX],
     /// The jitter of the reconnect backoff, seeded from the cluster and the replica index.
     prng: Prng,
-    inbox: VecDeque<Message>,
+    inbox: VecDeque<Accepted>,
     ticks: u64,
     metrics: BusMetrics,
 }
@@ -357,10 +351,10 @@ impl MessageBus {
     }
 
     /// The next message received, whole and validated, as a handle nobody else holds.
-    pub fn receive(&mut self) -> Option<Message> {
-        let message = self.inbox.pop_front()?;
-        assert_eq!(message.references(), 1);
-        Some(message)
+    pub fn receive(&mut self) -> Option<Accepted> {
+        let accepted = self.inbox.pop_front()?;
+        assert_eq!(accepted.message().references(), 1);
+        Some(accepted)
     }
 
     /// Queues `message` for the connection of `client`. Returns false, dropping the message, if
@@ -647,15 +641,15 @@ impl MessageBus {
         loop {
             match self.frame(index) {
                 Frame::Incomplete => break,
-                Frame::Invalid(reason) => {
-                    return self.close(io, index, CloseReason::Invalid(reason));
-                }
+                Frame::Invalid(reject) => return self.reject(io, index, reject),
                 Frame::Message => {
                     if let Err(reason) = self.peer_admit(io, index) {
                         return self.close(io, index, reason);
                     }
-                    if !self.deliver(index) {
-                        return; // `flush` retries.
+                    match self.deliver(index) {
+                        Ok(true) => {}
+                        Ok(false) => return, // `flush` retries.
+                        Err(reject) => return self.reject(io, index, reject),
                     }
                 }
             }
@@ -679,9 +673,9 @@ impl MessageBus {
                 if received_bytes < HEADER_SIZE {
                     return Frame::Incomplete;
                 }
-                match header_check(&buffer.buffer()[..HEADER_SIZE], cluster, message_size_max) {
+                match accept_header(&buffer.buffer()[..HEADER_SIZE], cluster, message_size_max) {
                     Ok(header) => *connection.header.insert(header),
-                    Err(reason) => return Frame::Invalid(reason),
+                    Err(reject) => return Frame::Invalid(reject),
                 }
             }
         };
@@ -689,9 +683,7 @@ impl MessageBus {
         if received_bytes < size {
             return Frame::Incomplete;
         }
-        if !header.valid_checksum_body(&buffer.buffer()[HEADER_SIZE..size]) {
-            return Frame::Invalid("body checksum wrong");
-        }
+        // The body's checksum is `accept`'s, once the message stands alone (`deliver`).
         connection.message_ready = true;
         Frame::Message
     }
@@ -705,33 +697,43 @@ impl MessageBus {
         let header = connection.header.expect("a ready message has a header");
         let command = header.command().expect("framing checked the command");
         match (command_sender(command), connection.peer) {
-            (Sender::Neither, _) => unreachable!("framing refuses commands nobody may send"),
-            (Sender::Client, Peer::Replica(_)) => {
+            (None, _) => unreachable!("framing refuses commands nobody may send"),
+            (Some(Sender::Client), Peer::Replica(_)) => {
                 Err(CloseReason::Invalid("a replica sent a client's command"))
             }
-            (Sender::Client, Peer::Unknown) => self.client_admit(io, index, header.client),
-            (Sender::Client, Peer::Client(_)) => {
+            (Some(Sender::Client), Peer::Unknown) => self.client_admit(io, index, header.client),
+            (Some(Sender::Client), Peer::Client(_)) => {
                 self.client_learn(index, header.client);
                 Ok(())
             }
-            (Sender::Replica, Peer::Client(_)) => {
+            (Some(Sender::Replica), Peer::Client(_)) => {
                 Err(CloseReason::Invalid("a client sent a replica's command"))
             }
-            (Sender::Replica, Peer::Replica(replica)) => {
+            (Some(Sender::Replica), Peer::Replica(replica)) => {
                 self.replica_heard(index, replica);
                 Ok(())
             }
-            (Sender::Replica, Peer::Unknown) => self.replica_identify(io, index, header.replica),
+            (Some(Sender::Replica), Peer::Unknown) => {
+                self.replica_identify(io, index, header.replica)
+            }
         }
     }
 
-    /// Moves the whole message at the start of the receive buffer to the inbox, carrying the
-    /// bytes after it into a fresh buffer. Returns false if there is no room for either.
-    fn deliver(&mut self, index: usize) -> bool {
+    /// Counts the refusal and closes the connection that sent it.
+    fn reject(&mut self, io: &mut Io, index: usize, reject: Reject) {
+        self.metrics.messages_rejected[reject.index()] += 1;
+        self.close(io, index, CloseReason::Invalid(reject.reason()));
+    }
+
+    /// Moves the whole message at the start of the receive buffer to the inbox, once `accept`
+    /// let it through, carrying the bytes after it into a fresh buffer. Returns false if there
+    /// is no room for either.
+    fn deliver(&mut self, index: usize) -> Result<bool, Reject> {
         if self.inbox.len() >= INBOX_MAX {
-            return false;
+            return Ok(false);
         }
-        let Some(mut next) = self.buffer_take() else { return false };
+        let Some(mut next) = self.buffer_take() else { return Ok(false) };
+        let (cluster, message_size_max) = (self.cluster, self.message_size_max);
         let connection = &mut self.connections[index];
         assert!(connection.message_ready);
         let header = connection.header.expect("a ready message has a header");
@@ -744,9 +746,10 @@ impl MessageBus {
         connection.receive_reset();
         connection.received_bytes = carried_bytes;
         assert_eq!(message.references(), 1);
-        self.inbox.push_back(message);
+        let accepted = accept(message, cluster, message_size_max)?;
+        self.inbox.push_back(accepted);
         self.metrics.messages_received += 1;
-        true
+        Ok(true)
     }
 
     fn receive_submit(&mut self, io: &mut Io, index: usize) {
@@ -1010,55 +1013,6 @@ impl Drop for MessageBus {
         }
         if let Some(listener) = &self.listener {
             socket::shutdown(listener.as_raw_fd());
-        }
-    }
-}
-
-/// Decodes and checks a header from the wire: its checksum and `invalid()`, then what depends
-/// on this replica: the cluster, the configured size limit, and that a replica takes it.
-fn header_check(
-    bytes: &[u8],
-    cluster: ClusterId,
-    message_size_max: usize,
-) -> Result<Header, &'static str> {
-    let header = Header::decode(bytes)?;
-    if header.cluster != cluster {
-        return Err("wrong cluster");
-    }
-    if header.size as usize > message_size_max {
-        return Err("size larger than this cluster's message_size_max");
-    }
-    match command_sender(header.command().expect("decode checked the command")) {
-        Sender::Neither => Err("command not accepted by a replica"),
-        Sender::Client | Sender::Replica => Ok(header),
-    }
-}
-
-/// Who may send `command` to a replica. Every command is listed, so that a new one needs a
-/// decision here.
-fn command_sender(command: Command) -> Sender {
-    match command {
-        Command::Request | Command::PingClient => Sender::Client,
-        Command::Ping
-        | Command::Pong
-        | Command::Prepare
-        | Command::PrepareOk
-        | Command::Commit
-        | Command::StartViewChange
-        | Command::DoViewChange
-        | Command::StartView
-        | Command::RequestStartView
-        | Command::RequestHeaders
-        | Command::RequestPrepare
-        | Command::Headers
-        | Command::NackPrepare
-        | Command::RequestReply
-        | Command::RequestBlocks
-        | Command::Block
-        | Command::RequestSyncCheckpoint
-        | Command::SyncCheckpoint => Sender::Replica,
-        Command::Reserved | Command::Reply | Command::PongClient | Command::Eviction => {
-            Sender::Neither
         }
     }
 }

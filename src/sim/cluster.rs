@@ -22,9 +22,7 @@
 //! cluster must converge within a tick budget: every damaged grid block
 //! repaired, and replicas that checkpointed the same op holding the same grid bytes below it.
 
-use crate::constants::{
-    BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, TICK_MS,
-};
+use crate::constants::{BLOCK_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, TICK_MS};
 use crate::sim::checker::{Checker, Violation};
 use crate::sim::mutation::{Mutation, mutate};
 use crate::sim::network::{DropReason, Network, NetworkOptions, NodeIndex, Packet};
@@ -34,8 +32,9 @@ use crate::sim::workload::{ReplyRecord, Workload, WorkloadMetrics, WorkloadOptio
 use crate::state_machine::grid_block_invalid;
 use crate::stdx::allocation_guard;
 use crate::stdx::prng::Prng;
+use crate::vsr::accept::{accept, accept_bytes};
 use crate::vsr::format::fill_range;
-use crate::vsr::header::{Command, Header, Op, ReplicaIndex, View};
+use crate::vsr::header::{Command, Op, ReplicaIndex, View};
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::message_pool::{Message, MessagePool, messages_max_replica};
 use crate::vsr::replica::{Destination, Metrics, Replica, Status};
@@ -546,7 +545,8 @@ impl Cluster {
                 self.trace.record(Event::Mutate, &fields);
             }
         }
-        if replica_accepts(&node.config, &packet.bytes).is_err() {
+        let (cluster, message_size_max) = (node.config.cluster, node.config.message_size_max);
+        if accept_bytes(&packet.bytes, cluster, message_size_max as usize).is_err() {
             let reason = DropReason::Rejected;
             return self.network.packet_drop(&mut self.trace, self.tick, packet, reason);
         }
@@ -554,9 +554,11 @@ impl Cluster {
         let tick = self.tick;
         if let Some(message) = self.network.packet_into_message(&mut self.trace, tick, packet, pool)
         {
+            let accepted = accept(message, cluster, message_size_max as usize)
+                .expect("the bytes accept_bytes let through");
             let armed = replica.status().is_open();
             allocations_counted(armed, &mut node.allocations, || {
-                replica.on_message(&mut node.storage, message)
+                replica.on_message(&mut node.storage, accepted)
             });
             self.outbox_drain(index);
         }
@@ -693,27 +695,6 @@ fn grid_block_damaged(config: &Config, storage: &MemoryStorage, address: u64) ->
     let offset = layout.offset(Zone::Grid, address * BLOCK_SIZE as u64) as usize;
     let block = &storage.bytes()[offset..offset + BLOCK_SIZE];
     grid_block_invalid(block, config.cluster, address).is_some()
-}
-
-/// What the message bus checks before a replica sees a message (`io::message_bus`): the
-/// header's checksum and `invalid()`, the cluster, the size limit, a command a replica takes,
-/// and the body's checksum.
-fn replica_accepts(config: &Config, bytes: &[u8]) -> Result<(), &'static str> {
-    let header = Header::decode(bytes)?;
-    if header.cluster != config.cluster {
-        return Err("wrong cluster");
-    }
-    let size = header.size as usize;
-    if size > config.message_size_max as usize || size > bytes.len() {
-        return Err("size larger than this cluster's message_size_max");
-    }
-    if matches!(header.command(), Some(Command::Reply | Command::PongClient | Command::Eviction)) {
-        return Err("command not accepted by a replica");
-    }
-    if !header.valid_checksum_body(&bytes[HEADER_SIZE..size]) {
-        return Err("body checksum wrong");
-    }
-    Ok(())
 }
 
 /// Faults: crashes, restarts, partitions.
@@ -1380,6 +1361,8 @@ pub struct Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::constants::HEADER_SIZE;
+    use crate::vsr::header::Header;
     use crate::vsr::replica::SuperblockUpdate;
 
     fn options_quiet(seed: u64) -> ClusterOptions {
@@ -1917,7 +1900,9 @@ mod tests {
         header.set_checksum();
         let mut message = node.pool.get();
         *message.header_mut() = header;
-        replica.on_message(&mut node.storage, message);
+        let config = &cluster.options.config;
+        let accepted = accept(message, config.cluster, config.message_size_max as usize);
+        replica.on_message(&mut node.storage, accepted.expect("a valid commit heartbeat"));
     }
 
     #[test]

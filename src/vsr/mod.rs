@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod client;
 pub mod client_sessions;
 pub mod counters;

@@ -33,6 +33,7 @@ use crate::constants::{
     PIPELINE_BACKUP_MAX, REPAIR_REQUEST_OPS_MAX, REPLICAS_MAX, REQUEST_QUEUE_MAX,
 };
 use crate::state_machine::{CheckpointState, ReadId, StateMachine};
+use crate::vsr::accept::Accepted;
 use crate::vsr::client_sessions::ClientSessions;
 use crate::vsr::header::{Checksum, ClientId, Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::journal::{self, Journal};
@@ -640,10 +641,11 @@ impl Replica {
         self.invariants();
     }
 
-    /// A message from the bus. Its header checksum, `invalid()`, cluster and body checksum were
-    /// already checked by the bus.
-    pub fn on_message<S: Storage>(&mut self, storage: &mut S, message: Message) {
-        self.message_step(storage, message);
+    /// A message from the network, as `accept` let it through (`src/vsr/accept.rs`): its
+    /// header's checksum and `invalid()`, its cluster, size, command and body checksum checked.
+    pub fn on_message<S: Storage>(&mut self, storage: &mut S, accepted: Accepted) {
+        assert_eq!(accepted.header().cluster, self.config.cluster);
+        self.message_step(storage, accepted.into_message());
         self.invariants();
     }
 
@@ -693,7 +695,7 @@ impl Replica {
         let header = *message.header();
         assert!(header.valid_checksum());
         assert_eq!(header.cluster, self.config.cluster);
-        let command = header.command().expect("validated by the bus");
+        let command = header.command().expect("accept checked the command");
         let opening =
             self.status == Status::Recovering && self.open_phase == OpenPhase::StateMachine;
         if opening && command == Command::Block && header.replica < self.config.replica_count {

@@ -15,6 +15,7 @@ use crate::constants::{
 use crate::io::ring::Wait;
 use crate::stdx::allocation_guard;
 use crate::stdx::prng::Prng;
+use crate::vsr::header::Command;
 use crate::vsr::header::Operation as RequestOperation;
 
 const CLUSTER: ClusterId = 7;
@@ -89,8 +90,8 @@ impl Harness {
     fn receive(&mut self, count: usize) -> Vec<Message> {
         let mut messages = Vec::with_capacity(count);
         self.pump_until(|harness| {
-            while let Some(message) = harness.bus.receive() {
-                messages.push(message);
+            while let Some(accepted) = harness.bus.receive() {
+                messages.push(accepted.into_message());
             }
             messages.len() >= count
         });
@@ -438,8 +439,8 @@ fn bus_does_not_allocate_after_startup() {
         let deadline = Instant::now() + Duration::from_secs(10);
         while inbox.len() < 5 && Instant::now() < deadline {
             harness.pump();
-            while let Some(message) = harness.bus.receive() {
-                inbox.push(message);
+            while let Some(accepted) = harness.bus.receive() {
+                inbox.push(accepted.into_message());
             }
         }
         assert_eq!(inbox.len(), 5);
@@ -515,9 +516,9 @@ fn mesh_connected(harnesses: &[Harness]) -> bool {
 /// Moves the messages in replica `replica`'s inbox to `messages`, except the pings that
 /// identify dialers. Allocates nothing if `messages` has room.
 fn inbox_drain(harnesses: &mut [Harness], replica: usize, messages: &mut Vec<Message>) {
-    while let Some(message) = harnesses[replica].bus.receive() {
-        if message.header().command() != Some(Command::Ping) {
-            messages.push(message);
+    while let Some(accepted) = harnesses[replica].bus.receive() {
+        if accepted.header().command() != Some(Command::Ping) {
+            messages.push(accepted.into_message());
         }
     }
 }

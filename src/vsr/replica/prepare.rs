@@ -26,7 +26,7 @@ impl Replica {
     pub(super) fn on_request<S: Storage>(&mut self, storage: &mut S, message: Message) {
         self.metrics.requests_received += 1;
         let header = *message.header();
-        let operation = header.operation().expect("validated by the bus");
+        let operation = header.operation().expect("accept checked the operation");
         if operation.is_read() {
             return self.read_start(storage, message);
         }

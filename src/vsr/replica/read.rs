@@ -20,7 +20,7 @@ impl Replica {
             return;
         }
         // A malformed read body gets a body_invalid result from the event store.
-        let operation = header.operation().expect("validated by the bus");
+        let operation = header.operation().expect("accept checked the operation");
         let Some(free) = self.reads.iter().position(Option::is_none) else {
             self.metrics.requests_dropped += 1;
             return;

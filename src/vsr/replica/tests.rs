@@ -9,6 +9,16 @@ use crate::vsr::header::{EvictionReason, Operation};
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::messages_max_replica;
 
+/// Gives `message` to `replica` as a driver does: only once `accept` let it through.
+fn replica_deliver(replica: &mut Replica, storage: &mut MemoryStorage, message: Message) {
+    let config = *replica.config();
+    let message_size_max = config.message_size_max as usize;
+    match crate::vsr::accept::accept(message, config.cluster, message_size_max) {
+        Ok(accepted) => replica.on_message(storage, accepted),
+        Err(reject) => panic!("a test message a replica refuses: {}", reject.reason()),
+    }
+}
+
 pub(crate) struct Harness {
     pub config: Config,
     pub storage: MemoryStorage,
@@ -114,7 +124,7 @@ impl Harness {
     ) -> Vec<Message> {
         let message = self.request(client, request, operation, body);
         self.sent.clear();
-        self.replica.on_message(&mut self.storage, message);
+        replica_deliver(&mut self.replica, &mut self.storage, message);
         self.run();
         self.sent
             .drain(..)
@@ -182,10 +192,10 @@ fn a_request_past_an_op_the_primary_has_not_executed_gets_a_pong() {
     let mut harness = Harness::new(small_config());
     harness.register(7);
     let register = harness.request(8, 0, Operation::Register, &[]);
-    harness.replica.on_message(&mut harness.storage, register);
+    replica_deliver(&mut harness.replica, &mut harness.storage, register);
     assert!(harness.replica.op() > harness.replica.commit_min(), "client 8's op is not executed");
     let ahead = harness.request(7, 2, Operation::Append, &[]);
-    harness.replica.on_message(&mut harness.storage, ahead);
+    replica_deliver(&mut harness.replica, &mut harness.storage, ahead);
     let mut to_client = Vec::new();
     while let Some((destination, message)) = harness.replica.poll_send() {
         if destination == Destination::Client(7) {
@@ -207,7 +217,7 @@ fn full_session_table_evicts_the_oldest_client() {
         harness.register(client);
     }
     let message = harness.request(5, 0, Operation::Register, &[]);
-    harness.replica.on_message(&mut harness.storage, message);
+    replica_deliver(&mut harness.replica, &mut harness.storage, message);
     harness.run();
     let evicted: Vec<_> = harness
         .sent
@@ -378,7 +388,7 @@ mod event_store {
                 requests[slot] += 1;
                 harness.request(client, requests[slot], Operation::Append, &append_template)
             };
-            harness.replica.on_message(&mut harness.storage, message);
+            replica_deliver(&mut harness.replica, &mut harness.storage, message);
             harness.run();
             for (destination, message) in harness.sent.drain(..) {
                 if message.header().command() == Some(Command::Eviction) {
@@ -465,7 +475,7 @@ mod cluster {
                     let size = message.bytes().len();
                     copy.buffer_mut_unique()[..size].copy_from_slice(message.bytes());
                     let storage = &mut node.harness.storage;
-                    node.harness.replica.on_message(storage, copy);
+                    replica_deliver(&mut node.harness.replica, storage, copy);
                 }
             }
         }
@@ -492,7 +502,7 @@ mod cluster {
         ) -> Vec<Message> {
             let node = &mut self.nodes[replica as usize].harness;
             let message = node.request(client, request, operation, body);
-            node.replica.on_message(&mut node.storage, message);
+            replica_deliver(&mut node.replica, &mut node.storage, message);
             self.run();
             let replies = self
                 .to_clients
@@ -603,7 +613,7 @@ mod cluster {
             let header = message.header_mut();
             header.commit = commit;
             header.set_checksum();
-            node.replica.on_message(&mut node.storage, message);
+            replica_deliver(&mut node.replica, &mut node.storage, message);
             cluster.run();
             let replies: Vec<Message> = cluster.to_clients.drain(..).map(|(_, _, m)| m).collect();
             replies
@@ -885,7 +895,7 @@ mod faulty_wal {
         let mut copy = node.pool.get();
         let size = message.bytes().len();
         copy.buffer_mut_unique()[..size].copy_from_slice(message.bytes());
-        node.replica.on_message(&mut node.storage, copy);
+        replica_deliver(&mut node.replica, &mut node.storage, copy);
         node.run();
     }
 
@@ -908,7 +918,7 @@ mod faulty_wal {
         let body = if operation == Operation::Append { append_body(5, 12, 3) } else { vec![] };
         let message = cluster.nodes[0].harness.request(7, request, operation, &body);
         let node = &mut cluster.nodes[0].harness;
-        node.replica.on_message(&mut node.storage, message);
+        replica_deliver(&mut node.replica, &mut node.storage, message);
         let mut prepares = Vec::new();
         while let Some((destination, message)) = cluster.nodes[0].harness.replica.poll_send() {
             let prepare = message.header().command() == Some(Command::Prepare);
