@@ -69,7 +69,9 @@ use crate::constants::{
 use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
 use crate::stdx::prng::Prng;
-use crate::vsr::accept::{Accepted, Reject, Sender, accept, accept_header, command_sender};
+use crate::vsr::accept::{
+    Accepted, Reject, Sender, accept, accept_bytes, accept_header, command_sender,
+};
 use crate::vsr::header::{ClientId, ClusterId, Header, ReplicaIndex};
 use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::IoError;
@@ -683,7 +685,11 @@ impl MessageBus {
         if received_bytes < size {
             return Frame::Incomplete;
         }
-        // The body's checksum is `accept`'s, once the message stands alone (`deliver`).
+        // The whole message, body included, before the peer is admitted or learned from it
+        // (`deliver` checks it again, into an `Accepted`, once it stands alone).
+        if let Err(reject) = accept_bytes(&buffer.buffer()[..size], cluster, message_size_max) {
+            return Frame::Invalid(reject);
+        }
         connection.message_ready = true;
         Frame::Message
     }

@@ -281,9 +281,11 @@ impl Replica {
         if chunk == 0
             && block_header_invalid(body, self.config.cluster, fault.block.address).is_some()
         {
-            // The peer's copy is bad too (or not yet written): ask the next one.
+            // The peer's copy is bad too (or not yet written): ask the next one, for this
+            // chunk too.
             self.metrics.grid_repair_blocks_refused += 1;
             self.grid_repair.requested_tick = 0;
+            self.grid_repair.chunks_requested &= !1;
             return;
         }
         let block = self.grid_repair.block.as_mut().expect("a buffer while fetching");

@@ -171,7 +171,6 @@ impl SyncState {
     }
 }
 
-/// Bytes of a block one `block` message carries.
 /// The chunks of a block a request skips: those received, and those asked for in this round
 /// (`requested`). Once every missing chunk has been asked for, a new round begins: their
 /// requests or answers were lost, or a busy peer dropped them. A replica that asked for the
@@ -183,6 +182,7 @@ pub(super) fn chunks_skip(received: u128, requested: &mut u128, all: u128) -> u1
     received | *requested
 }
 
+/// Bytes of a block one `block` message carries.
 fn chunk_size(config: &Config) -> usize {
     let room = config.message_size_max as usize - SECTOR_SIZE;
     (room / SECTOR_SIZE * SECTOR_SIZE).min(BLOCK_SIZE)
