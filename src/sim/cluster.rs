@@ -269,6 +269,9 @@ struct ReplicaNode {
     restart_tick: u64,
     /// A WAL sector was damaged while it was down (until it restarts, when its journal says).
     wal_damaged: bool,
+    /// While it is down or opening: its superblock says it lost its log (its data file was
+    /// lost, or it went down before its superblock said it held the cluster's log again).
+    log_lost_down: bool,
     /// Heap allocations the replica made in calls after it opened (static allocation says 0).
     allocations: u64,
 }
@@ -283,7 +286,13 @@ impl ReplicaNode {
     }
 
     fn log_lost_pending(&self) -> bool {
-        self.replica.as_ref().is_some_and(Replica::log_lost_pending)
+        match &self.replica {
+            None => self.log_lost_down,
+            Some(replica) => {
+                replica.log_lost_pending()
+                    || (replica.status() == Status::Recovering && self.log_lost_down)
+            }
+        }
     }
 }
 
@@ -496,6 +505,7 @@ fn replica_node(options: &ClusterOptions, replica: ReplicaIndex) -> ReplicaNode 
         replica: None,
         restart_tick: 0,
         wal_damaged: false,
+        log_lost_down: false,
         allocations: 0,
     }
 }
@@ -878,6 +888,7 @@ impl Cluster {
             node.storage.crash();
         }
         let replica = node.replica.take().expect("checked above");
+        node.log_lost_down = replica.log_lost_pending();
         let grid_head = replica.checkpoint_state().grid_head;
         drop(replica);
         node.restart_tick = restart_tick.max(self.tick + 1);
@@ -989,6 +1000,7 @@ impl Cluster {
         self.grid_faults.retain(|(damaged, _)| *damaged != index);
         let node = &mut self.replicas[index];
         assert!(node.replica.is_none(), "replica {index} must be down");
+        node.log_lost_down = true;
         let layout = Layout::new(&node.config);
         let grid_offset = layout.zone_offset(Zone::Grid) as usize;
         node.storage.bytes_mut().fill(0);

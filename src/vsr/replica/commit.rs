@@ -16,7 +16,8 @@ use super::{
     Status,
 };
 use crate::constants::{
-    BACKUP_LIVENESS_TICKS, COMMIT_HEARTBEAT_TICKS, HEADER_SIZE, REPAIR_WINDOW_MAX, SECTOR_SIZE,
+    BACKUP_LIVENESS_TICKS, COMMIT_HEARTBEAT_TICKS, HEADER_SIZE, JOURNAL_IOPS_READ_MAX,
+    REPAIR_WINDOW_MAX, SECTOR_SIZE,
 };
 use crate::vsr::header::{Checksum, Command, EvictionReason, Header, Op, Operation};
 use crate::vsr::journal;
@@ -189,6 +190,10 @@ impl Replica {
     /// it in its chain; otherwise asks the primary for it.
     pub(super) fn commit_from_journal<S: Storage>(&mut self, storage: &mut S, op: Op) {
         if self.journal_reads.iter().any(|read| read.purpose == JournalReadPurpose::Commit) {
+            return;
+        }
+        if self.journal_reads.len() >= JOURNAL_IOPS_READ_MAX {
+            // Repair and pipeline_fill leave one read for commits; this is the next tick's.
             return;
         }
         if op > self.head.op() {

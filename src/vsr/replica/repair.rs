@@ -302,7 +302,8 @@ impl Replica {
         if reading || self.pipeline.len() >= PIPELINE_BACKUP_MAX {
             return false;
         }
-        if self.journal_reads.len() >= JOURNAL_IOPS_READ_MAX {
+        // Keep one journal read for this replica's own commits, as repair does.
+        if self.journal_reads.len() + 1 >= JOURNAL_IOPS_READ_MAX {
             return false;
         }
         let Some(header) = self.log_header(op) else {
