@@ -28,7 +28,7 @@
 //! the peer's copy rotten too no sound copy would be left anywhere. The repair is over once
 //! the write has landed. Faults wait in a fixed queue (`GRID_REPAIRS_MAX`).
 
-use super::sync::chunks_skip;
+use super::sync::ChunkFetch;
 use super::{OpenPhase, Replica, Status};
 use crate::constants::{
     BLOCK_SIZE, GRID_REPAIR_REQUEST_TICKS, GRID_REPAIRS_MAX, GRID_REPAIRS_OPEN_MAX,
@@ -89,10 +89,8 @@ pub(super) struct GridRepair {
     fetching: Option<usize>,
     attempts: u64,
     requested_tick: u64,
-    /// Chunks of the block received into `block` (bit i: chunk i).
-    chunks_received: u128,
-    /// Chunks asked for in this round (`chunks_skip`).
-    chunks_requested: u128,
+    /// Chunks of the block received into `block`, and asked for.
+    chunks: ChunkFetch,
     /// The one block-sized buffer the fetched block is gathered in, allocated at startup; it is
     /// in `block` from the start of a fetch until its write is submitted.
     block_pool: MessagePool,
@@ -110,8 +108,7 @@ impl GridRepair {
             fetching: None,
             attempts: 0,
             requested_tick: 0,
-            chunks_received: 0,
-            chunks_requested: 0,
+            chunks: ChunkFetch::new(),
             block_pool: MessagePool::new(1, BLOCK_SIZE),
             block: None,
             writing: false,
@@ -226,8 +223,7 @@ impl Replica {
             repair.fetching = Some(next);
             repair.attempts = 0;
             repair.requested_tick = 0;
-            repair.chunks_received = 0;
-            repair.chunks_requested = 0;
+            repair.chunks.reset();
             repair.block = Some(repair.block_pool.get());
         }
         let repair = &self.grid_repair;
@@ -236,14 +232,14 @@ impl Replica {
         }
         let fault = self.grid_repair_fault();
         let all = self.chunks_all();
-        assert!(repair.chunks_received != all, "a whole block is checked as its last chunk lands");
+        assert!(!repair.chunks.complete(all), "a whole block is checked as its last chunk lands");
         let repair = &mut self.grid_repair;
-        let skip = chunks_skip(repair.chunks_received, &mut repair.chunks_requested, all);
+        let skip = repair.chunks.skip(all);
         repair.requested_tick = self.ticks;
         repair.attempts += 1;
         let source = self.grid_repair_source();
-        self.grid_repair.chunks_requested |=
-            self.blocks_request_send(source, 0, fault.block.address, skip);
+        let asked = self.blocks_request_send(source, 0, fault.block.address, skip);
+        self.grid_repair.chunks.asked(asked);
     }
 
     fn grid_repair_fault(&self) -> Fault {
@@ -275,7 +271,7 @@ impl Replica {
         };
         let offset = header.context as usize;
         let body = message.body();
-        if self.grid_repair.chunks_received & (1 << chunk) != 0 {
+        if self.grid_repair.chunks.has(chunk) {
             return;
         }
         if chunk == 0
@@ -285,13 +281,13 @@ impl Replica {
             // chunk too.
             self.metrics.grid_repair_blocks_refused += 1;
             self.grid_repair.requested_tick = 0;
-            self.grid_repair.chunks_requested &= !1;
+            self.grid_repair.chunks.ask_again(0);
             return;
         }
         let block = self.grid_repair.block.as_mut().expect("a buffer while fetching");
         block.buffer_mut_unique()[offset..offset + body.len()].copy_from_slice(body);
-        self.grid_repair.chunks_received |= 1 << chunk;
-        if self.grid_repair.chunks_received == self.chunks_all() {
+        self.grid_repair.chunks.receive(chunk);
+        if self.grid_repair.chunks.complete(self.chunks_all()) {
             self.grid_repair_check(storage, fault);
         }
     }
@@ -307,8 +303,7 @@ impl Replica {
         if invalid.is_some() || !expected {
             // Torn in transit or rotten at the source, or not the block the pointer names.
             self.metrics.grid_repair_blocks_refused += 1;
-            self.grid_repair.chunks_received = 0;
-            self.grid_repair.chunks_requested = 0;
+            self.grid_repair.chunks.reset();
             self.grid_repair.requested_tick = 0;
             return;
         }

@@ -113,11 +113,9 @@ pub(super) struct SyncState {
     commit: Op,
     body: SyncCheckpointBody,
     block_next: u64,
-    /// Chunks of `block_next` received (bit i: chunk i), their checksums, and the checksum
+    /// Chunks of `block_next` received and asked for, their checksums, and the checksum
     /// its header names.
-    chunks_received: u128,
-    /// Chunks asked for in this round (`chunks_skip`).
-    chunks_requested: u128,
+    chunks: ChunkFetch,
     chunk_checksums: [Checksum; SYNC_CHUNKS_PER_BLOCK_MAX],
     block_checksum: Checksum,
     /// Whether the block's header names `block_next` as its address, and this cluster: a
@@ -146,8 +144,7 @@ impl SyncState {
             commit: 0,
             body: SyncCheckpointBody::new_zeroed(),
             block_next: 0,
-            chunks_received: 0,
-            chunks_requested: 0,
+            chunks: ChunkFetch::new(),
             chunk_checksums: [0; SYNC_CHUNKS_PER_BLOCK_MAX],
             block_checksum: 0,
             block_placed: false,
@@ -171,15 +168,55 @@ impl SyncState {
     }
 }
 
-/// The chunks of a block a request skips: those received, and those asked for in this round
-/// (`requested`). Once every missing chunk has been asked for, a new round begins: their
-/// requests or answers were lost, or a busy peer dropped them. A replica that asked for the
-/// first missing chunks every time would get the same few chunks back per round trip.
-pub(super) fn chunks_skip(received: u128, requested: &mut u128, all: u128) -> u128 {
-    if received | *requested == all {
-        *requested = received;
+/// The chunks of the block being fetched (by state sync or grid repair) that arrived, and
+/// those asked for in this round (bit i: chunk i).
+#[derive(Clone, Copy)]
+pub(super) struct ChunkFetch {
+    received: u128,
+    requested: u128,
+}
+
+impl ChunkFetch {
+    pub(super) fn new() -> ChunkFetch {
+        ChunkFetch { received: 0, requested: 0 }
     }
-    received | *requested
+
+    /// A new block, or the same one again from scratch.
+    pub(super) fn reset(&mut self) {
+        *self = ChunkFetch::new();
+    }
+
+    /// The chunks the next request skips: those received, and those asked for in this round.
+    /// Once every missing chunk has been asked for, a new round begins: their requests or
+    /// answers were lost, or a busy peer dropped them. A replica that asked for the first
+    /// missing chunks every time would get the same few chunks back per round trip.
+    pub(super) fn skip(&mut self, all: u128) -> u128 {
+        if self.received | self.requested == all {
+            self.requested = self.received;
+        }
+        self.received | self.requested
+    }
+
+    pub(super) fn asked(&mut self, chunks: u128) {
+        self.requested |= chunks;
+    }
+
+    /// Asks for `chunk` again in this round.
+    pub(super) fn ask_again(&mut self, chunk: usize) {
+        self.requested &= !(1 << chunk);
+    }
+
+    pub(super) fn has(&self, chunk: usize) -> bool {
+        self.received & (1 << chunk) != 0
+    }
+
+    pub(super) fn receive(&mut self, chunk: usize) {
+        self.received |= 1 << chunk;
+    }
+
+    pub(super) fn complete(&self, all: u128) -> bool {
+        self.received == all
+    }
 }
 
 /// Bytes of a block one `block` message carries.
@@ -328,8 +365,7 @@ impl Replica {
         self.sync.body = body;
         self.sync.source = header.replica;
         self.sync.block_next = self.state_machine.grid_head().min(body.grid_head);
-        self.sync.chunks_received = 0;
-        self.sync.chunks_requested = 0;
+        self.sync.chunks.reset();
         self.sync.phase = Phase::Blocks;
         self.sync_request_blocks(storage);
     }
@@ -344,10 +380,10 @@ impl Replica {
         }
         let source = self.sync_source();
         let all = self.chunks_all();
-        let skip = chunks_skip(self.sync.chunks_received, &mut self.sync.chunks_requested, all);
+        let skip = self.sync.chunks.skip(all);
         let (checkpoint_op, address) = (self.sync.checkpoint_op, self.sync.block_next);
-        self.sync.chunks_requested |=
-            self.blocks_request_send(source, checkpoint_op, address, skip);
+        let asked = self.blocks_request_send(source, checkpoint_op, address, skip);
+        self.sync.chunks.asked(asked);
     }
 
     /// Asks `replica` for the chunks of block `address` not in `chunks_skip` (bit i: chunk i),
@@ -499,7 +535,7 @@ impl Replica {
         };
         let offset = header.context as usize;
         let body = message.body();
-        if self.sync.chunks_received & (1 << chunk) != 0 {
+        if self.sync.chunks.has(chunk) {
             return;
         }
         let checksum = if chunk == 0 {
@@ -513,7 +549,7 @@ impl Replica {
             crc32c::crc32c(body)
         };
         self.sync.chunk_checksums[chunk] = checksum;
-        self.sync.chunks_received |= 1 << chunk;
+        self.sync.chunks.receive(chunk);
         let mut buffer = self.pool.get();
         buffer.buffer_mut_unique()[..body.len()].copy_from_slice(body);
         let request = IoRequest {
@@ -532,12 +568,11 @@ impl Replica {
     /// Once every chunk of the block is in: the combined checksum must be the block's.
     fn sync_block_check<S: Storage>(&mut self, storage: &mut S) {
         let chunk_count = self.sync_chunk_count();
-        if self.sync.chunks_received != self.chunks_all() {
+        if !self.sync.chunks.complete(self.chunks_all()) {
             return;
         }
         let checksum = self.chunks_checksum(&self.sync.chunk_checksums[..chunk_count]);
-        self.sync.chunks_received = 0;
-        self.sync.chunks_requested = 0;
+        self.sync.chunks.reset();
         if checksum != self.sync.block_checksum || !self.sync.block_placed {
             // A chunk was torn or rotten at its source, or the source's block is another's
             // (a misdirected write): fetch the block again.
