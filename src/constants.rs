@@ -13,14 +13,14 @@ use static_assertions::const_assert;
 pub const SECTOR_SIZE: usize = 4096;
 
 /// The size of every message header, on the wire and on disk.
-pub const HEADER_SIZE: usize = 128;
+pub const HEADER_SIZE: usize = 256;
 
 /// The largest message (header plus body), and the size of one WAL prepare slot.
 pub const MESSAGE_SIZE_MAX: usize = 1024 * 1024;
 
 /// The smallest `message_size_max` a cluster may be formatted with (used by tests to keep
 /// simulated disks small).
-pub const MESSAGE_SIZE_MAX_MIN: usize = 2 * SECTOR_SIZE;
+pub const MESSAGE_SIZE_MAX_MIN: usize = 3 * SECTOR_SIZE;
 
 /// The largest message body.
 pub const MESSAGE_BODY_SIZE_MAX: usize = MESSAGE_SIZE_MAX - HEADER_SIZE;
@@ -31,9 +31,10 @@ pub const JOURNAL_HEADERS_PER_SECTOR: usize = SECTOR_SIZE / HEADER_SIZE;
 /// The default number of WAL slots (slot = op mod slot count).
 pub const JOURNAL_SLOT_COUNT: usize = 1024;
 
-/// The fewest WAL slots: two sectors' worth of redundant headers, so that one torn sector can
-/// never destroy every redundant header.
-pub const JOURNAL_SLOT_COUNT_MIN: usize = 2 * JOURNAL_HEADERS_PER_SECTOR;
+/// The fewest WAL slots: four sectors' worth of redundant headers (at least two, so that one
+/// torn sector can never destroy every redundant header; four, to hold more than four full
+/// pipelines).
+pub const JOURNAL_SLOT_COUNT_MIN: usize = 4 * JOURNAL_HEADERS_PER_SECTOR;
 
 /// The most WAL slots a data file may have (bounds the in-memory slot tables).
 pub const JOURNAL_SLOT_COUNT_MAX: usize = 8192;
@@ -64,8 +65,9 @@ pub const SUPERBLOCK_QUORUM_VERIFY: usize = 3;
 /// open always sees the newest completed update.
 pub const SUPERBLOCK_QUORUM_OPEN: usize = 2;
 
-/// The size of one superblock copy: a single sector, so that each copy is one write.
-pub const SUPERBLOCK_COPY_SIZE: usize = SECTOR_SIZE;
+/// The size of one superblock copy: two sectors, written in one write (a torn copy fails its
+/// checksum, and the other copies stand in).
+pub const SUPERBLOCK_COPY_SIZE: usize = 2 * SECTOR_SIZE;
 
 /// Log-suffix headers the superblock keeps for view changes (the pipeline plus the head).
 pub const VIEW_HEADERS_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX + 1;
@@ -126,10 +128,10 @@ pub const FORMAT_WRITE_SIZE: usize = 1024 * 1024;
 pub const FORMAT_WRITES_IN_FLIGHT: usize = 4;
 
 /// The wire and disk protocol version carried by every header.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The data-file format version carried by the superblock.
-pub const SUPERBLOCK_VERSION: u16 = 1;
+pub const SUPERBLOCK_VERSION: u16 = 2;
 
 /// Ops between checkpoints for a journal of `slot_count` slots. A checkpoint must be durable
 /// before the ring wraps over the ops it covers; the headroom keeps a full pipeline on each side

@@ -25,7 +25,7 @@ use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::Storage;
 use crate::vsr::superblock::{SuperBlock, SuperBlockHeader};
 
-/// Header decoding and validation. The fuzzer rarely forges a CRC, so the input is also
+/// Header decoding and validation. The fuzzer never forges a checksum, so the input is also
 /// re-checksummed and validated again, which drives `invalid()` through every command.
 pub fn header_decode(data: &[u8]) {
     if let Ok(header) = Header::decode(data) {
@@ -114,7 +114,7 @@ fn superblock_valid_image(storage: &mut MemoryStorage, updates: u8) {
 
 const JOURNAL_CLUSTER: ClusterId = 11;
 const JOURNAL_SLOT_COUNT: u64 = 64;
-const JOURNAL_MESSAGE_SIZE_MAX: usize = 8192;
+const JOURNAL_MESSAGE_SIZE_MAX: usize = 12288;
 /// A body that makes a prepare span two sectors, so that a crash can tear it.
 const JOURNAL_BODY_SIZE_TWO_SECTORS: usize = 6000;
 /// The prepares the starting image holds at most (more than a ring, so that it wraps).
@@ -337,9 +337,9 @@ fn journal_patch(storage: &mut MemoryStorage, layout: &Layout, patch: [u8; 4]) {
     }
 }
 
-/// Maps `position` onto the WAL: the first 8192 values are the header ring byte for byte; the
-/// rest are split between the prepare slots, each slot's share covering its header and the
-/// start of its body byte for byte and the rest of the slot more sparsely.
+/// Maps `position` onto the WAL: the first values (as many as the ring has bytes) are the header
+/// ring byte for byte; the rest are split between the prepare slots, each slot's share covering
+/// its header and the start of its body byte for byte and the rest of the slot more sparsely.
 fn journal_patch_offset(layout: &Layout, position: u16) -> usize {
     let headers = layout.zone_offset(Zone::WalHeaders) as usize;
     let prepares = layout.zone_offset(Zone::WalPrepares) as usize;

@@ -15,6 +15,7 @@ use std::path::Path;
 use crate::constants::{BLOCK_SIZE, JOURNAL_IOPS_READ_MAX};
 use crate::io::IoStorage;
 use crate::state_machine::grid_block_invalid;
+use crate::vsr::header::{Checksum, checksum_chain};
 use crate::vsr::journal::{Decision, EntrySummary, Journal, RecoveryReport};
 use crate::vsr::layout::{Layout, Zone};
 use crate::vsr::message_pool::MessagePool;
@@ -105,7 +106,9 @@ grid:"
             Ok(()) => grid_block_invalid(&block, working.cluster, address),
         };
         if table.contains(&address) {
-            table_checksum = crc32c::crc32c_append(table_checksum, &block[..4]);
+            let named = block.get(..size_of::<Checksum>()).expect("a block is longer");
+            let named = Checksum::from_le_bytes(named.try_into().expect("16 bytes"));
+            table_checksum = checksum_chain(table_checksum, named);
         }
         let Some(reason) = invalid else { continue };
         bad += 1;

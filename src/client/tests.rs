@@ -107,7 +107,7 @@ fn model_handle(
             let mut eviction = Header::new(Command::Eviction, CLUSTER);
             eviction.client = request.client;
             eviction.view = view;
-            eviction.context = EvictionReason::SessionEvicted as u32;
+            eviction.context = EvictionReason::SessionEvicted as u128;
             return vec![message_bytes(eviction, &[])];
         }
         Action::ReplyLost => 0,

@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(report.size_bytes, layout.file_size());
         assert_eq!(report.written_bytes, layout.file_size());
         assert_eq!(report.zones[2].zone, Zone::WalPrepares);
-        assert_eq!(report.zones[2].size_bytes, 64 * 8192);
+        assert_eq!(report.zones[2].size_bytes, 64 * 12288);
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len() as u64, layout.file_size());
         let mut expected = vec![0; 64 * SECTOR_SIZE];

@@ -6,7 +6,7 @@
 //! # Receiving
 //!
 //! Each connection has one receive in flight, straight into a pool buffer, asking for as many
-//! bytes as the buffer holds. Once 128 bytes are in, the header is decoded (checksum, then
+//! bytes as the buffer holds. Once 256 bytes are in, the header is decoded (checksum, then
 //! `Header::invalid`) and checked against this cluster, `message_size_max` and the commands a
 //! replica accepts; once `size` bytes are in, the body checksum, then whether the command suits
 //! who is on the other end (see "Peers"). The whole message (a handle nobody else holds) goes to

@@ -455,7 +455,7 @@ mod tests {
         header.client = client;
         header.request = request;
         header.operation = Operation::Append as u8;
-        header.context = 0x1000 + request;
+        header.context = 0x1000 + u128::from(request);
         header.timestamp = op;
         header.set_checksum_body(&[]);
         header.set_checksum();

@@ -1190,7 +1190,7 @@ impl Cluster {
             replica.checkpoint_op(),
             |op| replica.prepare_header(op),
             |op, header| {
-                trace.record(Event::Commit, &[tick, index as u64, op, u64::from(header.checksum)])
+                trace.record(Event::Commit, &[tick, index as u64, op, header.checksum as u64])
             },
         )?;
         // Only the primary of the newest view: a stale primary cut off from a view change may
@@ -1374,7 +1374,7 @@ pub struct Summary {
 mod tests {
     use super::*;
     use crate::constants::HEADER_SIZE;
-    use crate::vsr::header::Header;
+    use crate::vsr::header::{Checksum, Header};
     use crate::vsr::replica::SuperblockUpdate;
 
     fn options_quiet(seed: u64) -> ClusterOptions {
@@ -1898,7 +1898,12 @@ mod tests {
 
     /// Delivers to replica `index` a commit heartbeat from its primary for `commit`, naming
     /// `checksum` as the prepare executed there.
-    fn commit_heartbeat_deliver(cluster: &mut Cluster, index: usize, commit: Op, checksum: u32) {
+    fn commit_heartbeat_deliver(
+        cluster: &mut Cluster,
+        index: usize,
+        commit: Op,
+        checksum: Checksum,
+    ) {
         let node = &mut cluster.replicas[index];
         let replica = node.replica.as_mut().expect("running");
         let mut header = Header::new(Command::Commit, cluster.options.config.cluster);

@@ -90,7 +90,8 @@ impl Packet {
     /// bytes of a `Vec<u8>` have no alignment a cast could rely on.
     pub fn checksum(&self) -> u64 {
         let header = Header::read_from_prefix(&self.bytes).ok();
-        header.map_or(0, |(header, _)| u64::from(header.checksum))
+        // The trace keeps the low 64 bits.
+        header.map_or(0, |(header, _)| header.checksum as u64)
     }
 }
 
@@ -167,7 +168,7 @@ impl Network {
     ) {
         assert_ne!(from, to);
         self.metrics.sent += 1;
-        let checksum = u64::from(message.header().checksum);
+        let checksum = message.header().checksum as u64;
         trace.record(Event::Send, &[tick, from as u64, to as u64, checksum]);
         if !self.link_up(from, to, tick) {
             return self.drop_traced(trace, tick, to, checksum, DropReason::Partition);
@@ -206,7 +207,7 @@ impl Network {
         delay_ticks: u64,
     ) {
         assert_ne!(from, to);
-        let checksum = u64::from(message.header().checksum);
+        let checksum = message.header().checksum as u64;
         trace.record(Event::Send, &[tick, from as u64, to as u64, checksum]);
         if !self.link_up(from, to, tick) {
             return self.drop_traced(trace, tick, to, checksum, DropReason::Partition);

@@ -172,10 +172,11 @@ impl MemoryStorage {
         sectors_landed
     }
 
-    /// Flips one bit in the sector at absolute `offset`.
+    /// Flips one bit in the sector at absolute `offset`: in byte 100, which every checksum
+    /// covers (a header's, a superblock copy's, a grid block's).
     pub fn corrupt_sector(&mut self, offset: u64) {
         assert_eq!(offset % SECTOR_SIZE as u64, 0);
-        self.data[offset as usize + 17] ^= 0x40;
+        self.data[offset as usize + 100] ^= 0x40;
     }
 
     fn complete(&mut self, request: IoRequest, mut buffer: Message) -> Completion {

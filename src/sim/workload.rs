@@ -563,7 +563,7 @@ mod tests {
             header.operation = request.operation;
             header.context = request.checksum;
         } else {
-            header.context = EvictionReason::SessionEvicted as u32;
+            header.context = u128::from(EvictionReason::SessionEvicted as u32);
         }
         header.set_checksum_body(&[]);
         header.set_checksum();

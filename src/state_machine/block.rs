@@ -9,9 +9,9 @@
 //! the newest block whose ordinal is a multiple of `2^i`: exactly the blocks the next block
 //! will point to, so building a block never needs to read an older one.
 
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
-use crate::constants::{BLOCK_SIZE, SKIP_LEVELS_MAX};
+use crate::constants::{BLOCK_SIZE, SECTOR_SIZE, SKIP_LEVELS_MAX};
 use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{
     BlockHeader, BlockKind, BlockPointer, DirectoryEntry, EventRecord, padded_size,
@@ -21,10 +21,53 @@ use crate::vsr::header::{Checksum, ClusterId, checksum};
 /// Bytes of the block header; records start here.
 pub const BLOCK_HEADER_SIZE: usize = size_of::<BlockHeader>();
 
-/// The checksum a block's header carries and its pointers repeat: CRC32C of bytes 4..end.
+/// Sectors in a block. A block's checksum is the checksum of its sectors' checksums (a hash
+/// list), so a block fetched or read in sector-aligned chunks is checked chunk by chunk as they
+/// come, in any order, without holding it whole.
+pub const BLOCK_SECTORS: usize = BLOCK_SIZE / SECTOR_SIZE;
+
+/// The checksum a block's header carries and its pointers repeat: over its sectors' checksums,
+/// sector 0 without the checksum field itself.
 pub fn block_checksum(block: &[u8]) -> Checksum {
     assert_eq!(block.len(), BLOCK_SIZE);
-    checksum(&block[size_of::<Checksum>()..])
+    let mut sectors = SectorChecksums::new();
+    sectors.chunk(0, block);
+    sectors.block_checksum()
+}
+
+/// The checksums of one block's sectors, filled chunk by chunk.
+#[derive(Clone, Copy, Debug)]
+pub struct SectorChecksums {
+    sectors: [Checksum; BLOCK_SECTORS],
+}
+
+impl SectorChecksums {
+    pub fn new() -> SectorChecksums {
+        SectorChecksums { sectors: [0; BLOCK_SECTORS] }
+    }
+
+    /// Records the sectors of `bytes`, which start at byte `offset` of the block.
+    pub fn chunk(&mut self, offset: usize, bytes: &[u8]) {
+        assert!(offset.is_multiple_of(SECTOR_SIZE));
+        assert!(bytes.len().is_multiple_of(SECTOR_SIZE));
+        assert!(offset + bytes.len() <= BLOCK_SIZE);
+        for (index, sector) in bytes.chunks_exact(SECTOR_SIZE).enumerate() {
+            let sector_index = offset / SECTOR_SIZE + index;
+            let covered = if sector_index == 0 { &sector[size_of::<Checksum>()..] } else { sector };
+            self.sectors[sector_index] = checksum(covered);
+        }
+    }
+
+    /// The block's checksum, once every sector was recorded.
+    pub fn block_checksum(&self) -> Checksum {
+        checksum(self.sectors.as_bytes())
+    }
+}
+
+impl Default for SectorChecksums {
+    fn default() -> SectorChecksums {
+        SectorChecksums::new()
+    }
 }
 
 /// Skip pointers of the block with `ordinal`: to `ordinal - 2^i` for `i` up to its trailing

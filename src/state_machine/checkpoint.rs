@@ -26,7 +26,7 @@ use crate::state_machine::types::{
 use crate::state_machine::{
     BlockFault, CheckpointState, Log, StateMachine, Status, TokenKind, token,
 };
-use crate::vsr::header::{Checksum, ClusterId, checksum};
+use crate::vsr::header::{Checksum, ChecksumBytes, ClusterId, checksum, checksum_chain};
 use crate::vsr::layout::Zone;
 use crate::vsr::storage::{Completion, IoKind, IoRequest, Storage};
 
@@ -51,16 +51,16 @@ pub(super) struct Opening {
     root: TableRoot,
 }
 
-/// The state checksum: CRC32C of the root, then of the table checksum.
+/// The state checksum: the checksum of the root, chained with the table checksum.
 fn state_checksum(root: &TableRoot, table_checksum: Checksum) -> Checksum {
-    crc32c::crc32c_append(checksum(root.as_bytes()), &table_checksum.to_le_bytes())
+    checksum_chain(checksum(root.as_bytes()), table_checksum)
 }
 
 /// Why `block`, read from `address` as a block of the streams table, fails its own checksum,
 /// address, kind, version or cluster, or `None`. Its checksum is only known from its own
 /// header here: the superblock's checksum of the table's block checksums covers it at the end.
 fn table_block_invalid(block: &[u8], cluster: ClusterId, address: u64) -> Option<&'static str> {
-    let checksum_own = block_header(block).checksum;
+    let checksum_own = block_header(block).checksum.get();
     block_invalid(block, cluster, address, checksum_own, BlockKind::StreamsTable)
 }
 
@@ -140,8 +140,7 @@ impl StateMachine {
             let (entry_end, block_checksum) =
                 self.table_block_fill(buffer.buffer_mut_unique(), &progress);
             progress.entry_next = entry_end;
-            progress.table_checksum =
-                crc32c::crc32c_append(progress.table_checksum, &block_checksum.to_le_bytes());
+            progress.table_checksum = checksum_chain(progress.table_checksum, block_checksum);
             let address = progress.address + u64::from(progress.block_next);
             progress.block_next += 1;
             self.block_write(storage, address, buffer);
@@ -210,8 +209,9 @@ impl StateMachine {
                 tenant: stream.tenant,
                 offset_next: stream.offset_next,
                 blocks: stream.blocks,
-                chain: stream.chain,
+                chain: ChecksumBytes::new(stream.chain),
                 frontier_count,
+                reserved: 0,
             };
             assert_eq!(stream.open_event_count, 0);
             bytes[at..at + size_of::<TableEntry>()].copy_from_slice(table_entry.as_bytes());
@@ -364,7 +364,7 @@ impl StateMachine {
         let header = block_header(bytes);
         let kind = BlockKind::StreamsTable;
         if let Some(reason) =
-            block_invalid(bytes, self.config.cluster, address, header.checksum, kind)
+            block_invalid(bytes, self.config.cluster, address, header.checksum.get(), kind)
         {
             return Err(reason);
         }
@@ -388,8 +388,7 @@ impl StateMachine {
         if at != records_end {
             return Err("streams table: records_size does not match the entries");
         }
-        opening.table_checksum =
-            crc32c::crc32c_append(opening.table_checksum, &header.checksum.to_le_bytes());
+        opening.table_checksum = checksum_chain(opening.table_checksum, header.checksum.get());
         opening.block_next += 1;
         self.opening = Some(opening);
         Ok(())
@@ -447,7 +446,7 @@ impl StateMachine {
         if entry.offset_next < entry.blocks || (entry.blocks == 0) != (entry.offset_next == 0) {
             return Err("streams table: offset and blocks disagree");
         }
-        let index = self.streams.insert(entry.stream, entry.tenant, entry.chain);
+        let index = self.streams.insert(entry.stream, entry.tenant, entry.chain.get());
         let stream = self.streams.get_mut(index);
         stream.offset_next = entry.offset_next;
         stream.blocks = entry.blocks;

@@ -14,7 +14,7 @@ use crate::constants::{
 pub const EXPECTED_OFFSET_ANY: u64 = u64::MAX;
 
 /// The version of the grid block format, in every block header.
-pub const BLOCK_VERSION: u8 = 1;
+pub const BLOCK_VERSION: u8 = 2;
 
 const_assert!(GRID_SIZE_MAX / BLOCK_SIZE as u64 <= 1 << (SKIP_LEVELS_MAX - 1));
 // Block addresses are stored as u32 in skip pointers.

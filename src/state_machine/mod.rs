@@ -28,7 +28,7 @@
 
 #![forbid(unsafe_code)]
 
-mod block;
+pub mod block;
 mod checkpoint;
 pub mod constants;
 mod read;
@@ -55,11 +55,11 @@ use crate::state_machine::read::ReadSlot;
 use crate::state_machine::streams::Streams;
 use crate::state_machine::types::{
     AppendBatches, AppendResult, Batch, BlockHeader, BlockKind, BlockPointer, CreateStream,
-    CreateStreamResult, CreateStreams, DirectoryEntry, EventRecord, Events, ReadReplyHeader,
-    Request, ResultCode, TableEntry, TableRoot, chain_next, chain_seed, record_size,
-    stream_id_valid,
+    CreateStreamResult, CreateStreams, DirectoryEntry, EventHeader, EventRecord, Events,
+    ReadReplyHeader, Request, ResultCode, TableEntry, TableRoot, chain_next, chain_seed,
+    record_size, stream_id_valid,
 };
-use crate::vsr::header::{Checksum, ClusterId, Op, Operation};
+use crate::vsr::header::{Checksum, ChecksumBytes, ClusterId, Op, Operation};
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
@@ -75,9 +75,10 @@ pub struct CheckpointState {
     pub streams_table_address: u64,
     /// 0 until the first checkpoint that follows a change; then every field is set.
     pub streams_table_blocks: u32,
-    /// CRC32C of the table blocks' checksums (4 bytes little-endian each, in order).
+    /// The hash chain over the table blocks' checksums, in order (`checksum_chain` from 0).
     pub streams_table_checksum: Checksum,
-    /// CRC32C of the `TableRoot` then `streams_table_checksum`: names the whole state.
+    /// `checksum_chain` of the checksum of the `TableRoot` and `streams_table_checksum`: names
+    /// the whole state.
     pub checkpoint_state_checksum: Checksum,
 }
 
@@ -102,7 +103,7 @@ pub fn grid_block_invalid(block: &[u8], cluster: ClusterId, address: u64) -> Opt
         2 => BlockKind::StreamsTable,
         _ => return Some("block: wrong kind"),
     };
-    block::block_invalid(block, cluster, address, header.checksum, kind)
+    block::block_invalid(block, cluster, address, header.checksum.get(), kind)
 }
 
 /// Names one read from `read_start` to `poll_read`.
@@ -169,15 +170,17 @@ impl Limits {
 }
 
 /// The most blocks one commit of a `body_size`-byte request can seal. An event of `d` padded
-/// bytes takes `8 + d` bytes of request and `40 + d` of block (`d >= 8`: at most 3 times as
-/// many); a batch takes at least 40 bytes of request and adds at most one directory entry per
-/// block it touches. A sealed block other than the first is more than full minus one record
-/// and one entry, so `seals * (fill - entry) <= fill + 3 * body + batches * entry`.
+/// bytes takes `8 + d` bytes of request and `56 + d` of block (`d >= 8`: at most `expansion`,
+/// 4, times as many); a batch takes at least 40 bytes of request and adds at most one
+/// directory entry per block it touches. A sealed block other than the first is more than full
+/// minus one record and one entry, so
+/// `seals * (fill - entry) <= fill + expansion * body + batches * entry`.
 fn seals_per_commit_max(body_size: u64, levels: usize, event_size_max: u32) -> usize {
+    let expansion = record_size(8).div_ceil(size_of::<EventHeader>() as u64 + 8);
     let entry = directory_entry_size(levels as u32);
     let fill = (BLOCK_SIZE - BLOCK_HEADER_SIZE) as u64 - record_size(event_size_max) - entry;
     let batches = body_size / 40;
-    let content = 3 * body_size + batches * entry;
+    let content = expansion * body_size + batches * entry;
     assert!(fill > entry);
     (fill + content).div_ceil(fill - entry) as usize
 }
@@ -614,10 +617,11 @@ impl StateMachine {
             offset: stream.offset_next,
             position: self.log.position_next,
             timestamp,
-            chain: 0,
+            chain: ChecksumBytes::ZERO,
             size_bytes,
+            reserved: 0,
         };
-        record.chain = chain_next(stream.chain, &record, data);
+        record.chain = ChecksumBytes::new(chain_next(stream.chain, &record, data));
         let open = &mut self.open_block;
         let at = open.record_write(&record, data);
         if stream.open_event_count == 0 {
@@ -628,7 +632,7 @@ impl StateMachine {
         }
         stream.open_event_count += 1;
         stream.offset_next += 1;
-        stream.chain = record.chain;
+        stream.chain = record.chain.get();
         if open.event_count == 0 {
             assert_eq!(open.position_first, self.log.position_next);
             open.op_min = op;
@@ -662,11 +666,10 @@ impl StateMachine {
             stream.open_event_count = 0;
             stream.open_record_first = 0;
             let key_end = stream.offset_next;
-            let pointer = BlockPointer { key_end, address: address_u32, checksum };
+            let pointer = BlockPointer::new(key_end, address_u32, checksum);
             frontier_advance(self.streams.frontier_mut(entry), stream_ordinal, pointer);
         }
-        let pointer =
-            BlockPointer { key_end: self.log.position_next, address: address_u32, checksum };
+        let pointer = BlockPointer::new(self.log.position_next, address_u32, checksum);
         frontier_advance(&mut self.log.frontier, ordinal, pointer);
         self.log.blocks = ordinal;
         self.log.grid_head += 1;
@@ -733,7 +736,7 @@ impl StateMachine {
 
     /// Submits the write of a sealed block, keeping a handle to serve reads until it lands.
     fn block_write<S: Storage>(&mut self, storage: &mut S, address: u64, buffer: Message) {
-        assert_eq!(block_checksum(buffer.buffer()), block_header(buffer.buffer()).checksum);
+        assert_eq!(block_checksum(buffer.buffer()), block_header(buffer.buffer()).checksum.get());
         let slot = self.writes.iter().position(Option::is_none).expect("a write slot per buffer");
         let request = IoRequest {
             token: token(TokenKind::Write, slot),

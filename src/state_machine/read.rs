@@ -28,7 +28,7 @@ use crate::state_machine::types::{
 use crate::state_machine::{
     BlockFault, ReadBusy, ReadId, ReadReply, StateMachine, Status, TokenKind, token,
 };
-use crate::vsr::header::Operation;
+use crate::vsr::header::{ChecksumBytes, Operation};
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoKind, IoRequest, Storage};
@@ -180,7 +180,7 @@ impl StateMachine {
                     info.tenant = stream.tenant;
                     info.offset_next = stream.offset_next;
                     info.event_count = stream.offset_next;
-                    info.chain = stream.chain;
+                    info.chain = ChecksumBytes::new(stream.chain);
                     ResultCode::Ok
                 }
             },
@@ -332,13 +332,19 @@ impl StateMachine {
         let cluster = self.config.cluster;
         let address = u64::from(target.address);
         let sound = completion.result.is_ok()
-            && block_invalid(buffer.buffer(), cluster, address, target.checksum, BlockKind::Events)
-                .is_none();
+            && block_invalid(
+                buffer.buffer(),
+                cluster,
+                address,
+                target.checksum.get(),
+                BlockKind::Events,
+            )
+            .is_none();
         let block_step =
             if sound { self.read_block(slot, buffer.buffer()) } else { BlockStep::Corrupt };
         if let BlockStep::Corrupt = block_step {
             self.block_faulty_last = Some(address);
-            self.block_fault = Some(BlockFault { address, checksum: Some(target.checksum) });
+            self.block_fault = Some(BlockFault { address, checksum: Some(target.checksum.get()) });
         }
         // The read's buffer must be unshared again before the next fetch submits it.
         drop(buffer);

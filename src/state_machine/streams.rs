@@ -9,6 +9,7 @@
 //! skip pointers inside the grid blocks themselves.
 
 use crate::state_machine::types::BlockPointer;
+use crate::vsr::header::Checksum;
 
 /// A stream's state. `open_*` describe its events in the open (not yet sealed) block.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -18,7 +19,7 @@ pub struct Stream {
     pub offset_next: u64,
     /// Sealed blocks holding events of the stream: the ordinal of the newest.
     pub blocks: u64,
-    pub chain: u32,
+    pub chain: Checksum,
     /// Byte offset, in the open block, of the stream's first record there.
     pub open_record_first: u32,
     /// The stream's events in the open block (the last ones it has).
@@ -99,7 +100,7 @@ impl Streams {
     }
 
     /// Adds a stream with no events; the caller checked it is new and the table is not full.
-    pub fn insert(&mut self, id: u64, tenant: u64, chain: u32) -> u32 {
+    pub fn insert(&mut self, id: u64, tenant: u64, chain: Checksum) -> u32 {
         assert!(!self.is_full());
         assert!(self.lookup(id).is_none());
         let entry = self.count();

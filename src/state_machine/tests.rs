@@ -264,7 +264,7 @@ fn event_data(prng: &mut Prng, size: usize) -> Vec<u8> {
 // The reference model.
 
 /// The chain, computed from the documented definition independently of `types::chain_next`.
-fn model_chain(previous: u32, event: &ModelEvent, position: u64) -> u32 {
+fn model_chain(previous: u128, event: &ModelEvent, position: u64) -> u128 {
     let mut bytes = Vec::new();
     bytes.extend_from_slice(&previous.to_le_bytes());
     bytes.extend_from_slice(&event.stream.to_le_bytes());
@@ -273,7 +273,7 @@ fn model_chain(previous: u32, event: &ModelEvent, position: u64) -> u32 {
     bytes.extend_from_slice(&event.timestamp.to_le_bytes());
     bytes.extend_from_slice(&(event.data.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&event.data);
-    crc32c::crc32c(&bytes)
+    xxhash_rust::xxh3::xxh3_128(&bytes)
 }
 
 #[derive(Clone, Debug)]
@@ -281,7 +281,7 @@ struct ModelEvent {
     stream: u64,
     offset: u64,
     timestamp: u64,
-    chain: u32,
+    chain: u128,
     data: Vec<u8>,
 }
 
@@ -289,7 +289,7 @@ struct ModelEvent {
 struct ModelStream {
     id: u64,
     tenant: u64,
-    chain: u32,
+    chain: u128,
     positions: Vec<u64>,
 }
 
@@ -329,7 +329,7 @@ impl Model {
         }
         let mut seed = stream.to_le_bytes().to_vec();
         seed.extend_from_slice(&tenant.to_le_bytes());
-        let chain = crc32c::crc32c(&seed);
+        let chain = xxhash_rust::xxh3::xxh3_128(&seed);
         self.streams.push(ModelStream { id: stream, tenant, chain, positions: Vec::new() });
         ResultCode::Ok
     }
@@ -388,7 +388,7 @@ impl Model {
             assert_eq!(record.offset, event.offset);
             assert_eq!(record.position, *position);
             assert_eq!(record.timestamp, event.timestamp);
-            assert_eq!(record.chain, event.chain);
+            assert_eq!(record.chain.get(), event.chain);
             assert_eq!(data, &event.data);
         }
         if let Some(position) = wanted.get(reply.events.len()) {
@@ -422,7 +422,10 @@ fn check_all_reads(harness: &mut Harness, model: &Model, prng: &mut Prng, stride
         let info = harness.read(Operation::StreamInfo, stream.id.as_bytes());
         let info = StreamInfoReply::read_from_bytes(&info).unwrap();
         assert_eq!((info.result, info.stream, info.tenant), (0, stream.id, stream.tenant));
-        assert_eq!((info.offset_next, info.chain), (stream.positions.len() as u64, stream.chain));
+        assert_eq!(
+            (info.offset_next, info.chain.get()),
+            (stream.positions.len() as u64, stream.chain)
+        );
         for from in (0..=stream.positions.len()).step_by(stride) {
             let count_max = [1, 3, 50, u32::MAX][prng.index(4)];
             let reply = harness.read_stream(stream.id, from as u64, count_max);
@@ -1250,7 +1253,7 @@ fn stream_info_reports_tenant_offset_and_chain() {
     )
     .unwrap();
     assert_eq!(
-        (info.result, info.tenant, info.offset_next, info.chain),
+        (info.result, info.tenant, info.offset_next, info.chain.get()),
         (0, 44, 0, chain_seed(4, 44))
     );
     harness.commit(Operation::Append, &one_batch(4, 0, vec![vec![1; 10], vec![2; 20]]));
@@ -1268,15 +1271,15 @@ fn limits_bound_buffers_for_the_worst_commit() {
     // configurations.
     let small = Limits::new(&small_config());
     assert_eq!((small.grid_blocks, small.levels, small.table_blocks_max), (128, 8, 1));
-    assert_eq!(small.event_size_max, 65536 - 128 - 24 - 40);
+    assert_eq!(small.event_size_max, 65536 - 256 - 24 - 56);
     assert_eq!(small.seals_per_commit_max, 3);
     let default = Limits::new(&Config::new(1, 0, 3));
     assert_eq!(
         (default.grid_blocks, default.levels, default.event_size_max),
         (2048, 12, EVENT_SIZE_MAX)
     );
-    assert_eq!(default.seals_per_commit_max, 22);
-    assert_eq!(default.table_blocks_max, 30);
+    assert_eq!(default.seals_per_commit_max, 35);
+    assert_eq!(default.table_blocks_max, 56);
 }
 
 #[test]

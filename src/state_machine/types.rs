@@ -11,7 +11,7 @@ use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::constants::SKIP_LEVELS_MAX;
-use crate::vsr::header::{Checksum, Operation, checksum};
+use crate::vsr::header::{Checksum, ChecksumBytes, Operation, checksum, checksum_pieces};
 
 /// The outcome of one create, one append batch or one read, carried in replies as a `u32`.
 #[repr(u32)]
@@ -178,8 +178,7 @@ pub struct StreamInfoReply {
     /// Events in the stream (offsets start at 0, so this equals `offset_next`).
     pub event_count: u64,
     /// The chain checksum after the last event (the seed if the stream has none).
-    pub chain: u32,
-    pub reserved_chain: u32,
+    pub chain: ChecksumBytes,
 }
 
 /// One committed event: in grid blocks, and verbatim in read replies. `size_bytes` of data
@@ -195,8 +194,9 @@ pub struct EventRecord {
     /// The timestamp of the op that committed the event.
     pub timestamp: u64,
     /// The stream's chain checksum after this event (`chain_next`).
-    pub chain: u32,
+    pub chain: ChecksumBytes,
     pub size_bytes: u32,
+    pub reserved: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -214,7 +214,14 @@ pub struct BlockPointer {
     pub key_end: u64,
     /// The block's index in the grid zone.
     pub address: u32,
-    pub checksum: Checksum,
+    pub reserved: u32,
+    pub checksum: ChecksumBytes,
+}
+
+impl BlockPointer {
+    pub fn new(key_end: u64, address: u32, checksum: Checksum) -> BlockPointer {
+        BlockPointer { key_end, address, reserved: 0, checksum: ChecksumBytes::new(checksum) }
+    }
 }
 
 #[repr(u8)]
@@ -230,12 +237,14 @@ pub enum BlockKind {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct BlockHeader {
-    /// CRC32C of the block's bytes 4..BLOCK_SIZE.
-    pub checksum: Checksum,
+    /// The block's checksum (`block_checksum`): over its sectors, without these 16 bytes.
+    pub checksum: ChecksumBytes,
     pub kind: u8,
     pub version: u8,
     /// How many of `log_pointers` are used.
     pub log_pointer_count: u16,
+    /// Bytes of records (events) or of root and entries (table) after the header.
+    pub records_size: u32,
     pub cluster: u64,
     /// The block's own index in the grid zone: a block written or read at the wrong place fails.
     pub address: u64,
@@ -248,13 +257,11 @@ pub struct BlockHeader {
     /// log's next position at the checkpoint, twice.
     pub position_first: u64,
     pub position_end: u64,
-    /// Bytes of records (events) or of root and entries (table) after the header.
-    pub records_size: u32,
     /// Events: directory entries (streams in the block). Table: `TableEntry`s in the block.
     pub directory_count: u32,
     /// Events: bytes of directory after the records. Table: zero.
     pub directory_size: u32,
-    pub reserved: [u8; 52],
+    pub reserved: [u8; 40],
     /// Events: the log's skip pointers, level i to the block with ordinal `ordinal - 2^i`.
     pub log_pointers: [BlockPointer; SKIP_LEVELS_MAX],
 }
@@ -300,8 +307,9 @@ pub struct TableEntry {
     pub offset_next: u64,
     /// Blocks holding events of the stream (the ordinal of the newest).
     pub blocks: u64,
-    pub chain: u32,
+    pub chain: ChecksumBytes,
     pub frontier_count: u32,
+    pub reserved: u32,
 }
 
 const_assert_eq!(size_of::<CreateStream>(), 16);
@@ -313,14 +321,14 @@ const_assert_eq!(size_of::<ReadStream>(), 24);
 const_assert_eq!(size_of::<ReadLog>(), 16);
 const_assert_eq!(size_of::<StreamInfo>(), 8);
 const_assert_eq!(size_of::<ReadReplyHeader>(), 24);
-const_assert_eq!(size_of::<StreamInfoReply>(), 48);
-const_assert_eq!(size_of::<EventRecord>(), 40);
-const_assert_eq!(size_of::<BlockPointer>(), 16);
-const_assert_eq!(size_of::<BlockHeader>(), 128 + 16 * SKIP_LEVELS_MAX);
+const_assert_eq!(size_of::<StreamInfoReply>(), 56);
+const_assert_eq!(size_of::<EventRecord>(), 56);
+const_assert_eq!(size_of::<BlockPointer>(), 32);
+const_assert_eq!(size_of::<BlockHeader>(), 128 + 32 * SKIP_LEVELS_MAX);
 const_assert_eq!(std::mem::offset_of!(BlockHeader, log_pointers), 128);
 const_assert_eq!(size_of::<DirectoryEntry>(), 40);
-const_assert_eq!(size_of::<TableRoot>(), 32 + 16 * SKIP_LEVELS_MAX);
-const_assert_eq!(size_of::<TableEntry>(), 40);
+const_assert_eq!(size_of::<TableRoot>(), 32 + 32 * SKIP_LEVELS_MAX);
+const_assert_eq!(size_of::<TableEntry>(), 56);
 const_assert_eq!(size_of::<BlockHeader>() % 8, 0);
 
 // ---------------------------------------------------------------------------------------------
@@ -341,7 +349,7 @@ pub fn record_size(size_bytes: u32) -> u64 {
     size_of::<EventRecord>() as u64 + padded_size(size_bytes)
 }
 
-/// The chain checksum of a stream with no events: CRC32C of `stream` then `tenant`.
+/// The chain checksum of a stream with no events: the checksum of `stream` then `tenant`.
 pub fn chain_seed(stream: u64, tenant: u64) -> Checksum {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&stream.to_le_bytes());
@@ -349,19 +357,20 @@ pub fn chain_seed(stream: u64, tenant: u64) -> Checksum {
     checksum(&bytes)
 }
 
-/// The chain checksum after `record` (whose own `chain` field is ignored) with `data`: CRC32C of
-/// the previous chain, the record's stream, offset, position, timestamp and size, then the data.
-/// Every event's chain depends on all before it, so a lost, changed or reordered event shows.
+/// The chain checksum after `record` (whose own `chain` field is ignored) with `data`: the
+/// checksum of the previous chain (16 bytes), the record's stream, offset, position, timestamp
+/// (8 bytes each) and size (4 bytes), then the data. Every event's chain depends on all before
+/// it, so a lost, changed or reordered event shows.
 pub fn chain_next(chain: Checksum, record: &EventRecord, data: &[u8]) -> Checksum {
     assert_eq!(data.len(), record.size_bytes as usize);
-    let mut prefix = [0u8; 40];
-    prefix[0..4].copy_from_slice(&chain.to_le_bytes());
-    prefix[4..12].copy_from_slice(&record.stream.to_le_bytes());
-    prefix[12..20].copy_from_slice(&record.offset.to_le_bytes());
-    prefix[20..28].copy_from_slice(&record.position.to_le_bytes());
-    prefix[28..36].copy_from_slice(&record.timestamp.to_le_bytes());
-    prefix[36..40].copy_from_slice(&record.size_bytes.to_le_bytes());
-    crc32c::crc32c_append(checksum(&prefix), data)
+    let mut prefix = [0u8; 52];
+    prefix[0..16].copy_from_slice(&chain.to_le_bytes());
+    prefix[16..24].copy_from_slice(&record.stream.to_le_bytes());
+    prefix[24..32].copy_from_slice(&record.offset.to_le_bytes());
+    prefix[32..40].copy_from_slice(&record.position.to_le_bytes());
+    prefix[40..48].copy_from_slice(&record.timestamp.to_le_bytes());
+    prefix[48..52].copy_from_slice(&record.size_bytes.to_le_bytes());
+    checksum_pieces(&[&prefix, data])
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use kimberlite::constants::SUPERBLOCK_COPY_SIZE;
+
 const BINARY: &str = env!("CARGO_BIN_EXE_kimberlite");
 
 struct Scratch(PathBuf);
@@ -64,7 +66,7 @@ fn inspect_of_a_file_without_superblock_quorum_fails() {
     assert!(run(&[&format[..], &[path_text]].concat()).status.success());
     let mut bytes = std::fs::read(&path).unwrap();
     for copy in 0..3 {
-        bytes[copy * 4096 + 100] ^= 0xff;
+        bytes[copy * SUPERBLOCK_COPY_SIZE + 100] ^= 0xff;
     }
     std::fs::write(&path, &bytes).unwrap();
     let output = run(&["inspect", path_text]);

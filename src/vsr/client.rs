@@ -138,7 +138,7 @@ pub struct ClientCore {
     /// The newest view seen in a reply or pong.
     view: View,
     /// Distinguishes reads (their `parent`); never zero.
-    read_nonce: u32,
+    read_nonce: u128,
     in_flight: Option<InFlight>,
     /// Jitter for retries (xorshift, seeded by the driver).
     prng: u64,
@@ -424,7 +424,8 @@ impl ClientCore {
         self.evicted = true;
         self.registered = false;
         self.in_flight = None;
-        Outcome::Evicted(header.context)
+        // `Header::invalid` admits only the reasons, all below 2^32.
+        Outcome::Evicted(header.context as u32)
     }
 
     /// The next number of the jitter sequence (xorshift).
@@ -639,8 +640,11 @@ mod tests {
         core.request_start(Operation::Append, &[9; 24], 12);
         let mut eviction = Header::new(Command::Eviction, 7);
         eviction.client = core.id();
-        eviction.context = EvictionReason::NoSession as u32;
-        assert_eq!(core.on_message(&eviction, 13), Outcome::Evicted(eviction.context));
+        eviction.context = u128::from(EvictionReason::NoSession as u32);
+        assert_eq!(
+            core.on_message(&eviction, 13),
+            Outcome::Evicted(EvictionReason::NoSession as u32)
+        );
         assert!(core.in_flight().is_none() && core.evicted());
         core.session_new(6);
         let register = core.request_start(Operation::Register, &[], 14);

@@ -12,7 +12,7 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::vsr::header::{Checksum, ClientId, Op};
+use crate::vsr::header::{Checksum, ChecksumBytes, ClientId, Op, checksum};
 
 /// One checkpointed session (the superblock keeps `CLIENTS_MAX` of these).
 #[repr(C)]
@@ -27,15 +27,14 @@ pub struct ClientSessionRecord {
     /// The op of the latest committed request (the reply's op).
     pub reply_op: Op,
     /// The checksum of the latest reply (header checksum, so it covers the body).
-    pub reply_checksum: Checksum,
+    pub reply_checksum: ChecksumBytes,
     /// The latest committed request number.
     pub request: u32,
     /// The latest reply's size (header plus body).
     pub reply_size: u32,
-    pub reserved: u32,
 }
 
-static_assertions::assert_eq_size!(ClientSessionRecord, [u8; 40]);
+static_assertions::assert_eq_size!(ClientSessionRecord, [u8; 48]);
 
 /// What the primary should do with an incoming request, given the session table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +70,7 @@ pub fn session_chain(client: ClientId, reply_op: Op) -> Checksum {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&client.to_le_bytes());
     bytes[8..].copy_from_slice(&reply_op.to_le_bytes());
-    crc32c::crc32c(&bytes)
+    checksum(&bytes)
 }
 
 impl ClientSessions {
@@ -165,10 +164,9 @@ impl ClientSessions {
             client,
             session: op,
             reply_op: op,
-            reply_checksum: 0,
+            reply_checksum: ChecksumBytes::ZERO,
             request: 0,
             reply_size: 0,
-            reserved: 0,
         };
         (slot, evicted)
     }
@@ -188,7 +186,7 @@ impl ClientSessions {
         assert!(reply_op >= record.reply_op);
         record.request = request;
         record.reply_op = reply_op;
-        record.reply_checksum = reply_checksum;
+        record.reply_checksum = ChecksumBytes::new(reply_checksum);
         record.reply_size = reply_size;
     }
 

@@ -28,7 +28,8 @@ pub fn fill_range(config: &Config, offset: u64, buffer: &mut [u8]) {
                 let copy = sector_offset / SUPERBLOCK_COPY_SIZE as u64;
                 assert!((copy as usize) < SUPERBLOCK_COPIES);
                 superblock.copy = copy as u16;
-                sector.copy_from_slice(superblock.as_bytes());
+                let within = (sector_offset % SUPERBLOCK_COPY_SIZE as u64) as usize;
+                sector.copy_from_slice(&superblock.as_bytes()[within..within + SECTOR_SIZE]);
             }
             Some(Zone::WalHeaders) => {
                 let first_slot =

@@ -1,4 +1,4 @@
-//! The 128-byte message header: its layout, the commands and operations of the protocol, the
+//! The 256-byte message header: its layout, the commands and operations of the protocol, the
 //! checksums, and `invalid()`, the validator every header from a socket or a disk passes before
 //! any of its fields is trusted.
 //!
@@ -16,8 +16,9 @@ use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS
 #[cfg(not(target_endian = "little"))]
 compile_error!("headers are cast from little-endian bytes: big-endian targets are not supported");
 
-/// A CRC32C checksum.
-pub type Checksum = u32;
+/// A 128-bit checksum (XXH3-128): the identity of a message, a prepare, a session, a grid
+/// block and a checkpoint.
+pub type Checksum = u128;
 /// A position in the replicated log (op 0 is the root prepare).
 pub type Op = u64;
 /// A view number; the primary of view v is replica v mod replica_count.
@@ -29,44 +30,29 @@ pub type ClusterId = u64;
 /// A client identifier, random per client process; never zero.
 pub type ClientId = u64;
 
-/// The CRC32C of `bytes`.
+/// The checksum of `bytes`: XXH3-128 (xxHash 0.8, a published and frozen algorithm), seed 0.
 pub fn checksum(bytes: &[u8]) -> Checksum {
-    crc32c::crc32c(bytes)
+    xxhash_rust::xxh3::xxh3_128(bytes)
 }
 
-/// Combines CRC32Cs of consecutive pieces of one length: `crc(a ‖ b)` from `crc(a)` and
-/// `crc(b)` for every `b` of `length` bytes. Moving a CRC past `length` bytes is linear over
-/// GF(2), so it is a 32×32 bit matrix, computed once here; `crc32c_combine` instead squares a
-/// matrix per bit of the length on every call, which made checking a 512 KiB block from its
-/// chunks cost more than reading it.
-#[derive(Clone, Copy, Debug)]
-pub struct ChecksumShift {
-    length: usize,
-    /// Column i: where bit i of `crc(a)` lands once `length` more bytes are appended.
-    columns: [u32; 32],
+/// The checksum of the concatenation of `pieces`, without joining them.
+pub fn checksum_pieces(pieces: &[&[u8]]) -> Checksum {
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+    for piece in pieces {
+        hasher.update(piece);
+    }
+    hasher.digest128()
 }
 
-impl ChecksumShift {
-    pub fn new(length: usize) -> ChecksumShift {
-        let columns = std::array::from_fn(|bit| crc32c::crc32c_combine(1 << bit, 0, length));
-        ChecksumShift { length, columns }
-    }
-
-    pub fn length(&self) -> usize {
-        self.length
-    }
-
-    /// `crc(a ‖ b)`, where `second = crc(b)` and `b` is `length` bytes long.
-    pub fn combine(&self, first: Checksum, second: Checksum) -> Checksum {
-        let mut sum = second;
-        for (bit, column) in self.columns.iter().enumerate() {
-            if (first >> bit) & 1 == 1 {
-                sum ^= column;
-            }
-        }
-        sum
-    }
+/// One link of a hash chain: the checksum of `previous` then `next` (16 little-endian bytes
+/// each).
+pub fn checksum_chain(previous: Checksum, next: Checksum) -> Checksum {
+    checksum_pieces(&[&previous.to_le_bytes(), &next.to_le_bytes()])
 }
+
+/// A checksum inside a record that is only 8-byte aligned (grid blocks, reply bodies, session
+/// records): the same 16 little-endian bytes as a `Checksum`, with alignment 1.
+pub type ChecksumBytes = zerocopy::byteorder::U128<zerocopy::byteorder::LittleEndian>;
 
 /// Messages of the protocol. Per command: the generic header fields it uses (all others must be
 /// zero), then its body.
@@ -249,39 +235,51 @@ pub enum EvictionReason {
     InvalidRequest = 3,
 }
 
-/// The 128-byte message header. See `docs/data-file.md` for the byte-by-byte layout.
+/// The 256-byte message header. See `docs/data-file.md` for the byte-by-byte layout.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct Header {
-    /// CRC32C of header bytes 4..128, so it covers `checksum_body` and thus the whole message.
+    /// Checksum of header bytes 16..256, so it covers `checksum_body` and thus the whole message.
     pub checksum: Checksum,
-    /// CRC32C of the body (`size - 128` bytes after the header).
+    /// Checksum of the body (`size - 256` bytes after the header).
     pub checksum_body: Checksum,
+    pub parent: Checksum,
+    pub context: Checksum,
     pub cluster: ClusterId,
-    /// Header plus body bytes.
-    pub size: u32,
-    pub view: View,
     pub op: Op,
     pub commit: Op,
+    /// At byte 88 in every protocol version, so a receiver names a peer's version before it
+    /// checks anything else.
+    pub protocol: u16,
+    pub command: u8,
+    pub replica: ReplicaIndex,
+    /// Header plus body bytes.
+    pub size: u32,
     pub timestamp: u64,
     pub client: ClientId,
     pub checkpoint_op: Op,
     pub op_min: Op,
-    pub parent: Checksum,
-    pub context: Checksum,
+    pub view: View,
     pub request: u32,
     pub log_view: View,
-    pub protocol: u16,
-    pub command: u8,
-    pub replica: ReplicaIndex,
     pub operation: u8,
-    pub reserved: [u8; 35],
+    pub reserved: [u8; HEADER_RESERVED_SIZE],
 }
+
+const HEADER_RESERVED_SIZE: usize = 115;
+/// Why a header of another protocol version is refused.
+const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 2)";
+const_assert_eq!(PROTOCOL_VERSION, 2);
+/// Where `protocol` sits in every version of the header (version 1 had it there too).
+pub const HEADER_PROTOCOL_OFFSET: usize = 88;
+/// The header checksum covers every byte after the checksum itself.
+const HEADER_CHECKSUM_COVERS_FROM: usize = std::mem::size_of::<Checksum>();
 
 assert_eq_size!(Header, [u8; HEADER_SIZE]);
 const_assert_eq!(std::mem::align_of::<Header>(), 64);
-const_assert_eq!(std::mem::offset_of!(Header, checksum_body), 4);
-const_assert_eq!(std::mem::offset_of!(Header, reserved), 93);
+const_assert_eq!(std::mem::offset_of!(Header, checksum_body), HEADER_CHECKSUM_COVERS_FROM);
+const_assert_eq!(std::mem::offset_of!(Header, reserved), HEADER_SIZE - HEADER_RESERVED_SIZE);
+const_assert_eq!(std::mem::offset_of!(Header, protocol), HEADER_PROTOCOL_OFFSET);
 
 impl Header {
     /// A header with every field zero (the reserved command).
@@ -306,7 +304,7 @@ impl Header {
             command: 0,
             replica: 0,
             operation: 0,
-            reserved: [0; 35],
+            reserved: [0; HEADER_RESERVED_SIZE],
         }
     }
 
@@ -344,7 +342,7 @@ impl Header {
     }
 
     pub fn calculate_checksum(&self) -> Checksum {
-        checksum(&self.as_bytes()[4..])
+        checksum(&self.as_bytes()[HEADER_CHECKSUM_COVERS_FROM..])
     }
 
     pub fn set_checksum(&mut self) {
@@ -364,16 +362,20 @@ impl Header {
         body.len() + HEADER_SIZE == self.size as usize && self.checksum_body == checksum(body)
     }
 
-    /// Casts the first 128 bytes of `bytes` to a header. Returns `None` if `bytes` is too short
+    /// Casts the first 256 bytes of `bytes` to a header. Returns `None` if `bytes` is too short
     /// or not 64-byte aligned; the header is not validated.
     pub fn from_prefix(bytes: &[u8]) -> Option<&Header> {
         Header::ref_from_prefix(bytes).ok().map(|(header, _)| header)
     }
 
-    /// Decodes and fully validates a header from untrusted bytes: checksum first, then
-    /// `invalid()`. The body is checked separately with `valid_checksum_body`.
+    /// Decodes and fully validates a header from untrusted bytes: the protocol version, the
+    /// checksum, then `invalid()`. The body is checked separately with `valid_checksum_body`.
     pub fn decode(bytes: &[u8]) -> Result<Header, &'static str> {
         let header = Header::read_from_prefix(bytes).map_err(|_| "header: too short")?.0;
+        if header.protocol != PROTOCOL_VERSION {
+            // Checked before the checksum, which another version computes differently.
+            return Err(PROTOCOL_DIFFERS);
+        }
         if !header.valid_checksum() {
             return Err("header: checksum");
         }
@@ -389,9 +391,9 @@ impl Header {
     /// cluster id, the replica count).
     pub fn invalid(&self) -> Option<&'static str> {
         if self.protocol != PROTOCOL_VERSION {
-            return Some("protocol version unknown");
+            return Some(PROTOCOL_DIFFERS);
         }
-        if self.reserved != [0; 35] {
+        if self.reserved != [0; HEADER_RESERVED_SIZE] {
             return Some("reserved bytes not zero");
         }
         if (self.size as usize) < HEADER_SIZE {
@@ -813,7 +815,7 @@ impl Header {
             EvictionReason::SessionEvicted,
             EvictionReason::InvalidRequest,
         ];
-        if !reasons.iter().any(|reason| *reason as u32 == self.context) {
+        if !reasons.iter().any(|reason| *reason as Checksum == self.context) {
             return Some("eviction reason unknown");
         }
         self.invalid_body_empty()

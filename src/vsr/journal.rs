@@ -234,6 +234,8 @@ pub enum EntryInvalid {
 }
 
 /// One ring's entry for one slot, validated.
+// A whole header by value: entries live in tables allocated at startup, never boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
     Invalid(EntryInvalid),

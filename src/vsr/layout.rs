@@ -44,7 +44,7 @@ impl Config {
     pub fn small(cluster: ClusterId, replica: ReplicaIndex, replica_count: u8) -> Config {
         Config {
             journal_slot_count: 64,
-            message_size_max: 8192,
+            message_size_max: 12288,
             clients_max: 4,
             grid_size: 1024 * 1024,
             ..Config::new(cluster, replica, replica_count)
@@ -216,10 +216,10 @@ mod tests {
             (|c| c.replica_count = 8, "replica count must be at most 7"),
             (|c| c.replica = 3, "replica index must be less than the replica count"),
             (|c| c.journal_slot_count = 16, "journal slot count out of range"),
-            (|c| c.journal_slot_count = 80, "journal slot count must fill whole header sectors"),
+            (|c| c.journal_slot_count = 72, "journal slot count must fill whole header sectors"),
             (|c| c.message_size_max = 4096, "message_size_max out of range"),
             (
-                |c| c.message_size_max = 8192 + 512,
+                |c| c.message_size_max = 12288 + 512,
                 "message_size_max must be a multiple of the sector size",
             ),
             (|c| c.clients_max = 0, "clients_max out of range"),

@@ -392,7 +392,7 @@ impl Replica {
             view_change: view_change::ViewChangeState::new(),
             rejoin: rejoin::RejoinState::new(),
             target: repair::LogTarget::new(config.journal_slot_count as usize),
-            sync: sync::SyncState::new(config),
+            sync: sync::SyncState::new(),
             grid_repair: grid_repair::GridRepair::new(),
             prng: seed | 1,
             invalid_last: None,

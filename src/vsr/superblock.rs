@@ -36,10 +36,10 @@ use crate::vsr::storage::{Completion, IoError, IoKind, IoOwner, IoRequest, IoTok
 mod tests;
 
 /// The first byte `SuperBlockHeader::checksum` covers: everything after `checksum` and `copy`.
-const CHECKSUM_COVERS_FROM: usize = 6;
+const CHECKSUM_COVERS_FROM: usize = 18;
 
-/// One superblock copy, exactly one sector. `checksum` covers bytes 6..4096: everything but
-/// itself and `copy`, so the four copies of one update share a checksum.
+/// One superblock copy, exactly `SUPERBLOCK_COPY_SIZE` bytes. `checksum` covers bytes 18..8192:
+/// everything but itself and `copy`, so the four copies of one update share a checksum.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct SuperBlockHeader {
@@ -47,19 +47,25 @@ pub struct SuperBlockHeader {
     /// This copy's index (0..4), so a copy written to the wrong place is detected.
     pub copy: u16,
     pub version: u16,
-    pub cluster: ClusterId,
-    /// Incremented by every update; copies of the newest update have the highest sequence.
-    pub sequence: u64,
-    /// The checksum of the update this one replaced (0 for the first).
-    pub parent: Checksum,
     pub replica: u8,
     pub replica_count: u8,
     pub reserved_replica: [u8; 2],
+    pub cluster: ClusterId,
+    /// Incremented by every update; copies of the newest update have the highest sequence.
+    pub sequence: u64,
     pub journal_slot_count: u32,
     pub message_size_max: u32,
     pub clients_max: u32,
     pub streams_max: u32,
     pub grid_size: u64,
+    /// The checksum of the update this one replaced (0 for the first).
+    pub parent: Checksum,
+    /// The checksum of the prepare at `checkpoint_op`.
+    pub checkpoint_checksum: Checksum,
+    /// The checksum of the checkpointed state-machine root (the streams table blocks).
+    pub checkpoint_state_checksum: Checksum,
+    /// The hash chain over the checksums of the streams table's blocks.
+    pub streams_table_checksum: Checksum,
     /// The replica's view; never goes backwards.
     pub view: View,
     /// The latest view in which the replica was in normal status; never goes backwards.
@@ -68,36 +74,33 @@ pub struct SuperBlockHeader {
     pub commit_max: Op,
     /// The op whose state the checkpoint holds; the WAL is replayed from here.
     pub checkpoint_op: Op,
-    /// The checksum of the prepare at `checkpoint_op`.
-    pub checkpoint_checksum: Checksum,
-    /// The checksum of the checkpointed state-machine root (the streams table blocks).
-    pub checkpoint_state_checksum: Checksum,
     /// The next grid block the state machine appends to.
     pub grid_head: u64,
-    /// Where the checkpointed streams table starts in the grid, how many blocks it spans, and
-    /// the checksum of those blocks' checksums.
+    /// Where the checkpointed streams table starts in the grid, and how many blocks it spans.
     pub streams_table_address: u64,
     pub streams_table_blocks: u32,
-    pub streams_table_checksum: Checksum,
-    pub reserved_checkpoint: [u8; 4],
     /// How many of `view_headers` are in use (the log suffix kept for a view change).
     pub view_headers_count: u32,
     /// 1 if the replica's data file was formatted again to replace one that was lost
     /// (`kimberlite format --rejoin`): its log is not evidence of what it acknowledged before,
     /// so it takes no part in view changes until it holds the cluster's log.
     pub log_lost: u8,
-    pub reserved_state: [u8; 7],
+    pub reserved_state: [u8; 15],
     pub view_headers: [Header; VIEW_HEADERS_MAX],
     /// The client sessions as of the checkpoint (free entries are all zero).
     pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
-    pub reserved: [u8; 256],
+    pub reserved: [u8; SUPERBLOCK_RESERVED_SIZE],
 }
 
-const_assert_eq!(std::mem::size_of::<SuperBlockHeader>(), SUPERBLOCK_COPY_SIZE);
-const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, view_headers), 128);
+const SUPERBLOCK_RESERVED_SIZE: usize = 2624;
 
 const_assert_eq!(std::mem::size_of::<SuperBlockHeader>(), SUPERBLOCK_COPY_SIZE);
-const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, view_headers), 128);
+const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, parent), 64);
+const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, view), 128);
+const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, log_lost), 176);
+const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, view_headers), 192);
+const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, client_sessions), 2496);
+const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, reserved), 5568);
 const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, version), CHECKSUM_COVERS_FROM);
 const_assert_eq!(SUPERBLOCK_COPY_SIZE % std::mem::align_of::<SuperBlockHeader>(), 0);
 
@@ -170,10 +173,8 @@ impl SuperBlockHeader {
             return Some("log_lost must be 0 or 1");
         }
         let reserved_zero = self.reserved_replica == [0; 2]
-            && self.reserved_checkpoint == [0; 4]
-            && self.reserved_state == [0; 7]
-            && self.reserved.iter().all(|byte| *byte == 0)
-            && self.client_sessions.iter().all(|record| record.reserved == 0);
+            && self.reserved_state == [0; 15]
+            && self.reserved.iter().all(|byte| *byte == 0);
         if !reserved_zero {
             return Some("reserved bytes not zero");
         }
@@ -328,6 +329,8 @@ pub enum CopyHealth {
     Invalid { reason: &'static str },
     /// The disk failed the read; counted as a corrupt copy.
     ReadError { error: IoError },
+    /// Not a copy of this version: it reads as a copy of an older data-file format.
+    VersionOther { version: u16 },
 }
 
 impl std::fmt::Display for CopyHealth {
@@ -342,6 +345,9 @@ impl std::fmt::Display for CopyHealth {
             }
             CopyHealth::Invalid { reason } => write!(formatter, "invalid: {reason}"),
             CopyHealth::ReadError { error } => write!(formatter, "read error: {error}"),
+            CopyHealth::VersionOther { version } => {
+                write!(formatter, "a copy of data-file format version {version}")
+            }
         }
     }
 }
@@ -351,6 +357,8 @@ impl std::fmt::Display for CopyHealth {
 pub enum SuperBlockError {
     /// No copy is valid.
     NotFound,
+    /// No copy is valid, and some read as copies of an older data-file format.
+    VersionOther { version: u16 },
     /// Some copies are valid, but no update is held by `SUPERBLOCK_QUORUM_OPEN` of them.
     QuorumLost { copies_valid: u8 },
     /// Two valid copies hold different superblocks with the same sequence.
@@ -377,6 +385,12 @@ impl std::fmt::Display for SuperBlockError {
                     "superblock not found: none of {SUPERBLOCK_COPIES} copies is valid"
                 )
             }
+            SuperBlockError::VersionOther { version } => write!(
+                formatter,
+                "data file of format version {version}: this build reads version \
+                 {SUPERBLOCK_VERSION} only (the checksums and headers changed); run the build that \
+                 wrote it, or format a new data file and rejoin it to the cluster"
+            ),
             SuperBlockError::QuorumLost { copies_valid } => write!(
                 formatter,
                 "superblock quorum lost: {copies_valid} of {SUPERBLOCK_COPIES} copies valid, and \
@@ -658,7 +672,16 @@ impl SuperBlock {
             }
             self.copies_health[copy] = health;
         }
-        let chosen = quorum_choose(&copies).map(|index| *copies[index].expect("chosen is valid"));
+        let version_other = self.copies_health.iter().find_map(|health| match health {
+            CopyHealth::VersionOther { version } => Some(*version),
+            _ => None,
+        });
+        let chosen = match quorum_choose(&copies) {
+            Err(SuperBlockError::NotFound) if let Some(version) = version_other => {
+                Err(SuperBlockError::VersionOther { version })
+            }
+            chosen => chosen.map(|index| *copies[index].expect("chosen is valid")),
+        };
         if let Ok(working) = &chosen {
             for (copy, valid) in copies.iter().enumerate() {
                 if let (Some(header), CopyHealth::Valid { sequence }) =
@@ -819,7 +842,10 @@ fn copy_health(copy: usize, buffer: &Message, result: Result<(), IoError>) -> Co
     }
     let header = header_of(buffer);
     if !header.valid_checksum() {
-        return CopyHealth::CorruptChecksum;
+        return match version_1_copy(buffer.buffer()) {
+            true => CopyHealth::VersionOther { version: 1 },
+            false => CopyHealth::CorruptChecksum,
+        };
     }
     if usize::from(header.copy) != copy {
         return CopyHealth::Misdirected { copy: header.copy };
@@ -828,6 +854,15 @@ fn copy_health(copy: usize, buffer: &Message, result: Result<(), IoError>) -> Co
         return CopyHealth::Invalid { reason };
     }
     CopyHealth::Valid { sequence: header.sequence }
+}
+
+/// Whether `bytes` start like a version-1 copy (one sector each, 4-byte checksum, then `copy`
+/// and `version` at bytes 4 and 6). Asked only of a copy whose checksum fails, to name the
+/// format of a data file no copy of which is valid.
+fn version_1_copy(bytes: &[u8]) -> bool {
+    let copy = u16::from_le_bytes([bytes[4], bytes[5]]);
+    let version = u16::from_le_bytes([bytes[6], bytes[7]]);
+    version == 1 && usize::from(copy) < SUPERBLOCK_COPIES
 }
 
 /// Chooses the working superblock among the valid copies (`None`: not valid): the newest held by

@@ -99,11 +99,11 @@ impl StreamModel {
             return Err("stream_info disagrees with the client's acknowledged appends");
         }
         if info.offset_next == 0 {
-            if info.chain != chain_seed(self.stream, self.tenant()) {
+            if info.chain.get() != chain_seed(self.stream, self.tenant()) {
                 return Err("stream_info of an empty stream has a chain other than its seed");
             }
         } else {
-            self.chain_seen(info.offset_next - 1, info.chain)?;
+            self.chain_seen(info.offset_next - 1, info.chain.get())?;
         }
         Ok(ReadChecked::default())
     }
@@ -184,11 +184,11 @@ impl StreamModel {
             return Err("a read returned data the client did not append at that offset");
         }
         if let Some(chain) = self.chain_before(record.offset)
-            && chain_next(chain, record, data) != record.chain
+            && chain_next(chain, record, data) != record.chain.get()
         {
             return Err("a read returned an event whose chain does not follow its stream's");
         }
-        self.chain_seen(record.offset, record.chain)
+        self.chain_seen(record.offset, record.chain.get())
     }
 }
 
@@ -207,6 +207,7 @@ fn record_next(bytes: &[u8]) -> Result<(EventRecord, &[u8], &[u8]), &'static str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vsr::header::ChecksumBytes;
     use zerocopy::IntoBytes;
 
     fn stream_info(model: &StreamModel, offset_next: u64, chain: Checksum) -> Vec<u8> {
@@ -217,8 +218,7 @@ mod tests {
             tenant: model.stream,
             offset_next,
             event_count: offset_next,
-            chain,
-            reserved_chain: 0,
+            chain: ChecksumBytes::new(chain),
         };
         info.as_bytes().to_vec()
     }
@@ -230,10 +230,11 @@ mod tests {
             offset,
             position: offset,
             timestamp: 1,
-            chain: 0,
+            chain: ChecksumBytes::ZERO,
             size_bytes: data.len() as u32,
+            reserved: 0,
         };
-        record.chain = chain_next(chain, &record, data);
+        record.chain = ChecksumBytes::new(chain_next(chain, &record, data));
         let head = ReadReplyHeader { result: 0, event_count: 1, next: offset + 1, end: 1 };
         let mut bytes = head.as_bytes().to_vec();
         bytes.extend_from_slice(record.as_bytes());

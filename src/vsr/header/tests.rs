@@ -12,7 +12,9 @@ use std::mem::{align_of, offset_of, size_of};
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::{ChecksumShift, Command, EvictionReason, Header, Operation, checksum};
+use super::{
+    Command, EvictionReason, Header, Operation, checksum, checksum_chain, checksum_pieces,
+};
 use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX};
 use crate::stdx::prng::Prng;
 
@@ -26,16 +28,19 @@ const COMMIT: u64 = 10;
 const CHECKPOINT: u64 = 8;
 const TIMESTAMP: u64 = 1_700_000_000_000_000_000;
 const REQUEST: u32 = 7;
-const PARENT: u32 = 0x9A2E_0001;
-const CONTEXT: u32 = 0xC0DE_0001;
+const PARENT: u128 = 0x9A2E_0001_0000_0000_0000_0000_0000_0001;
+const CONTEXT: u128 = 0xC0DE_0001_0000_0000_0000_0000_0000_0001;
 
 /// Every reason `invalid()` and `decode()` can return, as written in header.rs.
+/// Why a header of another protocol version is refused (`Header::decode`, `invalid`).
+const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 2)";
+
 const REASONS: [&str; 58] = [
     // decode
     "header: too short",
     "header: checksum",
     // every header
-    "protocol version unknown",
+    PROTOCOL_DIFFERS,
     "reserved bytes not zero",
     "size smaller than header",
     "size larger than message_size_max",
@@ -101,7 +106,7 @@ const REASONS: [&str; 58] = [
 const REJECTION_TESTS: [(&str, fn()); 58] = [
     ("header: too short", decode_of_input_shorter_than_a_header_fails),
     ("header: checksum", decode_of_a_header_with_a_flipped_byte_fails_the_checksum),
-    ("protocol version unknown", header_with_unknown_protocol_version_is_rejected),
+    (PROTOCOL_DIFFERS, header_with_unknown_protocol_version_is_rejected),
     ("reserved bytes not zero", header_with_a_nonzero_reserved_byte_is_rejected),
     ("size smaller than header", header_with_size_below_header_size_is_rejected),
     ("size larger than message_size_max", header_with_size_above_message_size_max_is_rejected),
@@ -300,7 +305,7 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
         }
         Command::Eviction => {
             (h.client, h.view, h.replica) = (CLIENT, VIEW, 1);
-            h.context = EvictionReason::SessionEvicted as u32;
+            h.context = u128::from(EvictionReason::SessionEvicted as u32);
             vec![]
         }
         Command::RequestBlocks => {
@@ -415,21 +420,21 @@ impl Field {
         }
     }
 
-    fn get(self, h: &Header) -> u64 {
+    fn get(self, h: &Header) -> u128 {
         match self {
-            Field::View => u64::from(h.view),
-            Field::Op => h.op,
-            Field::Commit => h.commit,
-            Field::Timestamp => h.timestamp,
-            Field::Client => h.client,
-            Field::CheckpointOp => h.checkpoint_op,
-            Field::OpMin => h.op_min,
-            Field::Parent => u64::from(h.parent),
-            Field::Context => u64::from(h.context),
-            Field::Request => u64::from(h.request),
-            Field::LogView => u64::from(h.log_view),
-            Field::Replica => u64::from(h.replica),
-            Field::Operation => u64::from(h.operation),
+            Field::View => u128::from(h.view),
+            Field::Op => u128::from(h.op),
+            Field::Commit => u128::from(h.commit),
+            Field::Timestamp => u128::from(h.timestamp),
+            Field::Client => u128::from(h.client),
+            Field::CheckpointOp => u128::from(h.checkpoint_op),
+            Field::OpMin => u128::from(h.op_min),
+            Field::Parent => h.parent,
+            Field::Context => h.context,
+            Field::Request => u128::from(h.request),
+            Field::LogView => u128::from(h.log_view),
+            Field::Replica => u128::from(h.replica),
+            Field::Operation => u128::from(h.operation),
         }
     }
 
@@ -443,8 +448,8 @@ impl Field {
             Field::Client => h.client = value,
             Field::CheckpointOp => h.checkpoint_op = value,
             Field::OpMin => h.op_min = value,
-            Field::Parent => h.parent = value as u32,
-            Field::Context => h.context = value as u32,
+            Field::Parent => h.parent = u128::from(value),
+            Field::Context => h.context = u128::from(value),
             Field::Request => h.request = value as u32,
             Field::LogView => h.log_view = value as u32,
             Field::Replica => h.replica = value as u8,
@@ -634,7 +639,7 @@ fn values_at_each_boundary_are_accepted() {
 fn header_with_unknown_protocol_version_is_rejected() {
     // Goal: a header of another protocol version is refused before any field is read.
     for protocol in [0, PROTOCOL_VERSION + 1, u16::MAX] {
-        rejects(valid(Command::Ping), |h| h.protocol = protocol, "protocol version unknown");
+        rejects(valid(Command::Ping), |h| h.protocol = protocol, PROTOCOL_DIFFERS);
     }
 }
 
@@ -842,7 +847,7 @@ fn headers_without_a_header_in_the_body_is_rejected() {
 
 #[test]
 fn body_of_partial_headers_is_rejected() {
-    // Goal: a body of headers is a whole number of 128-byte headers.
+    // Goal: a body of headers is a whole number of 256-byte headers.
     for command in CARRYING_HEADERS {
         for body_size in [1, HEADER_SIZE - 1, HEADER_SIZE + 1, 3 * HEADER_SIZE - 64] {
             let size = size_with_body(body_size);
@@ -1123,7 +1128,8 @@ fn op_min_above_op_is_rejected() {
 #[test]
 fn eviction_with_an_unknown_reason_is_rejected() {
     // Goal: an eviction carries one of the known reasons in its context.
-    for context in [0, EvictionReason::InvalidRequest as u32 + 1, u32::MAX] {
+    for context in [0, EvictionReason::InvalidRequest as u128 + 1, u128::from(u32::MAX), u128::MAX]
+    {
         rejects(valid(Command::Eviction), |h| h.context = context, "eviction reason unknown");
     }
 }
@@ -1175,7 +1181,7 @@ fn sync_checkpoint_without_state_is_rejected() {
 
 #[test]
 fn decode_of_input_shorter_than_a_header_fails() {
-    // Goal: decode refuses fewer than 128 bytes, and never reads past them.
+    // Goal: decode refuses fewer than 256 bytes, and never reads past them.
     let header = valid(Command::Ping);
     for length in [0, 1, 4, 64, HEADER_SIZE - 1] {
         let reason = "header: too short";
@@ -1202,26 +1208,43 @@ fn decode_of_a_header_with_a_flipped_byte_fails_the_checksum() {
         for index in 0..HEADER_SIZE {
             let mut bytes = header.as_bytes().to_vec();
             bytes[index] ^= 0x10;
-            assert_eq!(Header::decode(&bytes), Err("header: checksum"), "{index}");
+            // A flip in `protocol` names another version first.
+            let reason = match index {
+                88 | 89 => PROTOCOL_DIFFERS,
+                _ => "header: checksum",
+            };
+            assert_eq!(Header::decode(&bytes), Err(reason), "{index}");
         }
     }
 }
 
 #[test]
-fn decode_checks_the_checksum_before_the_fields() {
-    // Goal: an invalid header with a bad checksum is reported as a checksum failure.
+fn decode_names_another_protocol_version_first_then_checks_the_checksum() {
+    // Goal: a header of another protocol version (version 1's 128-byte header kept `protocol`
+    // at byte 88 too) is named as such before its checksum, which that version computes
+    // differently; of this version, an invalid header with a bad checksum is reported as a
+    // checksum failure.
     let mut header = valid(Command::Ping);
-    header.protocol = 0;
-    assert_eq!(header.invalid(), Some("protocol version unknown"));
+    header.protocol = 1;
+    let differs = Err(PROTOCOL_DIFFERS);
+    assert_eq!(Header::decode(header.as_bytes()), differs);
+    let mut version_1 = [0u8; HEADER_SIZE];
+    version_1[..4].copy_from_slice(&0xDEAD_BEEFu32.to_le_bytes());
+    version_1[88..90].copy_from_slice(&1u16.to_le_bytes());
+    version_1[90] = Command::Ping as u8;
+    assert_eq!(Header::decode(&version_1), differs);
+    let mut header = valid(Command::Ping);
+    header.command = Command::ALL.len() as u8;
+    assert_eq!(header.invalid(), Some("command unknown"));
     assert_eq!(Header::decode(header.as_bytes()), Err("header: checksum"));
 }
 
 // ---- Layout ----
 
 #[test]
-fn header_is_128_bytes_aligned_to_64() {
-    // Goal: a header fills one 128-byte slot and sits on a cache line.
-    assert_eq!(size_of::<Header>(), 128);
+fn header_is_256_bytes_aligned_to_64() {
+    // Goal: a header fills one 256-byte slot and starts on a cache line.
+    assert_eq!(size_of::<Header>(), 256);
     assert_eq!(size_of::<Header>(), HEADER_SIZE);
     assert_eq!(align_of::<Header>(), 64);
     assert_eq!(Header::zeroed().as_bytes(), &[0; HEADER_SIZE]);
@@ -1229,56 +1252,57 @@ fn header_is_128_bytes_aligned_to_64() {
 
 #[test]
 fn fields_sit_at_their_documented_offsets() {
-    // Goal: the wire layout is the documented one, field by field.
+    // Goal: the wire layout is the documented one, field by field; `protocol` and `command`
+    // are where version 1 had them.
     assert_eq!(offset_of!(Header, checksum), 0);
-    assert_eq!(offset_of!(Header, checksum_body), 4);
-    assert_eq!(offset_of!(Header, cluster), 8);
-    assert_eq!(offset_of!(Header, size), 16);
-    assert_eq!(offset_of!(Header, view), 20);
-    assert_eq!(offset_of!(Header, op), 24);
-    assert_eq!(offset_of!(Header, commit), 32);
-    assert_eq!(offset_of!(Header, timestamp), 40);
-    assert_eq!(offset_of!(Header, client), 48);
-    assert_eq!(offset_of!(Header, checkpoint_op), 56);
-    assert_eq!(offset_of!(Header, op_min), 64);
-    assert_eq!(offset_of!(Header, parent), 72);
-    assert_eq!(offset_of!(Header, context), 76);
-    assert_eq!(offset_of!(Header, request), 80);
-    assert_eq!(offset_of!(Header, log_view), 84);
+    assert_eq!(offset_of!(Header, checksum_body), 16);
+    assert_eq!(offset_of!(Header, parent), 32);
+    assert_eq!(offset_of!(Header, context), 48);
+    assert_eq!(offset_of!(Header, cluster), 64);
+    assert_eq!(offset_of!(Header, op), 72);
+    assert_eq!(offset_of!(Header, commit), 80);
     assert_eq!(offset_of!(Header, protocol), 88);
     assert_eq!(offset_of!(Header, command), 90);
     assert_eq!(offset_of!(Header, replica), 91);
-    assert_eq!(offset_of!(Header, operation), 92);
-    assert_eq!(offset_of!(Header, reserved), 93);
-    assert_eq!(offset_of!(Header, reserved) + 35, HEADER_SIZE);
+    assert_eq!(offset_of!(Header, size), 92);
+    assert_eq!(offset_of!(Header, timestamp), 96);
+    assert_eq!(offset_of!(Header, client), 104);
+    assert_eq!(offset_of!(Header, checkpoint_op), 112);
+    assert_eq!(offset_of!(Header, op_min), 120);
+    assert_eq!(offset_of!(Header, view), 128);
+    assert_eq!(offset_of!(Header, request), 132);
+    assert_eq!(offset_of!(Header, log_view), 136);
+    assert_eq!(offset_of!(Header, operation), 140);
+    assert_eq!(offset_of!(Header, reserved), 141);
+    assert_eq!(offset_of!(Header, reserved) + 115, HEADER_SIZE);
 }
 
 #[test]
 fn fields_are_little_endian_at_their_offsets() {
     // Goal: each field's bytes land, least significant first, at its offset and nowhere else.
-    type Setter = fn(&mut Header, u64);
+    type Setter = fn(&mut Header, u128);
     let layout: [(&str, usize, usize, Setter); 19] = [
-        ("checksum", 0, 4, |h, v| h.checksum = v as u32),
-        ("checksum_body", 4, 4, |h, v| h.checksum_body = v as u32),
-        ("cluster", 8, 8, |h, v| h.cluster = v),
-        ("size", 16, 4, |h, v| h.size = v as u32),
-        ("view", 20, 4, |h, v| h.view = v as u32),
-        ("op", 24, 8, |h, v| h.op = v),
-        ("commit", 32, 8, |h, v| h.commit = v),
-        ("timestamp", 40, 8, |h, v| h.timestamp = v),
-        ("client", 48, 8, |h, v| h.client = v),
-        ("checkpoint_op", 56, 8, |h, v| h.checkpoint_op = v),
-        ("op_min", 64, 8, |h, v| h.op_min = v),
-        ("parent", 72, 4, |h, v| h.parent = v as u32),
-        ("context", 76, 4, |h, v| h.context = v as u32),
-        ("request", 80, 4, |h, v| h.request = v as u32),
-        ("log_view", 84, 4, |h, v| h.log_view = v as u32),
+        ("checksum", 0, 16, |h, v| h.checksum = v),
+        ("checksum_body", 16, 16, |h, v| h.checksum_body = v),
+        ("parent", 32, 16, |h, v| h.parent = v),
+        ("context", 48, 16, |h, v| h.context = v),
+        ("cluster", 64, 8, |h, v| h.cluster = v as u64),
+        ("op", 72, 8, |h, v| h.op = v as u64),
+        ("commit", 80, 8, |h, v| h.commit = v as u64),
         ("protocol", 88, 2, |h, v| h.protocol = v as u16),
         ("command", 90, 1, |h, v| h.command = v as u8),
         ("replica", 91, 1, |h, v| h.replica = v as u8),
-        ("operation", 92, 1, |h, v| h.operation = v as u8),
+        ("size", 92, 4, |h, v| h.size = v as u32),
+        ("timestamp", 96, 8, |h, v| h.timestamp = v as u64),
+        ("client", 104, 8, |h, v| h.client = v as u64),
+        ("checkpoint_op", 112, 8, |h, v| h.checkpoint_op = v as u64),
+        ("op_min", 120, 8, |h, v| h.op_min = v as u64),
+        ("view", 128, 4, |h, v| h.view = v as u32),
+        ("request", 132, 4, |h, v| h.request = v as u32),
+        ("log_view", 136, 4, |h, v| h.log_view = v as u32),
+        ("operation", 140, 1, |h, v| h.operation = v as u8),
     ];
-    let value: u64 = 0x0807_0605_0403_0201;
+    let value: u128 = 0x100F_0E0D_0C0B_0A09_0807_0605_0403_0201;
     for (name, offset, width, set) in layout {
         let mut header = Header::zeroed();
         set(&mut header, value);
@@ -1287,28 +1311,28 @@ fn fields_are_little_endian_at_their_offsets() {
         assert_eq!(header.as_bytes(), &expected, "{name}");
     }
     let mut header = Header::zeroed();
-    (header.reserved[0], header.reserved[34]) = (0xAA, 0xBB);
+    (header.reserved[0], header.reserved[114]) = (0xAA, 0xBB);
     let mut expected = [0u8; HEADER_SIZE];
-    (expected[93], expected[127]) = (0xAA, 0xBB);
+    (expected[141], expected[255]) = (0xAA, 0xBB);
     assert_eq!(header.as_bytes(), &expected, "reserved");
 }
 
 #[test]
-fn size_is_little_endian_at_offset_16() {
-    // Goal: the documented example: size 0x01020304 is stored as 04 03 02 01 at offset 16.
+fn size_is_little_endian_at_offset_92() {
+    // Goal: the documented example: size 0x01020304 is stored as 04 03 02 01 at offset 92.
     let mut header = Header::zeroed();
     header.size = 0x0102_0304;
-    assert_eq!(header.as_bytes()[16..20], [0x04, 0x03, 0x02, 0x01]);
+    assert_eq!(header.as_bytes()[92..96], [0x04, 0x03, 0x02, 0x01]);
     let decoded = Header::read_from_bytes(header.as_bytes()).unwrap();
     assert_eq!(decoded.size, 0x0102_0304);
 }
 
 #[test]
-fn checksum_covers_bytes_4_to_128() {
-    // Goal: the checksum is the CRC32C of bytes 4..128: it covers checksum_body (and so the
+fn checksum_covers_bytes_16_to_256() {
+    // Goal: the checksum is the checksum of bytes 16..256: it covers checksum_body (and so the
     // body), every other field and the reserved bytes, but not itself.
     let header = valid(Command::Prepare);
-    assert_eq!(header.checksum, checksum(&header.as_bytes()[4..]));
+    assert_eq!(header.checksum, checksum(&header.as_bytes()[16..]));
     let mut changed = header;
     changed.checksum_body ^= 1;
     assert_ne!(changed.calculate_checksum(), header.checksum);
@@ -1316,7 +1340,7 @@ fn checksum_covers_bytes_4_to_128() {
         let mut bytes = header.as_bytes().to_vec();
         bytes[index] ^= 1;
         let changed = Header::read_from_bytes(&bytes).unwrap();
-        if index < 4 {
+        if index < 16 {
             assert_eq!(changed.calculate_checksum(), header.checksum, "{index}");
         } else {
             assert_ne!(changed.calculate_checksum(), header.checksum, "{index}");
@@ -1404,7 +1428,7 @@ fn decode_and_invalid_never_panic_on_random_bytes() {
                 match prng.index(4) {
                     0 | 1 => Field::ALL[prng.index(Field::ALL.len())].set(&mut header, value),
                     2 => header.size = (HEADER_SIZE + prng.index(4 * HEADER_SIZE)) as u32,
-                    _ => header.as_mut_bytes()[4 + prng.index(HEADER_SIZE - 4)] = value as u8,
+                    _ => header.as_mut_bytes()[16 + prng.index(HEADER_SIZE - 16)] = value as u8,
                 }
             }
             if prng.chance(9, 10) {
@@ -1424,6 +1448,7 @@ fn decode_and_invalid_never_panic_on_random_bytes() {
             assert!(REASONS.contains(&reason), "unlisted reason {reason:?}");
         }
         let expected = match (header.valid_checksum(), invalid) {
+            _ if header.protocol != PROTOCOL_VERSION => Err(PROTOCOL_DIFFERS),
             (false, _) => Err("header: checksum"),
             (true, Some(reason)) => Err(reason),
             (true, None) => Ok(header),
@@ -1444,7 +1469,7 @@ fn decode_and_invalid_never_panic_on_random_bytes() {
 fn reasons_in_source() -> BTreeSet<&'static str> {
     let source = include_str!("../header.rs");
     let mut reasons = BTreeSet::new();
-    for prefix in ["Some(\"", "Err(\"", "|_| \""] {
+    for prefix in ["Some(\"", "Err(\"", "|_| \"", ": &str = \""] {
         for (start, _) in source.match_indices(prefix) {
             let rest = &source[start + prefix.len()..];
             reasons.insert(&rest[..rest.find('"').unwrap()]);
@@ -1489,17 +1514,20 @@ fn every_rejection_reason_has_a_test_that_produces_it() {
 }
 
 #[test]
-fn checksum_shift_combines_as_the_checksum_of_the_concatenation() {
-    // Goal: a block's checksum built from its chunks' with the precomputed shift is the checksum
-    // of the whole block, for full and short chunk lengths, and agrees with `crc32c_combine`.
+fn checksum_is_xxh3_128_and_pieces_hash_as_their_concatenation() {
+    // Goal: the checksum is XXH3-128 with seed 0 (the published test vector of the empty
+    // input), and `checksum_pieces` equals the checksum of the pieces joined, wherever the
+    // seams fall; `checksum_chain` is the checksum of both links' 32 bytes.
+    assert_eq!(checksum(&[]), 0x99aa_06d3_0147_98d8_6001_c324_468d_497f);
     let mut bytes = vec![0u8; 3 * 4096 + 1000];
     Prng::new(1).fill(&mut bytes);
-    for length in [1, 7, 4096, 12288, 1000] {
-        let shift = ChecksumShift::new(length);
-        assert_eq!(shift.length(), length);
-        let (first, second) = bytes.split_at(bytes.len() - length);
-        let (a, b) = (checksum(first), checksum(second));
-        assert_eq!(shift.combine(a, b), checksum(&bytes));
-        assert_eq!(shift.combine(a, b), crc32c::crc32c_combine(a, b, length));
+    for seam in [0, 1, 7, 240, 4096, 12288, bytes.len()] {
+        let (first, second) = bytes.split_at(seam);
+        assert_eq!(checksum_pieces(&[first, second]), checksum(&bytes), "{seam}");
     }
+    let (a, b) = (checksum(b"a"), checksum(b"b"));
+    let mut joined = a.to_le_bytes().to_vec();
+    joined.extend_from_slice(&b.to_le_bytes());
+    assert_eq!(checksum_chain(a, b), checksum(&joined));
+    assert_ne!(checksum_chain(a, b), checksum_chain(b, a));
 }

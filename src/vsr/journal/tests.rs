@@ -13,7 +13,7 @@ use crate::vsr::storage::{Completion, IoKind, IoRequest};
 
 const CLUSTER: ClusterId = 9;
 const SLOT_COUNT: u64 = 64;
-const MESSAGE_SIZE_MAX: usize = 8192;
+const MESSAGE_SIZE_MAX: usize = 12288;
 /// A body that makes a prepare span two sectors, so that a crash can tear it.
 const BODY_SIZE_TWO_SECTORS: usize = 6000;
 
@@ -358,7 +358,7 @@ fn concurrent_writes_to_one_header_sector_leave_a_correct_header_ring() {
         let mut journal = recovered(&mut storage, 0, 3);
         let pool = message_pool();
         let mut durable = vec![false; SLOT_COUNT as usize];
-        for op in 17..17 + JOURNAL_IOPS_WRITE_MAX as u64 {
+        for op in 16..16 + JOURNAL_IOPS_WRITE_MAX as u64 {
             let body_size = if op % 3 == 0 { BODY_SIZE_TWO_SECTORS } else { 100 };
             journal.write_prepare(&mut storage, prepare_message(&pool, op, 0, body_size));
         }
@@ -376,7 +376,7 @@ fn concurrent_writes_to_one_header_sector_leave_a_correct_header_ring() {
         assert_eq!(journal.dirty_count(), 0);
         let report = recover_report(&mut storage, 0, 1);
         assert_eq!(report.count(Decision::Eql), JOURNAL_IOPS_WRITE_MAX as u32, "seed={seed}");
-        assert_eq!((report.op_min, report.op_max), (Some(17), Some(48)));
+        assert_eq!((report.op_min, report.op_max), (Some(16), Some(47)));
     }
 }
 

@@ -32,8 +32,9 @@ use super::sync::ChunkFetch;
 use super::{OpenPhase, Replica, Status};
 use crate::constants::{
     BLOCK_SIZE, GRID_REPAIR_REQUEST_TICKS, GRID_REPAIRS_MAX, GRID_REPAIRS_OPEN_MAX,
-    GRID_SCRUB_BLOCK_TICKS, GRID_SCRUB_READS_MAX, SYNC_CHUNKS_PER_BLOCK_MAX,
+    GRID_SCRUB_BLOCK_TICKS, GRID_SCRUB_READS_MAX,
 };
+use crate::state_machine::block::SectorChecksums;
 use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{BlockHeader, BlockKind};
 use crate::state_machine::{BlockFault, grid_block_invalid};
@@ -75,7 +76,7 @@ struct Scrub {
     reads: usize,
     /// The tick at which the next block may be started.
     tick_next: u64,
-    checksums: [Checksum; SYNC_CHUNKS_PER_BLOCK_MAX],
+    sectors: SectorChecksums,
     /// From the first chunk: the checksum the block names, and whether its header is sound.
     named: Checksum,
     header_sound: bool,
@@ -120,7 +121,7 @@ impl GridRepair {
                 chunks_done: 0,
                 reads: 0,
                 tick_next: 0,
-                checksums: [0; SYNC_CHUNKS_PER_BLOCK_MAX],
+                sectors: SectorChecksums::new(),
                 named: 0,
                 header_sound: false,
                 unreadable: false,
@@ -159,12 +160,6 @@ fn block_header_invalid(chunk: &[u8], cluster: ClusterId, address: u64) -> Optio
         return Some("block: belongs to another cluster");
     }
     None
-}
-
-/// The checksum of a chunk as it goes into the block's: the first without the block's own
-/// 4-byte checksum field.
-fn chunk_checksum(chunk: usize, bytes: &[u8]) -> Checksum {
-    if chunk == 0 { crc32c::crc32c(&bytes[4..]) } else { crc32c::crc32c(bytes) }
 }
 
 impl Replica {
@@ -298,7 +293,7 @@ impl Replica {
         let block = self.grid_repair.block.as_ref().expect("a buffer while fetching");
         let bytes = &block.buffer()[..BLOCK_SIZE];
         let invalid = grid_block_invalid(bytes, self.config.cluster, address);
-        let named = BlockHeader::read_from_prefix(bytes).map(|(header, _)| header.checksum);
+        let named = BlockHeader::read_from_prefix(bytes).map(|(header, _)| header.checksum.get());
         let expected = fault.block.checksum.is_none_or(|expected| named == Ok(expected));
         if invalid.is_some() || !expected {
             // Torn in transit or rotten at the source, or not the block the pointer names.
@@ -432,9 +427,10 @@ impl Replica {
         } else {
             if chunk == 0 {
                 scrub.header_sound = block_header_invalid(bytes, cluster, scrub.address).is_none();
-                scrub.named = Checksum::from_le_bytes(bytes[..4].try_into().expect("4 bytes"));
+                let named = bytes.get(..size_of::<Checksum>()).expect("a chunk is whole sectors");
+                scrub.named = Checksum::from_le_bytes(named.try_into().expect("16 bytes"));
             }
-            scrub.checksums[chunk] = chunk_checksum(chunk, bytes);
+            scrub.sectors.chunk(chunk * chunk_size as usize, bytes);
         }
         scrub.chunks_done += 1;
         drop(completion);
@@ -449,10 +445,10 @@ impl Replica {
 
     /// Every chunk of the block was read: it is sound, or it is queued for repair.
     fn scrub_block_done(&mut self) {
-        let count = self.sync_chunk_count();
-        let scrub = self.grid_repair.scrub;
+        let scrub = &self.grid_repair.scrub;
         assert_eq!(scrub.reads, 0);
-        let checksum = self.chunks_checksum(&scrub.checksums[..count]);
+        assert_eq!(scrub.chunks_done, self.sync_chunk_count());
+        let checksum = scrub.sectors.block_checksum();
         let sound = !scrub.unreadable && scrub.header_sound && checksum == scrub.named;
         self.metrics.grid_blocks_scrubbed += 1;
         if !sound {

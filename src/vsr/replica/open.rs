@@ -131,7 +131,7 @@ impl Replica {
         let message = completion.buffer;
         // A reply that does not match the checkpoint was overwritten by a later op (the replay
         // writes it again) or lost: without it, a retry of that request gets an eviction.
-        if completion.result.is_ok() && reply_matches(&message, record.reply_checksum) {
+        if completion.result.is_ok() && reply_matches(&message, record.reply_checksum.get()) {
             self.replies[slot].message = Some(message);
         }
         if self.client_replies_reading == 0 {
@@ -192,7 +192,7 @@ impl Replica {
         if self.log_wal_faulty() {
             let report = self.journal.recovery_report();
             self.op_acknowledged_max = report.op_acknowledged_max(self.head.op());
-            self.view_change.start_view_nonce = (self.prng_next() as u32).max(1);
+            self.view_change.start_view_nonce = u128::from((self.prng_next() as u32).max(1));
             self.metrics.logs_faulty_recovered += 1;
             return self.journal_truncated(storage);
         }

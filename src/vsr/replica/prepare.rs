@@ -196,7 +196,7 @@ impl Replica {
         self.metrics.evictions_sent += 1;
         let mut header = self.header_new(Command::Eviction);
         header.client = client;
-        header.context = reason as u32;
+        header.context = u128::from(reason as u32);
         self.send_header(Destination::Client(client), header);
     }
 
@@ -206,7 +206,7 @@ impl Replica {
             // The stored reply was lost with the disk copy: the client must start over.
             return self.send_eviction(request.client, EvictionReason::SessionEvicted);
         };
-        if reply.header().checksum != record.reply_checksum {
+        if reply.header().checksum != record.reply_checksum.get() {
             return self.send_eviction(request.client, EvictionReason::SessionEvicted);
         }
         self.metrics.replies_resent += 1;

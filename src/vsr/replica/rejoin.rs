@@ -34,13 +34,13 @@ use crate::vsr::header::{Command, Header, View};
 use crate::vsr::storage::Storage;
 
 /// The `context` of a start_view_change from a rejoining replica.
-pub const START_VIEW_CHANGE_REJOINING: u32 = 2;
+pub const START_VIEW_CHANGE_REJOINING: u128 = 2;
 
 pub(super) struct RejoinState {
     /// The replica lost its log and has not yet learned the cluster's view.
     pub learning: bool,
     /// The nonce its queries carry (never 0: a ping without a nonce is no query).
-    nonce: u32,
+    nonce: u128,
     /// Peers that answered this nonce: bit i for replica i.
     answered: u8,
     /// The highest view an answer named.
@@ -61,7 +61,7 @@ impl Replica {
         assert!(self.superblock.working().log_lost != 0);
         self.status = Status::ViewChange;
         self.rejoin.learning = true;
-        self.rejoin.nonce = (self.prng_next() as u32).max(1);
+        self.rejoin.nonce = u128::from((self.prng_next() as u32).max(1));
         self.rejoin.answered = 0;
         self.rejoin.view_max = self.view;
         self.rejoin.query_tick = self.ticks;

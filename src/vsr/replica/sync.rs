@@ -30,13 +30,14 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 use super::grid_repair::GRID_REPAIR_TOKEN_FIRST;
 use super::{CheckpointPhase, Destination, Replica, Status, message_finish};
 use crate::constants::{
-    BLOCK_SIZE, CLIENTS_MAX, HEADER_SIZE, SECTOR_SIZE, SYNC_CHUNKS_PER_BLOCK_MAX,
-    SYNC_CHUNKS_PER_REQUEST_MAX, SYNC_READS_MAX, SYNC_REQUEST_TICKS, SYNC_WRITES_MAX,
+    BLOCK_SIZE, CLIENTS_MAX, HEADER_SIZE, SECTOR_SIZE, SYNC_CHUNKS_PER_REQUEST_MAX, SYNC_READS_MAX,
+    SYNC_REQUEST_TICKS, SYNC_WRITES_MAX,
 };
 use crate::state_machine::CheckpointState;
+use crate::state_machine::block::SectorChecksums;
 use crate::state_machine::types::BlockHeader;
 use crate::vsr::client_sessions::ClientSessionRecord;
-use crate::vsr::header::{Checksum, ChecksumShift, Command, Header, Op, ReplicaIndex};
+use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex};
 use crate::vsr::layout::{Config, Zone};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
@@ -48,15 +49,15 @@ pub struct SyncCheckpointBody {
     /// The header of the prepare at the checkpoint op: the head of the log the syncing replica
     /// will have, which it must be able to show in a view change.
     pub checkpoint_header: Header,
+    pub streams_table_checksum: Checksum,
+    pub checkpoint_state_checksum: Checksum,
     pub grid_head: u64,
     pub streams_table_address: u64,
     pub streams_table_blocks: u32,
-    pub streams_table_checksum: Checksum,
-    pub checkpoint_state_checksum: Checksum,
     pub reserved: u32,
     pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
     /// Zero: pads the body to the header's 64-byte alignment.
-    pub reserved_end: [u8; 32],
+    pub reserved_end: [u8; 8],
 }
 
 impl SyncCheckpointBody {
@@ -113,27 +114,21 @@ pub(super) struct SyncState {
     commit: Op,
     body: SyncCheckpointBody,
     block_next: u64,
-    /// Chunks of `block_next` received and asked for, their checksums, and the checksum
-    /// its header names.
+    /// Chunks of `block_next` received and asked for, the checksums of their sectors, and the
+    /// checksum its header names.
     chunks: ChunkFetch,
-    chunk_checksums: [Checksum; SYNC_CHUNKS_PER_BLOCK_MAX],
+    sectors: SectorChecksums,
     block_checksum: Checksum,
     /// Whether the block's header names `block_next` as its address, and this cluster: a
     /// misdirected block at the source (another block's bytes, whole and self-consistent)
     /// passes its own checksum.
     block_placed: bool,
-    /// Combine the checksums of a block's chunks: full chunks, and the last one (shorter when
-    /// the chunk size does not divide the block size).
-    chunk_shift: ChecksumShift,
-    chunk_last_shift: ChecksumShift,
     writes: usize,
     serving: [Option<Serving>; SYNC_READS_MAX],
 }
 
 impl SyncState {
-    pub fn new(config: &Config) -> SyncState {
-        let chunk_size = chunk_size(config);
-        let chunk_last = BLOCK_SIZE - (BLOCK_SIZE.div_ceil(chunk_size) - 1) * chunk_size;
+    pub fn new() -> SyncState {
         SyncState {
             phase: Phase::Idle,
             source: 0,
@@ -145,11 +140,9 @@ impl SyncState {
             body: SyncCheckpointBody::new_zeroed(),
             block_next: 0,
             chunks: ChunkFetch::new(),
-            chunk_checksums: [0; SYNC_CHUNKS_PER_BLOCK_MAX],
+            sectors: SectorChecksums::new(),
             block_checksum: 0,
             block_placed: false,
-            chunk_shift: ChecksumShift::new(chunk_size),
-            chunk_last_shift: ChecksumShift::new(chunk_last),
             writes: 0,
             serving: [None; SYNC_READS_MAX],
         }
@@ -314,7 +307,7 @@ impl Replica {
             checkpoint_state_checksum: working.checkpoint_state_checksum,
             reserved: 0,
             client_sessions: working.client_sessions,
-            reserved_end: [0; 32],
+            reserved_end: [0; 8],
         };
         let mut message = self.pool.get();
         let size = HEADER_SIZE + size_of::<SyncCheckpointBody>();
@@ -339,7 +332,7 @@ impl Replica {
             body.streams_table_address.checked_add(u64::from(body.streams_table_blocks));
         let grid_blocks = self.config.grid_size / BLOCK_SIZE as u64;
         let consistent = body.reserved == 0
-            && body.reserved_end == [0; 32]
+            && body.reserved_end == [0; 8]
             && body.grid_head <= grid_blocks
             && (body.streams_table_blocks == 0 || table_end == Some(body.grid_head));
         if !consistent {
@@ -510,7 +503,7 @@ impl Replica {
         let mut header = Header::new(Command::Block, self.config.cluster);
         header.replica = self.config.replica;
         header.op = serving.address;
-        header.context = serving.offset;
+        header.context = u128::from(serving.offset);
         header.checkpoint_op = serving.checkpoint_op;
         let message = message_finish(message, header, length);
         self.send(Destination::Replica(serving.replica), message);
@@ -538,17 +531,14 @@ impl Replica {
         if self.sync.chunks.has(chunk) {
             return;
         }
-        let checksum = if chunk == 0 {
-            let named = Checksum::from_le_bytes(body[..4].try_into().expect("4 bytes"));
-            self.sync.block_checksum = named;
+        if chunk == 0 {
+            let named = body.get(..size_of::<Checksum>()).expect("a chunk is whole sectors");
+            self.sync.block_checksum = Checksum::from_le_bytes(named.try_into().expect("16 bytes"));
             self.sync.block_placed = BlockHeader::read_from_prefix(body).is_ok_and(|(block, _)| {
                 block.address == header.op && block.cluster == self.config.cluster
             });
-            crc32c::crc32c(&body[4..])
-        } else {
-            crc32c::crc32c(body)
-        };
-        self.sync.chunk_checksums[chunk] = checksum;
+        }
+        self.sync.sectors.chunk(offset, body);
         self.sync.chunks.receive(chunk);
         let mut buffer = self.pool.get();
         buffer.buffer_mut_unique()[..body.len()].copy_from_slice(body);
@@ -567,11 +557,10 @@ impl Replica {
 
     /// Once every chunk of the block is in: the combined checksum must be the block's.
     fn sync_block_check<S: Storage>(&mut self, storage: &mut S) {
-        let chunk_count = self.sync_chunk_count();
         if !self.sync.chunks.complete(self.chunks_all()) {
             return;
         }
-        let checksum = self.chunks_checksum(&self.sync.chunk_checksums[..chunk_count]);
+        let checksum = self.sync.sectors.block_checksum();
         self.sync.chunks.reset();
         if checksum != self.sync.block_checksum || !self.sync.block_placed {
             // A chunk was torn or rotten at its source, or the source's block is another's
@@ -582,21 +571,6 @@ impl Replica {
         self.sync.block_next += 1;
         self.sync.requested_tick = 0;
         self.sync_request_blocks(storage);
-    }
-
-    /// The checksum of a whole block from the checksums of its chunks (the first without the
-    /// block's own 4-byte checksum field), as a block's header names it.
-    pub(super) fn chunks_checksum(&self, chunk_checksums: &[Checksum]) -> Checksum {
-        assert_eq!(chunk_checksums.len(), self.sync_chunk_count());
-        let (first, rest) = chunk_checksums.split_first().expect("a block has chunks");
-        let Some((last, middle)) = rest.split_last() else {
-            return *first;
-        };
-        let mut checksum = *first;
-        for chunk_checksum in middle {
-            checksum = self.sync.chunk_shift.combine(checksum, *chunk_checksum);
-        }
-        self.sync.chunk_last_shift.combine(checksum, *last)
     }
 
     /// Installs the checkpoint once every block is durable and nothing else is in flight.

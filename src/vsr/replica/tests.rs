@@ -168,7 +168,7 @@ fn request_without_a_session_gets_an_eviction() {
     let replies = harness.call(9, 1, Operation::Append, &[]);
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].header().command(), Some(Command::Eviction));
-    assert_eq!(replies[0].header().context, EvictionReason::NoSession as u32);
+    assert_eq!(replies[0].header().context, EvictionReason::NoSession as u128);
 }
 
 #[test]

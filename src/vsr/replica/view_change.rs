@@ -124,7 +124,7 @@ pub(super) struct ViewChangeState {
     pub log_chosen: bool,
     /// Backup with a faulty WAL: the nonce its request_start_view messages carry since it
     /// opened (0: none), and whether the start_view being installed answered one.
-    pub start_view_nonce: u32,
+    pub start_view_nonce: u128,
     pub start_view_answered: bool,
 }
 
@@ -820,7 +820,7 @@ impl Replica {
     }
 
     /// The view's log to `replica`; `nonce` echoes the request_start_view it answers, if any.
-    pub(super) fn send_start_view(&mut self, replica: ReplicaIndex, nonce: u32) {
+    pub(super) fn send_start_view(&mut self, replica: ReplicaIndex, nonce: u128) {
         assert!(self.is_primary());
         assert_eq!(self.status, Status::Normal);
         let mut message = self.pool.get();

@@ -7,7 +7,8 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::*;
 use crate::constants::{
-    FORMAT_WRITE_SIZE, FORMAT_WRITES_IN_FLIGHT, SUPERBLOCK_UPDATE_REWRITES_MAX,
+    FORMAT_WRITE_SIZE, FORMAT_WRITES_IN_FLIGHT, SUPERBLOCK_COPY_SIZE,
+    SUPERBLOCK_UPDATE_REWRITES_MAX,
 };
 use crate::sim::storage::MemoryStorage;
 use crate::stdx::prng::Prng;
@@ -65,7 +66,7 @@ fn state_advanced(working: &SuperBlockHeader, step: u64) -> VsrState {
     state.log_view = state.view;
     state.commit_max += 3 * step;
     state.checkpoint_op = state.commit_max / 2;
-    state.checkpoint_checksum = state.checkpoint_checksum.wrapping_add(step as u32);
+    state.checkpoint_checksum = state.checkpoint_checksum.wrapping_add(u128::from(step));
     state.grid_head += step;
     state.view_headers_count = (state.commit_max % (VIEW_HEADERS_MAX as u64 + 1)) as u32;
     for (index, header) in state.view_headers.iter_mut().enumerate() {
@@ -126,7 +127,10 @@ fn superblock_zone_comes_first_in_every_layout() {
     // Goal: copy offsets may be computed before the config is known.
     let layout = Layout::new(&small_config());
     assert_eq!(layout.zone_offset(Zone::Superblock), 0);
-    assert_eq!(layout.zone_size(Zone::Superblock), copy_offset(SUPERBLOCK_COPIES - 1) + 4096);
+    assert_eq!(
+        layout.zone_size(Zone::Superblock),
+        copy_offset(SUPERBLOCK_COPIES - 1) + SUPERBLOCK_COPY_SIZE as u64
+    );
 }
 
 #[test]
@@ -142,6 +146,31 @@ fn open_reads_freshly_formatted_file_at_sequence_one() {
     assert_eq!((working.view, working.log_view, working.commit_max), (0, 0, 0));
     assert_eq!(superblock.copies_health(), &[CopyHealth::Valid { sequence: 1 }; 4]);
     assert!(storage.bytes() == before.as_slice(), "a healthy open writes nothing");
+}
+
+#[test]
+fn open_of_a_version_1_data_file_names_its_version() {
+    // Goal: a data file of format version 1 (one-sector copies: a 4-byte checksum, then `copy`
+    // and `version` at bytes 4 and 6) is refused with an error that names its version, not as
+    // a corrupt superblock; a data file whose copies are all corrupt is still "not found".
+    let mut storage = formatted_storage();
+    let mut prng = Prng::new(7);
+    prng.fill(&mut storage.bytes_mut()[..SUPERBLOCK_COPIES * SUPERBLOCK_COPY_SIZE]);
+    for copy in 0..SUPERBLOCK_COPIES {
+        let at = copy * 4096;
+        storage.bytes_mut()[at + 4..at + 6].copy_from_slice(&(copy as u16).to_le_bytes());
+        storage.bytes_mut()[at + 6..at + 8].copy_from_slice(&1u16.to_le_bytes());
+    }
+    let Err(error) = SuperBlock::open_blocking(&mut storage) else { panic!("version 1 opened") };
+    assert_eq!(error, SuperBlockError::VersionOther { version: 1 });
+    let message = error.to_string();
+    assert!(message.contains("format version 1") && message.contains("reads version 2"));
+    let mut storage = formatted_storage();
+    for copy in 0..SUPERBLOCK_COPIES {
+        corrupt_copy(&mut storage, copy);
+    }
+    let Err(error) = SuperBlock::open_blocking(&mut storage) else { panic!("corrupt opened") };
+    assert_eq!(error, SuperBlockError::NotFound);
 }
 
 #[test]
