@@ -209,6 +209,11 @@ pub const VOTE_WINDOW_TICKS: u64 = 500;
 /// The most a timeout is lengthened by, at random, so that replicas do not time out together.
 pub const TIMEOUT_JITTER_TICKS: u64 = 50;
 
+/// Backoffs after which a retried timeout stops lengthening: at most 2^2 = 4 times its base
+/// (plus jitter), so that the primary's prepare resends stay well inside
+/// `PRIMARY_ABDICATE_TICKS`.
+pub const TIMEOUT_BACKOFF_ATTEMPTS_MAX: u32 = 2;
+
 /// Ticks between the view queries of a rejoining replica.
 pub const REJOIN_QUERY_TICKS: u64 = 20;
 
@@ -345,6 +350,7 @@ const_assert!(SUPERBLOCK_QUORUM_VERIFY <= SUPERBLOCK_COPIES);
 const_assert!(SUPERBLOCK_COPY_SIZE.is_multiple_of(SECTOR_SIZE));
 const_assert!(BLOCK_SIZE.is_multiple_of(SECTOR_SIZE));
 const_assert!(GRID_SCRUB_BLOCK_TICKS >= 1);
+const_assert!((PREPARE_TIMEOUT_TICKS << TIMEOUT_BACKOFF_ATTEMPTS_MAX) * 2 < PRIMARY_ABDICATE_TICKS);
 const_assert!(GRID_SCRUB_BLOCKS_PER_SECOND * (BLOCK_SIZE as u64) <= 4 * 1024 * 1024);
 const_assert!(GRID_REPAIRS_MAX >= 1);
 const_assert!(GRID_SIZE_DEFAULT.is_multiple_of(BLOCK_SIZE as u64));

@@ -1519,8 +1519,8 @@ mod tests {
         while cluster.tick() < 100 {
             cluster.step().unwrap();
         }
-        cluster.crash(2, false, 2_800);
-        while cluster.tick() < 2_800 {
+        cluster.crash(2, false, 3_800);
+        while cluster.tick() < 3_800 {
             cluster.step().unwrap();
         }
         let behind = cluster.checker().acknowledged_op_max();

@@ -42,6 +42,7 @@
 //! duration in `ClientOptions` is in the unit of the `now` the driver passes.
 
 use crate::constants::PRIMARY_BUSY_RETRIES_MAX;
+use crate::stdx::prng::Prng;
 use crate::vsr::client_sessions::session_chain;
 use crate::vsr::header::{
     self, Checksum, ClientId, ClusterId, Command, Header, Op, Operation, ReplicaIndex, View,
@@ -140,8 +141,8 @@ pub struct ClientCore {
     /// Distinguishes reads (their `parent`); never zero.
     read_nonce: u128,
     in_flight: Option<InFlight>,
-    /// Jitter for retries (xorshift, seeded by the driver).
-    prng: u64,
+    /// Jitter for retries (seeded by the driver).
+    prng: Prng,
     metrics: ClientMetrics,
 }
 
@@ -162,7 +163,7 @@ impl ClientCore {
             view: 0,
             read_nonce: 0,
             in_flight: None,
-            prng: seed | 1,
+            prng: Prng::new(seed),
             metrics: ClientMetrics::default(),
         }
     }
@@ -428,9 +429,8 @@ impl ClientCore {
         Outcome::Evicted(header.context as u32)
     }
 
-    /// The next number of the jitter sequence (xorshift).
     fn prng_next(&mut self) -> u64 {
-        crate::vsr::xorshift_next(&mut self.prng)
+        self.prng.next_u64()
     }
 }
 

@@ -16,14 +16,4 @@ pub mod message_pool;
 pub mod replica;
 pub mod storage;
 pub mod superblock;
-
-/// The next number of a xorshift64 sequence (`state` never 0): the jitter the replica and the
-/// client core draw from a seed their driver gives them.
-pub(crate) fn xorshift_next(state: &mut u64) -> u64 {
-    let mut x = *state;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    *state = x;
-    x
-}
+pub mod timeout;

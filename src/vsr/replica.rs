@@ -29,10 +29,11 @@
 use std::collections::VecDeque;
 
 use crate::constants::{
-    GRID_READS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, OUTBOX_MAX, PING_TICKS,
-    PIPELINE_BACKUP_MAX, REPAIR_REQUEST_OPS_MAX, REPLICAS_MAX, REQUEST_QUEUE_MAX,
+    GRID_READS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, OUTBOX_MAX, PIPELINE_BACKUP_MAX,
+    REPAIR_REQUEST_OPS_MAX, REPLICAS_MAX, REQUEST_QUEUE_MAX,
 };
 use crate::state_machine::{CheckpointState, ReadId, StateMachine};
+use crate::stdx::prng::Prng;
 use crate::vsr::accept::Accepted;
 use crate::vsr::client_sessions::ClientSessions;
 use crate::vsr::header::{Checksum, ClientId, Command, Header, Op, ReplicaIndex, View};
@@ -41,6 +42,7 @@ use crate::vsr::layout::{Config, Layout};
 use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoOwner, Storage};
 use crate::vsr::superblock::SuperBlock;
+use crate::vsr::timeout::Timeouts;
 
 mod checkpoint;
 mod commit;
@@ -320,8 +322,11 @@ pub struct Replica {
     target: repair::LogTarget,
     sync: sync::SyncState,
     grid_repair: grid_repair::GridRepair,
-    /// Jitter for timeouts, so replicas do not time out in lockstep (seeded by the driver).
-    prng: u64,
+    /// The replica's one source of randomness (jitter, nonces, where the scrubber starts),
+    /// seeded by the driver.
+    prng: Prng,
+    /// Every timer (`timeout.rs`).
+    timeouts: Timeouts,
     /// Why the last dropped peer message was invalid.
     invalid_last: Option<&'static str>,
     /// The head of the log: the highest op prepared, and its checksum.
@@ -348,9 +353,8 @@ pub struct Replica {
     /// ping), and the tick it was last heard.
     backup_commit: [Op; REPLICAS_MAX],
     backup_heard_tick: [u64; REPLICAS_MAX],
-    /// The commit number last announced to backups, and when.
-    commit_heartbeat_sent: (Op, u64),
-    repair_requested_tick: u64,
+    /// The commit number last announced to backups (`TimeoutKind::CommitHeartbeat` since).
+    commit_heartbeat_sent: Op,
     /// The last op of the window `repair_request` asked for last.
     repair_requested_end: Op,
     metrics: Metrics,
@@ -394,7 +398,8 @@ impl Replica {
             target: repair::LogTarget::new(config.journal_slot_count as usize),
             sync: sync::SyncState::new(),
             grid_repair: grid_repair::GridRepair::new(),
-            prng: seed | 1,
+            prng: Prng::new(seed),
+            timeouts: Timeouts::new(),
             invalid_last: None,
             head: LogHead { op: 0, checksum: 0 },
             commit_min: 0,
@@ -413,8 +418,7 @@ impl Replica {
             journal_reads: Vec::with_capacity(JOURNAL_IOPS_READ_MAX),
             backup_commit: [0; REPLICAS_MAX],
             backup_heard_tick: [0; REPLICAS_MAX],
-            commit_heartbeat_sent: (0, 0),
-            repair_requested_tick: 0,
+            commit_heartbeat_sent: 0,
             repair_requested_end: 0,
             metrics: Metrics::default(),
             log_headers_stale: std::cell::Cell::new(0),
@@ -610,9 +614,8 @@ impl Replica {
         usize::from(self.config.replica_count) - self.quorum_replication() + 1
     }
 
-    /// The next number of the replica's jitter sequence (xorshift).
     fn prng_next(&mut self) -> u64 {
-        crate::vsr::xorshift_next(&mut self.prng)
+        self.prng.next_u64()
     }
 
     /// The next message to send, if any.
@@ -657,6 +660,7 @@ impl Replica {
 
     fn tick_step<S: Storage>(&mut self, storage: &mut S, realtime_ns: u64) {
         self.ticks += 1;
+        self.timeouts.tick();
         self.realtime_ns = realtime_ns;
         if self.status == Status::Recovering && self.open_phase == OpenPhase::StateMachine {
             // The open may wait for a block of the streams table from a peer.
@@ -681,9 +685,7 @@ impl Replica {
             self.prepare_timeout();
             self.commit_heartbeat();
         } else {
-            if self.ticks.is_multiple_of(PING_TICKS) {
-                self.send_ping();
-            }
+            self.ping_tick();
             self.repair_tick(storage);
             if self.commit_max > self.commit_min || self.commit_max > self.head.op() {
                 self.commit_pipeline(storage);

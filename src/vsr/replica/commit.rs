@@ -16,14 +16,14 @@ use super::{
     Status,
 };
 use crate::constants::{
-    BACKUP_LIVENESS_TICKS, COMMIT_HEARTBEAT_TICKS, HEADER_SIZE, JOURNAL_IOPS_READ_MAX,
-    REPAIR_WINDOW_MAX, SECTOR_SIZE,
+    BACKUP_LIVENESS_TICKS, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, REPAIR_WINDOW_MAX, SECTOR_SIZE,
 };
 use crate::vsr::header::{Checksum, Command, EvictionReason, Header, Op, Operation};
 use crate::vsr::journal;
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
+use crate::vsr::timeout::TimeoutKind;
 
 /// The journal, commits and replies.
 impl Replica {
@@ -113,12 +113,18 @@ impl Replica {
     pub(super) fn commit_advance_primary<S: Storage>(&mut self, storage: &mut S) {
         assert!(self.is_primary());
         let quorum = self.quorum_replication();
+        let commit_max_before = self.commit_max;
         while let Some(index) = self.pipeline_index(self.commit_max + 1) {
             let prepared = &self.pipeline[index];
             if (prepared.ok_from.count_ones() as usize) < quorum || !prepared.durable {
                 break;
             }
             self.commit_max += 1;
+        }
+        let timeout = &mut self.timeouts[TimeoutKind::Prepare];
+        if self.commit_max > commit_max_before && timeout.ticking() {
+            // The pipeline moves: resends start again from the base timeout.
+            timeout.reset();
         }
         self.commit_pipeline(storage);
     }
@@ -449,6 +455,19 @@ impl Replica {
         }
     }
 
+    /// Backup: pings the primary every `PING_TICKS`, counted from when this replica first
+    /// ticked as a backup, so that replicas do not ping in phase.
+    pub(super) fn ping_tick(&mut self) {
+        let timeout = &mut self.timeouts[TimeoutKind::Ping];
+        if !timeout.ticking() {
+            timeout.start();
+        }
+        if timeout.fired() {
+            timeout.reset();
+            self.send_ping();
+        }
+    }
+
     /// Tells the primary this backup is alive and how far it has committed.
     pub(super) fn send_ping(&mut self) {
         let mut header = self.header_new(Command::Ping);
@@ -463,7 +482,7 @@ impl Replica {
         if self.is_primary() || header.replica != self.primary_index() {
             return;
         }
-        self.primary_heard_tick_set();
+        self.primary_heard();
         if !self.commit_agrees(header.commit, header.context) {
             return;
         }
@@ -504,11 +523,12 @@ impl Replica {
             // An abdicating primary falls silent so that its backups time out and elect another.
             return;
         }
-        let (commit_sent, tick_sent) = self.commit_heartbeat_sent;
-        if commit_sent == self.commit_min && self.ticks < tick_sent + COMMIT_HEARTBEAT_TICKS {
+        let timeout = &mut self.timeouts[TimeoutKind::CommitHeartbeat];
+        if self.commit_heartbeat_sent == self.commit_min && timeout.ticking() && !timeout.fired() {
             return;
         }
-        self.commit_heartbeat_sent = (self.commit_min, self.ticks);
+        timeout.start();
+        self.commit_heartbeat_sent = self.commit_min;
         for replica in 0..self.config.replica_count {
             if replica == self.config.replica {
                 continue;

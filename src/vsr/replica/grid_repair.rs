@@ -30,10 +30,7 @@
 
 use super::sync::ChunkFetch;
 use super::{OpenPhase, Replica, Status};
-use crate::constants::{
-    BLOCK_SIZE, GRID_REPAIR_REQUEST_TICKS, GRID_REPAIRS_MAX, GRID_REPAIRS_OPEN_MAX,
-    GRID_SCRUB_BLOCK_TICKS, GRID_SCRUB_READS_MAX,
-};
+use crate::constants::{BLOCK_SIZE, GRID_REPAIRS_MAX, GRID_REPAIRS_OPEN_MAX, GRID_SCRUB_READS_MAX};
 use crate::state_machine::block::SectorChecksums;
 use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{BlockHeader, BlockKind};
@@ -42,6 +39,7 @@ use crate::vsr::header::{Checksum, ClusterId, ReplicaIndex};
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
+use crate::vsr::timeout::TimeoutKind;
 use zerocopy::FromBytes;
 
 /// `IoOwner::Sync` token indexes from here on are grid repair's: the scrubber's reads, then the
@@ -74,8 +72,6 @@ struct Scrub {
     chunk_next: usize,
     chunks_done: usize,
     reads: usize,
-    /// The tick at which the next block may be started.
-    tick_next: u64,
     sectors: SectorChecksums,
     /// From the first chunk: the checksum the block names, and whether its header is sound.
     named: Checksum,
@@ -89,7 +85,6 @@ pub(super) struct GridRepair {
     /// The index in `faults` of the block being fetched.
     fetching: Option<usize>,
     attempts: u64,
-    requested_tick: u64,
     /// Chunks of the block received into `block`, and asked for.
     chunks: ChunkFetch,
     /// The one block-sized buffer the fetched block is gathered in, allocated at startup; it is
@@ -108,7 +103,6 @@ impl GridRepair {
             faults: [None; GRID_REPAIRS_MAX],
             fetching: None,
             attempts: 0,
-            requested_tick: 0,
             chunks: ChunkFetch::new(),
             block_pool: MessagePool::new(1, BLOCK_SIZE),
             block: None,
@@ -120,7 +114,6 @@ impl GridRepair {
                 chunk_next: 0,
                 chunks_done: 0,
                 reads: 0,
-                tick_next: 0,
                 sectors: SectorChecksums::new(),
                 named: 0,
                 header_sound: false,
@@ -217,21 +210,22 @@ impl Replica {
             assert!(!repair.writing && repair.block.is_none());
             repair.fetching = Some(next);
             repair.attempts = 0;
-            repair.requested_tick = 0;
             repair.chunks.reset();
+            self.timeouts[TimeoutKind::GridRepair].stop();
             repair.block = Some(repair.block_pool.get());
         }
-        let repair = &self.grid_repair;
-        if repair.writing || self.ticks < repair.requested_tick + GRID_REPAIR_REQUEST_TICKS {
+        let timeout = &self.timeouts[TimeoutKind::GridRepair];
+        if self.grid_repair.writing || (timeout.ticking() && !timeout.fired()) {
             return;
         }
+        let repair = &self.grid_repair;
         let fault = self.grid_repair_fault();
         let all = self.chunks_all();
         assert!(!repair.chunks.complete(all), "a whole block is checked as its last chunk lands");
         let repair = &mut self.grid_repair;
         let skip = repair.chunks.skip(all);
-        repair.requested_tick = self.ticks;
         repair.attempts += 1;
+        self.timeouts[TimeoutKind::GridRepair].start();
         let source = self.grid_repair_source();
         let asked = self.blocks_request_send(source, 0, fault.block.address, skip);
         self.grid_repair.chunks.asked(asked);
@@ -275,7 +269,7 @@ impl Replica {
             // The peer's copy is bad too (or not yet written): ask the next one, for this
             // chunk too.
             self.metrics.grid_repair_blocks_refused += 1;
-            self.grid_repair.requested_tick = 0;
+            self.timeouts[TimeoutKind::GridRepair].stop();
             self.grid_repair.chunks.ask_again(0);
             return;
         }
@@ -299,7 +293,7 @@ impl Replica {
             // Torn in transit or rotten at the source, or not the block the pointer names.
             self.metrics.grid_repair_blocks_refused += 1;
             self.grid_repair.chunks.reset();
-            self.grid_repair.requested_tick = 0;
+            self.timeouts[TimeoutKind::GridRepair].stop();
             return;
         }
         let block = self.grid_repair.block.take().expect("a buffer while fetching");
@@ -362,8 +356,9 @@ impl Replica {
 /// The scrubber.
 impl Replica {
     fn scrub_tick<S: Storage>(&mut self, storage: &mut S) {
-        let scrub = &self.grid_repair.scrub;
-        if scrub.reads > 0 || self.ticks < scrub.tick_next || self.sync.active() {
+        let timeout = &self.timeouts[TimeoutKind::GridScrub];
+        let waiting = timeout.ticking() && !timeout.fired();
+        if self.grid_repair.scrub.reads > 0 || waiting || self.sync.active() {
             // State sync installs only once no grid I/O is in flight.
             return;
         }
@@ -385,7 +380,7 @@ impl Replica {
         scrub.chunks_done = 0;
         scrub.unreadable = false;
         scrub.header_sound = false;
-        scrub.tick_next = self.ticks + GRID_SCRUB_BLOCK_TICKS;
+        self.timeouts[TimeoutKind::GridScrub].start();
         while self.grid_repair.scrub.reads < GRID_SCRUB_READS_MAX
             && self.grid_repair.scrub.chunk_next < self.sync_chunk_count()
         {

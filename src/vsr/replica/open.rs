@@ -214,7 +214,7 @@ impl Replica {
         assert_eq!(self.status, Status::Recovering);
         assert!(self.log_wal_faulty() || self.journal.header_with_op(self.head.op() + 1).is_none());
         self.status = Status::Normal;
-        self.view_change.heard_tick = self.ticks;
+        self.primary_heard();
         if self.config.replica_count > 1 && self.superblock.working().log_lost != 0 {
             // It lost its data file: it learns the cluster's view first (`rejoin.rs`).
             return self.rejoin_start();

@@ -6,20 +6,22 @@
 //!   in a bounded queue.
 //! - A backup accepts the prepare that extends its hash chain, writes it, and sends
 //!   `prepare_ok` only once it is durable (and every prepare below it is).
-//! - The primary sends prepares that still lack a quorum again after `PREPARE_TIMEOUT_TICKS`.
+//! - The primary sends prepares that still lack a quorum again after `PREPARE_TIMEOUT_TICKS`,
+//!   backing off while they go unanswered (`TimeoutKind::Prepare`).
 //!
 //! What follows, commit and reply, is in `commit.rs`.
 
 use super::{Destination, Prepared, Replica, Status};
 use crate::constants::{
-    PIPELINE_BACKUP_MAX, PIPELINE_PREPARE_QUEUE_MAX, PREPARE_TIMEOUT_TICKS, REPAIR_WINDOW_MAX,
-    REQUEST_QUEUE_MAX, SECTOR_SIZE, op_prepare_max,
+    PIPELINE_BACKUP_MAX, PIPELINE_PREPARE_QUEUE_MAX, REPAIR_WINDOW_MAX, REQUEST_QUEUE_MAX,
+    SECTOR_SIZE, op_prepare_max,
 };
 use crate::state_machine::request_invalid;
 use crate::vsr::client_sessions::{RequestDisposition, session_chain};
 use crate::vsr::header::{ClientId, Command, EvictionReason, Header, Operation};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
+use crate::vsr::timeout::TimeoutKind;
 
 /// The primary: requests and prepares.
 impl Replica {
@@ -371,11 +373,18 @@ impl Replica {
 
     /// Sends prepares that still lack a quorum again, to the backups that have not
     /// acknowledged them.
+    /// The timer runs from the first tick of the primary's view; once it fires, the resends
+    /// back off while they go unanswered, and a commit resets it.
     pub(super) fn prepare_timeout(&mut self) {
-        if !self.ticks.is_multiple_of(PREPARE_TIMEOUT_TICKS) || self.view_change.abdicating {
+        let timeout = &mut self.timeouts[TimeoutKind::Prepare];
+        if !timeout.ticking() {
+            timeout.start();
+        }
+        if !timeout.fired() || self.view_change.abdicating {
             return;
         }
         let quorum = self.quorum_replication();
+        let mut resent = false;
         for index in 0..self.pipeline.len() {
             let prepared = &self.pipeline[index];
             if prepared.ok_from.count_ones() as usize >= quorum {
@@ -385,8 +394,15 @@ impl Replica {
             for replica in 0..self.config.replica_count {
                 if replica != self.config.replica && ok_from & (1 << replica) == 0 {
                     self.send(Destination::Replica(replica), message.clone());
+                    resent = true;
                 }
             }
+        }
+        let timeout = &mut self.timeouts[TimeoutKind::Prepare];
+        if resent {
+            timeout.backoff(&mut self.prng);
+        } else {
+            timeout.reset();
         }
     }
 }

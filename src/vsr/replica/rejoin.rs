@@ -29,9 +29,9 @@
 //! and views only grow.
 
 use super::{Destination, Replica, Status};
-use crate::constants::REJOIN_QUERY_TICKS;
 use crate::vsr::header::{Command, Header, View};
 use crate::vsr::storage::Storage;
+use crate::vsr::timeout::TimeoutKind;
 
 /// The `context` of a start_view_change from a rejoining replica.
 pub const START_VIEW_CHANGE_REJOINING: u128 = 2;
@@ -45,12 +45,11 @@ pub(super) struct RejoinState {
     answered: u8,
     /// The highest view an answer named.
     view_max: View,
-    query_tick: u64,
 }
 
 impl RejoinState {
     pub fn new() -> RejoinState {
-        RejoinState { learning: false, nonce: 0, answered: 0, view_max: 0, query_tick: 0 }
+        RejoinState { learning: false, nonce: 0, answered: 0, view_max: 0 }
     }
 }
 
@@ -64,14 +63,14 @@ impl Replica {
         self.rejoin.nonce = u128::from((self.prng_next() as u32).max(1));
         self.rejoin.answered = 0;
         self.rejoin.view_max = self.view;
-        self.rejoin.query_tick = self.ticks;
+        self.timeouts[TimeoutKind::RejoinQuery].start();
         self.rejoin_query_send();
     }
 
     pub(super) fn rejoin_tick(&mut self) {
         assert!(self.rejoin.learning);
-        if self.ticks >= self.rejoin.query_tick + REJOIN_QUERY_TICKS {
-            self.rejoin.query_tick = self.ticks;
+        if self.timeouts[TimeoutKind::RejoinQuery].fired() {
+            self.timeouts[TimeoutKind::RejoinQuery].reset();
             self.rejoin_query_send();
         }
     }

@@ -31,13 +31,14 @@ use super::{
 };
 use crate::constants::{
     HEADER_SIZE, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, PIPELINE_BACKUP_MAX,
-    REPAIR_REQUEST_OPS_MAX, REPAIR_TIMEOUT_TICKS, REPAIR_WINDOW_MAX, REPAIR_WINDOW_ROTATE,
-    VIEW_CHANGE_HEADERS_MAX, op_prepare_max,
+    REPAIR_REQUEST_OPS_MAX, REPAIR_WINDOW_MAX, REPAIR_WINDOW_ROTATE, VIEW_CHANGE_HEADERS_MAX,
+    op_prepare_max,
 };
 use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::message_pool::Message;
 use crate::vsr::replica::view_change::view_headers_invalid;
 use crate::vsr::storage::Storage;
+use crate::vsr::timeout::TimeoutKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -59,7 +60,6 @@ pub(super) struct LogTarget {
     /// Where the target came from: asked first.
     source: ReplicaIndex,
     attempts: u64,
-    requested_tick: u64,
     /// The target reaches further back than the WAL window: only state sync could help.
     beyond_window: bool,
 }
@@ -75,7 +75,6 @@ impl LogTarget {
             headers: vec![Header::zeroed(); slot_count],
             source: 0,
             attempts: 0,
-            requested_tick: 0,
             beyond_window: false,
         }
     }
@@ -98,7 +97,6 @@ impl LogTarget {
     pub fn sync_done(&mut self) {
         self.beyond_window = false;
         self.phase = Phase::Match;
-        self.requested_tick = 0;
     }
 
     pub fn source(&self) -> ReplicaIndex {
@@ -124,7 +122,6 @@ impl LogTarget {
         self.head = head;
         self.source = source;
         self.attempts = 0;
-        self.requested_tick = 0;
         self.beyond_window = false;
         let mut first = true;
         for header in headers {
@@ -388,7 +385,8 @@ impl Replica {
     }
 
     fn request_headers_send(&mut self) {
-        if self.ticks < self.target.requested_tick + REPAIR_TIMEOUT_TICKS {
+        let timeout = &self.timeouts[TimeoutKind::RepairTarget];
+        if timeout.ticking() && !timeout.fired() {
             return;
         }
         let slot_count = u64::from(self.config.journal_slot_count);
@@ -399,7 +397,7 @@ impl Replica {
         if self.target.beyond_window {
             return;
         }
-        self.target.requested_tick = self.ticks;
+        self.timeouts[TimeoutKind::RepairTarget].start();
         let op_max = self.target.known_min - 1;
         let op_min = op_max
             .saturating_sub(VIEW_CHANGE_HEADERS_MAX as u64 - 1)
@@ -455,7 +453,7 @@ impl Replica {
             extended = true;
         }
         if extended {
-            self.target.requested_tick = 0;
+            self.timeouts[TimeoutKind::RepairTarget].stop();
             self.repair_progress(storage);
         }
     }
@@ -551,14 +549,15 @@ impl Replica {
         // at the round trip's pace rather than one window per tick, which left it hundreds of
         // ops behind for a second, and a view change that needs its acknowledgements waiting.
         let window_arrived = op > self.repair_requested_end;
-        if !window_arrived && self.ticks < self.repair_requested_tick + REPAIR_TIMEOUT_TICKS {
+        let timeout = &self.timeouts[TimeoutKind::Repair];
+        if !window_arrived && timeout.ticking() && !timeout.fired() {
             return;
         }
         let normal_backup = self.status == Status::Normal && !self.is_primary();
         if !normal_backup && !self.target.active() {
             return;
         }
-        self.repair_requested_tick = self.ticks;
+        self.timeouts[TimeoutKind::Repair].start();
         let wanted_max =
             if self.target.active() { self.target.head() } else { self.commit_max.max(op) };
         let window_end = wanted_max.min(op + REPAIR_REQUEST_OPS_MAX as u64 - 1);

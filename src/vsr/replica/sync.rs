@@ -31,7 +31,7 @@ use super::grid_repair::GRID_REPAIR_TOKEN_FIRST;
 use super::{CheckpointPhase, Destination, Replica, Status, message_finish};
 use crate::constants::{
     BLOCK_SIZE, CLIENTS_MAX, HEADER_SIZE, SECTOR_SIZE, SYNC_CHUNKS_PER_REQUEST_MAX, SYNC_READS_MAX,
-    SYNC_REQUEST_TICKS, SYNC_WRITES_MAX,
+    SYNC_WRITES_MAX,
 };
 use crate::state_machine::CheckpointState;
 use crate::state_machine::block::SectorChecksums;
@@ -41,6 +41,7 @@ use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex};
 use crate::vsr::layout::{Config, Zone};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
+use crate::vsr::timeout::TimeoutKind;
 
 /// The body of `sync_checkpoint`.
 #[repr(C)]
@@ -108,7 +109,6 @@ pub(super) struct SyncState {
     phase: Phase,
     source: ReplicaIndex,
     attempts: u64,
-    requested_tick: u64,
     checkpoint_op: Op,
     checkpoint_checksum: Checksum,
     commit: Op,
@@ -133,7 +133,6 @@ impl SyncState {
             phase: Phase::Idle,
             source: 0,
             attempts: 0,
-            requested_tick: 0,
             checkpoint_op: 0,
             checkpoint_checksum: 0,
             commit: 0,
@@ -251,7 +250,7 @@ impl Replica {
                 self.sync.phase = Phase::Checkpoint;
                 self.sync.source = self.target.source();
                 self.sync.attempts = 0;
-                self.sync.requested_tick = 0;
+                self.timeouts[TimeoutKind::Sync].stop();
                 self.sync_progress(storage)
             }
             Phase::Checkpoint => self.sync_request_checkpoint(),
@@ -268,11 +267,7 @@ impl Replica {
     }
 
     fn sync_request_due(&mut self) -> bool {
-        if self.ticks < self.sync.requested_tick + SYNC_REQUEST_TICKS {
-            return false;
-        }
-        self.sync.requested_tick = self.ticks;
-        true
+        self.timeouts[TimeoutKind::Sync].due_restart()
     }
 
     fn sync_request_checkpoint(&mut self) {
@@ -569,7 +564,7 @@ impl Replica {
             return;
         }
         self.sync.block_next += 1;
-        self.sync.requested_tick = 0;
+        self.timeouts[TimeoutKind::Sync].stop();
         self.sync_request_blocks(storage);
     }
 
@@ -641,6 +636,7 @@ impl Replica {
         self.sync.phase = Phase::Idle;
         self.metrics.state_syncs += 1;
         self.target.sync_done();
+        self.timeouts[TimeoutKind::RepairTarget].stop();
         assert!(matches!(self.status, Status::Normal | Status::ViewChange));
         if !self.target.active() || self.head.op() >= self.target.head() {
             // The checkpoint is newer than the log this replica was installing: ask for the

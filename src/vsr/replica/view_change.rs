@@ -50,12 +50,12 @@ use super::{Destination, Replica, Status, message_finish};
 use crate::constants::{
     BACKUP_LIVENESS_TICKS, COMMIT_HEARTBEAT_TICKS, HEADER_SIZE, NORMAL_HEARTBEAT_TIMEOUT_TICKS,
     PRIMARY_ABDICATE_TICKS, REPAIR_WINDOW_MAX, REPLICAS_MAX, TIMEOUT_JITTER_TICKS,
-    VIEW_CHANGE_HEADERS_MAX, VIEW_CHANGE_MESSAGE_TICKS, VIEW_CHANGE_TIMEOUT_TICKS,
-    VOTE_WINDOW_TICKS,
+    VIEW_CHANGE_HEADERS_MAX,
 };
 use crate::vsr::header::{Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
+use crate::vsr::timeout::TimeoutKind;
 use zerocopy::IntoBytes;
 
 static_assertions::const_assert!(NORMAL_HEARTBEAT_TIMEOUT_TICKS >= 4 * COMMIT_HEARTBEAT_TICKS);
@@ -109,16 +109,10 @@ pub(super) struct ViewChangeState {
     /// Votes (start_view_change) to leave for `vote_view`: bit i for replica i.
     vote_view: View,
     votes: u8,
-    /// When the first of `votes` arrived.
-    vote_tick: u64,
-    /// Backup: when it last heard its primary. In a view change: when it began.
-    pub heard_tick: u64,
-    timeout_jitter_ticks: u64,
-    message_tick: u64,
     pub abdicating: bool,
-    /// Primary: the commit number at `progress_tick`, when it last moved or had nothing to do.
+    /// Primary: the commit number when it last moved or had nothing to do
+    /// (`TimeoutKind::PrimaryAbdicate` restarts then).
     progress_commit: Op,
-    progress_tick: u64,
     pub records: Vec<DoViewChangeRecord>,
     /// The new primary chose its log (the target is set) for the view.
     pub log_chosen: bool,
@@ -133,13 +127,8 @@ impl ViewChangeState {
         ViewChangeState {
             vote_view: 0,
             votes: 0,
-            vote_tick: 0,
-            heard_tick: 0,
-            timeout_jitter_ticks: 0,
-            message_tick: 0,
             abdicating: false,
             progress_commit: 0,
-            progress_tick: 0,
             records: vec![DoViewChangeRecord::EMPTY; REPLICAS_MAX],
             log_chosen: false,
             start_view_nonce: 0,
@@ -262,23 +251,26 @@ fn canonical_highest(
 
 /// Timeouts and votes.
 impl Replica {
-    pub(super) fn primary_heard_tick_set(&mut self) {
-        self.view_change.heard_tick = self.ticks;
-    }
-
-    fn timeout_jitter_new(&mut self) {
-        self.view_change.timeout_jitter_ticks = self.prng_next() % TIMEOUT_JITTER_TICKS;
+    /// Backup: it heard its primary (or, in a view change, the view change began): both
+    /// timeouts that end in a vote count from now, each with a new jitter.
+    pub(super) fn primary_heard(&mut self) {
+        for kind in [TimeoutKind::NormalHeartbeat, TimeoutKind::ViewChangeStatus] {
+            let timeout = &mut self.timeouts[kind];
+            if !timeout.ticking() {
+                timeout.start();
+            }
+            timeout.reset_with_jitter(&mut self.prng, TIMEOUT_JITTER_TICKS);
+        }
     }
 
     /// Once per tick, replicated clusters only.
     pub(super) fn view_change_tick<S: Storage>(&mut self, storage: &mut S) {
         assert!(self.config.replica_count > 1);
-        let resend = self.ticks >= self.view_change.message_tick + VIEW_CHANGE_MESSAGE_TICKS;
-        if resend {
-            self.view_change.message_tick = self.ticks;
+        if !self.timeouts[TimeoutKind::NormalHeartbeat].ticking() {
+            self.primary_heard();
         }
-        let jitter = self.view_change.timeout_jitter_ticks;
-        let since_heard = self.ticks.saturating_sub(self.view_change.heard_tick);
+        let message = &mut self.timeouts[TimeoutKind::ViewChangeMessage];
+        let resend = message.due_restart();
         match self.status {
             Status::Normal if self.is_primary() => {
                 self.abdicate_maybe();
@@ -289,7 +281,7 @@ impl Replica {
                 }
             }
             Status::Normal => {
-                if since_heard > NORMAL_HEARTBEAT_TIMEOUT_TICKS + jitter {
+                if self.timeouts[TimeoutKind::NormalHeartbeat].fired() {
                     self.vote(storage, self.view + 1, resend);
                 } else if resend && !self.target.active() {
                     let lagging = self.commit_max > self.head.op() + REPAIR_WINDOW_MAX as u64;
@@ -305,7 +297,7 @@ impl Replica {
                     self.view_change_resend(storage);
                 }
                 if self.status == Status::ViewChange
-                    && since_heard > VIEW_CHANGE_TIMEOUT_TICKS + jitter
+                    && self.timeouts[TimeoutKind::ViewChangeStatus].fired()
                 {
                     // Always the next view: a replica that cannot reach a quorum must not run
                     // its vote up, or the votes of the others would never meet.
@@ -320,15 +312,19 @@ impl Replica {
     /// cannot reach a quorum: it falls silent so that its backups elect another.
     fn abdicate_maybe(&mut self) {
         let uncommitted = self.head.op() > self.commit_max;
-        if !uncommitted || self.commit_max != self.view_change.progress_commit {
+        let progress = &mut self.timeouts[TimeoutKind::PrimaryAbdicate];
+        if !uncommitted
+            || self.commit_max != self.view_change.progress_commit
+            || !progress.ticking()
+        {
             self.view_change.progress_commit = self.commit_max;
-            self.view_change.progress_tick = self.ticks;
+            progress.start();
             return;
         }
-        let stalled_ticks = self.ticks - self.view_change.progress_tick;
-        if stalled_ticks <= PRIMARY_ABDICATE_TICKS {
+        if !progress.fired() {
             return;
         }
+        let stalled_ticks = progress.elapsed();
         // It abdicates if it does not hear from a replication quorum; if it does (a backup
         // still catching up, say), only once the stall lasts four times as long, which covers
         // a partition that lets small messages through but not prepares.
@@ -351,10 +347,9 @@ impl Replica {
         if view > self.view_change.vote_view {
             self.view_change.vote_view = view;
             self.view_change.votes = 0;
-            self.view_change.vote_tick = self.ticks;
         }
         if self.view_change.votes == 0 {
-            self.view_change.vote_tick = self.ticks;
+            self.timeouts[TimeoutKind::VoteWindow].start();
         }
         let bit = 1u8 << self.config.replica;
         let new = self.view_change.votes & bit == 0;
@@ -384,7 +379,9 @@ impl Replica {
         if view > self.view_change.vote_view {
             self.view_change.vote_view = view;
             self.view_change.votes = 0;
-            self.view_change.vote_tick = self.ticks;
+        }
+        if self.view_change.votes == 0 {
+            self.timeouts[TimeoutKind::VoteWindow].start();
         }
         self.view_change.votes |= 1 << header.replica;
         self.votes_count(storage);
@@ -393,11 +390,9 @@ impl Replica {
     /// Votes count toward a quorum only within `VOTE_WINDOW_TICKS` of the first: a quorum must
     /// be of replicas that lost the primary at about the same time, not across incidents.
     fn votes_expire(&mut self) {
-        if self.view_change.votes != 0
-            && self.ticks > self.view_change.vote_tick + VOTE_WINDOW_TICKS
-        {
+        if self.view_change.votes != 0 && self.timeouts[TimeoutKind::VoteWindow].fired() {
             self.view_change.votes = 0;
-            self.view_change.vote_tick = self.ticks;
+            self.timeouts[TimeoutKind::VoteWindow].stop();
         }
     }
 
@@ -463,11 +458,10 @@ impl Replica {
         self.metrics.view_change_during_state_sync += u64::from(self.sync.active());
         self.view = view;
         self.status = Status::ViewChange;
-        self.view_change.heard_tick = self.ticks;
-        self.view_change.message_tick = self.ticks;
+        self.primary_heard();
+        self.timeouts[TimeoutKind::ViewChangeMessage].start();
         self.view_change.abdicating = false;
         self.view_change.log_chosen = false;
-        self.timeout_jitter_new();
         for record in self.view_change.records.iter_mut() {
             record.received = false;
         }
@@ -802,10 +796,12 @@ impl Replica {
         self.view_persist(storage);
         self.target.clear();
         self.metrics.views_started += 1;
-        self.view_change.progress_tick = self.ticks;
+        self.timeouts[TimeoutKind::PrimaryAbdicate].start();
         self.view_change.progress_commit = self.commit_max;
         self.backup_heard_tick = [0; REPLICAS_MAX];
-        self.commit_heartbeat_sent = (0, 0);
+        self.commit_heartbeat_sent = 0;
+        self.timeouts[TimeoutKind::CommitHeartbeat].stop();
+        self.timeouts[TimeoutKind::Prepare].stop();
         let bit = 1u8 << self.config.replica;
         for prepared in self.pipeline.iter_mut() {
             assert!(prepared.durable);
@@ -879,7 +875,7 @@ impl Replica {
         if view == self.view && self.status == Status::Normal {
             // A duplicate, or the log this replica follows: taken as a target only to repair a
             // faulty log, or one far behind (headers let it fetch in bulk, out of order).
-            self.primary_heard_tick_set();
+            self.primary_heard();
             let lagging = header.op > self.head.op() + REPAIR_WINDOW_MAX as u64;
             let installed = self.log_view == self.view && !self.log_faulty;
             if self.target.active() || (installed && !lagging) {
@@ -891,7 +887,7 @@ impl Replica {
         }
         self.status = Status::Normal;
         self.view_change.votes = 0;
-        self.primary_heard_tick_set();
+        self.primary_heard();
         self.commit_max = self.commit_max.max(header.commit);
         let body = message.body();
         let count = body.len() / HEADER_SIZE;
