@@ -69,7 +69,12 @@ pub fn inspect_file(path: &Path) -> Result<InspectReport, String> {
     let mut journal = Journal::new(&working.config());
     let read_pool = MessagePool::new(JOURNAL_IOPS_READ_MAX, working.message_size_max as usize);
     let report = journal
-        .inspect_blocking(&mut storage, working.checkpoint_op, working.replica_count, &read_pool)
+        .inspect_blocking(
+            &mut storage,
+            working.vsr_state.checkpoint_op,
+            working.replica_count,
+            &read_pool,
+        )
         .map_err(|error| format!("{}: reading the WAL: {error}", path.display()))?;
     write_journal(&mut text, report);
     let grid_usable = write_grid(&mut text, path, &working, &layout)?;
@@ -92,14 +97,15 @@ fn write_grid(
     let mut block = vec![0u8; BLOCK_SIZE];
     let mut bad = 0;
     let mut table_checksum = 0;
-    let table = working.streams_table_address
-        ..working.streams_table_address + u64::from(working.streams_table_blocks);
+    let table = working.vsr_state.streams_table_address
+        ..working.vsr_state.streams_table_address
+            + u64::from(working.vsr_state.streams_table_blocks);
     let _ = writeln!(
         text,
         "
 grid:"
     );
-    for address in 0..working.grid_head {
+    for address in 0..working.vsr_state.grid_head {
         let offset = layout.offset(Zone::Grid, address * BLOCK_SIZE as u64);
         let invalid = match file.read_exact_at(&mut block, offset) {
             Err(_) => Some("block: unreadable"),
@@ -119,12 +125,12 @@ grid:"
             let _ = writeln!(text, "  ...");
         }
     }
-    let table_mismatch =
-        working.streams_table_blocks > 0 && table_checksum != working.streams_table_checksum;
+    let table_mismatch = working.vsr_state.streams_table_blocks > 0
+        && table_checksum != working.vsr_state.streams_table_checksum;
     if table_mismatch {
         let _ = writeln!(text, "  streams table: checksum of block checksums does not match");
     }
-    let _ = writeln!(text, "  blocks verified: {}, bad: {bad}", working.grid_head);
+    let _ = writeln!(text, "  blocks verified: {}, bad: {bad}", working.vsr_state.grid_head);
     let sound = bad == 0 && !table_mismatch;
     let usable = sound || working.replica_count > 1;
     let verdict = match (sound, usable) {
@@ -158,23 +164,28 @@ fn write_config(text: &mut String, working: &SuperBlockHeader) {
         );
     }
     let _ = writeln!(text, "\nvsr state:");
-    let _ = writeln!(text, "  view: {}  log_view: {}", working.view, working.log_view);
-    if working.log_lost != 0 {
+    let _ = writeln!(
+        text,
+        "  view: {}  log_view: {}",
+        working.vsr_state.view, working.vsr_state.log_view
+    );
+    if working.vsr_state.log_lost != 0 {
         let _ =
             writeln!(text, "  log_lost: formatted with --rejoin; recovering the log from peers");
     }
-    let _ = writeln!(text, "  commit_max: {}", working.commit_max);
+    let _ = writeln!(text, "  commit_max: {}", working.vsr_state.commit_max);
     let _ = writeln!(
         text,
         "  checkpoint: op {} (prepare checksum {:08x}), grid head {}, \
          streams table at block {} ({} blocks)",
-        working.checkpoint_op,
-        working.checkpoint_checksum,
-        working.grid_head,
-        working.streams_table_address,
-        working.streams_table_blocks
+        working.vsr_state.checkpoint_op,
+        working.vsr_state.checkpoint_checksum,
+        working.vsr_state.grid_head,
+        working.vsr_state.streams_table_address,
+        working.vsr_state.streams_table_blocks
     );
-    let sessions = working.client_sessions.iter().filter(|record| record.client != 0).count();
+    let sessions =
+        working.vsr_state.client_sessions.iter().filter(|record| record.client != 0).count();
     let _ = writeln!(text, "  client sessions: {sessions}");
 }
 

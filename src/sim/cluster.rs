@@ -1008,7 +1008,7 @@ impl Cluster {
         // The superblock `format --rejoin` leaves: the formatted one, marked log_lost (written
         // straight into the in-memory disk, whose I/O only completes as ticks pass).
         let mut superblock = SuperBlockHeader::format(&node.config);
-        superblock.log_lost = 1;
+        superblock.vsr_state.log_lost = 1;
         superblock.set_checksum();
         let superblock_offset = layout.zone_offset(Zone::Superblock) as usize;
         for copy in 0..SUPERBLOCK_COPIES {

@@ -495,7 +495,7 @@ impl Replica {
     /// not yet say that the replica holds the cluster's log: it takes no part in view changes,
     /// and if it restarts it learns the cluster's view again.
     pub fn log_lost_pending(&self) -> bool {
-        self.superblock.opened() && self.superblock.working().log_lost != 0
+        self.superblock.opened() && self.superblock.working().vsr_state.log_lost != 0
     }
 
     /// Which part of the superblock lags what the replica holds with no update in flight to
@@ -505,7 +505,7 @@ impl Replica {
             return None;
         }
         let working = self.superblock.working();
-        if self.log_lost() != working.log_lost {
+        if self.log_lost() != working.vsr_state.log_lost {
             return Some("log_lost");
         }
         None

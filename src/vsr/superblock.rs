@@ -60,47 +60,22 @@ pub struct SuperBlockHeader {
     pub grid_size: u64,
     /// The checksum of the update this one replaced (0 for the first).
     pub parent: Checksum,
-    /// The checksum of the prepare at `checkpoint_op`.
-    pub checkpoint_checksum: Checksum,
-    /// The checksum of the checkpointed state-machine root (the streams table blocks).
-    pub checkpoint_state_checksum: Checksum,
-    /// The hash chain over the checksums of the streams table's blocks.
-    pub streams_table_checksum: Checksum,
-    /// The replica's view; never goes backwards.
-    pub view: View,
-    /// The latest view in which the replica was in normal status; never goes backwards.
-    pub log_view: View,
-    /// The highest op known committed; never goes backwards.
-    pub commit_max: Op,
-    /// The op whose state the checkpoint holds; the WAL is replayed from here.
-    pub checkpoint_op: Op,
-    /// The next grid block the state machine appends to.
-    pub grid_head: u64,
-    /// Where the checkpointed streams table starts in the grid, and how many blocks it spans.
-    pub streams_table_address: u64,
-    pub streams_table_blocks: u32,
-    /// How many of `view_headers` are in use (the log suffix kept for a view change).
-    pub view_headers_count: u32,
-    /// 1 if the replica's data file was formatted again to replace one that was lost
-    /// (`kimberlite format --rejoin`): its log is not evidence of what it acknowledged before,
-    /// so it takes no part in view changes until it holds the cluster's log.
-    pub log_lost: u8,
-    pub reserved_state: [u8; 15],
-    pub view_headers: [Header; VIEW_HEADERS_MAX],
-    /// The client sessions as of the checkpoint (free entries are all zero).
-    pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
+    pub reserved_header: [u8; 48],
+    /// What an update changes.
+    pub vsr_state: VsrState,
     pub reserved: [u8; SUPERBLOCK_RESERVED_SIZE],
 }
 
-const SUPERBLOCK_RESERVED_SIZE: usize = 2624;
+const SUPERBLOCK_RESERVED_SIZE: usize = 2560;
 
 const_assert_eq!(std::mem::size_of::<SuperBlockHeader>(), SUPERBLOCK_COPY_SIZE);
 const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, parent), 64);
-const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, view), 128);
-const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, log_lost), 176);
-const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, view_headers), 192);
-const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, client_sessions), 2496);
-const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, reserved), 5568);
+const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, vsr_state), 128);
+const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, reserved), 5632);
+const_assert_eq!(std::mem::offset_of!(VsrState, view), 48);
+const_assert_eq!(std::mem::offset_of!(VsrState, log_lost), 96);
+const_assert_eq!(std::mem::offset_of!(VsrState, view_headers), 128);
+const_assert_eq!(std::mem::offset_of!(VsrState, client_sessions), 2432);
 const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, version), CHECKSUM_COVERS_FROM);
 const_assert_eq!(SUPERBLOCK_COPY_SIZE % std::mem::align_of::<SuperBlockHeader>(), 0);
 
@@ -121,7 +96,7 @@ impl SuperBlockHeader {
         superblock.clients_max = config.clients_max;
         superblock.streams_max = config.streams_max;
         superblock.grid_size = config.grid_size;
-        superblock.checkpoint_checksum = Header::root_prepare(config.cluster).checksum;
+        superblock.vsr_state.checkpoint_checksum = Header::root_prepare(config.cluster).checksum;
         superblock.set_checksum();
         assert!(superblock.invalid().is_none());
         superblock
@@ -166,14 +141,15 @@ impl SuperBlockHeader {
         if self.sequence == 0 || self.sequence == u64::MAX {
             return Some("sequence out of range");
         }
-        if self.view_headers_count as usize > VIEW_HEADERS_MAX {
+        if self.vsr_state.view_headers_count as usize > VIEW_HEADERS_MAX {
             return Some("view_headers_count larger than VIEW_HEADERS_MAX");
         }
-        if self.log_lost > 1 {
+        if self.vsr_state.log_lost > 1 {
             return Some("log_lost must be 0 or 1");
         }
         let reserved_zero = self.reserved_replica == [0; 2]
-            && self.reserved_state == [0; 15]
+            && self.reserved_header == [0; 48]
+            && self.vsr_state.reserved == [0; 31]
             && self.reserved.iter().all(|byte| *byte == 0);
         if !reserved_zero {
             return Some("reserved bytes not zero");
@@ -183,10 +159,10 @@ impl SuperBlockHeader {
 
     /// Why this superblock's VSR state is impossible on its own, or `None`.
     pub fn vsr_state_invalid(&self) -> Option<&'static str> {
-        if self.log_view > self.view {
+        if self.vsr_state.log_view > self.vsr_state.view {
             return Some("log_view is newer than view");
         }
-        if self.checkpoint_op > self.commit_max {
+        if self.vsr_state.checkpoint_op > self.vsr_state.commit_max {
             return Some("checkpoint_op is past commit_max");
         }
         None
@@ -198,16 +174,16 @@ impl SuperBlockHeader {
         if child.config() != self.config() {
             return Some("config changed");
         }
-        if child.view < self.view {
+        if child.vsr_state.view < self.vsr_state.view {
             return Some("view went backwards");
         }
-        if child.log_view < self.log_view {
+        if child.vsr_state.log_view < self.vsr_state.log_view {
             return Some("log_view went backwards");
         }
-        if child.commit_max < self.commit_max {
+        if child.vsr_state.commit_max < self.vsr_state.commit_max {
             return Some("commit_max went backwards");
         }
-        if child.checkpoint_op < self.checkpoint_op {
+        if child.vsr_state.checkpoint_op < self.vsr_state.checkpoint_op {
             return Some("checkpoint_op went backwards");
         }
         child.vsr_state_invalid()
@@ -215,39 +191,11 @@ impl SuperBlockHeader {
 
     /// The part of the superblock that `SuperBlock::update` changes.
     pub fn vsr_state(&self) -> VsrState {
-        VsrState {
-            view: self.view,
-            log_view: self.log_view,
-            commit_max: self.commit_max,
-            checkpoint_op: self.checkpoint_op,
-            checkpoint_checksum: self.checkpoint_checksum,
-            checkpoint_state_checksum: self.checkpoint_state_checksum,
-            grid_head: self.grid_head,
-            streams_table_address: self.streams_table_address,
-            streams_table_blocks: self.streams_table_blocks,
-            streams_table_checksum: self.streams_table_checksum,
-            view_headers_count: self.view_headers_count,
-            log_lost: self.log_lost,
-            view_headers: self.view_headers,
-            client_sessions: self.client_sessions,
-        }
+        self.vsr_state
     }
 
     fn set_vsr_state(&mut self, state: &VsrState) {
-        self.view = state.view;
-        self.log_view = state.log_view;
-        self.commit_max = state.commit_max;
-        self.checkpoint_op = state.checkpoint_op;
-        self.checkpoint_checksum = state.checkpoint_checksum;
-        self.checkpoint_state_checksum = state.checkpoint_state_checksum;
-        self.grid_head = state.grid_head;
-        self.streams_table_address = state.streams_table_address;
-        self.streams_table_blocks = state.streams_table_blocks;
-        self.streams_table_checksum = state.streams_table_checksum;
-        self.view_headers_count = state.view_headers_count;
-        self.log_lost = state.log_lost;
-        self.view_headers = state.view_headers;
-        self.client_sessions = state.client_sessions;
+        self.vsr_state = *state;
     }
 
     /// True if `self`, read from position `copy`, is exactly `target` written there.
@@ -258,26 +206,40 @@ impl SuperBlockHeader {
     }
 }
 
-/// The replica's durable protocol state: what an update writes. View, log_view and commit_max
-/// never go backwards, and `log_view <= view`, `checkpoint_op <= commit_max`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The replica's durable protocol state: what an update writes, nested as is in every
+/// superblock copy. View, log_view and commit_max never go backwards, and `log_view <= view`,
+/// `checkpoint_op <= commit_max`.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct VsrState {
-    pub view: View,
-    pub log_view: View,
-    pub commit_max: Op,
-    pub checkpoint_op: Op,
+    /// The checksum of the prepare at `checkpoint_op`.
     pub checkpoint_checksum: Checksum,
+    /// The checksum of the checkpointed state-machine root (the streams table blocks).
     pub checkpoint_state_checksum: Checksum,
+    /// The hash chain over the checksums of the streams table's blocks.
+    pub streams_table_checksum: Checksum,
+    /// The replica's view; never goes backwards.
+    pub view: View,
+    /// The latest view in which the replica was in normal status; never goes backwards.
+    pub log_view: View,
+    /// The highest op known committed; never goes backwards.
+    pub commit_max: Op,
+    /// The op whose state the checkpoint holds; the WAL is replayed from here.
+    pub checkpoint_op: Op,
+    /// The next grid block the state machine appends to.
     pub grid_head: u64,
+    /// Where the checkpointed streams table starts in the grid, and how many blocks it spans.
     pub streams_table_address: u64,
     pub streams_table_blocks: u32,
-    pub streams_table_checksum: Checksum,
-    /// How many of `view_headers` are in use.
+    /// How many of `view_headers` are in use (the log suffix kept for a view change).
     pub view_headers_count: u32,
-    /// See `SuperBlockHeader::log_lost`.
+    /// 1 if the replica's data file was formatted again to replace one that was lost
+    /// (`kimberlite format --rejoin`): its log is not evidence of what it acknowledged before,
+    /// so it takes no part in view changes until it holds the cluster's log.
     pub log_lost: u8,
+    pub reserved: [u8; 31],
     pub view_headers: [Header; VIEW_HEADERS_MAX],
-    /// The client session table at the checkpoint.
+    /// The client sessions as of the checkpoint (free entries are all zero).
     pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
 }
 

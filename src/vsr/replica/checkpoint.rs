@@ -108,7 +108,7 @@ impl Replica {
     /// The superblock's `log_lost` as it should be now: it stays set until the replica holds
     /// the cluster's log (its log is not faulty any more).
     pub(super) fn log_lost(&self) -> u8 {
-        u8::from(self.log_faulty && self.superblock.working().log_lost != 0)
+        u8::from(self.log_faulty && self.superblock.working().vsr_state.log_lost != 0)
     }
 
     /// Writes view and log_view to the superblock if they changed, unless an update is in
@@ -121,7 +121,7 @@ impl Replica {
             return;
         }
         let unchanged = self.view == self.view_durable && self.log_view == self.log_view_durable;
-        if unchanged && self.log_lost() == self.superblock.working().log_lost {
+        if unchanged && self.log_lost() == self.superblock.working().vsr_state.log_lost {
             return;
         }
         let state = self.vsr_state_next();

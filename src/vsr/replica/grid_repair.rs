@@ -362,7 +362,7 @@ impl Replica {
             // State sync installs only once no grid I/O is in flight.
             return;
         }
-        let grid_head = self.superblock.working().grid_head;
+        let grid_head = self.superblock.working().vsr_state.grid_head;
         if grid_head == 0 {
             return;
         }

@@ -36,21 +36,26 @@ impl Replica {
         if working.config() != self.config {
             return self.fail("the data file's configuration differs from the replica's");
         }
-        if self.sessions.restore(&working.client_sessions).is_err() {
+        if self.sessions.restore(&working.vsr_state.client_sessions).is_err() {
             return self.fail("the checkpointed client session table is invalid");
         }
-        self.view = working.view;
-        self.log_view = working.log_view;
-        self.view_durable = working.view;
-        self.log_view_durable = working.log_view;
-        self.checkpoint_op = working.checkpoint_op;
-        self.commit_min = working.checkpoint_op;
-        self.commit_max = working.checkpoint_op;
-        self.head.reset(working.checkpoint_op, working.checkpoint_checksum);
-        self.commit_checksum = working.checkpoint_checksum;
+        self.view = working.vsr_state.view;
+        self.log_view = working.vsr_state.log_view;
+        self.view_durable = working.vsr_state.view;
+        self.log_view_durable = working.vsr_state.log_view;
+        self.checkpoint_op = working.vsr_state.checkpoint_op;
+        self.commit_min = working.vsr_state.checkpoint_op;
+        self.commit_max = working.vsr_state.checkpoint_op;
+        self.head.reset(working.vsr_state.checkpoint_op, working.vsr_state.checkpoint_checksum);
+        self.commit_checksum = working.vsr_state.checkpoint_checksum;
         self.open_phase = OpenPhase::Journal;
         let read_pool = self.recovery_read_pool();
-        self.journal.recover(storage, working.checkpoint_op, self.config.replica_count, &read_pool);
+        self.journal.recover(
+            storage,
+            working.vsr_state.checkpoint_op,
+            self.config.replica_count,
+            &read_pool,
+        );
         self.journal_events(storage);
     }
 
@@ -69,16 +74,16 @@ impl Replica {
         // Faulty entries may hide prepares this replica acknowledged: until a primary's log
         // replaces them, its own log is no evidence in a view change.
         let checkpoint_op = self.checkpoint_op;
-        let log_lost = self.superblock.working().log_lost != 0;
+        let log_lost = self.superblock.working().vsr_state.log_lost != 0;
         self.log_faulty = self.config.replica_count > 1
             && (log_lost || journal_hides_acknowledged(&self.journal, checkpoint_op));
         let working = *self.superblock.working();
         let checkpoint = CheckpointState {
-            grid_head: working.grid_head,
-            streams_table_address: working.streams_table_address,
-            streams_table_blocks: working.streams_table_blocks,
-            streams_table_checksum: working.streams_table_checksum,
-            checkpoint_state_checksum: working.checkpoint_state_checksum,
+            grid_head: working.vsr_state.grid_head,
+            streams_table_address: working.vsr_state.streams_table_address,
+            streams_table_blocks: working.vsr_state.streams_table_blocks,
+            streams_table_checksum: working.vsr_state.streams_table_checksum,
+            checkpoint_state_checksum: working.vsr_state.checkpoint_state_checksum,
         };
         self.open_phase = OpenPhase::StateMachine;
         self.state_machine.open(storage, &checkpoint);
@@ -159,7 +164,7 @@ impl Replica {
         // With one replica every durable prepare may have been acknowledged, and it is
         // committed: the replica is the whole quorum. With more, only what the superblock
         // recorded as committed is known; the primary tells the rest.
-        let commit_known = self.superblock.working().commit_max;
+        let commit_known = self.superblock.working().vsr_state.commit_max;
         self.commit_max = if self.config.replica_count == 1 {
             self.head.op()
         } else if self.log_view < self.view {
@@ -202,7 +207,7 @@ impl Replica {
 
     /// The log is faulty because its WAL is (not because the data file was lost).
     pub(super) fn log_wal_faulty(&self) -> bool {
-        self.log_faulty && self.superblock.working().log_lost == 0
+        self.log_faulty && self.superblock.working().vsr_state.log_lost == 0
     }
 
     /// Opening is over: this replica serves.
@@ -215,7 +220,7 @@ impl Replica {
         assert!(self.log_wal_faulty() || self.journal.header_with_op(self.head.op() + 1).is_none());
         self.status = Status::Normal;
         self.primary_heard();
-        if self.config.replica_count > 1 && self.superblock.working().log_lost != 0 {
+        if self.config.replica_count > 1 && self.superblock.working().vsr_state.log_lost != 0 {
             // It lost its data file: it learns the cluster's view first (`rejoin.rs`).
             return self.rejoin_start();
         }

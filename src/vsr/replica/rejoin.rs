@@ -57,7 +57,7 @@ impl Replica {
     /// Opening found `log_lost`: learn the cluster's view before acting in any.
     pub(super) fn rejoin_start(&mut self) {
         assert!(self.config.replica_count > 1);
-        assert!(self.superblock.working().log_lost != 0);
+        assert!(self.superblock.working().vsr_state.log_lost != 0);
         self.status = Status::ViewChange;
         self.rejoin.learning = true;
         self.rejoin.nonce = u128::from((self.prng_next() as u32).max(1));

@@ -222,7 +222,8 @@ impl Replica {
     /// the superblock if state sync installed that checkpoint.
     pub(super) fn checkpoint_header(&self) -> Option<Header> {
         let working = self.superblock.working();
-        let (op, checksum) = (working.checkpoint_op, working.checkpoint_checksum);
+        let (op, checksum) =
+            (working.vsr_state.checkpoint_op, working.vsr_state.checkpoint_checksum);
         if op == 0 {
             return Some(Header::root_prepare(self.config.cluster));
         }
@@ -230,8 +231,9 @@ impl Replica {
         if let Some(header) = self.journal.header_with_op(op).filter(|header| matches(header)) {
             return Some(*header);
         }
-        let count = (working.view_headers_count as usize).min(working.view_headers.len());
-        working.view_headers[..count].iter().find(|header| matches(header)).copied()
+        let count = (working.vsr_state.view_headers_count as usize)
+            .min(working.vsr_state.view_headers.len());
+        working.vsr_state.view_headers[..count].iter().find(|header| matches(header)).copied()
     }
 
     /// Bytes of a block one `block` message carries.
@@ -286,7 +288,7 @@ impl Replica {
             return;
         }
         let working = *self.superblock.working();
-        if working.checkpoint_op <= header.checkpoint_op {
+        if working.vsr_state.checkpoint_op <= header.checkpoint_op {
             return;
         }
         let Some(checkpoint_header) = self.checkpoint_header() else {
@@ -295,22 +297,22 @@ impl Replica {
         };
         let body = SyncCheckpointBody {
             checkpoint_header,
-            grid_head: working.grid_head,
-            streams_table_address: working.streams_table_address,
-            streams_table_blocks: working.streams_table_blocks,
-            streams_table_checksum: working.streams_table_checksum,
-            checkpoint_state_checksum: working.checkpoint_state_checksum,
+            grid_head: working.vsr_state.grid_head,
+            streams_table_address: working.vsr_state.streams_table_address,
+            streams_table_blocks: working.vsr_state.streams_table_blocks,
+            streams_table_checksum: working.vsr_state.streams_table_checksum,
+            checkpoint_state_checksum: working.vsr_state.checkpoint_state_checksum,
             reserved: 0,
-            client_sessions: working.client_sessions,
+            client_sessions: working.vsr_state.client_sessions,
             reserved_end: [0; 8],
         };
         let mut message = self.pool.get();
         let size = HEADER_SIZE + size_of::<SyncCheckpointBody>();
         message.buffer_mut_unique()[HEADER_SIZE..size].copy_from_slice(body.as_bytes());
         let mut reply = self.header_new(Command::SyncCheckpoint);
-        reply.checkpoint_op = working.checkpoint_op;
-        reply.commit = working.commit_max.max(working.checkpoint_op);
-        reply.context = working.checkpoint_checksum;
+        reply.checkpoint_op = working.vsr_state.checkpoint_op;
+        reply.commit = working.vsr_state.commit_max.max(working.vsr_state.checkpoint_op);
+        reply.context = working.vsr_state.checkpoint_checksum;
         let message = message_finish(message, reply, size - HEADER_SIZE);
         self.send(Destination::Replica(header.replica), message);
     }
@@ -419,7 +421,7 @@ impl Replica {
         if !self.status.is_open() {
             return;
         }
-        let grid_head = self.superblock.working().grid_head;
+        let grid_head = self.superblock.working().vsr_state.grid_head;
         let chunk_size = self.sync_chunk_size();
         for bytes in message.body().chunks_exact(size_of::<ChunkReference>()) {
             let reference = ChunkReference::read_from_bytes(bytes).expect("16 bytes");
@@ -616,20 +618,20 @@ impl Replica {
             return self.fail("the checkpoint fetched by state sync could not be opened");
         }
         let working = *self.superblock.working();
-        if self.sessions.restore(&working.client_sessions).is_err() {
+        if self.sessions.restore(&working.vsr_state.client_sessions).is_err() {
             return self.fail("the client session table fetched by state sync is invalid");
         }
         for entry in self.replies.iter_mut() {
             entry.message = None;
         }
         self.pipeline.clear();
-        assert!(working.checkpoint_op > self.checkpoint_op);
-        assert!(working.checkpoint_op > self.commit_min);
-        self.checkpoint_op = working.checkpoint_op;
-        self.commit_min = working.checkpoint_op;
-        self.commit_checksum = working.checkpoint_checksum;
-        self.commit_max = self.commit_max.max(working.commit_max);
-        self.head.reset(working.checkpoint_op, working.checkpoint_checksum);
+        assert!(working.vsr_state.checkpoint_op > self.checkpoint_op);
+        assert!(working.vsr_state.checkpoint_op > self.commit_min);
+        self.checkpoint_op = working.vsr_state.checkpoint_op;
+        self.commit_min = working.vsr_state.checkpoint_op;
+        self.commit_checksum = working.vsr_state.checkpoint_checksum;
+        self.commit_max = self.commit_max.max(working.vsr_state.commit_max);
+        self.head.reset(working.vsr_state.checkpoint_op, working.vsr_state.checkpoint_checksum);
         let checkpoint = self.sync.body.checkpoint_header;
         self.timestamp_observe(&checkpoint);
         self.log_chained_from = self.log_chained_from_find();

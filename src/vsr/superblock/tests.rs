@@ -143,7 +143,10 @@ fn open_reads_freshly_formatted_file_at_sequence_one() {
     assert_eq!(working.sequence, 1);
     assert_eq!(working.parent, 0);
     assert_eq!(working.config(), small_config());
-    assert_eq!((working.view, working.log_view, working.commit_max), (0, 0, 0));
+    assert_eq!(
+        (working.vsr_state.view, working.vsr_state.log_view, working.vsr_state.commit_max),
+        (0, 0, 0)
+    );
     assert_eq!(superblock.copies_health(), &[CopyHealth::Valid { sequence: 1 }; 4]);
     assert!(storage.bytes() == before.as_slice(), "a healthy open writes nothing");
 }
@@ -308,7 +311,7 @@ fn updates_keep_view_log_view_and_commit_max_monotonic() {
     for round in 0..6u64 {
         let previous = *superblock.working();
         let mut state = state_advanced(&previous, round % 2);
-        state.log_view = previous.log_view;
+        state.log_view = previous.vsr_state.log_view;
         superblock.update_blocking(&mut storage, &state).expect("update");
         let working = superblock.working();
         assert_eq!(working.sequence, previous.sequence + 1);
@@ -503,7 +506,8 @@ fn open_with_newer_copy_zero(
 #[test]
 fn open_accepts_newer_copy_that_descends_from_the_chosen_one() {
     // Goal: an update that reached one copy is rolled back, and the copy is reported stale.
-    let superblock = open_with_newer_copy_zero(1, |header| header.commit_max += 1).expect("open");
+    let superblock =
+        open_with_newer_copy_zero(1, |header| header.vsr_state.commit_max += 1).expect("open");
     assert_eq!(superblock.working().sequence, 2);
     assert_eq!(superblock.copies_health()[0], CopyHealth::Stale { sequence: 3 });
 }
@@ -522,10 +526,13 @@ fn open_detects_vsr_state_going_backwards() {
     // Goal: view, log_view or commit_max going backwards from parent to child, and log_view
     // past view, are errors that name the field.
     let cases: [(HeaderChange, &str); 4] = [
-        (|header| header.view -= 1, "view went backwards"),
-        (|header| header.log_view -= 1, "log_view went backwards"),
-        (|header| header.commit_max -= 1, "commit_max went backwards"),
-        (|header| header.log_view = header.view + 1, "log_view is newer than view"),
+        (|header| header.vsr_state.view -= 1, "view went backwards"),
+        (|header| header.vsr_state.log_view -= 1, "log_view went backwards"),
+        (|header| header.vsr_state.commit_max -= 1, "commit_max went backwards"),
+        (
+            |header| header.vsr_state.log_view = header.vsr_state.view + 1,
+            "log_view is newer than view",
+        ),
     ];
     for (change, reason) in cases {
         let result = open_with_newer_copy_zero(1, change);
@@ -543,14 +550,14 @@ fn open_detects_chosen_superblock_going_backwards_from_its_parent() {
     let state = state_advanced(&parent, 1);
     superblock.update_blocking(&mut storage, &state).expect("update");
     let mut child = *superblock.working();
-    child.commit_max = parent.commit_max;
-    child.view = parent.view;
-    child.log_view = parent.view;
-    child.checkpoint_op = 0;
+    child.vsr_state.commit_max = parent.vsr_state.commit_max;
+    child.vsr_state.view = parent.vsr_state.view;
+    child.vsr_state.log_view = parent.vsr_state.view;
+    child.vsr_state.checkpoint_op = 0;
     child.set_checksum();
     let mut stale_parent = parent;
-    stale_parent.view += 1;
-    stale_parent.log_view = stale_parent.view;
+    stale_parent.vsr_state.view += 1;
+    stale_parent.vsr_state.log_view = stale_parent.vsr_state.view;
     stale_parent.set_checksum();
     child.parent = stale_parent.checksum;
     child.set_checksum();
