@@ -1,6 +1,7 @@
 //! Checksum benchmark: the throughput of the 128-bit checksum (`vsr::header::checksum`, XXH3-128)
 //! at the sizes the replica checksums: a header (240 bytes covered), a 4 KiB sector, a 1 MiB
-//! message body, and a 512 KiB grid block through its sector hash list (`block_checksum`).
+//! message body, a 512 KiB grid block through its sector hash list (`block_checksum`), and one
+//! step of a stream's event chain for a 128-byte event (`chain_next`).
 //!
 //! Run with `cargo bench --bench checksum`. The figures are for reading, not for pass/fail: the
 //! machine may be shared, so the load average is printed beside them.
@@ -10,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use kimberlite::constants::{BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE};
 use kimberlite::state_machine::block::block_checksum;
+use kimberlite::state_machine::types::{EventRecord, chain_next};
 use kimberlite::stdx::prng::Prng;
-use kimberlite::vsr::header::checksum;
+use kimberlite::vsr::header::{ChecksumBytes, checksum};
 
 /// Each size is hashed for at least this long.
 const RUN_TIME: Duration = Duration::from_millis(500);
@@ -27,6 +29,17 @@ fn main() {
     run("message (1 MiB)", bytes.len(), || checksum(black_box(&bytes)));
     let block = &bytes[..BLOCK_SIZE];
     run("grid block (512 KiB, hash list)", BLOCK_SIZE, || block_checksum(black_box(block)));
+    let data = &bytes[..128];
+    let record = EventRecord {
+        stream: 1,
+        offset: 2,
+        position: 3,
+        timestamp: 4,
+        chain: ChecksumBytes::ZERO,
+        size_bytes: 128,
+        reserved: 0,
+    };
+    run("event chain (128 B event)", 128, || chain_next(7, black_box(&record), black_box(data)));
 }
 
 /// Hashes `size` bytes with `hash` repeatedly for `RUN_TIME`, and prints the rate.

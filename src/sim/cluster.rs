@@ -358,6 +358,7 @@ impl Cluster {
                 think_ticks_max: options.think_ticks_max,
                 events_per_append_max: options.events_per_append_max,
                 event_size_max: options.event_size_max,
+                clients_max: options.config.clients_max,
             },
             seed_derive(options.seed, 2),
         );

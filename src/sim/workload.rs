@@ -54,6 +54,9 @@ pub struct WorkloadOptions {
     pub think_ticks_max: u64,
     pub events_per_append_max: u32,
     pub event_size_max: u32,
+    /// The replicas' session table size: while no more client ids than this ever registered,
+    /// the table never filled, and no session may be evicted.
+    pub clients_max: u32,
 }
 
 /// A reply as a client received it: what the checker compares with the committed log.
@@ -154,6 +157,8 @@ pub struct Workload {
     /// Write replies accepted by their client as the answer to its request.
     acknowledged: Vec<ReplyRecord>,
     violations: Vec<ModelViolation>,
+    /// Client ids that registered or will (one per client, plus one per eviction).
+    client_ids_used: u64,
     metrics: WorkloadMetrics,
 }
 
@@ -175,6 +180,7 @@ impl Workload {
             replies_received: Vec::new(),
             acknowledged: Vec::new(),
             violations: Vec::new(),
+            client_ids_used: options.client_count as u64,
             metrics: WorkloadMetrics::default(),
         };
         let core_options = ClientOptions {
@@ -497,14 +503,26 @@ impl Workload {
     fn on_eviction(&mut self, index: usize, tick: u64, reason: u32) {
         self.metrics.evictions += 1;
         let client = &self.clients[index];
-        if reason == EvictionReason::InvalidRequest as u32 {
+        let table_never_full = self.client_ids_used <= u64::from(self.options.clients_max);
+        let reason = if reason == EvictionReason::InvalidRequest as u32 {
+            Some("a valid request was evicted as invalid")
+        } else if table_never_full {
+            // Sessions are replicated state: only a full table evicts one, and it never
+            // filled. A replica that lost a session (or a cached reply) across a restart shows
+            // here.
+            Some("a session was evicted although the session table never filled")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
             self.violations.push(ModelViolation {
                 client: client.core.id(),
                 request: client.core.request_latest(),
                 op: 0,
-                reason: "a valid request was evicted as invalid",
+                reason,
             });
         }
+        self.client_ids_used += 1;
         let id = self.client_id_new(index);
         let client = &mut self.clients[index];
         if let Some(in_flight) = client.in_flight.take()
@@ -546,6 +564,7 @@ mod tests {
             think_ticks_max: 0,
             events_per_append_max: 4,
             event_size_max: 100,
+            clients_max: 4,
         }
     }
 
@@ -575,8 +594,8 @@ mod tests {
     fn client_retries_round_robin_and_registers_again_after_eviction() {
         // Goal: the simulated client runs the client core: the first send goes to the
         // primary, each timeout to the next replica with the same request; an eviction makes
-        // a new client id that registers afresh; a reply to the request in flight is
-        // acknowledged.
+        // a new client id that registers afresh (and, with a session table that never filled,
+        // is a violation); a reply to the request in flight is acknowledged.
         let pool = MessagePool::new(4, 16 * 1024);
         let mut workload = Workload::new(options(), 1);
         let mut sends = Vec::new();
@@ -601,5 +620,7 @@ mod tests {
         assert_eq!(workload.acknowledged().len(), 1);
         assert!(workload.idle());
         assert_eq!(workload.metrics().evictions, 1);
+        let reasons: Vec<&str> = workload.violations().iter().map(|v| v.reason).collect();
+        assert_eq!(reasons, ["a session was evicted although the session table never filled"]);
     }
 }

@@ -16,7 +16,7 @@ use crate::vsr::journal::{Case, Decision, EntrySummary, Journal};
 use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, Storage};
 
-use crate::constants::{JOURNAL_IOPS_READ_MAX, SECTOR_SIZE};
+use crate::constants::{HEADER_SIZE, JOURNAL_IOPS_READ_MAX, SECTOR_SIZE};
 
 impl Replica {
     /// Starts opening the data file. Feed completions to `on_storage_completion` until
@@ -110,7 +110,7 @@ impl Replica {
                 continue;
             }
             let reply_size = record.reply_size as usize;
-            if reply_size > self.config.message_size_max as usize || reply_size < 128 {
+            if reply_size > self.config.message_size_max as usize || reply_size < HEADER_SIZE {
                 continue;
             }
             let length = reply_size.next_multiple_of(SECTOR_SIZE);
@@ -276,7 +276,7 @@ fn reply_matches(message: &Message, checksum: Checksum) -> bool {
         return false;
     }
     let size = header.size as usize;
-    size >= 128
+    size >= HEADER_SIZE
         && size <= message.buffer().len()
-        && header.valid_checksum_body(&message.buffer()[128..size])
+        && header.valid_checksum_body(&message.buffer()[HEADER_SIZE..size])
 }

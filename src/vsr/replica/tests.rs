@@ -360,6 +360,28 @@ mod event_store {
     }
 
     #[test]
+    fn a_reply_older_than_the_checkpoint_is_served_again_after_a_restart() {
+        // Goal: a session whose latest reply was committed before the checkpoint gets that
+        // reply again for a retry after a restart: the replay cannot rebuild it, so it is read
+        // back from the client_replies zone and must be recognised there, not dropped (which
+        // would evict the session).
+        let mut harness = Harness::new(small_config());
+        harness.register(7);
+        harness.register(8);
+        harness.call(8, 1, Operation::CreateStream, &create_body(5));
+        let first = harness.call(7, 1, Operation::CreateStream, &create_body(6));
+        for request in 2..80u32 {
+            append(&mut harness, 8, request, 5, 3 * u64::from(request - 2));
+        }
+        assert!(harness.replica.checkpoint_op() > first[0].header().op);
+        harness.crash_and_restart();
+        let again = harness.call(7, 1, Operation::CreateStream, &create_body(6));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].header().command(), Some(Command::Reply));
+        assert_eq!(again[0].header(), first[0].header());
+    }
+
+    #[test]
     fn no_allocation_after_startup_over_ten_thousand_requests() {
         // Goal: static allocation, proven: 10,000 requests (appends, reads, registers that
         // evict sessions) through checkpoints and WAL wrap-around allocate nothing once the
