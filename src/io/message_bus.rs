@@ -70,7 +70,7 @@ use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
 use crate::stdx::prng::Prng;
 use crate::vsr::accept::{
-    Accepted, Reject, Sender, accept, accept_bytes, accept_header, command_sender,
+    Accepted, Reject, Sender, accept_bytes, accept_framed, accept_header, command_sender,
 };
 use crate::vsr::header::{ClientId, ClusterId, Header, ReplicaIndex};
 use crate::vsr::message_pool::{Message, MessagePool};
@@ -686,7 +686,8 @@ impl MessageBus {
             return Frame::Incomplete;
         }
         // The whole message, body included, before the peer is admitted or learned from it
-        // (`deliver` checks it again, into an `Accepted`, once it stands alone).
+        // (`deliver` turns it into an `Accepted` once it stands alone, without hashing the
+        // body again).
         if let Err(reject) = accept_bytes(&buffer.buffer()[..size], cluster, message_size_max) {
             return Frame::Invalid(reject);
         }
@@ -752,7 +753,7 @@ impl MessageBus {
         connection.receive_reset();
         connection.received_bytes = carried_bytes;
         assert_eq!(message.references(), 1);
-        let accepted = accept(message, cluster, message_size_max)?;
+        let accepted = accept_framed(message, &header, cluster, message_size_max)?;
         self.inbox.push_back(accepted);
         self.metrics.messages_received += 1;
         Ok(true)
