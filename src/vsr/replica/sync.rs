@@ -656,7 +656,8 @@ impl Replica {
     pub(super) fn block_chunk_index(&mut self, message: &Message) -> Option<usize> {
         let header = *message.header();
         let chunk_size = self.sync_chunk_size();
-        let offset = header.context as usize;
+        // The offset is checked whole: a cast of the 128-bit field could alias a valid one.
+        let offset = usize::try_from(header.context).unwrap_or(usize::MAX);
         if !offset.is_multiple_of(chunk_size) || offset >= BLOCK_SIZE {
             self.message_invalid(&header, "block chunk offset invalid");
             return None;
