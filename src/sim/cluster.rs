@@ -1140,6 +1140,10 @@ impl Cluster {
     fn check(&mut self) -> Result<(), Violation> {
         for index in 0..self.replicas.len() {
             self.check_replica(index)?;
+            let node = &self.replicas[index];
+            if node.replica.as_ref().is_some_and(|replica| replica.metrics().state_syncs > 0) {
+                self.workload.replies_may_be_lost();
+            }
         }
         self.workload.replies_received_take(&mut self.replies);
         for reply in self.replies.drain(..) {

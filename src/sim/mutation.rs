@@ -10,7 +10,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::constants::HEADER_SIZE;
 use crate::stdx::prng::Prng;
-use crate::vsr::header::{Command, Header};
+use crate::vsr::header::{Checksum, Command, Header};
 use crate::vsr::replica::Replica;
 
 #[repr(u64)]
@@ -38,7 +38,8 @@ pub fn mutate(prng: &mut Prng, bytes: &mut [u8], receiver: &Replica) -> Option<M
     let with_headers = matches!(command, Command::DoViewChange | Command::StartView);
     let mutation = match prng.index(5) {
         0 => {
-            let index = 4 + prng.index(HEADER_SIZE - 4);
+            let covered_from = size_of::<Checksum>();
+            let index = covered_from + prng.index(HEADER_SIZE - covered_from);
             bytes[index] ^= 1 << prng.index(8);
             return Some(Mutation::ChecksumCorrupt);
         }

@@ -159,6 +159,9 @@ pub struct Workload {
     violations: Vec<ModelViolation>,
     /// Client ids that registered or will (one per client, plus one per eviction).
     client_ids_used: u64,
+    /// A replica installed a checkpoint by state sync: it holds no cached replies for the
+    /// sessions of that checkpoint, and evicts a session whose last request is retried there.
+    replies_may_be_lost: bool,
     metrics: WorkloadMetrics,
 }
 
@@ -181,6 +184,7 @@ impl Workload {
             acknowledged: Vec::new(),
             violations: Vec::new(),
             client_ids_used: options.client_count as u64,
+            replies_may_be_lost: false,
             metrics: WorkloadMetrics::default(),
         };
         let core_options = ClientOptions {
@@ -499,17 +503,24 @@ impl Workload {
         }
     }
 
+    /// From now on a session may be evicted for a cached reply a state-synced replica lacks.
+    pub fn replies_may_be_lost(&mut self) {
+        self.replies_may_be_lost = true;
+    }
+
     /// The core ended client `index`'s session: a new id and a new session.
     fn on_eviction(&mut self, index: usize, tick: u64, reason: u32) {
         self.metrics.evictions += 1;
         let client = &self.clients[index];
         let table_never_full = self.client_ids_used <= u64::from(self.options.clients_max);
+        let eviction_impossible = table_never_full && !self.replies_may_be_lost;
         let reason = if reason == EvictionReason::InvalidRequest as u32 {
             Some("a valid request was evicted as invalid")
-        } else if table_never_full {
+        } else if eviction_impossible {
             // Sessions are replicated state: only a full table evicts one, and it never
-            // filled. A replica that lost a session (or a cached reply) across a restart shows
-            // here.
+            // filled; nor did any replica state-sync, the one way a replica may lack the cached
+            // reply a retry needs. A replica that lost a session or a cached reply across a
+            // restart shows here.
             Some("a session was evicted although the session table never filled")
         } else {
             None

@@ -84,8 +84,8 @@ pub type ChecksumBytes = zerocopy::byteorder::U128<zerocopy::byteorder::LittleEn
 /// - `request_reply`: op, client, context (reply checksum), view, replica. Body: none.
 /// - `eviction`: client, context (reason), view, replica. Body: none.
 /// - `request_blocks`: checkpoint_op, view, replica. Body: block addresses and checksums.
-/// - `block`: op (block address), context (block checksum), checkpoint_op, replica. Body: a grid
-///   block.
+/// - `block`: op (block address), context (the chunk's byte offset in the block),
+///   checkpoint_op, replica. Body: a chunk of a grid block.
 /// - `request_sync_checkpoint`: checkpoint_op, view, replica. Body: none.
 /// - `sync_checkpoint`: checkpoint_op, commit, context (checkpoint state checksum), view, replica.
 ///   Body: checkpoint state.

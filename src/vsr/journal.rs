@@ -4,7 +4,7 @@
 //!
 //! - `wal_prepares` holds one `message_size_max` slot per op: the prepare (header then body),
 //!   padded with zeros to a whole sector.
-//! - `wal_headers` holds a redundant copy of each slot's header, 32 per 4096-byte sector.
+//! - `wal_headers` holds a redundant copy of each slot's header, 16 per 4096-byte sector.
 //!
 //! The journal is sans-IO. `write_prepare`, `read_prepare` and `recover` only submit requests to
 //! a `Storage`; the driver hands each completion back through `on_completion` (or the
@@ -149,7 +149,7 @@
 //! Condition 3 keeps the rule as narrow as the crash that causes it, so that a slot rotted far
 //! from the head stays a fault; after any crash, a single replica recovers, as it must.
 //!
-//! **Never laundering a fault.** Header sectors hold 32 slots, so a slot's redundant header is
+//! **Never laundering a fault.** Header sectors hold 16 slots, so a slot's redundant header is
 //! rewritten whenever a neighbour's is. Recovery therefore never loads a header into a slot it
 //! marks faulty, and the sector snapshot writes a faulty slot's header-ring bytes back unchanged,
 //! so a later crash finds the slot in the same case, not a cleaner one.

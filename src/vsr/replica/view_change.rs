@@ -750,6 +750,7 @@ impl Replica {
         self.view_change.log_chosen = true;
         let headers = &canonical.headers[..canonical.headers_count];
         self.target.set(head, headers.iter().copied(), best);
+        self.timeouts[TimeoutKind::RepairTarget].stop();
         self.repair_progress(storage);
     }
 
@@ -894,6 +895,7 @@ impl Replica {
         let headers = (0..count)
             .map(|index| *Header::from_prefix(&body[index * HEADER_SIZE..]).expect("validated"));
         self.target.set(header.op, headers, header.replica);
+        self.timeouts[TimeoutKind::RepairTarget].stop();
         self.view_persist(storage);
         self.repair_progress(storage);
     }
