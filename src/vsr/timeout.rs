@@ -79,7 +79,7 @@ impl Timeout {
     /// countdown restarted, if it is stopped (nothing asked yet, or `stop` made it due at once)
     /// or fired; false while it runs.
     pub fn due_restart(&mut self) -> bool {
-        if self.ticking && !self.fired() {
+        if self.counting_down() {
             return false;
         }
         self.start();
@@ -90,6 +90,11 @@ impl Timeout {
         if self.ticking {
             self.ticks = self.ticks.saturating_add(1);
         }
+    }
+
+    /// Running and not yet fired: whatever it paces is not due.
+    pub fn counting_down(&self) -> bool {
+        self.ticking && self.ticks < self.after_current
     }
 
     pub fn fired(&self) -> bool {

@@ -524,7 +524,7 @@ impl Replica {
             return;
         }
         let timeout = &mut self.timeouts[TimeoutKind::CommitHeartbeat];
-        if self.commit_heartbeat_sent == self.commit_min && timeout.ticking() && !timeout.fired() {
+        if self.commit_heartbeat_sent == self.commit_min && timeout.counting_down() {
             return;
         }
         timeout.start();

@@ -215,7 +215,7 @@ impl Replica {
             repair.block = Some(repair.block_pool.get());
         }
         let timeout = &self.timeouts[TimeoutKind::GridRepair];
-        if self.grid_repair.writing || (timeout.ticking() && !timeout.fired()) {
+        if self.grid_repair.writing || timeout.counting_down() {
             return;
         }
         let repair = &self.grid_repair;
@@ -357,7 +357,7 @@ impl Replica {
 impl Replica {
     fn scrub_tick<S: Storage>(&mut self, storage: &mut S) {
         let timeout = &self.timeouts[TimeoutKind::GridScrub];
-        let waiting = timeout.ticking() && !timeout.fired();
+        let waiting = timeout.counting_down();
         if self.grid_repair.scrub.reads > 0 || waiting || self.sync.active() {
             // State sync installs only once no grid I/O is in flight.
             return;

@@ -386,7 +386,7 @@ impl Replica {
 
     fn request_headers_send(&mut self) {
         let timeout = &self.timeouts[TimeoutKind::RepairTarget];
-        if timeout.ticking() && !timeout.fired() {
+        if timeout.counting_down() {
             return;
         }
         let slot_count = u64::from(self.config.journal_slot_count);
@@ -550,7 +550,7 @@ impl Replica {
         // ops behind for a second, and a view change that needs its acknowledgements waiting.
         let window_arrived = op > self.repair_requested_end;
         let timeout = &self.timeouts[TimeoutKind::Repair];
-        if !window_arrived && timeout.ticking() && !timeout.fired() {
+        if !window_arrived && timeout.counting_down() {
             return;
         }
         let normal_backup = self.status == Status::Normal && !self.is_primary();
