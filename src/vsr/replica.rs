@@ -279,6 +279,9 @@ pub struct Metrics {
     /// Intact entries above the match point that a log truncation kept because the log being
     /// installed holds them.
     pub log_entries_kept_at_truncation: u64,
+    /// Requests of a client with no session yet, whose register a new primary's pipeline was
+    /// committing again: answered with a pong instead of an eviction.
+    pub requests_awaiting_register: u64,
 }
 }
 

@@ -38,10 +38,13 @@ impl Replica {
         }
         let register = operation == Operation::Register;
         let disposition = self.sessions.disposition(header.client, header.request, register);
-        if self.request_early(disposition) {
+        if self.request_early(disposition, header.client) {
             // The pong tells the client it is between views, so that it asks again soon instead
             // of waiting out a timeout.
             self.metrics.requests_dropped += 1;
+            if disposition == RequestDisposition::Evict {
+                self.metrics.requests_awaiting_register += 1;
+            }
             return self.send_pong_client(&header);
         }
         match disposition {
@@ -81,7 +84,7 @@ impl Replica {
 
     /// Whether the primary cannot judge a request of this `disposition` until it has executed
     /// ops it already holds, as a new primary must after a view change.
-    pub(super) fn request_early(&self, disposition: RequestDisposition) -> bool {
+    pub(super) fn request_early(&self, disposition: RequestDisposition, client: ClientId) -> bool {
         let pipeline_first =
             self.pipeline.front().map_or(self.head.op() + 1, |front| front.message.header().op);
         if pipeline_first > self.commit_min + 1 {
@@ -94,7 +97,17 @@ impl Replica {
         // session table does not hold it yet, so it is among the ops still to execute (the
         // predecessor's last ops, which the new view commits again). Dropped in silence, this
         // request would wait out the client's timeout, though it can be taken once they commit.
-        disposition == RequestDisposition::Ahead && self.head.op() > self.commit_min
+        if disposition == RequestDisposition::Ahead {
+            return self.head.op() > self.commit_min;
+        }
+        // A client with no session whose register the new view is committing again: the old
+        // primary answered that register, and the client went on to its first request. Its
+        // session exists once the pipeline commits; evicted now, it would lose it for nothing.
+        disposition == RequestDisposition::Evict
+            && self.pipeline.iter().any(|prepared| {
+                let header = prepared.message.header();
+                header.client == client && header.operation == Operation::Register as u8
+            })
     }
 
     /// Whether `request` names the reply to its session's latest request (`session_chain`).
