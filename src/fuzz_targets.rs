@@ -106,7 +106,7 @@ fn superblock_valid_image(storage: &mut MemoryStorage, updates: u8) {
     let mut superblock = SuperBlock::open_blocking(storage).expect("formatted image opens");
     for update in 0..updates {
         let mut state = superblock.working().vsr_state();
-        state.view += u32::from(update) + 1;
+        state.view = View(state.view.get() + u32::from(update) + 1);
         state.commit_max += 3;
         superblock.update_blocking(storage, &state).expect("update of a healthy image");
     }
@@ -247,7 +247,7 @@ fn journal_formatted(config: &Config) -> MemoryStorage {
 /// A valid prepare of `op`; every third one spans two sectors.
 fn journal_prepare(pool: &MessagePool, op: Op) -> Message {
     let body_size = if op.is_multiple_of(3) { JOURNAL_BODY_SIZE_TWO_SECTORS } else { 100 };
-    let header = journal_prepare_header(op, 0, body_size);
+    let header = journal_prepare_header(op, View(0), body_size);
     let mut message = pool.get();
     let buffer = message.buffer_mut_unique();
     buffer.fill(0);
@@ -317,7 +317,7 @@ fn journal_patch(storage: &mut MemoryStorage, layout: &Layout, patch: [u8; 4]) {
         6 => {
             // Slot b gets a valid entry of op `slot_b + slot_count * (a % 4)`.
             let op = slot_b as u64 + JOURNAL_SLOT_COUNT * u64::from(a % 4);
-            let header = journal_prepare_header(op, u32::from(c / 2 % 2), 100);
+            let header = journal_prepare_header(op, View(u32::from(c / 2 % 2)), 100);
             if c % 2 == 0 {
                 let to = headers + slot_b * HEADER_SIZE;
                 bytes[to..to + HEADER_SIZE].copy_from_slice(header.as_bytes());
@@ -484,8 +484,8 @@ fn journal_recovery_case_of_raw_entries(data: &[u8]) {
         Entry::from_header(&header_raw, &context, slot),
         Entry::from_prepare(data, &context, slot),
         Entry::from_header(&reserved_header(JOURNAL_CLUSTER, slot.0 as u64), &context, slot),
-        Entry::Prepare(journal_prepare_header(op_in_slot(word(1)), 0, 10)),
-        Entry::Prepare(journal_prepare_header(op_in_slot(word(2)), 1, 10)),
+        Entry::Prepare(journal_prepare_header(op_in_slot(word(1)), View(0), 10)),
+        Entry::Prepare(journal_prepare_header(op_in_slot(word(2)), View(1), 10)),
     ];
     assert_eq!(entries[3], Entry::Reserved);
     let op_prepare_max = word(3);

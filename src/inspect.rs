@@ -15,6 +15,7 @@ use std::path::Path;
 use crate::constants::{BLOCK_SIZE, JOURNAL_IOPS_READ_MAX};
 use crate::io::IoStorage;
 use crate::state_machine::grid_block_invalid;
+use crate::vsr::header::View;
 use crate::vsr::header::{Checksum, checksum_chain};
 use crate::vsr::journal::{Decision, EntrySummary, Journal, RecoveryReport};
 use crate::vsr::layout::{Layout, Zone};
@@ -199,8 +200,8 @@ fn write_journal(text: &mut String, report: &RecoveryReport) {
             let _ = writeln!(text, "  ops present: none");
         }
     }
-    let mut view_min = u32::MAX;
-    let mut view_max = 0;
+    let mut view_min = View::MAX;
+    let mut view_max = View(0);
     for slot in &report.slots {
         if let EntrySummary::Prepare { view, .. } = slot.prepare {
             view_min = view_min.min(view);

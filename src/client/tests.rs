@@ -180,7 +180,7 @@ fn duplicate_and_late_replies_are_never_taken_for_a_later_request() {
     // the append after a read gets its op, not the read's, and its session chain stays right
     // (every later write is accepted by the session table).
     let policy: Policy = Box::new(|_, _| Action::AnswerTwice);
-    let (address, model) = fake_replica(0, policy);
+    let (address, model) = fake_replica(View(0), policy);
     let mut client = client(&[address]);
     client.register().unwrap();
     for round in 0..3u64 {
@@ -209,7 +209,7 @@ fn a_write_that_timed_out_is_resolved_before_the_next_write() {
             _ => Action::Answer,
         }
     });
-    let (address, model) = fake_replica(0, policy);
+    let (address, model) = fake_replica(View(0), policy);
     let mut client = client(&[address]);
     client.set_request_deadline(Duration::from_millis(1_200));
     client.register().unwrap();
@@ -233,7 +233,7 @@ fn after_an_eviction_a_new_session_numbers_its_writes_from_one() {
         let evict = request.request == 2 && model.op == 2;
         if evict { Action::Evict } else { Action::Answer }
     });
-    let (address, model) = fake_replica(0, policy);
+    let (address, model) = fake_replica(View(0), policy);
     let mut client = client(&[address]);
     client.write(Operation::Append, &[1; 24]).unwrap();
     let evicted = client.write(Operation::Append, &[2; 24]);
@@ -252,7 +252,7 @@ fn a_timed_out_request_moves_on_from_a_paused_primary() {
     // before the call's deadline.
     let paused = TcpListener::bind("127.0.0.1:0").unwrap();
     let policy: Policy = Box::new(|_, _| Action::Answer);
-    let (address, _model) = fake_replica(1, policy);
+    let (address, _model) = fake_replica(View(1), policy);
     let mut client = client(&[paused.local_addr().unwrap(), address]);
     let start = Instant::now();
     client.write(Operation::Append, &[1; 24]).unwrap();

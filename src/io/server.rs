@@ -19,6 +19,7 @@ use crate::io::message_bus::MessageBus;
 use crate::io::ring::Wait;
 use crate::io::storage::IoStorage;
 use crate::stdx::allocation_guard;
+use crate::vsr::header::View;
 use crate::vsr::layout::Config;
 use crate::vsr::message_pool::{MessagePool, messages_max_replica};
 use crate::vsr::replica::{Destination, Replica, Status};
@@ -159,7 +160,7 @@ struct Server {
     bus: MessageBus,
     allocations_logged: bool,
     /// What `events_log` last reported: view, status, state syncs.
-    logged: (u32, Status, u64),
+    logged: (View, Status, u64),
     /// Invalid peer messages counted when last logged, and the tick.
     invalid_logged: (u64, u64),
     ticks: u64,

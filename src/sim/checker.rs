@@ -443,7 +443,7 @@ fn reply_matches(prepare: &Header, reply: &ReplyRecord) -> Result<(), &'static s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vsr::header::Command;
+    use crate::vsr::header::{Command, View};
 
     const CLUSTER: ClusterId = 7;
 
@@ -491,7 +491,7 @@ mod tests {
             operation: prepare.operation,
             request_checksum: prepare.context,
             body_checksum: 0xB0D1,
-            view: 0,
+            view: View(0),
             replica: 0,
         }
     }

@@ -713,12 +713,12 @@ impl Cluster {
     /// The newest view any running replica is in.
     pub fn view_newest(&self) -> View {
         let views = self.replicas.iter().filter_map(|node| node.replica.as_ref());
-        views.map(Replica::view).max().unwrap_or(0)
+        views.map(Replica::view).max().unwrap_or(View(0))
     }
 
     /// The primary of the newest view.
     pub fn primary_index(&self) -> usize {
-        (self.view_newest() % u32::from(self.options.config.replica_count)) as usize
+        usize::from(self.view_newest().primary(self.options.config.replica_count))
     }
 
     /// How many replicas may be down at once: `f`, but at least one.
@@ -1501,7 +1501,7 @@ mod tests {
             let states: Vec<String> = (1..replica_count as usize)
                 .filter_map(|index| cluster.replica(index).map(Replica::debug_state))
                 .collect();
-            assert!(cluster.view_newest() > 0, "{states:?}");
+            assert!(cluster.view_newest() > View(0), "{states:?}");
             assert!(cluster.checker().acknowledged_op_max() > acknowledged + 10, "{states:?}");
             cluster.run().unwrap();
         }
@@ -1536,7 +1536,7 @@ mod tests {
         let crash_tick = cluster.tick();
         cluster.crash(0, false, 100_000);
         let timeout = crate::constants::NORMAL_HEARTBEAT_TIMEOUT_TICKS + 50 + 60;
-        while cluster.view_newest() == 0 {
+        while cluster.view_newest() == View(0) {
             cluster.step().unwrap();
             let waited = cluster.tick() - crash_tick;
             let states = cluster.replica_states();
@@ -1612,8 +1612,8 @@ mod tests {
         while cluster.tick() < restart_tick - 100 {
             cluster.step().unwrap();
         }
-        let view_one = cluster.replica(1).map(Replica::view).unwrap_or(0);
-        assert!(view_one > 0, "R1 and R2 moved to a new view");
+        let view_one = cluster.replica(1).map(Replica::view).unwrap_or(View(0));
+        assert!(view_one > View(0), "R1 and R2 moved to a new view");
         assert!(cluster.checker().acknowledged_op_max() > acknowledged + 10);
         cluster.crash(2, false, restart_tick);
         cluster.reformat_for_rejoin(2);
@@ -1807,7 +1807,9 @@ mod tests {
         cluster.crash(0, false, cluster.tick() + 10);
         step_until(&mut cluster, 700, "R1 installs view 1's log", |cluster| {
             cluster.replica(1).is_some_and(|replica| {
-                replica.view() > 0 && replica.status() == Status::Normal && !replica.log_faulty()
+                replica.view() > View(0)
+                    && replica.status() == Status::Normal
+                    && !replica.log_faulty()
             })
         });
         assert_eq!(cluster.replica(1).expect("running").metrics().logs_faulty_recovered, 1);
@@ -1849,7 +1851,7 @@ mod tests {
         cluster.crash(0, false, 2_000);
         step_until(&mut cluster, 1_000, "view 1", |cluster| {
             let primary = cluster.replica(1).expect("running");
-            primary.view() == 1 && primary.status() == Status::Normal
+            primary.view() == View(1) && primary.status() == Status::Normal
         });
         cluster.run().unwrap();
         assert!(cluster.checker().acknowledged_op_max() > cluster.checker().checked(1) / 2);
@@ -1890,7 +1892,7 @@ mod tests {
             cluster.link_cut(0, other, LinkDirection::Both, tick + 400);
         }
         step_until(&mut cluster, 600, "a newer view on replica 2", |cluster| {
-            cluster.replica(2).expect("running").view() > 0
+            cluster.replica(2).expect("running").view() > View(0)
         });
         let replica = cluster.replica(2).expect("running");
         assert_eq!(replica.superblock_updating(), Some(SuperblockUpdate::StateSync));

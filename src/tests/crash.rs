@@ -558,7 +558,7 @@ fn replica_view(address: SocketAddr) -> Option<u64> {
     let mut bytes = [0u8; std::mem::size_of::<Header>()];
     stream.read_exact(&mut bytes).ok()?;
     let pong = Header::decode(&bytes).ok()?;
-    (pong.command() == Some(Wire::PongClient)).then_some(u64::from(pong.view))
+    (pong.command() == Some(Wire::PongClient)).then_some(u64::from(pong.view.get()))
 }
 
 /// Waits until every replica of `live` answers with the same view, which it returns.

@@ -160,7 +160,7 @@ impl ClientCore {
             request_latest: 0,
             parent: 0,
             commit_latest: 0,
-            view: 0,
+            view: View(0),
             read_nonce: 0,
             in_flight: None,
             prng: Prng::new(seed),
@@ -211,7 +211,7 @@ impl ClientCore {
 
     /// The replica this client believes is primary.
     pub fn primary(&self) -> ReplicaIndex {
-        (self.view % u32::from(self.options.replica_count)) as ReplicaIndex
+        self.view.primary(self.options.replica_count)
     }
 
     /// After an eviction: a new session under the new client id `id`, numbered from the
@@ -538,7 +538,7 @@ mod tests {
         assert_eq!(core.poll_send(12), Some(1));
         let mut pong = Header::new(Command::PongClient, 7);
         pong.client = core.id();
-        pong.view = 5;
+        pong.view = View(5);
         assert_eq!(core.on_message(&pong, 13), Outcome::Redirect);
         assert_eq!(core.poll_send(14), Some(2));
         assert_eq!(core.primary(), 2);
@@ -600,7 +600,7 @@ mod tests {
         assert_eq!(core.in_flight().unwrap().target, 1, "timed out: the next replica");
         let mut pong = Header::new(Command::PongClient, 7);
         pong.client = core.id();
-        pong.view = 2;
+        pong.view = View(2);
         assert_eq!(core.on_message(&pong, now), Outcome::Redirect);
         now += 1;
         assert_eq!(core.poll_send(now), Some(2));

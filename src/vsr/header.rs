@@ -22,7 +22,73 @@ pub type Checksum = u128;
 /// A position in the replicated log (op 0 is the root prepare).
 pub type Op = u64;
 /// A view number; the primary of view v is replica v mod replica_count.
-pub type View = u32;
+#[repr(transparent)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+)]
+pub struct View(pub u32);
+
+impl View {
+    /// The primary of this view in a cluster of `replica_count` replicas.
+    pub fn primary(self, replica_count: u8) -> ReplicaIndex {
+        assert!(replica_count > 0);
+        (self.0 % u32::from(replica_count)) as ReplicaIndex
+    }
+
+    pub const MAX: View = View(u32::MAX);
+
+    /// The view after this one.
+    pub fn next(self) -> View {
+        View(self.0.checked_add(1).expect("view overflow"))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl std::ops::Add<u32> for View {
+    type Output = View;
+    fn add(self, views: u32) -> View {
+        View(self.0.checked_add(views).expect("view overflow"))
+    }
+}
+
+impl std::ops::AddAssign<u32> for View {
+    fn add_assign(&mut self, views: u32) {
+        *self = *self + views;
+    }
+}
+
+impl std::ops::Sub<u32> for View {
+    type Output = View;
+    fn sub(self, views: u32) -> View {
+        View(self.0.checked_sub(views).expect("view underflow"))
+    }
+}
+
+impl std::ops::SubAssign<u32> for View {
+    fn sub_assign(&mut self, views: u32) {
+        *self = *self - views;
+    }
+}
+
+impl std::fmt::Display for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 /// A replica's index in the cluster configuration.
 pub type ReplicaIndex = u8;
 /// A cluster identifier, fixed at format.
@@ -289,7 +355,7 @@ impl Header {
             checksum_body: 0,
             cluster: 0,
             size: 0,
-            view: 0,
+            view: View(0),
             op: 0,
             commit: 0,
             timestamp: 0,
@@ -299,7 +365,7 @@ impl Header {
             parent: 0,
             context: 0,
             request: 0,
-            log_view: 0,
+            log_view: View(0),
             protocol: 0,
             command: 0,
             replica: 0,
@@ -439,7 +505,7 @@ impl Header {
     /// The fields that a command does not use, each of which must be zero.
     fn unused_fields_zero(&self, used: Fields) -> Option<&'static str> {
         let checks: [(Fields, bool, &'static str); 13] = [
-            (Fields::VIEW, self.view == 0, "view must be zero"),
+            (Fields::VIEW, self.view == View(0), "view must be zero"),
             (Fields::OP, self.op == 0, "op must be zero"),
             (Fields::COMMIT, self.commit == 0, "commit must be zero"),
             (Fields::TIMESTAMP, self.timestamp == 0, "timestamp must be zero"),
@@ -449,7 +515,7 @@ impl Header {
             (Fields::PARENT, self.parent == 0, "parent must be zero"),
             (Fields::CONTEXT, self.context == 0, "context must be zero"),
             (Fields::REQUEST, self.request == 0, "request must be zero"),
-            (Fields::LOG_VIEW, self.log_view == 0, "log_view must be zero"),
+            (Fields::LOG_VIEW, self.log_view == View(0), "log_view must be zero"),
             (Fields::REPLICA, self.replica == 0, "replica must be zero"),
             (Fields::OPERATION, self.operation == 0, "operation must be zero"),
         ];
@@ -610,7 +676,7 @@ impl Header {
             && self.request == 0
             && self.parent == 0
             && self.context == 0
-            && self.view == 0
+            && self.view == View(0)
             && self.replica == 0;
         if !zero {
             return Some("root prepare fields must be zero");
@@ -702,7 +768,7 @@ impl Header {
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
-        if self.view == 0 {
+        if self.view == View(0) {
             return Some("view change to view 0");
         }
         if self.context > 2 {
@@ -722,7 +788,7 @@ impl Header {
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
-        if self.view == 0 {
+        if self.view == View(0) {
             return Some("view change to view 0");
         }
         if self.log_view >= self.view {

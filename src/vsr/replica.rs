@@ -388,10 +388,10 @@ impl Replica {
             sessions: ClientSessions::new(clients_max),
             replies,
             client_replies_reading: 0,
-            view: 0,
-            log_view: 0,
-            view_durable: 0,
-            log_view_durable: 0,
+            view: View(0),
+            log_view: View(0),
+            view_durable: View(0),
+            log_view_durable: View(0),
             superblock_writing: None,
             log_faulty: false,
             op_acknowledged_max: 0,
@@ -588,7 +588,7 @@ impl Replica {
 
     /// The primary of the current view.
     pub fn primary_index(&self) -> ReplicaIndex {
-        (self.view % u32::from(self.config.replica_count)) as ReplicaIndex
+        self.view.primary(self.config.replica_count)
     }
 
     pub fn is_primary(&self) -> bool {
@@ -597,7 +597,7 @@ impl Replica {
 
     /// The primary of `view`.
     pub fn primary_index_of(&self, view: View) -> ReplicaIndex {
-        (view % u32::from(self.config.replica_count)) as ReplicaIndex
+        view.primary(self.config.replica_count)
     }
 
     /// Replicas that must hold a prepare durably before it commits: a majority.

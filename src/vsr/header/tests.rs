@@ -17,11 +17,12 @@ use super::{
 };
 use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX};
 use crate::stdx::prng::Prng;
+use crate::vsr::header::View;
 
 const CLUSTER: u64 = 0xC1A5_7E20_0000_0001;
 const CLIENT: u64 = 0x0123_4567_89AB_CDEF;
-const VIEW: u32 = 4;
-const LOG_VIEW: u32 = 3;
+const VIEW: View = View(4);
+const LOG_VIEW: View = View(3);
 const OP: u64 = 12;
 const OP_MIN: u64 = 5;
 const COMMIT: u64 = 10;
@@ -422,7 +423,7 @@ impl Field {
 
     fn get(self, h: &Header) -> u128 {
         match self {
-            Field::View => u128::from(h.view),
+            Field::View => u128::from(h.view.get()),
             Field::Op => u128::from(h.op),
             Field::Commit => u128::from(h.commit),
             Field::Timestamp => u128::from(h.timestamp),
@@ -432,7 +433,7 @@ impl Field {
             Field::Parent => h.parent,
             Field::Context => h.context,
             Field::Request => u128::from(h.request),
-            Field::LogView => u128::from(h.log_view),
+            Field::LogView => u128::from(h.log_view.get()),
             Field::Replica => u128::from(h.replica),
             Field::Operation => u128::from(h.operation),
         }
@@ -441,7 +442,7 @@ impl Field {
     /// Sets the field to `value`, truncated to the field's width.
     fn set(self, h: &mut Header, value: u64) {
         match self {
-            Field::View => h.view = value as u32,
+            Field::View => h.view = View(value as u32),
             Field::Op => h.op = value,
             Field::Commit => h.commit = value,
             Field::Timestamp => h.timestamp = value,
@@ -451,7 +452,7 @@ impl Field {
             Field::Parent => h.parent = u128::from(value),
             Field::Context => h.context = u128::from(value),
             Field::Request => h.request = value as u32,
-            Field::LogView => h.log_view = value as u32,
+            Field::LogView => h.log_view = View(value as u32),
             Field::Replica => h.replica = value as u8,
             Field::Operation => h.operation = value as u8,
         }
@@ -611,11 +612,11 @@ fn values_at_each_boundary_are_accepted() {
     case("dvc of a faulty WAL", Command::DoViewChange, |h| h.op_min = h.op + 100);
     case("sv commit at op", Command::StartView, |h| h.commit = h.op);
     case("sv checkpoint at commit", Command::StartView, |h| h.checkpoint_op = h.commit);
-    case("sv in view 0", Command::StartView, |h| h.view = 0);
+    case("sv in view 0", Command::StartView, |h| h.view = View(0));
     case("request_headers op_min at op", Command::RequestHeaders, |h| h.op_min = h.op);
     case("headers op_min at op", Command::Headers, |h| h.op_min = h.op);
     case("sync checkpoint at commit", Command::SyncCheckpoint, |h| h.checkpoint_op = h.commit);
-    case("request in view 0", Command::Request, |h| h.view = 0);
+    case("request in view 0", Command::Request, |h| h.view = View(0));
     case("request without parent", Command::Request, |h| h.parent = 0);
     case("read request", Command::Request, |h| h.operation = Operation::ReadLog as u8);
     case("no_session eviction", Command::Eviction, |h| h.context = 1);
@@ -1084,7 +1085,7 @@ fn checkpoint_op_above_commit_is_rejected() {
 fn view_change_to_view_zero_is_rejected() {
     // Goal: view 0 is where a cluster starts; no view change leads to it.
     for command in [Command::StartViewChange, Command::DoViewChange] {
-        rejects(valid(command), |h| h.view = 0, "view change to view 0");
+        rejects(valid(command), |h| h.view = View(0), "view change to view 0");
     }
 }
 
@@ -1297,9 +1298,9 @@ fn fields_are_little_endian_at_their_offsets() {
         ("client", 104, 8, |h, v| h.client = v as u64),
         ("checkpoint_op", 112, 8, |h, v| h.checkpoint_op = v as u64),
         ("op_min", 120, 8, |h, v| h.op_min = v as u64),
-        ("view", 128, 4, |h, v| h.view = v as u32),
+        ("view", 128, 4, |h, v| h.view = View(v as u32)),
         ("request", 132, 4, |h, v| h.request = v as u32),
-        ("log_view", 136, 4, |h, v| h.log_view = v as u32),
+        ("log_view", 136, 4, |h, v| h.log_view = View(v as u32)),
         ("operation", 140, 1, |h, v| h.operation = v as u8),
     ];
     let value: u128 = 0x100F_0E0D_0C0B_0A09_0807_0605_0403_0201;

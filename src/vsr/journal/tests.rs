@@ -140,7 +140,7 @@ fn corrupt_prepare(storage: &mut MemoryStorage, slot: usize) {
 
 /// Writes only the first sector of a two-sector prepare of `op`, as a torn write leaves it.
 fn put_torn_prepare(storage: &mut MemoryStorage, op: Op) {
-    let bytes = prepare_bytes(op, 0, BODY_SIZE_TWO_SECTORS);
+    let bytes = prepare_bytes(op, View(0), BODY_SIZE_TWO_SECTORS);
     assert_eq!(bytes.len(), 2 * SECTOR_SIZE);
     put_prepare(storage, slot_of(op), &bytes[..SECTOR_SIZE]);
     let at = prepare_offset(slot_of(op)) + SECTOR_SIZE;
@@ -231,11 +231,12 @@ fn written_prepares_read_back_identical() {
         write_prepare_blocking(
             &mut journal,
             &mut storage,
-            prepare_message(&pool, op, 0, body_size),
+            prepare_message(&pool, op, View(0), body_size),
         );
     }
     for op in 1..=10 {
-        let expected = prepare_bytes(op, 0, if op % 2 == 0 { BODY_SIZE_TWO_SECTORS } else { 100 });
+        let expected =
+            prepare_bytes(op, View(0), if op % 2 == 0 { BODY_SIZE_TWO_SECTORS } else { 100 });
         let checksum = header_of(&expected).checksum;
         let message = read_prepare_blocking(&mut journal, &mut storage, &pool, op, checksum);
         let message = message.unwrap();
@@ -251,8 +252,8 @@ fn read_of_an_unknown_prepare_reports_why_without_faulting_the_slot() {
     let mut storage = formatted_storage();
     let mut journal = recovered(&mut storage, 0, 3);
     let pool = message_pool();
-    write_prepare_blocking(&mut journal, &mut storage, prepare_message(&pool, 3, 0, 100));
-    let checksum = header_of(&prepare_bytes(3, 0, 100)).checksum;
+    write_prepare_blocking(&mut journal, &mut storage, prepare_message(&pool, 3, View(0), 100));
+    let checksum = header_of(&prepare_bytes(3, View(0), 100)).checksum;
     let result = read_prepare_blocking(&mut journal, &mut storage, &pool, 3, checksum ^ 1);
     assert_eq!(result.unwrap_err(), ReadError::WrongChecksum { found: checksum });
     let result = read_prepare_blocking(&mut journal, &mut storage, &pool, 3 + SLOT_COUNT, 7);
@@ -270,16 +271,20 @@ fn read_of_a_corrupt_or_misdirected_prepare_marks_the_slot_faulty() {
     let mut journal = recovered(&mut storage, 0, 3);
     let pool = message_pool();
     for op in [4, 5] {
-        write_prepare_blocking(&mut journal, &mut storage, prepare_message(&pool, op, 0, 100));
+        write_prepare_blocking(
+            &mut journal,
+            &mut storage,
+            prepare_message(&pool, op, View(0), 100),
+        );
     }
-    let checksum_4 = header_of(&prepare_bytes(4, 0, 100)).checksum;
-    let checksum_5 = header_of(&prepare_bytes(5, 0, 100)).checksum;
+    let checksum_4 = header_of(&prepare_bytes(4, View(0), 100)).checksum;
+    let checksum_5 = header_of(&prepare_bytes(5, View(0), 100)).checksum;
     storage.bytes_mut()[prepare_offset(4) + HEADER_SIZE + 10] ^= 1;
     let result = read_prepare_blocking(&mut journal, &mut storage, &pool, 4, checksum_4);
     assert_eq!(result.unwrap_err(), ReadError::Invalid(EntryInvalid::BodyChecksum));
     assert!(journal.faulty(Slot(4)) && journal.dirty(Slot(4)));
 
-    put_prepare(&mut storage, 5, &prepare_bytes(6, 0, 100));
+    put_prepare(&mut storage, 5, &prepare_bytes(6, View(0), 100));
     let result = read_prepare_blocking(&mut journal, &mut storage, &pool, 5, checksum_5);
     assert_eq!(result.unwrap_err(), ReadError::Invalid(EntryInvalid::Misdirected));
     assert!(journal.faulty(Slot(5)));
@@ -293,7 +298,7 @@ fn prepare_is_durable_only_after_its_header_sector_lands() {
     let mut storage = formatted_storage();
     let mut journal = recovered(&mut storage, 0, 3);
     let pool = message_pool();
-    let message = prepare_message(&pool, 1, 0, 100);
+    let message = prepare_message(&pool, 1, View(0), 100);
     let header = *message.header();
     journal.write_prepare(&mut storage, message);
     assert!(journal.dirty(Slot(1)));
@@ -316,8 +321,8 @@ fn prepare_is_durable_only_after_a_header_write_submitted_after_it_landed() {
     let mut storage = formatted_storage();
     let mut journal = recovered(&mut storage, 0, 3);
     let pool = message_pool();
-    let message_1 = prepare_message(&pool, 1, 0, 100);
-    let message_2 = prepare_message(&pool, 2, 0, 100);
+    let message_1 = prepare_message(&pool, 1, View(0), 100);
+    let message_2 = prepare_message(&pool, 2, View(0), 100);
     let header_2 = *message_2.header();
     journal.write_prepare(&mut storage, message_1);
     journal.write_prepare(&mut storage, message_2);
@@ -360,7 +365,7 @@ fn concurrent_writes_to_one_header_sector_leave_a_correct_header_ring() {
         let mut durable = vec![false; SLOT_COUNT as usize];
         for op in 16..16 + JOURNAL_IOPS_WRITE_MAX as u64 {
             let body_size = if op % 3 == 0 { BODY_SIZE_TWO_SECTORS } else { 100 };
-            journal.write_prepare(&mut storage, prepare_message(&pool, op, 0, body_size));
+            journal.write_prepare(&mut storage, prepare_message(&pool, op, View(0), body_size));
         }
         while storage.in_flight() > 0 {
             assert!(journal.sectors_writing.count <= 2);
@@ -388,8 +393,8 @@ fn rewriting_a_slot_with_its_write_in_flight_is_queued_in_call_order() {
     storage.shuffle_completions(7);
     let mut journal = recovered(&mut storage, 0, 3);
     let pool = message_pool();
-    let first = prepare_message(&pool, 5, 0, 100);
-    let second = prepare_message(&pool, 5, 1, BODY_SIZE_TWO_SECTORS);
+    let first = prepare_message(&pool, 5, View(0), 100);
+    let second = prepare_message(&pool, 5, View(1), BODY_SIZE_TWO_SECTORS);
     let (checksum_1, header_2) = (first.header().checksum, *second.header());
     journal.write_prepare(&mut storage, first);
     journal.write_prepare(&mut storage, second);
@@ -417,7 +422,11 @@ fn wrap_around_reuses_slots_and_recovers_the_newest_ops() {
     let pool = message_pool();
     let op_last = 2 * SLOT_COUNT + 22;
     for op in 1..=op_last {
-        write_prepare_blocking(&mut journal, &mut storage, prepare_message(&pool, op, 0, 100));
+        write_prepare_blocking(
+            &mut journal,
+            &mut storage,
+            prepare_message(&pool, op, View(0), 100),
+        );
     }
     let checkpoint_op = op_last - SLOT_COUNT;
     let mut journal = recovered(&mut storage, checkpoint_op, 1);
@@ -426,7 +435,7 @@ fn wrap_around_reuses_slots_and_recovers_the_newest_ops() {
     assert_eq!(report.count(Decision::Eql), SLOT_COUNT as u32);
     assert_eq!((report.op_min, report.op_max), (Some(op_last - SLOT_COUNT + 1), Some(op_last)));
     for op in [op_last, op_last - SLOT_COUNT + 1] {
-        let checksum = header_of(&prepare_bytes(op, 0, 100)).checksum;
+        let checksum = header_of(&prepare_bytes(op, View(0), 100)).checksum;
         let message = read_prepare_blocking(&mut journal, &mut storage, &pool, op, checksum);
         assert_eq!(message.unwrap().header().op, op);
     }
@@ -487,7 +496,8 @@ fn crash_run(seed: u64, limit: InFlightLimit) -> (CrashModel, MemoryStorage, Op)
         };
         if op_next <= op_last && room && prng.chance(1, 2) {
             let body_size = if prng.chance(1, 2) { BODY_SIZE_TWO_SECTORS } else { 100 };
-            journal.write_prepare(&mut storage, prepare_message(&pool, op_next, 0, body_size));
+            journal
+                .write_prepare(&mut storage, prepare_message(&pool, op_next, View(0), body_size));
             model.submitted[slot_of(op_next)] = Some(op_next);
             (op_next, in_flight) = (op_next + 1, in_flight + 1);
         } else if storage.in_flight() > 0 {
@@ -627,7 +637,7 @@ fn assert_case(
 /// Ops 1 to 10 durable, so that the crafted slot 5 is neither the head nor after it.
 fn put_ops_1_to_10(storage: &mut MemoryStorage) {
     for op in 1..=10 {
-        put_durable(storage, op, 0);
+        put_durable(storage, op, View(0));
     }
 }
 
@@ -637,7 +647,7 @@ fn put_ops_with_torn(storage: &mut MemoryStorage, op_last: Op, torn: &[Op]) {
         if torn.contains(&op) {
             put_torn_prepare(storage, op);
         } else {
-            put_durable(storage, op, 0);
+            put_durable(storage, op, View(0));
         }
     }
 }
@@ -668,7 +678,7 @@ fn case_b_torn_prepare_at_the_head_is_cut() {
     // for every replica count; the slot ends reserved in both rings.
     let craft = |storage: &mut MemoryStorage| {
         for op in 1..=4 {
-            put_durable(storage, op, 0);
+            put_durable(storage, op, View(0));
         }
         put_torn_prepare(storage, 5);
     };
@@ -686,7 +696,7 @@ fn case_c_torn_prepare_over_an_older_wrap_at_the_head_is_cut() {
     // Goal: @C whose header is one wrap older than the torn op at the head: cut_torn.
     let craft = |storage: &mut MemoryStorage| {
         for op in 5..=SLOT_COUNT + 4 {
-            put_durable(storage, op, 0);
+            put_durable(storage, op, View(0));
         }
         put_torn_prepare(storage, SLOT_COUNT + 5);
     };
@@ -699,10 +709,10 @@ fn case_b_torn_prepare_at_the_head_is_not_cut_with_another_fault_outside_the_win
     // Goal: a fault beyond the torn slot may hide a higher head, so nothing is cut.
     let craft = |storage: &mut MemoryStorage| {
         for op in 1..=4 {
-            put_durable(storage, op, 0);
+            put_durable(storage, op, View(0));
         }
         put_torn_prepare(storage, 5);
-        put_durable(storage, 20, 0);
+        put_durable(storage, 20, View(0));
         corrupt_redundant(storage, 20);
         corrupt_prepare(storage, 20);
     };
@@ -736,7 +746,7 @@ fn torn_prepare_over_an_older_wrap_behind_the_head_is_cut() {
     let torn = SLOT_COUNT + 3;
     let craft = |storage: &mut MemoryStorage| {
         for op in (3..=SLOT_COUNT + 5).filter(|op| *op != torn) {
-            put_durable(storage, op, 0);
+            put_durable(storage, op, View(0));
         }
         put_torn_prepare(storage, torn);
     };
@@ -811,7 +821,7 @@ fn misdirected_or_unreadable_prepare_in_the_pipeline_window_is_not_cut() {
     let craft = |storage: &mut MemoryStorage| {
         put_ops_with_torn(storage, 8, &[8]);
         put_redundant(storage, 6, &reserved_header(CLUSTER, 6));
-        put_prepare(storage, 6, &prepare_bytes(5, 0, 100));
+        put_prepare(storage, 6, &prepare_bytes(5, View(0), 100));
     };
     let found = crafted_slot(&craft, 0, 3, 6);
     assert_eq!(found.prepare, EntrySummary::Invalid(EntryInvalid::Misdirected));
@@ -841,7 +851,7 @@ fn case_d_corrupt_header_and_reserved_prepare_is_fixed_only_alone() {
     // lost after it was acknowledged); a single replica trusts its reserved prepare.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_durable(storage, 20, 0);
+        put_durable(storage, 20, View(0));
         put_prepare(storage, 20, reserved_header(CLUSTER, 20).as_bytes());
         corrupt_redundant(storage, 20);
     };
@@ -904,7 +914,7 @@ fn case_h_prepare_beyond_the_checkpoint_window_is_cut() {
     let op_beyond = SLOT_COUNT + 5;
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_prepare(storage, 5, &prepare_bytes(op_beyond, 0, 100));
+        put_prepare(storage, 5, &prepare_bytes(op_beyond, View(0), 100));
     };
     assert_case(&craft, 0, 5, Case::H, [Decision::Cut, Decision::Unrecoverable]);
     let mut storage = formatted_storage();
@@ -922,7 +932,7 @@ fn case_i_header_beyond_the_checkpoint_window_is_cut() {
     // Goal: @I: the header is above op_prepare_max, the prepare an older valid op.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_redundant(storage, 5, &header_of(&prepare_bytes(SLOT_COUNT + 5, 0, 100)));
+        put_redundant(storage, 5, &header_of(&prepare_bytes(SLOT_COUNT + 5, View(0), 100)));
     };
     assert_case(&craft, 0, 5, Case::I, [Decision::Cut, Decision::Unrecoverable]);
 }
@@ -933,9 +943,9 @@ fn case_i_prepare_is_not_the_head_since_it_is_cut() {
     // header is lost, is the head (@F, fix), and a second recovery finds the same head (@P).
     let craft = |storage: &mut MemoryStorage| {
         for op in 1..=3 {
-            put_durable(storage, op, 0);
+            put_durable(storage, op, View(0));
         }
-        put_redundant(storage, 3, &header_of(&prepare_bytes(SLOT_COUNT + 3, 0, 100)));
+        put_redundant(storage, 3, &header_of(&prepare_bytes(SLOT_COUNT + 3, View(0), 100)));
         corrupt_redundant(storage, 2);
     };
     assert_case(&craft, 0, 3, Case::I, [Decision::Cut, Decision::Unrecoverable]);
@@ -952,7 +962,7 @@ fn case_j_header_beyond_the_checkpoint_window_over_a_reserved_prepare_is_cut() {
     // Goal: @J: the header is above op_prepare_max, the prepare reserved.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_redundant(storage, 20, &header_of(&prepare_bytes(SLOT_COUNT + 20, 0, 100)));
+        put_redundant(storage, 20, &header_of(&prepare_bytes(SLOT_COUNT + 20, View(0), 100)));
     };
     assert_case(&craft, 0, 20, Case::J, [Decision::Cut, Decision::Unrecoverable]);
 }
@@ -978,7 +988,7 @@ fn case_m_header_of_an_older_wrap_is_fixed() {
     // Goal: @M: the ring wrapped and the new prepare's header write was lost.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_prepare(storage, 5, &prepare_bytes(SLOT_COUNT + 5, 0, 100));
+        put_prepare(storage, 5, &prepare_bytes(SLOT_COUNT + 5, View(0), 100));
     };
     assert_case(&craft, 10, 5, Case::M, [Decision::Fix, Decision::Fix]);
 }
@@ -988,7 +998,7 @@ fn case_n_prepare_of_an_older_wrap_needs_repair() {
     // Goal: @N: the header proves a newer prepare was written here and lost.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_redundant(storage, 5, &header_of(&prepare_bytes(SLOT_COUNT + 5, 0, 100)));
+        put_redundant(storage, 5, &header_of(&prepare_bytes(SLOT_COUNT + 5, View(0), 100)));
     };
     assert_case(&craft, 10, 5, Case::N, [Decision::Repair, Decision::Unrecoverable]);
 }
@@ -998,8 +1008,8 @@ fn case_o_two_versions_of_one_op_need_repair() {
     // Goal: @O: same op, different views: which one is current is for the cluster to say.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_redundant(storage, 5, &header_of(&prepare_bytes(5, 1, 100)));
-        put_prepare(storage, 5, &prepare_bytes(5, 2, 100));
+        put_redundant(storage, 5, &header_of(&prepare_bytes(5, View(1), 100)));
+        put_prepare(storage, 5, &prepare_bytes(5, View(2), 100));
     };
     assert_case(&craft, 0, 5, Case::O, [Decision::Repair, Decision::Unrecoverable]);
 }
@@ -1016,7 +1026,7 @@ fn misdirected_header_is_invalid_for_its_slot() {
     // names), so the slot is classified as if its header were lost.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_redundant(storage, 5, &header_of(&prepare_bytes(6, 0, 100)));
+        put_redundant(storage, 5, &header_of(&prepare_bytes(6, View(0), 100)));
     };
     let found = crafted_slot(&craft, 0, 3, 5);
     assert_eq!(found.header, EntrySummary::Invalid(EntryInvalid::Misdirected));
@@ -1050,8 +1060,14 @@ fn recovery_case_covers_every_combination_of_entries() {
     let reserved = Entry::Reserved;
     let invalid = Entry::Invalid(EntryInvalid::Checksum);
     let prepare = |op: Op, view: View| Entry::Prepare(header_of(&prepare_bytes(op, view, 10)));
-    let entries =
-        [invalid, reserved, prepare(5, 0), prepare(5, 1), prepare(69, 0), prepare(133, 0)];
+    let entries = [
+        invalid,
+        reserved,
+        prepare(5, View(0)),
+        prepare(5, View(1)),
+        prepare(69, View(0)),
+        prepare(133, View(0)),
+    ];
     let mut seen = Vec::new();
     for op_max in [None, Some(5), Some(69)] {
         let context = RecoveryContext { op_max, op_prepare_max: 74, checkpoint_op: 10 };
@@ -1095,7 +1111,7 @@ fn craft_file_recovery_would_change(storage: &mut MemoryStorage) {
     put_ops_with_torn(storage, 10, &[9]);
     corrupt_redundant(storage, 10);
     corrupt_redundant(storage, 3);
-    put_prepare(storage, 20, &prepare_bytes(SLOT_COUNT + 20, 0, 100));
+    put_prepare(storage, 20, &prepare_bytes(SLOT_COUNT + 20, View(0), 100));
 }
 
 #[test]
@@ -1140,7 +1156,7 @@ const STALE_OPS: [Op; 3] = [8, 9, 40];
 fn put_stale_beyond_head(storage: &mut MemoryStorage) {
     assert!(slot_of(40) / JOURNAL_HEADERS_PER_SECTOR != slot_of(8) / JOURNAL_HEADERS_PER_SECTOR);
     for op in (1..=STALE_HEAD).chain(STALE_OPS) {
-        put_durable(storage, op, 0);
+        put_durable(storage, op, View(0));
     }
 }
 
@@ -1231,7 +1247,7 @@ fn crash_during_or_after_truncate_after_never_leaves_two_versions_of_an_op() {
             assert_truncation_recoverable(journal.recovery_report(), finished);
 
             truncate_after_blocking(&mut journal, &mut storage, STALE_HEAD);
-            journal.write_prepare(&mut storage, prepare_message(&pool, 8, 1, 100));
+            journal.write_prepare(&mut storage, prepare_message(&pool, 8, View(1), 100));
             assert!(step(&mut journal, &mut storage).is_empty());
             storage.crash();
             let report = recover_report(&mut storage, 0, 1);

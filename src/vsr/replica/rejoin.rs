@@ -49,7 +49,7 @@ pub(super) struct RejoinState {
 
 impl RejoinState {
     pub fn new() -> RejoinState {
-        RejoinState { learning: false, nonce: 0, answered: 0, view_max: 0 }
+        RejoinState { learning: false, nonce: 0, answered: 0, view_max: View(0) }
     }
 }
 
@@ -79,7 +79,7 @@ impl Replica {
     fn rejoin_query_send(&mut self) {
         let mut header = Header::new(Command::Ping, self.config.cluster);
         // It claims no view: a peer must not take this ping as news of a newer one.
-        header.view = 0;
+        header.view = View(0);
         header.replica = self.config.replica;
         header.context = self.rejoin.nonce;
         for replica in 0..self.config.replica_count {
@@ -121,9 +121,9 @@ impl Replica {
         }
         self.rejoin.learning = false;
         self.metrics.rejoin_views_learned += 1;
-        let mut view = self.rejoin.view_max.max(self.view) + 1;
+        let mut view = self.rejoin.view_max.max(self.view).next();
         while self.primary_index_of(view) == self.config.replica {
-            view += 1;
+            view = view.next();
         }
         self.view_change_start(storage, view);
     }

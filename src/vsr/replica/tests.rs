@@ -578,7 +578,7 @@ mod cluster {
         let replies = cluster.call(1, 7, 0, Operation::Register, &[]);
         assert_eq!(replies.len(), 1);
         assert_eq!(replies[0].header().command(), Some(Command::PongClient));
-        assert_eq!(replies[0].header().view, 0);
+        assert_eq!(replies[0].header().view, View(0));
     }
 
     #[test]
@@ -969,15 +969,17 @@ mod faulty_wal {
             cluster.tick(10);
             let primary = cluster.nodes.iter().find(|node| {
                 let replica = &node.harness.replica;
-                replica.view() > 0 && replica.status() == Status::Normal && replica.is_primary()
+                replica.view() > View(0)
+                    && replica.status() == Status::Normal
+                    && replica.is_primary()
             });
             if primary.is_some() {
                 break;
             }
         }
         let view = cluster.nodes[1].harness.replica.view();
-        assert!(view > 0, "no view change");
-        let primary = (view % 3) as u8;
+        assert!(view > View(0), "no view change");
+        let primary = view.primary(3);
         cluster.call(primary, 8, 0, Operation::Register, &[]);
         cluster.tick(5);
         // Every replica agrees on op 1, whichever it is (R1's, never committed, may be cut).
@@ -1007,7 +1009,7 @@ mod faulty_wal {
         cluster.tick(3_000);
         let started = cluster.nodes.iter().any(|node| {
             let replica = &node.harness.replica;
-            replica.status() == Status::Normal && replica.is_primary() && replica.view() > 0
+            replica.status() == Status::Normal && replica.is_primary() && replica.view() > View(0)
         });
         assert!(started, "no view started");
     }
@@ -1033,7 +1035,9 @@ mod faulty_wal {
             cluster.tick(10);
             primary = (0..3u8).find(|&index| {
                 let replica = &cluster.nodes[usize::from(index)].harness.replica;
-                replica.view() > 0 && replica.status() == Status::Normal && replica.is_primary()
+                replica.view() > View(0)
+                    && replica.status() == Status::Normal
+                    && replica.is_primary()
             });
             if primary.is_some() {
                 break;
@@ -1135,7 +1139,7 @@ mod faulty_wal {
             cluster.tick(10);
             for index in [1, 2] {
                 let replica = &cluster.nodes[index].harness.replica;
-                if replica.view() > 0 && replica.status() == Status::Normal {
+                if replica.view() > View(0) && replica.status() == Status::Normal {
                     assert_eq!(replica.prepare_header(n + 3), Some(committed), "R{index}");
                 }
             }

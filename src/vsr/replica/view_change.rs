@@ -77,7 +77,7 @@ pub(super) struct DoViewChangeRecord {
 impl DoViewChangeRecord {
     const EMPTY: DoViewChangeRecord = DoViewChangeRecord {
         received: false,
-        log_view: 0,
+        log_view: View(0),
         op: 0,
         op_min: 0,
         commit: 0,
@@ -125,7 +125,7 @@ pub(super) struct ViewChangeState {
 impl ViewChangeState {
     pub fn new() -> ViewChangeState {
         ViewChangeState {
-            vote_view: 0,
+            vote_view: View(0),
             votes: 0,
             abdicating: false,
             progress_commit: 0,
@@ -277,12 +277,12 @@ impl Replica {
                 if self.view_change.abdicating && resend {
                     // It votes to leave too: with its vote, backups that time out make a
                     // quorum sooner, and it learns of the next view when it starts.
-                    self.vote(storage, self.view + 1, resend);
+                    self.vote(storage, self.view.next(), resend);
                 }
             }
             Status::Normal => {
                 if self.timeouts[TimeoutKind::NormalHeartbeat].fired() {
-                    self.vote(storage, self.view + 1, resend);
+                    self.vote(storage, self.view.next(), resend);
                 } else if resend && !self.target.active() {
                     let lagging = self.commit_max > self.head.op() + REPAIR_WINDOW_MAX as u64;
                     if self.log_faulty || lagging || self.log_view < self.view {
@@ -301,7 +301,7 @@ impl Replica {
                 {
                     // Always the next view: a replica that cannot reach a quorum must not run
                     // its vote up, or the votes of the others would never meet.
-                    self.vote(storage, self.view + 1, resend);
+                    self.vote(storage, self.view.next(), resend);
                 }
             }
             _ => {}
@@ -934,12 +934,12 @@ mod tests {
         // of view 26, nothing committed in view 28 (it needed two replicas of view 28), so
         // R2's log is canonical; with R1 not heard from, R0 and R1 could have committed there,
         // and the primary must wait.
-        let faulty = record(28, 143, 160);
-        let sound = record(27, 141, 142);
-        let older = record(26, 141, 142);
+        let faulty = record(View(28), 143, 160);
+        let sound = record(View(27), 141, 142);
+        let older = record(View(26), 141, 142);
         assert_eq!(canonical_choose(&[faulty, older, sound], 2), Some(2));
         assert_eq!(canonical_choose(&[faulty, DoViewChangeRecord::EMPTY, sound], 2), None);
-        let newer_sound = record(28, 143, 144);
+        let newer_sound = record(View(28), 143, 144);
         assert_eq!(canonical_choose(&[faulty, newer_sound, sound], 2), Some(1));
     }
 
@@ -950,16 +950,16 @@ mod tests {
         // the view change waited forever (VOPR seed 8113176848143068660). Nothing above R0's
         // head can have committed in view 28 (R1 never was of that view), so R0's log is
         // canonical. With a third replica of view 28 not heard from, it could have: wait.
-        let faulty = record(28, 143, 160);
-        let bound = record(27, 141, 143);
+        let faulty = record(View(28), 143, 160);
+        let bound = record(View(27), 141, 143);
         assert_eq!(canonical_choose(&[faulty, bound], 2), Some(0));
         assert_eq!(canonical_choose(&[faulty, bound, DoViewChangeRecord::EMPTY], 2), None);
-        let intact = record(28, 143, 144);
+        let intact = record(View(28), 143, 144);
         assert_eq!(canonical_choose(&[faulty, bound, intact], 2), Some(2));
         // R1 of view 27 holds ops up to 150, which may have committed in view 27 with R0's
         // acknowledgement and then been cut from R0's chain by its fault: with R2 unheard,
         // neither log may be taken.
-        let longer = record(27, 150, 151);
+        let longer = record(View(27), 150, 151);
         assert_eq!(canonical_choose(&[faulty, longer, DoViewChangeRecord::EMPTY], 2), None);
         // With two replicas, R0 alone could not have committed in view 28: R1's log holds
         // everything committed.

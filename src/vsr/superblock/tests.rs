@@ -145,7 +145,7 @@ fn open_reads_freshly_formatted_file_at_sequence_one() {
     assert_eq!(working.config(), small_config());
     assert_eq!(
         (working.vsr_state.view, working.vsr_state.log_view, working.vsr_state.commit_max),
-        (0, 0, 0)
+        (View(0), View(0), 0)
     );
     assert_eq!(superblock.copies_health(), &[CopyHealth::Valid { sequence: 1 }; 4]);
     assert!(storage.bytes() == before.as_slice(), "a healthy open writes nothing");
