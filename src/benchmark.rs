@@ -25,6 +25,7 @@ use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
 use crate::state_machine::types::{
     AppendEncoder, AppendResult, CreateStream, CreateStreamResult, ResultCode, padded_size,
 };
+use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::{ClusterId, Operation};
 use crate::vsr::layout::Config;
 
@@ -146,7 +147,7 @@ impl LocalCluster {
         let addresses = addresses.join(",");
         for replica in 0..count {
             let path = self.directory.join(format!("0_{replica}.kimberlite"));
-            let mut config = Config::new(self.cluster, replica, count);
+            let mut config = Config::new(self.cluster, ReplicaIndex(replica), count);
             config.grid_size = grid_size_for(options);
             eprintln!(
                 "benchmark: formatting {} (grid {} MiB)",

@@ -15,6 +15,7 @@ use crate::constants::{
 };
 use crate::sim::storage::MemoryStorage;
 use crate::vsr::format::format;
+use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::{ClusterId, Command, Header, Op, Operation, View};
 use crate::vsr::journal::{
     Case, Decision, Entry, EntrySummary, Event, Journal, RecoveryContext, RecoveryReport,
@@ -95,7 +96,7 @@ pub fn superblock_open(data: &[u8]) {
 
 /// Formats the superblock zone and applies `updates` updates.
 fn superblock_valid_image(storage: &mut MemoryStorage, updates: u8) {
-    let config = Config::new(5, 1, 3);
+    let config = Config::new(5, ReplicaIndex(1), 3);
     let mut superblock = SuperBlockHeader::format(&config);
     for copy in 0..SUPERBLOCK_COPIES {
         superblock.copy = copy as u16;
@@ -166,7 +167,7 @@ pub fn journal_recover(data: &[u8]) {
 
 /// The small cluster the journal target runs: one ring of 64 slots of 8 KiB.
 fn journal_config(replica_count: u8) -> Config {
-    let config = Config::small(JOURNAL_CLUSTER, 0, replica_count);
+    let config = Config::small(JOURNAL_CLUSTER, ReplicaIndex(0), replica_count);
     assert_eq!(u64::from(config.journal_slot_count), JOURNAL_SLOT_COUNT);
     assert_eq!(config.message_size_max as usize, JOURNAL_MESSAGE_SIZE_MAX);
     config

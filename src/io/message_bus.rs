@@ -291,7 +291,7 @@ impl MessageBus {
         message_size_max: usize,
     ) -> MessageBus {
         assert!(replica_count >= 1 && usize::from(replica_count) <= REPLICAS_MAX);
-        assert!(replica < replica_count);
+        assert!(replica < ReplicaIndex(replica_count));
         assert!(message_size_max >= HEADER_SIZE);
         assert!(pool.buffer_size() >= message_size_max);
         let socket_buffer_size_bytes =
@@ -334,7 +334,7 @@ impl MessageBus {
             addresses: [None; REPLICAS_MAX],
             replica_connections: [None; REPLICAS_MAX],
             dials: [dial; REPLICAS_MAX],
-            prng: Prng::new(cluster ^ (u64::from(replica) << 56)),
+            prng: Prng::new(cluster ^ (u64::from(replica.get()) << 56)),
             inbox: VecDeque::with_capacity(INBOX_MAX),
             ticks: 0,
             metrics: BusMetrics::default(),

@@ -19,6 +19,7 @@ use crate::io::message_bus::MessageBus;
 use crate::io::ring::Wait;
 use crate::io::storage::IoStorage;
 use crate::stdx::allocation_guard;
+use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::View;
 use crate::vsr::layout::Config;
 use crate::vsr::message_pool::{MessagePool, messages_max_replica};
@@ -105,7 +106,7 @@ fn config_read(storage: &mut IoStorage, path: &Path) -> Result<Config, String> {
 /// The address this replica listens on: its own entry of the cluster's addresses.
 fn address_of_replica(config: &Config, addresses: &[SocketAddr]) -> Result<SocketAddr, String> {
     assert!(config.invalid().is_none(), "the configuration was validated when read");
-    assert!(config.replica < config.replica_count);
+    assert!(config.replica < ReplicaIndex(config.replica_count));
     if addresses.len() != usize::from(config.replica_count) {
         return Err(format!(
             "--addresses lists {} addresses; the cluster has {} replica(s), one address each",
@@ -328,7 +329,7 @@ mod tests {
             message_size_max: 64 * 1024,
             grid_size: 8 * 1024 * 1024,
             streams_max: 64,
-            ..Config::small(21, 0, replica_count)
+            ..Config::small(21, ReplicaIndex(0), replica_count)
         }
     }
 

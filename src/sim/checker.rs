@@ -443,6 +443,7 @@ fn reply_matches(prepare: &Header, reply: &ReplyRecord) -> Result<(), &'static s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vsr::header::ReplicaIndex;
     use crate::vsr::header::{Command, View};
 
     const CLUSTER: ClusterId = 7;
@@ -492,7 +493,7 @@ mod tests {
             request_checksum: prepare.context,
             body_checksum: 0xB0D1,
             view: View(0),
-            replica: 0,
+            replica: ReplicaIndex(0),
         }
     }
 

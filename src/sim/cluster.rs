@@ -129,7 +129,7 @@ impl ClusterOptions {
             clients_max,
             grid_size: 16 * 1024 * 1024,
             streams_max: 64,
-            ..Config::small(7, 0, replica_count)
+            ..Config::small(7, ReplicaIndex(0), replica_count)
         }
     }
 }
@@ -337,7 +337,9 @@ impl Cluster {
         let replica_count = options.config.replica_count;
         assert!(options.config.invalid().is_none());
         assert!(options.client_count > 0);
-        let replicas = (0..replica_count).map(|replica| replica_node(&options, replica)).collect();
+        let replicas = (0..replica_count)
+            .map(|replica| replica_node(&options, ReplicaIndex(replica)))
+            .collect();
         let network = Network::new(
             NetworkOptions {
                 node_count: usize::from(replica_count) + options.client_count,
@@ -495,7 +497,7 @@ fn replica_node(options: &ClusterOptions, replica: ReplicaIndex) -> ReplicaNode 
     // `format` writes these bytes; the grid is all zero, which a new disk already is.
     let grid_offset = layout.zone_offset(Zone::Grid) as usize;
     fill_range(&config, 0, &mut storage.bytes_mut()[..grid_offset]);
-    let seed = seed_derive(options.seed, 100 + u64::from(replica));
+    let seed = seed_derive(options.seed, 100 + u64::from(replica.get()));
     storage.shuffle_completions(seed);
     storage.set_latency(options.storage_latency, seed_derive(seed, 1));
     let pool = MessagePool::new(messages_max_replica(), config.message_size_max as usize);
@@ -1413,7 +1415,7 @@ mod tests {
         // Goal: the simulator's shortcut (format bytes without the grid) gives the bytes that
         // `format` writes through `Storage`.
         let options = options_quiet(1);
-        let node = replica_node(&options, 0);
+        let node = replica_node(&options, ReplicaIndex(0));
         let mut formatted = MemoryStorage::new(node.storage.size());
         let pool = MessagePool::new(
             crate::constants::FORMAT_WRITES_IN_FLIGHT,
@@ -1435,7 +1437,7 @@ mod tests {
         }
         let restart_tick = cluster.tick() + 5;
         cluster.crash(0, false, restart_tick);
-        let config = Config { replica: 0, ..cluster.options().config };
+        let config = Config { replica: ReplicaIndex(0), ..cluster.options().config };
         let layout = Layout::new(&config);
         let start = layout.zone_offset(Zone::WalHeaders) as usize;
         let end = layout.zone_offset(Zone::ClientReplies) as usize;

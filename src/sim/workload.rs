@@ -585,7 +585,7 @@ mod tests {
         let header = message.header_mut();
         *header = Header::new(command, request.cluster);
         header.client = request.client;
-        header.replica = 1;
+        header.replica = ReplicaIndex(1);
         if command == Command::Reply {
             header.op = 1;
             header.commit = 1;
@@ -618,7 +618,7 @@ mod tests {
         let first = *targets[0].1.header();
         assert_eq!(first.operation, Operation::Register as u8);
         let replicas: Vec<ReplicaIndex> = targets.iter().map(|(replica, _)| *replica).collect();
-        assert_eq!(replicas[..3], [0, 1, 2]);
+        assert_eq!(replicas[..3], [0, 1, 2].map(ReplicaIndex));
         assert!(targets.iter().all(|(_, message)| message.header() == &first));
         let eviction = message_from(&pool, Command::Eviction, &first);
         assert!(workload.on_message(0, 100, &eviction));

@@ -22,7 +22,7 @@ use kimberlite::state_machine::types::{
     AppendResult, CreateStream, EventRecord, ReadReplyHeader, ReadStream, ResultCode,
     append_batch_body, padded_size,
 };
-use kimberlite::vsr::header::Operation;
+use kimberlite::vsr::header::{Operation, ReplicaIndex};
 use kimberlite::vsr::layout::{Config, Layout, Zone};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -385,7 +385,8 @@ impl TestCluster {
 /// as a rotten sector would.
 fn wal_sector_corrupt(path: &Path, replica: u8, slot: u64) {
     use std::os::unix::fs::FileExt;
-    let config = Config { grid_size: 256 * 1024 * 1024, ..Config::new(CLUSTER, replica, 3) };
+    let config =
+        Config { grid_size: 256 * 1024 * 1024, ..Config::new(CLUSTER, ReplicaIndex(replica), 3) };
     let layout = Layout::new(&config);
     let offset = layout.zone_offset(Zone::WalPrepares) + slot * u64::from(config.message_size_max);
     let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
@@ -656,7 +657,8 @@ fn acknowledged_after(acknowledged_at: &AcknowledgedAt, instant: Instant) -> Ins
 /// rotten sector would.
 fn grid_block_corrupt(path: &Path, replica: u8, address: u64) {
     use std::os::unix::fs::FileExt;
-    let config = Config { grid_size: 256 * 1024 * 1024, ..Config::new(CLUSTER, replica, 3) };
+    let config =
+        Config { grid_size: 256 * 1024 * 1024, ..Config::new(CLUSTER, ReplicaIndex(replica), 3) };
     let layout = Layout::new(&config);
     let block_size = kimberlite::constants::BLOCK_SIZE as u64;
     let offset = layout.zone_offset(Zone::Grid) + address * block_size + 4096;

@@ -303,13 +303,13 @@ impl ClientCore {
             self.metrics.client_requests_resent += 1;
         }
         let target = in_flight.target_next;
-        assert!(target < replica_count);
+        assert!(target < ReplicaIndex(replica_count));
         in_flight.sends += 1;
         in_flight.timeouts = shift;
         in_flight.redirected = false;
         in_flight.target = target;
         // Unless a reply or a redirect comes first, the next copy goes to the next replica.
-        in_flight.target_next = (target + 1) % replica_count;
+        in_flight.target_next = target.next(replica_count);
         in_flight.send_at = now + timeout + jitter;
         Some(target)
     }
@@ -334,7 +334,7 @@ impl ClientCore {
         // timeout once it is back.
         let rounds = ((in_flight.unreachable - 1) / u32::from(options.replica_count)).min(16);
         let delay = (options.redirect_delay << rounds).min(options.request_timeout);
-        in_flight.target_next = (in_flight.target + 1) % options.replica_count;
+        in_flight.target_next = in_flight.target.next(options.replica_count);
         in_flight.send_at = in_flight.send_at.min(now + delay);
     }
 
@@ -465,7 +465,7 @@ mod tests {
     fn registered_core() -> ClientCore {
         let mut core = ClientCore::new(options(), 5, 1);
         let register = core.request_start(Operation::Register, &[], 0);
-        assert_eq!(core.poll_send(0), Some(0));
+        assert_eq!(core.poll_send(0), Some(ReplicaIndex(0)));
         assert_eq!(core.on_message(&reply_to(&register, 1), 1), Outcome::Reply);
         assert!(core.registered());
         core
@@ -519,7 +519,7 @@ mod tests {
                 sent_at.push(now);
             }
         }
-        assert_eq!(targets[..6], [0, 1, 2, 0, 1, 2]);
+        assert_eq!(targets[..6], [0, 1, 2, 0, 1, 2].map(ReplicaIndex));
         let waits: Vec<u64> = sent_at.windows(2).map(|pair| pair[1] - pair[0]).collect();
         assert!((10..=15).contains(&waits[0]) && (20..=30).contains(&waits[1]), "{waits:?}");
         assert!(waits.iter().all(|wait| *wait <= 60), "{waits:?}");
@@ -533,15 +533,15 @@ mod tests {
         // a replica that cannot be reached is skipped without waiting for the timeout.
         let mut core = registered_core();
         core.request_start(Operation::Append, &[9; 24], 10);
-        assert_eq!(core.poll_send(10), Some(0));
+        assert_eq!(core.poll_send(10), Some(ReplicaIndex(0)));
         core.on_unreachable(11);
-        assert_eq!(core.poll_send(12), Some(1));
+        assert_eq!(core.poll_send(12), Some(ReplicaIndex(1)));
         let mut pong = Header::new(Command::PongClient, 7);
         pong.client = core.id();
         pong.view = View(5);
         assert_eq!(core.on_message(&pong, 13), Outcome::Redirect);
-        assert_eq!(core.poll_send(14), Some(2));
-        assert_eq!(core.primary(), 2);
+        assert_eq!(core.poll_send(14), Some(ReplicaIndex(2)));
+        assert_eq!(core.primary(), ReplicaIndex(2));
     }
 
     #[test]
@@ -554,21 +554,25 @@ mod tests {
         // first timeout.
         let mut core = registered_core();
         core.request_start(Operation::Append, &[9; 24], 10);
-        assert_eq!(core.poll_send(10), Some(0));
+        assert_eq!(core.poll_send(10), Some(ReplicaIndex(0)));
         let mut pong = Header::new(Command::PongClient, 7);
         pong.client = core.id();
         let mut now = 10;
         for _ in 0..50 {
             core.on_unreachable(now);
             now += 1;
-            assert_eq!(core.poll_send(now), Some(1), "the next replica, at once");
+            assert_eq!(core.poll_send(now), Some(ReplicaIndex(1)), "the next replica, at once");
             assert_eq!(core.on_message(&pong, now), Outcome::Redirect);
             now += 1;
-            assert_eq!(core.poll_send(now), Some(0), "back to the old view's primary");
+            assert_eq!(
+                core.poll_send(now),
+                Some(ReplicaIndex(0)),
+                "back to the old view's primary"
+            );
         }
         core.on_unreachable(now);
         now += 1;
-        assert_eq!(core.poll_send(now), Some(1));
+        assert_eq!(core.poll_send(now), Some(ReplicaIndex(1)));
         let wait = core.send_due().unwrap() - now;
         assert!((10..=15).contains(&wait), "the first timeout, not the cap: {wait}");
         assert_eq!(core.metrics().client_unreachable, 51);
@@ -592,23 +596,31 @@ mod tests {
         // backoff over.
         let mut core = registered_core();
         core.request_start(Operation::Append, &[9; 24], 10);
-        assert_eq!(core.poll_send(10), Some(0));
+        assert_eq!(core.poll_send(10), Some(ReplicaIndex(0)));
         let mut now = 11;
         while core.poll_send(now).is_none() {
             now += 1;
         }
-        assert_eq!(core.in_flight().unwrap().target, 1, "timed out: the next replica");
+        assert_eq!(
+            core.in_flight().unwrap().target,
+            ReplicaIndex(1),
+            "timed out: the next replica"
+        );
         let mut pong = Header::new(Command::PongClient, 7);
         pong.client = core.id();
         pong.view = View(2);
         assert_eq!(core.on_message(&pong, now), Outcome::Redirect);
         now += 1;
-        assert_eq!(core.poll_send(now), Some(2));
+        assert_eq!(core.poll_send(now), Some(ReplicaIndex(2)));
         let mut busy_sends = 0;
         while busy_sends < PRIMARY_BUSY_RETRIES_MAX {
             assert!(matches!(core.on_message(&pong, now), Outcome::Dropped(_)));
             now += 2;
-            assert_eq!(core.poll_send(now), Some(2), "asked again after the busy delay");
+            assert_eq!(
+                core.poll_send(now),
+                Some(ReplicaIndex(2)),
+                "asked again after the busy delay"
+            );
             busy_sends += 1;
         }
         assert_eq!(core.metrics().client_primary_busy, u64::from(PRIMARY_BUSY_RETRIES_MAX));

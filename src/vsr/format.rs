@@ -106,10 +106,11 @@ mod tests {
     use super::*;
     use crate::sim::storage::MemoryStorage;
     use crate::vsr::header::Header;
+    use crate::vsr::header::ReplicaIndex;
     use zerocopy::FromBytes;
 
     fn small_config() -> Config {
-        Config::small(9, 1, 3)
+        Config::small(9, ReplicaIndex(1), 3)
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl View {
     /// The primary of this view in a cluster of `replica_count` replicas.
     pub fn primary(self, replica_count: u8) -> ReplicaIndex {
         assert!(replica_count > 0);
-        (self.0 % u32::from(replica_count)) as ReplicaIndex
+        ReplicaIndex((self.0 % u32::from(replica_count)) as u8)
     }
 
     pub const MAX: View = View(u32::MAX);
@@ -90,7 +90,57 @@ impl std::fmt::Display for View {
     }
 }
 /// A replica's index in the cluster configuration.
-pub type ReplicaIndex = u8;
+#[repr(transparent)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+)]
+pub struct ReplicaIndex(pub u8);
+
+impl ReplicaIndex {
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    /// This replica's bit in a mask of replicas (votes, acknowledgements).
+    pub fn bit(self) -> u8 {
+        assert!(usize::from(self.0) < REPLICAS_MAX);
+        1 << self.0
+    }
+
+    /// The replica after this one in a cluster of `replica_count`, wrapping to replica 0.
+    pub fn next(self, replica_count: u8) -> ReplicaIndex {
+        assert!(self.0 < replica_count);
+        ReplicaIndex((self.0 + 1) % replica_count)
+    }
+
+    /// Every replica of a cluster of `replica_count`, in order.
+    pub fn all(replica_count: u8) -> impl Iterator<Item = ReplicaIndex> {
+        (0..replica_count).map(ReplicaIndex)
+    }
+}
+
+impl From<ReplicaIndex> for usize {
+    fn from(replica: ReplicaIndex) -> usize {
+        usize::from(replica.0)
+    }
+}
+
+impl std::fmt::Display for ReplicaIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 /// A cluster identifier, fixed at format.
 pub type ClusterId = u64;
 /// A client identifier, random per client process; never zero.
@@ -368,7 +418,7 @@ impl Header {
             log_view: View(0),
             protocol: 0,
             command: 0,
-            replica: 0,
+            replica: ReplicaIndex(0),
             operation: 0,
             reserved: [0; HEADER_RESERVED_SIZE],
         }
@@ -516,7 +566,7 @@ impl Header {
             (Fields::CONTEXT, self.context == 0, "context must be zero"),
             (Fields::REQUEST, self.request == 0, "request must be zero"),
             (Fields::LOG_VIEW, self.log_view == View(0), "log_view must be zero"),
-            (Fields::REPLICA, self.replica == 0, "replica must be zero"),
+            (Fields::REPLICA, self.replica == ReplicaIndex(0), "replica must be zero"),
             (Fields::OPERATION, self.operation == 0, "operation must be zero"),
         ];
         for (field, zero, reason) in checks {
@@ -677,7 +727,7 @@ impl Header {
             && self.parent == 0
             && self.context == 0
             && self.view == View(0)
-            && self.replica == 0;
+            && self.replica == ReplicaIndex(0);
         if !zero {
             return Some("root prepare fields must be zero");
         }

@@ -60,7 +60,7 @@ impl Config {
         if usize::from(self.replica_count) > REPLICAS_MAX {
             return Some("replica count must be at most 7");
         }
-        if self.replica >= self.replica_count {
+        if self.replica >= ReplicaIndex(self.replica_count) {
             return Some("replica index must be less than the replica count");
         }
         let slot_count = self.journal_slot_count as usize;
@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn zones_are_contiguous_sector_aligned_and_in_order() {
         // Goal: zones never overlap, and each starts on a sector.
-        let layout = Layout::new(&Config::new(1, 0, 3));
+        let layout = Layout::new(&Config::new(1, ReplicaIndex(0), 3));
         let mut end = 0;
         for zone in Zone::ALL {
             let offset = layout.zone_offset(zone);
@@ -208,13 +208,13 @@ mod tests {
     #[test]
     fn config_rejects_each_bad_setting() {
         // Goal: every bad setting is named, none panics.
-        let good = Config::new(1, 0, 3);
+        let good = Config::new(1, ReplicaIndex(0), 3);
         assert_eq!(good.invalid(), None);
         type Case = (fn(&mut Config), &'static str);
         let cases: [Case; 9] = [
             (|c| c.replica_count = 0, "replica count must be at least 1"),
             (|c| c.replica_count = 8, "replica count must be at most 7"),
-            (|c| c.replica = 3, "replica index must be less than the replica count"),
+            (|c| c.replica = ReplicaIndex(3), "replica index must be less than the replica count"),
             (|c| c.journal_slot_count = 16, "journal slot count out of range"),
             (|c| c.journal_slot_count = 72, "journal slot count must fill whole header sectors"),
             (|c| c.message_size_max = 4096, "message_size_max out of range"),

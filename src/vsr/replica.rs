@@ -703,7 +703,10 @@ impl Replica {
         let command = header.command().expect("accept checked the command");
         let opening =
             self.status == Status::Recovering && self.open_phase == OpenPhase::StateMachine;
-        if opening && command == Command::Block && header.replica < self.config.replica_count {
+        if opening
+            && command == Command::Block
+            && header.replica < ReplicaIndex(self.config.replica_count)
+        {
             // The open waits for a block of the streams table that failed its checks.
             return self.on_block(storage, &message);
         }
@@ -712,8 +715,8 @@ impl Replica {
         }
         if self.rejoin.learning {
             // It acts in no view, and claims none, until it knows the cluster's (`rejoin.rs`).
-            let peer =
-                header.replica < self.config.replica_count && header.replica != self.config.replica;
+            let peer = header.replica < ReplicaIndex(self.config.replica_count)
+                && header.replica != self.config.replica;
             if command == Command::Pong && peer {
                 self.on_pong(storage, &header);
             }
@@ -729,7 +732,7 @@ impl Replica {
         // names the primary that made it, which need not be the sender (repair, or a new
         // primary sending an older view's prepare again); it is trusted for its checksum.
         let replica_count = self.config.replica_count;
-        if header.replica >= replica_count {
+        if header.replica >= ReplicaIndex(replica_count) {
             return;
         }
         if command == Command::Prepare {

@@ -27,6 +27,7 @@ use crate::constants::{
 };
 use crate::state_machine::CheckpointState;
 use crate::vsr::client_sessions::ClientSessionRecord;
+use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::{self, Checksum, ClusterId, Header, Op, View};
 use crate::vsr::layout::{Config, Zone};
 use crate::vsr::message_pool::{Message, MessagePool};
@@ -89,7 +90,7 @@ impl SuperBlockHeader {
         superblock.version = SUPERBLOCK_VERSION;
         superblock.cluster = config.cluster;
         superblock.sequence = 1;
-        superblock.replica = config.replica;
+        superblock.replica = config.replica.get();
         superblock.replica_count = config.replica_count;
         superblock.journal_slot_count = config.journal_slot_count;
         superblock.message_size_max = config.message_size_max;
@@ -118,7 +119,7 @@ impl SuperBlockHeader {
     pub fn config(&self) -> Config {
         Config {
             cluster: self.cluster,
-            replica: self.replica,
+            replica: ReplicaIndex(self.replica),
             replica_count: self.replica_count,
             journal_slot_count: self.journal_slot_count,
             message_size_max: self.message_size_max,

@@ -23,7 +23,7 @@ impl MessageBus {
         for (replica, address) in addresses.iter().enumerate() {
             self.addresses[replica] = Some(*address);
         }
-        for replica in self.replica + 1..self.replica_count {
+        for replica in (self.replica.get() + 1..self.replica_count).map(ReplicaIndex) {
             self.dial(io, replica);
         }
     }
@@ -36,7 +36,7 @@ impl MessageBus {
         replica: ReplicaIndex,
         message: Message,
     ) -> bool {
-        assert!(replica < self.replica_count, "no replica {replica} in this cluster");
+        assert!(replica < ReplicaIndex(self.replica_count), "no replica {replica} in this cluster");
         assert_ne!(replica, self.replica, "a replica does not send to itself through the bus");
         let Some(index) = self.replica_connections[usize::from(replica)] else {
             self.metrics.messages_dropped += 1;
@@ -49,7 +49,7 @@ impl MessageBus {
 
     /// Whether `replica` has a connection that messages can be sent on.
     pub fn replica_connected(&self, replica: ReplicaIndex) -> bool {
-        assert!(replica < self.replica_count);
+        assert!(replica < ReplicaIndex(self.replica_count));
         self.replica_connections[usize::from(replica)].is_some()
     }
 }
@@ -58,28 +58,28 @@ impl MessageBus {
 impl MessageBus {
     /// Connection slots reserved for dialing: one per higher replica.
     pub(super) fn dialed_count(&self) -> usize {
-        usize::from(self.replica_count - 1 - self.replica)
+        usize::from(self.replica_count - 1 - self.replica.get())
     }
 
     /// The replica whose dialed connection slot `index` is, if it is one.
     pub(super) fn dialed_replica(&self, index: usize) -> Option<ReplicaIndex> {
         if index < self.dialed_count() {
-            Some(self.replica + 1 + index as ReplicaIndex)
+            Some(ReplicaIndex(self.replica.get() + 1 + index as u8))
         } else {
             None
         }
     }
 
     fn dial_index(&self, replica: ReplicaIndex) -> usize {
-        assert!(replica > self.replica && replica < self.replica_count);
-        let index = usize::from(replica - self.replica - 1);
+        assert!(replica > self.replica && replica < ReplicaIndex(self.replica_count));
+        let index = usize::from(replica.get() - self.replica.get() - 1);
         assert_eq!(self.dialed_replica(index), Some(replica));
         index
     }
 
     /// Dials each higher replica whose backoff has passed.
     pub(super) fn dial_due(&mut self, io: &mut Io) {
-        for replica in self.replica + 1..self.replica_count {
+        for replica in (self.replica.get() + 1..self.replica_count).map(ReplicaIndex) {
             let due = self.dials[usize::from(replica)].tick.is_some_and(|tick| tick <= self.ticks);
             if due {
                 self.dial(io, replica);
@@ -203,7 +203,7 @@ impl MessageBus {
         assert_eq!(self.connections[index].peer, Peer::Unknown);
         assert!(self.dialed_replica(index).is_none());
         let impostor = |reason| Err(CloseReason::Impostor { replica, reason });
-        if replica >= self.replica_count {
+        if replica >= ReplicaIndex(self.replica_count) {
             return impostor("no such replica in this cluster");
         }
         if replica == self.replica {

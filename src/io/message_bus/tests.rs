@@ -37,7 +37,7 @@ impl Harness {
     }
 
     fn with_pool(pool_count: usize) -> Harness {
-        Harness::build(pool_count, 0, 1, "127.0.0.1:0".parse().unwrap())
+        Harness::build(pool_count, ReplicaIndex(0), 1, "127.0.0.1:0".parse().unwrap())
     }
 
     /// Replica `replica` of a cluster of `replica_count`, listening on `address`.
@@ -475,13 +475,13 @@ fn cluster_with(
         .enumerate()
         .map(|(replica, ip)| {
             let address = SocketAddr::new(ip.parse().unwrap(), 0);
-            Harness::replica(replica as ReplicaIndex, replica_count, address)
+            Harness::replica(ReplicaIndex(replica as u8), replica_count, address)
         })
         .collect();
     let addresses: Vec<SocketAddr> = harnesses.iter().map(|harness| harness.address).collect();
     for (replica, harness) in harnesses.iter_mut().enumerate() {
         let mut addresses = addresses.clone();
-        addresses_edit(replica as ReplicaIndex, &mut addresses);
+        addresses_edit(ReplicaIndex(replica as u8), &mut addresses);
         harness.bus.connect_to_replicas(&mut harness.io, &addresses);
     }
     harnesses
@@ -505,11 +505,11 @@ fn run_until(harnesses: &mut [Harness], mut condition: impl FnMut(&mut [Harness]
 
 /// Every replica has a connection to every other.
 fn mesh_connected(harnesses: &[Harness]) -> bool {
-    let replica_count = harnesses.len() as ReplicaIndex;
+    let replica_count = harnesses.len() as u8;
     harnesses.iter().enumerate().all(|(replica, harness)| {
         (0..replica_count)
             .filter(|peer| usize::from(*peer) != replica)
-            .all(|peer| harness.bus.replica_connected(peer))
+            .all(|peer| harness.bus.replica_connected(ReplicaIndex(peer)))
     })
 }
 
@@ -561,14 +561,14 @@ fn two_replicas_connect_once_and_exchange_messages_both_ways() {
     run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
     let ping = harnesses[1].receive(1);
     assert_eq!(ping[0].header().command(), Some(Command::Ping));
-    assert_eq!(ping[0].header().replica, 0);
+    assert_eq!(ping[0].header().replica, ReplicaIndex(0));
     drop(ping);
-    let small = headers(&harnesses[0].pool, 0, 1, 2);
+    let small = headers(&harnesses[0].pool, ReplicaIndex(0), 1, 2);
     let large_count = (MESSAGE_SIZE_MAX - HEADER_SIZE) / HEADER_SIZE;
-    let large = headers(&harnesses[1].pool, 1, 2, large_count);
+    let large = headers(&harnesses[1].pool, ReplicaIndex(1), 2, large_count);
     let [first, second] = &mut harnesses[..] else { unreachable!() };
-    assert!(first.bus.send_to_replica(&mut first.io, 1, small.clone()));
-    assert!(second.bus.send_to_replica(&mut second.io, 0, large.clone()));
+    assert!(first.bus.send_to_replica(&mut first.io, ReplicaIndex(1), small.clone()));
+    assert!(second.bus.send_to_replica(&mut second.io, ReplicaIndex(0), large.clone()));
     let mut received = [Vec::new(), Vec::new()];
     run_until(&mut harnesses, |harnesses| {
         inbox_drain(harnesses, 0, &mut received[0]);
@@ -609,9 +609,10 @@ fn three_replicas_form_a_full_mesh() {
     }
     for harness in harnesses.iter_mut() {
         let from = harness.bus.replica;
-        for to in (0..3).filter(|to| *to != from) {
-            let message = headers(&harness.pool, from, 10 * u64::from(from) + u64::from(to), 1);
-            assert!(harness.bus.send_to_replica(&mut harness.io, to, message));
+        for to in (0..3).filter(|to| *to != from.get()) {
+            let message =
+                headers(&harness.pool, from, 10 * u64::from(from.get()) + u64::from(to), 1);
+            assert!(harness.bus.send_to_replica(&mut harness.io, ReplicaIndex(to), message));
         }
     }
     let mut received = [Vec::new(), Vec::new(), Vec::new()];
@@ -624,7 +625,7 @@ fn three_replicas_form_a_full_mesh() {
     for (to, messages) in received.iter().enumerate() {
         let mut senders: Vec<(u8, u64)> = messages
             .iter()
-            .map(|message| (message.header().replica, message.header().op))
+            .map(|message| (message.header().replica.get(), message.header().op))
             .collect();
         senders.sort();
         let expected: Vec<(u8, u64)> = (0..3u8)
@@ -644,9 +645,9 @@ fn dialer_reconnects_with_backoff_after_the_peer_restarts() {
     let mut harnesses = cluster(2);
     run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
     let address = harnesses[1].address;
-    let hello = headers(&harnesses[1].pool, 1, 1, 1);
+    let hello = headers(&harnesses[1].pool, ReplicaIndex(1), 1, 1);
     let [_, second] = &mut harnesses[..] else { unreachable!() };
-    assert!(second.bus.send_to_replica(&mut second.io, 0, hello));
+    assert!(second.bus.send_to_replica(&mut second.io, ReplicaIndex(0), hello));
     let mut received = Vec::new();
     run_until(&mut harnesses, |harnesses| {
         inbox_drain(harnesses, 0, &mut received);
@@ -655,7 +656,7 @@ fn dialer_reconnects_with_backoff_after_the_peer_restarts() {
     drop(harnesses.pop());
     let mut dialer = harnesses.pop().unwrap();
     dialer.pump_until(|harness| harness.bus.socket_count() == 0);
-    assert!(!dialer.bus.replica_connected(1));
+    assert!(!dialer.bus.replica_connected(ReplicaIndex(1)));
     let mut delays = Vec::new();
     for attempt in 0..7u32 {
         let tick = dialer.bus.dials[1].tick.expect("a dial is scheduled");
@@ -675,7 +676,7 @@ fn dialer_reconnects_with_backoff_after_the_peer_restarts() {
         });
     }
     assert_eq!(delays[0], RECONNECT_DELAY_TICKS_MIN);
-    let restarted = Harness::replica(1, 2, address);
+    let restarted = Harness::replica(ReplicaIndex(1), 2, address);
     let mut harnesses = vec![dialer, restarted];
     let addresses = [harnesses[0].address, address];
     let [_, restarted] = &mut harnesses[..] else { unreachable!() };
@@ -692,37 +693,37 @@ fn connections_claiming_an_impossible_replica_are_closed() {
     // sends a replica command and a replica that sends a client request; a connection from
     // replica 0's IP claiming 0 is identified, and a second one replaces it.
     let higher = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut harness = Harness::replica(1, 3, "127.0.0.1:0".parse().unwrap());
+    let mut harness = Harness::replica(ReplicaIndex(1), 3, "127.0.0.1:0".parse().unwrap());
     let lower: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let addresses = [lower, harness.address, higher.local_addr().unwrap()];
     harness.bus.connect_to_replicas(&mut harness.io, &addresses);
-    harness.pump_until(|harness| harness.bus.replica_connected(2));
+    harness.pump_until(|harness| harness.bus.replica_connected(ReplicaIndex(2)));
     let mut closed = 0;
     for claimed in [3, 1, 2] {
         let mut stream = harness.connect();
-        stream.write_all(&ping(claimed)).unwrap();
+        stream.write_all(&ping(ReplicaIndex(claimed))).unwrap();
         closed += 1;
         harness.expect_closed_count(&mut stream, closed);
     }
     let mut client = harness.connect();
     client.write_all(&request(60, 1, &[])).unwrap();
     drop(harness.receive(1));
-    client.write_all(&ping(0)).unwrap();
+    client.write_all(&ping(ReplicaIndex(0))).unwrap();
     closed += 1;
     harness.expect_closed_count(&mut client, closed);
     let mut first = harness.connect();
-    first.write_all(&ping(0)).unwrap();
+    first.write_all(&ping(ReplicaIndex(0))).unwrap();
     drop(harness.receive(1));
-    assert!(harness.bus.replica_connected(0));
+    assert!(harness.bus.replica_connected(ReplicaIndex(0)));
     let mut second = harness.connect();
-    second.write_all(&ping(0)).unwrap();
+    second.write_all(&ping(ReplicaIndex(0))).unwrap();
     drop(harness.receive(1));
     closed += 1;
     harness.expect_closed_count(&mut first, closed);
-    assert!(harness.bus.replica_connected(0));
-    let message = headers(&harness.pool, 1, 5, 1);
+    assert!(harness.bus.replica_connected(ReplicaIndex(0)));
+    let message = headers(&harness.pool, ReplicaIndex(1), 5, 1);
     let bytes = message.bytes().to_vec();
-    assert!(harness.bus.send_to_replica(&mut harness.io, 0, message));
+    assert!(harness.bus.send_to_replica(&mut harness.io, ReplicaIndex(0), message));
     harness.pump_until(|harness| harness.bus.metrics().messages_sent >= 2);
     let mut received = vec![0u8; bytes.len()];
     second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -731,9 +732,9 @@ fn connections_claiming_an_impossible_replica_are_closed() {
     second.write_all(&request(61, 1, &[])).unwrap();
     closed += 1;
     harness.expect_closed_count(&mut second, closed);
-    assert!(!harness.bus.replica_connected(0));
+    assert!(!harness.bus.replica_connected(ReplicaIndex(0)));
     assert_eq!(harness.bus.metrics().replicas_identified, 2);
-    assert!(harness.bus.replica_connected(2), "the dialed connection is untouched");
+    assert!(harness.bus.replica_connected(ReplicaIndex(2)), "the dialed connection is untouched");
 }
 
 #[test]
@@ -747,7 +748,7 @@ fn replica_dialing_from_an_unexpected_ip_is_refused() {
     assert_eq!(harnesses[1].bus.metrics().replicas_identified, 1);
     drop(harnesses);
     let mut harnesses = cluster_with(&["127.0.0.2", "127.0.0.1"], |replica, addresses| {
-        if replica == 1 {
+        if replica == ReplicaIndex(1) {
             addresses[0].set_ip("127.0.0.1".parse().unwrap());
         }
     });
@@ -755,7 +756,7 @@ fn replica_dialing_from_an_unexpected_ip_is_refused() {
     let metrics = harnesses[1].bus.metrics();
     assert_eq!(metrics.replicas_identified, 0);
     assert!(metrics.connections_accepted >= 3);
-    assert!(!harnesses[1].bus.replica_connected(0));
+    assert!(!harnesses[1].bus.replica_connected(ReplicaIndex(0)));
     assert!(harnesses[0].bus.metrics().connections_dialed >= 3);
     assert!(harnesses[0].bus.dials[1].attempts >= 2, "never heard from: the backoff grows");
 }
@@ -770,8 +771,9 @@ fn replicas_exchange_and_reconnect_without_allocating() {
     allocation_guard::arm();
     for round in 0..4u64 {
         for (from, harness) in harnesses.iter_mut().enumerate() {
-            let to = 1 - from as ReplicaIndex;
-            let message = headers(&harness.pool, from as ReplicaIndex, round, 1 + round as usize);
+            let to = ReplicaIndex(1 - from as u8);
+            let message =
+                headers(&harness.pool, ReplicaIndex(from as u8), round, 1 + round as usize);
             assert!(harness.bus.send_to_replica(&mut harness.io, to, message));
         }
         run_until(&mut harnesses, |harnesses| {
@@ -779,8 +781,14 @@ fn replicas_exchange_and_reconnect_without_allocating() {
             inbox_drain(harnesses, 1, &mut received[1]);
             received[0].len() == 1 && received[1].len() == 1
         });
-        assert_eq!((received[0][0].header().replica, received[0][0].header().op), (1, round));
-        assert_eq!((received[1][0].header().replica, received[1][0].header().op), (0, round));
+        assert_eq!(
+            (received[0][0].header().replica, received[0][0].header().op),
+            (ReplicaIndex(1), round)
+        );
+        assert_eq!(
+            (received[1][0].header().replica, received[1][0].header().op),
+            (ReplicaIndex(0), round)
+        );
         received[0].clear();
         received[1].clear();
         if round == 1 {
@@ -875,7 +883,7 @@ fn idle_connections_lock_out_neither_clients_nor_replicas() {
     let acceptor = &mut harnesses[1];
     let index = acceptor.bus.replica_connections[0].expect("replica 0 is connected");
     acceptor.bus.close(&mut acceptor.io, index, CloseReason::PeerClosed);
-    run_until(&mut harnesses, |harnesses| !harnesses[1].bus.replica_connected(0));
+    run_until(&mut harnesses, |harnesses| !harnesses[1].bus.replica_connected(ReplicaIndex(0)));
     run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
     assert_eq!(harnesses[1].bus.metrics().replicas_identified, 2);
     // Past the deadline the flood is gone: each idle connection was evicted for a newer one or
@@ -896,5 +904,8 @@ fn idle_connections_lock_out_neither_clients_nor_replicas() {
         assert_eq!(stream.read(&mut [0u8; 1]).unwrap(), 0);
     }
     assert_eq!(harnesses[1].bus.connection_count(), 2, "the client and replica 0 stay");
-    assert!(harnesses[1].bus.replica_connected(0) && harnesses[0].bus.replica_connected(1));
+    assert!(
+        harnesses[1].bus.replica_connected(ReplicaIndex(0))
+            && harnesses[0].bus.replica_connected(ReplicaIndex(1))
+    );
 }

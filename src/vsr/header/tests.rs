@@ -17,6 +17,7 @@ use super::{
 };
 use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX};
 use crate::stdx::prng::Prng;
+use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::View;
 
 const CLUSTER: u64 = 0xC1A5_7E20_0000_0001;
@@ -230,7 +231,8 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
     let body = match command {
         Command::Reserved => panic!("the reserved command has no valid header"),
         Command::Ping | Command::Pong => {
-            (h.timestamp, h.checkpoint_op, h.view, h.replica) = (TIMESTAMP, CHECKPOINT, VIEW, 1);
+            (h.timestamp, h.checkpoint_op, h.view, h.replica) =
+                (TIMESTAMP, CHECKPOINT, VIEW, ReplicaIndex(1));
             (h.commit, h.context) = (COMMIT, CONTEXT);
             vec![]
         }
@@ -239,7 +241,7 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
             vec![]
         }
         Command::PongClient => {
-            (h.client, h.timestamp, h.view, h.replica) = (CLIENT, TIMESTAMP, VIEW, 1);
+            (h.client, h.timestamp, h.view, h.replica) = (CLIENT, TIMESTAMP, VIEW, ReplicaIndex(1));
             vec![]
         }
         Command::Request => {
@@ -248,82 +250,87 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
             b"append: one event".to_vec()
         }
         Command::Prepare => {
-            (h.op, h.commit, h.timestamp, h.view, h.replica) = (OP, OP - 1, TIMESTAMP, VIEW, 1);
+            (h.op, h.commit, h.timestamp, h.view, h.replica) =
+                (OP, OP - 1, TIMESTAMP, VIEW, ReplicaIndex(1));
             (h.client, h.request, h.operation) = (CLIENT, REQUEST, Operation::Append as u8);
             (h.parent, h.context) = (PARENT, CONTEXT);
             b"append: one event".to_vec()
         }
         Command::PrepareOk => {
-            (h.op, h.commit, h.timestamp, h.view, h.replica) = (OP, COMMIT, TIMESTAMP, VIEW, 2);
+            (h.op, h.commit, h.timestamp, h.view, h.replica) =
+                (OP, COMMIT, TIMESTAMP, VIEW, ReplicaIndex(2));
             (h.client, h.request, h.operation) = (CLIENT, REQUEST, Operation::Append as u8);
             (h.parent, h.context) = (PARENT, CONTEXT);
             vec![]
         }
         Command::Reply => {
-            (h.op, h.commit, h.timestamp, h.view, h.replica) = (OP, OP, TIMESTAMP, VIEW, 1);
+            (h.op, h.commit, h.timestamp, h.view, h.replica) =
+                (OP, OP, TIMESTAMP, VIEW, ReplicaIndex(1));
             (h.client, h.request, h.operation) = (CLIENT, REQUEST, Operation::Append as u8);
             h.context = CONTEXT;
             b"appended".to_vec()
         }
         Command::Commit => {
             (h.commit, h.context, h.checkpoint_op) = (COMMIT, CONTEXT, CHECKPOINT);
-            (h.timestamp, h.view, h.replica) = (TIMESTAMP, VIEW, 1);
+            (h.timestamp, h.view, h.replica) = (TIMESTAMP, VIEW, ReplicaIndex(1));
             vec![]
         }
         Command::StartViewChange => {
-            (h.view, h.replica, h.context) = (VIEW, 2, 1);
+            (h.view, h.replica, h.context) = (VIEW, ReplicaIndex(2), 1);
             vec![]
         }
         Command::DoViewChange => {
             (h.op, h.op_min, h.commit, h.checkpoint_op) = (OP, OP + 1, COMMIT, CHECKPOINT);
-            (h.log_view, h.view, h.replica) = (LOG_VIEW, VIEW, 2);
+            (h.log_view, h.view, h.replica) = (LOG_VIEW, VIEW, ReplicaIndex(2));
             headers_body(2)
         }
         Command::StartView => {
             (h.op, h.commit, h.checkpoint_op) = (OP, COMMIT, CHECKPOINT);
-            (h.context, h.view, h.replica) = (CONTEXT, VIEW, 1);
+            (h.context, h.view, h.replica) = (CONTEXT, VIEW, ReplicaIndex(1));
             headers_body(2)
         }
         Command::RequestStartView => {
-            (h.context, h.view, h.replica) = (CONTEXT, VIEW, 2);
+            (h.context, h.view, h.replica) = (CONTEXT, VIEW, ReplicaIndex(2));
             vec![]
         }
         Command::RequestHeaders => {
-            (h.op_min, h.op, h.view, h.replica) = (OP_MIN, OP, VIEW, 2);
+            (h.op_min, h.op, h.view, h.replica) = (OP_MIN, OP, VIEW, ReplicaIndex(2));
             vec![]
         }
         Command::RequestPrepare | Command::NackPrepare => {
-            (h.op, h.context, h.view, h.replica) = (OP, CONTEXT, VIEW, 2);
+            (h.op, h.context, h.view, h.replica) = (OP, CONTEXT, VIEW, ReplicaIndex(2));
             vec![]
         }
         Command::Headers => {
-            (h.op_min, h.op, h.view, h.replica) = (OP_MIN, OP, VIEW, 1);
+            (h.op_min, h.op, h.view, h.replica) = (OP_MIN, OP, VIEW, ReplicaIndex(1));
             headers_body(1)
         }
         Command::RequestReply => {
-            (h.op, h.client, h.context, h.view, h.replica) = (OP, CLIENT, CONTEXT, VIEW, 2);
+            (h.op, h.client, h.context, h.view, h.replica) =
+                (OP, CLIENT, CONTEXT, VIEW, ReplicaIndex(2));
             vec![]
         }
         Command::Eviction => {
-            (h.client, h.view, h.replica) = (CLIENT, VIEW, 1);
+            (h.client, h.view, h.replica) = (CLIENT, VIEW, ReplicaIndex(1));
             h.context = u128::from(EvictionReason::SessionEvicted as u32);
             vec![]
         }
         Command::RequestBlocks => {
-            (h.checkpoint_op, h.view, h.replica) = (CHECKPOINT, VIEW, 2);
+            (h.checkpoint_op, h.view, h.replica) = (CHECKPOINT, VIEW, ReplicaIndex(2));
             vec![0xB1; 2 * 16]
         }
         Command::Block => {
-            (h.op, h.context, h.checkpoint_op, h.replica) = (4096, CONTEXT, CHECKPOINT, 1);
+            (h.op, h.context, h.checkpoint_op, h.replica) =
+                (4096, CONTEXT, CHECKPOINT, ReplicaIndex(1));
             vec![0xB7; 512]
         }
         Command::RequestSyncCheckpoint => {
-            (h.checkpoint_op, h.view, h.replica) = (CHECKPOINT, VIEW, 2);
+            (h.checkpoint_op, h.view, h.replica) = (CHECKPOINT, VIEW, ReplicaIndex(2));
             vec![]
         }
         Command::SyncCheckpoint => {
             (h.checkpoint_op, h.commit, h.context) = (CHECKPOINT, COMMIT, CONTEXT);
-            (h.view, h.replica) = (VIEW, 1);
+            (h.view, h.replica) = (VIEW, ReplicaIndex(1));
             vec![0x5C; 64]
         }
     };
@@ -434,7 +441,7 @@ impl Field {
             Field::Context => h.context,
             Field::Request => u128::from(h.request),
             Field::LogView => u128::from(h.log_view.get()),
-            Field::Replica => u128::from(h.replica),
+            Field::Replica => u128::from(h.replica.get()),
             Field::Operation => u128::from(h.operation),
         }
     }
@@ -453,7 +460,7 @@ impl Field {
             Field::Context => h.context = u128::from(value),
             Field::Request => h.request = value as u32,
             Field::LogView => h.log_view = View(value as u32),
-            Field::Replica => h.replica = value as u8,
+            Field::Replica => h.replica = ReplicaIndex(value as u8),
             Field::Operation => h.operation = value as u8,
         }
     }
@@ -602,7 +609,9 @@ fn values_at_each_boundary_are_accepted() {
         accepted.push((name, header));
     };
     case("block of message_size_max", Command::Block, |h| h.size = MESSAGE_SIZE_MAX as u32);
-    case("last replica index", Command::Ping, |h| h.replica = (REPLICAS_MAX - 1) as u8);
+    case("last replica index", Command::Ping, |h| {
+        h.replica = ReplicaIndex((REPLICAS_MAX - 1) as u8)
+    });
     case("prepare commit one below op", Command::Prepare, |h| h.commit = h.op - 1);
     case("prepare commit zero", Command::Prepare, |h| h.commit = 0);
     case("reply commit above op", Command::Reply, |h| h.commit = h.op + 1);
@@ -676,9 +685,13 @@ fn header_with_size_above_message_size_max_is_rejected() {
 fn header_with_replica_index_out_of_range_is_rejected() {
     // Goal: a replica index is below REPLICAS_MAX for every command.
     for replica in [REPLICAS_MAX as u8, u8::MAX] {
-        rejects(valid(Command::Ping), |h| h.replica = replica, "replica index out of range");
+        rejects(
+            valid(Command::Ping),
+            |h| h.replica = ReplicaIndex(replica),
+            "replica index out of range",
+        );
         let reason = "replica index out of range";
-        rejects(valid(Command::PingClient), |h| h.replica = replica, reason);
+        rejects(valid(Command::PingClient), |h| h.replica = ReplicaIndex(replica), reason);
     }
 }
 
@@ -785,7 +798,7 @@ fn start_view_with_a_log_view_is_rejected() {
 #[test]
 fn request_with_a_replica_is_rejected() {
     // Goal: a client's request names no replica.
-    rejects(valid(Command::Request), |h| h.replica = 1, "replica must be zero");
+    rejects(valid(Command::Request), |h| h.replica = ReplicaIndex(1), "replica must be zero");
 }
 
 #[test]
@@ -1292,7 +1305,7 @@ fn fields_are_little_endian_at_their_offsets() {
         ("commit", 80, 8, |h, v| h.commit = v as u64),
         ("protocol", 88, 2, |h, v| h.protocol = v as u16),
         ("command", 90, 1, |h, v| h.command = v as u8),
-        ("replica", 91, 1, |h, v| h.replica = v as u8),
+        ("replica", 91, 1, |h, v| h.replica = ReplicaIndex(v as u8)),
         ("size", 92, 4, |h, v| h.size = v as u32),
         ("timestamp", 96, 8, |h, v| h.timestamp = v as u64),
         ("client", 104, 8, |h, v| h.client = v as u64),

@@ -9,6 +9,7 @@ use crate::sim::storage::MemoryStorage;
 use crate::stdx::prng::Prng;
 use crate::vsr::format::format;
 use crate::vsr::header::Operation;
+use crate::vsr::header::ReplicaIndex;
 use crate::vsr::storage::{Completion, IoKind, IoRequest};
 
 const CLUSTER: ClusterId = 9;
@@ -18,7 +19,7 @@ const MESSAGE_SIZE_MAX: usize = 12288;
 const BODY_SIZE_TWO_SECTORS: usize = 6000;
 
 fn config() -> Config {
-    let config = Config::small(CLUSTER, 0, 3);
+    let config = Config::small(CLUSTER, ReplicaIndex(0), 3);
     assert_eq!(u64::from(config.journal_slot_count), SLOT_COUNT);
     assert_eq!(config.message_size_max as usize, MESSAGE_SIZE_MAX);
     config

@@ -18,6 +18,7 @@ use super::{
 use crate::constants::{
     BACKUP_LIVENESS_TICKS, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, REPAIR_WINDOW_MAX, SECTOR_SIZE,
 };
+use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::{Checksum, Command, EvictionReason, Header, Op, Operation};
 use crate::vsr::journal;
 use crate::vsr::layout::Zone;
@@ -61,7 +62,7 @@ impl Replica {
             return;
         }
         prepared.durable = true;
-        prepared.ok_from |= 1 << self.config.replica;
+        prepared.ok_from |= self.config.replica.bit();
         if self.status == Status::Normal && self.is_primary() {
             self.commit_advance_primary(storage);
         } else {
@@ -440,7 +441,7 @@ impl Replica {
             let heard = self.backup_heard_tick[index];
             let live = heard > 0 && self.ticks < heard + BACKUP_LIVENESS_TICKS;
             let commit = self.backup_commit[index];
-            if replica != self.config.replica && live && commit >= window_start {
+            if replica != self.config.replica.get() && live && commit >= window_start {
                 commit_min = commit_min.min(commit);
             }
         }
@@ -530,7 +531,7 @@ impl Replica {
         timeout.start();
         self.commit_heartbeat_sent = self.commit_min;
         for replica in 0..self.config.replica_count {
-            if replica == self.config.replica {
+            if replica == self.config.replica.get() {
                 continue;
             }
             let mut header = self.header_new(Command::Commit);
@@ -538,7 +539,7 @@ impl Replica {
             header.context = self.commit_checksum;
             header.checkpoint_op = self.checkpoint_op;
             header.timestamp = self.ticks;
-            self.send_header(Destination::Replica(replica), header);
+            self.send_header(Destination::Replica(ReplicaIndex(replica)), header);
         }
     }
 }

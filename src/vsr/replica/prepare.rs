@@ -18,6 +18,7 @@ use crate::constants::{
 };
 use crate::state_machine::request_invalid;
 use crate::vsr::client_sessions::{RequestDisposition, session_chain};
+use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::{ClientId, Command, EvictionReason, Header, Operation};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
@@ -192,8 +193,8 @@ impl Replica {
             Prepared { message: message.clone(), durable: false, ok_from: 0, acknowledged: false };
         self.pipeline.push_back(prepared);
         for replica in 0..self.config.replica_count {
-            if replica != self.config.replica {
-                self.send(Destination::Replica(replica), message.clone());
+            if replica != self.config.replica.get() {
+                self.send(Destination::Replica(ReplicaIndex(replica)), message.clone());
             }
         }
         self.journal.write_prepare(storage, message);
@@ -380,7 +381,7 @@ impl Replica {
         if prepared.message.header().checksum != header.context {
             return;
         }
-        prepared.ok_from |= 1 << header.replica;
+        prepared.ok_from |= header.replica.bit();
         self.commit_advance_primary(storage);
     }
 
@@ -405,8 +406,8 @@ impl Replica {
             }
             let (ok_from, message) = (prepared.ok_from, prepared.message.clone());
             for replica in 0..self.config.replica_count {
-                if replica != self.config.replica && ok_from & (1 << replica) == 0 {
-                    self.send(Destination::Replica(replica), message.clone());
+                if replica != self.config.replica.get() && ok_from & (1 << replica) == 0 {
+                    self.send(Destination::Replica(ReplicaIndex(replica)), message.clone());
                     resent = true;
                 }
             }

@@ -29,6 +29,7 @@
 //! and views only grow.
 
 use super::{Destination, Replica, Status};
+use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::{Command, Header, View};
 use crate::vsr::storage::Storage;
 use crate::vsr::timeout::TimeoutKind;
@@ -84,8 +85,8 @@ impl Replica {
         header.context = self.rejoin.nonce;
         for replica in 0..self.config.replica_count {
             let answered = self.rejoin.answered & (1 << replica) != 0;
-            if replica != self.config.replica && !answered {
-                self.send_header(Destination::Replica(replica), header);
+            if replica != self.config.replica.get() && !answered {
+                self.send_header(Destination::Replica(ReplicaIndex(replica)), header);
             }
         }
     }
@@ -112,7 +113,7 @@ impl Replica {
         if !self.rejoin.learning || header.context != self.rejoin.nonce {
             return;
         }
-        self.rejoin.answered |= 1 << header.replica;
+        self.rejoin.answered |= header.replica.bit();
         self.rejoin.view_max = self.rejoin.view_max.max(header.view);
         let peers = usize::from(self.config.replica_count) - 1;
         let needed = self.quorum_replication().min(peers);

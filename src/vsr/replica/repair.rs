@@ -73,7 +73,7 @@ impl LogTarget {
             known_min: 1,
             parent_low: 0,
             headers: vec![Header::zeroed(); slot_count],
-            source: 0,
+            source: ReplicaIndex(0),
             attempts: 0,
             beyond_window: false,
         }
@@ -325,7 +325,7 @@ impl Replica {
             && op > self.commit_max
             && self.pipeline.len() < PIPELINE_BACKUP_MAX;
         if fits {
-            let ok_from = 1u8 << self.config.replica;
+            let ok_from = self.config.replica.bit();
             let prepared = Prepared { message, durable: true, ok_from, acknowledged: false };
             self.pipeline.push_front(prepared);
         }
@@ -381,7 +381,7 @@ impl Replica {
             return source;
         }
         let offset = 1 + (attempt / 2) % (replica_count - 1);
-        ((u64::from(self.config.replica) + offset) % replica_count) as ReplicaIndex
+        ReplicaIndex(((u64::from(self.config.replica.get()) + offset) % replica_count) as u8)
     }
 
     fn request_headers_send(&mut self) {

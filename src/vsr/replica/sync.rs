@@ -131,7 +131,7 @@ impl SyncState {
     pub fn new() -> SyncState {
         SyncState {
             phase: Phase::Idle,
-            source: 0,
+            source: ReplicaIndex(0),
             attempts: 0,
             checkpoint_op: 0,
             checkpoint_checksum: 0,

@@ -33,7 +33,7 @@ pub(crate) fn small_config() -> Config {
         message_size_max: 64 * 1024,
         grid_size: 64 * 1024 * 1024,
         streams_max: 64,
-        ..Config::small(11, 0, 1)
+        ..Config::small(11, ReplicaIndex(0), 1)
     }
 }
 
@@ -449,7 +449,7 @@ mod cluster {
     }
 
     fn config(replica: u8, replica_count: u8) -> Config {
-        Config { replica, replica_count, ..small_config() }
+        Config { replica: ReplicaIndex(replica), replica_count, ..small_config() }
     }
 
     impl Cluster {
@@ -487,9 +487,11 @@ mod cluster {
 
         fn deliver(&mut self, from: u8, destination: Destination, message: Message) {
             match destination {
-                Destination::Client(client) => self.to_clients.push((from, client, message)),
+                Destination::Client(client) => {
+                    self.to_clients.push((ReplicaIndex(from), client, message))
+                }
                 Destination::Replica(replica) => {
-                    let node = &mut self.nodes[replica as usize];
+                    let node = &mut self.nodes[usize::from(replica)];
                     if !node.up {
                         return;
                     }
@@ -944,7 +946,7 @@ mod faulty_wal {
         let mut prepares = Vec::new();
         while let Some((destination, message)) = cluster.nodes[0].harness.replica.poll_send() {
             let prepare = message.header().command() == Some(Command::Prepare);
-            if destination == Destination::Replica(1) && prepare {
+            if destination == Destination::Replica(ReplicaIndex(1)) && prepare {
                 prepares.push(message);
             }
         }
@@ -980,7 +982,7 @@ mod faulty_wal {
         let view = cluster.nodes[1].harness.replica.view();
         assert!(view > View(0), "no view change");
         let primary = view.primary(3);
-        cluster.call(primary, 8, 0, Operation::Register, &[]);
+        cluster.call(primary.get(), 8, 0, Operation::Register, &[]);
         cluster.tick(5);
         // Every replica agrees on op 1, whichever it is (R1's, never committed, may be cut).
         let committed = cluster.nodes[usize::from(primary)].harness.replica.prepare_header(1);
@@ -1103,7 +1105,7 @@ mod faulty_wal {
         let n = cluster.nodes[0].harness.replica.op();
         let old_start_view = {
             let replica = &mut cluster.nodes[0].harness.replica;
-            replica.send_start_view(1, 0);
+            replica.send_start_view(ReplicaIndex(1), 0);
             let mut found = None;
             while let Some((_, message)) = replica.poll_send() {
                 if message.header().command() == Some(Command::StartView) {

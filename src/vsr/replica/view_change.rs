@@ -225,7 +225,7 @@ fn canonical_sound(
     if !received().all(|(_, record)| covered(record)) {
         return None;
     }
-    Some(best as ReplicaIndex)
+    Some(ReplicaIndex(best as u8))
 }
 
 /// The log with the highest (log_view, op), sound or faulty, when every sound one may lack a
@@ -246,7 +246,7 @@ fn canonical_highest(
     let beyond_head = |record: &DoViewChangeRecord| record.op_min > canonical.op + 1;
     let acknowledgers = received().filter(|(_, record)| beyond_head(record)).count();
     let unheard = records.len() - received().count();
-    (acknowledgers + unheard < quorum_replication).then_some(best as ReplicaIndex)
+    (acknowledgers + unheard < quorum_replication).then_some(ReplicaIndex(best as u8))
 }
 
 /// Timeouts and votes.
@@ -332,7 +332,7 @@ impl Replica {
             .filter(|replica| {
                 let heard_tick = self.backup_heard_tick[usize::from(*replica)];
                 let live = heard_tick > 0 && self.ticks < heard_tick + BACKUP_LIVENESS_TICKS;
-                *replica == self.config.replica || live
+                *replica == self.config.replica.get() || live
             })
             .count();
         if heard < self.quorum_replication() || stalled_ticks > 4 * PRIMARY_ABDICATE_TICKS {
@@ -351,7 +351,7 @@ impl Replica {
         if self.view_change.votes == 0 {
             self.timeouts[TimeoutKind::VoteWindow].start();
         }
-        let bit = 1u8 << self.config.replica;
+        let bit = self.config.replica.bit();
         let new = self.view_change.votes & bit == 0;
         self.view_change.votes |= bit;
         if new || send {
@@ -383,7 +383,7 @@ impl Replica {
         if self.view_change.votes == 0 {
             self.timeouts[TimeoutKind::VoteWindow].start();
         }
-        self.view_change.votes |= 1 << header.replica;
+        self.view_change.votes |= header.replica.bit();
         self.votes_count(storage);
     }
 
@@ -419,8 +419,8 @@ impl Replica {
             1
         };
         for replica in 0..self.config.replica_count {
-            if replica != self.config.replica {
-                self.send_header(Destination::Replica(replica), header);
+            if replica != self.config.replica.get() {
+                self.send_header(Destination::Replica(ReplicaIndex(replica)), header);
             }
         }
     }
@@ -435,7 +435,7 @@ impl Replica {
         self.view_enter(storage, view);
         // Tell the others: this replica's vote may complete their quorum.
         self.view_change.vote_view = view;
-        self.view_change.votes |= 1 << self.config.replica;
+        self.view_change.votes |= self.config.replica.bit();
         self.send_start_view_change(view);
         self.view_change_resend(storage);
     }
@@ -470,7 +470,7 @@ impl Replica {
             self.view_change.votes = 0;
         }
         self.request_queue.clear();
-        let bit = 1u8 << self.config.replica;
+        let bit = self.config.replica.bit();
         for prepared in self.pipeline.iter_mut() {
             prepared.acknowledged = false;
             prepared.ok_from = if prepared.durable { bit } else { 0 };
@@ -803,14 +803,14 @@ impl Replica {
         self.commit_heartbeat_sent = 0;
         self.timeouts[TimeoutKind::CommitHeartbeat].stop();
         self.timeouts[TimeoutKind::Prepare].stop();
-        let bit = 1u8 << self.config.replica;
+        let bit = self.config.replica.bit();
         for prepared in self.pipeline.iter_mut() {
             assert!(prepared.durable);
             prepared.ok_from = bit;
         }
         for replica in 0..self.config.replica_count {
-            if replica != self.config.replica {
-                self.send_start_view(replica, 0);
+            if replica != self.config.replica.get() {
+                self.send_start_view(ReplicaIndex(replica), 0);
             }
         }
         self.commit_advance_primary(storage);
@@ -937,10 +937,10 @@ mod tests {
         let faulty = record(View(28), 143, 160);
         let sound = record(View(27), 141, 142);
         let older = record(View(26), 141, 142);
-        assert_eq!(canonical_choose(&[faulty, older, sound], 2), Some(2));
+        assert_eq!(canonical_choose(&[faulty, older, sound], 2), Some(ReplicaIndex(2)));
         assert_eq!(canonical_choose(&[faulty, DoViewChangeRecord::EMPTY, sound], 2), None);
         let newer_sound = record(View(28), 143, 144);
-        assert_eq!(canonical_choose(&[faulty, newer_sound, sound], 2), Some(1));
+        assert_eq!(canonical_choose(&[faulty, newer_sound, sound], 2), Some(ReplicaIndex(1)));
     }
 
     #[test]
@@ -952,10 +952,10 @@ mod tests {
         // canonical. With a third replica of view 28 not heard from, it could have: wait.
         let faulty = record(View(28), 143, 160);
         let bound = record(View(27), 141, 143);
-        assert_eq!(canonical_choose(&[faulty, bound], 2), Some(0));
+        assert_eq!(canonical_choose(&[faulty, bound], 2), Some(ReplicaIndex(0)));
         assert_eq!(canonical_choose(&[faulty, bound, DoViewChangeRecord::EMPTY], 2), None);
         let intact = record(View(28), 143, 144);
-        assert_eq!(canonical_choose(&[faulty, bound, intact], 2), Some(2));
+        assert_eq!(canonical_choose(&[faulty, bound, intact], 2), Some(ReplicaIndex(2)));
         // R1 of view 27 holds ops up to 150, which may have committed in view 27 with R0's
         // acknowledgement and then been cut from R0's chain by its fault: with R2 unheard,
         // neither log may be taken.
@@ -963,6 +963,6 @@ mod tests {
         assert_eq!(canonical_choose(&[faulty, longer, DoViewChangeRecord::EMPTY], 2), None);
         // With two replicas, R0 alone could not have committed in view 28: R1's log holds
         // everything committed.
-        assert_eq!(canonical_choose(&[faulty, longer], 2), Some(1));
+        assert_eq!(canonical_choose(&[faulty, longer], 2), Some(ReplicaIndex(1)));
     }
 }

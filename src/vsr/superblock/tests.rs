@@ -13,10 +13,11 @@ use crate::constants::{
 use crate::sim::storage::MemoryStorage;
 use crate::stdx::prng::Prng;
 use crate::vsr::format::format;
+use crate::vsr::header::ReplicaIndex;
 use crate::vsr::layout::Layout;
 
 fn small_config() -> Config {
-    Config::small(9, 1, 3)
+    Config::small(9, ReplicaIndex(1), 3)
 }
 
 fn formatted_storage() -> MemoryStorage {
