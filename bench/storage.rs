@@ -20,7 +20,7 @@ use kimberlite::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, SECTOR_SIZE};
 use kimberlite::io::data_file;
 use kimberlite::io::format::format_file;
 use kimberlite::io::storage::IoStorage;
-use kimberlite::vsr::header::ReplicaIndex;
+use kimberlite::vsr::header::{ClusterId, ReplicaIndex};
 use kimberlite::vsr::layout::{Config, Layout, Zone};
 use kimberlite::vsr::message_pool::{Message, MessagePool};
 use kimberlite::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
@@ -60,7 +60,7 @@ fn main() {
     println!("  scratch directory  {}", scratch.directory.display());
     println!("  load average       {} (before)", load_average());
 
-    let config = Config::new(0, ReplicaIndex(0), 1);
+    let config = Config::new(ClusterId(0), ReplicaIndex(0), 1);
     let layout = Layout::new(&config);
     bench_format(&path, &config);
 
@@ -96,7 +96,7 @@ fn options() -> Options {
 fn bench_format(path: &Path, config: &Config) {
     let report = format_file(path, config).unwrap_or_else(|error| panic!("format: {error}"));
     println!();
-    println!("(a) format the default data file, Config::new(0, ReplicaIndex(0), 1)");
+    println!("(a) format the default data file, Config::new(ClusterId(0), ReplicaIndex(0), 1)");
     println!("  {:<16} {:>16} {:>16}", "zone", "offset (bytes)", "size");
     for extent in report.zones {
         let size = format_size(extent.size_bytes);

@@ -47,7 +47,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             addresses: Vec::new(),
-            cluster: 0,
+            cluster: ClusterId(0),
             clients: 4,
             events: 1_000_000,
             event_size: 128,
@@ -128,7 +128,7 @@ impl LocalCluster {
             directory,
             children: Vec::new(),
             addresses: Vec::new(),
-            cluster: u64::from(std::process::id()),
+            cluster: ClusterId(u64::from(std::process::id())),
         };
         if let Err(error) = cluster.spawn(options) {
             cluster.stop();

@@ -7,6 +7,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use crate::constants::{BLOCK_SIZE, REPLICAS_MAX};
 use crate::sim::vopr::Invocation;
+use crate::vsr::header::ClusterId;
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::layout::Config;
 
@@ -91,7 +92,7 @@ fn format_config(arguments: &Arguments) -> Result<Config, String> {
         .integer::<u64>("replica")?
         .try_into()
         .map_err(|_| "replica index must be less than the replica count".to_string())?;
-    let mut config = Config::new(cluster, ReplicaIndex(replica), replica_count);
+    let mut config = Config::new(ClusterId(cluster), ReplicaIndex(replica), replica_count);
     if let Some(size) = arguments.flag("grid-size") {
         config.grid_size = parse_size(size)?;
         if !config.grid_size.is_multiple_of(BLOCK_SIZE as u64) {

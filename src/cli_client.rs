@@ -13,6 +13,7 @@ use crate::state_machine::types::{
     AppendResult, CreateStream, CreateStreamResult, EventRecord, ReadLog, ReadReplyHeader,
     ReadStream, ResultCode, StreamInfo, StreamInfoReply, append_batch_body, padded_size,
 };
+use crate::vsr::header::ClusterId;
 use crate::vsr::header::Operation;
 
 /// The exit code for "the cluster said no".
@@ -27,7 +28,7 @@ pub fn command_client(arguments: &[String]) -> Result<(), String> {
     let Some((command, rest)) = arguments.positionals.split_first() else {
         return Err("missing command: create-stream, append, read, read-log or info".to_string());
     };
-    let mut client = Client::new(cluster, &addresses, MESSAGE_SIZE_MAX);
+    let mut client = Client::new(ClusterId(cluster), &addresses, MESSAGE_SIZE_MAX);
     let code = match command.as_str() {
         "create-stream" => create_stream(&mut client, rest)?,
         "append" => append(&mut client, &arguments, rest)?,

@@ -104,7 +104,7 @@ impl Client {
         };
         let id = random_client_id();
         Client {
-            core: ClientCore::new(options, id, id.rotate_left(17)),
+            core: ClientCore::new(options, id, id.get().rotate_left(17)),
             addresses: addresses.to_vec(),
             stream: None,
             message_size_max,
@@ -371,7 +371,7 @@ fn random_client_id() -> ClientId {
             .unwrap_or(1);
         id = nanos ^ u64::from(std::process::id()).rotate_left(32) | 1;
     }
-    id
+    ClientId(id)
 }
 
 /// A random client id other than `id` (for the new session after an eviction).

@@ -96,7 +96,7 @@ pub fn superblock_open(data: &[u8]) {
 
 /// Formats the superblock zone and applies `updates` updates.
 fn superblock_valid_image(storage: &mut MemoryStorage, updates: u8) {
-    let config = Config::new(5, ReplicaIndex(1), 3);
+    let config = Config::new(ClusterId(5), ReplicaIndex(1), 3);
     let mut superblock = SuperBlockHeader::format(&config);
     for copy in 0..SUPERBLOCK_COPIES {
         superblock.copy = copy as u16;
@@ -113,7 +113,7 @@ fn superblock_valid_image(storage: &mut MemoryStorage, updates: u8) {
     }
 }
 
-const JOURNAL_CLUSTER: ClusterId = 11;
+const JOURNAL_CLUSTER: ClusterId = ClusterId(11);
 const JOURNAL_SLOT_COUNT: u64 = 64;
 const JOURNAL_MESSAGE_SIZE_MAX: usize = 12288;
 /// A body that makes a prepare span two sectors, so that a crash can tear it.

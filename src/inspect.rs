@@ -15,6 +15,7 @@ use std::path::Path;
 use crate::constants::{BLOCK_SIZE, JOURNAL_IOPS_READ_MAX};
 use crate::io::IoStorage;
 use crate::state_machine::grid_block_invalid;
+use crate::vsr::header::ClientId;
 use crate::vsr::header::View;
 use crate::vsr::header::{Checksum, checksum_chain};
 use crate::vsr::journal::{Decision, EntrySummary, Journal, RecoveryReport};
@@ -185,8 +186,12 @@ fn write_config(text: &mut String, working: &SuperBlockHeader) {
         working.vsr_state.streams_table_address,
         working.vsr_state.streams_table_blocks
     );
-    let sessions =
-        working.vsr_state.client_sessions.iter().filter(|record| record.client != 0).count();
+    let sessions = working
+        .vsr_state
+        .client_sessions
+        .iter()
+        .filter(|record| record.client != ClientId(0))
+        .count();
     let _ = writeln!(text, "  client sessions: {sessions}");
 }
 

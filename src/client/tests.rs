@@ -13,7 +13,7 @@ use zerocopy::IntoBytes;
 use super::*;
 use crate::vsr::header::View;
 
-const CLUSTER: ClusterId = 77;
+const CLUSTER: ClusterId = ClusterId(77);
 const MESSAGE_SIZE_MAX: usize = 64 * 1024;
 
 /// What the fake replica does with one request.

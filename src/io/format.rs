@@ -128,10 +128,11 @@ mod tests {
     use crate::constants::SECTOR_SIZE;
     use crate::io::scratch::ScratchDirectory;
     use crate::vsr::format::fill_range;
+    use crate::vsr::header::ClusterId;
     use crate::vsr::header::ReplicaIndex;
 
     fn small_config() -> Config {
-        Config::small(5, ReplicaIndex(0), 1)
+        Config::small(ClusterId(5), ReplicaIndex(0), 1)
     }
 
     #[test]

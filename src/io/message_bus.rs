@@ -334,7 +334,7 @@ impl MessageBus {
             addresses: [None; REPLICAS_MAX],
             replica_connections: [None; REPLICAS_MAX],
             dials: [dial; REPLICAS_MAX],
-            prng: Prng::new(cluster ^ (u64::from(replica.get()) << 56)),
+            prng: Prng::new(cluster.get() ^ (u64::from(replica.get()) << 56)),
             inbox: VecDeque::with_capacity(INBOX_MAX),
             ticks: 0,
             metrics: BusMetrics::default(),
@@ -362,7 +362,7 @@ impl MessageBus {
     /// Queues `message` for the connection of `client`. Returns false, dropping the message, if
     /// the client is not connected or its send queue is full.
     pub fn send_to_client(&mut self, io: &mut Io, client: ClientId, message: Message) -> bool {
-        assert_ne!(client, 0);
+        assert_ne!(client, ClientId::NONE);
         let found = self.connections.iter().position(|connection| {
             connection.state == ConnectionState::Connected
                 && connection.peer == Peer::Client(client)
@@ -800,7 +800,8 @@ impl MessageBus {
         let client_count = self.connections.iter().filter(is_client).count();
         assert!(client_count <= self.client_connections_max());
         if client_count == self.client_connections_max() {
-            let superseded = |peer| peer == Peer::Client(0) || peer == Peer::Client(client);
+            let superseded =
+                |peer| peer == Peer::Client(ClientId(0)) || peer == Peer::Client(client);
             let Some(oldest) = self.accepted_oldest(superseded) else {
                 self.metrics.connections_clients_over_limit += 1;
                 return Err(CloseReason::ClientsFull);
@@ -820,14 +821,14 @@ impl MessageBus {
     /// Records that `client` lives on connection `index`. A client that reconnects supersedes
     /// its older connection.
     fn client_learn(&mut self, index: usize, client: ClientId) {
-        assert_ne!(client, 0, "validated headers of requests and pings name a client");
+        assert_ne!(client, ClientId::NONE, "validated headers of requests and pings name a client");
         assert!(matches!(self.connections[index].peer, Peer::Unknown | Peer::Client(_)));
         if self.connections[index].peer == Peer::Client(client) {
             return;
         }
         for connection in self.connections.iter_mut() {
             if connection.peer == Peer::Client(client) {
-                connection.peer = Peer::Client(0);
+                connection.peer = Peer::Client(ClientId(0));
             }
         }
         self.connections[index].peer = Peer::Client(client);

@@ -322,14 +322,14 @@ mod tests {
     use crate::constants::HEADER_SIZE;
     use crate::io::format::format_file;
     use crate::io::scratch::ScratchDirectory;
-    use crate::vsr::header::{ClientId, Command, Header, Operation};
+    use crate::vsr::header::{ClientId, ClusterId, Command, Header, Operation};
 
     fn small_config(replica_count: u8) -> Config {
         Config {
             message_size_max: 64 * 1024,
             grid_size: 8 * 1024 * 1024,
             streams_max: 64,
-            ..Config::small(21, ReplicaIndex(0), replica_count)
+            ..Config::small(ClusterId(21), ReplicaIndex(0), replica_count)
         }
     }
 
@@ -393,7 +393,7 @@ mod tests {
         let address = address_receiver.recv_timeout(Duration::from_secs(30)).unwrap();
         let mut client = TcpStream::connect(address).unwrap();
         client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let client_id: ClientId = 0x5EED;
+        let client_id: ClientId = ClientId(0x5EED);
         let mut ping = Header::new(Command::PingClient, config.cluster);
         ping.client = client_id;
         ping.timestamp = 77;

@@ -446,7 +446,7 @@ mod tests {
     use crate::vsr::header::ReplicaIndex;
     use crate::vsr::header::{Command, View};
 
-    const CLUSTER: ClusterId = 7;
+    const CLUSTER: ClusterId = ClusterId(7);
 
     /// A prepare of `client`'s `request` at `op`, chained to `parent`.
     fn prepare(op: Op, parent: Checksum, client: ClientId, request: u32) -> Header {
@@ -468,7 +468,7 @@ mod tests {
         let mut headers = vec![Header::root_prepare(CLUSTER)];
         for op in 1..=count {
             let parent = headers[op as usize - 1].checksum;
-            headers.push(prepare(op, parent, 9, op as u32));
+            headers.push(prepare(op, parent, ClientId(9), op as u32));
         }
         headers
     }
@@ -521,7 +521,7 @@ mod tests {
         // Goal: a second replica committing another prepare at an op is caught.
         let log = chain(5);
         let mut divergent = log.clone();
-        divergent[3] = prepare(3, log[2].checksum, 10, 1);
+        divergent[3] = prepare(3, log[2].checksum, ClientId(10), 1);
         let mut checker = Checker::new(CLUSTER, 2);
         commits(&mut checker, 0, 5, &log).unwrap();
         let result = commits(&mut checker, 1, 5, &divergent);
@@ -532,7 +532,7 @@ mod tests {
     fn commit_that_does_not_chain_breaks_the_prefix() {
         // Goal: the history grows only by a prepare whose parent is the previous op.
         let mut log = chain(4);
-        log[4] = prepare(4, 0xDEAD, 9, 4);
+        log[4] = prepare(4, 0xDEAD, ClientId(9), 4);
         let mut checker = Checker::new(CLUSTER, 1);
         let result = commits(&mut checker, 0, 4, &log);
         assert!(matches!(result, Err(Violation::Chain { replica: 0, op: 4, .. })));
@@ -555,7 +555,7 @@ mod tests {
         checker.replica_restarted(0);
         assert_eq!(commits(&mut checker, 0, 3, &log), Ok(6));
         let mut forked = log.clone();
-        forked[4] = prepare(4, log[3].checksum, 11, 1);
+        forked[4] = prepare(4, log[3].checksum, ClientId(11), 1);
         let result = commits(&mut checker, 0, 4, &forked);
         assert!(matches!(result, Err(Violation::Agreement { op: 4, .. })));
     }
@@ -564,15 +564,19 @@ mod tests {
     fn request_committed_at_two_ops_breaks_dedup() {
         // Goal: one (client, request) at two ops is caught; a register may repeat.
         let mut log = chain(3);
-        log[3] = prepare(3, log[2].checksum, 9, 2);
+        log[3] = prepare(3, log[2].checksum, ClientId(9), 2);
         let mut checker = Checker::new(CLUSTER, 1);
         let result = commits(&mut checker, 0, 3, &log);
-        let expected =
-            Violation::RequestCommittedTwice { client: 9, request: 2, first: 2, second: 3 };
+        let expected = Violation::RequestCommittedTwice {
+            client: ClientId(9),
+            request: 2,
+            first: 2,
+            second: 3,
+        };
         assert_eq!(result, Err(expected));
         let mut registers = chain(2);
         for op in 1..=2u64 {
-            let mut register = prepare(op, registers[op as usize - 1].checksum, 9, 0);
+            let mut register = prepare(op, registers[op as usize - 1].checksum, ClientId(9), 0);
             register.operation = Operation::Register as u8;
             register.set_checksum();
             registers[op as usize] = register;
@@ -588,11 +592,14 @@ mod tests {
         let log = chain(3);
         let mut checker = Checker::new(CLUSTER, 1);
         let mut reply = reply_to(&log[2]);
-        reply.client = 77;
+        reply.client = ClientId(77);
         checker.reply(&reply).unwrap();
         assert_eq!(checker.replies_unverified_count(), 1);
         let result = commits(&mut checker, 0, 3, &log);
-        assert!(matches!(result, Err(Violation::ReplyInconsistent { client: 77, op: 2, .. })));
+        assert!(matches!(
+            result,
+            Err(Violation::ReplyInconsistent { client: ClientId(77), op: 2, .. })
+        ));
         let mut checker = Checker::new(CLUSTER, 1);
         commits(&mut checker, 0, 3, &log).unwrap();
         let mut reply = reply_to(&log[3]);
@@ -637,7 +644,7 @@ mod tests {
     fn committed_timestamp_not_above_its_parent_is_caught() {
         // Goal: the history grows only by a prepare timestamped above its parent.
         let mut log = chain(4);
-        let mut early = prepare(4, log[3].checksum, 9, 4);
+        let mut early = prepare(4, log[3].checksum, ClientId(9), 4);
         early.timestamp = log[3].timestamp;
         early.set_checksum();
         log[4] = early;

@@ -34,6 +34,7 @@ use crate::stdx::allocation_guard;
 use crate::stdx::prng::Prng;
 use crate::vsr::accept::{accept, accept_bytes};
 use crate::vsr::format::fill_range;
+use crate::vsr::header::ClusterId;
 use crate::vsr::header::{Command, Op, ReplicaIndex, View};
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::message_pool::{Message, MessagePool, messages_max_replica};
@@ -129,7 +130,7 @@ impl ClusterOptions {
             clients_max,
             grid_size: 16 * 1024 * 1024,
             streams_max: 64,
-            ..Config::small(7, ReplicaIndex(0), replica_count)
+            ..Config::small(ClusterId(7), ReplicaIndex(0), replica_count)
         }
     }
 }
@@ -591,7 +592,7 @@ impl Cluster {
                 Some(Command::Eviction) => Event::Eviction,
                 _ => Event::Reply,
             };
-            let fields = [tick, client as u64, header.client, u64::from(header.request)];
+            let fields = [tick, client as u64, header.client.get(), u64::from(header.request)];
             self.trace.record(event, &fields);
         }
     }
@@ -681,7 +682,7 @@ impl Cluster {
         for (client, replica, message) in self.client_sends.drain(..) {
             let from = replica_count + client;
             let header = message.header();
-            let fields = [self.tick, client as u64, header.client, u64::from(header.request)];
+            let fields = [self.tick, client as u64, header.client.get(), u64::from(header.request)];
             self.trace.record(Event::Request, &fields);
             let to = usize::from(replica);
             self.network.send(&mut self.trace, self.tick, from, to, &message);

@@ -337,6 +337,8 @@ impl Network {
 mod tests {
     use super::*;
     use crate::constants::SECTOR_SIZE;
+    use crate::vsr::header::ClientId;
+    use crate::vsr::header::ClusterId;
     use crate::vsr::header::Command;
 
     fn options(latency: Latency) -> NetworkOptions {
@@ -353,8 +355,8 @@ mod tests {
     fn message(pool: &MessagePool, name: u64) -> Message {
         let mut message = pool.get();
         let header = message.header_mut();
-        *header = Header::new(Command::PingClient, 1);
-        header.client = 1;
+        *header = Header::new(Command::PingClient, ClusterId(1));
+        header.client = ClientId(1);
         header.timestamp = name;
         header.set_checksum_body(&[]);
         header.set_checksum();

@@ -210,8 +210,8 @@ impl Workload {
     /// A fresh, nonzero client id not used before, now belonging to client `index`.
     fn client_id_new(&mut self, index: usize) -> ClientId {
         loop {
-            let id = self.prng.next_u64();
-            if id != 0 && !self.client_ids.contains_key(&id) {
+            let id = ClientId(self.prng.next_u64());
+            if id != ClientId::NONE && !self.client_ids.contains_key(&id) {
                 self.client_ids.insert(id, index);
                 return id;
             }
@@ -569,7 +569,7 @@ mod tests {
         WorkloadOptions {
             client_count: 1,
             replica_count: 3,
-            cluster: 7,
+            cluster: ClusterId(7),
             message_size_max: 16 * 1024,
             request_timeout_ticks: 10,
             think_ticks_max: 0,

@@ -150,7 +150,7 @@ pub fn block_invalid(
     if header.version != BLOCK_VERSION {
         return Some("block: unknown version");
     }
-    if header.cluster != cluster {
+    if header.cluster != cluster.get() {
         return Some("block: belongs to another cluster");
     }
     let used = BLOCK_HEADER_SIZE as u64

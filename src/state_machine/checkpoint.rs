@@ -225,7 +225,7 @@ impl StateMachine {
         let mut header = BlockHeader::new_zeroed();
         header.kind = BlockKind::StreamsTable as u8;
         header.version = BLOCK_VERSION;
-        header.cluster = self.config.cluster;
+        header.cluster = self.config.cluster.get();
         header.address = progress.address + u64::from(index);
         header.ordinal = u64::from(index);
         header.position_first = progress.root.position_next;

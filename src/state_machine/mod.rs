@@ -712,7 +712,7 @@ impl StateMachine {
         let mut header = BlockHeader::new_zeroed();
         header.kind = BlockKind::Events as u8;
         header.version = BLOCK_VERSION;
-        header.cluster = self.config.cluster;
+        header.cluster = self.config.cluster.get();
         header.address = address;
         header.ordinal = ordinal;
         header.op_min = open.op_min;

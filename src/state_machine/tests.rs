@@ -24,7 +24,7 @@ fn small_config() -> Config {
         message_size_max: 65536,
         grid_size: 64 * MIB,
         streams_max: 64,
-        ..Config::small(1, ReplicaIndex(0), 1)
+        ..Config::small(ClusterId(1), ReplicaIndex(0), 1)
     }
 }
 
@@ -1274,7 +1274,7 @@ fn limits_bound_buffers_for_the_worst_commit() {
     assert_eq!((small.grid_blocks, small.levels, small.table_blocks_max), (128, 8, 1));
     assert_eq!(small.event_size_max, 65536 - 256 - 24 - 56);
     assert_eq!(small.seals_per_commit_max, 3);
-    let default = Limits::new(&Config::new(1, ReplicaIndex(0), 3));
+    let default = Limits::new(&Config::new(ClusterId(1), ReplicaIndex(0), 3));
     assert_eq!(
         (default.grid_blocks, default.levels, default.event_size_max),
         (2048, 12, EVENT_SIZE_MAX)

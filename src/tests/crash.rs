@@ -22,12 +22,12 @@ use kimberlite::state_machine::types::{
     AppendResult, CreateStream, EventRecord, ReadReplyHeader, ReadStream, ResultCode,
     append_batch_body, padded_size,
 };
-use kimberlite::vsr::header::{Operation, ReplicaIndex};
+use kimberlite::vsr::header::{ClientId, ClusterId, Operation, ReplicaIndex};
 use kimberlite::vsr::layout::{Config, Layout, Zone};
 use zerocopy::{FromBytes, IntoBytes};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_kimberlite");
-const CLUSTER: u64 = 42;
+const CLUSTER: ClusterId = ClusterId(42);
 const STREAMS: u64 = 3;
 const EVENT_SIZE: usize = 48;
 
@@ -551,7 +551,7 @@ fn replica_view(address: SocketAddr) -> Option<u64> {
     let mut stream = std::net::TcpStream::connect_timeout(&address, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     let mut ping = Header::new(Wire::PingClient, CLUSTER);
-    ping.client = 0xF00D_0000_0000 + u64::from(std::process::id());
+    ping.client = ClientId(0xF00D_0000_0000 + u64::from(std::process::id()));
     ping.timestamp = 1;
     ping.set_checksum_body(&[]);
     ping.set_checksum();

@@ -170,6 +170,7 @@ pub fn accept_framed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vsr::header::ClientId;
     use crate::vsr::message_pool::MessagePool;
 
     fn message_with(header: Header, body: &[u8]) -> Message {
@@ -189,38 +190,41 @@ mod tests {
         // Goal: a message `accept_bytes` let through becomes an `Accepted` with the same header
         // without a second pass over its body; its header is still checked against this
         // replica (cluster, size, command).
-        let block = Header::new(Command::Block, 7);
+        let block = Header::new(Command::Block, ClusterId(7));
         let message = message_with(block, &[3; 512]);
-        let framed = accept_bytes(message.buffer(), 7, 4096).expect("valid");
-        let accepted = accept_framed(message, &framed, 7, 4096).expect("framed");
+        let framed = accept_bytes(message.buffer(), ClusterId(7), 4096).expect("valid");
+        let accepted = accept_framed(message, &framed, ClusterId(7), 4096).expect("framed");
         assert_eq!(accepted.header(), &framed);
         let message = message_with(block, &[3; 512]);
-        let framed = accept_bytes(message.buffer(), 7, 4096).expect("valid");
-        assert_eq!(accept_framed(message, &framed, 8, 4096).err(), Some(Reject::Cluster));
+        let framed = accept_bytes(message.buffer(), ClusterId(7), 4096).expect("valid");
+        assert_eq!(
+            accept_framed(message, &framed, ClusterId(8), 4096).err(),
+            Some(Reject::Cluster)
+        );
     }
 
     #[test]
     fn a_replica_accepts_only_whole_checked_messages_of_its_cluster_that_it_may_be_sent() {
         // Goal: each rule refuses what it is for, with its own reason, and a valid message
         // passes whole; the header stage alone refuses before the body has arrived.
-        let ping = Header::new(Command::Ping, 7);
-        let accepted = accept(message_with(ping, &[]), 7, 4096).expect("valid");
+        let ping = Header::new(Command::Ping, ClusterId(7));
+        let accepted = accept(message_with(ping, &[]), ClusterId(7), 4096).expect("valid");
         assert_eq!(accepted.header().command(), Some(Command::Ping));
-        let cluster = accept(message_with(ping, &[]), 8, 4096).err();
+        let cluster = accept(message_with(ping, &[]), ClusterId(8), 4096).err();
         assert_eq!(cluster, Some(Reject::Cluster));
-        let block = Header::new(Command::Block, 7);
-        let size = accept(message_with(block, &[0; 512]), 7, 256).err();
+        let block = Header::new(Command::Block, ClusterId(7));
+        let size = accept(message_with(block, &[0; 512]), ClusterId(7), 256).err();
         assert_eq!(size, Some(Reject::Size));
-        let mut pong = Header::new(Command::PongClient, 7);
-        pong.client = 1;
-        let pong = accept(message_with(pong, &[]), 7, 4096).err();
+        let mut pong = Header::new(Command::PongClient, ClusterId(7));
+        pong.client = ClientId(1);
+        let pong = accept(message_with(pong, &[]), ClusterId(7), 4096).err();
         assert_eq!(pong, Some(Reject::Command));
         let mut torn = message_with(block, &[1; 64]);
         torn.buffer_mut_unique()[HEADER_SIZE] ^= 1;
-        assert_eq!(accept(torn, 7, 4096).err(), Some(Reject::BodyChecksum));
+        assert_eq!(accept(torn, ClusterId(7), 4096).err(), Some(Reject::BodyChecksum));
         let mut bad = message_with(ping, &[]);
         bad.buffer_mut_unique()[20] ^= 1;
-        let header = accept_header(&bad.buffer()[..HEADER_SIZE], 7, 4096);
+        let header = accept_header(&bad.buffer()[..HEADER_SIZE], ClusterId(7), 4096);
         assert!(matches!(header, Err(Reject::Header(_))));
         let indexes: Vec<usize> = [
             Reject::Header(""),

@@ -151,7 +151,7 @@ impl ClientCore {
         assert!(options.replica_count > 0);
         assert!(options.request_timeout > 0);
         assert!(options.request_timeout_max >= options.request_timeout);
-        assert_ne!(id, 0);
+        assert_ne!(id, ClientId::NONE);
         ClientCore {
             options,
             id,
@@ -219,7 +219,7 @@ impl ClientCore {
     pub fn session_new(&mut self, id: ClientId) {
         assert!(self.evicted);
         assert!(self.in_flight.is_none());
-        assert_ne!(id, 0);
+        assert_ne!(id, ClientId::NONE);
         assert_ne!(id, self.id);
         self.id = id;
         self.evicted = false;
@@ -441,7 +441,7 @@ mod tests {
 
     fn options() -> ClientOptions {
         ClientOptions {
-            cluster: 7,
+            cluster: ClusterId(7),
             replica_count: 3,
             request_timeout: 10,
             request_timeout_max: 40,
@@ -463,7 +463,7 @@ mod tests {
     }
 
     fn registered_core() -> ClientCore {
-        let mut core = ClientCore::new(options(), 5, 1);
+        let mut core = ClientCore::new(options(), ClientId(5), 1);
         let register = core.request_start(Operation::Register, &[], 0);
         assert_eq!(core.poll_send(0), Some(ReplicaIndex(0)));
         assert_eq!(core.on_message(&reply_to(&register, 1), 1), Outcome::Reply);
@@ -536,7 +536,7 @@ mod tests {
         assert_eq!(core.poll_send(10), Some(ReplicaIndex(0)));
         core.on_unreachable(11);
         assert_eq!(core.poll_send(12), Some(ReplicaIndex(1)));
-        let mut pong = Header::new(Command::PongClient, 7);
+        let mut pong = Header::new(Command::PongClient, ClusterId(7));
         pong.client = core.id();
         pong.view = View(5);
         assert_eq!(core.on_message(&pong, 13), Outcome::Redirect);
@@ -555,7 +555,7 @@ mod tests {
         let mut core = registered_core();
         core.request_start(Operation::Append, &[9; 24], 10);
         assert_eq!(core.poll_send(10), Some(ReplicaIndex(0)));
-        let mut pong = Header::new(Command::PongClient, 7);
+        let mut pong = Header::new(Command::PongClient, ClusterId(7));
         pong.client = core.id();
         let mut now = 10;
         for _ in 0..50 {
@@ -606,7 +606,7 @@ mod tests {
             ReplicaIndex(1),
             "timed out: the next replica"
         );
-        let mut pong = Header::new(Command::PongClient, 7);
+        let mut pong = Header::new(Command::PongClient, ClusterId(7));
         pong.client = core.id();
         pong.view = View(2);
         assert_eq!(core.on_message(&pong, now), Outcome::Redirect);
@@ -650,7 +650,7 @@ mod tests {
         core.poll_send(10);
         assert_eq!(core.on_message(&reply_to(&write, 2), 11), Outcome::Reply);
         core.request_start(Operation::Append, &[9; 24], 12);
-        let mut eviction = Header::new(Command::Eviction, 7);
+        let mut eviction = Header::new(Command::Eviction, ClusterId(7));
         eviction.client = core.id();
         eviction.context = u128::from(EvictionReason::NoSession as u32);
         assert_eq!(
@@ -658,13 +658,13 @@ mod tests {
             Outcome::Evicted(EvictionReason::NoSession as u32)
         );
         assert!(core.in_flight().is_none() && core.evicted());
-        core.session_new(6);
+        core.session_new(ClientId(6));
         let register = core.request_start(Operation::Register, &[], 14);
-        assert_eq!((register.request, register.parent, register.client), (0, 0, 6));
+        assert_eq!((register.request, register.parent, register.client), (0, 0, ClientId(6)));
         core.poll_send(14);
         assert_eq!(core.on_message(&reply_to(&register, 9), 15), Outcome::Reply);
         let write = core.request_start(Operation::Append, &[9; 24], 16);
         assert_eq!(write.request, 1);
-        assert_eq!(write.parent, session_chain(6, 9));
+        assert_eq!(write.parent, session_chain(ClientId(6), 9));
     }
 }

@@ -68,7 +68,7 @@ pub struct ClientSessions {
 /// same `reply_op`.
 pub fn session_chain(client: ClientId, reply_op: Op) -> Checksum {
     let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&client.to_le_bytes());
+    bytes[..8].copy_from_slice(&client.get().to_le_bytes());
     bytes[8..].copy_from_slice(&reply_op.to_le_bytes());
     checksum(&bytes)
 }
@@ -90,7 +90,7 @@ impl ClientSessions {
             return Err("client session table too short");
         }
         for (index, record) in records[..self.records.len()].iter().enumerate() {
-            if record.client != 0 {
+            if record.client != ClientId(0) {
                 let duplicate = records[..index].iter().any(|other| other.client == record.client);
                 if duplicate {
                     return Err("client session table holds a client twice");
@@ -104,7 +104,7 @@ impl ClientSessions {
 
     /// The slot of `client`'s session.
     pub fn slot(&self, client: ClientId) -> Option<usize> {
-        assert_ne!(client, 0);
+        assert_ne!(client, ClientId::NONE);
         self.records.iter().position(|record| record.client == client)
     }
 
@@ -146,13 +146,13 @@ impl ClientSessions {
     /// Commits a register for `client` at `op`. Returns the slot, and the client evicted to make
     /// room, if any.
     pub fn register(&mut self, client: ClientId, op: Op) -> (usize, Option<ClientId>) {
-        assert_ne!(client, 0);
+        assert_ne!(client, ClientId::NONE);
         if let Some(slot) = self.slot(client) {
             // Committed twice (a retry raced its reply): keep the first session.
             return (slot, None);
         }
         let mut evicted = None;
-        let slot = match self.records.iter().position(|record| record.client == 0) {
+        let slot = match self.records.iter().position(|record| record.client == ClientId(0)) {
             Some(slot) => slot,
             None => {
                 let slot = self.oldest_slot();
@@ -181,7 +181,7 @@ impl ClientSessions {
         reply_size: u32,
     ) {
         let record = &mut self.records[slot];
-        assert_ne!(record.client, 0);
+        assert_ne!(record.client, ClientId::NONE);
         assert!(request == 0 || request == record.request + 1);
         assert!(reply_op >= record.reply_op);
         record.request = request;
@@ -210,8 +210,8 @@ mod tests {
     fn unregistered_client_is_evicted_and_register_is_prepared() {
         // Goal: only a register may open a session.
         let sessions = ClientSessions::new(2);
-        assert_eq!(sessions.disposition(7, 1, false), RequestDisposition::Evict);
-        assert_eq!(sessions.disposition(7, 0, true), RequestDisposition::Prepare);
+        assert_eq!(sessions.disposition(ClientId(7), 1, false), RequestDisposition::Evict);
+        assert_eq!(sessions.disposition(ClientId(7), 0, true), RequestDisposition::Prepare);
     }
 
     #[test]
@@ -219,40 +219,46 @@ mod tests {
         // Goal: dedup by request number: latest → reply again, next → prepare, older → drop;
         // a number past the next is told apart (the table is behind the client's replies).
         let mut sessions = ClientSessions::new(2);
-        let (slot, evicted) = sessions.register(7, 10);
+        let (slot, evicted) = sessions.register(ClientId(7), 10);
         assert_eq!(evicted, None);
-        assert_eq!(sessions.disposition(7, 0, true), RequestDisposition::ReplyAgain { slot });
-        assert_eq!(sessions.disposition(7, 1, false), RequestDisposition::Prepare);
+        assert_eq!(
+            sessions.disposition(ClientId(7), 0, true),
+            RequestDisposition::ReplyAgain { slot }
+        );
+        assert_eq!(sessions.disposition(ClientId(7), 1, false), RequestDisposition::Prepare);
         sessions.commit_reply(slot, 1, 11, 0xabc, 200);
-        assert_eq!(sessions.disposition(7, 1, false), RequestDisposition::ReplyAgain { slot });
-        assert_eq!(sessions.disposition(7, 2, false), RequestDisposition::Prepare);
-        assert_eq!(sessions.disposition(7, 0, false), RequestDisposition::Drop);
-        assert_eq!(sessions.disposition(7, 3, false), RequestDisposition::Ahead);
-        assert_eq!(sessions.disposition(7, 0, true), RequestDisposition::Drop);
+        assert_eq!(
+            sessions.disposition(ClientId(7), 1, false),
+            RequestDisposition::ReplyAgain { slot }
+        );
+        assert_eq!(sessions.disposition(ClientId(7), 2, false), RequestDisposition::Prepare);
+        assert_eq!(sessions.disposition(ClientId(7), 0, false), RequestDisposition::Drop);
+        assert_eq!(sessions.disposition(ClientId(7), 3, false), RequestDisposition::Ahead);
+        assert_eq!(sessions.disposition(ClientId(7), 0, true), RequestDisposition::Drop);
     }
 
     #[test]
     fn full_table_evicts_the_session_with_the_oldest_commit() {
         // Goal: eviction is deterministic: the least recently committed session goes.
         let mut sessions = ClientSessions::new(2);
-        let (slot_a, _) = sessions.register(1, 1);
-        let (slot_b, _) = sessions.register(2, 2);
+        let (slot_a, _) = sessions.register(ClientId(1), 1);
+        let (slot_b, _) = sessions.register(ClientId(2), 2);
         sessions.commit_reply(slot_a, 1, 3, 1, 128);
-        let (slot_c, evicted) = sessions.register(3, 4);
-        assert_eq!(evicted, Some(2));
+        let (slot_c, evicted) = sessions.register(ClientId(3), 4);
+        assert_eq!(evicted, Some(ClientId(2)));
         assert_eq!(slot_c, slot_b);
-        assert_eq!(sessions.disposition(2, 1, false), RequestDisposition::Evict);
-        assert_eq!(sessions.slot(1), Some(slot_a));
+        assert_eq!(sessions.disposition(ClientId(2), 1, false), RequestDisposition::Evict);
+        assert_eq!(sessions.slot(ClientId(1)), Some(slot_a));
     }
 
     #[test]
     fn restore_rejects_a_table_with_a_duplicate_client() {
         // Goal: a corrupt checkpointed table is refused, not trusted.
         let mut sessions = ClientSessions::new(2);
-        let record = ClientSessionRecord { client: 5, ..Default::default() };
+        let record = ClientSessionRecord { client: ClientId(5), ..Default::default() };
         assert!(sessions.restore(&[record, record]).is_err());
         assert!(sessions.restore(&[record]).is_err());
         assert!(sessions.restore(&[record, ClientSessionRecord::default()]).is_ok());
-        assert_eq!(sessions.slot(5), Some(0));
+        assert_eq!(sessions.slot(ClientId(5)), Some(0));
     }
 }

@@ -105,12 +105,13 @@ pub fn format<S: Storage>(
 mod tests {
     use super::*;
     use crate::sim::storage::MemoryStorage;
+    use crate::vsr::header::ClusterId;
     use crate::vsr::header::Header;
     use crate::vsr::header::ReplicaIndex;
     use zerocopy::FromBytes;
 
     fn small_config() -> Config {
-        Config::small(9, ReplicaIndex(1), 3)
+        Config::small(ClusterId(9), ReplicaIndex(1), 3)
     }
 
     #[test]

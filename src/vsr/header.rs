@@ -142,9 +142,82 @@ impl std::fmt::Display for ReplicaIndex {
     }
 }
 /// A cluster identifier, fixed at format.
-pub type ClusterId = u64;
-/// A client identifier, random per client process; never zero.
-pub type ClientId = u64;
+#[repr(transparent)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+)]
+pub struct ClusterId(pub u64);
+
+impl ClusterId {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for ClusterId {
+    type Err = std::num::ParseIntError;
+    fn from_str(text: &str) -> Result<ClusterId, Self::Err> {
+        text.parse().map(ClusterId)
+    }
+}
+
+impl std::fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A client identifier, random per client process; never zero (zero in a header means no
+/// client).
+#[repr(transparent)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+)]
+pub struct ClientId(pub u64);
+
+impl ClientId {
+    /// No client: the field of a header that does not name one.
+    pub const NONE: ClientId = ClientId(0);
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::LowerHex for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::LowerHex::fmt(&self.0, f)
+    }
+}
 
 /// The checksum of `bytes`: XXH3-128 (xxHash 0.8, a published and frozen algorithm), seed 0.
 pub fn checksum(bytes: &[u8]) -> Checksum {
@@ -403,13 +476,13 @@ impl Header {
         Header {
             checksum: 0,
             checksum_body: 0,
-            cluster: 0,
+            cluster: ClusterId(0),
             size: 0,
             view: View(0),
             op: 0,
             commit: 0,
             timestamp: 0,
-            client: 0,
+            client: ClientId(0),
             checkpoint_op: 0,
             op_min: 0,
             parent: 0,
@@ -559,7 +632,7 @@ impl Header {
             (Fields::OP, self.op == 0, "op must be zero"),
             (Fields::COMMIT, self.commit == 0, "commit must be zero"),
             (Fields::TIMESTAMP, self.timestamp == 0, "timestamp must be zero"),
-            (Fields::CLIENT, self.client == 0, "client must be zero"),
+            (Fields::CLIENT, self.client == ClientId(0), "client must be zero"),
             (Fields::CHECKPOINT_OP, self.checkpoint_op == 0, "checkpoint_op must be zero"),
             (Fields::OP_MIN, self.op_min == 0, "op_min must be zero"),
             (Fields::PARENT, self.parent == 0, "parent must be zero"),
@@ -609,7 +682,7 @@ impl Header {
     }
 
     fn invalid_ping_client(&self, command: Command) -> Option<&'static str> {
-        if self.client == 0 {
+        if self.client == ClientId(0) {
             return Some("client must not be zero");
         }
         let used = match command {
@@ -629,7 +702,7 @@ impl Header {
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
-        if self.client == 0 {
+        if self.client == ClientId(0) {
             return Some("client must not be zero");
         }
         let operation = self.operation().unwrap_or(Operation::Reserved);
@@ -697,12 +770,12 @@ impl Header {
     /// The client fields of a prepare, or of a prepare_ok that must match it.
     fn invalid_prepare_client(&self, operation: Operation) -> Option<&'static str> {
         if operation == Operation::Noop {
-            if self.client != 0 || self.request != 0 {
+            if self.client != ClientId(0) || self.request != 0 {
                 return Some("noop prepare must have no client");
             }
             return None;
         }
-        if self.client == 0 {
+        if self.client == ClientId(0) {
             return Some("client must not be zero");
         }
         if operation == Operation::Register && self.request != 0 {
@@ -722,7 +795,7 @@ impl Header {
         let zero = self.op == 0
             && self.commit == 0
             && self.timestamp == 0
-            && self.client == 0
+            && self.client == ClientId(0)
             && self.request == 0
             && self.parent == 0
             && self.context == 0
@@ -777,7 +850,7 @@ impl Header {
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
-        if self.client == 0 {
+        if self.client == ClientId(0) {
             return Some("client must not be zero");
         }
         let operation = self.operation().unwrap_or(Operation::Reserved);
@@ -912,7 +985,7 @@ impl Header {
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
-        if self.client == 0 {
+        if self.client == ClientId(0) {
             return Some("client must not be zero");
         }
         self.invalid_body_empty()
@@ -923,7 +996,7 @@ impl Header {
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
-        if self.client == 0 {
+        if self.client == ClientId(0) {
             return Some("client must not be zero");
         }
         let reasons = [

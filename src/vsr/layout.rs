@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn zones_are_contiguous_sector_aligned_and_in_order() {
         // Goal: zones never overlap, and each starts on a sector.
-        let layout = Layout::new(&Config::new(1, ReplicaIndex(0), 3));
+        let layout = Layout::new(&Config::new(ClusterId(1), ReplicaIndex(0), 3));
         let mut end = 0;
         for zone in Zone::ALL {
             let offset = layout.zone_offset(zone);
@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn config_rejects_each_bad_setting() {
         // Goal: every bad setting is named, none panics.
-        let good = Config::new(1, ReplicaIndex(0), 3);
+        let good = Config::new(ClusterId(1), ReplicaIndex(0), 3);
         assert_eq!(good.invalid(), None);
         type Case = (fn(&mut Config), &'static str);
         let cases: [Case; 9] = [

@@ -18,7 +18,7 @@ use crate::stdx::prng::Prng;
 use crate::vsr::header::Command;
 use crate::vsr::header::Operation as RequestOperation;
 
-const CLUSTER: ClusterId = 7;
+const CLUSTER: ClusterId = ClusterId(7);
 const MESSAGE_SIZE_MAX: usize = 64 * 1024;
 const POOL_COUNT: usize = 2 * CONNECTIONS_MAX + 16;
 
@@ -181,15 +181,15 @@ fn request_is_delivered_intact() {
     // nobody else holds, and the connection is tied to the request's client.
     let mut harness = Harness::new();
     let mut client = harness.connect();
-    let bytes = request(41, 1, &body(1, 1000));
+    let bytes = request(ClientId(41), 1, &body(1, 1000));
     client.write_all(&bytes).unwrap();
     let messages = harness.receive(1);
     assert_eq!(messages[0].bytes(), &bytes[..]);
     assert_eq!(messages[0].references(), 1);
     assert_eq!(harness.bus.metrics().messages_received, 1);
     drop(messages);
-    let reply = message(&harness.pool, &reply(41, &[]));
-    assert!(harness.bus.send_to_client(&mut harness.io, 41, reply));
+    let reply = message(&harness.pool, &reply(ClientId(41), &[]));
+    assert!(harness.bus.send_to_client(&mut harness.io, ClientId(41), reply));
 }
 
 #[test]
@@ -198,9 +198,9 @@ fn two_messages_in_one_write_are_both_delivered() {
     // mid-header) are carried into the next buffer and framed in order.
     let mut harness = Harness::new();
     let mut client = harness.connect();
-    let first = request(42, 1, &body(2, 300));
-    let second = request(42, 2, &body(3, MESSAGE_SIZE_MAX - HEADER_SIZE));
-    let third = request(42, 3, &[]);
+    let first = request(ClientId(42), 1, &body(2, 300));
+    let second = request(ClientId(42), 2, &body(3, MESSAGE_SIZE_MAX - HEADER_SIZE));
+    let third = request(ClientId(42), 3, &[]);
     let mut bytes = first.clone();
     bytes.extend_from_slice(&second);
     bytes.extend_from_slice(&third[..50]);
@@ -219,7 +219,7 @@ fn message_split_into_single_bytes_is_delivered() {
     // delivered intact, once.
     let mut harness = Harness::new();
     let mut client = harness.connect();
-    let bytes = request(43, 1, &body(4, 200));
+    let bytes = request(ClientId(43), 1, &body(4, 200));
     for byte in &bytes {
         client.write_all(std::slice::from_ref(byte)).unwrap();
         harness.pump();
@@ -239,8 +239,9 @@ fn receiving_waits_for_room_in_the_inbox_and_the_pool() {
     // arrives once, in order.
     let mut harness = Harness::new();
     let mut client = harness.connect();
-    let burst: Vec<Vec<u8>> =
-        (0..INBOX_MAX + 10).map(|index| request(51, index as u32 + 1, &body(1, 16))).collect();
+    let burst: Vec<Vec<u8>> = (0..INBOX_MAX + 10)
+        .map(|index| request(ClientId(51), index as u32 + 1, &body(1, 16)))
+        .collect();
     client.write_all(&burst.concat()).unwrap();
     harness.pump_until(|harness| harness.bus.inbox.len() == INBOX_MAX);
     for _ in 0..10 {
@@ -278,7 +279,7 @@ fn invalid_messages_close_only_their_connection() {
     // being served.
     let mut harness = Harness::new();
     let mut good = harness.connect();
-    let valid = request(44, 1, &body(5, 100));
+    let valid = request(ClientId(44), 1, &body(5, 100));
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
     let mut bytes = valid.clone();
     bytes[20] ^= 1;
@@ -287,7 +288,7 @@ fn invalid_messages_close_only_their_connection() {
     bytes[HEADER_SIZE + 3] ^= 1;
     cases.push(("body checksum", bytes));
     let mut bytes = valid.clone();
-    header_edit(&mut bytes, |header| header.cluster = CLUSTER + 1);
+    header_edit(&mut bytes, |header| header.cluster = ClusterId(CLUSTER.get() + 1));
     cases.push(("wrong cluster", bytes));
     let mut bytes = valid.clone();
     header_edit(&mut bytes, |header| header.size = MESSAGE_SIZE_MAX as u32 + 1);
@@ -295,13 +296,13 @@ fn invalid_messages_close_only_their_connection() {
     let mut bytes = valid.clone();
     header_edit(&mut bytes, |header| header.command = 200);
     cases.push(("unknown command", bytes));
-    cases.push(("reply from a client", reply(44, &[])));
+    cases.push(("reply from a client", reply(ClientId(44), &[])));
     for (round, (name, bytes)) in cases.into_iter().enumerate() {
         let mut bad = harness.connect();
         bad.write_all(&bytes).unwrap();
         harness.expect_closed(&mut bad, 1);
         assert_eq!(harness.bus.metrics().connections_closed, round as u64 + 1, "{name}");
-        let bytes = request(44, round as u32 + 1, &body(round as u8, 10));
+        let bytes = request(ClientId(44), round as u32 + 1, &body(round as u8, 10));
         good.write_all(&bytes).unwrap();
         let messages = harness.receive(1);
         assert_eq!(messages[0].bytes(), &bytes[..], "{name}");
@@ -319,11 +320,11 @@ fn connections_beyond_the_limit_give_way_oldest_unidentified_first() {
     let client_max = CONNECTIONS_MAX - 1;
     let mut clients: Vec<TcpStream> = (0..client_max).map(|_| harness.connect()).collect();
     for (index, client) in clients.iter_mut().enumerate() {
-        client.write_all(&ping_client(100 + index as u64)).unwrap();
+        client.write_all(&ping_client(ClientId(100 + index as u64))).unwrap();
     }
     drop(harness.receive(client_max));
     let mut over_limit = harness.connect();
-    over_limit.write_all(&ping_client(99)).unwrap();
+    over_limit.write_all(&ping_client(ClientId(99))).unwrap();
     harness.pump_until(|harness| harness.bus.metrics().connections_clients_over_limit == 1);
     harness.expect_closed_count(&mut over_limit, 1);
     let mut idle = harness.connect();
@@ -332,18 +333,22 @@ fn connections_beyond_the_limit_give_way_oldest_unidentified_first() {
     harness.pump_until(|harness| harness.bus.socket_count() == CONNECTIONS_MAX);
     assert_eq!(harness.bus.metrics().connections_unidentified_evicted, 1);
     // The newcomer is client 100 again: its older connection gives way.
-    newcomer.write_all(&ping_client(100)).unwrap();
+    newcomer.write_all(&ping_client(ClientId(100))).unwrap();
     drop(harness.receive(1));
     harness.expect_closed_count(&mut clients[0], 3);
     assert_eq!(harness.bus.metrics().connections_superseded_evicted, 1);
-    let bytes = reply(100, &[]);
-    assert!(harness.bus.send_to_client(&mut harness.io, 100, message(&harness.pool, &bytes)));
+    let bytes = reply(ClientId(100), &[]);
+    assert!(harness.bus.send_to_client(
+        &mut harness.io,
+        ClientId(100),
+        message(&harness.pool, &bytes)
+    ));
     let mut received = vec![0u8; bytes.len()];
     newcomer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     harness.pump_until(|harness| harness.bus.metrics().messages_sent == 1);
     newcomer.read_exact(&mut received).unwrap();
     assert_eq!(received, bytes);
-    let last = request(100 + client_max as u64 - 1, 1, &[]);
+    let last = request(ClientId(100 + client_max as u64 - 1), 1, &[]);
     clients[client_max - 1].write_all(&last).unwrap();
     assert_eq!(harness.receive(1)[0].bytes(), &last[..]);
     assert_eq!(harness.bus.connection_count(), client_max);
@@ -356,12 +361,12 @@ fn send_to_client_delivers_the_message() {
     // a message for an unknown client is dropped and reported.
     let mut harness = Harness::new();
     let mut client = harness.connect();
-    client.write_all(&ping_client(46)).unwrap();
+    client.write_all(&ping_client(ClientId(46))).unwrap();
     drop(harness.receive(1));
-    let bytes = reply(46, &body(6, 5000));
+    let bytes = reply(ClientId(46), &body(6, 5000));
     let reply = message(&harness.pool, &bytes);
-    assert!(harness.bus.send_to_client(&mut harness.io, 46, reply.clone()));
-    assert!(!harness.bus.send_to_client(&mut harness.io, 47, reply));
+    assert!(harness.bus.send_to_client(&mut harness.io, ClientId(46), reply.clone()));
+    assert!(!harness.bus.send_to_client(&mut harness.io, ClientId(47), reply));
     harness.pump_until(|harness| harness.bus.metrics().messages_sent == 1);
     let mut received = vec![0u8; bytes.len()];
     client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -378,13 +383,13 @@ fn peer_that_never_reads_cannot_block_the_bus() {
     let mut harness = Harness::new();
     let mut active = harness.connect();
     let mut stuck = harness.connect();
-    stuck.write_all(&ping_client(48)).unwrap();
-    active.write_all(&ping_client(49)).unwrap();
+    stuck.write_all(&ping_client(ClientId(48))).unwrap();
+    active.write_all(&ping_client(ClientId(49))).unwrap();
     drop(harness.receive(2));
     let free_before = harness.pool.free_count();
-    let big = reply(48, &body(7, MESSAGE_SIZE_MAX - HEADER_SIZE));
+    let big = reply(ClientId(48), &body(7, MESSAGE_SIZE_MAX - HEADER_SIZE));
     let mut accepted = 0;
-    while harness.bus.send_to_client(&mut harness.io, 48, message(&harness.pool, &big)) {
+    while harness.bus.send_to_client(&mut harness.io, ClientId(48), message(&harness.pool, &big)) {
         accepted += 1;
         assert!(accepted < 1000, "the stuck peer's queue never filled");
         harness.pump();
@@ -393,11 +398,15 @@ fn peer_that_never_reads_cannot_block_the_bus() {
     assert_eq!(harness.pool.free_count(), free_before - CONNECTION_SEND_QUEUE_MAX);
     assert_eq!(harness.bus.metrics().messages_dropped, 1);
     // The other client is served, both ways, while the stuck one holds its queue.
-    let bytes = request(49, 1, &body(8, 64));
+    let bytes = request(ClientId(49), 1, &body(8, 64));
     active.write_all(&bytes).unwrap();
     assert_eq!(harness.receive(1)[0].bytes(), &bytes[..]);
-    let pong = reply(49, &[]);
-    assert!(harness.bus.send_to_client(&mut harness.io, 49, message(&harness.pool, &pong)));
+    let pong = reply(ClientId(49), &[]);
+    assert!(harness.bus.send_to_client(
+        &mut harness.io,
+        ClientId(49),
+        message(&harness.pool, &pong)
+    ));
     harness.pump();
     let mut received = vec![0u8; pong.len()];
     active.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -410,7 +419,11 @@ fn peer_that_never_reads_cannot_block_the_bus() {
     // Its send queue and its receive buffer went back to the pool.
     assert_eq!(harness.pool.free_count(), free_before + 1);
     assert_eq!(harness.bus.connection_count(), 1);
-    assert!(!harness.bus.send_to_client(&mut harness.io, 48, message(&harness.pool, &big)));
+    assert!(!harness.bus.send_to_client(
+        &mut harness.io,
+        ClientId(48),
+        message(&harness.pool, &big)
+    ));
 }
 
 #[test]
@@ -423,9 +436,12 @@ fn bus_does_not_allocate_after_startup() {
     // Requests 0 and 2 come from client 50 on the first connection, 1 and 3 from client 51 on
     // the second.
     let requests: Vec<Vec<u8>> = (0..4)
-        .map(|index| request(50 + index as u64 % 2, 1 + index as u32 / 2, &body(index, 3000)))
+        .map(|index| {
+            request(ClientId(50 + index as u64 % 2), 1 + index as u32 / 2, &body(index, 3000))
+        })
         .collect();
-    let replies: Vec<Vec<u8>> = (0..2).map(|index| reply(50 + index, &body(9, 700))).collect();
+    let replies: Vec<Vec<u8>> =
+        (0..2).map(|index| reply(ClientId(50 + index), &body(9, 700))).collect();
     let mut pipelined = [requests[2].clone(), requests[3].clone()];
     pipelined[0].extend_from_slice(&requests[0]);
     pipelined[1].extend_from_slice(&requests[1]);
@@ -447,7 +463,11 @@ fn bus_does_not_allocate_after_startup() {
         inbox.clear();
         for (index, client) in clients.iter_mut().enumerate() {
             let reply = message(&harness.pool, &replies[index]);
-            assert!(harness.bus.send_to_client(&mut harness.io, 50 + index as u64, reply));
+            assert!(harness.bus.send_to_client(
+                &mut harness.io,
+                ClientId(50 + index as u64),
+                reply
+            ));
             harness.pump();
             client.read_exact(&mut received).unwrap();
             assert!(received == replies[index]);
@@ -706,7 +726,7 @@ fn connections_claiming_an_impossible_replica_are_closed() {
         harness.expect_closed_count(&mut stream, closed);
     }
     let mut client = harness.connect();
-    client.write_all(&request(60, 1, &[])).unwrap();
+    client.write_all(&request(ClientId(60), 1, &[])).unwrap();
     drop(harness.receive(1));
     client.write_all(&ping(ReplicaIndex(0))).unwrap();
     closed += 1;
@@ -729,7 +749,7 @@ fn connections_claiming_an_impossible_replica_are_closed() {
     second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     second.read_exact(&mut received).unwrap();
     assert_eq!(received, bytes);
-    second.write_all(&request(61, 1, &[])).unwrap();
+    second.write_all(&request(ClientId(61), 1, &[])).unwrap();
     closed += 1;
     harness.expect_closed_count(&mut second, closed);
     assert!(!harness.bus.replica_connected(ReplicaIndex(0)));
@@ -864,7 +884,7 @@ fn idle_connections_lock_out_neither_clients_nor_replicas() {
     // deadline, and none waits in the kernel's backlog meanwhile. Evicting allocates nothing.
     let mut harnesses = cluster(2);
     run_until(&mut harnesses, |harnesses| mesh_connected(harnesses));
-    let bytes = request(62, 1, &[]);
+    let bytes = request(ClientId(62), 1, &[]);
     let mut received = Vec::with_capacity(4);
     let mut idle = Vec::with_capacity(CONNECTIONS_MAX + 30);
     allocation_guard::arm();

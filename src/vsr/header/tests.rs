@@ -17,11 +17,13 @@ use super::{
 };
 use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX};
 use crate::stdx::prng::Prng;
+use crate::vsr::header::ClientId;
+use crate::vsr::header::ClusterId;
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::View;
 
-const CLUSTER: u64 = 0xC1A5_7E20_0000_0001;
-const CLIENT: u64 = 0x0123_4567_89AB_CDEF;
+const CLUSTER: ClusterId = ClusterId(0xC1A5_7E20_0000_0001);
+const CLIENT: ClientId = ClientId(0x0123_4567_89AB_CDEF);
 const VIEW: View = View(4);
 const LOG_VIEW: View = View(3);
 const OP: u64 = 12;
@@ -358,7 +360,7 @@ fn register_prepare() -> Header {
 /// A prepare a new primary fills its pipeline with: no client, request or context.
 fn noop_prepare() -> Header {
     let mut h = valid(Command::Prepare);
-    (h.operation, h.client, h.request, h.context) = (Operation::Noop as u8, 0, 0, 0);
+    (h.operation, h.client, h.request, h.context) = (Operation::Noop as u8, ClientId::NONE, 0, 0);
     seal(h, vec![]).0
 }
 
@@ -434,7 +436,7 @@ impl Field {
             Field::Op => u128::from(h.op),
             Field::Commit => u128::from(h.commit),
             Field::Timestamp => u128::from(h.timestamp),
-            Field::Client => u128::from(h.client),
+            Field::Client => u128::from(h.client.get()),
             Field::CheckpointOp => u128::from(h.checkpoint_op),
             Field::OpMin => u128::from(h.op_min),
             Field::Parent => h.parent,
@@ -453,7 +455,7 @@ impl Field {
             Field::Op => h.op = value,
             Field::Commit => h.commit = value,
             Field::Timestamp => h.timestamp = value,
-            Field::Client => h.client = value,
+            Field::Client => h.client = ClientId(value),
             Field::CheckpointOp => h.checkpoint_op = value,
             Field::OpMin => h.op_min = value,
             Field::Parent => h.parent = u128::from(value),
@@ -635,7 +637,7 @@ fn values_at_each_boundary_are_accepted() {
     case("one-byte checkpoint state", Command::SyncCheckpoint, |h| h.size = size_with_body(1));
     case("noop prepare_ok", Command::PrepareOk, |h| {
         h.operation = Operation::Noop as u8;
-        h.client = 0;
+        h.client = ClientId(0);
         h.request = 0;
     });
     for (name, header) in accepted {
@@ -876,7 +878,7 @@ fn body_of_partial_headers_is_rejected() {
 #[test]
 fn request_with_zero_client_is_rejected() {
     // Goal: a request names the client session it belongs to.
-    rejects(valid(Command::Request), |h| h.client = 0, "client must not be zero");
+    rejects(valid(Command::Request), |h| h.client = ClientId(0), "client must not be zero");
 }
 
 #[test]
@@ -895,7 +897,7 @@ fn every_command_naming_a_client_rejects_zero() {
     let mut headers: Vec<Header> = commands.into_iter().map(valid).collect();
     headers.extend([register_request(), register_prepare(), read_reply()]);
     for header in headers {
-        rejects(header, |h| h.client = 0, "client must not be zero");
+        rejects(header, |h| h.client = ClientId(0), "client must not be zero");
     }
 }
 
@@ -1300,7 +1302,7 @@ fn fields_are_little_endian_at_their_offsets() {
         ("checksum_body", 16, 16, |h, v| h.checksum_body = v),
         ("parent", 32, 16, |h, v| h.parent = v),
         ("context", 48, 16, |h, v| h.context = v),
-        ("cluster", 64, 8, |h, v| h.cluster = v as u64),
+        ("cluster", 64, 8, |h, v| h.cluster = ClusterId(v as u64)),
         ("op", 72, 8, |h, v| h.op = v as u64),
         ("commit", 80, 8, |h, v| h.commit = v as u64),
         ("protocol", 88, 2, |h, v| h.protocol = v as u16),
@@ -1308,7 +1310,7 @@ fn fields_are_little_endian_at_their_offsets() {
         ("replica", 91, 1, |h, v| h.replica = ReplicaIndex(v as u8)),
         ("size", 92, 4, |h, v| h.size = v as u32),
         ("timestamp", 96, 8, |h, v| h.timestamp = v as u64),
-        ("client", 104, 8, |h, v| h.client = v as u64),
+        ("client", 104, 8, |h, v| h.client = ClientId(v as u64)),
         ("checkpoint_op", 112, 8, |h, v| h.checkpoint_op = v as u64),
         ("op_min", 120, 8, |h, v| h.op_min = v as u64),
         ("view", 128, 4, |h, v| h.view = View(v as u32)),

@@ -12,7 +12,7 @@ use crate::vsr::header::Operation;
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::storage::{Completion, IoKind, IoRequest};
 
-const CLUSTER: ClusterId = 9;
+const CLUSTER: ClusterId = ClusterId(9);
 const SLOT_COUNT: u64 = 64;
 const MESSAGE_SIZE_MAX: usize = 12288;
 /// A body that makes a prepare span two sectors, so that a crash can tear it.

@@ -149,7 +149,7 @@ fn block_header_invalid(chunk: &[u8], cluster: ClusterId, address: u64) -> Optio
     if header.version != BLOCK_VERSION {
         return Some("block: unknown version");
     }
-    if header.cluster != cluster {
+    if header.cluster != cluster.get() {
         return Some("block: belongs to another cluster");
     }
     None

@@ -17,6 +17,7 @@ use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, Storage};
 
 use crate::constants::{HEADER_SIZE, JOURNAL_IOPS_READ_MAX, SECTOR_SIZE};
+use crate::vsr::header::ClientId;
 
 impl Replica {
     /// Starts opening the data file. Feed completions to `on_storage_completion` until
@@ -106,7 +107,7 @@ impl Replica {
         self.open_phase = OpenPhase::ClientReplies;
         for slot in 0..self.replies.len() {
             let record = *self.sessions.get(slot);
-            if record.client == 0 || record.reply_size == 0 {
+            if record.client == ClientId(0) || record.reply_size == 0 {
                 continue;
             }
             let reply_size = record.reply_size as usize;

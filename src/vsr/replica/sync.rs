@@ -532,7 +532,7 @@ impl Replica {
             let named = body.get(..size_of::<Checksum>()).expect("a chunk is whole sectors");
             self.sync.block_checksum = Checksum::from_le_bytes(named.try_into().expect("16 bytes"));
             self.sync.block_placed = BlockHeader::read_from_prefix(body).is_ok_and(|(block, _)| {
-                block.address == header.op && block.cluster == self.config.cluster
+                block.address == header.op && block.cluster == self.config.cluster.get()
             });
         }
         self.sync.sectors.chunk(offset, body);

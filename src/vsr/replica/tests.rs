@@ -5,6 +5,7 @@ use super::*;
 use crate::constants::SECTOR_SIZE;
 use crate::sim::storage::MemoryStorage;
 use crate::vsr::format;
+use crate::vsr::header::ClusterId;
 use crate::vsr::header::{EvictionReason, Operation};
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::messages_max_replica;
@@ -33,7 +34,7 @@ pub(crate) fn small_config() -> Config {
         message_size_max: 64 * 1024,
         grid_size: 64 * 1024 * 1024,
         streams_max: 64,
-        ..Config::small(11, ReplicaIndex(0), 1)
+        ..Config::small(ClusterId(11), ReplicaIndex(0), 1)
     }
 }
 
@@ -153,10 +154,10 @@ impl Harness {
 fn register_commits_and_replies() {
     // Goal: a register is prepared, made durable, committed, and answered.
     let mut harness = Harness::new(small_config());
-    let reply = harness.register(7);
+    let reply = harness.register(ClientId(7));
     let header = reply.header();
     assert_eq!(header.op, 1);
-    assert_eq!(header.client, 7);
+    assert_eq!(header.client, ClientId(7));
     assert_eq!(header.operation, Operation::Register as u8);
     assert_eq!(harness.replica.commit_min(), 1);
 }
@@ -165,7 +166,7 @@ fn register_commits_and_replies() {
 fn request_without_a_session_gets_an_eviction() {
     // Goal: a client must register before it writes.
     let mut harness = Harness::new(small_config());
-    let replies = harness.call(9, 1, Operation::Append, &[]);
+    let replies = harness.call(ClientId(9), 1, Operation::Append, &[]);
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0].header().command(), Some(Command::Eviction));
     assert_eq!(replies[0].header().context, EvictionReason::NoSession as u128);
@@ -175,8 +176,8 @@ fn request_without_a_session_gets_an_eviction() {
 fn retried_register_gets_the_same_reply_and_is_not_applied_twice() {
     // Goal: dedup by request number: the retry is answered from the stored reply.
     let mut harness = Harness::new(small_config());
-    let first = harness.register(7);
-    let second = harness.register(7);
+    let first = harness.register(ClientId(7));
+    let second = harness.register(ClientId(7));
     assert_eq!(first.header(), second.header());
     assert_eq!(harness.replica.commit_min(), 1);
     assert_eq!(harness.replica.metrics().replies_resent, 1);
@@ -190,22 +191,25 @@ fn a_request_past_an_op_the_primary_has_not_executed_gets_a_pong() {
     // soon instead of waiting out a timeout; once every op it holds is executed, such a request
     // is a client bug, dropped.
     let mut harness = Harness::new(small_config());
-    harness.register(7);
-    let register = harness.request(8, 0, Operation::Register, &[]);
+    harness.register(ClientId(7));
+    let register = harness.request(ClientId(8), 0, Operation::Register, &[]);
     replica_deliver(&mut harness.replica, &mut harness.storage, register);
     assert!(harness.replica.op() > harness.replica.commit_min(), "client 8's op is not executed");
-    let ahead = harness.request(7, 2, Operation::Append, &[]);
+    let ahead = harness.request(ClientId(7), 2, Operation::Append, &[]);
     replica_deliver(&mut harness.replica, &mut harness.storage, ahead);
     let mut to_client = Vec::new();
     while let Some((destination, message)) = harness.replica.poll_send() {
-        if destination == Destination::Client(7) {
+        if destination == Destination::Client(ClientId(7)) {
             to_client.push(message.header().command());
         }
     }
     assert_eq!(to_client, [Some(Command::PongClient)]);
     harness.run();
     assert_eq!(harness.replica.op(), harness.replica.commit_min());
-    assert!(harness.call(7, 2, Operation::Append, &[]).is_empty(), "a client bug: dropped");
+    assert!(
+        harness.call(ClientId(7), 2, Operation::Append, &[]).is_empty(),
+        "a client bug: dropped"
+    );
 }
 
 #[test]
@@ -214,9 +218,9 @@ fn full_session_table_evicts_the_oldest_client() {
     // client is told so.
     let mut harness = Harness::new(small_config());
     for client in 1..=4 {
-        harness.register(client);
+        harness.register(ClientId(client));
     }
-    let message = harness.request(5, 0, Operation::Register, &[]);
+    let message = harness.request(ClientId(5), 0, Operation::Register, &[]);
     replica_deliver(&mut harness.replica, &mut harness.storage, message);
     harness.run();
     let evicted: Vec<_> = harness
@@ -225,8 +229,8 @@ fn full_session_table_evicts_the_oldest_client() {
         .filter(|(_, message)| message.header().command() == Some(Command::Eviction))
         .map(|(destination, _)| *destination)
         .collect();
-    assert_eq!(evicted, vec![Destination::Client(1)]);
-    let replies = harness.call(1, 1, Operation::Append, &[]);
+    assert_eq!(evicted, vec![Destination::Client(ClientId(1))]);
+    let replies = harness.call(ClientId(1), 1, Operation::Append, &[]);
     assert_eq!(replies[0].header().command(), Some(Command::Eviction));
 }
 
@@ -234,10 +238,10 @@ fn full_session_table_evicts_the_oldest_client() {
 fn sessions_and_replies_survive_a_restart() {
     // Goal: dedup survives a restart: the WAL replay rebuilds the session and its reply.
     let mut harness = Harness::new(small_config());
-    let first = harness.register(7);
+    let first = harness.register(ClientId(7));
     harness.crash_and_restart();
     assert_eq!(harness.replica.commit_min(), 1);
-    let again = harness.register(7);
+    let again = harness.register(ClientId(7));
     assert_eq!(first.header(), again.header());
 }
 
@@ -281,7 +285,7 @@ mod event_store {
         first: u64,
     ) -> u64 {
         let body = append_body(stream, first, 3);
-        let replies = harness.call(client, request, Operation::Append, &body);
+        let replies = harness.call(ClientId(client), request, Operation::Append, &body);
         assert_eq!(replies.len(), 1);
         let result = AppendResult::read_from_prefix(replies[0].body()).unwrap().0;
         assert_eq!(result.result, ResultCode::Ok as u32);
@@ -293,7 +297,7 @@ mod event_store {
         let mut numbers = Vec::new();
         loop {
             let body = read_body(stream, numbers.len() as u64);
-            let replies = harness.call(client, 1, Operation::ReadStream, &body);
+            let replies = harness.call(ClientId(client), 1, Operation::ReadStream, &body);
             assert_eq!(replies.len(), 1, "a read gets one reply");
             assert_eq!(replies[0].header().command(), Some(Command::Reply), "{:?}", replies[0]);
             let (head, mut rest) = ReadReplyHeader::read_from_prefix(replies[0].body()).unwrap();
@@ -314,8 +318,8 @@ mod event_store {
     fn appended_events_are_read_back_in_order() {
         // Goal: the normal path end to end: create, append, read from committed state.
         let mut harness = Harness::new(small_config());
-        harness.register(7);
-        let replies = harness.call(7, 1, Operation::CreateStream, &create_body(5));
+        harness.register(ClientId(7));
+        let replies = harness.call(ClientId(7), 1, Operation::CreateStream, &create_body(5));
         assert_eq!(replies[0].body()[..4], (ResultCode::Ok as u32).to_le_bytes());
         assert_eq!(append(&mut harness, 7, 2, 5, 0), 0);
         assert_eq!(append(&mut harness, 7, 3, 5, 3), 3);
@@ -326,8 +330,8 @@ mod event_store {
     fn retried_append_is_applied_once() {
         // Goal: a retry of the latest request is answered from the stored reply.
         let mut harness = Harness::new(small_config());
-        harness.register(7);
-        harness.call(7, 1, Operation::CreateStream, &create_body(5));
+        harness.register(ClientId(7));
+        harness.call(ClientId(7), 1, Operation::CreateStream, &create_body(5));
         append(&mut harness, 7, 2, 5, 0);
         assert_eq!(append(&mut harness, 7, 2, 5, 0), 0);
         assert_eq!(read_all(&mut harness, 7, 5), vec![0, 1, 2]);
@@ -338,8 +342,8 @@ mod event_store {
         // Goal: more ops than WAL slots (checkpoints every 48 ops), then a crash: the restart
         // replays from the checkpoint and every acknowledged event is still there, once.
         let mut harness = Harness::new(small_config());
-        harness.register(7);
-        harness.call(7, 1, Operation::CreateStream, &create_body(5));
+        harness.register(ClientId(7));
+        harness.call(ClientId(7), 1, Operation::CreateStream, &create_body(5));
         let mut expected = Vec::new();
         for request in 2..200u32 {
             let first = expected.len() as u64;
@@ -366,16 +370,16 @@ mod event_store {
         // back from the client_replies zone and must be recognised there, not dropped (which
         // would evict the session).
         let mut harness = Harness::new(small_config());
-        harness.register(7);
-        harness.register(8);
-        harness.call(8, 1, Operation::CreateStream, &create_body(5));
-        let first = harness.call(7, 1, Operation::CreateStream, &create_body(6));
+        harness.register(ClientId(7));
+        harness.register(ClientId(8));
+        harness.call(ClientId(8), 1, Operation::CreateStream, &create_body(5));
+        let first = harness.call(ClientId(7), 1, Operation::CreateStream, &create_body(6));
         for request in 2..80u32 {
             append(&mut harness, 8, request, 5, 3 * u64::from(request - 2));
         }
         assert!(harness.replica.checkpoint_op() > first[0].header().op);
         harness.crash_and_restart();
-        let again = harness.call(7, 1, Operation::CreateStream, &create_body(6));
+        let again = harness.call(ClientId(7), 1, Operation::CreateStream, &create_body(6));
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].header().command(), Some(Command::Reply));
         assert_eq!(again[0].header(), first[0].header());
@@ -392,8 +396,8 @@ mod event_store {
         let append_template = append_body(5, 0, 3);
         let read_template = read_body(5, 0);
         // Warm up the test's own queues, then arm the guard.
-        harness.register(1);
-        harness.call(1, 1, Operation::CreateStream, &create_body(5));
+        harness.register(ClientId(1));
+        harness.call(ClientId(1), 1, Operation::CreateStream, &create_body(5));
         let mut requests = [0u32; 16];
         requests[1] = 1;
         crate::stdx::allocation_guard::arm();
@@ -401,21 +405,32 @@ mod event_store {
         for index in 0..10_000u64 {
             let client = 1 + (index / 1000) % (clients_max + 2);
             let slot = client as usize;
-            let message = if requests[slot] == 0 && harness.replica.sessions.slot(client).is_none()
+            let message = if requests[slot] == 0
+                && harness.replica.sessions.slot(ClientId(client)).is_none()
             {
-                harness.request(client, 0, Operation::Register, &[])
+                harness.request(ClientId(client), 0, Operation::Register, &[])
             } else if index % 10 == 9 {
-                harness.request(client, requests[slot] + 1, Operation::ReadStream, &read_template)
+                harness.request(
+                    ClientId(client),
+                    requests[slot] + 1,
+                    Operation::ReadStream,
+                    &read_template,
+                )
             } else {
                 requests[slot] += 1;
-                harness.request(client, requests[slot], Operation::Append, &append_template)
+                harness.request(
+                    ClientId(client),
+                    requests[slot],
+                    Operation::Append,
+                    &append_template,
+                )
             };
             replica_deliver(&mut harness.replica, &mut harness.storage, message);
             harness.run();
             for (destination, message) in harness.sent.drain(..) {
                 if message.header().command() == Some(Command::Eviction) {
                     let Destination::Client(evicted) = destination else { unreachable!() };
-                    requests[evicted as usize] = 0;
+                    requests[evicted.get() as usize] = 0;
                     evictions += 1;
                 }
             }
@@ -557,10 +572,10 @@ mod cluster {
         // Goal: the primary commits on a majority, backups learn the commit number and apply
         // exactly the same prepares.
         let mut cluster = Cluster::new(3);
-        assert_eq!(cluster.call(0, 7, 0, Operation::Register, &[]).len(), 1);
-        cluster.call(0, 7, 1, Operation::CreateStream, &create_body(5));
+        assert_eq!(cluster.call(0, ClientId(7), 0, Operation::Register, &[]).len(), 1);
+        cluster.call(0, ClientId(7), 1, Operation::CreateStream, &create_body(5));
         for request in 2..40u32 {
-            append_ok(&mut cluster, 7, request, u64::from(request - 2) * 3);
+            append_ok(&mut cluster, ClientId(7), request, u64::from(request - 2) * 3);
         }
         cluster.tick(3);
         let commits = cluster.commits();
@@ -577,7 +592,7 @@ mod cluster {
     fn backup_redirects_a_write_to_the_primary() {
         // Goal: a client that writes to a backup is told the view, hence the primary.
         let mut cluster = Cluster::new(3);
-        let replies = cluster.call(1, 7, 0, Operation::Register, &[]);
+        let replies = cluster.call(1, ClientId(7), 0, Operation::Register, &[]);
         assert_eq!(replies.len(), 1);
         assert_eq!(replies[0].header().command(), Some(Command::PongClient));
         assert_eq!(replies[0].header().view, View(0));
@@ -589,12 +604,12 @@ mod cluster {
         // repairs the ops it missed from the primary (within the primary's WAL window; beyond
         // it, state sync is needed).
         let mut cluster = Cluster::new(3);
-        cluster.call(0, 7, 0, Operation::Register, &[]);
-        cluster.call(0, 7, 1, Operation::CreateStream, &create_body(5));
-        append_ok(&mut cluster, 7, 2, 0);
+        cluster.call(0, ClientId(7), 0, Operation::Register, &[]);
+        cluster.call(0, ClientId(7), 1, Operation::CreateStream, &create_body(5));
+        append_ok(&mut cluster, ClientId(7), 2, 0);
         cluster.nodes[2].up = false;
         for request in 3..30u32 {
-            append_ok(&mut cluster, 7, request, u64::from(request - 2) * 3);
+            append_ok(&mut cluster, ClientId(7), request, u64::from(request - 2) * 3);
         }
         let node = &mut cluster.nodes[2];
         node.harness.crash_and_restart();
@@ -609,9 +624,9 @@ mod cluster {
     fn two_replicas_need_both_to_commit() {
         // Goal: with two replicas the quorum is both: nothing commits while one is down.
         let mut cluster = Cluster::new(2);
-        cluster.call(0, 7, 0, Operation::Register, &[]);
+        cluster.call(0, ClientId(7), 0, Operation::Register, &[]);
         cluster.nodes[1].up = false;
-        let replies = cluster.call(0, 7, 1, Operation::CreateStream, &create_body(5));
+        let replies = cluster.call(0, ClientId(7), 1, Operation::CreateStream, &create_body(5));
         assert!(replies.is_empty());
         assert_eq!(cluster.nodes[0].harness.replica.commit_min(), 1);
         cluster.nodes[1].up = true;
@@ -626,14 +641,14 @@ mod cluster {
         use crate::state_machine::types::{ReadReplyHeader, ReadStream};
         use zerocopy::IntoBytes;
         let mut cluster = Cluster::new(3);
-        cluster.call(0, 7, 0, Operation::Register, &[]);
-        cluster.call(0, 7, 1, Operation::CreateStream, &create_body(5));
-        append_ok(&mut cluster, 7, 2, 0);
+        cluster.call(0, ClientId(7), 0, Operation::Register, &[]);
+        cluster.call(0, ClientId(7), 1, Operation::CreateStream, &create_body(5));
+        append_ok(&mut cluster, ClientId(7), 2, 0);
         let commit = cluster.nodes[0].harness.replica.commit_min();
         let body = ReadStream { stream: 5, offset_from: 0, count_max: 10, reserved: 0 };
         let read = |cluster: &mut Cluster| {
             let node = &mut cluster.nodes[1].harness;
-            let mut message = node.request(8, 1, Operation::ReadStream, body.as_bytes());
+            let mut message = node.request(ClientId(8), 1, Operation::ReadStream, body.as_bytes());
             let header = message.header_mut();
             header.commit = commit;
             header.set_checksum();
@@ -661,8 +676,8 @@ fn log_headers_stop_at_a_stale_wal_entry_at_the_checkpoint_op() {
     // do_view_change, start_view and headers bodies built from them pass the receivers'
     // hash-chain check instead of being dropped.
     let mut harness = Harness::new(small_config());
-    harness.register(7);
-    harness.call(7, 1, Operation::CreateStream, &event_store::create_body(5));
+    harness.register(ClientId(7));
+    harness.call(ClientId(7), 1, Operation::CreateStream, &event_store::create_body(5));
     let mut request = 2;
     while harness.replica.checkpoint_op() == 0 || harness.replica.op() < 60 {
         event_store::append(&mut harness, 7, request, 5, u64::from(request - 2) * 3);
@@ -674,7 +689,7 @@ fn log_headers_stop_at_a_stale_wal_entry_at_the_checkpoint_op() {
     stale.op = checkpoint_op;
     stale.parent = held.parent;
     stale.timestamp = held.timestamp + 1;
-    stale.client = 99;
+    stale.client = ClientId(99);
     stale.operation = Operation::Register as u8;
     let mut buffer = harness.pool.get();
     buffer.buffer_mut_unique()[..SECTOR_SIZE].fill(0);
@@ -713,11 +728,11 @@ mod grid_repair {
     /// event block (grid address 0), and the streams table follows it.
     fn cluster_checkpointed() -> Cluster {
         let mut cluster = Cluster::new(3);
-        cluster.call(0, 7, 0, Operation::Register, &[]);
-        cluster.call(0, 7, 1, Operation::CreateStream, &create_body(5));
+        cluster.call(0, ClientId(7), 0, Operation::Register, &[]);
+        cluster.call(0, ClientId(7), 1, Operation::CreateStream, &create_body(5));
         for request in 2..52u32 {
             let body = append_body(5, u64::from(request - 2) * 3, 3);
-            let replies = cluster.call(0, 7, request, Operation::Append, &body);
+            let replies = cluster.call(0, ClientId(7), request, Operation::Append, &body);
             let result = AppendResult::read_from_prefix(replies[0].body()).unwrap().0;
             assert_eq!(result.result, ResultCode::Ok as u32);
         }
@@ -748,7 +763,8 @@ mod grid_repair {
     /// Reads stream 5 from `replica`: the result code and the events' offsets.
     fn read_stream(cluster: &mut Cluster, replica: u8, request: u32) -> (u32, Vec<u64>) {
         let body = ReadStream { stream: 5, offset_from: 0, count_max: 1000, reserved: 0 };
-        let replies = cluster.call(replica, 8, request, Operation::ReadStream, body.as_bytes());
+        let replies =
+            cluster.call(replica, ClientId(8), request, Operation::ReadStream, body.as_bytes());
         assert_eq!(replies.len(), 1, "a read gets one reply");
         let (head, mut rest) = ReadReplyHeader::read_from_prefix(replies[0].body()).unwrap();
         let mut offsets = Vec::new();
@@ -793,10 +809,10 @@ mod grid_repair {
         // Goal: with one replica there is no peer to repair from: the open stops with a reason
         // rather than serve a state it cannot verify.
         let mut harness = Harness::new(small_config());
-        harness.register(7);
-        harness.call(7, 1, Operation::CreateStream, &create_body(5));
+        harness.register(ClientId(7));
+        harness.call(ClientId(7), 1, Operation::CreateStream, &create_body(5));
         for request in 2..52u32 {
-            harness.call(7, request, Operation::Append, &append_body(5, 0, 3));
+            harness.call(ClientId(7), request, Operation::Append, &append_body(5, 0, 3));
         }
         let table = harness.replica.checkpoint_state().streams_table_address;
         assert!(harness.replica.checkpoint_op() >= 48 && table > 0);
@@ -926,11 +942,11 @@ mod faulty_wal {
     /// Client 7 registers, creates stream 5 and appends `appends` times, through R0.
     fn cluster_loaded(appends: u32) -> Cluster {
         let mut cluster = Cluster::new(3);
-        cluster.call(0, 7, 0, Operation::Register, &[]);
-        cluster.call(0, 7, 1, Operation::CreateStream, &create_body(5));
+        cluster.call(0, ClientId(7), 0, Operation::Register, &[]);
+        cluster.call(0, ClientId(7), 1, Operation::CreateStream, &create_body(5));
         for request in 2..2 + appends {
             let body = append_body(5, u64::from(request - 2) * 3, 3);
-            cluster.call(0, 7, request, Operation::Append, &body);
+            cluster.call(0, ClientId(7), request, Operation::Append, &body);
         }
         cluster.tick(3);
         cluster
@@ -940,7 +956,7 @@ mod faulty_wal {
     /// prepare (its prepare_ok is lost), and R0 crashes before its own write lands.
     fn prepare_only_r1_holds(cluster: &mut Cluster, request: u32, operation: Operation) {
         let body = if operation == Operation::Append { append_body(5, 12, 3) } else { vec![] };
-        let message = cluster.nodes[0].harness.request(7, request, operation, &body);
+        let message = cluster.nodes[0].harness.request(ClientId(7), request, operation, &body);
         let node = &mut cluster.nodes[0].harness;
         replica_deliver(&mut node.replica, &mut node.storage, message);
         let mut prepares = Vec::new();
@@ -966,7 +982,7 @@ mod faulty_wal {
         prepare_only_r1_holds(&mut cluster, 0, Operation::Register);
         assert!(cluster.nodes[1].harness.replica.prepare_header(1).is_some());
         assert_ne!(cluster.nodes[0].harness.replica.status(), Status::Normal);
-        cluster.call(0, 8, 0, Operation::Register, &[]);
+        cluster.call(0, ClientId(8), 0, Operation::Register, &[]);
         for _ in 0..100 {
             cluster.tick(10);
             let primary = cluster.nodes.iter().find(|node| {
@@ -982,7 +998,7 @@ mod faulty_wal {
         let view = cluster.nodes[1].harness.replica.view();
         assert!(view > View(0), "no view change");
         let primary = view.primary(3);
-        cluster.call(primary.get(), 8, 0, Operation::Register, &[]);
+        cluster.call(primary.get(), ClientId(8), 0, Operation::Register, &[]);
         cluster.tick(5);
         // Every replica agrees on op 1, whichever it is (R1's, never committed, may be cut).
         let committed = cluster.nodes[usize::from(primary)].harness.replica.prepare_header(1);
@@ -1046,12 +1062,15 @@ mod faulty_wal {
             }
         }
         let primary = primary.expect("R0 and R2 start a view");
-        cluster.call(primary, 8, 0, Operation::Register, &[]);
-        cluster.call(primary, 8, 1, Operation::CreateStream, &create_body(6));
+        cluster.call(primary, ClientId(8), 0, Operation::Register, &[]);
+        cluster.call(primary, ClientId(8), 1, Operation::CreateStream, &create_body(6));
         let slot_count = u64::from(cluster.nodes[0].harness.config.journal_slot_count);
         for request in 2..2 + 3 * slot_count as u32 {
             let body = append_body(6, u64::from(request - 2), 1);
-            assert_eq!(cluster.call(primary, 8, request, Operation::Append, &body).len(), 1);
+            assert_eq!(
+                cluster.call(primary, ClientId(8), request, Operation::Append, &body).len(),
+                1
+            );
         }
         cluster.nodes[1].up = true;
         for _ in 0..300 {
@@ -1117,7 +1136,7 @@ mod faulty_wal {
         cluster.nodes[2].up = false;
         for request in 6..9u32 {
             let body = append_body(5, u64::from(request - 2) * 3, 3);
-            let replies = cluster.call(0, 7, request, Operation::Append, &body);
+            let replies = cluster.call(0, ClientId(7), request, Operation::Append, &body);
             assert_eq!(replies.len(), 1, "acknowledged to the client");
         }
         assert_eq!(cluster.nodes[0].harness.replica.commit_min(), n + 3);

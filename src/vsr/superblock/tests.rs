@@ -17,7 +17,7 @@ use crate::vsr::header::ReplicaIndex;
 use crate::vsr::layout::Layout;
 
 fn small_config() -> Config {
-    Config::small(9, ReplicaIndex(1), 3)
+    Config::small(ClusterId(9), ReplicaIndex(1), 3)
 }
 
 fn formatted_storage() -> MemoryStorage {
