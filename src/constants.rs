@@ -140,12 +140,6 @@ pub const fn checkpoint_interval_ops(slot_count: u64) -> u64 {
     slot_count - 2 * PIPELINE_PREPARE_QUEUE_MAX as u64
 }
 
-/// The highest op a replica may prepare while its checkpoint is `checkpoint_op`: any higher op
-/// would overwrite a slot whose op the checkpoint does not yet cover.
-pub const fn op_prepare_max(checkpoint_op: u64, slot_count: u64) -> u64 {
-    checkpoint_op + slot_count
-}
-
 // The replica: queues, the pipeline, repair, and its timeouts (in ticks of `TICK_MS`).
 
 /// Messages the replica may have queued for the bus at once.

@@ -141,18 +141,19 @@ pub fn journal_recover(data: &[u8]) {
     };
     let config = journal_config(1 + mode % 3);
     let op_last = u64::from(op_count % JOURNAL_OPS_MAX);
-    let (mut storage, durable) = journal_image(&config, op_last, *crash);
+    let (mut storage, durable) = journal_image(&config, Op(op_last), *crash);
     let layout = Layout::new(&config);
     for patch in patches.chunks_exact(4) {
         journal_patch(&mut storage, &layout, [patch[0], patch[1], patch[2], patch[3]]);
     }
     // From a checkpoint the ring has run past (a rolled-back superblock) to one ahead of it.
     let checkpoint_op = op_last.saturating_sub(JOURNAL_SLOT_COUNT + 8) + u64::from(mode / 3 % 16);
-    let report = journal_recover_check(&mut storage, &config, checkpoint_op);
+    let report = journal_recover_check(&mut storage, &config, Op(checkpoint_op));
     // A crash alone, under a checkpoint the replica could have reached (committed, with every
     // op written inside its window), never stops a replica nor loses a durable prepare.
-    let op_committed = durable.iter().skip(1).take_while(|durable| **durable).count() as Op;
-    let reachable = checkpoint_op <= op_committed && op_last <= checkpoint_op + JOURNAL_SLOT_COUNT;
+    let op_committed = Op(durable.iter().skip(1).take_while(|durable| **durable).count() as u64);
+    let reachable =
+        checkpoint_op <= op_committed.get() && op_last <= checkpoint_op + JOURNAL_SLOT_COUNT;
     if patches.len() >= 4 || !reachable {
         return;
     }
@@ -161,7 +162,7 @@ pub fn journal_recover(data: &[u8]) {
     for op in (op_kept_min..=op_last).filter(|op| durable[*op as usize]) {
         let found = report.slots[(op % JOURNAL_SLOT_COUNT) as usize];
         assert_eq!(found.decision, Decision::Eql, "durable op {op}: {found:?}");
-        assert!(matches!(found.prepare, EntrySummary::Prepare { op: kept, .. } if kept == op));
+        assert!(matches!(found.prepare, EntrySummary::Prepare { op: kept, .. } if kept == Op(op)));
     }
 }
 
@@ -180,27 +181,27 @@ fn journal_image(config: &Config, op_last: Op, crash: u8) -> (MemoryStorage, Vec
     let read_pool = MessagePool::new(JOURNAL_IOPS_READ_MAX, JOURNAL_MESSAGE_SIZE_MAX);
     let pool = MessagePool::new(JOURNAL_IOPS_WRITE_MAX, JOURNAL_MESSAGE_SIZE_MAX);
     let mut journal = Journal::new(config);
-    let report = journal.recover_blocking(&mut storage, 0, config.replica_count, &read_pool);
+    let report = journal.recover_blocking(&mut storage, Op(0), config.replica_count, &read_pool);
     assert!(report.expect("memory writes do not fail").usable);
-    let mut durable = vec![false; op_last as usize + 1];
+    let mut durable = vec![false; op_last.get() as usize + 1];
     let mut events_drain = |journal: &mut Journal| {
         while let Some(event) = journal.poll_event() {
             let Event::PrepareDurable { op, .. } = event else { panic!("{event:?}") };
-            durable[op as usize] = true;
+            durable[op.get() as usize] = true;
         }
     };
-    let in_flight = u64::from(crash % 9).min(op_last);
+    let in_flight = u64::from(crash % 9).min(op_last.get());
     let op_in_flight_min = op_last - in_flight + 1;
-    for op in 1..op_in_flight_min {
-        journal.write_prepare(&mut storage, journal_prepare(&pool, op));
-        if op % PIPELINE_PREPARE_QUEUE_MAX as u64 == 0 || op + 1 == op_in_flight_min {
+    for op in 1..op_in_flight_min.get() {
+        journal.write_prepare(&mut storage, journal_prepare(&pool, Op(op)));
+        if op % PIPELINE_PREPARE_QUEUE_MAX as u64 == 0 || op + 1 == op_in_flight_min.get() {
             journal.run_until_idle(&mut storage);
             events_drain(&mut journal);
         }
     }
     if in_flight > 0 {
         storage.shuffle_completions(u64::from(crash));
-        for op in op_in_flight_min..=op_last {
+        for op in op_in_flight_min.through(op_last) {
             journal.write_prepare(&mut storage, journal_prepare(&pool, op));
         }
         let mut completions = Vec::with_capacity(1);
@@ -247,7 +248,7 @@ fn journal_formatted(config: &Config) -> MemoryStorage {
 
 /// A valid prepare of `op`; every third one spans two sectors.
 fn journal_prepare(pool: &MessagePool, op: Op) -> Message {
-    let body_size = if op.is_multiple_of(3) { JOURNAL_BODY_SIZE_TWO_SECTORS } else { 100 };
+    let body_size = if op.get().is_multiple_of(3) { JOURNAL_BODY_SIZE_TWO_SECTORS } else { 100 };
     let header = journal_prepare_header(op, View(0), body_size);
     let mut message = pool.get();
     let buffer = message.buffer_mut_unique();
@@ -259,7 +260,7 @@ fn journal_prepare(pool: &MessagePool, op: Op) -> Message {
 
 fn journal_prepare_body(op: Op, body: &mut [u8]) {
     for (index, byte) in body.iter_mut().enumerate() {
-        *byte = (op as usize * 31 + index) as u8;
+        *byte = (op.get() as usize * 31 + index) as u8;
     }
 }
 
@@ -271,7 +272,7 @@ fn journal_prepare_header(op: Op, view: View, body_size: usize) -> Header {
     let mut header = Header::new(Command::Prepare, JOURNAL_CLUSTER);
     header.op = op;
     header.commit = op.saturating_sub(1);
-    header.timestamp = op;
+    header.timestamp = op.get();
     header.view = view;
     header.operation = Operation::Noop as u8;
     header.size = (HEADER_SIZE + body_size) as u32;
@@ -318,7 +319,7 @@ fn journal_patch(storage: &mut MemoryStorage, layout: &Layout, patch: [u8; 4]) {
         6 => {
             // Slot b gets a valid entry of op `slot_b + slot_count * (a % 4)`.
             let op = slot_b as u64 + JOURNAL_SLOT_COUNT * u64::from(a % 4);
-            let header = journal_prepare_header(op, View(u32::from(c / 2 % 2)), 100);
+            let header = journal_prepare_header(Op(op), View(u32::from(c / 2 % 2)), 100);
             if c % 2 == 0 {
                 let to = headers + slot_b * HEADER_SIZE;
                 bytes[to..to + HEADER_SIZE].copy_from_slice(header.as_bytes());
@@ -326,7 +327,7 @@ fn journal_patch(storage: &mut MemoryStorage, layout: &Layout, patch: [u8; 4]) {
                 let to = prepares + slot_b * slot_size;
                 bytes[to..to + SECTOR_SIZE].fill(0);
                 bytes[to..to + HEADER_SIZE].copy_from_slice(header.as_bytes());
-                journal_prepare_body(op, &mut bytes[to + HEADER_SIZE..to + HEADER_SIZE + 100]);
+                journal_prepare_body(Op(op), &mut bytes[to + HEADER_SIZE..to + HEADER_SIZE + 100]);
             }
         }
         _ => {
@@ -485,14 +486,18 @@ fn journal_recovery_case_of_raw_entries(data: &[u8]) {
         Entry::from_header(&header_raw, &context, slot),
         Entry::from_prepare(data, &context, slot),
         Entry::from_header(&reserved_header(JOURNAL_CLUSTER, slot.0 as u64), &context, slot),
-        Entry::Prepare(journal_prepare_header(op_in_slot(word(1)), View(0), 10)),
-        Entry::Prepare(journal_prepare_header(op_in_slot(word(2)), View(1), 10)),
+        Entry::Prepare(journal_prepare_header(Op(op_in_slot(word(1))), View(0), 10)),
+        Entry::Prepare(journal_prepare_header(Op(op_in_slot(word(2))), View(1), 10)),
     ];
     assert_eq!(entries[3], Entry::Reserved);
     let op_prepare_max = word(3);
-    let op_max = (word(4) % 2 == 1).then(|| word(4).min(op_prepare_max));
+    let op_max = (word(4) % 2 == 1).then(|| Op(word(4).min(op_prepare_max)));
     let checkpoint_op = op_prepare_max.saturating_sub(JOURNAL_SLOT_COUNT);
-    let recovery_context = RecoveryContext { op_max, op_prepare_max, checkpoint_op };
+    let recovery_context = RecoveryContext {
+        op_max,
+        op_prepare_max: Op(op_prepare_max),
+        checkpoint_op: Op(checkpoint_op),
+    };
     for header in &entries {
         for prepare in &entries {
             let case = recovery_case(header, prepare, &recovery_context);

@@ -117,7 +117,7 @@ fn model_handle(
     let operation = request.operation().unwrap();
     let reply = if operation.is_read() {
         // A read: its body is the commit it was served at.
-        reply_bytes(request, view, 0, model.op, &model.op.to_le_bytes())
+        reply_bytes(request, view, Op(0), model.op, &model.op.get().to_le_bytes())
     } else if let Some(session) = model.sessions.get(&request.client)
         && operation == Operation::Register
     {
@@ -143,7 +143,8 @@ fn model_handle(
             && request.parent == session_chain(request.client, session.reply_op)
         {
             model.op += 1;
-            let reply = reply_bytes(request, view, model.op, model.op, &model.op.to_le_bytes());
+            let reply =
+                reply_bytes(request, view, model.op, model.op, &model.op.get().to_le_bytes());
             *session = Session { request: request.request, reply_op: model.op, reply };
             session.reply.clone()
         } else {
@@ -159,7 +160,7 @@ fn reply_bytes(request: &Header, view: View, op: Op, commit: Op, body: &[u8]) ->
     reply.view = view;
     reply.op = op;
     reply.commit = commit;
-    reply.timestamp = u64::from(op > 0);
+    reply.timestamp = u64::from(op > Op(0));
     reply.client = request.client;
     reply.request = request.request;
     reply.operation = request.operation;
@@ -188,10 +189,10 @@ fn duplicate_and_late_replies_are_never_taken_for_a_later_request() {
         assert_eq!(reply.header.operation, Operation::StreamInfo as u8);
         let reply = client.write(Operation::Append, &[round as u8; 24]).unwrap();
         assert_eq!(reply.header.operation, Operation::Append as u8);
-        assert_eq!(reply.header.op, 2 + round, "the append took a stale reply");
+        assert_eq!(reply.header.op, Op(2 + round), "the append took a stale reply");
         assert_eq!(reply.body, (2 + round).to_le_bytes());
     }
-    assert_eq!(model.lock().unwrap().op, 4);
+    assert_eq!(model.lock().unwrap().op, Op(4));
 }
 
 #[test]
@@ -216,11 +217,11 @@ fn a_write_that_timed_out_is_resolved_before_the_next_write() {
     assert!(matches!(client.write(Operation::Append, &[1; 24]), Err(ClientError::Timeout)));
     client.set_request_deadline(Duration::from_secs(5));
     let reply = client.write(Operation::Append, &[2; 24]).unwrap();
-    assert_eq!(reply.header.op, 3, "the second write got the first one's reply");
+    assert_eq!(reply.header.op, Op(3), "the second write got the first one's reply");
     let model = model.lock().unwrap();
-    assert_eq!(model.op, 3);
+    assert_eq!(model.op, Op(3));
     let last = model.requests.last().unwrap();
-    assert_eq!((last.request, last.parent), (2, session_chain(client.id(), 2)));
+    assert_eq!((last.request, last.parent), (2, session_chain(client.id(), Op(2))));
 }
 
 #[test]
@@ -230,7 +231,7 @@ fn after_an_eviction_a_new_session_numbers_its_writes_from_one() {
     // eviction, and its next write registers a new session (a new id: the old one's register
     // would be dropped) whose writes, numbered from 1, are accepted.
     let policy: Policy = Box::new(|request, model| {
-        let evict = request.request == 2 && model.op == 2;
+        let evict = request.request == 2 && model.op == Op(2);
         if evict { Action::Evict } else { Action::Answer }
     });
     let (address, model) = fake_replica(View(0), policy);
@@ -240,7 +241,7 @@ fn after_an_eviction_a_new_session_numbers_its_writes_from_one() {
     assert!(matches!(evicted, Err(ClientError::Evicted(_))));
     for op in [4, 5] {
         let reply = client.write(Operation::Append, &[3; 24]).unwrap();
-        assert_eq!(reply.header.op, op);
+        assert_eq!(reply.header.op, Op(op));
     }
     assert_eq!(model.lock().unwrap().sessions.len(), 2);
 }

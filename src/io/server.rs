@@ -322,7 +322,7 @@ mod tests {
     use crate::constants::HEADER_SIZE;
     use crate::io::format::format_file;
     use crate::io::scratch::ScratchDirectory;
-    use crate::vsr::header::{ClientId, ClusterId, Command, Header, Operation};
+    use crate::vsr::header::{ClientId, ClusterId, Command, Header, Op, Operation};
 
     fn small_config(replica_count: u8) -> Config {
         Config {
@@ -406,7 +406,7 @@ mod tests {
         let reply = exchange(&mut client, register);
         assert_eq!(reply.command(), Some(Command::Reply));
         assert_eq!(reply.client, client_id);
-        assert_eq!(reply.op, 1);
+        assert_eq!(reply.op, Op(1));
         running.store(false, Ordering::Relaxed);
         let allocations = server.join().unwrap().unwrap();
         assert_eq!(allocations, 0, "the event loop allocated after startup");

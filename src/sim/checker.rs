@@ -175,24 +175,24 @@ impl Checker {
         assert!(replica_count > 0);
         Checker {
             history: vec![Header::root_prepare(cluster)],
-            checked: vec![0; replica_count],
+            checked: vec![Op(0); replica_count],
             restarted: vec![false; replica_count],
-            checkpoints: vec![0; replica_count],
+            checkpoints: vec![Op(0); replica_count],
             requests: BTreeMap::new(),
             replies: BTreeMap::new(),
             replies_unverified: VecDeque::new(),
-            acknowledged_op_max: 0,
+            acknowledged_op_max: Op(0),
         }
     }
 
     /// The highest op committed by any replica (and checked).
     pub fn history_op_max(&self) -> Op {
-        self.history.len() as Op - 1
+        Op(self.history.len() as u64) - 1
     }
 
     /// The prepare committed at `op`, if any replica committed it.
     pub fn history_header(&self, op: Op) -> Option<&Header> {
-        self.history.get(usize::try_from(op).ok()?)
+        self.history.get(usize::try_from(op.get()).ok()?)
     }
 
     pub fn checked(&self, replica: usize) -> Op {
@@ -230,7 +230,7 @@ impl Checker {
 
     /// `replica` lost its data file and was formatted again: it starts from no checkpoint.
     pub fn replica_reformatted(&mut self, replica: usize) {
-        self.checkpoints[replica] = 0;
+        self.checkpoints[replica] = Op(0);
     }
 
     /// Checks `replica`'s commits up to `commit_min`, in op order, each from the header it
@@ -252,7 +252,7 @@ impl Checker {
             if !self.restarted[replica] {
                 return Err(Violation::CommitBackwards { replica, commit: commit_min, checked });
             }
-            if commit_min > 0
+            if commit_min > Op(0)
                 && let Some(header) = prepare_header(commit_min)
             {
                 self.commit(replica, commit_min, &header)?;
@@ -283,10 +283,10 @@ impl Checker {
         if header.op != op {
             return Err(Violation::HeaderOp { replica, op, header_op: header.op });
         }
-        let history_length = self.history.len() as Op;
-        assert!(op >= 1 && op <= history_length, "op {op} checked out of order");
+        let history_length = Op(self.history.len() as u64);
+        assert!(op >= Op(1) && op <= history_length, "op {op} checked out of order");
         if op < history_length {
-            let history = self.history[op as usize].checksum;
+            let history = self.history[op.get() as usize].checksum;
             if header.checksum != history {
                 return Err(Violation::Agreement {
                     replica,
@@ -297,7 +297,7 @@ impl Checker {
             }
             return Ok(());
         }
-        let previous = self.history[op as usize - 1];
+        let previous = self.history[op.get() as usize - 1];
         if header.parent != previous.checksum {
             let (parent, expected) = (header.parent, previous.checksum);
             return Err(Violation::Chain { replica, op, parent, expected });
@@ -365,7 +365,7 @@ impl Checker {
     }
 
     fn replies_verify(&mut self) -> Result<(), Violation> {
-        let history_length = self.history.len() as Op;
+        let history_length = Op(self.history.len() as u64);
         let mut index = 0;
         while index < self.replies_unverified.len() {
             let reply = self.replies_unverified[index];
@@ -374,7 +374,7 @@ impl Checker {
                 continue;
             }
             self.replies_unverified.remove(index);
-            reply_matches(&self.history[reply.op as usize], &reply).map_err(|reason| {
+            reply_matches(&self.history[reply.op.get() as usize], &reply).map_err(|reason| {
                 Violation::ReplyInconsistent {
                     client: reply.client,
                     request: reply.request,
@@ -457,7 +457,7 @@ mod tests {
         header.request = request;
         header.operation = Operation::Append as u8;
         header.context = 0x1000 + u128::from(request);
-        header.timestamp = op;
+        header.timestamp = op.get();
         header.set_checksum_body(&[]);
         header.set_checksum();
         header
@@ -468,7 +468,7 @@ mod tests {
         let mut headers = vec![Header::root_prepare(CLUSTER)];
         for op in 1..=count {
             let parent = headers[op as usize - 1].checksum;
-            headers.push(prepare(op, parent, ClientId(9), op as u32));
+            headers.push(prepare(Op(op), parent, ClientId(9), op as u32));
         }
         headers
     }
@@ -480,8 +480,8 @@ mod tests {
         commit_min: Op,
         log: &[Header],
     ) -> Result<Op, Violation> {
-        let header = |op: Op| log.get(op as usize).copied();
-        checker.replica_commits(replica, commit_min, 0, header, |_, _| {})
+        let header = |op: Op| log.get(op.get() as usize).copied();
+        checker.replica_commits(replica, commit_min, Op(0), header, |_, _| {})
     }
 
     fn reply_to(prepare: &Header) -> ReplyRecord {
@@ -502,18 +502,18 @@ mod tests {
         // Goal: the checker accepts agreeing replicas, at different speeds, and their replies.
         let log = chain(10);
         let mut checker = Checker::new(CLUSTER, 3);
-        assert_eq!(commits(&mut checker, 0, 10, &log), Ok(10));
-        assert_eq!(commits(&mut checker, 1, 4, &log), Ok(4));
-        assert_eq!(commits(&mut checker, 2, 0, &log), Ok(0));
+        assert_eq!(commits(&mut checker, 0, Op(10), &log), Ok(Op(10)));
+        assert_eq!(commits(&mut checker, 1, Op(4), &log), Ok(Op(4)));
+        assert_eq!(commits(&mut checker, 2, Op(0), &log), Ok(Op(0)));
         for prepare in &log[1..] {
             checker.reply(&reply_to(prepare)).unwrap();
             checker.acknowledged(&reply_to(prepare));
         }
-        assert_eq!(checker.primary_head(0, 10), Ok(()));
-        assert!(checker.converged(&[10, 4, 0]).is_err());
-        assert_eq!(commits(&mut checker, 1, 10, &log), Ok(10));
-        assert_eq!(commits(&mut checker, 2, 10, &log), Ok(10));
-        assert_eq!(checker.converged(&[10, 10, 10]), Ok(()));
+        assert_eq!(checker.primary_head(0, Op(10)), Ok(()));
+        assert!(checker.converged(&[Op(10), Op(4), Op(0)]).is_err());
+        assert_eq!(commits(&mut checker, 1, Op(10), &log), Ok(Op(10)));
+        assert_eq!(commits(&mut checker, 2, Op(10), &log), Ok(Op(10)));
+        assert_eq!(checker.converged(&[Op(10), Op(10), Op(10)]), Ok(()));
     }
 
     #[test]
@@ -521,26 +521,26 @@ mod tests {
         // Goal: a second replica committing another prepare at an op is caught.
         let log = chain(5);
         let mut divergent = log.clone();
-        divergent[3] = prepare(3, log[2].checksum, ClientId(10), 1);
+        divergent[3] = prepare(Op(3), log[2].checksum, ClientId(10), 1);
         let mut checker = Checker::new(CLUSTER, 2);
-        commits(&mut checker, 0, 5, &log).unwrap();
-        let result = commits(&mut checker, 1, 5, &divergent);
-        assert!(matches!(result, Err(Violation::Agreement { replica: 1, op: 3, .. })));
+        commits(&mut checker, 0, Op(5), &log).unwrap();
+        let result = commits(&mut checker, 1, Op(5), &divergent);
+        assert!(matches!(result, Err(Violation::Agreement { replica: 1, op: Op(3), .. })));
     }
 
     #[test]
     fn commit_that_does_not_chain_breaks_the_prefix() {
         // Goal: the history grows only by a prepare whose parent is the previous op.
         let mut log = chain(4);
-        log[4] = prepare(4, 0xDEAD, ClientId(9), 4);
+        log[4] = prepare(Op(4), 0xDEAD, ClientId(9), 4);
         let mut checker = Checker::new(CLUSTER, 1);
-        let result = commits(&mut checker, 0, 4, &log);
-        assert!(matches!(result, Err(Violation::Chain { replica: 0, op: 4, .. })));
+        let result = commits(&mut checker, 0, Op(4), &log);
+        assert!(matches!(result, Err(Violation::Chain { replica: 0, op: Op(4), .. })));
         let mut checker = Checker::new(CLUSTER, 1);
         let mut misplaced = chain(4);
         misplaced[2] = misplaced[3];
-        let result = commits(&mut checker, 0, 4, &misplaced);
-        assert!(matches!(result, Err(Violation::HeaderOp { op: 2, header_op: 3, .. })));
+        let result = commits(&mut checker, 0, Op(4), &misplaced);
+        assert!(matches!(result, Err(Violation::HeaderOp { op: Op(2), header_op: Op(3), .. })));
     }
 
     #[test]
@@ -549,40 +549,43 @@ mod tests {
         // restarted replica that re-commits another prepare is caught.
         let log = chain(6);
         let mut checker = Checker::new(CLUSTER, 1);
-        commits(&mut checker, 0, 6, &log).unwrap();
-        let result = commits(&mut checker, 0, 3, &log);
-        assert!(matches!(result, Err(Violation::CommitBackwards { commit: 3, checked: 6, .. })));
+        commits(&mut checker, 0, Op(6), &log).unwrap();
+        let result = commits(&mut checker, 0, Op(3), &log);
+        assert!(matches!(
+            result,
+            Err(Violation::CommitBackwards { commit: Op(3), checked: Op(6), .. })
+        ));
         checker.replica_restarted(0);
-        assert_eq!(commits(&mut checker, 0, 3, &log), Ok(6));
+        assert_eq!(commits(&mut checker, 0, Op(3), &log), Ok(Op(6)));
         let mut forked = log.clone();
-        forked[4] = prepare(4, log[3].checksum, ClientId(11), 1);
-        let result = commits(&mut checker, 0, 4, &forked);
-        assert!(matches!(result, Err(Violation::Agreement { op: 4, .. })));
+        forked[4] = prepare(Op(4), log[3].checksum, ClientId(11), 1);
+        let result = commits(&mut checker, 0, Op(4), &forked);
+        assert!(matches!(result, Err(Violation::Agreement { op: Op(4), .. })));
     }
 
     #[test]
     fn request_committed_at_two_ops_breaks_dedup() {
         // Goal: one (client, request) at two ops is caught; a register may repeat.
         let mut log = chain(3);
-        log[3] = prepare(3, log[2].checksum, ClientId(9), 2);
+        log[3] = prepare(Op(3), log[2].checksum, ClientId(9), 2);
         let mut checker = Checker::new(CLUSTER, 1);
-        let result = commits(&mut checker, 0, 3, &log);
+        let result = commits(&mut checker, 0, Op(3), &log);
         let expected = Violation::RequestCommittedTwice {
             client: ClientId(9),
             request: 2,
-            first: 2,
-            second: 3,
+            first: Op(2),
+            second: Op(3),
         };
         assert_eq!(result, Err(expected));
         let mut registers = chain(2);
         for op in 1..=2u64 {
-            let mut register = prepare(op, registers[op as usize - 1].checksum, ClientId(9), 0);
+            let mut register = prepare(Op(op), registers[op as usize - 1].checksum, ClientId(9), 0);
             register.operation = Operation::Register as u8;
             register.set_checksum();
             registers[op as usize] = register;
         }
         let mut checker = Checker::new(CLUSTER, 1);
-        assert_eq!(commits(&mut checker, 0, 2, &registers), Ok(2));
+        assert_eq!(commits(&mut checker, 0, Op(2), &registers), Ok(Op(2)));
     }
 
     #[test]
@@ -595,13 +598,13 @@ mod tests {
         reply.client = ClientId(77);
         checker.reply(&reply).unwrap();
         assert_eq!(checker.replies_unverified_count(), 1);
-        let result = commits(&mut checker, 0, 3, &log);
+        let result = commits(&mut checker, 0, Op(3), &log);
         assert!(matches!(
             result,
-            Err(Violation::ReplyInconsistent { client: ClientId(77), op: 2, .. })
+            Err(Violation::ReplyInconsistent { client: ClientId(77), op: Op(2), .. })
         ));
         let mut checker = Checker::new(CLUSTER, 1);
-        commits(&mut checker, 0, 3, &log).unwrap();
+        commits(&mut checker, 0, Op(3), &log).unwrap();
         let mut reply = reply_to(&log[3]);
         reply.request_checksum ^= 1;
         assert!(matches!(checker.reply(&reply), Err(Violation::ReplyInconsistent { .. })));
@@ -612,7 +615,7 @@ mod tests {
         // Goal: a retry must get the reply the first attempt got.
         let log = chain(2);
         let mut checker = Checker::new(CLUSTER, 1);
-        commits(&mut checker, 0, 2, &log).unwrap();
+        commits(&mut checker, 0, Op(2), &log).unwrap();
         checker.reply(&reply_to(&log[1])).unwrap();
         checker.reply(&reply_to(&log[1])).unwrap();
         let mut other = reply_to(&log[1]);
@@ -626,31 +629,39 @@ mod tests {
         // committed, or that a replica has not reached at the end, fails the run.
         let log = chain(5);
         let mut checker = Checker::new(CLUSTER, 2);
-        commits(&mut checker, 0, 5, &log).unwrap();
+        commits(&mut checker, 0, Op(5), &log).unwrap();
         checker.acknowledged(&reply_to(&log[5]));
-        let result = checker.primary_head(0, 3);
-        assert_eq!(result, Err(Violation::AcknowledgedWriteLost { replica: 0, op: 5, head: 3 }));
-        commits(&mut checker, 1, 4, &log).unwrap();
-        assert!(checker.converged(&[5, 4]).unwrap_err().contains("below the acknowledged op"));
+        let result = checker.primary_head(0, Op(3));
+        assert_eq!(
+            result,
+            Err(Violation::AcknowledgedWriteLost { replica: 0, op: Op(5), head: Op(3) })
+        );
+        commits(&mut checker, 1, Op(4), &log).unwrap();
+        assert!(
+            checker.converged(&[Op(5), Op(4)]).unwrap_err().contains("below the acknowledged op")
+        );
         let mut never = reply_to(&log[5]);
-        never.op = 6;
+        never.op = Op(6);
         never.request = 6;
         checker.reply(&never).unwrap();
-        commits(&mut checker, 1, 5, &log).unwrap();
-        assert!(checker.converged(&[5, 5]).unwrap_err().contains("which no replica committed"));
+        commits(&mut checker, 1, Op(5), &log).unwrap();
+        assert!(
+            checker.converged(&[Op(5), Op(5)]).unwrap_err().contains("which no replica committed")
+        );
     }
 
     #[test]
     fn committed_timestamp_not_above_its_parent_is_caught() {
         // Goal: the history grows only by a prepare timestamped above its parent.
         let mut log = chain(4);
-        let mut early = prepare(4, log[3].checksum, ClientId(9), 4);
+        let mut early = prepare(Op(4), log[3].checksum, ClientId(9), 4);
         early.timestamp = log[3].timestamp;
         early.set_checksum();
         log[4] = early;
         let mut checker = Checker::new(CLUSTER, 1);
-        let result = commits(&mut checker, 0, 4, &log);
-        let expected = Violation::TimestampBackwards { op: 4, timestamp: 3, parent_timestamp: 3 };
+        let result = commits(&mut checker, 0, Op(4), &log);
+        let expected =
+            Violation::TimestampBackwards { op: Op(4), timestamp: 3, parent_timestamp: 3 };
         assert_eq!(result, Err(expected));
     }
 
@@ -659,14 +670,15 @@ mod tests {
         // Goal: a replica's checkpoint never moves back, restarts included; a replica formatted
         // again (its data file lost) starts from none.
         let mut checker = Checker::new(CLUSTER, 2);
-        assert_eq!(checker.replica_checkpoint(0, 48), Ok(()));
-        assert_eq!(checker.replica_checkpoint(0, 48), Ok(()));
+        assert_eq!(checker.replica_checkpoint(0, Op(48)), Ok(()));
+        assert_eq!(checker.replica_checkpoint(0, Op(48)), Ok(()));
         checker.replica_restarted(0);
-        let result = checker.replica_checkpoint(0, 0);
-        let expected = Violation::CheckpointBackwards { replica: 0, checkpoint_op: 0, before: 48 };
+        let result = checker.replica_checkpoint(0, Op(0));
+        let expected =
+            Violation::CheckpointBackwards { replica: 0, checkpoint_op: Op(0), before: Op(48) };
         assert_eq!(result, Err(expected));
         checker.replica_reformatted(0);
-        assert_eq!(checker.replica_checkpoint(0, 0), Ok(()));
-        assert_eq!(checker.replica_checkpoint(1, 96), Ok(()));
+        assert_eq!(checker.replica_checkpoint(0, Op(0)), Ok(()));
+        assert_eq!(checker.replica_checkpoint(1, Op(96)), Ok(()));
     }
 }

@@ -1198,7 +1198,7 @@ impl Cluster {
             replica.checkpoint_op(),
             |op| replica.prepare_header(op),
             |op, header| {
-                trace.record(Event::Commit, &[tick, index as u64, op, header.checksum as u64])
+                trace.record(Event::Commit, &[tick, index as u64, op.get(), header.checksum as u64])
             },
         )?;
         // Only the primary of the newest view: a stale primary cut off from a view change may
@@ -1306,7 +1306,7 @@ impl Cluster {
         let workload = self.workload.metrics();
         Summary {
             ticks: self.tick,
-            ops_committed: self.checker.history_op_max(),
+            ops_committed: self.checker.history_op_max().get(),
             messages_sent: network.sent,
             messages_delivered: network.delivered,
             messages_dropped: network.dropped(),
@@ -1346,7 +1346,7 @@ impl Cluster {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     pub ticks: u64,
-    pub ops_committed: Op,
+    pub ops_committed: u64,
     pub messages_sent: u64,
     pub messages_delivered: u64,
     pub messages_dropped: u64,
@@ -1460,10 +1460,10 @@ mod tests {
         let mut cluster = Cluster::new(options_quiet(seed));
         cluster.run().unwrap();
         assert!(cluster.workload().idle());
-        assert!(cluster.checker().history_op_max() > 50);
+        assert!(cluster.checker().history_op_max() > Op(50));
         assert_eq!(cluster.summary().messages_dropped, 0);
         let acknowledged = cluster.workload().acknowledged().len() as u64;
-        assert_eq!(acknowledged, cluster.checker().history_op_max());
+        assert_eq!(acknowledged, cluster.checker().history_op_max().get());
     }
 
     #[test]
@@ -1476,7 +1476,7 @@ mod tests {
             let mut cluster = Cluster::new(options_quiet_replicas(seed, replica_count));
             cluster.run().unwrap();
             // Clients read a third of the time: reads commit no op.
-            assert!(cluster.checker().history_op_max() > 30);
+            assert!(cluster.checker().history_op_max() > Op(30));
         }
     }
 
@@ -1496,7 +1496,7 @@ mod tests {
                 cluster.step().unwrap();
             }
             let acknowledged = cluster.checker().acknowledged_op_max();
-            assert!(acknowledged > 10);
+            assert!(acknowledged > Op(10));
             cluster.crash(0, false, 1_500);
             while cluster.tick() < 1_400 {
                 cluster.step().unwrap();
@@ -1532,8 +1532,8 @@ mod tests {
             cluster.step().unwrap();
         }
         let behind = cluster.checker().acknowledged_op_max();
-        assert!(behind > 300, "R2 is far behind: {behind}");
-        while cluster.replica(2).is_none_or(|replica| replica.commit_min() < 20) {
+        assert!(behind > Op(300), "R2 is far behind: {behind}");
+        while cluster.replica(2).is_none_or(|replica| replica.commit_min() < Op(20)) {
             cluster.step().unwrap();
         }
         let crash_tick = cluster.tick();
@@ -1663,7 +1663,7 @@ mod tests {
         let node = &mut cluster.replicas[index];
         assert!(node.replica.is_none(), "replica {index} must be down");
         let layout = Layout::new(&node.config);
-        let slot = op % u64::from(node.config.journal_slot_count);
+        let slot = op.get() % u64::from(node.config.journal_slot_count);
         let offset = layout.zone_offset(Zone::WalPrepares) + slot * layout.message_size_max;
         node.storage.corrupt_sector(offset);
     }
@@ -1764,7 +1764,7 @@ mod tests {
         let layout = Layout::new(&node.config);
         let slot_count = u64::from(node.config.journal_slot_count);
         let prepares = layout.zone_offset(Zone::WalPrepares);
-        let at = |op: Op| (prepares + (op % slot_count) * layout.message_size_max) as usize;
+        let at = |op: Op| (prepares + (op.get() % slot_count) * layout.message_size_max) as usize;
         let length = (below.size as usize).next_multiple_of(SECTOR_SIZE);
         let mut bytes = node.storage.bytes()[at(below.op)..][..length].to_vec();
         let mut header = *below;
@@ -1775,7 +1775,7 @@ mod tests {
         bytes[..HEADER_SIZE].copy_from_slice(header.as_bytes());
         node.storage.bytes_mut()[at(header.op)..][..length].copy_from_slice(&bytes);
         let ring = layout.zone_offset(Zone::WalHeaders) as usize
-            + (header.op % slot_count) as usize * HEADER_SIZE;
+            + header.op.slot(slot_count) * HEADER_SIZE;
         node.storage.bytes_mut()[ring..][..HEADER_SIZE].copy_from_slice(header.as_bytes());
         header
     }
@@ -1843,7 +1843,7 @@ mod tests {
         while cluster.tick() < 300 {
             cluster.step().unwrap();
         }
-        assert!(cluster.checker().acknowledged_op_max() > 10);
+        assert!(cluster.checker().acknowledged_op_max() > Op(10));
         clients_cut_off(&mut cluster, 1_300);
         let quiet_tick = cluster.tick() + 100;
         step_until(&mut cluster, 200, "quiet", |cluster| cluster.tick() >= quiet_tick);
@@ -1857,7 +1857,9 @@ mod tests {
             primary.view() == View(1) && primary.status() == Status::Normal
         });
         cluster.run().unwrap();
-        assert!(cluster.checker().acknowledged_op_max() > cluster.checker().checked(1) / 2);
+        assert!(
+            cluster.checker().acknowledged_op_max().get() > cluster.checker().checked(1).get() / 2
+        );
         let raised = cluster.replica(1).expect("running").metrics().timestamps_raised;
         assert!(raised > 0, "the new primary's clock is behind: its timestamps were raised");
     }
@@ -1949,7 +1951,7 @@ mod tests {
         let backup = (cluster.primary_index() + 1) % 3;
         let replica = cluster.replica(backup).expect("running");
         let commit = replica.commit_min();
-        assert!(commit > 5, "{}", replica.debug_state());
+        assert!(commit > Op(5), "{}", replica.debug_state());
         let held = replica.prepare_header(commit).expect("held").checksum;
         commit_heartbeat_deliver(&mut cluster, backup, commit, held);
         assert_eq!(cluster.replica(backup).unwrap().status(), Status::Normal);

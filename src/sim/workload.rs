@@ -529,7 +529,7 @@ impl Workload {
             self.violations.push(ModelViolation {
                 client: client.core.id(),
                 request: client.core.request_latest(),
-                op: 0,
+                op: Op(0),
                 reason,
             });
         }
@@ -587,8 +587,8 @@ mod tests {
         header.client = request.client;
         header.replica = ReplicaIndex(1);
         if command == Command::Reply {
-            header.op = 1;
-            header.commit = 1;
+            header.op = Op(1);
+            header.commit = Op(1);
             header.request = request.request;
             header.operation = request.operation;
             header.context = request.checksum;

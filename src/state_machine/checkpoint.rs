@@ -26,6 +26,7 @@ use crate::state_machine::types::{
 use crate::state_machine::{
     BlockFault, CheckpointState, Log, StateMachine, Status, TokenKind, token,
 };
+use crate::vsr::header::Op;
 use crate::vsr::header::{Checksum, ChecksumBytes, ClusterId, checksum, checksum_chain};
 use crate::vsr::layout::Zone;
 use crate::vsr::storage::{Completion, IoKind, IoRequest, Storage};
@@ -265,7 +266,7 @@ impl StateMachine {
         self.log = Log::new();
         self.open_block.reset(0);
         self.dirty = false;
-        self.op_last = 0;
+        self.op_last = Op(0);
         self.open_result = None;
         if let Some(reason) = self.checkpoint_invalid(checkpoint) {
             return self.open_done(Err(reason));

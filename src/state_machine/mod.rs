@@ -259,8 +259,8 @@ impl OpenBlock {
         self.directory_size = 0;
         self.event_count = 0;
         self.streams.clear();
-        self.op_min = 0;
-        self.op_max = 0;
+        self.op_min = Op(0);
+        self.op_max = Op(0);
         self.position_first = position_first;
     }
 }
@@ -346,12 +346,12 @@ impl StateMachine {
                 directory_size: 0,
                 event_count: 0,
                 streams: Vec::with_capacity(open_streams_max),
-                op_min: 0,
-                op_max: 0,
+                op_min: Op(0),
+                op_max: Op(0),
                 position_first: 0,
             },
             dirty: false,
-            op_last: 0,
+            op_last: Op(0),
             checkpoint_last: CheckpointState::default(),
             checkpointing: None,
             opening: None,
@@ -715,8 +715,8 @@ impl StateMachine {
         header.cluster = self.config.cluster.get();
         header.address = address;
         header.ordinal = ordinal;
-        header.op_min = open.op_min;
-        header.op_max = open.op_max;
+        header.op_min = open.op_min.get();
+        header.op_max = open.op_max.get();
         header.position_first = open.position_first;
         header.position_end = self.log.position_next;
         header.records_size = open.records_size;

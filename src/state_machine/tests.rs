@@ -89,7 +89,7 @@ impl Harness {
             machine: StateMachine::new(&config),
             replies: MessagePool::new(GRID_READS_MAX + 2, config.message_size_max as usize),
             completions: Vec::new(),
-            op: 0,
+            op: Op(0),
             ops: Vec::new(),
         };
         harness.machine.open(&mut harness.storage, checkpoint);
@@ -119,7 +119,7 @@ impl Harness {
 
     fn commit(&mut self, operation: Operation, body: &[u8]) -> Vec<u8> {
         let op = self.op + 1;
-        self.commit_op(op, op * 1000 + 7, operation, body)
+        self.commit_op(op, op.get() * 1000 + 7, operation, body)
     }
 
     fn commit_op(&mut self, op: Op, timestamp: u64, operation: Operation, body: &[u8]) -> Vec<u8> {
@@ -567,7 +567,7 @@ impl Workload {
         };
         let mut reply_first: Option<Vec<u8>> = None;
         let op = harnesses[0].op + 1;
-        let timestamp = op * 1000 + 7;
+        let timestamp = op.get() * 1000 + 7;
         for harness in harnesses.iter_mut() {
             let reply = harness.commit_op(op, timestamp, operation, &body);
             assert_eq!(reply_first.get_or_insert_with(|| reply.clone()), &reply);
@@ -678,13 +678,13 @@ fn random_run(seed: u64, steps: usize, config: Config) {
             17 => {
                 let state = main.checkpoint();
                 assert_eq!(twin.checkpoint(), state);
-                checkpoint = (state, main.op);
+                checkpoint = (state, main.op.get());
             }
             18 => {
                 restarts += 1;
                 let storage = disk_copy(&main);
                 let seed_restart = workload.prng.next_u64();
-                main = restart(&main, storage, seed_restart, &checkpoint.0, checkpoint.1);
+                main = restart(&main, storage, seed_restart, &checkpoint.0, Op(checkpoint.1));
             }
             _ => workload.read_across_commit(&mut main, &mut twin),
         }
@@ -1326,7 +1326,7 @@ fn commits_reads_and_checkpoints_allocate_nothing_after_new() {
             }
             harness.op += 1;
             let (op, storage) = (harness.op, &mut harness.storage);
-            harness.machine.commit(storage, op, op, Operation::Append, body, &mut reply_body);
+            harness.machine.commit(storage, op, op.get(), Operation::Append, body, &mut reply_body);
         }
         for (operation, body) in &reads {
             let reply = harness.replies.get();

@@ -22,7 +22,7 @@ use kimberlite::state_machine::types::{
     AppendResult, CreateStream, EventRecord, ReadReplyHeader, ReadStream, ResultCode,
     append_batch_body, padded_size,
 };
-use kimberlite::vsr::header::{ClientId, ClusterId, Operation, ReplicaIndex};
+use kimberlite::vsr::header::{ClientId, ClusterId, Op, Operation, ReplicaIndex};
 use kimberlite::vsr::layout::{Config, Layout, Zone};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -174,7 +174,7 @@ fn load_timed(
         round += 1;
         std::thread::sleep(pause);
     }
-    client.commit_latest()
+    client.commit_latest().get()
 }
 
 /// A load thread (`load_timed`) on `addresses`, with what it acknowledged and when.
@@ -331,7 +331,7 @@ fn every_replica_holds_every_acknowledged_event(
     assert!(acknowledged.values().map(HashMap::len).sum::<usize>() > 0);
     for address in addresses {
         let mut reader = Client::new(CLUSTER, &[*address], MESSAGE_SIZE_MAX);
-        reader.observe_commit(commit);
+        reader.observe_commit(Op(commit));
         for stream in 1..=STREAMS {
             let sequences = read_stream(&mut reader, stream);
             let unique: std::collections::HashSet<_> = sequences.iter().collect();
@@ -682,7 +682,7 @@ fn inspect(path: &Path) -> (bool, String) {
 /// retryable answer while the replica repairs a block from a peer), or the deadline passes.
 fn streams_readable(address: SocketAddr, commit: u64, deadline: Instant) {
     let mut reader = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
-    reader.observe_commit(commit);
+    reader.observe_commit(Op(commit));
     for stream in 1..=STREAMS {
         loop {
             let body = ReadStream { stream, offset_from: 0, count_max: 1000, reserved: 0 };

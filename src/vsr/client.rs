@@ -159,7 +159,7 @@ impl ClientCore {
             evicted: false,
             request_latest: 0,
             parent: 0,
-            commit_latest: 0,
+            commit_latest: Op(0),
             view: View(0),
             read_nonce: 0,
             in_flight: None,
@@ -466,7 +466,7 @@ mod tests {
         let mut core = ClientCore::new(options(), ClientId(5), 1);
         let register = core.request_start(Operation::Register, &[], 0);
         assert_eq!(core.poll_send(0), Some(ReplicaIndex(0)));
-        assert_eq!(core.on_message(&reply_to(&register, 1), 1), Outcome::Reply);
+        assert_eq!(core.on_message(&reply_to(&register, Op(1)), 1), Outcome::Reply);
         assert!(core.registered());
         core
     }
@@ -479,7 +479,7 @@ mod tests {
         let mut core = registered_core();
         let read = core.request_start(Operation::StreamInfo, &[1, 2, 3, 4, 5, 6, 7, 8], 2);
         core.poll_send(2);
-        let read_reply = reply_to(&read, 0);
+        let read_reply = reply_to(&read, Op(0));
         assert_eq!(core.on_message(&read_reply, 3), Outcome::Reply);
         let write = core.request_start(Operation::Append, &[9; 24], 4);
         assert_eq!(write.request, read.request, "a read does not use up a number");
@@ -487,9 +487,9 @@ mod tests {
         assert!(matches!(core.on_message(&read_reply, 5), Outcome::Dropped(_)));
         assert_eq!(core.request_latest(), 0);
         assert_eq!(core.metrics().client_reply_duplicate_dropped, 1);
-        assert_eq!(core.on_message(&reply_to(&write, 2), 6), Outcome::Reply);
+        assert_eq!(core.on_message(&reply_to(&write, Op(2)), 6), Outcome::Reply);
         assert_eq!(core.request_latest(), 1);
-        assert!(matches!(core.on_message(&reply_to(&write, 2), 7), Outcome::Dropped(_)));
+        assert!(matches!(core.on_message(&reply_to(&write, Op(2)), 7), Outcome::Dropped(_)));
     }
 
     #[test]
@@ -498,11 +498,11 @@ mod tests {
         let mut core = registered_core();
         let first = core.request_start(Operation::StreamInfo, &[1; 8], 2);
         core.poll_send(2);
-        assert_eq!(core.on_message(&reply_to(&first, 0), 3), Outcome::Reply);
+        assert_eq!(core.on_message(&reply_to(&first, Op(0)), 3), Outcome::Reply);
         let second = core.request_start(Operation::StreamInfo, &[1; 8], 4);
         assert_ne!(first.checksum, second.checksum);
         core.poll_send(4);
-        assert!(matches!(core.on_message(&reply_to(&first, 0), 5), Outcome::Dropped(_)));
+        assert!(matches!(core.on_message(&reply_to(&first, Op(0)), 5), Outcome::Dropped(_)));
     }
 
     #[test]
@@ -648,7 +648,7 @@ mod tests {
         let mut core = registered_core();
         let write = core.request_start(Operation::Append, &[9; 24], 10);
         core.poll_send(10);
-        assert_eq!(core.on_message(&reply_to(&write, 2), 11), Outcome::Reply);
+        assert_eq!(core.on_message(&reply_to(&write, Op(2)), 11), Outcome::Reply);
         core.request_start(Operation::Append, &[9; 24], 12);
         let mut eviction = Header::new(Command::Eviction, ClusterId(7));
         eviction.client = core.id();
@@ -662,9 +662,9 @@ mod tests {
         let register = core.request_start(Operation::Register, &[], 14);
         assert_eq!((register.request, register.parent, register.client), (0, 0, ClientId(6)));
         core.poll_send(14);
-        assert_eq!(core.on_message(&reply_to(&register, 9), 15), Outcome::Reply);
+        assert_eq!(core.on_message(&reply_to(&register, Op(9)), 15), Outcome::Reply);
         let write = core.request_start(Operation::Append, &[9; 24], 16);
         assert_eq!(write.request, 1);
-        assert_eq!(write.parent, session_chain(ClientId(6), 9));
+        assert_eq!(write.parent, session_chain(ClientId(6), Op(9)));
     }
 }

@@ -69,7 +69,7 @@ pub struct ClientSessions {
 pub fn session_chain(client: ClientId, reply_op: Op) -> Checksum {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&client.get().to_le_bytes());
-    bytes[8..].copy_from_slice(&reply_op.to_le_bytes());
+    bytes[8..].copy_from_slice(&reply_op.get().to_le_bytes());
     checksum(&bytes)
 }
 
@@ -219,14 +219,14 @@ mod tests {
         // Goal: dedup by request number: latest → reply again, next → prepare, older → drop;
         // a number past the next is told apart (the table is behind the client's replies).
         let mut sessions = ClientSessions::new(2);
-        let (slot, evicted) = sessions.register(ClientId(7), 10);
+        let (slot, evicted) = sessions.register(ClientId(7), Op(10));
         assert_eq!(evicted, None);
         assert_eq!(
             sessions.disposition(ClientId(7), 0, true),
             RequestDisposition::ReplyAgain { slot }
         );
         assert_eq!(sessions.disposition(ClientId(7), 1, false), RequestDisposition::Prepare);
-        sessions.commit_reply(slot, 1, 11, 0xabc, 200);
+        sessions.commit_reply(slot, 1, Op(11), 0xabc, 200);
         assert_eq!(
             sessions.disposition(ClientId(7), 1, false),
             RequestDisposition::ReplyAgain { slot }
@@ -241,10 +241,10 @@ mod tests {
     fn full_table_evicts_the_session_with_the_oldest_commit() {
         // Goal: eviction is deterministic: the least recently committed session goes.
         let mut sessions = ClientSessions::new(2);
-        let (slot_a, _) = sessions.register(ClientId(1), 1);
-        let (slot_b, _) = sessions.register(ClientId(2), 2);
-        sessions.commit_reply(slot_a, 1, 3, 1, 128);
-        let (slot_c, evicted) = sessions.register(ClientId(3), 4);
+        let (slot_a, _) = sessions.register(ClientId(1), Op(1));
+        let (slot_b, _) = sessions.register(ClientId(2), Op(2));
+        sessions.commit_reply(slot_a, 1, Op(3), 1, 128);
+        let (slot_c, evicted) = sessions.register(ClientId(3), Op(4));
         assert_eq!(evicted, Some(ClientId(2)));
         assert_eq!(slot_c, slot_b);
         assert_eq!(sessions.disposition(ClientId(2), 1, false), RequestDisposition::Evict);

@@ -20,7 +20,104 @@ compile_error!("headers are cast from little-endian bytes: big-endian targets ar
 /// block and a checkpoint.
 pub type Checksum = u128;
 /// A position in the replicated log (op 0 is the root prepare).
-pub type Op = u64;
+#[repr(transparent)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+)]
+pub struct Op(pub u64);
+
+impl Op {
+    /// The root prepare, the first entry of every log.
+    pub const ROOT: Op = Op(0);
+    pub const MAX: Op = Op(u64::MAX);
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The op after this one.
+    pub fn next(self) -> Op {
+        self + 1
+    }
+
+    /// The slot of a ring of `slot_count` entries (the WAL, a header ring) this op goes in.
+    pub fn slot(self, slot_count: u64) -> usize {
+        assert!(slot_count > 0);
+        usize::try_from(self.0 % slot_count).expect("slot fits in usize")
+    }
+
+    /// The ops from this one through `last`, in order (none if `last` is lower).
+    pub fn through(self, last: Op) -> impl DoubleEndedIterator<Item = Op> + Clone {
+        (self.0..=last.0).map(Op)
+    }
+
+    /// `ops` before this op, or the root if there are not that many.
+    pub fn saturating_sub(self, ops: u64) -> Op {
+        Op(self.0.saturating_sub(ops))
+    }
+
+    /// `ops` before this op, if there are that many.
+    pub fn checked_sub(self, ops: u64) -> Option<Op> {
+        self.0.checked_sub(ops).map(Op)
+    }
+
+    /// The ops from `earlier` to this one, or 0 if `earlier` is later.
+    pub fn distance_from(self, earlier: Op) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl std::ops::Add<u64> for Op {
+    type Output = Op;
+    fn add(self, ops: u64) -> Op {
+        Op(self.0.checked_add(ops).expect("op overflow"))
+    }
+}
+
+impl std::ops::AddAssign<u64> for Op {
+    fn add_assign(&mut self, ops: u64) {
+        *self = *self + ops;
+    }
+}
+
+impl std::ops::Sub<u64> for Op {
+    type Output = Op;
+    fn sub(self, ops: u64) -> Op {
+        Op(self.0.checked_sub(ops).expect("op underflow"))
+    }
+}
+
+impl std::ops::SubAssign<u64> for Op {
+    fn sub_assign(&mut self, ops: u64) {
+        *self = *self - ops;
+    }
+}
+
+/// The number of ops from `earlier` to `self`.
+impl std::ops::Sub<Op> for Op {
+    type Output = u64;
+    fn sub(self, earlier: Op) -> u64 {
+        self.0.checked_sub(earlier.0).expect("op distance below zero")
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 /// A view number; the primary of view v is replica v mod replica_count.
 #[repr(transparent)]
 #[derive(
@@ -479,12 +576,12 @@ impl Header {
             cluster: ClusterId(0),
             size: 0,
             view: View(0),
-            op: 0,
-            commit: 0,
+            op: Op(0),
+            commit: Op(0),
             timestamp: 0,
             client: ClientId(0),
-            checkpoint_op: 0,
-            op_min: 0,
+            checkpoint_op: Op(0),
+            op_min: Op(0),
             parent: 0,
             context: 0,
             request: 0,
@@ -629,12 +726,12 @@ impl Header {
     fn unused_fields_zero(&self, used: Fields) -> Option<&'static str> {
         let checks: [(Fields, bool, &'static str); 13] = [
             (Fields::VIEW, self.view == View(0), "view must be zero"),
-            (Fields::OP, self.op == 0, "op must be zero"),
-            (Fields::COMMIT, self.commit == 0, "commit must be zero"),
+            (Fields::OP, self.op == Op(0), "op must be zero"),
+            (Fields::COMMIT, self.commit == Op(0), "commit must be zero"),
             (Fields::TIMESTAMP, self.timestamp == 0, "timestamp must be zero"),
             (Fields::CLIENT, self.client == ClientId(0), "client must be zero"),
-            (Fields::CHECKPOINT_OP, self.checkpoint_op == 0, "checkpoint_op must be zero"),
-            (Fields::OP_MIN, self.op_min == 0, "op_min must be zero"),
+            (Fields::CHECKPOINT_OP, self.checkpoint_op == Op(0), "checkpoint_op must be zero"),
+            (Fields::OP_MIN, self.op_min == Op(0), "op_min must be zero"),
             (Fields::PARENT, self.parent == 0, "parent must be zero"),
             (Fields::CONTEXT, self.context == 0, "context must be zero"),
             (Fields::REQUEST, self.request == 0, "request must be zero"),
@@ -744,7 +841,7 @@ impl Header {
             Operation::Root => self.invalid_root_prepare(),
             _ if operation.is_read() => Some("reads are never prepared"),
             _ => {
-                if self.op == 0 {
+                if self.op == Op(0) {
                     return Some("op 0 is the root prepare");
                 }
                 if self.commit >= self.op {
@@ -792,8 +889,8 @@ impl Header {
         if self.size != root.size || self.checksum_body != root.checksum_body {
             return Some("root prepare must have an empty body");
         }
-        let zero = self.op == 0
-            && self.commit == 0
+        let zero = self.op == Op(0)
+            && self.commit == Op(0)
             && self.timestamp == 0
             && self.client == ClientId(0)
             && self.request == 0
@@ -821,7 +918,7 @@ impl Header {
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
-        if self.op == 0 {
+        if self.op == Op(0) {
             return Some("prepare_ok for the root prepare");
         }
         let operation = self.operation().unwrap_or(Operation::Reserved);
@@ -858,7 +955,7 @@ impl Header {
             return Some("reply operation invalid");
         }
         if !operation.is_read() {
-            if self.op == 0 {
+            if self.op == Op(0) {
                 return Some("reply to a write must name its op");
             }
             if self.commit < self.op {

@@ -162,7 +162,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::constants::{
     HEADER_SIZE, JOURNAL_COMPLETIONS_MAX, JOURNAL_EVENTS_MAX, JOURNAL_HEADERS_PER_SECTOR,
     JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, PIPELINE_PREPARE_QUEUE_MAX, PROTOCOL_VERSION,
-    REPLICAS_MAX, SECTOR_SIZE, op_prepare_max,
+    REPLICAS_MAX, SECTOR_SIZE,
 };
 use crate::vsr::header::{Checksum, ClusterId, Command, Header, Op, View};
 use crate::vsr::layout::{Config, Layout, Zone};
@@ -175,13 +175,19 @@ const_assert!(JOURNAL_IOPS_WRITE_MAX <= u8::MAX as usize);
 
 /// The header that marks slot `slot` empty, in both rings. It carries the slot as its `op` so
 /// that a reserved entry written to the wrong slot is detected like any misdirected write.
+/// The highest op a replica may prepare while its checkpoint is `checkpoint_op`: any higher op
+/// would overwrite a slot whose op the checkpoint does not yet cover.
+pub fn op_prepare_max(checkpoint_op: Op, slot_count: u64) -> Op {
+    checkpoint_op + slot_count
+}
+
 pub fn reserved_header(cluster: ClusterId, slot: u64) -> Header {
     let mut header = Header::zeroed();
     header.cluster = cluster;
     header.size = HEADER_SIZE as u32;
     header.protocol = PROTOCOL_VERSION;
     header.command = Command::Reserved as u8;
-    header.op = slot;
+    header.op = Op(slot);
     header.set_checksum_body(&[]);
     header.set_checksum();
     header
@@ -294,7 +300,7 @@ fn header_entry(header: &Header, context: &RingContext, slot: Slot) -> Result<En
         return Err(EntryInvalid::Cluster);
     }
     if header.command == Command::Reserved as u8 {
-        if header.op != slot.0 as u64 {
+        if header.op != Op(slot.0 as u64) {
             return Err(EntryInvalid::Misdirected);
         }
         if *header != reserved_header(context.cluster, slot.0 as u64) {
@@ -311,7 +317,7 @@ fn header_entry(header: &Header, context: &RingContext, slot: Slot) -> Result<En
     if u64::from(header.size) > context.message_size_max {
         return Err(EntryInvalid::Size);
     }
-    if header.op % context.slot_count != slot.0 as u64 {
+    if header.op.slot(context.slot_count) != slot.0 {
         return Err(EntryInvalid::Misdirected);
     }
     Ok(Entry::Prepare(*header))
@@ -545,8 +551,8 @@ impl RecoveryReport {
             prepare: EntrySummary::Reserved,
         };
         RecoveryReport {
-            checkpoint_op: 0,
-            op_prepare_max: 0,
+            checkpoint_op: Op(0),
+            op_prepare_max: Op(0),
             replica_count: 0,
             slots: vec![slot; slot_count],
             op_min: None,
@@ -575,7 +581,7 @@ impl RecoveryReport {
         let mut op = op_head;
         while op < self.op_prepare_max && op - op_head < slot_count {
             let next = op + 1;
-            let slot = &self.slots[(next % slot_count) as usize];
+            let slot = &self.slots[next.slot(slot_count)];
             let may_hold = match slot.header {
                 EntrySummary::Prepare { op: named, .. } => named == next,
                 EntrySummary::Invalid(_) => true,
@@ -841,7 +847,7 @@ impl Journal {
             truncation: TruncatePhase::Idle,
             recovery: Recovery {
                 phase: RecoveryPhase::Reading,
-                checkpoint_op: 0,
+                checkpoint_op: Op(0),
                 replica_count: 0,
                 read_only: false,
                 sector_next: 0,
@@ -863,7 +869,7 @@ impl Journal {
     }
 
     pub fn slot_for_op(&self, op: Op) -> Slot {
-        Slot((op % self.context.slot_count) as usize)
+        Slot(op.slot(self.context.slot_count))
     }
 
     /// What `slot` should hold (reserved if empty or awaiting repair).
@@ -1538,7 +1544,7 @@ impl Journal {
                 let pool = self.recovery.read_pool.as_ref().expect("recovery holds a read pool");
                 let buffer = pool.get();
                 let purpose = ReadPurpose::Recovery;
-                let target = ReadTarget::Prepare { slot, op: 0, checksum: 0, purpose };
+                let target = ReadTarget::Prepare { slot, op: Op(0), checksum: 0, purpose };
                 let index = self.read_acquire(target);
                 self.read_prepare_submit(storage, index, buffer, 0, SECTOR_SIZE);
             } else {
@@ -1684,7 +1690,7 @@ impl Journal {
             }
         }
         // The ops in flight at a crash fit in one pipeline.
-        torn.filter(|(op_torn_min, op_torn_max)| op_torn_max - op_torn_min < pipeline)
+        torn.filter(|(op_torn_min, op_torn_max)| *op_torn_max - *op_torn_min < pipeline)
     }
 
     /// Whether `slot`, whose op in this checkpoint's log is `op`, looks like a prepare torn
@@ -1711,9 +1717,9 @@ impl Journal {
     fn recover_slot_op(&self, slot: Slot, context: &RecoveryContext) -> Op {
         let slot_count = self.context.slot_count;
         assert!((slot.0 as u64) < slot_count);
-        assert!(context.op_prepare_max >= slot_count);
+        assert!(context.op_prepare_max >= Op(slot_count));
         let distance =
-            (context.op_prepare_max % slot_count + slot_count - slot.0 as u64) % slot_count;
+            (context.op_prepare_max.get() % slot_count + slot_count - slot.0 as u64) % slot_count;
         let op = context.op_prepare_max - distance;
         assert_eq!(self.slot_for_op(op), slot);
         op

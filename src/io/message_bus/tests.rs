@@ -173,6 +173,7 @@ fn header_edit(bytes: &mut [u8], edit: impl FnOnce(&mut Header)) {
     bytes[..HEADER_SIZE].copy_from_slice(zerocopy::IntoBytes::as_bytes(&header));
 }
 
+use crate::vsr::header::Op;
 use zerocopy::FromBytes;
 
 #[test]
@@ -554,7 +555,7 @@ fn headers(pool: &MessagePool, replica: ReplicaIndex, marker: u64, header_count:
     }
     let mut header = Header::new(Command::Headers, CLUSTER);
     header.replica = replica;
-    header.op = marker;
+    header.op = Op(marker);
     header.size = size as u32;
     header.set_checksum_body(body);
     header.set_checksum();
@@ -645,7 +646,7 @@ fn three_replicas_form_a_full_mesh() {
     for (to, messages) in received.iter().enumerate() {
         let mut senders: Vec<(u8, u64)> = messages
             .iter()
-            .map(|message| (message.header().replica.get(), message.header().op))
+            .map(|message| (message.header().replica.get(), message.header().op.get()))
             .collect();
         senders.sort();
         let expected: Vec<(u8, u64)> = (0..3u8)
@@ -803,11 +804,11 @@ fn replicas_exchange_and_reconnect_without_allocating() {
         });
         assert_eq!(
             (received[0][0].header().replica, received[0][0].header().op),
-            (ReplicaIndex(1), round)
+            (ReplicaIndex(1), Op(round))
         );
         assert_eq!(
             (received[1][0].header().replica, received[1][0].header().op),
-            (ReplicaIndex(0), round)
+            (ReplicaIndex(0), Op(round))
         );
         received[0].clear();
         received[1].clear();

@@ -19,6 +19,7 @@ use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS
 use crate::stdx::prng::Prng;
 use crate::vsr::header::ClientId;
 use crate::vsr::header::ClusterId;
+use crate::vsr::header::Op;
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::View;
 
@@ -26,10 +27,10 @@ const CLUSTER: ClusterId = ClusterId(0xC1A5_7E20_0000_0001);
 const CLIENT: ClientId = ClientId(0x0123_4567_89AB_CDEF);
 const VIEW: View = View(4);
 const LOG_VIEW: View = View(3);
-const OP: u64 = 12;
-const OP_MIN: u64 = 5;
-const COMMIT: u64 = 10;
-const CHECKPOINT: u64 = 8;
+const OP: Op = Op(12);
+const OP_MIN: Op = Op(5);
+const COMMIT: Op = Op(10);
+const CHECKPOINT: Op = Op(8);
 const TIMESTAMP: u64 = 1_700_000_000_000_000_000;
 const REQUEST: u32 = 7;
 const PARENT: u128 = 0x9A2E_0001_0000_0000_0000_0000_0000_0001;
@@ -323,7 +324,7 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
         }
         Command::Block => {
             (h.op, h.context, h.checkpoint_op, h.replica) =
-                (4096, CONTEXT, CHECKPOINT, ReplicaIndex(1));
+                (Op(4096), CONTEXT, CHECKPOINT, ReplicaIndex(1));
             vec![0xB7; 512]
         }
         Command::RequestSyncCheckpoint => {
@@ -367,7 +368,7 @@ fn noop_prepare() -> Header {
 /// A reply to a read, which names no op.
 fn read_reply() -> Header {
     let mut h = valid(Command::Reply);
-    (h.operation, h.op) = (Operation::ReadStream as u8, 0);
+    (h.operation, h.op) = (Operation::ReadStream as u8, Op(0));
     seal(h, b"events".to_vec()).0
 }
 
@@ -433,12 +434,12 @@ impl Field {
     fn get(self, h: &Header) -> u128 {
         match self {
             Field::View => u128::from(h.view.get()),
-            Field::Op => u128::from(h.op),
-            Field::Commit => u128::from(h.commit),
+            Field::Op => u128::from(h.op.get()),
+            Field::Commit => u128::from(h.commit.get()),
             Field::Timestamp => u128::from(h.timestamp),
             Field::Client => u128::from(h.client.get()),
-            Field::CheckpointOp => u128::from(h.checkpoint_op),
-            Field::OpMin => u128::from(h.op_min),
+            Field::CheckpointOp => u128::from(h.checkpoint_op.get()),
+            Field::OpMin => u128::from(h.op_min.get()),
             Field::Parent => h.parent,
             Field::Context => h.context,
             Field::Request => u128::from(h.request),
@@ -452,12 +453,12 @@ impl Field {
     fn set(self, h: &mut Header, value: u64) {
         match self {
             Field::View => h.view = View(value as u32),
-            Field::Op => h.op = value,
-            Field::Commit => h.commit = value,
+            Field::Op => h.op = Op(value),
+            Field::Commit => h.commit = Op(value),
             Field::Timestamp => h.timestamp = value,
             Field::Client => h.client = ClientId(value),
-            Field::CheckpointOp => h.checkpoint_op = value,
-            Field::OpMin => h.op_min = value,
+            Field::CheckpointOp => h.checkpoint_op = Op(value),
+            Field::OpMin => h.op_min = Op(value),
             Field::Parent => h.parent = u128::from(value),
             Field::Context => h.context = u128::from(value),
             Field::Request => h.request = value as u32,
@@ -592,7 +593,7 @@ fn special_forms_of_request_prepare_and_reply_are_valid() {
     // valid and round-trip through decode.
     let root = Header::root_prepare(CLUSTER);
     assert_eq!(root.operation(), Some(Operation::Root));
-    assert_eq!(root.op, 0);
+    assert_eq!(root.op, Op(0));
     let headers = [register_request(), register_prepare(), noop_prepare(), read_reply(), root];
     for header in headers {
         assert_eq!(header.invalid(), None, "{header:?}");
@@ -615,7 +616,7 @@ fn values_at_each_boundary_are_accepted() {
         h.replica = ReplicaIndex((REPLICAS_MAX - 1) as u8)
     });
     case("prepare commit one below op", Command::Prepare, |h| h.commit = h.op - 1);
-    case("prepare commit zero", Command::Prepare, |h| h.commit = 0);
+    case("prepare commit zero", Command::Prepare, |h| h.commit = Op(0));
     case("reply commit above op", Command::Reply, |h| h.commit = h.op + 1);
     case("commit checkpoint at commit", Command::Commit, |h| h.checkpoint_op = h.commit);
     case("dvc log_view one below view", Command::DoViewChange, |h| h.log_view = h.view - 1);
@@ -959,7 +960,7 @@ fn prepare_of_a_read_is_rejected() {
 fn prepare_at_op_zero_is_rejected() {
     // Goal: op 0 holds only the root prepare, for writes, registers and noops alike.
     for header in [valid(Command::Prepare), register_prepare(), noop_prepare()] {
-        rejects(header, |h| h.op = 0, "op 0 is the root prepare");
+        rejects(header, |h| h.op = Op(0), "op 0 is the root prepare");
     }
 }
 
@@ -1035,7 +1036,7 @@ fn root_prepare_with_any_field_set_is_rejected() {
 #[test]
 fn prepare_ok_for_op_zero_is_rejected() {
     // Goal: the root prepare is never acknowledged.
-    rejects(valid(Command::PrepareOk), |h| h.op = 0, "prepare_ok for the root prepare");
+    rejects(valid(Command::PrepareOk), |h| h.op = Op(0), "prepare_ok for the root prepare");
 }
 
 #[test]
@@ -1069,11 +1070,11 @@ fn reply_with_a_non_client_operation_is_rejected() {
 #[test]
 fn reply_to_a_write_at_op_zero_is_rejected() {
     // Goal: a reply to a write (or a register) names the op it was committed at.
-    rejects(valid(Command::Reply), |h| h.op = 0, "reply to a write must name its op");
+    rejects(valid(Command::Reply), |h| h.op = Op(0), "reply to a write must name its op");
     let mut register_reply = valid(Command::Reply);
     (register_reply.operation, register_reply.request) = (Operation::Register as u8, 0);
     register_reply.set_checksum();
-    rejects(register_reply, |h| h.op = 0, "reply to a write must name its op");
+    rejects(register_reply, |h| h.op = Op(0), "reply to a write must name its op");
 }
 
 #[test]
@@ -1124,7 +1125,7 @@ fn view_change_with_commit_above_op_is_rejected() {
 #[test]
 fn do_view_change_with_op_min_not_above_op_is_rejected() {
     // Goal: a do_view_change can deny holding only ops above its log's head.
-    for op_min in [0, OP - 1, OP] {
+    for op_min in [Op(0), OP - 1, OP] {
         rejects(
             valid(Command::DoViewChange),
             |h| h.op_min = op_min,
@@ -1303,16 +1304,16 @@ fn fields_are_little_endian_at_their_offsets() {
         ("parent", 32, 16, |h, v| h.parent = v),
         ("context", 48, 16, |h, v| h.context = v),
         ("cluster", 64, 8, |h, v| h.cluster = ClusterId(v as u64)),
-        ("op", 72, 8, |h, v| h.op = v as u64),
-        ("commit", 80, 8, |h, v| h.commit = v as u64),
+        ("op", 72, 8, |h, v| h.op = Op(v as u64)),
+        ("commit", 80, 8, |h, v| h.commit = Op(v as u64)),
         ("protocol", 88, 2, |h, v| h.protocol = v as u16),
         ("command", 90, 1, |h, v| h.command = v as u8),
         ("replica", 91, 1, |h, v| h.replica = ReplicaIndex(v as u8)),
         ("size", 92, 4, |h, v| h.size = v as u32),
         ("timestamp", 96, 8, |h, v| h.timestamp = v as u64),
         ("client", 104, 8, |h, v| h.client = ClientId(v as u64)),
-        ("checkpoint_op", 112, 8, |h, v| h.checkpoint_op = v as u64),
-        ("op_min", 120, 8, |h, v| h.op_min = v as u64),
+        ("checkpoint_op", 112, 8, |h, v| h.checkpoint_op = Op(v as u64)),
+        ("op_min", 120, 8, |h, v| h.op_min = Op(v as u64)),
         ("view", 128, 4, |h, v| h.view = View(v as u32)),
         ("request", 132, 4, |h, v| h.request = v as u32),
         ("log_view", 136, 4, |h, v| h.log_view = View(v as u32)),

@@ -61,15 +61,16 @@ fn recover_report(
 /// A valid prepare of `op` in `view` with a body of `body_size` bytes, padded with zeros to a
 /// sector.
 fn prepare_bytes(op: Op, view: View, body_size: usize) -> Vec<u8> {
-    assert!(op > 0);
+    assert!(op > Op(0));
     let mut header = Header::new(Command::Prepare, CLUSTER);
     header.op = op;
     header.commit = op - 1;
-    header.timestamp = op;
+    header.timestamp = op.get();
     header.view = view;
     header.operation = Operation::Noop as u8;
     header.size = (HEADER_SIZE + body_size) as u32;
-    let body: Vec<u8> = (0..body_size).map(|index| (op as usize * 31 + index) as u8).collect();
+    let body: Vec<u8> =
+        (0..body_size).map(|index| (op.get() as usize * 31 + index) as u8).collect();
     header.set_checksum_body(&body);
     header.set_checksum();
     assert_eq!(header.invalid(), None);
@@ -93,7 +94,7 @@ fn prepare_message(pool: &MessagePool, op: Op, view: View, body_size: usize) -> 
 }
 
 fn slot_of(op: Op) -> usize {
-    (op % SLOT_COUNT) as usize
+    op.slot(SLOT_COUNT)
 }
 
 fn redundant_offset(slot: usize) -> usize {
@@ -211,7 +212,7 @@ fn fresh_file_recovers_all_nil() {
     // recovery reads as @L/nil everywhere, leaving a clean, usable, empty journal.
     for replica_count in [1, 3] {
         let mut storage = formatted_storage();
-        let journal = recovered(&mut storage, 0, replica_count);
+        let journal = recovered(&mut storage, Op(0), replica_count);
         let report = journal.recovery_report();
         assert!(report.usable);
         assert_eq!(report.count(Decision::Nil), SLOT_COUNT as u32);
@@ -225,24 +226,24 @@ fn fresh_file_recovers_all_nil() {
 fn written_prepares_read_back_identical() {
     // Goal: prepares of one and of two sectors read back byte for byte, with a checked body.
     let mut storage = formatted_storage();
-    let mut journal = recovered(&mut storage, 0, 3);
+    let mut journal = recovered(&mut storage, Op(0), 3);
     let pool = message_pool();
     for op in 1..=10 {
         let body_size = if op % 2 == 0 { BODY_SIZE_TWO_SECTORS } else { 100 };
         write_prepare_blocking(
             &mut journal,
             &mut storage,
-            prepare_message(&pool, op, View(0), body_size),
+            prepare_message(&pool, Op(op), View(0), body_size),
         );
     }
     for op in 1..=10 {
         let expected =
-            prepare_bytes(op, View(0), if op % 2 == 0 { BODY_SIZE_TWO_SECTORS } else { 100 });
+            prepare_bytes(Op(op), View(0), if op % 2 == 0 { BODY_SIZE_TWO_SECTORS } else { 100 });
         let checksum = header_of(&expected).checksum;
-        let message = read_prepare_blocking(&mut journal, &mut storage, &pool, op, checksum);
+        let message = read_prepare_blocking(&mut journal, &mut storage, &pool, Op(op), checksum);
         let message = message.unwrap();
         assert_eq!(message.bytes(), &expected[..message.header().size as usize]);
-        assert!(!journal.dirty(Slot(slot_of(op))));
+        assert!(!journal.dirty(Slot(slot_of(Op(op)))));
     }
 }
 
@@ -251,15 +252,15 @@ fn read_of_an_unknown_prepare_reports_why_without_faulting_the_slot() {
     // Goal: asking for a version or an op the journal does not hold names the mismatch and
     // leaves the slot clean.
     let mut storage = formatted_storage();
-    let mut journal = recovered(&mut storage, 0, 3);
+    let mut journal = recovered(&mut storage, Op(0), 3);
     let pool = message_pool();
-    write_prepare_blocking(&mut journal, &mut storage, prepare_message(&pool, 3, View(0), 100));
-    let checksum = header_of(&prepare_bytes(3, View(0), 100)).checksum;
-    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, 3, checksum ^ 1);
+    write_prepare_blocking(&mut journal, &mut storage, prepare_message(&pool, Op(3), View(0), 100));
+    let checksum = header_of(&prepare_bytes(Op(3), View(0), 100)).checksum;
+    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, Op(3), checksum ^ 1);
     assert_eq!(result.unwrap_err(), ReadError::WrongChecksum { found: checksum });
-    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, 3 + SLOT_COUNT, 7);
-    assert_eq!(result.unwrap_err(), ReadError::WrongOp { found: 3 });
-    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, 4, 7);
+    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, Op(3 + SLOT_COUNT), 7);
+    assert_eq!(result.unwrap_err(), ReadError::WrongOp { found: Op(3) });
+    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, Op(4), 7);
     assert_eq!(result.unwrap_err(), ReadError::Reserved);
     assert_eq!(journal.faulty_count(), 0);
 }
@@ -269,24 +270,24 @@ fn read_of_a_corrupt_or_misdirected_prepare_marks_the_slot_faulty() {
     // Goal: a durable prepare that reads back corrupt, or as another slot's prepare, is
     // reported with the reason and its slot becomes dirty and faulty (to be repaired).
     let mut storage = formatted_storage();
-    let mut journal = recovered(&mut storage, 0, 3);
+    let mut journal = recovered(&mut storage, Op(0), 3);
     let pool = message_pool();
     for op in [4, 5] {
         write_prepare_blocking(
             &mut journal,
             &mut storage,
-            prepare_message(&pool, op, View(0), 100),
+            prepare_message(&pool, Op(op), View(0), 100),
         );
     }
-    let checksum_4 = header_of(&prepare_bytes(4, View(0), 100)).checksum;
-    let checksum_5 = header_of(&prepare_bytes(5, View(0), 100)).checksum;
+    let checksum_4 = header_of(&prepare_bytes(Op(4), View(0), 100)).checksum;
+    let checksum_5 = header_of(&prepare_bytes(Op(5), View(0), 100)).checksum;
     storage.bytes_mut()[prepare_offset(4) + HEADER_SIZE + 10] ^= 1;
-    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, 4, checksum_4);
+    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, Op(4), checksum_4);
     assert_eq!(result.unwrap_err(), ReadError::Invalid(EntryInvalid::BodyChecksum));
     assert!(journal.faulty(Slot(4)) && journal.dirty(Slot(4)));
 
-    put_prepare(&mut storage, 5, &prepare_bytes(6, View(0), 100));
-    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, 5, checksum_5);
+    put_prepare(&mut storage, 5, &prepare_bytes(Op(6), View(0), 100));
+    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, Op(5), checksum_5);
     assert_eq!(result.unwrap_err(), ReadError::Invalid(EntryInvalid::Misdirected));
     assert!(journal.faulty(Slot(5)));
     assert_eq!(journal.faulty_count(), 2);
@@ -297,9 +298,9 @@ fn prepare_is_durable_only_after_its_header_sector_lands() {
     // Goal: PrepareDurable comes after the header sector write completes, never after the
     // prepare write alone, and the header ring holds the header only from then on.
     let mut storage = formatted_storage();
-    let mut journal = recovered(&mut storage, 0, 3);
+    let mut journal = recovered(&mut storage, Op(0), 3);
     let pool = message_pool();
-    let message = prepare_message(&pool, 1, View(0), 100);
+    let message = prepare_message(&pool, Op(1), View(0), 100);
     let header = *message.header();
     journal.write_prepare(&mut storage, message);
     assert!(journal.dirty(Slot(1)));
@@ -308,7 +309,7 @@ fn prepare_is_durable_only_after_its_header_sector_lands() {
     assert_eq!(disk_redundant(&storage, 1), reserved_header(CLUSTER, 1));
     assert_eq!(storage.in_flight(), 1, "the header sector write is in flight");
     let events = step(&mut journal, &mut storage);
-    let [Event::PrepareDurable { op: 1, checksum }] = events[..] else { panic!("{events:?}") };
+    let [Event::PrepareDurable { op: Op(1), checksum }] = events[..] else { panic!("{events:?}") };
     assert_eq!(checksum, header.checksum);
     assert_eq!(disk_redundant(&storage, 1), header);
     assert!(!journal.dirty(Slot(1)));
@@ -320,20 +321,20 @@ fn prepare_is_durable_only_after_a_header_write_submitted_after_it_landed() {
     // first is in flight; that write shows the second slot reserved and makes only the first
     // durable; a second snapshot follows it and makes the second durable.
     let mut storage = formatted_storage();
-    let mut journal = recovered(&mut storage, 0, 3);
+    let mut journal = recovered(&mut storage, Op(0), 3);
     let pool = message_pool();
-    let message_1 = prepare_message(&pool, 1, View(0), 100);
-    let message_2 = prepare_message(&pool, 2, View(0), 100);
+    let message_1 = prepare_message(&pool, Op(1), View(0), 100);
+    let message_2 = prepare_message(&pool, Op(2), View(0), 100);
     let header_2 = *message_2.header();
     journal.write_prepare(&mut storage, message_1);
     journal.write_prepare(&mut storage, message_2);
     assert!(step(&mut journal, &mut storage).is_empty()); // Prepare 1 lands; sector write A.
     assert!(step(&mut journal, &mut storage).is_empty()); // Prepare 2 lands; A in flight.
     let events = step(&mut journal, &mut storage); // A lands; sector write B.
-    assert!(matches!(events[..], [Event::PrepareDurable { op: 1, .. }]), "{events:?}");
+    assert!(matches!(events[..], [Event::PrepareDurable { op: Op(1), .. }]), "{events:?}");
     assert_eq!(disk_redundant(&storage, 2), reserved_header(CLUSTER, 2));
     let events = step(&mut journal, &mut storage); // B lands.
-    assert!(matches!(events[..], [Event::PrepareDurable { op: 2, .. }]), "{events:?}");
+    assert!(matches!(events[..], [Event::PrepareDurable { op: Op(2), .. }]), "{events:?}");
     assert_eq!(disk_redundant(&storage, 2), header_2);
     assert_eq!(storage.in_flight(), 0);
 }
@@ -361,12 +362,12 @@ fn concurrent_writes_to_one_header_sector_leave_a_correct_header_ring() {
     for seed in seeds(20, "concurrent_writes_to_one_header_sector_leave_a_correct_header_ring") {
         let mut storage = formatted_storage();
         storage.shuffle_completions(seed);
-        let mut journal = recovered(&mut storage, 0, 3);
+        let mut journal = recovered(&mut storage, Op(0), 3);
         let pool = message_pool();
         let mut durable = vec![false; SLOT_COUNT as usize];
         for op in 16..16 + JOURNAL_IOPS_WRITE_MAX as u64 {
             let body_size = if op % 3 == 0 { BODY_SIZE_TWO_SECTORS } else { 100 };
-            journal.write_prepare(&mut storage, prepare_message(&pool, op, View(0), body_size));
+            journal.write_prepare(&mut storage, prepare_message(&pool, Op(op), View(0), body_size));
         }
         while storage.in_flight() > 0 {
             assert!(journal.sectors_writing.count <= 2);
@@ -380,9 +381,9 @@ fn concurrent_writes_to_one_header_sector_leave_a_correct_header_ring() {
         }
         assert_eq!(durable.iter().filter(|durable| **durable).count(), JOURNAL_IOPS_WRITE_MAX);
         assert_eq!(journal.dirty_count(), 0);
-        let report = recover_report(&mut storage, 0, 1);
+        let report = recover_report(&mut storage, Op(0), 1);
         assert_eq!(report.count(Decision::Eql), JOURNAL_IOPS_WRITE_MAX as u32, "seed={seed}");
-        assert_eq!((report.op_min, report.op_max), (Some(16), Some(47)));
+        assert_eq!((report.op_min, report.op_max), (Some(Op(16)), Some(Op(47))));
     }
 }
 
@@ -392,10 +393,10 @@ fn rewriting_a_slot_with_its_write_in_flight_is_queued_in_call_order() {
     // durable in call order, and the disk ends with the second.
     let mut storage = formatted_storage();
     storage.shuffle_completions(7);
-    let mut journal = recovered(&mut storage, 0, 3);
+    let mut journal = recovered(&mut storage, Op(0), 3);
     let pool = message_pool();
-    let first = prepare_message(&pool, 5, View(0), 100);
-    let second = prepare_message(&pool, 5, View(1), BODY_SIZE_TWO_SECTORS);
+    let first = prepare_message(&pool, Op(5), View(0), 100);
+    let second = prepare_message(&pool, Op(5), View(1), BODY_SIZE_TWO_SECTORS);
     let (checksum_1, header_2) = (first.header().checksum, *second.header());
     journal.write_prepare(&mut storage, first);
     journal.write_prepare(&mut storage, second);
@@ -405,7 +406,7 @@ fn rewriting_a_slot_with_its_write_in_flight_is_queued_in_call_order() {
     let durable: Vec<Checksum> = events
         .iter()
         .map(|event| match event {
-            Event::PrepareDurable { op: 5, checksum } => *checksum,
+            Event::PrepareDurable { op: Op(5), checksum } => *checksum,
             event => panic!("{event:?}"),
         })
         .collect();
@@ -419,26 +420,29 @@ fn rewriting_a_slot_with_its_write_in_flight_is_queued_in_call_order() {
 fn wrap_around_reuses_slots_and_recovers_the_newest_ops() {
     // Goal: ops past the slot count overwrite older wraps; recovery and reads see the newest.
     let mut storage = formatted_storage();
-    let mut journal = recovered(&mut storage, 0, 1);
+    let mut journal = recovered(&mut storage, Op(0), 1);
     let pool = message_pool();
     let op_last = 2 * SLOT_COUNT + 22;
     for op in 1..=op_last {
         write_prepare_blocking(
             &mut journal,
             &mut storage,
-            prepare_message(&pool, op, View(0), 100),
+            prepare_message(&pool, Op(op), View(0), 100),
         );
     }
     let checkpoint_op = op_last - SLOT_COUNT;
-    let mut journal = recovered(&mut storage, checkpoint_op, 1);
+    let mut journal = recovered(&mut storage, Op(checkpoint_op), 1);
     let report = journal.recovery_report();
     assert!(report.usable);
     assert_eq!(report.count(Decision::Eql), SLOT_COUNT as u32);
-    assert_eq!((report.op_min, report.op_max), (Some(op_last - SLOT_COUNT + 1), Some(op_last)));
+    assert_eq!(
+        (report.op_min, report.op_max),
+        (Some(Op(op_last - SLOT_COUNT + 1)), Some(Op(op_last)))
+    );
     for op in [op_last, op_last - SLOT_COUNT + 1] {
-        let checksum = header_of(&prepare_bytes(op, View(0), 100)).checksum;
-        let message = read_prepare_blocking(&mut journal, &mut storage, &pool, op, checksum);
-        assert_eq!(message.unwrap().header().op, op);
+        let checksum = header_of(&prepare_bytes(Op(op), View(0), 100)).checksum;
+        let message = read_prepare_blocking(&mut journal, &mut storage, &pool, Op(op), checksum);
+        assert_eq!(message.unwrap().header().op, Op(op));
     }
 }
 
@@ -465,8 +469,8 @@ enum InFlightLimit {
 impl CrashModel {
     fn durable_op(&mut self, op: Op, durable_ops: &mut [bool]) {
         self.durable[slot_of(op)] = Some(op);
-        durable_ops[op as usize] = true;
-        while durable_ops.get(self.op_committed as usize + 1) == Some(&true) {
+        durable_ops[op.get() as usize] = true;
+        while durable_ops.get(self.op_committed.get() as usize + 1) == Some(&true) {
             self.op_committed += 1;
         }
     }
@@ -478,12 +482,12 @@ fn crash_run(seed: u64, limit: InFlightLimit) -> (CrashModel, MemoryStorage, Op)
     let mut prng = Prng::new(seed);
     let mut storage = formatted_storage();
     storage.shuffle_completions(seed);
-    let mut journal = recovered(&mut storage, 0, 3);
+    let mut journal = recovered(&mut storage, Op(0), 3);
     let pool = message_pool();
     let mut model = CrashModel {
         submitted: vec![None; SLOT_COUNT as usize],
         durable: vec![None; SLOT_COUNT as usize],
-        op_committed: 0,
+        op_committed: Op(0),
     };
     let op_last = 1 + prng.index(3 * SLOT_COUNT as usize) as u64;
     let mut durable_ops = vec![false; op_last as usize + 1];
@@ -492,14 +496,16 @@ fn crash_run(seed: u64, limit: InFlightLimit) -> (CrashModel, MemoryStorage, Op)
         let room = match limit {
             InFlightLimit::Writes(writes_max) => in_flight < writes_max,
             InFlightLimit::Uncommitted(ops_max) => {
-                op_next - 1 - model.op_committed < ops_max as u64
+                op_next - 1 - model.op_committed.get() < ops_max as u64
             }
         };
         if op_next <= op_last && room && prng.chance(1, 2) {
             let body_size = if prng.chance(1, 2) { BODY_SIZE_TWO_SECTORS } else { 100 };
-            journal
-                .write_prepare(&mut storage, prepare_message(&pool, op_next, View(0), body_size));
-            model.submitted[slot_of(op_next)] = Some(op_next);
+            journal.write_prepare(
+                &mut storage,
+                prepare_message(&pool, Op(op_next), View(0), body_size),
+            );
+            model.submitted[slot_of(Op(op_next))] = Some(Op(op_next));
             (op_next, in_flight) = (op_next + 1, in_flight + 1);
         } else if storage.in_flight() > 0 {
             for event in step(&mut journal, &mut storage) {
@@ -515,7 +521,7 @@ fn crash_run(seed: u64, limit: InFlightLimit) -> (CrashModel, MemoryStorage, Op)
         0 => storage.crash(),
         sectors_written => storage.crash_tearing_writes(sectors_written),
     }
-    (model, storage, op_next - 1)
+    (model, storage, Op(op_next - 1))
 }
 
 /// Checks a recovery after a crash: every durable prepare not overwritten since is clean, and
@@ -589,7 +595,7 @@ fn single_replica_recovers_from_a_crash_with_a_full_pipeline_in_flight() {
         let report = recover_report(&mut storage, checkpoint_op, 1);
         assert!(report.usable, "seed={seed} {:?}", report.decision_counts);
         assert_recovered_from_crash(seed, &model, &report);
-        assert!(report.op_max >= Some(model.op_committed).filter(|op| *op > 0), "seed={seed}");
+        assert!(report.op_max >= Some(model.op_committed).filter(|op| *op > Op(0)), "seed={seed}");
         let again = recover_report(&mut storage, checkpoint_op, 1);
         assert_second_recovery_applied_the_first(seed, &report, &again);
     }
@@ -638,13 +644,13 @@ fn assert_case(
 /// Ops 1 to 10 durable, so that the crafted slot 5 is neither the head nor after it.
 fn put_ops_1_to_10(storage: &mut MemoryStorage) {
     for op in 1..=10 {
-        put_durable(storage, op, View(0));
+        put_durable(storage, Op(op), View(0));
     }
 }
 
 /// Ops 1 to `op_last` durable except `torn`, whose prepares are torn over reserved headers.
 fn put_ops_with_torn(storage: &mut MemoryStorage, op_last: Op, torn: &[Op]) {
-    for op in 1..=op_last {
+    for op in Op(1).through(op_last) {
         if torn.contains(&op) {
             put_torn_prepare(storage, op);
         } else {
@@ -661,7 +667,7 @@ fn case_a_both_entries_corrupt_needs_repair() {
         corrupt_redundant(storage, 5);
         corrupt_prepare(storage, 5);
     };
-    assert_case(&craft, 0, 5, Case::A, [Decision::Repair, Decision::Unrecoverable]);
+    assert_case(&craft, Op(0), 5, Case::A, [Decision::Repair, Decision::Unrecoverable]);
 }
 
 #[test]
@@ -669,8 +675,8 @@ fn case_b_reserved_header_and_corrupt_prepare_below_the_pipeline_needs_repair() 
     // Goal: @B more than a pipeline below the head: not a prepare in flight at the crash but a
     // lost one, so repair; unrecoverable for a single replica.
     let op_head = 5 + PIPELINE_PREPARE_QUEUE_MAX as u64;
-    let craft = |storage: &mut MemoryStorage| put_ops_with_torn(storage, op_head, &[5]);
-    assert_case(&craft, 0, 5, Case::B, [Decision::Repair, Decision::Unrecoverable]);
+    let craft = |storage: &mut MemoryStorage| put_ops_with_torn(storage, Op(op_head), &[Op(5)]);
+    assert_case(&craft, Op(0), 5, Case::B, [Decision::Repair, Decision::Unrecoverable]);
 }
 
 #[test]
@@ -679,17 +685,17 @@ fn case_b_torn_prepare_at_the_head_is_cut() {
     // for every replica count; the slot ends reserved in both rings.
     let craft = |storage: &mut MemoryStorage| {
         for op in 1..=4 {
-            put_durable(storage, op, View(0));
+            put_durable(storage, Op(op), View(0));
         }
-        put_torn_prepare(storage, 5);
+        put_torn_prepare(storage, Op(5));
     };
-    assert_case(&craft, 0, 5, Case::B, [Decision::CutTorn, Decision::CutTorn]);
+    assert_case(&craft, Op(0), 5, Case::B, [Decision::CutTorn, Decision::CutTorn]);
     let mut storage = formatted_storage();
     craft(&mut storage);
-    let report = recover_report(&mut storage, 0, 1);
-    assert_eq!((report.op_max, report.count(Decision::CutTorn)), (Some(4), 1));
+    let report = recover_report(&mut storage, Op(0), 1);
+    assert_eq!((report.op_max, report.count(Decision::CutTorn)), (Some(Op(4)), 1));
     assert_eq!(disk_prepare_header(&storage, 5), reserved_header(CLUSTER, 5));
-    assert_eq!(recover_report(&mut storage, 0, 1).slots[5].case, Case::L);
+    assert_eq!(recover_report(&mut storage, Op(0), 1).slots[5].case, Case::L);
 }
 
 #[test]
@@ -697,12 +703,12 @@ fn case_c_torn_prepare_over_an_older_wrap_at_the_head_is_cut() {
     // Goal: @C whose header is one wrap older than the torn op at the head: cut_torn.
     let craft = |storage: &mut MemoryStorage| {
         for op in 5..=SLOT_COUNT + 4 {
-            put_durable(storage, op, View(0));
+            put_durable(storage, Op(op), View(0));
         }
-        put_torn_prepare(storage, SLOT_COUNT + 5);
+        put_torn_prepare(storage, Op(SLOT_COUNT + 5));
     };
-    let slot = slot_of(SLOT_COUNT + 5);
-    assert_case(&craft, 10, slot, Case::C, [Decision::CutTorn, Decision::CutTorn]);
+    let slot = slot_of(Op(SLOT_COUNT + 5));
+    assert_case(&craft, Op(10), slot, Case::C, [Decision::CutTorn, Decision::CutTorn]);
 }
 
 #[test]
@@ -710,14 +716,14 @@ fn case_b_torn_prepare_at_the_head_is_not_cut_with_another_fault_outside_the_win
     // Goal: a fault beyond the torn slot may hide a higher head, so nothing is cut.
     let craft = |storage: &mut MemoryStorage| {
         for op in 1..=4 {
-            put_durable(storage, op, View(0));
+            put_durable(storage, Op(op), View(0));
         }
-        put_torn_prepare(storage, 5);
-        put_durable(storage, 20, View(0));
+        put_torn_prepare(storage, Op(5));
+        put_durable(storage, Op(20), View(0));
         corrupt_redundant(storage, 20);
         corrupt_prepare(storage, 20);
     };
-    assert_case(&craft, 0, 5, Case::B, [Decision::Repair, Decision::Unrecoverable]);
+    assert_case(&craft, Op(0), 5, Case::B, [Decision::Repair, Decision::Unrecoverable]);
 }
 
 #[test]
@@ -725,18 +731,18 @@ fn torn_prepare_behind_a_durable_op_of_the_pipeline_is_cut() {
     // Goal: op 6 torn while op 7 landed (pipelined writes complete in any order) is cut_torn
     // for R=1 and R=3 and the journal is usable; op 7 stays, and the cut slot ends reserved in
     // both rings, so a second recovery finds it nil.
-    let craft = |storage: &mut MemoryStorage| put_ops_with_torn(storage, 7, &[6]);
-    assert_case(&craft, 0, 6, Case::B, [Decision::CutTorn, Decision::CutTorn]);
+    let craft = |storage: &mut MemoryStorage| put_ops_with_torn(storage, Op(7), &[Op(6)]);
+    assert_case(&craft, Op(0), 6, Case::B, [Decision::CutTorn, Decision::CutTorn]);
     for replica_count in [1, 3] {
         let mut storage = formatted_storage();
         craft(&mut storage);
-        let report = recover_report(&mut storage, 0, replica_count);
+        let report = recover_report(&mut storage, Op(0), replica_count);
         assert!(report.usable, "R={replica_count}");
-        assert_eq!((report.op_max, report.count(Decision::CutTorn)), (Some(7), 1));
+        assert_eq!((report.op_max, report.count(Decision::CutTorn)), (Some(Op(7)), 1));
         assert_eq!(report.slots[7].decision, Decision::Eql);
         assert_eq!(disk_prepare_header(&storage, 6), reserved_header(CLUSTER, 6));
         assert_eq!(disk_redundant(&storage, 6), reserved_header(CLUSTER, 6));
-        let again = recover_report(&mut storage, 0, replica_count);
+        let again = recover_report(&mut storage, Op(0), replica_count);
         assert_eq!((again.slots[6].case, again.slots[7].decision), (Case::L, Decision::Eql));
     }
 }
@@ -747,25 +753,26 @@ fn torn_prepare_over_an_older_wrap_behind_the_head_is_cut() {
     let torn = SLOT_COUNT + 3;
     let craft = |storage: &mut MemoryStorage| {
         for op in (3..=SLOT_COUNT + 5).filter(|op| *op != torn) {
-            put_durable(storage, op, View(0));
+            put_durable(storage, Op(op), View(0));
         }
-        put_torn_prepare(storage, torn);
+        put_torn_prepare(storage, Op(torn));
     };
     let checkpoint_op = 5;
-    assert_case(&craft, checkpoint_op, slot_of(torn), Case::C, [Decision::CutTorn; 2]);
+    assert_case(&craft, Op(checkpoint_op), slot_of(Op(torn)), Case::C, [Decision::CutTorn; 2]);
 }
 
 #[test]
 fn two_torn_prepares_of_the_pipeline_are_both_cut() {
     // Goal: ops 6 and 8 torn around a durable op 7, and op 10 torn above the head: all are
     // ops of one pipeline in flight at the crash, so all are cut, for R=1 and R=3.
-    let craft = |storage: &mut MemoryStorage| put_ops_with_torn(storage, 10, &[6, 8, 10]);
+    let craft =
+        |storage: &mut MemoryStorage| put_ops_with_torn(storage, Op(10), &[Op(6), Op(8), Op(10)]);
     for replica_count in [1, 3] {
         let mut storage = formatted_storage();
         craft(&mut storage);
-        let report = recover_report(&mut storage, 0, replica_count);
+        let report = recover_report(&mut storage, Op(0), replica_count);
         assert!(report.usable, "R={replica_count}");
-        assert_eq!(report.op_max, Some(9));
+        assert_eq!(report.op_max, Some(Op(9)));
         for slot in [6, 8, 10] {
             let found = report.slots[slot];
             assert_eq!((found.case, found.decision), (Case::B, Decision::CutTorn), "{slot}");
@@ -783,22 +790,22 @@ fn torn_prepare_at_the_edges_of_the_pipeline_window_is_cut_only_inside() {
     let op_head = 20;
     let below = |torn: Op| {
         move |storage: &mut MemoryStorage| {
-            put_ops_with_torn(storage, op_head, &[torn]);
+            put_ops_with_torn(storage, Op(op_head), &[torn]);
         }
     };
     let above = |torn: Op| {
         move |storage: &mut MemoryStorage| {
-            put_ops_with_torn(storage, op_head, &[]);
+            put_ops_with_torn(storage, Op(op_head), &[]);
             put_torn_prepare(storage, torn);
         }
     };
     let inside = [Decision::CutTorn, Decision::CutTorn];
     let outside = [Decision::Repair, Decision::Unrecoverable];
     let (first, last) = (op_head + 1 - pipeline, op_head + pipeline);
-    assert_case(&below(first), 0, slot_of(first), Case::B, inside);
-    assert_case(&below(first - 1), 0, slot_of(first - 1), Case::B, outside);
-    assert_case(&above(last), 0, slot_of(last), Case::B, inside);
-    assert_case(&above(last + 1), 0, slot_of(last + 1), Case::B, outside);
+    assert_case(&below(Op(first)), Op(0), slot_of(Op(first)), Case::B, inside);
+    assert_case(&below(Op(first - 1)), Op(0), slot_of(Op(first - 1)), Case::B, outside);
+    assert_case(&above(Op(last)), Op(0), slot_of(Op(last)), Case::B, inside);
+    assert_case(&above(Op(last + 1)), Op(0), slot_of(Op(last + 1)), Case::B, outside);
 }
 
 #[test]
@@ -806,12 +813,12 @@ fn torn_prepares_further_apart_than_a_pipeline_are_not_cut() {
     // Goal: torn ops 13 and 21 around op_max = 20 both lie in the window, but no pipeline of 8
     // ops holds both, so one of them is not a tear: neither is cut.
     let craft = |storage: &mut MemoryStorage| {
-        put_ops_with_torn(storage, 20, &[13]);
-        put_torn_prepare(storage, 21);
+        put_ops_with_torn(storage, Op(20), &[Op(13)]);
+        put_torn_prepare(storage, Op(21));
     };
     let outside = [Decision::Repair, Decision::Unrecoverable];
-    assert_case(&craft, 0, 13, Case::B, outside);
-    assert_case(&craft, 0, 21, Case::B, outside);
+    assert_case(&craft, Op(0), 13, Case::B, outside);
+    assert_case(&craft, Op(0), 21, Case::B, outside);
 }
 
 #[test]
@@ -820,14 +827,14 @@ fn misdirected_or_unreadable_prepare_in_the_pipeline_window_is_not_cut() {
     // write) in the window is a fault to repair, and being below the head it does not stop
     // the torn op above it from being cut.
     let craft = |storage: &mut MemoryStorage| {
-        put_ops_with_torn(storage, 8, &[8]);
+        put_ops_with_torn(storage, Op(8), &[Op(8)]);
         put_redundant(storage, 6, &reserved_header(CLUSTER, 6));
-        put_prepare(storage, 6, &prepare_bytes(5, View(0), 100));
+        put_prepare(storage, 6, &prepare_bytes(Op(5), View(0), 100));
     };
-    let found = crafted_slot(&craft, 0, 3, 6);
+    let found = crafted_slot(&craft, Op(0), 3, 6);
     assert_eq!(found.prepare, EntrySummary::Invalid(EntryInvalid::Misdirected));
-    assert_case(&craft, 0, 6, Case::B, [Decision::Repair, Decision::Unrecoverable]);
-    assert_case(&craft, 0, 8, Case::B, [Decision::CutTorn, Decision::CutTorn]);
+    assert_case(&craft, Op(0), 6, Case::B, [Decision::Repair, Decision::Unrecoverable]);
+    assert_case(&craft, Op(0), 8, Case::B, [Decision::CutTorn, Decision::CutTorn]);
 }
 
 #[test]
@@ -838,12 +845,12 @@ fn case_c_header_written_then_prepare_corrupt_needs_repair() {
         put_ops_1_to_10(storage);
         corrupt_prepare(storage, 10);
     };
-    assert_case(&craft, 0, 10, Case::C, [Decision::Repair, Decision::Unrecoverable]);
+    assert_case(&craft, Op(0), 10, Case::C, [Decision::Repair, Decision::Unrecoverable]);
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
         corrupt_prepare(storage, 5);
     };
-    assert_case(&craft, 0, 5, Case::C, [Decision::Repair, Decision::Unrecoverable]);
+    assert_case(&craft, Op(0), 5, Case::C, [Decision::Repair, Decision::Unrecoverable]);
 }
 
 #[test]
@@ -852,11 +859,11 @@ fn case_d_corrupt_header_and_reserved_prepare_is_fixed_only_alone() {
     // lost after it was acknowledged); a single replica trusts its reserved prepare.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_durable(storage, 20, View(0));
+        put_durable(storage, Op(20), View(0));
         put_prepare(storage, 20, reserved_header(CLUSTER, 20).as_bytes());
         corrupt_redundant(storage, 20);
     };
-    assert_case(&craft, 0, 20, Case::D, [Decision::Repair, Decision::Fix]);
+    assert_case(&craft, Op(0), 20, Case::D, [Decision::Repair, Decision::Fix]);
 }
 
 #[test]
@@ -868,7 +875,7 @@ fn case_e_corrupt_header_over_an_older_prepare_is_fixed_only_alone() {
         put_ops_1_to_10(storage);
         corrupt_redundant(storage, 5);
     };
-    assert_case(&craft, 8, 5, Case::E, [Decision::Repair, Decision::Fix]);
+    assert_case(&craft, Op(8), 5, Case::E, [Decision::Repair, Decision::Fix]);
 }
 
 #[test]
@@ -879,7 +886,7 @@ fn case_f_corrupt_header_over_the_newest_prepare_its_slot_can_hold_is_fixed() {
         put_ops_1_to_10(storage);
         corrupt_redundant(storage, 5);
     };
-    assert_case(&craft, 0, 5, Case::F, [Decision::Fix, Decision::Fix]);
+    assert_case(&craft, Op(0), 5, Case::F, [Decision::Fix, Decision::Fix]);
 }
 
 #[test]
@@ -890,12 +897,12 @@ fn case_f_corrupt_header_at_the_head_is_fixed() {
         put_ops_1_to_10(storage);
         corrupt_redundant(storage, 10);
     };
-    assert_case(&craft, 0, 10, Case::F, [Decision::Fix, Decision::Fix]);
+    assert_case(&craft, Op(0), 10, Case::F, [Decision::Fix, Decision::Fix]);
     let mut storage = formatted_storage();
     craft(&mut storage);
-    recover_report(&mut storage, 0, 3);
+    recover_report(&mut storage, Op(0), 3);
     assert_eq!(disk_redundant(&storage, 10), disk_prepare_header(&storage, 10));
-    assert_eq!(recover_report(&mut storage, 0, 3).slots[10].decision, Decision::Eql);
+    assert_eq!(recover_report(&mut storage, Op(0), 3).slots[10].decision, Decision::Eql);
 }
 
 #[test]
@@ -905,7 +912,7 @@ fn case_g_reserved_header_and_valid_prepare_is_fixed() {
         put_ops_1_to_10(storage);
         put_redundant(storage, 5, &reserved_header(CLUSTER, 5));
     };
-    assert_case(&craft, 0, 5, Case::G, [Decision::Fix, Decision::Fix]);
+    assert_case(&craft, Op(0), 5, Case::G, [Decision::Fix, Decision::Fix]);
 }
 
 #[test]
@@ -915,17 +922,17 @@ fn case_h_prepare_beyond_the_checkpoint_window_is_cut() {
     let op_beyond = SLOT_COUNT + 5;
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_prepare(storage, 5, &prepare_bytes(op_beyond, View(0), 100));
+        put_prepare(storage, 5, &prepare_bytes(Op(op_beyond), View(0), 100));
     };
-    assert_case(&craft, 0, 5, Case::H, [Decision::Cut, Decision::Unrecoverable]);
+    assert_case(&craft, Op(0), 5, Case::H, [Decision::Cut, Decision::Unrecoverable]);
     let mut storage = formatted_storage();
     craft(&mut storage);
-    assert!(!recover_report(&mut storage, 0, 1).usable);
-    assert_eq!(disk_prepare_header(&storage, 5).op, op_beyond, "unusable: nothing written");
-    recover_report(&mut storage, 0, 3);
+    assert!(!recover_report(&mut storage, Op(0), 1).usable);
+    assert_eq!(disk_prepare_header(&storage, 5).op, Op(op_beyond), "unusable: nothing written");
+    recover_report(&mut storage, Op(0), 3);
     assert_eq!(disk_prepare_header(&storage, 5), reserved_header(CLUSTER, 5));
     assert_eq!(disk_redundant(&storage, 5), reserved_header(CLUSTER, 5));
-    assert_eq!(recover_report(&mut storage, 0, 3).slots[5].case, Case::L);
+    assert_eq!(recover_report(&mut storage, Op(0), 3).slots[5].case, Case::L);
 }
 
 #[test]
@@ -933,9 +940,9 @@ fn case_i_header_beyond_the_checkpoint_window_is_cut() {
     // Goal: @I: the header is above op_prepare_max, the prepare an older valid op.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_redundant(storage, 5, &header_of(&prepare_bytes(SLOT_COUNT + 5, View(0), 100)));
+        put_redundant(storage, 5, &header_of(&prepare_bytes(Op(SLOT_COUNT + 5), View(0), 100)));
     };
-    assert_case(&craft, 0, 5, Case::I, [Decision::Cut, Decision::Unrecoverable]);
+    assert_case(&craft, Op(0), 5, Case::I, [Decision::Cut, Decision::Unrecoverable]);
 }
 
 #[test]
@@ -944,17 +951,17 @@ fn case_i_prepare_is_not_the_head_since_it_is_cut() {
     // header is lost, is the head (@F, fix), and a second recovery finds the same head (@P).
     let craft = |storage: &mut MemoryStorage| {
         for op in 1..=3 {
-            put_durable(storage, op, View(0));
+            put_durable(storage, Op(op), View(0));
         }
-        put_redundant(storage, 3, &header_of(&prepare_bytes(SLOT_COUNT + 3, View(0), 100)));
+        put_redundant(storage, 3, &header_of(&prepare_bytes(Op(SLOT_COUNT + 3), View(0), 100)));
         corrupt_redundant(storage, 2);
     };
-    assert_case(&craft, 0, 3, Case::I, [Decision::Cut, Decision::Unrecoverable]);
-    assert_case(&craft, 0, 2, Case::F, [Decision::Fix, Decision::Fix]);
+    assert_case(&craft, Op(0), 3, Case::I, [Decision::Cut, Decision::Unrecoverable]);
+    assert_case(&craft, Op(0), 2, Case::F, [Decision::Fix, Decision::Fix]);
     let mut storage = formatted_storage();
     craft(&mut storage);
-    assert_eq!(recover_report(&mut storage, 0, 3).op_max, Some(2));
-    let second = recover_report(&mut storage, 0, 3);
+    assert_eq!(recover_report(&mut storage, Op(0), 3).op_max, Some(Op(2)));
+    let second = recover_report(&mut storage, Op(0), 3);
     assert_eq!((second.slots[2].case, second.slots[3].case), (Case::P, Case::L));
 }
 
@@ -963,9 +970,9 @@ fn case_j_header_beyond_the_checkpoint_window_over_a_reserved_prepare_is_cut() {
     // Goal: @J: the header is above op_prepare_max, the prepare reserved.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_redundant(storage, 20, &header_of(&prepare_bytes(SLOT_COUNT + 20, View(0), 100)));
+        put_redundant(storage, 20, &header_of(&prepare_bytes(Op(SLOT_COUNT + 20), View(0), 100)));
     };
-    assert_case(&craft, 0, 20, Case::J, [Decision::Cut, Decision::Unrecoverable]);
+    assert_case(&craft, Op(0), 20, Case::J, [Decision::Cut, Decision::Unrecoverable]);
 }
 
 #[test]
@@ -975,13 +982,13 @@ fn case_k_header_over_a_reserved_prepare_needs_repair() {
         put_ops_1_to_10(storage);
         put_prepare(storage, 5, reserved_header(CLUSTER, 5).as_bytes());
     };
-    assert_case(&craft, 0, 5, Case::K, [Decision::Repair, Decision::Unrecoverable]);
+    assert_case(&craft, Op(0), 5, Case::K, [Decision::Repair, Decision::Unrecoverable]);
 }
 
 #[test]
 fn case_l_both_reserved_is_nil() {
     // Goal: @L: a slot never written.
-    assert_case(&put_ops_1_to_10, 0, 20, Case::L, [Decision::Nil, Decision::Nil]);
+    assert_case(&put_ops_1_to_10, Op(0), 20, Case::L, [Decision::Nil, Decision::Nil]);
 }
 
 #[test]
@@ -989,9 +996,9 @@ fn case_m_header_of_an_older_wrap_is_fixed() {
     // Goal: @M: the ring wrapped and the new prepare's header write was lost.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_prepare(storage, 5, &prepare_bytes(SLOT_COUNT + 5, View(0), 100));
+        put_prepare(storage, 5, &prepare_bytes(Op(SLOT_COUNT + 5), View(0), 100));
     };
-    assert_case(&craft, 10, 5, Case::M, [Decision::Fix, Decision::Fix]);
+    assert_case(&craft, Op(10), 5, Case::M, [Decision::Fix, Decision::Fix]);
 }
 
 #[test]
@@ -999,9 +1006,9 @@ fn case_n_prepare_of_an_older_wrap_needs_repair() {
     // Goal: @N: the header proves a newer prepare was written here and lost.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_redundant(storage, 5, &header_of(&prepare_bytes(SLOT_COUNT + 5, View(0), 100)));
+        put_redundant(storage, 5, &header_of(&prepare_bytes(Op(SLOT_COUNT + 5), View(0), 100)));
     };
-    assert_case(&craft, 10, 5, Case::N, [Decision::Repair, Decision::Unrecoverable]);
+    assert_case(&craft, Op(10), 5, Case::N, [Decision::Repair, Decision::Unrecoverable]);
 }
 
 #[test]
@@ -1009,16 +1016,16 @@ fn case_o_two_versions_of_one_op_need_repair() {
     // Goal: @O: same op, different views: which one is current is for the cluster to say.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_redundant(storage, 5, &header_of(&prepare_bytes(5, View(1), 100)));
-        put_prepare(storage, 5, &prepare_bytes(5, View(2), 100));
+        put_redundant(storage, 5, &header_of(&prepare_bytes(Op(5), View(1), 100)));
+        put_prepare(storage, 5, &prepare_bytes(Op(5), View(2), 100));
     };
-    assert_case(&craft, 0, 5, Case::O, [Decision::Repair, Decision::Unrecoverable]);
+    assert_case(&craft, Op(0), 5, Case::O, [Decision::Repair, Decision::Unrecoverable]);
 }
 
 #[test]
 fn case_p_identical_entries_are_eql() {
     // Goal: @P: the normal case.
-    assert_case(&put_ops_1_to_10, 0, 5, Case::P, [Decision::Eql, Decision::Eql]);
+    assert_case(&put_ops_1_to_10, Op(0), 5, Case::P, [Decision::Eql, Decision::Eql]);
 }
 
 #[test]
@@ -1027,9 +1034,9 @@ fn misdirected_header_is_invalid_for_its_slot() {
     // names), so the slot is classified as if its header were lost.
     let craft = |storage: &mut MemoryStorage| {
         put_ops_1_to_10(storage);
-        put_redundant(storage, 5, &header_of(&prepare_bytes(6, View(0), 100)));
+        put_redundant(storage, 5, &header_of(&prepare_bytes(Op(6), View(0), 100)));
     };
-    let found = crafted_slot(&craft, 0, 3, 5);
+    let found = crafted_slot(&craft, Op(0), 3, 5);
     assert_eq!(found.header, EntrySummary::Invalid(EntryInvalid::Misdirected));
     assert_eq!((found.case, found.decision), (Case::F, Decision::Fix));
 }
@@ -1047,10 +1054,10 @@ fn repair_slots_keep_their_header_ring_bytes_across_fix_writes() {
     let mut storage = formatted_storage();
     craft(&mut storage);
     let corrupt_bytes = storage.bytes()[redundant_offset(5)..][..HEADER_SIZE].to_vec();
-    let journal = recovered(&mut storage, 0, 3);
+    let journal = recovered(&mut storage, Op(0), 3);
     assert!(journal.faulty(Slot(5)) && !journal.faulty(Slot(10)));
     assert_eq!(&storage.bytes()[redundant_offset(5)..][..HEADER_SIZE], &corrupt_bytes[..]);
-    let report = recover_report(&mut storage, 0, 3);
+    let report = recover_report(&mut storage, Op(0), 3);
     assert_eq!((report.slots[5].case, report.slots[10].case), (Case::A, Case::P));
 }
 
@@ -1064,14 +1071,14 @@ fn recovery_case_covers_every_combination_of_entries() {
     let entries = [
         invalid,
         reserved,
-        prepare(5, View(0)),
-        prepare(5, View(1)),
-        prepare(69, View(0)),
-        prepare(133, View(0)),
+        prepare(Op(5), View(0)),
+        prepare(Op(5), View(1)),
+        prepare(Op(69), View(0)),
+        prepare(Op(133), View(0)),
     ];
     let mut seen = Vec::new();
-    for op_max in [None, Some(5), Some(69)] {
-        let context = RecoveryContext { op_max, op_prepare_max: 74, checkpoint_op: 10 };
+    for op_max in [None, Some(Op(5)), Some(Op(69))] {
+        let context = RecoveryContext { op_max, op_prepare_max: Op(74), checkpoint_op: Op(10) };
         for header in &entries {
             for prepare in &entries {
                 let case = recovery_case(header, prepare, &context);
@@ -1109,10 +1116,10 @@ impl Storage for ReadOnlyStorage {
 /// A file that recovery would change in every way it can: @F (fix), @H (cut), a torn prepare
 /// in the pipeline (cut_torn) and @E (repair with peers, fix alone).
 fn craft_file_recovery_would_change(storage: &mut MemoryStorage) {
-    put_ops_with_torn(storage, 10, &[9]);
+    put_ops_with_torn(storage, Op(10), &[Op(9)]);
     corrupt_redundant(storage, 10);
     corrupt_redundant(storage, 3);
-    put_prepare(storage, 20, &prepare_bytes(SLOT_COUNT + 20, View(0), 100));
+    put_prepare(storage, 20, &prepare_bytes(Op(SLOT_COUNT + 20), View(0), 100));
 }
 
 #[test]
@@ -1125,15 +1132,17 @@ fn inspect_reports_like_recovery_and_leaves_the_disk_untouched() {
         craft_file_recovery_would_change(&mut storage.0);
         let bytes_before = storage.0.bytes().to_vec();
         let mut journal = Journal::new(&config());
-        let inspected =
-            journal.inspect_blocking(&mut storage, 0, replica_count, &read_pool()).unwrap().clone();
+        let inspected = journal
+            .inspect_blocking(&mut storage, Op(0), replica_count, &read_pool())
+            .unwrap()
+            .clone();
         assert!(storage.0.bytes() == bytes_before, "R={replica_count}: inspect wrote");
         assert_eq!(journal.status(), Status::Inspected);
         assert_eq!(journal.faulty_count(), SLOT_COUNT as usize);
 
         let mut copy = formatted_storage();
         craft_file_recovery_would_change(&mut copy);
-        let recovered = recover_report(&mut copy, 0, replica_count);
+        let recovered = recover_report(&mut copy, Op(0), replica_count);
         assert_eq!(inspected, recovered, "R={replica_count}");
         assert_eq!(inspected.slots[10].decision, Decision::Fix);
         if replica_count > 1 {
@@ -1149,14 +1158,16 @@ fn inspect_reports_like_recovery_and_leaves_the_disk_untouched() {
 }
 
 /// The head of the chain in `put_stale_beyond_head`, and the stale ops beyond it.
-const STALE_HEAD: Op = 6;
-const STALE_OPS: [Op; 3] = [8, 9, 40];
+const STALE_HEAD: Op = Op(6);
+const STALE_OPS: [Op; 3] = [Op(8), Op(9), Op(40)];
 
 /// Ops 1 to 6 durable, op 7 lost, and stale durable ops 8, 9 and 40 beyond the head (40 in
 /// another header sector): what a replay that stops at a lost op leaves behind it.
 fn put_stale_beyond_head(storage: &mut MemoryStorage) {
-    assert!(slot_of(40) / JOURNAL_HEADERS_PER_SECTOR != slot_of(8) / JOURNAL_HEADERS_PER_SECTOR);
-    for op in (1..=STALE_HEAD).chain(STALE_OPS) {
+    assert!(
+        slot_of(Op(40)) / JOURNAL_HEADERS_PER_SECTOR != slot_of(Op(8)) / JOURNAL_HEADERS_PER_SECTOR
+    );
+    for op in Op(1).through(STALE_HEAD).chain(STALE_OPS) {
         put_durable(storage, op, View(0));
     }
 }
@@ -1175,7 +1186,7 @@ fn truncate_after_makes_every_entry_beyond_the_head_nil() {
     // when there is nothing left to truncate.
     let mut storage = formatted_storage();
     put_stale_beyond_head(&mut storage);
-    let mut journal = recovered(&mut storage, 0, 1);
+    let mut journal = recovered(&mut storage, Op(0), 1);
     truncate_after_blocking(&mut journal, &mut storage, STALE_HEAD);
     let report = journal.recovery_report();
     assert_eq!(report.op_max, Some(STALE_HEAD));
@@ -1184,14 +1195,14 @@ fn truncate_after_makes_every_entry_beyond_the_head_nil() {
         assert!(journal.header_with_op(op).is_none());
         assert_eq!(report.slots[slot_of(op)].decision, Decision::Cut);
     }
-    assert!((1..=STALE_HEAD).all(|op| journal.header_with_op(op).is_some()));
+    assert!(Op(1).through(STALE_HEAD).all(|op| journal.header_with_op(op).is_some()));
     assert_eq!(journal.dirty_count(), 0);
 
     journal.truncate_after(&mut storage, STALE_HEAD);
     assert_eq!(storage.in_flight(), 0);
     assert!(matches!(drain_events(&mut journal)[..], [Event::Truncated]));
 
-    let report = recover_report(&mut storage, 0, 1);
+    let report = recover_report(&mut storage, Op(0), 1);
     assert_eq!(report.op_max, Some(STALE_HEAD));
     for op in STALE_OPS {
         let slot = &report.slots[slot_of(op)];
@@ -1207,7 +1218,7 @@ fn assert_truncation_recoverable(report: &RecoveryReport, finished: bool) {
     for (index, slot) in report.slots.iter().enumerate() {
         assert!(!matches!(slot.case, Case::N | Case::O), "slot {index}: {slot:?}");
     }
-    assert!((1..=STALE_HEAD).all(|op| report.slots[slot_of(op)].case == Case::P));
+    assert!(Op(1).through(STALE_HEAD).all(|op| report.slots[slot_of(op)].case == Case::P));
     for op in STALE_OPS {
         let slot = &report.slots[slot_of(op)];
         if finished {
@@ -1230,7 +1241,7 @@ fn crash_during_or_after_truncate_after_never_leaves_two_versions_of_an_op() {
             let mut storage = formatted_storage();
             put_stale_beyond_head(&mut storage);
             storage.shuffle_completions(seed);
-            let mut journal = recovered(&mut storage, 0, 1);
+            let mut journal = recovered(&mut storage, Op(0), 1);
             journal.truncate_after(&mut storage, STALE_HEAD);
             let mut events = drain_events(&mut journal);
             for _ in 0..crash_after {
@@ -1244,16 +1255,16 @@ fn crash_during_or_after_truncate_after_never_leaves_two_versions_of_an_op() {
             } else {
                 storage.crash_tearing_writes(1);
             }
-            let mut journal = recovered(&mut storage, 0, 1);
+            let mut journal = recovered(&mut storage, Op(0), 1);
             assert_truncation_recoverable(journal.recovery_report(), finished);
 
             truncate_after_blocking(&mut journal, &mut storage, STALE_HEAD);
-            journal.write_prepare(&mut storage, prepare_message(&pool, 8, View(1), 100));
+            journal.write_prepare(&mut storage, prepare_message(&pool, Op(8), View(1), 100));
             assert!(step(&mut journal, &mut storage).is_empty());
             storage.crash();
-            let report = recover_report(&mut storage, 0, 1);
+            let report = recover_report(&mut storage, Op(0), 1);
             assert!(report.usable);
-            assert_eq!(report.slots[slot_of(8)].case, Case::G);
+            assert_eq!(report.slots[slot_of(Op(8))].case, Case::G);
             if last {
                 break;
             }

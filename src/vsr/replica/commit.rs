@@ -106,7 +106,7 @@ impl Replica {
     /// The pipeline index of `op`, if the pipeline holds it.
     pub(super) fn pipeline_index(&self, op: Op) -> Option<usize> {
         let first = self.pipeline.front()?.message.header().op;
-        let index = usize::try_from(op.checked_sub(first)?).ok()?;
+        let index = usize::try_from(op.get().checked_sub(first.get())?).ok()?;
         (index < self.pipeline.len()).then_some(index)
     }
 

@@ -35,6 +35,7 @@ use crate::state_machine::block::SectorChecksums;
 use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{BlockHeader, BlockKind};
 use crate::state_machine::{BlockFault, grid_block_invalid};
+use crate::vsr::header::Op;
 use crate::vsr::header::{Checksum, ClusterId, ReplicaIndex};
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::{Message, MessagePool};
@@ -227,7 +228,7 @@ impl Replica {
         repair.attempts += 1;
         self.timeouts[TimeoutKind::GridRepair].start();
         let source = self.grid_repair_source();
-        let asked = self.blocks_request_send(source, 0, fault.block.address, skip);
+        let asked = self.blocks_request_send(source, Op(0), fault.block.address, skip);
         self.grid_repair.chunks.asked(asked);
     }
 
@@ -252,7 +253,7 @@ impl Replica {
         let header = *message.header();
         let Some(_) = self.grid_repair.fetching else { return };
         let fault = self.grid_repair_fault();
-        if header.op != fault.block.address || self.grid_repair.writing {
+        if header.op != Op(fault.block.address) || self.grid_repair.writing {
             return;
         }
         let Some(chunk) = self.block_chunk_index(message) else {

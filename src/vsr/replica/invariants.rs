@@ -4,7 +4,8 @@
 //! not thousands of ticks later where its effect shows.
 
 use super::{Replica, Status};
-use crate::constants::{JOURNAL_IOPS_READ_MAX, OUTBOX_MAX, PIPELINE_BACKUP_MAX, op_prepare_max};
+use crate::constants::{JOURNAL_IOPS_READ_MAX, OUTBOX_MAX, PIPELINE_BACKUP_MAX};
+use crate::vsr::journal::op_prepare_max;
 
 impl Replica {
     pub(super) fn invariants(&self) {

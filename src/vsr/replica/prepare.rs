@@ -14,12 +14,13 @@
 use super::{Destination, Prepared, Replica, Status};
 use crate::constants::{
     PIPELINE_BACKUP_MAX, PIPELINE_PREPARE_QUEUE_MAX, REPAIR_WINDOW_MAX, REQUEST_QUEUE_MAX,
-    SECTOR_SIZE, op_prepare_max,
+    SECTOR_SIZE,
 };
 use crate::state_machine::request_invalid;
 use crate::vsr::client_sessions::{RequestDisposition, session_chain};
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::{ClientId, Command, EvictionReason, Header, Operation};
+use crate::vsr::journal::op_prepare_max;
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
 use crate::vsr::timeout::TimeoutKind;

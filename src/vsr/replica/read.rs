@@ -3,6 +3,7 @@
 
 use super::{Destination, Replica, ReplyFields};
 use crate::state_machine::ReadReply;
+use crate::vsr::header::Op;
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
 
@@ -49,7 +50,7 @@ impl Replica {
         };
         let (_, request) = self.reads[index].take().expect("read in flight");
         let fields = ReplyFields {
-            op: 0,
+            op: Op(0),
             commit: self.commit_min,
             timestamp: 0,
             client: request.client,

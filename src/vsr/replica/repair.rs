@@ -32,9 +32,9 @@ use super::{
 use crate::constants::{
     HEADER_SIZE, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, PIPELINE_BACKUP_MAX,
     REPAIR_REQUEST_OPS_MAX, REPAIR_WINDOW_MAX, REPAIR_WINDOW_ROTATE, VIEW_CHANGE_HEADERS_MAX,
-    op_prepare_max,
 };
 use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex, View};
+use crate::vsr::journal::op_prepare_max;
 use crate::vsr::message_pool::Message;
 use crate::vsr::replica::view_change::view_headers_invalid;
 use crate::vsr::storage::Storage;
@@ -69,8 +69,8 @@ impl LogTarget {
         LogTarget {
             active: false,
             phase: Phase::Match,
-            head: 0,
-            known_min: 1,
+            head: Op(0),
+            known_min: Op(1),
             parent_low: 0,
             headers: vec![Header::zeroed(); slot_count],
             source: ReplicaIndex(0),
@@ -141,7 +141,7 @@ impl LogTarget {
     }
 
     fn slot(&self, op: Op) -> usize {
-        (op % self.headers.len() as u64) as usize
+        op.slot(self.headers.len() as u64)
     }
 
     /// The target's header at `op`, if known.
@@ -220,7 +220,7 @@ impl Replica {
                 // Committed, so canonical: the target must agree where it knows this op.
                 return if canonical.is_some() { Match::Diverged } else { Match::At(op) };
             }
-            if op == 0 {
+            if op == Op(0) {
                 break;
             }
             op -= 1;
@@ -508,7 +508,7 @@ impl Replica {
     /// (the journal verifies both checksums before the read completes).
     pub(super) fn on_request_prepare<S: Storage>(&mut self, storage: &mut S, header: &Header) {
         let op = header.op;
-        if op == 0 || op > self.head.op() {
+        if op == Op(0) || op > self.head.op() {
             return;
         }
         let wanted = |checksum| header.context == 0 || header.context == checksum;
@@ -563,7 +563,7 @@ impl Replica {
         let window_end = wanted_max.min(op + REPAIR_REQUEST_OPS_MAX as u64 - 1);
         self.repair_requested_end = window_end;
         let primary = self.primary_index();
-        for wanted in op..=window_end {
+        for wanted in op.through(window_end) {
             let mut header = self.header_new(Command::RequestPrepare);
             header.op = wanted;
             let target_checksum = self.target.header(wanted).map(|target| target.checksum);

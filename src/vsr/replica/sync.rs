@@ -133,9 +133,9 @@ impl SyncState {
             phase: Phase::Idle,
             source: ReplicaIndex(0),
             attempts: 0,
-            checkpoint_op: 0,
+            checkpoint_op: Op(0),
             checkpoint_checksum: 0,
-            commit: 0,
+            commit: Op(0),
             body: SyncCheckpointBody::new_zeroed(),
             block_next: 0,
             chunks: ChunkFetch::new(),
@@ -224,7 +224,7 @@ impl Replica {
         let working = self.superblock.working();
         let (op, checksum) =
             (working.vsr_state.checkpoint_op, working.vsr_state.checkpoint_checksum);
-        if op == 0 {
+        if op == Op(0) {
             return Some(Header::root_prepare(self.config.cluster));
         }
         let matches = |header: &Header| header.op == op && header.checksum == checksum;
@@ -499,7 +499,7 @@ impl Replica {
         buffer.copy_within(SECTOR_SIZE..SECTOR_SIZE + length, HEADER_SIZE);
         let mut header = Header::new(Command::Block, self.config.cluster);
         header.replica = self.config.replica;
-        header.op = serving.address;
+        header.op = Op(serving.address);
         header.context = u128::from(serving.offset);
         header.checkpoint_op = serving.checkpoint_op;
         let message = message_finish(message, header, length);
@@ -509,14 +509,14 @@ impl Replica {
     /// A chunk of the block being fetched: checksummed, then written in place.
     pub(super) fn on_block<S: Storage>(&mut self, storage: &mut S, message: &Message) {
         let header = *message.header();
-        if header.checkpoint_op == 0 {
+        if header.checkpoint_op == Op(0) {
             // An answer to grid repair, which asks with checkpoint op 0 (state sync never does:
             // it fetches a checkpoint newer than what this replica executed).
             return self.grid_repair_on_block(storage, message);
         }
         let fetching = self.sync.phase == Phase::Blocks
             && header.checkpoint_op == self.sync.checkpoint_op
-            && header.op == self.sync.block_next;
+            && header.op == Op(self.sync.block_next);
         if !fetching || self.sync.writes >= SYNC_WRITES_MAX {
             return;
         }
@@ -532,7 +532,7 @@ impl Replica {
             let named = body.get(..size_of::<Checksum>()).expect("a chunk is whole sectors");
             self.sync.block_checksum = Checksum::from_le_bytes(named.try_into().expect("16 bytes"));
             self.sync.block_placed = BlockHeader::read_from_prefix(body).is_ok_and(|(block, _)| {
-                block.address == header.op && block.cluster == self.config.cluster.get()
+                block.address == header.op.get() && block.cluster == self.config.cluster.get()
             });
         }
         self.sync.sectors.chunk(offset, body);
@@ -543,7 +543,7 @@ impl Replica {
             token: IoToken { owner: IoOwner::Sync, index: 0 },
             kind: IoKind::Write,
             zone: Zone::Grid,
-            offset: self.grid_offset(header.op, offset),
+            offset: self.grid_offset(header.op.get(), offset),
             length: body.len(),
             buffer_offset: 0,
         };

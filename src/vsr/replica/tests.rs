@@ -104,7 +104,7 @@ impl Harness {
             // As the client library does: the session's chain after its latest reply.
             let record =
                 self.replica.sessions.slot(client).map(|slot| *self.replica.sessions.get(slot));
-            let reply_op = record.map_or(0, |record| record.reply_op);
+            let reply_op = record.map_or(Op(0), |record| record.reply_op);
             header.parent = crate::vsr::client_sessions::session_chain(client, reply_op);
         }
         let checksum_body = crate::vsr::header::checksum(body);
@@ -156,10 +156,10 @@ fn register_commits_and_replies() {
     let mut harness = Harness::new(small_config());
     let reply = harness.register(ClientId(7));
     let header = reply.header();
-    assert_eq!(header.op, 1);
+    assert_eq!(header.op, Op(1));
     assert_eq!(header.client, ClientId(7));
     assert_eq!(header.operation, Operation::Register as u8);
-    assert_eq!(harness.replica.commit_min(), 1);
+    assert_eq!(harness.replica.commit_min(), Op(1));
 }
 
 #[test]
@@ -179,7 +179,7 @@ fn retried_register_gets_the_same_reply_and_is_not_applied_twice() {
     let first = harness.register(ClientId(7));
     let second = harness.register(ClientId(7));
     assert_eq!(first.header(), second.header());
-    assert_eq!(harness.replica.commit_min(), 1);
+    assert_eq!(harness.replica.commit_min(), Op(1));
     assert_eq!(harness.replica.metrics().replies_resent, 1);
 }
 
@@ -240,7 +240,7 @@ fn sessions_and_replies_survive_a_restart() {
     let mut harness = Harness::new(small_config());
     let first = harness.register(ClientId(7));
     harness.crash_and_restart();
-    assert_eq!(harness.replica.commit_min(), 1);
+    assert_eq!(harness.replica.commit_min(), Op(1));
     let again = harness.register(ClientId(7));
     assert_eq!(first.header(), again.header());
 }
@@ -354,7 +354,7 @@ mod event_store {
             }
         }
         assert!(harness.replica.metrics().checkpoints > 0);
-        assert!(harness.replica.checkpoint_op() > 64);
+        assert!(harness.replica.checkpoint_op() > Op(64));
         harness.crash_and_restart();
         assert!(harness.replica.metrics().ops_replayed > 0);
         assert_eq!(read_all(&mut harness, 8, 5), expected);
@@ -440,7 +440,7 @@ mod event_store {
         assert_eq!(allocations, 0, "the replica allocated after startup");
         assert!(evictions > 0);
         assert!(harness.replica.metrics().checkpoints > 100);
-        assert!(harness.replica.op() > 2 * harness.config.journal_slot_count as u64);
+        assert!(harness.replica.op() > Op(2 * harness.config.journal_slot_count as u64));
     }
 }
 
@@ -580,7 +580,7 @@ mod cluster {
         cluster.tick(3);
         let commits = cluster.commits();
         assert!(commits.iter().all(|commit| *commit == commits[0]), "{commits:?}");
-        for op in 1..=commits[0] {
+        for op in Op(1).through(commits[0]) {
             let primary = cluster.nodes[0].harness.replica.prepare_header(op);
             for node in &cluster.nodes[1..] {
                 assert_eq!(node.harness.replica.prepare_header(op), primary, "op {op}");
@@ -628,10 +628,10 @@ mod cluster {
         cluster.nodes[1].up = false;
         let replies = cluster.call(0, ClientId(7), 1, Operation::CreateStream, &create_body(5));
         assert!(replies.is_empty());
-        assert_eq!(cluster.nodes[0].harness.replica.commit_min(), 1);
+        assert_eq!(cluster.nodes[0].harness.replica.commit_min(), Op(1));
         cluster.nodes[1].up = true;
         cluster.tick(30);
-        assert_eq!(cluster.commits(), vec![2, 2]);
+        assert_eq!(cluster.commits(), vec![Op(2), Op(2)]);
     }
 
     #[test]
@@ -679,7 +679,7 @@ fn log_headers_stop_at_a_stale_wal_entry_at_the_checkpoint_op() {
     harness.register(ClientId(7));
     harness.call(ClientId(7), 1, Operation::CreateStream, &event_store::create_body(5));
     let mut request = 2;
-    while harness.replica.checkpoint_op() == 0 || harness.replica.op() < 60 {
+    while harness.replica.checkpoint_op() == Op(0) || harness.replica.op() < Op(60) {
         event_store::append(&mut harness, 7, request, 5, u64::from(request - 2) * 3);
         request += 1;
     }
@@ -739,7 +739,7 @@ mod grid_repair {
         cluster.tick(3);
         for node in &cluster.nodes {
             let state = node.harness.replica.checkpoint_state();
-            assert!(node.harness.replica.checkpoint_op() >= 48);
+            assert!(node.harness.replica.checkpoint_op() >= Op(48));
             assert!(state.streams_table_blocks > 0 && state.streams_table_address > 0);
         }
         cluster
@@ -815,7 +815,7 @@ mod grid_repair {
             harness.call(ClientId(7), request, Operation::Append, &append_body(5, 0, 3));
         }
         let table = harness.replica.checkpoint_state().streams_table_address;
-        assert!(harness.replica.checkpoint_op() >= 48 && table > 0);
+        assert!(harness.replica.checkpoint_op() >= Op(48) && table > 0);
         harness.storage.crash();
         let layout = Layout::new(&harness.config);
         let offset = layout.offset(Zone::Grid, table * BLOCK_SIZE as u64 + SECTOR_SIZE as u64);
@@ -913,7 +913,7 @@ mod faulty_wal {
 
     fn prepare_rot(harness: &mut Harness, op: Op) {
         let layout = Layout::new(&harness.config);
-        let slot = op % u64::from(harness.config.journal_slot_count);
+        let slot = op.get() % u64::from(harness.config.journal_slot_count);
         let offset = layout.zone_offset(Zone::WalPrepares) + slot * layout.message_size_max;
         harness.storage.corrupt_sector(offset);
     }
@@ -921,7 +921,7 @@ mod faulty_wal {
     /// Rots every header in the sector of the WAL's header ring that holds `op`'s header.
     fn header_sector_rot(harness: &mut Harness, op: Op) {
         let layout = Layout::new(&harness.config);
-        let slot = op % u64::from(harness.config.journal_slot_count);
+        let slot = op.get() % u64::from(harness.config.journal_slot_count);
         let sector = slot as usize * HEADER_SIZE / SECTOR_SIZE;
         let start = layout.zone_offset(Zone::WalHeaders) as usize + sector * SECTOR_SIZE;
         for header in harness.storage.bytes_mut()[start..][..SECTOR_SIZE].chunks_mut(HEADER_SIZE) {
@@ -980,7 +980,7 @@ mod faulty_wal {
         // may win the next view change. It goes through a view change instead.
         let mut cluster = Cluster::new(3);
         prepare_only_r1_holds(&mut cluster, 0, Operation::Register);
-        assert!(cluster.nodes[1].harness.replica.prepare_header(1).is_some());
+        assert!(cluster.nodes[1].harness.replica.prepare_header(Op(1)).is_some());
         assert_ne!(cluster.nodes[0].harness.replica.status(), Status::Normal);
         cluster.call(0, ClientId(8), 0, Operation::Register, &[]);
         for _ in 0..100 {
@@ -1001,13 +1001,13 @@ mod faulty_wal {
         cluster.call(primary.get(), ClientId(8), 0, Operation::Register, &[]);
         cluster.tick(5);
         // Every replica agrees on op 1, whichever it is (R1's, never committed, may be cut).
-        let committed = cluster.nodes[usize::from(primary)].harness.replica.prepare_header(1);
+        let committed = cluster.nodes[usize::from(primary)].harness.replica.prepare_header(Op(1));
         assert!(committed.is_some());
         for node in &cluster.nodes {
             let replica = &node.harness.replica;
             assert_eq!(replica.failure(), None);
-            assert!(replica.commit_min() >= 1, "{}", replica.debug_state());
-            assert_eq!(replica.prepare_header(1), committed);
+            assert!(replica.commit_min() >= Op(1), "{}", replica.debug_state());
+            assert_eq!(replica.prepare_header(Op(1)), committed);
         }
     }
 
@@ -1107,7 +1107,7 @@ mod faulty_wal {
         assert_eq!((r1.op(), r1.commit_min()), (n, n), "{}", r1.debug_state());
         assert_eq!(r1.op_acknowledged_max(), n);
         assert_eq!(r1.metrics().start_views_below_acknowledged, 1);
-        for op in 1..=n {
+        for op in Op(1).through(n) {
             let primary = cluster.nodes[0].harness.replica.prepare_header(op);
             assert_eq!(r1.prepare_header(op), primary, "op {op}");
         }

@@ -78,9 +78,9 @@ impl DoViewChangeRecord {
     const EMPTY: DoViewChangeRecord = DoViewChangeRecord {
         received: false,
         log_view: View(0),
-        op: 0,
-        op_min: 0,
-        commit: 0,
+        op: Op(0),
+        op_min: Op(0),
+        commit: Op(0),
         headers_count: 0,
         headers: [Header::zeroed(); VIEW_CHANGE_HEADERS_MAX],
     };
@@ -100,7 +100,7 @@ impl DoViewChangeRecord {
     /// Its header at `op`, if its suffix reaches that far down.
     pub fn header(&self, op: Op) -> Option<&Header> {
         let first = self.headers[..self.headers_count].first()?.op;
-        let index = usize::try_from(op.checked_sub(first)?).ok()?;
+        let index = usize::try_from(op.get().checked_sub(first.get())?).ok()?;
         self.headers[..self.headers_count].get(index)
     }
 }
@@ -128,7 +128,7 @@ impl ViewChangeState {
             vote_view: View(0),
             votes: 0,
             abdicating: false,
-            progress_commit: 0,
+            progress_commit: Op(0),
             records: vec![DoViewChangeRecord::EMPTY; REPLICAS_MAX],
             log_chosen: false,
             start_view_nonce: 0,
@@ -512,7 +512,7 @@ impl Replica {
 
     /// The header of this replica's log at `op`, if it holds one.
     pub(super) fn log_header(&self, op: Op) -> Option<Header> {
-        if op == 0 {
+        if op == Op(0) {
             return Some(Header::root_prepare(self.config.cluster));
         }
         if op > self.head.op() || op < self.log_chained_from {
@@ -558,7 +558,7 @@ impl Replica {
         assert_eq!(checkpoint.op, self.checkpoint_op);
         let slot_count = self.journal.slot_count() as u64;
         let (mut low, mut parent) = (checkpoint.op, checkpoint.parent);
-        while low > 0 && checkpoint.op - (low - 1) < slot_count {
+        while low > Op(0) && checkpoint.op - (low - 1) < slot_count {
             match self.journal.header_with_op(low - 1) {
                 Some(below) if below.checksum == parent => {
                     low -= 1;
@@ -600,7 +600,7 @@ impl Replica {
             }
         }
         let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
-        for (index, op) in (first..=op_high).enumerate() {
+        for (index, op) in first.through(op_high).enumerate() {
             let header = self.log_header(op).expect("the run was checked above");
             body[index * HEADER_SIZE..][..HEADER_SIZE].copy_from_slice(header.as_bytes());
         }
@@ -757,7 +757,7 @@ impl Replica {
     /// The canonical head, lowered below the first op above `commit` that a nack quorum lacks.
     fn head_after_nacks(&mut self, canonical: &DoViewChangeRecord, commit: Op) -> Op {
         let quorum_nack = self.quorum_nack();
-        for op in commit + 1..=canonical.op {
+        for op in (commit + 1).through(canonical.op) {
             let Some(entry) = canonical.header(op) else {
                 continue;
             };
@@ -778,7 +778,7 @@ impl Replica {
         assert_eq!(self.status, Status::ViewChange);
         if self.log_view != self.view {
             self.log_view = self.view;
-            self.op_acknowledged_max = 0;
+            self.op_acknowledged_max = Op(0);
             self.view_persist(storage);
         }
         if self.log_view_durable != self.view || self.view_durable != self.view {
@@ -800,7 +800,7 @@ impl Replica {
         self.timeouts[TimeoutKind::PrimaryAbdicate].start();
         self.view_change.progress_commit = self.commit_max;
         self.backup_heard_tick = [0; REPLICAS_MAX];
-        self.commit_heartbeat_sent = 0;
+        self.commit_heartbeat_sent = Op(0);
         self.timeouts[TimeoutKind::CommitHeartbeat].stop();
         self.timeouts[TimeoutKind::Prepare].stop();
         let bit = self.config.replica.bit();
@@ -908,7 +908,7 @@ impl Replica {
         self.target.clear();
         self.log_faulty = false;
         if self.log_view != self.view || self.view_change.start_view_answered {
-            self.op_acknowledged_max = 0;
+            self.op_acknowledged_max = Op(0);
             self.view_change.start_view_answered = false;
         }
         if self.log_view != self.view {
@@ -934,12 +934,12 @@ mod tests {
         // of view 26, nothing committed in view 28 (it needed two replicas of view 28), so
         // R2's log is canonical; with R1 not heard from, R0 and R1 could have committed there,
         // and the primary must wait.
-        let faulty = record(View(28), 143, 160);
-        let sound = record(View(27), 141, 142);
-        let older = record(View(26), 141, 142);
+        let faulty = record(View(28), Op(143), Op(160));
+        let sound = record(View(27), Op(141), Op(142));
+        let older = record(View(26), Op(141), Op(142));
         assert_eq!(canonical_choose(&[faulty, older, sound], 2), Some(ReplicaIndex(2)));
         assert_eq!(canonical_choose(&[faulty, DoViewChangeRecord::EMPTY, sound], 2), None);
-        let newer_sound = record(View(28), 143, 144);
+        let newer_sound = record(View(28), Op(143), Op(144));
         assert_eq!(canonical_choose(&[faulty, newer_sound, sound], 2), Some(ReplicaIndex(1)));
     }
 
@@ -950,16 +950,16 @@ mod tests {
         // the view change waited forever (VOPR seed 8113176848143068660). Nothing above R0's
         // head can have committed in view 28 (R1 never was of that view), so R0's log is
         // canonical. With a third replica of view 28 not heard from, it could have: wait.
-        let faulty = record(View(28), 143, 160);
-        let bound = record(View(27), 141, 143);
+        let faulty = record(View(28), Op(143), Op(160));
+        let bound = record(View(27), Op(141), Op(143));
         assert_eq!(canonical_choose(&[faulty, bound], 2), Some(ReplicaIndex(0)));
         assert_eq!(canonical_choose(&[faulty, bound, DoViewChangeRecord::EMPTY], 2), None);
-        let intact = record(View(28), 143, 144);
+        let intact = record(View(28), Op(143), Op(144));
         assert_eq!(canonical_choose(&[faulty, bound, intact], 2), Some(ReplicaIndex(2)));
         // R1 of view 27 holds ops up to 150, which may have committed in view 27 with R0's
         // acknowledgement and then been cut from R0's chain by its fault: with R2 unheard,
         // neither log may be taken.
-        let longer = record(View(27), 150, 151);
+        let longer = record(View(27), Op(150), Op(151));
         assert_eq!(canonical_choose(&[faulty, longer, DoViewChangeRecord::EMPTY], 2), None);
         // With two replicas, R0 alone could not have committed in view 28: R1's log holds
         // everything committed.

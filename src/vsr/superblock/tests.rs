@@ -66,10 +66,10 @@ fn state_advanced(working: &SuperBlockHeader, step: u64) -> VsrState {
     state.view += step as u32;
     state.log_view = state.view;
     state.commit_max += 3 * step;
-    state.checkpoint_op = state.commit_max / 2;
+    state.checkpoint_op = Op(state.commit_max.get() / 2);
     state.checkpoint_checksum = state.checkpoint_checksum.wrapping_add(u128::from(step));
     state.grid_head += step;
-    state.view_headers_count = (state.commit_max % (VIEW_HEADERS_MAX as u64 + 1)) as u32;
+    state.view_headers_count = (state.commit_max.get() % (VIEW_HEADERS_MAX as u64 + 1)) as u32;
     for (index, header) in state.view_headers.iter_mut().enumerate() {
         header.op = state.commit_max + index as u64;
     }
@@ -146,7 +146,7 @@ fn open_reads_freshly_formatted_file_at_sequence_one() {
     assert_eq!(working.config(), small_config());
     assert_eq!(
         (working.vsr_state.view, working.vsr_state.log_view, working.vsr_state.commit_max),
-        (View(0), View(0), 0)
+        (View(0), View(0), Op(0))
     );
     assert_eq!(superblock.copies_health(), &[CopyHealth::Valid { sequence: 1 }; 4]);
     assert!(storage.bytes() == before.as_slice(), "a healthy open writes nothing");
@@ -554,7 +554,7 @@ fn open_detects_chosen_superblock_going_backwards_from_its_parent() {
     child.vsr_state.commit_max = parent.vsr_state.commit_max;
     child.vsr_state.view = parent.vsr_state.view;
     child.vsr_state.log_view = parent.vsr_state.view;
-    child.vsr_state.checkpoint_op = 0;
+    child.vsr_state.checkpoint_op = Op(0);
     child.set_checksum();
     let mut stale_parent = parent;
     stale_parent.vsr_state.view += 1;
