@@ -13,7 +13,7 @@ use kimberlite::constants::{BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE};
 use kimberlite::state_machine::block::block_checksum;
 use kimberlite::state_machine::types::{EventRecord, chain_next};
 use kimberlite::stdx::prng::Prng;
-use kimberlite::vsr::header::{ChecksumBytes, checksum};
+use kimberlite::vsr::header::{Checksum, ChecksumBytes, checksum};
 
 /// Each size is hashed for at least this long.
 const RUN_TIME: Duration = Duration::from_millis(500);
@@ -39,17 +39,19 @@ fn main() {
         size_bytes: 128,
         reserved: 0,
     };
-    run("event chain (128 B event)", 128, || chain_next(7, black_box(&record), black_box(data)));
+    run("event chain (128 B event)", 128, || {
+        chain_next(Checksum(7), black_box(&record), black_box(data))
+    });
 }
 
 /// Hashes `size` bytes with `hash` repeatedly for `RUN_TIME`, and prints the rate.
-fn run(label: &str, size: usize, mut hash: impl FnMut() -> u128) {
+fn run(label: &str, size: usize, mut hash: impl FnMut() -> Checksum) {
     let start = Instant::now();
     let mut count: u64 = 0;
     let mut sum: u128 = 0;
     while start.elapsed() < RUN_TIME {
         for _ in 0..64 {
-            sum = sum.wrapping_add(hash());
+            sum = sum.wrapping_add(hash().get());
         }
         count += 64;
     }

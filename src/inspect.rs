@@ -98,7 +98,7 @@ fn write_grid(
     let file = std::fs::File::open(path).map_err(|error| format!("{}: {error}", path.display()))?;
     let mut block = vec![0u8; BLOCK_SIZE];
     let mut bad = 0;
-    let mut table_checksum = 0;
+    let mut table_checksum = Checksum::ZERO;
     let table = working.vsr_state.streams_table_address
         ..working.vsr_state.streams_table_address
             + u64::from(working.vsr_state.streams_table_blocks);

@@ -164,7 +164,7 @@ fn reply_bytes(request: &Header, view: View, op: Op, commit: Op, body: &[u8]) ->
     reply.client = request.client;
     reply.request = request.request;
     reply.operation = request.operation;
-    reply.context = request.checksum;
+    reply.context = request.checksum.get();
     message_bytes(reply, body)
 }
 

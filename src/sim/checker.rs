@@ -434,7 +434,7 @@ fn reply_matches(prepare: &Header, reply: &ReplyRecord) -> Result<(), &'static s
     if prepare.operation != reply.operation {
         return Err("the prepare at its op is another operation");
     }
-    if prepare.context != reply.request_checksum {
+    if prepare.context != reply.request_checksum.get() {
         return Err("the prepare at its op has another request checksum");
     }
     Ok(())
@@ -490,8 +490,8 @@ mod tests {
             request: prepare.request,
             op: prepare.op,
             operation: prepare.operation,
-            request_checksum: prepare.context,
-            body_checksum: 0xB0D1,
+            request_checksum: Checksum(prepare.context),
+            body_checksum: Checksum(0xB0D1),
             view: View(0),
             replica: ReplicaIndex(0),
         }
@@ -532,7 +532,7 @@ mod tests {
     fn commit_that_does_not_chain_breaks_the_prefix() {
         // Goal: the history grows only by a prepare whose parent is the previous op.
         let mut log = chain(4);
-        log[4] = prepare(Op(4), 0xDEAD, ClientId(9), 4);
+        log[4] = prepare(Op(4), Checksum(0xDEAD), ClientId(9), 4);
         let mut checker = Checker::new(CLUSTER, 1);
         let result = commits(&mut checker, 0, Op(4), &log);
         assert!(matches!(result, Err(Violation::Chain { replica: 0, op: Op(4), .. })));

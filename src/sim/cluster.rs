@@ -1198,7 +1198,10 @@ impl Cluster {
             replica.checkpoint_op(),
             |op| replica.prepare_header(op),
             |op, header| {
-                trace.record(Event::Commit, &[tick, index as u64, op.get(), header.checksum as u64])
+                trace.record(
+                    Event::Commit,
+                    &[tick, index as u64, op.get(), header.checksum.get() as u64],
+                )
             },
         )?;
         // Only the primary of the newest view: a stale primary cut off from a view change may
@@ -1922,7 +1925,7 @@ mod tests {
         header.view = replica.view();
         header.replica = replica.primary_index();
         header.commit = commit;
-        header.context = checksum;
+        header.context = checksum.get();
         header.timestamp = cluster.tick;
         header.size = HEADER_SIZE as u32;
         header.set_checksum_body(&[]);

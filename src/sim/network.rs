@@ -91,7 +91,7 @@ impl Packet {
     pub fn checksum(&self) -> u64 {
         let header = Header::read_from_prefix(&self.bytes).ok();
         // The trace keeps the low 64 bits.
-        header.map_or(0, |(header, _)| header.checksum as u64)
+        header.map_or(0, |(header, _)| header.checksum.get() as u64)
     }
 }
 
@@ -168,7 +168,7 @@ impl Network {
     ) {
         assert_ne!(from, to);
         self.metrics.sent += 1;
-        let checksum = message.header().checksum as u64;
+        let checksum = message.header().checksum.get() as u64;
         trace.record(Event::Send, &[tick, from as u64, to as u64, checksum]);
         if !self.link_up(from, to, tick) {
             return self.drop_traced(trace, tick, to, checksum, DropReason::Partition);
@@ -207,7 +207,7 @@ impl Network {
         delay_ticks: u64,
     ) {
         assert_ne!(from, to);
-        let checksum = message.header().checksum as u64;
+        let checksum = message.header().checksum.get() as u64;
         trace.record(Event::Send, &[tick, from as u64, to as u64, checksum]);
         if !self.link_up(from, to, tick) {
             return self.drop_traced(trace, tick, to, checksum, DropReason::Partition);

@@ -554,7 +554,7 @@ fn reply_record(header: &Header) -> ReplyRecord {
         request: header.request,
         op: header.op,
         operation: header.operation,
-        request_checksum: header.context,
+        request_checksum: Checksum(header.context),
         body_checksum: header.checksum_body,
         view: header.view,
         replica: header.replica,
@@ -591,7 +591,7 @@ mod tests {
             header.commit = Op(1);
             header.request = request.request;
             header.operation = request.operation;
-            header.context = request.checksum;
+            header.context = request.checksum.get();
         } else {
             header.context = u128::from(EvictionReason::SessionEvicted as u32);
         }

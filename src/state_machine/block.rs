@@ -43,7 +43,7 @@ pub struct SectorChecksums {
 
 impl SectorChecksums {
     pub fn new() -> SectorChecksums {
-        SectorChecksums { sectors: [0; BLOCK_SECTORS] }
+        SectorChecksums { sectors: [Checksum(0); BLOCK_SECTORS] }
     }
 
     /// Records the sectors of `bytes`, which start at byte `offset` of the block.
@@ -135,10 +135,10 @@ pub fn block_invalid(
         return Some("block: wrong size");
     }
     let header = block_header(block);
-    if header.checksum != block_checksum(block) {
+    if Checksum::from(header.checksum) != block_checksum(block) {
         return Some("block: checksum does not match its bytes");
     }
-    if header.checksum != checksum_expected {
+    if Checksum::from(header.checksum) != checksum_expected {
         return Some("block: checksum does not match its pointer (lost or misdirected write)");
     }
     if header.address != address {

@@ -62,7 +62,7 @@ fn state_checksum(root: &TableRoot, table_checksum: Checksum) -> Checksum {
 /// header here: the superblock's checksum of the table's block checksums covers it at the end.
 fn table_block_invalid(block: &[u8], cluster: ClusterId, address: u64) -> Option<&'static str> {
     let checksum_own = block_header(block).checksum.get();
-    block_invalid(block, cluster, address, checksum_own, BlockKind::StreamsTable)
+    block_invalid(block, cluster, address, Checksum(checksum_own), BlockKind::StreamsTable)
 }
 
 fn table_entry_size(blocks: u64) -> usize {
@@ -90,7 +90,7 @@ impl StateMachine {
                 blocks: 0,
                 block_next: 0,
                 entry_next: 0,
-                table_checksum: 0,
+                table_checksum: Checksum(0),
                 root,
                 result: Some(self.checkpoint_last),
             });
@@ -116,7 +116,7 @@ impl StateMachine {
             blocks,
             block_next: 0,
             entry_next: 0,
-            table_checksum: 0,
+            table_checksum: Checksum(0),
             root,
             result: None,
         });
@@ -210,7 +210,7 @@ impl StateMachine {
                 tenant: stream.tenant,
                 offset_next: stream.offset_next,
                 blocks: stream.blocks,
-                chain: ChecksumBytes::new(stream.chain),
+                chain: ChecksumBytes::from(stream.chain),
                 frontier_count,
                 reserved: 0,
             };
@@ -279,7 +279,7 @@ impl StateMachine {
         self.opening = Some(Opening {
             checkpoint: *checkpoint,
             block_next: 0,
-            table_checksum: 0,
+            table_checksum: Checksum(0),
             root: TableRoot::new_zeroed(),
         });
         self.open_read(storage);
@@ -364,9 +364,13 @@ impl StateMachine {
         let address = opening.checkpoint.streams_table_address + u64::from(opening.block_next);
         let header = block_header(bytes);
         let kind = BlockKind::StreamsTable;
-        if let Some(reason) =
-            block_invalid(bytes, self.config.cluster, address, header.checksum.get(), kind)
-        {
+        if let Some(reason) = block_invalid(
+            bytes,
+            self.config.cluster,
+            address,
+            Checksum::from(header.checksum),
+            kind,
+        ) {
             return Err(reason);
         }
         if header.ordinal != u64::from(opening.block_next) || header.directory_size != 0 {
@@ -389,7 +393,8 @@ impl StateMachine {
         if at != records_end {
             return Err("streams table: records_size does not match the entries");
         }
-        opening.table_checksum = checksum_chain(opening.table_checksum, header.checksum.get());
+        opening.table_checksum =
+            checksum_chain(opening.table_checksum, Checksum::from(header.checksum));
         opening.block_next += 1;
         self.opening = Some(opening);
         Ok(())
@@ -447,7 +452,7 @@ impl StateMachine {
         if entry.offset_next < entry.blocks || (entry.blocks == 0) != (entry.offset_next == 0) {
             return Err("streams table: offset and blocks disagree");
         }
-        let index = self.streams.insert(entry.stream, entry.tenant, entry.chain.get());
+        let index = self.streams.insert(entry.stream, entry.tenant, Checksum::from(entry.chain));
         let stream = self.streams.get_mut(index);
         stream.offset_next = entry.offset_next;
         stream.blocks = entry.blocks;

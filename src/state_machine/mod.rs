@@ -103,7 +103,7 @@ pub fn grid_block_invalid(block: &[u8], cluster: ClusterId, address: u64) -> Opt
         2 => BlockKind::StreamsTable,
         _ => return Some("block: wrong kind"),
     };
-    block::block_invalid(block, cluster, address, header.checksum.get(), kind)
+    block::block_invalid(block, cluster, address, Checksum::from(header.checksum), kind)
 }
 
 /// Names one read from `read_start` to `poll_read`.
@@ -621,7 +621,7 @@ impl StateMachine {
             size_bytes,
             reserved: 0,
         };
-        record.chain = ChecksumBytes::new(chain_next(stream.chain, &record, data));
+        record.chain = ChecksumBytes::from(chain_next(stream.chain, &record, data));
         let open = &mut self.open_block;
         let at = open.record_write(&record, data);
         if stream.open_event_count == 0 {
@@ -632,7 +632,7 @@ impl StateMachine {
         }
         stream.open_event_count += 1;
         stream.offset_next += 1;
-        stream.chain = record.chain.get();
+        stream.chain = Checksum::from(record.chain);
         if open.event_count == 0 {
             assert_eq!(open.position_first, self.log.position_next);
             open.op_min = op;
@@ -736,7 +736,10 @@ impl StateMachine {
 
     /// Submits the write of a sealed block, keeping a handle to serve reads until it lands.
     fn block_write<S: Storage>(&mut self, storage: &mut S, address: u64, buffer: Message) {
-        assert_eq!(block_checksum(buffer.buffer()), block_header(buffer.buffer()).checksum.get());
+        assert_eq!(
+            block_checksum(buffer.buffer()),
+            Checksum(block_header(buffer.buffer()).checksum.get())
+        );
         let slot = self.writes.iter().position(Option::is_none).expect("a write slot per buffer");
         let request = IoRequest {
             token: token(TokenKind::Write, slot),

@@ -28,6 +28,7 @@ use crate::state_machine::types::{
 use crate::state_machine::{
     BlockFault, ReadBusy, ReadId, ReadReply, StateMachine, Status, TokenKind, token,
 };
+use crate::vsr::header::Checksum;
 use crate::vsr::header::{ChecksumBytes, Operation};
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::Message;
@@ -180,7 +181,7 @@ impl StateMachine {
                     info.tenant = stream.tenant;
                     info.offset_next = stream.offset_next;
                     info.event_count = stream.offset_next;
-                    info.chain = ChecksumBytes::new(stream.chain);
+                    info.chain = ChecksumBytes::from(stream.chain);
                     ResultCode::Ok
                 }
             },
@@ -336,7 +337,7 @@ impl StateMachine {
                 buffer.buffer(),
                 cluster,
                 address,
-                target.checksum.get(),
+                Checksum::from(target.checksum),
                 BlockKind::Events,
             )
             .is_none();
@@ -344,7 +345,8 @@ impl StateMachine {
             if sound { self.read_block(slot, buffer.buffer()) } else { BlockStep::Corrupt };
         if let BlockStep::Corrupt = block_step {
             self.block_faulty_last = Some(address);
-            self.block_fault = Some(BlockFault { address, checksum: Some(target.checksum.get()) });
+            self.block_fault =
+                Some(BlockFault { address, checksum: Some(Checksum::from(target.checksum)) });
         }
         // The read's buffer must be unshared again before the next fetch submits it.
         drop(buffer);

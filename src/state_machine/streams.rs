@@ -143,7 +143,7 @@ mod tests {
         // Goal: at full load every inserted id is found at its entry and absent ids end a probe.
         let mut streams = Streams::new(100, 4);
         for id in 1..=100u64 {
-            assert_eq!(streams.insert(id * 7919, id, 0), (id - 1) as u32);
+            assert_eq!(streams.insert(id * 7919, id, Checksum(0)), (id - 1) as u32);
         }
         assert!(streams.is_full());
         for id in 1..=100u64 {

@@ -1254,7 +1254,7 @@ fn stream_info_reports_tenant_offset_and_chain() {
     )
     .unwrap();
     assert_eq!(
-        (info.result, info.tenant, info.offset_next, info.chain.get()),
+        (info.result, info.tenant, info.offset_next, Checksum::from(info.chain)),
         (0, 44, 0, chain_seed(4, 44))
     );
     harness.commit(Operation::Append, &one_batch(4, 0, vec![vec![1; 10], vec![2; 20]]));

@@ -220,7 +220,7 @@ pub struct BlockPointer {
 
 impl BlockPointer {
     pub fn new(key_end: u64, address: u32, checksum: Checksum) -> BlockPointer {
-        BlockPointer { key_end, address, reserved: 0, checksum: ChecksumBytes::new(checksum) }
+        BlockPointer { key_end, address, reserved: 0, checksum: ChecksumBytes::from(checksum) }
     }
 }
 

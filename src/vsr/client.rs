@@ -158,7 +158,7 @@ impl ClientCore {
             registered: false,
             evicted: false,
             request_latest: 0,
-            parent: 0,
+            parent: Checksum(0),
             commit_latest: Op(0),
             view: View(0),
             read_nonce: 0,
@@ -225,7 +225,7 @@ impl ClientCore {
         self.evicted = false;
         self.registered = false;
         self.request_latest = 0;
-        self.parent = 0;
+        self.parent = Checksum(0);
     }
 
     /// Starts `operation` with `body`: returns the request's header, ready to send in front
@@ -246,7 +246,7 @@ impl ClientCore {
             self.read_nonce = self.read_nonce.wrapping_add(1).max(1);
             header.request = self.request_latest + 1;
             header.commit = self.commit_latest;
-            header.parent = self.read_nonce;
+            header.parent = Checksum(self.read_nonce);
         } else {
             assert!(self.registered, "a write needs a session");
             header.request = self.request_latest + 1;
@@ -357,7 +357,7 @@ impl ClientCore {
 
     fn on_reply(&mut self, header: &Header) -> Outcome {
         let answers = self.in_flight.as_ref().is_some_and(|in_flight| {
-            header.context == in_flight.checksum
+            header.context == in_flight.checksum.get()
                 && header.operation == in_flight.operation as u8
                 && header.request == in_flight.request
         });
@@ -456,7 +456,7 @@ mod tests {
         reply.client = request.client;
         reply.request = request.request;
         reply.operation = request.operation;
-        reply.context = request.checksum;
+        reply.context = request.checksum.get();
         reply.op = op;
         reply.commit = op;
         reply
@@ -660,7 +660,10 @@ mod tests {
         assert!(core.in_flight().is_none() && core.evicted());
         core.session_new(ClientId(6));
         let register = core.request_start(Operation::Register, &[], 14);
-        assert_eq!((register.request, register.parent, register.client), (0, 0, ClientId(6)));
+        assert_eq!(
+            (register.request, register.parent, register.client),
+            (0, Checksum::ZERO, ClientId(6))
+        );
         core.poll_send(14);
         assert_eq!(core.on_message(&reply_to(&register, Op(9)), 15), Outcome::Reply);
         let write = core.request_start(Operation::Append, &[9; 24], 16);

@@ -186,7 +186,7 @@ impl ClientSessions {
         assert!(reply_op >= record.reply_op);
         record.request = request;
         record.reply_op = reply_op;
-        record.reply_checksum = ChecksumBytes::new(reply_checksum);
+        record.reply_checksum = ChecksumBytes::from(reply_checksum);
         record.reply_size = reply_size;
     }
 
@@ -226,7 +226,7 @@ mod tests {
             RequestDisposition::ReplyAgain { slot }
         );
         assert_eq!(sessions.disposition(ClientId(7), 1, false), RequestDisposition::Prepare);
-        sessions.commit_reply(slot, 1, Op(11), 0xabc, 200);
+        sessions.commit_reply(slot, 1, Op(11), Checksum(0xabc), 200);
         assert_eq!(
             sessions.disposition(ClientId(7), 1, false),
             RequestDisposition::ReplyAgain { slot }
@@ -243,7 +243,7 @@ mod tests {
         let mut sessions = ClientSessions::new(2);
         let (slot_a, _) = sessions.register(ClientId(1), Op(1));
         let (slot_b, _) = sessions.register(ClientId(2), Op(2));
-        sessions.commit_reply(slot_a, 1, Op(3), 1, 128);
+        sessions.commit_reply(slot_a, 1, Op(3), Checksum(1), 128);
         let (slot_c, evicted) = sessions.register(ClientId(3), Op(4));
         assert_eq!(evicted, Some(ClientId(2)));
         assert_eq!(slot_c, slot_b);

@@ -18,7 +18,60 @@ compile_error!("headers are cast from little-endian bytes: big-endian targets ar
 
 /// A 128-bit checksum (XXH3-128): the identity of a message, a prepare, a session, a grid
 /// block and a checkpoint.
-pub type Checksum = u128;
+#[repr(transparent)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+)]
+pub struct Checksum(pub u128);
+
+impl Checksum {
+    /// No checksum: the `parent` of a prepare that has none, an unset field.
+    pub const ZERO: Checksum = Checksum(0);
+
+    pub fn get(self) -> u128 {
+        self.0
+    }
+
+    pub fn to_le_bytes(self) -> [u8; 16] {
+        self.0.to_le_bytes()
+    }
+
+    pub fn from_le_bytes(bytes: [u8; 16]) -> Checksum {
+        Checksum(u128::from_le_bytes(bytes))
+    }
+}
+
+/// Flips bits: how tests and the simulator's faults make a checksum wrong.
+impl std::ops::BitXor<u128> for Checksum {
+    type Output = Checksum;
+    fn bitxor(self, bits: u128) -> Checksum {
+        Checksum(self.0 ^ bits)
+    }
+}
+
+impl std::ops::BitXorAssign<u128> for Checksum {
+    fn bitxor_assign(&mut self, bits: u128) {
+        self.0 ^= bits;
+    }
+}
+
+impl std::fmt::LowerHex for Checksum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::LowerHex::fmt(&self.0, f)
+    }
+}
 /// A position in the replicated log (op 0 is the root prepare).
 #[repr(transparent)]
 #[derive(
@@ -318,7 +371,7 @@ impl std::fmt::LowerHex for ClientId {
 
 /// The checksum of `bytes`: XXH3-128 (xxHash 0.8, a published and frozen algorithm), seed 0.
 pub fn checksum(bytes: &[u8]) -> Checksum {
-    xxhash_rust::xxh3::xxh3_128(bytes)
+    Checksum(xxhash_rust::xxh3::xxh3_128(bytes))
 }
 
 /// The checksum of the concatenation of `pieces`, without joining them.
@@ -327,7 +380,7 @@ pub fn checksum_pieces(pieces: &[&[u8]]) -> Checksum {
     for piece in pieces {
         hasher.update(piece);
     }
-    hasher.digest128()
+    Checksum(hasher.digest128())
 }
 
 /// One link of a hash chain: the checksum of `previous` then `next` (16 little-endian bytes
@@ -339,6 +392,18 @@ pub fn checksum_chain(previous: Checksum, next: Checksum) -> Checksum {
 /// A checksum inside a record that is only 8-byte aligned (grid blocks, reply bodies, session
 /// records): the same 16 little-endian bytes as a `Checksum`, with alignment 1.
 pub type ChecksumBytes = zerocopy::byteorder::U128<zerocopy::byteorder::LittleEndian>;
+
+impl From<ChecksumBytes> for Checksum {
+    fn from(bytes: ChecksumBytes) -> Checksum {
+        Checksum(bytes.get())
+    }
+}
+
+impl From<Checksum> for ChecksumBytes {
+    fn from(checksum: Checksum) -> ChecksumBytes {
+        ChecksumBytes::new(checksum.0)
+    }
+}
 
 /// Messages of the protocol. Per command: the generic header fields it uses (all others must be
 /// zero), then its body.
@@ -530,7 +595,7 @@ pub struct Header {
     /// Checksum of the body (`size - 256` bytes after the header).
     pub checksum_body: Checksum,
     pub parent: Checksum,
-    pub context: Checksum,
+    pub context: u128,
     pub cluster: ClusterId,
     pub op: Op,
     pub commit: Op,
@@ -571,8 +636,8 @@ impl Header {
     /// A header with every field zero (the reserved command).
     pub const fn zeroed() -> Header {
         Header {
-            checksum: 0,
-            checksum_body: 0,
+            checksum: Checksum(0),
+            checksum_body: Checksum(0),
             cluster: ClusterId(0),
             size: 0,
             view: View(0),
@@ -582,7 +647,7 @@ impl Header {
             client: ClientId(0),
             checkpoint_op: Op(0),
             op_min: Op(0),
-            parent: 0,
+            parent: Checksum(0),
             context: 0,
             request: 0,
             log_view: View(0),
@@ -732,7 +797,7 @@ impl Header {
             (Fields::CLIENT, self.client == ClientId(0), "client must be zero"),
             (Fields::CHECKPOINT_OP, self.checkpoint_op == Op(0), "checkpoint_op must be zero"),
             (Fields::OP_MIN, self.op_min == Op(0), "op_min must be zero"),
-            (Fields::PARENT, self.parent == 0, "parent must be zero"),
+            (Fields::PARENT, self.parent == Checksum(0), "parent must be zero"),
             (Fields::CONTEXT, self.context == 0, "context must be zero"),
             (Fields::REQUEST, self.request == 0, "request must be zero"),
             (Fields::LOG_VIEW, self.log_view == View(0), "log_view must be zero"),
@@ -810,7 +875,7 @@ impl Header {
             if self.request != 0 {
                 return Some("register must be request 0");
             }
-            if self.parent != 0 {
+            if self.parent != Checksum(0) {
                 return Some("register must have no parent");
             }
             return self.invalid_body_empty();
@@ -894,7 +959,7 @@ impl Header {
             && self.timestamp == 0
             && self.client == ClientId(0)
             && self.request == 0
-            && self.parent == 0
+            && self.parent == Checksum(0)
             && self.context == 0
             && self.view == View(0)
             && self.replica == ReplicaIndex(0);
@@ -1101,7 +1166,7 @@ impl Header {
             EvictionReason::SessionEvicted,
             EvictionReason::InvalidRequest,
         ];
-        if !reasons.iter().any(|reason| *reason as Checksum == self.context) {
+        if !reasons.iter().any(|reason| *reason as u128 == self.context) {
             return Some("eviction reason unknown");
         }
         self.invalid_body_empty()

@@ -1544,7 +1544,8 @@ impl Journal {
                 let pool = self.recovery.read_pool.as_ref().expect("recovery holds a read pool");
                 let buffer = pool.get();
                 let purpose = ReadPurpose::Recovery;
-                let target = ReadTarget::Prepare { slot, op: Op(0), checksum: 0, purpose };
+                let target =
+                    ReadTarget::Prepare { slot, op: Op(0), checksum: Checksum(0), purpose };
                 let index = self.read_acquire(target);
                 self.read_prepare_submit(storage, index, buffer, 0, SECTOR_SIZE);
             } else {

@@ -99,11 +99,11 @@ impl StreamModel {
             return Err("stream_info disagrees with the client's acknowledged appends");
         }
         if info.offset_next == 0 {
-            if info.chain.get() != chain_seed(self.stream, self.tenant()) {
+            if info.chain.get() != (chain_seed(self.stream, self.tenant())).get() {
                 return Err("stream_info of an empty stream has a chain other than its seed");
             }
         } else {
-            self.chain_seen(info.offset_next - 1, info.chain.get())?;
+            self.chain_seen(info.offset_next - 1, Checksum::from(info.chain))?;
         }
         Ok(ReadChecked::default())
     }
@@ -184,11 +184,11 @@ impl StreamModel {
             return Err("a read returned data the client did not append at that offset");
         }
         if let Some(chain) = self.chain_before(record.offset)
-            && chain_next(chain, record, data) != record.chain.get()
+            && chain_next(chain, record, data) != Checksum::from(record.chain)
         {
             return Err("a read returned an event whose chain does not follow its stream's");
         }
-        self.chain_seen(record.offset, record.chain.get())
+        self.chain_seen(record.offset, Checksum::from(record.chain))
     }
 }
 
@@ -218,7 +218,7 @@ mod tests {
             tenant: model.stream,
             offset_next,
             event_count: offset_next,
-            chain: ChecksumBytes::new(chain),
+            chain: ChecksumBytes::from(chain),
         };
         info.as_bytes().to_vec()
     }
@@ -234,7 +234,7 @@ mod tests {
             size_bytes: data.len() as u32,
             reserved: 0,
         };
-        record.chain = ChecksumBytes::new(chain_next(chain, &record, data));
+        record.chain = ChecksumBytes::from(chain_next(chain, &record, data));
         let head = ReadReplyHeader { result: 0, event_count: 1, next: offset + 1, end: 1 };
         let mut bytes = head.as_bytes().to_vec();
         bytes.extend_from_slice(record.as_bytes());
@@ -259,6 +259,6 @@ mod tests {
         assert_eq!(model.check_read_stream(0, &good).map(|read| read.events), Ok(1));
         let other_data = read_stream_one(&model, 0, seed, b"abd");
         assert!(model.check_read_stream(0, &other_data).is_err());
-        assert!(model.check_stream_info(&stream_info(&model, 1, 12345)).is_err());
+        assert!(model.check_stream_info(&stream_info(&model, 1, Checksum(12345))).is_err());
     }
 }

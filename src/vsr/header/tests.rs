@@ -17,6 +17,7 @@ use super::{
 };
 use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX};
 use crate::stdx::prng::Prng;
+use crate::vsr::header::Checksum;
 use crate::vsr::header::ClientId;
 use crate::vsr::header::ClusterId;
 use crate::vsr::header::Op;
@@ -33,7 +34,7 @@ const COMMIT: Op = Op(10);
 const CHECKPOINT: Op = Op(8);
 const TIMESTAMP: u64 = 1_700_000_000_000_000_000;
 const REQUEST: u32 = 7;
-const PARENT: u128 = 0x9A2E_0001_0000_0000_0000_0000_0000_0001;
+const PARENT: Checksum = Checksum(0x9A2E_0001_0000_0000_0000_0000_0000_0001);
 const CONTEXT: u128 = 0xC0DE_0001_0000_0000_0000_0000_0000_0001;
 
 /// Every reason `invalid()` and `decode()` can return, as written in header.rs.
@@ -347,7 +348,7 @@ fn valid(command: Command) -> Header {
 /// A request that opens a session: request 0, no parent, empty body.
 fn register_request() -> Header {
     let mut h = valid(Command::Request);
-    (h.operation, h.request, h.parent) = (Operation::Register as u8, 0, 0);
+    (h.operation, h.request, h.parent) = (Operation::Register as u8, 0, Checksum::ZERO);
     seal(h, vec![]).0
 }
 
@@ -440,7 +441,7 @@ impl Field {
             Field::Client => u128::from(h.client.get()),
             Field::CheckpointOp => u128::from(h.checkpoint_op.get()),
             Field::OpMin => u128::from(h.op_min.get()),
-            Field::Parent => h.parent,
+            Field::Parent => h.parent.get(),
             Field::Context => h.context,
             Field::Request => u128::from(h.request),
             Field::LogView => u128::from(h.log_view.get()),
@@ -459,7 +460,7 @@ impl Field {
             Field::Client => h.client = ClientId(value),
             Field::CheckpointOp => h.checkpoint_op = Op(value),
             Field::OpMin => h.op_min = Op(value),
-            Field::Parent => h.parent = u128::from(value),
+            Field::Parent => h.parent = Checksum(u128::from(value)),
             Field::Context => h.context = u128::from(value),
             Field::Request => h.request = value as u32,
             Field::LogView => h.log_view = View(value as u32),
@@ -629,7 +630,7 @@ fn values_at_each_boundary_are_accepted() {
     case("headers op_min at op", Command::Headers, |h| h.op_min = h.op);
     case("sync checkpoint at commit", Command::SyncCheckpoint, |h| h.checkpoint_op = h.commit);
     case("request in view 0", Command::Request, |h| h.view = View(0));
-    case("request without parent", Command::Request, |h| h.parent = 0);
+    case("request without parent", Command::Request, |h| h.parent = Checksum(0));
     case("read request", Command::Request, |h| h.operation = Operation::ReadLog as u8);
     case("no_session eviction", Command::Eviction, |h| h.context = 1);
     case("invalid_request eviction", Command::Eviction, |h| h.context = 3);
@@ -1299,9 +1300,9 @@ fn fields_are_little_endian_at_their_offsets() {
     // Goal: each field's bytes land, least significant first, at its offset and nowhere else.
     type Setter = fn(&mut Header, u128);
     let layout: [(&str, usize, usize, Setter); 19] = [
-        ("checksum", 0, 16, |h, v| h.checksum = v),
-        ("checksum_body", 16, 16, |h, v| h.checksum_body = v),
-        ("parent", 32, 16, |h, v| h.parent = v),
+        ("checksum", 0, 16, |h, v| h.checksum = Checksum(v)),
+        ("checksum_body", 16, 16, |h, v| h.checksum_body = Checksum(v)),
+        ("parent", 32, 16, |h, v| h.parent = Checksum(v)),
         ("context", 48, 16, |h, v| h.context = v),
         ("cluster", 64, 8, |h, v| h.cluster = ClusterId(v as u64)),
         ("op", 72, 8, |h, v| h.op = Op(v as u64)),
@@ -1535,7 +1536,7 @@ fn checksum_is_xxh3_128_and_pieces_hash_as_their_concatenation() {
     // Goal: the checksum is XXH3-128 with seed 0 (the published test vector of the empty
     // input), and `checksum_pieces` equals the checksum of the pieces joined, wherever the
     // seams fall; `checksum_chain` is the checksum of both links' 32 bytes.
-    assert_eq!(checksum(&[]), 0x99aa_06d3_0147_98d8_6001_c324_468d_497f);
+    assert_eq!(checksum(&[]), Checksum(0x99aa_06d3_0147_98d8_6001_c324_468d_497f));
     let mut bytes = vec![0u8; 3 * 4096 + 1000];
     Prng::new(1).fill(&mut bytes);
     for seam in [0, 1, 7, 240, 4096, 12288, bytes.len()] {

@@ -258,9 +258,10 @@ fn read_of_an_unknown_prepare_reports_why_without_faulting_the_slot() {
     let checksum = header_of(&prepare_bytes(Op(3), View(0), 100)).checksum;
     let result = read_prepare_blocking(&mut journal, &mut storage, &pool, Op(3), checksum ^ 1);
     assert_eq!(result.unwrap_err(), ReadError::WrongChecksum { found: checksum });
-    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, Op(3 + SLOT_COUNT), 7);
+    let result =
+        read_prepare_blocking(&mut journal, &mut storage, &pool, Op(3 + SLOT_COUNT), Checksum(7));
     assert_eq!(result.unwrap_err(), ReadError::WrongOp { found: Op(3) });
-    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, Op(4), 7);
+    let result = read_prepare_blocking(&mut journal, &mut storage, &pool, Op(4), Checksum(7));
     assert_eq!(result.unwrap_err(), ReadError::Reserved);
     assert_eq!(journal.faulty_count(), 0);
 }

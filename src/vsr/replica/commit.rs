@@ -341,7 +341,7 @@ impl Replica {
             client: prepare.client,
             request: prepare.request,
             operation: prepare.operation,
-            request_checksum: prepare.context,
+            request_checksum: Checksum(prepare.context),
         };
         self.reply_header_write(reply, &fields, body_size);
     }
@@ -364,7 +364,7 @@ impl Replica {
         header.client = fields.client;
         header.request = fields.request;
         header.operation = fields.operation;
-        header.context = fields.request_checksum;
+        header.context = fields.request_checksum.get();
         header.set_checksum();
         assert_eq!(header.invalid(), None);
         *reply.header_mut() = header;
@@ -484,7 +484,7 @@ impl Replica {
             return;
         }
         self.primary_heard();
-        if !self.commit_agrees(header.commit, header.context) {
+        if !self.commit_agrees(header.commit, Checksum(header.context)) {
             return;
         }
         self.commit_max = self.commit_max.max(header.commit);
@@ -536,7 +536,7 @@ impl Replica {
             }
             let mut header = self.header_new(Command::Commit);
             header.commit = self.commit_min;
-            header.context = self.commit_checksum;
+            header.context = self.commit_checksum.get();
             header.checkpoint_op = self.checkpoint_op;
             header.timestamp = self.ticks;
             self.send_header(Destination::Replica(ReplicaIndex(replica)), header);

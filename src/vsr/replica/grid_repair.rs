@@ -116,7 +116,7 @@ impl GridRepair {
                 chunks_done: 0,
                 reads: 0,
                 sectors: SectorChecksums::new(),
-                named: 0,
+                named: Checksum(0),
                 header_sound: false,
                 unreadable: false,
             },
@@ -289,7 +289,7 @@ impl Replica {
         let bytes = &block.buffer()[..BLOCK_SIZE];
         let invalid = grid_block_invalid(bytes, self.config.cluster, address);
         let named = BlockHeader::read_from_prefix(bytes).map(|(header, _)| header.checksum.get());
-        let expected = fault.block.checksum.is_none_or(|expected| named == Ok(expected));
+        let expected = fault.block.checksum.is_none_or(|expected| named == Ok(expected.get()));
         if invalid.is_some() || !expected {
             // Torn in transit or rotten at the source, or not the block the pointer names.
             self.metrics.grid_repair_blocks_refused += 1;

@@ -137,7 +137,9 @@ impl Replica {
         let message = completion.buffer;
         // A reply that does not match the checkpoint was overwritten by a later op (the replay
         // writes it again) or lost: without it, a retry of that request gets an eviction.
-        if completion.result.is_ok() && reply_matches(&message, record.reply_checksum.get()) {
+        if completion.result.is_ok()
+            && reply_matches(&message, Checksum::from(record.reply_checksum))
+        {
             self.replies[slot].message = Some(message);
         }
         if self.client_replies_reading == 0 {

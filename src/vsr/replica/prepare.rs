@@ -18,6 +18,7 @@ use crate::constants::{
 };
 use crate::state_machine::request_invalid;
 use crate::vsr::client_sessions::{RequestDisposition, session_chain};
+use crate::vsr::header::Checksum;
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::{ClientId, Command, EvictionReason, Header, Operation};
 use crate::vsr::journal::op_prepare_max;
@@ -181,7 +182,7 @@ impl Replica {
         prepare.request = request.request;
         prepare.operation = request.operation;
         prepare.parent = self.head.checksum();
-        prepare.context = request.checksum;
+        prepare.context = request.checksum.get();
         prepare.replica = self.config.replica;
         prepare.set_checksum();
         let prepare = *prepare;
@@ -223,7 +224,7 @@ impl Replica {
             // The stored reply was lost with the disk copy: the client must start over.
             return self.send_eviction(request.client, EvictionReason::SessionEvicted);
         };
-        if reply.header().checksum != record.reply_checksum.get() {
+        if reply.header().checksum != Checksum::from(record.reply_checksum) {
             return self.send_eviction(request.client, EvictionReason::SessionEvicted);
         }
         self.metrics.replies_resent += 1;
@@ -364,7 +365,7 @@ impl Replica {
         header.request = prepare.request;
         header.operation = prepare.operation;
         header.parent = prepare.parent;
-        header.context = prepare.checksum;
+        header.context = prepare.checksum.get();
         let primary = self.primary_index();
         self.send_header(Destination::Replica(primary), header);
     }
@@ -379,7 +380,7 @@ impl Replica {
             return;
         };
         let prepared = &mut self.pipeline[index];
-        if prepared.message.header().checksum != header.context {
+        if prepared.message.header().checksum != Checksum(header.context) {
             return;
         }
         prepared.ok_from |= header.replica.bit();

@@ -71,7 +71,7 @@ impl LogTarget {
             phase: Phase::Match,
             head: Op(0),
             known_min: Op(1),
-            parent_low: 0,
+            parent_low: Checksum(0),
             headers: vec![Header::zeroed(); slot_count],
             source: ReplicaIndex(0),
             attempts: 0,
@@ -515,7 +515,7 @@ impl Replica {
         let replica = header.replica;
         if let Some(index) = self.pipeline_index(op) {
             let message = self.pipeline[index].message.clone();
-            if wanted(message.header().checksum) {
+            if wanted(message.header().checksum.get()) {
                 self.send(Destination::Replica(replica), message);
             }
             return;
@@ -523,7 +523,7 @@ impl Replica {
         let Some(held) = self.journal.header_with_op(op).copied() else {
             return;
         };
-        if !wanted(held.checksum) || self.journal.faulty(self.journal.slot_for_op(op)) {
+        if !wanted(held.checksum.get()) || self.journal.faulty(self.journal.slot_for_op(op)) {
             return;
         }
         // Keep one journal read for this replica's own commits: repair has a budget.
@@ -575,7 +575,7 @@ impl Replica {
             }
             let destination = match target_checksum {
                 Some(checksum) => {
-                    header.context = checksum;
+                    header.context = checksum.get();
                     let Some(source) = self.target_source() else {
                         continue;
                     };

@@ -134,13 +134,13 @@ impl SyncState {
             source: ReplicaIndex(0),
             attempts: 0,
             checkpoint_op: Op(0),
-            checkpoint_checksum: 0,
+            checkpoint_checksum: Checksum(0),
             commit: Op(0),
             body: SyncCheckpointBody::new_zeroed(),
             block_next: 0,
             chunks: ChunkFetch::new(),
             sectors: SectorChecksums::new(),
-            block_checksum: 0,
+            block_checksum: Checksum(0),
             block_placed: false,
             writes: 0,
             serving: [None; SYNC_READS_MAX],
@@ -312,7 +312,7 @@ impl Replica {
         let mut reply = self.header_new(Command::SyncCheckpoint);
         reply.checkpoint_op = working.vsr_state.checkpoint_op;
         reply.commit = working.vsr_state.commit_max.max(working.vsr_state.checkpoint_op);
-        reply.context = working.vsr_state.checkpoint_checksum;
+        reply.context = working.vsr_state.checkpoint_checksum.get();
         let message = message_finish(message, reply, size - HEADER_SIZE);
         self.send(Destination::Replica(header.replica), message);
     }
@@ -345,12 +345,12 @@ impl Replica {
             && prepare.command() == Some(Command::Prepare)
             && prepare.cluster == self.config.cluster
             && prepare.op == header.checkpoint_op
-            && prepare.checksum == header.context;
+            && prepare.checksum == Checksum(header.context);
         if !prepare_valid {
             return self.message_invalid(&header, "sync_checkpoint prepare header mismatch");
         }
         self.sync.checkpoint_op = header.checkpoint_op;
-        self.sync.checkpoint_checksum = header.context;
+        self.sync.checkpoint_checksum = Checksum(header.context);
         self.sync.commit = header.commit;
         self.sync.body = body;
         self.sync.source = header.replica;

@@ -67,7 +67,8 @@ fn state_advanced(working: &SuperBlockHeader, step: u64) -> VsrState {
     state.log_view = state.view;
     state.commit_max += 3 * step;
     state.checkpoint_op = Op(state.commit_max.get() / 2);
-    state.checkpoint_checksum = state.checkpoint_checksum.wrapping_add(u128::from(step));
+    state.checkpoint_checksum =
+        Checksum(state.checkpoint_checksum.get().wrapping_add(u128::from(step)));
     state.grid_head += step;
     state.view_headers_count = (state.commit_max.get() % (VIEW_HEADERS_MAX as u64 + 1)) as u32;
     for (index, header) in state.view_headers.iter_mut().enumerate() {
@@ -142,7 +143,7 @@ fn open_reads_freshly_formatted_file_at_sequence_one() {
     let superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let working = superblock.working();
     assert_eq!(working.sequence, 1);
-    assert_eq!(working.parent, 0);
+    assert_eq!(working.parent, Checksum(0));
     assert_eq!(working.config(), small_config());
     assert_eq!(
         (working.vsr_state.view, working.vsr_state.log_view, working.vsr_state.commit_max),
