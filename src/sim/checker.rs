@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::sim::workload::ReplyRecord;
+use crate::vsr::header::views;
 use crate::vsr::header::{Checksum, ClientId, ClusterId, Header, Op, Operation};
 use crate::vsr::replica::Destination;
 
@@ -434,7 +435,7 @@ fn reply_matches(prepare: &Header, reply: &ReplyRecord) -> Result<(), &'static s
     if prepare.operation != reply.operation {
         return Err("the prepare at its op is another operation");
     }
-    if prepare.context != reply.request_checksum.get() {
+    if views::Prepare::of(prepare).request_checksum() != reply.request_checksum {
         return Err("the prepare at its op has another request checksum");
     }
     Ok(())

@@ -1385,6 +1385,7 @@ pub struct Summary {
 mod tests {
     use super::*;
     use crate::constants::HEADER_SIZE;
+    use crate::vsr::header::views;
     use crate::vsr::header::{Checksum, Header};
     use crate::vsr::replica::SuperblockUpdate;
 
@@ -1925,7 +1926,7 @@ mod tests {
         header.view = replica.view();
         header.replica = replica.primary_index();
         header.commit = commit;
-        header.context = checksum.get();
+        views::Commit::of(&mut header).set_commit_checksum(checksum);
         header.timestamp = cluster.tick;
         header.size = HEADER_SIZE as u32;
         header.set_checksum_body(&[]);

@@ -28,6 +28,7 @@ use crate::state_machine::types::{
 };
 use crate::stdx::prng::Prng;
 use crate::vsr::client::{ClientCore, ClientMetrics, ClientOptions, Outcome};
+use crate::vsr::header::views;
 use crate::vsr::header::{
     self, Checksum, ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation,
     ReplicaIndex, View,
@@ -385,13 +386,18 @@ impl Workload {
         }
         let reply = header.command() == Some(Command::Reply);
         let read = header.operation().is_some_and(Operation::is_read);
-        let record = reply_record(&header);
-        if reply && !read {
+        let record = reply.then(|| reply_record(&header));
+        if let Some(record) = record
+            && !read
+        {
             self.replies_received.push(record);
         }
         let client = &mut self.clients[index];
         match client.core.on_message(&header, tick) {
-            Outcome::Reply => self.on_reply(index, tick, &record, message.body()),
+            Outcome::Reply => {
+                let record = record.expect("only a reply is answered as one");
+                self.on_reply(index, tick, &record, message.body());
+            }
             Outcome::Evicted(reason) => self.on_eviction(index, tick, reason),
             Outcome::Redirect => self.metrics.pongs += 1,
             Outcome::Dropped(_) => self.metrics.replies_other += u64::from(reply),
@@ -554,7 +560,7 @@ fn reply_record(header: &Header) -> ReplyRecord {
         request: header.request,
         op: header.op,
         operation: header.operation,
-        request_checksum: Checksum(header.context),
+        request_checksum: views::Reply::of(header).request_checksum(),
         body_checksum: header.checksum_body,
         view: header.view,
         replica: header.replica,
@@ -591,9 +597,9 @@ mod tests {
             header.commit = Op(1);
             header.request = request.request;
             header.operation = request.operation;
-            header.context = request.checksum.get();
+            views::Reply::of(&mut *header).set_request_checksum(request.checksum);
         } else {
-            header.context = u128::from(EvictionReason::SessionEvicted as u32);
+            views::Eviction::of(&mut *header).set_reason(EvictionReason::SessionEvicted as u32);
         }
         header.set_checksum_body(&[]);
         header.set_checksum();

@@ -44,6 +44,7 @@
 use crate::constants::PRIMARY_BUSY_RETRIES_MAX;
 use crate::stdx::prng::Prng;
 use crate::vsr::client_sessions::session_chain;
+use crate::vsr::header::views;
 use crate::vsr::header::{
     self, Checksum, ClientId, ClusterId, Command, Header, Op, Operation, ReplicaIndex, View,
 };
@@ -357,7 +358,7 @@ impl ClientCore {
 
     fn on_reply(&mut self, header: &Header) -> Outcome {
         let answers = self.in_flight.as_ref().is_some_and(|in_flight| {
-            header.context == in_flight.checksum.get()
+            views::Reply::of(header).request_checksum() == in_flight.checksum
                 && header.operation == in_flight.operation as u8
                 && header.request == in_flight.request
         });
@@ -425,8 +426,7 @@ impl ClientCore {
         self.evicted = true;
         self.registered = false;
         self.in_flight = None;
-        // `Header::invalid` admits only the reasons, all below 2^32.
-        Outcome::Evicted(header.context as u32)
+        Outcome::Evicted(views::Eviction::of(header).reason())
     }
 
     fn prng_next(&mut self) -> u64 {
@@ -456,7 +456,7 @@ mod tests {
         reply.client = request.client;
         reply.request = request.request;
         reply.operation = request.operation;
-        reply.context = request.checksum.get();
+        views::Reply::of(&mut reply).set_request_checksum(request.checksum);
         reply.op = op;
         reply.commit = op;
         reply
@@ -652,7 +652,7 @@ mod tests {
         core.request_start(Operation::Append, &[9; 24], 12);
         let mut eviction = Header::new(Command::Eviction, ClusterId(7));
         eviction.client = core.id();
-        eviction.context = u128::from(EvictionReason::NoSession as u32);
+        views::Eviction::of(&mut eviction).set_reason(EvictionReason::NoSession as u32);
         assert_eq!(
             core.on_message(&eviction, 13),
             Outcome::Evicted(EvictionReason::NoSession as u32)

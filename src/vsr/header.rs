@@ -3,10 +3,11 @@
 //! any of its fields is trusted.
 //!
 //! The header is one flat `#[repr(C)]` struct. Its fields are generic (`op`, `commit`, `parent`,
-//! `context`, ...); what each means for each command is documented on `Command` and checked in
-//! `invalid()`: a field a command does not use must be zero. Integers are little-endian on the
-//! wire and on disk; the build refuses big-endian targets, so the in-memory layout is the wire
-//! layout and headers are cast from bytes without copying (zerocopy).
+//! `context`, ...); what each means for each command is named by that command's typed view in
+//! `views`, and checked in `invalid()`: a field a command does not use must be zero. Integers
+//! are little-endian on the wire and on disk; the build refuses big-endian targets, so the
+//! in-memory layout is the wire layout and headers are cast from bytes without copying
+//! (zerocopy).
 
 use static_assertions::{assert_eq_size, const_assert_eq};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -405,41 +406,9 @@ impl From<Checksum> for ChecksumBytes {
     }
 }
 
-/// Messages of the protocol. Per command: the generic header fields it uses (all others must be
-/// zero), then its body.
-///
-/// - `request`: client, request, operation, view (the client's guess), commit (minimum commit to
-///   read at), parent (a write: the session chain after the previous reply, or 0; a read: a nonce,
-///   so no two reads share a checksum). Body: operation input.
-/// - `prepare`: op, commit, timestamp, client, request, operation, parent (previous prepare's
-///   checksum), context (request checksum), view, replica (the primary). Body: the request body.
-/// - `prepare_ok`: op, commit (sender's commit_min), timestamp, client, request, operation, parent,
-///   context (prepare checksum), view, replica. Body: none.
-/// - `reply`: op, commit, timestamp, client, request, operation, context (request checksum), view,
-///   replica. Body: operation result.
-/// - `commit`: commit, context (checksum of the prepare at commit), checkpoint_op, timestamp
-///   (monotonic), view, replica. Body: none.
-/// - `ping` / `pong`: timestamp (ping's monotonic time), commit (sender's commit_min),
-///   checkpoint_op, view, replica. Body: none.
-/// - `ping_client` / `pong_client`: client, timestamp, (pong: view, replica). Body: none.
-/// - `start_view_change`: view, replica. Body: none.
-/// - `do_view_change`: op (head), commit (commit_min), checkpoint_op, log_view, view, replica.
-///   Body: headers, newest first.
-/// - `start_view`: op (head), commit (commit_max), checkpoint_op, context (nonce), view, replica.
-///   Body: headers, newest first.
-/// - `request_start_view`: context (nonce), view, replica. Body: none.
-/// - `request_headers`: op_min, op (op_max), view, replica. Body: none.
-/// - `request_prepare`: op, context (prepare checksum), view, replica. Body: none.
-/// - `headers`: op_min, op, view, replica. Body: headers.
-/// - `nack_prepare`: op, context (prepare checksum), view, replica. Body: none.
-/// - `request_reply`: op, client, context (reply checksum), view, replica. Body: none.
-/// - `eviction`: client, context (reason), view, replica. Body: none.
-/// - `request_blocks`: checkpoint_op, view, replica. Body: block addresses and checksums.
-/// - `block`: op (block address), context (the chunk's byte offset in the block),
-///   checkpoint_op, replica. Body: a chunk of a grid block.
-/// - `request_sync_checkpoint`: checkpoint_op, view, replica. Body: none.
-/// - `sync_checkpoint`: checkpoint_op, commit, context (checkpoint state checksum), view, replica.
-///   Body: checkpoint state.
+/// Messages of the protocol. Which generic header fields each command uses, what each means
+/// there, and its body: the typed views in `views` (`views::Prepare` and so on), rendered as a
+/// table in `docs/data-file.md`.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -834,12 +803,7 @@ impl Header {
 
     fn invalid_ping(&self) -> Option<&'static str> {
         // `context`: the nonce of a rejoining replica's view query, echoed by the pong.
-        let used = Fields::VIEW
-            | Fields::TIMESTAMP
-            | Fields::COMMIT
-            | Fields::CHECKPOINT_OP
-            | Fields::CONTEXT
-            | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::Ping));
         self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
     }
 
@@ -847,20 +811,12 @@ impl Header {
         if self.client == ClientId(0) {
             return Some("client must not be zero");
         }
-        let used = match command {
-            Command::PingClient => Fields::CLIENT | Fields::TIMESTAMP,
-            _ => Fields::CLIENT | Fields::TIMESTAMP | Fields::VIEW | Fields::REPLICA,
-        };
+        let used = Fields(views::used_fields(command));
         self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
     }
 
     fn invalid_request(&self) -> Option<&'static str> {
-        let used = Fields::CLIENT
-            | Fields::REQUEST
-            | Fields::OPERATION
-            | Fields::VIEW
-            | Fields::COMMIT
-            | Fields::PARENT;
+        let used = Fields(views::used_fields(Command::Request));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -887,16 +843,7 @@ impl Header {
     }
 
     fn invalid_prepare(&self) -> Option<&'static str> {
-        let used = Fields::OP
-            | Fields::COMMIT
-            | Fields::TIMESTAMP
-            | Fields::CLIENT
-            | Fields::REQUEST
-            | Fields::OPERATION
-            | Fields::PARENT
-            | Fields::CONTEXT
-            | Fields::VIEW
-            | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::Prepare));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -970,16 +917,7 @@ impl Header {
     }
 
     fn invalid_prepare_ok(&self) -> Option<&'static str> {
-        let used = Fields::OP
-            | Fields::COMMIT
-            | Fields::TIMESTAMP
-            | Fields::CLIENT
-            | Fields::REQUEST
-            | Fields::OPERATION
-            | Fields::PARENT
-            | Fields::CONTEXT
-            | Fields::VIEW
-            | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::PrepareOk));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1000,15 +938,7 @@ impl Header {
     }
 
     fn invalid_reply(&self) -> Option<&'static str> {
-        let used = Fields::OP
-            | Fields::COMMIT
-            | Fields::TIMESTAMP
-            | Fields::CLIENT
-            | Fields::REQUEST
-            | Fields::OPERATION
-            | Fields::CONTEXT
-            | Fields::VIEW
-            | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::Reply));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1031,12 +961,7 @@ impl Header {
     }
 
     fn invalid_commit(&self) -> Option<&'static str> {
-        let used = Fields::COMMIT
-            | Fields::CONTEXT
-            | Fields::CHECKPOINT_OP
-            | Fields::TIMESTAMP
-            | Fields::VIEW
-            | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::Commit));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1049,7 +974,7 @@ impl Header {
     /// `context` is 1 if the sender entered the view change (it counted a quorum of votes),
     /// 0 if it only votes for it.
     fn invalid_start_view_change(&self) -> Option<&'static str> {
-        let used = Fields::VIEW | Fields::REPLICA | Fields::CONTEXT;
+        let used = Fields(views::used_fields(Command::StartViewChange));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1063,13 +988,7 @@ impl Header {
     }
 
     fn invalid_do_view_change(&self) -> Option<&'static str> {
-        let used = Fields::OP
-            | Fields::OP_MIN
-            | Fields::COMMIT
-            | Fields::CHECKPOINT_OP
-            | Fields::LOG_VIEW
-            | Fields::VIEW
-            | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::DoViewChange));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1092,12 +1011,7 @@ impl Header {
     }
 
     fn invalid_start_view(&self) -> Option<&'static str> {
-        let used = Fields::OP
-            | Fields::COMMIT
-            | Fields::CHECKPOINT_OP
-            | Fields::CONTEXT
-            | Fields::VIEW
-            | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::StartView));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1111,12 +1025,12 @@ impl Header {
     }
 
     fn invalid_request_start_view(&self) -> Option<&'static str> {
-        let used = Fields::CONTEXT | Fields::VIEW | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::RequestStartView));
         self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
     }
 
     fn invalid_request_headers(&self) -> Option<&'static str> {
-        let used = Fields::OP_MIN | Fields::OP | Fields::VIEW | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::RequestHeaders));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1127,12 +1041,12 @@ impl Header {
     }
 
     fn invalid_request_prepare(&self) -> Option<&'static str> {
-        let used = Fields::OP | Fields::CONTEXT | Fields::VIEW | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::RequestPrepare));
         self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
     }
 
     fn invalid_headers(&self) -> Option<&'static str> {
-        let used = Fields::OP_MIN | Fields::OP | Fields::VIEW | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::Headers));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1143,7 +1057,7 @@ impl Header {
     }
 
     fn invalid_request_reply(&self) -> Option<&'static str> {
-        let used = Fields::OP | Fields::CLIENT | Fields::CONTEXT | Fields::VIEW | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::RequestReply));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1154,7 +1068,7 @@ impl Header {
     }
 
     fn invalid_eviction(&self) -> Option<&'static str> {
-        let used = Fields::CLIENT | Fields::CONTEXT | Fields::VIEW | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::Eviction));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1173,7 +1087,7 @@ impl Header {
     }
 
     fn invalid_request_blocks(&self) -> Option<&'static str> {
-        let used = Fields::CHECKPOINT_OP | Fields::VIEW | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::RequestBlocks));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1189,7 +1103,7 @@ impl Header {
     }
 
     fn invalid_block(&self) -> Option<&'static str> {
-        let used = Fields::OP | Fields::CONTEXT | Fields::CHECKPOINT_OP | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::Block));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1200,16 +1114,12 @@ impl Header {
     }
 
     fn invalid_request_sync_checkpoint(&self) -> Option<&'static str> {
-        let used = Fields::CHECKPOINT_OP | Fields::VIEW | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::RequestSyncCheckpoint));
         self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
     }
 
     fn invalid_sync_checkpoint(&self) -> Option<&'static str> {
-        let used = Fields::CHECKPOINT_OP
-            | Fields::COMMIT
-            | Fields::CONTEXT
-            | Fields::VIEW
-            | Fields::REPLICA;
+        let used = Fields(views::used_fields(Command::SyncCheckpoint));
         if let Some(reason) = self.unused_fields_zero(used) {
             return Some(reason);
         }
@@ -1228,19 +1138,19 @@ impl Header {
 struct Fields(u16);
 
 impl Fields {
-    const VIEW: Fields = Fields(1 << 0);
-    const OP: Fields = Fields(1 << 1);
-    const COMMIT: Fields = Fields(1 << 2);
-    const TIMESTAMP: Fields = Fields(1 << 3);
-    const CLIENT: Fields = Fields(1 << 4);
-    const CHECKPOINT_OP: Fields = Fields(1 << 5);
-    const OP_MIN: Fields = Fields(1 << 6);
-    const PARENT: Fields = Fields(1 << 7);
-    const CONTEXT: Fields = Fields(1 << 8);
-    const REQUEST: Fields = Fields(1 << 9);
-    const LOG_VIEW: Fields = Fields(1 << 10);
-    const REPLICA: Fields = Fields(1 << 11);
-    const OPERATION: Fields = Fields(1 << 12);
+    const VIEW: Fields = Fields(views::field_bit("view"));
+    const OP: Fields = Fields(views::field_bit("op"));
+    const COMMIT: Fields = Fields(views::field_bit("commit"));
+    const TIMESTAMP: Fields = Fields(views::field_bit("timestamp"));
+    const CLIENT: Fields = Fields(views::field_bit("client"));
+    const CHECKPOINT_OP: Fields = Fields(views::field_bit("checkpoint_op"));
+    const OP_MIN: Fields = Fields(views::field_bit("op_min"));
+    const PARENT: Fields = Fields(views::field_bit("parent"));
+    const CONTEXT: Fields = Fields(views::field_bit("context"));
+    const REQUEST: Fields = Fields(views::field_bit("request"));
+    const LOG_VIEW: Fields = Fields(views::field_bit("log_view"));
+    const REPLICA: Fields = Fields(views::field_bit("replica"));
+    const OPERATION: Fields = Fields(views::field_bit("operation"));
 
     fn contains(self, other: Fields) -> bool {
         self.0 & other.0 == other.0
@@ -1253,6 +1163,8 @@ impl std::ops::BitOr for Fields {
         Fields(self.0 | other.0)
     }
 }
+
+pub mod views;
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use std::mem::{align_of, offset_of, size_of};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::{
-    Command, EvictionReason, Header, Operation, checksum, checksum_chain, checksum_pieces,
+    Command, EvictionReason, Header, Operation, checksum, checksum_chain, checksum_pieces, views,
 };
 use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX};
 use crate::stdx::prng::Prng;
@@ -1548,4 +1548,68 @@ fn checksum_is_xxh3_128_and_pieces_hash_as_their_concatenation() {
     joined.extend_from_slice(&b.to_le_bytes());
     assert_eq!(checksum_chain(a, b), checksum(&joined));
     assert_ne!(checksum_chain(a, b), checksum_chain(b, a));
+}
+
+#[test]
+fn the_views_use_the_fields_the_command_table_lists() {
+    // Goal: the typed views (the source `invalid()` takes its used fields from) name exactly the
+    // fields this file's table lists per command, and each view's command is its own.
+    for command in commands() {
+        let expected = used_fields(command).iter().fold(0u16, |mask, field| {
+            let debug = format!("{field:?}");
+            let mut name = String::new();
+            for (index, character) in debug.chars().enumerate() {
+                if character.is_uppercase() && index > 0 {
+                    name.push('_');
+                }
+                name.push(character.to_ascii_lowercase());
+            }
+            mask | views::field_bit(&name)
+        });
+        assert_eq!(views::used_fields(command), expected, "{}", command.name());
+    }
+    for (view, command) in views::VIEWS.iter().zip(Command::ALL.iter().skip(1)) {
+        assert_eq!(view.command, *command);
+    }
+    assert_eq!(views::VIEWS.len(), Command::ALL.len() - 1);
+}
+
+#[test]
+fn the_data_file_doc_carries_the_command_table_the_views_render() {
+    // Goal: docs/data-file.md's table of commands and their fields is the one the typed views
+    // render, so the doc cannot drift from the code (it did: three rows disagreed).
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/data-file.md"))
+        .expect("docs/data-file.md");
+    let table = views::views_doc();
+    assert!(
+        doc.contains(&table),
+        "docs/data-file.md lacks the command table the views render; put this in it:\n{table}"
+    );
+}
+
+#[test]
+fn a_view_reads_and_writes_its_fields_under_their_meaning() {
+    // Goal: a view's setters write the generic field it names, its getters read it back, and a
+    // context too large for the view's type reads as the type's maximum, not as its low bits.
+    let mut header = Header::new(Command::Block, CLUSTER);
+    let mut block = views::Block::of(&mut header);
+    block.set_address(77);
+    block.set_offset(4096);
+    assert_eq!((header.op, header.context), (Op(77), 4096));
+    header.context = 1 << 64;
+    assert_eq!(views::Block::of(&header).offset(), u64::MAX);
+    let mut eviction = Header::new(Command::Eviction, CLUSTER);
+    views::Eviction::of(&mut eviction).set_reason(EvictionReason::NoSession as u32);
+    assert_eq!(views::Eviction::of(&eviction).reason(), EvictionReason::NoSession as u32);
+    let mut prepare = Header::new(Command::Prepare, CLUSTER);
+    views::Prepare::of(&mut prepare).set_request_checksum(PARENT);
+    assert_eq!(prepare.context, PARENT.get());
+}
+
+#[test]
+#[should_panic(expected = "assertion `left == right` failed")]
+fn a_view_of_another_command_is_refused() {
+    // Goal: a view checks its command when it is made.
+    let header = Header::new(Command::Ping, CLUSTER);
+    views::Prepare::of(&header);
 }

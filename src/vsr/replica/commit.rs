@@ -19,6 +19,7 @@ use crate::constants::{
     BACKUP_LIVENESS_TICKS, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, REPAIR_WINDOW_MAX, SECTOR_SIZE,
 };
 use crate::vsr::header::ReplicaIndex;
+use crate::vsr::header::views;
 use crate::vsr::header::{Checksum, Command, EvictionReason, Header, Op, Operation};
 use crate::vsr::journal;
 use crate::vsr::layout::Zone;
@@ -341,7 +342,7 @@ impl Replica {
             client: prepare.client,
             request: prepare.request,
             operation: prepare.operation,
-            request_checksum: Checksum(prepare.context),
+            request_checksum: views::Prepare::of(prepare).request_checksum(),
         };
         self.reply_header_write(reply, &fields, body_size);
     }
@@ -364,7 +365,7 @@ impl Replica {
         header.client = fields.client;
         header.request = fields.request;
         header.operation = fields.operation;
-        header.context = fields.request_checksum.get();
+        views::Reply::of(&mut header).set_request_checksum(fields.request_checksum);
         header.set_checksum();
         assert_eq!(header.invalid(), None);
         *reply.header_mut() = header;
@@ -484,7 +485,7 @@ impl Replica {
             return;
         }
         self.primary_heard();
-        if !self.commit_agrees(header.commit, Checksum(header.context)) {
+        if !self.commit_agrees(header.commit, views::Commit::of(header).commit_checksum()) {
             return;
         }
         self.commit_max = self.commit_max.max(header.commit);
@@ -536,7 +537,7 @@ impl Replica {
             }
             let mut header = self.header_new(Command::Commit);
             header.commit = self.commit_min;
-            header.context = self.commit_checksum.get();
+            views::Commit::of(&mut header).set_commit_checksum(self.commit_checksum);
             header.checkpoint_op = self.checkpoint_op;
             header.timestamp = self.ticks;
             self.send_header(Destination::Replica(ReplicaIndex(replica)), header);

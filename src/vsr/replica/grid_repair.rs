@@ -36,6 +36,7 @@ use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{BlockHeader, BlockKind};
 use crate::state_machine::{BlockFault, grid_block_invalid};
 use crate::vsr::header::Op;
+use crate::vsr::header::views;
 use crate::vsr::header::{Checksum, ClusterId, ReplicaIndex};
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::{Message, MessagePool};
@@ -253,13 +254,14 @@ impl Replica {
         let header = *message.header();
         let Some(_) = self.grid_repair.fetching else { return };
         let fault = self.grid_repair_fault();
-        if header.op != Op(fault.block.address) || self.grid_repair.writing {
+        let block = views::Block::of(&header);
+        if block.address() != fault.block.address || self.grid_repair.writing {
             return;
         }
         let Some(chunk) = self.block_chunk_index(message) else {
             return;
         };
-        let offset = header.context as usize;
+        let offset = chunk * self.sync_chunk_size();
         let body = message.body();
         if self.grid_repair.chunks.has(chunk) {
             return;

@@ -20,6 +20,7 @@ use crate::state_machine::request_invalid;
 use crate::vsr::client_sessions::{RequestDisposition, session_chain};
 use crate::vsr::header::Checksum;
 use crate::vsr::header::ReplicaIndex;
+use crate::vsr::header::views;
 use crate::vsr::header::{ClientId, Command, EvictionReason, Header, Operation};
 use crate::vsr::journal::op_prepare_max;
 use crate::vsr::message_pool::Message;
@@ -182,7 +183,7 @@ impl Replica {
         prepare.request = request.request;
         prepare.operation = request.operation;
         prepare.parent = self.head.checksum();
-        prepare.context = request.checksum.get();
+        views::Prepare::of(&mut *prepare).set_request_checksum(request.checksum);
         prepare.replica = self.config.replica;
         prepare.set_checksum();
         let prepare = *prepare;
@@ -214,7 +215,7 @@ impl Replica {
         self.metrics.evictions_sent += 1;
         let mut header = self.header_new(Command::Eviction);
         header.client = client;
-        header.context = u128::from(reason as u32);
+        views::Eviction::of(&mut header).set_reason(reason as u32);
         self.send_header(Destination::Client(client), header);
     }
 
@@ -365,7 +366,7 @@ impl Replica {
         header.request = prepare.request;
         header.operation = prepare.operation;
         header.parent = prepare.parent;
-        header.context = prepare.checksum.get();
+        views::PrepareOk::of(&mut header).set_prepare_checksum(prepare.checksum);
         let primary = self.primary_index();
         self.send_header(Destination::Replica(primary), header);
     }
@@ -380,7 +381,7 @@ impl Replica {
             return;
         };
         let prepared = &mut self.pipeline[index];
-        if prepared.message.header().checksum != Checksum(header.context) {
+        if prepared.message.header().checksum != views::PrepareOk::of(header).prepare_checksum() {
             return;
         }
         prepared.ok_from |= header.replica.bit();

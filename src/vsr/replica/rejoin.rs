@@ -30,12 +30,13 @@
 
 use super::{Destination, Replica, Status};
 use crate::vsr::header::ReplicaIndex;
+use crate::vsr::header::views;
 use crate::vsr::header::{Command, Header, View};
 use crate::vsr::storage::Storage;
 use crate::vsr::timeout::TimeoutKind;
 
 /// The `context` of a start_view_change from a rejoining replica.
-pub const START_VIEW_CHANGE_REJOINING: u128 = 2;
+pub const START_VIEW_CHANGE_REJOINING: u32 = 2;
 
 pub(super) struct RejoinState {
     /// The replica lost its log and has not yet learned the cluster's view.
@@ -82,7 +83,7 @@ impl Replica {
         // It claims no view: a peer must not take this ping as news of a newer one.
         header.view = View(0);
         header.replica = self.config.replica;
-        header.context = self.rejoin.nonce;
+        views::Ping::of(&mut header).set_nonce(self.rejoin.nonce);
         for replica in 0..self.config.replica_count {
             let answered = self.rejoin.answered & (1 << replica) != 0;
             if replica != self.config.replica.get() && !answered {
@@ -95,12 +96,13 @@ impl Replica {
     /// Returns whether it was one; a replica still learning answers none.
     pub(super) fn on_view_query(&mut self, header: &Header) -> bool {
         assert_eq!(header.command(), Some(Command::Ping));
-        if header.context == 0 {
+        let nonce = views::Ping::of(header).nonce();
+        if nonce == 0 {
             return false;
         }
         if !self.rejoin.learning {
             let mut pong = self.header_new(Command::Pong);
-            pong.context = header.context;
+            views::Pong::of(&mut pong).set_nonce(nonce);
             pong.commit = self.commit_min;
             pong.checkpoint_op = self.checkpoint_op;
             self.send_header(Destination::Replica(header.replica), pong);
@@ -110,7 +112,7 @@ impl Replica {
 
     /// A pong: an answer to this replica's view query, if it carries the current nonce.
     pub(super) fn on_pong<S: Storage>(&mut self, storage: &mut S, header: &Header) {
-        if !self.rejoin.learning || header.context != self.rejoin.nonce {
+        if !self.rejoin.learning || views::Pong::of(header).nonce() != self.rejoin.nonce {
             return;
         }
         self.rejoin.answered |= header.replica.bit();

@@ -33,6 +33,7 @@ use crate::constants::{
     HEADER_SIZE, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, PIPELINE_BACKUP_MAX,
     REPAIR_REQUEST_OPS_MAX, REPAIR_WINDOW_MAX, REPAIR_WINDOW_ROTATE, VIEW_CHANGE_HEADERS_MAX,
 };
+use crate::vsr::header::views;
 use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::journal::op_prepare_max;
 use crate::vsr::message_pool::Message;
@@ -511,11 +512,12 @@ impl Replica {
         if op == Op(0) || op > self.head.op() {
             return;
         }
-        let wanted = |checksum| header.context == 0 || header.context == checksum;
+        let asked = views::RequestPrepare::of(header).prepare_checksum();
+        let wanted = |checksum| asked == Checksum::ZERO || asked == checksum;
         let replica = header.replica;
         if let Some(index) = self.pipeline_index(op) {
             let message = self.pipeline[index].message.clone();
-            if wanted(message.header().checksum.get()) {
+            if wanted(message.header().checksum) {
                 self.send(Destination::Replica(replica), message);
             }
             return;
@@ -523,7 +525,7 @@ impl Replica {
         let Some(held) = self.journal.header_with_op(op).copied() else {
             return;
         };
-        if !wanted(held.checksum.get()) || self.journal.faulty(self.journal.slot_for_op(op)) {
+        if !wanted(held.checksum) || self.journal.faulty(self.journal.slot_for_op(op)) {
             return;
         }
         // Keep one journal read for this replica's own commits: repair has a budget.
@@ -575,7 +577,7 @@ impl Replica {
             }
             let destination = match target_checksum {
                 Some(checksum) => {
-                    header.context = checksum.get();
+                    views::RequestPrepare::of(&mut header).set_prepare_checksum(checksum);
                     let Some(source) = self.target_source() else {
                         continue;
                     };

@@ -37,6 +37,7 @@ use crate::state_machine::CheckpointState;
 use crate::state_machine::block::SectorChecksums;
 use crate::state_machine::types::BlockHeader;
 use crate::vsr::client_sessions::ClientSessionRecord;
+use crate::vsr::header::views;
 use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex};
 use crate::vsr::layout::{Config, Zone};
 use crate::vsr::message_pool::Message;
@@ -312,7 +313,8 @@ impl Replica {
         let mut reply = self.header_new(Command::SyncCheckpoint);
         reply.checkpoint_op = working.vsr_state.checkpoint_op;
         reply.commit = working.vsr_state.commit_max.max(working.vsr_state.checkpoint_op);
-        reply.context = working.vsr_state.checkpoint_checksum.get();
+        views::SyncCheckpoint::of(&mut reply)
+            .set_checkpoint_checksum(working.vsr_state.checkpoint_checksum);
         let message = message_finish(message, reply, size - HEADER_SIZE);
         self.send(Destination::Replica(header.replica), message);
     }
@@ -345,12 +347,12 @@ impl Replica {
             && prepare.command() == Some(Command::Prepare)
             && prepare.cluster == self.config.cluster
             && prepare.op == header.checkpoint_op
-            && prepare.checksum == Checksum(header.context);
+            && prepare.checksum == views::SyncCheckpoint::of(&header).checkpoint_checksum();
         if !prepare_valid {
             return self.message_invalid(&header, "sync_checkpoint prepare header mismatch");
         }
         self.sync.checkpoint_op = header.checkpoint_op;
-        self.sync.checkpoint_checksum = Checksum(header.context);
+        self.sync.checkpoint_checksum = views::SyncCheckpoint::of(&header).checkpoint_checksum();
         self.sync.commit = header.commit;
         self.sync.body = body;
         self.sync.source = header.replica;
@@ -499,8 +501,9 @@ impl Replica {
         buffer.copy_within(SECTOR_SIZE..SECTOR_SIZE + length, HEADER_SIZE);
         let mut header = Header::new(Command::Block, self.config.cluster);
         header.replica = self.config.replica;
-        header.op = Op(serving.address);
-        header.context = u128::from(serving.offset);
+        let mut block = views::Block::of(&mut header);
+        block.set_address(serving.address);
+        block.set_offset(u64::from(serving.offset));
         header.checkpoint_op = serving.checkpoint_op;
         let message = message_finish(message, header, length);
         self.send(Destination::Replica(serving.replica), message);
@@ -516,14 +519,15 @@ impl Replica {
         }
         let fetching = self.sync.phase == Phase::Blocks
             && header.checkpoint_op == self.sync.checkpoint_op
-            && header.op == Op(self.sync.block_next);
+            && views::Block::of(&header).address() == self.sync.block_next;
         if !fetching || self.sync.writes >= SYNC_WRITES_MAX {
             return;
         }
         let Some(chunk) = self.block_chunk_index(message) else {
             return;
         };
-        let offset = header.context as usize;
+        let address = views::Block::of(&header).address();
+        let offset = chunk * self.sync_chunk_size();
         let body = message.body();
         if self.sync.chunks.has(chunk) {
             return;
@@ -532,7 +536,7 @@ impl Replica {
             let named = body.get(..size_of::<Checksum>()).expect("a chunk is whole sectors");
             self.sync.block_checksum = Checksum::from_le_bytes(named.try_into().expect("16 bytes"));
             self.sync.block_placed = BlockHeader::read_from_prefix(body).is_ok_and(|(block, _)| {
-                block.address == header.op.get() && block.cluster == self.config.cluster.get()
+                block.address == address && block.cluster == self.config.cluster.get()
             });
         }
         self.sync.sectors.chunk(offset, body);
@@ -543,7 +547,7 @@ impl Replica {
             token: IoToken { owner: IoOwner::Sync, index: 0 },
             kind: IoKind::Write,
             zone: Zone::Grid,
-            offset: self.grid_offset(header.op.get(), offset),
+            offset: self.grid_offset(address, offset),
             length: body.len(),
             buffer_offset: 0,
         };
@@ -656,8 +660,8 @@ impl Replica {
     pub(super) fn block_chunk_index(&mut self, message: &Message) -> Option<usize> {
         let header = *message.header();
         let chunk_size = self.sync_chunk_size();
-        // The offset is checked whole: a cast of the 128-bit field could alias a valid one.
-        let offset = usize::try_from(header.context).unwrap_or(usize::MAX);
+        // The view reads an offset beyond u64 as u64::MAX, which no chunk has.
+        let offset = usize::try_from(views::Block::of(&header).offset()).unwrap_or(usize::MAX);
         if !offset.is_multiple_of(chunk_size) || offset >= BLOCK_SIZE {
             self.message_invalid(&header, "block chunk offset invalid");
             return None;

@@ -52,6 +52,7 @@ use crate::constants::{
     PRIMARY_ABDICATE_TICKS, REPAIR_WINDOW_MAX, REPLICAS_MAX, TIMEOUT_JITTER_TICKS,
     VIEW_CHANGE_HEADERS_MAX,
 };
+use crate::vsr::header::views;
 use crate::vsr::header::{Command, Header, Op, ReplicaIndex, View};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
@@ -365,7 +366,7 @@ impl Replica {
         if view <= self.view {
             return;
         }
-        if header.context != 0 {
+        if views::StartViewChange::of(header).entered() != 0 {
             // Its sender counted a quorum of votes for `view`, so this replica joins it: else a
             // few replicas that entered a view whose votes the others missed would be left
             // behind in it. Or its sender is rejoining after the loss of its data file and
@@ -411,13 +412,14 @@ impl Replica {
         // Whether this replica entered that view: it counted a quorum of votes for it, or it
         // entered it to rejoin.
         let entered = self.view == view && self.status == Status::ViewChange;
-        header.context = if !entered || self.log_view >= view {
+        let entered = if !entered || self.log_view >= view {
             0
         } else if self.log_lost() != 0 {
             super::rejoin::START_VIEW_CHANGE_REJOINING
         } else {
             1
         };
+        views::StartViewChange::of(&mut header).set_entered(entered);
         for replica in 0..self.config.replica_count {
             if replica != self.config.replica.get() {
                 self.send_header(Destination::Replica(ReplicaIndex(replica)), header);
@@ -635,7 +637,7 @@ impl Replica {
             return;
         }
         let mut header = self.header_new(Command::RequestStartView);
-        header.context = self.view_change.start_view_nonce;
+        views::RequestStartView::of(&mut header).set_nonce(self.view_change.start_view_nonce);
         self.send_header(Destination::Replica(primary), header);
     }
 
@@ -826,9 +828,10 @@ impl Replica {
             return;
         }
         let mut header = self.header_new(Command::StartView);
-        header.op = self.head.op();
-        header.context = nonce;
-        header.commit = self.commit_max.min(self.head.op());
+        let mut start_view = views::StartView::of(&mut header);
+        start_view.set_head(self.head.op());
+        start_view.set_nonce(nonce);
+        start_view.set_commit_max(self.commit_max.min(self.head.op()));
         header.checkpoint_op = self.checkpoint_op.min(header.commit);
         let message = message_finish(message, header, count * HEADER_SIZE);
         self.send(Destination::Replica(replica), message);
@@ -836,7 +839,7 @@ impl Replica {
 
     pub(super) fn on_request_start_view(&mut self, header: &Header) {
         if header.view == self.view && self.status == Status::Normal && self.is_primary() {
-            self.send_start_view(header.replica, header.context);
+            self.send_start_view(header.replica, views::RequestStartView::of(header).nonce());
         }
     }
 }
@@ -859,7 +862,7 @@ impl Replica {
         }
         if view == self.log_view && self.log_faulty && header.op < self.op_acknowledged_max() {
             let nonce = self.view_change.start_view_nonce;
-            if nonce == 0 || header.context != nonce {
+            if nonce == 0 || views::StartView::of(&header).nonce() != nonce {
                 // An older start_view of the view this faulty log is of, overtaken on the way:
                 // it may predate prepares this replica acknowledged. Installed, its truncation
                 // would erase them, and with them the evidence its bound is drawn from at the
