@@ -282,6 +282,9 @@ pub struct Metrics {
     /// Requests of a client with no session yet, whose register a new primary's pipeline was
     /// committing again: answered with a pong instead of an eviction.
     pub requests_awaiting_register: u64,
+    /// Times a primary whose prepares stopped committing fell silent so that its backups elect
+    /// another.
+    pub abdications: u64,
 }
 }
 

@@ -336,8 +336,11 @@ impl Replica {
                 *replica == self.config.replica.get() || live
             })
             .count();
-        if heard < self.quorum_replication() || stalled_ticks > 4 * PRIMARY_ABDICATE_TICKS {
+        let abdicate =
+            heard < self.quorum_replication() || stalled_ticks > 4 * PRIMARY_ABDICATE_TICKS;
+        if abdicate && !self.view_change.abdicating {
             self.view_change.abdicating = true;
+            self.metrics.abdications += 1;
         }
     }
 
