@@ -9,6 +9,8 @@ pub mod checker;
 pub mod cluster;
 pub mod mutation;
 pub mod network;
+#[cfg(test)]
+pub(crate) mod scenario;
 pub mod storage;
 pub mod trace;
 pub mod vopr;

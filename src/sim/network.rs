@@ -316,6 +316,13 @@ impl Network {
         self.links_cut_until[self.link_index(from, to)] <= tick
     }
 
+    /// Heals the direction `from` → `to` now.
+    #[cfg(test)]
+    pub(crate) fn link_heal(&mut self, from: NodeIndex, to: NodeIndex) {
+        let index = self.link_index(from, to);
+        self.links_cut_until[index] = 0;
+    }
+
     /// Heals every link now.
     pub fn heal_all(&mut self) {
         self.links_cut_until.fill(0);

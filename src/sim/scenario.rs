@@ -1,0 +1,172 @@
+//! The scenario harness: what a test needs to steer the simulator's `Cluster` down one
+//! protocol path on purpose, instead of waiting for the VOPR to stumble on it. A quiet cluster
+//! (latency only, no random fault), `run_until` a condition (failing with every replica's
+//! state), partitions and link cuts by direction and their healing, stopping and restarting a
+//! replica, rotting a WAL prepare or a grid block of a stopped replica, pausing and resuming
+//! the simulated clients (whose appends are the prepares), and delivering a crafted message.
+//!
+//! Every helper drives the same `Cluster` the VOPR runs (the same network, disks, clients and
+//! checker); none changes what a run does unless a test calls it. `cluster.run()` then ends a
+//! scenario: every link heals, every replica restarts, and the cluster must converge with the
+//! checker satisfied.
+
+use crate::constants::{BLOCK_SIZE, SECTOR_SIZE};
+use crate::sim::cluster::{Cluster, ClusterOptions, FaultOptions, LinkDirection};
+use crate::sim::storage::Latency;
+use crate::vsr::header::{Op, ReplicaIndex};
+use crate::vsr::layout::{Config, Layout, Zone};
+use crate::vsr::replica::Replica;
+
+#[cfg(test)]
+mod tests;
+
+/// Ticks a replica stopped by `stop` stays down unless `restart` brings it back.
+const STOPPED_UNTIL_TICK: u64 = u64::MAX / 2;
+
+/// No faults beyond latency and the reordering it brings: three clients, a small config.
+pub(crate) fn options_quiet(seed: u64, replica_count: u8) -> ClusterOptions {
+    ClusterOptions {
+        seed,
+        config: ClusterOptions::config_small(replica_count, 4),
+        client_count: 3,
+        storage_latency: Latency { min_ticks: 0, mean_ticks: 2 },
+        network_latency: Latency { min_ticks: 1, mean_ticks: 3 },
+        loss_per_mille: 0,
+        duplicate_per_mille: 0,
+        mutation_per_mille: 0,
+        reply_late_per_mille: 0,
+        request_timeout_ticks: 40,
+        think_ticks_max: 8,
+        events_per_append_max: 8,
+        event_size_max: 256,
+        faults: FaultOptions::NONE,
+        ticks_faults: 600,
+        ticks_convergence_max: 2_000,
+    }
+}
+
+/// A cluster of `options`, its seed printed first so that a failure names it.
+pub(crate) fn cluster_new(options: ClusterOptions) -> Cluster {
+    println!("seed={} replicas={}", options.seed, options.config.replica_count);
+    Cluster::new(options)
+}
+
+/// One line per replica (index, up or down, status, view, log_view, head op, commit_min,
+/// commit_max, checkpoint, and what else `debug_state` tells), after the tick.
+pub(crate) fn states(cluster: &Cluster) -> String {
+    let mut lines = format!("tick {}", cluster.tick());
+    for index in 0..cluster.replica_count() {
+        let state = match cluster.replica(index) {
+            Some(replica) => format!("up: {}", replica.debug_state()),
+            None => "down".to_string(),
+        };
+        lines.push_str(&format!("\n  R{index} {state}"));
+    }
+    lines
+}
+
+/// Steps `cluster` until `done` holds, failing the test with every replica's state if it
+/// does not within `ticks_max` more ticks, or if the checker finds a violation on the way.
+pub(crate) fn run_until(
+    cluster: &mut Cluster,
+    what: &str,
+    ticks_max: u64,
+    done: impl Fn(&Cluster) -> bool,
+) {
+    let deadline = cluster.tick() + ticks_max;
+    while !done(cluster) {
+        if let Err(violation) = cluster.step() {
+            panic!("{what}: {violation:?}\n{}", states(cluster));
+        }
+        assert!(cluster.tick() < deadline, "{what}: not reached by tick {deadline}\n{}", {
+            states(cluster)
+        });
+    }
+}
+
+/// Steps `cluster` up to tick `tick`.
+pub(crate) fn run_to_tick(cluster: &mut Cluster, tick: u64) {
+    let ticks_max = tick.saturating_sub(cluster.tick()) + 1;
+    run_until(cluster, "tick", ticks_max, |cluster| cluster.tick() >= tick);
+}
+
+/// Replica `index`, which must be running.
+pub(crate) fn replica(cluster: &Cluster, index: usize) -> &Replica {
+    cluster.replica(index).unwrap_or_else(|| panic!("R{index} is down\n{}", states(cluster)))
+}
+
+/// Cuts replica `index` off from every other replica in `direction` (seen from it) until
+/// `heal` (or `cluster.run()`).
+pub(crate) fn partition(cluster: &mut Cluster, index: usize, direction: LinkDirection) {
+    for other in (0..cluster.replica_count()).filter(|other| *other != index) {
+        cluster.link_cut(index, other, direction, u64::MAX);
+    }
+}
+
+/// Cuts the link from replica `from` to replica `to` (one direction) until healed.
+pub(crate) fn link_cut(cluster: &mut Cluster, from: usize, to: usize) {
+    cluster.link_cut(from, to, LinkDirection::Outgoing, u64::MAX);
+}
+
+/// Heals every link between replicas, both ways (clients stay as they are).
+pub(crate) fn heal(cluster: &mut Cluster) {
+    let replica_count = cluster.replica_count();
+    for from in 0..replica_count {
+        for to in (0..replica_count).filter(|to| *to != from) {
+            cluster.link_heal(from, to, LinkDirection::Outgoing);
+        }
+    }
+}
+
+/// Stops replica `index` until `restart`: its writes in flight are lost, and nothing else on
+/// its disk is damaged (no random WAL or grid fault comes with it, unlike the VOPR's crashes).
+pub(crate) fn stop(cluster: &mut Cluster, index: usize) {
+    cluster.crash_clean(index, STOPPED_UNTIL_TICK);
+}
+
+/// Starts stopped replica `index` again from its disk, now.
+pub(crate) fn restart(cluster: &mut Cluster, index: usize) {
+    assert!(cluster.replica(index).is_none(), "R{index} is running");
+    cluster.replica_start(index);
+}
+
+/// Steps until replica `index` is open (normal or in a view change).
+pub(crate) fn run_until_open(cluster: &mut Cluster, index: usize, ticks_max: u64) {
+    run_until(cluster, &format!("R{index} open"), ticks_max, |cluster| {
+        cluster.replica(index).is_some_and(|replica| replica.status().is_open())
+    });
+}
+
+/// Cuts every client off from every replica until `until_tick`: no new prepares meanwhile.
+pub(crate) fn clients_cut_off(cluster: &mut Cluster, until_tick: u64) {
+    let replica_count = cluster.replica_count();
+    for client in 0..cluster.options().client_count {
+        for replica in 0..replica_count {
+            let client_node = replica_count + client;
+            cluster.link_cut(client_node, replica, LinkDirection::Both, until_tick);
+        }
+    }
+}
+
+/// Replica `index`'s configuration.
+fn config(cluster: &Cluster, index: usize) -> Config {
+    Config { replica: ReplicaIndex(index as u8), ..cluster.options().config }
+}
+
+/// Rots the sector that holds the start of op `op`'s prepare in stopped replica `index`'s WAL.
+pub(crate) fn wal_prepare_rot(cluster: &mut Cluster, index: usize, op: Op) {
+    assert!(cluster.replica(index).is_none(), "replica {index} must be down");
+    let config = config(cluster, index);
+    let layout = Layout::new(&config);
+    let slot = op.get() % u64::from(config.journal_slot_count);
+    let offset = layout.zone_offset(Zone::WalPrepares) + slot * layout.message_size_max;
+    cluster.storage_mut(index).corrupt_sector(offset);
+}
+
+/// Rots one sector of grid block `address` in stopped replica `index`'s data file.
+pub(crate) fn grid_block_rot(cluster: &mut Cluster, index: usize, address: u64) {
+    assert!(cluster.replica(index).is_none(), "replica {index} must be down");
+    let layout = Layout::new(&config(cluster, index));
+    let offset = layout.offset(Zone::Grid, address * BLOCK_SIZE as u64);
+    cluster.storage_mut(index).corrupt_sector(offset + SECTOR_SIZE as u64);
+}
