@@ -450,6 +450,21 @@ impl Cluster {
         &mut self.replicas[index].storage
     }
 
+    /// Delivers `bytes` (a whole message, checksummed) to running replica `index`, as if from
+    /// the network, and moves what it sends in answer onto the network; for tests that craft
+    /// a message no correct peer would send at that moment.
+    #[cfg(test)]
+    pub(crate) fn message_deliver(&mut self, index: usize, bytes: &[u8]) {
+        let node = &mut self.replicas[index];
+        let replica = node.replica.as_mut().expect("running");
+        let mut message = node.pool.get();
+        message.buffer_mut_unique()[..bytes.len()].copy_from_slice(bytes);
+        let config = &self.options.config;
+        let accepted = accept(message, config.cluster, config.message_size_max as usize);
+        replica.on_message(&mut node.storage, accepted.expect("a valid message"));
+        self.outbox_drain(index);
+    }
+
     /// Runs the fault phase, then the liveness phase.
     pub fn run(&mut self) -> Result<(), Violation> {
         while self.tick < self.options.ticks_faults {

@@ -124,6 +124,11 @@ pub(crate) fn stop(cluster: &mut Cluster, index: usize) {
     cluster.crash_clean(index, STOPPED_UNTIL_TICK);
 }
 
+/// Crashes replica `index` as `stop` does, and restarts it from its disk `down_ticks` later.
+pub(crate) fn crash_restart(cluster: &mut Cluster, index: usize, down_ticks: u64) {
+    cluster.crash_clean(index, cluster.tick() + down_ticks);
+}
+
 /// Starts stopped replica `index` again from its disk, now.
 pub(crate) fn restart(cluster: &mut Cluster, index: usize) {
     assert!(cluster.replica(index).is_none(), "R{index} is running");
@@ -146,6 +151,34 @@ pub(crate) fn clients_cut_off(cluster: &mut Cluster, until_tick: u64) {
             cluster.link_cut(client_node, replica, LinkDirection::Both, until_tick);
         }
     }
+}
+
+/// Pauses the clients until `clients_resume`: requests and replies are lost meanwhile (the
+/// clients retry), so no new prepare starts.
+pub(crate) fn clients_pause(cluster: &mut Cluster) {
+    clients_cut_off(cluster, u64::MAX);
+}
+
+pub(crate) fn clients_resume(cluster: &mut Cluster) {
+    let replica_count = cluster.replica_count();
+    for client in 0..cluster.options().client_count {
+        for replica in 0..replica_count {
+            cluster.link_heal(replica_count + client, replica, LinkDirection::Both);
+        }
+    }
+}
+
+/// Pauses the clients, then steps until every replica that runs has executed everything it
+/// holds and no client request is in flight at any replica (within `ticks_max`).
+pub(crate) fn quiesce(cluster: &mut Cluster, ticks_max: u64) {
+    clients_pause(cluster);
+    let tick = cluster.tick() + 100;
+    run_until(cluster, "quiet", ticks_max, |cluster| {
+        let settled = (0..cluster.replica_count()).all(|index| {
+            cluster.replica(index).is_none_or(|replica| replica.op() == replica.commit_min())
+        });
+        settled && cluster.tick() >= tick
+    });
 }
 
 /// Replica `index`'s configuration.

@@ -221,6 +221,9 @@ pub struct Metrics {
     pub messages_invalid: u64,
     /// Log entries truncated because a newer view's log does not hold them.
     pub ops_truncated: u64,
+    /// Ops a new primary cut from the canonical log's head because a nack quorum lacks them
+    /// (they cannot have committed); the replicas that hold them truncate them later.
+    pub ops_truncated_by_nacks: u64,
     /// Checkpoints installed by state sync.
     pub state_syncs: u64,
     /// Rejoins after a lost data file that learned the cluster's view and joined above it.
@@ -538,6 +541,12 @@ impl Replica {
     /// State sync is under way (from asking for a checkpoint to reopening the event store).
     pub fn state_syncing(&self) -> bool {
         self.sync.active()
+    }
+
+    /// New primary in a view change: it chose the canonical log and is installing it.
+    #[cfg(test)]
+    pub(crate) fn view_change_log_chosen(&self) -> bool {
+        self.status == Status::ViewChange && self.view_change.log_chosen
     }
 
     /// The durable view: what the superblock holds.

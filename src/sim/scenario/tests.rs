@@ -3,9 +3,11 @@
 //! lets the cluster converge under the checker (`cluster.run()`).
 
 use super::*;
+use crate::constants::HEADER_SIZE;
 use crate::sim::cluster::LinkDirection;
-use crate::vsr::header::View;
-use crate::vsr::replica::SuperblockUpdate;
+use crate::vsr::header::{Command, Header, View};
+use crate::vsr::replica::{Status, SuperblockUpdate};
+use zerocopy::IntoBytes;
 
 /// A 3-replica cluster under load at tick 300, then R1, a backup, crashes and comes back
 /// with the prepare of an op it acknowledged (above its checkpoint) rotten; `ahead_ticks`
@@ -190,6 +192,140 @@ fn backup_kept_down_past_several_checkpoints_catches_up_by_state_sync() {
     let (synced, peer) = (super::replica(&cluster, 2), super::replica(&cluster, 0));
     assert_eq!(synced.commit_min(), peer.commit_min());
     assert_eq!(synced.metrics().state_syncs, 1);
+}
+
+/// A 3-replica cluster under load until tick 300, then quiet: every replica holds and has
+/// executed the same log. Returns the cluster and that log's head.
+fn cluster_quiet_after_load(seed: u64) -> (Cluster, Op) {
+    let mut options = options_quiet(seed, 3);
+    options.ticks_faults = 3_000;
+    options.ticks_convergence_max = 3_000;
+    let mut cluster = cluster_new(options);
+    run_to_tick(&mut cluster, 300);
+    quiesce(&mut cluster, 300);
+    let head = super::replica(&cluster, 0).op();
+    for index in 1..3 {
+        assert_eq!(super::replica(&cluster, index).op(), head, "{}", states(&cluster));
+    }
+    (cluster, head)
+}
+
+/// Lets the clients send until replica `index` prepared past `head`, then pauses them.
+fn prepare_past(cluster: &mut Cluster, index: usize, head: Op) {
+    clients_resume(cluster);
+    run_until(cluster, &format!("R{index} prepares past {head}"), 300, |cluster| {
+        super::replica(cluster, index).op() > head
+    });
+    clients_pause(cluster);
+}
+
+#[test]
+fn new_primary_cuts_an_uncommitted_op_that_a_nack_quorum_lacks() {
+    // Goal: nack truncation. Only R2 holds the ops after `head` (R0 prepared them with its
+    // disk stalled and crashed with them in flight; R1 never got them). R1, the primary of
+    // view 1, chooses R2's log from R1's and R2's do_view_changes, but cannot fetch those ops
+    // (R2's link to R1 is cut once R1 chose). R0 restarts without them and its do_view_change,
+    // a second nack, lets R1 cut them: they cannot have committed. View 1 starts with `head`,
+    // and R2 truncates them from its log.
+    for seed in [121, 122] {
+        let (mut cluster, head) = cluster_quiet_after_load(seed);
+        link_cut(&mut cluster, 0, 1);
+        cluster.storage_mut(0).stall_until(u64::MAX);
+        prepare_past(&mut cluster, 2, head);
+        stop(&mut cluster, 0);
+        cluster.storage_mut(0).stall_end();
+        heal(&mut cluster);
+        run_until(&mut cluster, "R1 chooses R2's log", 1_000, |cluster| {
+            super::replica(cluster, 1).view_change_log_chosen()
+        });
+        let primary = super::replica(&cluster, 1);
+        assert_eq!((primary.view(), primary.op()), (View(1), head), "{}", states(&cluster));
+        link_cut(&mut cluster, 2, 1);
+        restart(&mut cluster, 0);
+        run_until(&mut cluster, "view 1 starts", 600, |cluster| {
+            super::replica(cluster, 1).status() == Status::Normal
+        });
+        let primary = super::replica(&cluster, 1);
+        assert_eq!((primary.view(), primary.op()), (View(1), head), "{}", states(&cluster));
+        assert!(primary.metrics().ops_truncated_by_nacks > 0);
+        heal(&mut cluster);
+        run_until(&mut cluster, "R2 truncates", 600, |cluster| {
+            super::replica(cluster, 2).metrics().ops_truncated > 0
+        });
+        clients_resume(&mut cluster);
+        cluster.run().unwrap();
+    }
+}
+
+/// A do_view_change from `replica` for `view`, of a sound log of `log_view` whose suffix (up
+/// to 8 ops, ending at `head`) is `source`'s log now: what `replica` sent in that view change.
+fn do_view_change_bytes(
+    cluster: &Cluster,
+    source: usize,
+    replica: u8,
+    view: View,
+    log_view: View,
+) -> Vec<u8> {
+    let holder = super::replica(cluster, source);
+    let head = holder.op();
+    let mut body = Vec::new();
+    for op in (head - 7).through(head) {
+        let entry = holder.prepare_header(op).expect("held");
+        body.extend_from_slice(entry.as_bytes());
+    }
+    let mut header = Header::new(Command::DoViewChange, cluster.options().config.cluster);
+    header.view = view;
+    header.replica = ReplicaIndex(replica);
+    header.op = head;
+    header.op_min = head + 1;
+    header.commit = holder.commit_min();
+    header.checkpoint_op = holder.checkpoint_op();
+    header.log_view = log_view;
+    header.size = (HEADER_SIZE + body.len()) as u32;
+    header.set_checksum_body(&body);
+    header.set_checksum();
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+#[test]
+fn restarted_primary_never_leads_its_log_view_again_on_stale_do_view_changes() {
+    // Goal: a primary back from a crash in the view whose log it had must not become that
+    // view's primary again on do_view_changes of that view's change (late or duplicated):
+    // its crash lost prepares a backup acknowledged in that view, and it would prepare other
+    // ones at the same ops in the same view. R1 leads view 1 (R0 cut off); with R1's disk
+    // stalled, R2 acknowledges a prepare that R1's crash loses; R1 restarts, and the
+    // do_view_changes of view 1 from R0 and R2 (log_view 0, head `head`) arrive again. R1
+    // declines them and times out into view 2.
+    let (mut cluster, head) = cluster_quiet_after_load(131);
+    let stale = [0, 2].map(|replica| do_view_change_bytes(&cluster, 2, replica, View(1), View(0)));
+    partition(&mut cluster, 0, LinkDirection::Both);
+    run_until(&mut cluster, "view 1", 1_000, |cluster| {
+        [1, 2].iter().all(|index| {
+            let replica = super::replica(cluster, *index);
+            replica.view() == View(1) && replica.status() == Status::Normal
+        })
+    });
+    cluster.storage_mut(1).stall_until(u64::MAX);
+    prepare_past(&mut cluster, 2, head);
+    crash_restart(&mut cluster, 1, 5);
+    cluster.storage_mut(1).stall_end();
+    run_until_open(&mut cluster, 1, 300);
+    let restarted = super::replica(&cluster, 1);
+    assert_eq!((restarted.view(), restarted.op()), (View(1), head), "{}", states(&cluster));
+    for bytes in &stale {
+        cluster.message_deliver(1, bytes);
+    }
+    run_until(&mut cluster, "R1 leaves view 1", 1_000, |cluster| {
+        let replica = super::replica(cluster, 1);
+        assert!(replica.view() > View(1) || replica.status() != Status::Normal, "R1 led view 1");
+        replica.view() > View(1)
+    });
+    assert!(super::replica(&cluster, 1).metrics().view_change_refused_own_log_view > 0);
+    heal(&mut cluster);
+    clients_resume(&mut cluster);
+    cluster.run().unwrap();
 }
 
 #[test]

@@ -770,6 +770,7 @@ impl Replica {
             let nacks = records.filter(|record| record.nacks(entry)).count();
             if nacks >= quorum_nack {
                 self.metrics.ops_truncated += canonical.op - op + 1;
+                self.metrics.ops_truncated_by_nacks += canonical.op - op + 1;
                 return op - 1;
             }
         }
