@@ -599,42 +599,6 @@ mod cluster {
     }
 
     #[test]
-    fn restarted_backup_catches_up_through_repair() {
-        // Goal: a backup that was down while the cluster went on restarts from its disk and
-        // repairs the ops it missed from the primary (within the primary's WAL window; beyond
-        // it, state sync is needed).
-        let mut cluster = Cluster::new(3);
-        cluster.call(0, ClientId(7), 0, Operation::Register, &[]);
-        cluster.call(0, ClientId(7), 1, Operation::CreateStream, &create_body(5));
-        append_ok(&mut cluster, ClientId(7), 2, 0);
-        cluster.nodes[2].up = false;
-        for request in 3..30u32 {
-            append_ok(&mut cluster, ClientId(7), request, u64::from(request - 2) * 3);
-        }
-        let node = &mut cluster.nodes[2];
-        node.harness.crash_and_restart();
-        node.harness.sent.clear();
-        node.up = true;
-        cluster.tick(200);
-        let commits = cluster.commits();
-        assert_eq!(commits[2], commits[0], "{commits:?}");
-    }
-
-    #[test]
-    fn two_replicas_need_both_to_commit() {
-        // Goal: with two replicas the quorum is both: nothing commits while one is down.
-        let mut cluster = Cluster::new(2);
-        cluster.call(0, ClientId(7), 0, Operation::Register, &[]);
-        cluster.nodes[1].up = false;
-        let replies = cluster.call(0, ClientId(7), 1, Operation::CreateStream, &create_body(5));
-        assert!(replies.is_empty());
-        assert_eq!(cluster.nodes[0].harness.replica.commit_min(), Op(1));
-        cluster.nodes[1].up = true;
-        cluster.tick(30);
-        assert_eq!(cluster.commits(), vec![Op(2), Op(2)]);
-    }
-
-    #[test]
     fn backup_serves_reads_once_it_has_the_clients_commit() {
         // Goal: reads go to any replica; a read carrying a commit number the backup has not
         // executed yet is not answered from stale state, and is once the backup caught up.
@@ -777,34 +741,6 @@ mod grid_repair {
     }
 
     #[test]
-    fn backup_with_a_rotten_streams_table_block_fetches_it_from_a_peer_and_opens() {
-        // Goal: one flipped bit in the checkpoint's streams-table block of a stopped backup
-        // does not stop it for good: at open it fetches the block from a peer by address,
-        // checks it, opens, catches up, and serves every acknowledged event.
-        let mut cluster = cluster_checkpointed();
-        let table = cluster.nodes[1].harness.replica.checkpoint_state().streams_table_address;
-        cluster.nodes[1].up = false;
-        cluster.nodes[1].harness.storage.crash();
-        grid_block_rot(&mut cluster, 1, table);
-        let harness = &mut cluster.nodes[1].harness;
-        harness.replica = Replica::new(&harness.config, harness.pool.clone(), 2);
-        harness.replica.open(&mut harness.storage);
-        cluster.nodes[1].up = true;
-        cluster.tick(100);
-        let replica = &cluster.nodes[1].harness.replica;
-        let metrics = replica.metrics();
-        assert_eq!(replica.status(), Status::Normal, "{:?} {metrics:?}", replica.failure());
-        assert_eq!(metrics.grid_blocks_repaired_open, 1);
-        let commits = cluster.commits();
-        assert_eq!(commits[1], commits[0], "{commits:?}");
-        let blocks = table + 1;
-        assert!(grid_bytes(&cluster, 1, blocks) == grid_bytes(&cluster, 0, blocks));
-        let (result, offsets) = read_stream(&mut cluster, 1, 1);
-        assert_eq!(result, ResultCode::Ok as u32);
-        assert_eq!(offsets, (0..150).collect::<Vec<u64>>());
-    }
-
-    #[test]
     fn single_replica_with_a_rotten_streams_table_block_fails_clearly() {
         // Goal: with one replica there is no peer to repair from: the open stops with a reason
         // rather than serve a state it cannot verify.
@@ -873,25 +809,6 @@ mod grid_repair {
         }
         let refused = cluster.nodes[0].harness.replica.metrics().grid_repair_blocks_refused;
         assert!(refused > 0, "R0 never met R1's rotten copy");
-    }
-
-    #[test]
-    fn scrubber_finds_and_repairs_rotten_blocks_nobody_reads() {
-        // Goal: blocks that rot where no read goes (an event block and a streams-table block of
-        // a running backup) are found by the background scrubber within a few passes of its
-        // bounded rate and repaired, so the backup's grid is the primary's again.
-        let mut cluster = cluster_checkpointed();
-        let table = cluster.nodes[2].harness.replica.checkpoint_state().streams_table_address;
-        grid_block_rot(&mut cluster, 2, 0);
-        grid_block_rot(&mut cluster, 2, table);
-        let blocks = table + 1;
-        assert!(grid_bytes(&cluster, 2, blocks) != grid_bytes(&cluster, 0, blocks));
-        let ticks = 4 * blocks * crate::constants::GRID_SCRUB_BLOCK_TICKS;
-        cluster.tick(ticks as usize);
-        let metrics = cluster.nodes[2].harness.replica.metrics();
-        assert_eq!(metrics.grid_blocks_repaired_scrub, 2);
-        assert!(metrics.grid_blocks_scrubbed >= 2 * blocks);
-        assert!(grid_bytes(&cluster, 2, blocks) == grid_bytes(&cluster, 0, blocks));
     }
 }
 
