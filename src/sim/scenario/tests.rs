@@ -417,3 +417,22 @@ fn restarted_backup_catches_up_through_repair() {
     assert_eq!(super::replica(&cluster, 2).metrics().state_syncs, 0);
     cluster.run().unwrap();
 }
+
+#[test]
+fn three_replicas_commit_and_every_backup_applies_the_same_ops() {
+    // Goal: the primary commits on a majority, backups learn the commit number and execute
+    // exactly the same prepares: once converged, every replica holds the primary's prepare
+    // at every op (the checker also compares what each one executed with the history).
+    let mut cluster = cluster_new(options_quiet(171, 3));
+    cluster.run().unwrap();
+    let primary = super::replica(&cluster, 0);
+    let commit = primary.commit_min();
+    assert!(commit > Op(30));
+    for op in Op(1).through(commit) {
+        let held = primary.prepare_header(op);
+        assert!(held.is_some() || op <= primary.checkpoint_op(), "op {op}");
+        for index in 1..3 {
+            assert_eq!(super::replica(&cluster, index).prepare_header(op), held, "op {op}");
+        }
+    }
+}

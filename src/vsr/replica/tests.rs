@@ -552,10 +552,6 @@ mod cluster {
             self.to_clients.clear();
             replies
         }
-
-        pub(super) fn commits(&self) -> Vec<Op> {
-            self.nodes.iter().map(|node| node.harness.replica.commit_min()).collect()
-        }
     }
 
     fn append_ok(cluster: &mut Cluster, client: ClientId, request: u32, first: u64) -> u64 {
@@ -565,27 +561,6 @@ mod cluster {
         let result = AppendResult::read_from_prefix(replies[0].body()).unwrap().0;
         assert_eq!(result.result, ResultCode::Ok as u32);
         result.offset
-    }
-
-    #[test]
-    fn three_replicas_commit_and_every_backup_applies_the_same_ops() {
-        // Goal: the primary commits on a majority, backups learn the commit number and apply
-        // exactly the same prepares.
-        let mut cluster = Cluster::new(3);
-        assert_eq!(cluster.call(0, ClientId(7), 0, Operation::Register, &[]).len(), 1);
-        cluster.call(0, ClientId(7), 1, Operation::CreateStream, &create_body(5));
-        for request in 2..40u32 {
-            append_ok(&mut cluster, ClientId(7), request, u64::from(request - 2) * 3);
-        }
-        cluster.tick(3);
-        let commits = cluster.commits();
-        assert!(commits.iter().all(|commit| *commit == commits[0]), "{commits:?}");
-        for op in Op(1).through(commits[0]) {
-            let primary = cluster.nodes[0].harness.replica.prepare_header(op);
-            for node in &cluster.nodes[1..] {
-                assert_eq!(node.harness.replica.prepare_header(op), primary, "op {op}");
-            }
-        }
     }
 
     #[test]
