@@ -17,33 +17,69 @@ use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS
 #[cfg(not(target_endian = "little"))]
 compile_error!("headers are cast from little-endian bytes: big-endian targets are not supported");
 
-/// A 128-bit checksum (XXH3-128): the identity of a message, a prepare, a session, a grid
-/// block and a checkpoint.
-#[repr(transparent)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-)]
-pub struct Checksum(pub u128);
+/// A newtype over an integer, with the derives a header field needs (zerocopy's among them),
+/// `get()` and `Display`; with `arithmetic`, also `+`, `+=`, `-` and `-=` by a count of the
+/// integer type, checked (an overflow panics, as a debug build's integer arithmetic would).
+macro_rules! integer_newtype {
+    ($(#[$meta:meta])* pub struct $name:ident(pub $integer:ty);) => {
+        $(#[$meta])*
+        #[repr(transparent)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(FromBytes, IntoBytes, KnownLayout, Immutable)]
+        pub struct $name(pub $integer);
+
+        impl $name {
+            pub fn get(self) -> $integer {
+                self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+    ($(#[$meta:meta])* pub struct $name:ident(pub $integer:ty); arithmetic) => {
+        integer_newtype! { $(#[$meta])* pub struct $name(pub $integer); }
+
+        impl std::ops::Add<$integer> for $name {
+            type Output = $name;
+            fn add(self, count: $integer) -> $name {
+                $name(self.0.checked_add(count).expect(concat!(stringify!($name), " overflow")))
+            }
+        }
+
+        impl std::ops::AddAssign<$integer> for $name {
+            fn add_assign(&mut self, count: $integer) {
+                *self = *self + count;
+            }
+        }
+
+        impl std::ops::Sub<$integer> for $name {
+            type Output = $name;
+            fn sub(self, count: $integer) -> $name {
+                $name(self.0.checked_sub(count).expect(concat!(stringify!($name), " underflow")))
+            }
+        }
+
+        impl std::ops::SubAssign<$integer> for $name {
+            fn sub_assign(&mut self, count: $integer) {
+                *self = *self - count;
+            }
+        }
+    };
+}
+
+integer_newtype! {
+    /// A 128-bit checksum (XXH3-128): the identity of a message, a prepare, a session, a grid
+    /// block and a checkpoint.
+    pub struct Checksum(pub u128);
+}
 
 impl Checksum {
     /// No checksum: the `parent` of a prepare that has none, an unset field.
     pub const ZERO: Checksum = Checksum(0);
-
-    pub fn get(self) -> u128 {
-        self.0
-    }
 
     pub fn to_le_bytes(self) -> [u8; 16] {
         self.0.to_le_bytes()
@@ -73,33 +109,16 @@ impl std::fmt::LowerHex for Checksum {
         std::fmt::LowerHex::fmt(&self.0, f)
     }
 }
-/// A position in the replicated log (op 0 is the root prepare).
-#[repr(transparent)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-)]
-pub struct Op(pub u64);
+integer_newtype! {
+    /// A position in the replicated log (op 0 is the root prepare).
+    pub struct Op(pub u64);
+    arithmetic
+}
 
 impl Op {
     /// The root prepare, the first entry of every log.
     pub const ROOT: Op = Op(0);
     pub const MAX: Op = Op(u64::MAX);
-
-    pub fn get(self) -> u64 {
-        self.0
-    }
 
     /// The op after this one.
     pub fn next(self) -> Op {
@@ -126,37 +145,6 @@ impl Op {
     pub fn checked_sub(self, ops: u64) -> Option<Op> {
         self.0.checked_sub(ops).map(Op)
     }
-
-    /// The ops from `earlier` to this one, or 0 if `earlier` is later.
-    pub fn distance_from(self, earlier: Op) -> u64 {
-        self.0.saturating_sub(earlier.0)
-    }
-}
-
-impl std::ops::Add<u64> for Op {
-    type Output = Op;
-    fn add(self, ops: u64) -> Op {
-        Op(self.0.checked_add(ops).expect("op overflow"))
-    }
-}
-
-impl std::ops::AddAssign<u64> for Op {
-    fn add_assign(&mut self, ops: u64) {
-        *self = *self + ops;
-    }
-}
-
-impl std::ops::Sub<u64> for Op {
-    type Output = Op;
-    fn sub(self, ops: u64) -> Op {
-        Op(self.0.checked_sub(ops).expect("op underflow"))
-    }
-}
-
-impl std::ops::SubAssign<u64> for Op {
-    fn sub_assign(&mut self, ops: u64) {
-        *self = *self - ops;
-    }
 }
 
 /// The number of ops from `earlier` to `self`.
@@ -167,28 +155,11 @@ impl std::ops::Sub<Op> for Op {
     }
 }
 
-impl std::fmt::Display for Op {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
+integer_newtype! {
+    /// A view number; the primary of view v is replica v mod replica_count.
+    pub struct View(pub u32);
+    arithmetic
 }
-/// A view number; the primary of view v is replica v mod replica_count.
-#[repr(transparent)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-)]
-pub struct View(pub u32);
 
 impl View {
     /// The primary of this view in a cluster of `replica_count` replicas.
@@ -201,68 +172,16 @@ impl View {
 
     /// The view after this one.
     pub fn next(self) -> View {
-        View(self.0.checked_add(1).expect("view overflow"))
-    }
-
-    pub fn get(self) -> u32 {
-        self.0
+        self + 1
     }
 }
 
-impl std::ops::Add<u32> for View {
-    type Output = View;
-    fn add(self, views: u32) -> View {
-        View(self.0.checked_add(views).expect("view overflow"))
-    }
+integer_newtype! {
+    /// A replica's index in the cluster configuration.
+    pub struct ReplicaIndex(pub u8);
 }
-
-impl std::ops::AddAssign<u32> for View {
-    fn add_assign(&mut self, views: u32) {
-        *self = *self + views;
-    }
-}
-
-impl std::ops::Sub<u32> for View {
-    type Output = View;
-    fn sub(self, views: u32) -> View {
-        View(self.0.checked_sub(views).expect("view underflow"))
-    }
-}
-
-impl std::ops::SubAssign<u32> for View {
-    fn sub_assign(&mut self, views: u32) {
-        *self = *self - views;
-    }
-}
-
-impl std::fmt::Display for View {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-/// A replica's index in the cluster configuration.
-#[repr(transparent)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-)]
-pub struct ReplicaIndex(pub u8);
 
 impl ReplicaIndex {
-    pub fn get(self) -> u8 {
-        self.0
-    }
-
     /// This replica's bit in a mask of replicas (votes, acknowledgements).
     pub fn bit(self) -> u8 {
         assert!(usize::from(self.0) < REPLICAS_MAX);
@@ -274,11 +193,6 @@ impl ReplicaIndex {
         assert!(self.0 < replica_count);
         ReplicaIndex((self.0 + 1) % replica_count)
     }
-
-    /// Every replica of a cluster of `replica_count`, in order.
-    pub fn all(replica_count: u8) -> impl Iterator<Item = ReplicaIndex> {
-        (0..replica_count).map(ReplicaIndex)
-    }
 }
 
 impl From<ReplicaIndex> for usize {
@@ -287,33 +201,9 @@ impl From<ReplicaIndex> for usize {
     }
 }
 
-impl std::fmt::Display for ReplicaIndex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-/// A cluster identifier, fixed at format.
-#[repr(transparent)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-)]
-pub struct ClusterId(pub u64);
-
-impl ClusterId {
-    pub fn get(self) -> u64 {
-        self.0
-    }
+integer_newtype! {
+    /// A cluster identifier, fixed at format.
+    pub struct ClusterId(pub u64);
 }
 
 impl std::str::FromStr for ClusterId {
@@ -323,45 +213,15 @@ impl std::str::FromStr for ClusterId {
     }
 }
 
-impl std::fmt::Display for ClusterId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
+integer_newtype! {
+    /// A client identifier, random per client process; never zero (zero in a header means no
+    /// client).
+    pub struct ClientId(pub u64);
 }
-
-/// A client identifier, random per client process; never zero (zero in a header means no
-/// client).
-#[repr(transparent)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-)]
-pub struct ClientId(pub u64);
 
 impl ClientId {
     /// No client: the field of a header that does not name one.
     pub const NONE: ClientId = ClientId(0);
-
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl std::fmt::Display for ClientId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
 }
 
 impl std::fmt::LowerHex for ClientId {

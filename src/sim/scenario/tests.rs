@@ -35,6 +35,18 @@ fn rotten_backup_then_primary_crash(seed: u64, ahead_ticks: u64) -> (Cluster, Op
     (cluster, acknowledged)
 }
 
+/// Quiet options for a small WAL (128 slots, a checkpoint every 112 ops) under a steady load
+/// (four clients that do not pause), so that replicas pass checkpoints within a test.
+fn options_checkpointing(seed: u64, replica_count: u8, ticks_faults: u64) -> ClusterOptions {
+    let mut options = options_quiet(seed, replica_count);
+    options.config.journal_slot_count = 128;
+    options.client_count = 4;
+    options.think_ticks_max = 1;
+    options.ticks_faults = ticks_faults;
+    options.ticks_convergence_max = 4_000;
+    options
+}
+
 #[test]
 fn backup_with_a_rotten_wal_sector_votes_while_another_replica_is_down() {
     // Goal: one rotten WAL sector does not count against f like a crash. R1 restarts with
@@ -105,13 +117,7 @@ fn view_change_while_state_sync_fetches_blocks_is_taken_and_the_sync_finishes() 
     // grid blocks (before its superblock update; the disk of the syncing replica is held back
     // by a slow-disk spell) is entered, and the sync then finishes in the new view: R2 of 5
     // comes back far behind, and the primary R0 is cut off while it syncs.
-    let mut options = options_quiet(71, 5);
-    options.config.journal_slot_count = 128;
-    options.client_count = 4;
-    options.think_ticks_max = 1;
-    options.ticks_faults = 8_000;
-    options.ticks_convergence_max = 4_000;
-    let mut cluster = cluster_new(options);
+    let mut cluster = cluster_new(options_checkpointing(71, 5, 8_000));
     run_to_tick(&mut cluster, 100);
     stop(&mut cluster, 2);
     let behind = cluster.checker().history_op_max() + 300;
@@ -171,13 +177,7 @@ fn backup_kept_down_past_several_checkpoints_catches_up_by_state_sync() {
     // of 128 slots, a checkpoint every 112 ops), so the ops it lacks are overwritten in
     // their WALs: it installs a peer's checkpoint, repairs the tail after it, and the
     // cluster converges with every acknowledged write.
-    let mut options = options_quiet(111, 3);
-    options.config.journal_slot_count = 128;
-    options.client_count = 4;
-    options.think_ticks_max = 1;
-    options.ticks_faults = 6_000;
-    options.ticks_convergence_max = 4_000;
-    let mut cluster = cluster_new(options);
+    let mut cluster = cluster_new(options_checkpointing(111, 3, 6_000));
     run_to_tick(&mut cluster, 100);
     stop(&mut cluster, 2);
     let behind = cluster.checker().history_op_max() + 3 * 128;
