@@ -329,7 +329,16 @@ pub struct Cluster {
     /// Whether a crash may damage the crashed replica's WAL or grid (always, but in tests
     /// that stop a replica cleanly).
     crash_damages: bool,
+    /// What replicas sent to `CLIENT_OUTSIDE`, in order, until taken.
+    #[cfg(test)]
+    outside_replies: Vec<Vec<u8>>,
 }
+
+/// A client that is not one of the workload's: a test sends its requests with
+/// `message_deliver` and takes the answers with `outside_replies_take`.
+#[cfg(test)]
+pub(crate) const CLIENT_OUTSIDE: crate::vsr::header::ClientId =
+    crate::vsr::header::ClientId(u64::MAX - 7);
 
 /// Seeds for the run's independent PRNGs, all derived from the run's seed.
 fn seed_derive(seed: u64, purpose: u64) -> u64 {
@@ -390,6 +399,8 @@ impl Cluster {
             replica_metrics_retired: Metrics::default(),
             grid_faults: Vec::new(),
             crash_damages: true,
+            #[cfg(test)]
+            outside_replies: Vec::new(),
         };
         let mut clock_prng = Prng::new(seed_derive(options.seed, 4));
         for _ in 0..replica_count {
@@ -463,6 +474,18 @@ impl Cluster {
         let accepted = accept(message, config.cluster, config.message_size_max as usize);
         replica.on_message(&mut node.storage, accepted.expect("a valid message"));
         self.outbox_drain(index);
+    }
+
+    /// What replicas sent to `CLIENT_OUTSIDE` since the last call.
+    #[cfg(test)]
+    pub(crate) fn outside_replies_take(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.outside_replies)
+    }
+
+    /// Running replica `index`, for tests that call into it directly.
+    #[cfg(test)]
+    pub(crate) fn replica_mut(&mut self, index: usize) -> &mut Replica {
+        self.replicas[index].replica.as_mut().expect("running")
     }
 
     /// Runs the fault phase, then the liveness phase.
@@ -672,6 +695,11 @@ impl Cluster {
                 Destination::Replica(to) => {
                     let to = usize::from(to);
                     (to < replica_count && to != index).then_some(to)
+                }
+                #[cfg(test)]
+                Destination::Client(CLIENT_OUTSIDE) => {
+                    self.outside_replies.push(message.bytes().to_vec());
+                    continue;
                 }
                 Destination::Client(client) => {
                     self.workload.client_index(client).map(|client| replica_count + client)

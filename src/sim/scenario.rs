@@ -10,15 +10,17 @@
 //! scenario: every link heals, every replica restarts, and the cluster must converge with the
 //! checker satisfied.
 
-use crate::constants::{BLOCK_SIZE, SECTOR_SIZE};
-use crate::sim::cluster::{Cluster, ClusterOptions, FaultOptions, LinkDirection};
+use crate::constants::{BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE};
+use crate::sim::cluster::{CLIENT_OUTSIDE, Cluster, ClusterOptions, FaultOptions, LinkDirection};
 use crate::sim::storage::Latency;
-use crate::vsr::header::{Op, ReplicaIndex};
+use crate::vsr::header::{Command, Header, Op, Operation, ReplicaIndex};
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::replica::Replica;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_faulty_wal;
 
 /// Ticks a replica stopped by `stop` stays down unless `restart` brings it back.
 const STOPPED_UNTIL_TICK: u64 = u64::MAX / 2;
@@ -202,4 +204,52 @@ pub(crate) fn grid_block_rot(cluster: &mut Cluster, index: usize, address: u64) 
     let layout = Layout::new(&config(cluster, index));
     let offset = layout.offset(Zone::Grid, address * BLOCK_SIZE as u64);
     cluster.storage_mut(index).corrupt_sector(offset + SECTOR_SIZE as u64);
+}
+
+/// Rots every header in the sector of stopped replica `index`'s WAL header ring that holds
+/// op `op`'s header (one flipped bit in each).
+pub(crate) fn wal_header_sector_rot(cluster: &mut Cluster, index: usize, op: Op) {
+    assert!(cluster.replica(index).is_none(), "replica {index} must be down");
+    let config = config(cluster, index);
+    let slot = op.get() % u64::from(config.journal_slot_count);
+    let sector = slot as usize * HEADER_SIZE / SECTOR_SIZE;
+    let start = Layout::new(&config).zone_offset(Zone::WalHeaders) as usize + sector * SECTOR_SIZE;
+    let bytes = &mut cluster.storage_mut(index).bytes_mut()[start..][..SECTOR_SIZE];
+    for header in bytes.chunks_mut(HEADER_SIZE) {
+        header[17] ^= 0x40;
+    }
+}
+
+/// Sends replica `index` a request of `CLIENT_OUTSIDE` (a client the workload does not know)
+/// that carries commit number `commit`, and steps until it answers or `ticks_max` ticks
+/// passed. Returns the answers (whole messages), without failing if there are none.
+pub(crate) fn request_outside(
+    cluster: &mut Cluster,
+    index: usize,
+    operation: Operation,
+    body: &[u8],
+    commit: Op,
+    ticks_max: u64,
+) -> Vec<Vec<u8>> {
+    let mut header = Header::new(Command::Request, cluster.options().config.cluster);
+    header.size = (HEADER_SIZE + body.len()) as u32;
+    header.client = CLIENT_OUTSIDE;
+    header.request = u32::from(operation != Operation::Register);
+    header.operation = operation as u8;
+    header.commit = commit;
+    header.set_checksum_body(body);
+    header.set_checksum();
+    let mut bytes = zerocopy::IntoBytes::as_bytes(&header).to_vec();
+    bytes.extend_from_slice(body);
+    cluster.outside_replies_take();
+    cluster.message_deliver(index, &bytes);
+    let deadline = cluster.tick() + ticks_max;
+    let mut replies = cluster.outside_replies_take();
+    while replies.is_empty() && cluster.tick() < deadline {
+        if let Err(violation) = cluster.step() {
+            panic!("request_outside: {violation:?}\n{}", states(cluster));
+        }
+        replies = cluster.outside_replies_take();
+    }
+    replies
 }

@@ -471,6 +471,28 @@ impl Replica {
             && self.grid_repair.pending_count() > 0
     }
 
+    /// Queues grid block `address` for repair as the scrubber would (for tests that make a
+    /// replica fetch a block whose own copy is sound). Returns whether it is queued.
+    #[cfg(test)]
+    pub(crate) fn grid_fault_queue_scrub(&mut self, address: u64) -> bool {
+        let block = crate::state_machine::BlockFault { address, checksum: None };
+        self.grid_fault_queue(block, grid_repair::RepairCause::Scrub)
+    }
+
+    /// The start_view this primary would send `replica` now (for tests that deliver it
+    /// late); whatever else it had to send is dropped.
+    #[cfg(test)]
+    pub(crate) fn start_view_take(&mut self, replica: ReplicaIndex) -> Message {
+        self.send_start_view(replica, 0);
+        let mut found = None;
+        while let Some((_, message)) = self.poll_send() {
+            if message.header().command() == Some(Command::StartView) {
+                found = Some(message);
+            }
+        }
+        found.expect("a start_view")
+    }
+
     /// Grid blocks found bad and not yet repaired from a peer.
     pub fn grid_faults_pending(&self) -> usize {
         self.grid_repair.pending_count()

@@ -5,9 +5,10 @@
 use super::*;
 use crate::constants::HEADER_SIZE;
 use crate::sim::cluster::LinkDirection;
-use crate::vsr::header::{Command, Header, View};
+use crate::state_machine::types::{ReadLog, ReadReplyHeader, ResultCode};
+use crate::vsr::header::{Command, Header, Operation, View};
 use crate::vsr::replica::{Status, SuperblockUpdate};
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// A 3-replica cluster under load at tick 300, then R1, a backup, crashes and comes back
 /// with the prepare of an op it acknowledged (above its checkpoint) rotten; `ahead_ticks`
@@ -37,7 +38,11 @@ fn rotten_backup_then_primary_crash(seed: u64, ahead_ticks: u64) -> (Cluster, Op
 
 /// Quiet options for a small WAL (128 slots, a checkpoint every 112 ops) under a steady load
 /// (four clients that do not pause), so that replicas pass checkpoints within a test.
-fn options_checkpointing(seed: u64, replica_count: u8, ticks_faults: u64) -> ClusterOptions {
+pub(super) fn options_checkpointing(
+    seed: u64,
+    replica_count: u8,
+    ticks_faults: u64,
+) -> ClusterOptions {
     let mut options = options_quiet(seed, replica_count);
     options.config.journal_slot_count = 128;
     options.client_count = 4;
@@ -196,10 +201,15 @@ fn backup_kept_down_past_several_checkpoints_catches_up_by_state_sync() {
 
 /// A 3-replica cluster under load until tick 300, then quiet: every replica holds and has
 /// executed the same log. Returns the cluster and that log's head.
-fn cluster_quiet_after_load(seed: u64) -> (Cluster, Op) {
+pub(super) fn cluster_quiet_after_load(seed: u64) -> (Cluster, Op) {
     let mut options = options_quiet(seed, 3);
     options.ticks_faults = 3_000;
     options.ticks_convergence_max = 3_000;
+    cluster_quiet_after(options)
+}
+
+/// `cluster_quiet_after_load` with `options`.
+pub(super) fn cluster_quiet_after(options: ClusterOptions) -> (Cluster, Op) {
     let mut cluster = cluster_new(options);
     run_to_tick(&mut cluster, 300);
     quiesce(&mut cluster, 300);
@@ -435,4 +445,142 @@ fn three_replicas_commit_and_every_backup_applies_the_same_ops() {
             assert_eq!(super::replica(&cluster, index).prepare_header(op), held, "op {op}");
         }
     }
+}
+
+/// The read_log of the log's first event (grid block 0 holds it once sealed), as bytes.
+fn read_log_first() -> Vec<u8> {
+    let read = ReadLog { position_from: 0, count_max: 1, reserved: 0 };
+    read.as_bytes().to_vec()
+}
+
+/// The single answer in `replies`: its header and its read-reply head.
+fn read_reply(replies: &[Vec<u8>]) -> (Header, ReadReplyHeader) {
+    assert_eq!(replies.len(), 1, "one answer");
+    let header = Header::decode(&replies[0]).expect("a valid answer");
+    let body = &replies[0][HEADER_SIZE..header.size as usize];
+    (header, ReadReplyHeader::read_from_prefix(body).expect("a read reply").0)
+}
+
+#[test]
+fn backup_redirects_a_write_to_the_primary() {
+    // Goal: a client that writes to a backup is told the view, hence the primary: R0 is cut
+    // off, R1 leads view 1, and a register sent to R2 is answered with a pong of view 1.
+    let mut cluster = cluster_new(options_quiet(181, 3));
+    run_to_tick(&mut cluster, 100);
+    partition(&mut cluster, 0, LinkDirection::Both);
+    run_until(&mut cluster, "view 1 on R2", 1_000, |cluster| {
+        let replica = super::replica(cluster, 2);
+        replica.view() == View(1) && replica.status() == Status::Normal
+    });
+    let replies = request_outside(&mut cluster, 2, Operation::Register, &[], Op(0), 0);
+    assert_eq!(replies.len(), 1);
+    let header = Header::decode(&replies[0]).expect("a valid pong");
+    assert_eq!(header.command(), Some(Command::PongClient));
+    assert_eq!((header.view, header.view.primary(3)), (View(1), ReplicaIndex(1)));
+    heal(&mut cluster);
+    cluster.run().unwrap();
+}
+
+#[test]
+fn backup_serves_reads_once_it_has_the_clients_commit() {
+    // Goal: reads go to any replica; a read carrying a commit number the backup has not
+    // executed yet is not answered from stale state (R1 hears nothing from R0 while R0
+    // commits with R2), and once the backup caught up it is, as the primary answers it.
+    let (mut cluster, head) = cluster_quiet_after_load(182);
+    link_cut(&mut cluster, 0, 1);
+    clients_resume(&mut cluster);
+    run_until(&mut cluster, "R0 commits past the head", 300, |cluster| {
+        super::replica(cluster, 0).commit_min() > head + 3
+    });
+    clients_pause(&mut cluster);
+    run_until(&mut cluster, "R0 executed all it prepared", 100, |cluster| {
+        let primary = super::replica(cluster, 0);
+        primary.op() == primary.commit_min()
+    });
+    let commit = super::replica(&cluster, 0).commit_min();
+    assert!(super::replica(&cluster, 1).commit_min() < commit, "{}", states(&cluster));
+    let dropped = super::replica(&cluster, 1).metrics().requests_dropped;
+    let replies =
+        request_outside(&mut cluster, 1, Operation::ReadLog, &read_log_first(), commit, 20);
+    assert!(replies.is_empty(), "a stale backup answered");
+    assert_eq!(super::replica(&cluster, 1).metrics().requests_dropped, dropped + 1);
+    heal(&mut cluster);
+    run_until(&mut cluster, "R1 catches up", 300, |cluster| {
+        super::replica(cluster, 1).commit_min() >= commit
+    });
+    let backup =
+        request_outside(&mut cluster, 1, Operation::ReadLog, &read_log_first(), commit, 20);
+    let primary =
+        request_outside(&mut cluster, 0, Operation::ReadLog, &read_log_first(), commit, 20);
+    let (header, read) = read_reply(&backup);
+    assert_eq!((header.replica, read.result), (ReplicaIndex(1), ResultCode::Ok as u32));
+    assert_eq!(read.event_count, 1);
+    assert_eq!(read_reply(&primary).1.as_bytes(), read.as_bytes(), "as the primary answers");
+    clients_resume(&mut cluster);
+    cluster.run().unwrap();
+}
+
+#[test]
+fn rotten_event_block_is_repaired_from_a_peer_after_a_read_finds_it() {
+    // Goal: a read that meets a rotten event block answers block_corrupt (never wrong
+    // events, and retryable), and the replica fetches the block from a peer: the retry
+    // returns the event, as the primary does (the clients paused, nothing else reads).
+    let (mut cluster, _) = cluster_checkpointed(143, 1);
+    quiesce(&mut cluster, 1_000);
+    grid_block_rot(&mut cluster, 1, 0);
+    let replies =
+        request_outside(&mut cluster, 1, Operation::ReadLog, &read_log_first(), Op(0), 50);
+    let (_, read) = read_reply(&replies);
+    assert_eq!((read.result, read.event_count), (ResultCode::BlockCorrupt as u32, 0));
+    run_until(&mut cluster, "R1 repairs the block", 500, |cluster| {
+        super::replica(cluster, 1).grid_faults_pending() == 0
+    });
+    let replies =
+        request_outside(&mut cluster, 1, Operation::ReadLog, &read_log_first(), Op(0), 50);
+    let primary =
+        request_outside(&mut cluster, 0, Operation::ReadLog, &read_log_first(), Op(0), 50);
+    let (_, read) = read_reply(&replies);
+    assert_eq!((read.result, read.event_count), (ResultCode::Ok as u32, 1));
+    assert_eq!(replies[0][HEADER_SIZE..], primary[0][HEADER_SIZE..], "as the primary reads");
+    let metrics = super::replica(&cluster, 1).metrics();
+    assert_eq!((metrics.grid_blocks_repaired_read, metrics.grid_blocks_repaired_scrub), (1, 0));
+    clients_resume(&mut cluster);
+    cluster.run().unwrap();
+}
+
+/// The bytes of grid blocks `[0, blocks)` of replica `index`.
+fn grid_bytes(cluster: &mut Cluster, index: usize, blocks: u64) -> Vec<u8> {
+    let config = *super::replica(cluster, index).config();
+    let start = Layout::new(&config).zone_offset(Zone::Grid) as usize;
+    let size = blocks as usize * crate::constants::BLOCK_SIZE;
+    cluster.storage_mut(index).bytes()[start..start + size].to_vec()
+}
+
+#[test]
+fn repairing_a_sound_block_from_a_rotten_peer_copy_never_damages_it() {
+    // Goal: a block queued for repair although its own copy is sound (a scrub that raced a
+    // repair write, a fault found twice) is never overwritten with a peer's rotten copy:
+    // a fetched block is written only once the whole of it checks. R2 is down and R1's copy
+    // of block 0 has rotted, so if R0 took R1's chunks as they came, no sound copy would be
+    // left to repair either from.
+    let (mut cluster, table) = cluster_checkpointed(144, 0);
+    quiesce(&mut cluster, 1_000);
+    let blocks = table + 1;
+    let sound = grid_bytes(&mut cluster, 0, blocks);
+    stop(&mut cluster, 2);
+    grid_block_rot(&mut cluster, 1, 0);
+    assert!(cluster.replica_mut(0).grid_fault_queue_scrub(0));
+    // Eight passes of R1's scrubber over its grid (and the repairs after it).
+    let grid_head = super::replica(&cluster, 1).checkpoint_state().grid_head;
+    let ticks = 8 * grid_head * crate::constants::GRID_SCRUB_BLOCK_TICKS;
+    run_until(&mut cluster, "R1's scrubber finds block 0, and both repair", ticks, |cluster| {
+        let found = super::replica(cluster, 1).metrics().grid_blocks_repaired_scrub > 0;
+        found && (0..2).all(|index| super::replica(cluster, index).grid_faults_pending() == 0)
+    });
+    assert!(grid_bytes(&mut cluster, 0, blocks) == sound, "R0's sound block was overwritten");
+    assert!(grid_bytes(&mut cluster, 1, blocks) == sound, "R1's rotten block was not repaired");
+    let refused = super::replica(&cluster, 0).metrics().grid_repair_blocks_refused;
+    assert!(refused > 0, "R0 never met R1's rotten copy");
+    clients_resume(&mut cluster);
+    cluster.run().unwrap();
 }
