@@ -182,6 +182,8 @@ fn an_old_start_view_never_makes_a_faulty_backup_sound_below_what_it_acknowledge
     run_until_open(&mut cluster, 1, 300);
     r1_faulty(&cluster);
     cluster.message_deliver(1, &old_start_view);
+    let tick = cluster.tick() + 50;
+    run_to_tick(&mut cluster, tick);
     r1_faulty(&cluster);
     assert_eq!(replica(&cluster, 1).metrics().start_views_below_acknowledged, 0);
     crash_restart(&mut cluster, 1, 1);
