@@ -5,8 +5,9 @@
 //! outside `src/io` or without a `// SAFETY:` line, a test that does not state its goal in its
 //! first comment, leftover debugging macros and markers, and imports or calls a layer
 //! must not make (no clock, OS randomness, `HashMap`, `Box::new` or driver in the deterministic
-//! core; no simulator in the driver). The scan is line-based: it relies on rustfmt's layout
-//! (a function's closing brace at the indentation of its `fn`).
+//! core; no simulator in the driver). It also checks that `docs/data-file.md` carries the
+//! command table the typed header views render. The scan is line-based: it relies on rustfmt's
+//! layout (a function's closing brace at the indentation of its `fn`).
 
 use std::fs;
 use std::path::Path;
@@ -281,4 +282,19 @@ fn tidy_finds_what_it_checks() {
     let mut found = Vec::new();
     file_breaches(&no_doc, &mut found);
     assert_eq!(found.len(), 1, "{found:?}");
+}
+
+#[test]
+fn the_data_file_doc_carries_the_command_table_the_views_render() {
+    // Goal: docs/data-file.md's table of commands and their fields is the one the typed header
+    // views render, so the doc cannot drift from the code (it did: three rows disagreed). Here
+    // with the other checks that read the repository's files, not in src/vsr, which does no
+    // I/O.
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/data-file.md"))
+        .expect("docs/data-file.md");
+    let table = crate::vsr::header::views::views_doc();
+    assert!(
+        doc.contains(&table),
+        "docs/data-file.md lacks the command table the views render; put this in it:\n{table}"
+    );
 }

@@ -1575,19 +1575,6 @@ fn the_views_use_the_fields_the_command_table_lists() {
 }
 
 #[test]
-fn the_data_file_doc_carries_the_command_table_the_views_render() {
-    // Goal: docs/data-file.md's table of commands and their fields is the one the typed views
-    // render, so the doc cannot drift from the code (it did: three rows disagreed).
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/data-file.md"))
-        .expect("docs/data-file.md");
-    let table = views::views_doc();
-    assert!(
-        doc.contains(&table),
-        "docs/data-file.md lacks the command table the views render; put this in it:\n{table}"
-    );
-}
-
-#[test]
 fn a_view_reads_and_writes_its_fields_under_their_meaning() {
     // Goal: a view's setters write the generic field it names, its getters read it back, and a
     // context too large for the view's type reads as the type's maximum, not as its low bits.

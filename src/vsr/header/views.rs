@@ -6,7 +6,7 @@
 //!
 //! The views are the single source of which fields a command uses: `Header::invalid()` requires
 //! every other field to be zero (`used_fields`), and `docs/data-file.md` carries the table that
-//! `views_doc()` renders (a test compares the two).
+//! `views_doc()` renders (`src/tidy.rs` compares the two).
 //!
 //! A view borrows the header (`Prepare::of(&header)`) or borrows it mutably
 //! (`Prepare::of(&mut header)`, then `set_*`), and checks the command once, when it is made.
