@@ -252,13 +252,17 @@ fn load(
     progress(options.events, &done, &failed, start, &threads);
     let mut latencies_us = Vec::new();
     let mut requests = 0;
+    // The run ends at the last client's last reply, not when the progress loop (which sleeps
+    // between reports) notices it: that would add up to one report interval to every run.
+    let mut finished = start;
     for thread in threads {
         let result = thread.join().map_err(|_| "a client thread panicked".to_string())?;
-        let worker_latencies = result?;
+        let (worker_latencies, worker_finished) = result?;
         requests += worker_latencies.len() as u64;
         latencies_us.extend(worker_latencies);
+        finished = finished.max(worker_finished);
     }
-    let elapsed = start.elapsed();
+    let elapsed = finished - start;
     latencies_us.sort_unstable();
     let results = Results {
         events: options.events,
@@ -277,7 +281,7 @@ fn progress(
     done: &AtomicU64,
     failed: &AtomicBool,
     start: Instant,
-    threads: &[std::thread::JoinHandle<Result<Vec<u64>, String>>],
+    threads: &[std::thread::JoinHandle<WorkerResult>],
 ) {
     while !threads.iter().all(|thread| thread.is_finished()) {
         std::thread::sleep(Duration::from_millis(250));
@@ -353,6 +357,9 @@ fn create_streams(
     Ok(())
 }
 
+/// A client's request latencies (µs) and when its last reply came, or why it stopped.
+type WorkerResult = Result<(Vec<u64>, Instant), String>;
+
 struct Worker {
     index: usize,
     events: u64,
@@ -365,8 +372,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self) -> Result<Vec<u64>, String> {
-        let result = self.run_inner();
+    /// Runs this client's share; returns its request latencies and when its last reply came.
+    fn run(self) -> WorkerResult {
+        let result = self.run_inner().map(|latencies_us| (latencies_us, Instant::now()));
         if result.is_err() {
             self.failed.store(true, Ordering::Relaxed);
         }
