@@ -67,6 +67,9 @@ pub enum Operation {
     Write { fd: RawFd, request: IoRequest, buffer: Message, durable: bool },
     /// `fdatasync` (`data_only`) or `fsync` of the file.
     Sync { fd: RawFd, token: IoToken, data_only: bool },
+    /// `fdatasync` of the file for a storage request of kind `Sync`, whose buffer rides along
+    /// untouched so that the completion hands it back like any other.
+    Flush { fd: RawFd, request: IoRequest, buffer: Message },
     /// Accepts one connection on the listening socket `fd`; the result is the new descriptor
     /// (opened with `SOCK_CLOEXEC`).
     Accept { fd: RawFd },
@@ -86,7 +89,10 @@ impl Operation {
     /// Whether the message bus owns this operation (the storage owns the rest).
     pub fn is_network(&self) -> bool {
         match self {
-            Operation::Read { .. } | Operation::Write { .. } | Operation::Sync { .. } => false,
+            Operation::Read { .. }
+            | Operation::Write { .. }
+            | Operation::Sync { .. }
+            | Operation::Flush { .. } => false,
             Operation::Accept { .. }
             | Operation::Connect { .. }
             | Operation::Receive { .. }
@@ -454,6 +460,11 @@ fn operation_assert_valid(operation: &Operation) {
             let is_read = matches!(operation, Operation::Read { .. });
             assert_eq!(is_read, request.kind == crate::vsr::storage::IoKind::Read);
         }
+        Operation::Flush { fd, request, buffer } => {
+            assert!(*fd >= 0);
+            request.assert_valid(buffer);
+            assert_eq!(request.kind, crate::vsr::storage::IoKind::Sync);
+        }
         Operation::Receive { fd, buffer, offset, length, .. }
         | Operation::Send { fd, buffer, offset, length, .. } => {
             assert!(*fd >= 0);
@@ -505,6 +516,9 @@ fn slot_entry(slot: &mut Slot) -> squeue::Entry {
                 if *data_only { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
             opcode::Fsync::new(types::Fd(*fd)).flags(flags).build()
         }
+        Operation::Flush { fd, .. } => {
+            opcode::Fsync::new(types::Fd(*fd)).flags(types::FsyncFlags::DATASYNC).build()
+        }
         operation => network_entry(operation, transferred_bytes),
     }
 }
@@ -535,7 +549,10 @@ fn network_entry(operation: &mut Operation, transferred_bytes: usize) -> squeue:
                 .build()
         }
         Operation::Close { fd, .. } => opcode::Close::new(types::Fd(*fd)).build(),
-        Operation::Read { .. } | Operation::Write { .. } | Operation::Sync { .. } => {
+        Operation::Read { .. }
+        | Operation::Write { .. }
+        | Operation::Sync { .. }
+        | Operation::Flush { .. } => {
             unreachable!("disk operations are built by slot_entry")
         }
     }
@@ -560,7 +577,9 @@ fn slot_progress(slot: &mut Slot, result: i32) -> Progress {
         Operation::Read { request, .. } => (true, request.length),
         Operation::Write { request, .. } => (false, request.length),
         Operation::Send { length, .. } => (false, *length),
-        Operation::Sync { .. } | Operation::Connect { .. } => return Progress::Finished(Ok(0)),
+        Operation::Sync { .. } | Operation::Flush { .. } | Operation::Connect { .. } => {
+            return Progress::Finished(Ok(0));
+        }
         Operation::Accept { .. } | Operation::Receive { .. } => {
             return Progress::Finished(Ok(result as usize));
         }

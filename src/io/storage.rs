@@ -1,10 +1,11 @@
 //! `IoStorage`: the `vsr::storage::Storage` interface over the io_uring loop, for one data file
 //! opened with `O_DIRECT`.
 //!
-//! With `durable_writes`, every write carries `RWF_DSYNC`: this disk has no FUA, so the kernel
+//! With `durable_writes`, every `Write` carries `RWF_DSYNC` (a `WriteCached` never does; a `Sync`
+//! is an `fdatasync` through the ring): this disk has no FUA, so the kernel
 //! follows the write with a cache flush and completes it only once both are done, without the
-//! io-wq hop an `Fsync` entry costs. The replica runs this way, so a write completion means the
-//! bytes are durable. `kimberlite format` writes without it and calls `fsync` once at the end.
+//! io-wq hop an `Fsync` entry costs. The replica runs this way, so a `Write` completion means
+//! its bytes are durable. `kimberlite format` writes without it and calls `fsync` once at the end.
 //!
 //! `IoStorage` owns the process's one ring and lends it (`io`) to the message bus. Alone (format,
 //! inspect, opening the replica) it is driven through `Storage::poll`; beside the bus, the
@@ -59,11 +60,12 @@ impl IoStorage {
         let (request, buffer) = match completed.operation {
             Operation::Read { request, buffer, .. } => (request, buffer),
             Operation::Write { request, buffer, .. } => (request, buffer),
+            Operation::Flush { request, buffer, .. } => (request, buffer),
             Operation::Sync { .. } => panic!("a sync completion outside IoStorage::sync"),
             operation => panic!("a network completion routed to storage: {operation:?}"),
         };
         let result = completed.result.map(|length| assert_eq!(length, request.length));
-        if request.kind == IoKind::Write && result.is_ok() {
+        if request.kind.is_write() && result.is_ok() {
             self.written_bytes += request.length as u64;
         }
         self.in_flight -= 1;
@@ -96,6 +98,8 @@ impl Storage for IoStorage {
         let operation = match request.kind {
             IoKind::Read => Operation::Read { fd, request, buffer },
             IoKind::Write => Operation::Write { fd, request, buffer, durable: self.durable_writes },
+            IoKind::WriteCached => Operation::Write { fd, request, buffer, durable: false },
+            IoKind::Sync => Operation::Flush { fd, request, buffer },
         };
         self.io.submit(operation);
         self.in_flight += 1;

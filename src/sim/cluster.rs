@@ -26,7 +26,7 @@ use crate::constants::{BLOCK_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES, SUPERBLOCK_CO
 use crate::sim::checker::{Checker, Violation};
 use crate::sim::mutation::{Mutation, mutate};
 use crate::sim::network::{DropReason, Network, NetworkOptions, NodeIndex, Packet};
-use crate::sim::storage::{Latency, MemoryStorage};
+use crate::sim::storage::{CacheMetrics, Latency, MemoryStorage};
 use crate::sim::trace::{Event, Trace};
 use crate::sim::workload::{ReplyRecord, Workload, WorkloadMetrics, WorkloadOptions};
 use crate::state_machine::grid_block_invalid;
@@ -39,7 +39,7 @@ use crate::vsr::header::{Command, Op, ReplicaIndex, View};
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::message_pool::{Message, MessagePool, messages_max_replica};
 use crate::vsr::replica::{Destination, Metrics, Replica, Status};
-use crate::vsr::storage::{Completion, IoKind, Storage};
+use crate::vsr::storage::{Completion, Storage};
 use crate::vsr::superblock::SuperBlockHeader;
 use zerocopy::IntoBytes;
 
@@ -53,6 +53,9 @@ const COMPLETION_ROUNDS_MAX: usize = 64;
 const COMPLETIONS_MAX: usize = 256;
 /// Ticks between checks of which damaged grid blocks were repaired.
 const GRID_FAULTS_PRUNE_TICKS: u64 = 64;
+
+/// The volatile write cache of each simulated disk: a few grid blocks' worth.
+const DISK_CACHE_SIZE: usize = 8 * BLOCK_SIZE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultOptions {
@@ -543,6 +546,9 @@ fn replica_node(options: &ClusterOptions, replica: ReplicaIndex) -> ReplicaNode 
     let seed = seed_derive(options.seed, 100 + u64::from(replica.get()));
     storage.shuffle_completions(seed);
     storage.set_latency(options.storage_latency, seed_derive(seed, 1));
+    // A volatile write cache that holds several grid blocks and every session's reply: what
+    // was written cached and not yet synced may be lost at a crash.
+    storage.cache_model(DISK_CACHE_SIZE);
     let pool = MessagePool::new(messages_max_replica(), config.message_size_max as usize);
     ReplicaNode {
         config,
@@ -652,7 +658,7 @@ impl Cluster {
             let replica = node.replica.as_mut().expect("a crashed replica has no I/O in flight");
             for completion in self.completions.drain(..) {
                 let request = completion.request;
-                let kind = u64::from(request.kind == IoKind::Write);
+                let kind = u64::from(request.kind.is_write());
                 let fields = [tick, index as u64, request.offset, request.length as u64, kind];
                 self.trace.record(Event::Completion, &fields);
                 let armed = replica.status().is_open();
@@ -1399,6 +1405,7 @@ impl Cluster {
             trace_events: self.trace.event_count(),
             replica_metrics: self.replica_metrics(),
             cluster_metrics: self.metrics,
+            disk_cache_metrics: self.disk_cache_metrics(),
             workload_metrics: workload,
             replies_late: network.late,
             client_reply_duplicate_dropped: workload.client_reply_duplicate_dropped,
@@ -1407,6 +1414,15 @@ impl Cluster {
             reads_checked: workload.reads_checked,
             read_events_checked: workload.read_events_checked,
         }
+    }
+
+    /// What the disks' cache models saw, summed over the replicas.
+    pub fn disk_cache_metrics(&self) -> CacheMetrics {
+        let mut metrics = CacheMetrics::default();
+        for node in &self.replicas {
+            metrics.add(&node.storage.cache_metrics());
+        }
+        metrics
     }
 
     /// The metrics of every replica the run started, summed.
@@ -1442,6 +1458,8 @@ pub struct Summary {
     /// Summed over every replica the run started, crashed ones included.
     pub replica_metrics: Metrics,
     pub cluster_metrics: ClusterMetrics,
+    /// Cached writes synced, written back, and lost or kept at crashes, over every disk.
+    pub disk_cache_metrics: CacheMetrics,
     pub workload_metrics: WorkloadMetrics,
     /// Late duplicates of messages to clients (`reply_late_per_mille`).
     pub replies_late: u64,
@@ -1580,8 +1598,8 @@ mod tests {
         while cluster.tick() < 100 {
             cluster.step().unwrap();
         }
-        cluster.crash(2, false, 3_800);
-        while cluster.tick() < 3_800 {
+        cluster.crash(2, false, 4_300);
+        while cluster.tick() < 4_300 {
             cluster.step().unwrap();
         }
         let behind = cluster.checker().acknowledged_op_max();

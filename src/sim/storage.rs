@@ -1,5 +1,6 @@
 //! An in-memory data file with the faults of a real disk: crashes that lose or tear writes in
-//! flight, sectors that rot, and slow-disk spells in which nothing completes. It implements
+//! flight, crashes that lose completed cached writes no flush has covered yet (`cache_model`),
+//! sectors that rot, and slow-disk spells in which nothing completes. It implements
 //! `Storage` for unit tests and the simulator; completions come back in submission order, or in a
 //! shuffled order when a seed is given.
 //!
@@ -38,6 +39,48 @@ struct Pending {
     buffer: Message,
     /// The tick from which the request may complete.
     due_tick: u64,
+    /// A `Sync`: cached writes whose sequence is below this had completed when it was
+    /// submitted, so it covers them.
+    flush_sequence: u64,
+}
+
+/// A completed `WriteCached` that no flush has covered yet: a crash may lose it.
+struct CachedWrite {
+    offset: u64,
+    length: usize,
+    sequence: u64,
+    /// Where in `CacheModel::before` the bytes it overwrote are kept.
+    before_start: usize,
+}
+
+/// The disk's volatile write cache: completed cached writes not yet flushed, with the bytes
+/// each overwrote, kept in a ring of bytes allocated once (the simulator counts a replica's
+/// allocations, its disk's included). When the ring has no room for the next write, the
+/// oldest writes are taken as written back to the media, as a real cache eventually does.
+struct CacheModel {
+    writes: VecDeque<CachedWrite>,
+    before: Vec<u8>,
+    /// Where the next write's before-image goes, unless it must wrap to the start.
+    before_next: usize,
+    sequence_next: u64,
+    /// At a crash: sectors already settled at a version newer than the write being undone.
+    settled: Vec<u64>,
+    metrics: CacheMetrics,
+}
+
+crate::vsr::counters::counters! {
+/// What the cache model saw, for a campaign's coverage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheMetrics {
+    /// Cached writes a flush made durable.
+    pub writes_flushed: u64,
+    /// Cached writes taken as written back because the model's cache ran out of room.
+    pub writes_written_back: u64,
+    /// Sectors of cached writes a crash lost (they went back to what they held before).
+    pub sectors_lost: u64,
+    /// Sectors of cached writes that survived a crash unflushed.
+    pub sectors_kept: u64,
+}
 }
 
 struct Timing {
@@ -53,6 +96,8 @@ pub struct MemoryStorage {
     tick: u64,
     /// A slow-disk spell: nothing completes before this tick.
     stalled_until_tick: u64,
+    /// Without it, a cached write is durable once it completes.
+    cache: Option<CacheModel>,
 }
 
 impl MemoryStorage {
@@ -68,6 +113,114 @@ impl MemoryStorage {
             timing: None,
             tick: 0,
             stalled_until_tick: 0,
+            cache: None,
+        }
+    }
+
+    /// From now on, completed cached writes stay in a volatile cache that a crash may lose,
+    /// until a `Sync` submitted after them completes. The cache holds `size` bytes of writes
+    /// (each at most that large).
+    pub fn cache_model(&mut self, size: usize) {
+        assert!(size > 0);
+        assert!(size.is_multiple_of(SECTOR_SIZE));
+        let sectors = size / SECTOR_SIZE;
+        self.cache = Some(CacheModel {
+            writes: VecDeque::with_capacity(sectors),
+            before: vec![0; size],
+            before_next: 0,
+            sequence_next: 0,
+            settled: Vec::with_capacity(sectors),
+            metrics: CacheMetrics::default(),
+        });
+    }
+
+    pub fn cache_metrics(&self) -> CacheMetrics {
+        self.cache.as_ref().map(|cache| cache.metrics).unwrap_or_default()
+    }
+
+    /// Cached writes a crash could lose now.
+    pub fn cached_unflushed(&self) -> usize {
+        self.cache.as_ref().map_or(0, |cache| cache.writes.len())
+    }
+
+    /// A cached write completed: keep what it overwrites until a flush covers it.
+    fn cache_write(&mut self, request: &IoRequest) {
+        let Some(cache) = &mut self.cache else { return };
+        let length = request.length;
+        assert!(length <= cache.before.len(), "a cached write larger than the model's cache");
+        let before_start =
+            if cache.before_next + length <= cache.before.len() { cache.before_next } else { 0 };
+        let overlaps = |write: &CachedWrite| {
+            write.before_start < before_start + length
+                && before_start < write.before_start + write.length
+        };
+        // Oldest first (written back, which a real cache may do at any time) until none is in
+        // the way: writes take the ring in order, so those in the way are among the oldest.
+        while cache.writes.iter().any(overlaps) {
+            cache.writes.pop_front().expect("a write in the way");
+            cache.metrics.writes_written_back += 1;
+        }
+        cache.before_next = before_start + length;
+        let start = request.offset as usize;
+        cache.before[before_start..][..length].copy_from_slice(&self.data[start..start + length]);
+        let sequence = cache.sequence_next;
+        cache.sequence_next += 1;
+        cache.writes.push_back(CachedWrite {
+            offset: request.offset,
+            length: request.length,
+            sequence,
+            before_start,
+        });
+    }
+
+    /// A `Sync` submitted when the cache's sequence was `flush_sequence` completed: every
+    /// cached write that had completed by then is on the media.
+    fn cache_flush(&mut self, flush_sequence: u64) {
+        let Some(cache) = &mut self.cache else { return };
+        while cache.writes.front().is_some_and(|write| write.sequence < flush_sequence) {
+            cache.writes.pop_front().expect("checked");
+            cache.metrics.writes_flushed += 1;
+        }
+    }
+
+    fn cache_assert_disjoint(&self, request: &IoRequest) {
+        let Some(cache) = &self.cache else { return };
+        let end = request.offset + request.length as u64;
+        for write in &cache.writes {
+            let write_end = write.offset + write.length as u64;
+            assert!(
+                write_end <= request.offset || end <= write.offset,
+                "a durable write over an unflushed cached write ({:?})",
+                request.zone
+            );
+        }
+    }
+
+    /// A power failure's effect on the cache: each sector of the unflushed cached writes ends
+    /// with one of the versions written to it since the last flush, or with what it held before
+    /// them, as `prng` picks (without a PRNG every unflushed write is lost). Called before the
+    /// writes in flight land, which are newer.
+    fn cache_crash(&mut self, mut prng: Option<&mut Prng>) {
+        let Some(cache) = &mut self.cache else { return };
+        // Newest first: a sector kept at a version stops there; one lost goes back to the
+        // version before, which an older write may in turn keep or lose.
+        cache.settled.clear();
+        while let Some(write) = cache.writes.pop_back() {
+            for sector in 0..write.length / SECTOR_SIZE {
+                let start = write.offset + (sector * SECTOR_SIZE) as u64;
+                if cache.settled.contains(&start) {
+                    continue;
+                }
+                if prng.as_mut().is_some_and(|prng| prng.chance(1, 2)) {
+                    cache.settled.push(start);
+                    cache.metrics.sectors_kept += 1;
+                    continue;
+                }
+                let before = write.before_start + sector * SECTOR_SIZE;
+                self.data[start as usize..][..SECTOR_SIZE]
+                    .copy_from_slice(&cache.before[before..][..SECTOR_SIZE]);
+                cache.metrics.sectors_lost += 1;
+            }
         }
     }
 
@@ -125,15 +278,17 @@ impl MemoryStorage {
     /// Loses every request in flight, as a power failure would: pending writes never reach
     /// the disk and their buffers are released.
     pub fn crash(&mut self) {
+        self.cache_crash(None);
         self.pending.clear();
     }
 
     /// Like `crash`, but each pending write first lands partially: only its first
     /// `sectors_written` sectors reach the disk (a torn write).
     pub fn crash_tearing_writes(&mut self, sectors_written: usize) {
+        self.cache_crash(None);
         for pending in self.pending.drain(..) {
             let request = pending.request;
-            if request.kind == IoKind::Write {
+            if request.kind.is_write() {
                 let length = request.length.min(sectors_written * SECTOR_SIZE);
                 let start = request.offset as usize;
                 let source = &pending.buffer.buffer()[request.buffer_offset..][..length];
@@ -146,10 +301,11 @@ impl MemoryStorage {
     /// not, with the chances chosen by `prng`: writes are lost, land whole, or tear anywhere.
     /// Returns the number of sectors that landed.
     pub fn crash_tearing_writes_randomly(&mut self, prng: &mut Prng) -> usize {
+        self.cache_crash(Some(prng));
         let mut sectors_landed = 0;
         for pending in self.pending.drain(..) {
             let request = pending.request;
-            if request.kind != IoKind::Write {
+            if !request.kind.is_write() {
                 continue;
             }
             // Per write: how likely each of its sectors is to have reached the disk.
@@ -179,16 +335,26 @@ impl MemoryStorage {
         self.data[offset as usize + 100] ^= 0x40;
     }
 
-    fn complete(&mut self, request: IoRequest, mut buffer: Message) -> Completion {
+    fn complete(&mut self, pending: Pending) -> Completion {
+        let Pending { request, mut buffer, flush_sequence, .. } = pending;
         let start = request.offset as usize;
         let result = if start + request.length > self.data.len() {
             Err(IoError::EndOfFile)
         } else {
             match request.kind {
-                IoKind::Write => {
+                IoKind::Write | IoKind::WriteCached => {
+                    if request.kind == IoKind::WriteCached {
+                        self.cache_write(&request);
+                    } else {
+                        // A crash puts back what an unflushed cached write overwrote: under a
+                        // durable write of the same sectors that would undo the durable one.
+                        // The data file keeps the two kinds in separate zones.
+                        self.cache_assert_disjoint(&request);
+                    }
                     let source = &buffer.buffer()[request.buffer_offset..][..request.length];
                     self.data[start..start + request.length].copy_from_slice(source);
                 }
+                IoKind::Sync => self.cache_flush(flush_sequence),
                 IoKind::Read => {
                     let target = &mut buffer.buffer_mut_unique()[request.buffer_offset..];
                     target[..request.length]
@@ -230,7 +396,9 @@ impl Storage for MemoryStorage {
             Some(timing) => timing.latency.sample(&mut timing.prng),
             None => 0,
         };
-        self.pending.push_back(Pending { request, buffer, due_tick: self.tick + delay });
+        let flush_sequence = self.cache.as_ref().map_or(0, |cache| cache.sequence_next);
+        let due_tick = self.tick + delay;
+        self.pending.push_back(Pending { request, buffer, due_tick, flush_sequence });
     }
 
     fn poll(&mut self, completions: &mut Vec<Completion>, completions_max: usize) {
@@ -240,7 +408,7 @@ impl Storage for MemoryStorage {
                 break;
             };
             let pending = self.pending.remove(index).expect("index in range");
-            completions.push(self.complete(pending.request, pending.buffer));
+            completions.push(self.complete(pending));
             count += 1;
         }
     }

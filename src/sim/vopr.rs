@@ -289,9 +289,10 @@ pub fn summary_describe(summary: &Summary) -> String {
 /// them (`scripts/vopr.sh`) and a path it never reached shows as 0.
 pub fn coverage_describe(summary: &Summary) -> String {
     let mut text = String::new();
-    let groups: [(&str, &[(&str, u64)]); 3] = [
+    let groups: [(&str, &[(&str, u64)]); 4] = [
         ("replica", &summary.replica_metrics.counters()),
         ("cluster", &summary.cluster_metrics.counters()),
+        ("disk_cache", &summary.disk_cache_metrics.counters()),
         ("workload", &summary.workload_metrics.counters()),
     ];
     for (group, counters) in groups {

@@ -743,7 +743,9 @@ impl StateMachine {
         let slot = self.writes.iter().position(Option::is_none).expect("a write slot per buffer");
         let request = IoRequest {
             token: token(TokenKind::Write, slot),
-            kind: IoKind::Write,
+            // Only a checkpoint makes the block reachable after a restart, and the superblock
+            // update that records it syncs first; lost before that, replay writes it again.
+            kind: IoKind::WriteCached,
             zone: Zone::Grid,
             offset: self.block_offset(address),
             length: BLOCK_SIZE,

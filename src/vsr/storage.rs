@@ -38,7 +38,23 @@ pub struct IoToken {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoKind {
     Read,
+    /// A durable write: once it completes, its own bytes are on stable media (`RWF_DSYNC`). It
+    /// says nothing of other writes: on a disk with FUA it flushes no cache.
     Write,
+    /// A write whose completion says only that the disk has the bytes, perhaps in its volatile
+    /// cache: a crash may lose it (its sectors keep what they held) until a `Sync` submitted
+    /// after it completed has completed. For what only a later superblock makes reachable:
+    /// grid blocks and client replies, which the superblock update's `Sync` covers.
+    WriteCached,
+    /// Makes every write that completed before it was submitted durable (`fdatasync`). Its
+    /// zone, offset and length name nothing (zero length); its buffer comes back untouched.
+    Sync,
+}
+
+impl IoKind {
+    pub fn is_write(self) -> bool {
+        matches!(self, IoKind::Write | IoKind::WriteCached)
+    }
 }
 
 /// One disk operation. `offset` is absolute within the data file; `offset` and `length` are
@@ -56,6 +72,11 @@ pub struct IoRequest {
 
 impl IoRequest {
     pub fn assert_valid(&self, buffer: &Message) {
+        if self.kind == IoKind::Sync {
+            assert_eq!(self.length, 0);
+            assert_eq!(self.buffer_offset, 0);
+            return;
+        }
         assert!(self.length > 0);
         assert_eq!(self.length % SECTOR_SIZE, 0);
         assert_eq!(self.offset % SECTOR_SIZE as u64, 0);

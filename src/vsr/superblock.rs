@@ -6,11 +6,14 @@
 //! parent chains and VSR state that goes backwards are errors, never silently resolved. Copies
 //! that differ from the chosen one are then rewritten, and the open finishes once they are.
 //!
-//! **Update** writes the next superblock (sequence + 1, `parent` = the working checksum) to the
-//! copies one after another, reads all of them back, and rewrites those that do not read back
-//! identical; it succeeds once `SUPERBLOCK_QUORUM_VERIFY` copies match. Since the verify quorum
-//! plus the open quorum exceed the copy count, an open after any crash sees the newest update
-//! that completed, or the one in flight if it reached an open quorum, never a mix.
+//! **Update** first syncs the data file (`IoKind::Sync`): the grid blocks and client replies
+//! the new superblock may make reachable were written cached, and must be on the media before
+//! anything points at them. It then writes the next superblock (sequence + 1, `parent` = the
+//! working checksum) to the copies one after another, reads all of them back, and rewrites
+//! those that do not read back identical; it succeeds once `SUPERBLOCK_QUORUM_VERIFY` copies
+//! match. Since the verify quorum plus the open quorum exceed the copy count, an open after any
+//! crash sees the newest update that completed, or the one in flight if it reached an open
+//! quorum, never a mix.
 //!
 //! Call order: `new` once; then `open` (or `open_read_only`); pass every completion whose
 //! token names `IoOwner::Superblock` to `on_completion`; the operation is over when
@@ -335,6 +338,8 @@ pub enum SuperBlockError {
     VsrStateNotMonotonic { sequence: u64, reason: &'static str },
     /// Writing a copy failed.
     WriteFailed { copy: u8, error: IoError },
+    /// The sync before an update's first write failed.
+    SyncFailed { error: IoError },
     /// After every rewrite, fewer than `SUPERBLOCK_QUORUM_VERIFY` copies read back identical.
     VerifyFailed { copies_matching: u8 },
 }
@@ -376,6 +381,9 @@ impl std::fmt::Display for SuperBlockError {
             SuperBlockError::WriteFailed { copy, error } => {
                 write!(formatter, "superblock copy {copy} write failed: {error}")
             }
+            SuperBlockError::SyncFailed { error } => {
+                write!(formatter, "superblock update: the data file's sync failed: {error}")
+            }
             SuperBlockError::VerifyFailed { copies_matching } => write!(
                 formatter,
                 "superblock update not verified: {copies_matching} of {SUPERBLOCK_COPIES} copies \
@@ -395,6 +403,8 @@ enum Phase {
     OpenRead,
     /// Open: rewriting the copies that differ from the chosen superblock, one at a time.
     OpenRepair,
+    /// Update: syncing the data file, so that what `staging` points at is durable first.
+    UpdateSync,
     /// Update: writing `staging` to the copies left to write, one at a time, in copy order.
     UpdateWrite,
     /// Update: reading every copy back.
@@ -498,6 +508,19 @@ impl SuperBlock {
         self.staging = staging;
         self.copies_to_write = [true; SUPERBLOCK_COPIES];
         self.rewrites = 0;
+        self.phase = Phase::UpdateSync;
+        let buffer = self.pool.get();
+        self.submit(storage, IoKind::Sync, 0, buffer);
+    }
+
+    fn update_sync_complete<S: Storage>(&mut self, storage: &mut S, result: Result<(), IoError>) {
+        assert_eq!(self.phase, Phase::UpdateSync);
+        assert!(self.copies_to_write.iter().all(|write| *write));
+        if let Err(error) = result {
+            self.copies_to_write = [false; SUPERBLOCK_COPIES];
+            self.updatable = false;
+            return self.finish(Err(SuperBlockError::SyncFailed { error }));
+        }
         self.phase = Phase::UpdateWrite;
         self.write_copy(storage);
     }
@@ -577,6 +600,11 @@ impl SuperBlock {
             (Phase::OpenRepair | Phase::UpdateWrite, IoKind::Write) => {
                 drop(buffer);
                 self.write_copy_complete(storage, copy, result);
+            }
+            (Phase::UpdateSync, IoKind::Sync) => {
+                assert_eq!(copy, 0);
+                drop(buffer);
+                self.update_sync_complete(storage, result);
             }
             (phase, kind) => panic!("superblock: {kind:?} completion during {phase:?}"),
         }
@@ -761,12 +789,13 @@ impl SuperBlock {
         assert!(copy < SUPERBLOCK_COPIES);
         assert!(self.io_in_flight[copy].is_none());
         self.io_in_flight[copy] = Some(kind);
+        let length = if kind == IoKind::Sync { 0 } else { SUPERBLOCK_COPY_SIZE };
         let request = IoRequest {
             token: IoToken { owner: IoOwner::Superblock, index: copy as u32 },
             kind,
             zone: Zone::Superblock,
             offset: copy_offset(copy),
-            length: SUPERBLOCK_COPY_SIZE,
+            length,
             buffer_offset: 0,
         };
         storage.submit(request, buffer);

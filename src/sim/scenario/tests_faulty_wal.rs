@@ -134,7 +134,7 @@ fn a_faulty_backup_in_a_quiet_cluster_repairs_its_log_below_a_loose_bound() {
     // the start_view that answers its own request_start_view (VOPR seeds
     // 15394890388178592913 and 14952920115053208388 stalled here); that log holds all it
     // acknowledged, so the bound goes.
-    let (mut cluster, head) = cluster_quiet_after_load(194);
+    let (mut cluster, head) = cluster_quiet_after_load(195);
     stop(&mut cluster, 1);
     wal_header_sector_rot(&mut cluster, 1, head);
     restart(&mut cluster, 1);

@@ -383,7 +383,9 @@ impl Replica {
         entry.writing = true;
         entry.write_again = false;
         let length = (message.header().size as usize).next_multiple_of(SECTOR_SIZE);
-        let request = self.client_reply_io(slot, IoKind::Write, length);
+        // The checkpoint's superblock update, which waits for it, syncs it first; lost before
+        // that, replay writes the reply again.
+        let request = self.client_reply_io(slot, IoKind::WriteCached, length);
         storage.submit(request, message);
     }
 
@@ -410,7 +412,8 @@ impl Replica {
     ) {
         let slot = completion.request.token.index as usize;
         match completion.request.kind {
-            IoKind::Write => {
+            IoKind::Write | IoKind::Sync => unreachable!("client replies are written cached"),
+            IoKind::WriteCached => {
                 if completion.result.is_err() {
                     return self.fail("a client reply write failed");
                 }

@@ -303,7 +303,8 @@ impl Replica {
         self.grid_repair.writing = true;
         let request = IoRequest {
             token: IoToken { owner: IoOwner::Sync, index: REPAIR_WRITE_TOKEN },
-            kind: IoKind::Write,
+            // Lost at a crash, the block is as bad as before and is repaired again.
+            kind: IoKind::WriteCached,
             zone: Zone::Grid,
             offset: self.grid_offset(address, 0),
             length: BLOCK_SIZE,
@@ -323,7 +324,7 @@ impl Replica {
             return self.scrub_read_complete(storage, completion);
         }
         assert_eq!(index, REPAIR_WRITE_TOKEN);
-        assert_eq!(completion.request.kind, IoKind::Write);
+        assert_eq!(completion.request.kind, IoKind::WriteCached);
         assert!(self.grid_repair.writing);
         if completion.result.is_err() {
             return self.fail("a grid write of grid repair failed");

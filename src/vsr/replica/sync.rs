@@ -477,7 +477,8 @@ impl Replica {
         }
         match completion.request.kind {
             IoKind::Read => self.sync_read_complete(completion),
-            IoKind::Write => {
+            IoKind::Write | IoKind::Sync => unreachable!("state sync writes the grid cached"),
+            IoKind::WriteCached => {
                 if completion.result.is_err() {
                     return self.fail("a grid write of state sync failed");
                 }
@@ -545,7 +546,8 @@ impl Replica {
         buffer.buffer_mut_unique()[..body.len()].copy_from_slice(body);
         let request = IoRequest {
             token: IoToken { owner: IoOwner::Sync, index: 0 },
-            kind: IoKind::Write,
+            // The superblock update that installs the checkpoint syncs it first.
+            kind: IoKind::WriteCached,
             zone: Zone::Grid,
             offset: self.grid_offset(address, offset),
             length: body.len(),

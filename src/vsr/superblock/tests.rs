@@ -7,7 +7,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::*;
 use crate::constants::{
-    FORMAT_WRITE_SIZE, FORMAT_WRITES_IN_FLIGHT, SUPERBLOCK_COPY_SIZE,
+    FORMAT_WRITE_SIZE, FORMAT_WRITES_IN_FLIGHT, SECTOR_SIZE, SUPERBLOCK_COPY_SIZE,
     SUPERBLOCK_UPDATE_REWRITES_MAX,
 };
 use crate::sim::storage::MemoryStorage;
@@ -93,6 +93,7 @@ struct FaultyStorage {
     inner: MemoryStorage,
     read_errors: [bool; SUPERBLOCK_COPIES],
     write_errors: [bool; SUPERBLOCK_COPIES],
+    sync_error: bool,
 }
 
 impl Storage for FaultyStorage {
@@ -107,7 +108,8 @@ impl Storage for FaultyStorage {
             let copy = completion.request.token.index as usize;
             let failing = match completion.request.kind {
                 IoKind::Read => self.read_errors[copy],
-                IoKind::Write => self.write_errors[copy],
+                IoKind::Write | IoKind::WriteCached => self.write_errors[copy],
+                IoKind::Sync => self.sync_error,
             };
             if failing {
                 completion.result = Err(IoError::Errno(libc::EIO));
@@ -242,6 +244,7 @@ fn open_counts_read_errors_as_corrupt_copies() {
         inner: formatted_storage(),
         read_errors: [true, false, true, false],
         write_errors: [false; 4],
+        sync_error: false,
     };
     let superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let error = IoError::Errno(libc::EIO);
@@ -392,6 +395,7 @@ fn crash_during_update(
 ) -> usize {
     let mut superblock = SuperBlock::open_blocking(storage).expect("open");
     superblock.update(storage, state);
+    step(&mut superblock, storage); // The sync before the first copy.
     for _ in 0..completions {
         step(&mut superblock, storage);
     }
@@ -580,6 +584,7 @@ fn update_rewrites_copy_that_reads_back_corrupt() {
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let state = state_advanced(superblock.working(), 1);
     superblock.update(&mut storage, &state);
+    step(&mut superblock, &mut storage); // The sync before the first copy.
     for _ in 0..SUPERBLOCK_COPIES {
         step(&mut superblock, &mut storage);
     }
@@ -602,6 +607,7 @@ fn update_settles_for_verify_quorum_when_one_copy_stays_unreadable() {
         inner: formatted_storage(),
         read_errors: [false; 4],
         write_errors: [false; 4],
+        sync_error: false,
     };
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     storage.read_errors[3] = true;
@@ -621,6 +627,7 @@ fn update_fails_when_verify_cannot_reach_quorum() {
         inner: formatted_storage(),
         read_errors: [false; 4],
         write_errors: [false; 4],
+        sync_error: false,
     };
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let before = *superblock.working();
@@ -643,6 +650,7 @@ fn update_fails_on_write_error() {
         inner: formatted_storage(),
         read_errors: [false; 4],
         write_errors: [false; 4],
+        sync_error: false,
     };
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     storage.write_errors[1] = true;
@@ -652,6 +660,68 @@ fn update_fails_on_write_error() {
     assert_eq!(result, Err(SuperBlockError::WriteFailed { copy: 1, error }));
     assert_eq!(superblock.working().sequence, 1);
     assert_eq!(storage.in_flight(), 0);
+}
+
+#[test]
+fn update_fails_on_sync_error() {
+    // Goal: a failed sync fails the update before any copy is written: nothing may point at
+    // what might not be on the media.
+    let mut storage = FaultyStorage {
+        inner: formatted_storage(),
+        read_errors: [false; 4],
+        write_errors: [false; 4],
+        sync_error: false,
+    };
+    let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
+    let before = storage.inner.bytes()[..SUPERBLOCK_COPIES * SUPERBLOCK_COPY_SIZE].to_vec();
+    storage.sync_error = true;
+    let state = state_advanced(superblock.working(), 1);
+    let result = superblock.update_blocking(&mut storage, &state);
+    let error = IoError::Errno(libc::EIO);
+    assert_eq!(result, Err(SuperBlockError::SyncFailed { error }));
+    assert_eq!(superblock.working().sequence, 1);
+    assert_eq!(&storage.inner.bytes()[..before.len()], &before[..], "no copy was written");
+    assert_eq!(storage.in_flight(), 0);
+}
+
+#[test]
+fn update_makes_earlier_cached_writes_durable() {
+    // Goal: a cached write that completed before an update survives a crash after it (the
+    // update's sync covered it), while one that completed after the update may be lost: the
+    // disk model keeps unflushed writes in a volatile cache.
+    let mut storage = formatted_storage();
+    storage.cache_model(4 * SECTOR_SIZE);
+    let layout = Layout::new(&small_config());
+    let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
+    let pool = MessagePool::new(2, SECTOR_SIZE);
+    let offsets = [layout.offset(Zone::Grid, 0), layout.offset(Zone::Grid, SECTOR_SIZE as u64)];
+    let write = |storage: &mut MemoryStorage, index: usize| {
+        let mut buffer = pool.get();
+        buffer.buffer_mut_unique()[..SECTOR_SIZE].fill(0xA0 + index as u8);
+        let request = IoRequest {
+            token: IoToken { owner: IoOwner::Grid, index: index as u32 },
+            kind: IoKind::WriteCached,
+            zone: Zone::Grid,
+            offset: offsets[index],
+            length: SECTOR_SIZE,
+            buffer_offset: 0,
+        };
+        storage.submit(request, buffer);
+        let mut completions = Vec::new();
+        storage.poll(&mut completions, 1);
+        assert!(completions.pop().expect("the write completed").result.is_ok());
+    };
+    write(&mut storage, 0);
+    let state = state_advanced(superblock.working(), 1);
+    superblock.update_blocking(&mut storage, &state).expect("update");
+    write(&mut storage, 1);
+    assert_eq!(storage.cached_unflushed(), 1, "only the write after the update is unflushed");
+    storage.crash();
+    let sector = |storage: &MemoryStorage, index: usize| {
+        storage.bytes()[offsets[index] as usize..][..SECTOR_SIZE].to_vec()
+    };
+    assert_eq!(sector(&storage, 0), vec![0xA0; SECTOR_SIZE], "synced by the update");
+    assert_eq!(sector(&storage, 1), vec![0; SECTOR_SIZE], "lost with the cache");
 }
 
 #[test]
@@ -666,6 +736,7 @@ fn errors_display_on_one_line() {
         SuperBlockError::ParentNotConnected { sequence: 3 },
         SuperBlockError::VsrStateNotMonotonic { sequence: 3, reason: "view went backwards" },
         SuperBlockError::WriteFailed { copy: 1, error },
+        SuperBlockError::SyncFailed { error },
         SuperBlockError::VerifyFailed { copies_matching: 2 },
     ];
     for error in errors {
