@@ -140,6 +140,7 @@ impl LogHead {
 
     /// Moves to `header`, the prepare after the head in the hash chain.
     fn extend(&mut self, header: &Header) {
+        assert_eq!(header.command(), Some(Command::Prepare), "only prepares make up the log");
         assert_eq!(header.op, self.op + 1, "the head moves one op at a time");
         assert_eq!(header.parent, self.checksum, "the next prepare chains to the head");
         self.op = header.op;
@@ -377,6 +378,9 @@ impl Replica {
     pub fn new(config: &Config, pool: MessagePool, seed: u64) -> Replica {
         assert!(config.invalid().is_none());
         assert!(pool.buffer_size() >= config.message_size_max as usize);
+        // Votes, acknowledgements and the per-replica tables are sized for `REPLICAS_MAX`.
+        assert!(usize::from(config.replica_count) <= REPLICAS_MAX);
+        assert!(config.replica.get() < config.replica_count);
         let clients_max = config.clients_max as usize;
         let replies = (0..clients_max)
             .map(|_| ReplySlot { message: None, writing: false, write_again: false })
@@ -661,6 +665,7 @@ impl Replica {
     }
 
     fn fail(&mut self, reason: &'static str) {
+        assert_eq!(self.status == Status::Failed, self.failure.is_some());
         if self.status != Status::Failed {
             self.status = Status::Failed;
             self.failure = Some(reason);
@@ -668,6 +673,12 @@ impl Replica {
     }
 
     fn send(&mut self, destination: Destination, message: Message) {
+        assert!(message.header().valid_checksum(), "only finished messages are sent");
+        assert_eq!(message.header().cluster, self.config.cluster);
+        if let Destination::Replica(replica) = destination {
+            assert_ne!(replica, self.config.replica, "a replica sends nothing to itself");
+            assert!(replica.get() < self.config.replica_count);
+        }
         // A full outbox means the bus is not draining: dropping is safe (clients retry) and
         // keeps memory bounded.
         if self.outbox.len() < OUTBOX_MAX {
@@ -691,6 +702,7 @@ impl Replica {
 
     /// A finished disk operation.
     pub fn on_storage_completion<S: Storage>(&mut self, storage: &mut S, completion: Completion) {
+        assert_ne!(self.status, Status::Init, "no I/O is submitted before open");
         self.completion_step(storage, completion);
         self.invariants();
     }
@@ -832,11 +844,13 @@ impl Replica {
     }
 
     fn on_ping_client(&mut self, header: &Header) {
+        assert_eq!(header.command(), Some(Command::PingClient));
         self.send_pong_client(header);
     }
 
     /// A pong carries this replica's view, from which a client finds the primary.
     fn send_pong_client(&mut self, header: &Header) {
+        assert!(matches!(header.command(), Some(Command::Request | Command::PingClient)));
         let mut pong = self.header_new(Command::PongClient);
         pong.client = header.client;
         pong.timestamp = header.timestamp;
@@ -845,6 +859,9 @@ impl Replica {
 
     /// A header of this cluster, view and replica, for a message this replica sends.
     pub(super) fn header_new(&self, command: Command) -> Header {
+        // A prepare takes the view and replica of its primary (`prepare`), a request its
+        // client's: neither is built here.
+        assert!(!matches!(command, Command::Prepare | Command::Request));
         let mut header = Header::new(command, self.config.cluster);
         header.view = self.view;
         header.replica = self.config.replica;
@@ -853,6 +870,8 @@ impl Replica {
 
     /// Sends a message of just `header` (an empty body), checksummed here.
     pub(super) fn send_header(&mut self, destination: Destination, header: Header) {
+        assert_eq!(header.replica, self.config.replica, "a message names its sender");
+        assert_eq!(header.cluster, self.config.cluster);
         let message = message_finish(self.pool.get(), header, 0);
         self.send(destination, message);
     }
@@ -862,6 +881,8 @@ impl Replica {
 /// sets the size and both checksums, and checks the result is a valid header.
 fn message_finish(mut message: Message, mut header: Header, body_size: usize) -> Message {
     let size = HEADER_SIZE + body_size;
+    assert!(size <= message.buffer().len());
+    assert!(header.command().is_some());
     header.size = size as u32;
     header.set_checksum_body(&message.buffer()[HEADER_SIZE..size]);
     header.set_checksum();

@@ -13,6 +13,10 @@ impl Replica {
     /// Starts a checkpoint if `commit_min` is a checkpoint op.
     pub(super) fn checkpoint_maybe<S: Storage>(&mut self, storage: &mut S) {
         let interval = checkpoint_interval_ops(self.layout.journal_slot_count);
+        // Called after each op executed, which only happens with no checkpoint or state sync in
+        // progress: no checkpoint op is ever passed over.
+        assert!(self.commit_min <= self.checkpoint_op + interval, "a checkpoint was skipped");
+        assert!(!self.sync.active());
         if self.commit_min < self.checkpoint_op + interval {
             return;
         }
@@ -40,6 +44,8 @@ impl Replica {
         if let CheckpointPhase::StateMachine { op, checksum } = self.checkpoint
             && let Some(state) = self.state_machine.poll_checkpoint()
         {
+            assert_eq!(op, self.commit_min);
+            assert!(self.checkpoint_state.is_none());
             self.checkpoint_state = Some(state);
             self.checkpoint = CheckpointPhase::ClientReplies { op, checksum };
             self.checkpoint_progress(storage);
@@ -63,12 +69,15 @@ impl Replica {
             return;
         }
         let state_machine = self.checkpoint_state.take().expect("event store checkpoint done");
+        assert_eq!(op, self.commit_min, "commits wait for the checkpoint");
+        assert!(op > self.checkpoint_op);
         let mut state = self.vsr_state_next();
         state.checkpoint_op = op;
         state.checkpoint_checksum = checksum;
         state.checkpoint_state_set(&state_machine);
         let records = self.sessions.records();
         state.client_sessions = [ClientSessionRecord::default(); CLIENTS_MAX];
+        assert!(records.len() <= CLIENTS_MAX);
         state.client_sessions[..records.len()].copy_from_slice(records);
         self.checkpoint = CheckpointPhase::Superblock { op };
         self.superblock_write(storage, &state);
@@ -86,10 +95,15 @@ impl Replica {
             return self.fail("a superblock update failed");
         }
         assert!(view >= self.view_durable && log_view >= self.log_view_durable);
+        // Paired with `superblock_write`: the superblock now holds what was written.
+        let written = self.superblock.working().vsr_state;
+        assert_eq!((written.view, written.log_view), (view, log_view));
         self.view_durable = view;
         self.log_view_durable = log_view;
         if let CheckpointPhase::Superblock { op } = self.checkpoint {
             assert!(op >= self.checkpoint_op);
+            assert_eq!(written.checkpoint_op, op, "the superblock holds the new checkpoint");
+            assert_eq!(op, self.commit_min, "commits wait for the checkpoint");
             self.checkpoint_op = op;
             self.checkpoint = CheckpointPhase::Idle;
             self.metrics.checkpoints += 1;
@@ -133,6 +147,10 @@ impl Replica {
     pub(super) fn vsr_state_next(&self) -> VsrState {
         assert!(self.log_view <= self.view);
         let mut state: VsrState = self.superblock.working().vsr_state();
+        // Memory is never behind the superblock (and the checkpoint it holds is never behind
+        // memory's: state sync writes it first).
+        assert!(self.view >= state.view && self.log_view >= state.log_view);
+        assert!(state.checkpoint_op >= self.checkpoint_op);
         state.view = self.view;
         state.log_view = self.log_view;
         state.log_lost = self.log_lost();
@@ -143,6 +161,9 @@ impl Replica {
     /// Starts a superblock update; `superblock_progress` takes its completion.
     pub(super) fn superblock_write<S: Storage>(&mut self, storage: &mut S, state: &VsrState) {
         assert!(self.superblock_writing.is_none());
+        assert!(state.log_view <= state.view);
+        // No view is persisted before memory holds it.
+        assert!(state.view <= self.view && state.log_view <= self.log_view);
         self.superblock_writing = Some((state.view, state.log_view));
         self.superblock.update(storage, state);
     }

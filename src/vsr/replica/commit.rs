@@ -59,6 +59,7 @@ impl Replica {
             return self.repair_progress(storage);
         };
         let prepared = &mut self.pipeline[index];
+        assert_eq!(prepared.message.header().op, op);
         if prepared.message.header().checksum != checksum {
             return;
         }
@@ -90,6 +91,7 @@ impl Replica {
                 continue;
             }
             let header = *prepared.message.header();
+            assert!(header.view <= self.view);
             self.pipeline[index].acknowledged = true;
             self.send_prepare_ok(&header);
         }
@@ -108,12 +110,16 @@ impl Replica {
     pub(super) fn pipeline_index(&self, op: Op) -> Option<usize> {
         let first = self.pipeline.front()?.message.header().op;
         let index = usize::try_from(op.get().checked_sub(first.get())?).ok()?;
-        (index < self.pipeline.len()).then_some(index)
+        let found = (index < self.pipeline.len()).then_some(index);
+        // The pipeline is a run of consecutive ops.
+        assert!(found.is_none_or(|index| self.pipeline[index].message.header().op == op));
+        found
     }
 
     /// The primary commits, in op order, every prepare a replication quorum holds.
     pub(super) fn commit_advance_primary<S: Storage>(&mut self, storage: &mut S) {
         assert!(self.is_primary());
+        assert_eq!(self.status, Status::Normal);
         let quorum = self.quorum_replication();
         let commit_max_before = self.commit_max;
         while let Some(index) = self.pipeline_index(self.commit_max + 1) {
@@ -123,6 +129,7 @@ impl Replica {
             }
             self.commit_max += 1;
         }
+        assert!(self.commit_max <= self.head.op(), "the primary commits what it prepared");
         let timeout = &mut self.timeouts[TimeoutKind::Prepare];
         if self.commit_max > commit_max_before && timeout.ticking() {
             // The pipeline moves: resends start again from the base timeout.
@@ -173,6 +180,8 @@ impl Replica {
                 return;
             }
             let next = self.commit_min + 1;
+            // Never beyond what the cluster committed (`commit_limit`).
+            assert!(next <= self.commit_max);
             match self.pipeline.front() {
                 Some(front) if front.message.header().op == next => {
                     if !front.durable {
@@ -181,6 +190,7 @@ impl Replica {
                     let prepared = self.pipeline.pop_front().expect("front exists");
                     let send_reply = self.status == Status::Normal && self.is_primary();
                     self.execute(storage, &prepared.message, send_reply);
+                    assert_eq!(self.commit_min, next);
                     self.checkpoint_maybe(storage);
                 }
                 _ => return self.commit_from_journal(storage, next),
@@ -197,6 +207,8 @@ impl Replica {
     /// Reads the prepare of `op` (the next to commit) back from the WAL, if this replica has
     /// it in its chain; otherwise asks the primary for it.
     pub(super) fn commit_from_journal<S: Storage>(&mut self, storage: &mut S, op: Op) {
+        assert_eq!(op, self.commit_min + 1, "the next op to execute");
+        assert!(op <= self.commit_max);
         if self.journal_reads.iter().any(|read| read.purpose == JournalReadPurpose::Commit) {
             return;
         }
@@ -239,12 +251,15 @@ impl Replica {
         let read = self.journal_reads.swap_remove(index);
         match (read.purpose, result) {
             (JournalReadPurpose::Commit, Ok(message)) => {
+                // Paired with `read_prepare`: the journal read back the prepare asked for.
+                assert_eq!((message.header().op, message.header().checksum), (op, checksum));
                 let frozen = self.sync.active() || self.checkpoint != CheckpointPhase::Idle;
                 if op != self.commit_min + 1 || frozen {
                     return self.commit_pipeline(storage);
                 }
                 let send_reply = false;
                 self.execute(storage, &message, send_reply);
+                assert_eq!(self.commit_min, op);
                 self.metrics.ops_replayed += u64::from(self.status == Status::Recovering);
                 self.checkpoint_maybe(storage);
                 self.commit_pipeline(storage);
@@ -257,10 +272,12 @@ impl Replica {
                 self.repair_request(op);
             }
             (JournalReadPurpose::Repair { replica }, Ok(message)) => {
+                assert_eq!((message.header().op, message.header().checksum), (op, checksum));
                 self.send(Destination::Replica(replica), message);
             }
             (JournalReadPurpose::Repair { .. }, Err(_)) => {}
             (JournalReadPurpose::Pipeline, Ok(message)) => {
+                assert_eq!((message.header().op, message.header().checksum), (op, checksum));
                 self.pipeline_fill_complete(storage, message)
             }
             // The WAL copy is bad: this view change cannot start with this primary; it times
@@ -279,6 +296,11 @@ impl Replica {
     ) {
         let header = *prepare.header();
         assert_eq!(header.op, self.commit_min + 1);
+        assert_eq!(header.command(), Some(Command::Prepare));
+        assert_eq!(header.parent, self.commit_checksum, "execution follows the hash chain");
+        assert!(header.op <= self.commit_max, "only committed ops are executed");
+        assert_eq!(self.checkpoint, CheckpointPhase::Idle);
+        assert!(!self.sync.active());
         let operation = header.operation().expect("prepares are validated");
         let mut reply = self.pool.get();
         let body_size = match operation {
@@ -327,6 +349,9 @@ impl Replica {
             reply_header.checksum,
             reply_header.size,
         );
+        // Paired with `reply_again`: the slot is the client's, and holds the reply recorded.
+        assert_eq!(self.sessions.get(slot).client, header.client);
+        assert_eq!(Checksum::from(self.sessions.get(slot).reply_checksum), reply_header.checksum);
         self.replies[slot].message = Some(reply.clone());
         self.client_reply_write(storage, slot);
         if send_reply {
@@ -335,6 +360,7 @@ impl Replica {
     }
 
     pub(super) fn reply_build(&self, reply: &mut Message, prepare: &Header, body_size: usize) {
+        assert_eq!(prepare.command(), Some(Command::Prepare));
         let fields = ReplyFields {
             op: prepare.op,
             commit: prepare.op,
@@ -355,6 +381,7 @@ impl Replica {
         body_size: usize,
     ) {
         let size = HEADER_SIZE + body_size;
+        assert!(size <= self.config.message_size_max as usize);
         let body_checksum = crate::vsr::header::checksum(&reply.buffer()[HEADER_SIZE..size]);
         let mut header = self.header_new(Command::Reply);
         header.size = size as u32;
@@ -380,6 +407,8 @@ impl Replica {
         let Some(message) = entry.message.clone() else {
             return;
         };
+        assert_eq!(message.header().command(), Some(Command::Reply));
+        assert!(message.header().valid_checksum());
         entry.writing = true;
         entry.write_again = false;
         let length = (message.header().size as usize).next_multiple_of(SECTOR_SIZE);
@@ -393,6 +422,9 @@ impl Replica {
     /// sectors) from the start of the slot.
     pub(super) fn client_reply_io(&self, slot: usize, kind: IoKind, length: usize) -> IoRequest {
         assert!(length.is_multiple_of(SECTOR_SIZE));
+        // A reply never spills into the next session's slot.
+        assert!(slot < self.replies.len());
+        assert!(length as u64 <= self.layout.message_size_max);
         let offset =
             self.layout.offset(Zone::ClientReplies, slot as u64 * self.layout.message_size_max);
         IoRequest {
@@ -411,6 +443,8 @@ impl Replica {
         completion: Completion,
     ) {
         let slot = completion.request.token.index as usize;
+        assert_eq!(completion.request.token.owner, IoOwner::ClientReplies);
+        assert!(slot < self.replies.len());
         match completion.request.kind {
             IoKind::Write | IoKind::Sync => unreachable!("client replies are written cached"),
             IoKind::WriteCached => {
@@ -437,6 +471,7 @@ impl Replica {
     /// ahead and still repair them from its WAL. A backup already outside the window needs
     /// state sync and is not waited for.
     pub(super) fn backups_commit_min(&self) -> Op {
+        assert!(self.is_primary());
         let slot_count = u64::from(self.config.journal_slot_count);
         let window_start = self.head.op().saturating_sub(slot_count - REPAIR_WINDOW_MAX as u64);
         let mut commit_min = self.head.op();
@@ -455,6 +490,8 @@ impl Replica {
     /// A backup's ping says it is alive (`on_message` noted when) and how far it committed.
     pub(super) fn on_ping(&mut self, header: &Header) {
         assert_ne!(header.replica, self.config.replica);
+        assert_eq!(header.command(), Some(Command::Ping));
+        assert_eq!(header.view, self.view);
         if self.is_primary() {
             self.backup_commit[usize::from(header.replica)] = header.commit;
         }
@@ -463,6 +500,8 @@ impl Replica {
     /// Backup: pings the primary every `PING_TICKS`, counted from when this replica first
     /// ticked as a backup, so that replicas do not ping in phase.
     pub(super) fn ping_tick(&mut self) {
+        assert!(!self.is_primary());
+        assert_eq!(self.status, Status::Normal);
         let timeout = &mut self.timeouts[TimeoutKind::Ping];
         if !timeout.ticking() {
             timeout.start();
@@ -475,6 +514,7 @@ impl Replica {
 
     /// Tells the primary this backup is alive and how far it has committed.
     pub(super) fn send_ping(&mut self) {
+        assert!(!self.is_primary());
         let mut header = self.header_new(Command::Ping);
         header.timestamp = self.ticks.max(1);
         header.commit = self.commit_min;
@@ -484,6 +524,9 @@ impl Replica {
     }
 
     pub(super) fn on_commit<S: Storage>(&mut self, storage: &mut S, header: &Header) {
+        assert_eq!(header.command(), Some(Command::Commit));
+        assert_eq!(header.view, self.view);
+        assert_eq!(self.status, Status::Normal);
         if self.is_primary() || header.replica != self.primary_index() {
             return;
         }
@@ -501,6 +544,7 @@ impl Replica {
     /// asks for the view's log instead; if it executed another one already, it stops rather
     /// than diverge.
     pub(super) fn commit_agrees(&mut self, op: Op, checksum: Checksum) -> bool {
+        assert!(!self.is_primary(), "a backup checks its primary's commit number");
         if op < self.commit_min {
             return true;
         }
@@ -524,6 +568,8 @@ impl Replica {
     /// Tells backups the commit number: as soon as it moves, and every
     /// `COMMIT_HEARTBEAT_TICKS` otherwise.
     pub(super) fn commit_heartbeat(&mut self) {
+        assert!(self.is_primary());
+        assert_eq!(self.status, Status::Normal);
         if self.config.replica_count == 1 || self.view_change.abdicating {
             // An abdicating primary falls silent so that its backups time out and elect another.
             return;

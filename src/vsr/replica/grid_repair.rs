@@ -173,6 +173,9 @@ impl Replica {
             return false;
         };
         faults[free] = Some(Fault { block, cause });
+        // Paired with `grid_repair_done`: a block is queued once.
+        let queued = faults.iter().flatten().filter(|fault| fault.block.address == block.address);
+        assert_eq!(queued.count(), 1);
         true
     }
 
@@ -189,6 +192,8 @@ impl Replica {
 
     /// The open found a bad block of the streams table: fetch it and open again, or fail.
     pub(super) fn grid_repair_open(&mut self) -> bool {
+        assert_eq!(self.status, Status::Recovering);
+        assert_eq!(self.open_phase, OpenPhase::StateMachine);
         let Some(block) = self.state_machine.block_fault_take() else {
             return false;
         };
@@ -204,6 +209,8 @@ impl Replica {
         if self.status.is_open() {
             self.scrub_tick(storage);
         }
+        // Faults are queued only where a peer can answer (`grid_fault_queue`).
+        assert!(self.config.replica_count > 1 || self.grid_repair.pending_count() == 0);
         if self.grid_repair.fetching.is_none() {
             let Some(next) = self.grid_repair.faults.iter().position(Option::is_some) else {
                 return;
@@ -246,12 +253,15 @@ impl Replica {
     /// Bit i set for every chunk i of a block.
     pub(super) fn chunks_all(&self) -> u128 {
         let count = self.sync_chunk_count();
+        assert!(count > 0 && count <= 128);
         if count == 128 { u128::MAX } else { (1u128 << count) - 1 }
     }
 
     /// A chunk of the block being repaired: gathered, and once the block is whole, checked.
     pub(super) fn grid_repair_on_block<S: Storage>(&mut self, storage: &mut S, message: &Message) {
         let header = *message.header();
+        // Paired with `blocks_request_send`: grid repair asks with checkpoint op 0.
+        assert_eq!(header.checkpoint_op, Op(0));
         let Some(_) = self.grid_repair.fetching else { return };
         let fault = self.grid_repair_fault();
         let block = views::Block::of(&header);
@@ -276,6 +286,7 @@ impl Replica {
             self.grid_repair.chunks.ask_again(0);
             return;
         }
+        assert!(offset + body.len() <= BLOCK_SIZE);
         let block = self.grid_repair.block.as_mut().expect("a buffer while fetching");
         block.buffer_mut_unique()[offset..offset + body.len()].copy_from_slice(body);
         self.grid_repair.chunks.receive(chunk);
@@ -286,6 +297,8 @@ impl Replica {
 
     /// Every chunk is in: the block is written if it checks, else fetched again.
     fn grid_repair_check<S: Storage>(&mut self, storage: &mut S, fault: Fault) {
+        assert!(self.grid_repair.chunks.complete(self.chunks_all()));
+        assert!(!self.grid_repair.writing);
         let address = fault.block.address;
         let block = self.grid_repair.block.as_ref().expect("a buffer while fetching");
         let bytes = &block.buffer()[..BLOCK_SIZE];
@@ -340,6 +353,10 @@ impl Replica {
         let index = self.grid_repair.fetching.take().expect("a block being fetched");
         self.grid_repair.faults[index] = None;
         assert!(!self.grid_repair.writing && self.grid_repair.block.is_none());
+        let address = fault.block.address;
+        assert!(
+            self.grid_repair.faults.iter().flatten().all(|queued| queued.block.address != address)
+        );
         let metrics = &mut self.metrics;
         match fault.cause {
             RepairCause::Open => metrics.grid_blocks_repaired_open += 1,
@@ -360,6 +377,7 @@ impl Replica {
 /// The scrubber.
 impl Replica {
     fn scrub_tick<S: Storage>(&mut self, storage: &mut S) {
+        assert!(self.status.is_open());
         let timeout = &self.timeouts[TimeoutKind::GridScrub];
         let waiting = timeout.counting_down();
         if self.grid_repair.scrub.reads > 0 || waiting || self.sync.active() {
@@ -390,6 +408,7 @@ impl Replica {
         {
             self.scrub_read(storage);
         }
+        assert!(self.grid_repair.scrub.reads > 0, "a scrub round reads at least one chunk");
     }
 
     /// Submits the read of the next chunk of the block being scrubbed.
@@ -397,6 +416,7 @@ impl Replica {
         let chunk_size = self.sync_chunk_size();
         let scrub = &mut self.grid_repair.scrub;
         let offset = scrub.chunk_next * chunk_size;
+        assert!(offset < BLOCK_SIZE);
         let address = scrub.address;
         scrub.chunk_next += 1;
         scrub.reads += 1;
@@ -415,11 +435,14 @@ impl Replica {
     fn scrub_read_complete<S: Storage>(&mut self, storage: &mut S, completion: Completion) {
         let cluster = self.config.cluster;
         let chunk_size = self.sync_chunk_size() as u64;
+        let chunk_count = self.sync_chunk_count();
+        assert_eq!(completion.request.kind, IoKind::Read);
         let scrub = &mut self.grid_repair.scrub;
         assert!(scrub.reads > 0);
         scrub.reads -= 1;
         let block_offset = self.layout.offset(Zone::Grid, scrub.address * BLOCK_SIZE as u64);
         let chunk = ((completion.request.offset - block_offset) / chunk_size) as usize;
+        assert!(chunk < chunk_count, "the read is of the block being scrubbed");
         let bytes = &completion.buffer.buffer()[..completion.request.length];
         if completion.result.is_err() {
             scrub.unreadable = true;

@@ -3,12 +3,17 @@
 //! relation between the replica's fields stops the simulator at the input that broke it,
 //! not thousands of ticks later where its effect shows.
 
-use super::{Replica, Status};
-use crate::constants::{JOURNAL_IOPS_READ_MAX, OUTBOX_MAX, PIPELINE_BACKUP_MAX};
+use super::{CheckpointPhase, Replica, Status};
+use crate::constants::{
+    JOURNAL_IOPS_READ_MAX, OUTBOX_MAX, PIPELINE_BACKUP_MAX, REQUEST_QUEUE_MAX,
+    checkpoint_interval_ops,
+};
 use crate::vsr::journal::op_prepare_max;
 
 impl Replica {
     pub(super) fn invariants(&self) {
+        // `fail` sets both; nothing clears either.
+        assert_eq!(self.status == Status::Failed, self.failure.is_some());
         if self.status == Status::Failed {
             return;
         }
@@ -21,6 +26,12 @@ impl Replica {
         assert!(self.pipeline.len() <= PIPELINE_BACKUP_MAX);
         assert!(self.journal_reads.len() <= JOURNAL_IOPS_READ_MAX);
         assert!(self.outbox.len() <= OUTBOX_MAX);
+        assert!(self.request_queue.len() <= REQUEST_QUEUE_MAX);
+        assert_eq!(self.client_replies_reading, 0, "the stored replies are read while opening");
+        if self.status == Status::ViewChange || self.target.active() || self.sync.active() {
+            assert!(self.config.replica_count > 1, "a lone replica has no view change or peer");
+        }
+        self.invariants_checkpoint();
         let slot_count = u64::from(self.config.journal_slot_count);
         let op_max = op_prepare_max(self.checkpoint_op, slot_count);
         assert!(
@@ -41,6 +52,31 @@ impl Replica {
         }
     }
 
+    /// A checkpoint in progress is of `commit_min`, which stays put (commits wait for it), one
+    /// interval past the durable checkpoint; the event store's part is held between its phases.
+    fn invariants_checkpoint(&self) {
+        let phase_op = match self.checkpoint {
+            CheckpointPhase::Idle => None,
+            CheckpointPhase::StateMachine { op, .. }
+            | CheckpointPhase::ClientReplies { op, .. }
+            | CheckpointPhase::Superblock { op } => Some(op),
+        };
+        if let Some(op) = phase_op {
+            let interval = checkpoint_interval_ops(self.layout.journal_slot_count);
+            assert_eq!(op, self.commit_min, "commits wait for the checkpoint in progress");
+            assert_eq!(op, self.checkpoint_op + interval, "a checkpoint is one interval on");
+        }
+        let client_replies = matches!(self.checkpoint, CheckpointPhase::ClientReplies { .. });
+        assert_eq!(client_replies, self.checkpoint_state.is_some());
+        if matches!(self.checkpoint, CheckpointPhase::Superblock { .. }) {
+            assert!(self.superblock_writing.is_some(), "the checkpoint's superblock update");
+            assert!(!self.sync.superblock_writing(), "one superblock update at a time");
+        }
+        if self.sync.superblock_writing() {
+            assert!(self.superblock_writing.is_some(), "state sync's superblock update");
+        }
+    }
+
     /// The head, the commit numbers and the checkpoint keep their order.
     fn invariants_log(&self) {
         assert!(self.checkpoint_op <= self.commit_min, "checkpoint above commit_min");
@@ -52,11 +88,28 @@ impl Replica {
         );
         if self.rejoin.learning {
             assert!(self.log_faulty, "a rejoining replica's log is lost");
+            assert_eq!(self.status, Status::ViewChange, "a rejoining replica is in no view");
+            assert_ne!(self.log_lost(), 0, "the superblock says the log is lost");
+        }
+        if self.commit_min == self.head.op() {
+            // The op executed last is the head of the hash chain.
+            assert_eq!(self.commit_checksum, self.head.checksum(), "commit_min's checksum");
+        }
+        if !(self.status == Status::Normal && self.is_primary()) {
+            assert!(self.request_queue.is_empty(), "only a normal primary queues requests");
+        }
+        if self.view_change.log_chosen {
+            assert!(self.is_primary(), "only the view's primary chooses its log");
+        }
+        if self.target.active() && self.status == Status::ViewChange {
+            assert!(self.is_primary(), "a backup installs a log once normal (start_view)");
+            assert!(self.view_change.log_chosen, "a new primary installs the log it chose");
         }
         if self.status == Status::Normal && self.is_primary() {
             assert_eq!(self.log_view, self.view, "a normal primary leads its own log's view");
             assert!(!self.log_faulty, "a normal primary's log is sound");
             assert!(!self.target.active(), "a normal primary installs no log");
+            assert!(self.commit_max <= self.head.op(), "a primary commits only what it holds");
         }
         if let Some(field) = self.superblock_stale() {
             panic!("the superblock lags the replica's {field} with no update in flight");

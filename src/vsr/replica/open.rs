@@ -24,12 +24,15 @@ impl Replica {
     /// `status()` is `Normal` or `Failed`.
     pub fn open<S: Storage>(&mut self, storage: &mut S) {
         assert_eq!(self.status, Status::Init);
+        assert!(self.pipeline.is_empty() && self.outbox.is_empty());
         self.status = Status::Recovering;
         self.open_phase = OpenPhase::Superblock;
         self.superblock.open(storage);
     }
 
     pub(super) fn superblock_opened<S: Storage>(&mut self, storage: &mut S, ok: bool) {
+        assert_eq!(self.status, Status::Recovering);
+        assert_eq!(self.open_phase, OpenPhase::Superblock);
         if !ok {
             return self.fail("the superblock has no valid quorum (see kimberlite inspect)");
         }
@@ -49,6 +52,9 @@ impl Replica {
         self.commit_max = working.vsr_state.checkpoint_op;
         self.head.reset(working.vsr_state.checkpoint_op, working.vsr_state.checkpoint_checksum);
         self.commit_checksum = working.vsr_state.checkpoint_checksum;
+        // The superblock was validated as it was read (`vsr_state_invalid`).
+        assert!(self.log_view <= self.view);
+        assert!(self.checkpoint_op <= working.vsr_state.commit_max);
         self.open_phase = OpenPhase::Journal;
         let read_pool = self.recovery_read_pool();
         self.journal.recover(
@@ -69,6 +75,7 @@ impl Replica {
 
     pub(super) fn journal_recovered<S: Storage>(&mut self, storage: &mut S, usable: bool) {
         assert_eq!(self.open_phase, OpenPhase::Journal);
+        assert_eq!(self.status, Status::Recovering);
         if !usable {
             return self.fail("the journal has entries that only a peer could repair");
         }
@@ -96,6 +103,8 @@ impl Replica {
         storage: &mut S,
         result: Result<(), &'static str>,
     ) {
+        assert_eq!(self.status, Status::Recovering);
+        assert_eq!(self.open_phase, OpenPhase::StateMachine);
         if result.is_err() {
             if self.grid_repair_open() {
                 // A block of the streams table is bad: the open resumes once a peer's copy is
@@ -105,6 +114,7 @@ impl Replica {
             return self.fail("the event store checkpoint could not be read");
         }
         self.open_phase = OpenPhase::ClientReplies;
+        assert_eq!(self.client_replies_reading, 0);
         for slot in 0..self.replies.len() {
             let record = *self.sessions.get(slot);
             if record.client == ClientId(0) || record.reply_size == 0 {
@@ -132,6 +142,9 @@ impl Replica {
     ) {
         assert_eq!(self.open_phase, OpenPhase::ClientReplies);
         assert!(self.client_replies_reading > 0);
+        assert_eq!(self.status, Status::Recovering);
+        // Each slot is read once, into a table the open starts empty.
+        assert!(self.replies[slot].message.is_none());
         self.client_replies_reading -= 1;
         let record = *self.sessions.get(slot);
         let message = completion.buffer;
@@ -150,6 +163,11 @@ impl Replica {
     /// Finds the head of the hash chain from the checkpoint, then executes every op known
     /// committed, reading each prepare back from the WAL (`commit_pipeline`).
     fn replay_start<S: Storage>(&mut self, storage: &mut S) {
+        assert_eq!(self.open_phase, OpenPhase::ClientReplies);
+        assert_eq!(self.client_replies_reading, 0);
+        // Nothing was executed yet: the log starts at the checkpoint.
+        assert_eq!(self.commit_min, self.checkpoint_op);
+        assert_eq!(self.head.op(), self.checkpoint_op);
         self.open_phase = OpenPhase::Replay;
         // Timestamps go on from the highest prepare this replica knows: the head of its chain,
         // or the checkpoint's prepare.
@@ -177,6 +195,7 @@ impl Replica {
         } else {
             commit_known.clamp(self.checkpoint_op, self.head.op())
         };
+        assert!(self.commit_max >= self.checkpoint_op && self.commit_max <= self.head.op());
         self.commit_pipeline(storage);
     }
 
@@ -195,11 +214,13 @@ impl Replica {
         if self.config.replica_count == 1 {
             assert_eq!(self.commit_min, self.head.op());
         }
+        assert!(self.commit_min <= self.head.op());
         self.open_phase = OpenPhase::Truncate;
         self.op_acknowledged_max = self.head.op();
         if self.log_wal_faulty() {
             let report = self.journal.recovery_report();
             self.op_acknowledged_max = report.op_acknowledged_max(self.head.op());
+            assert!(self.op_acknowledged_max >= self.head.op());
             self.view_change.start_view_nonce = u128::from((self.prng_next() as u32).max(1));
             self.metrics.logs_faulty_recovered += 1;
             return self.journal_truncated(storage);
@@ -221,6 +242,8 @@ impl Replica {
         }
         assert_eq!(self.status, Status::Recovering);
         assert!(self.log_wal_faulty() || self.journal.header_with_op(self.head.op() + 1).is_none());
+        // Nothing is prepared or queued while opening.
+        assert!(self.pipeline.is_empty() && self.request_queue.is_empty());
         self.status = Status::Normal;
         self.primary_heard();
         if self.config.replica_count > 1 && self.superblock.working().vsr_state.log_lost != 0 {

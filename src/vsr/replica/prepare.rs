@@ -32,6 +32,8 @@ impl Replica {
     pub(super) fn on_request<S: Storage>(&mut self, storage: &mut S, message: Message) {
         self.metrics.requests_received += 1;
         let header = *message.header();
+        assert_eq!(header.command(), Some(Command::Request));
+        assert!(self.status.is_open());
         let operation = header.operation().expect("accept checked the operation");
         if operation.is_read() {
             return self.read_start(storage, message);
@@ -83,12 +85,15 @@ impl Replica {
             return;
         }
         self.request_queue.push_back(message);
+        assert!(self.request_queue.len() <= REQUEST_QUEUE_MAX);
         self.request_queue_drain(storage);
     }
 
     /// Whether the primary cannot judge a request of this `disposition` until it has executed
     /// ops it already holds, as a new primary must after a view change.
     pub(super) fn request_early(&self, disposition: RequestDisposition, client: ClientId) -> bool {
+        assert!(self.is_primary());
+        assert_eq!(self.status, Status::Normal);
         let pipeline_first =
             self.pipeline.front().map_or(self.head.op() + 1, |front| front.message.header().op);
         if pipeline_first > self.commit_min + 1 {
@@ -116,6 +121,7 @@ impl Replica {
 
     /// Whether `request` names the reply to its session's latest request (`session_chain`).
     pub(super) fn request_chained(&self, request: &Header) -> bool {
+        assert_eq!(request.command(), Some(Command::Request));
         let Some(slot) = self.sessions.slot(request.client) else {
             return false;
         };
@@ -124,6 +130,7 @@ impl Replica {
     }
 
     pub(super) fn request_in_flight(&self, client: ClientId) -> bool {
+        assert!(self.is_primary());
         let in_pipeline = self.pipeline.iter().any(|prepared| {
             let header = prepared.message.header();
             header.client == client && header.op > self.commit_min
@@ -133,6 +140,8 @@ impl Replica {
 
     /// Prepares queued requests while the pipeline and the WAL have room.
     pub(super) fn request_queue_drain<S: Storage>(&mut self, storage: &mut S) {
+        assert!(self.is_primary());
+        assert_eq!(self.status, Status::Normal);
         if self.config.replica_count > 1 && self.superblock.working().sequence == 1 {
             // A data file's first open: the primary prepares once the superblock says it was
             // opened (see `journal_truncated`).
@@ -167,7 +176,14 @@ impl Replica {
     /// Turns `request` into the prepare for the next op, in place, and writes it.
     pub(super) fn prepare<S: Storage>(&mut self, storage: &mut S, mut message: Message) {
         let request = *message.header();
+        assert_eq!(request.command(), Some(Command::Request));
+        assert!(self.is_primary());
+        assert_eq!(self.status, Status::Normal);
+        assert_eq!(self.log_view, self.view, "a primary prepares only on its own view's log");
+        assert!(self.pipeline.len() < PIPELINE_PREPARE_QUEUE_MAX);
         let op = self.head.op() + 1;
+        assert!(op <= op_prepare_max(self.checkpoint_op, self.layout.journal_slot_count));
+        assert!(op > self.commit_max, "a new op is not committed yet");
         let timestamp = self.realtime_ns.max(self.timestamp_last + 1);
         self.metrics.timestamps_raised += u64::from(timestamp > self.realtime_ns);
         let size = request.size as usize;
@@ -190,11 +206,16 @@ impl Replica {
         assert_eq!(prepare.invalid(), None);
         // The journal writes whole sectors: the padding after the message must be zero.
         message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
+        // One request in flight per client (`request_in_flight`).
+        let in_flight = |prepared: &Prepared| prepared.message.header().client == request.client;
+        assert!(!self.pipeline.iter().any(in_flight), "one request per client in flight");
         self.head.extend(&prepare);
         self.timestamp_last = timestamp;
         let prepared =
             Prepared { message: message.clone(), durable: false, ok_from: 0, acknowledged: false };
         self.pipeline.push_back(prepared);
+        let back = self.pipeline.back().expect("just pushed").message.header();
+        assert_eq!((back.op, back.checksum), (self.head.op(), self.head.checksum()));
         for replica in 0..self.config.replica_count {
             if replica != self.config.replica.get() {
                 self.send(Destination::Replica(ReplicaIndex(replica)), message.clone());
@@ -208,6 +229,7 @@ impl Replica {
     /// the log across views and restarts.
     pub(super) fn timestamp_observe(&mut self, prepare: &Header) {
         assert_eq!(prepare.command(), Some(Command::Prepare));
+        assert_eq!(prepare.cluster, self.config.cluster);
         self.timestamp_last = self.timestamp_last.max(prepare.timestamp);
     }
 
@@ -221,6 +243,7 @@ impl Replica {
 
     pub(super) fn reply_again(&mut self, slot: usize, request: &Header) {
         let record = *self.sessions.get(slot);
+        assert_eq!(record.client, request.client, "the session slot is the client's");
         let Some(reply) = self.replies[slot].message.clone() else {
             // The stored reply was lost with the disk copy: the client must start over.
             return self.send_eviction(request.client, EvictionReason::SessionEvicted);
@@ -228,6 +251,7 @@ impl Replica {
         if reply.header().checksum != Checksum::from(record.reply_checksum) {
             return self.send_eviction(request.client, EvictionReason::SessionEvicted);
         }
+        assert_eq!(reply.header().client, request.client);
         self.metrics.replies_resent += 1;
         self.send(Destination::Client(request.client), reply);
     }
@@ -237,6 +261,8 @@ impl Replica {
 impl Replica {
     pub(super) fn on_prepare<S: Storage>(&mut self, storage: &mut S, message: Message) {
         let header = *message.header();
+        assert_eq!(header.command(), Some(Command::Prepare));
+        assert!(self.status.is_open());
         if header.view > self.view {
             // Only a normal primary of a newer view prepares in it.
             return self.view_jump(storage, header.view);
@@ -289,6 +315,7 @@ impl Replica {
     /// died. Only its own commit heartbeats (`on_commit`) are. Returns whether the primary of
     /// this view authored it.
     pub(super) fn prepare_commit_observe(&mut self, header: &Header) -> bool {
+        assert!(header.view <= self.view, "a newer view's prepare makes it jump first");
         let from_primary = header.view == self.view && header.replica == self.primary_index();
         if from_primary && self.status == Status::Normal && !self.is_primary() {
             // Its commit number covers ops below it: taken unless this replica's log is known
@@ -310,6 +337,8 @@ impl Replica {
         let header = *message.header();
         assert_eq!(header.op, self.head.op() + 1);
         assert_eq!(header.parent, self.head.checksum());
+        assert!(!self.sync.active(), "the log waits for state sync to restart it");
+        assert!(!(self.status == Status::Normal && self.is_primary()), "backups only");
         let slot_count = u64::from(self.config.journal_slot_count);
         if header.op > op_prepare_max(self.checkpoint_op, slot_count) {
             return;
@@ -330,6 +359,7 @@ impl Replica {
         self.journal.write_prepare(storage, message);
         self.target_advance();
         assert_eq!(self.head.op(), header.op);
+        assert_eq!(self.head.checksum(), header.checksum);
     }
 
     /// A prepare at or below this replica's head: a retransmission, acknowledged again if
@@ -338,6 +368,7 @@ impl Replica {
     pub(super) fn on_prepare_held<S: Storage>(&mut self, storage: &mut S, message: Message) {
         let header = *message.header();
         let op = header.op;
+        assert!(op <= self.head.op());
         let held = self.journal.header_with_op(op).is_some_and(|held| *held == header);
         let slot = self.journal.slot_for_op(op);
         if held && self.journal.faulty(slot) && !self.journal.truncating() {
@@ -358,6 +389,12 @@ impl Replica {
     }
 
     pub(super) fn send_prepare_ok(&mut self, prepare: &Header) {
+        // A backup acknowledges only a prepare it holds, on the view's log, durably.
+        assert!(!self.is_primary());
+        assert_eq!(self.status, Status::Normal);
+        assert!(self.log_synced());
+        assert!(prepare.op <= self.head.op());
+        assert!(prepare.view <= self.view);
         let mut header = self.header_new(Command::PrepareOk);
         header.op = prepare.op;
         header.commit = self.commit_min;
@@ -372,6 +409,10 @@ impl Replica {
     }
 
     pub(super) fn on_prepare_ok<S: Storage>(&mut self, storage: &mut S, header: &Header) {
+        assert_eq!(header.command(), Some(Command::PrepareOk));
+        assert_eq!(header.view, self.view);
+        assert_eq!(self.status, Status::Normal);
+        assert_ne!(header.replica, self.config.replica);
         if !self.is_primary() {
             return;
         }
@@ -384,6 +425,7 @@ impl Replica {
         if prepared.message.header().checksum != views::PrepareOk::of(header).prepare_checksum() {
             return;
         }
+        assert_eq!(prepared.message.header().op, header.op);
         prepared.ok_from |= header.replica.bit();
         self.commit_advance_primary(storage);
     }
@@ -393,6 +435,8 @@ impl Replica {
     /// The timer runs from the first tick of the primary's view; once it fires, the resends
     /// back off while they go unanswered, and a commit resets it.
     pub(super) fn prepare_timeout(&mut self) {
+        assert!(self.is_primary());
+        assert_eq!(self.status, Status::Normal);
         let timeout = &mut self.timeouts[TimeoutKind::Prepare];
         if !timeout.ticking() {
             timeout.start();
@@ -428,6 +472,8 @@ impl Replica {
 /// the message (whatever the bus left there) zeroed. Before the buffer is shared.
 pub(super) fn padding_zeroed(mut message: Message) -> Message {
     let size = message.header().size as usize;
+    assert_eq!(message.header().command(), Some(Command::Prepare));
+    assert!(size.next_multiple_of(SECTOR_SIZE) <= message.buffer().len());
     message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
     message
 }

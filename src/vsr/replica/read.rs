@@ -3,13 +3,15 @@
 
 use super::{Destination, Replica, ReplyFields};
 use crate::state_machine::ReadReply;
-use crate::vsr::header::Op;
+use crate::vsr::header::{Command, Op};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
 
 impl Replica {
     pub(super) fn read_start<S: Storage>(&mut self, storage: &mut S, message: Message) {
         let header = *message.header();
+        assert_eq!(header.command(), Some(Command::Request));
+        assert!(self.status.is_open());
         if self.sync.active() {
             // The event store is being replaced by a newer checkpoint's.
             self.metrics.requests_dropped += 1;
@@ -22,6 +24,7 @@ impl Replica {
         }
         // A malformed read body gets a body_invalid result from the event store.
         let operation = header.operation().expect("accept checked the operation");
+        assert!(operation.is_read());
         let Some(free) = self.reads.iter().position(Option::is_none) else {
             self.metrics.requests_dropped += 1;
             return;
@@ -49,6 +52,9 @@ impl Replica {
             panic!("read completed that was never started");
         };
         let (_, request) = self.reads[index].take().expect("read in flight");
+        // Paired with `read_start`: a read id is in flight once, for a read request.
+        assert!(self.reads.iter().flatten().all(|(id, _)| *id != read));
+        assert!(request.operation().is_some_and(|operation| operation.is_read()));
         let fields = ReplyFields {
             op: Op(0),
             commit: self.commit_min,
@@ -59,6 +65,7 @@ impl Replica {
             request_checksum: request.checksum,
         };
         self.reply_header_write(&mut reply, &fields, body_size);
+        assert_eq!(reply.header().request, request.request);
         self.metrics.reads_served += 1;
         self.send(Destination::Client(request.client), reply);
     }

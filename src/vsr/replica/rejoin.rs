@@ -60,17 +60,21 @@ impl Replica {
     pub(super) fn rejoin_start(&mut self) {
         assert!(self.config.replica_count > 1);
         assert!(self.superblock.working().vsr_state.log_lost != 0);
+        assert!(self.log_faulty, "a lost log is faulty from the open on");
+        assert_eq!(self.status, Status::Normal, "the open is over");
         self.status = Status::ViewChange;
         self.rejoin.learning = true;
         self.rejoin.nonce = u128::from((self.prng_next() as u32).max(1));
         self.rejoin.answered = 0;
         self.rejoin.view_max = self.view;
+        assert_ne!(self.rejoin.nonce, 0, "a ping without a nonce is no query");
         self.timeouts[TimeoutKind::RejoinQuery].start();
         self.rejoin_query_send();
     }
 
     pub(super) fn rejoin_tick(&mut self) {
         assert!(self.rejoin.learning);
+        assert_eq!(self.status, Status::ViewChange);
         if self.timeouts[TimeoutKind::RejoinQuery].fired() {
             self.timeouts[TimeoutKind::RejoinQuery].reset();
             self.rejoin_query_send();
@@ -79,6 +83,8 @@ impl Replica {
 
     /// Asks every peer it has no answer from yet for its view.
     fn rejoin_query_send(&mut self) {
+        assert!(self.rejoin.learning);
+        assert_ne!(self.rejoin.nonce, 0);
         let mut header = Header::new(Command::Ping, self.config.cluster);
         // It claims no view: a peer must not take this ping as news of a newer one.
         header.view = View(0);
@@ -96,6 +102,7 @@ impl Replica {
     /// Returns whether it was one; a replica still learning answers none.
     pub(super) fn on_view_query(&mut self, header: &Header) -> bool {
         assert_eq!(header.command(), Some(Command::Ping));
+        assert_ne!(header.replica, self.config.replica);
         let nonce = views::Ping::of(header).nonce();
         if nonce == 0 {
             return false;
@@ -112,6 +119,8 @@ impl Replica {
 
     /// A pong: an answer to this replica's view query, if it carries the current nonce.
     pub(super) fn on_pong<S: Storage>(&mut self, storage: &mut S, header: &Header) {
+        assert_eq!(header.command(), Some(Command::Pong));
+        assert_ne!(header.replica, self.config.replica);
         if !self.rejoin.learning || views::Pong::of(header).nonce() != self.rejoin.nonce {
             return;
         }
@@ -122,6 +131,8 @@ impl Replica {
         if (self.rejoin.answered.count_ones() as usize) < needed {
             return;
         }
+        // The view does not move while it learns: it acts in none.
+        assert!(self.rejoin.view_max >= self.view);
         self.rejoin.learning = false;
         self.metrics.rejoin_views_learned += 1;
         let mut view = self.rejoin.view_max.max(self.view).next();

@@ -67,6 +67,7 @@ pub(super) struct LogTarget {
 
 impl LogTarget {
     pub fn new(slot_count: usize) -> LogTarget {
+        assert!(slot_count >= VIEW_CHANGE_HEADERS_MAX, "a target's suffix fits its ring");
         LogTarget {
             active: false,
             phase: Phase::Match,
@@ -139,6 +140,8 @@ impl LogTarget {
         }
         assert!(!first, "a target has at least one header");
         assert!(self.known_min <= head + 1);
+        // Every known op has a slot of its own in the ring.
+        assert!(head + 1 - self.known_min <= self.headers.len() as u64);
     }
 
     fn slot(&self, op: Op) -> usize {
@@ -157,6 +160,7 @@ impl LogTarget {
 
     /// The canonical checksum of `op`, if known.
     fn checksum(&self, op: Op) -> Option<Checksum> {
+        assert!(self.active);
         if op + 1 == self.known_min {
             return Some(self.parent_low);
         }
@@ -165,6 +169,8 @@ impl LogTarget {
 
     /// Takes a header just below the known range if it is the one the chain names.
     fn extend_down(&mut self, header: &Header) -> bool {
+        assert!(self.active);
+        assert_eq!(header.command(), Some(Command::Prepare));
         if header.op + 1 != self.known_min || header.checksum != self.parent_low {
             return false;
         }
@@ -176,6 +182,7 @@ impl LogTarget {
         self.headers[slot] = *header;
         self.known_min = header.op;
         self.parent_low = header.parent;
+        assert!(self.known_min <= self.head);
         true
     }
 
@@ -208,6 +215,8 @@ impl Replica {
     }
 
     fn target_match(&self) -> Match {
+        assert!(self.target.active());
+        assert!(!self.journal.truncating());
         let target = &self.target;
         let top = self.head.op().min(target.head);
         let floor = target.known_min.saturating_sub(1).max(self.commit_min);
@@ -241,6 +250,7 @@ impl Replica {
         if self.journal.truncating() {
             return;
         }
+        assert!(self.config.replica_count > 1, "a log target comes from a peer");
         let slot_count = u64::from(self.config.journal_slot_count);
         if self.commit_max.max(self.target.head())
             >= self.head.op() + slot_count - REPAIR_WINDOW_MAX as u64
@@ -272,10 +282,13 @@ impl Replica {
         if self.head.op() < self.target.head() {
             return self.repair_request(self.head.op() + 1);
         }
+        // The match cut whatever lay above the target's head.
+        assert_eq!(self.head.op(), self.target.head());
         if self.pipeline.iter().any(|prepared| !prepared.durable) || self.journal.writing() {
             return;
         }
         if self.status == Status::ViewChange {
+            assert!(self.view_change.log_chosen);
             if self.pipeline_fill(storage) {
                 self.primary_log_installed(storage);
             }
@@ -289,6 +302,8 @@ impl Replica {
     /// since it wrote them) are read back, highest first, onto the pipeline's front. True once
     /// the pipeline covers them all.
     fn pipeline_fill<S: Storage>(&mut self, storage: &mut S) -> bool {
+        assert!(self.is_primary());
+        assert_eq!(self.status, Status::ViewChange);
         let first =
             self.pipeline.front().map_or(self.head.op() + 1, |front| front.message.header().op);
         if first <= self.commit_max + 1 {
@@ -307,6 +322,7 @@ impl Replica {
         let Some(header) = self.log_header(op) else {
             return false;
         };
+        assert_eq!(header.op, op);
         if self.journal.dirty(self.journal.slot_for_op(op)) {
             return false;
         }
@@ -326,6 +342,10 @@ impl Replica {
             && op > self.commit_max
             && self.pipeline.len() < PIPELINE_BACKUP_MAX;
         if fits {
+            // The read-back prepare chains onto the pipeline's front.
+            let chains =
+                |front: &Prepared| front.message.header().parent == message.header().checksum;
+            assert!(self.pipeline.front().is_none_or(chains));
             let ok_from = self.config.replica.bit();
             let prepared = Prepared { message, durable: true, ok_from, acknowledged: false };
             self.pipeline.push_front(prepared);
@@ -338,6 +358,7 @@ impl Replica {
     /// must go before the log is the view's, for if it chains onto the head the next open would
     /// take it into the log as the view's.
     fn journal_holds_other_log_above(&self, op: Op) -> bool {
+        assert!(self.target.active());
         let target = &self.target;
         let other =
             |held: &Header| target.header(held.op).is_none_or(|canonical| canonical != held);
@@ -350,8 +371,11 @@ impl Replica {
         assert!(op <= self.head.op());
         assert!(op >= self.commit_min);
         assert!(!self.journal.writing());
+        assert!(self.target.active());
         let parent = self.own_checksum(op).expect("the match point is known");
         self.pipeline.retain(|prepared| prepared.message.header().op <= op);
+        // What is left of the pipeline still ends at the new head.
+        assert!(self.pipeline.back().is_none_or(|back| back.message.header().op == op));
         self.metrics.ops_truncated += self.head.op() - op;
         self.head.reset(op, parent);
         self.target.phase = Phase::Fetch;
@@ -368,6 +392,7 @@ impl Replica {
         if self.config.replica_count < 2 {
             return None;
         }
+        assert!(self.target.active());
         self.target.attempts += 1;
         let attempt = self.target.attempts / REPAIR_WINDOW_ROTATE;
         Some(self.peer_rotation(self.target.source, attempt))
@@ -382,10 +407,14 @@ impl Replica {
             return source;
         }
         let offset = 1 + (attempt / 2) % (replica_count - 1);
-        ReplicaIndex(((u64::from(self.config.replica.get()) + offset) % replica_count) as u8)
+        let peer =
+            ReplicaIndex(((u64::from(self.config.replica.get()) + offset) % replica_count) as u8);
+        assert_ne!(peer, self.config.replica, "a replica asks a peer, never itself");
+        peer
     }
 
     fn request_headers_send(&mut self) {
+        assert!(self.target.active());
         let timeout = &self.timeouts[TimeoutKind::RepairTarget];
         if timeout.counting_down() {
             return;
@@ -418,6 +447,8 @@ impl Replica {
     /// Sends the headers this replica holds for `op_min..=op` (the top of that range that its
     /// log holds, ascending).
     pub(super) fn on_request_headers(&mut self, header: &Header) {
+        assert_eq!(header.command(), Some(Command::RequestHeaders));
+        assert_ne!(header.replica, self.config.replica);
         let op_max = header.op.min(self.head.op());
         if header.op_min > op_max {
             return;
@@ -427,6 +458,8 @@ impl Replica {
         let Some((first, count)) = self.log_headers_write(&mut message, op_low, op_max) else {
             return;
         };
+        // Paired with `view_headers_invalid` at the receiver: a run of at most a view change's.
+        assert!(count > 0 && count <= VIEW_CHANGE_HEADERS_MAX);
         let mut reply = self.header_new(Command::Headers);
         reply.op_min = first;
         reply.op = op_max;
@@ -443,8 +476,10 @@ impl Replica {
         if let Some(reason) = view_headers_invalid(message, View::MAX) {
             return self.message_invalid(&header, reason);
         }
+        assert_eq!(header.command(), Some(Command::Headers));
         let body = message.body();
         let count = body.len() / HEADER_SIZE;
+        assert!(count > 0 && count <= VIEW_CHANGE_HEADERS_MAX, "validated");
         let mut extended = false;
         for index in (0..count).rev() {
             let entry = *Header::from_prefix(&body[index * HEADER_SIZE..]).expect("validated");
@@ -461,6 +496,7 @@ impl Replica {
 
     /// Once per tick: keeps a log target, or a backup's normal-path repair, moving.
     pub(super) fn repair_tick<S: Storage>(&mut self, storage: &mut S) {
+        assert!(self.status.is_open());
         if self.target.active() {
             self.repair_progress(storage);
         }
@@ -472,6 +508,12 @@ impl Replica {
 impl Replica {
     pub(super) fn repair_write_ahead<S: Storage>(&mut self, storage: &mut S, message: Message) {
         let header = *message.header();
+        // A committed op of the target, above the chain's head (`on_prepare`).
+        assert!(header.op > self.head.op());
+        assert!(header.op <= self.commit_max);
+        assert!(
+            self.target.header(header.op).is_some_and(|target| target.checksum == header.checksum)
+        );
         let slot_count = u64::from(self.config.journal_slot_count);
         if self.journal.header_with_op(header.op).is_some_and(|held| *held == header) {
             return;
@@ -508,6 +550,7 @@ impl Replica {
     /// log holds at `op`. A replica never answers with an entry it cannot read back intact
     /// (the journal verifies both checksums before the read completes).
     pub(super) fn on_request_prepare<S: Storage>(&mut self, storage: &mut S, header: &Header) {
+        assert_eq!(header.command(), Some(Command::RequestPrepare));
         let op = header.op;
         if op == Op(0) || op > self.head.op() {
             return;
@@ -517,6 +560,7 @@ impl Replica {
         let replica = header.replica;
         if let Some(index) = self.pipeline_index(op) {
             let message = self.pipeline[index].message.clone();
+            assert_eq!(message.header().op, op);
             if wanted(message.header().checksum) {
                 self.send(Destination::Replica(replica), message);
             }
@@ -536,6 +580,8 @@ impl Replica {
         if duplicate || self.pool.free_count() < 2 * JOURNAL_IOPS_READ_MAX {
             return;
         }
+        assert_eq!(held.op, op);
+        assert_ne!(replica, self.config.replica);
         let purpose = JournalReadPurpose::Repair { replica };
         self.journal_reads.push(JournalRead { op, checksum: held.checksum, purpose });
         self.journal.read_prepare(storage, op, held.checksum, self.pool.get());

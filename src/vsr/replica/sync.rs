@@ -184,6 +184,7 @@ impl ChunkFetch {
     /// answers were lost, or a busy peer dropped them. A replica that asked for the first
     /// missing chunks every time would get the same few chunks back per round trip.
     pub(super) fn skip(&mut self, all: u128) -> u128 {
+        assert_eq!(self.received & !all, 0, "only chunks of the block are received");
         if self.received | self.requested == all {
             self.requested = self.received;
         }
@@ -191,23 +192,28 @@ impl ChunkFetch {
     }
 
     pub(super) fn asked(&mut self, chunks: u128) {
+        assert_eq!(chunks & self.received, 0, "a chunk received is not asked for again");
         self.requested |= chunks;
     }
 
     /// Asks for `chunk` again in this round.
     pub(super) fn ask_again(&mut self, chunk: usize) {
+        assert!(chunk < 128);
         self.requested &= !(1 << chunk);
     }
 
     pub(super) fn has(&self, chunk: usize) -> bool {
+        assert!(chunk < 128);
         self.received & (1 << chunk) != 0
     }
 
     pub(super) fn receive(&mut self, chunk: usize) {
+        assert!(!self.has(chunk), "a chunk is taken once");
         self.received |= 1 << chunk;
     }
 
     pub(super) fn complete(&self, all: u128) -> bool {
+        assert_eq!(self.received & !all, 0);
         self.received == all
     }
 }
@@ -215,7 +221,9 @@ impl ChunkFetch {
 /// Bytes of a block one `block` message carries.
 fn chunk_size(config: &Config) -> usize {
     let room = config.message_size_max as usize - SECTOR_SIZE;
-    (room / SECTOR_SIZE * SECTOR_SIZE).min(BLOCK_SIZE)
+    let size = (room / SECTOR_SIZE * SECTOR_SIZE).min(BLOCK_SIZE);
+    assert!(size > 0 && size.is_multiple_of(SECTOR_SIZE));
+    size
 }
 
 impl Replica {
@@ -243,11 +251,15 @@ impl Replica {
     }
 
     pub(super) fn sync_chunk_count(&self) -> usize {
-        BLOCK_SIZE.div_ceil(self.sync_chunk_size())
+        let count = BLOCK_SIZE.div_ceil(self.sync_chunk_size());
+        // A block's chunks are tracked in a `u128` mask.
+        assert!(count > 0 && count <= 128);
+        count
     }
 
     /// Called by the log target when it reaches further back than any peer's WAL.
     pub(super) fn sync_progress<S: Storage>(&mut self, storage: &mut S) {
+        assert!(self.config.replica_count > 1, "state sync fetches from a peer");
         match self.sync.phase {
             Phase::Idle => {
                 self.sync.phase = Phase::Checkpoint;
@@ -274,6 +286,7 @@ impl Replica {
     }
 
     fn sync_request_checkpoint(&mut self) {
+        assert_eq!(self.sync.phase, Phase::Checkpoint);
         if !self.sync_request_due() {
             return;
         }
@@ -296,6 +309,9 @@ impl Replica {
             // Its WAL slot was overwritten already: another peer answers.
             return;
         };
+        // Paired with `on_sync_checkpoint`, which takes only the prepare the superblock names.
+        assert_eq!(checkpoint_header.op, working.vsr_state.checkpoint_op);
+        assert_eq!(checkpoint_header.checksum, working.vsr_state.checkpoint_checksum);
         let body = SyncCheckpointBody {
             checkpoint_header,
             grid_head: working.vsr_state.grid_head,
@@ -321,9 +337,11 @@ impl Replica {
 
     pub(super) fn on_sync_checkpoint<S: Storage>(&mut self, storage: &mut S, message: &Message) {
         let header = *message.header();
+        assert_eq!(header.command(), Some(Command::SyncCheckpoint));
         if self.sync.phase != Phase::Checkpoint {
             return;
         }
+        assert_eq!(self.sync.writes, 0, "no block is written before a checkpoint is chosen");
         let Ok(body) = SyncCheckpointBody::read_from_bytes(message.body()) else {
             return self.message_invalid(&header, "sync_checkpoint body of the wrong size");
         };
@@ -363,6 +381,7 @@ impl Replica {
     }
 
     fn sync_request_blocks<S: Storage>(&mut self, storage: &mut S) {
+        assert_eq!(self.sync.phase, Phase::Blocks);
         if self.sync.block_next >= self.sync.body.grid_head {
             self.sync.phase = Phase::Install;
             return self.sync_install(storage);
@@ -409,6 +428,7 @@ impl Replica {
             count += 1;
         }
         assert!(count > 0);
+        assert_ne!(replica, self.config.replica);
         let mut header = self.header_new(Command::RequestBlocks);
         header.checkpoint_op = checkpoint_op;
         let message = message_finish(message, header, count * size_of::<ChunkReference>());
@@ -420,6 +440,8 @@ impl Replica {
     /// blocks below this replica's durable checkpoint's grid head, which never change.
     pub(super) fn on_request_blocks<S: Storage>(&mut self, storage: &mut S, message: &Message) {
         let header = *message.header();
+        assert_eq!(header.command(), Some(Command::RequestBlocks));
+        assert_ne!(header.replica, self.config.replica);
         if !self.status.is_open() {
             return;
         }
@@ -463,6 +485,8 @@ impl Replica {
     }
 
     pub(super) fn grid_offset(&self, address: u64, offset: usize) -> u64 {
+        assert!(address < self.config.grid_size / BLOCK_SIZE as u64, "a block of the grid");
+        assert!(offset < BLOCK_SIZE);
         self.layout.offset(Zone::Grid, address * BLOCK_SIZE as u64 + offset as u64)
     }
 
@@ -472,6 +496,7 @@ impl Replica {
         completion: Completion,
     ) {
         let index = completion.request.token.index;
+        assert_eq!(completion.request.token.owner, IoOwner::Sync);
         if index >= GRID_REPAIR_TOKEN_FIRST {
             return self.grid_repair_storage_complete(storage, completion);
         }
@@ -493,6 +518,9 @@ impl Replica {
     fn sync_read_complete(&mut self, completion: Completion) {
         let slot = completion.request.token.index as usize;
         let serving = self.sync.serving[slot].take().expect("a read in flight");
+        assert_eq!(completion.request.kind, IoKind::Read);
+        // Paired with `on_request_blocks`, which reads only whole chunks.
+        assert!(completion.request.length <= self.sync_chunk_size());
         if completion.result.is_err() {
             return;
         }
@@ -528,6 +556,7 @@ impl Replica {
             return;
         };
         let address = views::Block::of(&header).address();
+        assert!(address < self.sync.body.grid_head, "only blocks below the checkpoint's head");
         let offset = chunk * self.sync_chunk_size();
         let body = message.body();
         if self.sync.chunks.has(chunk) {
@@ -560,6 +589,7 @@ impl Replica {
 
     /// Once every chunk of the block is in: the combined checksum must be the block's.
     fn sync_block_check<S: Storage>(&mut self, storage: &mut S) {
+        assert_eq!(self.sync.phase, Phase::Blocks);
         if !self.sync.chunks.complete(self.chunks_all()) {
             return;
         }
@@ -572,6 +602,7 @@ impl Replica {
             return;
         }
         self.sync.block_next += 1;
+        assert!(self.sync.block_next <= self.sync.body.grid_head);
         self.timeouts[TimeoutKind::Sync].stop();
         self.sync_request_blocks(storage);
     }
@@ -592,6 +623,7 @@ impl Replica {
         if busy {
             return;
         }
+        assert!(self.sync.block_next >= self.sync.body.grid_head, "every block is in");
         // Commits are frozen while state sync runs, so the checkpoint is still ahead.
         assert!(self.sync.checkpoint_op > self.commit_min);
         assert!(self.sync.checkpoint_op > self.checkpoint_op);
@@ -612,6 +644,10 @@ impl Replica {
     /// The superblock holds the checkpoint: the event store opens it.
     pub(super) fn sync_superblock_done<S: Storage>(&mut self, storage: &mut S) {
         assert_eq!(self.sync.phase, Phase::Superblock);
+        // Paired with `sync_install`: the superblock holds the checkpoint fetched.
+        let working = self.superblock.working().vsr_state;
+        assert_eq!(working.checkpoint_op, self.sync.checkpoint_op);
+        assert_eq!(working.checkpoint_checksum, self.sync.checkpoint_checksum);
         self.sync.phase = Phase::Reopen;
         let checkpoint = self.superblock.working().vsr_state().checkpoint_state();
         self.state_machine.close();
@@ -633,6 +669,7 @@ impl Replica {
         self.pipeline.clear();
         assert!(working.vsr_state.checkpoint_op > self.checkpoint_op);
         assert!(working.vsr_state.checkpoint_op > self.commit_min);
+        assert_eq!(working.vsr_state.checkpoint_op, self.sync.checkpoint_op);
         self.checkpoint_op = working.vsr_state.checkpoint_op;
         self.commit_min = working.vsr_state.checkpoint_op;
         self.commit_checksum = working.vsr_state.checkpoint_checksum;
@@ -672,6 +709,7 @@ impl Replica {
             self.message_invalid(&header, "block chunk of the wrong length");
             return None;
         }
+        assert!(offset / chunk_size < self.sync_chunk_count());
         Some(offset / chunk_size)
     }
 }

@@ -94,6 +94,8 @@ impl DoViewChangeRecord {
     /// Whether it lacks the prepare `entry` (at `entry.op`, above its commit): it can deny
     /// holding that op, or its log holds another prepare there.
     fn nacks(&self, entry: &Header) -> bool {
+        assert!(self.received);
+        assert!(entry.op > self.commit, "only an uncommitted op can be nacked");
         entry.op >= self.op_min
             || self.header(entry.op).is_some_and(|held| held.checksum != entry.checksum)
     }
@@ -192,8 +194,11 @@ fn canonical_choose(
     quorum_replication: usize,
 ) -> Option<ReplicaIndex> {
     assert!(quorum_replication <= records.len());
-    canonical_sound(records, quorum_replication)
-        .or_else(|| canonical_highest(records, quorum_replication))
+    assert!(quorum_replication > records.len() / 2, "a replication quorum is a majority");
+    let chosen = canonical_sound(records, quorum_replication)
+        .or_else(|| canonical_highest(records, quorum_replication));
+    assert!(chosen.is_none_or(|best| records[usize::from(best)].received));
+    chosen
 }
 
 fn canonical_sound(
@@ -312,6 +317,8 @@ impl Replica {
     /// A primary whose uncommitted prepares have not moved for `PRIMARY_ABDICATE_TICKS`
     /// cannot reach a quorum: it falls silent so that its backups elect another.
     fn abdicate_maybe(&mut self) {
+        assert!(self.is_primary());
+        assert_eq!(self.status, Status::Normal);
         let uncommitted = self.head.op() > self.commit_max;
         let progress = &mut self.timeouts[TimeoutKind::PrimaryAbdicate];
         if !uncommitted
@@ -361,10 +368,15 @@ impl Replica {
         if new || send {
             self.send_start_view_change(self.view_change.vote_view);
         }
+        assert!(self.view_change.vote_view >= view);
         self.votes_count(storage);
+        // Its own vote stands, whether or not the quorum made it enter the view.
+        assert_ne!(self.view_change.votes & bit, 0);
     }
 
     pub(super) fn on_start_view_change<S: Storage>(&mut self, storage: &mut S, header: &Header) {
+        assert_eq!(header.command(), Some(Command::StartViewChange));
+        assert_ne!(header.replica, self.config.replica);
         let view = header.view;
         if view <= self.view {
             return;
@@ -403,12 +415,15 @@ impl Replica {
     fn votes_count<S: Storage>(&mut self, storage: &mut S) {
         let view = self.view_change.vote_view;
         let votes = self.view_change.votes.count_ones() as usize;
+        assert!(votes <= usize::from(self.config.replica_count), "a vote per replica");
         if view > self.view && votes >= self.quorum_view_change() {
             self.view_change_start(storage, view);
         }
     }
 
     fn send_start_view_change(&mut self, view: View) {
+        assert!(view >= self.view, "a replica votes only for views ahead");
+        assert!(self.config.replica_count > 1);
         let mut header = Header::new(Command::StartViewChange, self.config.cluster);
         header.view = view;
         header.replica = self.config.replica;
@@ -443,6 +458,7 @@ impl Replica {
         self.view_change.votes |= self.config.replica.bit();
         self.send_start_view_change(view);
         self.view_change_resend(storage);
+        assert_eq!(self.view, view);
     }
 
     /// Joins `view`, in which some replica is already normal, and asks its primary for the log.
@@ -458,6 +474,7 @@ impl Replica {
     /// view, queued requests are dropped (clients retry), a log target is abandoned.
     fn view_enter<S: Storage>(&mut self, storage: &mut S, view: View) {
         assert!(view > self.view);
+        assert!(self.config.replica_count > 1, "a lone replica stays in its view");
         self.metrics.view_change_during_superblock_update +=
             u64::from(self.superblock_writing.is_some());
         self.metrics.view_change_during_state_sync += u64::from(self.sync.active());
@@ -490,6 +507,7 @@ impl Replica {
         if self.status != Status::ViewChange {
             return;
         }
+        assert!(self.config.replica_count > 1);
         if self.log_view < self.view {
             // So that replicas that missed the votes join this view too. (A restarted primary
             // stepping aside waits in its own view, whose log is already its own.)
@@ -604,6 +622,7 @@ impl Replica {
                 None => break,
             }
         }
+        assert!(first >= op_low && first <= op_high);
         let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
         for (index, op) in first.through(op_high).enumerate() {
             let header = self.log_header(op).expect("the run was checked above");
@@ -616,10 +635,19 @@ impl Replica {
     /// `op`) into `message`'s body; returns the count (0 if the log lacks its head's header).
     fn log_suffix_write(&self, message: &mut Message) -> usize {
         let low = self.head.op().saturating_sub(VIEW_CHANGE_HEADERS_MAX as u64 - 1);
-        self.log_headers_write(message, low, self.head.op()).map_or(0, |(_, count)| count)
+        let count =
+            self.log_headers_write(message, low, self.head.op()).map_or(0, |(_, count)| count);
+        assert!(count <= VIEW_CHANGE_HEADERS_MAX);
+        count
     }
 
     fn do_view_change_build(&self) -> Option<Message> {
+        // A vote: of a replica between views, with its new view durable, and a log of an
+        // older one that it has not lost.
+        assert_eq!(self.status, Status::ViewChange);
+        assert!(self.log_view < self.view);
+        assert_eq!(self.view_durable, self.view);
+        assert_eq!(self.log_lost(), 0);
         let mut message = self.pool.get();
         let count = self.log_suffix_write(&mut message);
         if count == 0 {
@@ -631,6 +659,8 @@ impl Replica {
         header.commit = self.commit_max.min(self.head.op());
         header.checkpoint_op = self.checkpoint_op;
         header.log_view = self.log_view;
+        // Paired with `view_headers_invalid` and `DoViewChangeRecord::sound`.
+        assert!(header.commit <= header.op && header.op_min > header.op);
         Some(message_finish(message, header, count * HEADER_SIZE))
     }
 
@@ -664,6 +694,8 @@ impl Replica {
 impl Replica {
     pub(super) fn on_do_view_change<S: Storage>(&mut self, storage: &mut S, message: &Message) {
         let header = *message.header();
+        assert_eq!(header.command(), Some(Command::DoViewChange));
+        assert_ne!(header.replica, self.config.replica);
         if header.view < self.view || self.primary_index_of(header.view) != self.config.replica {
             return;
         }
@@ -696,8 +728,10 @@ impl Replica {
         let header = *message.header();
         assert_eq!(header.view, self.view);
         assert!(self.is_primary());
+        assert_eq!(self.status, Status::ViewChange);
         let body = message.body();
         let count = body.len() / HEADER_SIZE;
+        assert!(count > 0 && count <= VIEW_CHANGE_HEADERS_MAX, "validated");
         let record = &mut self.view_change.records[usize::from(header.replica)];
         let fresh = !record.received;
         record.received = true;
@@ -711,6 +745,8 @@ impl Replica {
             record.headers[index] = entry;
         }
         // A later do_view_change may let the primary cut an op no one can supply.
+        // Validated: the suffix ends at the op claimed.
+        assert_eq!(record.headers[count - 1].op, record.op);
         if fresh || !self.view_change.log_chosen {
             self.do_view_change_quorum(storage);
         }
@@ -718,6 +754,8 @@ impl Replica {
 
     /// With a view-change quorum of logs: chooses the canonical log and starts installing it.
     fn do_view_change_quorum<S: Storage>(&mut self, storage: &mut S) {
+        assert!(self.is_primary());
+        assert_eq!(self.status, Status::ViewChange);
         if self.log_view == self.view {
             // A primary back from a crash, in the view whose log it had: peers still in that
             // view change must not make it primary of the view again, with a log that may lack
@@ -751,6 +789,8 @@ impl Replica {
             return self.message_invalid(&canonical.headers[0], "commit beyond the canonical log");
         }
         let head = self.head_after_nacks(&canonical, commit);
+        // Committed ops are never cut.
+        assert!(head >= commit && head <= canonical.op);
         self.commit_max = self.commit_max.max(commit);
         self.view_change.log_chosen = true;
         let headers = &canonical.headers[..canonical.headers_count];
@@ -761,6 +801,8 @@ impl Replica {
 
     /// The canonical head, lowered below the first op above `commit` that a nack quorum lacks.
     fn head_after_nacks(&mut self, canonical: &DoViewChangeRecord, commit: Op) -> Op {
+        assert!(commit <= canonical.op);
+        assert!(canonical.received);
         let quorum_nack = self.quorum_nack();
         for op in (commit + 1).through(canonical.op) {
             let Some(entry) = canonical.header(op) else {
@@ -782,6 +824,8 @@ impl Replica {
     pub(super) fn primary_log_installed<S: Storage>(&mut self, storage: &mut S) {
         assert!(self.is_primary());
         assert_eq!(self.status, Status::ViewChange);
+        assert!(self.target.active() && self.view_change.log_chosen);
+        assert_eq!(self.head.op(), self.target.head(), "the canonical log is installed");
         if self.log_view != self.view {
             self.log_view = self.view;
             self.op_acknowledged_max = Op(0);
@@ -819,6 +863,7 @@ impl Replica {
                 self.send_start_view(ReplicaIndex(replica), 0);
             }
         }
+        assert!(self.commit_max <= self.head.op(), "the canonical head covers every commit");
         self.commit_advance_primary(storage);
     }
 
@@ -826,6 +871,8 @@ impl Replica {
     pub(super) fn send_start_view(&mut self, replica: ReplicaIndex, nonce: u128) {
         assert!(self.is_primary());
         assert_eq!(self.status, Status::Normal);
+        assert_eq!(self.log_view, self.view, "a primary sends its own view's log");
+        assert_ne!(replica, self.config.replica);
         let mut message = self.pool.get();
         let count = self.log_suffix_write(&mut message);
         if count == 0 {
@@ -842,6 +889,8 @@ impl Replica {
     }
 
     pub(super) fn on_request_start_view(&mut self, header: &Header) {
+        assert_eq!(header.command(), Some(Command::RequestStartView));
+        assert_ne!(header.replica, self.config.replica);
         if header.view == self.view && self.status == Status::Normal && self.is_primary() {
             self.send_start_view(header.replica, views::RequestStartView::of(header).nonce());
         }
@@ -852,6 +901,8 @@ impl Replica {
 impl Replica {
     pub(super) fn on_start_view<S: Storage>(&mut self, storage: &mut S, message: &Message) {
         let header = *message.header();
+        assert_eq!(header.command(), Some(Command::StartView));
+        assert_ne!(header.replica, self.config.replica);
         let view = header.view;
         if view < self.view || header.replica != self.primary_index_of(view) {
             return;
@@ -893,6 +944,8 @@ impl Replica {
         if view > self.view {
             self.view_enter(storage, view);
         }
+        assert_eq!(self.view, view);
+        assert!(!self.is_primary(), "a start_view comes from the view's primary");
         self.status = Status::Normal;
         self.view_change.votes = 0;
         self.primary_heard();
@@ -912,6 +965,8 @@ impl Replica {
     pub(super) fn backup_log_installed<S: Storage>(&mut self, storage: &mut S) {
         assert!(!self.is_primary());
         assert_eq!(self.status, Status::Normal);
+        assert!(self.target.active());
+        assert_eq!(self.head.op(), self.target.head(), "the view's log is installed");
         self.target.clear();
         self.log_faulty = false;
         if self.log_view != self.view || self.view_change.start_view_answered {
