@@ -7,9 +7,10 @@
 //! The load: `--streams` streams are created, then `--clients` clients (one thread each, one
 //! request in flight each) append `--events` events of `--event-size` bytes in batches of
 //! `--batch` events per request (default: as many as fit in a message). It prints a progress
-//! line while it runs, then events/s, MiB/s of event data, and request latency percentiles.
+//! line while it runs (a plain line a second when stderr is not a terminal), then events/s, MiB/s
+//! of event data, and request latency percentiles up to p99.99, taken from every latency.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, IsTerminal};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -80,11 +81,18 @@ impl Results {
 
     /// The latency at `percent` (0 to 100), in microseconds.
     pub fn latency_percentile_us(&self, percent: u64) -> u64 {
+        self.latency_quantile_us(percent, 100)
+    }
+
+    /// The latency below which `numerator / denominator` of the requests stayed, in
+    /// microseconds (exact: every latency is kept, sorted).
+    pub fn latency_quantile_us(&self, numerator: u64, denominator: u64) -> u64 {
+        assert!(numerator <= denominator && denominator > 0);
         if self.latencies_us.is_empty() {
             return 0;
         }
-        let last = self.latencies_us.len() - 1;
-        let index = (last as u64 * percent / 100) as usize;
+        let last = self.latencies_us.len() as u64 - 1;
+        let index = (u128::from(last) * u128::from(numerator) / u128::from(denominator)) as usize;
         self.latencies_us[index]
     }
 }
@@ -283,20 +291,34 @@ fn progress(
     start: Instant,
     threads: &[std::thread::JoinHandle<WorkerResult>],
 ) {
+    // On a terminal one line is redrawn four times a second; in a log, a line a second.
+    let terminal = std::io::stderr().is_terminal();
+    let mut reports = 0u64;
     while !threads.iter().all(|thread| thread.is_finished()) {
         std::thread::sleep(Duration::from_millis(250));
-        let count = done.load(Ordering::Relaxed);
-        let seconds = start.elapsed().as_secs_f64();
-        eprint!(
-            "\rbenchmark: {count}/{total} events, {:.0} events/s, {:.1} s   ",
-            count as f64 / seconds.max(1e-9),
-            seconds
-        );
+        reports += 1;
         if failed.load(Ordering::Relaxed) {
             break;
         }
+        if !terminal && !reports.is_multiple_of(4) {
+            continue;
+        }
+        let count = done.load(Ordering::Relaxed);
+        let seconds = start.elapsed().as_secs_f64();
+        let line = format!(
+            "benchmark: {count}/{total} events, {:.0} events/s, {:.1} s",
+            count as f64 / seconds.max(1e-9),
+            seconds
+        );
+        if terminal {
+            eprint!("\r{line}   ");
+        } else {
+            eprintln!("{line}");
+        }
     }
-    eprintln!();
+    if terminal {
+        eprintln!();
+    }
 }
 
 fn print_results(results: &Results, options: &Options) {
@@ -316,11 +338,14 @@ fn print_results(results: &Results, options: &Options) {
         results.mebibytes_per_second()
     );
     println!(
-        "request latency: p1 {} us, p50 {} us, p90 {} us, p99 {} us, p100 {} us",
+        "request latency: p1 {} us, p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, p99.99 {} us, \
+         p100 {} us",
         results.latency_percentile_us(1),
         results.latency_percentile_us(50),
         results.latency_percentile_us(90),
         results.latency_percentile_us(99),
+        results.latency_quantile_us(999, 1_000),
+        results.latency_quantile_us(9_999, 10_000),
         results.latency_percentile_us(100)
     );
 }
@@ -427,5 +452,31 @@ impl Worker {
             }
         }
         encoder.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_quantiles_index_the_sorted_latencies() {
+        // Goal: quantiles finer than a percent (p99.9, p99.99) pick the latency at that rank,
+        // and the ends are the least and the greatest.
+        let results = Results {
+            events: 10_000,
+            requests: 10_000,
+            elapsed: Duration::from_secs(1),
+            latencies_us: (1..=10_000).collect(),
+            event_size: 128,
+            batch: 1,
+        };
+        assert_eq!(results.latency_percentile_us(0), 1);
+        assert_eq!(results.latency_percentile_us(50), 5_000);
+        assert_eq!(results.latency_quantile_us(999, 1_000), 9_990);
+        assert_eq!(results.latency_quantile_us(9_999, 10_000), 9_999);
+        assert_eq!(results.latency_percentile_us(100), 10_000);
+        let empty = Results { latencies_us: Vec::new(), ..results };
+        assert_eq!(empty.latency_quantile_us(9_999, 10_000), 0);
     }
 }
