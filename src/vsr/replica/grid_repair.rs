@@ -316,8 +316,9 @@ impl Replica {
         self.grid_repair.writing = true;
         let request = IoRequest {
             token: IoToken { owner: IoOwner::Sync, index: REPAIR_WRITE_TOKEN },
-            // Lost at a crash, the block is as bad as before and is repaired again.
-            kind: IoKind::WriteCached,
+            // Durable: the block counts as repaired once this completes (a peer, or the
+            // simulator's bookkeeping, may rely on it), and repairs are rare.
+            kind: IoKind::Write,
             zone: Zone::Grid,
             offset: self.grid_offset(address, 0),
             length: BLOCK_SIZE,
@@ -337,7 +338,7 @@ impl Replica {
             return self.scrub_read_complete(storage, completion);
         }
         assert_eq!(index, REPAIR_WRITE_TOKEN);
-        assert_eq!(completion.request.kind, IoKind::WriteCached);
+        assert_eq!(completion.request.kind, IoKind::Write);
         assert!(self.grid_repair.writing);
         if completion.result.is_err() {
             return self.fail("a grid write of grid repair failed");
