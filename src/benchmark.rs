@@ -153,6 +153,10 @@ impl LocalCluster {
         }
         let addresses: Vec<String> = self.addresses.iter().map(ToString::to_string).collect();
         let addresses = addresses.join(",");
+        // Every data file first, then every replica at once: a replica started while the next
+        // one is still being formatted backs off dialing it (up to a second), and the load
+        // would start with that replica out of the cluster, to catch up by state sync.
+        let mut paths = Vec::new();
         for replica in 0..count {
             let path = self.directory.join(format!("0_{replica}.kimberlite"));
             let mut config = Config::new(self.cluster, ReplicaIndex(replica), count);
@@ -163,19 +167,32 @@ impl LocalCluster {
                 config.grid_size >> 20
             );
             crate::io::format::format_file(&path, &config).map_err(|error| error.to_string())?;
+            paths.push(path);
+        }
+        let connected: Arc<Vec<AtomicU64>> =
+            Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
+        let mut outputs = Vec::new();
+        for (replica, path) in paths.iter().enumerate() {
             let executable = std::env::current_exe().map_err(|error| error.to_string())?;
             let mut child = Command::new(executable)
                 .arg("start")
                 .arg(format!("--addresses={addresses}"))
-                .arg(&path)
+                .arg(path)
                 .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
+                .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|error| format!("starting replica {replica}: {error}"))?;
-            let stdout = child.stdout.take().expect("piped");
+            outputs.push(child.stdout.take().expect("piped"));
+            let stderr = child.stderr.take().expect("piped");
+            let connected = connected.clone();
+            std::thread::spawn(move || forward_replica_log(stderr, &connected[replica]));
             self.children.push(child);
+        }
+        for stdout in outputs {
             wait_for_listening(stdout)?;
         }
+        wait_for_connections(&connected)?;
+        eprintln!("benchmark: every replica is connected to its peers");
         Ok(())
     }
 
@@ -199,6 +216,38 @@ fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|error| error.to_string())?;
     let port = listener.local_addr().map_err(|error| error.to_string())?.port();
     Ok(port)
+}
+
+/// Copies a replica's log to ours, and sets bit `j` of `connected` once it logs that it
+/// connected to replica `j`.
+fn forward_replica_log(stderr: std::process::ChildStderr, connected: &AtomicU64) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { return };
+        eprintln!("{line}");
+        let peer = line.strip_prefix("message bus: connected to replica ");
+        let peer = peer.and_then(|rest| rest.split(' ').next()?.parse::<u32>().ok());
+        if let Some(peer) = peer.filter(|peer| *peer < 64) {
+            connected.fetch_or(1 << peer, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Waits until every replica has connected to every replica above it (the lower one dials),
+/// so that the load starts on the whole cluster.
+fn wait_for_connections(connected: &[AtomicU64]) -> Result<(), String> {
+    let count = connected.len();
+    let start = Instant::now();
+    loop {
+        let missing = (0..count).find(|&replica| {
+            let wanted = ((1u64 << count) - 1) & !((1u64 << (replica + 1)) - 1);
+            connected[replica].load(Ordering::Relaxed) & wanted != wanted
+        });
+        let Some(replica) = missing else { return Ok(()) };
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(format!("replica {replica} did not connect to its peers within 30 s"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Waits until the replica prints its "listening" line.

@@ -238,6 +238,9 @@ struct Dial {
     attempts: u32,
     /// The last connect failed and was logged: later failures of the streak are not.
     failing: bool,
+    /// A connect succeeded once: the first is logged (so that an operator, or the benchmark,
+    /// sees the cluster come together), later ones only after a logged failure.
+    connected_once: bool,
 }
 
 /// See the module documentation.
@@ -315,7 +318,7 @@ impl MessageBus {
                 opened_tick: 0,
             })
             .collect();
-        let dial = Dial { tick: None, attempts: 0, failing: false };
+        let dial = Dial { tick: None, attempts: 0, failing: false, connected_once: false };
         MessageBus {
             pool,
             cluster,

@@ -125,3 +125,30 @@ fn format_rejoin_marks_the_log_lost_and_needs_peers() {
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr_line(&output).contains("--rejoin"));
 }
+
+#[test]
+fn benchmark_starts_its_local_cluster_whole_and_cleans_up() {
+    // Goal: `benchmark` with three local replicas starts the load only once every replica is
+    // connected to its peers, completes, prints throughput and latency up to p99.99, and
+    // removes its scratch directory.
+    let scratch = Scratch::new("benchmark");
+    let child = Command::new(BINARY)
+        .args(["benchmark", "--replica-count=3", "--batch=1", "--clients=2", "--events=300"])
+        .current_dir(&scratch.0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let directory = scratch.0.join(format!("kimberlite-benchmark-{}", child.id()));
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("300 events of 128 bytes in 300 requests"), "{stdout}");
+    assert!(stdout.contains("throughput: ") && stdout.contains(" p99.99 "), "{stdout}");
+    let connected = |replica: u8| format!("message bus: connected to replica {replica}");
+    let (before_load, _) = stderr.split_once("every replica is connected").expect("{stderr}");
+    assert!(before_load.matches(&connected(1)).count() >= 1, "{stderr}");
+    assert!(before_load.matches(&connected(2)).count() >= 2, "{stderr}");
+    assert!(!directory.exists(), "{} left behind", directory.display());
+}

@@ -146,9 +146,10 @@ impl MessageBus {
         }
         connection.state = ConnectionState::Connected;
         let dial = &mut self.dials[usize::from(replica)];
-        if dial.failing {
+        if dial.failing || !dial.connected_once {
             eprintln!("message bus: connected to replica {replica} at {address}");
             dial.failing = false;
+            dial.connected_once = true;
         }
         assert!(self.replica_connections[usize::from(replica)].is_none());
         self.replica_connections[usize::from(replica)] = Some(index);
