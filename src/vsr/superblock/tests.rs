@@ -96,6 +96,18 @@ struct FaultyStorage {
     sync_error: bool,
 }
 
+impl FaultyStorage {
+    /// A formatted disk that fails nothing until a test says so.
+    fn healthy() -> FaultyStorage {
+        FaultyStorage {
+            inner: formatted_storage(),
+            read_errors: [false; SUPERBLOCK_COPIES],
+            write_errors: [false; SUPERBLOCK_COPIES],
+            sync_error: false,
+        }
+    }
+}
+
 impl Storage for FaultyStorage {
     fn submit(&mut self, request: IoRequest, buffer: Message) {
         self.inner.submit(request, buffer);
@@ -240,12 +252,8 @@ fn open_detects_and_repairs_misdirected_copy() {
 #[test]
 fn open_counts_read_errors_as_corrupt_copies() {
     // Goal: copies the disk fails to read are left out of the quorum, like corrupt ones.
-    let mut storage = FaultyStorage {
-        inner: formatted_storage(),
-        read_errors: [true, false, true, false],
-        write_errors: [false; 4],
-        sync_error: false,
-    };
+    let mut storage = FaultyStorage::healthy();
+    storage.read_errors = [true, false, true, false];
     let superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let error = IoError::Errno(libc::EIO);
     assert_eq!(superblock.copies_health()[0], CopyHealth::ReadError { error });
@@ -603,12 +611,7 @@ fn update_rewrites_copy_that_reads_back_corrupt() {
 fn update_settles_for_verify_quorum_when_one_copy_stays_unreadable() {
     // Goal: one copy that never reads back is retried a bounded number of times, then the
     // update succeeds on three copies.
-    let mut storage = FaultyStorage {
-        inner: formatted_storage(),
-        read_errors: [false; 4],
-        write_errors: [false; 4],
-        sync_error: false,
-    };
+    let mut storage = FaultyStorage::healthy();
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     storage.read_errors[3] = true;
     let state = state_advanced(superblock.working(), 1);
@@ -623,12 +626,7 @@ fn update_settles_for_verify_quorum_when_one_copy_stays_unreadable() {
 fn update_fails_when_verify_cannot_reach_quorum() {
     // Goal: two unreadable copies fail the update after its rewrites; working stays, and only
     // a new open may follow.
-    let mut storage = FaultyStorage {
-        inner: formatted_storage(),
-        read_errors: [false; 4],
-        write_errors: [false; 4],
-        sync_error: false,
-    };
+    let mut storage = FaultyStorage::healthy();
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let before = *superblock.working();
     storage.read_errors = [false, true, true, false];
@@ -646,12 +644,7 @@ fn update_fails_when_verify_cannot_reach_quorum() {
 #[test]
 fn update_fails_on_write_error() {
     // Goal: a failed write fails the update at once, with the copy and the error.
-    let mut storage = FaultyStorage {
-        inner: formatted_storage(),
-        read_errors: [false; 4],
-        write_errors: [false; 4],
-        sync_error: false,
-    };
+    let mut storage = FaultyStorage::healthy();
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     storage.write_errors[1] = true;
     let state = state_advanced(superblock.working(), 1);
@@ -666,12 +659,7 @@ fn update_fails_on_write_error() {
 fn update_fails_on_sync_error() {
     // Goal: a failed sync fails the update before any copy is written: nothing may point at
     // what might not be on the media.
-    let mut storage = FaultyStorage {
-        inner: formatted_storage(),
-        read_errors: [false; 4],
-        write_errors: [false; 4],
-        sync_error: false,
-    };
+    let mut storage = FaultyStorage::healthy();
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let before = storage.inner.bytes()[..SUPERBLOCK_COPIES * SUPERBLOCK_COPY_SIZE].to_vec();
     storage.sync_error = true;
