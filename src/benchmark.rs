@@ -2,7 +2,8 @@
 //!
 //! With no `--addresses` it formats a temporary data file in a scratch directory under the
 //! current directory, starts a replica child process on a free loopback port, runs the load,
-//! stops the replica and deletes the directory. With `--addresses` it loads an existing cluster.
+//! stops the replica and deletes the directory, also on Ctrl-C or SIGTERM (checked between
+//! data files and during the load). With `--addresses` it loads an existing cluster.
 //!
 //! The load: `--streams` streams are created, then `--clients` clients (one thread each, one
 //! request in flight each) append `--events` events of `--event-size` bytes in batches of
@@ -106,6 +107,8 @@ pub fn run(options: &Options) -> Result<Results, String> {
         return Err("--event-size must be at least 1".to_string());
     }
     if options.addresses.is_empty() {
+        // Ctrl-C stops the run at the next check and still removes the scratch data files.
+        crate::io::signal::catch_interrupts().map_err(|error| format!("sigaction: {error}"))?;
         let mut cluster = LocalCluster::start(options)?;
         let result = load(options, &cluster.addresses, cluster.cluster);
         cluster.stop();
@@ -168,6 +171,7 @@ impl LocalCluster {
             );
             crate::io::format::format_file(&path, &config).map_err(|error| error.to_string())?;
             paths.push(path);
+            interrupt_check()?;
         }
         let connected: Arc<Vec<AtomicU64>> =
             Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
@@ -243,11 +247,21 @@ fn wait_for_connections(connected: &[AtomicU64]) -> Result<(), String> {
             connected[replica].load(Ordering::Relaxed) & wanted != wanted
         });
         let Some(replica) = missing else { return Ok(()) };
+        interrupt_check()?;
         if start.elapsed() > Duration::from_secs(30) {
             return Err(format!("replica {replica} did not connect to its peers within 30 s"));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// An error once SIGINT or SIGTERM arrived (`run` then stops the replicas and removes the
+/// scratch directory).
+fn interrupt_check() -> Result<(), String> {
+    if crate::io::signal::interrupted() {
+        return Err("interrupted".to_string());
+    }
+    Ok(())
 }
 
 /// Waits until the replica prints its "listening" line.
@@ -307,6 +321,12 @@ fn load(
         threads.push(std::thread::spawn(move || worker.run()));
     }
     progress(options.events, &done, &failed, start, &threads);
+    if crate::io::signal::interrupted() {
+        for thread in threads {
+            let _ = thread.join();
+        }
+        return Err("interrupted".to_string());
+    }
     let mut latencies_us = Vec::new();
     let mut requests = 0;
     // The run ends at the last client's last reply, not when the progress loop (which sleeps
@@ -346,6 +366,10 @@ fn progress(
     while !threads.iter().all(|thread| thread.is_finished()) {
         std::thread::sleep(Duration::from_millis(250));
         reports += 1;
+        if crate::io::signal::interrupted() {
+            // The clients stop at their next request; `run` then removes the scratch files.
+            failed.store(true, Ordering::Relaxed);
+        }
         if failed.load(Ordering::Relaxed) {
             break;
         }

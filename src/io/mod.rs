@@ -13,6 +13,7 @@
 //! - `data_file`: creating and opening data files (`O_DIRECT`, `flock`, fsync at open).
 //! - `allocator`: the global allocator guard that proves no allocation after startup.
 //! - `format`: `kimberlite format`, writing every byte of a new data file.
+//! - `signal`: SIGINT and SIGTERM as a flag (the load generator cleans up on Ctrl-C).
 
 pub mod allocator;
 pub mod data_file;
@@ -20,6 +21,7 @@ pub mod format;
 pub mod message_bus;
 pub mod ring;
 pub mod server;
+pub mod signal;
 pub mod socket;
 pub mod storage;
 
