@@ -827,7 +827,10 @@ impl Replica {
                 self.superblock.on_completion(storage, completion);
                 self.superblock_progress(storage);
             }
-            IoOwner::JournalPrepare | IoOwner::JournalHeaders | IoOwner::JournalRead => {
+            IoOwner::JournalPrepare
+            | IoOwner::JournalHeaders
+            | IoOwner::JournalSync
+            | IoOwner::JournalRead => {
                 self.journal.on_completion(storage, completion);
                 self.journal_events(storage);
             }
