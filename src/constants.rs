@@ -42,9 +42,9 @@ pub const JOURNAL_SLOT_COUNT_MAX: usize = 8192;
 /// Prepares the primary keeps in flight (written, replicated, not yet committed).
 pub const PIPELINE_PREPARE_QUEUE_MAX: usize = 8;
 
-/// Concurrent journal writes: a prepare write and its header-sector write per pipelined
-/// prepare, plus prepares being repaired.
-pub const JOURNAL_IOPS_WRITE_MAX: usize = 32;
+/// Concurrent journal writes: one per prepare of a backup's pipeline, plus prepares being
+/// repaired (written ahead of the chain).
+pub const JOURNAL_IOPS_WRITE_MAX: usize = PIPELINE_BACKUP_MAX + 2 * PIPELINE_PREPARE_QUEUE_MAX;
 
 /// Concurrent journal reads (recovery and repair).
 pub const JOURNAL_IOPS_READ_MAX: usize = 8;
@@ -148,9 +148,14 @@ pub const OUTBOX_MAX: usize = CLIENTS_MAX + 2 * PIPELINE_PREPARE_QUEUE_MAX + 8;
 /// Requests waiting for room in the pipeline.
 pub const REQUEST_QUEUE_MAX: usize = CLIENTS_MAX;
 
-/// Uncommitted prepares a backup keeps in memory (the primary keeps at most
-/// `PIPELINE_PREPARE_QUEUE_MAX`; a backup learns of commits a little later).
-pub const PIPELINE_BACKUP_MAX: usize = 2 * PIPELINE_PREPARE_QUEUE_MAX;
+/// Prepares a backup keeps in memory above what it executed. The primary keeps at most
+/// `PIPELINE_PREPARE_QUEUE_MAX` uncommitted, and a backup learns of commits a pipeline later,
+/// so a backup that keeps up holds up to twice that; the rest is slack for a backup whose disk
+/// or CPU stalls for a moment under load (a few milliseconds on a shared machine). A backup
+/// whose pipeline is full drops the next prepare and must then fetch every later op through
+/// repair: with only 2 * P of room, 64 closed-loop clients knocked a backup out of the chain
+/// within seconds, and it state-synced again and again.
+pub const PIPELINE_BACKUP_MAX: usize = 8 * PIPELINE_PREPARE_QUEUE_MAX;
 
 /// Ticks before the primary sends a prepare again to backups that have not acknowledged it.
 pub const PREPARE_TIMEOUT_TICKS: u64 = 25;
@@ -336,7 +341,7 @@ const_assert!(JOURNAL_SLOT_COUNT <= JOURNAL_SLOT_COUNT_MAX);
 const_assert!(JOURNAL_SLOT_COUNT_MAX.is_multiple_of(JOURNAL_HEADERS_PER_SECTOR));
 const_assert!(JOURNAL_SLOT_COUNT_MIN > 4 * PIPELINE_PREPARE_QUEUE_MAX);
 const_assert!(checkpoint_interval_ops(JOURNAL_SLOT_COUNT_MIN as u64) > 0);
-const_assert!(JOURNAL_IOPS_WRITE_MAX >= 2 * PIPELINE_PREPARE_QUEUE_MAX);
+const_assert!(JOURNAL_IOPS_WRITE_MAX > PIPELINE_BACKUP_MAX);
 const_assert!(REPLICAS_MAX <= u8::MAX as usize);
 const_assert!(CLIENTS_MAX >= 1);
 const_assert!(SUPERBLOCK_QUORUM_VERIFY + SUPERBLOCK_QUORUM_OPEN > SUPERBLOCK_COPIES);

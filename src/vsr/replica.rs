@@ -187,10 +187,10 @@ struct JournalRead {
 struct ReplySlot {
     /// The latest reply (what a retry gets), if known.
     message: Option<Message>,
-    /// A write of this slot is in flight.
+    /// A write of this slot is in flight (only during a checkpoint).
     writing: bool,
-    /// `message` changed while a write was in flight: write it again afterwards.
-    write_again: bool,
+    /// `message` changed since the slot was last written: the next checkpoint writes it.
+    dirty: bool,
 }
 
 /// The fields of a reply that come from its request or prepare.
@@ -383,7 +383,7 @@ impl Replica {
         assert!(config.replica.get() < config.replica_count);
         let clients_max = config.clients_max as usize;
         let replies = (0..clients_max)
-            .map(|_| ReplySlot { message: None, writing: false, write_again: false })
+            .map(|_| ReplySlot { message: None, writing: false, dirty: false })
             .collect();
         Replica {
             config: *config,

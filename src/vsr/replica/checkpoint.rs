@@ -55,12 +55,18 @@ impl Replica {
         }
     }
 
-    /// Once the event store's checkpoint and every client reply write are durable, records the
-    /// checkpoint in the superblock.
+    /// Writes the client replies that changed since the last checkpoint, then, once the event
+    /// store's checkpoint and those writes are done, records the checkpoint in the superblock
+    /// (whose update syncs them first).
     pub(super) fn checkpoint_progress<S: Storage>(&mut self, storage: &mut S) {
         let CheckpointPhase::ClientReplies { op, checksum } = self.checkpoint else {
             return;
         };
+        for slot in 0..self.replies.len() {
+            if self.replies[slot].dirty {
+                self.client_reply_write(storage, slot);
+            }
+        }
         if self.replies.iter().any(|entry| entry.writing) {
             return;
         }

@@ -664,7 +664,9 @@ impl Replica {
             return self.fail("the client session table fetched by state sync is invalid");
         }
         for entry in self.replies.iter_mut() {
+            assert!(!entry.writing);
             entry.message = None;
+            entry.dirty = false;
         }
         self.pipeline.clear();
         assert!(working.vsr_state.checkpoint_op > self.checkpoint_op);
