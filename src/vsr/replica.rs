@@ -263,6 +263,11 @@ pub struct Metrics {
     /// Prepares not taken (backup) or not started (primary) because every journal write was
     /// in flight: a slow disk.
     pub prepares_deferred_journal_busy: u64,
+    /// Prepares a backup dropped because they lay beyond its WAL window (it had not yet
+    /// checkpointed far enough): it fetches them again through repair.
+    pub prepares_dropped_window: u64,
+    /// Prepares a backup dropped because its pipeline was full (`PIPELINE_BACKUP_MAX`).
+    pub prepares_dropped_pipeline_full: u64,
     /// Opens whose WAL had faulty entries that may hide acknowledged prepares (the intact
     /// entries above them are kept, and the replica still votes in view changes).
     pub logs_faulty_recovered: u64,

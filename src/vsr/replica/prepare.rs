@@ -341,9 +341,14 @@ impl Replica {
         assert!(!(self.status == Status::Normal && self.is_primary()), "backups only");
         let slot_count = u64::from(self.config.journal_slot_count);
         if header.op > op_prepare_max(self.checkpoint_op, slot_count) {
+            self.metrics.prepares_dropped_window += 1;
             return;
         }
-        if self.pipeline.len() >= PIPELINE_BACKUP_MAX || self.journal.truncating() {
+        if self.journal.truncating() {
+            return;
+        }
+        if self.pipeline.len() >= PIPELINE_BACKUP_MAX {
+            self.metrics.prepares_dropped_pipeline_full += 1;
             return;
         }
         if !self.journal.write_available() {
