@@ -10,7 +10,8 @@
 //!   prepare of that client and request; a primary in normal status holds every acknowledged op;
 //!   at the end every replica has committed them all;
 //! - replies consistent with the log: the prepare at a reply's op has the reply's client,
-//!   request, operation and request checksum, and one request is never answered two ways;
+//!   request, operation and request checksum (for an `append_packed` prepare, one of the
+//!   requests its body names has them), and one request is never answered two ways;
 //! - client dedup: no (client, request) pair is committed at two ops (a register may be: see
 //!   `dedup_exempt`);
 //! - timestamps: every committed prepare's timestamp is above its parent's, across views and
@@ -162,6 +163,8 @@ pub struct Checker {
     restarted: Vec<bool>,
     /// Per replica: the highest checkpoint op seen.
     checkpoints: Vec<Op>,
+    /// The requests each committed `append_packed` prepare holds, by op.
+    packed: BTreeMap<Op, Vec<PackedMember>>,
     /// The op of each committed client request.
     requests: BTreeMap<(ClientId, u32), Op>,
     /// The first reply seen for each request.
@@ -179,6 +182,7 @@ impl Checker {
             checked: vec![Op(0); replica_count],
             restarted: vec![false; replica_count],
             checkpoints: vec![Op(0); replica_count],
+            packed: BTreeMap::new(),
             requests: BTreeMap::new(),
             replies: BTreeMap::new(),
             replies_unverified: VecDeque::new(),
@@ -240,12 +244,14 @@ impl Checker {
     /// its checkpoint covers that op (a replica that jumped ahead by state sync): then the walk
     /// goes on after the checkpoint, if the history reaches it. While a restarted replica
     /// replays ops it had committed before, the op it is at is compared with the history.
+    /// `packed_members` gives the requests of an `append_packed` prepare (from its body).
     pub fn replica_commits(
         &mut self,
         replica: usize,
         commit_min: Op,
         checkpoint_op: Op,
         prepare_header: impl Fn(Op) -> Option<Header>,
+        packed_members: impl Fn(&Header) -> Vec<PackedMember>,
         mut committed: impl FnMut(Op, &Header),
     ) -> Result<Op, Violation> {
         let checked = self.checked[replica];
@@ -256,7 +262,7 @@ impl Checker {
             if commit_min > Op(0)
                 && let Some(header) = prepare_header(commit_min)
             {
-                self.commit(replica, commit_min, &header)?;
+                self.commit(replica, commit_min, &header, &packed_members)?;
             }
             return Ok(checked);
         }
@@ -265,7 +271,7 @@ impl Checker {
         while op < commit_min {
             match prepare_header(op + 1) {
                 Some(header) => {
-                    self.commit(replica, op + 1, &header)?;
+                    self.commit(replica, op + 1, &header, &packed_members)?;
                     op += 1;
                     committed(op, &header);
                 }
@@ -280,7 +286,13 @@ impl Checker {
     }
 
     /// `replica` committed `header` at `op`, the op after the ones already checked for it.
-    pub fn commit(&mut self, replica: usize, op: Op, header: &Header) -> Result<(), Violation> {
+    pub fn commit(
+        &mut self,
+        replica: usize,
+        op: Op,
+        header: &Header,
+        packed_members: impl Fn(&Header) -> Vec<PackedMember>,
+    ) -> Result<(), Violation> {
         if header.op != op {
             return Err(Violation::HeaderOp { replica, op, header_op: header.op });
         }
@@ -307,8 +319,17 @@ impl Checker {
             let (timestamp, parent_timestamp) = (header.timestamp, previous.timestamp);
             return Err(Violation::TimestampBackwards { op, timestamp, parent_timestamp });
         }
-        if !dedup_exempt(header.operation) {
-            let key = (header.client, header.request);
+        let keys = if header.operation == Operation::AppendPacked as u8 {
+            let members = packed_members(header);
+            let keys = members.iter().map(|member| (member.client, member.request)).collect();
+            self.packed.insert(op, members);
+            keys
+        } else if dedup_exempt(header.operation) {
+            Vec::new()
+        } else {
+            vec![(header.client, header.request)]
+        };
+        for key in keys {
             if let Some(first) = self.requests.insert(key, op) {
                 let (client, request) = key;
                 return Err(Violation::RequestCommittedTwice {
@@ -375,7 +396,9 @@ impl Checker {
                 continue;
             }
             self.replies_unverified.remove(index);
-            reply_matches(&self.history[reply.op.get() as usize], &reply).map_err(|reason| {
+            let prepare = &self.history[reply.op.get() as usize];
+            let members = self.packed.get(&reply.op).map_or(&[][..], Vec::as_slice);
+            reply_matches(prepare, members, &reply).map_err(|reason| {
                 Violation::ReplyInconsistent {
                     client: reply.client,
                     request: reply.request,
@@ -424,8 +447,32 @@ fn dedup_exempt(operation: u8) -> bool {
     operation == Operation::Noop as u8 || operation == Operation::Register as u8
 }
 
-/// Whether `prepare` is what `reply` answers.
-fn reply_matches(prepare: &Header, reply: &ReplyRecord) -> Result<(), &'static str> {
+/// One request of an `append_packed` prepare, as its body names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackedMember {
+    pub client: ClientId,
+    pub request: u32,
+    pub request_checksum: Checksum,
+}
+
+/// Whether `prepare` (whose body names `members` if it is packed) is what `reply` answers.
+fn reply_matches(
+    prepare: &Header,
+    members: &[PackedMember],
+    reply: &ReplyRecord,
+) -> Result<(), &'static str> {
+    if prepare.operation == Operation::AppendPacked as u8 {
+        let Some(member) = members.iter().find(|member| member.client == reply.client) else {
+            return Err("the packed prepare at its op holds no request of this client");
+        };
+        if member.request != reply.request || reply.operation != Operation::Append as u8 {
+            return Err("the packed prepare at its op holds another request of this client");
+        }
+        if member.request_checksum != reply.request_checksum {
+            return Err("the packed prepare at its op has another request checksum");
+        }
+        return Ok(());
+    }
     if prepare.client != reply.client {
         return Err("the prepare at its op belongs to another client");
     }
@@ -482,7 +529,7 @@ mod tests {
         log: &[Header],
     ) -> Result<Op, Violation> {
         let header = |op: Op| log.get(op.get() as usize).copied();
-        checker.replica_commits(replica, commit_min, Op(0), header, |_, _| {})
+        checker.replica_commits(replica, commit_min, Op(0), header, |_| Vec::new(), |_, _| {})
     }
 
     fn reply_to(prepare: &Header) -> ReplyRecord {

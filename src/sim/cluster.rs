@@ -22,26 +22,29 @@
 //! cluster must converge within a tick budget: every damaged grid block
 //! repaired, and replicas that checkpointed the same op holding the same grid bytes below it.
 
-use crate::constants::{BLOCK_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, TICK_MS};
-use crate::sim::checker::{Checker, Violation};
+use crate::constants::{
+    BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, TICK_MS,
+};
+use crate::sim::checker::{Checker, PackedMember, Violation};
 use crate::sim::mutation::{Mutation, mutate};
 use crate::sim::network::{DropReason, Network, NetworkOptions, NodeIndex, Packet};
 use crate::sim::storage::{CacheMetrics, Latency, MemoryStorage};
 use crate::sim::trace::{Event, Trace};
 use crate::sim::workload::{ReplyRecord, Workload, WorkloadMetrics, WorkloadOptions};
 use crate::state_machine::grid_block_invalid;
+use crate::state_machine::types::{PackedRequest, packed_split};
 use crate::stdx::allocation_guard;
 use crate::stdx::prng::Prng;
 use crate::vsr::accept::{accept, accept_bytes};
 use crate::vsr::format::fill_range;
-use crate::vsr::header::ClusterId;
+use crate::vsr::header::{Checksum, ClientId, ClusterId, Header};
 use crate::vsr::header::{Command, Op, ReplicaIndex, View};
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::message_pool::{Message, MessagePool, messages_max_replica};
 use crate::vsr::replica::{Destination, Metrics, Replica, Status};
 use crate::vsr::storage::{Completion, Storage};
 use crate::vsr::superblock::SuperBlockHeader;
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// The simulated wall clock at tick 0 (prepare timestamps count from here).
 const REALTIME_START_NS: u64 = 1_700_000_000_000_000_000;
@@ -1271,11 +1274,13 @@ impl Cluster {
         }
         let tick = self.tick;
         let trace = &mut self.trace;
+        let nodes = &self.replicas;
         self.checker.replica_commits(
             index,
             replica.commit_min(),
             replica.checkpoint_op(),
             |op| replica.prepare_header(op),
+            |header| packed_members(nodes, header),
             |op, header| {
                 trace.record(
                     Event::Commit,
@@ -1470,6 +1475,37 @@ pub struct Summary {
     /// Read replies accepted by clients and checked against their stream models.
     pub reads_checked: u64,
     pub read_events_checked: u64,
+}
+
+/// The requests an `append_packed` prepare holds, read from its body in the WAL of a replica
+/// whose copy is intact (empty if none is, and then the checker finds a reply to it unmatched).
+fn packed_members(nodes: &[ReplicaNode], header: &Header) -> Vec<PackedMember> {
+    for node in nodes {
+        let layout = Layout::new(&node.config);
+        let slot = header.op.get() % u64::from(node.config.journal_slot_count);
+        let slot_offset = slot * u64::from(node.config.message_size_max);
+        let bytes = &node.storage.bytes()[layout.offset(Zone::WalPrepares, slot_offset) as usize..];
+        let Ok((held, _)) = Header::read_from_prefix(bytes) else {
+            continue;
+        };
+        if held != *header {
+            continue;
+        }
+        let body = &bytes[HEADER_SIZE..held.size as usize];
+        if !held.valid_checksum_body(body) {
+            continue;
+        }
+        let Ok((entries, _)) = packed_split(body) else {
+            continue;
+        };
+        let member = |entry: &PackedRequest| PackedMember {
+            client: ClientId(entry.client),
+            request: entry.request,
+            request_checksum: Checksum::from(entry.request_checksum),
+        };
+        return entries.iter().map(member).collect();
+    }
+    Vec::new()
 }
 
 #[cfg(test)]

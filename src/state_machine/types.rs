@@ -126,6 +126,31 @@ pub struct AppendResult {
     pub offset: u64,
 }
 
+/// The body of an `append_packed` prepare opens with a `PackedHead`, then `count` of these, one
+/// per client request the primary packed, in order; then the requests' append bodies, one after
+/// another, which together form one append body (the event store executes it as one). The
+/// results of request i are its `batch_count` results, after those of the requests before it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct PackedRequest {
+    pub client: u64,
+    pub request: u32,
+    pub batch_count: u32,
+    /// The request header's checksum, which its reply names.
+    pub request_checksum: ChecksumBytes,
+    pub body_size: u32,
+    pub reserved: u32,
+    pub reserved_end: u64,
+}
+
+/// The head of an `append_packed` body: how many `PackedRequest`s follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct PackedHead {
+    pub count: u32,
+    pub reserved: u32,
+}
+
 /// read_stream body: up to `count_max` events of `stream` from `offset_from` on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -317,6 +342,8 @@ const_assert_eq!(size_of::<CreateStreamResult>(), 8);
 const_assert_eq!(size_of::<AppendBatch>(), 24);
 const_assert_eq!(size_of::<EventHeader>(), 8);
 const_assert_eq!(size_of::<AppendResult>(), 16);
+const_assert_eq!(size_of::<PackedRequest>(), 48);
+const_assert_eq!(size_of::<PackedHead>(), 8);
 const_assert_eq!(size_of::<ReadStream>(), 24);
 const_assert_eq!(size_of::<ReadLog>(), 16);
 const_assert_eq!(size_of::<StreamInfo>(), 8);
@@ -402,6 +429,7 @@ impl<'a> Request<'a> {
         let invalid = match operation {
             Operation::CreateStream => create_stream_body_invalid(body),
             Operation::Append => append_body_invalid(body),
+            Operation::AppendPacked => packed_body_invalid(body),
             Operation::ReadStream | Operation::ReadLog | Operation::StreamInfo => {
                 Some("reads are served from committed state and never prepared")
             }
@@ -414,9 +442,81 @@ impl<'a> Request<'a> {
         Ok(match operation {
             Operation::CreateStream => Request::CreateStreams(CreateStreams { body }),
             Operation::Append => Request::Append(AppendBatches { rest: body }),
+            Operation::AppendPacked => {
+                Request::Append(AppendBatches { rest: packed_split(body).expect("parsed").1 })
+            }
             _ => Request::Empty,
         })
     }
+}
+
+/// The requests of an `append_packed` body and the append body they share, or why the body is
+/// malformed.
+pub fn packed_split(body: &[u8]) -> Result<(&[PackedRequest], &[u8]), &'static str> {
+    let (head, rest) = PackedHead::read_from_prefix(body).map_err(|_| "packed: no head")?;
+    if head.count < 2 || head.reserved != 0 {
+        return Err("packed: fewer than two requests, or reserved bytes set");
+    }
+    let (requests, appends) =
+        <[PackedRequest]>::ref_from_prefix_with_elems(rest, head.count as usize)
+            .map_err(|_| "packed: the requests do not fit")?;
+    Ok((requests, appends))
+}
+
+fn packed_body_invalid(body: &[u8]) -> Option<&'static str> {
+    let (requests, mut appends) = match packed_split(body) {
+        Ok(split) => split,
+        Err(reason) => return Some(reason),
+    };
+    for request in requests {
+        let size = request.body_size as usize;
+        if size > appends.len() || request.reserved != 0 || request.reserved_end != 0 {
+            return Some("packed: a request overruns the body, or reserved bytes set");
+        }
+        let (own, rest) = appends.split_at(size);
+        if let Some(reason) = append_body_invalid(own) {
+            return Some(reason);
+        }
+        let batches = AppendBatches { rest: own }.count();
+        if batches != request.batch_count as usize {
+            return Some("packed: a request's batch count is wrong");
+        }
+        appends = rest;
+    }
+    if !appends.is_empty() {
+        return Some("packed: bytes after the last request");
+    }
+    None
+}
+
+/// Writes an `append_packed` body into `body`: `count` requests, each given as (entry with its
+/// `body_size` and `batch_count` set, its append body). Returns the body's size.
+pub fn packed_encode<'b>(
+    body: &mut [u8],
+    count: usize,
+    requests: impl Iterator<Item = (PackedRequest, &'b [u8])>,
+) -> usize {
+    assert!(count >= 2);
+    let mut written = 0;
+    let head = PackedHead { count: count as u32, reserved: 0 };
+    body[..size_of::<PackedHead>()].copy_from_slice(head.as_bytes());
+    let mut entry_at = size_of::<PackedHead>();
+    let mut append_at = entry_at + count * size_of::<PackedRequest>();
+    for (entry, append) in requests {
+        assert_eq!(entry.body_size as usize, append.len());
+        body[entry_at..][..size_of::<PackedRequest>()].copy_from_slice(entry.as_bytes());
+        body[append_at..][..append.len()].copy_from_slice(append);
+        entry_at += size_of::<PackedRequest>();
+        append_at += append.len();
+        written += 1;
+    }
+    assert_eq!(written, count);
+    append_at
+}
+
+/// The number of batches in a well-formed append body.
+pub fn append_batch_count(body: &[u8]) -> usize {
+    AppendBatches { rest: body }.count()
 }
 
 /// The entries of a parsed create_stream body.

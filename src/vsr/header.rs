@@ -377,6 +377,9 @@ pub enum Operation {
     ReadStream = 130,
     ReadLog = 131,
     StreamInfo = 132,
+    /// Appends of several client sessions that the primary packed into one prepare (never sent
+    /// by a client): one journal write, one flush and one replication round for all of them.
+    AppendPacked = 133,
 }
 
 impl Operation {
@@ -391,6 +394,7 @@ impl Operation {
             130 => Some(Operation::ReadStream),
             131 => Some(Operation::ReadLog),
             132 => Some(Operation::StreamInfo),
+            133 => Some(Operation::AppendPacked),
             _ => None,
         }
     }
@@ -402,7 +406,16 @@ impl Operation {
 
     /// Operations a client may put in a request.
     pub fn is_client_request(self) -> bool {
-        !matches!(self, Operation::Reserved | Operation::Root | Operation::Noop)
+        !matches!(
+            self,
+            Operation::Reserved | Operation::Root | Operation::Noop | Operation::AppendPacked
+        )
+    }
+
+    /// Prepares of this operation carry no client, request or request checksum in their header
+    /// (a noop has none; a packed prepare names its clients in its body).
+    pub fn prepare_has_client(self) -> bool {
+        !matches!(self, Operation::Noop | Operation::AppendPacked)
     }
 }
 
@@ -728,6 +741,9 @@ impl Header {
                 if operation == Operation::Noop && self.context != 0 {
                     return Some("noop prepare must have no client");
                 }
+                if operation == Operation::AppendPacked && self.context != 0 {
+                    return Some("packed prepare must have no request checksum");
+                }
                 if operation == Operation::Register && self.size as usize != HEADER_SIZE {
                     return Some("register prepare must have an empty body");
                 }
@@ -741,6 +757,12 @@ impl Header {
         if operation == Operation::Noop {
             if self.client != ClientId(0) || self.request != 0 {
                 return Some("noop prepare must have no client");
+            }
+            return None;
+        }
+        if operation == Operation::AppendPacked {
+            if self.client != ClientId(0) || self.request != 0 {
+                return Some("packed prepare must have no client in its header");
             }
             return None;
         }

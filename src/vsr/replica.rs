@@ -263,6 +263,8 @@ pub struct Metrics {
     /// Prepares not taken (backup) or not started (primary) because every journal write was
     /// in flight: a slow disk.
     pub prepares_deferred_journal_busy: u64,
+    /// Client appends the primary packed with others into one `append_packed` prepare.
+    pub requests_packed: u64,
     /// Prepares a backup dropped because they lay beyond its WAL window (it had not yet
     /// checkpointed far enough): it fetches them again through repair.
     pub prepares_dropped_window: u64,

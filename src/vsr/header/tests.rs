@@ -41,7 +41,7 @@ const CONTEXT: u128 = 0xC0DE_0001_0000_0000_0000_0000_0000_0001;
 /// Why a header of another protocol version is refused (`Header::decode`, `invalid`).
 const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 2)";
 
-const REASONS: [&str; 58] = [
+const REASONS: [&str; 60] = [
     // decode
     "header: too short",
     "header: checksum",
@@ -85,6 +85,8 @@ const REASONS: [&str; 58] = [
     "prepare commit must be below its op",
     "prepare timestamp must not be zero",
     "noop prepare must have no client",
+    "packed prepare must have no client in its header",
+    "packed prepare must have no request checksum",
     "root prepare must have an empty body",
     "root prepare fields must be zero",
     "prepare_ok for the root prepare",
@@ -109,7 +111,7 @@ const REASONS: [&str; 58] = [
 
 /// For each reason, a test that produces it (checked by
 /// `every_rejection_reason_has_a_test_that_produces_it`).
-const REJECTION_TESTS: [(&str, fn()); 58] = [
+const REJECTION_TESTS: [(&str, fn()); 60] = [
     ("header: too short", decode_of_input_shorter_than_a_header_fails),
     ("header: checksum", decode_of_a_header_with_a_flipped_byte_fails_the_checksum),
     (PROTOCOL_DIFFERS, header_with_unknown_protocol_version_is_rejected),
@@ -148,6 +150,11 @@ const REJECTION_TESTS: [(&str, fn()); 58] = [
     ("prepare commit must be below its op", prepare_with_commit_not_below_its_op_is_rejected),
     ("prepare timestamp must not be zero", prepare_with_zero_timestamp_is_rejected),
     ("noop prepare must have no client", noop_prepare_with_a_client_is_rejected),
+    (
+        "packed prepare must have no client in its header",
+        packed_prepare_naming_a_client_is_rejected,
+    ),
+    ("packed prepare must have no request checksum", packed_prepare_naming_a_client_is_rejected),
     ("root prepare must have an empty body", root_prepare_with_a_body_is_rejected),
     ("root prepare fields must be zero", root_prepare_with_any_field_set_is_rejected),
     ("prepare_ok for the root prepare", prepare_ok_for_op_zero_is_rejected),
@@ -703,7 +710,7 @@ fn header_with_replica_index_out_of_range_is_rejected() {
 fn header_with_unknown_operation_is_rejected() {
     // Goal: operations between the protocol's and the event store's ranges, and above them,
     // are refused.
-    for operation in [4, 127, 133, u8::MAX] {
+    for operation in [4, 127, 134, u8::MAX] {
         rejects(valid(Command::Request), |h| h.operation = operation, "operation unknown");
     }
 }
@@ -907,8 +914,10 @@ fn every_command_naming_a_client_rejects_zero() {
 
 #[test]
 fn request_with_a_non_client_operation_is_rejected() {
-    // Goal: clients cannot ask for reserved, root or noop operations.
-    for operation in [Operation::Reserved, Operation::Root, Operation::Noop] {
+    // Goal: clients cannot ask for reserved, root, noop or packed operations.
+    for operation in
+        [Operation::Reserved, Operation::Root, Operation::Noop, Operation::AppendPacked]
+    {
         let operation = operation as u8;
         let reason = "operation not allowed in a request";
         rejects(valid(Command::Request), |h| h.operation = operation, reason);
@@ -998,6 +1007,19 @@ fn noop_prepare_with_a_client_is_rejected() {
     rejects(noop_prepare(), |h| h.client = CLIENT, reason);
     rejects(noop_prepare(), |h| h.request = REQUEST, reason);
     rejects(noop_prepare(), |h| h.context = CONTEXT, reason);
+}
+
+#[test]
+fn packed_prepare_naming_a_client_is_rejected() {
+    // Goal: a packed prepare's clients are in its body; its header names none.
+    let mut packed = noop_prepare();
+    packed.operation = Operation::AppendPacked as u8;
+    let packed = seal(packed, vec![]).0;
+    assert_eq!(packed.invalid(), None);
+    let reason = "packed prepare must have no client in its header";
+    rejects(packed, |h| h.client = CLIENT, reason);
+    rejects(packed, |h| h.request = REQUEST, reason);
+    rejects(packed, |h| h.context = CONTEXT, "packed prepare must have no request checksum");
 }
 
 #[test]
@@ -1386,7 +1408,7 @@ fn command_from_u8_round_trips_every_byte() {
 #[test]
 fn operation_from_u8_round_trips_every_byte() {
     // Goal: from_u8 is the inverse of `as u8` on the operations, and None on every other byte.
-    let known: Vec<u8> = (0..=3).chain(128..=132).collect();
+    let known: Vec<u8> = (0..=3).chain(128..=133).collect();
     for value in 0..=u8::MAX {
         match Operation::from_u8(value) {
             Some(operation) => assert_eq!(operation as u8, value),

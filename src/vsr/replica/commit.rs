@@ -23,9 +23,10 @@ use super::{
 use crate::constants::{
     BACKUP_LIVENESS_TICKS, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, REPAIR_WINDOW_MAX, SECTOR_SIZE,
 };
+use crate::state_machine::types::{AppendResult, packed_split};
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::views;
-use crate::vsr::header::{Checksum, Command, EvictionReason, Header, Op, Operation};
+use crate::vsr::header::{Checksum, ClientId, Command, EvictionReason, Header, Op, Operation};
 use crate::vsr::journal;
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::Message;
@@ -330,6 +331,9 @@ impl Replica {
         if operation == Operation::Noop {
             return;
         }
+        if operation == Operation::AppendPacked {
+            return self.execute_packed(prepare, &reply, send_reply);
+        }
         self.reply_build(&mut reply, &header, body_size);
         let slot = if operation == Operation::Register {
             let (slot, evicted) = self.sessions.register(header.client, header.op);
@@ -346,25 +350,62 @@ impl Replica {
                 None => return,
             }
         };
-        self.reply_store(slot, &header, &reply);
+        self.reply_store(slot, &reply);
         if send_reply {
             self.send(Destination::Client(header.client), reply);
         }
     }
 
-    /// Records `reply` to the prepare `header` as session `slot`'s latest, in the session
-    /// table and in memory; the next checkpoint writes it to the zone.
-    fn reply_store(&mut self, slot: usize, header: &Header, reply: &Message) {
+    /// The replies of an executed `append_packed` prepare: the event store answered its
+    /// requests' batches in order in `results`' body; each request gets its own share, as if
+    /// it had been prepared alone (a session evicted since gets none).
+    fn execute_packed(&mut self, prepare: &Message, results: &Message, send_reply: bool) {
+        let header = *prepare.header();
+        let (entries, _) = packed_split(prepare.body()).expect("validated by the primary");
+        let result_size = size_of::<AppendResult>();
+        let mut offset = HEADER_SIZE;
+        for entry in entries {
+            let size = entry.batch_count as usize * result_size;
+            let own = offset..offset + size;
+            offset += size;
+            let client = ClientId(entry.client);
+            let Some(slot) = self.sessions.slot(client) else {
+                continue;
+            };
+            let mut reply = self.pool.get();
+            reply.buffer_mut_unique()[HEADER_SIZE..][..size]
+                .copy_from_slice(&results.buffer()[own]);
+            let fields = ReplyFields {
+                op: header.op,
+                commit: header.op,
+                timestamp: header.timestamp,
+                client,
+                request: entry.request,
+                operation: Operation::Append as u8,
+                request_checksum: Checksum::from(entry.request_checksum),
+            };
+            self.reply_header_write(&mut reply, &fields, size);
+            self.reply_store(slot, &reply);
+            if send_reply {
+                self.send(Destination::Client(client), reply);
+            }
+        }
+    }
+
+    /// Records `reply` as session `slot`'s latest, in the session table and in memory; the
+    /// next checkpoint writes it to the zone.
+    fn reply_store(&mut self, slot: usize, reply: &Message) {
         let reply_header = *reply.header();
+        assert_eq!(reply_header.command(), Some(Command::Reply));
         self.sessions.commit_reply(
             slot,
-            header.request,
-            header.op,
+            reply_header.request,
+            reply_header.op,
             reply_header.checksum,
             reply_header.size,
         );
         // Paired with `reply_again`: the slot is the client's, and holds the reply recorded.
-        assert_eq!(self.sessions.get(slot).client, header.client);
+        assert_eq!(self.sessions.get(slot).client, reply_header.client);
         assert_eq!(Checksum::from(self.sessions.get(slot).reply_checksum), reply_header.checksum);
         // Replies are written to the zone only by the checkpoint (commits wait for it).
         assert!(!self.replies[slot].writing);

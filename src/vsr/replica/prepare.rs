@@ -13,14 +13,17 @@
 
 use super::{Destination, Prepared, Replica, Status};
 use crate::constants::{
-    PIPELINE_BACKUP_MAX, PIPELINE_PREPARE_QUEUE_MAX, REPAIR_WINDOW_MAX, REQUEST_QUEUE_MAX,
-    SECTOR_SIZE,
+    HEADER_SIZE, PIPELINE_BACKUP_MAX, PIPELINE_PREPARE_QUEUE_MAX, REPAIR_WINDOW_MAX,
+    REQUEST_QUEUE_MAX, SECTOR_SIZE,
 };
 use crate::state_machine::request_invalid;
+use crate::state_machine::types::{
+    PackedHead, PackedRequest, append_batch_count, packed_encode, packed_split,
+};
 use crate::vsr::client_sessions::{RequestDisposition, session_chain};
-use crate::vsr::header::Checksum;
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::views;
+use crate::vsr::header::{self, Checksum};
 use crate::vsr::header::{ClientId, Command, EvictionReason, Header, Operation};
 use crate::vsr::journal::op_prepare_max;
 use crate::vsr::message_pool::Message;
@@ -132,8 +135,8 @@ impl Replica {
     pub(super) fn request_in_flight(&self, client: ClientId) -> bool {
         assert!(self.is_primary());
         let in_pipeline = self.pipeline.iter().any(|prepared| {
-            let header = prepared.message.header();
-            header.client == client && header.op > self.commit_min
+            prepared.message.header().op > self.commit_min
+                && prepare_serves(&prepared.message, client)
         });
         in_pipeline || self.request_queue.iter().any(|request| request.header().client == client)
     }
@@ -168,12 +171,70 @@ impl Replica {
                 self.metrics.prepares_deferred_journal_busy += 1;
                 return;
             }
+            if let Some(packed) = self.request_queue_pack() {
+                self.prepare(storage, packed);
+                continue;
+            }
             let request = self.request_queue.pop_front().expect("queue not empty");
             self.prepare(storage, request);
         }
     }
 
-    /// Turns `request` into the prepare for the next op, in place, and writes it.
+    /// Packs the appends waiting in the queue into one `append_packed` request of no client, if
+    /// at least two are waiting, for `prepare`: one op, one journal write and one flush on each
+    /// replica, and one replication round, for all of them. Other requests stay queued.
+    fn request_queue_pack(&mut self) -> Option<Message> {
+        let append = |request: &&Message| request.header().operation == Operation::Append as u8;
+        let body_max = self.config.message_size_max as usize - HEADER_SIZE;
+        let mut count = 0;
+        let mut size = size_of::<PackedHead>();
+        for request in self.request_queue.iter().filter(append) {
+            let entry_size = size_of::<PackedRequest>() + request.body().len();
+            if size + entry_size > body_max {
+                break;
+            }
+            count += 1;
+            size += entry_size;
+        }
+        if count < 2 {
+            return None;
+        }
+        let mut packed = self.pool.get();
+        let requests = self.request_queue.iter().filter(append).take(count).map(|request| {
+            let header = request.header();
+            let entry = PackedRequest {
+                client: header.client.0,
+                request: header.request,
+                batch_count: append_batch_count(request.body()) as u32,
+                request_checksum: header.checksum.into(),
+                body_size: request.body().len() as u32,
+                reserved: 0,
+                reserved_end: 0,
+            };
+            (entry, request.body())
+        });
+        let body_size =
+            packed_encode(&mut packed.buffer_mut_unique()[HEADER_SIZE..], count, requests);
+        assert_eq!(body_size, size);
+        let mut removed = 0;
+        self.request_queue.retain(|request| {
+            let take = removed < count && append(&request);
+            removed += usize::from(take);
+            !take
+        });
+        assert_eq!(removed, count);
+        let checksum_body = header::checksum(&packed.buffer()[HEADER_SIZE..][..body_size]);
+        let header = packed.header_mut();
+        *header = Header::new(Command::Request, self.config.cluster);
+        header.size = (HEADER_SIZE + body_size) as u32;
+        header.operation = Operation::AppendPacked as u8;
+        header.checksum_body = checksum_body;
+        self.metrics.requests_packed += count as u64;
+        Some(packed)
+    }
+
+    /// Turns `request` (a client's, or a packed one: `request_queue_pack`) into the prepare for
+    /// the next op, in place, and writes it.
     pub(super) fn prepare<S: Storage>(&mut self, storage: &mut S, mut message: Message) {
         let request = *message.header();
         assert_eq!(request.command(), Some(Command::Request));
@@ -199,7 +260,9 @@ impl Replica {
         prepare.request = request.request;
         prepare.operation = request.operation;
         prepare.parent = self.head.checksum();
-        views::Prepare::of(&mut *prepare).set_request_checksum(request.checksum);
+        let packed = request.operation == Operation::AppendPacked as u8;
+        let request_checksum = if packed { Checksum::ZERO } else { request.checksum };
+        views::Prepare::of(&mut *prepare).set_request_checksum(request_checksum);
         prepare.replica = self.config.replica;
         prepare.set_checksum();
         let prepare = *prepare;
@@ -207,8 +270,10 @@ impl Replica {
         // The journal writes whole sectors: the padding after the message must be zero.
         message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
         // One request in flight per client (`request_in_flight`).
-        let in_flight = |prepared: &Prepared| prepared.message.header().client == request.client;
-        assert!(!self.pipeline.iter().any(in_flight), "one request per client in flight");
+        for client in prepare_clients(&message) {
+            let in_flight = |prepared: &Prepared| prepare_serves(&prepared.message, client);
+            assert!(!self.pipeline.iter().any(in_flight), "one request per client in flight");
+        }
         self.head.extend(&prepare);
         self.timestamp_last = timestamp;
         let prepared =
@@ -471,6 +536,21 @@ impl Replica {
             timeout.reset();
         }
     }
+}
+
+/// The clients whose requests `prepare` (or a request about to become one) holds: its own
+/// client, or those its packed body names.
+pub(super) fn prepare_clients(prepare: &Message) -> impl Iterator<Item = ClientId> + Clone + '_ {
+    let packed = prepare.header().operation == Operation::AppendPacked as u8;
+    let entries = if packed { packed_split(prepare.body()).expect("validated").0 } else { &[] };
+    let own =
+        (!packed && prepare.header().client != ClientId(0)).then_some(prepare.header().client);
+    own.into_iter().chain(entries.iter().map(|entry| ClientId(entry.client)))
+}
+
+/// Whether `prepare` holds a request of `client`.
+pub(super) fn prepare_serves(prepare: &Message, client: ClientId) -> bool {
+    prepare_clients(prepare).any(|served| served == client)
 }
 
 /// A prepare from a peer, ready for the journal, which writes whole sectors: the padding after
