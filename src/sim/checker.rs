@@ -163,8 +163,10 @@ pub struct Checker {
     restarted: Vec<bool>,
     /// Per replica: the highest checkpoint op seen.
     checkpoints: Vec<Op>,
-    /// The requests each committed `append_packed` prepare holds, by op.
-    packed: BTreeMap<Op, Vec<PackedMember>>,
+    /// The requests each committed `append_packed` prepare holds, by op (`None`: no replica's
+    /// copy was intact when the checker looked, so its replies are checked less).
+    packed: BTreeMap<Op, Option<Vec<PackedMember>>>,
+    packed_members_unknown: u64,
     /// The op of each committed client request.
     requests: BTreeMap<(ClientId, u32), Op>,
     /// The first reply seen for each request.
@@ -183,6 +185,7 @@ impl Checker {
             restarted: vec![false; replica_count],
             checkpoints: vec![Op(0); replica_count],
             packed: BTreeMap::new(),
+            packed_members_unknown: 0,
             requests: BTreeMap::new(),
             replies: BTreeMap::new(),
             replies_unverified: VecDeque::new(),
@@ -202,6 +205,11 @@ impl Checker {
 
     pub fn checked(&self, replica: usize) -> Op {
         self.checked[replica]
+    }
+
+    /// Packed prepares whose requests the checker could not read (see `packed`).
+    pub fn packed_members_unknown(&self) -> u64 {
+        self.packed_members_unknown
     }
 
     pub fn acknowledged_op_max(&self) -> Op {
@@ -251,7 +259,7 @@ impl Checker {
         commit_min: Op,
         checkpoint_op: Op,
         prepare_header: impl Fn(Op) -> Option<Header>,
-        packed_members: impl Fn(&Header) -> Vec<PackedMember>,
+        packed_members: impl Fn(&Header) -> Option<Vec<PackedMember>>,
         mut committed: impl FnMut(Op, &Header),
     ) -> Result<Op, Violation> {
         let checked = self.checked[replica];
@@ -291,7 +299,7 @@ impl Checker {
         replica: usize,
         op: Op,
         header: &Header,
-        packed_members: impl Fn(&Header) -> Vec<PackedMember>,
+        packed_members: impl Fn(&Header) -> Option<Vec<PackedMember>>,
     ) -> Result<(), Violation> {
         if header.op != op {
             return Err(Violation::HeaderOp { replica, op, header_op: header.op });
@@ -321,7 +329,9 @@ impl Checker {
         }
         let keys = if header.operation == Operation::AppendPacked as u8 {
             let members = packed_members(header);
-            let keys = members.iter().map(|member| (member.client, member.request)).collect();
+            self.packed_members_unknown += u64::from(members.is_none());
+            let keys = members.iter().flatten().map(|member| (member.client, member.request));
+            let keys = keys.collect();
             self.packed.insert(op, members);
             keys
         } else if dedup_exempt(header.operation) {
@@ -397,7 +407,7 @@ impl Checker {
             }
             self.replies_unverified.remove(index);
             let prepare = &self.history[reply.op.get() as usize];
-            let members = self.packed.get(&reply.op).map_or(&[][..], Vec::as_slice);
+            let members = self.packed.get(&reply.op).and_then(Option::as_deref);
             reply_matches(prepare, members, &reply).map_err(|reason| {
                 Violation::ReplyInconsistent {
                     client: reply.client,
@@ -455,13 +465,20 @@ pub struct PackedMember {
     pub request_checksum: Checksum,
 }
 
-/// Whether `prepare` (whose body names `members` if it is packed) is what `reply` answers.
+/// Whether `prepare` (whose body names `members` if it is packed and they could be read) is
+/// what `reply` answers.
 fn reply_matches(
     prepare: &Header,
-    members: &[PackedMember],
+    members: Option<&[PackedMember]>,
     reply: &ReplyRecord,
 ) -> Result<(), &'static str> {
     if prepare.operation == Operation::AppendPacked as u8 {
+        if reply.operation != Operation::Append as u8 {
+            return Err("the packed prepare at its op holds appends only");
+        }
+        let Some(members) = members else {
+            return Ok(());
+        };
         let Some(member) = members.iter().find(|member| member.client == reply.client) else {
             return Err("the packed prepare at its op holds no request of this client");
         };
@@ -529,7 +546,7 @@ mod tests {
         log: &[Header],
     ) -> Result<Op, Violation> {
         let header = |op: Op| log.get(op.get() as usize).copied();
-        checker.replica_commits(replica, commit_min, Op(0), header, |_| Vec::new(), |_, _| {})
+        checker.replica_commits(replica, commit_min, Op(0), header, |_| None, |_, _| {})
     }
 
     fn reply_to(prepare: &Header) -> ReplyRecord {

@@ -1413,6 +1413,7 @@ impl Cluster {
             disk_cache_metrics: self.disk_cache_metrics(),
             workload_metrics: workload,
             replies_late: network.late,
+            packed_members_unknown: self.checker.packed_members_unknown(),
             client_reply_duplicate_dropped: workload.client_reply_duplicate_dropped,
             client_requests_resent: workload.client_requests_resent,
             client_redirects: workload.client_redirects,
@@ -1468,6 +1469,8 @@ pub struct Summary {
     pub workload_metrics: WorkloadMetrics,
     /// Late duplicates of messages to clients (`reply_late_per_mille`).
     pub replies_late: u64,
+    /// Packed prepares whose requests the checker could not read from any replica's WAL.
+    pub packed_members_unknown: u64,
     /// Replies the client core dropped as answers to another request than the one in flight.
     pub client_reply_duplicate_dropped: u64,
     pub client_requests_resent: u64,
@@ -1478,8 +1481,9 @@ pub struct Summary {
 }
 
 /// The requests an `append_packed` prepare holds, read from its body in the WAL of a replica
-/// whose copy is intact (empty if none is, and then the checker finds a reply to it unmatched).
-fn packed_members(nodes: &[ReplicaNode], header: &Header) -> Vec<PackedMember> {
+/// whose copy is intact; `None` if no replica's copy is (every copy corrupted or overwritten
+/// before the checker looked).
+fn packed_members(nodes: &[ReplicaNode], header: &Header) -> Option<Vec<PackedMember>> {
     for node in nodes {
         let layout = Layout::new(&node.config);
         let slot = header.op.get() % u64::from(node.config.journal_slot_count);
@@ -1498,14 +1502,14 @@ fn packed_members(nodes: &[ReplicaNode], header: &Header) -> Vec<PackedMember> {
         let Ok((entries, _)) = packed_split(body) else {
             continue;
         };
-        let member = |entry: &PackedRequest| PackedMember {
+        let member = |entry: PackedRequest| PackedMember {
             client: ClientId(entry.client),
             request: entry.request,
             request_checksum: Checksum::from(entry.request_checksum),
         };
-        return entries.iter().map(member).collect();
+        return Some(entries.map(member).collect());
     }
-    Vec::new()
+    None
 }
 
 #[cfg(test)]

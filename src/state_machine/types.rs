@@ -451,16 +451,34 @@ impl<'a> Request<'a> {
 }
 
 /// The requests of an `append_packed` body and the append body they share, or why the body is
-/// malformed.
-pub fn packed_split(body: &[u8]) -> Result<(&[PackedRequest], &[u8]), &'static str> {
+/// malformed. Reads by copy, so the body may lie at any alignment.
+pub fn packed_split(body: &[u8]) -> Result<(PackedRequests<'_>, &[u8]), &'static str> {
     let (head, rest) = PackedHead::read_from_prefix(body).map_err(|_| "packed: no head")?;
     if head.count < 2 || head.reserved != 0 {
         return Err("packed: fewer than two requests, or reserved bytes set");
     }
-    let (requests, appends) =
-        <[PackedRequest]>::ref_from_prefix_with_elems(rest, head.count as usize)
-            .map_err(|_| "packed: the requests do not fit")?;
-    Ok((requests, appends))
+    let size = head.count as usize * size_of::<PackedRequest>();
+    if rest.len() < size {
+        return Err("packed: the requests do not fit");
+    }
+    let (requests, appends) = rest.split_at(size);
+    Ok((PackedRequests { bytes: requests }, appends))
+}
+
+/// The `PackedRequest`s of an `append_packed` body, in order.
+#[derive(Clone, Copy, Debug)]
+pub struct PackedRequests<'a> {
+    bytes: &'a [u8],
+}
+
+impl Iterator for PackedRequests<'_> {
+    type Item = PackedRequest;
+
+    fn next(&mut self) -> Option<PackedRequest> {
+        let (entry, rest) = PackedRequest::read_from_prefix(self.bytes).ok()?;
+        self.bytes = rest;
+        Some(entry)
+    }
 }
 
 fn packed_body_invalid(body: &[u8]) -> Option<&'static str> {

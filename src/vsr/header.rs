@@ -411,12 +411,6 @@ impl Operation {
             Operation::Reserved | Operation::Root | Operation::Noop | Operation::AppendPacked
         )
     }
-
-    /// Prepares of this operation carry no client, request or request checksum in their header
-    /// (a noop has none; a packed prepare names its clients in its body).
-    pub fn prepare_has_client(self) -> bool {
-        !matches!(self, Operation::Noop | Operation::AppendPacked)
-    }
 }
 
 /// Why a replica evicted a client session (carried in an eviction's `context`).
@@ -462,7 +456,7 @@ pub struct Header {
 const HEADER_RESERVED_SIZE: usize = 115;
 /// Why a header of another protocol version is refused.
 const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 2)";
-const_assert_eq!(PROTOCOL_VERSION, 2);
+const_assert_eq!(PROTOCOL_VERSION, 3);
 /// Where `protocol` sits in every version of the header (version 1 had it there too).
 pub const HEADER_PROTOCOL_OFFSET: usize = 88;
 /// The header checksum covers every byte after the checksum itself.

@@ -155,7 +155,10 @@
 //! reserved in the header ring while the same op is written again; the replica rewrites a
 //! durable op only when a view change replaced it, so the version it held was not committed.
 //! Condition 3 keeps the rule as narrow as the crash that causes it, so that a slot rotted far
-//! from the head stays a fault; after any crash, a single replica recovers, as it must.
+//! from the head stays a fault; after any crash, a single replica recovers, as it must. (A
+//! backup may have more than P prepares written and not yet durable, up to its pipeline; a
+//! crash that tears some beyond the window leaves them faults that peers repair, which is safe,
+//! only slower.)
 //!
 //! **Never laundering a fault.** Header sectors hold 16 slots, so a slot's redundant header is
 //! rewritten whenever a neighbour's is. Recovery therefore never loads a header into a slot it
@@ -1162,7 +1165,7 @@ impl Journal {
     /// Starts a `Sync` over every appended prepare written since the last one, unless one is in
     /// flight: the prepares that complete meanwhile share the next (group commit).
     fn sync_pump<S: Storage>(&mut self, storage: &mut S) {
-        if self.sync_in_flight {
+        if self.sync_in_flight || self.failed {
             return;
         }
         let mut covered = 0;

@@ -15,8 +15,8 @@
 //! ```text
 //!   journal writes in flight                     JOURNAL_IOPS_WRITE_MAX
 //! + journal reads in flight (replay, repair)     JOURNAL_IOPS_READ_MAX
-//! + uncommitted prepares (a backup keeps twice the primary's pipeline)
-//!                                                2 * PIPELINE_PREPARE_QUEUE_MAX
+//! + uncommitted prepares (a backup keeps up to PIPELINE_BACKUP_MAX, the primary fewer)
+//!                                                PIPELINE_BACKUP_MAX
 //! + queued client requests                       CLIENTS_MAX
 //! + the latest reply of each session             CLIENTS_MAX
 //! + event-store reads in flight                  GRID_READS_MAX
@@ -41,7 +41,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::constants::{
     CLIENTS_MAX, CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, GRID_READS_MAX, GRID_SCRUB_READS_MAX,
     HEADER_SIZE, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, MESSAGES_SLACK,
-    PIPELINE_PREPARE_QUEUE_MAX, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SECTOR_SIZE, SYNC_READS_MAX,
+    PIPELINE_BACKUP_MAX, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SECTOR_SIZE, SYNC_READS_MAX,
     SYNC_WRITES_MAX,
 };
 use crate::vsr::header::Header;
@@ -50,7 +50,7 @@ use crate::vsr::header::Header;
 pub const fn messages_max_replica() -> usize {
     JOURNAL_IOPS_WRITE_MAX
         + JOURNAL_IOPS_READ_MAX
-        + 2 * PIPELINE_PREPARE_QUEUE_MAX
+        + PIPELINE_BACKUP_MAX
         + CLIENTS_MAX
         + CLIENTS_MAX
         + GRID_READS_MAX
@@ -223,6 +223,7 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::constants::PIPELINE_PREPARE_QUEUE_MAX;
 
     #[test]
     fn buffers_are_sector_aligned_and_sized() {

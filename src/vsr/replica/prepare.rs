@@ -180,15 +180,17 @@ impl Replica {
         }
     }
 
-    /// Packs the appends waiting in the queue into one `append_packed` request of no client, if
-    /// at least two are waiting, for `prepare`: one op, one journal write and one flush on each
-    /// replica, and one replication round, for all of them. Other requests stay queued.
+    /// Packs the appends at the front of the queue into one `append_packed` request of no
+    /// client, if at least two are there, for `prepare`: one op, one journal write and one
+    /// flush on each replica, and one replication round, for all of them. Only the run at the
+    /// front, so that a register or create_stream behind it is prepared next, in queue order:
+    /// taking appends from behind it would starve it for as long as appends keep coming.
     fn request_queue_pack(&mut self) -> Option<Message> {
         let append = |request: &&Message| request.header().operation == Operation::Append as u8;
         let body_max = self.config.message_size_max as usize - HEADER_SIZE;
         let mut count = 0;
         let mut size = size_of::<PackedHead>();
-        for request in self.request_queue.iter().filter(append) {
+        for request in self.request_queue.iter().take_while(append) {
             let entry_size = size_of::<PackedRequest>() + request.body().len();
             if size + entry_size > body_max {
                 break;
@@ -200,7 +202,7 @@ impl Replica {
             return None;
         }
         let mut packed = self.pool.get();
-        let requests = self.request_queue.iter().filter(append).take(count).map(|request| {
+        let requests = self.request_queue.iter().take(count).map(|request| {
             let header = request.header();
             let entry = PackedRequest {
                 client: header.client.0,
@@ -216,13 +218,10 @@ impl Replica {
         let body_size =
             packed_encode(&mut packed.buffer_mut_unique()[HEADER_SIZE..], count, requests);
         assert_eq!(body_size, size);
-        let mut removed = 0;
-        self.request_queue.retain(|request| {
-            let take = removed < count && append(&request);
-            removed += usize::from(take);
-            !take
-        });
-        assert_eq!(removed, count);
+        for _ in 0..count {
+            let request = self.request_queue.pop_front().expect("packed above");
+            assert!(append(&&request));
+        }
         let checksum_body = header::checksum(&packed.buffer()[HEADER_SIZE..][..body_size]);
         let header = packed.header_mut();
         *header = Header::new(Command::Request, self.config.cluster);
@@ -542,10 +541,10 @@ impl Replica {
 /// client, or those its packed body names.
 pub(super) fn prepare_clients(prepare: &Message) -> impl Iterator<Item = ClientId> + Clone + '_ {
     let packed = prepare.header().operation == Operation::AppendPacked as u8;
-    let entries = if packed { packed_split(prepare.body()).expect("validated").0 } else { &[] };
+    let entries = packed.then(|| packed_split(prepare.body()).expect("validated").0);
     let own =
         (!packed && prepare.header().client != ClientId(0)).then_some(prepare.header().client);
-    own.into_iter().chain(entries.iter().map(|entry| ClientId(entry.client)))
+    own.into_iter().chain(entries.into_iter().flatten().map(|entry| ClientId(entry.client)))
 }
 
 /// Whether `prepare` holds a request of `client`.
