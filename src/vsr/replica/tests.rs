@@ -315,6 +315,68 @@ mod event_store {
     }
 
     #[test]
+    fn appends_waiting_behind_a_full_pipeline_share_one_op_and_a_register_keeps_its_turn() {
+        // Goal: with the pipeline full, the appends queued at the front become one
+        // append_packed op, each answered on its own with its own offset; a register queued
+        // between appends is prepared in its turn, alone, not starved by the appends behind it.
+        let mut harness = Harness::new(Config { clients_max: 16, ..small_config() });
+        for client in 1..=11 {
+            harness.register(ClientId(client));
+        }
+        harness.call(ClientId(1), 1, Operation::CreateStream, &create_body(5));
+        let deliver = |harness: &mut Harness, client: u64, operation, body: &[u8]| {
+            let request =
+                if operation == Operation::Register { 0 } else { 1 + u32::from(client == 1) };
+            let message = harness.request(ClientId(client), request, operation, body);
+            replica_deliver(&mut harness.replica, &mut harness.storage, message);
+        };
+        harness.sent.clear();
+        // Eight appends fill the pipeline (the disk is not run meanwhile); then the queue holds
+        // append 9, register 12, appends 10 and 11.
+        for client in 1..=8 {
+            deliver(&mut harness, client, Operation::Append, &append_body(5, client * 10, 1));
+        }
+        deliver(&mut harness, 9, Operation::Append, &append_body(5, 90, 1));
+        deliver(&mut harness, 12, Operation::Register, &[]);
+        deliver(&mut harness, 10, Operation::Append, &append_body(5, 100, 1));
+        deliver(&mut harness, 11, Operation::Append, &append_body(5, 110, 1));
+        harness.run();
+        let reply_op = |client: u64| {
+            let replies: Vec<&Message> = harness
+                .sent
+                .iter()
+                .filter(|(destination, _)| *destination == Destination::Client(ClientId(client)))
+                .map(|(_, message)| message)
+                .collect();
+            assert_eq!(replies.len(), 1, "client {client}");
+            assert_eq!(replies[0].header().command(), Some(Command::Reply));
+            replies[0].header().op
+        };
+        let (op_9, op_12, op_10, op_11) = (reply_op(9), reply_op(12), reply_op(10), reply_op(11));
+        assert!(op_9 < op_12 && op_12 < op_10, "{op_9} {op_12} {op_10}");
+        assert_eq!(op_10, op_11, "appends 10 and 11 share one op");
+        assert_eq!(harness.replica.metrics().requests_packed, 2);
+        let offsets: Vec<u64> = [10, 11]
+            .iter()
+            .map(|client| {
+                let (_, message) = harness
+                    .sent
+                    .iter()
+                    .find(|(destination, _)| *destination == Destination::Client(ClientId(*client)))
+                    .unwrap();
+                let result = AppendResult::read_from_prefix(message.body()).unwrap().0;
+                assert_eq!(result.result, ResultCode::Ok as u32);
+                result.offset
+            })
+            .collect();
+        assert_eq!(offsets, vec![9, 10], "each packed request gets its own result");
+        assert_eq!(
+            read_all(&mut harness, 13, 5),
+            vec![10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110]
+        );
+    }
+
+    #[test]
     fn appended_events_are_read_back_in_order() {
         // Goal: the normal path end to end: create, append, read from committed state.
         let mut harness = Harness::new(small_config());
