@@ -79,6 +79,12 @@ pub struct FaultOptions {
     /// its superblock update or state sync. A replica in one of those is chosen when there is.
     pub slow_disk_interval_mean_ticks: u64,
     pub slow_disk_ticks_max: u64,
+    /// Mean ticks between pauses (0: none): one running replica processes nothing (no
+    /// message, disk completion or tick) for up to `pause_ticks_max` ticks, as a process the
+    /// machine does not schedule for a while, then meets everything that arrived meanwhile at
+    /// once. Under load, a backup must come back into the log without state sync.
+    pub pause_interval_mean_ticks: u64,
+    pub pause_ticks_max: u64,
 }
 
 impl FaultOptions {
@@ -93,6 +99,8 @@ impl FaultOptions {
         partition_ticks_max: 0,
         slow_disk_interval_mean_ticks: 0,
         slow_disk_ticks_max: 0,
+        pause_interval_mean_ticks: 0,
+        pause_ticks_max: 0,
     };
 }
 
@@ -165,6 +173,12 @@ pub enum Fault {
         replica: usize,
         until_tick: u64,
     },
+    /// Replica `replica` processes nothing until `until_tick`.
+    Pause {
+        tick: u64,
+        replica: usize,
+        until_tick: u64,
+    },
     /// The links between `node` and `peer` (every other replica if `None`) cut until
     /// `until_tick`.
     Partition {
@@ -196,6 +210,10 @@ impl std::fmt::Display for Fault {
             Fault::SlowDisk { tick, replica, until_tick } => write!(
                 formatter,
                 "tick {tick}: replica {replica}'s disk stalls until tick {until_tick}"
+            ),
+            Fault::Pause { tick, replica, until_tick } => write!(
+                formatter,
+                "tick {tick}: replica {replica} pauses (processes nothing) until tick {until_tick}"
             ),
             Fault::Partition { tick, node, peer, direction, until_tick } => {
                 let arrow = match direction {
@@ -256,6 +274,9 @@ pub struct ClusterMetrics {
     /// Crashed replicas whose data file was lost and formatted again with `--rejoin`.
     pub rejoins: u64,
     pub slow_disk_spells: u64,
+    /// Pauses of a running replica, and the messages held for it meanwhile.
+    pub pauses: u64,
+    pub messages_held_by_pauses: u64,
     /// Spells that began while the replica was in a superblock update or a state sync.
     pub slow_disk_spells_during_superblock_update: u64,
     /// Grid blocks of crashed replicas rotted (a flipped bit in one sector) or overwritten with
@@ -274,6 +295,8 @@ struct ReplicaNode {
     /// `None` while crashed.
     replica: Option<Replica>,
     restart_tick: u64,
+    /// Paused (see `FaultOptions::pause_interval_mean_ticks`) while the tick is below this.
+    paused_until: u64,
     /// A WAL sector was damaged while it was down (until it restarts, when its journal says).
     wal_damaged: bool,
     /// While it is down or opening: its superblock says it lost its log (its data file was
@@ -329,6 +352,8 @@ pub struct Cluster {
     replica_metrics_retired: Metrics,
     /// Recent messages between replicas, for replays.
     replayable: Vec<Vec<u8>>,
+    /// Messages that arrived for a paused replica, delivered in order when it resumes.
+    held: Vec<Packet>,
     /// Grid blocks the run damaged, as (replica, address), until found sound again: at most
     /// one replica holds a damaged copy of a block at a time.
     grid_faults: Vec<(usize, u64)>,
@@ -401,6 +426,7 @@ impl Cluster {
             clocks: Vec::new(),
             misaddressed_first: None,
             replayable: Vec::with_capacity(REPLAYABLE_MAX),
+            held: Vec::new(),
             metrics: ClusterMetrics::default(),
             replica_metrics_retired: Metrics::default(),
             grid_faults: Vec::new(),
@@ -559,6 +585,7 @@ fn replica_node(options: &ClusterOptions, replica: ReplicaIndex) -> ReplicaNode 
         pool,
         replica: None,
         restart_tick: 0,
+        paused_until: 0,
         wal_damaged: false,
         log_lost_down: false,
         allocations: 0,
@@ -569,8 +596,21 @@ fn replica_node(options: &ClusterOptions, replica: ReplicaIndex) -> ReplicaNode 
 impl Cluster {
     fn network_deliver(&mut self) {
         let replica_count = self.replicas.len();
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            for packet in held {
+                if self.paused(packet.to) {
+                    self.held.push(packet);
+                } else {
+                    self.replica_deliver(packet);
+                }
+            }
+        }
         while let Some(packet) = self.network.poll_delivery(&mut self.trace, self.tick) {
-            if packet.to < replica_count {
+            if packet.to < replica_count && self.paused(packet.to) {
+                self.metrics.messages_held_by_pauses += 1;
+                self.held.push(packet);
+            } else if packet.to < replica_count {
                 self.replica_deliver(packet);
             } else {
                 self.client_deliver(packet);
@@ -648,8 +688,16 @@ impl Cluster {
         }
     }
 
+    /// Whether replica `index` is paused now.
+    fn paused(&self, index: usize) -> bool {
+        self.replicas[index].paused_until > self.tick
+    }
+
     /// Completes replica `index`'s disk operations that are due.
     fn storage_complete(&mut self, index: usize) {
+        if self.paused(index) {
+            return;
+        }
         let tick = self.tick;
         self.replicas[index].storage.set_tick(tick);
         for _ in 0..COMPLETION_ROUNDS_MAX {
@@ -674,6 +722,9 @@ impl Cluster {
     }
 
     fn replica_tick(&mut self, index: usize) {
+        if self.paused(index) {
+            return;
+        }
         let (offset_ns, drift_ns_per_tick) = self.clocks[index];
         let skew_ns = offset_ns + drift_ns_per_tick * self.tick as i64;
         let realtime_ns = self.realtime_ns().saturating_add_signed(skew_ns);
@@ -799,6 +850,33 @@ impl Cluster {
         if partition_mean > 0 && self.prng.chance(1, partition_mean) {
             self.partition_random();
         }
+        let pause_mean = faults.pause_interval_mean_ticks;
+        if pause_mean > 0 && self.prng.chance(1, pause_mean) {
+            self.pause_random();
+        }
+    }
+
+    /// Pauses one running replica that is not paused for 1 to `pause_ticks_max` ticks.
+    fn pause_random(&mut self) {
+        let running =
+            |index: &usize| self.replicas[*index].replica.is_some() && !self.paused(*index);
+        let candidates: Vec<usize> = (0..self.replicas.len()).filter(running).collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let index = candidates[self.prng.index(candidates.len())];
+        let until_tick =
+            self.tick + 1 + self.prng.next_u64() % self.options.faults.pause_ticks_max.max(1);
+        self.pause(index, until_tick);
+    }
+
+    /// Replica `index` processes nothing until `until_tick`.
+    pub(crate) fn pause(&mut self, index: usize, until_tick: u64) {
+        assert!(self.replicas[index].replica.is_some());
+        self.metrics.pauses += 1;
+        self.replicas[index].paused_until = until_tick;
+        self.trace.record(Event::Pause, &[self.tick, index as u64, until_tick]);
+        self.faults.push(Fault::Pause { tick: self.tick, replica: index, until_tick });
     }
 
     /// Whether a replica other than `index` has a faulty WAL.
@@ -1107,6 +1185,7 @@ impl Cluster {
         replica.open(&mut node.storage);
         node.replica = Some(replica);
         node.wal_damaged = false;
+        node.paused_until = 0;
         if self.tick > 0 {
             self.metrics.restarts += 1;
             self.checker.replica_restarted(index);

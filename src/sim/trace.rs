@@ -30,6 +30,7 @@ pub enum Event {
     Mutate = 14,
     Rejoin = 15,
     SlowDisk = 16,
+    Pause = 17,
 }
 
 const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;
