@@ -3,8 +3,7 @@
 //! (a) the time to format the default data file; (b) sequential durable (`RWF_DSYNC`) journal
 //! write throughput, 1 MiB prepares into the `wal_prepares` zone slot after slot, with 1 and 4
 //! in flight as a pipelining primary would; (c) the end-to-end latency of one durable prepare
-//! write as the journal makes it with nothing else in flight: the prepare through the disk
-//! cache, an `fdatasync`, then the 4 KiB sector holding its redundant header, durable. The
+//! write: the prepare, then the 4 KiB sector holding its redundant header, both durable. The
 //! requests mirror the journal's write pattern without depending on the journal.
 //!
 //! Run with `cargo bench --bench storage`. Settings come from the environment:
@@ -251,9 +250,10 @@ fn bench_latency_table(
     samples_count: usize,
 ) {
     println!();
-    println!("(c) durable prepare latency, end to end: the prepare write (cached), an fdatasync,");
-    println!("    then the RWF_DSYNC 4 KiB write of the wal_headers sector holding its redundant");
-    println!("    header; one prepare at a time");
+    println!("(c) durable prepare latency, end to end: the prepare write, then the 4 KiB write of");
+    println!(
+        "    the wal_headers sector holding its redundant header; both RWF_DSYNC, one at a time"
+    );
     println!(
         "  {:<10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "prepare", "samples", "p50 µs", "p90 µs", "p99 µs", "max µs", "prepares/s"
@@ -286,8 +286,8 @@ fn bench_latency_table(
     }
 }
 
-/// One prepare as the journal writes it: the prepare through the cache, a sync, then (once the
-/// prepare is durable) its header's sector in the redundant ring.
+/// One prepare as the journal writes it: the prepare, then (once it is durable) its header's
+/// sector in the redundant ring.
 fn prepare_latency(
     storage: &mut IoStorage,
     pool: &MessagePool,
@@ -299,9 +299,7 @@ fn prepare_latency(
     let start = Instant::now();
     let offset = prepare_offset(layout, slot);
     let request = write_request(slot as u32, Zone::WalPrepares, offset, prepare_size);
-    write_and_wait(storage, IoRequest { kind: IoKind::WriteCached, ..request }, pool.get());
-    let sync = IoRequest { kind: IoKind::Sync, length: 0, ..request };
-    write_and_wait(storage, sync, headers_pool.get());
+    write_and_wait(storage, request, pool.get());
     let offset = header_sector_offset(layout, slot);
     let request = write_request(slot as u32, Zone::WalHeaders, offset, SECTOR_SIZE);
     write_and_wait(storage, request, headers_pool.get());

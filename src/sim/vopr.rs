@@ -503,7 +503,6 @@ mod tests {
         assert_eq!(result, Ok(()));
         assert!(summary.crashes >= 40, "{summary:?}");
         // Clients read a third of the time: reads commit no op.
-        println!("ops_committed={}", summary.ops_committed);
         assert!(summary.ops_committed > 50, "{summary:?}");
     }
 

@@ -13,22 +13,14 @@
 //!
 //! # Writing a prepare
 //!
-//! 1. `write_prepare` sets `headers[slot]` (what the slot should hold) and writes the prepare
-//!    through the disk cache (`IoKind::WriteCached`).
-//! 2. When that write completes, the prepare waits for a `Sync`. One `Sync` is in flight at a
-//!    time; it covers every prepare whose write completed before it was submitted, and the
-//!    prepares that complete meanwhile share the next one (group commit: one cache flush for
-//!    many ops).
-//! 3. When the `Sync` completes, each prepare it covers is durable, so `headers_redundant[slot]`
-//!    (what the header ring holds) is set and the whole header sector of the slot is written,
-//!    durably, from a snapshot of `headers_redundant`. In the snapshot a slot whose prepare is
-//!    not yet durable is its reserved header, and a faulty slot keeps the bytes recovery found
-//!    there: the header ring only ever describes a prepare already durable on disk (a header
-//!    that reached the media before its prepare would make a crash look like rot), and never
-//!    turns a faulty slot into a clean one.
-//! 4. The prepare is durable and described once a header-sector write submitted after step 3
-//!    completes; then `Event::PrepareDurable` is emitted, and only then may the replica
-//!    acknowledge it.
+//! 1. `write_prepare` sets `headers[slot]` (what the slot should hold) and writes the prepare.
+//! 2. When that write completes, `headers_redundant[slot]` (what the header ring holds) is set and
+//!    the whole header sector of the slot is written from a snapshot of `headers_redundant`. In
+//!    the snapshot a slot whose prepare is still being written is its reserved header, and a
+//!    faulty slot keeps the bytes recovery found there: the header ring only ever describes a
+//!    prepare that is already on disk, and never turns a faulty slot into a clean one.
+//! 3. The prepare is durable once a header-sector write submitted after step 2 completes; then
+//!    `Event::PrepareDurable` is emitted, and only then may the replica acknowledge it.
 //!
 //! One write per header sector is in flight at a time. Slots that become ready meanwhile go into
 //! the next snapshot, taken when the current write completes, so an older snapshot can never
@@ -684,11 +676,7 @@ enum WriteState {
     Queued,
     /// The prepare is being written.
     Prepare,
-    /// An append's prepare was written through the disk cache; it waits for the next `Sync`.
-    SyncAwaited,
-    /// The `Sync` in flight covers the prepare.
-    Syncing,
-    /// The prepare is durable; its header waits for the next header-sector snapshot.
+    /// The prepare is on disk; its header waits for the next header-sector snapshot.
     HeaderAwaited,
     /// In the snapshot being written.
     HeaderInFlight,
@@ -796,8 +784,6 @@ pub struct Journal {
     writes: Vec<Write>,
     write_sequence: u64,
     sectors_writing: BitSet,
-    /// A `Sync` covering appended prepares is in flight (at most one).
-    sync_in_flight: bool,
     /// Sectors recovery must rewrite.
     sectors_needed: BitSet,
     /// For each sector write in flight: the slots its snapshot confirms.
@@ -855,11 +841,9 @@ impl Journal {
             writes,
             write_sequence: 0,
             sectors_writing: BitSet::new(sector_count),
-            sync_in_flight: false,
             sectors_needed: BitSet::new(sector_count),
             sector_confirms: vec![0; sector_count],
-            // One buffer per header-sector write, and one that a `Sync` carries.
-            header_pool: MessagePool::new(JOURNAL_IOPS_WRITE_MAX + 1, SECTOR_SIZE),
+            header_pool: MessagePool::new(JOURNAL_IOPS_WRITE_MAX, SECTOR_SIZE),
             reads,
             prepares_invalid: vec![None; slot_count],
             truncate: BitSet::new(slot_count),
@@ -964,7 +948,6 @@ impl Journal {
         match completion.request.token.owner {
             IoOwner::JournalPrepare => self.write_prepare_complete(storage, completion),
             IoOwner::JournalHeaders => self.write_headers_complete(storage, completion),
-            IoOwner::JournalSync => self.sync_complete(storage, completion),
             IoOwner::JournalRead => self.read_complete(storage, completion),
             owner => panic!("journal given a completion of {owner:?}"),
         }
@@ -1043,10 +1026,7 @@ impl Journal {
 
     /// Asserts that the events every request in flight may still emit, plus one, fit.
     fn assert_event_room(&self) {
-        let outstanding = self.writes_busy()
-            + self.reads_busy()
-            + self.sectors_writing.count
-            + usize::from(self.sync_in_flight);
+        let outstanding = self.writes_busy() + self.reads_busy() + self.sectors_writing.count;
         assert!(self.events.len() + outstanding < JOURNAL_EVENTS_MAX, "journal events not drained");
     }
 
@@ -1113,15 +1093,9 @@ impl Journal {
         write.state = WriteState::Prepare;
         self.slot_writes[write.slot.0] = Some(index as u8);
         let slot_offset = write.slot.0 as u64 * self.context.message_size_max;
-        // An append becomes durable through the next `Sync` (group commit); a truncation must
-        // land before the step after it (see "Truncating after replay").
-        let kind = match write.kind {
-            WriteKind::Append => IoKind::WriteCached,
-            WriteKind::Truncate => IoKind::Write,
-        };
         let request = IoRequest {
             token: IoToken { owner: IoOwner::JournalPrepare, index: index as u32 },
-            kind,
+            kind: IoKind::Write,
             zone: Zone::WalPrepares,
             offset: self.layout.offset(Zone::WalPrepares, slot_offset),
             length: sector_ceil(write.header.size as usize),
@@ -1148,8 +1122,12 @@ impl Journal {
         }
         match write.kind {
             WriteKind::Append => {
-                write.state = WriteState::SyncAwaited;
-                self.sync_pump(storage);
+                write.state = WriteState::HeaderAwaited;
+                self.headers_redundant[slot.0] = write.header;
+                let sector = slot.0 / JOURNAL_HEADERS_PER_SECTOR;
+                if !self.sectors_writing.get(sector) {
+                    self.write_headers(storage, sector);
+                }
             }
             WriteKind::Truncate => {
                 write.state = WriteState::Free;
@@ -1160,68 +1138,6 @@ impl Journal {
                 self.truncate_pump(storage);
             }
         }
-    }
-
-    /// Starts a `Sync` over every appended prepare written since the last one, unless one is in
-    /// flight: the prepares that complete meanwhile share the next (group commit).
-    fn sync_pump<S: Storage>(&mut self, storage: &mut S) {
-        if self.sync_in_flight || self.failed {
-            return;
-        }
-        let mut covered = 0;
-        for write in self.writes.iter_mut().filter(|write| write.state == WriteState::SyncAwaited) {
-            write.state = WriteState::Syncing;
-            covered += 1;
-        }
-        if covered == 0 {
-            return;
-        }
-        self.sync_in_flight = true;
-        let request = IoRequest {
-            token: IoToken { owner: IoOwner::JournalSync, index: 0 },
-            kind: IoKind::Sync,
-            zone: Zone::WalPrepares,
-            offset: self.layout.offset(Zone::WalPrepares, 0),
-            length: 0,
-            buffer_offset: 0,
-        };
-        storage.submit(request, self.header_pool.get());
-    }
-
-    /// A `Sync` completed: the prepares it covers are durable, and the header ring may now
-    /// describe them.
-    pub fn sync_complete<S: Storage>(&mut self, storage: &mut S, completion: Completion) {
-        assert_eq!(completion.request.token.owner, IoOwner::JournalSync);
-        assert!(self.sync_in_flight);
-        let result = completion.result;
-        drop(completion);
-        self.sync_in_flight = false;
-        let syncing = |write: &Write| write.state == WriteState::Syncing;
-        if let Err(error) = result {
-            let write = self.writes.iter().find(|write| syncing(write));
-            self.write_failed(Zone::WalPrepares, write.expect("a synced write").slot, error);
-            return;
-        }
-        // Every covered slot first, so that one snapshot per sector describes them all.
-        for index in 0..self.writes.len() {
-            let write = &mut self.writes[index];
-            if !syncing(write) {
-                continue;
-            }
-            assert_eq!(write.kind, WriteKind::Append);
-            assert_eq!(self.slot_writes[write.slot.0], Some(index as u8));
-            write.state = WriteState::HeaderAwaited;
-            self.headers_redundant[write.slot.0] = write.header;
-        }
-        for index in 0..self.writes.len() {
-            let sector = self.writes[index].slot.0 / JOURNAL_HEADERS_PER_SECTOR;
-            if self.writes[index].state == WriteState::HeaderAwaited
-                && !self.sectors_writing.get(sector)
-            {
-                self.write_headers(storage, sector);
-            }
-        }
-        self.sync_pump(storage);
     }
 
     /// Whether `sector` has anything new to write.
@@ -1269,10 +1185,7 @@ impl Journal {
         let state = self.slot_writes[slot].map(|index| self.writes[usize::from(index)].state);
         let header = if self.faulty.get(slot) {
             self.headers_redundant[slot]
-        } else if matches!(
-            state,
-            Some(WriteState::Prepare | WriteState::SyncAwaited | WriteState::Syncing)
-        ) {
+        } else if state == Some(WriteState::Prepare) {
             reserved_header(self.context.cluster, slot as u64)
         } else {
             self.headers_redundant[slot]

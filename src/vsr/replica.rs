@@ -834,10 +834,7 @@ impl Replica {
                 self.superblock.on_completion(storage, completion);
                 self.superblock_progress(storage);
             }
-            IoOwner::JournalPrepare
-            | IoOwner::JournalHeaders
-            | IoOwner::JournalSync
-            | IoOwner::JournalRead => {
+            IoOwner::JournalPrepare | IoOwner::JournalHeaders | IoOwner::JournalRead => {
                 self.journal.on_completion(storage, completion);
                 self.journal_events(storage);
             }

@@ -25,8 +25,6 @@ pub enum IoOwner {
     Benchmark = 8,
     /// State sync: grid blocks read for a peer, or written as they arrive from one.
     Sync = 9,
-    /// The journal's `Sync` that makes appended prepares durable.
-    JournalSync = 10,
 }
 
 /// Identifies one I/O to its owner: the owner, and an index the owner chose (a slot, a copy, an
