@@ -5,11 +5,15 @@
 //! stops the replica and deletes the directory, also on Ctrl-C or SIGTERM (checked between
 //! data files and during the load). With `--addresses` it loads an existing cluster.
 //!
-//! The load: `--streams` streams are created, then `--clients` clients (one thread each, one
-//! request in flight each) append `--events` events of `--event-size` bytes in batches of
-//! `--batch` events per request (default: as many as fit in a message). It prints a progress
-//! line while it runs (a plain line a second when stderr is not a terminal), then events/s, MiB/s
-//! of event data, and request latency percentiles up to p99.99, taken from every latency.
+//! The load: `--streams` streams are created, then `--clients` independent client sessions (each
+//! its own connection and client id, one request in flight each, driven by `--client-threads`
+//! event loops: `driver`) append `--events` events of `--event-size` bytes in batches of
+//! `--batch` events per request (default: as many as fit in a message). Closed loop by default;
+//! `--rate=R` makes it open loop, R requests a second in all. It prints a progress line while
+//! it runs (a plain line a second when stderr is not a terminal), then events/s, MiB/s of event
+//! data, and request latency percentiles up to p99.99, taken from every latency.
+
+mod driver;
 
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::net::{SocketAddr, TcpListener};
@@ -23,9 +27,8 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::client::Client;
 use crate::constants::{BLOCK_SIZE, GRID_SIZE_DEFAULT, HEADER_SIZE, MESSAGE_SIZE_MAX};
-use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
 use crate::state_machine::types::{
-    AppendEncoder, AppendResult, CreateStream, CreateStreamResult, ResultCode, padded_size,
+    AppendEncoder, CreateStream, CreateStreamResult, ResultCode, padded_size,
 };
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::{ClusterId, Operation};
@@ -43,7 +46,15 @@ pub struct Options {
     pub streams: u64,
     /// Replicas of the local cluster started when no `--addresses` are given.
     pub replica_count: u8,
+    /// Threads that drive the clients; `None` for one per `CLIENTS_PER_THREAD` clients.
+    pub client_threads: Option<usize>,
+    /// Open loop: requests a second, over every client; `None` for closed loop.
+    pub rate: Option<f64>,
 }
+
+/// Clients one driver thread takes by default: one thread drives hundreds of sessions, and on
+/// a machine that also runs the replicas, every extra thread competes with them.
+pub const CLIENTS_PER_THREAD: usize = 1024;
 
 impl Default for Options {
     fn default() -> Options {
@@ -56,6 +67,8 @@ impl Default for Options {
             batch: None,
             streams: 4,
             replica_count: 1,
+            client_threads: None,
+            rate: None,
         }
     }
 }
@@ -105,6 +118,12 @@ pub fn run(options: &Options) -> Result<Results, String> {
     }
     if options.event_size == 0 {
         return Err("--event-size must be at least 1".to_string());
+    }
+    if options.client_threads == Some(0) {
+        return Err("--client-threads must be at least 1".to_string());
+    }
+    if options.rate.is_some_and(|rate| !(rate.is_finite() && rate > 0.0)) {
+        return Err("--rate must be a positive number of requests a second".to_string());
     }
     if options.addresses.is_empty() {
         // Ctrl-C stops the run at the next check and still removes the scratch data files.
@@ -301,44 +320,42 @@ fn load(
         return Err(format!("--batch must be between 1 and {batch_max} for this event size"));
     }
     create_streams(options, addresses, cluster)?;
-    let done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicBool::new(false));
+    let done = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let load = driver::Load { options, addresses, cluster, batch, done: &done, failed: &failed };
+    let threads = options
+        .client_threads
+        .unwrap_or(options.clients.div_ceil(CLIENTS_PER_THREAD))
+        .min(options.clients);
     let start = Instant::now();
-    let mut threads = Vec::new();
-    for index in 0..options.clients {
-        let share = options.events / options.clients as u64
-            + u64::from((index as u64) < options.events % options.clients as u64);
-        let worker = Worker {
-            index,
-            events: share,
-            batch,
-            options: options.clone(),
-            addresses: addresses.to_vec(),
-            cluster,
-            done: done.clone(),
-            failed: failed.clone(),
-        };
-        threads.push(std::thread::spawn(move || worker.run()));
-    }
-    progress(options.events, &done, &failed, start, &threads);
+    let results: Vec<driver::ShareResult> = std::thread::scope(|scope| {
+        let load = &load;
+        let handles: Vec<_> = (0..threads)
+            .map(|thread| {
+                let share = share(options, thread, threads);
+                scope.spawn(move || driver::run(load, share))
+            })
+            .collect();
+        let finished = || handles.iter().all(|handle| handle.is_finished());
+        progress(options.events, &done, &failed, start, &finished);
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap_or(Err("a client thread panicked".to_string())))
+            .collect()
+    });
     if crate::io::signal::interrupted() {
-        for thread in threads {
-            let _ = thread.join();
-        }
         return Err("interrupted".to_string());
     }
     let mut latencies_us = Vec::new();
-    let mut requests = 0;
     // The run ends at the last client's last reply, not when the progress loop (which sleeps
     // between reports) notices it: that would add up to one report interval to every run.
     let mut finished = start;
-    for thread in threads {
-        let result = thread.join().map_err(|_| "a client thread panicked".to_string())?;
-        let (worker_latencies, worker_finished) = result?;
-        requests += worker_latencies.len() as u64;
-        latencies_us.extend(worker_latencies);
-        finished = finished.max(worker_finished);
+    for result in results {
+        let (thread_latencies, thread_finished) = result?;
+        latencies_us.extend(thread_latencies);
+        finished = finished.max(thread_finished);
     }
+    let requests = latencies_us.len() as u64;
     let elapsed = finished - start;
     latencies_us.sort_unstable();
     let results = Results {
@@ -353,17 +370,32 @@ fn load(
     Ok(results)
 }
 
+/// Thread `thread` of `threads`: its clients (a contiguous range) and their share of the
+/// events and of the open-loop rate.
+fn share(options: &Options, thread: usize, threads: usize) -> driver::Share {
+    let clients = options.clients;
+    let first = clients * thread / threads;
+    let end = clients * (thread + 1) / threads;
+    let events_first = options.events * first as u64 / clients as u64;
+    let events_end = options.events * end as u64 / clients as u64;
+    driver::Share {
+        clients: first..end,
+        events: events_end - events_first,
+        rate: options.rate.map(|rate| rate * (end - first) as f64 / clients as f64),
+    }
+}
+
 fn progress(
     total: u64,
     done: &AtomicU64,
     failed: &AtomicBool,
     start: Instant,
-    threads: &[std::thread::JoinHandle<WorkerResult>],
+    finished: &dyn Fn() -> bool,
 ) {
     // On a terminal one line is redrawn four times a second; in a log, a line a second.
     let terminal = std::io::stderr().is_terminal();
     let mut reports = 0u64;
-    while !threads.iter().all(|thread| thread.is_finished()) {
+    while !finished() {
         std::thread::sleep(Duration::from_millis(250));
         reports += 1;
         if crate::io::signal::interrupted() {
@@ -404,6 +436,15 @@ fn print_results(results: &Results, options: &Options) {
         options.clients,
         options.streams
     );
+    let threads = options.client_threads.unwrap_or(options.clients.div_ceil(CLIENTS_PER_THREAD));
+    let threads = threads.min(options.clients);
+    match options.rate {
+        None => println!("closed loop, {threads} client thread(s)"),
+        Some(rate) => println!(
+            "open loop at {rate:.0} requests/s (achieved {:.0}), {threads} client thread(s)",
+            results.requests as f64 / results.elapsed.as_secs_f64()
+        ),
+    }
     println!("elapsed: {:.2} s", results.elapsed.as_secs_f64());
     println!(
         "throughput: {:.0} events/s, {:.1} MiB/s",
@@ -455,82 +496,29 @@ fn create_streams(
     Ok(())
 }
 
-/// A client's request latencies (µs) and when its last reply came, or why it stopped.
-type WorkerResult = Result<(Vec<u64>, Instant), String>;
-
-struct Worker {
-    index: usize,
-    events: u64,
-    batch: u32,
-    options: Options,
-    addresses: Vec<SocketAddr>,
-    cluster: ClusterId,
-    done: Arc<AtomicU64>,
-    failed: Arc<AtomicBool>,
-}
-
-impl Worker {
-    /// Runs this client's share; returns its request latencies and when its last reply came.
-    fn run(self) -> WorkerResult {
-        let result = self.run_inner().map(|latencies_us| (latencies_us, Instant::now()));
-        if result.is_err() {
-            self.failed.store(true, Ordering::Relaxed);
-        }
-        result
-    }
-
-    fn run_inner(&self) -> Result<Vec<u64>, String> {
-        let mut client = Client::new(self.cluster, &self.addresses, MESSAGE_SIZE_MAX);
-        client.register().map_err(|error| format!("client {}: {error}", self.index))?;
-        let requests = self.events.div_ceil(u64::from(self.batch));
-        let mut latencies_us = Vec::with_capacity(requests as usize);
-        let mut body = vec![0u8; client.body_size_max()];
-        let mut sent = 0u64;
-        let mut request_index = 0u64;
-        while sent < self.events {
-            if self.failed.load(Ordering::Relaxed) {
-                return Err("another client failed".to_string());
-            }
-            let count = (self.events - sent).min(u64::from(self.batch)) as u32;
-            let stream = 1
-                + (self.index as u64 + request_index * self.options.clients as u64)
-                    % self.options.streams;
-            let size = self.fill_batch(&mut body, stream, count, sent);
-            let start = Instant::now();
-            let reply = client
-                .write(Operation::Append, &body[..size])
-                .map_err(|error| format!("client {}: {error}", self.index))?;
-            latencies_us.push(start.elapsed().as_micros() as u64);
-            let result = AppendResult::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
-            if result.result != ResultCode::Ok as u32 {
-                let code = ResultCode::from_u32(result.result).map(ResultCode::name);
-                return Err(format!("append failed: {}", code.unwrap_or("unknown result")));
-            }
-            sent += u64::from(count);
-            request_index += 1;
-            self.done.fetch_add(u64::from(count), Ordering::Relaxed);
-        }
-        Ok(latencies_us)
-    }
-
-    /// Writes one append batch of `count` events into `body`; returns its size.
-    fn fill_batch(&self, body: &mut [u8], stream: u64, count: u32, sent: u64) -> usize {
-        let mut encoder = AppendEncoder::new(body);
-        encoder.batch_begin(stream, EXPECTED_OFFSET_ANY);
-        for event in 0..count {
-            let data = encoder.event(self.options.event_size);
-            let stamp = (sent + u64::from(event)) ^ ((self.index as u64) << 48);
-            for (index, byte) in data.iter_mut().enumerate() {
-                *byte = (stamp >> ((index % 8) * 8)) as u8 ^ index as u8;
-            }
-        }
-        encoder.finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threads_share_every_client_and_event_once() {
+        // Goal: the driver threads' shares cover every client and every event exactly once,
+        // in contiguous ranges, and the open-loop rate in proportion to the clients.
+        for (clients, events, threads) in [(64, 100_000, 1), (10, 7, 3), (4096, 1_000_003, 4)] {
+            let options = Options { clients, events, rate: Some(1000.0), ..Options::default() };
+            let shares: Vec<_> =
+                (0..threads).map(|thread| share(&options, thread, threads)).collect();
+            let mut next = 0;
+            for share in &shares {
+                assert_eq!(share.clients.start, next);
+                next = share.clients.end;
+            }
+            assert_eq!(next, clients);
+            assert_eq!(shares.iter().map(|share| share.events).sum::<u64>(), events);
+            let rate: f64 = shares.iter().map(|share| share.rate.unwrap()).sum();
+            assert!((rate - 1000.0).abs() < 1e-6);
+        }
+    }
 
     #[test]
     fn latency_quantiles_index_the_sorted_latencies() {

@@ -18,6 +18,7 @@ usage:
   kimberlite inspect PATH
   kimberlite benchmark [--addresses=...] [--cluster=ID] [--replica-count=N] [--clients=N]
                        [--events=N] [--event-size=BYTES] [--batch=N] [--streams=N]
+                       [--client-threads=N] [--rate=REQUESTS_PER_SECOND]
   kimberlite client --addresses=... [--cluster=ID] COMMAND
       create-stream STREAM [TENANT]
       append STREAM [--expected-offset=N] EVENT...
@@ -166,6 +167,8 @@ fn command_benchmark(arguments: &[String]) -> Result<(), String> {
         "event-size",
         "batch",
         "streams",
+        "client-threads",
+        "rate",
     ];
     let arguments = Arguments::parse(arguments, &allowed)?;
     if let Some(extra) = arguments.positionals.first() {
@@ -188,6 +191,14 @@ fn command_benchmark(arguments: &[String]) -> Result<(), String> {
         },
         streams: arguments.integer_or("streams", clients as u64)?,
         replica_count: arguments.integer_or("replica-count", defaults.replica_count)?,
+        client_threads: match arguments.flag("client-threads") {
+            Some(_) => Some(arguments.integer("client-threads")?),
+            None => None,
+        },
+        rate: match arguments.flag("rate") {
+            Some(_) => Some(arguments.integer::<f64>("rate")?),
+            None => None,
+        },
     };
     crate::benchmark::run(&options).map(|_| ())
 }

@@ -94,17 +94,13 @@ impl Client {
         assert!(!addresses.is_empty());
         assert!(addresses.len() <= usize::from(u8::MAX));
         assert!(message_size_max > HEADER_SIZE);
-        let options = ClientOptions {
-            cluster,
-            replica_count: addresses.len() as u8,
-            request_timeout: REQUEST_TIMEOUT.as_millis() as u64,
-            request_timeout_max: REQUEST_TIMEOUT_MAX.as_millis() as u64,
-            redirect_delay: REDIRECT_DELAY.as_millis() as u64,
-            primary_busy_delay: PRIMARY_BUSY_DELAY.as_millis() as u64,
-        };
         let id = random_client_id();
         Client {
-            core: ClientCore::new(options, id, id.get().rotate_left(17)),
+            core: ClientCore::new(
+                client_options(cluster, addresses.len()),
+                id,
+                id.get().rotate_left(17),
+            ),
             addresses: addresses.to_vec(),
             stream: None,
             message_size_max,
@@ -313,28 +309,8 @@ impl Client {
     /// The header of the complete message at the front of the receive buffer, validated, if
     /// one has arrived. The message stays in the buffer until `consume`.
     fn take_message(&mut self) -> std::io::Result<Option<Header>> {
-        if self.receive_length < HEADER_SIZE {
-            return Ok(None);
-        }
-        let header = Header::decode(&self.receive_buffer[..HEADER_SIZE])
-            .map_err(|reason| std::io::Error::new(std::io::ErrorKind::InvalidData, reason))?;
-        let size = header.size as usize;
-        if header.cluster != self.core.options().cluster || size > self.message_size_max {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "wrong cluster"));
-        }
-        if self.receive_length < size {
-            return Ok(None);
-        }
-        if !header.valid_checksum_body(&self.receive_buffer[HEADER_SIZE..size]) {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "body checksum"));
-        }
-        if !matches!(
-            header.command(),
-            Some(Command::Reply | Command::Eviction | Command::PongClient)
-        ) {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not for a client"));
-        }
-        Ok(Some(header))
+        let received = &self.receive_buffer[..self.receive_length];
+        message_parse(received, self.core.options().cluster, self.message_size_max)
     }
 
     /// Drops the first `size` bytes of the receive buffer (a message already handled).
@@ -350,7 +326,49 @@ impl Client {
     }
 }
 
-fn eviction_reason(context: u32) -> &'static str {
+/// The core's options for a cluster of `replica_count` replicas, in milliseconds.
+pub(crate) fn client_options(cluster: ClusterId, replica_count: usize) -> ClientOptions {
+    assert!(replica_count > 0 && replica_count <= usize::from(u8::MAX));
+    ClientOptions {
+        cluster,
+        replica_count: replica_count as u8,
+        request_timeout: REQUEST_TIMEOUT.as_millis() as u64,
+        request_timeout_max: REQUEST_TIMEOUT_MAX.as_millis() as u64,
+        redirect_delay: REDIRECT_DELAY.as_millis() as u64,
+        primary_busy_delay: PRIMARY_BUSY_DELAY.as_millis() as u64,
+    }
+}
+
+/// The header of the complete message at the front of `received` (the bytes a connection
+/// received so far), validated as a message for a client of `cluster`, if all of it arrived.
+/// An error means the connection carries garbage and must be closed.
+pub(crate) fn message_parse(
+    received: &[u8],
+    cluster: ClusterId,
+    message_size_max: usize,
+) -> std::io::Result<Option<Header>> {
+    if received.len() < HEADER_SIZE {
+        return Ok(None);
+    }
+    let header = Header::decode(&received[..HEADER_SIZE])
+        .map_err(|reason| std::io::Error::new(std::io::ErrorKind::InvalidData, reason))?;
+    let size = header.size as usize;
+    if header.cluster != cluster || size > message_size_max {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "wrong cluster"));
+    }
+    if received.len() < size {
+        return Ok(None);
+    }
+    if !header.valid_checksum_body(&received[HEADER_SIZE..size]) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "body checksum"));
+    }
+    if !matches!(header.command(), Some(Command::Reply | Command::Eviction | Command::PongClient)) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not for a client"));
+    }
+    Ok(Some(header))
+}
+
+pub(crate) fn eviction_reason(context: u32) -> &'static str {
     match context {
         value if value == EvictionReason::NoSession as u32 => "no session",
         value if value == EvictionReason::SessionEvicted as u32 => "the session table was full",
@@ -360,7 +378,7 @@ fn eviction_reason(context: u32) -> &'static str {
 }
 
 /// A random nonzero client id from the OS.
-fn random_client_id() -> ClientId {
+pub(crate) fn random_client_id() -> ClientId {
     let mut bytes = [0u8; 8];
     let read = std::fs::File::open("/dev/urandom").and_then(|mut file| file.read_exact(&mut bytes));
     let mut id = u64::from_le_bytes(bytes);
@@ -375,7 +393,7 @@ fn random_client_id() -> ClientId {
 }
 
 /// A random client id other than `id` (for the new session after an eviction).
-fn random_client_id_other(id: ClientId) -> ClientId {
+pub(crate) fn random_client_id_other(id: ClientId) -> ClientId {
     loop {
         let other = random_client_id();
         if other != id {

@@ -127,6 +127,29 @@ fn format_rejoin_marks_the_log_lost_and_needs_peers() {
 }
 
 #[test]
+fn benchmark_open_loop_drives_many_sessions_from_few_threads_at_the_rate() {
+    // Goal: `--rate` runs open loop: 40 sessions on 2 driver threads send 400 one-event
+    // requests at 2,000 a second in all, so the run cannot end before the last one fell due
+    // (0.2 s), and every request is answered.
+    let scratch = Scratch::new("benchmark-open-loop");
+    let output = Command::new(BINARY)
+        .args(["benchmark", "--batch=1", "--clients=40", "--client-threads=2", "--events=400"])
+        .args(["--rate=2000"])
+        .current_dir(&scratch.0)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("400 events of 128 bytes in 400 requests"), "{stdout}");
+    assert!(stdout.contains("40 clients"), "{stdout}");
+    assert!(stdout.contains("open loop at 2000 requests/s"), "{stdout}");
+    assert!(stdout.contains("2 client thread(s)"), "{stdout}");
+    let elapsed = stdout.lines().find_map(|line| line.strip_prefix("elapsed: "));
+    let elapsed: f64 = elapsed.and_then(|text| text.trim_end_matches(" s").parse().ok()).unwrap();
+    assert!(elapsed >= 0.19, "{stdout}");
+}
+
+#[test]
 fn benchmark_starts_its_local_cluster_whole_and_cleans_up() {
     // Goal: `benchmark` with three local replicas starts the load only once every replica is
     // connected to its peers, completes, prints throughput and latency up to p99.99, and
