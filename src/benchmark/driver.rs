@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use crate::client::{
     REQUEST_TIMEOUT, client_options, eviction_reason, message_parse, random_client_id,
 };
 use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX};
+use crate::io::epoll::Epoll;
 use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
 use crate::state_machine::types::{AppendEncoder, AppendResult, ResultCode};
 use crate::vsr::client::{ClientCore, Outcome};
@@ -481,50 +482,5 @@ impl Session {
         self.socket = None;
         self.received = 0;
         self.sent = self.send_size;
-    }
-}
-
-/// An epoll instance.
-struct Epoll {
-    fd: OwnedFd,
-}
-
-impl Epoll {
-    fn new() -> std::io::Result<Epoll> {
-        // SAFETY: epoll_create1 takes no pointers; a negative result is an error, checked.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by epoll_create1 and is owned by nothing else.
-        Ok(Epoll { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
-    }
-
-    fn control(&self, operation: i32, fd: RawFd, events: u32, token: usize) -> std::io::Result<()> {
-        let mut event = libc::epoll_event { events, u64: token as u64 };
-        // SAFETY: both descriptors are open, and `event` is a valid epoll_event that outlives
-        // the call.
-        let result = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), operation, fd, &mut event) };
-        if result < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Waits up to `timeout_ms` for events; returns how many of `events` it filled.
-    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> std::io::Result<usize> {
-        let capacity = i32::try_from(events.len()).expect("a small event array");
-        // SAFETY: `events` is a valid, writable array of `capacity` epoll_event.
-        let result = unsafe {
-            libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), capacity, timeout_ms)
-        };
-        if result < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.kind() == std::io::ErrorKind::Interrupted {
-                return Ok(0);
-            }
-            return Err(error);
-        }
-        Ok(result as usize)
     }
 }

@@ -14,9 +14,11 @@
 //! - `allocator`: the global allocator guard that proves no allocation after startup.
 //! - `format`: `kimberlite format`, writing every byte of a new data file.
 //! - `signal`: SIGINT and SIGTERM as a flag (the load generator cleans up on Ctrl-C).
+//! - `epoll`: readiness of many sockets, for the load generator's client sessions.
 
 pub mod allocator;
 pub mod data_file;
+pub mod epoll;
 pub mod format;
 pub mod message_bus;
 pub mod ring;
