@@ -30,6 +30,7 @@ use crate::constants::{BLOCK_SIZE, GRID_SIZE_DEFAULT, HEADER_SIZE, MESSAGE_SIZE_
 use crate::state_machine::types::{
     AppendEncoder, CreateStream, CreateStreamResult, ResultCode, padded_size,
 };
+use crate::vsr::client::ClientMetrics;
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::{ClusterId, Operation};
 use crate::vsr::layout::Config;
@@ -82,6 +83,8 @@ pub struct Results {
     pub latencies_us: Vec<u64>,
     pub event_size: u32,
     pub batch: u32,
+    /// The client sessions' counters, summed (copies sent again, and why).
+    pub client: ClientMetrics,
 }
 
 impl Results {
@@ -350,10 +353,15 @@ fn load(
     // The run ends at the last client's last reply, not when the progress loop (which sleeps
     // between reports) notices it: that would add up to one report interval to every run.
     let mut finished = start;
+    let mut client = ClientMetrics::default();
     for result in results {
-        let (thread_latencies, thread_finished) = result?;
-        latencies_us.extend(thread_latencies);
-        finished = finished.max(thread_finished);
+        let thread = result?;
+        latencies_us.extend(thread.latencies_us);
+        finished = finished.max(thread.last_reply);
+        client.client_requests_resent += thread.client.client_requests_resent;
+        client.client_timeouts += thread.client.client_timeouts;
+        client.client_busy += thread.client.client_busy;
+        client.client_redirects += thread.client.client_redirects;
     }
     let requests = latencies_us.len() as u64;
     let elapsed = finished - start;
@@ -365,6 +373,7 @@ fn load(
         latencies_us,
         event_size: options.event_size,
         batch,
+        client,
     };
     print_results(&results, options);
     Ok(results)
@@ -462,6 +471,11 @@ fn print_results(results: &Results, options: &Options) {
         results.latency_quantile_us(9_999, 10_000),
         results.latency_percentile_us(100)
     );
+    let client = &results.client;
+    println!(
+        "requests sent again: {} after a timeout, {} after a busy answer, {} after a redirect",
+        client.client_timeouts, client.client_busy, client.client_redirects
+    );
 }
 
 fn create_streams(
@@ -531,6 +545,7 @@ mod tests {
             latencies_us: (1..=10_000).collect(),
             event_size: 128,
             batch: 1,
+            client: ClientMetrics::default(),
         };
         assert_eq!(results.latency_percentile_us(0), 1);
         assert_eq!(results.latency_percentile_us(50), 5_000);

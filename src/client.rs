@@ -35,6 +35,9 @@ pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_millis(2_000);
 pub const REDIRECT_DELAY: Duration = Duration::from_millis(10);
 /// How soon a request goes again to a primary that answered it is between views.
 pub const PRIMARY_BUSY_DELAY: Duration = Duration::from_millis(50);
+/// How soon a request goes again after a replica answered that it had no room for it (doubled
+/// with each such answer in a row).
+pub const BUSY_DELAY: Duration = Duration::from_millis(2);
 /// How long a request keeps retrying before the call fails.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -258,7 +261,9 @@ impl Client {
                     self.core.session_new(random_client_id_other(self.core.id()));
                     return Err(ClientError::Evicted(eviction_reason(reason)));
                 }
-                Outcome::Redirect | Outcome::Dropped(_) => self.consume(header.size as usize),
+                Outcome::Redirect | Outcome::Busy | Outcome::Dropped(_) => {
+                    self.consume(header.size as usize);
+                }
             }
         }
     }
@@ -336,6 +341,7 @@ pub(crate) fn client_options(cluster: ClusterId, replica_count: usize) -> Client
         request_timeout_max: REQUEST_TIMEOUT_MAX.as_millis() as u64,
         redirect_delay: REDIRECT_DELAY.as_millis() as u64,
         primary_busy_delay: PRIMARY_BUSY_DELAY.as_millis() as u64,
+        busy_delay: BUSY_DELAY.as_millis() as u64,
     }
 }
 
@@ -362,7 +368,8 @@ pub(crate) fn message_parse(
     if !header.valid_checksum_body(&received[HEADER_SIZE..size]) {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "body checksum"));
     }
-    if !matches!(header.command(), Some(Command::Reply | Command::Eviction | Command::PongClient)) {
+    let for_client = [Command::Reply, Command::Eviction, Command::PongClient, Command::Busy];
+    if !header.command().is_some_and(|command| for_client.contains(&command)) {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not for a client"));
     }
     Ok(Some(header))

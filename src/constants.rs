@@ -132,7 +132,7 @@ pub const FORMAT_WRITE_SIZE: usize = 1024 * 1024;
 pub const FORMAT_WRITES_IN_FLIGHT: usize = 4;
 
 /// The wire and disk protocol version carried by every header.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The data-file format version carried by the superblock.
 pub const SUPERBLOCK_VERSION: u16 = 2;

@@ -27,7 +27,7 @@ use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX};
 use crate::io::epoll::Epoll;
 use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
 use crate::state_machine::types::{AppendEncoder, AppendResult, ResultCode};
-use crate::vsr::client::{ClientCore, Outcome};
+use crate::vsr::client::{ClientCore, ClientMetrics, Outcome};
 use crate::vsr::header::{ClusterId, Operation};
 
 /// What one thread drives: clients `clients` (global indexes), `events` events in all, at
@@ -50,8 +50,18 @@ pub(super) struct Load<'a> {
     pub failed: &'a AtomicBool,
 }
 
-/// A thread's request latencies (µs) and when its last reply came, or why it stopped.
-pub(super) type ShareResult = Result<(Vec<u64>, Instant), String>;
+/// What one thread measured.
+pub(super) struct ShareResults {
+    /// Request latencies, in microseconds.
+    pub latencies_us: Vec<u64>,
+    /// When its last reply came.
+    pub last_reply: Instant,
+    /// Its sessions' client core counters, summed.
+    pub client: ClientMetrics,
+}
+
+/// A thread's measurements, or why it stopped.
+pub(super) type ShareResult = Result<ShareResults, String>;
 
 /// The most events one epoll wait reports.
 const EVENTS_PER_WAIT: usize = 256;
@@ -146,8 +156,7 @@ impl<'a> Driver<'a> {
             self.schedule();
             self.requests_assign()?;
             if self.events_left == 0 && self.in_flight == 0 {
-                let latencies_us = std::mem::take(&mut self.latencies_us);
-                return Ok((latencies_us, self.last_reply));
+                return Ok(self.results());
             }
             if self.now() >= self.timer_due {
                 self.timers();
@@ -160,6 +169,21 @@ impl<'a> Driver<'a> {
                 self.on_ready(event.u64 as usize, event.events)?;
             }
         }
+    }
+
+    fn results(&mut self) -> ShareResults {
+        let mut client = ClientMetrics::default();
+        for session in &self.sessions {
+            let metrics = session.core.metrics();
+            client.client_requests_started += metrics.client_requests_started;
+            client.client_requests_resent += metrics.client_requests_resent;
+            client.client_timeouts += metrics.client_timeouts;
+            client.client_redirects += metrics.client_redirects;
+            client.client_busy += metrics.client_busy;
+            client.client_unreachable += metrics.client_unreachable;
+        }
+        let latencies_us = std::mem::take(&mut self.latencies_us);
+        ShareResults { latencies_us, last_reply: self.last_reply, client }
     }
 
     /// The core's clock: milliseconds since the driver started.
@@ -317,7 +341,7 @@ impl<'a> Driver<'a> {
                     let reason = eviction_reason(reason);
                     return Err(format!("client {}: session evicted: {reason}", session.client));
                 }
-                Outcome::Redirect | Outcome::Dropped(_) => session.consume(size),
+                Outcome::Redirect | Outcome::Busy | Outcome::Dropped(_) => session.consume(size),
             }
         }
         self.session_poll_send(index, now);

@@ -109,6 +109,8 @@ pub struct WorkloadMetrics {
     pub client_redirects: u64,
     /// Requests asked again soon of a primary between views.
     pub client_primary_busy: u64,
+    /// `busy` answers (no room for the request), each followed by a copy after a backoff.
+    pub client_busy: u64,
 }
 }
 
@@ -195,6 +197,7 @@ impl Workload {
             request_timeout_max: options.request_timeout_ticks * REQUEST_TIMEOUT_MAX_FACTOR,
             redirect_delay: 1,
             primary_busy_delay: 5,
+            busy_delay: 2,
         };
         for index in 0..options.client_count {
             let id = workload.client_id_new(index);
@@ -229,6 +232,7 @@ impl Workload {
             metrics.client_reply_duplicate_dropped += core.client_reply_duplicate_dropped;
             metrics.client_redirects += core.client_redirects;
             metrics.client_primary_busy += core.client_primary_busy;
+            metrics.client_busy += core.client_busy;
         }
         metrics
     }
@@ -400,6 +404,8 @@ impl Workload {
             }
             Outcome::Evicted(reason) => self.on_eviction(index, tick, reason),
             Outcome::Redirect => self.metrics.pongs += 1,
+            // Counted by the core (`client_busy`); the copy goes again after its backoff.
+            Outcome::Busy => {}
             Outcome::Dropped(_) => self.metrics.replies_other += u64::from(reply),
         }
         true

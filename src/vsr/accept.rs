@@ -78,7 +78,11 @@ pub fn command_sender(command: Command) -> Option<Sender> {
         | Command::Block
         | Command::RequestSyncCheckpoint
         | Command::SyncCheckpoint => Some(Sender::Replica),
-        Command::Reserved | Command::Reply | Command::PongClient | Command::Eviction => None,
+        Command::Reserved
+        | Command::Reply
+        | Command::PongClient
+        | Command::Eviction
+        | Command::Busy => None,
     }
 }
 

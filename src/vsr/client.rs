@@ -32,6 +32,10 @@
 //!   applied. Ending the session instead would leave the old write to commit, or not, behind
 //!   the caller's back, and evict other clients to make room for the new session. Only a read
 //!   may be abandoned.
+//! - A `busy` answer (the replica had no room for the request: a full request queue, a full
+//!   table of reads) sends the same request to the same replica again after a short backoff,
+//!   doubled with each busy answer in a row and jittered; it does not grow the timeout's
+//!   backoff.
 //! - An eviction ends the session: whatever was in flight has an unknown outcome, and the
 //!   driver starts a new session with a new client id (`session_new`), numbered from 0 again.
 //!   A new id, because a late copy of the old session's register reply would answer the new
@@ -64,6 +68,11 @@ pub struct ClientOptions {
     /// way) the request goes to it again: a view change takes milliseconds once it starts, so
     /// the client asks again soon rather than wait out a timeout.
     pub primary_busy_delay: u64,
+    /// How long after a `busy` answer (the replica had no room for the request) the same
+    /// request goes to the same replica again; doubled with each busy answer in a row, up to
+    /// `request_timeout`, with jitter so that clients turned away together do not come back
+    /// together.
+    pub busy_delay: u64,
 }
 
 /// The request in flight.
@@ -87,6 +96,8 @@ pub struct InFlight {
     /// `PRIMARY_BUSY_RETRIES_MAX` (a primary stuck between views, cut off from its peers,
     /// must not hold the client: the timeouts move it on).
     busy_count: u32,
+    /// `busy` answers to this request so far: the backoff after the next one.
+    busy_answers: u32,
     /// The replica the latest copy went to.
     pub target: ReplicaIndex,
     /// Where the next copy goes, and when.
@@ -101,6 +112,9 @@ pub enum Outcome {
     Reply,
     /// A replica named the primary: the request goes there next.
     Redirect,
+    /// The replica had no room for the request: it goes to the same replica again after a
+    /// backoff.
+    Busy,
     /// The cluster ended the session (`EvictionReason` as a number); nothing is in flight any
     /// more, and `session_new` must be called before the next request.
     Evicted(u32),
@@ -112,13 +126,17 @@ pub enum Outcome {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientMetrics {
     pub client_requests_started: u64,
-    /// Copies sent again after a timeout, a redirect or an unreachable replica.
+    /// Copies sent again after a timeout, a redirect, a busy answer or an unreachable replica.
     pub client_requests_resent: u64,
+    /// Of those, copies sent because the previous one's wait for a reply ran out.
+    pub client_timeouts: u64,
     /// Replies that named another request than the one in flight (duplicates, late copies).
     pub client_reply_duplicate_dropped: u64,
     pub client_redirects: u64,
     /// Pongs from the primary itself while it was between views: asked again soon.
     pub client_primary_busy: u64,
+    /// `busy` answers: requests sent again after a backoff.
+    pub client_busy: u64,
     pub client_unreachable: u64,
     pub client_evictions: u64,
     pub client_reads_abandoned: u64,
@@ -152,6 +170,7 @@ impl ClientCore {
         assert!(options.replica_count > 0);
         assert!(options.request_timeout > 0);
         assert!(options.request_timeout_max >= options.request_timeout);
+        assert!(options.busy_delay > 0 && options.busy_delay <= options.request_timeout);
         assert_ne!(id, ClientId::NONE);
         ClientCore {
             options,
@@ -266,6 +285,7 @@ impl ClientCore {
             redirected: false,
             unreachable: 0,
             busy_count: 0,
+            busy_answers: 0,
             target,
             target_next: target,
             send_at: now,
@@ -302,6 +322,9 @@ impl ClientCore {
         let in_flight = self.in_flight.as_mut().expect("checked above");
         if in_flight.sends > 0 {
             self.metrics.client_requests_resent += 1;
+        }
+        if timed_out {
+            self.metrics.client_timeouts += 1;
         }
         let target = in_flight.target_next;
         assert!(target < ReplicaIndex(replica_count));
@@ -352,17 +375,22 @@ impl ClientCore {
             Some(Command::Reply) => self.on_reply(header),
             Some(Command::PongClient) => self.on_pong(header, now),
             Some(Command::Eviction) => self.on_eviction(header),
+            Some(Command::Busy) => self.on_busy(header, now),
             _ => Outcome::Dropped("not a message for a client"),
         }
     }
 
-    fn on_reply(&mut self, header: &Header) -> Outcome {
-        let answers = self.in_flight.as_ref().is_some_and(|in_flight| {
-            views::Reply::of(header).request_checksum() == in_flight.checksum
+    /// Whether a reply or busy answer naming `request_checksum` is about the request in flight.
+    fn answers(&self, header: &Header, request_checksum: Checksum) -> bool {
+        self.in_flight.as_ref().is_some_and(|in_flight| {
+            request_checksum == in_flight.checksum
                 && header.operation == in_flight.operation as u8
                 && header.request == in_flight.request
-        });
-        if !answers {
+        })
+    }
+
+    fn on_reply(&mut self, header: &Header) -> Outcome {
+        if !self.answers(header, views::Reply::of(header).request_checksum()) {
             self.metrics.client_reply_duplicate_dropped += 1;
             return Outcome::Dropped("a reply to another request than the one in flight");
         }
@@ -418,6 +446,26 @@ impl ClientCore {
         Outcome::Redirect
     }
 
+    fn on_busy(&mut self, header: &Header, now: u64) -> Outcome {
+        if !self.answers(header, views::Busy::of(header).request_checksum()) {
+            return Outcome::Dropped("a busy answer to another request than the one in flight");
+        }
+        self.view = self.view.max(header.view);
+        self.metrics.client_busy += 1;
+        let in_flight = self.in_flight.as_ref().expect("answered request");
+        let shift = in_flight.busy_answers.min(16);
+        let delay = (self.options.busy_delay << shift).min(self.options.request_timeout);
+        let jitter = self.prng_next() % (delay / 2 + 1);
+        let in_flight = self.in_flight.as_mut().expect("answered request");
+        in_flight.busy_answers += 1;
+        in_flight.unreachable = 0;
+        // Not a timeout: the replica is up and answered at once.
+        in_flight.redirected = true;
+        in_flight.target_next = in_flight.target;
+        in_flight.send_at = in_flight.send_at.min(now + delay / 2 + jitter);
+        Outcome::Busy
+    }
+
     fn on_eviction(&mut self, header: &Header) -> Outcome {
         if self.evicted {
             return Outcome::Dropped("a second eviction of an ended session");
@@ -447,6 +495,7 @@ mod tests {
             request_timeout_max: 40,
             redirect_delay: 1,
             primary_busy_delay: 2,
+            busy_delay: 2,
         }
     }
 
@@ -506,6 +555,45 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_answer_sends_the_request_again_to_the_same_replica_with_a_growing_backoff() {
+        // Goal: `busy` (the replica had no room) brings the same request back to the same
+        // replica after `busy_delay`, doubled with each busy answer in a row up to the request
+        // timeout and jittered within its upper half; it neither rotates the replica nor grows
+        // the timeout's backoff; a busy answer naming another request changes nothing.
+        let mut core = registered_core();
+        let write = core.request_start(Operation::Append, &[9; 24], 10);
+        assert_eq!(core.poll_send(10), Some(ReplicaIndex(0)));
+        let mut busy = Header::new(Command::Busy, ClusterId(7));
+        (busy.client, busy.request, busy.operation) =
+            (write.client, write.request, write.operation);
+        views::Busy::of(&mut busy).set_request_checksum(write.checksum);
+        let mut other = busy;
+        views::Busy::of(&mut other).set_request_checksum(Checksum(1));
+        let due = core.send_due();
+        assert!(matches!(core.on_message(&other, 11), Outcome::Dropped(_)));
+        assert_eq!(core.send_due(), due);
+        let mut now = 11;
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            assert_eq!(core.on_message(&busy, now), Outcome::Busy);
+            let due = core.send_due().unwrap();
+            delays.push(due - now);
+            assert_eq!(core.poll_send(due - 1), None);
+            assert_eq!(core.poll_send(due), Some(ReplicaIndex(0)), "the same replica");
+            now = due + 1;
+        }
+        let bounds = [(1, 2), (2, 4), (4, 8), (5, 10), (5, 10)];
+        for (delay, (low, high)) in delays.iter().zip(bounds) {
+            assert!((low..=high).contains(delay), "{delays:?}");
+        }
+        assert_eq!(core.metrics().client_busy, 5);
+        assert_eq!(core.metrics().client_requests_resent, 5);
+        assert_eq!(core.metrics().client_timeouts, 0, "no copy waited out a timeout");
+        assert_eq!(core.in_flight().unwrap().timeouts, 0);
+        assert_eq!(core.on_message(&reply_to(&write, Op(2)), now), Outcome::Reply);
+    }
+
+    #[test]
     fn timeouts_rotate_through_the_replicas_with_backoff() {
         // Goal: a request that times out goes, unchanged, to the next replica each time, and
         // the wait between copies doubles up to its cap.
@@ -525,6 +613,7 @@ mod tests {
         assert!(waits.iter().all(|wait| *wait <= 60), "{waits:?}");
         assert_eq!(core.in_flight().unwrap().checksum, write.checksum);
         assert!(core.metrics().client_requests_resent >= 5);
+        assert_eq!(core.metrics().client_timeouts, core.metrics().client_requests_resent);
     }
 
     #[test]

@@ -296,10 +296,11 @@ pub enum Command {
     Block = 21,
     RequestSyncCheckpoint = 22,
     SyncCheckpoint = 23,
+    Busy = 24,
 }
 
 impl Command {
-    pub const ALL: [Command; 24] = [
+    pub const ALL: [Command; 25] = [
         Command::Reserved,
         Command::Ping,
         Command::Pong,
@@ -324,6 +325,7 @@ impl Command {
         Command::Block,
         Command::RequestSyncCheckpoint,
         Command::SyncCheckpoint,
+        Command::Busy,
     ];
 
     pub fn from_u8(value: u8) -> Option<Command> {
@@ -356,6 +358,7 @@ impl Command {
             Command::Block => "block",
             Command::RequestSyncCheckpoint => "request_sync_checkpoint",
             Command::SyncCheckpoint => "sync_checkpoint",
+            Command::Busy => "busy",
         }
     }
 }
@@ -455,8 +458,8 @@ pub struct Header {
 
 const HEADER_RESERVED_SIZE: usize = 115;
 /// Why a header of another protocol version is refused.
-const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 2)";
-const_assert_eq!(PROTOCOL_VERSION, 3);
+const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 4)";
+const_assert_eq!(PROTOCOL_VERSION, 4);
 /// Where `protocol` sits in every version of the header (version 1 had it there too).
 pub const HEADER_PROTOCOL_OFFSET: usize = 88;
 /// The header checksum covers every byte after the checksum itself.
@@ -620,6 +623,7 @@ impl Header {
             Command::Block => self.invalid_block(),
             Command::RequestSyncCheckpoint => self.invalid_request_sync_checkpoint(),
             Command::SyncCheckpoint => self.invalid_sync_checkpoint(),
+            Command::Busy => self.invalid_busy(),
         }
     }
 
@@ -958,6 +962,20 @@ impl Header {
         ];
         if !reasons.iter().any(|reason| *reason as u128 == self.context) {
             return Some("eviction reason unknown");
+        }
+        self.invalid_body_empty()
+    }
+
+    fn invalid_busy(&self) -> Option<&'static str> {
+        let used = Fields(views::used_fields(Command::Busy));
+        if let Some(reason) = self.unused_fields_zero(used) {
+            return Some(reason);
+        }
+        if self.client == ClientId(0) {
+            return Some("client must not be zero");
+        }
+        if !self.operation().is_some_and(Operation::is_client_request) {
+            return Some("operation not allowed in a request");
         }
         self.invalid_body_empty()
     }

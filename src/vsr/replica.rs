@@ -210,6 +210,9 @@ crate::vsr::counters::counters! {
 pub struct Metrics {
     pub requests_received: u64,
     pub requests_dropped: u64,
+    /// Requests answered `busy` because there was no room for them (the primary's request
+    /// queue, or the table of reads in flight, was full): the client sends them again soon.
+    pub requests_busy: u64,
     pub replies_resent: u64,
     pub evictions_sent: u64,
     pub ops_committed: u64,

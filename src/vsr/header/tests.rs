@@ -39,7 +39,7 @@ const CONTEXT: u128 = 0xC0DE_0001_0000_0000_0000_0000_0000_0001;
 
 /// Every reason `invalid()` and `decode()` can return, as written in header.rs.
 /// Why a header of another protocol version is refused (`Header::decode`, `invalid`).
-const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 2)";
+const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 4)";
 
 const REASONS: [&str; 60] = [
     // decode
@@ -326,6 +326,11 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
             h.context = u128::from(EvictionReason::SessionEvicted as u32);
             vec![]
         }
+        Command::Busy => {
+            (h.client, h.request, h.operation) = (CLIENT, REQUEST, Operation::Append as u8);
+            (h.context, h.view, h.replica) = (CONTEXT, VIEW, ReplicaIndex(1));
+            vec![]
+        }
         Command::RequestBlocks => {
             (h.checkpoint_op, h.view, h.replica) = (CHECKPOINT, VIEW, ReplicaIndex(2));
             vec![0xB1; 2 * 16]
@@ -526,6 +531,7 @@ fn used_fields(command: Command) -> &'static [Field] {
         Command::RequestPrepare | Command::NackPrepare => &[F::Op, F::Context, F::View, F::Replica],
         Command::RequestReply => &[F::Op, F::Client, F::Context, F::View, F::Replica],
         Command::Eviction => &[F::Client, F::Context, F::View, F::Replica],
+        Command::Busy => &[F::Client, F::Request, F::Operation, F::Context, F::View, F::Replica],
         Command::RequestBlocks => &[F::CheckpointOp, F::View, F::Replica],
         Command::Block => &[F::Op, F::Context, F::CheckpointOp, F::Replica],
         Command::RequestSyncCheckpoint => &[F::CheckpointOp, F::View, F::Replica],
@@ -534,7 +540,7 @@ fn used_fields(command: Command) -> &'static [Field] {
 }
 
 /// The commands whose body must be empty.
-const BODILESS: [Command; 14] = [
+const BODILESS: [Command; 15] = [
     Command::Ping,
     Command::Pong,
     Command::PingClient,
@@ -549,6 +555,7 @@ const BODILESS: [Command; 14] = [
     Command::RequestReply,
     Command::Eviction,
     Command::RequestSyncCheckpoint,
+    Command::Busy,
 ];
 
 /// The commands whose body is a list of headers.
@@ -563,9 +570,9 @@ fn size_with_body(body_size: usize) -> u32 {
 
 #[test]
 fn every_command_has_a_valid_header_that_round_trips_through_decode() {
-    // Goal: each of the 23 commands has a valid, checksummed header that decode returns as is.
+    // Goal: each of the 24 commands has a valid, checksummed header that decode returns as is.
     let commands = commands();
-    assert_eq!(commands.len(), 23);
+    assert_eq!(commands.len(), 24);
     for command in commands {
         let name = command.name();
         let (header, body) = valid_message(command);
@@ -902,6 +909,7 @@ fn every_command_naming_a_client_rejects_zero() {
         Command::Reply,
         Command::RequestReply,
         Command::Eviction,
+        Command::Busy,
     ];
     let mut headers: Vec<Header> = commands.into_iter().map(valid).collect();
     headers.extend([register_request(), register_prepare(), read_reply()]);

@@ -426,6 +426,19 @@ header_views! {
         view / set_view: View = view, "the sender's view";
         replica / set_replica: ReplicaIndex = replica, "the sender";
     }
+
+    /// The answer to a request a replica has no room for now (the primary's request queue, or
+    /// the replica's table of reads in flight, is full): the client sends the same request to
+    /// the same replica again after a short backoff, instead of waiting out its timeout.
+    Busy = Busy, body: "empty" {
+        client / set_client: ClientId = client, "the client";
+        request / set_request: u32 = request, "the request number";
+        operation / set_operation: u8 = operation, "the request's operation";
+        request_checksum / set_request_checksum: Checksum = context,
+            "the checksum of the request it answers";
+        view / set_view: View = view, "the sender's view";
+        replica / set_replica: ReplicaIndex = replica, "the sender";
+    }
 }
 
 /// The command tables of `docs/data-file.md`, rendered from the views: one row per command,

@@ -84,8 +84,7 @@ impl Replica {
             return;
         }
         if self.request_queue.len() >= REQUEST_QUEUE_MAX {
-            self.metrics.requests_dropped += 1;
-            return;
+            return self.send_busy(&header);
         }
         self.request_queue.push_back(message);
         assert!(self.request_queue.len() <= REQUEST_QUEUE_MAX);
@@ -303,6 +302,20 @@ impl Replica {
         header.client = client;
         views::Eviction::of(&mut header).set_reason(reason as u32);
         self.send_header(Destination::Client(client), header);
+    }
+
+    /// Tells a client its request found no room here now (a full request queue or reads
+    /// table): it sends the request again after a short backoff, where a request dropped in
+    /// silence would wait out the client's timeout.
+    pub(super) fn send_busy(&mut self, request: &Header) {
+        assert_eq!(request.command(), Some(Command::Request));
+        self.metrics.requests_busy += 1;
+        let mut header = self.header_new(Command::Busy);
+        header.client = request.client;
+        header.request = request.request;
+        header.operation = request.operation;
+        views::Busy::of(&mut header).set_request_checksum(request.checksum);
+        self.send_header(Destination::Client(request.client), header);
     }
 
     pub(super) fn reply_again(&mut self, slot: usize, request: &Header) {

@@ -1,5 +1,6 @@
 //! Reads: served by the primary from committed state, without consensus. A read carries the
-//! commit number it was served at; it is dropped while state sync replaces the event store.
+//! commit number it was served at; it is dropped while state sync replaces the event store,
+//! and answered `busy` while every read slot is taken.
 
 use super::{Destination, Replica, ReplyFields};
 use crate::state_machine::ReadReply;
@@ -26,13 +27,12 @@ impl Replica {
         let operation = header.operation().expect("accept checked the operation");
         assert!(operation.is_read());
         let Some(free) = self.reads.iter().position(Option::is_none) else {
-            self.metrics.requests_dropped += 1;
-            return;
+            return self.send_busy(&header);
         };
         let reply = self.pool.get();
         match self.state_machine.read_start(storage, operation, message.body(), reply) {
             Ok(read) => self.reads[free] = Some((read, header)),
-            Err(_) => self.metrics.requests_dropped += 1,
+            Err(_) => self.send_busy(&header),
         }
         self.state_machine_progress_reads();
     }

@@ -3,12 +3,17 @@
 
 use super::*;
 use crate::constants::SECTOR_SIZE;
+use crate::constants::{GRID_READS_MAX, PIPELINE_PREPARE_QUEUE_MAX, REQUEST_QUEUE_MAX};
 use crate::sim::storage::MemoryStorage;
+use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
+use crate::state_machine::types::{AppendEncoder, CreateStream, ReadLog};
 use crate::vsr::format;
 use crate::vsr::header::ClusterId;
+use crate::vsr::header::views;
 use crate::vsr::header::{EvictionReason, Operation};
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::messages_max_replica;
+use zerocopy::IntoBytes;
 
 /// Gives `message` to `replica` as a driver does: only once `accept` let it through.
 fn replica_deliver(replica: &mut Replica, storage: &mut MemoryStorage, message: Message) {
@@ -232,6 +237,86 @@ fn full_session_table_evicts_the_oldest_client() {
     assert_eq!(evicted, vec![Destination::Client(ClientId(1))]);
     let replies = harness.call(ClientId(1), 1, Operation::Append, &[]);
     assert_eq!(replies[0].header().command(), Some(Command::Eviction));
+}
+
+/// What `harness`'s replica sent to `client` since the last call (taken from its send queue).
+fn sent_to(harness: &mut Harness, client: ClientId) -> Vec<Message> {
+    let mut messages = Vec::new();
+    while let Some((destination, message)) = harness.replica.poll_send() {
+        if destination == Destination::Client(client) {
+            messages.push(message);
+        }
+    }
+    messages
+}
+
+#[test]
+fn a_request_past_a_full_queue_is_answered_busy_and_taken_when_sent_again() {
+    // Goal: with the pipeline and the request queue full (the disk has completed nothing), the
+    // next request gets a `busy` answer naming it, in place of silence that would make its
+    // client wait out a timeout; the same request sent again once there is room commits.
+    let mut harness = Harness::new(small_config());
+    let queued = PIPELINE_PREPARE_QUEUE_MAX + REQUEST_QUEUE_MAX;
+    for client in 1..=queued as u64 {
+        let register = harness.request(ClientId(client), 0, Operation::Register, &[]);
+        replica_deliver(&mut harness.replica, &mut harness.storage, register);
+        assert!(sent_to(&mut harness, ClientId(client)).is_empty());
+    }
+    let last = ClientId(queued as u64 + 1);
+    let register = harness.request(last, 0, Operation::Register, &[]);
+    let checksum = register.header().checksum;
+    replica_deliver(&mut harness.replica, &mut harness.storage, register);
+    let answers = sent_to(&mut harness, last);
+    assert_eq!(answers.len(), 1);
+    let busy = answers[0].header();
+    assert_eq!(busy.command(), Some(Command::Busy));
+    assert_eq!((busy.client, busy.request), (last, 0));
+    assert_eq!(busy.operation, Operation::Register as u8);
+    assert_eq!(views::Busy::of(busy).request_checksum(), checksum);
+    assert_eq!(harness.replica.metrics().requests_busy, 1);
+    harness.run();
+    let replies = harness.call(last, 0, Operation::Register, &[]);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0].header().command(), Some(Command::Reply));
+}
+
+#[test]
+fn a_read_past_the_read_slots_is_answered_busy() {
+    // Goal: with every read slot waiting on the disk (the events were checkpointed into the
+    // grid and the disk has completed nothing since), the next read gets a `busy` answer, and
+    // the reads in the slots are answered once the disk completes.
+    let mut harness = Harness::new(small_config());
+    harness.register(ClientId(7));
+    let create = CreateStream { stream: 1, tenant: 1 };
+    harness.call(ClientId(7), 1, Operation::CreateStream, create.as_bytes());
+    let mut body = vec![0u8; 1024];
+    let checkpoints = harness.replica.metrics().checkpoints;
+    let mut request = 2;
+    while harness.replica.metrics().checkpoints == checkpoints {
+        let mut encoder = AppendEncoder::new(&mut body);
+        encoder.batch_begin(1, EXPECTED_OFFSET_ANY);
+        encoder.event(100).fill(request as u8);
+        let size = encoder.finish();
+        harness.call(ClientId(7), request, Operation::Append, &body[..size]);
+        request += 1;
+    }
+    let read = ReadLog { position_from: 0, count_max: 1, reserved: 0 };
+    let reader = ClientId(8);
+    for _ in 0..GRID_READS_MAX {
+        let message = harness.request(reader, 1, Operation::ReadLog, read.as_bytes());
+        replica_deliver(&mut harness.replica, &mut harness.storage, message);
+        assert!(sent_to(&mut harness, reader).is_empty(), "the read waits on the disk");
+    }
+    let message = harness.request(reader, 1, Operation::ReadLog, read.as_bytes());
+    replica_deliver(&mut harness.replica, &mut harness.storage, message);
+    let answers = sent_to(&mut harness, reader);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].header().command(), Some(Command::Busy));
+    harness.sent.clear();
+    harness.run();
+    let replies =
+        harness.sent.iter().filter(|(destination, _)| *destination == Destination::Client(reader));
+    assert_eq!(replies.count(), GRID_READS_MAX);
 }
 
 #[test]
