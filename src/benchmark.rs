@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::client::Client;
-use crate::constants::{BLOCK_SIZE, GRID_SIZE_DEFAULT, HEADER_SIZE, MESSAGE_SIZE_MAX};
+use crate::constants::{
+    BLOCK_SIZE, CREATE_STREAMS_MAX, GRID_SIZE_DEFAULT, HEADER_SIZE, MESSAGE_SIZE_MAX,
+};
 use crate::state_machine::types::{
     AppendEncoder, CreateStream, CreateStreamResult, ResultCode, padded_size,
 };
@@ -484,7 +486,8 @@ fn create_streams(
     cluster: ClusterId,
 ) -> Result<(), String> {
     let mut client = Client::new(cluster, addresses, MESSAGE_SIZE_MAX);
-    let per_request = client.body_size_max() / std::mem::size_of::<CreateStream>();
+    let per_request =
+        (client.body_size_max() / std::mem::size_of::<CreateStream>()).min(CREATE_STREAMS_MAX);
     let mut stream = 1;
     while stream <= options.streams {
         let count = (options.streams - stream + 1).min(per_request as u64);

@@ -53,6 +53,23 @@ pub const JOURNAL_IOPS_WRITE_MAX: usize = PIPELINE_BACKUP_MAX + 2 * PIPELINE_PRE
 /// Concurrent journal reads (recovery and repair).
 pub const JOURNAL_IOPS_READ_MAX: usize = 8;
 
+/// The largest reply to a write (`register`, `create_stream`, `append`): one sector, the size
+/// of a session's slot in the client_replies zone and in memory. Bodies that would need a
+/// larger reply are refused (`APPEND_BATCHES_MAX`, `CREATE_STREAMS_MAX`).
+pub const REPLY_SIZE_MAX: usize = SECTOR_SIZE;
+
+/// Streams one `create_stream` request may create: its reply, 8 bytes a stream, fits in
+/// `REPLY_SIZE_MAX` with its header.
+pub const CREATE_STREAMS_MAX: usize = (REPLY_SIZE_MAX - HEADER_SIZE) / 8;
+
+/// Batches one `append` request may carry: its reply, 16 bytes a batch, fits in
+/// `REPLY_SIZE_MAX` with its header.
+pub const APPEND_BATCHES_MAX: usize = (REPLY_SIZE_MAX - HEADER_SIZE) / 16;
+
+/// Reads or writes of the client_replies zone in flight (each a chunk of consecutive sessions'
+/// reply sectors, one message buffer long), at open and at a checkpoint.
+pub const CLIENT_REPLIES_IOS_MAX: usize = 2;
+
 /// Client sessions a replica keeps (and client_replies slots on disk).
 pub const CLIENTS_MAX: usize = 64;
 
@@ -135,7 +152,7 @@ pub const FORMAT_WRITES_IN_FLIGHT: usize = 4;
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The data-file format version carried by the superblock.
-pub const SUPERBLOCK_VERSION: u16 = 2;
+pub const SUPERBLOCK_VERSION: u16 = 3;
 
 /// Ops between checkpoints for a journal of `slot_count` slots. A checkpoint must be durable
 /// before the ring wraps over the ops it covers, so a replica takes no prepare beyond its

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::*;
-use crate::constants::{EVENT_SIZE_MAX, GRID_READS_MAX};
+use crate::constants::{APPEND_BATCHES_MAX, CREATE_STREAMS_MAX, EVENT_SIZE_MAX, GRID_READS_MAX};
 use crate::sim::storage::MemoryStorage;
 use crate::state_machine::types::{
     AppendEncoder, BlockHeader, ReadLog, ReadStream, StreamInfo, StreamInfoReply,
@@ -879,6 +879,25 @@ fn request_invalid_names_each_malformed_body() {
         assert_eq!(request_invalid(operation, body), reason, "{operation:?} {body:?}");
     }
     assert_eq!(request_invalid(Operation::Reserved, &[]), Some("operation is reserved"));
+}
+
+#[test]
+fn requests_whose_reply_would_not_fit_a_reply_slot_are_invalid() {
+    // Goal: a create_stream of more than `CREATE_STREAMS_MAX` streams, or an append of more than
+    // `APPEND_BATCHES_MAX` batches, is refused before prepare (its reply, one result each, would
+    // not fit the session's one-sector reply slot); one fewer is taken.
+    let streams: Vec<(u64, u64)> = (1..=CREATE_STREAMS_MAX as u64 + 1).map(|s| (s, 1)).collect();
+    let fits = create_body(&streams[..CREATE_STREAMS_MAX]);
+    assert_eq!(request_invalid(Operation::CreateStream, &fits), None);
+    let over = create_body(&streams);
+    let reason = Some("create_stream: more streams than one request may create");
+    assert_eq!(request_invalid(Operation::CreateStream, &over), reason);
+    let batch = one_batch(5, EXPECTED_OFFSET_ANY, vec![vec![1, 2, 3]]);
+    let fits = batch.repeat(APPEND_BATCHES_MAX);
+    assert_eq!(request_invalid(Operation::Append, &fits), None);
+    let over = batch.repeat(APPEND_BATCHES_MAX + 1);
+    let reason = Some("append: more batches than one request may carry");
+    assert_eq!(request_invalid(Operation::Append, &over), reason);
 }
 
 #[test]

@@ -10,7 +10,9 @@
 use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::constants::SKIP_LEVELS_MAX;
+use crate::constants::{
+    APPEND_BATCHES_MAX, CREATE_STREAMS_MAX, HEADER_SIZE, REPLY_SIZE_MAX, SKIP_LEVELS_MAX,
+};
 use crate::vsr::header::{Checksum, ChecksumBytes, Operation, checksum, checksum_pieces};
 
 /// The outcome of one create, one append batch or one read, carried in replies as a `u32`.
@@ -582,12 +584,23 @@ pub fn request_invalid(operation: Operation, body: &[u8]) -> Option<&'static str
     Request::parse(operation, body).err()
 }
 
+// The reply to the largest create_stream or append request fits in a session's reply slot.
+static_assertions::const_assert!(
+    HEADER_SIZE + CREATE_STREAMS_MAX * size_of::<CreateStreamResult>() <= REPLY_SIZE_MAX
+);
+static_assertions::const_assert!(
+    HEADER_SIZE + APPEND_BATCHES_MAX * size_of::<AppendResult>() <= REPLY_SIZE_MAX
+);
+
 fn create_stream_body_invalid(body: &[u8]) -> Option<&'static str> {
     if body.is_empty() {
         return Some("create_stream: body is empty");
     }
     if !body.len().is_multiple_of(size_of::<CreateStream>()) {
         return Some("create_stream: body is not a whole number of 16-byte entries");
+    }
+    if body.len() / size_of::<CreateStream>() > CREATE_STREAMS_MAX {
+        return Some("create_stream: more streams than one request may create");
     }
     None
 }
@@ -597,6 +610,7 @@ fn append_body_invalid(body: &[u8]) -> Option<&'static str> {
         return Some("append: body is empty");
     }
     let mut rest = body;
+    let mut batches = 0;
     loop {
         match batch_split(rest) {
             Err(reason) => return Some(reason),
@@ -604,6 +618,10 @@ fn append_body_invalid(body: &[u8]) -> Option<&'static str> {
             Ok(Some(batch)) => {
                 if let Err(reason) = events_invalid(&batch) {
                     return Some(reason);
+                }
+                batches += 1;
+                if batches > APPEND_BATCHES_MAX {
+                    return Some("append: more batches than one request may carry");
                 }
                 rest = batch.rest;
             }

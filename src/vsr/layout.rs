@@ -5,8 +5,8 @@
 
 use crate::constants::{
     BLOCK_SIZE, CLIENTS_MAX, GRID_SIZE_MAX, HEADER_SIZE, JOURNAL_SLOT_COUNT_MAX,
-    JOURNAL_SLOT_COUNT_MIN, MESSAGE_SIZE_MAX, MESSAGE_SIZE_MAX_MIN, REPLICAS_MAX, SECTOR_SIZE,
-    STREAMS_MAX, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE,
+    JOURNAL_SLOT_COUNT_MIN, MESSAGE_SIZE_MAX, MESSAGE_SIZE_MAX_MIN, REPLICAS_MAX, REPLY_SIZE_MAX,
+    SECTOR_SIZE, STREAMS_MAX, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE,
 };
 use crate::vsr::header::{ClusterId, ReplicaIndex};
 
@@ -143,7 +143,7 @@ impl Layout {
             Zone::Superblock => (SUPERBLOCK_COPIES * SUPERBLOCK_COPY_SIZE) as u64,
             Zone::WalHeaders => self.journal_slot_count * HEADER_SIZE as u64,
             Zone::WalPrepares => self.journal_slot_count * self.message_size_max,
-            Zone::ClientReplies => self.clients_max * self.message_size_max,
+            Zone::ClientReplies => self.clients_max * REPLY_SIZE_MAX as u64,
             Zone::Grid => self.grid_size,
         }
     }

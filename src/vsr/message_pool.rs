@@ -18,7 +18,7 @@
 //! + uncommitted prepares (a backup keeps up to PIPELINE_BACKUP_MAX, the primary fewer)
 //!                                                PIPELINE_BACKUP_MAX
 //! + queued client requests                       CLIENTS_MAX
-//! + the latest reply of each session             CLIENTS_MAX
+//! + client_replies zone chunks read or written    CLIENT_REPLIES_IOS_MAX
 //! + event-store reads in flight                  GRID_READS_MAX
 //! + per connection: one receive buffer and a send queue of CONNECTION_SEND_QUEUE_MAX
 //!                                                CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
@@ -39,10 +39,10 @@ use std::rc::Rc;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::constants::{
-    CLIENTS_MAX, CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, GRID_READS_MAX, GRID_SCRUB_READS_MAX,
-    HEADER_SIZE, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, MESSAGES_SLACK,
-    PIPELINE_BACKUP_MAX, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SECTOR_SIZE, SYNC_READS_MAX,
-    SYNC_WRITES_MAX,
+    CLIENT_REPLIES_IOS_MAX, CLIENTS_MAX, CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX,
+    GRID_READS_MAX, GRID_SCRUB_READS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX,
+    JOURNAL_IOPS_WRITE_MAX, MESSAGES_SLACK, PIPELINE_BACKUP_MAX, REPLICA_SEND_QUEUE_MAX,
+    REPLICAS_MAX, SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
 };
 use crate::vsr::header::Header;
 
@@ -52,7 +52,7 @@ pub const fn messages_max_replica() -> usize {
         + JOURNAL_IOPS_READ_MAX
         + PIPELINE_BACKUP_MAX
         + CLIENTS_MAX
-        + CLIENTS_MAX
+        + CLIENT_REPLIES_IOS_MAX
         + GRID_READS_MAX
         + CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
         + (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)

@@ -43,6 +43,7 @@ use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoOwner, Storage};
 use crate::vsr::superblock::SuperBlock;
 use crate::vsr::timeout::Timeouts;
+use replies::ReplyStore;
 
 mod checkpoint;
 mod commit;
@@ -53,6 +54,7 @@ mod prepare;
 mod read;
 mod rejoin;
 mod repair;
+mod replies;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -183,16 +185,6 @@ struct JournalRead {
     purpose: JournalReadPurpose,
 }
 
-/// The per-session slot of the client_replies zone and the reply it holds.
-struct ReplySlot {
-    /// The latest reply (what a retry gets), if known.
-    message: Option<Message>,
-    /// A write of this slot is in flight (only during a checkpoint).
-    writing: bool,
-    /// `message` changed since the slot was last written: the next checkpoint writes it.
-    dirty: bool,
-}
-
 /// The fields of a reply that come from its request or prepare.
 struct ReplyFields {
     op: Op,
@@ -313,8 +305,7 @@ pub struct Replica {
     journal: Journal,
     state_machine: StateMachine,
     sessions: ClientSessions,
-    replies: Vec<ReplySlot>,
-    client_replies_reading: usize,
+    replies: ReplyStore,
     view: View,
     /// The latest view in which this replica's log was normal (it accepted that view's log).
     log_view: View,
@@ -392,9 +383,6 @@ impl Replica {
         assert!(usize::from(config.replica_count) <= REPLICAS_MAX);
         assert!(config.replica.get() < config.replica_count);
         let clients_max = config.clients_max as usize;
-        let replies = (0..clients_max)
-            .map(|_| ReplySlot { message: None, writing: false, dirty: false })
-            .collect();
         Replica {
             config: *config,
             layout: Layout::new(config),
@@ -406,8 +394,7 @@ impl Replica {
             journal: Journal::new(config),
             state_machine: StateMachine::new(config),
             sessions: ClientSessions::new(clients_max),
-            replies,
-            client_replies_reading: 0,
+            replies: ReplyStore::new(clients_max, config.message_size_max as usize),
             view: View(0),
             log_view: View(0),
             view_durable: View(0),

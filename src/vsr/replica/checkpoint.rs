@@ -62,12 +62,7 @@ impl Replica {
         let CheckpointPhase::ClientReplies { op, checksum } = self.checkpoint else {
             return;
         };
-        for slot in 0..self.replies.len() {
-            if self.replies[slot].dirty {
-                self.client_reply_write(storage, slot);
-            }
-        }
-        if self.replies.iter().any(|entry| entry.writing) {
+        if !self.client_replies_write(storage) {
             return;
         }
         if self.superblock_writing.is_some() {

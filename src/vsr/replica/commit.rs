@@ -9,28 +9,26 @@
 //!   primary's (the chain guarantees it within a view), and a commit number is taken only
 //!   where the committed prepare's checksum agrees with their log.
 //! - Executing an op applies it to the event store; the reply goes to the client and stays in
-//!   memory in the session's slot, from which a retry is answered again. The client_replies
-//!   zone gets it only at the next checkpoint (`checkpoint_progress`), which writes each slot
-//!   that changed since the last one, once, before the superblock update that syncs them: a
-//!   reply of an op after the durable checkpoint is rebuilt by the replay at open, so writing
-//!   every reply as it is made (three 4 KiB writes per op across three replicas, half of the
-//!   disk writes of a one-event append) bought nothing.
+//!   memory in the session's sector, from which a retry is answered again (`replies`). The
+//!   client_replies zone gets it only at the next checkpoint: a reply of an op after the durable
+//!   checkpoint is rebuilt by the replay at open, so writing every reply as it is made (three
+//!   4 KiB writes per op across three replicas, half of the disk writes of a one-event append)
+//!   bought nothing.
 
 use super::{
     CheckpointPhase, Destination, JournalRead, JournalReadPurpose, OpenPhase, Replica, ReplyFields,
     Status,
 };
 use crate::constants::{
-    BACKUP_LIVENESS_TICKS, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, REPAIR_WINDOW_MAX, SECTOR_SIZE,
+    BACKUP_LIVENESS_TICKS, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, REPAIR_WINDOW_MAX,
 };
 use crate::state_machine::types::{AppendResult, packed_split};
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::views;
 use crate::vsr::header::{Checksum, ClientId, Command, EvictionReason, Header, Op, Operation};
 use crate::vsr::journal;
-use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::Message;
-use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
+use crate::vsr::storage::Storage;
 use crate::vsr::timeout::TimeoutKind;
 
 /// The journal, commits and replies.
@@ -392,27 +390,6 @@ impl Replica {
         }
     }
 
-    /// Records `reply` as session `slot`'s latest, in the session table and in memory; the
-    /// next checkpoint writes it to the zone.
-    fn reply_store(&mut self, slot: usize, reply: &Message) {
-        let reply_header = *reply.header();
-        assert_eq!(reply_header.command(), Some(Command::Reply));
-        self.sessions.commit_reply(
-            slot,
-            reply_header.request,
-            reply_header.op,
-            reply_header.checksum,
-            reply_header.size,
-        );
-        // Paired with `reply_again`: the slot is the client's, and holds the reply recorded.
-        assert_eq!(self.sessions.get(slot).client, reply_header.client);
-        assert_eq!(Checksum::from(self.sessions.get(slot).reply_checksum), reply_header.checksum);
-        // Replies are written to the zone only by the checkpoint (commits wait for it).
-        assert!(!self.replies[slot].writing);
-        self.replies[slot].message = Some(reply.clone());
-        self.replies[slot].dirty = true;
-    }
-
     pub(super) fn reply_build(&self, reply: &mut Message, prepare: &Header, body_size: usize) {
         assert_eq!(prepare.command(), Some(Command::Prepare));
         let fields = ReplyFields {
@@ -450,63 +427,6 @@ impl Replica {
         header.set_checksum();
         assert_eq!(header.invalid(), None);
         *reply.header_mut() = header;
-    }
-
-    pub(super) fn client_reply_write<S: Storage>(&mut self, storage: &mut S, slot: usize) {
-        let entry = &mut self.replies[slot];
-        assert!(entry.dirty);
-        assert!(!entry.writing);
-        let message = entry.message.clone().expect("a dirty slot holds a reply");
-        assert_eq!(message.header().command(), Some(Command::Reply));
-        assert!(message.header().valid_checksum());
-        entry.writing = true;
-        entry.dirty = false;
-        let length = (message.header().size as usize).next_multiple_of(SECTOR_SIZE);
-        // The checkpoint's superblock update, which waits for it, syncs it first.
-        let request = self.client_reply_io(slot, IoKind::WriteCached, length);
-        storage.submit(request, message);
-    }
-
-    /// The I/O of session `slot`'s reply in the client_replies zone: `length` bytes (whole
-    /// sectors) from the start of the slot.
-    pub(super) fn client_reply_io(&self, slot: usize, kind: IoKind, length: usize) -> IoRequest {
-        assert!(length.is_multiple_of(SECTOR_SIZE));
-        // A reply never spills into the next session's slot.
-        assert!(slot < self.replies.len());
-        assert!(length as u64 <= self.layout.message_size_max);
-        let offset =
-            self.layout.offset(Zone::ClientReplies, slot as u64 * self.layout.message_size_max);
-        IoRequest {
-            token: IoToken { owner: IoOwner::ClientReplies, index: slot as u32 },
-            kind,
-            zone: Zone::ClientReplies,
-            offset,
-            length,
-            buffer_offset: 0,
-        }
-    }
-
-    pub(super) fn client_replies_complete<S: Storage>(
-        &mut self,
-        storage: &mut S,
-        completion: Completion,
-    ) {
-        let slot = completion.request.token.index as usize;
-        assert_eq!(completion.request.token.owner, IoOwner::ClientReplies);
-        assert!(slot < self.replies.len());
-        match completion.request.kind {
-            IoKind::Write | IoKind::Sync => unreachable!("client replies are written cached"),
-            IoKind::WriteCached => {
-                if completion.result.is_err() {
-                    return self.fail("a client reply write failed");
-                }
-                let entry = &mut self.replies[slot];
-                assert!(entry.writing);
-                entry.writing = false;
-                self.checkpoint_progress(storage);
-            }
-            IoKind::Read => self.client_reply_read_complete(storage, slot, completion),
-        }
     }
 }
 

@@ -11,13 +11,12 @@
 
 use super::{OpenPhase, Replica, Status};
 use crate::state_machine::CheckpointState;
-use crate::vsr::header::{Checksum, Op};
+use crate::vsr::header::Op;
 use crate::vsr::journal::{Case, Decision, EntrySummary, Journal};
-use crate::vsr::message_pool::{Message, MessagePool};
-use crate::vsr::storage::{Completion, IoKind, Storage};
+use crate::vsr::message_pool::MessagePool;
+use crate::vsr::storage::Storage;
 
-use crate::constants::{HEADER_SIZE, JOURNAL_IOPS_READ_MAX, SECTOR_SIZE};
-use crate::vsr::header::ClientId;
+use crate::constants::JOURNAL_IOPS_READ_MAX;
 
 impl Replica {
     /// Starts opening the data file. Feed completions to `on_storage_completion` until
@@ -114,48 +113,15 @@ impl Replica {
             return self.fail("the event store checkpoint could not be read");
         }
         self.open_phase = OpenPhase::ClientReplies;
-        assert_eq!(self.client_replies_reading, 0);
-        for slot in 0..self.replies.len() {
-            let record = *self.sessions.get(slot);
-            if record.client == ClientId(0) || record.reply_size == 0 {
-                continue;
-            }
-            let reply_size = record.reply_size as usize;
-            if reply_size > self.config.message_size_max as usize || reply_size < HEADER_SIZE {
-                continue;
-            }
-            let length = reply_size.next_multiple_of(SECTOR_SIZE);
-            let request = self.client_reply_io(slot, IoKind::Read, length);
-            self.client_replies_reading += 1;
-            storage.submit(request, self.pool.get());
-        }
-        if self.client_replies_reading == 0 {
-            self.replay_start(storage);
-        }
+        assert_eq!(self.replies.ios, 0);
+        self.client_replies_read_progress(storage);
     }
 
-    pub(super) fn client_reply_read_complete<S: Storage>(
-        &mut self,
-        storage: &mut S,
-        slot: usize,
-        completion: Completion,
-    ) {
+    /// Reads the stored client replies (`replies`), then replays the WAL.
+    pub(super) fn client_replies_read_progress<S: Storage>(&mut self, storage: &mut S) {
         assert_eq!(self.open_phase, OpenPhase::ClientReplies);
-        assert!(self.client_replies_reading > 0);
         assert_eq!(self.status, Status::Recovering);
-        // Each slot is read once, into a table the open starts empty.
-        assert!(self.replies[slot].message.is_none());
-        self.client_replies_reading -= 1;
-        let record = *self.sessions.get(slot);
-        let message = completion.buffer;
-        // A reply that does not match the checkpoint was overwritten by a later op (the replay
-        // writes it again) or lost: without it, a retry of that request gets an eviction.
-        if completion.result.is_ok()
-            && reply_matches(&message, Checksum::from(record.reply_checksum))
-        {
-            self.replies[slot].message = Some(message);
-        }
-        if self.client_replies_reading == 0 {
+        if self.client_replies_read(storage) {
             self.replay_start(storage);
         }
     }
@@ -164,7 +130,7 @@ impl Replica {
     /// committed, reading each prepare back from the WAL (`commit_pipeline`).
     fn replay_start<S: Storage>(&mut self, storage: &mut S) {
         assert_eq!(self.open_phase, OpenPhase::ClientReplies);
-        assert_eq!(self.client_replies_reading, 0);
+        assert_eq!(self.replies.ios, 0);
         // Nothing was executed yet: the log starts at the checkpoint.
         assert_eq!(self.commit_min, self.checkpoint_op);
         assert_eq!(self.head.op(), self.checkpoint_op);
@@ -292,17 +258,4 @@ fn journal_hides_acknowledged(journal: &Journal, checkpoint_op: Op) -> bool {
         };
         slot.decision == Decision::Repair && hazard && above_checkpoint
     })
-}
-
-fn reply_matches(message: &Message, checksum: Checksum) -> bool {
-    let Some(header) = crate::vsr::header::Header::from_prefix(message.buffer()) else {
-        return false;
-    };
-    if !header.valid_checksum() || header.checksum != checksum {
-        return false;
-    }
-    let size = header.size as usize;
-    size >= HEADER_SIZE
-        && size <= message.buffer().len()
-        && header.valid_checksum_body(&message.buffer()[HEADER_SIZE..size])
 }

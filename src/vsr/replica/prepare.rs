@@ -317,21 +317,6 @@ impl Replica {
         views::Busy::of(&mut header).set_request_checksum(request.checksum);
         self.send_header(Destination::Client(request.client), header);
     }
-
-    pub(super) fn reply_again(&mut self, slot: usize, request: &Header) {
-        let record = *self.sessions.get(slot);
-        assert_eq!(record.client, request.client, "the session slot is the client's");
-        let Some(reply) = self.replies[slot].message.clone() else {
-            // The stored reply was lost with the disk copy: the client must start over.
-            return self.send_eviction(request.client, EvictionReason::SessionEvicted);
-        };
-        if reply.header().checksum != Checksum::from(record.reply_checksum) {
-            return self.send_eviction(request.client, EvictionReason::SessionEvicted);
-        }
-        assert_eq!(reply.header().client, request.client);
-        self.metrics.replies_resent += 1;
-        self.send(Destination::Client(request.client), reply);
-    }
 }
 
 /// The backups: prepares from the primary, and their acknowledgements.

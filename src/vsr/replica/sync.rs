@@ -618,7 +618,7 @@ impl Replica {
             || !self.state_machine.quiescent()
             || self.checkpoint != CheckpointPhase::Idle
             || self.superblock_writing.is_some()
-            || self.replies.iter().any(|entry| entry.writing)
+            || self.replies.ios > 0
             || self.reads.iter().any(Option::is_some);
         if busy {
             return;
@@ -663,11 +663,7 @@ impl Replica {
         if self.sessions.restore(&working.vsr_state.client_sessions).is_err() {
             return self.fail("the client session table fetched by state sync is invalid");
         }
-        for entry in self.replies.iter_mut() {
-            assert!(!entry.writing);
-            entry.message = None;
-            entry.dirty = false;
-        }
+        self.replies.forget_all();
         self.pipeline.clear();
         assert!(working.vsr_state.checkpoint_op > self.checkpoint_op);
         assert!(working.vsr_state.checkpoint_op > self.commit_min);

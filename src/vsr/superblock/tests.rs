@@ -183,7 +183,8 @@ fn open_of_a_version_1_data_file_names_its_version() {
     let Err(error) = SuperBlock::open_blocking(&mut storage) else { panic!("version 1 opened") };
     assert_eq!(error, SuperBlockError::VersionOther { version: 1 });
     let message = error.to_string();
-    assert!(message.contains("format version 1") && message.contains("reads version 2"));
+    let reads = format!("reads version {SUPERBLOCK_VERSION}");
+    assert!(message.contains("format version 1") && message.contains(&reads));
     let mut storage = formatted_storage();
     for copy in 0..SUPERBLOCK_COPIES {
         corrupt_copy(&mut storage, copy);
