@@ -287,6 +287,19 @@ pub const CONNECTION_SEND_QUEUE_MAX: usize = 4;
 /// Messages queued for sending to one peer replica: a pipeline of prepares on top.
 pub const REPLICA_SEND_QUEUE_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX + CONNECTION_SEND_QUEUE_MAX;
 
+/// The size of a small message buffer: a header and a small body (a client's request of a few
+/// events, a write's reply, an acknowledgement). Client connections live on these
+/// (`crate::vsr::message_pool`).
+pub const MESSAGE_SIZE_SMALL: usize = 2 * SECTOR_SIZE;
+
+/// Client connections that may hold a full-size receive buffer at once (receiving a request
+/// larger than a small buffer); others wait for one.
+pub const CLIENT_RECEIVES_LARGE_MAX: usize = 8;
+
+/// Full-size messages (read replies) queued to clients at once; beyond this they are dropped
+/// and the client reads again.
+pub const CLIENT_SENDS_LARGE_MAX: usize = 2 * GRID_READS_MAX;
+
 /// Messages a single step may build before any is released.
 pub const MESSAGES_SLACK: usize = 4;
 
@@ -372,6 +385,9 @@ const_assert!(checkpoint_interval_ops(JOURNAL_SLOT_COUNT_MIN as u64) > 0);
 const_assert!(JOURNAL_IOPS_WRITE_MAX > PIPELINE_BACKUP_MAX);
 const_assert!(REPLICAS_MAX <= u8::MAX as usize);
 const_assert!(CLIENTS_MAX >= 1);
+const_assert!(MESSAGE_SIZE_SMALL.is_multiple_of(SECTOR_SIZE));
+const_assert!(MESSAGE_SIZE_SMALL < MESSAGE_SIZE_MAX_MIN);
+const_assert!(REPLY_SIZE_MAX <= MESSAGE_SIZE_SMALL);
 const_assert!(SUPERBLOCK_QUORUM_VERIFY + SUPERBLOCK_QUORUM_OPEN > SUPERBLOCK_COPIES);
 const_assert!(SUPERBLOCK_QUORUM_VERIFY <= SUPERBLOCK_COPIES);
 const_assert!(SUPERBLOCK_COPY_SIZE.is_multiple_of(SECTOR_SIZE));

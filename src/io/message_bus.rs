@@ -61,10 +61,11 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use static_assertions::const_assert;
 
 use crate::constants::{
-    BUS_POOL_RESERVE, CLIENTS_MAX, CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, HEADER_SIZE,
-    IDENTIFY_TICKS_MAX, INBOX_MAX, IO_OPERATIONS_MAX, LISTEN_BACKLOG, RECONNECT_DELAY_TICKS_MAX,
-    RECONNECT_DELAY_TICKS_MIN, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SEND_STALL_TICKS_MAX,
-    SHED_LOG_TICKS, SOCKET_BUFFER_SIZE_MAX, TICK_MS,
+    BUS_POOL_RESERVE, CLIENT_RECEIVES_LARGE_MAX, CLIENT_SENDS_LARGE_MAX, CLIENTS_MAX,
+    CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, HEADER_SIZE, IDENTIFY_TICKS_MAX, INBOX_MAX,
+    IO_OPERATIONS_MAX, LISTEN_BACKLOG, RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN,
+    REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SEND_STALL_TICKS_MAX, SHED_LOG_TICKS,
+    SOCKET_BUFFER_SIZE_MAX, TICK_MS,
 };
 use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
@@ -166,6 +167,9 @@ struct Connection {
     /// The buffer being filled; `None` while the receive in flight holds it, or while the pool
     /// has none to spare.
     receive_buffer: Option<Message>,
+    /// The receive buffer (here or in the ring) is full size, not small: a peer replica's, or
+    /// a client's receiving a large request (`receive_room`). Cleared once the slot is free.
+    receive_large: bool,
     receive_in_flight: bool,
     /// Bytes of `receive_buffer` filled, counted from the start of the current message.
     received_bytes: usize,
@@ -224,6 +228,12 @@ pub struct BusMetrics {
     pub connections_superseded_evicted: u64,
     /// Connections closed when they identified as a client with every client slot taken.
     pub connections_clients_over_limit: u64,
+    /// Client messages larger than a small buffer, moved to a full-size one to be received.
+    pub receives_moved_to_large: u64,
+    /// Times such a message waited for a full-size buffer (`CLIENT_RECEIVES_LARGE_MAX`).
+    pub receives_waiting_for_large: u64,
+    /// Full-size messages for clients dropped because `CLIENT_SENDS_LARGE_MAX` were queued.
+    pub client_sends_large_dropped: u64,
     /// Messages refused by `accept` (the connection is closed), by `Reject::index`.
     pub messages_rejected: [u64; Reject::COUNT],
 }
@@ -307,6 +317,7 @@ impl MessageBus {
                 address: None,
                 peer: Peer::Unknown,
                 receive_buffer: None,
+                receive_large: false,
                 receive_in_flight: false,
                 received_bytes: 0,
                 header: None,
@@ -370,6 +381,13 @@ impl MessageBus {
             connection.state == ConnectionState::Connected
                 && connection.peer == Peer::Client(client)
         });
+        let large = message.buffer().len() > self.pool.small_size();
+        if large && self.client_sends_large() >= CLIENT_SENDS_LARGE_MAX {
+            // Read replies to clients that do not drain them: the clients read again.
+            self.metrics.client_sends_large_dropped += 1;
+            self.metrics.messages_dropped += 1;
+            return false;
+        }
         match found {
             Some(index) => self.send(io, index, message),
             None => {
@@ -377,6 +395,14 @@ impl MessageBus {
                 false
             }
         }
+    }
+
+    /// Full-size messages queued to clients (read replies).
+    fn client_sends_large(&self) -> usize {
+        let small_size = self.pool.small_size();
+        let clients = self.connections.iter().filter(|c| matches!(c.peer, Peer::Client(_)));
+        let queued = clients.flat_map(|connection| connection.send_queue.iter());
+        queued.filter(|message| message.buffer().len() > small_size).count()
     }
 
     /// Advances the bus's clock: closes connections whose peer stopped draining and accepted
@@ -638,14 +664,19 @@ impl MessageBus {
         assert_eq!(self.connections[index].state, ConnectionState::Connected);
         assert!(!self.connections[index].receive_in_flight);
         if self.connections[index].receive_buffer.is_none() {
-            match self.buffer_take() {
-                Some(buffer) => self.connections[index].receive_buffer = Some(buffer),
+            match self.buffer_take(index, 0) {
+                Some(buffer) => self.receive_buffer_set(index, buffer),
                 None => return, // `flush` retries.
             }
         }
         loop {
             match self.frame(index) {
-                Frame::Incomplete => break,
+                Frame::Incomplete => {
+                    if !self.receive_room(index) {
+                        return; // `flush` retries.
+                    }
+                    break;
+                }
                 Frame::Invalid(reject) => return self.reject(io, index, reject),
                 Frame::Message => {
                     if let Err(reason) = self.peer_admit(io, index) {
@@ -742,17 +773,19 @@ impl MessageBus {
         if self.inbox.len() >= INBOX_MAX {
             return Ok(false);
         }
-        let Some(mut next) = self.buffer_take() else { return Ok(false) };
-        let (cluster, message_size_max) = (self.cluster, self.message_size_max);
-        let connection = &mut self.connections[index];
+        let connection = &self.connections[index];
         assert!(connection.message_ready);
         let header = connection.header.expect("a ready message has a header");
-        let message = connection.receive_buffer.take().expect("receive buffer present");
         let size = header.size as usize;
         let carried_bytes = connection.received_bytes - size;
+        let Some(mut next) = self.buffer_take(index, carried_bytes) else { return Ok(false) };
+        let (cluster, message_size_max) = (self.cluster, self.message_size_max);
+        let connection = &mut self.connections[index];
+        let message = connection.receive_buffer.take().expect("receive buffer present");
         next.buffer_mut_unique()[..carried_bytes]
             .copy_from_slice(&message.buffer()[size..connection.received_bytes]);
-        connection.receive_buffer = Some(next);
+        self.receive_buffer_set(index, next);
+        let connection = &mut self.connections[index];
         connection.receive_reset();
         connection.received_bytes = carried_bytes;
         assert_eq!(message.references(), 1);
@@ -775,14 +808,60 @@ impl MessageBus {
         io.submit(Operation::Receive { fd: connection.fd, token, buffer, offset, length });
     }
 
-    /// A buffer for receiving, unless that would leave the replica less than its reserve.
-    fn buffer_take(&mut self) -> Option<Message> {
-        if self.pool.free_count() <= BUS_POOL_RESERVE {
+    /// A receive buffer for connection `index` that holds at least `carried` bytes: full size
+    /// for a peer replica (unless that would leave the replica less than its reserve), small
+    /// for a client or a connection that has not said who it is.
+    fn buffer_take(&mut self, index: usize, carried: usize) -> Option<Message> {
+        let replica = matches!(self.connections[index].peer, Peer::Replica(_));
+        let large = replica || carried > self.pool.small_size();
+        let full_set = large || !self.pool.has_small();
+        if full_set && self.pool.free_count() <= BUS_POOL_RESERVE {
             return None;
         }
-        let buffer = self.pool.try_get()?;
+        let buffer = if large { self.pool.try_get()? } else { self.pool.try_get_small()? };
         assert_eq!(buffer.references(), 1);
         Some(buffer)
+    }
+
+    fn receive_buffer_set(&mut self, index: usize, buffer: Message) {
+        let large = buffer.buffer().len() > self.pool.small_size();
+        let connection = &mut self.connections[index];
+        assert!(connection.receive_buffer.is_none());
+        connection.receive_buffer = Some(buffer);
+        connection.receive_large = large;
+    }
+
+    /// Makes room in connection `index`'s receive buffer for the message it is receiving: a
+    /// small buffer gives way to a full-size one (what arrived is copied over) once the
+    /// header says the message is larger, if the pool has one to spare and fewer than
+    /// `CLIENT_RECEIVES_LARGE_MAX` clients hold one. Returns false if it must wait for that.
+    fn receive_room(&mut self, index: usize) -> bool {
+        let connection = &self.connections[index];
+        let buffer = connection.receive_buffer.as_ref().expect("receive buffer present");
+        let Some(header) = connection.header else {
+            return true; // A header fits any buffer.
+        };
+        if header.size as usize <= buffer.buffer().len() {
+            return true;
+        }
+        let clients_large = self
+            .connections
+            .iter()
+            .filter(|other| other.receive_large && !matches!(other.peer, Peer::Replica(_)))
+            .count();
+        if clients_large >= CLIENT_RECEIVES_LARGE_MAX || self.pool.free_count() <= BUS_POOL_RESERVE
+        {
+            self.metrics.receives_waiting_for_large += 1;
+            return false;
+        }
+        let Some(mut large) = self.pool.try_get() else { return false };
+        let connection = &mut self.connections[index];
+        let small = connection.receive_buffer.take().expect("receive buffer present");
+        let received = connection.received_bytes;
+        large.buffer_mut_unique()[..received].copy_from_slice(&small.buffer()[..received]);
+        self.receive_buffer_set(index, large);
+        self.metrics.receives_moved_to_large += 1;
+        true
     }
 
     /// Makes the unidentified connection `index` a client's, unless every client slot is taken
@@ -973,6 +1052,7 @@ impl MessageBus {
         let connection = &mut self.connections[index];
         assert_eq!(connection.state, ConnectionState::CloseSubmitted);
         connection.state = ConnectionState::Free;
+        connection.receive_large = false;
         connection.generation = connection.generation.wrapping_add(1);
         connection.fd = -1;
         connection.address = None;

@@ -22,7 +22,7 @@ use crate::stdx::allocation_guard;
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::View;
 use crate::vsr::layout::Config;
-use crate::vsr::message_pool::{MessagePool, messages_max_replica};
+use crate::vsr::message_pool::replica_pool;
 use crate::vsr::replica::{Destination, Replica, Status};
 use crate::vsr::storage::Storage;
 use crate::vsr::superblock::SuperBlock;
@@ -48,7 +48,7 @@ pub(crate) fn start_while(
         .map_err(|error| format!("{}: io_uring setup failed: {error}", path.display()))?;
     let config = config_read(&mut storage, path)?;
     let address = address_of_replica(&config, addresses)?;
-    let pool = MessagePool::new(messages_max_replica(), config.message_size_max as usize);
+    let pool = replica_pool(config.message_size_max as usize);
     let mut replica = Replica::new(&config, pool.clone(), timeout_seed());
     replica_open(&mut replica, &mut storage)
         .map_err(|reason| format!("{}: cannot open the replica: {reason}", path.display()))?;

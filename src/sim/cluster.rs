@@ -40,7 +40,7 @@ use crate::vsr::format::fill_range;
 use crate::vsr::header::{Checksum, ClientId, ClusterId, Header};
 use crate::vsr::header::{Command, Op, ReplicaIndex, View};
 use crate::vsr::layout::{Config, Layout, Zone};
-use crate::vsr::message_pool::{Message, MessagePool, messages_max_replica};
+use crate::vsr::message_pool::{Message, MessagePool, replica_pool};
 use crate::vsr::replica::{Destination, Metrics, Replica, Status};
 use crate::vsr::storage::{Completion, Storage};
 use crate::vsr::superblock::SuperBlockHeader;
@@ -578,7 +578,7 @@ fn replica_node(options: &ClusterOptions, replica: ReplicaIndex) -> ReplicaNode 
     // A volatile write cache that holds several grid blocks and every session's reply: what
     // was written cached and not yet synced may be lost at a crash.
     storage.cache_model(DISK_CACHE_SIZE);
-    let pool = MessagePool::new(messages_max_replica(), config.message_size_max as usize);
+    let pool = replica_pool(config.message_size_max as usize);
     ReplicaNode {
         config,
         storage,
@@ -657,8 +657,11 @@ impl Cluster {
         }
         let pool = &node.pool;
         let tick = self.tick;
-        if let Some(message) = self.network.packet_into_message(&mut self.trace, tick, packet, pool)
-        {
+        // As the bus receives: a client's message into a small buffer, a replica's into a
+        // full-size one.
+        let small = packet.from >= usize::from(node.config.replica_count);
+        let message = self.network.packet_into_message(&mut self.trace, tick, packet, pool, small);
+        if let Some(message) = message {
             let accepted = accept(message, cluster, message_size_max as usize)
                 .expect("the bytes accept_bytes let through");
             let armed = replica.status().is_open();
@@ -673,7 +676,8 @@ impl Cluster {
         let client = packet.to - self.replicas.len();
         let pool = self.workload.client_pool(client).clone();
         let tick = self.tick;
-        let Some(message) = self.network.packet_into_message(&mut self.trace, tick, packet, &pool)
+        let Some(message) =
+            self.network.packet_into_message(&mut self.trace, tick, packet, &pool, false)
         else {
             return;
         };

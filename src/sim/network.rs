@@ -244,17 +244,21 @@ impl Network {
         }
     }
 
-    /// Copies `packet` into a buffer of the receiver's `pool`, or drops it if the pool has
-    /// none free.
+    /// Copies `packet` into a buffer of the receiver's `pool` (a small one if `small` and it
+    /// fits, as a replica's bus receives a client's messages), or drops it if the pool has none
+    /// free.
     pub fn packet_into_message(
         &mut self,
         trace: &mut Trace,
         tick: u64,
         packet: Packet,
         pool: &MessagePool,
+        small: bool,
     ) -> Option<Message> {
         assert!(packet.bytes.len() <= pool.buffer_size());
-        let Some(mut message) = pool.try_get() else {
+        let small = small && packet.bytes.len() <= pool.small_size();
+        let message = if small { pool.try_get_small() } else { pool.try_get() };
+        let Some(mut message) = message else {
             let (to, checksum) = (packet.to, packet.checksum());
             self.packet_release(packet);
             self.drop_traced(trace, tick, to, checksum, DropReason::PoolExhausted);
@@ -376,7 +380,7 @@ mod tests {
         let mut delivered = Vec::new();
         for tick in 0..1000 {
             while let Some(packet) = network.poll_delivery(&mut trace, tick) {
-                let message = network.packet_into_message(&mut trace, tick, packet, pool);
+                let message = network.packet_into_message(&mut trace, tick, packet, pool, false);
                 delivered.push((tick, message.unwrap().header().timestamp));
             }
         }
@@ -460,10 +464,10 @@ mod tests {
         network.send(&mut trace, 0, 0, 1, &message(&sender, 2));
         let held = receiver.get();
         let packet = network.poll_delivery(&mut trace, 1).unwrap();
-        assert!(network.packet_into_message(&mut trace, 1, packet, &receiver).is_none());
+        assert!(network.packet_into_message(&mut trace, 1, packet, &receiver, false).is_none());
         drop(held);
         let packet = network.poll_delivery(&mut trace, 1).unwrap();
-        let message = network.packet_into_message(&mut trace, 1, packet, &receiver).unwrap();
+        let message = network.packet_into_message(&mut trace, 1, packet, &receiver, false).unwrap();
         assert_eq!(message.header().timestamp, 2);
         assert_eq!(network.metrics().dropped_pool_exhausted, 1);
         assert_eq!(sender.free_count(), 1);

@@ -9,26 +9,40 @@
 //!
 //! # Sizing
 //!
-//! The replica's pool holds `messages_max_replica()` buffers of `message_size_max` bytes. The
-//! worst case it must cover, when every user holds as many messages as its own limit allows:
+//! The replica's pool (`replica_pool`) holds `messages_max_replica()` buffers of
+//! `message_size_max` bytes and `messages_small_max_replica()` of `MESSAGE_SIZE_SMALL` bytes.
+//! Client connections receive into small buffers (a larger request moves to a full one, up to
+//! `CLIENT_RECEIVES_LARGE_MAX` at a time), and every message that is a header or a write's
+//! reply is built in one, so that a client connection costs small buffers only. The worst case
+//! each set must cover, when every user holds as many messages as its own limit allows:
 //!
 //! ```text
+//! full size:
 //!   journal writes in flight                     JOURNAL_IOPS_WRITE_MAX
 //! + journal reads in flight (replay, repair)     JOURNAL_IOPS_READ_MAX
 //! + uncommitted prepares (a backup keeps up to PIPELINE_BACKUP_MAX, the primary fewer)
 //!                                                PIPELINE_BACKUP_MAX
-//! + queued client requests                       CLIENTS_MAX
-//! + client_replies zone chunks read or written    CLIENT_REPLIES_IOS_MAX
+//! + queued client requests                       REQUEST_QUEUE_MAX
+//! + client_replies zone chunks read or written   CLIENT_REPLIES_IOS_MAX
 //! + event-store reads in flight                  GRID_READS_MAX
-//! + per connection: one receive buffer and a send queue of CONNECTION_SEND_QUEUE_MAX
-//!                                                CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
-//! + the larger send queues of peer replicas
-//!                        (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)
-//! + messages received and not yet handled (the bus inbox)   CONNECTIONS_MAX
+//! + messages built and not yet taken by the bus  OUTBOX_MAX
+//! + per peer replica: a receive buffer and a send queue
+//!                                                REPLICAS_MAX * (1 + REPLICA_SEND_QUEUE_MAX)
+//! + client connections receiving a large request CLIENT_RECEIVES_LARGE_MAX
+//! + large messages (read replies) queued to clients  CLIENT_SENDS_LARGE_MAX
+//! + messages received and not yet handled (the bus inbox)   INBOX_MAX
 //! + one do_view_change per replica               REPLICAS_MAX
 //! + state sync: chunk reads served, chunk writes  SYNC_READS_MAX + SYNC_WRITES_MAX
 //! + the grid scrubber's chunk reads             GRID_SCRUB_READS_MAX
 //! + slack for messages built and sent in one step  MESSAGES_SLACK
+//!
+//! small:
+//!   per connection: a receive buffer and a send queue
+//!                                      CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
+//! + the larger send queues of peer replicas
+//!                        (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)
+//! + the inbox, the request queue and the outbox  INBOX_MAX + REQUEST_QUEUE_MAX + OUTBOX_MAX
+//! + slack                                        MESSAGES_SLACK
 //! ```
 //!
 //! An empty pool is therefore a bug in that accounting: `get` asserts.
@@ -39,24 +53,48 @@ use std::rc::Rc;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::constants::{
-    CLIENT_REPLIES_IOS_MAX, CLIENTS_MAX, CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX,
-    GRID_READS_MAX, GRID_SCRUB_READS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX,
-    JOURNAL_IOPS_WRITE_MAX, MESSAGES_SLACK, PIPELINE_BACKUP_MAX, REPLICA_SEND_QUEUE_MAX,
-    REPLICAS_MAX, SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
+    CLIENT_RECEIVES_LARGE_MAX, CLIENT_REPLIES_IOS_MAX, CLIENT_SENDS_LARGE_MAX,
+    CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, GRID_READS_MAX, GRID_SCRUB_READS_MAX, HEADER_SIZE,
+    INBOX_MAX, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, MESSAGE_SIZE_SMALL, MESSAGES_SLACK,
+    OUTBOX_MAX, PIPELINE_BACKUP_MAX, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, REQUEST_QUEUE_MAX,
+    SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
 };
 use crate::vsr::header::Header;
 
-/// The number of buffers a replica's message pool holds (see the module docs).
+/// A replica's message pool: both sets of buffers (see the module docs).
+pub fn replica_pool(message_size_max: usize) -> MessagePool {
+    assert!(message_size_max > MESSAGE_SIZE_SMALL);
+    MessagePool::with_small(
+        messages_max_replica(),
+        message_size_max,
+        messages_small_max_replica(),
+        MESSAGE_SIZE_SMALL,
+    )
+}
+
+/// The number of small buffers a replica's message pool holds (see the module docs).
+pub const fn messages_small_max_replica() -> usize {
+    CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
+        + (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)
+        + INBOX_MAX
+        + REQUEST_QUEUE_MAX
+        + OUTBOX_MAX
+        + MESSAGES_SLACK
+}
+
+/// The number of full-size buffers a replica's message pool holds (see the module docs).
 pub const fn messages_max_replica() -> usize {
     JOURNAL_IOPS_WRITE_MAX
         + JOURNAL_IOPS_READ_MAX
         + PIPELINE_BACKUP_MAX
-        + CLIENTS_MAX
+        + REQUEST_QUEUE_MAX
         + CLIENT_REPLIES_IOS_MAX
         + GRID_READS_MAX
-        + CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
-        + (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)
-        + CONNECTIONS_MAX
+        + OUTBOX_MAX
+        + REPLICAS_MAX * (1 + REPLICA_SEND_QUEUE_MAX)
+        + CLIENT_RECEIVES_LARGE_MAX
+        + CLIENT_SENDS_LARGE_MAX
+        + INBOX_MAX
         + REPLICAS_MAX
         + SYNC_READS_MAX
         + SYNC_WRITES_MAX
@@ -82,15 +120,18 @@ struct FreeList {
     count: usize,
 }
 
-/// A fixed set of equally sized, sector-aligned buffers.
+/// A fixed set of equally sized, sector-aligned buffers, and optionally a second set of small
+/// ones (`with_small`) for the many messages that are only a header or a little more: client
+/// requests and replies, pongs, acknowledgements. A `Message` goes back to the set it came
+/// from.
 #[derive(Clone)]
 pub struct MessagePool {
     free: Rc<RefCell<FreeList>>,
+    small: Option<Rc<RefCell<FreeList>>>,
 }
 
-impl MessagePool {
-    /// Allocates `count` buffers of `size_bytes` each. This is the only allocation the pool makes.
-    pub fn new(count: usize, size_bytes: usize) -> MessagePool {
+impl FreeList {
+    fn new(count: usize, size_bytes: usize) -> FreeList {
         assert!(count > 0);
         assert!(size_bytes > 0);
         assert_eq!(size_bytes % SECTOR_SIZE, 0);
@@ -100,7 +141,29 @@ impl MessagePool {
             let sectors = sectors.into_boxed_slice();
             buffers.push(Rc::new(Buffer { sectors }));
         }
-        MessagePool { free: Rc::new(RefCell::new(FreeList { buffers, size_bytes, count })) }
+        FreeList { buffers, size_bytes, count }
+    }
+}
+
+impl MessagePool {
+    /// Allocates `count` buffers of `size_bytes` each. This is the only allocation the pool makes.
+    pub fn new(count: usize, size_bytes: usize) -> MessagePool {
+        MessagePool { free: Rc::new(RefCell::new(FreeList::new(count, size_bytes))), small: None }
+    }
+
+    /// Allocates `count` buffers of `size_bytes` each and `small_count` of `small_size_bytes`.
+    pub fn with_small(
+        count: usize,
+        size_bytes: usize,
+        small_count: usize,
+        small_size_bytes: usize,
+    ) -> MessagePool {
+        assert!(small_size_bytes < size_bytes);
+        let small = FreeList::new(small_count, small_size_bytes);
+        MessagePool {
+            free: Rc::new(RefCell::new(FreeList::new(count, size_bytes))),
+            small: Some(Rc::new(RefCell::new(small))),
+        }
     }
 
     /// Takes a buffer from the pool. Its contents are whatever its last user left: callers
@@ -108,15 +171,49 @@ impl MessagePool {
     ///
     /// Panics if the pool is empty: pools are sized for their worst case, so that is a bug.
     pub fn get(&self) -> Message {
-        let buffer = self.free.borrow_mut().buffers.pop().expect("message pool exhausted");
-        assert_eq!(Rc::strong_count(&buffer), 1);
-        Message { buffer: Some(buffer), pool: self.free.clone() }
+        Self::take(&self.free).expect("message pool exhausted")
     }
 
     /// Takes a buffer if one is free.
     pub fn try_get(&self) -> Option<Message> {
-        let buffer = self.free.borrow_mut().buffers.pop()?;
-        Some(Message { buffer: Some(buffer), pool: self.free.clone() })
+        Self::take(&self.free)
+    }
+
+    /// Takes a small buffer (`small_size` bytes; a full-size one if the pool has no small
+    /// set). Panics if none is free: the small set is sized for its worst case too.
+    pub fn get_small(&self) -> Message {
+        self.try_get_small().expect("message pool exhausted (small buffers)")
+    }
+
+    /// Takes a small buffer if one is free.
+    pub fn try_get_small(&self) -> Option<Message> {
+        Self::take(self.small.as_ref().unwrap_or(&self.free))
+    }
+
+    /// A buffer that holds `size` bytes: a small one if that is enough.
+    pub fn get_sized(&self, size: usize) -> Message {
+        assert!(size <= self.buffer_size());
+        if size <= self.small_size() { self.get_small() } else { self.get() }
+    }
+
+    fn take(free: &Rc<RefCell<FreeList>>) -> Option<Message> {
+        let buffer = free.borrow_mut().buffers.pop()?;
+        assert_eq!(Rc::strong_count(&buffer), 1);
+        Some(Message { buffer: Some(buffer), pool: free.clone() })
+    }
+
+    /// Whether the pool has a set of small buffers.
+    pub fn has_small(&self) -> bool {
+        self.small.is_some()
+    }
+
+    /// The size of a small buffer (of a full one if the pool has no small set).
+    pub fn small_size(&self) -> usize {
+        self.small.as_ref().unwrap_or(&self.free).borrow().size_bytes
+    }
+
+    pub fn small_free_count(&self) -> usize {
+        self.small.as_ref().unwrap_or(&self.free).borrow().buffers.len()
     }
 
     pub fn free_count(&self) -> usize {
@@ -263,6 +360,24 @@ mod tests {
         assert_eq!(clone.buffer()[0], 7);
         drop(clone);
         assert!(message.buffer_mut().is_some());
+    }
+
+    #[test]
+    fn small_buffers_come_from_their_own_set_and_go_back_to_it() {
+        // Goal: a pool with a small set hands out small buffers on request (or by size), and
+        // each buffer returns to the set it came from; without a small set, "small" is full size.
+        let pool = MessagePool::with_small(1, 4 * SECTOR_SIZE, 2, SECTOR_SIZE);
+        let small = pool.get_sized(SECTOR_SIZE);
+        assert_eq!(small.buffer().len(), SECTOR_SIZE);
+        let large = pool.get_sized(SECTOR_SIZE + 1);
+        assert_eq!(large.buffer().len(), 4 * SECTOR_SIZE);
+        assert_eq!((pool.free_count(), pool.small_free_count()), (0, 1));
+        drop(small);
+        drop(large);
+        assert_eq!((pool.free_count(), pool.small_free_count()), (1, 2));
+        let plain = MessagePool::new(1, 2 * SECTOR_SIZE);
+        assert_eq!(plain.get_small().buffer().len(), 2 * SECTOR_SIZE);
+        assert_eq!(plain.small_size(), 2 * SECTOR_SIZE);
     }
 
     #[test]

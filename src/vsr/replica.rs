@@ -869,8 +869,32 @@ impl Replica {
     pub(super) fn send_header(&mut self, destination: Destination, header: Header) {
         assert_eq!(header.replica, self.config.replica, "a message names its sender");
         assert_eq!(header.cluster, self.config.cluster);
-        let message = message_finish(self.pool.get(), header, 0);
+        let message = message_finish(self.pool.get_small(), header, 0);
         self.send(destination, message);
+    }
+
+    /// `message` in a small buffer (a copy, unless it is in one already): what goes into a
+    /// client's send queue, whose buffers are small (`crate::vsr::message_pool`).
+    pub(super) fn message_small(&self, message: Message) -> Message {
+        let size = message.header().size as usize;
+        if message.buffer().len() <= self.pool.small_size() {
+            return message;
+        }
+        let mut small = self.pool.get_small();
+        small.buffer_mut_unique()[..size].copy_from_slice(&message.buffer()[..size]);
+        small
+    }
+
+    /// `message` in a full-size buffer (a copy, unless it is in one already): what a prepare
+    /// needs, built in place from its request.
+    pub(super) fn message_large(&self, message: Message) -> Message {
+        if message.buffer().len() >= self.config.message_size_max as usize {
+            return message;
+        }
+        let size = message.header().size as usize;
+        let mut large = self.pool.get();
+        large.buffer_mut_unique()[..size].copy_from_slice(&message.buffer()[..size]);
+        large
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::constants::{
-    BUS_POOL_RESERVE, CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, INBOX_MAX,
-    RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN, SEND_STALL_TICKS_MAX,
+    BUS_POOL_RESERVE, CLIENT_RECEIVES_LARGE_MAX, CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX,
+    INBOX_MAX, RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN, SEND_STALL_TICKS_MAX,
 };
 use crate::io::ring::Wait;
 use crate::stdx::allocation_guard;
@@ -21,6 +21,7 @@ use crate::vsr::header::Operation as RequestOperation;
 const CLUSTER: ClusterId = ClusterId(7);
 const MESSAGE_SIZE_MAX: usize = 64 * 1024;
 const POOL_COUNT: usize = 2 * CONNECTIONS_MAX + 16;
+const SMALL_SIZE: usize = 8 * 1024;
 
 struct Harness {
     // Dropped before `io`: the bus shuts its sockets down, so the ring's drop finds its
@@ -45,6 +46,12 @@ impl Harness {
         Harness::build(POOL_COUNT, replica, replica_count, address)
     }
 
+    /// A bus whose pool has small buffers too, as a replica's does.
+    fn with_small_buffers() -> Harness {
+        let pool = MessagePool::with_small(POOL_COUNT, MESSAGE_SIZE_MAX, POOL_COUNT, SMALL_SIZE);
+        Harness::build_on(pool, ReplicaIndex(0), 1, "127.0.0.1:0".parse().unwrap())
+    }
+
     fn build(
         pool_count: usize,
         replica: ReplicaIndex,
@@ -52,6 +59,15 @@ impl Harness {
         address: SocketAddr,
     ) -> Harness {
         let pool = MessagePool::new(pool_count, MESSAGE_SIZE_MAX);
+        Harness::build_on(pool, replica, replica_count, address)
+    }
+
+    fn build_on(
+        pool: MessagePool,
+        replica: ReplicaIndex,
+        replica_count: u8,
+        address: SocketAddr,
+    ) -> Harness {
         let mut io = Io::new().unwrap();
         let mut bus =
             MessageBus::new(pool.clone(), CLUSTER, replica, replica_count, MESSAGE_SIZE_MAX);
@@ -191,6 +207,65 @@ fn request_is_delivered_intact() {
     drop(messages);
     let reply = message(&harness.pool, &reply(ClientId(41), &[]));
     assert!(harness.bus.send_to_client(&mut harness.io, ClientId(41), reply));
+}
+
+#[test]
+fn client_messages_arrive_in_small_buffers_and_a_large_one_moves_to_a_full_buffer() {
+    // Goal: with a pool of small and full-size buffers, a client's small requests are received
+    // into small buffers; one larger than a small buffer, pipelined between two small ones, is
+    // moved to a full-size buffer once its header arrives, with what had arrived of it, and
+    // all three are delivered intact and in order; the connection then goes back to small
+    // buffers. A large reply to the client is sent too.
+    let mut harness = Harness::with_small_buffers();
+    let mut client = harness.connect();
+    let first = request(ClientId(44), 1, &body(5, 300));
+    let large = request(ClientId(44), 2, &body(6, 3 * SMALL_SIZE));
+    let last = request(ClientId(44), 3, &body(7, 100));
+    client.write_all(&[first.clone(), large.clone(), last.clone()].concat()).unwrap();
+    let messages = harness.receive(3);
+    assert_eq!(messages[0].bytes(), &first[..]);
+    assert_eq!(messages[1].bytes(), &large[..]);
+    assert_eq!(messages[2].bytes(), &last[..]);
+    assert_eq!(messages[0].buffer().len(), SMALL_SIZE);
+    assert_eq!(messages[1].buffer().len(), MESSAGE_SIZE_MAX);
+    assert_eq!(messages[2].buffer().len(), SMALL_SIZE);
+    assert_eq!(harness.bus.metrics().receives_moved_to_large, 1);
+    drop(messages);
+    let reply = message(&harness.pool, &reply(ClientId(44), &body(8, 2 * SMALL_SIZE)));
+    assert!(harness.bus.send_to_client(&mut harness.io, ClientId(44), reply));
+    harness.pump_until(|harness| harness.bus.metrics().messages_sent == 1);
+    let mut header = [0u8; HEADER_SIZE];
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client.read_exact(&mut header).unwrap();
+}
+
+#[test]
+fn at_most_client_receives_large_max_clients_hold_a_full_buffer_at_once() {
+    // Goal: clients that each started a large request hold at most CLIENT_RECEIVES_LARGE_MAX
+    // full-size buffers between them; the next one waits (counted) until one of those
+    // requests is delivered, then gets its buffer, and every request arrives intact.
+    let mut harness = Harness::with_small_buffers();
+    let count = CLIENT_RECEIVES_LARGE_MAX + 1;
+    let requests: Vec<Vec<u8>> = (0..count)
+        .map(|index| request(ClientId(60 + index as u64), 1, &body(index as u8, 2 * SMALL_SIZE)))
+        .collect();
+    let mut clients: Vec<TcpStream> = (0..count).map(|_| harness.connect()).collect();
+    for (client, bytes) in clients.iter_mut().zip(&requests) {
+        client.write_all(&bytes[..SMALL_SIZE]).unwrap();
+    }
+    harness.pump_until(|harness| {
+        harness.bus.metrics().receives_moved_to_large == CLIENT_RECEIVES_LARGE_MAX as u64
+            && harness.bus.metrics().receives_waiting_for_large > 0
+    });
+    for (client, bytes) in clients.iter_mut().zip(&requests) {
+        client.write_all(&bytes[SMALL_SIZE..]).unwrap();
+    }
+    let mut messages = harness.receive(count);
+    messages.sort_by_key(|message| message.header().client);
+    for (message, bytes) in messages.iter().zip(&requests) {
+        assert_eq!(message.bytes(), &bytes[..]);
+    }
+    assert_eq!(harness.bus.metrics().receives_moved_to_large, count as u64);
 }
 
 #[test]

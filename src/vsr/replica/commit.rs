@@ -333,6 +333,7 @@ impl Replica {
             return self.execute_packed(prepare, &reply, send_reply);
         }
         self.reply_build(&mut reply, &header, body_size);
+        let reply = self.message_small(reply);
         let slot = if operation == Operation::Register {
             let (slot, evicted) = self.sessions.register(header.client, header.op);
             if let Some(evicted) = evicted
@@ -370,7 +371,7 @@ impl Replica {
             let Some(slot) = self.sessions.slot(client) else {
                 continue;
             };
-            let mut reply = self.pool.get();
+            let mut reply = self.pool.get_small();
             reply.buffer_mut_unique()[HEADER_SIZE..][..size]
                 .copy_from_slice(&results.buffer()[own]);
             let fields = ReplyFields {

@@ -233,7 +233,8 @@ impl Replica {
 
     /// Turns `request` (a client's, or a packed one: `request_queue_pack`) into the prepare for
     /// the next op, in place, and writes it.
-    pub(super) fn prepare<S: Storage>(&mut self, storage: &mut S, mut message: Message) {
+    pub(super) fn prepare<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        let mut message = self.message_large(message);
         let request = *message.header();
         assert_eq!(request.command(), Some(Command::Request));
         assert!(self.is_primary());

@@ -116,7 +116,7 @@ impl Replica {
             return self.send_eviction(request.client, EvictionReason::SessionEvicted);
         };
         let size = record.reply_size as usize;
-        let mut reply = self.pool.get();
+        let mut reply = self.pool.get_small();
         reply.buffer_mut_unique()[..size].copy_from_slice(&stored[..size]);
         assert_eq!(reply.header().client, request.client);
         self.metrics.replies_resent += 1;

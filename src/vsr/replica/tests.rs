@@ -12,7 +12,7 @@ use crate::vsr::header::ClusterId;
 use crate::vsr::header::views;
 use crate::vsr::header::{EvictionReason, Operation};
 use crate::vsr::layout::Zone;
-use crate::vsr::message_pool::messages_max_replica;
+use crate::vsr::message_pool::replica_pool;
 use zerocopy::IntoBytes;
 
 /// Gives `message` to `replica` as a driver does: only once `accept` let it through.
@@ -52,7 +52,7 @@ impl Harness {
             crate::constants::FORMAT_WRITE_SIZE,
         );
         format::format(&mut storage, &format_pool, &config).unwrap();
-        let pool = MessagePool::new(messages_max_replica(), config.message_size_max as usize);
+        let pool = replica_pool(config.message_size_max as usize);
         let replica = Replica::new(&config, pool.clone(), 1);
         let mut harness = Harness {
             config,
