@@ -62,10 +62,10 @@ use static_assertions::const_assert;
 
 use crate::constants::{
     BUS_POOL_RESERVE, CLIENT_RECEIVES_LARGE_MAX, CLIENT_SENDS_LARGE_MAX, CLIENTS_MAX,
-    CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, HEADER_SIZE, IDENTIFY_TICKS_MAX, INBOX_MAX,
-    IO_OPERATIONS_MAX, LISTEN_BACKLOG, RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN,
-    REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SEND_STALL_TICKS_MAX, SHED_LOG_TICKS,
-    SOCKET_BUFFER_SIZE_MAX, TICK_MS,
+    CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, HEADER_SIZE, IDENTIFY_TICKS_MAX, INBOX_LARGE_MAX,
+    INBOX_MAX, IO_OPERATIONS_MAX, LISTEN_BACKLOG, RECONNECT_DELAY_TICKS_MAX,
+    RECONNECT_DELAY_TICKS_MIN, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SEND_STALL_TICKS_MAX,
+    SHED_LOG_TICKS, SOCKET_BUFFER_SIZE_MAX, TICK_MS,
 };
 use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
@@ -287,6 +287,8 @@ pub struct MessageBus {
     /// The jitter of the reconnect backoff, seeded from the cluster and the replica index.
     prng: Prng,
     inbox: VecDeque<Accepted>,
+    /// Messages in `inbox` in full-size buffers (at most `INBOX_LARGE_MAX`).
+    inbox_large: usize,
     ticks: u64,
     metrics: BusMetrics,
 }
@@ -350,6 +352,7 @@ impl MessageBus {
             dials: [dial; REPLICAS_MAX],
             prng: Prng::new(cluster.get() ^ (u64::from(replica.get()) << 56)),
             inbox: VecDeque::with_capacity(INBOX_MAX),
+            inbox_large: 0,
             ticks: 0,
             metrics: BusMetrics::default(),
         }
@@ -369,6 +372,9 @@ impl MessageBus {
     /// The next message received, whole and validated, as a handle nobody else holds.
     pub fn receive(&mut self) -> Option<Accepted> {
         let accepted = self.inbox.pop_front()?;
+        if accepted.message().buffer().len() > self.pool.small_size() {
+            self.inbox_large -= 1;
+        }
         assert_eq!(accepted.message().references(), 1);
         Some(accepted)
     }
@@ -774,6 +780,10 @@ impl MessageBus {
             return Ok(false);
         }
         let connection = &self.connections[index];
+        let large = connection.receive_large;
+        if large && self.inbox_large >= INBOX_LARGE_MAX {
+            return Ok(false);
+        }
         assert!(connection.message_ready);
         let header = connection.header.expect("a ready message has a header");
         let size = header.size as usize;
@@ -791,6 +801,7 @@ impl MessageBus {
         assert_eq!(message.references(), 1);
         let accepted = accept_framed(message, &header, cluster, message_size_max)?;
         self.inbox.push_back(accepted);
+        self.inbox_large += usize::from(large);
         self.metrics.messages_received += 1;
         Ok(true)
     }

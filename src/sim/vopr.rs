@@ -137,24 +137,8 @@ pub fn options_from_seed(
     let mutation_per_mille = if prng.chance(1, 2) { 0 } else { 1 + prng.next_u64() % 30 };
     // After the mutations, for the same reason.
     let reply_late_per_mille = if prng.chance(1, 4) { 0 } else { 1 + prng.next_u64() % 50 };
-    let mut faults = faults;
-    faults.slow_disk_interval_mean_ticks =
-        if prng.chance(1, 3) { 0 } else { 300 + prng.next_u64() % 2_701 };
-    faults.slow_disk_ticks_max = 50 + prng.next_u64() % 751;
-    let mut config =
-        Config { grid_size, ..ClusterOptions::config_small(replica_count, clients_max) };
-    // Drawn last, for the same reason. One seed in 16 has messages that hold a whole grid block,
-    // as production's do (1 MiB): state sync and grid repair then fetch each block in a single
-    // chunk. Fewer WAL slots keep such a data file small.
-    if prng.chance(1, 16) {
-        config.message_size_max = (BLOCK_SIZE + SECTOR_SIZE) as u32;
-        config.journal_slot_count = config.journal_slot_count.min(128);
-    }
-    // Drawn last, for the same reason.
-    faults.pause_interval_mean_ticks =
-        if prng.chance(1, 2) { 0 } else { 100 + prng.next_u64() % 1_901 };
-    faults.pause_ticks_max = 5 + prng.next_u64() % 96;
-    ClusterOptions {
+    let config = Config { grid_size, ..ClusterOptions::config_small(replica_count, clients_max) };
+    let mut options = ClusterOptions {
         seed,
         config,
         client_count,
@@ -171,6 +155,34 @@ pub fn options_from_seed(
         faults,
         ticks_faults: ticks.unwrap_or(ticks_drawn),
         ticks_convergence_max: TICKS_CONVERGENCE_MAX,
+    };
+    draws_added_later(&mut prng, &mut options);
+    options
+}
+
+/// The parameters added to the VOPR after the others, drawn after them so that every earlier
+/// parameter is what the same seed drew before they existed.
+fn draws_added_later(prng: &mut Prng, options: &mut ClusterOptions) {
+    let faults = &mut options.faults;
+    faults.slow_disk_interval_mean_ticks =
+        if prng.chance(1, 3) { 0 } else { 300 + prng.next_u64() % 2_701 };
+    faults.slow_disk_ticks_max = 50 + prng.next_u64() % 751;
+    // One seed in 16 has messages that hold a whole grid block, as production's do (1 MiB):
+    // state sync and grid repair then fetch each block in a single chunk. Fewer WAL slots keep
+    // such a data file small.
+    if prng.chance(1, 16) {
+        let config = &mut options.config;
+        config.message_size_max = (BLOCK_SIZE + SECTOR_SIZE) as u32;
+        config.journal_slot_count = config.journal_slot_count.min(128);
+    }
+    faults.pause_interval_mean_ticks =
+        if prng.chance(1, 2) { 0 } else { 100 + prng.next_u64() % 1_901 };
+    faults.pause_ticks_max = 5 + prng.next_u64() % 96;
+    // One seed in 8 appends events of up to 1 KiB, so that requests outgrow a small message
+    // buffer and queue in full-size ones (`REQUEST_QUEUE_LARGE_MAX`).
+    if prng.chance(1, 8) {
+        options.event_size_max = 1024;
+        options.events_per_append_max = options.events_per_append_max.min(12);
     }
 }
 

@@ -22,15 +22,15 @@
 //! + journal reads in flight (replay, repair)     JOURNAL_IOPS_READ_MAX
 //! + uncommitted prepares (a backup keeps up to PIPELINE_BACKUP_MAX, the primary fewer)
 //!                                                PIPELINE_BACKUP_MAX
-//! + queued client requests                       REQUEST_QUEUE_MAX
+//! + queued client requests larger than a small buffer   REQUEST_QUEUE_LARGE_MAX
 //! + client_replies zone chunks read or written   CLIENT_REPLIES_IOS_MAX
 //! + event-store reads in flight                  GRID_READS_MAX
-//! + messages built and not yet taken by the bus  OUTBOX_MAX
+//! + messages built and not yet taken by the bus  OUTBOX_LARGE_MAX
 //! + per peer replica: a receive buffer and a send queue
 //!                                                REPLICAS_MAX * (1 + REPLICA_SEND_QUEUE_MAX)
 //! + client connections receiving a large request CLIENT_RECEIVES_LARGE_MAX
 //! + large messages (read replies) queued to clients  CLIENT_SENDS_LARGE_MAX
-//! + messages received and not yet handled (the bus inbox)   INBOX_MAX
+//! + messages received and not yet handled (the bus inbox)   INBOX_LARGE_MAX
 //! + one do_view_change per replica               REPLICAS_MAX
 //! + state sync: chunk reads served, chunk writes  SYNC_READS_MAX + SYNC_WRITES_MAX
 //! + the grid scrubber's chunk reads             GRID_SCRUB_READS_MAX
@@ -55,9 +55,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use crate::constants::{
     CLIENT_RECEIVES_LARGE_MAX, CLIENT_REPLIES_IOS_MAX, CLIENT_SENDS_LARGE_MAX,
     CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, GRID_READS_MAX, GRID_SCRUB_READS_MAX, HEADER_SIZE,
-    INBOX_MAX, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, MESSAGE_SIZE_SMALL, MESSAGES_SLACK,
-    OUTBOX_MAX, PIPELINE_BACKUP_MAX, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, REQUEST_QUEUE_MAX,
-    SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
+    INBOX_LARGE_MAX, INBOX_MAX, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, MESSAGE_SIZE_SMALL,
+    MESSAGES_SLACK, OUTBOX_LARGE_MAX, OUTBOX_MAX, PIPELINE_BACKUP_MAX, REPLICA_SEND_QUEUE_MAX,
+    REPLICAS_MAX, REQUEST_QUEUE_LARGE_MAX, REQUEST_QUEUE_MAX, SECTOR_SIZE, SYNC_READS_MAX,
+    SYNC_WRITES_MAX,
 };
 use crate::vsr::header::Header;
 
@@ -87,14 +88,14 @@ pub const fn messages_max_replica() -> usize {
     JOURNAL_IOPS_WRITE_MAX
         + JOURNAL_IOPS_READ_MAX
         + PIPELINE_BACKUP_MAX
-        + REQUEST_QUEUE_MAX
+        + REQUEST_QUEUE_LARGE_MAX
         + CLIENT_REPLIES_IOS_MAX
         + GRID_READS_MAX
-        + OUTBOX_MAX
+        + OUTBOX_LARGE_MAX
         + REPLICAS_MAX * (1 + REPLICA_SEND_QUEUE_MAX)
         + CLIENT_RECEIVES_LARGE_MAX
         + CLIENT_SENDS_LARGE_MAX
-        + INBOX_MAX
+        + INBOX_LARGE_MAX
         + REPLICAS_MAX
         + SYNC_READS_MAX
         + SYNC_WRITES_MAX

@@ -29,8 +29,8 @@
 use std::collections::VecDeque;
 
 use crate::constants::{
-    GRID_READS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, OUTBOX_MAX, PIPELINE_BACKUP_MAX,
-    REPAIR_REQUEST_OPS_MAX, REPLICAS_MAX, REQUEST_QUEUE_MAX,
+    GRID_READS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, OUTBOX_LARGE_MAX, OUTBOX_MAX,
+    PIPELINE_BACKUP_MAX, REPAIR_REQUEST_OPS_MAX, REPLICAS_MAX, REQUEST_QUEUE_MAX,
 };
 use crate::state_machine::{CheckpointState, ReadId, StateMachine};
 use crate::stdx::prng::Prng;
@@ -202,6 +202,8 @@ crate::vsr::counters::counters! {
 pub struct Metrics {
     pub requests_received: u64,
     pub requests_dropped: u64,
+    /// Messages the replica dropped because its outbox was full (the bus was not draining it).
+    pub messages_dropped_outbox_full: u64,
     /// Requests answered `busy` because there was no room for them (the primary's request
     /// queue, or the table of reads in flight, was full): the client sends them again soon.
     pub requests_busy: u64,
@@ -358,6 +360,8 @@ pub struct Replica {
     pipeline: VecDeque<Prepared>,
     request_queue: VecDeque<Message>,
     outbox: VecDeque<(Destination, Message)>,
+    /// Messages in `outbox` in full-size buffers (at most `OUTBOX_LARGE_MAX`).
+    outbox_large: usize,
     reads: Vec<Option<(ReadId, Header)>>,
     journal_reads: Vec<JournalRead>,
     /// Primary: per replica, its commit number as it last reported it (in prepare_ok and
@@ -424,6 +428,7 @@ impl Replica {
             pipeline: VecDeque::with_capacity(PIPELINE_BACKUP_MAX),
             request_queue: VecDeque::with_capacity(REQUEST_QUEUE_MAX),
             outbox: VecDeque::with_capacity(OUTBOX_MAX),
+            outbox_large: 0,
             reads: (0..GRID_READS_MAX).map(|_| None).collect(),
             journal_reads: Vec::with_capacity(JOURNAL_IOPS_READ_MAX),
             backup_commit: [Op(0); REPLICAS_MAX],
@@ -658,7 +663,11 @@ impl Replica {
 
     /// The next message to send, if any.
     pub fn poll_send(&mut self) -> Option<(Destination, Message)> {
-        self.outbox.pop_front()
+        let (destination, message) = self.outbox.pop_front()?;
+        if message.buffer().len() > self.pool.small_size() {
+            self.outbox_large -= 1;
+        }
+        Some((destination, message))
     }
 
     fn fail(&mut self, reason: &'static str) {
@@ -676,10 +685,14 @@ impl Replica {
             assert_ne!(replica, self.config.replica, "a replica sends nothing to itself");
             assert!(replica.get() < self.config.replica_count);
         }
-        // A full outbox means the bus is not draining: dropping is safe (clients retry) and
-        // keeps memory bounded.
-        if self.outbox.len() < OUTBOX_MAX {
+        // A full outbox means the bus is not draining: dropping is safe (clients retry, and so
+        // does the protocol) and keeps memory bounded.
+        let large = message.buffer().len() > self.pool.small_size();
+        if self.outbox.len() < OUTBOX_MAX && !(large && self.outbox_large >= OUTBOX_LARGE_MAX) {
             self.outbox.push_back((destination, message));
+            self.outbox_large += usize::from(large);
+        } else {
+            self.metrics.messages_dropped_outbox_full += 1;
         }
     }
 

@@ -5,7 +5,7 @@
 
 use super::{CheckpointPhase, Replica, Status};
 use crate::constants::{
-    JOURNAL_IOPS_READ_MAX, OUTBOX_MAX, PIPELINE_BACKUP_MAX, REQUEST_QUEUE_MAX,
+    JOURNAL_IOPS_READ_MAX, OUTBOX_LARGE_MAX, OUTBOX_MAX, PIPELINE_BACKUP_MAX, REQUEST_QUEUE_MAX,
     checkpoint_interval_ops,
 };
 use crate::vsr::journal::op_prepare_max;
@@ -27,6 +27,7 @@ impl Replica {
         assert!(self.journal_reads.len() <= JOURNAL_IOPS_READ_MAX);
         assert!(self.outbox.len() <= OUTBOX_MAX);
         assert!(self.request_queue.len() <= REQUEST_QUEUE_MAX);
+        assert!(self.outbox_large <= OUTBOX_LARGE_MAX);
         if !matches!(self.checkpoint, CheckpointPhase::ClientReplies { .. }) {
             // The zone is read while opening, and written by a checkpoint's first phase.
             assert_eq!(self.replies.ios, 0);

@@ -14,7 +14,7 @@
 use super::{Destination, Prepared, Replica, Status};
 use crate::constants::{
     HEADER_SIZE, PIPELINE_BACKUP_MAX, PIPELINE_PREPARE_QUEUE_MAX, REPAIR_WINDOW_MAX,
-    REQUEST_QUEUE_MAX, SECTOR_SIZE,
+    REQUEST_QUEUE_LARGE_MAX, REQUEST_QUEUE_MAX, SECTOR_SIZE,
 };
 use crate::state_machine::request_invalid;
 use crate::state_machine::types::{
@@ -83,7 +83,12 @@ impl Replica {
             self.metrics.requests_dropped += 1;
             return;
         }
-        if self.request_queue.len() >= REQUEST_QUEUE_MAX {
+        let small_size = self.pool.small_size();
+        let large = |request: &Message| request.buffer().len() > small_size;
+        let queued_large = self.request_queue.iter().filter(|request| large(request)).count();
+        if self.request_queue.len() >= REQUEST_QUEUE_MAX
+            || (large(&message) && queued_large >= REQUEST_QUEUE_LARGE_MAX)
+        {
             return self.send_busy(&header);
         }
         self.request_queue.push_back(message);
