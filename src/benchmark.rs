@@ -27,7 +27,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::client::Client;
 use crate::constants::{
-    BLOCK_SIZE, CREATE_STREAMS_MAX, GRID_SIZE_DEFAULT, HEADER_SIZE, MESSAGE_SIZE_MAX,
+    BLOCK_SIZE, CLIENTS_MAX, CREATE_STREAMS_MAX, GRID_SIZE_DEFAULT, HEADER_SIZE, MESSAGE_SIZE_MAX,
 };
 use crate::state_machine::types::{
     AppendEncoder, CreateStream, CreateStreamResult, ResultCode, padded_size,
@@ -123,6 +123,13 @@ pub fn run(options: &Options) -> Result<Results, String> {
     }
     if options.event_size == 0 {
         return Err("--event-size must be at least 1".to_string());
+    }
+    if options.clients > CLIENTS_MAX {
+        // Each session needs a slot in the replicas' session table (`clients_max`, at most
+        // CLIENTS_MAX): more would evict one another.
+        return Err(format!(
+            "--clients must be at most {CLIENTS_MAX}, the size of a replica's session table"
+        ));
     }
     if options.client_threads == Some(0) {
         return Err("--client-threads must be at least 1".to_string());

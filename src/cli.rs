@@ -300,6 +300,25 @@ mod tests {
     }
 
     #[test]
+    fn benchmark_rejects_each_bad_argument_before_it_starts_anything() {
+        // Goal: bad load settings are named in one line before any data file or replica is
+        // made (`run` checks them first), including more clients than a session table holds.
+        let bad = [
+            (vec!["--clients=0"], "--clients, --events and --streams must be at least 1"),
+            (vec!["--clients=65"], "--clients must be at most 64"),
+            (vec!["--event-size=0"], "--event-size must be at least 1"),
+            (vec!["--client-threads=0"], "--client-threads must be at least 1"),
+            (vec!["--rate=0"], "--rate must be a positive number"),
+            (vec!["--rate=fast"], "not a valid number"),
+        ];
+        for (arguments, expected) in bad {
+            let arguments: Vec<String> = arguments.iter().map(ToString::to_string).collect();
+            let error = command_benchmark(&arguments).unwrap_err();
+            assert!(error.contains(expected), "{arguments:?}: {error}");
+        }
+    }
+
+    #[test]
     fn format_rejects_each_bad_argument_with_one_line() {
         // Goal: every bad format argument is named in one line, never a panic.
         let base = ["--cluster=1", "--replica=0", "--replica-count=3"];
