@@ -296,6 +296,11 @@ pub const MESSAGE_SIZE_SMALL: usize = 2 * SECTOR_SIZE;
 /// larger than a small buffer); others wait for one.
 pub const CLIENT_RECEIVES_LARGE_MAX: usize = 8;
 
+/// Ticks a client may take to send the rest of a message that holds one of the
+/// `CLIENT_RECEIVES_LARGE_MAX` full-size receive buffers (5 seconds), before its connection is
+/// closed: a client that stalls half-way must not keep others' large requests waiting.
+pub const RECEIVE_LARGE_TICKS_MAX: u64 = 5_000 / TICK_MS;
+
 /// Full-size messages (read replies) queued to clients at once; beyond this they are dropped
 /// and the client reads again.
 pub const CLIENT_SENDS_LARGE_MAX: usize = 2 * GRID_READS_MAX;

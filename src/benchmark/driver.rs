@@ -289,8 +289,11 @@ impl<'a> Driver<'a> {
     fn wait_ms(&self) -> i32 {
         let now = self.now();
         let mut wait = self.timer_due.saturating_sub(now).min(WAIT_MAX_MS);
+        let requests_left = self.events_left.div_ceil(u64::from(self.load.batch));
+        // Once every request left is due (and waits for a session), no instant of the schedule
+        // is worth waking for: only replies are.
         if let Some(rate) = self.rate
-            && self.events_left > 0
+            && (self.due.len() as u64) < requests_left
         {
             let next = self.epoch + Duration::from_secs_f64(self.due_count as f64 / rate);
             let until = next.saturating_duration_since(Instant::now()).as_millis() as u64;
@@ -305,6 +308,7 @@ impl<'a> Driver<'a> {
         if events & libc::EPOLLOUT as u32 != 0 && session.flush(&self.epoll, index).is_err() {
             session.disconnect();
             session.core.on_unreachable(now);
+            self.session_poll_send(index, now);
             return Ok(());
         }
         if events & (libc::EPOLLIN | libc::EPOLLERR | libc::EPOLLHUP) as u32 == 0 {
@@ -350,6 +354,11 @@ impl<'a> Driver<'a> {
 
     fn on_reply(&mut self, index: usize) {
         let session = &mut self.sessions[index];
+        if session.sent < session.send_size {
+            // A later copy is still half in the socket: the next request's bytes must not
+            // finish it, so this connection ends and the next request opens another.
+            session.disconnect();
+        }
         let replied = Instant::now();
         if session.events > 0 {
             let latency = replied.saturating_duration_since(session.started);

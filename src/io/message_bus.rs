@@ -63,9 +63,9 @@ use static_assertions::const_assert;
 use crate::constants::{
     BUS_POOL_RESERVE, CLIENT_RECEIVES_LARGE_MAX, CLIENT_SENDS_LARGE_MAX, CLIENTS_MAX,
     CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, HEADER_SIZE, IDENTIFY_TICKS_MAX, INBOX_LARGE_MAX,
-    INBOX_MAX, IO_OPERATIONS_MAX, LISTEN_BACKLOG, RECONNECT_DELAY_TICKS_MAX,
-    RECONNECT_DELAY_TICKS_MIN, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SEND_STALL_TICKS_MAX,
-    SHED_LOG_TICKS, SOCKET_BUFFER_SIZE_MAX, TICK_MS,
+    INBOX_MAX, IO_OPERATIONS_MAX, LISTEN_BACKLOG, RECEIVE_LARGE_TICKS_MAX,
+    RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX,
+    SEND_STALL_TICKS_MAX, SHED_LOG_TICKS, SOCKET_BUFFER_SIZE_MAX, TICK_MS,
 };
 use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
@@ -136,6 +136,9 @@ enum CloseReason {
     Exhausted(&'static str),
     /// The peer did not drain a send for `SEND_STALL_TICKS_MAX` ticks.
     Stalled,
+    /// A client held a full-size receive buffer for `RECEIVE_LARGE_TICKS_MAX` ticks without
+    /// finishing its message.
+    ReceiveStalled,
     /// No valid message within `IDENTIFY_TICKS_MAX` ticks of the accept.
     Unidentified,
     /// Unidentified, and the oldest such when a new connection found every slot taken.
@@ -170,6 +173,8 @@ struct Connection {
     /// The receive buffer (here or in the ring) is full size, not small: a peer replica's, or
     /// a client's receiving a large request (`receive_room`). Cleared once the slot is free.
     receive_large: bool,
+    /// The tick at which the receive buffer became full size.
+    receive_large_tick: u64,
     receive_in_flight: bool,
     /// Bytes of `receive_buffer` filled, counted from the start of the current message.
     received_bytes: usize,
@@ -179,6 +184,8 @@ struct Connection {
     message_ready: bool,
     send_queue: VecDeque<Message>,
     send_in_flight: bool,
+    /// The send in flight is of a full-size buffer.
+    send_large_in_flight: bool,
     /// The tick at which the send in flight was submitted.
     send_submitted_tick: u64,
     /// The tick at which the connection was accepted or dialed.
@@ -230,8 +237,12 @@ pub struct BusMetrics {
     pub connections_clients_over_limit: u64,
     /// Client messages larger than a small buffer, moved to a full-size one to be received.
     pub receives_moved_to_large: u64,
-    /// Times such a message waited for a full-size buffer (`CLIENT_RECEIVES_LARGE_MAX`).
+    /// Passes of the receive loop in which such a message found no full-size buffer free
+    /// (`CLIENT_RECEIVES_LARGE_MAX`), and waited.
     pub receives_waiting_for_large: u64,
+    /// Client connections closed for holding a full-size receive buffer without finishing
+    /// their message (`RECEIVE_LARGE_TICKS_MAX`).
+    pub receives_large_stalled: u64,
     /// Full-size messages for clients dropped because `CLIENT_SENDS_LARGE_MAX` were queued.
     pub client_sends_large_dropped: u64,
     /// Messages refused by `accept` (the connection is closed), by `Reject::index`.
@@ -320,6 +331,7 @@ impl MessageBus {
                 peer: Peer::Unknown,
                 receive_buffer: None,
                 receive_large: false,
+                receive_large_tick: 0,
                 receive_in_flight: false,
                 received_bytes: 0,
                 header: None,
@@ -327,6 +339,7 @@ impl MessageBus {
                 // Any accepted connection may turn out to be a replica's.
                 send_queue: VecDeque::with_capacity(REPLICA_SEND_QUEUE_MAX),
                 send_in_flight: false,
+                send_large_in_flight: false,
                 send_submitted_tick: 0,
                 opened_tick: 0,
             })
@@ -372,7 +385,7 @@ impl MessageBus {
     /// The next message received, whole and validated, as a handle nobody else holds.
     pub fn receive(&mut self) -> Option<Accepted> {
         let accepted = self.inbox.pop_front()?;
-        if accepted.message().buffer().len() > self.pool.small_size() {
+        if self.pool.is_large(accepted.message()) {
             self.inbox_large -= 1;
         }
         assert_eq!(accepted.message().references(), 1);
@@ -387,7 +400,7 @@ impl MessageBus {
             connection.state == ConnectionState::Connected
                 && connection.peer == Peer::Client(client)
         });
-        let large = message.buffer().len() > self.pool.small_size();
+        let large = self.pool.is_large(&message);
         if large && self.client_sends_large() >= CLIENT_SENDS_LARGE_MAX {
             // Read replies to clients that do not drain them: the clients read again.
             self.metrics.client_sends_large_dropped += 1;
@@ -403,12 +416,19 @@ impl MessageBus {
         }
     }
 
-    /// Full-size messages queued to clients (read replies).
+    /// Full-size messages queued to clients (read replies), and those still in the ring's
+    /// hands on a connection being closed (whose queue is already cleared).
     fn client_sends_large(&self) -> usize {
-        let small_size = self.pool.small_size();
-        let clients = self.connections.iter().filter(|c| matches!(c.peer, Peer::Client(_)));
-        let queued = clients.flat_map(|connection| connection.send_queue.iter());
-        queued.filter(|message| message.buffer().len() > small_size).count()
+        let not_replicas = self.connections.iter().filter(|c| !matches!(c.peer, Peer::Replica(_)));
+        not_replicas
+            .map(|connection| match connection.state {
+                ConnectionState::Connected => {
+                    let queued = connection.send_queue.iter();
+                    queued.filter(|message| self.pool.is_large(message)).count()
+                }
+                _ => usize::from(connection.send_in_flight && connection.send_large_in_flight),
+            })
+            .sum()
     }
 
     /// Advances the bus's clock: closes connections whose peer stopped draining and accepted
@@ -429,8 +449,14 @@ impl MessageBus {
                 && self.ticks - connection.send_submitted_tick > SEND_STALL_TICKS_MAX;
             let unidentified = connection.peer == Peer::Unknown
                 && self.ticks - connection.opened_tick > IDENTIFY_TICKS_MAX;
+            let receive_stalled = connection.receive_large
+                && !matches!(connection.peer, Peer::Replica(_))
+                && self.ticks - connection.receive_large_tick > RECEIVE_LARGE_TICKS_MAX;
             if stalled {
                 self.close(io, index, CloseReason::Stalled);
+            } else if receive_stalled {
+                self.metrics.receives_large_stalled += 1;
+                self.close(io, index, CloseReason::ReceiveStalled);
             } else if unidentified {
                 self.metrics.connections_unidentified_timed_out += 1;
                 self.close(io, index, CloseReason::Unidentified);
@@ -835,10 +861,14 @@ impl MessageBus {
     }
 
     fn receive_buffer_set(&mut self, index: usize, buffer: Message) {
-        let large = buffer.buffer().len() > self.pool.small_size();
+        let large = self.pool.is_large(&buffer);
+        let ticks = self.ticks;
         let connection = &mut self.connections[index];
         assert!(connection.receive_buffer.is_none());
         connection.receive_buffer = Some(buffer);
+        if large {
+            connection.receive_large_tick = ticks;
+        }
         connection.receive_large = large;
     }
 
@@ -957,6 +987,7 @@ impl MessageBus {
         let length = message.header().size as usize;
         let buffer = message.clone();
         let token = connection.token(index);
+        connection.send_large_in_flight = self.pool.is_large(&buffer);
         connection.send_in_flight = true;
         connection.send_submitted_tick = ticks;
         io.submit(Operation::Send { fd: connection.fd, token, buffer, offset: 0, length });
@@ -1034,6 +1065,10 @@ impl MessageBus {
             CloseReason::Exhausted(reason) => {
                 eprintln!("message bus: closing {connection}: {reason}")
             }
+            CloseReason::ReceiveStalled => eprintln!(
+                "message bus: closing {connection}: sent part of a large message and nothing \
+                 more for {RECEIVE_LARGE_TICKS_MAX} ticks"
+            ),
             CloseReason::Stalled => eprintln!(
                 "message bus: closing {connection}: peer drained nothing for \
                  {SEND_STALL_TICKS_MAX} ticks"

@@ -406,9 +406,9 @@ impl StateMachine {
         self.pool.free_count() >= needed
     }
 
-    /// Applies committed `op` and writes its reply into `reply_body`; returns the reply size.
-    /// create_stream replies 8 bytes per 16-byte stream, append 16 per batch of at least 32
-    /// bytes: never more than half the body.
+    /// Applies committed `op` and writes its reply into `reply_body`; returns the reply size:
+    /// 8 bytes per stream created, 16 per batch appended (`reply_body` must hold that much:
+    /// `REPLY_SIZE_MAX` does for a client's request, a packed op's takes more).
     pub fn commit<S: Storage>(
         &mut self,
         storage: &mut S,
@@ -422,7 +422,14 @@ impl StateMachine {
         assert!(op > self.op_last, "ops commit in order");
         assert!(!operation.is_read());
         let request = Request::parse(operation, body).expect("the primary parsed the request");
-        assert!(reply_body.len() >= body.len() / 2);
+        let reply_size = match request {
+            Request::CreateStreams(entries) => {
+                CreateStreams::count(&entries) * size_of::<CreateStreamResult>()
+            }
+            Request::Append(batches) => batches.count() * size_of::<AppendResult>(),
+            Request::Empty => 0,
+        };
+        assert!(reply_body.len() >= reply_size);
         self.op_last = op;
         let size = match request {
             Request::CreateStreams(entries) => self.create_streams(entries, reply_body),
@@ -431,7 +438,7 @@ impl StateMachine {
             }
             Request::Empty => 0,
         };
-        assert!(size <= body.len());
+        assert_eq!(size, reply_size);
         size
     }
 

@@ -34,8 +34,9 @@
 //!   may be abandoned.
 //! - A `busy` answer (the replica had no room for the request: a full request queue, a full
 //!   table of reads) sends the same request to the same replica again after a short backoff,
-//!   doubled with each busy answer in a row and jittered; it does not grow the timeout's
-//!   backoff.
+//!   doubled with each busy answer and jittered; it does not grow the timeout's backoff. Once
+//!   that backoff reaches the request timeout, the replica is left as an unresponsive one would
+//!   be: a primary whose pipeline never drains cannot hold its clients.
 //! - An eviction ends the session: whatever was in flight has an unknown outcome, and the
 //!   driver starts a new session with a new client id (`session_new`), numbered from 0 again.
 //!   A new id, because a late copy of the old session's register reply would answer the new
@@ -96,7 +97,9 @@ pub struct InFlight {
     /// `PRIMARY_BUSY_RETRIES_MAX` (a primary stuck between views, cut off from its peers,
     /// must not hold the client: the timeouts move it on).
     busy_count: u32,
-    /// `busy` answers to this request so far: the backoff after the next one.
+    /// `busy` answers to this request so far: the backoff after the next one. Once that backoff
+    /// reaches the request timeout, a busy answer counts as a timeout and the request moves on
+    /// to the next replica.
     busy_answers: u32,
     /// The replica the latest copy went to.
     pub target: ReplicaIndex,
@@ -454,15 +457,24 @@ impl ClientCore {
         self.metrics.client_busy += 1;
         let in_flight = self.in_flight.as_ref().expect("answered request");
         let shift = in_flight.busy_answers.min(16);
-        let delay = (self.options.busy_delay << shift).min(self.options.request_timeout);
+        let uncapped = self.options.busy_delay << shift;
+        let delay = uncapped.min(self.options.request_timeout);
         let jitter = self.prng_next() % (delay / 2 + 1);
+        let replica_count = self.options.replica_count;
         let in_flight = self.in_flight.as_mut().expect("answered request");
         in_flight.busy_answers += 1;
         in_flight.unreachable = 0;
-        // Not a timeout: the replica is up and answered at once.
-        in_flight.redirected = true;
-        in_flight.target_next = in_flight.target;
         in_flight.send_at = in_flight.send_at.min(now + delay / 2 + jitter);
+        if uncapped < self.options.request_timeout {
+            // Not a timeout: the replica is up and answered at once.
+            in_flight.redirected = true;
+            in_flight.target_next = in_flight.target;
+        } else {
+            // Busy for as long as a timeout: a primary whose pipeline never drains (cut off
+            // from its backups, say) is left as an unresponsive one would be.
+            in_flight.redirected = false;
+            in_flight.target_next = in_flight.target.next(replica_count);
+        }
         Outcome::Busy
     }
 
@@ -557,9 +569,10 @@ mod tests {
     #[test]
     fn a_busy_answer_sends_the_request_again_to_the_same_replica_with_a_growing_backoff() {
         // Goal: `busy` (the replica had no room) brings the same request back to the same
-        // replica after `busy_delay`, doubled with each busy answer in a row up to the request
-        // timeout and jittered within its upper half; it neither rotates the replica nor grows
-        // the timeout's backoff; a busy answer naming another request changes nothing.
+        // replica after `busy_delay`, doubled with each busy answer and jittered within its
+        // upper half; it neither rotates the replica nor grows the timeout's backoff (while the
+        // delay is below the request timeout); a busy answer naming another request changes
+        // nothing.
         let mut core = registered_core();
         let write = core.request_start(Operation::Append, &[9; 24], 10);
         assert_eq!(core.poll_send(10), Some(ReplicaIndex(0)));
@@ -574,7 +587,7 @@ mod tests {
         assert_eq!(core.send_due(), due);
         let mut now = 11;
         let mut delays = Vec::new();
-        for _ in 0..5 {
+        for _ in 0..3 {
             assert_eq!(core.on_message(&busy, now), Outcome::Busy);
             let due = core.send_due().unwrap();
             delays.push(due - now);
@@ -582,15 +595,40 @@ mod tests {
             assert_eq!(core.poll_send(due), Some(ReplicaIndex(0)), "the same replica");
             now = due + 1;
         }
-        let bounds = [(1, 2), (2, 4), (4, 8), (5, 10), (5, 10)];
+        let bounds = [(1, 2), (2, 4), (4, 8)];
         for (delay, (low, high)) in delays.iter().zip(bounds) {
             assert!((low..=high).contains(delay), "{delays:?}");
         }
-        assert_eq!(core.metrics().client_busy, 5);
-        assert_eq!(core.metrics().client_requests_resent, 5);
+        assert_eq!(core.metrics().client_busy, 3);
+        assert_eq!(core.metrics().client_requests_resent, 3);
         assert_eq!(core.metrics().client_timeouts, 0, "no copy waited out a timeout");
         assert_eq!(core.in_flight().unwrap().timeouts, 0);
         assert_eq!(core.on_message(&reply_to(&write, Op(2)), now), Outcome::Reply);
+    }
+
+    #[test]
+    fn a_replica_busy_for_as_long_as_a_timeout_is_left_for_the_next() {
+        // Goal: a replica that answers busy again and again (a primary whose pipeline never
+        // drains) holds a request no longer than a timeout would: once the busy backoff reaches
+        // the request timeout, the next copy goes to the next replica, as after a timeout.
+        let mut core = registered_core();
+        let write = core.request_start(Operation::Append, &[9; 24], 10);
+        assert_eq!(core.poll_send(10), Some(ReplicaIndex(0)));
+        let mut busy = Header::new(Command::Busy, ClusterId(7));
+        (busy.client, busy.request, busy.operation) =
+            (write.client, write.request, write.operation);
+        views::Busy::of(&mut busy).set_request_checksum(write.checksum);
+        let mut now = 11;
+        let mut targets = Vec::new();
+        for _ in 0..5 {
+            assert_eq!(core.on_message(&busy, now), Outcome::Busy);
+            now = core.send_due().unwrap();
+            targets.push(core.poll_send(now).unwrap());
+            now += 1;
+        }
+        let r = ReplicaIndex;
+        assert_eq!(targets, [r(0), r(0), r(0), r(1), r(2)], "busy thrice, then moved on");
+        assert_eq!(core.metrics().client_timeouts, 2);
     }
 
     #[test]

@@ -191,16 +191,15 @@ impl MessagePool {
         Self::take(self.small.as_ref().unwrap_or(&self.free))
     }
 
-    /// A buffer that holds `size` bytes: a small one if that is enough.
-    pub fn get_sized(&self, size: usize) -> Message {
-        assert!(size <= self.buffer_size());
-        if size <= self.small_size() { self.get_small() } else { self.get() }
-    }
-
     fn take(free: &Rc<RefCell<FreeList>>) -> Option<Message> {
         let buffer = free.borrow_mut().buffers.pop()?;
         assert_eq!(Rc::strong_count(&buffer), 1);
         Some(Message { buffer: Some(buffer), pool: free.clone() })
+    }
+
+    /// Whether `message`'s buffer is a full-size one (larger than this pool's small ones).
+    pub fn is_large(&self, message: &Message) -> bool {
+        message.buffer().len() > self.small_size()
     }
 
     /// Whether the pool has a set of small buffers.
@@ -365,13 +364,15 @@ mod tests {
 
     #[test]
     fn small_buffers_come_from_their_own_set_and_go_back_to_it() {
-        // Goal: a pool with a small set hands out small buffers on request (or by size), and
+        // Goal: a pool with a small set hands out small buffers on request, tells them apart, and
         // each buffer returns to the set it came from; without a small set, "small" is full size.
         let pool = MessagePool::with_small(1, 4 * SECTOR_SIZE, 2, SECTOR_SIZE);
-        let small = pool.get_sized(SECTOR_SIZE);
+        let small = pool.get_small();
         assert_eq!(small.buffer().len(), SECTOR_SIZE);
-        let large = pool.get_sized(SECTOR_SIZE + 1);
+        assert!(!pool.is_large(&small));
+        let large = pool.get();
         assert_eq!(large.buffer().len(), 4 * SECTOR_SIZE);
+        assert!(pool.is_large(&large));
         assert_eq!((pool.free_count(), pool.small_free_count()), (0, 1));
         drop(small);
         drop(large);

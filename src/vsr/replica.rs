@@ -664,7 +664,7 @@ impl Replica {
     /// The next message to send, if any.
     pub fn poll_send(&mut self) -> Option<(Destination, Message)> {
         let (destination, message) = self.outbox.pop_front()?;
-        if message.buffer().len() > self.pool.small_size() {
+        if self.pool.is_large(&message) {
             self.outbox_large -= 1;
         }
         Some((destination, message))
@@ -687,7 +687,7 @@ impl Replica {
         }
         // A full outbox means the bus is not draining: dropping is safe (clients retry, and so
         // does the protocol) and keeps memory bounded.
-        let large = message.buffer().len() > self.pool.small_size();
+        let large = self.pool.is_large(&message);
         if self.outbox.len() < OUTBOX_MAX && !(large && self.outbox_large >= OUTBOX_LARGE_MAX) {
             self.outbox.push_back((destination, message));
             self.outbox_large += usize::from(large);
@@ -884,18 +884,6 @@ impl Replica {
         assert_eq!(header.cluster, self.config.cluster);
         let message = message_finish(self.pool.get_small(), header, 0);
         self.send(destination, message);
-    }
-
-    /// `message` in a small buffer (a copy, unless it is in one already): what goes into a
-    /// client's send queue, whose buffers are small (`crate::vsr::message_pool`).
-    pub(super) fn message_small(&self, message: Message) -> Message {
-        let size = message.header().size as usize;
-        if message.buffer().len() <= self.pool.small_size() {
-            return message;
-        }
-        let mut small = self.pool.get_small();
-        small.buffer_mut_unique()[..size].copy_from_slice(&message.buffer()[..size]);
-        small
     }
 
     /// `message` in a full-size buffer (a copy, unless it is in one already): what a prepare

@@ -306,12 +306,17 @@ impl Replica {
         assert_eq!(self.checkpoint, CheckpointPhase::Idle);
         assert!(!self.sync.active());
         let operation = header.operation().expect("prepares are validated");
-        let mut reply = self.pool.get();
+        // A write's reply fits a small buffer (`REPLY_SIZE_MAX`); a packed op's results, one
+        // per batch of all its requests, need a full one before they are split.
+        let mut reply = match operation {
+            Operation::AppendPacked => self.pool.get(),
+            _ => self.pool.get_small(),
+        };
         let body_size = match operation {
             Operation::Register => 0,
             Operation::Noop => 0,
             _ => {
-                let body_max = self.config.message_size_max as usize - HEADER_SIZE;
+                let body_max = reply.buffer().len() - HEADER_SIZE;
                 let reply_body = &mut reply.buffer_mut_unique()[HEADER_SIZE..][..body_max];
                 self.state_machine.commit(
                     storage,
@@ -333,7 +338,6 @@ impl Replica {
             return self.execute_packed(prepare, &reply, send_reply);
         }
         self.reply_build(&mut reply, &header, body_size);
-        let reply = self.message_small(reply);
         let slot = if operation == Operation::Register {
             let (slot, evicted) = self.sessions.register(header.client, header.op);
             if let Some(evicted) = evicted

@@ -83,11 +83,10 @@ impl Replica {
             self.metrics.requests_dropped += 1;
             return;
         }
-        let small_size = self.pool.small_size();
-        let large = |request: &Message| request.buffer().len() > small_size;
-        let queued_large = self.request_queue.iter().filter(|request| large(request)).count();
+        let queued_large =
+            self.request_queue.iter().filter(|request| self.pool.is_large(request)).count();
         if self.request_queue.len() >= REQUEST_QUEUE_MAX
-            || (large(&message) && queued_large >= REQUEST_QUEUE_LARGE_MAX)
+            || (self.pool.is_large(&message) && queued_large >= REQUEST_QUEUE_LARGE_MAX)
         {
             return self.send_busy(&header);
         }
