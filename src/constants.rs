@@ -312,10 +312,6 @@ pub const INBOX_LARGE_MAX: usize = 2 * REPLICAS_MAX + CLIENT_RECEIVES_LARGE_MAX;
 /// and some. Beyond this they are dropped, as when the outbox is full.
 pub const OUTBOX_LARGE_MAX: usize = (REPLICAS_MAX - 1) * PIPELINE_PREPARE_QUEUE_MAX + 16;
 
-/// Queued client requests in full-size buffers (larger than a small one) at once; a request
-/// beyond this gets a busy answer.
-pub const REQUEST_QUEUE_LARGE_MAX: usize = 2 * PIPELINE_PREPARE_QUEUE_MAX;
-
 /// Messages a single step may build before any is released.
 pub const MESSAGES_SLACK: usize = 4;
 

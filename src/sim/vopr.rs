@@ -179,7 +179,7 @@ fn draws_added_later(prng: &mut Prng, options: &mut ClusterOptions) {
         if prng.chance(1, 2) { 0 } else { 100 + prng.next_u64() % 1_901 };
     faults.pause_ticks_max = 5 + prng.next_u64() % 96;
     // One seed in 8 appends events of up to 1 KiB, so that requests outgrow a small message
-    // buffer and queue in full-size ones (`REQUEST_QUEUE_LARGE_MAX`).
+    // buffer and travel and queue in full-size ones.
     if prng.chance(1, 8) {
         options.event_size_max = 1024;
         options.events_per_append_max = options.events_per_append_max.min(12);

@@ -22,7 +22,7 @@
 //! + journal reads in flight (replay, repair)     JOURNAL_IOPS_READ_MAX
 //! + uncommitted prepares (a backup keeps up to PIPELINE_BACKUP_MAX, the primary fewer)
 //!                                                PIPELINE_BACKUP_MAX
-//! + queued client requests larger than a small buffer   REQUEST_QUEUE_LARGE_MAX
+//! + queued client requests (any may be large: a 1 MiB batch each)   REQUEST_QUEUE_MAX
 //! + client_replies zone chunks read or written   CLIENT_REPLIES_IOS_MAX
 //! + event-store reads in flight                  GRID_READS_MAX
 //! + messages built and not yet taken by the bus  OUTBOX_LARGE_MAX
@@ -57,8 +57,7 @@ use crate::constants::{
     CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, GRID_READS_MAX, GRID_SCRUB_READS_MAX, HEADER_SIZE,
     INBOX_LARGE_MAX, INBOX_MAX, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, MESSAGE_SIZE_SMALL,
     MESSAGES_SLACK, OUTBOX_LARGE_MAX, OUTBOX_MAX, PIPELINE_BACKUP_MAX, REPLICA_SEND_QUEUE_MAX,
-    REPLICAS_MAX, REQUEST_QUEUE_LARGE_MAX, REQUEST_QUEUE_MAX, SECTOR_SIZE, SYNC_READS_MAX,
-    SYNC_WRITES_MAX,
+    REPLICAS_MAX, REQUEST_QUEUE_MAX, SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
 };
 use crate::vsr::header::Header;
 
@@ -88,7 +87,7 @@ pub const fn messages_max_replica() -> usize {
     JOURNAL_IOPS_WRITE_MAX
         + JOURNAL_IOPS_READ_MAX
         + PIPELINE_BACKUP_MAX
-        + REQUEST_QUEUE_LARGE_MAX
+        + REQUEST_QUEUE_MAX
         + CLIENT_REPLIES_IOS_MAX
         + GRID_READS_MAX
         + OUTBOX_LARGE_MAX

@@ -14,7 +14,7 @@
 use super::{Destination, Prepared, Replica, Status};
 use crate::constants::{
     HEADER_SIZE, PIPELINE_BACKUP_MAX, PIPELINE_PREPARE_QUEUE_MAX, REPAIR_WINDOW_MAX,
-    REQUEST_QUEUE_LARGE_MAX, REQUEST_QUEUE_MAX, SECTOR_SIZE,
+    REQUEST_QUEUE_MAX, SECTOR_SIZE,
 };
 use crate::state_machine::request_invalid;
 use crate::state_machine::types::{
@@ -83,11 +83,7 @@ impl Replica {
             self.metrics.requests_dropped += 1;
             return;
         }
-        let queued_large =
-            self.request_queue.iter().filter(|request| self.pool.is_large(request)).count();
-        if self.request_queue.len() >= REQUEST_QUEUE_MAX
-            || (self.pool.is_large(&message) && queued_large >= REQUEST_QUEUE_LARGE_MAX)
-        {
+        if self.request_queue.len() >= REQUEST_QUEUE_MAX {
             return self.send_busy(&header);
         }
         self.request_queue.push_back(message);
