@@ -367,10 +367,7 @@ fn load(
         let thread = result?;
         latencies_us.extend(thread.latencies_us);
         finished = finished.max(thread.last_reply);
-        client.client_requests_resent += thread.client.client_requests_resent;
-        client.client_timeouts += thread.client.client_timeouts;
-        client.client_busy += thread.client.client_busy;
-        client.client_redirects += thread.client.client_redirects;
+        client.add(&thread.client);
     }
     let requests = latencies_us.len() as u64;
     let elapsed = finished - start;

@@ -174,13 +174,7 @@ impl<'a> Driver<'a> {
     fn results(&mut self) -> ShareResults {
         let mut client = ClientMetrics::default();
         for session in &self.sessions {
-            let metrics = session.core.metrics();
-            client.client_requests_started += metrics.client_requests_started;
-            client.client_requests_resent += metrics.client_requests_resent;
-            client.client_timeouts += metrics.client_timeouts;
-            client.client_redirects += metrics.client_redirects;
-            client.client_busy += metrics.client_busy;
-            client.client_unreachable += metrics.client_unreachable;
+            client.add(&session.core.metrics());
         }
         let latencies_us = std::mem::take(&mut self.latencies_us);
         ShareResults { latencies_us, last_reply: self.last_reply, client }

@@ -125,6 +125,7 @@ pub enum Outcome {
     Dropped(&'static str),
 }
 
+crate::vsr::counters::counters! {
 /// Counters of the paths the core took.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientMetrics {
@@ -143,6 +144,7 @@ pub struct ClientMetrics {
     pub client_unreachable: u64,
     pub client_evictions: u64,
     pub client_reads_abandoned: u64,
+}
 }
 
 pub struct ClientCore {
@@ -523,6 +525,15 @@ mod tests {
         reply
     }
 
+    /// The busy answer a replica would send to `request`.
+    fn busy_to(request: &Header) -> Header {
+        let mut busy = Header::new(Command::Busy, request.cluster);
+        (busy.client, busy.request, busy.operation) =
+            (request.client, request.request, request.operation);
+        views::Busy::of(&mut busy).set_request_checksum(request.checksum);
+        busy
+    }
+
     fn registered_core() -> ClientCore {
         let mut core = ClientCore::new(options(), ClientId(5), 1);
         let register = core.request_start(Operation::Register, &[], 0);
@@ -576,10 +587,7 @@ mod tests {
         let mut core = registered_core();
         let write = core.request_start(Operation::Append, &[9; 24], 10);
         assert_eq!(core.poll_send(10), Some(ReplicaIndex(0)));
-        let mut busy = Header::new(Command::Busy, ClusterId(7));
-        (busy.client, busy.request, busy.operation) =
-            (write.client, write.request, write.operation);
-        views::Busy::of(&mut busy).set_request_checksum(write.checksum);
+        let busy = busy_to(&write);
         let mut other = busy;
         views::Busy::of(&mut other).set_request_checksum(Checksum(1));
         let due = core.send_due();
@@ -614,10 +622,7 @@ mod tests {
         let mut core = registered_core();
         let write = core.request_start(Operation::Append, &[9; 24], 10);
         assert_eq!(core.poll_send(10), Some(ReplicaIndex(0)));
-        let mut busy = Header::new(Command::Busy, ClusterId(7));
-        (busy.client, busy.request, busy.operation) =
-            (write.client, write.request, write.operation);
-        views::Busy::of(&mut busy).set_request_checksum(write.checksum);
+        let busy = busy_to(&write);
         let mut now = 11;
         let mut targets = Vec::new();
         for _ in 0..5 {
