@@ -85,6 +85,11 @@ pub struct FaultOptions {
     /// once. Under load, a backup must come back into the log without state sync.
     pub pause_interval_mean_ticks: u64,
     pub pause_ticks_max: u64,
+    /// Whether a crash may leave a sector of the client_replies zone unreadable (EIO until it
+    /// is written again): the replica opens without the replies it held. Set only in some
+    /// seeds, for it turns off the workload's check that no session is ever evicted while the
+    /// table never filled.
+    pub replies_unreadable: bool,
 }
 
 impl FaultOptions {
@@ -101,6 +106,7 @@ impl FaultOptions {
         slow_disk_ticks_max: 0,
         pause_interval_mean_ticks: 0,
         pause_ticks_max: 0,
+        replies_unreadable: false,
     };
 }
 
@@ -267,6 +273,8 @@ pub struct ClusterMetrics {
     pub sectors_torn_landed: u64,
     /// WAL sectors rotted on crashed replicas.
     pub sectors_corrupted: u64,
+    /// Sectors of client_replies zones left unreadable by a crash (`replies_unreadable`).
+    pub sectors_unreadable: u64,
     /// WAL sectors overwritten with another sector's bytes, as a misdirected write leaves them.
     pub sectors_misdirected: u64,
     /// Messages mutated on their way between replicas.
@@ -1043,38 +1051,15 @@ impl Cluster {
         // the only other good copy of what that one lacks.
         let wal_within_model = !self.wal_faulty_elsewhere(index)
             && !self.replicas.iter().any(ReplicaNode::log_lost_pending);
-        let node = &mut self.replicas[index];
         let damages = self.crash_damages;
         if damages && replicated && within_f && wal_within_model && self.prng.chance(1, 2) {
-            node.wal_damaged = true;
-            let layout = Layout::new(&node.config);
-            let zone = if self.prng.chance(1, 2) { Zone::WalHeaders } else { Zone::WalPrepares };
-            let sectors = layout.zone_size(zone) / SECTOR_SIZE as u64;
-            let sector = self.prng.next_u64() % sectors;
-            let offset = layout.zone_offset(zone) + sector * SECTOR_SIZE as u64;
-            if self.prng.chance(1, 2) {
-                node.storage.corrupt_sector(offset);
-                self.metrics.sectors_corrupted += 1;
-                self.trace.record(Event::Corrupt, &[self.tick, index as u64, offset]);
-            } else {
-                // A misdirected write: another sector of the zone's bytes, landed here (for
-                // the prepare ring, the first sector of another slot over this slot's).
-                let step = match zone {
-                    Zone::WalPrepares => layout.message_size_max,
-                    _ => SECTOR_SIZE as u64,
-                };
-                let units = layout.zone_size(zone) / step;
-                let target = layout.zone_offset(zone) + (self.prng.next_u64() % units) * step;
-                let source = layout.zone_offset(zone) + (self.prng.next_u64() % units) * step;
-                let bytes = node.storage.bytes_mut();
-                let (source, target) = (source as usize, target as usize);
-                bytes.copy_within(source..source + SECTOR_SIZE, target);
-                self.metrics.sectors_misdirected += 1;
-                self.trace.record(Event::Corrupt, &[self.tick, index as u64, target as u64]);
-            }
+            self.wal_sector_damage(index);
         }
         if damages && replicated && within_f && self.prng.chance(1, 3) {
             self.grid_block_damage(index, grid_head);
+        }
+        if damages && self.options.faults.replies_unreadable && self.prng.chance(1, 2) {
+            self.client_replies_damage(index);
         }
         let node = &mut self.replicas[index];
         // With the replica and its disk's queue gone, nothing may hold a buffer of its pool:
@@ -1086,6 +1071,53 @@ impl Cluster {
         self.trace.record(Event::Crash, &fields);
         let tick = self.tick;
         self.faults.push(Fault::Crash { tick, replica: index, torn, restart_tick });
+    }
+
+    /// Within the fault model: crashed replica `index` comes back with one rotten or
+    /// misdirected sector in its WAL, which it must repair from a peer rather than trust.
+    fn wal_sector_damage(&mut self, index: usize) {
+        let node = &mut self.replicas[index];
+        node.wal_damaged = true;
+        let layout = Layout::new(&node.config);
+        let zone = if self.prng.chance(1, 2) { Zone::WalHeaders } else { Zone::WalPrepares };
+        let sectors = layout.zone_size(zone) / SECTOR_SIZE as u64;
+        let sector = self.prng.next_u64() % sectors;
+        let offset = layout.zone_offset(zone) + sector * SECTOR_SIZE as u64;
+        if self.prng.chance(1, 2) {
+            node.storage.corrupt_sector(offset);
+            self.metrics.sectors_corrupted += 1;
+            self.trace.record(Event::Corrupt, &[self.tick, index as u64, offset]);
+        } else {
+            // A misdirected write: another sector of the zone's bytes, landed here (for
+            // the prepare ring, the first sector of another slot over this slot's).
+            let step = match zone {
+                Zone::WalPrepares => layout.message_size_max,
+                _ => SECTOR_SIZE as u64,
+            };
+            let units = layout.zone_size(zone) / step;
+            let target = layout.zone_offset(zone) + (self.prng.next_u64() % units) * step;
+            let source = layout.zone_offset(zone) + (self.prng.next_u64() % units) * step;
+            let bytes = node.storage.bytes_mut();
+            let (source, target) = (source as usize, target as usize);
+            bytes.copy_within(source..source + SECTOR_SIZE, target);
+            self.metrics.sectors_misdirected += 1;
+            self.trace.record(Event::Corrupt, &[self.tick, index as u64, target as u64]);
+        }
+    }
+
+    /// An unreadable sector in crashed replica `index`'s client_replies zone: a media error
+    /// only costs the replies that sector held (their retries get evictions), so it is
+    /// within the fault model on any replica, at any time.
+    fn client_replies_damage(&mut self, index: usize) {
+        let node = &mut self.replicas[index];
+        let layout = Layout::new(&node.config);
+        let sectors = layout.zone_size(Zone::ClientReplies) / SECTOR_SIZE as u64;
+        let sector = self.prng.next_u64() % sectors;
+        let offset = layout.zone_offset(Zone::ClientReplies) + sector * SECTOR_SIZE as u64;
+        node.storage.unreadable(offset..offset + SECTOR_SIZE as u64);
+        self.workload.replies_may_be_lost();
+        self.metrics.sectors_unreadable += 1;
+        self.trace.record(Event::Corrupt, &[self.tick, index as u64, offset]);
     }
 
     /// Crashes replica `index` like `crash` (its writes in flight lost), but its disk keeps

@@ -91,6 +91,9 @@ struct Timing {
     prng: Prng,
 }
 
+/// Unreadable spots a simulated disk keeps at once.
+const UNREADABLE_MAX: usize = 8;
+
 pub struct MemoryStorage {
     data: Vec<u8>,
     pending: VecDeque<Pending>,
@@ -101,6 +104,9 @@ pub struct MemoryStorage {
     stalled_until_tick: u64,
     /// Without it, a cached write is durable once it completes.
     cache: Option<CacheModel>,
+    /// Reads that touch one of these byte ranges fail with EIO (unreadable spots of the
+    /// media), until a write covers the range (the drive remaps it).
+    unreadable: Vec<std::ops::Range<u64>>,
 }
 
 impl MemoryStorage {
@@ -117,7 +123,19 @@ impl MemoryStorage {
             tick: 0,
             stalled_until_tick: 0,
             cache: None,
+            unreadable: Vec::with_capacity(UNREADABLE_MAX),
         }
+    }
+
+    /// From now on, every read that touches `range` fails with EIO, as an unreadable spot of
+    /// the media does, until a write covers it (a drive remaps a sector it writes). At most
+    /// `UNREADABLE_MAX` spots at once: the oldest gives way.
+    pub fn unreadable(&mut self, range: std::ops::Range<u64>) {
+        assert!(range.start < range.end && range.end <= self.data.len() as u64);
+        if self.unreadable.len() == UNREADABLE_MAX {
+            self.unreadable.remove(0);
+        }
+        self.unreadable.push(range);
     }
 
     /// From now on, completed cached writes stay in a volatile cache that a crash may lose,
@@ -353,6 +371,9 @@ impl MemoryStorage {
         } else {
             match request.kind {
                 IoKind::Write | IoKind::WriteCached => {
+                    let end = (start + request.length) as u64;
+                    self.unreadable
+                        .retain(|range| !(start as u64 <= range.start && range.end <= end));
                     if request.kind == IoKind::WriteCached {
                         self.cache_write(&request);
                     }
@@ -363,6 +384,13 @@ impl MemoryStorage {
                     self.data[start..start + request.length].copy_from_slice(source);
                 }
                 IoKind::Sync => self.cache_flush(flush_sequence),
+                IoKind::Read
+                    if self.unreadable.iter().any(|range| {
+                        range.start < (start + request.length) as u64 && (start as u64) < range.end
+                    }) =>
+                {
+                    return Completion { request, buffer, result: Err(IoError::Errno(libc::EIO)) };
+                }
                 IoKind::Read => {
                     let target = &mut buffer.buffer_mut_unique()[request.buffer_offset..];
                     target[..request.length]

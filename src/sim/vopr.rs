@@ -184,6 +184,8 @@ fn draws_added_later(prng: &mut Prng, options: &mut ClusterOptions) {
         options.event_size_max = 1024;
         options.events_per_append_max = options.events_per_append_max.min(12);
     }
+    // One seed in 8 may leave a crashed replica's client_replies sector unreadable.
+    options.faults.replies_unreadable = prng.chance(1, 8);
 }
 
 /// A latency whose minimum is at most `min_max` and whose mean exceeds it by at most `spread`.
@@ -217,6 +219,7 @@ fn faults_draw(prng: &mut Prng) -> FaultOptions {
         slow_disk_ticks_max: 0,
         pause_interval_mean_ticks: 0,
         pause_ticks_max: 0,
+        replies_unreadable: false,
     }
 }
 
@@ -280,6 +283,7 @@ pub fn options_describe(options: &ClusterOptions) -> String {
         every(faults.pause_interval_mean_ticks),
         faults.pause_ticks_max
     ));
+    text.push_str(&format!("replies_unreadable={}\n", faults.replies_unreadable));
     text.push_str(&format!(
         "ticks={} (then up to {} to converge)\n",
         options.ticks_faults, options.ticks_convergence_max

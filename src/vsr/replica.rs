@@ -202,6 +202,9 @@ crate::vsr::counters::counters! {
 pub struct Metrics {
     pub requests_received: u64,
     pub requests_dropped: u64,
+    /// Chunks of the client_replies zone whose read failed at open, read again a sector at a
+    /// time.
+    pub client_replies_chunks_unreadable: u64,
     /// Messages the replica dropped because its outbox was full (the bus was not draining it).
     pub messages_dropped_outbox_full: u64,
     /// Requests answered `busy` because there was no room for them (the primary's request

@@ -11,8 +11,10 @@
 //!   written once, before the superblock update that syncs them: a reply of an op after the
 //!   durable checkpoint is made again by the replay at open.
 //! - The open reads back every chunk that holds a session's reply (`client_replies_read`); a
-//!   sector that does not hold the reply its session record names (overwritten by a later op,
-//!   or lost) is forgotten, and a retry of that request gets an eviction.
+//!   chunk whose read fails is read again a sector at a time, so that an unreadable spot costs
+//!   the replies it holds, not its neighbours'. A sector that does not hold the reply its
+//!   session record names (overwritten by a later op, unreadable, or lost) is forgotten, and a
+//!   retry of that request gets an eviction.
 
 use super::{Destination, Replica};
 use crate::constants::{CLIENT_REPLIES_IOS_MAX, HEADER_SIZE, REPLY_SIZE_MAX, SECTOR_SIZE};
@@ -22,6 +24,10 @@ use crate::vsr::message_pool::{Message, Sector};
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
 
 static_assertions::const_assert_eq!(REPLY_SIZE_MAX, SECTOR_SIZE);
+
+/// Marks the token of a one-sector read (its index is then the session's slot), as opposed to a
+/// chunk's (whose index is the chunk's).
+const TOKEN_SECTOR: u32 = 1 << 31;
 
 /// One sector per session: its latest reply, if known.
 pub(super) struct ReplyStore {
@@ -36,6 +42,8 @@ pub(super) struct ReplyStore {
     pub(super) ios: usize,
     /// The open: the next chunk to consider reading.
     read_chunk_next: usize,
+    /// The open: sessions whose chunk could not be read, to read a sector at a time.
+    read_sectors: Vec<usize>,
 }
 
 impl ReplyStore {
@@ -49,6 +57,7 @@ impl ReplyStore {
             chunk_slots: message_size_max / SECTOR_SIZE,
             ios: 0,
             read_chunk_next: 0,
+            read_sectors: Vec::with_capacity(clients_max),
         }
     }
 
@@ -153,21 +162,35 @@ impl Replica {
     /// at a time. Returns whether every one was read.
     pub(super) fn client_replies_read<S: Storage>(&mut self, storage: &mut S) -> bool {
         while self.replies.ios < CLIENT_REPLIES_IOS_MAX
+            && let Some(slot) = self.replies.read_sectors.pop()
+        {
+            self.replies.ios += 1;
+            let mut request = self.client_replies_io(slot / self.replies.chunk_slots, IoKind::Read);
+            request.token.index = TOKEN_SECTOR | slot as u32;
+            request.offset = self.layout.offset(Zone::ClientReplies, (slot * SECTOR_SIZE) as u64);
+            request.length = SECTOR_SIZE;
+            storage.submit(request, self.pool.get());
+        }
+        while self.replies.ios < CLIENT_REPLIES_IOS_MAX
             && self.replies.read_chunk_next < self.replies.chunk_count()
         {
             let chunk = self.replies.read_chunk_next;
             self.replies.read_chunk_next += 1;
-            let stored = self.replies.chunk_slots(chunk).any(|slot| {
-                let record = self.sessions.get(slot);
-                record.client != ClientId(0) && record.reply_size as usize >= HEADER_SIZE
-            });
-            if stored {
+            if self.replies.chunk_slots(chunk).any(|slot| self.reply_stored(slot)) {
                 self.replies.ios += 1;
                 let request = self.client_replies_io(chunk, IoKind::Read);
                 storage.submit(request, self.pool.get());
             }
         }
-        self.replies.ios == 0 && self.replies.read_chunk_next == self.replies.chunk_count()
+        self.replies.ios == 0
+            && self.replies.read_sectors.is_empty()
+            && self.replies.read_chunk_next == self.replies.chunk_count()
+    }
+
+    /// Whether session `slot`'s record says the zone holds a reply of it.
+    fn reply_stored(&self, slot: usize) -> bool {
+        let record = self.sessions.get(slot);
+        record.client != ClientId(0) && record.reply_size as usize >= HEADER_SIZE
     }
 
     /// The I/O of chunk `chunk` of the client_replies zone.
@@ -201,11 +224,25 @@ impl Replica {
                 self.checkpoint_progress(storage);
             }
             IoKind::Read => {
-                let chunk = completion.request.token.index as usize;
-                if completion.result.is_ok() {
-                    self.client_replies_read_chunk(chunk, completion.buffer.buffer());
+                let index = completion.request.token.index;
+                let ok = completion.result.is_ok();
+                let bytes = completion.buffer.buffer();
+                if index & TOKEN_SECTOR != 0 {
+                    // An unreadable sector loses its reply: a retry of it gets an eviction.
+                    let slot = (index & !TOKEN_SECTOR) as usize;
+                    if ok {
+                        self.client_reply_take(slot, &bytes[..SECTOR_SIZE]);
+                    }
+                } else if ok {
+                    self.client_replies_read_chunk(index as usize, bytes);
+                } else {
+                    self.metrics.client_replies_chunks_unreadable += 1;
+                    for slot in self.replies.chunk_slots(index as usize) {
+                        if self.reply_stored(slot) {
+                            self.replies.read_sectors.push(slot);
+                        }
+                    }
                 }
-                // A failed read loses the chunk's replies: a retry of one gets an eviction.
                 self.client_replies_read_progress(storage);
             }
         }
@@ -214,15 +251,19 @@ impl Replica {
     /// Takes each reply of a chunk read at open that is the one its session record names.
     fn client_replies_read_chunk(&mut self, chunk: usize, bytes: &[u8]) {
         for (index, slot) in self.replies.chunk_slots(chunk).enumerate() {
-            assert!(!self.replies.known[slot], "each slot is read once, at open");
-            let record = *self.sessions.get(slot);
-            let sector = &bytes[index * SECTOR_SIZE..][..SECTOR_SIZE];
-            if record.client != ClientId(0)
-                && reply_matches(sector, Checksum::from(record.reply_checksum))
-            {
-                self.replies.sectors[slot].0.copy_from_slice(sector);
-                self.replies.known[slot] = true;
-            }
+            self.client_reply_take(slot, &bytes[index * SECTOR_SIZE..][..SECTOR_SIZE]);
+        }
+    }
+
+    /// Takes session `slot`'s sector read at open if it is the reply its record names.
+    fn client_reply_take(&mut self, slot: usize, sector: &[u8]) {
+        assert!(!self.replies.known[slot], "each slot is read once, at open");
+        let record = *self.sessions.get(slot);
+        if record.client != ClientId(0)
+            && reply_matches(sector, Checksum::from(record.reply_checksum))
+        {
+            self.replies.sectors[slot].0.copy_from_slice(sector);
+            self.replies.known[slot] = true;
         }
     }
 }

@@ -364,7 +364,8 @@ fn replies_of_many_sessions_come_back_from_their_sectors_after_a_checkpoint_and_
     // Goal: every session's latest reply, made before a checkpoint, is written to its sector of
     // the client_replies zone (in chunks of sessions, three here) and read back at the next
     // open, where no replay makes it again: a retry of each gets the same reply. A sector that
-    // rotted meanwhile loses only its own session's reply: that retry gets an eviction.
+    // rotted meanwhile, or one that cannot be read (which fails its chunk's read, then is read
+    // a sector at a time), loses only its own session's reply: that retry gets an eviction.
     let config = Config { clients_max: 40, ..small_config() };
     let mut harness = Harness::new(config);
     let body = event_store::append_body(1, 0, 1);
@@ -384,23 +385,29 @@ fn replies_of_many_sessions_come_back_from_their_sectors_after_a_checkpoint_and_
         harness.call(ClientId(100), request, Operation::Append, &body);
         request += 1;
     }
-    let rotten = ClientId(20);
-    let slot = harness.replica.sessions.slot(rotten).unwrap();
+    let (rotten, unreadable) = (ClientId(20), ClientId(35));
     let layout = Layout::new(&harness.config);
-    let at = layout.offset(Zone::ClientReplies, (slot * SECTOR_SIZE) as u64) as usize;
+    let sector_of = |harness: &Harness, client| {
+        let slot = harness.replica.sessions.slot(client).unwrap();
+        layout.offset(Zone::ClientReplies, (slot * SECTOR_SIZE) as u64)
+    };
+    let at = sector_of(&harness, rotten) as usize;
     harness.storage.bytes_mut()[at + 100] ^= 1;
+    let at = sector_of(&harness, unreadable);
+    harness.storage.unreadable(at..at + SECTOR_SIZE as u64);
     harness.crash_and_restart();
+    assert_eq!(harness.replica.metrics().client_replies_chunks_unreadable, 1);
     let resent = harness.replica.metrics().replies_resent;
     for (client, reply) in (1..40).zip(replies) {
         let answer = harness.call(ClientId(client), 1, Operation::Append, &body);
         assert_eq!(answer.len(), 1);
-        if ClientId(client) == rotten {
+        if ClientId(client) == rotten || ClientId(client) == unreadable {
             assert_eq!(answer[0].header().command(), Some(Command::Eviction));
         } else {
             assert_eq!(*answer[0].header(), reply, "client {client}");
         }
     }
-    assert_eq!(harness.replica.metrics().replies_resent, resent + 38);
+    assert_eq!(harness.replica.metrics().replies_resent, resent + 37);
 }
 
 mod event_store {
