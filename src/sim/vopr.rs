@@ -482,6 +482,20 @@ mod tests {
     }
 
     #[test]
+    fn state_sync_never_lets_a_rotten_chunk_write_land_after_its_refetch() {
+        // Goal: the seed that found it (a campaign of 2026-12-07): a rejoining replica
+        // state-syncs a block whose source copy is rotten, finds the block bad and fetches it
+        // again; the sound copy's write must not be overtaken by the rotten one still in
+        // flight (the disk completes writes in any order). It failed with replicas holding
+        // different bytes of one block at the same checkpoint.
+        let seed = 5531984660257967767;
+        let (summary, result) = simulate(&options_from_seed(seed, None, None));
+        assert_eq!(result, Ok(()), "kimberlite vopr --seed={seed}");
+        let deferred = summary.replica_metrics.sync_chunks_deferred_behind_writes;
+        assert!(deferred > 0, "the seed no longer reaches the refetch: {summary:?}");
+    }
+
+    #[test]
     fn same_seed_same_trace_and_different_seeds_differ() {
         // Goal: determinism: a seed replays to the same trace hash; another seed does not.
         let seed = 42;

@@ -202,6 +202,9 @@ crate::vsr::counters::counters! {
 pub struct Metrics {
     pub requests_received: u64,
     pub requests_dropped: u64,
+    /// State-sync chunks of a block fetched again that waited for the writes of its failed
+    /// attempt to land (which may otherwise complete after the new ones).
+    pub sync_chunks_deferred_behind_writes: u64,
     /// Chunks of the client_replies zone whose read failed at open, read again a sector at a
     /// time.
     pub client_replies_chunks_unreadable: u64,

@@ -125,6 +125,11 @@ pub(super) struct SyncState {
     /// passes its own checksum.
     block_placed: bool,
     writes: usize,
+    /// `block_next` failed its check and is fetched again (or the fetch started over, at a
+    /// newer checkpoint): its new chunks are taken only once the writes of the earlier attempt
+    /// have landed, for two writes in flight to one place may complete in either order, and
+    /// the rotten one must not land last.
+    refetch_after_writes: bool,
     serving: [Option<Serving>; SYNC_READS_MAX],
 }
 
@@ -144,6 +149,7 @@ impl SyncState {
             block_checksum: Checksum(0),
             block_placed: false,
             writes: 0,
+            refetch_after_writes: false,
             serving: [None; SYNC_READS_MAX],
         }
     }
@@ -376,6 +382,7 @@ impl Replica {
         self.sync.source = header.replica;
         self.sync.block_next = self.state_machine.grid_head().min(body.grid_head);
         self.sync.chunks.reset();
+        self.sync.refetch_after_writes = true;
         self.sync.phase = Phase::Blocks;
         self.sync_request_blocks(storage);
     }
@@ -552,6 +559,14 @@ impl Replica {
         if !fetching || self.sync.writes >= SYNC_WRITES_MAX {
             return;
         }
+        if self.sync.refetch_after_writes {
+            if self.sync.writes > 0 {
+                // Asked again by the sync timeout once they have.
+                self.metrics.sync_chunks_deferred_behind_writes += 1;
+                return;
+            }
+            self.sync.refetch_after_writes = false;
+        }
         let Some(chunk) = self.block_chunk_index(message) else {
             return;
         };
@@ -597,8 +612,9 @@ impl Replica {
         self.sync.chunks.reset();
         if checksum != self.sync.block_checksum || !self.sync.block_placed {
             // A chunk was torn or rotten at its source, or the source's block is another's
-            // (a misdirected write): fetch the block again.
+            // (a misdirected write): fetch the block again, over writes that landed first.
             self.metrics.messages_invalid += 1;
+            self.sync.refetch_after_writes = true;
             return;
         }
         self.sync.block_next += 1;
