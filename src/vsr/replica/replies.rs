@@ -21,6 +21,8 @@ use crate::constants::{CLIENT_REPLIES_IOS_MAX, HEADER_SIZE, REPLY_SIZE_MAX, SECT
 use crate::vsr::header::{Checksum, ClientId, Command, EvictionReason, Header};
 use crate::vsr::layout::Zone;
 use crate::vsr::message_pool::{Message, Sector};
+use zerocopy::IntoBytes;
+
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
 
 static_assertions::const_assert_eq!(REPLY_SIZE_MAX, SECTOR_SIZE);
@@ -145,14 +147,12 @@ impl Replica {
             }
             self.replies.dirty[slots.clone()].fill(false);
             let mut buffer = self.pool.get();
-            let bytes = buffer.buffer_mut_unique();
-            for (index, slot) in slots.clone().enumerate() {
-                bytes[index * SECTOR_SIZE..][..SECTOR_SIZE]
-                    .copy_from_slice(&self.replies.sectors[slot].0);
-            }
+            let sectors = self.replies.sectors[slots.clone()].as_bytes();
+            buffer.buffer_mut_unique()[..sectors.len()].copy_from_slice(sectors);
             self.replies.ios += 1;
             // The checkpoint's superblock update, which waits for it, syncs it first.
-            let request = self.client_replies_io(chunk, IoKind::WriteCached);
+            let mut request = self.client_replies_io(chunk as u32, slots);
+            request.kind = IoKind::WriteCached;
             storage.submit(request, buffer);
         }
         self.replies.ios == 0 && !self.replies.dirty.contains(&true)
@@ -165,10 +165,7 @@ impl Replica {
             && let Some(slot) = self.replies.read_sectors.pop()
         {
             self.replies.ios += 1;
-            let mut request = self.client_replies_io(slot / self.replies.chunk_slots, IoKind::Read);
-            request.token.index = TOKEN_SECTOR | slot as u32;
-            request.offset = self.layout.offset(Zone::ClientReplies, (slot * SECTOR_SIZE) as u64);
-            request.length = SECTOR_SIZE;
+            let request = self.client_replies_io(TOKEN_SECTOR | slot as u32, slot..slot + 1);
             storage.submit(request, self.pool.get());
         }
         while self.replies.ios < CLIENT_REPLIES_IOS_MAX
@@ -178,7 +175,7 @@ impl Replica {
             self.replies.read_chunk_next += 1;
             if self.replies.chunk_slots(chunk).any(|slot| self.reply_stored(slot)) {
                 self.replies.ios += 1;
-                let request = self.client_replies_io(chunk, IoKind::Read);
+                let request = self.client_replies_io(chunk as u32, self.replies.chunk_slots(chunk));
                 storage.submit(request, self.pool.get());
             }
         }
@@ -193,13 +190,13 @@ impl Replica {
         record.client != ClientId(0) && record.reply_size as usize >= HEADER_SIZE
     }
 
-    /// The I/O of chunk `chunk` of the client_replies zone.
-    fn client_replies_io(&self, chunk: usize, kind: IoKind) -> IoRequest {
-        let slots = self.replies.chunk_slots(chunk);
+    /// A read of the sectors of sessions `slots` (a chunk, or one session's), under token
+    /// `index`; the checkpoint turns it into a write.
+    fn client_replies_io(&self, index: u32, slots: std::ops::Range<usize>) -> IoRequest {
         let offset = self.layout.offset(Zone::ClientReplies, (slots.start * SECTOR_SIZE) as u64);
         IoRequest {
-            token: IoToken { owner: IoOwner::ClientReplies, index: chunk as u32 },
-            kind,
+            token: IoToken { owner: IoOwner::ClientReplies, index },
+            kind: IoKind::Read,
             zone: Zone::ClientReplies,
             offset,
             length: slots.len() * SECTOR_SIZE,
