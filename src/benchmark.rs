@@ -126,9 +126,10 @@ pub fn run(options: &Options) -> Result<Results, String> {
     }
     if options.clients > CLIENTS_MAX {
         // Each session needs a slot in the replicas' session table (`clients_max`, at most
-        // CLIENTS_MAX): more would evict one another.
+        // CLIENTS_MAX): more would evict one another. The embedded cluster is formatted for
+        // `--clients` sessions; a cluster of `--addresses` must have been.
         return Err(format!(
-            "--clients must be at most {CLIENTS_MAX}, the size of a replica's session table"
+            "--clients must be at most {CLIENTS_MAX}, the largest session table a replica has"
         ));
     }
     if options.client_threads == Some(0) {
@@ -195,6 +196,7 @@ impl LocalCluster {
             let path = self.directory.join(format!("0_{replica}.kimberlite"));
             let mut config = Config::new(self.cluster, ReplicaIndex(replica), count);
             config.grid_size = grid_size_for(options);
+            config.clients_max = config.clients_max.max(options.clients as u32);
             eprintln!(
                 "benchmark: formatting {} (grid {} MiB)",
                 path.display(),

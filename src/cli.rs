@@ -5,7 +5,7 @@ use crate::arguments::{Arguments, parse_addresses};
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 
-use crate::constants::{BLOCK_SIZE, REPLICAS_MAX};
+use crate::constants::{BLOCK_SIZE, CLIENTS_MAX, REPLICAS_MAX};
 use crate::sim::vopr::Invocation;
 use crate::vsr::header::ClusterId;
 use crate::vsr::header::ReplicaIndex;
@@ -13,7 +13,8 @@ use crate::vsr::layout::Config;
 
 const USAGE: &str = "\
 usage:
-  kimberlite format --cluster=ID --replica=I --replica-count=N [--grid-size=SIZE] [--rejoin] PATH
+  kimberlite format --cluster=ID --replica=I --replica-count=N [--grid-size=SIZE]
+                    [--clients-max=N] [--rejoin] PATH
   kimberlite start --addresses=ADDRESS[,ADDRESS...] PATH
   kimberlite inspect PATH
   kimberlite benchmark [--addresses=...] [--cluster=ID] [--replica-count=N] [--clients=N]
@@ -102,6 +103,15 @@ fn format_config(arguments: &Arguments) -> Result<Config, String> {
             ));
         }
     }
+    if arguments.flag("clients-max").is_some() {
+        let clients_max: u64 = arguments.integer("clients-max")?;
+        if clients_max == 0 || clients_max > CLIENTS_MAX as u64 {
+            return Err(format!(
+                "--clients-max={clients_max}: client sessions must be 1 to {CLIENTS_MAX}"
+            ));
+        }
+        config.clients_max = clients_max as u32;
+    }
     match config.invalid() {
         Some(reason) => Err(reason.to_string()),
         None => Ok(config),
@@ -109,7 +119,7 @@ fn format_config(arguments: &Arguments) -> Result<Config, String> {
 }
 
 fn command_format(arguments: &[String]) -> Result<(), String> {
-    let allowed = ["cluster", "replica", "replica-count", "grid-size", "rejoin"];
+    let allowed = ["cluster", "replica", "replica-count", "grid-size", "clients-max", "rejoin"];
     let arguments = Arguments::parse(arguments, &allowed)?;
     let config = format_config(&arguments)?;
     let path = arguments.path()?;
@@ -132,10 +142,11 @@ fn command_format(arguments: &[String]) -> Result<(), String> {
     }
     .map_err(|error| error.to_string())?;
     println!(
-        "formatted {path}: cluster={} replica={}/{} size={} bytes in {:.2} s",
+        "formatted {path}: cluster={} replica={}/{} clients_max={} size={} bytes in {:.2} s",
         config.cluster,
         config.replica,
         config.replica_count,
+        config.clients_max,
         report.size_bytes,
         report.elapsed.as_secs_f64(),
     );
@@ -279,7 +290,7 @@ mod tests {
     }
 
     fn format_error(arguments: &[&str]) -> String {
-        let allowed = ["cluster", "replica", "replica-count", "grid-size"];
+        let allowed = ["cluster", "replica", "replica-count", "grid-size", "clients-max"];
         let arguments = Arguments::parse(&strings(arguments), &allowed);
         match arguments.and_then(|arguments| format_config(&arguments)) {
             Ok(config) => panic!("expected an error, got {config:?}"),
@@ -305,7 +316,7 @@ mod tests {
         // made (`run` checks them first), including more clients than a session table holds.
         let bad = [
             (vec!["--clients=0"], "--clients, --events and --streams must be at least 1"),
-            (vec!["--clients=65"], "--clients must be at most 64"),
+            (vec!["--clients=8193"], "--clients must be at most 8192"),
             (vec!["--event-size=0"], "--event-size must be at least 1"),
             (vec!["--client-threads=0"], "--client-threads must be at least 1"),
             (vec!["--rate=0"], "--rate must be a positive number"),
@@ -346,6 +357,11 @@ mod tests {
             format_error(&["--cluster=x", "--replica=0", "--replica-count=3"])
                 .contains("not a valid number")
         );
+        for clients_max in ["--clients-max=0", "--clients-max=8193"] {
+            let mut clients = base.to_vec();
+            clients.push(clients_max);
+            assert!(format_error(&clients).contains("client sessions must be 1 to 8192"));
+        }
         let mut unknown = base.to_vec();
         unknown.push("--colour=blue");
         assert!(format_error(&unknown).contains("unknown option"));

@@ -70,8 +70,17 @@ pub const APPEND_BATCHES_MAX: usize = (REPLY_SIZE_MAX - HEADER_SIZE) / 16;
 /// reply sectors, one message buffer long), at open and at a checkpoint.
 pub const CLIENT_REPLIES_IOS_MAX: usize = 2;
 
-/// Client sessions a replica keeps (and client_replies slots on disk).
-pub const CLIENTS_MAX: usize = 64;
+/// The most client sessions a data file may be formatted for (`format --clients-max`): it
+/// sizes the superblock's session trailer (`SUPERBLOCK_SESSIONS_SIZE_MAX`), 384 KiB a copy.
+pub const CLIENTS_MAX: usize = 8192;
+
+/// Client sessions a data file keeps unless formatted otherwise: enough for a fleet of
+/// application processes; each costs its reply sector on disk and in memory (4 KiB) and its
+/// connection's small buffers (40 KiB).
+pub const CLIENTS_DEFAULT: usize = 1024;
+
+/// The size of one checkpointed client session (`ClientSessionRecord`).
+pub const CLIENT_SESSION_RECORD_SIZE: usize = 48;
 
 /// The most replicas in a cluster (2f + 1 with f = 3).
 pub const REPLICAS_MAX: usize = 7;
@@ -86,9 +95,25 @@ pub const SUPERBLOCK_QUORUM_VERIFY: usize = 3;
 /// open always sees the newest completed update.
 pub const SUPERBLOCK_QUORUM_OPEN: usize = 2;
 
-/// The size of one superblock copy: two sectors, written in one write (a torn copy fails its
-/// checksum, and the other copies stand in).
-pub const SUPERBLOCK_COPY_SIZE: usize = 2 * SECTOR_SIZE;
+/// The size of a superblock copy's header: two sectors. A copy is its header and then the
+/// session trailer (one `ClientSessionRecord` per session of `clients_max`, whose checksum the
+/// header holds), written in one write (a torn copy fails a checksum, and the other copies
+/// stand in).
+pub const SUPERBLOCK_HEADER_SIZE: usize = 2 * SECTOR_SIZE;
+
+/// The most bytes a copy's session trailer takes: `CLIENTS_MAX` records, in whole sectors.
+pub const SUPERBLOCK_SESSIONS_SIZE_MAX: usize =
+    (CLIENTS_MAX * CLIENT_SESSION_RECORD_SIZE).div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
+
+/// The distance between two copies: the largest copy. A copy's place must not depend on the
+/// configuration, which is only known once a copy has been read.
+pub const SUPERBLOCK_COPY_SIZE: usize = SUPERBLOCK_HEADER_SIZE + SUPERBLOCK_SESSIONS_SIZE_MAX;
+
+/// The bytes a copy of a data file formatted for `clients_max` sessions takes.
+pub const fn superblock_copy_size(clients_max: usize) -> usize {
+    let sessions = clients_max * CLIENT_SESSION_RECORD_SIZE;
+    SUPERBLOCK_HEADER_SIZE + sessions.div_ceil(SECTOR_SIZE) * SECTOR_SIZE
+}
 
 /// Log-suffix headers the superblock keeps for view changes (the pipeline plus the head).
 pub const VIEW_HEADERS_MAX: usize = PIPELINE_PREPARE_QUEUE_MAX + 1;
@@ -137,8 +162,14 @@ pub const TICK_MS: u64 = 10;
 /// The io_uring submission queue size.
 pub const IO_ENTRIES: u32 = 256;
 
-/// In-flight io_uring operations of all kinds (disk and network) a replica can have.
-pub const IO_OPERATIONS_MAX: usize = 512;
+/// In-flight io_uring disk operations a replica can have.
+pub const IO_OPERATIONS_DISK_MAX: usize = 512;
+
+/// In-flight io_uring operations of all kinds a replica can have: the disk's, and the bus's (an
+/// accept, and per connection a receive and a send, or a connect, or a close) for the most
+/// clients a data file may be formatted for. The ring is set up before the data file's
+/// configuration is read; a slot costs a few dozen bytes.
+pub const IO_OPERATIONS_MAX: usize = IO_OPERATIONS_DISK_MAX + 1 + 2 * connections_max(CLIENTS_MAX);
 
 /// Completions drained from the ring in one go before any is dispatched.
 pub const IO_COMPLETIONS_BATCH_MAX: usize = 256;
@@ -152,7 +183,7 @@ pub const FORMAT_WRITES_IN_FLIGHT: usize = 4;
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The data-file format version carried by the superblock.
-pub const SUPERBLOCK_VERSION: u16 = 3;
+pub const SUPERBLOCK_VERSION: u16 = 4;
 
 /// Ops between checkpoints for a journal of `slot_count` slots. A checkpoint must be durable
 /// before the ring wraps over the ops it covers, so a replica takes no prepare beyond its
@@ -170,11 +201,25 @@ pub const fn checkpoint_interval_ops(slot_count: u64) -> u64 {
 
 // The replica: queues, the pipeline, repair, and its timeouts (in ticks of `TICK_MS`).
 
-/// Messages the replica may have queued for the bus at once.
-pub const OUTBOX_MAX: usize = CLIENTS_MAX + 2 * PIPELINE_PREPARE_QUEUE_MAX + 8;
+// Limits that grow with the client sessions a data file was formatted for (`clients_max`): the
+// replica sizes its tables from them at startup.
 
-/// Requests waiting for room in the pipeline.
-pub const REQUEST_QUEUE_MAX: usize = CLIENTS_MAX;
+/// Messages the replica may have queued for the bus at once: a reply to every client, a
+/// pipeline to the peers, and some.
+pub const fn outbox_max(clients_max: usize) -> usize {
+    clients_max + 2 * PIPELINE_PREPARE_QUEUE_MAX + 8
+}
+
+/// Requests waiting for room in the pipeline: one per client.
+pub const fn request_queue_max(clients_max: usize) -> usize {
+    clients_max
+}
+
+/// Queued requests in full-size buffers (larger than a small one) at once; a large request
+/// beyond this gets a busy answer. Large requests are not packed together, so a deeper queue of
+/// them adds latency, not throughput: 64 clients of 1 MiB batches queue without a busy answer
+/// (a cap of 16 turned 32 such clients into a storm of retries).
+pub const REQUEST_QUEUE_LARGE_MAX: usize = 64;
 
 /// Prepares a backup keeps in memory above what it executed. The primary keeps at most
 /// `PIPELINE_PREPARE_QUEUE_MAX` uncommitted, and a backup learns of commits a pipeline later,
@@ -279,7 +324,9 @@ pub const JOURNAL_COMPLETIONS_MAX: usize = 2 * JOURNAL_IOPS_WRITE_MAX + JOURNAL_
 /// Connections a replica keeps: one per peer replica, its clients, and one for a newcomer that
 /// has not said who it is yet (so that a lower replica reconnecting, or a client, finds room
 /// while the old connection it replaces is still open).
-pub const CONNECTIONS_MAX: usize = REPLICAS_MAX + CLIENTS_MAX;
+pub const fn connections_max(clients_max: usize) -> usize {
+    REPLICAS_MAX + clients_max
+}
 
 /// Messages queued for sending on one connection.
 pub const CONNECTION_SEND_QUEUE_MAX: usize = 4;
@@ -351,11 +398,18 @@ pub const GRID_WRITES_PIPELINE: usize = 4;
 /// Ticks between two log lines about invalid peer messages.
 pub const INVALID_LOG_TICKS: u64 = 1_000;
 
-/// Connections waiting in the kernel to be accepted.
-pub const LISTEN_BACKLOG: i32 = 64;
+/// Connections waiting in the kernel to be accepted: room for every client to connect at once
+/// (the kernel caps it at `net.core.somaxconn`, 4096 by default). Beyond the backlog the kernel
+/// drops a SYN, and the client's connect waits a second for its retransmission: with a backlog
+/// of 64, 1,024 clients starting together took 28 s to connect.
+pub const fn listen_backlog(clients_max: usize) -> i32 {
+    connections_max(clients_max) as i32
+}
 
-/// Messages received and not yet taken by the driver.
-pub const INBOX_MAX: usize = CONNECTIONS_MAX;
+/// Messages received and not yet taken by the driver: one per connection.
+pub const fn inbox_max(clients_max: usize) -> usize {
+    connections_max(clients_max)
+}
 
 /// Buffers the bus leaves in the pool for the replica: it takes a receive buffer only while
 /// more than this many are free.
@@ -402,7 +456,9 @@ const_assert!(MESSAGE_SIZE_SMALL < MESSAGE_SIZE_MAX_MIN);
 const_assert!(REPLY_SIZE_MAX <= MESSAGE_SIZE_SMALL);
 const_assert!(SUPERBLOCK_QUORUM_VERIFY + SUPERBLOCK_QUORUM_OPEN > SUPERBLOCK_COPIES);
 const_assert!(SUPERBLOCK_QUORUM_VERIFY <= SUPERBLOCK_COPIES);
-const_assert!(SUPERBLOCK_COPY_SIZE.is_multiple_of(SECTOR_SIZE));
+const_assert!(SUPERBLOCK_HEADER_SIZE.is_multiple_of(SECTOR_SIZE));
+const_assert!(SUPERBLOCK_COPY_SIZE == superblock_copy_size(CLIENTS_MAX));
+const_assert!(CLIENTS_DEFAULT <= CLIENTS_MAX);
 const_assert!(BLOCK_SIZE.is_multiple_of(SECTOR_SIZE));
 const_assert!(GRID_SCRUB_BLOCK_TICKS >= 1);
 const_assert!((PREPARE_TIMEOUT_TICKS << TIMEOUT_BACKOFF_ATTEMPTS_MAX) * 2 < PRIMARY_ABDICATE_TICKS);

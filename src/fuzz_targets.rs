@@ -11,7 +11,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::constants::{
     FORMAT_WRITE_SIZE, FORMAT_WRITES_IN_FLIGHT, HEADER_SIZE, JOURNAL_IOPS_READ_MAX,
     JOURNAL_IOPS_WRITE_MAX, PIPELINE_PREPARE_QUEUE_MAX, SECTOR_SIZE, SUPERBLOCK_COPIES,
-    SUPERBLOCK_COPY_SIZE,
+    SUPERBLOCK_COPY_SIZE, SUPERBLOCK_HEADER_SIZE,
 };
 use crate::sim::storage::MemoryStorage;
 use crate::vsr::format::format;
@@ -101,7 +101,7 @@ fn superblock_valid_image(storage: &mut MemoryStorage, updates: u8) {
     for copy in 0..SUPERBLOCK_COPIES {
         superblock.copy = copy as u16;
         let offset = copy * SUPERBLOCK_COPY_SIZE;
-        storage.bytes_mut()[offset..offset + SUPERBLOCK_COPY_SIZE]
+        storage.bytes_mut()[offset..offset + SUPERBLOCK_HEADER_SIZE]
             .copy_from_slice(superblock.as_bytes());
     }
     let mut superblock = SuperBlock::open_blocking(storage).expect("formatted image opens");
@@ -109,7 +109,7 @@ fn superblock_valid_image(storage: &mut MemoryStorage, updates: u8) {
         let mut state = superblock.working().vsr_state();
         state.view = View(state.view.get() + u32::from(update) + 1);
         state.commit_max += 3;
-        superblock.update_blocking(storage, &state).expect("update of a healthy image");
+        superblock.update_blocking(storage, &state, None).expect("update of a healthy image");
     }
 }
 

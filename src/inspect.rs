@@ -15,6 +15,7 @@ use std::path::Path;
 use crate::constants::{BLOCK_SIZE, JOURNAL_IOPS_READ_MAX};
 use crate::io::IoStorage;
 use crate::state_machine::grid_block_invalid;
+use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::header::ClientId;
 use crate::vsr::header::View;
 use crate::vsr::header::{Checksum, checksum_chain};
@@ -58,7 +59,7 @@ pub fn inspect_file(path: &Path) -> Result<InspectReport, String> {
         "  quorum: sequence {} (checksum {:08x})",
         working.sequence, working.checksum
     );
-    write_config(&mut text, &working);
+    write_config(&mut text, &working, superblock.working_sessions());
     let layout = Layout::new(&working.config());
     if size_bytes < layout.file_size() {
         let _ = writeln!(
@@ -144,7 +145,7 @@ grid:"
     Ok(usable)
 }
 
-fn write_config(text: &mut String, working: &SuperBlockHeader) {
+fn write_config(text: &mut String, working: &SuperBlockHeader, sessions: &[ClientSessionRecord]) {
     let config = working.config();
     let layout = Layout::new(&config);
     let _ = writeln!(text, "\nconfig:");
@@ -186,13 +187,8 @@ fn write_config(text: &mut String, working: &SuperBlockHeader) {
         working.vsr_state.streams_table_address,
         working.vsr_state.streams_table_blocks
     );
-    let sessions = working
-        .vsr_state
-        .client_sessions
-        .iter()
-        .filter(|record| record.client != ClientId(0))
-        .count();
-    let _ = writeln!(text, "  client sessions: {sessions}");
+    let sessions = sessions.iter().filter(|record| record.client != ClientId(0)).count();
+    let _ = writeln!(text, "  client sessions: {sessions} of {}", working.clients_max);
 }
 
 fn write_journal(text: &mut String, report: &RecoveryReport) {

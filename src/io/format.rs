@@ -112,7 +112,7 @@ fn write_and_sync(
         let mut state = superblock.working().vsr_state();
         state.log_lost = 1;
         superblock
-            .update_blocking(&mut storage, &state)
+            .update_blocking(&mut storage, &state, None)
             .map_err(|_| io_error("marking the superblock log_lost", IoError::Errno(libc::EIO)))?;
     }
     // fsync, not fdatasync: the file's length and block map are new metadata.

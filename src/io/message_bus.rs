@@ -31,14 +31,14 @@
 //! keep anyone else out. It has `IDENTIFY_TICKS_MAX` ticks to deliver a valid message, or it is
 //! closed. When every slot is taken, the oldest unidentified connection gives way to the new
 //! one (which waits, unreceived, until the slot is free). Identified clients may hold at most
-//! `CONNECTIONS_MAX - replica_count` slots, which leaves one slot for each lower replica and one
-//! for a newcomer: a replica's connection never competes with clients, and competes with
-//! unidentified ones only for the moment before its first message. Closures for these reasons
-//! are counted, and logged together at most once every `SHED_LOG_TICKS`.
+//! `connections_max(clients_max) - replica_count` slots, which leaves one slot for each lower
+//! replica and one for a newcomer: a replica's connection never competes with clients, and
+//! competes with unidentified ones only for the moment before its first message. Closures for
+//! these reasons are counted, and logged together at most once every `SHED_LOG_TICKS`.
 //!
 //! # Back-pressure
 //!
-//! Nothing waits on a peer and nothing grows. The inbox is fixed (`INBOX_MAX`): when it is
+//! Nothing waits on a peer and nothing grows. The inbox is fixed (`inbox_max`): when it is
 //! full, or when taking a buffer would eat into the pool's reserve (`BUS_POOL_RESERVE`), the
 //! connection keeps its finished message and stops receiving; `flush` resumes it once the
 //! driver has drained the inbox. Sending, each connection has a queue of
@@ -62,13 +62,14 @@ use static_assertions::const_assert;
 
 use crate::constants::{
     BUS_POOL_RESERVE, CLIENT_RECEIVES_LARGE_MAX, CLIENT_SENDS_LARGE_MAX, CLIENTS_MAX,
-    CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, HEADER_SIZE, IDENTIFY_TICKS_MAX, INBOX_LARGE_MAX,
-    INBOX_MAX, IO_OPERATIONS_MAX, LISTEN_BACKLOG, RECEIVE_LARGE_TICKS_MAX,
-    RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX,
-    SEND_STALL_TICKS_MAX, SHED_LOG_TICKS, SOCKET_BUFFER_SIZE_MAX, TICK_MS,
+    CONNECTION_SEND_QUEUE_MAX, HEADER_SIZE, IDENTIFY_TICKS_MAX, INBOX_LARGE_MAX,
+    RECEIVE_LARGE_TICKS_MAX, RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN,
+    REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SEND_STALL_TICKS_MAX, SHED_LOG_TICKS,
+    SOCKET_BUFFER_SIZE_MAX, TICK_MS, connections_max, inbox_max, listen_backlog,
 };
 use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
+use crate::stdx::id_index::IdIndex;
 use crate::stdx::prng::Prng;
 use crate::vsr::accept::{
     Accepted, Reject, Sender, accept_bytes, accept_framed, accept_header, command_sender,
@@ -79,18 +80,15 @@ use crate::vsr::storage::IoError;
 
 mod replicas;
 
-// The bus's operations (an accept, and a connect, a receive and a send, or a close per
-// connection) leave most of the ring's slots to the disk.
-const_assert!(2 * CONNECTIONS_MAX < IO_OPERATIONS_MAX / 2);
-const_assert!(INBOX_MAX >= 1);
+// The ring has room for the bus's operations besides the disk's (`io_operations_max_replica`).
 const_assert!(CONNECTION_SEND_QUEUE_MAX >= 1);
 const_assert!(REPLICA_SEND_QUEUE_MAX >= CONNECTION_SEND_QUEUE_MAX);
 // Every peer replica has a connection slot even with the clients' all taken.
-const_assert!(CONNECTIONS_MAX >= REPLICAS_MAX - 1);
+const_assert!(connections_max(1) >= REPLICAS_MAX - 1);
 const_assert!(RECONNECT_DELAY_TICKS_MIN >= 1);
 const_assert!(RECONNECT_DELAY_TICKS_MIN < RECONNECT_DELAY_TICKS_MAX);
 // Clients leave a slot for every peer replica and one for a newcomer.
-const_assert!(CONNECTIONS_MAX - REPLICAS_MAX >= CLIENTS_MAX);
+const_assert!(connections_max(CLIENTS_MAX) - REPLICAS_MAX >= CLIENTS_MAX);
 const_assert!(IDENTIFY_TICKS_MAX >= 1 && IDENTIFY_TICKS_MAX < SEND_STALL_TICKS_MAX);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +115,14 @@ enum Peer {
     Client(ClientId),
     /// A peer replica: dialed by this one, or accepted and identified by its first message.
     Replica(ReplicaIndex),
+}
+
+/// The id of a client peer, or 0 (not a client's, or superseded).
+fn peer_client(peer: Peer) -> u64 {
+    match peer {
+        Peer::Client(client) => client.get(),
+        Peer::Unknown | Peer::Replica(_) => 0,
+    }
 }
 
 /// Why a connection ends.
@@ -289,6 +295,13 @@ pub struct MessageBus {
     /// `replica + 1 + k`; accepted connections take the slots after them, so that dialing
     /// always finds its slot.
     connections: Box<[Connection]>,
+    /// The connection of each identified client (`Peer::Client` with a nonzero id).
+    clients: IdIndex,
+    /// A connection stopped receiving for want of room in the inbox or the pool: `flush`
+    /// looks for it (and otherwise scans nothing).
+    receives_paused: bool,
+    clients_max: usize,
+    inbox_max: usize,
     /// `addresses[i]` is replica i's, once `connect_to_replicas` set them.
     addresses: [Option<SocketAddr>; REPLICAS_MAX],
     /// The connected (and, if accepted, identified) connection of each peer replica.
@@ -308,21 +321,25 @@ impl MessageBus {
     /// Allocates the connection table, the send queues and the inbox: every allocation the bus
     /// makes. The bus belongs to `replica` of a cluster of `replica_count`. Messages bigger than
     /// `message_size_max` (from the data file's config) are refused; `pool`'s buffers, shared
-    /// with the replica, must hold one.
+    /// with the replica, must hold one. `clients_max` (the data file's too) sizes the
+    /// connection table.
     pub fn new(
         pool: MessagePool,
         cluster: ClusterId,
         replica: ReplicaIndex,
         replica_count: u8,
         message_size_max: usize,
+        clients_max: usize,
     ) -> MessageBus {
+        assert!((1..=CLIENTS_MAX).contains(&clients_max));
         assert!(replica_count >= 1 && usize::from(replica_count) <= REPLICAS_MAX);
         assert!(replica < ReplicaIndex(replica_count));
         assert!(message_size_max >= HEADER_SIZE);
         assert!(pool.buffer_size() >= message_size_max);
         let socket_buffer_size_bytes =
             (REPLICA_SEND_QUEUE_MAX * message_size_max).min(SOCKET_BUFFER_SIZE_MAX);
-        let connections = (0..CONNECTIONS_MAX)
+        let connections_max = connections_max(clients_max);
+        let connections: Box<[Connection]> = (0..connections_max)
             .map(|_| Connection {
                 state: ConnectionState::Free,
                 generation: 0,
@@ -360,11 +377,15 @@ impl MessageBus {
             accept_pending: None,
             shed_logged: (BusMetrics::default(), None),
             connections,
+            clients: IdIndex::new(connections_max),
+            receives_paused: false,
+            clients_max,
+            inbox_max: inbox_max(clients_max),
             addresses: [None; REPLICAS_MAX],
             replica_connections: [None; REPLICAS_MAX],
             dials: [dial; REPLICAS_MAX],
             prng: Prng::new(cluster.get() ^ (u64::from(replica.get()) << 56)),
-            inbox: VecDeque::with_capacity(INBOX_MAX),
+            inbox: VecDeque::with_capacity(inbox_max(clients_max)),
             inbox_large: 0,
             ticks: 0,
             metrics: BusMetrics::default(),
@@ -375,7 +396,7 @@ impl MessageBus {
     /// port the kernel chose, for port 0).
     pub fn listen(&mut self, io: &mut Io, address: SocketAddr) -> std::io::Result<SocketAddr> {
         assert!(self.listener.is_none(), "the bus listens on one address");
-        let listener = socket::listen(address, LISTEN_BACKLOG)?;
+        let listener = socket::listen(address, listen_backlog(self.clients_max))?;
         let bound = socket::local_address(listener.as_raw_fd())?;
         self.listener = Some(listener);
         self.accept_submit(io);
@@ -396,10 +417,7 @@ impl MessageBus {
     /// the client is not connected or its send queue is full.
     pub fn send_to_client(&mut self, io: &mut Io, client: ClientId, message: Message) -> bool {
         assert_ne!(client, ClientId::NONE);
-        let found = self.connections.iter().position(|connection| {
-            connection.state == ConnectionState::Connected
-                && connection.peer == Peer::Client(client)
-        });
+        let found = self.client_connection(client);
         let large = self.pool.is_large(&message);
         if large && self.client_sends_large() >= CLIENT_SENDS_LARGE_MAX {
             // Read replies to clients that do not drain them: the clients read again.
@@ -501,6 +519,10 @@ impl MessageBus {
     /// Resumes the connections that stopped receiving for want of room in the inbox or the
     /// pool. Call after draining the inbox.
     pub fn flush(&mut self, io: &mut Io) {
+        if !self.receives_paused {
+            return;
+        }
+        self.receives_paused = false;
         for index in 0..self.connections.len() {
             let connection = &self.connections[index];
             if connection.state == ConnectionState::Connected && !connection.receive_in_flight {
@@ -613,7 +635,7 @@ impl MessageBus {
                 "message bus: refusing {}: all {} connections for clients and lower replicas \
                  in use, and identified (logged once until one closes)",
                 AddressDisplay(address),
-                CONNECTIONS_MAX - dialed_count,
+                self.connections.len() - dialed_count,
             );
         }
         socket::close(fd);
@@ -698,14 +720,14 @@ impl MessageBus {
         if self.connections[index].receive_buffer.is_none() {
             match self.buffer_take(index, 0) {
                 Some(buffer) => self.receive_buffer_set(index, buffer),
-                None => return, // `flush` retries.
+                None => return self.receive_pause(),
             }
         }
         loop {
             match self.frame(index) {
                 Frame::Incomplete => {
                     if !self.receive_room(index) {
-                        return; // `flush` retries.
+                        return self.receive_pause();
                     }
                     break;
                 }
@@ -716,13 +738,18 @@ impl MessageBus {
                     }
                     match self.deliver(index) {
                         Ok(true) => {}
-                        Ok(false) => return, // `flush` retries.
+                        Ok(false) => return self.receive_pause(),
                         Err(reject) => return self.reject(io, index, reject),
                     }
                 }
             }
         }
         self.receive_submit(io, index);
+    }
+
+    /// A connection stops receiving until `flush` finds room for it.
+    fn receive_pause(&mut self) {
+        self.receives_paused = true;
     }
 
     /// Validates what the receive buffer holds, as far as it goes.
@@ -802,7 +829,7 @@ impl MessageBus {
     /// let it through, carrying the bytes after it into a fresh buffer. Returns false if there
     /// is no room for either.
     fn deliver(&mut self, index: usize) -> Result<bool, Reject> {
-        if self.inbox.len() >= INBOX_MAX {
+        if self.inbox.len() >= self.inbox_max {
             return Ok(false);
         }
         let connection = &self.connections[index];
@@ -938,7 +965,36 @@ impl MessageBus {
 
     /// Connections that clients may hold: all but one per peer replica and one for a newcomer.
     fn client_connections_max(&self) -> usize {
-        CONNECTIONS_MAX - usize::from(self.replica_count)
+        self.connections.len() - usize::from(self.replica_count)
+    }
+
+    /// The connection of `client`, if it has one (connected: closing forgets the peer).
+    fn client_connection(&self, client: ClientId) -> Option<usize> {
+        assert_ne!(client, ClientId::NONE);
+        let index = self.clients.find(client.get(), |at| self.connection_client(at))?;
+        assert_eq!(self.connections[index].state, ConnectionState::Connected);
+        Some(index)
+    }
+
+    /// The id of the client on connection `index`, or 0.
+    fn connection_client(&self, index: usize) -> u64 {
+        peer_client(self.connections[index].peer)
+    }
+
+    /// Changes the peer of connection `index`, keeping `clients` in step.
+    fn peer_set(&mut self, index: usize, peer: Peer) {
+        let old = self.connection_client(index);
+        if old != 0 {
+            let connections = &self.connections;
+            self.clients.remove(old, |at| peer_client(connections[at].peer));
+        }
+        self.connections[index].peer = peer;
+        let new = self.connection_client(index);
+        if new != 0 {
+            let connections = &self.connections;
+            let inserted = self.clients.insert(new, index, |at| peer_client(connections[at].peer));
+            assert!(inserted, "one connection per client id");
+        }
     }
 
     /// Records that `client` lives on connection `index`. A client that reconnects supersedes
@@ -949,12 +1005,10 @@ impl MessageBus {
         if self.connections[index].peer == Peer::Client(client) {
             return;
         }
-        for connection in self.connections.iter_mut() {
-            if connection.peer == Peer::Client(client) {
-                connection.peer = Peer::Client(ClientId(0));
-            }
+        if let Some(older) = self.client_connection(client) {
+            self.peer_set(older, Peer::Client(ClientId(0)));
         }
-        self.connections[index].peer = Peer::Client(client);
+        self.peer_set(index, Peer::Client(client));
     }
 }
 
@@ -1032,9 +1086,9 @@ impl MessageBus {
                 *replica_connection = None;
             }
         }
+        self.peer_set(index, Peer::Unknown);
         let connection = &mut self.connections[index];
         connection.state = ConnectionState::Closing;
-        connection.peer = Peer::Unknown;
         connection.send_queue.clear();
         connection.receive_buffer = None;
         connection.receive_reset();

@@ -13,7 +13,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::constants::{INVALID_LOG_TICKS, IO_OPERATIONS_MAX, TICK_MS};
+use crate::constants::{
+    INVALID_LOG_TICKS, IO_OPERATIONS_MAX, MESSAGE_SIZE_SMALL, SECTOR_SIZE, TICK_MS,
+};
 use crate::io::data_file;
 use crate::io::message_bus::MessageBus;
 use crate::io::ring::Wait;
@@ -22,7 +24,7 @@ use crate::stdx::allocation_guard;
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::View;
 use crate::vsr::layout::Config;
-use crate::vsr::message_pool::replica_pool;
+use crate::vsr::message_pool::{messages_max_replica, messages_small_max_replica, replica_pool};
 use crate::vsr::replica::{Destination, Replica, Status};
 use crate::vsr::storage::Storage;
 use crate::vsr::superblock::SuperBlock;
@@ -48,7 +50,7 @@ pub(crate) fn start_while(
         .map_err(|error| format!("{}: io_uring setup failed: {error}", path.display()))?;
     let config = config_read(&mut storage, path)?;
     let address = address_of_replica(&config, addresses)?;
-    let pool = replica_pool(config.message_size_max as usize);
+    let pool = replica_pool(config.message_size_max as usize, config.clients_max as usize);
     let mut replica = Replica::new(&config, pool.clone(), timeout_seed());
     replica_open(&mut replica, &mut storage)
         .map_err(|reason| format!("{}: cannot open the replica: {reason}", path.display()))?;
@@ -59,11 +61,13 @@ pub(crate) fn start_while(
         config.replica,
         config.replica_count,
         message_size_max,
+        config.clients_max as usize,
     );
     let bound = bus
         .listen(storage.io(), address)
         .map_err(|error| format!("cannot listen on {address}: {error}"))?;
     bus.connect_to_replicas(storage.io(), addresses);
+    print_memory(&config);
     println!(
         "replica {} listening on {bound} (cluster {}, op {})",
         config.replica,
@@ -87,6 +91,28 @@ pub(crate) fn start_while(
     allocation_guard::disarm();
     result.map_err(|reason| format!("{}: replica stopped: {reason}", path.display()))?;
     Ok(allocations)
+}
+
+/// Prints what startup allocated (all of what the replica will ever hold), and what for: the
+/// message buffers, most of it, grow with `message_size_max` and `clients_max`.
+fn print_memory(config: &Config) {
+    let mib = |bytes: usize| bytes as f64 / f64::from(1 << 20);
+    let clients_max = config.clients_max as usize;
+    let large = messages_max_replica();
+    let small = messages_small_max_replica(clients_max);
+    let message_size_max = config.message_size_max as usize;
+    println!(
+        "replica {}: {:.0} MiB allocated at startup: message buffers {:.0} MiB ({large} of \
+         {} KiB) and {:.0} MiB ({small} of {} KiB, for {clients_max} client sessions and their \
+         connections), latest replies {:.0} MiB (a sector per session)",
+        config.replica,
+        mib(allocation_guard::bytes_allocated() as usize),
+        mib(large * message_size_max),
+        message_size_max / 1024,
+        mib(small * MESSAGE_SIZE_SMALL),
+        MESSAGE_SIZE_SMALL / 1024,
+        mib(clients_max * SECTOR_SIZE),
+    );
 }
 
 /// The cluster configuration stored in the data file's superblock.

@@ -23,7 +23,8 @@
 //! repaired, and replicas that checkpointed the same op holding the same grid bytes below it.
 
 use crate::constants::{
-    BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, TICK_MS,
+    BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE,
+    SUPERBLOCK_HEADER_SIZE, TICK_MS,
 };
 use crate::sim::checker::{Checker, PackedMember, Violation};
 use crate::sim::mutation::{Mutation, mutate};
@@ -586,7 +587,7 @@ fn replica_node(options: &ClusterOptions, replica: ReplicaIndex) -> ReplicaNode 
     // A volatile write cache that holds several grid blocks and every session's reply: what
     // was written cached and not yet synced may be lost at a crash.
     storage.cache_model(DISK_CACHE_SIZE);
-    let pool = replica_pool(config.message_size_max as usize);
+    let pool = replica_pool(config.message_size_max as usize, config.clients_max as usize);
     ReplicaNode {
         config,
         storage,
@@ -1198,7 +1199,7 @@ impl Cluster {
         for copy in 0..SUPERBLOCK_COPIES {
             superblock.copy = copy as u16;
             let offset = superblock_offset + copy * SUPERBLOCK_COPY_SIZE;
-            let bytes = &mut node.storage.bytes_mut()[offset..offset + SUPERBLOCK_COPY_SIZE];
+            let bytes = &mut node.storage.bytes_mut()[offset..offset + SUPERBLOCK_HEADER_SIZE];
             bytes.copy_from_slice(superblock.as_bytes());
         }
     }

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use crate::constants::{IO_OPERATIONS_MAX, SECTOR_SIZE};
+use crate::constants::{IO_OPERATIONS_DISK_MAX, SECTOR_SIZE};
 use crate::stdx::prng::Prng;
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoError, IoKind, IoRequest, Storage};
@@ -117,7 +117,7 @@ impl MemoryStorage {
             data: vec![0; size as usize],
             // As many as the io_uring driver can have in flight, so that submitting never
             // allocates (the simulator counts a replica's allocations, its disk's included).
-            pending: VecDeque::with_capacity(IO_OPERATIONS_MAX),
+            pending: VecDeque::with_capacity(IO_OPERATIONS_DISK_MAX),
             prng: None,
             timing: None,
             tick: 0,

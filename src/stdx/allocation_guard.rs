@@ -11,6 +11,7 @@ use std::cell::Cell;
 thread_local! {
     static ARMED: Cell<bool> = const { Cell::new(false) };
     static ALLOCATIONS_ARMED: Cell<u64> = const { Cell::new(0) };
+    static BYTES_ALLOCATED: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Called by the global allocator for every allocation of `size` bytes; neither allocates nor
@@ -18,6 +19,7 @@ thread_local! {
 pub fn count(size: usize) {
     // `try_with` because the allocator runs while thread-locals are torn down.
     let armed = ARMED.try_with(|armed| armed.get()).unwrap_or(false);
+    let _ = BYTES_ALLOCATED.try_with(|bytes| bytes.set(bytes.get() + size as u64));
     if armed && size > 0 {
         let _ = ALLOCATIONS_ARMED.try_with(|count| count.set(count.get() + 1));
     }
@@ -32,6 +34,12 @@ pub fn arm() {
 /// Stops counting (shutdown, or the end of a test).
 pub fn disarm() {
     ARMED.with(|armed| armed.set(false));
+}
+
+/// Bytes this thread has allocated so far (frees not subtracted): what startup allocated, read
+/// when it ends.
+pub fn bytes_allocated() -> u64 {
+    BYTES_ALLOCATED.with(|bytes| bytes.get())
 }
 
 /// Allocations this thread made since `arm`.

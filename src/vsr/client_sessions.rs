@@ -7,14 +7,17 @@
 //! commit is oldest is evicted (deterministic on every replica), and that client is told with an
 //! `eviction` message the next time it asks.
 //!
-//! The table is checkpointed in the superblock (`ClientSessionRecord`); the latest reply of each
-//! session is written to the session's slot of the client_replies zone.
+//! The table is checkpointed in the superblock copies' trailers (`ClientSessionRecord`); the
+//! latest reply of each session is written to the session's slot of the client_replies zone.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::constants::CLIENT_SESSION_RECORD_SIZE;
+use crate::stdx::id_index::IdIndex;
+
 use crate::vsr::header::{Checksum, ChecksumBytes, ClientId, Op, checksum};
 
-/// One checkpointed session (the superblock keeps `CLIENTS_MAX` of these).
+/// One checkpointed session (each superblock copy's trailer keeps `clients_max` of these).
 #[repr(C)]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
@@ -34,7 +37,19 @@ pub struct ClientSessionRecord {
     pub reply_size: u32,
 }
 
-static_assertions::assert_eq_size!(ClientSessionRecord, [u8; 48]);
+static_assertions::assert_eq_size!(ClientSessionRecord, [u8; CLIENT_SESSION_RECORD_SIZE]);
+
+impl ClientSessionRecord {
+    /// A free entry: all zero.
+    pub const FREE: ClientSessionRecord = ClientSessionRecord {
+        client: ClientId(0),
+        session: Op(0),
+        reply_op: Op(0),
+        reply_checksum: ChecksumBytes::ZERO,
+        request: 0,
+        reply_size: 0,
+    };
+}
 
 /// What the primary should do with an incoming request, given the session table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,9 +70,14 @@ pub enum RequestDisposition {
     Evict,
 }
 
-/// The table of client sessions.
+/// The table of client sessions. (`Default` is an empty table that allocates nothing, only to
+/// take the table out of the replica for a moment.)
+#[derive(Default)]
 pub struct ClientSessions {
     records: Vec<ClientSessionRecord>,
+    /// Finds a client's slot without a scan of the table (every request looks it up); holds
+    /// every client of `records`. Empty only in a `Default` table.
+    index: Option<IdIndex>,
 }
 
 /// What a client puts in `parent` of each request after its register: a checksum of its
@@ -76,7 +96,10 @@ pub fn session_chain(client: ClientId, reply_op: Op) -> Checksum {
 impl ClientSessions {
     pub fn new(clients_max: usize) -> ClientSessions {
         assert!(clients_max > 0);
-        ClientSessions { records: vec![ClientSessionRecord::default(); clients_max] }
+        ClientSessions {
+            records: vec![ClientSessionRecord::default(); clients_max],
+            index: Some(IdIndex::new(clients_max)),
+        }
     }
 
     pub fn records(&self) -> &[ClientSessionRecord] {
@@ -86,26 +109,28 @@ impl ClientSessions {
     /// Replaces the table with a checkpointed one (at open). Records are untrusted bytes from
     /// disk: a table with a duplicate client is rejected.
     pub fn restore(&mut self, records: &[ClientSessionRecord]) -> Result<(), &'static str> {
-        if records.len() < self.records.len() {
-            return Err("client session table too short");
+        if records.len() != self.records.len() {
+            return Err("client session table of another size");
         }
-        for (index, record) in records[..self.records.len()].iter().enumerate() {
-            if record.client != ClientId(0) {
-                let duplicate = records[..index].iter().any(|other| other.client == record.client);
-                if duplicate {
-                    return Err("client session table holds a client twice");
-                }
+        self.records.copy_from_slice(records);
+        let index = self.index.as_mut().expect("a table made by new");
+        index.clear();
+        for (slot, record) in self.records.iter().enumerate() {
+            let client = record.client.get();
+            if client != 0 && !index.insert(client, slot, |at| self.records[at].client.get()) {
+                index.clear();
+                self.records.fill(ClientSessionRecord::FREE);
+                return Err("client session table holds a client twice");
             }
         }
-        let count = self.records.len();
-        self.records.copy_from_slice(&records[..count]);
         Ok(())
     }
 
     /// The slot of `client`'s session.
     pub fn slot(&self, client: ClientId) -> Option<usize> {
         assert_ne!(client, ClientId::NONE);
-        self.records.iter().position(|record| record.client == client)
+        let index = self.index.as_ref().expect("a table made by new");
+        index.find(client.get(), |at| self.records[at].client.get())
     }
 
     pub fn get(&self, slot: usize) -> &ClientSessionRecord {
@@ -157,6 +182,8 @@ impl ClientSessions {
             None => {
                 let slot = self.oldest_slot();
                 evicted = Some(self.records[slot].client);
+                let index = self.index.as_mut().expect("a table made by new");
+                index.remove(self.records[slot].client.get(), |at| self.records[at].client.get());
                 slot
             }
         };
@@ -168,6 +195,9 @@ impl ClientSessions {
             request: 0,
             reply_size: 0,
         };
+        let index = self.index.as_mut().expect("a table made by new");
+        let inserted = index.insert(client.get(), slot, |at| self.records[at].client.get());
+        assert!(inserted);
         (slot, evicted)
     }
 

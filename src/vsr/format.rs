@@ -6,7 +6,7 @@ use zerocopy::IntoBytes;
 
 use crate::constants::{
     FORMAT_WRITE_SIZE, FORMAT_WRITES_IN_FLIGHT, HEADER_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES,
-    SUPERBLOCK_COPY_SIZE,
+    SUPERBLOCK_COPY_SIZE, SUPERBLOCK_HEADER_SIZE,
 };
 use crate::vsr::journal::reserved_header;
 use crate::vsr::layout::{Config, Layout, Zone};
@@ -29,7 +29,10 @@ pub fn fill_range(config: &Config, offset: u64, buffer: &mut [u8]) {
                 assert!((copy as usize) < SUPERBLOCK_COPIES);
                 superblock.copy = copy as u16;
                 let within = (sector_offset % SUPERBLOCK_COPY_SIZE as u64) as usize;
-                sector.copy_from_slice(&superblock.as_bytes()[within..within + SECTOR_SIZE]);
+                // The header, then the session trailer: every session free, all zeros.
+                if within < SUPERBLOCK_HEADER_SIZE {
+                    sector.copy_from_slice(&superblock.as_bytes()[within..within + SECTOR_SIZE]);
+                }
             }
             Some(Zone::WalHeaders) => {
                 let first_slot =
@@ -126,7 +129,7 @@ mod tests {
         format(&mut storage, &pool, &config).unwrap();
         let bytes = storage.bytes();
         for copy in 0..SUPERBLOCK_COPIES {
-            let sector = &bytes[copy * SUPERBLOCK_COPY_SIZE..][..SUPERBLOCK_COPY_SIZE];
+            let sector = &bytes[copy * SUPERBLOCK_COPY_SIZE..][..SUPERBLOCK_HEADER_SIZE];
             let superblock = SuperBlockHeader::read_from_bytes(sector).unwrap();
             assert!(superblock.valid_checksum());
             assert_eq!(usize::from(superblock.copy), copy);

@@ -4,11 +4,19 @@
 //! computed from it and gives each zone's offset and size. Both are pure arithmetic: no I/O.
 
 use crate::constants::{
-    BLOCK_SIZE, CLIENTS_MAX, GRID_SIZE_MAX, HEADER_SIZE, JOURNAL_SLOT_COUNT_MAX,
-    JOURNAL_SLOT_COUNT_MIN, MESSAGE_SIZE_MAX, MESSAGE_SIZE_MAX_MIN, REPLICAS_MAX, REPLY_SIZE_MAX,
-    SECTOR_SIZE, STREAMS_MAX, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE,
+    BLOCK_SIZE, CLIENT_SESSION_RECORD_SIZE, CLIENTS_DEFAULT, CLIENTS_MAX, GRID_SIZE_MAX,
+    HEADER_SIZE, JOURNAL_SLOT_COUNT_MAX, JOURNAL_SLOT_COUNT_MIN, MESSAGE_SIZE_MAX,
+    MESSAGE_SIZE_MAX_MIN, REPLICAS_MAX, REPLY_SIZE_MAX, SECTOR_SIZE, STREAMS_MAX,
+    SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE,
 };
 use crate::vsr::header::{ClusterId, ReplicaIndex};
+
+/// The size of a `sync_checkpoint` message, which carries the checkpoint's header, its event
+/// store state, and every client session (`crate::vsr::replica::SyncCheckpointBody`).
+pub fn sync_checkpoint_size(clients_max: u32) -> usize {
+    const BODY_FIXED: usize = HEADER_SIZE + 64;
+    HEADER_SIZE + BODY_FIXED + clients_max as usize * CLIENT_SESSION_RECORD_SIZE
+}
 
 /// The settings fixed when a data file is formatted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +40,7 @@ impl Config {
             replica_count,
             journal_slot_count: crate::constants::JOURNAL_SLOT_COUNT as u32,
             message_size_max: MESSAGE_SIZE_MAX as u32,
-            clients_max: CLIENTS_MAX as u32,
+            clients_max: CLIENTS_DEFAULT as u32,
             grid_size: crate::constants::GRID_SIZE_DEFAULT,
             streams_max: STREAMS_MAX,
         }
@@ -78,7 +86,11 @@ impl Config {
             return Some("message_size_max must be a multiple of the sector size");
         }
         if self.clients_max == 0 || self.clients_max as usize > CLIENTS_MAX {
-            return Some("clients_max out of range");
+            return Some("clients_max out of range (1 to 8192)");
+        }
+        if sync_checkpoint_size(self.clients_max) > message_size_max {
+            // State sync sends the session table in one message.
+            return Some("clients_max too large for message_size_max: 48 bytes a session must fit");
         }
         if self.grid_size == 0 || !self.grid_size.is_multiple_of(BLOCK_SIZE as u64) {
             return Some("grid size must be a positive multiple of the block size (512 KiB)");
@@ -211,7 +223,7 @@ mod tests {
         let good = Config::new(ClusterId(1), ReplicaIndex(0), 3);
         assert_eq!(good.invalid(), None);
         type Case = (fn(&mut Config), &'static str);
-        let cases: [Case; 9] = [
+        let cases: [Case; 10] = [
             (|c| c.replica_count = 0, "replica count must be at least 1"),
             (|c| c.replica_count = 8, "replica count must be at most 7"),
             (|c| c.replica = ReplicaIndex(3), "replica index must be less than the replica count"),
@@ -222,7 +234,11 @@ mod tests {
                 |c| c.message_size_max = 12288 + 512,
                 "message_size_max must be a multiple of the sector size",
             ),
-            (|c| c.clients_max = 0, "clients_max out of range"),
+            (|c| c.clients_max = 0, "clients_max out of range (1 to 8192)"),
+            (
+                |c| c.message_size_max = 12288,
+                "clients_max too large for message_size_max: 48 bytes a session must fit",
+            ),
             (
                 |c| c.grid_size = 4096,
                 "grid size must be a positive multiple of the block size (512 KiB)",

@@ -10,7 +10,8 @@
 //! # Sizing
 //!
 //! The replica's pool (`replica_pool`) holds `messages_max_replica()` buffers of
-//! `message_size_max` bytes and `messages_small_max_replica()` of `MESSAGE_SIZE_SMALL` bytes.
+//! `message_size_max` bytes and `messages_small_max_replica(clients_max)` of
+//! `MESSAGE_SIZE_SMALL` bytes: only small ones grow with the client sessions.
 //! Client connections receive into small buffers (a larger request moves to a full one, up to
 //! `CLIENT_RECEIVES_LARGE_MAX` at a time), and every message that is a header or a write's
 //! reply is built in one, so that a client connection costs small buffers only. The worst case
@@ -22,7 +23,7 @@
 //! + journal reads in flight (replay, repair)     JOURNAL_IOPS_READ_MAX
 //! + uncommitted prepares (a backup keeps up to PIPELINE_BACKUP_MAX, the primary fewer)
 //!                                                PIPELINE_BACKUP_MAX
-//! + queued client requests (any may be large: a 1 MiB batch each)   REQUEST_QUEUE_MAX
+//! + queued client requests larger than a small buffer   REQUEST_QUEUE_LARGE_MAX
 //! + client_replies zone chunks read or written   CLIENT_REPLIES_IOS_MAX
 //! + event-store reads in flight                  GRID_READS_MAX
 //! + messages built and not yet taken by the bus  OUTBOX_LARGE_MAX
@@ -38,10 +39,11 @@
 //!
 //! small:
 //!   per connection: a receive buffer and a send queue
-//!                                      CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
+//!                          connections_max(clients_max) * (1 + CONNECTION_SEND_QUEUE_MAX)
 //! + the larger send queues of peer replicas
 //!                        (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)
-//! + the inbox, the request queue and the outbox  INBOX_MAX + REQUEST_QUEUE_MAX + OUTBOX_MAX
+//! + the inbox, the request queue and the outbox   inbox_max(clients_max)
+//!                              + request_queue_max(clients_max) + outbox_max(clients_max)
 //! + slack                                        MESSAGES_SLACK
 //! ```
 //!
@@ -54,31 +56,33 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::constants::{
     CLIENT_RECEIVES_LARGE_MAX, CLIENT_REPLIES_IOS_MAX, CLIENT_SENDS_LARGE_MAX,
-    CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX, GRID_READS_MAX, GRID_SCRUB_READS_MAX, HEADER_SIZE,
-    INBOX_LARGE_MAX, INBOX_MAX, JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, MESSAGE_SIZE_SMALL,
-    MESSAGES_SLACK, OUTBOX_LARGE_MAX, OUTBOX_MAX, PIPELINE_BACKUP_MAX, REPLICA_SEND_QUEUE_MAX,
-    REPLICAS_MAX, REQUEST_QUEUE_MAX, SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX,
+    CONNECTION_SEND_QUEUE_MAX, GRID_READS_MAX, GRID_SCRUB_READS_MAX, HEADER_SIZE, INBOX_LARGE_MAX,
+    JOURNAL_IOPS_READ_MAX, JOURNAL_IOPS_WRITE_MAX, MESSAGE_SIZE_SMALL, MESSAGES_SLACK,
+    OUTBOX_LARGE_MAX, PIPELINE_BACKUP_MAX, REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX,
+    REQUEST_QUEUE_LARGE_MAX, SECTOR_SIZE, SYNC_READS_MAX, SYNC_WRITES_MAX, connections_max,
+    inbox_max, outbox_max, request_queue_max,
 };
 use crate::vsr::header::Header;
 
-/// A replica's message pool: both sets of buffers (see the module docs).
-pub fn replica_pool(message_size_max: usize) -> MessagePool {
+/// A replica's message pool for `clients_max` sessions: both sets of buffers (see the module
+/// docs).
+pub fn replica_pool(message_size_max: usize, clients_max: usize) -> MessagePool {
     assert!(message_size_max > MESSAGE_SIZE_SMALL);
     MessagePool::with_small(
         messages_max_replica(),
         message_size_max,
-        messages_small_max_replica(),
+        messages_small_max_replica(clients_max),
         MESSAGE_SIZE_SMALL,
     )
 }
 
 /// The number of small buffers a replica's message pool holds (see the module docs).
-pub const fn messages_small_max_replica() -> usize {
-    CONNECTIONS_MAX * (1 + CONNECTION_SEND_QUEUE_MAX)
+pub const fn messages_small_max_replica(clients_max: usize) -> usize {
+    connections_max(clients_max) * (1 + CONNECTION_SEND_QUEUE_MAX)
         + (REPLICAS_MAX - 1) * (REPLICA_SEND_QUEUE_MAX - CONNECTION_SEND_QUEUE_MAX)
-        + INBOX_MAX
-        + REQUEST_QUEUE_MAX
-        + OUTBOX_MAX
+        + inbox_max(clients_max)
+        + request_queue_max(clients_max)
+        + outbox_max(clients_max)
         + MESSAGES_SLACK
 }
 
@@ -87,7 +91,7 @@ pub const fn messages_max_replica() -> usize {
     JOURNAL_IOPS_WRITE_MAX
         + JOURNAL_IOPS_READ_MAX
         + PIPELINE_BACKUP_MAX
-        + REQUEST_QUEUE_MAX
+        + REQUEST_QUEUE_LARGE_MAX
         + CLIENT_REPLIES_IOS_MAX
         + GRID_READS_MAX
         + OUTBOX_LARGE_MAX
@@ -385,6 +389,11 @@ mod tests {
     fn replica_pool_formula_covers_every_user() {
         // Goal: the documented formula stays at least the sum of its named users.
         let users = JOURNAL_IOPS_WRITE_MAX + JOURNAL_IOPS_READ_MAX + PIPELINE_PREPARE_QUEUE_MAX;
-        assert!(messages_max_replica() > users + CONNECTIONS_MAX);
+        assert!(messages_max_replica() > users + REPLICAS_MAX * REPLICA_SEND_QUEUE_MAX);
+        let clients_max = 1024;
+        let small_users = crate::constants::connections_max(clients_max)
+            * (1 + CONNECTION_SEND_QUEUE_MAX)
+            + crate::constants::inbox_max(clients_max);
+        assert!(messages_small_max_replica(clients_max) > small_users);
     }
 }

@@ -29,8 +29,8 @@
 use std::collections::VecDeque;
 
 use crate::constants::{
-    GRID_READS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, OUTBOX_LARGE_MAX, OUTBOX_MAX,
-    PIPELINE_BACKUP_MAX, REPAIR_REQUEST_OPS_MAX, REPLICAS_MAX, REQUEST_QUEUE_MAX,
+    GRID_READS_MAX, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, OUTBOX_LARGE_MAX, PIPELINE_BACKUP_MAX,
+    REPAIR_REQUEST_OPS_MAX, REPLICAS_MAX, outbox_max, request_queue_max,
 };
 use crate::state_machine::{CheckpointState, ReadId, StateMachine};
 use crate::stdx::prng::Prng;
@@ -155,6 +155,15 @@ impl LogHead {
         self.op = op;
         self.checksum = checksum;
     }
+}
+
+/// A request the primary queued: which client, which request number, in which epoch of the
+/// queue (`Replica::request_marks`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct RequestMark {
+    client: ClientId,
+    request: u32,
+    epoch: u32,
 }
 
 struct Prepared {
@@ -365,6 +374,16 @@ pub struct Replica {
     ticks: u64,
     pipeline: VecDeque<Prepared>,
     request_queue: VecDeque<Message>,
+    /// Queued requests in full-size buffers (at most `REQUEST_QUEUE_LARGE_MAX`).
+    request_queue_large: usize,
+    /// Per session slot, the latest request the primary queued in this epoch of its queue (see
+    /// `request_in_flight`), so that telling a retry from a new request scans nothing.
+    request_marks: Vec<RequestMark>,
+    /// Starts again (and outdates every mark) whenever the queue is dropped, at a view change.
+    request_epoch: u32,
+    /// The first op this primary prepared in the current epoch: prepares below it in the
+    /// pipeline came from an earlier view and have no marks.
+    request_epoch_op: Option<Op>,
     outbox: VecDeque<(Destination, Message)>,
     /// Messages in `outbox` in full-size buffers (at most `OUTBOX_LARGE_MAX`).
     outbox_large: usize,
@@ -416,7 +435,7 @@ impl Replica {
             view_change: view_change::ViewChangeState::new(),
             rejoin: rejoin::RejoinState::new(),
             target: repair::LogTarget::new(config.journal_slot_count as usize),
-            sync: sync::SyncState::new(),
+            sync: sync::SyncState::new(clients_max),
             grid_repair: grid_repair::GridRepair::new(),
             prng: Prng::new(seed),
             timeouts: Timeouts::new(),
@@ -432,8 +451,12 @@ impl Replica {
             realtime_ns: 0,
             ticks: 0,
             pipeline: VecDeque::with_capacity(PIPELINE_BACKUP_MAX),
-            request_queue: VecDeque::with_capacity(REQUEST_QUEUE_MAX),
-            outbox: VecDeque::with_capacity(OUTBOX_MAX),
+            request_queue: VecDeque::with_capacity(request_queue_max(clients_max)),
+            request_queue_large: 0,
+            request_marks: vec![RequestMark::default(); clients_max],
+            request_epoch: 1,
+            request_epoch_op: None,
+            outbox: VecDeque::with_capacity(outbox_max(clients_max)),
             outbox_large: 0,
             reads: (0..GRID_READS_MAX).map(|_| None).collect(),
             journal_reads: Vec::with_capacity(JOURNAL_IOPS_READ_MAX),
@@ -694,7 +717,8 @@ impl Replica {
         // A full outbox means the bus is not draining: dropping is safe (clients retry, and so
         // does the protocol) and keeps memory bounded.
         let large = self.pool.is_large(&message);
-        if self.outbox.len() < OUTBOX_MAX && !(large && self.outbox_large >= OUTBOX_LARGE_MAX) {
+        let outbox_max = outbox_max(self.config.clients_max as usize);
+        if self.outbox.len() < outbox_max && !(large && self.outbox_large >= OUTBOX_LARGE_MAX) {
             self.outbox.push_back((destination, message));
             self.outbox_large += usize::from(large);
         } else {

@@ -1,6 +1,10 @@
 //! The superblock: the root of a replica's durable state, kept in four redundant copies at the
 //! start of the data file, and the sans-IO state machine that opens and updates them.
 //!
+//! A copy is a `SuperBlockHeader` and then a trailer with the checkpointed client sessions
+//! (`clients_max` records, whose checksum the header's VSR state holds), written together. A
+//! copy whose trailer does not match that checksum counts as corrupt, like a torn header.
+//!
 //! **Open** reads all copies, keeps the valid ones (checksum, position, version, config), and
 //! chooses the newest update held by `SUPERBLOCK_QUORUM_OPEN` identical copies. Forks, broken
 //! parent chains and VSR state that goes backwards are errors, never silently resolved. Copies
@@ -25,8 +29,9 @@ use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::constants::{
-    CLIENTS_MAX, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, SUPERBLOCK_QUORUM_OPEN,
-    SUPERBLOCK_QUORUM_VERIFY, SUPERBLOCK_UPDATE_REWRITES_MAX, SUPERBLOCK_VERSION, VIEW_HEADERS_MAX,
+    CLIENTS_MAX, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, SUPERBLOCK_HEADER_SIZE,
+    SUPERBLOCK_QUORUM_OPEN, SUPERBLOCK_QUORUM_VERIFY, SUPERBLOCK_UPDATE_REWRITES_MAX,
+    SUPERBLOCK_VERSION, VIEW_HEADERS_MAX, superblock_copy_size,
 };
 use crate::state_machine::CheckpointState;
 use crate::vsr::client_sessions::ClientSessionRecord;
@@ -42,8 +47,9 @@ mod tests;
 /// The first byte `SuperBlockHeader::checksum` covers: everything after `checksum` and `copy`.
 const CHECKSUM_COVERS_FROM: usize = 18;
 
-/// One superblock copy, exactly `SUPERBLOCK_COPY_SIZE` bytes. `checksum` covers bytes 18..8192:
-/// everything but itself and `copy`, so the four copies of one update share a checksum.
+/// The header of one superblock copy, exactly `SUPERBLOCK_HEADER_SIZE` bytes. `checksum` covers
+/// bytes 18..8192: everything but itself and `copy`, so the four copies of one update share a
+/// checksum.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct SuperBlockHeader {
@@ -70,26 +76,26 @@ pub struct SuperBlockHeader {
     pub reserved: [u8; SUPERBLOCK_RESERVED_SIZE],
 }
 
-const SUPERBLOCK_RESERVED_SIZE: usize = 2560;
+const SUPERBLOCK_RESERVED_SIZE: usize = 5632;
 
-const_assert_eq!(std::mem::size_of::<SuperBlockHeader>(), SUPERBLOCK_COPY_SIZE);
+const_assert_eq!(std::mem::size_of::<SuperBlockHeader>(), SUPERBLOCK_HEADER_SIZE);
 const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, parent), 64);
 const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, vsr_state), 128);
-const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, reserved), 5632);
+const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, reserved), 2560);
 const_assert_eq!(std::mem::offset_of!(VsrState, view), 48);
 const_assert_eq!(std::mem::offset_of!(VsrState, log_lost), 96);
 const_assert_eq!(std::mem::offset_of!(VsrState, view_headers), 128);
-const_assert_eq!(std::mem::offset_of!(VsrState, client_sessions), 2432);
+const_assert_eq!(std::mem::offset_of!(VsrState, client_sessions_checksum), 112);
+const_assert_eq!(std::mem::size_of::<VsrState>(), 2432);
 const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, version), CHECKSUM_COVERS_FROM);
-const_assert_eq!(SUPERBLOCK_COPY_SIZE % std::mem::align_of::<SuperBlockHeader>(), 0);
+const_assert_eq!(SUPERBLOCK_HEADER_SIZE % std::mem::align_of::<SuperBlockHeader>(), 0);
 
 impl SuperBlockHeader {
     /// The first superblock of a freshly formatted data file: sequence 1, view 0, checkpoint at
     /// the root prepare (op 0).
     pub fn format(config: &Config) -> SuperBlockHeader {
         assert!(config.invalid().is_none());
-        let mut superblock =
-            SuperBlockHeader::read_from_bytes(&[0u8; SUPERBLOCK_COPY_SIZE]).expect("size matches");
+        let mut superblock = SuperBlockHeader::new_zeroed();
         superblock.version = SUPERBLOCK_VERSION;
         superblock.cluster = config.cluster;
         superblock.sequence = 1;
@@ -101,6 +107,8 @@ impl SuperBlockHeader {
         superblock.streams_max = config.streams_max;
         superblock.grid_size = config.grid_size;
         superblock.vsr_state.checkpoint_checksum = Header::root_prepare(config.cluster).checksum;
+        superblock.vsr_state.client_sessions_checksum =
+            sessions_checksum(&SESSIONS_FREE[..config.clients_max as usize]);
         superblock.set_checksum();
         assert!(superblock.invalid().is_none());
         superblock
@@ -153,7 +161,7 @@ impl SuperBlockHeader {
         }
         let reserved_zero = self.reserved_replica == [0; 2]
             && self.reserved_header == [0; 48]
-            && self.vsr_state.reserved == [0; 31]
+            && self.vsr_state.reserved == [0; 15]
             && self.reserved.iter().all(|byte| *byte == 0);
         if !reserved_zero {
             return Some("reserved bytes not zero");
@@ -241,10 +249,19 @@ pub struct VsrState {
     /// (`kimberlite format --rejoin`): its log is not evidence of what it acknowledged before,
     /// so it takes no part in view changes until it holds the cluster's log.
     pub log_lost: u8,
-    pub reserved: [u8; 31],
+    pub reserved: [u8; 15],
+    /// The checksum of the client sessions as of the checkpoint (`clients_max` records, free
+    /// entries all zero), which every copy's trailer holds.
+    pub client_sessions_checksum: Checksum,
     pub view_headers: [Header; VIEW_HEADERS_MAX],
-    /// The client sessions as of the checkpoint (free entries are all zero).
-    pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
+}
+
+/// A free session table of the largest size, for the checksum of a fresh one.
+static SESSIONS_FREE: [ClientSessionRecord; CLIENTS_MAX] = [ClientSessionRecord::FREE; CLIENTS_MAX];
+
+/// The checksum of a session table, as `VsrState::client_sessions_checksum` holds it.
+pub fn sessions_checksum(records: &[ClientSessionRecord]) -> Checksum {
+    header::checksum(records.as_bytes())
 }
 
 impl VsrState {
@@ -289,6 +306,9 @@ pub enum CopyHealth {
     Stale { sequence: u64 },
     /// The checksum does not verify: a torn write or a rotten sector.
     CorruptChecksum,
+    /// The header is valid, but the client sessions after it do not match its checksum: a torn
+    /// write or a rotten sector.
+    CorruptSessions,
     /// A valid copy of another position (its `copy` field): a misdirected write.
     Misdirected { copy: u16 },
     /// The checksum verifies, but a field is out of range (version, config, ...).
@@ -306,6 +326,7 @@ impl std::fmt::Display for CopyHealth {
             CopyHealth::Valid { sequence } => write!(formatter, "valid, sequence {sequence}"),
             CopyHealth::Stale { sequence } => write!(formatter, "stale, sequence {sequence}"),
             CopyHealth::CorruptChecksum => write!(formatter, "corrupt (checksum)"),
+            CopyHealth::CorruptSessions => write!(formatter, "corrupt (client sessions)"),
             CopyHealth::Misdirected { copy } => {
                 write!(formatter, "misdirected (holds copy {copy})")
             }
@@ -418,8 +439,11 @@ pub struct SuperBlock {
     pool: MessagePool,
     /// The superblock as of the last successful open or update (sequence 0 before any).
     working: SuperBlockHeader,
+    /// The client sessions of `working` (its copies' trailer): `clients_max` records.
+    working_sessions: Vec<ClientSessionRecord>,
     /// What is being written: the next update, or the working superblock during a repair.
     staging: SuperBlockHeader,
+    staging_sessions: Vec<ClientSessionRecord>,
     phase: Phase,
     /// Whether the open in progress rewrites bad copies.
     open_repair: bool,
@@ -450,7 +474,9 @@ impl SuperBlock {
         SuperBlock {
             pool: MessagePool::new(SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE),
             working: zeroed,
+            working_sessions: Vec::with_capacity(CLIENTS_MAX),
             staging: zeroed,
+            staging_sessions: Vec::with_capacity(CLIENTS_MAX),
             phase: Phase::Idle,
             open_repair: false,
             updatable: false,
@@ -486,17 +512,29 @@ impl SuperBlock {
     }
 
     /// Starts an update: the working superblock with `state`, sequence + 1, and the working
-    /// checksum as parent. Panics if `state` would take view, log_view or commit_max backwards:
-    /// the caller's own invariant.
-    pub fn update<S: Storage>(&mut self, storage: &mut S, state: &VsrState) {
+    /// checksum as parent, and with the client session table `sessions` (`clients_max`
+    /// records), or the working one for `None`; `state.client_sessions_checksum` is set here.
+    /// Panics if `state` would take view, log_view or commit_max backwards: the caller's own
+    /// invariant.
+    pub fn update<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        state: &VsrState,
+        sessions: Option<&[ClientSessionRecord]>,
+    ) {
         assert_eq!(self.phase, Phase::Idle, "one superblock operation at a time");
         assert!(self.result.is_none(), "the previous superblock result was not taken");
         assert!(self.updatable, "superblock update needs a repairing open and no failure since");
         assert!(self.copies_to_write.iter().all(|write| !write));
+        let sessions = sessions.unwrap_or(&self.working_sessions);
+        assert_eq!(sessions.len(), self.working.clients_max as usize);
+        self.staging_sessions.clear();
+        self.staging_sessions.extend_from_slice(sessions);
         let mut staging = self.working;
         staging.sequence = self.working.sequence + 1;
         staging.parent = self.working.checksum;
         staging.set_vsr_state(state);
+        staging.vsr_state.client_sessions_checksum = sessions_checksum(&self.staging_sessions);
         staging.copy = 0;
         staging.set_checksum();
         if let Some(reason) = staging.invalid() {
@@ -530,8 +568,9 @@ impl SuperBlock {
         &mut self,
         storage: &mut S,
         state: &VsrState,
+        sessions: Option<&[ClientSessionRecord]>,
     ) -> Result<(), SuperBlockError> {
-        self.update(storage, state);
+        self.update(storage, state, sessions);
         self.complete_blocking(storage)
     }
 
@@ -575,6 +614,13 @@ impl SuperBlock {
     pub fn working(&self) -> &SuperBlockHeader {
         assert!(self.working.sequence > 0, "superblock not opened");
         &self.working
+    }
+
+    /// The client sessions of the working superblock: `clients_max` records.
+    pub fn working_sessions(&self) -> &[ClientSessionRecord] {
+        assert!(self.working.sequence > 0, "superblock not opened");
+        assert_eq!(self.working_sessions.len(), self.working.clients_max as usize);
+        &self.working_sessions
     }
 
     /// What the last open, or the last update's read-back, found in each copy.
@@ -657,7 +703,7 @@ impl SuperBlock {
         let mut copies: [Option<&SuperBlockHeader>; SUPERBLOCK_COPIES] = [None; SUPERBLOCK_COPIES];
         for (copy, valid) in copies.iter_mut().enumerate() {
             let buffer = self.read_buffers[copy].as_ref().expect("every copy was read");
-            let health = copy_health(copy, buffer, self.read_results[copy]);
+            let health = copy_health(copy, buffer, self.read_results[copy], SUPERBLOCK_COPY_SIZE);
             if let CopyHealth::Valid { .. } = health {
                 *valid = Some(header_of(buffer));
             }
@@ -671,7 +717,13 @@ impl SuperBlock {
             Err(SuperBlockError::NotFound) if let Some(version) = version_other => {
                 Err(SuperBlockError::VersionOther { version })
             }
-            chosen => chosen.map(|index| *copies[index].expect("chosen is valid")),
+            chosen => chosen.map(|index| {
+                let buffer = self.read_buffers[index].as_ref().expect("every copy was read");
+                let working = copies[index].expect("chosen is valid");
+                self.working_sessions.clear();
+                self.working_sessions.extend_from_slice(sessions_of(buffer, working));
+                *working
+            }),
         };
         if let Ok(working) = &chosen {
             for (copy, valid) in copies.iter().enumerate() {
@@ -696,6 +748,8 @@ impl SuperBlock {
         self.working = working;
         self.working.copy = 0;
         self.staging = self.working;
+        self.staging_sessions.clear();
+        self.staging_sessions.extend_from_slice(&self.working_sessions);
         for (copy, health) in self.copies_health.iter().enumerate() {
             let valid = matches!(health, CopyHealth::Valid { .. });
             self.copies_to_write[copy] = self.open_repair && !valid;
@@ -715,8 +769,11 @@ impl SuperBlock {
         for copy in 0..SUPERBLOCK_COPIES {
             let buffer = self.read_buffers[copy].as_ref().expect("every copy was read");
             let result = self.read_results[copy];
-            let identical = result.is_ok() && header_of(buffer).identical_at(&self.staging, copy);
-            let mut health = copy_health(copy, buffer, result);
+            let length = superblock_copy_size(self.staging.clients_max as usize);
+            let mut health = copy_health(copy, buffer, result, length);
+            // A valid copy's trailer matches the checksum its header holds.
+            let identical = matches!(health, CopyHealth::Valid { .. })
+                && header_of(buffer).identical_at(&self.staging, copy);
             if let CopyHealth::Valid { sequence } = health
                 && !identical
             {
@@ -734,6 +791,7 @@ impl SuperBlock {
             self.copies_to_write = [false; SUPERBLOCK_COPIES];
             self.working = self.staging;
             self.working.copy = 0;
+            std::mem::swap(&mut self.working_sessions, &mut self.staging_sessions);
             self.finish(Ok(()));
         } else if rewrites_left {
             self.rewrites += 1;
@@ -756,7 +814,12 @@ impl SuperBlock {
         let copy = self.copies_to_write.iter().position(|write| *write).expect("a copy to write");
         self.staging.copy = copy as u16;
         let mut buffer = self.pool.get();
-        buffer.buffer_mut_unique()[..SUPERBLOCK_COPY_SIZE].copy_from_slice(self.staging.as_bytes());
+        let bytes = buffer.buffer_mut_unique();
+        bytes[..SUPERBLOCK_HEADER_SIZE].copy_from_slice(self.staging.as_bytes());
+        let sessions = self.staging_sessions.as_bytes();
+        let sessions_end = SUPERBLOCK_HEADER_SIZE + sessions.len();
+        bytes[SUPERBLOCK_HEADER_SIZE..sessions_end].copy_from_slice(sessions);
+        bytes[sessions_end..superblock_copy_size(self.staging_sessions.len())].fill(0);
         self.submit(storage, IoKind::Write, copy, buffer);
     }
 
@@ -789,7 +852,12 @@ impl SuperBlock {
         assert!(copy < SUPERBLOCK_COPIES);
         assert!(self.io_in_flight[copy].is_none());
         self.io_in_flight[copy] = Some(kind);
-        let length = if kind == IoKind::Sync { 0 } else { SUPERBLOCK_COPY_SIZE };
+        let length = match kind {
+            IoKind::Sync => 0,
+            // At open the configuration is not known yet: the largest copy is read.
+            IoKind::Read if self.phase == Phase::OpenRead => SUPERBLOCK_COPY_SIZE,
+            _ => superblock_copy_size(self.staging.clients_max as usize),
+        };
         let request = IoRequest {
             token: IoToken { owner: IoOwner::Superblock, index: copy as u32 },
             kind,
@@ -820,15 +888,39 @@ fn copy_offset(copy: usize) -> u64 {
     (copy * SUPERBLOCK_COPY_SIZE) as u64
 }
 
-/// The copy in a buffer of the superblock's pool. Any bytes are a `SuperBlockHeader`; only the
-/// buffer's size and alignment, which are ours, are asserted.
+/// The copy's header in a buffer of the superblock's pool. Any bytes are a `SuperBlockHeader`;
+/// only the buffer's size and alignment, which are ours, are asserted.
 fn header_of(buffer: &Message) -> &SuperBlockHeader {
-    SuperBlockHeader::ref_from_bytes(&buffer.buffer()[..SUPERBLOCK_COPY_SIZE])
+    SuperBlockHeader::ref_from_bytes(&buffer.buffer()[..SUPERBLOCK_HEADER_SIZE])
         .expect("superblock buffers are sector aligned and one copy long")
 }
 
-/// What a copy read from position `copy` is worth on its own (untrusted bytes: never panics).
-fn copy_health(copy: usize, buffer: &Message, result: Result<(), IoError>) -> CopyHealth {
+/// The session trailer of a copy whose `header` is valid (`clients_max` in range).
+fn sessions_of<'a>(buffer: &'a Message, header: &SuperBlockHeader) -> &'a [ClientSessionRecord] {
+    let end =
+        SUPERBLOCK_HEADER_SIZE + header.clients_max as usize * size_of::<ClientSessionRecord>();
+    <[ClientSessionRecord]>::ref_from_bytes(&buffer.buffer()[SUPERBLOCK_HEADER_SIZE..end])
+        .expect("superblock buffers are sector aligned")
+}
+
+/// Whether the trailer of a copy whose `header` is valid matches the checksum the header
+/// holds, with zero padding to the end of its last sector.
+fn sessions_valid(buffer: &Message, header: &SuperBlockHeader) -> bool {
+    let sessions = sessions_of(buffer, header);
+    let end = SUPERBLOCK_HEADER_SIZE + sessions.as_bytes().len();
+    let padding = &buffer.buffer()[end..superblock_copy_size(sessions.len())];
+    sessions_checksum(sessions) == header.vsr_state.client_sessions_checksum
+        && padding.iter().all(|byte| *byte == 0)
+}
+
+/// What a copy read from position `copy` (`length` bytes of it) is worth on its own (untrusted
+/// bytes: never panics).
+fn copy_health(
+    copy: usize,
+    buffer: &Message,
+    result: Result<(), IoError>,
+    length: usize,
+) -> CopyHealth {
     if let Err(error) = result {
         return CopyHealth::ReadError { error };
     }
@@ -844,6 +936,13 @@ fn copy_health(copy: usize, buffer: &Message, result: Result<(), IoError>) -> Co
     }
     if let Some(reason) = header.invalid() {
         return CopyHealth::Invalid { reason };
+    }
+    if superblock_copy_size(header.clients_max as usize) > length {
+        // Read back after an update of a smaller table: not the copy that was written.
+        return CopyHealth::Invalid { reason: "copy larger than the update written" };
+    }
+    if !sessions_valid(buffer, header) {
+        return CopyHealth::CorruptSessions;
     }
     CopyHealth::Valid { sequence: header.sequence }
 }

@@ -225,7 +225,7 @@ impl MessageBus {
             assert_ne!(previous, index);
             self.close(io, previous, CloseReason::Replaced);
         }
-        self.connections[index].peer = Peer::Replica(replica);
+        self.peer_set(index, Peer::Replica(replica));
         self.replica_connections[usize::from(replica)] = Some(index);
         self.metrics.replicas_identified += 1;
         Ok(())

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::constants::{
-    BUS_POOL_RESERVE, CLIENT_RECEIVES_LARGE_MAX, CONNECTION_SEND_QUEUE_MAX, CONNECTIONS_MAX,
-    INBOX_MAX, RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN, SEND_STALL_TICKS_MAX,
+    BUS_POOL_RESERVE, CLIENT_RECEIVES_LARGE_MAX, CONNECTION_SEND_QUEUE_MAX,
+    RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN, SEND_STALL_TICKS_MAX,
 };
 use crate::io::ring::Wait;
 use crate::stdx::allocation_guard;
@@ -20,6 +20,10 @@ use crate::vsr::header::Operation as RequestOperation;
 
 const CLUSTER: ClusterId = ClusterId(7);
 const MESSAGE_SIZE_MAX: usize = 64 * 1024;
+/// The client sessions the tests' buses are sized for, and what follows from it.
+const CLIENTS: usize = 64;
+const CONNECTIONS_MAX: usize = crate::constants::connections_max(CLIENTS);
+const INBOX_MAX: usize = crate::constants::inbox_max(CLIENTS);
 const POOL_COUNT: usize = 2 * CONNECTIONS_MAX + 16;
 const SMALL_SIZE: usize = 8 * 1024;
 
@@ -69,8 +73,14 @@ impl Harness {
         address: SocketAddr,
     ) -> Harness {
         let mut io = Io::new().unwrap();
-        let mut bus =
-            MessageBus::new(pool.clone(), CLUSTER, replica, replica_count, MESSAGE_SIZE_MAX);
+        let mut bus = MessageBus::new(
+            pool.clone(),
+            CLUSTER,
+            replica,
+            replica_count,
+            MESSAGE_SIZE_MAX,
+            CLIENTS,
+        );
         let address = bus.listen(&mut io, address).unwrap();
         Harness { bus, io, pool, address }
     }

@@ -4,7 +4,7 @@
 //! WAL slots behind it can be reused.
 
 use super::{CheckpointPhase, OpenPhase, Replica, Status};
-use crate::constants::{CLIENTS_MAX, checkpoint_interval_ops};
+use crate::constants::checkpoint_interval_ops;
 use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::storage::Storage;
 use crate::vsr::superblock::VsrState;
@@ -76,12 +76,10 @@ impl Replica {
         state.checkpoint_op = op;
         state.checkpoint_checksum = checksum;
         state.checkpoint_state_set(&state_machine);
-        let records = self.sessions.records();
-        state.client_sessions = [ClientSessionRecord::default(); CLIENTS_MAX];
-        assert!(records.len() <= CLIENTS_MAX);
-        state.client_sessions[..records.len()].copy_from_slice(records);
         self.checkpoint = CheckpointPhase::Superblock { op };
-        self.superblock_write(storage, &state);
+        let sessions = std::mem::take(&mut self.sessions);
+        self.superblock_write(storage, &state, Some(sessions.records()));
+        self.sessions = sessions;
     }
 
     pub(super) fn superblock_progress<S: Storage>(&mut self, storage: &mut S) {
@@ -140,7 +138,7 @@ impl Replica {
             return;
         }
         let state = self.vsr_state_next();
-        self.superblock_write(storage, &state);
+        self.superblock_write(storage, &state, None);
     }
 
     /// The superblock's state as this replica now stands: view, log_view, log_lost and the
@@ -160,12 +158,19 @@ impl Replica {
     }
 
     /// Starts a superblock update; `superblock_progress` takes its completion.
-    pub(super) fn superblock_write<S: Storage>(&mut self, storage: &mut S, state: &VsrState) {
+    /// Starts a superblock update to `state` and, at a checkpoint, the client session table
+    /// `sessions` (`None` keeps the checkpointed one).
+    pub(super) fn superblock_write<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        state: &VsrState,
+        sessions: Option<&[ClientSessionRecord]>,
+    ) {
         assert!(self.superblock_writing.is_none());
         assert!(state.log_view <= state.view);
         // No view is persisted before memory holds it.
         assert!(state.view <= self.view && state.log_view <= self.log_view);
         self.superblock_writing = Some((state.view, state.log_view));
-        self.superblock.update(storage, state);
+        self.superblock.update(storage, state, sessions);
     }
 }

@@ -5,8 +5,8 @@
 
 use super::{CheckpointPhase, Replica, Status};
 use crate::constants::{
-    JOURNAL_IOPS_READ_MAX, OUTBOX_LARGE_MAX, OUTBOX_MAX, PIPELINE_BACKUP_MAX, REQUEST_QUEUE_MAX,
-    checkpoint_interval_ops,
+    JOURNAL_IOPS_READ_MAX, OUTBOX_LARGE_MAX, PIPELINE_BACKUP_MAX, REQUEST_QUEUE_LARGE_MAX,
+    checkpoint_interval_ops, outbox_max, request_queue_max,
 };
 use crate::vsr::journal::op_prepare_max;
 
@@ -25,8 +25,10 @@ impl Replica {
         self.invariants_pipeline();
         assert!(self.pipeline.len() <= PIPELINE_BACKUP_MAX);
         assert!(self.journal_reads.len() <= JOURNAL_IOPS_READ_MAX);
-        assert!(self.outbox.len() <= OUTBOX_MAX);
-        assert!(self.request_queue.len() <= REQUEST_QUEUE_MAX);
+        let clients_max = self.config.clients_max as usize;
+        assert!(self.outbox.len() <= outbox_max(clients_max));
+        assert!(self.request_queue.len() <= request_queue_max(clients_max));
+        assert!(self.request_queue_large <= REQUEST_QUEUE_LARGE_MAX);
         assert!(self.outbox_large <= OUTBOX_LARGE_MAX);
         if !matches!(self.checkpoint, CheckpointPhase::ClientReplies { .. }) {
             // The zone is read while opening, and written by a checkpoint's first phase.

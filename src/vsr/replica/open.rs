@@ -39,7 +39,7 @@ impl Replica {
         if working.config() != self.config {
             return self.fail("the data file's configuration differs from the replica's");
         }
-        if self.sessions.restore(&working.vsr_state.client_sessions).is_err() {
+        if self.sessions.restore(self.superblock.working_sessions()).is_err() {
             return self.fail("the checkpointed client session table is invalid");
         }
         self.view = working.vsr_state.view;
@@ -231,7 +231,7 @@ impl Replica {
         }
         if self.config.replica_count > 1 && !opened_before {
             let state = self.vsr_state_next();
-            self.superblock_write(storage, &state);
+            self.superblock_write(storage, &state, None);
         }
         self.commit_pipeline(storage);
     }

@@ -11,10 +11,10 @@
 //!
 //! What follows, commit and reply, is in `commit.rs`.
 
-use super::{Destination, Prepared, Replica, Status};
+use super::{Destination, Prepared, Replica, RequestMark, Status};
 use crate::constants::{
     HEADER_SIZE, PIPELINE_BACKUP_MAX, PIPELINE_PREPARE_QUEUE_MAX, REPAIR_WINDOW_MAX,
-    REQUEST_QUEUE_MAX, SECTOR_SIZE,
+    REQUEST_QUEUE_LARGE_MAX, SECTOR_SIZE, request_queue_max,
 };
 use crate::state_machine::request_invalid;
 use crate::state_machine::types::{
@@ -24,7 +24,7 @@ use crate::vsr::client_sessions::{RequestDisposition, session_chain};
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::views;
 use crate::vsr::header::{self, Checksum};
-use crate::vsr::header::{ClientId, Command, EvictionReason, Header, Operation};
+use crate::vsr::header::{ClientId, Command, EvictionReason, Header, Op, Operation};
 use crate::vsr::journal::op_prepare_max;
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
@@ -78,17 +78,44 @@ impl Replica {
                 return self.send_eviction(header.client, EvictionReason::NoSession);
             }
         }
-        if self.request_in_flight(header.client) {
+        if self.request_in_flight(&header) {
             // One request in flight per client: this is a retry of one already in the pipeline.
             self.metrics.requests_dropped += 1;
             return;
         }
-        if self.request_queue.len() >= REQUEST_QUEUE_MAX {
+        let large = self.pool.is_large(&message);
+        let queue_max = request_queue_max(self.config.clients_max as usize);
+        if self.request_queue.len() >= queue_max
+            || (large && self.request_queue_large >= REQUEST_QUEUE_LARGE_MAX)
+        {
             return self.send_busy(&header);
         }
+        if let Some(slot) = self.sessions.slot(header.client) {
+            let mark = RequestMark {
+                client: header.client,
+                request: header.request,
+                epoch: self.request_epoch,
+            };
+            self.request_marks[slot] = mark;
+        }
+        self.request_queue_large += usize::from(large);
         self.request_queue.push_back(message);
-        assert!(self.request_queue.len() <= REQUEST_QUEUE_MAX);
         self.request_queue_drain(storage);
+    }
+
+    /// Drops every queued request (a view change): their clients send them again to the next
+    /// primary. Their marks are outdated with the epoch.
+    pub(super) fn request_queue_clear(&mut self) {
+        self.request_queue.clear();
+        self.request_queue_large = 0;
+        self.request_epoch = self.request_epoch.wrapping_add(1);
+        self.request_epoch_op = None;
+    }
+
+    fn request_queue_pop(&mut self) -> Message {
+        let request = self.request_queue.pop_front().expect("queue not empty");
+        self.request_queue_large -= usize::from(self.pool.is_large(&request));
+        request
     }
 
     /// Whether the primary cannot judge a request of this `disposition` until it has executed
@@ -131,13 +158,31 @@ impl Replica {
         request.parent == session_chain(request.client, record.reply_op)
     }
 
-    pub(super) fn request_in_flight(&self, client: ClientId) -> bool {
+    /// Whether a request of `request`'s client is queued or in the pipeline: `request` is then
+    /// a retry of it (one request in flight per client). A session's queued request is known
+    /// by its mark; only a register (no session yet) and the prepares inherited from an earlier
+    /// view, which have no marks, are looked for in the pipeline and the queue.
+    pub(super) fn request_in_flight(&self, request: &Header) -> bool {
         assert!(self.is_primary());
-        let in_pipeline = self.pipeline.iter().any(|prepared| {
-            prepared.message.header().op > self.commit_min
-                && prepare_serves(&prepared.message, client)
-        });
-        in_pipeline || self.request_queue.iter().any(|request| request.header().client == client)
+        let client = request.client;
+        let Some(slot) = self.sessions.slot(client) else {
+            let queued = self.request_queue.iter().any(|queued| queued.header().client == client);
+            return queued || self.pipeline_serves(client, None);
+        };
+        let mark = RequestMark { client, request: request.request, epoch: self.request_epoch };
+        self.request_marks[slot] == mark || self.pipeline_serves(client, self.request_epoch_op)
+    }
+
+    /// Whether an uncommitted prepare in the pipeline below `op_end` (or anywhere) holds a
+    /// request of `client`.
+    fn pipeline_serves(&self, client: ClientId, op_end: Option<Op>) -> bool {
+        self.pipeline
+            .iter()
+            .take_while(|prepared| op_end.is_none_or(|end| prepared.message.header().op < end))
+            .any(|prepared| {
+                prepared.message.header().op > self.commit_min
+                    && prepare_serves(&prepared.message, client)
+            })
     }
 
     /// Prepares queued requests while the pipeline and the WAL have room.
@@ -174,7 +219,7 @@ impl Replica {
                 self.prepare(storage, packed);
                 continue;
             }
-            let request = self.request_queue.pop_front().expect("queue not empty");
+            let request = self.request_queue_pop();
             self.prepare(storage, request);
         }
     }
@@ -218,7 +263,7 @@ impl Replica {
             packed_encode(&mut packed.buffer_mut_unique()[HEADER_SIZE..], count, requests);
         assert_eq!(body_size, size);
         for _ in 0..count {
-            let request = self.request_queue.pop_front().expect("packed above");
+            let request = self.request_queue_pop();
             assert!(append(&&request));
         }
         let checksum_body = header::checksum(&packed.buffer()[HEADER_SIZE..][..body_size]);
@@ -268,11 +313,13 @@ impl Replica {
         assert_eq!(prepare.invalid(), None);
         // The journal writes whole sectors: the padding after the message must be zero.
         message.buffer_mut_unique()[size..size.next_multiple_of(SECTOR_SIZE)].fill(0);
-        // One request in flight per client (`request_in_flight`).
-        for client in prepare_clients(&message) {
-            let in_flight = |prepared: &Prepared| prepare_serves(&prepared.message, client);
+        // One request in flight per client (`request_in_flight`). Checked for a single
+        // request only: for each member of a packed one it would cost a scan of the pipeline.
+        if request.client != ClientId(0) {
+            let in_flight = |prepared: &Prepared| prepare_serves(&prepared.message, request.client);
             assert!(!self.pipeline.iter().any(in_flight), "one request per client in flight");
         }
+        self.request_epoch_op.get_or_insert(op);
         self.head.extend(&prepare);
         self.timestamp_last = timestamp;
         let prepared =

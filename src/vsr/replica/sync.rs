@@ -30,7 +30,7 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 use super::grid_repair::GRID_REPAIR_TOKEN_FIRST;
 use super::{CheckpointPhase, Destination, Replica, Status, message_finish};
 use crate::constants::{
-    BLOCK_SIZE, CLIENTS_MAX, HEADER_SIZE, SECTOR_SIZE, SYNC_CHUNKS_PER_REQUEST_MAX, SYNC_READS_MAX,
+    BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE, SYNC_CHUNKS_PER_REQUEST_MAX, SYNC_READS_MAX,
     SYNC_WRITES_MAX,
 };
 use crate::state_machine::CheckpointState;
@@ -44,7 +44,8 @@ use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
 use crate::vsr::timeout::TimeoutKind;
 
-/// The body of `sync_checkpoint`.
+/// The body of `sync_checkpoint`, followed by the checkpoint's client session table
+/// (`clients_max` `ClientSessionRecord`s).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct SyncCheckpointBody {
@@ -57,7 +58,6 @@ pub struct SyncCheckpointBody {
     pub streams_table_address: u64,
     pub streams_table_blocks: u32,
     pub reserved: u32,
-    pub client_sessions: [ClientSessionRecord; CLIENTS_MAX],
     /// Zero: pads the body to the header's 64-byte alignment.
     pub reserved_end: [u8; 8],
 }
@@ -114,6 +114,8 @@ pub(super) struct SyncState {
     checkpoint_checksum: Checksum,
     commit: Op,
     body: SyncCheckpointBody,
+    /// The client session table that came with `body`.
+    sessions: Vec<ClientSessionRecord>,
     block_next: u64,
     /// Chunks of `block_next` received and asked for, the checksums of their sectors, and the
     /// checksum its header names.
@@ -134,7 +136,7 @@ pub(super) struct SyncState {
 }
 
 impl SyncState {
-    pub fn new() -> SyncState {
+    pub fn new(clients_max: usize) -> SyncState {
         SyncState {
             phase: Phase::Idle,
             source: ReplicaIndex(0),
@@ -143,6 +145,7 @@ impl SyncState {
             checkpoint_checksum: Checksum(0),
             commit: Op(0),
             body: SyncCheckpointBody::new_zeroed(),
+            sessions: Vec::with_capacity(clients_max),
             block_next: 0,
             chunks: ChunkFetch::new(),
             sectors: SectorChecksums::new(),
@@ -326,12 +329,15 @@ impl Replica {
             streams_table_checksum: working.vsr_state.streams_table_checksum,
             checkpoint_state_checksum: working.vsr_state.checkpoint_state_checksum,
             reserved: 0,
-            client_sessions: working.vsr_state.client_sessions,
             reserved_end: [0; 8],
         };
+        let sessions = self.superblock.working_sessions().as_bytes();
         let mut message = self.pool.get();
-        let size = HEADER_SIZE + size_of::<SyncCheckpointBody>();
-        message.buffer_mut_unique()[HEADER_SIZE..size].copy_from_slice(body.as_bytes());
+        let bytes = message.buffer_mut_unique();
+        let body_end = HEADER_SIZE + size_of::<SyncCheckpointBody>();
+        let size = body_end + sessions.len();
+        bytes[HEADER_SIZE..body_end].copy_from_slice(body.as_bytes());
+        bytes[body_end..size].copy_from_slice(sessions);
         let mut reply = self.header_new(Command::SyncCheckpoint);
         reply.checkpoint_op = working.vsr_state.checkpoint_op;
         reply.commit = working.vsr_state.commit_max.max(working.vsr_state.checkpoint_op);
@@ -348,9 +354,15 @@ impl Replica {
             return;
         }
         assert_eq!(self.sync.writes, 0, "no block is written before a checkpoint is chosen");
-        let Ok(body) = SyncCheckpointBody::read_from_bytes(message.body()) else {
-            return self.message_invalid(&header, "sync_checkpoint body of the wrong size");
+        let Ok((body, sessions)) = SyncCheckpointBody::read_from_prefix(message.body()) else {
+            return self.message_invalid(&header, "sync_checkpoint body too short");
         };
+        let Ok(sessions) = <[ClientSessionRecord]>::ref_from_bytes(sessions) else {
+            return self.message_invalid(&header, "sync_checkpoint sessions misaligned");
+        };
+        if sessions.len() != self.config.clients_max as usize {
+            return self.message_invalid(&header, "sync_checkpoint session table of another size");
+        }
         let table_end =
             body.streams_table_address.checked_add(u64::from(body.streams_table_blocks));
         let grid_blocks = self.config.grid_size / BLOCK_SIZE as u64;
@@ -379,6 +391,8 @@ impl Replica {
         self.sync.checkpoint_checksum = views::SyncCheckpoint::of(&header).checkpoint_checksum();
         self.sync.commit = header.commit;
         self.sync.body = body;
+        self.sync.sessions.clear();
+        self.sync.sessions.extend_from_slice(sessions);
         self.sync.source = header.replica;
         self.sync.block_next = self.state_machine.grid_head().min(body.grid_head);
         self.sync.chunks.reset();
@@ -649,12 +663,13 @@ impl Replica {
         state.checkpoint_op = self.sync.checkpoint_op;
         state.checkpoint_checksum = self.sync.checkpoint_checksum;
         state.checkpoint_state_set(&body.checkpoint_state());
-        state.client_sessions = body.client_sessions;
         // The checkpoint's prepare is not in this replica's WAL: the superblock keeps its header.
         state.view_headers[0] = body.checkpoint_header;
         state.view_headers_count = 1;
         self.sync.phase = Phase::Superblock;
-        self.superblock_write(storage, &state);
+        let sessions = std::mem::take(&mut self.sync.sessions);
+        self.superblock_write(storage, &state, Some(&sessions));
+        self.sync.sessions = sessions;
     }
 
     /// The superblock holds the checkpoint: the event store opens it.
@@ -676,7 +691,7 @@ impl Replica {
             return self.fail("the checkpoint fetched by state sync could not be opened");
         }
         let working = *self.superblock.working();
-        if self.sessions.restore(&working.vsr_state.client_sessions).is_err() {
+        if self.sessions.restore(self.superblock.working_sessions()).is_err() {
             return self.fail("the client session table fetched by state sync is invalid");
         }
         self.replies.forget_all();

@@ -4,7 +4,7 @@
 use super::*;
 use crate::constants::SECTOR_SIZE;
 use crate::constants::{
-    GRID_READS_MAX, MESSAGE_SIZE_SMALL, PIPELINE_PREPARE_QUEUE_MAX, REQUEST_QUEUE_MAX,
+    GRID_READS_MAX, MESSAGE_SIZE_SMALL, PIPELINE_PREPARE_QUEUE_MAX, request_queue_max,
 };
 use crate::sim::storage::MemoryStorage;
 use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
@@ -54,7 +54,7 @@ impl Harness {
             crate::constants::FORMAT_WRITE_SIZE,
         );
         format::format(&mut storage, &format_pool, &config).unwrap();
-        let pool = replica_pool(config.message_size_max as usize);
+        let pool = replica_pool(config.message_size_max as usize, config.clients_max as usize);
         let replica = Replica::new(&config, pool.clone(), 1);
         let mut harness = Harness {
             config,
@@ -265,7 +265,8 @@ fn a_request_past_a_full_queue_is_answered_busy_and_taken_when_sent_again() {
     // next request gets a `busy` answer naming it, in place of silence that would make its
     // client wait out a timeout; the same request sent again once there is room commits.
     let mut harness = Harness::new(small_config());
-    let queued = PIPELINE_PREPARE_QUEUE_MAX + REQUEST_QUEUE_MAX;
+    let queued =
+        PIPELINE_PREPARE_QUEUE_MAX + request_queue_max(harness.config.clients_max as usize);
     for client in 1..=queued as u64 {
         let register =
             harness.small(harness.request(ClientId(client), 0, Operation::Register, &[]));

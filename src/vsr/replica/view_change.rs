@@ -491,7 +491,7 @@ impl Replica {
             self.view_change.vote_view = view;
             self.view_change.votes = 0;
         }
-        self.request_queue.clear();
+        self.request_queue_clear();
         let bit = self.config.replica.bit();
         for prepared in self.pipeline.iter_mut() {
             prepared.acknowledged = false;

@@ -8,12 +8,12 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::*;
 use crate::constants::{
     FORMAT_WRITE_SIZE, FORMAT_WRITES_IN_FLIGHT, SECTOR_SIZE, SUPERBLOCK_COPY_SIZE,
-    SUPERBLOCK_UPDATE_REWRITES_MAX,
+    SUPERBLOCK_HEADER_SIZE, SUPERBLOCK_UPDATE_REWRITES_MAX,
 };
 use crate::sim::storage::MemoryStorage;
 use crate::stdx::prng::Prng;
 use crate::vsr::format::format;
-use crate::vsr::header::ReplicaIndex;
+use crate::vsr::header::{ClientId, ReplicaIndex};
 use crate::vsr::layout::Layout;
 
 fn small_config() -> Config {
@@ -35,8 +35,9 @@ fn storage_from(bytes: &[u8]) -> MemoryStorage {
     storage
 }
 
+/// The header of `copy` (its session trailer follows).
 fn copy_range(copy: usize) -> Range<usize> {
-    copy * SUPERBLOCK_COPY_SIZE..(copy + 1) * SUPERBLOCK_COPY_SIZE
+    copy * SUPERBLOCK_COPY_SIZE..copy * SUPERBLOCK_COPY_SIZE + SUPERBLOCK_HEADER_SIZE
 }
 
 fn copy_on_disk(storage: &MemoryStorage, copy: usize) -> SuperBlockHeader {
@@ -304,7 +305,7 @@ fn update_then_reopen_shows_new_state_at_sequence_two() {
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let format_checksum = superblock.working().checksum;
     let state = state_advanced(superblock.working(), 1);
-    superblock.update_blocking(&mut storage, &state).expect("update");
+    superblock.update_blocking(&mut storage, &state, None).expect("update");
     assert_eq!(superblock.working().sequence, 2);
     assert_eq!(superblock.working().vsr_state(), state);
     let reopened = SuperBlock::open_blocking(&mut storage).expect("reopen");
@@ -326,7 +327,7 @@ fn updates_keep_view_log_view_and_commit_max_monotonic() {
         let previous = *superblock.working();
         let mut state = state_advanced(&previous, round % 2);
         state.log_view = previous.vsr_state.log_view;
-        superblock.update_blocking(&mut storage, &state).expect("update");
+        superblock.update_blocking(&mut storage, &state, None).expect("update");
         let working = superblock.working();
         assert_eq!(working.sequence, previous.sequence + 1);
         assert_eq!(working.parent, previous.checksum);
@@ -341,10 +342,10 @@ fn update_with(change: fn(&mut VsrState)) {
     let mut storage = formatted_storage();
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let state = state_advanced(superblock.working(), 2);
-    superblock.update_blocking(&mut storage, &state).expect("update");
+    superblock.update_blocking(&mut storage, &state, None).expect("update");
     let mut state = superblock.working().vsr_state();
     change(&mut state);
-    superblock.update(&mut storage, &state);
+    superblock.update(&mut storage, &state, None);
 }
 
 #[test]
@@ -389,8 +390,8 @@ fn update_asserts_one_operation_at_a_time() {
     let mut storage = formatted_storage();
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let state = state_advanced(superblock.working(), 1);
-    superblock.update(&mut storage, &state);
-    superblock.update(&mut storage, &state);
+    superblock.update(&mut storage, &state, None);
+    superblock.update(&mut storage, &state, None);
 }
 
 /// Crashes an update after `completions` completions (each of the four writes, then the four
@@ -403,7 +404,7 @@ fn crash_during_update(
     tear: bool,
 ) -> usize {
     let mut superblock = SuperBlock::open_blocking(storage).expect("open");
-    superblock.update(storage, state);
+    superblock.update(storage, state, None);
     step(&mut superblock, storage); // The sync before the first copy.
     for _ in 0..completions {
         step(&mut superblock, storage);
@@ -427,7 +428,7 @@ fn crash_during_update_reopens_to_old_or_new_state_never_a_mix() {
     let mut template = formatted_storage();
     let mut superblock = SuperBlock::open_blocking(&mut template).expect("open");
     let completed = state_advanced(superblock.working(), 1);
-    superblock.update_blocking(&mut template, &completed).expect("update");
+    superblock.update_blocking(&mut template, &completed, None).expect("update");
     let crashed = state_advanced(superblock.working(), 2);
     for completions in 0..2 * SUPERBLOCK_COPIES {
         for tear in [false, true] {
@@ -444,7 +445,7 @@ fn crash_during_update_reopens_to_old_or_new_state_never_a_mix() {
             assert_copies_identical(&storage, &working);
             let mut reopened = reopened;
             let next = state_advanced(&working, 3);
-            reopened.update_blocking(&mut storage, &next).expect(&context);
+            reopened.update_blocking(&mut storage, &next, None).expect(&context);
             let last = SuperBlock::open_blocking(&mut storage).expect(&context);
             assert_eq!(last.working().sequence, working.sequence + 1, "{context}");
             assert_eq!(last.working().parent, working.checksum, "{context}");
@@ -507,7 +508,7 @@ fn open_with_newer_copy_zero(
     let mut storage = formatted_storage();
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let state = state_advanced(superblock.working(), 4);
-    superblock.update_blocking(&mut storage, &state).expect("update");
+    superblock.update_blocking(&mut storage, &state, None).expect("update");
     let working = *superblock.working();
     let mut newer = working;
     newer.sequence += sequence_delta;
@@ -563,7 +564,7 @@ fn open_detects_chosen_superblock_going_backwards_from_its_parent() {
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let parent = *superblock.working();
     let state = state_advanced(&parent, 1);
-    superblock.update_blocking(&mut storage, &state).expect("update");
+    superblock.update_blocking(&mut storage, &state, None).expect("update");
     let mut child = *superblock.working();
     child.vsr_state.commit_max = parent.vsr_state.commit_max;
     child.vsr_state.view = parent.vsr_state.view;
@@ -592,7 +593,7 @@ fn update_rewrites_copy_that_reads_back_corrupt() {
     let mut storage = formatted_storage();
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     let state = state_advanced(superblock.working(), 1);
-    superblock.update(&mut storage, &state);
+    superblock.update(&mut storage, &state, None);
     step(&mut superblock, &mut storage); // The sync before the first copy.
     for _ in 0..SUPERBLOCK_COPIES {
         step(&mut superblock, &mut storage);
@@ -616,7 +617,7 @@ fn update_settles_for_verify_quorum_when_one_copy_stays_unreadable() {
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     storage.read_errors[3] = true;
     let state = state_advanced(superblock.working(), 1);
-    superblock.update_blocking(&mut storage, &state).expect("update");
+    superblock.update_blocking(&mut storage, &state, None).expect("update");
     assert_eq!(superblock.working().sequence, 2);
     assert_eq!(superblock.rewrites, SUPERBLOCK_UPDATE_REWRITES_MAX);
     let error = IoError::Errno(libc::EIO);
@@ -632,7 +633,7 @@ fn update_fails_when_verify_cannot_reach_quorum() {
     let before = *superblock.working();
     storage.read_errors = [false, true, true, false];
     let state = state_advanced(superblock.working(), 1);
-    let result = superblock.update_blocking(&mut storage, &state);
+    let result = superblock.update_blocking(&mut storage, &state, None);
     assert_eq!(result, Err(SuperBlockError::VerifyFailed { copies_matching: 2 }));
     assert_eq!(superblock.working(), &before);
     assert!(!superblock.updatable);
@@ -649,7 +650,7 @@ fn update_fails_on_write_error() {
     let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
     storage.write_errors[1] = true;
     let state = state_advanced(superblock.working(), 1);
-    let result = superblock.update_blocking(&mut storage, &state);
+    let result = superblock.update_blocking(&mut storage, &state, None);
     let error = IoError::Errno(libc::EIO);
     assert_eq!(result, Err(SuperBlockError::WriteFailed { copy: 1, error }));
     assert_eq!(superblock.working().sequence, 1);
@@ -665,7 +666,7 @@ fn update_fails_on_sync_error() {
     let before = storage.inner.bytes()[..SUPERBLOCK_COPIES * SUPERBLOCK_COPY_SIZE].to_vec();
     storage.sync_error = true;
     let state = state_advanced(superblock.working(), 1);
-    let result = superblock.update_blocking(&mut storage, &state);
+    let result = superblock.update_blocking(&mut storage, &state, None);
     let error = IoError::Errno(libc::EIO);
     assert_eq!(result, Err(SuperBlockError::SyncFailed { error }));
     assert_eq!(superblock.working().sequence, 1);
@@ -702,7 +703,7 @@ fn update_makes_earlier_cached_writes_durable() {
     };
     write(&mut storage, 0);
     let state = state_advanced(superblock.working(), 1);
-    superblock.update_blocking(&mut storage, &state).expect("update");
+    superblock.update_blocking(&mut storage, &state, None).expect("update");
     write(&mut storage, 1);
     assert_eq!(storage.cached_unflushed(), 1, "only the write after the update is unflushed");
     storage.crash();
@@ -775,7 +776,7 @@ fn random_damage_to_two_copies_opens_latest_completed_update() {
         let mut superblock = SuperBlock::open_blocking(&mut storage).expect(&context);
         for _ in 0..prng.index(5) {
             let state = state_advanced(superblock.working(), prng.index(3) as u64);
-            superblock.update_blocking(&mut storage, &state).expect(&context);
+            superblock.update_blocking(&mut storage, &state, None).expect(&context);
         }
         let completed = *superblock.working();
         let first = prng.index(SUPERBLOCK_COPIES);
@@ -787,4 +788,34 @@ fn random_damage_to_two_copies_opens_latest_completed_update() {
         assert_eq!(reopened.working(), &completed, "{context}");
         assert_copies_identical(&storage, &completed);
     }
+}
+
+#[test]
+fn client_sessions_round_trip_and_a_rotten_trailer_counts_as_a_corrupt_copy() {
+    // Goal: the session table an update is given is what a reopen reads back, a view update
+    // (no table) keeps it, and a copy whose header is sound but whose session trailer rotted
+    // is reported and rewritten, like a torn header.
+    let mut storage = formatted_storage();
+    let mut superblock = SuperBlock::open_blocking(&mut storage).expect("open");
+    let clients_max = superblock.working().clients_max as usize;
+    assert!(superblock.working_sessions().iter().all(|record| *record == Default::default()));
+    let mut sessions = vec![ClientSessionRecord::default(); clients_max];
+    sessions[1].client = ClientId(77);
+    sessions[1].session = Op(5);
+    sessions[1].request = 3;
+    let state = state_advanced(superblock.working(), 1);
+    superblock.update_blocking(&mut storage, &state, Some(&sessions)).expect("update");
+    let state = state_advanced(superblock.working(), 1);
+    superblock.update_blocking(&mut storage, &state, None).expect("view update");
+    let checksum = superblock.working().vsr_state.client_sessions_checksum;
+    assert_eq!(checksum, sessions_checksum(&sessions));
+    storage.corrupt_sector(copy_offset(2) + SUPERBLOCK_HEADER_SIZE as u64);
+    let reopened = SuperBlock::open_blocking(&mut storage).expect("reopen");
+    assert_eq!(reopened.working().sequence, 3);
+    assert_eq!(reopened.working_sessions(), &sessions[..]);
+    assert_eq!(reopened.copies_health()[2], CopyHealth::CorruptSessions);
+    let again = SuperBlock::open_blocking(&mut storage).expect("reopen after the repair");
+    assert!(
+        again.copies_health().iter().all(|health| *health == CopyHealth::Valid { sequence: 3 })
+    );
 }
