@@ -165,11 +165,16 @@ pub const IO_ENTRIES: u32 = 256;
 /// In-flight io_uring disk operations a replica can have.
 pub const IO_OPERATIONS_DISK_MAX: usize = 512;
 
-/// In-flight io_uring operations of all kinds a replica can have: the disk's, and the bus's (an
-/// accept, and per connection a receive and a send, or a connect, or a close) for the most
+/// In-flight io_uring operations of all kinds a replica can have: the disk's, and the bus's (its
+/// accepts, and per connection a receive and a send, or a connect, or a close) for the most
 /// clients a data file may be formatted for. The ring is set up before the data file's
 /// configuration is read; a slot costs a few dozen bytes.
-pub const IO_OPERATIONS_MAX: usize = IO_OPERATIONS_DISK_MAX + 1 + 2 * connections_max(CLIENTS_MAX);
+pub const IO_OPERATIONS_MAX: usize =
+    IO_OPERATIONS_DISK_MAX + ACCEPTS_IN_FLIGHT_MAX + 2 * connections_max(CLIENTS_MAX);
+
+/// Accepts the message bus keeps in the ring at once, so that a crowd of clients connecting
+/// together is taken in a few turns of the event loop.
+pub const ACCEPTS_IN_FLIGHT_MAX: usize = 64;
 
 /// Completions drained from the ring in one go before any is dispatched.
 pub const IO_COMPLETIONS_BATCH_MAX: usize = 256;

@@ -65,6 +65,8 @@ pub(super) type ShareResult = Result<ShareResults, String>;
 
 /// The most events one epoll wait reports.
 const EVENTS_PER_WAIT: usize = 256;
+/// Sessions that start (connect and register) between two looks at the replies.
+const REGISTERS_PER_POLL: usize = 64;
 /// The longest an event loop sleeps before it checks whether another thread failed.
 const WAIT_MAX_MS: u64 = 100;
 
@@ -145,10 +147,15 @@ impl<'a> Driver<'a> {
     }
 
     fn run(&mut self) -> ShareResult {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
         for index in 0..self.sessions.len() {
             self.request_start(index, Operation::Register, 0, Instant::now())?;
+            // Each session connects (blocking, if briefly) before it registers: thousands of
+            // them in a row kept the replies of the first waiting past their timeout.
+            if index % REGISTERS_PER_POLL == REGISTERS_PER_POLL - 1 {
+                self.poll(&mut events, 0)?;
+            }
         }
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
         loop {
             if self.load.failed.load(Ordering::Relaxed) {
                 return Err("another client thread failed".to_string());
@@ -161,14 +168,18 @@ impl<'a> Driver<'a> {
             if self.now() >= self.timer_due {
                 self.timers();
             }
-            let count = self
-                .epoll
-                .wait(&mut events, self.wait_ms())
-                .map_err(|error| format!("epoll_wait: {error}"))?;
-            for event in &events[..count] {
-                self.on_ready(event.u64 as usize, event.events)?;
-            }
+            self.poll(&mut events, self.wait_ms())?;
         }
+    }
+
+    /// Waits up to `wait_ms` for sockets to be ready, and handles those that are.
+    fn poll(&mut self, events: &mut [libc::epoll_event], wait_ms: i32) -> Result<(), String> {
+        let count =
+            self.epoll.wait(events, wait_ms).map_err(|error| format!("epoll_wait: {error}"))?;
+        for event in &events[..count] {
+            self.on_ready(event.u64 as usize, event.events)?;
+        }
+        Ok(())
     }
 
     fn results(&mut self) -> ShareResults {

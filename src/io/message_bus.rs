@@ -61,8 +61,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use static_assertions::const_assert;
 
 use crate::constants::{
-    BUS_POOL_RESERVE, CLIENT_RECEIVES_LARGE_MAX, CLIENT_SENDS_LARGE_MAX, CLIENTS_MAX,
-    CONNECTION_SEND_QUEUE_MAX, HEADER_SIZE, IDENTIFY_TICKS_MAX, INBOX_LARGE_MAX,
+    ACCEPTS_IN_FLIGHT_MAX, BUS_POOL_RESERVE, CLIENT_RECEIVES_LARGE_MAX, CLIENT_SENDS_LARGE_MAX,
+    CLIENTS_MAX, CONNECTION_SEND_QUEUE_MAX, HEADER_SIZE, IDENTIFY_TICKS_MAX, INBOX_LARGE_MAX,
     RECEIVE_LARGE_TICKS_MAX, RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN,
     REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SEND_STALL_TICKS_MAX, SHED_LOG_TICKS,
     SOCKET_BUFFER_SIZE_MAX, TICK_MS, connections_max, inbox_max, listen_backlog,
@@ -280,7 +280,8 @@ pub struct MessageBus {
     message_size_max: usize,
     socket_buffer_size_bytes: usize,
     listener: Option<OwnedFd>,
-    accept_in_flight: bool,
+    /// Accepts in the ring (at most `ACCEPTS_IN_FLIGHT_MAX`).
+    accepts_in_flight: usize,
     /// An accept failed: submit the next one at the next tick rather than spin on the error.
     accept_paused: bool,
     /// The last accept failed (its error was logged; the next ones of the streak are not).
@@ -370,7 +371,7 @@ impl MessageBus {
             message_size_max,
             socket_buffer_size_bytes,
             listener: None,
-            accept_in_flight: false,
+            accepts_in_flight: 0,
             accept_paused: false,
             accept_failing: false,
             refused_logged: false,
@@ -568,21 +569,33 @@ impl MessageBus {
 impl MessageBus {
     fn accept_submit(&mut self, io: &mut Io) {
         let Some(listener) = &self.listener else { return };
-        if self.accept_in_flight || self.accept_pending.is_some() {
+        if self.accept_pending.is_some() {
             // The connection accepted last still waits for its slot.
             return;
         }
-        io.submit(Operation::Accept { fd: listener.as_raw_fd() });
-        self.accept_in_flight = true;
+        // Several at once: one accept a turn of the event loop, a turn that commits and answers
+        // a thousand requests under load, left clients that connected together waiting in the
+        // kernel's queue for seconds (their requests timed out before they were read).
+        while self.accepts_in_flight < ACCEPTS_IN_FLIGHT_MAX {
+            io.submit(Operation::Accept { fd: listener.as_raw_fd() });
+            self.accepts_in_flight += 1;
+        }
     }
 
     fn accept_complete(&mut self, io: &mut Io, result: Result<usize, IoError>) {
-        assert!(self.accept_in_flight);
-        self.accept_in_flight = false;
+        assert!(self.accepts_in_flight > 0);
+        self.accepts_in_flight -= 1;
         match result {
             Ok(fd) => {
                 let fd = RawFd::try_from(fd).expect("accept returns a descriptor");
                 self.accept_failing = false;
+                if self.accept_pending.is_some() {
+                    // Every slot is taken and one connection already waits for a slot: refused,
+                    // as it would be with no slot to wait for.
+                    self.metrics.connections_refused += 1;
+                    socket::close(fd);
+                    return;
+                }
                 self.connection_open(io, fd);
                 self.accept_submit(io); // Unless `fd` waits for a slot.
             }

@@ -330,7 +330,9 @@ impl Checker {
         let keys = if header.operation == Operation::AppendPacked as u8 {
             let members = packed_members(header);
             self.packed_members_unknown += u64::from(members.is_none());
-            let keys = members.iter().flatten().map(|member| (member.client, member.request));
+            // Packed registers, like registers alone, are exempt from the dedup check.
+            let appends = members.iter().flatten().filter(|member| member.request != 0);
+            let keys = appends.map(|member| (member.client, member.request));
             let keys = keys.collect();
             self.packed.insert(op, members);
             keys
@@ -473,8 +475,9 @@ fn reply_matches(
     reply: &ReplyRecord,
 ) -> Result<(), &'static str> {
     if prepare.operation == Operation::AppendPacked as u8 {
-        if reply.operation != Operation::Append as u8 {
-            return Err("the packed prepare at its op holds appends only");
+        let packable = [Operation::Append as u8, Operation::Register as u8];
+        if !packable.contains(&reply.operation) {
+            return Err("the packed prepare at its op holds appends and registers only");
         }
         let Some(members) = members else {
             return Ok(());
@@ -482,7 +485,8 @@ fn reply_matches(
         let Some(member) = members.iter().find(|member| member.client == reply.client) else {
             return Err("the packed prepare at its op holds no request of this client");
         };
-        if member.request != reply.request || reply.operation != Operation::Append as u8 {
+        let operation = if member.request == 0 { Operation::Register } else { Operation::Append };
+        if member.request != reply.request || reply.operation != operation as u8 {
             return Err("the packed prepare at its op holds another request of this client");
         }
         if member.request_checksum != reply.request_checksum {

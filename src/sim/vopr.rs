@@ -487,14 +487,28 @@ mod tests {
         // block bad and fetches it again; the sound copy's write must not be overtaken by the
         // rotten one still in flight (the disk completes writes in any order). Seed
         // 5531984660257967767 (a campaign of 2026-12-07) failed with replicas holding different
-        // bytes of one block at the same checkpoint; since the superblock's session trailer
-        // changed the simulator's timings it no longer reaches the refetch, and this seed (found
-        // by a search over seeds 1000..1600) does, though it passes without the fix too.
-        let seed = 1359;
+        // bytes of one block at the same checkpoint. Each change to the simulator's timings
+        // moves the seeds that reach the refetch: this one, from a campaign on the code of
+        // packed registers, reaches it 24 times.
+        let seed = 15791298623046178513;
         let (summary, result) = simulate(&options_from_seed(seed, None, None));
         assert_eq!(result, Ok(()), "kimberlite vopr --seed={seed}");
         let deferred = summary.replica_metrics.sync_chunks_deferred_behind_writes;
         assert!(deferred > 0, "the seed no longer reaches the refetch: {summary:?}");
+    }
+
+    #[test]
+    fn a_primary_cut_off_from_a_newer_view_never_evicts_a_session_that_view_opened() {
+        // Goal: the seed that found it (a campaign of 2026-12-07): replica 0, partitioned,
+        // still leads view 0 while replicas 1 and 2 move to view 1 and commit a client's
+        // register; the client, told of view 1, tries replica 0 after a timeout, and replica 0,
+        // which never executed that register, evicted the client for having no session. A
+        // request from a newer view than the replica's is dropped now.
+        let seed = 3834639561346151189;
+        let (summary, result) = simulate(&options_from_seed(seed, None, None));
+        assert_eq!(result, Ok(()), "kimberlite vopr --seed={seed}");
+        let dropped = summary.replica_metrics.requests_from_newer_view;
+        assert!(dropped > 0, "the seed no longer sends a request to the stale primary");
     }
 
     #[test]

@@ -132,6 +132,8 @@ pub struct AppendResult {
 /// per client request the primary packed, in order; then the requests' append bodies, one after
 /// another, which together form one append body (the event store executes it as one). The
 /// results of request i are its `batch_count` results, after those of the requests before it.
+/// A register (request 0) may be packed too: it has no batches and no body, and opens its
+/// client's session when the op commits, as a register prepared alone would.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct PackedRequest {
@@ -492,6 +494,15 @@ fn packed_body_invalid(body: &[u8]) -> Option<&'static str> {
         let size = request.body_size as usize;
         if size > appends.len() || request.reserved != 0 || request.reserved_end != 0 {
             return Some("packed: a request overruns the body, or reserved bytes set");
+        }
+        if request.client == 0 {
+            return Some("packed: a request of no client");
+        }
+        if request.request == 0 {
+            if size != 0 || request.batch_count != 0 {
+                return Some("packed: a register with a body");
+            }
+            continue;
         }
         let (own, rest) = appends.split_at(size);
         if let Some(reason) = append_body_invalid(own) {

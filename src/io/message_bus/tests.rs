@@ -1015,3 +1015,32 @@ fn idle_connections_lock_out_neither_clients_nor_replicas() {
             && harnesses[0].bus.replica_connected(ReplicaIndex(1))
     );
 }
+
+#[test]
+fn a_crowd_of_clients_connecting_together_is_accepted_in_a_few_turns() {
+    // Goal: the bus keeps several accepts in the ring, so that clients that connect together
+    // are taken from the kernel's queue in a few turns of the event loop. With one accept a
+    // turn, and a turn that commits and answers a thousand requests under load, 4,096 clients
+    // starting together waited seconds in that queue and their first requests timed out.
+    const CROWD: usize = 48;
+    static_assertions::const_assert!(CROWD < CONNECTIONS_MAX - 1);
+    static_assertions::const_assert!(CROWD <= crate::constants::ACCEPTS_IN_FLIGHT_MAX);
+    let mut harness = Harness::new();
+    let crowd = CROWD;
+    let mut clients: Vec<TcpStream> =
+        (0..crowd).map(|_| TcpStream::connect(harness.address).unwrap()).collect();
+    for (index, client) in clients.iter_mut().enumerate() {
+        client.write_all(&ping_client(ClientId(500 + index as u64))).unwrap();
+    }
+    let mut turns = 0;
+    while harness.bus.metrics().connections_accepted < crowd as u64 {
+        assert!(
+            turns < 8,
+            "{} accepted after {turns} turns",
+            harness.bus.metrics().connections_accepted
+        );
+        harness.pump();
+        turns += 1;
+    }
+    assert_eq!(harness.receive(crowd).len(), crowd);
+}

@@ -339,13 +339,7 @@ impl Replica {
         }
         self.reply_build(&mut reply, &header, body_size);
         let slot = if operation == Operation::Register {
-            let (slot, evicted) = self.sessions.register(header.client, header.op);
-            if let Some(evicted) = evicted
-                && send_reply
-            {
-                self.send_eviction(evicted, EvictionReason::SessionEvicted);
-            }
-            slot
+            self.register_commit(header.client, header.op, send_reply)
         } else {
             match self.sessions.slot(header.client) {
                 Some(slot) => slot,
@@ -359,9 +353,22 @@ impl Replica {
         }
     }
 
+    /// Opens `client`'s session at `op` (its register committed), evicting the session whose
+    /// latest commit is oldest if the table is full. Returns the session's slot.
+    fn register_commit(&mut self, client: ClientId, op: Op, send_reply: bool) -> usize {
+        let (slot, evicted) = self.sessions.register(client, op);
+        if let Some(evicted) = evicted
+            && send_reply
+        {
+            self.send_eviction(evicted, EvictionReason::SessionEvicted);
+        }
+        slot
+    }
+
     /// The replies of an executed `append_packed` prepare: the event store answered its
     /// requests' batches in order in `results`' body; each request gets its own share, as if
-    /// it had been prepared alone (a session evicted since gets none).
+    /// it had been prepared alone (a session evicted since gets none). A packed register opens
+    /// its session here and is answered with no body.
     fn execute_packed(&mut self, prepare: &Message, results: &Message, send_reply: bool) {
         let header = *prepare.header();
         let (entries, _) = packed_split(prepare.body()).expect("validated by the primary");
@@ -372,8 +379,14 @@ impl Replica {
             let own = offset..offset + size;
             offset += size;
             let client = ClientId(entry.client);
-            let Some(slot) = self.sessions.slot(client) else {
-                continue;
+            let register = entry.request == 0;
+            let slot = if register {
+                self.register_commit(client, header.op, send_reply)
+            } else {
+                let Some(slot) = self.sessions.slot(client) else {
+                    continue;
+                };
+                slot
             };
             let mut reply = self.pool.get_small();
             reply.buffer_mut_unique()[HEADER_SIZE..][..size]
@@ -384,7 +397,7 @@ impl Replica {
                 timestamp: header.timestamp,
                 client,
                 request: entry.request,
-                operation: Operation::Append as u8,
+                operation: if register { Operation::Register } else { Operation::Append } as u8,
                 request_checksum: Checksum::from(entry.request_checksum),
             };
             self.reply_header_write(&mut reply, &fields, size);

@@ -41,6 +41,14 @@ impl Replica {
         if operation.is_read() {
             return self.read_start(storage, message);
         }
+        if header.view > self.view {
+            // The client heard from a newer view (a reply or a redirect) than this replica
+            // knows: a primary cut off from that view's majority still thinks it leads, and
+            // its session table may lack sessions the newer view opened. Evicting the client
+            // for one would end a live session. Dropped: the client tries the next replica.
+            self.metrics.requests_from_newer_view += 1;
+            return;
+        }
         if !self.is_primary() || self.status != Status::Normal {
             // Only the primary prepares: tell the client which replica that is.
             return self.send_pong_client(&header);
@@ -78,6 +86,13 @@ impl Replica {
                 return self.send_eviction(header.client, EvictionReason::NoSession);
             }
         }
+        self.request_enqueue(storage, message);
+    }
+
+    /// Queues a new request the session table accepted, unless a copy of it is in flight
+    /// already or the queue has no room for it (a busy answer), and prepares what it can.
+    fn request_enqueue<S: Storage>(&mut self, storage: &mut S, message: Message) {
+        let header = *message.header();
         if self.request_in_flight(&header) {
             // One request in flight per client: this is a retry of one already in the pipeline.
             self.metrics.requests_dropped += 1;
@@ -142,10 +157,7 @@ impl Replica {
         // primary answered that register, and the client went on to its first request. Its
         // session exists once the pipeline commits; evicted now, it would lose it for nothing.
         disposition == RequestDisposition::Evict
-            && self.pipeline.iter().any(|prepared| {
-                let header = prepared.message.header();
-                header.client == client && header.operation == Operation::Register as u8
-            })
+            && self.pipeline.iter().any(|prepared| prepare_registers(&prepared.message, client))
     }
 
     /// Whether `request` names the reply to its session's latest request (`session_chain`).
@@ -224,17 +236,21 @@ impl Replica {
         }
     }
 
-    /// Packs the appends at the front of the queue into one `append_packed` request of no
-    /// client, if at least two are there, for `prepare`: one op, one journal write and one
-    /// flush on each replica, and one replication round, for all of them. Only the run at the
-    /// front, so that a register or create_stream behind it is prepared next, in queue order:
+    /// Packs the appends and registers at the front of the queue into one `append_packed`
+    /// request of no client, if at least two are there, for `prepare`: one op, one journal
+    /// write and one flush on each replica, and one replication round, for all of them (a
+    /// thousand clients that start together register in a few ops, not a thousand). Only the
+    /// run at the front, so that a create_stream behind it is prepared next, in queue order:
     /// taking appends from behind it would starve it for as long as appends keep coming.
     fn request_queue_pack(&mut self) -> Option<Message> {
-        let append = |request: &&Message| request.header().operation == Operation::Append as u8;
+        let packable = |request: &&Message| {
+            let operation = request.header().operation;
+            operation == Operation::Append as u8 || operation == Operation::Register as u8
+        };
         let body_max = self.config.message_size_max as usize - HEADER_SIZE;
         let mut count = 0;
         let mut size = size_of::<PackedHead>();
-        for request in self.request_queue.iter().take_while(append) {
+        for request in self.request_queue.iter().take_while(packable) {
             let entry_size = size_of::<PackedRequest>() + request.body().len();
             if size + entry_size > body_max {
                 break;
@@ -264,7 +280,7 @@ impl Replica {
         assert_eq!(body_size, size);
         for _ in 0..count {
             let request = self.request_queue_pop();
-            assert!(append(&&request));
+            assert!(packable(&&request));
         }
         let checksum_body = header::checksum(&packed.buffer()[HEADER_SIZE..][..body_size]);
         let header = packed.header_mut();
@@ -591,6 +607,16 @@ pub(super) fn prepare_clients(prepare: &Message) -> impl Iterator<Item = ClientI
     let own =
         (!packed && prepare.header().client != ClientId(0)).then_some(prepare.header().client);
     own.into_iter().chain(entries.into_iter().flatten().map(|entry| ClientId(entry.client)))
+}
+
+/// Whether `prepare` holds a register of `client`: its own, or a packed one.
+pub(super) fn prepare_registers(prepare: &Message, client: ClientId) -> bool {
+    let header = prepare.header();
+    if header.operation == Operation::AppendPacked as u8 {
+        let entries = packed_split(prepare.body()).expect("validated").0;
+        return entries.into_iter().any(|entry| entry.client == client.0 && entry.request == 0);
+    }
+    header.client == client && header.operation == Operation::Register as u8
 }
 
 /// Whether `prepare` holds a request of `client`.

@@ -481,10 +481,11 @@ mod event_store {
     }
 
     #[test]
-    fn appends_waiting_behind_a_full_pipeline_share_one_op_and_a_register_keeps_its_turn() {
-        // Goal: with the pipeline full, the appends queued at the front become one
-        // append_packed op, each answered on its own with its own offset; a register queued
-        // between appends is prepared in its turn, alone, not starved by the appends behind it.
+    fn appends_and_registers_waiting_behind_a_full_pipeline_share_one_op_in_queue_order() {
+        // Goal: with the pipeline full, the appends and registers queued at the front become
+        // one append_packed op, each answered on its own (an append with its own offset, a
+        // register with its session open); a create_stream queued between them is prepared in
+        // its turn, alone, not starved by the requests behind it, which share the next op.
         let mut harness = Harness::new(Config { clients_max: 16, ..small_config() });
         for client in 1..=11 {
             harness.register(ClientId(client));
@@ -498,16 +499,17 @@ mod event_store {
         };
         harness.sent.clear();
         // Eight appends fill the pipeline (the disk is not run meanwhile); then the queue holds
-        // append 9, register 12, appends 10 and 11.
+        // append 9, register 12, create_stream 11, append 10 and register 13.
         for client in 1..=8 {
             deliver(&mut harness, client, Operation::Append, &append_body(5, client * 10, 1));
         }
         deliver(&mut harness, 9, Operation::Append, &append_body(5, 90, 1));
         deliver(&mut harness, 12, Operation::Register, &[]);
+        deliver(&mut harness, 11, Operation::CreateStream, &create_body(6));
         deliver(&mut harness, 10, Operation::Append, &append_body(5, 100, 1));
-        deliver(&mut harness, 11, Operation::Append, &append_body(5, 110, 1));
+        deliver(&mut harness, 13, Operation::Register, &[]);
         harness.run();
-        let reply_op = |client: u64| {
+        let reply = |client: u64| {
             let replies: Vec<&Message> = harness
                 .sent
                 .iter()
@@ -516,13 +518,19 @@ mod event_store {
                 .collect();
             assert_eq!(replies.len(), 1, "client {client}");
             assert_eq!(replies[0].header().command(), Some(Command::Reply));
-            replies[0].header().op
+            *replies[0].header()
         };
-        let (op_9, op_12, op_10, op_11) = (reply_op(9), reply_op(12), reply_op(10), reply_op(11));
-        assert!(op_9 < op_12 && op_12 < op_10, "{op_9} {op_12} {op_10}");
-        assert_eq!(op_10, op_11, "appends 10 and 11 share one op");
-        assert_eq!(harness.replica.metrics().requests_packed, 2);
-        let offsets: Vec<u64> = [10, 11]
+        let (op_9, op_12, op_11) = (reply(9).op, reply(12).op, reply(11).op);
+        let (op_10, op_13) = (reply(10).op, reply(13).op);
+        assert_eq!(op_9, op_12, "append 9 and register 12 share one op");
+        assert!(op_12 < op_11 && op_11 < op_10, "{op_12} {op_11} {op_10}");
+        assert_eq!(op_10, op_13, "append 10 and register 13 share one op");
+        assert_eq!(harness.replica.metrics().requests_packed, 4);
+        for client in [12, 13] {
+            assert_eq!(reply(client).operation, Operation::Register as u8);
+            assert_eq!(reply(client).size as usize, HEADER_SIZE);
+        }
+        let offsets: Vec<u64> = [9, 10]
             .iter()
             .map(|client| {
                 let (_, message) = harness
@@ -535,11 +543,14 @@ mod event_store {
                 result.offset
             })
             .collect();
-        assert_eq!(offsets, vec![9, 10], "each packed request gets its own result");
-        assert_eq!(
-            read_all(&mut harness, 13, 5),
-            vec![10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110]
-        );
+        assert_eq!(offsets, vec![8, 9], "each packed request gets its own result");
+        for client in [12, 13] {
+            let body = create_body(client);
+            let replies = harness.call(ClientId(client), 1, Operation::CreateStream, &body);
+            assert_eq!(replies.len(), 1, "the packed register opened client {client}'s session");
+            assert_eq!(replies[0].header().command(), Some(Command::Reply));
+        }
+        assert_eq!(read_all(&mut harness, 14, 5), vec![10, 20, 30, 40, 50, 60, 70, 80, 90, 100]);
     }
 
     #[test]
