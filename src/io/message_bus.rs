@@ -575,8 +575,15 @@ impl MessageBus {
         }
         // Several at once: one accept a turn of the event loop, a turn that commits and answers
         // a thousand requests under load, left clients that connected together waiting in the
-        // kernel's queue for seconds (their requests timed out before they were read).
-        while self.accepts_in_flight < ACCEPTS_IN_FLIGHT_MAX {
+        // kernel's queue for seconds (their requests timed out before they were read). No more
+        // than there are free slots (one with none: it makes room, or waits, or is refused),
+        // so that a connection the table cannot take stays in the kernel's queue.
+        let dialed_count = self.dialed_count();
+        let free = self.connections[dialed_count..]
+            .iter()
+            .filter(|connection| connection.state == ConnectionState::Free)
+            .count();
+        while self.accepts_in_flight < free.clamp(1, ACCEPTS_IN_FLIGHT_MAX) {
             io.submit(Operation::Accept { fd: listener.as_raw_fd() });
             self.accepts_in_flight += 1;
         }
@@ -590,8 +597,9 @@ impl MessageBus {
                 let fd = RawFd::try_from(fd).expect("accept returns a descriptor");
                 self.accept_failing = false;
                 if self.accept_pending.is_some() {
-                    // Every slot is taken and one connection already waits for a slot: refused,
-                    // as it would be with no slot to wait for.
+                    // One connection already waits for a slot (the accepts in flight
+                    // outnumbered the free slots): refused, as it would be with no slot to
+                    // wait for.
                     self.metrics.connections_refused += 1;
                     socket::close(fd);
                     return;

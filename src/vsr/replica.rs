@@ -305,7 +305,8 @@ pub struct Metrics {
     /// Requests of a client with no session yet, whose register a new primary's pipeline was
     /// committing again: answered with a pong instead of an eviction.
     pub requests_awaiting_register: u64,
-    /// Writes dropped because their client knew of a newer view than this replica.
+    /// Writes of a client with no session here dropped rather than evicted, because the client
+    /// knew of a newer view than this replica.
     pub requests_from_newer_view: u64,
     /// Times a primary whose prepares stopped committing fell silent so that its backups elect
     /// another.

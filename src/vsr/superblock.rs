@@ -819,8 +819,23 @@ impl SuperBlock {
         let sessions = self.staging_sessions.as_bytes();
         let sessions_end = SUPERBLOCK_HEADER_SIZE + sessions.len();
         bytes[SUPERBLOCK_HEADER_SIZE..sessions_end].copy_from_slice(sessions);
-        bytes[sessions_end..superblock_copy_size(self.staging_sessions.len())].fill(0);
+        bytes[sessions_end..self.io_length(IoKind::Write)].fill(0);
         self.submit(storage, IoKind::Write, copy, buffer);
+    }
+
+    /// The bytes of a copy that an I/O of `kind` covers now.
+    fn io_length(&self, kind: IoKind) -> usize {
+        match (kind, self.phase) {
+            (IoKind::Sync, _) => 0,
+            // At open the configuration is not known yet: the largest copy is read. A repair
+            // writes all of a copy's place, so that a sector past the copy's end that fails
+            // every read (written by nothing since the format) is written again, not left to
+            // spoil every open.
+            (IoKind::Read, Phase::OpenRead) | (IoKind::Write, Phase::OpenRepair) => {
+                SUPERBLOCK_COPY_SIZE
+            }
+            _ => superblock_copy_size(self.staging.clients_max as usize),
+        }
     }
 
     fn write_copy_complete<S: Storage>(
@@ -852,12 +867,7 @@ impl SuperBlock {
         assert!(copy < SUPERBLOCK_COPIES);
         assert!(self.io_in_flight[copy].is_none());
         self.io_in_flight[copy] = Some(kind);
-        let length = match kind {
-            IoKind::Sync => 0,
-            // At open the configuration is not known yet: the largest copy is read.
-            IoKind::Read if self.phase == Phase::OpenRead => SUPERBLOCK_COPY_SIZE,
-            _ => superblock_copy_size(self.staging.clients_max as usize),
-        };
+        let length = self.io_length(kind);
         let request = IoRequest {
             token: IoToken { owner: IoOwner::Superblock, index: copy as u32 },
             kind,

@@ -41,14 +41,6 @@ impl Replica {
         if operation.is_read() {
             return self.read_start(storage, message);
         }
-        if header.view > self.view {
-            // The client heard from a newer view (a reply or a redirect) than this replica
-            // knows: a primary cut off from that view's majority still thinks it leads, and
-            // its session table may lack sessions the newer view opened. Evicting the client
-            // for one would end a live session. Dropped: the client tries the next replica.
-            self.metrics.requests_from_newer_view += 1;
-            return;
-        }
         if !self.is_primary() || self.status != Status::Normal {
             // Only the primary prepares: tell the client which replica that is.
             return self.send_pong_client(&header);
@@ -80,6 +72,16 @@ impl Replica {
             // `Ahead` with every op held executed: a client bug.
             RequestDisposition::Drop | RequestDisposition::Ahead => {
                 self.metrics.requests_dropped += 1;
+                return;
+            }
+            RequestDisposition::Evict if header.view > self.view => {
+                // The client heard from a newer view (a reply or a redirect) than this replica
+                // knows: a primary cut off from that view's majority still thinks it leads,
+                // and its table may lack the session the newer view opened. Evicting would
+                // end a live session; dropped, the request goes on to the next replica. (Only
+                // here: the client's view may be one the cluster never settled in, announced
+                // by a replica that crashed before it persisted it.)
+                self.metrics.requests_from_newer_view += 1;
                 return;
             }
             RequestDisposition::Evict => {

@@ -819,3 +819,20 @@ fn client_sessions_round_trip_and_a_rotten_trailer_counts_as_a_corrupt_copy() {
         again.copies_health().iter().all(|health| *health == CopyHealth::Valid { sequence: 3 })
     );
 }
+
+#[test]
+fn an_unreadable_sector_past_a_copys_end_is_written_again_by_the_repair() {
+    // Goal: open reads the largest copy, so a sector past the end of this configuration's copy
+    // (written by nothing since the format) that fails every read makes the copy unreadable;
+    // the repair writes the copy's whole place, so the next open finds every copy valid. A
+    // repair of the copy's own bytes only left the bad sector to spoil every open.
+    let mut storage = formatted_storage();
+    let tail = copy_offset(2) + SUPERBLOCK_COPY_SIZE as u64 - SECTOR_SIZE as u64;
+    storage.unreadable(tail..tail + SECTOR_SIZE as u64);
+    let superblock = SuperBlock::open_blocking(&mut storage).expect("open");
+    assert!(matches!(superblock.copies_health()[2], CopyHealth::ReadError { .. }));
+    let again = SuperBlock::open_blocking(&mut storage).expect("reopen after the repair");
+    assert!(
+        again.copies_health().iter().all(|health| *health == CopyHealth::Valid { sequence: 1 })
+    );
+}
