@@ -85,6 +85,7 @@ const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, reserved), 2560);
 const_assert_eq!(std::mem::offset_of!(VsrState, view), 48);
 const_assert_eq!(std::mem::offset_of!(VsrState, log_lost), 96);
 const_assert_eq!(std::mem::offset_of!(VsrState, view_headers), 128);
+const_assert_eq!(std::mem::offset_of!(VsrState, client_sessions_count), 100);
 const_assert_eq!(std::mem::offset_of!(VsrState, client_sessions_checksum), 112);
 const_assert_eq!(std::mem::size_of::<VsrState>(), 2432);
 const_assert_eq!(std::mem::offset_of!(SuperBlockHeader, version), CHECKSUM_COVERS_FROM);
@@ -107,8 +108,7 @@ impl SuperBlockHeader {
         superblock.streams_max = config.streams_max;
         superblock.grid_size = config.grid_size;
         superblock.vsr_state.checkpoint_checksum = Header::root_prepare(config.cluster).checksum;
-        superblock.vsr_state.client_sessions_checksum =
-            sessions_checksum(&SESSIONS_FREE[..config.clients_max as usize]);
+        superblock.vsr_state.client_sessions_checksum = sessions_checksum(&[]);
         superblock.set_checksum();
         assert!(superblock.invalid().is_none());
         superblock
@@ -159,9 +159,13 @@ impl SuperBlockHeader {
         if self.vsr_state.log_lost > 1 {
             return Some("log_lost must be 0 or 1");
         }
+        if self.vsr_state.client_sessions_count > self.clients_max {
+            return Some("client_sessions_count larger than clients_max");
+        }
         let reserved_zero = self.reserved_replica == [0; 2]
             && self.reserved_header == [0; 48]
-            && self.vsr_state.reserved == [0; 15]
+            && self.vsr_state.reserved_log_lost == [0; 3]
+            && self.vsr_state.reserved == [0; 8]
             && self.reserved.iter().all(|byte| *byte == 0);
         if !reserved_zero {
             return Some("reserved bytes not zero");
@@ -249,19 +253,27 @@ pub struct VsrState {
     /// (`kimberlite format --rejoin`): its log is not evidence of what it acknowledged before,
     /// so it takes no part in view changes until it holds the cluster's log.
     pub log_lost: u8,
-    pub reserved: [u8; 15],
-    /// The checksum of the client sessions as of the checkpoint (`clients_max` records, free
-    /// entries all zero), which every copy's trailer holds.
+    pub reserved_log_lost: [u8; 3],
+    /// The session slots the trailer holds: up to the last one in use (those after it are
+    /// free), so that a copy costs what the sessions in use need, not `clients_max`.
+    pub client_sessions_count: u32,
+    pub reserved: [u8; 8],
+    /// The checksum of the trailer's `client_sessions_count` records (the client sessions as of
+    /// the checkpoint, free entries all zero).
     pub client_sessions_checksum: Checksum,
     pub view_headers: [Header; VIEW_HEADERS_MAX],
 }
 
-/// A free session table of the largest size, for the checksum of a fresh one.
-static SESSIONS_FREE: [ClientSessionRecord; CLIENTS_MAX] = [ClientSessionRecord::FREE; CLIENTS_MAX];
-
-/// The checksum of a session table, as `VsrState::client_sessions_checksum` holds it.
+/// The checksum of a trailer's session records, as `VsrState::client_sessions_checksum`
+/// holds it.
 pub fn sessions_checksum(records: &[ClientSessionRecord]) -> Checksum {
     header::checksum(records.as_bytes())
+}
+
+/// The slots of `records` up to the last one in use: what a trailer holds of them.
+fn sessions_used(records: &[ClientSessionRecord]) -> usize {
+    let last = records.iter().rposition(|record| *record != ClientSessionRecord::FREE);
+    last.map_or(0, |last| last + 1)
 }
 
 impl VsrState {
@@ -534,7 +546,10 @@ impl SuperBlock {
         staging.sequence = self.working.sequence + 1;
         staging.parent = self.working.checksum;
         staging.set_vsr_state(state);
-        staging.vsr_state.client_sessions_checksum = sessions_checksum(&self.staging_sessions);
+        let used = sessions_used(&self.staging_sessions);
+        staging.vsr_state.client_sessions_count = used as u32;
+        staging.vsr_state.client_sessions_checksum =
+            sessions_checksum(&self.staging_sessions[..used]);
         staging.copy = 0;
         staging.set_checksum();
         if let Some(reason) = staging.invalid() {
@@ -722,6 +737,8 @@ impl SuperBlock {
                 let working = copies[index].expect("chosen is valid");
                 self.working_sessions.clear();
                 self.working_sessions.extend_from_slice(sessions_of(buffer, working));
+                let clients_max = working.clients_max as usize;
+                self.working_sessions.resize(clients_max, ClientSessionRecord::FREE);
                 *working
             }),
         };
@@ -769,7 +786,7 @@ impl SuperBlock {
         for copy in 0..SUPERBLOCK_COPIES {
             let buffer = self.read_buffers[copy].as_ref().expect("every copy was read");
             let result = self.read_results[copy];
-            let length = superblock_copy_size(self.staging.clients_max as usize);
+            let length = self.io_length(IoKind::Read);
             let mut health = copy_health(copy, buffer, result, length);
             // A valid copy's trailer matches the checksum its header holds.
             let identical = matches!(health, CopyHealth::Valid { .. })
@@ -816,7 +833,8 @@ impl SuperBlock {
         let mut buffer = self.pool.get();
         let bytes = buffer.buffer_mut_unique();
         bytes[..SUPERBLOCK_HEADER_SIZE].copy_from_slice(self.staging.as_bytes());
-        let sessions = self.staging_sessions.as_bytes();
+        let used = self.staging.vsr_state.client_sessions_count as usize;
+        let sessions = self.staging_sessions[..used].as_bytes();
         let sessions_end = SUPERBLOCK_HEADER_SIZE + sessions.len();
         bytes[SUPERBLOCK_HEADER_SIZE..sessions_end].copy_from_slice(sessions);
         bytes[sessions_end..self.io_length(IoKind::Write)].fill(0);
@@ -834,7 +852,7 @@ impl SuperBlock {
             (IoKind::Read, Phase::OpenRead) | (IoKind::Write, Phase::OpenRepair) => {
                 SUPERBLOCK_COPY_SIZE
             }
-            _ => superblock_copy_size(self.staging.clients_max as usize),
+            _ => superblock_copy_size(self.staging.vsr_state.client_sessions_count as usize),
         }
     }
 
@@ -905,10 +923,10 @@ fn header_of(buffer: &Message) -> &SuperBlockHeader {
         .expect("superblock buffers are sector aligned and one copy long")
 }
 
-/// The session trailer of a copy whose `header` is valid (`clients_max` in range).
+/// The session records of a copy whose `header` is valid (its count in range).
 fn sessions_of<'a>(buffer: &'a Message, header: &SuperBlockHeader) -> &'a [ClientSessionRecord] {
-    let end =
-        SUPERBLOCK_HEADER_SIZE + header.clients_max as usize * size_of::<ClientSessionRecord>();
+    let count = header.vsr_state.client_sessions_count as usize;
+    let end = SUPERBLOCK_HEADER_SIZE + count * size_of::<ClientSessionRecord>();
     <[ClientSessionRecord]>::ref_from_bytes(&buffer.buffer()[SUPERBLOCK_HEADER_SIZE..end])
         .expect("superblock buffers are sector aligned")
 }
@@ -947,7 +965,7 @@ fn copy_health(
     if let Some(reason) = header.invalid() {
         return CopyHealth::Invalid { reason };
     }
-    if superblock_copy_size(header.clients_max as usize) > length {
+    if superblock_copy_size(header.vsr_state.client_sessions_count as usize) > length {
         // Read back after an update of a smaller table: not the copy that was written.
         return CopyHealth::Invalid { reason: "copy larger than the update written" };
     }

@@ -141,10 +141,15 @@ impl Replica {
             if self.replies.ios == CLIENT_REPLIES_IOS_MAX {
                 break;
             }
-            let slots = self.replies.chunk_slots(chunk);
-            if !self.replies.dirty[slots.clone()].contains(&true) {
+            // Only the run from the chunk's first changed reply to its last: 64 sessions in use
+            // of 1,024 wrote a whole 1 MiB chunk at every checkpoint, which commits wait for.
+            let chunk_slots = self.replies.chunk_slots(chunk);
+            let dirty = &self.replies.dirty[chunk_slots.clone()];
+            let Some(first) = dirty.iter().position(|dirty| *dirty) else {
                 continue;
-            }
+            };
+            let last = dirty.iter().rposition(|dirty| *dirty).expect("one is dirty");
+            let slots = chunk_slots.start + first..chunk_slots.start + last + 1;
             self.replies.dirty[slots.clone()].fill(false);
             let mut buffer = self.pool.get();
             let sectors = self.replies.sectors[slots.clone()].as_bytes();
