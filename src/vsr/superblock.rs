@@ -1,9 +1,10 @@
 //! The superblock: the root of a replica's durable state, kept in four redundant copies at the
 //! start of the data file, and the sans-IO state machine that opens and updates them.
 //!
-//! A copy is a `SuperBlockHeader` and then a trailer with the checkpointed client sessions
-//! (`clients_max` records, whose checksum the header's VSR state holds), written together. A
-//! copy whose trailer does not match that checksum counts as corrupt, like a torn header.
+//! A copy is a `SuperBlockHeader` and then a trailer with the checkpointed client sessions (the
+//! session slots up to the last one in use, whose count and checksum the header's VSR state
+//! holds), written together. A copy whose trailer does not match that checksum counts as
+//! corrupt, like a torn header.
 //!
 //! **Open** reads all copies, keeps the valid ones (checksum, position, version, config), and
 //! chooses the newest update held by `SUPERBLOCK_QUORUM_OPEN` identical copies. Forks, broken
