@@ -70,14 +70,12 @@ pub enum RequestDisposition {
     Evict,
 }
 
-/// The table of client sessions. (`Default` is an empty table that allocates nothing, only to
-/// take the table out of the replica for a moment.)
-#[derive(Default)]
+/// The table of client sessions.
 pub struct ClientSessions {
     records: Vec<ClientSessionRecord>,
     /// Finds a client's slot without a scan of the table (every request looks it up); holds
-    /// every client of `records`. Empty only in a `Default` table.
-    index: Option<IdIndex>,
+    /// every client of `records`.
+    index: IdIndex,
 }
 
 /// What a client puts in `parent` of each request after its register: a checksum of its
@@ -98,7 +96,7 @@ impl ClientSessions {
         assert!(clients_max > 0);
         ClientSessions {
             records: vec![ClientSessionRecord::default(); clients_max],
-            index: Some(IdIndex::new(clients_max)),
+            index: IdIndex::new(clients_max),
         }
     }
 
@@ -113,7 +111,7 @@ impl ClientSessions {
             return Err("client session table of another size");
         }
         self.records.copy_from_slice(records);
-        let index = self.index.as_mut().expect("a table made by new");
+        let index = &mut self.index;
         index.clear();
         for (slot, record) in self.records.iter().enumerate() {
             let client = record.client.get();
@@ -129,8 +127,7 @@ impl ClientSessions {
     /// The slot of `client`'s session.
     pub fn slot(&self, client: ClientId) -> Option<usize> {
         assert_ne!(client, ClientId::NONE);
-        let index = self.index.as_ref().expect("a table made by new");
-        index.find(client.get(), |at| self.records[at].client.get())
+        self.index.find(client.get(), |at| self.records[at].client.get())
     }
 
     pub fn get(&self, slot: usize) -> &ClientSessionRecord {
@@ -182,8 +179,8 @@ impl ClientSessions {
             None => {
                 let slot = self.oldest_slot();
                 evicted = Some(self.records[slot].client);
-                let index = self.index.as_mut().expect("a table made by new");
-                index.remove(self.records[slot].client.get(), |at| self.records[at].client.get());
+                self.index
+                    .remove(self.records[slot].client.get(), |at| self.records[at].client.get());
                 slot
             }
         };
@@ -195,8 +192,7 @@ impl ClientSessions {
             request: 0,
             reply_size: 0,
         };
-        let index = self.index.as_mut().expect("a table made by new");
-        let inserted = index.insert(client.get(), slot, |at| self.records[at].client.get());
+        let inserted = self.index.insert(client.get(), slot, |at| self.records[at].client.get());
         assert!(inserted);
         (slot, evicted)
     }

@@ -5,9 +5,19 @@
 
 use super::{CheckpointPhase, OpenPhase, Replica, Status};
 use crate::constants::checkpoint_interval_ops;
-use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::storage::Storage;
 use crate::vsr::superblock::VsrState;
+
+/// Which client session table a superblock update writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SessionsWritten {
+    /// The one the superblock holds (a view update).
+    Checkpointed,
+    /// The replica's table as of now (a checkpoint).
+    Current,
+    /// The one state sync fetched with its checkpoint.
+    Synced,
+}
 
 impl Replica {
     /// Starts a checkpoint if `commit_min` is a checkpoint op.
@@ -77,9 +87,7 @@ impl Replica {
         state.checkpoint_checksum = checksum;
         state.checkpoint_state_set(&state_machine);
         self.checkpoint = CheckpointPhase::Superblock { op };
-        let sessions = std::mem::take(&mut self.sessions);
-        self.superblock_write(storage, &state, Some(sessions.records()));
-        self.sessions = sessions;
+        self.superblock_write(storage, &state, SessionsWritten::Current);
     }
 
     pub(super) fn superblock_progress<S: Storage>(&mut self, storage: &mut S) {
@@ -138,7 +146,7 @@ impl Replica {
             return;
         }
         let state = self.vsr_state_next();
-        self.superblock_write(storage, &state, None);
+        self.superblock_write(storage, &state, SessionsWritten::Checkpointed);
     }
 
     /// The superblock's state as this replica now stands: view, log_view, log_lost and the
@@ -157,20 +165,24 @@ impl Replica {
         state
     }
 
-    /// Starts a superblock update; `superblock_progress` takes its completion.
-    /// Starts a superblock update to `state` and, at a checkpoint, the client session table
-    /// `sessions` (`None` keeps the checkpointed one).
+    /// Starts a superblock update to `state` and the client session table `sessions` names;
+    /// `superblock_progress` takes its completion.
     pub(super) fn superblock_write<S: Storage>(
         &mut self,
         storage: &mut S,
         state: &VsrState,
-        sessions: Option<&[ClientSessionRecord]>,
+        sessions: SessionsWritten,
     ) {
         assert!(self.superblock_writing.is_none());
         assert!(state.log_view <= state.view);
         // No view is persisted before memory holds it.
         assert!(state.view <= self.view && state.log_view <= self.log_view);
         self.superblock_writing = Some((state.view, state.log_view));
+        let sessions = match sessions {
+            SessionsWritten::Checkpointed => None,
+            SessionsWritten::Current => Some(self.sessions.records()),
+            SessionsWritten::Synced => Some(self.sync.sessions()),
+        };
         self.superblock.update(storage, state, sessions);
     }
 }

@@ -9,6 +9,7 @@
 //! op was never committed (commits go in op order) and so never acknowledged. The journal
 //! entries beyond the head are then truncated durably, before the replica serves.
 
+use super::checkpoint::SessionsWritten;
 use super::{OpenPhase, Replica, Status};
 use crate::state_machine::CheckpointState;
 use crate::vsr::header::Op;
@@ -231,7 +232,7 @@ impl Replica {
         }
         if self.config.replica_count > 1 && !opened_before {
             let state = self.vsr_state_next();
-            self.superblock_write(storage, &state, None);
+            self.superblock_write(storage, &state, SessionsWritten::Checkpointed);
         }
         self.commit_pipeline(storage);
     }

@@ -27,6 +27,7 @@
 
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
+use super::checkpoint::SessionsWritten;
 use super::grid_repair::GRID_REPAIR_TOKEN_FIRST;
 use super::{CheckpointPhase, Destination, Replica, Status, message_finish};
 use crate::constants::{
@@ -159,6 +160,11 @@ impl SyncState {
 
     pub fn active(&self) -> bool {
         self.phase != Phase::Idle
+    }
+
+    /// The client session table that came with the checkpoint being fetched.
+    pub fn sessions(&self) -> &[ClientSessionRecord] {
+        &self.sessions
     }
 
     pub fn superblock_writing(&self) -> bool {
@@ -667,9 +673,7 @@ impl Replica {
         state.view_headers[0] = body.checkpoint_header;
         state.view_headers_count = 1;
         self.sync.phase = Phase::Superblock;
-        let sessions = std::mem::take(&mut self.sync.sessions);
-        self.superblock_write(storage, &state, Some(&sessions));
-        self.sync.sessions = sessions;
+        self.superblock_write(storage, &state, SessionsWritten::Synced);
     }
 
     /// The superblock holds the checkpoint: the event store opens it.
