@@ -5,7 +5,7 @@ use crate::arguments::{Arguments, parse_addresses};
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 
-use crate::constants::{BLOCK_SIZE, CLIENTS_MAX, REPLICAS_MAX};
+use crate::constants::{BLOCK_SIZE, CLIENTS_MAX, REPLICAS_MAX, STREAMS_MAX};
 use crate::sim::vopr::Invocation;
 use crate::vsr::header::ClusterId;
 use crate::vsr::header::ReplicaIndex;
@@ -14,7 +14,7 @@ use crate::vsr::layout::Config;
 const USAGE: &str = "\
 usage:
   kimberlite format --cluster=ID --replica=I --replica-count=N [--grid-size=SIZE]
-                    [--clients-max=N] [--rejoin] PATH
+                    [--clients-max=N] [--streams-max=N] [--rejoin] PATH
   kimberlite start --addresses=ADDRESS[,ADDRESS...] PATH
   kimberlite inspect PATH
   kimberlite benchmark [--addresses=...] [--cluster=ID] [--replica-count=N] [--clients=N]
@@ -30,7 +30,10 @@ usage:
   kimberlite version
 
 SIZE takes a suffix: KiB, MiB, GiB or TiB (or K, M, G, T); the grid size must be a multiple
-of the 512 KiB block size. --rejoin formats the data file of a replica whose file was lost:
+of the 512 KiB block size (default 1GiB). --clients-max: client sessions (default 1024).
+--streams-max: streams (default 65536); each costs about 440 bytes of memory and as much of the
+grid, kept free for the streams table; format names the smallest grid that can hold a stream.
+--rejoin formats the data file of a replica whose file was lost:
 started, it recovers the cluster's log from its peers and takes no part in view changes
 until it has.";
 
@@ -112,14 +115,51 @@ fn format_config(arguments: &Arguments) -> Result<Config, String> {
         }
         config.clients_max = clients_max as u32;
     }
-    match config.invalid() {
-        Some(reason) => Err(reason.to_string()),
-        None => Ok(config),
+    if arguments.flag("streams-max").is_some() {
+        let streams_max: u64 = arguments.integer("streams-max")?;
+        if streams_max == 0 || streams_max > u64::from(STREAMS_MAX) {
+            return Err(format!("--streams-max={streams_max}: streams must be 1 to {STREAMS_MAX}"));
+        }
+        config.streams_max = streams_max as u32;
     }
+    if let Some(reason) = config.invalid() {
+        return Err(reason.to_string());
+    }
+    let grid_size_min =
+        crate::state_machine::grid_blocks_min(config.streams_max) * BLOCK_SIZE as u64;
+    if config.grid_size < grid_size_min {
+        return Err(format!(
+            "a grid of {} bytes cannot hold a stream: with --streams-max={} the streams table \
+             keeps {} bytes free for checkpoints; the smallest grid that works is --grid-size={}",
+            config.grid_size,
+            config.streams_max,
+            grid_size_min - BLOCK_SIZE as u64,
+            size_text(grid_size_min),
+        ));
+    }
+    Ok(config)
+}
+
+/// `bytes` with the largest binary suffix that divides it (as `parse_size` reads it).
+fn size_text(bytes: u64) -> String {
+    for (suffix, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{suffix}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 fn command_format(arguments: &[String]) -> Result<(), String> {
-    let allowed = ["cluster", "replica", "replica-count", "grid-size", "clients-max", "rejoin"];
+    let allowed = [
+        "cluster",
+        "replica",
+        "replica-count",
+        "grid-size",
+        "clients-max",
+        "streams-max",
+        "rejoin",
+    ];
     let arguments = Arguments::parse(arguments, &allowed)?;
     let config = format_config(&arguments)?;
     let path = arguments.path()?;
@@ -142,11 +182,13 @@ fn command_format(arguments: &[String]) -> Result<(), String> {
     }
     .map_err(|error| error.to_string())?;
     println!(
-        "formatted {path}: cluster={} replica={}/{} clients_max={} size={} bytes in {:.2} s",
+        "formatted {path}: cluster={} replica={}/{} clients_max={} streams_max={} size={} bytes \
+         in {:.2} s",
         config.cluster,
         config.replica,
         config.replica_count,
         config.clients_max,
+        config.streams_max,
         report.size_bytes,
         report.elapsed.as_secs_f64(),
     );
@@ -290,7 +332,8 @@ mod tests {
     }
 
     fn format_error(arguments: &[&str]) -> String {
-        let allowed = ["cluster", "replica", "replica-count", "grid-size", "clients-max"];
+        let allowed =
+            ["cluster", "replica", "replica-count", "grid-size", "clients-max", "streams-max"];
         let arguments = Arguments::parse(&strings(arguments), &allowed);
         match arguments.and_then(|arguments| format_config(&arguments)) {
             Ok(config) => panic!("expected an error, got {config:?}"),
@@ -362,6 +405,19 @@ mod tests {
             clients.push(clients_max);
             assert!(format_error(&clients).contains("client sessions must be 1 to 8192"));
         }
+        for streams_max in ["--streams-max=0", "--streams-max=16777217"] {
+            let mut streams = base.to_vec();
+            streams.push(streams_max);
+            assert!(format_error(&streams).contains("streams must be 1 to 16777216"));
+        }
+        let mut tiny = base.to_vec();
+        tiny.push("--grid-size=512KiB");
+        assert_eq!(
+            format_error(&tiny),
+            "a grid of 524288 bytes cannot hold a stream: with --streams-max=65536 the streams \
+             table keeps 14680064 bytes free for checkpoints; the smallest grid that works is \
+             --grid-size=14848KiB"
+        );
         let mut unknown = base.to_vec();
         unknown.push("--colour=blue");
         assert!(format_error(&unknown).contains("unknown option"));

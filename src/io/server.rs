@@ -20,6 +20,7 @@ use crate::io::data_file;
 use crate::io::message_bus::MessageBus;
 use crate::io::ring::Wait;
 use crate::io::storage::IoStorage;
+use crate::state_machine::StateMachine;
 use crate::stdx::allocation_guard;
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::View;
@@ -101,10 +102,12 @@ fn print_memory(config: &Config) {
     let large = messages_max_replica();
     let small = messages_small_max_replica(clients_max);
     let message_size_max = config.message_size_max as usize;
+    let (streams_table, block_buffers) = StateMachine::memory_bytes(config);
     println!(
         "replica {}: {:.0} MiB allocated at startup: message buffers {:.0} MiB ({large} of \
          {} KiB) and {:.0} MiB ({small} of {} KiB, for {clients_max} client sessions and their \
-         connections), latest replies {:.0} MiB (a sector per session)",
+         connections), latest replies {:.0} MiB (a sector per session), streams table {:.0} MiB \
+         (for {} streams), grid block buffers {:.0} MiB",
         config.replica,
         mib(allocation_guard::bytes_allocated() as usize),
         mib(large * message_size_max),
@@ -112,6 +115,9 @@ fn print_memory(config: &Config) {
         mib(small * MESSAGE_SIZE_SMALL),
         MESSAGE_SIZE_SMALL / 1024,
         mib(clients_max * SECTOR_SIZE),
+        mib(streams_table),
+        config.streams_max,
+        mib(block_buffers),
     );
 }
 

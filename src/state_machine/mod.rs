@@ -185,6 +185,21 @@ fn seals_per_commit_max(body_size: u64, levels: usize, event_size_max: u32) -> u
     (fill + content).div_ceil(fill - entry) as usize
 }
 
+/// The fewest grid blocks that can hold a stream's events for a cluster of `streams_max`
+/// streams: the streams table's reserve (which grows, through the skip levels, with the grid)
+/// and the open block. `format` refuses a smaller grid, on which every create and append would
+/// answer `storage_full`.
+pub fn grid_blocks_min(streams_max: u32) -> u64 {
+    let mut blocks = 1;
+    loop {
+        let needed = table_blocks_max(streams_max, frontier_count(blocks) as usize) + 1;
+        if needed <= blocks {
+            return blocks;
+        }
+        blocks = needed;
+    }
+}
+
 /// Grid blocks the streams table takes when every stream exists with a full frontier.
 fn table_blocks_max(streams_max: u32, levels: usize) -> u64 {
     let entry = (size_of::<TableEntry>() + levels * size_of::<BlockPointer>()) as u64;
@@ -363,6 +378,13 @@ impl StateMachine {
             block_faulty_last: None,
             block_fault: None,
         }
+    }
+
+    /// What `new` allocates for `config`: the streams table, and the block buffers.
+    pub fn memory_bytes(config: &Config) -> (usize, usize) {
+        let limits = Limits::new(config);
+        let table = Streams::memory_bytes(config.streams_max, limits.levels);
+        (table, (limits.write_buffers + GRID_READS_MAX) * BLOCK_SIZE)
     }
 
     pub fn limits(&self) -> &Limits {

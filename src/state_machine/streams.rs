@@ -61,6 +61,14 @@ impl Streams {
         }
     }
 
+    /// The bytes `new` allocates.
+    pub fn memory_bytes(streams_max: u32, levels: usize) -> usize {
+        let entries_max = streams_max as usize;
+        let slots = (entries_max * 2).next_power_of_two();
+        entries_max * (size_of::<Stream>() + levels * size_of::<BlockPointer>())
+            + slots * size_of::<u32>()
+    }
+
     /// Forgets every stream (before loading a checkpoint).
     pub fn reset(&mut self) {
         self.entries.clear();

@@ -1379,3 +1379,28 @@ fn grid_too_small_for_the_table_refuses_every_change() {
     assert_eq!(harness.checkpoint(), CheckpointState::default());
     assert_eq!(harness.read_log(0, 10).end, 0);
 }
+
+#[test]
+fn the_smallest_grid_format_allows_holds_a_stream_and_one_block_less_does_not() {
+    // Goal: `grid_blocks_min`, which `format` enforces, is exactly where a grid starts to hold
+    // a stream's events: at it a create and an append succeed, one block less refuses both.
+    for streams_max in [1, 64, 5_000] {
+        let blocks = grid_blocks_min(streams_max);
+        let config =
+            Config { grid_size: blocks * BLOCK_SIZE as u64, streams_max, ..small_config() };
+        let mut harness = Harness::new(config, None);
+        let reply = harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
+        assert_eq!(create_results(&reply), [ResultCode::Ok], "{streams_max}");
+        let reply = harness.commit(Operation::Append, &one_batch(1, 0, vec![vec![1]]));
+        assert_eq!(append_results(&reply), [(ResultCode::Ok, 0)], "{streams_max}");
+        harness.checkpoint();
+        if blocks > 1 {
+            let smaller = Config { grid_size: (blocks - 1) * BLOCK_SIZE as u64, ..config };
+            let mut harness = Harness::new(smaller, None);
+            let reply = harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
+            let created = create_results(&reply)[0] == ResultCode::Ok;
+            let reply = harness.commit(Operation::Append, &one_batch(1, 0, vec![vec![1]]));
+            assert!(!created || append_results(&reply)[0].0 == ResultCode::StorageFull);
+        }
+    }
+}

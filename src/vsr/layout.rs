@@ -6,7 +6,7 @@
 use crate::constants::{
     BLOCK_SIZE, CLIENT_SESSION_RECORD_SIZE, CLIENTS_DEFAULT, CLIENTS_MAX, GRID_SIZE_MAX,
     HEADER_SIZE, JOURNAL_SLOT_COUNT_MAX, JOURNAL_SLOT_COUNT_MIN, MESSAGE_SIZE_MAX,
-    MESSAGE_SIZE_MAX_MIN, REPLICAS_MAX, REPLY_SIZE_MAX, SECTOR_SIZE, STREAMS_MAX,
+    MESSAGE_SIZE_MAX_MIN, REPLICAS_MAX, REPLY_SIZE_MAX, SECTOR_SIZE, STREAMS_DEFAULT, STREAMS_MAX,
     SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE,
 };
 use crate::vsr::header::{ClusterId, ReplicaIndex};
@@ -42,7 +42,7 @@ impl Config {
             message_size_max: MESSAGE_SIZE_MAX as u32,
             clients_max: CLIENTS_DEFAULT as u32,
             grid_size: crate::constants::GRID_SIZE_DEFAULT,
-            streams_max: STREAMS_MAX,
+            streams_max: STREAMS_DEFAULT,
         }
     }
 
@@ -98,8 +98,8 @@ impl Config {
         if self.grid_size > GRID_SIZE_MAX {
             return Some("grid size must be at most 16 TiB");
         }
-        if self.streams_max == 0 {
-            return Some("streams_max must be at least 1");
+        if self.streams_max == 0 || self.streams_max > STREAMS_MAX {
+            return Some("streams_max out of range (1 to 16777216)");
         }
         None
     }
