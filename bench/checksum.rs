@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kimberlite::constants::{BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE};
 use kimberlite::state_machine::block::block_checksum;
-use kimberlite::state_machine::types::{EventRecord, chain_next};
+use kimberlite::state_machine::types::{Event, EventRecord, chain_next};
 use kimberlite::stdx::prng::Prng;
 use kimberlite::vsr::header::{Checksum, ChecksumBytes, checksum};
 
@@ -29,18 +29,20 @@ fn main() {
     run("message (1 MiB)", bytes.len(), || checksum(black_box(&bytes)));
     let block = &bytes[..BLOCK_SIZE];
     run("grid block (512 KiB, hash list)", BLOCK_SIZE, || block_checksum(black_box(block)));
-    let data = &bytes[..128];
+    let event = Event { event_type: b"e", metadata: b"", data: &bytes[..127] };
     let record = EventRecord {
         stream: 1,
         offset: 2,
         position: 3,
         timestamp: 4,
         chain: ChecksumBytes::ZERO,
-        size_bytes: 128,
+        data_size: 127,
+        metadata_size: 0,
+        type_size: 1,
         reserved: 0,
     };
     run("event chain (128 B event)", 128, || {
-        chain_next(Checksum(7), black_box(&record), black_box(data))
+        chain_next(Checksum(7), black_box(&record), black_box(&event))
     });
 }
 

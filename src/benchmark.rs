@@ -7,13 +7,18 @@
 //!
 //! The load: `--streams` streams are created, then `--clients` independent client sessions (each
 //! its own connection and client id, one request in flight each, driven by `--client-threads`
-//! event loops: `driver`) append `--events` events of `--event-size` bytes in batches of
+//! event loops: `driver`) append `--events` events of `--event-size` bytes (a payload of a
+//! one-byte type, `EVENT_TYPE`, and the data) in batches of
 //! `--batch` events per request (default: as many as fit in a message). Closed loop by default;
 //! `--rate=R` makes it open loop, R requests a second in all. It prints a progress line while
 //! it runs (a plain line a second when stderr is not a terminal), then events/s, MiB/s of event
 //! data, and request latency percentiles up to p99.99, taken from every latency.
 
 mod driver;
+
+/// The type of every event the benchmark appends: one byte, so that `--event-size` is the
+/// bytes of each event's whole payload (type, no metadata, data).
+const EVENT_TYPE: &[u8] = b"e";
 
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::net::{SocketAddr, TcpListener};
@@ -244,7 +249,7 @@ impl LocalCluster {
 
 /// A grid big enough for the run's events (with their records and block directories).
 fn grid_size_for(options: &Options) -> u64 {
-    let per_event = 64 + padded_size(options.event_size);
+    let per_event = 64 + padded_size(u64::from(options.event_size));
     let needed = options.events.saturating_mul(per_event) / 10 * 13 + 64 * BLOCK_SIZE as u64;
     needed.max(GRID_SIZE_DEFAULT).next_multiple_of(BLOCK_SIZE as u64)
 }
@@ -319,7 +324,7 @@ fn wait_for_listening(stdout: std::process::ChildStdout) -> Result<(), String> {
 /// Events of `event_size` bytes that fit in one request body.
 fn batch_size_max(event_size: u32) -> u32 {
     let body_max = (MESSAGE_SIZE_MAX - HEADER_SIZE) as u64;
-    let per_event = AppendEncoder::event_size(event_size) as u64;
+    let per_event = AppendEncoder::event_size(u64::from(event_size)) as u64;
     ((body_max - AppendEncoder::batch_size([]) as u64) / per_event) as u32
 }
 

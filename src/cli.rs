@@ -22,7 +22,7 @@ usage:
                        [--client-threads=N] [--rate=REQUESTS_PER_SECOND]
   kimberlite client --addresses=... [--cluster=ID] COMMAND
       create-stream STREAM [TENANT]
-      append STREAM [--expected-offset=N] EVENT...
+      append STREAM --type=TYPE [--metadata=TEXT] [--expected-offset=N|any|no-stream] EVENT...
       read STREAM [--offset=N] [--count=N]
       read-log [--position=N] [--count=N]
       info STREAM

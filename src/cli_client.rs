@@ -8,10 +8,10 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::arguments::{Arguments, parse_addresses};
 use crate::client::Client;
 use crate::constants::MESSAGE_SIZE_MAX;
-use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
+use crate::state_machine::constants::{EXPECTED_NO_STREAM, EXPECTED_OFFSET_ANY};
 use crate::state_machine::types::{
-    AppendResult, CreateStream, CreateStreamResult, EventRecord, ReadLog, ReadReplyHeader,
-    ReadStream, ResultCode, StreamInfo, StreamInfoReply, append_batch_body, padded_size,
+    AppendResult, CreateStream, CreateStreamResult, Event, ReadLog, ReadReplyHeader, ReadStream,
+    ResultCode, StreamInfo, StreamInfoReply, append_batch_body, record_next,
 };
 use crate::vsr::header::ClusterId;
 use crate::vsr::header::Operation;
@@ -21,7 +21,16 @@ const EXIT_RESULT_NOT_OK: i32 = 2;
 
 /// Runs `kimberlite client ...`; `Err` is a usage or connection error (exit 1).
 pub fn command_client(arguments: &[String]) -> Result<(), String> {
-    let allowed = ["addresses", "cluster", "expected-offset", "offset", "position", "count"];
+    let allowed = [
+        "addresses",
+        "cluster",
+        "expected-offset",
+        "type",
+        "metadata",
+        "offset",
+        "position",
+        "count",
+    ];
     let arguments = Arguments::parse(arguments, &allowed)?;
     let addresses = parse_addresses(arguments.flag_required("addresses")?)?;
     let cluster = arguments.integer_or("cluster", 0u64)?;
@@ -75,15 +84,36 @@ fn append(
     arguments: &Arguments,
     rest: &[String],
 ) -> Result<ResultCode, String> {
+    const USAGE: &str = "usage: append STREAM --type=TYPE [--metadata=TEXT] \
+                         [--expected-offset=N|any|no-stream] EVENT...";
     let [stream, events @ ..] = rest else {
-        return Err("usage: append STREAM [--expected-offset=N] EVENT...".to_string());
+        return Err(USAGE.to_string());
     };
     if events.is_empty() {
         return Err("append needs at least one EVENT".to_string());
     }
     let stream = number(stream, "stream")?;
-    let expected_offset = arguments.integer_or("expected-offset", EXPECTED_OFFSET_ANY)?;
-    let events: Vec<&[u8]> = events.iter().map(|event| event.as_bytes()).collect();
+    let expected_offset = match arguments.flag("expected-offset") {
+        None | Some("any") => EXPECTED_OFFSET_ANY,
+        Some("no-stream") => EXPECTED_NO_STREAM,
+        Some(text) => number(text, "--expected-offset")?,
+    };
+    let event_type = arguments.flag("type").unwrap_or("");
+    if event_type.is_empty() || event_type.len() > usize::from(u8::MAX) {
+        return Err(format!("--type must be 1 to 255 bytes ({USAGE})"));
+    }
+    let metadata = arguments.flag("metadata").unwrap_or("");
+    if metadata.len() > usize::from(u16::MAX) {
+        return Err("--metadata must be at most 65535 bytes".to_string());
+    }
+    let events: Vec<Event<'_>> = events
+        .iter()
+        .map(|data| Event {
+            event_type: event_type.as_bytes(),
+            metadata: metadata.as_bytes(),
+            data: data.as_bytes(),
+        })
+        .collect();
     let body = append_batch_body(stream, expected_offset, &events);
     let reply = client.write(Operation::Append, &body).map_err(|error| error.to_string())?;
     let result = AppendResult::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
@@ -152,26 +182,33 @@ fn print_events(body: &[u8]) -> Result<ResultCode, String> {
         ReadReplyHeader::read_from_prefix(body).map_err(|_| "short read reply")?;
     let code = result_code(head.result)?;
     for _ in 0..head.event_count {
-        let (record, rest) =
-            EventRecord::read_from_prefix(events).map_err(|_| "truncated event in reply")?;
-        let size = record.size_bytes as usize;
-        let padded = padded_size(record.size_bytes) as usize;
-        if rest.len() < padded {
-            return Err("truncated event data in reply".to_string());
-        }
-        let data = &rest[..size];
-        let text = match std::str::from_utf8(data) {
-            Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
-            _ => data.iter().map(|byte| format!("{byte:02x}")).collect(),
+        let (record, event, rest) = record_next(events).map_err(|reason| reason.to_string())?;
+        let metadata = if event.metadata.is_empty() {
+            String::new()
+        } else {
+            format!(" metadata {}", printable(event.metadata))
         };
         println!(
-            "stream {} offset {} position {} chain {:08x}: {text}",
-            record.stream, record.offset, record.position, record.chain
+            "stream {} offset {} position {} chain {:08x} type {}{metadata}: {}",
+            record.stream,
+            record.offset,
+            record.position,
+            record.chain,
+            printable(event.event_type),
+            printable(event.data),
         );
-        events = &rest[padded..];
+        events = rest;
     }
     println!("next: {} (end: {})", head.next, head.end);
     Ok(code)
+}
+
+/// `bytes` as text if they are printable UTF-8, else as hex.
+fn printable(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.chars().any(char::is_control) => text.to_string(),
+        _ => bytes.iter().map(|byte| format!("{byte:02x}")).collect(),
+    }
 }
 
 fn info(client: &mut Client, rest: &[String]) -> Result<ResultCode, String> {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::Options;
+use super::{EVENT_TYPE, Options};
 use crate::client::{
     REQUEST_TIMEOUT, client_options, eviction_reason, message_parse, random_client_id,
 };
@@ -106,7 +106,9 @@ impl<'a> Driver<'a> {
     fn new(load: &'a Load<'a>, share: Share) -> Result<Driver<'a>, String> {
         assert!(!share.clients.is_empty());
         let request_size = HEADER_SIZE
-            + AppendEncoder::batch_size((0..load.batch).map(|_| load.options.event_size));
+            + AppendEncoder::batch_size(
+                (0..load.batch).map(|_| u64::from(load.options.event_size)),
+            );
         assert!(request_size <= MESSAGE_SIZE_MAX);
         let epoch = Instant::now();
         let mut sessions = Vec::with_capacity(share.clients.len());
@@ -406,7 +408,8 @@ pub(super) fn batch_fill(
     let mut encoder = AppendEncoder::new(body);
     encoder.batch_begin(stream, EXPECTED_OFFSET_ANY);
     for event in 0..count {
-        let data = encoder.event(event_size);
+        let data_size = event_size - EVENT_TYPE.len() as u32;
+        let data = encoder.event(EVENT_TYPE, &[], data_size);
         let stamp = (sent + u64::from(event)) ^ ((client as u64) << 48);
         for (index, byte) in data.iter_mut().enumerate() {
             *byte = (stamp >> ((index % 8) * 8)) as u8 ^ index as u8;

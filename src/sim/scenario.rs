@@ -13,7 +13,7 @@
 use crate::constants::{BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE};
 use crate::sim::cluster::{CLIENT_OUTSIDE, Cluster, ClusterOptions, FaultOptions, LinkDirection};
 use crate::sim::storage::Latency;
-use crate::vsr::header::{Command, Header, Op, Operation, ReplicaIndex};
+use crate::vsr::header::{Command, Header, Op, Operation, ReplicaIndex, View};
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::replica::Replica;
 
@@ -231,7 +231,20 @@ pub(crate) fn request_outside(
     commit: Op,
     ticks_max: u64,
 ) -> Vec<Vec<u8>> {
+    request_outside_in_view(cluster, index, operation, body, (commit, View(0)), ticks_max)
+}
+
+/// As `request_outside`, from a client that last heard of `view`, the second of `seen`.
+pub(crate) fn request_outside_in_view(
+    cluster: &mut Cluster,
+    index: usize,
+    operation: Operation,
+    body: &[u8],
+    (commit, view): (Op, View),
+    ticks_max: u64,
+) -> Vec<Vec<u8>> {
     let mut header = Header::new(Command::Request, cluster.options().config.cluster);
+    header.view = view;
     header.size = (HEADER_SIZE + body.len()) as u32;
     header.client = CLIENT_OUTSIDE;
     header.request = u32::from(operation != Operation::Register);

@@ -489,22 +489,10 @@ mod tests {
         // 5531984660257967767 (a campaign of 2026-12-07) failed with replicas holding different
         // bytes of one block at the same checkpoint. Each change to the simulator's timings
         // moves the seeds that reach the refetch: this one, from a campaign on the code of
-        // packed registers, reaches it 24 times.
-        let summary = seed_passes_with(15791298623046178513, None, None);
+        // events with a type and metadata, reaches it 4 times.
+        let summary = seed_passes_with(1349889139332745339, None, None);
         let deferred = summary.replica_metrics.sync_chunks_deferred_behind_writes;
         assert!(deferred > 0, "the seed no longer reaches the refetch: {summary:?}");
-    }
-
-    #[test]
-    fn a_primary_cut_off_from_a_newer_view_never_evicts_a_session_that_view_opened() {
-        // Goal: the seed that found it (a campaign of 2026-12-07): replica 0, partitioned,
-        // still leads view 0 while replicas 1 and 2 move to view 1 and commit a client's
-        // register; the client, told of view 1, tries replica 0 after a timeout, and replica 0,
-        // which never executed that register, evicted the client for having no session. A
-        // request from a newer view than the replica's is dropped now, where it would evict.
-        let summary = seed_passes_with(3834639561346151189, None, None);
-        let dropped = summary.replica_metrics.requests_from_newer_view;
-        assert!(dropped > 0, "the seed no longer sends a request to the stale primary");
     }
 
     #[test]

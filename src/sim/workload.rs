@@ -21,17 +21,18 @@ use std::collections::BTreeMap;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::constants::HEADER_SIZE;
-use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
+use crate::sim::workload::model::event_checksum;
+use crate::state_machine::constants::{EXPECTED_NO_STREAM, EXPECTED_OFFSET_ANY};
 use crate::state_machine::types::{
-    AppendEncoder, AppendResult, CreateStream, CreateStreamResult, ReadLog, ReadStream, ResultCode,
-    StreamInfo,
+    AppendEncoder, AppendResult, CreateStream, CreateStreamResult, Event, ReadLog, ReadStream,
+    ResultCode, StreamInfo,
 };
 use crate::stdx::prng::Prng;
 use crate::vsr::client::{ClientCore, ClientMetrics, ClientOptions, Outcome};
 use crate::vsr::header::views;
 use crate::vsr::header::{
-    self, Checksum, ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation,
-    ReplicaIndex, View,
+    Checksum, ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation, ReplicaIndex,
+    View,
 };
 use crate::vsr::message_pool::{Message, MessagePool};
 use model::StreamModel;
@@ -93,6 +94,8 @@ pub struct WorkloadMetrics {
     pub evictions: u64,
     pub pongs: u64,
     pub appends_ok: u64,
+    /// Appends to "no stream" that created their client's stream.
+    pub streams_created_by_append: u64,
     pub events_appended: u64,
     pub storage_full: u64,
     pub rejected: u64,
@@ -175,7 +178,7 @@ impl Workload {
         assert!(options.request_timeout_ticks > 0);
         assert!(options.events_per_append_max > 0 && options.event_size_max > 0);
         let body_size_max = options.message_size_max - HEADER_SIZE;
-        let events = (0..options.events_per_append_max).map(|_| options.event_size_max);
+        let events = (0..options.events_per_append_max).map(|_| u64::from(options.event_size_max));
         assert!(AppendEncoder::batch_size(events) <= body_size_max);
         let mut workload = Workload {
             options,
@@ -301,6 +304,8 @@ impl Workload {
         let mut message = client.pool.get();
         let (operation, body_size, ask) = if !client.core.registered() {
             (Operation::Register, 0, Ask::Register)
+        } else if !client.model.created && client.model.created_by_append() {
+            self.append_body_build(index, &mut message)
         } else if !client.model.created {
             let stream = client.model.stream;
             let create = CreateStream { stream, tenant: stream };
@@ -356,23 +361,43 @@ impl Workload {
         message: &mut Message,
     ) -> (Operation, usize, Ask) {
         let event_count = 1 + self.prng.index(self.options.events_per_append_max as usize) as u32;
-        // Half the appends that can name the exact offset do, to exercise the check.
-        let expected_offset = match self.clients[index].model.offset_next {
+        let model = &self.clients[index].model;
+        // Half the appends that can name the exact offset do, to exercise the check; a stream
+        // created by its first append names "no stream".
+        let expected_offset = match model.offset_next {
+            _ if !model.created => Some(EXPECTED_NO_STREAM),
             Some(offset) if self.prng.chance(1, 2) => Some(offset),
             _ => None,
         };
-        let stream = self.clients[index].model.stream;
+        let stream = model.stream;
         let mut encoder = AppendEncoder::new(&mut message.buffer_mut_unique()[HEADER_SIZE..]);
         encoder.batch_begin(stream, expected_offset.unwrap_or(EXPECTED_OFFSET_ANY));
         let mut checksums = Vec::with_capacity(event_count as usize);
+        let mut event_type = [0u8; 8];
+        let mut metadata = [0u8; 16];
         for _ in 0..event_count {
-            let data_size = 1 + self.prng.index(self.options.event_size_max as usize) as u32;
-            let data = encoder.event(data_size);
+            let (type_size, metadata_size, data_size) = self.event_sizes();
+            self.prng.fill(&mut event_type[..type_size]);
+            self.prng.fill(&mut metadata[..metadata_size]);
+            let (event_type, metadata) = (&event_type[..type_size], &metadata[..metadata_size]);
+            let data = encoder.event(event_type, metadata, data_size as u32);
             self.prng.fill(data);
-            checksums.push(header::checksum(data));
+            checksums.push(event_checksum(&Event { event_type, metadata, data: &*data }));
         }
         let size = encoder.finish();
         (Operation::Append, size, Ask::Append { checksums, expected_offset })
+    }
+
+    /// Random sizes of an event's type (1 to 8 bytes), metadata (none half the time) and data,
+    /// together at most `event_size_max`.
+    fn event_sizes(&mut self) -> (usize, usize, usize) {
+        let size_max = self.options.event_size_max as usize;
+        let type_size = 1 + self.prng.index(size_max.min(8));
+        let room = size_max - type_size;
+        let metadata_size =
+            if self.prng.chance(1, 2) { 0 } else { self.prng.index(room.min(16) + 1) };
+        let data_size = self.prng.index(room - metadata_size + 1);
+        (type_size, metadata_size, data_size)
     }
 
     /// A message from the network for client `index`. Like the real client, it validates the
@@ -490,8 +515,21 @@ impl Workload {
         };
         let model = &mut self.clients[index].model;
         let event_count = checksums.len() as u64;
+        let creating = expected_offset == Some(EXPECTED_NO_STREAM);
         match ResultCode::from_u32(result.result) {
+            Some(ResultCode::Ok) if creating && result.offset != 0 => {
+                self.violation(record, "an append that created its stream got an offset past 0");
+            }
+            Some(ResultCode::ExpectedOffsetWrong) if creating => {
+                // Exists: an earlier session of this client created it by an append whose reply
+                // was lost with that session.
+                model.created = true;
+                model.offset_next = Some(result.offset);
+            }
+            Some(ResultCode::StreamsFull) if creating => self.metrics.storage_full += 1,
             Some(ResultCode::Ok) => {
+                self.metrics.streams_created_by_append += u64::from(creating);
+                model.created = true;
                 if model.offset_next.is_some_and(|offset| offset != result.offset) {
                     return self.violation(record, "append got an offset other than the next");
                 }

@@ -222,7 +222,7 @@ pub fn record_at(
     let Ok((record, _)) = EventRecord::read_from_prefix(bytes) else {
         return Err("record: header truncated");
     };
-    let size = size_of::<EventRecord>() as u64 + padded_size(record.size_bytes);
+    let size = size_of::<EventRecord>() as u64 + padded_size(record.event_header().payload_size());
     if size > bytes.len() as u64 {
         return Err("record: data overruns the records");
     }

@@ -13,6 +13,10 @@ use crate::constants::{
 /// The `expected_offset` of an append batch that accepts whatever offset the stream is at.
 pub const EXPECTED_OFFSET_ANY: u64 = u64::MAX;
 
+/// The `expected_offset` of an append batch whose stream must not exist yet: the batch creates
+/// it (tenant 0) and appends its events from offset 0, atomically.
+pub const EXPECTED_NO_STREAM: u64 = u64::MAX - 1;
+
 /// The version of the grid block format, in every block header.
 pub const BLOCK_VERSION: u8 = 2;
 

@@ -50,12 +50,12 @@ use crate::state_machine::block::{
     frontier_advance, frontier_count, skip_pointer_count,
 };
 use crate::state_machine::checkpoint::{Checkpointing, Opening};
-use crate::state_machine::constants::{BLOCK_VERSION, EXPECTED_OFFSET_ANY};
+use crate::state_machine::constants::{BLOCK_VERSION, EXPECTED_NO_STREAM, EXPECTED_OFFSET_ANY};
 use crate::state_machine::read::ReadSlot;
-use crate::state_machine::streams::Streams;
+use crate::state_machine::streams::{Stream, Streams};
 use crate::state_machine::types::{
     AppendBatches, AppendResult, Batch, BlockHeader, BlockKind, BlockPointer, CreateStream,
-    CreateStreamResult, CreateStreams, DirectoryEntry, EventHeader, EventRecord, Events,
+    CreateStreamResult, CreateStreams, DirectoryEntry, Event, EventHeader, EventRecord, Events,
     ReadReplyHeader, Request, ResultCode, TableEntry, TableRoot, chain_next, chain_seed,
     record_size, stream_id_valid,
 };
@@ -164,7 +164,7 @@ impl Limits {
             table_blocks_max,
             write_buffers: seals_per_commit_max + 1 + GRID_WRITES_PIPELINE,
         };
-        assert!(record_size(event_size_max) <= reply_room as u64);
+        assert!(record_size(u64::from(event_size_max)) <= reply_room as u64);
         limits
     }
 }
@@ -178,7 +178,8 @@ impl Limits {
 fn seals_per_commit_max(body_size: u64, levels: usize, event_size_max: u32) -> usize {
     let expansion = record_size(8).div_ceil(size_of::<EventHeader>() as u64 + 8);
     let entry = directory_entry_size(levels as u32);
-    let fill = (BLOCK_SIZE - BLOCK_HEADER_SIZE) as u64 - record_size(event_size_max) - entry;
+    let fill =
+        (BLOCK_SIZE - BLOCK_HEADER_SIZE) as u64 - record_size(u64::from(event_size_max)) - entry;
     let batches = body_size / 40;
     let content = expansion * body_size + batches * entry;
     assert!(fill > entry);
@@ -253,17 +254,21 @@ impl OpenBlock {
         block_fits(u64::from(self.records_size), u64::from(self.directory_size), size)
     }
 
-    /// Writes `record` and its zero-padded `data` after the records; returns where.
-    fn record_write(&mut self, record: &EventRecord, data: &[u8]) -> usize {
-        assert_eq!(record.size_bytes as usize, data.len());
-        let size = record_size(record.size_bytes) as usize;
+    /// Writes `record` and its event's zero-padded payload after the records; returns where.
+    fn record_write(&mut self, record: &EventRecord, event: &Event<'_>) -> usize {
+        assert_eq!(record.event_header(), event.header());
+        let size = record_size(record.event_header().payload_size()) as usize;
         assert!(self.fits(size as u64));
         let at = BLOCK_HEADER_SIZE + self.records_size as usize;
         let bytes = self.buffer.as_mut().expect("a buffer to write to").buffer_mut_unique();
-        let (head, tail) = bytes[at..at + size].split_at_mut(size_of::<EventRecord>());
+        let (head, mut tail) = bytes[at..at + size].split_at_mut(size_of::<EventRecord>());
         head.copy_from_slice(record.as_bytes());
-        tail[..data.len()].copy_from_slice(data);
-        tail[data.len()..].fill(0);
+        for piece in [event.event_type, event.metadata, event.data] {
+            let (into, rest) = tail.split_at_mut(piece.len());
+            into.copy_from_slice(piece);
+            tail = rest;
+        }
+        tail.fill(0);
         self.records_size += size as u32;
         at
     }
@@ -549,18 +554,23 @@ impl StateMachine {
         if !stream_id_valid(batch.stream) {
             return reject(ResultCode::StreamIdInvalid, 0);
         }
-        let Some(entry) = self.streams.lookup(batch.stream) else {
-            return reject(ResultCode::StreamNotFound, 0);
-        };
-        let offset_first = self.streams.get(entry).offset_next;
-        if batch.expected_offset != EXPECTED_OFFSET_ANY && batch.expected_offset != offset_first {
-            return reject(ResultCode::ExpectedOffsetWrong, offset_first);
-        }
-        for data in events {
-            if data.is_empty() {
-                return reject(ResultCode::EventEmpty, offset_first);
+        let entry = self.streams.lookup(batch.stream);
+        let offset_first = entry.map_or(0, |entry| self.streams.get(entry).offset_next);
+        match (entry, batch.expected_offset) {
+            (None, EXPECTED_NO_STREAM) if self.streams.is_full() => {
+                return reject(ResultCode::StreamsFull, 0);
             }
-            if data.len() > self.limits.event_size_max as usize {
+            (None, EXPECTED_NO_STREAM) => {}
+            (None, _) => return reject(ResultCode::StreamNotFound, 0),
+            (Some(_), EXPECTED_OFFSET_ANY) => {}
+            (Some(_), expected) if expected == offset_first => {}
+            (Some(_), _) => return reject(ResultCode::ExpectedOffsetWrong, offset_first),
+        }
+        for event in events {
+            if event.event_type.is_empty() {
+                return reject(ResultCode::EventTypeEmpty, offset_first);
+            }
+            if event.header().payload_size() > u64::from(self.limits.event_size_max) {
                 return reject(ResultCode::EventTooLarge, offset_first);
             }
         }
@@ -568,9 +578,13 @@ impl StateMachine {
         if !self.grid_room(seals, true) {
             return reject(ResultCode::StorageFull, offset_first);
         }
+        let entry = entry.unwrap_or_else(|| {
+            // "No stream": created here, once every check passed, so the batch is atomic.
+            self.streams.insert(batch.stream, 0, chain_seed(batch.stream, 0))
+        });
         let mut sealed = 0;
-        for data in events {
-            sealed += u64::from(self.append_event(storage, op, timestamp, entry, data));
+        for event in events {
+            sealed += u64::from(self.append_event(storage, op, timestamp, entry, &event));
         }
         assert_eq!(sealed, seals);
         assert_eq!(
@@ -592,17 +606,17 @@ impl StateMachine {
         }
     }
 
-    /// How many blocks appending `events` to stream `entry` will seal: the placement of
-    /// `append_event`, run without changing anything.
-    fn append_seals_needed(&self, entry: u32, events: Events<'_>) -> u64 {
-        let stream = self.streams.get(entry);
+    /// How many blocks appending `events` to stream `entry` (a new stream if `None`) will seal:
+    /// the placement of `append_event`, run without changing anything.
+    fn append_seals_needed(&self, entry: Option<u32>, events: Events<'_>) -> u64 {
+        let stream = entry.map_or(Stream::default(), |entry| *self.streams.get(entry));
         let mut records_size = u64::from(self.open_block.records_size);
         let mut directory_size = u64::from(self.open_block.directory_size);
         let mut in_block = stream.open_event_count > 0;
         let mut blocks = stream.blocks;
         let mut seals = 0;
-        for data in events {
-            let record = record_size(data.len() as u32);
+        for event in events {
+            let record = record_size(event.header().payload_size());
             let mut entry_size =
                 if in_block { 0 } else { directory_entry_size(skip_pointer_count(blocks + 1)) };
             if !block_fits(records_size, directory_size, record + entry_size) {
@@ -628,10 +642,11 @@ impl StateMachine {
         op: Op,
         timestamp: u64,
         entry: u32,
-        data: &[u8],
+        event: &Event<'_>,
     ) -> bool {
-        let size_bytes = data.len() as u32;
-        let sealed = !self.open_block.fits(record_size(size_bytes) + self.entry_size_new(entry));
+        let header = event.header();
+        let size = record_size(header.payload_size());
+        let sealed = !self.open_block.fits(size + self.entry_size_new(entry));
         if sealed {
             self.seal(storage);
         }
@@ -639,7 +654,7 @@ impl StateMachine {
             self.open_block.buffer = Some(self.pool.get());
         }
         let entry_size = self.entry_size_new(entry);
-        assert!(self.open_block.fits(record_size(size_bytes) + entry_size));
+        assert!(self.open_block.fits(size + entry_size));
         let stream = self.streams.get_mut(entry);
         let mut record = EventRecord {
             stream: stream.id,
@@ -647,12 +662,14 @@ impl StateMachine {
             position: self.log.position_next,
             timestamp,
             chain: ChecksumBytes::ZERO,
-            size_bytes,
+            data_size: header.data_size,
+            metadata_size: header.metadata_size,
+            type_size: header.type_size,
             reserved: 0,
         };
-        record.chain = ChecksumBytes::from(chain_next(stream.chain, &record, data));
+        record.chain = ChecksumBytes::from(chain_next(stream.chain, &record, event));
         let open = &mut self.open_block;
-        let at = open.record_write(&record, data);
+        let at = open.record_write(&record, event);
         if stream.open_event_count == 0 {
             stream.open_record_first = at as u32;
             assert!(open.streams.len() < open.streams.capacity());

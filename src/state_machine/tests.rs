@@ -11,8 +11,8 @@ use super::*;
 use crate::constants::{APPEND_BATCHES_MAX, CREATE_STREAMS_MAX, EVENT_SIZE_MAX, GRID_READS_MAX};
 use crate::sim::storage::MemoryStorage;
 use crate::state_machine::types::{
-    AppendEncoder, BlockHeader, ReadLog, ReadStream, StreamInfo, StreamInfoReply,
-    append_batch_body, padded_size,
+    AppendEncoder, BlockHeader, Event, ReadLog, ReadStream, StreamInfo, StreamInfoReply,
+    append_batch_body, record_next,
 };
 use crate::stdx::prng::Prng;
 use crate::vsr::header::ReplicaIndex;
@@ -185,11 +185,37 @@ impl Harness {
 // ---------------------------------------------------------------------------------------------
 // Bodies.
 
+/// An event as the tests write it and read it back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct TestEvent {
+    event_type: Vec<u8>,
+    metadata: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl TestEvent {
+    fn as_event(&self) -> Event<'_> {
+        Event { event_type: &self.event_type, metadata: &self.metadata, data: &self.data }
+    }
+
+    fn payload_size(&self) -> usize {
+        self.event_type.len() + self.metadata.len() + self.data.len()
+    }
+}
+
+/// Events of type "t" without metadata, with these data: payloads one byte longer.
+fn typed(datas: Vec<Vec<u8>>) -> Vec<TestEvent> {
+    datas
+        .into_iter()
+        .map(|data| TestEvent { event_type: b"t".to_vec(), metadata: Vec::new(), data })
+        .collect()
+}
+
 #[derive(Clone, Debug)]
 struct BatchSpec {
     stream: u64,
     expected_offset: u64,
-    events: Vec<Vec<u8>>,
+    events: Vec<TestEvent>,
 }
 
 fn create_body(streams: &[(u64, u64)]) -> Vec<u8> {
@@ -201,20 +227,21 @@ fn create_body(streams: &[(u64, u64)]) -> Vec<u8> {
 }
 
 fn batch_size(batch: &BatchSpec) -> usize {
-    AppendEncoder::batch_size(batch.events.iter().map(|data| data.len() as u32))
+    AppendEncoder::batch_size(batch.events.iter().map(|event| event.payload_size() as u64))
 }
 
 fn append_body(batches: &[BatchSpec]) -> Vec<u8> {
     let mut body = Vec::new();
     for batch in batches {
-        let events: Vec<&[u8]> = batch.events.iter().map(|data| &data[..]).collect();
+        let events: Vec<Event<'_>> = batch.events.iter().map(TestEvent::as_event).collect();
         body.extend(append_batch_body(batch.stream, batch.expected_offset, &events));
     }
     body
 }
 
-fn one_batch(stream: u64, expected_offset: u64, events: Vec<Vec<u8>>) -> Vec<u8> {
-    append_body(&[BatchSpec { stream, expected_offset, events }])
+/// One batch of events of type "t" with these data.
+fn one_batch(stream: u64, expected_offset: u64, datas: Vec<Vec<u8>>) -> Vec<u8> {
+    append_body(&[BatchSpec { stream, expected_offset, events: typed(datas) }])
 }
 
 fn create_results(reply: &[u8]) -> Vec<ResultCode> {
@@ -238,7 +265,7 @@ struct ReadParsed {
     result: ResultCode,
     next: u64,
     end: u64,
-    events: Vec<(EventRecord, Vec<u8>)>,
+    events: Vec<(EventRecord, TestEvent)>,
     body_size: usize,
 }
 
@@ -246,9 +273,14 @@ fn read_parse(body: &[u8]) -> ReadParsed {
     let (header, mut rest) = ReadReplyHeader::read_from_prefix(body).unwrap();
     let mut events = Vec::new();
     for _ in 0..header.event_count {
-        let (record, after) = EventRecord::read_from_prefix(rest).unwrap();
-        events.push((record, after[..record.size_bytes as usize].to_vec()));
-        rest = &after[padded_size(record.size_bytes) as usize..];
+        let (record, event, after) = record_next(rest).unwrap();
+        let event = TestEvent {
+            event_type: event.event_type.to_vec(),
+            metadata: event.metadata.to_vec(),
+            data: event.data.to_vec(),
+        };
+        events.push((record, event));
+        rest = after;
     }
     assert!(rest.is_empty());
     let result = ResultCode::from_u32(header.result).unwrap();
@@ -272,7 +304,12 @@ fn model_chain(previous: u128, event: &ModelEvent, position: u64) -> u128 {
     bytes.extend_from_slice(&event.offset.to_le_bytes());
     bytes.extend_from_slice(&position.to_le_bytes());
     bytes.extend_from_slice(&event.timestamp.to_le_bytes());
+    let event = &event.event;
     bytes.extend_from_slice(&(event.data.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&(event.metadata.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(&[event.event_type.len() as u8, 0]);
+    bytes.extend_from_slice(&event.event_type);
+    bytes.extend_from_slice(&event.metadata);
     bytes.extend_from_slice(&event.data);
     xxhash_rust::xxh3::xxh3_128(&bytes)
 }
@@ -283,7 +320,7 @@ struct ModelEvent {
     offset: u64,
     timestamp: u64,
     chain: u128,
-    data: Vec<u8>,
+    event: TestEvent,
 }
 
 #[derive(Clone, Debug)]
@@ -318,6 +355,12 @@ impl Model {
         self.streams.iter().find(|stream| stream.id == id)
     }
 
+    fn chain_seed(stream: u64, tenant: u64) -> u128 {
+        let mut seed = stream.to_le_bytes().to_vec();
+        seed.extend_from_slice(&tenant.to_le_bytes());
+        xxhash_rust::xxh3::xxh3_128(&seed)
+    }
+
     fn create(&mut self, stream: u64, tenant: u64) -> ResultCode {
         if stream == 0 || stream == u64::MAX {
             return ResultCode::StreamIdInvalid;
@@ -328,9 +371,7 @@ impl Model {
         if self.streams.len() == self.streams_max {
             return ResultCode::StreamsFull;
         }
-        let mut seed = stream.to_le_bytes().to_vec();
-        seed.extend_from_slice(&tenant.to_le_bytes());
-        let chain = xxhash_rust::xxh3::xxh3_128(&seed);
+        let chain = Model::chain_seed(stream, tenant);
         self.streams.push(ModelStream { id: stream, tenant, chain, positions: Vec::new() });
         ResultCode::Ok
     }
@@ -340,18 +381,25 @@ impl Model {
         if batch.stream == 0 || batch.stream == u64::MAX {
             return (ResultCode::StreamIdInvalid, 0);
         }
-        let Some(stream) = self.stream(batch.stream) else {
-            return (ResultCode::StreamNotFound, 0);
-        };
-        let offset = stream.positions.len() as u64;
-        if batch.expected_offset != EXPECTED_OFFSET_ANY && batch.expected_offset != offset {
-            return (ResultCode::ExpectedOffsetWrong, offset);
-        }
-        for data in &batch.events {
-            if data.is_empty() {
-                return (ResultCode::EventEmpty, offset);
+        let offset = match (self.stream(batch.stream), batch.expected_offset) {
+            (None, EXPECTED_NO_STREAM) if self.streams.len() == self.streams_max => {
+                return (ResultCode::StreamsFull, 0);
             }
-            if data.len() > self.event_size_max {
+            (None, EXPECTED_NO_STREAM) => 0,
+            (None, _) => return (ResultCode::StreamNotFound, 0),
+            (Some(stream), expected) => {
+                let offset = stream.positions.len() as u64;
+                if expected != EXPECTED_OFFSET_ANY && expected != offset {
+                    return (ResultCode::ExpectedOffsetWrong, offset);
+                }
+                offset
+            }
+        };
+        for event in &batch.events {
+            if event.event_type.is_empty() {
+                return (ResultCode::EventTypeEmpty, offset);
+            }
+            if event.payload_size() > self.event_size_max {
                 return (ResultCode::EventTooLarge, offset);
             }
         }
@@ -359,8 +407,11 @@ impl Model {
     }
 
     fn append_apply(&mut self, batch: &BatchSpec, timestamp: u64) {
+        if batch.expected_offset == EXPECTED_NO_STREAM {
+            assert_eq!(self.create(batch.stream, 0), ResultCode::Ok);
+        }
         let index = self.streams.iter().position(|stream| stream.id == batch.stream).unwrap();
-        for data in &batch.events {
+        for event in &batch.events {
             let stream = &mut self.streams[index];
             let position = self.log.len() as u64;
             let mut event = ModelEvent {
@@ -368,7 +419,7 @@ impl Model {
                 offset: stream.positions.len() as u64,
                 timestamp,
                 chain: 0,
-                data: data.clone(),
+                event: event.clone(),
             };
             event.chain = model_chain(stream.chain, &event, position);
             stream.chain = event.chain;
@@ -383,17 +434,18 @@ impl Model {
         assert_eq!(reply.end, end);
         assert!(reply.events.len() <= wanted.len());
         assert_eq!(reply.next, from + reply.events.len() as u64);
-        for ((record, data), position) in reply.events.iter().zip(wanted) {
+        for ((record, read), position) in reply.events.iter().zip(wanted) {
             let event = &self.log[*position as usize];
             assert_eq!(record.stream, event.stream);
             assert_eq!(record.offset, event.offset);
             assert_eq!(record.position, *position);
             assert_eq!(record.timestamp, event.timestamp);
             assert_eq!(record.chain.get(), event.chain);
-            assert_eq!(data, &event.data);
+            assert_eq!(read, &event.event);
         }
         if let Some(position) = wanted.get(reply.events.len()) {
-            let next_size = record_size(self.log[*position as usize].data.len() as u32) as usize;
+            let payload_size = self.log[*position as usize].event.payload_size();
+            let next_size = record_size(payload_size as u64) as usize;
             assert!(reply.body_size + next_size > self.reply_body_size_max, "a read stops early");
         }
     }
@@ -489,6 +541,19 @@ impl Workload {
         }
     }
 
+    /// A random event: a type of 1 to 12 bytes (empty one time in 50), no metadata half the
+    /// time, and data of `event_size` bytes.
+    fn event(&mut self) -> TestEvent {
+        let type_size = if self.prng.chance(1, 50) { 0 } else { 1 + self.prng.index(12) };
+        let metadata_size = if self.prng.chance(1, 2) { 0 } else { self.prng.index(64) };
+        let data_size = self.event_size();
+        TestEvent {
+            event_type: event_data(&mut self.prng, type_size),
+            metadata: event_data(&mut self.prng, metadata_size),
+            data: event_data(&mut self.prng, data_size),
+        }
+    }
+
     fn append_batches(&mut self) -> Vec<BatchSpec> {
         let mut batches: Vec<BatchSpec> = Vec::new();
         let mut size = 0;
@@ -496,16 +561,16 @@ impl Workload {
             let stream = self.stream_id();
             let offset =
                 self.model.stream(stream).map_or(0, |stream| stream.positions.len() as u64);
-            let expected_offset = match self.prng.index(4) {
+            let expected_offset = match self.prng.index(5) {
                 0 => offset,
                 1 => offset + 1 + self.prng.next_u64() % 3,
+                2 => EXPECTED_NO_STREAM,
                 _ => EXPECTED_OFFSET_ANY,
             };
             let mut batch = BatchSpec { stream, expected_offset, events: Vec::new() };
             for _ in 0..1 + self.prng.index(8) {
-                let data_size = self.event_size();
-                let data = event_data(&mut self.prng, data_size);
-                batch.events.push(data);
+                let event = self.event();
+                batch.events.push(event);
                 if size + batch_size(&batch) > self.body_size_max {
                     batch.events.pop();
                     break;
@@ -732,13 +797,19 @@ fn append_reports_each_result_code_and_is_all_or_nothing_per_batch() {
     let mut harness = Harness::new(small_config(), None);
     harness.commit(Operation::CreateStream, &create_body(&[(5, 1)]));
     let event_size_max = harness.machine.limits().event_size_max as usize;
+    let untyped = TestEvent { event_type: Vec::new(), metadata: Vec::new(), data: vec![7] };
     let batches = [
-        BatchSpec { stream: 5, expected_offset: 0, events: vec![vec![1; 3], vec![2; 9]] },
-        BatchSpec { stream: 5, expected_offset: EXPECTED_OFFSET_ANY, events: vec![vec![3]] },
-        BatchSpec { stream: 6, expected_offset: EXPECTED_OFFSET_ANY, events: vec![vec![4]] },
-        BatchSpec { stream: 0, expected_offset: 0, events: vec![vec![4]] },
-        BatchSpec { stream: 5, expected_offset: 7, events: vec![vec![5]] },
-        BatchSpec { stream: 5, expected_offset: 3, events: vec![vec![6], vec![]] },
+        BatchSpec { stream: 5, expected_offset: 0, events: typed(vec![vec![1; 3], vec![2; 9]]) },
+        BatchSpec { stream: 5, expected_offset: EXPECTED_OFFSET_ANY, events: typed(vec![vec![]]) },
+        BatchSpec { stream: 6, expected_offset: EXPECTED_OFFSET_ANY, events: typed(vec![vec![4]]) },
+        BatchSpec { stream: 0, expected_offset: 0, events: typed(vec![vec![4]]) },
+        BatchSpec { stream: 5, expected_offset: 7, events: typed(vec![vec![5]]) },
+        BatchSpec {
+            stream: 5,
+            expected_offset: 3,
+            events: vec![typed(vec![vec![6]]).remove(0), untyped],
+        },
+        BatchSpec { stream: 5, expected_offset: EXPECTED_NO_STREAM, events: typed(vec![vec![6]]) },
     ];
     let reply = harness.commit(Operation::Append, &append_body(&batches));
     let expected = [
@@ -747,20 +818,21 @@ fn append_reports_each_result_code_and_is_all_or_nothing_per_batch() {
         (ResultCode::StreamNotFound, 0),
         (ResultCode::StreamIdInvalid, 0),
         (ResultCode::ExpectedOffsetWrong, 3),
-        (ResultCode::EventEmpty, 3),
+        (ResultCode::EventTypeEmpty, 3),
+        (ResultCode::ExpectedOffsetWrong, 3),
     ];
     assert_eq!(append_results(&reply), expected);
-    let too_large = one_batch(5, 3, vec![vec![7], vec![8; event_size_max + 1]]);
+    let too_large = one_batch(5, 3, vec![vec![7], vec![8; event_size_max]]);
     let reply = harness.commit(Operation::Append, &too_large);
     assert_eq!(append_results(&reply), [(ResultCode::EventTooLarge, 3)]);
-    let largest = one_batch(5, 3, vec![vec![9; event_size_max]]);
+    let largest = one_batch(5, 3, vec![vec![9; event_size_max - 1]]);
     let reply = harness.commit(Operation::Append, &largest);
     assert_eq!(append_results(&reply), [(ResultCode::Ok, 3)]);
     let read = harness.read_stream(5, 0, u32::MAX);
-    let sizes: Vec<usize> = read.events.iter().map(|(_, data)| data.len()).collect();
-    assert_eq!(sizes, [3, 9, 1], "the largest event needs a reply of its own");
+    let sizes: Vec<usize> = read.events.iter().map(|(_, event)| event.data.len()).collect();
+    assert_eq!(sizes, [3, 9, 0], "the largest event needs a reply of its own");
     assert_eq!((read.next, read.end), (3, 4));
-    assert_eq!(harness.read_stream(5, 3, u32::MAX).events[0].1, vec![9; event_size_max]);
+    assert_eq!(harness.read_stream(5, 3, u32::MAX).events[0].1.data, vec![9; event_size_max - 1]);
     assert_eq!(harness.machine.position_next(), 4);
 }
 
@@ -804,14 +876,19 @@ fn append_encoder_writes_what_the_decoder_accepts() {
     // Goal: batches written by the one encoder pass `request_invalid` and split back into the
     // same streams, offsets and event bytes (odd sizes, so the padding is exercised), and the
     // size it predicts is the size it writes.
-    let events: [&[u8]; 3] = [b"a", b"0123456789", b"12345678"];
-    let size = 2 * AppendEncoder::batch_size(events.iter().map(|data| data.len() as u32));
+    let events = [
+        Event { event_type: b"a", metadata: b"", data: b"a" },
+        Event { event_type: b"OrderPlaced", metadata: b"{\"by\":1}", data: b"0123456789" },
+        Event { event_type: b"t", metadata: b"m", data: b"" },
+    ];
+    let size =
+        2 * AppendEncoder::batch_size(events.iter().map(|event| event.header().payload_size()));
     let mut body = vec![0xff; size + 16];
     let mut encoder = AppendEncoder::new(&mut body);
     for (stream, expected_offset) in [(3, EXPECTED_OFFSET_ANY), (4, 7)] {
         encoder.batch_begin(stream, expected_offset);
-        for data in events {
-            encoder.event_copy(data);
+        for event in &events {
+            encoder.event_copy(event);
         }
     }
     assert_eq!(encoder.finish(), size);
@@ -835,7 +912,7 @@ fn request_invalid_names_each_malformed_body() {
     // Goal: every structural fault of a body is caught before prepare, with its reason.
     let good = one_batch(5, EXPECTED_OFFSET_ANY, vec![vec![1, 2, 3]]);
     let mut bad_reserved = good.clone();
-    bad_reserved[28] = 1;
+    bad_reserved[31] = 1;
     let mut bad_padding = good.clone();
     bad_padding[39] = 1;
     let mut no_events = good.clone();
@@ -863,7 +940,7 @@ fn request_invalid_names_each_malformed_body() {
         (Operation::Append, &overrun, Some("append: batch events overrun the body")),
         (Operation::Append, &bad_reserved, Some("append: event reserved is not zero")),
         (Operation::Append, &bad_padding, Some("append: event padding is not zero")),
-        (Operation::Append, &short_size, Some("append: event data overruns its batch")),
+        (Operation::Append, &short_size, Some("append: event payload overruns its batch")),
         (
             Operation::Append,
             &long_size,
@@ -914,15 +991,19 @@ fn every_result_code_is_produced_by_some_scenario() {
     );
     let event_size_max = harness.machine.limits().event_size_max as usize;
     let batches = [
-        BatchSpec { stream: 9, expected_offset: 0, events: vec![vec![1]] },
-        BatchSpec { stream: 1, expected_offset: 4, events: vec![vec![1]] },
-        BatchSpec { stream: 1, expected_offset: 0, events: vec![vec![]] },
-        BatchSpec { stream: 1, expected_offset: 0, events: vec![vec![1; event_size_max + 1]] },
+        BatchSpec { stream: 9, expected_offset: 0, events: typed(vec![vec![1]]) },
+        BatchSpec { stream: 1, expected_offset: 4, events: typed(vec![vec![1]]) },
+        BatchSpec {
+            stream: 1,
+            expected_offset: 0,
+            events: vec![TestEvent { event_type: Vec::new(), metadata: Vec::new(), data: vec![1] }],
+        },
+        BatchSpec { stream: 1, expected_offset: 0, events: typed(vec![vec![1; event_size_max]]) },
     ];
     let reply = harness.commit(Operation::Append, &append_body(&batches));
     seen.extend(append_results(&reply).iter().map(|(code, _)| *code as u32));
     for _ in 0..64 {
-        let body = one_batch(2, EXPECTED_OFFSET_ANY, vec![vec![7; event_size_max]]);
+        let body = one_batch(2, EXPECTED_OFFSET_ANY, vec![vec![7; event_size_max - 1]]);
         let reply = harness.commit(Operation::Append, &body);
         seen.extend(append_results(&reply).iter().map(|(code, _)| *code as u32));
     }

@@ -26,17 +26,17 @@ pub enum ResultCode {
     StreamNotFound = 2,
     /// create_stream, append: the id is 0 or `u64::MAX`, which no stream can have.
     StreamIdInvalid = 3,
-    /// append: `expected_offset` is neither the stream's next offset nor "any"; the reply's
-    /// offset is the stream's next offset.
+    /// append: `expected_offset` is neither the stream's next offset nor "any", or is "no
+    /// stream" and the stream exists; the reply's offset is the stream's next offset.
     ExpectedOffsetWrong = 4,
-    /// create_stream: the table holds `streams_max` streams.
+    /// create_stream, or append to "no stream": the table holds `streams_max` streams.
     StreamsFull = 5,
     /// create_stream, append: the grid has no room for it and the next checkpoint.
     StorageFull = 6,
     /// append: an event is larger than the cluster's event size maximum.
     EventTooLarge = 7,
-    /// append: an event has no data.
-    EventEmpty = 8,
+    /// append: an event has no type.
+    EventTypeEmpty = 8,
     /// read_stream, read_log, stream_info: the body is not the operation's request struct.
     BodyInvalid = 9,
     /// read_stream, read_log: a grid block failed verification (checksum, address, structure)
@@ -54,7 +54,7 @@ impl ResultCode {
         ResultCode::StreamsFull,
         ResultCode::StorageFull,
         ResultCode::EventTooLarge,
-        ResultCode::EventEmpty,
+        ResultCode::EventTypeEmpty,
         ResultCode::BodyInvalid,
         ResultCode::BlockCorrupt,
     ];
@@ -73,7 +73,7 @@ impl ResultCode {
             ResultCode::StreamsFull => "streams_full",
             ResultCode::StorageFull => "storage_full",
             ResultCode::EventTooLarge => "event_too_large",
-            ResultCode::EventEmpty => "event_empty",
+            ResultCode::EventTypeEmpty => "event_type_empty",
             ResultCode::BodyInvalid => "body_invalid",
             ResultCode::BlockCorrupt => "block_corrupt",
         }
@@ -104,18 +104,59 @@ pub struct CreateStreamResult {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct AppendBatch {
     pub stream: u64,
-    /// The offset the first event must get, or `EXPECTED_OFFSET_ANY`.
+    /// The offset the first event must get, `EXPECTED_OFFSET_ANY`, or `EXPECTED_NO_STREAM`
+    /// (the stream must not exist: the batch creates it, with tenant 0).
     pub expected_offset: u64,
     pub event_count: u32,
     pub events_size_bytes: u32,
 }
 
-/// The head of one event in an append batch; `size_bytes` of data follow, zero-padded to 8.
+/// The head of one event in an append batch; its payload follows: `type_size` bytes of type,
+/// `metadata_size` of metadata and `data_size` of data, zero-padded together to a multiple of 8.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct EventHeader {
-    pub size_bytes: u32,
-    pub reserved: u32,
+    pub data_size: u32,
+    pub metadata_size: u16,
+    pub type_size: u8,
+    pub reserved: u8,
+}
+
+impl EventHeader {
+    /// The payload's bytes, unpadded (u64: a header from a client may name any data size).
+    pub fn payload_size(&self) -> u64 {
+        u64::from(self.data_size) + u64::from(self.metadata_size) + u64::from(self.type_size)
+    }
+}
+
+/// One event's type, metadata and data: what an append carries for it and a read returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event<'a> {
+    /// What kind of event it is, 1 to 255 bytes, opaque to the store.
+    pub event_type: &'a [u8],
+    /// Up to 65,535 bytes, opaque to the store, may be empty.
+    pub metadata: &'a [u8],
+    pub data: &'a [u8],
+}
+
+impl<'a> Event<'a> {
+    /// The sizes of this event's parts (its `type_size` fits u8, its metadata u16).
+    pub fn header(&self) -> EventHeader {
+        EventHeader {
+            data_size: u32::try_from(self.data.len()).expect("event data fits u32"),
+            metadata_size: u16::try_from(self.metadata.len()).expect("metadata fits u16"),
+            type_size: u8::try_from(self.event_type.len()).expect("an event type fits u8"),
+            reserved: 0,
+        }
+    }
+
+    /// Splits a payload of type, metadata and data (unpadded) as `header` sizes it.
+    fn split(header: &EventHeader, payload: &'a [u8]) -> Event<'a> {
+        assert_eq!(payload.len(), header.payload_size() as usize);
+        let (event_type, rest) = payload.split_at(usize::from(header.type_size));
+        let (metadata, data) = rest.split_at(usize::from(header.metadata_size));
+        Event { event_type, metadata, data }
+    }
 }
 
 /// The result of one append batch. `offset` is the first offset assigned on `ok`, otherwise
@@ -210,8 +251,8 @@ pub struct StreamInfoReply {
     pub chain: ChecksumBytes,
 }
 
-/// One committed event: in grid blocks, and verbatim in read replies. `size_bytes` of data
-/// follow, zero-padded to 8.
+/// One committed event: in grid blocks, and verbatim in read replies. Its payload follows, as
+/// in an append (type, metadata, data, zero-padded together to 8).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct EventRecord {
@@ -224,8 +265,38 @@ pub struct EventRecord {
     pub timestamp: u64,
     /// The stream's chain checksum after this event (`chain_next`).
     pub chain: ChecksumBytes,
-    pub size_bytes: u32,
-    pub reserved: u32,
+    pub data_size: u32,
+    pub metadata_size: u16,
+    pub type_size: u8,
+    pub reserved: u8,
+}
+
+impl EventRecord {
+    /// The sizes of the payload after the record, as an append's event header gives them.
+    pub fn event_header(&self) -> EventHeader {
+        EventHeader {
+            data_size: self.data_size,
+            metadata_size: self.metadata_size,
+            type_size: self.type_size,
+            reserved: self.reserved,
+        }
+    }
+}
+
+/// The first event record of `bytes` (a read reply's events, or a block's records), its event,
+/// and the bytes after it; or why `bytes` does not start with a whole record.
+pub fn record_next(bytes: &[u8]) -> Result<(EventRecord, Event<'_>, &[u8]), &'static str> {
+    let Ok((record, rest)) = EventRecord::read_from_prefix(bytes) else {
+        return Err("record: header truncated");
+    };
+    let header = record.event_header();
+    let padded = padded_size(header.payload_size());
+    if padded > rest.len() as u64 {
+        return Err("record: payload overruns the records");
+    }
+    let (payload, rest) = rest.split_at(padded as usize);
+    let event = Event::split(&header, &payload[..header.payload_size() as usize]);
+    Ok((record, event, rest))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,14 +441,15 @@ pub fn stream_id_valid(stream: u64) -> bool {
     stream != 0 && stream != u64::MAX
 }
 
-/// `size_bytes` rounded up to a multiple of 8: how much room data takes in bodies and blocks.
-pub fn padded_size(size_bytes: u32) -> u64 {
-    u64::from(size_bytes).next_multiple_of(8)
+/// `size` rounded up to a multiple of 8: how much room a payload takes in bodies and blocks.
+pub fn padded_size(size: u64) -> u64 {
+    size.next_multiple_of(8)
 }
 
-/// Bytes one event takes as an `EventRecord` (in a block or a reply).
-pub fn record_size(size_bytes: u32) -> u64 {
-    size_of::<EventRecord>() as u64 + padded_size(size_bytes)
+/// Bytes one event with a payload of `payload_size` takes as an `EventRecord` (in a block or a
+/// reply).
+pub fn record_size(payload_size: u64) -> u64 {
+    size_of::<EventRecord>() as u64 + padded_size(payload_size)
 }
 
 /// The chain checksum of a stream with no events: the checksum of `stream` then `tenant`.
@@ -388,29 +460,35 @@ pub fn chain_seed(stream: u64, tenant: u64) -> Checksum {
     checksum(&bytes)
 }
 
-/// The chain checksum after `record` (whose own `chain` field is ignored) with `data`: the
+/// The chain checksum after `record` (whose own `chain` field is ignored) with `event`: the
 /// checksum of the previous chain (16 bytes), the record's stream, offset, position, timestamp
-/// (8 bytes each) and size (4 bytes), then the data. Every event's chain depends on all before
-/// it, so a lost, changed or reordered event shows.
-pub fn chain_next(chain: Checksum, record: &EventRecord, data: &[u8]) -> Checksum {
-    assert_eq!(data.len(), record.size_bytes as usize);
-    let mut prefix = [0u8; 52];
+/// (8 bytes each), data_size (4), metadata_size (2), type_size (1) and reserved (1), then the
+/// type, the metadata and the data. Every event's chain depends on all before it, so a lost,
+/// changed or reordered event shows.
+pub fn chain_next(chain: Checksum, record: &EventRecord, event: &Event<'_>) -> Checksum {
+    assert_eq!(record.event_header(), event.header());
+    let mut prefix = [0u8; 56];
     prefix[0..16].copy_from_slice(&chain.to_le_bytes());
     prefix[16..24].copy_from_slice(&record.stream.to_le_bytes());
     prefix[24..32].copy_from_slice(&record.offset.to_le_bytes());
     prefix[32..40].copy_from_slice(&record.position.to_le_bytes());
     prefix[40..48].copy_from_slice(&record.timestamp.to_le_bytes());
-    prefix[48..52].copy_from_slice(&record.size_bytes.to_le_bytes());
+    prefix[48..56].copy_from_slice(record.event_header().as_bytes());
+    let pieces = [&prefix[..], event.event_type, event.metadata, event.data];
     // Small events (the common case) in one pass over a stack copy: the streaming hasher's
     // setup costs more than hashing them. Both give the checksum of the concatenation.
     const ONE_PASS_SIZE: usize = 256;
-    if prefix.len() + data.len() > ONE_PASS_SIZE {
-        return checksum_pieces(&[&prefix, data]);
+    let size: usize = pieces.iter().map(|piece| piece.len()).sum();
+    if size > ONE_PASS_SIZE {
+        return checksum_pieces(&pieces);
     }
     let mut joined = [0u8; ONE_PASS_SIZE];
-    joined[..prefix.len()].copy_from_slice(&prefix);
-    joined[prefix.len()..prefix.len() + data.len()].copy_from_slice(data);
-    checksum(&joined[..prefix.len() + data.len()])
+    let mut at = 0;
+    for piece in pieces {
+        joined[at..at + piece.len()].copy_from_slice(piece);
+        at += piece.len();
+    }
+    checksum(&joined[..size])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -655,19 +733,20 @@ impl<'a> AppendEncoder<'a> {
         AppendEncoder { body, size: 0, batch: None }
     }
 
-    /// The bytes a batch of events of these data sizes takes in a body.
-    pub fn batch_size(data_sizes: impl IntoIterator<Item = u32>) -> usize {
-        let events: usize = data_sizes.into_iter().map(AppendEncoder::event_size).sum();
+    /// The bytes a batch of events of these payload sizes (type, metadata and data) takes in
+    /// a body.
+    pub fn batch_size(payload_sizes: impl IntoIterator<Item = u64>) -> usize {
+        let events: usize = payload_sizes.into_iter().map(AppendEncoder::event_size).sum();
         size_of::<AppendBatch>() + events
     }
 
-    /// The bytes an event of `data_size` bytes takes in a batch.
-    pub fn event_size(data_size: u32) -> usize {
-        size_of::<EventHeader>() + padded_size(data_size) as usize
+    /// The bytes an event with a payload of `payload_size` bytes takes in a batch.
+    pub fn event_size(payload_size: u64) -> usize {
+        size_of::<EventHeader>() + padded_size(payload_size) as usize
     }
 
     /// Starts a batch of events for `stream`, the first at `expected_offset` (or
-    /// `EXPECTED_OFFSET_ANY`). The batch before it must have an event.
+    /// `EXPECTED_OFFSET_ANY`, or `EXPECTED_NO_STREAM`). The batch before it must have an event.
     pub fn batch_begin(&mut self, stream: u64, expected_offset: u64) {
         assert!(self.batch_open().is_none_or(|batch| batch.event_count > 0));
         let batch = AppendBatch { stream, expected_offset, event_count: 0, events_size_bytes: 0 };
@@ -677,28 +756,38 @@ impl<'a> AppendEncoder<'a> {
         self.size += size_of::<AppendBatch>();
     }
 
-    /// Adds an event of `data_size` bytes to the open batch and returns its data, for the
-    /// caller to fill (the padding after it is zeroed).
-    pub fn event(&mut self, data_size: u32) -> &mut [u8] {
+    /// Adds an event of `event_type` with `metadata` and `data_size` bytes of data to the open
+    /// batch, and returns its data for the caller to fill (the padding after it is zeroed).
+    pub fn event(&mut self, event_type: &[u8], metadata: &[u8], data_size: u32) -> &mut [u8] {
         let mut batch = self.batch_open().expect("a batch is open");
-        let event_size = AppendEncoder::event_size(data_size);
+        let header = EventHeader {
+            data_size,
+            metadata_size: u16::try_from(metadata.len()).expect("metadata fits u16"),
+            type_size: u8::try_from(event_type.len()).expect("an event type fits u8"),
+            reserved: 0,
+        };
+        let event_size = AppendEncoder::event_size(header.payload_size());
         let start = self.size;
         let event = &mut self.body[start..start + event_size];
-        let header = EventHeader { size_bytes: data_size, reserved: 0 };
-        event[..size_of::<EventHeader>()].copy_from_slice(header.as_bytes());
-        event[size_of::<EventHeader>()..].fill(0);
+        let (head, payload) = event.split_at_mut(size_of::<EventHeader>());
+        head.copy_from_slice(header.as_bytes());
+        let (type_bytes, rest) = payload.split_at_mut(event_type.len());
+        type_bytes.copy_from_slice(event_type);
+        rest[..metadata.len()].copy_from_slice(metadata);
+        rest[metadata.len()..].fill(0);
         batch.event_count += 1;
         batch.events_size_bytes += event_size as u32;
         let batch_start = self.batch.expect("a batch is open");
         self.body[batch_start..][..size_of::<AppendBatch>()].copy_from_slice(batch.as_bytes());
         self.size += event_size;
-        let data_start = start + size_of::<EventHeader>();
+        let data_start = start + size_of::<EventHeader>() + event_type.len() + metadata.len();
         &mut self.body[data_start..data_start + data_size as usize]
     }
 
-    /// Adds an event with these bytes to the open batch.
-    pub fn event_copy(&mut self, data: &[u8]) {
-        self.event(data.len() as u32).copy_from_slice(data);
+    /// Adds `event` to the open batch.
+    pub fn event_copy(&mut self, event: &Event<'_>) {
+        let data_size = u32::try_from(event.data.len()).expect("event data fits u32");
+        self.event(event.event_type, event.metadata, data_size).copy_from_slice(event.data);
     }
 
     /// The size of the body written; its last batch must have an event.
@@ -715,13 +804,13 @@ impl<'a> AppendEncoder<'a> {
 }
 
 /// A body of one append batch: `events` for `stream`, the first at `expected_offset`.
-pub fn append_batch_body(stream: u64, expected_offset: u64, events: &[&[u8]]) -> Vec<u8> {
-    let size = AppendEncoder::batch_size(events.iter().map(|data| data.len() as u32));
+pub fn append_batch_body(stream: u64, expected_offset: u64, events: &[Event<'_>]) -> Vec<u8> {
+    let size = AppendEncoder::batch_size(events.iter().map(|event| event.header().payload_size()));
     let mut body = vec![0; size];
     let mut encoder = AppendEncoder::new(&mut body);
     encoder.batch_begin(stream, expected_offset);
-    for data in events {
-        encoder.event_copy(data);
+    for event in events {
+        encoder.event_copy(event);
     }
     assert_eq!(encoder.finish(), size);
     body
@@ -736,7 +825,7 @@ pub struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    /// The data of each event (of a parsed body).
+    /// The events of a parsed body.
     pub fn events(&self) -> Events<'a> {
         Events::new(self.events)
     }
@@ -770,12 +859,12 @@ fn events_invalid(batch: &Batch<'_>) -> Result<(), &'static str> {
         if header.reserved != 0 {
             return Err("append: event reserved is not zero");
         }
-        let padded = padded_size(header.size_bytes);
+        let padded = padded_size(header.payload_size());
         if padded > after.len() as u64 {
-            return Err("append: event data overruns its batch");
+            return Err("append: event payload overruns its batch");
         }
-        let (data, after) = after.split_at(padded as usize);
-        if data[header.size_bytes as usize..].iter().any(|byte| *byte != 0) {
+        let (payload, after) = after.split_at(padded as usize);
+        if payload[header.payload_size() as usize..].iter().any(|byte| *byte != 0) {
             return Err("append: event padding is not zero");
         }
         rest = after;
@@ -786,7 +875,7 @@ fn events_invalid(batch: &Batch<'_>) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The events of a parsed batch (`Request::parse`), as data slices.
+/// The events of a parsed batch (`Request::parse`).
 #[derive(Clone, Copy, Debug)]
 pub struct Events<'a> {
     rest: &'a [u8],
@@ -799,16 +888,16 @@ impl<'a> Events<'a> {
 }
 
 impl<'a> Iterator for Events<'a> {
-    type Item = &'a [u8];
+    type Item = Event<'a>;
 
-    fn next(&mut self) -> Option<&'a [u8]> {
+    fn next(&mut self) -> Option<Event<'a>> {
         if self.rest.is_empty() {
             return None;
         }
         let (header, after) = EventHeader::read_from_prefix(self.rest).expect("body validated");
-        let padded = padded_size(header.size_bytes) as usize;
+        let padded = padded_size(header.payload_size()) as usize;
         assert!(padded <= after.len());
         self.rest = &after[padded..];
-        Some(&after[..header.size_bytes as usize])
+        Some(Event::split(&header, &after[..header.payload_size() as usize]))
     }
 }

@@ -41,7 +41,14 @@ fn format_then_inspect_a_healthy_file() {
     let scratch = Scratch::new("healthy");
     let path = scratch.0.join("0_0.kimberlite");
     let path = path.to_str().unwrap();
-    let format = ["format", "--cluster=9", "--replica=0", "--replica-count=1", "--grid-size=1MiB", "--streams-max=64"];
+    let format = [
+        "format",
+        "--cluster=9",
+        "--replica=0",
+        "--replica-count=1",
+        "--grid-size=1MiB",
+        "--streams-max=64",
+    ];
     let output = run(&[&format[..], &[path]].concat());
     assert!(output.status.success(), "{output:?}");
     let output = run(&["inspect", path]);
@@ -62,7 +69,14 @@ fn inspect_of_a_file_without_superblock_quorum_fails() {
     let scratch = Scratch::new("corrupt");
     let path = scratch.0.join("0_0.kimberlite");
     let path_text = path.to_str().unwrap();
-    let format = ["format", "--cluster=9", "--replica=0", "--replica-count=1", "--grid-size=1MiB", "--streams-max=64"];
+    let format = [
+        "format",
+        "--cluster=9",
+        "--replica=0",
+        "--replica-count=1",
+        "--grid-size=1MiB",
+        "--streams-max=64",
+    ];
     assert!(run(&[&format[..], &[path_text]].concat()).status.success());
     let mut bytes = std::fs::read(&path).unwrap();
     for copy in 0..3 {
@@ -110,7 +124,14 @@ fn format_rejoin_marks_the_log_lost_and_needs_peers() {
     let scratch = Scratch::new("rejoin");
     let path = scratch.0.join("0_1.kimberlite");
     let path = path.to_str().unwrap();
-    let format = ["format", "--cluster=9", "--replica=1", "--replica-count=3", "--grid-size=1MiB", "--streams-max=64"];
+    let format = [
+        "format",
+        "--cluster=9",
+        "--replica=1",
+        "--replica-count=3",
+        "--grid-size=1MiB",
+        "--streams-max=64",
+    ];
     let output = run(&[&format[..], &["--rejoin", path]].concat());
     assert!(output.status.success(), "{output:?}");
     let output = run(&["inspect", path]);

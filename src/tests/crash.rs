@@ -19,8 +19,8 @@ use kimberlite::client::Client;
 use kimberlite::constants::MESSAGE_SIZE_MAX;
 use kimberlite::state_machine::constants::EXPECTED_OFFSET_ANY;
 use kimberlite::state_machine::types::{
-    AppendResult, CreateStream, EventRecord, ReadReplyHeader, ReadStream, ResultCode,
-    append_batch_body, padded_size,
+    AppendResult, CreateStream, Event, ReadReplyHeader, ReadStream, ResultCode, append_batch_body,
+    record_next,
 };
 use kimberlite::vsr::header::{ClientId, ClusterId, Op, Operation, ReplicaIndex};
 use kimberlite::vsr::layout::{Config, Layout, Zone};
@@ -125,7 +125,8 @@ fn event_data(stream: u64, sequence: u64) -> [u8; EVENT_SIZE] {
 fn append_body(stream: u64, first_sequence: u64, count: u64) -> Vec<u8> {
     let sequences = first_sequence..first_sequence + count;
     let events: Vec<_> = sequences.map(|sequence| event_data(stream, sequence)).collect();
-    let events: Vec<&[u8]> = events.iter().map(|data| &data[..]).collect();
+    let events: Vec<Event<'_>> =
+        events.iter().map(|data| Event { event_type: b"t", metadata: b"", data }).collect();
     append_batch_body(stream, EXPECTED_OFFSET_ANY, &events)
 }
 
@@ -222,7 +223,8 @@ fn read_stream(client: &mut Client, stream: u64) -> Vec<u64> {
         let (head, mut rest) = ReadReplyHeader::read_from_prefix(reply.body).unwrap();
         assert_eq!(head.result, ResultCode::Ok as u32);
         for _ in 0..head.event_count {
-            let (record, data) = EventRecord::read_from_prefix(rest).unwrap();
+            let (record, event, after) = record_next(rest).unwrap();
+            let data = event.data;
             assert_eq!(record.stream, stream);
             assert_eq!(record.offset, sequences.len() as u64);
             let data_stream = u64::from_le_bytes(data[..8].try_into().unwrap());
@@ -230,7 +232,7 @@ fn read_stream(client: &mut Client, stream: u64) -> Vec<u64> {
             assert_eq!(data_stream, stream);
             assert_eq!(&data[..EVENT_SIZE], &event_data(stream, sequence));
             sequences.push(sequence);
-            rest = &data[padded_size(record.size_bytes) as usize..];
+            rest = after;
         }
         if head.event_count == 0 || head.next >= head.end {
             return sequences;

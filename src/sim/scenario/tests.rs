@@ -5,7 +5,8 @@
 use super::*;
 use crate::constants::HEADER_SIZE;
 use crate::sim::cluster::LinkDirection;
-use crate::state_machine::types::{ReadLog, ReadReplyHeader, ResultCode};
+use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
+use crate::state_machine::types::{Event, ReadLog, ReadReplyHeader, ResultCode, append_batch_body};
 use crate::vsr::header::{Command, Header, Operation, View};
 use crate::vsr::replica::{Status, SuperblockUpdate};
 use zerocopy::{FromBytes, IntoBytes};
@@ -479,6 +480,36 @@ fn backup_redirects_a_write_to_the_primary() {
     let header = Header::decode(&replies[0]).expect("a valid pong");
     assert_eq!(header.command(), Some(Command::PongClient));
     assert_eq!((header.view, header.view.primary(3)), (View(1), ReplicaIndex(1)));
+    heal(&mut cluster);
+    cluster.run().unwrap();
+}
+
+#[test]
+fn a_primary_cut_off_from_a_newer_view_drops_a_request_of_a_session_that_view_opened() {
+    // Goal: R0, cut off, still leads view 0 while R1 and R2 move to view 1, where a client
+    // registers. The client, after a timeout, tries R0 with the view it heard of: R0 never
+    // executed that register and must not evict the client for lacking a session (the
+    // eviction would end a live session); it drops the request, which goes on to the next
+    // replica. First found by the VOPR (seed 3834639561346151189 of a campaign of 2026-12-07);
+    // this scenario pins it whatever the simulator's timings.
+    let mut cluster = cluster_new(options_quiet(181, 3));
+    run_to_tick(&mut cluster, 100);
+    partition(&mut cluster, 0, LinkDirection::Both);
+    run_until(&mut cluster, "view 1 on R1", 1_000, |cluster| {
+        let replica = super::replica(cluster, 1);
+        replica.view() == View(1) && replica.status() == Status::Normal
+    });
+    let replies = request_outside(&mut cluster, 1, Operation::Register, &[], Op(0), 200);
+    let register = Header::decode(&replies[0]).expect("a reply to the register");
+    assert_eq!((register.command(), register.view), (Some(Command::Reply), View(1)));
+    assert_eq!(super::replica(&cluster, 0).view(), View(0), "R0 heard nothing of view 1");
+    assert_eq!(super::replica(&cluster, 0).status(), Status::Normal);
+    let event = Event { event_type: b"t", metadata: b"", data: b"x" };
+    let body = append_batch_body(1, EXPECTED_OFFSET_ANY, &[event]);
+    let seen = (register.op, View(1));
+    let replies = request_outside_in_view(&mut cluster, 0, Operation::Append, &body, seen, 50);
+    assert!(replies.is_empty(), "R0 answered a session it does not know: {replies:?}");
+    assert_eq!(super::replica(&cluster, 0).metrics().requests_from_newer_view, 1);
     heal(&mut cluster);
     cluster.run().unwrap();
 }

@@ -5,10 +5,11 @@
 //! acknowledged events, with the data the client sent, and committed events never change. A
 //! stale reply (an earlier read's, or one from a replica behind the client's writes) fails.
 
-use zerocopy::FromBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::state_machine::types::{
-    EventRecord, ReadReplyHeader, ResultCode, StreamInfoReply, chain_next, chain_seed, padded_size,
+    Event, EventRecord, ReadReplyHeader, ResultCode, StreamInfoReply, chain_next, chain_seed,
+    record_next,
 };
 use crate::vsr::header::{self, Checksum};
 
@@ -17,7 +18,7 @@ pub struct StreamModel {
     pub created: bool,
     /// The stream's next offset, if known (an append with an unknown outcome forgets it).
     pub offset_next: Option<u64>,
-    /// Per offset: the checksum of the event's data, if the client knows it appended it.
+    /// Per offset: the event's `event_checksum`, if the client knows it appended it.
     data: Vec<Option<Checksum>>,
     /// Per offset: the event's chain checksum, once a read showed it.
     chains: Vec<Option<Checksum>>,
@@ -43,9 +44,16 @@ impl StreamModel {
         }
     }
 
-    /// The stream's tenant (the simulated clients use the stream id).
+    /// Whether the client creates its stream by its first append ("no stream"), rather than
+    /// by create_stream: the streams with even ids.
+    pub fn created_by_append(&self) -> bool {
+        self.stream.is_multiple_of(2)
+    }
+
+    /// The stream's tenant: the stream id, given by create_stream; an append that creates its
+    /// stream gives tenant 0.
     fn tenant(&self) -> u64 {
-        self.stream
+        if self.created_by_append() { 0 } else { self.stream }
     }
 
     /// An append of events with `checksums` was acknowledged at `offset`.
@@ -129,12 +137,12 @@ impl StreamModel {
             return Err("read_stream disagrees with the client's acknowledged appends");
         }
         for index in 0..u64::from(head.event_count) {
-            let (record, data, rest) = record_next(records)?;
+            let (record, event, rest) = record_next(records)?;
             records = rest;
             if record.stream != self.stream || record.offset != offset_from + index {
                 return Err("read_stream returned an event out of place");
             }
-            self.check_event(&record, data)?;
+            self.check_event(&record, &event)?;
             checked.events += 1;
         }
         if head.next != offset_from + u64::from(head.event_count) {
@@ -160,7 +168,7 @@ impl StreamModel {
             _ => return Err("read_log failed"),
         }
         for index in 0..u64::from(head.event_count) {
-            let (record, data, rest) = record_next(records)?;
+            let (record, event, rest) = record_next(records)?;
             records = rest;
             if record.position != position_from + index {
                 return Err("read_log returned an event out of place");
@@ -169,22 +177,22 @@ impl StreamModel {
                 if self.offset_next.is_some_and(|offset_next| record.offset >= offset_next) {
                     return Err("read_log shows an event the client never appended");
                 }
-                self.check_event(&record, data)?;
+                self.check_event(&record, &event)?;
                 checked.events += 1;
             }
         }
         Ok(checked)
     }
 
-    /// One event of the client's stream: the data it appended, and a chain that follows the
-    /// one before it and never changes.
-    fn check_event(&mut self, record: &EventRecord, data: &[u8]) -> Result<(), &'static str> {
+    /// One event of the client's stream: the type, metadata and data it appended, and a chain
+    /// that follows the one before it and never changes.
+    fn check_event(&mut self, record: &EventRecord, event: &Event<'_>) -> Result<(), &'static str> {
         let known = self.data.get(record.offset as usize).copied().flatten();
-        if known.is_some_and(|checksum| checksum != header::checksum(data)) {
-            return Err("a read returned data the client did not append at that offset");
+        if known.is_some_and(|checksum| checksum != event_checksum(event)) {
+            return Err("a read returned an event the client did not append at that offset");
         }
         if let Some(chain) = self.chain_before(record.offset)
-            && chain_next(chain, record, data) != Checksum::from(record.chain)
+            && chain_next(chain, record, event) != Checksum::from(record.chain)
         {
             return Err("a read returned an event whose chain does not follow its stream's");
         }
@@ -192,23 +200,17 @@ impl StreamModel {
     }
 }
 
-/// The first event record of `bytes`, its data, and the bytes after it.
-fn record_next(bytes: &[u8]) -> Result<(EventRecord, &[u8], &[u8]), &'static str> {
-    let Ok((record, rest)) = EventRecord::read_from_prefix(bytes) else {
-        return Err("read reply ends inside an event record");
-    };
-    let padded = padded_size(record.size_bytes) as usize;
-    if rest.len() < padded {
-        return Err("read reply ends inside an event's data");
-    }
-    Ok((record, &rest[..record.size_bytes as usize], &rest[padded..]))
+/// What the model remembers of an event it appended: the checksum of its sizes, type,
+/// metadata and data.
+pub fn event_checksum(event: &Event<'_>) -> Checksum {
+    let header = event.header();
+    header::checksum_pieces(&[header.as_bytes(), event.event_type, event.metadata, event.data])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::vsr::header::ChecksumBytes;
-    use zerocopy::IntoBytes;
 
     fn stream_info(model: &StreamModel, offset_next: u64, chain: Checksum) -> Vec<u8> {
         let info = StreamInfoReply {
@@ -223,21 +225,29 @@ mod tests {
         info.as_bytes().to_vec()
     }
 
+    fn event(data: &[u8]) -> Event<'_> {
+        Event { event_type: b"t", metadata: b"m", data }
+    }
+
     /// A read_stream reply of one event at `offset` with `data`, chained from `chain`.
     fn read_stream_one(model: &StreamModel, offset: u64, chain: Checksum, data: &[u8]) -> Vec<u8> {
+        let header = event(data).header();
         let mut record = EventRecord {
             stream: model.stream,
             offset,
             position: offset,
             timestamp: 1,
             chain: ChecksumBytes::ZERO,
-            size_bytes: data.len() as u32,
+            data_size: header.data_size,
+            metadata_size: header.metadata_size,
+            type_size: header.type_size,
             reserved: 0,
         };
-        record.chain = ChecksumBytes::from(chain_next(chain, &record, data));
+        record.chain = ChecksumBytes::from(chain_next(chain, &record, &event(data)));
         let head = ReadReplyHeader { result: 0, event_count: 1, next: offset + 1, end: 1 };
         let mut bytes = head.as_bytes().to_vec();
         bytes.extend_from_slice(record.as_bytes());
+        bytes.extend_from_slice(b"tm");
         bytes.extend_from_slice(data);
         bytes.resize(bytes.len().next_multiple_of(8), 0);
         bytes
@@ -252,7 +262,7 @@ mod tests {
         model.created = true;
         let seed = chain_seed(3, 3);
         assert!(model.check_stream_info(&stream_info(&model, 0, seed)).is_ok());
-        model.appended(0, &[header::checksum(b"abc")]);
+        model.appended(0, &[event_checksum(&event(b"abc"))]);
         model.offset_next = Some(1);
         assert!(model.check_stream_info(&stream_info(&model, 0, seed)).is_err());
         let good = read_stream_one(&model, 0, seed, b"abc");

@@ -302,7 +302,7 @@ fn a_large_append_is_answered_in_a_small_buffer() {
     let mut body = vec![0u8; 3 * MESSAGE_SIZE_SMALL];
     let mut encoder = AppendEncoder::new(&mut body);
     encoder.batch_begin(1, EXPECTED_OFFSET_ANY);
-    encoder.event(2 * MESSAGE_SIZE_SMALL as u32).fill(7);
+    encoder.event(b"t", &[], 2 * MESSAGE_SIZE_SMALL as u32).fill(7);
     let size = encoder.finish();
     let replies = harness.call(ClientId(7), 2, Operation::Append, &body[..size]);
     assert_eq!(replies.len(), 1);
@@ -325,7 +325,7 @@ fn a_read_past_the_read_slots_is_answered_busy() {
     while harness.replica.metrics().checkpoints == checkpoints {
         let mut encoder = AppendEncoder::new(&mut body);
         encoder.batch_begin(1, EXPECTED_OFFSET_ANY);
-        encoder.event(100).fill(request as u8);
+        encoder.event(b"t", &[], 100).fill(request as u8);
         let size = encoder.finish();
         harness.call(ClientId(7), request, Operation::Append, &body[..size]);
         request += 1;
@@ -415,8 +415,8 @@ mod event_store {
     use super::*;
     use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
     use crate::state_machine::types::{
-        AppendEncoder, AppendResult, CreateStream, EventRecord, ReadReplyHeader, ReadStream,
-        ResultCode,
+        AppendEncoder, AppendResult, CreateStream, ReadReplyHeader, ReadStream, ResultCode,
+        record_next,
     };
     use zerocopy::{FromBytes, IntoBytes};
 
@@ -426,12 +426,12 @@ mod event_store {
 
     /// An append of `count` 16-byte events numbered from `first`.
     pub(crate) fn append_body(stream: u64, first: u64, count: u64) -> Vec<u8> {
-        let size = AppendEncoder::batch_size((0..count).map(|_| 16));
+        let size = AppendEncoder::batch_size((0..count).map(|_| 17));
         let mut body = vec![0; size];
         let mut encoder = AppendEncoder::new(&mut body);
         encoder.batch_begin(stream, EXPECTED_OFFSET_ANY);
         for number in first..first + count {
-            let data = encoder.event(16);
+            let data = encoder.event(b"t", &[], 16);
             data[..8].copy_from_slice(&number.to_le_bytes());
             data[8..].copy_from_slice(&stream.to_le_bytes());
         }
@@ -469,10 +469,10 @@ mod event_store {
             let (head, mut rest) = ReadReplyHeader::read_from_prefix(replies[0].body()).unwrap();
             assert_eq!(head.result, ResultCode::Ok as u32);
             for _ in 0..head.event_count {
-                let (record, data) = EventRecord::read_from_prefix(rest).unwrap();
+                let (record, event, after) = record_next(rest).unwrap();
                 assert_eq!(record.offset, numbers.len() as u64);
-                numbers.push(u64::from_le_bytes(data[..8].try_into().unwrap()));
-                rest = &data[16..];
+                numbers.push(u64::from_le_bytes(event.data[..8].try_into().unwrap()));
+                rest = after;
             }
             if head.event_count == 0 || head.next >= head.end {
                 return numbers;
