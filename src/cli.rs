@@ -415,8 +415,8 @@ mod tests {
         assert_eq!(
             format_error(&tiny),
             "a grid of 524288 bytes cannot hold a stream: with --streams-max=65536 the streams \
-             table keeps 14680064 bytes free for checkpoints; the smallest grid that works is \
-             --grid-size=14848KiB"
+             table keeps 15728640 bytes free for checkpoints; the smallest grid that works is \
+             --grid-size=15872KiB"
         );
         let mut unknown = base.to_vec();
         unknown.push("--colour=blue");

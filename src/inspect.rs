@@ -14,7 +14,7 @@ use std::path::Path;
 
 use crate::constants::{BLOCK_SIZE, JOURNAL_IOPS_READ_MAX};
 use crate::io::IoStorage;
-use crate::state_machine::grid_block_invalid;
+use crate::state_machine::{Limits, grid_block_invalid, root_lists_read};
 use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::header::ClientId;
 use crate::vsr::header::View;
@@ -87,8 +87,44 @@ pub fn inspect_file(path: &Path) -> Result<InspectReport, String> {
 /// Bad grid blocks listed one by one (the rest are only counted).
 const BLOCKS_LISTED_MAX: usize = 32;
 
-/// Verifies every grid block below the checkpoint's grid head; returns whether the file is
-/// usable as far as the grid goes.
+/// The checkpoint's blocks (root first; the last is a tail if `tail`) and the free ones, as
+/// its root lists them, or why they could not be read.
+struct CheckpointBlocks {
+    metadata: Vec<u32>,
+    free: Vec<u32>,
+    tail: bool,
+}
+
+fn checkpoint_blocks(
+    file: &std::fs::File,
+    working: &SuperBlockHeader,
+    layout: &Layout,
+) -> Result<CheckpointBlocks, &'static str> {
+    use std::os::unix::fs::FileExt;
+    let state = &working.vsr_state;
+    let mut blocks = CheckpointBlocks { metadata: Vec::new(), free: Vec::new(), tail: false };
+    if state.streams_table_blocks == 0 {
+        return Ok(blocks);
+    }
+    let root = state.streams_table_address;
+    if root >= working.config().grid_size / BLOCK_SIZE as u64 {
+        return Err("the streams table's root is beyond the grid");
+    }
+    let mut block = vec![0u8; BLOCK_SIZE];
+    let offset = layout.offset(Zone::Grid, root * BLOCK_SIZE as u64);
+    file.read_exact_at(&mut block, offset).map_err(|_| "the root block is unreadable")?;
+    if let Some(reason) = grid_block_invalid(&block, working.cluster, root) {
+        return Err(reason);
+    }
+    blocks.metadata.push(root as u32);
+    let limits = Limits::new(&working.config());
+    let (table_root, _) = root_lists_read(&block, &limits, &mut blocks.metadata, &mut blocks.free)?;
+    blocks.tail = table_root.tail_blocks == 1;
+    Ok(blocks)
+}
+
+/// Verifies every grid block below the checkpoint's grid head but the free ones, and tells how
+/// much of the grid is in use; returns whether the file is usable as far as the grid goes.
 fn write_grid(
     text: &mut String,
     path: &Path,
@@ -97,43 +133,54 @@ fn write_grid(
 ) -> Result<bool, String> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let _ = writeln!(text, "\ngrid:");
+    let blocks = checkpoint_blocks(&file, working, layout).unwrap_or_else(|reason| {
+        let _ = writeln!(text, "  streams table root: BAD: {reason}");
+        CheckpointBlocks { metadata: Vec::new(), free: Vec::new(), tail: false }
+    });
+    let root_bad = blocks.metadata.is_empty() && working.vsr_state.streams_table_blocks > 0;
     let mut block = vec![0u8; BLOCK_SIZE];
     let mut bad = 0;
-    let mut table_checksum = Checksum::ZERO;
-    let table = working.vsr_state.streams_table_address
-        ..working.vsr_state.streams_table_address
-            + u64::from(working.vsr_state.streams_table_blocks);
-    let _ = writeln!(
-        text,
-        "
-grid:"
-    );
-    for address in 0..working.vsr_state.grid_head {
+    let mut named = vec![Checksum::ZERO; blocks.metadata.len()];
+    let grid_head = working.vsr_state.grid_head;
+    for address in 0..grid_head {
+        if blocks.free.contains(&(address as u32)) {
+            continue;
+        }
         let offset = layout.offset(Zone::Grid, address * BLOCK_SIZE as u64);
         let invalid = match file.read_exact_at(&mut block, offset) {
             Err(_) => Some("block: unreadable"),
             Ok(()) => grid_block_invalid(&block, working.cluster, address),
         };
-        if table.contains(&address) {
-            let named = block.get(..size_of::<Checksum>()).expect("a block is longer");
-            let named = Checksum::from_le_bytes(named.try_into().expect("16 bytes"));
-            table_checksum = checksum_chain(table_checksum, named);
+        let index = blocks.metadata.iter().position(|listed| u64::from(*listed) == address);
+        if let Some(index) = index {
+            let bytes = block.get(..size_of::<Checksum>()).expect("a block is longer");
+            named[index] = Checksum::from_le_bytes(bytes.try_into().expect("16 bytes"));
         }
         let Some(reason) = invalid else { continue };
         bad += 1;
         if bad <= BLOCKS_LISTED_MAX {
-            let role = if table.contains(&address) { "streams table" } else { "events" };
+            let last = index.is_some_and(|index| index + 1 == blocks.metadata.len());
+            let role = match index {
+                Some(_) if last && blocks.tail => "tail",
+                Some(_) => "streams table",
+                None => "events or an older checkpoint's",
+            };
             let _ = writeln!(text, "  block {address} ({role}): BAD: {reason}");
         } else if bad == BLOCKS_LISTED_MAX + 1 {
             let _ = writeln!(text, "  ...");
         }
     }
-    let table_mismatch = working.vsr_state.streams_table_blocks > 0
-        && table_checksum != working.vsr_state.streams_table_checksum;
+    let table_checksum =
+        named.iter().fold(Checksum::ZERO, |chain, named| checksum_chain(chain, *named));
+    let table_mismatch = root_bad
+        || (!named.is_empty() && table_checksum != working.vsr_state.streams_table_checksum);
     if table_mismatch {
         let _ = writeln!(text, "  streams table: checksum of block checksums does not match");
     }
-    let _ = writeln!(text, "  blocks verified: {}, bad: {bad}", working.vsr_state.grid_head);
+    write_grid_use(text, working, &blocks);
+    let free = blocks.free.len() as u64;
+    let _ = writeln!(text, "  blocks verified: {}, bad: {bad}", grid_head - free);
     let sound = bad == 0 && !table_mismatch;
     let usable = sound || working.replica_count > 1;
     let verdict = match (sound, usable) {
@@ -143,6 +190,22 @@ grid:"
     };
     let _ = writeln!(text, "  grid: {verdict}");
     Ok(usable)
+}
+
+/// How much of the grid the checkpoint uses, and how much was never written.
+fn write_grid_use(text: &mut String, working: &SuperBlockHeader, blocks: &CheckpointBlocks) {
+    let free = blocks.free.len() as u64;
+    let grid_head = working.vsr_state.grid_head;
+    let grid_blocks = working.config().grid_size / BLOCK_SIZE as u64;
+    let _ = writeln!(
+        text,
+        "  in use: {} of {grid_blocks} blocks ({} for the checkpoint, {free} free for the next \
+         one); never written: {} blocks ({} MiB)",
+        grid_head - free,
+        blocks.metadata.len(),
+        grid_blocks - grid_head,
+        ((grid_blocks - grid_head) * BLOCK_SIZE as u64) >> 20,
+    );
 }
 
 fn write_config(text: &mut String, working: &SuperBlockHeader, sessions: &[ClientSessionRecord]) {

@@ -65,6 +65,9 @@ pub enum Violation {
     /// that checkpoint's grid head (after repair): the grid is not the function of the log it
     /// must be, or a repair wrote a wrong block.
     GridDiverged { replica: usize, other: usize, checkpoint_op: Op, address: u64 },
+    /// A block of `replica`'s durable checkpoint changed before its next checkpoint was
+    /// durable (and not by an injected fault): a crash then would open a broken checkpoint.
+    CheckpointBlockOverwritten { replica: usize, checkpoint_op: Op, address: u64 },
     /// The run did not converge within its tick budget after the faults stopped.
     Liveness { reason: String },
 }
@@ -121,6 +124,11 @@ impl std::fmt::Display for Violation {
                 formatter,
                 "grid: replicas {replica} and {other} checkpointed op {checkpoint_op} but differ \
                  in grid block {address}"
+            ),
+            Violation::CheckpointBlockOverwritten { replica, checkpoint_op, address } => write!(
+                formatter,
+                "grid: block {address} of replica {replica}'s checkpoint at op {checkpoint_op} \
+                 was overwritten while that checkpoint was its durable one"
             ),
             Violation::Liveness { reason } => write!(formatter, "no liveness: {reason}"),
         }

@@ -32,6 +32,7 @@ use crate::sim::network::{DropReason, Network, NetworkOptions, NodeIndex, Packet
 use crate::sim::storage::{CacheMetrics, Latency, MemoryStorage};
 use crate::sim::trace::{Event, Trace};
 use crate::sim::workload::{ReplyRecord, Workload, WorkloadMetrics, WorkloadOptions};
+use crate::state_machine::block::block_checksum;
 use crate::state_machine::grid_block_invalid;
 use crate::state_machine::types::{PackedRequest, packed_split};
 use crate::stdx::allocation_guard;
@@ -313,6 +314,9 @@ struct ReplicaNode {
     log_lost_down: bool,
     /// Heap allocations the replica made in calls after it opened (static allocation says 0).
     allocations: u64,
+    /// The blocks of its durable checkpoint and their checksums, as they were when it became
+    /// durable: none may change until the next one is (`check_checkpoint_blocks`).
+    checkpoint_blocks: (Op, Vec<(u64, Checksum)>),
 }
 
 impl ReplicaNode {
@@ -598,6 +602,7 @@ fn replica_node(options: &ClusterOptions, replica: ReplicaIndex) -> ReplicaNode 
         wal_damaged: false,
         log_lost_down: false,
         allocations: 0,
+        checkpoint_blocks: (Op(0), Vec::new()),
     }
 }
 
@@ -1341,6 +1346,7 @@ impl Cluster {
     fn check(&mut self) -> Result<(), Violation> {
         for index in 0..self.replicas.len() {
             self.check_replica(index)?;
+            self.check_checkpoint_blocks(index)?;
             let node = &self.replicas[index];
             if node.replica.as_ref().is_some_and(|replica| replica.metrics().state_syncs > 0) {
                 self.workload.replies_may_be_lost();
@@ -1409,6 +1415,48 @@ impl Cluster {
         if self.primary_index() == index && replica.view() == self.view_newest() {
             self.checker.primary_head(index, replica.op())?;
         }
+        Ok(())
+    }
+
+    /// Once a replica's checkpoint advanced: the blocks of the one before are as they were when
+    /// it became durable (but for blocks the run damaged), since until the moment the new one
+    /// became durable a crash would have opened that one; then records the new one's blocks.
+    fn check_checkpoint_blocks(&mut self, index: usize) -> Result<(), Violation> {
+        let node = &self.replicas[index];
+        let Some(replica) = node.replica.as_ref().filter(|replica| replica.status().is_open())
+        else {
+            return Ok(());
+        };
+        let Some(blocks) = replica.checkpoint_blocks() else {
+            return Ok(());
+        };
+        let checkpoint_op = replica.checkpoint_op();
+        let (recorded_op, recorded) = &node.checkpoint_blocks;
+        if *recorded_op == checkpoint_op && !recorded.is_empty() {
+            return Ok(());
+        }
+        let checksum_at = |address: u64| {
+            let offset = Layout::new(&node.config).offset(Zone::Grid, address * BLOCK_SIZE as u64);
+            let offset = offset as usize;
+            block_checksum(&node.storage.bytes()[offset..offset + BLOCK_SIZE])
+        };
+        if checkpoint_op > *recorded_op {
+            for (address, checksum) in recorded {
+                let damaged = self.grid_faults.contains(&(index, *address));
+                if !damaged && checksum_at(*address) != *checksum {
+                    let (replica, checkpoint_op, address) = (index, *recorded_op, *address);
+                    return Err(Violation::CheckpointBlockOverwritten {
+                        replica,
+                        checkpoint_op,
+                        address,
+                    });
+                }
+            }
+        }
+        let blocks =
+            blocks.iter().map(|address| (u64::from(*address), checksum_at(u64::from(*address))));
+        let blocks = blocks.collect();
+        self.replicas[index].checkpoint_blocks = (checkpoint_op, blocks);
         Ok(())
     }
 

@@ -1,49 +1,64 @@
-//! Checkpoint and open: the streams table written to, and read back from, the grid.
+//! Checkpoint and open: the streams table, and the open block's events, written to and read
+//! back from the grid.
 //!
-//! A checkpoint seals the open block (if it holds events), then writes the table to new blocks
-//! at `grid_head`: the first starts with the `TableRoot` (the log's position, block count and
-//! frontier), then come the streams' `TableEntry`s in creation order, as many per block as fit.
-//! It is over when every grid write, earlier event blocks included, has landed. A checkpoint
-//! after which nothing was committed writes nothing and keeps the previous table. The grid
-//! always keeps `table_blocks_max` blocks free for it (appends and creates that would eat into
-//! them fail with `storage_full`).
+//! A checkpoint writes the table (the `TableRoot`, the lists of the checkpoint's blocks and of
+//! free blocks, then the streams' `TableEntry`s in creation order, as many per block as fit)
+//! and, if the open block holds events, a tail: a copy of it (`BlockKind::Tail`), so that it
+//! goes on filling after the checkpoint instead of being sealed partly empty. The blocks go to
+//! the free list first (lowest address first), then at `grid_head`. It is over when every grid
+//! write, earlier event blocks included, has landed. A checkpoint after which nothing was
+//! committed writes nothing and keeps the previous one.
 //!
-//! Open reads the table blocks one after another, checks each block's own checksum, address and
-//! structure, loads its entries, and at the end checks the checksum of the blocks' checksums and
-//! the state checksum against the superblock's. Entries are inserted in creation order, so the
-//! table (and every block built after it) is exactly the one that was checkpointed.
+//! Free blocks: the blocks of the checkpoint before are free once this one is durable, so the
+//! next checkpoint may reuse them; never earlier, for a crash before the superblock records
+//! this checkpoint opens that one. A replica among peers keeps its old blocks (`checkpoint`'s
+//! `release_superseded` is false there) until the peers agree when none of them can still
+//! open or sync from an older checkpoint; its checkpoints are then one run of blocks ending at
+//! `grid_head`, which is what state sync copies. The grid always keeps free, beyond the free
+//! list, what the largest checkpoint needs (`metadata_blocks_max`): appends and creates that
+//! would eat into it fail with `storage_full`.
+//!
+//! Open reads the root, then the blocks it lists, checks each block's own checksum, address
+//! and structure, loads entries and the tail, and at the end checks the checksum of the blocks'
+//! checksums and the state checksum against the superblock's. Entries are inserted in creation
+//! order, so the table (and every block built after it) is exactly the one that was
+//! checkpointed.
 
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::constants::BLOCK_SIZE;
 use crate::state_machine::block::{
-    BLOCK_HEADER_SIZE, block_checksum, block_header, block_invalid, frontier_count,
+    BLOCK_HEADER_SIZE, block_checksum, block_header, block_invalid, directory_entry_size,
+    frontier_count, skip_pointer_count,
 };
 use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{
-    BlockHeader, BlockKind, BlockPointer, TableEntry, TableRoot, stream_id_valid,
+    BlockHeader, BlockKind, BlockPointer, DirectoryEntry, TableEntry, TableRoot, stream_id_valid,
 };
 use crate::state_machine::{
-    BlockFault, CheckpointState, Log, StateMachine, Status, TokenKind, token,
+    BlockFault, CheckpointState, Limits, Log, StateMachine, Status, TokenKind, token,
 };
 use crate::vsr::header::Op;
 use crate::vsr::header::{Checksum, ChecksumBytes, ClusterId, checksum, checksum_chain};
 use crate::vsr::layout::Zone;
 use crate::vsr::storage::{Completion, IoKind, IoRequest, Storage};
 
-/// A checkpoint in progress.
+/// A checkpoint in progress. Its blocks' addresses are in `StateMachine::metadata_next`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Checkpointing {
-    address: u64,
-    blocks: u32,
+    /// Table blocks (the root first); the tail, if any, comes after them.
+    table_blocks: u32,
     block_next: u32,
     entry_next: u32,
     table_checksum: Checksum,
+    /// The tail's checksum, chained after the table blocks'.
+    tail_checksum: Option<Checksum>,
     root: TableRoot,
     result: Option<CheckpointState>,
 }
 
-/// An open in progress.
+/// An open in progress. The checkpoint's blocks' addresses are in `metadata_last` once the
+/// root is read.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Opening {
     checkpoint: CheckpointState,
@@ -57,70 +72,204 @@ fn state_checksum(root: &TableRoot, table_checksum: Checksum) -> Checksum {
     checksum_chain(checksum(root.as_bytes()), table_checksum)
 }
 
-/// Why `block`, read from `address` as a block of the streams table, fails its own checksum,
+/// Why `block`, read from `address` as a block of a checkpoint, fails its own checksum,
 /// address, kind, version or cluster, or `None`. Its checksum is only known from its own
-/// header here: the superblock's checksum of the table's block checksums covers it at the end.
-fn table_block_invalid(block: &[u8], cluster: ClusterId, address: u64) -> Option<&'static str> {
+/// header here: the superblock's checksum of the blocks' checksums covers it at the end.
+fn own_block_invalid(
+    block: &[u8],
+    cluster: ClusterId,
+    address: u64,
+    kind: BlockKind,
+) -> Option<&'static str> {
     let checksum_own = block_header(block).checksum.get();
-    block_invalid(block, cluster, address, Checksum(checksum_own), BlockKind::StreamsTable)
+    block_invalid(block, cluster, address, Checksum(checksum_own), kind)
 }
 
 fn table_entry_size(blocks: u64) -> usize {
     size_of::<TableEntry>() + frontier_count(blocks) as usize * size_of::<BlockPointer>()
 }
 
-/// Bytes for entries in table block `index` (the first also holds the root).
-fn table_space(index: u32) -> usize {
-    let root = if index == 0 { size_of::<TableRoot>() } else { 0 };
-    BLOCK_SIZE - BLOCK_HEADER_SIZE - root
+/// Bytes of the root's lists: the checkpoint's other blocks, then the free blocks (u32 each,
+/// as many slots as there can be), padded to 8.
+pub(super) fn root_lists_size(limits: &Limits) -> usize {
+    let slots = limits.metadata_blocks_max - 1 + limits.free_blocks_max;
+    (slots * size_of::<u32>()).next_multiple_of(8)
+}
+
+/// Reads the root of a checkpoint's first block (which its header's checks passed): the
+/// `TableRoot`, then its lists into `metadata` (after the root's own address, already there)
+/// and `free`. Returns the root and where the entries start. `kimberlite inspect` reads a data
+/// file's checkpoint with it too.
+pub fn root_lists_read(
+    bytes: &[u8],
+    limits: &Limits,
+    metadata: &mut Vec<u32>,
+    free: &mut Vec<u32>,
+) -> Result<(TableRoot, usize), &'static str> {
+    let records_end = BLOCK_HEADER_SIZE + block_header(bytes).records_size as usize;
+    let start = BLOCK_HEADER_SIZE + size_of::<TableRoot>();
+    let end = start + root_lists_size(limits);
+    let Some(Ok((root, _))) = bytes.get(BLOCK_HEADER_SIZE..).map(TableRoot::read_from_prefix)
+    else {
+        return Err("streams table: root truncated");
+    };
+    if end > records_end.min(bytes.len()) {
+        return Err("streams table: root lists truncated");
+    }
+    let lists_valid = (root.metadata_count as usize) < limits.metadata_blocks_max
+        && root.free_count as usize <= limits.free_blocks_max
+        && root.tail_blocks <= root.metadata_count.min(1)
+        && root.reserved == 0;
+    if !lists_valid {
+        return Err("streams table: root lists malformed");
+    }
+    let listed = (root.metadata_count + root.free_count) as usize;
+    let mut addresses = bytes[start..end]
+        .chunks_exact(size_of::<u32>())
+        .map(|bytes| u32::from_le_bytes(bytes.try_into().expect("four bytes")));
+    for index in 0..listed {
+        let address = addresses.next().expect("the lists hold every slot");
+        if u64::from(address) >= root.grid_head {
+            return Err("streams table: a listed block is not below grid_head");
+        }
+        if index < root.metadata_count as usize {
+            metadata.push(address);
+        } else {
+            free.push(address);
+        }
+    }
+    if addresses.any(|address| address != 0) {
+        return Err("streams table: root list slots past their counts are not zero");
+    }
+    if !free.is_sorted_by(|a, b| a < b) || free.iter().any(|address| metadata.contains(address)) {
+        return Err("streams table: free blocks unsorted or in use");
+    }
+    Ok((root, end))
 }
 
 impl StateMachine {
+    /// Bytes for entries in table block `index` (the first also holds the root and its lists).
+    fn table_space(&self, index: u32) -> usize {
+        let root =
+            if index == 0 { size_of::<TableRoot>() + root_lists_size(&self.limits) } else { 0 };
+        BLOCK_SIZE - BLOCK_HEADER_SIZE - root
+    }
+
     /// Makes the committed state durable in the grid (see the module docs). Call right after
-    /// committing the checkpoint op; the result comes from `poll_checkpoint`.
-    pub fn checkpoint<S: Storage>(&mut self, storage: &mut S) {
+    /// committing the checkpoint op, once the checkpoint before it is durable; the result comes
+    /// from `poll_checkpoint`. With `release_superseded`, that checkpoint's blocks join the free
+    /// list for the next checkpoint to reuse.
+    pub fn checkpoint<S: Storage>(&mut self, storage: &mut S, release_superseded: bool) {
         assert_eq!(self.status, Status::Open);
         assert!(self.checkpointing.is_none());
         if !self.dirty {
             assert_eq!(self.writes_in_flight(), 0);
-            assert_eq!(self.open_block.event_count, 0);
-            let root = TableRoot::new_zeroed();
             self.checkpointing = Some(Checkpointing {
-                address: 0,
-                blocks: 0,
+                table_blocks: 0,
                 block_next: 0,
                 entry_next: 0,
                 table_checksum: Checksum(0),
-                root,
+                tail_checksum: None,
+                root: TableRoot::new_zeroed(),
                 result: Some(self.checkpoint_last),
             });
             return;
         }
-        if self.open_block.event_count > 0 {
-            self.seal(storage);
-        }
-        let blocks = self.table_block_count();
-        assert!(u64::from(blocks) <= self.limits.table_blocks_max);
-        let address = self.log.grid_head;
-        assert!(address + u64::from(blocks) <= self.limits.grid_blocks);
-        self.log.grid_head += u64::from(blocks);
+        let table_blocks = self.table_block_count();
+        let tail_blocks = u32::from(self.open_block.event_count > 0);
+        self.metadata_allocate(table_blocks + tail_blocks, release_superseded);
         let root = TableRoot {
             grid_head: self.log.grid_head,
             position_next: self.log.position_next,
             log_blocks: self.log.blocks,
             stream_count: u64::from(self.streams.count()),
             log_frontier: self.log.frontier,
+            metadata_count: table_blocks + tail_blocks - 1,
+            free_count: self.free.len() as u32,
+            tail_blocks,
+            reserved: 0,
         };
-        self.checkpointing = Some(Checkpointing {
-            address,
-            blocks,
+        let mut progress = Checkpointing {
+            table_blocks,
             block_next: 0,
             entry_next: 0,
             table_checksum: Checksum(0),
+            tail_checksum: None,
             root,
             result: None,
-        });
+        };
+        if tail_blocks == 1 {
+            let address = u64::from(*self.metadata_next.last().expect("the tail's address"));
+            self.tails_written += 1;
+            let mut buffer = self.pool.get();
+            progress.tail_checksum = Some(self.tail_fill(buffer.buffer_mut_unique(), address));
+            self.block_write(storage, address, buffer);
+        }
+        self.checkpointing = Some(progress);
         self.checkpoint_continue(storage);
+    }
+
+    /// Picks the addresses of a checkpoint of `count` blocks into `metadata_next`: free blocks
+    /// first, lowest first, then blocks at `grid_head`; then updates the free list: what was
+    /// not taken, and (with `release`) the blocks of the checkpoint before, which are free once
+    /// this one is durable.
+    fn metadata_allocate(&mut self, count: u32, release: bool) {
+        assert!(count as usize <= self.limits.metadata_blocks_max);
+        self.metadata_next.clear();
+        let from_free = (count as usize).min(self.free.len());
+        self.metadata_next.extend(self.free.drain(..from_free));
+        self.blocks_reused += from_free as u64;
+        while self.metadata_next.len() < count as usize {
+            assert!(self.log.grid_head < self.limits.grid_blocks, "the reserve holds a checkpoint");
+            let address = u32::try_from(self.log.grid_head).expect("grid addresses fit u32");
+            self.metadata_next.push(address);
+            self.log.grid_head += 1;
+        }
+        if release {
+            self.free.extend_from_slice(&self.metadata_last);
+            self.free.sort_unstable();
+        } else {
+            // Kept as they are (see the module docs): the run ends at `grid_head`.
+            assert!(self.free.is_empty());
+            let first = u64::from(self.metadata_next[0]);
+            assert_eq!(first + u64::from(count), self.log.grid_head);
+        }
+        assert!(self.free.len() <= self.limits.free_blocks_max);
+    }
+
+    /// Builds the tail at `address` in `bytes`: the open block's records, a directory of its
+    /// streams without pointers, a header of kind `Tail`; returns its checksum.
+    fn tail_fill(&self, bytes: &mut [u8], address: u64) -> Checksum {
+        let open = &self.open_block;
+        let records_end = BLOCK_HEADER_SIZE + open.records_size as usize;
+        let source = open.buffer.as_ref().expect("an open block with events").buffer();
+        bytes[BLOCK_HEADER_SIZE..records_end]
+            .copy_from_slice(&source[BLOCK_HEADER_SIZE..records_end]);
+        let mut at = records_end;
+        for &entry in &open.streams {
+            let stream = self.streams.get(entry);
+            let directory_entry = DirectoryEntry {
+                stream: stream.id,
+                ordinal: stream.blocks + 1,
+                offset_first: stream.sealed_end(),
+                record_first: stream.open_record_first,
+                event_count: stream.open_event_count,
+                pointer_count: 0,
+                reserved: 0,
+            };
+            bytes[at..at + size_of::<DirectoryEntry>()].copy_from_slice(directory_entry.as_bytes());
+            at += size_of::<DirectoryEntry>();
+        }
+        bytes[at..].fill(0);
+        let mut header = self.seal_header(address, self.log.blocks + 1);
+        header.kind = BlockKind::Tail as u8;
+        header.directory_size = (at - records_end) as u32;
+        header.log_pointer_count = 0;
+        header.log_pointers = [BlockPointer::default(); _];
+        bytes[..BLOCK_HEADER_SIZE].copy_from_slice(header.as_bytes());
+        let checksum = block_checksum(bytes);
+        bytes[..size_of::<Checksum>()].copy_from_slice(&checksum.to_le_bytes());
+        checksum
     }
 
     /// The checkpoint's state once every write has landed; commits may continue after.
@@ -136,28 +285,33 @@ impl StateMachine {
         if progress.result.is_some() {
             return;
         }
-        while progress.block_next < progress.blocks && self.pool.free_count() > 0 {
+        while progress.block_next < progress.table_blocks && self.pool.free_count() > 0 {
             let mut buffer = self.pool.get();
+            let address = u64::from(self.metadata_next[progress.block_next as usize]);
             let (entry_end, block_checksum) =
-                self.table_block_fill(buffer.buffer_mut_unique(), &progress);
+                self.table_block_fill(buffer.buffer_mut_unique(), address, &progress);
             progress.entry_next = entry_end;
             progress.table_checksum = checksum_chain(progress.table_checksum, block_checksum);
-            let address = progress.address + u64::from(progress.block_next);
             progress.block_next += 1;
             self.block_write(storage, address, buffer);
         }
-        if progress.block_next == progress.blocks && self.writes_in_flight() == 0 {
+        if progress.block_next == progress.table_blocks && self.writes_in_flight() == 0 {
             assert_eq!(progress.entry_next, self.streams.count());
+            let mut table_checksum = progress.table_checksum;
+            if let Some(tail) = progress.tail_checksum {
+                table_checksum = checksum_chain(table_checksum, tail);
+            }
             let state = CheckpointState {
                 grid_head: progress.root.grid_head,
-                streams_table_address: progress.address,
-                streams_table_blocks: progress.blocks,
-                streams_table_checksum: progress.table_checksum,
-                checkpoint_state_checksum: state_checksum(&progress.root, progress.table_checksum),
+                streams_table_address: u64::from(self.metadata_next[0]),
+                streams_table_blocks: self.metadata_next.len() as u32,
+                streams_table_checksum: table_checksum,
+                checkpoint_state_checksum: state_checksum(&progress.root, table_checksum),
             };
             assert_eq!(state.grid_head, self.log.grid_head);
             progress.result = Some(state);
             self.checkpoint_last = state;
+            std::mem::swap(&mut self.metadata_last, &mut self.metadata_next);
             self.dirty = false;
         }
         self.checkpointing = Some(progress);
@@ -182,26 +336,46 @@ impl StateMachine {
         let mut blocks = 0;
         let mut entry = 0;
         loop {
-            let fitting = self.table_entries_fitting(entry, table_space(blocks));
+            let space = self.table_space(blocks);
+            let fitting = self.table_entries_fitting(entry, space);
             entry += fitting;
             blocks += 1;
             if entry == self.streams.count() {
                 return blocks;
             }
-            assert!(fitting > 0);
+            assert!(fitting > 0 || blocks == 1, "a block after the root holds an entry");
         }
     }
 
-    /// Builds table block `progress.block_next` in `bytes`; returns the entry after its last,
-    /// and its checksum.
-    fn table_block_fill(&self, bytes: &mut [u8], progress: &Checkpointing) -> (u32, Checksum) {
+    /// Writes the root and its lists (the checkpoint's other blocks, the free blocks) at `at`;
+    /// returns where entries start.
+    fn root_fill(&self, bytes: &mut [u8], root: &TableRoot) -> usize {
+        let mut at = BLOCK_HEADER_SIZE;
+        bytes[at..at + size_of::<TableRoot>()].copy_from_slice(root.as_bytes());
+        at += size_of::<TableRoot>();
+        let lists_end = at + root_lists_size(&self.limits);
+        bytes[at..lists_end].fill(0);
+        for address in self.metadata_next[1..].iter().chain(&self.free) {
+            bytes[at..at + size_of::<u32>()].copy_from_slice(&address.to_le_bytes());
+            at += size_of::<u32>();
+        }
+        lists_end
+    }
+
+    /// Builds table block `progress.block_next` at `address` in `bytes`; returns the entry
+    /// after its last, and its checksum.
+    fn table_block_fill(
+        &self,
+        bytes: &mut [u8],
+        address: u64,
+        progress: &Checkpointing,
+    ) -> (u32, Checksum) {
         let index = progress.block_next;
         let mut at = BLOCK_HEADER_SIZE;
         if index == 0 {
-            bytes[at..at + size_of::<TableRoot>()].copy_from_slice(progress.root.as_bytes());
-            at += size_of::<TableRoot>();
+            at = self.root_fill(bytes, &progress.root);
         }
-        let count = self.table_entries_fitting(progress.entry_next, table_space(index));
+        let count = self.table_entries_fitting(progress.entry_next, self.table_space(index));
         for entry in progress.entry_next..progress.entry_next + count {
             let stream = self.streams.get(entry);
             let frontier_count = frontier_count(stream.blocks);
@@ -214,7 +388,6 @@ impl StateMachine {
                 frontier_count,
                 reserved: 0,
             };
-            assert_eq!(stream.open_event_count, 0);
             bytes[at..at + size_of::<TableEntry>()].copy_from_slice(table_entry.as_bytes());
             at += size_of::<TableEntry>();
             let frontier = &self.streams.frontier(entry)[..frontier_count as usize];
@@ -227,7 +400,7 @@ impl StateMachine {
         header.kind = BlockKind::StreamsTable as u8;
         header.version = BLOCK_VERSION;
         header.cluster = self.config.cluster.get();
-        header.address = progress.address + u64::from(index);
+        header.address = address;
         header.ordinal = u64::from(index);
         header.position_first = progress.root.position_next;
         header.position_end = progress.root.position_next;
@@ -261,13 +434,15 @@ impl StateMachine {
     pub fn open<S: Storage>(&mut self, storage: &mut S, checkpoint: &CheckpointState) {
         assert!(self.status == Status::New || self.status == Status::Failed);
         assert_eq!(self.writes_in_flight(), 0);
-        assert!(self.open_block.buffer.is_none());
+        self.open_block.buffer = None;
         self.streams.reset();
         self.log = Log::new();
         self.open_block.reset(0);
         self.dirty = false;
         self.op_last = Op(0);
         self.open_result = None;
+        self.free.clear();
+        self.metadata_last.clear();
         if let Some(reason) = self.checkpoint_invalid(checkpoint) {
             return self.open_done(Err(reason));
         }
@@ -282,6 +457,8 @@ impl StateMachine {
             table_checksum: Checksum(0),
             root: TableRoot::new_zeroed(),
         });
+        let root = u32::try_from(checkpoint.streams_table_address).expect("checked in range");
+        self.metadata_last.push(root);
         self.open_read(storage);
     }
 
@@ -297,21 +474,21 @@ impl StateMachine {
             }
             return None;
         }
-        let table_end = checkpoint
-            .streams_table_address
-            .checked_add(u64::from(checkpoint.streams_table_blocks));
-        if table_end != Some(checkpoint.grid_head) {
-            return Some("checkpoint: the streams table does not end at grid_head");
-        }
         if checkpoint.grid_head > self.limits.grid_blocks {
             return Some("checkpoint: grid_head is beyond the grid");
+        }
+        if checkpoint.streams_table_address >= checkpoint.grid_head {
+            return Some("checkpoint: the streams table is not below grid_head");
+        }
+        if checkpoint.streams_table_blocks as usize > self.limits.metadata_blocks_max {
+            return Some("checkpoint: more blocks than the largest checkpoint has");
         }
         None
     }
 
     fn open_read<S: Storage>(&mut self, storage: &mut S) {
         let opening = self.opening.expect("an open in progress");
-        let address = opening.checkpoint.streams_table_address + u64::from(opening.block_next);
+        let address = u64::from(self.metadata_last[opening.block_next as usize]);
         let buffer = self.reads[0].buffer.take().expect("reads wait for the open");
         let request = IoRequest {
             token: token(TokenKind::Open, 0),
@@ -324,6 +501,17 @@ impl StateMachine {
         storage.submit(request, buffer);
     }
 
+    /// The kind block `index` of the checkpoint being opened has: the root and the table
+    /// blocks, then the tail if the root names one.
+    fn open_block_kind(&self, opening: &Opening, index: u32) -> BlockKind {
+        let last = opening.checkpoint.streams_table_blocks - 1;
+        if index > 0 && index == last && opening.root.tail_blocks == 1 {
+            BlockKind::Tail
+        } else {
+            BlockKind::StreamsTable
+        }
+    }
+
     pub(super) fn open_read_complete<S: Storage>(
         &mut self,
         storage: &mut S,
@@ -334,23 +522,31 @@ impl StateMachine {
         assert!(self.reads[0].buffer.is_none());
         self.reads[0].buffer = Some(buffer.clone());
         let opening = self.opening.expect("an open in progress");
-        let address = opening.checkpoint.streams_table_address + u64::from(opening.block_next);
+        let address = u64::from(self.metadata_last[opening.block_next as usize]);
+        let kind = self.open_block_kind(&opening, opening.block_next);
         let cluster = self.config.cluster;
         let invalid = match completion.result {
-            Err(_) => Some("streams table: block unreadable"),
-            Ok(()) => table_block_invalid(buffer.buffer(), cluster, address),
+            Err(_) => Some("checkpoint: block unreadable"),
+            Ok(()) => own_block_invalid(buffer.buffer(), cluster, address, kind),
         };
         if let Some(reason) = invalid {
             // The block itself is bad (rot, a torn or misdirected write): a peer holds it.
             self.block_fault = Some(BlockFault { address, checksum: None });
             return self.open_done(Err(reason));
         }
-        let loaded = self.open_block_load(buffer.buffer());
+        let checksum = Checksum::from(block_header(buffer.buffer()).checksum);
+        let loaded = match kind {
+            BlockKind::Tail => self.open_tail_load(buffer.buffer()),
+            _ => self.open_block_load(buffer.buffer()),
+        };
         drop(buffer);
         if let Err(reason) = loaded {
             return self.open_done(Err(reason));
         }
-        let opening = self.opening.expect("an open in progress");
+        let mut opening = self.opening.expect("an open in progress");
+        opening.table_checksum = checksum_chain(opening.table_checksum, checksum);
+        opening.block_next += 1;
+        self.opening = Some(opening);
         if opening.block_next < opening.checkpoint.streams_table_blocks {
             return self.open_read(storage);
         }
@@ -358,34 +554,22 @@ impl StateMachine {
         self.open_done(result);
     }
 
-    /// Checks one table block and loads its root and entries.
+    /// Checks one table block and loads its root (and lists) and entries.
     fn open_block_load(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
         let mut opening = self.opening.expect("an open in progress");
-        let address = opening.checkpoint.streams_table_address + u64::from(opening.block_next);
         let header = block_header(bytes);
-        let kind = BlockKind::StreamsTable;
-        if let Some(reason) = block_invalid(
-            bytes,
-            self.config.cluster,
-            address,
-            Checksum::from(header.checksum),
-            kind,
-        ) {
-            return Err(reason);
-        }
         if header.ordinal != u64::from(opening.block_next) || header.directory_size != 0 {
             return Err("streams table: block out of order or malformed");
         }
         let records_end = BLOCK_HEADER_SIZE + header.records_size as usize;
         let mut at = BLOCK_HEADER_SIZE;
         if opening.block_next == 0 {
-            let Some(Ok((root, _))) = bytes.get(at..records_end).map(TableRoot::read_from_prefix)
-            else {
-                return Err("streams table: root truncated");
-            };
+            let (metadata, free) = (&mut self.metadata_last, &mut self.free);
+            let (root, entries) = root_lists_read(bytes, &self.limits, metadata, free)?;
             self.open_root_load(&root, &opening.checkpoint)?;
             opening.root = root;
-            at += size_of::<TableRoot>();
+            self.opening = Some(opening);
+            at = entries;
         }
         for _ in 0..header.directory_count {
             at = self.open_entry_load(bytes, at, records_end)?;
@@ -393,10 +577,6 @@ impl StateMachine {
         if at != records_end {
             return Err("streams table: records_size does not match the entries");
         }
-        opening.table_checksum =
-            checksum_chain(opening.table_checksum, Checksum::from(header.checksum));
-        opening.block_next += 1;
-        self.opening = Some(opening);
         Ok(())
     }
 
@@ -413,6 +593,9 @@ impl StateMachine {
         }
         if root.stream_count > u64::from(self.config.streams_max) {
             return Err("streams table: more streams than streams_max");
+        }
+        if root.metadata_count + 1 != checkpoint.streams_table_blocks {
+            return Err("streams table: root lists another number of blocks");
         }
         self.log = Log {
             grid_head: root.grid_head,
@@ -449,7 +632,7 @@ impl StateMachine {
         if self.streams.is_full() {
             return Err("streams table: more streams than streams_max");
         }
-        if entry.offset_next < entry.blocks || (entry.blocks == 0) != (entry.offset_next == 0) {
+        if entry.offset_next < entry.blocks || (entry.blocks > 0 && entry.offset_next == 0) {
             return Err("streams table: offset and blocks disagree");
         }
         let index = self.streams.insert(entry.stream, entry.tenant, Checksum::from(entry.chain));
@@ -462,6 +645,75 @@ impl StateMachine {
             frontier[level] = BlockPointer::read_from_bytes(pointer_bytes).expect("pointer size");
         }
         Ok(at + size)
+    }
+
+    /// Loads the tail into the open block: its records, and from its directory where each
+    /// stream's events in it start.
+    fn open_tail_load(&mut self, bytes: &[u8]) -> Result<(), &'static str> {
+        let header = block_header(bytes);
+        let event_count = header.position_end.checked_sub(header.position_first);
+        let records_end = BLOCK_HEADER_SIZE + header.records_size as usize;
+        let directory_size = header.directory_count as usize * size_of::<DirectoryEntry>();
+        let consistent = header.ordinal == self.log.blocks + 1
+            && header.position_end == self.log.position_next
+            && event_count.is_some_and(|count| count > 0 && count <= u64::from(u32::MAX))
+            && header.directory_size as usize == directory_size
+            && header.op_min <= header.op_max;
+        if !consistent {
+            return Err("tail: header does not continue the log");
+        }
+        let mut events = 0;
+        for index in 0..header.directory_count as usize {
+            let at = records_end + index * size_of::<DirectoryEntry>();
+            let entry = DirectoryEntry::read_from_prefix(&bytes[at..]).expect("in the block").0;
+            events += self.open_tail_entry_load(&entry, records_end)?;
+        }
+        let event_count = event_count.expect("checked");
+        if u64::from(events) != event_count {
+            return Err("tail: directory does not hold the block's events");
+        }
+        let mut buffer = self.pool.get();
+        buffer.buffer_mut_unique()[..records_end].copy_from_slice(&bytes[..records_end]);
+        let open = &mut self.open_block;
+        open.buffer = Some(buffer);
+        open.records_size = header.records_size;
+        open.event_count = events;
+        open.op_min = Op(header.op_min);
+        open.op_max = Op(header.op_max);
+        open.position_first = header.position_first;
+        Ok(())
+    }
+
+    /// One directory entry of the tail: the stream's events in the open block. Returns how
+    /// many.
+    fn open_tail_entry_load(
+        &mut self,
+        entry: &DirectoryEntry,
+        records_end: usize,
+    ) -> Result<u32, &'static str> {
+        let Some(index) = self.streams.lookup(entry.stream) else {
+            return Err("tail: a stream not in the table");
+        };
+        let stream = *self.streams.get(index);
+        let valid = stream.open_event_count == 0
+            && entry.pointer_count == 0
+            && entry.reserved == 0
+            && entry.event_count > 0
+            && entry.ordinal == stream.blocks + 1
+            && entry.offset_first.checked_add(u64::from(entry.event_count))
+                == Some(stream.offset_next)
+            && (BLOCK_HEADER_SIZE..records_end).contains(&(entry.record_first as usize));
+        if !valid {
+            return Err("tail: a directory entry does not match its stream");
+        }
+        let stream = self.streams.get_mut(index);
+        stream.open_record_first = entry.record_first;
+        stream.open_event_count = entry.event_count;
+        let open = &mut self.open_block;
+        assert!(open.streams.len() < open.streams.capacity());
+        open.streams.push(index);
+        open.directory_size += directory_entry_size(skip_pointer_count(stream.blocks + 1)) as u32;
+        Ok(entry.event_count)
     }
 
     fn open_verify(&self, opening: &Opening) -> Result<(), &'static str> {
@@ -481,6 +733,9 @@ impl StateMachine {
 
     fn open_done(&mut self, result: Result<(), &'static str>) {
         self.opening = None;
+        if result.is_err() {
+            self.open_block.buffer = None;
+        }
         self.status = if result.is_ok() { Status::Open } else { Status::Failed };
         self.open_result = Some(result);
     }

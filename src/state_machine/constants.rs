@@ -18,7 +18,7 @@ pub const EXPECTED_OFFSET_ANY: u64 = u64::MAX;
 pub const EXPECTED_NO_STREAM: u64 = u64::MAX - 1;
 
 /// The version of the grid block format, in every block header.
-pub const BLOCK_VERSION: u8 = 2;
+pub const BLOCK_VERSION: u8 = 3;
 
 const_assert!(GRID_SIZE_MAX / BLOCK_SIZE as u64 <= 1 << (SKIP_LEVELS_MAX - 1));
 // Block addresses are stored as u32 in skip pointers.

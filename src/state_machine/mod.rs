@@ -56,14 +56,15 @@ use crate::state_machine::streams::{Stream, Streams};
 use crate::state_machine::types::{
     AppendBatches, AppendResult, Batch, BlockHeader, BlockKind, BlockPointer, CreateStream,
     CreateStreamResult, CreateStreams, DirectoryEntry, Event, EventHeader, EventRecord, Events,
-    ReadReplyHeader, Request, ResultCode, TableEntry, TableRoot, chain_next, chain_seed,
-    record_size, stream_id_valid,
+    ReadReplyHeader, Request, ResultCode, TableEntry, chain_next, chain_seed, record_size,
+    stream_id_valid,
 };
 use crate::vsr::header::{Checksum, ChecksumBytes, ClusterId, Op, Operation};
 use crate::vsr::layout::{Config, Layout, Zone};
 use crate::vsr::message_pool::{Message, MessagePool};
 use crate::vsr::storage::{Completion, IoKind, IoOwner, IoRequest, IoToken, Storage};
 
+pub use crate::state_machine::checkpoint::root_lists_read;
 pub use crate::state_machine::types::request_invalid;
 
 /// What a checkpoint leaves in the superblock (the state machine's part of the superblock's
@@ -101,6 +102,7 @@ pub fn grid_block_invalid(block: &[u8], cluster: ClusterId, address: u64) -> Opt
     let kind = match header.kind {
         1 => BlockKind::Events,
         2 => BlockKind::StreamsTable,
+        3 => BlockKind::Tail,
         _ => return Some("block: wrong kind"),
     };
     block::block_invalid(block, cluster, address, Checksum::from(header.checksum), kind)
@@ -135,9 +137,14 @@ pub struct Limits {
     pub reply_body_size_max: usize,
     /// The most blocks one commit can seal (see `seals_per_commit_max`).
     pub seals_per_commit_max: usize,
-    /// Grid blocks a full streams table takes: kept free for the next checkpoint. A grid too
-    /// small for it (as in some protocol tests) is valid: every create gets `storage_full`.
+    /// Grid blocks a full streams table takes (the root holding none of its entries).
     pub table_blocks_max: u64,
+    /// Blocks the largest checkpoint takes: a full table and a tail. The grid keeps that many
+    /// free beyond its free list for the next checkpoint. A grid too small for it (as in some
+    /// protocol tests) is valid: every create gets `storage_full`.
+    pub metadata_blocks_max: usize,
+    /// The most blocks the free list holds: the blocks of the two checkpoints before.
+    pub free_blocks_max: usize,
     /// Block buffers for the open block and for writes.
     pub write_buffers: usize,
 }
@@ -155,6 +162,7 @@ impl Limits {
         let seals_per_commit_max =
             seals_per_commit_max(reply_body_size_max as u64, levels, event_size_max);
         let table_blocks_max = table_blocks_max(config.streams_max, levels);
+        let metadata_blocks_max = table_blocks_max as usize + 1;
         let limits = Limits {
             grid_blocks,
             levels,
@@ -162,6 +170,8 @@ impl Limits {
             reply_body_size_max,
             seals_per_commit_max,
             table_blocks_max,
+            metadata_blocks_max,
+            free_blocks_max: 2 * metadata_blocks_max,
             write_buffers: seals_per_commit_max + 1 + GRID_WRITES_PIPELINE,
         };
         assert!(record_size(u64::from(event_size_max)) <= reply_room as u64);
@@ -187,13 +197,13 @@ fn seals_per_commit_max(body_size: u64, levels: usize, event_size_max: u32) -> u
 }
 
 /// The fewest grid blocks that can hold a stream's events for a cluster of `streams_max`
-/// streams: the streams table's reserve (which grows, through the skip levels, with the grid)
-/// and the open block. `format` refuses a smaller grid, on which every create and append would
-/// answer `storage_full`.
+/// streams: the checkpoint's reserve (a full streams table, which grows through the skip levels
+/// with the grid, and a tail) and the open block. `format` refuses a smaller grid, on which
+/// every create and append would answer `storage_full`.
 pub fn grid_blocks_min(streams_max: u32) -> u64 {
     let mut blocks = 1;
     loop {
-        let needed = table_blocks_max(streams_max, frontier_count(blocks) as usize) + 1;
+        let needed = table_blocks_max(streams_max, frontier_count(blocks) as usize) + 2;
         if needed <= blocks {
             return blocks;
         }
@@ -201,14 +211,12 @@ pub fn grid_blocks_min(streams_max: u32) -> u64 {
     }
 }
 
-/// Grid blocks the streams table takes when every stream exists with a full frontier.
+/// Grid blocks the streams table takes when every stream exists with a full frontier, counting
+/// none in the root (which holds the root's lists first).
 fn table_blocks_max(streams_max: u32, levels: usize) -> u64 {
     let entry = (size_of::<TableEntry>() + levels * size_of::<BlockPointer>()) as u64;
-    let space = (BLOCK_SIZE - BLOCK_HEADER_SIZE) as u64;
-    let first = (space - size_of::<TableRoot>() as u64) / entry;
-    let others = space / entry;
-    assert!(first > 0);
-    1 + u64::from(streams_max).saturating_sub(first).div_ceil(others)
+    let others = (BLOCK_SIZE - BLOCK_HEADER_SIZE) as u64 / entry;
+    1 + u64::from(streams_max).div_ceil(others)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,6 +340,13 @@ pub struct StateMachine {
     dirty: bool,
     op_last: Op,
     checkpoint_last: CheckpointState,
+    /// The blocks of the last checkpoint (root first), and of the one being written.
+    metadata_last: Vec<u32>,
+    metadata_next: Vec<u32>,
+    /// Blocks the next checkpoint may write, lowest first (`checkpoint.rs`).
+    free: Vec<u32>,
+    blocks_reused: u64,
+    tails_written: u64,
     checkpointing: Option<Checkpointing>,
     opening: Option<Opening>,
     open_result: Option<Result<(), &'static str>>,
@@ -373,6 +388,12 @@ impl StateMachine {
             dirty: false,
             op_last: Op(0),
             checkpoint_last: CheckpointState::default(),
+            metadata_last: Vec::with_capacity(limits.metadata_blocks_max),
+            metadata_next: Vec::with_capacity(limits.metadata_blocks_max),
+            // One more than the most it holds: released blocks join before the sort.
+            free: Vec::with_capacity(limits.free_blocks_max + limits.metadata_blocks_max),
+            blocks_reused: 0,
+            tails_written: 0,
             checkpointing: None,
             opening: None,
             open_result: None,
@@ -403,6 +424,23 @@ impl StateMachine {
     /// The log position the next committed event gets (= events committed so far).
     pub fn position_next(&self) -> u64 {
         self.log.position_next
+    }
+
+    /// The blocks of the last checkpoint (the root first), unless an open or a checkpoint is in
+    /// progress.
+    pub fn checkpoint_blocks(&self) -> Option<&[u32]> {
+        let settled = self.status == Status::Open && self.checkpointing.is_none();
+        settled.then_some(&self.metadata_last[..])
+    }
+
+    /// Since `new`: blocks checkpoints took from the free list, and tails they wrote.
+    pub fn checkpoint_counts(&self) -> (u64, u64) {
+        (self.blocks_reused, self.tails_written)
+    }
+
+    /// Event blocks sealed so far (the ordinal of the newest).
+    pub fn event_blocks(&self) -> u64 {
+        self.log.blocks
     }
 
     pub fn grid_head(&self) -> u64 {
@@ -513,10 +551,10 @@ impl StateMachine {
     }
 
     /// True if sealing `seals` more blocks (and the open block, if `open_after`) still leaves
-    /// room for the largest streams table at the next checkpoint.
+    /// room for the largest checkpoint next, beyond the free list.
     fn grid_room(&self, seals: u64, open_after: bool) -> bool {
-        let needed =
-            self.log.grid_head + seals + u64::from(open_after) + self.limits.table_blocks_max;
+        let reserve = self.limits.metadata_blocks_max.saturating_sub(self.free.len()) as u64;
+        let needed = self.log.grid_head + seals + u64::from(open_after) + reserve;
         needed <= self.limits.grid_blocks
     }
 

@@ -138,7 +138,7 @@ impl Harness {
     }
 
     fn checkpoint(&mut self) -> CheckpointState {
-        self.machine.checkpoint(&mut self.storage);
+        self.machine.checkpoint(&mut self.storage, true);
         loop {
             if let Some(state) = self.machine.poll_checkpoint() {
                 assert_eq!(self.storage.in_flight(), 0);
@@ -730,7 +730,7 @@ fn random_run(seed: u64, steps: usize, config: Config) {
     let mut main = Harness::new(config, Some(seed));
     let mut twin = Harness::new(config, Some(seed ^ 0xA5A5));
     let mut workload = Workload::new(seed, &main);
-    let mut checkpoint = (CheckpointState::default(), 0);
+    let mut checkpoint = (CheckpointState::default(), 0, 0);
     let mut restarts = 0;
     for _ in 0..steps {
         match workload.prng.index(20) {
@@ -743,7 +743,12 @@ fn random_run(seed: u64, steps: usize, config: Config) {
             17 => {
                 let state = main.checkpoint();
                 assert_eq!(twin.checkpoint(), state);
-                checkpoint = (state, main.op.get());
+                // Until the superblock records this checkpoint, a crash opens the one before:
+                // its blocks must be whole, whatever this one reused.
+                let before = Harness::open(config, disk_copy(&main), None, &checkpoint.0);
+                let before = before.expect("the checkpoint before opens");
+                assert_eq!(before.machine.position_next(), checkpoint.2);
+                checkpoint = (state, main.op.get(), main.machine.position_next());
             }
             18 => {
                 restarts += 1;
@@ -980,7 +985,7 @@ fn requests_whose_reply_would_not_fit_a_reply_slot_are_invalid() {
 #[test]
 fn every_result_code_is_produced_by_some_scenario() {
     // Goal: no result code is dead: a scripted run produces each one at least once.
-    let config = Config { streams_max: 2, grid_size: 4 * BLOCK_SIZE as u64, ..small_config() };
+    let config = Config { streams_max: 2, grid_size: 6 * BLOCK_SIZE as u64, ..small_config() };
     let mut harness = Harness::new(config, None);
     let mut seen = BTreeSet::new();
     let body = create_body(&[(1, 1), (1, 1), (0, 1), (2, 2), (3, 3)]);
@@ -1202,7 +1207,7 @@ fn open_rejects_a_corrupt_streams_table() {
     assert_eq!(reopened.err(), Some("streams table: state checksum does not match"));
     let shifted = CheckpointState { grid_head: state.grid_head + 1, ..state };
     let reopened = Harness::open(harness.config, disk_copy(&harness), None, &shifted);
-    assert_eq!(reopened.err(), Some("checkpoint: the streams table does not end at grid_head"));
+    assert_eq!(reopened.err(), Some("streams table: root grid_head does not match the checkpoint"));
     let table = harness.block_offset(state.streams_table_address);
     harness.storage.inner.corrupt_sector(table);
     let reopened = Harness::open(harness.config, disk_copy(&harness), None, &state);
@@ -1213,7 +1218,7 @@ fn open_rejects_a_corrupt_streams_table() {
 fn storage_full_when_the_grid_is_exhausted_keeps_room_for_the_checkpoint() {
     // Goal: appends and creates that would eat into the streams table's reserve get
     // storage_full, smaller appends that fit still succeed, and checkpoints still work.
-    let config = Config { grid_size: 4 * BLOCK_SIZE as u64, ..small_config() };
+    let config = Config { grid_size: 6 * BLOCK_SIZE as u64, ..small_config() };
     let mut harness = Harness::new(config, None);
     harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
     let mut accepted = 0;
@@ -1226,7 +1231,7 @@ fn storage_full_when_the_grid_is_exhausted_keeps_room_for_the_checkpoint() {
         assert_eq!(result, ResultCode::Ok);
         accepted += 1;
     }
-    assert_eq!(accepted, 3 * 8, "two sealed blocks and a full open one; one left for the table");
+    assert_eq!(accepted, 3 * 8, "two sealed blocks, a full open one, three kept for a checkpoint");
     let reply =
         harness.commit(Operation::Append, &one_batch(1, EXPECTED_OFFSET_ANY, vec![vec![6; 100]]));
     assert_eq!(append_results(&reply)[0].0, ResultCode::Ok);
@@ -1371,7 +1376,8 @@ fn limits_bound_buffers_for_the_worst_commit() {
     // Goal: the buffer and reserve arithmetic gives sane numbers for the test and default
     // configurations.
     let small = Limits::new(&small_config());
-    assert_eq!((small.grid_blocks, small.levels, small.table_blocks_max), (128, 8, 1));
+    assert_eq!((small.grid_blocks, small.levels, small.table_blocks_max), (128, 8, 2));
+    assert_eq!((small.metadata_blocks_max, small.free_blocks_max), (3, 6));
     assert_eq!(small.event_size_max, 65536 - 256 - 24 - 56);
     assert_eq!(small.seals_per_commit_max, 3);
     let default = Limits::new(&Config::new(ClusterId(1), ReplicaIndex(0), 3));
@@ -1380,7 +1386,7 @@ fn limits_bound_buffers_for_the_worst_commit() {
         (2048, 12, EVENT_SIZE_MAX)
     );
     assert_eq!(default.seals_per_commit_max, 35);
-    assert_eq!(default.table_blocks_max, 56);
+    assert_eq!((default.table_blocks_max, default.metadata_blocks_max), (57, 58));
 }
 
 #[test]
@@ -1435,7 +1441,7 @@ fn commits_reads_and_checkpoints_allocate_nothing_after_new() {
                 harness.deliver(1);
             }
         }
-        harness.machine.checkpoint(&mut harness.storage);
+        harness.machine.checkpoint(&mut harness.storage, true);
         while harness.machine.poll_checkpoint().is_none() {
             harness.deliver(1);
         }
@@ -1483,5 +1489,35 @@ fn the_smallest_grid_format_allows_holds_a_stream_and_one_block_less_does_not() 
             let reply = harness.commit(Operation::Append, &one_batch(1, 0, vec![vec![1]]));
             assert!(!created || append_results(&reply)[0].0 == ResultCode::StorageFull);
         }
+    }
+}
+
+#[test]
+fn checkpoints_reuse_the_blocks_of_the_one_before_last_and_never_seal_a_partial_block() {
+    // Goal: the grid grows with the events, not with the checkpoints: a checkpoint copies the
+    // open block into a tail instead of sealing it partly empty, and writes its blocks into
+    // those of the checkpoint before the last. 300 checkpoints of one small event each used
+    // 600 blocks before (a sealed block and a table block each); now the events share one
+    // block and the checkpoints cycle through a few.
+    let mut harness = Harness::new(small_config(), None);
+    harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
+    let mut state = CheckpointState::default();
+    for index in 0..300u64 {
+        let body = one_batch(1, index, vec![index.to_le_bytes().to_vec()]);
+        assert_eq!(append_results(&harness.commit(Operation::Append, &body))[0].0, ResultCode::Ok);
+        state = harness.checkpoint();
+    }
+    let limits = *harness.machine.limits();
+    assert_eq!(harness.machine.log.blocks, 0, "no block was sealed");
+    assert!(state.grid_head <= 3 * limits.metadata_blocks_max as u64, "{state:?}");
+    let reopened = Harness::open(harness.config, disk_copy(&harness), None, &state);
+    let mut reopened = reopened.expect("the last checkpoint opens, tail and all");
+    let read = reopened.read_stream(1, 0, u32::MAX);
+    assert_eq!(read.events.len(), 300);
+    for (index, (record, event)) in read.events.iter().enumerate() {
+        assert_eq!(
+            (record.offset, &event.data),
+            (index as u64, &(index as u64).to_le_bytes().to_vec())
+        );
     }
 }

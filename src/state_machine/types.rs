@@ -329,6 +329,8 @@ impl BlockPointer {
 pub enum BlockKind {
     Events = 1,
     StreamsTable = 2,
+    /// A checkpoint's copy of the open block: its records and a directory without pointers.
+    Tail = 3,
 }
 
 /// The first bytes of every grid block. An event block continues with its event records and
@@ -395,6 +397,14 @@ pub struct TableRoot {
     pub stream_count: u64,
     /// Level i: the newest event block whose ordinal is a multiple of 2^i.
     pub log_frontier: [BlockPointer; SKIP_LEVELS_MAX],
+    /// The checkpoint's other blocks (table blocks, then the tail if there is one), whose
+    /// addresses follow the root, in that order.
+    pub metadata_count: u32,
+    /// Grid blocks free for the next checkpoint's blocks, whose addresses follow those.
+    pub free_count: u32,
+    /// 1 if the last of the checkpoint's blocks is a tail (the open block's events), else 0.
+    pub tail_blocks: u32,
+    pub reserved: u32,
 }
 
 /// One stream in a streams-table block, followed by `frontier_count` `BlockPointer`s: level i
@@ -429,7 +439,7 @@ const_assert_eq!(size_of::<BlockPointer>(), 32);
 const_assert_eq!(size_of::<BlockHeader>(), 128 + 32 * SKIP_LEVELS_MAX);
 const_assert_eq!(std::mem::offset_of!(BlockHeader, log_pointers), 128);
 const_assert_eq!(size_of::<DirectoryEntry>(), 40);
-const_assert_eq!(size_of::<TableRoot>(), 32 + 32 * SKIP_LEVELS_MAX);
+const_assert_eq!(size_of::<TableRoot>(), 48 + 32 * SKIP_LEVELS_MAX);
 const_assert_eq!(size_of::<TableEntry>(), 56);
 const_assert_eq!(size_of::<BlockHeader>() % 8, 0);
 

@@ -270,6 +270,10 @@ pub struct Metrics {
     pub grid_blocks_scrubbed: u64,
     /// Grid blocks the scrubber found bad.
     pub grid_blocks_scrub_faulty: u64,
+    /// Blocks checkpoints wrote into the blocks of an older checkpoint (one replica alone).
+    pub grid_blocks_reused: u64,
+    /// Checkpoints that copied a partly filled open block into a tail instead of sealing it.
+    pub checkpoint_tails: u64,
     /// Blocks from peers refused for grid repair (torn in transit, or not the block asked for).
     pub grid_repair_blocks_refused: u64,
     /// Prepares not taken (backup) or not started (primary) because every journal write was
@@ -490,6 +494,20 @@ impl Replica {
 
     pub fn commit_min(&self) -> Op {
         self.commit_min
+    }
+
+    /// The grid blocks of the durable checkpoint's streams table and tail, once no checkpoint,
+    /// state sync or open is in progress.
+    pub fn checkpoint_blocks(&self) -> Option<&[u32]> {
+        if self.checkpoint != CheckpointPhase::Idle || self.sync.active() {
+            return None;
+        }
+        self.state_machine.checkpoint_blocks()
+    }
+
+    /// Event blocks the event store sealed so far.
+    pub fn event_blocks(&self) -> u64 {
+        self.state_machine.event_blocks()
     }
 
     /// The event store's part of the durable checkpoint (where its grid ends, and its streams

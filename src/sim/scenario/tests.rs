@@ -341,18 +341,37 @@ fn restarted_primary_never_leads_its_log_view_again_on_stale_do_view_changes() {
 
 /// A 3-replica cluster (a WAL of 128 slots) under load until replica `index` checkpointed a
 /// streams table; returns the cluster and that table's grid address.
-fn cluster_checkpointed(seed: u64, index: usize) -> (Cluster, u64) {
+/// A cluster whose replica `index` checkpointed a streams table and sealed an event block
+/// (larger events than the quiet default, so that one fills soon): the cluster, the table's
+/// root block and the first event block.
+fn cluster_checkpointed(seed: u64, index: usize) -> (Cluster, u64, u64) {
     let mut options = options_quiet(seed, 3);
     options.config.journal_slot_count = 128;
+    options.events_per_append_max = 2;
+    options.event_size_max = 7_000;
     options.ticks_faults = 3_000;
     options.ticks_convergence_max = 6_000;
     let mut cluster = cluster_new(options);
-    run_until(&mut cluster, "a checkpointed streams table", 4_000, |cluster| {
-        let state = super::replica(cluster, index).checkpoint_state();
-        state.streams_table_blocks > 0 && state.streams_table_address > 0
+    run_until(&mut cluster, "a checkpointed table and an event block", 4_000, |cluster| {
+        let replica = super::replica(cluster, index);
+        let state = replica.checkpoint_state();
+        state.streams_table_blocks > 0 && replica.event_blocks() > 0
     });
     let table = super::replica(&cluster, index).checkpoint_state().streams_table_address;
-    (cluster, table)
+    let event_block = event_block_first(&mut cluster, index);
+    (cluster, table, event_block)
+}
+
+/// The address of the first event block in replica `index`'s grid.
+fn event_block_first(cluster: &mut Cluster, index: usize) -> u64 {
+    let grid_head = super::replica(cluster, index).checkpoint_state().grid_head.max(1);
+    let bytes = grid_bytes(cluster, index, grid_head + 8);
+    let blocks = bytes.chunks_exact(crate::constants::BLOCK_SIZE);
+    let found = blocks.enumerate().find(|(_, block)| {
+        let header = crate::state_machine::block::block_header(block);
+        header.kind == crate::state_machine::types::BlockKind::Events as u8 && header.ordinal == 1
+    });
+    found.expect("an event block sealed").0 as u64
 }
 
 #[test]
@@ -361,7 +380,7 @@ fn backup_with_a_rotten_streams_table_block_fetches_it_from_a_peer_and_opens() {
     // does not stop it for good: at open it fetches the block from a peer by address,
     // checks it, opens, catches up, and the cluster converges (the clients' reads checked
     // against their models, the grids of replicas at the same checkpoint equal).
-    let (mut cluster, table) = cluster_checkpointed(141, 1);
+    let (mut cluster, table, _) = cluster_checkpointed(141, 1);
     stop(&mut cluster, 1);
     grid_block_rot(&mut cluster, 1, table);
     restart(&mut cluster, 1);
@@ -378,15 +397,16 @@ fn scrubber_finds_and_repairs_rotten_blocks_nobody_reads() {
     // a running backup, the clients paused) are found by the background scrubber within a
     // few passes of its bounded rate and repaired, so the backup's grid is the primary's
     // again (`cluster.run()` compares the grids of replicas at the same checkpoint).
-    let (mut cluster, table) = cluster_checkpointed(142, 2);
+    let (mut cluster, table, event_block) = cluster_checkpointed(142, 2);
     quiesce(&mut cluster, 1_000);
-    grid_block_rot(&mut cluster, 2, 0);
+    grid_block_rot(&mut cluster, 2, event_block);
     grid_block_rot(&mut cluster, 2, table);
-    let ticks = 4 * (table + 1) * crate::constants::GRID_SCRUB_BLOCK_TICKS;
+    let blocks = super::replica(&cluster, 2).checkpoint_state().grid_head;
+    let ticks = 4 * blocks * crate::constants::GRID_SCRUB_BLOCK_TICKS;
     run_until(&mut cluster, "the scrubber repairs both blocks", ticks, |cluster| {
         super::replica(cluster, 2).metrics().grid_blocks_repaired_scrub == 2
     });
-    assert!(super::replica(&cluster, 2).metrics().grid_blocks_scrubbed >= 2 * (table + 1));
+    assert!(super::replica(&cluster, 2).metrics().grid_blocks_scrubbed >= 2 * blocks);
     cluster.run().unwrap();
 }
 
@@ -558,9 +578,9 @@ fn rotten_event_block_is_repaired_from_a_peer_after_a_read_finds_it() {
     // Goal: a read that meets a rotten event block answers block_corrupt (never wrong
     // events, and retryable), and the replica fetches the block from a peer: the retry
     // returns the event, as the primary does (the clients paused, nothing else reads).
-    let (mut cluster, _) = cluster_checkpointed(143, 1);
+    let (mut cluster, _, event_block) = cluster_checkpointed(143, 1);
     quiesce(&mut cluster, 1_000);
-    grid_block_rot(&mut cluster, 1, 0);
+    grid_block_rot(&mut cluster, 1, event_block);
     let replies =
         request_outside(&mut cluster, 1, Operation::ReadLog, &read_log_first(), Op(0), 50);
     let (_, read) = read_reply(&replies);
@@ -596,13 +616,13 @@ fn repairing_a_sound_block_from_a_rotten_peer_copy_never_damages_it() {
     // a fetched block is written only once the whole of it checks. R2 is down and R1's copy
     // of block 0 has rotted, so if R0 took R1's chunks as they came, no sound copy would be
     // left to repair either from.
-    let (mut cluster, table) = cluster_checkpointed(144, 0);
+    let (mut cluster, table, event_block) = cluster_checkpointed(144, 0);
     quiesce(&mut cluster, 1_000);
-    let blocks = table + 1;
+    let blocks = table.max(event_block) + 1;
     let sound = grid_bytes(&mut cluster, 0, blocks);
     stop(&mut cluster, 2);
-    grid_block_rot(&mut cluster, 1, 0);
-    assert!(cluster.replica_mut(0).grid_fault_queue_scrub(0));
+    grid_block_rot(&mut cluster, 1, event_block);
+    assert!(cluster.replica_mut(0).grid_fault_queue_scrub(event_block));
     // Eight passes of R1's scrubber over its grid (and the repairs after it).
     let grid_head = super::replica(&cluster, 1).checkpoint_state().grid_head;
     let ticks = 8 * grid_head * crate::constants::GRID_SCRUB_BLOCK_TICKS;

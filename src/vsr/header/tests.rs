@@ -39,7 +39,7 @@ const CONTEXT: u128 = 0xC0DE_0001_0000_0000_0000_0000_0000_0001;
 
 /// Every reason `invalid()` and `decode()` can return, as written in header.rs.
 /// Why a header of another protocol version is refused (`Header::decode`, `invalid`).
-const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 4)";
+const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 5)";
 
 const REASONS: [&str; 60] = [
     // decode

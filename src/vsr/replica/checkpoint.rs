@@ -34,7 +34,9 @@ impl Replica {
         assert_eq!(self.checkpoint, CheckpointPhase::Idle);
         self.checkpoint =
             CheckpointPhase::StateMachine { op: self.commit_min, checksum: self.commit_checksum };
-        self.state_machine.checkpoint(storage);
+        // Alone, this replica may reuse the blocks of its checkpoint before the last: no peer
+        // can still open or sync from them (`state_machine::checkpoint`).
+        self.state_machine.checkpoint(storage, self.config.replica_count == 1);
         self.state_machine_progress(storage);
     }
 
@@ -56,6 +58,8 @@ impl Replica {
         {
             assert_eq!(op, self.commit_min);
             assert!(self.checkpoint_state.is_none());
+            let (reused, tails) = self.state_machine.checkpoint_counts();
+            (self.metrics.grid_blocks_reused, self.metrics.checkpoint_tails) = (reused, tails);
             self.checkpoint_state = Some(state);
             self.checkpoint = CheckpointPhase::ClientReplies { op, checksum };
             self.checkpoint_progress(storage);

@@ -144,8 +144,8 @@ fn block_header_invalid(chunk: &[u8], cluster: ClusterId, address: u64) -> Optio
     if header.address != address {
         return Some("block: address does not match where it was read (misdirected write)");
     }
-    let kind = header.kind;
-    if kind != BlockKind::Events as u8 && kind != BlockKind::StreamsTable as u8 {
+    let kinds = [BlockKind::Events, BlockKind::StreamsTable, BlockKind::Tail];
+    if !kinds.iter().any(|kind| *kind as u8 == header.kind) {
         return Some("block: wrong kind");
     }
     if header.version != BLOCK_VERSION {

@@ -319,13 +319,15 @@ fn a_read_past_the_read_slots_is_answered_busy() {
     harness.register(ClientId(7));
     let create = CreateStream { stream: 1, tenant: 1 };
     harness.call(ClientId(7), 1, Operation::CreateStream, create.as_bytes());
-    let mut body = vec![0u8; 1024];
+    let mut body = vec![0u8; 61_000];
     let checkpoints = harness.replica.metrics().checkpoints;
     let mut request = 2;
-    while harness.replica.metrics().checkpoints == checkpoints {
+    while harness.replica.metrics().checkpoints == checkpoints
+        || harness.replica.event_blocks() == 0
+    {
         let mut encoder = AppendEncoder::new(&mut body);
         encoder.batch_begin(1, EXPECTED_OFFSET_ANY);
-        encoder.event(b"t", &[], 100).fill(request as u8);
+        encoder.event(b"t", &[], 60_000).fill(request as u8);
         let size = encoder.finish();
         harness.call(ClientId(7), request, Operation::Append, &body[..size]);
         request += 1;
@@ -744,7 +746,8 @@ mod grid_repair {
             harness.call(ClientId(7), request, Operation::Append, &append_body(5, 0, 3));
         }
         let table = harness.replica.checkpoint_state().streams_table_address;
-        assert!(harness.replica.checkpoint_op() >= Op(48) && table > 0);
+        let blocks = harness.replica.checkpoint_state().streams_table_blocks;
+        assert!(harness.replica.checkpoint_op() >= Op(48) && blocks > 0);
         harness.storage.crash();
         let layout = Layout::new(&harness.config);
         let offset = layout.offset(Zone::Grid, table * BLOCK_SIZE as u64 + SECTOR_SIZE as u64);
