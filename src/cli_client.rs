@@ -226,5 +226,10 @@ fn info(client: &mut Client, rest: &[String]) -> Result<ResultCode, String> {
             info.stream, info.tenant, info.event_count, info.offset_next, info.chain
         );
     }
+    println!(
+        "grid of the replica that answered: {} MiB in use, room for {} MiB more of events",
+        info.grid_used_bytes >> 20,
+        info.grid_room_bytes >> 20
+    );
     Ok(code)
 }

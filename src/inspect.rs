@@ -134,11 +134,13 @@ fn write_grid(
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(path).map_err(|error| format!("{}: {error}", path.display()))?;
     let _ = writeln!(text, "\ngrid:");
+    let root = working.vsr_state.streams_table_address as u32;
+    let mut root_bad = false;
     let blocks = checkpoint_blocks(&file, working, layout).unwrap_or_else(|reason| {
-        let _ = writeln!(text, "  streams table root: BAD: {reason}");
-        CheckpointBlocks { metadata: Vec::new(), free: Vec::new(), tail: false }
+        let _ = writeln!(text, "  streams table root (block {root}): {reason}");
+        root_bad = true;
+        CheckpointBlocks { metadata: vec![root], free: Vec::new(), tail: false }
     });
-    let root_bad = blocks.metadata.is_empty() && working.vsr_state.streams_table_blocks > 0;
     let mut block = vec![0u8; BLOCK_SIZE];
     let mut bad = 0;
     let mut named = vec![Checksum::ZERO; blocks.metadata.len()];
@@ -161,10 +163,13 @@ fn write_grid(
         bad += 1;
         if bad <= BLOCKS_LISTED_MAX {
             let last = index.is_some_and(|index| index + 1 == blocks.metadata.len());
-            let role = match index {
-                Some(_) if last && blocks.tail => "tail",
-                Some(_) => "streams table",
-                None => "events or an older checkpoint's",
+            let kind = crate::state_machine::block::block_header(&block).kind;
+            let role = match (index, kind) {
+                (Some(_), _) if last && blocks.tail => "tail",
+                (Some(_), _) => "streams table",
+                (None, 1) => "events",
+                (None, 2 | 3) => "an older checkpoint's",
+                (None, _) => "unknown kind",
             };
             let _ = writeln!(text, "  block {address} ({role}): BAD: {reason}");
         } else if bad == BLOCKS_LISTED_MAX + 1 {

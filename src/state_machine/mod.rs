@@ -558,6 +558,16 @@ impl StateMachine {
         needed <= self.limits.grid_blocks
     }
 
+    /// Bytes of grid blocks in use (event blocks, checkpoints, not the free list), and bytes
+    /// of blocks left for events before `storage_full`: what `stream_info` reports.
+    pub fn grid_use(&self) -> (u64, u64) {
+        let block = BLOCK_SIZE as u64;
+        let used = self.log.grid_head - self.free.len() as u64;
+        let reserve = self.limits.metadata_blocks_max.saturating_sub(self.free.len()) as u64;
+        let room = self.limits.grid_blocks.saturating_sub(self.log.grid_head + 1 + reserve);
+        (used * block, room * block)
+    }
+
     fn append_batches<S: Storage>(
         &mut self,
         storage: &mut S,

@@ -171,6 +171,7 @@ impl StateMachine {
 
     fn stream_info(&mut self, slot: usize, body: &[u8]) {
         let mut info = StreamInfoReply::new_zeroed();
+        (info.grid_used_bytes, info.grid_room_bytes) = self.grid_use();
         info.result = match StreamInfo::read_from_bytes(body) {
             Err(_) => ResultCode::BodyInvalid,
             Ok(request) => match self.streams.lookup(request.stream) {

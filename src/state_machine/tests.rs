@@ -1232,6 +1232,7 @@ fn storage_full_when_the_grid_is_exhausted_keeps_room_for_the_checkpoint() {
         accepted += 1;
     }
     assert_eq!(accepted, 3 * 8, "two sealed blocks, a full open one, three kept for a checkpoint");
+    assert_eq!(harness.machine.grid_use(), (2 * BLOCK_SIZE as u64, 0), "no room left");
     let reply =
         harness.commit(Operation::Append, &one_batch(1, EXPECTED_OFFSET_ANY, vec![vec![6; 100]]));
     assert_eq!(append_results(&reply)[0].0, ResultCode::Ok);
@@ -1369,6 +1370,18 @@ fn stream_info_reports_tenant_offset_and_chain() {
     let last = harness.read_stream(4, 1, 1);
     assert_eq!((info.offset_next, info.event_count, info.stream), (2, 2, 4));
     assert_eq!(info.chain, last.events[0].0.chain);
+    // Nothing sealed or checkpointed yet: nothing in use; room for the grid but the reserve
+    // of a checkpoint and the open block's seal.
+    let limits = *harness.machine.limits();
+    let room = limits.grid_blocks - limits.metadata_blocks_max as u64 - 1;
+    let block = BLOCK_SIZE as u64;
+    assert_eq!((info.grid_used_bytes, info.grid_room_bytes), (0, room * block));
+    let state = harness.checkpoint();
+    let info =
+        StreamInfoReply::read_from_bytes(&harness.read(Operation::StreamInfo, 9u64.as_bytes()))
+            .unwrap();
+    assert_eq!(info.result, ResultCode::StreamNotFound as u32);
+    assert_eq!(info.grid_used_bytes, u64::from(state.streams_table_blocks) * block);
 }
 
 #[test]

@@ -249,6 +249,10 @@ pub struct StreamInfoReply {
     pub event_count: u64,
     /// The chain checksum after the last event (the seed if the stream has none).
     pub chain: ChecksumBytes,
+    /// The grid of the replica that answered (whatever the result): bytes of blocks in use,
+    /// and bytes left for events before appends get `storage_full`.
+    pub grid_used_bytes: u64,
+    pub grid_room_bytes: u64,
 }
 
 /// One committed event: in grid blocks, and verbatim in read replies. Its payload follows, as
@@ -433,7 +437,7 @@ const_assert_eq!(size_of::<ReadStream>(), 24);
 const_assert_eq!(size_of::<ReadLog>(), 16);
 const_assert_eq!(size_of::<StreamInfo>(), 8);
 const_assert_eq!(size_of::<ReadReplyHeader>(), 24);
-const_assert_eq!(size_of::<StreamInfoReply>(), 56);
+const_assert_eq!(size_of::<StreamInfoReply>(), 72);
 const_assert_eq!(size_of::<EventRecord>(), 56);
 const_assert_eq!(size_of::<BlockPointer>(), 32);
 const_assert_eq!(size_of::<BlockHeader>(), 128 + 32 * SKIP_LEVELS_MAX);

@@ -46,7 +46,7 @@ fn format_then_inspect_a_healthy_file() {
         "--cluster=9",
         "--replica=0",
         "--replica-count=1",
-        "--grid-size=1MiB",
+        "--grid-size=2MiB",
         "--streams-max=64",
     ];
     let output = run(&[&format[..], &[path]].concat());
@@ -74,7 +74,7 @@ fn inspect_of_a_file_without_superblock_quorum_fails() {
         "--cluster=9",
         "--replica=0",
         "--replica-count=1",
-        "--grid-size=1MiB",
+        "--grid-size=2MiB",
         "--streams-max=64",
     ];
     assert!(run(&[&format[..], &[path_text]].concat()).status.success());
@@ -129,7 +129,7 @@ fn format_rejoin_marks_the_log_lost_and_needs_peers() {
         "--cluster=9",
         "--replica=1",
         "--replica-count=3",
-        "--grid-size=1MiB",
+        "--grid-size=2MiB",
         "--streams-max=64",
     ];
     let output = run(&[&format[..], &["--rejoin", path]].concat());

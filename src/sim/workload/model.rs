@@ -221,6 +221,8 @@ mod tests {
             offset_next,
             event_count: offset_next,
             chain: ChecksumBytes::from(chain),
+            grid_used_bytes: 0,
+            grid_room_bytes: 0,
         };
         info.as_bytes().to_vec()
     }
