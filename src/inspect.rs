@@ -162,15 +162,7 @@ fn write_grid(
         let Some(reason) = invalid else { continue };
         bad += 1;
         if bad <= BLOCKS_LISTED_MAX {
-            let last = index.is_some_and(|index| index + 1 == blocks.metadata.len());
-            let kind = crate::state_machine::block::block_header(&block).kind;
-            let role = match (index, kind) {
-                (Some(_), _) if last && blocks.tail => "tail",
-                (Some(_), _) => "streams table",
-                (None, 1) => "events",
-                (None, 2 | 3) => "an older checkpoint's",
-                (None, _) => "unknown kind",
-            };
+            let role = block_role(&blocks, index, &block);
             let _ = writeln!(text, "  block {address} ({role}): BAD: {reason}");
         } else if bad == BLOCKS_LISTED_MAX + 1 {
             let _ = writeln!(text, "  ...");
@@ -195,6 +187,19 @@ fn write_grid(
     };
     let _ = writeln!(text, "  grid: {verdict}");
     Ok(usable)
+}
+
+/// What a bad block was: one of the checkpoint's (the `index`th), or else what its header says.
+fn block_role(blocks: &CheckpointBlocks, index: Option<usize>, block: &[u8]) -> &'static str {
+    let last = index.is_some_and(|index| index + 1 == blocks.metadata.len());
+    let kind = crate::state_machine::block::block_header(block).kind;
+    match (index, kind) {
+        (Some(_), _) if last && blocks.tail => "tail",
+        (Some(_), _) => "streams table",
+        (None, 1) => "events",
+        (None, 2 | 3) => "an older checkpoint's",
+        (None, _) => "unknown kind",
+    }
 }
 
 /// How much of the grid the checkpoint uses, and how much was never written.
