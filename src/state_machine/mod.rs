@@ -438,6 +438,14 @@ impl StateMachine {
         (self.blocks_reused, self.tails_written)
     }
 
+    /// False for a block of the free list or of a checkpoint being written: the scrubber
+    /// leaves those alone (a free block may hold anything, one being written is in flight).
+    pub fn block_settled(&self, address: u64) -> bool {
+        let Ok(address) = u32::try_from(address) else { return true };
+        let writing = self.checkpointing.is_some() && self.metadata_next.contains(&address);
+        !writing && self.free.binary_search(&address).is_err()
+    }
+
     /// Event blocks sealed so far (the ordinal of the newest).
     pub fn event_blocks(&self) -> u64 {
         self.log.blocks

@@ -399,6 +399,12 @@ impl Replica {
         if scrub.address >= grid_head {
             scrub.address = 0;
         }
+        if !self.state_machine.block_settled(scrub.address) {
+            // Free, or being written by a checkpoint: whatever it holds is no one's.
+            scrub.address += 1;
+            return;
+        }
+        let scrub = &mut self.grid_repair.scrub;
         scrub.chunk_next = 0;
         scrub.chunks_done = 0;
         scrub.unreadable = false;
