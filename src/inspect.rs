@@ -16,9 +16,9 @@ use crate::constants::{BLOCK_SIZE, JOURNAL_IOPS_READ_MAX};
 use crate::io::IoStorage;
 use crate::state_machine::{Limits, grid_block_invalid, root_lists_read};
 use crate::vsr::client_sessions::ClientSessionRecord;
+use crate::vsr::header::Checksum;
 use crate::vsr::header::ClientId;
 use crate::vsr::header::View;
-use crate::vsr::header::{Checksum, checksum_chain};
 use crate::vsr::journal::{Decision, EntrySummary, Journal, RecoveryReport};
 use crate::vsr::layout::{Layout, Zone};
 use crate::vsr::message_pool::MessagePool;
@@ -91,6 +91,8 @@ const BLOCKS_LISTED_MAX: usize = 32;
 /// its root lists them, or why they could not be read.
 struct CheckpointBlocks {
     metadata: Vec<u32>,
+    /// The checksum each of `metadata` must have (the root's from the superblock).
+    checksums: Vec<Checksum>,
     free: Vec<u32>,
     tail: bool,
 }
@@ -102,7 +104,12 @@ fn checkpoint_blocks(
 ) -> Result<CheckpointBlocks, &'static str> {
     use std::os::unix::fs::FileExt;
     let state = &working.vsr_state;
-    let mut blocks = CheckpointBlocks { metadata: Vec::new(), free: Vec::new(), tail: false };
+    let mut blocks = CheckpointBlocks {
+        metadata: Vec::new(),
+        checksums: Vec::new(),
+        free: Vec::new(),
+        tail: false,
+    };
     if state.streams_table_blocks == 0 {
         return Ok(blocks);
     }
@@ -117,8 +124,10 @@ fn checkpoint_blocks(
         return Err(reason);
     }
     blocks.metadata.push(root as u32);
+    blocks.checksums.push(state.streams_table_checksum);
     let limits = Limits::new(&working.config());
-    let (table_root, _) = root_lists_read(&block, &limits, &mut blocks.metadata, &mut blocks.free)?;
+    let lists = (&mut blocks.metadata, &mut blocks.checksums);
+    let (table_root, _) = root_lists_read(&block, &limits, lists, &mut blocks.free)?;
     blocks.tail = table_root.tail_blocks == 1;
     Ok(blocks)
 }
@@ -139,7 +148,8 @@ fn write_grid(
     let blocks = checkpoint_blocks(&file, working, layout).unwrap_or_else(|reason| {
         let _ = writeln!(text, "  streams table root (block {root}): {reason}");
         root_bad = true;
-        CheckpointBlocks { metadata: vec![root], free: Vec::new(), tail: false }
+        let checksums = vec![working.vsr_state.streams_table_checksum];
+        CheckpointBlocks { metadata: vec![root], checksums, free: Vec::new(), tail: false }
     });
     let mut block = vec![0u8; BLOCK_SIZE];
     let mut bad = 0;
@@ -168,12 +178,9 @@ fn write_grid(
             let _ = writeln!(text, "  ...");
         }
     }
-    let table_checksum =
-        named.iter().fold(Checksum::ZERO, |chain, named| checksum_chain(chain, *named));
-    let table_mismatch = root_bad
-        || (!named.is_empty() && table_checksum != working.vsr_state.streams_table_checksum);
+    let table_mismatch = root_bad || named != blocks.checksums;
     if table_mismatch {
-        let _ = writeln!(text, "  streams table: checksum of block checksums does not match");
+        let _ = writeln!(text, "  streams table: a block is not the one its checkpoint names");
     }
     write_grid_use(text, working, &blocks);
     let free = blocks.free.len() as u64;

@@ -33,77 +33,68 @@ use crate::state_machine::block::{
 };
 use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{
-    BlockHeader, BlockKind, BlockPointer, DirectoryEntry, TableEntry, TableRoot, stream_id_valid,
+    BlockHeader, BlockKind, BlockPointer, DirectoryEntry, ListedBlock, TableEntry, TableRoot,
+    stream_id_valid,
 };
 use crate::state_machine::{
     BlockFault, CheckpointState, Limits, Log, StateMachine, Status, TokenKind, token,
 };
 use crate::vsr::header::Op;
-use crate::vsr::header::{Checksum, ChecksumBytes, ClusterId, checksum, checksum_chain};
+use crate::vsr::header::{Checksum, ChecksumBytes, checksum, checksum_chain};
 use crate::vsr::layout::Zone;
 use crate::vsr::storage::{Completion, IoKind, IoRequest, Storage};
 
-/// A checkpoint in progress. Its blocks' addresses are in `StateMachine::metadata_next`.
+/// A checkpoint in progress. Its blocks' addresses are in `StateMachine::metadata_next`, and
+/// their checksums, as they are built, in `metadata_checksums`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Checkpointing {
     /// Table blocks (the root first); the tail, if any, comes after them.
     table_blocks: u32,
-    block_next: u32,
+    /// Blocks built so far: the table blocks after the root in order, then the root, which
+    /// lists their checksums.
+    built: u32,
+    /// The entry the next table block after the root starts with.
     entry_next: u32,
-    table_checksum: Checksum,
-    /// The tail's checksum, chained after the table blocks'.
-    tail_checksum: Option<Checksum>,
+    /// Entries in the root.
+    root_entries: u32,
     root: TableRoot,
     result: Option<CheckpointState>,
 }
 
-/// An open in progress. The checkpoint's blocks' addresses are in `metadata_last` once the
-/// root is read.
+/// An open in progress. The checkpoint's blocks' addresses are in `metadata_last` and their
+/// checksums in `metadata_checksums` once the root is read.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Opening {
     checkpoint: CheckpointState,
     block_next: u32,
-    table_checksum: Checksum,
     root: TableRoot,
 }
 
-/// The state checksum: the checksum of the root, chained with the table checksum.
-fn state_checksum(root: &TableRoot, table_checksum: Checksum) -> Checksum {
-    checksum_chain(checksum(root.as_bytes()), table_checksum)
-}
-
-/// Why `block`, read from `address` as a block of a checkpoint, fails its own checksum,
-/// address, kind, version or cluster, or `None`. Its checksum is only known from its own
-/// header here: the superblock's checksum of the blocks' checksums covers it at the end.
-fn own_block_invalid(
-    block: &[u8],
-    cluster: ClusterId,
-    address: u64,
-    kind: BlockKind,
-) -> Option<&'static str> {
-    let checksum_own = block_header(block).checksum.get();
-    block_invalid(block, cluster, address, Checksum(checksum_own), kind)
+/// The state checksum: the checksum of the root's `TableRoot`, chained with the root block's.
+fn state_checksum(root: &TableRoot, root_checksum: Checksum) -> Checksum {
+    checksum_chain(checksum(root.as_bytes()), root_checksum)
 }
 
 fn table_entry_size(blocks: u64) -> usize {
     size_of::<TableEntry>() + frontier_count(blocks) as usize * size_of::<BlockPointer>()
 }
 
-/// Bytes of the root's lists: the checkpoint's other blocks, then the free blocks (u32 each,
-/// as many slots as there can be), padded to 8.
+/// Bytes of the root's lists, as many slots as there can be: the checkpoint's other blocks
+/// (`ListedBlock`s), then the free blocks (u32 each), padded to 8.
 pub(super) fn root_lists_size(limits: &Limits) -> usize {
-    let slots = limits.metadata_blocks_max - 1 + limits.free_blocks_max;
-    (slots * size_of::<u32>()).next_multiple_of(8)
+    let listed = (limits.metadata_blocks_max - 1) * size_of::<ListedBlock>();
+    (listed + limits.free_blocks_max * size_of::<u32>()).next_multiple_of(8)
 }
 
 /// Reads the root of a checkpoint's first block (which its header's checks passed): the
-/// `TableRoot`, then its lists into `metadata` (after the root's own address, already there)
-/// and `free`. Returns the root and where the entries start. `kimberlite inspect` reads a data
+/// `TableRoot`, then its lists: the checkpoint's other blocks into `metadata` and their
+/// checksums into `checksums` (after the root's own, already there), the free blocks into
+/// `free`. Returns the root and where the entries start. `kimberlite inspect` reads a data
 /// file's checkpoint with it too.
 pub fn root_lists_read(
     bytes: &[u8],
     limits: &Limits,
-    metadata: &mut Vec<u32>,
+    (metadata, checksums): (&mut Vec<u32>, &mut Vec<Checksum>),
     free: &mut Vec<u32>,
 ) -> Result<(TableRoot, usize), &'static str> {
     let records_end = BLOCK_HEADER_SIZE + block_header(bytes).records_size as usize;
@@ -123,20 +114,31 @@ pub fn root_lists_read(
     if !lists_valid {
         return Err("streams table: root lists malformed");
     }
-    let listed = (root.metadata_count + root.free_count) as usize;
-    let mut addresses = bytes[start..end]
-        .chunks_exact(size_of::<u32>())
-        .map(|bytes| u32::from_le_bytes(bytes.try_into().expect("four bytes")));
-    for index in 0..listed {
-        let address = addresses.next().expect("the lists hold every slot");
-        if u64::from(address) >= root.grid_head {
+    let (listed, frees) =
+        bytes[start..end].split_at((limits.metadata_blocks_max - 1) * size_of::<ListedBlock>());
+    for (index, slot) in listed.chunks_exact(size_of::<ListedBlock>()).enumerate() {
+        let block = ListedBlock::read_from_bytes(slot).expect("a slot");
+        if index >= root.metadata_count as usize {
+            if block != ListedBlock::new_zeroed() {
+                return Err("streams table: root list slots past their counts are not zero");
+            }
+            continue;
+        }
+        if u64::from(block.address) >= root.grid_head || block.reserved != 0 {
             return Err("streams table: a listed block is not below grid_head");
         }
-        if index < root.metadata_count as usize {
-            metadata.push(address);
-        } else {
-            free.push(address);
+        metadata.push(block.address);
+        checksums.push(Checksum::from(block.checksum));
+    }
+    let mut addresses = frees
+        .chunks_exact(size_of::<u32>())
+        .map(|bytes| u32::from_le_bytes(bytes.try_into().expect("four bytes")));
+    for _ in 0..root.free_count {
+        let address = addresses.next().expect("the lists hold every slot");
+        if u64::from(address) >= root.grid_head {
+            return Err("streams table: a free block is not below grid_head");
         }
+        free.push(address);
     }
     if addresses.any(|address| address != 0) {
         return Err("streams table: root list slots past their counts are not zero");
@@ -166,10 +168,9 @@ impl StateMachine {
             assert_eq!(self.writes_in_flight(), 0);
             self.checkpointing = Some(Checkpointing {
                 table_blocks: 0,
-                block_next: 0,
+                built: 0,
                 entry_next: 0,
-                table_checksum: Checksum(0),
-                tail_checksum: None,
+                root_entries: 0,
                 root: TableRoot::new_zeroed(),
                 result: Some(self.checkpoint_last),
             });
@@ -189,20 +190,23 @@ impl StateMachine {
             tail_blocks,
             reserved: 0,
         };
-        let mut progress = Checkpointing {
+        let root_entries = self.table_entries_fitting(0, self.table_space(0));
+        let progress = Checkpointing {
             table_blocks,
-            block_next: 0,
-            entry_next: 0,
-            table_checksum: Checksum(0),
-            tail_checksum: None,
+            built: 0,
+            entry_next: root_entries,
+            root_entries,
             root,
             result: None,
         };
+        self.metadata_checksums.clear();
+        self.metadata_checksums.resize(self.metadata_next.len(), Checksum(0));
         if tail_blocks == 1 {
             let address = u64::from(*self.metadata_next.last().expect("the tail's address"));
             self.tails_written += 1;
             let mut buffer = self.pool.get();
-            progress.tail_checksum = Some(self.tail_fill(buffer.buffer_mut_unique(), address));
+            let tail = self.tail_fill(buffer.buffer_mut_unique(), address);
+            *self.metadata_checksums.last_mut().expect("the tail's checksum") = tail;
             self.block_write(storage, address, buffer);
         }
         self.checkpointing = Some(progress);
@@ -285,28 +289,33 @@ impl StateMachine {
         if progress.result.is_some() {
             return;
         }
-        while progress.block_next < progress.table_blocks && self.pool.free_count() > 0 {
+        while progress.built < progress.table_blocks && self.pool.free_count() > 0 {
+            // The table blocks after the root first: the root lists their checksums.
+            let index = (progress.built + 1) % progress.table_blocks;
+            let entry_from = if index == 0 { 0 } else { progress.entry_next };
             let mut buffer = self.pool.get();
-            let address = u64::from(self.metadata_next[progress.block_next as usize]);
+            let address = u64::from(self.metadata_next[index as usize]);
+            let bytes = buffer.buffer_mut_unique();
             let (entry_end, block_checksum) =
-                self.table_block_fill(buffer.buffer_mut_unique(), address, &progress);
-            progress.entry_next = entry_end;
-            progress.table_checksum = checksum_chain(progress.table_checksum, block_checksum);
-            progress.block_next += 1;
+                self.table_block_fill(bytes, address, (index, entry_from), &progress.root);
+            if index == 0 {
+                assert_eq!(entry_end, progress.root_entries);
+            } else {
+                progress.entry_next = entry_end;
+            }
+            self.metadata_checksums[index as usize] = block_checksum;
+            progress.built += 1;
             self.block_write(storage, address, buffer);
         }
-        if progress.block_next == progress.table_blocks && self.writes_in_flight() == 0 {
+        if progress.built == progress.table_blocks && self.writes_in_flight() == 0 {
             assert_eq!(progress.entry_next, self.streams.count());
-            let mut table_checksum = progress.table_checksum;
-            if let Some(tail) = progress.tail_checksum {
-                table_checksum = checksum_chain(table_checksum, tail);
-            }
+            let root_checksum = self.metadata_checksums[0];
             let state = CheckpointState {
                 grid_head: progress.root.grid_head,
                 streams_table_address: u64::from(self.metadata_next[0]),
                 streams_table_blocks: self.metadata_next.len() as u32,
-                streams_table_checksum: table_checksum,
-                checkpoint_state_checksum: state_checksum(&progress.root, table_checksum),
+                streams_table_checksum: root_checksum,
+                checkpoint_state_checksum: state_checksum(&progress.root, root_checksum),
             };
             assert_eq!(state.grid_head, self.log.grid_head);
             progress.result = Some(state);
@@ -355,28 +364,42 @@ impl StateMachine {
         at += size_of::<TableRoot>();
         let lists_end = at + root_lists_size(&self.limits);
         bytes[at..lists_end].fill(0);
-        for address in self.metadata_next[1..].iter().chain(&self.free) {
+        let listed = self.metadata_next.iter().zip(&self.metadata_checksums).skip(1);
+        for (address, checksum) in listed {
+            let block = ListedBlock {
+                address: *address,
+                reserved: 0,
+                checksum: ChecksumBytes::from(*checksum),
+            };
+            bytes[at..at + size_of::<ListedBlock>()].copy_from_slice(block.as_bytes());
+            at += size_of::<ListedBlock>();
+        }
+        at = BLOCK_HEADER_SIZE
+            + size_of::<TableRoot>()
+            + (self.limits.metadata_blocks_max - 1) * size_of::<ListedBlock>();
+        for address in &self.free {
             bytes[at..at + size_of::<u32>()].copy_from_slice(&address.to_le_bytes());
             at += size_of::<u32>();
         }
         lists_end
     }
 
-    /// Builds table block `progress.block_next` at `address` in `bytes`; returns the entry
-    /// after its last, and its checksum.
+    /// Builds table block `index` at `address` in `bytes`, with the entries that fit from
+    /// `entry_from` (and `root` first if it is the root); returns the entry after its last, and
+    /// its checksum.
     fn table_block_fill(
         &self,
         bytes: &mut [u8],
         address: u64,
-        progress: &Checkpointing,
+        (index, entry_from): (u32, u32),
+        root: &TableRoot,
     ) -> (u32, Checksum) {
-        let index = progress.block_next;
         let mut at = BLOCK_HEADER_SIZE;
         if index == 0 {
-            at = self.root_fill(bytes, &progress.root);
+            at = self.root_fill(bytes, root);
         }
-        let count = self.table_entries_fitting(progress.entry_next, self.table_space(index));
-        for entry in progress.entry_next..progress.entry_next + count {
+        let count = self.table_entries_fitting(entry_from, self.table_space(index));
+        for entry in entry_from..entry_from + count {
             let stream = self.streams.get(entry);
             let frontier_count = frontier_count(stream.blocks);
             let table_entry = TableEntry {
@@ -402,14 +425,14 @@ impl StateMachine {
         header.cluster = self.config.cluster.get();
         header.address = address;
         header.ordinal = u64::from(index);
-        header.position_first = progress.root.position_next;
-        header.position_end = progress.root.position_next;
+        header.position_first = root.position_next;
+        header.position_end = root.position_next;
         header.records_size = (at - BLOCK_HEADER_SIZE) as u32;
         header.directory_count = count;
         bytes[..BLOCK_HEADER_SIZE].copy_from_slice(header.as_bytes());
         let checksum = block_checksum(bytes);
         bytes[..size_of::<Checksum>()].copy_from_slice(&checksum.to_le_bytes());
-        (progress.entry_next + count, checksum)
+        (entry_from + count, checksum)
     }
 
     /// Nothing in flight: no write, read, open or checkpoint (state sync waits for this).
@@ -451,14 +474,12 @@ impl StateMachine {
             return self.open_done(Ok(()));
         }
         self.status = Status::Opening;
-        self.opening = Some(Opening {
-            checkpoint: *checkpoint,
-            block_next: 0,
-            table_checksum: Checksum(0),
-            root: TableRoot::new_zeroed(),
-        });
+        self.opening =
+            Some(Opening { checkpoint: *checkpoint, block_next: 0, root: TableRoot::new_zeroed() });
         let root = u32::try_from(checkpoint.streams_table_address).expect("checked in range");
         self.metadata_last.push(root);
+        self.metadata_checksums.clear();
+        self.metadata_checksums.push(checkpoint.streams_table_checksum);
         self.open_read(storage);
     }
 
@@ -523,18 +544,19 @@ impl StateMachine {
         self.reads[0].buffer = Some(buffer.clone());
         let opening = self.opening.expect("an open in progress");
         let address = u64::from(self.metadata_last[opening.block_next as usize]);
+        let expected = self.metadata_checksums[opening.block_next as usize];
         let kind = self.open_block_kind(&opening, opening.block_next);
         let cluster = self.config.cluster;
         let invalid = match completion.result {
             Err(_) => Some("checkpoint: block unreadable"),
-            Ok(()) => own_block_invalid(buffer.buffer(), cluster, address, kind),
+            Ok(()) => block_invalid(buffer.buffer(), cluster, address, expected, kind),
         };
         if let Some(reason) = invalid {
-            // The block itself is bad (rot, a torn or misdirected write): a peer holds it.
-            self.block_fault = Some(BlockFault { address, checksum: None });
+            // Rot, a torn, lost or misdirected write: a peer holds the block that checksum
+            // names.
+            self.block_fault = Some(BlockFault { address, checksum: Some(expected) });
             return self.open_done(Err(reason));
         }
-        let checksum = Checksum::from(block_header(buffer.buffer()).checksum);
         let loaded = match kind {
             BlockKind::Tail => self.open_tail_load(buffer.buffer()),
             _ => self.open_block_load(buffer.buffer()),
@@ -544,7 +566,6 @@ impl StateMachine {
             return self.open_done(Err(reason));
         }
         let mut opening = self.opening.expect("an open in progress");
-        opening.table_checksum = checksum_chain(opening.table_checksum, checksum);
         opening.block_next += 1;
         self.opening = Some(opening);
         if opening.block_next < opening.checkpoint.streams_table_blocks {
@@ -564,8 +585,8 @@ impl StateMachine {
         let records_end = BLOCK_HEADER_SIZE + header.records_size as usize;
         let mut at = BLOCK_HEADER_SIZE;
         if opening.block_next == 0 {
-            let (metadata, free) = (&mut self.metadata_last, &mut self.free);
-            let (root, entries) = root_lists_read(bytes, &self.limits, metadata, free)?;
+            let lists = (&mut self.metadata_last, &mut self.metadata_checksums);
+            let (root, entries) = root_lists_read(bytes, &self.limits, lists, &mut self.free)?;
             self.open_root_load(&root, &opening.checkpoint)?;
             opening.root = root;
             self.opening = Some(opening);
@@ -717,10 +738,7 @@ impl StateMachine {
     }
 
     fn open_verify(&self, opening: &Opening) -> Result<(), &'static str> {
-        if opening.table_checksum != opening.checkpoint.streams_table_checksum {
-            return Err("streams table: checksum of block checksums does not match");
-        }
-        if state_checksum(&opening.root, opening.table_checksum)
+        if state_checksum(&opening.root, opening.checkpoint.streams_table_checksum)
             != opening.checkpoint.checkpoint_state_checksum
         {
             return Err("streams table: state checksum does not match");

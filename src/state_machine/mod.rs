@@ -84,8 +84,8 @@ pub struct CheckpointState {
 }
 
 /// A grid block found bad, for the replica to fetch again from a peer: its address, and the
-/// checksum the pointer that led to it holds (`None` for a streams-table block, whose checksum
-/// only the table's checksum of checksums covers).
+/// checksum the pointer that led to it holds (a checkpoint's blocks are named by the
+/// superblock and the root; `None` if nothing names the block, as for the scrubber's finds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockFault {
     pub address: u64,
@@ -343,6 +343,9 @@ pub struct StateMachine {
     /// The blocks of the last checkpoint (root first), and of the one being written.
     metadata_last: Vec<u32>,
     metadata_next: Vec<u32>,
+    /// The checksums of `metadata_next` as a checkpoint builds them, or of `metadata_last` as
+    /// an open reads them (the root's from the superblock, the others' from the root).
+    metadata_checksums: Vec<Checksum>,
     /// Blocks the next checkpoint may write, lowest first (`checkpoint.rs`).
     free: Vec<u32>,
     blocks_reused: u64,
@@ -390,6 +393,7 @@ impl StateMachine {
             checkpoint_last: CheckpointState::default(),
             metadata_last: Vec::with_capacity(limits.metadata_blocks_max),
             metadata_next: Vec::with_capacity(limits.metadata_blocks_max),
+            metadata_checksums: Vec::with_capacity(limits.metadata_blocks_max),
             // One more than the most it holds: released blocks join before the sort.
             free: Vec::with_capacity(limits.free_blocks_max + limits.metadata_blocks_max),
             blocks_reused: 0,

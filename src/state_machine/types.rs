@@ -411,6 +411,16 @@ pub struct TableRoot {
     pub reserved: u32,
 }
 
+/// One of a checkpoint's blocks after the root, as the root lists it: where, and the checksum
+/// it must have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct ListedBlock {
+    pub address: u32,
+    pub reserved: u32,
+    pub checksum: ChecksumBytes,
+}
+
 /// One stream in a streams-table block, followed by `frontier_count` `BlockPointer`s: level i
 /// is the stream's newest block whose ordinal (among the stream's blocks) is a multiple of 2^i.
 #[repr(C)]
@@ -445,6 +455,7 @@ const_assert_eq!(std::mem::offset_of!(BlockHeader, log_pointers), 128);
 const_assert_eq!(size_of::<DirectoryEntry>(), 40);
 const_assert_eq!(size_of::<TableRoot>(), 48 + 32 * SKIP_LEVELS_MAX);
 const_assert_eq!(size_of::<TableEntry>(), 56);
+const_assert_eq!(size_of::<ListedBlock>(), 24);
 const_assert_eq!(size_of::<BlockHeader>() % 8, 0);
 
 // ---------------------------------------------------------------------------------------------
