@@ -125,16 +125,17 @@ fn format_config(arguments: &Arguments) -> Result<Config, String> {
     if let Some(reason) = config.invalid() {
         return Err(reason.to_string());
     }
-    let grid_size_min =
-        crate::state_machine::grid_blocks_min(config.streams_max) * BLOCK_SIZE as u64;
-    if config.grid_size < grid_size_min {
+    let blocks = config.grid_size / BLOCK_SIZE as u64;
+    if !crate::state_machine::grid_holds_a_stream(config.streams_max, blocks) {
+        let blocks_min = crate::state_machine::grid_blocks_min(config.streams_max);
+        let reserve = crate::state_machine::Limits::new(&config).metadata_blocks_max as u64;
         return Err(format!(
-            "a grid of {} bytes cannot hold a stream: with --streams-max={} the streams table \
-             keeps {} bytes free for checkpoints; the smallest grid that works is --grid-size={}",
+            "a grid of {} bytes cannot hold a stream: with --streams-max={} a checkpoint keeps \
+             {} bytes free; every --grid-size from {} up works",
             config.grid_size,
             config.streams_max,
-            grid_size_min - BLOCK_SIZE as u64,
-            size_text(grid_size_min),
+            reserve * BLOCK_SIZE as u64,
+            size_text(blocks_min * BLOCK_SIZE as u64),
         ));
     }
     Ok(config)
@@ -414,10 +415,21 @@ mod tests {
         tiny.push("--grid-size=512KiB");
         assert_eq!(
             format_error(&tiny),
-            "a grid of 524288 bytes cannot hold a stream: with --streams-max=65536 the streams \
-             table keeps 15728640 bytes free for checkpoints; the smallest grid that works is \
-             --grid-size=15872KiB"
+            "a grid of 524288 bytes cannot hold a stream: with --streams-max=65536 a checkpoint \
+             keeps 7340032 bytes free; every --grid-size from 17920KiB up works"
         );
+        // Just past a power of two the reserve grows a skip level: 31 blocks hold a stream,
+        // 32 to 34 do not.
+        let mut edge = base.to_vec();
+        edge.push("--grid-size=16MiB");
+        assert!(format_error(&edge).contains("cannot hold a stream"));
+        let mut below = base.to_vec();
+        below.push("--grid-size=15872KiB");
+        let arguments = Arguments::parse(
+            &strings(&below),
+            &["cluster", "replica", "replica-count", "grid-size"],
+        );
+        assert!(format_config(&arguments.unwrap()).is_ok());
         let mut unknown = base.to_vec();
         unknown.push("--colour=blue");
         assert!(format_error(&unknown).contains("unknown option"));

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use crate::constants::{BLOCK_SIZE, JOURNAL_IOPS_READ_MAX};
 use crate::io::IoStorage;
+use crate::state_machine::types::BlockKind;
 use crate::state_machine::{Limits, grid_block_invalid, root_lists_read};
 use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::header::Checksum;
@@ -123,11 +124,18 @@ fn checkpoint_blocks(
     if let Some(reason) = grid_block_invalid(&block, working.cluster, root) {
         return Err(reason);
     }
+    let header = crate::state_machine::block::block_header(&block);
+    if header.kind != BlockKind::StreamsTable as u8 {
+        return Err("the root is not a streams-table block");
+    }
     blocks.metadata.push(root as u32);
     blocks.checksums.push(state.streams_table_checksum);
     let limits = Limits::new(&working.config());
     let lists = (&mut blocks.metadata, &mut blocks.checksums);
     let (table_root, _) = root_lists_read(&block, &limits, lists, &mut blocks.free)?;
+    if table_root.grid_head != state.grid_head {
+        return Err("the root's grid head is not the checkpoint's");
+    }
     blocks.tail = table_root.tail_blocks == 1;
     Ok(blocks)
 }

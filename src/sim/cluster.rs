@@ -2027,7 +2027,7 @@ mod tests {
         options.ticks_convergence_max = 3_000;
         let mut cluster = Cluster::new(options);
         cluster.clocks = vec![(60_000_000_000, 0), (-60_000_000_000, 0), (0, 0)];
-        while cluster.tick() < 300 {
+        while cluster.tick() < 400 {
             cluster.step().unwrap();
         }
         assert!(cluster.checker().acknowledged_op_max() > Op(10));

@@ -96,6 +96,8 @@ pub struct WorkloadMetrics {
     pub appends_ok: u64,
     /// Appends to "no stream" that created their client's stream.
     pub streams_created_by_append: u64,
+    /// Appends refused whole for an event without a type, as they must be.
+    pub appends_untyped_refused: u64,
     pub events_appended: u64,
     pub storage_full: u64,
     pub rejected: u64,
@@ -117,16 +119,25 @@ pub struct WorkloadMetrics {
 }
 }
 
+/// An append in flight, as its reply is checked.
+struct AppendAsked<'a> {
+    checksums: &'a [Checksum],
+    expected_offset: Option<u64>,
+    untyped: bool,
+}
+
 /// What the request in flight is, beyond what the core tracks: what the model needs to check
 /// its reply.
 enum Ask {
     Register,
     CreateStream,
     Append {
-        /// The data checksum of each event, in order.
+        /// The `event_checksum` of each event, in order.
         checksums: Vec<Checksum>,
         /// The append asked for this exact offset (not `EXPECTED_OFFSET_ANY`).
         expected_offset: Option<u64>,
+        /// An event has an empty type: the batch must be refused with `event_type_empty`.
+        untyped: bool,
     },
     StreamInfo,
     ReadStream {
@@ -373,29 +384,37 @@ impl Workload {
         let mut encoder = AppendEncoder::new(&mut message.buffer_mut_unique()[HEADER_SIZE..]);
         encoder.batch_begin(stream, expected_offset.unwrap_or(EXPECTED_OFFSET_ANY));
         let mut checksums = Vec::with_capacity(event_count as usize);
-        let mut event_type = [0u8; 8];
-        let mut metadata = [0u8; 16];
-        for _ in 0..event_count {
+        // One append in 40 has an event without a type, which the store must refuse whole.
+        let untyped_at = self.prng.chance(1, 40).then(|| self.prng.index(event_count as usize));
+        for event in 0..event_count as usize {
             let (type_size, metadata_size, data_size) = self.event_sizes();
-            self.prng.fill(&mut event_type[..type_size]);
-            self.prng.fill(&mut metadata[..metadata_size]);
-            let (event_type, metadata) = (&event_type[..type_size], &metadata[..metadata_size]);
-            let data = encoder.event(event_type, metadata, data_size as u32);
+            let type_size = if untyped_at == Some(event) { 0 } else { type_size };
+            let mut event_type = vec![0u8; type_size];
+            let mut metadata = vec![0u8; metadata_size];
+            self.prng.fill(&mut event_type);
+            self.prng.fill(&mut metadata);
+            let data = encoder.event(&event_type, &metadata, data_size as u32);
             self.prng.fill(data);
-            checksums.push(event_checksum(&Event { event_type, metadata, data: &*data }));
+            let event = Event { event_type: &event_type, metadata: &metadata, data: &*data };
+            checksums.push(event_checksum(&event));
         }
+        let untyped = untyped_at.is_some();
         let size = encoder.finish();
-        (Operation::Append, size, Ask::Append { checksums, expected_offset })
+        (Operation::Append, size, Ask::Append { checksums, expected_offset, untyped })
     }
 
-    /// Random sizes of an event's type (1 to 8 bytes), metadata (none half the time) and data,
-    /// together at most `event_size_max`.
+    /// Random sizes of an event's type (1 to 8 bytes), metadata (none half the time, up to 16
+    /// bytes mostly, sometimes all the room there is) and data, together at most
+    /// `event_size_max`.
     fn event_sizes(&mut self) -> (usize, usize, usize) {
         let size_max = self.options.event_size_max as usize;
         let type_size = 1 + self.prng.index(size_max.min(8));
         let room = size_max - type_size;
-        let metadata_size =
-            if self.prng.chance(1, 2) { 0 } else { self.prng.index(room.min(16) + 1) };
+        let metadata_size = match self.prng.index(10) {
+            0..=4 => 0,
+            5 => self.prng.index(room + 1),
+            _ => self.prng.index(room.min(16) + 1),
+        };
         let data_size = self.prng.index(room - metadata_size + 1);
         (type_size, metadata_size, data_size)
     }
@@ -449,8 +468,9 @@ impl Workload {
                 self.model_create(index, record, body);
                 Ok(None)
             }
-            Ask::Append { checksums, expected_offset } => {
-                self.model_append(index, record, body, &checksums, expected_offset);
+            Ask::Append { checksums, expected_offset, untyped } => {
+                let asked = AppendAsked { checksums: &checksums, expected_offset, untyped };
+                self.model_append(index, record, body, &asked);
                 Ok(None)
             }
             Ask::StreamInfo => self.clients[index].model.check_stream_info(body).map(Some),
@@ -507,26 +527,36 @@ impl Workload {
         index: usize,
         record: &ReplyRecord,
         body: &[u8],
-        checksums: &[Checksum],
-        expected_offset: Option<u64>,
+        asked: &AppendAsked<'_>,
     ) {
         let Ok((result, _)) = AppendResult::read_from_prefix(body) else {
             return self.violation(record, "append reply body too short");
         };
+        let (checksums, expected_offset) = (asked.checksums, asked.expected_offset);
         let model = &mut self.clients[index].model;
         let event_count = checksums.len() as u64;
         let creating = expected_offset == Some(EXPECTED_NO_STREAM);
         match ResultCode::from_u32(result.result) {
-            Some(ResultCode::Ok) if creating && result.offset != 0 => {
-                self.violation(record, "an append that created its stream got an offset past 0");
-            }
             Some(ResultCode::ExpectedOffsetWrong) if creating => {
-                // Exists: an earlier session of this client created it by an append whose reply
-                // was lost with that session.
+                // Only if an earlier creating append of this client committed, its outcome lost
+                // with its session (which made the model forget the next offset).
+                if model.offset_next.is_some() || result.offset == 0 {
+                    let reason = "an append to no stream was refused, the stream never created";
+                    return self.violation(record, reason);
+                }
                 model.created = true;
                 model.offset_next = Some(result.offset);
             }
             Some(ResultCode::StreamsFull) if creating => self.metrics.storage_full += 1,
+            Some(ResultCode::EventTypeEmpty) if asked.untyped => {
+                self.metrics.appends_untyped_refused += 1;
+            }
+            Some(ResultCode::Ok) if asked.untyped => {
+                self.violation(record, "an append with an event without a type was taken");
+            }
+            Some(ResultCode::Ok) if creating && result.offset != 0 => {
+                self.violation(record, "an append that created its stream got an offset past 0");
+            }
             Some(ResultCode::Ok) => {
                 self.metrics.streams_created_by_append += u64::from(creating);
                 model.created = true;

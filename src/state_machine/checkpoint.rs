@@ -57,6 +57,8 @@ pub(super) struct Checkpointing {
     entry_next: u32,
     /// Entries in the root.
     root_entries: u32,
+    /// The tail is still to be built and written (as soon as a buffer is free).
+    tail_pending: bool,
     root: TableRoot,
     result: Option<CheckpointState>,
 }
@@ -171,6 +173,7 @@ impl StateMachine {
                 built: 0,
                 entry_next: 0,
                 root_entries: 0,
+                tail_pending: false,
                 root: TableRoot::new_zeroed(),
                 result: Some(self.checkpoint_last),
             });
@@ -196,19 +199,12 @@ impl StateMachine {
             built: 0,
             entry_next: root_entries,
             root_entries,
+            tail_pending: tail_blocks == 1,
             root,
             result: None,
         };
         self.metadata_checksums.clear();
         self.metadata_checksums.resize(self.metadata_next.len(), Checksum(0));
-        if tail_blocks == 1 {
-            let address = u64::from(*self.metadata_next.last().expect("the tail's address"));
-            self.tails_written += 1;
-            let mut buffer = self.pool.get();
-            let tail = self.tail_fill(buffer.buffer_mut_unique(), address);
-            *self.metadata_checksums.last_mut().expect("the tail's checksum") = tail;
-            self.block_write(storage, address, buffer);
-        }
         self.checkpointing = Some(progress);
         self.checkpoint_continue(storage);
     }
@@ -289,8 +285,21 @@ impl StateMachine {
         if progress.result.is_some() {
             return;
         }
-        while progress.built < progress.table_blocks && self.pool.free_count() > 0 {
-            // The table blocks after the root first: the root lists their checksums.
+        if progress.tail_pending && self.pool.free_count() > 0 {
+            let address = u64::from(*self.metadata_next.last().expect("the tail's address"));
+            self.tails_written += 1;
+            let mut buffer = self.pool.get();
+            let tail = self.tail_fill(buffer.buffer_mut_unique(), address);
+            *self.metadata_checksums.last_mut().expect("the tail's checksum") = tail;
+            progress.tail_pending = false;
+            self.block_write(storage, address, buffer);
+        }
+        while !progress.tail_pending
+            && progress.built < progress.table_blocks
+            && self.pool.free_count() > 0
+        {
+            // The tail and the table blocks after the root first: the root lists their
+            // checksums.
             let index = (progress.built + 1) % progress.table_blocks;
             let entry_from = if index == 0 { 0 } else { progress.entry_next };
             let mut buffer = self.pool.get();
@@ -307,7 +316,8 @@ impl StateMachine {
             progress.built += 1;
             self.block_write(storage, address, buffer);
         }
-        if progress.built == progress.table_blocks && self.writes_in_flight() == 0 {
+        let built = !progress.tail_pending && progress.built == progress.table_blocks;
+        if built && self.writes_in_flight() == 0 {
             assert_eq!(progress.entry_next, self.streams.count());
             let root_checksum = self.metadata_checksums[0];
             let state = CheckpointState {
@@ -683,16 +693,17 @@ impl StateMachine {
         if !consistent {
             return Err("tail: header does not continue the log");
         }
-        let mut events = 0;
+        let mut events: u64 = 0;
         for index in 0..header.directory_count as usize {
             let at = records_end + index * size_of::<DirectoryEntry>();
             let entry = DirectoryEntry::read_from_prefix(&bytes[at..]).expect("in the block").0;
-            events += self.open_tail_entry_load(&entry, records_end)?;
+            events += u64::from(self.open_tail_entry_load(&entry, records_end)?);
         }
         let event_count = event_count.expect("checked");
-        if u64::from(events) != event_count {
+        if events != event_count {
             return Err("tail: directory does not hold the block's events");
         }
+        let events = u32::try_from(events).expect("checked against event_count");
         let mut buffer = self.pool.get();
         buffer.buffer_mut_unique()[..records_end].copy_from_slice(&bytes[..records_end]);
         let open = &mut self.open_block;
@@ -716,6 +727,9 @@ impl StateMachine {
             return Err("tail: a stream not in the table");
         };
         let stream = *self.streams.get(index);
+        if self.open_block.streams.len() == self.open_block.streams.capacity() {
+            return Err("tail: more streams than an open block holds");
+        }
         let valid = stream.open_event_count == 0
             && entry.pointer_count == 0
             && entry.reserved == 0
@@ -731,7 +745,6 @@ impl StateMachine {
         stream.open_record_first = entry.record_first;
         stream.open_event_count = entry.event_count;
         let open = &mut self.open_block;
-        assert!(open.streams.len() < open.streams.capacity());
         open.streams.push(index);
         open.directory_size += directory_entry_size(skip_pointer_count(stream.blocks + 1)) as u32;
         Ok(entry.event_count)

@@ -43,7 +43,8 @@ use std::collections::VecDeque;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::constants::{
-    BLOCK_SIZE, EVENT_SIZE_MAX, GRID_READS_MAX, GRID_WRITES_PIPELINE, HEADER_SIZE, SKIP_LEVELS_MAX,
+    BLOCK_SIZE, EVENT_SIZE_MAX, GRID_READS_MAX, GRID_SIZE_MAX, GRID_WRITES_PIPELINE, HEADER_SIZE,
+    SKIP_LEVELS_MAX,
 };
 use crate::state_machine::block::{
     BLOCK_HEADER_SIZE, block_checksum, block_fits, block_header, directory_entry_size,
@@ -196,19 +197,30 @@ fn seals_per_commit_max(body_size: u64, levels: usize, event_size_max: u32) -> u
     (fill + content).div_ceil(fill - entry) as usize
 }
 
-/// The fewest grid blocks that can hold a stream's events for a cluster of `streams_max`
-/// streams: the checkpoint's reserve (a full streams table, which grows through the skip levels
-/// with the grid, and a tail) and the open block. `format` refuses a smaller grid, on which
-/// every create and append would answer `storage_full`.
+/// True if a grid of `blocks` can hold a stream's events for a cluster of `streams_max`
+/// streams: room for the checkpoint's reserve (a full streams table, which grows through the
+/// skip levels with the grid, and a tail), the open block and one more. `format` refuses a
+/// grid that cannot, on which every create or every append would answer `storage_full`.
+pub fn grid_holds_a_stream(streams_max: u32, blocks: u64) -> bool {
+    table_blocks_max(streams_max, frontier_count(blocks) as usize) + 2 <= blocks
+}
+
+/// The fewest grid blocks from which every grid can hold a stream (`grid_holds_a_stream`):
+/// the reserve grows by a skip level at each power of two, so a grid just past one can fail
+/// where a smaller one holds. Grids of one level (from `2^(level-1)` to `2^level - 1`
+/// blocks) hold from their reserve up; the answer is where the highest level that fails at its
+/// start begins to hold.
 pub fn grid_blocks_min(streams_max: u32) -> u64 {
-    let mut blocks = 1;
-    loop {
-        let needed = table_blocks_max(streams_max, frontier_count(blocks) as usize) + 2;
-        if needed <= blocks {
-            return blocks;
-        }
-        blocks = needed;
-    }
+    let levels_max = frontier_count(GRID_SIZE_MAX / BLOCK_SIZE as u64);
+    let failing = (1..=levels_max)
+        .rev()
+        .find(|level| !grid_holds_a_stream(streams_max, 1 << (level - 1)))
+        .expect("a grid of one block holds nothing");
+    let start: u64 = 1 << (failing - 1);
+    let needed = table_blocks_max(streams_max, failing as usize) + 2;
+    let blocks = needed.min(1 << failing).max(start);
+    assert!(grid_holds_a_stream(streams_max, blocks));
+    blocks
 }
 
 /// Grid blocks the streams table takes when every stream exists with a full frontier, counting
@@ -394,7 +406,7 @@ impl StateMachine {
             metadata_last: Vec::with_capacity(limits.metadata_blocks_max),
             metadata_next: Vec::with_capacity(limits.metadata_blocks_max),
             metadata_checksums: Vec::with_capacity(limits.metadata_blocks_max),
-            // One more than the most it holds: released blocks join before the sort.
+            // The most it holds after a checkpoint and, before it, the blocks released then.
             free: Vec::with_capacity(limits.free_blocks_max + limits.metadata_blocks_max),
             blocks_reused: 0,
             tails_written: 0,

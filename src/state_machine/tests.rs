@@ -1482,8 +1482,18 @@ fn grid_too_small_for_the_table_refuses_every_change() {
 
 #[test]
 fn the_smallest_grid_format_allows_holds_a_stream_and_one_block_less_does_not() {
-    // Goal: `grid_blocks_min`, which `format` enforces, is exactly where a grid starts to hold
-    // a stream's events: at it a create and an append succeed, one block less refuses both.
+    // Goal: `grid_blocks_min`, which `format` names, is where grids start to hold a stream's
+    // events for good: every larger grid holds one (the reserve grows a skip level at each
+    // power of two, so a grid just past one could fail where a smaller one holds), at it a
+    // create and an append succeed, and one block less refuses the append.
+    for streams_max in [1, 2, 64, 5_000, 65_536, 1_000_000] {
+        let blocks_min = grid_blocks_min(streams_max);
+        for blocks in blocks_min..blocks_min * 4 + 64 {
+            assert!(grid_holds_a_stream(streams_max, blocks), "{streams_max} {blocks}");
+        }
+    }
+    assert!(grid_holds_a_stream(65_536, 31) && !grid_holds_a_stream(65_536, 32));
+    assert_eq!(grid_blocks_min(65_536), 35);
     for streams_max in [1, 64, 5_000] {
         let blocks = grid_blocks_min(streams_max);
         let config =

@@ -187,6 +187,9 @@ impl StreamModel {
     /// One event of the client's stream: the type, metadata and data it appended, and a chain
     /// that follows the one before it and never changes.
     fn check_event(&mut self, record: &EventRecord, event: &Event<'_>) -> Result<(), &'static str> {
+        if record.reserved != 0 {
+            return Err("a read returned an event record whose reserved byte is not zero");
+        }
         let known = self.data.get(record.offset as usize).copied().flatten();
         if known.is_some_and(|checksum| checksum != event_checksum(event)) {
             return Err("a read returned an event the client did not append at that offset");
