@@ -84,8 +84,19 @@ fn table_entry_size(blocks: u64) -> usize {
 /// Bytes of the root's lists, as many slots as there can be: the checkpoint's other blocks
 /// (`ListedBlock`s), then the free blocks (u32 each), padded to 8.
 pub(super) fn root_lists_size(limits: &Limits) -> usize {
-    let listed = (limits.metadata_blocks_max - 1) * size_of::<ListedBlock>();
-    (listed + limits.free_blocks_max * size_of::<u32>()).next_multiple_of(8)
+    lists_size(limits.metadata_blocks_max, limits.free_blocks_max)
+}
+
+fn lists_size(metadata_blocks_max: usize, free_blocks_max: usize) -> usize {
+    let listed = (metadata_blocks_max - 1) * size_of::<ListedBlock>();
+    (listed + free_blocks_max * size_of::<u32>()).next_multiple_of(8)
+}
+
+/// True if the root of the largest checkpoint of `metadata_blocks_max` blocks can list them
+/// and the free blocks (`Config::invalid` refuses a `streams_max` too large for it).
+pub fn root_fits(metadata_blocks_max: usize) -> bool {
+    let lists = lists_size(metadata_blocks_max, 2 * metadata_blocks_max);
+    BLOCK_HEADER_SIZE + size_of::<TableRoot>() + lists <= BLOCK_SIZE
 }
 
 /// Reads the root of a checkpoint's first block (which its header's checks passed): the

@@ -164,6 +164,7 @@ impl Limits {
             seals_per_commit_max(reply_body_size_max as u64, levels, event_size_max);
         let table_blocks_max = table_blocks_max(config.streams_max, levels);
         let metadata_blocks_max = table_blocks_max as usize + 1;
+        assert!(checkpoint::root_fits(metadata_blocks_max), "Config::invalid checks it");
         let limits = Limits {
             grid_blocks,
             levels,
@@ -221,6 +222,17 @@ pub fn grid_blocks_min(streams_max: u32) -> u64 {
     let blocks = needed.min(1 << failing).max(start);
     assert!(grid_holds_a_stream(streams_max, blocks));
     blocks
+}
+
+/// Why a checkpoint of `config`'s largest streams table could not be written, or `None`: its
+/// root must list the blocks of the largest checkpoint and the free ones.
+pub fn config_invalid(config_streams_max: u32, grid_size: u64) -> Option<&'static str> {
+    let levels = frontier_count(grid_size / BLOCK_SIZE as u64) as usize;
+    let metadata_blocks_max = table_blocks_max(config_streams_max, levels) as usize + 1;
+    if !checkpoint::root_fits(metadata_blocks_max) {
+        return Some("streams_max too large for this grid: a checkpoint could not list its blocks");
+    }
+    None
 }
 
 /// Grid blocks the streams table takes when every stream exists with a full frontier, counting

@@ -1400,6 +1400,17 @@ fn limits_bound_buffers_for_the_worst_commit() {
     );
     assert_eq!(default.seals_per_commit_max, 35);
     assert_eq!((default.table_blocks_max, default.metadata_blocks_max), (57, 58));
+    // The root lists the blocks of the largest checkpoint: a streams_max too large for that is
+    // refused with the configuration, and any accepted one builds its limits.
+    let largest = Config {
+        streams_max: crate::constants::STREAMS_MAX,
+        grid_size: crate::constants::GRID_SIZE_MAX,
+        ..Config::new(ClusterId(1), ReplicaIndex(0), 3)
+    };
+    assert!(largest.invalid().is_some_and(|reason| reason.contains("could not list its blocks")));
+    let large = Config { streams_max: 8_000_000, ..largest };
+    assert_eq!(large.invalid(), None);
+    assert!(Limits::new(&large).metadata_blocks_max > 10_000);
 }
 
 #[test]
