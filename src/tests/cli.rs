@@ -35,20 +35,23 @@ fn stderr_line(output: &Output) -> String {
     text
 }
 
+/// `format` of one replica's small file (a 2 MiB grid holds a stream of a 64-stream table).
+const FORMAT_SMALL: [&str; 6] = [
+    "format",
+    "--cluster=9",
+    "--replica=0",
+    "--replica-count=1",
+    "--grid-size=2MiB",
+    "--streams-max=64",
+];
+
 #[test]
 fn format_then_inspect_a_healthy_file() {
     // Goal: a formatted file inspects as usable, with every superblock copy valid.
     let scratch = Scratch::new("healthy");
     let path = scratch.0.join("0_0.kimberlite");
     let path = path.to_str().unwrap();
-    let format = [
-        "format",
-        "--cluster=9",
-        "--replica=0",
-        "--replica-count=1",
-        "--grid-size=2MiB",
-        "--streams-max=64",
-    ];
+    let format = FORMAT_SMALL;
     let output = run(&[&format[..], &[path]].concat());
     assert!(output.status.success(), "{output:?}");
     let output = run(&["inspect", path]);
@@ -69,15 +72,7 @@ fn inspect_of_a_file_without_superblock_quorum_fails() {
     let scratch = Scratch::new("corrupt");
     let path = scratch.0.join("0_0.kimberlite");
     let path_text = path.to_str().unwrap();
-    let format = [
-        "format",
-        "--cluster=9",
-        "--replica=0",
-        "--replica-count=1",
-        "--grid-size=2MiB",
-        "--streams-max=64",
-    ];
-    assert!(run(&[&format[..], &[path_text]].concat()).status.success());
+    assert!(run(&[&FORMAT_SMALL[..], &[path_text]].concat()).status.success());
     let mut bytes = std::fs::read(&path).unwrap();
     for copy in 0..3 {
         bytes[copy * SUPERBLOCK_COPY_SIZE + 100] ^= 0xff;
