@@ -14,7 +14,9 @@
 //! this checkpoint opens that one. A replica among peers keeps its old blocks (`checkpoint`'s
 //! `release_superseded` is false there) until the peers agree when none of them can still
 //! open or sync from an older checkpoint; its checkpoints are then one run of blocks ending at
-//! `grid_head`, which is what state sync copies. The grid always keeps free, beyond the free
+//! `grid_head`, which is what state sync copies, and it seals the open block at a checkpoint
+//! rather than copy it into a tail (a tail never freed would cost a block per checkpoint on
+//! top of the events). The grid always keeps free, beyond the free
 //! list, what the largest checkpoint needs (`metadata_blocks_max`): appends and creates that
 //! would eat into it fail with `storage_full`.
 //!
@@ -189,6 +191,11 @@ impl StateMachine {
                 result: Some(self.checkpoint_last),
             });
             return;
+        }
+        if !release_superseded && self.open_block.event_count > 0 {
+            // Its blocks never reused, a tail would cost a block per checkpoint on top of the
+            // events, where a partly filled sealed block holds them (see the module docs).
+            self.seal(storage);
         }
         let table_blocks = self.table_block_count();
         let tail_blocks = u32::from(self.open_block.event_count > 0);

@@ -1555,3 +1555,32 @@ fn checkpoints_reuse_the_blocks_of_the_one_before_last_and_never_seal_a_partial_
         );
     }
 }
+
+#[test]
+fn without_reuse_a_checkpoint_seals_the_open_block_instead_of_writing_a_tail() {
+    // Goal: a replica among peers, which keeps every checkpoint's blocks, seals the partly
+    // filled open block at a checkpoint (as many blocks per checkpoint as with a tail, but the
+    // events are in them) and writes its checkpoint as one run ending at grid_head, which
+    // state sync copies; a restart from it reads every event back.
+    let mut harness = Harness::new(small_config(), None);
+    harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
+    let mut state = CheckpointState::default();
+    for index in 0..20u64 {
+        let body = one_batch(1, index, vec![index.to_le_bytes().to_vec()]);
+        assert_eq!(append_results(&harness.commit(Operation::Append, &body))[0].0, ResultCode::Ok);
+        harness.machine.checkpoint(&mut harness.storage, false);
+        state = loop {
+            if let Some(state) = harness.machine.poll_checkpoint() {
+                break state;
+            }
+            harness.deliver(1);
+        };
+        assert_eq!(harness.machine.event_blocks(), index + 1, "sealed, no tail");
+        let end = state.streams_table_address + u64::from(state.streams_table_blocks);
+        assert_eq!(end, state.grid_head, "one run at the head");
+    }
+    assert_eq!(harness.machine.checkpoint_counts(), (0, 0), "nothing reused, no tail");
+    let reopened = Harness::open(harness.config, disk_copy(&harness), None, &state);
+    let mut reopened = reopened.expect("the last checkpoint opens");
+    assert_eq!(reopened.read_stream(1, 0, u32::MAX).events.len(), 20);
+}
