@@ -138,7 +138,12 @@ impl Harness {
     }
 
     fn checkpoint(&mut self) -> CheckpointState {
-        self.machine.checkpoint(&mut self.storage, true);
+        self.checkpoint_with(true)
+    }
+
+    /// A checkpoint of a replica alone (`release_superseded`) or among peers.
+    fn checkpoint_with(&mut self, release_superseded: bool) -> CheckpointState {
+        self.machine.checkpoint(&mut self.storage, release_superseded);
         loop {
             if let Some(state) = self.machine.poll_checkpoint() {
                 assert_eq!(self.storage.in_flight(), 0);
@@ -1526,6 +1531,12 @@ fn the_smallest_grid_format_allows_holds_a_stream_and_one_block_less_does_not() 
     }
 }
 
+/// Appends event `index` (its data: `index`'s bytes) at offset `index` of stream 1.
+fn append_numbered(harness: &mut Harness, index: u64) {
+    let body = one_batch(1, index, vec![index.to_le_bytes().to_vec()]);
+    assert_eq!(append_results(&harness.commit(Operation::Append, &body))[0].0, ResultCode::Ok);
+}
+
 #[test]
 fn checkpoints_reuse_the_blocks_of_the_one_before_last_and_never_seal_a_partial_block() {
     // Goal: the grid grows with the events, not with the checkpoints: a checkpoint copies the
@@ -1537,8 +1548,7 @@ fn checkpoints_reuse_the_blocks_of_the_one_before_last_and_never_seal_a_partial_
     harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
     let mut state = CheckpointState::default();
     for index in 0..300u64 {
-        let body = one_batch(1, index, vec![index.to_le_bytes().to_vec()]);
-        assert_eq!(append_results(&harness.commit(Operation::Append, &body))[0].0, ResultCode::Ok);
+        append_numbered(&mut harness, index);
         state = harness.checkpoint();
     }
     let limits = *harness.machine.limits();
@@ -1566,15 +1576,8 @@ fn without_reuse_a_checkpoint_seals_the_open_block_instead_of_writing_a_tail() {
     harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
     let mut state = CheckpointState::default();
     for index in 0..20u64 {
-        let body = one_batch(1, index, vec![index.to_le_bytes().to_vec()]);
-        assert_eq!(append_results(&harness.commit(Operation::Append, &body))[0].0, ResultCode::Ok);
-        harness.machine.checkpoint(&mut harness.storage, false);
-        state = loop {
-            if let Some(state) = harness.machine.poll_checkpoint() {
-                break state;
-            }
-            harness.deliver(1);
-        };
+        append_numbered(&mut harness, index);
+        state = harness.checkpoint_with(false);
         assert_eq!(harness.machine.event_blocks(), index + 1, "sealed, no tail");
         let end = state.streams_table_address + u64::from(state.streams_table_blocks);
         assert_eq!(end, state.grid_head, "one run at the head");
