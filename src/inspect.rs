@@ -15,7 +15,7 @@ use std::path::Path;
 use crate::constants::{BLOCK_SIZE, JOURNAL_IOPS_READ_MAX};
 use crate::io::IoStorage;
 use crate::state_machine::types::BlockKind;
-use crate::state_machine::{Limits, grid_block_invalid, root_lists_read};
+use crate::state_machine::{Limits, grid_block_invalid, grid_room_blocks, root_lists_read};
 use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::header::Checksum;
 use crate::vsr::header::ClientId;
@@ -217,19 +217,19 @@ fn block_role(blocks: &CheckpointBlocks, index: Option<usize>, block: &[u8]) -> 
     }
 }
 
-/// How much of the grid the checkpoint uses, and how much was never written.
+/// How much of the grid the checkpoint uses, and the room left for events.
 fn write_grid_use(text: &mut String, working: &SuperBlockHeader, blocks: &CheckpointBlocks) {
     let free = blocks.free.len() as u64;
     let grid_head = working.vsr_state.grid_head;
     let grid_blocks = working.config().grid_size / BLOCK_SIZE as u64;
+    let room = grid_room_blocks(&Limits::new(&working.config()), grid_head, blocks.free.len());
     let _ = writeln!(
         text,
         "  in use: {} of {grid_blocks} blocks ({} for the checkpoint, {free} free for the next \
-         one); never written: {} blocks ({} MiB)",
+         one); room for events before storage_full: {room} blocks ({} MiB)",
         grid_head - free,
         blocks.metadata.len(),
-        grid_blocks - grid_head,
-        ((grid_blocks - grid_head) * BLOCK_SIZE as u64) >> 20,
+        (room * BLOCK_SIZE as u64) >> 20,
     );
 }
 

@@ -235,6 +235,13 @@ pub fn config_invalid(config_streams_max: u32, grid_size: u64) -> Option<&'stati
     None
 }
 
+/// Blocks left for events before `storage_full`, with the grid used up to `grid_head` and
+/// `free` blocks on the free list: beyond them, the open block's and the next checkpoint's.
+pub fn grid_room_blocks(limits: &Limits, grid_head: u64, free: usize) -> u64 {
+    let reserve = limits.metadata_blocks_max.saturating_sub(free) as u64;
+    limits.grid_blocks.saturating_sub(grid_head + 1 + reserve)
+}
+
 /// Grid blocks the streams table takes when every stream exists with a full frontier, counting
 /// none in the root (which holds the root's lists first).
 fn table_blocks_max(streams_max: u32, levels: usize) -> u64 {
@@ -599,8 +606,7 @@ impl StateMachine {
     pub fn grid_use(&self) -> (u64, u64) {
         let block = BLOCK_SIZE as u64;
         let used = self.log.grid_head - self.free.len() as u64;
-        let reserve = self.limits.metadata_blocks_max.saturating_sub(self.free.len()) as u64;
-        let room = self.limits.grid_blocks.saturating_sub(self.log.grid_head + 1 + reserve);
+        let room = grid_room_blocks(&self.limits, self.log.grid_head, self.free.len());
         (used * block, room * block)
     }
 

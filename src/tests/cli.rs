@@ -60,6 +60,9 @@ fn format_then_inspect_a_healthy_file() {
     assert_eq!(text.matches("valid, sequence 1").count(), 4);
     assert!(text.contains("nil            1024"));
     assert!(text.contains("journal: usable"));
+    // Four blocks: one for the open block, three kept for a checkpoint, none left over.
+    assert!(text.contains("in use: 0 of 4 blocks"), "{text}");
+    assert!(text.contains("room for events before storage_full: 0 blocks"), "{text}");
     // A second format of the same path is refused, and the file is left alone.
     let output = run(&[&format[..], &[path]].concat());
     assert_eq!(output.status.code(), Some(1));
