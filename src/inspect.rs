@@ -163,8 +163,11 @@ fn write_grid(
     let mut bad = 0;
     let mut named = vec![Checksum::ZERO; blocks.metadata.len()];
     let grid_head = working.vsr_state.grid_head;
+    // By address: each of the checkpoint's blocks' index in its list (a grid may be large).
+    let listed: std::collections::HashMap<u64, usize> =
+        blocks.metadata.iter().enumerate().map(|(index, at)| (u64::from(*at), index)).collect();
     for address in 0..grid_head {
-        if blocks.free.contains(&(address as u32)) {
+        if blocks.free.binary_search(&(address as u32)).is_ok() {
             continue;
         }
         let offset = layout.offset(Zone::Grid, address * BLOCK_SIZE as u64);
@@ -172,7 +175,7 @@ fn write_grid(
             Err(_) => Some("block: unreadable"),
             Ok(()) => grid_block_invalid(&block, working.cluster, address),
         };
-        let index = blocks.metadata.iter().position(|listed| u64::from(*listed) == address);
+        let index = listed.get(&address).copied();
         if let Some(index) = index {
             let bytes = block.get(..size_of::<Checksum>()).expect("a block is longer");
             named[index] = Checksum::from_le_bytes(bytes.try_into().expect("16 bytes"));

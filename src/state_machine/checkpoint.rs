@@ -158,7 +158,8 @@ pub fn root_lists_read(
     if addresses.any(|address| address != 0) {
         return Err("streams table: root list slots past their counts are not zero");
     }
-    if !free.is_sorted_by(|a, b| a < b) || free.iter().any(|address| metadata.contains(address)) {
+    let in_use = |address: &u32| free.binary_search(address).is_ok();
+    if !free.is_sorted_by(|a, b| a < b) || metadata.iter().any(in_use) {
         return Err("streams table: free blocks unsorted or in use");
     }
     Ok((root, end))
