@@ -211,12 +211,12 @@ fn write_grid(
 fn block_role(blocks: &CheckpointBlocks, index: Option<usize>, block: &[u8]) -> &'static str {
     let last = index.is_some_and(|index| index + 1 == blocks.metadata.len());
     let kind = crate::state_machine::block::block_header(block).kind;
-    match (index, kind) {
+    match (index, BlockKind::from_u8(kind)) {
         (Some(_), _) if last && blocks.tail => "tail",
         (Some(_), _) => "streams table",
-        (None, 1) => "events",
-        (None, 2 | 3) => "an older checkpoint's",
-        (None, _) => "unknown kind",
+        (None, Some(BlockKind::Events)) => "events",
+        (None, Some(_)) => "an older checkpoint's",
+        (None, None) => "unknown kind",
     }
 }
 

@@ -30,8 +30,8 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::constants::BLOCK_SIZE;
 use crate::state_machine::block::{
-    BLOCK_HEADER_SIZE, block_checksum, block_header, block_invalid, directory_entry_size,
-    frontier_count, skip_pointer_count,
+    BLOCK_HEADER_SIZE, block_header, block_invalid, directory_entry_size, frontier_count,
+    skip_pointer_count,
 };
 use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{
@@ -39,7 +39,8 @@ use crate::state_machine::types::{
     stream_id_valid,
 };
 use crate::state_machine::{
-    BlockFault, CheckpointState, Limits, Log, StateMachine, Status, TokenKind, token,
+    BlockFault, CheckpointState, Limits, Log, StateMachine, Status, TokenKind, block_finish,
+    open_directory_entry, token,
 };
 use crate::vsr::header::Op;
 use crate::vsr::header::{Checksum, ChecksumBytes, checksum, checksum_chain};
@@ -266,16 +267,7 @@ impl StateMachine {
             .copy_from_slice(&source[BLOCK_HEADER_SIZE..records_end]);
         let mut at = records_end;
         for &entry in &open.streams {
-            let stream = self.streams.get(entry);
-            let directory_entry = DirectoryEntry {
-                stream: stream.id,
-                ordinal: stream.blocks + 1,
-                offset_first: stream.sealed_end(),
-                record_first: stream.open_record_first,
-                event_count: stream.open_event_count,
-                pointer_count: 0,
-                reserved: 0,
-            };
+            let directory_entry = open_directory_entry(self.streams.get(entry), 0);
             bytes[at..at + size_of::<DirectoryEntry>()].copy_from_slice(directory_entry.as_bytes());
             at += size_of::<DirectoryEntry>();
         }
@@ -285,10 +277,7 @@ impl StateMachine {
         header.directory_size = (at - records_end) as u32;
         header.log_pointer_count = 0;
         header.log_pointers = [BlockPointer::default(); _];
-        bytes[..BLOCK_HEADER_SIZE].copy_from_slice(header.as_bytes());
-        let checksum = block_checksum(bytes);
-        bytes[..size_of::<Checksum>()].copy_from_slice(&checksum.to_le_bytes());
-        checksum
+        block_finish(bytes, &header)
     }
 
     /// The checkpoint's state once every write has landed; commits may continue after.
@@ -458,9 +447,7 @@ impl StateMachine {
         header.position_end = root.position_next;
         header.records_size = (at - BLOCK_HEADER_SIZE) as u32;
         header.directory_count = count;
-        bytes[..BLOCK_HEADER_SIZE].copy_from_slice(header.as_bytes());
-        let checksum = block_checksum(bytes);
-        bytes[..size_of::<Checksum>()].copy_from_slice(&checksum.to_le_bytes());
+        let checksum = block_finish(bytes, &header);
         (entry_from + count, checksum)
     }
 

@@ -100,11 +100,8 @@ pub fn grid_block_invalid(block: &[u8], cluster: ClusterId, address: u64) -> Opt
     let Ok((header, _)) = BlockHeader::read_from_prefix(block) else {
         return Some("block: shorter than its header");
     };
-    let kind = match header.kind {
-        1 => BlockKind::Events,
-        2 => BlockKind::StreamsTable,
-        3 => BlockKind::Tail,
-        _ => return Some("block: wrong kind"),
+    let Some(kind) = BlockKind::from_u8(header.kind) else {
+        return Some("block: wrong kind");
     };
     block::block_invalid(block, cluster, address, Checksum::from(header.checksum), kind)
 }
@@ -238,8 +235,37 @@ pub fn config_invalid(config_streams_max: u32, grid_size: u64) -> Option<&'stati
 /// Blocks left for events before `storage_full`, with the grid used up to `grid_head` and
 /// `free` blocks on the free list: beyond them, the open block's and the next checkpoint's.
 pub fn grid_room_blocks(limits: &Limits, grid_head: u64, free: usize) -> u64 {
-    let reserve = limits.metadata_blocks_max.saturating_sub(free) as u64;
+    let reserve = checkpoint_reserve(limits, free);
     limits.grid_blocks.saturating_sub(grid_head + 1 + reserve)
+}
+
+/// Blocks kept at `grid_head` for the next checkpoint: what the largest takes beyond the
+/// `free` blocks of the free list.
+fn checkpoint_reserve(limits: &Limits, free: usize) -> u64 {
+    limits.metadata_blocks_max.saturating_sub(free) as u64
+}
+
+/// The directory entry of `stream`'s events in the open block, with `pointer_count` pointers
+/// to follow (none in a tail).
+fn open_directory_entry(stream: &Stream, pointer_count: u32) -> DirectoryEntry {
+    DirectoryEntry {
+        stream: stream.id,
+        ordinal: stream.blocks + 1,
+        offset_first: stream.sealed_end(),
+        record_first: stream.open_record_first,
+        event_count: stream.open_event_count,
+        pointer_count,
+        reserved: 0,
+    }
+}
+
+/// Writes `header` into a built block's `bytes`, then the block's checksum into it; returns
+/// the checksum.
+fn block_finish(bytes: &mut [u8], header: &BlockHeader) -> Checksum {
+    bytes[..BLOCK_HEADER_SIZE].copy_from_slice(header.as_bytes());
+    let checksum = block_checksum(bytes);
+    bytes[..size_of::<Checksum>()].copy_from_slice(&checksum.to_le_bytes());
+    checksum
 }
 
 /// Grid blocks the streams table takes when every stream exists with a full frontier, counting
@@ -596,7 +622,7 @@ impl StateMachine {
     /// True if sealing `seals` more blocks (and the open block, if `open_after`) still leaves
     /// room for the largest checkpoint next, beyond the free list.
     fn grid_room(&self, seals: u64, open_after: bool) -> bool {
-        let reserve = self.limits.metadata_blocks_max.saturating_sub(self.free.len()) as u64;
+        let reserve = checkpoint_reserve(&self.limits, self.free.len());
         let needed = self.log.grid_head + seals + u64::from(open_after) + reserve;
         needed <= self.limits.grid_blocks
     }
@@ -791,9 +817,7 @@ impl StateMachine {
         bytes[directory_end..].fill(0);
         let ordinal = self.log.blocks + 1;
         let header = self.seal_header(address, ordinal);
-        bytes[..BLOCK_HEADER_SIZE].copy_from_slice(header.as_bytes());
-        let checksum = block_checksum(bytes);
-        bytes[..size_of::<Checksum>()].copy_from_slice(&checksum.to_le_bytes());
+        let checksum = block_finish(bytes, &header);
         let address_u32 = u32::try_from(address).expect("grid addresses fit u32");
         for &entry in &self.open_block.streams {
             let stream = self.streams.get_mut(entry);
@@ -818,17 +842,8 @@ impl StateMachine {
         let mut at = BLOCK_HEADER_SIZE + self.open_block.records_size as usize;
         for &entry in &self.open_block.streams {
             let stream = self.streams.get(entry);
-            let ordinal = stream.blocks + 1;
-            let pointer_count = skip_pointer_count(ordinal);
-            let directory_entry = DirectoryEntry {
-                stream: stream.id,
-                ordinal,
-                offset_first: stream.sealed_end(),
-                record_first: stream.open_record_first,
-                event_count: stream.open_event_count,
-                pointer_count,
-                reserved: 0,
-            };
+            let pointer_count = skip_pointer_count(stream.blocks + 1);
+            let directory_entry = open_directory_entry(stream, pointer_count);
             bytes[at..at + size_of::<DirectoryEntry>()].copy_from_slice(directory_entry.as_bytes());
             at += size_of::<DirectoryEntry>();
             let frontier = self.streams.frontier(entry);

@@ -337,6 +337,15 @@ pub enum BlockKind {
     Tail = 3,
 }
 
+impl BlockKind {
+    /// The kind a block header's `kind` byte names, if any.
+    pub fn from_u8(kind: u8) -> Option<BlockKind> {
+        [BlockKind::Events, BlockKind::StreamsTable, BlockKind::Tail]
+            .into_iter()
+            .find(|known| *known as u8 == kind)
+    }
+}
+
 /// The first bytes of every grid block. An event block continues with its event records and
 /// then its directory; a streams-table block with (in its first block) the `TableRoot` and then
 /// `TableEntry`s. Everything after that up to `BLOCK_SIZE` is zero.

@@ -144,8 +144,7 @@ fn block_header_invalid(chunk: &[u8], cluster: ClusterId, address: u64) -> Optio
     if header.address != address {
         return Some("block: address does not match where it was read (misdirected write)");
     }
-    let kinds = [BlockKind::Events, BlockKind::StreamsTable, BlockKind::Tail];
-    if !kinds.iter().any(|kind| *kind as u8 == header.kind) {
+    if BlockKind::from_u8(header.kind).is_none() {
         return Some("block: wrong kind");
     }
     if header.version != BLOCK_VERSION {
