@@ -315,8 +315,9 @@ pub const SYNC_REQUEST_TICKS: u64 = 2;
 /// Ticks between two requests for the block being repaired.
 pub const GRID_REPAIR_REQUEST_TICKS: u64 = 2;
 
-/// Times the open may fetch a block of the streams table again before it gives up: a peer's
-/// copy that passes its checks but still does not open is not a fault a fetch can fix.
+/// Times an open may fetch a block of its checkpoint again, beyond one fetch per block, before
+/// it gives up: a peer's copy that passes its checks but still does not open is not a fault a
+/// fetch can fix.
 pub const GRID_REPAIRS_OPEN_MAX: u64 = 16;
 
 /// Repair attempts in a row that go to the same replica before the next one is tried.
@@ -460,6 +461,13 @@ const_assert!(JOURNAL_SLOT_COUNT <= JOURNAL_SLOT_COUNT_MAX);
 const_assert!(JOURNAL_SLOT_COUNT_MAX.is_multiple_of(JOURNAL_HEADERS_PER_SECTOR));
 const_assert!(JOURNAL_SLOT_COUNT_MIN > 4 * PIPELINE_PREPARE_QUEUE_MAX);
 const_assert!(checkpoint_interval_ops(JOURNAL_SLOT_COUNT_MIN as u64) > 0);
+// A checkpoint reuses the blocks its predecessor's predecessor superseded once its op
+// committed, which proves a replication quorum holds its predecessor durable only if the
+// interval exceeds the headroom (`state_machine::checkpoint`).
+const_assert!(
+    2 * checkpoint_interval_ops(JOURNAL_SLOT_COUNT_MIN as u64) > JOURNAL_SLOT_COUNT_MIN as u64
+);
+const_assert!(2 * checkpoint_interval_ops(JOURNAL_SLOT_COUNT as u64) > JOURNAL_SLOT_COUNT as u64);
 const_assert!(JOURNAL_IOPS_WRITE_MAX > PIPELINE_BACKUP_MAX);
 const_assert!(REPLICAS_MAX <= u8::MAX as usize);
 const_assert!(CLIENTS_MAX >= 1);

@@ -11,14 +11,17 @@
 //!
 //! Free blocks: the blocks of the checkpoint before are free once this one is durable, so the
 //! next checkpoint may reuse them; never earlier, for a crash before the superblock records
-//! this checkpoint opens that one. A replica among peers keeps its old blocks (`checkpoint`'s
-//! `release_superseded` is false there) until the peers agree when none of them can still
-//! open or sync from an older checkpoint; its checkpoints are then one run of blocks ending at
-//! `grid_head`, which is what state sync copies, and it seals the open block at a checkpoint
-//! rather than copy it into a tail (a tail never freed would cost a block per checkpoint on
-//! top of the events). The grid always keeps free, beyond the free
-//! list, what the largest checkpoint needs (`metadata_blocks_max`): appends and creates that
-//! would eat into it fail with `storage_full`.
+//! this checkpoint opens that one. The rule is the same for a replica alone and among peers,
+//! and a function of the committed log, so every replica's grid stays the same bytes (state
+//! sync copies blocks). Among peers it also keeps a sound copy of a checkpoint where a peer
+//! needs it: checkpoint `c + 1` (the first to overwrite the blocks `c` superseded) runs only
+//! once op `c + 1` committed, and a replica prepares no op beyond its durable checkpoint plus
+//! the WAL's slots, so a replication quorum holds `c` durable by then. A replica still at
+//! `c - 1` is past the peers' WAL window and must state sync anyway; if its own copy of a
+//! block is bad and no peer holds it any more, it does so without opening its checkpoint
+//! (`vsr::replica::sync`). The grid always keeps free, beyond the free list, what the largest
+//! checkpoint needs (`metadata_blocks_max`): appends and creates that would eat into it fail
+//! with `storage_full`.
 //!
 //! Open reads the root, then the blocks it lists, checks each block's own checksum, address
 //! and structure, loads entries and the tail, and at the end checks the checksum of the blocks'
@@ -176,9 +179,9 @@ impl StateMachine {
 
     /// Makes the committed state durable in the grid (see the module docs). Call right after
     /// committing the checkpoint op, once the checkpoint before it is durable; the result comes
-    /// from `poll_checkpoint`. With `release_superseded`, that checkpoint's blocks join the free
-    /// list for the next checkpoint to reuse.
-    pub fn checkpoint<S: Storage>(&mut self, storage: &mut S, release_superseded: bool) {
+    /// from `poll_checkpoint`. That checkpoint's blocks join the free list for the next
+    /// checkpoint to reuse.
+    pub fn checkpoint<S: Storage>(&mut self, storage: &mut S) {
         assert_eq!(self.status, Status::Open);
         assert!(self.checkpointing.is_none());
         if !self.dirty {
@@ -194,14 +197,9 @@ impl StateMachine {
             });
             return;
         }
-        if !release_superseded && self.open_block.event_count > 0 {
-            // Its blocks never reused, a tail would cost a block per checkpoint on top of the
-            // events, where a partly filled sealed block holds them (see the module docs).
-            self.seal(storage);
-        }
         let table_blocks = self.table_block_count();
         let tail_blocks = u32::from(self.open_block.event_count > 0);
-        self.metadata_allocate(table_blocks + tail_blocks, release_superseded);
+        self.metadata_allocate(table_blocks + tail_blocks);
         let root = TableRoot {
             grid_head: self.log.grid_head,
             position_next: self.log.position_next,
@@ -231,9 +229,9 @@ impl StateMachine {
 
     /// Picks the addresses of a checkpoint of `count` blocks into `metadata_next`: free blocks
     /// first, lowest first, then blocks at `grid_head`; then updates the free list: what was
-    /// not taken, and (with `release`) the blocks of the checkpoint before, which are free once
-    /// this one is durable.
-    fn metadata_allocate(&mut self, count: u32, release: bool) {
+    /// not taken, and the blocks of the checkpoint before, which are free once this one is
+    /// durable.
+    fn metadata_allocate(&mut self, count: u32) {
         assert!(count as usize <= self.limits.metadata_blocks_max);
         self.metadata_next.clear();
         let from_free = (count as usize).min(self.free.len());
@@ -245,15 +243,8 @@ impl StateMachine {
             self.metadata_next.push(address);
             self.log.grid_head += 1;
         }
-        if release {
-            self.free.extend_from_slice(&self.metadata_last);
-            self.free.sort_unstable();
-        } else {
-            // Kept as they are (see the module docs): the run ends at `grid_head`.
-            assert!(self.free.is_empty());
-            let first = u64::from(self.metadata_next[0]);
-            assert_eq!(first + u64::from(count), self.log.grid_head);
-        }
+        self.free.extend_from_slice(&self.metadata_last);
+        self.free.sort_unstable();
         assert!(self.free.len() <= self.limits.free_blocks_max);
     }
 

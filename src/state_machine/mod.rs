@@ -499,12 +499,27 @@ impl StateMachine {
         (self.blocks_reused, self.tails_written)
     }
 
-    /// False for a block of the free list or of a checkpoint being written: the scrubber
-    /// leaves those alone (a free block may hold anything, one being written is in flight).
+    /// False for a block of the free list or of a checkpoint while one is written: the
+    /// scrubber leaves those alone (a free block may hold anything, one being written is in
+    /// flight, and the checksums of the last checkpoint's are not at hand then).
     pub fn block_settled(&self, address: u64) -> bool {
         let Ok(address) = u32::try_from(address) else { return true };
-        let writing = self.checkpointing.is_some() && self.metadata_next.contains(&address);
+        let checkpoint_block =
+            self.metadata_next.contains(&address) || self.metadata_last.contains(&address);
+        let writing = self.checkpointing.is_some() && checkpoint_block;
         !writing && self.free.binary_search(&address).is_err()
+    }
+
+    /// The checksum of the last checkpoint's block at `address`, if it is one (and no
+    /// checkpoint is being written): a repair must fetch exactly that block, for a peer may
+    /// hold a newer checkpoint's there. Event blocks never change, so any sound copy is theirs.
+    pub fn checkpoint_block_checksum(&self, address: u64) -> Option<Checksum> {
+        let address = u32::try_from(address).ok()?;
+        if self.status != Status::Open || self.checkpointing.is_some() {
+            return None;
+        }
+        let index = self.metadata_last.iter().position(|block| *block == address)?;
+        Some(self.metadata_checksums[index])
     }
 
     /// Event blocks sealed so far (the ordinal of the newest).

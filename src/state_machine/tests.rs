@@ -138,12 +138,7 @@ impl Harness {
     }
 
     fn checkpoint(&mut self) -> CheckpointState {
-        self.checkpoint_with(true)
-    }
-
-    /// A checkpoint of a replica alone (`release_superseded`) or among peers.
-    fn checkpoint_with(&mut self, release_superseded: bool) -> CheckpointState {
-        self.machine.checkpoint(&mut self.storage, release_superseded);
+        self.machine.checkpoint(&mut self.storage);
         loop {
             if let Some(state) = self.machine.poll_checkpoint() {
                 assert_eq!(self.storage.in_flight(), 0);
@@ -1470,7 +1465,7 @@ fn commits_reads_and_checkpoints_allocate_nothing_after_new() {
                 harness.deliver(1);
             }
         }
-        harness.machine.checkpoint(&mut harness.storage, true);
+        harness.machine.checkpoint(&mut harness.storage);
         while harness.machine.poll_checkpoint().is_none() {
             harness.deliver(1);
         }
@@ -1564,26 +1559,4 @@ fn checkpoints_reuse_the_blocks_of_the_one_before_last_and_never_seal_a_partial_
             (index as u64, &(index as u64).to_le_bytes().to_vec())
         );
     }
-}
-
-#[test]
-fn without_reuse_a_checkpoint_seals_the_open_block_instead_of_writing_a_tail() {
-    // Goal: a replica among peers, which keeps every checkpoint's blocks, seals the partly
-    // filled open block at a checkpoint (as many blocks per checkpoint as with a tail, but the
-    // events are in them) and writes its checkpoint as one run ending at grid_head, which
-    // state sync copies; a restart from it reads every event back.
-    let mut harness = Harness::new(small_config(), None);
-    harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
-    let mut state = CheckpointState::default();
-    for index in 0..20u64 {
-        append_numbered(&mut harness, index);
-        state = harness.checkpoint_with(false);
-        assert_eq!(harness.machine.event_blocks(), index + 1, "sealed, no tail");
-        let end = state.streams_table_address + u64::from(state.streams_table_blocks);
-        assert_eq!(end, state.grid_head, "one run at the head");
-    }
-    assert_eq!(harness.machine.checkpoint_counts(), (0, 0), "nothing reused, no tail");
-    let reopened = Harness::open(harness.config, disk_copy(&harness), None, &state);
-    let mut reopened = reopened.expect("the last checkpoint opens");
-    assert_eq!(reopened.read_stream(1, 0, u32::MAX).events.len(), 20);
 }

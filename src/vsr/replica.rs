@@ -262,6 +262,9 @@ pub struct Metrics {
     /// Grid blocks fetched again from a peer because the open found them bad (the
     /// checkpoint's streams table).
     pub grid_blocks_repaired_open: u64,
+    /// Blocks of a checkpoint state sync installed fetched by its open: the sync copied only
+    /// the blocks above this replica's grid head, and the checkpoint's own were below it.
+    pub grid_blocks_repaired_sync_open: u64,
     /// Grid blocks fetched again from a peer because a read found them bad.
     pub grid_blocks_repaired_read: u64,
     /// Grid blocks fetched again from a peer because the scrubber found them bad.
@@ -270,12 +273,17 @@ pub struct Metrics {
     pub grid_blocks_scrubbed: u64,
     /// Grid blocks the scrubber found bad.
     pub grid_blocks_scrub_faulty: u64,
-    /// Blocks checkpoints wrote into the blocks of an older checkpoint (one replica alone).
+    /// Blocks checkpoints wrote into the blocks of an older checkpoint.
     pub grid_blocks_reused: u64,
     /// Checkpoints that copied a partly filled open block into a tail instead of sealing it.
     pub checkpoint_tails: u64,
     /// Blocks from peers refused for grid repair (torn in transit, or not the block asked for).
     pub grid_repair_blocks_refused: u64,
+    /// Opens of a checkpoint given up because a block it names is held by no peer any more
+    /// (they reused it): state sync fetches a newer checkpoint instead. At startup, and of a
+    /// checkpoint state sync had just installed.
+    pub checkpoint_opens_abandoned: u64,
+    pub sync_opens_abandoned: u64,
     /// Prepares not taken (backup) or not started (primary) because every journal write was
     /// in flight: a slow disk.
     pub prepares_deferred_journal_busy: u64,
@@ -505,6 +513,12 @@ impl Replica {
         self.state_machine.checkpoint_blocks()
     }
 
+    /// False for a grid block of the free list or of a checkpoint being written, whose bytes
+    /// matter to no checkpoint (and may differ between replicas).
+    pub fn grid_block_settled(&self, address: u64) -> bool {
+        self.state_machine.block_settled(address)
+    }
+
     /// Event blocks the event store sealed so far.
     pub fn event_blocks(&self) -> u64 {
         self.state_machine.event_blocks()
@@ -619,6 +633,11 @@ impl Replica {
     /// State sync is under way (from asking for a checkpoint to reopening the event store).
     pub fn state_syncing(&self) -> bool {
         self.sync.active()
+    }
+
+    /// State sync is writing the checkpoint it fetched into the superblock, or opening it.
+    pub fn sync_installing(&self) -> bool {
+        self.sync.superblock_writing() || self.sync.reopening()
     }
 
     /// New primary in a view change: it chose the canonical log and is installing it.
@@ -783,6 +802,10 @@ impl Replica {
             return self.rejoin_tick();
         }
         self.grid_repair_tick(storage);
+        if self.sync.state_lost() && !self.target.active() {
+            // No log target drives it (`repair_progress`): the checkpoint is what it lacks.
+            self.sync_progress(storage);
+        }
         if self.config.replica_count > 1 {
             self.view_change_tick(storage);
         }

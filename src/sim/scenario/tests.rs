@@ -3,7 +3,7 @@
 //! lets the cluster converge under the checker (`cluster.run()`).
 
 use super::*;
-use crate::constants::HEADER_SIZE;
+use crate::constants::{BLOCK_SIZE, HEADER_SIZE};
 use crate::sim::cluster::LinkDirection;
 use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
 use crate::state_machine::types::{Event, ReadLog, ReadReplyHeader, ResultCode, append_batch_body};
@@ -339,11 +339,9 @@ fn restarted_primary_never_leads_its_log_view_again_on_stale_do_view_changes() {
     cluster.run().unwrap();
 }
 
-/// A 3-replica cluster (a WAL of 128 slots) under load until replica `index` checkpointed a
-/// streams table; returns the cluster and that table's grid address.
-/// A cluster whose replica `index` checkpointed a streams table and sealed an event block
-/// (larger events than the quiet default, so that one fills soon): the cluster, the table's
-/// root block and the first event block.
+/// A 3-replica cluster (a WAL of 128 slots) under load, whose replica `index` checkpointed a
+/// streams table and sealed an event block (larger events than the quiet default, so that one
+/// fills soon): the cluster, the table's root block and the first event block.
 fn cluster_checkpointed(seed: u64, index: usize) -> (Cluster, u64, u64) {
     let mut options = options_quiet(seed, 3);
     options.config.journal_slot_count = 128;
@@ -389,6 +387,36 @@ fn backup_with_a_rotten_streams_table_block_fetches_it_from_a_peer_and_opens() {
     cluster.run().unwrap();
     let (repaired, peer) = (super::replica(&cluster, 1), super::replica(&cluster, 0));
     assert_eq!(repaired.commit_min(), peer.commit_min());
+}
+
+#[test]
+fn backup_whose_rotten_checkpoint_block_every_peer_reused_gives_up_its_open_and_syncs() {
+    // Goal: a checkpoint's blocks are reused once two newer checkpoints are durable on a
+    // quorum, so a stopped backup whose copy of its checkpoint's root rots while its peers
+    // move on and reuse that block finds no peer to fetch it from. It gives up the open (a
+    // peer answered with another sound block in its place), state-syncs a newer checkpoint
+    // without ever opening its own, catches up, and the cluster converges. Without giving up
+    // it would ask its peers for the block forever and never leave Recovering.
+    let (mut cluster, root, _) = cluster_checkpointed(143, 1);
+    stop(&mut cluster, 1);
+    let block_at = |cluster: &Cluster, index: usize| -> Vec<u8> {
+        let config = *super::replica(cluster, 0).config();
+        let start = Layout::new(&config).offset(Zone::Grid, root * BLOCK_SIZE as u64) as usize;
+        cluster.storage(index).bytes()[start..start + BLOCK_SIZE].to_vec()
+    };
+    let stopped_copy = block_at(&cluster, 1);
+    grid_block_rot(&mut cluster, 1, root);
+    run_until(&mut cluster, "both peers reused the root's block", 30_000, |cluster| {
+        [0, 2].iter().all(|peer| block_at(cluster, *peer) != stopped_copy)
+    });
+    restart(&mut cluster, 1);
+    cluster.run().unwrap();
+    let metrics = super::replica(&cluster, 1).metrics();
+    assert_eq!(metrics.checkpoint_opens_abandoned, 1, "{metrics:?}");
+    assert!(metrics.state_syncs > 0);
+    assert!(super::replica(&cluster, 0).metrics().grid_blocks_reused > 0);
+    let (synced, peer) = (super::replica(&cluster, 1), super::replica(&cluster, 0));
+    assert_eq!(synced.commit_min(), peer.commit_min());
 }
 
 #[test]

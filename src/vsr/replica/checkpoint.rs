@@ -34,9 +34,9 @@ impl Replica {
         assert_eq!(self.checkpoint, CheckpointPhase::Idle);
         self.checkpoint =
             CheckpointPhase::StateMachine { op: self.commit_min, checksum: self.commit_checksum };
-        // Alone, this replica may reuse the blocks of its checkpoint before the last: no peer
-        // can still open or sync from them (`state_machine::checkpoint`).
-        self.state_machine.checkpoint(storage, self.config.replica_count == 1);
+        // It reuses the blocks of its checkpoint before the last: op `commit_min` committed, so
+        // a replication quorum holds the last checkpoint durable (`state_machine::checkpoint`).
+        self.state_machine.checkpoint(storage);
         self.state_machine_progress(storage);
     }
 

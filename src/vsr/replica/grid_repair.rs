@@ -1,16 +1,20 @@
 //! Grid repair and the scrubber. The grid is a deterministic function of the committed log
-//! (`docs/event-store.md`), so every peer that checkpointed past a block holds the same bytes
-//! at its address: a block found bad is fetched again from a peer, by address, with the
-//! state-sync messages (`request_blocks` → `block`, in chunks, `sync.rs`), and written in place.
-//! Grid repair asks with checkpoint op 0, which is how a `block` answer finds its way here
-//! rather than to state sync; a peer serves only blocks below its own durable grid head, which
-//! never change.
+//! (`docs/event-store.md`), so a peer holds the same bytes at a block's address as long as it
+//! holds the same block there: event blocks forever, a checkpoint's blocks until the peer reuses
+//! them two checkpoints later (`state_machine::checkpoint`). A block found bad is fetched again
+//! from a peer, by address, with the state-sync messages (`request_blocks` → `block`, in
+//! chunks, `sync.rs`), and written in place; a checkpoint's block is asked for by its checksum
+//! too, and a peer's other block at that address is refused. Grid repair asks with checkpoint
+//! op 0, which is how a `block` answer finds its way here rather than to state sync; a peer
+//! serves only blocks below its own durable grid head.
 //!
 //! A block is found bad in three ways, each a cause counted in `Metrics`:
 //!
-//! - **Open**: a block of the checkpoint's streams table fails its own checks. The replica
-//!   stays in `Recovering`, fetches it, and opens the event store again. With one replica there
-//!   is no peer and the open fails, as it must.
+//! - **Open**: a block of the checkpoint (root, table, tail) fails its own checks or is not the
+//!   one named. The replica stays in `Recovering` (or in state sync's reopen), fetches it, and
+//!   opens the event store again. With one replica there is no peer and the open fails, as it
+//!   must. If no peer holds the block any more, the open is given up for state sync
+//!   (`checkpoint_open_abandon`).
 //! - **Read**: a read met a block that fails its pointer's checksum. The client got
 //!   `block_corrupt` with the events before the block (retryable: never a wrong event); the
 //!   block is fetched and checked against that checksum, and the retry finds it sound.
@@ -95,7 +99,11 @@ pub(super) struct GridRepair {
     block: Option<Message>,
     /// The block checked and its write is in flight: done once it lands.
     writing: bool,
-    open_repairs: u64,
+    /// Blocks fetched for the open in progress.
+    pub open_repairs: u64,
+    /// The attempt at which a peer first answered the open's fetch with a sound block that is
+    /// not the one named: it reused the block (`checkpoint_open_abandon`).
+    superseded_at: Option<u64>,
     scrub: Scrub,
 }
 
@@ -110,6 +118,7 @@ impl GridRepair {
             block: None,
             writing: false,
             open_repairs: 0,
+            superseded_at: None,
             scrub: Scrub {
                 started: false,
                 address: 0,
@@ -189,14 +198,17 @@ impl Replica {
         }
     }
 
-    /// The open found a bad block of the streams table: fetch it and open again, or fail.
+    /// The open (at startup, or of a checkpoint state sync installed) found a bad block of
+    /// the checkpoint: fetch it and open again, or fail.
     pub(super) fn grid_repair_open(&mut self) -> bool {
-        assert_eq!(self.status, Status::Recovering);
-        assert_eq!(self.open_phase, OpenPhase::StateMachine);
+        assert!(self.state_machine_opening());
         let Some(block) = self.state_machine.block_fault_take() else {
             return false;
         };
-        if self.grid_repair.open_repairs >= GRID_REPAIRS_OPEN_MAX {
+        // Each of the checkpoint's blocks may need a fetch (state sync installs a checkpoint
+        // whose blocks below this replica's old grid head it did not copy), and a few again.
+        let blocks = self.state_machine.limits().metadata_blocks_max as u64;
+        if self.grid_repair.open_repairs >= blocks + GRID_REPAIRS_OPEN_MAX {
             return false;
         }
         self.grid_repair.open_repairs += 1;
@@ -210,6 +222,7 @@ impl Replica {
         }
         // Faults are queued only where a peer can answer (`grid_fault_queue`).
         assert!(self.config.replica_count > 1 || self.grid_repair.pending_count() == 0);
+        self.grid_faults_drop_obsolete();
         if self.grid_repair.fetching.is_none() {
             let Some(next) = self.grid_repair.faults.iter().position(Option::is_some) else {
                 return;
@@ -218,6 +231,7 @@ impl Replica {
             assert!(!repair.writing && repair.block.is_none());
             repair.fetching = Some(next);
             repair.attempts = 0;
+            repair.superseded_at = None;
             repair.chunks.reset();
             self.timeouts[TimeoutKind::GridRepair].stop();
             repair.block = Some(repair.block_pool.get());
@@ -228,6 +242,13 @@ impl Replica {
         }
         let repair = &self.grid_repair;
         let fault = self.grid_repair_fault();
+        // Every peer asked twice since one showed it reused the block.
+        let asked_all = 4 * u64::from(self.config.replica_count - 1);
+        if fault.cause == RepairCause::Open
+            && repair.superseded_at.is_some_and(|at| repair.attempts >= at + asked_all)
+        {
+            return self.checkpoint_open_abandon(storage);
+        }
         let all = self.chunks_all();
         assert!(!repair.chunks.complete(all), "a whole block is checked as its last chunk lands");
         let repair = &mut self.grid_repair;
@@ -237,6 +258,73 @@ impl Replica {
         let source = self.grid_repair_source();
         let asked = self.blocks_request_send(source, Op(0), fault.block.address, skip);
         self.grid_repair.chunks.asked(asked);
+    }
+
+    /// The event store is being opened: at startup, or after state sync installed a
+    /// checkpoint.
+    fn state_machine_opening(&self) -> bool {
+        let startup =
+            self.status == Status::Recovering && self.open_phase == OpenPhase::StateMachine;
+        startup || self.sync.reopening()
+    }
+
+    /// Drops the scrubber's faults of checkpoint blocks that no checkpoint needs any more (the
+    /// checkpoint moved on and freed them, or state sync will replace it): their peers' copies
+    /// may be gone too. Event blocks never change, and the open's faults are the open's.
+    fn grid_faults_drop_obsolete(&mut self) {
+        for index in 0..GRID_REPAIRS_MAX {
+            let Some(fault) = self.grid_repair.faults[index] else { continue };
+            let checkpoint_block =
+                fault.cause == RepairCause::Scrub && fault.block.checksum.is_some();
+            let needed =
+                !self.sync.state_lost() && self.state_machine.block_settled(fault.block.address);
+            if !checkpoint_block || needed {
+                continue;
+            }
+            if self.grid_repair.fetching == Some(index) {
+                if self.grid_repair.writing {
+                    continue;
+                }
+                self.grid_repair_fetch_cancel();
+            }
+            self.grid_repair.faults[index] = None;
+        }
+    }
+
+    /// Stops fetching the block being fetched (its fault is dropped or given up).
+    fn grid_repair_fetch_cancel(&mut self) {
+        assert!(!self.grid_repair.writing);
+        self.grid_repair.fetching = None;
+        self.grid_repair.block = None;
+        self.grid_repair.chunks.reset();
+        self.timeouts[TimeoutKind::GridRepair].stop();
+    }
+
+    /// Gives up opening the checkpoint: a block it names is not on any peer that answered,
+    /// and one answered with another sound block in its place. Peers reuse a checkpoint's
+    /// blocks only once a replication quorum holds a checkpoint two newer
+    /// (`state_machine::checkpoint`), and that replica cannot have the ops between the two in
+    /// its WAL any more, so state sync was its way back anyway: it goes on without an event
+    /// store (`SyncState::state_lost`, which keeps it from executing, preparing and reading)
+    /// and fetches a newer checkpoint.
+    fn checkpoint_open_abandon<S: Storage>(&mut self, storage: &mut S) {
+        assert!(self.state_machine_opening());
+        assert!(!self.grid_repair.writing);
+        for fault in &mut self.grid_repair.faults {
+            if fault.is_some_and(|fault| fault.cause == RepairCause::Open) {
+                *fault = None;
+            }
+        }
+        self.grid_repair_fetch_cancel();
+        if self.sync.reopening() {
+            self.metrics.sync_opens_abandoned += 1;
+            self.sync.restart_without_state();
+            return;
+        }
+        self.metrics.checkpoint_opens_abandoned += 1;
+        self.sync.lose_state();
+        self.open_phase = OpenPhase::ClientReplies;
+        self.client_replies_read_progress(storage);
     }
 
     fn grid_repair_fault(&self) -> Fault {
@@ -307,6 +395,11 @@ impl Replica {
         if invalid.is_some() || !expected {
             // Torn in transit or rotten at the source, or not the block the pointer names.
             self.metrics.grid_repair_blocks_refused += 1;
+            if invalid.is_none() && fault.cause == RepairCause::Open {
+                // Sound, but another: that peer reused the block (`checkpoint_open_abandon`).
+                let attempts = self.grid_repair.attempts;
+                self.grid_repair.superseded_at.get_or_insert(attempts);
+            }
             self.grid_repair.chunks.reset();
             self.timeouts[TimeoutKind::GridRepair].stop();
             return;
@@ -359,14 +452,14 @@ impl Replica {
         );
         let metrics = &mut self.metrics;
         match fault.cause {
+            RepairCause::Open if self.sync.reopening() => {
+                metrics.grid_blocks_repaired_sync_open += 1
+            }
             RepairCause::Open => metrics.grid_blocks_repaired_open += 1,
             RepairCause::Read => metrics.grid_blocks_repaired_read += 1,
             RepairCause::Scrub => metrics.grid_blocks_repaired_scrub += 1,
         }
-        let reopen = fault.cause == RepairCause::Open
-            && self.status == Status::Recovering
-            && self.open_phase == OpenPhase::StateMachine;
-        if reopen {
+        if fault.cause == RepairCause::Open && self.state_machine_opening() {
             let checkpoint = self.checkpoint_state();
             self.state_machine.open(storage, &checkpoint);
             self.state_machine_progress(storage);
@@ -479,9 +572,11 @@ impl Replica {
         let checksum = scrub.sectors.block_checksum();
         let sound = !scrub.unreadable && scrub.header_sound && checksum == scrub.named;
         self.metrics.grid_blocks_scrubbed += 1;
-        if !sound {
+        // A checkpoint may have started, or freed the block, while it was read.
+        if !sound && self.state_machine.block_settled(scrub.address) {
             self.metrics.grid_blocks_scrub_faulty += 1;
-            let block = BlockFault { address: scrub.address, checksum: None };
+            let checksum = self.state_machine.checkpoint_block_checksum(scrub.address);
+            let block = BlockFault { address: scrub.address, checksum };
             self.grid_fault_queue(block, RepairCause::Scrub);
         }
         self.grid_repair.scrub.address += 1;

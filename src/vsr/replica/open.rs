@@ -153,7 +153,10 @@ impl Replica {
         // committed: the replica is the whole quorum. With more, only what the superblock
         // recorded as committed is known; the primary tells the rest.
         let commit_known = self.superblock.working().vsr_state.commit_max;
-        self.commit_max = if self.config.replica_count == 1 {
+        self.commit_max = if self.sync.state_lost() {
+            // Without an event store nothing is executed: state sync replaces the checkpoint.
+            self.checkpoint_op
+        } else if self.config.replica_count == 1 {
             self.head.op()
         } else if self.log_view < self.view {
             // The commit number may be a newer view's, and this log an older view's: only what

@@ -5,14 +5,17 @@
 //! 1. **Checkpoint.** `request_sync_checkpoint` → `sync_checkpoint`: the checkpoint op and the
 //!    checksum of its prepare, the event store's checkpoint state (grid head, streams table
 //!    location and checksums) and the client session table, from the peer's superblock.
-//! 2. **Blocks.** The grid is a deterministic function of the committed log and append-only,
-//!    so the blocks this replica already wrote are the peer's too: it fetches only
-//!    `[its grid head, the checkpoint's grid head)`, each in chunks (`request_blocks` →
-//!    `block`) that fit a message, in any order. A block is taken once the checksum of its
-//!    chunks, combined, equals the checksum its header names; otherwise it is fetched again
-//!    (from another peer on alternate attempts). The streams table is then checked against
-//!    the checksums the superblock keeps outside it when the event store opens it, and every
-//!    event block against the checksum in the pointer that leads to it when it is read.
+//! 2. **Blocks.** The grid is a deterministic function of the committed log, and event
+//!    blocks are never overwritten, so the event blocks this replica already wrote are the
+//!    peer's too: it fetches only `[its grid head, the checkpoint's grid head)`, each in chunks
+//!    (`request_blocks` → `block`) that fit a message, in any order. A block is taken once the
+//!    checksum of its chunks, combined, equals the checksum its header names; otherwise it is
+//!    fetched again (from another peer on alternate attempts). The checkpoint's own blocks
+//!    (root, table, tail) may lie below this replica's head, in blocks its peers reused (the
+//!    free list, `state_machine::checkpoint`): the open after the install checks each against
+//!    the checksum that names it (the root's, from the superblock) and fetches a bad one again
+//!    by that checksum (grid repair). Every event block is checked against the checksum in the
+//!    pointer that leads to it when it is read.
 //! 3. **Install.** Once nothing else is in flight: the superblock takes the checkpoint, the
 //!    event store and the session table are opened from it, and the log starts at the
 //!    checkpoint op. The log target then repairs the tail after it (`repair.rs`), hash-chained
@@ -134,6 +137,10 @@ pub(super) struct SyncState {
     /// the rotten one must not land last.
     refetch_after_writes: bool,
     serving: [Option<Serving>; SYNC_READS_MAX],
+    /// The event store is not open: the checkpoint it was opening names a block no peer holds
+    /// any more (`Replica::checkpoint_open_abandon`). Until a newer checkpoint is installed,
+    /// state sync counts as active, so nothing executes, prepares or reads.
+    state_lost: bool,
 }
 
 impl SyncState {
@@ -155,11 +162,29 @@ impl SyncState {
             writes: 0,
             refetch_after_writes: false,
             serving: [None; SYNC_READS_MAX],
+            state_lost: false,
         }
     }
 
     pub fn active(&self) -> bool {
-        self.phase != Phase::Idle
+        self.phase != Phase::Idle || self.state_lost
+    }
+
+    pub fn state_lost(&self) -> bool {
+        self.state_lost
+    }
+
+    /// The checkpoint being opened at startup cannot be.
+    pub fn lose_state(&mut self) {
+        assert_eq!(self.phase, Phase::Idle);
+        self.state_lost = true;
+    }
+
+    /// The checkpoint this sync installed cannot be opened: fetch a newer one.
+    pub fn restart_without_state(&mut self) {
+        assert_eq!(self.phase, Phase::Reopen);
+        self.phase = Phase::Idle;
+        self.state_lost = true;
     }
 
     /// The client session table that came with the checkpoint being fetched.
@@ -278,7 +303,12 @@ impl Replica {
         match self.sync.phase {
             Phase::Idle => {
                 self.sync.phase = Phase::Checkpoint;
-                self.sync.source = self.target.source();
+                self.sync.source = if self.target.active() {
+                    self.target.source()
+                } else {
+                    assert!(self.sync.state_lost, "a sync starts from a target or a lost state");
+                    self.peer_rotation(self.config.replica, 0)
+                };
                 self.sync.attempts = 0;
                 self.timeouts[TimeoutKind::Sync].stop();
                 self.sync_progress(storage)
@@ -313,7 +343,8 @@ impl Replica {
 
     /// Serves the latest durable checkpoint, if it is newer than the one the peer has.
     pub(super) fn on_request_sync_checkpoint(&mut self, header: &Header) {
-        if !self.status.is_open() {
+        if !self.status.is_open() || self.sync.state_lost {
+            // A replica whose checkpoint cannot be opened does not hand it out.
             return;
         }
         let working = *self.superblock.working();
@@ -369,13 +400,11 @@ impl Replica {
         if sessions.len() != self.config.clients_max as usize {
             return self.message_invalid(&header, "sync_checkpoint session table of another size");
         }
-        let table_end =
-            body.streams_table_address.checked_add(u64::from(body.streams_table_blocks));
         let grid_blocks = self.config.grid_size / BLOCK_SIZE as u64;
         let consistent = body.reserved == 0
             && body.reserved_end == [0; 8]
             && body.grid_head <= grid_blocks
-            && (body.streams_table_blocks == 0 || table_end == Some(body.grid_head));
+            && (body.streams_table_blocks == 0 || body.streams_table_address < body.grid_head);
         if !consistent {
             return self.message_invalid(&header, "sync_checkpoint state inconsistent");
         }
@@ -400,7 +429,14 @@ impl Replica {
         self.sync.sessions.clear();
         self.sync.sessions.extend_from_slice(sessions);
         self.sync.source = header.replica;
-        self.sync.block_next = self.state_machine.grid_head().min(body.grid_head);
+        // Without an open event store, the blocks below the durable checkpoint's grid head are
+        // the ones it has (the event blocks of that checkpoint are sound or repaired on a read).
+        let grid_head = if self.sync.state_lost {
+            self.superblock.working().vsr_state.grid_head
+        } else {
+            self.state_machine.grid_head()
+        };
+        self.sync.block_next = grid_head.min(body.grid_head);
         self.sync.chunks.reset();
         self.sync.refetch_after_writes = true;
         self.sync.phase = Phase::Blocks;
@@ -463,8 +499,9 @@ impl Replica {
         named
     }
 
-    /// Reads the chunks a syncing peer asks for, as far as the read budget allows; only
-    /// blocks below this replica's durable checkpoint's grid head, which never change.
+    /// Reads the chunks a syncing or repairing peer asks for, as far as the read budget
+    /// allows; only blocks below this replica's durable checkpoint's grid head. A free block
+    /// there may be rewritten meanwhile: the peer checks what it gets.
     pub(super) fn on_request_blocks<S: Storage>(&mut self, storage: &mut S, message: &Message) {
         let header = *message.header();
         assert_eq!(header.command(), Some(Command::RequestBlocks));
@@ -684,14 +721,22 @@ impl Replica {
         assert_eq!(working.checkpoint_op, self.sync.checkpoint_op);
         assert_eq!(working.checkpoint_checksum, self.sync.checkpoint_checksum);
         self.sync.phase = Phase::Reopen;
+        self.grid_repair.open_repairs = 0;
         let checkpoint = self.superblock.working().vsr_state().checkpoint_state();
-        self.state_machine.close();
+        if !self.sync.state_lost {
+            self.state_machine.close();
+        }
         self.state_machine.open(storage, &checkpoint);
     }
 
     pub(super) fn sync_reopened(&mut self, result: Result<(), &'static str>) {
         assert_eq!(self.sync.phase, Phase::Reopen);
         if result.is_err() {
+            if self.grid_repair_open() {
+                // A block of the checkpoint (one reused below this replica's old grid head) is
+                // not the one named: the open resumes once a peer's copy is in place.
+                return;
+            }
             return self.fail("the checkpoint fetched by state sync could not be opened");
         }
         let working = *self.superblock.working();
@@ -712,6 +757,7 @@ impl Replica {
         self.timestamp_observe(&checkpoint);
         self.log_chained_from = self.log_chained_from_find();
         self.sync.phase = Phase::Idle;
+        self.sync.state_lost = false;
         self.metrics.state_syncs += 1;
         self.target.sync_done();
         self.timeouts[TimeoutKind::RepairTarget].stop();
