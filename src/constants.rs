@@ -192,10 +192,10 @@ pub const FORMAT_WRITE_SIZE: usize = 1024 * 1024;
 pub const FORMAT_WRITES_IN_FLIGHT: usize = 4;
 
 /// The wire and disk protocol version carried by every header.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The data-file format version carried by the superblock.
-pub const SUPERBLOCK_VERSION: u16 = 5;
+pub const SUPERBLOCK_VERSION: u16 = 6;
 
 /// Ops between checkpoints for a journal of `slot_count` slots. A checkpoint must be durable
 /// before the ring wraps over the ops it covers, so a replica takes no prepare beyond its
@@ -311,6 +311,11 @@ pub const SYNC_CHUNKS_PER_REQUEST_MAX: usize = 8;
 
 /// Ticks between requests of a syncing replica.
 pub const SYNC_REQUEST_TICKS: u64 = 2;
+
+/// Requests for a block's chunks that the one peer it is taken from may leave unanswered
+/// before the next peer is asked (`ChunkFetch`): a round trip may take longer than the time
+/// between requests.
+pub const BLOCK_SOURCE_UNANSWERED_MAX: u32 = 4;
 
 /// Ticks between two requests for the block being repaired.
 pub const GRID_REPAIR_REQUEST_TICKS: u64 = 2;

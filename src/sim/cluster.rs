@@ -504,6 +504,15 @@ impl Cluster {
         self.replicas.len()
     }
 
+    /// A test damaged grid block `address` of replica `index`: the checks treat it as the
+    /// run's own damage (to be repaired, not an overwrite).
+    #[cfg(test)]
+    pub(crate) fn grid_damage_note(&mut self, index: usize, address: u64) {
+        if !self.grid_faults.contains(&(index, address)) {
+            self.grid_faults.push((index, address));
+        }
+    }
+
     /// Replica `index`'s data file, for tests that look at it.
     pub fn storage(&self, index: usize) -> &MemoryStorage {
         &self.replicas[index].storage
@@ -839,10 +848,18 @@ fn allocations_counted<T>(armed: bool, allocations: &mut u64, call: impl FnOnce(
 
 /// Whether grid block `address` of a data file fails its own checks.
 fn grid_block_damaged(config: &Config, storage: &MemoryStorage, address: u64) -> bool {
+    grid_block_invalid(grid_block(config, storage, address), config.cluster, address).is_some()
+}
+
+/// The checksum of the bytes of grid block `address` as they are.
+fn grid_block_checksum(config: &Config, storage: &MemoryStorage, address: u64) -> Checksum {
+    block_checksum(grid_block(config, storage, address))
+}
+
+fn grid_block<'a>(config: &Config, storage: &'a MemoryStorage, address: u64) -> &'a [u8] {
     let layout = Layout::new(config);
     let offset = layout.offset(Zone::Grid, address * BLOCK_SIZE as u64) as usize;
-    let block = &storage.bytes()[offset..offset + BLOCK_SIZE];
-    grid_block_invalid(block, config.cluster, address).is_some()
+    &storage.bytes()[offset..offset + BLOCK_SIZE]
 }
 
 /// Faults: crashes, restarts, partitions.
@@ -1432,7 +1449,12 @@ impl Cluster {
     /// until the moment the new one became durable a crash would have opened that one; then
     /// records the new one's blocks.
     fn check_checkpoint_blocks(&mut self, index: usize) -> Result<(), Violation> {
-        if self.replicas[index].replica.as_ref().is_some_and(Replica::sync_installing) {
+        let installing =
+            self.replicas[index].replica.as_ref().is_some_and(Replica::sync_installing);
+        if installing && !self.replicas[index].sync_installed {
+            // Every block state sync fetched has landed, none below the old checkpoint's head:
+            // until now, that checkpoint's blocks must be as they were.
+            self.checkpoint_blocks_unchanged(index)?;
             self.replicas[index].sync_installed = true;
         }
         let node = &self.replicas[index];
@@ -1444,35 +1466,42 @@ impl Cluster {
             return Ok(());
         };
         let checkpoint_op = replica.checkpoint_op();
-        let (recorded_op, recorded) = &node.checkpoint_blocks;
-        if *recorded_op == checkpoint_op && !recorded.is_empty() {
+        let recorded_op = node.checkpoint_blocks.0;
+        if recorded_op == checkpoint_op && !node.checkpoint_blocks.1.is_empty() {
             return Ok(());
         }
-        let checksum_at = |address: u64| {
-            let offset = Layout::new(&node.config).offset(Zone::Grid, address * BLOCK_SIZE as u64);
-            let offset = offset as usize;
-            block_checksum(&node.storage.bytes()[offset..offset + BLOCK_SIZE])
-        };
         // A checkpoint state sync installed replaces the old one at once: its blocks, which
         // the cluster may have put where the old one's were, are fetched after the install.
-        if checkpoint_op > *recorded_op && !node.sync_installed {
-            for (address, checksum) in recorded {
-                let damaged = self.grid_faults.contains(&(index, *address));
-                if !damaged && checksum_at(*address) != *checksum {
-                    let (replica, checkpoint_op, address) = (index, *recorded_op, *address);
-                    return Err(Violation::CheckpointBlockOverwritten {
-                        replica,
-                        checkpoint_op,
-                        address,
-                    });
-                }
-            }
+        if checkpoint_op > recorded_op && !node.sync_installed {
+            self.checkpoint_blocks_unchanged(index)?;
         }
-        let blocks =
-            blocks.iter().map(|address| (u64::from(*address), checksum_at(u64::from(*address))));
+        let node = &self.replicas[index];
+        let blocks = blocks.iter().map(|address| {
+            let address = u64::from(*address);
+            (address, grid_block_checksum(&node.config, &node.storage, address))
+        });
         let blocks = blocks.collect();
         self.replicas[index].checkpoint_blocks = (checkpoint_op, blocks);
         self.replicas[index].sync_installed = false;
+        Ok(())
+    }
+
+    /// The blocks recorded of replica `index`'s last durable checkpoint still hold what they
+    /// held then, but for blocks the run damaged.
+    fn checkpoint_blocks_unchanged(&self, index: usize) -> Result<(), Violation> {
+        let node = &self.replicas[index];
+        let (recorded_op, recorded) = &node.checkpoint_blocks;
+        for (address, checksum) in recorded {
+            let damaged = self.grid_faults.contains(&(index, *address));
+            if !damaged && grid_block_checksum(&node.config, &node.storage, *address) != *checksum {
+                let (replica, checkpoint_op, address) = (index, *recorded_op, *address);
+                return Err(Violation::CheckpointBlockOverwritten {
+                    replica,
+                    checkpoint_op,
+                    address,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -1551,20 +1580,33 @@ impl Cluster {
                 continue;
             };
             let replica = node.replica.as_ref().expect("running");
-            let grid_head = replica.checkpoint_state().grid_head;
-            let layout = Layout::new(&node.config);
             let other_replica = other_node.replica.as_ref().expect("running");
-            for address in 0..grid_head {
-                if !replica.grid_block_settled(address)
-                    || !other_replica.grid_block_settled(address)
+            let (replica_index, other, checkpoint_op) = (*index, *other, *checkpoint_op);
+            let diverged = |address| Violation::GridDiverged {
+                replica: replica_index,
+                other,
+                checkpoint_op,
+                address,
+            };
+            if let (Some(free), Some(other_free)) =
+                (replica.grid_free_blocks(), other_replica.grid_free_blocks())
+                && free != other_free
+            {
+                // The free list is a function of the committed log too.
+                let differing = free.iter().zip(other_free).find(|(a, b)| a != b);
+                let address = differing.map_or(0, |(a, _)| u64::from(*a));
+                return Err(diverged(address));
+            }
+            for address in 0..replica.checkpoint_state().grid_head {
+                // A free block's bytes matter to no checkpoint; while a checkpoint is written,
+                // its blocks and the last one's are in flux.
+                let settled = replica.grid_block_settled(address)
+                    && other_replica.grid_block_settled(address);
+                if settled
+                    && grid_block(&node.config, &node.storage, address)
+                        != grid_block(&other_node.config, &other_node.storage, address)
                 {
-                    continue;
-                }
-                let offset = layout.offset(Zone::Grid, address * BLOCK_SIZE as u64) as usize;
-                let range = offset..offset + BLOCK_SIZE;
-                if node.storage.bytes()[range.clone()] != other_node.storage.bytes()[range] {
-                    let (replica, other, checkpoint_op) = (*index, *other, *checkpoint_op);
-                    return Err(Violation::GridDiverged { replica, other, checkpoint_op, address });
+                    return Err(diverged(address));
                 }
             }
         }

@@ -204,6 +204,7 @@ pub(crate) fn grid_block_rot(cluster: &mut Cluster, index: usize, address: u64) 
     let layout = Layout::new(&config(cluster, index));
     let offset = layout.offset(Zone::Grid, address * BLOCK_SIZE as u64);
     cluster.storage_mut(index).corrupt_sector(offset + SECTOR_SIZE as u64);
+    cluster.grid_damage_note(index, address);
 }
 
 /// Rots every header in the sector of stopped replica `index`'s WAL header ring that holds

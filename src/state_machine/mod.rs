@@ -494,6 +494,11 @@ impl StateMachine {
         settled.then_some(&self.metadata_last[..])
     }
 
+    /// The free list: blocks of older checkpoints that the next checkpoint may write over.
+    pub fn free_blocks(&self) -> &[u32] {
+        &self.free
+    }
+
     /// Since `new`: blocks checkpoints took from the free list, and tails they wrote.
     pub fn checkpoint_counts(&self) -> (u64, u64) {
         (self.blocks_reused, self.tails_written)

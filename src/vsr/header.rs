@@ -458,8 +458,8 @@ pub struct Header {
 
 const HEADER_RESERVED_SIZE: usize = 115;
 /// Why a header of another protocol version is refused.
-const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 5)";
-const_assert_eq!(PROTOCOL_VERSION, 5);
+const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 6)";
+const_assert_eq!(PROTOCOL_VERSION, 6);
 /// Where `protocol` sits in every version of the header (version 1 had it there too).
 pub const HEADER_PROTOCOL_OFFSET: usize = 88;
 /// The header checksum covers every byte after the checksum itself.

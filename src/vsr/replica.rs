@@ -612,10 +612,16 @@ impl Replica {
         None
     }
 
-    /// The log this replica is installing reaches further back than its peers' WAL window: it
-    /// catches up by state sync.
+    /// The log this replica is installing reaches further back than its peers' WAL window, or
+    /// its checkpoint could not be opened: it catches up by state sync.
     pub fn needs_state_sync(&self) -> bool {
-        self.target.beyond_window()
+        self.target.beyond_window() || self.sync.state_lost()
+    }
+
+    /// The grid's free list (blocks no checkpoint needs), while no checkpoint is written.
+    pub fn grid_free_blocks(&self) -> Option<&[u32]> {
+        self.checkpoint_blocks()?;
+        Some(self.state_machine.free_blocks())
     }
 
     /// The superblock update in flight, if any (for the simulator's slow-disk spells).

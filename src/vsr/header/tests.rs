@@ -39,7 +39,7 @@ const CONTEXT: u128 = 0xC0DE_0001_0000_0000_0000_0000_0000_0001;
 
 /// Every reason `invalid()` and `decode()` can return, as written in header.rs.
 /// Why a header of another protocol version is refused (`Header::decode`, `invalid`).
-const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 5)";
+const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 6)";
 
 const REASONS: [&str; 60] = [
     // decode
@@ -338,6 +338,7 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
         Command::Block => {
             (h.op, h.context, h.checkpoint_op, h.replica) =
                 (Op(4096), CONTEXT, CHECKPOINT, ReplicaIndex(1));
+            h.commit = COMMIT;
             vec![0xB7; 512]
         }
         Command::RequestSyncCheckpoint => {
@@ -533,7 +534,7 @@ fn used_fields(command: Command) -> &'static [Field] {
         Command::Eviction => &[F::Client, F::Context, F::View, F::Replica],
         Command::Busy => &[F::Client, F::Request, F::Operation, F::Context, F::View, F::Replica],
         Command::RequestBlocks => &[F::CheckpointOp, F::View, F::Replica],
-        Command::Block => &[F::Op, F::Context, F::CheckpointOp, F::Replica],
+        Command::Block => &[F::Op, F::Context, F::CheckpointOp, F::Commit, F::Replica],
         Command::RequestSyncCheckpoint => &[F::CheckpointOp, F::View, F::Replica],
         Command::SyncCheckpoint => &[F::CheckpointOp, F::Commit, F::Context, F::View, F::Replica],
     }

@@ -403,6 +403,8 @@ header_views! {
         offset / set_offset: u64 = context, "the chunk's byte offset in the block";
         checkpoint_op / set_checkpoint_op: Op = checkpoint_op,
             "the checkpoint the block belongs to";
+        checkpoint_durable / set_checkpoint_durable: Op = commit,
+            "the sender's durable checkpoint (a checkpoint's blocks are reused two later)";
         replica / set_replica: ReplicaIndex = replica, "the sender";
     }
 

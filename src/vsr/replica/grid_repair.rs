@@ -34,7 +34,10 @@
 
 use super::sync::ChunkFetch;
 use super::{OpenPhase, Replica, Status};
-use crate::constants::{BLOCK_SIZE, GRID_REPAIRS_MAX, GRID_REPAIRS_OPEN_MAX, GRID_SCRUB_READS_MAX};
+use crate::constants::{
+    BLOCK_SIZE, GRID_REPAIRS_MAX, GRID_REPAIRS_OPEN_MAX, GRID_SCRUB_READS_MAX,
+    checkpoint_interval_ops,
+};
 use crate::state_machine::block::SectorChecksums;
 use crate::state_machine::constants::BLOCK_VERSION;
 use crate::state_machine::types::{BlockHeader, BlockKind};
@@ -101,9 +104,14 @@ pub(super) struct GridRepair {
     writing: bool,
     /// Blocks fetched for the open in progress.
     pub open_repairs: u64,
-    /// The attempt at which a peer first answered the open's fetch with a sound block that is
-    /// not the one named: it reused the block (`checkpoint_open_abandon`).
+    /// Peers the block was asked from in turn (a peer is asked until it stops answering or
+    /// sends a block that does not check).
+    sources: u64,
+    /// `sources` when a peer first answered the open's fetch with a sound block that is not
+    /// the one named: it reused the block (`checkpoint_open_abandon`).
     superseded_at: Option<u64>,
+    /// The durable checkpoint of the peer whose first chunk of the block is in.
+    source_checkpoint: Op,
     scrub: Scrub,
 }
 
@@ -118,7 +126,9 @@ impl GridRepair {
             block: None,
             writing: false,
             open_repairs: 0,
+            sources: 0,
             superseded_at: None,
+            source_checkpoint: Op(0),
             scrub: Scrub {
                 started: false,
                 address: 0,
@@ -174,10 +184,33 @@ impl Replica {
             return false;
         }
         let faults = &mut self.grid_repair.faults;
-        if faults.iter().flatten().any(|fault| fault.block.address == block.address) {
+        if let Some(index) =
+            faults.iter().position(|f| f.is_some_and(|f| f.block.address == block.address))
+        {
+            let queued = faults[index].as_mut().expect("found");
+            if cause == RepairCause::Open && queued.cause != RepairCause::Open {
+                // The open resumes once an open fault is done, and fetches the block it names
+                // (a scrub may have asked for an older checkpoint's block there).
+                let other = queued.block.checksum != block.checksum;
+                *queued = Fault { block, cause };
+                let fetching = self.grid_repair.fetching == Some(index);
+                if fetching && other && !self.grid_repair.writing {
+                    self.grid_repair_fetch_cancel();
+                }
+            }
             return true;
         }
-        let Some(free) = faults.iter().position(Option::is_none) else {
+        let fetching = self.grid_repair.fetching;
+        let evictable = |index: usize, fault: &Option<Fault>| {
+            fault.is_some_and(|fault| fault.cause != RepairCause::Open) && fetching != Some(index)
+        };
+        let free = faults.iter().position(Option::is_none).or_else(|| {
+            // The open cannot go on without its block; a scrub or a read finds theirs again.
+            let evict =
+                faults.iter().enumerate().position(|(index, fault)| evictable(index, fault));
+            evict.filter(|_| cause == RepairCause::Open)
+        });
+        let Some(free) = free else {
             return false;
         };
         faults[free] = Some(Fault { block, cause });
@@ -231,6 +264,7 @@ impl Replica {
             assert!(!repair.writing && repair.block.is_none());
             repair.fetching = Some(next);
             repair.attempts = 0;
+            repair.sources = 0;
             repair.superseded_at = None;
             repair.chunks.reset();
             self.timeouts[TimeoutKind::GridRepair].stop();
@@ -243,19 +277,23 @@ impl Replica {
         let repair = &self.grid_repair;
         let fault = self.grid_repair_fault();
         // Every peer asked twice since one showed it reused the block.
-        let asked_all = 4 * u64::from(self.config.replica_count - 1);
+        let asked_all = 2 * u64::from(self.config.replica_count - 1);
         if fault.cause == RepairCause::Open
-            && repair.superseded_at.is_some_and(|at| repair.attempts >= at + asked_all)
+            && repair.superseded_at.is_some_and(|at| repair.sources >= at + asked_all)
         {
             return self.checkpoint_open_abandon(storage);
         }
         let all = self.chunks_all();
         assert!(!repair.chunks.complete(all), "a whole block is checked as its last chunk lands");
+        self.grid_repair.chunks.source_drop_silent();
+        let source = match self.grid_repair.chunks.source() {
+            Some(source) => source,
+            None => self.grid_repair_source_next(),
+        };
         let repair = &mut self.grid_repair;
         let skip = repair.chunks.skip(all);
         repair.attempts += 1;
         self.timeouts[TimeoutKind::GridRepair].start();
-        let source = self.grid_repair_source();
         let asked = self.blocks_request_send(source, Op(0), fault.block.address, skip);
         self.grid_repair.chunks.asked(asked);
     }
@@ -274,11 +312,12 @@ impl Replica {
     fn grid_faults_drop_obsolete(&mut self) {
         for index in 0..GRID_REPAIRS_MAX {
             let Some(fault) = self.grid_repair.faults[index] else { continue };
-            let checkpoint_block =
-                fault.cause == RepairCause::Scrub && fault.block.checksum.is_some();
-            let needed =
-                !self.sync.state_lost() && self.state_machine.block_settled(fault.block.address);
-            if !checkpoint_block || needed {
+            let Some(checksum) = fault.block.checksum.filter(|_| fault.cause == RepairCause::Scrub)
+            else {
+                continue;
+            };
+            let named = self.state_machine.checkpoint_block_checksum(fault.block.address);
+            if !self.sync.state_lost() && named == Some(checksum) {
                 continue;
             }
             if self.grid_repair.fetching == Some(index) {
@@ -332,9 +371,19 @@ impl Replica {
         self.grid_repair.faults[index].expect("the fault being fetched")
     }
 
-    /// The peers in turn, two requests each.
-    fn grid_repair_source(&self) -> ReplicaIndex {
-        self.peer_rotation(self.config.replica, self.grid_repair.attempts)
+    /// Whether the peer that sent the block being repaired is two checkpoints or more past
+    /// the one being opened, so that it may have reused that one's blocks (one behind holds
+    /// other blocks at their addresses too, but will write these there).
+    fn source_reused(&self) -> bool {
+        let opening = self.superblock.working().vsr_state.checkpoint_op;
+        let interval = checkpoint_interval_ops(self.layout.journal_slot_count);
+        self.grid_repair.source_checkpoint >= opening + 2 * interval
+    }
+
+    /// The next peer in turn.
+    fn grid_repair_source_next(&mut self) -> ReplicaIndex {
+        self.grid_repair.sources += 1;
+        self.peer_rotation(self.config.replica, 2 * self.grid_repair.sources)
     }
 
     /// Bit i set for every chunk i of a block.
@@ -352,7 +401,8 @@ impl Replica {
         let Some(_) = self.grid_repair.fetching else { return };
         let fault = self.grid_repair_fault();
         let block = views::Block::of(&header);
-        if block.address() != fault.block.address || self.grid_repair.writing {
+        let taken = self.grid_repair.chunks.accepts(header.replica);
+        if block.address() != fault.block.address || self.grid_repair.writing || !taken {
             return;
         }
         let Some(chunk) = self.block_chunk_index(message) else {
@@ -366,17 +416,19 @@ impl Replica {
         if chunk == 0
             && block_header_invalid(body, self.config.cluster, fault.block.address).is_some()
         {
-            // The peer's copy is bad too (or not yet written): ask the next one, for this
-            // chunk too.
+            // The peer's copy is bad too (or not yet written): ask the next one.
             self.metrics.grid_repair_blocks_refused += 1;
             self.timeouts[TimeoutKind::GridRepair].stop();
-            self.grid_repair.chunks.ask_again(0);
+            self.grid_repair.chunks.retry();
             return;
         }
         assert!(offset + body.len() <= BLOCK_SIZE);
+        if chunk == 0 {
+            self.grid_repair.source_checkpoint = views::Block::of(&header).checkpoint_durable();
+        }
         let block = self.grid_repair.block.as_mut().expect("a buffer while fetching");
         block.buffer_mut_unique()[offset..offset + body.len()].copy_from_slice(body);
-        self.grid_repair.chunks.receive(chunk);
+        self.grid_repair.chunks.receive(chunk, header.replica);
         if self.grid_repair.chunks.complete(self.chunks_all()) {
             self.grid_repair_check(storage, fault);
         }
@@ -395,12 +447,12 @@ impl Replica {
         if invalid.is_some() || !expected {
             // Torn in transit or rotten at the source, or not the block the pointer names.
             self.metrics.grid_repair_blocks_refused += 1;
-            if invalid.is_none() && fault.cause == RepairCause::Open {
+            if invalid.is_none() && fault.cause == RepairCause::Open && self.source_reused() {
                 // Sound, but another: that peer reused the block (`checkpoint_open_abandon`).
-                let attempts = self.grid_repair.attempts;
-                self.grid_repair.superseded_at.get_or_insert(attempts);
+                let sources = self.grid_repair.sources;
+                self.grid_repair.superseded_at.get_or_insert(sources);
             }
-            self.grid_repair.chunks.reset();
+            self.grid_repair.chunks.retry();
             self.timeouts[TimeoutKind::GridRepair].stop();
             return;
         }

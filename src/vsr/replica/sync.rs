@@ -34,8 +34,8 @@ use super::checkpoint::SessionsWritten;
 use super::grid_repair::GRID_REPAIR_TOKEN_FIRST;
 use super::{CheckpointPhase, Destination, Replica, Status, message_finish};
 use crate::constants::{
-    BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE, SYNC_CHUNKS_PER_REQUEST_MAX, SYNC_READS_MAX,
-    SYNC_WRITES_MAX,
+    BLOCK_SIZE, BLOCK_SOURCE_UNANSWERED_MAX, HEADER_SIZE, SECTOR_SIZE, SYNC_CHUNKS_PER_REQUEST_MAX,
+    SYNC_READS_MAX, SYNC_WRITES_MAX,
 };
 use crate::state_machine::CheckpointState;
 use crate::state_machine::block::SectorChecksums;
@@ -202,16 +202,51 @@ impl SyncState {
 }
 
 /// The chunks of the block being fetched (by state sync or grid repair) that arrived, and
-/// those asked for in this round (bit i: chunk i).
+/// those asked for in this round (bit i: chunk i). They are taken from any peer, whichever
+/// answers first; but peers may hold different blocks at one address (a checkpoint's blocks
+/// are reused two checkpoints later), and a block gathered from two of them matches neither,
+/// so once a gathered block fails its check it is fetched again from one peer only: the first
+/// that answers, for as long as it answers.
 #[derive(Clone, Copy)]
 pub(super) struct ChunkFetch {
     received: u128,
     requested: u128,
+    /// The block is taken from one peer (`source`, once one answered).
+    single: bool,
+    source: Option<ReplicaIndex>,
+    /// Requests since a chunk last arrived.
+    unanswered: u32,
 }
 
 impl ChunkFetch {
     pub(super) fn new() -> ChunkFetch {
-        ChunkFetch { received: 0, requested: 0 }
+        ChunkFetch { received: 0, requested: 0, single: false, source: None, unanswered: 0 }
+    }
+
+    /// The block gathered failed its check: fetch it again, from one peer.
+    pub(super) fn retry(&mut self) {
+        *self = ChunkFetch { single: true, ..ChunkFetch::new() };
+    }
+
+    /// The peer to ask, when the block is taken from one that answers (else any, in turn).
+    pub(super) fn source(&self) -> Option<ReplicaIndex> {
+        self.source.filter(|_| self.single)
+    }
+
+    /// Drops the chunks of a single source that stopped answering, so that another's are
+    /// taken; returns whether any were dropped.
+    pub(super) fn source_drop_silent(&mut self) -> bool {
+        if self.source().is_none() || self.unanswered < BLOCK_SOURCE_UNANSWERED_MAX {
+            return false;
+        }
+        let dropped = self.received != 0;
+        self.retry();
+        dropped
+    }
+
+    /// Whether a chunk from `peer` is taken.
+    pub(super) fn accepts(&self, peer: ReplicaIndex) -> bool {
+        self.source().is_none_or(|source| source == peer)
     }
 
     /// A new block, or the same one again from scratch.
@@ -234,12 +269,7 @@ impl ChunkFetch {
     pub(super) fn asked(&mut self, chunks: u128) {
         assert_eq!(chunks & self.received, 0, "a chunk received is not asked for again");
         self.requested |= chunks;
-    }
-
-    /// Asks for `chunk` again in this round.
-    pub(super) fn ask_again(&mut self, chunk: usize) {
-        assert!(chunk < 128);
-        self.requested &= !(1 << chunk);
+        self.unanswered += 1;
     }
 
     pub(super) fn has(&self, chunk: usize) -> bool {
@@ -247,9 +277,12 @@ impl ChunkFetch {
         self.received & (1 << chunk) != 0
     }
 
-    pub(super) fn receive(&mut self, chunk: usize) {
+    pub(super) fn receive(&mut self, chunk: usize, peer: ReplicaIndex) {
         assert!(!self.has(chunk), "a chunk is taken once");
+        assert!(self.accepts(peer));
+        self.source = Some(peer);
         self.received |= 1 << chunk;
+        self.unanswered = 0;
     }
 
     pub(super) fn complete(&self, all: u128) -> bool {
@@ -283,6 +316,12 @@ impl Replica {
         let count = (working.vsr_state.view_headers_count as usize)
             .min(working.vsr_state.view_headers.len());
         working.vsr_state.view_headers[..count].iter().find(|header| matches(header)).copied()
+    }
+
+    /// The checkpoint the superblock holds: this replica's durable one, or one state sync
+    /// installed and is opening (or could not open, `SyncState::state_lost`).
+    fn checkpoint_installed(&self) -> Op {
+        self.superblock.working().vsr_state.checkpoint_op
     }
 
     /// Bytes of a block one `block` message carries.
@@ -337,7 +376,8 @@ impl Replica {
         }
         let source = self.sync_source();
         let mut header = self.header_new(Command::RequestSyncCheckpoint);
-        header.checkpoint_op = self.checkpoint_op;
+        // Not the one this replica holds, nor one it installed and could not open.
+        header.checkpoint_op = self.checkpoint_installed();
         self.send_header(Destination::Replica(source), header);
     }
 
@@ -408,8 +448,8 @@ impl Replica {
         if !consistent {
             return self.message_invalid(&header, "sync_checkpoint state inconsistent");
         }
-        if header.checkpoint_op <= self.commit_min {
-            // Not newer than what this replica executed: of no use.
+        if header.checkpoint_op <= self.commit_min.max(self.checkpoint_installed()) {
+            // Not newer than what this replica executed or installed: of no use.
             return;
         }
         let prepare = body.checkpoint_header;
@@ -452,7 +492,14 @@ impl Replica {
         if !self.sync_request_due() {
             return;
         }
-        let source = self.sync_source();
+        if self.sync.chunks.source_drop_silent() {
+            // Those chunks' writes must land before the next peer's (`refetch_after_writes`).
+            self.sync.refetch_after_writes = true;
+        }
+        let source = match self.sync.chunks.source() {
+            Some(source) => source,
+            None => self.sync_source(),
+        };
         let all = self.chunks_all();
         let skip = self.sync.chunks.skip(all);
         let (checkpoint_op, address) = (self.sync.checkpoint_op, self.sync.block_next);
@@ -597,6 +644,7 @@ impl Replica {
         let mut block = views::Block::of(&mut header);
         block.set_address(serving.address);
         block.set_offset(u64::from(serving.offset));
+        block.set_checkpoint_durable(self.checkpoint_op);
         header.checkpoint_op = serving.checkpoint_op;
         let message = message_finish(message, header, length);
         self.send(Destination::Replica(serving.replica), message);
@@ -612,7 +660,8 @@ impl Replica {
         }
         let fetching = self.sync.phase == Phase::Blocks
             && header.checkpoint_op == self.sync.checkpoint_op
-            && views::Block::of(&header).address() == self.sync.block_next;
+            && views::Block::of(&header).address() == self.sync.block_next
+            && self.sync.chunks.accepts(header.replica);
         if !fetching || self.sync.writes >= SYNC_WRITES_MAX {
             return;
         }
@@ -642,7 +691,7 @@ impl Replica {
             });
         }
         self.sync.sectors.chunk(offset, body);
-        self.sync.chunks.receive(chunk);
+        self.sync.chunks.receive(chunk, header.replica);
         let mut buffer = self.pool.get();
         buffer.buffer_mut_unique()[..body.len()].copy_from_slice(body);
         let request = IoRequest {
@@ -666,14 +715,16 @@ impl Replica {
             return;
         }
         let checksum = self.sync.sectors.block_checksum();
-        self.sync.chunks.reset();
         if checksum != self.sync.block_checksum || !self.sync.block_placed {
-            // A chunk was torn or rotten at its source, or the source's block is another's
-            // (a misdirected write): fetch the block again, over writes that landed first.
+            // A chunk was torn or rotten at its source, the source's block is another's (a
+            // misdirected write), or the chunks came from peers holding different blocks there:
+            // fetch the block again, from one peer, over writes that landed first.
             self.metrics.messages_invalid += 1;
+            self.sync.chunks.retry();
             self.sync.refetch_after_writes = true;
             return;
         }
+        self.sync.chunks.reset();
         self.sync.block_next += 1;
         assert!(self.sync.block_next <= self.sync.body.grid_head);
         self.timeouts[TimeoutKind::Sync].stop();
