@@ -20,14 +20,17 @@ usage:
   kimberlite benchmark [--addresses=...] [--cluster=ID] [--replica-count=N] [--clients=N]
                        [--events=N] [--event-size=BYTES] [--batch=N] [--streams=N]
                        [--client-threads=N] [--rate=REQUESTS_PER_SECOND]
-  kimberlite client --addresses=... [--cluster=ID] COMMAND
+  kimberlite client --addresses=... --cluster=ID COMMAND
       create-stream STREAM [TENANT]
-      append STREAM --type=TYPE [--metadata=TEXT] [--expected-offset=N|any|no-stream] EVENT...
+      append STREAM --type=TYPE [--metadata=TEXT] [--expected-offset=N|any|no-stream]
+             (EVENT... | --file=PATH | --file=-)
       read STREAM [--offset=N] [--count=N]
       read-log [--position=N] [--count=N]
       info STREAM
   kimberlite vopr [--seed=N] [--replicas=N] [--ticks=N] [--check-determinism]
-  kimberlite version
+  kimberlite version (or --version)
+
+Every command takes --help, with its options and an example.
 
 SIZE takes a suffix: KiB, MiB, GiB or TiB (or K, M, G, T); the grid size must be a multiple
 of the 512 KiB block size (default 1GiB). --clients-max: client sessions (default 1024).
@@ -37,12 +40,125 @@ grid, kept free for the streams table; format names the smallest grid that can h
 started, it recovers the cluster's log from its peers and takes no part in view changes
 until it has.";
 
+/// `kimberlite COMMAND --help`: what the command does, its options, and an example.
+const HELP: [(&str, &str); 7] = [
+    (
+        "format",
+        "\
+usage: kimberlite format --cluster=ID --replica=I --replica-count=N [--grid-size=SIZE]
+                         [--clients-max=N] [--streams-max=N] [--rejoin] PATH
+
+Creates the data file of one replica. Every replica of a cluster is formatted with the same
+--cluster, --replica-count, --clients-max and --streams-max, and its own --replica.
+
+  --cluster=ID         the cluster's id (a number), which every client must name too
+  --replica=I          this replica's index, 0 to N-1 (its place in --addresses)
+  --replica-count=N    replicas in the cluster, 1 to 7
+  --grid-size=SIZE     room for events: a multiple of 512KiB (default 1GiB); KiB, MiB, GiB, TiB
+  --clients-max=N      client sessions the cluster keeps (default 1024)
+  --streams-max=N      streams (default 65536; about 440 bytes of memory and of grid each)
+  --rejoin             a new file for a replica whose file was lost: it recovers from its peers
+
+example: kimberlite format --cluster=7 --replica=0 --replica-count=3 0.kimberlite",
+    ),
+    (
+        "start",
+        "\
+usage: kimberlite start --addresses=ADDRESS[,ADDRESS...] PATH
+
+Runs the replica whose data file is PATH until it is stopped. --addresses lists every replica
+of the cluster as HOST:PORT, in replica order; this replica listens on its own.
+
+example: kimberlite start --addresses=127.0.0.1:3001,127.0.0.1:3002,127.0.0.1:3003 0.kimberlite",
+    ),
+    (
+        "inspect",
+        "\
+usage: kimberlite inspect PATH
+
+Reads a stopped replica's data file and reports its superblock copies, its WAL, its checkpoint
+and its grid use; exits 1 if the file is not usable.
+
+example: kimberlite inspect 0.kimberlite",
+    ),
+    (
+        "benchmark",
+        "\
+usage: kimberlite benchmark [--addresses=... --cluster=ID] [--replica-count=N] [--clients=N]
+                            [--events=N] [--event-size=BYTES] [--batch=N] [--streams=N]
+                            [--client-threads=N] [--rate=REQUESTS_PER_SECOND]
+
+Loads a cluster with appends and reports throughput and request latency. Without --addresses
+it formats and starts a local cluster of --replica-count replicas in a scratch directory.
+
+  --addresses, --cluster   load an existing cluster instead (both are needed)
+  --replica-count=N        replicas of the local cluster (default 1)
+  --clients=N              client sessions, each with one request in flight (default 1)
+  --events=N               events to append in all (default 10000000)
+  --event-size=BYTES       payload bytes of each event (default 128)
+  --batch=N                events per request (default: as many as fit)
+  --streams=N              streams the events go to (default: one per client)
+  --client-threads=N       threads the clients are spread over
+  --rate=N                 requests per second to send at, for latency under a set load
+
+example: kimberlite benchmark --replica-count=3 --batch=1 --clients=64 --events=100000",
+    ),
+    (
+        "client",
+        "\
+usage: kimberlite client --addresses=ADDRESS[,ADDRESS...] --cluster=ID COMMAND
+
+Runs one operation against a cluster and prints its result. Exit code 0: done; 1: bad
+arguments, or no replica answered; 2: the cluster answered with another result (printed).
+
+  create-stream STREAM [TENANT]
+  append STREAM --type=TYPE [--metadata=TEXT] [--expected-offset=N|any|no-stream]
+         (EVENT... | --file=PATH | --file=-)     one event per argument, or per line of a
+                                                 file (- reads standard input)
+  read STREAM [--offset=N] [--count=N]
+  read-log [--position=N] [--count=N]
+  info STREAM
+
+examples:
+  kimberlite client --addresses=127.0.0.1:3001 --cluster=7 create-stream 1
+  kimberlite client --addresses=127.0.0.1:3001 --cluster=7 append 1 --type=greeting hello
+  kimberlite client --addresses=127.0.0.1:3001 --cluster=7 read 1",
+    ),
+    (
+        "vopr",
+        "\
+usage: kimberlite vopr [--seed=N] [--replicas=N] [--ticks=N] [--check-determinism]
+
+Runs one seed of the simulator: a cluster under random faults whose every answer is checked
+against a model. A failing seed prints how to reproduce it.
+
+example: kimberlite vopr --seed=42",
+    ),
+    (
+        "version",
+        "\
+usage: kimberlite version   (or kimberlite --version)
+
+Prints the version, the commit it was built from and the build profile.",
+    ),
+];
+
+/// The help of `command`, if it is one.
+fn help(command: &str) -> Option<&'static str> {
+    HELP.iter().find(|(name, _)| *name == command).map(|(_, text)| *text)
+}
+
 /// Runs the command named by `arguments` (without the program name) and returns the exit code.
 pub fn main_with_args(arguments: &[String]) -> i32 {
     let Some((command, rest)) = arguments.split_first() else {
         eprintln!("{USAGE}");
         return 1;
     };
+    let asks_help = rest.iter().any(|argument| argument == "--help" || argument == "-h");
+    if let Some(text) = help(command).filter(|_| asks_help) {
+        println!("{text}");
+        return 0;
+    }
     let result = match command.as_str() {
         "format" => command_format(rest),
         "inspect" => command_inspect(rest),
@@ -53,7 +169,7 @@ pub fn main_with_args(arguments: &[String]) -> i32 {
             Ok(invocation) => return crate::sim::vopr::command(invocation),
             Err(message) => Err(message),
         },
-        "version" => command_version(rest),
+        "version" | "--version" | "-V" => command_version(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())
@@ -235,7 +351,11 @@ fn command_benchmark(arguments: &[String]) -> Result<(), String> {
             Some(text) => parse_addresses(text)?,
             None => Vec::new(),
         },
-        cluster: arguments.integer_or("cluster", defaults.cluster)?,
+        cluster: match arguments.flag("addresses") {
+            // A cluster of --addresses has its own id: a wrong default would only time out.
+            Some(_) => ClusterId(arguments.integer("cluster")?),
+            None => ClusterId(arguments.integer_or("cluster", defaults.cluster.0)?),
+        },
         clients,
         events: arguments.integer_or("events", defaults.events)?,
         event_size: arguments.integer_or("event-size", defaults.event_size)?,

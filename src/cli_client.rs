@@ -7,7 +7,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::arguments::{Arguments, parse_addresses};
 use crate::client::Client;
-use crate::constants::MESSAGE_SIZE_MAX;
+use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX};
 use crate::state_machine::constants::{EXPECTED_NO_STREAM, EXPECTED_OFFSET_ANY};
 use crate::state_machine::types::{
     AppendResult, CreateStream, CreateStreamResult, Event, ReadLog, ReadReplyHeader, ReadStream,
@@ -30,10 +30,13 @@ pub fn command_client(arguments: &[String]) -> Result<(), String> {
         "offset",
         "position",
         "count",
+        "file",
     ];
     let arguments = Arguments::parse(arguments, &allowed)?;
     let addresses = parse_addresses(arguments.flag_required("addresses")?)?;
-    let cluster = arguments.integer_or("cluster", 0u64)?;
+    // Required: a replica of another cluster closes the connection, which a default would
+    // only show as "no replica answered".
+    let cluster: u64 = arguments.integer("cluster")?;
     let Some((command, rest)) = arguments.positionals.split_first() else {
         return Err("missing command: create-stream, append, read, read-log or info".to_string());
     };
@@ -51,6 +54,32 @@ pub fn command_client(arguments: &[String]) -> Result<(), String> {
         std::process::exit(EXIT_RESULT_NOT_OK);
     }
     Ok(())
+}
+
+/// The events of `append`: its EVENT arguments, or the lines of `--file`.
+fn append_events(arguments: &Arguments, events: &[String]) -> Result<Vec<String>, String> {
+    match arguments.flag("file") {
+        None => Ok(events.to_vec()),
+        Some(_) if !events.is_empty() => {
+            Err("append takes EVENT arguments or --file, not both".to_string())
+        }
+        Some(path) => Ok(events_read(path)?.lines().map(str::to_string).collect()),
+    }
+}
+
+/// The events of `append --file`: the file at `path`, or standard input for `-`.
+fn events_read(path: &str) -> Result<String, String> {
+    let text = if path == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|error| format!("cannot read events from standard input: {error}"))?;
+        text
+    } else if path.is_empty() {
+        return Err("--file needs a path, or - for standard input".to_string());
+    } else {
+        std::fs::read_to_string(path).map_err(|error| format!("cannot read {path}: {error}"))?
+    };
+    Ok(text)
 }
 
 fn number(text: &str, what: &str) -> Result<u64, String> {
@@ -85,10 +114,11 @@ fn append(
     rest: &[String],
 ) -> Result<ResultCode, String> {
     const USAGE: &str = "usage: append STREAM --type=TYPE [--metadata=TEXT] \
-                         [--expected-offset=N|any|no-stream] EVENT...";
+                         [--expected-offset=N|any|no-stream] (EVENT... | --file=PATH | --file=-)";
     let [stream, events @ ..] = rest else {
         return Err(USAGE.to_string());
     };
+    let events = append_events(arguments, events)?;
     if events.is_empty() {
         return Err("append needs at least one EVENT".to_string());
     }
@@ -115,6 +145,15 @@ fn append(
         })
         .collect();
     let body = append_batch_body(stream, expected_offset, &events);
+    let body_max = MESSAGE_SIZE_MAX - HEADER_SIZE;
+    if body.len() > body_max {
+        return Err(format!(
+            "{} events take {} bytes, more than one request holds ({body_max}): append them in \
+             parts",
+            events.len(),
+            body.len()
+        ));
+    }
     let reply = client.write(Operation::Append, &body).map_err(|error| error.to_string())?;
     let result = AppendResult::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
     let code = result_code(result.result)?;

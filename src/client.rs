@@ -51,6 +51,9 @@ pub enum ClientError {
     RequestTooLarge { size: usize, size_max: usize },
     /// A reply failed validation.
     InvalidReply(&'static str),
+    /// Every replica, in turn, closed the connection without a word: a replica closes the
+    /// connection of a client whose messages name another cluster.
+    ClosedUnanswered { closes: u32 },
 }
 
 impl std::fmt::Display for ClientError {
@@ -62,6 +65,11 @@ impl std::fmt::Display for ClientError {
                 write!(formatter, "request of {size} bytes exceeds the {size_max}-byte limit")
             }
             ClientError::InvalidReply(reason) => write!(formatter, "invalid reply: {reason}"),
+            ClientError::ClosedUnanswered { closes } => write!(
+                formatter,
+                "the replicas closed the connection {closes} times in a row without answering; \
+                 a replica does that to a client that names another cluster: check --cluster"
+            ),
         }
     }
 }
@@ -90,6 +98,8 @@ pub struct Client {
     request_deadline: Duration,
     /// Time zero of the core's clock.
     epoch: Instant,
+    /// Connections the replicas closed since a message last arrived.
+    closes_unanswered: u32,
 }
 
 impl Client {
@@ -114,6 +124,7 @@ impl Client {
             reply_size_held: 0,
             request_deadline: REQUEST_DEADLINE,
             epoch: Instant::now(),
+            closes_unanswered: 0,
         }
     }
 
@@ -245,12 +256,27 @@ impl Client {
             let header = match self.receive_message(wait_until) {
                 Ok(Some(header)) => header,
                 Ok(None) => continue,
-                Err(_) => {
+                Err(error) => {
                     self.disconnect();
                     self.core.on_unreachable(self.now());
+                    let closed = matches!(
+                        error.kind(),
+                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                    );
+                    self.closes_unanswered = if closed { self.closes_unanswered + 1 } else { 0 };
+                    // Each replica twice: not a restart or a failover, which answer in between.
+                    let closes = self.closes_unanswered;
+                    if closes >= 2 * self.addresses.len() as u32 {
+                        self.closes_unanswered = 0;
+                        if in_flight.operation.is_read() {
+                            self.core.read_abandon();
+                        }
+                        return Err(ClientError::ClosedUnanswered { closes });
+                    }
                     continue;
                 }
             };
+            self.closes_unanswered = 0;
             match self.core.on_message(&header, self.now()) {
                 Outcome::Reply => {
                     self.reply_size_held = header.size as usize;

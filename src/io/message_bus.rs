@@ -62,8 +62,8 @@ use static_assertions::const_assert;
 
 use crate::constants::{
     ACCEPTS_IN_FLIGHT_MAX, BUS_POOL_RESERVE, CLIENT_RECEIVES_LARGE_MAX, CLIENT_SENDS_LARGE_MAX,
-    CLIENTS_MAX, CONNECTION_SEND_QUEUE_MAX, HEADER_SIZE, IDENTIFY_TICKS_MAX, INBOX_LARGE_MAX,
-    RECEIVE_LARGE_TICKS_MAX, RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN,
+    CLIENTS_MAX, CLOSE_LOG_LINES_MAX, CONNECTION_SEND_QUEUE_MAX, HEADER_SIZE, IDENTIFY_TICKS_MAX,
+    INBOX_LARGE_MAX, RECEIVE_LARGE_TICKS_MAX, RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN,
     REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SEND_STALL_TICKS_MAX, SHED_LOG_TICKS,
     SOCKET_BUFFER_SIZE_MAX, TICK_MS, connections_max, inbox_max, listen_backlog,
 };
@@ -292,6 +292,8 @@ pub struct MessageBus {
     accept_pending: Option<RawFd>,
     /// The metrics when connections shed were last logged, and the tick of that line.
     shed_logged: (BusMetrics, Option<u64>),
+    /// Closures logged one line each since the tick that began this window, and those not.
+    close_logged: (u64, u64, u64),
     /// Slot `k` below the count of higher replicas is the dialed connection of replica
     /// `replica + 1 + k`; accepted connections take the slots after them, so that dialing
     /// always finds its slot.
@@ -377,6 +379,7 @@ impl MessageBus {
             refused_logged: false,
             accept_pending: None,
             shed_logged: (BusMetrics::default(), None),
+            close_logged: (0, 0, 0),
             connections,
             clients: IdIndex::new(connections_max),
             receives_paused: false,
@@ -483,6 +486,24 @@ impl MessageBus {
         }
         self.dial_due(io);
         self.shed_log();
+        self.close_log_window();
+    }
+
+    /// Ends the window of `close_log` once `SHED_LOG_TICKS` passed, with a line for the
+    /// closures it did not log one by one.
+    fn close_log_window(&mut self) {
+        let (start, _, unlogged) = self.close_logged;
+        if self.ticks < start + SHED_LOG_TICKS {
+            return;
+        }
+        if unlogged > 0 {
+            eprintln!(
+                "message bus: closed {unlogged} more connection(s) for what they sent in the \
+                 last {} s (at most {CLOSE_LOG_LINES_MAX} logged one by one)",
+                SHED_LOG_TICKS * TICK_MS / 1_000,
+            );
+        }
+        self.close_logged = (self.ticks, 0, 0);
     }
 
     /// Logs the connections closed for the bus's own room (not for what they sent) since the
@@ -1098,10 +1119,9 @@ impl MessageBus {
 /// Closing.
 impl MessageBus {
     fn close(&mut self, io: &mut Io, index: usize, reason: CloseReason) {
-        let connection = &self.connections[index];
-        assert_eq!(connection.state, ConnectionState::Connected);
+        assert_eq!(self.connections[index].state, ConnectionState::Connected);
         self.close_log(index, reason);
-        if let Peer::Replica(replica) = connection.peer {
+        if let Peer::Replica(replica) = self.connections[index].peer {
             let replica_connection = &mut self.replica_connections[usize::from(replica)];
             if *replica_connection == Some(index) {
                 *replica_connection = None;
@@ -1118,7 +1138,23 @@ impl MessageBus {
         self.close_maybe(io, index);
     }
 
-    fn close_log(&self, index: usize, reason: CloseReason) {
+    fn close_log(&mut self, index: usize, reason: CloseReason) {
+        let quiet = matches!(
+            reason,
+            CloseReason::PeerClosed
+                | CloseReason::Unidentified
+                | CloseReason::Evicted
+                | CloseReason::Superseded
+                | CloseReason::ClientsFull
+        );
+        if !quiet {
+            let (_, logged, unlogged) = &mut self.close_logged;
+            if *logged >= CLOSE_LOG_LINES_MAX {
+                *unlogged += 1;
+                return;
+            }
+            *logged += 1;
+        }
         let connection = self.describe(index);
         match reason {
             CloseReason::PeerClosed => {}

@@ -194,3 +194,33 @@ fn benchmark_starts_its_local_cluster_whole_and_cleans_up() {
     assert!(before_load.matches(&connected(2)).count() >= 2, "{stderr}");
     assert!(!directory.exists(), "{} left behind", directory.display());
 }
+
+#[test]
+fn every_command_has_help_with_an_example_and_the_binary_a_version() {
+    // Goal: `--help` (or `-h`) after any command prints its usage, options and an example on
+    // stdout and exits 0, whatever else is on the line; `--version` prints the version.
+    for command in ["format", "start", "inspect", "benchmark", "client", "vopr", "version"] {
+        for flag in ["--help", "-h"] {
+            let output = run(&[command, "--cluster=1", flag]);
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(output.status.success(), "{command} {flag}: {output:?}");
+            assert!(stdout.starts_with(&format!("usage: kimberlite {command}")), "{stdout}");
+        }
+    }
+    for command in ["format", "start", "inspect", "benchmark", "client", "vopr"] {
+        let output = run(&[command, "--help"]);
+        assert!(String::from_utf8_lossy(&output.stdout).contains("example"), "{command}");
+    }
+    let output = run(&["--version"]);
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("kimberlite "));
+}
+
+#[test]
+fn benchmark_of_a_cluster_by_address_needs_its_cluster_id() {
+    // Goal: `benchmark --addresses` without `--cluster` is refused at once (a wrong default
+    // would only time out against the cluster's replicas).
+    let output = run(&["benchmark", "--addresses=127.0.0.1:1"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr_line(&output).contains("'--cluster=...'"));
+}

@@ -797,3 +797,62 @@ fn a_replica_whose_data_file_is_lost_rejoins_under_load_and_loses_nothing() {
     let (acknowledged, commit) = load.stop("the load survived the rejoin");
     every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
 }
+
+#[test]
+fn a_client_naming_another_cluster_is_told_to_check_cluster() {
+    // Goal: a replica closes the connection of a client whose messages name another cluster;
+    // `kimberlite client` then fails saying so (every replica closed it twice without a word),
+    // instead of waiting out its deadline with "no replica answered in time". With the right
+    // cluster the same command works, and it names the missing flag when there is none; then
+    // `append --file=-` takes one event per line of standard input.
+    let directory = std::env::current_dir()
+        .unwrap()
+        .join(format!("target/wrong-cluster-test-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let _scratch = Scratch(directory.clone());
+    let path = directory.join("0_0.kimberlite");
+    let status = Command::new(BINARY)
+        .args(["format", "--cluster=42", "--replica=0", "--replica-count=1", "--grid-size=32MiB"])
+        .args(["--streams-max=64"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let address = address_free();
+    let _replicas = Replicas(vec![start(&path, address)]);
+    let client = |cluster: Option<&str>| {
+        let mut command = Command::new(BINARY);
+        command.args(["client", &format!("--addresses={address}")]);
+        command.args(cluster).args(["create-stream", "5"]);
+        command.output().unwrap()
+    };
+    let output = client(Some("--cluster=7"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("closed the connection") && stderr.contains("check --cluster"));
+    let output = client(None);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("'--cluster=...'"));
+    let output = client(Some("--cluster=42"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("created stream 5"), "{stdout}");
+    let mut append = Command::new(BINARY)
+        .args(["client", &format!("--addresses={address}"), "--cluster=42"])
+        .args(["append", "5", "--type=line", "--file=-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = append.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"first\nsecond\nthird\n").unwrap();
+    drop(stdin);
+    let output = append.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let mut client = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
+    let read = ReadStream { stream: 5, offset_from: 0, count_max: 10, reserved: 0 };
+    let reply = client.read(Operation::ReadStream, read.as_bytes()).unwrap();
+    let text = String::from_utf8_lossy(reply.body);
+    let (first, second, third) = (text.find("first"), text.find("second"), text.find("third"));
+    assert!(first < second && second < third && first.is_some(), "{text}");
+}
