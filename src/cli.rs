@@ -20,7 +20,7 @@ usage:
   kimberlite benchmark [--addresses=...] [--cluster=ID] [--replica-count=N] [--clients=N]
                        [--events=N] [--event-size=BYTES] [--batch=N] [--streams=N]
                        [--client-threads=N] [--rate=REQUESTS_PER_SECOND]
-  kimberlite client --addresses=... --cluster=ID COMMAND
+  kimberlite client --addresses=... --cluster=ID [--format=json] COMMAND
       create-stream STREAM [TENANT]
       append STREAM --type=TYPE [--metadata=TEXT] [--expected-offset=N|any|no-stream]
              (EVENT... | --file=PATH | --file=-)
@@ -106,10 +106,11 @@ example: kimberlite benchmark --replica-count=3 --batch=1 --clients=64 --events=
     (
         "client",
         "\
-usage: kimberlite client --addresses=ADDRESS[,ADDRESS...] --cluster=ID COMMAND
+usage: kimberlite client --addresses=ADDRESS[,ADDRESS...] --cluster=ID [--format=json] COMMAND
 
-Runs one operation against a cluster and prints its result. Exit code 0: done; 1: bad
-arguments, or no replica answered; 2: the cluster answered with another result (printed).
+Runs one operation against a cluster and prints its result: as text, or as one JSON object
+with a \"result\" field (--format=json). Exit code 0: done; 1: bad arguments, or no replica
+answered; 2: the cluster answered with another result (printed).
 
   create-stream STREAM [TENANT]
   append STREAM --type=TYPE [--metadata=TEXT] [--expected-offset=N|any|no-stream]

@@ -31,6 +31,7 @@ pub fn command_client(arguments: &[String]) -> Result<(), String> {
         "position",
         "count",
         "file",
+        "format",
     ];
     let arguments = Arguments::parse(arguments, &allowed)?;
     let addresses = parse_addresses(arguments.flag_required("addresses")?)?;
@@ -40,8 +41,13 @@ pub fn command_client(arguments: &[String]) -> Result<(), String> {
     let Some((command, rest)) = arguments.positionals.split_first() else {
         return Err("missing command: create-stream, append, read, read-log or info".to_string());
     };
+    let json = match arguments.flag("format") {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => return Err(format!("--format={other}: the formats are text and json")),
+    };
     let mut client = Client::new(ClusterId(cluster), &addresses, MESSAGE_SIZE_MAX);
-    let code = match command.as_str() {
+    let report = match command.as_str() {
         "create-stream" => create_stream(&mut client, rest)?,
         "append" => append(&mut client, &arguments, rest)?,
         "read" => read_stream(&mut client, &arguments, rest)?,
@@ -49,11 +55,103 @@ pub fn command_client(arguments: &[String]) -> Result<(), String> {
         "info" => info(&mut client, rest)?,
         other => return Err(format!("unknown client command '{other}'")),
     };
-    if code != ResultCode::Ok {
-        println!("result: {}", code.name());
+    if json {
+        println!("{}", report.json.finish());
+    } else {
+        print!("{}", report.text);
+        if report.code != ResultCode::Ok {
+            println!("result: {}", report.code.name());
+        }
+    }
+    if report.code != ResultCode::Ok {
         std::process::exit(EXIT_RESULT_NOT_OK);
     }
     Ok(())
+}
+
+/// What a client command prints: lines of text, or one JSON object (`--format=json`), whose
+/// `result` field is the result's name.
+struct Report {
+    code: ResultCode,
+    text: String,
+    json: Json,
+}
+
+impl Report {
+    fn new(code: ResultCode) -> Report {
+        Report { code, text: String::new(), json: Json::new().text("result", code.name()) }
+    }
+}
+
+/// A JSON object, built field by field.
+struct Json(String);
+
+impl Json {
+    fn new() -> Json {
+        Json(String::from("{"))
+    }
+
+    fn key(mut self, key: &str) -> Json {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        json_string(&mut self.0, key);
+        self.0.push(':');
+        self
+    }
+
+    fn number(self, key: &str, value: u64) -> Json {
+        let mut json = self.key(key);
+        json.0.push_str(&value.to_string());
+        json
+    }
+
+    fn text(self, key: &str, value: &str) -> Json {
+        let mut json = self.key(key);
+        json_string(&mut json.0, value);
+        json
+    }
+
+    /// `value` as a string if it is UTF-8, else as hex under `KEY_hex`.
+    fn bytes(self, key: &str, value: &[u8]) -> Json {
+        match std::str::from_utf8(value) {
+            Ok(text) => self.text(key, text),
+            Err(_) => self.text(&format!("{key}_hex"), &hex(value)),
+        }
+    }
+
+    /// `value`: JSON already (an array or object).
+    fn raw(self, key: &str, value: &str) -> Json {
+        let mut json = self.key(key);
+        json.0.push_str(value);
+        json
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+/// Appends `text` as a JSON string: quoted, with quotes, backslashes and control characters
+/// escaped.
+fn json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for character in text.chars() {
+        match character {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            character if character.is_control() => {
+                out.push_str(&format!("\\u{:04x}", u32::from(character)));
+            }
+            character => out.push(character),
+        }
+    }
+    out.push('"');
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The events of `append`: its EVENT arguments, or the lines of `--file`.
@@ -90,7 +188,7 @@ fn result_code(value: u32) -> Result<ResultCode, String> {
     ResultCode::from_u32(value).ok_or_else(|| format!("unknown result code {value}"))
 }
 
-fn create_stream(client: &mut Client, rest: &[String]) -> Result<ResultCode, String> {
+fn create_stream(client: &mut Client, rest: &[String]) -> Result<Report, String> {
     let (stream, tenant) = match rest {
         [stream] => (number(stream, "stream")?, 0),
         [stream, tenant] => (number(stream, "stream")?, number(tenant, "tenant")?),
@@ -101,18 +199,17 @@ fn create_stream(client: &mut Client, rest: &[String]) -> Result<ResultCode, Str
         .write(Operation::CreateStream, body.as_bytes())
         .map_err(|error| error.to_string())?;
     let result = CreateStreamResult::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
-    let code = result_code(result.result)?;
-    if code == ResultCode::Ok {
-        println!("created stream {stream} (tenant {tenant}) at op {}", reply.header.op);
+    let mut report = Report::new(result_code(result.result)?);
+    if report.code == ResultCode::Ok {
+        let op = reply.header.op.0;
+        report.text = format!("created stream {stream} (tenant {tenant}) at op {op}\n");
+        report.json =
+            report.json.number("stream", stream).number("tenant", tenant).number("op", op);
     }
-    Ok(code)
+    Ok(report)
 }
 
-fn append(
-    client: &mut Client,
-    arguments: &Arguments,
-    rest: &[String],
-) -> Result<ResultCode, String> {
+fn append(client: &mut Client, arguments: &Arguments, rest: &[String]) -> Result<Report, String> {
     const USAGE: &str = "usage: append STREAM --type=TYPE [--metadata=TEXT] \
                          [--expected-offset=N|any|no-stream] (EVENT... | --file=PATH | --file=-)";
     let [stream, events @ ..] = rest else {
@@ -154,24 +251,29 @@ fn append(
             body.len()
         ));
     }
+    let count = events.len() as u64;
     let reply = client.write(Operation::Append, &body).map_err(|error| error.to_string())?;
     let result = AppendResult::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
-    let code = result_code(result.result)?;
-    match code {
-        ResultCode::Ok => println!(
-            "appended {} events to stream {stream} at offsets {}..{} (op {}, commit {})",
-            events.len(),
-            result.offset,
-            result.offset + events.len() as u64,
-            reply.header.op,
-            reply.header.commit
-        ),
+    let mut report = Report::new(result_code(result.result)?);
+    let (op, commit, end) = (reply.header.op.0, reply.header.commit.0, result.offset + count);
+    match report.code {
+        ResultCode::Ok => {
+            report.text = format!(
+                "appended {count} events to stream {stream} at offsets {}..{end} (op {op}, \
+                 commit {commit})\n",
+                result.offset
+            );
+            report.json = report.json.number("stream", stream).number("offset", result.offset);
+            report.json = report.json.number("count", count).number("op", op);
+            report.json = report.json.number("commit", commit);
+        }
         ResultCode::ExpectedOffsetWrong => {
-            println!("the stream's next offset is {}", result.offset)
+            report.text = format!("the stream's next offset is {}\n", result.offset);
+            report.json = report.json.number("offset_next", result.offset);
         }
         _ => {}
     }
-    Ok(code)
+    Ok(report)
 }
 
 fn count_argument(arguments: &Arguments) -> Result<u32, String> {
@@ -182,7 +284,7 @@ fn read_stream(
     client: &mut Client,
     arguments: &Arguments,
     rest: &[String],
-) -> Result<ResultCode, String> {
+) -> Result<Report, String> {
     let [stream] = rest else {
         return Err("usage: read STREAM [--offset=N] [--count=N]".to_string());
     };
@@ -194,14 +296,10 @@ fn read_stream(
     };
     let reply =
         client.read(Operation::ReadStream, body.as_bytes()).map_err(|error| error.to_string())?;
-    print_events(reply.body)
+    events_report(reply.body)
 }
 
-fn read_log(
-    client: &mut Client,
-    arguments: &Arguments,
-    rest: &[String],
-) -> Result<ResultCode, String> {
+fn read_log(client: &mut Client, arguments: &Arguments, rest: &[String]) -> Result<Report, String> {
     if !rest.is_empty() {
         return Err("usage: read-log [--position=N] [--count=N]".to_string());
     }
@@ -212,34 +310,44 @@ fn read_log(
     };
     let reply =
         client.read(Operation::ReadLog, body.as_bytes()).map_err(|error| error.to_string())?;
-    print_events(reply.body)
+    events_report(reply.body)
 }
 
-/// Prints a read reply: one line per event, then where to continue.
-fn print_events(body: &[u8]) -> Result<ResultCode, String> {
+/// A read reply: one line (or JSON object) per event, then where to continue.
+fn events_report(body: &[u8]) -> Result<Report, String> {
     let (head, mut events) =
         ReadReplyHeader::read_from_prefix(body).map_err(|_| "short read reply")?;
-    let code = result_code(head.result)?;
-    for _ in 0..head.event_count {
+    let mut report = Report::new(result_code(head.result)?);
+    let mut array = String::from("[");
+    for index in 0..head.event_count {
         let (record, event, rest) = record_next(events).map_err(|reason| reason.to_string())?;
         let metadata = if event.metadata.is_empty() {
             String::new()
         } else {
             format!(" metadata {}", printable(event.metadata))
         };
-        println!(
-            "stream {} offset {} position {} chain {:08x} type {}{metadata}: {}",
+        report.text.push_str(&format!(
+            "stream {} offset {} position {} chain {:08x} type {}{metadata}: {}\n",
             record.stream,
             record.offset,
             record.position,
             record.chain,
             printable(event.event_type),
             printable(event.data),
-        );
+        ));
+        let object = Json::new().number("stream", record.stream).number("offset", record.offset);
+        let object = object.number("position", record.position);
+        let object = object.text("chain", &format!("{:032x}", record.chain));
+        let object = object.bytes("type", event.event_type).bytes("metadata", event.metadata);
+        array.push_str(if index == 0 { "" } else { "," });
+        array.push_str(&object.bytes("data", event.data).finish());
         events = rest;
     }
-    println!("next: {} (end: {})", head.next, head.end);
-    Ok(code)
+    array.push(']');
+    report.text.push_str(&format!("next: {} (end: {})\n", head.next, head.end));
+    report.json = report.json.raw("events", &array).number("next", head.next);
+    report.json = report.json.number("end", head.end);
+    Ok(report)
 }
 
 /// `bytes` as text if they are printable UTF-8, else as hex.
@@ -250,7 +358,7 @@ fn printable(bytes: &[u8]) -> String {
     }
 }
 
-fn info(client: &mut Client, rest: &[String]) -> Result<ResultCode, String> {
+fn info(client: &mut Client, rest: &[String]) -> Result<Report, String> {
     let [stream] = rest else {
         return Err("usage: info STREAM".to_string());
     };
@@ -258,17 +366,23 @@ fn info(client: &mut Client, rest: &[String]) -> Result<ResultCode, String> {
     let reply =
         client.read(Operation::StreamInfo, body.as_bytes()).map_err(|error| error.to_string())?;
     let info = StreamInfoReply::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
-    let code = result_code(info.result)?;
-    if code == ResultCode::Ok {
-        println!(
-            "stream {} tenant {}: {} events, next offset {}, chain {:08x}",
+    let mut report = Report::new(result_code(info.result)?);
+    if report.code == ResultCode::Ok {
+        report.text = format!(
+            "stream {} tenant {}: {} events, next offset {}, chain {:08x}\n",
             info.stream, info.tenant, info.event_count, info.offset_next, info.chain
         );
+        let json = report.json.number("stream", info.stream).number("tenant", info.tenant);
+        let json = json.number("event_count", info.event_count);
+        let json = json.number("offset_next", info.offset_next);
+        report.json = json.text("chain", &format!("{:032x}", info.chain));
     }
-    println!(
-        "grid of the replica that answered: {} MiB in use, room for {} MiB more of events",
+    report.text.push_str(&format!(
+        "grid of the replica that answered: {} MiB in use, room for {} MiB more of events\n",
         info.grid_used_bytes >> 20,
         info.grid_room_bytes >> 20
-    );
-    Ok(code)
+    ));
+    let json = report.json.number("grid_used_bytes", info.grid_used_bytes);
+    report.json = json.number("grid_room_bytes", info.grid_room_bytes);
+    Ok(report)
 }

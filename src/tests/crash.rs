@@ -804,7 +804,8 @@ fn a_client_naming_another_cluster_is_told_to_check_cluster() {
     // `kimberlite client` then fails saying so (every replica closed it twice without a word),
     // instead of waiting out its deadline with "no replica answered in time". With the right
     // cluster the same command works, and it names the missing flag when there is none; then
-    // `append --file=-` takes one event per line of standard input.
+    // `append --file=-` takes one event per line of standard input, and `--format=json` reads
+    // them back as JSON.
     let directory = std::env::current_dir()
         .unwrap()
         .join(format!("target/wrong-cluster-test-{}", std::process::id()));
@@ -855,4 +856,12 @@ fn a_client_naming_another_cluster_is_told_to_check_cluster() {
     let text = String::from_utf8_lossy(reply.body);
     let (first, second, third) = (text.find("first"), text.find("second"), text.find("third"));
     assert!(first < second && second < third && first.is_some(), "{text}");
+    let output = Command::new(BINARY)
+        .args(["client", &format!("--addresses={address}"), "--cluster=42", "--format=json"])
+        .args(["read", "5", "--offset=1", "--count=1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with(r#"{"result":"ok","events":[{"stream":5,"offset":1,"#), "{stdout}");
+    assert!(stdout.contains(r#""type":"line","metadata":"","data":"second"}],"next":2,"#));
 }
