@@ -16,7 +16,7 @@ usage:
   kimberlite format --cluster=ID --replica=I --replica-count=N [--grid-size=SIZE]
                     [--clients-max=N] [--streams-max=N] [--rejoin] PATH
   kimberlite start --addresses=ADDRESS[,ADDRESS...] PATH
-  kimberlite inspect PATH
+  kimberlite inspect [--format=json] PATH
   kimberlite benchmark [--addresses=...] [--cluster=ID] [--replica-count=N] [--clients=N]
                        [--events=N] [--event-size=BYTES] [--batch=N] [--streams=N]
                        [--client-threads=N] [--rate=REQUESTS_PER_SECOND]
@@ -74,10 +74,11 @@ example: kimberlite start --addresses=127.0.0.1:3001,127.0.0.1:3002,127.0.0.1:30
     (
         "inspect",
         "\
-usage: kimberlite inspect PATH
+usage: kimberlite inspect [--format=json] PATH
 
 Reads a stopped replica's data file and reports its superblock copies, its WAL, its checkpoint
-and its grid use; exits 1 if the file is not usable.
+and its grid use, as text or as one JSON object (--format=json); exits 1 if the file is not
+usable.
 
 example: kimberlite inspect 0.kimberlite",
     ),
@@ -115,7 +116,8 @@ answered; 2: the cluster answered with another result (printed).
   create-stream STREAM [TENANT]
   append STREAM --type=TYPE [--metadata=TEXT] [--expected-offset=N|any|no-stream]
          (EVENT... | --file=PATH | --file=-)     one event per argument, or per line of a
-                                                 file (- reads standard input)
+                                                 file (- reads standard input; blank lines
+                                                 are skipped)
   read STREAM [--offset=N] [--count=N]
   read-log [--position=N] [--count=N]
   info STREAM
@@ -155,7 +157,11 @@ pub fn main_with_args(arguments: &[String]) -> i32 {
         eprintln!("{USAGE}");
         return 1;
     };
-    let asks_help = rest.iter().any(|argument| argument == "--help" || argument == "-h");
+    // Before the first positional argument only: after it, `-h` may be data (an event).
+    let asks_help = rest
+        .iter()
+        .find(|argument| !argument.starts_with("--") || *argument == "--help")
+        .is_some_and(|argument| argument == "--help" || argument == "-h");
     if let Some(text) = help(command).filter(|_| asks_help) {
         println!("{text}");
         return 0;
@@ -314,10 +320,19 @@ fn command_format(arguments: &[String]) -> Result<(), String> {
 }
 
 fn command_inspect(arguments: &[String]) -> Result<(), String> {
-    let arguments = Arguments::parse(arguments, &[])?;
+    let arguments = Arguments::parse(arguments, &["format"])?;
+    let json = match arguments.flag("format") {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => return Err(format!("--format={other}: the formats are text and json")),
+    };
     let path = arguments.path()?;
     let report = crate::inspect::inspect_file(path.as_ref())?;
-    print!("{}", report.text);
+    if json {
+        println!("{}", report.json);
+    } else {
+        print!("{}", report.text);
+    }
     if report.usable { Ok(()) } else { Err(format!("{path} is not usable")) }
 }
 

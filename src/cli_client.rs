@@ -13,6 +13,7 @@ use crate::state_machine::types::{
     AppendResult, CreateStream, CreateStreamResult, Event, ReadLog, ReadReplyHeader, ReadStream,
     ResultCode, StreamInfo, StreamInfoReply, append_batch_body, record_next,
 };
+use crate::stdx::json::Json;
 use crate::vsr::header::ClusterId;
 use crate::vsr::header::Operation;
 
@@ -79,79 +80,10 @@ struct Report {
 
 impl Report {
     fn new(code: ResultCode) -> Report {
-        Report { code, text: String::new(), json: Json::new().text("result", code.name()) }
+        let mut json = Json::new();
+        json.text("result", code.name());
+        Report { code, text: String::new(), json }
     }
-}
-
-/// A JSON object, built field by field.
-struct Json(String);
-
-impl Json {
-    fn new() -> Json {
-        Json(String::from("{"))
-    }
-
-    fn key(mut self, key: &str) -> Json {
-        if self.0.len() > 1 {
-            self.0.push(',');
-        }
-        json_string(&mut self.0, key);
-        self.0.push(':');
-        self
-    }
-
-    fn number(self, key: &str, value: u64) -> Json {
-        let mut json = self.key(key);
-        json.0.push_str(&value.to_string());
-        json
-    }
-
-    fn text(self, key: &str, value: &str) -> Json {
-        let mut json = self.key(key);
-        json_string(&mut json.0, value);
-        json
-    }
-
-    /// `value` as a string if it is UTF-8, else as hex under `KEY_hex`.
-    fn bytes(self, key: &str, value: &[u8]) -> Json {
-        match std::str::from_utf8(value) {
-            Ok(text) => self.text(key, text),
-            Err(_) => self.text(&format!("{key}_hex"), &hex(value)),
-        }
-    }
-
-    /// `value`: JSON already (an array or object).
-    fn raw(self, key: &str, value: &str) -> Json {
-        let mut json = self.key(key);
-        json.0.push_str(value);
-        json
-    }
-
-    fn finish(mut self) -> String {
-        self.0.push('}');
-        self.0
-    }
-}
-
-/// Appends `text` as a JSON string: quoted, with quotes, backslashes and control characters
-/// escaped.
-fn json_string(out: &mut String, text: &str) {
-    out.push('"');
-    for character in text.chars() {
-        match character {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            character if character.is_control() => {
-                out.push_str(&format!("\\u{:04x}", u32::from(character)));
-            }
-            character => out.push(character),
-        }
-    }
-    out.push('"');
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The events of `append`: its EVENT arguments, or the lines of `--file`.
@@ -161,7 +93,18 @@ fn append_events(arguments: &Arguments, events: &[String]) -> Result<Vec<String>
         Some(_) if !events.is_empty() => {
             Err("append takes EVENT arguments or --file, not both".to_string())
         }
-        Some(path) => Ok(events_read(path)?.lines().map(str::to_string).collect()),
+        Some(path) => {
+            let text = events_read(path)?;
+            if text.len() > MESSAGE_SIZE_MAX {
+                return Err(format!(
+                    "{path} holds {} bytes, more than one request holds ({MESSAGE_SIZE_MAX}): \
+                     append it in parts",
+                    text.len()
+                ));
+            }
+            let lines = text.lines().filter(|line| !line.is_empty());
+            Ok(lines.map(str::to_string).collect())
+        }
     }
 }
 
@@ -203,8 +146,7 @@ fn create_stream(client: &mut Client, rest: &[String]) -> Result<Report, String>
     if report.code == ResultCode::Ok {
         let op = reply.header.op.0;
         report.text = format!("created stream {stream} (tenant {tenant}) at op {op}\n");
-        report.json =
-            report.json.number("stream", stream).number("tenant", tenant).number("op", op);
+        report.json.number("stream", stream).number("tenant", tenant).number("op", op);
     }
     Ok(report)
 }
@@ -233,6 +175,48 @@ fn append(client: &mut Client, arguments: &Arguments, rest: &[String]) -> Result
     if metadata.len() > usize::from(u16::MAX) {
         return Err("--metadata must be at most 65535 bytes".to_string());
     }
+    let body = append_body((stream, expected_offset), (event_type, metadata), &events)?;
+    let count = events.len() as u64;
+    let reply = client.write(Operation::Append, &body).map_err(|error| error.to_string())?;
+    let result = AppendResult::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
+    let mut report = Report::new(result_code(result.result)?);
+    let (op, commit, end) = (reply.header.op.0, reply.header.commit.0, result.offset + count);
+    match report.code {
+        ResultCode::Ok => {
+            report.text = format!(
+                "appended {count} events to stream {stream} at offsets {}..{end} (op {op}, \
+                 commit {commit})\n",
+                result.offset
+            );
+            let json = report.json.number("stream", stream).number("offset", result.offset);
+            json.number("count", count).number("op", op).number("commit", commit);
+        }
+        ResultCode::ExpectedOffsetWrong => {
+            report.text = format!("the stream's next offset is {}\n", result.offset);
+            report.json.number("offset_next", result.offset);
+        }
+        _ => {}
+    }
+    Ok(report)
+}
+
+/// The body of an append of `events` (each with the type and the metadata), if it fits one
+/// request.
+fn append_body(
+    (stream, expected_offset): (u64, u64),
+    (event_type, metadata): (&str, &str),
+    events: &[String],
+) -> Result<Vec<u8>, String> {
+    // Bounded before encoding: each event repeats the type and the metadata.
+    let per_event = (16 + event_type.len() + metadata.len()) as u64;
+    let estimate = per_event.saturating_mul(events.len() as u64);
+    if estimate > MESSAGE_SIZE_MAX as u64 {
+        return Err(format!(
+            "{} events of {per_event} bytes or more (type and metadata each) exceed one \
+             request ({MESSAGE_SIZE_MAX} bytes): append them in parts",
+            events.len()
+        ));
+    }
     let events: Vec<Event<'_>> = events
         .iter()
         .map(|data| Event {
@@ -251,29 +235,7 @@ fn append(client: &mut Client, arguments: &Arguments, rest: &[String]) -> Result
             body.len()
         ));
     }
-    let count = events.len() as u64;
-    let reply = client.write(Operation::Append, &body).map_err(|error| error.to_string())?;
-    let result = AppendResult::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
-    let mut report = Report::new(result_code(result.result)?);
-    let (op, commit, end) = (reply.header.op.0, reply.header.commit.0, result.offset + count);
-    match report.code {
-        ResultCode::Ok => {
-            report.text = format!(
-                "appended {count} events to stream {stream} at offsets {}..{end} (op {op}, \
-                 commit {commit})\n",
-                result.offset
-            );
-            report.json = report.json.number("stream", stream).number("offset", result.offset);
-            report.json = report.json.number("count", count).number("op", op);
-            report.json = report.json.number("commit", commit);
-        }
-        ResultCode::ExpectedOffsetWrong => {
-            report.text = format!("the stream's next offset is {}\n", result.offset);
-            report.json = report.json.number("offset_next", result.offset);
-        }
-        _ => {}
-    }
-    Ok(report)
+    Ok(body)
 }
 
 fn count_argument(arguments: &Arguments) -> Result<u32, String> {
@@ -318,8 +280,8 @@ fn events_report(body: &[u8]) -> Result<Report, String> {
     let (head, mut events) =
         ReadReplyHeader::read_from_prefix(body).map_err(|_| "short read reply")?;
     let mut report = Report::new(result_code(head.result)?);
-    let mut array = String::from("[");
-    for index in 0..head.event_count {
+    let mut objects = Vec::new();
+    for _ in 0..head.event_count {
         let (record, event, rest) = record_next(events).map_err(|reason| reason.to_string())?;
         let metadata = if event.metadata.is_empty() {
             String::new()
@@ -335,18 +297,17 @@ fn events_report(body: &[u8]) -> Result<Report, String> {
             printable(event.event_type),
             printable(event.data),
         ));
-        let object = Json::new().number("stream", record.stream).number("offset", record.offset);
-        let object = object.number("position", record.position);
-        let object = object.text("chain", &format!("{:032x}", record.chain));
-        let object = object.bytes("type", event.event_type).bytes("metadata", event.metadata);
-        array.push_str(if index == 0 { "" } else { "," });
-        array.push_str(&object.bytes("data", event.data).finish());
+        let mut object = Json::new();
+        object.number("stream", record.stream).number("offset", record.offset);
+        object.number("position", record.position);
+        object.text("chain", &format!("{:032x}", record.chain));
+        object.bytes("type", event.event_type).bytes("metadata", event.metadata);
+        object.bytes("data", event.data);
+        objects.push(object);
         events = rest;
     }
-    array.push(']');
     report.text.push_str(&format!("next: {} (end: {})\n", head.next, head.end));
-    report.json = report.json.raw("events", &array).number("next", head.next);
-    report.json = report.json.number("end", head.end);
+    report.json.objects("events", objects).number("next", head.next).number("end", head.end);
     Ok(report)
 }
 
@@ -373,9 +334,8 @@ fn info(client: &mut Client, rest: &[String]) -> Result<Report, String> {
             info.stream, info.tenant, info.event_count, info.offset_next, info.chain
         );
         let json = report.json.number("stream", info.stream).number("tenant", info.tenant);
-        let json = json.number("event_count", info.event_count);
-        let json = json.number("offset_next", info.offset_next);
-        report.json = json.text("chain", &format!("{:032x}", info.chain));
+        json.number("event_count", info.event_count).number("offset_next", info.offset_next);
+        json.text("chain", &format!("{:032x}", info.chain));
     }
     report.text.push_str(&format!(
         "grid of the replica that answered: {} MiB in use, room for {} MiB more of events\n",
@@ -383,6 +343,6 @@ fn info(client: &mut Client, rest: &[String]) -> Result<Report, String> {
         info.grid_room_bytes >> 20
     ));
     let json = report.json.number("grid_used_bytes", info.grid_used_bytes);
-    report.json = json.number("grid_room_bytes", info.grid_room_bytes);
+    json.number("grid_room_bytes", info.grid_room_bytes);
     Ok(report)
 }

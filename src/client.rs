@@ -38,6 +38,9 @@ pub const PRIMARY_BUSY_DELAY: Duration = Duration::from_millis(50);
 /// How soon a request goes again after a replica answered that it had no room for it (doubled
 /// with each such answer in a row).
 pub const BUSY_DELAY: Duration = Duration::from_millis(2);
+/// The least time the replicas must have been closing every connection without answering
+/// before a call fails with `ClosedUnanswered` rather than go on trying.
+pub const CLOSED_UNANSWERED_MIN: Duration = Duration::from_secs(1);
 /// How long a request keeps retrying before the call fails.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -51,8 +54,10 @@ pub enum ClientError {
     RequestTooLarge { size: usize, size_max: usize },
     /// A reply failed validation.
     InvalidReply(&'static str),
-    /// Every replica, in turn, closed the connection without a word: a replica closes the
-    /// connection of a client whose messages name another cluster.
+    /// Every replica, in turn, closed the connection without a word for a while: a replica
+    /// closes the connection of a client whose messages name another cluster, or when every
+    /// one of its client slots is taken. A write is then in doubt, as after `Timeout`: the next
+    /// call sends it again first.
     ClosedUnanswered { closes: u32 },
 }
 
@@ -68,7 +73,8 @@ impl std::fmt::Display for ClientError {
             ClientError::ClosedUnanswered { closes } => write!(
                 formatter,
                 "the replicas closed the connection {closes} times in a row without answering; \
-                 a replica does that to a client that names another cluster: check --cluster"
+                 a replica does that to a client that names another cluster (check --cluster), \
+                 or when all its client slots are taken"
             ),
         }
     }
@@ -98,8 +104,9 @@ pub struct Client {
     request_deadline: Duration,
     /// Time zero of the core's clock.
     epoch: Instant,
-    /// Connections the replicas closed since a message last arrived.
-    closes_unanswered: u32,
+    /// Connections the replicas closed since a message last arrived, and when the first of
+    /// them was.
+    closes_unanswered: (u32, Option<Instant>),
 }
 
 impl Client {
@@ -124,7 +131,7 @@ impl Client {
             reply_size_held: 0,
             request_deadline: REQUEST_DEADLINE,
             epoch: Instant::now(),
-            closes_unanswered: 0,
+            closes_unanswered: (0, None),
         }
     }
 
@@ -263,11 +270,7 @@ impl Client {
                         error.kind(),
                         std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
                     );
-                    self.closes_unanswered = if closed { self.closes_unanswered + 1 } else { 0 };
-                    // Each replica twice: not a restart or a failover, which answer in between.
-                    let closes = self.closes_unanswered;
-                    if closes >= 2 * self.addresses.len() as u32 {
-                        self.closes_unanswered = 0;
+                    if let Some(closes) = self.closed_unanswered(closed) {
                         if in_flight.operation.is_read() {
                             self.core.read_abandon();
                         }
@@ -276,7 +279,7 @@ impl Client {
                     continue;
                 }
             };
-            self.closes_unanswered = 0;
+            self.closes_unanswered = (0, None);
             match self.core.on_message(&header, self.now()) {
                 Outcome::Reply => {
                     self.reply_size_held = header.size as usize;
@@ -292,6 +295,26 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Counts a connection that failed (`closed`: the replica closed it); returns the count once
+    /// every replica closed it twice in a row without a message, over `CLOSED_UNANSWERED_MIN`
+    /// at least: not a restart or a failover, which answer in between, nor a replica that is
+    /// briefly out of client slots.
+    fn closed_unanswered(&mut self, closed: bool) -> Option<u32> {
+        let (closes, first) = &mut self.closes_unanswered;
+        if !closed {
+            self.closes_unanswered = (0, None);
+            return None;
+        }
+        *closes += 1;
+        let first = *first.get_or_insert_with(Instant::now);
+        let count = *closes;
+        if count < 2 * self.addresses.len() as u32 || first.elapsed() < CLOSED_UNANSWERED_MIN {
+            return None;
+        }
+        self.closes_unanswered = (0, None);
+        Some(count)
     }
 
     /// The core's clock: milliseconds since this client was made.

@@ -452,9 +452,9 @@ pub const IDENTIFY_TICKS_MAX: u64 = 1_000 / TICK_MS;
 /// The shortest interval between two log lines about connections shed (10 s).
 pub const SHED_LOG_TICKS: u64 = 10_000 / TICK_MS;
 
-/// Connections closed for what they sent that are logged one line each per `SHED_LOG_TICKS`;
-/// beyond them, a line says how many more were closed (a client of another cluster retrying
-/// in a loop must not flood the log).
+/// Client and unidentified connections closed for what they sent or did that are logged one
+/// line each per `SHED_LOG_TICKS`; beyond them, a line says how many more were closed (a
+/// client of another cluster retrying in a loop must not flood the log).
 pub const CLOSE_LOG_LINES_MAX: u64 = 10;
 
 const_assert!(SECTOR_SIZE.is_power_of_two());

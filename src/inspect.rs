@@ -16,6 +16,7 @@ use crate::constants::{BLOCK_SIZE, JOURNAL_IOPS_READ_MAX};
 use crate::io::IoStorage;
 use crate::state_machine::types::BlockKind;
 use crate::state_machine::{Limits, grid_block_invalid, grid_room_blocks, root_lists_read};
+use crate::stdx::json::Json;
 use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::header::Checksum;
 use crate::vsr::header::ClientId;
@@ -25,9 +26,11 @@ use crate::vsr::layout::{Layout, Zone};
 use crate::vsr::message_pool::MessagePool;
 use crate::vsr::superblock::{SuperBlock, SuperBlockHeader};
 
-/// What `inspect_file` found: the text to print and whether the file can be started.
+/// What `inspect_file` found: the text to print, the same as one JSON object
+/// (`inspect --format=json`), and whether the file can be started.
 pub struct InspectReport {
     pub text: String,
+    pub json: String,
     pub usable: bool,
 }
 
@@ -42,17 +45,25 @@ pub fn inspect_file(path: &Path) -> Result<InspectReport, String> {
     let mut storage = IoStorage::new(data_file.file, false)
         .map_err(|error| format!("{}: io_uring: {error}", path.display()))?;
     let mut text = String::new();
+    let mut json = Json::new();
     let _ = writeln!(text, "data file: {} ({size_bytes} bytes)", path.display());
+    json.text("path", &path.display().to_string()).number("size_bytes", size_bytes);
     let mut superblock = SuperBlock::new();
     superblock.open_read_only(&mut storage);
     let result = superblock.complete_blocking(&mut storage);
     let _ = writeln!(text, "\nsuperblock copies:");
+    let mut copies = Vec::new();
     for (copy, health) in superblock.copies_health().iter().enumerate() {
         let _ = writeln!(text, "  copy {copy}: {health}");
+        copies.push(health.to_string());
     }
+    let mut quorum = Json::new();
+    quorum.texts("copies", &copies);
     if let Err(error) = result {
         let _ = writeln!(text, "  quorum: none: {error}");
-        return Ok(InspectReport { text, usable: false });
+        quorum.text("quorum_error", &error.to_string());
+        json.object("superblock", quorum);
+        return Ok(InspectReport::finish(text, json, false));
     }
     let working = *superblock.working();
     let _ = writeln!(
@@ -60,7 +71,9 @@ pub fn inspect_file(path: &Path) -> Result<InspectReport, String> {
         "  quorum: sequence {} (checksum {:08x})",
         working.sequence, working.checksum
     );
-    write_config(&mut text, &working, superblock.working_sessions());
+    quorum.number("sequence", working.sequence);
+    json.object("superblock", quorum);
+    write_config(&mut text, &mut json, &working, superblock.working_sessions());
     let layout = Layout::new(&working.config());
     if size_bytes < layout.file_size() {
         let _ = writeln!(
@@ -68,7 +81,8 @@ pub fn inspect_file(path: &Path) -> Result<InspectReport, String> {
             "\nfile too short: {size_bytes} bytes, the layout needs {}",
             layout.file_size()
         );
-        return Ok(InspectReport { text, usable: false });
+        json.text("error", "file too short").number("size_needed", layout.file_size());
+        return Ok(InspectReport::finish(text, json, false));
     }
     let mut journal = Journal::new(&working.config());
     let read_pool = MessagePool::new(JOURNAL_IOPS_READ_MAX, working.message_size_max as usize);
@@ -80,9 +94,16 @@ pub fn inspect_file(path: &Path) -> Result<InspectReport, String> {
             &read_pool,
         )
         .map_err(|error| format!("{}: reading the WAL: {error}", path.display()))?;
-    write_journal(&mut text, report);
-    let grid_usable = write_grid(&mut text, path, &working, &layout)?;
-    Ok(InspectReport { text, usable: report.usable && grid_usable })
+    write_journal(&mut text, &mut json, report);
+    let grid_usable = write_grid(&mut text, &mut json, path, (&working, &layout))?;
+    Ok(InspectReport::finish(text, json, report.usable && grid_usable))
+}
+
+impl InspectReport {
+    fn finish(text: String, mut json: Json, usable: bool) -> InspectReport {
+        json.boolean("usable", usable);
+        InspectReport { text, json: json.finish(), usable }
+    }
 }
 
 /// Bad grid blocks listed one by one (the rest are only counted).
@@ -144,23 +165,26 @@ fn checkpoint_blocks(
 /// much of the grid is in use; returns whether the file is usable as far as the grid goes.
 fn write_grid(
     text: &mut String,
+    json: &mut Json,
     path: &Path,
-    working: &SuperBlockHeader,
-    layout: &Layout,
+    (working, layout): (&SuperBlockHeader, &Layout),
 ) -> Result<bool, String> {
     use std::os::unix::fs::FileExt;
     let file = std::fs::File::open(path).map_err(|error| format!("{}: {error}", path.display()))?;
     let _ = writeln!(text, "\ngrid:");
     let root = working.vsr_state.streams_table_address as u32;
     let mut root_bad = false;
+    let mut grid = Json::new();
     let blocks = checkpoint_blocks(&file, working, layout).unwrap_or_else(|reason| {
         let _ = writeln!(text, "  streams table root (block {root}): {reason}");
+        grid.text("root_error", reason);
         root_bad = true;
         let checksums = vec![working.vsr_state.streams_table_checksum];
         CheckpointBlocks { metadata: vec![root], checksums, free: Vec::new(), tail: false }
     });
     let mut block = vec![0u8; BLOCK_SIZE];
     let mut bad = 0;
+    let mut bad_blocks = Vec::new();
     let mut named = vec![Checksum::ZERO; blocks.metadata.len()];
     let grid_head = working.vsr_state.grid_head;
     // By address: each of the checkpoint's blocks' index in its list (a grid may be large).
@@ -182,20 +206,18 @@ fn write_grid(
         }
         let Some(reason) = invalid else { continue };
         bad += 1;
-        if bad <= BLOCKS_LISTED_MAX {
-            let role = block_role(&blocks, index, &block);
-            let _ = writeln!(text, "  block {address} ({role}): BAD: {reason}");
-        } else if bad == BLOCKS_LISTED_MAX + 1 {
-            let _ = writeln!(text, "  ...");
-        }
+        let role = block_role(&blocks, index, &block);
+        bad_block_write(text, &mut bad_blocks, (bad, address), (role, reason));
     }
     let table_mismatch = root_bad || named != blocks.checksums;
     if table_mismatch {
         let _ = writeln!(text, "  streams table: a block is not the one its checkpoint names");
     }
-    write_grid_use(text, working, &blocks);
+    write_grid_use(text, &mut grid, working, &blocks);
     let free = blocks.free.len() as u64;
     let _ = writeln!(text, "  blocks verified: {}, bad: {bad}", grid_head - free);
+    grid.number("blocks_verified", grid_head - free).number("blocks_bad", bad as u64);
+    grid.objects("bad_blocks", bad_blocks).boolean("table_mismatch", table_mismatch);
     let sound = bad == 0 && !table_mismatch;
     let usable = sound || working.replica_count > 1;
     let verdict = match (sound, usable) {
@@ -204,7 +226,26 @@ fn write_grid(
         (false, false) => "bad blocks and no peer to repair them: NOT usable",
     };
     let _ = writeln!(text, "  grid: {verdict}");
+    grid.text("verdict", verdict);
+    json.object("grid", grid);
     Ok(usable)
+}
+
+/// Lists the `bad`th bad block, at `address`, as long as `BLOCKS_LISTED_MAX` allows.
+fn bad_block_write(
+    text: &mut String,
+    listed: &mut Vec<Json>,
+    (bad, address): (usize, u64),
+    (role, reason): (&str, &str),
+) {
+    if bad <= BLOCKS_LISTED_MAX {
+        let _ = writeln!(text, "  block {address} ({role}): BAD: {reason}");
+        let mut block = Json::new();
+        block.number("address", address).text("role", role).text("reason", reason);
+        listed.push(block);
+    } else if bad == BLOCKS_LISTED_MAX + 1 {
+        let _ = writeln!(text, "  ...");
+    }
 }
 
 /// What a bad block was: one of the checkpoint's (the `index`th), or else what its header says.
@@ -221,7 +262,12 @@ fn block_role(blocks: &CheckpointBlocks, index: Option<usize>, block: &[u8]) -> 
 }
 
 /// How much of the grid the checkpoint uses, and the room left for events.
-fn write_grid_use(text: &mut String, working: &SuperBlockHeader, blocks: &CheckpointBlocks) {
+fn write_grid_use(
+    text: &mut String,
+    grid: &mut Json,
+    working: &SuperBlockHeader,
+    blocks: &CheckpointBlocks,
+) {
     let free = blocks.free.len() as u64;
     let grid_head = working.vsr_state.grid_head;
     let grid_blocks = working.config().grid_size / BLOCK_SIZE as u64;
@@ -234,10 +280,26 @@ fn write_grid_use(text: &mut String, working: &SuperBlockHeader, blocks: &Checkp
         blocks.metadata.len(),
         (room * BLOCK_SIZE as u64) >> 20,
     );
+    grid.number("blocks", grid_blocks).number("blocks_in_use", grid_head - free);
+    grid.number("checkpoint_blocks", blocks.metadata.len() as u64).number("free_blocks", free);
+    grid.number("room_blocks", room).number("room_bytes", room * BLOCK_SIZE as u64);
 }
 
-fn write_config(text: &mut String, working: &SuperBlockHeader, sessions: &[ClientSessionRecord]) {
+fn write_config(
+    text: &mut String,
+    json: &mut Json,
+    working: &SuperBlockHeader,
+    sessions: &[ClientSessionRecord],
+) {
     let config = working.config();
+    let mut section = Json::new();
+    section.number("cluster", config.cluster.get()).number("replica", config.replica.get().into());
+    section.number("replica_count", config.replica_count.into());
+    section.number("journal_slot_count", config.journal_slot_count.into());
+    section.number("message_size_max", config.message_size_max.into());
+    section.number("clients_max", config.clients_max.into());
+    section.number("streams_max", config.streams_max.into()).number("grid_size", config.grid_size);
+    json.object("config", section);
     let layout = Layout::new(&config);
     let _ = writeln!(text, "\nconfig:");
     let _ = writeln!(text, "  cluster: {}", config.cluster);
@@ -280,13 +342,24 @@ fn write_config(text: &mut String, working: &SuperBlockHeader, sessions: &[Clien
     );
     let sessions = sessions.iter().filter(|record| record.client != ClientId(0)).count();
     let _ = writeln!(text, "  client sessions: {sessions} of {}", working.clients_max);
+    let state = &working.vsr_state;
+    let mut section = Json::new();
+    section.number("view", state.view.0.into()).number("log_view", state.log_view.0.into());
+    section.boolean("log_lost", state.log_lost != 0).number("commit_max", state.commit_max.0);
+    section.number("checkpoint_op", state.checkpoint_op.0).number("grid_head", state.grid_head);
+    section.number("streams_table_address", state.streams_table_address);
+    section.number("streams_table_blocks", state.streams_table_blocks.into());
+    section.number("client_sessions", sessions as u64);
+    json.object("vsr_state", section);
 }
 
-fn write_journal(text: &mut String, report: &RecoveryReport) {
+fn write_journal(text: &mut String, json: &mut Json, report: &RecoveryReport) {
     let _ = writeln!(text, "\nwal:");
+    let mut section = Json::new();
     match (report.op_min, report.op_max) {
         (Some(op_min), Some(op_max)) => {
             let _ = writeln!(text, "  ops present: {op_min}..={op_max}");
+            section.number("op_min", op_min.0).number("op_max", op_max.0);
         }
         _ => {
             let _ = writeln!(text, "  ops present: none");
@@ -304,12 +377,16 @@ fn write_journal(text: &mut String, report: &RecoveryReport) {
         let _ = writeln!(text, "  views: {view_min}..={view_max}");
     }
     let _ = writeln!(text, "  slots by recovery decision:");
+    let mut decisions = Json::new();
     for decision in Decision::ALL {
         let count = report.count(decision);
         if count > 0 {
             let _ = writeln!(text, "    {:<14} {count}", decision.name());
+            decisions.number(decision.name(), count as u64);
         }
     }
+    section.object("slots_by_decision", decisions).boolean("usable", report.usable);
+    json.object("wal", section);
     let mut listed = 0;
     for (slot, entry) in report.slots.iter().enumerate() {
         if matches!(entry.decision, Decision::Eql | Decision::Nil) {

@@ -498,8 +498,8 @@ impl MessageBus {
         }
         if unlogged > 0 {
             eprintln!(
-                "message bus: closed {unlogged} more connection(s) for what they sent in the \
-                 last {} s (at most {CLOSE_LOG_LINES_MAX} logged one by one)",
+                "message bus: closed {unlogged} more client or unidentified connection(s) in \
+                 the last {} s (at most {CLOSE_LOG_LINES_MAX} logged one by one)",
                 SHED_LOG_TICKS * TICK_MS / 1_000,
             );
         }
@@ -1147,7 +1147,10 @@ impl MessageBus {
                 | CloseReason::Superseded
                 | CloseReason::ClientsFull
         );
-        if !quiet {
+        // A client or unknown peer may close in a loop (another cluster's, retrying); a peer
+        // replica's closures stay logged one by one, whatever a flood of those did.
+        let replica = matches!(self.connections[index].peer, Peer::Replica(_));
+        if !quiet && !replica {
             let (_, logged, unlogged) = &mut self.close_logged;
             if *logged >= CLOSE_LOG_LINES_MAX {
                 *unlogged += 1;

@@ -7,4 +7,5 @@
 
 pub mod allocation_guard;
 pub mod id_index;
+pub mod json;
 pub mod prng;

@@ -47,7 +47,8 @@ const FORMAT_SMALL: [&str; 6] = [
 
 #[test]
 fn format_then_inspect_a_healthy_file() {
-    // Goal: a formatted file inspects as usable, with every superblock copy valid.
+    // Goal: a formatted file inspects as usable, with every superblock copy valid, in text and
+    // in JSON.
     let scratch = Scratch::new("healthy");
     let path = scratch.0.join("0_0.kimberlite");
     let path = path.to_str().unwrap();
@@ -63,6 +64,13 @@ fn format_then_inspect_a_healthy_file() {
     // Four blocks: one for the open block, three kept for a checkpoint, none left over.
     assert!(text.contains("in use: 0 of 4 blocks"), "{text}");
     assert!(text.contains("room for events before storage_full: 0 blocks"), "{text}");
+    // The same as one JSON object.
+    let output = run(&["inspect", "--format=json", path]);
+    assert!(output.status.success(), "{output:?}");
+    let json = String::from_utf8_lossy(&output.stdout);
+    assert!(json.starts_with(r#"{"path":""#) && json.trim_end().ends_with(r#""usable":true}"#));
+    assert!(json.contains(r#""grid":{"blocks":4,"blocks_in_use":0,"#), "{json}");
+    assert!(json.contains(r#""slots_by_decision":{"nil":1024},"usable":true}"#), "{json}");
     // A second format of the same path is refused, and the file is left alone.
     let output = run(&[&format[..], &[path]].concat());
     assert_eq!(output.status.code(), Some(1));
@@ -86,6 +94,10 @@ fn inspect_of_a_file_without_superblock_quorum_fails() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("corrupt (checksum)"));
     assert!(text.contains("quorum: none"));
+    let output = run(&["inspect", "--format=json", path_text]);
+    assert_eq!(output.status.code(), Some(1));
+    let json = String::from_utf8_lossy(&output.stdout);
+    assert!(json.contains(r#""quorum_error":"#) && json.contains(r#""usable":false}"#), "{json}");
 }
 
 #[test]

@@ -804,8 +804,8 @@ fn a_client_naming_another_cluster_is_told_to_check_cluster() {
     // `kimberlite client` then fails saying so (every replica closed it twice without a word),
     // instead of waiting out its deadline with "no replica answered in time". With the right
     // cluster the same command works, and it names the missing flag when there is none; then
-    // `append --file=-` takes one event per line of standard input, and `--format=json` reads
-    // them back as JSON.
+    // `append --file=-` takes one event per line of standard input (blank lines skipped, CRLF
+    // taken as a line end), and `--format=json` reads them back as JSON.
     let directory = std::env::current_dir()
         .unwrap()
         .join(format!("target/wrong-cluster-test-{}", std::process::id()));
@@ -846,7 +846,7 @@ fn a_client_naming_another_cluster_is_told_to_check_cluster() {
         .spawn()
         .unwrap();
     let mut stdin = append.stdin.take().unwrap();
-    std::io::Write::write_all(&mut stdin, b"first\nsecond\nthird\n").unwrap();
+    std::io::Write::write_all(&mut stdin, b"first\n\nsecond\r\nthird\n").unwrap();
     drop(stdin);
     let output = append.wait_with_output().unwrap();
     assert!(output.status.success(), "{output:?}");
@@ -863,5 +863,13 @@ fn a_client_naming_another_cluster_is_told_to_check_cluster() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.starts_with(r#"{"result":"ok","events":[{"stream":5,"offset":1,"#), "{stdout}");
-    assert!(stdout.contains(r#""type":"line","metadata":"","data":"second"}],"next":2,"#));
+    assert!(stdout.contains(r#""data":"second"}],"next":2,"end":3}"#), "{stdout}");
+    // After the first positional argument, `-h` is an event, not a request for help.
+    let output = Command::new(BINARY)
+        .args(["client", &format!("--addresses={address}"), "--cluster=42", "--format=json"])
+        .args(["append", "5", "--type=flag", "-h"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with(r#"{"result":"ok","stream":5,"offset":3,"count":1,"#), "{stdout}");
 }
