@@ -295,6 +295,11 @@ pub struct ClusterMetrics {
     pub grid_blocks_misdirected: u64,
     /// Crashes of the primary whose process came back within 20 ticks, inside its view.
     pub primary_quick_restarts: u64,
+    /// Backups kept down long enough for their peers to checkpoint past them twice (and reuse
+    /// the blocks of their checkpoint).
+    pub crash_long_outages: u64,
+    /// Rotten or misdirected blocks that were one of the crashed replica's checkpoint's.
+    pub grid_checkpoint_blocks_damaged: u64,
 }
 }
 
@@ -1018,6 +1023,11 @@ impl Cluster {
             // not lead that view again.
             down_ticks = 1 + self.prng.next_u64() % 20;
             self.metrics.primary_quick_restarts += 1;
+        } else if index != primary && !single && self.prng.chance(1, 16) {
+            // Long enough for the others to checkpoint twice and reuse the blocks of its
+            // checkpoint: if one of its own rots meanwhile, no peer holds it any more.
+            down_ticks = 2_000 + self.prng.next_u64() % 4_000;
+            self.metrics.crash_long_outages += 1;
         }
         self.crash(index, torn, self.tick + down_ticks);
         // Within the fault model: not while another replica's grid block or WAL is damaged, for
@@ -1178,7 +1188,17 @@ impl Cluster {
         if grid_head == 0 {
             return;
         }
-        let address = self.prng.next_u64() % grid_head;
+        let mut address = self.prng.next_u64() % grid_head;
+        // Half the time one of its checkpoint's blocks (the open must repair those).
+        let checkpoint_blocks = &self.replicas[index].checkpoint_blocks.1;
+        let checkpoint_block = !checkpoint_blocks.is_empty() && self.prng.chance(1, 2);
+        if checkpoint_block {
+            address = checkpoint_blocks[self.prng.index(checkpoint_blocks.len())].0;
+            if address >= grid_head {
+                return;
+            }
+            self.metrics.grid_checkpoint_blocks_damaged += 1;
+        }
         if self.grid_faults.iter().any(|(_, damaged)| *damaged == address) {
             return;
         }

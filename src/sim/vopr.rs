@@ -489,11 +489,23 @@ mod tests {
         // 5531984660257967767 (a campaign of 2026-12-07) failed with replicas holding different
         // bytes of one block at the same checkpoint. Each change to the simulator's timings
         // moves the seeds that reach the refetch: this one, from a campaign on the code of
-        // peers reusing checkpoint blocks (a block taken from one peer once a mixed one failed),
-        // reaches it 4 times.
-        let summary = seed_passes_with(1860791502034058257, None, None);
+        // long outages in the fault mix, reaches it 5 times.
+        let summary = seed_passes_with(10575077370516560445, None, None);
         let deferred = summary.replica_metrics.sync_chunks_deferred_behind_writes;
         assert!(deferred > 0, "the seed no longer reaches the refetch: {summary:?}");
+    }
+
+    #[test]
+    fn a_replica_whose_checkpoint_block_no_peer_holds_gives_up_its_open_and_syncs() {
+        // Goal: the fault mix reaches the open given up for state sync: a backup down long
+        // enough for its peers to checkpoint twice past it (`crash_long_outages`), one of whose
+        // checkpoint's blocks rotted meanwhile, finds no peer holding it, syncs, and the run
+        // converges with every check passing. Like the refetch above, the seed moves with the
+        // simulator's timings: this one (a campaign on the code that added long outages)
+        // gives up 3 opens.
+        let summary = seed_passes_with(13278491119055255429, None, None);
+        let abandoned = summary.replica_metrics.checkpoint_opens_abandoned;
+        assert!(abandoned > 0, "the seed no longer gives up an open: {summary:?}");
     }
 
     #[test]
