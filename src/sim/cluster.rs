@@ -11,16 +11,19 @@
 //! duplicates of messages to clients (after the client moved on to its next request); directional
 //! partitions of replica and client links that heal by themselves; and crashes: a replica (the
 //! primary too, when the run draws primary crashes) loses or tears its writes in flight and
-//! restarts from its disk after a while, in a replicated cluster possibly with a rotten or
-//! misdirected WAL sector, and possibly with a grid block (events or streams table, below its
-//! durable grid head) rotten or misdirected, never on two replicas for the same block at once;
-//! half the crashes go to a replica in the middle of a view change when there is one.
+//! restarts from its disk after a while (1 in 16 backups only after 2,000 to 6,000 ticks, long
+//! enough for its peers to checkpoint twice past it and reuse its checkpoint's blocks), in a
+//! replicated cluster possibly with a rotten or misdirected WAL sector, and possibly with a grid
+//! block (below its durable grid head; half the time one of its checkpoint's) rotten or
+//! misdirected, never on two replicas for the same block at once; half the crashes go to a
+//! replica in the middle of a view change when there is one.
 //! Partitions also isolate the primary. At most `f` replicas are failed at once (at least one,
 //! so a cluster of one or two still crashes): down, still opening, or holding WAL entries found
 //! faulty that a peer's log has not replaced yet. The run's fault phase is followed by a
 //! liveness phase: every link heals, every replica restarts, clients start no new requests, and the
-//! cluster must converge within a tick budget: every damaged grid block
-//! repaired, and replicas that checkpointed the same op holding the same grid bytes below it.
+//! cluster must converge within a tick budget: every damaged grid block that a checkpoint
+//! still uses repaired, and replicas that checkpointed the same op holding the same free list
+//! and the same grid bytes below it (but in free blocks).
 
 use crate::constants::{
     BLOCK_SIZE, HEADER_SIZE, SECTOR_SIZE, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE,
