@@ -856,20 +856,15 @@ fn a_client_naming_another_cluster_is_told_to_check_cluster() {
     let text = String::from_utf8_lossy(reply.body);
     let (first, second, third) = (text.find("first"), text.find("second"), text.find("third"));
     assert!(first < second && second < third && first.is_some(), "{text}");
-    let output = Command::new(BINARY)
-        .args(["client", &format!("--addresses={address}"), "--cluster=42", "--format=json"])
-        .args(["read", "5", "--offset=1", "--count=1"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json = |command: &[&str]| {
+        let mut line = Command::new(BINARY);
+        line.args(["client", &format!("--addresses={address}"), "--cluster=42", "--format=json"]);
+        String::from_utf8_lossy(&line.args(command).output().unwrap().stdout).to_string()
+    };
+    let stdout = json(&["read", "5", "--offset=1", "--count=1"]);
     assert!(stdout.starts_with(r#"{"result":"ok","events":[{"stream":5,"offset":1,"#), "{stdout}");
     assert!(stdout.contains(r#""data":"second"}],"next":2,"end":3}"#), "{stdout}");
     // After the first positional argument, `-h` is an event, not a request for help.
-    let output = Command::new(BINARY)
-        .args(["client", &format!("--addresses={address}"), "--cluster=42", "--format=json"])
-        .args(["append", "5", "--type=flag", "-h"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = json(&["append", "5", "--type=flag", "-h"]);
     assert!(stdout.starts_with(r#"{"result":"ok","stream":5,"offset":3,"count":1,"#), "{stdout}");
 }
