@@ -157,11 +157,11 @@ pub fn main_with_args(arguments: &[String]) -> i32 {
         eprintln!("{USAGE}");
         return 1;
     };
-    // Before the first positional argument only: after it, `-h` may be data (an event).
-    let asks_help = rest
-        .iter()
-        .find(|argument| !argument.starts_with("--") || *argument == "--help")
-        .is_some_and(|argument| argument == "--help" || argument == "-h");
+    // `--help` anywhere (it can be no value); `-h` before the first positional argument only:
+    // after it, `-h` may be data (an event).
+    let first_short = rest.iter().find(|argument| !argument.starts_with("--"));
+    let asks_help = rest.iter().any(|argument| argument == "--help")
+        || first_short.is_some_and(|argument| argument == "-h");
     if let Some(text) = help(command).filter(|_| asks_help) {
         println!("{text}");
         return 0;

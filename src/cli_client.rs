@@ -109,17 +109,22 @@ fn append_events(arguments: &Arguments, events: &[String]) -> Result<Vec<String>
 }
 
 /// The events of `append --file`: the file at `path`, or standard input for `-`.
+/// Reads no more than one request can hold, and a byte: a larger input is refused, not read
+/// whole (`--file=/dev/zero`).
 fn events_read(path: &str) -> Result<String, String> {
-    let text = if path == "-" {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-            .map_err(|error| format!("cannot read events from standard input: {error}"))?;
-        text
+    use std::io::Read;
+    let limit = MESSAGE_SIZE_MAX as u64 + 1;
+    let mut text = String::new();
+    let result = if path == "-" {
+        std::io::stdin().take(limit).read_to_string(&mut text)
     } else if path.is_empty() {
         return Err("--file needs a path, or - for standard input".to_string());
     } else {
-        std::fs::read_to_string(path).map_err(|error| format!("cannot read {path}: {error}"))?
+        let file =
+            std::fs::File::open(path).map_err(|error| format!("cannot read {path}: {error}"))?;
+        file.take(limit).read_to_string(&mut text)
     };
+    result.map_err(|error| format!("cannot read events from {path}: {error}"))?;
     Ok(text)
 }
 

@@ -239,6 +239,8 @@ impl Client {
     /// until its reply arrives (held at the front of the receive buffer), an eviction, or the
     /// deadline.
     fn reply_wait(&mut self, deadline: Instant) -> Result<Header, ClientError> {
+        // A streak of closes counts within one call (a timeout may have cut the last one short).
+        self.closes_unanswered = (0, None);
         loop {
             let in_flight = *self.core.in_flight().expect("a request in flight");
             if Instant::now() >= deadline {

@@ -1192,19 +1192,22 @@ impl Cluster {
             return;
         }
         let mut address = self.prng.next_u64() % grid_head;
-        // Half the time one of its checkpoint's blocks (the open must repair those).
+        // Half the time one of its checkpoint's blocks (the open must repair those). Not with
+        // two replicas: the peer may hold an older block at that address (it cannot get two
+        // checkpoints ahead, so aiming there gains nothing but a fault beyond the model).
         let checkpoint_blocks = &self.replicas[index].checkpoint_blocks.1;
-        let checkpoint_block = !checkpoint_blocks.is_empty() && self.prng.chance(1, 2);
+        let aimed = self.replicas.len() > 2 && !checkpoint_blocks.is_empty();
+        let checkpoint_block = aimed && self.prng.chance(1, 2);
         if checkpoint_block {
             address = checkpoint_blocks[self.prng.index(checkpoint_blocks.len())].0;
             if address >= grid_head {
                 return;
             }
-            self.metrics.grid_checkpoint_blocks_damaged += 1;
         }
         if self.grid_faults.iter().any(|(_, damaged)| *damaged == address) {
             return;
         }
+        self.metrics.grid_checkpoint_blocks_damaged += u64::from(checkpoint_block);
         let layout = Layout::new(&self.replicas[index].config);
         let block_size = BLOCK_SIZE as u64;
         let offset = layout.offset(Zone::Grid, address * block_size);
@@ -1240,6 +1243,8 @@ impl Cluster {
         let node = &mut self.replicas[index];
         assert!(node.replica.is_none(), "replica {index} must be down");
         node.log_lost_down = true;
+        node.checkpoint_blocks = (Op(0), Vec::new());
+        node.sync_installed = false;
         let layout = Layout::new(&node.config);
         let grid_offset = layout.zone_offset(Zone::Grid) as usize;
         node.storage.bytes_mut().fill(0);

@@ -223,6 +223,9 @@ fn every_command_has_help_with_an_example_and_the_binary_a_version() {
         let output = run(&[command, "--help"]);
         assert!(String::from_utf8_lossy(&output.stdout).contains("example"), "{command}");
     }
+    // `--help` after a positional argument too (it can be no value).
+    let output = run(&["format", "x.kimberlite", "--help"]);
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("usage: kimberlite format"));
     let output = run(&["--version"]);
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("kimberlite "));
