@@ -327,7 +327,17 @@ fn command_inspect(arguments: &[String]) -> Result<(), String> {
         Some(other) => return Err(format!("--format={other}: the formats are text and json")),
     };
     let path = arguments.path()?;
-    let report = crate::inspect::inspect_file(path.as_ref())?;
+    let report = match crate::inspect::inspect_file(path.as_ref()) {
+        Ok(report) => report,
+        Err(error) if json => {
+            // A file that cannot be read at all is still one JSON object on stdout.
+            let mut object = crate::stdx::json::Json::new();
+            object.text("path", path).text("error", &error).boolean("usable", false);
+            println!("{}", object.finish());
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
     if json {
         println!("{}", report.json);
     } else {

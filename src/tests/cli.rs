@@ -94,6 +94,10 @@ fn inspect_of_a_file_without_superblock_quorum_fails() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("corrupt (checksum)"));
     assert!(text.contains("quorum: none"));
+    let output = run(&["inspect", "--format=json", "no-such-file"]);
+    assert_eq!(output.status.code(), Some(1));
+    let json = String::from_utf8_lossy(&output.stdout);
+    assert!(json.starts_with(r#"{"path":"no-such-file","error":"#), "{json}");
     let output = run(&["inspect", "--format=json", path_text]);
     assert_eq!(output.status.code(), Some(1));
     let json = String::from_utf8_lossy(&output.stdout);
