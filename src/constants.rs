@@ -449,6 +449,9 @@ pub const RECONNECT_DELAY_TICKS_MAX: u64 = 1_000 / TICK_MS;
 /// clients and replicas send one as soon as they connect.
 pub const IDENTIFY_TICKS_MAX: u64 = 1_000 / TICK_MS;
 
+/// Ticks a replica stopped by SIGTERM or SIGINT waits for its disk I/O in flight to land (1 s).
+pub const STOP_DRAIN_TICKS: u64 = 1_000 / TICK_MS;
+
 /// The shortest interval between two log lines about connections shed (10 s).
 pub const SHED_LOG_TICKS: u64 = 10_000 / TICK_MS;
 

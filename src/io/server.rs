@@ -6,7 +6,8 @@
 //! completion arrives or the next 10 ms tick is due, then hands disk completions to the replica,
 //! network completions to the bus, received messages to the replica, ticks both every `TICK_MS`,
 //! and moves the replica's outgoing messages to the bus. The replica stops rather than diverge:
-//! its `Failed` status ends the loop with its reason.
+//! its `Failed` status ends the loop with its reason. SIGTERM or SIGINT end it too: the loop
+//! takes no new message, lets its disk I/O in flight land, and prints where the replica stood.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::constants::{
-    INVALID_LOG_TICKS, IO_OPERATIONS_MAX, MESSAGE_SIZE_SMALL, SECTOR_SIZE, TICK_MS,
+    INVALID_LOG_TICKS, IO_OPERATIONS_MAX, MESSAGE_SIZE_SMALL, SECTOR_SIZE, STOP_DRAIN_TICKS,
+    TICK_MS,
 };
 use crate::io::data_file;
 use crate::io::message_bus::MessageBus;
@@ -31,8 +33,10 @@ use crate::vsr::storage::Storage;
 use crate::vsr::superblock::SuperBlock;
 
 /// Runs the replica of the data file at `path`, listening on its entry of `addresses` (indexed
-/// by replica), until it fails. Returns only with an error an operator can act on.
+/// by replica), until it fails, or SIGTERM or SIGINT stops it (with a final line, once its
+/// writes in flight have landed). Returns only with an error an operator can act on.
 pub fn start(path: &Path, addresses: &[SocketAddr]) -> Result<(), String> {
+    super::signal::catch_interrupts().map_err(|error| format!("sigaction: {error}"))?;
     let running = AtomicBool::new(true);
     start_while(path, addresses, &running, |_| {}).map(|_| ())
 }
@@ -91,6 +95,18 @@ pub(crate) fn start_while(
     let allocations = allocation_guard::allocations_since_armed();
     allocation_guard::disarm();
     result.map_err(|reason| format!("{}: replica stopped: {reason}", path.display()))?;
+    if super::signal::interrupted() {
+        let (replica, in_flight) = (&server.replica, server.storage.in_flight());
+        println!(
+            "replica {} stopped by SIGTERM or SIGINT: view {}, op {}, commit {}, checkpoint {}; \
+             {in_flight} write(s) still in flight (none acknowledged)",
+            config.replica,
+            replica.view(),
+            replica.op(),
+            replica.commit_min(),
+            replica.checkpoint_op(),
+        );
+    }
     Ok(allocations)
 }
 
@@ -204,7 +220,7 @@ impl Server {
     fn run(&mut self, running: &AtomicBool) -> Result<(), &'static str> {
         let tick = Duration::from_millis(TICK_MS);
         let mut tick_next = Instant::now() + tick;
-        while running.load(Ordering::Relaxed) {
+        while running.load(Ordering::Relaxed) && !super::signal::interrupted() {
             let timeout = tick_next.saturating_duration_since(Instant::now());
             let timeout_ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
             self.storage.io().run(Wait::Timeout { timeout_ns });
@@ -226,7 +242,19 @@ impl Server {
             }
             self.allocations_check();
         }
+        self.drain();
         Ok(())
+    }
+
+    /// Stopping: lets the disk I/O in flight land (for at most `STOP_DRAIN_TICKS`), taking no
+    /// new message and no tick, so that what the replica wrote last is on disk when it exits.
+    fn drain(&mut self) {
+        let deadline = Instant::now() + Duration::from_millis(STOP_DRAIN_TICKS * TICK_MS);
+        while self.storage.in_flight() > 0 && Instant::now() < deadline {
+            let timeout_ns = TICK_MS * 1_000_000;
+            self.storage.io().run(Wait::Timeout { timeout_ns });
+            self.completions_dispatch();
+        }
     }
 
     /// Hands each finished operation to its owner: disk to the replica, network to the bus.

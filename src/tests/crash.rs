@@ -868,3 +868,46 @@ fn a_client_naming_another_cluster_is_told_to_check_cluster() {
     let stdout = json(&["append", "5", "--type=flag", "-h"]);
     assert!(stdout.starts_with(r#"{"result":"ok","stream":5,"offset":3,"count":1,"#), "{stdout}");
 }
+
+#[test]
+fn sigterm_stops_a_replica_with_a_final_line_and_a_file_that_opens() {
+    // Goal: SIGTERM ends `kimberlite start` with exit code 0 and a final line naming where the
+    // replica stood, after events were acknowledged; the file then inspects as usable and the
+    // replica reopens it with every acknowledged event.
+    let directory = std::env::current_dir()
+        .unwrap()
+        .join(format!("target/sigterm-test-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let _scratch = Scratch(directory.clone());
+    let path = directory.join("0_0.kimberlite");
+    let status = Command::new(BINARY)
+        .args(["format", "--cluster=42", "--replica=0", "--replica-count=1", "--grid-size=32MiB"])
+        .args(["--streams-max=64"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let address = address_free();
+    let mut child = Command::new(BINARY)
+        .args(["start", &format!("--addresses={address}")])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while !lines.next().unwrap().unwrap().contains("listening") {}
+    let mut client = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
+    let create = CreateStream { stream: 1, tenant: 1 };
+    client.write(Operation::CreateStream, create.as_bytes()).unwrap();
+    client.write(Operation::Append, &append_body(1, 0, 10)).unwrap();
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(status.success(), "{status:?}: {rest:?}");
+    assert!(rest.iter().any(|line| line.contains("stopped by SIGTERM or SIGINT")), "{rest:?}");
+    assert!(inspect(&path).0, "the file inspects as usable");
+    let _replicas = Replicas(vec![start(&path, address)]);
+    let mut client = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
+    assert_eq!(read_stream(&mut client, 1), (0..10).collect::<Vec<u64>>());
+}
