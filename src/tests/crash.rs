@@ -798,19 +798,13 @@ fn a_replica_whose_data_file_is_lost_rejoins_under_load_and_loses_nothing() {
     every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
 }
 
-#[test]
-fn a_client_naming_another_cluster_is_told_to_check_cluster() {
-    // Goal: a replica closes the connection of a client whose messages name another cluster;
-    // `kimberlite client` then fails saying so (every replica closed it twice without a word),
-    // instead of waiting out its deadline with "no replica answered in time". With the right
-    // cluster the same command works, and it names the missing flag when there is none; then
-    // `append --file=-` takes one event per line of standard input (blank lines skipped, CRLF
-    // taken as a line end), and `--format=json` reads them back as JSON.
-    let directory = std::env::current_dir()
-        .unwrap()
-        .join(format!("target/wrong-cluster-test-{}", std::process::id()));
+/// A scratch directory holding one replica's small data file of cluster 42 (64 streams, a
+/// 32 MiB grid), and the file's path.
+fn formatted_small(name: &str) -> (Scratch, PathBuf) {
+    let directory =
+        std::env::current_dir().unwrap().join(format!("target/{name}-test-{}", std::process::id()));
     std::fs::create_dir_all(&directory).unwrap();
-    let _scratch = Scratch(directory.clone());
+    let scratch = Scratch(directory.clone());
     let path = directory.join("0_0.kimberlite");
     let status = Command::new(BINARY)
         .args(["format", "--cluster=42", "--replica=0", "--replica-count=1", "--grid-size=32MiB"])
@@ -819,6 +813,18 @@ fn a_client_naming_another_cluster_is_told_to_check_cluster() {
         .status()
         .unwrap();
     assert!(status.success());
+    (scratch, path)
+}
+
+#[test]
+fn a_client_naming_another_cluster_is_told_to_check_cluster() {
+    // Goal: a replica closes the connection of a client whose messages name another cluster;
+    // `kimberlite client` then fails saying so (every replica closed it twice without a word),
+    // instead of waiting out its deadline with "no replica answered in time". With the right
+    // cluster the same command works, and it names the missing flag when there is none; then
+    // `append --file=-` takes one event per line of standard input (blank lines skipped, CRLF
+    // taken as a line end), and `--format=json` reads them back as JSON.
+    let (_scratch, path) = formatted_small("wrong-cluster");
     let address = address_free();
     let _replicas = Replicas(vec![start(&path, address)]);
     let client = |cluster: Option<&str>| {
@@ -874,19 +880,7 @@ fn sigterm_stops_a_replica_with_a_final_line_and_a_file_that_opens() {
     // Goal: SIGTERM ends `kimberlite start` with exit code 0 and a final line naming where the
     // replica stood, after events were acknowledged; the file then inspects as usable and the
     // replica reopens it with every acknowledged event.
-    let directory = std::env::current_dir()
-        .unwrap()
-        .join(format!("target/sigterm-test-{}", std::process::id()));
-    std::fs::create_dir_all(&directory).unwrap();
-    let _scratch = Scratch(directory.clone());
-    let path = directory.join("0_0.kimberlite");
-    let status = Command::new(BINARY)
-        .args(["format", "--cluster=42", "--replica=0", "--replica-count=1", "--grid-size=32MiB"])
-        .args(["--streams-max=64"])
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (_scratch, path) = formatted_small("sigterm");
     let address = address_free();
     let mut child = Command::new(BINARY)
         .args(["start", &format!("--addresses={address}")])

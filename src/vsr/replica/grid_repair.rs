@@ -93,7 +93,6 @@ pub(super) struct GridRepair {
     faults: [Option<Fault>; GRID_REPAIRS_MAX],
     /// The index in `faults` of the block being fetched.
     fetching: Option<usize>,
-    attempts: u64,
     /// Chunks of the block received into `block`, and asked for.
     chunks: ChunkFetch,
     /// The one block-sized buffer the fetched block is gathered in, allocated at startup; it is
@@ -120,7 +119,6 @@ impl GridRepair {
         GridRepair {
             faults: [None; GRID_REPAIRS_MAX],
             fetching: None,
-            attempts: 0,
             chunks: ChunkFetch::new(),
             block_pool: MessagePool::new(1, BLOCK_SIZE),
             block: None,
@@ -263,7 +261,6 @@ impl Replica {
             let repair = &mut self.grid_repair;
             assert!(!repair.writing && repair.block.is_none());
             repair.fetching = Some(next);
-            repair.attempts = 0;
             repair.sources = 0;
             repair.superseded_at = None;
             repair.chunks.reset();
@@ -292,7 +289,6 @@ impl Replica {
         };
         let repair = &mut self.grid_repair;
         let skip = repair.chunks.skip(all);
-        repair.attempts += 1;
         self.timeouts[TimeoutKind::GridRepair].start();
         let asked = self.blocks_request_send(source, Op(0), fault.block.address, skip);
         self.grid_repair.chunks.asked(asked);
