@@ -251,7 +251,7 @@ fn format_config(arguments: &Arguments) -> Result<Config, String> {
     let blocks = config.grid_size / BLOCK_SIZE as u64;
     if !crate::state_machine::grid_holds_a_stream(config.streams_max, blocks) {
         let blocks_min = crate::state_machine::grid_blocks_min(config.streams_max);
-        let reserve = crate::state_machine::Limits::new(&config).metadata_blocks_max as u64;
+        let reserve = crate::state_machine::checkpoint_blocks_max(config.streams_max, blocks);
         return Err(format!(
             "a grid of {} bytes cannot hold a stream: with --streams-max={} a checkpoint keeps \
              {} bytes free; every --grid-size from {} up works",

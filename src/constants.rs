@@ -153,6 +153,9 @@ pub const GRID_SIZE_DEFAULT: u64 = 1024 * 1024 * 1024;
 /// The largest grid a data file may have (16 TiB).
 pub const GRID_SIZE_MAX: u64 = 16 * 1024 * 1024 * 1024 * 1024;
 
+/// Blocks in the largest grid.
+pub const GRID_BLOCKS_MAX: u64 = GRID_SIZE_MAX / BLOCK_SIZE as u64;
+
 /// Streams a data file holds unless formatted otherwise (`format --streams-max`). Each costs
 /// its entry and skip-list frontier in memory (440 bytes on the default grid) and the same in
 /// the grid's reserve for the streams table, which every checkpoint writes whole: at 1,000,000
@@ -192,10 +195,10 @@ pub const FORMAT_WRITE_SIZE: usize = 1024 * 1024;
 pub const FORMAT_WRITES_IN_FLIGHT: usize = 4;
 
 /// The wire and disk protocol version carried by every header.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The data-file format version carried by the superblock.
-pub const SUPERBLOCK_VERSION: u16 = 6;
+pub const SUPERBLOCK_VERSION: u16 = 7;
 
 /// Ops between checkpoints for a journal of `slot_count` slots. A checkpoint must be durable
 /// before the ring wraps over the ops it covers, so a replica takes no prepare beyond its

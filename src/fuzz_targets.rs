@@ -275,6 +275,7 @@ fn journal_prepare_header(op: Op, view: View, body_size: usize) -> Header {
     header.timestamp = op.get();
     header.view = view;
     header.operation = Operation::Noop as u8;
+    header.op_min = Op(1); // grid_blocks
     header.size = (HEADER_SIZE + body_size) as u32;
     header.set_checksum_body(&body[..body_size]);
     header.set_checksum();

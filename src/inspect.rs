@@ -117,6 +117,8 @@ struct CheckpointBlocks {
     checksums: Vec<Checksum>,
     free: Vec<u32>,
     tail: bool,
+    /// The cluster's grid as of the checkpoint, in blocks (0 before any).
+    grid_limit: u64,
 }
 
 fn checkpoint_blocks(
@@ -131,6 +133,7 @@ fn checkpoint_blocks(
         checksums: Vec::new(),
         free: Vec::new(),
         tail: false,
+        grid_limit: 0,
     };
     if state.streams_table_blocks == 0 {
         return Ok(blocks);
@@ -158,6 +161,7 @@ fn checkpoint_blocks(
         return Err("the root's grid head is not the checkpoint's");
     }
     blocks.tail = table_root.tail_blocks == 1;
+    blocks.grid_limit = u64::from(table_root.grid_blocks_limit);
     Ok(blocks)
 }
 
@@ -180,7 +184,8 @@ fn write_grid(
         grid.text("root_error", reason);
         root_bad = true;
         let checksums = vec![working.vsr_state.streams_table_checksum];
-        CheckpointBlocks { metadata: vec![root], checksums, free: Vec::new(), tail: false }
+        let (free, tail, grid_limit) = (Vec::new(), false, 0);
+        CheckpointBlocks { metadata: vec![root], checksums, free, tail, grid_limit }
     });
     let mut block = vec![0u8; BLOCK_SIZE];
     let mut bad = 0;
@@ -271,16 +276,22 @@ fn write_grid_use(
     let free = blocks.free.len() as u64;
     let grid_head = working.vsr_state.grid_head;
     let grid_blocks = working.config().grid_size / BLOCK_SIZE as u64;
-    let room = grid_room_blocks(&Limits::new(&working.config()), grid_head, blocks.free.len());
+    let limits = Limits::new(&working.config());
+    // Before its first checkpoint a cluster has recorded no grid: its replicas' own stand.
+    let grid_limit = if blocks.grid_limit == 0 { grid_blocks } else { blocks.grid_limit };
+    let room = grid_room_blocks(&limits, grid_limit, grid_head, blocks.free.len());
     let _ = writeln!(
         text,
         "  in use: {} of {grid_blocks} blocks ({} for the checkpoint, {free} free for the next \
-         one); room for events before storage_full: {room} blocks ({} MiB)",
+         one); the cluster's grid at the checkpoint: {} blocks; room for events before \
+         storage_full: {room} blocks ({} MiB)",
         grid_head - free,
         blocks.metadata.len(),
+        grid_limit,
         (room * BLOCK_SIZE as u64) >> 20,
     );
     grid.number("blocks", grid_blocks).number("blocks_in_use", grid_head - free);
+    grid.number("cluster_blocks", grid_limit);
     grid.number("checkpoint_blocks", blocks.metadata.len() as u64).number("free_blocks", free);
     grid.number("room_blocks", room).number("room_bytes", room * BLOCK_SIZE as u64);
 }

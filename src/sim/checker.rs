@@ -534,6 +534,7 @@ mod tests {
         header.request = request;
         header.operation = Operation::Append as u8;
         header.context = 0x1000 + u128::from(request);
+        header.op_min = Op(1); // grid_blocks
         header.timestamp = op.get();
         header.set_checksum_body(&[]);
         header.set_checksum();

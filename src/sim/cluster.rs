@@ -95,6 +95,11 @@ pub struct FaultOptions {
     /// seeds, for it turns off the workload's check that no session is ever evicted while the
     /// table never filled.
     pub replies_unreadable: bool,
+    /// A grid larger than the cluster's (0: none): a replica that loses its data file is then
+    /// formatted with it, and crashed replicas lose theirs more often, so that the replicas
+    /// are replaced one by one with larger files, as operators grow a grid
+    /// (`docs/operating.md`), and the cluster's grid grows once all are.
+    pub grid_grow_size: u64,
 }
 
 impl FaultOptions {
@@ -112,6 +117,7 @@ impl FaultOptions {
         pause_interval_mean_ticks: 0,
         pause_ticks_max: 0,
         replies_unreadable: false,
+        grid_grow_size: 0,
     };
 }
 
@@ -303,6 +309,8 @@ pub struct ClusterMetrics {
     pub crash_long_outages: u64,
     /// Rotten or misdirected blocks that were one of the crashed replica's checkpoint's.
     pub grid_checkpoint_blocks_damaged: u64,
+    /// Rejoins with a data file larger than the replica's before (`grid_grow_size`).
+    pub grid_grows: u64,
 }
 }
 
@@ -1038,7 +1046,10 @@ impl Cluster {
         let grid_damaged_elsewhere = self.grid_faults.iter().any(|(damaged, _)| *damaged != index);
         let wal_damaged_elsewhere = self.wal_faulty_elsewhere(index);
         let damaged_elsewhere = grid_damaged_elsewhere || wal_damaged_elsewhere;
-        if self.replicas.len() > 1 && self.prng.chance(1, 8) && !damaged_elsewhere {
+        // Growing a grid replaces replicas one by one; the usual rate would rarely get to all.
+        let growing = self.options.faults.grid_grow_size > self.replicas[index].config.grid_size;
+        let rejoins = if growing { self.prng.chance(1, 2) } else { self.prng.chance(1, 8) };
+        if self.replicas.len() > 1 && rejoins && !damaged_elsewhere {
             self.rejoin(index);
         }
     }
@@ -1240,8 +1251,14 @@ impl Cluster {
     pub fn reformat_for_rejoin(&mut self, index: usize) {
         self.checker.replica_reformatted(index);
         self.grid_faults.retain(|(damaged, _)| *damaged != index);
+        let grow_size = self.options.faults.grid_grow_size;
         let node = &mut self.replicas[index];
         assert!(node.replica.is_none(), "replica {index} must be down");
+        if grow_size > node.config.grid_size {
+            self.grid_resize(index, grow_size);
+            self.metrics.grid_grows += 1;
+        }
+        let node = &mut self.replicas[index];
         node.log_lost_down = true;
         node.checkpoint_blocks = (Op(0), Vec::new());
         node.sync_installed = false;
@@ -1261,6 +1278,15 @@ impl Cluster {
             let bytes = &mut node.storage.bytes_mut()[offset..offset + SUPERBLOCK_HEADER_SIZE];
             bytes.copy_from_slice(superblock.as_bytes());
         }
+    }
+
+    /// Gives replica `index`, which is down, a data file with a grid of `grid_size` bytes, to
+    /// be formatted (`reformat_for_rejoin`).
+    pub(crate) fn grid_resize(&mut self, index: usize, grid_size: u64) {
+        let node = &mut self.replicas[index];
+        assert!(node.replica.is_none(), "replica {index} must be down");
+        node.config.grid_size = grid_size;
+        node.storage.resize(Layout::new(&node.config).file_size());
     }
 
     fn restarts_due(&mut self) {

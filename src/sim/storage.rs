@@ -127,6 +127,15 @@ impl MemoryStorage {
         }
     }
 
+    /// Makes the disk `size` bytes (new ones zero): another data file in place of this one,
+    /// for a replica that is down (nothing in flight).
+    pub fn resize(&mut self, size: u64) {
+        assert!(self.pending.is_empty());
+        assert!(size.is_multiple_of(SECTOR_SIZE as u64));
+        self.data.resize(size as usize, 0);
+        self.unreadable.retain(|range| range.end <= size);
+    }
+
     /// From now on, every read that touches `range` fails with EIO, as an unreadable spot of
     /// the media does, until a write covers it (a drive remaps a sector it writes). At most
     /// `UNREADABLE_MAX` spots at once: the oldest gives way.

@@ -79,7 +79,7 @@ pub fn skip_pointer_count(ordinal: u64) -> u32 {
 }
 
 /// Frontier levels in use after `blocks` blocks: those with `2^level <= blocks`.
-pub fn frontier_count(blocks: u64) -> u32 {
+pub const fn frontier_count(blocks: u64) -> u32 {
     u64::BITS - blocks.leading_zeros()
 }
 

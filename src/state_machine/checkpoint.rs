@@ -42,8 +42,8 @@ use crate::state_machine::types::{
     stream_id_valid,
 };
 use crate::state_machine::{
-    BlockFault, CheckpointState, Limits, Log, StateMachine, Status, TokenKind, block_finish,
-    open_directory_entry, token,
+    BlockFault, CheckpointState, GRID_TOO_SMALL, Limits, Log, StateMachine, Status, TokenKind,
+    block_finish, open_directory_entry, token,
 };
 use crate::vsr::header::Op;
 use crate::vsr::header::{Checksum, ChecksumBytes, checksum, checksum_chain};
@@ -129,7 +129,7 @@ pub fn root_lists_read(
     let lists_valid = (root.metadata_count as usize) < limits.metadata_blocks_max
         && root.free_count as usize <= limits.free_blocks_max
         && root.tail_blocks <= root.metadata_count.min(1)
-        && root.reserved == 0;
+        && u64::from(root.grid_blocks_limit) >= root.grid_head;
     if !lists_valid {
         return Err("streams table: root lists malformed");
     }
@@ -209,7 +209,7 @@ impl StateMachine {
             metadata_count: table_blocks + tail_blocks - 1,
             free_count: self.free.len() as u32,
             tail_blocks,
-            reserved: 0,
+            grid_blocks_limit: u32::try_from(self.log.grid_limit).expect("grid addresses fit u32"),
         };
         let root_entries = self.table_entries_fitting(0, self.table_space(0));
         let progress = Checkpointing {
@@ -238,7 +238,7 @@ impl StateMachine {
         self.metadata_next.extend(self.free.drain(..from_free));
         self.blocks_reused += from_free as u64;
         while self.metadata_next.len() < count as usize {
-            assert!(self.log.grid_head < self.limits.grid_blocks, "the reserve holds a checkpoint");
+            assert!(self.log.grid_head < self.log.grid_limit, "the reserve holds a checkpoint");
             let address = u32::try_from(self.log.grid_head).expect("grid addresses fit u32");
             self.metadata_next.push(address);
             self.log.grid_head += 1;
@@ -625,8 +625,12 @@ impl StateMachine {
         if root.metadata_count + 1 != checkpoint.streams_table_blocks {
             return Err("streams table: root lists another number of blocks");
         }
+        if u64::from(root.grid_blocks_limit) > self.limits.grid_blocks {
+            return Err(GRID_TOO_SMALL);
+        }
         self.log = Log {
             grid_head: root.grid_head,
+            grid_limit: u64::from(root.grid_blocks_limit),
             position_next: root.position_next,
             blocks: root.log_blocks,
             frontier: root.log_frontier,

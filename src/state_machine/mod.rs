@@ -125,20 +125,36 @@ pub struct ReadReply {
     pub body_size: usize,
 }
 
+/// Why this replica cannot take the cluster's state: the cluster's grid (what the committed log
+/// may use) is larger than this replica's data file holds.
+pub const GRID_TOO_SMALL: &str = "the cluster's grid is larger than this data file's: format a \
+     data file at least as large as the peers' (--grid-size) and rejoin with it";
+
 /// Sizes derived once from the cluster's `Config`.
+///
+/// Two of them are this replica's own: `grid_blocks` and `levels` come from its data file's
+/// grid, which may be larger than its peers' (a grid grows by replacing replicas with larger
+/// files). What the committed log may use is the cluster's grid limit, part of the replicated
+/// state (`StateMachine::grid_blocks_limit`). Everything that shapes a block (the root's lists)
+/// is sized for the largest grid there can be, so every replica writes the same bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
+    /// Blocks in this replica's grid.
     pub grid_blocks: u64,
-    /// Skip-list levels a chain in this grid can use (ordinals never exceed `grid_blocks`).
+    /// Skip-list levels a chain in this replica's grid can use (ordinals never exceed
+    /// `grid_blocks`): what the streams table in memory holds per stream.
     pub levels: usize,
+    pub streams_max: u32,
     pub event_size_max: u32,
     pub reply_body_size_max: usize,
     /// The most blocks one commit can seal (see `seals_per_commit_max`).
     pub seals_per_commit_max: usize,
-    /// Grid blocks a full streams table takes (the root holding none of its entries).
+    /// Grid blocks a full streams table takes in the largest grid (the root holding none of
+    /// its entries).
     pub table_blocks_max: u64,
-    /// Blocks the largest checkpoint takes: a full table and a tail. The grid keeps that many
-    /// free beyond its free list for the next checkpoint. A grid too small for it (as in some
+    /// Blocks the largest checkpoint takes in the largest grid: a full table and a tail. The
+    /// root has a slot for each; the reserve kept for the next checkpoint is smaller, sized for
+    /// the cluster's grid (`checkpoint_blocks_max`). A grid too small for it (as in some
     /// protocol tests) is valid: every create gets `storage_full`.
     pub metadata_blocks_max: usize,
     /// The most blocks the free list holds: the blocks of the two checkpoints before.
@@ -147,24 +163,28 @@ pub struct Limits {
     pub write_buffers: usize,
 }
 
+/// Skip levels of the largest grid there can be (`GRID_SIZE_MAX`).
+const GRID_LEVELS_MAX: usize = frontier_count(GRID_SIZE_MAX / BLOCK_SIZE as u64) as usize;
+
 impl Limits {
     pub fn new(config: &Config) -> Limits {
         assert!(config.invalid().is_none());
         let grid_blocks = config.grid_size / BLOCK_SIZE as u64;
         let levels = frontier_count(grid_blocks) as usize;
-        assert!((1..=SKIP_LEVELS_MAX).contains(&levels));
+        assert!((1..=GRID_LEVELS_MAX).contains(&levels));
         let reply_body_size_max = config.message_size_max as usize - HEADER_SIZE;
         let reply_room = reply_body_size_max - size_of::<ReadReplyHeader>();
         let event_room = reply_room - size_of::<EventRecord>();
         let event_size_max = EVENT_SIZE_MAX.min(event_room as u32);
         let seals_per_commit_max =
             seals_per_commit_max(reply_body_size_max as u64, levels, event_size_max);
-        let table_blocks_max = table_blocks_max(config.streams_max, levels);
+        let table_blocks_max = table_blocks_max(config.streams_max, GRID_LEVELS_MAX);
         let metadata_blocks_max = table_blocks_max as usize + 1;
         assert!(checkpoint::root_fits(metadata_blocks_max), "Config::invalid checks it");
         let limits = Limits {
             grid_blocks,
             levels,
+            streams_max: config.streams_max,
             event_size_max,
             reply_body_size_max,
             seals_per_commit_max,
@@ -200,7 +220,7 @@ fn seals_per_commit_max(body_size: u64, levels: usize, event_size_max: u32) -> u
 /// skip levels with the grid, and a tail), the open block and one more. `format` refuses a
 /// grid that cannot, on which every create or every append would answer `storage_full`.
 pub fn grid_holds_a_stream(streams_max: u32, blocks: u64) -> bool {
-    table_blocks_max(streams_max, frontier_count(blocks) as usize) + 2 <= blocks
+    checkpoint_blocks_max(streams_max, blocks) < blocks
 }
 
 /// The fewest grid blocks from which every grid can hold a stream (`grid_holds_a_stream`):
@@ -209,8 +229,7 @@ pub fn grid_holds_a_stream(streams_max: u32, blocks: u64) -> bool {
 /// blocks) hold from their reserve up; the answer is where the highest level that fails at its
 /// start begins to hold.
 pub fn grid_blocks_min(streams_max: u32) -> u64 {
-    let levels_max = frontier_count(GRID_SIZE_MAX / BLOCK_SIZE as u64);
-    let failing = (1..=levels_max)
+    let failing = (1..=GRID_LEVELS_MAX as u32)
         .rev()
         .find(|level| !grid_holds_a_stream(streams_max, 1 << (level - 1)))
         .expect("a grid of one block holds nothing");
@@ -221,28 +240,36 @@ pub fn grid_blocks_min(streams_max: u32) -> u64 {
     blocks
 }
 
-/// Why a checkpoint of `config`'s largest streams table could not be written, or `None`: its
-/// root must list the blocks of the largest checkpoint and the free ones.
-pub fn config_invalid(config_streams_max: u32, grid_size: u64) -> Option<&'static str> {
-    let levels = frontier_count(grid_size / BLOCK_SIZE as u64) as usize;
-    let metadata_blocks_max = table_blocks_max(config_streams_max, levels) as usize + 1;
+/// Why a checkpoint of the largest streams table of `config_streams_max` streams could not be
+/// written, or `None`: its root must list the blocks of the largest checkpoint in the largest
+/// grid, and the free ones (the root's layout is the same whatever a replica's grid size).
+pub fn config_invalid(config_streams_max: u32) -> Option<&'static str> {
+    let metadata_blocks_max = table_blocks_max(config_streams_max, GRID_LEVELS_MAX) as usize + 1;
     if !checkpoint::root_fits(metadata_blocks_max) {
-        return Some("streams_max too large for this grid: a checkpoint could not list its blocks");
+        return Some("streams_max too large: a checkpoint could not list its blocks");
     }
     None
 }
 
-/// Blocks left for events before `storage_full`, with the grid used up to `grid_head` and
-/// `free` blocks on the free list: beyond them, the open block's and the next checkpoint's.
-pub fn grid_room_blocks(limits: &Limits, grid_head: u64, free: usize) -> u64 {
-    let reserve = checkpoint_reserve(limits, free);
-    limits.grid_blocks.saturating_sub(grid_head + 1 + reserve)
+/// The most blocks a checkpoint takes in a grid of `grid_limit` blocks (a full streams table,
+/// whose entries grow by a skip pointer at each power of two of the grid, and a tail): what
+/// the grid keeps for the next checkpoint (`checkpoint_reserve`) and what `format` names.
+pub fn checkpoint_blocks_max(streams_max: u32, grid_limit: u64) -> u64 {
+    table_blocks_max(streams_max, frontier_count(grid_limit) as usize) + 1
 }
 
-/// Blocks kept at `grid_head` for the next checkpoint: what the largest takes beyond the
-/// `free` blocks of the free list.
-fn checkpoint_reserve(limits: &Limits, free: usize) -> u64 {
-    limits.metadata_blocks_max.saturating_sub(free) as u64
+/// Blocks left for events before `storage_full`, in a cluster whose grid is `grid_limit`
+/// blocks, with the grid used up to `grid_head` and `free` blocks on the free list: beyond
+/// them, the open block's and the next checkpoint's.
+pub fn grid_room_blocks(limits: &Limits, grid_limit: u64, grid_head: u64, free: usize) -> u64 {
+    let reserve = checkpoint_reserve(limits, grid_limit, free);
+    grid_limit.saturating_sub(grid_head + 1 + reserve)
+}
+
+/// Blocks kept at `grid_head` for the next checkpoint: what the largest takes in the cluster's
+/// grid beyond the `free` blocks of the free list.
+fn checkpoint_reserve(limits: &Limits, grid_limit: u64, free: usize) -> u64 {
+    checkpoint_blocks_max(limits.streams_max, grid_limit).saturating_sub(free as u64)
 }
 
 /// The directory entry of `stream`'s events in the open block, with `pointer_count` pointers
@@ -288,6 +315,8 @@ enum Status {
 #[derive(Clone, Copy, Debug)]
 struct Log {
     grid_head: u64,
+    /// The cluster's grid, in blocks (`StateMachine::grid_blocks_limit`).
+    grid_limit: u64,
     position_next: u64,
     /// Sealed event blocks: the ordinal of the newest.
     blocks: u64,
@@ -296,7 +325,13 @@ struct Log {
 
 impl Log {
     fn new() -> Log {
-        Log { grid_head: 0, position_next: 0, blocks: 0, frontier: [BlockPointer::default(); _] }
+        Log {
+            grid_head: 0,
+            grid_limit: 0,
+            position_next: 0,
+            blocks: 0,
+            frontier: [BlockPointer::default(); _],
+        }
     }
 }
 
@@ -642,9 +677,9 @@ impl StateMachine {
     /// True if sealing `seals` more blocks (and the open block, if `open_after`) still leaves
     /// room for the largest checkpoint next, beyond the free list.
     fn grid_room(&self, seals: u64, open_after: bool) -> bool {
-        let reserve = checkpoint_reserve(&self.limits, self.free.len());
+        let reserve = checkpoint_reserve(&self.limits, self.log.grid_limit, self.free.len());
         let needed = self.log.grid_head + seals + u64::from(open_after) + reserve;
-        needed <= self.limits.grid_blocks
+        needed <= self.log.grid_limit
     }
 
     /// Bytes of grid blocks in use (event blocks, checkpoints, not the free list), and bytes
@@ -652,8 +687,31 @@ impl StateMachine {
     pub fn grid_use(&self) -> (u64, u64) {
         let block = BLOCK_SIZE as u64;
         let used = self.log.grid_head - self.free.len() as u64;
-        let room = grid_room_blocks(&self.limits, self.log.grid_head, self.free.len());
+        let room = grid_room_blocks(
+            &self.limits,
+            self.log.grid_limit,
+            self.log.grid_head,
+            self.free.len(),
+        );
         (used * block, room * block)
+    }
+
+    /// The cluster's grid, in blocks: what the committed log may use (see `Limits`). Zero until
+    /// the first op is committed.
+    pub fn grid_blocks_limit(&self) -> u64 {
+        self.log.grid_limit
+    }
+
+    /// Applies the grid size a committed prepare carries (`views::Prepare::grid_blocks`), before
+    /// the prepare itself: the cluster's grid only grows. The caller checks that this replica's
+    /// grid holds it (`GRID_TOO_SMALL`).
+    pub fn grid_limit_raise(&mut self, grid_blocks: u64) {
+        assert_eq!(self.status, Status::Open);
+        assert!(grid_blocks <= self.limits.grid_blocks, "{GRID_TOO_SMALL}");
+        if grid_blocks > self.log.grid_limit {
+            self.log.grid_limit = grid_blocks;
+            self.dirty = true;
+        }
     }
 
     fn append_batches<S: Storage>(

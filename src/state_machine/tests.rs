@@ -129,6 +129,8 @@ impl Harness {
             self.deliver(1);
         }
         let mut reply = vec![0u8; body.len()];
+        // As a replica does for every prepare: the cluster's grid is this one.
+        self.machine.grid_limit_raise(self.machine.limits().grid_blocks);
         let size =
             self.machine.commit(&mut self.storage, op, timestamp, operation, body, &mut reply);
         reply.truncate(size);
@@ -1116,14 +1118,18 @@ fn randomized_event_store_matches_model_over_many_seeds() {
 #[test]
 fn checkpoint_without_changes_writes_nothing() {
     // Goal: a checkpoint after no state change keeps the previous table and grid_head, and an
-    // open of the all-zero checkpoint is the empty store.
+    // open of the all-zero checkpoint is the empty store. The first op records the cluster's
+    // grid, a change like any other.
     let mut harness = Harness::new(small_config(), None);
     assert_eq!(harness.checkpoint(), CheckpointState::default());
     harness.commit(Operation::Noop, &[]);
-    assert_eq!(harness.checkpoint(), CheckpointState::default());
+    let state = harness.checkpoint();
+    assert_eq!((state.grid_head, state.streams_table_blocks), (1, 1));
+    harness.commit(Operation::Noop, &[]);
+    assert_eq!(harness.checkpoint(), state);
     harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
     let state = harness.checkpoint();
-    assert_eq!(state.grid_head, 1);
+    assert_eq!(state.grid_head, 2);
     assert_eq!(state.streams_table_blocks, 1);
     harness.commit(Operation::Append, &one_batch(9, 0, vec![vec![1]]));
     assert_eq!(harness.checkpoint(), state);
@@ -1399,7 +1405,9 @@ fn limits_bound_buffers_for_the_worst_commit() {
         (2048, 12, EVENT_SIZE_MAX)
     );
     assert_eq!(default.seals_per_commit_max, 35);
-    assert_eq!((default.table_blocks_max, default.metadata_blocks_max), (57, 58));
+    // The root has slots for the largest grid's table; the reserve is the cluster's grid's.
+    assert_eq!((default.table_blocks_max, default.metadata_blocks_max), (113, 114));
+    assert_eq!(checkpoint_blocks_max(default.streams_max, default.grid_blocks), 58);
     // The root lists the blocks of the largest checkpoint: a streams_max too large for that is
     // refused with the configuration, and any accepted one builds its limits.
     let largest = Config {
@@ -1456,6 +1464,7 @@ fn commits_reads_and_checkpoints_allocate_nothing_after_new() {
             }
             harness.op += 1;
             let (op, storage) = (harness.op, &mut harness.storage);
+            harness.machine.grid_limit_raise(harness.machine.limits().grid_blocks);
             harness.machine.commit(storage, op, op.get(), Operation::Append, body, &mut reply_body);
         }
         for (operation, body) in &reads {
@@ -1479,7 +1488,7 @@ fn commits_reads_and_checkpoints_allocate_nothing_after_new() {
 #[test]
 fn grid_too_small_for_the_table_refuses_every_change() {
     // Goal: a grid smaller than the streams table's reserve is valid; creates get
-    // storage_full and checkpoints write nothing.
+    // storage_full and checkpoints write only a root, which records the cluster's grid.
     let config = Config { grid_size: 2 * BLOCK_SIZE as u64, streams_max: 65_536, ..small_config() };
     let mut harness = Harness::new(config, None);
     assert!(harness.machine.limits().table_blocks_max > 2);
@@ -1487,7 +1496,8 @@ fn grid_too_small_for_the_table_refuses_every_change() {
     assert_eq!(create_results(&reply), [ResultCode::StorageFull]);
     let reply = harness.commit(Operation::Append, &one_batch(1, 0, vec![vec![1]]));
     assert_eq!(append_results(&reply), [(ResultCode::StreamNotFound, 0)]);
-    assert_eq!(harness.checkpoint(), CheckpointState::default());
+    let state = harness.checkpoint();
+    assert_eq!((state.grid_head, state.streams_table_blocks), (1, 1));
     assert_eq!(harness.read_log(0, 10).end, 0);
 }
 

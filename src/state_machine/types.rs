@@ -417,7 +417,8 @@ pub struct TableRoot {
     pub free_count: u32,
     /// 1 if the last of the checkpoint's blocks is a tail (the open block's events), else 0.
     pub tail_blocks: u32,
-    pub reserved: u32,
+    /// The cluster's grid, in blocks: what the committed log may use (it only grows).
+    pub grid_blocks_limit: u32,
 }
 
 /// One of a checkpoint's blocks after the root, as the root lists it: where, and the checksum

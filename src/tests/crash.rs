@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,8 @@ use kimberlite::client::Client;
 use kimberlite::constants::MESSAGE_SIZE_MAX;
 use kimberlite::state_machine::constants::EXPECTED_OFFSET_ANY;
 use kimberlite::state_machine::types::{
-    AppendResult, CreateStream, Event, ReadReplyHeader, ReadStream, ResultCode, append_batch_body,
-    record_next,
+    AppendResult, CreateStream, Event, ReadReplyHeader, ReadStream, ResultCode, StreamInfo,
+    StreamInfoReply, append_batch_body, record_next,
 };
 use kimberlite::vsr::header::{ClientId, ClusterId, Op, Operation, ReplicaIndex};
 use kimberlite::vsr::layout::{Config, Layout, Zone};
@@ -143,13 +143,16 @@ fn load(
     stop: Arc<AtomicBool>,
     pause: Duration,
 ) -> u64 {
-    load_timed(addresses, acknowledged, AcknowledgedAt::default(), stop, pause)
+    load_timed(addresses, (acknowledged, AcknowledgedAt::default(), None), stop, pause)
 }
+
+/// What a load records: the events acknowledged, when, and, if the load expects the grid to
+/// fill, how many appends got `storage_full` (else any result but `ok` fails it).
+type LoadRecord = (Acknowledged, AcknowledgedAt, Option<Arc<AtomicU64>>);
 
 fn load_timed(
     addresses: &[SocketAddr],
-    acknowledged: Acknowledged,
-    acknowledged_at: AcknowledgedAt,
+    (acknowledged, acknowledged_at, storage_full): LoadRecord,
     stop: Arc<AtomicBool>,
     pause: Duration,
 ) -> u64 {
@@ -162,6 +165,14 @@ fn load_timed(
         let body = append_body(stream, sequence, count);
         let reply = client.write(Operation::Append, &body).expect("append acknowledged");
         let result = AppendResult::read_from_prefix(reply.body).unwrap().0;
+        if let Some(storage_full) = &storage_full
+            && result.result == ResultCode::StorageFull as u32
+        {
+            storage_full.fetch_add(1, Ordering::Relaxed);
+            round += 1;
+            std::thread::sleep(pause);
+            continue;
+        }
         assert_eq!(result.result, ResultCode::Ok as u32);
         let mut acknowledged = acknowledged.lock().unwrap();
         let offsets = acknowledged.entry(stream).or_default();
@@ -182,23 +193,36 @@ fn load_timed(
 struct Load {
     acknowledged: Acknowledged,
     acknowledged_at: AcknowledgedAt,
+    /// Appends answered `storage_full`, if the load expects the grid to fill.
+    storage_full: Option<Arc<AtomicU64>>,
     stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<u64>,
 }
 
 impl Load {
     fn start(addresses: &[SocketAddr], pause: Duration) -> Load {
+        Load::start_recording(addresses, pause, None)
+    }
+
+    /// A load that counts appends answered `storage_full` instead of failing on them.
+    fn start_filling(addresses: &[SocketAddr], pause: Duration) -> Load {
+        Load::start_recording(addresses, pause, Some(Arc::default()))
+    }
+
+    fn start_recording(
+        addresses: &[SocketAddr],
+        pause: Duration,
+        storage_full: Option<Arc<AtomicU64>>,
+    ) -> Load {
         let acknowledged: Acknowledged = Arc::default();
         let acknowledged_at: AcknowledgedAt = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (acknowledged, acknowledged_at, stop, addresses) =
-                (acknowledged.clone(), acknowledged_at.clone(), stop.clone(), addresses.to_vec());
-            std::thread::spawn(move || {
-                load_timed(&addresses, acknowledged, acknowledged_at, stop, pause)
-            })
+            let record = (acknowledged.clone(), acknowledged_at.clone(), storage_full.clone());
+            let (stop, addresses) = (stop.clone(), addresses.to_vec());
+            std::thread::spawn(move || load_timed(&addresses, record, stop, pause))
         };
-        Load { acknowledged, acknowledged_at, stop, thread }
+        Load { acknowledged, acknowledged_at, storage_full, stop, thread }
     }
 
     /// Stops the load; returns the commit number of its last acknowledged write.
@@ -356,6 +380,11 @@ struct TestCluster {
 
 impl TestCluster {
     fn start(name: &str) -> TestCluster {
+        TestCluster::start_formatted(name, &["--grid-size=256MiB"])
+    }
+
+    /// A cluster whose data files are formatted with `options` besides the cluster's own.
+    fn start_formatted(name: &str, options: &[&str]) -> TestCluster {
         let directory = std::env::current_dir()
             .unwrap()
             .join(format!("target/crash-test-{name}-{}", std::process::id()));
@@ -366,7 +395,8 @@ impl TestCluster {
             (0..3).map(|replica| directory.join(format!("0_{replica}.kimberlite"))).collect();
         for (replica, path) in paths.iter().enumerate() {
             let status = Command::new(BINARY)
-                .args(["format", "--cluster=42", "--replica-count=3", "--grid-size=256MiB"])
+                .args(["format", "--cluster=42", "--replica-count=3"])
+                .args(options)
                 .arg(format!("--replica={replica}"))
                 .arg(path)
                 .status()
@@ -757,17 +787,7 @@ fn a_replica_whose_data_file_is_lost_rejoins_under_load_and_loses_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     let view_before = view_agreed(&addresses, &[0, 1, 2]);
     let lost = (view_before as usize + 1) % 3;
-    replicas.0[lost].kill().unwrap();
-    replicas.0[lost].wait().unwrap();
-    std::fs::remove_file(&paths[lost]).unwrap();
-    let status = Command::new(BINARY)
-        .args(["format", "--cluster=42", "--replica-count=3", "--grid-size=256MiB", "--rejoin"])
-        .arg(format!("--replica={lost}"))
-        .arg(&paths[lost])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    replicas.0[lost] = start_replica(&paths[lost], &addresses);
+    replica_rejoin(&mut replicas, (&paths, &addresses), lost, &["--grid-size=256MiB"]);
     let view_rejoined = view_agreed(&addresses, &[0, 1, 2]);
     assert!(view_rejoined > view_before, "the rejoin joins a newer view");
     // The replicas agree on the view as soon as they enter it, before its view change is
@@ -796,6 +816,77 @@ fn a_replica_whose_data_file_is_lost_rejoins_under_load_and_loses_nothing() {
     std::thread::sleep(Duration::from_millis(1_000));
     let (acknowledged, commit) = load.stop("the load survived the rejoin");
     every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
+}
+
+/// The README's procedure for a replica whose data file is lost, on replica `index`: kill it,
+/// delete its file, format a new one with `--rejoin` and `options` (those of its peers, but
+/// perhaps a larger grid), start it.
+fn replica_rejoin(
+    replicas: &mut Replicas,
+    (paths, addresses): (&[PathBuf], &[SocketAddr]),
+    index: usize,
+    options: &[&str],
+) {
+    replicas.0[index].kill().unwrap();
+    replicas.0[index].wait().unwrap();
+    std::fs::remove_file(&paths[index]).unwrap();
+    let status = Command::new(BINARY)
+        .args(["format", "--cluster=42", "--replica-count=3", "--rejoin"])
+        .args(options)
+        .arg(format!("--replica={index}"))
+        .arg(&paths[index])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    replicas.0[index] = start_replica(&paths[index], addresses);
+}
+
+#[test]
+fn a_running_cluster_grid_grows_by_replacing_its_replicas_with_larger_files() {
+    // Goal: `docs/operating.md`'s procedure to grow a grid, on real processes under load. The
+    // 4 MiB grid fills (appends answer storage_full); each replica in turn is replaced with a
+    // 32 MiB file (`format --rejoin`) and waited for until it serves reads at the cluster's
+    // commit; once the last is, appends succeed again. Every acknowledged event survives on
+    // every replica, and each reports room beyond what the old grid held.
+    let options = ["--grid-size=4MiB", "--streams-max=64"];
+    let cluster = TestCluster::start_formatted("grow", &options);
+    let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
+    let mut replicas = cluster.replicas;
+    let load = Load::start_filling(&addresses, Duration::from_millis(1));
+    let storage_full = load.storage_full.clone().expect("a filling load");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while storage_full.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the 4 MiB grid never filled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut probe = Client::new(CLUSTER, &addresses, MESSAGE_SIZE_MAX);
+    for index in 0..3 {
+        let larger = ["--grid-size=32MiB", "--streams-max=64"];
+        replica_rejoin(&mut replicas, (&paths, &addresses), index, &larger);
+        // A write commits (even one refused), then the replaced replica must serve reads at
+        // its commit: it holds the cluster's state, and the next may be replaced.
+        let body = CreateStream { stream: 1, tenant: 1 };
+        probe.write(Operation::CreateStream, body.as_bytes()).expect("a write commits");
+        let commit = probe.commit_latest().get();
+        streams_readable(addresses[index], commit, Instant::now() + Duration::from_secs(60));
+    }
+    let appended = load.acknowledged_at.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while load.acknowledged_at.lock().unwrap().len() < appended + 200 {
+        assert!(Instant::now() < deadline, "appends never succeeded again after the growth");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (acknowledged, commit) = load.stop("the load survived the growth");
+    every_replica_holds_every_acknowledged_event(&addresses, &acknowledged, commit);
+    for address in &addresses {
+        // Room beyond all of the old grid: the limit is the new one on every replica.
+        let mut reader = Client::new(CLUSTER, &[*address], MESSAGE_SIZE_MAX);
+        reader.observe_commit(Op(commit));
+        let body = StreamInfo { stream: 1 };
+        let reply = reader.read(Operation::StreamInfo, body.as_bytes()).expect("stream_info");
+        let info = StreamInfoReply::read_from_prefix(reply.body).unwrap().0;
+        assert!(info.grid_room_bytes > 4 << 20, "{address}: {info:?}");
+    }
 }
 
 /// A scratch directory holding one replica's small data file of cluster 42 (64 streams, a

@@ -12,7 +12,9 @@
 use static_assertions::{assert_eq_size, const_assert_eq};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX};
+use crate::constants::{
+    GRID_BLOCKS_MAX, HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX,
+};
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("headers are cast from little-endian bytes: big-endian targets are not supported");
@@ -458,8 +460,8 @@ pub struct Header {
 
 const HEADER_RESERVED_SIZE: usize = 115;
 /// Why a header of another protocol version is refused.
-const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 6)";
-const_assert_eq!(PROTOCOL_VERSION, 6);
+const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 7)";
+const_assert_eq!(PROTOCOL_VERSION, 7);
 /// Where `protocol` sits in every version of the header (version 1 had it there too).
 pub const HEADER_PROTOCOL_OFFSET: usize = 88;
 /// The header checksum covers every byte after the checksum itself.
@@ -736,6 +738,9 @@ impl Header {
                 if let Some(reason) = self.invalid_prepare_client(operation) {
                     return Some(reason);
                 }
+                if !(1..=GRID_BLOCKS_MAX).contains(&self.op_min.0) {
+                    return Some("prepare grid_blocks out of range");
+                }
                 if operation == Operation::Noop && self.context != 0 {
                     return Some("noop prepare must have no client");
                 }
@@ -782,6 +787,7 @@ impl Header {
             return Some("root prepare must have an empty body");
         }
         let zero = self.op == Op(0)
+            && self.op_min == Op(0)
             && self.commit == Op(0)
             && self.timestamp == 0
             && self.client == ClientId(0)
@@ -810,6 +816,9 @@ impl Header {
         }
         if self.timestamp == 0 {
             return Some("prepare timestamp must not be zero");
+        }
+        if !(1..=GRID_BLOCKS_MAX).contains(&self.op_min.0) {
+            return Some("prepare_ok grid_blocks out of range");
         }
         if let Some(reason) = self.invalid_prepare_client(operation) {
             return Some(reason);

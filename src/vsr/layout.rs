@@ -101,8 +101,7 @@ impl Config {
         if self.streams_max == 0 || self.streams_max > STREAMS_MAX {
             return Some("streams_max out of range (1 to 16777216)");
         }
-        if let Some(reason) = crate::state_machine::config_invalid(self.streams_max, self.grid_size)
-        {
+        if let Some(reason) = crate::state_machine::config_invalid(self.streams_max) {
             return Some(reason);
         }
         None

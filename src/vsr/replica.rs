@@ -275,6 +275,8 @@ pub struct Metrics {
     pub grid_blocks_scrub_faulty: u64,
     /// Blocks checkpoints wrote into the blocks of an older checkpoint.
     pub grid_blocks_reused: u64,
+    /// Committed prepares that grew the cluster's grid (the first op's setting it excluded).
+    pub grid_limit_grown: u64,
     /// Checkpoints that copied a partly filled open block into a tail instead of sealing it.
     pub checkpoint_tails: u64,
     /// Blocks from peers refused for grid repair (torn in transit, or not the block asked for).
@@ -408,6 +410,9 @@ pub struct Replica {
     /// ping), and the tick it was last heard.
     backup_commit: [Op; REPLICAS_MAX],
     backup_heard_tick: [u64; REPLICAS_MAX],
+    /// Per replica, its own grid in blocks as it last announced it in a prepare_ok (0: not
+    /// heard since this replica started): what the primary stamps in prepares is the smallest.
+    grid_blocks_announced: [u64; REPLICAS_MAX],
     /// The commit number last announced to backups (`TimeoutKind::CommitHeartbeat` since).
     commit_heartbeat_sent: Op,
     /// The last op of the window `repair_request` asked for last.
@@ -477,6 +482,7 @@ impl Replica {
             journal_reads: Vec::with_capacity(JOURNAL_IOPS_READ_MAX),
             backup_commit: [Op(0); REPLICAS_MAX],
             backup_heard_tick: [0; REPLICAS_MAX],
+            grid_blocks_announced: [0; REPLICAS_MAX],
             commit_heartbeat_sent: Op(0),
             repair_requested_end: Op(0),
             metrics: Metrics::default(),
@@ -619,6 +625,12 @@ impl Replica {
     }
 
     /// The grid's free list (blocks no checkpoint needs), while no checkpoint is written.
+    /// The cluster's grid in blocks, as of the last executed op (0 before any): what the
+    /// committed log may use, the smallest of the replicas' own grids once all were heard.
+    pub fn grid_blocks_limit(&self) -> u64 {
+        self.state_machine.grid_blocks_limit()
+    }
+
     pub fn grid_free_blocks(&self) -> Option<&[u32]> {
         self.checkpoint_blocks()?;
         Some(self.state_machine.free_blocks())

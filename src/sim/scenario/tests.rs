@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::constants::{BLOCK_SIZE, HEADER_SIZE};
+use crate::sim::checker::Violation;
 use crate::sim::cluster::LinkDirection;
 use crate::state_machine::constants::EXPECTED_OFFSET_ANY;
 use crate::state_machine::types::{Event, ReadLog, ReadReplyHeader, ResultCode, append_batch_body};
@@ -664,4 +665,65 @@ fn repairing_a_sound_block_from_a_rotten_peer_copy_never_damages_it() {
     assert!(refused > 0, "R0 never met R1's rotten copy");
     clients_resume(&mut cluster);
     cluster.run().unwrap();
+}
+
+#[test]
+fn a_grid_grows_once_every_replica_has_a_larger_file() {
+    // Goal: the cluster's grid is the smallest of its replicas' own. Writes meet storage_full
+    // on a small grid; replacing the replicas one at a time with files of four times the grid
+    // (`format --rejoin`) lifts the limit only once the last is replaced; appends then succeed
+    // again, and the replicas agree on every block (the run converges under the checker).
+    let mut options = options_quiet(91, 3);
+    let small = 4 * 1024 * 1024;
+    options.config.grid_size = small;
+    (options.event_size_max, options.events_per_append_max) = (2048, 6);
+    (options.ticks_faults, options.ticks_convergence_max) = (40_000, 4_000);
+    let mut cluster = cluster_new(options);
+    let blocks = small / BLOCK_SIZE as u64;
+    run_until(&mut cluster, "storage_full", 20_000, |cluster| cluster.summary().storage_full > 0);
+    for index in 0..3 {
+        let other = cluster.replica((index + 1) % 3).expect("running");
+        assert_eq!(other.grid_blocks_limit(), blocks, "{}", states(&cluster));
+        cluster.crash(index, false, cluster.tick() + 20);
+        cluster.grid_resize(index, 4 * small);
+        cluster.reformat_for_rejoin(index);
+        run_until(&mut cluster, &format!("R{index} rejoined"), 10_000, |cluster| {
+            cluster.replica(index).is_some_and(|replica| {
+                replica.status() == Status::Normal
+                    && !replica.log_faulty()
+                    && replica.grid_blocks_limit() > 0
+            })
+        });
+    }
+    run_until(&mut cluster, "the grid grown", 2_000, |cluster| {
+        (0..3).all(|index| cluster.replica(index).unwrap().grid_blocks_limit() == 4 * blocks)
+    });
+    let appended = cluster.summary().events_appended;
+    run_until(&mut cluster, "appends after growth", 20_000, |cluster| {
+        cluster.summary().events_appended > appended + 500
+    });
+    cluster.run().unwrap();
+    assert!(cluster.replica_metrics().grid_limit_grown >= 3);
+}
+
+#[test]
+fn a_replica_formatted_smaller_than_the_cluster_grid_stops_with_an_error() {
+    // Goal: a replica rejoined with a data file smaller than the cluster's grid cannot hold the
+    // state its peers build: it stops with `GRID_TOO_SMALL` (format a larger file) rather than
+    // write past its grid or take `storage_full` decisions of its own.
+    let mut cluster = cluster_new(options_quiet(92, 3));
+    run_until(&mut cluster, "load", 400, |cluster| cluster.tick() >= 300);
+    let grid_size = cluster.options().config.grid_size;
+    cluster.crash(2, false, cluster.tick() + 20);
+    cluster.grid_resize(2, grid_size / 2);
+    cluster.reformat_for_rejoin(2);
+    let deadline = cluster.tick() + 5_000;
+    let reason = loop {
+        match cluster.step() {
+            Ok(()) => assert!(cluster.tick() < deadline, "R2 never stopped: {}", states(&cluster)),
+            Err(Violation::ReplicaFailed { replica: 2, reason }) => break reason,
+            Err(violation) => panic!("{violation:?}\n{}", states(&cluster)),
+        }
+    };
+    assert_eq!(reason, crate::state_machine::GRID_TOO_SMALL);
 }

@@ -15,7 +15,9 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::{
     Command, EvictionReason, Header, Operation, checksum, checksum_chain, checksum_pieces, views,
 };
-use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX};
+use crate::constants::{
+    GRID_BLOCKS_MAX, HEADER_SIZE, MESSAGE_SIZE_MAX, PROTOCOL_VERSION, REPLICAS_MAX,
+};
 use crate::stdx::prng::Prng;
 use crate::vsr::header::Checksum;
 use crate::vsr::header::ClientId;
@@ -39,9 +41,9 @@ const CONTEXT: u128 = 0xC0DE_0001_0000_0000_0000_0000_0000_0001;
 
 /// Every reason `invalid()` and `decode()` can return, as written in header.rs.
 /// Why a header of another protocol version is refused (`Header::decode`, `invalid`).
-const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 6)";
+const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 7)";
 
-const REASONS: [&str; 60] = [
+const REASONS: [&str; 62] = [
     // decode
     "header: too short",
     "header: checksum",
@@ -62,6 +64,8 @@ const REASONS: [&str; 60] = [
     "client must be zero",
     "checkpoint_op must be zero",
     "op_min must be zero",
+    "prepare grid_blocks out of range",
+    "prepare_ok grid_blocks out of range",
     "parent must be zero",
     "context must be zero",
     "request must be zero",
@@ -111,7 +115,7 @@ const REASONS: [&str; 60] = [
 
 /// For each reason, a test that produces it (checked by
 /// `every_rejection_reason_has_a_test_that_produces_it`).
-const REJECTION_TESTS: [(&str, fn()); 60] = [
+const REJECTION_TESTS: [(&str, fn()); 62] = [
     ("header: too short", decode_of_input_shorter_than_a_header_fails),
     ("header: checksum", decode_of_a_header_with_a_flipped_byte_fails_the_checksum),
     (PROTOCOL_DIFFERS, header_with_unknown_protocol_version_is_rejected),
@@ -128,7 +132,12 @@ const REJECTION_TESTS: [(&str, fn()); 60] = [
     ("timestamp must be zero", request_with_a_timestamp_is_rejected),
     ("client must be zero", ping_with_a_client_is_rejected),
     ("checkpoint_op must be zero", start_view_change_with_a_checkpoint_op_is_rejected),
-    ("op_min must be zero", prepare_with_an_op_min_is_rejected),
+    ("op_min must be zero", reply_with_an_op_min_is_rejected),
+    (
+        "prepare grid_blocks out of range",
+        prepare_with_no_grid_or_one_beyond_the_largest_is_rejected,
+    ),
+    ("prepare_ok grid_blocks out of range", prepare_ok_with_no_grid_is_rejected),
     ("parent must be zero", reply_with_a_parent_is_rejected),
     ("context must be zero", ping_client_with_a_context_is_rejected),
     ("request must be zero", commit_with_a_request_number_is_rejected),
@@ -264,14 +273,14 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
             (h.op, h.commit, h.timestamp, h.view, h.replica) =
                 (OP, OP - 1, TIMESTAMP, VIEW, ReplicaIndex(1));
             (h.client, h.request, h.operation) = (CLIENT, REQUEST, Operation::Append as u8);
-            (h.parent, h.context) = (PARENT, CONTEXT);
+            (h.parent, h.context, h.op_min) = (PARENT, CONTEXT, OP_MIN);
             b"append: one event".to_vec()
         }
         Command::PrepareOk => {
             (h.op, h.commit, h.timestamp, h.view, h.replica) =
                 (OP, COMMIT, TIMESTAMP, VIEW, ReplicaIndex(2));
             (h.client, h.request, h.operation) = (CLIENT, REQUEST, Operation::Append as u8);
-            (h.parent, h.context) = (PARENT, CONTEXT);
+            (h.parent, h.context, h.op_min) = (PARENT, CONTEXT, OP_MIN);
             vec![]
         }
         Command::Reply => {
@@ -493,6 +502,7 @@ fn used_fields(command: Command) -> &'static [Field] {
         // the primary's index; the root prepare requires it to be zero).
         Command::Prepare | Command::PrepareOk => &[
             F::Op,
+            F::OpMin,
             F::Commit,
             F::Timestamp,
             F::Client,
@@ -785,9 +795,24 @@ fn start_view_change_with_a_checkpoint_op_is_rejected() {
 }
 
 #[test]
-fn prepare_with_an_op_min_is_rejected() {
-    // Goal: op_min belongs to request_headers and headers only.
-    rejects(valid(Command::Prepare), |h| h.op_min = OP_MIN, "op_min must be zero");
+fn reply_with_an_op_min_is_rejected() {
+    // Goal: a reply carries no op_min (prepares use it for the grid size).
+    rejects(valid(Command::Reply), |h| h.op_min = OP_MIN, "op_min must be zero");
+}
+
+#[test]
+fn prepare_with_no_grid_or_one_beyond_the_largest_is_rejected() {
+    // Goal: every prepare but the root names the cluster's grid, 1 to `GRID_BLOCKS_MAX` blocks.
+    let reason = "prepare grid_blocks out of range";
+    rejects(valid(Command::Prepare), |h| h.op_min = Op(0), reason);
+    rejects(valid(Command::Prepare), |h| h.op_min = Op(GRID_BLOCKS_MAX + 1), reason);
+}
+
+#[test]
+fn prepare_ok_with_no_grid_is_rejected() {
+    // Goal: a prepare_ok announces its sender's grid, which is never empty.
+    let reason = "prepare_ok grid_blocks out of range";
+    rejects(valid(Command::PrepareOk), |h| h.op_min = Op(0), reason);
 }
 
 #[test]

@@ -251,6 +251,9 @@ header_views! {
             "the checksum of the client's request";
         view / set_view: View = view, "the view it was prepared in";
         replica / set_replica: ReplicaIndex = replica, "the primary";
+        grid_blocks / set_grid_blocks: u64 = op_min,
+            "the cluster's grid in blocks, as the primary knows it: executing the prepare raises \
+            the committed limit to it";
     }
 
     /// A backup's acknowledgement that a prepare is durable.
@@ -266,6 +269,7 @@ header_views! {
             "the checksum of the prepare acknowledged";
         view / set_view: View = view, "the sender's view";
         replica / set_replica: ReplicaIndex = replica, "the sender";
+        grid_blocks / set_grid_blocks: u64 = op_min, "the sender's own grid in blocks";
     }
 
     /// The primary's answer to a client.

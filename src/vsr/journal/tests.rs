@@ -68,6 +68,7 @@ fn prepare_bytes(op: Op, view: View, body_size: usize) -> Vec<u8> {
     header.timestamp = op.get();
     header.view = view;
     header.operation = Operation::Noop as u8;
+    header.op_min = Op(1); // grid_blocks
     header.size = (HEADER_SIZE + body_size) as u32;
     let body: Vec<u8> =
         (0..body_size).map(|index| (op.get() as usize * 31 + index) as u8).collect();

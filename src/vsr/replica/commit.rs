@@ -22,6 +22,7 @@ use super::{
 use crate::constants::{
     BACKUP_LIVENESS_TICKS, HEADER_SIZE, JOURNAL_IOPS_READ_MAX, REPAIR_WINDOW_MAX,
 };
+use crate::state_machine::GRID_TOO_SMALL;
 use crate::state_machine::types::{AppendResult, packed_split};
 use crate::vsr::header::ReplicaIndex;
 use crate::vsr::header::views;
@@ -188,7 +189,8 @@ impl Replica {
             assert!(next <= self.commit_max);
             match self.pipeline.front() {
                 Some(front) if front.message.header().op == next => {
-                    if !front.durable {
+                    let header = *front.message.header();
+                    if !front.durable || !self.grid_holds(&header) {
                         return;
                     }
                     let prepared = self.pipeline.pop_front().expect("front exists");
@@ -261,6 +263,9 @@ impl Replica {
                 if op != self.commit_min + 1 || frozen {
                     return self.commit_pipeline(storage);
                 }
+                if !self.grid_holds(message.header()) {
+                    return;
+                }
                 let send_reply = false;
                 self.execute(storage, &message, send_reply);
                 assert_eq!(self.commit_min, op);
@@ -290,6 +295,17 @@ impl Replica {
         }
     }
 
+    /// True if this replica's grid holds the cluster's grid that committed `prepare` stamps;
+    /// otherwise fails the replica, which the operator formatted smaller than its peers (it
+    /// could not take the state they may build).
+    fn grid_holds(&mut self, prepare: &Header) -> bool {
+        if views::Prepare::of(prepare).grid_blocks() > self.state_machine.limits().grid_blocks {
+            self.fail(GRID_TOO_SMALL);
+            return false;
+        }
+        true
+    }
+
     /// Applies one committed prepare: sessions, the event store, the reply (sent only when
     /// `send_reply`, i.e. not while replaying the WAL at open).
     pub(super) fn execute<S: Storage>(
@@ -306,6 +322,11 @@ impl Replica {
         assert_eq!(self.checkpoint, CheckpointPhase::Idle);
         assert!(!self.sync.active());
         let operation = header.operation().expect("prepares are validated");
+        // The caller checked `grid_holds`.
+        let grid_limit = self.state_machine.grid_blocks_limit();
+        self.state_machine.grid_limit_raise(views::Prepare::of(&header).grid_blocks());
+        let grown = grid_limit > 0 && self.state_machine.grid_blocks_limit() > grid_limit;
+        self.metrics.grid_limit_grown += u64::from(grown);
         // A write's reply fits a small buffer (`REPLY_SIZE_MAX`); a packed op's results, one
         // per batch of all its requests, need a full one before they are split.
         let mut reply = match operation {

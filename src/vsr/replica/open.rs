@@ -11,7 +11,7 @@
 
 use super::checkpoint::SessionsWritten;
 use super::{OpenPhase, Replica, Status};
-use crate::state_machine::CheckpointState;
+use crate::state_machine::{CheckpointState, GRID_TOO_SMALL};
 use crate::vsr::header::Op;
 use crate::vsr::journal::{Case, Decision, EntrySummary, Journal};
 use crate::vsr::message_pool::MessagePool;
@@ -105,7 +105,10 @@ impl Replica {
     ) {
         assert_eq!(self.status, Status::Recovering);
         assert_eq!(self.open_phase, OpenPhase::StateMachine);
-        if result.is_err() {
+        if let Err(reason) = result {
+            if reason == GRID_TOO_SMALL {
+                return self.fail(GRID_TOO_SMALL);
+            }
             if self.grid_repair_open() {
                 // A block of the streams table is bad: the open resumes once a peer's copy is
                 // in place (`grid_repair`).

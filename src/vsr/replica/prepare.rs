@@ -325,6 +325,7 @@ impl Replica {
         let packed = request.operation == Operation::AppendPacked as u8;
         let request_checksum = if packed { Checksum::ZERO } else { request.checksum };
         views::Prepare::of(&mut *prepare).set_request_checksum(request_checksum);
+        views::Prepare::of(&mut *prepare).set_grid_blocks(self.grid_blocks_stamp());
         prepare.replica = self.config.replica;
         prepare.set_checksum();
         let prepare = *prepare;
@@ -537,6 +538,7 @@ impl Replica {
         header.operation = prepare.operation;
         header.parent = prepare.parent;
         views::PrepareOk::of(&mut header).set_prepare_checksum(prepare.checksum);
+        views::PrepareOk::of(&mut header).set_grid_blocks(self.state_machine.limits().grid_blocks);
         let primary = self.primary_index();
         self.send_header(Destination::Replica(primary), header);
     }
@@ -551,6 +553,8 @@ impl Replica {
         }
         // The backup's commit number as of now (after a restart it may be lower than before).
         self.backup_commit[usize::from(header.replica)] = header.commit;
+        self.grid_blocks_announced[usize::from(header.replica)] =
+            views::PrepareOk::of(header).grid_blocks();
         let Some(index) = self.pipeline_index(header.op) else {
             return;
         };
@@ -561,6 +565,26 @@ impl Replica {
         assert_eq!(prepared.message.header().op, header.op);
         prepared.ok_from |= header.replica.bit();
         self.commit_advance_primary(storage);
+    }
+
+    /// The cluster's grid, in blocks, as this primary knows it: the smallest of its own and
+    /// what each peer announced. A peer not heard from since this replica started could have
+    /// any grid, so then the limit committed so far stands, or, on a new cluster (none
+    /// committed), this replica's own grid. Executing a prepare never lowers the limit.
+    fn grid_blocks_stamp(&self) -> u64 {
+        let own = self.state_machine.limits().grid_blocks;
+        let committed = self.state_machine.grid_blocks_limit();
+        let peers = (0..self.config.replica_count).filter(|&peer| peer != self.config.replica.0);
+        let announced = peers.map(|peer| self.grid_blocks_announced[usize::from(peer)]);
+        let mut smallest = own;
+        for grid_blocks in announced {
+            match grid_blocks {
+                0 if committed > 0 => return committed,
+                0 => {}
+                _ => smallest = smallest.min(grid_blocks),
+            }
+        }
+        smallest
     }
 
     /// Sends prepares that still lack a quorum again, to the backups that have not

@@ -34,12 +34,12 @@ use super::checkpoint::SessionsWritten;
 use super::grid_repair::GRID_REPAIR_TOKEN_FIRST;
 use super::{CheckpointPhase, Destination, Replica, Status, message_finish};
 use crate::constants::{
-    BLOCK_SIZE, BLOCK_SOURCE_UNANSWERED_MAX, HEADER_SIZE, SECTOR_SIZE, SYNC_CHUNKS_PER_REQUEST_MAX,
-    SYNC_READS_MAX, SYNC_WRITES_MAX,
+    BLOCK_SIZE, BLOCK_SOURCE_UNANSWERED_MAX, GRID_BLOCKS_MAX, HEADER_SIZE, SECTOR_SIZE,
+    SYNC_CHUNKS_PER_REQUEST_MAX, SYNC_READS_MAX, SYNC_WRITES_MAX,
 };
-use crate::state_machine::CheckpointState;
 use crate::state_machine::block::SectorChecksums;
 use crate::state_machine::types::BlockHeader;
+use crate::state_machine::{CheckpointState, GRID_TOO_SMALL};
 use crate::vsr::client_sessions::ClientSessionRecord;
 use crate::vsr::header::views;
 use crate::vsr::header::{Checksum, Command, Header, Op, ReplicaIndex};
@@ -440,13 +440,17 @@ impl Replica {
         if sessions.len() != self.config.clients_max as usize {
             return self.message_invalid(&header, "sync_checkpoint session table of another size");
         }
-        let grid_blocks = self.config.grid_size / BLOCK_SIZE as u64;
         let consistent = body.reserved == 0
             && body.reserved_end == [0; 8]
-            && body.grid_head <= grid_blocks
+            && body.grid_head <= GRID_BLOCKS_MAX
             && (body.streams_table_blocks == 0 || body.streams_table_address < body.grid_head);
         if !consistent {
             return self.message_invalid(&header, "sync_checkpoint state inconsistent");
+        }
+        if body.grid_head > self.state_machine.limits().grid_blocks {
+            // The cluster's grid grew past this replica's (which the operator formatted
+            // smaller than its peers'): it cannot take the state.
+            return self.fail(GRID_TOO_SMALL);
         }
         if header.checkpoint_op <= self.commit_min.max(self.checkpoint_installed()) {
             // Not newer than what this replica executed or installed: of no use.
@@ -782,7 +786,10 @@ impl Replica {
 
     pub(super) fn sync_reopened(&mut self, result: Result<(), &'static str>) {
         assert_eq!(self.sync.phase, Phase::Reopen);
-        if result.is_err() {
+        if let Err(reason) = result {
+            if reason == GRID_TOO_SMALL {
+                return self.fail(GRID_TOO_SMALL);
+            }
             if self.grid_repair_open() {
                 // A block of the checkpoint (one reused below this replica's old grid head) is
                 // not the one named: the open resumes once a peer's copy is in place.

@@ -705,6 +705,7 @@ fn log_headers_stop_at_a_stale_wal_entry_at_the_checkpoint_op() {
     stale.op = checkpoint_op;
     stale.parent = held.parent;
     stale.timestamp = held.timestamp + 1;
+    stale.op_min = held.op_min; // grid_blocks
     stale.client = ClientId(99);
     stale.operation = Operation::Register as u8;
     let mut buffer = harness.pool.get();
