@@ -26,6 +26,7 @@ usage:
              (EVENT... | --file=PATH | --file=-)
       read STREAM [--offset=N] [--count=N]
       read-log [--position=N] [--count=N]
+      tail STREAM [--offset=N] | tail --log [--position=N]
       info STREAM
   kimberlite vopr [--seed=N] [--replicas=N] [--ticks=N] [--check-determinism]
   kimberlite version (or --version)
@@ -120,12 +121,16 @@ answered; 2: the cluster answered with another result (printed).
                                                  are skipped)
   read STREAM [--offset=N] [--count=N]
   read-log [--position=N] [--count=N]
+  tail STREAM [--offset=N]                       prints the stream's events as they commit,
+  tail --log [--position=N]                      or the whole log's, until interrupted
+                                                 (from offset or position 0 by default)
   info STREAM
 
 examples:
   kimberlite client --addresses=127.0.0.1:3001 --cluster=7 create-stream 1
   kimberlite client --addresses=127.0.0.1:3001 --cluster=7 append 1 --type=greeting hello
-  kimberlite client --addresses=127.0.0.1:3001 --cluster=7 read 1",
+  kimberlite client --addresses=127.0.0.1:3001 --cluster=7 read 1
+  kimberlite client --addresses=127.0.0.1:3001 --cluster=7 tail 1 --offset=100",
     ),
     (
         "vopr",

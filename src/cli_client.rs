@@ -6,7 +6,7 @@
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::arguments::{Arguments, parse_addresses};
-use crate::client::Client;
+use crate::client::{Client, Subscription};
 use crate::constants::{HEADER_SIZE, MESSAGE_SIZE_MAX};
 use crate::state_machine::constants::{EXPECTED_NO_STREAM, EXPECTED_OFFSET_ANY};
 use crate::state_machine::types::{
@@ -33,6 +33,7 @@ pub fn command_client(arguments: &[String]) -> Result<(), String> {
         "count",
         "file",
         "format",
+        "log",
     ];
     let arguments = Arguments::parse(arguments, &allowed)?;
     let addresses = parse_addresses(arguments.flag_required("addresses")?)?;
@@ -48,6 +49,9 @@ pub fn command_client(arguments: &[String]) -> Result<(), String> {
         Some(other) => return Err(format!("--format={other}: the formats are text and json")),
     };
     let mut client = Client::new(ClusterId(cluster), &addresses, MESSAGE_SIZE_MAX);
+    if command == "tail" {
+        return tail(&mut client, &arguments, rest, json);
+    }
     let report = match command.as_str() {
         "create-stream" => create_stream(&mut client, rest)?,
         "append" => append(&mut client, &arguments, rest)?,
@@ -259,7 +263,7 @@ fn read_stream(
         stream: number(stream, "stream")?,
         offset_from: arguments.integer_or("offset", 0u64)?,
         count_max: count_argument(arguments)?,
-        reserved: 0,
+        wait_ms: 0,
     };
     let reply =
         client.read(Operation::ReadStream, body.as_bytes()).map_err(|error| error.to_string())?;
@@ -273,27 +277,101 @@ fn read_log(client: &mut Client, arguments: &Arguments, rest: &[String]) -> Resu
     let body = ReadLog {
         position_from: arguments.integer_or("position", 0u64)?,
         count_max: count_argument(arguments)?,
-        reserved: 0,
+        wait_ms: 0,
     };
     let reply =
         client.read(Operation::ReadLog, body.as_bytes()).map_err(|error| error.to_string())?;
     events_report(reply.body)
 }
 
+/// How long each read of `tail` may be held for events to commit: after it the read is sent
+/// again (a replica that failed meanwhile costs at most that long).
+const TAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `tail STREAM [--offset=N]` or `tail --log [--position=N]`: prints events as they commit, one
+/// line (or one JSON object) each, until interrupted; returns only on an error.
+fn tail(
+    client: &mut Client,
+    arguments: &Arguments,
+    rest: &[String],
+    json: bool,
+) -> Result<(), String> {
+    use std::io::Write;
+    let usage = "usage: tail STREAM [--offset=N] | tail --log [--position=N]";
+    let mut subscription = match (arguments.flag("log"), rest) {
+        (None, [stream]) => Subscription::Stream {
+            stream: number(stream, "stream")?,
+            offset: arguments.integer_or("offset", 0u64)?,
+        },
+        (Some(""), []) => Subscription::Log { position: arguments.integer_or("position", 0u64)? },
+        _ => return Err(usage.to_string()),
+    };
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let reply = client
+            .subscription_next(&mut subscription, TAIL_COUNT_MAX, TAIL_WAIT)
+            .map_err(|error| error.to_string())?;
+        let events = events_parse(reply.body)?;
+        match events.code {
+            ResultCode::Ok => {}
+            // A replica repairing a block answers so until it is done: ask again.
+            ResultCode::BlockCorrupt => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+            code => return Err(format!("tail: the cluster answered {}", code.name())),
+        }
+        let written = if json {
+            events
+                .objects
+                .into_iter()
+                .try_for_each(|object| writeln!(stdout, "{}", object.finish()))
+        } else {
+            write!(stdout, "{}", events.lines)
+        };
+        // A closed pipe (`| head`) ends the tail.
+        if written.and_then(|()| stdout.flush()).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Events one read of `tail` asks for at most.
+const TAIL_COUNT_MAX: u32 = 1000;
+
 /// A read reply: one line (or JSON object) per event, then where to continue.
 fn events_report(body: &[u8]) -> Result<Report, String> {
-    let (head, mut events) =
+    let events = events_parse(body)?;
+    let mut report = Report::new(events.code);
+    let (next, end) = (events.head.next, events.head.end);
+    report.text = events.lines;
+    report.text.push_str(&format!("next: {next} (end: {end})\n"));
+    report.json.objects("events", events.objects).number("next", next).number("end", end);
+    Ok(report)
+}
+
+/// The events of a read reply: its result, its header, and each event as a line of text and
+/// as a JSON object.
+struct Events {
+    code: ResultCode,
+    head: ReadReplyHeader,
+    lines: String,
+    objects: Vec<Json>,
+}
+
+fn events_parse(body: &[u8]) -> Result<Events, String> {
+    let (head, mut records) =
         ReadReplyHeader::read_from_prefix(body).map_err(|_| "short read reply")?;
-    let mut report = Report::new(result_code(head.result)?);
-    let mut objects = Vec::new();
+    let code = result_code(head.result)?;
+    let (mut lines, mut objects) = (String::new(), Vec::new());
     for _ in 0..head.event_count {
-        let (record, event, rest) = record_next(events).map_err(|reason| reason.to_string())?;
+        let (record, event, rest) = record_next(records).map_err(|reason| reason.to_string())?;
         let metadata = if event.metadata.is_empty() {
             String::new()
         } else {
             format!(" metadata {}", printable(event.metadata))
         };
-        report.text.push_str(&format!(
+        lines.push_str(&format!(
             "stream {} offset {} position {} chain {:08x} type {}{metadata}: {}\n",
             record.stream,
             record.offset,
@@ -309,11 +387,9 @@ fn events_report(body: &[u8]) -> Result<Report, String> {
         object.bytes("type", event.event_type).bytes("metadata", event.metadata);
         object.bytes("data", event.data);
         objects.push(object);
-        events = rest;
+        records = rest;
     }
-    report.text.push_str(&format!("next: {} (end: {})\n", head.next, head.end));
-    report.json.objects("events", objects).number("next", head.next).number("end", head.end);
-    Ok(report)
+    Ok(Events { code, head, lines, objects })
 }
 
 /// `bytes` as text if they are printable UTF-8, else as hex.

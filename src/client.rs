@@ -19,9 +19,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
-use crate::constants::HEADER_SIZE;
+use crate::constants::{HEADER_SIZE, READ_WAIT_MS_MAX};
+use crate::state_machine::types::{ReadLog, ReadReplyHeader, ReadStream, ResultCode};
 use crate::vsr::client::{ClientCore, ClientMetrics, ClientOptions, Outcome};
 #[cfg(test)]
 use crate::vsr::client_sessions::session_chain;
@@ -81,6 +82,14 @@ impl std::fmt::Display for ClientError {
 }
 
 impl std::error::Error for ClientError {}
+
+/// Where a subscription stands: the offset of the next event of one stream, or the position
+/// of the next event of the whole log (`Client::subscription_next`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subscription {
+    Stream { stream: u64, offset: u64 },
+    Log { position: u64 },
+}
 
 /// A reply: its header and body.
 pub struct Reply<'a> {
@@ -170,7 +179,7 @@ impl Client {
         let deadline = Instant::now() + self.request_deadline;
         self.in_doubt_resolve(deadline)?;
         if !self.core.registered() {
-            self.call(Operation::Register, &[], deadline)?;
+            self.call(Operation::Register, &[], deadline, 0)?;
         }
         Ok(())
     }
@@ -182,9 +191,9 @@ impl Client {
         let deadline = Instant::now() + self.request_deadline;
         self.in_doubt_resolve(deadline)?;
         if !self.core.registered() {
-            self.call(Operation::Register, &[], deadline)?;
+            self.call(Operation::Register, &[], deadline, 0)?;
         }
-        self.call(operation, body, deadline)
+        self.call(operation, body, deadline, 0)
     }
 
     /// Sends a read and waits for its reply (served by the replica without consensus).
@@ -192,7 +201,56 @@ impl Client {
         assert!(operation.is_read());
         let deadline = Instant::now() + self.request_deadline;
         self.in_doubt_resolve(deadline)?;
-        self.call(operation, body, deadline)
+        self.call(operation, body, deadline, 0)
+    }
+
+    /// Sends a read_stream or read_log whose body asks the replica to hold it up to `wait`
+    /// (its `wait_ms`) until an event commits, and waits for the reply that much longer.
+    pub fn read_waiting(
+        &mut self,
+        operation: Operation,
+        body: &[u8],
+        wait: Duration,
+    ) -> Result<Reply<'_>, ClientError> {
+        assert!(matches!(operation, Operation::ReadStream | Operation::ReadLog));
+        let deadline = Instant::now() + self.request_deadline + wait;
+        self.in_doubt_resolve(deadline)?;
+        self.call(operation, body, deadline, wait.as_millis() as u64)
+    }
+
+    /// The next events of `subscription`, as they commit: a read from where it stands that
+    /// the replica holds up to `wait` (at most `READ_WAIT_MS_MAX` ms) until one commits. On an
+    /// `ok` reply the subscription moves past the events returned (none if the wait ran out),
+    /// so that it sees every event once, in order, whichever replica answers: a replica that
+    /// executed less than this client has seen does not answer (the read goes to another).
+    pub fn subscription_next(
+        &mut self,
+        subscription: &mut Subscription,
+        count_max: u32,
+        wait: Duration,
+    ) -> Result<Reply<'_>, ClientError> {
+        let wait_ms = wait.as_millis().min(u128::from(READ_WAIT_MS_MAX)) as u32;
+        let wait = Duration::from_millis(u64::from(wait_ms));
+        let (operation, body) = match *subscription {
+            Subscription::Stream { stream, offset } => {
+                let read = ReadStream { stream, offset_from: offset, count_max, wait_ms };
+                (Operation::ReadStream, read.as_bytes().to_vec())
+            }
+            Subscription::Log { position } => {
+                let read = ReadLog { position_from: position, count_max, wait_ms };
+                (Operation::ReadLog, read.as_bytes().to_vec())
+            }
+        };
+        let reply = self.read_waiting(operation, &body, wait)?;
+        if let Ok((head, _)) = ReadReplyHeader::read_from_prefix(reply.body)
+            && head.result == ResultCode::Ok as u32
+        {
+            match subscription {
+                Subscription::Stream { offset, .. } => *offset = head.next,
+                Subscription::Log { position } => *position = head.next,
+            }
+        }
+        Ok(reply)
     }
 
     /// A write an earlier call gave up on is still in flight: sends it again until it is
@@ -214,11 +272,14 @@ impl Client {
         }
     }
 
+    /// Sends `operation` and waits for its reply until `deadline`; a read whose body asks to
+    /// wait has `patience` (ms) more for each copy.
     fn call(
         &mut self,
         operation: Operation,
         body: &[u8],
         deadline: Instant,
+        patience: u64,
     ) -> Result<Reply<'_>, ClientError> {
         let size = HEADER_SIZE + body.len();
         if size > self.message_size_max {
@@ -226,7 +287,11 @@ impl Client {
             return Err(ClientError::RequestTooLarge { size: body.len(), size_max });
         }
         self.reply_release();
-        let header = self.core.request_start(operation, body, self.now());
+        let header = if patience > 0 {
+            self.core.request_start_waiting(operation, body, self.now(), patience)
+        } else {
+            self.core.request_start(operation, body, self.now())
+        };
         self.send_buffer[..HEADER_SIZE].copy_from_slice(header.as_bytes());
         self.send_buffer[HEADER_SIZE..size].copy_from_slice(body);
         self.send_size = size;

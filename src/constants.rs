@@ -402,6 +402,10 @@ pub const SUPERBLOCK_UPDATE_REWRITES_MAX: u8 = 2;
 /// read reply (see `Limits::event_size_max`).
 pub const EVENT_SIZE_MAX: u32 = 64 * 1024;
 
+/// The longest a read may ask a replica to hold it until an event commits (`wait_ms` of
+/// read_stream and read_log): a subscriber asks again after that.
+pub const READ_WAIT_MS_MAX: u32 = 60_000;
+
 /// Skip-list levels. A block's ordinal (in the log, or among one stream's blocks) never exceeds
 /// the number of blocks in the largest grid, 2^25, so an ordinal has at most 26 significant bits
 /// and a block at most 26 skip pointers.

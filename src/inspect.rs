@@ -117,8 +117,6 @@ struct CheckpointBlocks {
     checksums: Vec<Checksum>,
     free: Vec<u32>,
     tail: bool,
-    /// The cluster's grid as of the checkpoint, in blocks (0 before any).
-    grid_limit: u64,
 }
 
 fn checkpoint_blocks(
@@ -133,7 +131,6 @@ fn checkpoint_blocks(
         checksums: Vec::new(),
         free: Vec::new(),
         tail: false,
-        grid_limit: 0,
     };
     if state.streams_table_blocks == 0 {
         return Ok(blocks);
@@ -161,7 +158,6 @@ fn checkpoint_blocks(
         return Err("the root's grid head is not the checkpoint's");
     }
     blocks.tail = table_root.tail_blocks == 1;
-    blocks.grid_limit = u64::from(table_root.grid_blocks_limit);
     Ok(blocks)
 }
 
@@ -184,8 +180,7 @@ fn write_grid(
         grid.text("root_error", reason);
         root_bad = true;
         let checksums = vec![working.vsr_state.streams_table_checksum];
-        let (free, tail, grid_limit) = (Vec::new(), false, 0);
-        CheckpointBlocks { metadata: vec![root], checksums, free, tail, grid_limit }
+        CheckpointBlocks { metadata: vec![root], checksums, free: Vec::new(), tail: false }
     });
     let mut block = vec![0u8; BLOCK_SIZE];
     let mut bad = 0;
@@ -278,7 +273,10 @@ fn write_grid_use(
     let grid_blocks = working.config().grid_size / BLOCK_SIZE as u64;
     let limits = Limits::new(&working.config());
     // Before its first checkpoint a cluster has recorded no grid: its replicas' own stand.
-    let grid_limit = if blocks.grid_limit == 0 { grid_blocks } else { blocks.grid_limit };
+    let grid_limit = match working.vsr_state.grid_blocks_limit {
+        0 => grid_blocks,
+        limit => limit,
+    };
     let room = grid_room_blocks(&limits, grid_limit, grid_head, blocks.free.len());
     let _ = writeln!(
         text,

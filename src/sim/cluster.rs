@@ -140,6 +140,8 @@ pub struct ClusterOptions {
     pub request_timeout_ticks: u64,
     /// Ticks a client waits, at most, between a reply and its next request.
     pub think_ticks_max: u64,
+    /// The longest a client's read asks a replica to hold it for events (0: never).
+    pub read_wait_ticks_max: u64,
     pub events_per_append_max: u32,
     pub event_size_max: u32,
     pub faults: FaultOptions,
@@ -434,6 +436,7 @@ impl Cluster {
                 message_size_max: options.config.message_size_max as usize,
                 request_timeout_ticks: options.request_timeout_ticks,
                 think_ticks_max: options.think_ticks_max,
+                read_wait_ticks_max: options.read_wait_ticks_max,
                 events_per_append_max: options.events_per_append_max,
                 event_size_max: options.event_size_max,
                 clients_max: options.config.clients_max,

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::constants::HEADER_SIZE;
+use crate::constants::{HEADER_SIZE, TICK_MS};
 use crate::sim::workload::model::event_checksum;
 use crate::state_machine::constants::{EXPECTED_NO_STREAM, EXPECTED_OFFSET_ANY};
 use crate::state_machine::types::{
@@ -54,6 +54,9 @@ pub struct WorkloadOptions {
     pub request_timeout_ticks: u64,
     /// Ticks a client waits, at most, between a reply and its next request.
     pub think_ticks_max: u64,
+    /// The longest a read asks a replica to wait for events (`wait_ms`), in ticks; 0: reads
+    /// never wait. Half the reads then wait, from the end of what the client knows.
+    pub read_wait_ticks_max: u64,
     pub events_per_append_max: u32,
     pub event_size_max: u32,
     /// The replicas' session table size: while no more client ids than this ever registered,
@@ -313,6 +316,7 @@ impl Workload {
         let client = &self.clients[index];
         assert!(client.in_flight.is_none());
         let mut message = client.pool.get();
+        let mut patience = 0;
         let (operation, body_size, ask) = if !client.core.registered() {
             (Operation::Register, 0, Ask::Register)
         } else if !client.model.created && client.model.created_by_append() {
@@ -324,24 +328,49 @@ impl Workload {
             body[..size_of::<CreateStream>()].copy_from_slice(create.as_bytes());
             (Operation::CreateStream, size_of::<CreateStream>(), Ask::CreateStream)
         } else if self.prng.chance(1, 3) {
-            self.read_body_build(index, &mut message)
+            let wait_ticks = self.read_wait_draw();
+            patience = wait_ticks;
+            self.read_body_build(index, &mut message, wait_ticks)
         } else {
             self.append_body_build(index, &mut message)
         };
         let size = HEADER_SIZE + body_size;
         let client = &mut self.clients[index];
-        let header =
-            client.core.request_start(operation, &message.buffer()[HEADER_SIZE..size], tick);
+        let body = &message.buffer()[HEADER_SIZE..size];
+        let header = if patience > 0 {
+            client.core.request_start_waiting(operation, body, tick, patience)
+        } else {
+            client.core.request_start(operation, body, tick)
+        };
         *message.header_mut() = header;
         client.in_flight = Some(InFlight { message, ask });
     }
 
-    /// Writes a read of one of the three kinds into the body of `message`.
-    fn read_body_build(&mut self, index: usize, message: &mut Message) -> (Operation, usize, Ask) {
+    /// Ticks the next read asks to wait for events: 0 (no wait) unless the options let reads
+    /// wait, then half the time.
+    fn read_wait_draw(&mut self) -> u64 {
+        let wait_max = self.options.read_wait_ticks_max;
+        if wait_max == 0 || self.prng.chance(1, 2) {
+            return 0;
+        }
+        1 + self.prng.next_u64() % wait_max
+    }
+
+    /// Writes a read of one of the three kinds into the body of `message`; one that waits
+    /// `wait_ticks` starts from the end of what the client knows, so that it is held until
+    /// events commit (the log's, appended by other clients) or its wait runs out (its own
+    /// stream's, which only it appends to).
+    fn read_body_build(
+        &mut self,
+        index: usize,
+        message: &mut Message,
+        wait_ticks: u64,
+    ) -> (Operation, usize, Ask) {
         let model = &self.clients[index].model;
         let stream = model.stream;
         let offset_known = model.offset_next.unwrap_or(0);
         let count_max = 1 + self.prng.index(READ_COUNT_MAX) as u32;
+        let wait_ms = (wait_ticks * TICK_MS) as u32;
         let body = &mut message.buffer_mut_unique()[HEADER_SIZE..];
         match self.prng.index(3) {
             0 => {
@@ -350,14 +379,21 @@ impl Workload {
                 (Operation::StreamInfo, size_of::<StreamInfo>(), Ask::StreamInfo)
             }
             1 => {
-                let offset_from = self.prng.next_u64() % (offset_known + 1);
-                let request = ReadStream { stream, offset_from, count_max, reserved: 0 };
+                let offset_from = match wait_ticks {
+                    0 => self.prng.next_u64() % (offset_known + 1),
+                    _ => offset_known,
+                };
+                let request = ReadStream { stream, offset_from, count_max, wait_ms };
                 body[..size_of::<ReadStream>()].copy_from_slice(request.as_bytes());
                 (Operation::ReadStream, size_of::<ReadStream>(), Ask::ReadStream { offset_from })
             }
             _ => {
-                let position_from = self.prng.next_u64() % (self.metrics.events_appended + 1);
-                let request = ReadLog { position_from, count_max, reserved: 0 };
+                let known = self.metrics.events_appended;
+                let position_from = match wait_ticks {
+                    0 => self.prng.next_u64() % (known + 1),
+                    _ => known,
+                };
+                let request = ReadLog { position_from, count_max, wait_ms };
                 body[..size_of::<ReadLog>()].copy_from_slice(request.as_bytes());
                 (Operation::ReadLog, size_of::<ReadLog>(), Ask::ReadLog { position_from })
             }
@@ -653,6 +689,7 @@ mod tests {
             message_size_max: 16 * 1024,
             request_timeout_ticks: 10,
             think_ticks_max: 0,
+            read_wait_ticks_max: 0,
             events_per_append_max: 4,
             event_size_max: 100,
             clients_max: 4,

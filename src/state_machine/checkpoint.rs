@@ -129,7 +129,7 @@ pub fn root_lists_read(
     let lists_valid = (root.metadata_count as usize) < limits.metadata_blocks_max
         && root.free_count as usize <= limits.free_blocks_max
         && root.tail_blocks <= root.metadata_count.min(1)
-        && u64::from(root.grid_blocks_limit) >= root.grid_head;
+        && root.reserved == 0;
     if !lists_valid {
         return Err("streams table: root lists malformed");
     }
@@ -193,8 +193,14 @@ impl StateMachine {
                 root_entries: 0,
                 tail_pending: false,
                 root: TableRoot::new_zeroed(),
-                result: Some(self.checkpoint_last),
+                // The cluster's grid is in the superblock's part of the state: a raise costs
+                // no block.
+                result: Some(CheckpointState {
+                    grid_blocks_limit: self.log.grid_limit,
+                    ..self.checkpoint_last
+                }),
             });
+            self.checkpoint_last.grid_blocks_limit = self.log.grid_limit;
             return;
         }
         let table_blocks = self.table_block_count();
@@ -209,7 +215,7 @@ impl StateMachine {
             metadata_count: table_blocks + tail_blocks - 1,
             free_count: self.free.len() as u32,
             tail_blocks,
-            grid_blocks_limit: u32::try_from(self.log.grid_limit).expect("grid addresses fit u32"),
+            reserved: 0,
         };
         let root_entries = self.table_entries_fitting(0, self.table_space(0));
         let progress = Checkpointing {
@@ -325,6 +331,7 @@ impl StateMachine {
                 streams_table_blocks: self.metadata_next.len() as u32,
                 streams_table_checksum: root_checksum,
                 checkpoint_state_checksum: state_checksum(&progress.root, root_checksum),
+                grid_blocks_limit: self.log.grid_limit,
             };
             assert_eq!(state.grid_head, self.log.grid_head);
             progress.result = Some(state);
@@ -477,6 +484,7 @@ impl StateMachine {
             return self.open_done(Err(reason));
         }
         self.checkpoint_last = *checkpoint;
+        self.log.grid_limit = checkpoint.grid_blocks_limit;
         if checkpoint.streams_table_blocks == 0 {
             return self.open_done(Ok(()));
         }
@@ -496,8 +504,12 @@ impl StateMachine {
     }
 
     fn checkpoint_invalid(&self, checkpoint: &CheckpointState) -> Option<&'static str> {
+        if checkpoint.grid_blocks_limit > self.limits.grid_blocks {
+            return Some(GRID_TOO_SMALL);
+        }
         if checkpoint.streams_table_blocks == 0 {
-            if *checkpoint != CheckpointState::default() {
+            let limit = checkpoint.grid_blocks_limit;
+            if *checkpoint != (CheckpointState { grid_blocks_limit: limit, ..Default::default() }) {
                 return Some("checkpoint: fields set without a streams table");
             }
             return None;
@@ -625,12 +637,12 @@ impl StateMachine {
         if root.metadata_count + 1 != checkpoint.streams_table_blocks {
             return Err("streams table: root lists another number of blocks");
         }
-        if u64::from(root.grid_blocks_limit) > self.limits.grid_blocks {
-            return Err(GRID_TOO_SMALL);
+        if root.grid_head > checkpoint.grid_blocks_limit {
+            return Err("streams table: root grid_head beyond the cluster's grid");
         }
         self.log = Log {
             grid_head: root.grid_head,
-            grid_limit: u64::from(root.grid_blocks_limit),
+            grid_limit: checkpoint.grid_blocks_limit,
             position_next: root.position_next,
             blocks: root.log_blocks,
             frontier: root.log_frontier,

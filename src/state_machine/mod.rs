@@ -82,6 +82,9 @@ pub struct CheckpointState {
     /// `checksum_chain` of the checksum of the `TableRoot` and `streams_table_checksum`: names
     /// the whole state.
     pub checkpoint_state_checksum: Checksum,
+    /// The cluster's grid in blocks (`StateMachine::grid_blocks_limit`): kept here, not in the
+    /// grid, so that a checkpoint whose only change is a raise writes no block.
+    pub grid_blocks_limit: u64,
 }
 
 /// A grid block found bad, for the replica to fetch again from a peer: its address, and the
@@ -704,14 +707,12 @@ impl StateMachine {
 
     /// Applies the grid size a committed prepare carries (`views::Prepare::grid_blocks`), before
     /// the prepare itself: the cluster's grid only grows. The caller checks that this replica's
-    /// grid holds it (`GRID_TOO_SMALL`).
+    /// grid holds it (`GRID_TOO_SMALL`). The next checkpoint records it (`CheckpointState`),
+    /// without writing a block for it.
     pub fn grid_limit_raise(&mut self, grid_blocks: u64) {
         assert_eq!(self.status, Status::Open);
         assert!(grid_blocks <= self.limits.grid_blocks, "{GRID_TOO_SMALL}");
-        if grid_blocks > self.log.grid_limit {
-            self.log.grid_limit = grid_blocks;
-            self.dirty = true;
-        }
+        self.log.grid_limit = self.log.grid_limit.max(grid_blocks);
     }
 
     fn append_batches<S: Storage>(

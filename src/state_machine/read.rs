@@ -16,7 +16,7 @@
 
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
-use crate::constants::{BLOCK_SIZE, HEADER_SIZE, SKIP_LEVELS_MAX};
+use crate::constants::{BLOCK_SIZE, HEADER_SIZE, READ_WAIT_MS_MAX, SKIP_LEVELS_MAX};
 use crate::state_machine::block::{
     BLOCK_HEADER_SIZE, block_header, block_invalid, directory_find, frontier_count,
     frontier_ordinal, record_at, skip_level,
@@ -159,6 +159,29 @@ impl StateMachine {
         Ok(id)
     }
 
+    /// How long a read may wait for its first event (`wait_ms`), if it asks to and there is
+    /// none at its start yet (its stream does not exist or has no event at `offset_from`; the
+    /// log has none at `position_from`); `None` if it is to be answered now.
+    pub fn read_wait(&self, operation: Operation, body: &[u8]) -> Option<u32> {
+        assert_eq!(self.status, Status::Open);
+        let (wait_ms, ready) = match operation {
+            Operation::ReadStream => {
+                let request = ReadStream::read_from_bytes(body).ok()?;
+                let entry = self.streams.lookup(request.stream);
+                let ready = entry
+                    .is_some_and(|entry| request.offset_from < self.streams.get(entry).offset_next);
+                (request.wait_ms, ready)
+            }
+            Operation::ReadLog => {
+                let request = ReadLog::read_from_bytes(body).ok()?;
+                (request.wait_ms, request.position_from < self.log.position_next)
+            }
+            _ => return None,
+        };
+        let waits = !ready && (1..=READ_WAIT_MS_MAX).contains(&wait_ms);
+        waits.then_some(wait_ms)
+    }
+
     /// The next finished read, in the order they finished.
     pub fn poll_read(&mut self) -> Option<ReadReply> {
         let slot = self.reads_done.pop_front()?;
@@ -196,7 +219,7 @@ impl StateMachine {
 
     fn read_stream_start<S: Storage>(&mut self, storage: &mut S, slot: usize, body: &[u8]) {
         let request = match ReadStream::read_from_bytes(body) {
-            Ok(request) if request.reserved == 0 => request,
+            Ok(request) if request.wait_ms <= READ_WAIT_MS_MAX => request,
             _ => return self.read_finish(slot, ResultCode::BodyInvalid),
         };
         let Some(entry) = self.streams.lookup(request.stream) else {
@@ -213,7 +236,7 @@ impl StateMachine {
 
     fn read_log_start<S: Storage>(&mut self, storage: &mut S, slot: usize, body: &[u8]) {
         let request = match ReadLog::read_from_bytes(body) {
-            Ok(request) if request.reserved == 0 => request,
+            Ok(request) if request.wait_ms <= READ_WAIT_MS_MAX => request,
             _ => return self.read_finish(slot, ResultCode::BodyInvalid),
         };
         let read = &mut self.reads[slot];

@@ -165,12 +165,12 @@ impl Harness {
     }
 
     fn read_stream(&mut self, stream: u64, offset_from: u64, count_max: u32) -> ReadParsed {
-        let request = ReadStream { stream, offset_from, count_max, reserved: 0 };
+        let request = ReadStream { stream, offset_from, count_max, wait_ms: 0 };
         read_parse(&self.read(Operation::ReadStream, request.as_bytes()))
     }
 
     fn read_log(&mut self, position_from: u64, count_max: u32) -> ReadParsed {
-        let request = ReadLog { position_from, count_max, reserved: 0 };
+        let request = ReadLog { position_from, count_max, wait_ms: 0 };
         read_parse(&self.read(Operation::ReadLog, request.as_bytes()))
     }
 
@@ -671,7 +671,7 @@ impl Workload {
         let length = model_stream.map_or(0, |stream| stream.positions.len());
         let from = self.prng.index(length + 1) as u64;
         let count_max = [1, 5, u32::MAX][self.prng.index(3)];
-        let request = ReadStream { stream, offset_from: from, count_max, reserved: 0 };
+        let request = ReadStream { stream, offset_from: from, count_max, wait_ms: 0 };
         let reply = harness.replies.get();
         let operation = Operation::ReadStream;
         let id =
@@ -848,19 +848,19 @@ fn reads_report_body_invalid_and_stream_not_found() {
     // Goal: malformed read bodies and unknown streams are result codes in the reply.
     let mut harness = Harness::new(small_config(), None);
     harness.commit(Operation::CreateStream, &create_body(&[(5, 1)]));
-    let bad_reserved = ReadStream { stream: 5, offset_from: 0, count_max: 1, reserved: 1 };
+    let wait_too_long = ReadStream { stream: 5, offset_from: 0, count_max: 1, wait_ms: 60_001 };
     let cases: [(Operation, &[u8], ResultCode); 5] = [
         (Operation::ReadStream, &[0; 23], ResultCode::BodyInvalid),
-        (Operation::ReadStream, bad_reserved.as_bytes(), ResultCode::BodyInvalid),
+        (Operation::ReadStream, wait_too_long.as_bytes(), ResultCode::BodyInvalid),
         (Operation::ReadLog, &[0; 17], ResultCode::BodyInvalid),
         (
             Operation::ReadLog,
-            ReadLog { position_from: 0, count_max: 1, reserved: 2 }.as_bytes(),
+            ReadLog { position_from: 0, count_max: 1, wait_ms: u32::MAX }.as_bytes(),
             ResultCode::BodyInvalid,
         ),
         (
             Operation::ReadStream,
-            ReadStream { stream: 6, offset_from: 0, count_max: 1, reserved: 0 }.as_bytes(),
+            ReadStream { stream: 6, offset_from: 0, count_max: 1, wait_ms: 0 }.as_bytes(),
             ResultCode::StreamNotFound,
         ),
     ];
@@ -1119,17 +1119,16 @@ fn randomized_event_store_matches_model_over_many_seeds() {
 fn checkpoint_without_changes_writes_nothing() {
     // Goal: a checkpoint after no state change keeps the previous table and grid_head, and an
     // open of the all-zero checkpoint is the empty store. The first op records the cluster's
-    // grid, a change like any other.
+    // grid, which costs no block: it is kept with the superblock's part of the state.
     let mut harness = Harness::new(small_config(), None);
     assert_eq!(harness.checkpoint(), CheckpointState::default());
     harness.commit(Operation::Noop, &[]);
-    let state = harness.checkpoint();
-    assert_eq!((state.grid_head, state.streams_table_blocks), (1, 1));
-    harness.commit(Operation::Noop, &[]);
-    assert_eq!(harness.checkpoint(), state);
+    let grid_blocks_limit = harness.machine.limits().grid_blocks;
+    let empty = CheckpointState { grid_blocks_limit, ..CheckpointState::default() };
+    assert_eq!(harness.checkpoint(), empty);
     harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
     let state = harness.checkpoint();
-    assert_eq!(state.grid_head, 2);
+    assert_eq!(state.grid_head, 1);
     assert_eq!(state.streams_table_blocks, 1);
     harness.commit(Operation::Append, &one_batch(9, 0, vec![vec![1]]));
     assert_eq!(harness.checkpoint(), state);
@@ -1321,7 +1320,7 @@ fn read_slots_busy_hands_back_the_reply() {
     // Goal: with every read slot waiting on the disk, read_start returns ReadBusy with the
     // reply message, and the reads finish once completions arrive.
     let mut harness = long_stream(small_config(), 2);
-    let request = ReadLog { position_from: 0, count_max: 1, reserved: 0 };
+    let request = ReadLog { position_from: 0, count_max: 1, wait_ms: 0 };
     let mut ids = Vec::new();
     for _ in 0..GRID_READS_MAX {
         let reply = harness.replies.get();
@@ -1439,13 +1438,11 @@ fn commits_reads_and_checkpoints_allocate_nothing_after_new() {
         .map(|index| match index % 2 {
             0 => (
                 Operation::ReadLog,
-                ReadLog { position_from: index * 7, count_max: 20, reserved: 0 }
-                    .as_bytes()
-                    .to_vec(),
+                ReadLog { position_from: index * 7, count_max: 20, wait_ms: 0 }.as_bytes().to_vec(),
             ),
             _ => (
                 Operation::ReadStream,
-                ReadStream { stream: 1 + index % 8, offset_from: index, count_max: 9, reserved: 0 }
+                ReadStream { stream: 1 + index % 8, offset_from: index, count_max: 9, wait_ms: 0 }
                     .as_bytes()
                     .to_vec(),
             ),
@@ -1488,7 +1485,7 @@ fn commits_reads_and_checkpoints_allocate_nothing_after_new() {
 #[test]
 fn grid_too_small_for_the_table_refuses_every_change() {
     // Goal: a grid smaller than the streams table's reserve is valid; creates get
-    // storage_full and checkpoints write only a root, which records the cluster's grid.
+    // storage_full and checkpoints write nothing (they record the cluster's grid only).
     let config = Config { grid_size: 2 * BLOCK_SIZE as u64, streams_max: 65_536, ..small_config() };
     let mut harness = Harness::new(config, None);
     assert!(harness.machine.limits().table_blocks_max > 2);
@@ -1497,7 +1494,7 @@ fn grid_too_small_for_the_table_refuses_every_change() {
     let reply = harness.commit(Operation::Append, &one_batch(1, 0, vec![vec![1]]));
     assert_eq!(append_results(&reply), [(ResultCode::StreamNotFound, 0)]);
     let state = harness.checkpoint();
-    assert_eq!((state.grid_head, state.streams_table_blocks), (1, 1));
+    assert_eq!(state, CheckpointState { grid_blocks_limit: 2, ..CheckpointState::default() });
     assert_eq!(harness.read_log(0, 10).end, 0);
 }
 

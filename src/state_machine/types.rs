@@ -203,7 +203,10 @@ pub struct ReadStream {
     pub stream: u64,
     pub offset_from: u64,
     pub count_max: u32,
-    pub reserved: u32,
+    /// If no event is there yet (the stream has no event at `offset_from`, or does not exist),
+    /// how long the replica may hold the read until one commits, in milliseconds (at most
+    /// `READ_WAIT_MS_MAX`; 0 answers at once).
+    pub wait_ms: u32,
 }
 
 /// read_log body: up to `count_max` events of the whole log from `position_from` on.
@@ -212,7 +215,8 @@ pub struct ReadStream {
 pub struct ReadLog {
     pub position_from: u64,
     pub count_max: u32,
-    pub reserved: u32,
+    /// As `ReadStream::wait_ms`: until an event at `position_from` commits.
+    pub wait_ms: u32,
 }
 
 /// stream_info body.
@@ -417,8 +421,7 @@ pub struct TableRoot {
     pub free_count: u32,
     /// 1 if the last of the checkpoint's blocks is a tail (the open block's events), else 0.
     pub tail_blocks: u32,
-    /// The cluster's grid, in blocks: what the committed log may use (it only grows).
-    pub grid_blocks_limit: u32,
+    pub reserved: u32,
 }
 
 /// One of a checkpoint's blocks after the root, as the root lists it: where, and the checksum

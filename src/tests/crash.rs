@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kimberlite::client::Client;
+use kimberlite::client::{Client, Subscription};
 use kimberlite::constants::MESSAGE_SIZE_MAX;
 use kimberlite::state_machine::constants::EXPECTED_OFFSET_ANY;
 use kimberlite::state_machine::types::{
@@ -237,12 +237,8 @@ impl Load {
 fn read_stream(client: &mut Client, stream: u64) -> Vec<u64> {
     let mut sequences = Vec::new();
     loop {
-        let body = ReadStream {
-            stream,
-            offset_from: sequences.len() as u64,
-            count_max: 1000,
-            reserved: 0,
-        };
+        let body =
+            ReadStream { stream, offset_from: sequences.len() as u64, count_max: 1000, wait_ms: 0 };
         let reply = client.read(Operation::ReadStream, body.as_bytes()).expect("read");
         let (head, mut rest) = ReadReplyHeader::read_from_prefix(reply.body).unwrap();
         assert_eq!(head.result, ResultCode::Ok as u32);
@@ -717,7 +713,7 @@ fn streams_readable(address: SocketAddr, commit: u64, deadline: Instant) {
     reader.observe_commit(Op(commit));
     for stream in 1..=STREAMS {
         loop {
-            let body = ReadStream { stream, offset_from: 0, count_max: 1000, reserved: 0 };
+            let body = ReadStream { stream, offset_from: 0, count_max: 1000, wait_ms: 0 };
             let reply = reader.read(Operation::ReadStream, body.as_bytes()).expect("read");
             let head = ReadReplyHeader::read_from_prefix(reply.body).unwrap().0;
             if head.result == ResultCode::Ok as u32 {
@@ -948,7 +944,7 @@ fn a_client_naming_another_cluster_is_told_to_check_cluster() {
     let output = append.wait_with_output().unwrap();
     assert!(output.status.success(), "{output:?}");
     let mut client = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
-    let read = ReadStream { stream: 5, offset_from: 0, count_max: 10, reserved: 0 };
+    let read = ReadStream { stream: 5, offset_from: 0, count_max: 10, wait_ms: 0 };
     let reply = client.read(Operation::ReadStream, read.as_bytes()).unwrap();
     let text = String::from_utf8_lossy(reply.body);
     let (first, second, third) = (text.find("first"), text.find("second"), text.find("third"));
@@ -995,4 +991,109 @@ fn sigterm_stops_a_replica_with_a_final_line_and_a_file_that_opens() {
     let _replicas = Replicas(vec![start(&path, address)]);
     let mut client = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
     assert_eq!(read_stream(&mut client, 1), (0..10).collect::<Vec<u64>>());
+}
+
+/// Follows stream `stream` from offset 0 until `stop` is set and it holds `until()` events:
+/// returns each event's sequence in the order seen.
+fn subscribe(
+    addresses: &[SocketAddr],
+    stream: u64,
+    stop: &AtomicBool,
+    until: impl Fn() -> usize,
+) -> Vec<u64> {
+    let mut client = Client::new(CLUSTER, addresses, MESSAGE_SIZE_MAX);
+    let mut subscription = Subscription::Stream { stream, offset: 0 };
+    let mut sequences = Vec::new();
+    while !stop.load(Ordering::Relaxed) || sequences.len() < until() {
+        let wait = Duration::from_millis(500);
+        let reply = client.subscription_next(&mut subscription, 1000, wait).expect("a read");
+        let (head, mut rest) = ReadReplyHeader::read_from_prefix(reply.body).unwrap();
+        assert_eq!(head.result, ResultCode::Ok as u32);
+        for _ in 0..head.event_count {
+            let (record, event, after) = record_next(rest).unwrap();
+            assert_eq!(record.offset, sequences.len() as u64, "a gap or a repeat");
+            sequences.push(u64::from_le_bytes(event.data[8..16].try_into().unwrap()));
+            rest = after;
+        }
+    }
+    sequences
+}
+
+#[test]
+fn a_subscriber_sees_every_event_once_in_order_through_a_primary_failover() {
+    // Goal: a subscription (reads the replicas hold until events commit) follows a stream
+    // under load while the primary is killed and restarted: it sees every event of the stream
+    // once, in order, with no gap, exactly what a full read returns afterwards, acknowledged
+    // events included.
+    let cluster = TestCluster::start("subscribe");
+    let (addresses, paths) = (cluster.addresses.clone(), cluster.paths.clone());
+    let mut replicas = cluster.replicas;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream_length = Arc::new(AtomicU64::new(0));
+    let subscriber = {
+        let (addresses, stop, length) = (addresses.clone(), stop.clone(), stream_length.clone());
+        std::thread::spawn(move || {
+            subscribe(&addresses, 1, &stop, || length.load(Ordering::Relaxed) as usize)
+        })
+    };
+    let load = Load::start(&addresses, Duration::from_millis(2));
+    std::thread::sleep(Duration::from_millis(500));
+    let primary = view_agreed(&addresses, &[0, 1, 2]) as usize % 3;
+    replicas.0[primary].kill().unwrap();
+    replicas.0[primary].wait().unwrap();
+    std::thread::sleep(Duration::from_millis(2_000));
+    replicas.0[primary] = start_replica(&paths[primary], &addresses);
+    std::thread::sleep(Duration::from_millis(500));
+    let (acknowledged, commit) = load.stop("the load survived the failover");
+    let mut reader = Client::new(CLUSTER, &addresses, MESSAGE_SIZE_MAX);
+    reader.observe_commit(Op(commit));
+    let stream = read_stream(&mut reader, 1);
+    stream_length.store(stream.len() as u64, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let seen = subscriber.join().expect("the subscriber survived the failover");
+    assert_eq!(seen, stream);
+    let acknowledged = acknowledged.lock().unwrap();
+    assert!(acknowledged[&1].len() > 100);
+    for (offset, sequence) in &acknowledged[&1] {
+        assert_eq!(seen.get(*offset as usize), Some(sequence), "acknowledged event not seen");
+    }
+}
+
+#[test]
+fn client_tail_prints_events_as_they_commit() {
+    // Goal: `kimberlite client tail` prints events appended after it started, as they commit,
+    // one line each, and `tail --log --format=json` one JSON object per event.
+    let (_scratch, path) = formatted_small("tail");
+    let address = address_free();
+    let _replicas = Replicas(vec![start(&path, address)]);
+    let client_command = |arguments: &[&str]| {
+        let mut command = Command::new(BINARY);
+        command.args(["client", &format!("--addresses={address}"), "--cluster=42"]);
+        command.args(arguments);
+        command
+    };
+    let tail = |arguments: &[&str]| {
+        let mut child = client_command(arguments).stdout(Stdio::piped()).spawn().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        (child, lines)
+    };
+    // The stream does not exist yet: the tail waits for it.
+    let (mut stream_tail, mut stream_lines) = tail(&["tail", "9"]);
+    let (mut log_tail, mut log_lines) = tail(&["--format=json", "tail", "--log"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let append = client_command(&["append", "9", "--type=t", "--expected-offset=no-stream"])
+        .args(["one", "two"])
+        .output()
+        .unwrap();
+    assert!(append.status.success(), "{append:?}");
+    let first = stream_lines.next().unwrap().unwrap();
+    assert!(first.starts_with("stream 9 offset 0 ") && first.ends_with(": one"), "{first}");
+    assert!(stream_lines.next().unwrap().unwrap().ends_with(": two"));
+    let object = log_lines.next().unwrap().unwrap();
+    assert!(object.starts_with(r#"{"stream":9,"offset":0,"position":0,"#), "{object}");
+    assert!(object.ends_with(r#""data":"one"}"#), "{object}");
+    for child in [&mut stream_tail, &mut log_tail] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }

@@ -106,6 +106,9 @@ pub struct InFlight {
     /// Where the next copy goes, and when.
     target_next: ReplicaIndex,
     send_at: u64,
+    /// How much longer than a request's timeout each copy is waited for: the time a read may
+    /// be held by the replica for events to commit (`request_start_waiting`).
+    patience: u64,
 }
 
 /// What a message from the cluster meant to this client.
@@ -294,8 +297,24 @@ impl ClientCore {
             target,
             target_next: target,
             send_at: now,
+            patience: 0,
         });
         self.metrics.client_requests_started += 1;
+        header
+    }
+
+    /// Starts a read whose body asks the replica to hold it up to `patience` (in the units of
+    /// `now`) until an event commits (`wait_ms`): each copy is waited for that much longer.
+    pub fn request_start_waiting(
+        &mut self,
+        operation: Operation,
+        body: &[u8],
+        now: u64,
+        patience: u64,
+    ) -> Header {
+        assert!(operation.is_read());
+        let header = self.request_start(operation, body, now);
+        self.in_flight.as_mut().expect("just started").patience = patience;
         header
     }
 
@@ -339,7 +358,7 @@ impl ClientCore {
         in_flight.target = target;
         // Unless a reply or a redirect comes first, the next copy goes to the next replica.
         in_flight.target_next = target.next(replica_count);
-        in_flight.send_at = now + timeout + jitter;
+        in_flight.send_at = now + in_flight.patience + timeout + jitter;
         Some(target)
     }
 

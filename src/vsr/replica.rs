@@ -277,6 +277,12 @@ pub struct Metrics {
     pub grid_blocks_reused: u64,
     /// Committed prepares that grew the cluster's grid (the first op's setting it excluded).
     pub grid_limit_grown: u64,
+    /// Reads held for events to commit (`wait_ms`); answered once one did, or once their wait
+    /// ran out; answered at once for want of a free entry in the table.
+    pub reads_parked: u64,
+    pub reads_parked_woken: u64,
+    pub reads_parked_expired: u64,
+    pub reads_parked_full: u64,
     /// Checkpoints that copied a partly filled open block into a tail instead of sealing it.
     pub checkpoint_tails: u64,
     /// Blocks from peers refused for grid repair (torn in transit, or not the block asked for).
@@ -405,6 +411,12 @@ pub struct Replica {
     /// Messages in `outbox` in full-size buffers (at most `OUTBOX_LARGE_MAX`).
     outbox_large: usize,
     reads: Vec<Option<(ReadId, Header)>>,
+    /// Reads held until an event they ask for commits (`read::read_park`): one entry per
+    /// client, `clients_max` of them; `reads_parked_count` are taken.
+    reads_parked: Vec<Option<read::ParkedRead>>,
+    reads_parked_count: usize,
+    /// The log's next position and the number of streams when parked reads were last woken.
+    reads_parked_seen: (u64, u32),
     journal_reads: Vec<JournalRead>,
     /// Primary: per replica, its commit number as it last reported it (in prepare_ok and
     /// ping), and the tick it was last heard.
@@ -479,6 +491,9 @@ impl Replica {
             outbox: VecDeque::with_capacity(outbox_max(clients_max)),
             outbox_large: 0,
             reads: (0..GRID_READS_MAX).map(|_| None).collect(),
+            reads_parked: vec![None; clients_max],
+            reads_parked_count: 0,
+            reads_parked_seen: (0, 0),
             journal_reads: Vec::with_capacity(JOURNAL_IOPS_READ_MAX),
             backup_commit: [Op(0); REPLICAS_MAX],
             backup_heard_tick: [0; REPLICAS_MAX],
@@ -820,6 +835,7 @@ impl Replica {
             return self.rejoin_tick();
         }
         self.grid_repair_tick(storage);
+        self.reads_parked_wake(storage);
         if self.sync.state_lost() && !self.target.active() {
             // No log target drives it (`repair_progress`): the checkpoint is what it lacks.
             self.sync_progress(storage);

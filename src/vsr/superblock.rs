@@ -30,7 +30,7 @@ use static_assertions::const_assert_eq;
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 use crate::constants::{
-    CLIENTS_MAX, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, SUPERBLOCK_HEADER_SIZE,
+    CLIENTS_MAX, GRID_BLOCKS_MAX, SUPERBLOCK_COPIES, SUPERBLOCK_COPY_SIZE, SUPERBLOCK_HEADER_SIZE,
     SUPERBLOCK_QUORUM_OPEN, SUPERBLOCK_QUORUM_VERIFY, SUPERBLOCK_UPDATE_REWRITES_MAX,
     SUPERBLOCK_VERSION, VIEW_HEADERS_MAX, superblock_copy_size,
 };
@@ -166,7 +166,6 @@ impl SuperBlockHeader {
         let reserved_zero = self.reserved_replica == [0; 2]
             && self.reserved_header == [0; 48]
             && self.vsr_state.reserved_log_lost == [0; 3]
-            && self.vsr_state.reserved == [0; 8]
             && self.reserved.iter().all(|byte| *byte == 0);
         if !reserved_zero {
             return Some("reserved bytes not zero");
@@ -181,6 +180,9 @@ impl SuperBlockHeader {
         }
         if self.vsr_state.checkpoint_op > self.vsr_state.commit_max {
             return Some("checkpoint_op is past commit_max");
+        }
+        if self.vsr_state.grid_blocks_limit > GRID_BLOCKS_MAX {
+            return Some("grid_blocks_limit is beyond the largest grid");
         }
         None
     }
@@ -258,7 +260,8 @@ pub struct VsrState {
     /// The session slots the trailer holds: up to the last one in use (those after it are
     /// free), so that a copy costs what the sessions in use need, not `clients_max`.
     pub client_sessions_count: u32,
-    pub reserved: [u8; 8],
+    /// The cluster's grid in blocks as of the checkpoint (`CheckpointState`).
+    pub grid_blocks_limit: u64,
     /// The checksum of the trailer's `client_sessions_count` records (the client sessions as of
     /// the checkpoint, free entries all zero).
     pub client_sessions_checksum: Checksum,
@@ -286,6 +289,7 @@ impl VsrState {
             streams_table_blocks: self.streams_table_blocks,
             streams_table_checksum: self.streams_table_checksum,
             checkpoint_state_checksum: self.checkpoint_state_checksum,
+            grid_blocks_limit: self.grid_blocks_limit,
         }
     }
 
@@ -295,6 +299,7 @@ impl VsrState {
         self.streams_table_blocks = checkpoint.streams_table_blocks;
         self.streams_table_checksum = checkpoint.streams_table_checksum;
         self.checkpoint_state_checksum = checkpoint.checkpoint_state_checksum;
+        self.grid_blocks_limit = checkpoint.grid_blocks_limit;
     }
 }
 

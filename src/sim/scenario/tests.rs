@@ -501,7 +501,7 @@ fn three_replicas_commit_and_every_backup_applies_the_same_ops() {
 
 /// The read_log of the log's first event (grid block 0 holds it once sealed), as bytes.
 fn read_log_first() -> Vec<u8> {
-    let read = ReadLog { position_from: 0, count_max: 1, reserved: 0 };
+    let read = ReadLog { position_from: 0, count_max: 1, wait_ms: 0 };
     read.as_bytes().to_vec()
 }
 
@@ -726,4 +726,20 @@ fn a_replica_formatted_smaller_than_the_cluster_grid_stops_with_an_error() {
         }
     };
     assert_eq!(reason, crate::state_machine::GRID_TOO_SMALL);
+}
+
+#[test]
+fn reads_that_wait_are_held_until_events_commit_or_their_wait_runs_out() {
+    // Goal: reads that ask to wait (subscriptions) are parked at whichever replica they reach,
+    // answered once events commit (the log's, appended by other clients) or once their wait
+    // runs out (a client's own stream, which only it appends to), and every answer checks out
+    // against the clients' models as the run converges.
+    let mut options = options_quiet(93, 3);
+    options.read_wait_ticks_max = 200;
+    options.ticks_faults = 4_000;
+    let mut cluster = cluster_new(options);
+    cluster.run().unwrap();
+    let metrics = cluster.replica_metrics();
+    assert!(metrics.reads_parked_woken > 0 && metrics.reads_parked_expired > 0, "{metrics:?}");
+    assert!(cluster.summary().reads_checked > 50);
 }

@@ -423,8 +423,9 @@ header_views! {
     SyncCheckpoint = SyncCheckpoint, body: "\
         the header of the prepare at checkpoint_op (256 bytes), streams_table_checksum u128, \
         checkpoint_state_checksum u128, grid_head u64, streams_table_address u64, \
-        streams_table_blocks u32, reserved u32, 8 zero bytes, then the `clients_max` \
-        client-session records (48 bytes each, as in the superblock's trailer)" {
+        streams_table_blocks u32, grid_blocks_limit u32 (the cluster's grid), 8 zero bytes, \
+        then the `clients_max` client-session records (48 bytes each, as in the superblock's \
+        trailer)" {
         checkpoint_op / set_checkpoint_op: Op = checkpoint_op, "the checkpoint";
         commit_max / set_commit_max: Op = commit, "the sender's commit_max";
         checkpoint_checksum / set_checkpoint_checksum: Checksum = context,

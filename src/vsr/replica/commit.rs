@@ -165,6 +165,11 @@ impl Replica {
     /// allow. A prepare no longer in memory (at open, or on a backup that restarted) is read
     /// back from the WAL first.
     pub(super) fn commit_pipeline<S: Storage>(&mut self, storage: &mut S) {
+        self.commit_pipeline_run(storage);
+        self.reads_parked_wake(storage);
+    }
+
+    fn commit_pipeline_run<S: Storage>(&mut self, storage: &mut S) {
         loop {
             let replaying =
                 self.status == Status::Recovering && self.open_phase == OpenPhase::Replay;

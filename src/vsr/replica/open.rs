@@ -11,7 +11,7 @@
 
 use super::checkpoint::SessionsWritten;
 use super::{OpenPhase, Replica, Status};
-use crate::state_machine::{CheckpointState, GRID_TOO_SMALL};
+use crate::state_machine::GRID_TOO_SMALL;
 use crate::vsr::header::Op;
 use crate::vsr::journal::{Case, Decision, EntrySummary, Journal};
 use crate::vsr::message_pool::MessagePool;
@@ -85,14 +85,7 @@ impl Replica {
         let log_lost = self.superblock.working().vsr_state.log_lost != 0;
         self.log_faulty = self.config.replica_count > 1
             && (log_lost || journal_hides_acknowledged(&self.journal, checkpoint_op));
-        let working = *self.superblock.working();
-        let checkpoint = CheckpointState {
-            grid_head: working.vsr_state.grid_head,
-            streams_table_address: working.vsr_state.streams_table_address,
-            streams_table_blocks: working.vsr_state.streams_table_blocks,
-            streams_table_checksum: working.vsr_state.streams_table_checksum,
-            checkpoint_state_checksum: working.vsr_state.checkpoint_state_checksum,
-        };
+        let checkpoint = self.superblock.working().vsr_state.checkpoint_state();
         self.open_phase = OpenPhase::StateMachine;
         self.state_machine.open(storage, &checkpoint);
         self.state_machine_progress(storage);

@@ -569,22 +569,37 @@ impl Replica {
 
     /// The cluster's grid, in blocks, as this primary knows it: the smallest of its own and
     /// what each peer announced. A peer not heard from since this replica started could have
-    /// any grid, so then the limit committed so far stands, or, on a new cluster (none
-    /// committed), this replica's own grid. Executing a prepare never lowers the limit.
+    /// any grid, so then it stamps no more than its log proves safe: the grid its head prepare
+    /// carries (stamped by this rule in turn) or its committed limit. Only a new cluster (no
+    /// op yet) takes this replica's own grid. A replica with an empty state (rejoined, or not
+    /// yet replayed) may lead a view: its committed limit is 0, which proves nothing. Executing
+    /// a prepare never lowers the limit, so a low stamp costs nothing.
     fn grid_blocks_stamp(&self) -> u64 {
         let own = self.state_machine.limits().grid_blocks;
-        let committed = self.state_machine.grid_blocks_limit();
         let peers = (0..self.config.replica_count).filter(|&peer| peer != self.config.replica.0);
-        let announced = peers.map(|peer| self.grid_blocks_announced[usize::from(peer)]);
         let mut smallest = own;
-        for grid_blocks in announced {
-            match grid_blocks {
-                0 if committed > 0 => return committed,
-                0 => {}
-                _ => smallest = smallest.min(grid_blocks),
+        for peer in peers {
+            match self.grid_blocks_announced[usize::from(peer)] {
+                0 => return self.grid_blocks_proven(own),
+                announced => smallest = smallest.min(announced),
             }
         }
         smallest
+    }
+
+    /// The largest grid this replica's log proves every replica holds (`grid_blocks_stamp`),
+    /// at least 1 (a stamp every grid holds).
+    fn grid_blocks_proven(&self, own: u64) -> u64 {
+        let head = self.head.op();
+        if head == Op(0) {
+            return own;
+        }
+        let newest = match self.pipeline.back() {
+            Some(prepared) => Some(*prepared.message.header()),
+            None => self.journal.header_with_op(head).copied(),
+        };
+        let stamped = newest.map_or(0, |header| views::Prepare::of(&header).grid_blocks());
+        stamped.max(self.state_machine.grid_blocks_limit()).max(1)
     }
 
     /// Sends prepares that still lack a quorum again, to the backups that have not

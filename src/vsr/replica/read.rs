@@ -1,12 +1,32 @@
-//! Reads: served by the primary from committed state, without consensus. A read carries the
+//! Reads: served by any replica from committed state, without consensus. A read carries the
 //! commit number it was served at; it is dropped while state sync replaces the event store,
-//! and answered `busy` while every read slot is taken.
+//! and answered `busy` while every read slot is taken. A read_stream or read_log that asks to
+//! wait (`wait_ms`) and has no event to return yet is parked until one commits or the wait
+//! runs out (`read_park`, `reads_parked_wake`): how subscriptions follow a stream or the log.
+
+use static_assertions::const_assert;
 
 use super::{Destination, Replica, ReplyFields};
+use crate::constants::TICK_MS;
 use crate::state_machine::ReadReply;
-use crate::vsr::header::{Command, Op};
+use crate::state_machine::types::{ReadLog, ReadStream};
+use crate::vsr::header::{Command, Header, Op};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
+
+/// A read held until an event it asks for commits, or its wait runs out (`read_park`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ParkedRead {
+    header: Header,
+    /// The read's body (a `ReadStream` or a `ReadLog`), `body_size` bytes.
+    body: [u8; PARKED_BODY_SIZE],
+    body_size: usize,
+    deadline_tick: u64,
+}
+
+const PARKED_BODY_SIZE: usize = 24;
+const_assert!(size_of::<ReadStream>() <= PARKED_BODY_SIZE);
+const_assert!(size_of::<ReadLog>() <= PARKED_BODY_SIZE);
 
 impl Replica {
     pub(super) fn read_start<S: Storage>(&mut self, storage: &mut S, message: Message) {
@@ -23,16 +43,91 @@ impl Replica {
             self.metrics.requests_dropped += 1;
             return;
         }
-        // A malformed read body gets a body_invalid result from the event store.
         let operation = header.operation().expect("accept checked the operation");
         assert!(operation.is_read());
+        if let Some(wait_ms) = self.state_machine.read_wait(operation, message.body())
+            && self.read_park(&header, message.body(), wait_ms)
+        {
+            return;
+        }
+        self.read_serve(storage, &header, message.body());
+    }
+
+    /// Holds a read that has no event to return yet, one per client (a client's newer read
+    /// replaces its older one); false if the table is full (the read is answered at once).
+    fn read_park(&mut self, header: &Header, body: &[u8], wait_ms: u32) -> bool {
+        assert!(body.len() <= PARKED_BODY_SIZE);
+        let same_client = |parked: &Option<ParkedRead>| {
+            parked.is_some_and(|parked| parked.header.client == header.client)
+        };
+        let index = match self.reads_parked.iter().position(same_client) {
+            Some(index) => index,
+            None => {
+                let Some(free) = self.reads_parked.iter().position(Option::is_none) else {
+                    self.metrics.reads_parked_full += 1;
+                    return false;
+                };
+                self.reads_parked_count += 1;
+                free
+            }
+        };
+        let mut parked = ParkedRead {
+            header: *header,
+            body: [0; PARKED_BODY_SIZE],
+            body_size: body.len(),
+            deadline_tick: self.ticks + u64::from(wait_ms).div_ceil(TICK_MS),
+        };
+        parked.body[..body.len()].copy_from_slice(body);
+        self.reads_parked[index] = Some(parked);
+        self.metrics.reads_parked += 1;
+        true
+    }
+
+    /// Answers the parked reads that now have an event to return (after commits, or a state
+    /// sync), or whose wait ran out. Cheap when nothing committed: a read wakes only once the
+    /// log's next position or the number of streams moved.
+    pub(super) fn reads_parked_wake<S: Storage>(&mut self, storage: &mut S) {
+        if self.reads_parked_count == 0 || !self.status.is_open() || self.sync.active() {
+            return;
+        }
+        let seen = (self.state_machine.position_next(), self.state_machine.stream_count());
+        let moved = seen != self.reads_parked_seen;
+        self.reads_parked_seen = seen;
+        for index in 0..self.reads_parked.len() {
+            let Some(parked) = self.reads_parked[index] else { continue };
+            let expired = self.ticks >= parked.deadline_tick;
+            let body = &parked.body[..parked.body_size];
+            let operation = parked.header.operation().expect("a parked read");
+            let ready = moved && self.state_machine.read_wait(operation, body).is_none();
+            if !expired && !ready {
+                continue;
+            }
+            if self.reads.iter().all(Option::is_some) {
+                // Every read slot is busy: the rest wake on a later tick.
+                return;
+            }
+            self.reads_parked[index] = None;
+            self.reads_parked_count -= 1;
+            if expired {
+                self.metrics.reads_parked_expired += 1;
+            } else {
+                self.metrics.reads_parked_woken += 1;
+            }
+            self.read_serve(storage, &parked.header, body);
+        }
+    }
+
+    /// Starts serving a read from committed state; a malformed body gets a body_invalid
+    /// result from the event store.
+    fn read_serve<S: Storage>(&mut self, storage: &mut S, header: &Header, body: &[u8]) {
+        let operation = header.operation().expect("accept checked the operation");
         let Some(free) = self.reads.iter().position(Option::is_none) else {
-            return self.send_busy(&header);
+            return self.send_busy(header);
         };
         let reply = self.pool.get();
-        match self.state_machine.read_start(storage, operation, message.body(), reply) {
-            Ok(read) => self.reads[free] = Some((read, header)),
-            Err(_) => self.send_busy(&header),
+        match self.state_machine.read_start(storage, operation, body, reply) {
+            Ok(read) => self.reads[free] = Some((read, *header)),
+            Err(_) => self.send_busy(header),
         }
         self.state_machine_progress_reads();
     }

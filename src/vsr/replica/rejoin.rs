@@ -107,6 +107,9 @@ impl Replica {
         if nonce == 0 {
             return false;
         }
+        // The peer lost its data file: its new one may have another grid, unknown until its
+        // next prepare_ok (`grid_blocks_stamp`).
+        self.grid_blocks_announced[usize::from(header.replica)] = 0;
         if !self.rejoin.learning {
             let mut pong = self.header_new(Command::Pong);
             views::Pong::of(&mut pong).set_nonce(nonce);

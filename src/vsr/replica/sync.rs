@@ -61,7 +61,8 @@ pub struct SyncCheckpointBody {
     pub grid_head: u64,
     pub streams_table_address: u64,
     pub streams_table_blocks: u32,
-    pub reserved: u32,
+    /// The cluster's grid in blocks, as of the checkpoint.
+    pub grid_blocks_limit: u32,
     /// Zero: pads the body to the header's 64-byte alignment.
     pub reserved_end: [u8; 8],
 }
@@ -75,6 +76,7 @@ impl SyncCheckpointBody {
             streams_table_blocks: self.streams_table_blocks,
             streams_table_checksum: self.streams_table_checksum,
             checkpoint_state_checksum: self.checkpoint_state_checksum,
+            grid_blocks_limit: u64::from(self.grid_blocks_limit),
         }
     }
 }
@@ -405,7 +407,7 @@ impl Replica {
             streams_table_blocks: working.vsr_state.streams_table_blocks,
             streams_table_checksum: working.vsr_state.streams_table_checksum,
             checkpoint_state_checksum: working.vsr_state.checkpoint_state_checksum,
-            reserved: 0,
+            grid_blocks_limit: working.vsr_state.grid_blocks_limit as u32,
             reserved_end: [0; 8],
         };
         let sessions = self.superblock.working_sessions().as_bytes();
@@ -440,14 +442,14 @@ impl Replica {
         if sessions.len() != self.config.clients_max as usize {
             return self.message_invalid(&header, "sync_checkpoint session table of another size");
         }
-        let consistent = body.reserved == 0
-            && body.reserved_end == [0; 8]
-            && body.grid_head <= GRID_BLOCKS_MAX
+        let consistent = body.reserved_end == [0; 8]
+            && body.grid_head <= u64::from(body.grid_blocks_limit)
+            && u64::from(body.grid_blocks_limit) <= GRID_BLOCKS_MAX
             && (body.streams_table_blocks == 0 || body.streams_table_address < body.grid_head);
         if !consistent {
             return self.message_invalid(&header, "sync_checkpoint state inconsistent");
         }
-        if body.grid_head > self.state_machine.limits().grid_blocks {
+        if u64::from(body.grid_blocks_limit) > self.state_machine.limits().grid_blocks {
             // The cluster's grid grew past this replica's (which the operator formatted
             // smaller than its peers'): it cannot take the state.
             return self.fail(GRID_TOO_SMALL);

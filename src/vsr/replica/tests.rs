@@ -332,7 +332,7 @@ fn a_read_past_the_read_slots_is_answered_busy() {
         harness.call(ClientId(7), request, Operation::Append, &body[..size]);
         request += 1;
     }
-    let read = ReadLog { position_from: 0, count_max: 1, reserved: 0 };
+    let read = ReadLog { position_from: 0, count_max: 1, wait_ms: 0 };
     let reader = ClientId(8);
     for _ in 0..GRID_READS_MAX {
         let message = harness.request(reader, 1, Operation::ReadLog, read.as_bytes());
@@ -442,7 +442,7 @@ mod event_store {
     }
 
     fn read_body(stream: u64, offset_from: u64) -> Vec<u8> {
-        ReadStream { stream, offset_from, count_max: 1000, reserved: 0 }.as_bytes().to_vec()
+        ReadStream { stream, offset_from, count_max: 1000, wait_ms: 0 }.as_bytes().to_vec()
     }
 
     pub(crate) fn append(
