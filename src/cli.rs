@@ -24,10 +24,10 @@ usage:
       create-stream STREAM [TENANT]
       append STREAM --type=TYPE [--metadata=TEXT] [--expected-offset=N|any|no-stream]
              (EVENT... | --file=PATH | --file=-)
-      read STREAM [--offset=N] [--count=N]
-      read-log [--position=N] [--count=N]
+      read STREAM [--offset=N] [--count=N] [--linearizable]
+      read-log [--position=N] [--count=N] [--linearizable]
       tail STREAM [--offset=N] | tail --log [--position=N]
-      info STREAM
+      info STREAM [--linearizable]
   kimberlite vopr [--seed=N] [--replicas=N] [--ticks=N] [--check-determinism]
   kimberlite version (or --version)
 
@@ -119,12 +119,14 @@ answered; 2: the cluster answered with another result (printed).
          (EVENT... | --file=PATH | --file=-)     one event per argument, or per line of a
                                                  file (- reads standard input; blank lines
                                                  are skipped)
-  read STREAM [--offset=N] [--count=N]
-  read-log [--position=N] [--count=N]
+  read STREAM [--offset=N] [--count=N] [--linearizable]
+  read-log [--position=N] [--count=N] [--linearizable]
+  info STREAM [--linearizable]                   a read is served at the commit of the replica
+                                                 that answers; --linearizable: by the primary,
+                                                 reflecting every write acknowledged before
   tail STREAM [--offset=N]                       prints the stream's events as they commit,
   tail --log [--position=N]                      or the whole log's, until interrupted
                                                  (from offset or position 0 by default)
-  info STREAM
 
 examples:
   kimberlite client --addresses=127.0.0.1:3001 --cluster=7 create-stream 1

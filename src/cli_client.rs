@@ -34,6 +34,7 @@ pub fn command_client(arguments: &[String]) -> Result<(), String> {
         "file",
         "format",
         "log",
+        "linearizable",
     ];
     let arguments = Arguments::parse(arguments, &allowed)?;
     let addresses = parse_addresses(arguments.flag_required("addresses")?)?;
@@ -57,7 +58,7 @@ pub fn command_client(arguments: &[String]) -> Result<(), String> {
         "append" => append(&mut client, &arguments, rest)?,
         "read" => read_stream(&mut client, &arguments, rest)?,
         "read-log" => read_log(&mut client, &arguments, rest)?,
-        "info" => info(&mut client, rest)?,
+        "info" => info(&mut client, &arguments, rest)?,
         other => return Err(format!("unknown client command '{other}'")),
     };
     if json {
@@ -265,8 +266,7 @@ fn read_stream(
         count_max: count_argument(arguments)?,
         wait_ms: 0,
     };
-    let reply =
-        client.read(Operation::ReadStream, body.as_bytes()).map_err(|error| error.to_string())?;
+    let reply = read(client, arguments, Operation::ReadStream, body.as_bytes())?;
     events_report(reply.body)
 }
 
@@ -279,9 +279,24 @@ fn read_log(client: &mut Client, arguments: &Arguments, rest: &[String]) -> Resu
         count_max: count_argument(arguments)?,
         wait_ms: 0,
     };
-    let reply =
-        client.read(Operation::ReadLog, body.as_bytes()).map_err(|error| error.to_string())?;
+    let reply = read(client, arguments, Operation::ReadLog, body.as_bytes())?;
     events_report(reply.body)
+}
+
+/// A read, linearizable with `--linearizable` (served by the primary once its commit is
+/// confirmed current), else from the commit of whichever replica answers.
+fn read<'a>(
+    client: &'a mut Client,
+    arguments: &Arguments,
+    operation: Operation,
+    body: &[u8],
+) -> Result<crate::client::Reply<'a>, String> {
+    let reply = match arguments.flag("linearizable") {
+        None => client.read(operation, body),
+        Some("") => client.read_linearizable(operation, body),
+        Some(value) => return Err(format!("--linearizable takes no value (got '{value}')")),
+    };
+    reply.map_err(|error| error.to_string())
 }
 
 /// How long each read of `tail` may be held for events to commit: after it the read is sent
@@ -400,13 +415,12 @@ fn printable(bytes: &[u8]) -> String {
     }
 }
 
-fn info(client: &mut Client, rest: &[String]) -> Result<Report, String> {
+fn info(client: &mut Client, arguments: &Arguments, rest: &[String]) -> Result<Report, String> {
     let [stream] = rest else {
         return Err("usage: info STREAM".to_string());
     };
     let body = StreamInfo { stream: number(stream, "stream")? };
-    let reply =
-        client.read(Operation::StreamInfo, body.as_bytes()).map_err(|error| error.to_string())?;
+    let reply = read(client, arguments, Operation::StreamInfo, body.as_bytes())?;
     let info = StreamInfoReply::read_from_prefix(reply.body).map_err(|_| "short reply")?.0;
     let mut report = Report::new(result_code(info.result)?);
     if report.code == ResultCode::Ok {

@@ -23,7 +23,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::constants::{HEADER_SIZE, READ_WAIT_MS_MAX};
 use crate::state_machine::types::{ReadLog, ReadReplyHeader, ReadStream, ResultCode};
-use crate::vsr::client::{ClientCore, ClientMetrics, ClientOptions, Outcome};
+use crate::vsr::client::{ClientCore, ClientMetrics, ClientOptions, Outcome, ReadOptions};
 #[cfg(test)]
 use crate::vsr::client_sessions::session_chain;
 use crate::vsr::header::{ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation};
@@ -179,7 +179,7 @@ impl Client {
         let deadline = Instant::now() + self.request_deadline;
         self.in_doubt_resolve(deadline)?;
         if !self.core.registered() {
-            self.call(Operation::Register, &[], deadline, 0)?;
+            self.call(Operation::Register, &[], deadline, ReadOptions::default())?;
         }
         Ok(())
     }
@@ -191,17 +191,29 @@ impl Client {
         let deadline = Instant::now() + self.request_deadline;
         self.in_doubt_resolve(deadline)?;
         if !self.core.registered() {
-            self.call(Operation::Register, &[], deadline, 0)?;
+            self.call(Operation::Register, &[], deadline, ReadOptions::default())?;
         }
-        self.call(operation, body, deadline, 0)
+        self.call(operation, body, deadline, ReadOptions::default())
     }
 
-    /// Sends a read and waits for its reply (served by the replica without consensus).
+    /// Sends a read and waits for its reply, served by whichever replica it reaches from that
+    /// replica's commit (at least the highest this client has seen), without consensus.
     pub fn read(&mut self, operation: Operation, body: &[u8]) -> Result<Reply<'_>, ClientError> {
-        assert!(operation.is_read());
-        let deadline = Instant::now() + self.request_deadline;
-        self.in_doubt_resolve(deadline)?;
-        self.call(operation, body, deadline, 0)
+        self.read_as(operation, body, ReadOptions::default())
+    }
+
+    /// Sends a linearizable read: served by the primary only once an op it prepared after the
+    /// read arrived has committed, so it reflects every write acknowledged before it was sent
+    /// (a read of a deposed primary, or of a new one that has not committed what it inherited,
+    /// is never answered). Costs a replication round, and an op of its own when nothing else
+    /// is being written.
+    pub fn read_linearizable(
+        &mut self,
+        operation: Operation,
+        body: &[u8],
+    ) -> Result<Reply<'_>, ClientError> {
+        let read = ReadOptions { linearizable: true, ..ReadOptions::default() };
+        self.read_as(operation, body, read)
     }
 
     /// Sends a read_stream or read_log whose body asks the replica to hold it up to `wait`
@@ -213,9 +225,21 @@ impl Client {
         wait: Duration,
     ) -> Result<Reply<'_>, ClientError> {
         assert!(matches!(operation, Operation::ReadStream | Operation::ReadLog));
-        let deadline = Instant::now() + self.request_deadline + wait;
+        let read = ReadOptions { patience: wait.as_millis() as u64, ..ReadOptions::default() };
+        self.read_as(operation, body, read)
+    }
+
+    fn read_as(
+        &mut self,
+        operation: Operation,
+        body: &[u8],
+        read: ReadOptions,
+    ) -> Result<Reply<'_>, ClientError> {
+        assert!(operation.is_read());
+        let patience = Duration::from_millis(read.patience);
+        let deadline = Instant::now() + self.request_deadline + patience;
         self.in_doubt_resolve(deadline)?;
-        self.call(operation, body, deadline, wait.as_millis() as u64)
+        self.call(operation, body, deadline, read)
     }
 
     /// The next events of `subscription`, as they commit: a read from where it stands that
@@ -272,14 +296,14 @@ impl Client {
         }
     }
 
-    /// Sends `operation` and waits for its reply until `deadline`; a read whose body asks to
-    /// wait has `patience` (ms) more for each copy.
+    /// Sends `operation` and waits for its reply until `deadline`; a read is served as `read`
+    /// says (default for a write).
     fn call(
         &mut self,
         operation: Operation,
         body: &[u8],
         deadline: Instant,
-        patience: u64,
+        read: ReadOptions,
     ) -> Result<Reply<'_>, ClientError> {
         let size = HEADER_SIZE + body.len();
         if size > self.message_size_max {
@@ -287,8 +311,8 @@ impl Client {
             return Err(ClientError::RequestTooLarge { size: body.len(), size_max });
         }
         self.reply_release();
-        let header = if patience > 0 {
-            self.core.request_start_waiting(operation, body, self.now(), patience)
+        let header = if operation.is_read() {
+            self.core.request_start_read(operation, body, self.now(), read)
         } else {
             self.core.request_start(operation, body, self.now())
         };

@@ -406,6 +406,11 @@ pub const EVENT_SIZE_MAX: u32 = 64 * 1024;
 /// read_stream and read_log): a subscriber asks again after that.
 pub const READ_WAIT_MS_MAX: u32 = 60_000;
 
+/// Held reads (parked, or linearizable ones confirmed) answered in one step, at most: each
+/// reply takes a full-size buffer, and a thousand subscribers woken by one commit would
+/// overflow the outbox and the bus's queues. The rest are answered on the next steps.
+pub const READS_WAKE_PER_STEP_MAX: usize = 8;
+
 /// Skip-list levels. A block's ordinal (in the log, or among one stream's blocks) never exceeds
 /// the number of blocks in the largest grid, 2^25, so an ordinal has at most 26 significant bits
 /// and a block at most 26 skip pointers.

@@ -142,6 +142,8 @@ pub struct ClusterOptions {
     pub think_ticks_max: u64,
     /// The longest a client's read asks a replica to hold it for events (0: never).
     pub read_wait_ticks_max: u64,
+    /// Half the clients' reads are linearizable (and checked to be).
+    pub read_linearizable: bool,
     pub events_per_append_max: u32,
     pub event_size_max: u32,
     pub faults: FaultOptions,
@@ -437,6 +439,7 @@ impl Cluster {
                 request_timeout_ticks: options.request_timeout_ticks,
                 think_ticks_max: options.think_ticks_max,
                 read_wait_ticks_max: options.read_wait_ticks_max,
+                read_linearizable: options.read_linearizable,
                 events_per_append_max: options.events_per_append_max,
                 event_size_max: options.event_size_max,
                 clients_max: options.config.clients_max,

@@ -40,6 +40,7 @@ pub(crate) fn options_quiet(seed: u64, replica_count: u8) -> ClusterOptions {
         request_timeout_ticks: 40,
         think_ticks_max: 8,
         read_wait_ticks_max: 0,
+        read_linearizable: false,
         events_per_append_max: 8,
         event_size_max: 256,
         faults: FaultOptions::NONE,

@@ -151,6 +151,7 @@ pub fn options_from_seed(
         request_timeout_ticks,
         think_ticks_max,
         read_wait_ticks_max: 0,
+        read_linearizable: false,
         events_per_append_max,
         event_size_max,
         faults,
@@ -195,6 +196,8 @@ fn draws_added_later(prng: &mut Prng, options: &mut ClusterOptions) {
     if prng.chance(1, 2) {
         options.read_wait_ticks_max = 10 + prng.next_u64() % 391;
     }
+    // One seed in 2 has linearizable reads, checked to see every acknowledged event.
+    options.read_linearizable = prng.chance(1, 2);
 }
 
 /// A latency whose minimum is at most `min_max` and whose mean exceeds it by at most `spread`.
@@ -241,10 +244,6 @@ pub fn options_describe(options: &ClusterOptions) -> String {
         let max = 2 * latency.mean_ticks - latency.min_ticks;
         format!("{}..{} ticks (mean {})", latency.min_ticks, max, latency.mean_ticks)
     };
-    let every = |mean: u64| match mean {
-        0 => "never".to_string(),
-        mean => format!("every ~{mean} ticks"),
-    };
     let mut text = String::new();
     text.push_str(&format!("replicas={}\n", config.replica_count));
     text.push_str(&format!(
@@ -266,12 +265,29 @@ pub fn options_describe(options: &ClusterOptions) -> String {
     ));
     text.push_str(&format!("late replies={}/1000\n", options.reply_late_per_mille));
     text.push_str(&format!(
-        "think_ticks_max={} read_wait_ticks_max={} events_per_append_max={} event_size_max={}\n",
+        "think_ticks_max={} read_wait_ticks_max={} read_linearizable={} \
+         events_per_append_max={} event_size_max={}\n",
         options.think_ticks_max,
         options.read_wait_ticks_max,
+        options.read_linearizable,
         options.events_per_append_max,
         options.event_size_max
     ));
+    text.push_str(&faults_describe(faults));
+    text.push_str(&format!(
+        "ticks={} (then up to {} to converge)\n",
+        options.ticks_faults, options.ticks_convergence_max
+    ));
+    text
+}
+
+/// The fault lines of `options_describe`.
+fn faults_describe(faults: &FaultOptions) -> String {
+    let every = |mean: u64| match mean {
+        0 => "never".to_string(),
+        mean => format!("every ~{mean} ticks"),
+    };
+    let mut text = String::new();
     text.push_str(&format!(
         "crashes={}, down {}..{} ticks, torn writes {}, primary too {}\n",
         every(faults.crash_interval_mean_ticks),
@@ -298,10 +314,6 @@ pub fn options_describe(options: &ClusterOptions) -> String {
     ));
     text.push_str(&format!("replies_unreadable={}\n", faults.replies_unreadable));
     text.push_str(&format!("grid_grow_size={}\n", faults.grid_grow_size));
-    text.push_str(&format!(
-        "ticks={} (then up to {} to converge)\n",
-        options.ticks_faults, options.ticks_convergence_max
-    ));
     text
 }
 

@@ -28,7 +28,7 @@ use crate::state_machine::types::{
     ResultCode, StreamInfo,
 };
 use crate::stdx::prng::Prng;
-use crate::vsr::client::{ClientCore, ClientMetrics, ClientOptions, Outcome};
+use crate::vsr::client::{ClientCore, ClientMetrics, ClientOptions, Outcome, ReadOptions};
 use crate::vsr::header::views;
 use crate::vsr::header::{
     Checksum, ClientId, ClusterId, Command, EvictionReason, Header, Op, Operation, ReplicaIndex,
@@ -57,6 +57,9 @@ pub struct WorkloadOptions {
     /// The longest a read asks a replica to wait for events (`wait_ms`), in ticks; 0: reads
     /// never wait. Half the reads then wait, from the end of what the client knows.
     pub read_wait_ticks_max: u64,
+    /// Half the reads are linearizable; a read_log's reply must then cover every event
+    /// acknowledged to any client before it was sent.
+    pub read_linearizable: bool,
     pub events_per_append_max: u32,
     pub event_size_max: u32,
     /// The replicas' session table size: while no more client ids than this ever registered,
@@ -148,6 +151,9 @@ enum Ask {
     },
     ReadLog {
         position_from: u64,
+        /// A linearizable read: the events acknowledged to any client before it was sent, all
+        /// of which its reply's `end` must cover (0 for another read).
+        end_min: u64,
     },
 }
 
@@ -316,7 +322,7 @@ impl Workload {
         let client = &self.clients[index];
         assert!(client.in_flight.is_none());
         let mut message = client.pool.get();
-        let mut patience = 0;
+        let mut read = ReadOptions::default();
         let (operation, body_size, ask) = if !client.core.registered() {
             (Operation::Register, 0, Ask::Register)
         } else if !client.model.created && client.model.created_by_append() {
@@ -328,17 +334,17 @@ impl Workload {
             body[..size_of::<CreateStream>()].copy_from_slice(create.as_bytes());
             (Operation::CreateStream, size_of::<CreateStream>(), Ask::CreateStream)
         } else if self.prng.chance(1, 3) {
-            let wait_ticks = self.read_wait_draw();
-            patience = wait_ticks;
-            self.read_body_build(index, &mut message, wait_ticks)
+            read.patience = self.read_wait_draw();
+            read.linearizable = self.options.read_linearizable && self.prng.chance(1, 2);
+            self.read_body_build(index, &mut message, read)
         } else {
             self.append_body_build(index, &mut message)
         };
         let size = HEADER_SIZE + body_size;
         let client = &mut self.clients[index];
         let body = &message.buffer()[HEADER_SIZE..size];
-        let header = if patience > 0 {
-            client.core.request_start_waiting(operation, body, tick, patience)
+        let header = if operation.is_read() {
+            client.core.request_start_read(operation, body, tick, read)
         } else {
             client.core.request_start(operation, body, tick)
         };
@@ -364,8 +370,9 @@ impl Workload {
         &mut self,
         index: usize,
         message: &mut Message,
-        wait_ticks: u64,
+        read: ReadOptions,
     ) -> (Operation, usize, Ask) {
+        let wait_ticks = read.patience;
         let model = &self.clients[index].model;
         let stream = model.stream;
         let offset_known = model.offset_next.unwrap_or(0);
@@ -395,7 +402,8 @@ impl Workload {
                 };
                 let request = ReadLog { position_from, count_max, wait_ms };
                 body[..size_of::<ReadLog>()].copy_from_slice(request.as_bytes());
-                (Operation::ReadLog, size_of::<ReadLog>(), Ask::ReadLog { position_from })
+                let end_min = if read.linearizable { known } else { 0 };
+                (Operation::ReadLog, size_of::<ReadLog>(), Ask::ReadLog { position_from, end_min })
             }
         }
     }
@@ -513,8 +521,8 @@ impl Workload {
             Ask::ReadStream { offset_from } => {
                 self.clients[index].model.check_read_stream(offset_from, body).map(Some)
             }
-            Ask::ReadLog { position_from } => {
-                self.clients[index].model.check_read_log(position_from, body).map(Some)
+            Ask::ReadLog { position_from, end_min } => {
+                self.clients[index].model.check_read_log(position_from, end_min, body).map(Some)
             }
         };
         if !Operation::from_u8(record.operation).is_some_and(Operation::is_read) {
@@ -690,6 +698,7 @@ mod tests {
             request_timeout_ticks: 10,
             think_ticks_max: 0,
             read_wait_ticks_max: 0,
+            read_linearizable: false,
             events_per_append_max: 4,
             event_size_max: 100,
             clients_max: 4,

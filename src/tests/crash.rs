@@ -1062,7 +1062,8 @@ fn a_subscriber_sees_every_event_once_in_order_through_a_primary_failover() {
 #[test]
 fn client_tail_prints_events_as_they_commit() {
     // Goal: `kimberlite client tail` prints events appended after it started, as they commit,
-    // one line each, and `tail --log --format=json` one JSON object per event.
+    // one line each, and `tail --log --format=json` one JSON object per event; a linearizable
+    // read then returns them too.
     let (_scratch, path) = formatted_small("tail");
     let address = address_free();
     let _replicas = Replicas(vec![start(&path, address)]);
@@ -1092,6 +1093,9 @@ fn client_tail_prints_events_as_they_commit() {
     let object = log_lines.next().unwrap().unwrap();
     assert!(object.starts_with(r#"{"stream":9,"offset":0,"position":0,"#), "{object}");
     assert!(object.ends_with(r#""data":"one"}"#), "{object}");
+    let read = client_command(&["read", "9", "--linearizable"]).output().unwrap();
+    let text = String::from_utf8_lossy(&read.stdout);
+    assert!(read.status.success() && text.contains(": one\n") && text.contains(": two\n"));
     for child in [&mut stream_tail, &mut log_tail] {
         child.kill().unwrap();
         child.wait().unwrap();

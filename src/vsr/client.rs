@@ -51,7 +51,8 @@ use crate::stdx::prng::Prng;
 use crate::vsr::client_sessions::session_chain;
 use crate::vsr::header::views;
 use crate::vsr::header::{
-    self, Checksum, ClientId, ClusterId, Command, Header, Op, Operation, ReplicaIndex, View,
+    self, Checksum, ClientId, ClusterId, Command, Header, Op, Operation, READ_MODE_LINEARIZABLE,
+    ReplicaIndex, View,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,9 +107,19 @@ pub struct InFlight {
     /// Where the next copy goes, and when.
     target_next: ReplicaIndex,
     send_at: u64,
-    /// How much longer than a request's timeout each copy is waited for: the time a read may
-    /// be held by the replica for events to commit (`request_start_waiting`).
-    patience: u64,
+    /// How the read in flight is served (default for a write).
+    read: ReadOptions,
+}
+
+/// How a read is served (`ClientCore::request_start_read`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// How much longer than a request's timeout each copy is waited for, in the units of `now`:
+    /// the time the replica may hold the read for events to commit (its body's `wait_ms`).
+    pub patience: u64,
+    /// Served only by the primary, once an op it prepared after the read arrived has committed
+    /// (`READ_MODE_LINEARIZABLE`): a backup or a replica between views redirects it.
+    pub linearizable: bool,
 }
 
 /// What a message from the cluster meant to this client.
@@ -259,6 +270,28 @@ impl ClientCore {
     /// Starts `operation` with `body`: returns the request's header, ready to send in front
     /// of the body. Nothing may be in flight; a write needs the session registered first.
     pub fn request_start(&mut self, operation: Operation, body: &[u8], now: u64) -> Header {
+        self.request_build(operation, body, now, ReadOptions::default())
+    }
+
+    /// Starts a read served as `read` says.
+    pub fn request_start_read(
+        &mut self,
+        operation: Operation,
+        body: &[u8],
+        now: u64,
+        read: ReadOptions,
+    ) -> Header {
+        assert!(operation.is_read());
+        self.request_build(operation, body, now, read)
+    }
+
+    fn request_build(
+        &mut self,
+        operation: Operation,
+        body: &[u8],
+        now: u64,
+        read: ReadOptions,
+    ) -> Header {
         assert!(self.in_flight.is_none(), "one request in flight at a time");
         assert!(!self.evicted, "an evicted session needs session_new first");
         assert!(operation.is_client_request());
@@ -275,6 +308,8 @@ impl ClientCore {
             header.request = self.request_latest + 1;
             header.commit = self.commit_latest;
             header.parent = Checksum(self.read_nonce);
+            let mode = if read.linearizable { READ_MODE_LINEARIZABLE } else { 0 };
+            views::Request::of(&mut header).set_read_mode(mode);
         } else {
             assert!(self.registered, "a write needs a session");
             header.request = self.request_latest + 1;
@@ -297,24 +332,9 @@ impl ClientCore {
             target,
             target_next: target,
             send_at: now,
-            patience: 0,
+            read,
         });
         self.metrics.client_requests_started += 1;
-        header
-    }
-
-    /// Starts a read whose body asks the replica to hold it up to `patience` (in the units of
-    /// `now`) until an event commits (`wait_ms`): each copy is waited for that much longer.
-    pub fn request_start_waiting(
-        &mut self,
-        operation: Operation,
-        body: &[u8],
-        now: u64,
-        patience: u64,
-    ) -> Header {
-        assert!(operation.is_read());
-        let header = self.request_start(operation, body, now);
-        self.in_flight.as_mut().expect("just started").patience = patience;
         header
     }
 
@@ -358,7 +378,7 @@ impl ClientCore {
         in_flight.target = target;
         // Unless a reply or a redirect comes first, the next copy goes to the next replica.
         in_flight.target_next = target.next(replica_count);
-        in_flight.send_at = now + in_flight.patience + timeout + jitter;
+        in_flight.send_at = now + in_flight.read.patience + timeout + jitter;
         Some(target)
     }
 
@@ -447,8 +467,8 @@ impl ClientCore {
         };
         // A replica answered: the cluster is up.
         in_flight.unreachable = 0;
-        if in_flight.operation.is_read() {
-            // A read is served by any replica.
+        if in_flight.operation.is_read() && !in_flight.read.linearizable {
+            // A read is served by any replica, but for a linearizable one.
             return Outcome::Dropped("a pong that names no other primary");
         }
         if in_flight.target == primary && in_flight.busy_count < PRIMARY_BUSY_RETRIES_MAX {

@@ -459,6 +459,9 @@ pub struct Header {
 }
 
 const HEADER_RESERVED_SIZE: usize = 115;
+/// A request's `read_mode` for a linearizable read (`views::Request::read_mode`).
+pub const READ_MODE_LINEARIZABLE: u32 = 1;
+
 /// Why a header of another protocol version is refused.
 const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 7)";
 const_assert_eq!(PROTOCOL_VERSION, 7);
@@ -699,6 +702,10 @@ impl Header {
         let operation = self.operation().unwrap_or(Operation::Reserved);
         if !operation.is_client_request() {
             return Some("operation not allowed in a request");
+        }
+        let read_mode_max = if operation.is_read() { READ_MODE_LINEARIZABLE } else { 0 };
+        if views::Request::of(self).read_mode() > read_mode_max {
+            return Some("request read_mode unknown, or set on a write");
         }
         if operation == Operation::Register {
             if self.request != 0 {

@@ -283,6 +283,11 @@ pub struct Metrics {
     pub reads_parked_woken: u64,
     pub reads_parked_expired: u64,
     pub reads_parked_full: u64,
+    /// Linearizable reads answered; dropped as their primary left its view; noops prepared
+    /// for them with nothing else to prepare.
+    pub reads_linearizable: u64,
+    pub reads_linearizable_dropped: u64,
+    pub reads_linearizable_noops: u64,
     /// Checkpoints that copied a partly filled open block into a tail instead of sealing it.
     pub checkpoint_tails: u64,
     /// Blocks from peers refused for grid repair (torn in transit, or not the block asked for).
@@ -417,6 +422,10 @@ pub struct Replica {
     reads_parked_count: usize,
     /// The log's next position and the number of streams when parked reads were last woken.
     reads_parked_seen: (u64, u32),
+    /// Primary: linearizable reads waiting for an op prepared after them to commit, one entry
+    /// per client, `clients_max` of them (`read::read_linearizable_start`).
+    reads_linearizable: Vec<Option<read::LinearizableRead>>,
+    reads_linearizable_count: usize,
     journal_reads: Vec<JournalRead>,
     /// Primary: per replica, its commit number as it last reported it (in prepare_ok and
     /// ping), and the tick it was last heard.
@@ -494,6 +503,8 @@ impl Replica {
             reads_parked: vec![None; clients_max],
             reads_parked_count: 0,
             reads_parked_seen: (0, 0),
+            reads_linearizable: vec![None; clients_max],
+            reads_linearizable_count: 0,
             journal_reads: Vec::with_capacity(JOURNAL_IOPS_READ_MAX),
             backup_commit: [Op(0); REPLICAS_MAX],
             backup_heard_tick: [0; REPLICAS_MAX],
@@ -836,6 +847,7 @@ impl Replica {
         }
         self.grid_repair_tick(storage);
         self.reads_parked_wake(storage);
+        self.reads_linearizable_serve(storage);
         if self.sync.state_lost() && !self.target.active() {
             // No log target drives it (`repair_progress`): the checkpoint is what it lacks.
             self.sync_progress(storage);

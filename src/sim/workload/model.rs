@@ -156,6 +156,7 @@ impl StreamModel {
     pub fn check_read_log(
         &mut self,
         position_from: u64,
+        end_min: u64,
         body: &[u8],
     ) -> Result<ReadChecked, &'static str> {
         let Ok((head, mut records)) = ReadReplyHeader::read_from_prefix(body) else {
@@ -166,6 +167,9 @@ impl StreamModel {
             Some(ResultCode::Ok) => {}
             Some(ResultCode::BlockCorrupt) => checked.block_corrupt = true,
             _ => return Err("read_log failed"),
+        }
+        if head.end < end_min {
+            return Err("a linearizable read_log misses events acknowledged before it was sent");
         }
         for index in 0..u64::from(head.event_count) {
             let (record, event, rest) = record_next(records)?;

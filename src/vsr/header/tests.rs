@@ -43,7 +43,7 @@ const CONTEXT: u128 = 0xC0DE_0001_0000_0000_0000_0000_0000_0001;
 /// Why a header of another protocol version is refused (`Header::decode`, `invalid`).
 const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 7)";
 
-const REASONS: [&str; 62] = [
+const REASONS: [&str; 63] = [
     // decode
     "header: too short",
     "header: checksum",
@@ -64,6 +64,7 @@ const REASONS: [&str; 62] = [
     "client must be zero",
     "checkpoint_op must be zero",
     "op_min must be zero",
+    "request read_mode unknown, or set on a write",
     "prepare grid_blocks out of range",
     "prepare_ok grid_blocks out of range",
     "parent must be zero",
@@ -115,7 +116,7 @@ const REASONS: [&str; 62] = [
 
 /// For each reason, a test that produces it (checked by
 /// `every_rejection_reason_has_a_test_that_produces_it`).
-const REJECTION_TESTS: [(&str, fn()); 62] = [
+const REJECTION_TESTS: [(&str, fn()); 63] = [
     ("header: too short", decode_of_input_shorter_than_a_header_fails),
     ("header: checksum", decode_of_a_header_with_a_flipped_byte_fails_the_checksum),
     (PROTOCOL_DIFFERS, header_with_unknown_protocol_version_is_rejected),
@@ -133,6 +134,10 @@ const REJECTION_TESTS: [(&str, fn()); 62] = [
     ("client must be zero", ping_with_a_client_is_rejected),
     ("checkpoint_op must be zero", start_view_change_with_a_checkpoint_op_is_rejected),
     ("op_min must be zero", reply_with_an_op_min_is_rejected),
+    (
+        "request read_mode unknown, or set on a write",
+        request_with_an_unknown_read_mode_or_one_on_a_write_is_rejected,
+    ),
     (
         "prepare grid_blocks out of range",
         prepare_with_no_grid_or_one_beyond_the_largest_is_rejected,
@@ -265,9 +270,10 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
             vec![]
         }
         Command::Request => {
-            (h.client, h.request, h.operation) = (CLIENT, REQUEST, Operation::Append as u8);
-            (h.view, h.commit, h.parent) = (VIEW, COMMIT, PARENT);
-            b"append: one event".to_vec()
+            // A linearizable read, so that every field a request may use is set.
+            (h.client, h.request, h.operation) = (CLIENT, REQUEST, Operation::ReadStream as u8);
+            (h.view, h.commit, h.parent, h.context) = (VIEW, COMMIT, PARENT, 1);
+            b"read_stream body".to_vec()
         }
         Command::Prepare => {
             (h.op, h.commit, h.timestamp, h.view, h.replica) =
@@ -371,6 +377,7 @@ fn valid(command: Command) -> Header {
 fn register_request() -> Header {
     let mut h = valid(Command::Request);
     (h.operation, h.request, h.parent) = (Operation::Register as u8, 0, Checksum::ZERO);
+    h.context = 0;
     seal(h, vec![]).0
 }
 
@@ -497,7 +504,9 @@ fn used_fields(command: Command) -> &'static [Field] {
     use Field as F;
     match command {
         Command::Reserved => &[],
-        Command::Request => &[F::Client, F::Request, F::Operation, F::View, F::Commit, F::Parent],
+        Command::Request => {
+            &[F::Client, F::Request, F::Operation, F::View, F::Commit, F::Parent, F::Context]
+        }
         // The table on `Command` omits `replica` for prepare, but `invalid()` accepts it (it is
         // the primary's index; the root prepare requires it to be zero).
         Command::Prepare | Command::PrepareOk => &[
@@ -968,6 +977,15 @@ fn register_request_with_a_request_number_is_rejected() {
 fn register_request_with_a_parent_is_rejected() {
     // Goal: the first request of a session follows no reply.
     rejects(register_request(), |h| h.parent = PARENT, "register must have no parent");
+}
+
+#[test]
+fn request_with_an_unknown_read_mode_or_one_on_a_write_is_rejected() {
+    // Goal: read_mode is 0 or 1 (linearizable) on a read, and 0 on a write or a register.
+    let reason = "request read_mode unknown, or set on a write";
+    rejects(valid(Command::Request), |h| h.context = 2, reason);
+    rejects(valid(Command::Request), |h| h.operation = Operation::Append as u8, reason);
+    rejects(register_request(), |h| h.context = 1, reason);
 }
 
 #[test]

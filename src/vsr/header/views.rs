@@ -236,6 +236,10 @@ header_views! {
         parent / set_parent: Checksum = parent,
             "a write: the session chain after the previous reply (0 for a register); a read: a \
             nonce, so no two reads share a checksum";
+        read_mode / set_read_mode: u32 = context,
+            "a read: 1 for a linearizable read (answered by the primary once an op it prepared \
+            after the read arrived has committed), 0 for one at the serving replica's commit; \
+            0 for a write";
     }
 
     /// A primary's prepare of one op.

@@ -166,6 +166,7 @@ impl Replica {
     /// back from the WAL first.
     pub(super) fn commit_pipeline<S: Storage>(&mut self, storage: &mut S) {
         self.commit_pipeline_run(storage);
+        self.reads_linearizable_serve(storage);
         self.reads_parked_wake(storage);
     }
 

@@ -322,8 +322,9 @@ impl Replica {
         prepare.request = request.request;
         prepare.operation = request.operation;
         prepare.parent = self.head.checksum();
-        let packed = request.operation == Operation::AppendPacked as u8;
-        let request_checksum = if packed { Checksum::ZERO } else { request.checksum };
+        // A packed request, or a noop the primary made (`noop_request`), has no client.
+        let no_client = request.client == ClientId(0);
+        let request_checksum = if no_client { Checksum::ZERO } else { request.checksum };
         views::Prepare::of(&mut *prepare).set_request_checksum(request_checksum);
         views::Prepare::of(&mut *prepare).set_grid_blocks(self.grid_blocks_stamp());
         prepare.replica = self.config.replica;

@@ -6,11 +6,12 @@
 
 use static_assertions::const_assert;
 
-use super::{Destination, Replica, ReplyFields};
-use crate::constants::TICK_MS;
+use super::{Destination, Replica, ReplyFields, Status};
+use crate::constants::{READS_WAKE_PER_STEP_MAX, TICK_MS};
 use crate::state_machine::ReadReply;
 use crate::state_machine::types::{ReadLog, ReadStream};
-use crate::vsr::header::{Command, Header, Op};
+use crate::vsr::header::views;
+use crate::vsr::header::{Command, Header, Op, Operation, READ_MODE_LINEARIZABLE, View};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
 
@@ -25,6 +26,14 @@ pub(super) struct ParkedRead {
 }
 
 const PARKED_BODY_SIZE: usize = 24;
+
+/// A linearizable read waiting for `op`, prepared in `view` after it arrived, to commit.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct LinearizableRead {
+    parked: ParkedRead,
+    op: Op,
+    view: View,
+}
 const_assert!(size_of::<ReadStream>() <= PARKED_BODY_SIZE);
 const_assert!(size_of::<ReadLog>() <= PARKED_BODY_SIZE);
 
@@ -43,14 +52,106 @@ impl Replica {
             self.metrics.requests_dropped += 1;
             return;
         }
+        if views::Request::of(&header).read_mode() == READ_MODE_LINEARIZABLE {
+            return self.read_linearizable_start(storage, &header, message.body());
+        }
+        self.read_begin(storage, &header, message.body());
+    }
+
+    /// Parks the read if it waits for an event (`read_park`), else serves it.
+    fn read_begin<S: Storage>(&mut self, storage: &mut S, header: &Header, body: &[u8]) {
         let operation = header.operation().expect("accept checked the operation");
         assert!(operation.is_read());
-        if let Some(wait_ms) = self.state_machine.read_wait(operation, message.body())
-            && self.read_park(&header, message.body(), wait_ms)
+        if let Some(wait_ms) = self.state_machine.read_wait(operation, body)
+            && self.read_park(header, body, wait_ms)
         {
             return;
         }
-        self.read_serve(storage, &header, message.body());
+        self.read_serve(storage, header, body);
+    }
+
+    /// A linearizable read: only the primary of a view that has started answers it, once an op
+    /// it prepared after the read arrived has committed. That commit shows a quorum still
+    /// followed it then (no newer view had started), and it covers every op its log held when
+    /// the read arrived, so every write acknowledged before the read was sent (ReadIndex, with
+    /// the op as the heartbeat). With nothing else to prepare, it prepares a noop for it.
+    fn read_linearizable_start<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        header: &Header,
+        body: &[u8],
+    ) {
+        if !self.is_primary() || self.status != Status::Normal {
+            // The pong names the primary.
+            return self.send_pong_client(header);
+        }
+        assert!(body.len() <= PARKED_BODY_SIZE);
+        let same_client = |read: &Option<LinearizableRead>| {
+            read.is_some_and(|read| read.parked.header.client == header.client)
+        };
+        let index = match self.reads_linearizable.iter().position(same_client) {
+            Some(index) => index,
+            None => {
+                let Some(free) = self.reads_linearizable.iter().position(Option::is_none) else {
+                    return self.send_busy(header);
+                };
+                self.reads_linearizable_count += 1;
+                free
+            }
+        };
+        let mut parked = ParkedRead {
+            header: *header,
+            body: [0; PARKED_BODY_SIZE],
+            body_size: body.len(),
+            deadline_tick: 0,
+        };
+        parked.body[..body.len()].copy_from_slice(body);
+        let op = self.head.op() + 1;
+        self.reads_linearizable[index] = Some(LinearizableRead { parked, op, view: self.view });
+        if self.request_queue.is_empty() {
+            let noop = self.noop_request();
+            self.request_queue.push_back(noop);
+            self.metrics.reads_linearizable_noops += 1;
+            self.request_queue_drain(storage);
+        }
+    }
+
+    /// A request of no client for a noop op.
+    fn noop_request(&mut self) -> Message {
+        let mut message = self.pool.get_small();
+        let header = message.header_mut();
+        *header = Header::new(Command::Request, self.config.cluster);
+        header.operation = Operation::Noop as u8;
+        header.set_checksum_body(&[]);
+        header.set_checksum();
+        message
+    }
+
+    /// Answers the linearizable reads whose op has committed; drops those of a view this
+    /// replica no longer leads (their clients ask the new primary).
+    pub(super) fn reads_linearizable_serve<S: Storage>(&mut self, storage: &mut S) {
+        if self.reads_linearizable_count == 0 {
+            return;
+        }
+        let leading = self.is_primary() && self.status == Status::Normal;
+        let mut served = 0;
+        for index in 0..self.reads_linearizable.len() {
+            let Some(read) = self.reads_linearizable[index] else { continue };
+            let current = leading && read.view == self.view;
+            if current && (self.commit_min < read.op || served == READS_WAKE_PER_STEP_MAX) {
+                continue;
+            }
+            self.reads_linearizable[index] = None;
+            self.reads_linearizable_count -= 1;
+            if !current {
+                self.metrics.reads_linearizable_dropped += 1;
+                continue;
+            }
+            self.metrics.reads_linearizable += 1;
+            served += 1;
+            let parked = read.parked;
+            self.read_begin(storage, &parked.header, &parked.body[..parked.body_size]);
+        }
     }
 
     /// Holds a read that has no event to return yet, one per client (a client's newer read
@@ -92,7 +193,7 @@ impl Replica {
         }
         let seen = (self.state_machine.position_next(), self.state_machine.stream_count());
         let moved = seen != self.reads_parked_seen;
-        self.reads_parked_seen = seen;
+        let mut served = 0;
         for index in 0..self.reads_parked.len() {
             let Some(parked) = self.reads_parked[index] else { continue };
             let expired = self.ticks >= parked.deadline_tick;
@@ -102,10 +203,12 @@ impl Replica {
             if !expired && !ready {
                 continue;
             }
-            if self.reads.iter().all(Option::is_some) {
-                // Every read slot is busy: the rest wake on a later tick.
+            if served == READS_WAKE_PER_STEP_MAX || self.reads.iter().all(Option::is_some) {
+                // The rest wake on a later tick (`seen` is left as it was, so that those ready
+                // are looked at again).
                 return;
             }
+            served += 1;
             self.reads_parked[index] = None;
             self.reads_parked_count -= 1;
             if expired {
@@ -115,6 +218,7 @@ impl Replica {
             }
             self.read_serve(storage, &parked.header, body);
         }
+        self.reads_parked_seen = seen;
     }
 
     /// Starts serving a read from committed state; a malformed body gets a body_invalid
