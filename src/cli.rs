@@ -28,6 +28,7 @@ usage:
       read-log [--position=N] [--count=N] [--linearizable]
       tail STREAM [--offset=N] | tail --log [--position=N]
       info STREAM [--linearizable]
+  kimberlite status --addresses=... --cluster=ID [--format=json]
   kimberlite vopr [--seed=N] [--replicas=N] [--ticks=N] [--check-determinism]
   kimberlite version (or --version)
 
@@ -42,7 +43,7 @@ started, it recovers the cluster's log from its peers and takes no part in view 
 until it has.";
 
 /// `kimberlite COMMAND --help`: what the command does, its options, and an example.
-const HELP: [(&str, &str); 7] = [
+const HELP: [(&str, &str); 8] = [
     (
         "format",
         "\
@@ -145,6 +146,19 @@ against a model. A failing seed prints how to reproduce it.
 example: kimberlite vopr --seed=42",
     ),
     (
+        "status",
+        "\
+usage: kimberlite status --addresses=ADDRESS[,ADDRESS...] --cluster=ID [--format=json]
+
+Asks each replica, over the wire, where it stands and prints one row per replica: reachable
+or why not, status (normal, view_change or recovering; syncing while it state-syncs,
+rejoining until a replica whose data file was lost holds the cluster's log again), view,
+whether it is the primary, head op, commit, checkpoint, and how many ops its commit is behind
+the primary's. --format=json prints one object with a \"replicas\" array.
+
+example: kimberlite status --addresses=10.0.0.1:3001,10.0.0.2:3001,10.0.0.3:3001 --cluster=7",
+    ),
+    (
         "version",
         "\
 usage: kimberlite version   (or kimberlite --version)
@@ -179,6 +193,7 @@ pub fn main_with_args(arguments: &[String]) -> i32 {
         "start" => command_start(rest),
         "benchmark" => command_benchmark(rest),
         "client" => crate::cli_client::command_client(rest),
+        "status" => crate::cli_status::command_status(rest),
         "vopr" => match vopr_invocation(rest) {
             Ok(invocation) => return crate::sim::vopr::command(invocation),
             Err(message) => Err(message),

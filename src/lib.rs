@@ -10,6 +10,7 @@ mod arguments;
 pub mod benchmark;
 pub mod cli;
 mod cli_client;
+mod cli_status;
 pub mod client;
 pub mod constants;
 pub mod fuzz_targets;

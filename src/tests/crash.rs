@@ -1101,3 +1101,39 @@ fn client_tail_prints_events_as_they_commit() {
         child.wait().unwrap();
     }
 }
+
+#[test]
+fn status_reports_each_replica_and_says_which_is_down() {
+    // Goal: `kimberlite status` asks each replica over the wire and prints a row each: all
+    // normal, one primary, commits equal once writes stop; after a backup is killed its row
+    // says it is unreachable while the others still answer, in the table and in JSON.
+    let cluster = TestCluster::start("status");
+    let (addresses, mut replicas) = (cluster.addresses.clone(), cluster.replicas);
+    let mut client = Client::new(CLUSTER, &addresses, MESSAGE_SIZE_MAX);
+    client.write(Operation::Append, &append_body(1, 0, 10)).unwrap();
+    let list = addresses.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(",");
+    let status = |format: &str| {
+        let output = Command::new(BINARY)
+            .args(["status", &format!("--addresses={list}"), "--cluster=42", format])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let table = status("--format=text");
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(rows.iter().all(|row| row.contains(" normal ")), "{table}");
+    assert_eq!(rows.iter().filter(|row| row.contains(" yes ")).count(), 1, "{table}");
+    let primary = view_agreed(&addresses, &[0, 1, 2]) as usize % 3;
+    let backup = (primary + 1) % 3;
+    replicas.0[backup].kill().unwrap();
+    replicas.0[backup].wait().unwrap();
+    let json = status("--format=json");
+    assert_eq!(json.matches(r#""reachable":false"#).count(), 1, "{json}");
+    assert_eq!(json.matches(r#""status":"normal""#).count(), 2, "{json}");
+    assert!(json.contains(&format!(r#""primary":{primary}"#)), "{json}");
+    let table = status("--format=text");
+    assert!(table.lines().nth(1 + backup).unwrap().contains("unreachable"), "{table}");
+}

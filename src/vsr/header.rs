@@ -687,6 +687,9 @@ impl Header {
         if self.client == ClientId(0) {
             return Some("client must not be zero");
         }
+        if command == Command::PongClient && views::PongClient::of(self).status() >= 1024 {
+            return Some("pong_client status unknown");
+        }
         let used = Fields(views::used_fields(command));
         self.unused_fields_zero(used).or_else(|| self.invalid_body_empty())
     }

@@ -886,6 +886,10 @@ impl Replica {
             // The open waits for a block of the streams table that failed its checks.
             return self.on_block(storage, &message);
         }
+        if command == Command::PingClient && self.status == Status::Recovering {
+            // `kimberlite status` asks an opening replica too.
+            return self.on_ping_client(&header);
+        }
         if !self.status.is_open() {
             return;
         }
@@ -984,6 +988,20 @@ impl Replica {
         let mut pong = self.header_new(Command::PongClient);
         pong.client = header.client;
         pong.timestamp = header.timestamp;
+        // Where it stands, for `kimberlite status`.
+        let status = match self.status {
+            Status::Recovering => 1,
+            Status::Normal => 2,
+            Status::ViewChange => 3,
+            Status::Init | Status::Failed => unreachable!("it does not take messages"),
+        };
+        let syncing = if self.sync.active() { 256 } else { 0 };
+        let rejoining = if self.rejoin.learning || self.log_faulty { 512 } else { 0 };
+        let mut view = crate::vsr::header::views::PongClient::of(&mut pong);
+        view.set_op(self.head.op());
+        view.set_commit_min(self.commit_min);
+        view.set_checkpoint_op(self.checkpoint_op);
+        view.set_status(status + syncing + rejoining);
         self.send_header(Destination::Client(header.client), pong);
     }
 

@@ -43,7 +43,7 @@ const CONTEXT: u128 = 0xC0DE_0001_0000_0000_0000_0000_0000_0001;
 /// Why a header of another protocol version is refused (`Header::decode`, `invalid`).
 const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 7)";
 
-const REASONS: [&str; 63] = [
+const REASONS: [&str; 64] = [
     // decode
     "header: too short",
     "header: checksum",
@@ -65,6 +65,7 @@ const REASONS: [&str; 63] = [
     "checkpoint_op must be zero",
     "op_min must be zero",
     "request read_mode unknown, or set on a write",
+    "pong_client status unknown",
     "prepare grid_blocks out of range",
     "prepare_ok grid_blocks out of range",
     "parent must be zero",
@@ -116,7 +117,7 @@ const REASONS: [&str; 63] = [
 
 /// For each reason, a test that produces it (checked by
 /// `every_rejection_reason_has_a_test_that_produces_it`).
-const REJECTION_TESTS: [(&str, fn()); 63] = [
+const REJECTION_TESTS: [(&str, fn()); 64] = [
     ("header: too short", decode_of_input_shorter_than_a_header_fails),
     ("header: checksum", decode_of_a_header_with_a_flipped_byte_fails_the_checksum),
     (PROTOCOL_DIFFERS, header_with_unknown_protocol_version_is_rejected),
@@ -134,6 +135,7 @@ const REJECTION_TESTS: [(&str, fn()); 63] = [
     ("client must be zero", ping_with_a_client_is_rejected),
     ("checkpoint_op must be zero", start_view_change_with_a_checkpoint_op_is_rejected),
     ("op_min must be zero", reply_with_an_op_min_is_rejected),
+    ("pong_client status unknown", pong_client_with_an_unknown_status_is_rejected),
     (
         "request read_mode unknown, or set on a write",
         request_with_an_unknown_read_mode_or_one_on_a_write_is_rejected,
@@ -267,6 +269,7 @@ fn valid_message(command: Command) -> (Header, Vec<u8>) {
         }
         Command::PongClient => {
             (h.client, h.timestamp, h.view, h.replica) = (CLIENT, TIMESTAMP, VIEW, ReplicaIndex(1));
+            (h.op, h.commit, h.checkpoint_op, h.context) = (OP, COMMIT, CHECKPOINT, 2);
             vec![]
         }
         Command::Request => {
@@ -540,7 +543,16 @@ fn used_fields(command: Command) -> &'static [Field] {
             &[F::Timestamp, F::Commit, F::CheckpointOp, F::Context, F::View, F::Replica]
         }
         Command::PingClient => &[F::Client, F::Timestamp],
-        Command::PongClient => &[F::Client, F::Timestamp, F::View, F::Replica],
+        Command::PongClient => &[
+            F::Client,
+            F::Timestamp,
+            F::View,
+            F::Replica,
+            F::Op,
+            F::Commit,
+            F::CheckpointOp,
+            F::Context,
+        ],
         Command::StartViewChange => &[F::View, F::Replica, F::Context],
         Command::DoViewChange => {
             &[F::Op, F::OpMin, F::Commit, F::CheckpointOp, F::LogView, F::View, F::Replica]
@@ -977,6 +989,13 @@ fn register_request_with_a_request_number_is_rejected() {
 fn register_request_with_a_parent_is_rejected() {
     // Goal: the first request of a session follows no reply.
     rejects(register_request(), |h| h.parent = PARENT, "register must have no parent");
+}
+
+#[test]
+fn pong_client_with_an_unknown_status_is_rejected() {
+    // Goal: a pong_client's status is a status code and two flags, below 1024.
+    let reason = "pong_client status unknown";
+    rejects(valid(Command::PongClient), |h| h.context = 1024, reason);
 }
 
 #[test]

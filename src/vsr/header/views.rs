@@ -224,6 +224,12 @@ header_views! {
         timestamp / set_timestamp: u64 = timestamp, "the ping's timestamp";
         view / set_view: View = view, "the sender's view (its primary is view mod replica_count)";
         replica / set_replica: ReplicaIndex = replica, "the sender";
+        op / set_op: Op = op, "the sender's head op";
+        commit_min / set_commit_min: Op = commit, "the sender's commit_min";
+        checkpoint_op / set_checkpoint_op: Op = checkpoint_op, "the sender's checkpoint";
+        status / set_status: u32 = context,
+            "the sender's status: 1 recovering, 2 normal, 3 view_change; plus 256 while it \
+            state-syncs, 512 while it rejoins (its log is not yet the cluster's)";
     }
 
     /// A client's request.
