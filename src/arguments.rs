@@ -35,6 +35,29 @@ impl Arguments {
         Ok(Arguments { flags, positionals })
     }
 
+    /// Takes each allowed flag not given on the command line from the environment variable
+    /// `KIMBERLITE_<NAME>` (upper case, `-` as `_`), and the PATH argument, if none is given,
+    /// from `KIMBERLITE_DATA_FILE`, as `variable` reads them: how a service manager passes a
+    /// replica its settings (`docs/operating.md`). The command line wins.
+    pub(crate) fn environment_fallback(
+        &mut self,
+        allowed: &[&str],
+        variable: impl Fn(&str) -> Option<String>,
+    ) {
+        for name in allowed {
+            if self.flag(name).is_none()
+                && let Some(value) = variable(&environment_name(name))
+            {
+                self.flags.push((name.to_string(), value));
+            }
+        }
+        if self.positionals.is_empty()
+            && let Some(path) = variable(ENVIRONMENT_DATA_FILE)
+        {
+            self.positionals.push(path);
+        }
+    }
+
     pub(crate) fn flag(&self, name: &str) -> Option<&str> {
         self.flags.iter().find(|(seen, _)| seen == name).map(|(_, value)| value.as_str())
     }
@@ -74,6 +97,14 @@ impl Arguments {
     }
 }
 
+/// The environment variable that stands in for the PATH argument of `start`.
+pub(crate) const ENVIRONMENT_DATA_FILE: &str = "KIMBERLITE_DATA_FILE";
+
+/// The environment variable that stands in for flag `--name` (`environment_fallback`).
+pub(crate) fn environment_name(name: &str) -> String {
+    format!("KIMBERLITE_{}", name.to_uppercase().replace('-', "_"))
+}
+
 /// Parses `--addresses=HOST:PORT,HOST:PORT`.
 pub(crate) fn parse_addresses(text: &str) -> Result<Vec<SocketAddr>, String> {
     let mut addresses = Vec::new();
@@ -90,4 +121,38 @@ pub(crate) fn parse_addresses(text: &str) -> Result<Vec<SocketAddr>, String> {
         return Err("--addresses must list 1 to 7 replicas".to_string());
     }
     Ok(addresses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_takes_flags_and_path_from_the_environment_when_the_command_line_lacks_them() {
+        // Goal: `KIMBERLITE_<FLAG>` and `KIMBERLITE_DATA_FILE` stand in for a missing flag and
+        // PATH; the command line wins; the systemd unit sets exactly the variables `start`
+        // reads.
+        let environment = |name: &str| match name {
+            "KIMBERLITE_ADDRESSES" => Some("10.0.0.1:3001".to_string()),
+            "KIMBERLITE_DATA_FILE" => Some("/var/lib/kimberlite/0_0.kimberlite".to_string()),
+            _ => None,
+        };
+        let mut arguments = Arguments::parse(&[], &["addresses"]).unwrap();
+        arguments.environment_fallback(&["addresses"], environment);
+        assert_eq!(arguments.flag("addresses"), Some("10.0.0.1:3001"));
+        assert_eq!(arguments.path(), Ok("/var/lib/kimberlite/0_0.kimberlite"));
+        let given = ["--addresses=127.0.0.1:3001".to_string(), "here".to_string()];
+        let mut arguments = Arguments::parse(&given, &["addresses"]).unwrap();
+        arguments.environment_fallback(&["addresses"], environment);
+        assert_eq!(arguments.flag("addresses"), Some("127.0.0.1:3001"));
+        assert_eq!(arguments.path(), Ok("here"));
+        let unit = include_str!("../docs/kimberlite.service");
+        let mut set: Vec<&str> = unit
+            .lines()
+            .filter_map(|line| line.strip_prefix("Environment="))
+            .filter_map(|assignment| assignment.split_once('=').map(|(name, _)| name))
+            .collect();
+        set.sort_unstable();
+        assert_eq!(set, [environment_name("addresses").as_str(), ENVIRONMENT_DATA_FILE]);
+    }
 }

@@ -68,8 +68,10 @@ example: kimberlite format --cluster=7 --replica=0 --replica-count=3 0.kimberlit
         "\
 usage: kimberlite start --addresses=ADDRESS[,ADDRESS...] PATH
 
-Runs the replica whose data file is PATH until it is stopped. --addresses lists every replica
-of the cluster as HOST:PORT, in replica order; this replica listens on its own.
+Runs the replica whose data file is PATH until it is stopped (SIGTERM or SIGINT stop it
+cleanly). --addresses lists every replica of the cluster as HOST:PORT, in replica order; this
+replica listens on its own. Without --addresses, KIMBERLITE_ADDRESSES is read, and without
+PATH, KIMBERLITE_DATA_FILE (as a service manager passes them; the command line wins).
 
 example: kimberlite start --addresses=127.0.0.1:3001,127.0.0.1:3002,127.0.0.1:3003 0.kimberlite",
     ),
@@ -369,7 +371,9 @@ fn command_inspect(arguments: &[String]) -> Result<(), String> {
 }
 
 fn command_start(arguments: &[String]) -> Result<(), String> {
-    let arguments = Arguments::parse(arguments, &["addresses"])?;
+    let allowed = ["addresses"];
+    let mut arguments = Arguments::parse(arguments, &allowed)?;
+    arguments.environment_fallback(&allowed, |name| std::env::var(name).ok());
     let addresses = parse_addresses(arguments.flag_required("addresses")?)?;
     let path = arguments.path()?;
     crate::io::server::start(path.as_ref(), &addresses)

@@ -1137,3 +1137,24 @@ fn status_reports_each_replica_and_says_which_is_down() {
     let table = status("--format=text");
     assert!(table.lines().nth(1 + backup).unwrap().contains("unreachable"), "{table}");
 }
+
+#[test]
+fn start_takes_its_addresses_and_data_file_from_the_environment() {
+    // Goal: `kimberlite start` with no argument runs the replica that KIMBERLITE_ADDRESSES and
+    // KIMBERLITE_DATA_FILE name, as the systemd unit starts it.
+    let (_scratch, path) = formatted_small("environment");
+    let address = address_free();
+    let mut child = Command::new(BINARY)
+        .arg("start")
+        .env("KIMBERLITE_ADDRESSES", address.to_string())
+        .env("KIMBERLITE_DATA_FILE", &path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _replicas = Replicas(vec![child]);
+    while !lines.next().unwrap().unwrap().contains("listening") {}
+    let mut client = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
+    let create = CreateStream { stream: 1, tenant: 1 };
+    client.write(Operation::CreateStream, create.as_bytes()).unwrap();
+}
