@@ -46,7 +46,10 @@ pub fn command_status(arguments: &[String]) -> Result<(), String> {
         .iter()
         .map(|address| standing_ask(ClusterId(cluster), client, *address))
         .collect();
-    let view = rows.iter().flatten().map(|standing| standing.view).max();
+    // The primary is the one of the newest view a replica is in normal status in: a replica
+    // between views, or cut off, may name a view that never started.
+    let normal = rows.iter().flatten().filter(|standing| standing.status & 0xFF == 2);
+    let view = normal.map(|standing| standing.view).max();
     let primary = view.map(|view| view as usize % addresses.len());
     let primary_commit = primary.and_then(|primary| rows[primary].as_ref().ok()).map(|s| s.commit);
     if json {

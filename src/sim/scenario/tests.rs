@@ -743,3 +743,35 @@ fn reads_that_wait_are_held_until_events_commit_or_their_wait_runs_out() {
     assert!(metrics.reads_parked_woken > 0 && metrics.reads_parked_expired > 0, "{metrics:?}");
     assert!(cluster.summary().reads_checked > 50);
 }
+
+#[test]
+fn a_linearizable_read_with_an_oversized_body_is_answered_body_invalid() {
+    // Goal: a linearizable read whose body is larger than any read's (a buggy or hostile
+    // client) gets `body_invalid` from the primary; before, it tripped an assertion and took
+    // the primary down, and each primary in turn as the client sent it again.
+    let mut cluster = cluster_new(options_quiet(94, 3));
+    run_until(&mut cluster, "a primary in normal status", 1_000, |cluster| {
+        let primary = cluster.replica(cluster.primary_index());
+        primary.is_some_and(|replica| replica.status() == Status::Normal)
+    });
+    let body = [7u8; 40];
+    let mut header = Header::new(Command::Request, cluster.options().config.cluster);
+    (header.size, header.client) = ((HEADER_SIZE + body.len()) as u32, CLIENT_OUTSIDE);
+    (header.request, header.operation, header.context) = (1, Operation::ReadLog as u8, 1);
+    header.set_checksum_body(&body);
+    header.set_checksum();
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    let primary = cluster.primary_index();
+    cluster.outside_replies_take();
+    cluster.message_deliver(primary, &bytes);
+    let mut replies = cluster.outside_replies_take();
+    let deadline = cluster.tick() + 200;
+    while replies.is_empty() && cluster.tick() < deadline {
+        cluster.step().unwrap();
+        replies = cluster.outside_replies_take();
+    }
+    let (reply, head) = read_reply(&replies);
+    assert_eq!(reply.command(), Some(Command::Reply));
+    assert_eq!(head.result, ResultCode::BodyInvalid as u32);
+}

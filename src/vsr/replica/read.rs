@@ -11,7 +11,7 @@ use crate::constants::{READS_WAKE_PER_STEP_MAX, TICK_MS};
 use crate::state_machine::ReadReply;
 use crate::state_machine::types::{ReadLog, ReadStream};
 use crate::vsr::header::views;
-use crate::vsr::header::{Command, Header, Op, Operation, READ_MODE_LINEARIZABLE, View};
+use crate::vsr::header::{ClientId, Command, Header, Op, Operation, READ_MODE_LINEARIZABLE, View};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::Storage;
 
@@ -26,6 +26,36 @@ pub(super) struct ParkedRead {
 }
 
 const PARKED_BODY_SIZE: usize = 24;
+
+impl ParkedRead {
+    fn new(header: &Header, body: &[u8], deadline_tick: u64) -> ParkedRead {
+        assert!(body.len() <= PARKED_BODY_SIZE);
+        let mut parked = ParkedRead {
+            header: *header,
+            body: [0; PARKED_BODY_SIZE],
+            body_size: body.len(),
+            deadline_tick,
+        };
+        parked.body[..body.len()].copy_from_slice(body);
+        parked
+    }
+}
+
+/// The entry of a table of held reads (one per client) for `client`'s: the one it holds, else
+/// a free one, counted in the table's count of entries taken; `None` if the table is full.
+fn client_entry<T>(
+    (table, taken): (&[Option<T>], &mut usize),
+    client: ClientId,
+    client_of: impl Fn(&T) -> ClientId,
+) -> Option<usize> {
+    let held = |entry: &Option<T>| entry.as_ref().is_some_and(|entry| client_of(entry) == client);
+    if let Some(index) = table.iter().position(held) {
+        return Some(index);
+    }
+    let free = table.iter().position(Option::is_none)?;
+    *taken += 1;
+    Some(free)
+}
 
 /// A linearizable read waiting for `op`, prepared in `view` after it arrived, to commit.
 #[derive(Clone, Copy, Debug)]
@@ -85,30 +115,32 @@ impl Replica {
             // The pong names the primary.
             return self.send_pong_client(header);
         }
-        assert!(body.len() <= PARKED_BODY_SIZE);
-        let same_client = |read: &Option<LinearizableRead>| {
-            read.is_some_and(|read| read.parked.header.client == header.client)
+        if body.len() > PARKED_BODY_SIZE {
+            // No read has so large a body: the event store answers body_invalid.
+            return self.read_serve(storage, header, body);
+        }
+        let table = (&self.reads_linearizable[..], &mut self.reads_linearizable_count);
+        let Some(index) = client_entry(table, header.client, |read| read.parked.header.client)
+        else {
+            return self.send_busy(header);
         };
-        let index = match self.reads_linearizable.iter().position(same_client) {
-            Some(index) => index,
-            None => {
-                let Some(free) = self.reads_linearizable.iter().position(Option::is_none) else {
-                    return self.send_busy(header);
-                };
-                self.reads_linearizable_count += 1;
-                free
-            }
-        };
-        let mut parked = ParkedRead {
-            header: *header,
-            body: [0; PARKED_BODY_SIZE],
-            body_size: body.len(),
-            deadline_tick: 0,
-        };
-        parked.body[..body.len()].copy_from_slice(body);
+        let parked = ParkedRead::new(header, body, 0);
         let op = self.head.op() + 1;
         self.reads_linearizable[index] = Some(LinearizableRead { parked, op, view: self.view });
-        if self.request_queue.is_empty() {
+        self.read_linearizable_noop(storage);
+    }
+
+    /// Prepares a noop for the linearizable reads that wait for an op to be prepared, if
+    /// nothing else is queued or in the pipeline: one at a time, so that reads arriving while
+    /// it is replicated share the next one, and a flood of reads makes one op per round trip.
+    fn read_linearizable_noop<S: Storage>(&mut self, storage: &mut S) {
+        let idle = self.request_queue.is_empty() && self.pipeline.is_empty();
+        if !idle || !self.is_primary() || self.status != Status::Normal {
+            return;
+        }
+        let head = self.head.op();
+        let waiting = |read: &Option<LinearizableRead>| read.is_some_and(|read| read.op > head);
+        if self.reads_linearizable.iter().any(waiting) {
             let noop = self.noop_request();
             self.request_queue.push_back(noop);
             self.metrics.reads_linearizable_noops += 1;
@@ -138,7 +170,9 @@ impl Replica {
         for index in 0..self.reads_linearizable.len() {
             let Some(read) = self.reads_linearizable[index] else { continue };
             let current = leading && read.view == self.view;
-            if current && (self.commit_min < read.op || served == READS_WAKE_PER_STEP_MAX) {
+            let slot_free = self.reads.iter().any(Option::is_none);
+            let later = served == READS_WAKE_PER_STEP_MAX || !slot_free;
+            if current && (self.commit_min < read.op || later) {
                 continue;
             }
             self.reads_linearizable[index] = None;
@@ -152,34 +186,19 @@ impl Replica {
             let parked = read.parked;
             self.read_begin(storage, &parked.header, &parked.body[..parked.body_size]);
         }
+        self.read_linearizable_noop(storage);
     }
 
     /// Holds a read that has no event to return yet, one per client (a client's newer read
     /// replaces its older one); false if the table is full (the read is answered at once).
     fn read_park(&mut self, header: &Header, body: &[u8], wait_ms: u32) -> bool {
-        assert!(body.len() <= PARKED_BODY_SIZE);
-        let same_client = |parked: &Option<ParkedRead>| {
-            parked.is_some_and(|parked| parked.header.client == header.client)
+        let table = (&self.reads_parked[..], &mut self.reads_parked_count);
+        let Some(index) = client_entry(table, header.client, |parked| parked.header.client) else {
+            self.metrics.reads_parked_full += 1;
+            return false;
         };
-        let index = match self.reads_parked.iter().position(same_client) {
-            Some(index) => index,
-            None => {
-                let Some(free) = self.reads_parked.iter().position(Option::is_none) else {
-                    self.metrics.reads_parked_full += 1;
-                    return false;
-                };
-                self.reads_parked_count += 1;
-                free
-            }
-        };
-        let mut parked = ParkedRead {
-            header: *header,
-            body: [0; PARKED_BODY_SIZE],
-            body_size: body.len(),
-            deadline_tick: self.ticks + u64::from(wait_ms).div_ceil(TICK_MS),
-        };
-        parked.body[..body.len()].copy_from_slice(body);
-        self.reads_parked[index] = Some(parked);
+        let deadline_tick = self.ticks + u64::from(wait_ms).div_ceil(TICK_MS);
+        self.reads_parked[index] = Some(ParkedRead::new(header, body, deadline_tick));
         self.metrics.reads_parked += 1;
         true
     }
