@@ -323,10 +323,16 @@ fn tail(
     };
     let mut stdout = std::io::stdout().lock();
     loop {
+        let asked = std::time::Instant::now();
         let reply = client
             .subscription_next(&mut subscription, TAIL_COUNT_MAX, TAIL_WAIT)
             .map_err(|error| error.to_string())?;
         let events = events_parse(reply.body)?;
+        if events.head.event_count == 0 && asked.elapsed() < TAIL_WAIT / 2 {
+            // Answered at once with nothing: the replica could not hold the read (its table of
+            // held reads was full). Ask again after a pause rather than in a tight loop.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         match events.code {
             ResultCode::Ok => {}
             // A replica repairing a block answers so until it is done: ask again.

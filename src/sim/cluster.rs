@@ -30,7 +30,7 @@ use crate::constants::{
     SUPERBLOCK_HEADER_SIZE, TICK_MS,
 };
 use crate::sim::checker::{Checker, PackedMember, Violation};
-use crate::sim::mutation::{Mutation, mutate};
+use crate::sim::mutation::{Mutation, mutate, mutate_client};
 use crate::sim::network::{DropReason, Network, NetworkOptions, NodeIndex, Packet};
 use crate::sim::storage::{CacheMetrics, Latency, MemoryStorage};
 use crate::sim::trace::{Event, Trace};
@@ -315,6 +315,8 @@ pub struct ClusterMetrics {
     pub grid_checkpoint_blocks_damaged: u64,
     /// Rejoins with a data file larger than the replica's before (`grid_grow_size`).
     pub grid_grows: u64,
+    /// Clients' reads whose body was replaced with random bytes (`Mutation::ClientReadGarbled`).
+    pub client_reads_garbled: u64,
 }
 }
 
@@ -703,6 +705,14 @@ impl Cluster {
                 let fields = [self.tick, packet.from as u64, index as u64, mutation as u64];
                 self.trace.record(Event::Mutate, &fields);
             }
+        } else if mutation_per_mille > 0
+            && self.prng.chance(mutation_per_mille, 1000)
+            && mutate_client(&mut self.prng, &mut packet.bytes).is_some()
+        {
+            self.metrics.client_reads_garbled += 1;
+            let mutation = Mutation::ClientReadGarbled as u64;
+            self.trace
+                .record(Event::Mutate, &[self.tick, packet.from as u64, index as u64, mutation]);
         }
         let (cluster, message_size_max) = (node.config.cluster, node.config.message_size_max);
         if accept_bytes(&packet.bytes, cluster, message_size_max as usize).is_err() {

@@ -28,6 +28,11 @@ pub enum Mutation {
     ClaimMismatch = 5,
     /// A prepare for an op the receiver holds, with different contents.
     PrepareConflicting = 6,
+    /// A client's read whose body is replaced with 0 to 64 random bytes, linearizable or not,
+    /// checksummed again: a replica must answer it (`body_invalid`, or a read of wherever the
+    /// bytes point) or drop it, never crash. The client takes no answer to it (its checksum is
+    /// not the request's) and sends the genuine read again.
+    ClientReadGarbled = 7,
 }
 
 /// Mutates `bytes` (a message from one replica to `receiver`) in one of the ways above, if
@@ -68,4 +73,24 @@ pub fn mutate(prng: &mut Prng, bytes: &mut [u8], receiver: &Replica) -> Option<M
     header.set_checksum();
     bytes[..HEADER_SIZE].copy_from_slice(header.as_bytes());
     Some(mutation)
+}
+
+/// Mutates `bytes`, a client's message, if it is a read: `Mutation::ClientReadGarbled`. Writes
+/// are left alone: a malformed write evicts its session, which the workload's model would take
+/// for a replica's fault.
+pub fn mutate_client(prng: &mut Prng, bytes: &mut Vec<u8>) -> Option<Mutation> {
+    let (mut header, _) = Header::read_from_prefix(bytes).ok()?;
+    let read = header.command() == Some(Command::Request)
+        && header.operation().is_some_and(|operation| operation.is_read());
+    if !read {
+        return None;
+    }
+    bytes.truncate(HEADER_SIZE);
+    bytes.extend((0..prng.index(65)).map(|_| prng.next_u64() as u8));
+    header.size = bytes.len() as u32;
+    header.context = u128::from(prng.chance(1, 2));
+    header.set_checksum_body(&bytes[HEADER_SIZE..]);
+    header.set_checksum();
+    bytes[..HEADER_SIZE].copy_from_slice(header.as_bytes());
+    Some(Mutation::ClientReadGarbled)
 }
