@@ -578,10 +578,10 @@ mod tests {
             clients.push(clients_max);
             assert!(format_error(&clients).contains("client sessions must be 1 to 8192"));
         }
-        for streams_max in ["--streams-max=0", "--streams-max=16777217"] {
+        for streams_max in ["--streams-max=0", "--streams-max=8388609"] {
             let mut streams = base.to_vec();
             streams.push(streams_max);
-            assert!(format_error(&streams).contains("streams must be 1 to 16777216"));
+            assert!(format_error(&streams).contains("streams must be 1 to 8388608"));
         }
         let mut tiny = base.to_vec();
         tiny.push("--grid-size=512KiB");

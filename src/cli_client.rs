@@ -283,8 +283,8 @@ fn read_log(client: &mut Client, arguments: &Arguments, rest: &[String]) -> Resu
     events_report(reply.body)
 }
 
-/// A read, linearizable with `--linearizable` (served by the primary once its commit is
-/// confirmed current), else from the commit of whichever replica answers.
+/// A read, linearizable with `--linearizable` (served by the primary once an op it prepared
+/// after the read arrived has committed), else from the commit of whichever replica answers.
 fn read<'a>(
     client: &'a mut Client,
     arguments: &Arguments,

@@ -13,6 +13,11 @@ use crate::constants::HEADER_SIZE;
 use crate::stdx::json::Json;
 use crate::vsr::header::views;
 use crate::vsr::header::{ClientId, ClusterId, Command, Header};
+use crate::vsr::header::{
+    PONG_STATUS_NORMAL as NORMAL, PONG_STATUS_RECOVERING as RECOVERING,
+    PONG_STATUS_REJOINING as REJOINING, PONG_STATUS_SYNCING as SYNCING,
+    PONG_STATUS_VIEW_CHANGE as VIEW_CHANGE,
+};
 
 /// How long a replica has to accept the connection, and then to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -48,7 +53,7 @@ pub fn command_status(arguments: &[String]) -> Result<(), String> {
         .collect();
     // The primary is the one of the newest view a replica is in normal status in: a replica
     // between views, or cut off, may name a view that never started.
-    let normal = rows.iter().flatten().filter(|standing| standing.status & 0xFF == 2);
+    let normal = rows.iter().flatten().filter(|standing| standing.status & 0xFF == NORMAL);
     let view = normal.map(|standing| standing.view).max();
     let primary = view.map(|view| view as usize % addresses.len());
     let primary_commit = primary.and_then(|primary| rows[primary].as_ref().ok()).map(|s| s.commit);
@@ -100,16 +105,16 @@ fn standing_ask(
 /// `rejoining` if they apply.
 fn status_name(status: u32) -> String {
     let mut name = match status & 0xFF {
-        1 => "recovering",
-        2 => "normal",
-        3 => "view_change",
+        RECOVERING => "recovering",
+        NORMAL => "normal",
+        VIEW_CHANGE => "view_change",
         _ => "unknown",
     }
     .to_string();
-    if status & 256 != 0 {
+    if status & SYNCING != 0 {
         name.push_str(",syncing");
     }
-    if status & 512 != 0 {
+    if status & REJOINING != 0 {
         name.push_str(",rejoining");
     }
     name

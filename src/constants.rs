@@ -162,9 +162,11 @@ pub const GRID_BLOCKS_MAX: u64 = GRID_SIZE_MAX / BLOCK_SIZE as u64;
 /// streams that is 440 MB of memory and 420 MiB of a 1 GiB grid, written at every checkpoint.
 pub const STREAMS_DEFAULT: u32 = 65_536;
 
-/// The most streams a data file may be formatted for: the streams table's entry indexes are
-/// u32, and its memory grows with it (about 7 GB at this limit on the default grid).
-pub const STREAMS_MAX: u32 = 1 << 24;
+/// The most streams a data file may be formatted for: a checkpoint's root must list the blocks
+/// of the largest streams table in the largest grid (about 9.6 million streams fit;
+/// `Config::invalid` checks it), and the table's memory grows with it (about 3.5 GB at this
+/// limit on the default grid).
+pub const STREAMS_MAX: u32 = 1 << 23;
 
 /// The length of one tick: every protocol timeout counts ticks.
 pub const TICK_MS: u64 = 10;

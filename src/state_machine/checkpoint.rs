@@ -20,8 +20,8 @@
 //! `c - 1` is past the peers' WAL window and must state sync anyway; if its own copy of a
 //! block is bad and no peer holds it any more, it does so without opening its checkpoint
 //! (`vsr::replica::sync`). The grid always keeps free, beyond the free list, what the largest
-//! checkpoint needs (`metadata_blocks_max`): appends and creates that would eat into it fail
-//! with `storage_full`.
+//! checkpoint needs in the cluster's grid (`checkpoint_blocks_max`): appends and creates that
+//! would eat into it fail with `storage_full`.
 //!
 //! Open reads the root, then the blocks it lists, checks each block's own checksum, address
 //! and structure, loads entries and the tail, and at the end checks the checksum of the blocks'
@@ -514,8 +514,8 @@ impl StateMachine {
             }
             return None;
         }
-        if checkpoint.grid_head > self.limits.grid_blocks {
-            return Some("checkpoint: grid_head is beyond the grid");
+        if checkpoint.grid_head > checkpoint.grid_blocks_limit {
+            return Some("checkpoint: grid_head is beyond the cluster's grid");
         }
         if checkpoint.streams_table_address >= checkpoint.grid_head {
             return Some("checkpoint: the streams table is not below grid_head");
@@ -636,9 +636,6 @@ impl StateMachine {
         }
         if root.metadata_count + 1 != checkpoint.streams_table_blocks {
             return Err("streams table: root lists another number of blocks");
-        }
-        if root.grid_head > checkpoint.grid_blocks_limit {
-            return Err("streams table: root grid_head beyond the cluster's grid");
         }
         self.log = Log {
             grid_head: root.grid_head,

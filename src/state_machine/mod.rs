@@ -43,7 +43,7 @@ use std::collections::VecDeque;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use crate::constants::{
-    BLOCK_SIZE, EVENT_SIZE_MAX, GRID_READS_MAX, GRID_SIZE_MAX, GRID_WRITES_PIPELINE, HEADER_SIZE,
+    BLOCK_SIZE, EVENT_SIZE_MAX, GRID_BLOCKS_MAX, GRID_READS_MAX, GRID_WRITES_PIPELINE, HEADER_SIZE,
     SKIP_LEVELS_MAX,
 };
 use crate::state_machine::block::{
@@ -157,8 +157,8 @@ pub struct Limits {
     pub table_blocks_max: u64,
     /// Blocks the largest checkpoint takes in the largest grid: a full table and a tail. The
     /// root has a slot for each; the reserve kept for the next checkpoint is smaller, sized for
-    /// the cluster's grid (`checkpoint_blocks_max`). A grid too small for it (as in some
-    /// protocol tests) is valid: every create gets `storage_full`.
+    /// the cluster's grid (`checkpoint_blocks_max`). A grid too small for that reserve (as in
+    /// some protocol tests) is valid: every create gets `storage_full`.
     pub metadata_blocks_max: usize,
     /// The most blocks the free list holds: the blocks of the two checkpoints before.
     pub free_blocks_max: usize,
@@ -166,8 +166,8 @@ pub struct Limits {
     pub write_buffers: usize,
 }
 
-/// Skip levels of the largest grid there can be (`GRID_SIZE_MAX`).
-const GRID_LEVELS_MAX: usize = frontier_count(GRID_SIZE_MAX / BLOCK_SIZE as u64) as usize;
+/// Skip levels of the largest grid there can be.
+const GRID_LEVELS_MAX: usize = frontier_count(GRID_BLOCKS_MAX) as usize;
 
 impl Limits {
     pub fn new(config: &Config) -> Limits {
@@ -237,7 +237,7 @@ pub fn grid_blocks_min(streams_max: u32) -> u64 {
         .find(|level| !grid_holds_a_stream(streams_max, 1 << (level - 1)))
         .expect("a grid of one block holds nothing");
     let start: u64 = 1 << (failing - 1);
-    let needed = table_blocks_max(streams_max, failing as usize) + 2;
+    let needed = checkpoint_blocks_max(streams_max, start) + 1;
     let blocks = needed.min(1 << failing).max(start);
     assert!(grid_holds_a_stream(streams_max, blocks));
     blocks

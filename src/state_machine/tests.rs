@@ -1407,14 +1407,15 @@ fn limits_bound_buffers_for_the_worst_commit() {
     // The root has slots for the largest grid's table; the reserve is the cluster's grid's.
     assert_eq!((default.table_blocks_max, default.metadata_blocks_max), (113, 114));
     assert_eq!(checkpoint_blocks_max(default.streams_max, default.grid_blocks), 58);
-    // The root lists the blocks of the largest checkpoint: a streams_max too large for that is
-    // refused with the configuration, and any accepted one builds its limits.
+    // The root lists the blocks of the largest checkpoint in the largest grid: STREAMS_MAX fits
+    // (a larger streams_max would not), and any accepted configuration builds its limits.
     let largest = Config {
         streams_max: crate::constants::STREAMS_MAX,
         grid_size: crate::constants::GRID_SIZE_MAX,
         ..Config::new(ClusterId(1), ReplicaIndex(0), 3)
     };
-    assert!(largest.invalid().is_some_and(|reason| reason.contains("could not list its blocks")));
+    assert_eq!(largest.invalid(), None);
+    assert!(config_invalid(9_700_000).is_some_and(|reason| reason.contains("list its blocks")));
     let large = Config { streams_max: 8_000_000, ..largest };
     assert_eq!(large.invalid(), None);
     assert!(Limits::new(&large).metadata_blocks_max > 10_000);
@@ -1488,7 +1489,7 @@ fn grid_too_small_for_the_table_refuses_every_change() {
     // storage_full and checkpoints write nothing (they record the cluster's grid only).
     let config = Config { grid_size: 2 * BLOCK_SIZE as u64, streams_max: 65_536, ..small_config() };
     let mut harness = Harness::new(config, None);
-    assert!(harness.machine.limits().table_blocks_max > 2);
+    assert!(checkpoint_blocks_max(65_536, 2) > 2);
     let reply = harness.commit(Operation::CreateStream, &create_body(&[(1, 1)]));
     assert_eq!(create_results(&reply), [ResultCode::StorageFull]);
     let reply = harness.commit(Operation::Append, &one_batch(1, 0, vec![vec![1]]));

@@ -459,6 +459,16 @@ pub struct Header {
 }
 
 const HEADER_RESERVED_SIZE: usize = 115;
+/// A `pong_client`'s status (`views::PongClient::status`): the sender's status, plus flags.
+pub const PONG_STATUS_RECOVERING: u32 = 1;
+pub const PONG_STATUS_NORMAL: u32 = 2;
+pub const PONG_STATUS_VIEW_CHANGE: u32 = 3;
+/// Flags: the sender is state-syncing; its log is not yet the cluster's (it rejoins).
+pub const PONG_STATUS_SYNCING: u32 = 1 << 8;
+pub const PONG_STATUS_REJOINING: u32 = 1 << 9;
+/// Every valid status is below this.
+const PONG_STATUS_LIMIT: u32 = 1 << 10;
+
 /// A request's `read_mode` for a linearizable read (`views::Request::read_mode`).
 pub const READ_MODE_LINEARIZABLE: u32 = 1;
 
@@ -687,7 +697,9 @@ impl Header {
         if self.client == ClientId(0) {
             return Some("client must not be zero");
         }
-        if command == Command::PongClient && views::PongClient::of(self).status() >= 1024 {
+        if command == Command::PongClient
+            && views::PongClient::of(self).status() >= PONG_STATUS_LIMIT
+        {
             return Some("pong_client status unknown");
         }
         let used = Fields(views::used_fields(command));

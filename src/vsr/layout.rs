@@ -99,7 +99,7 @@ impl Config {
             return Some("grid size must be at most 16 TiB");
         }
         if self.streams_max == 0 || self.streams_max > STREAMS_MAX {
-            return Some("streams_max out of range (1 to 16777216)");
+            return Some("streams_max out of range (1 to 8388608)");
         }
         if let Some(reason) = crate::state_machine::config_invalid(self.streams_max) {
             return Some(reason);

@@ -650,13 +650,13 @@ impl Replica {
         self.target.beyond_window() || self.sync.state_lost()
     }
 
-    /// The grid's free list (blocks no checkpoint needs), while no checkpoint is written.
     /// The cluster's grid in blocks, as of the last executed op (0 before any): what the
     /// committed log may use, the smallest of the replicas' own grids once all were heard.
     pub fn grid_blocks_limit(&self) -> u64 {
         self.state_machine.grid_blocks_limit()
     }
 
+    /// The grid's free list (blocks no checkpoint needs), while no checkpoint is written.
     pub fn grid_free_blocks(&self) -> Option<&[u32]> {
         self.checkpoint_blocks()?;
         Some(self.state_machine.free_blocks())
@@ -989,14 +989,16 @@ impl Replica {
         pong.client = header.client;
         pong.timestamp = header.timestamp;
         // Where it stands, for `kimberlite status`.
+        use crate::vsr::header as wire;
         let status = match self.status {
-            Status::Recovering => 1,
-            Status::Normal => 2,
-            Status::ViewChange => 3,
+            Status::Recovering => wire::PONG_STATUS_RECOVERING,
+            Status::Normal => wire::PONG_STATUS_NORMAL,
+            Status::ViewChange => wire::PONG_STATUS_VIEW_CHANGE,
             Status::Init | Status::Failed => unreachable!("it does not take messages"),
         };
-        let syncing = if self.sync.active() { 256 } else { 0 };
-        let rejoining = if self.rejoin.learning || self.log_faulty { 512 } else { 0 };
+        let syncing = if self.sync.active() { wire::PONG_STATUS_SYNCING } else { 0 };
+        let rejoining = self.rejoin.learning || self.log_faulty;
+        let rejoining = if rejoining { wire::PONG_STATUS_REJOINING } else { 0 };
         let mut view = crate::vsr::header::views::PongClient::of(&mut pong);
         view.set_op(self.head.op());
         view.set_commit_min(self.commit_min);
