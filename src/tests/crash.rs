@@ -1158,3 +1158,60 @@ fn start_takes_its_addresses_and_data_file_from_the_environment() {
     let create = CreateStream { stream: 1, tenant: 1 };
     client.write(Operation::CreateStream, create.as_bytes()).unwrap();
 }
+
+#[test]
+#[ignore = "a measurement: cargo test --release --test crash -- --ignored --nocapture latency"]
+fn subscription_latency_from_commit_to_subscriber() {
+    // Goal: measure how soon a subscriber sees an event (printed, not asserted: machines
+    // differ). One writer appends single events to stream 1 of three replicas, one at a time;
+    // a subscriber follows the stream. Per event: from the writer's acknowledgement (the
+    // commit, seen by the client) to the subscriber's receipt; negative when the subscriber
+    // saw it first. Every event is seen once, in order.
+    let cluster = TestCluster::start("latency");
+    let addresses = cluster.addresses.clone();
+    let acknowledged: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let count = 2_000usize;
+    let subscriber = {
+        let (addresses, seen) = (addresses.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let mut client = Client::new(CLUSTER, &addresses, MESSAGE_SIZE_MAX);
+            let mut subscription = Subscription::Stream { stream: 1, offset: 0 };
+            while seen.lock().unwrap().len() < count {
+                let wait = Duration::from_millis(1_000);
+                let reply = client.subscription_next(&mut subscription, 1000, wait).unwrap();
+                let head = ReadReplyHeader::read_from_prefix(reply.body).unwrap().0;
+                let now = Instant::now();
+                seen.lock().unwrap().extend((0..head.event_count).map(|_| now));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let mut writer = Client::new(CLUSTER, &addresses, MESSAGE_SIZE_MAX);
+    for sequence in 0..count as u64 {
+        writer.write(Operation::Append, &append_body(1, sequence, 1)).unwrap();
+        acknowledged.lock().unwrap().push(Instant::now());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    subscriber.join().unwrap();
+    let (acknowledged, seen) = (acknowledged.lock().unwrap(), seen.lock().unwrap());
+    assert_eq!(seen.len(), count);
+    let mut late: Vec<Duration> = Vec::new();
+    let mut early = 0;
+    for (acked, saw) in acknowledged.iter().zip(seen.iter()) {
+        match saw.checked_duration_since(*acked) {
+            Some(delay) => late.push(delay),
+            None => early += 1,
+        }
+    }
+    late.extend(std::iter::repeat_n(Duration::ZERO, early));
+    println!(
+        "subscriber after the writer's acknowledgement: p50 {:?}, p99 {:?}, max {:?}; \
+         {early} of {count} seen before the acknowledgement (counted as 0)",
+        percentile(&late, 50),
+        percentile(&late, 99),
+        percentile(&late, 100),
+    );
+    let mut reader = Client::new(CLUSTER, &addresses, MESSAGE_SIZE_MAX);
+    assert_eq!(read_stream(&mut reader, 1), (0..count as u64).collect::<Vec<u64>>());
+}
