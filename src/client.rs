@@ -311,11 +311,7 @@ impl Client {
             return Err(ClientError::RequestTooLarge { size: body.len(), size_max });
         }
         self.reply_release();
-        let header = if operation.is_read() {
-            self.core.request_start_read(operation, body, self.now(), read)
-        } else {
-            self.core.request_start(operation, body, self.now())
-        };
+        let header = self.core.request_start_with(operation, body, self.now(), read);
         self.send_buffer[..HEADER_SIZE].copy_from_slice(header.as_bytes());
         self.send_buffer[HEADER_SIZE..size].copy_from_slice(body);
         self.send_size = size;

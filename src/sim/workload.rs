@@ -343,11 +343,7 @@ impl Workload {
         let size = HEADER_SIZE + body_size;
         let client = &mut self.clients[index];
         let body = &message.buffer()[HEADER_SIZE..size];
-        let header = if operation.is_read() {
-            client.core.request_start_read(operation, body, tick, read)
-        } else {
-            client.core.request_start(operation, body, tick)
-        };
+        let header = client.core.request_start_with(operation, body, tick, read);
         *message.header_mut() = header;
         client.in_flight = Some(InFlight { message, ask });
     }

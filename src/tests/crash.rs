@@ -1160,18 +1160,16 @@ fn start_takes_its_addresses_and_data_file_from_the_environment() {
 }
 
 #[test]
-#[ignore = "a measurement: cargo test --release --test crash -- --ignored --nocapture latency"]
 fn subscription_latency_from_commit_to_subscriber() {
-    // Goal: measure how soon a subscriber sees an event (printed, not asserted: machines
-    // differ). One writer appends single events to stream 1 of three replicas, one at a time;
-    // a subscriber follows the stream. Per event: from the writer's acknowledgement (the
-    // commit, seen by the client) to the subscriber's receipt; negative when the subscriber
-    // saw it first. Every event is seen once, in order.
+    // Goal: a subscriber following stream 1 of three replicas, which one writer appends to
+    // event by event, sees every event once, in order. How soon it sees each, after the
+    // writer's acknowledgement (the commit, as the client sees it), is printed, not asserted
+    // (machines differ): cargo test --release --test crash -- --nocapture latency.
     let cluster = TestCluster::start("latency");
     let addresses = cluster.addresses.clone();
     let acknowledged: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let seen: Arc<Mutex<Vec<Instant>>> = Arc::default();
-    let count = 2_000usize;
+    let count = 1_000usize;
     let subscriber = {
         let (addresses, seen) = (addresses.clone(), seen.clone());
         std::thread::spawn(move || {

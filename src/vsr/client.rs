@@ -111,7 +111,7 @@ pub struct InFlight {
     read: ReadOptions,
 }
 
-/// How a read is served (`ClientCore::request_start_read`).
+/// How a read is served (`ClientCore::request_start_with`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReadOptions {
     /// How much longer than a request's timeout each copy is waited for, in the units of `now`:
@@ -270,28 +270,18 @@ impl ClientCore {
     /// Starts `operation` with `body`: returns the request's header, ready to send in front
     /// of the body. Nothing may be in flight; a write needs the session registered first.
     pub fn request_start(&mut self, operation: Operation, body: &[u8], now: u64) -> Header {
-        self.request_build(operation, body, now, ReadOptions::default())
+        self.request_start_with(operation, body, now, ReadOptions::default())
     }
 
-    /// Starts a read served as `read` says.
-    pub fn request_start_read(
+    /// As `request_start`, a read served as `read` says (the default for a write).
+    pub fn request_start_with(
         &mut self,
         operation: Operation,
         body: &[u8],
         now: u64,
         read: ReadOptions,
     ) -> Header {
-        assert!(operation.is_read());
-        self.request_build(operation, body, now, read)
-    }
-
-    fn request_build(
-        &mut self,
-        operation: Operation,
-        body: &[u8],
-        now: u64,
-        read: ReadOptions,
-    ) -> Header {
+        assert!(operation.is_read() || read == ReadOptions::default());
         assert!(self.in_flight.is_none(), "one request in flight at a time");
         assert!(!self.evicted, "an evicted session needs session_new first");
         assert!(operation.is_client_request());
