@@ -213,25 +213,20 @@ impl LocalCluster {
         }
         let connected: Arc<Vec<AtomicU64>> =
             Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
-        let mut outputs = Vec::new();
         for (replica, path) in paths.iter().enumerate() {
             let executable = std::env::current_exe().map_err(|error| error.to_string())?;
             let mut child = Command::new(executable)
                 .arg("start")
                 .arg(format!("--addresses={addresses}"))
                 .arg(path)
-                .stdout(Stdio::piped())
+                .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|error| format!("starting replica {replica}: {error}"))?;
-            outputs.push(child.stdout.take().expect("piped"));
             let stderr = child.stderr.take().expect("piped");
             let connected = connected.clone();
             std::thread::spawn(move || forward_replica_log(stderr, &connected[replica]));
             self.children.push(child);
-        }
-        for stdout in outputs {
-            wait_for_listening(stdout)?;
         }
         wait_for_connections(&connected)?;
         eprintln!("benchmark: every replica is connected to its peers");
@@ -260,34 +255,43 @@ fn free_port() -> Result<u16, String> {
     Ok(port)
 }
 
-/// Copies a replica's log to ours, and sets bit `j` of `connected` once it logs that it
-/// connected to replica `j`.
+/// The bit of a replica's `connected` set once it listens.
+const LISTENING: u64 = 1 << 63;
+
+/// Copies a replica's log to ours, sets `LISTENING` in `connected` once it listens, and bit `j`
+/// once it logs that it connected to replica `j`.
 fn forward_replica_log(stderr: std::process::ChildStderr, connected: &AtomicU64) {
     for line in BufReader::new(stderr).lines() {
         let Ok(line) = line else { return };
         eprintln!("{line}");
-        let peer = line.strip_prefix("message bus: connected to replica ");
-        let peer = peer.and_then(|rest| rest.split(' ').next()?.parse::<u32>().ok());
+        if line.contains(" event=replica_listening ") {
+            connected.fetch_or(LISTENING, Ordering::Relaxed);
+        }
+        let peer_connected = line.contains(" event=peer_connected ");
+        let peer = line.split(' ').find_map(|field| field.strip_prefix("peer_replica="));
+        let peer = peer.filter(|_| peer_connected).and_then(|peer| peer.parse::<u32>().ok());
         if let Some(peer) = peer.filter(|peer| *peer < 64) {
             connected.fetch_or(1 << peer, Ordering::Relaxed);
         }
     }
 }
 
-/// Waits until every replica has connected to every replica above it (the lower one dials),
-/// so that the load starts on the whole cluster.
+/// Waits until every replica listens and has connected to every replica above it (the lower
+/// one dials), so that the load starts on the whole cluster.
 fn wait_for_connections(connected: &[AtomicU64]) -> Result<(), String> {
     let count = connected.len();
     let start = Instant::now();
     loop {
         let missing = (0..count).find(|&replica| {
-            let wanted = ((1u64 << count) - 1) & !((1u64 << (replica + 1)) - 1);
+            let wanted = ((1u64 << count) - 1) & !((1u64 << (replica + 1)) - 1) | LISTENING;
             connected[replica].load(Ordering::Relaxed) & wanted != wanted
         });
         let Some(replica) = missing else { return Ok(()) };
         interrupt_check()?;
         if start.elapsed() > Duration::from_secs(30) {
-            return Err(format!("replica {replica} did not connect to its peers within 30 s"));
+            return Err(format!(
+                "replica {replica} did not listen and connect to its peers within 30 s"
+            ));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -300,25 +304,6 @@ fn interrupt_check() -> Result<(), String> {
         return Err("interrupted".to_string());
     }
     Ok(())
-}
-
-/// Waits until the replica prints its "listening" line.
-fn wait_for_listening(stdout: std::process::ChildStdout) -> Result<(), String> {
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                eprintln!("benchmark: {line}");
-                if line.contains("listening") {
-                    // Keep draining the replica's stdout so it never blocks on a full pipe.
-                    std::thread::spawn(move || for _ in lines {});
-                    return Ok(());
-                }
-            }
-            Some(Err(error)) => return Err(format!("reading the replica's output: {error}")),
-            None => return Err("the replica exited before it listened".to_string()),
-        }
-    }
 }
 
 /// Events of `event_size` bytes that fit in one request body.

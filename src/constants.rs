@@ -469,10 +469,15 @@ pub const STOP_DRAIN_TICKS: u64 = 1_000 / TICK_MS;
 /// The shortest interval between two log lines about connections shed (10 s).
 pub const SHED_LOG_TICKS: u64 = 10_000 / TICK_MS;
 
-/// Client and unidentified connections closed for what they sent or did that are logged one
-/// line each per `SHED_LOG_TICKS`; beyond them, a line says how many more were closed (a
-/// client of another cluster retrying in a loop must not flood the log).
-pub const CLOSE_LOG_LINES_MAX: u64 = 10;
+/// Lines of one log event written per `LOG_WINDOW_MS`; beyond them, lines are counted and the
+/// count reported (a client of another cluster retrying in a loop must not flood the log).
+pub const LOG_LINES_PER_WINDOW_MAX: u64 = 10;
+
+/// The window of `LOG_LINES_PER_WINDOW_MAX` (1 s).
+pub const LOG_WINDOW_MS: u64 = 1_000;
+
+/// The longest log line, in bytes; longer ones are cut.
+pub const LOG_LINE_SIZE_MAX: usize = 512;
 
 const_assert!(SECTOR_SIZE.is_power_of_two());
 const_assert!(VIEW_CHANGE_HEADERS_MAX > PIPELINE_PREPARE_QUEUE_MAX + 1);

@@ -62,11 +62,12 @@ use static_assertions::const_assert;
 
 use crate::constants::{
     ACCEPTS_IN_FLIGHT_MAX, BUS_POOL_RESERVE, CLIENT_RECEIVES_LARGE_MAX, CLIENT_SENDS_LARGE_MAX,
-    CLIENTS_MAX, CLOSE_LOG_LINES_MAX, CONNECTION_SEND_QUEUE_MAX, HEADER_SIZE, IDENTIFY_TICKS_MAX,
-    INBOX_LARGE_MAX, RECEIVE_LARGE_TICKS_MAX, RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN,
+    CLIENTS_MAX, CONNECTION_SEND_QUEUE_MAX, HEADER_SIZE, IDENTIFY_TICKS_MAX, INBOX_LARGE_MAX,
+    RECEIVE_LARGE_TICKS_MAX, RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN,
     REPLICA_SEND_QUEUE_MAX, REPLICAS_MAX, SEND_STALL_TICKS_MAX, SHED_LOG_TICKS,
     SOCKET_BUFFER_SIZE_MAX, TICK_MS, connections_max, inbox_max, listen_backlog,
 };
+use crate::io::log::{Event, Level, Quoted, line, log};
 use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
 use crate::stdx::id_index::IdIndex;
@@ -292,8 +293,6 @@ pub struct MessageBus {
     accept_pending: Option<RawFd>,
     /// The metrics when connections shed were last logged, and the tick of that line.
     shed_logged: (BusMetrics, Option<u64>),
-    /// Closures logged one line each since the tick that began this window, and those not.
-    close_logged: (u64, u64, u64),
     /// Slot `k` below the count of higher replicas is the dialed connection of replica
     /// `replica + 1 + k`; accepted connections take the slots after them, so that dialing
     /// always finds its slot.
@@ -379,7 +378,6 @@ impl MessageBus {
             refused_logged: false,
             accept_pending: None,
             shed_logged: (BusMetrics::default(), None),
-            close_logged: (0, 0, 0),
             connections,
             clients: IdIndex::new(connections_max),
             receives_paused: false,
@@ -486,24 +484,6 @@ impl MessageBus {
         }
         self.dial_due(io);
         self.shed_log();
-        self.close_log_window();
-    }
-
-    /// Ends the window of `close_log` once `SHED_LOG_TICKS` passed, with a line for the
-    /// closures it did not log one by one.
-    fn close_log_window(&mut self) {
-        let (start, _, unlogged) = self.close_logged;
-        if self.ticks < start + SHED_LOG_TICKS {
-            return;
-        }
-        if unlogged > 0 {
-            eprintln!(
-                "message bus: closed {unlogged} more client or unidentified connection(s) in \
-                 the last {} s (at most {CLOSE_LOG_LINES_MAX} logged one by one)",
-                SHED_LOG_TICKS * TICK_MS / 1_000,
-            );
-        }
-        self.close_logged = (self.ticks, 0, 0);
     }
 
     /// Logs the connections closed for the bus's own room (not for what they sent) since the
@@ -526,11 +506,12 @@ impl MessageBus {
         if logged_tick.is_some_and(|tick| self.ticks < tick + SHED_LOG_TICKS) {
             return;
         }
-        eprintln!(
-            "message bus: closed {timed_out} connection(s) that sent no valid message within \
-             {} ms, {evicted} unidentified one(s) for newer connections, {superseded} \
-             superseded client connection(s), {over_limit} client(s) over the limit of {} \
-             (logged at most every {} s)",
+        log!(
+            Info,
+            ConnectionsShed,
+            "unidentified_timed_out={timed_out} identify_ms={} unidentified_evicted={evicted} \
+             clients_superseded={superseded} clients_over_limit={over_limit} clients_max={} \
+             interval_s={}",
             IDENTIFY_TICKS_MAX * TICK_MS,
             self.client_connections_max(),
             SHED_LOG_TICKS * TICK_MS / 1_000,
@@ -632,9 +613,11 @@ impl MessageBus {
                 // Out of descriptors or memory, or a connection reset before we took it: try
                 // again next tick rather than spin, and log the first failure of a streak.
                 if !self.accept_failing {
-                    eprintln!(
-                        "message bus: accept failed (retrying every tick): {}",
-                        ErrorDisplay(error)
+                    log!(
+                        Error,
+                        AcceptFailed,
+                        "error={} retry=every_tick",
+                        Quoted(ErrorDisplay(error))
                     );
                 }
                 self.accept_failing = true;
@@ -673,9 +656,11 @@ impl MessageBus {
         if !self.refused_logged {
             self.refused_logged = true;
             let address = socket::peer_address(fd);
-            eprintln!(
-                "message bus: refusing {}: all {} connections for clients and lower replicas \
-                 in use, and identified (logged once until one closes)",
+            log!(
+                Warn,
+                ConnectionRefused,
+                "address={} connections_max={} reason=\"every connection slot for clients and \
+                 lower replicas in use and identified\" logged=once_until_one_closes",
                 AddressDisplay(address),
                 self.connections.len() - dialed_count,
             );
@@ -699,10 +684,12 @@ impl MessageBus {
         assert!(self.dialed_replica(index).is_none());
         let address = socket::peer_address(fd);
         if let Err(error) = socket::connection_configure(fd, self.socket_buffer_size_bytes) {
-            eprintln!(
-                "message bus: closing connection from {}: socket setup failed: {}",
+            log!(
+                Warn,
+                ConnectionSetupFailed,
+                "address={} error={}",
                 AddressDisplay(address),
-                ErrorDisplay(socket::io_error(&error)),
+                Quoted(ErrorDisplay(socket::io_error(&error))),
             );
             socket::close(fd);
             return;
@@ -1147,51 +1134,45 @@ impl MessageBus {
                 | CloseReason::Superseded
                 | CloseReason::ClientsFull
         );
-        // A client or unknown peer may close in a loop (another cluster's, retrying); a peer
-        // replica's closures stay logged one by one, whatever a flood of those did.
-        let replica = matches!(self.connections[index].peer, Peer::Replica(_));
-        if !quiet && !replica {
-            let (_, logged, unlogged) = &mut self.close_logged;
-            if *logged >= CLOSE_LOG_LINES_MAX {
-                *unlogged += 1;
-                return;
-            }
-            *logged += 1;
+        if quiet {
+            return;
         }
+        // A client or unknown peer may close in a loop (another cluster's, retrying): its
+        // closures are rate-limited apart from a peer replica's, which a flood of those does
+        // not hide.
+        let event = match self.connections[index].peer {
+            Peer::Replica(_) => Event::ReplicaConnectionClosed,
+            Peer::Unknown | Peer::Client(_) => Event::ConnectionClosed,
+        };
         let connection = self.describe(index);
+        let fields = |reason: std::fmt::Arguments| {
+            line(Level::Warn, event, format_args!("{connection} reason={}", Quoted(reason)))
+        };
         match reason {
-            CloseReason::PeerClosed => {}
-            CloseReason::Invalid(reason) => {
-                eprintln!("message bus: closing {connection}: invalid message: {reason}")
-            }
+            CloseReason::Invalid(reason) => fields(format_args!("invalid message: {reason}")),
             CloseReason::Impostor { replica, reason } => {
-                eprintln!(
-                    "message bus: closing {connection}: claims to be replica {replica}: {reason}"
-                )
+                fields(format_args!("claims to be replica {replica}: {reason}"))
             }
-            CloseReason::Replaced => eprintln!(
-                "message bus: closing {connection}: replaced by a newer connection from the \
-                 same replica"
-            ),
+            CloseReason::Replaced => {
+                fields(format_args!("replaced by a newer connection from the same replica"))
+            }
             CloseReason::Failed(operation, error) => {
-                eprintln!("message bus: closing {connection}: {operation}: {}", ErrorDisplay(error))
+                fields(format_args!("{operation}: {}", ErrorDisplay(error)))
             }
-            CloseReason::Exhausted(reason) => {
-                eprintln!("message bus: closing {connection}: {reason}")
+            CloseReason::Exhausted(reason) => fields(format_args!("{reason}")),
+            CloseReason::ReceiveStalled => fields(format_args!(
+                "sent part of a large message and nothing more for {RECEIVE_LARGE_TICKS_MAX} \
+                 ticks"
+            )),
+            CloseReason::Stalled => {
+                fields(format_args!("peer drained nothing for {SEND_STALL_TICKS_MAX} ticks"))
             }
-            CloseReason::ReceiveStalled => eprintln!(
-                "message bus: closing {connection}: sent part of a large message and nothing \
-                 more for {RECEIVE_LARGE_TICKS_MAX} ticks"
-            ),
-            CloseReason::Stalled => eprintln!(
-                "message bus: closing {connection}: peer drained nothing for \
-                 {SEND_STALL_TICKS_MAX} ticks"
-            ),
             // Counted, and logged together by `shed_log`: a flood must not flood the log.
-            CloseReason::Unidentified
+            CloseReason::PeerClosed
+            | CloseReason::Unidentified
             | CloseReason::Evicted
             | CloseReason::Superseded
-            | CloseReason::ClientsFull => {}
+            | CloseReason::ClientsFull => unreachable!("quiet closures are not logged"),
         }
     }
 
@@ -1275,12 +1256,12 @@ impl std::fmt::Display for AddressDisplay {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
             Some(address) => write!(formatter, "{address}"),
-            None => write!(formatter, "an unknown address"),
+            None => write!(formatter, "unknown"),
         }
     }
 }
 
-/// A connection for log lines: which way it was made, and to whom.
+/// A connection for log lines: which way it was made, and to whom, as `key=value` fields.
 struct ConnectionDisplay {
     address: Option<SocketAddr>,
     peer: Peer,
@@ -1290,15 +1271,12 @@ struct ConnectionDisplay {
 impl std::fmt::Display for ConnectionDisplay {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let address = AddressDisplay(self.address);
-        match (self.dialed, self.peer) {
-            (true, Peer::Replica(replica)) => {
-                write!(formatter, "connection to replica {replica} at {address}")
-            }
-            (true, _) => write!(formatter, "connection to {address}"),
-            (false, Peer::Replica(replica)) => {
-                write!(formatter, "connection from replica {replica} at {address}")
-            }
-            (false, _) => write!(formatter, "connection from {address}"),
+        let direction = if self.dialed { "dialed" } else { "accepted" };
+        write!(formatter, "direction={direction} address={address} ")?;
+        match self.peer {
+            Peer::Replica(replica) => write!(formatter, "peer=replica peer_replica={replica}"),
+            Peer::Client(client) => write!(formatter, "peer=client client={client}"),
+            Peer::Unknown => write!(formatter, "peer=unknown"),
         }
     }
 }

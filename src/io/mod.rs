@@ -11,6 +11,8 @@
 //! - `socket`: the socket system calls made outside the ring, and address conversions.
 //! - `server`: `kimberlite start`, the replica's event loop over one ring.
 //! - `data_file`: creating and opening data files (`O_DIRECT`, `flock`, fsync at open).
+//! - `log`: the replica's log lines: RFC 3339 time, level, event, `key=value` fields,
+//!   rate-limited per event.
 //! - `allocator`: the global allocator guard that proves no allocation after startup.
 //! - `format`: `kimberlite format`, writing every byte of a new data file.
 //! - `signal`: SIGINT and SIGTERM as a flag (the load generator cleans up on Ctrl-C).
@@ -20,6 +22,7 @@ pub mod allocator;
 pub mod data_file;
 pub mod epoll;
 pub mod format;
+pub mod log;
 pub mod message_bus;
 pub mod ring;
 pub mod server;

@@ -19,6 +19,7 @@ use crate::constants::{
     TICK_MS,
 };
 use crate::io::data_file;
+use crate::io::log::{Quoted, log};
 use crate::io::message_bus::MessageBus;
 use crate::io::ring::Wait;
 use crate::io::storage::IoStorage;
@@ -73,11 +74,15 @@ pub(crate) fn start_while(
         .map_err(|error| format!("cannot listen on {address}: {error}"))?;
     bus.connect_to_replicas(storage.io(), addresses);
     print_memory(&config);
-    println!(
-        "replica {} listening on {bound} (cluster {}, op {})",
+    log!(
+        Info,
+        ReplicaListening,
+        "replica={} address={bound} cluster={} op={} commit={} checkpoint={}",
         config.replica,
         config.cluster,
-        replica.op()
+        replica.op(),
+        replica.commit_min(),
+        replica.checkpoint_op(),
     );
     listening(bound);
     allocation_guard::arm();
@@ -94,19 +99,7 @@ pub(crate) fn start_while(
     let result = server.run(running);
     let allocations = allocation_guard::allocations_since_armed();
     allocation_guard::disarm();
-    result.map_err(|reason| format!("{}: replica stopped: {reason}", path.display()))?;
-    if super::signal::interrupted() {
-        let (replica, in_flight) = (&server.replica, server.storage.in_flight());
-        println!(
-            "replica {} stopped by SIGTERM or SIGINT: view {}, op {}, commit {}, checkpoint {}; \
-             {in_flight} write(s) still in flight (none acknowledged)",
-            config.replica,
-            replica.view(),
-            replica.op(),
-            replica.commit_min(),
-            replica.checkpoint_op(),
-        );
-    }
+    server.stopped_log(result).map_err(|reason| format!("{}: {reason}", path.display()))?;
     Ok(allocations)
 }
 
@@ -119,11 +112,13 @@ fn print_memory(config: &Config) {
     let small = messages_small_max_replica(clients_max);
     let message_size_max = config.message_size_max as usize;
     let (streams_table, block_buffers) = StateMachine::memory_bytes(config);
-    println!(
-        "replica {}: {:.0} MiB allocated at startup: message buffers {:.0} MiB ({large} of \
-         {} KiB) and {:.0} MiB ({small} of {} KiB, for {clients_max} client sessions and their \
-         connections), latest replies {:.0} MiB (a sector per session), streams table {:.0} MiB \
-         (for {} streams), grid block buffers {:.0} MiB",
+    log!(
+        Info,
+        ReplicaMemory,
+        "replica={} allocated_mib={:.0} messages_large_mib={:.0} messages_large={large} \
+         message_large_kib={} messages_small_mib={:.0} messages_small={small} \
+         message_small_kib={} clients_max={clients_max} replies_mib={:.0} streams_table_mib={:.0} \
+         streams_max={} grid_buffers_mib={:.0}",
         config.replica,
         mib(allocation_guard::bytes_allocated() as usize),
         mib(large * message_size_max),
@@ -188,10 +183,13 @@ fn replica_open(replica: &mut Replica, storage: &mut IoStorage) -> Result<(), &'
         }
         if storage.in_flight() == 0 {
             if replica.open_waits_for_peers() {
-                log_line(format_args!(
-                    "replica {}: a grid block of the checkpoint is bad; fetching it from a peer",
+                log!(
+                    Warn,
+                    OpenRepair,
+                    "replica={} reason=\"a grid block of the checkpoint is bad; fetching it from \
+                     a peer\"",
                     replica.config().replica
-                ));
+                );
                 return Ok(());
             }
             return Err("opening stopped with no disk operation in flight");
@@ -236,6 +234,7 @@ impl Server {
                 self.bus.on_tick(self.storage.io());
                 self.outbox_send();
                 self.events_log();
+                crate::io::log::flush();
             }
             if self.replica.status() == Status::Failed {
                 return Err(self.replica.failure().unwrap_or("no reason given"));
@@ -243,6 +242,29 @@ impl Server {
             self.allocations_check();
         }
         self.drain();
+        Ok(())
+    }
+
+    /// The replica's last line: why it stopped, and where it stood.
+    fn stopped_log(&self, result: Result<(), &'static str>) -> Result<(), String> {
+        let (replica, in_flight) = (&self.replica, self.storage.in_flight());
+        let index = replica.config().replica;
+        if let Err(reason) = result {
+            log!(Error, ReplicaFailed, "replica={index} reason={}", Quoted(reason));
+            return Err(format!("replica stopped: {reason}"));
+        }
+        let signal = super::signal::interrupted();
+        log!(
+            Info,
+            ReplicaStopped,
+            "replica={index} by={} view={} op={} commit={} checkpoint={} \
+             writes_in_flight={in_flight} writes_in_flight_acknowledged=0",
+            if signal { "SIGTERM_or_SIGINT" } else { "caller" },
+            replica.view(),
+            replica.op(),
+            replica.commit_min(),
+            replica.checkpoint_op(),
+        );
         Ok(())
     }
 
@@ -295,8 +317,6 @@ impl Server {
         }
     }
 
-    /// An allocation after startup is a bug (static allocation is proven by the tests): say so
-    /// once, and keep serving.
     /// Tells the operator when the replica enters a view or installs a checkpoint by state
     /// sync, and about invalid peer messages.
     fn events_log(&mut self) {
@@ -307,21 +327,22 @@ impl Server {
             return;
         }
         let status = match now.1 {
-            Status::Normal if self.replica.is_primary() => "normal, primary",
-            Status::Normal => "normal, backup",
-            Status::ViewChange => "view change",
+            Status::Normal if self.replica.is_primary() => "normal_primary",
+            Status::Normal => "normal_backup",
+            Status::ViewChange => "view_change",
             _ => "stopped",
         };
         let (replica, view) = (self.replica.config().replica, now.0);
-        if now.2 == self.logged.2 {
-            log_line(format_args!("replica {replica}: view {view} ({status})"));
-        } else {
-            let op = self.replica.checkpoint_op();
-            log_line(format_args!(
-                "replica {replica}: view {view} ({status}); state sync installed the checkpoint \
-                 at op {op}"
-            ));
-        }
+        let synced = now.2 != self.logged.2;
+        log!(
+            Info,
+            ViewEntered,
+            "replica={replica} view={view} status={status} op={} commit={} checkpoint={} \
+             state_synced={synced}",
+            self.replica.op(),
+            self.replica.commit_min(),
+            self.replica.checkpoint_op(),
+        );
         self.logged = now;
     }
 
@@ -334,34 +355,28 @@ impl Server {
         let reason = self.replica.invalid_last().unwrap_or("unknown");
         let dropped = invalid_count - logged_count;
         let replica = self.replica.config().replica;
-        log_line(format_args!(
-            "replica {replica}: dropped {dropped} invalid peer message(s): {reason}"
-        ));
+        log!(
+            Warn,
+            PeerMessagesInvalid,
+            "replica={replica} dropped={dropped} reason={}",
+            Quoted(reason)
+        );
         self.invalid_logged = (invalid_count, self.ticks);
     }
 
+    /// An allocation after startup is a bug (static allocation is proven by the tests): say so
+    /// once, and keep serving.
     fn allocations_check(&mut self) {
         if !self.allocations_logged && allocation_guard::allocations_since_armed() > 0 {
             self.allocations_logged = true;
-            eprintln!(
-                "kimberlite: bug: {} heap allocation(s) after startup (logged once)",
+            log!(
+                Error,
+                AllocationBug,
+                "allocations_after_startup={} logged=once",
                 allocation_guard::allocations_since_armed()
             );
         }
     }
-}
-
-/// Writes one line to stderr, formatted into a stack buffer (cut at its size): the event loop
-/// allocates nothing.
-fn log_line(arguments: std::fmt::Arguments) {
-    use std::io::Write;
-    const LINE_SIZE: usize = 192;
-    let mut line = [0u8; LINE_SIZE];
-    let mut cursor = &mut line[..];
-    let _ = cursor.write_fmt(arguments);
-    let _ = cursor.write_all(b"\n");
-    let length = LINE_SIZE - cursor.len();
-    let _ = std::io::stderr().write_all(&line[..length]);
 }
 
 /// The wall clock, for prepare timestamps (the replica keeps them monotonic).

@@ -204,7 +204,7 @@ fn benchmark_starts_its_local_cluster_whole_and_cleans_up() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("300 events of 128 bytes in 300 requests"), "{stdout}");
     assert!(stdout.contains("throughput: ") && stdout.contains(" p99.99 "), "{stdout}");
-    let connected = |replica: u8| format!("message bus: connected to replica {replica}");
+    let connected = |replica: u8| format!("event=peer_connected peer_replica={replica} ");
     let (before_load, _) = stderr.split_once("every replica is connected").expect("{stderr}");
     assert!(before_load.matches(&connected(1)).count() >= 1, "{stderr}");
     assert!(before_load.matches(&connected(2)).count() >= 2, "{stderr}");

@@ -67,16 +67,15 @@ fn start_replica(path: &Path, addresses: &[SocketAddr]) -> Child {
         .arg("start")
         .arg(format!("--addresses={}", list.join(",")))
         .arg(path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start the replica");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     loop {
         let line = lines.next().expect("replica exited before listening").unwrap();
-        if line.contains("listening") {
-            std::thread::spawn(move || for _ in lines {});
+        eprintln!("{line}");
+        if line.contains(" event=replica_listening ") {
+            std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("{l}")));
             return child;
         }
     }
@@ -972,11 +971,11 @@ fn sigterm_stops_a_replica_with_a_final_line_and_a_file_that_opens() {
     let mut child = Command::new(BINARY)
         .args(["start", &format!("--addresses={address}")])
         .arg(&path)
-        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while !lines.next().unwrap().unwrap().contains("listening") {}
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    while !lines.next().unwrap().unwrap().contains(" event=replica_listening ") {}
     let mut client = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
     let create = CreateStream { stream: 1, tenant: 1 };
     client.write(Operation::CreateStream, create.as_bytes()).unwrap();
@@ -986,11 +985,56 @@ fn sigterm_stops_a_replica_with_a_final_line_and_a_file_that_opens() {
     let status = child.wait().unwrap();
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     assert!(status.success(), "{status:?}: {rest:?}");
-    assert!(rest.iter().any(|line| line.contains("stopped by SIGTERM or SIGINT")), "{rest:?}");
+    assert!(rest.iter().all(|line| log_line_valid(line)), "{rest:?}");
+    let stopped = |line: &String| {
+        line.contains(" level=info event=replica_stopped ")
+            && line.contains(" by=SIGTERM_or_SIGINT ")
+    };
+    assert!(rest.iter().any(stopped), "{rest:?}");
     assert!(inspect(&path).0, "the file inspects as usable");
     let _replicas = Replicas(vec![start(&path, address)]);
     let mut client = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
     assert_eq!(read_stream(&mut client, 1), (0..10).collect::<Vec<u64>>());
+}
+
+/// Whether `line` is a log line: `YYYY-MM-DDTHH:MM:SS.ffffffZ level=LEVEL event=NAME` and then
+/// `key=value` fields, a value quoted when it holds spaces.
+fn log_line_valid(line: &str) -> bool {
+    let Some((timestamp, rest)) = line.split_once(' ') else { return false };
+    let shape = timestamp.bytes().zip("dddd-dd-ddTdd:dd:dd.ddddddZ".bytes());
+    let timestamp_valid = timestamp.len() == 27
+        && shape.into_iter().all(|(byte, want)| match want {
+            b'd' => byte.is_ascii_digit(),
+            want => byte == want,
+        });
+    let levels = ["level=error ", "level=warn ", "level=info ", "level=debug "];
+    let Some(rest) = levels.iter().find_map(|level| rest.strip_prefix(level)) else {
+        return false;
+    };
+    let mut fields = Vec::new();
+    let mut rest = rest;
+    while !rest.is_empty() {
+        let Some((key, value)) = rest.split_once('=') else { return false };
+        let (value, after) = match value.strip_prefix('"') {
+            Some(quoted) => {
+                let mut escaped = false;
+                let end = quoted.char_indices().find(|&(_, character)| {
+                    let end = character == '"' && !escaped;
+                    escaped = character == '\\' && !escaped;
+                    end
+                });
+                let Some((end, _)) = end else { return false };
+                ("\"", &quoted[end + 1..])
+            }
+            None => value.split_once(' ').map_or((value, ""), |(value, after)| (value, after)),
+        };
+        fields.push((key, value));
+        rest = after.strip_prefix(' ').unwrap_or(after);
+    }
+    let keys_valid = fields.iter().all(|(key, _)| {
+        !key.is_empty() && key.bytes().all(|byte| byte.is_ascii_lowercase() || byte == b'_')
+    });
+    timestamp_valid && keys_valid && fields.first().is_some_and(|(key, _)| *key == "event")
 }
 
 /// Follows stream `stream` from offset 0 until `stop` is set and it holds `until()` events:
@@ -1141,22 +1185,27 @@ fn status_reports_each_replica_and_says_which_is_down() {
 #[test]
 fn start_takes_its_addresses_and_data_file_from_the_environment() {
     // Goal: `kimberlite start` with no argument runs the replica that KIMBERLITE_ADDRESSES and
-    // KIMBERLITE_DATA_FILE name, as the systemd unit starts it.
+    // KIMBERLITE_DATA_FILE name, as the systemd unit starts it, at the log level that
+    // KIMBERLITE_LOG_LEVEL names: at `warn`, a replica that starts, serves and stops writes no
+    // line at all (its lines on the way are `info`).
     let (_scratch, path) = formatted_small("environment");
     let address = address_free();
-    let mut child = Command::new(BINARY)
+    let child = Command::new(BINARY)
         .arg("start")
         .env("KIMBERLITE_ADDRESSES", address.to_string())
         .env("KIMBERLITE_DATA_FILE", &path)
-        .stdout(Stdio::piped())
+        .env("KIMBERLITE_LOG_LEVEL", "warn")
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let _replicas = Replicas(vec![child]);
-    while !lines.next().unwrap().unwrap().contains("listening") {}
     let mut client = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
     let create = CreateStream { stream: 1, tenant: 1 };
     client.write(Operation::CreateStream, create.as_bytes()).unwrap();
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
 }
 
 #[test]

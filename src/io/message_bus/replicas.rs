@@ -6,6 +6,7 @@ use std::os::fd::IntoRawFd;
 
 use super::{CloseReason, ConnectionState, MessageBus, Peer};
 use crate::constants::{RECONNECT_DELAY_TICKS_MAX, RECONNECT_DELAY_TICKS_MIN, REPLICAS_MAX};
+use crate::io::log::{Quoted, log};
 use crate::io::ring::{ConnectionToken, Io, Operation};
 use crate::io::socket::{self, ErrorDisplay};
 use crate::stdx::prng::Prng;
@@ -147,7 +148,7 @@ impl MessageBus {
         connection.state = ConnectionState::Connected;
         let dial = &mut self.dials[usize::from(replica)];
         if dial.failing || !dial.connected_once {
-            eprintln!("message bus: connected to replica {replica} at {address}");
+            log!(Info, PeerConnected, "peer_replica={replica} address={address}");
             dial.failing = false;
             dial.connected_once = true;
         }
@@ -166,10 +167,12 @@ impl MessageBus {
         let dial = &mut self.dials[usize::from(replica)];
         if !dial.failing {
             dial.failing = true;
-            eprintln!(
-                "message bus: cannot connect to replica {replica} at {address}: {} (retrying \
-                 with backoff, logged once until connected)",
-                ErrorDisplay(error)
+            log!(
+                Warn,
+                PeerConnectFailed,
+                "peer_replica={replica} address={address} error={} retry=backoff \
+                 logged=once_until_connected",
+                Quoted(ErrorDisplay(error))
             );
         }
     }
