@@ -105,17 +105,20 @@ pub(crate) fn environment_name(name: &str) -> String {
     format!("KIMBERLITE_{}", name.to_uppercase().replace('-', "_"))
 }
 
+/// One HOST:PORT address, resolved.
+pub(crate) fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut resolved| resolved.next())
+        .ok_or_else(|| format!("'{text}' is not an address (HOST:PORT)"))
+}
+
 /// Parses `--addresses=HOST:PORT,HOST:PORT`.
 pub(crate) fn parse_addresses(text: &str) -> Result<Vec<SocketAddr>, String> {
     let mut addresses = Vec::new();
     for part in text.split(',') {
-        let part = part.trim();
-        let address = part
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut resolved| resolved.next())
-            .ok_or_else(|| format!("'{part}' is not an address (HOST:PORT)"))?;
-        addresses.push(address);
+        addresses.push(parse_address(part)?);
     }
     if addresses.is_empty() || addresses.len() > crate::constants::REPLICAS_MAX {
         return Err("--addresses must list 1 to 7 replicas".to_string());

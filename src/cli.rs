@@ -1,7 +1,7 @@
 //! Command-line parsing and the subcommands. Every mistake in the arguments gets one line on
 //! stderr and exit code 1; nothing an operator types can make the binary panic.
 
-use crate::arguments::{Arguments, parse_addresses};
+use crate::arguments::{Arguments, parse_address, parse_addresses};
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 
@@ -66,18 +66,20 @@ example: kimberlite format --cluster=7 --replica=0 --replica-count=3 0.kimberlit
     (
         "start",
         "\
-usage: kimberlite start --addresses=ADDRESS[,ADDRESS...] [--log-level=LEVEL] PATH
+usage: kimberlite start --addresses=ADDRESS[,ADDRESS...] [--metrics=ADDRESS] [--log-level=LEVEL]
+                       PATH
 
 Runs the replica whose data file is PATH until it is stopped (SIGTERM or SIGINT stop it
 cleanly). --addresses lists every replica of the cluster as HOST:PORT, in replica order; this
 replica listens on its own.
 
+  --metrics=ADDRESS    serve Prometheus metrics at http://ADDRESS/metrics (HOST:PORT)
   --log-level=LEVEL    error, warn, info (default) or debug: the log lines written to stderr,
                        each `TIMESTAMP level=LEVEL event=NAME key=value...`
 
 Each flag not given is read from its environment variable (KIMBERLITE_ADDRESSES,
-KIMBERLITE_LOG_LEVEL), and PATH from KIMBERLITE_DATA_FILE, as a service manager passes them;
-the command line wins.
+KIMBERLITE_METRICS, KIMBERLITE_LOG_LEVEL), and PATH from KIMBERLITE_DATA_FILE, as a service
+manager passes them; the command line wins.
 
 example: kimberlite start --addresses=127.0.0.1:3001,127.0.0.1:3002,127.0.0.1:3003 0.kimberlite",
     ),
@@ -377,15 +379,20 @@ fn command_inspect(arguments: &[String]) -> Result<(), String> {
 }
 
 fn command_start(arguments: &[String]) -> Result<(), String> {
-    let allowed = ["addresses", "log-level"];
+    let allowed = ["addresses", "metrics", "log-level"];
     let mut arguments = Arguments::parse(arguments, &allowed)?;
     arguments.environment_fallback(&allowed, |name| std::env::var(name).ok());
     let addresses = parse_addresses(arguments.flag_required("addresses")?)?;
+    let metrics = match arguments.flag("metrics") {
+        Some(text) => Some(parse_address(text).map_err(|error| format!("--metrics: {error}"))?),
+        None => None,
+    };
     let path = arguments.path()?;
     if let Some(level) = arguments.flag("log-level") {
         crate::io::log::level_set(crate::io::log::Level::parse(level)?);
     }
-    crate::io::server::start(path.as_ref(), &addresses)
+    let options = crate::io::server::StartOptions { addresses, metrics };
+    crate::io::server::start(path.as_ref(), &options)
 }
 
 fn command_benchmark(arguments: &[String]) -> Result<(), String> {

@@ -181,8 +181,33 @@ pub const IO_OPERATIONS_DISK_MAX: usize = 512;
 /// accepts, and per connection a receive and a send, or a connect, or a close) for the most
 /// clients a data file may be formatted for. The ring is set up before the data file's
 /// configuration is read; a slot costs a few dozen bytes.
-pub const IO_OPERATIONS_MAX: usize =
-    IO_OPERATIONS_DISK_MAX + ACCEPTS_IN_FLIGHT_MAX + 2 * connections_max(CLIENTS_MAX);
+pub const IO_OPERATIONS_MAX: usize = IO_OPERATIONS_DISK_MAX
+    + ACCEPTS_IN_FLIGHT_MAX
+    + 2 * connections_max(CLIENTS_MAX)
+    + 1
+    + METRICS_CONNECTIONS_MAX;
+
+/// Scrapes the metrics endpoint serves at once (each holds one operation in the ring, beside
+/// the endpoint's one accept); a scraper beyond them waits in the listen backlog.
+pub const METRICS_CONNECTIONS_MAX: usize = 4;
+
+/// The buffer of one metrics connection: its request is received into it, then the response
+/// rendered over it.
+pub const METRICS_BUFFER_SIZE: usize = 64 * 1024;
+
+/// Ticks a metrics connection may take to send its request (1 s) before it is closed.
+pub const METRICS_REQUEST_TICKS_MAX: u64 = 1_000 / TICK_MS;
+
+/// Ticks after which a request timed for the metrics and never answered by this replica is
+/// forgotten (60 s): it was dropped, or its client went to another replica.
+pub const REQUEST_TIMING_EXPIRY_TICKS: u64 = 60_000 / TICK_MS;
+
+/// Buckets of a latency histogram: upper bounds in microseconds, each about 2.5 times the last
+/// (Prometheus's `le`, in seconds, is written from them); above the last, only `+Inf`.
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
 
 /// Accepts the message bus keeps in the ring at once, so that a crowd of clients connecting
 /// together is taken in a few turns of the event loop.

@@ -556,6 +556,21 @@ impl MessageBus {
         self.connections.iter().filter(connected).count()
     }
 
+    /// Connections open, by peer: unidentified, clients, replicas.
+    pub fn connections_by_peer(&self) -> [usize; 3] {
+        let mut counts = [0; 3];
+        for connection in self.connections.iter() {
+            if connection.state == ConnectionState::Connected {
+                counts[match connection.peer {
+                    Peer::Unknown => 0,
+                    Peer::Client(_) => 1,
+                    Peer::Replica(_) => 2,
+                }] += 1;
+            }
+        }
+        counts
+    }
+
     /// Connections holding a socket, connecting and closing ones included.
     pub fn socket_count(&self) -> usize {
         let used = |connection: &&Connection| connection.state != ConnectionState::Free;

@@ -10,6 +10,7 @@
 //!   messages, bounded send queues, back-pressure.
 //! - `socket`: the socket system calls made outside the ring, and address conversions.
 //! - `server`: `kimberlite start`, the replica's event loop over one ring.
+//! - `metrics`: the Prometheus endpoint (`start --metrics`), served over the same ring.
 //! - `data_file`: creating and opening data files (`O_DIRECT`, `flock`, fsync at open).
 //! - `log`: the replica's log lines: RFC 3339 time, level, event, `key=value` fields,
 //!   rate-limited per event.
@@ -24,6 +25,7 @@ pub mod epoll;
 pub mod format;
 pub mod log;
 pub mod message_bus;
+pub mod metrics;
 pub mod ring;
 pub mod server;
 pub mod signal;

@@ -109,6 +109,8 @@ pub struct Completed {
     /// Bytes transferred (the whole request for a read, write or send, what arrived for a
     /// receive, 0 for a sync, connect or close), the new descriptor of an accept, or the error.
     pub result: Result<usize, IoError>,
+    /// From `submit` to `pop_completed`: what the operation cost its owner (for the metrics).
+    pub duration: Duration,
 }
 
 /// How long `Io::run` may block once its submissions are in the kernel.
@@ -140,6 +142,7 @@ struct Slot {
     operation: Option<Operation>,
     transferred_bytes: usize,
     result: Result<usize, IoError>,
+    submitted: Instant,
 }
 
 #[derive(Clone, Copy)]
@@ -196,6 +199,7 @@ impl Io {
                 operation: None,
                 transferred_bytes: 0,
                 result: Ok(0),
+                submitted: Instant::now(),
             });
         }
         // Popped from the back: hand out low indices first, which reads better in traces.
@@ -240,6 +244,7 @@ impl Io {
         slot.operation = Some(operation);
         slot.transferred_bytes = 0;
         slot.result = Ok(0);
+        slot.submitted = Instant::now();
         assert!(self.queued.len() < self.queued.capacity());
         self.queued.push_back(index);
         self.in_flight_count += 1;
@@ -254,7 +259,7 @@ impl Io {
         slot.state = SlotState::Free;
         assert!(self.slots_free.len() < IO_OPERATIONS_MAX);
         self.slots_free.push(index);
-        Some(Completed { operation, result: slot.result })
+        Some(Completed { operation, result: slot.result, duration: slot.submitted.elapsed() })
     }
 
     /// Submits every recorded operation, waits as `wait` allows, and moves finished operations

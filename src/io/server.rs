@@ -15,42 +15,52 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::constants::{
-    INVALID_LOG_TICKS, IO_OPERATIONS_MAX, MESSAGE_SIZE_SMALL, SECTOR_SIZE, STOP_DRAIN_TICKS,
-    TICK_MS,
+    INVALID_LOG_TICKS, IO_OPERATIONS_MAX, MESSAGE_SIZE_SMALL, REQUEST_TIMING_EXPIRY_TICKS,
+    SECTOR_SIZE, STOP_DRAIN_TICKS, TICK_MS,
 };
 use crate::io::data_file;
 use crate::io::log::{Quoted, log};
 use crate::io::message_bus::MessageBus;
-use crate::io::ring::Wait;
+use crate::io::metrics::{MetricsServer, RequestTimer};
+use crate::io::ring::{Completed, Wait};
 use crate::io::storage::IoStorage;
 use crate::state_machine::StateMachine;
 use crate::stdx::allocation_guard;
-use crate::vsr::header::ReplicaIndex;
-use crate::vsr::header::View;
+use crate::vsr::header::{Command, ReplicaIndex, View};
 use crate::vsr::layout::Config;
 use crate::vsr::message_pool::{messages_max_replica, messages_small_max_replica, replica_pool};
 use crate::vsr::replica::{Destination, Replica, Status};
 use crate::vsr::storage::Storage;
 use crate::vsr::superblock::SuperBlock;
 
-/// Runs the replica of the data file at `path`, listening on its entry of `addresses` (indexed
-/// by replica), until it fails, or SIGTERM or SIGINT stops it (with a final line, once its
-/// writes in flight have landed). Returns only with an error an operator can act on.
-pub fn start(path: &Path, addresses: &[SocketAddr]) -> Result<(), String> {
+/// What `kimberlite start` takes besides the data file.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// Every replica's address, indexed by replica: this one listens on its own.
+    pub addresses: Vec<SocketAddr>,
+    /// Where to serve the Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Runs the replica of the data file at `path`, listening on its entry of the addresses, until
+/// it fails, or SIGTERM or SIGINT stops it (with a final line, once its writes in flight have
+/// landed). Returns only with an error an operator can act on.
+pub fn start(path: &Path, options: &StartOptions) -> Result<(), String> {
     super::signal::catch_interrupts().map_err(|error| format!("sigaction: {error}"))?;
     let running = AtomicBool::new(true);
-    start_while(path, addresses, &running, |_| {}).map(|_| ())
+    start_while(path, options, &running, |_, _| {}).map(|_| ())
 }
 
 /// `start`, returning once `running` is false (checked every turn of the loop, so within a
 /// tick) with the count of heap allocations the loop made (zero, or a bug). `listening` gets
-/// the bound address (tests listen on port 0).
+/// the bound addresses of the replica and of its metrics (tests listen on port 0).
 pub(crate) fn start_while(
     path: &Path,
-    addresses: &[SocketAddr],
+    options: &StartOptions,
     running: &AtomicBool,
-    listening: impl FnOnce(SocketAddr),
+    listening: impl FnOnce(SocketAddr, Option<SocketAddr>),
 ) -> Result<u64, String> {
+    let addresses = &options.addresses[..];
     let data_file = data_file::open(path, false).map_err(|error| error.to_string())?;
     let mut storage = IoStorage::new(data_file.file, true)
         .map_err(|error| format!("{}: io_uring setup failed: {error}", path.display()))?;
@@ -73,6 +83,7 @@ pub(crate) fn start_while(
         .listen(storage.io(), address)
         .map_err(|error| format!("cannot listen on {address}: {error}"))?;
     bus.connect_to_replicas(storage.io(), addresses);
+    let metrics = metrics_listen(&mut storage, options.metrics)?;
     print_memory(&config);
     log!(
         Info,
@@ -84,23 +95,40 @@ pub(crate) fn start_while(
         replica.commit_min(),
         replica.checkpoint_op(),
     );
-    listening(bound);
-    allocation_guard::arm();
+    let metrics_address = metrics.as_ref().map(MetricsServer::address);
+    if let Some(address) = metrics_address {
+        log!(Info, MetricsListening, "replica={} address={address}", config.replica);
+    }
+    listening(bound, metrics_address);
     let logged = (replica.view(), replica.status(), 0);
     let mut server = Server {
         replica,
         storage,
         bus,
+        metrics,
+        requests: RequestTimer::new(config.clients_max as usize),
         allocations_logged: false,
         logged,
         invalid_logged: (0, 0),
         ticks: 0,
     };
+    allocation_guard::arm();
     let result = server.run(running);
     let allocations = allocation_guard::allocations_since_armed();
     allocation_guard::disarm();
     server.stopped_log(result).map_err(|reason| format!("{}: {reason}", path.display()))?;
     Ok(allocations)
+}
+
+/// The metrics endpoint, if `address` asks for one.
+fn metrics_listen(
+    storage: &mut IoStorage,
+    address: Option<SocketAddr>,
+) -> Result<Option<MetricsServer>, String> {
+    let Some(address) = address else { return Ok(None) };
+    let server = MetricsServer::listen(storage.io(), address)
+        .map_err(|error| format!("cannot listen for metrics on {address}: {error}"))?;
+    Ok(Some(server))
 }
 
 /// Prints what startup allocated (all of what the replica will ever hold), and what for: the
@@ -201,10 +229,14 @@ fn replica_open(replica: &mut Replica, storage: &mut IoStorage) -> Result<(), &'
     }
 }
 
+mod exposition;
+
 struct Server {
     replica: Replica,
     storage: IoStorage,
     bus: MessageBus,
+    metrics: Option<MetricsServer>,
+    requests: RequestTimer,
     allocations_logged: bool,
     /// What `events_log` last reported: view, status, state syncs.
     logged: (View, Status, u64),
@@ -232,6 +264,7 @@ impl Server {
                 self.ticks += 1;
                 self.replica.on_tick(&mut self.storage, realtime_ns());
                 self.bus.on_tick(self.storage.io());
+                self.metrics_tick(now);
                 self.outbox_send();
                 self.events_log();
                 crate::io::log::flush();
@@ -282,7 +315,10 @@ impl Server {
     /// Hands each finished operation to its owner: disk to the replica, network to the bus.
     fn completions_dispatch(&mut self) {
         while let Some(completed) = self.storage.io().pop_completed() {
-            if completed.operation.is_network() {
+            let metrics = self.metrics.as_ref();
+            if metrics.is_some_and(|metrics| metrics.owns(&completed.operation)) {
+                self.metrics_complete(completed);
+            } else if completed.operation.is_network() {
                 self.bus.on_completion(self.storage.io(), completed);
             } else {
                 let completion = self.storage.complete(completed);
@@ -295,6 +331,10 @@ impl Server {
     /// Gives the replica every message received, then lets stalled connections receive again.
     fn inbox_deliver(&mut self) {
         while let Some(message) = self.bus.receive() {
+            if message.header().command() == Some(Command::Request) {
+                let body = message.message().body();
+                self.requests.arrived(message.header(), body, Instant::now());
+            }
             self.replica.on_message(&mut self.storage, message);
             self.outbox_send();
         }
@@ -308,6 +348,9 @@ impl Server {
         while let Some((destination, message)) = self.replica.poll_send() {
             match destination {
                 Destination::Client(client) => {
+                    if message.header().command() == Some(Command::Reply) {
+                        self.requests.replied(message.header(), Instant::now());
+                    }
                     self.bus.send_to_client(self.storage.io(), client, message);
                 }
                 Destination::Replica(replica) => {
@@ -315,6 +358,29 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// The metrics endpoint's tick, and the expiry of requests never answered here.
+    fn metrics_tick(&mut self, now: Instant) {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.on_tick(self.storage.io());
+        }
+        if self.ticks.is_multiple_of(REQUEST_TIMING_EXPIRY_TICKS) {
+            self.requests.expire(now, Duration::from_millis(REQUEST_TIMING_EXPIRY_TICKS * TICK_MS));
+        }
+    }
+
+    /// Hands a completion to the metrics endpoint; answers a request that has arrived.
+    fn metrics_complete(&mut self, completed: Completed) {
+        let metrics = self.metrics.as_mut().expect("it owns the operation");
+        let Some((index, request)) = metrics.on_completion(self.storage.io(), completed) else {
+            return;
+        };
+        let mut metrics = self.metrics.take().expect("it owns the operation");
+        let endpoint = metrics.metrics;
+        let response = metrics.render(index, request, |out| self.metrics_render(out, &endpoint));
+        metrics.respond(self.storage.io(), index, response);
+        self.metrics = Some(metrics);
     }
 
     /// Tells the operator when the replica enters a view or installs a checkpoint by state
@@ -412,6 +478,11 @@ mod tests {
         "127.0.0.1:0".parse().unwrap()
     }
 
+    /// Options for a cluster of `count` replicas on any free port, without metrics.
+    fn on(count: usize) -> StartOptions {
+        StartOptions { addresses: vec![localhost(); count], metrics: None }
+    }
+
     /// Sends `header` (with an empty body) and reads back one message's header.
     fn exchange(client: &mut TcpStream, mut header: Header) -> Header {
         header.set_checksum_body(&[]);
@@ -428,20 +499,34 @@ mod tests {
         reply
     }
 
+    /// A `GET path` over HTTP/1.1: the status line and the body, which must be as long as its
+    /// Content-Length says.
+    fn http_get(address: SocketAddr, path: &str) -> (String, String) {
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let length = head.lines().find_map(|line| line.strip_prefix("Content-Length: ")).unwrap();
+        assert_eq!(length.parse::<usize>().unwrap(), body.len());
+        (head.lines().next().unwrap().to_string(), body.to_string())
+    }
+
     #[test]
     fn start_refuses_what_it_cannot_serve() {
         // Goal: a missing data file and address lists of the wrong length (for a cluster of
         // three and of one) each end `start` with an error that says so, before listening.
         let scratch = ScratchDirectory::new("server-refusals");
-        let missing = start(&scratch.path.join("missing"), &[localhost()]).unwrap_err();
+        let missing = start(&scratch.path.join("missing"), &on(1)).unwrap_err();
         assert!(missing.contains("no such data file"), "{missing}");
         let three = scratch.path.join("0_3.kimberlite");
         format_file(&three, &small_config(3)).unwrap();
-        let error = start(&three, &[localhost(), localhost()]).unwrap_err();
+        let error = start(&three, &on(2)).unwrap_err();
         assert!(error.contains("lists 2 addresses; the cluster has 3"), "{error}");
         let one = scratch.path.join("0_1.kimberlite");
         format_file(&one, &small_config(1)).unwrap();
-        let error = start(&one, &[localhost(), localhost()]).unwrap_err();
+        let error = start(&one, &on(2)).unwrap_err();
         assert!(error.contains("lists 2 addresses"), "{error}");
     }
 
@@ -449,7 +534,9 @@ mod tests {
     fn started_replica_answers_clients_over_tcp_without_allocating() {
         // Goal: a formatted single-replica data file starts and listens; over a real socket a
         // ping_client gets its pong_client and a register request gets its reply (written to the
-        // WAL, committed, answered), the loop allocates nothing after startup, and the replica
+        // WAL, committed, answered); a scrape of its metrics shows that commit, the request's
+        // and the WAL write's timing, and the client's session and connection, and another path
+        // gets 404; the loop allocates nothing after startup, scrapes included, and the replica
         // stops cleanly when asked.
         let scratch = ScratchDirectory::new("server-start");
         let path = scratch.path.join("0_0.kimberlite");
@@ -460,12 +547,14 @@ mod tests {
         let server = {
             let running = running.clone();
             std::thread::spawn(move || {
-                start_while(&path, &[localhost()], &running, |bound| {
-                    address_sender.send(bound).unwrap()
+                let options =
+                    StartOptions { addresses: vec![localhost()], metrics: Some(localhost()) };
+                start_while(&path, &options, &running, |bound, metrics| {
+                    address_sender.send((bound, metrics.unwrap())).unwrap()
                 })
             })
         };
-        let address = address_receiver.recv_timeout(Duration::from_secs(30)).unwrap();
+        let (address, metrics) = address_receiver.recv_timeout(Duration::from_secs(30)).unwrap();
         let mut client = TcpStream::connect(address).unwrap();
         client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let client_id: ClientId = ClientId(0x5EED);
@@ -482,6 +571,23 @@ mod tests {
         assert_eq!(reply.command(), Some(Command::Reply));
         assert_eq!(reply.client, client_id);
         assert_eq!(reply.op, Op(1));
+        let (status, body) = http_get(metrics, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        for line in [
+            "kimberlite_replica_commit 1\n",
+            "kimberlite_replica_status{status=\"normal\"} 1\n",
+            "kimberlite_replica_primary 1\n",
+            "kimberlite_client_sessions 1\n",
+            "kimberlite_request_duration_seconds_count{kind=\"write\"} 1\n",
+            "kimberlite_journal_write_duration_seconds_count{zone=\"prepares\"} 1\n",
+            "kimberlite_connections{peer=\"client\"} 1\n",
+            "kimberlite_metrics_scrapes_total 0\n",
+        ] {
+            assert!(body.contains(line), "{line} missing from:\n{body}");
+        }
+        let (status, body) = http_get(metrics, "/other");
+        assert_eq!(status, "HTTP/1.1 404 Not Found", "{body}");
+        assert!(http_get(metrics, "/").1.contains("kimberlite_metrics_scrapes_total 1\n"));
         running.store(false, Ordering::Relaxed);
         let allocations = server.join().unwrap().unwrap();
         assert_eq!(allocations, 0, "the event loop allocated after startup");

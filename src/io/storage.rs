@@ -14,6 +14,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 
+use crate::io::metrics::Histogram;
 use crate::io::ring::{Completed, Io, Operation, Wait};
 use crate::vsr::message_pool::Message;
 use crate::vsr::storage::{Completion, IoError, IoKind, IoOwner, IoRequest, IoToken, Storage};
@@ -27,6 +28,9 @@ pub struct IoStorage {
     durable_writes: bool,
     in_flight: usize,
     written_bytes: u64,
+    /// Latency of the WAL's writes: prepares, and header sectors (for the metrics).
+    pub journal_prepare_writes: Histogram,
+    pub journal_header_writes: Histogram,
 }
 
 impl IoStorage {
@@ -35,7 +39,16 @@ impl IoStorage {
     pub fn new(file: File, durable_writes: bool) -> std::io::Result<IoStorage> {
         let size_bytes = file.metadata()?.len();
         let io = Io::new()?;
-        Ok(IoStorage { io, file, size_bytes, durable_writes, in_flight: 0, written_bytes: 0 })
+        Ok(IoStorage {
+            io,
+            file,
+            size_bytes,
+            durable_writes,
+            in_flight: 0,
+            written_bytes: 0,
+            journal_prepare_writes: Histogram::default(),
+            journal_header_writes: Histogram::default(),
+        })
     }
 
     /// Whether every write carries `RWF_DSYNC`.
@@ -67,6 +80,11 @@ impl IoStorage {
         let result = completed.result.map(|length| assert_eq!(length, request.length));
         if request.kind.is_write() && result.is_ok() {
             self.written_bytes += request.length as u64;
+            match request.token.owner {
+                IoOwner::JournalPrepare => self.journal_prepare_writes.observe(completed.duration),
+                IoOwner::JournalHeaders => self.journal_header_writes.observe(completed.duration),
+                _ => {}
+            }
         }
         self.in_flight -= 1;
         Completion { request, buffer, result }

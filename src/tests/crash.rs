@@ -7,7 +7,7 @@
 //! through the restart too.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -61,11 +61,18 @@ fn start(path: &Path, address: SocketAddr) -> Child {
 // The caller owns the child and waits for it; a panic here fails the test anyway.
 #[allow(clippy::zombie_processes)]
 fn start_replica(path: &Path, addresses: &[SocketAddr]) -> Child {
+    start_replica_with(path, addresses, &[])
+}
+
+// The caller owns the child and waits for it; a panic here fails the test anyway.
+#[allow(clippy::zombie_processes)]
+fn start_replica_with(path: &Path, addresses: &[SocketAddr], options: &[String]) -> Child {
     lock_wait(path);
     let list: Vec<String> = addresses.iter().map(ToString::to_string).collect();
     let mut child = Command::new(BINARY)
         .arg("start")
         .arg(format!("--addresses={}", list.join(",")))
+        .args(options)
         .arg(path)
         .stderr(Stdio::piped())
         .spawn()
@@ -380,6 +387,15 @@ impl TestCluster {
 
     /// A cluster whose data files are formatted with `options` besides the cluster's own.
     fn start_formatted(name: &str, options: &[&str]) -> TestCluster {
+        TestCluster::start_formatted_with(name, options, |_| Vec::new())
+    }
+
+    /// `start_formatted`, replica i started with `start_options(i)` besides its addresses.
+    fn start_formatted_with(
+        name: &str,
+        options: &[&str],
+        start_options: impl Fn(usize) -> Vec<String>,
+    ) -> TestCluster {
         let directory = std::env::current_dir()
             .unwrap()
             .join(format!("target/crash-test-{name}-{}", std::process::id()));
@@ -398,7 +414,10 @@ impl TestCluster {
                 .unwrap();
             assert!(status.success());
         }
-        let replicas = Replicas(paths.iter().map(|path| start_replica(path, &addresses)).collect());
+        let started = paths.iter().enumerate();
+        let started =
+            started.map(|(i, path)| start_replica_with(path, &addresses, &start_options(i)));
+        let replicas = Replicas(started.collect());
         let mut client = Client::new(CLUSTER, &addresses, MESSAGE_SIZE_MAX);
         for stream in 1..=STREAMS {
             let body = CreateStream { stream, tenant: 1 };
@@ -995,6 +1014,68 @@ fn sigterm_stops_a_replica_with_a_final_line_and_a_file_that_opens() {
     let _replicas = Replicas(vec![start(&path, address)]);
     let mut client = Client::new(CLUSTER, &[address], MESSAGE_SIZE_MAX);
     assert_eq!(read_stream(&mut client, 1), (0..10).collect::<Vec<u64>>());
+}
+
+/// The body of `GET /metrics` at `address`.
+fn scrape(address: SocketAddr) -> String {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    body.to_string()
+}
+
+/// The value of sample `name` (with its labels, if any) in a scrape.
+fn sample(body: &str, name: &str) -> u64 {
+    let line = body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' '));
+    line.unwrap_or_else(|| panic!("{name} missing from:\n{body}")).parse().unwrap()
+}
+
+#[test]
+fn metrics_of_a_live_three_replica_cluster_move_as_writes_commit() {
+    // Goal: each replica of a 3-replica cluster started with --metrics serves the Prometheus
+    // format; exactly one says it is the primary; after 50 appends, every replica's commit,
+    // prepares and bytes written have moved by at least as much, the primary timed 50 more
+    // writes, and each sees its two peers connected (a dial that failed while a peer was not
+    // yet listening is retried within a second).
+    let metrics: Vec<SocketAddr> = (0..3).map(|_| address_free()).collect();
+    let options = |replica: usize| vec![format!("--metrics={}", metrics[replica])];
+    let cluster = TestCluster::start_formatted_with("metrics", &["--grid-size=256MiB"], options);
+    let before: Vec<String> = metrics.iter().map(|address| scrape(*address)).collect();
+    let primaries = before.iter().filter(|body| sample(body, "kimberlite_replica_primary") == 1);
+    assert_eq!(primaries.count(), 1);
+    let primary = before.iter().position(|body| sample(body, "kimberlite_replica_primary") == 1);
+    let mut client = Client::new(CLUSTER, &cluster.addresses, MESSAGE_SIZE_MAX);
+    for sequence in 0..50 {
+        client.write(Operation::Append, &append_body(1, sequence, 1)).unwrap();
+    }
+    let writes = "kimberlite_request_duration_seconds_count{kind=\"write\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (replica, address) in metrics.iter().enumerate() {
+        let moved = |name: &str, after: &str| sample(after, name) - sample(&before[replica], name);
+        let after = loop {
+            let after = scrape(*address);
+            let peers = sample(&after, "kimberlite_connections{peer=\"replica\"}");
+            let caught_up = moved("kimberlite_replica_commit", &after) >= 50 && peers == 2;
+            if caught_up || Instant::now() > deadline {
+                break after;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(moved("kimberlite_replica_commit", &after) >= 50, "{after}");
+        assert!(moved("kimberlite_replica_commits_total", &after) >= 50, "{after}");
+        assert!(moved("kimberlite_replica_prepares_total", &after) >= 50, "{after}");
+        let written = moved("kimberlite_storage_written_bytes_total", &after);
+        assert!(written >= 50 * EVENT_SIZE as u64, "{after}");
+        assert_eq!(sample(&after, "kimberlite_connections{peer=\"replica\"}"), 2, "{after}");
+        assert_eq!(sample(&after, "kimberlite_replica_status{status=\"normal\"}"), 1);
+        if Some(replica) == primary {
+            assert!(moved(writes, &after) >= 50, "{after}");
+        }
+    }
 }
 
 /// Whether `line` is a log line: `YYYY-MM-DDTHH:MM:SS.ffffffZ level=LEVEL event=NAME` and then

@@ -104,6 +104,11 @@ impl ClientSessions {
         &self.records
     }
 
+    /// Clients with a session.
+    pub fn count(&self) -> usize {
+        self.records.iter().filter(|record| record.client != ClientId::NONE).count()
+    }
+
     /// Replaces the table with a checkpointed one (at open). Records are untrusted bytes from
     /// disk: a table with a duplicate client is rejected.
     pub fn restore(&mut self, records: &[ClientSessionRecord]) -> Result<(), &'static str> {

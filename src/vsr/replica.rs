@@ -205,6 +205,36 @@ struct ReplyFields {
     request_checksum: Checksum,
 }
 
+/// Where the replica stands, for the metrics endpoint: what a scrape reads besides `Metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub primary: bool,
+    /// State sync is fetching a checkpoint (or waiting for one, its own being lost).
+    pub syncing: bool,
+    /// The replica lost its data file and has not caught up with the cluster yet.
+    pub rejoining: bool,
+    pub view: u64,
+    pub op: u64,
+    pub commit_min: u64,
+    /// The highest commit this replica knows the cluster reached.
+    pub commit_max: u64,
+    pub checkpoint_op: u64,
+    /// WAL entries to repair: ones whose prepare this replica lacks or holds a wrong version of
+    /// (dirty), and ones whose bytes on disk are bad (faulty).
+    pub journal_dirty: u64,
+    pub journal_faulty: u64,
+    /// The grid block state sync fetches next, and the grid head it fetches up to (0 and 0 when
+    /// it is not syncing).
+    pub sync_block_next: u64,
+    pub sync_block_end: u64,
+    /// Bytes of grid in use, and left for events before `storage_full`.
+    pub grid_used_bytes: u64,
+    pub grid_room_bytes: u64,
+    /// The cluster's grid, in blocks.
+    pub grid_limit_blocks: u64,
+    pub client_sessions: u64,
+}
+
 crate::vsr::counters::counters! {
 /// Counters for operators and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -526,6 +556,29 @@ impl Replica {
 
     pub fn metrics(&self) -> Metrics {
         Metrics { log_headers_stale: self.log_headers_stale.get(), ..self.metrics }
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        let (sync_block_next, sync_block_end) = self.sync.progress();
+        let (grid_used_bytes, grid_room_bytes) = self.state_machine.grid_use();
+        Gauges {
+            primary: self.status == Status::Normal && self.is_primary(),
+            syncing: self.sync.active(),
+            rejoining: self.rejoin.learning || self.log_faulty,
+            view: u64::from(self.view.get()),
+            op: self.head.op().get(),
+            commit_min: self.commit_min.get(),
+            commit_max: self.commit_max.get(),
+            checkpoint_op: self.checkpoint_op.get(),
+            journal_dirty: self.journal.dirty_count() as u64,
+            journal_faulty: self.journal.faulty_count() as u64,
+            sync_block_next,
+            sync_block_end,
+            grid_used_bytes,
+            grid_room_bytes,
+            grid_limit_blocks: self.state_machine.grid_blocks_limit(),
+            client_sessions: self.sessions.count() as u64,
+        }
     }
 
     pub fn op(&self) -> Op {

@@ -168,6 +168,15 @@ impl SyncState {
         }
     }
 
+    /// The block fetched next and the grid head fetching ends at, while blocks are fetched;
+    /// (0, 0) otherwise.
+    pub fn progress(&self) -> (u64, u64) {
+        match self.phase {
+            Phase::Blocks => (self.block_next, self.body.grid_head),
+            _ => (0, 0),
+        }
+    }
+
     pub fn active(&self) -> bool {
         self.phase != Phase::Idle || self.state_lost
     }
