@@ -134,7 +134,7 @@ mod tests {
     fn start_takes_flags_and_path_from_the_environment_when_the_command_line_lacks_them() {
         // Goal: `KIMBERLITE_<FLAG>` and `KIMBERLITE_DATA_FILE` stand in for a missing flag and
         // PATH; the command line wins; the systemd unit sets exactly the variables `start`
-        // reads.
+        // reads (one per flag, and the data file).
         let environment = |name: &str| match name {
             "KIMBERLITE_ADDRESSES" => Some("10.0.0.1:3001".to_string()),
             "KIMBERLITE_DATA_FILE" => Some("/var/lib/kimberlite/0_0.kimberlite".to_string()),
@@ -156,6 +156,10 @@ mod tests {
             .filter_map(|assignment| assignment.split_once('=').map(|(name, _)| name))
             .collect();
         set.sort_unstable();
-        assert_eq!(set, [environment_name("addresses").as_str(), ENVIRONMENT_DATA_FILE]);
+        let mut read: Vec<String> =
+            crate::cli::START_FLAGS.iter().map(|flag| environment_name(flag)).collect();
+        read.push(ENVIRONMENT_DATA_FILE.to_string());
+        read.sort_unstable();
+        assert_eq!(set, read);
     }
 }

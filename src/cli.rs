@@ -378,10 +378,12 @@ fn command_inspect(arguments: &[String]) -> Result<(), String> {
     if report.usable { Ok(()) } else { Err(format!("{path} is not usable")) }
 }
 
+/// The flags of `start` (each also read from `KIMBERLITE_<FLAG>`).
+pub(crate) const START_FLAGS: [&str; 3] = ["addresses", "metrics", "log-level"];
+
 fn command_start(arguments: &[String]) -> Result<(), String> {
-    let allowed = ["addresses", "metrics", "log-level"];
-    let mut arguments = Arguments::parse(arguments, &allowed)?;
-    arguments.environment_fallback(&allowed, |name| std::env::var(name).ok());
+    let mut arguments = Arguments::parse(arguments, &START_FLAGS)?;
+    arguments.environment_fallback(&START_FLAGS, |name| std::env::var(name).ok());
     let addresses = parse_addresses(arguments.flag_required("addresses")?)?;
     let metrics = match arguments.flag("metrics") {
         Some(text) => Some(parse_address(text).map_err(|error| format!("--metrics: {error}"))?),
