@@ -15,7 +15,8 @@ const USAGE: &str = "\
 usage:
   kimberlite format --cluster=ID --replica=I --replica-count=N [--grid-size=SIZE]
                     [--clients-max=N] [--streams-max=N] [--rejoin] PATH
-  kimberlite start --addresses=ADDRESS[,ADDRESS...] PATH
+  kimberlite start --addresses=ADDRESS[,ADDRESS...] [--metrics=ADDRESS] [--log-level=LEVEL]
+                   PATH
   kimberlite inspect [--format=json] PATH
   kimberlite benchmark [--addresses=...] [--cluster=ID] [--replica-count=N] [--clients=N]
                        [--events=N] [--event-size=BYTES] [--batch=N] [--streams=N]
@@ -29,6 +30,8 @@ usage:
       tail STREAM [--offset=N] | tail --log [--position=N]
       info STREAM [--linearizable]
   kimberlite status --addresses=... --cluster=ID [--format=json]
+  kimberlite export --addresses=... --cluster=ID FILE
+  kimberlite import --addresses=... --cluster=ID FILE
   kimberlite vopr [--seed=N] [--replicas=N] [--ticks=N] [--check-determinism]
   kimberlite version (or --version)
 
@@ -43,7 +46,7 @@ started, it recovers the cluster's log from its peers and takes no part in view 
 until it has.";
 
 /// `kimberlite COMMAND --help`: what the command does, its options, and an example.
-const HELP: [(&str, &str); 8] = [
+const HELP: [(&str, &str); 10] = [
     (
         "format",
         "\
@@ -169,6 +172,36 @@ the primary's. --format=json prints one object with a \"replicas\" array.
 example: kimberlite status --addresses=10.0.0.1:3001,10.0.0.2:3001,10.0.0.3:3001 --cluster=7",
     ),
     (
+        "export",
+        "\
+usage: kimberlite export --addresses=ADDRESS[,ADDRESS...] --cluster=ID FILE
+
+Writes the cluster's committed log to FILE (which must not exist), while the cluster serves:
+every event, in log order, with its stream, offset, position, timestamp, type, metadata, data
+and chain checksum. Each event is checked against its stream's chain before it is written, and
+each stream's chain against the cluster's at the end. The log is read up to what was committed
+when the last read started; events appended later are not in the file. Streams that hold no
+event are not in the log, so not in the file. `kimberlite import` loads the file.
+
+example: kimberlite export --addresses=10.0.0.1:3001,10.0.0.2:3001,10.0.0.3:3001 --cluster=7 \
+backup.kimberlite-log",
+    ),
+    (
+        "import",
+        "\
+usage: kimberlite import --addresses=ADDRESS[,ADDRESS...] --cluster=ID FILE
+
+Loads a log that `kimberlite export` wrote into a fresh cluster (formatted, started, and
+written to by nothing else meanwhile): every event at its original offset and position, with
+its original timestamp, so that every chain checksum is the exported one. The cluster appends
+each batch only if it chains to the checksum the file carries; at the end each stream's chain
+and length are compared with the file's. A cluster that already holds events is refused at
+the first batch (import_position_wrong), and nothing of that batch is appended.
+
+example: kimberlite import --addresses=10.0.1.1:3001,10.0.1.2:3001,10.0.1.3:3001 --cluster=8 \
+backup.kimberlite-log",
+    ),
+    (
         "version",
         "\
 usage: kimberlite version   (or kimberlite --version)
@@ -204,6 +237,8 @@ pub fn main_with_args(arguments: &[String]) -> i32 {
         "benchmark" => command_benchmark(rest),
         "client" => crate::cli_client::command_client(rest),
         "status" => crate::cli_status::command_status(rest),
+        "export" => crate::cli_backup::command_export(rest),
+        "import" => crate::cli_backup::command_import(rest),
         "vopr" => match vopr_invocation(rest) {
             Ok(invocation) => return crate::sim::vopr::command(invocation),
             Err(message) => Err(message),
@@ -490,10 +525,12 @@ fn command_version(arguments: &[String]) -> Result<(), String> {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "kimberlite {} (commit {}, profile {})",
+        "kimberlite {} (commit {}, profile {}; protocol {}, data file format {})",
         env!("CARGO_PKG_VERSION"),
         crate::BUILD_COMMIT,
-        crate::BUILD_PROFILE
+        crate::BUILD_PROFILE,
+        crate::constants::PROTOCOL_VERSION,
+        crate::constants::SUPERBLOCK_VERSION,
     );
     print!("{text}");
     Ok(())

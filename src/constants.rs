@@ -222,10 +222,10 @@ pub const FORMAT_WRITE_SIZE: usize = 1024 * 1024;
 pub const FORMAT_WRITES_IN_FLIGHT: usize = 4;
 
 /// The wire and disk protocol version carried by every header.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// The data-file format version carried by the superblock.
-pub const SUPERBLOCK_VERSION: u16 = 7;
+pub const SUPERBLOCK_VERSION: u16 = 8;
 
 /// Ops between checkpoints for a journal of `slot_count` slots. A checkpoint must be durable
 /// before the ring wraps over the ops it covers, so a replica takes no prepare beyond its

@@ -9,6 +9,7 @@
 mod arguments;
 pub mod benchmark;
 pub mod cli;
+mod cli_backup;
 mod cli_client;
 mod cli_status;
 pub mod client;

@@ -57,8 +57,8 @@ use crate::state_machine::streams::{Stream, Streams};
 use crate::state_machine::types::{
     AppendBatches, AppendResult, Batch, BlockHeader, BlockKind, BlockPointer, CreateStream,
     CreateStreamResult, CreateStreams, DirectoryEntry, Event, EventHeader, EventRecord, Events,
-    ReadReplyHeader, Request, ResultCode, TableEntry, chain_next, chain_seed, record_size,
-    stream_id_valid,
+    ImportBatch, ReadReplyHeader, Request, ResultCode, TableEntry, chain_next, chain_seed,
+    record_size, stream_id_valid,
 };
 use crate::vsr::header::{Checksum, ChecksumBytes, ClusterId, Op, Operation};
 use crate::vsr::layout::{Config, Layout, Zone};
@@ -619,6 +619,7 @@ impl StateMachine {
                 CreateStreams::count(&entries) * size_of::<CreateStreamResult>()
             }
             Request::Append(batches) => batches.count() * size_of::<AppendResult>(),
+            Request::Import(batches) => batches.count() * size_of::<AppendResult>(),
             Request::Empty => 0,
         };
         assert!(reply_body.len() >= reply_size);
@@ -627,6 +628,16 @@ impl StateMachine {
             Request::CreateStreams(entries) => self.create_streams(entries, reply_body),
             Request::Append(batches) => {
                 self.append_batches(storage, op, timestamp, batches, reply_body)
+            }
+            Request::Import(batches) => {
+                let mut count = 0;
+                for (head, batch) in batches {
+                    let result = self.import_batch(storage, op, &head, &batch);
+                    let size = size_of::<AppendResult>();
+                    reply_body[count * size..][..size].copy_from_slice(result.as_bytes());
+                    count += 1;
+                }
+                count * size_of::<AppendResult>()
             }
             Request::Empty => 0,
         };
@@ -761,13 +772,8 @@ impl StateMachine {
             (Some(_), expected) if expected == offset_first => {}
             (Some(_), _) => return reject(ResultCode::ExpectedOffsetWrong, offset_first),
         }
-        for event in events {
-            if event.event_type.is_empty() {
-                return reject(ResultCode::EventTypeEmpty, offset_first);
-            }
-            if event.header().payload_size() > u64::from(self.limits.event_size_max) {
-                return reject(ResultCode::EventTooLarge, offset_first);
-            }
+        if let Some(result) = self.events_refused(events) {
+            return reject(result, offset_first);
         }
         let seals = self.append_seals_needed(entry, events);
         if !self.grid_room(seals, true) {
@@ -786,6 +792,95 @@ impl StateMachine {
             self.streams.get(entry).offset_next,
             offset_first + u64::from(batch.event_count)
         );
+        self.dirty = true;
+        reject(ResultCode::Ok, offset_first)
+    }
+
+    /// Why an append or import of `events` is refused whatever the stream: an event without a
+    /// type, or larger than the cluster's maximum.
+    fn events_refused(&self, events: Events<'_>) -> Option<ResultCode> {
+        for event in events {
+            if event.event_type.is_empty() {
+                return Some(ResultCode::EventTypeEmpty);
+            }
+            if event.header().payload_size() > u64::from(self.limits.event_size_max) {
+                return Some(ResultCode::EventTooLarge);
+            }
+        }
+        None
+    }
+
+    /// Appends an import batch (`ImportBatch`): only at the log's next position and the
+    /// stream's next offset, with the tenant the stream has (creating it at offset 0), and only
+    /// if its events chain to the checksum it carries; then as an append, with the batch's
+    /// timestamp. All of the batch or none of it.
+    fn import_batch<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        op: Op,
+        head: &ImportBatch,
+        batch: &Batch<'_>,
+    ) -> AppendResult {
+        let (stream_id, events) = (head.append.stream, batch.events());
+        let reject = |result: ResultCode, offset: u64| AppendResult {
+            result: result as u32,
+            reserved: 0,
+            offset,
+        };
+        if !stream_id_valid(stream_id) {
+            return reject(ResultCode::StreamIdInvalid, 0);
+        }
+        if head.position != self.log.position_next {
+            return reject(ResultCode::ImportPositionWrong, self.log.position_next);
+        }
+        let entry = self.streams.lookup(stream_id);
+        let (offset_first, tenant, chain) = match entry {
+            Some(entry) => {
+                let stream = self.streams.get(entry);
+                (stream.offset_next, stream.tenant, stream.chain)
+            }
+            None if self.streams.is_full() => return reject(ResultCode::StreamsFull, 0),
+            None => (0, head.tenant, chain_seed(stream_id, head.tenant)),
+        };
+        if head.append.expected_offset != offset_first || head.tenant != tenant {
+            return reject(ResultCode::ExpectedOffsetWrong, offset_first);
+        }
+        if let Some(result) = self.events_refused(events) {
+            return reject(result, offset_first);
+        }
+        let records = (0..).map(|index| EventRecord {
+            stream: stream_id,
+            offset: offset_first + index,
+            position: head.position + index,
+            timestamp: head.timestamp,
+            chain: ChecksumBytes::ZERO,
+            data_size: 0,
+            metadata_size: 0,
+            type_size: 0,
+            reserved: 0,
+        });
+        let chain_last = events.zip(records).fold(chain, |chain, (event, record)| {
+            let header = event.header();
+            let record = EventRecord {
+                data_size: header.data_size,
+                metadata_size: header.metadata_size,
+                type_size: header.type_size,
+                ..record
+            };
+            chain_next(chain, &record, &event)
+        });
+        if chain_last != Checksum::from(head.chain) {
+            return reject(ResultCode::ImportChainWrong, offset_first);
+        }
+        let seals = self.append_seals_needed(entry, events);
+        if !self.grid_room(seals, true) {
+            return reject(ResultCode::StorageFull, offset_first);
+        }
+        let entry = entry.unwrap_or_else(|| self.streams.insert(stream_id, tenant, chain));
+        for event in events {
+            self.append_event(storage, op, head.timestamp, entry, &event);
+        }
+        assert_eq!(self.streams.get(entry).chain, chain_last);
         self.dirty = true;
         reject(ResultCode::Ok, offset_first)
     }

@@ -11,8 +11,8 @@ use super::*;
 use crate::constants::{APPEND_BATCHES_MAX, CREATE_STREAMS_MAX, EVENT_SIZE_MAX, GRID_READS_MAX};
 use crate::sim::storage::MemoryStorage;
 use crate::state_machine::types::{
-    AppendEncoder, BlockHeader, Event, ReadLog, ReadStream, StreamInfo, StreamInfoReply,
-    append_batch_body, record_next,
+    AppendEncoder, BlockHeader, Event, ImportEncoder, ReadLog, ReadStream, StreamInfo,
+    StreamInfoReply, append_batch_body, import_batch_split, record_next,
 };
 use crate::stdx::prng::Prng;
 use crate::vsr::header::ReplicaIndex;
@@ -1016,6 +1016,19 @@ fn every_result_code_is_produced_by_some_scenario() {
     }
     seen.insert(harness.read_stream(9, 0, 1).result as u32);
     seen.insert(read_parse(&harness.read(Operation::ReadLog, &[1])).result as u32);
+    // The log's first event imported again: at a position the log holds, then moved to the
+    // log's next position and its stream's next offset, where it does not chain.
+    let events = log_with_tenants(&mut harness);
+    assert!(events.iter().all(|(record, _, _)| record.stream == 2));
+    let mut body = import_bodies(&events[..1], 2 * EVENT_SIZE_MAX as usize).remove(0);
+    let import = |harness: &mut Harness, body: &[u8]| {
+        append_results(&harness.commit(Operation::Import, body))[0].0 as u32
+    };
+    seen.insert(import(&mut harness, &body));
+    let (mut head, _) = ImportBatch::read_from_prefix(&body).unwrap();
+    (head.position, head.append.expected_offset) = (events.len() as u64, events.len() as u64);
+    body[..size_of::<ImportBatch>()].copy_from_slice(head.as_bytes());
+    seen.insert(import(&mut harness, &body));
     harness.run_until_idle();
     let block = harness.block_offset(0);
     harness.storage.inner.corrupt_sector(block + 8192);
@@ -1567,4 +1580,112 @@ fn checkpoints_reuse_the_blocks_of_the_one_before_last_and_never_seal_a_partial_
             (index as u64, &(index as u64).to_le_bytes().to_vec())
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Import: an exported log replayed.
+
+/// Every event of `harness`'s log with its stream's tenant, in log order.
+fn log_with_tenants(harness: &mut Harness) -> Vec<(EventRecord, TestEvent, u64)> {
+    let mut events = Vec::new();
+    loop {
+        let read = harness.read_log(events.len() as u64, u32::MAX);
+        assert_eq!(read.result, ResultCode::Ok);
+        for (record, event) in read.events {
+            let info = harness.read(Operation::StreamInfo, record.stream.as_bytes());
+            let tenant = StreamInfoReply::read_from_bytes(&info).unwrap().tenant;
+            events.push((record, event, tenant));
+        }
+        if read.next >= read.end {
+            return events;
+        }
+    }
+}
+
+/// Import request bodies for `events`: batches of at most `batch_size_max` bytes, at most
+/// `APPEND_BATCHES_MAX` per body.
+fn import_bodies(events: &[(EventRecord, TestEvent, u64)], batch_size_max: usize) -> Vec<Vec<u8>> {
+    let mut encoder = ImportEncoder::new(batch_size_max);
+    let mut batches = Vec::new();
+    for (record, event, tenant) in events {
+        batches.extend(encoder.push(record, &event.as_event(), *tenant));
+    }
+    batches.extend(encoder.finish());
+    batches.chunks(APPEND_BATCHES_MAX).map(|chunk| chunk.concat()).collect()
+}
+
+#[test]
+fn import_replays_an_exported_log_to_identical_records_and_chains() {
+    // Goal: a random log (creates, appends of many streams over many ops), read back with its
+    // tenants and encoded as import batches (of one stream and one op each), imports
+    // into an empty store with every batch ok and every record identical: offsets, positions,
+    // timestamps, payloads and chains; each stream's stream_info is the source's.
+    let config = Config { grid_size: 32 * MIB, ..small_config() };
+    let mut source = Harness::new(config, Some(11));
+    let mut workload = Workload::new(11, &source);
+    for _ in 0..120 {
+        workload.commit_random(&mut [&mut source]);
+    }
+    let events = log_with_tenants(&mut source);
+    assert!(events.len() > 200, "{}", events.len());
+    let mut target = Harness::new(config, Some(12));
+    let batch_size_max = config.message_size_max as usize - HEADER_SIZE;
+    for body in import_bodies(&events, batch_size_max) {
+        let results = append_results(&target.commit(Operation::Import, &body));
+        assert!(results.iter().all(|(code, _)| *code == ResultCode::Ok), "{results:?}");
+    }
+    let imported = log_with_tenants(&mut target);
+    assert_eq!(imported, events);
+    for (record, _, _) in &events {
+        let info =
+            |harness: &mut Harness| harness.read(Operation::StreamInfo, record.stream.as_bytes());
+        assert_eq!(info(&mut target), info(&mut source));
+    }
+}
+
+#[test]
+fn import_refuses_each_batch_that_does_not_continue_the_log_exactly() {
+    // Goal: against a store holding the first events of an export, a batch is refused, with
+    // nothing of it appended, when its position is not the log's next (the offset in the
+    // reply is that position), its offset or tenant is not the stream's, its events do not
+    // chain to its checksum, or its stream id is invalid; the right next batch then succeeds.
+    let mut source = Harness::new(small_config(), None);
+    source.commit(Operation::CreateStream, &create_body(&[(4, 44)]));
+    source.commit(Operation::Append, &one_batch(4, 0, vec![vec![1; 10], vec![2; 20]]));
+    source.commit(Operation::Append, &one_batch(4, 2, vec![vec![3; 30]]));
+    let events = log_with_tenants(&mut source);
+    let bodies = import_bodies(&events, 4096);
+    assert_eq!(bodies.len(), 1);
+    let (first, second) = import_batch_split(&bodies[0]).unwrap().unwrap();
+    let second_bytes = second.rest;
+    let first_bytes = &bodies[0][..bodies[0].len() - second_bytes.len()];
+    let mut target = Harness::new(small_config(), None);
+    let result =
+        |target: &mut Harness, body: &[u8]| append_results(&target.commit(Operation::Import, body));
+    assert_eq!(result(&mut target, second_bytes), [(ResultCode::ImportPositionWrong, 0)]);
+    assert_eq!(result(&mut target, first_bytes), [(ResultCode::Ok, 0)]);
+    assert_eq!(result(&mut target, first_bytes), [(ResultCode::ImportPositionWrong, 2)]);
+    let altered = |change: &dyn Fn(&mut ImportBatch)| {
+        let mut bytes = second_bytes.to_vec();
+        let (mut head, _) = ImportBatch::read_from_prefix(&bytes).unwrap();
+        change(&mut head);
+        bytes[..size_of::<ImportBatch>()].copy_from_slice(head.as_bytes());
+        bytes
+    };
+    let offset = altered(&|head| head.append.expected_offset = 3);
+    assert_eq!(result(&mut target, &offset), [(ResultCode::ExpectedOffsetWrong, 2)]);
+    let tenant = altered(&|head| head.tenant = 45);
+    assert_eq!(result(&mut target, &tenant), [(ResultCode::ExpectedOffsetWrong, 2)]);
+    let timestamp = altered(&|head| head.timestamp += 1);
+    assert_eq!(result(&mut target, &timestamp), [(ResultCode::ImportChainWrong, 2)]);
+    // The last event: 8 bytes of header, type "t", 30 bytes of data, one byte of padding.
+    let mut data = second_bytes.to_vec();
+    let at = data.len() - 2;
+    data[at] ^= 1;
+    assert_eq!(result(&mut target, &data), [(ResultCode::ImportChainWrong, 2)]);
+    let stream = altered(&|head| head.append.stream = u64::MAX);
+    assert_eq!(result(&mut target, &stream), [(ResultCode::StreamIdInvalid, 0)]);
+    assert_eq!(result(&mut target, second_bytes), [(ResultCode::Ok, 2)]);
+    assert_eq!(log_with_tenants(&mut target), events);
+    assert_eq!(first.append.event_count, 2);
 }

@@ -42,10 +42,18 @@ pub enum ResultCode {
     /// read_stream, read_log: a grid block failed verification (checksum, address, structure)
     /// or could not be read. Events before it in the reply are good.
     BlockCorrupt = 10,
+    /// import: the batch's first position is not the log's next one (the cluster's log is not
+    /// the one the export was taken from, up to this batch); the reply's offset is the log's
+    /// next position.
+    ImportPositionWrong = 11,
+    /// import: the chain after the batch's events is not the one the batch carries (the file
+    /// was changed, or the stream's earlier events differ); the reply's offset is the stream's
+    /// next offset.
+    ImportChainWrong = 12,
 }
 
 impl ResultCode {
-    pub const ALL: [ResultCode; 11] = [
+    pub const ALL: [ResultCode; 13] = [
         ResultCode::Ok,
         ResultCode::StreamExists,
         ResultCode::StreamNotFound,
@@ -57,6 +65,8 @@ impl ResultCode {
         ResultCode::EventTypeEmpty,
         ResultCode::BodyInvalid,
         ResultCode::BlockCorrupt,
+        ResultCode::ImportPositionWrong,
+        ResultCode::ImportChainWrong,
     ];
 
     pub fn from_u32(value: u32) -> Option<ResultCode> {
@@ -76,6 +86,8 @@ impl ResultCode {
             ResultCode::EventTypeEmpty => "event_type_empty",
             ResultCode::BodyInvalid => "body_invalid",
             ResultCode::BlockCorrupt => "block_corrupt",
+            ResultCode::ImportPositionWrong => "import_position_wrong",
+            ResultCode::ImportChainWrong => "import_chain_wrong",
         }
     }
 }
@@ -109,6 +121,25 @@ pub struct AppendBatch {
     pub expected_offset: u64,
     pub event_count: u32,
     pub events_size_bytes: u32,
+}
+
+/// The head of one import batch (`kimberlite import`, from a file `kimberlite export` wrote):
+/// events of one stream exactly as the exported log held them, to be appended at the same
+/// offsets and positions with the same timestamp, so that they chain to the same checksums.
+/// `append` is an append batch's head (`expected_offset`: the offset of the first event); its
+/// `event_count` events follow, in the append encoding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub struct ImportBatch {
+    pub append: AppendBatch,
+    /// The stream's tenant (its chain's seed): the batch that starts a stream creates it.
+    pub tenant: u64,
+    /// The log position of the first event.
+    pub position: u64,
+    /// The timestamp every event of the batch was committed with.
+    pub timestamp: u64,
+    /// The stream's chain after the batch's last event.
+    pub chain: ChecksumBytes,
 }
 
 /// The head of one event in an append batch; its payload follows: `type_size` bytes of type,
@@ -541,6 +572,7 @@ pub enum Request<'a> {
     Empty,
     CreateStreams(CreateStreams<'a>),
     Append(AppendBatches<'a>),
+    Import(ImportBatches<'a>),
 }
 
 impl<'a> Request<'a> {
@@ -550,6 +582,7 @@ impl<'a> Request<'a> {
             Operation::CreateStream => create_stream_body_invalid(body),
             Operation::Append => append_body_invalid(body),
             Operation::AppendPacked => packed_body_invalid(body),
+            Operation::Import => import_body_invalid(body),
             Operation::ReadStream | Operation::ReadLog | Operation::StreamInfo => {
                 Some("reads are served from committed state and never prepared")
             }
@@ -562,6 +595,7 @@ impl<'a> Request<'a> {
         Ok(match operation {
             Operation::CreateStream => Request::CreateStreams(CreateStreams { body }),
             Operation::Append => Request::Append(AppendBatches { rest: body }),
+            Operation::Import => Request::Import(ImportBatches { rest: body }),
             Operation::AppendPacked => {
                 Request::Append(AppendBatches { rest: packed_split(body).expect("parsed").1 })
             }
@@ -702,6 +736,136 @@ impl<'a> Iterator for AppendBatches<'a> {
         self.rest = batch.rest;
         Some(batch)
     }
+}
+
+/// The batches of a parsed import body, in order.
+#[derive(Clone, Copy, Debug)]
+pub struct ImportBatches<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for ImportBatches<'a> {
+    type Item = (ImportBatch, Batch<'a>);
+
+    fn next(&mut self) -> Option<(ImportBatch, Batch<'a>)> {
+        let (head, batch) = import_batch_split(self.rest).expect("parsed")?;
+        self.rest = batch.rest;
+        Some((head, batch))
+    }
+}
+
+impl ImportBatches<'_> {
+    pub fn count(&self) -> usize {
+        (*self).fold(0, |count, _| count + 1)
+    }
+}
+
+/// Gathers a log's events, in log order, into import batches (`ImportBatch` and its events in
+/// the append encoding): consecutive events of one stream committed with one timestamp, each
+/// batch at most `batch_size_max` bytes. What `kimberlite export` writes.
+pub struct ImportEncoder {
+    batch_size_max: usize,
+    batch: Option<ImportBatch>,
+    events: Vec<u8>,
+}
+
+impl ImportEncoder {
+    pub fn new(batch_size_max: usize) -> ImportEncoder {
+        ImportEncoder { batch_size_max, batch: None, events: Vec::new() }
+    }
+
+    /// Adds the event `record` describes (of a stream with `tenant`); returns the batch it
+    /// closed first (its bytes), if the event could not join it.
+    pub fn push(
+        &mut self,
+        record: &EventRecord,
+        event: &Event<'_>,
+        tenant: u64,
+    ) -> Option<Vec<u8>> {
+        let size = AppendEncoder::event_size(event.header().payload_size());
+        assert!(size_of::<ImportBatch>() + size <= self.batch_size_max, "an event fits a batch");
+        let budget = self.batch_size_max - size_of::<ImportBatch>();
+        let joins = self.batch.is_some_and(|batch| {
+            batch.append.stream == record.stream
+                && batch.timestamp == record.timestamp
+                && batch.append.expected_offset + u64::from(batch.append.event_count)
+                    == record.offset
+                && self.events.len() + size <= budget
+        });
+        let closed = if joins { None } else { self.finish() };
+        let batch = self.batch.get_or_insert(ImportBatch {
+            append: AppendBatch {
+                stream: record.stream,
+                expected_offset: record.offset,
+                event_count: 0,
+                events_size_bytes: 0,
+            },
+            tenant,
+            position: record.position,
+            timestamp: record.timestamp,
+            chain: record.chain,
+        });
+        batch.append.event_count += 1;
+        batch.chain = record.chain;
+        let header = event.header();
+        self.events.extend_from_slice(header.as_bytes());
+        for part in [event.event_type, event.metadata, event.data] {
+            self.events.extend_from_slice(part);
+        }
+        let padding = padded_size(header.payload_size()) - header.payload_size();
+        self.events.resize(self.events.len() + padding as usize, 0);
+        closed
+    }
+
+    /// The batch being gathered, closed (its bytes), if any.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        let mut batch = self.batch.take()?;
+        batch.append.events_size_bytes = u32::try_from(self.events.len()).expect("in budget");
+        let mut bytes = Vec::with_capacity(size_of::<ImportBatch>() + self.events.len());
+        bytes.extend_from_slice(batch.as_bytes());
+        bytes.append(&mut self.events);
+        Some(bytes)
+    }
+}
+
+/// Cuts the first import batch off `body` (its head, and its events as an append batch);
+/// `Ok(None)` when `body` is empty.
+pub fn import_batch_split(body: &[u8]) -> Result<Option<(ImportBatch, Batch<'_>)>, &'static str> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let Ok((head, rest)) = ImportBatch::read_from_prefix(body) else {
+        return Err("import: batch header truncated");
+    };
+    if head.append.event_count == 0 {
+        return Err("import: batch has no events");
+    }
+    let events_size = head.append.events_size_bytes as usize;
+    if events_size > rest.len() {
+        return Err("import: batch events overrun the body");
+    }
+    let (events, rest) = rest.split_at(events_size);
+    Ok(Some((head, Batch { header: head.append, events, rest })))
+}
+
+fn import_body_invalid(body: &[u8]) -> Option<&'static str> {
+    if body.is_empty() {
+        return Some("import: body is empty");
+    }
+    let mut rest = body;
+    for _ in 0..APPEND_BATCHES_MAX {
+        match import_batch_split(rest) {
+            Err(reason) => return Some(reason),
+            Ok(None) => return None,
+            Ok(Some((_, batch))) => {
+                if let Err(reason) = events_invalid(&batch) {
+                    return Some(reason);
+                }
+                rest = batch.rest;
+            }
+        }
+    }
+    (!rest.is_empty()).then_some("import: more batches than one request may carry")
 }
 
 /// Why `body` cannot be prepared as `operation`, or `None` (`Request::parse`). The primary

@@ -215,9 +215,8 @@ fn benchmark_starts_its_local_cluster_whole_and_cleans_up() {
 fn every_command_has_help_with_an_example_and_the_binary_a_version() {
     // Goal: `--help` (or `-h`) after any command prints its usage, options and an example on
     // stdout and exits 0, whatever else is on the line; `--version` prints the version.
-    for command in
-        ["format", "start", "inspect", "benchmark", "client", "status", "vopr", "version"]
-    {
+    let commands = ["format", "start", "inspect", "benchmark", "client", "status", "export"];
+    for command in commands.into_iter().chain(["import", "vopr", "version"]) {
         for flag in ["--help", "-h"] {
             let output = run(&[command, "--cluster=1", flag]);
             let stdout = String::from_utf8_lossy(&output.stdout);
@@ -225,7 +224,7 @@ fn every_command_has_help_with_an_example_and_the_binary_a_version() {
             assert!(stdout.starts_with(&format!("usage: kimberlite {command}")), "{stdout}");
         }
     }
-    for command in ["format", "start", "inspect", "benchmark", "client", "status", "vopr"] {
+    for command in commands.into_iter().chain(["import", "vopr"]) {
         let output = run(&[command, "--help"]);
         assert!(String::from_utf8_lossy(&output.stdout).contains("example"), "{command}");
     }

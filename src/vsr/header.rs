@@ -385,6 +385,9 @@ pub enum Operation {
     /// Appends of several client sessions that the primary packed into one prepare (never sent
     /// by a client): one journal write, one flush and one replication round for all of them.
     AppendPacked = 133,
+    /// Events of an exported log, appended at their original offsets and positions with their
+    /// original timestamps (`kimberlite import`).
+    Import = 134,
 }
 
 impl Operation {
@@ -400,6 +403,7 @@ impl Operation {
             131 => Some(Operation::ReadLog),
             132 => Some(Operation::StreamInfo),
             133 => Some(Operation::AppendPacked),
+            134 => Some(Operation::Import),
             _ => None,
         }
     }
@@ -473,8 +477,8 @@ const PONG_STATUS_LIMIT: u32 = 1 << 10;
 pub const READ_MODE_LINEARIZABLE: u32 = 1;
 
 /// Why a header of another protocol version is refused.
-const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 7)";
-const_assert_eq!(PROTOCOL_VERSION, 7);
+const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 8)";
+const_assert_eq!(PROTOCOL_VERSION, 8);
 /// Where `protocol` sits in every version of the header (version 1 had it there too).
 pub const HEADER_PROTOCOL_OFFSET: usize = 88;
 /// The header checksum covers every byte after the checksum itself.

@@ -41,7 +41,7 @@ const CONTEXT: u128 = 0xC0DE_0001_0000_0000_0000_0000_0000_0001;
 
 /// Every reason `invalid()` and `decode()` can return, as written in header.rs.
 /// Why a header of another protocol version is refused (`Header::decode`, `invalid`).
-const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 7)";
+const PROTOCOL_DIFFERS: &str = "protocol version differs (this build speaks version 8)";
 
 const REASONS: [&str; 64] = [
     // decode
@@ -749,7 +749,7 @@ fn header_with_replica_index_out_of_range_is_rejected() {
 fn header_with_unknown_operation_is_rejected() {
     // Goal: operations between the protocol's and the event store's ranges, and above them,
     // are refused.
-    for operation in [4, 127, 134, u8::MAX] {
+    for operation in [4, 127, 135, u8::MAX] {
         rejects(valid(Command::Request), |h| h.operation = operation, "operation unknown");
     }
 }
@@ -1479,7 +1479,7 @@ fn command_from_u8_round_trips_every_byte() {
 #[test]
 fn operation_from_u8_round_trips_every_byte() {
     // Goal: from_u8 is the inverse of `as u8` on the operations, and None on every other byte.
-    let known: Vec<u8> = (0..=3).chain(128..=133).collect();
+    let known: Vec<u8> = (0..=3).chain(128..=134).collect();
     for value in 0..=u8::MAX {
         match Operation::from_u8(value) {
             Some(operation) => assert_eq!(operation as u8, value),
