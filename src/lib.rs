@@ -6,26 +6,41 @@
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
-mod arguments;
-pub mod benchmark;
-pub mod cli;
-mod cli_backup;
-mod cli_client;
-mod cli_status;
+// The protocol, the event store, the client core and the blocking client: always built.
 pub mod client;
 pub mod constants;
-pub mod fuzz_targets;
-pub mod inspect;
-pub mod io;
-pub mod sim;
 pub mod state_machine;
 pub mod stdx;
+pub mod vsr;
+
+// The replica and everything around it (feature `replica`, on by default): the clients under
+// `src/clients` build without it, so they bring no io_uring and no global allocator.
+#[cfg(feature = "replica")]
+mod arguments;
+#[cfg(feature = "replica")]
+pub mod benchmark;
+#[cfg(feature = "replica")]
+pub mod cli;
+#[cfg(feature = "replica")]
+mod cli_backup;
+#[cfg(feature = "replica")]
+mod cli_client;
+#[cfg(feature = "replica")]
+mod cli_status;
+#[cfg(feature = "replica")]
+pub mod fuzz_targets;
+#[cfg(feature = "replica")]
+pub mod inspect;
+#[cfg(feature = "replica")]
+pub mod io;
+#[cfg(feature = "replica")]
+pub mod sim;
 #[cfg(test)]
 mod tidy;
-pub mod vsr;
 
 /// Every allocation goes through the guard, so a test can prove the replica allocates nothing
 /// after startup.
+#[cfg(feature = "replica")]
 #[global_allocator]
 static ALLOCATOR: io::allocator::GuardedAllocator = io::allocator::GuardedAllocator;
 
