@@ -101,6 +101,10 @@ fn collect(directory: &Path, paths: &mut Vec<std::path::PathBuf>) {
     for entry in fs::read_dir(directory).expect("readable source directory") {
         let path = entry.expect("directory entry").path();
         if path.is_dir() {
+            // A client built apart (the Python one) keeps its build under its own `target`.
+            if path.file_name().is_some_and(|name| name == "target") {
+                continue;
+            }
             collect(&path, paths);
         } else if path.extension().is_some_and(|extension| extension == "rs") {
             paths.push(path);

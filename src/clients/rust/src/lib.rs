@@ -621,11 +621,12 @@ impl Iterator for Events {
     type Item = Result<RecordedEvent, Error>;
 
     fn next(&mut self) -> Option<Result<RecordedEvent, Error>> {
-        if self.buffered.is_empty() && !self.done {
-            if let Err(error) = self.fill() {
-                self.done = true;
-                return Some(Err(error));
-            }
+        if self.buffered.is_empty()
+            && !self.done
+            && let Err(error) = self.fill()
+        {
+            self.done = true;
+            return Some(Err(error));
         }
         self.buffered.pop_front().map(Ok)
     }
