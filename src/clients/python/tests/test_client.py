@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -101,6 +102,19 @@ class ClientTest(unittest.TestCase):
             client.append(1, ["not a tuple"])
         with self.assertRaises(ValueError):
             client.append(1, [("T", "x")], expected="sometimes")
+
+    def test_readme_example_runs_as_written(self):
+        # Goal: the README shows examples/quickstart.py verbatim, and that program, run
+        # against a fresh cluster, appends, reads, reports the stream's length and sees a
+        # subscribed event.
+        path = os.path.join(ROOT, "src", "clients", "python", "examples", "quickstart.py")
+        with open(path) as example, open(os.path.join(ROOT, "README.md")) as readme:
+            self.assertIn(example.read(), readme.read())
+        output = subprocess.run(
+            [sys.executable, path, ",".join(self.cluster.addresses), str(CLUSTER)],
+            capture_output=True, text=True, timeout=120, check=True)
+        self.assertEqual(output.stdout, '0 AccountOpened {"owner":"ada"}\n1 Deposited '
+                         '{"amount":10}\nstream 42 holds 2 events\nsubscription: offset 1\n')
 
     def test_subscription_sees_every_event_once_through_a_primary_failover(self):
         # Goal: a subscription (a generator) to a stream that does not exist yet sees each of

@@ -198,3 +198,20 @@ fn a_subscription_sees_every_event_once_through_a_primary_failover() {
     let seen = subscriber.join().unwrap();
     assert_eq!(seen, (0..200).collect::<Vec<_>>());
 }
+
+#[test]
+fn the_readme_rust_example_runs_as_written() {
+    // Goal: the README shows examples/quickstart.rs verbatim, and that program, run against a
+    // fresh cluster, appends, reads, reports the stream's length and sees a subscribed event.
+    let readme = include_str!("../../../../README.md");
+    let example = include_str!("../examples/quickstart.rs");
+    assert!(readme.contains(example), "the README's Rust example is not examples/quickstart.rs");
+    let cluster = Cluster::start("readme");
+    let program = binary().parent().unwrap().join("examples").join("quickstart");
+    let list: Vec<String> = cluster.addresses.iter().map(ToString::to_string).collect();
+    let output = Command::new(program).arg(list.join(",")).arg("77").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let expected = "0 AccountOpened {\"owner\":\"ada\"}\n1 Deposited {\"amount\":10}\n\
+                    stream 42 holds 2 events\nsubscription: offset 1\n";
+    assert_eq!(String::from_utf8_lossy(&output.stdout), expected);
+}
