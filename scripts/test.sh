@@ -12,5 +12,7 @@ if cargo tree --locked -p kimberlite-client -e normal | grep -q io-uring; then
 fi
 python3 -m venv target/python-venv
 target/python-venv/bin/pip install --quiet ./src/clients/python
+# XXH3 for the client written from docs/client-protocol.md alone (tests/test_protocol_doc.py).
+target/python-venv/bin/pip install --quiet xxhash
 KIMBERLITE_BINARY="$PWD/target/release/kimberlite" \
     target/python-venv/bin/python -m unittest discover -s src/clients/python/tests -v

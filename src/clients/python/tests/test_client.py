@@ -41,6 +41,21 @@ class Cluster:
                  "--replica-count=3", "--grid-size=64MiB", self.path(replica)],
                 check=True, stdout=subprocess.DEVNULL)
             self.start(replica)
+        for address in self.addresses:
+            self.wait_listening(address)
+
+    @staticmethod
+    def wait_listening(address):
+        host, port = address.rsplit(":", 1)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def path(self, replica):
         return os.path.join(self.directory, "%d.kimberlite" % replica)
