@@ -179,8 +179,8 @@ usage: kimberlite export --addresses=ADDRESS[,ADDRESS...] --cluster=ID FILE
 Writes the cluster's committed log to FILE (which must not exist), while the cluster serves:
 every event, in log order, with its stream, offset, position, timestamp, type, metadata, data
 and chain checksum. Each event is checked against its stream's chain before it is written, and
-each stream's chain against the cluster's at the end. The log is read up to what was committed
-when the last read started; events appended later are not in the file. Streams that hold no
+each stream's chain against the cluster's at the end. The log is read up to its end when the
+first read was served; events appended later are not in the file. Streams that hold no
 event are not in the log, so not in the file. `kimberlite import` loads the file.
 
 example: kimberlite export --addresses=10.0.0.1:3001,10.0.0.2:3001,10.0.0.3:3001 --cluster=7 \
@@ -193,9 +193,10 @@ usage: kimberlite import --addresses=ADDRESS[,ADDRESS...] --cluster=ID FILE
 
 Loads a log that `kimberlite export` wrote into a fresh cluster (formatted, started, and
 written to by nothing else meanwhile): every event at its original offset and position, with
-its original timestamp, so that every chain checksum is the exported one. The cluster appends
-each batch only if it chains to the checksum the file carries; at the end each stream's chain
-and length are compared with the file's. A cluster that already holds events is refused at
+its original timestamp, so that every chain checksum is the exported one. The whole file is
+read and checked first (a truncated or damaged file imports nothing); the cluster appends each
+batch only if it chains to the checksum the file carries; at the end each stream's chain and
+length are compared with the file's. A cluster that already holds events is refused at
 the first batch (import_position_wrong), and nothing of that batch is appended.
 
 example: kimberlite import --addresses=10.0.1.1:3001,10.0.1.2:3001,10.0.1.3:3001 --cluster=8 \

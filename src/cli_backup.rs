@@ -7,14 +7,17 @@
 //! stream. The export checks every event it reads against its stream's chain (from the seed
 //! that `stream_info`'s tenant gives) before it writes it; the import sends the batches in
 //! order, and the cluster appends each only if it chains to the checksum it carries, at the
-//! position and offset it names: the imported log is the exported one, chains included. Both
-//! then compare each stream's chain and length with the cluster's.
+//! position and offset it names: the imported log is the exported one, chains included. The
+//! import reads the whole file once before it sends anything, checking its structure and its
+//! tail's counts and checksum, so that a truncated or damaged file imports nothing. Both then
+//! compare each stream's chain and length with the cluster's. The export covers the log up to
+//! its end when the export's first read was served.
 //!
 //! Streams that hold no event are not in the log, so not in the file.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -185,7 +188,9 @@ impl Export {
             exported_at_ns: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX),
         };
         self.output.write_all(head.as_bytes()).map_err(|error| error.to_string())?;
-        let mut position = 0;
+        // Up to the log's end when the first read started: a cluster written to faster than the
+        // export reads would otherwise never let it finish.
+        let (mut position, mut end) = (0, None);
         loop {
             let request =
                 ReadLog { position_from: position, count_max: EXPORT_READ_COUNT_MAX, wait_ms: 0 };
@@ -199,9 +204,11 @@ impl Export {
             if ResultCode::from_u32(head.result) != Some(ResultCode::Ok) {
                 return Err(format!("read_log at position {position}: result {}", head.result));
             }
-            self.records_take(position, head.event_count, records)?;
-            position = head.next;
-            if head.next >= head.end {
+            let end = *end.get_or_insert(head.end);
+            let count = head.event_count.min(u32::try_from(end - position).unwrap_or(u32::MAX));
+            self.records_take(position, count, records)?;
+            position += u64::from(count);
+            if position >= end {
                 break;
             }
         }
@@ -324,7 +331,20 @@ impl Import {
         }
     }
 
+    /// Reads the whole file once to check it (its structure, and its tail's counts and
+    /// checksum), so that a damaged file imports nothing; then again, sending it.
     fn run(&mut self) -> Result<FileTail, String> {
+        self.pass(false)?;
+        self.input.seek(SeekFrom::Start(0)).map_err(|error| error.to_string())?;
+        self.pass(true)?;
+        self.request_send()?;
+        self.streams_verify()?;
+        Ok(self.tail)
+    }
+
+    /// One pass over the file: checking it (`send` false: counts, checksum, streams, tail), or
+    /// sending its batches.
+    fn pass(&mut self, send: bool) -> Result<(), String> {
         let mut head = FileHead::new_zeroed();
         self.read_exact(head.as_mut_bytes(), "the file head")?;
         if head.magic != FILE_MAGIC || head.version != FILE_VERSION {
@@ -334,16 +354,21 @@ impl Import {
             let mut batch = ImportBatch::new_zeroed();
             self.read_exact(batch.as_mut_bytes(), "a batch head or the file tail")?;
             if batch.append.stream == 0 {
-                self.tail_check(&batch)?;
-                break;
+                return if send { Ok(()) } else { self.tail_check(&batch) };
+            }
+            let size = size_of::<ImportBatch>() + batch.append.events_size_bytes as usize;
+            if size > self.client.body_size_max() {
+                let position = batch.position;
+                return Err(format!("batch at position {position} is larger than a request"));
             }
             let mut events = vec![0u8; batch.append.events_size_bytes as usize];
             self.read_exact(&mut events, "a batch's events")?;
-            self.batch_take(batch, &events)?;
+            if send {
+                self.batch_send(batch, &events)?;
+            } else {
+                self.batch_count(batch, &events);
+            }
         }
-        self.request_send()?;
-        self.streams_verify()?;
-        Ok(self.tail)
     }
 
     fn read_exact(&mut self, bytes: &mut [u8], what: &str) -> Result<(), String> {
@@ -372,21 +397,23 @@ impl Import {
     }
 
     /// Adds a batch to the request being gathered, sending that request first if it is full.
-    fn batch_take(&mut self, batch: ImportBatch, events: &[u8]) -> Result<(), String> {
+    fn batch_send(&mut self, batch: ImportBatch, events: &[u8]) -> Result<(), String> {
         let size = size_of::<ImportBatch>() + events.len();
-        if size > self.client.body_size_max() {
-            return Err(format!("batch at position {} is larger than a request", batch.position));
-        }
         let full = self.body.len() + size > self.client.body_size_max()
             || self.heads.len() == APPEND_BATCHES_MAX;
         if full {
             self.request_send()?;
         }
-        let start = self.body.len();
         self.body.extend_from_slice(batch.as_bytes());
         self.body.extend_from_slice(events);
-        self.batches_checksum = checksum_chain(self.batches_checksum, &self.body[start..]);
         self.heads.push(batch);
+        Ok(())
+    }
+
+    /// Counts a batch for the check against the tail, and notes its stream's chain.
+    fn batch_count(&mut self, batch: ImportBatch, events: &[u8]) {
+        let bytes = [batch.as_bytes(), events].concat();
+        self.batches_checksum = checksum_chain(self.batches_checksum, &bytes);
         self.tail.events += u64::from(batch.append.event_count);
         self.tail.batches += 1;
         let stream = self.streams.entry(batch.append.stream).or_insert(StreamState {
@@ -396,7 +423,6 @@ impl Import {
         });
         stream.offset_next = batch.append.expected_offset + u64::from(batch.append.event_count);
         stream.chain = Checksum::from(batch.chain);
-        Ok(())
     }
 
     /// Sends the gathered batches as one import request; every batch must be appended.

@@ -198,6 +198,10 @@ pub const METRICS_BUFFER_SIZE: usize = 64 * 1024;
 /// Ticks a metrics connection may take to send its request (1 s) before it is closed.
 pub const METRICS_REQUEST_TICKS_MAX: u64 = 1_000 / TICK_MS;
 
+/// Ticks from a metrics connection's accept until its response must have been sent (5 s): a
+/// scraper that does not read its response is closed, so it cannot hold a connection.
+pub const METRICS_RESPONSE_TICKS_MAX: u64 = 5_000 / TICK_MS;
+
 /// Ticks after which a request timed for the metrics and never answered by this replica is
 /// forgotten (60 s): it was dropped, or its client went to another replica.
 pub const REQUEST_TIMING_EXPIRY_TICKS: u64 = 60_000 / TICK_MS;

@@ -4,19 +4,19 @@
 //! with spaces is quoted, see `Quoted`).
 //!
 //! Lines below the level set by `level_set` (`--log-level`) are not written. Each event is
-//! rate-limited on its own: at most `LOG_LINES_PER_WINDOW_MAX` lines per `LOG_WINDOW_MS`; the
-//! lines beyond are counted, and the count is reported by the event's next line
-//! (`suppressed=N`) or, when none comes, by a `log_suppressed` line that `flush` writes once the
-//! window has passed (the server calls it every tick).
+//! rate-limited on its own, on a monotonic clock: at most `LOG_LINES_PER_WINDOW_MAX` lines per
+//! `LOG_WINDOW_MS`; the lines beyond are counted, and the count is reported by the event's next
+//! line (`suppressed=N`) or, when none comes, by a `log_suppressed` line that `flush` writes
+//! once the window has passed (the server calls it every tick).
 //!
 //! A line is formatted into a stack buffer (cut at `LOG_LINE_SIZE_MAX`) and written with one
 //! `write`: the event loop allocates nothing, and lines of concurrent replicas (tests run
 //! several in one process) do not interleave.
 
 use std::fmt::{self, Write as _};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::constants::{LOG_LINE_SIZE_MAX, LOG_LINES_PER_WINDOW_MAX, LOG_WINDOW_MS};
 
@@ -111,10 +111,13 @@ pub fn line(level: Level, event: Event, fields: fmt::Arguments) {
     if !enabled(level) {
         return;
     }
-    let now_us = now_us();
-    let Some(suppressed) = admit(event, now_us / 1_000) else { return };
+    let Some(suppressed) = admit(event, monotonic_ms()) else { return };
+    line_write(level, event, fields, suppressed);
+}
+
+fn line_write(level: Level, event: Event, fields: fmt::Arguments, suppressed: u64) {
     let mut buffer = LineBuffer::new();
-    let _ = write!(buffer, "{} level={} event={} ", Rfc3339(now_us), level.name(), event.name());
+    let _ = write!(buffer, "{} level={} event={} ", Rfc3339(now_us()), level.name(), event.name());
     let _ = buffer.write_fmt(fields);
     if suppressed > 0 {
         let _ = write!(buffer, " suppressed={suppressed}");
@@ -123,9 +126,13 @@ pub fn line(level: Level, event: Event, fields: fmt::Arguments) {
 }
 
 /// Reports the lines suppressed in windows that have passed with no later line of their event
-/// to carry the count.
+/// to carry the count. These reports are not rate-limited themselves (at most one per event
+/// per window), so that no count is lost.
 pub fn flush() {
-    let now_ms = now_us() / 1_000;
+    if !enabled(Level::Warn) {
+        return;
+    }
+    let now_ms = monotonic_ms();
     for event in Event::ALL {
         let suppressed = {
             let mut windows = WINDOWS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -135,10 +142,11 @@ pub fn flush() {
             }
             std::mem::take(suppressed)
         };
-        line(
+        line_write(
             Level::Warn,
             Event::LogSuppressed,
             format_args!("of={} count={suppressed} window_ms={LOG_WINDOW_MS}", event.name()),
+            0,
         );
     }
 }
@@ -157,6 +165,14 @@ fn admit(event: Event, now_ms: u64) -> Option<u64> {
     }
     *lines += 1;
     Some(std::mem::take(suppressed))
+}
+
+/// Milliseconds since the first line: the rate limit's clock, which a step of the wall clock
+/// does not move.
+fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let elapsed = START.get_or_init(Instant::now).elapsed();
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn now_us() -> u64 {

@@ -21,6 +21,7 @@ use zerocopy::FromBytes;
 
 use crate::constants::{
     LATENCY_BUCKETS_US, METRICS_BUFFER_SIZE, METRICS_CONNECTIONS_MAX, METRICS_REQUEST_TICKS_MAX,
+    METRICS_RESPONSE_TICKS_MAX,
 };
 use crate::io::log::{Quoted, log};
 use crate::io::ring::{Completed, ConnectionToken, Io, Operation};
@@ -184,14 +185,16 @@ pub struct RequestTimer {
 struct TimedRequest {
     /// 0 when free.
     client: u64,
-    request: u32,
+    /// The request's checksum: a copy sent again is the same request, whereas a read and the
+    /// write after it may share a request number.
+    checksum: u128,
     read: bool,
     arrived: Instant,
 }
 
 impl RequestTimer {
     pub fn new(clients_max: usize) -> RequestTimer {
-        let free = TimedRequest { client: 0, request: 0, read: false, arrived: Instant::now() };
+        let free = TimedRequest { client: 0, checksum: 0, read: false, arrived: Instant::now() };
         RequestTimer {
             entries: vec![free; clients_max],
             free: (0..clients_max as u32).rev().collect(),
@@ -206,15 +209,15 @@ impl RequestTimer {
     /// first arrival: the client waited since then.
     pub fn arrived(&mut self, header: &Header, body: &[u8], now: Instant) {
         let Some(operation) = header.operation() else { return };
-        let (client, request) = (header.client.get(), header.request);
+        let (client, checksum) = (header.client.get(), header.checksum.0);
         if client == 0 || read_waits(operation, body) {
             return;
         }
         let entries = &self.entries;
         if let Some(at) = self.index.find(client, |at| entries[at].client) {
             let entry = &mut self.entries[at];
-            if entry.request != request {
-                (entry.request, entry.read, entry.arrived) = (request, operation.is_read(), now);
+            if entry.checksum != checksum {
+                (entry.checksum, entry.read, entry.arrived) = (checksum, operation.is_read(), now);
             }
             return;
         }
@@ -224,18 +227,19 @@ impl RequestTimer {
         };
         let at = at as usize;
         self.entries[at] =
-            TimedRequest { client, request, read: operation.is_read(), arrived: now };
+            TimedRequest { client, checksum, read: operation.is_read(), arrived: now };
         let entries = &self.entries;
         assert!(self.index.insert(client, at, |at| entries[at].client));
     }
 
-    /// A reply left for `header.client`: if it answers the timed request, that one is done.
+    /// A reply left for `header.client`: if it answers the timed request (its `context` is
+    /// the request's checksum), that one is done.
     pub fn replied(&mut self, header: &Header, now: Instant) {
-        let (client, request) = (header.client.get(), header.request);
+        let client = header.client.get();
         let entries = &self.entries;
         let Some(at) = self.index.find(client, |at| entries[at].client) else { return };
         let entry = self.entries[at];
-        if entry.request != request {
+        if entry.checksum != header.context {
             return;
         }
         let histogram = if entry.read { &mut self.reads } else { &mut self.writes };
@@ -286,7 +290,8 @@ struct Connection {
     fd: RawFd,
     generation: u32,
     opened_tick: u64,
-    /// `shutdown` was called (on a timeout): the receive in flight ends with 0 or an error.
+    /// `shutdown` was called (on a timeout): the receive or send in flight ends with 0 or an
+    /// error.
     shut: bool,
     received: usize,
     buffer: Option<Message>,
@@ -386,8 +391,14 @@ impl MetricsServer {
         self.accept_paused = false;
         self.accept_submit(io);
         for connection in &mut self.connections {
-            let late = self.ticks > connection.opened_tick + METRICS_REQUEST_TICKS_MAX;
-            if connection.state == State::Receiving && late && !connection.shut {
+            // A request late to arrive, or a response the peer does not read: the operation
+            // in flight then ends with an error or 0, and the connection closes.
+            let deadline = match connection.state {
+                State::Receiving => METRICS_REQUEST_TICKS_MAX,
+                State::Sending => METRICS_RESPONSE_TICKS_MAX,
+                State::Free | State::Closing => continue,
+            };
+            if self.ticks > connection.opened_tick + deadline && !connection.shut {
                 connection.shut = true;
                 self.metrics.connections_timed_out += 1;
                 socket::shutdown(connection.fd);
@@ -660,23 +671,35 @@ mod tests {
     #[test]
     fn requests_are_timed_from_first_arrival_to_their_reply() {
         // Goal: a write is timed from its first copy's arrival to the reply to that request; a
-        // reply to an older request does not end it; a read lands in the read histogram, a
-        // waiting read in none; a full table leaves requests untimed; expiry frees entries.
+        // reply to an older request, or to a read with the same number, does not end it; a
+        // read lands in the read histogram, a waiting read in none; a full table leaves
+        // requests untimed; expiry frees entries.
         use crate::vsr::header::{ClientId, ClusterId, Command, Operation};
         let mut timer = RequestTimer::new(2);
         let request = |client: u64, number: u32, operation: Operation| {
             let mut header = Header::new(Command::Request, ClusterId(1));
             (header.client, header.request, header.operation) =
                 (ClientId(client), number, operation as u8);
+            header.set_checksum_body(&[]);
+            header.set_checksum();
+            header
+        };
+        // The reply to `request(..)`: it names the request's checksum.
+        let reply = |client: u64, number: u32, operation: Operation| {
+            let mut header = Header::new(Command::Reply, ClusterId(1));
+            header.client = ClientId(client);
+            header.context = request(client, number, operation).checksum.0;
             header
         };
         let start = Instant::now();
         let at = |ms: u64| start + Duration::from_millis(ms);
         timer.arrived(&request(7, 3, Operation::Append), &[], at(0));
         timer.arrived(&request(7, 3, Operation::Append), &[], at(5));
-        timer.replied(&request(7, 2, Operation::Append), at(6));
+        timer.replied(&reply(7, 2, Operation::Append), at(6));
+        // A read that shares the write's number is another request: not this one's reply.
+        timer.replied(&reply(7, 3, Operation::ReadLog), at(7));
         assert_eq!(timer.writes.count(), 0);
-        timer.replied(&request(7, 3, Operation::Append), at(10));
+        timer.replied(&reply(7, 3, Operation::Append), at(10));
         assert_eq!((timer.writes.count(), timer.writes.sum_us), (1, 10_000));
         let wait = ReadLog { position_from: 0, count_max: 1, wait_ms: 100 };
         timer.arrived(
@@ -684,13 +707,13 @@ mod tests {
             zerocopy::IntoBytes::as_bytes(&wait),
             at(0),
         );
-        timer.replied(&request(8, 1, Operation::ReadLog), at(100));
+        timer.replied(&reply(8, 1, Operation::ReadLog), at(100));
         assert_eq!(timer.reads.count(), 0);
         timer.arrived(&request(8, 2, Operation::StreamInfo), &[], at(100));
         timer.arrived(&request(9, 1, Operation::Append), &[], at(100));
         timer.arrived(&request(10, 1, Operation::Append), &[], at(100));
         assert_eq!(timer.untimed, 1);
-        timer.replied(&request(8, 2, Operation::StreamInfo), at(101));
+        timer.replied(&reply(8, 2, Operation::StreamInfo), at(101));
         assert_eq!(timer.reads.count(), 1);
         timer.expire(at(200), Duration::from_millis(50));
         timer.arrived(&request(10, 1, Operation::Append), &[], at(200));

@@ -1370,9 +1370,10 @@ fn log_records(addresses: &[SocketAddr], commit: u64) -> Vec<Vec<u8>> {
 fn export_while_serving_then_import_round_trips_the_log_with_identical_chains() {
     // Goal: `kimberlite export` of a 3-replica cluster taken while a load appends writes a
     // file whose import into a fresh single-replica cluster reproduces the exported prefix of
-    // the log byte for byte (streams, offsets, positions, timestamps, payloads, chains); the
-    // import prints its throughput, and a second import into the now non-empty cluster is
-    // refused with a clear error and changes nothing.
+    // the log byte for byte (streams, offsets, positions, timestamps, payloads, chains); a
+    // truncated copy of the file imports nothing; the import prints its throughput, and a
+    // second import into the now non-empty cluster is refused with a clear error and changes
+    // nothing.
     let cluster = TestCluster::start("export");
     let load = Load::start(&cluster.addresses, Duration::from_millis(1));
     std::thread::sleep(Duration::from_millis(1_500));
@@ -1393,21 +1394,29 @@ fn export_while_serving_then_import_round_trips_the_log_with_identical_chains() 
     let (_target_scratch, path) = formatted_small("import");
     let address = address_free();
     let _target = Replicas(vec![start(&path, address)]);
-    let import = || {
+    let import = |file: &Path| {
         Command::new(BINARY)
             .args(["import", &format!("--addresses={address}"), "--cluster=42"])
-            .arg(&file)
+            .arg(file)
             .output()
             .unwrap()
     };
-    let output = import();
+    // A truncated copy is refused before anything is sent.
+    let truncated = cluster._scratch.0.join("log.truncated");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
+    let output = import(&truncated);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("truncated"), "{output:?}");
+    assert!(log_records(&[address], 0).is_empty());
+    let output = import(&file);
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     assert!(output.status.success(), "{output:?}");
     assert!(stdout.starts_with(&format!("imported {exported} events of 3 streams")), "{stdout}");
     println!("{stdout}");
     let imported = log_records(&[address], 0);
     assert_eq!(imported, source[..exported as usize]);
-    let again = import();
+    let again = import(&file);
     assert!(!again.status.success());
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("import into a fresh cluster"), "{stderr}");

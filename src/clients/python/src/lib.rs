@@ -51,8 +51,16 @@ fn error_to_python(error: client::Error) -> PyErr {
         client::Error::Evicted(_) => EvictedError::new_err(text),
         client::Error::TooLarge { .. } => TooLargeError::new_err(text),
         client::Error::Refused { code, offset } => RefusedError::new_err((code.name(), offset)),
+        client::Error::InvalidArgument(_) => PyValueError::new_err(text),
         client::Error::InvalidReply(_) | client::Error::Closed => KimberliteError::new_err(text),
     }
+}
+
+/// A duration in seconds from Python: finite and not negative, or `ValueError`.
+fn seconds(value: f64, what: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        PyValueError::new_err(format!("{what} must be a finite number of seconds >= 0"))
+    })
 }
 
 /// `str` (as UTF-8) or `bytes`.
@@ -197,8 +205,8 @@ impl Client {
             })
             .collect::<PyResult<Vec<_>>>()?;
         let mut options = client::Options::new(cluster, addresses);
-        options.request_deadline = Duration::from_secs_f64(request_timeout);
-        options.subscription_wait = Duration::from_secs_f64(subscription_wait);
+        options.request_deadline = seconds(request_timeout, "request_timeout")?;
+        options.subscription_wait = seconds(subscription_wait, "subscription_wait")?;
         let inner = client::Client::connect(options).map_err(error_to_python)?;
         Ok(Client { inner })
     }
@@ -305,7 +313,7 @@ impl Subscription {
 
     /// The next event, or None if none came within about `timeout` seconds.
     fn next_timeout(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<RecordedEvent>> {
-        let timeout = Duration::from_secs_f64(timeout);
+        let timeout = seconds(timeout, "timeout")?;
         let next = py
             .detach(|| self.inner.lock().unwrap_or_else(|e| e.into_inner()).next_timeout(timeout));
         match next {

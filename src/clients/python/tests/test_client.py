@@ -117,6 +117,11 @@ class ClientTest(unittest.TestCase):
             client.append(1, ["not a tuple"])
         with self.assertRaises(ValueError):
             client.append(1, [("T", "x")], expected="sometimes")
+        with self.assertRaises(ValueError):
+            client.append(1, [("T" * 256, "x")])
+        with self.assertRaises(ValueError):
+            kimberlite.Client(CLUSTER, self.cluster.addresses, request_timeout=-1)
+        self.assertEqual(client.append(1, [("Reopened", "d")], expected=3), 3)
 
     def test_readme_example_runs_as_written(self):
         # Goal: the README shows examples/quickstart.py verbatim, and that program, run

@@ -86,6 +86,9 @@ pub enum Error {
     Evicted(String),
     /// The request is larger than a message: append fewer or smaller events.
     TooLarge { size: usize, size_max: usize },
+    /// The call's arguments cannot be sent (an event type over 255 bytes, an empty append, an
+    /// expected offset the protocol reserves, a deadline too long): fix the call.
+    InvalidArgument(String),
     /// The cluster refused the operation: `code` says why (`stream_not_found`,
     /// `expected_offset_wrong`, `storage_full`, ...); `offset` is the stream's next offset
     /// where the code gives one.
@@ -113,6 +116,7 @@ impl std::fmt::Display for Error {
                 write!(formatter, "refused: {} (stream's next offset {offset})", code.name())
             }
             Error::InvalidReply(reason) => write!(formatter, "invalid reply: {reason}"),
+            Error::InvalidArgument(reason) => write!(formatter, "invalid argument: {reason}"),
             Error::Closed => write!(formatter, "the client is closed"),
         }
     }
@@ -240,8 +244,17 @@ struct Queue {
 
 /// A call waiting for the worker, and where its answer goes.
 enum Job {
-    Append { stream: u64, expected: Expected, events: Vec<EventData>, answer: Answer<u64> },
-    Call { operation: Operation, body: Vec<u8>, linearizable: bool, answer: Answer<Vec<u8>> },
+    /// An append batch, encoded by the caller.
+    Append {
+        batch: Vec<u8>,
+        answer: Answer<u64>,
+    },
+    Call {
+        operation: Operation,
+        body: Vec<u8>,
+        linearizable: bool,
+        answer: Answer<Vec<u8>>,
+    },
 }
 
 /// A one-shot slot a caller waits on.
@@ -250,10 +263,31 @@ struct AnswerSlot<T> {
     ready: Condvar,
 }
 
-type Answer<T> = Arc<AnswerSlot<T>>;
+/// The worker's end of an answer slot. Answering wakes the caller; dropped unanswered (the
+/// worker exiting or panicking with the call in hand), it answers `Closed`: no caller is left
+/// waiting forever.
+struct Answer<T>(Option<Arc<AnswerSlot<T>>>);
 
-fn answer_new<T>() -> Answer<T> {
-    Arc::new(AnswerSlot { value: Mutex::new(None), ready: Condvar::new() })
+impl<T> Answer<T> {
+    fn answer(mut self, value: Result<T, Error>) {
+        if let Some(slot) = self.0.take() {
+            slot.set(value);
+        }
+    }
+}
+
+impl<T> Drop for Answer<T> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            slot.set(Err(Error::Closed));
+        }
+    }
+}
+
+/// A slot for a call's answer: the caller's end, and the worker's.
+fn answer_new<T>() -> (Arc<AnswerSlot<T>>, Answer<T>) {
+    let slot = Arc::new(AnswerSlot { value: Mutex::new(None), ready: Condvar::new() });
+    (slot.clone(), Answer(Some(slot)))
 }
 
 impl<T> AnswerSlot<T> {
@@ -277,8 +311,13 @@ impl Client {
     /// A client of the cluster `options` names. Connects lazily: the first call opens the
     /// session, and fails with `Error::Timeout` if no replica answers by its deadline.
     pub fn connect(options: Options) -> Result<Client, Error> {
+        let invalid = |reason: &str| Err(Error::InvalidArgument(reason.to_string()));
         if options.addresses.is_empty() || options.addresses.len() > 7 {
-            return Err(Error::InvalidReply("Options::addresses must list 1 to 7 replicas".into()));
+            return invalid("Options::addresses must list 1 to 7 replicas");
+        }
+        let day = Duration::from_secs(86_400);
+        if options.request_deadline > day || options.subscription_wait > day {
+            return invalid("Options::request_deadline and subscription_wait: at most a day");
         }
         let shared = Arc::new(Shared {
             options,
@@ -315,9 +354,9 @@ impl Client {
         body: Vec<u8>,
         linearizable: bool,
     ) -> Result<Vec<u8>, Error> {
-        let answer = answer_new();
-        self.submit(Job::Call { operation, body, linearizable, answer: answer.clone() })?;
-        answer.wait()
+        let (slot, answer) = answer_new();
+        self.submit(Job::Call { operation, body, linearizable, answer })?;
+        slot.wait()
     }
 
     /// Creates stream `stream` (any id but 0 and `u64::MAX`) of `tenant`.
@@ -337,13 +376,10 @@ impl Client {
         expected: Expected,
         events: &[EventData],
     ) -> Result<u64, Error> {
-        if events.is_empty() {
-            return Err(Error::TooLarge { size: 0, size_max: 0 });
-        }
-        let answer = answer_new();
-        let events = events.to_vec();
-        self.submit(Job::Append { stream, expected, events, answer: answer.clone() })?;
-        answer.wait()
+        let batch = batch_encode(stream, expected, events)?;
+        let (slot, answer) = answer_new();
+        self.submit(Job::Append { batch, answer })?;
+        slot.wait()
     }
 
     /// The append requests sent so far, and the appends they carried (more than one each when
@@ -440,6 +476,7 @@ fn result_check(result: u32, offset: u64) -> Result<(), Error> {
 /// The worker: takes jobs in order; an append takes the appends queued behind it into the same
 /// request, as many as fit.
 fn worker_run(shared: &Shared) {
+    let _closing = WorkerExit { shared };
     let options = &shared.options;
     let mut session =
         Session::new(ClusterId(options.cluster), &options.addresses, MESSAGE_SIZE_MAX);
@@ -469,7 +506,7 @@ fn worker_run(shared: &Shared) {
                 } else {
                     session.write(operation, &body)
                 };
-                answer.set(reply.map(|reply| reply.body.to_vec()).map_err(Error::from));
+                answer.answer(reply.map(|reply| reply.body.to_vec()).map_err(Error::from));
             }
         }
     }
@@ -503,17 +540,16 @@ fn jobs_take(jobs: &mut VecDeque<Job>, body_size_max: usize) -> Taken {
             }
             _ => break,
         }
-        let Some(Job::Append { stream, expected, events, answer }) = jobs.pop_front() else {
+        let Some(Job::Append { batch, answer }) = jobs.pop_front() else {
             unreachable!("just seen")
         };
-        let batch = batch_encode(stream, expected, &events);
         if batch.len() > body_size_max {
-            answer.set(Err(Error::TooLarge { size: batch.len(), size_max: body_size_max }));
+            answer.answer(Err(Error::TooLarge { size: batch.len(), size_max: body_size_max }));
             continue;
         }
         if size + batch.len() > body_size_max {
-            // The next request's first append: put back, encoded again then.
-            jobs.push_front(Job::Append { stream, expected, events, answer });
+            // The next request's first append.
+            jobs.push_front(Job::Append { batch, answer });
             break;
         }
         size += batch.len();
@@ -522,14 +558,49 @@ fn jobs_take(jobs: &mut VecDeque<Job>, body_size_max: usize) -> Taken {
     Taken::Appends(appends)
 }
 
-fn batch_encode(stream: u64, expected: Expected, events: &[EventData]) -> Vec<u8> {
+/// The append batch of `events`, or why it cannot be sent. Runs on the caller's thread.
+fn batch_encode(stream: u64, expected: Expected, events: &[EventData]) -> Result<Vec<u8>, Error> {
+    let invalid = |reason: String| Err(Error::InvalidArgument(reason));
     let expected_offset = match expected {
         Expected::Any => EXPECTED_OFFSET_ANY,
         Expected::NoStream => EXPECTED_NO_STREAM,
+        Expected::Offset(offset) if offset >= EXPECTED_NO_STREAM => {
+            return invalid(format!("expected offset {offset} is reserved by the protocol"));
+        }
         Expected::Offset(offset) => offset,
     };
+    if events.is_empty() {
+        return invalid("an append takes at least one event".to_string());
+    }
+    for event in events {
+        let sizes = (event.event_type.len(), event.metadata.len(), event.data.len());
+        let fits = sizes.0 <= usize::from(u8::MAX)
+            && sizes.1 <= usize::from(u16::MAX)
+            && u32::try_from(sizes.2).is_ok();
+        if !fits {
+            return invalid(format!(
+                "an event's type, metadata and data are at most 255, 65535 and 2^32 - 1 bytes \
+                 (this one: {}, {}, {})",
+                sizes.0, sizes.1, sizes.2
+            ));
+        }
+    }
     let events: Vec<Event<'_>> = events.iter().map(EventData::as_event).collect();
-    append_batch_body(stream, expected_offset, &events)
+    Ok(append_batch_body(stream, expected_offset, &events))
+}
+
+/// Whatever ends the worker (the last `Client` dropped, or a panic): the queue closes, and
+/// every call still in it is answered `Closed` (as its `Answer` drops).
+struct WorkerExit<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for WorkerExit<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue.closed = true;
+        queue.jobs.clear();
+    }
 }
 
 /// Sends the appends as one request and hands each its own result.
@@ -543,16 +614,17 @@ fn appends_send(session: &mut Session, appends: Vec<Append>) {
         Ok(reply) if reply.len() == appends.len() * size_of::<AppendResult>() => reply,
         Ok(_) => {
             let error = Error::InvalidReply("not one result per append".into());
-            return appends.iter().for_each(|append| append.answer.set(Err(error.clone())));
+            return appends.into_iter().for_each(|append| append.answer.answer(Err(error.clone())));
         }
         Err(error) => {
             let error = Error::from(error);
-            return appends.iter().for_each(|append| append.answer.set(Err(error.clone())));
+            return appends.into_iter().for_each(|append| append.answer.answer(Err(error.clone())));
         }
     };
-    for (append, bytes) in appends.iter().zip(results.chunks_exact(size_of::<AppendResult>())) {
+    for (append, bytes) in appends.into_iter().zip(results.chunks_exact(size_of::<AppendResult>()))
+    {
         let result = AppendResult::read_from_bytes(bytes).expect("sized");
-        append.answer.set(result_check(result.result, result.offset).map(|()| result.offset));
+        append.answer.answer(result_check(result.result, result.offset).map(|()| result.offset));
     }
 }
 
@@ -675,5 +747,43 @@ impl Iterator for Subscription {
                 return Some(event);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_that_cannot_be_sent_fail_at_once_and_leave_the_client_usable() {
+        // Goal: an event type over 255 bytes, metadata over 65,535, an empty append and a
+        // reserved expected offset are refused on the caller's thread with InvalidArgument
+        // (the worker never sees them, so nothing hangs), as are deadlines over a day; a
+        // client dropped with nothing in flight ends its worker.
+        let address = "127.0.0.1:9".parse().unwrap();
+        let mut options = Options::new(1, vec![address]);
+        options.request_deadline = Duration::from_secs(100_000);
+        assert!(matches!(Client::connect(options), Err(Error::InvalidArgument(_))));
+        let client = Client::connect(Options::new(1, vec![address])).unwrap();
+        let invalid = |result: Result<u64, Error>| matches!(result, Err(Error::InvalidArgument(_)));
+        assert!(invalid(client.append(1, Expected::Any, &[EventData::new(vec![b't'; 256], "")])));
+        let metadata = EventData::new("t", "").with_metadata(vec![0; 65_536]);
+        assert!(invalid(client.append(1, Expected::Any, &[metadata])));
+        assert!(invalid(client.append(1, Expected::Any, &[])));
+        let event = EventData::new("t", "d");
+        let reserved = Expected::Offset(EXPECTED_NO_STREAM);
+        assert!(invalid(client.append(1, reserved, std::slice::from_ref(&event))));
+        assert_eq!(client.batching(), Batching { requests: 0, appends: 0 });
+        drop(client);
+    }
+
+    #[test]
+    fn an_answer_dropped_unanswered_answers_closed() {
+        // Goal: the worker's end of a call dropped without an answer (the worker exiting or
+        // panicking with the call in hand) wakes the caller with Closed.
+        let (slot, answer) = answer_new::<u64>();
+        let waiter = std::thread::spawn(move || slot.wait());
+        drop(answer);
+        assert_eq!(waiter.join().unwrap(), Err(Error::Closed));
     }
 }
