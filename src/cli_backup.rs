@@ -86,17 +86,23 @@ pub fn command_export(arguments: &[String]) -> Result<(), String> {
     let file = export.output.into_inner().map_err(|error| format!("{path}: {error}"))?;
     file.sync_all().map_err(|error| format!("{path}: {error}"))?;
     let bytes = file.metadata().map_err(|error| format!("{path}: {error}"))?.len();
+    let what = format!("to {path} ({bytes} bytes)");
+    summary("exported", &tail, &what, bytes, started, "every event chained");
+    Ok(())
+}
+
+/// The line export and import end with: what moved, and how fast.
+fn summary(verb: &str, tail: &FileTail, what: &str, bytes: u64, started: Instant, checked: &str) {
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "exported {} events of {} streams in {} batches to {path} ({bytes} bytes) in {seconds:.2} \
-         s: {:.0} events/s, {:.1} MiB/s; every event chained",
+        "{verb} {} events of {} streams in {} batches {what} in {seconds:.2} s: {:.0} events/s, \
+         {:.1} MiB/s; {checked}",
         tail.events,
         tail.streams,
         tail.batches,
         tail.events as f64 / seconds,
         bytes as f64 / seconds / f64::from(1 << 20),
     );
-    Ok(())
 }
 
 pub fn command_import(arguments: &[String]) -> Result<(), String> {
@@ -106,16 +112,8 @@ pub fn command_import(arguments: &[String]) -> Result<(), String> {
     let bytes = file.metadata().map_err(|error| format!("{path}: {error}"))?.len();
     let mut import = Import::new(client, BufReader::new(file));
     let tail = import.run().map_err(|error| format!("{path}: {error}"))?;
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "imported {} events of {} streams in {} batches from {path} in {seconds:.2} s: {:.0} \
-         events/s, {:.1} MiB/s; every stream's chain matches the export",
-        tail.events,
-        tail.streams,
-        tail.batches,
-        tail.events as f64 / seconds,
-        bytes as f64 / seconds / f64::from(1 << 20),
-    );
+    let checked = "every stream's chain matches the export";
+    summary("imported", &tail, &format!("from {path}"), bytes, started, checked);
     Ok(())
 }
 

@@ -119,6 +119,13 @@ impl RecordedEvent {
     }
 }
 
+/// An iterator's next item, for Python: an event, the end (None), or the error raised.
+fn next_to_python(
+    next: Option<Result<client::RecordedEvent, client::Error>>,
+) -> PyResult<Option<RecordedEvent>> {
+    next.map(|event| event.map(recorded).map_err(error_to_python)).transpose()
+}
+
 fn recorded(event: client::RecordedEvent) -> RecordedEvent {
     RecordedEvent {
         stream: event.stream,
@@ -281,11 +288,7 @@ impl Events {
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<RecordedEvent>> {
         let next = py.detach(|| self.inner.lock().unwrap_or_else(|e| e.into_inner()).next());
-        match next {
-            None => Ok(None),
-            Some(Ok(event)) => Ok(Some(recorded(event))),
-            Some(Err(error)) => Err(error_to_python(error)),
-        }
+        next_to_python(next)
     }
 }
 
@@ -316,11 +319,7 @@ impl Subscription {
         let timeout = seconds(timeout, "timeout")?;
         let next = py
             .detach(|| self.inner.lock().unwrap_or_else(|e| e.into_inner()).next_timeout(timeout));
-        match next {
-            None => Ok(None),
-            Some(Ok(event)) => Ok(Some(recorded(event))),
-            Some(Err(error)) => Err(error_to_python(error)),
-        }
+        next_to_python(next)
     }
 
     /// Where the subscription continues: the next offset of its stream, or position of the log.
