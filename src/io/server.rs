@@ -536,8 +536,9 @@ mod tests {
         // ping_client gets its pong_client and a register request gets its reply (written to the
         // WAL, committed, answered); a scrape of its metrics shows that commit, the request's
         // and the WAL write's timing, and the client's session and connection, and another path
-        // gets 404; the loop allocates nothing after startup, scrapes included, and the replica
-        // stops cleanly when asked.
+        // gets 404, and a connection that sends nothing is closed once its request is late; the
+        // loop allocates nothing after startup, scrapes included, and the replica stops cleanly
+        // when asked.
         let scratch = ScratchDirectory::new("server-start");
         let path = scratch.path.join("0_0.kimberlite");
         let config = small_config(1);
@@ -588,6 +589,12 @@ mod tests {
         let (status, body) = http_get(metrics, "/other");
         assert_eq!(status, "HTTP/1.1 404 Not Found", "{body}");
         assert!(http_get(metrics, "/").1.contains("kimberlite_metrics_scrapes_total 1\n"));
+        // A connection that sends no request is closed once its request is late, and counted.
+        let mut idle = TcpStream::connect(metrics).unwrap();
+        idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(idle.read(&mut [0u8; 1]).unwrap(), 0, "closed by the replica");
+        let body = http_get(metrics, "/metrics").1;
+        assert!(body.contains("kimberlite_metrics_connections_timed_out_total 1\n"), "{body}");
         running.store(false, Ordering::Relaxed);
         let allocations = server.join().unwrap().unwrap();
         assert_eq!(allocations, 0, "the event loop allocated after startup");
