@@ -347,9 +347,13 @@ pub const SYNC_CHUNKS_PER_REQUEST_MAX: usize = 8;
 pub const SYNC_REQUEST_TICKS: u64 = 2;
 
 /// Requests for a block's chunks that the one peer it is taken from may leave unanswered
-/// before the next peer is asked (`ChunkFetch`): a round trip may take longer than the time
-/// between requests.
-pub const BLOCK_SOURCE_UNANSWERED_MAX: u32 = 4;
+/// before the next peer is asked (`ChunkFetch`), which drops the chunks received and starts
+/// the block over: 64 requests, 128 ticks (1.28 s). Requests go every `SYNC_REQUEST_TICKS`,
+/// far more often than a round trip (a busy source also drops what its reads in flight cannot
+/// take): at 4, a source a round trip of 8 ticks away, or busy for as long, counted as gone,
+/// and a block near its last chunks was thrown away again and again (seed
+/// 8443291891475368597: a rejoining replica never finished state sync).
+pub const BLOCK_SOURCE_UNANSWERED_MAX: u32 = 64;
 
 /// Ticks between two requests for the block being repaired.
 pub const GRID_REPAIR_REQUEST_TICKS: u64 = 2;

@@ -522,6 +522,18 @@ mod tests {
     }
 
     #[test]
+    fn state_sync_waits_for_a_source_slower_than_its_requests() {
+        // Goal: a replica whose data file was lost state-syncs from peers a round trip of up
+        // to 46 ticks away (network latency 3 to 23) that drop what their four reads in flight
+        // cannot take, and finishes. Seed 8443291891475368597 (a campaign of 2026-12-07, 1 of
+        // 2,159) failed its liveness check: the source counted as gone after 4 unanswered
+        // requests (8 ticks) lost the block's chunks gathered so far, near its end, again and
+        // again, and the replica never installed the checkpoint.
+        let summary = seed_passes_with(8443291891475368597, None, None);
+        assert!(summary.replica_metrics.state_syncs > 0, "the seed no longer syncs: {summary:?}");
+    }
+
+    #[test]
     fn a_replica_whose_checkpoint_block_no_peer_holds_gives_up_its_open_and_syncs() {
         // Goal: the fault mix reaches the open given up for state sync: a backup down long
         // enough for its peers to checkpoint twice past it (`crash_long_outages`), one of whose

@@ -269,6 +269,9 @@ pub struct Metrics {
     pub ops_truncated_by_nacks: u64,
     /// Checkpoints installed by state sync.
     pub state_syncs: u64,
+    /// Blocks whose state-sync chunks were dropped, half gathered, because their one source
+    /// left `BLOCK_SOURCE_UNANSWERED_MAX` requests unanswered: another peer is asked.
+    pub sync_sources_silent: u64,
     /// Rejoins after a lost data file that learned the cluster's view and joined above it.
     pub rejoin_views_learned: u64,
     /// Views entered while a superblock update (checkpoint, state sync or view) was in flight:

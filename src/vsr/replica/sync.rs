@@ -510,6 +510,7 @@ impl Replica {
         if self.sync.chunks.source_drop_silent() {
             // Those chunks' writes must land before the next peer's (`refetch_after_writes`).
             self.sync.refetch_after_writes = true;
+            self.metrics.sync_sources_silent += 1;
         }
         let source = match self.sync.chunks.source() {
             Some(source) => source,
