@@ -7,22 +7,22 @@ use std::fmt::Write as _;
 use super::Server;
 use crate::io::metrics::{EndpointMetrics, Exposition};
 use crate::vsr::accept::Reject;
-use crate::vsr::replica::Status;
+use crate::vsr::replica::{Gauges, Status};
 
 impl Server {
     /// Renders every metric into `out`.
     pub(super) fn metrics_render(&self, out: &mut Exposition, endpoint: &EndpointMetrics) {
-        self.metrics_render_state(out);
+        let gauges = self.replica.gauges();
+        self.metrics_render_state(out, &gauges);
         self.metrics_render_work(out);
-        self.metrics_render_storage(out);
+        self.metrics_render_storage(out, &gauges);
         self.metrics_render_connections(out);
         self.metrics_render_counters(out, endpoint);
     }
 
     /// Who the replica is and where it stands.
-    fn metrics_render_state(&self, out: &mut Exposition) {
+    fn metrics_render_state(&self, out: &mut Exposition, gauges: &Gauges) {
         let config = self.replica.config();
-        let gauges = self.replica.gauges();
         out.family("kimberlite_replica_info", "gauge", "The replica's identity (always 1).");
         let _ = writeln!(
             out,
@@ -125,8 +125,7 @@ impl Server {
     }
 
     /// What the replica has left to do and where it has room: repair, sync, grid, sessions.
-    fn metrics_render_storage(&self, out: &mut Exposition) {
-        let gauges = self.replica.gauges();
+    fn metrics_render_storage(&self, out: &mut Exposition, gauges: &Gauges) {
         out.counter(
             "kimberlite_storage_written_bytes_total",
             "Bytes written to the data file.",

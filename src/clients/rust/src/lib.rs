@@ -394,8 +394,12 @@ impl Client {
 
     /// The stream's tenant, length and chain.
     pub fn stream_info(&self, stream: u64) -> Result<StreamInfo, Error> {
+        self.stream_info_as(stream, false)
+    }
+
+    fn stream_info_as(&self, stream: u64, linearizable: bool) -> Result<StreamInfo, Error> {
         let body = StreamInfoRequest { stream }.as_bytes().to_vec();
-        let reply = self.call(Operation::StreamInfo, body, false)?;
+        let reply = self.call(Operation::StreamInfo, body, linearizable)?;
         let (info, _) = StreamInfoReply::read_from_prefix(&reply)
             .map_err(|_| Error::InvalidReply("short stream_info reply".into()))?;
         result_check(info.result, 0)?;
@@ -425,9 +429,7 @@ impl Client {
     /// resume where the last reply left off, on whichever replica answers).
     pub fn subscribe(&self, from: Start) -> Subscription {
         let options = &self.handle.shared.options;
-        let mut session =
-            Session::new(ClusterId(options.cluster), &options.addresses, MESSAGE_SIZE_MAX);
-        session.set_request_deadline(options.request_deadline);
+        let session = session_new(options);
         let position = match from {
             Start::Stream { stream, offset } => Position::Stream { stream, offset },
             Start::Log { position } => Position::Log { position },
@@ -444,12 +446,7 @@ impl Client {
     /// A read served by the primary once it has confirmed with a quorum that it is current:
     /// it reflects every write acknowledged before it was sent.
     pub fn stream_info_linearizable(&self, stream: u64) -> Result<u64, Error> {
-        let body = StreamInfoRequest { stream }.as_bytes().to_vec();
-        let reply = self.call(Operation::StreamInfo, body, true)?;
-        let (info, _) = StreamInfoReply::read_from_prefix(&reply)
-            .map_err(|_| Error::InvalidReply("short stream_info reply".into()))?;
-        result_check(info.result, 0)?;
-        Ok(info.offset_next)
+        Ok(self.stream_info_as(stream, true)?.offset_next)
     }
 }
 
@@ -477,10 +474,7 @@ fn result_check(result: u32, offset: u64) -> Result<(), Error> {
 /// request, as many as fit.
 fn worker_run(shared: &Shared) {
     let _closing = WorkerExit { shared };
-    let options = &shared.options;
-    let mut session =
-        Session::new(ClusterId(options.cluster), &options.addresses, MESSAGE_SIZE_MAX);
-    session.set_request_deadline(options.request_deadline);
+    let mut session = session_new(&shared.options);
     loop {
         let jobs = {
             let mut queue = shared.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -510,6 +504,14 @@ fn worker_run(shared: &Shared) {
             }
         }
     }
+}
+
+/// A session with the cluster `options` names (the worker's, or a subscription's own).
+fn session_new(options: &Options) -> Session {
+    let mut session =
+        Session::new(ClusterId(options.cluster), &options.addresses, MESSAGE_SIZE_MAX);
+    session.set_request_deadline(options.request_deadline);
+    session
 }
 
 /// An append's batch, encoded, and where its result goes.
